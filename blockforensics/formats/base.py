@@ -1,0 +1,139 @@
+"""The reader-plugin interface: a disk image of any format, read by block.
+
+A *format* plugin recognises files of one format (``probe``) and opens them as
+a :class:`Disk`: a read-only byte range of ``size`` bytes, read in blocks of
+``block_size`` bytes, with a map of the blocks that hold data (``present``) so
+that writers of sparse formats can skip the rest.  Everything downstream —
+VHD export, the FUSE-exposed disk file, forensic file access — reads through
+this one interface, whatever the source format.
+
+Third parties add formats through the entry-point group
+``blockforensics.formats`` (see :mod:`blockforensics.formats`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+
+
+class Disk(ABC):
+    """A read-only disk: ``size`` bytes, read in blocks of ``block_size`` bytes."""
+
+    size: int
+    block_size: int
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of blocks; the last one is partial when size is not a multiple."""
+        return -(-self.size // self.block_size)
+
+    @abstractmethod
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        """Blocks ``start .. start+count-1`` as a ``(count, block_size)`` uint8 array.
+
+        Bytes past ``size`` (in the last, partial block) read as zeros.
+        """
+
+    def present(self) -> BlockMap:
+        """Blocks that may hold non-zero data; the others read as zeros.
+
+        The default says every block; sparse formats narrow it.
+        """
+        return BlockMap.full(self.n_blocks, self.block_size)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from byte ``offset`` (short at the end of the disk)."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be >= 0")
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        first = offset // self.block_size
+        last = (end - 1) // self.block_size
+        blocks = self.read_blocks(first, last - first + 1).reshape(-1)
+        skip = offset - first * self.block_size
+        return blocks[skip : skip + end - offset].tobytes()
+
+    def open_file(self) -> DiskFile:
+        """A read-only file object (read/seek/tell) over the disk's bytes."""
+        return DiskFile(self)
+
+    def close(self) -> None:  # noqa: B027  (optional hook)
+        """Release files the disk holds open."""
+
+    def __enter__(self) -> Disk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DiskFile(io.RawIOBase):
+    """A seekable, read-only file object over a :class:`Disk`.
+
+    Forensic libraries that take a Python file (pytsk3 through an Img_Info
+    adapter, dissect) read a chain point through this without a restore.
+    """
+
+    def __init__(self, disk: Disk):
+        super().__init__()
+        self.disk = disk
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.disk.size}[whence]
+        if base + offset < 0:
+            raise OSError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.disk.read(self._pos, len(buffer))
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self.disk.size - self._pos)
+        data = self.disk.read(self._pos, size)
+        self._pos += len(data)
+        return data
+
+
+class Format(ABC):
+    """A reader plugin for one image format."""
+
+    #: short name used on the command line and in listings
+    name: ClassVar[str]
+    #: plugins are probed in increasing order; catch-alls (raw) go last
+    priority: ClassVar[int] = 50
+
+    @classmethod
+    @abstractmethod
+    def probe(cls, path: str | os.PathLike[str]) -> bool:
+        """True when ``path`` looks like an image of this format (reads only a signature)."""
+
+    @classmethod
+    @abstractmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, point: str | int | None = None,
+        key: bytes | None = None,
+    ) -> Disk:
+        """Open ``path`` as a Disk (``point`` and ``key`` for formats with history/encryption)."""

@@ -1,0 +1,75 @@
+"""Raw disk images: the file's bytes are the disk's bytes.
+
+The catch-all plugin (probed last).  Holes of sparse files are reported as
+absent blocks, found with ``SEEK_DATA``/``SEEK_HOLE`` where the file system
+supports them, so exporting a sparse raw image to a dynamic VHD stays small.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import UsageError
+from blockforensics.formats.base import Disk, Format
+
+
+class RawDisk(Disk):
+    """A raw file (or block device) read with ``os.pread``."""
+
+    def __init__(self, path: str | os.PathLike[str], block_size: int = 4096):
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise UsageError(f"{self.path}: cannot open ({exc.strerror})") from exc
+        self.size = os.lseek(self._fd, 0, os.SEEK_END)
+        self.block_size = block_size
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        out = np.zeros((count, self.block_size), dtype=np.uint8)
+        if count:  # bytes past the end of the file stay zero
+            os.preadv(self._fd, [memoryview(out).cast("B")], start * self.block_size)
+        return out
+
+    def present(self) -> BlockMap:
+        """Blocks overlapping data extents of the file (holes excluded)."""
+        runs: list[tuple[int, int]] = []
+        offset = 0
+        try:
+            while offset < self.size:
+                data = os.lseek(self._fd, offset, os.SEEK_DATA)
+                hole = os.lseek(self._fd, data, os.SEEK_HOLE)
+                first = data // self.block_size
+                runs.append((first, -(-hole // self.block_size) - first))
+                offset = hole
+        except OSError:  # ENXIO past the last data extent, or no SEEK_DATA support
+            if not runs and offset == 0:
+                return super().present()
+        return BlockMap.from_runs(self.n_blocks, runs, self.block_size)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class RawFormat(Format):
+    """Any regular file or block device, byte for byte."""
+
+    name: ClassVar[str] = "raw"
+    priority: ClassVar[int] = 1000
+
+    @classmethod
+    def probe(cls, path: str | os.PathLike[str]) -> bool:
+        return os.path.isfile(path) or os.path.exists(path) and not os.path.isdir(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
+             key: bytes | None = None) -> Disk:
+        if point not in (None, 0, "0"):
+            raise UsageError(f"{path}: a raw image has a single point (0)")
+        return RawDisk(path)
