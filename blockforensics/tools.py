@@ -1,0 +1,49 @@
+"""External programs the toolkit drives (qemu, mtools, The Sleuth Kit …).
+
+``require`` finds a program or raises a one-line UsageError naming the Debian
+package that provides it, so a missing tool never surfaces as a traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from blockforensics.errors import UsageError
+
+#: program -> Debian package that provides it
+PACKAGES = {
+    "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "fusermount3": "fuse3",
+    "mcopy": "mtools",
+    "mformat": "mtools",
+    "mdir": "mtools",
+    "syslinux": "syslinux",
+    "sfdisk": "fdisk",
+    "fls": "sleuthkit",
+    "blkls": "sleuthkit",
+    "icat": "sleuthkit",
+    "mkfs.vfat": "dosfstools",
+    "fsck.vfat": "dosfstools",
+    "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "busybox": "busybox-static",
+    "cpio": "cpio",
+}
+
+
+def which(program: str) -> str | None:
+    """Path of ``program`` on PATH (also /sbin and /usr/sbin), or None."""
+    return shutil.which(program) or shutil.which(
+        program, path="/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin")
+
+
+def require(program: str) -> str:
+    """Path of ``program``; UsageError naming its package when it is missing."""
+    path = which(program)
+    if path is None:
+        package = PACKAGES.get(program)
+        hint = f" (install the Debian package {package})" if package else ""
+        raise UsageError(f"{program} not found{hint}")
+    return path

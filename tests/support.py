@@ -1,0 +1,25 @@
+"""Shared test helpers: real system tools, never mocks.
+
+A test that needs a missing tool fails in CI (``CI=true``: CI installs every
+tool) and skips, with the reason printed, on a developer machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from blockforensics.tools import PACKAGES, which
+
+
+def require_tools(*programs: str) -> None:
+    """Fail (in CI) or skip (elsewhere) unless every program is installed."""
+    missing = [p for p in programs if which(p) is None]
+    if not missing:
+        return
+    packages = sorted({PACKAGES.get(p, p) for p in missing})
+    reason = f"missing {', '.join(missing)} (Debian: {' '.join(packages)})"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must install these: {reason}")
+    pytest.skip(reason)
