@@ -65,7 +65,7 @@ class RawFormat(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        return os.path.isfile(path) or os.path.exists(path) and not os.path.isdir(path)
+        return os.path.isfile(path) or (os.path.exists(path) and not os.path.isdir(path))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,

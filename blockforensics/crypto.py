@@ -1,0 +1,142 @@
+"""Per-block authenticated encryption with one key per chain.
+
+A chain's *master key* is 32 bytes: read from a key file that holds exactly 32
+bytes, or derived with scrypt from a passphrase (any other key-file content;
+salt and cost parameters live in every image header).  HKDF-SHA-256 turns it
+into three independent subkeys:
+
+- ``enc``: AES-256-GCM, a fresh random 96-bit nonce per block; the associated
+  data binds a ciphertext to its chain (volume id), its block position and its
+  storage flags, so a block moved to another position or chain fails to
+  authenticate;
+- ``mac``: HMAC-SHA-256/128 of each plaintext block, the *content digest* used
+  for change detection, so the index leaks no plaintext digest;
+- ``check``: the header's key check value, so a wrong key is refused up front.
+
+Keys and passphrases live only in memory; nothing here writes or prints them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from blockforensics.errors import CryptoKeyError, UsageError
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per derivation
+_AAD = struct.Struct("<16sQI")  # volume id, block position, storage flags
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """What a key file holds: a raw 32-byte key, or a passphrase to stretch."""
+
+    raw_key: bytes | None = field(default=None, repr=False)
+    passphrase: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> KeySource:
+        """Read a key file: exactly 32 bytes is a raw key, anything else a passphrase."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read key file ({exc.strerror})") from exc
+        if len(data) == KEY_SIZE:
+            return cls(raw_key=data)
+        passphrase = data.rstrip(b"\r\n")
+        if not passphrase:
+            raise UsageError(f"{path}: key file is empty")
+        return cls(passphrase=passphrase)
+
+    @classmethod
+    def generate_file(cls, path: str | os.PathLike[str]) -> Path:
+        """Write a new random 32-byte key file readable only by its owner."""
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(KEY_SIZE))
+        return path
+
+    def __repr__(self) -> str:
+        return "KeySource(raw key)" if self.raw_key is not None else "KeySource(passphrase)"
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """How the master key is obtained; stored in every image header."""
+
+    kdf: int  # format.KDF_RAW_KEY or format.KDF_SCRYPT
+    salt: bytes = bytes(16)
+    n: int = 0
+    r: int = 0
+    p: int = 0
+
+    @classmethod
+    def for_source(cls, source: KeySource) -> KdfParams:
+        from blockforensics.image.format import KDF_RAW_KEY, KDF_SCRYPT
+
+        if source.raw_key is not None:
+            return cls(KDF_RAW_KEY)
+        return cls(KDF_SCRYPT, os.urandom(16), SCRYPT_N, SCRYPT_R, SCRYPT_P)
+
+
+class ChainKeys:
+    """The subkeys of one chain (one volume id) and the per-block operations."""
+
+    def __init__(self, master: bytes, volume_id: bytes):
+        if len(master) != KEY_SIZE:
+            raise ValueError("master key must be 32 bytes")
+        self.volume_id = volume_id
+        enc, mac, check = (self._subkey(master, volume_id, label)
+                           for label in (b"enc", b"mac", b"check"))
+        self._aead = AESGCM(enc)
+        self._mac = mac
+        self.key_check = hmac.new(check, b"blockforensics key check" + volume_id,
+                                  hashlib.sha256).digest()
+
+    @staticmethod
+    def _subkey(master: bytes, volume_id: bytes, label: bytes) -> bytes:
+        return HKDF(hashes.SHA256(), KEY_SIZE, salt=volume_id,
+                    info=b"blockforensics " + label).derive(master)
+
+    @classmethod
+    def derive(cls, source: KeySource, params: KdfParams, volume_id: bytes) -> ChainKeys:
+        """Master key from the key source and the header's KDF parameters."""
+        if source.raw_key is not None:
+            master = source.raw_key
+        else:
+            assert source.passphrase is not None
+            master = hashlib.scrypt(source.passphrase, salt=params.salt, n=params.n,
+                                    r=params.r, p=params.p, dklen=KEY_SIZE,
+                                    maxmem=256 * params.n * params.r + (1 << 20))
+        return cls(master, volume_id)
+
+    def check(self, expected: bytes, where: str) -> None:
+        """CryptoKeyError unless these keys produce the header's key check value."""
+        if not hmac.compare_digest(self.key_check, expected):
+            raise CryptoKeyError(f"{where}: wrong key")
+
+    def content_digest(self, block: bytes | memoryview) -> bytes:
+        """Keyed digest of a plaintext block (HMAC-SHA-256/128)."""
+        return hmac.new(self._mac, block, hashlib.sha256).digest()[:16]
+
+    def encrypt(self, position: int, flags: int, plaintext: bytes, nonce: bytes) -> bytes:
+        """``nonce || ciphertext || tag`` bound to (chain, position, flags)."""
+        aad = _AAD.pack(self.volume_id, position, flags)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, position: int, flags: int, payload: bytes) -> bytes:
+        """The plaintext, or InvalidTag when the payload was altered, moved or foreign."""
+        aad = _AAD.pack(self.volume_id, position, flags)
+        return self._aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)

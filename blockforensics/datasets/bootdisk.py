@@ -1,0 +1,345 @@
+"""A small bootable Linux disk built from installed Debian packages.
+
+The disk is an MBR-partitioned raw image: syslinux's MBR boot code, one active
+FAT16 partition holding syslinux, a Debian cloud kernel and a busybox initramfs
+whose /init prints ``BLOCKFORENSICS-BOOT-OK <marker>`` on the serial console and
+powers off. The marker travels on the kernel command line written in
+``syslinux.cfg`` on the FAT partition, so whatever a backup stored there is what
+boots. Building needs no mounts, no root and no network: the partition table is
+written by ``sfdisk`` on the image file and the file system by mtools at a byte
+offset (``-i disk.img@@OFFSET``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import stat
+import struct
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blockforensics.errors import FormatError, UsageError
+from blockforensics.tools import require
+
+SECTOR = 512  # bytes
+MIB = 1 << 20  # bytes
+#: Default disk size in bytes: 48 MiB + 3 sectors, deliberately a multiple of
+#: neither 2 MiB, 4 KiB nor a 255x63-sector CHS cylinder, so that size rounding
+#: bugs (e.g. in VHD export) show up.
+DEFAULT_SIZE = 48 * MIB + 3 * SECTOR
+#: First sector of the FAT partition (1 MiB, as partitioning tools align).
+PARTITION_START_SECTOR = 2048
+FAT16_LBA = 0x0E  # MBR partition type of the FAT partition
+DISK_ID = 0x42465244  # MBR disk signature ("DRFB"), fixed for reproducible tables
+VOLUME_SERIAL = "42464f52"  # FAT volume serial (hex), fixed for the same reason
+MARKER_PREFIX = "BLOCKFORENSICS-BOOT-OK"  # what /init prints before the marker
+CONFIG_NAME = "syslinux.cfg"
+KERNEL_GLOB = "vmlinuz-*-cloud-amd64"  # in /boot, from linux-image-cloud-amd64
+SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
+#: Bumped whenever the disk layout changes, to invalidate cached disks.
+BUILDER_VERSION = 1
+_MARKER = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
+#: Partition types that hold a FAT file system.
+_FAT_TYPES = frozenset({0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E})
+
+#: Master boot record, sector 0 (512 bytes, little-endian): (field, struct code).
+MBR_LAYOUT = (
+    ("boot_code", "440s"),  # x86 code the BIOS runs (syslinux mbr.bin)
+    ("disk_signature", "I"),  # disk identifier
+    ("reserved", "2s"),
+    ("partition_table", "64s"),  # 4 entries laid out as PARTITION_LAYOUT
+    ("boot_signature", "H"),  # 0xAA55
+)
+#: One primary partition entry (16 bytes): (field, struct code).
+PARTITION_LAYOUT = (
+    ("status", "B"),  # 0x80 = active (bootable)
+    ("chs_first", "3s"),  # legacy CHS address of the first sector
+    ("type", "B"),  # partition type, e.g. 0x0E FAT16 LBA
+    ("chs_last", "3s"),  # legacy CHS address of the last sector
+    ("lba_first", "I"),  # first sector
+    ("sectors", "I"),  # length in sectors
+)
+MBR_BOOT_SIGNATURE = 0xAA55
+
+
+def _struct(layout: Sequence[tuple[str, str]]) -> struct.Struct:
+    return struct.Struct("<" + "".join(code for _, code in layout))
+
+
+def _unpack(layout: Sequence[tuple[str, str]], data: bytes) -> dict[str, Any]:
+    return dict(zip((name for name, _ in layout), _struct(layout).unpack(data), strict=True))
+
+
+def _pack(layout: Sequence[tuple[str, str]], fields: dict[str, Any]) -> bytes:
+    return _struct(layout).pack(*(fields[name] for name, _ in layout))
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One used primary MBR partition entry."""
+
+    number: int  # 1..4, as in the partition table
+    bootable: bool
+    type: int  # MBR partition type byte
+    start_sector: int  # in 512-byte sectors
+    sectors: int  # length in 512-byte sectors
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the partition in the disk."""
+        return self.start_sector * SECTOR
+
+    @property
+    def length(self) -> int:
+        """Length of the partition in bytes."""
+        return self.sectors * SECTOR
+
+
+def read_partitions(path: str | os.PathLike[str]) -> list[Partition]:
+    """The used primary partitions of the MBR of the disk at ``path``."""
+    with open(path, "rb") as f:
+        sector = f.read(SECTOR)
+    if len(sector) < SECTOR:
+        raise FormatError(f"{path}: shorter than one sector, no MBR")
+    mbr = _unpack(MBR_LAYOUT, sector)
+    if mbr["boot_signature"] != MBR_BOOT_SIGNATURE:
+        raise FormatError(f"{path}: no MBR boot signature 0x55AA")
+    table = mbr["partition_table"]
+    size = _struct(PARTITION_LAYOUT).size
+    partitions = []
+    for number in range(1, 5):
+        entry = _unpack(PARTITION_LAYOUT, table[(number - 1) * size : number * size])
+        if entry["type"] == 0 or entry["sectors"] == 0:
+            continue
+        partitions.append(Partition(
+            number=number, bootable=entry["status"] == 0x80, type=entry["type"],
+            start_sector=entry["lba_first"], sectors=entry["sectors"],
+        ))
+    return partitions
+
+
+def fat_partition(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(byte offset, byte length) of the first FAT partition of the disk at ``path``."""
+    for partition in read_partitions(path):
+        if partition.type in _FAT_TYPES:
+            return partition.offset, partition.length
+    raise FormatError(f"{path}: no FAT partition in the MBR partition table")
+
+
+def _run(command: Sequence[str], stdin: bytes | None = None) -> None:
+    """Run a program; its last stderr line becomes a one-line UsageError on failure."""
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}  # mtools: accept any FAT geometry
+    done = subprocess.run(list(command), input=stdin, capture_output=True, env=env, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
+        raise UsageError(f"{Path(command[0]).name} failed: {lines[-1]}")
+
+
+def _image_spec(path: str | os.PathLike[str]) -> str:
+    """mtools' ``-i`` argument addressing the FAT partition inside the disk."""
+    offset, _ = fat_partition(path)
+    return f"{os.fspath(path)}@@{offset}"
+
+
+def write_fat_file(path: str | os.PathLike[str], name: str, data: bytes) -> None:
+    """Create or overwrite file ``name`` in the FAT partition's root directory."""
+    spec = _image_spec(path)
+    with tempfile.TemporaryDirectory(prefix="bf-fat-") as work:
+        source = Path(work, "data")
+        source.write_bytes(data)
+        _run([require("mcopy"), "-o", "-i", spec, str(source), f"::{name.lstrip('/')}"])
+
+
+def read_fat_file(path: str | os.PathLike[str], name: str) -> bytes:
+    """Contents of file ``name`` in the FAT partition (path from its root)."""
+    spec = _image_spec(path)
+    with tempfile.TemporaryDirectory(prefix="bf-fat-") as work:
+        target = Path(work, "data")
+        _run([require("mcopy"), "-n", "-i", spec, f"::{name.lstrip('/')}", str(target)])
+        return target.read_bytes()
+
+
+def _syslinux_config(marker: str) -> bytes:
+    """syslinux.cfg booting the kernel at once, console on the first serial port."""
+    if not _MARKER.fullmatch(marker):
+        raise UsageError(f"boot marker {marker!r}: use 1-64 of A-Z a-z 0-9 . _ : + -")
+    return (
+        "SERIAL 0 115200\n"
+        "PROMPT 0\n"
+        "TIMEOUT 0\n"
+        "DEFAULT linux\n"
+        "LABEL linux\n"
+        "  KERNEL vmlinuz\n"
+        "  INITRD initrd.gz\n"
+        f"  APPEND console=ttyS0 panic=-1 bf.marker={marker}\n"
+    ).encode()
+
+
+def set_boot_marker(path: str | os.PathLike[str], text: str) -> None:
+    """Rewrite syslinux.cfg on the disk so that the guest prints ``text`` when booted."""
+    write_fat_file(path, CONFIG_NAME, _syslinux_config(text))
+
+
+#: /init of the initramfs: print the marker from the kernel command line, power off.
+_INIT = f"""#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+read -r cmdline < /proc/cmdline
+marker=
+for word in $cmdline; do
+  case "$word" in bf.marker=*) marker="${{word#bf.marker=}}" ;; esac
+done
+echo "{MARKER_PREFIX} $marker"
+/bin/busybox poweroff -f
+""".encode()
+
+#: newc cpio member header: magic "070701", then these fields as 8 hex digits each.
+_NEWC_FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize",
+                "devmajor", "devminor", "rdevmajor", "rdevminor", "namesize", "check")
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _newc_member(ino: int, name: str, mode: int, data: bytes = b"",
+                 rdev: tuple[int, int] = (0, 0)) -> bytes:
+    """One member of a newc cpio archive (the format of Linux initramfs)."""
+    encoded = name.encode() + b"\0"
+    values = {
+        "ino": ino, "mode": mode, "uid": 0, "gid": 0, "nlink": 2 if stat.S_ISDIR(mode) else 1,
+        "mtime": 0, "filesize": len(data), "devmajor": 0, "devminor": 0,
+        "rdevmajor": rdev[0], "rdevminor": rdev[1], "namesize": len(encoded), "check": 0,
+    }
+    header = b"070701" + b"".join(b"%08x" % values[field] for field in _NEWC_FIELDS)
+    return _pad4(header + encoded) + _pad4(data)
+
+
+def _static_busybox() -> Path:
+    """The busybox binary, checked to be statically linked (no ELF PT_INTERP)."""
+    path = Path(require("busybox")).resolve()
+    elf = path.read_bytes()
+    phoff, = struct.unpack_from("<Q", elf, 0x20)  # e_phoff: program headers' offset
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)  # e_phentsize, e_phnum
+    pt_interp = 3
+    if any(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] == pt_interp
+           for i in range(phnum)):
+        raise UsageError(
+            f"{path} is dynamically linked (install the Debian package busybox-static)")
+    return path
+
+
+def _initramfs(busybox: Path) -> bytes:
+    """gzip-compressed newc initramfs: static busybox and the marker-printing /init."""
+    members = [
+        ("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
+        ("dev", stat.S_IFDIR | 0o755, b"", (0, 0)),
+        ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
+        ("proc", stat.S_IFDIR | 0o755, b"", (0, 0)),
+        ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), (0, 0)),
+        ("init", stat.S_IFREG | 0o755, _INIT, (0, 0)),
+    ]
+    archive = b"".join(_newc_member(i, *member) for i, member in enumerate(members, start=1))
+    archive += _newc_member(0, "TRAILER!!!", 0)
+    return gzip.compress(archive, compresslevel=9, mtime=0)
+
+
+def _install_boot_code(path: Path, code: bytes) -> None:
+    """Put ``code`` (at most 440 bytes) in the MBR's boot code area, keeping the table."""
+    with open(path, "r+b") as f:
+        mbr = _unpack(MBR_LAYOUT, f.read(SECTOR))
+        mbr["boot_code"] = code
+        f.seek(0)
+        f.write(_pack(MBR_LAYOUT, mbr))
+
+
+def _kernel() -> Path:
+    """Newest Debian cloud kernel image in /boot."""
+    kernels = sorted(Path("/boot").glob(KERNEL_GLOB))
+    if not kernels:
+        raise UsageError(
+            f"no /boot/{KERNEL_GLOB} (install the Debian package linux-image-cloud-amd64)")
+    return kernels[-1]
+
+
+def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_SIZE,
+                    marker: str = "sample") -> Path:
+    """Build the bootable disk at ``path`` (``size_bytes`` bytes, a multiple of 512).
+
+    The image is written under a temporary name, fsynced and renamed, so ``path``
+    is either absent or complete. Takes about a second.
+    """
+    if size_bytes % SECTOR or size_bytes < 24 * MIB:
+        raise UsageError(f"disk size {size_bytes}: must be a multiple of 512 and at least 24 MiB")
+    config = _syslinux_config(marker)
+    target = Path(path)
+    kernel, initrd = _kernel(), _initramfs(_static_busybox())
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would keep a shared cache private
+        os.ftruncate(fd, size_bytes)
+        os.close(fd)
+        fd = -1
+        table = (f"label: dos\nlabel-id: 0x{DISK_ID:08x}\n"
+                 f"start={PARTITION_START_SECTOR}, type={FAT16_LBA:x}, bootable\n")
+        _run([require("sfdisk"), "--quiet", str(tmp)], stdin=table.encode())
+        _install_boot_code(tmp, SYSLINUX_MBR.read_bytes())
+        offset, length = fat_partition(tmp)
+        spec = f"{tmp}@@{offset}"
+        _run([require("mformat"), "-i", spec, "-T", str(length // SECTOR), "-h", "64", "-s", "32",
+              "-H", str(offset // SECTOR), "-N", VOLUME_SERIAL, "-v", "BFBOOT", "::"])
+        _run([require("syslinux"), "--install", "--offset", str(offset), str(tmp)])
+        with tempfile.TemporaryDirectory(prefix="bf-bootdisk-") as work:
+            Path(work, "initrd.gz").write_bytes(initrd)
+            Path(work, CONFIG_NAME).write_bytes(config)
+            _run([require("mcopy"), "-i", spec, str(kernel), "::vmlinuz"])
+            _run([require("mcopy"), "-i", spec, str(Path(work, "initrd.gz")),
+                  str(Path(work, CONFIG_NAME)), "::"])
+        with open(tmp, "r+b") as f:
+            os.fsync(f.fileno())
+        tmp.replace(target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def _cache_key(size_bytes: int, marker: str) -> str:
+    """Hash of everything the disk is built from: builder version, inputs' bytes, options."""
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{size_bytes}:{marker}".encode())
+    for source in (_kernel(), _static_busybox(), SYSLINUX_MBR, Path(require("syslinux"))):
+        h.update(source.name.encode() + b"\0")
+        h.update(source.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_boot_disk(cache_dir: str | os.PathLike[str] | None = None, *,
+                     size_bytes: int = DEFAULT_SIZE, marker: str = "sample") -> Path:
+    """Path of the bootable disk, built once per set of inputs into ``cache_dir``.
+
+    ``cache_dir`` defaults to ``$BLOCKFORENSICS_CACHE`` or ``~/.cache/blockforensics``.
+    The cached file is shared: copy it before modifying it.
+    """
+    if cache_dir is None:
+        cache_dir = os.environ.get("BLOCKFORENSICS_CACHE") or Path.home() / ".cache/blockforensics"
+    directory = Path(cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    release = _kernel().name.removeprefix("vmlinuz-")
+    path = directory / f"bootdisk-{release}-{_cache_key(size_bytes, marker)}.img"
+    if not path.exists():
+        build_boot_disk(path, size_bytes=size_bytes, marker=marker)
+    return path

@@ -1,0 +1,15 @@
+"""Readers for the on-disk structures of real volumes: MBR, FAT12/16/32, ext2/3/4.
+
+One small module per format, each declaring its structures once
+(:mod:`blockforensics.fs.structure`) and decoding tables with numpy.
+:mod:`blockforensics.allocation` is the front door.
+"""
+
+from __future__ import annotations
+
+from blockforensics.fs.base import FileSystem
+from blockforensics.fs.ext import ExtFileSystem
+from blockforensics.fs.fat import FatFileSystem
+from blockforensics.fs.mbr import Partition, read_partitions
+
+__all__ = ["ExtFileSystem", "FatFileSystem", "FileSystem", "Partition", "read_partitions"]

@@ -1,0 +1,58 @@
+"""What every file-system reader here provides: its extent and its allocation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import FormatError
+from blockforensics.formats.base import Disk
+
+
+class FileSystem(ABC):
+    """A file system found at byte ``offset`` of a disk.
+
+    ``size`` is the file system's own extent in bytes (from its superblock or
+    boot sector) and ``unit`` its allocation granularity in bytes (sectors for
+    FAT, blocks — or bigalloc clusters — for ext).
+    """
+
+    #: short names this reader reports ("fat12", "ext4", …)
+    kinds: ClassVar[tuple[str, ...]]
+
+    kind: str
+    size: int
+    unit: int
+
+    def __init__(self, disk: Disk, offset: int = 0):
+        self.disk = disk
+        self.offset = offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from byte ``offset`` of the file system; FormatError when short."""
+        data = self.disk.read(self.offset + offset, length)
+        if len(data) != length:
+            raise FormatError(
+                f"{self.name}: truncated, {length} bytes at byte {self.offset + offset} "
+                f"run past the end of the disk ({self.disk.size} bytes)")
+        return data
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind} at byte {self.offset}"
+
+    @property
+    def n_units(self) -> int:
+        """Number of allocation units (``size // unit``)."""
+        return self.size // self.unit
+
+    def check_fits(self, available: int) -> None:
+        """FormatError unless the file system's ``size`` fits in ``available`` bytes."""
+        if self.size > available:
+            raise FormatError(f"{self.name}: truncated, declares {self.size} bytes "
+                              f"but only {available} are there")
+
+    @abstractmethod
+    def allocation(self) -> BlockMap:
+        """Allocated units: a map of ``n_units`` blocks of ``unit`` bytes."""

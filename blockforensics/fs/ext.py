@@ -1,0 +1,266 @@
+"""ext2/3/4 (the ext4 disk layout documentation): allocation from block bitmaps.
+
+The volume is an array of blocks of ``1024 << s_log_block_size`` bytes, cut
+into groups of ``s_blocks_per_group`` blocks starting at
+``s_first_data_block`` (1 for 1 KiB blocks: block 0 holds the boot sector and
+is outside every group, hence always allocated).  Each group's descriptor
+names its block bitmap, one bit per block (per cluster with bigalloc).  A group
+flagged ``BLOCK_UNINIT`` (only honoured with group-descriptor checksums) has no
+bitmap on disk: its allocated blocks are exactly its metadata — superblock and
+descriptor copies where the group carries a backup, and any group's bitmaps
+and inode table lying inside it (flex_bg packs them together).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import FormatError
+from blockforensics.formats.base import Disk
+from blockforensics.fs.base import FileSystem
+from blockforensics.fs.structure import Structure
+
+SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
+SUPERBLOCK = Structure("ExtSuperblock", 1024, [
+    (0x004, "I", "s_blocks_count_lo"),
+    (0x014, "I", "s_first_data_block"),
+    (0x018, "I", "s_log_block_size"),
+    (0x01C, "I", "s_log_cluster_size"),
+    (0x020, "I", "s_blocks_per_group"),
+    (0x024, "I", "s_clusters_per_group"),
+    (0x028, "I", "s_inodes_per_group"),
+    (0x038, "H", "s_magic"),
+    (0x04C, "I", "s_rev_level"),
+    (0x058, "H", "s_inode_size"),
+    (0x05C, "I", "s_feature_compat"),
+    (0x060, "I", "s_feature_incompat"),
+    (0x064, "I", "s_feature_ro_compat"),
+    (0x0CE, "H", "s_reserved_gdt_blocks"),
+    (0x0FE, "H", "s_desc_size"),
+    (0x104, "I", "s_first_meta_bg"),
+    (0x150, "I", "s_blocks_count_hi"),
+    (0x24C, "I", "s_backup_bgs_0"),
+    (0x250, "I", "s_backup_bgs_1"),
+])
+MAGIC = 0xEF53
+GOOD_OLD_REV = 0
+GOOD_OLD_INODE_SIZE = 128
+MAX_LOG_BLOCK_SIZE = 6  # 64 KiB
+
+GROUP_DESC_32 = Structure("ExtGroupDesc", 32, [
+    (0x00, "I", "bg_block_bitmap_lo"),
+    (0x04, "I", "bg_inode_bitmap_lo"),
+    (0x08, "I", "bg_inode_table_lo"),
+    (0x12, "H", "bg_flags"),
+])
+GROUP_DESC_64 = Structure("ExtGroupDesc64", 64, [
+    (0x00, "I", "bg_block_bitmap_lo"),
+    (0x04, "I", "bg_inode_bitmap_lo"),
+    (0x08, "I", "bg_inode_table_lo"),
+    (0x12, "H", "bg_flags"),
+    (0x20, "I", "bg_block_bitmap_hi"),
+    (0x24, "I", "bg_inode_bitmap_hi"),
+    (0x28, "I", "bg_inode_table_hi"),
+])
+BG_BLOCK_UNINIT = 0x2
+
+COMPAT_HAS_JOURNAL = 0x4
+COMPAT_SPARSE_SUPER2 = 0x200
+INCOMPAT_FILETYPE = 0x2
+INCOMPAT_RECOVER = 0x4
+INCOMPAT_JOURNAL_DEV = 0x8
+INCOMPAT_META_BG = 0x10
+INCOMPAT_64BIT = 0x80
+RO_COMPAT_SPARSE_SUPER = 0x1
+RO_COMPAT_LARGE_FILE = 0x2
+RO_COMPAT_BTREE_DIR = 0x4
+RO_COMPAT_GDT_CSUM = 0x10
+RO_COMPAT_BIGALLOC = 0x200
+RO_COMPAT_METADATA_CSUM = 0x400
+#: features an ext3 driver understands; anything beyond makes the volume ext4
+EXT3_INCOMPAT = INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG
+EXT3_RO_COMPAT = RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_BTREE_DIR
+
+
+def has_ext_magic(superblock: bytes) -> bool:
+    """True when 1024 bytes read at ``SUPERBLOCK_OFFSET`` carry the ext magic."""
+    return len(superblock) >= SUPERBLOCK.size and SUPERBLOCK.parse(superblock).s_magic == MAGIC
+
+
+class ExtFileSystem(FileSystem):
+    """An ext2/3/4 volume; allocation unit: the block (the cluster with bigalloc)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("ext2", "ext3", "ext4")
+
+    def __init__(self, disk: Disk, offset: int = 0):
+        super().__init__(disk, offset)
+        self.kind = "ext"
+        sb = SUPERBLOCK.parse(self.read(SUPERBLOCK_OFFSET, SUPERBLOCK.size))
+        if sb.s_magic != MAGIC:
+            raise FormatError(f"no ext file system at byte {offset} (bad superblock magic)")
+        self.sb = sb
+        self.kind = _kind(sb)
+        if sb.s_feature_incompat & INCOMPAT_JOURNAL_DEV:
+            raise FormatError(f"{self.name}: an external journal device, not a file system")
+        if sb.s_log_block_size > MAX_LOG_BLOCK_SIZE:
+            raise FormatError(f"{self.name}: bad block size exponent {sb.s_log_block_size}")
+        self.block_size = 1024 << sb.s_log_block_size
+        bigalloc = bool(sb.s_feature_ro_compat & RO_COMPAT_BIGALLOC)
+        #: log2 of blocks per allocation unit (0 unless bigalloc)
+        self.cluster_shift = sb.s_log_cluster_size - sb.s_log_block_size if bigalloc else 0
+        self.unit = self.block_size << self.cluster_shift
+        self.units_per_group = sb.s_clusters_per_group if bigalloc else sb.s_blocks_per_group
+        is64 = bool(sb.s_feature_incompat & INCOMPAT_64BIT)
+        self.blocks_count = sb.s_blocks_count_lo | (sb.s_blocks_count_hi << 32 if is64 else 0)
+        if not (0 < self.units_per_group <= 8 * self.block_size
+                and sb.s_blocks_per_group > 0
+                and sb.s_first_data_block < self.blocks_count
+                and self.cluster_shift >= 0):
+            raise FormatError(f"{self.name}: inconsistent superblock geometry")
+        self.size = self.blocks_count * self.block_size
+        self.n_groups = -(-(self.blocks_count - sb.s_first_data_block) // sb.s_blocks_per_group)
+        self.desc_size = max(sb.s_desc_size, GROUP_DESC_64.size) if is64 else GROUP_DESC_32.size
+        self._desc_struct = GROUP_DESC_64 if is64 else GROUP_DESC_32
+        inode_size = GOOD_OLD_INODE_SIZE if sb.s_rev_level == GOOD_OLD_REV else sb.s_inode_size
+        self.inode_table_blocks = -(-sb.s_inodes_per_group * inode_size // self.block_size)
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def descs_per_block(self) -> int:
+        return self.block_size // self.desc_size
+
+    def group_first_block(self, groups: np.ndarray) -> np.ndarray:
+        """First block of each group (block 1 for group 0 of a 1 KiB bigalloc volume)."""
+        first = self.sb.s_first_data_block + groups.astype(np.int64) * self.sb.s_blocks_per_group
+        if self.block_size == 1024 and self.sb.s_first_data_block == 0:
+            first[groups == 0] = 1
+        return first
+
+    def has_super(self, groups: np.ndarray) -> np.ndarray:
+        """Whether each group carries a superblock (and descriptor) backup."""
+        sb = self.sb
+        if sb.s_feature_compat & COMPAT_SPARSE_SUPER2:
+            backups = [g for g in (sb.s_backup_bgs_0, sb.s_backup_bgs_1) if g]
+            return (groups == 0) | np.isin(groups, backups)
+        if not sb.s_feature_ro_compat & RO_COMPAT_SPARSE_SUPER:
+            return np.ones(groups.shape, dtype=bool)
+        powers = [0, 1]
+        for base in (3, 5, 7):
+            power = base
+            while power < self.n_groups:
+                powers.append(power)
+                power *= base
+        return np.isin(groups, powers)
+
+    # ------------------------------------------------------------- descriptors
+    def group_descriptors(self) -> np.ndarray:
+        """Every group descriptor as a structured array (fields named as in the spec)."""
+        gdt_block = SUPERBLOCK_OFFSET // self.block_size + 1  # the block after the superblock
+        if not self.sb.s_feature_incompat & INCOMPAT_META_BG:
+            data = self.read(gdt_block * self.block_size, self.n_groups * self.desc_size)
+            return self._desc_struct.parse_array(data, self.n_groups, self.desc_size)
+        # meta_bg: the first s_first_meta_bg descriptor blocks follow the superblock,
+        # later ones sit in the first group of each meta group (after its backup).
+        per_block = self.descs_per_block
+        n_blocks = -(-self.n_groups // per_block)
+        meta_groups = np.arange(self.sb.s_first_meta_bg, n_blocks) * per_block
+        locations = np.concatenate([
+            gdt_block + np.arange(min(self.sb.s_first_meta_bg, n_blocks)),
+            self.group_first_block(meta_groups) + self.has_super(meta_groups)])
+        data = b"".join(self.read(int(b) * self.block_size, self.block_size) for b in locations)
+        return self._desc_struct.parse_array(data, self.n_groups, self.desc_size)
+
+    def _field(self, desc: np.ndarray, name: str) -> np.ndarray:
+        value = desc[f"{name}_lo"].astype(np.int64)
+        if f"{name}_hi" in desc.dtype.names:
+            value |= desc[f"{name}_hi"].astype(np.int64) << 32
+        return value
+
+    # -------------------------------------------------------------- allocation
+    def metadata_blocks(self, desc: np.ndarray) -> np.ndarray:
+        """Flags (one per block) for blocks every group's metadata occupies.
+
+        Superblock/descriptor backups and reserved descriptor blocks where a
+        group has a backup, and every group's block bitmap, inode bitmap and
+        inode table — what a ``BLOCK_UNINIT`` group's implicit bitmap holds.
+        """
+        groups = np.arange(self.n_groups)
+        first = self.group_first_block(groups)
+        backup = self.has_super(groups)
+        meta_bg = bool(self.sb.s_feature_incompat & INCOMPAT_META_BG)
+        desc_blocks = -(-self.n_groups // self.descs_per_block)
+        old_desc = self.sb.s_first_meta_bg if meta_bg else (
+            desc_blocks + self.sb.s_reserved_gdt_blocks)
+        per_block = self.descs_per_block
+        in_old = (groups // per_block < self.sb.s_first_meta_bg) if meta_bg else (
+            np.ones(self.n_groups, dtype=bool))
+        # superblock + classic descriptor blocks, or one meta_bg descriptor block
+        # in the first, second and last group of each meta group
+        length = np.where(in_old, backup * (1 + old_desc), backup.astype(np.int64))
+        meta_desc = ~in_old & np.isin(groups % per_block, (0, 1, per_block - 1))
+        length = length + meta_desc
+        starts = np.concatenate([first, self._field(desc, "bg_block_bitmap"),
+                                 self._field(desc, "bg_inode_bitmap"),
+                                 self._field(desc, "bg_inode_table")])
+        lengths = np.concatenate([length, np.ones(2 * self.n_groups, dtype=np.int64),
+                                  np.full(self.n_groups, self.inode_table_blocks)])
+        starts, lengths = starts[lengths > 0], lengths[lengths > 0]
+        stops = np.minimum(starts + lengths, self.blocks_count)
+        delta = (np.bincount(np.minimum(starts, self.blocks_count), minlength=self.blocks_count + 1)
+                 - np.bincount(stops, minlength=self.blocks_count + 1))
+        return np.cumsum(delta[:-1]) > 0
+
+    def _bitmaps(self, locations: np.ndarray) -> np.ndarray:
+        """The blocks at ``locations`` as a (len, block_size) array, read run by run."""
+        if ((locations < 0) | (locations >= self.blocks_count)).any():
+            raise FormatError(f"{self.name}: a block bitmap lies outside the volume")
+        out = np.empty((locations.size, self.block_size), dtype=np.uint8)
+        order = np.argsort(locations, kind="stable")
+        ordered = locations[order]
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for run in np.split(np.arange(ordered.size), breaks):
+            if run.size:
+                first, count = int(ordered[run[0]]), int(ordered[run[-1]] - ordered[run[0]] + 1)
+                data = self.read(first * self.block_size, count * self.block_size)
+                out[order[run]] = np.frombuffer(data, np.uint8).reshape(count, -1)
+        return out
+
+    def allocation(self) -> BlockMap:
+        """Allocated units (blocks, or clusters with bigalloc) of the whole volume."""
+        desc = self.group_descriptors()
+        uninit = np.zeros(self.n_groups, dtype=bool)
+        if self.sb.s_feature_ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM):
+            uninit = (desc["bg_flags"] & BG_BLOCK_UNINIT) != 0
+        per_group = self.units_per_group
+        grouped = np.zeros((self.n_groups, per_group), dtype=bool)
+        bitmaps = self._bitmaps(self._field(desc, "bg_block_bitmap")[~uninit])
+        grouped[~uninit] = np.unpackbits(bitmaps[:, : -(-per_group // 8)], axis=1,
+                                         count=per_group, bitorder="little").view(bool)
+        first_unit = self.sb.s_first_data_block >> self.cluster_shift
+        flags = np.ones(first_unit + grouped.size, dtype=bool)  # before group 0: allocated
+        flags[first_unit:] = grouped.reshape(-1)
+        if uninit.any():  # implicit bitmaps: the metadata inside those groups
+            implicit = np.zeros_like(flags)
+            meta = self._to_units(self.metadata_blocks(desc))
+            implicit[: meta.size] = meta
+            in_uninit = np.zeros_like(flags)
+            in_uninit[first_unit:] = np.repeat(uninit, per_group)
+            flags[in_uninit] = implicit[in_uninit]
+        return BlockMap.from_bools(flags[: self.n_units], self.unit)
+
+    def _to_units(self, block_flags: np.ndarray) -> np.ndarray:
+        """Per-block flags to per-unit flags (a unit is set when any of its blocks is)."""
+        ratio = 1 << self.cluster_shift
+        padded = np.zeros(-(-block_flags.size // ratio) * ratio, dtype=bool)
+        padded[: block_flags.size] = block_flags
+        return padded.reshape(-1, ratio).any(axis=1)
+
+
+def _kind(sb: Any) -> str:
+    """ext4 when any feature beyond ext3's is on; ext3 with a journal; else ext2."""
+    if (sb.s_feature_incompat & ~EXT3_INCOMPAT) or (sb.s_feature_ro_compat & ~EXT3_RO_COMPAT):
+        return "ext4"
+    return "ext3" if sb.s_feature_compat & COMPAT_HAS_JOURNAL else "ext2"

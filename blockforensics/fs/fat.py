@@ -1,0 +1,143 @@
+"""FAT12/16/32 (Microsoft's FAT specification): allocation from the FAT itself.
+
+Layout of a FAT volume, in sectors of ``BPB_BytsPerSec`` bytes: the reserved
+region (``BPB_RsvdSecCnt``, starting with the boot sector), ``BPB_NumFATs``
+copies of the FAT, the fixed root directory (FAT12/16 only), then the data
+region of clusters numbered from 2.  A cluster is allocated when its FAT entry
+is non-zero (in use, end of chain, or marked bad).  The FAT type is decided by
+the count of clusters, never by the ``BS_FilSysType`` label.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import FormatError
+from blockforensics.formats.base import Disk
+from blockforensics.fs.base import FileSystem
+from blockforensics.fs.structure import Structure
+
+#: the boot sector's BIOS parameter block; offsets 0x24+ are FAT32-only fields
+BOOT_SECTOR = Structure("FatBootSector", 512, [
+    (0x00, "B", "BS_jmpBoot"),
+    (0x0B, "H", "BPB_BytsPerSec"),
+    (0x0D, "B", "BPB_SecPerClus"),
+    (0x0E, "H", "BPB_RsvdSecCnt"),
+    (0x10, "B", "BPB_NumFATs"),
+    (0x11, "H", "BPB_RootEntCnt"),
+    (0x13, "H", "BPB_TotSec16"),
+    (0x15, "B", "BPB_Media"),
+    (0x16, "H", "BPB_FATSz16"),
+    (0x20, "I", "BPB_TotSec32"),
+    (0x24, "I", "BPB_FATSz32"),
+    (0x28, "H", "BPB_ExtFlags"),
+])
+JUMP_OPCODES = (0xEB, 0xE9)
+SECTOR_SIZES = (512, 1024, 2048, 4096)
+MEDIA_BYTES = (0xF0, *range(0xF8, 0x100))
+DIR_ENTRY_SIZE = 32
+#: cluster counts below these are FAT12, FAT16 (spec, "FAT Type Determination")
+MAX_FAT12_CLUSTERS = 4085
+MAX_FAT16_CLUSTERS = 65525
+FAT32_ENTRY_MASK = 0x0FFFFFFF
+#: BPB_ExtFlags: bit 7 set = only the FAT numbered in bits 0-3 is active
+EXT_FLAGS_NO_MIRRORING = 0x80
+EXT_FLAGS_ACTIVE_FAT = 0x0F
+FIRST_CLUSTER = 2
+
+
+class FatFileSystem(FileSystem):
+    """A FAT12/16/32 volume; allocation unit: the sector (``BPB_BytsPerSec`` bytes)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("fat12", "fat16", "fat32")
+
+    def __init__(self, disk: Disk, offset: int = 0):
+        super().__init__(disk, offset)
+        self.kind = "fat"
+        bpb = BOOT_SECTOR.parse(self.read(0, BOOT_SECTOR.size))
+        problem = bpb_problem(bpb)
+        if problem:
+            raise FormatError(f"no FAT file system at byte {offset}: {problem}")
+        self.bpb = bpb
+        self.unit = bpb.BPB_BytsPerSec
+        self.sectors_per_cluster = bpb.BPB_SecPerClus
+        self.fat_sectors = bpb.BPB_FATSz16 or bpb.BPB_FATSz32
+        self.total_sectors = bpb.BPB_TotSec16 or bpb.BPB_TotSec32
+        root_dir_sectors = -(-bpb.BPB_RootEntCnt * DIR_ENTRY_SIZE // self.unit)
+        #: first sector of cluster 2 (reserved + FATs + fixed root directory before it)
+        self.first_data_sector = (bpb.BPB_RsvdSecCnt + bpb.BPB_NumFATs * self.fat_sectors
+                                  + root_dir_sectors)
+        if self.first_data_sector >= self.total_sectors:
+            raise FormatError(f"{self.name}: no data region (metadata fills all "
+                              f"{self.total_sectors} sectors)")
+        self.n_clusters = (self.total_sectors - self.first_data_sector) // self.sectors_per_cluster
+        if self.n_clusters < MAX_FAT12_CLUSTERS:
+            self.kind, entry_bits = "fat12", 12
+        elif self.n_clusters < MAX_FAT16_CLUSTERS:
+            self.kind, entry_bits = "fat16", 16
+        else:
+            self.kind, entry_bits = "fat32", 32
+        self.entry_bits = entry_bits
+        self.size = self.total_sectors * self.unit
+        if -(-(self.n_clusters + FIRST_CLUSTER) * entry_bits // 8) > self.fat_sectors * self.unit:
+            raise FormatError(f"{self.name}: a FAT of {self.fat_sectors} sectors cannot hold "
+                              f"{self.n_clusters} clusters")
+
+    @property
+    def cluster_size(self) -> int:
+        """Bytes per cluster."""
+        return self.sectors_per_cluster * self.unit
+
+    def fat_entries(self) -> np.ndarray:
+        """The active FAT's entries for clusters 2 .. n_clusters+1 (uint32, index 0 = cluster 2)."""
+        active = 0
+        if self.kind == "fat32" and self.bpb.BPB_ExtFlags & EXT_FLAGS_NO_MIRRORING:
+            active = self.bpb.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT
+        start = (self.bpb.BPB_RsvdSecCnt + active * self.fat_sectors) * self.unit
+        count = self.n_clusters + FIRST_CLUSTER
+        raw = np.frombuffer(self.read(start, -(-count * self.entry_bits // 8)), dtype=np.uint8)
+        if self.entry_bits == 12:  # two entries packed in three bytes, low nibble first
+            triples = np.pad(raw, (0, -raw.size % 3)).reshape(-1, 3).astype(np.uint32)
+            entries = np.empty(triples.shape[0] * 2, dtype=np.uint32)
+            entries[0::2] = triples[:, 0] | (triples[:, 1] & 0x0F) << 8
+            entries[1::2] = triples[:, 1] >> 4 | triples[:, 2] << 4
+        elif self.entry_bits == 16:
+            entries = raw.view("<u2").astype(np.uint32)
+        else:
+            entries = raw.view("<u4") & np.uint32(FAT32_ENTRY_MASK)
+        return entries[FIRST_CLUSTER:count]
+
+    def cluster_allocation(self) -> BlockMap:
+        """Allocated clusters (non-zero FAT entry); block *i* is cluster *i* + 2."""
+        return BlockMap.from_bools(self.fat_entries() != 0, self.cluster_size)
+
+    def allocation(self) -> BlockMap:
+        """Allocated sectors: reserved region, FATs, root directory, allocated clusters.
+
+        Sectors after the last whole cluster belong to no cluster: unallocated.
+        """
+        flags = np.zeros(self.total_sectors, dtype=bool)
+        flags[: self.first_data_sector] = True
+        data_end = self.first_data_sector + self.n_clusters * self.sectors_per_cluster
+        flags[self.first_data_sector : data_end] = np.repeat(
+            self.fat_entries() != 0, self.sectors_per_cluster)
+        return BlockMap.from_bools(flags, self.unit)
+
+
+def bpb_problem(bpb: Any) -> str | None:
+    """Why a parsed boot sector is not a FAT BPB, or None when it is plausible."""
+    checks = [
+        (bpb.BS_jmpBoot in JUMP_OPCODES, "no jump instruction"),
+        (bpb.BPB_BytsPerSec in SECTOR_SIZES, f"bytes per sector {bpb.BPB_BytsPerSec}"),
+        (bpb.BPB_SecPerClus in (1, 2, 4, 8, 16, 32, 64, 128),
+         f"sectors per cluster {bpb.BPB_SecPerClus}"),
+        (bpb.BPB_RsvdSecCnt > 0, "no reserved sectors"),
+        (bpb.BPB_NumFATs > 0, "no FAT"),
+        (bpb.BPB_Media in MEDIA_BYTES, f"media byte {bpb.BPB_Media:#x}"),
+        (bool(bpb.BPB_TotSec16 or bpb.BPB_TotSec32), "zero sectors"),
+        (bool(bpb.BPB_FATSz16 or bpb.BPB_FATSz32), "zero-sized FAT"),
+    ]
+    return next((why for ok, why in checks if not ok), None)

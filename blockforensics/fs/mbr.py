@@ -1,0 +1,109 @@
+"""MBR partition tables: the four primary entries and the chain of EBRs.
+
+Addresses in the table are in 512-byte sectors (LBA); the :class:`Partition`
+records this module returns are in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from blockforensics.errors import FormatError
+from blockforensics.formats.base import Disk
+from blockforensics.fs.structure import Structure
+
+SECTOR = 512
+
+#: the classic boot sector: 446 bytes of code, 4 partition entries, signature
+BOOT_SECTOR = Structure("MbrBootSector", SECTOR, [
+    (0x1BE, "64s", "partition_table"),
+    (0x1FE, "H", "signature"),
+])
+SIGNATURE = 0xAA55
+
+#: one 16-byte partition entry (CHS fields are ignored: LBA is authoritative)
+PARTITION_ENTRY = Structure("MbrPartitionEntry", 16, [
+    (0x0, "B", "status"),
+    (0x4, "B", "type"),
+    (0x8, "I", "lba_first"),
+    (0xC, "I", "sector_count"),
+])
+BOOTABLE = 0x80
+EXTENDED_TYPES = frozenset({0x05, 0x0F, 0x85})
+#: an EBR chain longer than this is taken as a loop
+MAX_LOGICAL = 128
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition; ``start_byte``/``length_bytes`` in bytes from the disk's start."""
+
+    index: int
+    type: int
+    bootable: bool
+    start_byte: int
+    length_bytes: int
+    kind: str  # "primary", "extended" or "logical"
+
+
+def _entries(sector: bytes) -> np.ndarray:
+    table = BOOT_SECTOR.parse(sector).partition_table
+    return PARTITION_ENTRY.parse_array(table, 4)
+
+
+def looks_like_mbr(sector: bytes) -> bool:
+    """True when ``sector`` has the signature, valid status bytes and a non-empty entry."""
+    if len(sector) < SECTOR or BOOT_SECTOR.parse(sector).signature != SIGNATURE:
+        return False
+    entries = _entries(sector)
+    used = entries["type"] != 0
+    return bool(used.any() and np.isin(entries["status"], (0, BOOTABLE)).all()
+                and (entries["sector_count"][used] > 0).all())
+
+
+def read_partitions(disk: Disk) -> list[Partition]:
+    """Primary, extended and logical partitions of an MBR disk; FormatError if none."""
+    sector = disk.read(0, SECTOR)
+    if not looks_like_mbr(sector):
+        raise FormatError("not an MBR partitioned disk (no valid partition table in sector 0)")
+    found: list[Partition] = []
+    extended_start = None
+    for number, entry in enumerate(_entries(sector), start=1):
+        if entry["type"] == 0:
+            continue
+        kind = "extended" if entry["type"] in EXTENDED_TYPES else "primary"
+        found.append(_partition(number, entry, 0, kind, disk.size))
+        if kind == "extended" and extended_start is None:
+            extended_start = int(entry["lba_first"])
+    if extended_start is not None:
+        found += _logical(disk, extended_start)
+    return found
+
+
+def _partition(index: int, entry: np.void, base_lba: int, kind: str, disk_size: int) -> Partition:
+    start = (base_lba + int(entry["lba_first"])) * SECTOR
+    length = int(entry["sector_count"]) * SECTOR
+    if start + length > disk_size:
+        raise FormatError(f"partition {index} (sectors {start // SECTOR}+{length // SECTOR}) "
+                          f"runs past the end of the disk ({disk_size} bytes)")
+    return Partition(index, int(entry["type"]), bool(entry["status"] & BOOTABLE),
+                     start, length, kind)
+
+
+def _logical(disk: Disk, extended_lba: int) -> list[Partition]:
+    """Logical partitions: follow the EBR chain (EBR links are relative to the extended start)."""
+    logical: list[Partition] = []
+    ebr_lba = extended_lba
+    for index in range(5, 5 + MAX_LOGICAL):
+        sector = disk.read(ebr_lba * SECTOR, SECTOR)
+        if len(sector) < SECTOR or BOOT_SECTOR.parse(sector).signature != SIGNATURE:
+            raise FormatError(f"broken extended partition: no EBR at sector {ebr_lba}")
+        this, link = _entries(sector)[:2]
+        if this["type"] != 0:
+            logical.append(_partition(index, this, ebr_lba, "logical", disk.size))
+        if link["type"] == 0:
+            return logical
+        ebr_lba = extended_lba + int(link["lba_first"])
+    raise FormatError(f"extended partition chain longer than {MAX_LOGICAL} EBRs (a loop?)")

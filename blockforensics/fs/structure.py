@@ -1,0 +1,62 @@
+"""On-disk structures declared once, by the specification's field table.
+
+A :class:`Structure` is built from rows ``(offset, code, name)`` exactly as a
+specification lists them (offset in bytes from the structure's start, a
+:mod:`struct` code, the spec's field name).  Gaps between declared fields are
+skipped, so only the fields a reader needs are declared, each at its documented
+offset.  One declaration serves both a single record (``parse`` -> a named
+tuple read by field name) and an array of records (``parse_array`` -> a numpy
+structured array, one column per field), which keeps per-group or per-entry
+tables vectorised.  Every structure is little-endian, as FAT, MBR and ext are.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import namedtuple
+from typing import Any
+
+import numpy as np
+
+from blockforensics.errors import FormatError
+
+_NUMPY_CODES = {"B": "u1", "H": "<u2", "I": "<u4", "Q": "<u8"}
+
+
+class Structure:
+    """A little-endian record of ``size`` bytes with named fields at fixed offsets."""
+
+    def __init__(self, name: str, size: int, rows: list[tuple[int, str, str]]):
+        self.name = name
+        self.size = size
+        fmt, end = "<", 0
+        for offset, code, field in rows:
+            if offset < end:
+                raise ValueError(f"{name}.{field}: offset {offset:#x} overlaps the previous field")
+            fmt += f"{offset - end}x{code}" if offset > end else code
+            end = offset + struct.calcsize("<" + code)
+        if end > size:
+            raise ValueError(f"{name}: fields end at {end:#x}, past the size {size:#x}")
+        self._struct = struct.Struct(fmt)
+        self._record = namedtuple(name, [field for _, _, field in rows])  # type: ignore[misc]
+        self._columns = {
+            "names": [field for _, _, field in rows],
+            "formats": [_NUMPY_CODES.get(code, f"S{code[:-1]}") for _, code, _ in rows],
+            "offsets": [offset for offset, _, _ in rows],
+        }
+
+    def parse(self, data: bytes, offset: int = 0) -> Any:
+        """One record from ``data[offset:]``, fields read by name; FormatError when short."""
+        if len(data) < offset + self.size:
+            raise FormatError(f"truncated {self.name}: {len(data) - offset} of {self.size} bytes")
+        return self._record._make(self._struct.unpack_from(data, offset))
+
+    def parse_array(self, data: bytes, count: int, stride: int | None = None) -> np.ndarray:
+        """``count`` records, one every ``stride`` bytes (default ``size``), as a numpy array."""
+        stride = self.size if stride is None else stride
+        if stride < self.size:
+            raise FormatError(f"{self.name} records of {stride} bytes are shorter than {self.size}")
+        if len(data) < stride * count:
+            raise FormatError(f"truncated {self.name} table: {count} records do not fit")
+        dtype = np.dtype({**self._columns, "itemsize": stride})
+        return np.frombuffer(data, dtype=dtype, count=count)

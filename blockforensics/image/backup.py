@@ -1,0 +1,148 @@
+"""Backup and restore: moving blocks between a Disk and a chain, streamed in chunks.
+
+Backup reads the source ``CHUNK_BYTES`` at a time.  A full image stores every
+non-zero block (or only those of an ``only`` map, e.g. the allocated ones); an
+incremental stores the blocks that differ from its parent point — found by
+comparing per-block content digests with the parent's index records, or given
+by a changed-block map (CBT), in which case unchanged chunks are not even read.
+Restore writes a point back, chunk by chunk, seeking over absent chunks so the
+output stays sparse.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import UsageError
+from blockforensics.fileio import atomic_writer
+from blockforensics.formats.base import Disk
+from blockforensics.image.chain import Chain, PointRef
+from blockforensics.volume import Volume, check_block_size
+
+CHUNK_BYTES = 16 << 20
+
+
+def _chunk_blocks(block_size: int) -> int:
+    return max(1, CHUNK_BYTES // block_size)
+
+
+def read_source(source: Disk, start: int, count: int, block_size: int) -> np.ndarray:
+    """Blocks of ``block_size`` bytes from any Disk, whatever its own block size."""
+    if source.block_size == block_size:
+        return source.read_blocks(start, count)
+    out = np.zeros((count, block_size), dtype=np.uint8)
+    data = source.read(start * block_size, count * block_size)
+    out.reshape(-1)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled, leave=False)
+
+
+def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
+           full: bool | None = None, changed: BlockMap | None = None,
+           only: BlockMap | None = None, block_size: int | None = None,
+           created_ns: int | None = None, label: str = "", progress: bool = False) -> int:
+    """Back ``source`` up into ``chain``; returns the new point's index.
+
+    - The first image of a chain is a full (``block_size`` bytes per block,
+      default 4096); later ones are incrementals against ``parent`` (default:
+      the newest point) unless ``full=True``.
+    - ``changed``: trust this map of changed blocks instead of comparing digests.
+    - ``only``: store nothing outside this map (e.g. the allocated blocks).
+    """
+    if full is None:
+        full = len(chain) == 0
+    if not full and len(chain) == 0:
+        raise UsageError(f"{chain.directory}: an incremental needs a parent; the chain is empty")
+    bs = check_block_size(block_size or (chain.block_size if len(chain) else 4096))
+    parent_index = None if full else chain.point(-1 if parent is None else parent)
+    header = chain.new_header(parent=parent_index, volume_size=source.size, block_size=bs,
+                              created_ns=created_ns, label=label)
+    n_blocks = header.n_blocks
+    for name, bmap in (("changed", changed), ("only", only)):
+        if bmap is not None and bmap.n_blocks != n_blocks:
+            raise UsageError(f"the {name} map has {bmap.n_blocks} blocks; "
+                             f"the source has {n_blocks} of {bs} bytes")
+    wanted = only.to_bools() if only is not None else None
+    codec = chain.codec if len(chain) else None
+    parent_digests = None
+    if parent_index is not None and changed is None:
+        assert codec is not None
+        parent_digests = _digests_for(chain, parent_index, n_blocks, codec.zero_digest())
+    changed_flags = changed.to_bools() if changed is not None else None
+
+    step = _chunk_blocks(bs)
+    with chain.writer(header) as writer, \
+            _progress(source.size, "backup", progress) as bar:
+        codec = writer.codec
+        for start in range(0, n_blocks, step):
+            count = min(step, n_blocks - start)
+            take = np.ones(count, dtype=bool) if wanted is None \
+                else wanted[start : start + count].copy()
+            if changed_flags is not None:
+                take &= changed_flags[start : start + count]
+            if take.any():
+                blocks = read_source(source, start, count, bs)
+                if full:
+                    take &= blocks.view(np.uint64).any(axis=1) if bs % 8 == 0 \
+                        else blocks.any(axis=1)
+                elif parent_digests is not None:
+                    rows = np.flatnonzero(take)
+                    digests = codec.content_digests(blocks[rows])
+                    take[rows] = (digests != parent_digests[start + rows]).any(axis=1)
+                rows = np.flatnonzero(take)
+                writer.add(start + rows, blocks[rows])
+            bar.update(min(count * bs, source.size - start * bs))
+        path = writer.commit()
+    return chain.append(path)
+
+
+def _digests_for(chain: Chain, point: int, n_blocks: int, zero: np.ndarray) -> np.ndarray:
+    """Content digests of ``point`` resized to ``n_blocks`` (new blocks: the zero digest)."""
+    digests = chain.layout(point).content_digests(zero)
+    if len(digests) >= n_blocks:
+        return digests[:n_blocks]
+    grown = np.empty((n_blocks, digests.shape[1]), dtype=np.uint8)
+    grown[:] = zero
+    grown[: len(digests)] = digests
+    return grown
+
+
+def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = None, *,
+            progress: bool = False) -> Path | Volume:
+    """Write ``point`` to the raw file ``out`` (exact size, sparse), or return it as a Volume."""
+    disk = chain.disk(point)
+    if out is None:
+        volume = Volume.zeros(disk.size, disk.block_size)
+        for start, blocks in iter_chunks(disk):
+            volume.write_blocks(start, blocks)
+        return volume
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{out}: is a directory")
+    present = disk.layout.owner >= 0
+    with atomic_writer(out) as fh, _progress(disk.size, "restore", progress) as bar:
+        for start, blocks in iter_chunks(disk, present):
+            end = min(disk.size, (start + len(blocks)) * disk.block_size)
+            fh.seek(start * disk.block_size)
+            fh.write(memoryview(blocks).cast("B")[: end - start * disk.block_size])
+            bar.update(end - start * disk.block_size)
+        fh.truncate(disk.size)
+    return out
+
+
+def iter_chunks(disk: Disk, present: np.ndarray | None = None):
+    """``(start, blocks)`` for each chunk of a Disk, skipping chunks with nothing present."""
+    step = _chunk_blocks(disk.block_size)
+    for start in range(0, disk.n_blocks, step):
+        count = min(step, disk.n_blocks - start)
+        if present is None or present[start : start + count].any():
+            yield start, disk.read_blocks(start, count)

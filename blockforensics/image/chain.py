@@ -1,0 +1,418 @@
+"""Chain: a directory of images whose parent links form a tree.
+
+The manifest ``chain.json`` lists the live images in creation order; a point
+is an image, named by its index in that list (0 = the first full) or by its
+file name.  The block at a position for a point is the one held by the first
+image on the path from that point to the root; a position held by none reads
+as zeros.  Branches are allowed: several images may name the same parent.
+
+Switching the chain to new images (a backup, a consolidation) is one atomic
+rename of the manifest; image files that the manifest does not list are
+leftovers of an interrupted command and are removed by :meth:`Chain.cleanup`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.crypto import ChainKeys, KdfParams, KeySource
+from blockforensics.errors import ChainError, CryptoKeyError, FormatError, UsageError
+from blockforensics.fileio import atomic_writer
+from blockforensics.formats.base import Disk
+from blockforensics.image.codec import BlockCodec, EncryptedCodec, PlainCodec
+from blockforensics.image.format import (
+    CIPHER_AES256GCM,
+    CIPHER_NONE,
+    DIGEST_SIZE,
+    FLAG_ZERO,
+    KIND_FULL,
+    KIND_INCREMENTAL,
+    KIND_NAMES,
+    Header,
+    digest_rows,
+    new_id,
+)
+from blockforensics.image.imagefile import ImageFile, ImageWriter
+
+MANIFEST = "chain.json"
+MANIFEST_FORMAT = "blockforensics-chain"
+IMAGE_SUFFIX = ".bfi"
+_IMAGE_NAME = re.compile(r"^(\d+)-[a-z]+(?:-c\d+)?\.bfi$")
+NO_PARENT = bytes(16)
+
+PointRef = int | str
+
+
+def is_chain(directory: str | os.PathLike[str]) -> bool:
+    """True when ``directory`` holds a chain manifest."""
+    return (Path(directory) / MANIFEST).is_file()
+
+
+def read_manifest(directory: Path) -> list[str]:
+    """Image file names listed by the manifest, in creation order."""
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ChainError(f"{directory}: no such chain directory")
+    if not path.is_file():
+        raise ChainError(f"{directory}: not a blockforensics chain (no {MANIFEST})")
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != MANIFEST_FORMAT:
+            raise ValueError
+        names = [str(n) for n in doc["images"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ChainError(f"{path}: damaged chain manifest") from exc
+    return names
+
+
+def write_manifest(directory: Path, names: list[str]) -> None:
+    """Atomically replace the manifest: the moment the chain switches to ``names``."""
+    with atomic_writer(directory / MANIFEST) as fh:
+        fh.write(json.dumps({"format": MANIFEST_FORMAT, "version": 1, "images": names},
+                            indent=1).encode())
+
+
+def open_codec(header: Header | None, key: KeySource | None, where: str) -> BlockCodec:
+    """The codec for images like ``header``; checks the key of an encrypted chain."""
+    if header is None or not header.encrypted:
+        if header is not None and key is not None:
+            raise UsageError(f"{where}: the chain is not encrypted; drop --key-file")
+        return PlainCodec(header.block_size if header else 4096)
+    if key is None:
+        raise CryptoKeyError(f"{where}: the chain is encrypted; give its key (--key-file)")
+    params = KdfParams(header.kdf, header.salt, header.kdf_n, header.kdf_r, header.kdf_p)
+    keys = ChainKeys.derive(key, params, header.volume_id)
+    keys.check(header.key_check, where)
+    return EncryptedCodec(keys, header.block_size)
+
+
+@dataclass
+class Layout:
+    """Where every block of one point comes from.
+
+    ``owner[p]`` is the depth (0 = root) on ``images`` of the image holding
+    block ``p``, or -1 (zeros); ``entry[p]`` is the row of its index record.
+    """
+
+    images: list[ImageFile]  # the path, root first
+    owner: np.ndarray  # int16, one per block
+    entry: np.ndarray  # int64, one per block
+    size: int  # bytes of the volume at this point
+    block_size: int
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.owner)
+
+    def records(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, index records)`` that image ``depth`` contributes to this point."""
+        positions = np.flatnonzero(self.owner == depth)
+        return positions, self.images[depth].index[self.entry[positions]]
+
+    def present(self) -> BlockMap:
+        """Blocks that hold stored, non-zero data at this point."""
+        flags = self.owner >= 0
+        for depth in range(len(self.images)):
+            positions, records = self.records(depth)
+            flags[positions[(records["flags"] & FLAG_ZERO) != 0]] = False
+        return BlockMap.from_bools(flags, self.block_size)
+
+    def content_digests(self, zero_digest: np.ndarray) -> np.ndarray:
+        """``(n_blocks, 16)`` content digests of the point (absent blocks: ``zero_digest``)."""
+        out = np.empty((self.n_blocks, DIGEST_SIZE), dtype=np.uint8)
+        out[:] = zero_digest
+        for depth in range(len(self.images)):
+            positions, records = self.records(depth)
+            out[positions] = digest_rows(records["content_digest"])
+        return out
+
+
+class Chain:
+    """A chain directory: its images, their tree, and block resolution for every point."""
+
+    def __init__(self, directory: Path, images: list[ImageFile], key: KeySource | None = None):
+        self.directory = directory
+        self.images = images
+        self.key = key
+        self._codec: BlockCodec | None = None
+        self._parents: list[int | None] = []
+        for img in images:
+            self._parents.append(self._link(img))
+
+    def _link(self, image: ImageFile) -> int | None:
+        """The point ``image`` extends (None for a full); ChainError if it does not fit."""
+        first = self.images[0].header
+        if (image.header.block_size, image.header.volume_id) != (first.block_size,
+                                                                  first.volume_id):
+            raise ChainError(f"{image.name}: belongs to another chain "
+                             "(volume id or block size differs)")
+        parent_id = image.header.parent_id
+        if parent_id == NO_PARENT:
+            return None
+        for i, other in enumerate(self.images):
+            if other.header.image_id == parent_id and other is not image:
+                return i
+        raise ChainError(f"{image.name}: its parent image {parent_id.hex()[:12]} is missing")
+
+    # ------------------------------------------------------------ open/create
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], key: KeySource | None = None) -> Chain:
+        """Open an existing chain; ChainError/FormatError on anything inconsistent."""
+        directory = Path(directory)
+        images: list[ImageFile] = []
+        try:
+            for name in read_manifest(directory):
+                path = directory / name
+                if not path.is_file():
+                    raise ChainError(f"{directory}: image {name} listed but missing")
+                images.append(ImageFile(path))
+            return cls(directory, images, key)
+        except BaseException:
+            for img in images:
+                img.close()
+            raise
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], key: KeySource | None = None) -> Chain:
+        """Make an empty chain in a new or empty directory."""
+        directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise UsageError(f"{directory}: exists and is not a directory")
+        if directory.is_dir() and any(directory.iterdir()):
+            raise UsageError(f"{directory}: not empty and not a blockforensics chain")
+        directory.mkdir(parents=True, exist_ok=True)
+        write_manifest(directory, [])
+        return cls(directory, [], key)
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike[str],
+                       key: KeySource | None = None) -> Chain:
+        return cls.open(directory, key) if is_chain(directory) else cls.create(directory, key)
+
+    def close(self) -> None:
+        for img in self.images:
+            img.close()
+
+    def __enter__(self) -> Chain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cleanup(self) -> list[str]:
+        """Remove leftovers of interrupted commands (temporary and unlisted image files)."""
+        listed = {img.name for img in self.images}
+        removed = []
+        for path in self.directory.iterdir():
+            leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or (
+                _IMAGE_NAME.match(path.name) and path.name not in listed)
+            if leftover and path.is_file():
+                path.unlink()
+                removed.append(path.name)
+        return removed
+
+    # ------------------------------------------------------------------- tree
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def block_size(self) -> int:
+        if not self.images:
+            raise ChainError(f"{self.directory}: the chain has no images yet")
+        return self.images[0].header.block_size
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.images) and self.images[0].header.encrypted
+
+    def point(self, ref: PointRef) -> int:
+        """The index of a point given as an index (negative counts from the newest) or a name."""
+        if isinstance(ref, str) and not re.fullmatch(r"-?\d+", ref):
+            for i, img in enumerate(self.images):
+                if img.name == ref or img.path.stem == ref:
+                    return i
+            raise UsageError(f"{self.directory}: no point named {ref!r}")
+        index = int(ref)
+        if not -len(self.images) <= index < len(self.images):
+            raise UsageError(f"{self.directory}: no point {index} "
+                             f"(the chain has {len(self.images)} points)")
+        return index % len(self.images)
+
+    def parent(self, point: PointRef) -> int | None:
+        return self._parents[self.point(point)]
+
+    def children(self, point: PointRef) -> list[int]:
+        p = self.point(point)
+        return [i for i, parent in enumerate(self._parents) if parent == p]
+
+    def path(self, point: PointRef) -> list[int]:
+        """Points from the root to ``point`` (inclusive)."""
+        chain: list[int] = []
+        current: int | None = self.point(point)
+        while current is not None:
+            chain.append(current)
+            current = self._parents[current]
+        return chain[::-1]
+
+    def table(self) -> pd.DataFrame:
+        """One row per point: what ``list`` prints (and ``list --json`` serialises)."""
+        rows = []
+        for i, img in enumerate(self.images):
+            h = img.header
+            rows.append({
+                "point": i, "file": img.name, "kind": KIND_NAMES[h.kind],
+                "parent": self._parents[i], "blocks": img.blocks,
+                "stored_bytes": img.stored_bytes, "encrypted": h.encrypted,
+                "created": h.created.isoformat(timespec="milliseconds"),
+                "volume_size": h.volume_size, "block_size": h.block_size, "label": h.label,
+            })
+        columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "encrypted",
+                   "created", "volume_size", "block_size", "label"]
+        frame = pd.DataFrame(rows, columns=columns)
+        frame["parent"] = frame["parent"].astype("Int64")
+        return frame
+
+    def __repr__(self) -> str:
+        return f"Chain({self.directory}, {len(self.images)} points)"
+
+    # ------------------------------------------------------------------- keys
+    @property
+    def codec(self) -> BlockCodec:
+        """The chain's codec; for an encrypted chain the key is checked here (wrong key: exit 2)."""
+        if self._codec is None:
+            header = self.images[0].header if self.images else None
+            self._codec = open_codec(header, self.key, str(self.directory))
+        return self._codec
+
+    # ---------------------------------------------------------------- reading
+    def layout(self, point: PointRef) -> Layout:
+        """Where each block of ``point`` comes from (vectorised over the path's indexes)."""
+        path = [self.images[i] for i in self.path(point)]
+        size = path[-1].header.volume_size
+        n_blocks = path[-1].header.n_blocks
+        owner = np.full(n_blocks, -1, dtype=np.int16)
+        entry = np.zeros(n_blocks, dtype=np.int64)
+        for depth, img in enumerate(path):
+            positions = img.index["position"].astype(np.int64)
+            keep = positions < n_blocks
+            owner[positions[keep]] = depth
+            entry[positions[keep]] = np.flatnonzero(keep)
+        return Layout(path, owner, entry, size, self.block_size)
+
+    def disk(self, point: PointRef = -1) -> ChainDisk:
+        """A point as a read-only Disk (restore, export, expose, forensics read this)."""
+        return ChainDisk(self, self.point(point))
+
+    # ---------------------------------------------------------------- writing
+    def next_image_path(self, kind: int) -> Path:
+        numbers = [int(m.group(1)) for p in self.directory.iterdir()
+                   if (m := _IMAGE_NAME.match(p.name))]
+        number = max(numbers, default=-1) + 1
+        return self.directory / f"{number:04d}-{'full' if kind == KIND_FULL else 'incr'}" \
+            f"{IMAGE_SUFFIX}"
+
+    def new_header(self, *, parent: int | None, volume_size: int, block_size: int | None = None,
+                   created_ns: int | None = None, label: str = "") -> Header:
+        """A header for a new image in this chain (identity and crypto fields filled in)."""
+        now = time.time_ns()
+        if self.images:
+            first = self.images[0].header
+            if block_size is not None and block_size != first.block_size:
+                raise UsageError(f"{self.directory}: the chain's block size is "
+                                 f"{first.block_size}, not {block_size}")
+            base = first.replace(label=label)
+        else:
+            if block_size is None:
+                raise UsageError("the first image of a chain needs a block size")
+            volume_id = new_id()
+            cipher, params, check = CIPHER_NONE, KdfParams(0), bytes(32)
+            if self.key is not None:
+                cipher, params = CIPHER_AES256GCM, KdfParams.for_source(self.key)
+                check = ChainKeys.derive(self.key, params, volume_id).key_check
+            base = Header(kind=KIND_FULL, block_size=block_size, volume_size=0, created_ns=0,
+                          written_ns=0, image_id=b"", parent_id=NO_PARENT, volume_id=volume_id,
+                          cipher=cipher, kdf=params.kdf, kdf_n=params.n, kdf_r=params.r,
+                          kdf_p=params.p, salt=params.salt, key_check=check, label=label)
+        return base.replace(
+            kind=KIND_FULL if parent is None else KIND_INCREMENTAL,
+            parent_id=NO_PARENT if parent is None else self.images[parent].header.image_id,
+            image_id=new_id(), volume_size=volume_size,
+            created_ns=now if created_ns is None else created_ns, written_ns=now)
+
+    def writer(self, header: Header) -> ImageWriter:
+        """An ImageWriter for a new image of this chain (commit, then :meth:`append`)."""
+        if self._codec is None:
+            self._codec = open_codec(header, self.key, str(self.directory))
+        return ImageWriter(self.next_image_path(header.kind), header, self.codec)
+
+    def append(self, path: Path) -> int:
+        """Make a committed image file a point of the chain (manifest switch); its index."""
+        image = ImageFile(path)
+        try:
+            self.images.append(image)
+            parent = self._link(image)
+        except ChainError:
+            self.images.pop()
+            image.close()
+            raise
+        self._parents.append(parent)
+        write_manifest(self.directory, [img.name for img in self.images])
+        return len(self.images) - 1
+
+
+class ChainDisk(Disk):
+    """One point of a chain read as a Disk, straight from the images (no restore)."""
+
+    def __init__(self, chain: Chain, point: int):
+        self.chain = chain
+        self.point = point
+        self.layout = chain.layout(point)
+        self.size = self.layout.size
+        self.block_size = self.layout.block_size
+        self._codec = chain.codec
+
+    def present(self) -> BlockMap:
+        return self.layout.present()
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        if start < 0 or count < 0 or start + count > self.n_blocks:
+            raise IndexError(f"blocks [{start}, {start + count}) outside [0, {self.n_blocks})")
+        out = np.zeros((count, self.block_size), dtype=np.uint8)
+        owner = self.layout.owner[start : start + count]
+        entry = self.layout.entry[start : start + count]
+        for depth in np.unique(owner[owner >= 0]):
+            rows = np.flatnonzero(owner == depth)
+            image = self.layout.images[depth]
+            self._fill(out, rows, image, image.index[entry[rows]])
+        return out
+
+    def _fill(self, out: np.ndarray, rows: np.ndarray, image: ImageFile,
+              records: np.ndarray) -> None:
+        """Copy the blocks of ``records`` into ``out[rows]``: verbatim runs in one read each."""
+        flags = records["flags"]
+        verbatim = flags == 0
+        if verbatim.any():
+            v_rows, v_off = rows[verbatim], records["offset"][verbatim].astype(np.int64)
+            breaks = np.flatnonzero((np.diff(v_rows) != 1)
+                                    | (np.diff(v_off) != self.block_size)) + 1
+            for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(v_rows)]):
+                image.read_into(out[v_rows[a] : v_rows[a] + b - a], int(v_off[a]))
+        for i in np.flatnonzero(~verbatim & ((flags & FLAG_ZERO) == 0)):
+            try:
+                block = self._codec.decode(records[i], image.read_payload(records[i]))
+            except FormatError as exc:
+                raise FormatError(f"{image.name}: {exc}") from exc
+            out[rows[i]] = np.frombuffer(block, dtype=np.uint8)
+
+    def __repr__(self) -> str:
+        return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "
+                f"{self.n_blocks} blocks × {self.block_size} B)")

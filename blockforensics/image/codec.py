@@ -1,0 +1,190 @@
+"""Block codecs: how plaintext blocks become stored payloads, and back.
+
+One codec per chain.  :class:`PlainCodec` stores blocks as they are (all-zero
+blocks as a flag without payload, optionally zlib-compressed);
+:class:`EncryptedCodec` compresses (optionally), then encrypts every block on
+its own.  Both produce the same :class:`EncodedBlocks` bundle, so the image
+writer, consolidation and verify never branch on encryption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+
+from blockforensics.crypto import NONCE_SIZE, ChainKeys
+from blockforensics.errors import CryptoKeyError, FormatError
+from blockforensics.image.format import (
+    DIGEST_SIZE,
+    FLAG_ENCRYPTED,
+    FLAG_ZERO,
+    FLAG_ZLIB,
+    INDEX_DTYPE,
+)
+
+_HASH_POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+_PARALLEL_MIN_BLOCKS = 256
+
+
+def sha256_128_rows(rows: np.ndarray) -> np.ndarray:
+    """SHA-256/128 of every row of a 2-D uint8 array, as a ``(k, 16)`` uint8 array.
+
+    hashlib releases the GIL on large buffers, so big batches are split over threads.
+    """
+    def digest(part: np.ndarray) -> bytes:
+        return b"".join(hashlib.sha256(row).digest()[:DIGEST_SIZE] for row in part)
+
+    if len(rows) < _PARALLEL_MIN_BLOCKS:
+        out = digest(rows)
+    else:
+        parts = np.array_split(rows, _HASH_POOL._max_workers)
+        out = b"".join(_HASH_POOL.map(digest, parts))
+    return np.frombuffer(out, dtype=np.uint8).reshape(len(rows), DIGEST_SIZE)
+
+
+@dataclass
+class EncodedBlocks:
+    """Blocks ready to store: their index records (offset still relative) and payload bytes."""
+
+    records: np.ndarray  # INDEX_DTYPE; "offset" relative to the start of ``payload``
+    payload: bytes | memoryview  # the stored bytes of all blocks, back to back
+
+
+def _records(positions: np.ndarray, flags: np.ndarray, lengths: np.ndarray,
+             stored: np.ndarray, content: np.ndarray) -> np.ndarray:
+    rec = np.zeros(len(positions), dtype=INDEX_DTYPE)
+    rec["position"] = positions
+    rec["flags"] = flags
+    rec["length"] = lengths
+    rec["offset"] = np.concatenate(([0], np.cumsum(lengths, dtype=np.uint64)[:-1])) \
+        if len(lengths) else lengths
+    rec["stored_digest"] = stored.view(f"V{DIGEST_SIZE}").ravel()
+    rec["content_digest"] = content.view(f"V{DIGEST_SIZE}").ravel()
+    return rec
+
+
+class BlockCodec:
+    """Turns plaintext blocks into stored payloads and back (subclasses: plain, encrypted)."""
+
+    encrypted: bool = False
+
+    def __init__(self, block_size: int, compress: bool = False):
+        self.block_size = block_size
+        self.compress = compress
+
+    def content_digests(self, blocks: np.ndarray) -> np.ndarray:
+        """``(k, 16)`` digests of plaintext blocks, comparable with index content digests."""
+        raise NotImplementedError
+
+    def zero_digest(self) -> np.ndarray:
+        """The content digest of an all-zero block (what absent blocks hold)."""
+        return self.content_digests(np.zeros((1, self.block_size), dtype=np.uint8))[0]
+
+    def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
+        raise NotImplementedError
+
+    def decode(self, record: np.void, payload: bytes) -> bytes:
+        """The plaintext block behind one index record and its payload."""
+        flags, position = int(record["flags"]), int(record["position"])
+        if flags & FLAG_ZERO:
+            return bytes(self.block_size)
+        if flags & FLAG_ENCRYPTED:
+            raise CryptoKeyError("this chain is encrypted: give its key (--key-file)")
+        return self._inflate(flags, payload, position)
+
+    def _maybe_compress(self, block: np.ndarray) -> tuple[int, bytes]:
+        if self.compress:
+            packed = zlib.compress(block, 1)
+            if len(packed) < self.block_size:
+                return FLAG_ZLIB, packed
+        return 0, block.tobytes()
+
+    def _bundle(self, positions: np.ndarray, flags: np.ndarray, pieces: list[bytes],
+                content: np.ndarray) -> EncodedBlocks:
+        lengths = np.fromiter((len(p) for p in pieces), dtype=np.uint32, count=len(pieces))
+        stored = np.frombuffer(b"".join(hashlib.sha256(p).digest()[:DIGEST_SIZE]
+                                        for p in pieces), np.uint8).reshape(-1, DIGEST_SIZE)
+        return EncodedBlocks(_records(positions, flags, lengths, stored, content),
+                             b"".join(pieces))
+
+    def _inflate(self, flags: int, data: bytes, position: int) -> bytes:
+        if flags & FLAG_ZLIB:
+            try:
+                data = zlib.decompress(data)
+            except zlib.error as exc:
+                raise FormatError(f"block {position}: damaged compressed payload") from exc
+        if len(data) != self.block_size:
+            raise FormatError(f"block {position}: payload decodes to {len(data)} bytes")
+        return data
+
+
+class PlainCodec(BlockCodec):
+    """Unencrypted storage; zero blocks cost an index record only."""
+
+    def content_digests(self, blocks: np.ndarray) -> np.ndarray:
+        return sha256_128_rows(blocks)
+
+    def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
+        k = len(positions)
+        zero = ~blocks.view(np.uint64).any(axis=1) if self.block_size % 8 == 0 \
+            else ~blocks.any(axis=1)
+        content = sha256_128_rows(blocks)
+        flags = np.where(zero, FLAG_ZERO, 0).astype(np.uint32)
+        if not self.compress:
+            lengths = np.where(zero, 0, self.block_size).astype(np.uint32)
+            payload = memoryview(np.ascontiguousarray(blocks[~zero])).cast("B")
+            stored = content.copy()
+            stored[zero] = np.frombuffer(hashlib.sha256(b"").digest()[:DIGEST_SIZE], np.uint8)
+            return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
+        pieces: list[bytes] = []
+        for i in range(k):
+            if not zero[i]:
+                bit, data = self._maybe_compress(blocks[i])
+                flags[i] |= bit
+            else:
+                data = b""
+            pieces.append(data)
+        return self._bundle(positions, flags, pieces, content)
+
+class EncryptedCodec(BlockCodec):
+    """AES-256-GCM per block (after optional compression); keyed content digests."""
+
+    encrypted = True
+
+    def __init__(self, keys: ChainKeys, block_size: int, compress: bool = False):
+        super().__init__(block_size, compress)
+        self.keys = keys
+
+    def content_digests(self, blocks: np.ndarray) -> np.ndarray:
+        out = b"".join(self.keys.content_digest(row) for row in blocks)
+        return np.frombuffer(out, dtype=np.uint8).reshape(len(blocks), DIGEST_SIZE)
+
+    def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
+        k = len(positions)
+        content = self.content_digests(blocks)
+        nonces = os.urandom(NONCE_SIZE * k)
+        flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
+        pieces: list[bytes] = []
+        for i in range(k):
+            bit, data = self._maybe_compress(blocks[i])
+            flags[i] |= bit
+            pieces.append(self.keys.encrypt(int(positions[i]), int(flags[i]), data,
+                                            nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]))
+        return self._bundle(positions, flags, pieces, content)
+
+    def decode(self, record: np.void, payload: bytes) -> bytes:
+        flags, position = int(record["flags"]), int(record["position"])
+        if not flags & FLAG_ENCRYPTED:
+            return super().decode(record, payload)
+        try:
+            data = self.keys.decrypt(position, flags, payload)
+        except InvalidTag as exc:
+            raise FormatError(f"block {position}: fails authentication "
+                              "(altered, moved or from another chain)") from exc
+        return self._inflate(flags, data, position)

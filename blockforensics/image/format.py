@@ -1,0 +1,180 @@
+"""The on-disk layout of a blockforensics image file (documented in docs/FORMAT.md).
+
+    +----------------------+  offset 0
+    | header (512 bytes)   |  identity, parent link, geometry, crypto parameters
+    +----------------------+  HEADER_SIZE
+    | block payloads       |  stored bytes of each block, in write order
+    +----------------------+  footer.index_offset
+    | block index          |  one INDEX_DTYPE record per stored block, sorted by position
+    +----------------------+
+    | footer (64 bytes)    |  where the index is, its digest; absent => half-written file
+    +----------------------+
+
+All integers are little-endian.  Every structure is declared once here and
+read by field name; nothing else in the package knows an offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import ClassVar
+
+import numpy as np
+
+from blockforensics.errors import FormatError
+
+HEADER_MAGIC = b"BFIMAGE\x00"
+FOOTER_MAGIC = b"BFINDEX\x00"
+FORMAT_VERSION = 1
+HEADER_SIZE = 512
+DIGEST_SIZE = 16  # bytes kept of SHA-256 (or HMAC-SHA-256) per block
+
+KIND_FULL, KIND_INCREMENTAL = 0, 1
+KIND_NAMES = {KIND_FULL: "full", KIND_INCREMENTAL: "incremental"}
+
+CIPHER_NONE, CIPHER_AES256GCM = 0, 1
+KDF_RAW_KEY, KDF_SCRYPT = 0, 1
+
+# Index record flags (per stored block).
+FLAG_ZERO = 1  # the block is all zeros; no payload stored
+FLAG_ZLIB = 2  # payload is zlib-compressed (before encryption)
+FLAG_ENCRYPTED = 4  # payload is nonce || AES-256-GCM ciphertext || tag
+
+INDEX_DTYPE = np.dtype([
+    ("position", "<u8"),  # block position in the volume
+    ("offset", "<u8"),  # byte offset of the payload in this file
+    ("length", "<u4"),  # payload length in bytes (0 for FLAG_ZERO)
+    ("flags", "<u4"),  # FLAG_* bits
+    ("stored_digest", f"V{DIGEST_SIZE}"),  # SHA-256/128 of the payload as stored
+    ("content_digest", f"V{DIGEST_SIZE}"),  # digest of the plaintext block (see codec)
+])
+
+
+def digest_rows(field: np.ndarray) -> np.ndarray:
+    """A digest field of index records (``V16``) as a ``(k, 16)`` uint8 array."""
+    return np.ascontiguousarray(field).view(np.uint8).reshape(-1, DIGEST_SIZE)
+
+
+def sha256_128(data: bytes | memoryview) -> bytes:
+    """The first 16 bytes of SHA-256: the per-block digest used throughout."""
+    return hashlib.sha256(data).digest()[:DIGEST_SIZE]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The image header: who this image is, whom it extends, and how blocks are stored."""
+
+    kind: int
+    block_size: int  # bytes per block
+    volume_size: int  # bytes of the volume at this point (last block may be partial)
+    created_ns: int  # when the captured state was taken (ns since the Unix epoch)
+    written_ns: int  # when this file was written (differs after consolidation)
+    image_id: bytes  # 16 random bytes; children name it as parent
+    parent_id: bytes  # 16 bytes; all zero for a full image
+    volume_id: bytes  # 16 bytes shared by every image of one chain
+    cipher: int = CIPHER_NONE
+    kdf: int = KDF_RAW_KEY
+    kdf_n: int = 0  # scrypt cost parameters (kdf == KDF_SCRYPT)
+    kdf_r: int = 0
+    kdf_p: int = 0
+    salt: bytes = bytes(16)  # scrypt salt
+    key_check: bytes = bytes(32)  # HMAC proving the key, see crypto.py
+    label: str = ""  # free text, e.g. "quiesced snapshot 2" (UTF-8, <= 64 bytes)
+    version: int = FORMAT_VERSION
+    magic: bytes = HEADER_MAGIC
+
+    # field name -> struct code, in file order; the SHA-256 of all of it follows
+    LAYOUT: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("magic", "8s"), ("version", "H"), ("kind", "B"), ("cipher", "B"), ("kdf", "B"),
+        ("block_size", "I"), ("volume_size", "Q"), ("created_ns", "q"), ("written_ns", "q"),
+        ("image_id", "16s"), ("parent_id", "16s"), ("volume_id", "16s"),
+        ("kdf_n", "I"), ("kdf_r", "I"), ("kdf_p", "I"), ("salt", "16s"), ("key_check", "32s"),
+        ("label", "64s"),
+    )
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<" + "".join(c for _, c in LAYOUT))
+
+    @property
+    def encrypted(self) -> bool:
+        return self.cipher != CIPHER_NONE
+
+    @property
+    def is_full(self) -> bool:
+        return self.kind == KIND_FULL
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.volume_size // self.block_size)
+
+    @property
+    def created(self) -> datetime:
+        return datetime.fromtimestamp(self.created_ns / 1e9, tz=timezone.utc)
+
+    def pack(self) -> bytes:
+        values = []
+        for name, _ in self.LAYOUT:
+            value = getattr(self, name)
+            values.append(value.encode()[:64] if name == "label" else value)
+        body = self.STRUCT.pack(*values)
+        body += bytes(HEADER_SIZE - 32 - len(body))
+        return body + hashlib.sha256(body).digest()
+
+    @classmethod
+    def unpack(cls, raw: bytes, name: str = "image") -> Header:
+        if len(raw) < HEADER_SIZE:
+            raise FormatError(f"{name}: truncated (shorter than the {HEADER_SIZE}-byte header)")
+        if raw[:8] != HEADER_MAGIC:
+            raise FormatError(f"{name}: not a blockforensics image (bad magic)")
+        body, digest = raw[: HEADER_SIZE - 32], raw[HEADER_SIZE - 32 : HEADER_SIZE]
+        if hashlib.sha256(body).digest() != digest:
+            raise FormatError(f"{name}: header damaged (checksum mismatch)")
+        values = dict(zip((n for n, _ in cls.LAYOUT), cls.STRUCT.unpack_from(body)))
+        if values["version"] != FORMAT_VERSION:
+            raise FormatError(f"{name}: unsupported format version {values['version']}")
+        values["label"] = values["label"].rstrip(b"\0").decode(errors="replace")
+        header = cls(**values)
+        if header.kind not in KIND_NAMES or header.block_size < 512 \
+                or header.block_size & (header.block_size - 1):
+            raise FormatError(f"{name}: header has impossible values")
+        return header
+
+    def replace(self, **changes: object) -> Header:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Header(**values)  # type: ignore[arg-type]
+
+
+def new_id() -> bytes:
+    """A fresh random 16-byte identifier (image id, volume id)."""
+    return uuid.uuid4().bytes
+
+
+@dataclass(frozen=True)
+class Footer:
+    """Last 64 bytes of a complete image: where the index lies and its digest."""
+
+    index_offset: int  # byte offset of the first index record
+    index_count: int  # number of index records
+    index_digest: bytes  # SHA-256 of the index bytes
+    magic: bytes = field(default=FOOTER_MAGIC)
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<8sQQ32s")  # + 8-byte self check
+    SIZE: ClassVar[int] = 64
+
+    def pack(self) -> bytes:
+        body = self.STRUCT.pack(self.magic, self.index_offset, self.index_count,
+                                self.index_digest)
+        return body + hashlib.sha256(body).digest()[:8]
+
+    @classmethod
+    def unpack(cls, raw: bytes, name: str = "image") -> Footer:
+        body, check = raw[: cls.STRUCT.size], raw[cls.STRUCT.size : cls.SIZE]
+        if len(raw) != cls.SIZE or body[:8] != FOOTER_MAGIC:
+            raise FormatError(f"{name}: incomplete image (no footer: truncated or half-written)")
+        if hashlib.sha256(body).digest()[:8] != check:
+            raise FormatError(f"{name}: footer damaged (checksum mismatch)")
+        magic, offset, count, digest = cls.STRUCT.unpack(body)
+        return cls(offset, count, digest, magic)

@@ -1,0 +1,158 @@
+"""Reading and writing single image files (layout in :mod:`.format`).
+
+:class:`ImageFile` opens a complete image and checks its structure (header
+checksum, footer, index digest, index sanity); :class:`ImageWriter` streams
+blocks into a new one under a temporary name and renames it only when the
+index and footer are written and fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from blockforensics.errors import FormatError
+from blockforensics.fileio import atomic_writer
+from blockforensics.image.codec import BlockCodec, EncodedBlocks
+from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header
+
+
+class ImageFile:
+    """A complete image opened for reading; payloads are read with ``os.pread``."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.name = self.path.name
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise FormatError(f"{self.name}: cannot open ({exc.strerror})") from exc
+        try:
+            self.stored_bytes = os.fstat(self._fd).st_size
+            self.header = Header.unpack(os.pread(self._fd, HEADER_SIZE, 0), self.name)
+            if self.stored_bytes < HEADER_SIZE + Footer.SIZE:
+                raise FormatError(f"{self.name}: incomplete image (truncated after the header)")
+            self.footer = Footer.unpack(
+                os.pread(self._fd, Footer.SIZE, self.stored_bytes - Footer.SIZE), self.name)
+            self.index = self._read_index()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_index(self) -> np.ndarray:
+        f = self.footer
+        nbytes = f.index_count * INDEX_DTYPE.itemsize
+        if f.index_offset < HEADER_SIZE or f.index_offset + nbytes + Footer.SIZE \
+                != self.stored_bytes:
+            raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
+        raw = os.pread(self._fd, nbytes, f.index_offset)
+        if hashlib.sha256(raw).digest() != f.index_digest:
+            raise FormatError(f"{self.name}: block index damaged (checksum mismatch)")
+        index = np.frombuffer(raw, dtype=INDEX_DTYPE)
+        pos = index["position"]
+        end = index["offset"] + index["length"]
+        if (np.any(pos[1:] <= pos[:-1]) or (pos.size and pos[-1] >= self.header.n_blocks)
+                or np.any((index["offset"] < HEADER_SIZE) & (index["length"] > 0))
+                or np.any(end > f.index_offset)):
+            raise FormatError(f"{self.name}: block index inconsistent with the file")
+        return index
+
+    # ------------------------------------------------------------------ access
+    def read_payload(self, record: np.void) -> bytes:
+        """The stored bytes of one index record."""
+        return self.read_range(int(record["offset"]), int(record["length"]))
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """``length`` stored bytes from byte ``offset`` of the file."""
+        return os.pread(self._fd, length, offset)
+
+    def read_into(self, out: np.ndarray, offset: int) -> None:
+        """Fill the contiguous array ``out`` with stored bytes from ``offset`` on."""
+        view = memoryview(out).cast("B")
+        if os.preadv(self._fd, [view], offset) != view.nbytes:
+            raise FormatError(f"{self.name}: truncated payload at byte {offset}")
+
+    @property
+    def blocks(self) -> int:
+        """Number of block records (positions) this image holds."""
+        return len(self.index)
+
+    def close(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __repr__(self) -> str:
+        h = self.header
+        kind = "full" if h.is_full else "incremental"
+        return (f"ImageFile({self.name}: {kind}, {self.blocks} blocks, "
+                f"{self.stored_bytes} B{', encrypted' if h.encrypted else ''})")
+
+
+class ImageWriter:
+    """Streams blocks into a new image; nothing appears under ``path`` until :meth:`commit`.
+
+    A position written twice keeps its last write (the head-start method copies
+    a block early and again after it was re-modified).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], header: Header, codec: BlockCodec):
+        self.path = Path(path)
+        self.header = header
+        self.codec = codec
+        self._stack = contextlib.ExitStack()
+        self._fh = self._stack.enter_context(atomic_writer(self.path))
+        self._fh.write(header.pack())
+        self._offset = HEADER_SIZE
+        self._records: list[np.ndarray] = []
+
+    def add(self, positions: np.ndarray, blocks: np.ndarray) -> None:
+        """Encode and append plaintext ``blocks[i]`` for block ``positions[i]``."""
+        if len(positions):
+            self.add_encoded(self.codec.encode(np.asarray(positions, np.uint64), blocks))
+
+    def add_encoded(self, encoded: EncodedBlocks) -> None:
+        """Append already-stored payloads verbatim (consolidation copies without a key)."""
+        records = encoded.records.copy()
+        records["offset"] += np.uint64(self._offset)
+        self._fh.write(encoded.payload)
+        self._offset += len(memoryview(encoded.payload).cast("B"))
+        self._records.append(records)
+
+    @property
+    def blocks_written(self) -> int:
+        return sum(len(r) for r in self._records)
+
+    def commit(self) -> Path:
+        """Write index and footer, fsync, rename into place; returns the final path."""
+        records = np.concatenate(self._records) if self._records \
+            else np.zeros(0, INDEX_DTYPE)
+        order = np.argsort(records["position"], kind="stable")
+        records = records[order]
+        pos = records["position"]
+        records = records[np.r_[pos[1:] != pos[:-1], True]] if len(pos) else records
+        raw = records.tobytes()
+        self._fh.write(raw)
+        self._fh.write(Footer(self._offset, len(records), hashlib.sha256(raw).digest()).pack())
+        self._stack.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file; ``path`` is untouched."""
+        with contextlib.suppress(_Abort):
+            self._stack.__exit__(_Abort, _Abort(), None)
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class _Abort(Exception):
+    """Raised into the atomic writer to make it discard the temporary file."""
