@@ -25,7 +25,7 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.raw import RawDisk
-from blockforensics.fs.base import FileSystem
+from blockforensics.fs.base import FileSystem, covered
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
 from blockforensics.fs.mbr import SECTOR, looks_like_mbr, read_partitions
@@ -88,10 +88,12 @@ def partitions(disk: DiskLike) -> pd.DataFrame:
     FormatError when the disk has no MBR partition table.
     """
     with _opened(disk) as d:
-        rows = [{**vars(p), "filesystem": None if p.kind == "extended"
-                 else detect(d, p.start_byte)} for p in read_partitions(d)]
-    columns = ["index", "type", "bootable", "start_byte", "length_bytes", "kind", "filesystem"]
-    return pd.DataFrame(rows, columns=columns)
+        found = read_partitions(d)
+        kinds = [None if p.kind == "extended" else detect(d, p.start_byte) for p in found]
+    table = pd.DataFrame([vars(p) for p in found], columns=[
+        "index", "type", "bootable", "start_byte", "length_bytes", "kind"])
+    table["filesystem"] = pd.Series(kinds, dtype=object)
+    return table
 
 
 def filesystem_allocation(disk: DiskLike, offset: int = 0, length: int | None = None) -> BlockMap:
@@ -120,17 +122,17 @@ def allocation_map(disk: DiskLike, block_size: int | None = None) -> BlockMap:
     with _opened(disk) as d:
         block_size = d.block_size if block_size is None else block_size
         starts, stops = [], []
-        covered = [0]  # boundaries of the recognised areas, in bytes
+        bounds = [0]  # edges of the recognised areas, in bytes
         for offset, length in _filesystem_areas(d):
             fs = open_filesystem(d, offset)
             fs.check_fits(length)
             run_starts, run_lengths = fs.allocation().run_arrays()
             starts.append(offset + run_starts * fs.unit)
             stops.append(offset + (run_starts + run_lengths) * fs.unit)
-            covered += [offset, offset + fs.size]
-        covered.append(d.size)
-        starts.append(np.array(covered[0::2], dtype=np.int64))  # the gaps between areas
-        stops.append(np.array(covered[1::2], dtype=np.int64))
+            bounds += [offset, offset + fs.size]
+        bounds.append(d.size)
+        starts.append(np.array(bounds[0::2], dtype=np.int64))  # the gaps between areas
+        stops.append(np.array(bounds[1::2], dtype=np.int64))
         return _from_byte_runs(np.concatenate(starts), np.concatenate(stops), d.size, block_size)
 
 
@@ -149,10 +151,6 @@ def _filesystem_areas(disk: Disk) -> list[tuple[int, int]]:
 def _from_byte_runs(starts: np.ndarray, stops: np.ndarray, total: int,
                     block_size: int) -> BlockMap:
     """Blocks of ``block_size`` bytes touched by any byte range ``[start, stop)``."""
-    keep = stops > starts
     n_blocks = -(-total // block_size)
-    first = starts[keep] // block_size
-    last = np.minimum(-(-stops[keep] // block_size), n_blocks)
-    delta = (np.bincount(first, minlength=n_blocks + 1)
-             - np.bincount(last, minlength=n_blocks + 1))
-    return BlockMap.from_bools(np.cumsum(delta[:-1]) > 0, block_size)
+    return BlockMap.from_bools(
+        covered(starts // block_size, -(-stops // block_size), n_blocks), block_size)

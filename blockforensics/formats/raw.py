@@ -30,9 +30,11 @@ class RawDisk(Disk):
         self.block_size = block_size
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
-        out = np.zeros((count, self.block_size), dtype=np.uint8)
+        offset, nbytes = start * self.block_size, count * self.block_size
+        inside = offset + nbytes <= self.size
+        out = (np.empty if inside else np.zeros)((count, self.block_size), dtype=np.uint8)
         if count:  # bytes past the end of the file stay zero
-            os.preadv(self._fd, [memoryview(out).cast("B")], start * self.block_size)
+            os.preadv(self._fd, [memoryview(out).cast("B")], offset)
         return out
 
     def present(self) -> BlockMap:

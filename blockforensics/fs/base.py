@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
+
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
@@ -56,3 +58,25 @@ class FileSystem(ABC):
     @abstractmethod
     def allocation(self) -> BlockMap:
         """Allocated units: a map of ``n_units`` blocks of ``unit`` bytes."""
+
+
+def covered(starts: np.ndarray, stops: np.ndarray, n: int) -> np.ndarray:
+    """Flags for positions ``0 .. n-1`` that lie in any range ``[start, stop)``.
+
+    Ranges may overlap and come in any order; they are merged first, so the
+    work is one byte per position (no per-position counters).
+    """
+    starts = np.clip(np.asarray(starts, dtype=np.int64), 0, n)
+    stops = np.clip(np.asarray(stops, dtype=np.int64), 0, n)
+    keep = stops > starts
+    if not keep.any():
+        return np.zeros(n, dtype=bool)
+    order = np.argsort(starts[keep], kind="stable")
+    starts, stops = starts[keep][order], np.maximum.accumulate(stops[keep][order])
+    begins = np.ones(starts.size, dtype=bool)
+    begins[1:] = starts[1:] > stops[:-1]  # touching or overlapping ranges merge
+    last_of_merged = np.r_[np.flatnonzero(begins)[1:] - 1, starts.size - 1].astype(np.int64)
+    toggles = np.zeros(n + 1, dtype=np.uint8)
+    toggles[starts[begins]] = 1
+    toggles[stops[last_of_merged]] = 1
+    return np.bitwise_xor.accumulate(toggles[:-1]).view(bool)

@@ -20,7 +20,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
-from blockforensics.fs.base import FileSystem
+from blockforensics.fs.base import FileSystem, covered
 from blockforensics.fs.structure import Structure
 
 SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
@@ -180,8 +180,8 @@ class ExtFileSystem(FileSystem):
         return value
 
     # -------------------------------------------------------------- allocation
-    def metadata_blocks(self, desc: np.ndarray) -> np.ndarray:
-        """Flags (one per block) for blocks every group's metadata occupies.
+    def metadata_units(self, desc: np.ndarray) -> np.ndarray:
+        """Flags, one per unit, for the units every group's metadata occupies.
 
         Superblock/descriptor backups and reserved descriptor blocks where a
         group has a backup, and every group's block bitmap, inode bitmap and
@@ -208,10 +208,8 @@ class ExtFileSystem(FileSystem):
         lengths = np.concatenate([length, np.ones(2 * self.n_groups, dtype=np.int64),
                                   np.full(self.n_groups, self.inode_table_blocks)])
         starts, lengths = starts[lengths > 0], lengths[lengths > 0]
-        stops = np.minimum(starts + lengths, self.blocks_count)
-        delta = (np.bincount(np.minimum(starts, self.blocks_count), minlength=self.blocks_count + 1)
-                 - np.bincount(stops, minlength=self.blocks_count + 1))
-        return np.cumsum(delta[:-1]) > 0
+        ratio = 1 << self.cluster_shift  # a unit is in use when any of its blocks is
+        return covered(starts // ratio, -(-(starts + lengths) // ratio), self.n_units)
 
     def _bitmaps(self, locations: np.ndarray) -> np.ndarray:
         """The blocks at ``locations`` as a (len, block_size) array, read run by run."""
@@ -244,19 +242,11 @@ class ExtFileSystem(FileSystem):
         flags[first_unit:] = grouped.reshape(-1)
         if uninit.any():  # implicit bitmaps: the metadata inside those groups
             implicit = np.zeros_like(flags)
-            meta = self._to_units(self.metadata_blocks(desc))
-            implicit[: meta.size] = meta
+            implicit[: self.n_units] = self.metadata_units(desc)
             in_uninit = np.zeros_like(flags)
             in_uninit[first_unit:] = np.repeat(uninit, per_group)
             flags[in_uninit] = implicit[in_uninit]
         return BlockMap.from_bools(flags[: self.n_units], self.unit)
-
-    def _to_units(self, block_flags: np.ndarray) -> np.ndarray:
-        """Per-block flags to per-unit flags (a unit is set when any of its blocks is)."""
-        ratio = 1 << self.cluster_shift
-        padded = np.zeros(-(-block_flags.size // ratio) * ratio, dtype=bool)
-        padded[: block_flags.size] = block_flags
-        return padded.reshape(-1, ratio).any(axis=1)
 
 
 def _kind(sb: Any) -> str:

@@ -76,7 +76,8 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     parent_digests = None
     if parent_index is not None and changed is None:
         assert codec is not None
-        parent_digests = _digests_for(chain, parent_index, n_blocks, codec.zero_digest())
+        parent_digests = chain.layout(parent_index).content_digests(codec.zero_digest(),
+                                                                    n_blocks)
     changed_flags = changed.to_bools() if changed is not None else None
 
     step = _chunk_blocks(bs)
@@ -99,21 +100,10 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
                     digests = codec.content_digests(blocks[rows])
                     take[rows] = (digests != parent_digests[start + rows]).any(axis=1)
                 rows = np.flatnonzero(take)
-                writer.add(start + rows, blocks[rows])
+                writer.add(start + rows, blocks if len(rows) == count else blocks[rows])
             bar.update(min(count * bs, source.size - start * bs))
         path = writer.commit()
     return chain.append(path)
-
-
-def _digests_for(chain: Chain, point: int, n_blocks: int, zero: np.ndarray) -> np.ndarray:
-    """Content digests of ``point`` resized to ``n_blocks`` (new blocks: the zero digest)."""
-    digests = chain.layout(point).content_digests(zero)
-    if len(digests) >= n_blocks:
-        return digests[:n_blocks]
-    grown = np.empty((n_blocks, digests.shape[1]), dtype=np.uint8)
-    grown[:] = zero
-    grown[: len(digests)] = digests
-    return grown
 
 
 def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = None, *,

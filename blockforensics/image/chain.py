@@ -126,13 +126,17 @@ class Layout:
             flags[positions[(records["flags"] & FLAG_ZERO) != 0]] = False
         return BlockMap.from_bools(flags, self.block_size)
 
-    def content_digests(self, zero_digest: np.ndarray) -> np.ndarray:
-        """``(n_blocks, 16)`` content digests of the point (absent blocks: ``zero_digest``)."""
-        out = np.empty((self.n_blocks, DIGEST_SIZE), dtype=np.uint8)
+    def content_digests(self, zero_digest: np.ndarray, n_blocks: int | None = None
+                        ) -> np.ndarray:
+        """``(n_blocks, 16)`` content digests of the point; absent blocks, and blocks past
+        the point's end when ``n_blocks`` is larger, get ``zero_digest``."""
+        n_blocks = self.n_blocks if n_blocks is None else n_blocks
+        out = np.empty((n_blocks, DIGEST_SIZE), dtype=np.uint8)
         out[:] = zero_digest
         for depth in range(len(self.images)):
             positions, records = self.records(depth)
-            out[positions] = digest_rows(records["content_digest"])
+            keep = positions < n_blocks
+            out[positions[keep]] = digest_rows(records["content_digest"])[keep]
         return out
 
 
@@ -307,6 +311,19 @@ class Chain:
             owner[positions[keep]] = depth
             entry[positions[keep]] = np.flatnonzero(keep)
         return Layout(path, owner, entry, size, self.block_size)
+
+    def changed(self, a: PointRef, b: PointRef) -> BlockMap:
+        """Blocks whose content differs between points ``a`` and ``b`` (any two, across branches).
+
+        Compared by content digests from the indexes, so nothing is decrypted or read;
+        the map covers the larger of the two volumes (blocks past a smaller one count as zero).
+        """
+        layouts = self.layout(a), self.layout(b)
+        n_blocks = max(layout.n_blocks for layout in layouts)
+        keyless = self.encrypted and self.key is None  # absent blocks: a digest no block has
+        zero = np.zeros(DIGEST_SIZE, np.uint8) if keyless else self.codec.zero_digest()
+        da, db = (layout.content_digests(zero, n_blocks) for layout in layouts)
+        return BlockMap.from_bools((da != db).any(axis=1), self.block_size)
 
     def disk(self, point: PointRef = -1) -> ChainDisk:
         """A point as a read-only Disk (restore, export, expose, forensics read this)."""

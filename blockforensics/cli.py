@@ -1,0 +1,299 @@
+"""The ``blockforensics`` command.
+
+Exit codes: 0 ok; 1 a check failed (verify, boot, compare); 2 bad input or
+usage, with a one-line message on stderr and never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from blockforensics.errors import BlockforensicsError, UsageError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (and exit 2) instead of usage plus message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _key(args: argparse.Namespace):  # -> KeySource | None
+    from blockforensics.crypto import KeySource
+
+    return KeySource.from_file(args.key_file) if getattr(args, "key_file", None) else None
+
+
+def _open_chain(args: argparse.Namespace, *, clean: bool = True):  # -> Chain
+    """Open the chain named by ``args.chain`` (after removing leftovers of crashed commands)."""
+    from blockforensics.image.chain import Chain
+
+    chain = Chain.open(args.chain, _key(args))
+    if clean:
+        chain.cleanup()
+    return chain
+
+
+def _print_table(frame) -> None:
+    print(frame.to_string(index=False) if len(frame) else "(empty)")
+
+
+# ------------------------------------------------------------------ commands
+def cmd_backup(args: argparse.Namespace) -> int:
+    from blockforensics.allocation import allocation_map
+    from blockforensics.blockmap import BlockMap
+    from blockforensics.formats.raw import RawDisk
+    from blockforensics.image.backup import backup
+    from blockforensics.image.chain import Chain
+
+    source_path = Path(args.source)
+    if not source_path.exists() or source_path.is_dir():
+        raise UsageError(f"{source_path}: not a file or block device")
+    chain = Chain.open_or_create(args.chain, _key(args))
+    chain.cleanup()
+    block_size = args.block_size or (chain.block_size if len(chain) else 4096)
+    with RawDisk(source_path, block_size) as source:
+        changed = BlockMap.load(args.changed) if args.changed else None
+        only = None if args.all_blocks else allocation_map(source, block_size)
+        point = backup(chain, source, parent=args.parent, full=args.full or None,
+                       changed=changed, only=only, block_size=block_size, label=args.label,
+                       progress=sys.stderr.isatty())
+    row = chain.table().iloc[point]
+    print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
+          f"{row['stored_bytes']} bytes")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    frame = _open_chain(args, clean=False).table()
+    if args.json:
+        records = json.loads(frame.to_json(orient="records"))
+        print(json.dumps(records, indent=1))
+    else:
+        _print_table(frame)
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from blockforensics.image.backup import restore
+
+    chain = _open_chain(args)
+    point = chain.point(args.point)
+    out = restore(chain, point, args.out, progress=sys.stderr.isatty())
+    print(f"restored point {point} to {out} ({chain.disk(point).size} bytes)")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from blockforensics.image.verify import verify
+
+    report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
+    for problem in report.problems:
+        print(problem)
+    print(report)
+    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    from blockforensics import consolidate
+
+    if args.keep is not None:
+        result = consolidate.apply_retention(args.chain, keep_last=args.keep,
+                                             daily=args.daily, weekly=args.weekly)
+    else:
+        if args.point is None:
+            raise UsageError("consolidate: give --point P (or --keep N)")
+        result = consolidate.consolidate(args.chain, args.point, start=args.start,
+                                         progress=sys.stderr.isatty())
+    print(result)
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from blockforensics import forensics
+
+    chain = _open_chain(args, clean=False)
+    result = forensics.diff(chain, args.a, args.b, files=args.files)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        print(result)
+    return EXIT_OK
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from blockforensics import forensics
+
+    frame = forensics.timeline(_open_chain(args, clean=False))
+    if args.json:
+        print(frame.to_json(orient="records", indent=1))
+    else:
+        _print_table(frame)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from blockforensics.formats.vhd import write_vhd
+
+    chain = _open_chain(args)
+    kind = args.format.removeprefix("vhd-")
+    out = write_vhd(chain.disk(args.point), args.out, kind=kind, progress=sys.stderr.isatty())
+    print(f"exported point {chain.point(args.point)} to {out} ({args.format})")
+    return EXIT_OK
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from blockforensics.expose import mount
+
+    chain = _open_chain(args)
+    mountpoint = Path(args.mountpoint)
+    if not mountpoint.is_dir():
+        raise UsageError(f"{mountpoint}: not a directory")
+    print(f"serving {mountpoint / 'disk.vhd'} (point {chain.point(args.point)}, read-only); "
+          "Ctrl-C to unmount", flush=True)
+    mount(chain.disk(args.point), mountpoint, foreground=True)
+    return EXIT_OK
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from blockforensics.boot import boot
+
+    disk = Path(args.disk)
+    if not disk.is_file():
+        raise UsageError(f"{disk}: no such disk file")
+    result = boot(disk, expect=args.expect, timeout=args.timeout)
+    if result.ok:
+        print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
+        return EXIT_OK
+    print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
+          "console tail:")
+    print(result.tail())
+    return EXIT_CHECK_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from blockforensics.demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+# -------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="blockforensics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+                chain: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if chain:
+            p.add_argument("chain", help="chain directory")
+        return p
+
+    def key_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
+
+    def point_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--point", default="-1",
+                       help="point index (0 = first full, -1 = newest) or image file name")
+
+    p = sub.add_parser("backup", help="back a raw disk image up into a chain")
+    p.set_defaults(func=cmd_backup)
+    p.add_argument("source", help="raw disk image or block device")
+    p.add_argument("chain", help="chain directory (created if missing)")
+    key_option(p)
+    p.add_argument("--block-size", type=_positive_int, help="bytes per block (first backup)")
+    p.add_argument("--parent", help="parent point of the incremental (default: newest)")
+    p.add_argument("--full", action="store_true", help="a new full image even if a chain exists")
+    p.add_argument("--changed", help="a saved BlockMap of changed blocks (CBT)")
+    p.add_argument("--all-blocks", action="store_true",
+                   help="copy every block, not only those the file systems allocate")
+    p.add_argument("--label", default="", help="free text stored in the image header")
+
+    p = command("list", cmd_list, "list the points of a chain")
+    p.add_argument("--json", action="store_true")
+
+    p = command("restore", cmd_restore, "restore a point to a raw file")
+    p.add_argument("out", help="raw file to write (exact size)")
+    point_option(p)
+    key_option(p)
+
+    p = command("verify", cmd_verify, "check every image (and with the key, every block)")
+    key_option(p)
+
+    p = command("consolidate", cmd_consolidate,
+                "merge images into one, copying stored blocks verbatim (never reads a key)")
+    p.add_argument("--point", help="consolidate up to this point")
+    p.add_argument("--start", help="first point of the merged segment (default: the full)")
+    p.add_argument("--keep", type=_positive_int, help="retention: keep the newest N points")
+    p.add_argument("--daily", type=int, default=0, help="retention: one point per day for D days")
+    p.add_argument("--weekly", type=int, default=0,
+                   help="retention: one point per week for W weeks")
+
+    p = command("diff", cmd_diff, "what changed between two points")
+    p.add_argument("a", help="older point")
+    p.add_argument("b", help="newer point")
+    p.add_argument("--files", action="store_true", help="name the files behind the changes")
+    p.add_argument("--json", action="store_true")
+    key_option(p)
+
+    p = command("timeline", cmd_timeline, "per point: blocks and files changed")
+    p.add_argument("--json", action="store_true")
+    key_option(p)
+
+    p = command("export", cmd_export, "export a point to a VHD file")
+    p.add_argument("out", help="the .vhd file to write")
+    point_option(p)
+    p.add_argument("--format", choices=["vhd-dynamic", "vhd-fixed"], default="vhd-dynamic")
+    key_option(p)
+
+    p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)")
+    p.add_argument("mountpoint")
+    point_option(p)
+    key_option(p)
+
+    p = command("boot", cmd_boot, "boot a raw or VHD disk in QEMU and wait for a text",
+                chain=False)
+    p.add_argument("disk")
+    p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
+    p.add_argument("--timeout", type=float, default=120.0)
+
+    p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=False)
+    p.add_argument("--out", default="blockforensics-demo", help="directory for results")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (also used by tests in-process)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except BlockforensicsError as exc:
+        print(f"blockforensics: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("blockforensics: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"blockforensics: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

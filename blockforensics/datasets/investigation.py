@@ -1,0 +1,242 @@
+"""A sample investigation: four days of backups of a small volume, one of them a ransomware burst.
+
+:func:`build_investigation` makes a FAT32 (``mkfs.vfat`` + mtools) or ext4
+(``mkfs.ext4`` + ``debugfs -w``) volume in a raw file and backs it up into a
+chain after each "day" (only the blocks the file system allocates, as the
+``backup`` command does):
+
+====  =====  ================================================================
+day   point  what happens
+====  =====  ================================================================
+1     0      initial tree: /docs (report, budget, letter), /notes/todo.txt,
+             /archive.bin (already random: compressed-looking data)
+2     1      /docs/report.txt grows (a paragraph appended); /docs/budget.csv
+             edited with the same size
+3     2      /docs/minutes.txt created; /docs/letter.txt deleted
+4     3      the four text files overwritten with random bytes, same sizes
+====  =====  ================================================================
+
+Day 4 overwrites: on ext4 the file's own blocks are rewritten in place (found with
+``debugfs blocks``), like ransomware encrypting through an open file; on FAT
+``mcopy -o`` writes the new content to fresh clusters (mtools frees the old ones).
+
+The returned ``truth`` lists, per point, every change the backups should reveal
+(directories whose listings changed count as modified), from a model of the tree
+kept alongside the tools — not from reading the volume.  Content is seeded; the
+volumes are a few MiB of allocated data (FAT32 needs 65525 clusters, so its raw
+file is 34 MiB, mostly never stored).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from blockforensics.allocation import allocation_map
+from blockforensics.errors import UsageError
+from blockforensics.formats.raw import RawDisk
+from blockforensics.image.backup import backup
+from blockforensics.image.chain import Chain
+from blockforensics.tools import require
+
+BLOCK_SIZE = 4096  # bytes per chain block
+FAT32_SIZE = 34 << 20  # bytes: 512-byte clusters, just above FAT32's 65525-cluster minimum
+EXT4_SIZE = 8 << 20  # bytes
+DAY0 = 1_709_280_000  # 2024-03-01 08:00 UTC, seconds since the epoch
+DAY = 86_400  # seconds
+BACKUP_HOUR = 14 * 3600  # each day's backup runs 14 h after the day's first edit
+TRUTH_COLUMNS = ["point", "day", "path", "type", "change", "encrypted"]
+
+_WORDS = ["invoice", "quarter", "budget", "meeting", "report", "customer", "supplier",
+          "travel", "audit", "forecast", "revenue", "project", "deadline", "review", "contract"]
+
+
+@dataclass
+class Investigation:
+    """A built sample: the chain directory, the live volume's raw file, and the known history."""
+
+    chain_dir: Path
+    image: Path  # the volume as it is after day 4 (raw)
+    fs: str  # "fat32" or "ext4"
+    truth: pd.DataFrame  # TRUTH_COLUMNS: one row per change each point should show
+
+
+def _text(rng: np.random.Generator, n_bytes: int) -> bytes:
+    """Seeded English-looking text of exactly ``n_bytes`` bytes (entropy about 4 bits/byte)."""
+    words = rng.choice(_WORDS, size=n_bytes // 4 + 8)
+    return " ".join(words).encode()[:n_bytes]
+
+
+class _Volume:
+    """Edits a file-system image with real tools; subclasses speak mtools or debugfs."""
+
+    root_entries: tuple[str, ...] = ("/",)
+
+    def __init__(self, image: Path, scratch: Path):
+        self.image = image
+        self.scratch = scratch
+
+    def host_file(self, data: bytes, mtime: int) -> Path:
+        path = self.scratch / "payload"
+        path.write_bytes(data)
+        os.utime(path, (mtime, mtime))
+        return path
+
+    def run(self, *argv: str, **env: str) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True,
+                              env={**os.environ, "MTOOLS_SKIP_CHECK": "1", **env})
+        if done.returncode != 0 or "error" in done.stderr.lower():
+            raise UsageError(f"{' '.join(argv[:3])}: {done.stderr.strip()}")
+        return done.stdout
+
+
+class _FatVolume(_Volume):
+    def __init__(self, image: Path, scratch: Path):
+        super().__init__(image, scratch)
+        with image.open("wb") as fh:
+            fh.truncate(FAT32_SIZE)
+        self.run(require("mkfs.vfat"), "-F", "32", "-s", "1", "--invariant", "-n", "EVIDENCE",
+                 str(image))
+
+    def mkdir(self, path: str, mtime: int) -> None:
+        self.run(require("mmd"), "-i", str(self.image), f"::{path}")
+
+    def write(self, path: str, data: bytes, mtime: int) -> None:
+        self.run(require("mcopy"), "-o", "-m", "-i", str(self.image),
+                 str(self.host_file(data, mtime)), f"::{path}")
+
+    overwrite = write  # mcopy -o: new clusters, old ones freed
+
+    def delete(self, path: str, mtime: int) -> None:
+        self.run(require("mdel"), "-i", str(self.image), f"::{path}")
+
+
+class _ExtVolume(_Volume):
+    root_entries = ("/", "/lost+found")
+
+    def __init__(self, image: Path, scratch: Path):
+        super().__init__(image, scratch)
+        with image.open("wb") as fh:
+            fh.truncate(EXT4_SIZE)
+        self.run(require("mkfs.ext4"), "-q", "-F", "-b", "4096", "-N", "64", "-O", "^has_journal",
+                 "-U", "42464f52-0000-4000-8000-000000000001",
+                 "-E", "hash_seed=42464f52-0000-4000-8000-000000000002", "-L", "evidence",
+                 str(self.image), E2FSPROGS_FAKE_TIME=str(DAY0))
+
+    def debugfs(self, *commands: str) -> str:
+        """Run each command with ``debugfs -w -R``; their outputs, joined."""
+        return "".join(self.run(require("debugfs"), "-w", "-R", command, str(self.image))
+                       for command in commands)
+
+    def mkdir(self, path: str, mtime: int) -> None:
+        self.debugfs(f"mkdir {path}", f"sif {path} mtime @{mtime}")
+
+    def write(self, path: str, data: bytes, mtime: int) -> None:
+        host = self.host_file(data, mtime)
+        self.debugfs(*([f"rm {path}"] if self.exists(path) else []), f"write {host} {path}",
+                     f"sif {path} mtime @{mtime}")
+
+    def exists(self, path: str) -> bool:
+        return "File not found" not in subprocess.run(
+            [require("debugfs"), "-R", f"stat {path}", str(self.image)],
+            capture_output=True, text=True).stderr
+
+    def overwrite(self, path: str, data: bytes, mtime: int) -> None:
+        """Rewrite the file's own blocks in place (its size unchanged), then its mtime."""
+        blocks = [int(b) for b in self.debugfs(f"blocks {path}").split()]
+        with self.image.open("r+b") as fh:
+            for i, block in enumerate(blocks):
+                fh.seek(block * 4096)
+                fh.write(data[i * 4096 : (i + 1) * 4096])
+        self.debugfs(f"sif {path} mtime @{mtime}")
+
+    def delete(self, path: str, mtime: int) -> None:
+        self.debugfs(f"rm {path}")
+
+
+def _history(rng: np.random.Generator) -> list[list[tuple]]:
+    """The four days as lists of ``(operation, path, data)``; sizes in bytes."""
+    report, budget = _text(rng, 9000), _text(rng, 4500)
+    edited_budget = bytearray(budget)
+    edited_budget[100:140] = _text(rng, 40)
+    texts = {"/docs/report.txt": report + b"\n" + _text(rng, 1800),
+             "/docs/budget.csv": bytes(edited_budget), "/notes/todo.txt": _text(rng, 2500),
+             "/docs/minutes.txt": _text(rng, 6000)}
+    return [
+        [("mkdir", "/docs", None), ("mkdir", "/notes", None),
+         ("write", "/docs/report.txt", report), ("write", "/docs/budget.csv", budget),
+         ("write", "/docs/letter.txt", _text(rng, 3000)),
+         ("write", "/notes/todo.txt", texts["/notes/todo.txt"]),
+         ("write", "/archive.bin", rng.bytes(20000))],
+        [("write", "/docs/report.txt", texts["/docs/report.txt"]),
+         ("write", "/docs/budget.csv", texts["/docs/budget.csv"])],
+        [("write", "/docs/minutes.txt", texts["/docs/minutes.txt"]),
+         ("delete", "/docs/letter.txt", None)],
+        [("overwrite", path, rng.bytes(len(data))) for path, data in sorted(texts.items())],
+    ]
+
+
+def _expected(before: dict[str, str], after: dict[str, str], modified: set[str]
+              ) -> list[tuple[str, str, str]]:
+    """``(path, type, change)`` between two trees (path -> type): directories whose
+    listings changed count as modified, files as given."""
+    def listing(tree: dict[str, str], directory: str) -> set[str]:
+        return {p for p in tree if p != directory and os.path.dirname(p) == directory}
+
+    rows = [(p, after[p], "created") for p in after.keys() - before.keys()]
+    rows += [(p, before[p], "deleted") for p in before.keys() - after.keys()]
+    rows += [(p, "file", "modified") for p in modified]
+    rows += [(p, "dir", "modified") for p in before.keys() & after.keys()
+             if after[p] == "dir" and listing(before, p) != listing(after, p)]
+    return sorted(rows)
+
+
+def build_investigation(directory: str | os.PathLike[str], fs: str = "fat32", seed: int = 0
+                        ) -> Investigation:
+    """Build the sample in ``directory`` (created; must be new or empty): ``chain/`` and
+    ``volume.img``.  Needs mtools + dosfstools (fat32) or e2fsprogs (ext4)."""
+    kinds = {"fat32": _FatVolume, "ext4": _ExtVolume}
+    if fs not in kinds:
+        raise UsageError(f"fs must be one of {sorted(kinds)}, not {fs!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    image = directory / "volume.img"
+    chain = Chain.create(directory / "chain")
+    rng = np.random.default_rng(seed)
+    truth = []
+    with tempfile.TemporaryDirectory() as scratch:
+        volume = kinds[fs](image, Path(scratch))
+        before: dict[str, str] = {}  # the tree at the previous point: at first, no volume
+        tree = dict.fromkeys(volume.root_entries, "dir")
+        for day, operations in enumerate(_history(rng), start=1):
+            start = DAY0 + (day - 1) * DAY
+            modified = set()
+            overwritten = {path for operation, path, _ in operations if operation == "overwrite"}
+            for minute, (operation, path, data) in enumerate(operations):
+                mtime = start + 60 * minute
+                if operation == "mkdir":
+                    volume.mkdir(path, mtime)
+                    tree[path] = "dir"
+                elif operation == "delete":
+                    volume.delete(path, mtime)
+                    del tree[path]
+                else:
+                    getattr(volume, operation)(path, data, mtime)
+                    if path in tree:
+                        modified.add(path)
+                    tree[path] = "file"
+            with RawDisk(image, BLOCK_SIZE) as disk:
+                point = backup(chain, disk, only=allocation_map(disk),
+                               created_ns=(start + BACKUP_HOUR) * 10**9, label=f"day {day}")
+            truth += [(point, day, path, kind, change, path in overwritten)
+                      for path, kind, change in _expected(before, tree, modified)]
+            before = dict(tree)
+    chain.close()
+    return Investigation(directory / "chain", image, fs,
+                         pd.DataFrame(truth, columns=TRUTH_COLUMNS))

@@ -1,0 +1,148 @@
+"""Expose a Disk as a read-only virtual disk file, ``MOUNTPOINT/disk.vhd``, over FUSE.
+
+The file is a dynamic VHD synthesised on the fly by
+:class:`~blockforensics.formats.vhd.VhdLayout`: nothing is converted up front,
+each read of the file is served from the source disk (a backup chain point, a
+raw image …).  A hypervisor boots it like any VHD (through a qcow2 overlay,
+since the file is read-only).  The bytes are exactly those
+:func:`~blockforensics.formats.vhd.write_vhd` would write for the same
+``unique_id`` and ``timestamp``.
+
+FUSE runs single-threaded, so a Disk need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import mfusepy
+
+from blockforensics.errors import UsageError
+from blockforensics.formats.base import Disk
+from blockforensics.formats.vhd import VhdLayout
+from blockforensics.tools import require
+
+FILE_NAME = "disk.vhd"
+
+
+class VhdFileSystem(mfusepy.Operations):
+    """A read-only directory holding one file, ``disk.vhd``, read through a VhdLayout."""
+
+    use_ns = True
+
+    def __init__(self, layout: VhdLayout):
+        self.layout = layout
+        self._mtime_ns = time.time_ns()
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        times = {"st_atime": self._mtime_ns, "st_mtime": self._mtime_ns,
+                 "st_ctime": self._mtime_ns}
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, **times}
+        if path == "/" + FILE_NAME:
+            size = self.layout.file_size
+            return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size,
+                    "st_blocks": -(-size // 512), **times}
+        raise mfusepy.FuseOSError(errno.ENOENT)
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", FILE_NAME]
+
+    def open(self, path: str, flags: int) -> int:
+        if path != "/" + FILE_NAME:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.layout.read(offset, size)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+
+def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
+          unique_id: bytes | None = None, timestamp: datetime | None = None) -> None:
+    """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` until unmounted.
+
+    In the foreground this blocks; Ctrl-C (SIGINT), SIGTERM or SIGHUP, or
+    ``fusermount3 -u MOUNTPOINT``, unmounts and returns.  ``foreground=False``
+    lets libfuse daemonise (the calling process exits once the mount is up):
+    meant for the command line only.
+    """
+    mountpoint = Path(mountpoint)
+    if not mountpoint.is_dir():
+        raise UsageError(f"{mountpoint}: mount point is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint}: something is already mounted there")
+    layout = VhdLayout(disk, "dynamic", unique_id=unique_id, timestamp=timestamp)
+    # libfuse installs its unmount-and-exit handlers only over default dispositions
+    restore: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            restore[sig] = signal.signal(sig, signal.SIG_DFL)
+    try:
+        mfusepy.FUSE(VhdFileSystem(layout), str(mountpoint), foreground=foreground,
+                     nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
+    finally:
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+
+
+def _mounted(mountpoint: Path) -> bool:
+    """True while a FUSE file system is mounted at ``mountpoint`` (per /proc/mounts)."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == target for line in fh)
+
+
+@contextmanager
+def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 10.0,
+            unique_id: bytes | None = None,
+            timestamp: datetime | None = None) -> Iterator[Path]:
+    """Mount ``disk`` in a child process for the duration of a ``with`` block.
+
+    Yields the path of ``disk.vhd``; on exit unmounts (``fusermount3 -u``) and
+    reaps the child, leaving no stale mount.  For notebooks and tests.
+    """
+    fusermount = require("fusermount3")
+    mountpoint = Path(mountpoint)
+    # fork: the child inherits the disk as is (open files included), no pickling
+    child = multiprocessing.get_context("fork").Process(
+        target=mount, args=(disk, mountpoint),
+        kwargs={"unique_id": unique_id, "timestamp": timestamp}, daemon=True)
+    child.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not _mounted(mountpoint):
+            if not child.is_alive():
+                raise UsageError(f"{mountpoint}: FUSE mount failed (exit code {child.exitcode})")
+            if time.monotonic() > deadline:
+                raise UsageError(f"{mountpoint}: FUSE mount not up after {timeout} s")
+            time.sleep(0.02)
+        yield mountpoint / FILE_NAME
+    finally:
+        if _mounted(mountpoint):
+            subprocess.run([fusermount, "-u", str(mountpoint)], capture_output=True)
+        child.join(timeout)
+        if child.is_alive():  # busy or wedged: force it
+            child.kill()
+            child.join()
+        if _mounted(mountpoint):
+            subprocess.run([fusermount, "-u", "-z", str(mountpoint)], capture_output=True)

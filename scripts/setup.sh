@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install everything blockforensics, its tests and its demo need (run as root on Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  qemu-system-x86 qemu-utils        # boot and cross-check disks
+  fuse3                             # expose a backup as a virtual disk file
+  mtools dosfstools syslinux syslinux-common fdisk cpio busybox-static linux-image-cloud-amd64
+                                    # build the sample bootable disk, make FAT file systems
+  e2fsprogs                         # make and check ext2/3/4 file systems
+  sleuthkit                         # independent file-system reader for cross-checks
+)
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[dev]"

@@ -1,0 +1,116 @@
+"""Chains: every point of a random history with branches restores to the source at that point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import ChainError, UsageError
+from blockforensics.image.backup import backup, restore
+from blockforensics.image.chain import Chain
+from blockforensics.volume import Volume
+
+write = st.tuples(st.floats(0, 1), st.integers(1, 3000), st.integers(0, 255))
+step = st.tuples(st.floats(0, 1), st.lists(write, max_size=6))
+
+
+@given(size=st.one_of(st.sampled_from([0, 1, 511, 512, 513, 4096 + 3]),
+                      st.integers(0, 40_000)),
+       block_size=st.sampled_from([512, 1024, 4096]),
+       steps=st.lists(step, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_every_point_restores_to_the_source_at_that_point(tmp_path_factory, size, block_size,
+                                                           steps, seed):
+    rng = np.random.default_rng(seed)
+    directory = tmp_path_factory.mktemp("chain")
+    chain = Chain.create(directory / "c")
+    states = [rng.integers(0, 256, size, dtype=np.uint8).tobytes()]
+    backup(chain, Volume.from_bytes(states[0], block_size), block_size=block_size)
+    for parent_choice, writes in steps:
+        parent = int(parent_choice * len(states)) % len(states)  # branches off any point
+        state = bytearray(states[parent])
+        for where, length, value in writes:
+            if size:
+                offset = int(where * (size - 1))
+                state[offset : offset + length] = bytes([value]) * len(
+                    state[offset : offset + length])
+        states.append(bytes(state))
+        point = backup(chain, Volume.from_bytes(state, block_size), parent=parent)
+        assert chain.parent(point) == parent
+    reopened = Chain.open(directory / "c")
+    for point, state in enumerate(states):
+        assert restore(reopened, point).tobytes() == state
+    out = restore(reopened, len(states) - 1, directory / "last.raw")
+    assert out.read_bytes() == states[-1]
+
+
+def test_incremental_holds_exactly_the_changed_blocks(tmp_path):
+    vol = Volume.from_bytes(np.random.default_rng(1).integers(0, 256, 100 * 4096,
+                                                              dtype=np.uint8))
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, vol)
+    vol.write(5 * 4096 + 10, b"changed")
+    vol.write_blocks(50, np.zeros(4096 * 2, np.uint8))  # blocks that became zero count too
+    point = backup(chain, vol)
+    table = chain.table()
+    assert table.loc[point, "blocks"] == 3 and table.loc[point, "kind"] == "incremental"
+    assert chain.changed(0, 1) == BlockMap.from_positions(100, [5, 50, 51])
+    assert restore(chain, 1).tobytes() == vol.tobytes()
+
+
+def test_changed_map_is_trusted_and_unchanged_chunks_are_skipped(tmp_path):
+    vol = Volume.from_bytes(np.arange(64 * 4096, dtype=np.uint64).astype(np.uint8))
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, vol)
+    vol.write(3 * 4096, b"x" * 10)
+    vol.write(9 * 4096, b"y" * 10)
+    cbt = BlockMap.from_positions(64, [3])  # a map that misses block 9 is taken at its word
+    point = backup(chain, vol, changed=cbt)
+    assert chain.table().loc[point, "blocks"] == 1
+    restored = restore(chain, point).tobytes()
+    assert restored[3 * 4096 : 3 * 4096 + 10] == b"x" * 10
+    assert restored[9 * 4096 : 9 * 4096 + 10] != b"y" * 10
+
+
+def test_only_map_limits_what_is_stored(tmp_path):
+    vol = Volume.from_bytes(np.full(32 * 4096, 1, np.uint8))
+    chain = Chain.create(tmp_path / "c")
+    only = BlockMap.from_runs(32, [(0, 4), (10, 2)])
+    backup(chain, vol, only=only)
+    assert chain.layout(0).present() == only
+
+
+def test_full_skips_zero_blocks_and_restores_them_as_zeros(tmp_path):
+    data = bytearray(20 * 4096)
+    data[4096 * 7 : 4096 * 7 + 3] = b"abc"
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, Volume.from_bytes(data))
+    assert chain.table().loc[0, "blocks"] == 1
+    assert restore(chain, 0).tobytes() == bytes(data)
+
+
+def test_points_by_name_and_negative_index(tmp_path):
+    chain = Chain.create(tmp_path / "c")
+    vol = Volume.from_bytes(b"a" * 10_000)
+    backup(chain, vol)
+    vol.write(0, b"b")
+    backup(chain, vol)
+    assert chain.point("0001-incr.bfi") == 1 == chain.point(-1) == chain.point("-1")
+    with pytest.raises(UsageError):
+        chain.point(5)
+
+
+def test_missing_parent_and_not_a_chain(tmp_path):
+    with pytest.raises(ChainError, match="not a blockforensics chain"):
+        Chain.open(tmp_path)
+    chain = Chain.create(tmp_path / "c")
+    vol = Volume.from_bytes(b"a" * 10_000)
+    backup(chain, vol)
+    vol.write(0, b"b")
+    backup(chain, vol)
+    (tmp_path / "c" / "0000-full.bfi").unlink()
+    with pytest.raises(ChainError, match="missing"):
+        Chain.open(tmp_path / "c")

@@ -1,0 +1,325 @@
+"""Consolidation and retention on real chain directories (plaintext; see test_crypto for keys).
+
+Oracle: the source volume at every point, kept in memory by image id (a
+consolidated image keeps the image id of the point it replaces), compared
+byte for byte with a restore; the chain's own verify and listing must be clean.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockforensics.consolidate import apply_retention, consolidate, retention_plan
+from blockforensics.crypto import KeySource
+from blockforensics.errors import ChainError, UsageError
+from blockforensics.image.backup import backup, restore
+from blockforensics.image.chain import MANIFEST, Chain
+from blockforensics.image.format import FLAG_ZERO
+from blockforensics.image.imagefile import ImageFile
+from blockforensics.image.verify import verify
+from blockforensics.volume import Volume
+
+BS = 4096
+DAY_NS = 86_400 * 10**9
+EPOCH_NS = 1_700_000_000 * 10**9  # 2023-11-14 22:13:20 UTC, a Tuesday
+REWRITTEN = 5  # a block position every incremental rewrites
+
+
+def build_chain(directory: Path, parents: list[int | None], *, key: KeySource | None = None,
+                n_blocks: int = 40, seed: int = 0, created: list[int] | None = None,
+                sizes: list[int] | None = None) -> dict[bytes, bytes]:
+    """Back up an evolving random volume, point ``i`` against ``parents[i]`` (None: a full).
+
+    Each incremental rewrites a few random blocks and block ``REWRITTEN`` and
+    zeroes one block; the volume is ``sizes[i]`` bytes (default: a partial
+    last block).  Returns image id -> the volume's bytes at that point.
+    """
+    rng = np.random.default_rng(seed)
+    states: list[np.ndarray] = []
+    sources: dict[bytes, bytes] = {}
+    with Chain.create(directory, key) as chain:
+        for i, parent in enumerate(parents):
+            if parent is None:
+                data = rng.integers(0, 256, (n_blocks, BS), dtype=np.uint8)
+                data[:3] = 0
+            else:
+                data = states[parent].copy()
+                changed = np.r_[rng.choice(n_blocks, 6, replace=False), REWRITTEN]
+                data[changed] = rng.integers(0, 256, (len(changed), BS), dtype=np.uint8)
+                data[(3 * i) % n_blocks] = 0
+            size = sizes[i] if sizes else n_blocks * BS - 100
+            data.reshape(-1)[size:] = 0
+            states.append(data)
+            index = backup(chain, Volume.from_bytes(data.reshape(-1)[:size], BS),
+                           parent=parent, full=parent is None,
+                           created_ns=None if created is None else created[i])
+            sources[chain.images[index].header.image_id] = data.reshape(-1)[:size].tobytes()
+    return sources
+
+
+def assert_restores(directory: Path, sources: dict[bytes, bytes],
+                    key: KeySource | None = None) -> None:
+    """Every listed point restores to the source of its image id; nothing unlisted is left."""
+    with Chain.open(directory, key) as chain:
+        for i, img in enumerate(chain.images):
+            assert restore(chain, i).tobytes() == sources[img.header.image_id], img.name
+        listed = {img.name for img in chain.images}
+    assert set(os.listdir(directory)) == listed | {MANIFEST}
+
+
+def image_ids(directory: Path) -> list[bytes]:
+    with Chain.open(directory) as chain:
+        return [img.header.image_id for img in chain.images]
+
+
+# ---------------------------------------------------------------------- plaintext
+def test_root_to_point_becomes_one_full(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path, [None, 0, 1, 2, 3])
+    with Chain.open(tmp_path) as chain:
+        before = [img.name for img in chain.images]
+        old = chain.images[2].header
+    result = consolidate(tmp_path, 2)
+    assert result.merged == before[:3] and result.removed == before[:3]
+    assert result.kind == "full" and result.kept_for_branches == []
+    with Chain.open(tmp_path) as chain:
+        assert [img.name for img in chain.images] == [result.image, *before[3:]]
+        new = chain.images[0]
+        assert new.header.is_full and new.header.image_id == old.image_id
+        assert (new.header.created_ns, new.header.label) == (old.created_ns, old.label)
+        assert new.header.written_ns > old.written_ns
+        assert not np.any(new.index["flags"] & FLAG_ZERO)
+        assert new.blocks == result.blocks == chain.layout(0).present().count()
+        assert chain.table()["kind"].tolist() == ["full", "incremental", "incremental"]
+        assert chain.parent(1) == 0 and chain.parent(2) == 1
+    assert result.bytes_after == sum(p.stat().st_size for p in tmp_path.glob("*.bfi"))
+    assert verify(tmp_path).ok
+    assert_restores(tmp_path, sources)
+
+
+def test_run_of_incrementals_becomes_one_incremental(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path, [None, 0, 1, 2, 3])
+    ids = image_ids(tmp_path)
+    result = consolidate(tmp_path, 3, start=1)
+    assert result.kind == "incremental" and len(result.removed) == 3
+    with Chain.open(tmp_path) as chain:
+        assert [img.header.image_id for img in chain.images] == [ids[0], ids[3], ids[4]]
+        assert chain.parent(1) == 0 and chain.parent(2) == 1
+        merged = chain.images[1]
+        # the newest record per position, zero-block records included (they hide the parent's)
+        assert np.any(merged.index["flags"] & FLAG_ZERO)
+    assert verify(tmp_path).ok
+    assert_restores(tmp_path, sources)
+
+
+def test_shrunk_volume(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path, [None, 0, 1], sizes=[40 * BS, 40 * BS, 25 * BS + 7])
+    consolidate(tmp_path, 2)
+    with Chain.open(tmp_path) as chain:
+        assert chain.images[0].index["position"].max() < 26
+    assert_restores(tmp_path, sources)
+
+
+def test_branches_stay_restorable(tmp_path: Path) -> None:
+    # 0 <- 1 <- 2 <- 3 <- 4, and branches 5 (off 1) and 6 (off 3, the point itself)
+    sources = build_chain(tmp_path, [None, 0, 1, 2, 3, 1, 3])
+    with Chain.open(tmp_path) as chain:
+        names = [img.name for img in chain.images]
+    result = consolidate(tmp_path, 3)
+    assert result.kept_for_branches == names[:2]
+    assert result.removed == names[2:4]
+    with Chain.open(tmp_path) as chain:
+        assert len(chain) == 6 and chain.images[2].name == result.image
+        assert chain.parent(2) is None and chain.children(2) == [3, 5]
+    assert verify(tmp_path).ok
+    assert_restores(tmp_path, sources)
+
+
+def test_branch_off_start_keeps_start(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path, [None, 0, 1, 2, 1])  # 4 branches off 1
+    with Chain.open(tmp_path) as chain:
+        names = [img.name for img in chain.images]
+    result = consolidate(tmp_path, 3, start=1)
+    assert result.kept_for_branches == [names[1]] and result.removed == names[2:4]
+    with Chain.open(tmp_path) as chain:
+        assert chain.parent(chain.point(result.image)) == 0
+    assert_restores(tmp_path, sources)
+
+
+def test_reads_in_few_large_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = build_chain(tmp_path, [None, 0, 1, 2], n_blocks=400)
+    calls = []
+    real = ImageFile.read_into
+
+    def counted(self: ImageFile, out: np.ndarray, offset: int) -> None:
+        calls.append(out.nbytes)
+        real(self, out, offset)
+
+    monkeypatch.setattr(ImageFile, "read_into", counted)
+    result = consolidate(tmp_path, 3)
+    assert result.blocks > 390 and len(calls) <= 2 * len(result.merged)
+    monkeypatch.undo()
+    assert_restores(tmp_path, sources)
+
+
+@pytest.mark.parametrize(("point", "start", "message"), [
+    (9, None, "no point 9"),
+    ("nosuch.bfi", None, "no point named"),
+    (2, 3, "is not an ancestor of point 2"),
+    (3, 3, "nothing to consolidate"),
+    (4, 1, "still the parent of a branch"),
+])
+def test_bad_input(tmp_path: Path, point: int | str, start: int | None, message: str) -> None:
+    build_chain(tmp_path, [None, 0, 1, 1, 3, 3])
+    with pytest.raises(UsageError, match=message):
+        consolidate(tmp_path, point, start=start)
+
+
+def test_not_a_chain(tmp_path: Path) -> None:
+    with pytest.raises(ChainError, match="not a blockforensics chain"):
+        consolidate(tmp_path, 0)
+    Chain.create(tmp_path / "empty").close()
+    with pytest.raises(ChainError, match="no images"):
+        consolidate(tmp_path / "empty", 0)
+
+
+# ---------------------------------------------------------------------- retention
+def test_retention_plan_and_apply(tmp_path: Path) -> None:
+    # two points a day for 10 days (Tue 2023-11-14 ...); a branch leaf off point 4
+    created = [EPOCH_NS + (i // 2) * DAY_NS + (i % 2) * 3600 * 10**9 for i in range(20)]
+    parents: list[int | None] = [None, *range(19)]
+    parents.append(4)
+    created.append(created[4] + 60 * 10**9)
+    sources = build_chain(tmp_path, parents, created=created, n_blocks=16)
+    with Chain.open(tmp_path) as chain:
+        plan = retention_plan(chain, keep_last=3, daily=2, weekly=2)
+    action = dict(zip(plan["point"], plan["action"]))
+    kept = sorted(p for p, a in action.items() if a == "keep")
+    # last 3: 19, 18, 17; of the older points, daily: 16 (Wed 11-22) and 15 (Tue 11-21);
+    # weekly: 16 again (week of Mon 11-20) and 11 (Sun 11-19, the week before)
+    assert kept == [11, 15, 16, 17, 18, 19]
+    assert action[20] == "delete" and action[4] == "merge"
+    assert plan.loc[plan["point"] == 0, "into"].item() == 11
+    assert plan.loc[plan["point"] == 12, "into"].item() == 15
+    assert plan.loc[plan["point"] == 11, "reason"].item() == "weekly 2023-W46"
+    assert plan.loc[plan["point"] == 16, "reason"].item() == "daily 2023-11-22; weekly 2023-W47"
+    result = apply_retention(tmp_path, keep_last=3, daily=2, weekly=2)
+    assert len(result.consolidations) == 2 and len(result.deleted) == 1
+    with Chain.open(tmp_path) as chain:
+        assert len(chain) == 6
+        assert [img.header.created_ns for img in chain.images] == [created[p] for p in kept]
+    assert verify(tmp_path).ok
+    assert_restores(tmp_path, sources)
+
+
+def test_retention_keeps_parents_of_branches(tmp_path: Path) -> None:
+    build_chain(tmp_path, [None, 0, 1, 1], created=[EPOCH_NS + i for i in range(4)])
+    with Chain.open(tmp_path) as chain:
+        plan = retention_plan(chain, keep_last=2)
+    assert plan["action"].tolist() == ["merge", "keep", "keep", "keep"]
+    assert plan["reason"][1] == "parent of 2 branches"
+    with pytest.raises(UsageError, match="--keep must be at least 1"), \
+            Chain.open(tmp_path) as chain:
+        retention_plan(chain, keep_last=0)
+
+
+# ----------------------------------------------------------------------- SIGKILL
+_KILL_AT_CALL = """
+import os, signal, sys
+from blockforensics.consolidate import consolidate
+from blockforensics.image.imagefile import ImageWriter
+
+kill_at, calls = int(sys.argv[3]), 0
+
+def hook(owner, name):
+    real = getattr(owner, name)
+    def wrapped(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    setattr(owner, name, wrapped)
+
+for name in ("open", "pread", "preadv", "fsync", "replace", "unlink", "close"):
+    hook(os, name)
+hook(ImageWriter, "add_encoded")
+consolidate(sys.argv[1], sys.argv[2])
+print(calls)
+"""
+
+
+def _run(directory: Path, point: str, kill_at: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _KILL_AT_CALL, str(directory), point,
+                           str(kill_at)], capture_output=True, text=True, timeout=60)
+
+
+def _check_after_crash(directory: Path, sources: dict[bytes, bytes],
+                       states: list[list[bytes]], point: str) -> bool:
+    """Cleanup, then the chain is the old or the new one and restores; True if switched."""
+    with Chain.open(directory) as chain:
+        chain.cleanup()
+    ids = image_ids(directory)
+    assert ids in states
+    assert_restores(directory, sources)
+    if ids == states[0]:  # the next command can still do it
+        consolidate(directory, point)
+        assert image_ids(directory) == states[1]
+        assert_restores(directory, sources)
+    return ids == states[1]
+
+
+@pytest.fixture(scope="module")
+def crash_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list, int]:
+    """A chain with a branch and a point after P, the states before/after, and the call count."""
+    template = tmp_path_factory.mktemp("crash") / "chain"
+    sources = build_chain(template, [None, 0, 1, 2, 3, 1], n_blocks=24)
+    done = template.parent / "done"
+    shutil.copytree(template, done)
+    run = _run(done, "3", 0)
+    assert run.returncode == 0, run.stderr
+    return template, sources, [image_ids(template), image_ids(done)], int(run.stdout)
+
+
+def test_sigkill_at_every_step(crash_template: tuple, tmp_path: Path) -> None:
+    template, sources, states, total = crash_template
+    assert total >= 20
+    switched = []
+    for kill_at in range(1, total + 1):
+        trial = tmp_path / f"k{kill_at}"
+        shutil.copytree(template, trial)
+        run = _run(trial, "3", kill_at)
+        assert run.returncode == -signal.SIGKILL, (kill_at, run.stderr)
+        switched.append(_check_after_crash(trial, sources, states, "3"))
+        shutil.rmtree(trial)
+    assert not switched[0] and switched[-1] and switched == sorted(switched)
+
+
+def test_sigkill_after_random_delays(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path / "template", [None, 0, 1, 2, 3, 1], n_blocks=1500,
+                          seed=3)
+    states = [image_ids(tmp_path / "template")]
+    rng = random.Random(7)
+    for trial in range(8):
+        directory = tmp_path / f"t{trial}"
+        shutil.copytree(tmp_path / "template", directory)
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_AT_CALL, str(directory), "3", "0"],
+                                stdout=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if len(states) == 1:
+            done = tmp_path / "done"
+            shutil.copytree(tmp_path / "template", done)
+            consolidate(done, 3)
+            states.append(image_ids(done))
+        _check_after_crash(directory, sources, states, "3")

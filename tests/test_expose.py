@@ -1,0 +1,116 @@
+"""The FUSE-exposed disk.vhd, checked with qemu-img and against write_vhd (no mocks)."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_tools
+
+from blockforensics.expose import exposed
+from blockforensics.formats.raw import RawDisk
+from blockforensics.formats.vhd import write_vhd
+
+MiB = 1024 * 1024
+PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
+
+
+def mounted(mountpoint: Path) -> bool:
+    target = os.path.realpath(mountpoint)
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == target for line in fh)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A sparse raw disk of an odd size (10 MiB + 7 sectors) with random runs."""
+    path = tmp_path / "src.raw"
+    rng = np.random.default_rng(5)
+    with path.open("wb") as fh:
+        fh.truncate(10 * MiB + 7 * 512)
+        for offset in (0, 3 * MiB + 4096, 10 * MiB):
+            fh.seek(offset)
+            fh.write(rng.bytes(3584 if offset == 10 * MiB else 200_000))
+    return path
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Path:
+    require_tools("fusermount3", "qemu-img")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    path = tmp_path / "mnt"
+    path.mkdir()
+    return path
+
+
+def test_exposed_file_is_the_export(source, mountpoint, tmp_path):
+    disk = RawDisk(source)
+    export = write_vhd(disk, tmp_path / "export.vhd", **PINNED)
+    with exposed(disk, mountpoint, **PINNED) as vhd:
+        assert vhd == mountpoint / "disk.vhd"
+        assert os.listdir(mountpoint) == ["disk.vhd"]
+        assert vhd.stat().st_size == export.stat().st_size
+        result = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc",
+                                 str(source), str(vhd)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert filecmp.cmp(vhd, export, shallow=False)
+    assert not mounted(mountpoint)
+
+
+def test_exposed_file_is_read_only(source, mountpoint):
+    with exposed(RawDisk(source), mountpoint) as vhd:
+        attempts = [
+            lambda: vhd.open("r+b"),
+            lambda: (mountpoint / "new").write_bytes(b"x"),
+            lambda: os.truncate(vhd, 0),
+            lambda: vhd.unlink(),
+            lambda: (mountpoint / "dir").mkdir(),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OSError) as err:
+                attempt()
+            assert err.value.errno == errno.EROFS
+        assert vhd.stat().st_mode & 0o222 == 0
+    assert not mounted(mountpoint)
+
+
+def test_unmounted_even_when_the_body_raises(source, mountpoint):
+    with pytest.raises(RuntimeError), exposed(RawDisk(source), mountpoint):
+        raise RuntimeError("boom")
+    assert not mounted(mountpoint)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_foreground_mount_unmounts_on_signal(source, mountpoint, sig):
+    code = ("import sys; from blockforensics.expose import mount;"
+            "from blockforensics.formats.raw import RawDisk;"
+            "mount(RawDisk(sys.argv[1]), sys.argv[2]); print('unmounted')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(source), str(mountpoint)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not mounted(mountpoint):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "mount did not come up"
+            time.sleep(0.02)
+        assert (mountpoint / "disk.vhd").stat().st_size > 0
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    assert proc.returncode == 0, err
+    assert out.strip() == "unmounted"
+    assert not mounted(mountpoint)
