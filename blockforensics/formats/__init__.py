@@ -11,9 +11,13 @@ from __future__ import annotations
 import importlib
 import os
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk, DiskFile, Format
+
+if TYPE_CHECKING:
+    from blockforensics.crypto import KeySource
 
 ENTRY_POINT_GROUP = "blockforensics.formats"
 
@@ -57,7 +61,7 @@ def probe(path: str | os.PathLike[str]) -> type[Format]:
 
 
 def open_disk(
-    path: str | os.PathLike[str], *, point: str | int | None = None, key: bytes | None = None,
+    path: str | os.PathLike[str], *, point: str | int | None = None, key: KeySource | None = None,
     format: str | None = None,
 ) -> Disk:
     """Open any supported image (a chain directory, a VHD, a raw file …) as a Disk."""

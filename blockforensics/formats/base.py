@@ -16,11 +16,14 @@ from __future__ import annotations
 import io
 import os
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
+
+if TYPE_CHECKING:
+    from blockforensics.crypto import KeySource
 
 
 class Disk(ABC):
@@ -134,6 +137,6 @@ class Format(ABC):
     @abstractmethod
     def open(
         cls, path: str | os.PathLike[str], *, point: str | int | None = None,
-        key: bytes | None = None,
+        key: KeySource | None = None,
     ) -> Disk:
         """Open ``path`` as a Disk (``point`` and ``key`` for formats with history/encryption)."""

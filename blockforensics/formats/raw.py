@@ -8,13 +8,16 @@ supports them, so exporting a sparse raw image to a dynamic VHD stays small.
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk, Format
+
+if TYPE_CHECKING:
+    from blockforensics.crypto import KeySource
 
 
 class RawDisk(Disk):
@@ -71,7 +74,7 @@ class RawFormat(Format):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
-             key: bytes | None = None) -> Disk:
+             key: KeySource | None = None) -> Disk:
         if point not in (None, 0, "0"):
             raise UsageError(f"{path}: a raw image has a single point (0)")
         return RawDisk(path)
