@@ -18,11 +18,12 @@ from blockforensics.datasets.bootdisk import (
     cached_boot_disk,
     fat_partition,
     read_fat_file,
-    read_partitions,
     set_boot_marker,
     write_fat_file,
 )
 from blockforensics.errors import UsageError
+from blockforensics.formats.raw import RawDisk
+from blockforensics.fs.mbr import read_partitions
 from blockforensics.tools import require
 
 BUILD_TOOLS = ("sfdisk", "mformat", "mcopy", "syslinux", "busybox")
@@ -74,7 +75,9 @@ def test_partition_table_matches_sfdisk(boot_disk: Path) -> None:
     assert table["label"] == "dos"
     expected = [(p["start"], p["size"], int(p["type"], 16), p.get("bootable", False))
                 for p in table["partitions"]]
-    ours = [(p.start_sector, p.sectors, p.type, p.bootable) for p in read_partitions(boot_disk)]
+    with RawDisk(boot_disk) as disk:
+        ours = [(p.start_byte // 512, p.length_bytes // 512, p.type, p.bootable)
+                for p in read_partitions(disk)]
     assert ours == expected
     start, sectors, _, bootable = expected[0]
     assert bootable

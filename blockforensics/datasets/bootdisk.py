@@ -21,11 +21,11 @@ import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from blockforensics.errors import FormatError, UsageError
+from blockforensics.formats.raw import RawDisk
+from blockforensics.fs.mbr import BOOT_CODE_SIZE, read_partitions
 from blockforensics.tools import require
 
 SECTOR = 512  # bytes
@@ -49,87 +49,12 @@ _MARKER = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
 #: Partition types that hold a FAT file system.
 _FAT_TYPES = frozenset({0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E})
 
-#: Master boot record, sector 0 (512 bytes, little-endian): (field, struct code).
-MBR_LAYOUT = (
-    ("boot_code", "440s"),  # x86 code the BIOS runs (syslinux mbr.bin)
-    ("disk_signature", "I"),  # disk identifier
-    ("reserved", "2s"),
-    ("partition_table", "64s"),  # 4 entries laid out as PARTITION_LAYOUT
-    ("boot_signature", "H"),  # 0xAA55
-)
-#: One primary partition entry (16 bytes): (field, struct code).
-PARTITION_LAYOUT = (
-    ("status", "B"),  # 0x80 = active (bootable)
-    ("chs_first", "3s"),  # legacy CHS address of the first sector
-    ("type", "B"),  # partition type, e.g. 0x0E FAT16 LBA
-    ("chs_last", "3s"),  # legacy CHS address of the last sector
-    ("lba_first", "I"),  # first sector
-    ("sectors", "I"),  # length in sectors
-)
-MBR_BOOT_SIGNATURE = 0xAA55
-
-
-def _struct(layout: Sequence[tuple[str, str]]) -> struct.Struct:
-    return struct.Struct("<" + "".join(code for _, code in layout))
-
-
-def _unpack(layout: Sequence[tuple[str, str]], data: bytes) -> dict[str, Any]:
-    return dict(zip((name for name, _ in layout), _struct(layout).unpack(data), strict=True))
-
-
-def _pack(layout: Sequence[tuple[str, str]], fields: dict[str, Any]) -> bytes:
-    return _struct(layout).pack(*(fields[name] for name, _ in layout))
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One used primary MBR partition entry."""
-
-    number: int  # 1..4, as in the partition table
-    bootable: bool
-    type: int  # MBR partition type byte
-    start_sector: int  # in 512-byte sectors
-    sectors: int  # length in 512-byte sectors
-
-    @property
-    def offset(self) -> int:
-        """Byte offset of the partition in the disk."""
-        return self.start_sector * SECTOR
-
-    @property
-    def length(self) -> int:
-        """Length of the partition in bytes."""
-        return self.sectors * SECTOR
-
-
-def read_partitions(path: str | os.PathLike[str]) -> list[Partition]:
-    """The used primary partitions of the MBR of the disk at ``path``."""
-    with open(path, "rb") as f:
-        sector = f.read(SECTOR)
-    if len(sector) < SECTOR:
-        raise FormatError(f"{path}: shorter than one sector, no MBR")
-    mbr = _unpack(MBR_LAYOUT, sector)
-    if mbr["boot_signature"] != MBR_BOOT_SIGNATURE:
-        raise FormatError(f"{path}: no MBR boot signature 0x55AA")
-    table = mbr["partition_table"]
-    size = _struct(PARTITION_LAYOUT).size
-    partitions = []
-    for number in range(1, 5):
-        entry = _unpack(PARTITION_LAYOUT, table[(number - 1) * size : number * size])
-        if entry["type"] == 0 or entry["sectors"] == 0:
-            continue
-        partitions.append(Partition(
-            number=number, bootable=entry["status"] == 0x80, type=entry["type"],
-            start_sector=entry["lba_first"], sectors=entry["sectors"],
-        ))
-    return partitions
-
-
 def fat_partition(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(byte offset, byte length) of the first FAT partition of the disk at ``path``."""
-    for partition in read_partitions(path):
-        if partition.type in _FAT_TYPES:
-            return partition.offset, partition.length
+    with RawDisk(path) as disk:
+        for partition in read_partitions(disk):
+            if partition.type in _FAT_TYPES:
+                return partition.start_byte, partition.length_bytes
     raise FormatError(f"{path}: no FAT partition in the MBR partition table")
 
 
@@ -252,11 +177,10 @@ def _initramfs(busybox: Path) -> bytes:
 
 def _install_boot_code(path: Path, code: bytes) -> None:
     """Put ``code`` (at most 440 bytes) in the MBR's boot code area, keeping the table."""
+    if len(code) > BOOT_CODE_SIZE:
+        raise UsageError(f"MBR boot code is {len(code)} bytes; at most {BOOT_CODE_SIZE} fit")
     with open(path, "r+b") as f:
-        mbr = _unpack(MBR_LAYOUT, f.read(SECTOR))
-        mbr["boot_code"] = code
-        f.seek(0)
-        f.write(_pack(MBR_LAYOUT, mbr))
+        f.write(code)
 
 
 def _kernel() -> Path:

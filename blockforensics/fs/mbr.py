@@ -22,6 +22,7 @@ BOOT_SECTOR = Structure("MbrBootSector", SECTOR, [
     (0x1FE, "H", "signature"),
 ])
 SIGNATURE = 0xAA55
+BOOT_CODE_SIZE = 440  # bytes of x86 code the BIOS runs, before the disk signature
 
 #: one 16-byte partition entry (CHS fields are ignored: LBA is authoritative)
 PARTITION_ENTRY = Structure("MbrPartitionEntry", 16, [
