@@ -287,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BlockforensicsError as exc:
         print(f"blockforensics: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("blockforensics: interrupted", file=sys.stderr)
         return 130

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import UsageError
+from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk
 
 if TYPE_CHECKING:
@@ -252,7 +252,11 @@ def _list(disk: Disk | None) -> dict[str, _Entry]:
     pytsk3 = _pytsk3()
     image = ChainImgInfo(disk)
     for prefix, offset in _filesystem_offsets(disk):
-        fs = pytsk3.FS_Info(image, offset=offset)
+        try:
+            fs = pytsk3.FS_Info(image, offset=offset)
+        except OSError as exc:  # recognised by its signature, but TSK cannot read it
+            raise FormatError(f"The Sleuth Kit cannot open the file system at byte {offset}: "
+                              f"{exc}") from exc
         root = fs.open_dir(inode=fs.info.root_inum)
         root_path = f"{prefix}/"
         entries[root_path] = _entry(pytsk3, fs, offset, root_path, fs.open_meta(

@@ -27,6 +27,7 @@ from blockforensics.image.format import (
     INDEX_DTYPE,
 )
 
+
 def sha256_128_rows(rows: np.ndarray) -> np.ndarray:
     """SHA-256/128 of every row of a 2-D uint8 array, as a ``(k, 16)`` uint8 array.
 

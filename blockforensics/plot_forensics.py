@@ -1,0 +1,82 @@
+"""Pictures of forensic results (blockforensics.forensics); each takes and returns an Axes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from blockforensics.plot import plot_blockmap
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from blockforensics.forensics import DiffResult
+
+UNOWNED = "#999999"  # changed blocks no changed file owns: file-system metadata
+
+
+def plot_diff_files(result: DiffResult, ax: Axes | None = None, *, max_files: int = 10,
+                    title: str | None = None) -> Axes:
+    """The changed blocks of a diff, each coloured by the changed file owning it.
+
+    Grey: changed blocks no changed file owns (FAT/inode tables, bitmaps,
+    superblocks).  Blocks a file occupies at point b are used, at point a for
+    deleted files; the ``max_files`` files with the most changed blocks get a
+    colour (and a legend entry), suspected encryptions are hatched.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 1.6))
+    origin = "empty" if result.a is None else result.a
+    plot_blockmap(result.changed_map(), ax, color=UNOWNED,
+                  title=title or f"blocks changed {origin} → {result.b}, by owning file")
+    deleted = set(result.files.loc[result.files["change"] == "deleted", "path"])
+    suspected = set(result.suspected()["path"])
+    owners = result.owners
+    owners = owners[(owners["side"] == "b") | owners["path"].isin(deleted)]
+    ranked = owners.groupby("path")["length"].sum().sort_values(ascending=False)
+    for i, path in enumerate(ranked.index[:max_files]):
+        runs = owners[owners["path"] == path]
+        ax.broken_barh(list(zip(runs["start"].tolist(), runs["length"].tolist())), (0, 1),
+                       facecolors=f"C{i % 10}", hatch="xx" if path in suspected else None,
+                       edgecolor="black", linewidth=0.3,
+                       label=path + (" (suspected encryption)" if path in suspected else ""))
+    if len(result.runs):  # zoom on the changed region, with a margin
+        first = int(result.runs["start"].iloc[0])
+        last = int((result.runs["start"] + result.runs["length"]).iloc[-1])
+        margin = max(2, (last - first) // 20)
+        ax.set_xlim(max(0, first - margin), min(result.n_blocks, last + margin))
+    if len(ranked):
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    return ax
+
+
+def plot_entropy(changes: pd.DataFrame, timeline: pd.DataFrame | None = None,
+                 ax: Axes | None = None, *, title: str | None = None) -> Axes:
+    """Entropy (bits per byte) of each file's changed bytes over the points.
+
+    ``changes``: :func:`blockforensics.forensics.changes`; one line per file
+    through the points where it was created or modified (its ``entropy_after``),
+    suspected encryptions marked with a red cross.  With ``timeline``
+    (:func:`blockforensics.forensics.timeline`), the mean entropy of each point's
+    changed blocks is drawn as a dashed black line.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.5))
+    files = changes[(changes["type"] == "file") & (changes["change"] != "deleted")]
+    for path, rows in files.groupby("path", sort=True):
+        ax.plot(rows["point"], rows["entropy_after"], marker="o", label=path)
+    flagged = files[files["suspected_encryption"]]
+    ax.scatter(flagged["point"], flagged["entropy_after"], marker="x", s=120, color="red",
+               zorder=3, label="suspected encryption")
+    if timeline is not None:
+        ax.plot(timeline["point"], timeline["changed_entropy"], "k--",
+                label="changed blocks (mean)")
+    ax.set_ylim(0, 8.2)
+    ax.set_xlabel("point")
+    ax.set_ylabel("entropy (bits per byte)")
+    ax.set_xticks(sorted(set(changes["point"])))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    ax.set_title(title or "entropy of what each point changed", fontsize=9)
+    return ax
