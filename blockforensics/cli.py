@@ -177,6 +177,20 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    if args.kind == "investigation":
+        from blockforensics.datasets.investigation import build_investigation
+
+        case = build_investigation(args.out, fs=args.fs, seed=args.seed)
+        print(f"chain {case.chain_dir} ({case.fs}, {len(case.truth)} known changes); "
+              f"the live volume is {case.image}")
+    else:
+        from blockforensics.datasets.bootdisk import build_boot_disk
+
+        print(f"bootable disk {build_boot_disk(args.out)}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from blockforensics.demo import run_demo
 
@@ -273,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("disk")
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0)
+
+    p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
+                chain=False)
+    p.add_argument("kind", choices=["investigation", "bootdisk"])
+    p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
+    p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
+    p.add_argument("--seed", type=int, default=0)
 
     p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=False)
     p.add_argument("--out", default="blockforensics-demo", help="directory for results")

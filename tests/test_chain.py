@@ -21,7 +21,8 @@ step = st.tuples(st.floats(0, 1), st.lists(write, max_size=6))
                       st.integers(0, 40_000)),
        block_size=st.sampled_from([512, 1024, 4096]),
        steps=st.lists(step, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_point_restores_to_the_source_at_that_point(tmp_path_factory, size, block_size,
                                                            steps, seed):
     rng = np.random.default_rng(seed)
