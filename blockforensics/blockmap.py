@@ -125,6 +125,11 @@ class BlockMap:
             return False
         return bool(self._bits[position >> 3] >> (position & 7) & 1)
 
+    def contains(self, positions: np.ndarray) -> np.ndarray:
+        """Vectorised membership: a bool per position (positions must lie in range)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return ((self._bits[positions >> 3] >> (positions & 7).astype(np.uint8)) & 1).astype(bool)
+
     # ---------------------------------------------------------------- mutation
     def add(self, positions: int | Iterable[int] | np.ndarray) -> None:
         """Set the given block positions (in place)."""

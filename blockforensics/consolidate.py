@@ -202,12 +202,10 @@ def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBloc
         buf = np.empty(int(end[j - 1]) - first, dtype=np.uint8)
         image.read_into(buf, first)
         lo, hi = start[i:j] - first, end[i:j] - first
-        if np.any(lo[1:] != hi[:-1]):  # drop the bytes of records not kept
-            mark = np.zeros(len(buf) + 1, dtype=np.int8)
-            mark[lo] += 1
-            mark[hi] -= 1
-            buf = buf[np.cumsum(mark[:-1]) > 0]
-        yield EncodedBlocks(_relative(records[i:j]), memoryview(buf))
+        cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
+        payload = memoryview(buf) if not len(cuts) else b"".join(
+            buf[lo[a] : hi[b - 1]] for a, b in zip(np.r_[0, cuts], np.r_[cuts, j - i]))
+        yield EncodedBlocks(_relative(records[i:j]), payload)
         i = j
 
 

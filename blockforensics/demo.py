@@ -17,23 +17,23 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from blockforensics.allocation import allocation_map  # noqa: E402
-from blockforensics.consolidate import consolidate  # noqa: E402
-from blockforensics.crypto import KeySource  # noqa: E402
-from blockforensics.datasets.bootdisk import (  # noqa: E402
+from blockforensics.allocation import allocation_map
+from blockforensics.consolidate import consolidate
+from blockforensics.crypto import KeySource
+from blockforensics.datasets.bootdisk import (
     MARKER_PREFIX,
     cached_boot_disk,
     set_boot_marker,
     write_fat_file,
 )
-from blockforensics.formats.raw import RawDisk  # noqa: E402
-from blockforensics.image.backup import backup, restore  # noqa: E402
-from blockforensics.image.chain import Chain  # noqa: E402
-from blockforensics.image.verify import verify  # noqa: E402
-from blockforensics.plot import plot_blockmaps, plot_chain, plot_layout  # noqa: E402
+from blockforensics.formats.raw import RawDisk
+from blockforensics.image.backup import backup, restore
+from blockforensics.image.chain import Chain
+from blockforensics.image.verify import verify
+from blockforensics.plot import plot_blockmaps, plot_chain, plot_layout
 
 BLOCK_SIZE = 4096
 DAYS = {  # day -> files written on the FAT partition that day

@@ -33,11 +33,11 @@ from blockforensics.formats.base import Disk
 from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 from blockforensics.snapshot import Snapshot
-from blockforensics.tracking import COPY_CHUNK_BLOCKS, ChangeTracker, HeadStart, read_at
+from blockforensics.tracking import COPY_CHUNK_BLOCKS, ChangeTracker, HeadStart
 from blockforensics.workload import Workload
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from matplotlib.axes import Axes
 
 __all__ = ["BranchingChain", "HeadStartIncremental", "MethodRecord", "NaiveLinearChain",
            "QuiescedFullImage", "branching_chain", "differing_blocks", "head_start_incremental",
@@ -53,7 +53,7 @@ def differing_blocks(a: Disk, b: Disk, on: BlockMap | None = None) -> BlockMap:
     flags = np.zeros(n, dtype=bool)
     for start in range(0, positions.size, COPY_CHUNK_BLOCKS):
         piece = positions[start : start + COPY_CHUNK_BLOCKS]
-        flags[piece] = (read_at(a, piece) != read_at(b, piece)).any(axis=1)
+        flags[piece] = (a.read_at(piece) != b.read_at(piece)).any(axis=1)
     return BlockMap.from_bools(flags, a.block_size)
 
 
@@ -102,17 +102,12 @@ class MethodRecord:
         """True when checks were run and all passed."""
         return bool(self.checks) and all(self.checks.values())
 
-    def plot(self, names: list[str] | None = None) -> Figure:
-        """One strip per map (``names``, default all), stacked in one figure."""
-        import matplotlib.pyplot as plt
+    def plot(self, names: list[str] | None = None, ax: Axes | None = None) -> Axes:
+        """The maps ``names`` (default all) as labelled strips, one above the other."""
+        from blockforensics.plot import plot_blockmaps
 
-        names = list(self.maps) if names is None else names
-        fig, axes = plt.subplots(len(names), 1, figsize=(10, 0.7 * len(names) + 0.6),
-                                 squeeze=False, layout="constrained")
-        for ax, name in zip(axes[:, 0], names):
-            bmap = self.maps[name]
-            bmap.plot(ax=ax, title=f"{name}: {bmap.count()} blocks")
-        return fig
+        chosen = {name: self.maps[name] for name in (names or list(self.maps))}
+        return plot_blockmaps(chosen, ax, title=self.method)
 
     def __repr__(self) -> str:
         def join(d: dict[str, object]) -> str:

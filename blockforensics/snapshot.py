@@ -23,7 +23,6 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
-from blockforensics.tracking import read_at
 from blockforensics.volume import Volume
 
 
@@ -98,9 +97,9 @@ class Snapshot:
         volume.add_hook(self._on_live_write)
 
     def _on_live_write(self, volume: Volume, positions: np.ndarray) -> None:
-        fresh = positions[~self.preserved.to_bools()[positions]]
+        fresh = positions[~self.preserved.contains(positions)]
         if fresh.size:
-            self.originals.put(fresh, read_at(volume, fresh))
+            self.originals.put(fresh, volume.read_at(fresh))
             self.preserved.add(fresh)
 
     # ------------------------------------------------------------ quiescence

@@ -35,18 +35,6 @@ COPY_CHUNK_BLOCKS = 4096
 UNTRACKED = np.iinfo(np.int64).max
 
 
-def read_at(disk: Disk, positions: np.ndarray) -> np.ndarray:
-    """The blocks at sorted, unique ``positions`` as ``(len(positions), block_size)``;
-    one ``read_blocks`` per run of consecutive positions."""
-    positions = np.asarray(positions, dtype=np.int64)
-    out = np.empty((positions.size, disk.block_size), dtype=np.uint8)
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    for a, b in zip(np.r_[0, breaks], np.r_[breaks, positions.size]):
-        if b > a:
-            out[a:b] = disk.read_blocks(int(positions[a]), int(b - a))
-    return out
-
-
 def copy_blocks(source: Disk, positions: np.ndarray | BlockMap, writer: ImageWriter) -> int:
     """Copy the blocks at ``positions`` (sorted, unique, or a map) of ``source`` into
     ``writer``, :data:`COPY_CHUNK_BLOCKS` at a time; returns the number of blocks copied."""
@@ -54,7 +42,7 @@ def copy_blocks(source: Disk, positions: np.ndarray | BlockMap, writer: ImageWri
         positions = positions.positions()
     for start in range(0, len(positions), COPY_CHUNK_BLOCKS):
         piece = positions[start : start + COPY_CHUNK_BLOCKS]
-        writer.add(piece, read_at(source, piece))
+        writer.add(piece, source.read_at(piece))
     return len(positions)
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -233,93 +231,111 @@ def test_retention_keeps_parents_of_branches(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- SIGKILL
-_KILL_AT_CALL = """
-import os, signal, sys
+# Imports once, then per trial copies the template chain and forks a child that
+# consolidates and is SIGKILLed: by itself just before its N-th file-system call
+# ("call N"; N = 0 never, the child then prints how many calls it made), or by
+# the parent after a delay ("delay S").  Prints "trial-directory exit-status" lines.
+_CRASH_RUNNER = """
+import os, shutil, signal, sys, time
 from blockforensics.consolidate import consolidate
 from blockforensics.image.imagefile import ImageWriter
 
-kill_at, calls = int(sys.argv[3]), 0
+template, workdir, point, mode = sys.argv[1:5]
 
-def hook(owner, name):
-    real = getattr(owner, name)
-    def wrapped(*args, **kwargs):
-        global calls
-        calls += 1
-        if calls == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    setattr(owner, name, wrapped)
+def child(kill_at):
+    calls = 0
+    def hook(owner, name):
+        real = getattr(owner, name)
+        def wrapped(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        setattr(owner, name, wrapped)
+    for name in ("open", "pread", "preadv", "fsync", "replace", "unlink", "close"):
+        hook(os, name)
+    hook(ImageWriter, "add_encoded")
+    started = time.perf_counter()
+    consolidate(directory, point)
+    print(calls, time.perf_counter() - started, flush=True)
 
-for name in ("open", "pread", "preadv", "fsync", "replace", "unlink", "close"):
-    hook(os, name)
-hook(ImageWriter, "add_encoded")
-consolidate(sys.argv[1], sys.argv[2])
-print(calls)
+for trial, value in enumerate(sys.argv[5:]):
+    directory = os.path.join(workdir, f"t{trial}")
+    shutil.copytree(template, directory)
+    pid = os.fork()
+    if pid == 0:
+        child(int(value) if mode == "call" else 0)
+        os._exit(0)
+    if mode == "delay":
+        time.sleep(float(value))
+        os.kill(pid, signal.SIGKILL)
+    status = os.waitpid(pid, 0)[1]
+    print(directory, os.waitstatus_to_exitcode(status), flush=True)
 """
 
 
-def _run(directory: Path, point: str, kill_at: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _KILL_AT_CALL, str(directory), point,
-                           str(kill_at)], capture_output=True, text=True, timeout=60)
+def _crash_runs(template: Path, workdir: Path, mode: str,
+                values: list[float]) -> list[tuple[Path, int, str]]:
+    """Run the crash runner; ``(trial directory, exit status, child's output)`` per value."""
+    workdir.mkdir()
+    run = subprocess.run([sys.executable, "-c", _CRASH_RUNNER, str(template), str(workdir),
+                          "3", mode, *map(str, values)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    out, trials, lines = [], [], run.stdout.splitlines()
+    for line in lines:
+        if line.startswith(str(workdir)):
+            directory, status = line.rsplit(" ", 1)
+            trials.append((Path(directory), int(status), "\n".join(out)))
+            out = []
+        else:
+            out.append(line)
+    assert len(trials) == len(values), run.stderr
+    return trials
 
 
 def _check_after_crash(directory: Path, sources: dict[bytes, bytes],
-                       states: list[list[bytes]], point: str) -> bool:
+                       states: list[list[bytes]]) -> bool:
     """Cleanup, then the chain is the old or the new one and restores; True if switched."""
     with Chain.open(directory) as chain:
         chain.cleanup()
     ids = image_ids(directory)
-    assert ids in states
+    assert ids in states, directory
     assert_restores(directory, sources)
     if ids == states[0]:  # the next command can still do it
-        consolidate(directory, point)
+        consolidate(directory, 3)
         assert image_ids(directory) == states[1]
         assert_restores(directory, sources)
     return ids == states[1]
 
 
-@pytest.fixture(scope="module")
-def crash_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list, int]:
-    """A chain with a branch and a point after P, the states before/after, and the call count."""
-    template = tmp_path_factory.mktemp("crash") / "chain"
-    sources = build_chain(template, [None, 0, 1, 2, 3, 1], n_blocks=24)
-    done = template.parent / "done"
-    shutil.copytree(template, done)
-    run = _run(done, "3", 0)
-    assert run.returncode == 0, run.stderr
-    return template, sources, [image_ids(template), image_ids(done)], int(run.stdout)
+def _crash_template(directory: Path, n_blocks: int) -> tuple[dict, list, int, float]:
+    """A chain with a branch off 1 and a point after 3; sources, states before/after
+    consolidating point 3, the number of hooked calls and the seconds it took."""
+    sources = build_chain(directory / "template", [None, 0, 1, 2, 3, 1], n_blocks=n_blocks)
+    before = image_ids(directory / "template")
+    [(done, status, out)] = _crash_runs(directory / "template", directory / "done", "call", [0])
+    assert status == 0
+    calls, seconds = out.split()
+    return sources, [before, image_ids(done)], int(calls), float(seconds)
 
 
-def test_sigkill_at_every_step(crash_template: tuple, tmp_path: Path) -> None:
-    template, sources, states, total = crash_template
+def test_sigkill_at_every_step(tmp_path: Path) -> None:
+    sources, states, total, _ = _crash_template(tmp_path, 24)
     assert total >= 20
+    trials = _crash_runs(tmp_path / "template", tmp_path / "runs", "call",
+                         list(range(1, total + 1)))
     switched = []
-    for kill_at in range(1, total + 1):
-        trial = tmp_path / f"k{kill_at}"
-        shutil.copytree(template, trial)
-        run = _run(trial, "3", kill_at)
-        assert run.returncode == -signal.SIGKILL, (kill_at, run.stderr)
-        switched.append(_check_after_crash(trial, sources, states, "3"))
-        shutil.rmtree(trial)
+    for directory, status, _ in trials:
+        assert status == -signal.SIGKILL
+        switched.append(_check_after_crash(directory, sources, states))
     assert not switched[0] and switched[-1] and switched == sorted(switched)
 
 
 def test_sigkill_after_random_delays(tmp_path: Path) -> None:
-    sources = build_chain(tmp_path / "template", [None, 0, 1, 2, 3, 1], n_blocks=1500,
-                          seed=3)
-    states = [image_ids(tmp_path / "template")]
+    sources, states, _, seconds = _crash_template(tmp_path, 3000)
     rng = random.Random(7)
-    for trial in range(8):
-        directory = tmp_path / f"t{trial}"
-        shutil.copytree(tmp_path / "template", directory)
-        proc = subprocess.Popen([sys.executable, "-c", _KILL_AT_CALL, str(directory), "3", "0"],
-                                stdout=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 1.2))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if len(states) == 1:
-            done = tmp_path / "done"
-            shutil.copytree(tmp_path / "template", done)
-            consolidate(done, 3)
-            states.append(image_ids(done))
-        _check_after_crash(directory, sources, states, "3")
+    delays = [rng.uniform(0, 1.2 * seconds) for _ in range(30)]
+    for directory, _, _ in _crash_runs(tmp_path / "template", tmp_path / "runs", "delay",
+                                       delays):
+        _check_after_crash(directory, sources, states)

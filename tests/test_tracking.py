@@ -15,7 +15,7 @@ from blockforensics.errors import UsageError
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
 from blockforensics.snapshot import Snapshot
-from blockforensics.tracking import POLICIES, ChangeTracker, HeadStart, copy_blocks, read_at
+from blockforensics.tracking import POLICIES, ChangeTracker, HeadStart, copy_blocks
 from blockforensics.volume import Volume
 
 N_BLOCKS = 48
@@ -65,7 +65,7 @@ def test_ordered_tracker_keeps_first_write_since_untrack() -> None:
 def test_read_and_copy_blocks_by_positions(tmp_path: Path) -> None:
     vol = Volume.from_bytes(np.arange(N_BLOCKS * BS, dtype=np.uint32).astype(np.uint8), BS)
     pos = np.array([0, 1, 2, 7, 30, 31])
-    assert np.array_equal(read_at(vol, pos), vol.blocks[pos])
+    assert np.array_equal(vol.read_at(pos), vol.blocks[pos])
     chain = Chain.create(tmp_path / "c")
     writer = chain.writer(chain.new_header(parent=None, volume_size=vol.size, block_size=BS))
     assert copy_blocks(vol, BlockMap.from_positions(N_BLOCKS, pos, BS), writer) == pos.size

@@ -44,6 +44,17 @@ class Disk(ABC):
         Bytes past ``size`` (in the last, partial block) read as zeros.
         """
 
+    def read_at(self, positions: np.ndarray) -> np.ndarray:
+        """The blocks at sorted, unique ``positions`` as ``(len(positions), block_size)``;
+        one ``read_blocks`` per run of consecutive positions."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((positions.size, self.block_size), dtype=np.uint8)
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, positions.size]):
+            if b > a:
+                out[a:b] = self.read_blocks(int(positions[a]), int(b - a))
+        return out
+
     def present(self) -> BlockMap:
         """Blocks that may hold non-zero data; the others read as zeros.
 

@@ -53,7 +53,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     """Back ``source`` up into ``chain``; returns the new point's index.
 
     - The first image of a chain is a full (``block_size`` bytes per block,
-      default 4096); later ones are incrementals against ``parent`` (default:
+      default the source's); later ones are incrementals against ``parent`` (default:
       the newest point) unless ``full=True``.
     - ``changed``: trust this map of changed blocks instead of comparing digests.
     - ``only``: store nothing outside this map (e.g. the allocated blocks).
@@ -62,7 +62,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
         full = len(chain) == 0
     if not full and len(chain) == 0:
         raise UsageError(f"{chain.directory}: an incremental needs a parent; the chain is empty")
-    bs = check_block_size(block_size or (chain.block_size if len(chain) else 4096))
+    bs = check_block_size(block_size or (chain.block_size if len(chain) else source.block_size))
     parent_index = None if full else chain.point(-1 if parent is None else parent)
     header = chain.new_header(parent=parent_index, volume_size=source.size, block_size=bs,
                               created_ns=created_ns, label=label)

@@ -148,6 +148,7 @@ class Chain:
         self.images = images
         self.key = key
         self._codec: BlockCodec | None = None
+        self._reserved: set[str] = set()  # names of images being written by open writers
         self._parents: list[int | None] = []
         for img in images:
             self._parents.append(self._link(img))
@@ -331,8 +332,8 @@ class Chain:
 
     # ---------------------------------------------------------------- writing
     def next_image_path(self, kind: int) -> Path:
-        numbers = [int(m.group(1)) for p in self.directory.iterdir()
-                   if (m := _IMAGE_NAME.match(p.name))]
+        names = [p.name for p in self.directory.iterdir()] + list(self._reserved)
+        numbers = [int(m.group(1)) for name in names if (m := _IMAGE_NAME.match(name))]
         number = max(numbers, default=-1) + 1
         return self.directory / f"{number:04d}-{'full' if kind == KIND_FULL else 'incr'}" \
             f"{IMAGE_SUFFIX}"
@@ -369,10 +370,13 @@ class Chain:
         """An ImageWriter for a new image of this chain (commit, then :meth:`append`)."""
         if self._codec is None:
             self._codec = open_codec(header, self.key, str(self.directory))
-        return ImageWriter(self.next_image_path(header.kind), header, self.codec)
+        path = self.next_image_path(header.kind)
+        self._reserved.add(path.name)  # a second open writer must not pick the same name
+        return ImageWriter(path, header, self.codec)
 
     def append(self, path: Path) -> int:
         """Make a committed image file a point of the chain (manifest switch); its index."""
+        self._reserved.discard(path.name)
         image = ImageFile(path)
         try:
             self.images.append(image)

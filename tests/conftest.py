@@ -1,0 +1,12 @@
+"""Test-wide settings."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+# fsync costs 20-100 ms per image here and protects only against power loss, which no
+# test can cause; every other step of the crash-safe write path still runs.
+os.environ.setdefault("BLOCKFORENSICS_FSYNC", "0")
+matplotlib.use("Agg")
