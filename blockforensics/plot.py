@@ -108,8 +108,9 @@ def plot_chain(chain: Chain, ax: Axes | None = None, *, title: str | None = None
         used.add(lane[point])
     for point, parent in zip(table["point"], table["parent"]):
         if str(parent) != "<NA>":
-            ax.annotate("", xy=(point, -lane[point]), xytext=(int(parent), -lane[int(parent)]),
-                        arrowprops={"arrowstyle": "<-", "color": "grey"})
+            ax.annotate("", xy=(int(parent), -lane[int(parent)]), xytext=(point, -lane[point]),
+                        arrowprops={"arrowstyle": "-|>", "color": "grey", "shrinkA": 9,
+                                    "shrinkB": 9, "mutation_scale": 14})
     for row in table.itertuples():
         full = row.kind == "full"
         ax.plot(row.point, -lane[row.point], "s" if full else "o", markersize=14,

@@ -6,6 +6,7 @@ tool) and skips, with the reason printed, on a developer machine.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
@@ -23,3 +24,14 @@ def require_tools(*programs: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI must install these: {reason}")
     pytest.skip(reason)
+
+
+def require_module(name: str, package: str):
+    """Import ``name``; fail (in CI) or skip (elsewhere) if pip package ``package`` is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        reason = f"missing Python module {name} (pip install {package})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install it: {reason}")
+        pytest.skip(reason)

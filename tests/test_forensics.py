@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import require_module, require_tools
 
 from blockforensics import forensics
 from blockforensics.blockmap import BlockMap
@@ -25,7 +25,7 @@ TOOLS = {"fat32": ("mkfs.vfat", "mcopy", "mmd", "mdel", "fls"),
 
 @pytest.fixture(scope="module", params=["fat32", "ext4"])
 def investigation(request, tmp_path_factory):
-    pytest.importorskip("pytsk3")
+    require_module("pytsk3", "pytsk3")
     require_tools(*TOOLS[request.param])
     return build_investigation(tmp_path_factory.mktemp(request.param), request.param, seed=1)
 
@@ -130,7 +130,7 @@ def test_cli_diff_files_json_matches_the_contract(investigation):
 
 def test_content_change_with_same_size_and_mtime_is_a_modification(tmp_path):
     """zap_block rewrites file bytes without touching the inode: only content tells."""
-    pytest.importorskip("pytsk3")
+    require_module("pytsk3", "pytsk3")
     require_tools("mkfs.ext4", "debugfs")
     image, text = tmp_path / "v.img", tmp_path / "t.txt"
     image.write_bytes(bytes(4 << 20))
@@ -167,7 +167,7 @@ def test_block_entropy_of_known_data():
 
 
 def test_files_inside_an_mbr_partition_are_named_by_partition(tmp_path):
-    pytest.importorskip("pytsk3")
+    require_module("pytsk3", "pytsk3")
     require_tools("sfdisk", "mkfs.vfat", "mcopy")
     image, note = tmp_path / "disk.img", tmp_path / "note.txt"
     with image.open("wb") as fh:

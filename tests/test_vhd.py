@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import require_module, require_tools
 
 from blockforensics.errors import FormatError
 from blockforensics.formats.raw import RawDisk
@@ -80,7 +80,7 @@ def test_independent_readers(source, kind, tmp_path):
     src, _ = source
     data = src.read_bytes()
     out = write_vhd(RawDisk(src), tmp_path / "out.vhd", kind=kind)
-    pyvhdi = pytest.importorskip("pyvhdi", reason="pip install libvhdi-python")
+    pyvhdi = require_module("pyvhdi", "libvhdi-python")
     handle = pyvhdi.file()
     handle.open(str(out))
     try:
@@ -88,8 +88,7 @@ def test_independent_readers(source, kind, tmp_path):
         assert handle.read_buffer_at_offset(len(data), 0) == data
     finally:
         handle.close()
-    vhd = pytest.importorskip("dissect.hypervisor.disk.vhd",
-                              reason="pip install dissect.hypervisor")
+    vhd = require_module("dissect.hypervisor.disk.vhd", "dissect.hypervisor")
     with out.open("rb") as fh:
         disk = vhd.VHD(fh)
         assert disk.size == len(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 import pytest
-from support import require_tools
+from support import require_module, require_tools
 
 from blockforensics.datasets.investigation import build_investigation
 from blockforensics.image.chain import Chain
@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 
 @pytest.fixture(scope="module")
 def explorer(tmp_path_factory):
-    pytest.importorskip("pytsk3")
+    require_module("pytsk3", "pytsk3")
     require_tools("mkfs.vfat", "mcopy", "mmd", "mdel")
     sample = build_investigation(tmp_path_factory.mktemp("fat32"), "fat32")
     with Chain.open(sample.chain_dir) as chain:

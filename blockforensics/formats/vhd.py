@@ -22,7 +22,6 @@ import dataclasses
 import os
 import struct
 import sys
-import tempfile
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
+from blockforensics.fileio import atomic_writer
 from blockforensics.formats.base import Disk, Format
 
 if TYPE_CHECKING:
@@ -388,37 +388,22 @@ def write_vhd(disk: Disk, path: str | os.PathLike[str], *,
               for start, length in zip(starts.tolist(), lengths.tolist())
               for pos in range(start, start + length, CHUNK)]
     buffers = [memoryview(bytearray(CHUNK)) for _ in range(2)]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with tqdm(total=int(lengths.sum()), unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=path.name, file=sys.stderr, disable=not progress) as bar, \
-                ThreadPoolExecutor(1) as writer:
-            os.ftruncate(fd, layout.file_size)
-            pending: Future[None] | None = None
-            for i, (pos, n) in enumerate(chunks):
-                buf = buffers[i % 2][:n]  # the other buffer may still be being written
-                layout.readinto(pos, buf)
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(_write_at, fd, buf, pos)
-                bar.update(n)
+    with atomic_writer(path) as fh, ThreadPoolExecutor(1) as writer, \
+            tqdm(total=int(lengths.sum()), unit="B", unit_scale=True, unit_divisor=1024,
+                 desc=path.name, file=sys.stderr, disable=not progress) as bar:
+        fd = fh.fileno()  # written with pwrite: the file object only frames the atomic write
+        os.ftruncate(fd, layout.file_size)
+        pending: Future[None] | None = None
+        for i, (pos, n) in enumerate(chunks):
+            buf = buffers[i % 2][:n]  # the other buffer may still be being written
+            layout.readinto(pos, buf)
             if pending is not None:
                 pending.result()
+            pending = writer.submit(_write_at, fd, buf, pos)
+            bar.update(n)
+        if pending is not None:
+            pending.result()
         os.fchmod(fd, 0o644)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return path
 
 
