@@ -1,0 +1,172 @@
+"""Encryption costs: full backup and consolidation, encrypted vs plaintext, in one run.
+
+Measures, on a random source of ``--size-mib`` MiB (incompressible, no zero blocks):
+
+- full backup, plaintext vs AES-256-GCM (MB/s of source, ratio; target >= 0.7);
+- consolidating a full and three incrementals (each rewriting 10 % of the blocks)
+  into one full: plaintext vs encrypted (verbatim copy, no key; target >= 0.8),
+  and vs a decrypt-and-re-encrypt consolidation implemented here with the codecs
+  (what a consolidation that needed the key would cost);
+- peak resident memory of every phase (VmHWM, reset between phases; it includes
+  the pages of the memory-mapped source that the phase touched).
+
+Usage: ``python benchmarks/bench_crypto.py [--size-mib 256] [--json out.json]``.
+MB/s are 10^6 bytes per second of the volume (backup) or of the new image (consolidation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.consolidate import consolidate
+from blockforensics.crypto import KEY_SIZE, KeySource
+from blockforensics.image.backup import backup, iter_chunks
+from blockforensics.image.chain import Chain
+from blockforensics.volume import Volume
+
+BLOCK_SIZE = 4096
+INCREMENTALS = 3
+CHANGED_FRACTION = 0.10
+T = TypeVar("T")
+
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory since the last reset (MiB); whole-process peak if unsupported."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(action: Callable[[], T]) -> tuple[T, float, float]:
+    """``(result, seconds, peak RSS MiB)`` of one call (earlier writes flushed first)."""
+    os.sync()
+    _reset_peak_rss()
+    started = time.perf_counter()
+    result = action()
+    return result, time.perf_counter() - started, _peak_rss_mib()
+
+
+def _make_source(path: Path, size: int, rng: np.random.Generator) -> Volume:
+    with path.open("wb") as fh:
+        for _ in range(0, size, 64 << 20):
+            fh.write(rng.bytes(min(64 << 20, size - fh.tell())))
+    return Volume.open(path, BLOCK_SIZE, writable=True)
+
+
+def _add_incrementals(chains: list[Chain], source: Volume, rng: np.random.Generator) -> None:
+    """Rewrite 10 % of the source's blocks, then back it up into every chain, three times."""
+    for _ in range(INCREMENTALS):
+        positions = np.sort(rng.choice(source.n_blocks, int(source.n_blocks * CHANGED_FRACTION),
+                                       replace=False))
+        source.write_at(positions, rng.integers(0, 256, (len(positions), BLOCK_SIZE),
+                                                dtype=np.uint8))
+        source.flush()
+        changed = BlockMap.from_positions(source.n_blocks, positions, BLOCK_SIZE)
+        for chain in chains:
+            backup(chain, source, changed=changed)
+
+
+def reencrypting_consolidate(directory: Path, key: KeySource, point: int) -> Path:
+    """A consolidation that needs the key: read (decrypt) the point, write (encrypt) a full."""
+    with Chain.open(directory, key) as chain:
+        disk = chain.disk(point)
+        header = chain.new_header(parent=None, volume_size=disk.size,
+                                  created_ns=chain.images[point].header.created_ns)
+        with chain.writer(header) as writer:
+            for start, blocks in iter_chunks(disk, disk.layout.owner >= 0):
+                keep = np.flatnonzero(blocks.view(np.uint64).any(axis=1))
+                writer.add(start + keep, blocks[keep])
+            return writer.commit()
+
+
+def run(size_mib: int, workdir: Path) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(0)
+    size = size_mib << 20
+    source = _make_source(workdir / "source.raw", size, rng)
+    key = KeySource(raw_key=os.urandom(KEY_SIZE))
+    results: dict[str, dict[str, float]] = {}
+    chains = {}
+    for name, chain_key in (("plain", None), ("encrypted", key)):
+        chains[name] = Chain.create(workdir / name, chain_key)
+        _, seconds, rss = _timed(lambda c=chains[name]: backup(c, source))
+        results[f"backup {name}"] = {"seconds": seconds, "MB/s": size / seconds / 1e6,
+                                     "peak_rss_mib": rss}
+    _add_incrementals(list(chains.values()), source, rng)
+    for chain in chains.values():
+        chain.close()
+    shutil.copytree(workdir / "encrypted", workdir / "reencrypted")
+    cases: dict[str, Callable[[], Path]] = {
+        "consolidate plain": lambda: workdir / "plain" / consolidate(
+            workdir / "plain", INCREMENTALS).image,
+        "consolidate encrypted": lambda: workdir / "encrypted" / consolidate(
+            workdir / "encrypted", INCREMENTALS).image,
+        "consolidate re-encrypting": lambda: reencrypting_consolidate(
+            workdir / "reencrypted", key, INCREMENTALS),
+    }
+    for name, action in cases.items():
+        image, seconds, rss = _timed(action)
+        written = image.stat().st_size
+        results[name] = {"seconds": seconds, "MB/s": written / seconds / 1e6,
+                         "peak_rss_mib": rss}
+    results["ratios"] = {
+        "backup encrypted/plain": results["backup plain"]["seconds"]
+        / results["backup encrypted"]["seconds"],
+        "consolidate encrypted/plain": results["consolidate plain"]["seconds"]
+        / results["consolidate encrypted"]["seconds"],
+        "consolidate re-encrypting/plain": results["consolidate plain"]["seconds"]
+        / results["consolidate re-encrypting"]["seconds"],
+        "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256, help="source size (MiB)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        results = run(args.size_mib, Path(tmp))
+    print(f"{'phase':28} {'seconds':>8} {'MB/s':>8} {'peak RSS MiB':>13}")
+    for name, row in results.items():
+        if name != "ratios":
+            print(f"{name:28} {row['seconds']:8.2f} {row['MB/s']:8.0f} "
+                  f"{row['peak_rss_mib']:13.0f}")
+    ratios = results["ratios"]
+    print(f"speed ratio backup encrypted/plain:        {ratios['backup encrypted/plain']:.2f}"
+          "  (target >= 0.70)")
+    print(f"speed ratio consolidate encrypted/plain:   "
+          f"{ratios['consolidate encrypted/plain']:.2f}  (target >= 0.80)")
+    print(f"speed ratio consolidate re-encrypting/plain: "
+          f"{ratios['consolidate re-encrypting/plain']:.2f}")
+    print(f"process peak RSS: {ratios['process_peak_rss_mib']:.0f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps({"size_mib": args.size_mib, **results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
