@@ -30,14 +30,14 @@ from tqdm.auto import tqdm
 from blockforensics.errors import ChainError, UsageError
 from blockforensics.fileio import fsync_directory
 from blockforensics.image.chain import (
-    _IMAGE_NAME,
+    IMAGE_NAME,
     IMAGE_SUFFIX,
     NO_PARENT,
     Chain,
     PointRef,
     write_manifest,
 )
-from blockforensics.image.codec import EncodedBlocks, PlainCodec
+from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter
 
@@ -118,7 +118,7 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef, *,
                 records = records[(records["flags"] & FLAG_ZERO) == 0]
             parts.append(records)
         total = sum(int(r["length"].sum()) for r in parts)
-        with ImageWriter(out, header, PlainCodec(header.block_size)) as writer, \
+        with ImageWriter(out, header) as writer, \
                 tqdm(total=total, desc="consolidate", unit="B", unit_scale=True,
                      unit_divisor=1024, disable=not progress, leave=False) as bar:
             for depth, records in zip(depths, parts):
@@ -171,7 +171,7 @@ def _segment(chain: Chain, point: PointRef,
 
 def _new_image_path(chain: Chain, point: int, kind: int) -> Path:
     """An unused file name for the image replacing ``point``: its number, ``-cN`` appended."""
-    match = _IMAGE_NAME.match(chain.images[point].name)
+    match = IMAGE_NAME.match(chain.images[point].name)
     if match is None:
         return chain.next_image_path(kind)
     taken = {p.name for p in chain.directory.iterdir()}

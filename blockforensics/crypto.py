@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -101,7 +102,7 @@ class ChainKeys:
         enc, mac, check = (self._subkey(master, volume_id, label)
                            for label in (b"enc", b"mac", b"check"))
         self._aead = AESGCM(enc)
-        self._mac = mac
+        self._mac = hmac.new(mac, digestmod=hashlib.sha256)  # keyed state, copied per block
         self.key_check = hmac.new(check, b"blockforensics key check" + volume_id,
                                   hashlib.sha256).digest()
 
@@ -129,12 +130,22 @@ class ChainKeys:
 
     def content_digest(self, block: bytes | memoryview) -> bytes:
         """Keyed digest of a plaintext block (HMAC-SHA-256/128)."""
-        return hmac.new(self._mac, block, hashlib.sha256).digest()[:16]
+        state = self._mac.copy()
+        state.update(block)
+        return state.digest()[:16]
 
     def encrypt(self, position: int, flags: int, plaintext: bytes, nonce: bytes) -> bytes:
         """``nonce || ciphertext || tag`` bound to (chain, position, flags)."""
         aad = _AAD.pack(self.volume_id, position, flags)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def encrypt_into(self, position: int, flags: int, plaintext: bytes | np.ndarray,
+                     payload: np.ndarray) -> None:
+        """Encrypt into ``payload`` (``nonce || ciphertext || tag``) whose first
+        NONCE_SIZE bytes already hold a fresh random nonce; no intermediate copies."""
+        aad = _AAD.pack(self.volume_id, position, flags)
+        self._aead.encrypt_into(payload[:NONCE_SIZE].tobytes(), plaintext, aad,
+                                payload[NONCE_SIZE:])
 
     def decrypt(self, position: int, flags: int, payload: bytes) -> bytes:
         """The plaintext, or InvalidTag when the payload was altered, moved or foreign."""

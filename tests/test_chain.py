@@ -115,3 +115,15 @@ def test_missing_parent_and_not_a_chain(tmp_path):
     (tmp_path / "c" / "0000-full.bfi").unlink()
     with pytest.raises(ChainError, match="missing"):
         Chain.open(tmp_path / "c")
+
+
+def test_a_volume_that_shrinks_and_grows_back_restores_zeros_in_the_regrown_part(tmp_path):
+    chain = Chain.create(tmp_path / "c")
+    eight = np.random.default_rng(3).integers(1, 256, 8 * 4096, dtype=np.uint8).tobytes()
+    backup(chain, Volume.from_bytes(eight))
+    backup(chain, Volume.from_bytes(eight[: 4 * 4096]))
+    regrown = eight[: 4 * 4096] + bytes(4 * 4096)
+    point = backup(chain, Volume.from_bytes(regrown))
+    assert [restore(chain, p).tobytes() for p in range(3)] == [eight, eight[: 4 * 4096],
+                                                              regrown]
+    assert restore(chain, point).tobytes() == regrown

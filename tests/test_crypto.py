@@ -329,8 +329,6 @@ def test_plaintext_record_in_encrypted_chain_fails_verify(raw_chain: tuple) -> N
     assert problems(directory, key) == [(path.name, 8)]
 
 
-@pytest.mark.xfail(strict=True, reason="lead's bug: restore of an encrypted chain serves an "
-                   "unencrypted record verbatim (ChainDisk._fill fast path, BlockCodec.decode)")
 def test_plaintext_record_in_encrypted_chain_is_refused_by_restore(raw_chain: tuple) -> None:
     directory, key, _ = raw_chain
     _downgrade(directory, 0)
@@ -338,8 +336,6 @@ def test_plaintext_record_in_encrypted_chain_is_refused_by_restore(raw_chain: tu
         restore(chain, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="lead's bug: verify skips FLAG_ZERO records, and "
-                   "encrypted chains never legitimately hold one")
 def test_zero_record_in_encrypted_chain_fails_verify(raw_chain: tuple) -> None:
     directory, key, _ = raw_chain
     path = _downgrade(directory, FLAG_ZERO)

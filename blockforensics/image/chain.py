@@ -46,7 +46,7 @@ from blockforensics.image.imagefile import ImageFile, ImageWriter
 MANIFEST = "chain.json"
 MANIFEST_FORMAT = "blockforensics-chain"
 IMAGE_SUFFIX = ".bfi"
-_IMAGE_NAME = re.compile(r"^(\d+)-[a-z]+(?:-c\d+)?\.bfi$")
+IMAGE_NAME = re.compile(r"^(\d+)-[a-z]+(?:-c\d+)?\.bfi$")
 NO_PARENT = bytes(16)
 
 PointRef = int | str
@@ -219,7 +219,7 @@ class Chain:
         removed = []
         for path in self.directory.iterdir():
             leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or (
-                _IMAGE_NAME.match(path.name) and path.name not in listed)
+                IMAGE_NAME.match(path.name) and path.name not in listed)
             if leftover and path.is_file():
                 path.unlink()
                 removed.append(path.name)
@@ -307,6 +307,7 @@ class Chain:
         owner = np.full(n_blocks, -1, dtype=np.int16)
         entry = np.zeros(n_blocks, dtype=np.int64)
         for depth, img in enumerate(path):
+            owner[img.header.n_blocks:] = -1  # a volume that shrank hides what lay beyond
             positions = img.index["position"].astype(np.int64)
             keep = positions < n_blocks
             owner[positions[keep]] = depth
@@ -333,7 +334,7 @@ class Chain:
     # ---------------------------------------------------------------- writing
     def next_image_path(self, kind: int) -> Path:
         names = [p.name for p in self.directory.iterdir()] + list(self._reserved)
-        numbers = [int(m.group(1)) for name in names if (m := _IMAGE_NAME.match(name))]
+        numbers = [int(m.group(1)) for name in names if (m := IMAGE_NAME.match(name))]
         number = max(numbers, default=-1) + 1
         return self.directory / f"{number:04d}-{'full' if kind == KIND_FULL else 'incr'}" \
             f"{IMAGE_SUFFIX}"
@@ -420,14 +421,15 @@ class ChainDisk(Disk):
               records: np.ndarray) -> None:
         """Copy the blocks of ``records`` into ``out[rows]``: verbatim runs in one read each."""
         flags = records["flags"]
-        verbatim = flags == 0
+        verbatim = (flags == 0) & (not self._codec.encrypted)
         if verbatim.any():
             v_rows, v_off = rows[verbatim], records["offset"][verbatim].astype(np.int64)
             breaks = np.flatnonzero((np.diff(v_rows) != 1)
                                     | (np.diff(v_off) != self.block_size)) + 1
             for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(v_rows)]):
                 image.read_into(out[v_rows[a] : v_rows[a] + b - a], int(v_off[a]))
-        for i in np.flatnonzero(~verbatim & ((flags & FLAG_ZERO) == 0)):
+        decode = ~verbatim & (((flags & FLAG_ZERO) == 0) | self._codec.encrypted)
+        for i in np.flatnonzero(decode):
             try:
                 block = self._codec.decode(records[i], image.read_payload(records[i]))
             except FormatError as exc:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from blockforensics.crypto import NONCE_SIZE, ChainKeys
+from blockforensics.crypto import NONCE_SIZE, TAG_SIZE, ChainKeys
 from blockforensics.errors import CryptoKeyError, FormatError
 from blockforensics.image.format import (
     DIGEST_SIZE,
@@ -158,6 +158,16 @@ class EncryptedCodec(BlockCodec):
     def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
         k = len(positions)
         content = self.content_digests(blocks)
+        if not self.compress:  # every payload has the same size: one array, no joins
+            out = np.empty((k, NONCE_SIZE + self.block_size + TAG_SIZE), dtype=np.uint8)
+            out[:, :NONCE_SIZE] = np.frombuffer(os.urandom(NONCE_SIZE * k), np.uint8).reshape(
+                k, NONCE_SIZE)
+            for i in range(k):
+                self.keys.encrypt_into(int(positions[i]), FLAG_ENCRYPTED, blocks[i], out[i])
+            flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
+            lengths = np.full(k, out.shape[1], dtype=np.uint32)
+            return EncodedBlocks(_records(positions, flags, lengths, sha256_128_rows(out),
+                                          content), memoryview(out).cast("B"))
         nonces = os.urandom(NONCE_SIZE * k)
         flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
         pieces: list[bytes] = []
@@ -170,8 +180,8 @@ class EncryptedCodec(BlockCodec):
 
     def decode(self, record: np.void, payload: bytes) -> bytes:
         flags, position = int(record["flags"]), int(record["position"])
-        if not flags & FLAG_ENCRYPTED:
-            return super().decode(record, payload)
+        if not flags & FLAG_ENCRYPTED:  # never written by an encrypted chain: injected
+            raise FormatError(f"block {position}: stored unencrypted in an encrypted chain")
         try:
             data = self.keys.decrypt(position, flags, payload)
         except InvalidTag as exc:

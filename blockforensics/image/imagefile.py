@@ -86,6 +86,12 @@ class ImageFile:
             os.close(self._fd)
             self._fd = -1
 
+    def __enter__(self) -> ImageFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         h = self.header
         kind = "full" if h.is_full else "incremental"
@@ -100,7 +106,10 @@ class ImageWriter:
     a block early and again after it was re-modified).
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: Header, codec: BlockCodec):
+    def __init__(self, path: str | os.PathLike[str], header: Header,
+                 codec: BlockCodec | None = None):
+        """``codec`` encodes plaintext for :meth:`add`; writers that only copy stored
+        payloads verbatim (:meth:`add_encoded`) need none."""
         self.path = Path(path)
         self.header = header
         self.codec = codec
@@ -112,6 +121,8 @@ class ImageWriter:
 
     def add(self, positions: np.ndarray, blocks: np.ndarray) -> None:
         """Encode and append plaintext ``blocks[i]`` for block ``positions[i]``."""
+        if self.codec is None:
+            raise ValueError("this writer copies stored payloads only; it has no codec")
         if len(positions):
             self.add_encoded(self.codec.encode(np.asarray(positions, np.uint64), blocks))
 

@@ -22,7 +22,7 @@ from blockforensics.crypto import KeySource
 from blockforensics.errors import BlockforensicsError
 from blockforensics.image.chain import NO_PARENT, open_codec, read_manifest
 from blockforensics.image.codec import BlockCodec
-from blockforensics.image.format import DIGEST_SIZE, FLAG_ZERO, digest_rows
+from blockforensics.image.format import DIGEST_SIZE, FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
 from blockforensics.image.imagefile import ImageFile
 
 _READ_BYTES = 16 << 20
@@ -109,6 +109,10 @@ def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: tqdm) -> list
             start = int(rec["offset"]) - first
             payload = buf[start : start + int(rec["length"])]
             position = int(rec["position"])
+            if image.header.encrypted and not rec["flags"] & FLAG_ENCRYPTED:
+                problems.append(Problem(image.name, position,
+                                        "stored unencrypted in an encrypted chain"))
+                continue
             if hashlib.sha256(payload).digest()[:DIGEST_SIZE] != stored[k].tobytes():
                 problems.append(Problem(image.name, position,
                                         "stored bytes do not match their digest"))
