@@ -25,15 +25,21 @@ class Run:
         return nbytes / self.seconds / 1e6
 
 
-def measure(label: str, argv: list[str]) -> Run:
-    """Run ``argv`` to completion; its wall time and peak RSS (from wait4's rusage)."""
+def settle() -> None:
+    """Flush dirty pages first, so one step's writeback does not slow the next one down."""
+    subprocess.run(["sync"], check=True)
+
+
+def measure(label: str, argv: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run ``argv`` to completion under GNU time: wall seconds and the process's peak RSS."""
+    settle()
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return Run(label, seconds, usage.ru_maxrss / 1024)
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed: {proc.stderr.strip()}")
+    return Run(label, seconds, int(proc.stderr.strip().splitlines()[-1]) / 1024)
 
 
 def cli(*args: object) -> list[str]:
@@ -48,3 +54,12 @@ def random_file(path: Path, size: int, seed: int = 0, chunk: int = 64 << 20) -> 
         for start in range(0, size, chunk):
             fh.write(rng.integers(0, 256, min(chunk, size - start), dtype=np.uint8).tobytes())
     return path
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """A plain text table of dicts with the same keys."""
+    keys = list(rows[0])
+    width = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    lines = ["  ".join(k.rjust(width[k]) for k in keys)]
+    lines += ["  ".join(str(r[k]).rjust(width[k]) for k in keys) for r in rows]
+    return "\n".join(lines)

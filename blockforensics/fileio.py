@@ -35,6 +35,20 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, length: int) -> None:
+    """Copy ``length`` bytes between files inside the kernel (``copy_file_range``, as ``cp``
+    does), falling back to read/write where the file systems do not support it."""
+    while length > 0:
+        try:
+            done = os.copy_file_range(src_fd, dst_fd, length, src_offset, dst_offset)
+        except OSError:
+            done = os.pwrite(dst_fd, os.pread(src_fd, min(length, 16 << 20), src_offset),
+                             dst_offset)
+        if done <= 0:
+            raise OSError(f"short copy: {length} bytes left at offset {src_offset}")
+        src_offset, dst_offset, length = src_offset + done, dst_offset + done, length - done
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.

@@ -12,6 +12,7 @@ output stays sparse.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,21 +119,13 @@ def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = 
     out = Path(out)
     if out.is_dir():
         raise UsageError(f"{out}: is a directory")
-    present = disk.layout.owner >= 0
     with atomic_writer(out) as fh, _progress(disk.size, "restore", progress) as bar:
-        for start, blocks in iter_chunks(disk, present):
-            end = min(disk.size, (start + len(blocks)) * disk.block_size)
-            fh.seek(start * disk.block_size)
-            fh.write(memoryview(blocks).cast("B")[: end - start * disk.block_size])
-            bar.update(end - start * disk.block_size)
-        fh.truncate(disk.size)
+        disk.write_to(fh.fileno(), bar.update)
     return out
 
 
-def iter_chunks(disk: Disk, present: np.ndarray | None = None):
-    """``(start, blocks)`` for each chunk of a Disk, skipping chunks with nothing present."""
+def iter_chunks(disk: Disk) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start block, blocks)`` for each chunk of ``CHUNK_BYTES`` of a Disk."""
     step = _chunk_blocks(disk.block_size)
     for start in range(0, disk.n_blocks, step):
-        count = min(step, disk.n_blocks - start)
-        if present is None or present[start : start + count].any():
-            yield start, disk.read_blocks(start, count)
+        yield start, disk.read_blocks(start, min(step, disk.n_blocks - start))

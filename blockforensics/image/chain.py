@@ -17,16 +17,17 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
 from blockforensics.errors import ChainError, CryptoKeyError, FormatError, UsageError
-from blockforensics.fileio import atomic_writer
+from blockforensics.fileio import atomic_writer, copy_range
 from blockforensics.formats.base import Disk
 from blockforensics.image.codec import BlockCodec, EncryptedCodec, PlainCodec
 from blockforensics.image.format import (
@@ -42,6 +43,9 @@ from blockforensics.image.format import (
     new_id,
 )
 from blockforensics.image.imagefile import ImageFile, ImageWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST = "chain.json"
 MANIFEST_FORMAT = "blockforensics-chain"
@@ -79,6 +83,22 @@ def write_manifest(directory: Path, names: list[str]) -> None:
     with atomic_writer(directory / MANIFEST) as fh:
         fh.write(json.dumps({"format": MANIFEST_FORMAT, "version": 1, "images": names},
                             indent=1).encode())
+
+
+DECODE_BATCH = 4096  # blocks decoded per batch when writing a point to a file
+
+
+def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, block_size: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of records that sit at consecutive rows *and* consecutive byte offsets:
+    ``(first rows, first offsets, lengths in blocks)`` — each run is one read or copy."""
+    if len(rows) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    rows, offsets = np.asarray(rows, np.int64), np.asarray(offsets, np.int64)
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(offsets) != block_size)) + 1
+    starts = np.r_[0, breaks]
+    return rows[starts], offsets[starts], np.diff(np.r_[starts, len(rows)])
 
 
 def open_codec(header: Header | None, key: KeySource | None, where: str) -> BlockCodec:
@@ -282,6 +302,8 @@ class Chain:
             })
         columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "encrypted",
                    "created", "volume_size", "block_size", "label"]
+        import pandas as pd  # lazily: the command line starts faster without it
+
         frame = pd.DataFrame(rows, columns=columns)
         frame["parent"] = frame["parent"].astype("Int64")
         return frame
@@ -420,21 +442,47 @@ class ChainDisk(Disk):
     def _fill(self, out: np.ndarray, rows: np.ndarray, image: ImageFile,
               records: np.ndarray) -> None:
         """Copy the blocks of ``records`` into ``out[rows]``: verbatim runs in one read each."""
-        flags = records["flags"]
-        verbatim = (flags == 0) & (not self._codec.encrypted)
-        if verbatim.any():
-            v_rows, v_off = rows[verbatim], records["offset"][verbatim].astype(np.int64)
-            breaks = np.flatnonzero((np.diff(v_rows) != 1)
-                                    | (np.diff(v_off) != self.block_size)) + 1
-            for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(v_rows)]):
-                image.read_into(out[v_rows[a] : v_rows[a] + b - a], int(v_off[a]))
-        decode = ~verbatim & (((flags & FLAG_ZERO) == 0) | self._codec.encrypted)
+        verbatim, decode = self._split(records)
+        for row, offset, count in zip(*contiguous_runs(rows[verbatim], records["offset"][verbatim],
+                                                       self.block_size)):
+            image.read_into(out[row : row + count], int(offset))
         for i in np.flatnonzero(decode):
             try:
                 block = self._codec.decode(records[i], image.read_payload(records[i]))
             except FormatError as exc:
                 raise FormatError(f"{image.name}: {exc}") from exc
             out[rows[i]] = np.frombuffer(block, dtype=np.uint8)
+
+    def _split(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of records whose payload *is* the block, and of those to decode (the rest
+        are zero blocks).  In an encrypted chain every record is decoded (and must be)."""
+        flags = records["flags"]
+        if self._codec.encrypted:
+            return np.zeros(len(records), dtype=bool), np.ones(len(records), dtype=bool)
+        return flags == 0, ((flags & FLAG_ZERO) == 0) & (flags != 0)
+
+    def write_to(self, fd: int, progress: Callable[[int], object] = lambda n: None) -> None:
+        """Write this point into the open file ``fd`` (exact size, absent blocks as holes):
+        verbatim runs are copied file to file inside the kernel, the rest decoded."""
+        bs = self.block_size
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, self.n_blocks * bs)
+        for depth, image in enumerate(self.layout.images):
+            positions, records = self.layout.records(depth)
+            verbatim, decode = self._split(records)
+            for position, offset, count in zip(*contiguous_runs(
+                    positions[verbatim], records["offset"][verbatim], bs)):
+                copy_range(image.fileno(), fd, int(offset), int(position) * bs, int(count) * bs)
+                progress(int(count) * bs)
+            todo = positions[decode]
+            for start in range(0, len(todo), DECODE_BATCH):
+                piece = todo[start : start + DECODE_BATCH]
+                blocks = self.read_at(piece)
+                for position, offset, count in zip(*contiguous_runs(
+                        piece, np.arange(len(piece)) * bs, bs)):
+                    os.pwrite(fd, blocks[offset // bs : offset // bs + count], int(position) * bs)
+                progress(len(piece) * bs)
+        os.ftruncate(fd, self.size)
 
     def __repr__(self) -> str:
         return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "

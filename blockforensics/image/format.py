@@ -1,7 +1,7 @@
 """The on-disk layout of a blockforensics image file (documented in docs/FORMAT.md).
 
     +----------------------+  offset 0
-    | header (512 bytes)   |  identity, parent link, geometry, crypto parameters
+    | header (4096 bytes)  |  identity, parent link, geometry, crypto parameters
     +----------------------+  HEADER_SIZE
     | block payloads       |  stored bytes of each block, in write order
     +----------------------+  footer.index_offset
@@ -30,7 +30,7 @@ from blockforensics.errors import FormatError
 HEADER_MAGIC = b"BFIMAGE\x00"
 FOOTER_MAGIC = b"BFINDEX\x00"
 FORMAT_VERSION = 1
-HEADER_SIZE = 512
+HEADER_SIZE = 4096  # one page, so payloads start page-aligned and copy file to file fast
 DIGEST_SIZE = 16  # bytes kept of SHA-256 (or HMAC-SHA-256) per block
 
 KIND_FULL, KIND_INCREMENTAL = 0, 1

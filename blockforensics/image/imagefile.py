@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,10 @@ class ImageFile:
         if os.preadv(self._fd, [view], offset) != view.nbytes:
             raise FormatError(f"{self.name}: truncated payload at byte {offset}")
 
+    def fileno(self) -> int:
+        """The open file descriptor (for in-kernel copies of verbatim payloads)."""
+        return self._fd
+
     @property
     def blocks(self) -> int:
         """Number of block records (positions) this image holds."""
@@ -103,7 +108,9 @@ class ImageWriter:
     """Streams blocks into a new image; nothing appears under ``path`` until :meth:`commit`.
 
     A position written twice keeps its last write (the head-start method copies
-    a block early and again after it was re-modified).
+    a block early and again after it was re-modified).  Payloads are written by a
+    background thread while the caller encodes the next batch (the write releases
+    the GIL), so hashing and I/O overlap; at most one batch is in flight.
     """
 
     def __init__(self, path: str | os.PathLike[str], header: Header,
@@ -118,6 +125,14 @@ class ImageWriter:
         self._fh.write(header.pack())
         self._offset = HEADER_SIZE
         self._records: list[np.ndarray] = []
+        self._io = self._stack.enter_context(ThreadPoolExecutor(1))
+        self._in_flight: Future[int] | None = None
+
+    def _drain(self) -> None:
+        """Wait for the batch being written (and raise its error, if any)."""
+        if self._in_flight is not None:
+            self._in_flight.result()
+            self._in_flight = None
 
     def add(self, positions: np.ndarray, blocks: np.ndarray) -> None:
         """Encode and append plaintext ``blocks[i]`` for block ``positions[i]``."""
@@ -130,7 +145,8 @@ class ImageWriter:
         """Append already-stored payloads verbatim (consolidation copies without a key)."""
         records = encoded.records.copy()
         records["offset"] += np.uint64(self._offset)
-        self._fh.write(encoded.payload)
+        self._drain()
+        self._in_flight = self._io.submit(self._fh.write, encoded.payload)
         self._offset += len(memoryview(encoded.payload).cast("B"))
         self._records.append(records)
 
@@ -147,6 +163,7 @@ class ImageWriter:
         pos = records["position"]
         records = records[np.r_[pos[1:] != pos[:-1], True]] if len(pos) else records
         raw = records.tobytes()
+        self._drain()
         self._fh.write(raw)
         self._fh.write(Footer(self._offset, len(records), hashlib.sha256(raw).digest()).pack())
         self._stack.close()

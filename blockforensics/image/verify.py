@@ -13,9 +13,9 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from blockforensics.crypto import KeySource
@@ -24,6 +24,9 @@ from blockforensics.image.chain import NO_PARENT, open_codec, read_manifest
 from blockforensics.image.codec import BlockCodec
 from blockforensics.image.format import DIGEST_SIZE, FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
 from blockforensics.image.imagefile import ImageFile
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _READ_BYTES = 16 << 20
 
@@ -55,6 +58,8 @@ class VerifyReport:
         return not self.problems
 
     def frame(self) -> pd.DataFrame:
+        """The problems as a DataFrame: image, position, message."""
+        import pandas as pd
         return pd.DataFrame([vars(p) for p in self.problems],
                             columns=["image", "position", "message"])
 
