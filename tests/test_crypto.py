@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_consolidate import BS, REWRITTEN, assert_restores, build_chain
+from chains import BS, REWRITTEN, assert_restores, build_chain
 
 import blockforensics.consolidate
 from blockforensics.crypto import KEY_SIZE, ChainKeys, KeySource
