@@ -117,16 +117,7 @@ class Snapshot:
 
     def write(self, offset: int, data: bytes) -> None:
         """Quiescence write of bytes at byte ``offset`` (read-modify-write of the quiesced view)."""
-        if offset < 0 or offset + len(data) > self.size:
-            raise IndexError(f"bytes [{offset}, {offset + len(data)}) outside the snapshot")
-        if not data:
-            return
-        bs = self.block_size
-        first, last = offset // bs, (offset + len(data) - 1) // bs
-        blocks = self.view(quiesced=True).read_blocks(first, last - first + 1)
-        blocks.reshape(-1)[offset - first * bs : offset - first * bs + len(data)] = \
-            np.frombuffer(data, dtype=np.uint8)
-        self.quiesce_write(np.arange(first, last + 1), blocks)
+        self.quiesce_write(*self.view(quiesced=True).patched(offset, data))
 
     # --------------------------------------------------------------- reading
     def view(self, quiesced: bool = False) -> SnapshotView:

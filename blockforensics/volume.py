@@ -153,17 +153,7 @@ class Volume(Disk):
 
     def write(self, offset: int, data: bytes) -> None:
         """Write bytes at a byte offset (read-modify-write of the blocks it touches)."""
-        if offset < 0 or offset + len(data) > self.size:
-            raise IndexError(f"bytes [{offset}, {offset + len(data)}) outside the volume")
-        if not data:
-            return
-        bs = self.block_size
-        first, last = offset // bs, (offset + len(data) - 1) // bs
-        blocks = self.read_blocks(first, last - first + 1)
-        flat = blocks.reshape(-1)
-        flat[offset - first * bs : offset - first * bs + len(data)] = np.frombuffer(
-            data, dtype=np.uint8)
-        self.write_at(np.arange(first, last + 1), blocks)
+        self.write_at(*self.patched(offset, data))
 
     def flush(self) -> None:
         """Push a file-backed volume's writes to the file."""

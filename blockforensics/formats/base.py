@@ -75,6 +75,19 @@ class Disk(ABC):
         skip = offset - first * self.block_size
         return blocks[skip : skip + end - offset].tobytes()
 
+    def patched(self, offset: int, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """The blocks a byte-level write of ``data`` at ``offset`` would leave:
+        ``(positions, blocks)``, for read-modify-write by writable disks."""
+        if offset < 0 or offset + len(data) > self.size:
+            raise IndexError(f"bytes [{offset}, {offset + len(data)}) outside the disk")
+        if not data:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.block_size), dtype=np.uint8)
+        first, last = offset // self.block_size, (offset + len(data) - 1) // self.block_size
+        blocks = self.read_blocks(first, last - first + 1)
+        skip = offset - first * self.block_size
+        blocks.reshape(-1)[skip : skip + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        return np.arange(first, last + 1), blocks
+
     def open_file(self) -> DiskFile:
         """A read-only file object (read/seek/tell) over the disk's bytes."""
         return DiskFile(self)
