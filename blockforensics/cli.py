@@ -40,6 +40,17 @@ def _open_chain(args: argparse.Namespace, *, clean: bool = True):  # -> Chain
     return chain
 
 
+def _open_source(path: str, *, point: str | None = None, key=None, reader: str | None = None):
+    """Any disk image a reader plugin recognises (a chain directory, a VHD, a raw file …)
+    as a Disk, probed by signature unless ``reader`` names the plugin."""
+    from blockforensics.formats import open_disk
+    from blockforensics.image.chain import Chain, is_chain
+
+    if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
+        Chain.open(path).cleanup()
+    return open_disk(path, point=point, key=key, format=reader)
+
+
 def _print_table(frame) -> None:
     print(frame.to_string(index=False) if len(frame) else "(empty)")
 
@@ -48,17 +59,16 @@ def _print_table(frame) -> None:
 def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.allocation import allocation_map
     from blockforensics.blockmap import BlockMap
-    from blockforensics.formats.raw import RawDisk
     from blockforensics.image.backup import backup
     from blockforensics.image.chain import Chain
 
     source_path = Path(args.source)
-    if not source_path.exists() or source_path.is_dir():
+    if not source_path.exists():
         raise UsageError(f"{source_path}: not a file or block device")
     chain = Chain.open_or_create(args.chain, _key(args))
     chain.cleanup()
-    block_size = args.block_size or (chain.block_size if len(chain) else 4096)
-    with RawDisk(source_path, block_size) as source:
+    with _open_source(args.source, reader=args.reader) as source:
+        block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         changed = BlockMap.load(args.changed) if args.changed else None
         only = None if args.all_blocks else allocation_map(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
@@ -141,23 +151,25 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from blockforensics.formats.vhd import write_vhd
 
-    chain = _open_chain(args)
-    kind = args.format.removeprefix("vhd-")
-    out = write_vhd(chain.disk(args.point), args.out, kind=kind, progress=sys.stderr.isatty())
-    print(f"exported point {chain.point(args.point)} to {out} ({args.format})")
+    with _open_source(args.chain, point=args.point, key=_key(args),
+                      reader=args.reader) as disk:
+        out = write_vhd(disk, args.out, kind=args.format.removeprefix("vhd-"),
+                        progress=sys.stderr.isatty())
+    print(f"exported {disk!r} to {out} ({args.format})")
     return EXIT_OK
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from blockforensics.expose import mount
 
-    chain = _open_chain(args)
     mountpoint = Path(args.mountpoint)
     if not mountpoint.is_dir():
         raise UsageError(f"{mountpoint}: not a directory")
-    print(f"serving {mountpoint / 'disk.vhd'} (point {chain.point(args.point)}, read-only); "
-          "Ctrl-C to unmount", flush=True)
-    mount(chain.disk(args.point), mountpoint, foreground=True)
+    with _open_source(args.chain, point=args.point, key=_key(args),
+                      reader=args.reader) as disk:
+        print(f"serving {mountpoint / 'disk.vhd'} from {disk!r}, read-only; "
+              "Ctrl-C to unmount", flush=True)
+        mount(disk, mountpoint, foreground=True)
     return EXIT_OK
 
 
@@ -213,15 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
-                chain: bool = True) -> argparse.ArgumentParser:
+                chain: str | None = "chain directory") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         if chain:
-            p.add_argument("chain", help="chain directory")
+            p.add_argument("chain", help=chain)
         return p
 
     def key_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
+
+    def reader_option(p: argparse.ArgumentParser) -> None:
+        from blockforensics.formats import formats
+
+        p.add_argument("--reader", choices=list(formats()),
+                       help="reader plugin for the source (default: probe its signature)")
+
+    def source_point_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--point", help="point of a chain source (default: the newest)")
+        reader_option(p)
 
     def point_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", default="-1",
@@ -229,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backup", help="back a raw disk image up into a chain")
     p.set_defaults(func=cmd_backup)
-    p.add_argument("source", help="raw disk image or block device")
+    p.add_argument("source", help="disk image: raw, VHD, a chain (its newest point), …")
     p.add_argument("chain", help="chain directory (created if missing)")
+    reader_option(p)
     key_option(p)
     p.add_argument("--block-size", type=_positive_int, help="bytes per block (first backup)")
     p.add_argument("--parent", help="parent point of the incremental (default: newest)")
@@ -271,31 +294,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     key_option(p)
 
-    p = command("export", cmd_export, "export a point to a VHD file")
+    p = command("export", cmd_export,
+                "export a chain point (or any readable disk image) to a VHD file",
+                chain="chain directory, or a disk image a reader plugin recognises")
     p.add_argument("out", help="the .vhd file to write")
-    point_option(p)
+    source_point_option(p)
     p.add_argument("--format", choices=["vhd-dynamic", "vhd-fixed"], default="vhd-dynamic")
     key_option(p)
 
-    p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)")
+    p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",
+                chain="chain directory, or a disk image a reader plugin recognises")
     p.add_argument("mountpoint")
-    point_option(p)
+    source_point_option(p)
     key_option(p)
 
     p = command("boot", cmd_boot, "boot a raw or VHD disk in QEMU and wait for a text",
-                chain=False)
+                chain=None)
     p.add_argument("disk")
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0)
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
-                chain=False)
+                chain=None)
     p.add_argument("kind", choices=["investigation", "bootdisk"])
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)
 
-    p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=False)
+    p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=None)
     p.add_argument("--out", default="blockforensics-demo", help="directory for results")
     return parser
 

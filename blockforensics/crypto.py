@@ -3,7 +3,7 @@
 A chain's *master key* is 32 bytes: read from a key file that holds exactly 32
 bytes, or derived with scrypt from a passphrase (any other key-file content;
 salt and cost parameters live in every image header).  HKDF-SHA-256 turns it
-into three independent subkeys:
+into four independent subkeys:
 
 - ``enc``: AES-256-GCM, a fresh random 96-bit nonce per block; the associated
   data binds a ciphertext to its chain (volume id), its block position and its
@@ -11,7 +11,9 @@ into three independent subkeys:
   authenticate;
 - ``mac``: HMAC-SHA-256/128 of each plaintext block, the *content digest* used
   for change detection, so the index leaks no plaintext digest;
-- ``check``: the header's key check value, so a wrong key is refused up front.
+- ``check``: the header's key check value, so a wrong key is refused up front;
+- ``point``: the keyed digest of a whole point (``point_mac``), so a block rolled
+  back to an older version of itself, or a record removed, is refused.
 
 Keys and passphrases live only in memory; nothing here writes or prints them.
 """
@@ -37,6 +39,7 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per derivation
 _AAD = struct.Struct("<16sQI")  # volume id, block position, storage flags
+_POINT = struct.Struct("<16s16sqQI")  # volume id, image id, created_ns, volume size, block size
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ class ChainKeys:
         if len(master) != KEY_SIZE:
             raise ValueError("master key must be 32 bytes")
         self.volume_id = volume_id
-        enc, mac, check = (self._subkey(master, volume_id, label)
-                           for label in (b"enc", b"mac", b"check"))
+        enc, mac, check, point = (self._subkey(master, volume_id, label)
+                                  for label in (b"enc", b"mac", b"check", b"point"))
+        self._point = point
         self._aead = AESGCM(enc)
         self._mac = hmac.new(mac, digestmod=hashlib.sha256)  # keyed state, copied per block
         self.key_check = hmac.new(check, b"blockforensics key check" + volume_id,
@@ -133,6 +137,17 @@ class ChainKeys:
         state = self._mac.copy()
         state.update(block)
         return state.digest()[:16]
+
+    def point_mac(self, image_id: bytes, created_ns: int, volume_size: int, block_size: int,
+                  digests: np.ndarray) -> bytes:
+        """Keyed digest of a whole point: its identity and the content digest of every
+        block in order (absent blocks: the zero block's).  Consolidation copies it with
+        the image header, so it survives without the key; a block rolled back to an
+        older version, or a record removed, changes it."""
+        state = hmac.new(self._point, _POINT.pack(self.volume_id, image_id, created_ns,
+                                                  volume_size, block_size), hashlib.sha256)
+        state.update(np.ascontiguousarray(digests, dtype=np.uint8))
+        return state.digest()
 
     def encrypt(self, position: int, flags: int, plaintext: bytes, nonce: bytes) -> bytes:
         """``nonce || ciphertext || tag`` bound to (chain, position, flags)."""

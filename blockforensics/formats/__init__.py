@@ -24,7 +24,6 @@ ENTRY_POINT_GROUP = "blockforensics.formats"
 _BUILTINS = {
     "blockforensics": "blockforensics.formats.chain:ChainFormat",
     "vhd": "blockforensics.formats.vhd:VhdFormat",
-    "qcow2": "blockforensics.formats.qcow2:Qcow2Format",
     "raw": "blockforensics.formats.raw:RawFormat",
 }
 
@@ -40,10 +39,7 @@ def formats() -> dict[str, type[Format]]:
     """Every known plugin by name, in probing order (built-ins overridable by name)."""
     found: dict[str, type[Format]] = {}
     for name, target in _BUILTINS.items():
-        try:
-            found[name] = _load(target)
-        except ModuleNotFoundError:
-            continue
+        found[name] = _load(target)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found or ep.value != _BUILTINS.get(ep.name):
             found[ep.name] = ep.load()

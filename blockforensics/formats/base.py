@@ -92,6 +92,11 @@ class Disk(ABC):
         """A read-only file object (read/seek/tell) over the disk's bytes."""
         return DiskFile(self)
 
+    def __repr__(self) -> str:
+        where = f" {self.path}" if hasattr(self, "path") else ""
+        return (f"{type(self).__name__}({self.size} B = {self.n_blocks} blocks × "
+                f"{self.block_size} B{where})")
+
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Release files the disk holds open."""
 

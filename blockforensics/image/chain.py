@@ -13,6 +13,7 @@ leftovers of an interrupted command and are removed by :meth:`Chain.cleanup`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
@@ -395,7 +396,43 @@ class Chain:
             self._codec = open_codec(header, self.key, str(self.directory))
         path = self.next_image_path(header.kind)
         self._reserved.add(path.name)  # a second open writer must not pick the same name
-        return ImageWriter(path, header, self.codec)
+        return ImageWriter(path, header, self.codec,
+                           seal=self._seal if self.codec.encrypted else None)
+
+    def _seal(self, header: Header, records: np.ndarray) -> Header:
+        """``header`` with the keyed digest of the point it completes (encrypted chains)."""
+        codec = self.codec
+        assert isinstance(codec, EncryptedCodec)
+        zero = codec.zero_digest()
+        parent = self.point_of(header.parent_id)
+        digests = self.layout(parent).content_digests(zero, header.n_blocks) \
+            if parent is not None else np.tile(zero, (header.n_blocks, 1))
+        digests[records["position"].astype(np.int64)] = digest_rows(records["content_digest"])
+        return header.replace(point_mac=self._point_mac(header, digests))
+
+    def _point_mac(self, header: Header, digests: np.ndarray) -> bytes:
+        keys = self.codec.keys  # type: ignore[attr-defined]
+        return keys.point_mac(header.image_id, header.created_ns, header.volume_size,
+                              header.block_size, digests)
+
+    def point_of(self, image_id: bytes) -> int | None:
+        """The point whose image has ``image_id`` (None for no parent)."""
+        if image_id == NO_PARENT:
+            return None
+        return next(i for i, img in enumerate(self.images) if img.header.image_id == image_id)
+
+    def check_point(self, point: PointRef) -> None:
+        """FormatError unless an encrypted point matches its keyed point digest: catches
+        blocks rolled back to older versions and records removed, which per-block
+        authentication alone cannot see."""
+        p = self.point(point)
+        header = self.images[p].header
+        if not header.encrypted:
+            return
+        digests = self.layout(p).content_digests(self.codec.zero_digest())
+        if not hmac.compare_digest(self._point_mac(header, digests), header.point_mac):
+            raise FormatError(f"{self.images[p].name}: the point's blocks do not match its "
+                              "keyed digest (a block rolled back or removed)")
 
     def append(self, path: Path) -> int:
         """Make a committed image file a point of the chain (manifest switch); its index."""
@@ -419,6 +456,7 @@ class ChainDisk(Disk):
     def __init__(self, chain: Chain, point: int):
         self.chain = chain
         self.point = point
+        chain.check_point(point)
         self.layout = chain.layout(point)
         self.size = self.layout.size
         self.block_size = self.layout.block_size

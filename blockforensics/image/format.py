@@ -84,6 +84,7 @@ class Header:
     salt: bytes = bytes(16)  # scrypt salt
     key_check: bytes = bytes(32)  # HMAC proving the key, see crypto.py
     label: str = ""  # free text, e.g. "quiesced snapshot 2" (UTF-8, <= 64 bytes)
+    point_mac: bytes = bytes(32)  # encrypted chains: keyed digest of the whole point, see crypto
     version: int = FORMAT_VERSION
     magic: bytes = HEADER_MAGIC
 
@@ -93,7 +94,7 @@ class Header:
         ("block_size", "I"), ("volume_size", "Q"), ("created_ns", "q"), ("written_ns", "q"),
         ("image_id", "16s"), ("parent_id", "16s"), ("volume_id", "16s"),
         ("kdf_n", "I"), ("kdf_r", "I"), ("kdf_p", "I"), ("salt", "16s"), ("key_check", "32s"),
-        ("label", "64s"),
+        ("label", "64s"), ("point_mac", "32s"),
     )
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<" + "".join(c for _, c in LAYOUT))
 

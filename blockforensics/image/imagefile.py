@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,9 +115,12 @@ class ImageWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], header: Header,
-                 codec: BlockCodec | None = None):
+                 codec: BlockCodec | None = None,
+                 seal: Callable[[Header, np.ndarray], Header] | None = None):
         """``codec`` encodes plaintext for :meth:`add`; writers that only copy stored
-        payloads verbatim (:meth:`add_encoded`) need none."""
+        payloads verbatim (:meth:`add_encoded`) need none.  ``seal(header, records)``
+        gives the final header once every record is known (the point digest)."""
+        self._seal = seal
         self.path = Path(path)
         self.header = header
         self.codec = codec
@@ -164,6 +168,10 @@ class ImageWriter:
         records = records[np.r_[pos[1:] != pos[:-1], True]] if len(pos) else records
         raw = records.tobytes()
         self._drain()
+        if self._seal is not None:
+            self._fh.flush()
+            self.header = self._seal(self.header, records)
+            os.pwrite(self._fh.fileno(), self.header.pack(), 0)
         self._fh.write(raw)
         self._fh.write(Footer(self._offset, len(records), hashlib.sha256(raw).digest()).pack())
         self._stack.close()

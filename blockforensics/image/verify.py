@@ -19,8 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from blockforensics.crypto import KeySource
-from blockforensics.errors import BlockforensicsError
-from blockforensics.image.chain import NO_PARENT, open_codec, read_manifest
+from blockforensics.errors import BlockforensicsError, FormatError
+from blockforensics.image.chain import NO_PARENT, Chain, open_codec, read_manifest
 from blockforensics.image.codec import BlockCodec
 from blockforensics.image.format import DIGEST_SIZE, FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
 from blockforensics.image.imagefile import ImageFile
@@ -93,6 +93,13 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
             report.blocks += img.blocks
             report.problems += _check_blocks(img, codec, bar)
             img.close()
+    if codec is not None and codec.encrypted and report.ok:
+        with Chain.open(directory, key) as chain:
+            for point, img in enumerate(chain.images):
+                try:
+                    chain.check_point(point)
+                except FormatError as exc:
+                    report.problems.append(Problem(img.name, None, str(exc).split(": ", 1)[-1]))
     return report
 
 
