@@ -96,7 +96,7 @@ def reencrypting_consolidate(directory: Path, key: KeySource, point: int) -> Pat
         header = chain.new_header(parent=None, volume_size=disk.size,
                                   created_ns=chain.images[point].header.created_ns)
         with chain.writer(header) as writer:
-            for start, blocks in iter_chunks(disk, disk.layout.owner >= 0):
+            for start, blocks in iter_chunks(disk):
                 keep = np.flatnonzero(blocks.view(np.uint64).any(axis=1))
                 writer.add(start + keep, blocks[keep])
             return writer.commit()
