@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from blockforensics.errors import ChainError, UsageError
-from blockforensics.fileio import fsync_directory
+from blockforensics.fileio import directory_lock, fsync_directory
 from blockforensics.image.chain import (
     IMAGE_NAME,
     IMAGE_SUFFIX,
@@ -99,6 +99,14 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef, *,
     the segment stay in the chain (listed in ``kept_for_branches``).
     """
     directory = Path(directory)
+    if not directory.is_dir():
+        raise ChainError(f"{directory}: no such chain directory")
+    with directory_lock(directory):  # no backup or cleanup runs meanwhile
+        return _consolidate(directory, point, start, progress)
+
+
+def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
+                 progress: bool) -> ConsolidationResult:
     with Chain.open(directory) as chain:
         path, segment, kept = _segment(chain, point, start)
         p = segment[-1]

@@ -7,6 +7,7 @@ file (or none) or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,46 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_HELD: dict[str, list[int]] = {}  # lock path -> [fd, depth]: re-entrant within a process
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | os.PathLike[str], *, blocking: bool = True,
+                   exclusive_here: bool = False) -> Iterator[bool]:
+    """An exclusive lock on ``directory`` across processes (``flock`` on the directory
+    itself, so no lock file is left behind), re-entrant within this process.
+
+    Yields whether it is held: always when ``blocking``; otherwise False when another
+    process holds it, or — with ``exclusive_here`` — when this process already holds
+    it (one of its writers is running)."""
+    path = os.path.realpath(directory)
+    held = _HELD.get(path)
+    if held is not None:
+        if exclusive_here:
+            yield False
+            return
+        held[1] += 1
+        try:
+            yield True
+        finally:
+            held[1] -= 1
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        _HELD[path] = [fd, 1]
+        try:
+            yield True
+        finally:
+            del _HELD[path]
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, length: int) -> None:

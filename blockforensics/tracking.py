@@ -16,6 +16,7 @@ Units: positions, budgets and counts are in blocks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -130,6 +131,10 @@ class HeadStart:
         header = chain.new_header(parent=self.parent, volume_size=volume.size,
                                   block_size=volume.block_size, created_ns=created_ns,
                                   label=label)
+        #: the chain's writer lock, held from t1 until the image is appended or dropped,
+        #: so no other command takes the pending image for a leftover
+        self._hold = contextlib.ExitStack()
+        self._hold.enter_context(chain.locked())
         self.writer: ImageWriter | None = chain.writer(header)
         self.tracker = ChangeTracker(volume, ordered=True)
         self._rng = np.random.default_rng(seed)
@@ -180,6 +185,7 @@ class HeadStart:
                           "still_tracked": 0})
         self.point = self.chain.append(writer.commit())
         self.writer = None
+        self._hold.close()
         return self.point
 
     def abort(self) -> None:
@@ -188,6 +194,7 @@ class HeadStart:
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+        self._hold.close()
 
     def _pending(self) -> ImageWriter:
         if self.writer is None:

@@ -127,3 +127,42 @@ def test_a_volume_that_shrinks_and_grows_back_restores_zeros_in_the_regrown_part
     assert [restore(chain, p).tobytes() for p in range(3)] == [eight, eight[: 4 * 4096],
                                                               regrown]
     assert restore(chain, point).tobytes() == regrown
+
+
+def test_cleanup_spares_the_files_of_a_writer_in_another_process(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, Volume.from_bytes(b"x" * 10_000))
+    pending = tmp_path / "c" / ".0001-incr.bfi.abc.tmp"  # a backup in progress elsewhere
+    pending.write_bytes(b"half an image")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from blockforensics.fileio import directory_lock\n"
+         f"with directory_lock({str(tmp_path / 'c')!r}):\n"
+         "    print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert chain.cleanup() == [] and pending.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert chain.cleanup() == [pending.name] and not pending.exists()
+
+
+def test_two_writers_on_one_chain_lose_no_point(tmp_path):
+    first = Chain.create(tmp_path / "c")
+    vol = Volume.from_bytes(b"a" * 20_000)
+    backup(first, vol)
+    second = Chain.open(tmp_path / "c")  # opened before the next backup: stale afterwards
+    vol.write(0, b"b")
+    backup(first, vol)
+    vol.write(5000, b"c")
+    point = backup(second, vol, parent=0)
+    reopened = Chain.open(tmp_path / "c")
+    assert len(reopened) == 3 and point == 2
+    assert restore(reopened, 2).tobytes() == vol.tobytes()

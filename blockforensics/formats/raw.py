@@ -37,7 +37,7 @@ class RawDisk(Disk):
         inside = offset + nbytes <= self.size
         out = (np.empty if inside else np.zeros)((count, self.block_size), dtype=np.uint8)
         if count:  # bytes past the end of the file stay zero
-            os.preadv(self._fd, [memoryview(out).cast("B")], offset)
+            os.preadv(self._fd, [memoryview(out.reshape(-1))], offset)
         return out
 
     def present(self) -> BlockMap:

@@ -82,7 +82,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     changed_flags = changed.to_bools() if changed is not None else None
 
     step = _chunk_blocks(bs)
-    with chain.writer(header) as writer, \
+    with chain.locked(), chain.writer(header) as writer, \
             _progress(source.size, "backup", progress) as bar:
         codec = writer.codec
         for start in range(0, n_blocks, step):
@@ -104,7 +104,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
                 writer.add(start + rows, blocks if len(rows) == count else blocks[rows])
             bar.update(min(count * bs, source.size - start * bs))
         path = writer.commit()
-    return chain.append(path)
+        return chain.append(path)
 
 
 def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = None, *,

@@ -13,6 +13,7 @@ leftovers of an interrupted command and are removed by :meth:`Chain.cleanup`.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -28,7 +29,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
 from blockforensics.errors import ChainError, CryptoKeyError, FormatError, UsageError
-from blockforensics.fileio import atomic_writer, copy_range
+from blockforensics.fileio import atomic_writer, copy_range, directory_lock
 from blockforensics.formats.base import Disk
 from blockforensics.image.codec import BlockCodec, EncryptedCodec, PlainCodec
 from blockforensics.image.format import (
@@ -234,9 +235,21 @@ class Chain:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def locked(self) -> contextlib.AbstractContextManager[bool]:
+        """Hold the chain's writer lock: backups and consolidations take it, so a
+        concurrent command never mistakes their files in progress for leftovers."""
+        return directory_lock(self.directory)
+
     def cleanup(self) -> list[str]:
-        """Remove leftovers of interrupted commands (temporary and unlisted image files)."""
-        listed = {img.name for img in self.images}
+        """Remove leftovers of interrupted commands (temporary and unlisted image files);
+        does nothing while any writer, in this process or another, holds the lock."""
+        with directory_lock(self.directory, blocking=False, exclusive_here=True) as held:
+            if not held:
+                return []
+            return self._remove_leftovers()
+
+    def _remove_leftovers(self) -> list[str]:
+        listed = set(read_manifest(self.directory))  # as of now, under the lock
         removed = []
         for path in self.directory.iterdir():
             leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or (
@@ -437,17 +450,31 @@ class Chain:
     def append(self, path: Path) -> int:
         """Make a committed image file a point of the chain (manifest switch); its index."""
         self._reserved.discard(path.name)
-        image = ImageFile(path)
-        try:
-            self.images.append(image)
-            parent = self._link(image)
-        except ChainError:
-            self.images.pop()
-            image.close()
-            raise
-        self._parents.append(parent)
-        write_manifest(self.directory, [img.name for img in self.images])
+        with self.locked():
+            self._refresh()
+            image = ImageFile(path)
+            try:
+                self.images.append(image)
+                parent = self._link(image)
+            except ChainError:
+                self.images.pop()
+                image.close()
+                raise
+            self._parents.append(parent)
+            write_manifest(self.directory, [img.name for img in self.images])
         return len(self.images) - 1
+
+    def _refresh(self) -> None:
+        """Follow the manifest as it is now: another process may have switched it."""
+        names = read_manifest(self.directory)
+        if names == [img.name for img in self.images]:
+            return
+        mine = {img.name: img for img in self.images}
+        self.images = [mine.pop(name, None) or ImageFile(self.directory / name)
+                       for name in names]
+        for stale in mine.values():
+            stale.close()
+        self._parents = [self._link(img) for img in self.images]
 
 
 class ChainDisk(Disk):

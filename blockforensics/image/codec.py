@@ -128,7 +128,7 @@ class PlainCodec(BlockCodec):
         if not self.compress:
             lengths = np.where(zero, 0, self.block_size).astype(np.uint32)
             kept = blocks[~zero] if zero.any() else np.ascontiguousarray(blocks)
-            payload = memoryview(kept).cast("B")
+            payload = memoryview(kept.reshape(-1))
             stored = content.copy()
             stored[zero] = np.frombuffer(hashlib.sha256(b"").digest()[:DIGEST_SIZE], np.uint8)
             return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
@@ -166,7 +166,7 @@ class EncryptedCodec(BlockCodec):
             flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
             lengths = np.full(k, out.shape[1], dtype=np.uint32)
             return EncodedBlocks(_records(positions, flags, lengths, sha256_128_rows(out),
-                                          content), memoryview(out).cast("B"))
+                                          content), memoryview(out.reshape(-1)))
         nonces = os.urandom(NONCE_SIZE * k)
         flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
         pieces: list[bytes] = []

@@ -74,7 +74,7 @@ class ImageFile:
 
     def read_into(self, out: np.ndarray, offset: int) -> None:
         """Fill the contiguous array ``out`` with stored bytes from ``offset`` on."""
-        view = memoryview(out).cast("B")
+        view = memoryview(out.reshape(-1))
         if os.preadv(self._fd, [view], offset) != view.nbytes:
             raise FormatError(f"{self.name}: truncated payload at byte {offset}")
 
@@ -151,7 +151,7 @@ class ImageWriter:
         records["offset"] += np.uint64(self._offset)
         self._drain()
         self._in_flight = self._io.submit(self._fh.write, encoded.payload)
-        self._offset += len(memoryview(encoded.payload).cast("B"))
+        self._offset += memoryview(encoded.payload).nbytes
         self._records.append(records)
 
     @property
@@ -162,11 +162,13 @@ class ImageWriter:
         """Write index and footer, fsync, rename into place; returns the final path."""
         records = np.concatenate(self._records) if self._records \
             else np.zeros(0, INDEX_DTYPE)
-        order = np.argsort(records["position"], kind="stable")
-        records = records[order]
+        self._records.clear()  # 64 bytes a block: keep one copy, not two
         pos = records["position"]
-        records = records[np.r_[pos[1:] != pos[:-1], True]] if len(pos) else records
-        raw = records.tobytes()
+        if np.any(pos[1:] <= pos[:-1]):  # out of order or repeated: sort, keep the last write
+            records = records[np.argsort(pos, kind="stable")]
+            pos = records["position"]
+            records = records[np.r_[pos[1:] != pos[:-1], True]]
+        raw = memoryview(records.view(np.uint8))
         self._drain()
         if self._seal is not None:
             self._fh.flush()
