@@ -35,3 +35,20 @@ def require_module(name: str, package: str):
         if os.environ.get("CI"):
             pytest.fail(f"CI must install it: {reason}")
         pytest.skip(reason)
+
+
+def assert_independent_readers_read(vhd_path, data: bytes) -> None:
+    """libvhdi (pyvhdi) and dissect.hypervisor both read ``data`` from the VHD, exactly."""
+    pyvhdi = require_module("pyvhdi", "libvhdi-python")
+    handle = pyvhdi.file()
+    handle.open(str(vhd_path))
+    try:
+        assert handle.get_media_size() == len(data)
+        assert handle.read_buffer_at_offset(len(data), 0) == data
+    finally:
+        handle.close()
+    vhd = require_module("dissect.hypervisor.disk.vhd", "dissect.hypervisor")
+    with open(vhd_path, "rb") as fh:
+        disk = vhd.VHD(fh)
+        assert disk.size == len(data)
+        assert disk.read(len(data)) == data

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_module, require_tools
+from support import assert_independent_readers_read, require_tools
 
 from blockforensics.datasets.bootdisk import (
     DEFAULT_SIZE,
@@ -229,19 +229,7 @@ def test_export_reads_the_same_in_independent_readers(chains: Chains, export, ca
                                                       kind: str) -> None:
     out = export(case, kind)
     data = chains.restored(case).read_bytes()
-    pyvhdi = require_module("pyvhdi", "libvhdi-python")
-    handle = pyvhdi.file()
-    handle.open(str(out))
-    try:
-        assert handle.get_media_size() == len(data)
-        assert handle.read_buffer_at_offset(len(data), 0) == data
-    finally:
-        handle.close()
-    vhd = require_module("dissect.hypervisor.disk.vhd", "dissect.hypervisor")
-    with out.open("rb") as fh:
-        disk = vhd.VHD(fh)
-        assert disk.size == len(data)
-        assert disk.read(len(data)) == data
+    assert_independent_readers_read(out, data)
 
 
 @pytest.mark.parametrize("marker", POINTS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_module, require_tools
+from support import assert_independent_readers_read, require_tools
 
 from blockforensics.errors import FormatError
 from blockforensics.formats.raw import RawDisk
@@ -80,19 +80,7 @@ def test_independent_readers(source, kind, tmp_path):
     src, _ = source
     data = src.read_bytes()
     out = write_vhd(RawDisk(src), tmp_path / "out.vhd", kind=kind)
-    pyvhdi = require_module("pyvhdi", "libvhdi-python")
-    handle = pyvhdi.file()
-    handle.open(str(out))
-    try:
-        assert handle.get_media_size() == len(data)
-        assert handle.read_buffer_at_offset(len(data), 0) == data
-    finally:
-        handle.close()
-    vhd = require_module("dissect.hypervisor.disk.vhd", "dissect.hypervisor")
-    with out.open("rb") as fh:
-        disk = vhd.VHD(fh)
-        assert disk.size == len(data)
-        assert disk.read(len(data)) == data
+    assert_independent_readers_read(out, data)
 
 
 @pytest.mark.parametrize("kind", KINDS)
