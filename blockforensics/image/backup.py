@@ -23,6 +23,7 @@ from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer
 from blockforensics.formats.base import Disk
 from blockforensics.image.chain import Chain, PointRef
+from blockforensics.image.codec import nonzero_rows
 from blockforensics.volume import Volume, check_block_size
 
 CHUNK_BYTES = 16 << 20
@@ -94,8 +95,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
             if take.any():
                 blocks = read_source(source, start, count, bs)
                 if full:
-                    take &= blocks.view(np.uint64).any(axis=1) if bs % 8 == 0 \
-                        else blocks.any(axis=1)
+                    take &= nonzero_rows(blocks)
                 elif parent_digests is not None:
                     rows = np.flatnonzero(take)
                     digests = codec.content_digests(blocks[rows])
