@@ -158,13 +158,22 @@ class ChainKeys:
         aad = _AAD.pack(self.volume_id, position, flags)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
-    def encrypt_into(self, position: int, flags: int, plaintext: bytes | np.ndarray,
-                     payload: np.ndarray) -> None:
-        """Encrypt into ``payload`` (``nonce || ciphertext || tag``) whose first
-        NONCE_SIZE bytes already hold a fresh random nonce; no intermediate copies."""
-        aad = _AAD.pack(self.volume_id, position, flags)
-        self._aead.encrypt_into(payload[:NONCE_SIZE].tobytes(), plaintext, aad,
-                                payload[NONCE_SIZE:])
+    def encrypt_rows(self, positions: np.ndarray, flags: int, blocks: np.ndarray) -> np.ndarray:
+        """Encrypt equal-sized blocks at once: a ``(k, NONCE_SIZE + block + TAG_SIZE)``
+        array of ``nonce || ciphertext || tag`` rows, written in place (no joins); the
+        nonces and associated data of the whole batch are made up front."""
+        k, size = blocks.shape
+        out = np.empty((k, NONCE_SIZE + size + TAG_SIZE), dtype=np.uint8)
+        nonces = os.urandom(NONCE_SIZE * k)
+        out[:, :NONCE_SIZE] = np.frombuffer(nonces, np.uint8).reshape(k, NONCE_SIZE)
+        aad = np.zeros(k, dtype=[("volume", "S16"), ("position", "<u8"), ("flags", "<u4")])
+        aad["volume"], aad["position"], aad["flags"] = self.volume_id, positions, flags
+        aads = aad.tobytes()
+        encrypt_into, step = self._aead.encrypt_into, _AAD.size
+        for i, (block, sealed) in enumerate(zip(blocks, out[:, NONCE_SIZE:])):
+            encrypt_into(nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE], block,
+                         aads[i * step : (i + 1) * step], sealed)
+        return out
 
     def decrypt(self, position: int, flags: int, payload: bytes) -> bytes:
         """The plaintext, or InvalidTag when the payload was altered, moved or foreign."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from blockforensics.crypto import NONCE_SIZE, TAG_SIZE, ChainKeys
+from blockforensics.crypto import NONCE_SIZE, ChainKeys
 from blockforensics.errors import CryptoKeyError, FormatError
 from blockforensics.image.format import (
     DIGEST_SIZE,
@@ -172,11 +172,7 @@ class EncryptedCodec(BlockCodec):
         k = len(positions)
         content = self.content_digests(blocks)
         if not self.compress:  # every payload has the same size: one array, no joins
-            out = np.empty((k, NONCE_SIZE + self.block_size + TAG_SIZE), dtype=np.uint8)
-            out[:, :NONCE_SIZE] = np.frombuffer(os.urandom(NONCE_SIZE * k), np.uint8).reshape(
-                k, NONCE_SIZE)
-            for i in range(k):
-                self.keys.encrypt_into(int(positions[i]), FLAG_ENCRYPTED, blocks[i], out[i])
+            out = self.keys.encrypt_rows(positions, FLAG_ENCRYPTED, blocks)
             flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
             lengths = np.full(k, out.shape[1], dtype=np.uint32)
             return EncodedBlocks(_records(positions, flags, lengths, sha256_128_rows(out),
