@@ -73,7 +73,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         only = None if args.all_blocks else allocation_map(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
                        changed=changed, only=only, block_size=block_size, label=args.label,
-                       progress=sys.stderr.isatty())
+                       compress=args.compress, progress=sys.stderr.isatty())
     row = chain.table().iloc[point]
     print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
           f"{row['stored_bytes']} bytes")
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-blocks", action="store_true",
                    help="copy every block, not only those the file systems allocate")
     p.add_argument("--label", default="", help="free text stored in the image header")
+    p.add_argument("--compress", action="store_true",
+                   help="zlib-compress blocks where that saves space (before encryption)")
 
     p = command("list", cmd_list, "list the points of a chain")
     p.add_argument("--json", action="store_true")

@@ -51,7 +51,8 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
 def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
            full: bool | None = None, changed: BlockMap | None = None,
            only: BlockMap | None = None, block_size: int | None = None,
-           created_ns: int | None = None, label: str = "", progress: bool = False) -> int:
+           created_ns: int | None = None, label: str = "", compress: bool = False,
+           progress: bool = False) -> int:
     """Back ``source`` up into ``chain``; returns the new point's index.
 
     - The first image of a chain is a full (``block_size`` bytes per block,
@@ -59,6 +60,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
       the newest point) unless ``full=True``.
     - ``changed``: trust this map of changed blocks instead of comparing digests.
     - ``only``: store nothing outside this map (e.g. the allocated blocks).
+    - ``compress``: zlib-compress blocks (before encryption) where that saves space.
     """
     if full is None:
         full = len(chain) == 0
@@ -83,7 +85,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     changed_flags = changed.to_bools() if changed is not None else None
 
     step = _chunk_blocks(bs)
-    with chain.locked(), chain.writer(header) as writer, \
+    with chain.locked(), chain.writer(header, compress=compress) as writer, \
             _progress(source.size, "backup", progress) as bar:
         codec = writer.codec
         for start in range(0, n_blocks, step):

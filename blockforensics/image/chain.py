@@ -403,13 +403,14 @@ class Chain:
             image_id=new_id(), volume_size=volume_size,
             created_ns=now if created_ns is None else created_ns, written_ns=now)
 
-    def writer(self, header: Header) -> ImageWriter:
-        """An ImageWriter for a new image of this chain (commit, then :meth:`append`)."""
+    def writer(self, header: Header, *, compress: bool = False) -> ImageWriter:
+        """An ImageWriter for a new image of this chain (commit, then :meth:`append`);
+        ``compress``: store blocks zlib-compressed where that makes them smaller."""
         if self._codec is None:
             self._codec = open_codec(header, self.key, str(self.directory))
         path = self.next_image_path(header.kind)
         self._reserved.add(path.name)  # a second open writer must not pick the same name
-        return ImageWriter(path, header, self.codec,
+        return ImageWriter(path, header, self.codec.compressing(compress),
                            seal=self._seal if self.codec.encrypted else None)
 
     def _seal(self, header: Header, records: np.ndarray) -> Header:

@@ -9,6 +9,7 @@ writer, consolidation and verify never branch on encryption.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import zlib
@@ -81,6 +82,14 @@ class BlockCodec:
     def __init__(self, block_size: int, compress: bool = False):
         self.block_size = block_size
         self.compress = compress
+
+    def compressing(self, compress: bool = True) -> BlockCodec:
+        """The same codec (same keys), storing zlib-compressed payloads where smaller.
+
+        Compression is a per-image choice: readers follow each record's flags."""
+        other = copy.copy(self)
+        other.compress = compress
+        return other
 
     def content_digests(self, blocks: np.ndarray) -> np.ndarray:
         """``(k, 16)`` digests of plaintext blocks, comparable with index content digests."""
