@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
+from blockforensics import fileio
 from blockforensics.fileio import atomic_writer
 from blockforensics.formats.base import Disk, Format
 
@@ -369,7 +370,8 @@ def _write_at(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
-    os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    if fileio.SYNC:  # only worth it when the final fsync will wait for the disk
+        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
 
 
 def write_vhd(disk: Disk, path: str | os.PathLike[str], *,
