@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from blockforensics import fileio
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
-from blockforensics import fileio
 from blockforensics.fileio import atomic_writer
 from blockforensics.formats.base import Disk, Format
 
