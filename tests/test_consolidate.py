@@ -292,3 +292,35 @@ def test_sigkill_after_random_delays(tmp_path: Path) -> None:
     for directory, _, _ in _crash_runs(tmp_path / "template", tmp_path / "runs", "delay",
                                        delays):
         _check_after_crash(directory, sources, states)
+
+
+# ------------------------------------------------------------------ command line
+def _cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_command_line_consolidates_and_applies_retention(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path / "c", [None, 0, 1, 2, 3, 4])
+    done = _cli("consolidate", tmp_path / "c", "--point", "2")
+    assert done.returncode == 0, done.stderr
+    assert "0000-full.bfi + 0001-incr.bfi + 0002-incr.bfi" in done.stdout
+    assert len(image_ids(tmp_path / "c")) == 4
+    assert_restores(tmp_path / "c", sources)
+    done = _cli("consolidate", tmp_path / "c", "--keep", "2")
+    assert done.returncode == 0, done.stderr
+    assert len(image_ids(tmp_path / "c")) == 2
+    assert_restores(tmp_path / "c", sources)
+    assert _cli("verify", tmp_path / "c").returncode == 0
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], "give --point"),
+    (["--point", "9"], "no point 9"),
+    (["--key-file", "k"], "unrecognized arguments: --key-file"),  # it never takes a key
+])
+def test_command_line_refuses_bad_input(tmp_path: Path, args: list[str], words: str) -> None:
+    build_chain(tmp_path / "c", [None, 0])
+    done = _cli("consolidate", tmp_path / "c", *args)
+    assert done.returncode == 2 and words in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -185,3 +185,20 @@ def test_files_inside_an_mbr_partition_are_named_by_partition(tmp_path):
         backup(chain, disk)
     result = forensics.diff(chain, 0, 1, files=True)
     assert _changes(result) == [("p1:/", "dir", "modified"), ("p1:/note.txt", "file", "created")]
+
+
+def test_sample_command_builds_the_case_the_readme_investigates(tmp_path):
+    require_tools("mkfs.vfat", "mcopy", "fls")
+    require_module("pytsk3", "pytsk3")
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "known changes" in cli("sample", "investigation", tmp_path / "case")
+    timeline = json.loads(cli("timeline", tmp_path / "case" / "chain", "--json"))
+    assert [row["suspected_encryption"] for row in timeline] == [0, 0, 0, 4]
+    assert "suspected encryption: 4 file(s)" in cli("diff", tmp_path / "case" / "chain", "2",
+                                                     "3", "--files")
