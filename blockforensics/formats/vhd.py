@@ -33,10 +33,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from blockforensics import fileio
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
-from blockforensics.fileio import atomic_writer
+from blockforensics.fileio import atomic_writer, start_writeback
 from blockforensics.formats.base import Disk, Format
 
 if TYPE_CHECKING:
@@ -370,8 +369,7 @@ def _write_at(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
-    if fileio.SYNC:  # only worth it when the final fsync will wait for the disk
-        os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
+    start_writeback(fd, offset, len(data))
 
 
 def write_vhd(disk: Disk, path: str | os.PathLike[str], *,

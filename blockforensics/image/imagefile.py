@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from blockforensics.errors import FormatError
-from blockforensics.fileio import atomic_writer
+from blockforensics.fileio import atomic_writer, start_writeback
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
 from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header
 
@@ -132,6 +132,12 @@ class ImageWriter:
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
         self._in_flight: Future[int] | None = None
 
+    def _write(self, payload: bytes | memoryview, offset: int) -> None:
+        """(Background thread) append ``payload``, which lands at byte ``offset``."""
+        self._fh.write(payload)
+        self._fh.flush()
+        start_writeback(self._fh.fileno(), offset, memoryview(payload).nbytes)
+
     def _drain(self) -> None:
         """Wait for the batch being written (and raise its error, if any)."""
         if self._in_flight is not None:
@@ -150,7 +156,7 @@ class ImageWriter:
         records = encoded.records.copy()
         records["offset"] += np.uint64(self._offset)
         self._drain()
-        self._in_flight = self._io.submit(self._fh.write, encoded.payload)
+        self._in_flight = self._io.submit(self._write, encoded.payload, self._offset)
         self._offset += memoryview(encoded.payload).nbytes
         self._records.append(records)
 
