@@ -50,17 +50,15 @@ GOOD_OLD_REV = 0
 GOOD_OLD_INODE_SIZE = 128
 MAX_LOG_BLOCK_SIZE = 6  # 64 KiB
 
-GROUP_DESC_32 = Structure("ExtGroupDesc", 32, [
+_GROUP_DESC_LO = [  # the 32-byte descriptor; 64-bit file systems extend it
     (0x00, "I", "bg_block_bitmap_lo"),
     (0x04, "I", "bg_inode_bitmap_lo"),
     (0x08, "I", "bg_inode_table_lo"),
     (0x12, "H", "bg_flags"),
-])
+]
+GROUP_DESC_32 = Structure("ExtGroupDesc", 32, _GROUP_DESC_LO)
 GROUP_DESC_64 = Structure("ExtGroupDesc64", 64, [
-    (0x00, "I", "bg_block_bitmap_lo"),
-    (0x04, "I", "bg_inode_bitmap_lo"),
-    (0x08, "I", "bg_inode_table_lo"),
-    (0x12, "H", "bg_flags"),
+    *_GROUP_DESC_LO,
     (0x20, "I", "bg_block_bitmap_hi"),
     (0x24, "I", "bg_inode_bitmap_hi"),
     (0x28, "I", "bg_inode_table_hi"),
