@@ -82,6 +82,15 @@ def make_ext(img: Path, size: int, mkfs: str, options: list[str], files: dict[st
     return img
 
 
+def partitioned(img: Path, size: int, table: str) -> Path:
+    """An empty disk image of ``size`` bytes with an MBR partition table made by sfdisk."""
+    with img.open("wb") as fh:
+        fh.truncate(size)
+    subprocess.run(["sfdisk", "-q", str(img)], check=True, text=True,
+                   input="label: dos\n" + table)
+    return img
+
+
 def tsk_allocated(img: Path, n_units: int, expect_unit: str, sector_offset: int = 0,
                   flag: str = "-a") -> np.ndarray:
     """Units ``blkls -l`` lists (``-a`` allocated, ``-A`` unallocated) as bools."""
@@ -258,12 +267,8 @@ def test_groups_flex_bg_and_uninit_are_exercised(work: Path) -> None:
 def mbr_disk(work: Path) -> Path:
     """80 MiB: FAT16 at sector 2048, ext4 at 45056 (bootable), a free tail."""
     require_tools("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4", "debugfs", "blkls")
-    img = work / "mbr.img"
-    with img.open("wb") as fh:
-        fh.truncate(80 * MIB)
-    subprocess.run(["sfdisk", "-q", str(img)], check=True, text=True, input=(
-        "label: dos\nstart=2048, size=40960, type=6\n"
-        "start=45056, size=90112, type=83, bootable\n"))
+    img = partitioned(work / "mbr.img", 80 * MIB, "start=2048, size=40960, type=6\n"
+                      "start=45056, size=90112, type=83, bootable\n")
     fat_at, ext_at = 2048 * SECTOR, 45056 * SECTOR
     run("mkfs.vfat", "-F", "16", "--offset", "2048", str(img), str(40960 * SECTOR // 1024))
     run("mkfs.ext4", "-q", "-F", "-b", "4096", "-E", f"offset={ext_at}", str(img),
@@ -321,12 +326,9 @@ def test_any_volume_block_size_is_a_rescale(mbr_disk: Path, block_size: int) -> 
 
 def test_logical_partitions(work: Path) -> None:
     require_tools("sfdisk", "mkfs.vfat")
-    img = work / "logical.img"
-    with img.open("wb") as fh:
-        fh.truncate(24 * MIB)
-    subprocess.run(["sfdisk", "-q", str(img)], check=True, text=True, input=(
-        "label: dos\nstart=2048, size=8192, type=83\nstart=10240, type=5\n"
-        "start=12288, size=8192, type=6\nstart=22528, type=b\n"))
+    img = partitioned(work / "logical.img", 24 * MIB,
+                      "start=2048, size=8192, type=83\nstart=10240, type=5\n"
+                      "start=12288, size=8192, type=6\nstart=22528, type=b\n")
     run("mkfs.vfat", "-F", "12", "--offset", "12288", str(img), str(8192 * SECTOR // 1024))
     table = partitions(img)
     listed = json.loads(run("sfdisk", "-J", str(img)))["partitiontable"]["partitions"]
