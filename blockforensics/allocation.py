@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
@@ -28,6 +28,9 @@ from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.base import FileSystem, covered
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
+
+if TYPE_CHECKING:
+    import pandas as pd
 from blockforensics.fs.mbr import SECTOR, looks_like_mbr, read_partitions
 
 __all__ = ["FILESYSTEM_KINDS", "allocation_map", "detect", "filesystem_allocation",
@@ -87,6 +90,8 @@ def partitions(disk: DiskLike) -> pd.DataFrame:
     :func:`detect` finds at the partition's start; None for extended ones).
     FormatError when the disk has no MBR partition table.
     """
+    import pandas as pd  # here, not at the top: the command line does not need it
+
     with _opened(disk) as d:
         found = read_partitions(d)
         kinds = [None if p.kind == "extended" else detect(d, p.start_byte) for p in found]

@@ -74,7 +74,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         point = backup(chain, source, parent=args.parent, full=args.full or None,
                        changed=changed, only=only, block_size=block_size, label=args.label,
                        compress=args.compress, progress=sys.stderr.isatty())
-    row = chain.table().iloc[point]
+    row = chain.rows()[point]
     print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
           f"{row['stored_bytes']} bytes")
     return EXIT_OK

@@ -27,9 +27,10 @@ from blockforensics.crypto import KEY_SIZE, ChainKeys, KeySource
 from blockforensics.errors import CryptoKeyError, FormatError
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
-from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, Footer, sha256_128
+from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, Footer
 from blockforensics.image.imagefile import ImageFile
 from blockforensics.image.verify import verify
+from blockforensics.spanhash import sha256_128
 from blockforensics.volume import Volume
 
 PASSPHRASE = b"correct horse battery staple"

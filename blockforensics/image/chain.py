@@ -302,23 +302,24 @@ class Chain:
             current = self._parents[current]
         return chain[::-1]
 
+    def rows(self) -> list[dict[str, object]]:
+        """One dict per point: what ``list`` prints (and ``list --json`` serialises)."""
+        return [{
+            "point": i, "file": img.name, "kind": KIND_NAMES[img.header.kind],
+            "parent": self._parents[i], "blocks": img.blocks,
+            "stored_bytes": img.stored_bytes, "encrypted": img.header.encrypted,
+            "created": img.header.created.isoformat(timespec="milliseconds"),
+            "volume_size": img.header.volume_size, "block_size": img.header.block_size,
+            "label": img.header.label,
+        } for i, img in enumerate(self.images)]
+
     def table(self) -> pd.DataFrame:
-        """One row per point: what ``list`` prints (and ``list --json`` serialises)."""
-        rows = []
-        for i, img in enumerate(self.images):
-            h = img.header
-            rows.append({
-                "point": i, "file": img.name, "kind": KIND_NAMES[h.kind],
-                "parent": self._parents[i], "blocks": img.blocks,
-                "stored_bytes": img.stored_bytes, "encrypted": h.encrypted,
-                "created": h.created.isoformat(timespec="milliseconds"),
-                "volume_size": h.volume_size, "block_size": h.block_size, "label": h.label,
-            })
-        columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "encrypted",
-                   "created", "volume_size", "block_size", "label"]
+        """:meth:`rows` as a DataFrame, one row per point."""
         import pandas as pd  # lazily: the command line starts faster without it
 
-        frame = pd.DataFrame(rows, columns=columns)
+        columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "encrypted",
+                   "created", "volume_size", "block_size", "label"]
+        frame = pd.DataFrame(self.rows(), columns=columns)
         frame["parent"] = frame["parent"].astype("Int64")
         return frame
 

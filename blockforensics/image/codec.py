@@ -10,7 +10,6 @@ writer, consolidation and verify never branch on encryption.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import zlib
 from dataclasses import dataclass
@@ -27,15 +26,7 @@ from blockforensics.image.format import (
     FLAG_ZLIB,
     INDEX_DTYPE,
 )
-
-
-def sha256_128_rows(rows: np.ndarray) -> np.ndarray:
-    """SHA-256/128 of every row of a 2-D uint8 array, as a ``(k, 16)`` uint8 array.
-
-    (Threads were measured here and gave nothing: the hashing is single-core bound.)
-    """
-    out = b"".join(hashlib.sha256(row).digest()[:DIGEST_SIZE] for row in rows)
-    return np.frombuffer(out, dtype=np.uint8).reshape(len(rows), DIGEST_SIZE)
+from blockforensics.spanhash import sha256_128, sha256_128_rows, sha256_128_spans
 
 
 def nonzero_rows(blocks: np.ndarray) -> np.ndarray:
@@ -61,14 +52,20 @@ class EncodedBlocks:
     payload: bytes | memoryview  # the stored bytes of all blocks, back to back
 
 
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    """Byte offsets of back-to-back payloads of these lengths."""
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return starts
+
+
 def _records(positions: np.ndarray, flags: np.ndarray, lengths: np.ndarray,
              stored: np.ndarray, content: np.ndarray) -> np.ndarray:
     rec = np.zeros(len(positions), dtype=INDEX_DTYPE)
     rec["position"] = positions
     rec["flags"] = flags
     rec["length"] = lengths
-    rec["offset"] = np.concatenate(([0], np.cumsum(lengths, dtype=np.uint64)[:-1])) \
-        if len(lengths) else lengths
+    rec["offset"] = _starts(lengths)
     rec["stored_digest"] = stored.view(f"V{DIGEST_SIZE}").ravel()
     rec["content_digest"] = content.view(f"V{DIGEST_SIZE}").ravel()
     return rec
@@ -121,10 +118,9 @@ class BlockCodec:
     def _bundle(self, positions: np.ndarray, flags: np.ndarray, pieces: list[bytes],
                 content: np.ndarray) -> EncodedBlocks:
         lengths = np.fromiter((len(p) for p in pieces), dtype=np.uint32, count=len(pieces))
-        stored = np.frombuffer(b"".join(hashlib.sha256(p).digest()[:DIGEST_SIZE]
-                                        for p in pieces), np.uint8).reshape(-1, DIGEST_SIZE)
-        return EncodedBlocks(_records(positions, flags, lengths, stored, content),
-                             b"".join(pieces))
+        payload = b"".join(pieces)
+        stored = sha256_128_spans(payload, _starts(lengths), lengths)
+        return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
 
     def _inflate(self, flags: int, data: bytes, position: int) -> bytes:
         if flags & FLAG_ZLIB:
@@ -153,7 +149,7 @@ class PlainCodec(BlockCodec):
             kept = blocks[~zero] if zero.any() else np.ascontiguousarray(blocks)
             payload = memoryview(kept.reshape(-1))
             stored = content.copy()
-            stored[zero] = np.frombuffer(hashlib.sha256(b"").digest()[:DIGEST_SIZE], np.uint8)
+            stored[zero] = np.frombuffer(sha256_128(b""), np.uint8)
             return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
         pieces: list[bytes] = []
         for i in range(k):

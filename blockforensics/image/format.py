@@ -59,11 +59,6 @@ def digest_rows(field: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(field).view(np.uint8).reshape(-1, DIGEST_SIZE)
 
 
-def sha256_128(data: bytes | memoryview) -> bytes:
-    """The first 16 bytes of SHA-256: the per-block digest used throughout."""
-    return hashlib.sha256(data).digest()[:DIGEST_SIZE]
-
-
 @dataclass(frozen=True)
 class Header:
     """The image header: who this image is, whom it extends, and how blocks are stored."""

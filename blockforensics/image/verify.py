@@ -9,7 +9,6 @@ names the image and, where it is in block data, the block position.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ from blockforensics.crypto import KeySource
 from blockforensics.errors import BlockforensicsError, FormatError
 from blockforensics.image.chain import NO_PARENT, Chain, open_codec, read_manifest
 from blockforensics.image.codec import BlockCodec
-from blockforensics.image.format import DIGEST_SIZE, FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
+from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
 from blockforensics.image.imagefile import ImageFile
+from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,31 +115,41 @@ def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: tqdm) -> list
         first = int(records["offset"][i])
         j = int(np.searchsorted(ends, first + _READ_BYTES, side="right"))
         j = max(j, i + 1)
+        window = records[i:j]
         buf = memoryview(image.read_range(first, int(ends[j - 1]) - first))
-        for k in range(i, j):
-            rec = records[k]
-            start = int(rec["offset"]) - first
-            payload = buf[start : start + int(rec["length"])]
-            position = int(rec["position"])
-            if image.header.encrypted and not rec["flags"] & FLAG_ENCRYPTED:
-                problems.append(Problem(image.name, position,
-                                        "stored unencrypted in an encrypted chain"))
-                continue
-            if hashlib.sha256(payload).digest()[:DIGEST_SIZE] != stored[k].tobytes():
-                problems.append(Problem(image.name, position,
-                                        "stored bytes do not match their digest"))
-                continue
-            if codec is None or rec["flags"] & FLAG_ZERO:
-                continue
-            try:
-                block = codec.decode(rec, bytes(payload))
-            except BlockforensicsError as exc:
-                problems.append(Problem(image.name, position, str(exc).split(": ", 1)[-1]))
-                continue
-            if codec.content_digests(np.frombuffer(block, np.uint8)[None])[0].tobytes() \
-                    != content[k].tobytes():
-                problems.append(Problem(image.name, position,
-                                        "decoded block does not match its content digest"))
+        starts = window["offset"].astype(np.int64) - first
+        lengths = window["length"].astype(np.int64)
+        intact = (sha256_128_spans(buf, starts, lengths) == stored[i:j]).all(axis=1)
+        unsealed = image.header.encrypted & (window["flags"] & FLAG_ENCRYPTED == 0)
+        problems += [Problem(image.name, int(window["position"][k]),
+                             "stored unencrypted in an encrypted chain" if unsealed[k]
+                             else "stored bytes do not match their digest")
+                     for k in np.flatnonzero(~intact | unsealed).tolist()]
+        if codec is not None:
+            sound = intact & ~unsealed & (window["flags"] & FLAG_ZERO == 0)
+            problems += _check_content(image.name, codec, window, buf, starts,
+                                       content[i:j], sound)
         bar.update(int(ends[j - 1]) - first)
         i = j
+    return problems
+
+
+def _check_content(name: str, codec: BlockCodec, records: np.ndarray, buf: memoryview,
+                   starts: np.ndarray, content: np.ndarray, wanted: np.ndarray) -> list[Problem]:
+    """Decode the ``wanted`` blocks of one read window and compare their content digests."""
+    problems, decoded, rows = [], [], []
+    for k in np.flatnonzero(wanted).tolist():
+        rec = records[k]
+        payload = buf[int(starts[k]) : int(starts[k]) + int(rec["length"])]
+        try:
+            decoded.append(codec.decode(rec, bytes(payload)))
+            rows.append(k)
+        except BlockforensicsError as exc:
+            problems.append(Problem(name, int(rec["position"]), str(exc).split(": ", 1)[-1]))
+    if rows:
+        blocks = np.frombuffer(b"".join(decoded), np.uint8).reshape(len(rows), -1)
+        differ = (codec.content_digests(blocks) != content[rows]).any(axis=1)
+        problems += [Problem(name, int(records["position"][k]),
+                             "decoded block does not match its content digest")
+                     for k in np.asarray(rows)[differ].tolist()]
     return problems

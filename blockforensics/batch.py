@@ -1,0 +1,68 @@
+"""Batch operations on a thread per core: the C parts in ``_native`` release the GIL,
+so a batch cut into contiguous parts of about equal bytes runs on every core.
+
+``native`` is that C extension, or None when it was not built (no compiler or
+libcrypto headers at install time); its callers then use pure-Python equivalents.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import numpy as np
+
+try:
+    from blockforensics import _native as native
+except ImportError:  # built without a C compiler or libcrypto headers
+    native = None
+
+#: below this many bytes per part a thread hand-off costs more than it saves
+MIN_PART_BYTES = 1 << 20
+
+
+def parts(nbytes: np.ndarray) -> list[slice]:
+    """Contiguous slices of items (``nbytes[i]`` bytes each) of about equal byte counts,
+    one per core, none under ``MIN_PART_BYTES`` (so small batches are one part)."""
+    total = int(nbytes.sum()) if len(nbytes) else 0
+    n = min(threads(), total // MIN_PART_BYTES)
+    if n <= 1:
+        return [slice(0, len(nbytes))]
+    cuts = np.searchsorted(np.cumsum(nbytes), total * np.arange(1, n) / n)
+    edges = [0, *cuts.tolist(), len(nbytes)]
+    return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def submit(work: Callable[[slice], object], pieces: list[slice]) -> Callable[[], None]:
+    """Run ``work(piece)`` for every piece; returns a function that waits for all of them.
+
+    One piece runs right here, at once; several run on the worker threads."""
+    if len(pieces) == 1:
+        work(pieces[0])
+        return lambda: None
+    futures = [_pool().submit(work, piece) for piece in pieces]
+
+    def wait() -> None:
+        for future in futures:
+            future.result()
+
+    return wait
+
+
+@cache
+def threads() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads(), thread_name_prefix="blockforensics-batch")
+
+
+if hasattr(os, "register_at_fork"):  # a forked child (e.g. a FUSE daemon) gets no threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)

@@ -1,0 +1,92 @@
+"""The C batch primitives equal their pure-Python equivalents, block for block.
+
+Each property runs twice: with the C extension (``batch.native``) and with it
+switched off, so both paths stay correct and interchangeable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidTag
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blockforensics import batch, spanhash
+from blockforensics.crypto import KEY_SIZE, NONCE_SIZE, TAG_SIZE, ChainKeys
+
+PATHS = pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+
+
+def use(native: bool, patch: pytest.MonkeyPatch) -> None:
+    if native and batch.native is None:
+        pytest.skip("the C extension is not built")
+    if not native:
+        patch.setattr(batch, "native", None)
+
+
+def test_the_c_extension_is_built():
+    if batch.native is not None:
+        return
+    reason = "blockforensics._native was not built (needs a C compiler and libssl-dev)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must build it: {reason}")
+    pytest.skip(reason)
+
+
+@PATHS
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=3000),
+       cuts=st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000)), max_size=20))
+def test_span_digests_equal_hashlib(native, data, cuts):
+    offsets = [min(s, len(data)) for s, _ in cuts]
+    lengths = [min(n, len(data) - s) for s, (_, n) in zip(offsets, cuts)]
+    with pytest.MonkeyPatch.context() as patch:
+        use(native, patch)
+        got = spanhash.sha256_128_spans(data, np.array(offsets), np.array(lengths))
+    assert got.shape == (len(cuts), 16)
+    assert [row.tobytes() for row in got] == \
+        [hashlib.sha256(data[s : s + n]).digest()[:16] for s, n in zip(offsets, lengths)]
+
+
+@PATHS
+def test_row_digests_of_a_batch_split_over_threads_equal_hashlib(native, monkeypatch):
+    """8 MiB of 4 KiB blocks is split over every core; each row still gets its own digest."""
+    use(native, monkeypatch)
+    rows = np.random.default_rng(1).integers(0, 256, (2048, 4096), dtype=np.uint8)
+    rows[7] = 0
+    got = spanhash.sha256_128_rows(rows)
+    assert [r.tobytes() for r in got] == [hashlib.sha256(r).digest()[:16] for r in rows]
+    strided = rows[::2, ::2]  # not contiguous: copied first
+    assert spanhash.sha256_128_rows(strided)[3].tobytes() == \
+        hashlib.sha256(strided[3].tobytes()).digest()[:16]
+    assert spanhash.sha256_128_rows(np.zeros((0, 4096), np.uint8)).shape == (0, 16)
+
+
+def test_a_span_outside_the_data_is_refused():
+    if batch.native is None:
+        pytest.skip("the C extension is not built")
+    with pytest.raises(ValueError, match="outside"):
+        spanhash.sha256_128_spans(b"abc", np.array([2]), np.array([2]))
+
+
+@PATHS
+@pytest.mark.parametrize("rows", [0, 1, 3, 1024], ids=lambda n: f"{n}rows")
+def test_sealed_rows_open_with_cryptography_at_their_position_only(native, rows, monkeypatch):
+    """Every sealed row decrypts (``cryptography``'s AES-GCM) to its block, under its own
+    position and flags, with a fresh nonce; moved to another position it fails."""
+    use(native, monkeypatch)
+    keys = ChainKeys(os.urandom(KEY_SIZE), os.urandom(16))
+    blocks = np.random.default_rng(rows).integers(0, 256, (rows, 4096), dtype=np.uint8)
+    positions = np.arange(rows, dtype=np.uint64) * 7 + 5
+    sealed = keys.encrypt_rows(positions, 4, blocks)
+    assert sealed.shape == (rows, NONCE_SIZE + 4096 + TAG_SIZE)
+    for i in range(rows):
+        assert keys.decrypt(int(positions[i]), 4, sealed[i].tobytes()) == blocks[i].tobytes()
+    assert len({row[:NONCE_SIZE].tobytes() for row in sealed}) == rows
+    if rows:
+        with pytest.raises(InvalidTag):
+            keys.decrypt(int(positions[0]) + 1, 4, sealed[0].tobytes())
