@@ -1,6 +1,6 @@
 """Full backup and restore of a large file against ``cp`` of the same file, in one run.
 
-    python benchmarks/bench_backup.py --size-mib 1024 [--dir /tmp] [--json out.json]
+    python benchmarks/bench_backup.py --size-mib 1024 [--repeat 3] [--dir /tmp] [--json out.json]
 
 Two fair comparisons, each as a speed ratio to cp:
 
@@ -8,9 +8,11 @@ Two fair comparisons, each as a speed ratio to cp:
   against ``cp`` followed by ``sync FILE`` (fsync of the copy);
 - *page cache*: ours with ``BLOCKFORENSICS_FSYNC=0`` against plain ``cp``.
 
-Dirty pages are flushed before every step, and the source is read once first so
-every contender finds it in the page cache.  Peak RSS is each process's own
-(GNU time); the target is under 256 MiB even for a 4 GiB source.
+Dirty pages are flushed before every run, and the source is read once first so
+every contender finds it in the page cache.  Each step runs ``--repeat`` times,
+each time into a new output, and the fastest run counts (the machine is shared).
+Peak RSS is each process's own (GNU time); the target is under 256 MiB even for
+a 4 GiB source.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import cli, measure, random_file, table
+from common import cli, random_file, table, timed
 
 NO_FSYNC = {"BLOCKFORENSICS_FSYNC": "0"}
 
@@ -31,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest counts")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     size = args.size_mib << 20
@@ -39,18 +42,21 @@ def main() -> None:
         source = random_file(work / "source.raw", size)
         subprocess.run(["cat", str(source)], stdout=subprocess.DEVNULL, check=True)
         copy = work / "copy.raw"
-        cp = measure("cp", ["cp", str(source), str(copy)])
-        copy.unlink()
-        cp_sync = measure("cp + sync", ["sh", "-c", f"cp '{source}' '{copy}' && sync '{copy}'"])
+        fresh_copy = lambda: copy.unlink(missing_ok=True)  # noqa: E731
+        cp = timed("cp", ["cp", str(source), str(copy)], args.repeat, fresh_copy)
+        cp_sync = timed("cp + sync", ["sh", "-c", f"cp '{source}' '{copy}' && sync '{copy}'"],
+                        args.repeat, fresh_copy)
         copy.unlink()
         runs = {}
         for mode, env, reference in (("durable", None, cp_sync), ("page cache", NO_FSYNC, cp)):
             chain = work / f"chain-{mode.replace(' ', '-')}"
             out = work / f"restored-{mode.replace(' ', '-')}.raw"
             runs[mode] = [
-                (measure(f"backup, {mode}", cli("backup", source, chain, "--all-blocks"), env),
-                 reference),
-                (measure(f"restore, {mode}", cli("restore", chain, out), env), reference),
+                (timed(f"backup, {mode}", cli("backup", source, chain, "--all-blocks"),
+                       args.repeat, lambda chain=chain: shutil.rmtree(chain, ignore_errors=True),
+                       env), reference),
+                (timed(f"restore, {mode}", cli("restore", chain, out), args.repeat,
+                       lambda out=out: out.unlink(missing_ok=True), env), reference),
             ]
             if out.stat().st_size != size or subprocess.run(["cmp", "-s", source, out]).returncode:
                 raise SystemExit(f"restore ({mode}) differs from the source")

@@ -5,11 +5,14 @@
 The data: ``--size-mib`` MiB of random bytes with a sparse hole in every 16 MiB,
 backed up with ``blockforensics backup --all-blocks``.  Measured:
 
-- ``blockforensics export`` of that point to a dynamic VHD, against
-  ``qemu-img convert -O vpc -o subformat=dynamic`` of the restored raw, and
-  against the same convert followed by ``sync`` of its output: our writer
-  fsyncs its file (``BLOCKFORENSICS_FSYNC`` is cleared here), qemu-img does not.
-  Chain images and the restored raw are in the page cache for every contender.
+- ``blockforensics export`` of that point to a dynamic VHD against
+  ``qemu-img convert -O vpc -o subformat=dynamic`` of the restored raw, like for
+  like: qemu-img's default leaves its output in the page cache, so it is matched
+  with our export under ``BLOCKFORENSICS_FSYNC=0``; our default export fsyncs, so it
+  is matched with the convert followed by ``sync`` of its output, and with
+  ``qemu-img convert -t writeback`` (qemu-img's own flushing mode).  Chain images
+  and the restored raw are in the page cache for every contender; every run
+  writes a new file.
 - reading ``MOUNTPOINT/disk.vhd`` (``blockforensics mount``) in 4 MiB chunks,
   with the chain images in the page cache and dropped from it, against reading
   the exported .vhd file after dropping it from the page cache
@@ -31,10 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from common import Run, cli, measure, random_file
+from common import Run, cli, random_file, timed
 
 MiB = 1 << 20
 HOLE_EVERY = 16 * MiB  # bytes: one hole per this much data
@@ -69,19 +71,6 @@ def drop_cache(*paths: Path) -> None:
 def warm(*paths: Path) -> None:
     for path in paths:
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-
-
-def timed(label: str, argv: list[str], repeat: int, before: Callable[[], None] = os.sync
-          ) -> Run:
-    """The fastest of ``repeat`` runs, each after ``before()``.
-
-    The default ``before`` writes back dirty pages, so no run is billed for an earlier one's.
-    """
-    runs = []
-    for _ in range(repeat):
-        before()
-        runs.append(measure(label, argv))
-    return min(runs, key=lambda run: run.seconds)
 
 
 def identical(raw: Path, vhd: Path) -> bool:
@@ -131,14 +120,21 @@ def main() -> None:
         images = sorted(chain.glob("*.bfi"))
         warm(*images, restored)  # and warm they stay for the exports
 
-        ours_vhd = work / "ours.vhd"
-        ours = timed("blockforensics export", cli("export", chain, ours_vhd), args.repeat)
-        qemu_argv = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic",
-                     str(restored)]
-        qemu = timed("qemu-img convert", [*qemu_argv, str(work / "qemu.vhd")], args.repeat)
+        ours_vhd, qemu_vhd = work / "ours.vhd", work / "qemu.vhd"
+        fresh = {vhd: (lambda vhd=vhd: vhd.unlink(missing_ok=True)) for vhd in (ours_vhd, qemu_vhd)}
+        export = cli("export", chain, ours_vhd)
+        ours = timed("blockforensics export", export, args.repeat, fresh[ours_vhd])
+        ours_cached = timed("blockforensics export, no fsync", export, args.repeat,
+                            fresh[ours_vhd], {"BLOCKFORENSICS_FSYNC": "0"})
+        convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic"]
+        qemu = timed("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], args.repeat,
+                     fresh[qemu_vhd])
         qemu_sync = timed("qemu-img convert + sync",
-                          ["sh", "-c", '"$@" && sync "$0"', str(work / "qemu-sync.vhd"),
-                           *qemu_argv, str(work / "qemu-sync.vhd")], args.repeat)
+                          ["sh", "-c", '"$@" && sync "$0"', str(qemu_vhd), *convert,
+                           str(restored), str(qemu_vhd)], args.repeat, fresh[qemu_vhd])
+        qemu_flush = timed("qemu-img convert -t writeback",
+                           [*convert, "-t", "writeback", str(restored), str(qemu_vhd)],
+                           args.repeat, fresh[qemu_vhd])
         exact = identical(restored, ours_vhd)
 
         mountpoint = work / "mnt"
@@ -150,16 +146,17 @@ def main() -> None:
 
         rows = [{"step": run.label, "seconds": round(run.seconds, 3),
                  "MB/s": round(run.rate(nbytes), 1)}
-                for run, nbytes in ((ours, size), (qemu, size), (qemu_sync, size),
+                for run, nbytes in ((ours, size), (ours_cached, size), (qemu, size),
+                                    (qemu_sync, size), (qemu_flush, size),
                                     (file_read, vhd_size), (fuse_hot, vhd_size),
                                     (fuse_cold, vhd_size))]
         ratios = {f"{a.label} / {b.label}": round(b.seconds / a.seconds, 2)
-                  for a, b in ((ours, qemu), (ours, qemu_sync), (fuse_hot, file_read),
-                               (fuse_cold, file_read))}
+                  for a, b in ((ours_cached, qemu), (ours, qemu_sync), (ours, qemu_flush),
+                               (fuse_hot, file_read), (fuse_cold, file_read))}
         print(f"source: {args.size_mib} MiB random, {holes // MiB} MiB of it holes; "
               f"backed up --all-blocks; export identical to the restored raw: {exact}")
         print(f"exported .vhd: {ours_vhd.stat().st_size} bytes (qemu-img's: "
-              f"{(work / 'qemu.vhd').stat().st_size}); disk.vhd over FUSE: {vhd_size} bytes")
+              f"{qemu_vhd.stat().st_size}); disk.vhd over FUSE: {vhd_size} bytes")
         print(f"{'step':36} {'seconds':>8} {'MB/s':>8}")
         for r in rows:
             print(f"{r['step']:36} {r['seconds']:8.2f} {r['MB/s']:8.1f}")

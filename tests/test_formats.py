@@ -115,3 +115,30 @@ def test_export_and_backup_take_any_source_format(tmp_path):
     cli("backup", tmp_path / "b.vhd", tmp_path / "c2")
     cli("restore", tmp_path / "c2", tmp_path / "out.raw")
     assert (tmp_path / "out.raw").read_bytes() == data
+
+
+@pytest.mark.parametrize("reader", ["raw", "chain"])
+def test_reading_in_place_overwrites_every_byte_of_the_buffer(tmp_path, reader):
+    """``read_blocks_into`` fills a dirty buffer exactly: data where the disk has data,
+    zeros for absent and zero blocks and past the end of an odd-sized disk."""
+    import numpy as np
+
+    size = 37 * 4096 + 1000
+    data = bytearray(np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8).tobytes())
+    data[5 * 4096 : 9 * 4096] = bytes(4 * 4096)  # zero blocks
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(bytes(data))
+    if reader == "raw":
+        disk = RawFormat.open(raw)
+    else:
+        chain = Chain.create(tmp_path / "chain")
+        backup(chain, Volume.open(raw, 4096))
+        disk = chain.disk(0)
+    expected = np.frombuffer(bytes(data) + bytes(38 * 4096 - size), np.uint8).reshape(38, 4096)
+    out = np.full((38, 4096), 0xAA, dtype=np.uint8)
+    disk.read_blocks_into(0, out)
+    assert np.array_equal(out, expected)
+    out[:] = 0xAA
+    disk.read_blocks_into(30, out[:8])
+    assert np.array_equal(out[:8], expected[30:])
+    assert np.array_equal(disk.read_blocks(4, 6), expected[4:10])

@@ -107,6 +107,21 @@ class Disk(ABC):
         self.close()
 
 
+class InPlaceDisk(Disk):
+    """A Disk that reads straight into the caller's array (no temporary, no copy):
+    exports and restores fill their output buffers through :meth:`read_blocks_into`."""
+
+    @abstractmethod
+    def read_blocks_into(self, start: int, out: np.ndarray) -> None:
+        """Fill the C-contiguous ``(count, block_size)`` uint8 array ``out`` with blocks
+        ``start .. start+count-1``; bytes past ``size`` read as zeros."""
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        out = np.empty((count, self.block_size), dtype=np.uint8)
+        self.read_blocks_into(start, out)
+        return out
+
+
 class DiskFile(io.RawIOBase):
     """A seekable, read-only file object over a :class:`Disk`.
 

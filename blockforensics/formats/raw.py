@@ -14,13 +14,13 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
-from blockforensics.formats.base import Disk, Format
+from blockforensics.formats.base import Disk, Format, InPlaceDisk
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
 
 
-class RawDisk(Disk):
+class RawDisk(InPlaceDisk):
     """A raw file (or block device) read with ``os.pread``."""
 
     def __init__(self, path: str | os.PathLike[str], block_size: int = 4096):
@@ -32,13 +32,10 @@ class RawDisk(Disk):
         self.size = os.lseek(self._fd, 0, os.SEEK_END)
         self.block_size = block_size
 
-    def read_blocks(self, start: int, count: int) -> np.ndarray:
-        offset, nbytes = start * self.block_size, count * self.block_size
-        inside = offset + nbytes <= self.size
-        out = (np.empty if inside else np.zeros)((count, self.block_size), dtype=np.uint8)
-        if count:  # bytes past the end of the file stay zero
-            os.preadv(self._fd, [memoryview(out.reshape(-1))], offset)
-        return out
+    def read_blocks_into(self, start: int, out: np.ndarray) -> None:
+        flat = out.reshape(-1)
+        got = os.preadv(self._fd, [memoryview(flat)], start * self.block_size) if len(flat) else 0
+        flat[got:] = 0  # past the end of the file
 
     def present(self) -> BlockMap:
         """Blocks overlapping data extents of the file (holes excluded)."""

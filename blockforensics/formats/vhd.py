@@ -36,7 +36,7 @@ from tqdm import tqdm
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.fileio import atomic_writer, start_writeback
-from blockforensics.formats.base import Disk, Format
+from blockforensics.formats.base import Disk, Format, InPlaceDisk
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -313,8 +313,10 @@ class VhdLayout:
         """Disk bytes from ``offset`` into ``dst``; zeros past the disk's end."""
         disk = self.disk
         n = max(0, min(dst.size, disk.size - offset))
-        if n:
-            bs = disk.block_size
+        bs = disk.block_size
+        if n and offset % bs == 0 and n % bs == 0 and isinstance(disk, InPlaceDisk):
+            disk.read_blocks_into(offset // bs, dst[:n].reshape(-1, bs))  # no copy
+        elif n:
             first, last = offset // bs, (offset + n - 1) // bs
             skip = offset - first * bs
             dst[:n] = disk.read_blocks(first, last - first + 1).reshape(-1)[skip:skip + n]
