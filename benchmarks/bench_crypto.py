@@ -10,7 +10,11 @@ Measures, on a random source of ``--size-mib`` MiB (incompressible, no zero bloc
 - peak resident memory of every phase (VmHWM, reset between phases; it includes
   the pages of the memory-mapped source that the phase touched).
 
-Usage: ``python benchmarks/bench_crypto.py [--size-mib 256] [--json out.json]``.
+Each phase runs ``--repeat`` times, the contenders taking turns, each into a new
+chain or on a fresh copy of its chain; the fastest run counts (the machine is
+shared and its disk noisy).  Image writes fsync, as in production.
+
+Usage: ``python benchmarks/bench_crypto.py [--size-mib 256] [--repeat 3] [--json out.json]``.
 MB/s are 10^6 bytes per second of the volume (backup) or of the new image (consolidation).
 """
 
@@ -102,35 +106,51 @@ def reencrypting_consolidate(directory: Path, key: KeySource, point: int) -> Pat
             return writer.commit()
 
 
-def run(size_mib: int, workdir: Path) -> dict[str, dict[str, float]]:
+def _best(results: dict[str, dict[str, float]], name: str, seconds: float, nbytes: int,
+          rss: float) -> None:
+    """Keep the fastest run of ``name`` (and the highest peak RSS of all its runs)."""
+    row = results.get(name)
+    if row is None or seconds < row["seconds"]:
+        results[name] = {"seconds": seconds, "MB/s": nbytes / seconds / 1e6,
+                         "peak_rss_mib": max(rss, row["peak_rss_mib"] if row else 0.0)}
+    else:
+        row["peak_rss_mib"] = max(rss, row["peak_rss_mib"])
+
+
+def run(size_mib: int, workdir: Path, repeat: int) -> dict[str, dict[str, float]]:
     rng = np.random.default_rng(0)
     size = size_mib << 20
     source = _make_source(workdir / "source.raw", size, rng)
     key = KeySource(raw_key=os.urandom(KEY_SIZE))
+    keys = {"plain": None, "encrypted": key}
     results: dict[str, dict[str, float]] = {}
-    chains = {}
-    for name, chain_key in (("plain", None), ("encrypted", key)):
-        chains[name] = Chain.create(workdir / name, chain_key)
-        _, seconds, rss = _timed(lambda c=chains[name]: backup(c, source))
-        results[f"backup {name}"] = {"seconds": seconds, "MB/s": size / seconds / 1e6,
-                                     "peak_rss_mib": rss}
-    _add_incrementals(list(chains.values()), source, rng)
-    for chain in chains.values():
+    for attempt in range(repeat):  # plain and encrypted take turns, each into a new chain
+        for name, chain_key in keys.items():
+            shutil.rmtree(workdir / name, ignore_errors=True)
+            chain = Chain.create(workdir / name, chain_key)
+            _, seconds, rss = _timed(lambda c=chain: backup(c, source))
+            _best(results, f"backup {name}", seconds, size, rss)
+            if attempt < repeat - 1:
+                chain.close()
+    chains = [Chain.open(workdir / name, chain_key) for name, chain_key in keys.items()]
+    _add_incrementals(chains, source, rng)
+    for chain in chains:
         chain.close()
-    shutil.copytree(workdir / "encrypted", workdir / "reencrypted")
-    cases: dict[str, Callable[[], Path]] = {
-        "consolidate plain": lambda: workdir / "plain" / consolidate(
-            workdir / "plain", INCREMENTALS).image,
-        "consolidate encrypted": lambda: workdir / "encrypted" / consolidate(
-            workdir / "encrypted", INCREMENTALS).image,
-        "consolidate re-encrypting": lambda: reencrypting_consolidate(
-            workdir / "reencrypted", key, INCREMENTALS),
+    scratch = workdir / "scratch"
+    cases: dict[str, tuple[str, Callable[[], Path]]] = {
+        "consolidate plain": ("plain", lambda: scratch / consolidate(
+            scratch, INCREMENTALS).image),
+        "consolidate encrypted": ("encrypted", lambda: scratch / consolidate(
+            scratch, INCREMENTALS).image),
+        "consolidate re-encrypting": ("encrypted", lambda: reencrypting_consolidate(
+            scratch, key, INCREMENTALS)),
     }
-    for name, action in cases.items():
-        image, seconds, rss = _timed(action)
-        written = image.stat().st_size
-        results[name] = {"seconds": seconds, "MB/s": written / seconds / 1e6,
-                         "peak_rss_mib": rss}
+    for _ in range(repeat):  # each case on a fresh copy of its chain, taking turns
+        for name, (chain_name, action) in cases.items():
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copytree(workdir / chain_name, scratch)
+            image, seconds, rss = _timed(action)
+            _best(results, name, seconds, image.stat().st_size, rss)
     results["ratios"] = {
         "backup encrypted/plain": results["backup plain"]["seconds"]
         / results["backup encrypted"]["seconds"],
@@ -146,11 +166,12 @@ def run(size_mib: int, workdir: Path) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256, help="source size (MiB)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per phase; the fastest counts")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        results = run(args.size_mib, Path(tmp))
+        results = run(args.size_mib, Path(tmp), args.repeat)
     print(f"{'phase':28} {'seconds':>8} {'MB/s':>8} {'peak RSS MiB':>13}")
     for name, row in results.items():
         if name != "ratios":

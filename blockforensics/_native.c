@@ -21,6 +21,12 @@
  *     aads      n * a bytes: each row's associated data (a = len(aads) / n)
  *     rows      n * w bytes: the plaintext rows (w = len(rows) / n)
  *     out       writable, n * (12 + w + 16) bytes: nonce || ciphertext || tag per row
+ *
+ *   aes256gcm_open_rows(key, aads, sealed, out, ok) -> None
+ *     sealed    n * (12 + w + 16) bytes: nonce || ciphertext || tag per row
+ *     aads      n * a bytes: each row's associated data
+ *     out       writable, n * w bytes: the plaintext rows (zeros where a row fails)
+ *     ok        writable, n bytes: 1 where the row authenticated, 0 where it did not
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -140,6 +146,62 @@ done:
     return result;
 }
 
+static PyObject *aes256gcm_open_rows(PyObject *self, PyObject *args)
+{
+    Py_buffer key, aads, sealed, out, ok;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &key, &aads, &sealed, &out, &ok))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = ok.len;
+    Py_ssize_t aad_len = n ? aads.len / n : 0, width = n ? out.len / n : 0;
+    if (key.len != KEY_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "the key must be 32 bytes");
+        goto done;
+    }
+    if (aads.len != n * aad_len || out.len != n * width
+        || sealed.len != n * (NONCE_SIZE + width + TAG_SIZE) || width > INT_MAX
+        || aad_len > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError,
+                        "aads, sealed, out and ok must describe the same number of rows");
+        goto done;
+    }
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    const unsigned char *aad = aads.buf, *src = sealed.buf;
+    unsigned char *plain = out.buf, *good = ok.buf;
+    int len;
+    failed = ctx == NULL || !EVP_DecryptInit_ex2(ctx, aes256gcm, key.buf, NULL, NULL);
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        const unsigned char *row = src + i * (NONCE_SIZE + width + TAG_SIZE);
+        unsigned char *dst = plain + i * width;
+        failed = !EVP_DecryptInit_ex2(ctx, NULL, NULL, row, NULL)
+                 || !EVP_DecryptUpdate(ctx, NULL, &len, aad + i * aad_len, (int)aad_len)
+                 || !EVP_DecryptUpdate(ctx, dst, &len, row + NONCE_SIZE, (int)width)
+                 || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE,
+                                        (void *)(row + NONCE_SIZE + width)) <= 0;
+        if (failed)
+            break;
+        good[i] = EVP_DecryptFinal_ex(ctx, dst + len, &len) > 0;
+        if (!good[i])  /* never hand out plaintext that failed authentication */
+            memset(dst, 0, (size_t)width);
+    }
+    EVP_CIPHER_CTX_free(ctx);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto failed to decrypt with AES-256-GCM");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&aads);
+    PyBuffer_Release(&sealed);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&ok);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"sha256_spans", sha256_spans, METH_VARARGS,
      "sha256_spans(data, offsets, lengths, out): the first len(out)/n bytes of the SHA-256 "
@@ -147,12 +209,15 @@ static PyMethodDef methods[] = {
     {"aes256gcm_seal_rows", aes256gcm_seal_rows, METH_VARARGS,
      "aes256gcm_seal_rows(key, nonces, aads, rows, out): nonce || AES-256-GCM ciphertext || "
      "tag of each of n equal-sized rows, with its 12-byte nonce and associated data."},
+    {"aes256gcm_open_rows", aes256gcm_open_rows, METH_VARARGS,
+     "aes256gcm_open_rows(key, aads, sealed, out, ok): the plaintext of each of n sealed rows "
+     "into out, and 1 in ok where its tag verified (else 0 and a zeroed row)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_native",
-    "Per-block SHA-256 and AES-256-GCM over a batch per call, without the GIL.", -1, methods,
+    "Per-block SHA-256 and AES-256-GCM (seal and open) over a batch per call, without the GIL.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

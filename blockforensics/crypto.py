@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -170,9 +171,7 @@ class ChainKeys:
         k, size = blocks.shape
         out = np.empty((k, NONCE_SIZE + size + TAG_SIZE), dtype=np.uint8)
         nonces = np.frombuffer(os.urandom(NONCE_SIZE * k), np.uint8).reshape(k, NONCE_SIZE)
-        aad = np.zeros(k, dtype=[("volume", "S16"), ("position", "<u8"), ("flags", "<u4")])
-        aad["volume"], aad["position"], aad["flags"] = self.volume_id, positions, flags
-        aads = aad.view(np.uint8).reshape(k, _AAD.size)
+        aads = self._aad_rows(positions, flags)
         if batch.native is not None:
             batch.submit(lambda part: batch.native.aes256gcm_seal_rows(
                 self._enc_key, nonces[part], aads[part], blocks[part], out[part]),
@@ -183,6 +182,40 @@ class ChainKeys:
         for nonce, block, associated, sealed in zip(nonces, blocks, aads, out[:, NONCE_SIZE:]):
             encrypt_into(nonce.tobytes(), block, associated.tobytes(), sealed)
         return out
+
+    def decrypt_rows(self, positions: np.ndarray, flags: np.ndarray | int, sealed: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Open equal-sized ``nonce || ciphertext || tag`` rows at once: the ``(k, block)``
+        plaintexts and a bool per row, False where it fails authentication (altered,
+        moved or foreign; its plaintext row is zeros)."""
+        sealed = np.ascontiguousarray(sealed, dtype=np.uint8)
+        k, length = sealed.shape
+        size = length - NONCE_SIZE - TAG_SIZE
+        out = np.zeros((k, size), dtype=np.uint8)
+        ok = np.zeros(k, dtype=bool)
+        aads = self._aad_rows(positions, flags)
+        if batch.native is not None:
+            batch.submit(lambda part: batch.native.aes256gcm_open_rows(
+                self._enc_key, aads[part], sealed[part], out[part], ok.view(np.uint8)[part]),
+                batch.parts(np.full(k, size)))()
+            return out, ok
+        decrypt = self._aead.decrypt
+        for i, (row, associated) in enumerate(zip(sealed, aads)):
+            try:
+                out[i] = np.frombuffer(decrypt(row[:NONCE_SIZE].tobytes(),
+                                               row[NONCE_SIZE:].tobytes(),
+                                               associated.tobytes()), np.uint8)
+                ok[i] = True
+            except InvalidTag:
+                pass
+        return out, ok
+
+    def _aad_rows(self, positions: np.ndarray, flags: np.ndarray | int) -> np.ndarray:
+        """The associated data of every block, ``_AAD``-packed, as a ``(k, 28)`` array."""
+        aad = np.zeros(len(positions),
+                       dtype=[("volume", "S16"), ("position", "<u8"), ("flags", "<u4")])
+        aad["volume"], aad["position"], aad["flags"] = self.volume_id, positions, flags
+        return aad.view(np.uint8).reshape(len(positions), _AAD.size)
 
     def decrypt(self, position: int, flags: int, payload: bytes) -> bytes:
         """The plaintext, or InvalidTag when the payload was altered, moved or foreign."""

@@ -90,3 +90,22 @@ def test_sealed_rows_open_with_cryptography_at_their_position_only(native, rows,
     if rows:
         with pytest.raises(InvalidTag):
             keys.decrypt(int(positions[0]) + 1, 4, sealed[0].tobytes())
+
+
+@PATHS
+def test_opened_rows_equal_the_blocks_and_a_tampered_row_is_refused(native, monkeypatch):
+    """A batch of 4 MiB opens (split over threads) to the sealed blocks; one flipped bit,
+    or a row opened at another position, fails alone and yields no plaintext."""
+    use(native, monkeypatch)
+    keys = ChainKeys(os.urandom(KEY_SIZE), os.urandom(16))
+    blocks = np.random.default_rng(9).integers(0, 256, (1024, 4096), dtype=np.uint8)
+    positions = np.arange(1024, dtype=np.uint64)
+    sealed = keys.encrypt_rows(positions, 4, blocks)
+    sealed[10, NONCE_SIZE + 100] ^= 0x01
+    moved = positions.copy()
+    moved[20] = 99999
+    plain, ok = keys.decrypt_rows(moved, 4, sealed)
+    assert np.flatnonzero(~ok).tolist() == [10, 20]
+    assert not plain[[10, 20]].any()
+    good = np.flatnonzero(ok)
+    assert np.array_equal(plain[good], blocks[good])

@@ -36,6 +36,7 @@ from blockforensics.image.format import (
     CIPHER_AES256GCM,
     CIPHER_NONE,
     DIGEST_SIZE,
+    FLAG_ENCRYPTED,
     FLAG_ZERO,
     KIND_FULL,
     KIND_INCREMENTAL,
@@ -90,15 +91,16 @@ def write_manifest(directory: Path, names: list[str]) -> None:
 DECODE_BATCH = 4096  # blocks decoded per batch when writing a point to a file
 
 
-def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, block_size: int
+def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, step: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of records that sit at consecutive rows *and* consecutive byte offsets:
-    ``(first rows, first offsets, lengths in blocks)`` — each run is one read or copy."""
+    """Runs of records that sit at consecutive rows *and* at byte offsets ``step`` apart
+    (``step``: bytes per record): ``(first rows, first offsets, lengths in records)`` —
+    each run is one read or copy."""
     if len(rows) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     rows, offsets = np.asarray(rows, np.int64), np.asarray(offsets, np.int64)
-    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(offsets) != block_size)) + 1
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(offsets) != step)) + 1
     starts = np.r_[0, breaks]
     return rows[starts], offsets[starts], np.diff(np.r_[starts, len(rows)])
 
@@ -515,13 +517,36 @@ class ChainDisk(InPlaceDisk):
         for row, offset, count in zip(*contiguous_runs(rows[verbatim], records["offset"][verbatim],
                                                        self.block_size)):
             image.read_into(out[row : row + count], int(offset))
-        for i in np.flatnonzero(decode):
+        batch = decode & self._batchable(records)
+        if batch.any():
+            out[rows[batch]] = self._open_batch(image, records[batch])
+        for i in np.flatnonzero(decode & ~batch):
             try:
                 block = self._codec.decode(records[i], image.read_payload(records[i]))
             except FormatError as exc:
                 raise FormatError(f"{image.name}: {exc}") from exc
             out[rows[i]] = np.frombuffer(block, dtype=np.uint8)
         return rows[verbatim | decode]
+
+    def _batchable(self, records: np.ndarray) -> np.ndarray:
+        """Records decoded as one batch: the uncompressed blocks of an encrypted chain."""
+        codec = self._codec
+        if not isinstance(codec, EncryptedCodec):
+            return np.zeros(len(records), dtype=bool)
+        return (records["flags"] == FLAG_ENCRYPTED) & (records["length"] == codec.sealed_length)
+
+    def _open_batch(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
+        """The plaintexts of batchable ``records``: payloads read run by run, opened at once."""
+        codec = self._codec
+        assert isinstance(codec, EncryptedCodec)
+        payloads = np.empty((len(records), codec.sealed_length), dtype=np.uint8)
+        for row, offset, count in zip(*contiguous_runs(np.arange(len(records)),
+                                                       records["offset"], codec.sealed_length)):
+            image.read_into(payloads[row : row + count], int(offset))
+        try:
+            return codec.decode_rows(records, payloads)
+        except FormatError as exc:
+            raise FormatError(f"{image.name}: {exc}") from exc
 
     def _split(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks of records whose payload *is* the block, and of those to decode (the rest

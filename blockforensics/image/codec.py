@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from blockforensics.crypto import NONCE_SIZE, ChainKeys
+from blockforensics.crypto import NONCE_SIZE, TAG_SIZE, ChainKeys
 from blockforensics.errors import CryptoKeyError, FormatError
 from blockforensics.image.format import (
     DIGEST_SIZE,
@@ -199,6 +199,22 @@ class EncryptedCodec(BlockCodec):
         try:
             data = self.keys.decrypt(position, flags, payload)
         except InvalidTag as exc:
-            raise FormatError(f"block {position}: fails authentication "
-                              "(altered, moved or from another chain)") from exc
+            raise FormatError(_unauthentic(position)) from exc
         return self._inflate(flags, data, position)
+
+    @property
+    def sealed_length(self) -> int:
+        """Bytes of an uncompressed block's payload: nonce, ciphertext, tag."""
+        return NONCE_SIZE + self.block_size + TAG_SIZE
+
+    def decode_rows(self, records: np.ndarray, payloads: np.ndarray) -> np.ndarray:
+        """The ``(k, block_size)`` plaintexts of uncompressed encrypted records (flags just
+        ``FLAG_ENCRYPTED``), from their ``(k, sealed_length)`` payloads, opened at once."""
+        plain, ok = self.keys.decrypt_rows(records["position"], records["flags"], payloads)
+        if not ok.all():
+            raise FormatError(_unauthentic(int(records["position"][np.argmin(ok)])))
+        return plain
+
+
+def _unauthentic(position: int) -> str:
+    return f"block {position}: fails authentication (altered, moved or from another chain)"
