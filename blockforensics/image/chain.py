@@ -31,12 +31,16 @@ from blockforensics.crypto import ChainKeys, KdfParams, KeySource
 from blockforensics.errors import ChainError, CryptoKeyError, FormatError, UsageError
 from blockforensics.fileio import atomic_writer, copy_range, directory_lock
 from blockforensics.formats.base import InPlaceDisk
-from blockforensics.image.codec import BlockCodec, EncryptedCodec, PlainCodec
+from blockforensics.image.codec import (
+    UNAUTHENTIC,
+    BlockCodec,
+    EncryptedCodec,
+    PlainCodec,
+)
 from blockforensics.image.format import (
     CIPHER_AES256GCM,
     CIPHER_NONE,
     DIGEST_SIZE,
-    FLAG_ENCRYPTED,
     FLAG_ZERO,
     KIND_FULL,
     KIND_INCREMENTAL,
@@ -517,7 +521,7 @@ class ChainDisk(InPlaceDisk):
         for row, offset, count in zip(*contiguous_runs(rows[verbatim], records["offset"][verbatim],
                                                        self.block_size)):
             image.read_into(out[row : row + count], int(offset))
-        batch = decode & self._batchable(records)
+        batch = decode & self._codec.batchable(records)
         if batch.any():
             out[rows[batch]] = self._open_batch(image, records[batch])
         for i in np.flatnonzero(decode & ~batch):
@@ -528,25 +532,19 @@ class ChainDisk(InPlaceDisk):
             out[rows[i]] = np.frombuffer(block, dtype=np.uint8)
         return rows[verbatim | decode]
 
-    def _batchable(self, records: np.ndarray) -> np.ndarray:
-        """Records decoded as one batch: the uncompressed blocks of an encrypted chain."""
-        codec = self._codec
-        if not isinstance(codec, EncryptedCodec):
-            return np.zeros(len(records), dtype=bool)
-        return (records["flags"] == FLAG_ENCRYPTED) & (records["length"] == codec.sealed_length)
-
     def _open_batch(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
-        """The plaintexts of batchable ``records``: payloads read run by run, opened at once."""
-        codec = self._codec
-        assert isinstance(codec, EncryptedCodec)
-        payloads = np.empty((len(records), codec.sealed_length), dtype=np.uint8)
+        """The plaintexts of batchable ``records``: payloads read run by run, decoded at
+        once; FormatError naming the first block that fails authentication."""
+        length = int(records["length"][0])  # batchable records all have the same length
+        payloads = np.empty((len(records), length), dtype=np.uint8)
         for row, offset, count in zip(*contiguous_runs(np.arange(len(records)),
-                                                       records["offset"], codec.sealed_length)):
+                                                       records["offset"], length)):
             image.read_into(payloads[row : row + count], int(offset))
-        try:
-            return codec.decode_rows(records, payloads)
-        except FormatError as exc:
-            raise FormatError(f"{image.name}: {exc}") from exc
+        plain, ok = self._codec.decode_rows(records, payloads)
+        if not ok.all():
+            position = int(records["position"][np.argmin(ok)])
+            raise FormatError(f"{image.name}: block {position}: {UNAUTHENTIC}")
+        return plain
 
     def _split(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks of records whose payload *is* the block, and of those to decode (the rest

@@ -99,6 +99,18 @@ class BlockCodec:
     def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
         raise NotImplementedError
 
+    def batchable(self, records: np.ndarray) -> np.ndarray:
+        """A bool per record: can :meth:`decode_rows` decode it with others at once?
+        (Plain payloads need no decoding, or are compressed: never.)"""
+        return np.zeros(len(records), dtype=bool)
+
+    def decode_rows(self, records: np.ndarray, payloads: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode batchable ``records`` from their ``(k, length)`` payloads at once: the
+        ``(k, block_size)`` plaintexts and a bool per row, False where it fails
+        authentication (its row then holds zeros)."""
+        raise NotImplementedError
+
     def decode(self, record: np.void, payload: bytes) -> bytes:
         """The plaintext block behind one index record and its payload."""
         flags, position = int(record["flags"]), int(record["position"])
@@ -199,7 +211,7 @@ class EncryptedCodec(BlockCodec):
         try:
             data = self.keys.decrypt(position, flags, payload)
         except InvalidTag as exc:
-            raise FormatError(_unauthentic(position)) from exc
+            raise FormatError(f"block {position}: {UNAUTHENTIC}") from exc
         return self._inflate(flags, data, position)
 
     @property
@@ -207,14 +219,14 @@ class EncryptedCodec(BlockCodec):
         """Bytes of an uncompressed block's payload: nonce, ciphertext, tag."""
         return NONCE_SIZE + self.block_size + TAG_SIZE
 
-    def decode_rows(self, records: np.ndarray, payloads: np.ndarray) -> np.ndarray:
-        """The ``(k, block_size)`` plaintexts of uncompressed encrypted records (flags just
-        ``FLAG_ENCRYPTED``), from their ``(k, sealed_length)`` payloads, opened at once."""
+    def batchable(self, records: np.ndarray) -> np.ndarray:
+        return (records["flags"] == FLAG_ENCRYPTED) & (records["length"] == self.sealed_length)
+
+    def decode_rows(self, records: np.ndarray, payloads: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
         plain, ok = self.keys.decrypt_rows(records["position"], records["flags"], payloads)
-        if not ok.all():
-            raise FormatError(_unauthentic(int(records["position"][np.argmin(ok)])))
-        return plain
+        return plain, ok
 
 
-def _unauthentic(position: int) -> str:
-    return f"block {position}: fails authentication (altered, moved or from another chain)"
+#: what is wrong with a block that fails authentication
+UNAUTHENTIC = "fails authentication (altered, moved or from another chain)"

@@ -19,8 +19,14 @@ from tqdm.auto import tqdm
 
 from blockforensics.crypto import KeySource
 from blockforensics.errors import BlockforensicsError, FormatError
-from blockforensics.image.chain import NO_PARENT, Chain, open_codec, read_manifest
-from blockforensics.image.codec import BlockCodec
+from blockforensics.image.chain import (
+    NO_PARENT,
+    Chain,
+    contiguous_runs,
+    open_codec,
+    read_manifest,
+)
+from blockforensics.image.codec import UNAUTHENTIC, BlockCodec
 from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
 from blockforensics.image.imagefile import ImageFile
 from blockforensics.spanhash import sha256_128_spans
@@ -136,20 +142,34 @@ def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: tqdm) -> list
 
 def _check_content(name: str, codec: BlockCodec, records: np.ndarray, buf: memoryview,
                    starts: np.ndarray, content: np.ndarray, wanted: np.ndarray) -> list[Problem]:
-    """Decode the ``wanted`` blocks of one read window and compare their content digests."""
-    problems, decoded, rows = [], [], []
-    for k in np.flatnonzero(wanted).tolist():
-        rec = records[k]
-        payload = buf[int(starts[k]) : int(starts[k]) + int(rec["length"])]
+    """Decode the ``wanted`` blocks of one read window (batchable ones at once) and
+    compare them with their content digests."""
+    problems = []
+    rows = np.flatnonzero(wanted)
+    blocks = np.zeros((len(rows), codec.block_size), dtype=np.uint8)
+    decoded = np.zeros(len(rows), dtype=bool)
+    batch = codec.batchable(records[rows])
+    if batch.any():
+        picked = rows[batch]
+        length = int(records["length"][picked[0]])
+        window = np.frombuffer(buf, dtype=np.uint8)
+        payloads = np.empty((len(picked), length), dtype=np.uint8)
+        for row, start, count in zip(*contiguous_runs(np.arange(len(picked)), starts[picked],
+                                                      length)):
+            payloads[row : row + count] = window[start : start + count * length].reshape(-1, length)
+        blocks[batch], decoded[batch] = codec.decode_rows(records[picked], payloads)
+        problems += [Problem(name, int(records["position"][k]),
+                             UNAUTHENTIC) for k in picked[~decoded[batch]]]
+    for j in np.flatnonzero(~batch).tolist():
+        rec = records[rows[j]]
+        payload = buf[int(starts[rows[j]]) : int(starts[rows[j]]) + int(rec["length"])]
         try:
-            decoded.append(codec.decode(rec, bytes(payload)))
-            rows.append(k)
+            blocks[j] = np.frombuffer(codec.decode(rec, bytes(payload)), np.uint8)
+            decoded[j] = True
         except BlockforensicsError as exc:
             problems.append(Problem(name, int(rec["position"]), str(exc).split(": ", 1)[-1]))
-    if rows:
-        blocks = np.frombuffer(b"".join(decoded), np.uint8).reshape(len(rows), -1)
-        differ = (codec.content_digests(blocks) != content[rows]).any(axis=1)
-        problems += [Problem(name, int(records["position"][k]),
-                             "decoded block does not match its content digest")
-                     for k in np.asarray(rows)[differ].tolist()]
-    return problems
+    differ = decoded & (codec.content_digests(blocks) != content[rows]).any(axis=1)
+    problems += [Problem(name, int(records["position"][k]),
+                         "decoded block does not match its content digest")
+                 for k in rows[differ].tolist()]
+    return sorted(problems, key=lambda p: p.position or 0)
