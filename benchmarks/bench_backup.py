@@ -9,8 +9,9 @@ Two fair comparisons, each as a speed ratio to cp:
 - *page cache*: ours with ``BLOCKFORENSICS_FSYNC=0`` against plain ``cp``.
 
 Dirty pages are flushed before every run, and the source is read once first so
-every contender finds it in the page cache.  Each step runs ``--repeat`` times,
-each time into a new output, and the fastest run counts (the machine is shared).
+every contender finds it in the page cache.  Every step runs ``--repeat`` times,
+taking turns with the others, each time into a new output; the fastest run
+counts (the machine is shared and its disk noisy).
 Peak RSS is each process's own (GNU time); the target is under 256 MiB even for
 a 4 GiB source.
 """
@@ -24,9 +25,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import cli, random_file, table, timed
+from common import Run, Step, cli, fastest, random_file, table
 
 NO_FSYNC = {"BLOCKFORENSICS_FSYNC": "0"}
+
+
+def _row(run: Run, size: int, reference: Run | None) -> dict[str, object]:
+    """A table row: time, rate and peak RSS, and the speed ratio to the reference (if any)."""
+    return {"step": run.label, "seconds": round(run.seconds, 2), "MB/s": round(run.rate(size)),
+            "peak RSS MiB": round(run.peak_rss_mib),
+            "vs": reference.label if reference else "",
+            "ratio": round(reference.seconds / run.seconds, 2) if reference else ""}
 
 
 def main() -> None:
@@ -42,32 +51,26 @@ def main() -> None:
         source = random_file(work / "source.raw", size)
         subprocess.run(["cat", str(source)], stdout=subprocess.DEVNULL, check=True)
         copy = work / "copy.raw"
-        fresh_copy = lambda: copy.unlink(missing_ok=True)  # noqa: E731
-        cp = timed("cp", ["cp", str(source), str(copy)], args.repeat, fresh_copy)
-        cp_sync = timed("cp + sync", ["sh", "-c", f"cp '{source}' '{copy}' && sync '{copy}'"],
-                        args.repeat, fresh_copy)
-        copy.unlink()
-        runs = {}
-        for mode, env, reference in (("durable", None, cp_sync), ("page cache", NO_FSYNC, cp)):
+        steps = [Step("cp", ["cp", str(source), str(copy)],
+                      lambda: copy.unlink(missing_ok=True)),
+                 Step("cp + sync", ["sh", "-c", f"cp '{source}' '{copy}' && sync '{copy}'"],
+                      lambda: copy.unlink(missing_ok=True))]
+        versus, outputs = {}, {}  # our step -> its reference; mode -> restored file
+        for mode, env, reference in (("durable", None, "cp + sync"),
+                                     ("page cache", NO_FSYNC, "cp")):
             chain = work / f"chain-{mode.replace(' ', '-')}"
-            out = work / f"restored-{mode.replace(' ', '-')}.raw"
-            runs[mode] = [
-                (timed(f"backup, {mode}", cli("backup", source, chain, "--all-blocks"),
-                       args.repeat, lambda chain=chain: shutil.rmtree(chain, ignore_errors=True),
-                       env), reference),
-                (timed(f"restore, {mode}", cli("restore", chain, out), args.repeat,
-                       lambda out=out: out.unlink(missing_ok=True), env), reference),
-            ]
+            out = outputs[mode] = work / f"restored-{mode.replace(' ', '-')}.raw"
+            steps += [Step(f"backup, {mode}", cli("backup", source, chain, "--all-blocks"),
+                           lambda chain=chain: shutil.rmtree(chain, ignore_errors=True), env),
+                      Step(f"restore, {mode}", cli("restore", chain, out),
+                           lambda out=out: out.unlink(missing_ok=True), env)]
+            versus[f"backup, {mode}"] = versus[f"restore, {mode}"] = reference
+        best = fastest(steps, args.repeat)
+        for mode, out in outputs.items():
             if out.stat().st_size != size or subprocess.run(["cmp", "-s", source, out]).returncode:
                 raise SystemExit(f"restore ({mode}) differs from the source")
-            out.unlink()
-        rows = [{"step": r.label, "seconds": round(r.seconds, 2), "MB/s": round(r.rate(size)),
-                 "peak RSS MiB": round(r.peak_rss_mib), "vs": ref.label,
-                 "ratio": round(ref.seconds / r.seconds, 2)}
-                for pairs in runs.values() for r, ref in pairs]
-        rows += [{"step": ref.label, "seconds": round(ref.seconds, 2),
-                  "MB/s": round(ref.rate(size)), "peak RSS MiB": round(ref.peak_rss_mib),
-                  "vs": "", "ratio": ""} for ref in (cp, cp_sync)]
+        rows = [_row(run, size, best[versus[label]] if label in versus else None)
+                for label, run in best.items()]
         print(f"source: {args.size_mib} MiB of random bytes; every restore equals the source")
         print(table(rows))
         if args.json:

@@ -18,7 +18,8 @@ backed up with ``blockforensics backup --all-blocks``.  Measured:
   the exported .vhd file after dropping it from the page cache
   (``posix_fadvise(POSIX_FADV_DONTNEED)``), so that it is read from the disk.
 
-Each step runs ``--repeat`` times and the fastest counts (the machine is shared).
+Each step runs ``--repeat`` times, taking turns with the others of its group, and
+the fastest run counts (the machine is shared and its disk noisy).
 MB/s are 10^6 bytes per second of the volume (export) or of the .vhd file (reads);
 speed ratios are the reference's time over ours (> 1: ours is faster).
 """
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Run, cli, random_file, timed
+from common import Run, Step, cli, fastest, random_file
 
 MiB = 1 << 20
 HOLE_EVERY = 16 * MiB  # bytes: one hole per this much data
@@ -91,9 +92,10 @@ def read_fuse(chain: Path, mountpoint: Path, images: list[Path], repeat: int
                 raise SystemExit(f"mount failed: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.05)
         reader = [sys.executable, "-c", READER, str(disk_vhd)]
-        hot = timed("read FUSE disk.vhd (chain cached)", reader, repeat, lambda: warm(*images))
-        cold = timed("read FUSE disk.vhd (chain dropped)", reader, repeat,
-                     lambda: drop_cache(*images))
+        hot, cold = fastest([
+            Step("read FUSE disk.vhd (chain cached)", reader, lambda: warm(*images)),
+            Step("read FUSE disk.vhd (chain dropped)", reader, lambda: drop_cache(*images)),
+        ], repeat).values()
         size = disk_vhd.stat().st_size
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -123,26 +125,27 @@ def main() -> None:
         ours_vhd, qemu_vhd = work / "ours.vhd", work / "qemu.vhd"
         fresh = {vhd: (lambda vhd=vhd: vhd.unlink(missing_ok=True)) for vhd in (ours_vhd, qemu_vhd)}
         export = cli("export", chain, ours_vhd)
-        ours = timed("blockforensics export", export, args.repeat, fresh[ours_vhd])
-        ours_cached = timed("blockforensics export, no fsync", export, args.repeat,
-                            fresh[ours_vhd], {"BLOCKFORENSICS_FSYNC": "0"})
         convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic"]
-        qemu = timed("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], args.repeat,
-                     fresh[qemu_vhd])
-        qemu_sync = timed("qemu-img convert + sync",
-                          ["sh", "-c", '"$@" && sync "$0"', str(qemu_vhd), *convert,
-                           str(restored), str(qemu_vhd)], args.repeat, fresh[qemu_vhd])
-        qemu_flush = timed("qemu-img convert -t writeback",
-                           [*convert, "-t", "writeback", str(restored), str(qemu_vhd)],
-                           args.repeat, fresh[qemu_vhd])
+        exports = fastest([
+            Step("blockforensics export", export, fresh[ours_vhd]),
+            Step("blockforensics export, no fsync", export, fresh[ours_vhd],
+                 {"BLOCKFORENSICS_FSYNC": "0"}),
+            Step("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], fresh[qemu_vhd]),
+            Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu_vhd),
+                                             *convert, str(restored), str(qemu_vhd)],
+                 fresh[qemu_vhd]),
+            Step("qemu-img convert -t writeback",
+                 [*convert, "-t", "writeback", str(restored), str(qemu_vhd)], fresh[qemu_vhd]),
+        ], args.repeat)
+        ours, ours_cached, qemu, qemu_sync, qemu_flush = exports.values()
         exact = identical(restored, ours_vhd)
 
         mountpoint = work / "mnt"
         mountpoint.mkdir()
         fuse_hot, fuse_cold, vhd_size = read_fuse(chain, mountpoint, images, args.repeat)
-        file_read = timed("read .vhd file (dropped)", [sys.executable, "-c", READER,
-                                                       str(ours_vhd)], args.repeat,
-                          lambda: drop_cache(ours_vhd))
+        (file_read,) = fastest([Step("read .vhd file (dropped)",
+                                     [sys.executable, "-c", READER, str(ours_vhd)],
+                                     lambda: drop_cache(ours_vhd))], args.repeat).values()
 
         rows = [{"step": run.label, "seconds": round(run.seconds, 3),
                  "MB/s": round(run.rate(nbytes), 1)}

@@ -43,17 +43,33 @@ def measure(label: str, argv: list[str], env: dict[str, str] | None = None) -> R
     return Run(label, seconds, int(proc.stderr.strip().splitlines()[-1]) / 1024)
 
 
-def timed(label: str, argv: list[str], repeat: int, before: Callable[[], object] | None = None,
-          env: dict[str, str] | None = None) -> Run:
-    """The fastest of ``repeat`` runs of ``argv``, each after ``before()`` (e.g. removing the
-    previous run's output) and after dirty pages are flushed.  This machine is shared and
-    its disk noisy, so the fastest run is the one least disturbed by others."""
-    runs = []
+@dataclass
+class Step:
+    """One contender: a command, and what to do before each of its runs (e.g. remove
+    the previous run's output)."""
+
+    label: str
+    argv: list[str]
+    before: Callable[[], object] | None = None
+    env: dict[str, str] | None = None
+
+
+def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
+    """The fastest of ``repeat`` runs of every step, by label.
+
+    The steps take turns (round after round, not one step's runs in a row), so a
+    slow spell of this shared machine's noisy disk hits every contender alike;
+    the fastest run is the one least disturbed.  Dirty pages are flushed first.
+    """
+    best: dict[str, Run] = {}
     for _ in range(repeat):
-        if before is not None:
-            before()
-        runs.append(measure(label, argv, env))
-    return min(runs, key=lambda run: run.seconds)
+        for step in steps:
+            if step.before is not None:
+                step.before()
+            run = measure(step.label, step.argv, step.env)
+            if step.label not in best or run.seconds < best[step.label].seconds:
+                best[step.label] = run
+    return best
 
 
 def cli(*args: object) -> list[str]:

@@ -236,10 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
     def reader_option(p: argparse.ArgumentParser) -> None:
-        from blockforensics.formats import formats
-
-        p.add_argument("--reader", choices=list(formats()),
-                       help="reader plugin for the source (default: probe its signature)")
+        # checked when the source is opened: listing the plugins here would scan every
+        # installed distribution's entry points on each start of the command
+        p.add_argument("--reader", metavar="NAME",
+                       help="reader plugin for the source, e.g. raw, vhd, blockforensics "
+                            "(default: probe its signature)")
 
     def source_point_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", help="point of a chain source (default: the newest)")
