@@ -67,6 +67,7 @@ def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
             if step.before is not None:
                 step.before()
             run = measure(step.label, step.argv, step.env)
+            print(f"  {run.label}: {run.seconds:.2f} s", file=sys.stderr, flush=True)
             if step.label not in best or run.seconds < best[step.label].seconds:
                 best[step.label] = run
     return best

@@ -36,20 +36,13 @@ def parts(nbytes: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def submit(work: Callable[[slice], object], pieces: list[slice]) -> Callable[[], None]:
-    """Run ``work(piece)`` for every piece; returns a function that waits for all of them.
-
-    One piece runs right here, at once; several run on the worker threads."""
+def run(work: Callable[[slice], object], pieces: list[slice]) -> None:
+    """``work(piece)`` for every piece: one right here, several on the worker threads."""
     if len(pieces) == 1:
         work(pieces[0])
-        return lambda: None
-    futures = [_pool().submit(work, piece) for piece in pieces]
-
-    def wait() -> None:
-        for future in futures:
-            future.result()
-
-    return wait
+        return
+    for future in [_pool().submit(work, piece) for piece in pieces]:
+        future.result()
 
 
 @cache

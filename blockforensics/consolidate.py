@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from blockforensics.errors import ChainError, UsageError
 from blockforensics.fileio import directory_lock, fsync_directory
@@ -40,6 +39,7 @@ from blockforensics.image.chain import (
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.progress import progress_bar
 
 _READ_BYTES = 16 << 20  # most stored bytes read with one call (bytes)
 _GAP_BYTES = 64 << 10  # unwanted bytes read through rather than starting a new read (bytes)
@@ -127,8 +127,7 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
             parts.append(records)
         total = sum(int(r["length"].sum()) for r in parts)
         with ImageWriter(out, header) as writer, \
-                tqdm(total=total, desc="consolidate", unit="B", unit_scale=True,
-                     unit_divisor=1024, disable=not progress, leave=False) as bar:
+                progress_bar(total, "consolidate", progress) as bar:
             for depth, records in zip(depths, parts):
                 for encoded in _payload_runs(layout.images[depth], records):
                     writer.add_encoded(encoded)

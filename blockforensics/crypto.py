@@ -173,9 +173,9 @@ class ChainKeys:
         nonces = np.frombuffer(os.urandom(NONCE_SIZE * k), np.uint8).reshape(k, NONCE_SIZE)
         aads = self._aad_rows(positions, flags)
         if batch.native is not None:
-            batch.submit(lambda part: batch.native.aes256gcm_seal_rows(
+            batch.run(lambda part: batch.native.aes256gcm_seal_rows(
                 self._enc_key, nonces[part], aads[part], blocks[part], out[part]),
-                batch.parts(np.full(k, size)))()
+                batch.parts(np.full(k, size)))
             return out
         out[:, :NONCE_SIZE] = nonces
         encrypt_into = self._aead.encrypt_into
@@ -195,9 +195,9 @@ class ChainKeys:
         ok = np.zeros(k, dtype=bool)
         aads = self._aad_rows(positions, flags)
         if batch.native is not None:
-            batch.submit(lambda part: batch.native.aes256gcm_open_rows(
+            batch.run(lambda part: batch.native.aes256gcm_open_rows(
                 self._enc_key, aads[part], sealed[part], out[part], ok.view(np.uint8)[part]),
-                batch.parts(np.full(k, size)))()
+                batch.parts(np.full(k, size)))
             return out, ok
         decrypt = self._aead.decrypt
         for i, (row, associated) in enumerate(zip(sealed, aads)):

@@ -10,7 +10,6 @@ without it the same digests come from hashlib, one Python call per block (about
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 
@@ -25,28 +24,15 @@ def sha256_128(data: bytes | memoryview) -> bytes:
 
 def sha256_128_rows(rows: np.ndarray) -> np.ndarray:
     """SHA-256/128 of every row of a 2-D uint8 array, as a ``(k, 16)`` uint8 array."""
-    return submit_rows(rows)()
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    k, width = rows.shape
+    return sha256_128_spans(rows.reshape(-1), np.arange(k, dtype=np.int64) * width,
+                            np.full(k, width, dtype=np.int64))
 
 
 def sha256_128_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
                      lengths: np.ndarray) -> np.ndarray:
     """SHA-256/128 of the spans ``data[offset : offset + length]`` (bytes), as ``(k, 16)``."""
-    return submit_spans(data, offsets, lengths)()
-
-
-def submit_rows(rows: np.ndarray) -> Callable[[], np.ndarray]:
-    """Start hashing every row of ``rows``; call the result to wait for the ``(k, 16)``
-    digests.  ``rows`` must not change until then."""
-    rows = np.ascontiguousarray(rows, dtype=np.uint8)
-    k, width = rows.shape
-    return submit_spans(rows.reshape(-1), np.arange(k, dtype=np.int64) * width,
-                        np.full(k, width, dtype=np.int64))
-
-
-def submit_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
-                 lengths: np.ndarray) -> Callable[[], np.ndarray]:
-    """Start hashing the spans of ``data`` (on the worker threads when the batch is big
-    enough); call the result to wait for the ``(k, 16)`` digests."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     out = np.empty((len(offsets), DIGEST_SIZE), dtype=np.uint8)
@@ -55,7 +41,7 @@ def submit_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
         out.reshape(-1)[:] = np.frombuffer(b"".join(
             sha256_128(view[s : s + n]) for s, n in zip(offsets.tolist(), lengths.tolist())),
             np.uint8)
-        return lambda: out
-    wait = batch.submit(lambda part: batch.native.sha256_spans(
-        data, offsets[part], lengths[part], out[part]), batch.parts(lengths))
-    return lambda: (wait(), out)[1]
+    else:
+        batch.run(lambda part: batch.native.sha256_spans(
+            data, offsets[part], lengths[part], out[part]), batch.parts(lengths))
+    return out

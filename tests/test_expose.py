@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from support import require_tools
 
-from blockforensics.expose import exposed
+from blockforensics.expose import VhdFileSystem, exposed
 from blockforensics.formats.raw import RawDisk
-from blockforensics.formats.vhd import write_vhd
+from blockforensics.formats.vhd import VhdLayout, write_vhd
 
 MiB = 1024 * 1024
 PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
@@ -65,6 +65,20 @@ def test_exposed_file_is_the_export(source, mountpoint, tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert filecmp.cmp(vhd, export, shallow=False)
     assert not mounted(mountpoint)
+
+
+def test_reads_ahead_for_sequential_readers_and_serves_any_read_exactly(source, tmp_path):
+    """Whatever the order of reads (sequential, overlapping, backwards, past the end),
+    the file system returns exactly the exported file's bytes."""
+    disk = RawDisk(source)
+    export = write_vhd(disk, tmp_path / "export.vhd", **PINNED).read_bytes()
+    fs = VhdFileSystem(VhdLayout(disk, **PINNED))
+    piece = 128 * 1024
+    sequential = [(offset, piece) for offset in range(0, len(export) + piece, piece)]
+    scattered = [(5 * MiB + 3, 1000), (100, 4 * MiB + 17), (0, 512), (len(export) - 10, 100),
+                 (7 * MiB, piece), (7 * MiB + piece, piece), (7 * MiB - 512, 2048)]
+    for offset, size in sequential + scattered:
+        assert fs.read("/disk.vhd", size, offset, 0) == export[offset : offset + size]
 
 
 def test_exposed_file_is_read_only(source, mountpoint):

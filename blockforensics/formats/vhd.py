@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
-import sys
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.fileio import atomic_writer, start_writeback
 from blockforensics.formats.base import Disk, Format, InPlaceDisk
+from blockforensics.progress import progress_bar
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -391,8 +390,7 @@ def write_vhd(disk: Disk, path: str | os.PathLike[str], *,
               for pos in range(start, start + length, CHUNK)]
     buffers = [memoryview(bytearray(CHUNK)) for _ in range(2)]
     with atomic_writer(path) as fh, ThreadPoolExecutor(1) as writer, \
-            tqdm(total=int(lengths.sum()), unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=path.name, file=sys.stderr, disable=not progress) as bar:
+            progress_bar(int(lengths.sum()), path.name, progress) as bar:
         fd = fh.fileno()  # written with pwrite: the file object only frames the atomic write
         os.ftruncate(fd, layout.file_size)
         pending: Future[None] | None = None

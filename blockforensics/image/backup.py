@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
@@ -24,6 +23,7 @@ from blockforensics.fileio import atomic_writer
 from blockforensics.formats.base import Disk
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.image.codec import nonzero_rows
+from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size
 
 CHUNK_BYTES = 16 << 20
@@ -41,11 +41,6 @@ def read_source(source: Disk, start: int, count: int, block_size: int) -> np.nda
     data = source.read(start * block_size, count * block_size)
     out.reshape(-1)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     return out
-
-
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled, leave=False)
 
 
 def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
@@ -86,7 +81,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
 
     step = _chunk_blocks(bs)
     with chain.locked(), chain.writer(header, compress=compress) as writer, \
-            _progress(source.size, "backup", progress) as bar:
+            progress_bar(source.size, "backup", progress) as bar:
         codec = writer.codec
         for start in range(0, n_blocks, step):
             count = min(step, n_blocks - start)
@@ -121,7 +116,7 @@ def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = 
     out = Path(out)
     if out.is_dir():
         raise UsageError(f"{out}: is a directory")
-    with atomic_writer(out) as fh, _progress(disk.size, "restore", progress) as bar:
+    with atomic_writer(out) as fh, progress_bar(disk.size, "restore", progress) as bar:
         disk.write_to(fh.fileno(), bar.update)
     return out
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from blockforensics.crypto import KeySource
 from blockforensics.errors import BlockforensicsError, FormatError
@@ -29,6 +28,7 @@ from blockforensics.image.chain import (
 from blockforensics.image.codec import UNAUTHENTIC, BlockCodec
 from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
 from blockforensics.image.imagefile import ImageFile
+from blockforensics.progress import Progress, progress_bar
 from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
             report.problems.append(Problem(img.name, None, "parent image missing or damaged"))
     codec = open_codec(images[0].header, key, str(directory)) if key and images else None
     total = sum(int(img.index["length"].sum()) for img in images)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress,
-              leave=False) as bar:
+    with progress_bar(total, "verify", progress) as bar:
         for img in images:
             report.blocks += img.blocks
             report.problems += _check_blocks(img, codec, bar)
@@ -109,7 +108,7 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
     return report
 
 
-def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: tqdm) -> list[Problem]:
+def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: Progress) -> list[Problem]:
     """Stored digests (and, given a codec, authenticity and content) of every block."""
     problems = []
     records = image.index[np.argsort(image.index["offset"], kind="stable")]
