@@ -224,8 +224,7 @@ class EncryptedCodec(BlockCodec):
 
     def decode_rows(self, records: np.ndarray, payloads: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
-        plain, ok = self.keys.decrypt_rows(records["position"], records["flags"], payloads)
-        return plain, ok
+        return self.keys.decrypt_rows(records["position"], records["flags"], payloads)
 
 
 #: what is wrong with a block that fails authentication
