@@ -18,14 +18,13 @@ a 4 GiB source.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from common import Run, Step, cli, fastest, random_file, table
+from common import Run, Step, cli, fastest, options, random_file, table
 
 NO_FSYNC = {"BLOCKFORENSICS_FSYNC": "0"}
 
@@ -39,12 +38,7 @@ def _row(run: Run, size: int, reference: Run | None) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--dir", default=tempfile.gettempdir())
-    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest counts")
-    parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args()
+    args = options(__doc__, 1024)
     size = args.size_mib << 20
     work = Path(tempfile.mkdtemp(prefix="bf-bench-", dir=args.dir))
     try:

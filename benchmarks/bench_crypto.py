@@ -20,7 +20,6 @@ MB/s are 10^6 bytes per second of the volume (backup) or of the new image (conso
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from common import options
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.consolidate import consolidate
@@ -164,13 +164,8 @@ def run(size_mib: int, workdir: Path, repeat: int) -> dict[str, dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=256, help="source size (MiB)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per phase; the fastest counts")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    args = options(__doc__, 256)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         results = run(args.size_mib, Path(tmp), args.repeat)
     print(f"{'phase':28} {'seconds':>8} {'MB/s':>8} {'peak RSS MiB':>13}")
     for name, row in results.items():

@@ -26,7 +26,6 @@ speed ratios are the reference's time over ours (> 1: ours is faster).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Run, Step, cli, fastest, random_file
+from common import Run, Step, cli, fastest, options, random_file
 
 MiB = 1 << 20
 HOLE_EVERY = 16 * MiB  # bytes: one hole per this much data
@@ -104,12 +103,7 @@ def read_fuse(chain: Path, mountpoint: Path, images: list[Path], repeat: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=512)
-    parser.add_argument("--dir", default=tempfile.gettempdir())
-    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest counts")
-    parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args()
+    args = options(__doc__, 512)
     os.environ.pop("BLOCKFORENSICS_FSYNC", None)  # our writer fsyncs, as in production
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="bf-bench-vhd-", dir=args.dir))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +73,17 @@ def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
             if step.label not in best or run.seconds < best[step.label].seconds:
                 best[step.label] = run
     return best
+
+
+def options(doc: str, size_mib: int) -> argparse.Namespace:
+    """The options every benchmark takes: source size, scratch directory, rounds, JSON."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=size_mib, help="source size (MiB)")
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="scratch directory (default: the temp dir)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest counts")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser.parse_args()
 
 
 def cli(*args: object) -> list[str]:
