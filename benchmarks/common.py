@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,11 +19,13 @@ import numpy as np
 
 @dataclass
 class Run:
-    """One measured command: wall seconds and peak resident memory (MiB) of the process."""
+    """One measured command: wall seconds and peak resident memory (MiB) of the process;
+    for the best of several runs, also the median of their seconds."""
 
     label: str
     seconds: float
     peak_rss_mib: float
+    median_seconds: float = 0.0
 
     def rate(self, nbytes: int) -> float:
         """Throughput in MB/s (10^6 bytes per second)."""
@@ -57,28 +61,34 @@ class Step:
 
 
 def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
-    """The fastest of ``repeat`` runs of every step, by label.
+    """The fastest of ``repeat`` runs of every step, by label, with their median.
 
     The steps take turns (round after round, not one step's runs in a row), so a
     slow spell of this shared machine's noisy disk hits every contender alike;
     the fastest run is the one least disturbed.  Dirty pages are flushed first.
     """
-    best: dict[str, Run] = {}
+    runs: dict[str, list[Run]] = {step.label: [] for step in steps}
     for _ in range(repeat):
         for step in steps:
             if step.before is not None:
                 step.before()
             run = measure(step.label, step.argv, step.env)
             print(f"  {run.label}: {run.seconds:.2f} s", file=sys.stderr, flush=True)
-            if step.label not in best or run.seconds < best[step.label].seconds:
-                best[step.label] = run
-    return best
+            runs[step.label].append(run)
+    return {label: dataclasses.replace(min(done, key=lambda run: run.seconds),
+                                       median_seconds=statistics.median(r.seconds for r in done))
+            for label, done in runs.items()}
 
 
-def options(doc: str, size_mib: int) -> argparse.Namespace:
-    """The options every benchmark takes: source size, scratch directory, rounds, JSON."""
+def options(doc: str, size_mib: int | list[int]) -> argparse.Namespace:
+    """The options every benchmark takes: source size (several, for a benchmark whose
+    default is a list), scratch directory, rounds, JSON."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=size_mib, help="source size (MiB)")
+    if isinstance(size_mib, list):
+        parser.add_argument("--size-mib", type=int, nargs="+", default=size_mib,
+                            help="source sizes (MiB), each measured in turn")
+    else:
+        parser.add_argument("--size-mib", type=int, default=size_mib, help="source size (MiB)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                         help="scratch directory (default: the temp dir)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest counts")

@@ -44,10 +44,10 @@ def _open_source(path: str, *, point: str | None = None, key=None, reader: str |
     """Any disk image a reader plugin recognises (a chain directory, a VHD, a raw file …)
     as a Disk, probed by signature unless ``reader`` names the plugin."""
     from blockforensics.formats import open_disk
-    from blockforensics.image.chain import Chain, is_chain
+    from blockforensics.image.chain import is_chain, remove_leftovers
 
     if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
-        Chain.open(path).cleanup()
+        remove_leftovers(path)
     return open_disk(path, point=point, key=key, format=reader)
 
 

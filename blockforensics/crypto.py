@@ -30,11 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from blockforensics import batch
 from blockforensics.errors import CryptoKeyError, UsageError
@@ -101,9 +96,16 @@ class KdfParams:
 
 
 class ChainKeys:
-    """The subkeys of one chain (one volume id) and the per-block operations."""
+    """The subkeys of one chain (one volume id) and the per-block operations.
+
+    ``cryptography`` is imported here, on first use, so that commands on plaintext
+    chains do not pay for loading it.
+    """
 
     def __init__(self, master: bytes, volume_id: bytes):
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         if len(master) != KEY_SIZE:
             raise ValueError("master key must be 32 bytes")
         self.volume_id = volume_id
@@ -118,6 +120,9 @@ class ChainKeys:
 
     @staticmethod
     def _subkey(master: bytes, volume_id: bytes, label: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         return HKDF(hashes.SHA256(), KEY_SIZE, salt=volume_id,
                     info=b"blockforensics " + label).derive(master)
 
@@ -199,15 +204,10 @@ class ChainKeys:
                 self._enc_key, aads[part], sealed[part], out[part], ok.view(np.uint8)[part]),
                 batch.parts(np.full(k, size)))
             return out, ok
-        decrypt = self._aead.decrypt
         for i, (row, associated) in enumerate(zip(sealed, aads)):
-            try:
-                out[i] = np.frombuffer(decrypt(row[:NONCE_SIZE].tobytes(),
-                                               row[NONCE_SIZE:].tobytes(),
-                                               associated.tobytes()), np.uint8)
-                ok[i] = True
-            except InvalidTag:
-                pass
+            plain = self._open(row.tobytes(), associated.tobytes())
+            if plain is not None:
+                out[i], ok[i] = np.frombuffer(plain, np.uint8), True
         return out, ok
 
     def _aad_rows(self, positions: np.ndarray, flags: np.ndarray | int) -> np.ndarray:
@@ -217,7 +217,14 @@ class ChainKeys:
         aad["volume"], aad["position"], aad["flags"] = self.volume_id, positions, flags
         return aad.view(np.uint8).reshape(len(positions), _AAD.size)
 
-    def decrypt(self, position: int, flags: int, payload: bytes) -> bytes:
-        """The plaintext, or InvalidTag when the payload was altered, moved or foreign."""
-        aad = _AAD.pack(self.volume_id, position, flags)
-        return self._aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)
+    def decrypt(self, position: int, flags: int, payload: bytes) -> bytes | None:
+        """The plaintext, or None when the payload was altered, moved or foreign."""
+        return self._open(payload, _AAD.pack(self.volume_id, position, flags))
+
+    def _open(self, payload: bytes, aad: bytes) -> bytes | None:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:], aad)
+        except InvalidTag:
+            return None

@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +30,18 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     so the final fsync has little left to wait for: disk writes overlap the work."""
     if SYNC:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def writeback_progress(fd: int, progress: Callable[[int], object]
+                       ) -> Callable[[int, int], None]:
+    """The ``written(offset, nbytes)`` callback of ``Disk.write_to`` for a file that must
+    reach the disk: start each written range's writeback, advance ``progress``."""
+
+    def written(offset: int, nbytes: int) -> None:
+        start_writeback(fd, offset, nbytes)
+        progress(nbytes)
+
+    return written
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
@@ -81,20 +93,6 @@ def directory_lock(directory: str | os.PathLike[str], *, blocking: bool = True,
             del _HELD[path]
     finally:
         os.close(fd)  # closing the descriptor releases the flock
-
-
-def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, length: int) -> None:
-    """Copy ``length`` bytes between files inside the kernel (``copy_file_range``, as ``cp``
-    does), falling back to read/write where the file systems do not support it."""
-    while length > 0:
-        try:
-            done = os.copy_file_range(src_fd, dst_fd, length, src_offset, dst_offset)
-        except OSError:
-            done = os.pwrite(dst_fd, os.pread(src_fd, min(length, 16 << 20), src_offset),
-                             dst_offset)
-        if done <= 0:
-            raise OSError(f"short copy: {length} bytes left at offset {src_offset}")
-        src_offset, dst_offset, length = src_offset + done, dst_offset + done, length - done
 
 
 @contextlib.contextmanager

@@ -118,7 +118,8 @@ def test_sample_disk_boots_and_is_not_modified(boot_disk: Path) -> None:
     assert result.seconds_to_marker is not None
     assert result.seconds_to_marker <= result.seconds_total
     assert "SYSLINUX" in result.console
-    assert f"{MARKER_PREFIX} sample" in result.tail(5)
+    # stopped soon after the marker: at most the guest's few power-off lines follow it
+    assert f"{MARKER_PREFIX} sample" in result.tail(20)
     assert "ok=True" in repr(result)
     assert sha256(boot_disk) == before
 

@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import pytest
-from cryptography.exceptions import InvalidTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,8 +87,7 @@ def test_sealed_rows_open_with_cryptography_at_their_position_only(native, rows,
         assert keys.decrypt(int(positions[i]), 4, sealed[i].tobytes()) == blocks[i].tobytes()
     assert len({row[:NONCE_SIZE].tobytes() for row in sealed}) == rows
     if rows:
-        with pytest.raises(InvalidTag):
-            keys.decrypt(int(positions[0]) + 1, 4, sealed[0].tobytes())
+        assert keys.decrypt(int(positions[0]) + 1, 4, sealed[0].tobytes()) is None
 
 
 @PATHS

@@ -184,6 +184,21 @@ def test_reads_qemu_made_vhds(source, subformat, force_size, tmp_path):
             assert set(vhd_info(out).allocated.tolist()) == blocks
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_of_a_vhd_source(source, kind, tmp_path):
+    """A reader without file-to-file copies (VHD) goes through Disk.write_to's default."""
+    require_tools("qemu-img")
+    src, _ = source
+    qemu_vhd = tmp_path / "qemu.vhd"
+    qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
+             str(src), str(qemu_vhd))
+    with VhdDisk(qemu_vhd) as disk:
+        out = write_vhd(disk, tmp_path / "out.vhd", kind=kind)
+    assert virtual_size(out) == src.stat().st_size
+    with VhdDisk(out) as disk:
+        assert disk.read(0, disk.size) == src.read_bytes()
+
+
 def test_geometry_matches_qemu(tmp_path):
     """QEMU picks a spec geometry by the same algorithm: ours reproduces its C/H/S."""
     require_tools("qemu-img")

@@ -1,16 +1,19 @@
 """Reader plugins per image format, chosen by probing a file's signature.
 
-Built-in plugins and third-party ones are both found through the entry-point
-group ``blockforensics.formats`` (each entry names a :class:`Format` subclass);
-the built-ins are also listed here so that a source checkout works without
-installation metadata.
+Third-party plugins are found through the entry-point group
+``blockforensics.formats`` (each entry names a :class:`Format` subclass); the
+built-ins are listed here, and their names are reserved.  A file is offered
+first to the built-ins that look for a signature (chain, VHD); only when none
+claims it are the entry points read (that costs a scan of the installed
+packages, a tenth of a command's start-up) and every plugin probed in priority
+order, the raw catch-all last.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from importlib.metadata import entry_points
+from functools import cache
 from typing import TYPE_CHECKING
 
 from blockforensics.errors import UsageError
@@ -26,6 +29,8 @@ _BUILTINS = {
     "vhd": "blockforensics.formats.vhd:VhdFormat",
     "raw": "blockforensics.formats.raw:RawFormat",
 }
+#: the built-in that accepts any file, so it is probed after every other plugin
+_CATCH_ALL = "raw"
 
 __all__ = ["Disk", "DiskFile", "Format", "formats", "open_disk", "probe"]
 
@@ -35,23 +40,33 @@ def _load(target: str) -> type[Format]:
     return getattr(importlib.import_module(module), attr)
 
 
+@cache
+def _builtins() -> dict[str, type[Format]]:
+    return {name: _load(target) for name, target in _BUILTINS.items()}
+
+
 def formats() -> dict[str, type[Format]]:
-    """Every known plugin by name, in probing order (built-ins overridable by name)."""
-    found: dict[str, type[Format]] = {}
-    for name, target in _BUILTINS.items():
-        found[name] = _load(target)
+    """Every known plugin by name, in probing order."""
+    from importlib.metadata import entry_points
+
+    found = dict(_builtins())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in found or ep.value != _BUILTINS.get(ep.name):
+        if ep.name not in found:
             found[ep.name] = ep.load()
     return dict(sorted(found.items(), key=lambda item: item[1].priority))
 
 
 def probe(path: str | os.PathLike[str]) -> type[Format]:
-    """The first plugin whose probe accepts ``path``; UsageError if none does."""
+    """The plugin that claims ``path``: a built-in whose signature it bears, else the
+    first plugin in probing order whose probe accepts it; UsageError if none does."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
-    for plugin in formats().values():
+    signed = [plugin for name, plugin in _builtins().items() if name != _CATCH_ALL]
+    for plugin in sorted(signed, key=lambda plugin: plugin.priority):
         if plugin.probe(path):
+            return plugin
+    for plugin in formats().values():
+        if plugin not in signed and plugin.probe(path):
             return plugin
     raise UsageError(f"{path}: no reader plugin recognises this format")
 
@@ -62,7 +77,7 @@ def open_disk(
 ) -> Disk:
     """Open any supported image (a chain directory, a VHD, a raw file …) as a Disk."""
     if format is not None:
-        known = formats()
+        known = _builtins() if format in _BUILTINS else formats()
         if format not in known:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(known)}")
         plugin = known[format]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
+from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -61,6 +62,22 @@ class Disk(ABC):
         The default says every block; sparse formats narrow it.
         """
         return BlockMap.full(self.n_blocks, self.block_size)
+
+    def write_to(self, out: PlacedWriter) -> None:
+        """Hand the disk's present blocks to ``out``, which writes them where its
+        placement says (unwritten bytes of its new file read as zeros).
+
+        This default reads chunks of ``COPY_BUFFER`` bytes; readers that know where
+        their bytes lie in files override it to have them copied file to file.
+        """
+        bs = self.block_size
+        step = max(1, COPY_BUFFER // bs)
+        starts, lengths = self.present().run_arrays()
+        for start, length in zip(starts.tolist(), lengths.tolist()):
+            for first in range(start, start + length, step):
+                count = min(step, start + length - first)
+                blocks = memoryview(self.read_blocks(first, count)).cast("B")
+                out.put(blocks, [first * bs], [0], [count * bs])
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes from byte ``offset`` (short at the end of the disk)."""

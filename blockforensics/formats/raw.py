@@ -15,6 +15,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk, Format, InPlaceDisk
+from blockforensics.formats.placement import PlacedWriter
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -36,6 +37,12 @@ class RawDisk(InPlaceDisk):
         flat = out.reshape(-1)
         got = os.preadv(self._fd, [memoryview(flat)], start * self.block_size) if len(flat) else 0
         flat[got:] = 0  # past the end of the file
+
+    def write_to(self, out: PlacedWriter) -> None:
+        """Have the data extents copied file to file (see :meth:`Disk.write_to`)."""
+        starts, lengths = self.present().run_arrays()
+        bs = self.block_size
+        out.copy(self._fd, starts * bs, starts * bs, lengths * bs)
 
     def present(self) -> BlockMap:
         """Blocks overlapping data extents of the file (holes excluded)."""

@@ -7,10 +7,12 @@ one big-endian uint32 per 2 MiB VHD block, the file sector of that block or
 then 2 MiB of data), and the footer.
 
 :class:`VhdLayout` computes a VHD file's whole layout from a :class:`Disk`
-without reading its data and synthesises any byte range of the file on
-demand; :func:`write_vhd` streams that to a file and :mod:`blockforensics.expose`
-serves it over FUSE, so both produce the same bytes.  :class:`VhdDisk` reads
-fixed and dynamic VHDs (ours, QEMU's, Hyper-V's) as a Disk.
+without reading its data.  :func:`write_vhd` writes the layout's metadata and
+has the disk write its data where the layout places it (file to file where the
+reader can); :mod:`blockforensics.expose` serves the same file over FUSE from
+:meth:`VhdLayout.readinto`, which synthesises any byte range on demand (a test
+checks that both give the same bytes).  :class:`VhdDisk` reads fixed and
+dynamic VHDs (ours, QEMU's, Hyper-V's) as a Disk.
 
 Units: ``*_size`` and ``*offset`` fields are bytes, BAT entries are 512-byte
 sectors, VHD blocks are 2 MiB (``VHD_BLOCK``), Disk blocks are ``disk.block_size``.
@@ -22,7 +24,7 @@ import dataclasses
 import os
 import struct
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -33,8 +35,9 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
-from blockforensics.fileio import atomic_writer, start_writeback
+from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.base import Disk, Format, InPlaceDisk
+from blockforensics.formats.placement import PlacedWriter, Placement
 from blockforensics.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ SECTOR = 512
 VHD_BLOCK = 2 * 1024 * 1024
 #: BAT entry of an unallocated block
 UNUSED = 0xFFFFFFFF
+#: placement base of an unallocated block: any byte placed there lands before the file
+UNPLACED = -(1 << 62)
 #: largest disk QEMU opens (VHD_MAX_SECTORS = 0xFF000000 sectors = 2040 GiB), bytes
 MAX_SIZE = 0xFF000000 * SECTOR
 #: VHD timestamps count seconds from here
@@ -205,7 +210,8 @@ class VhdLayout:
             raise UsageError(f"VHD kind must be 'dynamic' or 'fixed', not {kind!r}")
         self.disk = disk
         self.kind = kind
-        self._present = disk.present()
+        #: the disk's blocks that may hold data (the others read as zeros)
+        self.present = disk.present()
         self.size = -(-disk.size // SECTOR) * SECTOR
         if self.size > MAX_SIZE:
             raise UsageError(f"disk of {disk.size} bytes exceeds the VHD maximum of {MAX_SIZE}")
@@ -231,7 +237,7 @@ class VhdLayout:
             bat_bytes = -(-n_entries * 4 // SECTOR) * SECTOR
             self.data_start = table_offset + bat_bytes
             #: VHD block numbers of the allocated blocks, in file order
-            self.allocated = self._allocated(self._present, n_entries)
+            self.allocated = self._allocated(self.present, n_entries)
             self._slot_disk_offsets = self.allocated * VHD_BLOCK
             self.bat = np.full(bat_bytes // 4, UNUSED, dtype=">u4")
             self.bat[self.allocated] = (
@@ -321,88 +327,49 @@ class VhdLayout:
             dst[:n] = disk.read_blocks(first, last - first + 1).reshape(-1)[skip:skip + n]
         dst[n:] = 0
 
-    def extents(self, merge_gap: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
-        """File byte ranges ``(starts, lengths)`` that may hold non-zero bytes.
+    def placement(self) -> Placement:
+        """Where :func:`write_vhd` puts the disk's bytes: at their own offsets (fixed),
+        or into the data of their allocated 2 MiB blocks (dynamic)."""
+        if self.kind == "fixed":
+            return Placement.identity()
+        bases = np.full(self.bat_entries, UNPLACED, dtype=np.int64)
+        bases[self.allocated] = (self.data_start + self.bitmap_size
+                                 + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size)
+        return Placement(VHD_BLOCK, bases)
 
-        Everything else in the file is zeros (holes of the source), so a writer
-        can leave it unwritten.  Ranges closer than ``merge_gap`` bytes merge.
-        """
-        present = self._present
-        bs = present.block_size
-        starts, lengths = present.run_arrays()
-        d_start = starts * bs
-        d_stop = np.minimum((starts + lengths) * bs, self.disk.size)
-        if self.kind == "dynamic":
-            # split each run at VHD block boundaries, then map blocks to file slots
-            first, last = d_start // VHD_BLOCK, (d_stop - 1) // VHD_BLOCK
-            reps = last - first + 1
-            run = np.repeat(np.arange(starts.size), reps)
-            block = first[run] + np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
-            p_start = np.maximum(d_start[run], block * VHD_BLOCK)
-            p_stop = np.minimum(d_stop[run], (block + 1) * VHD_BLOCK)
-            slot = np.searchsorted(self.allocated, block)
-            base = self.data_start + slot * self.slot_size + self.bitmap_size - block * VHD_BLOCK
-            bitmaps = self.data_start + np.arange(self.allocated.size) * self.slot_size
-            f_start = np.concatenate([[0], bitmaps, p_start + base, [self.data_end]])
-            f_stop = np.concatenate([[self.data_start], bitmaps + self.bitmap_size,
-                                     p_stop + base, [self.file_size]])
-        else:
-            f_start = np.concatenate([d_start, [self.data_end]])
-            f_stop = np.concatenate([d_stop, [self.file_size]])
-        order = np.argsort(f_start, kind="stable")
-        f_start, f_stop = f_start[order], f_stop[order]
-        breaks = np.flatnonzero(f_start[1:] - np.maximum.accumulate(f_stop)[:-1] > merge_gap) + 1
-        m_start = f_start[np.r_[0, breaks]]
-        m_stop = np.maximum.reduceat(f_stop, np.r_[0, breaks])
-        return m_start.astype(np.int64), (m_stop - m_start).astype(np.int64)
+    def metadata(self) -> Iterator[tuple[int, bytes]]:
+        """``(file offset, bytes)`` of everything but the disk's data: the head (footer
+        copy, dynamic header, BAT), each allocated block's sector bitmap, the footer."""
+        if self._head:
+            yield 0, self._head
+        bitmap = b"\xff" * self.bitmap_size
+        for slot in range(self.allocated.size):
+            yield self.data_start + slot * self.slot_size, bitmap
+        yield self.data_end, self._footer
 
 
 # ------------------------------------------------------------------------- writer
-CHUNK = 4 * 1024 * 1024  # bytes per read/write while exporting (cache-friendly)
-
-
-def _write_at(fd: int, data: memoryview, offset: int) -> None:
-    """Write all of ``data`` at byte ``offset``, then start its writeback.
-
-    Starting writeback per chunk (and dropping the export from the page cache)
-    leaves little for the final fsync to wait for.
-    """
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
-    start_writeback(fd, offset, len(data))
-
-
 def write_vhd(disk: Disk, path: str | os.PathLike[str], *,
               kind: Literal["dynamic", "fixed"] = "dynamic", progress: bool = False,
               unique_id: bytes | None = None, timestamp: datetime | None = None) -> Path:
     """Export ``disk`` to a VHD file at ``path`` (atomically: temp file, fsync, rename).
 
-    Only the disk's present blocks are read; the rest of the file is left as
-    holes (zeros), so a fixed VHD of a sparse source is sparse too.  Chunks of
-    ``CHUNK`` bytes are synthesised while the previous one is being written.
+    The metadata is written from :class:`VhdLayout`, the data by ``disk.write_to``
+    into the layout's placement: only present blocks are read, file to file where
+    the reader can, and the rest of the file is left as holes (zeros), so a fixed
+    VHD of a sparse source is sparse too.
     """
     layout = VhdLayout(disk, kind, unique_id=unique_id, timestamp=timestamp)
     path = Path(path)
-    starts, lengths = layout.extents()
-    chunks = [(pos, min(CHUNK, start + length - pos))
-              for start, length in zip(starts.tolist(), lengths.tolist())
-              for pos in range(start, start + length, CHUNK)]
-    buffers = [memoryview(bytearray(CHUNK)) for _ in range(2)]
-    with atomic_writer(path) as fh, ThreadPoolExecutor(1) as writer, \
-            progress_bar(int(lengths.sum()), path.name, progress) as bar:
-        fd = fh.fileno()  # written with pwrite: the file object only frames the atomic write
+    data_bytes = min(layout.present.count() * disk.block_size, disk.size)
+    with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
+        fd = fh.fileno()
         os.ftruncate(fd, layout.file_size)
-        pending: Future[None] | None = None
-        for i, (pos, n) in enumerate(chunks):
-            buf = buffers[i % 2][:n]  # the other buffer may still be being written
-            layout.readinto(pos, buf)
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(_write_at, fd, buf, pos)
-            bar.update(n)
-        if pending is not None:
-            pending.result()
+        for offset, data in layout.metadata():
+            os.pwrite(fd, data, offset)
+        with PlacedWriter(fd, disk.size, layout.placement(),
+                          writeback_progress(fd, bar.update)) as out:
+            disk.write_to(out)
         os.fchmod(fd, 0o644)
     return path
 

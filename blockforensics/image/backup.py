@@ -19,8 +19,9 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
-from blockforensics.fileio import atomic_writer
+from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.base import Disk
+from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.image.codec import nonzero_rows
 from blockforensics.progress import progress_bar
@@ -117,7 +118,10 @@ def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = 
     if out.is_dir():
         raise UsageError(f"{out}: is a directory")
     with atomic_writer(out) as fh, progress_bar(disk.size, "restore", progress) as bar:
-        disk.write_to(fh.fileno(), bar.update)
+        os.ftruncate(fh.fileno(), disk.size)  # sparse: absent blocks stay holes
+        with PlacedWriter(fh.fileno(), disk.size,
+                          written=writeback_progress(fh.fileno(), bar.update)) as placed:
+            disk.write_to(placed)
     return out
 
 

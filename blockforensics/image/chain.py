@@ -19,7 +19,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +28,9 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
 from blockforensics.errors import ChainError, CryptoKeyError, FormatError, UsageError
-from blockforensics.fileio import atomic_writer, copy_range, directory_lock
+from blockforensics.fileio import atomic_writer, directory_lock
 from blockforensics.formats.base import InPlaceDisk
+from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.codec import (
     UNAUTHENTIC,
     BlockCodec,
@@ -66,6 +66,25 @@ PointRef = int | str
 def is_chain(directory: str | os.PathLike[str]) -> bool:
     """True when ``directory`` holds a chain manifest."""
     return (Path(directory) / MANIFEST).is_file()
+
+
+def remove_leftovers(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove leftovers of interrupted commands from a chain directory (temporary and
+    unlisted image files); their names.  Does nothing while any writer, in this
+    process or another, holds the lock.  Needs no image opened."""
+    directory = Path(directory)
+    with directory_lock(directory, blocking=False, exclusive_here=True) as held:
+        if not held:
+            return []
+        listed = set(read_manifest(directory))  # as of now, under the lock
+        removed = []
+        for path in directory.iterdir():
+            leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or (
+                IMAGE_NAME.match(path.name) and path.name not in listed)
+            if leftover and path.is_file():
+                path.unlink()
+                removed.append(path.name)
+        return removed
 
 
 def read_manifest(directory: Path) -> list[str]:
@@ -247,23 +266,8 @@ class Chain:
         return directory_lock(self.directory)
 
     def cleanup(self) -> list[str]:
-        """Remove leftovers of interrupted commands (temporary and unlisted image files);
-        does nothing while any writer, in this process or another, holds the lock."""
-        with directory_lock(self.directory, blocking=False, exclusive_here=True) as held:
-            if not held:
-                return []
-            return self._remove_leftovers()
-
-    def _remove_leftovers(self) -> list[str]:
-        listed = set(read_manifest(self.directory))  # as of now, under the lock
-        removed = []
-        for path in self.directory.iterdir():
-            leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or (
-                IMAGE_NAME.match(path.name) and path.name not in listed)
-            if leftover and path.is_file():
-                path.unlink()
-                removed.append(path.name)
-        return removed
+        """Remove leftovers of interrupted commands (see :func:`remove_leftovers`)."""
+        return remove_leftovers(self.directory)
 
     # ------------------------------------------------------------------- tree
     def __len__(self) -> int:
@@ -554,29 +558,22 @@ class ChainDisk(InPlaceDisk):
             return np.zeros(len(records), dtype=bool), np.ones(len(records), dtype=bool)
         return flags == 0, ((flags & FLAG_ZERO) == 0) & (flags != 0)
 
-    def write_to(self, fd: int, progress: Callable[[int], object] = lambda n: None) -> None:
-        """Write this point into ``fd``, a new empty file (exact size, absent blocks as holes):
-        verbatim runs are copied file to file inside the kernel, the rest decoded."""
+    def write_to(self, out: PlacedWriter) -> None:
+        """Hand this point to ``out`` (see :meth:`Disk.write_to`): verbatim runs are
+        copied from the image files as they lie, the rest decoded a batch at a time."""
         bs = self.block_size
-        # grow, never truncate to 0 first: ext4 would then flush the file on close
-        # (its replace-via-truncate heuristic), which costs a restore a third of its time
-        os.ftruncate(fd, self.n_blocks * bs)
         for depth, image in enumerate(self.layout.images):
             positions, records = self.layout.records(depth)
             verbatim, decode = self._split(records)
-            for position, offset, count in zip(*contiguous_runs(
-                    positions[verbatim], records["offset"][verbatim], bs)):
-                copy_range(image.fileno(), fd, int(offset), int(position) * bs, int(count) * bs)
-                progress(int(count) * bs)
+            position, offset, count = contiguous_runs(positions[verbatim],
+                                                      records["offset"][verbatim], bs)
+            out.copy(image.fileno(), position * bs, offset, count * bs)
             todo = positions[decode]
             for start in range(0, len(todo), DECODE_BATCH):
                 piece = todo[start : start + DECODE_BATCH]
-                blocks = self.read_at(piece)
-                for position, offset, count in zip(*contiguous_runs(
-                        piece, np.arange(len(piece)) * bs, bs)):
-                    os.pwrite(fd, blocks[offset // bs : offset // bs + count], int(position) * bs)
-                progress(len(piece) * bs)
-        os.ftruncate(fd, self.size)
+                position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
+                out.put(memoryview(self.read_at(piece)).cast("B"), position * bs, row * bs,
+                        count * bs)
 
     def __repr__(self) -> str:
         return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "

@@ -15,7 +15,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
 
 from blockforensics.crypto import NONCE_SIZE, TAG_SIZE, ChainKeys
 from blockforensics.errors import CryptoKeyError, FormatError
@@ -208,10 +207,9 @@ class EncryptedCodec(BlockCodec):
         flags, position = int(record["flags"]), int(record["position"])
         if not flags & FLAG_ENCRYPTED:  # never written by an encrypted chain: injected
             raise FormatError(f"block {position}: stored unencrypted in an encrypted chain")
-        try:
-            data = self.keys.decrypt(position, flags, payload)
-        except InvalidTag as exc:
-            raise FormatError(f"block {position}: {UNAUTHENTIC}") from exc
+        data = self.keys.decrypt(position, flags, payload)
+        if data is None:
+            raise FormatError(f"block {position}: {UNAUTHENTIC}")
         return self._inflate(flags, data, position)
 
     @property

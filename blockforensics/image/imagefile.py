@@ -12,8 +12,8 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from blockforensics.errors import FormatError
 from blockforensics.fileio import atomic_writer, start_writeback
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
 from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 class ImageFile:
@@ -79,7 +82,7 @@ class ImageFile:
             raise FormatError(f"{self.name}: truncated payload at byte {offset}")
 
     def fileno(self) -> int:
-        """The open file descriptor (for in-kernel copies of verbatim payloads)."""
+        """The open file descriptor (for file-to-file copies of verbatim payloads)."""
         return self._fd
 
     @property
@@ -129,6 +132,8 @@ class ImageWriter:
         self._fh.write(header.pack())
         self._offset = HEADER_SIZE
         self._records: list[np.ndarray] = []
+        from concurrent.futures import ThreadPoolExecutor  # here: only writers pay for it
+
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
         self._in_flight: Future[int] | None = None
 

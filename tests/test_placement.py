@@ -1,0 +1,136 @@
+"""Placement and PlacedWriter: disk bytes written where a layout wants them, from files
+and from buffers, by a writer thread whose failures reach the caller."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter, Placement, split_at
+
+GRAIN = 8192
+
+
+def test_split_at_cuts_runs_exactly_at_grain_multiples():
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, 100_000, 200)
+    lengths = rng.integers(1, 30_000, 200)
+    parts, part_lengths, run = split_at(starts, lengths, GRAIN)
+    expected = []
+    for i, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        pos, stop = start, start + length
+        while pos < stop:
+            end = min(stop, (pos // GRAIN + 1) * GRAIN)
+            expected.append((pos, end - pos, i))
+            pos = end
+    assert list(zip(parts.tolist(), part_lengths.tolist(), run.tolist())) == expected
+
+
+def scattered(n_pieces: int, seed: int) -> Placement:
+    """Pieces of the disk shuffled over a file, with gaps between them; some unplaced."""
+    rng = np.random.default_rng(seed)
+    bases = rng.permutation(n_pieces).astype(np.int64) * (GRAIN + 512) + 512
+    bases[rng.random(n_pieces) < 0.2] = -(1 << 62)
+    return Placement(GRAIN, bases)
+
+
+def expected_file(disk: bytes, placement: Placement, runs: list[tuple[int, int]], limit: int,
+                  size: int) -> bytes:
+    out = bytearray(size)
+    for start, length in runs:
+        for d in range(start, min(start + length, limit)):
+            at = int(placement.bases[d // GRAIN]) + d % GRAIN
+            out[at] = disk[d]
+    return bytes(out)
+
+
+@pytest.mark.parametrize("from_file", [True, False], ids=["from-file", "from-buffer"])
+def test_write_puts_every_byte_at_its_place_and_stops_at_the_limit(from_file, tmp_path: Path):
+    n_pieces = 24
+    placement = scattered(n_pieces, seed=1)
+    disk = np.random.default_rng(2).bytes(n_pieces * GRAIN)
+    limit = len(disk) - 1000  # the disk ends inside its last piece
+    placed = np.flatnonzero(placement.bases >= 0)
+    # runs inside placed pieces, some spanning several consecutive placed pieces
+    runs = [(int(p) * GRAIN + 100, 3 * GRAIN) for p in placed[:-1]
+            if p + 3 < n_pieces and (placement.bases[p:p + 4] >= 0).all()]
+    runs.append((int(placed[-1]) * GRAIN, GRAIN))  # reaches past the limit when last
+    runs = sorted(set(runs))
+    size = n_pieces * (GRAIN + 512) + 512
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    seen: list[tuple[int, int]] = []
+    starts = np.array([r[0] for r in runs])
+    lengths = np.array([r[1] for r in runs])
+    try:
+        os.ftruncate(fd, size)
+        with PlacedWriter(fd, limit, placement, lambda at, n: seen.append((at, n))) as writer:
+            if from_file:
+                (tmp_path / "disk").write_bytes(disk)
+                src = os.open(tmp_path / "disk", os.O_RDONLY)
+                try:
+                    writer.copy(src, starts, starts, lengths)
+                finally:
+                    os.close(src)
+            else:
+                writer.put(memoryview(disk), starts, starts, lengths)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == expected_file(disk, placement, runs, limit, size)
+    assert sum(n for _, n in seen) == sum(min(s + n, limit) - s for s, n in runs)
+
+
+def test_bytes_without_a_place_are_refused(tmp_path: Path):
+    placement = Placement(GRAIN, np.array([0, -(1 << 62)], dtype=np.int64))
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(ValueError, match="outside"), \
+                PlacedWriter(fd, 2 * GRAIN, placement) as writer:
+            writer.put(memoryview(bytes(2 * GRAIN)), [GRAIN - 10], [0], [20])
+        assert os.fstat(fd).st_size == 0  # nothing was written
+    finally:
+        os.close(fd)
+
+
+def test_identity_copies_long_runs_through_the_buffers(tmp_path: Path):
+    data = np.random.default_rng(3).bytes(5 * COPY_BUFFER + 12345)
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with PlacedWriter(fd, len(data)) as writer:
+            writer.copy(src, [0], [0], [len(data)])
+    finally:
+        os.close(src)
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_failed_write_reaches_the_caller(tmp_path: Path):
+    (tmp_path / "src").write_bytes(bytes(3 * COPY_BUFFER))
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    read_only = os.open(tmp_path / "src", os.O_RDONLY)  # every pwrite fails with EBADF
+    try:
+        with pytest.raises(OSError) as failure, PlacedWriter(read_only, 3 * COPY_BUFFER) as w:
+            w.copy(src, [0], [0], [3 * COPY_BUFFER])
+        assert failure.value.errno == errno.EBADF
+    finally:
+        os.close(src)
+        os.close(read_only)
+
+
+def test_the_callers_own_failure_is_what_it_sees(tmp_path: Path):
+    """A reader that fails mid-way gets its own exception back, not a writer's, and
+    leaving the writer does not wait on writes nobody will queue."""
+    read_only = os.open(tmp_path, os.O_RDONLY)  # writes would fail too
+    try:
+        with pytest.raises(KeyError, match="the reader failed"), \
+                PlacedWriter(read_only, 1 << 30) as writer:
+            writer.put(memoryview(bytes(100)), [0], [0], [100])
+            raise KeyError("the reader failed")
+    finally:
+        os.close(read_only)
