@@ -11,10 +11,11 @@ The data, per size: that many MiB of random bytes with a sparse hole in every
   like: qemu-img's default leaves its output in the page cache, so it is matched
   with our export under ``BLOCKFORENSICS_FSYNC=0``; our default export fsyncs, so it
   is matched with the convert followed by ``sync`` of its output, and with
-  ``qemu-img convert -t writeback`` (qemu-img's own flushing mode).  Chain images
-  and the restored raw are in the page cache for every contender; every run
-  writes a new file.  Both are whole commands: our interpreter and numpy start-up
-  (0.1-0.4 s here, depending on the machine's load) is in every figure.
+  ``qemu-img convert -t writeback`` (qemu-img's own flushing mode).  Before
+  every run its source (chain images, restored raw) is read into the page cache
+  and the last output removed: every run reads from memory and writes a new file.
+  Both are whole commands: our interpreter and numpy start-up (0.1-0.4 s here,
+  depending on the machine's load) is in every figure.
 - at the first size only: reading ``MOUNTPOINT/disk.vhd`` (``blockforensics
   mount``) in 4 MiB chunks, with the chain images in the page cache and dropped
   from it, against reading the exported .vhd file after dropping it from the
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import Run, Step, cli, fastest, options, random_file, table
@@ -119,22 +121,26 @@ def exports(work: Path, size_mib: int, repeat: int) -> dict[str, object]:
     chain, restored = work / "chain", work / "restored.raw"
     for argv in (cli("backup", source, chain, "--all-blocks"), cli("restore", chain, restored)):
         subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
-    warm(*sorted(chain.glob("*.bfi")), restored)  # and warm they stay for the exports
-
     ours_vhd, qemu_vhd = work / "ours.vhd", work / "qemu.vhd"
-    fresh = {vhd: (lambda vhd=vhd: vhd.unlink(missing_ok=True)) for vhd in (ours_vhd, qemu_vhd)}
+    sources = {ours_vhd: sorted(chain.glob("*.bfi")), qemu_vhd: [restored]}
+
+    def fresh(vhd: Path) -> Callable[[], None]:
+        """Before a run: remove the last output, read the source into the page cache
+        (this machine pages out what has not been read for a while)."""
+        return lambda: (vhd.unlink(missing_ok=True), warm(*sources[vhd]))
+
     export = cli("export", chain, ours_vhd)
     convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic"]
     runs = fastest([
-        Step("blockforensics export", export, fresh[ours_vhd]),
-        Step("blockforensics export, no fsync", export, fresh[ours_vhd],
+        Step("blockforensics export", export, fresh(ours_vhd)),
+        Step("blockforensics export, no fsync", export, fresh(ours_vhd),
              {"BLOCKFORENSICS_FSYNC": "0"}),
-        Step("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], fresh[qemu_vhd]),
+        Step("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], fresh(qemu_vhd)),
         Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu_vhd),
                                          *convert, str(restored), str(qemu_vhd)],
-             fresh[qemu_vhd]),
+             fresh(qemu_vhd)),
         Step("qemu-img convert -t writeback",
-             [*convert, "-t", "writeback", str(restored), str(qemu_vhd)], fresh[qemu_vhd]),
+             [*convert, "-t", "writeback", str(restored), str(qemu_vhd)], fresh(qemu_vhd)),
     ], repeat)
     ours, ours_cached, qemu, qemu_sync, qemu_flush = runs.values()
     return {
@@ -142,7 +148,8 @@ def exports(work: Path, size_mib: int, repeat: int) -> dict[str, object]:
         "identical": identical(restored, ours_vhd),
         "vhd_bytes": {"ours": ours_vhd.stat().st_size, "qemu-img": qemu_vhd.stat().st_size},
         "runs": [{"step": run.label, "fastest s": round(run.seconds, 3),
-                  "median s": round(run.median_seconds, 3), "MB/s": round(run.rate(size), 1)}
+                  "median s": round(run.median_seconds, 3), "MB/s": round(run.rate(size), 1),
+                  "peak RSS MiB": round(run.peak_rss_mib)}
                  for run in runs.values()],
         "speed_ratios": {
             "export, no fsync / qemu-img convert": ratio(ours_cached, qemu),

@@ -344,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("blockforensics: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"blockforensics: error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"blockforensics: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

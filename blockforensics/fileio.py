@@ -99,7 +99,9 @@ def directory_lock(directory: str | os.PathLike[str], *, blocking: bool = True,
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; an
+    OSError that names no file (a failed write: disk full, file too large) is
+    given ``path``, so that its message says which output failed.
     Temporary names start with ``.`` and end with ``.tmp`` so cleanup can find them.
     """
     path = Path(path)
@@ -111,7 +113,9 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_directory(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)
         raise

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import ChainError, UsageError
+from blockforensics.image import chain as chain_module
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
 from blockforensics.volume import Volume
@@ -20,16 +21,22 @@ step = st.tuples(st.floats(0, 1), st.lists(write, max_size=6))
 @given(size=st.one_of(st.sampled_from([0, 1, 511, 512, 513, 4096 + 3]),
                       st.integers(0, 40_000)),
        block_size=st.sampled_from([512, 1024, 4096]),
-       steps=st.lists(step, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
+       steps=st.lists(step, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1),
+       compress=st.booleans(), window=st.sampled_from([1, 7, 1 << 18]))
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_every_point_restores_to_the_source_at_that_point(tmp_path_factory, size, block_size,
-                                                           steps, seed):
+def test_every_point_restores_to_the_source_at_that_point(tmp_path_factory, monkeypatch, size,
+                                                           block_size, steps, seed, compress,
+                                                           window):
+    """In memory and to a file, the file written in windows of any number of blocks
+    (verbatim runs copied, compressed blocks decoded)."""
+    monkeypatch.setattr(chain_module, "WRITE_WINDOW", window)
     rng = np.random.default_rng(seed)
     directory = tmp_path_factory.mktemp("chain")
     chain = Chain.create(directory / "c")
-    states = [rng.integers(0, 256, size, dtype=np.uint8).tobytes()]
-    backup(chain, Volume.from_bytes(states[0], block_size), block_size=block_size)
+    states = [(rng.integers(0, 256, size, dtype=np.uint8) // 64 * 64).tobytes()]  # compressible
+    backup(chain, Volume.from_bytes(states[0], block_size), block_size=block_size,
+           compress=compress)
     for parent_choice, writes in steps:
         parent = int(parent_choice * len(states)) % len(states)  # branches off any point
         state = bytearray(states[parent])
@@ -39,13 +46,13 @@ def test_every_point_restores_to_the_source_at_that_point(tmp_path_factory, size
                 state[offset : offset + length] = bytes([value]) * len(
                     state[offset : offset + length])
         states.append(bytes(state))
-        point = backup(chain, Volume.from_bytes(state, block_size), parent=parent)
+        point = backup(chain, Volume.from_bytes(state, block_size), parent=parent,
+                       compress=compress)
         assert chain.parent(point) == parent
     reopened = Chain.open(directory / "c")
     for point, state in enumerate(states):
         assert restore(reopened, point).tobytes() == state
-    out = restore(reopened, len(states) - 1, directory / "last.raw")
-    assert out.read_bytes() == states[-1]
+        assert restore(reopened, point, directory / f"{point}.raw").read_bytes() == state
 
 
 def test_incremental_holds_exactly_the_changed_blocks(tmp_path):

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +113,8 @@ def write_manifest(directory: Path, names: list[str]) -> None:
 
 
 DECODE_BATCH = 4096  # blocks decoded per batch when writing a point to a file
+#: blocks of a point handed to a writer per pass: bounds the index rows copied at once
+WRITE_WINDOW = 1 << 18
 
 
 def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, step: int
@@ -165,12 +168,22 @@ class Layout:
         positions = np.flatnonzero(self.owner == depth)
         return positions, self.images[depth].index[self.entry[positions]]
 
+    def window(self, start: int, count: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(depth, rows, index records)`` of blocks ``start .. start+count-1``: for each
+        image holding some of them, their rows (counted from ``start``) and records."""
+        owner = self.owner[start : start + count]
+        entry = self.entry[start : start + count]
+        for depth in np.unique(owner[owner >= 0]).tolist():
+            rows = np.flatnonzero(owner == depth)
+            yield depth, rows, self.images[depth].index[entry[rows]]
+
     def present(self) -> BlockMap:
         """Blocks that hold stored, non-zero data at this point."""
         flags = self.owner >= 0
-        for depth in range(len(self.images)):
-            positions, records = self.records(depth)
-            flags[positions[(records["flags"] & FLAG_ZERO) != 0]] = False
+        for depth, image in enumerate(self.images):
+            positions = np.flatnonzero(self.owner == depth)
+            zero = (image.index["flags"][self.entry[positions]] & FLAG_ZERO) != 0
+            flags[positions[zero]] = False
         return BlockMap.from_bools(flags, self.block_size)
 
     def content_digests(self, zero_digest: np.ndarray, n_blocks: int | None = None
@@ -508,13 +521,9 @@ class ChainDisk(InPlaceDisk):
         count = len(out)
         if start < 0 or start + count > self.n_blocks:
             raise IndexError(f"blocks [{start}, {start + count}) outside [0, {self.n_blocks})")
-        owner = self.layout.owner[start : start + count]
-        entry = self.layout.entry[start : start + count]
         filled = np.zeros(count, dtype=bool)
-        for depth in np.unique(owner[owner >= 0]):
-            rows = np.flatnonzero(owner == depth)
-            image = self.layout.images[depth]
-            filled[self._fill(out, rows, image, image.index[entry[rows]])] = True
+        for depth, rows, records in self.layout.window(start, count):
+            filled[self._fill(out, rows, self.layout.images[depth], records)] = True
         out[~filled] = 0  # absent, or stored as a zero block
 
     def _fill(self, out: np.ndarray, rows: np.ndarray, image: ImageFile,
@@ -559,21 +568,23 @@ class ChainDisk(InPlaceDisk):
         return flags == 0, ((flags & FLAG_ZERO) == 0) & (flags != 0)
 
     def write_to(self, out: PlacedWriter) -> None:
-        """Hand this point to ``out`` (see :meth:`Disk.write_to`): verbatim runs are
-        copied from the image files as they lie, the rest decoded a batch at a time."""
+        """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at
+        a time: verbatim runs are copied from the image files as they lie, the rest
+        decoded a batch at a time."""
         bs = self.block_size
-        for depth, image in enumerate(self.layout.images):
-            positions, records = self.layout.records(depth)
-            verbatim, decode = self._split(records)
-            position, offset, count = contiguous_runs(positions[verbatim],
-                                                      records["offset"][verbatim], bs)
-            out.copy(image.fileno(), position * bs, offset, count * bs)
-            todo = positions[decode]
-            for start in range(0, len(todo), DECODE_BATCH):
-                piece = todo[start : start + DECODE_BATCH]
-                position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
-                out.put(memoryview(self.read_at(piece)).cast("B"), position * bs, row * bs,
-                        count * bs)
+        for first in range(0, self.n_blocks, WRITE_WINDOW):
+            for depth, rows, records in self.layout.window(first, WRITE_WINDOW):
+                positions = first + rows
+                verbatim, decode = self._split(records)
+                position, offset, count = contiguous_runs(positions[verbatim],
+                                                          records["offset"][verbatim], bs)
+                out.copy(self.layout.images[depth].fileno(), position * bs, offset, count * bs)
+                todo = positions[decode]
+                for start in range(0, len(todo), DECODE_BATCH):
+                    piece = todo[start : start + DECODE_BATCH]
+                    position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
+                    out.put(memoryview(self.read_at(piece)).cast("B"), position * bs,
+                            row * bs, count * bs)
 
     def __repr__(self) -> str:
         return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "
