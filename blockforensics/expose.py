@@ -13,6 +13,7 @@ FUSE runs single-threaded, so a Disk need not be thread-safe.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import multiprocessing
 import os
@@ -46,7 +47,8 @@ class VhdFileSystem(mfusepy.Operations):
     def __init__(self, layout: VhdLayout):
         self.layout = layout
         self._mtime_ns = time.time_ns()
-        self._ahead_at, self._ahead = 0, b""  # bytes read ahead, from file offset _ahead_at
+        self._ahead = bytearray(READ_AHEAD)  # bytes read ahead, from file offset _ahead_at
+        self._ahead_at, self._ahead_len = 0, 0
         self._next = -1  # where a sequential reader's next read starts
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
@@ -70,19 +72,21 @@ class VhdFileSystem(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.EROFS)
         return 0
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
         """The kernel asks for 128 KiB at a time; a sequential reader (qemu-img, a copy)
         is served from ``READ_AHEAD`` bytes read at once, which costs one trip through
-        the chain's index instead of 32.  Scattered reads (a booting guest) read just
-        what they ask."""
+        the chain's index instead of 32, and handed over without a copy (a ctypes view
+        that mfusepy moves straight into the kernel's buffer).  Scattered reads (a
+        booting guest) read just what they ask."""
         sequential, self._next = offset == self._next, offset + size
         start = offset - self._ahead_at
-        if start >= 0 and start + size <= len(self._ahead):
-            return self._ahead[start : start + size]
-        if not sequential or size >= READ_AHEAD:
-            return self.layout.read(offset, size)
-        self._ahead_at, self._ahead = offset, self.layout.read(offset, READ_AHEAD)
-        return self._ahead[:size]
+        if start < 0 or start + size > self._ahead_len:
+            if not sequential or size >= READ_AHEAD:
+                return self.layout.read(offset, size)
+            self._ahead_at, start = offset, 0
+            self._ahead_len = self.layout.readinto(offset, memoryview(self._ahead))
+        return (ctypes.c_char * min(size, self._ahead_len - start)).from_buffer(self._ahead,
+                                                                               start)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         raise mfusepy.FuseOSError(errno.EROFS)

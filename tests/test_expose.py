@@ -78,7 +78,7 @@ def test_reads_ahead_for_sequential_readers_and_serves_any_read_exactly(source, 
     scattered = [(5 * MiB + 3, 1000), (100, 4 * MiB + 17), (0, 512), (len(export) - 10, 100),
                  (7 * MiB, piece), (7 * MiB + piece, piece), (7 * MiB - 512, 2048)]
     for offset, size in sequential + scattered:
-        assert fs.read("/disk.vhd", size, offset, 0) == export[offset : offset + size]
+        assert bytes(fs.read("/disk.vhd", size, offset, 0)) == export[offset : offset + size]
 
 
 def test_exposed_file_is_read_only(source, mountpoint):
