@@ -4,9 +4,9 @@ Third-party plugins are found through the entry-point group
 ``blockforensics.formats`` (each entry names a :class:`Format` subclass); the
 built-ins are listed here, and their names are reserved.  A file is offered
 first to the built-ins that look for a signature (chain, VHD); only when none
-claims it are the entry points read (that costs a scan of the installed
-packages, a tenth of a command's start-up) and every plugin probed in priority
-order, the raw catch-all last.
+claims it are the entry points read (importing ``importlib.metadata`` and
+scanning the installed packages costs about 25 ms) and every plugin probed in
+priority order, the raw catch-all last.
 """
 
 from __future__ import annotations
