@@ -40,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -127,7 +128,7 @@ def block_entropy(disk: Disk, positions: np.ndarray | BlockMap | None = None) ->
 
 
 # --------------------------------------------------------------- TSK access
-def _pytsk3():
+def _pytsk3() -> Any:
     try:
         import pytsk3
     except ImportError as exc:
@@ -135,15 +136,16 @@ def _pytsk3():
     return pytsk3
 
 
-def ChainImgInfo(disk: Disk):  # a class factory: pytsk3 is an optional import
+def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional import
     """A ``pytsk3.Img_Info`` reading a Disk (e.g. ``chain.disk(p)``) through its file object.
 
     The Sleuth Kit then opens file systems of a chain point with no restore: every
     read TSK makes becomes a seek + read on ``disk.open_file()``.
     """
     pytsk3 = _pytsk3()
+    img_info: Any = pytsk3.Img_Info
 
-    class _ChainImgInfo(pytsk3.Img_Info):
+    class _ChainImgInfo(img_info):
         def __init__(self, disk: Disk):
             self.disk = disk
             self._file = disk.open_file()
@@ -193,7 +195,8 @@ def _filesystem_offsets(disk: Disk) -> list[tuple[str, int]]:
             for index, start in zip(found["index"], found["start_byte"])]
 
 
-def _runs_of(pytsk3, fs_file, fs_offset: int, block_size: int, size: int) -> np.ndarray:
+def _runs_of(pytsk3: ModuleType, fs_file: Any, fs_offset: int,
+            block_size: int, size: int) -> np.ndarray:
     """Data runs of a file's default attribute as ``(k, 2)`` disk byte [start, stop), in file
     order, cut at ``size`` bytes (slack excluded); sparse and resident data have none."""
     rows = []
@@ -211,7 +214,8 @@ def _runs_of(pytsk3, fs_file, fs_offset: int, block_size: int, size: int) -> np.
     return np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 2)
 
 
-def _entry(pytsk3, fs, fs_offset: int, path: str, fs_file) -> _Entry:
+def _entry(pytsk3: ModuleType, fs: Any, fs_offset: int, path: str,
+           fs_file: Any) -> _Entry:
     meta = fs_file.info.meta
     return _Entry(path=path, type="dir" if meta.type == pytsk3.TSK_FS_META_TYPE_DIR else "file",
                   inode=int(meta.addr), size=int(meta.size), mtime=int(meta.mtime),
@@ -219,8 +223,8 @@ def _entry(pytsk3, fs, fs_offset: int, path: str, fs_file) -> _Entry:
                                    int(meta.size)))
 
 
-def _walk(pytsk3, fs, fs_offset: int, directory, dir_path: str, entries: dict[str, _Entry],
-          seen: set[int]) -> frozenset[str]:
+def _walk(pytsk3: ModuleType, fs: Any, fs_offset: int, directory: Any, dir_path: str,
+          entries: dict[str, _Entry], seen: set[int]) -> frozenset[str]:
     """Add the allocated, non-virtual entries below ``directory`` (path ``dir_path``, ending
     in "/"); returns the names it lists."""
     is_fat = bool(int(fs.info.ftype) & int(pytsk3.TSK_FS_TYPE_FAT_DETECT))
@@ -308,6 +312,7 @@ def _read(disk: Disk | None, intervals: np.ndarray) -> _Bytes:
     counts = np.zeros(256, dtype=np.int64)
     sha = hashlib.sha256()
     for start, stop in intervals.tolist() if disk is not None else []:
+        assert disk is not None
         for lo in range(start, stop, CHUNK_BYTES):
             data = disk.read(lo, min(CHUNK_BYTES, stop - lo))
             counts += np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)

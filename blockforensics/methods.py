@@ -110,7 +110,7 @@ class MethodRecord:
         return plot_blockmaps(chosen, ax, title=self.method)
 
     def __repr__(self) -> str:
-        def join(d: dict[str, object]) -> str:
+        def join(d: dict[str, int]) -> str:
             return ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
 
         verdict = ("not checked" if not self.checks

@@ -36,7 +36,7 @@ def nonzero_rows(blocks: np.ndarray) -> np.ndarray:
     """
     words = blocks.view(np.uint64) if blocks.shape[1] % 8 == 0 else blocks
     head = min(words.shape[1], 64 // words.itemsize)
-    nonzero = words[:, :head].any(axis=1)
+    nonzero = np.asarray(words[:, :head].any(axis=1))
     rest = np.flatnonzero(~nonzero)
     if len(rest):
         nonzero[rest] = words[rest, head:].any(axis=1)
@@ -121,7 +121,7 @@ class BlockCodec:
 
     def _maybe_compress(self, block: np.ndarray) -> tuple[int, bytes]:
         if self.compress:
-            packed = zlib.compress(block, 1)
+            packed = zlib.compress(block.data, 1)
             if len(packed) < self.block_size:
                 return FLAG_ZLIB, packed
         return 0, block.tobytes()
@@ -158,7 +158,7 @@ class PlainCodec(BlockCodec):
         if not self.compress:
             lengths = np.where(zero, 0, self.block_size).astype(np.uint32)
             kept = blocks[~zero] if zero.any() else np.ascontiguousarray(blocks)
-            payload = memoryview(kept.reshape(-1))
+            payload = kept.reshape(-1).data
             stored = content.copy()
             stored[zero] = np.frombuffer(sha256_128(b""), np.uint8)
             return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
@@ -192,7 +192,7 @@ class EncryptedCodec(BlockCodec):
             flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
             lengths = np.full(k, out.shape[1], dtype=np.uint32)
             return EncodedBlocks(_records(positions, flags, lengths, sha256_128_rows(out),
-                                          content), memoryview(out.reshape(-1)))
+                                          content), out.reshape(-1).data)
         nonces = os.urandom(NONCE_SIZE * k)
         flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
         pieces: list[bytes] = []
