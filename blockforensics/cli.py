@@ -148,6 +148,18 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_triage(args: argparse.Namespace) -> int:
+    from blockforensics import triage
+
+    chain = _open_chain(args, clean=False)
+    if args.explain:
+        print(triage.explain(chain, args.explain, point=args.point))
+        return EXIT_OK
+    result = triage.triage(chain, args.rules)
+    print(json.dumps(result.to_json(), indent=1) if args.json else result)
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from blockforensics.formats.vhd import write_vhd
 
@@ -295,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("timeline", cmd_timeline, "per point: blocks and files changed")
     p.add_argument("--json", action="store_true")
+    key_option(p)
+
+    p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--rules", metavar="DIR", help="extra YARA rules (*.yar, *.yara)")
+    p.add_argument("--explain", metavar="FILE", help="the evidence for one file's changes")
+    p.add_argument("--point", help="with --explain: only this point")
     key_option(p)
 
     p = command("export", cmd_export,
