@@ -157,6 +157,18 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_triage(args: argparse.Namespace) -> int:
+    from blockforensics import triage
+
+    chain = _open_chain(args, clean=False)
+    if args.explain:
+        print(triage.explain(chain, args.explain, point=args.point))
+        return EXIT_OK
+    result = triage.triage(chain, args.rules)
+    print(json.dumps(result.to_json(), indent=1) if args.json else result)
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from blockforensics.formats.vhd import write_vhd
 
@@ -274,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy every block, not only those the file systems allocate")
     p.add_argument("--label", default="", help="free text stored in the image header")
     p.add_argument("--compress", action="store_true",
-                   help="zlib-compress blocks where that saves space (before encryption)")
+                   help="zstd-compress blocks where that saves space (before encryption)")
 
     p = command("list", cmd_list, "list the points of a chain")
     p.add_argument("--json", action="store_true")
@@ -305,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("timeline", cmd_timeline, "per point: blocks and files changed")
     p.add_argument("--json", action="store_true")
+    key_option(p)
+
+    p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--rules", metavar="DIR", help="extra YARA rules (*.yar, *.yara)")
+    p.add_argument("--explain", metavar="FILE", help="the evidence for one file's changes")
+    p.add_argument("--point", help="with --explain: only this point")
     key_option(p)
 
     p = command("export", cmd_export,

@@ -19,6 +19,7 @@ from IPython.display import display
 
 from blockforensics import forensics
 from blockforensics.errors import UsageError
+from blockforensics.hexview import hexdump
 from blockforensics.plot import plot_blockmap
 from blockforensics.plot_forensics import plot_diff_files
 
@@ -28,16 +29,6 @@ if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
 
 HEXDUMP_BYTES = 512  # bytes of a run's first block shown
-
-
-def hexdump(data: bytes, offset: int = 0) -> str:
-    """Classic 16-bytes-a-line hexdump; ``offset`` (bytes) numbers the first line."""
-    lines = []
-    for i in range(0, len(data), 16):
-        row = data[i : i + 16]
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
-        lines.append(f"{offset + i:010x}  {row.hex(' '):<47}  |{text}|")
-    return "\n".join(lines)
 
 
 class ChainExplorer:
