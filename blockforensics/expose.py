@@ -125,8 +125,8 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
         if str(exc) != LOOP_ENDED or _mounted(mountpoint):
             raise
     finally:
-        for sig, handler in restore.items():
-            signal.signal(sig, handler)
+        for signum, handler in restore.items():
+            signal.signal(signum, handler)
 
 
 def _mounted(mountpoint: Path) -> bool:

@@ -572,7 +572,7 @@ class VhdDisk(Disk):
         n = max(0, min(flat.size, self.size - offset))
         if self.info.header is None:
             if n:
-                os.preadv(self._fd, [memoryview(flat[:n])], offset)
+                os.preadv(self._fd, [flat[:n].data], offset)
             return out
         if self.parent is not None and n:
             below = self.parent.read(offset, n)
@@ -586,7 +586,7 @@ class VhdDisk(Disk):
                 at = entry * SECTOR + self._bitmap + within
                 dst = flat[pos:pos + piece]
                 if self.parent is None:
-                    os.preadv(self._fd, [memoryview(dst)], at)
+                    os.preadv(self._fd, [dst.data], at)
                 else:
                     self._merge(entry, within, dst, at)
             pos += piece
