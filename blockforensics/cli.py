@@ -116,10 +116,8 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     if args.keep is not None:
         result = consolidate.apply_retention(args.chain, keep_last=args.keep,
                                              daily=args.daily, weekly=args.weekly)
-    else:
-        if args.point is None:
-            raise UsageError("consolidate: give --point P (or --keep N)")
-        result = consolidate.consolidate(args.chain, args.point, start=args.start,
+    else:  # without --point: up to the newest
+        result = consolidate.consolidate(args.chain, args.point or -1, start=args.start,
                                          progress=sys.stderr.isatty())
     print(result)
     return EXIT_OK
@@ -279,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
-    p.add_argument("--point", help="consolidate up to this point")
+    p.add_argument("--point", help="consolidate up to this point (default: the newest)")
     p.add_argument("--start", help="first point of the merged segment (default: the full)")
     p.add_argument("--keep", type=_positive_int, help="retention: keep the newest N points")
     p.add_argument("--daily", type=int, default=0, help="retention: one point per day for D days")
