@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,10 @@ from blockforensics.plot import plot_blockmaps, plot_chain
 from blockforensics.snapshot import Snapshot
 from blockforensics.tracking import ChangeTracker, HeadStart
 from blockforensics.volume import Volume
+
+if TYPE_CHECKING:
+    from blockforensics.boot import BootResult
+    from blockforensics.formats.base import Disk
 
 BLOCK_SIZE = 4096
 #: day -> (files written on the FAT partition that day, boot marker)
@@ -134,15 +139,16 @@ def _head_start(work: Path, states: list[bytes], checks: dict[str, bool],
     chain = Chain.create(work / "chain")
     backup(chain, volume, only=allocation_map(volume, BLOCK_SIZE), label="day 1 full")
     rows.append(_row(chain, 0, "full of the allocated blocks"))
+    head = HeadStart(chain, volume, label="day 2 head start")
     for day in (2, 3):
-        head = HeadStart(chain, volume, label=f"day {day} head start")
+        if day > 2:  # tracking for this day began at the previous day's snapshot
+            head = head.next(label=f"day {day} head start")
         half = fat_edit(states[day - 2], DAYS[day][0], None)  # the files first, marker later
         replay(volume, half)
         early = head.copy_step(budget_blocks=10 ** 6)  # copy all tracked so far, ahead of t2
         replay(volume, states[day - 1])  # the rest of the day, some blocks again
-        head.stop()
-        snapshot = Snapshot(volume, label=f"t{day}")
-        point = head.finish(snapshot.view())
+        snapshot = head.snapshot(label=f"t{day}")  # this day's tracking ends, the next's begins
+        point = head.finish()
         snapshot.release()
         rows.append(_row(chain, point, f"{early.count()} copied before the snapshot, "
                                        f"{head.copies_after} after ({head.recopied.count()} "
@@ -200,7 +206,7 @@ def _branching_chain(work: Path, states: list[bytes], checks: dict[str, bool],
     return chain
 
 
-def _equal_on(a: Volume, b, on: BlockMap) -> bool:  # b: a Disk
+def _equal_on(a: Volume, b: Disk, on: BlockMap) -> bool:
     positions = on.positions()
     return bool(np.array_equal(a.read_at(positions), b.read_at(positions)))
 
@@ -229,7 +235,7 @@ def _encrypted(work: Path, states: list[bytes], checks: dict[str, bool],
     return chain
 
 
-def _export_and_boot(work: Path, chain: Chain, checks: dict[str, bool]):  # -> BootResult
+def _export_and_boot(work: Path, chain: Chain, checks: dict[str, bool]) -> BootResult:
     """Method 5: export the newest point to a dynamic VHD and boot it."""
     from blockforensics.boot import boot
     from blockforensics.formats.vhd import write_vhd

@@ -380,7 +380,7 @@ class Chain:
 
     def writer(self, header: Header, *, compress: bool = False) -> ImageWriter:
         """An ImageWriter for a new image of this chain (commit, then :meth:`append`);
-        ``compress``: store blocks zlib-compressed where that makes them smaller."""
+        ``compress``: store blocks zstd-compressed where that makes them smaller."""
         if self._codec is None:
             self._codec = open_codec(header, self.key, str(self.directory))
         return ImageWriter(self.store.pending_path(), header, self.codec.compressing(compress),
@@ -562,7 +562,7 @@ class ChainDisk(InPlaceDisk):
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]
                     position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
-                    out.put(memoryview(self.read_at(piece)).cast("B"), position * bs,
+                    out.put(self.read_at(piece).data.cast("B"), position * bs,
                             row * bs, count * bs)
 
     def __repr__(self) -> str:
