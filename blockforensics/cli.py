@@ -102,9 +102,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from blockforensics.image.backup import restore
 
+    from blockforensics.fileio import check_output
+
     chain = _open_chain(args)
     point = chain.point(args.point)
-    out = restore(chain, point, args.out, progress=sys.stderr.isatty())
+    target = check_output(args.out, force=args.force, inputs=[i.path for i in chain.images])
+    out = restore(chain, point, target, progress=sys.stderr.isatty())
     print(f"restored point {point} to {out} ({chain.disk(point).size} bytes)")
     return EXIT_OK
 
@@ -168,11 +171,13 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from blockforensics.fileio import check_output
     from blockforensics.formats.vhd import write_vhd
 
+    target = check_output(args.out, force=args.force, inputs=[args.chain])
     with _open_source(args.chain, point=args.point, key=_key(args),
                       reader=args.reader) as disk:
-        out = write_vhd(disk, args.out, kind=args.format.removeprefix("vhd-"),
+        out = write_vhd(disk, target, kind=args.format.removeprefix("vhd-"),
                         progress=sys.stderr.isatty())
     print(f"exported {disk!r} to {out} ({args.format})")
     return EXIT_OK
@@ -254,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     def key_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
+    def force_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--force", action="store_true",
+                       help="replace OUT if it exists (never an input, never inside a chain)")
+
     def reader_option(p: argparse.ArgumentParser) -> None:
         # checked when the source is opened: listing the plugins here would scan every
         # installed distribution's entry points on each start of the command
@@ -291,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("restore", cmd_restore, "restore a point to a raw file")
     p.add_argument("out", help="raw file to write (exact size)")
+    force_option(p)
     point_option(p)
     key_option(p)
 
@@ -328,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "export a chain point (or any readable disk image) to a VHD file",
                 chain="chain directory, or a disk image a reader plugin recognises")
     p.add_argument("out", help="the .vhd file to write")
+    force_option(p)
     source_point_option(p)
     p.add_argument("--format", choices=["vhd-dynamic", "vhd-fixed"], default="vhd-dynamic")
     key_option(p)

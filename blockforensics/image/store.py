@@ -83,6 +83,14 @@ def check_name(name: object, where: str) -> str:
     return name
 
 
+def chain_containing(path: str | os.PathLike[str]) -> Path | None:
+    """The chain directory that ``path`` (resolved) is inside of, or None."""
+    for directory in Path(os.path.realpath(path)).parents:
+        if (directory / MANIFEST).exists():
+            return directory
+    return None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The parsed ``chain.json``: image names in creation order, the switch counter
