@@ -49,15 +49,16 @@ def _open_chain(args: argparse.Namespace, *, clean: bool = True) -> Chain:
 
 
 def _open_source(path: str, *, point: str | None = None, key: KeySource | None = None,
-                 reader: str | None = None) -> Disk:
+                 reader: str | None = None, parent: str | None = None) -> Disk:
     """Any disk image a reader plugin recognises (a chain directory, a VHD, a raw file …)
-    as a Disk, probed by signature unless ``reader`` names the plugin."""
+    as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
+    parent file of a differencing image."""
     from blockforensics.formats import open_disk
     from blockforensics.image.chain import is_chain, remove_leftovers
 
     if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
         remove_leftovers(path)
-    return open_disk(path, point=point, key=key, format=reader)
+    return open_disk(path, point=point, key=key, format=reader, parent=parent)
 
 
 def _print_table(frame: pd.DataFrame) -> None:
@@ -76,7 +77,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise UsageError(f"{source_path}: not a file or block device")
     chain = Chain.open_or_create(args.chain, _key(args))
     chain.cleanup()
-    with _open_source(args.source, reader=args.reader) as source:
+    with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         changed = BlockMap.load(args.changed) if args.changed else None
         only = None if args.all_blocks else allocation_map(source, block_size)
@@ -100,9 +101,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from blockforensics.image.backup import restore
-
     from blockforensics.fileio import check_output
+    from blockforensics.image.backup import restore
 
     chain = _open_chain(args)
     point = chain.point(args.point)
@@ -171,15 +171,27 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from blockforensics.export import ALIASES, CHAIN, export, export_chain
     from blockforensics.fileio import check_output
-    from blockforensics.formats.vhd import write_vhd
 
+    fmt = ALIASES.get(args.format, args.format)
     target = check_output(args.out, force=args.force, inputs=[args.chain])
-    with _open_source(args.chain, point=args.point, key=_key(args),
-                      reader=args.reader) as disk:
-        out = write_vhd(disk, target, kind=args.format.removeprefix("vhd-"),
-                        progress=sys.stderr.isatty())
-    print(f"exported {disk!r} to {out} ({args.format})")
+    if fmt in CHAIN:
+        from blockforensics.image.chain import is_chain
+
+        if not is_chain(args.chain):
+            raise UsageError(f"{args.chain}: --format {fmt} exports a chain's structure; "
+                             "the source is not a chain directory")
+        chain = _open_chain(args)
+        files = export_chain(chain, args.point or "-1", target, fmt,
+                             progress=sys.stderr.isatty())
+        print(f"exported point {chain.point(args.point or '-1')} of {args.chain} to {files[-1]} "
+              f"({fmt}: {len(files)} files, parents {', '.join(f.name for f in files[:-1])})")
+        return EXIT_OK
+    with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
+                      parent=args.parent) as disk:
+        out = export(disk, target, fmt, progress=sys.stderr.isatty())
+    print(f"exported {disk!r} to {out} ({fmt})")
     return EXIT_OK
 
 
@@ -190,7 +202,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not mountpoint.is_dir():
         raise UsageError(f"{mountpoint}: not a directory")
     with _open_source(args.chain, point=args.point, key=_key(args),
-                      reader=args.reader) as disk:
+                      reader=args.reader, parent=args.parent) as disk:
         print(f"serving {mountpoint / 'disk.vhd'} from {disk!r}, read-only; "
               "Ctrl-C to unmount", flush=True)
         mount(disk, mountpoint, foreground=True)
@@ -273,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     def source_point_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", help="point of a chain source (default: the newest)")
         reader_option(p)
+        p.add_argument("--parent", metavar="FILE",
+                       help="parent of a differencing image (default: found by its locators)")
 
     def point_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", default="-1",
@@ -284,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="disk image: raw, VHD, a chain (its newest point), …")
     p.add_argument("chain", help="chain directory (created if missing)")
     reader_option(p)
+    p.add_argument("--source-parent", metavar="FILE",
+                   help="parent of a differencing source image (default: its locators)")
     key_option(p)
     p.add_argument("--block-size", type=_positive_int, help="bytes per block (first backup)")
     p.add_argument("--parent", help="parent point of the incremental (default: newest)")
@@ -335,12 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     key_option(p)
 
     p = command("export", cmd_export,
-                "export a chain point (or any readable disk image) to a VHD file",
+                "export a chain point (or any readable disk image) to a virtual disk file",
                 chain="chain directory, or a disk image a reader plugin recognises")
-    p.add_argument("out", help="the .vhd file to write")
+    p.add_argument("out", help="the file to write (for chain formats: the point's file; its "
+                              "parents are written beside it)")
     force_option(p)
     source_point_option(p)
-    p.add_argument("--format", choices=["vhd-dynamic", "vhd-fixed"], default="vhd-dynamic")
+    p.add_argument("--format", default="vhd-dynamic",
+                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw",
+                            "vhd-chain", "vhd-differencing", "qcow2-chain"])
     key_option(p)
 
     p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",
