@@ -91,8 +91,9 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
     ``start``'s parent, inheriting from it no more than the segment did
     (``hidden_tail``: a shrink inside the segment keeps hiding what lay past it).
     It takes ``point``'s image id, creation time, label and crypto fields, so
-    children of ``point`` stay linked and every point restores as before.  Merged images that are still parents of branches off
-    the segment stay in the chain (listed in ``kept_for_branches``).
+    children of ``point`` stay linked and every point restores as before.  Merged
+    images that are still parents of branches off the segment stay in the chain
+    (listed in ``kept_for_branches``).
     """
     store = ChainStore(directory)
     if not store.directory.is_dir():
