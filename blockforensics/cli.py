@@ -82,7 +82,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         changed = BlockMap.load(args.changed) if args.changed else None
         found = None if args.all_blocks else survey(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
-                       changed=changed, only=found and found.map, block_size=block_size,
+                       changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
     row = chain.rows()[point]
     if args.json:  # what was recognised per partition, beside the point's own row
