@@ -104,7 +104,10 @@ def open_codec(header: Header | None, key: KeySource | None, where: str) -> Bloc
     if key is None:
         raise CryptoKeyError(f"{where}: the chain is encrypted; give its key (--key-file)")
     params = KdfParams(header.kdf, header.salt, header.kdf_n, header.kdf_r, header.kdf_p)
-    keys = ChainKeys.derive(key, params, header.volume_id)
+    try:
+        keys = ChainKeys.derive(key, params, header.volume_id)
+    except (CryptoKeyError, FormatError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
     keys.check(header.key_check, where)
     return EncryptedCodec(keys, header.block_size)
 
