@@ -38,7 +38,7 @@ from blockforensics.image.chain import (
 )
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
-from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.progress import progress_bar
 
 _READ_BYTES = 16 << 20  # most stored bytes read with one call (bytes)
@@ -208,6 +208,7 @@ def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBloc
         first = int(start[i])
         buf = np.empty(int(end[j - 1]) - first, dtype=np.uint8)
         image.read_into(buf, first)
+        check_stored(image.name, buf, start[i:j] - first, records[i:j])  # copy no damage
         lo, hi = start[i:j] - first, end[i:j] - first
         cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
         payload = memoryview(buf) if not len(cuts) else b"".join(
