@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy every block, not only those the file systems allocate")
     p.add_argument("--label", default="", help="free text stored in the image header")
     p.add_argument("--compress", action="store_true",
-                   help="zlib-compress blocks where that saves space (before encryption)")
+                   help="zstd-compress blocks where that saves space (before encryption)")
 
     p = command("list", cmd_list, "list the points of a chain")
     p.add_argument("--json", action="store_true")

@@ -134,15 +134,16 @@ def _head_start(work: Path, states: list[bytes], checks: dict[str, bool],
     chain = Chain.create(work / "chain")
     backup(chain, volume, only=allocation_map(volume, BLOCK_SIZE), label="day 1 full")
     rows.append(_row(chain, 0, "full of the allocated blocks"))
+    head = HeadStart(chain, volume, label="day 2 head start")
     for day in (2, 3):
-        head = HeadStart(chain, volume, label=f"day {day} head start")
+        if day > 2:  # tracking for this day began at the previous day's snapshot
+            head = head.next(label=f"day {day} head start")
         half = fat_edit(states[day - 2], DAYS[day][0], None)  # the files first, marker later
         replay(volume, half)
         early = head.copy_step(budget_blocks=10 ** 6)  # copy all tracked so far, ahead of t2
         replay(volume, states[day - 1])  # the rest of the day, some blocks again
-        head.stop()
-        snapshot = Snapshot(volume, label=f"t{day}")
-        point = head.finish(snapshot.view())
+        snapshot = head.snapshot(label=f"t{day}")  # this day's tracking ends, the next's begins
+        point = head.finish()
         snapshot.release()
         rows.append(_row(chain, point, f"{early.count()} copied before the snapshot, "
                                        f"{head.copies_after} after ({head.recopied.count()} "

@@ -22,6 +22,7 @@ Units: positions and counts are in blocks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -110,7 +111,7 @@ class MethodRecord:
         return plot_blockmaps(chosen, ax, title=self.method)
 
     def __repr__(self) -> str:
-        def join(d: dict[str, object]) -> str:
+        def join(d: Mapping[str, object]) -> str:
             return ", ".join(f"{k}={v}" for k, v in d.items()) or "-"
 
         verdict = ("not checked" if not self.checks
@@ -263,8 +264,8 @@ class HeadStartIncremental(_Method):
     def snapshot(self) -> BlockMap:
         """t2: snapshot, tracking stops; returns the blocks still to copy."""
         head = self._head()
-        self.snapshots.append(Snapshot(self.volume, label="t2"))
-        remaining = head.stop().copy()
+        self.snapshots.append(head.snapshot(label="t2"))
+        remaining = head.remaining.copy()
         assert self.tracker is not None
         self.record.note("snapshot", "t2", "snapshot at t2; plain CBT of t1..t2", "T",
                          self.tracker.detach())
@@ -275,7 +276,7 @@ class HeadStartIncremental(_Method):
     def finish(self) -> int:
         """Copy the remaining blocks from the snapshot, commit; returns the point."""
         head = self._head()
-        point = head.finish(self.snapshots[0].view())
+        point = head.finish()
         self.record.note("finish", "t2", "copy the rest from the snapshot, commit",
                          "head start", head.copied_early | head.copied_late, point)
         self.record.maps["recopied"] = head.recopied
@@ -283,6 +284,12 @@ class HeadStartIncremental(_Method):
                                 "copied after snapshot": head.copies_after,
                                 "stored": self.chain.images[point].blocks}
         return point
+
+    def release(self) -> None:
+        """Release the snapshot and stop the next point's tracking (started at t2)."""
+        super().release()
+        if self.head is not None and self.head.next_tracker is not None:
+            self.head.next_tracker.detach()
 
     def plain_incremental(self) -> int:
         """The comparison: a plain incremental of the t2 snapshot against the t1 full,

@@ -105,14 +105,17 @@ class Snapshot:
     # ------------------------------------------------------------ quiescence
     def quiesce_write(self, positions: np.ndarray, blocks: np.ndarray) -> None:
         """Write ``blocks[i]`` at block ``positions[i]`` of the snapshot (not of the volume);
-        a position given twice keeps its last block."""
+        a position given twice keeps its last block.  As on a Volume, bytes past the
+        volume's size (in a partial last block) are dropped: they read as zeros."""
         self._check_live()
         positions = np.asarray(positions, dtype=np.int64).ravel()
-        blocks = np.asarray(blocks, dtype=np.uint8).reshape(positions.size, self.block_size)
+        blocks = np.array(blocks, dtype=np.uint8).reshape(positions.size, self.block_size)
         if positions.size and (positions.min() < 0 or positions.max() >= self.volume.n_blocks):
             raise IndexError(f"block positions outside [0, {self.volume.n_blocks})")
-        last = positions.size - 1 - np.unique(positions[::-1], return_index=True)[1]
-        self.quiescence.put(positions[last], blocks[last])
+        last = self.volume.n_blocks - 1
+        blocks[positions == last, self.size - last * self.block_size:] = 0
+        newest = positions.size - 1 - np.unique(positions[::-1], return_index=True)[1]
+        self.quiescence.put(positions[newest], blocks[newest])
         self.quiesced.add(positions)
 
     def write(self, offset: int, data: bytes) -> None:

@@ -5,11 +5,12 @@ it collects the block positions written since its last :meth:`~ChangeTracker.res
 which is what an incremental backup must copy.  Several trackers can watch one
 volume independently (one per backup job, say).
 
-:class:`HeadStart` is method 1 of the design: between t1 and t2 it copies part
+:class:`HeadStart` is method 1 (docs/METHODS.md): between t1 and t2 it copies part
 of the tracked blocks into the pending incremental image ahead of time and stops
 tracking them; a block written again afterwards is tracked again and copied
-again later (the image keeps the last copy).  At t2 it copies the rest from a
-snapshot.  The result equals a plain incremental of t2.
+again later (the image keeps the last copy).  At t2 it takes a snapshot, which
+ends this point's tracking and starts the next point's, and copies the rest from
+it.  The result equals a plain incremental of t2.
 
 Units: positions, budgets and counts are in blocks.
 """
@@ -27,6 +28,7 @@ from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.image.imagefile import ImageWriter
+from blockforensics.snapshot import Snapshot
 from blockforensics.volume import Volume
 
 #: blocks read and written per piece when copying between a Disk and an image
@@ -113,21 +115,27 @@ POLICIES: dict[str, Policy] = {
 
 
 class HeadStart:
-    """Head-start population of one pending incremental image (design method 1).
+    """Head-start population of one pending incremental image (method 1, docs/METHODS.md).
 
     From creation (t1) it tracks the writes to ``volume``.  Each
     :meth:`copy_step` copies up to a budget of tracked blocks from the live
-    volume into the pending image and untracks them.  :meth:`stop` ends tracking
-    at t2 (when the snapshot is taken); :meth:`finish` copies the blocks still
-    tracked from the snapshot, commits and appends the image to ``chain``.
+    volume into the pending image and untracks them.  :meth:`snapshot` takes the
+    t2 snapshot and, in the same moment, stops tracking for this point and starts
+    tracking for the next one; :meth:`finish` copies the blocks still tracked
+    from that snapshot, commits and appends the image to ``chain``; :meth:`next`
+    returns the head start of the next point, whose tracking began at t2, so
+    consecutive head-start points lose no write.
     """
 
     def __init__(self, chain: Chain, volume: Volume, *, parent: PointRef = -1,
                  created_ns: int | None = None, label: str = "head-start incremental",
-                 seed: int = 0):
+                 seed: int = 0, tracker: ChangeTracker | None = None):
         self.chain = chain
         self.volume = volume
         self.parent = chain.point(parent)
+        if tracker is not None and (tracker.volume is not volume or not tracker.attached
+                                    or tracker.first_write is None):
+            raise UsageError("a head start needs an attached, ordered tracker of its volume")
         header = chain.new_header(parent=self.parent, volume_size=volume.size,
                                   block_size=volume.block_size, created_ns=created_ns,
                                   label=label)
@@ -136,8 +144,14 @@ class HeadStart:
         self._hold = contextlib.ExitStack()
         self._hold.enter_context(chain.locked())
         self.writer: ImageWriter | None = chain.writer(header)
-        self.tracker = ChangeTracker(volume, ordered=True)
+        #: writes since t1 not yet copied (this point's tracking; it stops at the snapshot)
+        self.tracker = tracker if tracker is not None else ChangeTracker(volume, ordered=True)
+        #: the t2 snapshot, once :meth:`snapshot` took it
+        self.taken: Snapshot | None = None
+        #: tracking for the next point, started at the t2 snapshot (see :meth:`next`)
+        self.next_tracker: ChangeTracker | None = None
         self._rng = np.random.default_rng(seed)
+        self._seed = seed
         #: every block copied before the snapshot (union over the copy steps)
         self.copied_early = BlockMap.empty(volume.n_blocks, volume.block_size)
         #: blocks copied from the snapshot by :meth:`finish`
@@ -146,6 +160,7 @@ class HeadStart:
         self.copies_before = 0
         self._log: list[dict[str, object]] = []
         self.point: int | None = None
+        self._successor: HeadStart | None = None
 
     def copy_step(self, budget_blocks: int, policy: str = "oldest") -> BlockMap:
         """Copy up to ``budget_blocks`` tracked blocks, chosen by ``policy`` (one of
@@ -158,6 +173,9 @@ class HeadStart:
             raise UsageError(f"unknown head-start policy {policy!r}; "
                              f"choose from {', '.join(POLICIES)}")
         writer = self._pending()
+        if self.taken is not None:
+            raise UsageError("the t2 snapshot is taken: copy_step() comes before snapshot(); "
+                             "run finish() next")
         tracked = self.tracker.changed.positions()
         assert self.tracker.first_write is not None
         order = POLICIES[policy](tracked, self.tracker.first_write[tracked], self._rng)
@@ -170,16 +188,33 @@ class HeadStart:
                           "copied": chosen.size, "still_tracked": self.tracker.changed.count()})
         return BlockMap.from_positions(self.volume.n_blocks, chosen, self.volume.block_size)
 
-    def stop(self) -> BlockMap:
-        """End tracking (t2, the moment of the snapshot); returns the blocks still to copy."""
-        return self.tracker.detach()
+    def snapshot(self, label: str = "t2") -> Snapshot:
+        """t2: take the copy-on-write snapshot, stop tracking for this point and start
+        tracking for the next (all at one moment, so no write falls between); returns it.
 
-    def finish(self, snapshot: Disk) -> int:
-        """Copy the still-tracked blocks from ``snapshot`` (the volume as of t2), commit the
-        image and append it to the chain; returns the new point's index."""
+        The caller releases the snapshot once :meth:`finish` (and any check) read it.
+        """
+        self._pending()
+        if self.taken is not None:
+            raise UsageError("the t2 snapshot was already taken; run finish() next")
+        self.taken = Snapshot(self.volume, label=label)
+        self.tracker.detach()
+        self.next_tracker = ChangeTracker(self.volume, ordered=True)
+        return self.taken
+
+    @property
+    def remaining(self) -> BlockMap:
+        """Blocks tracked and not copied yet: after the snapshot, what :meth:`finish` copies."""
+        return self.tracker.changed
+
+    def finish(self) -> int:
+        """Copy the still-tracked blocks from the t2 snapshot (crash-consistent view),
+        commit the image and append it to the chain; returns the new point's index."""
         writer = self._pending()
-        remaining = self.stop()
-        copy_blocks(snapshot, remaining, writer)
+        if self.taken is None:
+            raise UsageError("take the t2 snapshot first: run snapshot(), then finish()")
+        remaining = self.remaining
+        copy_blocks(self.taken.view(), remaining, writer)
         self.copied_late = remaining.copy()
         self._log.append({"step": "finish", "policy": "snapshot", "copied": remaining.count(),
                           "still_tracked": 0})
@@ -188,9 +223,27 @@ class HeadStart:
         self._hold.close()
         return self.point
 
+    def next(self, *, created_ns: int | None = None,
+             label: str = "head-start incremental") -> HeadStart:
+        """The head start of the next point (parent: this one), tracking since t2."""
+        if self.point is None or self.next_tracker is None:
+            raise UsageError("next() follows finish(): run snapshot() and finish() first")
+        if self._successor is not None:
+            raise UsageError("next() was already called for this point; use the head start "
+                             "it returned")
+        self._successor = HeadStart(self.chain, self.volume, parent=self.point,
+                                    created_ns=created_ns, label=label, seed=self._seed,
+                                    tracker=self.next_tracker)
+        return self._successor
+
     def abort(self) -> None:
-        """Drop the pending image and stop tracking."""
-        self.stop()
+        """Drop the pending image, stop tracking (also the next point's) and release the
+        snapshot."""
+        self.tracker.detach()
+        if self.next_tracker is not None:
+            self.next_tracker.detach()
+        if self.taken is not None:
+            self.taken.release()
         if self.writer is not None:
             self.writer.abort()
             self.writer = None

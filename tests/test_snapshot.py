@@ -103,3 +103,20 @@ def test_block_store_replaces_kept_blocks() -> None:
     out = np.zeros((4, BS), np.uint8)
     store.overlay(out, 2)
     assert out[:, 0].tolist() == [0, 4, 0, 5]
+
+
+def test_whole_block_quiescence_write_is_clipped_at_the_volume_end(tmp_path) -> None:
+    from blockforensics.image.backup import backup
+    from blockforensics.image.chain import Chain
+
+    vol = Volume.from_bytes(bytes(range(256)) * 7, BS)  # 1792 B: 4 blocks, the last partial
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, vol, block_size=BS)
+    snap = Snapshot(vol)
+    last = vol.read_blocks(3, 1)
+    last[0, vol.size - 3 * BS:] = 0xEE  # same bytes inside the volume, junk past its end
+    snap.quiesce_write(np.array([3]), last)
+    view = snap.view(quiesced=True)
+    assert not view.read_blocks(3, 1)[0, vol.size - 3 * BS:].any()
+    point = backup(chain, view, block_size=BS)
+    assert not chain.changed(0, point)  # nothing inside the volume changed

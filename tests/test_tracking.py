@@ -14,7 +14,6 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
-from blockforensics.snapshot import Snapshot
 from blockforensics.tracking import POLICIES, ChangeTracker, HeadStart, copy_blocks
 from blockforensics.volume import Volume
 
@@ -110,12 +109,12 @@ def test_head_start_equals_plain_incremental(before: list[tuple], after: list[li
                 assert copied.count() == min(action[1], tracked)
                 assert not (copied & head.tracker.changed)
                 copies += copied.count()
-        snap = Snapshot(vol)
-        remaining = head.stop().copy()
+        snap = head.snapshot()
+        remaining = head.remaining.copy()
         at_t2 = vol.tobytes()
         for positions in after:  # the snapshot, not the live volume, is copied from
             random_write(vol, positions, rng)
-        point = head.finish(snap.view())
+        point = head.finish()
         plain = backup(chain, snap.view(), parent=base)
 
         assert head.copies_before == copies
@@ -126,3 +125,51 @@ def test_head_start_equals_plain_incremental(before: list[tuple], after: list[li
         assert set(chain.images[point].index["position"]) == set(written.positions())
         assert len(head.log()) == sum(a[0] == "copy" for a in before) + 1
         chain.close()
+
+
+def test_consecutive_head_starts_lose_no_write_made_between_snapshot_and_finish(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vol = Volume.zeros(N_BLOCKS * BS, BS)
+    chain = Chain.create(tmp_path / "c")
+    base = backup(chain, vol, block_size=BS)
+    head = HeadStart(chain, vol, parent=base)
+    random_write(vol, [1, 2], rng)
+    head.copy_step(1)
+    random_write(vol, [3], rng)
+    snap = head.snapshot()
+    at_t2 = vol.tobytes()
+    random_write(vol, [7, 8], rng)  # after t2, before finish: belongs to the next point
+    first = head.finish()
+    snap.release()
+    assert chain.images[first].index["position"].tolist() == [1, 2, 3]  # not 7, 8
+    assert restore(chain, first).tobytes() == at_t2
+    second_head = head.next(label="second")
+    random_write(vol, [9], rng)
+    snap2 = second_head.snapshot()
+    second = second_head.finish()
+    assert chain.parent(second) == first
+    assert chain.images[second].index["position"].tolist() == [7, 8, 9]
+    assert restore(chain, second).tobytes() == vol.tobytes() == snap2.view().read(0, vol.size)
+
+
+def test_head_start_steps_refuse_a_wrong_order_and_say_what_comes_next(tmp_path: Path) -> None:
+    vol = Volume.zeros(N_BLOCKS * BS, BS)
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, vol, block_size=BS)
+    head = HeadStart(chain, vol)
+    with pytest.raises(UsageError, match=r"run snapshot\(\), then finish\(\)"):
+        head.finish()
+    with pytest.raises(UsageError, match=r"run snapshot\(\) and finish\(\) first"):
+        head.next()
+    head.snapshot()
+    with pytest.raises(UsageError, match=r"already taken; run finish\(\) next"):
+        head.snapshot()
+    with pytest.raises(UsageError, match=r"run finish\(\) next"):
+        head.copy_step(3)
+    head.finish()
+    nxt = head.next()
+    with pytest.raises(UsageError, match="already called"):
+        head.next()
+    nxt.abort()
+    assert not nxt.tracker.attached and len(chain) == 2

@@ -56,7 +56,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
       the newest point) unless ``full=True``.
     - ``changed``: trust this map of changed blocks instead of comparing digests.
     - ``only``: store nothing outside this map (e.g. the allocated blocks).
-    - ``compress``: zlib-compress blocks (before encryption) where that saves space.
+    - ``compress``: zstd-compress blocks (before encryption) where that saves space.
     """
     if full is None:
         full = len(chain) == 0

@@ -438,7 +438,7 @@ class Chain:
 
     def writer(self, header: Header, *, compress: bool = False) -> ImageWriter:
         """An ImageWriter for a new image of this chain (commit, then :meth:`append`);
-        ``compress``: store blocks zlib-compressed where that makes them smaller."""
+        ``compress``: store blocks zstd-compressed where that makes them smaller."""
         if self._codec is None:
             self._codec = open_codec(header, self.key, str(self.directory))
         path = self.next_image_path(header.kind)

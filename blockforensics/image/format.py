@@ -43,6 +43,7 @@ KDF_RAW_KEY, KDF_SCRYPT = 0, 1
 FLAG_ZERO = 1  # the block is all zeros; no payload stored
 FLAG_ZLIB = 2  # payload is zlib-compressed (before encryption)
 FLAG_ENCRYPTED = 4  # payload is nonce || AES-256-GCM ciphertext || tag
+FLAG_ZSTD = 8  # payload is one zstd frame (before encryption); what --compress writes
 
 INDEX_DTYPE = np.dtype([
     ("position", "<u8"),  # block position in the volume

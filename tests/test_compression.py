@@ -1,0 +1,57 @@
+"""Block compression: zstd frames per block, compressed as a batch; zlib still read."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from blockforensics.image.codec import MIN_SAVING, compress_rows, decompress
+from blockforensics.image.format import FLAG_ZLIB, FLAG_ZSTD
+
+
+def _blocks(seed: int = 3) -> np.ndarray:
+    """Rows alternating text-like (compressible) and random (incompressible) blocks."""
+    rng = np.random.default_rng(seed)
+    text = np.frombuffer(b"".join(rng.choice([b"alpha ", b"beta ", b"gamma "], 4000).tolist())
+                         [:4096], np.uint8)
+    rows = [text if i % 2 == 0 else rng.integers(0, 256, 4096, dtype=np.uint8)
+            for i in range(64)]
+    return np.stack(rows)
+
+
+def test_compressible_rows_become_zstd_frames_and_random_rows_stay_raw():
+    blocks = _blocks()
+    flags, pieces = compress_rows(blocks)
+    assert flags[0::2].tolist() == [FLAG_ZSTD] * 32
+    assert flags[1::2].tolist() == [0] * 32
+    for i, piece in enumerate(pieces):
+        assert decompress(int(flags[i]), piece, 4096) == blocks[i].tobytes()
+        if flags[i]:
+            assert len(piece) <= 4096 * (1 - MIN_SAVING)
+        else:
+            assert piece == blocks[i].tobytes()
+
+
+def test_images_written_with_zlib_are_still_read():
+    block = _blocks()[0].tobytes()
+    assert decompress(FLAG_ZLIB, zlib.compress(block, 1), 4096) == block
+
+
+@pytest.mark.parametrize("flag, payload", [
+    (FLAG_ZLIB, zlib.compress(bytes(1 << 20))),  # a bomb: 1 MiB from a 4 KiB block's payload
+    (FLAG_ZLIB, zlib.compress(bytes(4096))[:-3]),  # truncated
+    (FLAG_ZSTD, b"\x28\xb5\x2f\xfd" + bytes(12)),  # a zstd magic and garbage
+])
+def test_damaged_or_oversized_payloads_are_refused(flag, payload):
+    with pytest.raises(ValueError):
+        decompress(flag, payload, 4096)
+
+
+def test_an_oversized_zstd_frame_is_refused():
+    import zstandard
+
+    frame = zstandard.ZstdCompressor().compress(bytes(1 << 20))
+    with pytest.raises(ValueError):
+        decompress(FLAG_ZSTD, frame, 4096)
