@@ -1,8 +1,11 @@
 """Boot a disk image in QEMU and capture its serial console.
 
 The disk is never written: QEMU runs on a temporary qcow2 overlay whose backing
-file is the disk (raw, or VHD detected by its "conectix" footer cookie). This
-also lets read-only disks boot, which QEMU refuses for IDE drives. QEMU runs with
+file is the disk (raw, or VHD detected by its "conectix" footer cookie), or an
+NBD export: :func:`boot_disk` serves any Disk — a chain point straight from its
+images — over NBD (:mod:`blockforensics.nbd.server`) and boots that, with no
+export and no FUSE.  The overlay also lets read-only disks boot, which QEMU
+refuses for IDE drives. QEMU runs with
 TCG (KVM hangs on the machines this was developed on), no display and the first
 serial port written to a log file, which is polled until the expected text
 appears, QEMU exits (the guest powered off) or the timeout passes.
@@ -17,9 +20,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from blockforensics.errors import UsageError
 from blockforensics.tools import require
+
+if TYPE_CHECKING:
+    from blockforensics.formats.base import Disk
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,10 @@ VHD_FOOTER_SIZE = 512  # bytes
 POLL_SECONDS = 0.05  # interval between reads of the console log
 STOP_SECONDS = 5.0  # grace period for QEMU to exit after SIGTERM
 MEMORY_MIB = 256  # guest RAM
+#: NBD URL schemes QEMU opens as a backing file
+NBD_SCHEMES = ("nbd://", "nbd+unix://")
+#: leading bytes of the formats QEMU would otherwise have to be told
+MAGICS = {b"QFI\xfb": "qcow2", b"vhdxfile": "vhdx", b"KDMV": "vmdk"}
 #: Disk interfaces QEMU can attach the disk on: IDE every guest OS has a driver
 #: for; virtio loads a kernel through the BIOS about 2 s faster under TCG.
 INTERFACES = ("ide", "virtio")
@@ -45,6 +56,12 @@ class BootResult:
     qemu_exit: int | None  # QEMU's status if it exited by itself; None if we stopped it
     command: list[str] = field(repr=False)  # the QEMU command line
 
+    def to_json(self) -> dict[str, Any]:
+        """The result as data (``boot --json``)."""
+        return {"ok": self.ok, "seconds_to_marker": self.seconds_to_marker,
+                "seconds_total": self.seconds_total, "qemu_exit": self.qemu_exit,
+                "console": self.console, "command": self.command}
+
     def tail(self, n: int = 20) -> str:
         """The last ``n`` lines of the console."""
         return "\n".join(self.console.splitlines()[-n:])
@@ -57,12 +74,20 @@ class BootResult:
 
 
 def disk_format(path: str | os.PathLike[str]) -> str:
-    """QEMU's format name for the disk at ``path``: "vpc" for a VHD, else "raw"."""
+    """QEMU's format name for the disk at ``path``: "vpc" for a VHD, a format QEMU
+    recognises by its magic (qcow2, VHDX, VMDK), else "raw"; "raw" for an NBD URL."""
+    if str(path).startswith(NBD_SCHEMES):
+        return "raw"
     with open(path, "rb") as f:
+        magic = f.read(8)
+        f.seek(0)
         head = f.read(len(VHD_COOKIE))
         size = f.seek(0, os.SEEK_END)
         f.seek(max(size - VHD_FOOTER_SIZE, 0))
         footer = f.read(len(VHD_COOKIE))
+    for prefix, name in MAGICS.items():
+        if magic.startswith(prefix):
+            return name
     return "vpc" if VHD_COOKIE in (head, footer) else "raw"
 
 
@@ -85,7 +110,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
          timeout: float = 120, interface: str = "ide") -> BootResult:
-    """Boot ``disk`` (raw or VHD) in QEMU for at most ``timeout`` seconds; never writes it.
+    """Boot ``disk`` (a raw, VHD, VHDX, VMDK or qcow2 file, or an NBD URL) in QEMU for at
+    most ``timeout`` seconds; never writes it.
 
     QEMU is stopped as soon as ``expect`` appears on the serial console. With
     ``expect=None`` the boot is ok when the guest powers off (QEMU exits with
@@ -94,8 +120,9 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")
-    source = Path(disk).resolve()
-    if not source.is_file():
+    nbd = str(disk).startswith(NBD_SCHEMES)
+    source = str(disk) if nbd else str(Path(disk).resolve())
+    if not nbd and not Path(source).is_file():
         raise UsageError(f"{disk}: no such disk file")
     qemu_img, qemu = require("qemu-img"), require("qemu-system-x86_64")
     wanted = expect.encode() if expect is not None else None
@@ -103,7 +130,7 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         overlay, console_log, stderr_log = (Path(work, n) for n in ("overlay.qcow2",
                                                                     "console.log", "qemu.err"))
         created = subprocess.run(
-            [qemu_img, "create", "-q", "-f", "qcow2", "-b", str(source),
+            [qemu_img, "create", "-q", "-f", "qcow2", "-b", source,
              "-F", disk_format(source), str(overlay)],
             capture_output=True, text=True, check=False)
         if created.returncode != 0:
@@ -112,7 +139,8 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         command = [
             qemu, "-nodefaults", "-display", "none", "-accel", "tcg", "-m", str(MEMORY_MIB),
             "-no-reboot", "-serial", f"file:{console_log}",
-            "-drive", f"file={overlay},format=qcow2,if={interface},index=0,media=disk",
+            "-drive", f"file={overlay},format=qcow2,if={interface},index=0,media=disk"
+                      + (",copy-on-read=on" if nbd else ""),
             "-boot", "c",
         ]
         log.debug("booting %s: %s", source, " ".join(command))
@@ -145,3 +173,12 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     return BootResult(ok=ok, console=console.decode(errors="replace").replace("\r\n", "\n"),
                       seconds_to_marker=seconds_to_marker, seconds_total=seconds_total,
                       qemu_exit=qemu_exit, command=command)
+
+
+def boot_disk(disk: Disk, **options: Any) -> BootResult:
+    """Boot any Disk (a chain point, an image a reader opened) served over NBD from a
+    private socket for the boot's duration; ``options`` as for :func:`boot`."""
+    from blockforensics.nbd.server import served
+
+    with served(disk) as server:
+        return boot(server.url, **options)

@@ -207,20 +207,41 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_boot(args: argparse.Namespace) -> int:
-    from blockforensics.boot import boot
+def cmd_serve(args: argparse.Namespace) -> int:
+    from blockforensics.nbd.server import NbdServer, serve_until_signal
 
-    disk = Path(args.disk)
-    if not disk.is_file():
-        raise UsageError(f"{disk}: no such disk file")
-    result = boot(disk, expect=args.expect, timeout=args.timeout)
-    if result.ok:
+    with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
+                      parent=args.parent) as disk:
+        server = NbdServer(disk, socket_path=args.socket, port=args.port, bind=args.bind)
+        print("ready", flush=True)
+        print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
+              flush=True)
+        serve_until_signal(server)
+    return EXIT_OK
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from blockforensics.boot import boot, boot_disk
+    from blockforensics.image.chain import is_chain
+
+    options = {"expect": args.expect, "timeout": args.timeout}
+    if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
+        with _open_source(args.disk, point=args.point, key=_key(args),
+                          reader=args.reader) as disk:
+            result = boot_disk(disk, **options)
+    else:
+        if not Path(args.disk).is_file():
+            raise UsageError(f"{args.disk}: no such disk file")
+        result = boot(Path(args.disk), **options)
+    if args.json:
+        print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
+    elif result.ok:
         print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
-        return EXIT_OK
-    print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
-          "console tail:")
-    print(result.tail())
-    return EXIT_CHECK_FAILED
+    else:
+        print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
+              "console tail:")
+        print(result.tail())
+    return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -360,11 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
     source_point_option(p)
     key_option(p)
 
-    p = command("boot", cmd_boot, "boot a raw or VHD disk in QEMU and wait for a text",
-                chain=None)
-    p.add_argument("disk")
+    p = command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
+                "(prints 'ready' once clients can connect)",
+                chain="chain directory, or a disk image a reader plugin recognises")
+    source_point_option(p)
+    key_option(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="PATH", help="a Unix socket to listen on")
+    where.add_argument("--port", type=_positive_int, help="a TCP port to listen on")
+    p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+
+    p = command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
+                "QEMU and wait for a text (the disk or chain is never written)", chain=None)
+    p.add_argument("disk", help="a disk file (raw, VHD, VHDX, VMDK, qcow2) or a chain")
+    source_point_option(p)
+    key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--json", action="store_true", help="the result as JSON")
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)
