@@ -101,11 +101,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from blockforensics.fileio import check_output
     from blockforensics.image.backup import restore
 
     chain = _open_chain(args)
     point = chain.point(args.point)
-    out = restore(chain, point, args.out, progress=sys.stderr.isatty())
+    target = check_output(args.out, force=args.force, inputs=[i.path for i in chain.images])
+    out = restore(chain, point, target, progress=sys.stderr.isatty())
     print(f"restored point {point} to {out} ({chain.disk(point).size} bytes)")
     return EXIT_OK
 
@@ -126,10 +128,8 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     if args.keep is not None:
         result: object = consolidate.apply_retention(args.chain, keep_last=args.keep,
                                              daily=args.daily, weekly=args.weekly)
-    else:
-        if args.point is None:
-            raise UsageError("consolidate: give --point P (or --keep N)")
-        result = consolidate.consolidate(args.chain, args.point, start=args.start,
+    else:  # without --point: up to the newest
+        result = consolidate.consolidate(args.chain, args.point or -1, start=args.start,
                                          progress=sys.stderr.isatty())
     print(result)
     return EXIT_OK
@@ -172,8 +172,10 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from blockforensics.export import ALIASES, CHAIN, export, export_chain
+    from blockforensics.fileio import check_output
 
     fmt = ALIASES.get(args.format, args.format)
+    target = check_output(args.out, force=args.force, inputs=[args.chain])
     if fmt in CHAIN:
         from blockforensics.image.chain import is_chain
 
@@ -181,14 +183,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.chain}: --format {fmt} exports a chain's structure; "
                              "the source is not a chain directory")
         chain = _open_chain(args)
-        files = export_chain(chain, args.point or "-1", args.out, fmt,
+        files = export_chain(chain, args.point or "-1", target, fmt,
                              progress=sys.stderr.isatty())
         print(f"exported point {chain.point(args.point or '-1')} of {args.chain} to {files[-1]} "
               f"({fmt}: {len(files)} files, parents {', '.join(f.name for f in files[:-1])})")
         return EXIT_OK
     with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
                       parent=args.parent) as disk:
-        out = export(disk, args.out, fmt, progress=sys.stderr.isatty())
+        out = export(disk, target, fmt, progress=sys.stderr.isatty())
     print(f"exported {disk!r} to {out} ({fmt})")
     return EXIT_OK
 
@@ -290,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     def key_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
+    def force_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--force", action="store_true",
+                       help="replace OUT if it exists (never an input, never inside a chain)")
+
     def reader_option(p: argparse.ArgumentParser) -> None:
         # checked when the source is opened: listing the plugins here would scan every
         # installed distribution's entry points on each start of the command
@@ -331,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("restore", cmd_restore, "restore a point to a raw file")
     p.add_argument("out", help="raw file to write (exact size)")
+    force_option(p)
     point_option(p)
     key_option(p)
 
@@ -339,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
-    p.add_argument("--point", help="consolidate up to this point")
+    p.add_argument("--point", help="consolidate up to this point (default: the newest)")
     p.add_argument("--start", help="first point of the merged segment (default: the full)")
     p.add_argument("--keep", type=_positive_int, help="retention: keep the newest N points")
     p.add_argument("--daily", type=int, default=0, help="retention: one point per day for D days")
@@ -369,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                 chain="chain directory, or a disk image a reader plugin recognises")
     p.add_argument("out", help="the file to write (for chain formats: the point's file; its "
                               "parents are written beside it)")
+    force_option(p)
     source_point_option(p)
     p.add_argument("--format", default="vhd-dynamic",
                    choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw",
