@@ -13,8 +13,10 @@ appears, QEMU exits (the guest powered off) or the timeout passes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -55,12 +57,14 @@ class BootResult:
     seconds_total: float  # from QEMU's start until it was gone
     qemu_exit: int | None  # QEMU's status if it exited by itself; None if we stopped it
     command: list[str] = field(repr=False)  # the QEMU command line
+    screenshot: Path | None = None  # PNG of the display when the check ended, if asked
 
     def to_json(self) -> dict[str, Any]:
         """The result as data (``boot --json``)."""
         return {"ok": self.ok, "seconds_to_marker": self.seconds_to_marker,
                 "seconds_total": self.seconds_total, "qemu_exit": self.qemu_exit,
-                "console": self.console, "command": self.command}
+                "console": self.console, "command": self.command,
+                "screenshot": str(self.screenshot) if self.screenshot else None}
 
     def tail(self, n: int = 20) -> str:
         """The last ``n`` lines of the console."""
@@ -108,8 +112,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+class _Monitor:
+    """QEMU's QMP monitor, just enough for a boot check: the run state and a screen dump."""
+
+    def __init__(self, path: Path, process: subprocess.Popen[bytes]):
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(STOP_SECONDS)
+        deadline = time.monotonic() + STOP_SECONDS
+        while True:  # QEMU creates the socket a moment after it starts
+            try:
+                self._sock.connect(str(path))
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    self._sock.close()
+                    raise UsageError("QEMU's monitor did not come up") from None
+                time.sleep(POLL_SECONDS)
+        self._file = self._sock.makefile("rb")
+        self._file.readline()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        """Run ``command``; its ``return`` value (events in between are skipped)."""
+        self._sock.sendall(json.dumps({"execute": command, "arguments": arguments}).encode())
+        while line := self._file.readline():
+            reply = json.loads(line)
+            if "error" in reply:
+                raise UsageError(f"QMP {command}: {reply['error'].get('desc')}")
+            if "return" in reply:
+                return reply["return"]
+        raise UsageError(f"QMP {command}: the monitor closed")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
 def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
-         timeout: float = 120, interface: str = "ide") -> BootResult:
+         timeout: float = 120, interface: str = "ide",
+         screenshot: str | os.PathLike[str] | None = None) -> BootResult:
     """Boot ``disk`` (a raw, VHD, VHDX, VMDK or qcow2 file, or an NBD URL) in QEMU for at
     most ``timeout`` seconds; never writes it.
 
@@ -117,6 +158,11 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     ``expect=None`` the boot is ok when the guest powers off (QEMU exits with
     status 0) within the timeout. ``interface`` is one of INTERFACES. A QEMU that
     fails to start raises UsageError.
+
+    ``screenshot``: a PNG of the guest's display when the boot check ends (marker,
+    power-off or timeout), by QMP ``screendump``, for guests that show their state on
+    screen rather than on the serial port.  The guest then gets a VGA card, and QEMU
+    is kept alive after a power-off (``-no-shutdown``) so the last screen can be taken.
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")
@@ -126,6 +172,7 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         raise UsageError(f"{disk}: no such disk file")
     qemu_img, qemu = require("qemu-img"), require("qemu-system-x86_64")
     wanted = expect.encode() if expect is not None else None
+    shot = Path(screenshot).resolve() if screenshot is not None else None
     with tempfile.TemporaryDirectory(prefix="bf-boot-") as work:
         overlay, console_log, stderr_log = (Path(work, n) for n in ("overlay.qcow2",
                                                                     "console.log", "qemu.err"))
@@ -143,6 +190,10 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
                       + (",copy-on-read=on" if nbd else ""),
             "-boot", "c",
         ]
+        monitor_path = Path(work, "qmp.sock")
+        if shot is not None:
+            command += ["-vga", "std", "-no-shutdown",
+                        "-qmp", f"unix:{monitor_path},server=on,wait=off"]
         log.debug("booting %s: %s", source, " ".join(command))
         console = b""
         seconds_to_marker = None
@@ -150,9 +201,15 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         with open(stderr_log, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=stderr, stderr=stderr)
+        monitor, powered_off = None, False
         try:
+            if shot is not None:
+                monitor = _Monitor(monitor_path, process)
             while True:
                 exited = process.poll() is not None  # before reading: no output is lost
+                if monitor is not None and monitor.execute("query-status")["status"] in (
+                        "shutdown", "guest-panicked"):
+                    exited = powered_off = True  # -no-shutdown: QEMU outlives the guest
                 if console_log.exists():
                     console = console_log.read_bytes()
                 if wanted is not None and wanted in console:
@@ -161,8 +218,12 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
                 if exited or time.monotonic() - start > timeout:
                     break
                 time.sleep(POLL_SECONDS)
+            if monitor is not None and shot is not None:
+                monitor.execute("screendump", filename=str(shot), format="png")
         finally:
-            qemu_exit = process.poll()
+            if monitor is not None:
+                monitor.close()
+            qemu_exit = 0 if powered_off else process.poll()
             _stop(process)
         seconds_total = time.monotonic() - start
         if qemu_exit not in (None, 0):
@@ -172,7 +233,7 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     log.debug("boot of %s: ok=%s in %.1f s", source, ok, seconds_total)
     return BootResult(ok=ok, console=console.decode(errors="replace").replace("\r\n", "\n"),
                       seconds_to_marker=seconds_to_marker, seconds_total=seconds_total,
-                      qemu_exit=qemu_exit, command=command)
+                      qemu_exit=qemu_exit, command=command, screenshot=shot)
 
 
 def boot_disk(disk: Disk, **options: Any) -> BootResult:

@@ -226,7 +226,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from blockforensics.boot import boot, boot_disk
     from blockforensics.image.chain import is_chain
 
-    options = {"expect": args.expect, "timeout": args.timeout}
+    options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot}
     if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
         with _open_source(args.disk, point=args.point, key=_key(args),
                           reader=args.reader) as disk:
@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save the guest's screen when the check ends (QMP screendump)")
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)

@@ -357,18 +357,26 @@ def test_vhdx_vmdk_and_qcow2_chain_exports_boot(chains: Chains, tmp_path: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [Case("sample", False, "incr"), Case("odd", True, "full")],
                          ids=lambda c: c.id)
-def test_boot_chain_point_over_nbd_leaves_the_chain_unchanged(chains: Chains,
-                                                             case: Case) -> None:
+def test_boot_chain_point_over_nbd_leaves_the_chain_unchanged(chains: Chains, case: Case,
+                                                             tmp_path: Path) -> None:
+    """Booted straight from the chain over NBD, with a screenshot of the guest's display."""
     chain = chains.chain(case)
     before = chain_digest(chain)
+    shot = tmp_path / "screen.png"
     done = bf("boot", chain, "--point", case.point, "--expect", f"{MARKER_PREFIX} {case.marker}",
-              "--timeout", BOOT_TIMEOUT, "--json", *chains.key_args(case),
+              "--timeout", BOOT_TIMEOUT, "--json", "--screenshot", shot, *chains.key_args(case),
               timeout=BOOT_TIMEOUT + 30)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(done.stdout)
     assert result["ok"] is True and 0 < result["seconds_to_marker"] < BOOT_TIMEOUT
     assert f"{MARKER_PREFIX} {case.marker}" in result["console"]
     assert any(arg.startswith("file=") for arg in result["command"])
+    assert result["screenshot"] == str(shot)
+    from PIL import Image
+
+    with Image.open(shot) as image:  # the BIOS and boot loader's text on a black screen
+        assert image.format == "PNG" and image.size[0] >= 640
+        assert np.asarray(image.convert("L")).max() > 128
     assert chain_digest(chain) == before
 
 
