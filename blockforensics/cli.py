@@ -124,7 +124,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem)
     print(report)
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    fs_ok = True
+    if args.fs and report.ok:  # the point's file systems, checked read-only where served
+        from blockforensics.fsck import check_filesystems
+
+        chain = _open_chain(args, clean=False)
+        checks = check_filesystems(chain.disk(args.point or "-1"))
+        for check in checks:
+            print(check)
+        fs_ok = all(check.ok is not False for check in checks)
+    return EXIT_OK if report.ok and fs_ok else EXIT_CHECK_FAILED
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
@@ -350,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", cmd_verify, "check every image (and with the key, every block)")
     key_option(p)
+    p.add_argument("--fs", action="store_true",
+                   help="also check the point's file systems read-only (fsck -n per partition)")
+    p.add_argument("--point", help="the point --fs checks (default: the newest)")
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
