@@ -111,16 +111,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
-    from blockforensics import consolidate
+    from blockforensics.consolidate import apply_retention, consolidate
 
     if args.keep is not None:
-        result = consolidate.apply_retention(args.chain, keep_last=args.keep,
-                                             daily=args.daily, weekly=args.weekly)
+        result = apply_retention(args.chain, keep_last=args.keep,
+                                 daily=args.daily, weekly=args.weekly)
     else:
         if args.point is None:
             raise UsageError("consolidate: give --point P (or --keep N)")
-        result = consolidate.consolidate(args.chain, args.point, start=args.start,
-                                         progress=sys.stderr.isatty())
+        result = consolidate(args.chain, args.point, start=args.start,
+                             progress=sys.stderr.isatty())
     print(result)
     return EXIT_OK
 
