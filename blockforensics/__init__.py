@@ -15,15 +15,14 @@ modules it needs.  The methods are explained in docs/METHODS.md.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from blockforensics.allocation import allocation_map, partitions
     from blockforensics.blockmap import BlockMap
-    from blockforensics.boot import boot
-    from blockforensics.consolidate import apply_retention, consolidate
+    from blockforensics.boot import boot as boot_disk
+    from blockforensics.consolidate import apply_retention
+    from blockforensics.consolidate import consolidate as consolidate_point
     from blockforensics.crypto import KeySource
     from blockforensics.datasets.bootdisk import (
         MARKER_PREFIX,
@@ -62,6 +61,7 @@ if TYPE_CHECKING:
         plot_bytes,
         plot_chain,
         plot_layout,
+        plot_to_copy,
     )
     from blockforensics.plot_forensics import plot_diff_files, plot_entropy
     from blockforensics.snapshot import Snapshot
@@ -83,24 +83,26 @@ _MODULES: dict[str, tuple[str, ...]] = {
                                "NaiveLinearChain", "MethodRecord", "head_start_incremental",
                                "quiesced_full_image", "branching_chain", "naive_linear_chain",
                                "differing_blocks"),
-    "blockforensics.consolidate": ("consolidate", "apply_retention"),
+    "blockforensics.consolidate": ("consolidate_point=consolidate", "apply_retention"),
     "blockforensics.crypto": ("KeySource",),
     "blockforensics.forensics": ("diff", "changes", "timeline", "list_files", "block_entropy"),
     "blockforensics.allocation": ("allocation_map", "partitions"),
     "blockforensics.formats.raw": ("RawDisk",),
     "blockforensics.formats.vhd": ("write_vhd", "vhd_info", "VHD_BLOCK", "UNUSED"),
     "blockforensics.expose": ("exposed",),
-    "blockforensics.boot": ("boot",),
+    "blockforensics.boot": ("boot_disk=boot",),
     "blockforensics.datasets.bootdisk": ("cached_boot_disk", "set_boot_marker",
                                          "write_fat_file", "read_fat_file", "MARKER_PREFIX"),
     "blockforensics.datasets.investigation": ("build_investigation",),
     "blockforensics.plot": ("plot_blockmap", "plot_blockmaps", "plot_chain", "plot_layout",
-                            "plot_bytes", "PALETTE", "MEANING", "kind_of"),
+                            "plot_bytes", "plot_to_copy", "PALETTE", "MEANING", "kind_of"),
     "blockforensics.plot_forensics": ("plot_diff_files", "plot_entropy"),
     "blockforensics.errors": ("BlockforensicsError", "UsageError"),
 }
-#: public name -> the module defining it
-_HOMES = {name: module for module, names in _MODULES.items() for name in names}
+#: public name -> (the module defining it, its name there); "alias=name" where a
+#: function is named like its module (``bf.consolidate`` stays the module)
+_HOMES = {entry.partition("=")[0]: (module, entry.rpartition("=")[2])
+          for module, entries in _MODULES.items() for entry in entries}
 
 __all__ = [
     "MARKER_PREFIX",
@@ -129,12 +131,12 @@ __all__ = [
     "apply_retention",
     "backup",
     "block_entropy",
-    "boot",
+    "boot_disk",
     "branching_chain",
     "build_investigation",
     "cached_boot_disk",
     "changes",
-    "consolidate",
+    "consolidate_point",
     "diff",
     "differing_blocks",
     "exposed",
@@ -150,6 +152,7 @@ __all__ = [
     "plot_diff_files",
     "plot_entropy",
     "plot_layout",
+    "plot_to_copy",
     "quiesced_full_image",
     "read_fat_file",
     "restore",
@@ -165,7 +168,8 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name]), name)
+        module, attribute = _HOMES[name]
+        value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value  # the next lookup does not come here
         return value
     raise AttributeError(f"module 'blockforensics' has no attribute {name!r}")
@@ -173,18 +177,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
-
-
-#: functions named like the module that defines them: ``bf.boot`` is the function even
-#: after ``import blockforensics.boot`` bound the module to the package's attribute
-_SHADOWING = frozenset(name for name in _HOMES if _HOMES[name] == f"{__name__}.{name}")
-
-
-class _Namespace(types.ModuleType):
-    def __getattribute__(self, name: str) -> Any:
-        if name in _SHADOWING:
-            return getattr(importlib.import_module(_HOMES[name]), name)
-        return super().__getattribute__(name)
-
-
-sys.modules[__name__].__class__ = _Namespace

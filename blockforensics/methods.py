@@ -325,6 +325,25 @@ class HeadStartIncremental(_Method):
         self.head: HeadStart | None = None
         self.tracker: ChangeTracker | None = None
         self._copies = 0
+        self._to_copy: list[dict[str, object]] = []
+
+    def _count(self, step: str) -> None:
+        """Note how many blocks are left to copy, with and without the head start."""
+        if self.head is not None and self.tracker is not None and not self.snapshots:
+            self._to_copy.append({"step": step, "with head start": self.head.remaining.count(),
+                                  "without": self.tracker.changed.count()})
+
+    def to_copy(self) -> pd.DataFrame:
+        """Blocks left to copy after each step from t1 to t2: step, with head start (still
+        tracked), without (a plain CBT's map); the last row is what the snapshot leaves."""
+        return pd.DataFrame(self._to_copy, columns=["step", "with head start", "without"])
+
+    @_step
+    def live(self, n_ops: int = 10) -> BlockMap:
+        """Live writes: ``n_ops`` workload operations on the volume; the blocks written."""
+        written = super().live(n_ops)
+        self._count(f"live {self._lives}")
+        return written
 
     @_step
     def start(self) -> int:
@@ -337,11 +356,11 @@ class HeadStartIncremental(_Method):
                          BlockMap.from_positions(self.volume.n_blocks,
                                                  self.chain.images[base].index["position"],
                                                  self.volume.block_size), base)
+        self._count("t1")
         return base
 
     def _head(self) -> HeadStart:
-        if self.head is None:
-            raise RuntimeError("call start() first")
+        assert self.head is not None, "start() runs first (the step order sees to it)"
         return self.head
 
     @property
@@ -357,12 +376,14 @@ class HeadStartIncremental(_Method):
         self.record.note("head start", "t1–t2",
                          f"copy {copied.count()} tracked blocks ({policy} first), untrack them",
                          f"copy {self._copies}", copied)
+        self._count(f"copy {self._copies}")
         return copied
 
     @_step
     def snapshot(self) -> BlockMap:
         """t2: snapshot, tracking stops; returns the blocks still to copy."""
         head = self._head()
+        self._count("t2")
         self.snapshots.append(head.snapshot(label="t2"))
         remaining = head.remaining.copy()
         assert self.tracker is not None

@@ -75,6 +75,7 @@ _NAME_KINDS: list[tuple[tuple[str, ...], str]] = [
     (("wrong", "damage"), "damage"),
     (("stale", "recopied", "again", "twice"), "stale"),
     (("quiesc", "leak", "q1", "q2", "q3"), "quiesced"),
+    (("remaining", "still tracked"), "changed"),
     (("copy", "copied", "head start", "head-start"), "copied"),
     (("preserved", "snapshot store"), "preserved"),
     (("encrypt", "cipher"), "encrypted"),
@@ -110,20 +111,19 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return ax
 
 
-def _legend(ax: Axes, entries: Iterable[tuple[str, str]], **kwargs: object) -> None:
+def _legend(ax: Axes, entries: Iterable[tuple[str, str]]) -> None:
     """A legend of coloured squares (label, colour), right of the Axes."""
     from matplotlib.patches import Patch
 
     handles = [Patch(facecolor=colour, edgecolor="#999999", label=label)
                for label, colour in dict(entries).items()]
-    options: dict[str, object] = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
-                                  "fontsize": 8, "frameon": False}
-    ax.legend(handles=handles, **(options | kwargs))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=8,
+              frameon=False)
 
 
 def _columns(n_blocks: int) -> int:
     """Blocks per grid row: few rows for small volumes, at most 128 per row."""
-    return int(min(128, max(16, -(-n_blocks // 4))))
+    return int(max(1, min(n_blocks, 128, max(48, -(-n_blocks // 4)))))
 
 
 def _zoom_window(maps: Iterable[BlockMap], n_blocks: int, columns: int,
@@ -131,8 +131,8 @@ def _zoom_window(maps: Iterable[BlockMap], n_blocks: int, columns: int,
     """The block range [lo, hi) to draw, in whole grid rows."""
     if zoom is None:
         return 0, n_blocks
-    if zoom != "auto":
-        lo, hi = zoom  # type: ignore[misc]
+    if not isinstance(zoom, str):
+        lo, hi = zoom
         return max(0, int(lo)), min(n_blocks, int(hi))
     firsts, lasts = [], []
     for m in maps:
@@ -156,7 +156,9 @@ def plot_blockmaps(maps: Mapping[str, BlockMap], ax: Axes | None = None, *,
 
     ``layout``: "grid" (rows of ``columns`` blocks), "strip" (runs along one line) or
     "auto" (a grid unless it would need more than 40 rows per map).  ``zoom``: "auto"
-    (the rows holding any set block), None (everything) or a block range (lo, hi).
+    (the rows holding any set block; when most rows between them are empty, only the
+    rows holding set blocks, each labelled with its first block), None (everything)
+    or a block range (lo, hi).  The xlabel states the zoom.
     """
     if not maps:
         raise ValueError("no block maps to plot")
@@ -168,18 +170,29 @@ def plot_blockmaps(maps: Mapping[str, BlockMap], ax: Axes | None = None, *,
     columns = columns or _columns(n_blocks)
     lo, hi = _zoom_window(maps.values(), n_blocks, columns, zoom)
     rows = max(1, -(-(hi - lo) // columns))
+    occupied = np.zeros(rows * columns, dtype=bool)
+    for m in maps.values():
+        occupied[: hi - lo] |= m.to_bools()[lo:hi]
+    shown = np.arange(rows)
+    busy = occupied.reshape(rows, columns).any(axis=1)
+    if zoom == "auto" and rows > 8 and busy.sum() <= rows / 2:
+        shown = np.flatnonzero(busy)
     if layout == "auto":
-        layout = "grid" if rows <= 40 else "strip"
+        layout = "grid" if shown.size <= 40 else "strip"
+    span = f"blocks {lo:,}–{hi - 1:,} of {n_blocks:,}"
     if layout == "grid":
-        ax = _grid(maps, kind, ax, lo, hi, columns)
+        ax = _grid(maps, kind, ax, lo, hi, columns, shown)
+        where = (f"only the {shown.size} of {rows} rows holding set blocks, {span}"
+                 if shown.size < rows else
+                 f"zoomed to {span}" if (lo, hi) != (0, n_blocks) else f"all {n_blocks:,} blocks")
+        where = f"rows of {columns} blocks; {where}"
     elif layout == "strip":
         ax = _strips(maps, kind, ax, lo, hi)
+        where = (f"zoomed to {span}" if (lo, hi) != (0, n_blocks) else f"all {n_blocks:,} blocks")
+        where += "; runs drawn at least 1/400 of the width"
     else:
         raise ValueError(f"layout must be 'grid', 'strip' or 'auto', not {layout!r}")
-    shown = f"blocks {lo:,}–{hi - 1:,} of {n_blocks:,}"
-    zoomed = f"zoomed to {shown}" if (lo, hi) != (0, n_blocks) else f"all {n_blocks:,} blocks"
-    unit = f"rows of {columns} blocks; " if layout == "grid" else ""
-    ax.set_xlabel(f"block position ({unit}{zoomed})", fontsize=8)
+    ax.set_xlabel(f"block position ({where})", fontsize=8)
     _legend(ax, [*((MEANING[k], PALETTE[k]) for k in dict.fromkeys(kind.values())),
                  ("not in the set", EMPTY)])
     if title:
@@ -188,19 +201,22 @@ def plot_blockmaps(maps: Mapping[str, BlockMap], ax: Axes | None = None, *,
 
 
 def _grid(maps: Mapping[str, BlockMap], kind: Mapping[str, str], ax: Axes | None,
-          lo: int, hi: int, columns: int) -> Axes:
+          lo: int, hi: int, columns: int, shown: np.ndarray) -> Axes:
+    """One panel per map: the grid rows ``shown`` (indexes of rows of ``columns`` blocks
+    from ``lo``), a blank row between panels; each row's first block at the right."""
     from matplotlib.colors import ListedColormap
 
     names = list(maps)
     rows = max(1, -(-(hi - lo) // columns))
-    gap = 1 if rows > 1 else 0
+    per = shown.size
+    gap = 1 if per > 1 else 0
     kinds = list(PALETTE)
-    image = np.full(((rows + gap) * len(names) - gap, columns), np.nan)
+    image = np.full(((per + gap) * len(names) - gap, columns), np.nan)
     for i, name in enumerate(names):
         flags = np.full(rows * columns, np.nan)
         cells = maps[name].to_bools()[lo:hi]
         flags[: cells.size] = np.where(cells, kinds.index(kind[name]) + 1, 0)
-        image[i * (rows + gap): i * (rows + gap) + rows] = flags.reshape(rows, columns)
+        image[i * (per + gap): i * (per + gap) + per] = flags.reshape(rows, columns)[shown]
     width = 10.0
     height = min(14.0, 0.9 + width * image.shape[0] / columns)
     ax = _axes(ax, (width + 2.4, height))
@@ -208,21 +224,25 @@ def _grid(maps: Mapping[str, BlockMap], kind: Mapping[str, str], ax: Axes | None
     cmap.set_bad("white")
     ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=len(kinds),
               interpolation="nearest", aspect="equal")
-    if columns <= 128:  # cell borders, while cells are big enough to show them
-        ax.set_xticks(np.arange(-0.5, columns, 1), minor=True)
-        ax.set_yticks(np.arange(-0.5, image.shape[0], 1), minor=True)
-        ax.grid(which="minor", color="white", linewidth=0.4 if columns <= 64 else 0.2)
-        ax.tick_params(which="minor", length=0)
+    ax.set_xticks(np.arange(-0.5, columns, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, image.shape[0], 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.4 if columns <= 64 else 0.2)
+    ax.tick_params(which="minor", length=0)
     step = max(1, columns // 4)
     ticks = np.arange(0, columns, step)
     if columns - 1 - ticks[-1] >= step // 2:
         ticks = np.r_[ticks, columns - 1]
     ax.set_xticks(ticks, [f"+{t}" for t in ticks], fontsize=7)
-    ax.set_yticks([i * (rows + gap) + (rows - 1) / 2 for i in range(len(names))],
+    ax.set_yticks([i * (per + gap) + (per - 1) / 2 for i in range(len(names))],
                   [f"{n} ({maps[n].count()})" for n in names], fontsize=8)
     for side in ("top", "right", "left", "bottom"):
         ax.spines[side].set_visible(False)
-    if rows > 1:
+    if per <= 8:  # label every row with its first block
+        for i in range(len(names)):
+            for j, row in enumerate(shown):
+                ax.text(columns - 0.2, i * (per + gap) + j, f"{lo + row * columns:,}",
+                        fontsize=6.5, color="#555555", va="center")
+    else:
         ax.text(-0.6, -0.7, f"row starts: {lo}, {lo + columns}, …", fontsize=7,
                 color="#555555", va="bottom")
     return ax
@@ -305,16 +325,18 @@ def plot_layout(layout: Layout, ax: Axes | None = None, *, title: str | None = N
 
 
 def _lanes(parents: list[int | None], leaves: set[int]) -> dict[int, int]:
-    """A lane per point: a trunk child continues its parent's lane; a leaf goes one lane
-    below its parent; anything else (a second trunk child, another root) opens a new lane."""
+    """A lane per point: a child of the same consistency continues its parent's lane; an
+    application-consistent child of a crash-consistent point goes one lane below it;
+    anything else (a second child, another root) opens a new lane."""
     lane: dict[int, int] = {}
     continued: set[int] = set()
     for point, parent in enumerate(parents):
-        if parent is not None and point in leaves:
-            lane[point] = lane[parent] + 1
-        elif parent is not None and parent not in continued:
+        same = parent is not None and (point in leaves) == (parent in leaves)
+        if parent is not None and same and parent not in continued:
             lane[point] = lane[parent]
             continued.add(parent)
+        elif parent is not None and point in leaves and parent not in leaves:
+            lane[point] = lane[parent] + 1
         else:
             lane[point] = max(lane.values(), default=-1) + 1
     return lane
@@ -329,10 +351,10 @@ def plot_chain(chain: Chain, ax: Axes | None = None, *, leaves: Iterable[int] = 
     dashed in the quiescence colour, below the crash-consistent trunk.
     """
     rows = chain.rows()
-    parents = [row["parent"] for row in rows]
+    parents: list[int | None] = [row["parent"] for row in rows]  # type: ignore[misc]
     leaf = {chain.point(p) for p in leaves}
     lane = _lanes(parents, leaf)
-    ax = _axes(ax, (max(5.0, 1.7 * len(rows)) + 2.6, 1.4 + 1.1 * (max(lane.values(),
+    ax = _axes(ax, (max(6.0, 2.3 * len(rows)) + 2.6, 1.4 + 1.1 * (max(lane.values(),
                                                                        default=0) + 1)))
     for point, parent in enumerate(parents):
         if parent is not None:
@@ -351,14 +373,14 @@ def plot_chain(chain: Chain, ax: Axes | None = None, *, leaves: Iterable[int] = 
                     (point, -lane[point]), textcoords="offset points", xytext=(0, -17),
                     ha="center", va="top", fontsize=7.5)
     if leaf:
-        ax.text(-0.75, 0, "crash-consistent\ntrunk", ha="right", va="center", fontsize=8,
-                color=TRUNK)
-        for ln in sorted({lane[p] for p in leaf}):
-            ax.text(-0.75, -ln, "application-\nconsistent leaf", ha="right", va="center",
-                    fontsize=8, color=LEAF)
-    if leaf:
-        _legend(ax, [("crash-consistent (trunk)", TRUNK),
-                     ("application-consistent leaf\n(holds quiescence writes)", LEAF)])
+        for ln in sorted(set(lane.values())):
+            on_lane = {p for p in lane if lane[p] == ln}
+            if not on_lane & leaf or on_lane <= leaf:
+                ax.text(-0.75, -ln, "crash-consistent\ntrunk" if not on_lane & leaf
+                        else "application-\nconsistent", ha="right", va="center", fontsize=8,
+                        color=LEAF if on_lane & leaf else TRUNK)
+        _legend(ax, [*([("crash-consistent (trunk)", TRUNK)] if len(leaf) < len(rows) else []),
+                     ("application-consistent\n(holds quiescence writes)", LEAF)])
     else:  # squares and circles say full and incremental
         from matplotlib.lines import Line2D
 
@@ -370,6 +392,32 @@ def plot_chain(chain: Chain, ax: Axes | None = None, *, leaves: Iterable[int] = 
     ax.set_ylim(-max(lane.values(), default=0) - 1.0, 0.6)
     ax.axis("off")
     ax.set_title(title or f"{len(rows)} points; arrows point to the parent", fontsize=9)
+    return ax
+
+
+def plot_to_copy(frame: object, ax: Axes | None = None, *, title: str | None = None) -> Axes:
+    """Blocks left to copy after each step between t1 and t2, with and without the head
+    start (a frame like ``HeadStartIncremental.to_copy()``: step, with head start, without);
+    the last step is the snapshot, where what is left is copied while the snapshot lives."""
+    import pandas as pd
+
+    table = pd.DataFrame(frame)
+    ax = _axes(ax, (10, 3))
+    x = np.arange(len(table))
+    for column, kind, label in (("without", "changed", "without head start (plain CBT)"),
+                                ("with head start", "copied", "with head start")):
+        ax.step(x, table[column], where="mid", color=PALETTE[kind], linewidth=2.2, label=label)
+        ax.plot(x, table[column], "o", color=PALETTE[kind], markersize=4)
+    last = table.iloc[-1]
+    ax.annotate(f"at the snapshot: {last['with head start']} vs {last['without']} blocks left",
+                (x[-1], last["with head start"]), textcoords="offset points", xytext=(-10, 18),
+                ha="right", fontsize=8, arrowprops={"arrowstyle": "->", "color": "#555555"})
+    ax.set_xticks(x, table["step"], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("blocks left to copy")
+    ax.set_ylim(0, max(1, int(table["without"].max())) * 1.15)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(title or "blocks left to copy, step by step from t1 to the snapshot at t2",
+                 fontsize=9)
     return ax
 
 
@@ -406,9 +454,9 @@ def png(draw: Callable[[Axes], object], figsize: tuple[float, float] | None = No
 
 def blockmap_png(bmap: BlockMap) -> bytes:
     """A BlockMap's picture for Jupyter (``BlockMap._repr_png_``)."""
-    return png(lambda ax: plot_blockmap(bmap, ax, layout="auto", zoom=None, title=repr(bmap)))
+    return png(lambda ax: plot_blockmap(bmap, ax, layout="auto", zoom=None))
 
 
 def chain_png(chain: Chain) -> bytes:
     """A Chain's picture for Jupyter (``Chain._repr_png_``)."""
-    return png(lambda ax: plot_chain(chain, ax, title=repr(chain)))
+    return png(lambda ax: plot_chain(chain, ax))

@@ -3,6 +3,8 @@ that guide, rich displays, and notebooks that import only ``blockforensics``."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +27,14 @@ def small(seed: int = 1, n_blocks: int = 300) -> tuple[bf.Chain, bf.Workload]:
 
 
 # ----------------------------------------------------------------------- namespace
-def test_every_public_name_resolves_and_functions_win_over_modules() -> None:
+def test_every_public_name_resolves_and_modules_stay_modules() -> None:
+    import blockforensics.boot
+    import blockforensics.consolidate as consolidation
 
     assert sorted(bf.__all__) == sorted(bf._HOMES)
     assert all(hasattr(bf, name) for name in bf.__all__)
-    assert callable(bf.consolidate) and bf.consolidate.__module__ == "blockforensics.consolidate"
-    assert callable(bf.boot) and bf.boot.__module__ == "blockforensics.boot"
+    assert bf.consolidate_point is consolidation.consolidate
+    assert bf.boot_disk is blockforensics.boot.boot
     assert {"Volume", "BlockMap", "Chain", "backup", "restore", "diff", "plot_blockmaps",
             "BranchingChain", "HeadStartIncremental"} <= set(bf.__all__)
 
@@ -41,6 +45,16 @@ def test_importing_the_namespace_loads_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_import_only_the_namespace(notebook: Path) -> None:
+    code = "\n".join("".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"]
+                     if cell["cell_type"] == "code")
+    deep = re.findall(r"^\s*(?:from blockforensics\S* import|import blockforensics\.)\S*.*$",
+                      code, flags=re.M)
+    assert deep == []
+    assert "import blockforensics as bf" in code
 
 
 # ------------------------------------------------------------------ picture language
@@ -122,3 +136,63 @@ def test_branching_steps_keep_their_order() -> None:
     assert m.leaf1() is not None and m.record.maps["Q1"].count() == 0
     with pytest.raises(StepOrderError, match=r"run next: snapshot\(\)"):
         m.verify()
+
+
+# ------------------------------------------- the effects the notebooks name, for their seeds
+def test_notebook_02_seed_shows_stale_copies_and_fewer_blocks_left_at_t2() -> None:
+    chain, wl = small(7)
+    a, b = bf.ChangeTracker(wl.volume), bf.ChangeTracker(wl.volume)  # the notebook's first cell
+    wl.step(6)
+    a.reset()
+    wl.step(4)
+    a.detach(), b.detach()
+    m = bf.HeadStartIncremental(chain, wl, budget=30, policy="oldest")
+    m.live(6)
+    m.start()
+    m.live(8)
+    m.head_start()
+    m.live(8)
+    assert (m.head.copied_early & m.head.remaining).count() > 0  # "copied early, written again"
+    m.head_start()
+    m.live(6)
+    m.head_start()
+    m.live(4)
+    remaining = m.snapshot()
+    last = m.to_copy().iloc[-1]
+    assert (last["with head start"], last["without"]) == (48, 117)  # the numbers in the text
+    assert m.record.maps["T"] == m.head.copied_early | remaining
+    m.finish()
+    assert m.record.maps["recopied"].count() > 0
+    m.release()
+
+
+def test_notebook_03_seed_has_quiescence_writes_outside_the_allocation() -> None:
+    chain, wl = small(2)
+    m = bf.QuiescedFullImage(chain, wl)
+    m.live(25)
+    a1 = m.snapshot()
+    m.live(6)
+    m.snapshots[0].write(512 + 100, b"checkpoint: consistent")
+    q1 = m.quiesce(4)
+    assert (q1 - a1).count() > 0
+    m.image()
+    assert m.record.stored("full") == a1 | q1
+    m.release()
+
+
+def test_notebook_04_seed_skips_freed_blocks_and_the_naive_chain_is_wrong() -> None:
+    chain, wl = small(12)
+    m = bf.BranchingChain(chain, wl)
+    m.live(20)
+    m.snapshot()
+    m.quiesce(8)
+    m.full()
+    m.leaf1()
+    m.live(8)
+    a2 = m.snapshot()
+    m.quiesce(8)
+    assert (m.record.maps["T"] - a2).count() > 0  # the "skipped" row
+    m.release()
+    chain2, wl2 = small(12)
+    naive = bf.naive_linear_chain(chain2, wl2, ops_before=20, ops_between=8, quiesce_blocks=8)
+    assert naive.maps["leaked"].count() > 0 and naive.maps["wrong at t2"].count() > 0
