@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except BlockforensicsError as exc:
         print(f"blockforensics: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()
         return EXIT_OK

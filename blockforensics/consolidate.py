@@ -30,7 +30,7 @@ from blockforensics.errors import ChainError, UsageError
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
-from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.image.store import ChainStore
 from blockforensics.progress import progress_bar
 
@@ -194,6 +194,7 @@ def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBloc
         first = int(start[i])
         buf = np.empty(int(end[j - 1]) - first, dtype=np.uint8)
         image.read_into(buf, first)
+        check_stored(image.name, buf, start[i:j] - first, records[i:j])  # copy no damage
         lo, hi = start[i:j] - first, end[i:j] - first
         cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
         payload = buf.data if not len(cuts) else b"".join(
