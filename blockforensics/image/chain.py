@@ -331,7 +331,65 @@ class Chain:
         if self._codec is None:
             header = self.images[0].header if self.images else None
             self._codec = open_codec(header, self.key, str(self.directory))
+            if self._codec.encrypted:
+                try:
+                    self.check_seal()
+                except FormatError:
+                    self._codec = None
+                    raise
         return self._codec
+
+    # ------------------------------------------------------------------- seal
+    def check_seal(self, images: list[ImageFile] | None = None) -> list[tuple[bytes, bytes]]:
+        """FormatError unless the manifest of an encrypted chain carries a valid seal that
+        every listed point agrees with: each one sealed, with its sealed point digest, in
+        sealed order, and the newest sealed point listed.  The sealed points."""
+        images = self.images if images is None else images
+        if not images or not images[0].header.encrypted:
+            return []
+        where = f"{self.directory / MANIFEST}"
+        doc = self.manifest.seal
+        try:
+            assert doc is not None
+            generation = doc["generation"]
+            points = [(bytes.fromhex(i), bytes.fromhex(m))
+                      for i, m in (str(p).split(":") for p in doc["points"])]
+            mac = bytes.fromhex(doc["mac"])
+            assert type(generation) is int and 0 <= generation < 2**63 and points
+        except (AssertionError, KeyError, TypeError, ValueError):
+            raise FormatError(f"{where}: an encrypted chain's manifest must carry a valid seal "
+                              "(missing or damaged: the manifest was replaced)") from None
+        keys = self.codec.keys  # type: ignore[attr-defined]
+        if not hmac.compare_digest(keys.seal(generation, points), mac):
+            raise FormatError(f"{where}: the manifest's seal does not match (altered)")
+        order = {image_id: (i, point_mac) for i, (image_id, point_mac) in enumerate(points)}
+        last = -1
+        for img in images:
+            sealed = order.get(img.header.image_id)
+            if sealed is None or sealed[1] != img.header.point_mac:
+                raise FormatError(f"{img.name}: not the point the manifest's seal names "
+                                  "(swapped in or replaced)")
+            if sealed[0] < last:
+                raise FormatError(f"{img.name}: listed out of its sealed order (points "
+                                  "reordered or swapped)")
+            last = sealed[0]
+        if last != len(points) - 1:
+            raise FormatError(f"{where}: the newest sealed point ({len(points)} sealed, image "
+                              f"{points[-1][0].hex()[:12]}) is not listed: the chain was "
+                              "rolled back or its newest point dropped")
+        return points
+
+    def _seal_with(self, image: ImageFile) -> dict[str, object] | bool:
+        """The manifest seal after appending ``image`` (True: keep it, a plaintext chain)."""
+        if not image.header.encrypted:
+            return True
+        points = self.check_seal(self.images[:-1])
+        points.append((image.header.image_id, image.header.point_mac))
+        generation = self.manifest.generation + 1  # the switch's generation
+        keys = self.codec.keys  # type: ignore[attr-defined]
+        return {"generation": generation,
+                "points": [f"{i.hex()}:{m.hex()}" for i, m in points],
+                "mac": keys.seal(generation, points).hex()}
 
     # ---------------------------------------------------------------- reading
     def layout(self, point: PointRef) -> Layout:
@@ -451,7 +509,8 @@ class Chain:
                 name = self.store.new_name("full" if image.header.is_full else "incr")
                 self.manifest = self.store.switch(
                     [*self.manifest.images, name], add={name: Path(path)},
-                    expect=self.manifest)
+                    seal=self._seal_with(image), expect=self.manifest,
+                    ids=[img.header.image_id for img in self.images])
             except BaseException:
                 self.images.pop()
                 image.close()
