@@ -21,6 +21,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from typing import Any
 
 import mfusepy
 
-from blockforensics.errors import FormatError, UsageError
+from blockforensics.errors import BlockforensicsError, FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import FileLayout
 from blockforensics.formats.vhd import VhdLayout
@@ -133,12 +134,16 @@ class ImageFileSystem(mfusepy.Operations):
         sequential, self._next = offset == self._next, offset + size
         start = offset - self._ahead_at
         if path != self._ahead_name or start < 0 or start + size > self._ahead_len:
-            if not sequential or size >= READ_AHEAD:
-                out = bytearray(max(0, min(size, served.length - offset)))
-                served.readinto(offset, memoryview(out))
-                return bytes(out)
-            self._ahead_name, self._ahead_at, start = path, offset, 0
-            self._ahead_len = served.readinto(offset, memoryview(self._ahead))
+            try:
+                if not sequential or size >= READ_AHEAD:
+                    out = bytearray(max(0, min(size, served.length - offset)))
+                    served.readinto(offset, memoryview(out))
+                    return bytes(out)
+                self._ahead_name, self._ahead_at, self._ahead_len, start = path, offset, 0, 0
+                self._ahead_len = served.readinto(offset, memoryview(self._ahead))
+            except BlockforensicsError as exc:  # a damaged block: the reader gets EIO
+                print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
+                raise mfusepy.FuseOSError(errno.EIO) from exc
         return (ctypes.c_char * max(0, min(size, self._ahead_len - start))).from_buffer(
             self._ahead, start)
 
