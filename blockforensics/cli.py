@@ -208,6 +208,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         case = build_investigation(args.out, fs=args.fs, seed=args.seed)
         print(f"chain {case.chain_dir} ({case.fs}, {len(case.truth)} known changes); "
               f"the live volume is {case.image}")
+    elif args.kind == "ransomware":
+        from blockforensics.datasets.ransomware import build_ransomware
+
+        sample = build_ransomware(args.out, fs=args.fs, seed=args.seed)
+        print(f"chain {sample.chain_dir} ({sample.fs}, 8 days: benign, then three attacks; "
+              f"last clean point {sample.last_clean_point})")
     else:
         from blockforensics.datasets.bootdisk import build_boot_disk
 
@@ -338,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)
-    p.add_argument("kind", choices=["investigation", "bootdisk"])
+    p.add_argument("kind", choices=["investigation", "ransomware", "bootdisk"])
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)

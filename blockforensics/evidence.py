@@ -238,7 +238,10 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     the old bytes had none (or their share rose by :data:`RANDOM_SHARE_RISE`), and the
     random segments pass the chi-square test (p >= :data:`UNIFORM_P`) — unless the new
     content is a compressed format its extension allows (a zip updated, a photo added).
-    A new file with no predecessor is suspected only when it also lies about its type
+    A compressed file (by signature) whose signature is gone, with random bytes in its
+    place, is suspected too: its old bytes were random already, so only the lost
+    format tells.  A new file with no predecessor is suspected only when it also lies
+    about its type
     (its extension promises a format its bytes do not have) or carries an extension
     ransomware appends.
     """
@@ -257,6 +260,10 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     if ransom_ext:
         evidence.append(f"extension .{ext} is one ransomware appends")
     explained = type_after in COMPRESSED and promised in (None, type_after)
+    lost = (type_before in COMPRESSED and type_after is None and after.random_segments > 0
+            and after.random_p >= UNIFORM_P)
+    if lost:
+        evidence.append(f"{type_before} signature gone, random bytes in its place")
     share_before = before.random_share if before is not None else 0.0
     appeared = after.random_segments > 0 and after.random_p >= UNIFORM_P and (
         before is None or before.random_segments == 0
@@ -274,6 +281,6 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
                         f"over {before.size} -> {after.size} bytes compared")
     if explained and after.random_segments:
         evidence.append(f"{type_after} by signature: a compressed format, high entropy expected")
-    suspected = appeared and not explained and (
-        before is not None or replaced or mismatch or ransom_ext)
+    suspected = lost or (appeared and not explained and (
+        before is not None or replaced or mismatch or ransom_ext))
     return suspected, evidence
