@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import pandas as pd
@@ -187,6 +187,10 @@ class _Comparison:
         for _, old in sorted(gone.items()):
             self.add("deleted", old, None, self.stats(0, old))
 
+    @overload
+    def stats(self, side: int, entry: Entry) -> ByteStats: ...
+    @overload
+    def stats(self, side: int, entry: None) -> None: ...
     def stats(self, side: int, entry: Entry | None) -> ByteStats | None:
         """ByteStats of an entry's whole content at point a (0) or b (1), read once."""
         if entry is None:

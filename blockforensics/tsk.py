@@ -44,7 +44,7 @@ def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional i
     """A ``pytsk3.Img_Info`` reading a Disk (e.g. ``chain.disk(p)``) through its file object."""
     tsk = pytsk3()
 
-    class _ChainImgInfo(tsk.Img_Info):  # type: ignore[misc, name-defined]
+    class _ChainImgInfo(tsk.Img_Info):  # type: ignore[name-defined]
         def __init__(self, disk: Disk):
             self.disk = disk
             self._file = disk.open_file()

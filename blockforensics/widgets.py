@@ -10,7 +10,7 @@ that keep what they rendered in attributes, so the explorer runs headlessly.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -59,8 +59,7 @@ class ChainExplorer:
         self.files_html = widgets.HTML()
         self.run_html = widgets.HTML()
         self.point_picker.observe(lambda change: self.select_point(change["new"]), names="value")
-        self.run_picker.observe(lambda change: change["new"] is not None
-                                and self.select_run(change["new"]), names="value")
+        self.run_picker.observe(self._on_run_picked, names="value")
         self.widget = widgets.VBox([self.point_picker, self.map_output, self.files_html,
                                     self.run_picker, self.run_html])
 
@@ -95,6 +94,10 @@ class ChainExplorer:
         else:
             self.run, self.hexdump, self.owners = None, "", []
             self.run_html.value = "<i>nothing changed</i>"
+
+    def _on_run_picked(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            self.select_run(change["new"])
 
     def select_run(self, index: int) -> None:
         """Show changed run ``index`` of the current diff: first bytes and owning files."""
