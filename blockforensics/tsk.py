@@ -16,8 +16,10 @@ the caller reports it rather than stopping.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -255,9 +257,18 @@ def list_entries(disk: Disk | None) -> Listing:
     return listing
 
 
+def _deleted_name_matches(fs_is_fat: bool, listed: str, wanted: str) -> bool:
+    """FAT marks a deleted entry by overwriting its first byte: TSK lists
+    ``report.txt`` as ``_eport.txt``."""
+    if listed == wanted:
+        return True
+    return fs_is_fat and listed[:1] == "_" and listed[1:].lower() == wanted[1:].lower()
+
+
 def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
-    """A deleted file named ``path`` whose metadata TSK still reaches, with its content
-    as TSK recovers it (from the parent directory's unallocated names); None if none."""
+    """A deleted file named ``path`` whose metadata TSK still reaches and no other file
+    took over (a reallocated inode is refused), with its content as TSK recovers it
+    (from the parent directory's unallocated names); None if none."""
     tsk = pytsk3()
     parent, _, name = path.rpartition("/")
     for prefix, offset, fs, _ in _open_filesystems(disk):
@@ -267,10 +278,70 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
             directory = fs.open_dir(path=parent[len(prefix):] or "/")
         except OSError:
             continue
+        is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
         for item in directory:
             text = item.info.name.name.decode("utf-8", "replace")
-            if text == name and not _skipped(tsk, fs, text, item, allocated=False):
-                entry = _entry(tsk, fs, offset, path, item, deleted=True)
-                if entry.type == "file":
-                    return entry, item.read_random(0, entry.size) if entry.size else b""
+            if (not _deleted_name_matches(is_fat, text, name)
+                    or _skipped(tsk, fs, text, item, allocated=False)
+                    or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):
+                continue
+            entry = _entry(tsk, fs, offset, path, item, deleted=True)
+            if entry.type == "file":
+                return entry, item.read_random(0, entry.size) if entry.size else b""
     return None
+
+
+def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:
+    """An allocated file by path and its content as TSK reads it (holes as zeros)."""
+    tsk = pytsk3()
+    for prefix, offset, fs, _ in _open_filesystems(disk):
+        if fs is None or not path.startswith(prefix + "/"):
+            continue
+        try:
+            fs_file = fs.open(path[len(prefix):])
+        except OSError:
+            continue
+        name = fs_file.info.name
+        if fs_file.info.meta is None or (
+                name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
+            continue  # TSK's path lookup also finds deleted names
+        entry = _entry(tsk, fs, offset, path, fs_file)
+
+        def chunks(fs_file: Any = fs_file, size: int = entry.size) -> Iterator[bytes]:
+            for lo in range(0, size, CHUNK_BYTES):
+                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
+
+        return entry, chunks()
+    return None
+
+
+def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str]
+            ) -> tuple[Path, int, bool]:
+    """Write file ``path`` as it was at ``point`` of ``chain`` to ``out`` (atomically);
+    deleted files too while TSK reaches their metadata.  Returns (out, bytes, deleted).
+    A path that is not a file there is a UsageError (exit 2)."""
+    from blockforensics.fileio import atomic_writer
+
+    p = chain.point(point)
+    out = Path(out)
+    if out.resolve().is_relative_to(Path(chain.directory).resolve()):
+        raise UsageError(f"{out}: refusing to write inside the chain directory")
+    disk = chain.disk(p)
+    found = _read_allocated(disk, path)
+    deleted = False
+    if found is None:
+        recovered = find_deleted(disk, path)
+        if recovered is None:
+            raise UsageError(f"{path}: no such file at point {p} (not even a deleted one "
+                             "The Sleuth Kit can reach)")
+        entry, data = recovered
+        found, deleted = (entry, iter([data])), True
+    entry, chunks = found
+    if entry.type != "file":
+        raise UsageError(f"{path}: a directory at point {p}, not a file")
+    size = 0
+    with atomic_writer(out) as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+            size += len(chunk)
+    return out, size, deleted
