@@ -382,11 +382,17 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         for p in (a, b):
             if p not in listings:
                 listings[p] = list_entries(None if p is None else chain.disk(p))
-        notes = sorted({f"point {p}: {n}" for p in (a, b) for n in listings[p].unreadable})
-        files = bool(listings[a].entries or listings[b].entries or not notes)
+        skipped = listings[a].unreadable.keys() | listings[b].unreadable.keys()
+        notes = sorted(f"point {p}: {prefix or '/'}: {why}" for p in (a, b)
+                       for prefix, why in listings[p].unreadable.items())
+        # a file system one side cannot read is compared on neither (not "all deleted")
+        sides = [{path: e for path, e in listings[p].entries.items()
+                  if not any(path.startswith(prefix + "/") for prefix in skipped)}
+                 for p in (a, b)]
+        files = bool(sides[0] or sides[1] or not notes)
     if files:
         comparison = _Comparison(None if a is None else chain.disk(a), chain.disk(b), changed)
-        comparison.compare(listings[a].entries, listings[b].entries)
+        comparison.compare(*sides)
         if comparison.rows:
             frame = pd.DataFrame(comparison.rows, columns=FILE_COLUMNS)
         if comparison.owners:

@@ -124,10 +124,11 @@ class Entry:
 
 @dataclass
 class Listing:
-    """Every allocated entry of a disk by path, and the file systems TSK could not open."""
+    """Every allocated entry of a disk by path, and the file systems TSK could not open
+    (path prefix, e.g. "" or "p2:", -> why)."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def _filesystem_offsets(disk: Disk, image: Any) -> list[tuple[str, int]]:
@@ -247,7 +248,7 @@ def list_entries(disk: Disk | None) -> Listing:
     tsk = pytsk3()
     for prefix, offset, fs, problem in _open_filesystems(disk):
         if fs is None:
-            listing.unreadable.append(f"{prefix or '/'}: {problem}")
+            listing.unreadable[prefix] = problem or ""
             continue
         root_path = f"{prefix}/"
         root = listing.entries[root_path] = _entry(tsk, fs, offset, root_path,

@@ -39,7 +39,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess:
 
 
 def test_versions_follow_the_known_history(case):
-    sample, chain, versions = case
+    sample, _, versions = case
     truth = sample.truth
     later = versions[versions["point"] > 0]
     assert sorted(zip(later["point"], later["path"], later["change"])) == sorted(
@@ -116,7 +116,7 @@ def test_l2tcsv_has_the_seventeen_columns(case):
 
 
 def test_cli_timeline_formats_and_extract(case, tmp_path):
-    sample, chain, _ = case
+    sample, _, _ = case
     out = tmp_path / "t.jsonl"
     done = _cli("timeline", sample.chain_dir, "--format", "jsonl", "-o", out)
     assert done.returncode == 0, done.stderr
