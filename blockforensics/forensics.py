@@ -409,14 +409,17 @@ def _owners_in(owners: pd.DataFrame, start: int, length: int) -> tuple[str, ...]
     return tuple(sorted(set(owners.loc[hit, "path"])))
 
 
-def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False) -> DiffResult:
+def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False,
+         listings: dict[int | None, Listing] | None = None) -> DiffResult:
     """What changed from point ``a`` to point ``b`` (any two, branches included).
 
     Points as ``chain.point`` takes them ("0", -1, a file name); ``a=None`` compares
     with an empty volume.  Block runs come from the index digests alone; ``files=True``
-    walks both points with The Sleuth Kit, read straight from the chain.
+    walks both points with The Sleuth Kit, read straight from the chain (``listings``
+    caches each point's listing across calls).
     """
-    return _diff(chain, None if a is None else chain.point(a), chain.point(b), files, {})
+    return _diff(chain, None if a is None else chain.point(a), chain.point(b), files,
+                 {} if listings is None else listings)
 
 
 def point_diff(chain: Chain, point: int, listings: dict[int | None, Listing] | None = None
