@@ -154,6 +154,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     chain = _open_chain(args, clean=False)
+    if args.out:
+        from blockforensics.fileio import check_output
+
+        check_output(args.out, force=args.force)
     if args.format != "table":
         from blockforensics import timeline_formats
 
@@ -182,7 +186,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from blockforensics.tsk import extract
 
     chain = _open_chain(args, clean=False)
-    out, size, deleted = extract(chain, args.point, args.path, args.out)
+    out, size, deleted = extract(chain, args.point, args.path, args.out, force=args.force)
     print(f"extracted {args.path} ({size} bytes{', deleted' if deleted else ''}) "
           f"from point {chain.point(args.point)} to {out}")
     return EXIT_OK
@@ -382,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table",
                    choices=["table", "bodyfile", "l2tcsv", "jsonl", "dfxml"])
     p.add_argument("-o", "--out", help="write to this file (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true", help="the table as JSON")
     key_option(p)
 
@@ -390,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("point", help="point index or image file name")
     p.add_argument("path", help="the file's path at that point, e.g. /docs/report.txt")
     p.add_argument("out", help="file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     key_option(p)
 
     p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")

@@ -316,17 +316,16 @@ def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | No
     return None
 
 
-def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str]
-            ) -> tuple[Path, int, bool]:
+def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str], *,
+            force: bool = False) -> tuple[Path, int, bool]:
     """Write file ``path`` as it was at ``point`` of ``chain`` to ``out`` (atomically);
     deleted files too while TSK reaches their metadata.  Returns (out, bytes, deleted).
-    A path that is not a file there is a UsageError (exit 2)."""
-    from blockforensics.fileio import atomic_writer
+    A path that is not a file there is a UsageError (exit 2); so is ``out`` inside a
+    chain, or existing without ``force`` (:func:`blockforensics.fileio.check_output`)."""
+    from blockforensics.fileio import atomic_writer, check_output
 
     p = chain.point(point)
-    out = Path(out)
-    if out.resolve().is_relative_to(Path(chain.directory).resolve()):
-        raise UsageError(f"{out}: refusing to write inside the chain directory")
+    out = check_output(out, force=force)
     disk = chain.disk(p)
     found = _read_allocated(disk, path)
     deleted = False

@@ -53,7 +53,7 @@ def test_hashes_are_those_of_the_extracted_bytes(case, tmp_path):
     _, chain, versions = case
     for v in versions[(versions["type"] == "file")
                       & (versions["change"] != "deleted")].itertuples():
-        out, size, deleted = extract(chain, v.point, v.path, tmp_path / "f")
+        out, size, deleted = extract(chain, v.point, v.path, tmp_path / "f", force=True)
         data = out.read_bytes()
         assert (size, deleted) == (v.size, False) and len(data) == v.size
         assert hashlib.sha256(data).hexdigest() == v.sha256
@@ -126,6 +126,8 @@ def test_cli_timeline_formats_and_extract(case, tmp_path):
     missing = _cli("extract", sample.chain_dir, "1", "/docs/nothing.txt", tmp_path / "x")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert not (tmp_path / "x").exists()
+    again = _cli("timeline", sample.chain_dir, "--format", "jsonl", "-o", out)
+    assert again.returncode == 2 and "--force" in again.stderr
     inside = _cli("extract", sample.chain_dir, "1", "/docs/report.txt",
                   sample.chain_dir / "x")
     assert inside.returncode == 2 and "inside the chain" in inside.stderr
