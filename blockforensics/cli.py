@@ -123,8 +123,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
     for problem in report.problems:
         print(problem)
+    history = _went_back(args.chain)
+    for problem in history:
+        print(problem)
     print(report)
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    return EXIT_OK if report.ok and not history else EXIT_CHECK_FAILED
+
+
+def _went_back(directory: str) -> list[str]:
+    """What went back in time since this machine's record of the chain (see History)."""
+    from blockforensics.image.chain import Chain
+    from blockforensics.image.store import History
+
+    try:
+        with Chain.open(directory) as chain:
+            ids = [img.header.image_id for img in chain.images]
+            return History(directory).compare(chain.manifest, ids)
+    except BlockforensicsError:
+        return []  # a chain that does not open: verify has said why
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
@@ -448,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except BlockforensicsError as exc:
         print(f"blockforensics: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()
         return EXIT_OK
