@@ -133,7 +133,7 @@ def decompress(flags: int, data: bytes | memoryview, block_size: int) -> bytes:
         if not inflater.eof:
             raise ValueError("truncated or oversized zlib stream")
         return out
-    return data
+    return bytes(data)
 
 
 @dataclass
