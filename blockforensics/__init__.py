@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from blockforensics.blockmap import BlockMap
+    from blockforensics.fleet import Fleet, run_fleet
     from blockforensics.image.backup import backup, restore
     from blockforensics.image.chain import Chain
     from blockforensics.image.verify import verify
@@ -21,13 +22,15 @@ if TYPE_CHECKING:
 _HOMES = {
     "BlockMap": "blockforensics.blockmap",
     "Chain": "blockforensics.image.chain",
+    "Fleet": "blockforensics.fleet",
     "Volume": "blockforensics.volume",
     "backup": "blockforensics.image.backup",
     "restore": "blockforensics.image.backup",
+    "run_fleet": "blockforensics.fleet",
     "verify": "blockforensics.image.verify",
 }
 
-__all__ = ["BlockMap", "Chain", "Volume", "backup", "restore", "verify"]
+__all__ = ["BlockMap", "Chain", "Fleet", "Volume", "backup", "restore", "run_fleet", "verify"]
 __version__ = "0.1.0"
 
 

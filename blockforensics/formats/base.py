@@ -53,11 +53,8 @@ class Disk(ABC):
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, positions.size]):
             if b > a:
-                self._read_run_into(int(positions[a]), out[a:b])
+                out[a:b] = self.read_blocks(int(positions[a]), int(b - a))
         return out
-
-    def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        out[:] = self.read_blocks(start, len(out))
 
     def present(self) -> BlockMap:
         """Blocks that may hold non-zero data; the others read as zeros.
@@ -141,9 +138,6 @@ class InPlaceDisk(Disk):
         out = np.empty((count, self.block_size), dtype=np.uint8)
         self.read_blocks_into(start, out)
         return out
-
-    def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        self.read_blocks_into(start, out)
 
 
 class DiskFile(io.RawIOBase):
