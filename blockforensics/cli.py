@@ -67,7 +67,7 @@ def _print_table(frame: pd.DataFrame) -> None:
 
 # ------------------------------------------------------------------ commands
 def cmd_backup(args: argparse.Namespace) -> int:
-    from blockforensics.allocation import allocation_map
+    from blockforensics.allocation import survey
     from blockforensics.blockmap import BlockMap
     from blockforensics.image.backup import backup
     from blockforensics.image.chain import Chain
@@ -80,11 +80,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
     with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         changed = BlockMap.load(args.changed) if args.changed else None
-        only = None if args.all_blocks else allocation_map(source, block_size)
+        found = None if args.all_blocks else survey(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
-                       changed=changed, only=only, block_size=block_size, label=args.label,
-                       compress=args.compress, progress=sys.stderr.isatty())
+                       changed=changed, only=found.map if found else None, block_size=block_size,
+                       label=args.label, compress=args.compress, progress=sys.stderr.isatty())
     row = chain.rows()[point]
+    if args.json:  # what was recognised per partition, beside the point's own row
+        print(json.dumps({**row, **(found.to_json() if found else {"table": None,
+                                                                  "partitions": []})}, indent=1))
+        return EXIT_OK
+    print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
     print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
           f"{row['stored_bytes']} bytes")
     return EXIT_OK
@@ -123,8 +128,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
     for problem in report.problems:
         print(problem)
+    history = _went_back(args.chain)
+    for went_back in history:
+        print(went_back)
     print(report)
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    return EXIT_OK if report.ok and not history else EXIT_CHECK_FAILED
+
+
+def _went_back(directory: str) -> list[str]:
+    """What went back in time since this machine's record of the chain (see History)."""
+    from blockforensics.image.chain import Chain
+    from blockforensics.image.store import History
+
+    try:
+        with Chain.open(directory) as chain:
+            ids = [img.header.image_id for img in chain.images]
+            return History(directory).compare(chain.manifest, ids)
+    except BlockforensicsError:
+        return []  # a chain that does not open: verify has said why
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
@@ -326,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="", help="free text stored in the image header")
     p.add_argument("--compress", action="store_true",
                    help="zstd-compress blocks where that saves space (before encryption)")
+    p.add_argument("--json", action="store_true",
+                   help="print the point and what was recognised per partition as JSON")
 
     p = command("list", cmd_list, "list the points of a chain")
     p.add_argument("--json", action="store_true")
@@ -422,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except BlockforensicsError as exc:
         print(f"blockforensics: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()
         return EXIT_OK

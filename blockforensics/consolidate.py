@@ -30,7 +30,7 @@ from blockforensics.errors import ChainError, UsageError
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
-from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.image.store import ChainStore
 from blockforensics.progress import progress_bar
 
@@ -88,10 +88,12 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
 
     From the root the result is a full image (zero-block records dropped);
     from an incremental ``start`` it is an incremental whose parent is
-    ``start``'s parent.  It takes ``point``'s image id, creation time, label
-    and crypto fields, so children of ``point`` stay linked and every point
-    restores as before.  Merged images that are still parents of branches off
-    the segment stay in the chain (listed in ``kept_for_branches``).
+    ``start``'s parent, inheriting from it no more than the segment did
+    (``hidden_tail``: a shrink inside the segment keeps hiding what lay past it).
+    It takes ``point``'s image id, creation time, label and crypto fields, so
+    children of ``point`` stay linked and every point restores as before.  Merged
+    images that are still parents of branches off the segment stay in the chain
+    (listed in ``kept_for_branches``).
     """
     store = ChainStore(directory)
     if not store.directory.is_dir():
@@ -107,10 +109,12 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
         p = segment[-1]
         full = segment[0] == path[0]
         target = chain.images[p].header
+        inherit = min(chain.images[i].header.inherit_blocks for i in segment)
         header = target.replace(kind=KIND_FULL if full else KIND_INCREMENTAL,
                                 parent_id=NO_PARENT if full
                                 else chain.images[segment[0]].header.parent_id,
-                                written_ns=time.time_ns())
+                                written_ns=time.time_ns(),
+                                hidden_tail=0 if full else target.n_blocks - inherit)
         out = chain.store.pending_path()
         layout = chain.layout(p)
         depths = range(path.index(segment[0]), len(path))
@@ -136,7 +140,9 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
         name = chain.store.new_name(_WORDS[header.kind], like=merged[-1])
         new_names = [name if n == merged[-1] else n
                      for n in names if n == merged[-1] or n not in removed]
-        chain.store.switch(new_names, add={name: out}, remove=removed, expect=chain.manifest)
+        ids = {img.name: img.header.image_id for img in chain.images} | {name: header.image_id}
+        chain.store.switch(new_names, add={name: out}, remove=removed, expect=chain.manifest,
+                           ids=[ids[n] for n in new_names])
     before = sum(sizes.values())
     return ConsolidationResult(
         directory, merged, name, KIND_NAMES[header.kind], blocks, before,
@@ -190,6 +196,7 @@ def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBloc
         first = int(start[i])
         buf = np.empty(int(end[j - 1]) - first, dtype=np.uint8)
         image.read_into(buf, first)
+        check_stored(image.name, buf, start[i:j] - first, records[i:j])  # copy no damage
         lo, hi = start[i:j] - first, end[i:j] - first
         cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
         payload = buf.data if not len(cuts) else b"".join(
@@ -214,7 +221,8 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
     By creation time (UTC): the newest ``keep_last`` points are kept; of the
     older points, the newest point of each of the ``daily`` most recent days
     and of each of the ``weekly`` most recent ISO weeks that have older points
-    is kept too.  Every other point goes: a leaf no kept point depends on is
+    is kept too, and in an encrypted chain the newest point written (its manifest
+    seal names it).  Every other point goes: a leaf no kept point depends on is
     deleted; a point with exactly one remaining child is merged into it (the
     run of such points down to the next kept point becomes one consolidation,
     recorded in ``into``), so every kept point restores exactly as before; a
@@ -230,6 +238,8 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
     reasons: list[list[str]] = [[] for _ in range(n)]
     for i in newest_first[:keep_last]:
         reasons[i].append(f"last {keep_last}")
+    if chain.encrypted and not reasons[n - 1]:  # the seal needs the newest written point
+        reasons[n - 1].append("newest written (encrypted chain)")
     for rule, buckets, count in (("daily", times.strftime("%Y-%m-%d"), daily),
                                  ("weekly", times.strftime("%G-W%V"), weekly)):
         seen: list[str] = []
@@ -270,11 +280,12 @@ def apply_retention(directory: str | os.PathLike[str], *, keep_last: int, daily:
         with Chain.open(store.directory) as chain:
             plan = retention_plan(chain, keep_last=keep_last, daily=daily, weekly=weekly)
             manifest = chain.manifest
+            ids = {img.name: img.header.image_id for img in chain.images}
         files = plan["file"].tolist()
         deleted = plan.loc[plan["action"] == "delete", "file"].tolist()
         if deleted:
-            store.switch([f for f in files if f not in deleted], remove=deleted,
-                         expect=manifest)
+            kept = [f for f in files if f not in deleted]
+            store.switch(kept, remove=deleted, expect=manifest, ids=[ids[f] for f in kept])
         results = []
         merges = plan[plan["action"] == "merge"]
         for target, group in merges.groupby("into", sort=True):

@@ -155,9 +155,13 @@ def restore(chain: Chain, point: PointRef, out: None = None, *,
 def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str], *,
             progress: bool = False) -> Path: ...
 def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = None, *,
-            progress: bool = False) -> Path | Volume:
-    """Write ``point`` to the raw file ``out`` (exact size, sparse), or return it as a Volume."""
-    disk = chain.disk(point)
+            progress: bool = False, check: bool = True) -> Path | Volume:
+    """Write ``point`` to the raw file ``out`` (exact size, sparse), or return it as a Volume.
+
+    Every block is checked against its stored digest or tag as it is read (IntegrityError
+    names the first that fails; nothing is left under ``out``); ``check=False`` skips the
+    digests, only to measure what they cost."""
+    disk = chain.disk(point, check=check)
     if out is None:
         volume = Volume.zeros(disk.size, disk.block_size)
         for start, blocks in iter_chunks(disk):
