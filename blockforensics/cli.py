@@ -174,13 +174,42 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
+    chain = _open_chain(args, clean=False)
+    if args.out:
+        from blockforensics.fileio import check_output
+
+        check_output(args.out, force=args.force)
+    if args.format != "table":
+        from blockforensics import timeline_formats
+
+        if args.out:
+            timeline_formats.write(chain, args.format, args.out)
+            print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(timeline_formats.render(chain, args.format))
+        return EXIT_OK
     from blockforensics import forensics
 
-    frame = forensics.timeline(_open_chain(args, clean=False))
-    if args.json:
-        print(frame.to_json(orient="records", indent=1))
+    frame = forensics.timeline(chain)
+    text = frame.to_json(orient="records", indent=1) if args.json else (
+        frame.to_string(index=False) if len(frame) else "(empty)")
+    if args.out:
+        from blockforensics.fileio import atomic_writer
+
+        with atomic_writer(args.out) as fh:
+            fh.write((text + "\n").encode())
     else:
-        _print_table(frame)
+        print(text)
+    return EXIT_OK
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from blockforensics.tsk import extract
+
+    chain = _open_chain(args, clean=False)
+    out, size, deleted = extract(chain, args.point, args.path, args.out, force=args.force)
+    print(f"extracted {args.path} ({size} bytes{', deleted' if deleted else ''}) "
+          f"from point {chain.point(args.point)} to {out}")
     return EXIT_OK
 
 
@@ -258,6 +287,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         case = build_investigation(args.out, fs=args.fs, seed=args.seed)
         print(f"chain {case.chain_dir} ({case.fs}, {len(case.truth)} known changes); "
               f"the live volume is {case.image}")
+    elif args.kind == "ransomware":
+        from blockforensics.datasets.ransomware import build_ransomware
+
+        sample = build_ransomware(args.out, fs=args.fs, seed=args.seed)
+        print(f"chain {sample.chain_dir} ({sample.fs}, 8 days: benign, then three attacks; "
+              f"last clean point {sample.last_clean_point})")
     else:
         from blockforensics.datasets.bootdisk import build_boot_disk
 
@@ -378,8 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     key_option(p)
 
-    p = command("timeline", cmd_timeline, "per point: blocks and files changed")
-    p.add_argument("--json", action="store_true")
+    p = command("timeline", cmd_timeline, "per point: blocks and files changed; with "
+                "--format, every file version (MACB times, inode, hashes)")
+    p.add_argument("--format", default="table",
+                   choices=["table", "bodyfile", "l2tcsv", "jsonl", "dfxml"])
+    p.add_argument("-o", "--out", help="write to this file (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--json", action="store_true", help="the table as JSON")
+    key_option(p)
+
+    p = command("extract", cmd_extract, "write one file as it was at a point (deleted "
+                "files too, while The Sleuth Kit reaches them)")
+    p.add_argument("point", help="point index or image file name")
+    p.add_argument("path", help="the file's path at that point, e.g. /docs/report.txt")
+    p.add_argument("out", help="file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     key_option(p)
 
     p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
@@ -415,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)
-    p.add_argument("kind", choices=["investigation", "bootdisk"])
+    p.add_argument("kind", choices=["investigation", "ransomware", "bootdisk"])
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)
