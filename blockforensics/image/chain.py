@@ -122,6 +122,12 @@ def open_codec(header: Header | None, key: KeySource | None, where: str) -> Bloc
     return EncryptedCodec(keys, header.block_size)
 
 
+def _depths(owner: np.ndarray) -> list[int]:
+    """The image depths found in a slice of ``Layout.owner`` (-1: none), ascending.
+    (``np.unique`` of int16 costs milliseconds even for a few elements in numpy 2.)"""
+    return np.flatnonzero(np.bincount(owner[owner >= 0])).tolist()
+
+
 @dataclass
 class Layout:
     """Where every block of one point comes from.
@@ -150,17 +156,20 @@ class Layout:
         image holding some of them, their rows (counted from ``start``) and records."""
         owner = self.owner[start : start + count]
         entry = self.entry[start : start + count]
-        for depth in np.unique(owner[owner >= 0]).tolist():
+        for depth in _depths(owner):
             rows = np.flatnonzero(owner == depth)
             yield depth, rows, self.images[depth].index[entry[rows]]
 
     def present(self) -> BlockMap:
         """Blocks that hold stored, non-zero data at this point."""
         flags = self.owner >= 0
-        for depth, image in enumerate(self.images):
-            positions = np.flatnonzero(self.owner == depth)
-            zero = (image.index["flags"][self.entry[positions]] & FLAG_ZERO) != 0
-            flags[positions[zero]] = False
+        for depth, image in enumerate(self.images):  # records, not blocks, are scanned
+            rows = np.flatnonzero(image.index["flags"] & FLAG_ZERO)
+            positions = image.index["position"][rows].astype(np.int64)
+            inside = positions < len(flags)
+            rows, positions = rows[inside], positions[inside]
+            used = (self.owner[positions] == depth) & (self.entry[positions] == rows)
+            flags[positions[used]] = False
         return BlockMap.from_bools(flags, self.block_size)
 
     def content_digests(self, zero_digest: np.ndarray, n_blocks: int | None = None
@@ -174,6 +183,19 @@ class Layout:
             positions, records = self.records(depth)
             keep = positions < n_blocks
             out[positions[keep]] = digest_rows(records["content_digest"])[keep]
+        return out
+
+    def digests_at(self, positions: np.ndarray, zero_digest: np.ndarray) -> np.ndarray:
+        """``(len(positions), 16)`` content digests of the blocks at ``positions``; absent
+        ones, and positions past the point's end, get ``zero_digest``."""
+        out = np.empty((len(positions), DIGEST_SIZE), dtype=np.uint8)
+        out[:] = zero_digest
+        inside = np.flatnonzero(positions < self.n_blocks)
+        owner = self.owner[positions[inside]]
+        for depth in _depths(owner):
+            rows = inside[owner == depth]
+            records = self.images[depth].index[self.entry[positions[rows]]]
+            out[rows] = digest_rows(records["content_digest"])
         return out
 
 
