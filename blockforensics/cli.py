@@ -127,6 +127,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from blockforensics.image.repair import repair
+
+    print(repair(args.chain, apply=args.apply))
+    return EXIT_OK
+
+
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from blockforensics import consolidate
 
@@ -329,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", cmd_verify, "check every image (and with the key, every block)")
     key_option(p)
+
+    p = command("repair", cmd_repair,
+                "say which damaged points would be dropped from the chain; --apply drops them")
+    p.add_argument("--apply", action="store_true",
+                   help="drop them (the files stay in the directory, unlisted)")
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
