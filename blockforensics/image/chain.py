@@ -389,7 +389,7 @@ class Chain:
         every listed point agrees with: each one sealed, with its sealed point digest, in
         sealed order, and the newest sealed point listed.  The sealed points."""
         images = self.images if images is None else images
-        if not self.encrypted:
+        if not images or not self.encrypted:
             return []
         # a damaged image whose header is unreadable cannot be placed: its points are
         # refused anyway (see links), the others are checked as usual
