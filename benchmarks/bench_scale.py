@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Run, measure  # noqa: E402
+from common import Run, measure
 
 GiB, MiB = 1 << 30, 1 << 20
 BF = [sys.executable, "-m", "blockforensics.cli"]
@@ -110,7 +110,7 @@ def fleet(work: Path, n_chains: int) -> dict[int, float]:
         subprocess.run([*BF, "fleet", "triage", str(work / "fleet"), "--workers",
                         str(workers), "--json"], capture_output=True, check=False)
         times[workers] = time.perf_counter() - started
-    assert N_CHAINS == n_chains
+    assert n_chains == N_CHAINS
     shutil.rmtree(work / "fleet")
     return times
 
