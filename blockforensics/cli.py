@@ -136,7 +136,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("(empty)")
     else:
-        cells = [list(rows[0])] + [["<NA>" if v is None else str(v) for v in row.values()]
+        cells = [list(rows[0])] + [["-" if v is None else str(v) for v in row.values()]
                                    for row in rows]
         widths = [max(map(len, column)) for column in zip(*cells)]
         for line in cells:
