@@ -524,8 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     force_option(p)
     source_point_option(p)
     p.add_argument("--format", default="vhd-dynamic",
-                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw",
-                            "vhd-chain", "vhd-differencing", "qcow2-chain"])
+                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "vmdk-stream", "qcow2",
+                            "raw", "vhd-chain", "vhd-differencing", "qcow2-chain"])
     key_option(p)
 
     p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",
