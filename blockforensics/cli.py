@@ -132,7 +132,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for went_back in history:
         print(went_back)
     print(report)
-    return EXIT_OK if report.ok and not history else EXIT_CHECK_FAILED
+    fs_ok = True
+    if args.fs and report.ok:  # the point's file systems, checked read-only where served
+        from blockforensics.fsck import check_filesystems
+
+        chain = _open_chain(args, clean=False)
+        checks = check_filesystems(chain.disk(args.point or "-1"))
+        for check in checks:
+            print(check)
+        fs_ok = all(check.ok is not False for check in checks)
+    return EXIT_OK if report.ok and fs_ok and not history else EXIT_CHECK_FAILED
 
 
 def _went_back(directory: str) -> list[str]:
@@ -264,20 +273,41 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_boot(args: argparse.Namespace) -> int:
-    from blockforensics.boot import boot
+def cmd_serve(args: argparse.Namespace) -> int:
+    from blockforensics.nbd.server import NbdServer, serve_until_signal
 
-    disk = Path(args.disk)
-    if not disk.is_file():
-        raise UsageError(f"{disk}: no such disk file")
-    result = boot(disk, expect=args.expect, timeout=args.timeout)
-    if result.ok:
+    with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
+                      parent=args.parent) as disk:
+        server = NbdServer(disk, socket_path=args.socket, port=args.port, bind=args.bind)
+        print("ready", flush=True)
+        print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
+              flush=True)
+        serve_until_signal(server)
+    return EXIT_OK
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from blockforensics.boot import boot, boot_disk
+    from blockforensics.image.chain import is_chain
+
+    options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot}
+    if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
+        with _open_source(args.disk, point=args.point, key=_key(args),
+                          reader=args.reader) as disk:
+            result = boot_disk(disk, **options)
+    else:
+        if not Path(args.disk).is_file():
+            raise UsageError(f"{args.disk}: no such disk file")
+        result = boot(Path(args.disk), **options)
+    if args.json:
+        print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
+    elif result.ok:
         print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
-        return EXIT_OK
-    print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
-          "console tail:")
-    print(result.tail())
-    return EXIT_CHECK_FAILED
+    else:
+        print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
+              "console tail:")
+        print(result.tail())
+    return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -396,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", cmd_verify, "check every image (and with the key, every block)")
     key_option(p)
+    p.add_argument("--fs", action="store_true",
+                   help="also check the point's file systems read-only (fsck -n per partition)")
+    p.add_argument("--point", help="the point --fs checks (default: the newest)")
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
@@ -445,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     force_option(p)
     source_point_option(p)
     p.add_argument("--format", default="vhd-dynamic",
-                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw",
-                            "vhd-chain", "vhd-differencing", "qcow2-chain"])
+                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "vmdk-stream", "qcow2",
+                            "raw", "vhd-chain", "vhd-differencing", "qcow2-chain"])
     key_option(p)
 
     p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",
@@ -455,11 +488,26 @@ def build_parser() -> argparse.ArgumentParser:
     source_point_option(p)
     key_option(p)
 
-    p = command("boot", cmd_boot, "boot a raw or VHD disk in QEMU and wait for a text",
-                chain=None)
-    p.add_argument("disk")
+    p = command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
+                "(prints 'ready' once clients can connect)",
+                chain="chain directory, or a disk image a reader plugin recognises")
+    source_point_option(p)
+    key_option(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="PATH", help="a Unix socket to listen on")
+    where.add_argument("--port", type=_positive_int, help="a TCP port to listen on")
+    p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+
+    p = command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
+                "QEMU and wait for a text (the disk or chain is never written)", chain=None)
+    p.add_argument("disk", help="a disk file (raw, VHD, VHDX, VMDK, qcow2) or a chain")
+    source_point_option(p)
+    key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save the guest's screen when the check ends (QMP screendump)")
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)
