@@ -191,6 +191,13 @@ def _went_back(directory: str) -> list[str]:
         return []  # a chain that does not open: verify has said why
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from blockforensics.image.repair import repair
+
+    print(repair(args.chain, apply=args.apply))
+    return EXIT_OK
+
+
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from blockforensics import consolidate
 
@@ -470,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fs", action="store_true",
                    help="also check the point's file systems read-only (fsck -n per partition)")
     p.add_argument("--point", help="the point --fs checks (default: the newest)")
+
+    p = command("repair", cmd_repair,
+                "say which damaged points would be dropped from the chain; --apply drops them")
+    p.add_argument("--apply", action="store_true",
+                   help="drop them (the files stay in the directory, unlisted)")
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
