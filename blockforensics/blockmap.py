@@ -91,6 +91,22 @@ class BlockMap:
             flags[start : start + length] = True
         return cls.from_bools(flags, block_size)
 
+    @classmethod
+    def from_byte_ranges(cls, size: int, offsets: np.ndarray, lengths: np.ndarray,
+                         block_size: int = 4096) -> BlockMap:
+        """The blocks of a ``size``-byte volume touched by any byte range
+        ``[offset, offset + length)`` (empty ranges touch nothing)."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        keep = lengths > 0
+        n_blocks = -(-size // block_size)
+        first = offsets[keep] // block_size
+        last = np.minimum(-(-(offsets[keep] + lengths[keep]) // block_size), n_blocks)
+        delta = np.zeros(n_blocks + 1, dtype=np.int64)
+        np.add.at(delta, first, 1)
+        np.add.at(delta, last, -1)
+        return cls.from_bools(np.cumsum(delta[:-1]) > 0, block_size)
+
     # ------------------------------------------------------------------- basics
     @property
     def packed(self) -> np.ndarray:
@@ -245,15 +261,10 @@ class BlockMap:
         """
         if block_size == self.block_size:
             return self.copy()
-        total_bytes = self.n_blocks * self.block_size
-        n_new = -(-total_bytes // block_size)
         starts, lengths = self.run_arrays()
-        first = starts * self.block_size // block_size
-        last = -(-(starts + lengths) * self.block_size // block_size)
-        delta = np.zeros(n_new + 1, dtype=np.int64)
-        np.add.at(delta, first, 1)
-        np.add.at(delta, last, -1)
-        return BlockMap.from_bools(np.cumsum(delta[:-1]) > 0, block_size)
+        return BlockMap.from_byte_ranges(self.n_blocks * self.block_size,
+                                         starts * self.block_size, lengths * self.block_size,
+                                         block_size)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
