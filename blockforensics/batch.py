@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 try:
     from blockforensics import _native as native
 except ImportError:  # built without a C compiler or libcrypto headers
-    native = None
+    native = None  # type: ignore[assignment]  # callers check for None
 
 #: below this many bytes per part a thread hand-off costs more than it saves
 MIN_PART_BYTES = 1 << 20

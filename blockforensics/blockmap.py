@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-_BIT_ORDER = "little"
+_BIT_ORDER: Final = "little"
 _MAGIC = "blockforensics-blockmap-v1"
 
 
@@ -193,7 +193,7 @@ class BlockMap:
     # ------------------------------------------------------------- set algebra
     def _check(self, other: object) -> BlockMap:
         if not isinstance(other, BlockMap):
-            return NotImplemented  # type: ignore[return-value]
+            return NotImplemented
         if other.n_blocks != self.n_blocks:
             raise ValueError(
                 f"BlockMaps differ in size: {self.n_blocks} vs {other.n_blocks} blocks")

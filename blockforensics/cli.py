@@ -11,8 +11,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blockforensics.errors import BlockforensicsError, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from blockforensics.crypto import KeySource
+    from blockforensics.formats.base import Disk
+    from blockforensics.image.chain import Chain
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -24,13 +32,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _key(args: argparse.Namespace):  # -> KeySource | None
+def _key(args: argparse.Namespace) -> KeySource | None:
     from blockforensics.crypto import KeySource
 
     return KeySource.from_file(args.key_file) if getattr(args, "key_file", None) else None
 
 
-def _open_chain(args: argparse.Namespace, *, clean: bool = True):  # -> Chain
+def _open_chain(args: argparse.Namespace, *, clean: bool = True) -> Chain:
     """Open the chain named by ``args.chain`` (after removing leftovers of crashed commands)."""
     from blockforensics.image.chain import Chain
 
@@ -40,7 +48,8 @@ def _open_chain(args: argparse.Namespace, *, clean: bool = True):  # -> Chain
     return chain
 
 
-def _open_source(path: str, *, point: str | None = None, key=None, reader: str | None = None):
+def _open_source(path: str, *, point: str | None = None, key: KeySource | None = None,
+                 reader: str | None = None) -> Disk:
     """Any disk image a reader plugin recognises (a chain directory, a VHD, a raw file …)
     as a Disk, probed by signature unless ``reader`` names the plugin."""
     from blockforensics.formats import open_disk
@@ -51,7 +60,7 @@ def _open_source(path: str, *, point: str | None = None, key=None, reader: str |
     return open_disk(path, point=point, key=key, format=reader)
 
 
-def _print_table(frame) -> None:
+def _print_table(frame: pd.DataFrame) -> None:
     print(frame.to_string(index=False) if len(frame) else "(empty)")
 
 
@@ -130,7 +139,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     from blockforensics import consolidate
 
     if args.keep is not None:
-        result = consolidate.apply_retention(args.chain, keep_last=args.keep,
+        result: object = consolidate.apply_retention(args.chain, keep_last=args.keep,
                                              daily=args.daily, weekly=args.weekly)
     else:
         if args.point is None:
@@ -161,6 +170,18 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         print(frame.to_json(orient="records", indent=1))
     else:
         _print_table(frame)
+    return EXIT_OK
+
+
+def cmd_triage(args: argparse.Namespace) -> int:
+    from blockforensics import triage
+
+    chain = _open_chain(args, clean=False)
+    if args.explain:
+        print(triage.explain(chain, args.explain, point=args.point))
+        return EXIT_OK
+    result = triage.triage(chain, args.rules)
+    print(json.dumps(result.to_json(), indent=1) if args.json else result)
     return EXIT_OK
 
 
@@ -266,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--point", default="-1",
                        help="point index (0 = first full, -1 = newest) or image file name")
 
-    p = sub.add_parser("backup", help="back a raw disk image up into a chain")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "backup", help="back a raw disk image up into a chain")
     p.set_defaults(func=cmd_backup)
     p.add_argument("source", help="disk image: raw, VHD, a chain (its newest point), …")
     p.add_argument("chain", help="chain directory (created if missing)")
@@ -316,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("timeline", cmd_timeline, "per point: blocks and files changed")
     p.add_argument("--json", action="store_true")
+    key_option(p)
+
+    p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--rules", metavar="DIR", help="extra YARA rules (*.yar, *.yara)")
+    p.add_argument("--explain", metavar="FILE", help="the evidence for one file's changes")
+    p.add_argument("--point", help="with --explain: only this point")
     key_option(p)
 
     p = command("export", cmd_export,

@@ -210,8 +210,8 @@ def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBloc
         image.read_into(buf, first)
         lo, hi = start[i:j] - first, end[i:j] - first
         cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
-        payload = memoryview(buf) if not len(cuts) else b"".join(
-            buf[lo[a] : hi[b - 1]] for a, b in zip(np.r_[0, cuts], np.r_[cuts, j - i]))
+        payload = buf.data if not len(cuts) else b"".join(
+            buf[lo[a] : hi[b - 1]].data for a, b in zip(np.r_[0, cuts], np.r_[cuts, j - i]))
         yield EncodedBlocks(_relative(records[i:j]), payload)
         i = j
 

@@ -158,7 +158,7 @@ class ChainKeys:
         older version, or a record removed, changes it."""
         state = hmac.new(self._point, _POINT.pack(self.volume_id, image_id, created_ns,
                                                   volume_size, block_size), hashlib.sha256)
-        state.update(np.ascontiguousarray(digests, dtype=np.uint8))
+        state.update(np.ascontiguousarray(digests, dtype=np.uint8).data)
         return state.digest()
 
     def encrypt(self, position: int, flags: int, plaintext: bytes, nonce: bytes) -> bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,10 @@ from blockforensics.plot import plot_blockmaps, plot_chain
 from blockforensics.snapshot import Snapshot
 from blockforensics.tracking import ChangeTracker, HeadStart
 from blockforensics.volume import Volume
+
+if TYPE_CHECKING:
+    from blockforensics.boot import BootResult
+    from blockforensics.formats.base import Disk
 
 BLOCK_SIZE = 4096
 #: day -> (files written on the FAT partition that day, boot marker)
@@ -201,7 +206,7 @@ def _branching_chain(work: Path, states: list[bytes], checks: dict[str, bool],
     return chain
 
 
-def _equal_on(a: Volume, b, on: BlockMap) -> bool:  # b: a Disk
+def _equal_on(a: Volume, b: Disk, on: BlockMap) -> bool:
     positions = on.positions()
     return bool(np.array_equal(a.read_at(positions), b.read_at(positions)))
 
@@ -230,7 +235,7 @@ def _encrypted(work: Path, states: list[bytes], checks: dict[str, bool],
     return chain
 
 
-def _export_and_boot(work: Path, chain: Chain, checks: dict[str, bool]):  # -> BootResult
+def _export_and_boot(work: Path, chain: Chain, checks: dict[str, bool]) -> BootResult:
     """Method 5: export the newest point to a dynamic VHD and boot it."""
     from blockforensics.boot import boot
     from blockforensics.formats.vhd import write_vhd

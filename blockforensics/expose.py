@@ -119,8 +119,8 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
         mfusepy.FUSE(VhdFileSystem(layout), str(mountpoint), foreground=foreground,
                      nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
     finally:
-        for sig, handler in restore.items():
-            signal.signal(sig, handler)
+        for signum, handler in restore.items():
+            signal.signal(signum, handler)
 
 
 def _mounted(mountpoint: Path) -> bool:

@@ -4,100 +4,73 @@ Everything here reads the points straight from the chain (``Chain.disk``), never
 from a restore:
 
 - :func:`diff` — the changed block runs between any two points (from the index
-  digests, nothing read) and, with ``files=True``, the files behind them, found
-  by walking both points' directory trees with The Sleuth Kit (pytsk3) through
-  :class:`ChainImgInfo`, for FAT12/16/32 and ext2/3/4, bare or in MBR partitions.
+  digests, nothing read) and, with ``files=True``, the files behind them, found by
+  walking both points with The Sleuth Kit (:mod:`blockforensics.tsk`).
 - :func:`block_entropy` — Shannon entropy per block, in bits per byte (0..8).
 - :func:`changes` and :func:`timeline` — every file change of every point
   against its parent, and per point the counts.
 
-How a file is judged (paths are compared, ``p1:/x`` for partition 1 of an MBR disk):
+How a change is named (paths compared, ``p1:/x`` for partition 1):
 
-- *created* / *deleted*: the path exists at one point only;
-- a file is *modified* when its size or mtime differs, or its bytes differ:
-  when its data runs are the same at both points only its bytes inside changed
-  blocks are compared (a changed block can hold other files' clusters, so
-  touching one proves nothing); when the runs differ, the whole content is;
+- *renamed*: a path gone and a path new that are the same file — the same inode
+  (MFT record on NTFS) with the same birth time and first data run — or, failing
+  that, the same content (same size and SHA-256, e.g. FAT moves, copy + delete);
+- *created* / *deleted*: the path exists at one point only (and is no rename);
+- a file is *modified* when its size or mtime differs or its bytes differ.  Bytes
+  are compared whenever anything changed (size, mtime, ctime, data runs, or a
+  changed block holds its data): with the same data runs, only its bytes inside
+  changed blocks (a changed block can hold other files' clusters, so touching one
+  proves nothing); with other runs, the whole content; resident data (NTFS
+  resident ``$DATA``, ext4 ``inline_data``) is always compared;
 - a directory is *modified* when the names it lists differ.
 
-Entropy of a file's change, bits per byte: over the file's bytes inside the
-changed blocks at each point, or over its whole content at a point when it was
-written elsewhere (runs differ), created (after) or deleted (before); 0 where
-there are no such bytes.
+A created file that takes the place of a deleted one — same directory and the new
+name extends the old one (``report.txt`` → ``report.txt.locked``), or the same
+stem, or the only deleted file there of nearly the same size — is judged against
+the deleted file's content: that is the copy-encrypt-delete pattern.
 
-Ransomware rule (``suspected_encryption``): a *modified* file whose entropy
-rose by more than :data:`ENTROPY_JUMP` bits per byte and whose new bytes are
-indistinguishable from uniform random ones — a chi-square test of the byte
-histogram against uniform (255 degrees of freedom) gives p >= :data:`UNIFORM_P`,
-over at least :data:`MIN_TEST_BYTES` bytes.  Text, executables and even most
-compressed formats fail the uniformity test; ciphertext passes it.  New files
-are never flagged (a new archive would be), so ransomware that writes copies
-shows as created + deleted files, not as flags.
+Each changed file is judged by :func:`blockforensics.evidence.judge` (entropy,
+per-segment randomness, signature vs extension); its ``evidence`` says why, with
+numbers and thresholds.  Entropy columns: bits per byte over the file's bytes
+inside the changed blocks (same runs) or its whole content (elsewhere, created,
+deleted, replaced); 0 where there are no such bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
+import dataclasses
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import pandas as pd
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import FormatError, UsageError
+from blockforensics.evidence import ByteStats, histograms, judge
+from blockforensics.evidence import entropy as _entropy
 from blockforensics.formats.base import Disk
+from blockforensics.tsk import ChainImgInfo, Entry, Listing, list_entries
 
 if TYPE_CHECKING:
     from blockforensics.image.chain import Chain, PointRef
 
 __all__ = ["ChainImgInfo", "DiffResult", "block_entropy", "changes", "diff", "list_files",
-           "timeline"]
+           "point_diff", "timeline"]
 
-#: entropy rise, bits per byte, a modified file needs to be suspected of encryption
-ENTROPY_JUMP = 1.0
-#: chi-square p-value (bytes vs uniform) at or above which bytes look random
-UNIFORM_P = 1e-3
-#: fewer changed bytes than this are never judged random (the test needs counts)
-MIN_TEST_BYTES = 512
-#: bytes read at a time when hashing or histogramming file content
+#: bytes read at a time when histogramming blocks
 CHUNK_BYTES = 8 << 20
+#: a created file replaces a deleted one of nearly the same size: at most this much more
+REPLACEMENT_SLACK = 1024
 
 FILE_COLUMNS = ["path", "type", "change", "entropy_before", "entropy_after", "size_before",
-                "size_after", "suspected_encryption"]
+                "size_after", "suspected_encryption", "old_path", "inode", "content_before",
+                "content_after", "random_segments", "segments", "evidence", "replaces"]
+SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "old_path"]  # what printing a diff shows
 OWNER_COLUMNS = ["start", "length", "path", "side"]
 
 
 # ------------------------------------------------------------------ entropy
-def _entropy(counts: np.ndarray) -> np.ndarray:
-    """Shannon entropy, bits per byte, of each row of byte histograms ``(k, 256)``; 0 if empty."""
-    counts = np.atleast_2d(counts).astype(np.float64)
-    total = counts.sum(axis=1, keepdims=True)
-    p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
-    logs = np.log2(p, out=np.zeros_like(p), where=p > 0)
-    return -(p * logs).sum(axis=1) + 0.0  # + 0.0 turns -0.0 into 0.0
-
-
-def _uniform_p(counts: np.ndarray) -> float:
-    """p-value of a chi-square test of one byte histogram against uniform (Wilson–Hilferty)."""
-    n = counts.sum()
-    if n == 0:
-        return 0.0
-    expected = n / 256
-    chi2 = float(((counts - expected) ** 2).sum() / expected)
-    k = 255  # degrees of freedom
-    z = ((chi2 / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def _histograms(blocks: np.ndarray) -> np.ndarray:
-    """Per-row byte histograms ``(k, 256)`` of a ``(k, n)`` uint8 array, in one bincount."""
-    k = blocks.shape[0]
-    keys = blocks.astype(np.int64) + (np.arange(k, dtype=np.int64) << 8)[:, None]
-    return np.bincount(keys.ravel(), minlength=k * 256).reshape(k, 256)
-
-
 def block_entropy(disk: Disk, positions: np.ndarray | BlockMap | None = None) -> np.ndarray:
     """Shannon entropy of blocks of a Disk or Volume, in bits per byte (0 = constant, 8 = random).
 
@@ -121,158 +94,19 @@ def block_entropy(disk: Disk, positions: np.ndarray | BlockMap | None = None) ->
         for lo in range(0, run.size, step):
             count = min(step, run.size - lo)
             blocks = disk.read_blocks(int(run[lo]), count)
-            out[order[done : done + count]] = _entropy(_histograms(blocks))
+            out[order[done : done + count]] = _entropy(histograms(blocks))
             done += count
     return out
-
-
-# --------------------------------------------------------------- TSK access
-def _pytsk3():
-    try:
-        import pytsk3
-    except ImportError as exc:
-        raise UsageError("file-level diffs need pytsk3 (pip install pytsk3)") from exc
-    return pytsk3
-
-
-def ChainImgInfo(disk: Disk):  # a class factory: pytsk3 is an optional import
-    """A ``pytsk3.Img_Info`` reading a Disk (e.g. ``chain.disk(p)``) through its file object.
-
-    The Sleuth Kit then opens file systems of a chain point with no restore: every
-    read TSK makes becomes a seek + read on ``disk.open_file()``.
-    """
-    pytsk3 = _pytsk3()
-
-    class _ChainImgInfo(pytsk3.Img_Info):
-        def __init__(self, disk: Disk):
-            self.disk = disk
-            self._file = disk.open_file()
-            super().__init__(url="", type=pytsk3.TSK_IMG_TYPE_EXTERNAL)
-
-        def read(self, offset: int, size: int) -> bytes:
-            self._file.seek(offset)
-            return self._file.read(size)
-
-        def get_size(self) -> int:
-            return self.disk.size
-
-        def close(self) -> None:
-            self._file.close()
-
-    return _ChainImgInfo(disk)
-
-
-@dataclass
-class _Entry:
-    """One file or directory as TSK sees it at one point; ``extents`` in bytes of the disk."""
-
-    path: str
-    type: str  # "file" or "dir"
-    inode: int
-    size: int  # bytes
-    mtime: int  # seconds since the epoch
-    extents: np.ndarray  # (k, 2) int64: disk byte [start, stop) of its content, file order
-    children: frozenset[str] = frozenset()
-
-    def same_extents(self, other: _Entry) -> bool:
-        return np.array_equal(self.extents, other.extents)
-
-
-def _filesystem_offsets(disk: Disk) -> list[tuple[str, int]]:
-    """``(path prefix, byte offset)`` of each FAT or ext file system: bare, or per MBR partition."""
-    from blockforensics.allocation import FILESYSTEM_KINDS, detect, partitions
-
-    kind = detect(disk)
-    if kind in FILESYSTEM_KINDS:
-        return [("", 0)]
-    if kind != "mbr":
-        return []
-    table = partitions(disk)
-    found = table[table["filesystem"].isin(FILESYSTEM_KINDS)]
-    return [(f"p{index}:", int(start))
-            for index, start in zip(found["index"], found["start_byte"])]
-
-
-def _runs_of(pytsk3, fs_file, fs_offset: int, block_size: int, size: int) -> np.ndarray:
-    """Data runs of a file's default attribute as ``(k, 2)`` disk byte [start, stop), in file
-    order, cut at ``size`` bytes (slack excluded); sparse and resident data have none."""
-    rows = []
-    skip = int(pytsk3.TSK_FS_ATTR_RUN_FLAG_SPARSE) | int(pytsk3.TSK_FS_ATTR_RUN_FLAG_FILLER)
-    for attr in fs_file:
-        if (attr.info.type != pytsk3.TSK_FS_ATTR_TYPE_DEFAULT
-                or int(attr.info.flags) & int(pytsk3.TSK_FS_ATTR_RES)):
-            continue
-        for run in attr:
-            length = min(run.len * block_size, size - run.offset * block_size)
-            if length > 0 and not int(run.flags) & skip:
-                start = fs_offset + run.addr * block_size
-                rows.append((run.offset, start, start + length))
-    rows.sort()
-    return np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 2)
-
-
-def _entry(pytsk3, fs, fs_offset: int, path: str, fs_file) -> _Entry:
-    meta = fs_file.info.meta
-    return _Entry(path=path, type="dir" if meta.type == pytsk3.TSK_FS_META_TYPE_DIR else "file",
-                  inode=int(meta.addr), size=int(meta.size), mtime=int(meta.mtime),
-                  extents=_runs_of(pytsk3, fs_file, fs_offset, fs.info.block_size,
-                                   int(meta.size)))
-
-
-def _walk(pytsk3, fs, fs_offset: int, directory, dir_path: str, entries: dict[str, _Entry],
-          seen: set[int]) -> frozenset[str]:
-    """Add the allocated, non-virtual entries below ``directory`` (path ``dir_path``, ending
-    in "/"); returns the names it lists."""
-    is_fat = bool(int(fs.info.ftype) & int(pytsk3.TSK_FS_TYPE_FAT_DETECT))
-    names = []
-    for item in directory:
-        name, meta = item.info.name, item.info.meta
-        text = name.name.decode("utf-8", "replace")
-        if (text in (".", "..") or meta is None
-                or not int(name.flags) & int(pytsk3.TSK_FS_NAME_FLAG_ALLOC)
-                or meta.type not in (pytsk3.TSK_FS_META_TYPE_REG, pytsk3.TSK_FS_META_TYPE_DIR)
-                or (is_fat and text.endswith("(Volume Label Entry)"))):
-            continue
-        names.append(text)
-        path = dir_path + text
-        entry = entries[path] = _entry(pytsk3, fs, fs_offset, path, item)
-        if entry.type == "dir" and entry.inode not in seen:
-            seen.add(entry.inode)
-            entry.children = _walk(pytsk3, fs, fs_offset, item.as_directory(), path + "/",
-                                   entries, seen)
-    return frozenset(names)
-
-
-def _list(disk: Disk | None) -> dict[str, _Entry]:
-    """Every allocated file and directory of every recognised file system of ``disk``, by
-    path (None: an empty volume, nothing)."""
-    entries: dict[str, _Entry] = {}
-    if disk is None:
-        return entries
-    pytsk3 = _pytsk3()
-    image = ChainImgInfo(disk)
-    for prefix, offset in _filesystem_offsets(disk):
-        try:
-            fs = pytsk3.FS_Info(image, offset=offset)
-        except OSError as exc:  # recognised by its signature, but TSK cannot read it
-            raise FormatError(f"The Sleuth Kit cannot open the file system at byte {offset}: "
-                              f"{exc}") from exc
-        root = fs.open_dir(inode=fs.info.root_inum)
-        root_path = f"{prefix}/"
-        entries[root_path] = _entry(pytsk3, fs, offset, root_path, fs.open_meta(
-            inode=fs.info.root_inum))
-        entries[root_path].children = _walk(pytsk3, fs, offset, root, root_path, entries,
-                                            {fs.info.root_inum})
-    return entries
 
 
 def list_files(disk: Disk) -> pd.DataFrame:
     """Files and directories of a Disk (e.g. ``chain.disk(p)``) as TSK lists them, by path.
 
     Columns: path, type ("file"/"dir"), size (bytes), mtime (seconds since the epoch),
-    inode (TSK's metadata address).
+    inode (TSK's metadata address: inode, MFT record number, FAT entry slot).
     """
-    rows = [(e.path, e.type, e.size, e.mtime, e.inode) for e in _list(disk).values()]
+    rows = [(e.path, e.type, e.size, e.mtime, e.inode)
+            for e in list_entries(disk).entries.values()]
     return pd.DataFrame(rows, columns=["path", "type", "size", "mtime", "inode"]) \
         .sort_values("path", ignore_index=True)
 
@@ -291,28 +125,32 @@ def _clip(extents: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndar
     return out[out[:, 1] > out[:, 0]]
 
 
-@dataclass
-class _Bytes:
-    """Byte histogram (256 counts) and SHA-256 of some bytes of one point."""
-
-    counts: np.ndarray
-    digest: bytes
-
-    @property
-    def entropy(self) -> float:
-        return float(_entropy(self.counts)[0])
+def _stats(disk: Disk | None, entry: Entry | None, intervals: np.ndarray | None = None
+           ) -> ByteStats:
+    """ByteStats of an entry's content (or those disk byte ranges of it)."""
+    stats = ByteStats()
+    if entry is not None and entry.type == "file":
+        for chunk in entry.chunks(disk, intervals):
+            stats.update(chunk)
+    return stats.finish()
 
 
-def _read(disk: Disk | None, intervals: np.ndarray) -> _Bytes:
-    """Histogram and hash of the disk bytes in ``intervals`` (read in chunks, in order)."""
-    counts = np.zeros(256, dtype=np.int64)
-    sha = hashlib.sha256()
-    for start, stop in intervals.tolist() if disk is not None else []:
-        for lo in range(start, stop, CHUNK_BYTES):
-            data = disk.read(lo, min(CHUNK_BYTES, stop - lo))
-            counts += np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
-            sha.update(data)
-    return _Bytes(counts, sha.digest())
+def _head_type(disk: Disk | None, entry: Entry | None) -> str | None:
+    from blockforensics.evidence import content_type
+
+    if entry is None or entry.type != "file" or entry.size == 0:
+        return None
+    return content_type(entry.read(disk, 4096))
+
+
+def _replaces(new: Entry, old: Entry) -> bool:
+    """Does created ``new`` look like the copy that took deleted ``old``'s place?"""
+    new_dir, new_name = os.path.split(new.path)
+    old_dir, old_name = os.path.split(old.path)
+    if new_dir != old_dir or new.type != "file" or old.type != "file":
+        return False
+    return (new_name.startswith(old_name + ".") or old_name.startswith(new_name + ".")
+            or new_name.split(".")[0] == old_name.split(".")[0])
 
 
 class _Comparison:
@@ -325,55 +163,125 @@ class _Comparison:
         self.starts, self.stops = starts * self.block_size, (starts + lengths) * self.block_size
         self.rows: list[dict] = []
         self.owners: list[tuple[int, int, str, str]] = []
+        self._stats: dict[tuple[int, str], ByteStats] = {}
 
-    def touched(self, entry: _Entry) -> np.ndarray:
+    def touched(self, entry: Entry) -> np.ndarray:
         return _clip(entry.extents, self.starts, self.stops)
 
-    def compare(self, a: dict[str, _Entry], b: dict[str, _Entry]) -> None:
-        for path in sorted(a.keys() | b.keys()):
-            old, new = a.get(path), b.get(path)
-            if old is not None and new is not None and old.type != new.type:
-                self.add("deleted", old, None)
-                self.add("created", None, new)
-            elif old is None or new is None:
-                self.add("created" if old is None else "deleted", old, new)
-            elif old.type == "dir":
-                if old.children != new.children:
-                    self.add("modified", old, new)
+    def compare(self, a: dict[str, Entry], b: dict[str, Entry]) -> None:
+        gone = {p: e for p, e in a.items() if p not in b or b[p].type != e.type}
+        new = {p: e for p, e in b.items() if p not in a or a[p].type != e.type}
+        for path in sorted(a.keys() & b.keys() - gone.keys()):
+            old, now = a[path], b[path]
+            if old.type == "dir":
+                if old.children != now.children:
+                    self.add("modified", old, now)
             else:
-                self.compare_files(old, new)
+                self.compare_files("modified", old, now)
+        for old, now in self.renames(gone, new):
+            self.compare_files("renamed", old, now)
+        for _, now in sorted(new.items()):
+            counterpart = self.counterpart(now, gone)
+            self.add("created", None, now, self.stats(0, counterpart), self.stats(1, now),
+                     counterpart=counterpart)
+        for _, old in sorted(gone.items()):
+            self.add("deleted", old, None, self.stats(0, old))
 
-    def compare_files(self, old: _Entry, new: _Entry) -> None:
+    @overload
+    def stats(self, side: int, entry: Entry) -> ByteStats: ...
+    @overload
+    def stats(self, side: int, entry: None) -> None: ...
+    def stats(self, side: int, entry: Entry | None) -> ByteStats | None:
+        """ByteStats of an entry's whole content at point a (0) or b (1), read once."""
+        if entry is None:
+            return None
+        key = side, entry.path
+        if key not in self._stats:
+            self._stats[key] = _stats(self.disks[side], entry)
+        return self._stats[key]
+
+    def renames(self, gone: dict[str, Entry], new: dict[str, Entry]
+                ) -> list[tuple[Entry, Entry]]:
+        """Pairs (old, new) that are one file under two names: by inode, then by content;
+        the pairs are taken out of ``gone`` and ``new``."""
+        pairs = []
+        by_inode = {e.inode: e for e in gone.values()}
+        for path, now in sorted(new.items()):
+            old = by_inode.get(now.inode)
+            if old is not None and old.path in gone and old.same_identity(now):
+                pairs.append((gone.pop(old.path), new.pop(path)))
+        digests: dict[tuple[int, str], Entry] = {}
+        for old in gone.values():
+            if old.type == "file" and old.size:
+                digests.setdefault((old.size, self.stats(0, old).sha256), old)
+        for path, now in sorted(new.items()):
+            if now.type == "file" and now.size:
+                old = digests.get((now.size, self.stats(1, now).sha256))
+                if old is not None and old.path in gone:
+                    pairs.append((gone.pop(old.path), new.pop(path)))
+        return pairs
+
+    @staticmethod
+    def counterpart(now: Entry, gone: dict[str, Entry]) -> Entry | None:
+        """The deleted file a created one took the place of, if any (see :func:`_replaces`)."""
+        named = [old for old in gone.values() if _replaces(now, old)]
+        if len(named) == 1:
+            return named[0]
+        near = [old for old in gone.values() if old.type == "file" and now.type == "file"
+                and os.path.dirname(old.path) == os.path.dirname(now.path)
+                and old.size <= now.size <= old.size + REPLACEMENT_SLACK]
+        return near[0] if len(near) == 1 and not named else None
+
+    def compare_files(self, change: str, old: Entry, new: Entry) -> None:
         touched = self.touched(old), self.touched(new)
         meta = (old.size, old.mtime) != (new.size, new.mtime)
         moved = not old.same_extents(new)
-        if not (meta or moved or touched[0].size or touched[1].size):
+        resident = old.resident is not None or new.resident is not None
+        if change == "modified" and not (meta or moved or resident or touched[0].size
+                                         or touched[1].size or old.ctime != new.ctime):
             return
-        if moved:  # written elsewhere: compare whole contents
-            before, after = _read(self.disks[0], old.extents), _read(self.disks[1], new.extents)
+        if moved or resident:  # written elsewhere (or in the metadata): whole contents
+            before, after = self.stats(0, old), self.stats(1, new)
         else:  # same runs: only bytes inside changed blocks can differ
-            before, after = _read(self.disks[0], touched[0]), _read(self.disks[1], touched[1])
-        if meta or before.digest != after.digest:
-            self.add("modified", old, new, before, after)
+            before = _stats(self.disks[0], old, touched[0])
+            after = _stats(self.disks[1], new, touched[1])
+        if change == "renamed" or meta or before.sha256 != after.sha256:
+            self.add(change, old, new, before, after)
 
-    def add(self, change: str, old: _Entry | None, new: _Entry | None,
-            before: _Bytes | None = None, after: _Bytes | None = None) -> None:
+    def add(self, change: str, old: Entry | None, new: Entry | None,
+            before: ByteStats | None = None, after: ByteStats | None = None,
+            counterpart: Entry | None = None) -> None:
         if before is None:
-            before = _read(self.disks[0], old.extents if old is not None else np.empty((0, 2)))
+            before = self.stats(0, old)
         if after is None:
-            after = _read(self.disks[1], new.extents if new is not None else np.empty((0, 2)))
+            after = self.stats(1, new) or ByteStats()
         entry = new if new is not None else old
         assert entry is not None
-        rise = after.entropy - before.entropy
-        suspected = (change == "modified" and entry.type == "file"
-                     and after.counts.sum() >= MIN_TEST_BYTES and rise > ENTROPY_JUMP
-                     and _uniform_p(after.counts) >= UNIFORM_P)
+        reference = old if old is not None else counterpart
+        kind_before = _head_type(self.disks[0], reference)
+        kind_after = _head_type(self.disks[1], new)
+        suspected, evidence = (False, []) if entry.type != "file" or new is None else judge(
+            new.path, reference.path if reference is not None else None,
+            before, after, kind_before, kind_after, replaced=counterpart is not None)
+        if counterpart is not None:
+            evidence.insert(0, f"took the place of deleted {counterpart.path} "
+                               f"({counterpart.size} -> {new.size if new else 0} bytes)")
+        if change == "renamed" and old is not None and new is not None:
+            evidence.insert(0, f"renamed from {old.path} (inode {old.inode})"
+                            + ("" if before is None or before.sha256 == after.sha256
+                               else "; content changed"))
         self.rows.append({
             "path": entry.path, "type": entry.type, "change": change,
-            "entropy_before": before.entropy, "entropy_after": after.entropy,
+            "entropy_before": before.entropy if before is not None else 0.0,
+            "entropy_after": after.entropy if new is not None else 0.0,
             "size_before": old.size if old is not None else 0,
             "size_after": new.size if new is not None else 0,
-            "suspected_encryption": bool(suspected)})
+            "suspected_encryption": bool(suspected),
+            "old_path": old.path if change == "renamed" and old is not None else "",
+            "inode": entry.inode, "content_before": kind_before or "",
+            "content_after": kind_after or "", "random_segments": after.random_segments,
+            "segments": after.segments, "evidence": evidence,
+            "replaces": counterpart.path if counterpart is not None else ""})
         for side, item in (("a", old), ("b", new)):
             if item is not None:
                 for start, stop in self.touched(item).tolist():
@@ -403,6 +311,7 @@ class DiffResult:
     files: pd.DataFrame
     owners: pd.DataFrame
     files_checked: bool
+    notes: list[str] = dataclasses.field(default_factory=list)  # file systems not read
 
     @property
     def changed_blocks(self) -> int:
@@ -433,7 +342,7 @@ class DiffResult:
                 "changed_blocks": self.changed_blocks,
                 "runs": json.loads(runs.to_json(orient="records")),
                 "files": json.loads(self.files.to_json(orient="records", double_precision=6)),
-                "files_checked": self.files_checked}
+                "files_checked": self.files_checked, "notes": self.notes}
 
     def __str__(self) -> str:
         origin = "empty volume" if self.a is None else f"point {self.a}"
@@ -443,12 +352,17 @@ class DiffResult:
         lines.append(shown.to_string(index=False, max_rows=20) if len(shown) else "(no runs)")
         if self.files_checked:
             lines.append("")
-            lines.append(self.files.to_string(index=False, float_format="{:.2f}".format)
+            shown = self.files[SHOWN_COLUMNS if (self.files["old_path"] != "").any()
+                               else SHOWN_COLUMNS[:-1]]
+            lines.append(shown.to_string(index=False, float_format="{:.2f}".format)
                          if len(self.files) else "(no file changed)")
             flagged = self.suspected()
             if len(flagged):
                 lines.append(f"suspected encryption: {len(flagged)} file(s): "
                              + ", ".join(flagged["path"]))
+                lines += [f"  {row.path}: " + "; ".join(row.evidence)
+                          for row in flagged.itertuples()]
+        lines += [f"not read: {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -458,17 +372,21 @@ def _changed(chain: Chain, a: int | None, b: int) -> BlockMap:
 
 
 def _diff(chain: Chain, a: int | None, b: int, files: bool,
-          listings: dict[int | None, dict[str, _Entry]]) -> DiffResult:
+          listings: dict[int | None, Listing]) -> DiffResult:
     changed = _changed(chain, a, b)
     runs = changed.runs()
     frame = pd.DataFrame(columns=FILE_COLUMNS)
     owners = pd.DataFrame(columns=OWNER_COLUMNS)
+    notes: list[str] = []
     if files:
         for p in (a, b):
             if p not in listings:
-                listings[p] = _list(None if p is None else chain.disk(p))
+                listings[p] = list_entries(None if p is None else chain.disk(p))
+        notes = sorted({f"point {p}: {n}" for p in (a, b) for n in listings[p].unreadable})
+        files = bool(listings[a].entries or listings[b].entries or not notes)
+    if files:
         comparison = _Comparison(None if a is None else chain.disk(a), chain.disk(b), changed)
-        comparison.compare(listings[a], listings[b])
+        comparison.compare(listings[a].entries, listings[b].entries)
         if comparison.rows:
             frame = pd.DataFrame(comparison.rows, columns=FILE_COLUMNS)
         if comparison.owners:
@@ -477,7 +395,7 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
     return DiffResult(a, b, changed.n_blocks, changed.block_size, runs, frame.astype({
         "entropy_before": float, "entropy_after": float, "size_before": "int64",
         "size_after": "int64", "suspected_encryption": bool}),
-        owners.astype({"start": "int64", "length": "int64"}), files)
+        owners.astype({"start": "int64", "length": "int64"}), files, notes)
 
 
 def _owners_in(owners: pd.DataFrame, start: int, length: int) -> tuple[str, ...]:
@@ -495,10 +413,17 @@ def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False) 
     return _diff(chain, None if a is None else chain.point(a), chain.point(b), files, {})
 
 
+def point_diff(chain: Chain, point: int, listings: dict[int | None, Listing] | None = None
+               ) -> DiffResult:
+    """A point against its parent (the full against an empty volume), files included;
+    ``listings`` caches each point's file listing across calls."""
+    return _diff(chain, chain.parent(point), point, True, {} if listings is None else listings)
+
+
 def _point_diffs(chain: Chain) -> list[DiffResult]:
-    """Every point against its parent (the full against an empty volume), files included."""
-    listings: dict[int | None, dict[str, _Entry]] = {}
-    return [_diff(chain, chain.parent(p), p, True, listings) for p in range(len(chain))]
+    """Every point against its parent, files included (listings read once per point)."""
+    listings: dict[int | None, Listing] = {}
+    return [point_diff(chain, p, listings) for p in range(len(chain))]
 
 
 def _changes(diffs: list[DiffResult]) -> pd.DataFrame:

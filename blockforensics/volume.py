@@ -113,7 +113,7 @@ class Volume(Disk):
         from blockforensics.fileio import atomic_writer
 
         with atomic_writer(path) as fh:
-            fh.write(memoryview(self._buf[: self.size]))
+            fh.write(self._buf[: self.size].data)
         return Path(path)
 
     # --------------------------------------------------------------- writing

@@ -10,7 +10,7 @@ that keep what they rendered in attributes, so the explorer runs headlessly.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -19,6 +19,7 @@ from IPython.display import display
 
 from blockforensics import forensics
 from blockforensics.errors import UsageError
+from blockforensics.hexview import hexdump
 from blockforensics.plot import plot_blockmap
 from blockforensics.plot_forensics import plot_diff_files
 
@@ -28,16 +29,6 @@ if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
 
 HEXDUMP_BYTES = 512  # bytes of a run's first block shown
-
-
-def hexdump(data: bytes, offset: int = 0) -> str:
-    """Classic 16-bytes-a-line hexdump; ``offset`` (bytes) numbers the first line."""
-    lines = []
-    for i in range(0, len(data), 16):
-        row = data[i : i + 16]
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
-        lines.append(f"{offset + i:010x}  {row.hex(' '):<47}  |{text}|")
-    return "\n".join(lines)
 
 
 class ChainExplorer:
@@ -68,8 +59,7 @@ class ChainExplorer:
         self.files_html = widgets.HTML()
         self.run_html = widgets.HTML()
         self.point_picker.observe(lambda change: self.select_point(change["new"]), names="value")
-        self.run_picker.observe(lambda change: change["new"] is not None
-                                and self.select_run(change["new"]), names="value")
+        self.run_picker.observe(self._on_run_picked, names="value")
         self.widget = widgets.VBox([self.point_picker, self.map_output, self.files_html,
                                     self.run_picker, self.run_html])
 
@@ -104,6 +94,10 @@ class ChainExplorer:
         else:
             self.run, self.hexdump, self.owners = None, "", []
             self.run_html.value = "<i>nothing changed</i>"
+
+    def _on_run_picked(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            self.select_run(change["new"])
 
     def select_run(self, index: int) -> None:
         """Show changed run ``index`` of the current diff: first bytes and owning files."""

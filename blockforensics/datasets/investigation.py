@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _text(rng: np.random.Generator, n_bytes: int) -> bytes:
     return " ".join(words).encode()[:n_bytes]
 
 
-class _Volume:
+class _Volume(ABC):
     """Edits a file-system image with real tools; subclasses speak mtools or debugfs."""
 
     root_entries: tuple[str, ...] = ("/",)
@@ -94,6 +95,12 @@ class _Volume:
         if done.returncode != 0 or "error" in done.stderr.lower():
             raise UsageError(f"{' '.join(argv[:3])}: {done.stderr.strip()}")
         return done.stdout
+
+    @abstractmethod
+    def mkdir(self, path: str, mtime: int) -> None: ...
+
+    @abstractmethod
+    def delete(self, path: str, mtime: int) -> None: ...
 
 
 class _FatVolume(_Volume):

@@ -76,8 +76,9 @@ class Disk(ABC):
         for start, length in zip(starts.tolist(), lengths.tolist()):
             for first in range(start, start + length, step):
                 count = min(step, start + length - first)
-                blocks = memoryview(self.read_blocks(first, count)).cast("B")
-                out.put(blocks, [first * bs], [0], [count * bs])
+                blocks = self.read_blocks(first, count).data.cast("B")
+                out.put(blocks, np.array([first * bs]), np.zeros(1, np.int64),
+                            np.array([count * bs]))
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes from byte ``offset`` (short at the end of the disk)."""

@@ -14,6 +14,7 @@ Units: every offset and length here is bytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -128,7 +129,7 @@ class PlacedWriter:
                 got = os.preadv(source_fd, [buffer[: min(n, len(buffer))]], at)
                 if got <= 0:
                     raise OSError(f"unexpected end of the source file at byte {at}")
-                self._queue(buffer[:got], target, lambda buffer=buffer: free.put(buffer))
+                self._queue(buffer[:got], target, functools.partial(free.put, buffer))
                 at, target, n = at + got, target + got, n - got
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,

@@ -35,7 +35,7 @@ class RawDisk(InPlaceDisk):
 
     def read_blocks_into(self, start: int, out: np.ndarray) -> None:
         flat = out.reshape(-1)
-        got = os.preadv(self._fd, [memoryview(flat)], start * self.block_size) if len(flat) else 0
+        got = os.preadv(self._fd, [flat.data], start * self.block_size) if len(flat) else 0
         flat[got:] = 0  # past the end of the file
 
     def write_to(self, out: PlacedWriter) -> None:

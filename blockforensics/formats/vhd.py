@@ -521,7 +521,7 @@ class VhdDisk(Disk):
         n = max(0, min(flat.size, self.size - offset))
         if self.info.header is None:
             if n:
-                os.preadv(self._fd, [memoryview(flat[:n])], offset)
+                os.preadv(self._fd, [flat[:n].data], offset)
             return out
         pos = 0
         while pos < n:
@@ -530,7 +530,7 @@ class VhdDisk(Disk):
             entry = int(self.info.bat[block])
             if entry != UNUSED:
                 at = entry * SECTOR + self._bitmap + within
-                os.preadv(self._fd, [memoryview(flat[pos:pos + piece])], at)
+                os.preadv(self._fd, [flat[pos:pos + piece].data], at)
             pos += piece
         return out
 

@@ -173,7 +173,7 @@ class ExtFileSystem(FileSystem):
 
     def _field(self, desc: np.ndarray, name: str) -> np.ndarray:
         value = desc[f"{name}_lo"].astype(np.int64)
-        if f"{name}_hi" in desc.dtype.names:
+        if f"{name}_hi" in (desc.dtype.names or ()):
             value |= desc[f"{name}_hi"].astype(np.int64) << 32
         return value
 

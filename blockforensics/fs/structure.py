@@ -38,8 +38,8 @@ class Structure:
         if end > size:
             raise ValueError(f"{name}: fields end at {end:#x}, past the size {size:#x}")
         self._struct = struct.Struct(fmt)
-        self._record = namedtuple(name, [field for _, _, field in rows])  # type: ignore[misc]
-        self._columns = {
+        self._record: type[Any] = namedtuple(name, [field for _, _, field in rows])  # type: ignore[misc]
+        self._columns: dict[str, Any] = {
             "names": [field for _, _, field in rows],
             "formats": [_NUMPY_CODES.get(code, f"S{code[:-1]}") for _, code, _ in rows],
             "offsets": [offset for offset, _, _ in rows],
@@ -58,5 +58,7 @@ class Structure:
             raise FormatError(f"{self.name} records of {stride} bytes are shorter than {self.size}")
         if len(data) < stride * count:
             raise FormatError(f"truncated {self.name} table: {count} records do not fit")
-        dtype = np.dtype({**self._columns, "itemsize": stride})
+        columns = self._columns
+        dtype = np.dtype({"names": columns["names"], "formats": columns["formats"],
+                          "offsets": columns["offsets"], "itemsize": stride})
         return np.frombuffer(data, dtype=dtype, count=count)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 
@@ -84,6 +85,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     with chain.locked(), chain.writer(header, compress=compress) as writer, \
             progress_bar(source.size, "backup", progress) as bar:
         codec = writer.codec
+        assert codec is not None  # a writer made from a header has a codec
         for start in range(0, n_blocks, step):
             count = min(step, n_blocks - start)
             take = np.ones(count, dtype=bool) if wanted is None \
@@ -105,6 +107,12 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
         return chain.append(path)
 
 
+@overload
+def restore(chain: Chain, point: PointRef, out: None = None, *,
+            progress: bool = False) -> Volume: ...
+@overload
+def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str], *,
+            progress: bool = False) -> Path: ...
 def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = None, *,
             progress: bool = False) -> Path | Volume:
     """Write ``point`` to the raw file ``out`` (exact size, sparse), or return it as a Volume."""

@@ -495,7 +495,7 @@ class Chain:
         if names == [img.name for img in self.images]:
             return
         mine = {img.name: img for img in self.images}
-        self.images = [mine.pop(name, None) or ImageFile(self.directory / name)
+        self.images = [mine.pop(name) if name in mine else ImageFile(self.directory / name)
                        for name in names]
         for stale in mine.values():
             stale.close()
@@ -583,7 +583,7 @@ class ChainDisk(InPlaceDisk):
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]
                     position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
-                    out.put(memoryview(self.read_at(piece)).cast("B"), position * bs,
+                    out.put(self.read_at(piece).data.cast("B"), position * bs,
                             row * bs, count * bs)
 
     def __repr__(self) -> str:

@@ -38,7 +38,7 @@ def nonzero_rows(blocks: np.ndarray) -> np.ndarray:
     """
     words = blocks.view(np.uint64) if blocks.shape[1] % 8 == 0 else blocks
     head = min(words.shape[1], 64 // words.itemsize)
-    nonzero = words[:, :head].any(axis=1)
+    nonzero = np.asarray(words[:, :head].any(axis=1))
     rest = np.flatnonzero(~nonzero)
     if len(rest):
         nonzero[rest] = words[rest, head:].any(axis=1)
@@ -213,7 +213,7 @@ class PlainCodec(BlockCodec):
         if not self.compress:
             lengths = np.where(zero, 0, self.block_size).astype(np.uint32)
             kept = blocks[~zero] if zero.any() else np.ascontiguousarray(blocks)
-            payload = memoryview(kept.reshape(-1))
+            payload = kept.reshape(-1).data
             stored = content.copy()
             stored[zero] = np.frombuffer(sha256_128(b""), np.uint8)
             return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
@@ -242,10 +242,10 @@ class EncryptedCodec(BlockCodec):
         content = self.content_digests(blocks)
         if not self.compress:  # every payload has the same size: one array, no joins
             out = self.keys.encrypt_rows(positions, FLAG_ENCRYPTED, blocks)
-            flags = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
+            flags: np.ndarray = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
             lengths = np.full(k, out.shape[1], dtype=np.uint32)
             return EncodedBlocks(_records(positions, flags, lengths, sha256_128_rows(out),
-                                          content), memoryview(out.reshape(-1)))
+                                          content), out.reshape(-1).data)
         nonces = os.urandom(NONCE_SIZE * k)
         bits, packed = compress_rows(blocks)
         flags = bits | FLAG_ENCRYPTED

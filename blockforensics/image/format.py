@@ -141,7 +141,7 @@ class Header:
     def replace(self, **changes: object) -> Header:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
-        return Header(**values)  # type: ignore[arg-type]
+        return Header(**values)
 
 
 def new_id() -> bytes:

@@ -77,7 +77,7 @@ class ImageFile:
 
     def read_into(self, out: np.ndarray, offset: int) -> None:
         """Fill the contiguous array ``out`` with stored bytes from ``offset`` on."""
-        view = memoryview(out.reshape(-1))
+        view = out.reshape(-1).data
         if os.preadv(self._fd, [view], offset) != view.nbytes:
             raise FormatError(f"{self.name}: truncated payload at byte {offset}")
 
@@ -135,7 +135,7 @@ class ImageWriter:
         from concurrent.futures import ThreadPoolExecutor  # here: only writers pay for it
 
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
-        self._in_flight: Future[int] | None = None
+        self._in_flight: Future[None] | None = None
 
     def _write(self, payload: bytes | memoryview, offset: int) -> None:
         """(Background thread) append ``payload``, which lands at byte ``offset``."""
@@ -179,7 +179,7 @@ class ImageWriter:
             records = records[np.argsort(pos, kind="stable")]
             pos = records["position"]
             records = records[np.r_[pos[1:] != pos[:-1], True]]
-        raw = memoryview(records.view(np.uint8))
+        raw = records.view(np.uint8).data
         self._drain()
         if self._seal is not None:
             self._fh.flush()

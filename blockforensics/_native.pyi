@@ -1,0 +1,16 @@
+"""Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256 and
+AES-256-GCM over contiguous buffers, run without the GIL. Every argument is a buffer
+(bytes, memoryview or a C-contiguous numpy array); ``out`` and ``ok`` are written."""
+
+from typing import TypeAlias
+
+import numpy as np
+from typing_extensions import Buffer
+
+_Bytes: TypeAlias = Buffer | np.ndarray
+
+def sha256_spans(data: _Bytes, offsets: _Bytes, lengths: _Bytes, out: _Bytes, /) -> None: ...
+def aes256gcm_seal_rows(key: _Bytes, nonces: _Bytes, aads: _Bytes, rows: _Bytes,
+                        out: _Bytes, /) -> None: ...
+def aes256gcm_open_rows(key: _Bytes, aads: _Bytes, sealed: _Bytes, out: _Bytes,
+                        ok: _Bytes, /) -> None: ...

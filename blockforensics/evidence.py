@@ -1,0 +1,279 @@
+"""Content evidence: what a file's bytes are (by signature) and whether they look encrypted.
+
+- :func:`content_type` names a file's format from its first bytes with a small
+  signature table (:data:`SIGNATURES`); :data:`EXTENSIONS` says which format an
+  extension promises, so a ``.docx`` that is no longer a zip is seen.
+- :class:`ByteStats` accumulates, over bytes fed in any number of pieces, the byte
+  histogram (Shannon entropy), SHA-256 and MD5, and a *per-segment* randomness test:
+  the bytes are cut in :data:`SEGMENT_BYTES` segments and each segment whose entropy
+  reaches :data:`RANDOM_SEGMENT_ENTROPY` bits per byte counts as random.  Encrypting
+  only the first KiB of a file, or every other 64 KiB, leaves the whole file's
+  entropy ordinary, but not its segments.
+- :func:`uniform_p` is a chi-square test of a byte histogram against the uniform
+  distribution: ciphertext passes it, text and executables do not.  Compressed
+  formats often pass it too — which is why they are recognised by signature first.
+
+Thresholds, in bits per byte: 1 KiB of uniform random bytes has an entropy of about
+7.82 (a finite sample never reaches 8), deflate output about 7.8, English text
+about 4.3, x86 code about 6.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+
+#: bytes per segment of the per-segment randomness test
+SEGMENT_BYTES = 1024
+#: a trailing piece shorter than this is not judged (too few bytes for a histogram)
+MIN_SEGMENT_BYTES = 256
+#: entropy (bits per byte) at or above which a segment counts as random
+RANDOM_SEGMENT_ENTROPY = 7.5
+#: chi-square p-value (bytes vs uniform) at or above which bytes look random
+UNIFORM_P = 1e-3
+#: bytes of the start of the content kept for signatures and rule scans
+HEAD_BYTES = 64 << 10
+
+#: (format, offset, magic) — first match wins; formats in COMPRESSED are high-entropy by nature
+SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
+    ("zip", 0, b"PK\x03\x04"), ("zip", 0, b"PK\x05\x06"),
+    ("gzip", 0, b"\x1f\x8b"), ("bzip2", 0, b"BZh"), ("xz", 0, b"\xfd7zXZ\x00"),
+    ("zstd", 0, b"\x28\xb5\x2f\xfd"), ("7z", 0, b"7z\xbc\xaf\x27\x1c"),
+    ("rar", 0, b"Rar!\x1a\x07"), ("jpeg", 0, b"\xff\xd8\xff"),
+    ("png", 0, b"\x89PNG\r\n\x1a\n"), ("gif", 0, b"GIF87a"), ("gif", 0, b"GIF89a"),
+    ("pdf", 0, b"%PDF-"), ("mp4", 4, b"ftyp"), ("riff", 0, b"RIFF"), ("mp3", 0, b"ID3"),
+    ("ogg", 0, b"OggS"), ("flac", 0, b"fLaC"), ("deb", 0, b"!<arch>\n"),
+    ("elf", 0, b"\x7fELF"), ("pe", 0, b"MZ"), ("sqlite", 0, b"SQLite format 3\x00"),
+    ("ole2", 0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), ("rtf", 0, b"{\\rtf"),
+)
+COMPRESSED = frozenset({"zip", "gzip", "bzip2", "xz", "zstd", "7z", "rar", "jpeg", "png",
+                        "gif", "pdf", "mp4", "mp3", "ogg", "flac", "deb", "riff"})
+#: extension (lower case, no dot) -> the format its content must have
+EXTENSIONS: dict[str, str] = {
+    **dict.fromkeys(["zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar", "apk",
+                     "epub", "whl"], "zip"),
+    **dict.fromkeys(["gz", "tgz"], "gzip"), "bz2": "bzip2", **dict.fromkeys(["xz", "txz"], "xz"),
+    "zst": "zstd", "7z": "7z", "rar": "rar", **dict.fromkeys(["jpg", "jpeg"], "jpeg"),
+    "png": "png", "gif": "gif", "pdf": "pdf",
+    **dict.fromkeys(["mp4", "m4a", "m4v", "mov", "heic"], "mp4"),
+    **dict.fromkeys(["wav", "avi", "webp"], "riff"), "mp3": "mp3", "ogg": "ogg",
+    "flac": "flac", "deb": "deb", **dict.fromkeys(["exe", "dll", "sys"], "pe"),
+    **dict.fromkeys(["sqlite", "sqlite3"], "sqlite"),
+    **dict.fromkeys(["doc", "xls", "ppt", "msi"], "ole2"), "rtf": "rtf",
+    **dict.fromkeys(["txt", "csv", "md", "log", "json", "xml", "html", "htm", "ini", "cfg",
+                     "conf", "yaml", "yml", "py", "c", "h", "sh", "js", "css", "tex"], "text"),
+}
+#: extensions ransomware families are known to append (a hint, never proof on its own)
+RANSOM_EXTENSIONS = frozenset({"locked", "lock", "encrypted", "enc", "crypt", "crypted",
+                               "crypto", "cry", "locky", "cerber", "wncry", "wcry", "ryk",
+                               "ransom", "pay", "akira", "lockbit", "royal", "babyk"})
+
+
+def extension(path: str) -> str:
+    """The last extension of a path, lower case, without the dot ("" when none)."""
+    return PurePosixPath(path).suffix.lower().removeprefix(".")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end is fine
+        if exc.start < len(head) - 3:
+            return False
+    return True
+
+
+def content_type(head: bytes) -> str | None:
+    """The format the first bytes of a content show: a :data:`SIGNATURES` name, "text"
+    (UTF-8 without NUL), or None (unknown — random bytes are unknown)."""
+    for name, offset, magic in SIGNATURES:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return "text" if _looks_like_text(head[:4096]) else None
+
+
+def _entropy_rows(counts: np.ndarray) -> np.ndarray:
+    """Shannon entropy, bits per byte, of each row of byte histograms ``(k, 256)``; 0 if empty."""
+    counts = np.atleast_2d(counts).astype(np.float64)
+    total = counts.sum(axis=1, keepdims=True)
+    p = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    logs = np.log2(p, out=np.zeros_like(p), where=p > 0)
+    return -(p * logs).sum(axis=1) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def histograms(rows: np.ndarray) -> np.ndarray:
+    """Per-row byte histograms ``(k, 256)`` of a ``(k, n)`` uint8 array, in one bincount."""
+    k = rows.shape[0]
+    keys = rows.astype(np.int64) + (np.arange(k, dtype=np.int64) << 8)[:, None]
+    return np.bincount(keys.ravel(), minlength=k * 256).reshape(k, 256)
+
+
+def entropy(counts: np.ndarray) -> np.ndarray:
+    """Shannon entropy (bits per byte) of each row of byte histograms."""
+    return _entropy_rows(counts)
+
+
+def uniform_p(counts: np.ndarray) -> float:
+    """p-value of a chi-square test of one byte histogram against uniform (255 degrees of
+    freedom, Wilson–Hilferty approximation); 0 for no bytes."""
+    n = counts.sum()
+    if n == 0:
+        return 0.0
+    expected = n / 256
+    chi2 = float(((counts - expected) ** 2).sum() / expected)
+    k = 255
+    z = ((chi2 / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+@dataclass
+class ByteStats:
+    """Statistics of bytes fed with :meth:`update` (in order); :meth:`finish` judges the tail.
+
+    ``counts``: byte histogram; ``segments`` / ``random_segments``: segments judged and
+    those at or above :data:`RANDOM_SEGMENT_ENTROPY`; ``random_counts``: the histogram of
+    the random segments alone (for the chi-square test); ``head``: the first
+    :data:`HEAD_BYTES` bytes; ``random_at``: byte offset (in the fed bytes) of the first
+    random segment, or -1.
+    """
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    random_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    segments: int = 0
+    random_segments: int = 0
+    random_at: int = -1
+    size: int = 0
+    head: bytes = b""
+    _sha: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _md5: hashlib._Hash = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
+    _carry: bytes = b""
+
+    def update(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._md5.update(data)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        data = self._carry + data
+        whole = len(data) // SEGMENT_BYTES * SEGMENT_BYTES
+        self._judge(np.frombuffer(data, np.uint8, whole).reshape(-1, SEGMENT_BYTES))
+        self._carry = data[whole:]
+
+    def finish(self) -> ByteStats:
+        """Judge the trailing partial segment (if long enough); returns self."""
+        if len(self._carry) >= MIN_SEGMENT_BYTES:
+            self._judge(np.frombuffer(self._carry, np.uint8)[None, :])
+        elif self._carry:
+            self.counts += np.bincount(np.frombuffer(self._carry, np.uint8), minlength=256)
+            self.size += len(self._carry)
+        self._carry = b""
+        return self
+
+    def _judge(self, rows: np.ndarray) -> None:
+        if rows.size == 0:
+            return
+        counts = histograms(rows)
+        random = _entropy_rows(counts) >= RANDOM_SEGMENT_ENTROPY
+        self.counts += counts.sum(axis=0)
+        self.random_counts += counts[random].sum(axis=0)
+        if random.any() and self.random_at < 0:
+            self.random_at = self.size + int(np.argmax(random)) * rows.shape[1]
+        self.segments += rows.shape[0]
+        self.random_segments += int(random.sum())
+        self.size += rows.size
+
+    @property
+    def entropy(self) -> float:
+        return float(_entropy_rows(self.counts)[0])
+
+    @property
+    def random_share(self) -> float:
+        return self.random_segments / self.segments if self.segments else 0.0
+
+    @property
+    def random_p(self) -> float:
+        """Chi-square p-value of the random segments' bytes against uniform."""
+        return uniform_p(self.random_counts)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def content_type(self) -> str | None:
+        return content_type(self.head) if self.size else None
+
+
+def stats_of(data: bytes) -> ByteStats:
+    """:class:`ByteStats` of one byte string."""
+    stats = ByteStats()
+    stats.update(data)
+    return stats.finish()
+
+
+#: a file that had random segments must gain at least this share of them to be judged
+RANDOM_SHARE_RISE = 0.25
+
+
+def judge(path: str, before_path: str | None, before: ByteStats | None, after: ByteStats,
+          type_before: str | None, type_after: str | None, *, replaced: bool = False
+          ) -> tuple[bool, list[str]]:
+    """Is a file's new content suspected of encryption, and why (evidence with numbers).
+
+    ``before``: the bytes it is compared with (the same file's old bytes; for a created
+    file that took a deleted one's place, the deleted file's; None for a new file);
+    ``after``: the new bytes; ``type_*``: :func:`content_type` of each version's start.
+
+    Suspected when random segments appeared — at least one segment of
+    :data:`SEGMENT_BYTES` at or above :data:`RANDOM_SEGMENT_ENTROPY` bits per byte where
+    the old bytes had none (or their share rose by :data:`RANDOM_SHARE_RISE`), and the
+    random segments pass the chi-square test (p >= :data:`UNIFORM_P`) — unless the new
+    content is a compressed format its extension allows (a zip updated, a photo added).
+    A new file with no predecessor is suspected only when it also lies about its type
+    (its extension promises a format its bytes do not have) or carries an extension
+    ransomware appends.
+    """
+    evidence = []
+    ext = extension(path)
+    promised = EXTENSIONS.get(ext)
+    if before_path is not None and extension(before_path) != ext:
+        evidence.append(f"extension .{extension(before_path) or '(none)'} -> .{ext or '(none)'}")
+    mismatch = bool(after.size and promised and promised != type_after)
+    if mismatch:
+        evidence.append(f"extension .{ext} promises {promised}, content is "
+                        f"{type_after or 'of no known format'}")
+    elif type_before and type_after and type_before != type_after:
+        evidence.append(f"content type {type_before} -> {type_after}")
+    ransom_ext = ext in RANSOM_EXTENSIONS
+    if ransom_ext:
+        evidence.append(f"extension .{ext} is one ransomware appends")
+    explained = type_after in COMPRESSED and promised in (None, type_after)
+    share_before = before.random_share if before is not None else 0.0
+    appeared = after.random_segments > 0 and after.random_p >= UNIFORM_P and (
+        before is None or before.random_segments == 0
+        or after.random_share - share_before >= RANDOM_SHARE_RISE)
+    if after.random_segments:
+        was = (f"; before {before.random_segments} of {before.segments}"
+               if before is not None else "")
+        evidence.append(
+            f"{after.random_segments} of {after.segments} {SEGMENT_BYTES}-byte segments random "
+            f"(entropy >= {RANDOM_SEGMENT_ENTROPY} bits/byte{was}), first at byte "
+            f"{after.random_at}; chi-square p {after.random_p:.3g} "
+            f"({'>=' if after.random_p >= UNIFORM_P else '<'} {UNIFORM_P})")
+    if before is not None and before.size and after.size:
+        evidence.append(f"entropy {before.entropy:.2f} -> {after.entropy:.2f} bits/byte "
+                        f"over {before.size} -> {after.size} bytes compared")
+    if explained and after.random_segments:
+        evidence.append(f"{type_after} by signature: a compressed format, high entropy expected")
+    suspected = appeared and not explained and (
+        before is not None or replaced or mismatch or ransom_ext)
+    return suspected, evidence

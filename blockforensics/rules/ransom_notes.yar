@@ -1,0 +1,60 @@
+/*
+  Ransom notes and ransomware indicators shipped with blockforensics.
+  Written for this project from the wording common to ransom notes (what happened,
+  how to pay, how to get in touch); triage scans the first 64 KiB of every file a
+  point creates, modifies or renames.  Add your own with `triage --rules DIR`.
+*/
+
+rule ransom_note_generic
+{
+    meta:
+        description = "A note saying files were encrypted and asking for payment"
+        severity = "high"
+    strings:
+        $enc1 = "files have been encrypted" nocase ascii wide
+        $enc2 = "files are encrypted" nocase ascii wide
+        $enc3 = "been locked" nocase ascii wide
+        $enc4 = "your network has been" nocase ascii wide
+        $pay1 = "bitcoin" nocase ascii wide
+        $pay2 = "BTC" ascii wide
+        $pay3 = "monero" nocase ascii wide
+        $pay4 = "payment" nocase ascii wide
+        $pay5 = "ransom" nocase ascii wide
+        $key1 = "decrypt" nocase ascii wide
+        $key2 = "private key" nocase ascii wide
+        $key3 = "decryption tool" nocase ascii wide
+        $contact1 = ".onion" nocase ascii wide
+        $contact2 = "tor browser" nocase ascii wide
+        $contact3 = "contact us" nocase ascii wide
+    condition:
+        filesize < 1MB and any of ($enc*) and any of ($pay*, $key*) and
+        (any of ($contact*) or 2 of ($pay*, $key*))
+}
+
+rule ransom_note_filename_hint
+{
+    meta:
+        description = "Text asking the reader not to rename or modify encrypted files"
+        severity = "medium"
+    strings:
+        $a = "do not rename" nocase ascii wide
+        $b = "do not modify" nocase ascii wide
+        $c = "do not try to decrypt" nocase ascii wide
+        $d = "permanent data loss" nocase ascii wide
+    condition:
+        filesize < 1MB and 2 of them
+}
+
+rule bitcoin_address_with_deadline
+{
+    meta:
+        description = "A Bitcoin address next to a payment deadline"
+        severity = "medium"
+    strings:
+        $addr = /\b(bc1|[13])[a-km-zA-HJ-NP-Z1-9]{25,39}\b/ ascii
+        $t1 = "hours" nocase ascii wide
+        $t2 = "deadline" nocase ascii wide
+        $t3 = "price will double" nocase ascii wide
+    condition:
+        filesize < 1MB and $addr and any of ($t*)
+}

@@ -1,0 +1,365 @@
+"""Triage a chain: a verdict per point (clean / suspicious / encrypted), each with its reasons.
+
+Every point is compared with its parent (:func:`blockforensics.forensics.diff` with
+files) and measured:
+
+- ``change_rate``: changed blocks / blocks holding data at the point;
+- ``created`` / ``deleted`` / ``renamed`` / ``modified``: files (not directories);
+- ``unexplained_high_entropy``: share of the changed blocks whose entropy is at least
+  :data:`HIGH_BLOCK_ENTROPY` bits per byte and that no file of a compressed format
+  (zip, jpeg, png, gzip … recognised by signature, not suspected) owns;
+- ``suspected_files``: files :func:`blockforensics.evidence.judge` suspects of
+  encryption; ``rule_hits``: files a YARA rule matched (ransom notes).
+
+The **baseline** of a point is the same metrics over the earlier incremental points
+judged clean (a rolling history): median and spread (1.4826 × median absolute
+deviation).  A metric is *anomalous* above ``median + max(BASELINE_K × spread,
+FLOORS[metric])``; with fewer than :data:`BASELINE_MIN` earlier points, above the
+floor alone.
+
+Verdicts:
+
+- **encrypted**: at least one file suspected of encryption;
+- **suspicious**: a YARA rule matched, a file's content contradicts its extension or
+  it carries an extension ransomware appends, or the unexplained high-entropy share
+  is anomalous;
+- **clean** otherwise.  A volume of change alone (a package upgrade, a big copy) never
+  makes a point suspicious; it is reported as an anomaly among the reasons.
+
+``last_clean_point``: the newest point whose whole lineage (itself and every parent
+up to the full) is clean — the point to restore from; None when there is none.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from blockforensics import forensics
+from blockforensics.errors import UsageError
+from blockforensics.evidence import COMPRESSED, HEAD_BYTES
+from blockforensics.tsk import Listing
+
+if TYPE_CHECKING:
+    from blockforensics.crypto import KeySource
+    from blockforensics.image.chain import Chain
+
+#: block entropy (bits per byte) from which a changed block counts as high-entropy
+HIGH_BLOCK_ENTROPY = 7.5
+#: earlier clean incrementals needed before the baseline's spread is used
+BASELINE_MIN = 2
+#: a metric is anomalous above median + max(BASELINE_K * spread, floor)
+BASELINE_K = 4.0
+FLOORS = {"change_rate": 0.05, "created": 10, "deleted": 10, "renamed": 5,
+          "unexplained_high_entropy": 0.10}
+#: files listed per point (the most suspicious first)
+TOP_FILES = 20
+
+VERDICTS = ("clean", "suspicious", "encrypted")
+
+
+# ------------------------------------------------------------------ rules
+def compile_rules(directory: str | os.PathLike[str] | None = None) -> Any:
+    """The shipped YARA rules (``blockforensics/rules/*.yar``) plus every ``*.yar`` /
+    ``*.yara`` file of ``directory``; None when yara-python is not installed."""
+    try:
+        import yara
+    except ImportError:
+        if directory is not None:
+            raise UsageError("--rules needs yara-python (pip install yara-python)") from None
+        return None
+    sources: dict[str, str] = {}
+    shipped = importlib.resources.files("blockforensics") / "rules"
+    for item in shipped.iterdir():
+        if item.name.endswith(".yar"):
+            sources[f"blockforensics_{Path(item.name).stem}"] = item.read_text()
+    if directory is not None:
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: not a directory of YARA rules")
+        for path in sorted(folder.iterdir()):
+            if path.suffix in (".yar", ".yara"):
+                sources[f"user_{path.stem}"] = path.read_text()
+        if not any(name.startswith("user_") for name in sources):
+            raise UsageError(f"{folder}: no .yar or .yara files")
+    try:
+        return yara.compile(sources=sources)
+    except yara.Error as exc:
+        raise UsageError(f"YARA rules do not compile: {exc}") from exc
+
+
+# --------------------------------------------------------------- metrics
+@dataclass
+class PointTriage:
+    """The triage of one point: its metrics, baseline, verdict, reasons and files."""
+
+    point: int
+    parent: int | None
+    label: str
+    created: str  # ISO time of the backup
+    metrics: dict[str, float]
+    verdict: str = "clean"
+    reasons: list[str] = field(default_factory=list)
+    baseline: dict[str, dict[str, float]] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    diff: forensics.DiffResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"point": self.point, "parent": self.parent, "label": self.label,
+                "created": self.created, "verdict": self.verdict, "reasons": self.reasons,
+                "metrics": self.metrics, "baseline": self.baseline, "files": self.files}
+
+
+def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> np.ndarray:
+    owners = result.owners[(result.owners["path"] == path) & (result.owners["side"] == side)]
+    if not len(owners):
+        return np.empty(0, np.int64)
+    return np.concatenate([np.arange(s, s + n) for s, n in zip(owners["start"],
+                                                               owners["length"])])
+
+
+def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules: Any
+             ) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """The point's metrics and, per file path, the YARA rules it matched."""
+    files = result.files[result.files["type"] == "file"]
+    counts = files["change"].value_counts()
+    disk = chain.disk(result.b)
+    positions = result.changed_map().positions()
+    positions = positions[positions < disk.n_blocks]
+    entropy = forensics.block_entropy(disk, positions)
+    high = entropy >= HIGH_BLOCK_ENTROPY
+    explained = files[files["content_after"].isin(COMPRESSED)
+                      & ~files["suspected_encryption"]]
+    if len(explained) and high.any():
+        owned = np.concatenate([_owned_blocks(result, p) for p in explained["path"]]
+                               + [np.empty(0, np.int64)])
+        high &= ~np.isin(positions, owned)
+    present = int(chain.layout(result.b).present().count())
+    hits: dict[str, list[str]] = {}
+    if rules is not None:
+        for path in files.loc[files["change"] != "deleted", "path"]:
+            entry = listing.entries.get(path)
+            if entry is not None:
+                matched = rules.match(data=entry.read(disk, HEAD_BYTES))
+                if matched:
+                    hits[path] = sorted(m.rule for m in matched)
+    return {
+        "changed_blocks": result.changed_blocks,
+        "change_rate": result.changed_blocks / present if present else 0.0,
+        **{c: int(counts.get(c, 0)) for c in ("created", "deleted", "renamed", "modified")},
+        "high_entropy_blocks": int((entropy >= HIGH_BLOCK_ENTROPY).sum()),
+        "unexplained_high_entropy": float(high.mean()) if high.size else 0.0,
+        "suspected_files": int(files["suspected_encryption"].sum()),
+        "rule_hits": len(hits),
+    }, hits
+
+
+def _baseline(history: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for metric, floor in FLOORS.items():
+        values = np.array([h[metric] for h in history], dtype=np.float64)
+        if len(values) >= BASELINE_MIN:
+            median = float(np.median(values))
+            spread = 1.4826 * float(np.median(np.abs(values - median)))
+        else:
+            median, spread = (float(np.median(values)) if len(values) else 0.0), 0.0
+        threshold = median + max(BASELINE_K * spread, floor)
+        out[metric] = {"median": median, "spread": spread, "threshold": threshold,
+                       "points": len(values)}
+    return out
+
+
+def _describe(metric: str, value: float) -> str:
+    if metric in ("change_rate", "unexplained_high_entropy"):
+        return f"{value:.1%}"
+    return f"{int(value)}"
+
+
+def _file_rows(result: forensics.DiffResult, hits: dict[str, list[str]]
+               ) -> list[dict[str, Any]]:
+    files = result.files[result.files["type"] == "file"]
+    rows = []
+    for row in files.itertuples():
+        rules = hits.get(row.path, [])
+        evidence = list(row.evidence) + [f"YARA rule {r} matched" for r in rules]
+        blocks = _owned_blocks(result, row.path, "a" if row.change == "deleted" else "b")
+        if blocks.size:
+            evidence.append(f"{blocks.size} changed block(s), first {int(blocks.min())}")
+        flagged = bool(row.suspected_encryption) or bool(rules) or _lies(row.evidence)
+        rows.append({"path": row.path, "change": row.change,
+                     "suspected_encryption": bool(row.suspected_encryption),
+                     "evidence": evidence, "old_path": row.old_path or None,
+                     "size_before": int(row.size_before), "size_after": int(row.size_after),
+                     "entropy_before": round(float(row.entropy_before), 4),
+                     "entropy_after": round(float(row.entropy_after), 4),
+                     "content": row.content_after or None, "rules": rules,
+                     "flagged": flagged, "_score": (bool(row.suspected_encryption), bool(rules),
+                                                    flagged, int(row.random_segments))})
+    rows.sort(key=lambda r: r.pop("_score"), reverse=True)
+    return rows
+
+
+def _lies(evidence: list[str]) -> bool:
+    """Does a file's evidence say its content contradicts its extension, or name an
+    extension ransomware appends?"""
+    return any(" promises " in e or "ransomware appends" in e for e in evidence)
+
+
+def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
+    m, reasons = t.metrics, []
+    if m["suspected_files"]:
+        t.verdict = "encrypted"
+        reasons.append(f"{m['suspected_files']} file(s) suspected of encryption (random "
+                       f"segments appeared, chi-square p >= 0.001, no compressed format "
+                       f"explains them)")
+    if hits:
+        reasons.append(f"YARA: {len(hits)} file(s) matched: " + "; ".join(
+            f"{p} ({', '.join(r)})" for p, r in sorted(hits.items())))
+    liars = [f for f in t.files if _lies(f["evidence"]) and not f["suspected_encryption"]]
+    if liars:
+        reasons.append(f"{len(liars)} file(s) whose content contradicts the extension, or "
+                       f"with an extension ransomware appends: "
+                       + ", ".join(f["path"] for f in liars[:5]))
+    anomalies = []
+    for metric, base in ([] if full else t.baseline.items()):
+        if m[metric] > base["threshold"]:
+            anomalies.append(metric)
+            reasons.append(
+                f"{metric.replace('_', ' ')} {_describe(metric, m[metric])} above the "
+                f"baseline (median {_describe(metric, base['median'])}, spread "
+                f"{_describe(metric, base['spread'])} over {base['points']} point(s)): "
+                f"threshold {_describe(metric, base['threshold'])}"
+                + ("" if metric == "unexplained_high_entropy"
+                   else " — a volume of change, not by itself suspicious"))
+    if t.verdict != "encrypted" and (hits or liars or "unexplained_high_entropy" in anomalies):
+        t.verdict = "suspicious"
+    if t.verdict == "clean":
+        reasons.insert(0, f"no content evidence: {m['changed_blocks']} blocks changed "
+                          f"({_describe('change_rate', m['change_rate'])}), "
+                          f"{_describe('unexplained_high_entropy', m['unexplained_high_entropy'])}"
+                          f" unexplained high-entropy blocks"
+                          + ("; a full backup: judged by content alone" if full else ""))
+    t.reasons = reasons
+
+
+@dataclass
+class TriageResult:
+    """The triage of a chain: one :class:`PointTriage` per point and the last clean point."""
+
+    chain: str
+    points: list[PointTriage]
+    last_clean_point: int | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``triage --json`` document."""
+        return {"chain": self.chain, "points": [p.to_json() for p in self.points],
+                "last_clean_point": self.last_clean_point,
+                "seconds": round(self.seconds, 3)}
+
+    def frame(self) -> pd.DataFrame:
+        """One row per point: verdict and metrics."""
+        return pd.DataFrame([{"point": p.point, "label": p.label, "verdict": p.verdict,
+                              **p.metrics} for p in self.points])
+
+    def __str__(self) -> str:
+        lines = []
+        for p in self.points:
+            lines.append(f"point {p.point} ({p.label or p.created}): {p.verdict.upper()}")
+            lines += [f"  - {r}" for r in p.reasons]
+            shown = [f for f in p.files if f["flagged"]][:5]
+            for f in shown:
+                lines.append(f"    {f['change']:8} {f['path']}"
+                             + (" [suspected encryption]" if f["suspected_encryption"] else ""))
+                lines += [f"        {e}" for e in f["evidence"]]
+        lines.append(f"last clean point: {self.last_clean_point}"
+                     + ("" if self.last_clean_point is not None else " (none)"))
+        return "\n".join(lines)
+
+
+def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageResult:
+    """Triage every point of an open chain (see the module documentation)."""
+    started = time.perf_counter()
+    compiled = compile_rules(rules)
+    rows = chain.rows()
+    listings: dict[int | None, Listing] = {}
+    points: list[PointTriage] = []
+    for p in range(len(chain)):
+        parent = chain.parent(p)
+        result = forensics.point_diff(chain, p, listings)
+        metrics, hits = _measure(chain, result, listings[p], compiled)
+        t = PointTriage(p, parent, str(rows[p]["label"]), str(rows[p]["created"]), metrics,
+                        diff=result)
+        history = [q.metrics for q in points if q.parent is not None and q.verdict == "clean"]
+        t.baseline = _baseline(history)
+        t.files = _file_rows(result, hits)
+        _judge(t, hits, full=parent is None)
+        t.files = t.files[:TOP_FILES]
+        points.append(t)
+    clean = {t.point for t in points if t.verdict == "clean"}
+    lineage_clean = [p.point for p in points if all(q in clean for q in chain.path(p.point))]
+    return TriageResult(str(chain.directory), points,
+                        max(lineage_clean) if lineage_clean else None,
+                        time.perf_counter() - started)
+
+
+def explain(chain: Chain, path: str, point: str | int | None = None) -> str:
+    """The evidence for one file: at every point where it changed against its parent
+    (or at ``point``): the change, its evidence with numbers and thresholds, its changed
+    blocks, and before/after hex aligned at the first changed byte."""
+    from blockforensics.hexview import aligned, first_difference
+
+    points = range(len(chain)) if point is None else [chain.point(point)]
+    listings: dict[int | None, Listing] = {}
+    out = []
+    for p in points:
+        result = forensics.point_diff(chain, p, listings)
+        files = result.files
+        rows = files[(files["path"] == path) | (files["old_path"] == path)]
+        for row in rows.itertuples():
+            parent = chain.parent(p)
+            out.append(f"point {p} (parent {parent}): {row.change} {row.path}"
+                       + (f" (from {row.old_path})" if row.old_path else "")
+                       + (" — SUSPECTED ENCRYPTION" if row.suspected_encryption else ""))
+            out += [f"  {e}" for e in row.evidence]
+            side = "a" if row.change == "deleted" else "b"
+            blocks = _owned_blocks(result, row.path, side)
+            if blocks.size:
+                out.append(f"  changed blocks ({blocks.size}): "
+                           + ", ".join(map(str, blocks[:16].tolist()))
+                           + (" …" if blocks.size > 16 else ""))
+            old_path = row.old_path or row.replaces or row.path
+            old = listings[parent].entries.get(old_path) if parent in listings else None
+            new = listings[p].entries.get(row.path)
+            before = old.read(chain.disk(parent)) if old is not None and parent is not None \
+                else b""
+            after = new.read(chain.disk(p)) if new is not None else b""
+            start = first_difference(before, after)
+            if start is not None:
+                block = start - start % chain.block_size
+                out.append(f"  first changed byte at file offset {start} (block of "
+                           f"{chain.block_size} B at offset {block}); "
+                           f"before: {old_path if old is not None else '(none)'}")
+                out.append(aligned(before, after, start))
+    if not out:
+        where = "any point" if point is None else f"point {points[0]}"
+        raise UsageError(f"{path}: no change at {where} (paths look like /dir/name)")
+    return "\n".join(out)
+
+
+def triage_chain(path: str | os.PathLike[str], *, rules: str | os.PathLike[str] | None = None,
+                 key: KeySource | None = None) -> dict[str, Any]:
+    """Open the chain at ``path`` (with ``key`` if encrypted) and return exactly the
+    ``triage --json`` object: ``{"points": [...], "last_clean_point": int | None, ...}``."""
+    from blockforensics.image.chain import Chain
+
+    with Chain.open(path, key) as chain:
+        return triage(chain, rules).to_json()
+

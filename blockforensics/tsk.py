@@ -1,0 +1,276 @@
+"""The files of a disk (a chain point) as The Sleuth Kit sees them, read with no restore.
+
+:func:`ChainImgInfo` hands TSK a ``pytsk3.Img_Info`` whose reads are seeks + reads on
+``disk.open_file()``; :func:`list_entries` walks every file system it finds —
+FAT and ext recognised by the project's own parsers (bare or per MBR partition,
+paths ``p1:/dir/file``), anything else TSK opens (NTFS, exFAT, HFS+, GPT or MBR
+partitions through TSK's volume layer) — into :class:`Entry` rows: MACB times,
+size, inode (the MFT record number on NTFS), owner, data runs as disk byte
+extents, or the bytes themselves when the data is resident (NTFS resident
+``$DATA``, ext4 ``inline_data``).  :func:`extract` reads one file of a point,
+deleted ones included while TSK can still reach their metadata.
+
+A file system TSK cannot open is skipped and named in :attr:`Listing.unreadable`:
+the caller reports it rather than stopping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from blockforensics.errors import UsageError
+from blockforensics.formats.base import Disk
+
+#: resident data larger than this is not kept in memory (read on demand)
+RESIDENT_MAX = 1 << 20
+#: bytes read at a time from a disk
+CHUNK_BYTES = 8 << 20
+
+
+def pytsk3() -> Any:
+    """The pytsk3 module, or a one-line error saying how to install it."""
+    try:
+        import pytsk3 as module
+    except ImportError as exc:
+        raise UsageError("file-level work needs pytsk3 (pip install pytsk3)") from exc
+    return module
+
+
+def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional import
+    """A ``pytsk3.Img_Info`` reading a Disk (e.g. ``chain.disk(p)``) through its file object."""
+    tsk = pytsk3()
+
+    class _ChainImgInfo(tsk.Img_Info):  # type: ignore[name-defined]
+        def __init__(self, disk: Disk):
+            self.disk = disk
+            self._file = disk.open_file()
+            super().__init__(url="", type=tsk.TSK_IMG_TYPE_EXTERNAL)
+
+        def read(self, offset: int, size: int) -> bytes:
+            self._file.seek(offset)
+            return self._file.read(size)
+
+        def get_size(self) -> int:
+            return self.disk.size
+
+        def close(self) -> None:
+            self._file.close()
+
+    return _ChainImgInfo(disk)
+
+
+@dataclass
+class Entry:
+    """One file or directory at one point; times in seconds since the epoch (0: unknown)."""
+
+    path: str
+    type: str  # "file" or "dir"
+    inode: int  # TSK's metadata address: inode, MFT record, FAT directory-entry slot
+    size: int  # bytes
+    mtime: int
+    atime: int
+    ctime: int  # metadata change (ext, NTFS); FAT has none
+    crtime: int  # creation (birth)
+    mode: int
+    uid: int
+    gid: int
+    extents: np.ndarray  # (k, 2) int64: disk byte [start, stop) of its content, file order
+    resident: bytes | None = None  # the content itself, when stored in the metadata
+    children: frozenset[str] = frozenset()
+    deleted: bool = False
+
+    def same_extents(self, other: Entry) -> bool:
+        return np.array_equal(self.extents, other.extents)
+
+    def same_identity(self, other: Entry) -> bool:
+        """The same file under another name: same type, same birth time (when recorded)
+        and the same first data run (or, with no runs, the same size)."""
+        if self.type != other.type or self.inode != other.inode:
+            return False
+        if self.crtime and other.crtime and self.crtime != other.crtime:
+            return False
+        if len(self.extents) and len(other.extents):
+            return bool(self.extents[0, 0] == other.extents[0, 0])
+        return self.size == other.size
+
+    def chunks(self, disk: Disk | None, intervals: np.ndarray | None = None
+               ) -> Iterator[bytes]:
+        """The content (or, given ``intervals``, those disk byte ranges of it) in chunks."""
+        if self.resident is not None:
+            if intervals is None or len(intervals):
+                yield self.resident
+            return
+        if disk is None:
+            return
+        for start, stop in (self.extents if intervals is None else intervals).tolist():
+            for lo in range(start, stop, CHUNK_BYTES):
+                yield disk.read(lo, min(CHUNK_BYTES, stop - lo))
+
+    def read(self, disk: Disk | None, limit: int | None = None) -> bytes:
+        """The content (its first ``limit`` bytes)."""
+        out = bytearray()
+        for chunk in self.chunks(disk):
+            out += chunk
+            if limit is not None and len(out) >= limit:
+                return bytes(out[:limit])
+        return bytes(out)
+
+
+@dataclass
+class Listing:
+    """Every allocated entry of a disk by path, and the file systems TSK could not open."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def _filesystem_offsets(disk: Disk, image: Any) -> list[tuple[str, int]]:
+    """``(path prefix, byte offset)`` of each file system: the project's own parsers
+    first (bare FAT/ext, MBR partitions ``p1:``), else TSK's volume layer, else offset 0."""
+    from blockforensics.allocation import FILESYSTEM_KINDS, detect, partitions
+
+    kind = detect(disk)
+    if kind in FILESYSTEM_KINDS:
+        return [("", 0)]
+    if kind == "mbr":
+        table = partitions(disk)
+        found = table[table["filesystem"].isin(FILESYSTEM_KINDS)]
+        if len(found):
+            return [(f"p{index}:", int(start))
+                    for index, start in zip(found["index"], found["start_byte"])]
+    tsk = pytsk3()
+    try:
+        volume = tsk.Volume_Info(image)
+    except OSError:
+        return [("", 0)]
+    sector = volume.info.block_size
+    return [(f"p{part.addr}:", int(part.start) * sector) for part in volume
+            if int(part.flags) & int(tsk.TSK_VS_PART_FLAG_ALLOC) and part.len > 2]
+
+
+def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
+    """The default (unnamed) data attribute(s) of a file: ``$DATA`` on NTFS."""
+    for attr in fs_file:
+        if attr.info.type == tsk.TSK_FS_ATTR_TYPE_DEFAULT or (
+                attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA and not attr.info.name):
+            yield attr
+
+
+def _content(tsk: Any, fs_file: Any, fs_offset: int, block_size: int, size: int
+             ) -> tuple[np.ndarray, bytes | None]:
+    """Data runs as ``(k, 2)`` disk byte [start, stop) in file order, cut at ``size``
+    (sparse runs left out) — or, for resident data, the bytes themselves."""
+    rows = []
+    skip = int(tsk.TSK_FS_ATTR_RUN_FLAG_SPARSE) | int(tsk.TSK_FS_ATTR_RUN_FLAG_FILLER)
+    for attr in _data_attributes(tsk, fs_file):
+        if int(attr.info.flags) & int(tsk.TSK_FS_ATTR_RES):
+            if 0 < size <= RESIDENT_MAX:
+                return np.empty((0, 2), np.int64), fs_file.read_random(0, size)
+            continue
+        for run in attr:
+            length = min(run.len * block_size, size - run.offset * block_size)
+            if length > 0 and not int(run.flags) & skip:
+                start = fs_offset + run.addr * block_size
+                rows.append((run.offset, start, start + length))
+    rows.sort()
+    return np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 2), None
+
+
+def _entry(tsk: Any, fs: Any, fs_offset: int, path: str, fs_file: Any,
+           deleted: bool = False) -> Entry:
+    meta = fs_file.info.meta
+    is_dir = meta.type == tsk.TSK_FS_META_TYPE_DIR
+    extents, resident = _content(tsk, fs_file, fs_offset, fs.info.block_size, int(meta.size))
+    return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
+                 size=int(meta.size), mtime=int(meta.mtime), atime=int(meta.atime),
+                 ctime=int(meta.ctime), crtime=int(meta.crtime), mode=int(meta.mode),
+                 uid=int(meta.uid), gid=int(meta.gid), extents=extents,
+                 resident=None if is_dir else resident, deleted=deleted)
+
+
+def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
+    name, meta = item.info.name, item.info.meta
+    is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
+    is_ntfs = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_NTFS_DETECT))
+    flag = tsk.TSK_FS_NAME_FLAG_ALLOC if allocated else tsk.TSK_FS_NAME_FLAG_UNALLOC
+    return (text in (".", "..") or meta is None or not int(name.flags) & int(flag)
+            or meta.type not in (tsk.TSK_FS_META_TYPE_REG, tsk.TSK_FS_META_TYPE_DIR)
+            or (is_fat and text.endswith("(Volume Label Entry)"))
+            or (is_ntfs and text.startswith("$") and int(meta.addr) < 27))
+
+
+def _walk(tsk: Any, fs: Any, fs_offset: int, directory: Any, dir_path: str,
+          entries: dict[str, Entry], seen: set[int]) -> frozenset[str]:
+    """Add the allocated, non-virtual entries below ``directory`` (path ``dir_path``,
+    ending in "/"); returns the names it lists."""
+    names = []
+    for item in directory:
+        text = item.info.name.name.decode("utf-8", "replace")
+        if _skipped(tsk, fs, text, item, allocated=True):
+            continue
+        path = dir_path + text
+        if path in entries:  # NTFS lists a name twice (long and DOS 8.3 index entries)
+            continue
+        names.append(text)
+        entry = entries[path] = _entry(tsk, fs, fs_offset, path, item)
+        if entry.type == "dir" and entry.inode not in seen:
+            seen.add(entry.inode)
+            entry.children = _walk(tsk, fs, fs_offset, item.as_directory(), path + "/",
+                                   entries, seen)
+    return frozenset(names)
+
+
+def _open_filesystems(disk: Disk) -> Iterator[tuple[str, int, Any, str | None]]:
+    """``(prefix, offset, FS_Info or None, problem)`` for each file system of the disk."""
+    tsk = pytsk3()
+    image = ChainImgInfo(disk)
+    for prefix, offset in _filesystem_offsets(disk, image):
+        try:
+            yield prefix, offset, tsk.FS_Info(image, offset=offset), None
+        except OSError as exc:
+            yield prefix, offset, None, (f"The Sleuth Kit cannot open the file system at "
+                                         f"byte {offset}: {str(exc).splitlines()[0]}")
+
+
+def list_entries(disk: Disk | None) -> Listing:
+    """Every allocated file and directory of every file system of ``disk`` (None: an
+    empty volume, nothing), by path."""
+    listing = Listing()
+    if disk is None:
+        return listing
+    tsk = pytsk3()
+    for prefix, offset, fs, problem in _open_filesystems(disk):
+        if fs is None:
+            listing.unreadable.append(f"{prefix or '/'}: {problem}")
+            continue
+        root_path = f"{prefix}/"
+        root = listing.entries[root_path] = _entry(tsk, fs, offset, root_path,
+                                                   fs.open_meta(inode=fs.info.root_inum))
+        root.children = _walk(tsk, fs, offset, fs.open_dir(inode=fs.info.root_inum),
+                              root_path, listing.entries, {fs.info.root_inum})
+    return listing
+
+
+def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
+    """A deleted file named ``path`` whose metadata TSK still reaches, with its content
+    as TSK recovers it (from the parent directory's unallocated names); None if none."""
+    tsk = pytsk3()
+    parent, _, name = path.rpartition("/")
+    for prefix, offset, fs, _ in _open_filesystems(disk):
+        if fs is None or not path.startswith(prefix + "/"):
+            continue
+        try:
+            directory = fs.open_dir(path=parent[len(prefix):] or "/")
+        except OSError:
+            continue
+        for item in directory:
+            text = item.info.name.name.decode("utf-8", "replace")
+            if text == name and not _skipped(tsk, fs, text, item, allocated=False):
+                entry = _entry(tsk, fs, offset, path, item, deleted=True)
+                if entry.type == "file":
+                    return entry, item.read_random(0, entry.size) if entry.size else b""
+    return None
