@@ -121,6 +121,16 @@ class LiveDisk:
                 raise UsageError(f"QMP: export {name} still present after {timeout} s")
             time.sleep(POLL)
 
+    def copy_node(self, node: str, path: str | os.PathLike[str]) -> Path:
+        """The bytes of ``node`` into a raw file (``qemu-img convert`` over NBD)."""
+        with self.exported(node) as address:
+            done = subprocess.run([require("qemu-img"), "convert", "-f", "raw", "-O", "raw",
+                                   address.uri(), os.fspath(path)],
+                                  capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise UsageError(f"qemu-img convert failed: {done.stderr.strip()}")
+        return Path(path)
+
     # ------------------------------------------------------------------ snapshots
     def fleece(self, workdir: str | os.PathLike[str],
                *actions: dict[str, Any]) -> Fleece:
@@ -163,14 +173,8 @@ class Fleece:
         return self.live.exported(self.node, bitmaps=bitmaps, writable=writable)
 
     def copy_to(self, path: str | os.PathLike[str]) -> Path:
-        """The snapshot's bytes into a raw file (``qemu-img convert`` over NBD)."""
-        with self.exported() as address:
-            done = subprocess.run([require("qemu-img"), "convert", "-f", "raw", "-O", "raw",
-                                   address.uri(), os.fspath(path)],
-                                  capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise UsageError(f"qemu-img convert failed: {done.stderr.strip()}")
-        return Path(path)
+        """The snapshot's bytes into a raw file."""
+        return self.live.copy_node(self.node, path)
 
     def release(self) -> None:
         qmp = self.live.qmp
