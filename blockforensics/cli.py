@@ -49,15 +49,16 @@ def _open_chain(args: argparse.Namespace, *, clean: bool = True) -> Chain:
 
 
 def _open_source(path: str, *, point: str | None = None, key: KeySource | None = None,
-                 reader: str | None = None) -> Disk:
+                 reader: str | None = None, parent: str | None = None) -> Disk:
     """Any disk image a reader plugin recognises (a chain directory, a VHD, a raw file …)
-    as a Disk, probed by signature unless ``reader`` names the plugin."""
+    as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
+    parent file of a differencing image."""
     from blockforensics.formats import open_disk
     from blockforensics.image.chain import is_chain, remove_leftovers
 
     if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
         remove_leftovers(path)
-    return open_disk(path, point=point, key=key, format=reader)
+    return open_disk(path, point=point, key=key, format=reader, parent=parent)
 
 
 def _print_table(frame: pd.DataFrame) -> None:
@@ -88,11 +89,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "
               f"tracking goes on in bitmap {done.next_bitmap}")
         return EXIT_OK
-    with _open_source(args.source, reader=args.reader) as source:
+    with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         changed = BlockMap.load(args.changed) if args.changed else None
         if args.bitmap:
-            if not hasattr(source, "dirty_map"):
+            from blockforensics.formats.nbd import NbdDisk
+
+            if not isinstance(source, NbdDisk):
                 raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
             changed = source.dirty_map(args.bitmap, block_size)
         only = None if args.all_blocks else allocation_map(source, block_size)
@@ -116,11 +119,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from blockforensics.fileio import check_output
     from blockforensics.image.backup import restore
 
     chain = _open_chain(args)
     point = chain.point(args.point)
-    out = restore(chain, point, args.out, progress=sys.stderr.isatty())
+    target = check_output(args.out, force=args.force, inputs=[i.path for i in chain.images])
+    out = restore(chain, point, target, progress=sys.stderr.isatty())
     print(f"restored point {point} to {out} ({chain.disk(point).size} bytes)")
     return EXIT_OK
 
@@ -141,10 +146,8 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     if args.keep is not None:
         result: object = consolidate.apply_retention(args.chain, keep_last=args.keep,
                                              daily=args.daily, weekly=args.weekly)
-    else:
-        if args.point is None:
-            raise UsageError("consolidate: give --point P (or --keep N)")
-        result = consolidate.consolidate(args.chain, args.point, start=args.start,
+    else:  # without --point: up to the newest
+        result = consolidate.consolidate(args.chain, args.point or -1, start=args.start,
                                          progress=sys.stderr.isatty())
     print(result)
     return EXIT_OK
@@ -186,13 +189,27 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from blockforensics.formats.vhd import write_vhd
+    from blockforensics.export import ALIASES, CHAIN, export, export_chain
+    from blockforensics.fileio import check_output
 
-    with _open_source(args.chain, point=args.point, key=_key(args),
-                      reader=args.reader) as disk:
-        out = write_vhd(disk, args.out, kind=args.format.removeprefix("vhd-"),
-                        progress=sys.stderr.isatty())
-    print(f"exported {disk!r} to {out} ({args.format})")
+    fmt = ALIASES.get(args.format, args.format)
+    target = check_output(args.out, force=args.force, inputs=[args.chain])
+    if fmt in CHAIN:
+        from blockforensics.image.chain import is_chain
+
+        if not is_chain(args.chain):
+            raise UsageError(f"{args.chain}: --format {fmt} exports a chain's structure; "
+                             "the source is not a chain directory")
+        chain = _open_chain(args)
+        files = export_chain(chain, args.point or "-1", target, fmt,
+                             progress=sys.stderr.isatty())
+        print(f"exported point {chain.point(args.point or '-1')} of {args.chain} to {files[-1]} "
+              f"({fmt}: {len(files)} files, parents {', '.join(f.name for f in files[:-1])})")
+        return EXIT_OK
+    with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
+                      parent=args.parent) as disk:
+        out = export(disk, target, fmt, progress=sys.stderr.isatty())
+    print(f"exported {disk!r} to {out} ({fmt})")
     return EXIT_OK
 
 
@@ -203,7 +220,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not mountpoint.is_dir():
         raise UsageError(f"{mountpoint}: not a directory")
     with _open_source(args.chain, point=args.point, key=_key(args),
-                      reader=args.reader) as disk:
+                      reader=args.reader, parent=args.parent) as disk:
         print(f"serving {mountpoint / 'disk.vhd'} from {disk!r}, read-only; "
               "Ctrl-C to unmount", flush=True)
         mount(disk, mountpoint, foreground=True)
@@ -272,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     def key_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
+    def force_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--force", action="store_true",
+                       help="replace OUT if it exists (never an input, never inside a chain)")
+
     def reader_option(p: argparse.ArgumentParser) -> None:
         # checked when the source is opened: listing the plugins here would scan every
         # installed distribution's entry points on each start of the command
@@ -282,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     def source_point_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", help="point of a chain source (default: the newest)")
         reader_option(p)
+        p.add_argument("--parent", metavar="FILE",
+                       help="parent of a differencing image (default: found by its locators)")
 
     def point_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", default="-1",
@@ -293,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="disk image: raw, VHD, a chain (its newest point), …")
     p.add_argument("chain", help="chain directory (created if missing)")
     reader_option(p)
+    p.add_argument("--source-parent", metavar="FILE",
+                   help="parent of a differencing source image (default: its locators)")
     key_option(p)
     p.add_argument("--block-size", type=_positive_int, help="bytes per block (first backup)")
     p.add_argument("--parent", help="parent point of the incremental (default: newest)")
@@ -314,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("restore", cmd_restore, "restore a point to a raw file")
     p.add_argument("out", help="raw file to write (exact size)")
+    force_option(p)
     point_option(p)
     key_option(p)
 
@@ -322,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
-    p.add_argument("--point", help="consolidate up to this point")
+    p.add_argument("--point", help="consolidate up to this point (default: the newest)")
     p.add_argument("--start", help="first point of the merged segment (default: the full)")
     p.add_argument("--keep", type=_positive_int, help="retention: keep the newest N points")
     p.add_argument("--daily", type=int, default=0, help="retention: one point per day for D days")
@@ -348,11 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     key_option(p)
 
     p = command("export", cmd_export,
-                "export a chain point (or any readable disk image) to a VHD file",
+                "export a chain point (or any readable disk image) to a virtual disk file",
                 chain="chain directory, or a disk image a reader plugin recognises")
-    p.add_argument("out", help="the .vhd file to write")
+    p.add_argument("out", help="the file to write (for chain formats: the point's file; its "
+                              "parents are written beside it)")
+    force_option(p)
     source_point_option(p)
-    p.add_argument("--format", choices=["vhd-dynamic", "vhd-fixed"], default="vhd-dynamic")
+    p.add_argument("--format", default="vhd-dynamic",
+                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw",
+                            "vhd-chain", "vhd-differencing", "qcow2-chain"])
     key_option(p)
 
     p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",

@@ -7,16 +7,16 @@ is decoded, so encrypted chains consolidate like plaintext ones and nothing
 here takes a key: a ciphertext is authenticated against its chain, position
 and flags, never against the image that holds it, so it may move between images.
 
-Crash safety: the new image is written under a temporary name, fsynced and
-renamed to a file name the manifest does not list; then the manifest is
-switched in one atomic rename; only then are the merged files deleted.  A
-process killed at any moment leaves the old chain or the new one, each whole,
-plus unlisted files that :meth:`Chain.cleanup` removes.
+Crash safety: the new image is written and committed under a pending
+(temporary) name; then :meth:`ChainStore.switch` names it, switches the
+manifest in one atomic rename and only then deletes the merged files, all under
+the chain's lock.  A process killed at any moment leaves the old chain or the
+new one, each whole; the next command's cleanup finishes or undoes the switch
+from its journal.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -27,22 +27,16 @@ import numpy as np
 import pandas as pd
 
 from blockforensics.errors import ChainError, UsageError
-from blockforensics.fileio import directory_lock, fsync_directory
-from blockforensics.image.chain import (
-    IMAGE_NAME,
-    IMAGE_SUFFIX,
-    NO_PARENT,
-    Chain,
-    PointRef,
-    write_manifest,
-)
+from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.store import ChainStore
 from blockforensics.progress import progress_bar
 
 _READ_BYTES = 16 << 20  # most stored bytes read with one call (bytes)
 _GAP_BYTES = 64 << 10  # unwanted bytes read through rather than starting a new read (bytes)
+_WORDS = {KIND_FULL: "full", KIND_INCREMENTAL: "incr"}  # in image file names
 
 
 def _mib(n: int) -> str:
@@ -87,9 +81,10 @@ class RetentionResult:
 
 
 # ------------------------------------------------------------------ consolidation
-def consolidate(directory: str | os.PathLike[str], point: PointRef, *,
+def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
                 start: PointRef | None = None, progress: bool = False) -> ConsolidationResult:
-    """Merge the images on the path from ``start`` (default: the root) to ``point`` into one.
+    """Merge the images on the path from ``start`` (default: the root) to ``point``
+    (default: the newest) into one.
 
     From the root the result is a full image (zero-block records dropped);
     from an incremental ``start`` it is an incremental whose parent is
@@ -98,11 +93,11 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef, *,
     restores as before.  Merged images that are still parents of branches off
     the segment stay in the chain (listed in ``kept_for_branches``).
     """
-    directory = Path(directory)
-    if not directory.is_dir():
+    store = ChainStore(directory)
+    if not store.directory.is_dir():
         raise ChainError(f"{directory}: no such chain directory")
-    with directory_lock(directory):  # no backup or cleanup runs meanwhile
-        return _consolidate(directory, point, start, progress)
+    with store.lock():  # no backup, retention or cleanup runs meanwhile
+        return _consolidate(store.directory, point, start, progress)
 
 
 def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
@@ -116,7 +111,7 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
                                 parent_id=NO_PARENT if full
                                 else chain.images[segment[0]].header.parent_id,
                                 written_ns=time.time_ns())
-        out = _new_image_path(chain, p, header.kind)
+        out = chain.store.pending_path()
         layout = chain.layout(p)
         depths = range(path.index(segment[0]), len(path))
         parts = []
@@ -138,13 +133,14 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
         sizes = {img.name: img.stored_bytes for img in chain.images}
         merged = [names[i] for i in segment]
         removed = [names[i] for i in segment if i not in kept]
-    new_names = [out.name if name == merged[-1] else name
-                 for name in names if name == merged[-1] or name not in removed]
-    _switch(directory, new_names, removed)
+        name = chain.store.new_name(_WORDS[header.kind], like=merged[-1])
+        new_names = [name if n == merged[-1] else n
+                     for n in names if n == merged[-1] or n not in removed]
+        chain.store.switch(new_names, add={name: out}, remove=removed, expect=chain.manifest)
     before = sum(sizes.values())
     return ConsolidationResult(
-        directory, merged, out.name, KIND_NAMES[header.kind], blocks, before,
-        before - sum(sizes[n] for n in removed) + out.stat().st_size, removed,
+        directory, merged, name, KIND_NAMES[header.kind], blocks, before,
+        before - sum(sizes[n] for n in removed) + (directory / name).stat().st_size, removed,
         [names[i] for i in kept])
 
 
@@ -174,20 +170,6 @@ def _segment(chain: Chain, point: PointRef,
         raise UsageError(f"point {p} ({name}): nothing to consolidate (every earlier image "
                          "of the segment is still the parent of a branch)")
     return path, segment, segment[: need + 1]
-
-
-def _new_image_path(chain: Chain, point: int, kind: int) -> Path:
-    """An unused file name for the image replacing ``point``: its number, ``-cN`` appended."""
-    match = IMAGE_NAME.match(chain.images[point].name)
-    if match is None:
-        return chain.next_image_path(kind)
-    taken = {p.name for p in chain.directory.iterdir()}
-    word = "full" if kind == KIND_FULL else "incr"
-    for generation in itertools.count(1):
-        name = f"{match.group(1)}-{word}-c{generation}{IMAGE_SUFFIX}"
-        if name not in taken:
-            return chain.directory / name
-    raise AssertionError("unreachable")
 
 
 def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBlocks]:
@@ -222,14 +204,6 @@ def _relative(records: np.ndarray) -> np.ndarray:
     lengths = out["length"].astype(np.uint64)
     out["offset"] = np.cumsum(lengths) - lengths
     return out
-
-
-def _switch(directory: Path, names: list[str], remove: list[str]) -> None:
-    """Switch the manifest to ``names`` (atomic), then delete the files in ``remove``."""
-    write_manifest(directory, names)
-    for name in remove:
-        (directory / name).unlink(missing_ok=True)
-    fsync_directory(directory)
 
 
 # ---------------------------------------------------------------------- retention
@@ -287,19 +261,24 @@ def apply_retention(directory: str | os.PathLike[str], *, keep_last: int, daily:
                     weekly: int = 0, progress: bool = False) -> RetentionResult:
     """Apply :func:`retention_plan` to the chain in ``directory`` (deletes, then consolidations).
 
-    Each step is crash-safe on its own (one manifest switch each); an
-    interrupted run leaves a valid chain that a new run finishes.
+    The whole run holds the chain's lock (no backup lands in between); each step is
+    crash-safe on its own (one manifest switch each), so an interrupted run leaves a
+    valid chain that a new run finishes.
     """
-    directory = Path(directory)
-    with Chain.open(directory) as chain:
-        plan = retention_plan(chain, keep_last=keep_last, daily=daily, weekly=weekly)
-    files = plan["file"].tolist()
-    deleted = plan.loc[plan["action"] == "delete", "file"].tolist()
-    if deleted:
-        _switch(directory, [f for f in files if f not in deleted], deleted)
-    results = []
-    merges = plan[plan["action"] == "merge"]
-    for target, group in merges.groupby("into", sort=True):
-        results.append(consolidate(directory, files[int(target)],
-                                   start=files[int(group["point"].min())], progress=progress))
+    store = ChainStore(directory)
+    with store.lock():
+        with Chain.open(store.directory) as chain:
+            plan = retention_plan(chain, keep_last=keep_last, daily=daily, weekly=weekly)
+            manifest = chain.manifest
+        files = plan["file"].tolist()
+        deleted = plan.loc[plan["action"] == "delete", "file"].tolist()
+        if deleted:
+            store.switch([f for f in files if f not in deleted], remove=deleted,
+                         expect=manifest)
+        results = []
+        merges = plan[plan["action"] == "merge"]
+        for target, group in merges.groupby("into", sort=True):
+            results.append(consolidate(store.directory, files[int(target)],
+                                       start=files[int(group["point"].min())],
+                                       progress=progress))
     return RetentionResult(plan, deleted, results)

@@ -37,6 +37,7 @@ from blockforensics.tools import require
 
 FILE_NAME = "disk.vhd"
 READ_AHEAD = 4 << 20  # bytes read at once for a sequential reader
+LOOP_ENDED = "8"  # fuse_main's status when its loop returned an error
 
 
 class VhdFileSystem(mfusepy.Operations):
@@ -118,6 +119,11 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     try:
         mfusepy.FUSE(VhdFileSystem(layout), str(mountpoint), foreground=foreground,
                      nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
+    except RuntimeError as exc:
+        # libfuse's fuse_main returns 8 when its loop ended with an error, which newer
+        # libfuse reports for a loop ended by SIGINT/SIGTERM: a clean unmount all the same
+        if str(exc) != LOOP_ENDED or _mounted(mountpoint):
+            raise
     finally:
         for signum, handler in restore.items():
             signal.signal(signum, handler)

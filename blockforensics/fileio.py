@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from blockforensics.errors import UsageError
 
 #: ``BLOCKFORENSICS_FSYNC=0`` skips fsync (test suites: a killed process loses nothing
 #: the page cache holds; only power loss needs the fsyncs, and tests cannot cut power).
@@ -101,12 +104,19 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
     On an exception the temporary file is removed and ``path`` is untouched; an
     OSError that names no file (a failed write: disk full, file too large) is
-    given ``path``, so that its message says which output failed.
+    given ``path``, so that its message says which output failed.  A file replaced
+    keeps its permission bits; a new one is readable by its owner only.
     Temporary names start with ``.`` and end with ``.tmp`` so cleanup can find them.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -119,3 +129,35 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)
         raise
+
+
+def check_output(path: str | os.PathLike[str], *, force: bool,
+                 inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """The path to write an output (restore, export) to, after refusing what would
+    destroy data: a path inside a chain directory (symlinks resolved), one of the
+    ``inputs`` itself (same file, whatever the name), a directory, and an existing
+    file unless ``force``.  Returns the resolved path (a symlink's target is replaced,
+    not the link).  Existing outputs that are not regular files are refused here;
+    writers that can fill a block device in place extend this check."""
+    from blockforensics.image.store import chain_containing  # the store imports this module
+
+    out = Path(path)
+    real = Path(os.path.realpath(out))
+    chain = chain_containing(real)
+    if chain is not None:
+        raise UsageError(f"{out}: inside the chain directory {chain}; write it elsewhere")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return real
+    for source in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(source, real):
+                raise UsageError(f"{out}: is the input {source} itself")
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{out}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{out}: exists and is not a regular file")
+    if not force:
+        raise UsageError(f"{out}: exists; give --force to replace it")
+    return real

@@ -314,8 +314,15 @@ def test_command_line_consolidates_and_applies_retention(tmp_path: Path) -> None
     assert _cli("verify", tmp_path / "c").returncode == 0
 
 
+def test_command_line_without_point_consolidates_up_to_the_newest(tmp_path: Path) -> None:
+    sources = build_chain(tmp_path / "c", [None, 0, 0, 2])
+    done = _cli("consolidate", tmp_path / "c")
+    assert done.returncode == 0, done.stderr
+    assert "0000-full.bfi + 0002-incr.bfi + 0003-incr.bfi" in done.stdout
+    assert_restores(tmp_path / "c", sources)
+
+
 @pytest.mark.parametrize("args, words", [
-    ([], "give --point"),
     (["--point", "9"], "no point 9"),
     (["--key-file", "k"], "unrecognized arguments: --key-file"),  # it never takes a key
 ])

@@ -35,7 +35,7 @@ def test_a_failed_write_keeps_the_old_output(chain: Path, command: list[str], tm
     out = tmp_path / "out.img"
     out.write_bytes(b"the previous output")
     proc = subprocess.run([sys.executable, "-m", "blockforensics.cli", command[0], chain, out,
-                           *command[1:]], capture_output=True, text=True,
+                           *command[1:], "--force"], capture_output=True, text=True,
                           preexec_fn=limited(2 * MiB), check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr == f"blockforensics: error: {out}: File too large\n"

@@ -12,6 +12,7 @@ priority order, the raw catch-all last.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from functools import cache
 from typing import TYPE_CHECKING
@@ -81,9 +82,10 @@ def probe(path: str | os.PathLike[str]) -> type[Format]:
 
 def open_disk(
     path: str | os.PathLike[str], *, point: str | int | None = None, key: KeySource | None = None,
-    format: str | None = None,
+    format: str | None = None, parent: str | os.PathLike[str] | None = None,
 ) -> Disk:
-    """Open any supported image (a chain directory, a VHD, a raw file …) as a Disk."""
+    """Open any supported image (a chain directory, a VHD, a raw file …) as a Disk;
+    ``parent`` names the parent of a differencing image, for plugins that take one."""
     if format is not None:
         known = _builtins() if format in _BUILTINS else formats()
         if format not in known:
@@ -91,4 +93,8 @@ def open_disk(
         plugin = known[format]
     else:
         plugin = probe(path)
-    return plugin.open(path, point=point, key=key)
+    if parent is None:
+        return plugin.open(path, point=point, key=key)
+    if "parent" not in inspect.signature(plugin.open).parameters:
+        raise UsageError(f"{path}: the {plugin.name} reader takes no parent file")
+    return plugin.open(path, point=point, key=key, parent=parent)  # type: ignore[call-arg]

@@ -1,18 +1,21 @@
-"""VHD (Microsoft Virtual Hard Disk, spec v1.0): fixed and dynamic, written and read.
+"""VHD (Microsoft Virtual Hard Disk, spec v1.0): fixed, dynamic and differencing,
+written and read.
 
 A *fixed* VHD is the disk's bytes followed by a 512-byte footer.  A *dynamic*
 VHD is a footer copy, a dynamic-disk header, a block allocation table (BAT:
 one big-endian uint32 per 2 MiB VHD block, the file sector of that block or
 0xFFFFFFFF), the allocated blocks (each a sector bitmap padded to 512 bytes and
-then 2 MiB of data), and the footer.
+then 2 MiB of data), and the footer.  A *differencing* VHD is a dynamic one
+whose header names a parent VHD (unique id, file name, parent locators): a
+sector whose bitmap bit is clear, or whose block is unallocated, reads from
+the parent.
 
 :class:`VhdLayout` computes a VHD file's whole layout from a :class:`Disk`
-without reading its data.  :func:`write_vhd` writes the layout's metadata and
-has the disk write its data where the layout places it (file to file where the
-reader can); :mod:`blockforensics.expose` serves the same file over FUSE from
-:meth:`VhdLayout.readinto`, which synthesises any byte range on demand (a test
-checks that both give the same bytes).  :class:`VhdDisk` reads fixed and
-dynamic VHDs (ours, QEMU's, Hyper-V's) as a Disk.
+without reading its data; :func:`~blockforensics.formats.layout.write_layout`
+writes it and :meth:`~blockforensics.formats.layout.FileLayout.readinto`
+synthesises it for the FUSE mount.  :class:`VhdDisk` reads fixed, dynamic and
+differencing VHDs (ours, QEMU's, Hyper-V's) as a Disk, finding a parent by its
+locators or as given.
 
 Units: ``*_size`` and ``*offset`` fields are bytes, BAT entries are 512-byte
 sectors, VHD blocks are 2 MiB (``VHD_BLOCK``), Disk blocks are ``disk.block_size``.
@@ -20,36 +23,38 @@ sectors, VHD blocks are 2 MiB (``VHD_BLOCK``), Disk blocks are ``disk.block_size
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import struct
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
-from blockforensics.fileio import atomic_writer, writeback_progress
-from blockforensics.formats.base import Disk, Format, InPlaceDisk
-from blockforensics.formats.placement import PlacedWriter, Placement
-from blockforensics.progress import progress_bar
+from blockforensics.formats.base import Disk, Format
+from blockforensics.formats.layout import (
+    SECTOR,
+    UNPLACED,
+    FileLayout,
+    round_up,
+    touched,
+    write_layout,
+)
+from blockforensics.formats.placement import Placement
+from blockforensics.formats.record import Record, f
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
 
-SECTOR = 512
 #: bytes of data per dynamic-VHD block (the spec's default, used by every writer)
 VHD_BLOCK = 2 * 1024 * 1024
 #: BAT entry of an unallocated block
 UNUSED = 0xFFFFFFFF
-#: placement base of an unallocated block: any byte placed there lands before the file
-UNPLACED = -(1 << 62)
 #: largest disk QEMU opens (VHD_MAX_SECTORS = 0xFF000000 sectors = 2040 GiB), bytes
 MAX_SIZE = 0xFF000000 * SECTOR
 #: VHD timestamps count seconds from here
@@ -60,6 +65,9 @@ HEADER_COOKIE = b"cxsparse"
 NO_OFFSET = 0xFFFFFFFFFFFFFFFF
 DISK_FIXED, DISK_DYNAMIC, DISK_DIFFERENCING = 2, 3, 4
 KINDS = {DISK_FIXED: "fixed", DISK_DYNAMIC: "dynamic", DISK_DIFFERENCING: "differencing"}
+#: parent locator platform codes: Windows relative and absolute paths (UTF-16LE), and a
+#: file URL (UTF-8) as Virtual PC for Mac writes
+LOCATOR_RELATIVE, LOCATOR_ABSOLUTE, LOCATOR_URL = b"W2ru", b"W2ku", b"MacX"
 
 #: Creator application written into the footer.  QEMU's vpc driver sizes a disk
 #: from the CHS geometry unless the creator is one it knows to use the footer's
@@ -72,92 +80,80 @@ CREATOR_VERSION = 0x00010000  # this writer's layout, version 1.0
 CREATOR_HOST_OS = b"Wi2k"
 
 
-def _f(fmt: str) -> dict[str, str]:
-    """Field metadata: the field's struct code (big-endian record)."""
-    return {"fmt": fmt}
+class _Checksummed(Record):
+    """A VHD record whose checksum is the one's complement of the byte sum of the
+    record with the checksum field zero."""
 
-
-R = TypeVar("R", bound="_Record")
-
-
-class _Record:
-    """A big-endian on-disk record declared as a dataclass whose fields carry struct codes.
-
-    ``_TAIL`` is trailing reserved padding; the checksum is the one's complement
-    of the byte sum of the record with the checksum field zero.
-    """
-
-    _TAIL: ClassVar[str]
+    checksum: int
     SIZE: ClassVar[int]
 
-    @classmethod
-    @cache
-    def _struct(cls) -> struct.Struct:
-        codes = "".join(f.metadata["fmt"] for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-        return struct.Struct(">" + codes + cls._TAIL)
-
-    def pack(self) -> bytes:
-        return self._struct().pack(*dataclasses.astuple(self))  # type: ignore[call-overload]
-
-    @classmethod
-    def unpack(cls: type[R], buf: bytes) -> R:
-        return cls(*cls._struct().unpack(buf))
-
     def expected_checksum(self) -> int:
-        zeroed = dataclasses.replace(self, checksum=0).pack()  # type: ignore[type-var]
-        return ~sum(zeroed) & 0xFFFFFFFF
+        return ~sum(self.replace(checksum=0).pack()) & 0xFFFFFFFF
 
-    def sealed(self: R) -> R:
+    def sealed(self: C) -> C:
         """A copy with the correct checksum."""
-        return dataclasses.replace(self, checksum=self.expected_checksum())  # type: ignore[type-var]
+        return self.replace(checksum=self.expected_checksum())
+
+
+C = TypeVar("C", bound=_Checksummed)
 
 
 @dataclass(frozen=True)
-class Footer(_Record):
+class Footer(_Checksummed):
     """The hard disk footer: last 512 bytes of every VHD, copied at offset 0 of dynamic ones."""
 
-    cookie: bytes = field(metadata=_f("8s"))  # b"conectix"
-    features: int = field(metadata=_f("I"))  # 0x2: the reserved bit, always set
-    file_format_version: int = field(metadata=_f("I"))  # 0x00010000
-    data_offset: int = field(metadata=_f("Q"))  # bytes: dynamic header, or NO_OFFSET (fixed)
-    timestamp: int = field(metadata=_f("I"))  # seconds since 2000-01-01 00:00:00 UTC
-    creator_application: bytes = field(metadata=_f("4s"))
-    creator_version: int = field(metadata=_f("I"))  # major << 16 | minor
-    creator_host_os: bytes = field(metadata=_f("4s"))  # b"Wi2k" or b"Mac "
-    original_size: int = field(metadata=_f("Q"))  # bytes, at creation
-    current_size: int = field(metadata=_f("Q"))  # bytes, the disk's size
-    cylinders: int = field(metadata=_f("H"))  # disk geometry (C, H, S)
-    heads: int = field(metadata=_f("B"))
-    sectors_per_track: int = field(metadata=_f("B"))
-    disk_type: int = field(metadata=_f("I"))  # DISK_FIXED, DISK_DYNAMIC, DISK_DIFFERENCING
-    checksum: int = field(metadata=_f("I"))
-    unique_id: bytes = field(metadata=_f("16s"))
-    saved_state: int = field(metadata=_f("B"))  # 1 while a VM's saved state refers to it
+    cookie: bytes = f("8s")  # b"conectix"
+    features: int = f("I")  # 0x2: the reserved bit, always set
+    file_format_version: int = f("I")  # 0x00010000
+    data_offset: int = f("Q")  # bytes: dynamic header, or NO_OFFSET (fixed)
+    timestamp: int = f("I")  # seconds since 2000-01-01 00:00:00 UTC
+    creator_application: bytes = f("4s")
+    creator_version: int = f("I")  # major << 16 | minor
+    creator_host_os: bytes = f("4s")  # b"Wi2k" or b"Mac "
+    original_size: int = f("Q")  # bytes, at creation
+    current_size: int = f("Q")  # bytes, the disk's size
+    cylinders: int = f("H")  # disk geometry (C, H, S)
+    heads: int = f("B")
+    sectors_per_track: int = f("B")
+    disk_type: int = f("I")  # DISK_FIXED, DISK_DYNAMIC, DISK_DIFFERENCING
+    checksum: int = f("I")
+    unique_id: bytes = f("16s")
+    saved_state: int = f("B")  # 1 while a VM's saved state refers to it
     _TAIL: ClassVar[str] = "427x"  # reserved, zero
 
 
 @dataclass(frozen=True)
-class DynamicHeader(_Record):
+class DynamicHeader(_Checksummed):
     """The dynamic disk header (1024 bytes at the footer's ``data_offset``)."""
 
-    cookie: bytes = field(metadata=_f("8s"))  # b"cxsparse"
-    data_offset: int = field(metadata=_f("Q"))  # NO_OFFSET (unused)
-    table_offset: int = field(metadata=_f("Q"))  # bytes: the BAT
-    header_version: int = field(metadata=_f("I"))  # 0x00010000
-    max_table_entries: int = field(metadata=_f("I"))  # BAT entries (VHD blocks)
-    block_size: int = field(metadata=_f("I"))  # bytes of data per VHD block
-    checksum: int = field(metadata=_f("I"))
-    parent_unique_id: bytes = field(metadata=_f("16s"))  # differencing disks only
-    parent_timestamp: int = field(metadata=_f("I"))
-    reserved: int = field(metadata=_f("I"))
-    parent_unicode_name: bytes = field(metadata=_f("512s"))  # UTF-16BE
-    parent_locator_entries: bytes = field(metadata=_f("192s"))  # 8 entries of 24 bytes
+    cookie: bytes = f("8s")  # b"cxsparse"
+    data_offset: int = f("Q")  # NO_OFFSET (unused)
+    table_offset: int = f("Q")  # bytes: the BAT
+    header_version: int = f("I")  # 0x00010000
+    max_table_entries: int = f("I")  # BAT entries (VHD blocks)
+    block_size: int = f("I")  # bytes of data per VHD block
+    checksum: int = f("I")
+    parent_unique_id: bytes = f("16s")  # differencing disks only
+    parent_timestamp: int = f("I")  # the parent's footer timestamp
+    reserved: int = f("I")
+    parent_unicode_name: bytes = f("512s")  # UTF-16BE, the parent's file name
+    parent_locator_entries: bytes = f("192s")  # 8 ParentLocator entries
     _TAIL: ClassVar[str] = "256x"  # reserved, zero
 
 
-Footer.SIZE = Footer._struct().size
-DynamicHeader.SIZE = DynamicHeader._struct().size
-assert (Footer.SIZE, DynamicHeader.SIZE) == (512, 1024)
+@dataclass(frozen=True)
+class ParentLocator(Record):
+    """Where a differencing disk's parent is (one of 8 entries in the dynamic header)."""
+
+    platform_code: bytes = f("4s")  # LOCATOR_RELATIVE, LOCATOR_ABSOLUTE, b"MacX", or zeros
+    platform_data_space: int = f("I")  # 512-byte sectors reserved for the locator's data
+    platform_data_length: int = f("I")  # bytes of the locator's data
+    reserved: int = f("I")
+    platform_data_offset: int = f("Q")  # file byte offset of the locator's data
+
+
+Footer.SIZE, DynamicHeader.SIZE = Footer.packed_size(), DynamicHeader.packed_size()
+assert (Footer.SIZE, DynamicHeader.SIZE, ParentLocator.packed_size()) == (512, 1024, 24)
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
@@ -190,146 +186,129 @@ def _timestamp(when: datetime | None) -> int:
 
 
 # ------------------------------------------------------------------------- layout
-class VhdLayout:
+@dataclass(frozen=True)
+class VhdParent:
+    """What a differencing VHD records of its parent: identity and where to find it."""
+
+    unique_id: bytes  # the parent footer's unique id
+    timestamp: int  # the parent footer's timestamp
+    path: Path  # the parent file; stored relative to the child and absolute
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> VhdParent:
+        info = vhd_info(path)
+        return cls(info.footer.unique_id, info.footer.timestamp, Path(path).resolve())
+
+    def locators(self, child_dir: Path) -> list[tuple[bytes, bytes]]:
+        """``(platform code, data)`` of the parent locators: relative, then absolute."""
+        relative = os.path.relpath(self.path, child_dir.resolve()).replace("/", "\\")
+        return [(LOCATOR_RELATIVE, f".\\{relative}".encode("utf-16-le")),
+                (LOCATOR_ABSOLUTE, str(self.path).encode("utf-16-le"))]
+
+
+class VhdLayout(FileLayout):
     """The byte layout of a VHD file made from ``disk``, synthesised on demand.
 
     Nothing is read from the disk here: the dynamic layout allocates a 2 MiB VHD
     block iff any byte of it lies in ``disk.present()``.  The VHD's size is the
     disk's size rounded up to a whole 512-byte sector (VHD sizes are sector
     multiples; sources normally are already), and the data after the disk's end
-    reads as zeros.  Allocated blocks follow the BAT in disk order, each with an
-    all-ones sector bitmap.
+    reads as zeros.  Allocated blocks follow the BAT (and the parent locators) in
+    disk order, each with an all-ones sector bitmap.
+
+    A *differencing* layout (``parent`` given) holds only the blocks of ``covers``
+    (a chain image's own blocks, zeros included): their VHD blocks are allocated
+    and their sectors marked in the sector bitmaps; every other sector reads from
+    the parent.  ``disk`` should then read zeros outside ``covers`` (see
+    :class:`~blockforensics.formats.layout.Layer`).
 
     ``unique_id`` (16 bytes) and ``timestamp`` default to random and now; pin
     them to get byte-identical files from the same disk.
     """
 
-    def __init__(self, disk: Disk, kind: Literal["dynamic", "fixed"] = "dynamic", *,
-                 unique_id: bytes | None = None, timestamp: datetime | None = None):
-        if kind not in ("dynamic", "fixed"):
-            raise UsageError(f"VHD kind must be 'dynamic' or 'fixed', not {kind!r}")
-        self.disk = disk
+    def __init__(self, disk: Disk, kind: Literal["dynamic", "fixed", "differencing"] = "dynamic",
+                 *, unique_id: bytes | None = None, timestamp: datetime | None = None,
+                 parent: VhdParent | None = None, covers: BlockMap | None = None,
+                 directory: str | os.PathLike[str] = "."):
+        if kind not in ("dynamic", "fixed", "differencing"):
+            raise UsageError(f"VHD kind must be 'dynamic', 'fixed' or 'differencing', "
+                             f"not {kind!r}")
+        if (kind == "differencing") != (parent is not None):
+            raise UsageError("a differencing VHD needs its parent (and only it has one)")
+        super().__init__(disk, MAX_SIZE, "VHD")
         self.kind = kind
-        #: the disk's blocks that may hold data (the others read as zeros)
-        self.present = disk.present()
-        self.size = -(-disk.size // SECTOR) * SECTOR
-        if self.size > MAX_SIZE:
-            raise UsageError(f"disk of {disk.size} bytes exceeds the VHD maximum of {MAX_SIZE}")
         cylinders, heads, spt = chs_geometry(self.size // SECTOR)
-        dynamic = kind == "dynamic"
+        sparse = kind != "fixed"
         self.footer: Footer = Footer(
             cookie=FOOTER_COOKIE, features=0x2, file_format_version=0x00010000,
-            data_offset=Footer.SIZE if dynamic else NO_OFFSET, timestamp=_timestamp(timestamp),
+            data_offset=Footer.SIZE if sparse else NO_OFFSET, timestamp=_timestamp(timestamp),
             creator_application=CREATOR_APPLICATION, creator_version=CREATOR_VERSION,
             creator_host_os=CREATOR_HOST_OS, original_size=self.size, current_size=self.size,
             cylinders=cylinders, heads=heads, sectors_per_track=spt,
-            disk_type=DISK_DYNAMIC if dynamic else DISK_FIXED, checksum=0,
+            disk_type={"fixed": DISK_FIXED, "dynamic": DISK_DYNAMIC,
+                       "differencing": DISK_DIFFERENCING}[kind], checksum=0,
             unique_id=unique_id if unique_id is not None else uuid.uuid4().bytes,
             saved_state=0,
         ).sealed()
-        footer = self.footer.pack()
-        self.bitmap_size = _bitmap_size(VHD_BLOCK) if dynamic else 0
-        #: bytes per allocated block in the file (bitmap + data); the whole disk when fixed
-        self.slot_size = self.bitmap_size + VHD_BLOCK if dynamic else self.size
-        if dynamic:
-            n_entries = -(-self.size // VHD_BLOCK)
-            table_offset = Footer.SIZE + DynamicHeader.SIZE
-            bat_bytes = -(-n_entries * 4 // SECTOR) * SECTOR
-            self.data_start = table_offset + bat_bytes
-            #: VHD block numbers of the allocated blocks, in file order
-            self.allocated = self._allocated(self.present, n_entries)
-            self._slot_disk_offsets = self.allocated * VHD_BLOCK
-            self.bat = np.full(bat_bytes // 4, UNUSED, dtype=">u4")
-            self.bat[self.allocated] = (
-                self.data_start + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size
-            ) // SECTOR
-            header = DynamicHeader(
-                cookie=HEADER_COOKIE, data_offset=NO_OFFSET, table_offset=table_offset,
-                header_version=0x00010000, max_table_entries=n_entries, block_size=VHD_BLOCK,
-                checksum=0, parent_unique_id=bytes(16), parent_timestamp=0, reserved=0,
-                parent_unicode_name=bytes(512), parent_locator_entries=bytes(192),
-            ).sealed()
-            self._head = footer + header.pack() + self.bat.tobytes()
-            self.data_end = self.data_start + self.allocated.size * self.slot_size
-        else:
+        self._footer = self.footer.pack()
+        self._bitmaps: list[bytes] = []
+        if not sparse:
             self.data_start, self._head = 0, b""
             self.allocated = np.zeros(0, dtype=np.int64)
             self.bat = np.zeros(0, dtype=">u4")
-            self.data_end = self.size
-            self._slot_disk_offsets = np.zeros(1, dtype=np.int64)
-        self._footer = footer
+            self.bitmap_size, self.slot_size, self.data_end = 0, self.size, self.size
+            self.file_size = self.data_end + Footer.SIZE
+            return
+        n_entries = -(-self.size // VHD_BLOCK)
+        table_offset = Footer.SIZE + DynamicHeader.SIZE
+        bat_bytes = round_up(n_entries * 4, SECTOR)
+        locators = parent.locators(Path(directory)) if parent else []
+        entries, blobs, at = [], [], table_offset + bat_bytes
+        for code, data in locators:
+            space = round_up(len(data), SECTOR)
+            entries.append(ParentLocator(code, space // SECTOR, len(data), 0, at).pack())
+            blobs.append((at, data))
+            at += space
+        self._locators = blobs
+        self.data_start = at
+        self.bitmap_size = _bitmap_size(VHD_BLOCK)
+        #: bytes per allocated block in the file (bitmap + data)
+        self.slot_size = self.bitmap_size + VHD_BLOCK
+        #: VHD block numbers of the allocated blocks, in file order
+        self.allocated = np.flatnonzero(touched(self.present if covers is None else covers,
+                                                VHD_BLOCK, n_entries))
+        self.bat = np.full(bat_bytes // 4, UNUSED, dtype=">u4")
+        self.bat[self.allocated] = (
+            self.data_start + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size
+        ) // SECTOR
+        if parent is not None and covers is not None:
+            self._bitmaps = _sector_bitmaps(covers, self.allocated)
+        name = parent.path.name.encode("utf-16-be") if parent else b""
+        header = DynamicHeader(
+            cookie=HEADER_COOKIE, data_offset=NO_OFFSET, table_offset=table_offset,
+            header_version=0x00010000, max_table_entries=n_entries, block_size=VHD_BLOCK,
+            checksum=0, parent_unique_id=parent.unique_id if parent else bytes(16),
+            parent_timestamp=parent.timestamp if parent else 0, reserved=0,
+            parent_unicode_name=name, parent_locator_entries=b"".join(entries),
+        ).sealed()
+        self._head = self._footer + header.pack() + self.bat.tobytes()
+        self.data_end = self.data_start + self.allocated.size * self.slot_size
         #: bytes of the whole VHD file
         self.file_size = self.data_end + Footer.SIZE
 
-    @staticmethod
-    def _allocated(present: BlockMap, n_entries: int) -> np.ndarray:
-        """VHD block numbers holding any byte of ``present`` (int64, sorted)."""
-        starts, lengths = present.run_arrays()
-        first = starts * present.block_size // VHD_BLOCK
-        stop = np.minimum(-(-(starts + lengths) * present.block_size // VHD_BLOCK), n_entries)
-        flags = np.zeros(n_entries + 1, dtype=np.int64)
-        np.add.at(flags, first, 1)
-        np.add.at(flags, stop, -1)
-        return np.flatnonzero(np.cumsum(flags[:-1]) > 0)
-
     def __repr__(self) -> str:
         blocks = ""
-        if self.kind == "dynamic":
+        if self.kind != "fixed":
             blocks = f", {self.allocated.size} of {self.bat_entries} blocks allocated"
         return f"VhdLayout({self.kind}, {self.size} B disk, {self.file_size} B file{blocks})"
 
     @property
     def bat_entries(self) -> int:
-        return -(-self.size // VHD_BLOCK) if self.kind == "dynamic" else 0
-
-    # ---------------------------------------------------------------- reading
-    def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the VHD file from byte ``offset`` (short at the end)."""
-        buf = bytearray(max(0, min(length, self.file_size - offset)))
-        self.readinto(offset, memoryview(buf))
-        return bytes(buf)
-
-    def readinto(self, offset: int, out: memoryview) -> int:
-        """Fill ``out`` with the file's bytes from ``offset``; returns bytes filled."""
-        n = max(0, min(len(out), self.file_size - offset))
-        dst = np.frombuffer(out, dtype=np.uint8, count=n)
-        pos, end = offset, offset + n
-        while pos < end:
-            at = dst[pos - offset:]
-            if pos < self.data_start:
-                piece = min(end, self.data_start) - pos
-                at[:piece] = np.frombuffer(self._head, np.uint8, piece, pos)
-            elif pos >= self.data_end:
-                piece = end - pos
-                at[:piece] = np.frombuffer(self._footer, np.uint8, piece, pos - self.data_end)
-            else:
-                slot, within = divmod(pos - self.data_start, self.slot_size)
-                piece = min(end, self.data_start + (slot + 1) * self.slot_size) - pos
-                if within < self.bitmap_size:
-                    piece = min(piece, self.bitmap_size - within)
-                    at[:piece] = 0xFF
-                else:
-                    disk_offset = int(self._slot_disk_offsets[slot]) + within - self.bitmap_size
-                    self._disk_into(disk_offset, at[:piece])
-            pos += piece
-        return n
-
-    def _disk_into(self, offset: int, dst: np.ndarray) -> None:
-        """Disk bytes from ``offset`` into ``dst``; zeros past the disk's end."""
-        disk = self.disk
-        n = max(0, min(dst.size, disk.size - offset))
-        bs = disk.block_size
-        if n and offset % bs == 0 and n % bs == 0 and isinstance(disk, InPlaceDisk):
-            disk.read_blocks_into(offset // bs, dst[:n].reshape(-1, bs))  # no copy
-        elif n:
-            first, last = offset // bs, (offset + n - 1) // bs
-            skip = offset - first * bs
-            dst[:n] = disk.read_blocks(first, last - first + 1).reshape(-1)[skip:skip + n]
-        dst[n:] = 0
+        return -(-self.size // VHD_BLOCK) if self.kind != "fixed" else 0
 
     def placement(self) -> Placement:
-        """Where :func:`write_vhd` puts the disk's bytes: at their own offsets (fixed),
-        or into the data of their allocated 2 MiB blocks (dynamic)."""
+        """Where the disk's bytes go: at their own offsets (fixed), or into the data of
+        their allocated 2 MiB blocks (dynamic, differencing)."""
         if self.kind == "fixed":
             return Placement.identity()
         bases = np.full(self.bat_entries, UNPLACED, dtype=np.int64)
@@ -338,40 +317,43 @@ class VhdLayout:
         return Placement(VHD_BLOCK, bases)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
-        """``(file offset, bytes)`` of everything but the disk's data: the head (footer
-        copy, dynamic header, BAT), each allocated block's sector bitmap, the footer."""
+        """The head (footer copy, dynamic header, BAT), parent locators, each allocated
+        block's sector bitmap, the footer."""
         if self._head:
             yield 0, self._head
-        bitmap = b"\xff" * self.bitmap_size
+        if self.kind != "fixed":
+            yield from self._locators
+        ones = b"\xff" * self.bitmap_size
         for slot in range(self.allocated.size):
+            bitmap = self._bitmaps[slot] if self._bitmaps else ones
             yield self.data_start + slot * self.slot_size, bitmap
         yield self.data_end, self._footer
+
+
+def _sector_bitmaps(covers: BlockMap, allocated: np.ndarray) -> list[bytes]:
+    """The sector bitmap of each allocated VHD block: the sectors of ``covers``'s blocks
+    (most significant bit first, as the spec orders them)."""
+    bs = covers.block_size
+    if bs % SECTOR:
+        raise UsageError(f"blocks of {bs} bytes are not whole sectors: no differencing VHD")
+    per = bs // SECTOR
+    sectors = (covers.positions()[:, None] * per + np.arange(per)).reshape(-1)
+    per_block = VHD_BLOCK // SECTOR
+    bits = np.zeros((allocated.size, per_block), dtype=bool)
+    bits[np.searchsorted(allocated, sectors // per_block), sectors % per_block] = True
+    packed = np.packbits(bits, axis=1)
+    return [row.tobytes().ljust(_bitmap_size(VHD_BLOCK), b"\0") for row in packed]
 
 
 # ------------------------------------------------------------------------- writer
 def write_vhd(disk: Disk, path: str | os.PathLike[str], *,
               kind: Literal["dynamic", "fixed"] = "dynamic", progress: bool = False,
               unique_id: bytes | None = None, timestamp: datetime | None = None) -> Path:
-    """Export ``disk`` to a VHD file at ``path`` (atomically: temp file, fsync, rename).
-
-    The metadata is written from :class:`VhdLayout`, the data by ``disk.write_to``
-    into the layout's placement: only present blocks are read, file to file where
-    the reader can, and the rest of the file is left as holes (zeros), so a fixed
-    VHD of a sparse source is sparse too.
-    """
-    layout = VhdLayout(disk, kind, unique_id=unique_id, timestamp=timestamp)
-    path = Path(path)
-    data_bytes = min(layout.present.count() * disk.block_size, disk.size)
-    with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
-        fd = fh.fileno()
-        os.ftruncate(fd, layout.file_size)
-        for offset, data in layout.metadata():
-            os.pwrite(fd, data, offset)
-        with PlacedWriter(fd, disk.size, layout.placement(),
-                          writeback_progress(fd, bar.update)) as out:
-            disk.write_to(out)
-        os.fchmod(fd, 0o644)
-    return path
+    """Export ``disk`` to a VHD file at ``path`` (atomically: temp file, fsync, rename);
+    see :func:`~blockforensics.formats.layout.write_layout`.  A fixed VHD of a sparse
+    source is sparse too."""
+    return write_layout(VhdLayout(disk, kind, unique_id=unique_id, timestamp=timestamp), path,
+                        progress=progress)
 
 
 # ------------------------------------------------------------------------- reader
@@ -424,7 +406,45 @@ class VhdInfo:
             h = self.header
             lines.append(f"  BAT         {self.allocated.size} of {self.bat.size} blocks of "
                          f"{h.block_size} B allocated, table at byte {h.table_offset}")
+        if self.kind == "differencing":
+            lines.append(f"  parent      {self.parent_name!r}, unique id "
+                         f"{uuid.UUID(bytes=self.header.parent_unique_id)}")  # type: ignore[union-attr]
         return "\n".join(lines)
+
+    @property
+    def parent_name(self) -> str:
+        """The parent's file name recorded in the header ('' unless differencing)."""
+        raw = self.header.parent_unicode_name if self.header else b""
+        return raw.decode("utf-16-be", errors="replace").rstrip("\0")
+
+    def parent_candidates(self) -> list[Path]:
+        """Where the parent may be, in the order to try: each parent locator (relative
+        to this file's directory, absolute, file URL), then the recorded name beside it."""
+        if self.header is None:
+            return []
+        here = self.path.parent
+        found: list[Path] = []
+        entries = self.header.parent_locator_entries
+        with open(self.path, "rb") as fh:
+            for i in range(0, len(entries), ParentLocator.packed_size()):
+                loc = ParentLocator.unpack(entries, i)
+                if loc.platform_code not in (LOCATOR_RELATIVE, LOCATOR_ABSOLUTE, LOCATOR_URL):
+                    continue
+                fh.seek(loc.platform_data_offset)
+                data = fh.read(min(loc.platform_data_length, 4096))
+                if loc.platform_code == LOCATOR_URL:
+                    found.append(Path(unquote(urlparse(data.decode(errors="replace")).path)))
+                    continue
+                text = data.decode("utf-16-le", errors="replace").rstrip("\0")
+                posix = text.replace("\\", "/")
+                if loc.platform_code == LOCATOR_RELATIVE or not posix.startswith("/"):
+                    found.append(here / posix.removeprefix("./"))
+                    found.append(here / posix.rsplit("/", 1)[-1])  # a Windows path: its name
+                else:
+                    found.append(Path(posix))
+        if self.parent_name:
+            found.append(here / self.parent_name)
+        return found
 
 
 def _read_at(fd: int, offset: int, length: int) -> bytes:
@@ -452,7 +472,7 @@ def _parse(path: Path, fd: int) -> VhdInfo:
         if footer.current_size > data_end:
             raise FormatError(f"{name}: fixed VHD of {footer.current_size} bytes is truncated")
         return VhdInfo(path, file_size, footer, None, np.zeros(0, dtype=np.uint32))
-    if footer.disk_type != DISK_DYNAMIC:
+    if footer.disk_type not in (DISK_DYNAMIC, DISK_DIFFERENCING):
         raise FormatError(f"{name}: {KINDS.get(footer.disk_type, 'unknown')} VHDs"
                           f" (disk type {footer.disk_type}) are not supported")
     raw = _read_at(fd, footer.data_offset, DynamicHeader.SIZE)
@@ -491,20 +511,31 @@ def vhd_info(path: str | os.PathLike[str]) -> VhdInfo:
 
 
 class VhdDisk(Disk):
-    """A fixed or dynamic VHD file read as a Disk of ``info.size`` bytes.
+    """A fixed, dynamic or differencing VHD file read as a Disk of ``info.size`` bytes.
 
     Like QEMU, data of allocated dynamic blocks is read regardless of their
-    sector bitmaps; unallocated blocks read as zeros.
+    sector bitmaps; unallocated blocks read as zeros.  A differencing VHD reads
+    a sector from its own block when the block is allocated and the sector's
+    bitmap bit is set, else from its parent: ``parent`` (a path) when given,
+    else the first of its locators that names a VHD with the unique id the
+    header records (a mismatch is a FormatError: the wrong parent gives wrong
+    bytes).
     """
 
-    def __init__(self, path: str | os.PathLike[str], block_size: int = 4096):
+    def __init__(self, path: str | os.PathLike[str], block_size: int = 4096, *,
+                 parent: str | os.PathLike[str] | None = None):
         self.path = Path(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise UsageError(f"{self.path}: cannot open ({exc.strerror})") from exc
+        self.parent: VhdDisk | None = None
         try:
             self.info = _parse(self.path, self._fd)
+            if self.info.kind == "differencing":
+                self.parent = self._open_parent(parent, block_size)
+            elif parent is not None:
+                raise UsageError(f"{self.path.name}: a {self.info.kind} VHD has no parent")
         except BaseException:
             self.close()
             raise
@@ -513,6 +544,26 @@ class VhdDisk(Disk):
         header = self.info.header
         self._vblock = header.block_size if header else 0
         self._bitmap = _bitmap_size(self._vblock) if header else 0
+
+    def _open_parent(self, given: str | os.PathLike[str] | None, block_size: int) -> VhdDisk:
+        wanted = self.info.header.parent_unique_id  # type: ignore[union-attr]
+        name = self.path.name
+        candidates = [Path(given)] if given is not None else self.info.parent_candidates()
+        for candidate in candidates:
+            if candidate.resolve() == self.path.resolve() or not candidate.is_file():
+                continue
+            parent = VhdDisk(candidate, block_size)
+            if parent.info.footer.unique_id == wanted:
+                return parent
+            parent.close()
+            if given is not None:
+                raise FormatError(f"{name}: {candidate} is not its parent (unique id "
+                                  f"{uuid.UUID(bytes=parent.info.footer.unique_id)}, the child "
+                                  f"expects {uuid.UUID(bytes=wanted)})")
+        if given is not None:
+            raise UsageError(f"{given}: no such parent file")
+        raise FormatError(f"{name}: parent {self.info.parent_name!r} not found by its locators "
+                          f"(give it with --parent FILE)")
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
         out = np.zeros((count, self.block_size), dtype=np.uint8)
@@ -523,6 +574,9 @@ class VhdDisk(Disk):
             if n:
                 os.preadv(self._fd, [flat[:n].data], offset)
             return out
+        if self.parent is not None and n:
+            below = self.parent.read(offset, n)
+            flat[:len(below)] = np.frombuffer(below, dtype=np.uint8)
         pos = 0
         while pos < n:
             block, within = divmod(offset + pos, self._vblock)
@@ -530,12 +584,31 @@ class VhdDisk(Disk):
             entry = int(self.info.bat[block])
             if entry != UNUSED:
                 at = entry * SECTOR + self._bitmap + within
-                os.preadv(self._fd, [flat[pos:pos + piece].data], at)
+                dst = flat[pos:pos + piece]
+                if self.parent is None:
+                    os.preadv(self._fd, [dst.data], at)
+                else:
+                    self._merge(entry, within, dst, at)
             pos += piece
         return out
 
+    def _merge(self, entry: int, within: int, dst: np.ndarray, at: int) -> None:
+        """Overwrite ``dst`` (bytes ``within`` .. of a block) with the block's own sectors."""
+        bitmap = np.frombuffer(os.pread(self._fd, self._bitmap, entry * SECTOR), np.uint8)
+        first, last = within // SECTOR, (within + dst.size - 1) // SECTOR
+        own = np.unpackbits(bitmap)[first:last + 1].astype(bool)
+        if not own.any():
+            return
+        mine = np.frombuffer(os.pread(self._fd, dst.size, at), np.uint8)
+        if own.all():
+            dst[:mine.size] = mine
+            return
+        mask = np.repeat(own, SECTOR)[within - first * SECTOR:][:mine.size]
+        dst[:mine.size][mask] = mine[mask]
+
     def present(self) -> BlockMap:
-        """Disk blocks overlapping allocated VHD blocks (all of them for a fixed VHD)."""
+        """Disk blocks overlapping allocated VHD blocks (all of them for a fixed VHD),
+        and those present in the parent of a differencing VHD."""
         if self.info.header is None:
             return super().present()
         allocated = self.info.bat != UNUSED
@@ -543,21 +616,31 @@ class VhdDisk(Disk):
         per, rem = divmod(self._vblock, bs)
         if rem == 0 and per % 8 == 0:  # each VHD block is whole bytes of the packed map
             bits = np.repeat(np.where(allocated, 0xFF, 0).astype(np.uint8), per // 8)
-            return BlockMap(n, bs, bits[: (n + 7) // 8])
-        first = np.arange(n, dtype=np.int64) * bs // self._vblock
-        last = np.minimum((np.arange(1, n + 1, dtype=np.int64) * bs - 1) // self._vblock,
-                          allocated.size - 1)
-        counts = np.concatenate([[0], np.cumsum(allocated)])
-        return BlockMap.from_bools(counts[last + 1] - counts[first] > 0, bs)
+            own = BlockMap(n, bs, bits[: (n + 7) // 8])
+        else:
+            first = np.arange(n, dtype=np.int64) * bs // self._vblock
+            last = np.minimum((np.arange(1, n + 1, dtype=np.int64) * bs - 1) // self._vblock,
+                              allocated.size - 1)
+            counts = np.concatenate([[0], np.cumsum(allocated)])
+            own = BlockMap.from_bools(counts[last + 1] - counts[first] > 0, bs)
+        if self.parent is None:
+            return own
+        below = np.zeros(n, dtype=bool)
+        parent = self.parent.present().positions()
+        below[parent[parent < n]] = True
+        return own | BlockMap.from_bools(below, bs)
 
     def close(self) -> None:
+        if self.parent is not None:
+            self.parent.close()
+            self.parent = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
 
 class VhdFormat(Format):
-    """Microsoft VHD, fixed or dynamic (the 'conectix' footer)."""
+    """Microsoft VHD, fixed, dynamic or differencing (the 'conectix' footer)."""
 
     name: ClassVar[str] = "vhd"
     priority: ClassVar[int] = 20
@@ -579,7 +662,8 @@ class VhdFormat(Format):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
-             key: KeySource | None = None) -> Disk:
+             key: KeySource | None = None, parent: str | os.PathLike[str] | None = None
+             ) -> Disk:
         if point not in (None, 0, "0"):
             raise UsageError(f"{path}: a VHD has a single point (0)")
-        return VhdDisk(path)
+        return VhdDisk(path, parent=parent)

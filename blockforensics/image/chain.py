@@ -1,21 +1,18 @@
-"""Chain: a directory of images whose parent links form a tree.
+"""Chain: a read-only view of a chain directory, whose images' parent links form a tree.
 
-The manifest ``chain.json`` lists the live images in creation order; a point
-is an image, named by its index in that list (0 = the first full) or by its
-file name.  The block at a position for a point is the one held by the first
-image on the path from that point to the root; a position held by none reads
-as zeros.  Branches are allowed: several images may name the same parent.
-
-Switching the chain to new images (a backup, a consolidation) is one atomic
-rename of the manifest; image files that the manifest does not list are
-leftovers of an interrupted command and are removed by :meth:`Chain.cleanup`.
+The directory itself — manifest, image names, lock, cleanup — belongs to
+:class:`~blockforensics.image.store.ChainStore`; every change of the chain is one
+locked, atomic switch of its manifest made there.  The manifest lists the live
+images in creation order; a point is an image, named by its index in that list
+(0 = the first full) or by its file name.  Which image a block of a point is read
+from is the reading rule of docs/FORMAT.md, implemented once in :meth:`Chain.layout`.
+Branches are allowed: several images may name the same parent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import os
 import re
 import time
@@ -29,7 +26,6 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
 from blockforensics.errors import ChainError, CryptoKeyError, FormatError, UsageError
-from blockforensics.fileio import atomic_writer, directory_lock
 from blockforensics.formats.base import InPlaceDisk
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.codec import (
@@ -51,14 +47,14 @@ from blockforensics.image.format import (
     new_id,
 )
 from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
 
 if TYPE_CHECKING:
     import pandas as pd
 
-MANIFEST = "chain.json"
-MANIFEST_FORMAT = "blockforensics-chain"
-IMAGE_SUFFIX = ".bfi"
-IMAGE_NAME = re.compile(r"^(\d+)-[a-z]+(?:-c\d+)?\.bfi$")
+__all__ = ["IMAGE_NAME", "IMAGE_SUFFIX", "MANIFEST", "Chain", "ChainDisk", "ChainStore",
+           "Layout", "is_chain", "read_manifest", "remove_leftovers"]
+
 NO_PARENT = bytes(16)
 
 PointRef = int | str
@@ -66,50 +62,18 @@ PointRef = int | str
 
 def is_chain(directory: str | os.PathLike[str]) -> bool:
     """True when ``directory`` holds a chain manifest."""
-    return (Path(directory) / MANIFEST).is_file()
+    return ChainStore(directory).exists()
 
 
 def remove_leftovers(directory: str | os.PathLike[str]) -> list[str]:
-    """Remove leftovers of interrupted commands from a chain directory (temporary and
-    unlisted image files); their names.  Does nothing while any writer, in this
-    process or another, holds the lock.  Needs no image opened."""
-    directory = Path(directory)
-    with directory_lock(directory, blocking=False, exclusive_here=True) as held:
-        if not held:
-            return []
-        listed = set(read_manifest(directory))  # as of now, under the lock
-        removed = []
-        for path in directory.iterdir():
-            leftover = (path.name.startswith(".") and path.name.endswith(".tmp")) or (
-                IMAGE_NAME.match(path.name) and path.name not in listed)
-            if leftover and path.is_file():
-                path.unlink()
-                removed.append(path.name)
-        return removed
+    """Finish or undo an interrupted switch and delete the store's temporary files (see
+    :meth:`ChainStore.recover`); their names.  Does nothing while a writer holds the lock."""
+    return ChainStore(directory).recover()
 
 
 def read_manifest(directory: Path) -> list[str]:
-    """Image file names listed by the manifest, in creation order."""
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise ChainError(f"{directory}: no such chain directory")
-    if not path.is_file():
-        raise ChainError(f"{directory}: not a blockforensics chain (no {MANIFEST})")
-    try:
-        doc = json.loads(path.read_text())
-        if doc.get("format") != MANIFEST_FORMAT:
-            raise ValueError
-        names = [str(n) for n in doc["images"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ChainError(f"{path}: damaged chain manifest") from exc
-    return names
-
-
-def write_manifest(directory: Path, names: list[str]) -> None:
-    """Atomically replace the manifest: the moment the chain switches to ``names``."""
-    with atomic_writer(directory / MANIFEST) as fh:
-        fh.write(json.dumps({"format": MANIFEST_FORMAT, "version": 1, "images": names},
-                            indent=1).encode())
+    """Image file names listed by the manifest, in creation order (every entry checked)."""
+    return list(ChainStore(directory).read().images)
 
 
 DECODE_BATCH = 4096  # blocks decoded per batch when writing a point to a file
@@ -203,12 +167,14 @@ class Layout:
 class Chain:
     """A chain directory: its images, their tree, and block resolution for every point."""
 
-    def __init__(self, directory: Path, images: list[ImageFile], key: KeySource | None = None):
+    def __init__(self, directory: Path, images: list[ImageFile], key: KeySource | None = None,
+                 manifest: Manifest | None = None):
         self.directory = directory
+        self.store = ChainStore(directory)
         self.images = images
+        self.manifest = manifest or Manifest(tuple(img.name for img in images))
         self.key = key
         self._codec: BlockCodec | None = None
-        self._reserved: set[str] = set()  # names of images being written by open writers
         self._parents: list[int | None] = []
         for img in images:
             self._parents.append(self._link(img))
@@ -233,14 +199,12 @@ class Chain:
     def open(cls, directory: str | os.PathLike[str], key: KeySource | None = None) -> Chain:
         """Open an existing chain; ChainError/FormatError on anything inconsistent."""
         directory = Path(directory)
+        store = ChainStore(directory)
+        manifest = store.read()
         images: list[ImageFile] = []
         try:
-            for name in read_manifest(directory):
-                path = directory / name
-                if not path.is_file():
-                    raise ChainError(f"{directory}: image {name} listed but missing")
-                images.append(ImageFile(path))
-            return cls(directory, images, key)
+            images += _open_images(store, manifest.images)
+            return cls(directory, images, key, manifest)
         except BaseException:
             for img in images:
                 img.close()
@@ -249,14 +213,8 @@ class Chain:
     @classmethod
     def create(cls, directory: str | os.PathLike[str], key: KeySource | None = None) -> Chain:
         """Make an empty chain in a new or empty directory."""
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise UsageError(f"{directory}: exists and is not a directory")
-        if directory.is_dir() and any(directory.iterdir()):
-            raise UsageError(f"{directory}: not empty and not a blockforensics chain")
-        directory.mkdir(parents=True, exist_ok=True)
-        write_manifest(directory, [])
-        return cls(directory, [], key)
+        store = ChainStore.create(directory)
+        return cls(store.directory, [], key, Manifest())
 
     @classmethod
     def open_or_create(cls, directory: str | os.PathLike[str],
@@ -276,11 +234,11 @@ class Chain:
     def locked(self) -> contextlib.AbstractContextManager[bool]:
         """Hold the chain's writer lock: backups and consolidations take it, so a
         concurrent command never mistakes their files in progress for leftovers."""
-        return directory_lock(self.directory)
+        return self.store.lock()
 
     def cleanup(self) -> list[str]:
-        """Remove leftovers of interrupted commands (see :func:`remove_leftovers`)."""
-        return remove_leftovers(self.directory)
+        """Finish or undo an interrupted switch, delete the store's temporary files."""
+        return self.store.recover()
 
     # ------------------------------------------------------------------- tree
     def __len__(self) -> int:
@@ -392,13 +350,6 @@ class Chain:
         return ChainDisk(self, self.point(point))
 
     # ---------------------------------------------------------------- writing
-    def next_image_path(self, kind: int) -> Path:
-        names = [p.name for p in self.directory.iterdir()] + list(self._reserved)
-        numbers = [int(m.group(1)) for name in names if (m := IMAGE_NAME.match(name))]
-        number = max(numbers, default=-1) + 1
-        return self.directory / f"{number:04d}-{'full' if kind == KIND_FULL else 'incr'}" \
-            f"{IMAGE_SUFFIX}"
-
     def new_header(self, *, parent: int | None, volume_size: int, block_size: int | None = None,
                    created_ns: int | None = None, label: str = "") -> Header:
         """A header for a new image in this chain (identity and crypto fields filled in)."""
@@ -432,9 +383,7 @@ class Chain:
         ``compress``: store blocks zstd-compressed where that makes them smaller."""
         if self._codec is None:
             self._codec = open_codec(header, self.key, str(self.directory))
-        path = self.next_image_path(header.kind)
-        self._reserved.add(path.name)  # a second open writer must not pick the same name
-        return ImageWriter(path, header, self.codec.compressing(compress),
+        return ImageWriter(self.store.pending_path(), header, self.codec.compressing(compress),
                            seal=self._seal if self.codec.encrypted else None)
 
     def _seal(self, header: Header, records: np.ndarray) -> Header:
@@ -473,33 +422,63 @@ class Chain:
                               "keyed digest (a block rolled back or removed)")
 
     def append(self, path: Path) -> int:
-        """Make a committed image file a point of the chain (manifest switch); its index."""
-        self._reserved.discard(path.name)
+        """Make a committed (pending) image file a point of the chain: it is named and the
+        manifest switched in one locked step (:meth:`ChainStore.switch`); its index."""
         with self.locked():
             self._refresh()
             image = ImageFile(path)
             try:
                 self.images.append(image)
                 parent = self._link(image)
-            except ChainError:
+                name = self.store.new_name("full" if image.header.is_full else "incr")
+                self.manifest = self.store.switch(
+                    [*self.manifest.images, name], add={name: Path(path)},
+                    expect=self.manifest)
+            except BaseException:
                 self.images.pop()
                 image.close()
                 raise
+            image.path, image.name = self.directory / name, name
             self._parents.append(parent)
-            write_manifest(self.directory, [img.name for img in self.images])
         return len(self.images) - 1
 
     def _refresh(self) -> None:
         """Follow the manifest as it is now: another process may have switched it."""
-        names = read_manifest(self.directory)
-        if names == [img.name for img in self.images]:
-            return
-        mine = {img.name: img for img in self.images}
-        self.images = [mine.pop(name) if name in mine else ImageFile(self.directory / name)
-                       for name in names]
-        for stale in mine.values():
-            stale.close()
-        self._parents = [self._link(img) for img in self.images]
+        manifest = self.store.read()
+        names = [img.name for img in self.images]
+        if list(manifest.images) != names:
+            mine = {img.name: img for img in self.images}
+            fresh = [mine.pop(name, None) for name in manifest.images]
+            try:
+                opened = iter(_open_images(self.store, [n for n, img in zip(manifest.images,
+                                                                            fresh) if not img]))
+            except BaseException:
+                for img in fresh:
+                    if img is not None:
+                        mine[img.name] = img
+                raise
+            self.images = [img or next(opened) for img in fresh]
+            for stale in mine.values():
+                stale.close()
+            self._parents = [self._link(img) for img in self.images]
+        self.manifest = manifest
+
+
+def _open_images(store: ChainStore, names: Iterator[str] | tuple[str, ...] | list[str]
+                 ) -> list[ImageFile]:
+    """The listed images opened (all or none); ChainError for a missing one."""
+    images: list[ImageFile] = []
+    try:
+        for name in names:
+            path = store.check_file(name)
+            if not path.exists():
+                raise ChainError(f"{store.directory}: image {name} listed but missing")
+            images.append(ImageFile(path))
+    except BaseException:
+        for img in images:
+            img.close()
+        raise
+    return images
 
 
 class ChainDisk(InPlaceDisk):

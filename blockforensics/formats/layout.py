@@ -1,0 +1,208 @@
+"""A virtual-disk file (VHD, VHDX, VMDK, qcow2, raw) as metadata plus placed disk data.
+
+Every sparse image format is the same thing underneath: some metadata (headers,
+allocation tables, bitmaps) at fixed file offsets, and the disk's bytes cut into
+pieces of one *grain* (a VHD block, a qcow2 cluster, a VMDK grain) that are
+placed, unbroken, at file offsets the tables name.  A format's layout class
+computes both from a :class:`Disk` without reading its data — ``metadata()``
+and ``placement()`` — and this module does the rest for all of them:
+
+- :func:`write_layout` writes the metadata and has the disk write its data into
+  the placement (``Disk.write_to`` and :class:`PlacedWriter`: file to file where
+  the reader can), atomically;
+- :meth:`FileLayout.readinto` synthesises any byte range of the file on demand,
+  which is what the FUSE mount serves; a test checks it against the written file.
+
+Units: bytes throughout.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import UsageError
+from blockforensics.fileio import atomic_writer, writeback_progress
+from blockforensics.formats.base import Disk, InPlaceDisk
+from blockforensics.formats.placement import PlacedWriter, Placement
+from blockforensics.progress import progress_bar
+
+SECTOR = 512
+#: placement base of a piece that has no place in the file
+UNPLACED = -(1 << 62)
+
+
+def round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def touched(present: BlockMap, grain: int, n_pieces: int) -> np.ndarray:
+    """Bools, one per ``grain``-byte piece: does any block of ``present`` overlap it?"""
+    starts, lengths = present.run_arrays()
+    first = starts * present.block_size // grain
+    stop = np.minimum(-(-(starts + lengths) * present.block_size // grain), n_pieces)
+    flags = np.zeros(n_pieces + 1, dtype=np.int64)
+    np.add.at(flags, first, 1)
+    np.add.at(flags, stop, -1)
+    return np.cumsum(flags[:-1]) > 0
+
+
+def disk_into(disk: Disk, offset: int, dst: np.ndarray) -> None:
+    """Disk bytes from ``offset`` into the uint8 array ``dst``; zeros past the disk's end."""
+    n = max(0, min(dst.size, disk.size - offset))
+    bs = disk.block_size
+    if n and offset % bs == 0 and n % bs == 0 and isinstance(disk, InPlaceDisk):
+        disk.read_blocks_into(offset // bs, dst[:n].reshape(-1, bs))  # no copy
+    elif n:
+        first, last = offset // bs, (offset + n - 1) // bs
+        skip = offset - first * bs
+        dst[:n] = disk.read_blocks(first, last - first + 1).reshape(-1)[skip:skip + n]
+    dst[n:] = 0
+
+
+class FileLayout(ABC):
+    """The byte layout of an image file of ``disk``; subclasses compute ``file_size``,
+    :meth:`metadata` and :meth:`placement` in their constructor or lazily.
+
+    ``size`` is the disk's size rounded up to a whole sector (the formats count
+    sectors); bytes past the disk's end read as zeros.  ``present`` is the disk's
+    map of blocks that may hold data (the others are left as holes).
+    """
+
+    disk: Disk
+    size: int
+    file_size: int
+    present: BlockMap
+
+    def __init__(self, disk: Disk, max_size: int | None = None, name: str = "image"):
+        self.disk = disk
+        self.size = round_up(disk.size, SECTOR)
+        if max_size is not None and self.size > max_size:
+            raise UsageError(f"disk of {disk.size} bytes exceeds the {name} maximum of "
+                             f"{max_size} bytes")
+        self.present = disk.present()
+
+    @abstractmethod
+    def metadata(self) -> Iterator[tuple[int, bytes]]:
+        """``(file offset, bytes)`` of everything but the disk's data, not overlapping."""
+
+    @abstractmethod
+    def placement(self) -> Placement:
+        """Where the disk's bytes go in the file."""
+
+    # ---------------------------------------------------------------- reading
+    @cached_property
+    def _extents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]:
+        """Sorted ``(file starts, lengths, source, metadata)``: ``source[i] >= 0`` is the
+        disk offset of a data extent, ``-1 - j`` names ``metadata[j]``."""
+        meta = list(self.metadata())
+        placement = self.placement()
+        pieces = np.flatnonzero(placement.bases >= 0)
+        disk_starts = pieces * placement.grain
+        starts = np.concatenate([placement.bases[pieces],
+                                 np.array([o for o, _ in meta], dtype=np.int64)])
+        lengths = np.concatenate([np.minimum(placement.grain, self.size - disk_starts),
+                                  np.array([len(b) for _, b in meta], dtype=np.int64)])
+        source = np.concatenate([disk_starts, -1 - np.arange(len(meta), dtype=np.int64)])
+        keep = lengths > 0
+        order = np.argsort(starts[keep], kind="stable")
+        return (starts[keep][order], lengths[keep][order], source[keep][order],
+                [b for _, b in meta])
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the file from byte ``offset`` (short at the end)."""
+        buf = bytearray(max(0, min(length, self.file_size - offset)))
+        self.readinto(offset, memoryview(buf))
+        return bytes(buf)
+
+    def readinto(self, offset: int, out: memoryview) -> int:
+        """Fill ``out`` with the file's bytes from ``offset``; returns bytes filled."""
+        n = max(0, min(len(out), self.file_size - offset))
+        dst = np.frombuffer(out, dtype=np.uint8, count=n)
+        starts, lengths, source, meta = self._extents
+        end = offset + n
+        i = max(0, int(np.searchsorted(starts, offset, side="right")) - 1)
+        pos = offset
+        while pos < end:
+            if i >= starts.size or pos < starts[i]:  # a hole up to the next extent
+                stop = end if i >= starts.size else min(end, int(starts[i]))
+                dst[pos - offset:stop - offset] = 0
+                pos = stop
+                continue
+            ext_start, ext_end = int(starts[i]), int(starts[i] + lengths[i])
+            if pos >= ext_end:
+                i += 1
+                continue
+            stop = min(end, ext_end)
+            at, src = pos - ext_start, int(source[i])
+            if src >= 0:
+                disk_into(self.disk, src + at, dst[pos - offset:stop - offset])
+            else:
+                dst[pos - offset:stop - offset] = np.frombuffer(meta[-1 - src], np.uint8,
+                                                                stop - pos, at)
+            pos = stop
+            i += 1
+        return n
+
+
+def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
+                 progress: bool = False) -> Path:
+    """Write ``layout``'s file at ``path`` (atomically: temp file, fsync, rename).
+
+    The metadata is written from the layout, the data by ``disk.write_to`` into its
+    placement: only present blocks are read, file to file where the reader can,
+    and the rest of the file is left as holes (zeros).
+    """
+    disk = layout.disk
+    path = Path(path)
+    data_bytes = min(layout.present.count() * disk.block_size, disk.size)
+    with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
+        fd = fh.fileno()
+        os.ftruncate(fd, layout.file_size)
+        for offset, data in layout.metadata():
+            os.pwrite(fd, data, offset)
+        with PlacedWriter(fd, disk.size, layout.placement(),
+                          writeback_progress(fd, bar.update)) as out:
+            disk.write_to(out)
+        os.fchmod(fd, 0o644)
+    return path
+
+
+def widen(covers: BlockMap, grain: int) -> BlockMap:
+    """The blocks sharing a ``grain``-byte piece with any block of ``covers`` (what a
+    format that allocates whole pieces must write to hold ``covers``)."""
+    bs, n = covers.block_size, covers.n_blocks
+    pieces = touched(covers, grain, -(-n * bs // grain))
+    first = np.arange(n, dtype=np.int64) * bs // grain
+    last = (np.arange(1, n + 1, dtype=np.int64) * bs - 1) // grain
+    counts = np.concatenate([[0], np.cumsum(pieces)])
+    return BlockMap.from_bools(counts[np.minimum(last, pieces.size - 1) + 1] - counts[first] > 0,
+                               bs)
+
+
+class Layer(Disk):
+    """``disk`` restricted to the blocks of ``covers`` (one image of a chain): those read
+    as on ``disk``, every other block as zeros."""
+
+    def __init__(self, disk: Disk, covers: BlockMap):
+        if (covers.n_blocks, covers.block_size) != (disk.n_blocks, disk.block_size):
+            raise ValueError("the layer's map does not match the disk's blocks")
+        self.disk, self.covers = disk, covers
+        self.size, self.block_size = disk.size, disk.block_size
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        blocks = self.disk.read_blocks(start, count)
+        blocks[~self.covers.contains(np.arange(start, start + count))] = 0
+        return blocks
+
+    def present(self) -> BlockMap:
+        return self.disk.present() & self.covers
+
+    def __repr__(self) -> str:
+        return f"Layer({self.covers.count()} blocks of {self.disk!r})"
