@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -88,10 +89,13 @@ def live_full(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str], nex
 def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],
                      bitmap: str, next_bitmap: str, *, head_start: bool = True,
                      block_size: int | None = None,
-                     keep_snapshot: str | os.PathLike[str] | None = None) -> LivePoint:
+                     keep_snapshot: str | os.PathLike[str] | None = None,
+                     before_snapshot: Callable[[], object] | None = None) -> LivePoint:
     """An incremental of the blocks ``bitmap`` (enabled, not exported) marks, read from
     a snapshot, with or without the head start; ``next_bitmap`` tracks from the
-    snapshot on.  The bitmaps of this point are removed afterwards."""
+    snapshot on.  ``before_snapshot()`` runs between the head start and the snapshot
+    (writes made there are the ones read from the snapshot).  The bitmaps of this
+    point are removed afterwards."""
     bs = block_size or chain.block_size
     store = BlockStore(bs)
     ahead = BlockMap.empty(-(-live.size() // bs), bs)
@@ -104,8 +108,9 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
         ahead = live.dirty_map(bitmap, bs)
         positions = ahead.positions()
         with live.exported(live.node) as address, NbdDisk(address, bs) as disk:
-            if positions.size:
-                store.put(positions, disk.read_at(positions))
+            store = BlockStore.adopt(positions, disk.read_at(positions))
+    if before_snapshot is not None:
+        before_snapshot()
     snapped = time.monotonic()
     with live.fleece(workdir, live.add_bitmap_action(next_bitmap),
                      live.disable_bitmap_action(after_bitmap)) as snap:

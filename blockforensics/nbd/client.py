@@ -184,7 +184,7 @@ class NbdConnection:
                 self._recv_into(out[start : start + length - p.OFFSET_DATA.size])
             elif kind == p.NBD_REPLY_TYPE_OFFSET_HOLE:
                 at, hole = p.OFFSET_HOLE.unpack(self._recv(length))
-                out[at - offset : at - offset + hole] = bytes(hole)
+                np.frombuffer(out, dtype=np.uint8)[at - offset : at - offset + hole] = 0
             elif kind == p.NBD_REPLY_TYPE_NONE:
                 self._recv(length)
             else:
