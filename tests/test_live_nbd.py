@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,28 @@ def test_cli_head_start_makes_the_full_then_rotates_bitmaps(served, tmp_path):
         assert out.read_bytes() == disk.read(0, SIZE)
     missing = bf("backup", rw.uri(), chain, "--bitmap", "nope", "--head-start", qmp)
     assert missing.returncode == 2 and "no dirty bitmap 'nope'" in missing.stderr
+
+
+def test_qemu_nbd_export_reads_and_reports_its_holes(tmp_path):
+    require_tools("qemu-nbd")
+    image = tmp_path / "sparse.img"
+    with open(image, "wb") as fh:
+        fh.truncate(4 << 20)
+        for block in (10, 500):
+            fh.seek(block * BS)
+            fh.write(bytes(range(256)) * 16)
+    sock = tmp_path / "nbd.sock"
+    server = subprocess.Popen(["qemu-nbd", "-t", "-r", "-f", "raw", "-k", str(sock), str(image)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        with open_disk(f"nbd+unix:///?socket={sock}") as disk:
+            assert isinstance(disk, NbdDisk)
+            assert disk.present().positions().tolist() == [10, 500]
+            assert disk.read(0, disk.size) == image.read_bytes()
+    finally:
+        server.kill()
+        server.wait()

@@ -30,7 +30,8 @@ class NbdDisk(InPlaceDisk):
     def __init__(self, address: NbdAddress | str, block_size: int = 4096):
         self.address = NbdAddress.parse(address) if isinstance(address, str) else address
         self.path = self.address.uri()
-        self._conn = NbdConnection.open(self.address, contexts=(p.BASE_ALLOCATION,))
+        self._conn = NbdConnection.open(self.address, contexts=(p.BASE_ALLOCATION,),
+                                        required=False)
         self.size = self._conn.size
         self.block_size = block_size
 
@@ -43,7 +44,10 @@ class NbdDisk(InPlaceDisk):
         flat[inside:] = 0
 
     def present(self) -> BlockMap:
-        """Blocks touched by an extent that may hold data (not NBD_STATE_ZERO)."""
+        """Blocks touched by an extent that may hold data (not NBD_STATE_ZERO); every
+        block when the server has no ``base:allocation``."""
+        if p.BASE_ALLOCATION not in self._conn.contexts:
+            return super().present()
         return self._conn.status_map(p.BASE_ALLOCATION, p.NBD_STATE_ZERO, self.block_size,
                                      when_set=False)
 

@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -48,9 +48,11 @@ class LivePoint:
     seconds_after_snapshot: float  # from the snapshot to the committed point
     next_bitmap: str             # the bitmap tracking for the next point
     snapshot_ns: int             # when the snapshot was taken (time.time_ns)
+    ahead_map: BlockMap | None = field(default=None, repr=False)  # for plots
+    after_map: BlockMap | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not k.endswith("_map")}
 
 
 class HeadStartSource(Disk):
@@ -125,7 +127,7 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
     for name in {bitmap, after_bitmap}:
         live.remove_bitmap(name)
     return LivePoint(point, (ahead | after).count(), ahead.count(), after.count(),
-                     snapped - begin, done - snapped, next_bitmap, snap.taken_ns)
+                     snapped - begin, done - snapped, next_bitmap, snap.taken_ns, ahead, after)
 
 
 def next_bitmap_name(bitmap: str) -> str:

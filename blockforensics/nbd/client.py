@@ -92,19 +92,20 @@ class NbdConnection:
     # ---------------------------------------------------------------- negotiation
     @classmethod
     def open(cls, address: NbdAddress | str, *, contexts: tuple[str, ...] = (),
-             timeout: float = 60.0) -> NbdConnection:
-        """Connect and negotiate; every context in ``contexts`` must be granted."""
+             required: bool = True, timeout: float = 60.0) -> NbdConnection:
+        """Connect and negotiate; every context in ``contexts`` must be granted unless
+        ``required`` is false (then :attr:`contexts` says which were)."""
         if isinstance(address, str):
             address = NbdAddress.parse(address)
         conn = cls(address.connect(timeout), address)
         try:
-            conn._negotiate(contexts)
+            conn._negotiate(contexts, required)
         except BaseException:
             conn._sock.close()
             raise
         return conn
 
-    def _negotiate(self, contexts: tuple[str, ...]) -> None:
+    def _negotiate(self, contexts: tuple[str, ...], required: bool) -> None:
         magic, opt_magic, flags = p.HANDSHAKE.unpack(self._recv(p.HANDSHAKE.size))
         if magic != p.NBDMAGIC or opt_magic != p.IHAVEOPT:
             raise NbdError(f"{self.address.uri()}: not a newstyle NBD server")
@@ -114,14 +115,14 @@ class NbdConnection:
         self._sock.sendall(p.CLIENT_FLAGS.pack(client))
         reply, _ = self._option(p.NBD_OPT_STRUCTURED_REPLY)[-1]
         self.structured = reply == p.NBD_REP_ACK
-        if contexts:
-            if not self.structured:
-                raise NbdError(f"{self.address.uri()}: no structured replies, no block status")
+        if contexts and self.structured:
             data = p.pack_meta_queries(self.address.export, list(contexts))
-            for reply, payload in self._option(p.NBD_OPT_SET_META_CONTEXT, data, check=True):
+            for reply, payload in self._option(p.NBD_OPT_SET_META_CONTEXT, data,
+                                               check=required):
                 if reply == p.NBD_REP_META_CONTEXT:
                     (cid,) = p.META_CONTEXT_ID.unpack_from(payload)
                     self.contexts[bytes(payload[p.META_CONTEXT_ID.size:]).decode()] = cid
+        if required and contexts:
             missing = [c for c in contexts if c not in self.contexts]
             if missing:
                 raise NbdError(f"{self.address.uri()}: the server has no context "
