@@ -31,7 +31,12 @@ class Qmp:
             self._sock.close()
             raise UsageError(f"{path}: cannot connect to QMP ({exc.strerror or exc})") from exc
         self._file = self._sock.makefile("rb")
-        greeting = self._message()
+        try:
+            greeting = self._message()
+        except TimeoutError as exc:
+            self.close()
+            raise UsageError(f"{path}: no QMP greeting within {timeout} s "
+                             "(a QMP socket serves one client at a time)") from exc
         if "QMP" not in greeting:
             raise UsageError(f"{path}: not a QMP monitor")
         self.execute("qmp_capabilities")
