@@ -1,11 +1,14 @@
 """Allocated-block maps read from real file systems' own structures.
 
-``allocation_map(disk)`` answers "which blocks of this disk hold something a
-backup must copy?": the allocated units of every recognised file system
-(FAT12/16/32 from the FAT, ext2/3/4 from the block bitmaps), and *everything*
-outside recognised file systems (MBR sector, gaps, unknown partitions, unknown
-content) — the safe side for a backup.  Maps of different granularity are
-combined byte by byte: a volume block is allocated when any byte of it is.
+``survey(disk)`` answers "which blocks of this disk hold something a backup
+must copy, and why?": the allocated units of every file system a reader is sure
+of (FAT12/16/32 from the FAT, ext2/3/4 from the block bitmaps), and *everything*
+else (table sectors, gaps, unknown partitions, unknown content, file systems
+whose structures fail their own checks, partitions cut off by the end of the
+image) — the safe side for a backup, with a note per partition saying which
+was which, so nothing is ever left out silently.  ``allocation_map(disk)`` is
+its map alone.  Maps of different granularity are combined byte by byte: a
+volume block is allocated when any byte of it is.
 
 Units: offsets and lengths are in bytes; a :class:`BlockMap`'s positions are in
 its own ``block_size`` — sectors for FAT (``BPB_BytsPerSec``), blocks for ext
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,13 +32,13 @@ from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.base import FileSystem, covered
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
+from blockforensics.fs.mbr import SECTOR, Partition, looks_like_mbr, read_partitions
 
 if TYPE_CHECKING:
     import pandas as pd
-from blockforensics.fs.mbr import SECTOR, looks_like_mbr, read_partitions
 
-__all__ = ["FILESYSTEM_KINDS", "allocation_map", "detect", "filesystem_allocation",
-           "open_filesystem", "partitions"]
+__all__ = ["FILESYSTEM_KINDS", "Region", "Survey", "allocation_map", "detect",
+           "filesystem_allocation", "open_filesystem", "partitions", "survey"]
 
 DiskLike = Disk | str | os.PathLike[str]
 
@@ -52,14 +56,21 @@ def _opened(disk: DiskLike) -> Iterator[Disk]:
         yield raw
 
 
-def _open(disk: Disk, offset: int) -> FileSystem | None:
-    """The file system starting at byte ``offset``, or None when none is recognised."""
+def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
+    """The reader whose signature the bytes at ``offset`` bear, or None."""
     if has_ext_magic(disk.read(offset + SUPERBLOCK_OFFSET, SUPERBLOCK.size)):
-        return ExtFileSystem(disk, offset)
+        return ExtFileSystem
     boot = disk.read(offset, BOOT_SECTOR.size)
     if len(boot) == BOOT_SECTOR.size and bpb_problem(BOOT_SECTOR.parse(boot)) is None:
-        return FatFileSystem(disk, offset)
+        return FatFileSystem
     return None
+
+
+def _open(disk: Disk, offset: int) -> FileSystem | None:
+    """The file system starting at byte ``offset``, or None when none is recognised;
+    FormatError when a signature is there but the structures do not hold together."""
+    reader = _reader(disk, offset)
+    return None if reader is None else reader(disk, offset)
 
 
 def open_filesystem(disk: Disk, offset: int = 0) -> FileSystem:
@@ -118,39 +129,154 @@ def filesystem_allocation(disk: DiskLike, offset: int = 0, length: int | None = 
 def allocation_map(disk: DiskLike, block_size: int | None = None) -> BlockMap:
     """Allocated blocks of the whole disk, at ``block_size`` bytes (default the disk's).
 
-    A bare file system or an MBR disk whose partitions hold file systems:
-    inside each recognised file system its allocated units, everywhere else
-    (MBR sector, gaps, extended-partition EBRs, unknown partitions, unknown
-    content) every byte counts as allocated.  A block is allocated when any of
-    its bytes is.
+    The map of :func:`survey`, which also says what was recognised where.
+    """
+    return survey(disk, block_size).map
+
+
+@dataclass(frozen=True)
+class Region:
+    """What :func:`survey` found in one partition (or on a disk without a table).
+
+    ``blocks`` of the ``total`` disk blocks the region touches are in the map;
+    ``note`` says why all of them are, when the region could not be read.
+    """
+
+    index: int | None  # partition number; None: the whole disk
+    type: str  # partition type ("0x83", a GPT type GUID), "" without a table
+    start_byte: int
+    length_bytes: int
+    filesystem: str | None  # "fat32", "ext4", … or None when not recognised
+    blocks: int
+    total: int
+    note: str = ""
+
+    @property
+    def where(self) -> str:
+        return "whole disk" if self.index is None else f"partition {self.index}"
+
+    def describe(self) -> str:
+        """One line: the file system and the blocks stored, or why all are copied."""
+        if self.note:
+            what = f" ({self.filesystem})" if self.filesystem else ""
+            return f"{self.where}{what}: {self.note}: copying all {self.total} blocks"
+        return f"{self.where} ({self.filesystem}): {self.blocks} of {self.total} blocks allocated"
+
+    def to_json(self) -> dict[str, object]:
+        return {"index": self.index, "type": self.type, "start_byte": self.start_byte,
+                "length_bytes": self.length_bytes, "filesystem": self.filesystem,
+                "blocks": self.blocks, "total_blocks": self.total,
+                "all_blocks": bool(self.note), "note": self.note}
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The allocation map of a disk and, region by region, what it was read from."""
+
+    table: str  # "mbr", "gpt" or "none"
+    map: BlockMap
+    regions: list[Region]
+    notes: list[str] = field(default_factory=list)  # about the table itself
+
+    def report(self) -> list[str]:
+        """Lines for the backup's output: the table, then one per region."""
+        table = "no partition table" if self.table == "none" else (
+            f"partition table: {self.table}, {len(self.regions)} partitions")
+        return [table, *self.notes, *(f"  {r.describe()}" for r in self.regions)]
+
+    def to_json(self) -> dict[str, object]:
+        return {"table": self.table, "notes": self.notes, "block_size": self.map.block_size,
+                "allocated_blocks": self.map.count(), "n_blocks": self.map.n_blocks,
+                "partitions": [r.to_json() for r in self.regions]}
+
+
+def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
+    """Which blocks of the disk a backup must copy, and what was recognised where.
+
+    A bare file system, or a partition table whose partitions hold file systems:
+    inside each file system a reader is sure of, its allocated units; everywhere
+    else (table sectors, gaps, extended-partition EBRs, unknown or unreadable
+    partitions, partitions cut off by the end of the image) every byte counts as
+    allocated, and the region's note says why.  A block is allocated when any
+    of its bytes is.
     """
     with _opened(disk) as d:
         block_size = d.block_size if block_size is None else block_size
-        starts, stops = [], []
-        bounds = [0]  # edges of the recognised areas, in bytes
-        for offset, length in _filesystem_areas(d):
-            fs = open_filesystem(d, offset)
-            fs.check_fits(length)
-            run_starts, run_lengths = fs.allocation().run_arrays()
-            starts.append(offset + run_starts * fs.unit)
-            stops.append(offset + (run_starts + run_lengths) * fs.unit)
-            bounds += [offset, offset + fs.size]
-        bounds.append(d.size)
-        starts.append(np.array(bounds[0::2], dtype=np.int64))  # the gaps between areas
-        stops.append(np.array(bounds[1::2], dtype=np.int64))
-        return _from_byte_runs(np.concatenate(starts), np.concatenate(stops), d.size, block_size)
+        table, found, notes = _partition_table(d)
+        starts: list[np.ndarray] = []
+        stops: list[np.ndarray] = []
+        read: list[tuple[int, int]] = []  # extents of the file systems whose maps are used
+        pending = []
+        for part in found:
+            kind, note = _read_area(d, part, starts, stops, read)
+            pending.append((part, kind, note))
+        outside_starts, outside_stops = _outside(read, d.size)
+        starts.append(outside_starts)
+        stops.append(outside_stops)
+        all_starts, all_stops = np.concatenate(starts), np.concatenate(stops)
+        amap = _from_byte_runs(all_starts, all_stops, d.size, block_size)
+        run_starts, run_lengths = amap.run_arrays()
+        run_stops = run_starts + run_lengths
+        regions = []
+        for part, kind, note in pending:
+            first = part.start_byte // block_size
+            stop = min(-(-(part.start_byte + part.length_bytes) // block_size), amap.n_blocks)
+            inside = np.clip(run_stops, first, stop) - np.clip(run_starts, first, stop)
+            regions.append(Region(part.index, part.type_name, part.start_byte, part.length_bytes,
+                                  kind, int(inside.sum()), max(stop - first, 0), note))
+        return Survey(table, amap, regions, notes)
 
 
-def _filesystem_areas(disk: Disk) -> list[tuple[int, int]]:
-    """``(offset, length)`` in bytes of each recognised file system, in disk order."""
-    kind = detect(disk)
-    if kind in FILESYSTEM_KINDS:
-        return [(0, disk.size)]
-    if kind != "mbr":
-        return []
-    table = partitions(disk)
-    found = table[table["filesystem"].isin(FILESYSTEM_KINDS)].sort_values("start_byte")
-    return list(zip(found["start_byte"].tolist(), found["length_bytes"].tolist()))
+def _partition_table(disk: Disk) -> tuple[str, list[Partition], list[str]]:
+    """The table type, the partitions that may hold file systems, and notes on the table.
+
+    A disk without a table is one partition (index None) covering it.
+    """
+    whole = [Partition(None, 0, False, 0, disk.size, "whole")]
+    if _reader(disk, 0) is not None or not looks_like_mbr(disk.read(0, SECTOR)):
+        return "none", whole, []
+    try:
+        found = read_partitions(disk)
+    except FormatError as exc:
+        return "mbr", whole, [f"unreadable MBR partition table ({exc}): copying all blocks"]
+    return "mbr", [p for p in found if p.kind != "extended"], []
+
+
+def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: list[np.ndarray],
+               read: list[tuple[int, int]]) -> tuple[str | None, str]:
+    """Add the allocated byte runs of the file system in ``part`` (when one is read with
+    certainty) to ``starts``/``stops``; returns its kind and a note when it was not."""
+    end = part.start_byte + part.length_bytes
+    if part.start_byte >= disk.size:
+        return None, f"starts past the end of the image ({disk.size} bytes)"
+    try:
+        fs = _open(disk, part.start_byte)
+    except FormatError as exc:
+        return None, str(exc)
+    if fs is None:
+        return None, "not recognised"
+    try:
+        available = min(part.length_bytes, disk.size - part.start_byte)
+        if end > disk.size:
+            raise FormatError(f"runs past the end of the image at byte {disk.size} (a "
+                              f"truncated copy? --all-blocks copies it without looking)")
+        fs.check_fits(available)
+        run_starts, run_lengths = fs.allocation().run_arrays()
+    except FormatError as exc:
+        return fs.kind, str(exc).removeprefix(f"{fs.name}: ")
+    starts.append(part.start_byte + run_starts * fs.unit)
+    stops.append(part.start_byte + (run_starts + run_lengths) * fs.unit)
+    read.append((part.start_byte, part.start_byte + fs.size))
+    return fs.kind, ""
+
+
+def _outside(extents: list[tuple[int, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte ranges ``[start, stop)`` of the disk outside every extent (which may overlap)."""
+    edges = np.array(sorted(extents), dtype=np.int64).reshape(-1, 2)
+    ends = np.maximum.accumulate(edges[:, 1]) if len(edges) else edges[:, 1]
+    gap_starts = np.r_[0, ends]
+    gap_stops = np.r_[edges[:, 0], size]
+    return gap_starts, np.maximum(gap_stops, gap_starts)
 
 
 def _from_byte_runs(starts: np.ndarray, stops: np.ndarray, total: int,

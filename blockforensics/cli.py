@@ -67,7 +67,7 @@ def _print_table(frame: pd.DataFrame) -> None:
 
 # ------------------------------------------------------------------ commands
 def cmd_backup(args: argparse.Namespace) -> int:
-    from blockforensics.allocation import allocation_map
+    from blockforensics.allocation import survey
     from blockforensics.blockmap import BlockMap
     from blockforensics.image.backup import backup
     from blockforensics.image.chain import Chain
@@ -98,11 +98,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
             if not isinstance(source, NbdDisk):
                 raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
             changed = source.dirty_map(args.bitmap, block_size)
-        only = None if args.all_blocks else allocation_map(source, block_size)
+        found = None if args.all_blocks else survey(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
-                       changed=changed, only=only, block_size=block_size, label=args.label,
-                       compress=args.compress, progress=sys.stderr.isatty())
+                       changed=changed, only=found and found.map, block_size=block_size,
+                       label=args.label, compress=args.compress, progress=sys.stderr.isatty())
     row = chain.rows()[point]
+    if args.json:  # what was recognised per partition, beside the point's own row
+        print(json.dumps({**row, **(found.to_json() if found else {"table": None,
+                                                                  "partitions": []})}, indent=1))
+        return EXIT_OK
+    print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
     print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
           f"{row['stored_bytes']} bytes")
     return EXIT_OK
@@ -332,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the blocks QEMU's dirty bitmap NAME marks (NBD source)")
     p.add_argument("--head-start", metavar="QMP_SOCKET",
                    help="live QEMU: snapshot, head start and bitmap rotation over QMP")
-    p.add_argument("--json", action="store_true", help="with --head-start: blocks and times")
+    p.add_argument("--json", action="store_true",
+                   help="print the point and what was recognised per partition as JSON "
+                        "(with --head-start: blocks and times)")
 
     p = command("list", cmd_list, "list the points of a chain")
     p.add_argument("--json", action="store_true")

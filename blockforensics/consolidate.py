@@ -88,10 +88,12 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
 
     From the root the result is a full image (zero-block records dropped);
     from an incremental ``start`` it is an incremental whose parent is
-    ``start``'s parent.  It takes ``point``'s image id, creation time, label
-    and crypto fields, so children of ``point`` stay linked and every point
-    restores as before.  Merged images that are still parents of branches off
-    the segment stay in the chain (listed in ``kept_for_branches``).
+    ``start``'s parent, inheriting from it no more than the segment did
+    (``hidden_tail``: a shrink inside the segment keeps hiding what lay past it).
+    It takes ``point``'s image id, creation time, label and crypto fields, so
+    children of ``point`` stay linked and every point restores as before.  Merged
+    images that are still parents of branches off the segment stay in the chain
+    (listed in ``kept_for_branches``).
     """
     store = ChainStore(directory)
     if not store.directory.is_dir():
@@ -107,10 +109,12 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
         p = segment[-1]
         full = segment[0] == path[0]
         target = chain.images[p].header
+        inherit = min(chain.images[i].header.inherit_blocks for i in segment)
         header = target.replace(kind=KIND_FULL if full else KIND_INCREMENTAL,
                                 parent_id=NO_PARENT if full
                                 else chain.images[segment[0]].header.parent_id,
-                                written_ns=time.time_ns())
+                                written_ns=time.time_ns(),
+                                hidden_tail=0 if full else target.n_blocks - inherit)
         out = chain.store.pending_path()
         layout = chain.layout(p)
         depths = range(path.index(segment[0]), len(path))

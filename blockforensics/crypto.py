@@ -2,7 +2,9 @@
 
 A chain's *master key* is 32 bytes: read from a key file that holds exactly 32
 bytes, or derived with scrypt from a passphrase (any other key-file content;
-salt and cost parameters live in every image header).  HKDF-SHA-256 turns it
+salt and cost parameters live in every image header).  Key files are read up to
+``MAX_KEY_FILE`` bytes (``/dev/zero`` is refused, not read until memory runs
+out); scrypt parameters read from a header are bounded (``check_scrypt``).  HKDF-SHA-256 turns it
 into four independent subkeys:
 
 - ``enc``: AES-256-GCM, a fresh random 96-bit nonce per block; the associated
@@ -32,12 +34,16 @@ from pathlib import Path
 import numpy as np
 
 from blockforensics import batch
-from blockforensics.errors import CryptoKeyError, UsageError
+from blockforensics.errors import CryptoKeyError, FormatError, UsageError
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
 TAG_SIZE = 16
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per derivation
+MAX_KEY_FILE = 4096  # bytes read from a key file at most
+#: bounds on scrypt parameters from a header: 16 times the default work, 256 MiB
+SCRYPT_MAX_WORK = 16 * SCRYPT_N * SCRYPT_R * SCRYPT_P  # N * r * p
+SCRYPT_MAX_MEMORY = 256 << 20  # 128 * N * r bytes
 _AAD = struct.Struct("<16sQI")  # volume id, block position, storage flags
 _POINT = struct.Struct("<16s16sqQI")  # volume id, image id, created_ns, volume size, block size
 
@@ -51,17 +57,47 @@ class KeySource:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> KeySource:
-        """Read a key file: exactly 32 bytes is a raw key, anything else a passphrase."""
+        """Read a key file: exactly 32 bytes is a raw key, anything else a passphrase
+        (trailing newlines dropped); at most ``MAX_KEY_FILE`` bytes."""
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_KEY_FILE + 1)
         except OSError as exc:
-            raise UsageError(f"{path}: cannot read key file ({exc.strerror})") from exc
+            raise UsageError(f"{path}: cannot read key file ({exc.strerror or exc})") from exc
+        if len(data) > MAX_KEY_FILE:
+            raise UsageError(f"{path}: key file larger than {MAX_KEY_FILE} bytes (a key file "
+                             f"holds {KEY_SIZE} raw bytes or a passphrase)")
         if len(data) == KEY_SIZE:
             return cls(raw_key=data)
         passphrase = data.rstrip(b"\r\n")
         if not passphrase:
             raise UsageError(f"{path}: key file is empty")
         return cls(passphrase=passphrase)
+
+    def master_for(self, params: KdfParams) -> bytes:
+        """The 32-byte master key for a chain whose header says ``params``.
+
+        A raw-key chain takes the key file's 32 bytes — also from a file holding them
+        plus a newline; any other passphrase is refused there.  A passphrase chain
+        stretches the file's content with the header's (bounded) scrypt parameters."""
+        from blockforensics.image.format import KDF_RAW_KEY, KDF_SCRYPT
+
+        if params.kdf == KDF_RAW_KEY:
+            if self.raw_key is not None:
+                return self.raw_key
+            assert self.passphrase is not None
+            if len(self.passphrase) == KEY_SIZE:  # 32 raw bytes and a newline
+                return self.passphrase
+            raise CryptoKeyError(f"the chain is encrypted with a raw {KEY_SIZE}-byte key; "
+                                 f"this key file holds a {len(self.passphrase)}-byte "
+                                 "passphrase")
+        if params.kdf != KDF_SCRYPT:
+            raise FormatError(f"unknown key derivation {params.kdf} in the image header")
+        check_scrypt(params)
+        secret = self.passphrase if self.passphrase is not None else self.raw_key
+        assert secret is not None
+        return hashlib.scrypt(secret, salt=params.salt, n=params.n, r=params.r, p=params.p,
+                              dklen=KEY_SIZE, maxmem=256 * params.n * params.r + (1 << 20))
 
     @classmethod
     def generate_file(cls, path: str | os.PathLike[str]) -> Path:
@@ -93,6 +129,17 @@ class KdfParams:
         if source.raw_key is not None:
             return cls(KDF_RAW_KEY)
         return cls(KDF_SCRYPT, os.urandom(16), SCRYPT_N, SCRYPT_R, SCRYPT_P)
+
+
+def check_scrypt(params: KdfParams) -> None:
+    """FormatError unless a header's scrypt parameters are sane and bounded: N a power
+    of two >= 2, r and p >= 1, N*r*p at most 16 times the default work, 128*N*r bytes
+    at most 256 MiB (a hostile header must not buy minutes of CPU or gigabytes)."""
+    n, r, p = params.n, params.r, params.p
+    if n < 2 or n & (n - 1) or r < 1 or p < 1 or n * r * p > SCRYPT_MAX_WORK \
+            or 128 * n * r > SCRYPT_MAX_MEMORY:
+        raise FormatError(f"scrypt parameters N={n} r={r} p={p} in the image header are "
+                          "out of bounds (damaged or hostile header)")
 
 
 class ChainKeys:
@@ -129,14 +176,7 @@ class ChainKeys:
     @classmethod
     def derive(cls, source: KeySource, params: KdfParams, volume_id: bytes) -> ChainKeys:
         """Master key from the key source and the header's KDF parameters."""
-        if source.raw_key is not None:
-            master = source.raw_key
-        else:
-            assert source.passphrase is not None
-            master = hashlib.scrypt(source.passphrase, salt=params.salt, n=params.n,
-                                    r=params.r, p=params.p, dklen=KEY_SIZE,
-                                    maxmem=256 * params.n * params.r + (1 << 20))
-        return cls(master, volume_id)
+        return cls(source.master_for(params), volume_id)
 
     def check(self, expected: bytes, where: str) -> None:
         """CryptoKeyError unless these keys produce the header's key check value."""

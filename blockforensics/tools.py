@@ -32,6 +32,17 @@ PACKAGES = {
     "e2fsck": "e2fsprogs",
     "busybox": "busybox-static",
     "cpio": "cpio",
+    "tsk_recover": "sleuthkit",
+    "fsstat": "sleuthkit",
+    "mkfs.fat": "dosfstools",
+    "fsck.fat": "dosfstools",
+    "sgdisk": "gdisk",
+    "mkntfs": "ntfs-3g",
+    "ntfs-3g": "ntfs-3g",
+    "ntfscluster": "ntfs-3g",
+    "ntfsfix": "ntfs-3g",
+    "mkfs.exfat": "exfatprogs",
+    "fsck.exfat": "exfatprogs",
 }
 
 

@@ -31,6 +31,7 @@ from blockforensics.allocation import (
     filesystem_allocation,
     open_filesystem,
     partitions,
+    survey,
 )
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
@@ -92,9 +93,10 @@ def partitioned(img: Path, size: int, table: str) -> Path:
 
 
 def tsk_allocated(img: Path, n_units: int, expect_unit: str, sector_offset: int = 0,
-                  flag: str = "-a") -> np.ndarray:
+                  flag: str = "-a", fstype: str | None = None) -> np.ndarray:
     """Units ``blkls -l`` lists (``-a`` allocated, ``-A`` unallocated) as bools."""
-    lines = run("blkls", "-l", flag, "-o", str(sector_offset), str(img)).splitlines()
+    typed = ["-f", fstype] if fstype else []
+    lines = run("blkls", *typed, "-l", flag, "-o", str(sector_offset), str(img)).splitlines()
     header = dict(zip(lines[0].split("|"), lines[1].split("|")))
     assert header["unit"] == expect_unit
     assert lines[2] == "addr|alloc"
@@ -295,6 +297,23 @@ def test_mbr_partitions(mbr_disk: Path) -> None:
     assert table["filesystem"].tolist() == ["fat16", "ext4"]
 
 
+def test_truncated_image_copies_the_cut_partition_whole(mbr_disk: Path, work: Path) -> None:
+    """``head -c 40M``: partition 1 (FAT16) is whole, partition 2 (ext4) runs past the end."""
+    cut = work / "mbr-cut.img"
+    cut.write_bytes(mbr_disk.read_bytes()[: 40 * MIB])
+    found = survey(cut, 4096)
+    fat, ext = found.regions
+    assert (fat.filesystem, fat.note) == ("fat16", "")
+    expected = filesystem_allocation(mbr_disk, 2048 * SECTOR, 40960 * SECTOR)
+    assert fat.blocks == expected.rescale(4096).count()
+    assert ext.filesystem == "ext4" and "past the end of the image" in ext.note
+    assert ext.blocks == ext.total == 40 * MIB // 4096 - 45056 * SECTOR // 4096
+    assert "--all-blocks" in ext.note
+    bools = found.map.to_bools()
+    assert bools[45056 * SECTOR // 4096 :].all()
+    assert found.table == "mbr" and "partition 2 (ext4)" in "\n".join(found.report())
+
+
 def test_mbr_map_is_union_of_partitions_and_outside(mbr_disk: Path) -> None:
     size = mbr_disk.stat().st_size
     table = partitions(mbr_disk)
@@ -365,7 +384,9 @@ def test_unknown_content_is_all_allocated(work: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["fat16", "ext4-4k"])
-def test_truncated_is_a_format_error(work: Path, case: str) -> None:
+def test_truncated_is_a_format_error_or_all_blocks(work: Path, case: str) -> None:
+    """Asked for one file system's map, a truncated volume is an error; asked what to
+    back up, it is copied whole and the survey says why."""
     require_tools("mkfs.vfat", "mkfs.ext4")
     img = work / f"truncated-{case}.img"
     if case in FAT_CASES:
@@ -376,11 +397,62 @@ def test_truncated_is_a_format_error(work: Path, case: str) -> None:
         make_ext(img, size, mkfs, options, {}, [], work)
     with img.open("r+b") as fh:
         fh.truncate(size // 2)
-    for call in (filesystem_allocation, allocation_map):
-        with pytest.raises(FormatError, match="truncated") as info:
-            call(img)
-        assert "\n" not in str(info.value)
+    with pytest.raises(FormatError, match="truncated") as info:
+        filesystem_allocation(img)
+    assert "\n" not in str(info.value)
+    found = survey(img, 4096)
+    assert found.map == BlockMap.full(size // 2 // 4096, 4096)
+    [region] = found.regions
+    assert region.filesystem == case.split("-")[0]
+    assert "truncated" in region.note and region.blocks == region.total == size // 2 // 4096
     with img.open("r+b") as fh:
         fh.truncate(700)  # not even a whole superblock / boot sector region
     with pytest.raises(FormatError):
         filesystem_allocation(img)
+
+
+# ------------------------------------------------------------ FAT type rules
+@pytest.mark.parametrize("size, options", [(32 * MIB, ["-F", "32"]),
+                                           (256 * MIB, ["-F", "32", "-s", "64"])])
+def test_fat32_below_65525_clusters_is_fat32(work: Path, size: int, options: list[str]) -> None:
+    """BPB_FATSz16 == 0 makes FAT32 whatever the cluster count (Linux, Windows); TSK
+    guesses FAT16 from the count, so it is told the type.  (Filled volumes:
+    test_fat32_small.py.)"""
+    require_tools("mkfs.fat", "blkls")
+    img = work / f"fat32-small-{size}.img"
+    make_fat(img, size, options, {}, [], work)
+    with RawDisk(img) as disk:
+        fs = open_filesystem(disk)
+        assert isinstance(fs, FatFileSystem) and fs.n_clusters < 65525
+    assert detect(img) == "fat32"
+    mine = filesystem_allocation(img)
+    assert_same(mine, tsk_allocated(img, mine.n_blocks, "Sector", fstype="fat32"), img.name)
+
+
+def patched(src: Path, dst: Path, offset: int, value: bytes) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset : offset + len(value)] = value
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("field, value, why", [
+    (0x16, None, "FAT32 count"),  # BPB_FATSz16 = BPB_FATSz32: a FAT16 BPB, 130k clusters
+    (0x2C, (0x0FFFFFF).to_bytes(4, "little"), "root directory cluster"),  # BPB_RootClus
+    (0x24, (8).to_bytes(4, "little"), "cannot hold"),  # BPB_FATSz32: a FAT of 8 sectors
+])
+def test_fat_type_rules_that_disagree_copy_all_blocks(work: Path, field: int,
+                                                      value: bytes | None, why: str) -> None:
+    require_tools("mkfs.fat")
+    img = make_fat(work / "fat32-big.img", 64 * MIB, ["-F", "32", "-s", "1"], FILES, [], work)
+    if value is None:
+        with RawDisk(img) as disk:
+            value = FatFileSystem(disk).fat_sectors.to_bytes(2, "little")
+    bad = patched(img, work / "fat-disagree.img", field, value)
+    with pytest.raises(FormatError, match=why):
+        filesystem_allocation(bad)
+    found = survey(bad, 4096)
+    assert found.map == BlockMap.full(64 * MIB // 4096, 4096)
+    [region] = found.regions
+    assert why in region.note and region.blocks == region.total
+    assert why in region.describe() and "copying all 16384 blocks" in region.describe()

@@ -7,6 +7,10 @@ first to the built-ins that look for a signature (chain, VHD); only when none
 claims it are the entry points read (importing ``importlib.metadata`` and
 scanning the installed packages costs about 25 ms) and every plugin probed in
 priority order, the raw catch-all last.
+
+A third-party plugin that fails — it does not import, is not a Format, or its
+probe raises — is set aside and named (one warning line on stderr, and in the
+error when no plugin claims a file); the others keep working.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import sys
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -47,15 +52,46 @@ def _builtins() -> dict[str, type[Format]]:
     return {name: _load(target) for name, target in _BUILTINS.items()}
 
 
+#: third-party plugins set aside: name -> why (one line)
+BROKEN: dict[str, str] = {}
+
+
+def _set_aside(name: str, target: str, exc: BaseException) -> None:
+    if name not in BROKEN:
+        BROKEN[name] = f"{name} ({target}): {type(exc).__name__}: {exc}".splitlines()[0]
+        print(f"blockforensics: warning: reader plugin {BROKEN[name]}; skipped",
+              file=sys.stderr)
+
+
 def formats() -> dict[str, type[Format]]:
-    """Every known plugin by name, in probing order."""
+    """Every known working plugin by name, in probing order (broken ones: BROKEN)."""
     from importlib.metadata import entry_points
 
     found = dict(_builtins())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in found:
-            found[ep.name] = ep.load()
+        if ep.name in found or ep.name in BROKEN:
+            continue
+        try:
+            plugin = ep.load()
+            if not (isinstance(plugin, type) and issubclass(plugin, Format)):
+                raise TypeError("not a blockforensics.formats.Format subclass")
+            int(plugin.priority)
+        except Exception as exc:  # a third party's failure must not stop the others
+            _set_aside(ep.name, ep.value, exc)
+            continue
+        found[ep.name] = plugin
     return dict(sorted(found.items(), key=lambda item: item[1].priority))
+
+
+def _claims(name: str, plugin: type[Format], path: str | os.PathLike[str]) -> bool:
+    """Whether ``plugin`` claims ``path``; a third-party probe that raises is set aside."""
+    if name in _BUILTINS:
+        return plugin.probe(path)
+    try:
+        return bool(plugin.probe(path))
+    except Exception as exc:
+        _set_aside(name, f"{plugin.__module__}.{plugin.__qualname__}", exc)
+        return False
 
 
 def probe(path: str | os.PathLike[str]) -> type[Format]:
@@ -74,10 +110,11 @@ def probe(path: str | os.PathLike[str]) -> type[Format]:
     for plugin in sorted(signed, key=lambda plugin: plugin.priority):
         if plugin.probe(path):
             return plugin
-    for plugin in formats().values():
-        if plugin not in signed and plugin.probe(path):
+    for name, plugin in formats().items():
+        if plugin not in signed and name not in BROKEN and _claims(name, plugin, path):
             return plugin
-    raise UsageError(f"{path}: no reader plugin recognises this format")
+    skipped = f" (broken plugins skipped: {'; '.join(BROKEN.values())})" if BROKEN else ""
+    raise UsageError(f"{path}: no reader plugin recognises this format{skipped}")
 
 
 def open_disk(
@@ -88,6 +125,8 @@ def open_disk(
     ``parent`` names the parent of a differencing image, for plugins that take one."""
     if format is not None:
         known = _builtins() if format in _BUILTINS else formats()
+        if format in BROKEN:
+            raise UsageError(f"reader plugin {BROKEN[format]}")
         if format not in known:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(known)}")
         plugin = known[format]

@@ -4,8 +4,18 @@ Layout of a FAT volume, in sectors of ``BPB_BytsPerSec`` bytes: the reserved
 region (``BPB_RsvdSecCnt``, starting with the boot sector), ``BPB_NumFATs``
 copies of the FAT, the fixed root directory (FAT12/16 only), then the data
 region of clusters numbered from 2.  A cluster is allocated when its FAT entry
-is non-zero (in use, end of chain, or marked bad).  The FAT type is decided by
-the count of clusters, never by the ``BS_FilSysType`` label.
+is non-zero (in use, end of chain, or marked bad).
+
+The FAT type is decided as Linux (``fs/fat/inode.c``) and Windows (fastfat)
+decide it, never by the ``BS_FilSysType`` label: a boot sector with
+``BPB_FATSz16 == 0`` carries the FAT32 BPB and the volume is FAT32 whatever its
+cluster count (``mkfs.fat -F 32`` makes FAT32 volumes of fewer than 65,525
+clusters, the count the specification names); otherwise the count of clusters
+chooses FAT12 or FAT16.  The count cross-checks the BPB: a FAT12/16 BPB with
+65,525 clusters or more, a FAT32 BPB with a fixed root directory or a root
+cluster outside the volume, or a FAT too small for the clusters, is not a
+volume this reader can be sure of (FormatError; the backup then copies every
+block and says why).
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ BOOT_SECTOR = Structure("FatBootSector", 512, [
     (0x20, "I", "BPB_TotSec32"),
     (0x24, "I", "BPB_FATSz32"),
     (0x28, "H", "BPB_ExtFlags"),
+    (0x2A, "H", "BPB_FSVer"),
+    (0x2C, "I", "BPB_RootClus"),
 ])
 JUMP_OPCODES = (0xEB, 0xE9)
 SECTOR_SIZES = (512, 1024, 2048, 4096)
@@ -42,6 +54,8 @@ DIR_ENTRY_SIZE = 32
 #: cluster counts below these are FAT12, FAT16 (spec, "FAT Type Determination")
 MAX_FAT12_CLUSTERS = 4085
 MAX_FAT16_CLUSTERS = 65525
+#: FAT32 cluster numbers are 28 bits; 0x0FFFFFF7 and up are bad/end-of-chain marks
+MAX_FAT32_CLUSTERS = 0x0FFFFFF5
 FAT32_ENTRY_MASK = 0x0FFFFFFF
 #: BPB_ExtFlags: bit 7 set = only the FAT numbered in bits 0-3 is active
 EXT_FLAGS_NO_MIRRORING = 0x80
@@ -64,7 +78,9 @@ class FatFileSystem(FileSystem):
         self.bpb = bpb
         self.unit = bpb.BPB_BytsPerSec
         self.sectors_per_cluster = bpb.BPB_SecPerClus
-        self.fat_sectors = bpb.BPB_FATSz16 or bpb.BPB_FATSz32
+        #: a FAT32 BPB (Linux and Windows: ``BPB_FATSz16 == 0``)
+        fat32 = bpb.BPB_FATSz16 == 0
+        self.fat_sectors = bpb.BPB_FATSz32 if fat32 else bpb.BPB_FATSz16
         self.total_sectors = bpb.BPB_TotSec16 or bpb.BPB_TotSec32
         root_dir_sectors = -(-bpb.BPB_RootEntCnt * DIR_ENTRY_SIZE // self.unit)
         #: first sector of cluster 2 (reserved + FATs + fixed root directory before it)
@@ -74,17 +90,37 @@ class FatFileSystem(FileSystem):
             raise FormatError(f"{self.name}: no data region (metadata fills all "
                               f"{self.total_sectors} sectors)")
         self.n_clusters = (self.total_sectors - self.first_data_sector) // self.sectors_per_cluster
-        if self.n_clusters < MAX_FAT12_CLUSTERS:
-            self.kind, entry_bits = "fat12", 12
-        elif self.n_clusters < MAX_FAT16_CLUSTERS:
-            self.kind, entry_bits = "fat16", 16
+        if fat32:
+            self.kind, self.entry_bits = "fat32", 32
+        elif self.n_clusters < MAX_FAT12_CLUSTERS:
+            self.kind, self.entry_bits = "fat12", 12
         else:
-            self.kind, entry_bits = "fat32", 32
-        self.entry_bits = entry_bits
+            self.kind, self.entry_bits = "fat16", 16
         self.size = self.total_sectors * self.unit
-        if -(-(self.n_clusters + FIRST_CLUSTER) * entry_bits // 8) > self.fat_sectors * self.unit:
-            raise FormatError(f"{self.name}: a FAT of {self.fat_sectors} sectors cannot hold "
-                              f"{self.n_clusters} clusters")
+        problem = self._type_problem()
+        if problem:
+            raise FormatError(f"{self.name}: {problem}")
+
+    def _type_problem(self) -> str | None:
+        """Why the BPB's type and the cluster count disagree, or None when they agree."""
+        bpb, n = self.bpb, self.n_clusters
+        if self.kind == "fat32":
+            checks = [
+                (bpb.BPB_RootEntCnt == 0,
+                 f"FAT32 BPB with a fixed root directory of {bpb.BPB_RootEntCnt} entries"),
+                (bpb.BPB_FSVer == 0, f"FAT32 version {bpb.BPB_FSVer:#x}"),
+                (n <= MAX_FAT32_CLUSTERS, f"{n} clusters, more than FAT32 can number"),
+                (FIRST_CLUSTER <= bpb.BPB_RootClus < FIRST_CLUSTER + n,
+                 f"root directory cluster {bpb.BPB_RootClus} outside clusters 2..{n + 1}"),
+            ]
+        else:
+            checks = [(n < MAX_FAT16_CLUSTERS,
+                       f"FAT16 BPB (BPB_FATSz16 = {bpb.BPB_FATSz16}) but {n} clusters, "
+                       f"a FAT32 count")]
+        checks.append((
+            -(-(n + FIRST_CLUSTER) * self.entry_bits // 8) <= self.fat_sectors * self.unit,
+            f"a FAT of {self.fat_sectors} sectors cannot hold {n} clusters"))
+        return next((why for ok, why in checks if not ok), None)
 
     @property
     def cluster_size(self) -> int:

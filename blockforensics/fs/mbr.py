@@ -39,14 +39,23 @@ MAX_LOGICAL = 128
 
 @dataclass(frozen=True)
 class Partition:
-    """One partition; ``start_byte``/``length_bytes`` in bytes from the disk's start."""
+    """One partition; ``start_byte``/``length_bytes`` in bytes from the disk's start,
+    as the table declares them (a truncated image may end before a partition does)."""
 
-    index: int
-    type: int
+    index: int | None  # None: the whole disk of a disk without a table
+    type: int | str  # MBR type byte, or GPT partition type GUID
     bootable: bool
     start_byte: int
     length_bytes: int
-    kind: str  # "primary", "extended" or "logical"
+    kind: str  # "primary", "extended", "logical", "gpt" or "whole"
+    name: str = ""  # GPT partition name
+
+    @property
+    def type_name(self) -> str:
+        """The type as printed: ``0x83`` for MBR, the GUID for GPT, "" for a whole disk."""
+        if self.kind == "whole":
+            return ""
+        return f"{self.type:#04x}" if isinstance(self.type, int) else self.type
 
 
 def _entries(sector: bytes) -> np.ndarray:
@@ -75,7 +84,7 @@ def read_partitions(disk: Disk) -> list[Partition]:
         if entry["type"] == 0:
             continue
         kind = "extended" if entry["type"] in EXTENDED_TYPES else "primary"
-        found.append(_partition(number, entry, 0, kind, disk.size))
+        found.append(_partition(number, entry, 0, kind))
         if kind == "extended" and extended_start is None:
             extended_start = int(entry["lba_first"])
     if extended_start is not None:
@@ -83,12 +92,9 @@ def read_partitions(disk: Disk) -> list[Partition]:
     return found
 
 
-def _partition(index: int, entry: np.void, base_lba: int, kind: str, disk_size: int) -> Partition:
+def _partition(index: int, entry: np.void, base_lba: int, kind: str) -> Partition:
     start = (base_lba + int(entry["lba_first"])) * SECTOR
     length = int(entry["sector_count"]) * SECTOR
-    if start + length > disk_size:
-        raise FormatError(f"partition {index} (sectors {start // SECTOR}+{length // SECTOR}) "
-                          f"runs past the end of the disk ({disk_size} bytes)")
     return Partition(index, int(entry["type"]), bool(entry["status"] & BOOTABLE),
                      start, length, kind)
 
@@ -103,7 +109,7 @@ def _logical(disk: Disk, extended_lba: int) -> list[Partition]:
             raise FormatError(f"broken extended partition: no EBR at sector {ebr_lba}")
         this, link = _entries(sector)[:2]
         if this["type"] != 0:
-            logical.append(_partition(index, this, ebr_lba, "logical", disk.size))
+            logical.append(_partition(index, this, ebr_lba, "logical"))
         if link["type"] == 0:
             return logical
         ebr_lba = extended_lba + int(link["lba_first"])

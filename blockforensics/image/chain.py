@@ -104,7 +104,10 @@ def open_codec(header: Header | None, key: KeySource | None, where: str) -> Bloc
     if key is None:
         raise CryptoKeyError(f"{where}: the chain is encrypted; give its key (--key-file)")
     params = KdfParams(header.kdf, header.salt, header.kdf_n, header.kdf_r, header.kdf_p)
-    keys = ChainKeys.derive(key, params, header.volume_id)
+    try:
+        keys = ChainKeys.derive(key, params, header.volume_id)
+    except (CryptoKeyError, FormatError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
     keys.check(header.key_check, where)
     return EncryptedCodec(keys, header.block_size)
 
@@ -324,8 +327,8 @@ class Chain:
         n_blocks = path[-1].header.n_blocks
         owner = np.full(n_blocks, -1, dtype=np.int16)
         entry = np.zeros(n_blocks, dtype=np.int64)
-        for depth, img in enumerate(path):
-            owner[img.header.n_blocks:] = -1  # a volume that shrank hides what lay beyond
+        for depth, img in enumerate(path):  # the reading rule of docs/FORMAT.md
+            owner[img.header.inherit_blocks:] = -1  # what lay past a shrink is gone
             positions = img.index["position"].astype(np.int64)
             keep = positions < n_blocks
             owner[positions[keep]] = depth
@@ -375,7 +378,7 @@ class Chain:
         return base.replace(
             kind=KIND_FULL if parent is None else KIND_INCREMENTAL,
             parent_id=NO_PARENT if parent is None else self.images[parent].header.image_id,
-            image_id=new_id(), volume_size=volume_size,
+            image_id=new_id(), volume_size=volume_size, hidden_tail=0,
             created_ns=now if created_ns is None else created_ns, written_ns=now)
 
     def writer(self, header: Header, *, compress: bool = False) -> ImageWriter:

@@ -81,6 +81,9 @@ class Header:
     key_check: bytes = bytes(32)  # HMAC proving the key, see crypto.py
     label: str = ""  # free text, e.g. "quiesced snapshot 2" (UTF-8, <= 64 bytes)
     point_mac: bytes = bytes(32)  # encrypted chains: keyed digest of the whole point, see crypto
+    #: blocks at the end of this volume not inherited from the parent (a consolidation
+    #: merged a shrink); 0 for every image a backup writes
+    hidden_tail: int = 0
     version: int = FORMAT_VERSION
     magic: bytes = HEADER_MAGIC
 
@@ -90,7 +93,7 @@ class Header:
         ("block_size", "I"), ("volume_size", "Q"), ("created_ns", "q"), ("written_ns", "q"),
         ("image_id", "16s"), ("parent_id", "16s"), ("volume_id", "16s"),
         ("kdf_n", "I"), ("kdf_r", "I"), ("kdf_p", "I"), ("salt", "16s"), ("key_check", "32s"),
-        ("label", "64s"), ("point_mac", "32s"),
+        ("label", "64s"), ("point_mac", "32s"), ("hidden_tail", "Q"),
     )
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<" + "".join(c for _, c in LAYOUT))
 
@@ -105,6 +108,12 @@ class Header:
     @property
     def n_blocks(self) -> int:
         return -(-self.volume_size // self.block_size)
+
+    @property
+    def inherit_blocks(self) -> int:
+        """Positions ``0 .. inherit_blocks-1`` may be read from the parent; positions past
+        them read as zeros unless this image holds them (docs/FORMAT.md, reading rule)."""
+        return self.n_blocks - self.hidden_tail
 
     @property
     def created(self) -> datetime:
@@ -134,7 +143,8 @@ class Header:
         values["label"] = values["label"].rstrip(b"\0").decode(errors="replace")
         header = cls(**values)
         if header.kind not in KIND_NAMES or header.block_size < 512 \
-                or header.block_size & (header.block_size - 1):
+                or header.block_size & (header.block_size - 1) \
+                or header.hidden_tail > header.n_blocks:
             raise FormatError(f"{name}: header has impossible values")
         return header
 
