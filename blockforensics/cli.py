@@ -100,7 +100,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             changed = source.dirty_map(args.bitmap, block_size)
         found = None if args.all_blocks else survey(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
-                       changed=changed, only=found and found.map, block_size=block_size,
+                       changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
     row = chain.rows()[point]
     if args.json:  # what was recognised per partition, beside the point's own row
@@ -114,12 +114,17 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    frame = _open_chain(args, clean=False).table()
+    rows = _open_chain(args, clean=False).rows()  # no DataFrame: pandas costs 0.3 s to load
     if args.json:
-        records = json.loads(frame.to_json(orient="records"))
-        print(json.dumps(records, indent=1))
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("(empty)")
     else:
-        _print_table(frame)
+        cells = [list(rows[0])] + [["<NA>" if v is None else str(v) for v in row.values()]
+                                   for row in rows]
+        widths = [max(map(len, column)) for column in zip(*cells)]
+        for line in cells:
+            print(" ".join(cell.rjust(width) for cell, width in zip(line, widths)))
     return EXIT_OK
 
 
@@ -141,8 +146,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
     for problem in report.problems:
         print(problem)
+    history = _went_back(args.chain)
+    for went_back in history:
+        print(went_back)
     print(report)
-    return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+    return EXIT_OK if report.ok and not history else EXIT_CHECK_FAILED
+
+
+def _went_back(directory: str) -> list[str]:
+    """What went back in time since this machine's record of the chain (see History)."""
+    from blockforensics.image.chain import Chain
+    from blockforensics.image.store import History
+
+    try:
+        with Chain.open(directory) as chain:
+            ids = [img.header.image_id for img in chain.images]
+            return History(directory).compare(chain.manifest, ids)
+    except BlockforensicsError:
+        return []  # a chain that does not open: verify has said why
 
 
 def cmd_consolidate(args: argparse.Namespace) -> int:
@@ -171,13 +192,42 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
+    chain = _open_chain(args, clean=False)
+    if args.out:
+        from blockforensics.fileio import check_output
+
+        check_output(args.out, force=args.force)
+    if args.format != "table":
+        from blockforensics import timeline_formats
+
+        if args.out:
+            timeline_formats.write(chain, args.format, args.out)
+            print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(timeline_formats.render(chain, args.format))
+        return EXIT_OK
     from blockforensics import forensics
 
-    frame = forensics.timeline(_open_chain(args, clean=False))
-    if args.json:
-        print(frame.to_json(orient="records", indent=1))
+    frame = forensics.timeline(chain)
+    text = frame.to_json(orient="records", indent=1) if args.json else (
+        frame.to_string(index=False) if len(frame) else "(empty)")
+    if args.out:
+        from blockforensics.fileio import atomic_writer
+
+        with atomic_writer(args.out) as fh:
+            fh.write((text + "\n").encode())
     else:
-        _print_table(frame)
+        print(text)
+    return EXIT_OK
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from blockforensics.tsk import extract
+
+    chain = _open_chain(args, clean=False)
+    out, size, deleted = extract(chain, args.point, args.path, args.out, force=args.force)
+    print(f"extracted {args.path} ({size} bytes{', deleted' if deleted else ''}) "
+          f"from point {chain.point(args.point)} to {out}")
     return EXIT_OK
 
 
@@ -255,11 +305,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
         case = build_investigation(args.out, fs=args.fs, seed=args.seed)
         print(f"chain {case.chain_dir} ({case.fs}, {len(case.truth)} known changes); "
               f"the live volume is {case.image}")
+    elif args.kind == "ransomware":
+        from blockforensics.datasets.ransomware import build_ransomware
+
+        sample = build_ransomware(args.out, fs=args.fs, seed=args.seed)
+        print(f"chain {sample.chain_dir} ({sample.fs}, 8 days: benign, then three attacks; "
+              f"last clean point {sample.last_clean_point})")
     else:
         from blockforensics.datasets.bootdisk import build_boot_disk
 
         print(f"bootable disk {build_boot_disk(args.out)}")
     return EXIT_OK
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from blockforensics.fleet import run_fleet
+
+    result = run_fleet(args.fleet_command, args.dirs, scheduler=args.scheduler,
+                       workers=args.workers, rules=args.rules, progress=sys.stderr.isatty())
+    print(json.dumps(result.records, indent=1) if args.json else result.report())
+    failed = result.errors() or (args.fleet_command == "verify" and not all(
+        r["result"]["ok"] for r in result.records))
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -369,8 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     key_option(p)
 
-    p = command("timeline", cmd_timeline, "per point: blocks and files changed")
-    p.add_argument("--json", action="store_true")
+    p = command("timeline", cmd_timeline, "per point: blocks and files changed; with "
+                "--format, every file version (MACB times, inode, hashes)")
+    p.add_argument("--format", default="table",
+                   choices=["table", "bodyfile", "l2tcsv", "jsonl", "dfxml"])
+    p.add_argument("-o", "--out", help="write to this file (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--json", action="store_true", help="the table as JSON")
+    key_option(p)
+
+    p = command("extract", cmd_extract, "write one file as it was at a point (deleted "
+                "files too, while The Sleuth Kit reaches them)")
+    p.add_argument("point", help="point index or image file name")
+    p.add_argument("path", help="the file's path at that point, e.g. /docs/report.txt")
+    p.add_argument("out", help="file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     key_option(p)
 
     p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
@@ -406,10 +486,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)
-    p.add_argument("kind", choices=["investigation", "bootdisk"])
+    p.add_argument("kind", choices=["investigation", "ransomware", "bootdisk"])
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)
+
+    p = command("fleet", cmd_fleet, "triage, verify or timeline many chains on Dask, one task "
+                "per chain", chain=None)
+    p.add_argument("fleet_command", choices=["triage", "verify", "timeline"])
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a chain, or a folder of chains")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a running Dask scheduler, e.g. tcp://host:8786 (default: a local "
+                        "cluster of worker processes)")
+    p.add_argument("--workers", type=_positive_int, help="local worker processes (default: "
+                   "one per core)")
+    p.add_argument("--rules", metavar="DIR", help="triage: extra YARA rules")
+    p.add_argument("--json", action="store_true",
+                   help='one object per chain: {"path", "status", "error", "result"}')
 
     p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=None)
     p.add_argument("--out", default="blockforensics-demo", help="directory for results")
@@ -423,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except BlockforensicsError as exc:
         print(f"blockforensics: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()
         return EXIT_OK

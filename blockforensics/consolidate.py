@@ -30,7 +30,7 @@ from blockforensics.errors import ChainError, UsageError
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
-from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.image.store import ChainStore
 from blockforensics.progress import progress_bar
 
@@ -140,7 +140,9 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
         name = chain.store.new_name(_WORDS[header.kind], like=merged[-1])
         new_names = [name if n == merged[-1] else n
                      for n in names if n == merged[-1] or n not in removed]
-        chain.store.switch(new_names, add={name: out}, remove=removed, expect=chain.manifest)
+        ids = {img.name: img.header.image_id for img in chain.images} | {name: header.image_id}
+        chain.store.switch(new_names, add={name: out}, remove=removed, expect=chain.manifest,
+                           ids=[ids[n] for n in new_names])
     before = sum(sizes.values())
     return ConsolidationResult(
         directory, merged, name, KIND_NAMES[header.kind], blocks, before,
@@ -194,6 +196,7 @@ def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBloc
         first = int(start[i])
         buf = np.empty(int(end[j - 1]) - first, dtype=np.uint8)
         image.read_into(buf, first)
+        check_stored(image.name, buf, start[i:j] - first, records[i:j])  # copy no damage
         lo, hi = start[i:j] - first, end[i:j] - first
         cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
         payload = buf.data if not len(cuts) else b"".join(
@@ -218,7 +221,8 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
     By creation time (UTC): the newest ``keep_last`` points are kept; of the
     older points, the newest point of each of the ``daily`` most recent days
     and of each of the ``weekly`` most recent ISO weeks that have older points
-    is kept too.  Every other point goes: a leaf no kept point depends on is
+    is kept too, and in an encrypted chain the newest point written (its manifest
+    seal names it).  Every other point goes: a leaf no kept point depends on is
     deleted; a point with exactly one remaining child is merged into it (the
     run of such points down to the next kept point becomes one consolidation,
     recorded in ``into``), so every kept point restores exactly as before; a
@@ -234,6 +238,8 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
     reasons: list[list[str]] = [[] for _ in range(n)]
     for i in newest_first[:keep_last]:
         reasons[i].append(f"last {keep_last}")
+    if chain.encrypted and not reasons[n - 1]:  # the seal needs the newest written point
+        reasons[n - 1].append("newest written (encrypted chain)")
     for rule, buckets, count in (("daily", times.strftime("%Y-%m-%d"), daily),
                                  ("weekly", times.strftime("%G-W%V"), weekly)):
         seen: list[str] = []
@@ -274,11 +280,12 @@ def apply_retention(directory: str | os.PathLike[str], *, keep_last: int, daily:
         with Chain.open(store.directory) as chain:
             plan = retention_plan(chain, keep_last=keep_last, daily=daily, weekly=weekly)
             manifest = chain.manifest
+            ids = {img.name: img.header.image_id for img in chain.images}
         files = plan["file"].tolist()
         deleted = plan.loc[plan["action"] == "delete", "file"].tolist()
         if deleted:
-            store.switch([f for f in files if f not in deleted], remove=deleted,
-                         expect=manifest)
+            kept = [f for f in files if f not in deleted]
+            store.switch(kept, remove=deleted, expect=manifest, ids=[ids[f] for f in kept])
         results = []
         merges = plan[plan["action"] == "merge"]
         for target, group in merges.groupby("into", sort=True):

@@ -201,6 +201,16 @@ class ChainKeys:
         state.update(np.ascontiguousarray(digests, dtype=np.uint8).data)
         return state.digest()
 
+    def seal(self, generation: int, points: list[tuple[bytes, bytes]]) -> bytes:
+        """Keyed digest of a chain's manifest: the switch ``generation`` it was made at and
+        the ordered ``(image id, point_mac)`` of every point sealed so far, so dropping,
+        reordering or swapping points — or lowering the generation — is seen."""
+        state = hmac.new(self._point, b"blockforensics manifest seal" + self.volume_id
+                         + struct.pack("<QI", generation, len(points)), hashlib.sha256)
+        for image_id, point_mac in points:
+            state.update(image_id + point_mac)
+        return state.digest()
+
     def encrypt(self, position: int, flags: int, plaintext: bytes, nonce: bytes) -> bytes:
         """``nonce || ciphertext || tag`` bound to (chain, position, flags)."""
         aad = _AAD.pack(self.volume_id, position, flags)

@@ -1,7 +1,9 @@
 """Exceptions the command line turns into one-line messages and exit codes.
 
-``BlockforensicsError`` and its subclasses mean *bad input* (exit 2);
-a failed check (verify, boot, compare) is reported by return value, not raised.
+``BlockforensicsError`` and its subclasses mean *bad input* (exit 2), except
+:class:`IntegrityError`: stored data that fails its check while being read (exit 1,
+like a failed verify).  A failed check of a whole run (verify, boot, compare) is
+reported by return value, not raised.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 class BlockforensicsError(Exception):
     """Base class: a problem with the user's input, reported in one line (exit 2)."""
+
+    exit_code: int = 2
 
 
 class UsageError(BlockforensicsError):
@@ -25,3 +29,10 @@ class ChainError(BlockforensicsError):
 
 class CryptoKeyError(BlockforensicsError):
     """A missing or wrong key for an encrypted chain."""
+
+
+class IntegrityError(FormatError):
+    """Stored bytes that do not match their digest or authentication tag, or a point that
+    depends on a damaged image: the read stops, naming the image and block (exit 1)."""
+
+    exit_code = 1

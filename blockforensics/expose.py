@@ -20,6 +20,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from typing import Any
 
 import mfusepy
 
-from blockforensics.errors import UsageError
+from blockforensics.errors import BlockforensicsError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.vhd import VhdLayout
 from blockforensics.tools import require
@@ -82,10 +83,14 @@ class VhdFileSystem(mfusepy.Operations):
         sequential, self._next = offset == self._next, offset + size
         start = offset - self._ahead_at
         if start < 0 or start + size > self._ahead_len:
-            if not sequential or size >= READ_AHEAD:
-                return self.layout.read(offset, size)
-            self._ahead_at, start = offset, 0
-            self._ahead_len = self.layout.readinto(offset, memoryview(self._ahead))
+            try:
+                if not sequential or size >= READ_AHEAD:
+                    return self.layout.read(offset, size)
+                self._ahead_at, self._ahead_len, start = offset, 0, 0
+                self._ahead_len = self.layout.readinto(offset, memoryview(self._ahead))
+            except BlockforensicsError as exc:  # a damaged block: the reader gets EIO
+                print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
+                raise mfusepy.FuseOSError(errno.EIO) from exc
         return (ctypes.c_char * min(size, self._ahead_len - start)).from_buffer(self._ahead,
                                                                                start)
 

@@ -74,6 +74,10 @@ class Placement:
         return self.bases[disk_offsets // self.grain] + disk_offsets % self.grain
 
 
+def _nothing() -> None:
+    """The ``done`` callback of every part but a buffer's last."""
+
+
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
@@ -133,14 +137,16 @@ class PlacedWriter:
                 at, target, n = at + got, target + got, n - got
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,
-            lengths: np.ndarray) -> None:
+            lengths: np.ndarray, done: Callable[[], object] = _nothing) -> None:
         """Runs of disk bytes held at ``buffer_offsets`` of ``buffer`` (bytes, not to be
-        changed by the caller afterwards: they are written later)."""
+        changed by the caller until ``done()`` is called, once all of them are written)."""
         parts = self._parts(disk_starts, buffer_offsets, lengths)
         if parts is None:
+            done()
             return
-        for target, at, n in zip(*(part.tolist() for part in parts)):
-            self._queue(buffer[at : at + n], target, lambda: None)
+        jobs = list(zip(*(part.tolist() for part in parts)))
+        for i, (target, at, n) in enumerate(jobs):
+            self._queue(buffer[at : at + n], target, done if i == len(jobs) - 1 else _nothing)
 
     def _parts(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -17,13 +17,36 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from blockforensics.errors import FormatError
+from blockforensics.errors import FormatError, IntegrityError
 from blockforensics.fileio import atomic_writer, start_writeback
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
-from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header
+from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header, digest_rows
+from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+
+
+#: what is wrong with a block whose stored bytes fail their digest
+STORED_MISMATCH = "stored bytes do not match their digest"
+
+
+def stored_mismatches(data: bytes | memoryview | np.ndarray, starts: np.ndarray,
+                      records: np.ndarray) -> np.ndarray:
+    """Rows of ``records`` whose stored bytes, ``data[start : start + length]``, do not
+    match their stored digest (hashed in one batch)."""
+    digests = sha256_128_spans(data, starts, records["length"])
+    return np.flatnonzero((digests != digest_rows(records["stored_digest"])).any(axis=1))
+
+
+def check_stored(name: str, data: bytes | memoryview | np.ndarray, starts: np.ndarray,
+                 records: np.ndarray) -> None:
+    """IntegrityError naming image ``name`` and the first block of ``records`` whose stored
+    bytes (at ``starts`` of ``data``) do not match their digest."""
+    bad = stored_mismatches(data, starts, records)
+    if bad.size:
+        raise IntegrityError(f"{name}: block {int(records['position'][bad[0]])}: "
+                             f"{STORED_MISMATCH}")
 
 
 class ImageFile:

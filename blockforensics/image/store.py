@@ -28,6 +28,7 @@ ChainError (exit 2) and never "fixed" by rewriting.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,7 @@ import stat
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -235,13 +237,15 @@ class ChainStore:
 
     def switch(self, images: Sequence[str], *, add: Mapping[str, Path] | None = None,
                remove: Sequence[str] = (), seal: Mapping[str, Any] | bool | None = True,
-               expect: Manifest | None = None) -> Manifest:
+               expect: Manifest | None = None, ids: Sequence[bytes] = ()) -> Manifest:
         """Switch the chain to ``images`` in one atomic manifest replacement.
 
         ``add`` maps new image names to their committed pending files; ``remove``
         lists image files deleted once the switch is made; ``seal`` is the new seal
         (True: keep the current one).  ``expect``: ChainError unless the manifest is
-        still this one (another writer switched meanwhile).  Takes the lock."""
+        still this one (another writer switched meanwhile).  ``ids``: the image ids of
+        ``images`` (the first one's volume id leads), for the record kept outside the
+        chain (:class:`History`).  Takes the lock."""
         add = dict(add or {})
         with self.lock():
             current = self.read()
@@ -265,6 +269,8 @@ class ChainStore:
                 os.unlink(pending)
             self._write_manifest(new)
             self._finish(journal, switched=True)
+            if ids:
+                History(self.directory).record(new, ids)
             return new
 
     def _write_manifest(self, manifest: Manifest) -> None:
@@ -317,3 +323,78 @@ class ChainStore:
             for entry in entries:
                 if is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
                     yield Path(entry.path)
+
+
+def state_directory() -> Path:
+    """Where records of chains are kept outside them: ``$BLOCKFORENSICS_STATE_DIR``, else
+    ``$XDG_CACHE_HOME/blockforensics/chains`` (``~/.cache/...``)."""
+    explicit = os.environ.get("BLOCKFORENSICS_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "blockforensics" / "chains"
+
+
+class History:
+    """A small record of a chain kept outside it (like borg's security directory), one
+    file per chain directory: the generation and the points of the last switch this
+    machine made or saw.  ``verify`` compares the chain with it and names what went
+    back in time.  Writing it is best effort: a chain never fails because of it."""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = Path(os.path.realpath(directory))
+        key = hashlib.sha256(str(self.directory).encode(errors="surrogateescape")).hexdigest()
+        self.path = state_directory() / f"{key[:32]}.json"
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, "rb") as fh:
+                doc = json.loads(fh.read(MAX_MANIFEST_BYTES))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def record(self, manifest: Manifest, ids: Sequence[bytes]) -> None:
+        doc = {"directory": str(self.directory), "generation": manifest.generation,
+               "points": [{"file": name, "image_id": image_id.hex()}
+                          for name, image_id in zip(manifest.images, ids)],
+               "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(self.path) as fh:
+                fh.write(json.dumps(doc, indent=1).encode())
+
+    def compare(self, manifest: Manifest, ids: Sequence[bytes]) -> list[str]:
+        """What went back in time since the record (empty: nothing, or no record); a
+        newer chain updates the record."""
+        doc = self.load()
+        if doc is None:
+            self.record(manifest, ids)
+            return []
+        try:
+            generation = int(doc["generation"])
+            recorded = [(str(p["file"]), bytes.fromhex(p["image_id"])) for p in doc["points"]]
+            when = str(doc.get("recorded", "?"))
+        except (KeyError, TypeError, ValueError):
+            return [f"{self.path}: the record of this chain is damaged; not compared"]
+        problems = []
+        where = self.directory / MANIFEST
+        if manifest.generation < generation:
+            problems.append(f"{where}: generation {manifest.generation}, but generation "
+                            f"{generation} was recorded on {when}: the chain went back in time")
+        now = list(ids)
+        for name, image_id in recorded:
+            if image_id not in now:
+                problems.append(f"{name}: point recorded on {when} (image {image_id.hex()[:12]})"
+                                " is missing: rolled back or dropped")
+        common = [image_id for _, image_id in recorded if image_id in now]
+        if common != [image_id for image_id in now if image_id in common]:
+            problems.append(f"{where}: points are in another order than recorded on {when} "
+                            "(reordered or swapped)")
+        if manifest.generation == generation and not problems and \
+                [i for _, i in recorded] != now:
+            problems.append(f"{where}: the same generation as recorded on {when} lists other "
+                            "points (replaced)")
+        if not problems and manifest.generation > generation:
+            self.record(manifest, ids)
+        return problems

@@ -1,0 +1,162 @@
+"""Reads never hand out wrong bytes: every read path checks each block it reads
+(issue 18, item 1), through the command line where it is a CLI case."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_tools
+
+from blockforensics.errors import IntegrityError
+from blockforensics.image.chain import Chain
+from blockforensics.image.format import HEADER_SIZE
+from blockforensics.image.imagefile import ImageFile
+
+BS = 4096
+FLIPPED = 9  # the block whose stored bytes are damaged
+
+
+def run(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The command line in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def make_chain(tmp_path: Path, *options: str) -> tuple[Path, bytes]:
+    """A chain of a full and an incremental of a random 48-block volume; the full's
+    bytes."""
+    rng = np.random.default_rng(3)
+    source = tmp_path / "disk.raw"
+    data = bytearray(rng.integers(0, 256, 48 * BS, dtype=np.uint8).tobytes())
+    source.write_bytes(data)
+    chain = tmp_path / "chain"
+    assert run("backup", source, chain, "--all-blocks", *options).returncode == 0
+    full = bytes(data)
+    data[30 * BS : 31 * BS] = rng.bytes(BS)
+    source.write_bytes(data)
+    assert run("backup", source, chain, "--all-blocks", *options).returncode == 0
+    return chain, full
+
+
+def flip_stored_block(chain: Path, name: str, position: int) -> None:
+    """Flip one bit in the middle of the stored payload of block ``position``."""
+    path = chain / name
+    with ImageFile(path) as image:
+        record = image.index[np.searchsorted(image.index["position"], position)]
+        offset = int(record["offset"]) + int(record["length"]) // 2
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x10
+    path.write_bytes(raw)
+
+
+def assert_refused(done: subprocess.CompletedProcess[str], out: Path) -> None:
+    """Exit 1, one line naming the image and the block, nothing under ``out`` or beside it."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert f"0000-full.bfi: block {FLIPPED}:" in done.stderr, done.stderr
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("options", [(), ("--compress",)], ids=["plain", "compressed"])
+def test_bit_rot_fails_restore_and_export_naming_the_block(tmp_path, options):
+    chain, full = make_chain(tmp_path, *options)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = run("restore", chain, out / "r.raw", "--point", "0")
+    assert done.returncode == 0 and (out / "r.raw").read_bytes() == full
+    (out / "r.raw").unlink()
+    flip_stored_block(chain, "0000-full.bfi", FLIPPED)
+    for point in ("0", "1"):  # the incremental reads the damaged block through its parent
+        assert_refused(run("restore", chain, out / "r.raw", "--point", point), out / "r.raw")
+        assert_refused(run("export", chain, out / "e.vhd", "--point", point), out / "e.vhd")
+        assert_refused(run("export", chain, out / "f.vhd", "--point", point,
+                           "--format", "vhd-fixed"), out / "f.vhd")
+    with Chain.open(chain) as opened:
+        disk = opened.disk(0)
+        assert disk.read_blocks(0, FLIPPED).tobytes() == full[: FLIPPED * BS]  # before: fine
+        with pytest.raises(IntegrityError, match=f"block {FLIPPED}:"):
+            disk.read_blocks(FLIPPED - 1, 2)
+
+
+def test_bit_rot_in_an_encrypted_chain_exits_1(tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    chain, _ = make_chain(tmp_path, "--key-file", str(key))
+    flip_stored_block(chain, "0000-full.bfi", FLIPPED)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(run("restore", chain, out / "r.raw", "--point", "0", "--key-file", key),
+                   out / "r.raw")
+
+
+def test_consolidate_copies_no_damaged_block(tmp_path):
+    chain, _ = make_chain(tmp_path)
+    flip_stored_block(chain, "0000-full.bfi", FLIPPED)
+    before = sorted(os.listdir(chain))
+    done = run("consolidate", chain, "--point", "1")
+    assert done.returncode == 1 and f"0000-full.bfi: block {FLIPPED}:" in done.stderr
+    assert sorted(os.listdir(chain)) == before
+
+
+def test_bit_rot_fails_a_read_of_the_mounted_disk_file(tmp_path):
+    require_tools("fusermount3")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    chain, full = make_chain(tmp_path)
+    flip_stored_block(chain, "0000-full.bfi", FLIPPED)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "blockforensics.cli", "mount", str(chain),
+                             str(mountpoint), "--point", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    vhd = mountpoint / "disk.vhd"
+    try:
+        deadline = time.monotonic() + 20
+        while not vhd.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "mount did not come up"
+            time.sleep(0.05)
+        with vhd.open("rb", buffering=0) as fh:
+            # a dynamic VHD of 48 blocks: footer copy, header, BAT, then one 2 MiB block
+            fh.seek(512 + 1024 + 512 + 512)  # + the block's sector bitmap
+            got = b""
+            with pytest.raises(OSError) as failed:  # the kernel may cut reads short first
+                while len(got) < len(full):
+                    got += fh.read(BS)
+            assert failed.value.errno == errno.EIO
+        assert got == full[: len(got)] and len(got) <= (FLIPPED + 1) * BS  # nothing wrong
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
+        try:
+            _, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert f"0000-full.bfi: block {FLIPPED}:" in err, err
+    assert "Traceback" not in err, err
+
+
+def test_stored_digests_are_checked_without_losing_the_file_to_file_path(tmp_path):
+    """A checked restore reads each verbatim run once: the image's page-aligned payloads
+    come back byte-identical through the reused buffers, across many buffers."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, (700, BS), dtype=np.uint8)
+    data[::7] = 0
+    from blockforensics.image.backup import backup, restore
+    from blockforensics.volume import Volume
+
+    with Chain.create(tmp_path / "c") as chain:
+        backup(chain, Volume.from_bytes(data.tobytes(), BS))
+        data[100:500:3] = rng.integers(0, 256, (134, BS), dtype=np.uint8)
+        backup(chain, Volume.from_bytes(data.tobytes(), BS))
+        out = restore(chain, 1, tmp_path / "out.raw")
+    assert Path(out).read_bytes() == data.tobytes()
+    assert HEADER_SIZE % BS == 0
