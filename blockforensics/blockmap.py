@@ -301,9 +301,9 @@ class BlockMap:
         if block_size == self.block_size:
             return self.copy()
         starts, lengths = self.run_arrays()
-        first = starts * self.block_size // block_size
-        last = np.minimum(-(-(starts + lengths) * self.block_size // block_size), n_new)
-        return BlockMap.from_run_arrays(n_new, first, last - first, block_size)
+        return BlockMap.from_byte_ranges(self.n_blocks * self.block_size,
+                                         starts * self.block_size, lengths * self.block_size,
+                                         block_size)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:

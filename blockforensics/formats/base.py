@@ -143,9 +143,6 @@ class InPlaceDisk(Disk):
         self.read_blocks_into(start, out)
         return out
 
-    def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        self.read_blocks_into(start, out)
-
 
 class DiskFile(io.RawIOBase):
     """A seekable, read-only file object over a :class:`Disk`.

@@ -43,6 +43,9 @@ class NbdDisk(InPlaceDisk):
             self._conn.read_into(offset, flat[:inside].data)
         flat[inside:] = 0
 
+    def _read_run_into(self, start: int, out: np.ndarray) -> None:
+        self.read_blocks_into(start, out)   # read_at: straight into its array
+
     def present(self) -> BlockMap:
         """Blocks touched by an extent that may hold data (not NBD_STATE_ZERO); every
         block when the server has no ``base:allocation``."""
