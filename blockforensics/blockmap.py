@@ -287,7 +287,15 @@ class BlockMap:
                 f"{'; ' + shown + more if starts.size else ''})")
 
     def plot(self, ax: Axes | None = None, **kwargs: object) -> Axes:
-        """Draw the map as a strip (or a grid, ``layout='grid'``); returns the Axes."""
+        """Draw the map as a grid of blocks (``layout='strip'``: runs on a line); returns
+        the Axes (see :func:`blockforensics.plot.plot_blockmap`)."""
         from blockforensics.plot import plot_blockmap
 
-        return plot_blockmap(self, ax=ax, **kwargs)  # type: ignore[arg-type]
+        options: dict[str, object] = {"layout": "auto"} | kwargs
+        return plot_blockmap(self, ax=ax, **options)  # type: ignore[arg-type]
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows a map as its picture, titled with its counts."""
+        from blockforensics.plot import blockmap_png
+
+        return blockmap_png(self)

@@ -272,17 +272,17 @@ def _row(chain: Chain, point: int, note: str) -> dict[str, object]:
 
 
 def _plots(head: Chain, branching: Chain, out: Path) -> None:
-    fig = Figure(figsize=(11, 5))
-    axes = fig.subplots(2, 1, height_ratios=[1.2, 1])
+    fig = Figure(figsize=(11, 4.4))
+    axes = fig.subplots(2, 1, height_ratios=[1.1, 1])
     plot_chain(head, ax=axes[0], title="head-start chain: full, then two incrementals")
-    plot_blockmaps({f"changed {p - 1}→{p}": head.changed(p - 1, p)
-                    for p in range(1, len(head))}, ax=axes[1],
+    plot_blockmaps({f"changed day {p}→{p + 1}": head.changed(p - 1, p)
+                    for p in range(1, len(head))}, ax=axes[1], columns=64,
                    title="blocks changed between consecutive days")
     fig.tight_layout()
-    fig.savefig(out / "blockmaps.png", dpi=110)
+    fig.savefig(out / "blockmaps.png", dpi=110, bbox_inches="tight")
     fig = Figure(figsize=(9, 3.2))
     ax = fig.subplots()
-    plot_chain(branching, ax=ax, title="crash-consistent trunk (full → I2), "
-                                       "application-consistent leaves (I1, I3)")
+    plot_chain(branching, ax=ax, leaves=[1, 3],
+               title="crash-consistent trunk (full → I2), application-consistent leaves (I1, I3)")
     fig.tight_layout()
-    fig.savefig(out / "chains.png", dpi=110)
+    fig.savefig(out / "chains.png", dpi=110, bbox_inches="tight")

@@ -1,8 +1,10 @@
-"""The design's methods 1–3, step by step, writing real images into a Chain.
+"""Methods 1–3 of docs/METHODS.md, step by step, writing real images into a Chain.
 
 Each method is a small class with one method per step, so a notebook can run
 it a cell at a time and plot the block map every step made; ``run()`` does all
-steps with sensible defaults.  Everything a run did is kept in its
+steps with sensible defaults.  The steps keep their order: a step run too early
+or a second time raises :class:`StepOrderError`, whose message names the steps
+that may run next (``live()`` may run at any time).  Everything a run did is kept in its
 :class:`MethodRecord`: the block maps by name, the chain points written, extra
 counts, the results of the final checks, and a ``steps`` DataFrame.
 
@@ -21,15 +23,17 @@ Units: positions and counts are in blocks.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from blockforensics.blockmap import BlockMap
+from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
@@ -41,10 +45,38 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = ["BranchingChain", "HeadStartIncremental", "MethodRecord", "NaiveLinearChain",
-           "QuiescedFullImage", "branching_chain", "differing_blocks", "head_start_incremental",
-           "naive_linear_chain", "quiesced_full_image"]
+           "QuiescedFullImage", "StepOrderError", "branching_chain", "differing_blocks",
+           "head_start_incremental", "naive_linear_chain", "quiesced_full_image"]
 
 _STEP_COLUMNS = ["step", "time", "what", "map", "blocks", "point"]
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+class StepOrderError(UsageError):
+    """A method's step was called out of order or a second time."""
+
+
+def _step(func: _F) -> _F:
+    """Make ``func`` a step of its method: it runs only where the method's sequence
+    allows it (steps it calls itself are not checked again)."""
+    name = func.__name__
+
+    @functools.wraps(func)
+    def checked(self: _Method, *args: object, **kwargs: object) -> object:
+        if self._running:
+            return func(self, *args, **kwargs)
+        after = self._allow(name)
+        self._running = True
+        try:
+            result = func(self, *args, **kwargs)
+        finally:
+            self._running = False
+        self._at = after
+        self._done.append(name)
+        return result
+
+    return checked  # type: ignore[return-value]
 
 
 def differing_blocks(a: Disk, b: Disk, on: BlockMap | None = None) -> BlockMap:
@@ -103,12 +135,30 @@ class MethodRecord:
         """True when checks were run and all passed."""
         return bool(self.checks) and all(self.checks.values())
 
-    def plot(self, names: list[str] | None = None, ax: Axes | None = None) -> Axes:
-        """The maps ``names`` (default all) as labelled strips, one above the other."""
+    #: points written from a quiesced (application-consistent) view
+    leaves: list[int] = field(default_factory=list)
+
+    def stored(self, name: str) -> BlockMap:
+        """The blocks the image of point ``name`` stores, read from its index."""
+        image = self.chain.images[self.points[name]]
+        return BlockMap.from_positions(image.header.n_blocks, image.index["position"],
+                                       image.header.block_size)
+
+    def plot(self, names: list[str] | None = None, ax: Axes | None = None,
+             **options: object) -> Axes:
+        """The maps ``names`` (default all), one panel each, in the picture language of
+        :mod:`blockforensics.plot`."""
         from blockforensics.plot import plot_blockmaps
 
         chosen = {name: self.maps[name] for name in (names or list(self.maps))}
-        return plot_blockmaps(chosen, ax, title=self.method)
+        return plot_blockmaps(chosen, ax, title=options.pop("title", self.method),  # type: ignore[arg-type]
+                              **options)  # type: ignore[arg-type]
+
+    def plot_chain(self, ax: Axes | None = None, *, title: str | None = None) -> Axes:
+        """The chain, its application-consistent points drawn as leaves."""
+        from blockforensics.plot import plot_chain
+
+        return plot_chain(self.chain, ax, leaves=self.leaves, title=title or self.method)
 
     def __repr__(self) -> str:
         def join(d: Mapping[str, object]) -> str:
@@ -128,6 +178,8 @@ class _Method:
     """Shared steps: live writes, snapshots (with A = allocated), quiescence (Q)."""
 
     title: ClassVar[str]
+    #: the steps in order; "name*" may run any number of times; live() runs at any time
+    sequence: ClassVar[tuple[str, ...]]
 
     def __init__(self, chain: Chain, workload: Workload):
         self.chain = chain
@@ -138,11 +190,50 @@ class _Method:
         #: images written from a quiesced view -> the quiescence map of that snapshot
         self._quiesced_images: dict[int, BlockMap] = {}
         self._lives = 0
+        self._at = 0  # index in ``sequence`` of the next step
+        self._done: list[str] = []
+        self._running = False
+
+    def next_steps(self) -> list[str]:
+        """The steps that may run now (besides live())."""
+        allowed = []
+        for item in self.sequence[self._at:]:
+            allowed.append(item.rstrip("*"))
+            if not item.endswith("*"):
+                break
+        return allowed
+
+    def _allow(self, name: str) -> int:
+        """Where the sequence stands after step ``name``, or StepOrderError saying why not."""
+        if name == "live":
+            return self._at
+        for index in range(self._at, len(self.sequence)):
+            item = self.sequence[index]
+            if item.rstrip("*") == name:
+                return index if item.endswith("*") else index + 1
+            if not item.endswith("*"):
+                break
+        allowed = self.next_steps()
+        later = [item.rstrip("*") for item in self.sequence[self._at:]]
+        why = ("it comes later" if name in later else "it already ran" if name in self._done
+               else "it is not a step of this method")
+        then = (f"run next: {' or '.join(f'{step}()' for step in allowed)}" if allowed
+                else f"the method is complete; make a new {type(self).__name__} to run again")
+        raise StepOrderError(f"{type(self).__name__}.{name}() cannot run now: {why}; {then} "
+                             "(live() may run at any time)")
+
+    def _fresh(self) -> None:
+        if self._done:
+            raise StepOrderError(
+                f"run() does every step from the start, but {', '.join(self._done)} already "
+                f"ran; continue with {' or '.join(s + '()' for s in self.next_steps())}, or "
+                f"make a new {type(self).__name__}")
 
     @property
     def _time(self) -> str:
         return f"after t{len(self.snapshots)}" if self.snapshots else "before t1"
 
+    @_step
     def live(self, n_ops: int = 10) -> BlockMap:
         """Live writes: ``n_ops`` workload operations on the volume; the blocks written."""
         ops = self.workload.step(n_ops)
@@ -155,6 +246,7 @@ class _Method:
         self.record.note("live", self._time, f"live writes ({done})", f"W{self._lives}", bmap)
         return bmap
 
+    @_step
     def snapshot(self) -> BlockMap:
         """Take snapshot k (time tk) of the live volume; returns A_k, the allocated blocks."""
         k = len(self.snapshots) + 1
@@ -162,8 +254,10 @@ class _Method:
         allocated = self.workload.allocated.copy()
         self.record.note("snapshot", f"t{k}", f"copy-on-write snapshot {k}; A{k} = allocated",
                          f"A{k}", allocated)
+        self.record.maps[f"Q{k}"] = self.snapshots[-1].quiesced.copy()  # none yet
         return allocated
 
+    @_step
     def quiesce(self, n_blocks: int = 4) -> BlockMap:
         """Quiescence writes into the newest snapshot; returns Q_k."""
         k = len(self.snapshots)
@@ -183,6 +277,7 @@ class _Method:
                        block_size=self.volume.block_size, label=name)
         if quiesced is not None:
             self._quiesced_images[point] = quiesced
+            self.record.leaves.append(point)
         self.record.note(step, f"t{len(self.snapshots)}", what, name, blocks, point)
         return point
 
@@ -219,6 +314,7 @@ class HeadStartIncremental(_Method):
     """
 
     title = "Method 1 — head-start incremental"
+    sequence = ("start", "head_start*", "snapshot", "finish", "plain_incremental", "verify")
 
     def __init__(self, chain: Chain, workload: Workload, *, budget: int = 8,
                  policy: str = "oldest", seed: int = 0):
@@ -229,7 +325,27 @@ class HeadStartIncremental(_Method):
         self.head: HeadStart | None = None
         self.tracker: ChangeTracker | None = None
         self._copies = 0
+        self._to_copy: list[dict[str, object]] = []
 
+    def _count(self, step: str) -> None:
+        """Note how many blocks are left to copy, with and without the head start."""
+        if self.head is not None and self.tracker is not None and not self.snapshots:
+            self._to_copy.append({"step": step, "with head start": self.head.remaining.count(),
+                                  "without": self.tracker.changed.count()})
+
+    def to_copy(self) -> pd.DataFrame:
+        """Blocks left to copy after each step from t1 to t2: step, with head start (still
+        tracked), without (a plain CBT's map); the last row is what the snapshot leaves."""
+        return pd.DataFrame(self._to_copy, columns=["step", "with head start", "without"])
+
+    @_step
+    def live(self, n_ops: int = 10) -> BlockMap:
+        """Live writes: ``n_ops`` workload operations on the volume; the blocks written."""
+        written = super().live(n_ops)
+        self._count(f"live {self._lives}")
+        return written
+
+    @_step
     def start(self) -> int:
         """t1: a full backup of the whole volume, then tracking starts; returns the point."""
         base = backup(self.chain, self.volume, full=True, block_size=self.volume.block_size,
@@ -240,17 +356,18 @@ class HeadStartIncremental(_Method):
                          BlockMap.from_positions(self.volume.n_blocks,
                                                  self.chain.images[base].index["position"],
                                                  self.volume.block_size), base)
+        self._count("t1")
         return base
 
     def _head(self) -> HeadStart:
-        if self.head is None:
-            raise RuntimeError("call start() first")
+        assert self.head is not None, "start() runs first (the step order sees to it)"
         return self.head
 
     @property
     def _time(self) -> str:
         return "before t1" if self.head is None else "after t2" if self.snapshots else "t1–t2"
 
+    @_step
     def head_start(self, budget: int | None = None, policy: str | None = None) -> BlockMap:
         """Copy up to ``budget`` tracked blocks into the pending image; the blocks copied."""
         policy = policy or self.policy
@@ -259,11 +376,14 @@ class HeadStartIncremental(_Method):
         self.record.note("head start", "t1–t2",
                          f"copy {copied.count()} tracked blocks ({policy} first), untrack them",
                          f"copy {self._copies}", copied)
+        self._count(f"copy {self._copies}")
         return copied
 
+    @_step
     def snapshot(self) -> BlockMap:
         """t2: snapshot, tracking stops; returns the blocks still to copy."""
         head = self._head()
+        self._count("t2")
         self.snapshots.append(head.snapshot(label="t2"))
         remaining = head.remaining.copy()
         assert self.tracker is not None
@@ -273,6 +393,7 @@ class HeadStartIncremental(_Method):
                          "remaining", remaining)
         return remaining
 
+    @_step
     def finish(self) -> int:
         """Copy the remaining blocks from the snapshot, commit; returns the point."""
         head = self._head()
@@ -291,6 +412,7 @@ class HeadStartIncremental(_Method):
         if self.head is not None and self.head.next_tracker is not None:
             self.head.next_tracker.detach()
 
+    @_step
     def plain_incremental(self) -> int:
         """The comparison: a plain incremental of the t2 snapshot against the t1 full,
         found by comparing block digests (no tracking); returns the point."""
@@ -303,6 +425,7 @@ class HeadStartIncremental(_Method):
                          "plain", stored, point)
         return point
 
+    @_step
     def verify(self) -> MethodRecord:
         """Check the head-start point against the plain incremental and the volume at t2."""
         head, view = self.record.points["head start"], self.snapshots[0].view()
@@ -317,6 +440,7 @@ class HeadStartIncremental(_Method):
     def run(self, rounds: int = 3, ops: int = 6, ops_after: int = 4) -> MethodRecord:
         """live; start; ``rounds`` × (live, head start); live; snapshot; live; finish;
         compare; verify."""
+        self._fresh()
         self.live(ops)
         self.start()
         for _ in range(rounds):
@@ -340,7 +464,9 @@ class QuiescedFullImage(_Method):
     """
 
     title = "Method 2 — quiesced full image"
+    sequence = ("snapshot", "quiesce*", "image", "verify")
 
+    @_step
     def image(self) -> int:
         """The full image of A1 | Q1 from the quiesced snapshot; returns the point."""
         wanted = self.record.maps["A1"] | self.record.maps["Q1"]
@@ -348,6 +474,7 @@ class QuiescedFullImage(_Method):
                            self.snapshots[0].view(quiesced=True), blocks=wanted,
                            quiesced=self.record.maps["Q1"])
 
+    @_step
     def verify(self) -> MethodRecord:
         """Check that the full restores the quiesced snapshot on every block of A1 | Q1."""
         self._check("full = quiesced snapshot on A1 | Q1", self.record.points["full"],
@@ -358,6 +485,7 @@ class QuiescedFullImage(_Method):
     def run(self, ops_before: int = 20, quiesce_blocks: int = 4,
             ops_after: int = 5) -> MethodRecord:
         """live; snapshot; quiesce; live; image; verify."""
+        self._fresh()
         self.live(ops_before)
         self.snapshot()
         self.quiesce(quiesce_blocks)
@@ -375,6 +503,7 @@ class _TwoSnapshots(_Method, ABC):
         super().__init__(chain, workload)
         self.tracker: ChangeTracker | None = None
 
+    @_step
     def snapshot(self) -> BlockMap:
         """Take snapshot k; tracking of T runs from t1 to t2. Returns A_k."""
         allocated = super().snapshot()
@@ -389,6 +518,7 @@ class _TwoSnapshots(_Method, ABC):
             quiesce_blocks: int = 4) -> MethodRecord:
         """live; snapshot; quiesce; images at t1; live; snapshot; quiesce; images at t2;
         verify."""
+        self._fresh()
         self.live(ops_before)
         self.snapshot()
         self.quiesce(quiesce_blocks)
@@ -423,12 +553,16 @@ class BranchingChain(_TwoSnapshots):
     """
 
     title = "Method 3 — branching chain"
+    sequence = ("snapshot", "quiesce*", "full", "leaf1", "snapshot", "quiesce*", "trunk",
+                "leaf2", "verify")
 
+    @_step
     def full(self) -> int:
         """Full = A1 from the crash-consistent snapshot 1 (the trunk's root)."""
         return self._image("full", "full", "full of A1 from the crash-consistent snapshot 1",
                            self.snapshots[0].view(), blocks=self.record.maps["A1"])
 
+    @_step
     def leaf1(self) -> int:
         """I1 (parent: full) = Q1 from the quiesced snapshot 1: application-consistent t1."""
         q1 = self.record.maps["Q1"]
@@ -436,6 +570,7 @@ class BranchingChain(_TwoSnapshots):
                            self.snapshots[0].view(quiesced=True),
                            parent=self.record.points["full"], blocks=q1, quiesced=q1)
 
+    @_step
     def trunk(self) -> int:
         """I2 (parent: the full, not I1) = T & A2 from the crash-consistent snapshot 2."""
         return self._image("trunk", "I2",
@@ -443,6 +578,7 @@ class BranchingChain(_TwoSnapshots):
                            self.snapshots[1].view(), parent=self.record.points["full"],
                            blocks=self.record.maps["T"] & self.record.maps["A2"])
 
+    @_step
     def leaf2(self) -> int:
         """I3 (parent: I2) = Q2 from the quiesced snapshot 2: application-consistent t2."""
         q2 = self.record.maps["Q2"]
@@ -460,6 +596,7 @@ class BranchingChain(_TwoSnapshots):
         self.trunk()
         self.leaf2()
 
+    @_step
     def verify(self) -> MethodRecord:
         """Trunk points = crash-consistent states on A; leaves = quiesced states on A | Q;
         no quiescence write in the trunk."""
@@ -486,7 +623,10 @@ class NaiveLinearChain(_TwoSnapshots):
     """
 
     title = "Naive linear chain (quiescence writes leak)"
+    sequence = ("snapshot", "quiesce*", "images_t1", "snapshot", "quiesce*", "images_t2",
+                "verify")
 
+    @_step
     def images_t1(self) -> None:
         """full = A1 | Q1 from the quiesced snapshot 1."""
         m = self.record.maps
@@ -494,6 +634,7 @@ class NaiveLinearChain(_TwoSnapshots):
                     self.snapshots[0].view(quiesced=True), blocks=m["A1"] | m["Q1"],
                     quiesced=m["Q1"])
 
+    @_step
     def images_t2(self) -> None:
         """I = (T & A2) | Q2 from the quiesced snapshot 2, parent: full."""
         m = self.record.maps
@@ -501,6 +642,7 @@ class NaiveLinearChain(_TwoSnapshots):
                     self.snapshots[1].view(quiesced=True), parent=self.record.points["full"],
                     blocks=(m["T"] & m["A2"]) | m["Q2"], quiesced=m["Q2"])
 
+    @_step
     def verify(self) -> MethodRecord:
         """Record the leak: Q1 blocks the t2 point inherits, and where it is wrong."""
         m, p = self.record.maps, self.record.points

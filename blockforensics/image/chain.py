@@ -318,6 +318,12 @@ class Chain:
     def __repr__(self) -> str:
         return f"Chain({self.directory}, {len(self.images)} points)"
 
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows a chain as its tree (blockforensics.plot.plot_chain)."""
+        from blockforensics.plot import chain_png
+
+        return chain_png(self)
+
     # ------------------------------------------------------------------- keys
     @property
     def codec(self) -> BlockCodec:
