@@ -124,8 +124,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem)
     history = _went_back(args.chain)
-    for problem in history:
-        print(problem)
+    for line in history:
+        print(line)
     print(report)
     return EXIT_OK if report.ok and not history else EXIT_CHECK_FAILED
 

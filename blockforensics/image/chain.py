@@ -27,6 +27,7 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
+from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import (
     ChainError,
     CryptoKeyError,
@@ -34,7 +35,6 @@ from blockforensics.errors import (
     IntegrityError,
     UsageError,
 )
-from blockforensics.formats.base import InPlaceDisk
 from blockforensics.formats.placement import COPY_BUFFER, COPY_BUFFERS, PlacedWriter
 from blockforensics.image.codec import (
     UNAUTHENTIC,
