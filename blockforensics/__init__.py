@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from blockforensics.datasets.investigation import build_investigation
     from blockforensics.errors import BlockforensicsError, UsageError
     from blockforensics.expose import exposed
+    from blockforensics.fleet import Fleet, run_fleet
     from blockforensics.forensics import block_entropy, changes, diff, list_files, timeline
     from blockforensics.formats.raw import RawDisk
     from blockforensics.formats.vhd import UNUSED, VHD_BLOCK, vhd_info, write_vhd
@@ -90,6 +91,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "blockforensics.formats.raw": ("RawDisk",),
     "blockforensics.formats.vhd": ("write_vhd", "vhd_info", "VHD_BLOCK", "UNUSED"),
     "blockforensics.expose": ("exposed",),
+    "blockforensics.fleet": ("Fleet", "run_fleet"),
     "blockforensics.boot": ("boot_disk=boot",),
     "blockforensics.datasets.bootdisk": ("cached_boot_disk", "set_boot_marker",
                                          "write_fat_file", "read_fat_file", "MARKER_PREFIX"),
@@ -116,6 +118,7 @@ __all__ = [
     "BranchingChain",
     "Chain",
     "ChangeTracker",
+    "Fleet",
     "HeadStart",
     "HeadStartIncremental",
     "KeySource",
@@ -156,6 +159,7 @@ __all__ = [
     "quiesced_full_image",
     "read_fat_file",
     "restore",
+    "run_fleet",
     "set_boot_marker",
     "timeline",
     "verify",

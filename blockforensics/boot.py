@@ -1,8 +1,11 @@
 """Boot a disk image in QEMU and capture its serial console.
 
 The disk is never written: QEMU runs on a temporary qcow2 overlay whose backing
-file is the disk (raw, or VHD detected by its "conectix" footer cookie). This
-also lets read-only disks boot, which QEMU refuses for IDE drives. QEMU runs with
+file is the disk (raw, or VHD detected by its "conectix" footer cookie), or an
+NBD export: :func:`boot_disk` serves any Disk — a chain point straight from its
+images — over NBD (:mod:`blockforensics.nbd.server`) and boots that, with no
+export and no FUSE.  The overlay also lets read-only disks boot, which QEMU
+refuses for IDE drives. QEMU runs with
 TCG (KVM hangs on the machines this was developed on), no display and the first
 serial port written to a log file, which is polled until the expected text
 appears, QEMU exits (the guest powered off) or the timeout passes.
@@ -10,16 +13,22 @@ appears, QEMU exits (the guest powered off) or the timeout passes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from blockforensics.errors import UsageError
 from blockforensics.tools import require
+
+if TYPE_CHECKING:
+    from blockforensics.formats.base import Disk
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,10 @@ VHD_FOOTER_SIZE = 512  # bytes
 POLL_SECONDS = 0.05  # interval between reads of the console log
 STOP_SECONDS = 5.0  # grace period for QEMU to exit after SIGTERM
 MEMORY_MIB = 256  # guest RAM
+#: NBD URL schemes QEMU opens as a backing file
+NBD_SCHEMES = ("nbd://", "nbd+unix://")
+#: leading bytes of the formats QEMU would otherwise have to be told
+MAGICS = {b"QFI\xfb": "qcow2", b"vhdxfile": "vhdx", b"KDMV": "vmdk"}
 #: Disk interfaces QEMU can attach the disk on: IDE every guest OS has a driver
 #: for; virtio loads a kernel through the BIOS about 2 s faster under TCG.
 INTERFACES = ("ide", "virtio")
@@ -44,6 +57,14 @@ class BootResult:
     seconds_total: float  # from QEMU's start until it was gone
     qemu_exit: int | None  # QEMU's status if it exited by itself; None if we stopped it
     command: list[str] = field(repr=False)  # the QEMU command line
+    screenshot: Path | None = None  # PNG of the display when the check ended, if asked
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as data (``boot --json``)."""
+        return {"ok": self.ok, "seconds_to_marker": self.seconds_to_marker,
+                "seconds_total": self.seconds_total, "qemu_exit": self.qemu_exit,
+                "console": self.console, "command": self.command,
+                "screenshot": str(self.screenshot) if self.screenshot else None}
 
     def tail(self, n: int = 20) -> str:
         """The last ``n`` lines of the console."""
@@ -57,12 +78,20 @@ class BootResult:
 
 
 def disk_format(path: str | os.PathLike[str]) -> str:
-    """QEMU's format name for the disk at ``path``: "vpc" for a VHD, else "raw"."""
+    """QEMU's format name for the disk at ``path``: "vpc" for a VHD, a format QEMU
+    recognises by its magic (qcow2, VHDX, VMDK), else "raw"; "raw" for an NBD URL."""
+    if str(path).startswith(NBD_SCHEMES):
+        return "raw"
     with open(path, "rb") as f:
+        magic = f.read(8)
+        f.seek(0)
         head = f.read(len(VHD_COOKIE))
         size = f.seek(0, os.SEEK_END)
         f.seek(max(size - VHD_FOOTER_SIZE, 0))
         footer = f.read(len(VHD_COOKIE))
+    for prefix, name in MAGICS.items():
+        if magic.startswith(prefix):
+            return name
     return "vpc" if VHD_COOKIE in (head, footer) else "raw"
 
 
@@ -83,27 +112,72 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+class _Monitor:
+    """QEMU's QMP monitor, just enough for a boot check: the run state and a screen dump."""
+
+    def __init__(self, path: Path, process: subprocess.Popen[bytes]):
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(STOP_SECONDS)
+        deadline = time.monotonic() + STOP_SECONDS
+        while True:  # QEMU creates the socket a moment after it starts
+            try:
+                self._sock.connect(str(path))
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    self._sock.close()
+                    raise UsageError("QEMU's monitor did not come up") from None
+                time.sleep(POLL_SECONDS)
+        self._file = self._sock.makefile("rb")
+        self._file.readline()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str, **arguments: Any) -> Any:
+        """Run ``command``; its ``return`` value (events in between are skipped)."""
+        self._sock.sendall(json.dumps({"execute": command, "arguments": arguments}).encode())
+        while line := self._file.readline():
+            reply = json.loads(line)
+            if "error" in reply:
+                raise UsageError(f"QMP {command}: {reply['error'].get('desc')}")
+            if "return" in reply:
+                return reply["return"]
+        raise UsageError(f"QMP {command}: the monitor closed")
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
 def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
-         timeout: float = 120, interface: str = "ide") -> BootResult:
-    """Boot ``disk`` (raw or VHD) in QEMU for at most ``timeout`` seconds; never writes it.
+         timeout: float = 120, interface: str = "ide",
+         screenshot: str | os.PathLike[str] | None = None) -> BootResult:
+    """Boot ``disk`` (a raw, VHD, VHDX, VMDK or qcow2 file, or an NBD URL) in QEMU for at
+    most ``timeout`` seconds; never writes it.
 
     QEMU is stopped as soon as ``expect`` appears on the serial console. With
     ``expect=None`` the boot is ok when the guest powers off (QEMU exits with
     status 0) within the timeout. ``interface`` is one of INTERFACES. A QEMU that
     fails to start raises UsageError.
+
+    ``screenshot``: a PNG of the guest's display when the boot check ends (marker,
+    power-off or timeout), by QMP ``screendump``, for guests that show their state on
+    screen rather than on the serial port.  The guest then gets a VGA card, and QEMU
+    is kept alive after a power-off (``-no-shutdown``) so the last screen can be taken.
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")
-    source = Path(disk).resolve()
-    if not source.is_file():
+    nbd = str(disk).startswith(NBD_SCHEMES)
+    source = str(disk) if nbd else str(Path(disk).resolve())
+    if not nbd and not Path(source).is_file():
         raise UsageError(f"{disk}: no such disk file")
     qemu_img, qemu = require("qemu-img"), require("qemu-system-x86_64")
     wanted = expect.encode() if expect is not None else None
+    shot = Path(screenshot).resolve() if screenshot is not None else None
     with tempfile.TemporaryDirectory(prefix="bf-boot-") as work:
         overlay, console_log, stderr_log = (Path(work, n) for n in ("overlay.qcow2",
                                                                     "console.log", "qemu.err"))
         created = subprocess.run(
-            [qemu_img, "create", "-q", "-f", "qcow2", "-b", str(source),
+            [qemu_img, "create", "-q", "-f", "qcow2", "-b", source,
              "-F", disk_format(source), str(overlay)],
             capture_output=True, text=True, check=False)
         if created.returncode != 0:
@@ -112,9 +186,14 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         command = [
             qemu, "-nodefaults", "-display", "none", "-accel", "tcg", "-m", str(MEMORY_MIB),
             "-no-reboot", "-serial", f"file:{console_log}",
-            "-drive", f"file={overlay},format=qcow2,if={interface},index=0,media=disk",
+            "-drive", f"file={overlay},format=qcow2,if={interface},index=0,media=disk"
+                      + (",copy-on-read=on" if nbd else ""),
             "-boot", "c",
         ]
+        monitor_path = Path(work, "qmp.sock")
+        if shot is not None:
+            command += ["-vga", "std", "-no-shutdown",
+                        "-qmp", f"unix:{monitor_path},server=on,wait=off"]
         log.debug("booting %s: %s", source, " ".join(command))
         console = b""
         seconds_to_marker = None
@@ -122,9 +201,15 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         with open(stderr_log, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=stderr, stderr=stderr)
+        monitor, powered_off = None, False
         try:
+            if shot is not None:
+                monitor = _Monitor(monitor_path, process)
             while True:
                 exited = process.poll() is not None  # before reading: no output is lost
+                if monitor is not None and monitor.execute("query-status")["status"] in (
+                        "shutdown", "guest-panicked"):
+                    exited = powered_off = True  # -no-shutdown: QEMU outlives the guest
                 if console_log.exists():
                     console = console_log.read_bytes()
                 if wanted is not None and wanted in console:
@@ -133,8 +218,12 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
                 if exited or time.monotonic() - start > timeout:
                     break
                 time.sleep(POLL_SECONDS)
+            if monitor is not None and shot is not None:
+                monitor.execute("screendump", filename=str(shot), format="png")
         finally:
-            qemu_exit = process.poll()
+            if monitor is not None:
+                monitor.close()
+            qemu_exit = 0 if powered_off else process.poll()
             _stop(process)
         seconds_total = time.monotonic() - start
         if qemu_exit not in (None, 0):
@@ -144,4 +233,13 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     log.debug("boot of %s: ok=%s in %.1f s", source, ok, seconds_total)
     return BootResult(ok=ok, console=console.decode(errors="replace").replace("\r\n", "\n"),
                       seconds_to_marker=seconds_to_marker, seconds_total=seconds_total,
-                      qemu_exit=qemu_exit, command=command)
+                      qemu_exit=qemu_exit, command=command, screenshot=shot)
+
+
+def boot_disk(disk: Disk, **options: Any) -> BootResult:
+    """Boot any Disk (a chain point, an image a reader opened) served over NBD from a
+    private socket for the boot's duration; ``options`` as for :func:`boot`."""
+    from blockforensics.nbd.server import served
+
+    with served(disk) as server:
+        return boot(server.url, **options)

@@ -82,7 +82,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         changed = BlockMap.load(args.changed) if args.changed else None
         found = None if args.all_blocks else survey(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
-                       changed=changed, only=found and found.map, block_size=block_size,
+                       changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
     row = chain.rows()[point]
     if args.json:  # what was recognised per partition, beside the point's own row
@@ -96,12 +96,17 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    frame = _open_chain(args, clean=False).table()
+    rows = _open_chain(args, clean=False).rows()  # no DataFrame: pandas costs 0.3 s to load
     if args.json:
-        records = json.loads(frame.to_json(orient="records"))
-        print(json.dumps(records, indent=1))
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("(empty)")
     else:
-        _print_table(frame)
+        cells = [list(rows[0])] + [["<NA>" if v is None else str(v) for v in row.values()]
+                                   for row in rows]
+        widths = [max(map(len, column)) for column in zip(*cells)]
+        for line in cells:
+            print(" ".join(cell.rjust(width) for cell, width in zip(line, widths)))
     return EXIT_OK
 
 
@@ -124,10 +129,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem)
     history = _went_back(args.chain)
-    for line in history:
-        print(line)
+    for went_back in history:
+        print(went_back)
     print(report)
-    return EXIT_OK if report.ok and not history else EXIT_CHECK_FAILED
+    fs_ok = True
+    if args.fs and report.ok:  # the point's file systems, checked read-only where served
+        from blockforensics.fsck import check_filesystems
+
+        chain = _open_chain(args, clean=False)
+        checks = check_filesystems(chain.disk(args.point or "-1"))
+        for check in checks:
+            print(check)
+        fs_ok = all(check.ok is not False for check in checks)
+    return EXIT_OK if report.ok and fs_ok and not history else EXIT_CHECK_FAILED
 
 
 def _went_back(directory: str) -> list[str]:
@@ -169,13 +183,42 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
+    chain = _open_chain(args, clean=False)
+    if args.out:
+        from blockforensics.fileio import check_output
+
+        check_output(args.out, force=args.force)
+    if args.format != "table":
+        from blockforensics import timeline_formats
+
+        if args.out:
+            timeline_formats.write(chain, args.format, args.out)
+            print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(timeline_formats.render(chain, args.format))
+        return EXIT_OK
     from blockforensics import forensics
 
-    frame = forensics.timeline(_open_chain(args, clean=False))
-    if args.json:
-        print(frame.to_json(orient="records", indent=1))
+    frame = forensics.timeline(chain)
+    text = frame.to_json(orient="records", indent=1) if args.json else (
+        frame.to_string(index=False) if len(frame) else "(empty)")
+    if args.out:
+        from blockforensics.fileio import atomic_writer
+
+        with atomic_writer(args.out) as fh:
+            fh.write((text + "\n").encode())
     else:
-        _print_table(frame)
+        print(text)
+    return EXIT_OK
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from blockforensics.tsk import extract
+
+    chain = _open_chain(args, clean=False)
+    out, size, deleted = extract(chain, args.point, args.path, args.out, force=args.force)
+    print(f"extracted {args.path} ({size} bytes{', deleted' if deleted else ''}) "
+          f"from point {chain.point(args.point)} to {out}")
     return EXIT_OK
 
 
@@ -230,20 +273,41 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_boot(args: argparse.Namespace) -> int:
-    from blockforensics.boot import boot
+def cmd_serve(args: argparse.Namespace) -> int:
+    from blockforensics.nbd.server import NbdServer, serve_until_signal
 
-    disk = Path(args.disk)
-    if not disk.is_file():
-        raise UsageError(f"{disk}: no such disk file")
-    result = boot(disk, expect=args.expect, timeout=args.timeout)
-    if result.ok:
+    with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
+                      parent=args.parent) as disk:
+        server = NbdServer(disk, socket_path=args.socket, port=args.port, bind=args.bind)
+        print("ready", flush=True)
+        print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
+              flush=True)
+        serve_until_signal(server)
+    return EXIT_OK
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from blockforensics.boot import boot, boot_disk
+    from blockforensics.image.chain import is_chain
+
+    options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot}
+    if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
+        with _open_source(args.disk, point=args.point, key=_key(args),
+                          reader=args.reader) as disk:
+            result = boot_disk(disk, **options)
+    else:
+        if not Path(args.disk).is_file():
+            raise UsageError(f"{args.disk}: no such disk file")
+        result = boot(Path(args.disk), **options)
+    if args.json:
+        print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
+    elif result.ok:
         print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
-        return EXIT_OK
-    print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
-          "console tail:")
-    print(result.tail())
-    return EXIT_CHECK_FAILED
+    else:
+        print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
+              "console tail:")
+        print(result.tail())
+    return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -253,11 +317,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
         case = build_investigation(args.out, fs=args.fs, seed=args.seed)
         print(f"chain {case.chain_dir} ({case.fs}, {len(case.truth)} known changes); "
               f"the live volume is {case.image}")
+    elif args.kind == "ransomware":
+        from blockforensics.datasets.ransomware import build_ransomware
+
+        sample = build_ransomware(args.out, fs=args.fs, seed=args.seed)
+        print(f"chain {sample.chain_dir} ({sample.fs}, 8 days: benign, then three attacks; "
+              f"last clean point {sample.last_clean_point})")
     else:
         from blockforensics.datasets.bootdisk import build_boot_disk
 
         print(f"bootable disk {build_boot_disk(args.out)}")
     return EXIT_OK
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from blockforensics.fleet import run_fleet
+
+    result = run_fleet(args.fleet_command, args.dirs, scheduler=args.scheduler,
+                       workers=args.workers, rules=args.rules, progress=sys.stderr.isatty())
+    print(json.dumps(result.records, indent=1) if args.json else result.report())
+    failed = result.errors() or (args.fleet_command == "verify" and not all(
+        r["result"]["ok"] for r in result.records))
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -345,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", cmd_verify, "check every image (and with the key, every block)")
     key_option(p)
+    p.add_argument("--fs", action="store_true",
+                   help="also check the point's file systems read-only (fsck -n per partition)")
+    p.add_argument("--point", help="the point --fs checks (default: the newest)")
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
@@ -362,8 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     key_option(p)
 
-    p = command("timeline", cmd_timeline, "per point: blocks and files changed")
-    p.add_argument("--json", action="store_true")
+    p = command("timeline", cmd_timeline, "per point: blocks and files changed; with "
+                "--format, every file version (MACB times, inode, hashes)")
+    p.add_argument("--format", default="table",
+                   choices=["table", "bodyfile", "l2tcsv", "jsonl", "dfxml"])
+    p.add_argument("-o", "--out", help="write to this file (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--json", action="store_true", help="the table as JSON")
+    key_option(p)
+
+    p = command("extract", cmd_extract, "write one file as it was at a point (deleted "
+                "files too, while The Sleuth Kit reaches them)")
+    p.add_argument("point", help="point index or image file name")
+    p.add_argument("path", help="the file's path at that point, e.g. /docs/report.txt")
+    p.add_argument("out", help="file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     key_option(p)
 
     p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
@@ -391,18 +488,46 @@ def build_parser() -> argparse.ArgumentParser:
     source_point_option(p)
     key_option(p)
 
-    p = command("boot", cmd_boot, "boot a raw or VHD disk in QEMU and wait for a text",
-                chain=None)
-    p.add_argument("disk")
+    p = command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
+                "(prints 'ready' once clients can connect)",
+                chain="chain directory, or a disk image a reader plugin recognises")
+    source_point_option(p)
+    key_option(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", metavar="PATH", help="a Unix socket to listen on")
+    where.add_argument("--port", type=_positive_int, help="a TCP port to listen on")
+    p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+
+    p = command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
+                "QEMU and wait for a text (the disk or chain is never written)", chain=None)
+    p.add_argument("disk", help="a disk file (raw, VHD, VHDX, VMDK, qcow2) or a chain")
+    source_point_option(p)
+    key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save the guest's screen when the check ends (QMP screendump)")
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)
-    p.add_argument("kind", choices=["investigation", "bootdisk"])
+    p.add_argument("kind", choices=["investigation", "ransomware", "bootdisk"])
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)
+
+    p = command("fleet", cmd_fleet, "triage, verify or timeline many chains on Dask, one task "
+                "per chain", chain=None)
+    p.add_argument("fleet_command", choices=["triage", "verify", "timeline"])
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="a chain, or a folder of chains")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="a running Dask scheduler, e.g. tcp://host:8786 (default: a local "
+                        "cluster of worker processes)")
+    p.add_argument("--workers", type=_positive_int, help="local worker processes (default: "
+                   "one per core)")
+    p.add_argument("--rules", metavar="DIR", help="triage: extra YARA rules")
+    p.add_argument("--json", action="store_true",
+                   help='one object per chain: {"path", "status", "error", "result"}')
 
     p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=None)
     p.add_argument("--out", default="blockforensics-demo", help="directory for results")

@@ -17,7 +17,7 @@ Every format's file is a :class:`~blockforensics.formats.layout.FileLayout`:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from blockforensics.blockmap import BlockMap
@@ -47,7 +47,7 @@ class RawLayout(FileLayout):
     def placement(self) -> Placement:
         return Placement.identity()
 
-    def metadata(self):  # type: ignore[no-untyped-def]
+    def metadata(self) -> Iterator[tuple[int, bytes]]:
         return iter(())
 
 

@@ -1,12 +1,13 @@
-"""Expose a Disk as a read-only virtual disk file, ``MOUNTPOINT/disk.vhd``, over FUSE.
+"""Expose a Disk as read-only virtual disk files over FUSE: ``MOUNTPOINT/disk.vhd``,
+``disk.vhdx``, ``disk.vmdk`` and ``disk.raw`` (and, on request, ``partN.raw``).
 
-The file is a dynamic VHD synthesised on the fly by
-:class:`~blockforensics.formats.vhd.VhdLayout`: nothing is converted up front,
-each read of the file is served from the source disk (a backup chain point, a
-raw image …).  A hypervisor boots it like any VHD (through a qcow2 overlay,
-since the file is read-only).  The bytes are exactly those
-:func:`~blockforensics.formats.vhd.write_vhd` would write for the same
-``unique_id`` and ``timestamp``.
+Each file is synthesised on the fly by its format's
+:class:`~blockforensics.formats.layout.FileLayout`: nothing is converted up
+front, each read is served from the source disk (a backup chain point, a raw
+image …).  A hypervisor boots any of them like the file it looks like (through
+a qcow2 overlay, since the files are read-only).  The bytes of ``disk.vhd`` are
+exactly those :func:`~blockforensics.formats.vhd.write_vhd` would write for the
+same ``unique_id`` and ``timestamp``.
 
 FUSE runs single-threaded, so a Disk need not be thread-safe.
 """
@@ -25,14 +26,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mfusepy
 
-from blockforensics.errors import BlockforensicsError, UsageError
+from blockforensics.errors import BlockforensicsError, FormatError, UsageError
 from blockforensics.formats.base import Disk
+from blockforensics.formats.layout import FileLayout
 from blockforensics.formats.vhd import VhdLayout
 from blockforensics.tools import require
 
@@ -41,35 +44,82 @@ READ_AHEAD = 4 << 20  # bytes read at once for a sequential reader
 LOOP_ENDED = "8"  # fuse_main's status when its loop returned an error
 
 
-class VhdFileSystem(mfusepy.Operations):
-    """A read-only directory holding one file, ``disk.vhd``, read through a VhdLayout."""
+@dataclass(frozen=True)
+class Served:
+    """A file of the mount: bytes ``start .. start+size`` of a layout's file."""
+
+    layout: FileLayout
+    start: int = 0
+    size: int | None = None  # default: to the layout's end
+
+    @property
+    def length(self) -> int:
+        return self.layout.file_size - self.start if self.size is None else self.size
+
+    def readinto(self, offset: int, out: memoryview) -> int:
+        n = max(0, min(len(out), self.length - offset))
+        return self.layout.readinto(self.start + offset, out[:n])
+
+
+def served_files(disk: Disk, *, unique_id: bytes | None = None,
+                 timestamp: datetime | None = None, partitions: bool = False
+                 ) -> dict[str, Served]:
+    """The mount's files: the disk as ``disk.vhd`` (pinned by ``unique_id`` and
+    ``timestamp``), ``disk.vhdx``, ``disk.vmdk`` and ``disk.raw``; with ``partitions``,
+    each MBR partition's bytes as ``partN.raw`` (N as in the table)."""
+    from blockforensics.export import layout
+
+    raw = layout(disk, "raw")
+    files = {FILE_NAME: Served(VhdLayout(disk, "dynamic", unique_id=unique_id,
+                                         timestamp=timestamp)),
+             "disk.vhdx": Served(layout(disk, "vhdx")),
+             "disk.vmdk": Served(layout(disk, "vmdk", "disk.vmdk")),
+             "disk.raw": Served(raw)}
+    if partitions:
+        from blockforensics.fs.mbr import read_partitions
+
+        try:
+            found = read_partitions(disk)
+        except FormatError:
+            found = []
+        for part in found:
+            if part.kind != "extended" and part.start_byte + part.length_bytes <= raw.size:
+                files[f"part{part.index}.raw"] = Served(raw, part.start_byte, part.length_bytes)
+    return files
+
+
+class ImageFileSystem(mfusepy.Operations):
+    """A read-only directory of virtual disk files, each read through a FileLayout."""
 
     use_ns = True
 
-    def __init__(self, layout: VhdLayout):
-        self.layout = layout
+    def __init__(self, files: dict[str, Served]):
+        self.files = files
         self._mtime_ns = time.time_ns()
-        self._ahead = bytearray(READ_AHEAD)  # bytes read ahead, from file offset _ahead_at
-        self._ahead_at, self._ahead_len = 0, 0
+        self._ahead = bytearray(READ_AHEAD)  # bytes read ahead, of file _ahead_name
+        self._ahead_name, self._ahead_at, self._ahead_len = "", 0, 0
         self._next = -1  # where a sequential reader's next read starts
+
+    def _file(self, path: str) -> Served:
+        served = self.files.get(path.lstrip("/"))
+        if served is None or "/" in path.lstrip("/"):
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return served
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         times = {"st_atime": self._mtime_ns, "st_mtime": self._mtime_ns,
                  "st_ctime": self._mtime_ns}
         if path == "/":
             return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, **times}
-        if path == "/" + FILE_NAME:
-            size = self.layout.file_size
-            return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size,
-                    "st_blocks": -(-size // 512), **times}
-        raise mfusepy.FuseOSError(errno.ENOENT)
+        size = self._file(path).length
+        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size,
+                "st_blocks": -(-size // 512), **times}
 
     def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", FILE_NAME]
+        return [".", "..", *self.files]
 
     def open(self, path: str, flags: int) -> int:
-        if path != "/" + FILE_NAME:
-            raise mfusepy.FuseOSError(errno.ENOENT)
+        self._file(path)
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise mfusepy.FuseOSError(errno.EROFS)
         return 0
@@ -80,19 +130,22 @@ class VhdFileSystem(mfusepy.Operations):
         the chain's index instead of 32, and handed over without a copy (a ctypes view
         that mfusepy moves straight into the kernel's buffer).  Scattered reads (a
         booting guest) read just what they ask."""
+        served = self._file(path)
         sequential, self._next = offset == self._next, offset + size
         start = offset - self._ahead_at
-        if start < 0 or start + size > self._ahead_len:
+        if path != self._ahead_name or start < 0 or start + size > self._ahead_len:
             try:
                 if not sequential or size >= READ_AHEAD:
-                    return self.layout.read(offset, size)
-                self._ahead_at, self._ahead_len, start = offset, 0, 0
-                self._ahead_len = self.layout.readinto(offset, memoryview(self._ahead))
+                    out = bytearray(max(0, min(size, served.length - offset)))
+                    served.readinto(offset, memoryview(out))
+                    return bytes(out)
+                self._ahead_name, self._ahead_at, self._ahead_len, start = path, offset, 0, 0
+                self._ahead_len = served.readinto(offset, memoryview(self._ahead))
             except BlockforensicsError as exc:  # a damaged block: the reader gets EIO
                 print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
                 raise mfusepy.FuseOSError(errno.EIO) from exc
-        return (ctypes.c_char * min(size, self._ahead_len - start)).from_buffer(self._ahead,
-                                                                               start)
+        return (ctypes.c_char * max(0, min(size, self._ahead_len - start))).from_buffer(
+            self._ahead, start)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         raise mfusepy.FuseOSError(errno.EROFS)
@@ -102,8 +155,10 @@ class VhdFileSystem(mfusepy.Operations):
 
 
 def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
-          unique_id: bytes | None = None, timestamp: datetime | None = None) -> None:
-    """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` until unmounted.
+          unique_id: bytes | None = None, timestamp: datetime | None = None,
+          partitions: bool = False) -> None:
+    """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` (and the files of :func:`served_files`)
+    until unmounted.
 
     In the foreground this blocks; Ctrl-C (SIGINT), SIGTERM or SIGHUP, or
     ``fusermount3 -u MOUNTPOINT``, unmounts and returns.  ``foreground=False``
@@ -115,14 +170,14 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
         raise UsageError(f"{mountpoint}: mount point is not a directory")
     if os.path.ismount(mountpoint):
         raise UsageError(f"{mountpoint}: something is already mounted there")
-    layout = VhdLayout(disk, "dynamic", unique_id=unique_id, timestamp=timestamp)
+    files = served_files(disk, unique_id=unique_id, timestamp=timestamp, partitions=partitions)
     # libfuse installs its unmount-and-exit handlers only over default dispositions
     restore: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
             restore[sig] = signal.signal(sig, signal.SIG_DFL)
     try:
-        mfusepy.FUSE(VhdFileSystem(layout), str(mountpoint), foreground=foreground,
+        mfusepy.FUSE(ImageFileSystem(files), str(mountpoint), foreground=foreground,
                      nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
     except RuntimeError as exc:
         # libfuse's fuse_main returns 8 when its loop ended with an error, which newer
@@ -143,8 +198,8 @@ def _mounted(mountpoint: Path) -> bool:
 
 @contextmanager
 def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 10.0,
-            unique_id: bytes | None = None,
-            timestamp: datetime | None = None) -> Iterator[Path]:
+            unique_id: bytes | None = None, timestamp: datetime | None = None,
+            partitions: bool = False) -> Iterator[Path]:
     """Mount ``disk`` in a child process for the duration of a ``with`` block.
 
     Yields the path of ``disk.vhd``; on exit unmounts (``fusermount3 -u``) and
@@ -155,7 +210,8 @@ def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 
     # fork: the child inherits the disk as is (open files included), no pickling
     child = multiprocessing.get_context("fork").Process(
         target=mount, args=(disk, mountpoint),
-        kwargs={"unique_id": unique_id, "timestamp": timestamp}, daemon=True)
+        kwargs={"unique_id": unique_id, "timestamp": timestamp, "partitions": partitions},
+        daemon=True)
     child.start()
     try:
         deadline = time.monotonic() + timeout

@@ -382,11 +382,17 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         for p in (a, b):
             if p not in listings:
                 listings[p] = list_entries(None if p is None else chain.disk(p))
-        notes = sorted({f"point {p}: {n}" for p in (a, b) for n in listings[p].unreadable})
-        files = bool(listings[a].entries or listings[b].entries or not notes)
+        skipped = listings[a].unreadable.keys() | listings[b].unreadable.keys()
+        notes = sorted(f"point {p}: {prefix or '/'}: {why}" for p in (a, b)
+                       for prefix, why in listings[p].unreadable.items())
+        # a file system one side cannot read is compared on neither (not "all deleted")
+        sides = [{path: e for path, e in listings[p].entries.items()
+                  if not any(path.startswith(prefix + "/") for prefix in skipped)}
+                 for p in (a, b)]
+        files = bool(sides[0] or sides[1] or not notes)
     if files:
         comparison = _Comparison(None if a is None else chain.disk(a), chain.disk(b), changed)
-        comparison.compare(listings[a].entries, listings[b].entries)
+        comparison.compare(*sides)
         if comparison.rows:
             frame = pd.DataFrame(comparison.rows, columns=FILE_COLUMNS)
         if comparison.owners:
@@ -403,14 +409,17 @@ def _owners_in(owners: pd.DataFrame, start: int, length: int) -> tuple[str, ...]
     return tuple(sorted(set(owners.loc[hit, "path"])))
 
 
-def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False) -> DiffResult:
+def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False,
+         listings: dict[int | None, Listing] | None = None) -> DiffResult:
     """What changed from point ``a`` to point ``b`` (any two, branches included).
 
     Points as ``chain.point`` takes them ("0", -1, a file name); ``a=None`` compares
     with an empty volume.  Block runs come from the index digests alone; ``files=True``
-    walks both points with The Sleuth Kit, read straight from the chain.
+    walks both points with The Sleuth Kit, read straight from the chain (``listings``
+    caches each point's listing across calls).
     """
-    return _diff(chain, None if a is None else chain.point(a), chain.point(b), files, {})
+    return _diff(chain, None if a is None else chain.point(a), chain.point(b), files,
+                 {} if listings is None else listings)
 
 
 def point_diff(chain: Chain, point: int, listings: dict[int | None, Listing] | None = None

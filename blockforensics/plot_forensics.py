@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from blockforensics.forensics import DiffResult
+    from blockforensics.triage import TriageResult
 
 UNOWNED = "#999999"  # changed blocks no changed file owns: file-system metadata
 
@@ -42,11 +43,15 @@ def plot_diff_files(result: DiffResult, ax: Axes | None = None, *, max_files: in
                        facecolors=f"C{i % 10}", hatch="xx" if path in suspected else None,
                        edgecolor="black", linewidth=0.3,
                        label=path + (" (suspected encryption)" if path in suspected else ""))
-    if len(result.runs):  # zoom on the changed region, with a margin
+    if len(result.runs):  # zoom on the changed region, with a margin, and say so
         first = int(result.runs["start"].iloc[0])
         last = int((result.runs["start"] + result.runs["length"]).iloc[-1])
         margin = max(2, (last - first) // 20)
-        ax.set_xlim(max(0, first - margin), min(result.n_blocks, last + margin))
+        lo, hi = max(0, first - margin), min(result.n_blocks, last + margin)
+        ax.set_xlim(lo, hi)
+        if (lo, hi) != (0, result.n_blocks):
+            ax.set_title(f"{ax.get_title()} — zoomed to blocks {lo}–{hi} of "
+                         f"{result.n_blocks}", fontsize=9)
     if len(ranked):
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     return ax
@@ -79,4 +84,39 @@ def plot_entropy(changes: pd.DataFrame, timeline: pd.DataFrame | None = None,
     ax.set_xticks(sorted(set(changes["point"])))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     ax.set_title(title or "entropy of what each point changed", fontsize=9)
+    return ax
+
+
+VERDICT_COLORS = {"clean": "#2ca02c", "suspicious": "#ff7f0e", "encrypted": "#d62728"}
+
+
+def plot_triage(result: TriageResult, ax: Axes | None = None, *, title: str | None = None
+                ) -> Axes:
+    """The triage of a chain: per point, the share of changed blocks with unexplained
+    high entropy (bars coloured by verdict), the baseline threshold it was held to
+    (black steps), the count of files suspected of encryption (above the bars), and
+    the last clean point (dashed line)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 2.8))
+    points = [p.point for p in result.points]
+    shares = [p.metrics["unexplained_high_entropy"] for p in result.points]
+    ax.bar(points, shares, color=[VERDICT_COLORS[p.verdict] for p in result.points])
+    thresholds = [p.baseline["unexplained_high_entropy"]["threshold"] for p in result.points]
+    ax.step(points, thresholds, where="mid", color="black", linewidth=1,
+            label="baseline threshold")
+    for p, share in zip(result.points, shares):
+        if p.metrics["suspected_files"]:
+            ax.annotate(f"{p.metrics['suspected_files']} enc.", (p.point, share),
+                        ha="center", va="bottom", fontsize=7)
+    if result.last_clean_point is not None:
+        ax.axvline(result.last_clean_point + 0.5, color="gray", linestyle="--",
+                   label=f"after last clean point ({result.last_clean_point})")
+    for verdict, color in VERDICT_COLORS.items():
+        ax.bar([], [], color=color, label=verdict)
+    ax.set_xticks(points)
+    ax.set_xlabel("point")
+    ax.set_ylabel("unexplained high-entropy share")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    ax.set_title(title or "triage: verdict per point", fontsize=9)
     return ax

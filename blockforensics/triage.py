@@ -310,6 +310,24 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
                         time.perf_counter() - started)
 
 
+def before_after(chain: Chain, a: int | None, b: int, row: Any,
+                 listings: dict[int | None, Listing]) -> tuple[bytes, bytes, str | None]:
+    """The whole content of a changed file (a row of ``DiffResult.files``) at point ``a``
+    — under its old name, or the deleted file it replaced — and at ``b``; and the path
+    the *before* bytes come from (None: there were none)."""
+    from blockforensics.tsk import list_entries
+
+    for p in (a, b):
+        if p not in listings:
+            listings[p] = list_entries(None if p is None else chain.disk(p))
+    old_path = row.old_path or row.replaces or row.path
+    old = listings[a].entries.get(old_path) if a is not None else None
+    new = listings[b].entries.get(row.path)
+    before = old.read(chain.disk(a)) if old is not None and a is not None else b""
+    after = new.read(chain.disk(b)) if new is not None else b""
+    return before, after, old_path if old is not None else None
+
+
 def explain(chain: Chain, path: str, point: str | int | None = None) -> str:
     """The evidence for one file: at every point where it changed against its parent
     (or at ``point``): the change, its evidence with numbers and thresholds, its changed
@@ -335,18 +353,13 @@ def explain(chain: Chain, path: str, point: str | int | None = None) -> str:
                 out.append(f"  changed blocks ({blocks.size}): "
                            + ", ".join(map(str, blocks[:16].tolist()))
                            + (" …" if blocks.size > 16 else ""))
-            old_path = row.old_path or row.replaces or row.path
-            old = listings[parent].entries.get(old_path) if parent in listings else None
-            new = listings[p].entries.get(row.path)
-            before = old.read(chain.disk(parent)) if old is not None and parent is not None \
-                else b""
-            after = new.read(chain.disk(p)) if new is not None else b""
+            before, after, source = before_after(chain, parent, p, row, listings)
             start = first_difference(before, after)
             if start is not None:
                 block = start - start % chain.block_size
                 out.append(f"  first changed byte at file offset {start} (block of "
                            f"{chain.block_size} B at offset {block}); "
-                           f"before: {old_path if old is not None else '(none)'}")
+                           f"before: {source or '(none)'}")
                 out.append(aligned(before, after, start))
     if not out:
         where = "any point" if point is None else f"point {points[0]}"

@@ -16,8 +16,10 @@ the caller reports it rather than stopping.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,10 +124,11 @@ class Entry:
 
 @dataclass
 class Listing:
-    """Every allocated entry of a disk by path, and the file systems TSK could not open."""
+    """Every allocated entry of a disk by path, and the file systems TSK could not open
+    (path prefix, e.g. "" or "p2:", -> why)."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def _filesystem_offsets(disk: Disk, image: Any) -> list[tuple[str, int]]:
@@ -245,7 +248,7 @@ def list_entries(disk: Disk | None) -> Listing:
     tsk = pytsk3()
     for prefix, offset, fs, problem in _open_filesystems(disk):
         if fs is None:
-            listing.unreadable.append(f"{prefix or '/'}: {problem}")
+            listing.unreadable[prefix] = problem or ""
             continue
         root_path = f"{prefix}/"
         root = listing.entries[root_path] = _entry(tsk, fs, offset, root_path,
@@ -255,9 +258,18 @@ def list_entries(disk: Disk | None) -> Listing:
     return listing
 
 
+def _deleted_name_matches(fs_is_fat: bool, listed: str, wanted: str) -> bool:
+    """FAT marks a deleted entry by overwriting its first byte: TSK lists
+    ``report.txt`` as ``_eport.txt``."""
+    if listed == wanted:
+        return True
+    return fs_is_fat and listed[:1] == "_" and listed[1:].lower() == wanted[1:].lower()
+
+
 def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
-    """A deleted file named ``path`` whose metadata TSK still reaches, with its content
-    as TSK recovers it (from the parent directory's unallocated names); None if none."""
+    """A deleted file named ``path`` whose metadata TSK still reaches and no other file
+    took over (a reallocated inode is refused), with its content as TSK recovers it
+    (from the parent directory's unallocated names); None if none."""
     tsk = pytsk3()
     parent, _, name = path.rpartition("/")
     for prefix, offset, fs, _ in _open_filesystems(disk):
@@ -267,10 +279,69 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
             directory = fs.open_dir(path=parent[len(prefix):] or "/")
         except OSError:
             continue
+        is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
         for item in directory:
             text = item.info.name.name.decode("utf-8", "replace")
-            if text == name and not _skipped(tsk, fs, text, item, allocated=False):
-                entry = _entry(tsk, fs, offset, path, item, deleted=True)
-                if entry.type == "file":
-                    return entry, item.read_random(0, entry.size) if entry.size else b""
+            if (not _deleted_name_matches(is_fat, text, name)
+                    or _skipped(tsk, fs, text, item, allocated=False)
+                    or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):
+                continue
+            entry = _entry(tsk, fs, offset, path, item, deleted=True)
+            if entry.type == "file":
+                return entry, item.read_random(0, entry.size) if entry.size else b""
     return None
+
+
+def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:
+    """An allocated file by path and its content as TSK reads it (holes as zeros)."""
+    tsk = pytsk3()
+    for prefix, offset, fs, _ in _open_filesystems(disk):
+        if fs is None or not path.startswith(prefix + "/"):
+            continue
+        try:
+            fs_file = fs.open(path[len(prefix):])
+        except OSError:
+            continue
+        name = fs_file.info.name
+        if fs_file.info.meta is None or (
+                name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
+            continue  # TSK's path lookup also finds deleted names
+        entry = _entry(tsk, fs, offset, path, fs_file)
+
+        def chunks(fs_file: Any = fs_file, size: int = entry.size) -> Iterator[bytes]:
+            for lo in range(0, size, CHUNK_BYTES):
+                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
+
+        return entry, chunks()
+    return None
+
+
+def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str], *,
+            force: bool = False) -> tuple[Path, int, bool]:
+    """Write file ``path`` as it was at ``point`` of ``chain`` to ``out`` (atomically);
+    deleted files too while TSK reaches their metadata.  Returns (out, bytes, deleted).
+    A path that is not a file there is a UsageError (exit 2); so is ``out`` inside a
+    chain, or existing without ``force`` (:func:`blockforensics.fileio.check_output`)."""
+    from blockforensics.fileio import atomic_writer, check_output
+
+    p = chain.point(point)
+    out = check_output(out, force=force)
+    disk = chain.disk(p)
+    found = _read_allocated(disk, path)
+    deleted = False
+    if found is None:
+        recovered = find_deleted(disk, path)
+        if recovered is None:
+            raise UsageError(f"{path}: no such file at point {p} (not even a deleted one "
+                             "The Sleuth Kit can reach)")
+        entry, data = recovered
+        found, deleted = (entry, iter([data])), True
+    entry, chunks = found
+    if entry.type != "file":
+        raise UsageError(f"{path}: a directory at point {p}, not a file")
+    size = 0
+    with atomic_writer(out) as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+            size += len(chunk)
+    return out, size, deleted

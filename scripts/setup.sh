@@ -9,7 +9,7 @@ DEBIAN_PACKAGES=(
   mtools dosfstools syslinux syslinux-common fdisk cpio busybox-static linux-image-cloud-amd64
                                     # build the sample bootable disk, make FAT file systems
   e2fsprogs                         # make and check ext2/3/4 file systems
-  sleuthkit                         # independent file-system reader for cross-checks
+  sleuthkit                         # independent file-system reader for cross-checks (mactime too)
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
   gcc libc6-dev libssl-dev          # build the C batch hasher/encrypter (blockforensics._native)
 )

@@ -55,3 +55,23 @@ def test_an_oversized_zstd_frame_is_refused():
     frame = zstandard.ZstdCompressor().compress(bytes(1 << 20))
     with pytest.raises(ValueError):
         decompress(FLAG_ZSTD, frame, 4096)
+
+
+def test_a_compressed_chain_restores_exactly_and_a_flipped_payload_bit_is_named(tmp_path):
+    from blockforensics import Chain, Volume, backup, restore
+    from blockforensics.errors import IntegrityError
+
+    blocks = _blocks()
+    vol = Volume.from_bytes(blocks.tobytes())
+    chain = Chain.create(tmp_path / "c")
+    backup(chain, vol, compress=True)
+    assert restore(chain, 0).tobytes() == blocks.tobytes()
+    image = chain.images[0]
+    record = image.index[np.flatnonzero(image.index["flags"] == FLAG_ZSTD)[5]]
+    with open(image.path, "r+b") as fh:
+        fh.seek(int(record["offset"]) + int(record["length"]) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(IntegrityError, match=f"block {int(record['position'])}"):
+        restore(Chain.open(tmp_path / "c"), 0)

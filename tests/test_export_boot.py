@@ -325,3 +325,104 @@ def test_mount_onto_a_file_is_refused(chains: Chains, tmp_path: Path) -> None:
     done = bf("mount", chains.chain(Case("sample", False, "full")), not_a_dir)
     assert "not a directory" in one_line_error(done)
     assert not mounted(not_a_dir)
+
+
+# ------------------------------------------- other formats, chains, NBD (issue 14)
+def chain_digest(chain: Path) -> dict[str, str]:
+    """SHA-256 of every file of a chain directory: the chain must not change."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(chain.iterdir())}
+
+
+@pytest.mark.slow
+def test_vhdx_vmdk_and_qcow2_chain_exports_boot(chains: Chains, tmp_path: Path) -> None:
+    """The full as VHDX, the incremental as VMDK and as a qcow2 chain of two files (the
+    middle of a chain: a base and a child holding only its image's clusters) boot."""
+    plain = [Case("odd", False, "full"), Case("odd", False, "incr"), Case("odd", False, "incr")]
+    outs = [tmp_path / "full.vhdx", tmp_path / "incr.vmdk", tmp_path / "incr.qcow2"]
+    formats = ["vhdx", "vmdk", "qcow2-chain"]
+    for case, out, fmt in zip(plain, outs, formats):
+        ok(bf("export", chains.chain(case), out, "--point", case.point, "--format", fmt))
+        compared = qemu_img("compare", "-f", "raw", chains.restored(case), out)
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+    assert (tmp_path / "incr.point0.qcow2").is_file()
+    for done, case in zip(bf_parallel(*(boot_args(out, c.marker) for c, out in
+                                        zip(plain[1:], outs[1:])), timeout=BOOT_TIMEOUT + 30),
+                          plain[1:]):
+        assert_booted(done, case.marker)
+    assert_booted(bf(*boot_args(outs[0], "full"), timeout=BOOT_TIMEOUT + 30), "full")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [Case("sample", False, "incr"), Case("odd", True, "full")],
+                         ids=lambda c: c.id)
+def test_boot_chain_point_over_nbd_leaves_the_chain_unchanged(chains: Chains, case: Case,
+                                                             tmp_path: Path) -> None:
+    """Booted straight from the chain over NBD, with a screenshot of the guest's display."""
+    chain = chains.chain(case)
+    before = chain_digest(chain)
+    shot = tmp_path / "screen.png"
+    done = bf("boot", chain, "--point", case.point, "--expect", f"{MARKER_PREFIX} {case.marker}",
+              "--timeout", BOOT_TIMEOUT, "--json", "--screenshot", shot, *chains.key_args(case),
+              timeout=BOOT_TIMEOUT + 30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is True and 0 < result["seconds_to_marker"] < BOOT_TIMEOUT
+    assert f"{MARKER_PREFIX} {case.marker}" in result["console"]
+    assert any(arg.startswith("file=") for arg in result["command"])
+    assert result["screenshot"] == str(shot)
+    from PIL import Image
+
+    with Image.open(shot) as image:  # the BIOS and boot loader's text on a black screen
+        assert image.format == "PNG" and image.size[0] >= 640
+        assert np.asarray(image.convert("L")).max() > 128
+    assert chain_digest(chain) == before
+
+
+@pytest.mark.slow
+def test_boot_json_says_when_the_marker_is_missing(chains: Chains) -> None:
+    """A wrong marker: exit 1 and ok false (the guest powers off, so this is quick)."""
+    case = Case("sample", False, "full")
+    done = bf("boot", chains.chain(case), "--point", "0", "--expect", "NOT-THE-MARKER",
+              "--timeout", BOOT_TIMEOUT, "--json", timeout=BOOT_TIMEOUT + 30)
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is False and result["seconds_to_marker"] is None
+    assert f"{MARKER_PREFIX} full" in result["console"]
+
+
+def test_serve_cli_is_the_point_until_sigterm(chains: Chains, tmp_path: Path) -> None:
+    case = Case("odd", True, "incr")
+    chain = chains.chain(case)
+    before = chain_digest(chain)
+    sock = tmp_path / "nbd.sock"
+    proc = subprocess.Popen(bf_argv("serve", chain, "--point", case.point, "--socket", sock,
+                                    *chains.key_args(case)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        url = f"nbd+unix:///?socket={sock}"
+        compared = qemu_img("compare", "-f", "raw", "-F", "raw", chains.restored(case), url)
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+        info = json.loads(ok(qemu_img("info", "--output", "json", url)).stdout)
+        assert info["virtual-size"] == SIZES[case.disk]
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert not sock.exists()
+    assert chain_digest(chain) == before
+
+
+def test_serve_bad_input(chains: Chains, tmp_path: Path) -> None:
+    chain = chains.chain(Case("sample", False, "full"))
+    assert "one of the arguments" in one_line_error(bf("serve", chain))
+    taken = tmp_path / "taken.sock"
+    taken.write_bytes(b"")
+    assert "already exists" in one_line_error(bf("serve", chain, "--socket", taken))
+    assert "no point 7" in one_line_error(bf("serve", chain, "--point", "7", "--socket",
+                                             tmp_path / "s"))

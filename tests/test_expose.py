@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from support import require_tools
 
-from blockforensics.expose import VhdFileSystem, exposed
+from blockforensics.expose import ImageFileSystem, Served, exposed
 from blockforensics.formats.raw import RawDisk
 from blockforensics.formats.vhd import VhdLayout, write_vhd
 
@@ -58,12 +58,18 @@ def test_exposed_file_is_the_export(source, mountpoint, tmp_path):
     export = write_vhd(disk, tmp_path / "export.vhd", **PINNED)
     with exposed(disk, mountpoint, **PINNED) as vhd:
         assert vhd == mountpoint / "disk.vhd"
-        assert os.listdir(mountpoint) == ["disk.vhd"]
+        assert sorted(os.listdir(mountpoint)) == ["disk.raw", "disk.vhd", "disk.vhdx",
+                                                  "disk.vmdk"]
         assert vhd.stat().st_size == export.stat().st_size
         result = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc",
                                  str(source), str(vhd)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert filecmp.cmp(vhd, export, shallow=False)
+        for name, fmt in [("disk.raw", "raw"), ("disk.vhdx", "vhdx"), ("disk.vmdk", "vmdk")]:
+            result = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", fmt,
+                                     str(source), str(mountpoint / name)],
+                                    capture_output=True, text=True)
+            assert result.returncode == 0, name + result.stdout + result.stderr
     assert not mounted(mountpoint)
 
 
@@ -72,7 +78,7 @@ def test_reads_ahead_for_sequential_readers_and_serves_any_read_exactly(source, 
     the file system returns exactly the exported file's bytes."""
     disk = RawDisk(source)
     export = write_vhd(disk, tmp_path / "export.vhd", **PINNED).read_bytes()
-    fs = VhdFileSystem(VhdLayout(disk, **PINNED))
+    fs = ImageFileSystem({"disk.vhd": Served(VhdLayout(disk, **PINNED))})
     piece = 128 * 1024
     sequential = [(offset, piece) for offset in range(0, len(export) + piece, piece)]
     scattered = [(5 * MiB + 3, 1000), (100, 4 * MiB + 17), (0, 512), (len(export) - 10, 100),

@@ -50,3 +50,19 @@ def test_the_check_sees_an_encrypted_chain_load_cryptography(chains, tmp_path):
     _, enc, key = chains
     assert "cryptography" in heavy(imported("export", enc, tmp_path / "out.vhd",
                                             "--key-file", key))
+
+
+@pytest.mark.parametrize("command", ["list", "verify", "triage", "timeline"])
+def test_only_the_fleet_command_loads_dask(chains, command):
+    plain, _, _ = chains
+    modules = imported(command, plain)
+    assert not {m for m in modules
+                if m.split(".")[0] in ("dask", "distributed") or m == "blockforensics.fleet"}
+
+
+def test_fleet_loads_dask_only_after_checking_its_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "blockforensics.cli",
+                           "fleet", "verify", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no chain" in proc.stderr
+    assert "distributed" not in {line.rsplit("|", 1)[-1].strip()
+                                 for line in proc.stderr.splitlines()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -83,3 +84,55 @@ def test_aligned_hex_marks_changed_bytes():
     assert lines[1].startswith("0000000010") and "42" in lines[1]
     assert lines[2].strip() == "^^"
     assert aligned(b"x", b"x") == "(no difference)"
+
+
+# ------------------------------------------------------------ the ransomware sample
+@pytest.fixture(scope="module", params=["ext4", "fat32"])
+def ransomware(request, tmp_path_factory):
+    from blockforensics.datasets.ransomware import build_ransomware
+
+    require_module("pytsk3", "pytsk3")
+    require_module("yara", "yara-python")
+    require_tools(*{"ext4": ("mkfs.ext4", "debugfs"),
+                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd")}[request.param])
+    sample = build_ransomware(tmp_path_factory.mktemp(request.param), request.param)
+    return sample, triage.triage_chain(sample.chain_dir)
+
+
+def test_ransomware_points_verdicts_and_last_clean_point(ransomware):
+    sample, doc = ransomware
+    assert [p["verdict"] for p in doc["points"]] == [e["verdict"] for e in sample.expected]
+    assert doc["last_clean_point"] == sample.last_clean_point == 4
+
+
+def test_ransomware_flags_exactly_the_attacked_files_and_no_benign_file(ransomware):
+    sample, doc = ransomware
+    for point, expected in zip(doc["points"], sample.expected):
+        flagged = {f["path"] for f in point["files"] if f["flagged"]}
+        assert flagged == expected["flagged"], point["point"]
+        suspected = {f["path"] for f in point["files"] if f["suspected_encryption"]}
+        assert suspected == sample.encrypted_files.get(point["point"], set()), point["point"]
+
+
+def test_each_attack_is_explained_by_its_own_evidence(ransomware):
+    sample, doc = ransomware
+    files = {f["path"]: f for p in doc["points"] for f in p["files"]}
+    locked = files["/docs/report.txt.locked"]
+    assert locked["change"] == "created"
+    assert any("took the place of deleted /docs/report.txt" in e for e in locked["evidence"])
+    note = files["/README_RESTORE_FILES.txt"]
+    assert "ransom_note_generic" in note["rules"] and not note["suspected_encryption"]
+    first_kib = files["/docs/budget.csv"]
+    assert any(re.match(r"1 of [45] 1024-byte segments random .*first at byte 0", e)
+               for e in first_kib["evidence"])  # ext4: the changed block; FAT: all 4500 B
+    photo = files["/photos/img001.jpg"]
+    assert any("jpeg signature gone" in e for e in photo["evidence"])
+    crypt = files["/docs/plan.docx.crypt"]
+    if sample.fs == "ext4":  # the same inode under a new name; mtools rewrites the entry
+        assert crypt["change"] == "renamed" and crypt["old_path"] == "/docs/plan.docx"
+    assert any("extension .docx -> .crypt" in e for e in crypt["evidence"])
+    upgrade = doc["points"][4]["metrics"]
+    assert upgrade["created"] == upgrade["deleted"] == 10
+    photos = doc["points"][2]
+    assert photos["metrics"]["high_entropy_blocks"] > 100
+    assert photos["metrics"]["unexplained_high_entropy"] == 0

@@ -104,10 +104,10 @@ class _Volume(ABC):
 
 
 class _FatVolume(_Volume):
-    def __init__(self, image: Path, scratch: Path):
+    def __init__(self, image: Path, scratch: Path, size: int = FAT32_SIZE):
         super().__init__(image, scratch)
         with image.open("wb") as fh:
-            fh.truncate(FAT32_SIZE)
+            fh.truncate(size)
         self.run(require("mkfs.vfat"), "-F", "32", "-s", "1", "--invariant", "-n", "EVIDENCE",
                  str(image))
 
@@ -123,15 +123,21 @@ class _FatVolume(_Volume):
     def delete(self, path: str, mtime: int) -> None:
         self.run(require("mdel"), "-i", str(self.image), f"::{path}")
 
+    def rmdir(self, path: str, mtime: int) -> None:
+        self.run(require("mrd"), "-i", str(self.image), f"::{path}")
+
+    def rename(self, path: str, new_path: str, mtime: int) -> None:
+        self.run(require("mren"), "-i", str(self.image), f"::{path}", f"::{new_path}")
+
 
 class _ExtVolume(_Volume):
     root_entries = ("/", "/lost+found")
 
-    def __init__(self, image: Path, scratch: Path):
+    def __init__(self, image: Path, scratch: Path, size: int = EXT4_SIZE):
         super().__init__(image, scratch)
         with image.open("wb") as fh:
-            fh.truncate(EXT4_SIZE)
-        self.run(require("mkfs.ext4"), "-q", "-F", "-b", "4096", "-N", "64", "-O", "^has_journal",
+            fh.truncate(size)
+        self.run(require("mkfs.ext4"), "-q", "-F", "-b", "4096", "-N", "128", "-O", "^has_journal",
                  "-U", "42464f52-0000-4000-8000-000000000001",
                  "-E", "hash_seed=42464f52-0000-4000-8000-000000000002", "-L", "evidence",
                  str(self.image), E2FSPROGS_FAKE_TIME=str(DAY0))
@@ -165,6 +171,13 @@ class _ExtVolume(_Volume):
 
     def delete(self, path: str, mtime: int) -> None:
         self.debugfs(f"rm {path}")
+
+    def rmdir(self, path: str, mtime: int) -> None:
+        self.debugfs(f"rmdir {path}")
+
+    def rename(self, path: str, new_path: str, mtime: int) -> None:
+        """A new name for the same inode (link, then unlink the old name), as rename(2)."""
+        self.debugfs(f"ln {path} {new_path}", f"unlink {path}", f"sif {new_path} ctime @{mtime}")
 
 
 def _history(rng: np.random.Generator) -> list[list[tuple]]:

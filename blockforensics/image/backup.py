@@ -1,10 +1,13 @@
 """Backup and restore: moving blocks between a Disk and a chain, streamed in chunks.
 
-Backup reads the source ``CHUNK_BYTES`` at a time.  A full image stores every
-non-zero block (or only those of an ``only`` map, e.g. the allocated ones); an
-incremental stores the blocks that differ from its parent point — found by
-comparing per-block content digests with the parent's index records, or given
-by a changed-block map (CBT), in which case unchanged chunks are not even read.
+Backup reads only the blocks that can matter, about ``CHUNK_BYTES`` at a time:
+the source's data extents (holes of a sparse source are zero blocks, never
+read), within an ``only`` map (e.g. the allocated blocks) when given.  A full
+image stores the non-zero ones; an incremental stores the blocks that differ
+from its parent point — found by comparing per-block content digests with the
+parent's index records (over the source's data and the parent's, so blocks that
+became holes are seen), or given by a changed-block map (CBT), in which case only
+the changed blocks are read: the work follows the data, not the volume size.
 Restore writes a point back, chunk by chunk, seeking over absent chunks so the
 output stays sparse.
 """
@@ -45,6 +48,46 @@ def read_source(source: Disk, start: int, count: int, block_size: int) -> np.nda
     return out
 
 
+class _Reblocked(Disk):
+    """A Disk read in blocks of another size (a backup's, when the source's differs)."""
+
+    def __init__(self, source: Disk, block_size: int):
+        self.source, self.size, self.block_size = source, source.size, block_size
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        return read_source(self.source, start, count, self.block_size)
+
+
+def _fit(bmap: BlockMap, n_blocks: int, block_size: int) -> BlockMap:
+    """``bmap`` at ``block_size`` bytes per block, cut or padded to ``n_blocks``."""
+    if bmap.block_size != block_size:
+        bmap = bmap.rescale(block_size)
+    if bmap.n_blocks == n_blocks:
+        return bmap
+    starts, lengths = bmap.run_arrays()
+    stops = np.minimum(starts + lengths, n_blocks)
+    keep = stops > starts
+    return BlockMap.from_run_arrays(n_blocks, starts[keep], (stops - starts)[keep], block_size)
+
+
+def batches(todo: BlockMap, step: int) -> Iterator[np.ndarray]:
+    """The positions of ``todo`` in sorted batches of about ``step`` (at most ``2 * step``)
+    blocks, made from its runs: no array of the whole volume, no loop over blocks."""
+    starts, lengths = todo.run_arrays()
+    if not len(starts):
+        return
+    pieces = -(-lengths // step)  # runs longer than a batch are cut into pieces
+    run = np.repeat(np.arange(len(starts)), pieces)
+    offset = (np.arange(len(run)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * step
+    starts, lengths = starts[run] + offset, np.minimum(step, lengths[run] - offset)
+    before = np.cumsum(lengths) - lengths  # blocks in the pieces before each piece
+    cuts = np.flatnonzero(np.diff(before // step)) + 1
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(starts)].tolist()):
+        first = before[a]
+        total = int(before[b - 1] + lengths[b - 1] - first)
+        yield np.arange(total) + np.repeat(starts[a:b] - (before[a:b] - first), lengths[a:b])
+
+
 def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
            full: bool | None = None, changed: BlockMap | None = None,
            only: BlockMap | None = None, block_size: int | None = None,
@@ -72,37 +115,35 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
         if bmap is not None and bmap.n_blocks != n_blocks:
             raise UsageError(f"the {name} map has {bmap.n_blocks} blocks; "
                              f"the source has {n_blocks} of {bs} bytes")
-    wanted = only.to_bools() if only is not None else None
-    codec = chain.codec if len(chain) else None
-    parent_digests = None
-    if parent_index is not None and changed is None:
-        assert codec is not None
-        parent_digests = chain.layout(parent_index).content_digests(codec.zero_digest(),
-                                                                    n_blocks)
-    changed_flags = changed.to_bools() if changed is not None else None
+    parent_layout = None
+    if changed is not None:  # trusted: read exactly the changed blocks
+        todo = changed.copy()
+    else:  # the source's data; for an incremental, also where the parent has data
+        todo = _fit(source.present(), n_blocks, bs)
+        if parent_index is not None:
+            parent_layout = chain.layout(parent_index)
+            todo |= _fit(parent_layout.present(), n_blocks, bs)
+    if only is not None:
+        todo &= only
+    reader = source if source.block_size == bs else _Reblocked(source, bs)
 
-    step = _chunk_blocks(bs)
     with chain.locked(), chain.writer(header, compress=compress) as writer, \
-            progress_bar(source.size, "backup", progress) as bar:
+            progress_bar(todo.count() * bs, "backup", progress) as bar:
         codec = writer.codec
         assert codec is not None  # a writer made from a header has a codec
-        for start in range(0, n_blocks, step):
-            count = min(step, n_blocks - start)
-            take = np.ones(count, dtype=bool) if wanted is None \
-                else wanted[start : start + count].copy()
-            if changed_flags is not None:
-                take &= changed_flags[start : start + count]
-            if take.any():
-                blocks = read_source(source, start, count, bs)
-                if full:
-                    take &= nonzero_rows(blocks)
-                elif parent_digests is not None:
-                    rows = np.flatnonzero(take)
-                    digests = codec.content_digests(blocks[rows])
-                    take[rows] = (digests != parent_digests[start + rows]).any(axis=1)
-                rows = np.flatnonzero(take)
-                writer.add(start + rows, blocks if len(rows) == count else blocks[rows])
-            bar.update(min(count * bs, source.size - start * bs))
+        zero = codec.zero_digest()
+        for positions in batches(todo, _chunk_blocks(bs)):
+            blocks = reader.read_at(positions)
+            if full:
+                take = nonzero_rows(blocks)
+            elif parent_layout is not None:
+                digests = codec.content_digests(blocks)
+                take = (digests != parent_layout.digests_at(positions, zero)).any(axis=1)
+            else:
+                take = np.ones(len(positions), dtype=bool)
+            rows = np.flatnonzero(take)
+            writer.add(positions[rows], blocks if len(rows) == len(positions) else blocks[rows])
+            bar.update(len(positions) * bs)
         path = writer.commit()
         return chain.append(path)
 

@@ -84,7 +84,9 @@ def read_manifest(directory: Path) -> list[str]:
     return list(ChainStore(directory).read().images)
 
 
-DECODE_BATCH = 4096  # blocks decoded per batch when writing a point to a file
+#: blocks decoded per batch when writing a point to a file: 2 MiB of 4 KiB blocks keeps an
+#: encrypted restore under 100 MiB of memory and is as fast as larger batches
+DECODE_BATCH = 512
 #: blocks of a point handed to a writer per pass: bounds the index rows copied at once
 WRITE_WINDOW = 1 << 18
 
@@ -120,6 +122,12 @@ def open_codec(header: Header | None, key: KeySource | None, where: str) -> Bloc
     return EncryptedCodec(keys, header.block_size)
 
 
+def _depths(owner: np.ndarray) -> list[int]:
+    """The image depths found in a slice of ``Layout.owner`` (-1: none), ascending.
+    (``np.unique`` of int16 costs milliseconds even for a few elements in numpy 2.)"""
+    return np.flatnonzero(np.bincount(owner[owner >= 0])).tolist()
+
+
 @dataclass
 class Layout:
     """Where every block of one point comes from.
@@ -148,17 +156,20 @@ class Layout:
         image holding some of them, their rows (counted from ``start``) and records."""
         owner = self.owner[start : start + count]
         entry = self.entry[start : start + count]
-        for depth in np.unique(owner[owner >= 0]).tolist():
+        for depth in _depths(owner):
             rows = np.flatnonzero(owner == depth)
             yield depth, rows, self.images[depth].index[entry[rows]]
 
     def present(self) -> BlockMap:
         """Blocks that hold stored, non-zero data at this point."""
         flags = self.owner >= 0
-        for depth, image in enumerate(self.images):
-            positions = np.flatnonzero(self.owner == depth)
-            zero = (image.index["flags"][self.entry[positions]] & FLAG_ZERO) != 0
-            flags[positions[zero]] = False
+        for depth, image in enumerate(self.images):  # records, not blocks, are scanned
+            rows = np.flatnonzero(image.index["flags"] & FLAG_ZERO)
+            positions = image.index["position"][rows].astype(np.int64)
+            inside = positions < len(flags)
+            rows, positions = rows[inside], positions[inside]
+            used = (self.owner[positions] == depth) & (self.entry[positions] == rows)
+            flags[positions[used]] = False
         return BlockMap.from_bools(flags, self.block_size)
 
     def content_digests(self, zero_digest: np.ndarray, n_blocks: int | None = None
@@ -172,6 +183,19 @@ class Layout:
             positions, records = self.records(depth)
             keep = positions < n_blocks
             out[positions[keep]] = digest_rows(records["content_digest"])[keep]
+        return out
+
+    def digests_at(self, positions: np.ndarray, zero_digest: np.ndarray) -> np.ndarray:
+        """``(len(positions), 16)`` content digests of the blocks at ``positions``; absent
+        ones, and positions past the point's end, get ``zero_digest``."""
+        out = np.empty((len(positions), DIGEST_SIZE), dtype=np.uint8)
+        out[:] = zero_digest
+        inside = np.flatnonzero(positions < self.n_blocks)
+        owner = self.owner[positions[inside]]
+        for depth in _depths(owner):
+            rows = inside[owner == depth]
+            records = self.images[depth].index[self.entry[positions[rows]]]
+            out[rows] = digest_rows(records["content_digest"])
         return out
 
 
@@ -599,16 +623,31 @@ class ChainDisk(InPlaceDisk):
         batch = decode & self._codec.batchable(records)
         if batch.any():
             out[rows[batch]] = self._open_batch(image, records[batch])
-        for i in np.flatnonzero(decode & ~batch):
-            payload = image.read_payload(records[i])
-            if self.check:
-                check_stored(image.name, payload, np.zeros(1, np.int64), records[i : i + 1])
-            try:
-                block = self._codec.decode(records[i], payload)
-            except FormatError as exc:
-                raise IntegrityError(f"{image.name}: {exc}") from exc
-            out[rows[i]] = np.frombuffer(block, dtype=np.uint8)
+        rest = np.flatnonzero(decode & ~batch)
+        if len(rest):
+            out[rows[rest]] = self._decode_many(image, records[rest])
         return rows[verbatim | decode]
+
+    def _decode_many(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
+        """The plaintexts of payloads of any length (compressed ones): read a run of
+        back-to-back payloads at a time, checked against their digests as a batch, and
+        decoded by the codec as a batch; IntegrityError naming the first bad block."""
+        lengths = records["length"].astype(np.int64)
+        starts = np.zeros(len(records), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        payloads = np.empty(int(lengths.sum()), dtype=np.uint8)
+        offsets = records["offset"].astype(np.int64)
+        breaks = np.flatnonzero(offsets[1:] != offsets[:-1] + lengths[:-1]) + 1
+        firsts, ends = np.r_[0, breaks], np.r_[breaks, len(records)]
+        for first, end in zip(firsts.tolist(), ends.tolist()):
+            stop = int(starts[end - 1] + lengths[end - 1])
+            image.read_into(payloads[int(starts[first]) : stop], int(offsets[first]))
+        if self.check:
+            check_stored(image.name, payloads, starts, records)
+        try:
+            return self._codec.decode_many(records, payloads, starts)
+        except FormatError as exc:
+            raise IntegrityError(f"{image.name}: {exc}") from exc
 
     def _read_verbatim(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
                        rows: np.ndarray) -> None:

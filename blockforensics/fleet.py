@@ -1,0 +1,252 @@
+"""Fleets: one command over many chains, one task per chain, on Dask (``dask.distributed``).
+
+An incident has hundreds of machines' backups.  :func:`run_fleet` (and
+``blockforensics fleet triage|verify|timeline DIR...``) finds the chains under the
+given directories by their manifests and runs the command on each as a separate
+task: on a ``LocalCluster`` of worker processes on this machine when no scheduler
+is given, or on a running Dask scheduler and its workers elsewhere (the chains must
+be on storage every worker sees, at the same path).  A chain that fails is reported
+with its error and never stops the others.  The results come back as one
+:class:`FleetResult`: one record per chain (the command's own JSON), a pandas
+DataFrame of one row per chain, and a text report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blockforensics.errors import UsageError
+from blockforensics.image.store import MANIFEST
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from distributed import Client, LocalCluster
+
+COMMANDS = ("triage", "verify", "timeline")
+
+
+# ------------------------------------------------------------------ one chain (on a worker)
+def _triage(path: str, rules: str | None) -> Any:
+    from blockforensics.triage import triage_chain
+
+    return triage_chain(path, rules=rules)
+
+
+def _verify(path: str, rules: str | None) -> Any:
+    from blockforensics.image.verify import verify
+
+    report = verify(path)
+    return {"ok": report.ok, "images": report.images, "blocks": report.blocks,
+            "problems": [vars(problem) for problem in report.problems]}
+
+
+def _timeline(path: str, rules: str | None) -> Any:
+    import json
+
+    from blockforensics.forensics import timeline
+    from blockforensics.image.chain import Chain
+
+    with Chain.open(path) as chain:
+        return json.loads(timeline(chain).to_json(orient="records"))
+
+
+_RUN: dict[str, Callable[[str, str | None], Any]] = {
+    "triage": _triage, "verify": _verify, "timeline": _timeline}
+
+
+def run_chain(command: str, path: str, rules: str | None = None) -> dict[str, Any]:
+    """Run ``command`` on the chain at ``path``: ``{"path", "status": "ok", "result"}``, or
+    ``{"path", "status": "error", "error"}`` whatever went wrong (a task never raises)."""
+    try:
+        return {"path": path, "status": "ok", "result": _RUN[command](path, rules)}
+    except Exception as exc:  # a broken chain is a finding, not the end of the fleet
+        return {"path": path, "status": "error", "error": _message(exc)}
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+# ------------------------------------------------------------------ finding chains
+def find_chains(directories: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Each directory that is a chain, or the chains below it (found by their manifests),
+    sorted and without repeats; UsageError for a directory that does not exist, or when
+    there is no chain at all."""
+    found: dict[Path, None] = {}
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise UsageError(f"{directory}: not a directory")
+        if (directory / MANIFEST).is_file():
+            found[directory] = None
+            continue
+        for manifest in sorted(directory.rglob(MANIFEST)):
+            found[manifest.parent] = None
+    if not found:
+        raise UsageError("fleet: no chain (no chain.json) in the directories given")
+    return list(found)
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class FleetResult:
+    """The records of one fleet run, one per chain, in the order the chains were found."""
+
+    command: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.records)
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "error"]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per chain: path, status, error, and the command's summary fields."""
+        return [{"path": r["path"], "status": r["status"], "error": r.get("error", ""),
+                 **(_SUMMARY[self.command](r["result"]) if r["status"] == "ok" else {})}
+                for r in self.records]
+
+    def frame(self) -> pd.DataFrame:
+        """:meth:`rows` as a DataFrame, one row per chain."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def report(self) -> str:
+        """A text report: totals, then one line per chain (its summary or its error)."""
+        rows = self.rows()
+        lines = [f"fleet {self.command}: {len(rows)} chains, "
+                 f"{len(rows) - len(self.errors())} ok, {len(self.errors())} failed"]
+        for row in rows:
+            summary = ", ".join(f"{k}={v}" for k, v in row.items()
+                                if k not in ("path", "status", "error"))
+            lines.append(f"  {row['path']}: "
+                         + (f"ERROR {row['error']}" if row["status"] == "error" else summary))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.report()
+
+
+def _triage_summary(result: dict[str, Any]) -> dict[str, Any]:
+    verdicts = [p["verdict"] for p in result["points"]]
+    worst = next((v for v in ("encrypted", "suspicious") if v in verdicts), "clean")
+    return {"points": len(verdicts), "verdict": worst,
+            "flagged_points": sum(v != "clean" for v in verdicts),
+            "last_clean_point": result.get("last_clean_point")}
+
+
+def _verify_summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": result["ok"], "images": result["images"], "blocks": result["blocks"],
+            "problems": len(result["problems"])}
+
+
+def _timeline_summary(result: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"points": len(result),
+            "blocks_changed": sum(int(r["blocks_changed"]) for r in result),
+            "suspected_encryption": sum(int(r["suspected_encryption"]) for r in result)}
+
+
+_SUMMARY: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "triage": _triage_summary, "verify": _verify_summary, "timeline": _timeline_summary}
+
+
+# ------------------------------------------------------------------ the cluster
+class Fleet:
+    """A Dask client: on the scheduler at ``scheduler`` (``tcp://host:port``), or on a
+    ``LocalCluster`` of ``workers`` processes (default: one per core) on this machine.
+    Use it as a context manager; :meth:`run` runs a command over chains."""
+
+    def __init__(self, scheduler: str | None = None, *, workers: int | None = None,
+                 dashboard: bool = True):
+        from distributed import Client, LocalCluster
+
+        self.cluster: LocalCluster | None = None
+        if scheduler is None:
+            self.cluster = LocalCluster(
+                n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                processes=True, dashboard_address=":0" if dashboard else None,
+                silence_logs=40)  # logging.ERROR: worker chatter is not the report
+            self.client: Client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(scheduler, timeout="10s")
+            except OSError as exc:
+                raise UsageError(f"{scheduler}: no Dask scheduler answers ({exc})") from exc
+
+    @property
+    def dashboard_link(self) -> str:
+        return str(self.client.dashboard_link)
+
+    def run(self, command: str, directories: Iterable[str | os.PathLike[str]], *,
+            rules: str | os.PathLike[str] | None = None, progress: bool = False
+            ) -> FleetResult:
+        """``command`` (triage, verify or timeline) on every chain found in
+        ``directories``, one task each."""
+        if command not in COMMANDS:
+            raise UsageError(f"fleet: the command must be one of {', '.join(COMMANDS)}")
+        chains = [str(path) for path in find_chains(directories)]
+        rule_dir = None if rules is None else os.fspath(rules)
+        futures = [self.client.submit(run_chain, command, path, rule_dir, pure=False)
+                   for path in chains]
+        order = {future.key: i for i, future in enumerate(futures)}
+        records: list[dict[str, Any]] = [{} for _ in chains]
+        for i, record in self._gather(futures, order, chains, progress):
+            records[i] = record
+        return FleetResult(command, records)
+
+    def _gather(self, futures: list[Any], order: dict[Any, int], chains: list[str],
+                progress: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(index, record)`` of each task as it finishes, with a bar counting chains."""
+        from distributed import as_completed
+
+        bar = _chain_bar(len(futures), progress)
+        try:
+            for future in as_completed(futures):
+                i = order[future.key]
+                try:
+                    record = future.result()
+                except Exception as exc:  # the worker itself died or the task was lost
+                    record = {"path": chains[i], "status": "error", "error": _message(exc)}
+                if bar is not None:
+                    bar.set_postfix_str(f"{Path(chains[i]).name}: {record['status']}")
+                    bar.update(1)
+                yield i, record
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chain_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="chains", unit="chain", leave=False)
+
+
+def run_fleet(command: str, directories: Iterable[str | os.PathLike[str]], *,
+              scheduler: str | None = None, workers: int | None = None,
+              rules: str | os.PathLike[str] | None = None, progress: bool = False
+              ) -> FleetResult:
+    """Run ``command`` over the chains in ``directories`` on a fresh :class:`Fleet`."""
+    chains = find_chains(directories)  # bad input fails before a cluster starts
+    with Fleet(scheduler, workers=workers, dashboard=False) as fleet:
+        return fleet.run(command, chains, rules=rules, progress=progress)

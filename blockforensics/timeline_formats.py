@@ -1,0 +1,239 @@
+"""Per-file timelines of a chain in the formats investigators already use.
+
+:func:`file_versions` lists every file version a chain records: at the full, every
+file; at each later point, the files it created, modified, renamed or deleted
+against its parent (a deleted file with its last metadata, from the parent).  Per
+version: MACB times (seconds since the epoch, 0 = not recorded), size, inode (MFT
+record number on NTFS), mode, owner, SHA-256 and MD5 of the whole content at that
+point, and whether the triage rules suspect encryption.
+
+Writers (:data:`FORMATS`):
+
+- ``bodyfile`` — The Sleuth Kit's body format 3 (``MD5|name|inode|mode|UID|GID|size|
+  atime|mtime|ctime|crtime``), read by ``mactime -b``;
+- ``l2tcsv`` — plaso's 17-column L2T CSV, one row per distinct time with its MACB
+  letters;
+- ``jsonl`` — Timesketch JSON lines, one event per time kind, with ``message``,
+  ``datetime`` (ISO 8601), ``timestamp`` (microseconds) and ``timestamp_desc``;
+- ``dfxml`` — Digital Forensics XML: one ``fileobject`` per version with its
+  ``byte_runs`` (disk offsets at that point) and hashes; point and change in the
+  ``bf:`` namespace.
+
+A name in a version is written as ``PATH (point N, CHANGE)`` in the body file and
+L2T CSV, whose readers have no other place for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import stat
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from blockforensics import forensics
+from blockforensics.errors import UsageError
+from blockforensics.tsk import Entry, Listing
+
+if TYPE_CHECKING:
+    from blockforensics.image.chain import Chain
+
+VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
+                   "uid", "gid", "atime", "mtime", "ctime", "crtime", "sha256", "md5",
+                   "suspected_encryption", "runs"]
+#: MACB letter, column, Timesketch/plaso description
+TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
+         ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
+DFXML_NS = "http://www.forensicswiki.org/wiki/Category:Digital_Forensics_XML"
+BF_NS = "https://github.com/blockforensics/dfxml"
+
+
+def _hashes(entry: Entry, disk: Any) -> tuple[str, str]:
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    if entry.type == "file":
+        for chunk in entry.chunks(disk):
+            sha.update(chunk)
+            md5.update(chunk)
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def file_versions(chain: Chain) -> pd.DataFrame:
+    """Every file version the chain records (see the module documentation), one row
+    each, in point order: columns :data:`VERSION_COLUMNS` (``runs``: the content's disk
+    byte extents ``[(offset, length), ...]`` at that point)."""
+    listings: dict[int | None, Listing] = {}
+    rows = []
+    for p in range(len(chain)):
+        result = forensics.point_diff(chain, p, listings)
+        parent = chain.parent(p)
+        for row in result.files.itertuples():
+            side = parent if row.change == "deleted" else p
+            entry = listings[side].entries.get(row.path)
+            if entry is None or side is None:
+                continue
+            sha, md5 = _hashes(entry, chain.disk(side))
+            rows.append({
+                "point": p, "change": row.change, "path": row.path, "old_path": row.old_path,
+                "type": entry.type, "inode": entry.inode, "size": entry.size,
+                "mode": entry.mode, "uid": entry.uid, "gid": entry.gid, "atime": entry.atime,
+                "mtime": entry.mtime, "ctime": entry.ctime, "crtime": entry.crtime,
+                "sha256": sha if entry.type == "file" else "",
+                "md5": md5 if entry.type == "file" else "",
+                "suspected_encryption": bool(row.suspected_encryption),
+                "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()]})
+    return pd.DataFrame(rows, columns=VERSION_COLUMNS)
+
+
+def _mode_string(kind: str, mode: int) -> str:
+    """TSK's body-file mode, e.g. ``r/rrw-r--r--``."""
+    t = "d" if kind == "dir" else "r"
+    return f"{t}/{t}{stat.filemode(mode & 0o7777)[1:]}"
+
+
+def _name(v: Any) -> str:
+    return f"{v.path} (point {v.point}, {v.change})"
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+
+def write_bodyfile(versions: pd.DataFrame, out: io.TextIOBase) -> None:
+    for v in versions.itertuples():
+        name = _name(v).replace("|", "_")
+        out.write(f"{v.md5 or 0}|{name}|{v.inode}|{_mode_string(v.type, v.mode)}|{v.uid}|"
+                  f"{v.gid}|{v.size}|{v.atime}|{v.mtime}|{v.ctime}|{v.crtime}\n")
+
+
+def _grouped_times(v: Any) -> Iterator[tuple[int, str, list[str]]]:
+    """(time, MACB letters, descriptions) for each distinct recorded time of a version."""
+    by_time: dict[int, list[tuple[str, str]]] = {}
+    for letter, column, desc in TIMES:
+        t = int(getattr(v, column))
+        if t:
+            by_time.setdefault(t, []).append((letter, desc))
+    for t, kinds in sorted(by_time.items()):
+        letters = "".join(letter if letter in {k[0] for k in kinds} else "."
+                          for letter in "MACB")
+        yield t, letters, [k[1] for k in kinds]
+
+
+L2T_HEADER = ["date", "time", "timezone", "MACB", "source", "sourcetype", "type", "user",
+              "host", "short", "desc", "version", "filename", "inode", "notes", "format",
+              "extra"]
+
+
+def write_l2tcsv(versions: pd.DataFrame, out: io.TextIOBase, host: str = "-") -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(L2T_HEADER)
+    for v in versions.itertuples():
+        for t, letters, descs in _grouped_times(v):
+            when = datetime.fromtimestamp(t, timezone.utc)
+            writer.writerow([
+                when.strftime("%m/%d/%Y"), when.strftime("%H:%M:%S"), "UTC", letters, "FILE",
+                f"blockforensics point {v.point}", "; ".join(descs), str(v.uid), host,
+                _name(v), f"{v.path} {v.change} at point {v.point}, size {v.size}",
+                "2", v.path, str(v.inode),
+                "suspected encryption" if v.suspected_encryption else "-", "blockforensics",
+                f"sha256: {v.sha256 or '-'} md5: {v.md5 or '-'} point: {v.point} "
+                f"change: {v.change}"])
+
+
+def write_jsonl(versions: pd.DataFrame, out: io.TextIOBase) -> None:
+    for v in versions.itertuples():
+        for _, column, desc in TIMES:
+            t = int(getattr(v, column))
+            if not t:
+                continue
+            event = {
+                "message": f"{v.path} ({v.change} at point {v.point}, {v.size} bytes)",
+                "datetime": _iso(t), "timestamp": t * 1_000_000, "timestamp_desc": desc,
+                "data_type": "fs:stat", "path": v.path, "old_path": v.old_path or None,
+                "point": v.point, "change": v.change, "file_type": v.type,
+                "inode": v.inode, "size": v.size, "sha256": v.sha256 or None,
+                "md5": v.md5 or None, "suspected_encryption": v.suspected_encryption}
+            out.write(json.dumps(event) + "\n")
+
+
+def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") -> None:
+    ET.register_namespace("", DFXML_NS)
+    ET.register_namespace("bf", BF_NS)
+
+    def sub(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.Element:
+        element = ET.SubElement(parent, f"{{{DFXML_NS}}}{tag}", attrs)
+        if text is not None:
+            element.text = str(text)
+        return element
+
+    root = ET.Element(f"{{{DFXML_NS}}}dfxml", {"version": "1.0"})
+    creator = sub(root, "creator")
+    sub(creator, "program", "blockforensics")
+    sub(sub(root, "source"), "image_filename", source)
+    for v in versions.itertuples():
+        obj = sub(root, "fileobject")
+        sub(obj, "filename", v.path)
+        sub(obj, "filesize", v.size)
+        sub(obj, "alloc", 0 if v.change == "deleted" else 1)
+        sub(obj, "inode", v.inode)
+        sub(obj, "meta_type", 2 if v.type == "dir" else 1)
+        sub(obj, "mode", format(v.mode & 0o7777, "o"))
+        sub(obj, "uid", v.uid)
+        sub(obj, "gid", v.gid)
+        for _, column, _ in TIMES:
+            if getattr(v, column):
+                sub(obj, column, _iso(int(getattr(v, column))))
+        if v.runs:
+            runs = sub(obj, "byte_runs")
+            file_offset = 0
+            for offset, length in v.runs:
+                sub(runs, "byte_run", file_offset=str(file_offset), img_offset=str(offset),
+                    len=str(length))
+                file_offset += length
+        if v.md5:
+            sub(obj, "hashdigest", v.md5, type="md5")
+            sub(obj, "hashdigest", v.sha256, type="sha256")
+        for tag, value in (("point", v.point), ("change", v.change),
+                           ("old_path", v.old_path or None),
+                           ("suspected_encryption", str(v.suspected_encryption).lower())):
+            if value is not None:
+                ET.SubElement(obj, f"{{{BF_NS}}}{tag}").text = str(value)
+    ET.indent(root)
+    out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
+    out.write(ET.tostring(root, encoding="unicode"))
+    out.write("\n")
+
+
+FORMATS: dict[str, Callable[..., None]] = {
+    "bodyfile": write_bodyfile, "l2tcsv": write_l2tcsv, "jsonl": write_jsonl,
+    "dfxml": write_dfxml}
+
+
+def render(chain: Chain, fmt: str) -> str:
+    """The chain's file versions in format ``fmt`` (one of :data:`FORMATS`), as text."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown timeline format {fmt!r} (one of {', '.join(FORMATS)})")
+    versions = file_versions(chain)
+    out = io.StringIO()
+    if fmt == "dfxml":
+        write_dfxml(versions, out, source=str(chain.directory))
+    else:
+        FORMATS[fmt](versions, out)
+    return out.getvalue()
+
+
+def write(chain: Chain, fmt: str, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`render` to ``path`` atomically (temporary name, fsync, rename)."""
+    from blockforensics.fileio import atomic_writer
+
+    text = render(chain, fmt)
+    with atomic_writer(path) as fh:
+        fh.write(text.encode())
+    return Path(path)

@@ -1,0 +1,159 @@
+"""Fleets on Dask: one task per chain on worker processes, a broken chain reported with
+its error while the others finish, results combined into one DataFrame and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockforensics import Chain, Volume, backup
+from blockforensics.errors import UsageError
+from blockforensics.fleet import Fleet, find_chains
+
+N_CHAINS = 21
+ATTACKED = {"host-03", "host-11"}
+BROKEN = "host-07"
+TEXT = (b"quarterly report: revenue up, costs down, nothing to see here. " * 20000)[: 256 * 4096]
+
+
+def make_fleet(root: Path) -> list[Path]:
+    """``N_CHAINS`` small chains (a full and an incremental each) in two site folders;
+    two incrementals overwrite 100 blocks with random bytes; one chain's manifest is
+    garbage."""
+    rng = np.random.default_rng(8)
+    paths = []
+    for i in range(N_CHAINS):
+        name = f"host-{i:02d}"
+        path = root / ("site-a" if i % 2 else "site-b") / name
+        chain = Chain.create(path)
+        backup(chain, Volume.from_bytes(TEXT))
+        day2 = bytearray(TEXT)
+        day2[4096 * (5 + i) : 4096 * (7 + i)] = (b"minutes of the meeting\n" * 357)[:8192]
+        if name in ATTACKED:
+            day2[4096 * 50 : 4096 * 150] = rng.integers(0, 256, 4096 * 100, np.uint8).tobytes()
+        backup(chain, Volume.from_bytes(bytes(day2)))
+        chain.close()
+        paths.append(path)
+    (root / "site-a" / BROKEN / "chain.json").write_text("{not json")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fleet")
+    make_fleet(root)
+    return root
+
+
+def test_chains_are_found_by_their_manifests(fleet_dir: Path, tmp_path: Path) -> None:
+    found = find_chains([fleet_dir / "site-a", fleet_dir])
+    assert len(found) == N_CHAINS  # a chain named twice is listed once
+    assert find_chains([fleet_dir / "site-a" / "host-01"]) == [fleet_dir / "site-a" / "host-01"]
+    with pytest.raises(UsageError):
+        find_chains([tmp_path])  # no chain
+    with pytest.raises(UsageError):
+        find_chains([tmp_path / "missing"])
+
+
+def check_triage(records: list[dict], fleet_dir: Path) -> None:
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert len(by_name) == N_CHAINS
+    assert by_name[BROKEN]["status"] == "error" and by_name[BROKEN]["error"]
+    for name, record in by_name.items():
+        if name == BROKEN:
+            continue
+        assert record["status"] == "ok", record
+        verdicts = [p["verdict"] for p in record["result"]["points"]]
+        expected = "clean" if name not in ATTACKED else "suspicious"
+        assert verdicts[0] == "clean"
+        assert (verdicts[1] != "clean") == (name in ATTACKED), (name, record["result"])
+        assert record["result"]["last_clean_point"] == (1 if expected == "clean" else 0)
+
+
+def test_local_cluster_of_two_processes_triages_verifies_and_times_a_fleet(
+        fleet_dir: Path) -> None:
+    with Fleet(workers=2) as fleet:
+        assert len(fleet.client.scheduler_info()["workers"]) == 2
+        pids = set(fleet.client.run(os.getpid).values())
+        assert len(pids) == 2 and os.getpid() not in pids  # worker processes
+        triaged = fleet.run("triage", [fleet_dir])
+        verified = fleet.run("verify", [fleet_dir / "site-a", fleet_dir / "site-b"])
+        timeline = fleet.run("timeline", [fleet_dir])
+    check_triage(triaged.records, fleet_dir)
+
+    frame = triaged.frame()
+    assert len(frame) == N_CHAINS
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok[ok["verdict"] != "clean"]["path"].map(lambda p: Path(p).name)) == ATTACKED
+    assert frame.set_index(frame["path"].map(lambda p: Path(p).name)).loc[BROKEN, "status"] \
+        == "error"
+    report = triaged.report()
+    assert f"{N_CHAINS} chains, {N_CHAINS - 1} ok, 1 failed" in report
+    assert f"{BROKEN}: ERROR" in report
+
+    assert [r["status"] for r in verified.records].count("error") == 1
+    assert all(r["result"]["ok"] and r["result"]["images"] == 2
+               for r in verified.records if r["status"] == "ok")
+    by_name = {Path(r["path"]).name: r for r in timeline.records}
+    attacked_rows = by_name["host-03"]["result"]
+    assert [row["point"] for row in attacked_rows] == [0, 1]
+    assert attacked_rows[1]["blocks_changed"] == 102  # 100 random + 2 edited
+    assert by_name["host-04"]["result"][1]["blocks_changed"] == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_fleet_cli_on_a_separate_scheduler_and_workers(fleet_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    dask = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen([*dask, "scheduler", "--host",
+                               "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    try:
+        procs += [subprocess.Popen([*dask, "worker", address,
+                                    "--nthreads", "1", "--no-dashboard"],
+                                   env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+                  for _ in range(2)]
+        done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "fleet", "triage",
+                               str(fleet_dir), "--scheduler", address, "--json"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 1, done.stderr  # one chain failed
+        records = json.loads(done.stdout)
+        check_triage(records, fleet_dir)
+        assert all(set(r) == {"path", "status", "result"} for r in records
+                   if r["status"] == "ok")
+        no_scheduler = subprocess.run(
+            [sys.executable, "-m", "blockforensics.cli", "fleet", "verify", str(fleet_dir),
+             "--scheduler", f"tcp://127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, env=env, timeout=120)
+        assert no_scheduler.returncode == 2
+        assert len(no_scheduler.stderr.strip().splitlines()) == 1
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,145 @@
+"""File diffs where metadata hides the change: ext4 inline_data, NTFS (MFT records,
+resident data, renames and moves), and file systems The Sleuth Kit cannot open."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import require_module, require_tools
+
+from blockforensics import forensics
+from blockforensics.formats.raw import RawDisk
+from blockforensics.image.backup import backup
+from blockforensics.image.chain import Chain
+
+
+def _changes(result: forensics.DiffResult) -> set[tuple[str, str]]:
+    return {(r.path, r.change) for r in result.files.itertuples() if r.type == "file"}
+
+
+@contextlib.contextmanager
+def _mounted(argv: list[str], mountpoint: Path):
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run([*argv, str(mountpoint)], check=True, capture_output=True, timeout=60)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
+
+
+def _backup(chain: Chain, image: Path) -> None:
+    with RawDisk(image) as disk:
+        backup(chain, disk)
+
+
+def _edit_keeping_mtime(path: Path, offset: int, data: bytes) -> None:
+    """Rewrite bytes in place (same size), then put the old mtime back: only ctime moves."""
+    before = path.stat()
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_inline_data_edit_with_mtime_put_back_is_a_modification(tmp_path):
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "mount", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(8 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "inline_data,^has_journal", "-I", "256",
+                    str(image)], check=True)
+    with _mounted(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        (m / "small.txt").write_bytes(b"quarterly figures v1\n")  # 21 bytes: in the inode
+    chain = Chain.create(tmp_path / "chain")
+    _backup(chain, image)
+    with _mounted(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        _edit_keeping_mtime(m / "small.txt", 19, b"2")
+    _backup(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert _changes(result) == {("/small.txt", "modified")}
+    row = result.files.iloc[0]
+    assert row["size_before"] == row["size_after"] == 21
+
+
+@pytest.fixture(scope="module")
+def ntfs(tmp_path_factory):
+    """An NTFS history made with mkntfs and ntfs-3g (FUSE), one point per day."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkntfs", "ntfs-3g", "umount")
+    tmp = tmp_path_factory.mktemp("ntfs")
+    image = tmp / "v.img"
+    image.write_bytes(bytes(16 << 20))
+    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
+                   capture_output=True)
+    mount = ["ntfs-3g", str(image)]
+    chain = Chain.create(tmp / "chain")
+    with _mounted(mount, tmp / "m") as m:
+        for d in ("docs", "archive"):
+            (m / d).mkdir()
+        (m / "docs" / "report.txt").write_bytes(b"quarterly report " * 600)  # non-resident
+        (m / "docs" / "moved.txt").write_bytes(b"to be moved " * 500)
+        (m / "docs" / "small.txt").write_bytes(b"resident v1\n")  # in the MFT record
+        (m / "docs" / "old.txt").write_bytes(b"obsolete " * 300)
+    _backup(chain, image)
+    with _mounted(mount, tmp / "m") as m:
+        (m / "docs" / "report.txt").rename(m / "docs" / "report-final.txt")
+        (m / "docs" / "moved.txt").rename(m / "archive" / "moved.txt")
+        _edit_keeping_mtime(m / "docs" / "small.txt", 10, b"2")
+        (m / "docs" / "old.txt").unlink()
+        (m / "docs" / "new.txt").write_bytes(b"fresh " * 700)
+    _backup(chain, image)
+    with _mounted(mount, tmp / "m") as m:
+        _edit_keeping_mtime(m / "docs" / "report-final.txt", 4096, b"REVISED")
+    _backup(chain, image)
+    with Chain.open(tmp / "chain") as opened:
+        yield opened
+
+
+def test_ntfs_renames_and_moves_are_renames_by_mft_record(ntfs):
+    result = forensics.diff(ntfs, 0, 1, files=True)
+    assert _changes(result) == {
+        ("/docs/report-final.txt", "renamed"), ("/archive/moved.txt", "renamed"),
+        ("/docs/small.txt", "modified"), ("/docs/old.txt", "deleted"),
+        ("/docs/new.txt", "created")}
+    files = result.files.set_index("path")
+    assert files.loc["/docs/report-final.txt", "old_path"] == "/docs/report.txt"
+    assert files.loc["/archive/moved.txt", "old_path"] == "/docs/moved.txt"
+    listed = forensics.list_files(ntfs.disk(0)).set_index("path")
+    assert files.loc["/docs/report-final.txt", "inode"] == listed.loc["/docs/report.txt",
+                                                                       "inode"]
+    assert not any(p.startswith("/$") for p in listed.index)
+    assert not files["suspected_encryption"].any()
+
+
+def test_ntfs_non_resident_edit_with_mtime_put_back_is_found(ntfs):
+    result = forensics.diff(ntfs, 1, 2, files=True)
+    assert _changes(result) == {("/docs/report-final.txt", "modified")}
+
+
+def test_a_file_system_tsk_cannot_open_is_reported_not_fatal(tmp_path):
+    """A FAT32 boot sector TSK refuses (a FAT count of zero) still gives the block diff."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.vfat")
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(34 << 20))
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
+                   capture_output=True)
+    chain = Chain.create(tmp_path / "chain")
+    _backup(chain, image)
+    with image.open("r+b") as fh:
+        fh.seek(16)
+        fh.write(b"\x00")  # BPB_NumFATs = 0
+        fh.seek(20 << 20)
+        fh.write(b"changed")
+    _backup(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert result.changed_blocks >= 1
+    assert result.notes and "cannot open" in result.notes[0]
+    assert not result.files_checked and result.files.empty  # not "every file deleted"
+    assert "not read:" in str(result)
