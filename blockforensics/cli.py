@@ -29,7 +29,33 @@ class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (and exit 2) instead of usage plus message."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]  # "" for the top level, else e.g. "restore"
+        hint = f"; see blockforensics {command + ' ' if command else ''}--help"
+        raise UsageError(f"{command + ': ' if command else ''}{message}{hint}")
+
+
+DESCRIPTION = """\
+Block-level image backups you can inspect: back a disk image up into a chain
+of full and incremental images (optionally encrypted per block), restore,
+verify and consolidate it (without the key), see what changed between points
+and in which files, export a point to VHD/VHDX/VMDK/qcow2 or serve it as a
+read-only disk.vhd, and boot it in QEMU.
+"""
+
+EXAMPLES = """\
+examples:
+  blockforensics backup disk.img chain/          first a full, later incrementals
+  blockforensics list chain/                     the points (0 = first full, -1 = newest)
+  blockforensics restore chain/ out.img --point 1
+  blockforensics verify chain/ --key-file KEY    every block, authenticated
+  blockforensics consolidate chain/ --point 2    merge 0..2, never reads a key
+  blockforensics diff chain/ 0 2 --files         changed runs and the files behind them
+  blockforensics export chain/ disk.vhd          then: blockforensics boot disk.vhd
+  blockforensics demo --out demo-out             the whole story on a sample disk
+
+exit codes: 0 ok, 1 a check failed (verify, boot), 2 bad input (one line on stderr).
+blockforensics COMMAND --help: the command's options (--json says what it prints).
+"""
 
 
 def _key(args: argparse.Namespace) -> KeySource | None:
@@ -62,7 +88,15 @@ def _open_source(path: str, *, point: str | None = None, key: KeySource | None =
 
 
 def _print_table(frame: pd.DataFrame) -> None:
-    print(frame.to_string(index=False) if len(frame) else "(empty)")
+    shown = frame.astype(object).where(frame.notna(), "-")  # no <NA> for people
+    print(shown.to_string(index=False) if len(frame) else "(empty)")
+
+
+def _text(result: object) -> str:
+    """A result for people: its repr without the ``ClassName(...)`` wrapper."""
+    text = str(result)
+    name, paren, rest = text.partition("(")
+    return rest[:-1] if paren and name.isidentifier() and text.endswith(")") else text
 
 
 # ------------------------------------------------------------------ commands
@@ -102,7 +136,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif not rows:
         print("(empty)")
     else:
-        cells = [list(rows[0])] + [["<NA>" if v is None else str(v) for v in row.values()]
+        cells = [list(rows[0])] + [["-" if v is None else str(v) for v in row.values()]
                                    for row in rows]
         widths = [max(map(len, column)) for column in zip(*cells)]
         for line in cells:
@@ -131,7 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     history = _went_back(args.chain)
     for went_back in history:
         print(went_back)
-    print(report)
+    print(f"verify: {_text(report)}")
     fs_ok = True
     if args.fs and report.ok:  # the point's file systems, checked read-only where served
         from blockforensics.fsck import check_filesystems
@@ -157,6 +191,13 @@ def _went_back(directory: str) -> list[str]:
         return []  # a chain that does not open: verify has said why
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from blockforensics.image.repair import repair
+
+    print(repair(args.chain, apply=args.apply))
+    return EXIT_OK
+
+
 def cmd_consolidate(args: argparse.Namespace) -> int:
     from blockforensics import consolidate
 
@@ -166,7 +207,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     else:  # without --point: up to the newest
         result = consolidate.consolidate(args.chain, args.point or -1, start=args.start,
                                          progress=sys.stderr.isatty())
-    print(result)
+    print(f"consolidate: {_text(result)}")
     return EXIT_OK
 
 
@@ -255,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
                       parent=args.parent) as disk:
         out = export(disk, target, fmt, progress=sys.stderr.isatty())
-    print(f"exported {disk!r} to {out} ({fmt})")
+    print(f"exported {args.chain} to {out} ({fmt})")
     return EXIT_OK
 
 
@@ -267,7 +308,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UsageError(f"{mountpoint}: not a directory")
     with _open_source(args.chain, point=args.point, key=_key(args),
                       reader=args.reader, parent=args.parent) as disk:
-        print(f"serving {mountpoint / 'disk.vhd'} from {disk!r}, read-only; "
+        print(f"serving {mountpoint / 'disk.vhd'} from {args.chain}, read-only; "
               "Ctrl-C to unmount", flush=True)
         mount(disk, mountpoint, foreground=True)
     return EXIT_OK
@@ -359,8 +400,13 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="blockforensics", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from blockforensics import __version__
+
+    parser = _Parser(prog="blockforensics", description=DESCRIPTION, epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"blockforensics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                title="commands", metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
                 chain: str | None = "chain directory") -> argparse.ArgumentParser:
@@ -416,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the point and what was recognised per partition as JSON")
 
     p = command("list", cmd_list, "list the points of a chain")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print an array in creation order of {point, file, kind, parent, "
+                        "blocks, stored_bytes, encrypted, created, ...}")
 
     p = command("restore", cmd_restore, "restore a point to a raw file")
     p.add_argument("out", help="raw file to write (exact size)")
@@ -429,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fs", action="store_true",
                    help="also check the point's file systems read-only (fsck -n per partition)")
     p.add_argument("--point", help="the point --fs checks (default: the newest)")
+
+    p = command("repair", cmd_repair,
+                "say which damaged points would be dropped from the chain; --apply drops them")
+    p.add_argument("--apply", action="store_true",
+                   help="drop them (the files stay in the directory, unlisted)")
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
@@ -443,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="older point")
     p.add_argument("b", help="newer point")
     p.add_argument("--files", action="store_true", help="name the files behind the changes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help='print {"runs": [{start, length}], "files": [{path, type, change, '
+                        'entropy_before, entropy_after}]}')
     key_option(p)
 
     p = command("timeline", cmd_timeline, "per point: blocks and files changed; with "
@@ -452,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["table", "bodyfile", "l2tcsv", "jsonl", "dfxml"])
     p.add_argument("-o", "--out", help="write to this file (default: standard output)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--json", action="store_true", help="the table as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the table as an array of objects, one per point")
     key_option(p)
 
     p = command("extract", cmd_extract, "write one file as it was at a point (deleted "
@@ -464,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     key_option(p)
 
     p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help='print {"points": [{point, verdict, reasons, files}], '
+                        '"last_clean_point"}')
     p.add_argument("--rules", metavar="DIR", help="extra YARA rules (*.yar, *.yara)")
     p.add_argument("--explain", metavar="FILE", help="the evidence for one file's changes")
     p.add_argument("--point", help="with --explain: only this point")
@@ -478,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     force_option(p)
     source_point_option(p)
     p.add_argument("--format", default="vhd-dynamic",
-                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw",
-                            "vhd-chain", "vhd-differencing", "qcow2-chain"])
+                   choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "vmdk-stream", "qcow2",
+                            "raw", "vhd-chain", "vhd-differencing", "qcow2-chain"])
     key_option(p)
 
     p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",

@@ -31,7 +31,7 @@ from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
-from blockforensics.image.store import ChainStore
+from blockforensics.image.store import ChainStore, not_a_directory
 from blockforensics.progress import progress_bar
 
 _READ_BYTES = 16 << 20  # most stored bytes read with one call (bytes)
@@ -97,7 +97,7 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
     """
     store = ChainStore(directory)
     if not store.directory.is_dir():
-        raise ChainError(f"{directory}: no such chain directory")
+        raise not_a_directory(store.directory)
     with store.lock():  # no backup, retention or cleanup runs meanwhile
         return _consolidate(store.directory, point, start, progress)
 

@@ -1,7 +1,8 @@
 """Export a disk to the formats hypervisors open, flattened or as the chain's own structure.
 
 *Flattened* formats (``vhd-fixed``, ``vhd-dynamic``, ``vhdx``, ``vmdk``, ``qcow2``,
-``raw``) hold one point's whole disk in one file.  *Chain* formats
+``raw``, and ``vmdk-stream``: a streamOptimized VMDK, compressed, for import into
+VMware and VirtualBox) hold one point's whole disk in one file.  *Chain* formats
 (``vhd-chain``, ``qcow2-chain``) keep the backup chain's structure: the full at
 the root of the point's path becomes a base disk, and each image after it a
 child (a differencing VHD with parent locators, or a qcow2 with a backing
@@ -29,12 +30,15 @@ from blockforensics.image.chain import Chain
 
 #: flattened formats and the layout class each writes
 FLAT = ("vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw")
+#: flattened formats written as a stream (their layout depends on compressed sizes)
+STREAMED = ("vmdk-stream",)
 CHAIN = ("vhd-chain", "qcow2-chain")
 #: alias accepted on the command line (the issue's first name for vhd-chain)
 ALIASES = {"vhd-differencing": "vhd-chain"}
 #: QEMU's name of each flattened format (``qemu-img -f``)
 QEMU_FORMAT = {"vhd-dynamic": "vpc", "vhd-fixed": "vpc", "vhdx": "vhdx", "vmdk": "vmdk",
-               "qcow2": "qcow2", "raw": "raw", "vhd-chain": "vpc", "qcow2-chain": "qcow2"}
+               "qcow2": "qcow2", "raw": "raw", "vhd-chain": "vpc", "qcow2-chain": "qcow2",
+               "vmdk-stream": "vmdk"}
 
 
 class RawLayout(FileLayout):
@@ -68,13 +72,18 @@ def layout(disk: Disk, format: str, name: str = "disk") -> FileLayout:
         "raw": lambda: RawLayout(disk),
     }
     if format not in makers:
-        raise UsageError(f"unknown export format {format!r}; known: {', '.join(FLAT + CHAIN)}")
+        known = ", ".join(FLAT + STREAMED + CHAIN)
+        raise UsageError(f"unknown export format {format!r}; known: {known}")
     return makers[format]()
 
 
 def export(disk: Disk, out: str | os.PathLike[str], format: str, *,
            progress: bool = False) -> Path:
     """Write ``disk`` to ``out`` in the flattened ``format`` (atomically)."""
+    if format == "vmdk-stream":
+        from blockforensics.formats.vmdk import write_vmdk_stream
+
+        return write_vmdk_stream(disk, out, progress=progress)
     return write_layout(layout(disk, format, Path(out).name), out, progress=progress)
 
 

@@ -220,8 +220,7 @@ def _grid(maps: Mapping[str, BlockMap], kind: Mapping[str, str], ax: Axes | None
     width = 10.0
     height = min(14.0, 0.9 + width * image.shape[0] / columns)
     ax = _axes(ax, (width + 2.4, height))
-    cmap = ListedColormap([EMPTY, *PALETTE.values()])
-    cmap.set_bad("white")
+    cmap = ListedColormap([EMPTY, *PALETTE.values()]).with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=len(kinds),
               interpolation="nearest", aspect="equal")
     ax.set_xticks(np.arange(-0.5, columns, 1), minor=True)
@@ -310,8 +309,7 @@ def plot_layout(layout: Layout, ax: Axes | None = None, *, title: str | None = N
     cells[:n] = layout.owner + 1
     colours = [EMPTY, *(IMAGE_COLORS[d % len(IMAGE_COLORS)] for d in range(len(layout.images)))]
     ax = _axes(ax, (12.4, min(14.0, 0.9 + 10 * rows / columns)))
-    cmap = ListedColormap(colours)
-    cmap.set_bad("white")
+    cmap = ListedColormap(colours).with_extremes(bad="white")
     ax.imshow(np.ma.masked_invalid(cells.reshape(rows, columns)), cmap=cmap, vmin=0,
               vmax=len(colours) - 1, interpolation="nearest", aspect="equal")
     ax.set_yticks([])

@@ -120,8 +120,11 @@ def test_missing_parent_and_not_a_chain(tmp_path):
     vol.write(0, b"b")
     backup(chain, vol)
     (tmp_path / "c" / "0000-full.bfi").unlink()
-    with pytest.raises(ChainError, match="missing"):
-        Chain.open(tmp_path / "c")
+    with Chain.open(tmp_path / "c") as opened:  # the damage stays with the points it touches
+        assert opened.damage[0] == "listed but missing"
+        assert opened.damage[1].endswith("is missing or unreadable")
+        with pytest.raises(ChainError, match=r"point 1 .* damaged: its parent image"):
+            opened.disk(1)
 
 
 def test_a_volume_that_shrinks_and_grows_back_restores_zeros_in_the_regrown_part(tmp_path):

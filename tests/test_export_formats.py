@@ -15,7 +15,7 @@ from chains import build_chain
 from support import require_module, require_tools
 
 from blockforensics.errors import FormatError, UsageError
-from blockforensics.export import FLAT, QEMU_FORMAT, export, export_chain, layout
+from blockforensics.export import FLAT, QEMU_FORMAT, STREAMED, export, export_chain, layout
 from blockforensics.formats import open_disk
 from blockforensics.formats.raw import RawDisk
 from blockforensics.formats.vhd import VhdDisk, vhd_info
@@ -26,7 +26,7 @@ MiB = 1 << 20
 #: odd sizes: one sector over a power of two; not a multiple of 1 MiB (nor of 64 KiB)
 SIZES = [64 * MiB + 512, 10 * MiB + 7 * 512]
 SUFFIX = {"vhd-dynamic": ".vhd", "vhd-fixed": ".vhd", "vhdx": ".vhdx", "vmdk": ".vmdk",
-          "qcow2": ".qcow2", "raw": ".raw"}
+          "qcow2": ".qcow2", "raw": ".raw", "vmdk-stream": ".vmdk"}
 #: a branching history: 0 full; 1, 2 on it; 3 branches off 0; 4 on 3.  Sizes change:
 #: 2 grows, 4 shrinks to a size that is not a whole block.
 PARENTS = [None, 0, 1, 0, 3]
@@ -55,7 +55,7 @@ def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     return make_source(tmp_path_factory.mktemp("src") / "src.raw", request.param)
 
 
-@pytest.mark.parametrize("fmt", FLAT)
+@pytest.mark.parametrize("fmt", FLAT + STREAMED)
 def test_qemu_reads_exact_size_and_identical_bytes(source: Path, fmt: str, tmp_path: Path):
     require_tools("qemu-img")
     out = export(RawDisk(source), tmp_path / f"out{SUFFIX[fmt]}", fmt)
@@ -65,14 +65,17 @@ def test_qemu_reads_exact_size_and_identical_bytes(source: Path, fmt: str, tmp_p
     assert done.returncode == 0, done.stdout + done.stderr
     check = qemu_img("check", "-f", QEMU_FORMAT[fmt], out, check=False)
     assert check.returncode == 0 or "does not support checks" in check.stderr, check.stdout
+    if fmt == "vmdk-stream":
+        assert '"streamOptimized"' in out.read_bytes()[512:2048].decode(errors="replace")
     if fmt != "vhd-fixed" and fmt != "raw":  # sparse: only the data's pieces are stored
         assert out.stat().st_blocks * 512 < 8 * MiB
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left
 
 
-@pytest.mark.parametrize("fmt", ["vhdx", "vmdk", "qcow2"])
+@pytest.mark.parametrize("fmt", ["vhdx", "vmdk", "qcow2", "vmdk-stream"])
 def test_dissect_reads_identical_bytes(source: Path, fmt: str, tmp_path: Path):
-    disk = require_module(f"dissect.hypervisor.disk.{fmt}", "dissect.hypervisor")
+    name = fmt.removesuffix("-stream")
+    disk = require_module(f"dissect.hypervisor.disk.{name}", "dissect.hypervisor")
     out = export(RawDisk(source), tmp_path / f"out{SUFFIX[fmt]}", fmt)
     data = source.read_bytes()
     with out.open("rb") as fh:
@@ -80,11 +83,11 @@ def test_dissect_reads_identical_bytes(source: Path, fmt: str, tmp_path: Path):
             stream = disk.QCow2(fh).open()
             assert stream.size == len(data) and stream.read(len(data)) == data
         else:
-            image = getattr(disk, fmt.upper())(fh)
+            image = getattr(disk, name.upper())(fh)
             assert image.size == len(data)
             # dissect 3.21 cannot read a VMDK's last partial grain (QEMU's own files
             # alike): compare what it reads up to there
-            whole = len(data) // (64 * 1024) * (64 * 1024) if fmt == "vmdk" else len(data)
+            whole = len(data) // (64 * 1024) * (64 * 1024) if name == "vmdk" else len(data)
             assert image.read(whole) == data[:whole]
 
 

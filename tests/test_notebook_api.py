@@ -196,3 +196,27 @@ def test_notebook_04_seed_skips_freed_blocks_and_the_naive_chain_is_wrong() -> N
     chain2, wl2 = small(12)
     naive = bf.naive_linear_chain(chain2, wl2, ops_before=20, ops_between=8, quiesce_blocks=8)
     assert naive.maps["leaked"].count() > 0 and naive.maps["wrong at t2"].count() > 0
+
+
+def test_blocks_left_to_copy_and_bytes_pictures_say_their_numbers() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"step": ["t1", "live 1", "copy 1", "t2"],
+                          "with head start": [0, 20, 5, 9], "without": [0, 20, 20, 31]})
+    ax = bf.plot_to_copy(frame)
+    assert [line.get_ydata().tolist() for line in ax.get_lines()[::2]] == [[0, 20, 20, 31],
+                                                                          [0, 20, 5, 9]]
+    assert any("9 vs 31 blocks left" in t.get_text() for t in ax.texts)
+    assert ax.get_lines()[0].get_color() == bf.PALETTE["changed"]
+    ax = bf.plot_bytes(bytes(range(256)) * 2, width=64)
+    assert ax.get_images()[0].get_array().shape == (8, 64)
+    plt.close("all")
+
+
+def test_sparse_maps_show_only_their_rows_each_labelled() -> None:
+    sparse = bf.BlockMap.from_positions(100_000, [5, 70_001], 4096)
+    ax = bf.plot_blockmaps({"changed": sparse})
+    assert ax.get_images()[0].get_array().shape == (2, 128)  # 2 rows of 782
+    assert "only the 2 of 547 rows holding set blocks" in ax.get_xlabel()
+    assert {t.get_text() for t in ax.texts} == {"0", "69,888"}
+    plt.close("all")

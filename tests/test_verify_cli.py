@@ -122,9 +122,12 @@ def test_truncated_image_is_exit_2(chain_dir, tmp_path):
     assert code == 1 and "0001-incr.bfi" in out
 
 
-def test_missing_parent_is_exit_2(chain_dir, tmp_path):
+def test_missing_parent_is_listed_as_damage_and_refused_on_read(chain_dir, tmp_path):
     (chain_dir / "0000-full.bfi").unlink()
-    _assert_clean_error(*_run("list", chain_dir)[::2], "missing")
+    code, out, err = _run("list", chain_dir, "--json")
+    assert code == 0, err
+    assert [(p["damaged"], "missing" in p["error"]) for p in json.loads(out)] == [(True, True)] * 2
+    _assert_clean_error(*_run("restore", chain_dir, tmp_path / "o.raw")[::2], "missing")
 
 
 def test_directory_that_is_no_chain_is_exit_2(tmp_path):

@@ -475,6 +475,14 @@ def _parse(path: Path, fd: int) -> VhdInfo:
     if footer.disk_type not in (DISK_DYNAMIC, DISK_DIFFERENCING):
         raise FormatError(f"{name}: {KINDS.get(footer.disk_type, 'unknown')} VHDs"
                           f" (disk type {footer.disk_type}) are not supported")
+    if footer.current_size > MAX_SIZE:
+        raise FormatError(f"{name}: disk size {footer.current_size} exceeds the VHD maximum"
+                          f" of {MAX_SIZE} bytes")
+    # every offset and count is checked against the file before anything is read or
+    # allocated (the spec's "no offset", 0xFFFFFFFFFFFFFFFF, included)
+    if not footer.data_offset <= data_end - DynamicHeader.SIZE:
+        raise FormatError(f"{name}: no dynamic disk header at byte {footer.data_offset}"
+                          f" (the file has {file_size} bytes)")
     raw = _read_at(fd, footer.data_offset, DynamicHeader.SIZE)
     if len(raw) != DynamicHeader.SIZE or raw[:8] != HEADER_COOKIE:
         raise FormatError(f"{name}: no dynamic disk header ('cxsparse') at {footer.data_offset}")
@@ -487,6 +495,9 @@ def _parse(path: Path, fd: int) -> VhdInfo:
     if header.max_table_entries * bs < footer.current_size:
         raise FormatError(f"{name}: BAT of {header.max_table_entries} entries"
                           f" cannot cover {footer.current_size} bytes")
+    if not header.table_offset <= data_end - header.max_table_entries * 4:
+        raise FormatError(f"{name}: BAT of {header.max_table_entries} entries at byte"
+                          f" {header.table_offset} extends past the end of the file (truncated?)")
     table = _read_at(fd, header.table_offset, header.max_table_entries * 4)
     if len(table) != header.max_table_entries * 4:
         raise FormatError(f"{name}: BAT extends past the end of the file (truncated?)")

@@ -139,3 +139,97 @@ class VmdkLayout(FileLayout):
 def write_vmdk(disk: Disk, path: str | os.PathLike[str], *, progress: bool = False) -> Path:
     """Export ``disk`` to a monolithicSparse VMDK at ``path`` (atomically)."""
     return write_layout(VmdkLayout(disk, Path(path).name), path, progress=progress)
+
+
+# ---------------------------------------------------------------- streamOptimized
+#: header flags of a stream-optimized extent: compressed grains, markers
+FLAG_COMPRESSED, FLAG_MARKERS = 1 << 16, 1 << 17
+COMPRESS_DEFLATE = 1
+#: the header's gd_offset when the grain directory follows at the end (see the footer)
+GD_AT_END = 0xFFFFFFFFFFFFFFFF
+#: metadata marker types
+MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class GrainMarker(Record):
+    """Before each compressed grain: where it goes and its compressed length."""
+
+    _ORDER: ClassVar[str] = "<"
+    lba: int = f("Q")  # disk sector of the grain
+    size: int = f("I")  # bytes of compressed data that follow
+
+
+@dataclass(frozen=True)
+class MetadataMarker(Record):
+    """A sector announcing the metadata that follows (a grain table, the directory …)."""
+
+    _ORDER: ClassVar[str] = "<"
+    _TAIL: ClassVar[str] = "496x"
+    num_sectors: int = f("Q")  # sectors of metadata that follow
+    size: int = f("I")  # 0
+    type: int = f("I")  # MARKER_*
+
+
+def write_vmdk_stream(disk: Disk, path: str | os.PathLike[str], *,
+                      progress: bool = False) -> Path:
+    """Export ``disk`` to a streamOptimized VMDK (deflate-compressed grains with markers,
+    grain tables and directory at the end), the form VMware and VirtualBox import."""
+    import zlib
+
+    from blockforensics.fileio import atomic_writer
+    from blockforensics.progress import progress_bar
+
+    path = Path(path)
+    size = round_up(disk.size, SECTOR)
+    capacity = size // SECTOR
+    n_grains = -(-capacity // GRAIN_SECTORS)
+    n_tables = -(-n_grains // GT_ENTRIES)
+    gt_sectors = GT_ENTRIES * 4 // SECTOR
+    gd_sectors = round_up(n_tables * 4, SECTOR) // SECTOR
+    text = descriptor(path.name, capacity).replace('"monolithicSparse"', '"streamOptimized"')
+    over_head = round_up(1 + DESCRIPTOR_SECTORS, GRAIN_SECTORS)
+
+    def header(gd_offset: int) -> bytes:
+        return SparseExtentHeader(
+            MAGIC, 3, FLAG_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS, capacity,
+            GRAIN_SECTORS, 1, DESCRIPTOR_SECTORS, GT_ENTRIES, 0, gd_offset, over_head, 0,
+            b"\n", b" ", b"\r", b"\n", COMPRESS_DEFLATE).pack()
+
+    grains = np.flatnonzero(touched(disk.present(), GRAIN, n_grains))
+    tables = np.zeros(n_tables * GT_ENTRIES, dtype="<u4")
+    with atomic_writer(path) as fh, progress_bar(grains.size * GRAIN, path.name,
+                                                 progress) as bar:
+        fh.write(header(GD_AT_END).ljust(SECTOR, b"\0") + text.encode())
+        at = over_head * SECTOR
+        fh.seek(at)
+        for grain in grains.tolist():
+            first = grain * GRAIN
+            data = disk.read(first, GRAIN).ljust(GRAIN, b"\0")
+            if not any(data):
+                continue  # a present but all-zero grain stays unallocated
+            packed = zlib.compress(data, 6)
+            record = GrainMarker(grain * GRAIN_SECTORS, len(packed)).pack() + packed
+            tables[grain] = at // SECTOR
+            record = record.ljust(round_up(len(record), SECTOR), b"\0")
+            fh.write(record)
+            at += len(record)
+            bar.update(GRAIN)
+        directory = np.zeros(gd_sectors * SECTOR // 4, dtype="<u4")
+        for table in range(n_tables):
+            entries = tables[table * GT_ENTRIES:(table + 1) * GT_ENTRIES]
+            if not entries.any():
+                continue
+            fh.write(MetadataMarker(gt_sectors, 0, MARKER_GT).pack())
+            at += SECTOR
+            directory[table] = at // SECTOR
+            fh.write(entries.tobytes())
+            at += gt_sectors * SECTOR
+        fh.write(MetadataMarker(gd_sectors, 0, MARKER_GD).pack())
+        gd_at = at + SECTOR
+        fh.write(directory.tobytes())
+        fh.write(MetadataMarker(1, 0, MARKER_FOOTER).pack())
+        fh.write(header(gd_at // SECTOR).ljust(SECTOR, b"\0"))
+        fh.write(MetadataMarker(0, 0, MARKER_EOS).pack())
+        os.fchmod(fh.fileno(), 0o644)
+    return path

@@ -54,7 +54,14 @@ from blockforensics.image.format import (
     digest_rows,
     new_id,
 )
-from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
+from blockforensics.image.imagefile import (
+    DamagedImage,
+    ImageFile,
+    ImageWriter,
+    check_stored,
+    open_listed,
+)
+from blockforensics.image.links import NO_PARENT, link
 from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
 
 if TYPE_CHECKING:
@@ -62,8 +69,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IMAGE_NAME", "IMAGE_SUFFIX", "MANIFEST", "Chain", "ChainDisk", "ChainStore",
            "Layout", "is_chain", "read_manifest", "remove_leftovers"]
-
-NO_PARENT = bytes(16)
 
 PointRef = int | str
 
@@ -210,29 +215,32 @@ class Chain:
         self.manifest = manifest or Manifest(tuple(img.name for img in images))
         self.key = key
         self._codec: BlockCodec | None = None
-        self._parents: list[int | None] = []
-        for img in images:
-            self._parents.append(self._link(img))
+        self._relink()
 
-    def _link(self, image: ImageFile) -> int | None:
-        """The point ``image`` extends (None for a full); ChainError if it does not fit."""
-        first = self.images[0].header
-        if (image.header.block_size, image.header.volume_id) != (first.block_size,
-                                                                  first.volume_id):
-            raise ChainError(f"{image.name}: belongs to another chain "
-                             "(volume id or block size differs)")
-        parent_id = image.header.parent_id
-        if parent_id == NO_PARENT:
-            return None
-        for i, other in enumerate(self.images):
-            if other.header.image_id == parent_id and other is not image:
-                return i
-        raise ChainError(f"{image.name}: its parent image {parent_id.hex()[:12]} is missing")
+    def _relink(self) -> None:
+        """Link the images into a tree, once: parents, and which points are damaged."""
+        links = link(self.images)
+        self._parents, self.damage = links.parents, links.damage
+        self._own_damage, self._reference = links.own, links.reference
+
+    def damaged(self, point: PointRef) -> str | None:
+        """Why ``point`` cannot be read (its image, or one on its path, is damaged), or None."""
+        return self.damage.get(self.point(point))
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(image name, what is wrong)`` for each image damaged in itself."""
+        return [(self.images[i].name, self.damage[i]) for i in sorted(self._own_damage)]
+
+    def _reference_header(self) -> Header | None:
+        """The header that speaks for the chain (block size, cipher, key check)."""
+        return None if self._reference is None else self.images[self._reference].header
 
     # ------------------------------------------------------------ open/create
     @classmethod
     def open(cls, directory: str | os.PathLike[str], key: KeySource | None = None) -> Chain:
-        """Open an existing chain; ChainError/FormatError on anything inconsistent."""
+        """Open an existing chain (ChainError if the manifest is unusable).  Damaged or
+        missing images do not stop it: their points, and those depending on them, are
+        listed in :attr:`damage` and refused when read; the others read as usual."""
         directory = Path(directory)
         store = ChainStore(directory)
         manifest = store.read()
@@ -281,13 +289,16 @@ class Chain:
 
     @property
     def block_size(self) -> int:
-        if not self.images:
-            raise ChainError(f"{self.directory}: the chain has no images yet")
-        return self.images[0].header.block_size
+        header = self._reference_header()
+        if header is None:
+            raise ChainError(f"{self.directory}: the chain has no "
+                             f"{'readable ' if self.images else ''}images yet")
+        return header.block_size
 
     @property
     def encrypted(self) -> bool:
-        return bool(self.images) and self.images[0].header.encrypted
+        header = self._reference_header()
+        return header is not None and header.encrypted
 
     def point(self, ref: PointRef) -> int:
         """The index of a point given as an index (negative counts from the newest) or a name."""
@@ -310,9 +321,13 @@ class Chain:
         return [i for i, parent in enumerate(self._parents) if parent == p]
 
     def path(self, point: PointRef) -> list[int]:
-        """Points from the root to ``point`` (inclusive)."""
-        chain: list[int] = []
+        """Points from the root to ``point`` (inclusive); ChainError if it is damaged."""
         current: int | None = self.point(point)
+        assert current is not None
+        if current in self.damage:
+            raise ChainError(f"point {current} ({self.images[current].name}) is damaged: "
+                             f"{self.damage[current]} (see 'blockforensics repair')")
+        chain: list[int] = []
         while current is not None:
             chain.append(current)
             current = self._parents[current]
@@ -320,21 +335,27 @@ class Chain:
 
     def rows(self) -> list[dict[str, object]]:
         """One dict per point: what ``list`` prints (and ``list --json`` serialises)."""
-        return [{
-            "point": i, "file": img.name, "kind": KIND_NAMES[img.header.kind],
-            "parent": self._parents[i], "blocks": img.blocks,
-            "stored_bytes": img.stored_bytes, "encrypted": img.header.encrypted,
-            "created": img.header.created.isoformat(timespec="milliseconds"),
-            "volume_size": img.header.volume_size, "block_size": img.header.block_size,
-            "label": img.header.label,
-        } for i, img in enumerate(self.images)]
+        rows = []
+        for i, img in enumerate(self.images):
+            h = img.header if getattr(img, "header_known", True) else None
+            rows.append({
+                "point": i, "file": img.name,
+                "kind": KIND_NAMES[h.kind] if h else None,
+                "parent": self._parents[i], "blocks": img.blocks,
+                "stored_bytes": img.stored_bytes, "encrypted": h.encrypted if h else None,
+                "created": h.created.isoformat(timespec="milliseconds") if h else None,
+                "volume_size": h.volume_size if h else None,
+                "block_size": h.block_size if h else None, "label": h.label if h else "",
+                "damaged": i in self.damage, "error": self.damage.get(i),
+            })
+        return rows
 
     def table(self) -> pd.DataFrame:
         """:meth:`rows` as a DataFrame, one row per point."""
         import pandas as pd  # lazily: the command line starts faster without it
 
         columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "encrypted",
-                   "created", "volume_size", "block_size", "label"]
+                   "created", "volume_size", "block_size", "label", "damaged", "error"]
         frame = pd.DataFrame(self.rows(), columns=columns)
         frame["parent"] = frame["parent"].astype("Int64")
         return frame
@@ -353,8 +374,7 @@ class Chain:
     def codec(self) -> BlockCodec:
         """The chain's codec; for an encrypted chain the key is checked here (wrong key: exit 2)."""
         if self._codec is None:
-            header = self.images[0].header if self.images else None
-            self._codec = open_codec(header, self.key, str(self.directory))
+            self._codec = open_codec(self._reference_header(), self.key, str(self.directory))
             if self._codec.encrypted:
                 try:
                     self.check_seal()
@@ -369,8 +389,14 @@ class Chain:
         every listed point agrees with: each one sealed, with its sealed point digest, in
         sealed order, and the newest sealed point listed.  The sealed points."""
         images = self.images if images is None else images
-        if not images or not images[0].header.encrypted:
+        if not images or not self.encrypted:
             return []
+        # a damaged image whose header is unreadable cannot be placed: its points are
+        # refused anyway (see links), the others are checked as usual
+        unplaced = any(isinstance(img, DamagedImage) and not img.header_known
+                       for img in images)
+        images = [img for img in images
+                  if not isinstance(img, DamagedImage) or img.header_known]
         where = f"{self.directory / MANIFEST}"
         doc = self.manifest.seal
         try:
@@ -397,7 +423,7 @@ class Chain:
                 raise FormatError(f"{img.name}: listed out of its sealed order (points "
                                   "reordered or swapped)")
             last = sealed[0]
-        if last != len(points) - 1:
+        if last != len(points) - 1 and not unplaced:
             raise FormatError(f"{where}: the newest sealed point ({len(points)} sealed, image "
                               f"{points[-1][0].hex()[:12]}) is not listed: the chain was "
                               "rolled back or its newest point dropped")
@@ -454,8 +480,12 @@ class Chain:
                    created_ns: int | None = None, label: str = "") -> Header:
         """A header for a new image in this chain (identity and crypto fields filled in)."""
         now = time.time_ns()
-        if self.images:
-            first = self.images[0].header
+        if parent is not None and parent in self.damage:
+            raise ChainError(f"point {parent} ({self.images[parent].name}) is damaged: "
+                             f"{self.damage[parent]}; back up with --full or --parent P "
+                             "naming an intact point, or see 'blockforensics repair'")
+        first = self._reference_header()
+        if first is not None:
             if block_size is not None and block_size != first.block_size:
                 raise UsageError(f"{self.directory}: the chain's block size is "
                                  f"{first.block_size}, not {block_size}")
@@ -529,7 +559,9 @@ class Chain:
             image = ImageFile(path)
             try:
                 self.images.append(image)
-                parent = self._link(image)
+                self._relink()
+                if len(self.images) - 1 in self.damage:
+                    raise ChainError(f"{image.name}: {self.damage[len(self.images) - 1]}")
                 name = self.store.new_name("full" if image.header.is_full else "incr")
                 self.manifest = self.store.switch(
                     [*self.manifest.images, name], add={name: Path(path)},
@@ -538,9 +570,9 @@ class Chain:
             except BaseException:
                 self.images.pop()
                 image.close()
+                self._relink()
                 raise
             image.path, image.name = self.directory / name, name
-            self._parents.append(parent)
         return len(self.images) - 1
 
     def _refresh(self) -> None:
@@ -561,20 +593,23 @@ class Chain:
             self.images = [img or next(opened) for img in fresh]
             for stale in mine.values():
                 stale.close()
-            self._parents = [self._link(img) for img in self.images]
+            self._relink()
         self.manifest = manifest
 
 
 def _open_images(store: ChainStore, names: Iterator[str] | tuple[str, ...] | list[str]
                  ) -> list[ImageFile]:
-    """The listed images opened (all or none); ChainError for a missing one."""
+    """The listed images opened; one that is missing, damaged or not a regular file is
+    a :class:`DamagedImage` saying why (its points are refused, the others read)."""
     images: list[ImageFile] = []
     try:
         for name in names:
-            path = store.check_file(name)
-            if not path.exists():
-                raise ChainError(f"{store.directory}: image {name} listed but missing")
-            images.append(ImageFile(path))
+            try:
+                path = store.check_file(name)
+            except ChainError as exc:  # a symlink, FIFO, device, directory: never opened
+                images.append(DamagedImage(store.directory / name, str(exc), None))
+                continue
+            images.append(open_listed(path))
     except BaseException:
         for img in images:
             img.close()

@@ -33,6 +33,11 @@ FORMAT_VERSION = 1
 HEADER_SIZE = 4096  # one page, so payloads start page-aligned and copy file to file fast
 DIGEST_SIZE = 16  # bytes kept of SHA-256 (or HMAC-SHA-256) per block
 
+#: the format's limits: block sizes, and the largest volume (1 PiB; block positions and
+#: byte offsets then fit in int64 everywhere, whatever the block size)
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 512, 1 << 24
+MAX_VOLUME_SIZE = 1 << 50
+
 KIND_FULL, KIND_INCREMENTAL = 0, 1
 KIND_NAMES = {KIND_FULL: "full", KIND_INCREMENTAL: "incremental"}
 
@@ -44,6 +49,7 @@ FLAG_ZERO = 1  # the block is all zeros; no payload stored
 FLAG_ZLIB = 2  # payload is zlib-compressed (before encryption)
 FLAG_ENCRYPTED = 4  # payload is nonce || AES-256-GCM ciphertext || tag
 FLAG_ZSTD = 8  # payload is one zstd frame (before encryption); what --compress writes
+KNOWN_FLAGS = FLAG_ZERO | FLAG_ZLIB | FLAG_ENCRYPTED | FLAG_ZSTD
 
 INDEX_DTYPE = np.dtype([
     ("position", "<u8"),  # block position in the volume
@@ -142,11 +148,27 @@ class Header:
             raise FormatError(f"{name}: unsupported format version {values['version']}")
         values["label"] = values["label"].rstrip(b"\0").decode(errors="replace")
         header = cls(**values)
-        if header.kind not in KIND_NAMES or header.block_size < 512 \
-                or header.block_size & (header.block_size - 1) \
-                or header.hidden_tail > header.n_blocks:
-            raise FormatError(f"{name}: header has impossible values")
+        problem = header.impossible()
+        if problem:
+            raise FormatError(f"{name}: header has impossible values ({problem})")
         return header
+
+    def impossible(self) -> str:
+        """What makes this header impossible under the format's limits ("" if nothing)."""
+        bs = self.block_size
+        if self.kind not in KIND_NAMES:
+            return f"kind {self.kind}"
+        if not MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE or bs & (bs - 1):
+            return f"block size {bs}"
+        if self.volume_size > MAX_VOLUME_SIZE:
+            return f"volume size {self.volume_size} exceeds {MAX_VOLUME_SIZE}"
+        if self.hidden_tail > self.n_blocks:
+            return f"hidden tail of {self.hidden_tail} blocks"
+        if (self.parent_id == bytes(16)) != (self.kind == KIND_FULL):
+            return "a full image with a parent, or an incremental without one"
+        if self.cipher not in (CIPHER_NONE, CIPHER_AES256GCM):
+            return f"cipher {self.cipher}"
+        return ""
 
     def replace(self, **changes: object) -> Header:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -17,10 +17,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from blockforensics.crypto import NONCE_SIZE, TAG_SIZE
 from blockforensics.errors import FormatError, IntegrityError
 from blockforensics.fileio import atomic_writer, start_writeback
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
-from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header, digest_rows
+from blockforensics.image.format import (
+    FLAG_ENCRYPTED,
+    FLAG_ZERO,
+    FLAG_ZLIB,
+    FLAG_ZSTD,
+    HEADER_SIZE,
+    INDEX_DTYPE,
+    KNOWN_FLAGS,
+    Footer,
+    Header,
+    digest_rows,
+)
 from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
@@ -49,6 +61,35 @@ def check_stored(name: str, data: bytes | memoryview | np.ndarray, starts: np.nd
                              f"{STORED_MISMATCH}")
 
 
+def index_problem(index: np.ndarray, header: Header, payload_end: int) -> str:
+    """What is impossible about ``index`` for an image with ``header`` whose payloads end
+    at byte ``payload_end`` ("" if nothing): every position inside the volume, once, in
+    order; every payload inside the file (offsets checked so that nothing wraps) and as
+    long as its flags allow."""
+    pos, offset = index["position"], index["offset"]
+    length, flags = index["length"].astype(np.uint64), index["flags"]
+    bs = header.block_size
+    zero, sealed = (flags & FLAG_ZERO) != 0, (flags & FLAG_ENCRYPTED) != 0
+    packed = (flags & (FLAG_ZLIB | FLAG_ZSTD)) != 0
+    overhead = NONCE_SIZE + TAG_SIZE if header.encrypted else 0
+    longest = np.where(zero, 0, np.where(packed, bs - 1, bs) + np.where(sealed, overhead, 0))
+    shortest = np.where(zero, 0, np.where(packed, 1, bs) + np.where(sealed, overhead, 0))
+    inside = (offset >= HEADER_SIZE) & (offset <= payload_end)
+    checks = (
+        (np.any(pos[1:] <= pos[:-1]), "positions out of order or repeated"),
+        (bool(pos.size) and int(pos[-1]) >= header.n_blocks, "a position past the volume"),
+        (np.any(flags & ~np.uint32(KNOWN_FLAGS)), "unknown flags"),
+        (np.any(zero & (flags != FLAG_ZERO)), "a zero block with other flags"),
+        (not header.encrypted and np.any(sealed), "an encrypted block in a plain image"),
+        (np.any((length != 0) & ~inside), "a payload outside the file"),
+        (np.any(inside & (length > np.uint64(payload_end) - np.minimum(offset, payload_end))),
+         "a payload past the index"),
+        (np.any((length > longest) | (length < shortest)),
+         "a payload length its flags do not allow"),
+    )
+    return next((what for bad, what in checks if bad), "")
+
+
 class ImageFile:
     """A complete image opened for reading; payloads are read with ``os.pread``."""
 
@@ -74,19 +115,17 @@ class ImageFile:
     def _read_index(self) -> np.ndarray:
         f = self.footer
         nbytes = f.index_count * INDEX_DTYPE.itemsize
-        if f.index_offset < HEADER_SIZE or f.index_offset + nbytes + Footer.SIZE \
-                != self.stored_bytes:
+        if not HEADER_SIZE <= f.index_offset <= self.stored_bytes - Footer.SIZE - nbytes:
+            raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
+        if f.index_offset + nbytes + Footer.SIZE != self.stored_bytes:
             raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
         raw = os.pread(self._fd, nbytes, f.index_offset)
         if hashlib.sha256(raw).digest() != f.index_digest:
             raise FormatError(f"{self.name}: block index damaged (checksum mismatch)")
         index = np.frombuffer(raw, dtype=INDEX_DTYPE)
-        pos = index["position"]
-        end = index["offset"] + index["length"]
-        if (np.any(pos[1:] <= pos[:-1]) or (pos.size and pos[-1] >= self.header.n_blocks)
-                or np.any((index["offset"] < HEADER_SIZE) & (index["length"] > 0))
-                or np.any(end > f.index_offset)):
-            raise FormatError(f"{self.name}: block index inconsistent with the file")
+        problem = index_problem(index, self.header, f.index_offset)
+        if problem:
+            raise FormatError(f"{self.name}: block index inconsistent with the file ({problem})")
         return index
 
     # ------------------------------------------------------------------ access
@@ -129,6 +168,48 @@ class ImageFile:
         kind = "full" if h.is_full else "incremental"
         return (f"ImageFile({self.name}: {kind}, {self.blocks} blocks, "
                 f"{self.stored_bytes} B{', encrypted' if h.encrypted else ''})")
+
+
+class DamagedImage(ImageFile):
+    """A listed image that cannot be read: why (``damage``), and its header when that much
+    was readable (``header_known``; otherwise a placeholder that links to nothing).
+    It holds no blocks; the points that depend on it cannot be read."""
+
+    def __init__(self, path: str | os.PathLike[str], damage: str, header: Header | None):
+        self.path = Path(path)
+        self.name = self.path.name
+        self._fd = -1
+        self.damage = damage
+        self.header_known = header is not None
+        self.header = header if header is not None else UNKNOWN_HEADER
+        try:
+            self.stored_bytes = self.path.stat().st_size
+        except OSError:
+            self.stored_bytes = 0
+        self.index = np.zeros(0, dtype=INDEX_DTYPE)
+
+    def __repr__(self) -> str:
+        return f"DamagedImage({self.name}: {self.damage})"
+
+
+#: the header of a damaged image whose header is unreadable: no identity, links nowhere
+UNKNOWN_HEADER = Header(kind=-1, block_size=0, volume_size=0, created_ns=0, written_ns=0,
+                        image_id=b"", parent_id=b"", volume_id=b"")
+
+
+def open_listed(path: str | os.PathLike[str]) -> ImageFile:
+    """An image listed by a manifest: opened, or — when it is missing or damaged — a
+    :class:`DamagedImage` saying why (with its header, if that much is readable)."""
+    if not os.path.lexists(path):
+        return DamagedImage(path, "listed but missing", None)
+    try:
+        return ImageFile(path)
+    except FormatError as exc:
+        name = Path(path).name
+        header = None
+        with contextlib.suppress(OSError, FormatError), open(path, "rb") as fh:
+            header = Header.unpack(fh.read(HEADER_SIZE), name)
+        return DamagedImage(path, str(exc).removeprefix(f"{name}: "), header)
 
 
 class ImageWriter:

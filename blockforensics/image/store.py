@@ -140,6 +140,12 @@ class Manifest:
         return cls(names, generation, seal)
 
 
+def not_a_directory(path: Path) -> ChainError:
+    """The error for a chain path that is not a directory: missing, or a file."""
+    what = "is a file, not a chain directory" if path.exists() else "does not exist"
+    return ChainError(f"{path}: {what}")
+
+
 class ChainStore:
     """The chain directory: manifest, image names, lock, cleanup (see the module doc)."""
 
@@ -162,7 +168,7 @@ class ChainStore:
         """The manifest as it is now, every entry checked (names and file types)."""
         path = self.manifest_path
         if not self.directory.is_dir():
-            raise ChainError(f"{self.directory}: no such chain directory")
+            raise not_a_directory(self.directory)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:

@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from blockforensics.crypto import KeySource
 from blockforensics.errors import BlockforensicsError, FormatError
-from blockforensics.image.chain import (
-    NO_PARENT,
-    Chain,
-    contiguous_runs,
-    open_codec,
-    read_manifest,
-)
+from blockforensics.image.chain import Chain, contiguous_runs
 from blockforensics.image.codec import UNAUTHENTIC, BlockCodec
-from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, digest_rows
-from blockforensics.image.imagefile import ImageFile
+from blockforensics.image.format import (
+    FLAG_ENCRYPTED,
+    FLAG_ZERO,
+    FLAG_ZLIB,
+    FLAG_ZSTD,
+    digest_rows,
+)
+from blockforensics.image.imagefile import STORED_MISMATCH, ImageFile, stored_mismatches
 from blockforensics.progress import Progress, progress_bar
-from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,29 +75,27 @@ class VerifyReport:
 
 def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
            progress: bool = False) -> VerifyReport:
-    """Check every image of the chain in ``directory``; never raises for damaged images."""
-    directory = Path(directory)
+    """Check every image of the chain in ``directory``; never raises for damaged images.
+
+    The structure is checked exactly as every read checks it (:meth:`Chain.open`: each
+    image's header, footer and index against the file and the format's limits, the
+    chain's identity, parent links forming a tree), then every stored block: its
+    digest, the decoding of compressed blocks, and with the key every block's tag and
+    content digest and every point's keyed digest."""
     report = VerifyReport(authenticated=key is not None)
-    images: list[ImageFile] = []
-    for name in read_manifest(directory):
-        try:
-            images.append(ImageFile(directory / name))
-        except BlockforensicsError as exc:
-            report.problems.append(Problem(name, None, str(exc).removeprefix(f"{name}: ")))
-    report.images = len(images)
-    ids = {img.header.image_id for img in images}
-    for img in images:
-        if img.header.parent_id != NO_PARENT and img.header.parent_id not in ids:
-            report.problems.append(Problem(img.name, None, "parent image missing or damaged"))
-    codec = open_codec(images[0].header, key, str(directory)) if key and images else None
-    total = sum(int(img.index["length"].sum()) for img in images)
-    with progress_bar(total, "verify", progress) as bar:
-        for img in images:
-            report.blocks += img.blocks
-            report.problems += _check_blocks(img, codec, bar)
-            img.close()
-    if codec is not None and codec.encrypted and report.ok:
-        with Chain.open(directory, key) as chain:
+    with Chain.open(directory, key) as chain:
+        problems = chain.problems()
+        report.problems += [Problem(name, None, why) for name, why in problems]
+        broken = {name for name, _ in problems}
+        images = [img for img in chain.images if img.name not in broken]
+        report.images = len(images)
+        codec = chain.codec if images and (key is not None or not chain.encrypted) else None
+        total = sum(int(img.index["length"].sum()) for img in images)
+        with progress_bar(total, "verify", progress) as bar:
+            for img in images:
+                report.blocks += img.blocks
+                report.problems += _check_blocks(img, codec, bar)
+        if codec is not None and codec.encrypted and report.ok:
             for point, img in enumerate(chain.images):
                 try:
                     chain.check_point(point)
@@ -109,10 +105,10 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
 
 
 def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: Progress) -> list[Problem]:
-    """Stored digests (and, given a codec, authenticity and content) of every block."""
+    """Stored digests of every block; given a codec, the decoding of every block that
+    needs one (all of them when encrypted, compressed ones when plain) and its content."""
     problems = []
     records = image.index[np.argsort(image.index["offset"], kind="stable")]
-    stored = digest_rows(records["stored_digest"])
     content = digest_rows(records["content_digest"])
     ends = (records["offset"] + records["length"]).astype(np.int64)
     i = 0
@@ -123,20 +119,27 @@ def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: Progress) -> 
         window = records[i:j]
         buf = memoryview(image.read_range(first, int(ends[j - 1]) - first))
         starts = window["offset"].astype(np.int64) - first
-        lengths = window["length"].astype(np.int64)
-        intact = (sha256_128_spans(buf, starts, lengths) == stored[i:j]).all(axis=1)
-        unsealed = image.header.encrypted & (window["flags"] & FLAG_ENCRYPTED == 0)
+        intact = np.ones(len(window), dtype=bool)
+        intact[stored_mismatches(buf, starts, window)] = False
+        flags = window["flags"]
+        unsealed = image.header.encrypted & (flags & FLAG_ENCRYPTED == 0)
         problems += [Problem(image.name, int(window["position"][k]),
                              "stored unencrypted in an encrypted chain" if unsealed[k]
-                             else "stored bytes do not match their digest")
+                             else STORED_MISMATCH)
                      for k in np.flatnonzero(~intact | unsealed).tolist()]
         if codec is not None:
-            sound = intact & ~unsealed & (window["flags"] & FLAG_ZERO == 0)
-            problems += _check_content(image.name, codec, window, buf, starts,
-                                       content[i:j], sound)
+            packed = (flags & (FLAG_ZLIB | FLAG_ZSTD)) != 0
+            sound = intact & ~unsealed & (flags & FLAG_ZERO == 0)
+            problems += _check_content(image.name, codec, window, buf, starts, content[i:j],
+                                       sound & (packed | codec.encrypted))
+            verbatim = sound & (flags == 0)
+            differ = verbatim & (content[i:j] != digest_rows(window["stored_digest"])).any(1)
+            problems += [Problem(image.name, int(window["position"][k]),
+                                 "content digest differs from the stored bytes' digest")
+                         for k in np.flatnonzero(differ).tolist()]
         bar.update(int(ends[j - 1]) - first)
         i = j
-    return problems
+    return sorted(problems, key=lambda p: p.position or 0)
 
 
 def _check_content(name: str, codec: BlockCodec, records: np.ndarray, buf: memoryview,

@@ -1,0 +1,173 @@
+"""Scale: time and peak RSS per command on sparse volumes of 1 GiB, 16 GiB and 1 TiB;
+backup of a 16 GiB sparse volume holding 1 GiB vs ``cp --sparse=always`` + ``sync``;
+an incremental of 1 % with ``--changed`` vs without; fleet wall time for 1, 2 and 4
+workers; CLI start-up.
+
+    python3 benchmarks/bench_scale.py [--data-mib 256] [--workdir DIR] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Run, measure
+
+GiB, MiB = 1 << 30, 1 << 20
+BF = [sys.executable, "-m", "blockforensics.cli"]
+
+
+def sparse_volume(path: Path, size: int, data: int, seed: int = 0) -> None:
+    """A sparse file of ``size`` bytes with ``data`` bytes of random data in 8 extents
+    spread over it."""
+    rng = np.random.default_rng(seed)
+    piece = data // 8
+    with path.open("wb") as fh:
+        fh.truncate(size)
+        for k in range(8):
+            fh.seek((size // 8) * k // 4096 * 4096)
+            for _ in range(0, piece, 64 * MiB):
+                fh.write(rng.integers(0, 256, min(64 * MiB, piece), np.uint8).tobytes())
+
+
+def commands(size: int, data: int, work: Path) -> list[Run]:
+    src, chain = work / "src.img", work / "chain"
+    sparse_volume(src, size, data)
+    runs = [measure("backup", [*BF, "backup", "--all-blocks", str(src), str(chain)]),
+            measure("list", [*BF, "list", str(chain)]),
+            measure("verify", [*BF, "verify", str(chain)]),
+            measure("restore", [*BF, "restore", str(chain), str(work / "out.img")])]
+    (work / "out.img").unlink()
+    runs.append(measure("export vhd-dynamic", [*BF, "export", str(chain), str(work / "out.vhd"),
+                                                "--format", "vhd-dynamic"]))
+    shutil.rmtree(chain)
+    src.unlink()
+    (work / "out.vhd").unlink()
+    return runs
+
+
+def against_cp(work: Path) -> dict[str, Run]:
+    src = work / "src.img"
+    sparse_volume(src, 16 * GiB, GiB)
+    ours = measure("backup", [*BF, "backup", "--all-blocks", str(src), str(work / "chain")])
+    cp = measure("cp --sparse=always + sync", ["sh", "-c", f"cp --sparse=always {src} "
+                                               f"{work / 'copy.img'} && sync {work / 'copy.img'}"])
+    shutil.rmtree(work / "chain")
+    (work / "copy.img").unlink()
+    src.unlink()
+    return {"ours": ours, "cp": cp}
+
+
+def incremental(work: Path) -> dict[str, Run]:
+    """1 % of a 16 GiB volume (1 GiB of data) rewritten at random blocks."""
+    from blockforensics.blockmap import BlockMap
+
+    src, size = work / "src.img", 16 * GiB
+    sparse_volume(src, size, GiB)
+    n_blocks = size // 4096
+    measure("full", [*BF, "backup", "--all-blocks", str(src), str(work / "a")])
+    shutil.copytree(work / "a", work / "b")
+    rng = np.random.default_rng(1)
+    positions = np.sort(rng.choice(n_blocks, n_blocks // 100, replace=False))
+    fd = os.open(src, os.O_WRONLY)
+    block = rng.integers(0, 256, 4096, np.uint8).tobytes()
+    for p in positions.tolist():
+        os.pwrite(fd, block, p * 4096)
+    os.close(fd)
+    BlockMap.from_positions(n_blocks, positions).save(work / "changed.npz")
+    runs = {
+        "with --changed": measure("incr --changed", [*BF, "backup", "--all-blocks", str(src),
+                                                     str(work / "a"), "--changed",
+                                                     str(work / "changed.npz")]),
+        "without": measure("incr", [*BF, "backup", "--all-blocks", str(src), str(work / "b")]),
+    }
+    shutil.rmtree(work / "a")
+    shutil.rmtree(work / "b")
+    src.unlink()
+    return runs
+
+
+def fleet(work: Path, n_chains: int) -> dict[int, float]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_fleet import N_CHAINS, make_fleet  # the tests' fleet: 21 small chains
+
+    make_fleet(work / "fleet")
+    times = {}
+    for workers in (1, 2, 4):  # exit 1: the tests' fleet holds one broken chain
+        started = time.perf_counter()
+        subprocess.run([*BF, "fleet", "triage", str(work / "fleet"), "--workers",
+                        str(workers), "--json"], capture_output=True, check=False)
+        times[workers] = time.perf_counter() - started
+    assert n_chains == N_CHAINS
+    shutil.rmtree(work / "fleet")
+    return times
+
+
+def startup(work: Path) -> dict[str, Run]:
+    import blockforensics as bf
+
+    bf.backup(bf.Chain.create(work / "small"), bf.Volume.from_bytes(os.urandom(64 * 4096)))
+    best: dict[str, Run] = {}
+    for _ in range(5):
+        for label, argv in (("python -c pass", [sys.executable, "-c", "pass"]),
+                            ("list (small chain)", [*BF, "list", str(work / "small")])):
+            run = measure(label, argv)
+            if label not in best or run.seconds < best[label].seconds:
+                best[label] = run
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-mib", type=int, default=256,
+                        help="data in each sparse volume of the per-command table")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
+    out: dict[str, object] = {}
+    lines = ["| volume | command | seconds | peak RSS MiB |", "|---|---|---|---|"]
+    for label, size in (("1 GiB", GiB), ("16 GiB", 16 * GiB), ("1 TiB", 1 << 40)):
+        print(f"{label} sparse, {args.data_mib} MiB data", file=sys.stderr, flush=True)
+        runs = commands(size, args.data_mib * MiB, work)
+        out[label] = {r.label: {"seconds": r.seconds, "peak_rss_mib": r.peak_rss_mib}
+                      for r in runs}
+        lines += [f"| {label} | {r.label} | {r.seconds:.2f} | {r.peak_rss_mib:.0f} |"
+                  for r in runs]
+    vs = against_cp(work)
+    lines += ["", "| 16 GiB sparse, 1 GiB data | seconds | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {r.label} | {r.seconds:.2f} | {r.peak_rss_mib:.0f} |" for r in vs.values()]
+    inc = incremental(work)
+    lines += ["", "| incremental, 1 % of 16 GiB (1 GiB data) | seconds | peak RSS MiB |",
+              "|---|---|---|"]
+    lines += [f"| {k} | {r.seconds:.2f} | {r.peak_rss_mib:.0f} |" for k, r in inc.items()]
+    fl = fleet(work, 21)
+    lines += ["", "| fleet triage, 21 chains | 1 worker | 2 workers | 4 workers |",
+              "|---|---|---|---|",
+              "| wall seconds | " + " | ".join(f"{fl[w]:.1f}" for w in (1, 2, 4)) + " |"]
+    st = startup(work)
+    lines += ["", "| start-up (fastest of 5) | seconds | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {r.label} | {r.seconds:.3f} | {r.peak_rss_mib:.0f} |" for r in st.values()]
+    out.update({"vs_cp": {k: vars(r) for k, r in vs.items()},
+                "incremental": {k: vars(r) for k, r in inc.items()},
+                "fleet": fl, "startup": {k: vars(r) for k, r in st.items()}})
+    shutil.rmtree(work, ignore_errors=True)
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
