@@ -328,7 +328,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from blockforensics.boot import boot, boot_disk
+    from blockforensics.boot import boot_disk, boot_file
     from blockforensics.image.chain import is_chain
 
     options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot}
@@ -339,7 +339,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         if not Path(args.disk).is_file():
             raise UsageError(f"{args.disk}: no such disk file")
-        result = boot(Path(args.disk), **options)
+        result = boot_file(Path(args.disk), parent=args.parent, **options)
     if args.json:
         print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
     elif result.ok:
