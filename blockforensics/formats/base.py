@@ -27,6 +27,8 @@ class Format(ABC):
     name: ClassVar[str]
     #: plugins are probed in increasing order; catch-alls (raw) go last
     priority: ClassVar[int] = 50
+    #: URI schemes whose sources (not files) this plugin opens, e.g. ``nbd+unix``
+    schemes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod
