@@ -27,6 +27,7 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
+from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import (
     ChainError,
     CryptoKeyError,
@@ -34,7 +35,6 @@ from blockforensics.errors import (
     IntegrityError,
     UsageError,
 )
-from blockforensics.formats.base import InPlaceDisk
 from blockforensics.formats.placement import COPY_BUFFER, COPY_BUFFERS, PlacedWriter
 from blockforensics.image.codec import (
     UNAUTHENTIC,
@@ -215,6 +215,7 @@ class Chain:
         self.manifest = manifest or Manifest(tuple(img.name for img in images))
         self.key = key
         self._codec: BlockCodec | None = None
+        self._sealed = False  # the manifest's seal checked (encrypted chains)
         self._relink()
 
     def _relink(self) -> None:
@@ -375,12 +376,6 @@ class Chain:
         """The chain's codec; for an encrypted chain the key is checked here (wrong key: exit 2)."""
         if self._codec is None:
             self._codec = open_codec(self._reference_header(), self.key, str(self.directory))
-            if self._codec.encrypted:
-                try:
-                    self.check_seal()
-                except FormatError:
-                    self._codec = None
-                    raise
         return self._codec
 
     # ------------------------------------------------------------------- seal
@@ -546,6 +541,9 @@ class Chain:
         header = self.images[p].header
         if not header.encrypted:
             return
+        if not self._sealed:  # whole points dropped, reordered or swapped
+            self.check_seal()
+            self._sealed = True
         digests = self.layout(p).content_digests(self.codec.zero_digest())
         if not hmac.compare_digest(self._point_mac(header, digests), header.point_mac):
             raise FormatError(f"{self.images[p].name}: the point's blocks do not match its "
@@ -594,6 +592,8 @@ class Chain:
             for stale in mine.values():
                 stale.close()
             self._relink()
+        if manifest != self.manifest:
+            self._sealed = False
         self.manifest = manifest
 
 
