@@ -33,6 +33,9 @@ ENTRY_POINT_GROUP = "blockforensics.formats"
 _BUILTINS = {
     "blockforensics": "blockforensics.formats.chain:ChainFormat",
     "vhd": "blockforensics.formats.vhd:VhdFormat",
+    "vhdx": "blockforensics.formats.foreign:VhdxFormat",
+    "vmdk": "blockforensics.formats.foreign:VmdkFormat",
+    "qcow2": "blockforensics.formats.foreign:Qcow2Format",
     "nbd": "blockforensics.formats.nbd:NbdFormat",
     "raw": "blockforensics.formats.raw:RawFormat",
 }
