@@ -117,7 +117,7 @@ def remove_stale_temporaries(path: Path, keep: str = "") -> list[str]:
             continue
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_ctime < STALE_AFTER_SECONDS:
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < STALE_AFTER_SECONDS:
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its writer is gone
             other.unlink(missing_ok=True)
