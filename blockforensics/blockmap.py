@@ -127,6 +127,19 @@ class BlockMap:
             bits[lo:hi] = 0xFF
         return bmap
 
+    @classmethod
+    def from_byte_ranges(cls, size: int, offsets: np.ndarray, lengths: np.ndarray,
+                         block_size: int = 4096) -> BlockMap:
+        """The blocks of a ``size``-byte volume touched by any byte range
+        ``[offset, offset + length)`` (empty ranges touch nothing)."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        keep = lengths > 0
+        n_blocks = -(-size // block_size)
+        first = offsets[keep] // block_size
+        last = np.minimum(-(-(offsets[keep] + lengths[keep]) // block_size), n_blocks)
+        return cls.from_run_arrays(n_blocks, first, last - first, block_size)
+
     # ------------------------------------------------------------------- basics
     @property
     def packed(self) -> np.ndarray:
@@ -287,12 +300,10 @@ class BlockMap:
         """
         if block_size == self.block_size:
             return self.copy()
-        total_bytes = self.n_blocks * self.block_size
-        n_new = -(-total_bytes // block_size)
         starts, lengths = self.run_arrays()
-        first = starts * self.block_size // block_size
-        last = np.minimum(-(-(starts + lengths) * self.block_size // block_size), n_new)
-        return BlockMap.from_run_arrays(n_new, first, last - first, block_size)
+        return BlockMap.from_byte_ranges(self.n_blocks * self.block_size,
+                                         starts * self.block_size, lengths * self.block_size,
+                                         block_size)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:

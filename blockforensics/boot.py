@@ -1,14 +1,16 @@
-"""Boot a disk image in QEMU and capture its serial console.
+"""Boot a disk image in QEMU and capture its serial console (and, on request, a
+screenshot of its display).
 
 The disk is never written: QEMU runs on a temporary qcow2 overlay whose backing
-file is the disk (raw, or VHD detected by its "conectix" footer cookie), or an
-NBD export: :func:`boot_disk` serves any Disk — a chain point straight from its
-images — over NBD (:mod:`blockforensics.nbd.server`) and boots that, with no
-export and no FUSE.  The overlay also lets read-only disks boot, which QEMU
-refuses for IDE drives. QEMU runs with
-TCG (KVM hangs on the machines this was developed on), no display and the first
-serial port written to a log file, which is polled until the expected text
-appears, QEMU exits (the guest powered off) or the timeout passes.
+file is the disk (raw, VHD, VHDX, VMDK or qcow2, recognised by its signature),
+or an NBD export: :func:`boot_disk` serves any Disk — a chain point straight from
+its images, a differencing VHD read with its parents (:func:`boot_file`) — over
+NBD (:mod:`blockforensics.nbd.server`) and boots that, with no export and no
+FUSE.  The overlay also lets read-only disks boot, which QEMU refuses for IDE
+drives.  QEMU runs with TCG (KVM hangs on the machines this was developed on),
+no display and the first serial port written to a log file, which is polled
+until the expected text appears, QEMU exits (the guest powered off) or the
+timeout passes.
 """
 
 from __future__ import annotations
@@ -243,3 +245,18 @@ def boot_disk(disk: Disk, **options: Any) -> BootResult:
 
     with served(disk) as server:
         return boot(server.url, **options)
+
+
+def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | None = None,
+              **options: Any) -> BootResult:
+    """Boot a disk file: QEMU opens it itself, except a differencing VHD, whose parents
+    QEMU's vpc driver ignores: that one is read by this project's VHD reader (parents by
+    their locators, or ``parent``) and served over NBD.  ``options`` as for :func:`boot`."""
+    from blockforensics.formats.vhd import VhdDisk, VhdFormat, vhd_info
+
+    if VhdFormat.probe(path) and vhd_info(path).kind == "differencing":
+        with VhdDisk(path, parent=parent) as disk:
+            return boot_disk(disk, **options)
+    if parent is not None:
+        raise UsageError(f"{path}: --parent is for a differencing VHD")
+    return boot(path, **options)

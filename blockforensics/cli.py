@@ -107,16 +107,34 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.image.chain import Chain
 
     source_path = Path(args.source)
-    if not source_path.exists():
+    if "://" not in args.source and not source_path.exists():
         raise UsageError(f"{source_path}: not a file or block device")
+    if args.head_start and not args.bitmap:
+        raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
     try:  # options are checked before anything is created
         changed = BlockMap.load(args.changed) if args.changed else None
     except ValueError as exc:
         raise UsageError(f"--changed {exc}") from None
     chain = Chain.open_or_create(args.chain, _key(args))
     chain.cleanup()
+    if args.head_start:
+        from blockforensics.live.headstart import backup_live
+
+        done = backup_live(chain, args.source, args.head_start, args.bitmap,
+                           block_size=args.block_size)
+        print(json.dumps(done.to_json()) if args.json else
+              f"point {done.point}: {done.tracked} blocks tracked, {done.ahead} copied ahead, "
+              f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "
+              f"tracking goes on in bitmap {done.next_bitmap}")
+        return EXIT_OK
     with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
+        if args.bitmap:
+            from blockforensics.formats.nbd import NbdDisk
+
+            if not isinstance(source, NbdDisk):
+                raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
+            changed = source.dirty_map(args.bitmap, block_size)
         found = None if args.all_blocks else survey(source, block_size)
         point = backup(chain, source, parent=args.parent, full=args.full or None,
                        changed=changed, only=found.map if found else None, block_size=block_size,
@@ -343,7 +361,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from blockforensics.boot import boot, boot_disk
+    from blockforensics.boot import boot_disk, boot_file
     from blockforensics.image.chain import is_chain
 
     options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot}
@@ -354,7 +372,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         if not Path(args.disk).is_file():
             raise UsageError(f"{args.disk}: no such disk file")
-        result = boot(Path(args.disk), **options)
+        result = boot_file(Path(args.disk), parent=args.parent, **options)
     if args.json:
         print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
     elif result.ok:
@@ -473,8 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="", help="free text stored in the image header")
     p.add_argument("--compress", action="store_true",
                    help="zstd-compress blocks where that saves space (before encryption)")
+    p.add_argument("--bitmap", metavar="NAME",
+                   help="copy the blocks QEMU's dirty bitmap NAME marks (NBD source)")
+    p.add_argument("--head-start", metavar="QMP_SOCKET",
+                   help="live QEMU: snapshot, head start and bitmap rotation over QMP")
     p.add_argument("--json", action="store_true",
-                   help="print the point and what was recognised per partition as JSON")
+                   help="print the point and what was recognised per partition as JSON "
+                        "(with --head-start: blocks and times)")
 
     p = command("list", cmd_list, "list the points of a chain")
     p.add_argument("--json", action="store_true",

@@ -202,7 +202,9 @@ def _branching_chain(work: Path, states: list[bytes], checks: dict[str, bool],
     trunk = restore(chain, points["I2"]).tobytes()
     checks["branching chain: no quiescence write in the trunk"] = b"transaction log" not in trunk
     for name, point in points.items():
-        rows.append(_row(chain, point, f"{name}, parent {chain.parent(point)}"))
+        parent = chain.parent(point)
+        rows.append(_row(chain, point, f"{name}, " + ("the root" if parent is None
+                                                     else f"parent {parent}")))
     return chain
 
 

@@ -35,6 +35,15 @@ class BlockStore:
         self._blocks = np.zeros((0, block_size), dtype=np.uint8)  # rows beyond len: spare
         self._order: np.ndarray | None = None  # argsort of _positions, rebuilt lazily
 
+    @classmethod
+    def adopt(cls, positions: np.ndarray, blocks: np.ndarray) -> BlockStore:
+        """A store of ``blocks[i]`` for the unique ``positions[i]``, holding the arrays
+        as they are (no copy)."""
+        store = cls(blocks.shape[1])
+        store._positions = np.asarray(positions, dtype=np.int64)
+        store._blocks = blocks
+        return store
+
     def __len__(self) -> int:
         return self._positions.size
 

@@ -14,6 +14,8 @@ from blockforensics.errors import UsageError
 PACKAGES = {
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-storage-daemon": "qemu-system-common",
+    "qemu-io": "qemu-utils",
     "fusermount3": "fuse3",
     "mcopy": "mtools",
     "mformat": "mtools",

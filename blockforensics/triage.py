@@ -7,7 +7,8 @@ files) and measured:
 - ``created`` / ``deleted`` / ``renamed`` / ``modified``: files (not directories);
 - ``unexplained_high_entropy``: share of the changed blocks whose entropy is at least
   :data:`HIGH_BLOCK_ENTROPY` bits per byte and that no file of a compressed format
-  (zip, jpeg, png, gzip … recognised by signature, not suspected) owns;
+  (zip, jpeg, png, gzip … recognised by signature, not suspected) owns (not measured
+  at a full: it has nothing to be compared with, and its files are read already);
 - ``suspected_files``: files :func:`blockforensics.evidence.judge` suspects of
   encryption; ``rule_hits``: files a YARA rule matched (ransom notes).
 
@@ -133,6 +134,8 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules
     disk = chain.disk(result.b)
     positions = result.changed_map().positions()
     positions = positions[positions < disk.n_blocks]
+    if result.a is None:  # a full has no baseline to compare with: not read twice
+        positions = positions[:0]
     entropy = forensics.block_entropy(disk, positions)
     high = entropy >= HIGH_BLOCK_ENTROPY
     explained = files[files["content_after"].isin(COMPRESSED)
@@ -240,12 +243,14 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
                    else " — a volume of change, not by itself suspicious"))
     if t.verdict != "encrypted" and (hits or liars or "unexplained_high_entropy" in anomalies):
         t.verdict = "suspicious"
-    if t.verdict == "clean":
+    if t.verdict == "clean" and full:
+        reasons.insert(0, f"no content evidence in {m['created']} files; a full backup: "
+                          f"judged by file content alone (no parent, no baseline)")
+    elif t.verdict == "clean":
         reasons.insert(0, f"no content evidence: {m['changed_blocks']} blocks changed "
                           f"({_describe('change_rate', m['change_rate'])}), "
                           f"{_describe('unexplained_high_entropy', m['unexplained_high_entropy'])}"
-                          f" unexplained high-entropy blocks"
-                          + ("; a full backup: judged by content alone" if full else ""))
+                          f" unexplained high-entropy blocks")
     t.reasons = reasons
 
 

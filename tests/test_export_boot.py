@@ -426,3 +426,16 @@ def test_serve_bad_input(chains: Chains, tmp_path: Path) -> None:
     assert "already exists" in one_line_error(bf("serve", chain, "--socket", taken))
     assert "no point 7" in one_line_error(bf("serve", chain, "--point", "7", "--socket",
                                              tmp_path / "s"))
+
+
+@pytest.mark.slow
+def test_differencing_vhd_chain_boots_through_our_reader(chains: Chains, tmp_path: Path) -> None:
+    """QEMU's vpc driver ignores a differencing VHD's parent, so ``boot`` reads the chain
+    of VHDs itself (parents by their locators) and serves it over NBD."""
+    case = Case("sample", True, "incr")
+    out = tmp_path / "incr.vhd"
+    ok(bf("export", chains.chain(case), out, "--point", case.point, "--format", "vhd-chain",
+          *chains.key_args(case)))
+    assert vhd_info(out).kind == "differencing"
+    assert vhd_info(tmp_path / "incr.point0.vhd").kind == "dynamic"
+    assert_booted(bf(*boot_args(out, case.marker), timeout=BOOT_TIMEOUT + 30), case.marker)

@@ -163,19 +163,26 @@ def _static_busybox() -> Path:
     return path
 
 
-def _initramfs(busybox: Path) -> bytes:
-    """gzip-compressed newc initramfs: static busybox and the marker-printing /init."""
+def _initramfs(busybox: Path, init: bytes = _INIT) -> bytes:
+    """gzip-compressed newc initramfs: static busybox and ``init`` as /init (by default
+    the marker-printing one)."""
     members = [
         ("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("dev", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
         ("proc", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), (0, 0)),
-        ("init", stat.S_IFREG | 0o755, _INIT, (0, 0)),
+        ("init", stat.S_IFREG | 0o755, init, (0, 0)),
     ]
     archive = b"".join(_newc_member(i, *member) for i, member in enumerate(members, start=1))
     archive += _newc_member(0, "TRAILER!!!", 0)
     return gzip.compress(archive, compresslevel=9, mtime=0)
+
+
+def guest_boot_files(init: bytes) -> tuple[Path, bytes]:
+    """The cloud kernel and a busybox initramfs running the shell script ``init``, for
+    booting a guest directly (``qemu -kernel -initrd``) with disks of other contents."""
+    return _kernel(), _initramfs(_static_busybox(), init)
 
 
 def _install_boot_code(path: Path, code: bytes) -> None:

@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "blockforensics.formats"
 _BUILTINS = {
     "blockforensics": "blockforensics.formats.chain:ChainFormat",
     "vhd": "blockforensics.formats.vhd:VhdFormat",
+    "nbd": "blockforensics.formats.nbd:NbdFormat",
     "raw": "blockforensics.formats.raw:RawFormat",
 }
 #: the built-in that accepts any file, so it is probed after every other plugin
@@ -95,7 +96,14 @@ def _claims(name: str, plugin: type[Format], path: str | os.PathLike[str]) -> bo
 
 def probe(path: str | os.PathLike[str]) -> type[Format]:
     """The plugin that claims ``path``: a built-in whose signature it bears, else the
-    first plugin in probing order whose probe accepts it; UsageError if none does."""
+    first plugin in probing order whose probe accepts it; UsageError if none does.
+    A URI (``SCHEME://...``) goes to the plugin that lists its scheme."""
+    scheme, sep, _ = os.fspath(path).partition("://")
+    if sep:
+        for plugin in (*_builtins().values(), *formats().values()):
+            if scheme in plugin.schemes:
+                return plugin
+        raise UsageError(f"{path}: no reader plugin opens {scheme}:// sources")
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
     signed = [plugin for name, plugin in _builtins().items() if name != _CATCH_ALL]

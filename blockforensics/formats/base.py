@@ -53,8 +53,12 @@ class Disk(ABC):
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, positions.size]):
             if b > a:
-                out[a:b] = self.read_blocks(int(positions[a]), int(b - a))
+                self._read_run_into(int(positions[a]), out[a:b])
         return out
+
+    def _read_run_into(self, start: int, out: np.ndarray) -> None:
+        """Blocks ``start ..`` into the rows of ``out`` (:meth:`read_at`'s one run)."""
+        out[:] = self.read_blocks(start, len(out))
 
     def present(self) -> BlockMap:
         """Blocks that may hold non-zero data; the others read as zeros.
@@ -189,6 +193,8 @@ class Format(ABC):
     name: ClassVar[str]
     #: plugins are probed in increasing order; catch-alls (raw) go last
     priority: ClassVar[int] = 50
+    #: URI schemes whose sources (not files) this plugin opens, e.g. ``nbd+unix``
+    schemes: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abstractmethod

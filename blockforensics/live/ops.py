@@ -1,0 +1,192 @@
+"""Block-layer operations on a running QEMU over QMP: dirty bitmaps, NBD exports and
+image-fleecing snapshots.
+
+- **Tracking**: ``block-dirty-bitmap-add`` (granularity 4096) records every write to
+  the node from then on.  A bitmap is read over NBD through an export that carries
+  it (``qemu:dirty-bitmap:NAME``); an exported bitmap is busy (it cannot be cleared,
+  disabled or removed), so each tracking period uses a new bitmap, and the exports
+  made here to read one are removed right after.
+- **Snapshot** (image fleecing): a qcow2 overlay whose backing is the live node and a
+  ``blockdev-backup`` job with ``sync=none`` from the node into it: before the guest
+  overwrites a block, the old contents are copied into the overlay, so the overlay
+  reads as the disk at the moment of the transaction, while the guest writes on.
+  Bitmap actions in the same transaction happen at exactly that moment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import UsageError
+from blockforensics.live.qmp import Qmp, action
+from blockforensics.nbd.client import NbdAddress, NbdConnection
+from blockforensics.nbd.protocol import QEMU_DIRTY_BITMAP
+from blockforensics.tools import require
+
+GRANULARITY = 4096  # bytes per dirty-bitmap bit
+POLL = 0.02  # seconds between polls of query-* commands
+
+
+class LiveDisk:
+    """Block node ``node`` of the QEMU behind ``qmp``, whose NBD server listens on
+    ``nbd_socket`` (a Unix socket)."""
+
+    def __init__(self, qmp: Qmp, node: str, nbd_socket: str | os.PathLike[str]):
+        self.qmp, self.node, self.nbd_socket = qmp, node, os.fspath(nbd_socket)
+        self._serial = 0
+
+    @classmethod
+    def of_export(cls, qmp: Qmp, address: NbdAddress) -> LiveDisk:
+        """The node behind the NBD export at ``address`` (a Unix-socket URI)."""
+        if address.socket_path is None:
+            raise UsageError(f"{address.uri()}: live operations need an nbd+unix:// export")
+        for export in qmp.execute("query-block-exports"):
+            if export["id"] == address.export or export.get("name") == address.export:
+                return cls(qmp, export["node-name"], address.socket_path)
+        names = [e["id"] for e in qmp.execute("query-block-exports")]
+        raise UsageError(f"QMP {qmp.path}: no export {address.export!r} (exports: {names})")
+
+    def fresh(self, prefix: str) -> str:
+        """A name not used before by this object (bitmaps, exports, nodes, jobs)."""
+        self._serial += 1
+        return f"{prefix}-{os.getpid()}-{self._serial}"
+
+    def size(self) -> int:
+        """The node's size in bytes."""
+        for dev in self.qmp.execute("query-named-block-nodes", flat=True):
+            if dev["node-name"] == self.node:
+                return int(dev["image"]["virtual-size"])
+        raise UsageError(f"QMP: no block node {self.node}")
+
+    # ------------------------------------------------------------------ bitmaps
+    def add_bitmap_action(self, name: str, node: str | None = None) -> dict[str, Any]:
+        return action("block-dirty-bitmap-add", node=node or self.node, name=name,
+                      granularity=GRANULARITY)
+
+    def disable_bitmap_action(self, name: str) -> dict[str, Any]:
+        return action("block-dirty-bitmap-disable", node=self.node, name=name)
+
+    def add_bitmap(self, name: str, node: str | None = None) -> None:
+        self.qmp.transaction(self.add_bitmap_action(name, node))
+
+    def remove_bitmap(self, name: str, node: str | None = None) -> None:
+        self.qmp.execute("block-dirty-bitmap-remove", node=node or self.node, name=name)
+
+    def bitmaps(self) -> list[str]:
+        """Names of the dirty bitmaps on the node."""
+        for dev in self.qmp.execute("query-named-block-nodes", flat=True):
+            if dev["node-name"] == self.node:
+                return [b["name"] for b in dev.get("dirty-bitmaps", []) if "name" in b]
+        return []
+
+    def dirty_map(self, bitmap: str, block_size: int = GRANULARITY,
+                  node: str | None = None) -> BlockMap:
+        """The blocks ``bitmap`` marks, read through a temporary export of the node."""
+        with self.exported(node or self.node, bitmaps=(bitmap,)) as address, \
+                NbdConnection.open(address, contexts=(QEMU_DIRTY_BITMAP + bitmap,)) as conn:
+            return conn.dirty_map(bitmap, block_size)
+
+    # ------------------------------------------------------------------ exports
+    @contextmanager
+    def exported(self, node: str, *, bitmaps: tuple[str, ...] = (),
+                 writable: bool = False) -> Iterator[NbdAddress]:
+        """An NBD export of ``node`` for the duration of the block."""
+        name = self.fresh("bf-export")
+        self.export(name, node, bitmaps=bitmaps, writable=writable)
+        try:
+            yield NbdAddress(export=name, socket_path=self.nbd_socket)
+        finally:
+            self.unexport(name)
+
+    def export(self, name: str, node: str | None = None, *, bitmaps: tuple[str, ...] = (),
+               writable: bool = False) -> NbdAddress:
+        self.qmp.execute("block-export-add", type="nbd", id=name, name=name,
+                         **{"node-name": node or self.node}, writable=writable,
+                         bitmaps=list(bitmaps))
+        return NbdAddress(export=name, socket_path=self.nbd_socket)
+
+    def unexport(self, name: str, timeout: float = 30.0) -> None:
+        """Remove export ``name`` and wait until it is gone (its bitmaps are free then)."""
+        self.qmp.execute("block-export-del", id=name, mode="hard")
+        deadline = time.monotonic() + timeout
+        while any(e["id"] == name for e in self.qmp.execute("query-block-exports")):
+            if time.monotonic() > deadline:
+                raise UsageError(f"QMP: export {name} still present after {timeout} s")
+            time.sleep(POLL)
+
+    def copy_node(self, node: str, path: str | os.PathLike[str]) -> Path:
+        """The bytes of ``node`` into a raw file (``qemu-img convert`` over NBD)."""
+        with self.exported(node) as address:
+            done = subprocess.run([require("qemu-img"), "convert", "-f", "raw", "-O", "raw",
+                                   address.uri(), os.fspath(path)],
+                                  capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise UsageError(f"qemu-img convert failed: {done.stderr.strip()}")
+        return Path(path)
+
+    # ------------------------------------------------------------------ snapshots
+    def fleece(self, workdir: str | os.PathLike[str],
+               *actions: dict[str, Any]) -> Fleece:
+        """A point-in-time snapshot of the node, taken together with ``actions``."""
+        return Fleece(self, Path(workdir), actions)
+
+
+class Fleece:
+    """An image-fleecing snapshot: ``node`` reads as the disk at the moment it was
+    taken (see the module docstring).  Writable: writes land in its overlay only,
+    which is how quiescence writes are made into a snapshot.  ``release()`` (or the
+    context's end) cancels the job and deletes the overlay."""
+
+    def __init__(self, live: LiveDisk, workdir: Path, actions: tuple[dict[str, Any], ...]):
+        self.live = live
+        self.node = live.fresh("bf-fleece")
+        self.job = live.fresh("bf-cbw")
+        self.overlay = workdir / f"{self.node}.qcow2"
+        size = live.size()
+        done = subprocess.run([require("qemu-img"), "create", "-q", "-f", "qcow2",
+                               str(self.overlay), str(size)], capture_output=True, text=True,
+                              check=False)
+        if done.returncode:
+            raise UsageError(f"qemu-img create failed: {done.stderr.strip()}")
+        live.qmp.execute("blockdev-add", driver="qcow2", **{"node-name": self.node},
+                         file={"driver": "file", "filename": str(self.overlay)},
+                         backing=live.node)
+        try:
+            live.qmp.transaction(
+                action("blockdev-backup", device=live.node, target=self.node, sync="none",
+                       **{"job-id": self.job}), *actions)
+        except BaseException:
+            live.qmp.execute("blockdev-del", **{"node-name": self.node})
+            self.overlay.unlink()
+            raise
+        self.taken_ns = time.time_ns()
+
+    def exported(self, *, bitmaps: tuple[str, ...] = (),
+                 writable: bool = False) -> AbstractContextManager[NbdAddress]:
+        return self.live.exported(self.node, bitmaps=bitmaps, writable=writable)
+
+    def copy_to(self, path: str | os.PathLike[str]) -> Path:
+        """The snapshot's bytes into a raw file."""
+        return self.live.copy_node(self.node, path)
+
+    def release(self) -> None:
+        qmp = self.live.qmp
+        if any(j["device"] == self.job for j in qmp.execute("query-block-jobs")):
+            qmp.execute("block-job-cancel", device=self.job, force=True)
+            while any(j["device"] == self.job for j in qmp.execute("query-block-jobs")):
+                time.sleep(POLL)
+        qmp.execute("blockdev-del", **{"node-name": self.node})
+        self.overlay.unlink(missing_ok=True)
+
+    def __enter__(self) -> Fleece:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
