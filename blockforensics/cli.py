@@ -633,13 +633,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """``message`` with control characters (newlines, terminal escapes) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                   for c in message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (also used by tests in-process)."""
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except BlockforensicsError as exc:
-        print(f"blockforensics: error: {exc}", file=sys.stderr)
+    except BlockforensicsError as exc:  # control characters from hostile input: escaped
+        print(f"blockforensics: error: {_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blockforensics.disk import Disk
 from blockforensics.errors import UsageError
-from blockforensics.formats.base import Disk
 
 #: called with the sorted, unique block positions about to be written, before the write
 WriteHook = Callable[["Volume", np.ndarray], None]

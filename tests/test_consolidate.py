@@ -237,9 +237,11 @@ def _crash_runs(template: Path, workdir: Path, mode: str,
                          timeout=120, check=True)
     out, trials, lines = [], [], run.stdout.splitlines()
     for line in lines:
-        if line.startswith(str(workdir)):
-            directory, status = line.rsplit(" ", 1)
-            trials.append((Path(directory), int(status), "\n".join(out)))
+        # a child killed while printing leaves half a line: the trial's line may follow it
+        head, found, tail = line.partition(str(workdir))
+        if found:
+            directory, status = (found + tail).rsplit(" ", 1)
+            trials.append((Path(directory), int(status), "\n".join([*out, head])))
             out = []
         else:
             out.append(line)

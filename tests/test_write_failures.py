@@ -42,3 +42,27 @@ def test_a_failed_write_keeps_the_old_output(chain: Path, command: list[str], tm
     assert "Traceback" not in proc.stderr
     assert out.read_bytes() == b"the previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.img"]
+
+
+@pytest.mark.parametrize("command", ["backup", "consolidate"])
+def test_a_failed_chain_write_names_the_chain_and_changes_nothing(chain: Path, command: str,
+                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    directory = tmp_path / "chain"
+    shutil.copytree(chain, directory)
+    source = tmp_path / "vol.raw"
+    source.write_bytes(os.urandom(8 * MiB))
+    if command == "consolidate":  # a second point to merge
+        done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "backup", source,
+                               directory], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    args = ["backup", source, directory] if command == "backup" else ["consolidate", directory]
+    proc = subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
+                          capture_output=True, text=True, preexec_fn=limited(2 * MiB),
+                          check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"blockforensics: error: {directory}/")
+    assert proc.stderr.endswith(": File too large\n") and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before

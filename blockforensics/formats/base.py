@@ -1,11 +1,8 @@
 """The reader-plugin interface: a disk image of any format, read by block.
 
 A *format* plugin recognises files of one format (``probe``) and opens them as
-a :class:`Disk`: a read-only byte range of ``size`` bytes, read in blocks of
-``block_size`` bytes, with a map of the blocks that hold data (``present``) so
-that writers of sparse formats can skip the rest.  Everything downstream —
-VHD export, the FUSE-exposed disk file, forensic file access — reads through
-this one interface, whatever the source format.
+a :class:`~blockforensics.disk.Disk` — the core's interface, which lives in
+:mod:`blockforensics.disk` and is re-exported here for plugins.
 
 Third parties add formats through the entry-point group
 ``blockforensics.formats`` (see :mod:`blockforensics.formats`).
@@ -13,177 +10,14 @@ Third parties add formats through the entry-point group
 
 from __future__ import annotations
 
-import io
 import os
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
-from blockforensics.blockmap import BlockMap
-from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter
+from blockforensics.disk import Disk, DiskFile, InPlaceDisk
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
-
-
-class Disk(ABC):
-    """A read-only disk: ``size`` bytes, read in blocks of ``block_size`` bytes."""
-
-    size: int
-    block_size: int
-
-    @property
-    def n_blocks(self) -> int:
-        """Number of blocks; the last one is partial when size is not a multiple."""
-        return -(-self.size // self.block_size)
-
-    @abstractmethod
-    def read_blocks(self, start: int, count: int) -> np.ndarray:
-        """Blocks ``start .. start+count-1`` as a ``(count, block_size)`` uint8 array.
-
-        Bytes past ``size`` (in the last, partial block) read as zeros.
-        """
-
-    def read_at(self, positions: np.ndarray) -> np.ndarray:
-        """The blocks at sorted, unique ``positions`` as ``(len(positions), block_size)``;
-        one ``read_blocks`` per run of consecutive positions."""
-        positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty((positions.size, self.block_size), dtype=np.uint8)
-        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-        for a, b in zip(np.r_[0, breaks], np.r_[breaks, positions.size]):
-            if b > a:
-                self._read_run_into(int(positions[a]), out[a:b])
-        return out
-
-    def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        """Blocks ``start ..`` into the rows of ``out`` (:meth:`read_at`'s one run)."""
-        out[:] = self.read_blocks(start, len(out))
-
-    def present(self) -> BlockMap:
-        """Blocks that may hold non-zero data; the others read as zeros.
-
-        The default says every block; sparse formats narrow it.
-        """
-        return BlockMap.full(self.n_blocks, self.block_size)
-
-    def write_to(self, out: PlacedWriter) -> None:
-        """Hand the disk's present blocks to ``out``, which writes them where its
-        placement says (unwritten bytes of its new file read as zeros).
-
-        This default reads chunks of ``COPY_BUFFER`` bytes; readers that know where
-        their bytes lie in files override it to have them copied file to file.
-        """
-        bs = self.block_size
-        step = max(1, COPY_BUFFER // bs)
-        starts, lengths = self.present().run_arrays()
-        for start, length in zip(starts.tolist(), lengths.tolist()):
-            for first in range(start, start + length, step):
-                count = min(step, start + length - first)
-                blocks = self.read_blocks(first, count).data.cast("B")
-                out.put(blocks, np.array([first * bs]), np.zeros(1, np.int64),
-                            np.array([count * bs]))
-
-    def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from byte ``offset`` (short at the end of the disk)."""
-        if offset < 0 or length < 0:
-            raise ValueError("offset and length must be >= 0")
-        end = min(offset + length, self.size)
-        if offset >= end:
-            return b""
-        first = offset // self.block_size
-        last = (end - 1) // self.block_size
-        blocks = self.read_blocks(first, last - first + 1).reshape(-1)
-        skip = offset - first * self.block_size
-        return blocks[skip : skip + end - offset].tobytes()
-
-    def patched(self, offset: int, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """The blocks a byte-level write of ``data`` at ``offset`` would leave:
-        ``(positions, blocks)``, for read-modify-write by writable disks."""
-        if offset < 0 or offset + len(data) > self.size:
-            raise IndexError(f"bytes [{offset}, {offset + len(data)}) outside the disk")
-        if not data:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.block_size), dtype=np.uint8)
-        first, last = offset // self.block_size, (offset + len(data) - 1) // self.block_size
-        blocks = self.read_blocks(first, last - first + 1)
-        skip = offset - first * self.block_size
-        blocks.reshape(-1)[skip : skip + len(data)] = np.frombuffer(data, dtype=np.uint8)
-        return np.arange(first, last + 1), blocks
-
-    def open_file(self) -> DiskFile:
-        """A read-only file object (read/seek/tell) over the disk's bytes."""
-        return DiskFile(self)
-
-    def __repr__(self) -> str:
-        where = f" {self.path}" if hasattr(self, "path") else ""
-        return (f"{type(self).__name__}({self.size} B = {self.n_blocks} blocks × "
-                f"{self.block_size} B{where})")
-
-    def close(self) -> None:  # noqa: B027  (optional hook)
-        """Release files the disk holds open."""
-
-    def __enter__(self) -> Disk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class InPlaceDisk(Disk):
-    """A Disk that reads straight into the caller's array (no temporary, no copy):
-    exports and restores fill their output buffers through :meth:`read_blocks_into`."""
-
-    @abstractmethod
-    def read_blocks_into(self, start: int, out: np.ndarray) -> None:
-        """Fill the C-contiguous ``(count, block_size)`` uint8 array ``out`` with blocks
-        ``start .. start+count-1``; bytes past ``size`` read as zeros."""
-
-    def read_blocks(self, start: int, count: int) -> np.ndarray:
-        out = np.empty((count, self.block_size), dtype=np.uint8)
-        self.read_blocks_into(start, out)
-        return out
-
-
-class DiskFile(io.RawIOBase):
-    """A seekable, read-only file object over a :class:`Disk`.
-
-    Forensic libraries that take a Python file (pytsk3 through an Img_Info
-    adapter, dissect) read a chain point through this without a restore.
-    """
-
-    def __init__(self, disk: Disk):
-        super().__init__()
-        self.disk = disk
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.disk.size}[whence]
-        if base + offset < 0:
-            raise OSError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.disk.read(self._pos, len(buffer))
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(0, self.disk.size - self._pos)
-        data = self.disk.read(self._pos, size)
-        self._pos += len(data)
-        return data
 
 
 class Format(ABC):
@@ -208,3 +42,6 @@ class Format(ABC):
         key: KeySource | None = None,
     ) -> Disk:
         """Open ``path`` as a Disk (``point`` and ``key`` for formats with history/encryption)."""
+
+
+__all__ = ["Disk", "DiskFile", "Format", "InPlaceDisk"]  # the Disk classes: blockforensics.disk

@@ -22,9 +22,9 @@ from typing import overload
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
+from blockforensics.disk import Disk
 from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer, writeback_progress
-from blockforensics.formats.base import Disk
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.image.codec import nonzero_rows

@@ -27,6 +27,7 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
+from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import (
     BlockforensicsError,
     ChainError,
@@ -35,7 +36,6 @@ from blockforensics.errors import (
     IntegrityError,
     UsageError,
 )
-from blockforensics.formats.base import InPlaceDisk
 from blockforensics.formats.placement import COPY_BUFFER, COPY_BUFFERS, PlacedWriter
 from blockforensics.image.codec import (
     UNAUTHENTIC,
@@ -218,6 +218,7 @@ class Chain:
         self._codec: BlockCodec | None = None
         #: set when the last append committed but an error followed (see ``append``)
         self.commit_warning: str | None = None
+        self._sealed = False  # the manifest's seal checked (encrypted chains)
         self._relink()
 
     def _relink(self) -> None:
@@ -378,12 +379,6 @@ class Chain:
         """The chain's codec; for an encrypted chain the key is checked here (wrong key: exit 2)."""
         if self._codec is None:
             self._codec = open_codec(self._reference_header(), self.key, str(self.directory))
-            if self._codec.encrypted:
-                try:
-                    self.check_seal()
-                except FormatError:
-                    self._codec = None
-                    raise
         return self._codec
 
     # ------------------------------------------------------------------- seal
@@ -549,6 +544,9 @@ class Chain:
         header = self.images[p].header
         if not header.encrypted:
             return
+        if not self._sealed:  # whole points dropped, reordered or swapped
+            self.check_seal()
+            self._sealed = True
         digests = self.layout(p).content_digests(self.codec.zero_digest())
         if not hmac.compare_digest(self._point_mac(header, digests), header.point_mac):
             raise FormatError(f"{self.images[p].name}: the point's blocks do not match its "
@@ -615,6 +613,8 @@ class Chain:
             for stale in mine.values():
                 stale.close()
             self._relink()
+        if manifest != self.manifest:
+            self._sealed = False
         self.manifest = manifest
 
 

@@ -302,9 +302,11 @@ class ImageWriter:
     def __enter__(self) -> ImageWriter:
         return self
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, *rest: object) -> None:
         if exc_type is not None:
             self.abort()
+        if isinstance(exc, OSError) and exc.filename is None:  # disk full: say where
+            exc.filename = str(self.path)
 
 
 class _Abort(Exception):

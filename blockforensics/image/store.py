@@ -123,7 +123,7 @@ class Manifest:
                              "object)")
         if doc.get("version") != MANIFEST_VERSION:
             raise ChainError(f"{where}: unsupported chain manifest version "
-                             f"{str(doc.get('version'))[:20]}")
+                             f"{ascii(doc.get('version'))[:20]}")
         images, generation, seal = doc.get("images"), doc.get("generation", 0), doc.get("seal")
         if not isinstance(images, list):
             raise ChainError(f"{where}: damaged chain manifest (images is not a list)")
