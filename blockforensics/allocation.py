@@ -26,19 +26,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import FormatError
+from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.base import FileSystem, covered
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
+from blockforensics.fs.gpt import looks_like_gpt, read_gpt
 from blockforensics.fs.mbr import SECTOR, Partition, looks_like_mbr, read_partitions
+from blockforensics.fs.sleuthkit import TskFileSystem
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["FILESYSTEM_KINDS", "Region", "Survey", "allocation_map", "detect",
-           "filesystem_allocation", "open_filesystem", "partitions", "survey"]
+           "filesystem_allocation", "open_filesystem", "partition_table", "partitions", "survey"]
 
 DiskLike = Disk | str | os.PathLike[str]
 
@@ -63,7 +65,19 @@ def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
     boot = disk.read(offset, BOOT_SECTOR.size)
     if len(boot) == BOOT_SECTOR.size and bpb_problem(BOOT_SECTOR.parse(boot)) is None:
         return FatFileSystem
-    return None
+    if offset == 0 and looks_like_gpt(disk):
+        return None  # TSK would open a GPT disk's first partition through its volume layer
+    return TskFileSystem if _tsk_opens(disk, offset) else None
+
+
+def _tsk_opens(disk: Disk, offset: int) -> bool:
+    """Whether The Sleuth Kit recognises a file system at ``offset`` (False without
+    pytsk3)."""
+    try:
+        TskFileSystem(disk, offset)
+    except (FormatError, UsageError):
+        return False
+    return True
 
 
 def _open(disk: Disk, offset: int) -> FileSystem | None:
@@ -82,7 +96,8 @@ def open_filesystem(disk: Disk, offset: int = 0) -> FileSystem:
 
 
 def detect(disk: DiskLike, offset: int = 0) -> str | None:
-    """What starts at byte ``offset``: "fat12".."fat32", "ext2".."ext4", "mbr" or None."""
+    """What starts at byte ``offset``: "fat12".."fat32", "ext2".."ext4", "gpt" (at 0),
+    "mbr" or None."""
     with _opened(disk) as d:
         try:
             fs = _open(d, offset)
@@ -90,26 +105,32 @@ def detect(disk: DiskLike, offset: int = 0) -> str | None:
             fs = None
         if fs is not None:
             return fs.kind
+        if offset == 0 and looks_like_gpt(d):
+            return "gpt"
         return "mbr" if looks_like_mbr(d.read(offset, SECTOR)) else None
 
 
 def partitions(disk: DiskLike) -> pd.DataFrame:
-    """MBR partitions, one row each (primary 1-4, logical from 5).
+    """GPT or MBR partitions, one row each (MBR: primary 1-4, logical from 5; GPT:
+    the entry's number).
 
-    Columns: index, type (partition type byte), bootable, start_byte,
-    length_bytes, kind ("primary"/"extended"/"logical"), filesystem (what
-    :func:`detect` finds at the partition's start; None for extended ones).
-    FormatError when the disk has no MBR partition table.
+    Columns: index, type (MBR partition type byte, or GPT partition type GUID),
+    bootable, start_byte, length_bytes, kind ("primary"/"extended"/"logical"/
+    "gpt"), name (GPT), filesystem (what :func:`detect` finds at the partition's
+    start; None for extended ones).  FormatError when the disk has no partition
+    table.
     """
     import pandas as pd  # here, not at the top: the command line does not need it
 
     with _opened(disk) as d:
-        found = read_partitions(d)
+        table, found, _ = partition_table(d)
+        if table == "none":
+            raise FormatError("not a partitioned disk (no GPT or MBR partition table)")
         kinds = [None if p.kind == "extended" else detect(d, p.start_byte) for p in found]
-    table = pd.DataFrame([vars(p) for p in found], columns=[
-        "index", "type", "bootable", "start_byte", "length_bytes", "kind"])
-    table["filesystem"] = pd.Series(kinds, dtype=object)
-    return table
+    frame = pd.DataFrame([vars(p) for p in found], columns=[
+        "index", "type", "bootable", "start_byte", "length_bytes", "kind", "name"])
+    frame["filesystem"] = pd.Series(kinds, dtype=object)
+    return frame
 
 
 def filesystem_allocation(disk: DiskLike, offset: int = 0, length: int | None = None) -> BlockMap:
@@ -180,13 +201,29 @@ class Survey:
 
     def report(self) -> list[str]:
         """Lines for the backup's output: the table, then one per region."""
-        table = "no partition table" if self.table == "none" else (
-            f"partition table: {self.table}, {len(self.regions)} partitions")
-        return [table, *self.notes, *(f"  {r.describe()}" for r in self.regions)]
+        if self.table == "none":
+            return ["no partition table", *self.notes,
+                    *(f"  {r.describe()}" for r in self.regions)]
+        return [f"partition table: {self.table}, {len(self.regions)} partitions", *self.notes,
+                *(f"  {r.describe()}" for r in self.regions),
+                f"  outside the partitions (tables, gaps): all {self.outside_blocks} blocks"]
+
+    @property
+    def outside_blocks(self) -> int:
+        """Blocks outside every partition (always copied)."""
+        bs = self.map.block_size
+        extents = sorted((r.start_byte // bs, min(-(-(r.start_byte + r.length_bytes) // bs),
+                                                  self.map.n_blocks)) for r in self.regions)
+        inside, reached = 0, 0
+        for start, stop in extents:
+            inside += max(0, stop - max(start, reached))
+            reached = max(reached, stop)
+        return self.map.n_blocks - inside
 
     def to_json(self) -> dict[str, object]:
         return {"table": self.table, "notes": self.notes, "block_size": self.map.block_size,
                 "allocated_blocks": self.map.count(), "n_blocks": self.map.n_blocks,
+                "outside_blocks": self.outside_blocks,
                 "partitions": [r.to_json() for r in self.regions]}
 
 
@@ -202,7 +239,7 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
     """
     with _opened(disk) as d:
         block_size = d.block_size if block_size is None else block_size
-        table, found, notes = _partition_table(d)
+        table, found, notes = _partitions_to_read(d)
         starts: list[np.ndarray] = []
         stops: list[np.ndarray] = []
         read: list[tuple[int, int]] = []  # extents of the file systems whose maps are used
@@ -227,19 +264,34 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
         return Survey(table, amap, regions, notes)
 
 
-def _partition_table(disk: Disk) -> tuple[str, list[Partition], list[str]]:
-    """The table type, the partitions that may hold file systems, and notes on the table.
+def partition_table(disk: DiskLike) -> tuple[str, list[Partition], list[str]]:
+    """``(table, partitions, notes)``: "gpt", "mbr" or "none" (a bare file system, or
+    nothing known), the partitions as the table declares them (MBR extended ones
+    included) and what was noticed reading it (a GPT's backup header used …).
+    FormatError when a table is there but cannot be read."""
+    with _opened(disk) as d:
+        if _reader(d, 0) is not None:
+            return "none", [], []
+        if looks_like_gpt(d):
+            table = read_gpt(d)
+            return "gpt", table.partitions, table.notes
+        if looks_like_mbr(d.read(0, SECTOR)):
+            return "mbr", read_partitions(d), []
+        return "none", [], []
 
-    A disk without a table is one partition (index None) covering it.
-    """
+
+def _partitions_to_read(disk: Disk) -> tuple[str, list[Partition], list[str]]:
+    """:func:`partition_table` without extended partitions; a disk without a table, or
+    whose table is unreadable, is one partition (index None) covering it."""
     whole = [Partition(None, 0, False, 0, disk.size, "whole")]
-    if _reader(disk, 0) is not None or not looks_like_mbr(disk.read(0, SECTOR)):
-        return "none", whole, []
     try:
-        found = read_partitions(disk)
+        table, found, notes = partition_table(disk)
     except FormatError as exc:
-        return "mbr", whole, [f"unreadable MBR partition table ({exc}): copying all blocks"]
-    return "mbr", [p for p in found if p.kind != "extended"], []
+        kind = "gpt" if looks_like_gpt(disk) else "mbr"
+        return kind, whole, [f"unreadable {kind.upper()} partition table: {exc}"]
+    if table == "none":
+        return table, whole, notes
+    return table, [p for p in found if p.kind != "extended"], notes
 
 
 def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: list[np.ndarray],

@@ -15,10 +15,8 @@ timeout passes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blockforensics.errors import UsageError
+from blockforensics.live.qmp import Qmp
 from blockforensics.tools import require
 
 if TYPE_CHECKING:
@@ -114,40 +113,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-class _Monitor:
-    """QEMU's QMP monitor, just enough for a boot check: the run state and a screen dump."""
-
-    def __init__(self, path: Path, process: subprocess.Popen[bytes]):
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(STOP_SECONDS)
-        deadline = time.monotonic() + STOP_SECONDS
-        while True:  # QEMU creates the socket a moment after it starts
-            try:
-                self._sock.connect(str(path))
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    self._sock.close()
-                    raise UsageError("QEMU's monitor did not come up") from None
-                time.sleep(POLL_SECONDS)
-        self._file = self._sock.makefile("rb")
-        self._file.readline()  # the greeting
-        self.execute("qmp_capabilities")
-
-    def execute(self, command: str, **arguments: Any) -> Any:
-        """Run ``command``; its ``return`` value (events in between are skipped)."""
-        self._sock.sendall(json.dumps({"execute": command, "arguments": arguments}).encode())
-        while line := self._file.readline():
-            reply = json.loads(line)
-            if "error" in reply:
-                raise UsageError(f"QMP {command}: {reply['error'].get('desc')}")
-            if "return" in reply:
-                return reply["return"]
-        raise UsageError(f"QMP {command}: the monitor closed")
-
-    def close(self) -> None:
-        self._file.close()
-        self._sock.close()
+def _monitor(path: Path, process: subprocess.Popen[bytes]) -> Qmp:
+    """QEMU's QMP monitor at ``path``, once QEMU has created it (a moment after it starts)."""
+    deadline = time.monotonic() + STOP_SECONDS
+    while True:
+        try:
+            return Qmp(str(path), timeout=STOP_SECONDS)
+        except UsageError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise UsageError("QEMU's monitor did not come up") from None
+            time.sleep(POLL_SECONDS)
 
 
 def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
@@ -206,7 +181,7 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
         monitor, powered_off = None, False
         try:
             if shot is not None:
-                monitor = _Monitor(monitor_path, process)
+                monitor = _monitor(monitor_path, process)
             while True:
                 exited = process.poll() is not None  # before reading: no output is lost
                 if monitor is not None and monitor.execute("query-status")["status"] in (

@@ -235,3 +235,49 @@ def tsk_files(img: Path, out: Path, fstype: str | None = None, offset_sectors: i
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.touch()
     return out
+
+
+# -------------------------------------------------------- ext4, NTFS, GPT
+def make_ext4(img: Path, size: int, tree: Path, delete: tuple[str, ...] = (),
+              options: tuple[str, ...] = ()) -> Path:
+    """``mkfs.ext4 -d TREE`` (populated by e2fsprogs itself), then ``debugfs rm``."""
+    run("mkfs.ext4", "-q", "-F", *options, "-d", tree, sparse_file(img, size))
+    for path in delete:
+        run("debugfs", "-w", "-R", f"{'rmdir' if (tree / path).is_dir() else 'rm'} /{path}",
+            img)
+    return img
+
+
+def make_ntfs(img: Path, size: int, tree: Path, delete: tuple[str, ...] = ()) -> Path:
+    """``mkntfs -Q``, the tree copied in through ntfs-3g (FUSE), then the deletions."""
+    run("mkntfs", "-F", "-Q", "-q", sparse_file(img, size))
+    mountpoint = img.parent / f"{img.name}.mnt"
+    mountpoint.mkdir(exist_ok=True)
+    run("ntfs-3g", img, mountpoint)
+    try:
+        shutil.copytree(tree, mountpoint, dirs_exist_ok=True)
+        for path in delete:
+            target = mountpoint / path
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    finally:
+        run("umount", mountpoint)
+    return img
+
+
+def place(disk: Path, volume: Path, offset: int) -> None:
+    """Copy the volume image into ``disk`` at byte ``offset`` (holes stay holes)."""
+    with volume.open("rb") as src, disk.open("r+b") as dst:
+        for start in range(0, volume.stat().st_size, 1 << 20):
+            chunk = src.read(1 << 20)
+            if chunk.count(0) != len(chunk):
+                dst.seek(offset + start)
+                dst.write(chunk)
+
+
+def extract(disk: Path, offset: int, length: int, out: Path) -> Path:
+    """Bytes ``[offset, offset + length)`` of ``disk`` as a file (for fsck tools)."""
+    with disk.open("rb") as src, out.open("wb") as dst:
+        src.seek(offset)
+        for _ in range(0, length, 1 << 20):
+            dst.write(src.read(min(1 << 20, length - dst.tell())))
+    return out

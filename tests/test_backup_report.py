@@ -42,7 +42,8 @@ def test_each_partition_is_reported(disk: Path, tmp_path: Path) -> None:
     assert lines[0] == "partition table: mbr, 2 partitions"
     assert lines[1].startswith("  partition 1 (fat16): ") and "of 2048 blocks allocated" in lines[1]
     assert lines[2] == "  partition 2: not recognised: copying all 3840 blocks"
-    assert lines[3].startswith("point 0: full")
+    assert lines[3] == "  outside the partitions (tables, gaps): all 256 blocks"
+    assert lines[4].startswith("point 0: full")
 
 
 def test_json_carries_the_partitions(disk: Path, tmp_path: Path) -> None:

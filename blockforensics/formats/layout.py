@@ -53,6 +53,16 @@ def touched(present: BlockMap, grain: int, n_pieces: int) -> np.ndarray:
     return np.cumsum(flags[:-1]) > 0
 
 
+def packed(size: int, grain: int, allocated: np.ndarray, first: int,
+           stride: int | None = None) -> Placement:
+    """The placement of sparse formats: the ``grain``-byte pieces ``allocated`` (sorted)
+    one after another in the file, the first at byte ``first``, ``stride`` bytes apart
+    (default ``grain``); every other piece of a ``size``-byte disk has no place."""
+    bases = np.full(-(-size // grain), UNPLACED, dtype=np.int64)
+    bases[allocated] = first + np.arange(allocated.size, dtype=np.int64) * (stride or grain)
+    return Placement(grain, bases)
+
+
 def disk_into(disk: Disk, offset: int, dst: np.ndarray) -> None:
     """Disk bytes from ``offset`` into the uint8 array ``dst``; zeros past the disk's end."""
     n = max(0, min(dst.size, disk.size - offset))

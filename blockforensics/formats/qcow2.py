@@ -25,7 +25,7 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.formats.base import Disk
-from blockforensics.formats.layout import UNPLACED, FileLayout, round_up, touched, write_layout
+from blockforensics.formats.layout import FileLayout, packed, round_up, touched, write_layout
 from blockforensics.formats.placement import Placement
 from blockforensics.formats.record import Record, f
 
@@ -171,10 +171,7 @@ class Qcow2Layout(FileLayout):
                 f"{self.file_size} B file)")
 
     def placement(self) -> Placement:
-        bases = np.full(-(-self.size // CLUSTER), UNPLACED, dtype=np.int64)
-        bases[self.clusters] = self.data_start + np.arange(self.clusters.size,
-                                                           dtype=np.int64) * CLUSTER
-        return Placement(CLUSTER, bases)
+        return packed(self.size, CLUSTER, self.clusters, self.data_start)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         yield 0, self._head

@@ -39,8 +39,8 @@ from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk, Format
 from blockforensics.formats.layout import (
     SECTOR,
-    UNPLACED,
     FileLayout,
+    packed,
     round_up,
     touched,
     write_layout,
@@ -311,10 +311,8 @@ class VhdLayout(FileLayout):
         their allocated 2 MiB blocks (dynamic, differencing)."""
         if self.kind == "fixed":
             return Placement.identity()
-        bases = np.full(self.bat_entries, UNPLACED, dtype=np.int64)
-        bases[self.allocated] = (self.data_start + self.bitmap_size
-                                 + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size)
-        return Placement(VHD_BLOCK, bases)
+        return packed(self.size, VHD_BLOCK, self.allocated, self.data_start + self.bitmap_size,
+                      self.slot_size)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         """The head (footer copy, dynamic header, BAT), parent locators, each allocated

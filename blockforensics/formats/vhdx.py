@@ -29,8 +29,8 @@ import numpy as np
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import (
     SECTOR,
-    UNPLACED,
     FileLayout,
+    packed,
     round_up,
     touched,
     write_layout,
@@ -213,10 +213,7 @@ class VhdxLayout(FileLayout):
                 f"{self.file_size} B file)")
 
     def placement(self) -> Placement:
-        bases = np.full(-(-self.size // BLOCK), UNPLACED, dtype=np.int64)
-        bases[self.allocated] = self.data_start + np.arange(self.allocated.size,
-                                                            dtype=np.int64) * BLOCK
-        return Placement(BLOCK, bases)
+        return packed(self.size, BLOCK, self.allocated, self.data_start)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         yield from self._parts

@@ -24,8 +24,8 @@ import numpy as np
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import (
     SECTOR,
-    UNPLACED,
     FileLayout,
+    packed,
     round_up,
     touched,
     write_layout,
@@ -128,9 +128,7 @@ class VmdkLayout(FileLayout):
                 f"{self.file_size} B file)")
 
     def placement(self) -> Placement:
-        bases = np.full(-(-self.size // GRAIN), UNPLACED, dtype=np.int64)
-        bases[self.grains] = self.data_start + np.arange(self.grains.size, dtype=np.int64) * GRAIN
-        return Placement(GRAIN, bases)
+        return packed(self.size, GRAIN, self.grains, self.data_start)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         yield from self._parts

@@ -1,0 +1,152 @@
+"""GUID Partition Tables (UEFI specification, chapter 5.3): header, entries, CRCs.
+
+A GPT disk starts with a *protective* MBR (one entry of type 0xEE covering the
+disk, or ``0xFFFFFFFF`` sectors when the disk is larger than that field can say
+— gdisk writes that on smaller disks too, and it is valid) or a *hybrid* one
+(the 0xEE entry beside up to three MBR entries mirroring GPT partitions; the GPT
+is authoritative).  The primary header sits at LBA 1 and names its partition
+entry array; a backup header at the disk's last LBA names a backup array.  A
+header is used only when its signature, its own CRC32, ``MyLBA`` and its entry
+array's CRC32 all check; when the primary fails, the backup is used, and the
+table's ``notes`` say so.  LBAs are in logical blocks of 512 or 4096 bytes (the
+sector size is whichever places a header at LBA 1).
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from blockforensics.errors import FormatError
+from blockforensics.formats.base import Disk
+from blockforensics.fs.mbr import BOOT_SECTOR, SIGNATURE, Partition, _entries
+from blockforensics.fs.structure import Structure
+
+#: the GPT header (UEFI 2.10, table 5.21); HeaderSize bytes of it are covered by its CRC
+HEADER = Structure("GptHeader", 92, [
+    (0x00, "8s", "Signature"),
+    (0x08, "I", "Revision"),
+    (0x0C, "I", "HeaderSize"),
+    (0x10, "I", "HeaderCRC32"),
+    (0x18, "Q", "MyLBA"),
+    (0x20, "Q", "AlternateLBA"),
+    (0x28, "Q", "FirstUsableLBA"),
+    (0x30, "Q", "LastUsableLBA"),
+    (0x38, "16s", "DiskGUID"),
+    (0x48, "Q", "PartitionEntryLBA"),
+    (0x50, "I", "NumberOfPartitionEntries"),
+    (0x54, "I", "SizeOfPartitionEntry"),
+    (0x58, "I", "PartitionEntryArrayCRC32"),
+])
+#: one partition entry (table 5.22); SizeOfPartitionEntry may be larger (128 * 2**n)
+ENTRY = Structure("GptPartitionEntry", 128, [
+    (0x00, "16s", "PartitionTypeGUID"),
+    (0x10, "16s", "UniquePartitionGUID"),
+    (0x20, "Q", "StartingLBA"),
+    (0x28, "Q", "EndingLBA"),
+    (0x30, "Q", "Attributes"),
+    (0x38, "72s", "PartitionName"),
+])
+GPT_SIGNATURE = b"EFI PART"
+HEADER_CRC_OFFSET = 0x10
+PROTECTIVE_TYPE = 0xEE
+SECTOR_SIZES = (512, 4096)
+#: more entries than this is not a table a tool wrote (the usual count is 128)
+MAX_ENTRIES = 1 << 16
+
+
+@dataclass
+class GptTable:
+    """The partitions of a GPT disk and what was noticed reading it."""
+
+    sector: int
+    partitions: list[Partition]
+    disk_guid: str
+    notes: list[str] = field(default_factory=list)
+
+
+def has_protective_entry(sector: bytes) -> bool:
+    """True when an MBR sector carries a 0xEE entry (protective or hybrid MBR)."""
+    if len(sector) < BOOT_SECTOR.size or BOOT_SECTOR.parse(sector).signature != SIGNATURE:
+        return False
+    return bool((_entries(sector)["type"] == PROTECTIVE_TYPE).any())
+
+
+def looks_like_gpt(disk: Disk) -> bool:
+    """A 0xEE entry in the MBR, or a GPT header signature at LBA 1."""
+    return has_protective_entry(disk.read(0, 512)) or any(
+        disk.read(size, len(GPT_SIGNATURE)) == GPT_SIGNATURE for size in SECTOR_SIZES)
+
+
+def read_gpt(disk: Disk) -> GptTable:
+    """The GPT of ``disk``: the primary header's table, else the backup's (with a note);
+    FormatError when neither header checks."""
+    notes = [] if has_protective_entry(disk.read(0, 512)) else [
+        "no protective MBR (no 0xEE entry in sector 0)"]
+    sector = next((s for s in SECTOR_SIZES if disk.read(s, 8) == GPT_SIGNATURE), 512)
+    last_lba = disk.size // sector - 1
+    try:
+        header, entries = _read_header(disk, sector, 1)
+    except FormatError as primary:
+        try:
+            header, entries = _read_header(disk, sector, last_lba)
+        except FormatError as backup:
+            raise FormatError(f"no valid GPT header: primary: {primary}; "
+                              f"backup at LBA {last_lba}: {backup}") from None
+        notes.append(f"primary GPT header unusable ({primary}); "
+                     f"the backup header at LBA {last_lba} was used")
+    else:
+        if header.AlternateLBA != last_lba:
+            notes.append(f"the backup GPT header should be at LBA {header.AlternateLBA}, "
+                         f"but the image ends at LBA {last_lba}")
+    used = np.flatnonzero(entries["PartitionTypeGUID"] != bytes(16))
+    partitions = [_partition(int(i) + 1, entries[i], sector) for i in used]
+    for p, i in zip(partitions, used):
+        entry = entries[i]
+        if not (header.FirstUsableLBA <= entry["StartingLBA"] <= entry["EndingLBA"]
+                <= header.LastUsableLBA):
+            notes.append(f"partition {p.index} (LBA {entry['StartingLBA']}-"
+                         f"{entry['EndingLBA']}) lies outside the usable LBAs "
+                         f"{header.FirstUsableLBA}-{header.LastUsableLBA}")
+    return GptTable(sector, partitions, str(uuid.UUID(bytes_le=header.DiskGUID)), notes)
+
+
+def _read_header(disk: Disk, sector: int, lba: int) -> tuple[Any, np.ndarray]:
+    """The header at ``lba`` and its entry array, each checked; FormatError naming what
+    fails."""
+    raw = disk.read(lba * sector, sector)
+    if len(raw) < HEADER.size:
+        raise FormatError("past the end of the image")
+    header = HEADER.parse(raw)
+    if header.Signature != GPT_SIGNATURE:
+        raise FormatError("no EFI PART signature")
+    if not HEADER.size <= header.HeaderSize <= sector:
+        raise FormatError(f"header size {header.HeaderSize}")
+    covered = bytearray(raw[: header.HeaderSize])
+    covered[HEADER_CRC_OFFSET : HEADER_CRC_OFFSET + 4] = bytes(4)
+    if zlib.crc32(covered) != header.HeaderCRC32:
+        raise FormatError("header CRC32 mismatch")
+    if header.MyLBA != lba:
+        raise FormatError(f"MyLBA is {header.MyLBA}, read at LBA {lba}")
+    size, count = header.SizeOfPartitionEntry, header.NumberOfPartitionEntries
+    if size < ENTRY.size or size % ENTRY.size or size & (size - 1) or count > MAX_ENTRIES:
+        raise FormatError(f"{count} partition entries of {size} bytes")
+    array = disk.read(header.PartitionEntryLBA * sector, size * count)
+    if len(array) != size * count:
+        raise FormatError("the partition entry array runs past the end of the image")
+    if zlib.crc32(array) != header.PartitionEntryArrayCRC32:
+        raise FormatError("partition entry array CRC32 mismatch")
+    return header, ENTRY.parse_array(array, count, size)
+
+
+def _partition(index: int, entry: np.void, sector: int) -> Partition:
+    start, end = int(entry["StartingLBA"]), int(entry["EndingLBA"])
+    raw = bytes(entry["PartitionName"])  # numpy drops trailing NULs: pad to whole UTF-16
+    name = (raw + b"\0" * (len(raw) % 2)).decode("utf-16-le", errors="replace")
+    return Partition(index, str(uuid.UUID(bytes_le=bytes(entry["PartitionTypeGUID"]))),
+                     False, start * sector, max(end - start + 1, 0) * sector, "gpt",
+                     name.split("\0", 1)[0])
