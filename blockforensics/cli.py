@@ -111,6 +111,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise UsageError(f"{source_path}: not a file or block device")
     if args.head_start and not args.bitmap:
         raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
+    try:  # options are checked before anything is created
+        changed = BlockMap.load(args.changed) if args.changed else None
+    except ValueError as exc:
+        raise UsageError(f"--changed {exc}") from None
     chain = Chain.open_or_create(args.chain, _key(args))
     chain.cleanup()
     if args.head_start:
@@ -125,7 +129,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return EXIT_OK
     with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
-        changed = BlockMap.load(args.changed) if args.changed else None
         if args.bitmap:
             from blockforensics.formats.nbd import NbdDisk
 
@@ -137,6 +140,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
                        changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
     row = chain.rows()[point]
+    if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
+        print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
         print(json.dumps({**row, **(found.to_json() if found else {"table": None,
                                                                   "partitions": []})}, indent=1))
@@ -165,9 +170,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from blockforensics.fileio import check_output
     from blockforensics.image.backup import restore
+    from blockforensics.image.device import is_block_device, restore_to_device
 
     chain = _open_chain(args)
     point = chain.point(args.point)
+    if is_block_device(args.out):  # written in place, never replaced
+        done = restore_to_device(chain, point, args.out, force=args.force,
+                                 only_changed=args.only_changed, progress=sys.stderr.isatty())
+        print(f"restored point {point} to {done}")
+        return EXIT_OK
+    if args.only_changed:
+        raise UsageError(f"{args.out}: --only-changed applies to block devices")
     target = check_output(args.out, force=args.force, inputs=[i.path for i in chain.images])
     out = restore(chain, point, target, progress=sys.stderr.isatty())
     print(f"restored point {point} to {out} ({chain.disk(point).size} bytes)")
@@ -175,8 +188,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from blockforensics.image.chain import is_chain, remove_leftovers
     from blockforensics.image.verify import verify
 
+    if is_chain(args.chain):  # leftovers go first, as for every command opening a chain
+        remove_leftovers(args.chain)
     report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
     for problem in report.problems:
         print(problem)
@@ -319,11 +335,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from blockforensics.expose import mount
+    from blockforensics.expose import check_mountpoint, mount
 
     mountpoint = Path(args.mountpoint)
-    if not mountpoint.is_dir():
-        raise UsageError(f"{mountpoint}: not a directory")
+    check_mountpoint(mountpoint)  # before anything is opened or printed
     with _open_source(args.chain, point=args.point, key=_key(args),
                       reader=args.reader, parent=args.parent) as disk:
         print(f"serving {mountpoint / 'disk.vhd'} from {args.chain}, read-only; "
@@ -489,9 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print an array in creation order of {point, file, kind, parent, "
                         "blocks, stored_bytes, encrypted, created, ...}")
 
-    p = command("restore", cmd_restore, "restore a point to a raw file")
-    p.add_argument("out", help="raw file to write (exact size)")
+    p = command("restore", cmd_restore, "restore a point to a raw file or a block device")
+    p.add_argument("out", help="raw file to write (exact size), or a block device (written "
+                               "in place; needs --force)")
     force_option(p)
+    p.add_argument("--only-changed", action="store_true",
+                   help="block device: write only the blocks whose content differs")
     point_option(p)
     key_option(p)
 

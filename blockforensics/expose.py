@@ -154,6 +154,17 @@ class ImageFileSystem(mfusepy.Operations):
         raise mfusepy.FuseOSError(errno.EROFS)
 
 
+def check_mountpoint(mountpoint: Path) -> None:
+    """UsageError unless ``mountpoint`` is an empty directory with nothing mounted on it
+    (files there would be hidden while the disk files are served)."""
+    if not mountpoint.is_dir():
+        raise UsageError(f"{mountpoint}: mount point is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint}: something is already mounted there")
+    if any(mountpoint.iterdir()):
+        raise UsageError(f"{mountpoint}: mount point is not empty")
+
+
 def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
           unique_id: bytes | None = None, timestamp: datetime | None = None,
           partitions: bool = False) -> None:
@@ -166,10 +177,7 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     meant for the command line only.
     """
     mountpoint = Path(mountpoint)
-    if not mountpoint.is_dir():
-        raise UsageError(f"{mountpoint}: mount point is not a directory")
-    if os.path.ismount(mountpoint):
-        raise UsageError(f"{mountpoint}: something is already mounted there")
+    check_mountpoint(mountpoint)
     files = served_files(disk, unique_id=unique_id, timestamp=timestamp, partitions=partitions)
     # libfuse installs its unmount-and-exit handlers only over default dispositions
     restore: dict[int, Any] = {}

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -98,6 +100,35 @@ def directory_lock(directory: str | os.PathLike[str], *, blocking: bool = True,
         os.close(fd)  # closing the descriptor releases the flock
 
 
+#: a temporary younger than this may belong to a writer that has not locked it yet
+STALE_AFTER_SECONDS = 2.0
+
+
+def remove_stale_temporaries(path: Path, keep: str = "") -> list[str]:
+    """Remove the temporaries that killed writers of ``path`` left beside it (their
+    writer's lock is gone); their names.  Live writers' temporaries are spared."""
+    removed = []
+    for other in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if str(other) == keep:
+            continue
+        try:
+            fd = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < STALE_AFTER_SECONDS:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its writer is gone
+            other.unlink(missing_ok=True)
+            removed.append(other.name)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
@@ -115,6 +146,8 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         exc.filename = str(path)
         raise
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while this writer lives: not stale
+        remove_stale_temporaries(path, keep=tmp)
         with contextlib.suppress(FileNotFoundError):
             os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, "wb") as fh:

@@ -160,3 +160,74 @@ def test_stored_digests_are_checked_without_losing_the_file_to_file_path(tmp_pat
         out = restore(chain, 1, tmp_path / "out.raw")
     assert Path(out).read_bytes() == data.tobytes()
     assert HEADER_SIZE % BS == 0
+
+
+# ------------------------------------------------------ options and paths (item 7, 8)
+@pytest.mark.parametrize("kind", ["missing", "garbage", "directory"])
+def test_a_bad_changed_map_is_exit_2_before_any_work(tmp_path, kind):
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(8 * BS))
+    changed = tmp_path / "map.npz"
+    if kind == "garbage":
+        changed.write_bytes(b"not a map")
+    elif kind == "directory":
+        changed.mkdir()
+    done = run("backup", source, tmp_path / "c", "--changed", changed)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert str(changed) in done.stderr
+    assert not (tmp_path / "c").exists()  # nothing created
+
+
+def test_mount_on_a_non_empty_directory_is_exit_2_before_printing(tmp_path):
+    chain, _ = make_chain(tmp_path)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    (mountpoint / "evidence.txt").write_text("keep me visible")
+    done = run("mount", chain, mountpoint, timeout=30)
+    assert done.returncode == 2 and done.stdout == "", done.stdout
+    assert "not empty" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_killed_export_leaves_a_temporary_that_the_next_export_removes(tmp_path):
+    chain, _ = make_chain(tmp_path)
+    out = tmp_path / "out" / "disk.vhd"
+    out.parent.mkdir()
+    stale = out.parent / ".disk.vhd.killed.tmp"  # what a SIGKILLed writer leaves
+    stale.write_bytes(b"half an export")
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    done = run("export", chain, out)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["disk.vhd"]
+
+
+def test_a_missing_output_folder_is_named_as_given(tmp_path):
+    chain, _ = make_chain(tmp_path)
+    for command in ("restore", "export"):
+        done = run(command, chain, "no-such-dir/out.img")
+        assert done.returncode == 2 and "no-such-dir/out.img" in done.stderr, done.stderr
+        assert ".tmp" not in done.stderr
+
+
+def test_an_error_after_the_commit_reports_the_point_as_committed(tmp_path):
+    """An I/O error raised after the manifest's rename (while the switch tidies up): the
+    backup says the point was committed, and a retry adds no duplicate."""
+    chain, _ = make_chain(tmp_path)
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(48 * BS))
+    failing = ("import errno, sys\n"
+               "from blockforensics.image.store import ChainStore\n"
+               "real = ChainStore._finish\n"
+               "def finish(self, journal, *, switched):\n"
+               "    real(self, journal, switched=switched)\n"
+               "    if switched:\n"
+               "        raise OSError(errno.EIO, 'Input/output error')\n"
+               "ChainStore._finish = finish\n"
+               "from blockforensics.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", failing, "backup", str(source), str(chain),
+                           "--all-blocks"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "point committed as 0002-" in done.stderr, done.stderr
+    with Chain.open(chain) as opened:
+        assert len(opened) == 3

@@ -78,7 +78,7 @@ def _nothing() -> None:
     """The ``done`` callback of every part but a buffer's last."""
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
+def write_all(fd: int, data: memoryview, offset: int) -> None:
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)
@@ -176,7 +176,7 @@ class PlacedWriter:
             data, target, done = job
             if self._error is None:
                 try:
-                    _write_all(self.fd, data, target)
+                    write_all(self.fd, data, target)
                     self.written(target, len(data))
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc

@@ -29,6 +29,7 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
 from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import (
+    BlockforensicsError,
     ChainError,
     CryptoKeyError,
     FormatError,
@@ -215,6 +216,8 @@ class Chain:
         self.manifest = manifest or Manifest(tuple(img.name for img in images))
         self.key = key
         self._codec: BlockCodec | None = None
+        #: set when the last append committed but an error followed (see ``append``)
+        self.commit_warning: str | None = None
         self._sealed = False  # the manifest's seal checked (encrypted chains)
         self._relink()
 
@@ -561,10 +564,13 @@ class Chain:
                 if len(self.images) - 1 in self.damage:
                     raise ChainError(f"{image.name}: {self.damage[len(self.images) - 1]}")
                 name = self.store.new_name("full" if image.header.is_full else "incr")
-                self.manifest = self.store.switch(
-                    [*self.manifest.images, name], add={name: Path(path)},
-                    seal=self._seal_with(image), expect=self.manifest,
-                    ids=[img.header.image_id for img in self.images])
+                try:
+                    self.manifest = self.store.switch(
+                        [*self.manifest.images, name], add={name: Path(path)},
+                        seal=self._seal_with(image), expect=self.manifest,
+                        ids=[img.header.image_id for img in self.images])
+                except OSError as exc:  # before or after the manifest's rename?
+                    self.manifest = self._committed_despite(name, exc)
             except BaseException:
                 self.images.pop()
                 image.close()
@@ -572,6 +578,21 @@ class Chain:
                 raise
             image.path, image.name = self.directory / name, name
         return len(self.images) - 1
+
+    def _committed_despite(self, name: str, error: OSError) -> Manifest:
+        """The manifest when image ``name`` made it in although the switch then failed
+        (``commit_warning`` says so: the point exists, a retry would duplicate it);
+        otherwise ``error`` is raised: nothing was committed."""
+        try:
+            manifest = self.store.read()
+        except BlockforensicsError:
+            raise error from None
+        if name not in manifest.images:
+            raise error
+        what = error.strerror or str(error)
+        self.commit_warning = (f"point committed as {name}; an error followed the commit "
+                               f"({what}{': ' + str(error.filename) if error.filename else ''})")
+        return manifest
 
     def _refresh(self) -> None:
         """Follow the manifest as it is now: another process may have switched it."""

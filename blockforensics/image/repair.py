@@ -49,7 +49,8 @@ def repair(directory: str | os.PathLike[str], *, apply: bool = False) -> RepairP
                 plan.keep.append(image.name)
             else:
                 plan.drop.append((point, image.name, why))
-        if apply and plan.drop:
-            chain.store.switch(plan.keep, expect=chain.manifest)
+        if apply and plan.drop:  # the record kept outside the chain learns of the drop
+            ids = [img.header.image_id for img in chain.images if img.name in plan.keep]
+            chain.store.switch(plan.keep, expect=chain.manifest, ids=ids)
             plan.applied = True
     return plan
