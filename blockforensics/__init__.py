@@ -18,6 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from blockforensics import live
     from blockforensics.allocation import allocation_map, partitions
     from blockforensics.blockmap import BlockMap
     from blockforensics.boot import boot as boot_disk
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
         write_fat_file,
     )
     from blockforensics.datasets.investigation import build_investigation
+    from blockforensics.datasets.ransomware import build_ransomware
     from blockforensics.errors import BlockforensicsError, UsageError
     from blockforensics.expose import exposed
     from blockforensics.fleet import Fleet, run_fleet
@@ -64,10 +66,16 @@ if TYPE_CHECKING:
         plot_layout,
         plot_to_copy,
     )
-    from blockforensics.plot_forensics import plot_diff_files, plot_entropy
+    from blockforensics.plot_forensics import plot_diff_files, plot_entropy, plot_triage
     from blockforensics.snapshot import Snapshot
+    from blockforensics.timeline_formats import file_versions
+    from blockforensics.timeline_formats import render as render_timeline
     from blockforensics.tracking import POLICIES, ChangeTracker, HeadStart
+    from blockforensics.triage import explain as explain_file
+    from blockforensics.triage import triage as triage_points
+    from blockforensics.triage import triage_chain
     from blockforensics.volume import Volume
+    from blockforensics.widgets import ChainExplorer
     from blockforensics.workload import Workload
 
 #: module -> the public names it defines, for ``bf.<name>``
@@ -96,15 +104,22 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "blockforensics.datasets.bootdisk": ("cached_boot_disk", "set_boot_marker",
                                          "write_fat_file", "read_fat_file", "MARKER_PREFIX"),
     "blockforensics.datasets.investigation": ("build_investigation",),
+    "blockforensics.datasets.ransomware": ("build_ransomware",),
+    "blockforensics.triage": ("triage_points=triage", "triage_chain", "explain_file=explain"),
+    "blockforensics.timeline_formats": ("file_versions", "render_timeline=render"),
+    "blockforensics.widgets": ("ChainExplorer",),
     "blockforensics.plot": ("plot_blockmap", "plot_blockmaps", "plot_chain", "plot_layout",
                             "plot_bytes", "plot_to_copy", "PALETTE", "MEANING", "kind_of"),
-    "blockforensics.plot_forensics": ("plot_diff_files", "plot_entropy"),
+    "blockforensics.plot_forensics": ("plot_diff_files", "plot_entropy", "plot_triage"),
     "blockforensics.errors": ("BlockforensicsError", "UsageError"),
 }
 #: public name -> (the module defining it, its name there); "alias=name" where a
 #: function is named like its module (``bf.consolidate`` stays the module)
 _HOMES = {entry.partition("=")[0]: (module, entry.rpartition("=")[2])
           for module, entries in _MODULES.items() for entry in entries}
+
+#: subpackages reached as ``bf.<name>`` (their names would clash with the core's)
+_SUBPACKAGES = ("live",)
 
 __all__ = [
     "MARKER_PREFIX",
@@ -117,6 +132,7 @@ __all__ = [
     "BlockforensicsError",
     "BranchingChain",
     "Chain",
+    "ChainExplorer",
     "ChangeTracker",
     "Fleet",
     "HeadStart",
@@ -137,15 +153,19 @@ __all__ = [
     "boot_disk",
     "branching_chain",
     "build_investigation",
+    "build_ransomware",
     "cached_boot_disk",
     "changes",
     "consolidate_point",
     "diff",
     "differing_blocks",
+    "explain_file",
     "exposed",
+    "file_versions",
     "head_start_incremental",
     "kind_of",
     "list_files",
+    "live",
     "naive_linear_chain",
     "partitions",
     "plot_blockmap",
@@ -156,12 +176,16 @@ __all__ = [
     "plot_entropy",
     "plot_layout",
     "plot_to_copy",
+    "plot_triage",
     "quiesced_full_image",
     "read_fat_file",
+    "render_timeline",
     "restore",
     "run_fleet",
     "set_boot_marker",
     "timeline",
+    "triage_chain",
+    "triage_points",
     "verify",
     "vhd_info",
     "write_fat_file",
@@ -171,6 +195,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     if name in _HOMES:
         module, attribute = _HOMES[name]
         value = getattr(importlib.import_module(module), attribute)

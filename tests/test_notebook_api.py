@@ -15,7 +15,7 @@ import pytest
 import blockforensics as bf
 from blockforensics.methods import StepOrderError
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[1-6]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 BS = 512
 
 
@@ -31,8 +31,9 @@ def test_every_public_name_resolves_and_modules_stay_modules() -> None:
     import blockforensics.boot
     import blockforensics.consolidate as consolidation
 
-    assert sorted(bf.__all__) == sorted(bf._HOMES)
+    assert sorted(bf.__all__) == sorted([*bf._HOMES, *bf._SUBPACKAGES])
     assert all(hasattr(bf, name) for name in bf.__all__)
+    assert bf.live.branching_chain is not bf.branching_chain  # live and simulated apart
     assert bf.consolidate_point is consolidation.consolidate
     assert bf.boot_disk is blockforensics.boot.boot
     assert {"Volume", "BlockMap", "Chain", "backup", "restore", "diff", "plot_blockmaps",
