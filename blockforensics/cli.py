@@ -249,7 +249,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from blockforensics import forensics
 
     chain = _open_chain(args, clean=False)
-    result = forensics.diff(chain, args.a, args.b, files=args.files)
+    result = forensics.diff(chain, args.a, args.b, files=args.files,
+                            progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -267,14 +268,16 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         from blockforensics import timeline_formats
 
         if args.out:
-            timeline_formats.write(chain, args.format, args.out)
+            timeline_formats.write(chain, args.format, args.out,
+                                   progress=sys.stderr.isatty())
             print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
         else:
-            sys.stdout.write(timeline_formats.render(chain, args.format))
+            sys.stdout.write(timeline_formats.render(chain, args.format,
+                                                     progress=sys.stderr.isatty()))
         return EXIT_OK
     from blockforensics import forensics
 
-    frame = forensics.timeline(chain)
+    frame = forensics.timeline(chain, progress=sys.stderr.isatty())
     text = frame.to_json(orient="records", indent=1) if args.json else (
         frame.to_string(index=False) if len(frame) else "(empty)")
     if args.out:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, overload
 
@@ -50,6 +51,7 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.evidence import ByteStats, histograms, judge
 from blockforensics.evidence import entropy as _entropy
 from blockforensics.formats.base import Disk
+from blockforensics.progress import progress_bar
 from blockforensics.tsk import ChainImgInfo, Entry, Listing, list_entries
 
 if TYPE_CHECKING:
@@ -208,7 +210,8 @@ class _Comparison:
         by_inode = {e.inode: e for e in gone.values()}
         for path, now in sorted(new.items()):
             old = by_inode.get(now.inode)
-            if old is not None and old.path in gone and old.same_identity(now):
+            if old is not None and old.path in gone and old.same_identity(now) \
+                    and not self.named_after_another(now, old, gone):
                 pairs.append((gone.pop(old.path), new.pop(path)))
         digests: dict[tuple[int, str], Entry] = {}
         for old in gone.values():
@@ -220,6 +223,15 @@ class _Comparison:
                 if old is not None and old.path in gone:
                     pairs.append((gone.pop(old.path), new.pop(path)))
         return pairs
+
+    @staticmethod
+    def named_after_another(now: Entry, old: Entry, gone: dict[str, Entry]) -> bool:
+        """Is created ``now`` named after a deleted file other than ``old``, whose inode
+        (and, written at once, blocks) it has?  Then the inode was reused: the file
+        system handed a freed inode to a new copy (``a.txt`` deleted, ``b.txt.locked``
+        written), which is no rename of ``old``."""
+        return not _replaces(now, old) and any(
+            _replaces(now, other) for other in gone.values() if other is not old)
 
     @staticmethod
     def counterpart(now: Entry, gone: dict[str, Entry]) -> Entry | None:
@@ -410,16 +422,24 @@ def _owners_in(owners: pd.DataFrame, start: int, length: int) -> tuple[str, ...]
 
 
 def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False,
-         listings: dict[int | None, Listing] | None = None) -> DiffResult:
+         listings: dict[int | None, Listing] | None = None, progress: bool = False
+         ) -> DiffResult:
     """What changed from point ``a`` to point ``b`` (any two, branches included).
 
     Points as ``chain.point`` takes them ("0", -1, a file name); ``a=None`` compares
     with an empty volume.  Block runs come from the index digests alone; ``files=True``
     walks both points with The Sleuth Kit, read straight from the chain (``listings``
-    caches each point's listing across calls).
+    caches each point's listing across calls; ``progress`` shows each point listed).
     """
-    return _diff(chain, None if a is None else chain.point(a), chain.point(b), files,
-                 {} if listings is None else listings)
+    listings = {} if listings is None else listings
+    pa, pb = None if a is None else chain.point(a), chain.point(b)
+    if files:
+        todo = [p for p in dict.fromkeys((pa, pb)) if p not in listings]
+        with progress_bar(len(todo), "list files", progress, unit="point") as bar:
+            for p in todo:
+                listings[p] = list_entries(None if p is None else chain.disk(p))
+                bar.update(1)
+    return _diff(chain, pa, pb, files, listings)
 
 
 def point_diff(chain: Chain, point: int, listings: dict[int | None, Listing] | None = None
@@ -429,10 +449,15 @@ def point_diff(chain: Chain, point: int, listings: dict[int | None, Listing] | N
     return _diff(chain, chain.parent(point), point, True, {} if listings is None else listings)
 
 
-def _point_diffs(chain: Chain) -> list[DiffResult]:
-    """Every point against its parent, files included (listings read once per point)."""
-    listings: dict[int | None, Listing] = {}
-    return [point_diff(chain, p, listings) for p in range(len(chain))]
+def point_diffs(chain: Chain, listings: dict[int | None, Listing] | None = None, *,
+                progress: bool = False) -> Iterator[DiffResult]:
+    """Every point against its parent, files included, in creation order (listings
+    read once per point, cached in ``listings``); ``progress`` shows a bar of points."""
+    listings = {} if listings is None else listings
+    with progress_bar(len(chain), "points", progress, unit="point") as bar:
+        for p in range(len(chain)):
+            yield point_diff(chain, p, listings)
+            bar.update(1)
 
 
 def _changes(diffs: list[DiffResult]) -> pd.DataFrame:
@@ -442,13 +467,13 @@ def _changes(diffs: list[DiffResult]) -> pd.DataFrame:
         .astype({"point": "int64", "parent": "Int64", "suspected_encryption": bool})
 
 
-def changes(chain: Chain) -> pd.DataFrame:
+def changes(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
     """Every file change of every point against its parent: point, parent, then the
     columns of :attr:`DiffResult.files` (entropy in bits per byte, sizes in bytes)."""
-    return _changes(_point_diffs(chain))
+    return _changes(list(point_diffs(chain, progress=progress)))
 
 
-def timeline(chain: Chain) -> pd.DataFrame:
+def timeline(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
     """One row per point, in creation order: what it changed against its parent.
 
     Columns: point, file, kind, parent, created (ISO time), label, blocks_changed
@@ -456,7 +481,7 @@ def timeline(chain: Chain) -> pd.DataFrame:
     files_modified, files_deleted, suspected_encryption (count of files), and
     changed_entropy (mean entropy of the changed blocks at the point, bits per byte).
     """
-    diffs = _point_diffs(chain)
+    diffs = list(point_diffs(chain, progress=progress))
     frame = chain.table()[["point", "file", "kind", "parent", "created", "label"]]
     per_change = _changes(diffs).groupby(["point", "change"]).size().unstack(fill_value=0)
     entropies = []

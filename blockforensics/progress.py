@@ -31,11 +31,14 @@ class _Silent:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool) -> Progress:
-    """A bar for ``total`` bytes labelled ``desc`` (binary units), or a silent stand-in."""
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "B") -> Progress:
+    """A bar for ``total`` bytes labelled ``desc`` (binary units), or a silent stand-in;
+    ``unit`` other than ``"B"`` counts whole steps of that name (points, files)."""
     if not enabled:
         return _Silent()
     from tqdm.auto import tqdm
 
+    if unit != "B":
+        return tqdm(total=total, desc=desc, unit=f" {unit}", leave=False)
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                 leave=False)

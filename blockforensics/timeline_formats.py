@@ -65,14 +65,14 @@ def _hashes(entry: Entry, disk: Any) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def file_versions(chain: Chain) -> pd.DataFrame:
+def file_versions(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
     """Every file version the chain records (see the module documentation), one row
     each, in point order: columns :data:`VERSION_COLUMNS` (``runs``: the content's disk
-    byte extents ``[(offset, length), ...]`` at that point)."""
+    byte extents ``[(offset, length), ...]`` at that point); ``progress``: a bar of points."""
     listings: dict[int | None, Listing] = {}
     rows = []
-    for p in range(len(chain)):
-        result = forensics.point_diff(chain, p, listings)
+    for result in forensics.point_diffs(chain, listings, progress=progress):
+        p = result.b
         parent = chain.parent(p)
         for row in result.files.itertuples():
             side = parent if row.change == "deleted" else p
@@ -216,11 +216,11 @@ FORMATS: dict[str, Callable[..., None]] = {
     "dfxml": write_dfxml}
 
 
-def render(chain: Chain, fmt: str) -> str:
+def render(chain: Chain, fmt: str, *, progress: bool = False) -> str:
     """The chain's file versions in format ``fmt`` (one of :data:`FORMATS`), as text."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown timeline format {fmt!r} (one of {', '.join(FORMATS)})")
-    versions = file_versions(chain)
+    versions = file_versions(chain, progress=progress)
     out = io.StringIO()
     if fmt == "dfxml":
         write_dfxml(versions, out, source=str(chain.directory))
@@ -229,11 +229,12 @@ def render(chain: Chain, fmt: str) -> str:
     return out.getvalue()
 
 
-def write(chain: Chain, fmt: str, path: str | os.PathLike[str]) -> Path:
+def write(chain: Chain, fmt: str, path: str | os.PathLike[str], *, progress: bool = False
+          ) -> Path:
     """Write :func:`render` to ``path`` atomically (temporary name, fsync, rename)."""
     from blockforensics.fileio import atomic_writer
 
-    text = render(chain, fmt)
+    text = render(chain, fmt, progress=progress)
     with atomic_writer(path) as fh:
         fh.write(text.encode())
     return Path(path)

@@ -203,3 +203,25 @@ def test_sample_command_builds_the_case_the_readme_investigates(tmp_path):
     assert [row["suspected_encryption"] for row in timeline] == [0, 0, 0, 4]
     assert "suspected encryption: 4 file(s)" in cli("diff", tmp_path / "case" / "chain", "2",
                                                      "3", "--files")
+
+
+def test_an_inode_reused_within_a_second_by_a_copy_named_after_another_file_is_no_rename():
+    """Ransomware writes ``b.txt.locked`` right after deleting ``a.txt``: the file system
+    may hand it a.txt's inode and blocks in the same second (TSK's times are whole
+    seconds), yet it took b.txt's place, not a.txt's.  A plain rename still pairs."""
+    import numpy as np
+
+    from blockforensics.forensics import _Comparison
+    from blockforensics.tsk import Entry
+
+    def entry(path: str, inode: int, size: int = 4096) -> Entry:
+        return Entry(path, "file", inode, size, 100, 100, 100, 100, 0o644, 0, 0,
+                     np.array([[8192, 8192 + size]], dtype=np.int64))
+
+    gone = {"/a.txt": entry("/a.txt", 12), "/b.txt": entry("/b.txt", 13)}
+    comparison = _Comparison(None, None, BlockMap(4))
+    new = {"/b.txt.locked": entry("/b.txt.locked", 12, 4608)}  # other size: no content match
+    assert comparison.renames(dict(gone), dict(new)) == []
+    new = {"/c.txt": entry("/c.txt", 12, 4608)}  # named after nothing gone: a.txt renamed
+    assert [(old.path, now.path) for old, now in comparison.renames(dict(gone), new)] == \
+        [("/a.txt", "/c.txt")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -28,3 +29,37 @@ def test_a_command_without_a_terminal_does_not_import_tqdm(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r.raw").read_bytes() == source.read_bytes()
+
+
+def test_step_bars_count_points_not_bytes():
+    with progress_bar(3, "points", True, unit="point") as bar:
+        bar.update(1)
+        assert (bar.n, bar.total, bar.unit) == (1, 3, " point")
+
+
+def test_timeline_and_diff_files_show_a_bar_of_points_on_a_terminal(tmp_path):
+    """On a terminal, timeline and diff --files draw a bar of points on stderr (tqdm's
+    'N/M' counter); the rows themselves are unchanged."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from chains import build_chain
+
+    build_chain(tmp_path / "c", [None, 0, 1], n_blocks=12)
+    for args in (["timeline", str(tmp_path / "c")],
+                 ["diff", str(tmp_path / "c"), "0", "2", "--files"]):
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        done = subprocess.run([sys.executable, "-m", "blockforensics.cli", *args],
+                              stdout=subprocess.PIPE, stderr=follower, text=True)
+        os.close(follower)
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(leader, 65536):
+                shown += chunk
+        os.close(leader)
+        assert done.returncode == 0, shown
+        assert b"/3" in shown or b"/2" in shown, shown  # tqdm's "done/total" of points

@@ -148,12 +148,19 @@ class _ExtVolume(_Volume):
                        for command in commands)
 
     def mkdir(self, path: str, mtime: int) -> None:
-        self.debugfs(f"mkdir {path}", f"sif {path} mtime @{mtime}")
+        self.debugfs(f"mkdir {path}", *self.born(path, mtime))
 
     def write(self, path: str, data: bytes, mtime: int) -> None:
         host = self.host_file(data, mtime)
         self.debugfs(*([f"rm {path}"] if self.exists(path) else []), f"write {host} {path}",
-                     f"sif {path} mtime @{mtime}")
+                     *self.born(path, mtime))
+
+    @staticmethod
+    def born(path: str, when: int) -> tuple[str, ...]:
+        """debugfs commands dating a new inode at the history's time ``when``: debugfs
+        stamps birth and change times with the wall clock of the build, so that an inode
+        freed and reused by the next file in the same second would look like a rename."""
+        return tuple(f"sif {path} {field} @{when}" for field in ("mtime", "ctime", "crtime"))
 
     def exists(self, path: str) -> bool:
         return "File not found" not in subprocess.run(
