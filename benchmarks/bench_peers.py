@@ -206,7 +206,7 @@ def main() -> None:
              fresh(c["copy.img"])),
         Step("partclone", ["partclone.ext4", "-q", "-c", "-s", str(src), "-o", str(c["pc.img"])],
              fresh(c["pc.img"])),
-        Step("borg (none)", ["borg", "create", f"{c['borg-none']}::a", str(src)],
+        Step("borg (none)", ["borg", "create", "-C", "none", f"{c['borg-none']}::a", str(src)],
              borg_fresh("borg-none"), env),
         Step("ours: full, encrypted", cli("backup", src, c["enc"], "--key-file", key),
              fresh(c["enc"])),
