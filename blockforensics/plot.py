@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from blockforensics.blockmap import BlockMap
-    from blockforensics.image.chain import Chain, Layout
+    from blockforensics.image.chain import Chain
+    from blockforensics.image.layout import Layout
 
 #: the colour of each kind of block set, the same in every picture
 PALETTE: dict[str, str] = {

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import ChainError, UsageError
-from blockforensics.image import chain as chain_module
+from blockforensics.image import reader as reader_module
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
 from blockforensics.volume import Volume
@@ -30,7 +30,7 @@ def test_every_point_restores_to_the_source_at_that_point(tmp_path_factory, monk
                                                            window):
     """In memory and to a file, the file written in windows of any number of blocks
     (verbatim runs copied, compressed blocks decoded)."""
-    monkeypatch.setattr(chain_module, "WRITE_WINDOW", window)
+    monkeypatch.setattr(reader_module, "WRITE_WINDOW", window)
     rng = np.random.default_rng(seed)
     directory = tmp_path_factory.mktemp("chain")
     chain = Chain.create(directory / "c")

@@ -1,25 +1,23 @@
 """Chain: a read-only view of a chain directory, whose images' parent links form a tree.
 
-The directory itself — manifest, image names, lock, cleanup — belongs to
+The directory itself (manifest, image names, lock, cleanup) belongs to
 :class:`~blockforensics.image.store.ChainStore`; every change of the chain is one
 locked, atomic switch of its manifest made there.  The manifest lists the live
 images in creation order; a point is an image, named by its index in that list
 (0 = the first full) or by its file name.  Which image a block of a point is read
-from is the reading rule of docs/FORMAT.md, implemented once in :meth:`Chain.layout`.
+from is the reading rule of docs/FORMAT.md, implemented once in :mod:`.layout`; a
+point is read as a checked Disk by :class:`~blockforensics.image.reader.ChainDisk`.
 Branches are allowed: several images may name the same parent.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
 import os
-import queue
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,27 +25,18 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.crypto import ChainKeys, KdfParams, KeySource
-from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import (
     BlockforensicsError,
     ChainError,
     CryptoKeyError,
     FormatError,
-    IntegrityError,
     UsageError,
 )
-from blockforensics.formats.placement import COPY_BUFFER, COPY_BUFFERS, PlacedWriter
-from blockforensics.image.codec import (
-    UNAUTHENTIC,
-    BlockCodec,
-    EncryptedCodec,
-    PlainCodec,
-)
+from blockforensics.image.codec import BlockCodec, EncryptedCodec, PlainCodec
 from blockforensics.image.format import (
     CIPHER_AES256GCM,
     CIPHER_NONE,
     DIGEST_SIZE,
-    FLAG_ZERO,
     KIND_FULL,
     KIND_INCREMENTAL,
     KIND_NAMES,
@@ -55,21 +44,17 @@ from blockforensics.image.format import (
     digest_rows,
     new_id,
 )
-from blockforensics.image.imagefile import (
-    DamagedImage,
-    ImageFile,
-    ImageWriter,
-    check_stored,
-    open_listed,
-)
+from blockforensics.image.imagefile import DamagedImage, ImageFile, ImageWriter, open_listed
+from blockforensics.image.layout import Layout
 from blockforensics.image.links import NO_PARENT, link
+from blockforensics.image.reader import ChainDisk
 from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["IMAGE_NAME", "IMAGE_SUFFIX", "MANIFEST", "Chain", "ChainDisk", "ChainStore",
-           "Layout", "is_chain", "read_manifest", "remove_leftovers"]
+__all__ = ["IMAGE_NAME", "IMAGE_SUFFIX", "MANIFEST", "Chain", "ChainStore", "is_chain",
+           "read_manifest", "remove_leftovers"]
 
 PointRef = int | str
 
@@ -90,27 +75,6 @@ def read_manifest(directory: Path) -> list[str]:
     return list(ChainStore(directory).read().images)
 
 
-#: blocks decoded per batch when writing a point to a file: 2 MiB of 4 KiB blocks keeps an
-#: encrypted restore under 100 MiB of memory and is as fast as larger batches
-DECODE_BATCH = 512
-#: blocks of a point handed to a writer per pass: bounds the index rows copied at once
-WRITE_WINDOW = 1 << 18
-
-
-def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, step: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of records that sit at consecutive rows *and* at byte offsets ``step`` apart
-    (``step``: bytes per record): ``(first rows, first offsets, lengths in records)`` —
-    each run is one read or copy."""
-    if len(rows) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty
-    rows, offsets = np.asarray(rows, np.int64), np.asarray(offsets, np.int64)
-    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(offsets) != step)) + 1
-    starts = np.r_[0, breaks]
-    return rows[starts], offsets[starts], np.diff(np.r_[starts, len(rows)])
-
-
 def open_codec(header: Header | None, key: KeySource | None, where: str) -> BlockCodec:
     """The codec for images like ``header``; checks the key of an encrypted chain."""
     if header is None or not header.encrypted:
@@ -126,83 +90,6 @@ def open_codec(header: Header | None, key: KeySource | None, where: str) -> Bloc
         raise type(exc)(f"{where}: {exc}") from exc
     keys.check(header.key_check, where)
     return EncryptedCodec(keys, header.block_size)
-
-
-def _depths(owner: np.ndarray) -> list[int]:
-    """The image depths found in a slice of ``Layout.owner`` (-1: none), ascending.
-    (``np.unique`` of int16 costs milliseconds even for a few elements in numpy 2.)"""
-    return np.flatnonzero(np.bincount(owner[owner >= 0])).tolist()
-
-
-@dataclass
-class Layout:
-    """Where every block of one point comes from.
-
-    ``owner[p]`` is the depth (0 = root) on ``images`` of the image holding
-    block ``p``, or -1 (zeros); ``entry[p]`` is the row of its index record.
-    """
-
-    images: list[ImageFile]  # the path, root first
-    owner: np.ndarray  # int16, one per block
-    entry: np.ndarray  # int64, one per block
-    size: int  # bytes of the volume at this point
-    block_size: int
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.owner)
-
-    def records(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(positions, index records)`` that image ``depth`` contributes to this point."""
-        positions = np.flatnonzero(self.owner == depth)
-        return positions, self.images[depth].index[self.entry[positions]]
-
-    def window(self, start: int, count: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(depth, rows, index records)`` of blocks ``start .. start+count-1``: for each
-        image holding some of them, their rows (counted from ``start``) and records."""
-        owner = self.owner[start : start + count]
-        entry = self.entry[start : start + count]
-        for depth in _depths(owner):
-            rows = np.flatnonzero(owner == depth)
-            yield depth, rows, self.images[depth].index[entry[rows]]
-
-    def present(self) -> BlockMap:
-        """Blocks that hold stored, non-zero data at this point."""
-        flags = self.owner >= 0
-        for depth, image in enumerate(self.images):  # records, not blocks, are scanned
-            rows = np.flatnonzero(image.index["flags"] & FLAG_ZERO)
-            positions = image.index["position"][rows].astype(np.int64)
-            inside = positions < len(flags)
-            rows, positions = rows[inside], positions[inside]
-            used = (self.owner[positions] == depth) & (self.entry[positions] == rows)
-            flags[positions[used]] = False
-        return BlockMap.from_bools(flags, self.block_size)
-
-    def content_digests(self, zero_digest: np.ndarray, n_blocks: int | None = None
-                        ) -> np.ndarray:
-        """``(n_blocks, 16)`` content digests of the point; absent blocks, and blocks past
-        the point's end when ``n_blocks`` is larger, get ``zero_digest``."""
-        n_blocks = self.n_blocks if n_blocks is None else n_blocks
-        out = np.empty((n_blocks, DIGEST_SIZE), dtype=np.uint8)
-        out[:] = zero_digest
-        for depth in range(len(self.images)):
-            positions, records = self.records(depth)
-            keep = positions < n_blocks
-            out[positions[keep]] = digest_rows(records["content_digest"])[keep]
-        return out
-
-    def digests_at(self, positions: np.ndarray, zero_digest: np.ndarray) -> np.ndarray:
-        """``(len(positions), 16)`` content digests of the blocks at ``positions``; absent
-        ones, and positions past the point's end, get ``zero_digest``."""
-        out = np.empty((len(positions), DIGEST_SIZE), dtype=np.uint8)
-        out[:] = zero_digest
-        inside = np.flatnonzero(positions < self.n_blocks)
-        owner = self.owner[positions[inside]]
-        for depth in _depths(owner):
-            rows = inside[owner == depth]
-            records = self.images[depth].index[self.entry[positions[rows]]]
-            out[rows] = digest_rows(records["content_digest"])
-        return out
 
 
 class Chain:
@@ -636,138 +523,3 @@ def _open_images(store: ChainStore, names: Iterator[str] | tuple[str, ...] | lis
             img.close()
         raise
     return images
-
-
-class ChainDisk(InPlaceDisk):
-    """One point of a chain read as a Disk, straight from the images (no restore).
-
-    Every block read is checked before it is handed out: stored bytes against their
-    stored digest (hashed a read window at a time), encrypted blocks by their
-    authentication tag.  A block that fails raises IntegrityError naming the image
-    and the block.  ``check=False`` skips the digests (only to measure their cost).
-    """
-
-    def __init__(self, chain: Chain, point: int, *, check: bool = True):
-        self.chain = chain
-        self.point = point
-        chain.check_point(point)
-        self.layout = chain.layout(point)
-        self.size = self.layout.size
-        self.block_size = self.layout.block_size
-        self.check = check
-        self._codec = chain.codec
-
-    def present(self) -> BlockMap:
-        return self.layout.present()
-
-    def read_blocks_into(self, start: int, out: np.ndarray) -> None:
-        count = len(out)
-        if start < 0 or start + count > self.n_blocks:
-            raise IndexError(f"blocks [{start}, {start + count}) outside [0, {self.n_blocks})")
-        filled = np.zeros(count, dtype=bool)
-        for depth, rows, records in self.layout.window(start, count):
-            filled[self._fill(out, rows, self.layout.images[depth], records)] = True
-        out[~filled] = 0  # absent, or stored as a zero block
-
-    def _fill(self, out: np.ndarray, rows: np.ndarray, image: ImageFile,
-              records: np.ndarray) -> np.ndarray:
-        """Copy the blocks of ``records`` into ``out[rows]`` (verbatim runs in one read
-        each, checked in one batch); returns the rows written (the others hold zero
-        blocks)."""
-        verbatim, decode = self._split(records)
-        self._read_verbatim(image, records[verbatim], out, rows[verbatim])
-        batch = decode & self._codec.batchable(records)
-        if batch.any():
-            out[rows[batch]] = self._open_batch(image, records[batch])
-        rest = np.flatnonzero(decode & ~batch)
-        if len(rest):
-            out[rows[rest]] = self._decode_many(image, records[rest])
-        return rows[verbatim | decode]
-
-    def _decode_many(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
-        """The plaintexts of payloads of any length (compressed ones): read a run of
-        back-to-back payloads at a time, checked against their digests as a batch, and
-        decoded by the codec as a batch; IntegrityError naming the first bad block."""
-        lengths = records["length"].astype(np.int64)
-        starts = np.zeros(len(records), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        payloads = np.empty(int(lengths.sum()), dtype=np.uint8)
-        offsets = records["offset"].astype(np.int64)
-        breaks = np.flatnonzero(offsets[1:] != offsets[:-1] + lengths[:-1]) + 1
-        firsts, ends = np.r_[0, breaks], np.r_[breaks, len(records)]
-        for first, end in zip(firsts.tolist(), ends.tolist()):
-            stop = int(starts[end - 1] + lengths[end - 1])
-            image.read_into(payloads[int(starts[first]) : stop], int(offsets[first]))
-        if self.check:
-            check_stored(image.name, payloads, starts, records)
-        try:
-            return self._codec.decode_many(records, payloads, starts)
-        except FormatError as exc:
-            raise IntegrityError(f"{image.name}: {exc}") from exc
-
-    def _read_verbatim(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
-                       rows: np.ndarray) -> None:
-        """Read the stored blocks of verbatim ``records`` into ``out[rows]`` (a read per
-        run of consecutive rows and payloads) and check them against their digests."""
-        bs = self.block_size
-        for row, offset, count in zip(*contiguous_runs(rows, records["offset"], bs)):
-            image.read_into(out[row : row + count], int(offset))
-        if self.check and len(rows):
-            check_stored(image.name, out.reshape(-1), rows.astype(np.int64) * bs, records)
-
-    def _open_batch(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
-        """The plaintexts of batchable ``records``: payloads read run by run, decoded at
-        once; IntegrityError naming the first block that fails authentication."""
-        length = int(records["length"][0])  # batchable records all have the same length
-        payloads = np.empty((len(records), length), dtype=np.uint8)
-        for row, offset, count in zip(*contiguous_runs(np.arange(len(records)),
-                                                       records["offset"], length)):
-            image.read_into(payloads[row : row + count], int(offset))
-        plain, ok = self._codec.decode_rows(records, payloads)
-        if not ok.all():
-            position = int(records["position"][np.argmin(ok)])
-            raise IntegrityError(f"{image.name}: block {position}: {UNAUTHENTIC}")
-        return plain
-
-    def _split(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Masks of records whose payload *is* the block, and of those to decode (the rest
-        are zero blocks).  In an encrypted chain every record is decoded (and must be)."""
-        flags = records["flags"]
-        if self._codec.encrypted:
-            return np.zeros(len(records), dtype=bool), np.ones(len(records), dtype=bool)
-        return flags == 0, ((flags & FLAG_ZERO) == 0) & (flags != 0)
-
-    def write_to(self, out: PlacedWriter) -> None:
-        """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at
-        a time: verbatim payloads are read into a few reused ``COPY_BUFFER``-sized
-        buffers, checked, and written from there while the next is read; the rest is
-        decoded a batch at a time."""
-        bs = self.block_size
-        rows_per_buffer = max(1, COPY_BUFFER // bs)
-        free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-        for _ in range(COPY_BUFFERS):
-            free.put(np.empty((rows_per_buffer, bs), dtype=np.uint8))
-        for first in range(0, self.n_blocks, WRITE_WINDOW):
-            for depth, rows, records in self.layout.window(first, WRITE_WINDOW):
-                image = self.layout.images[depth]
-                positions = first + rows
-                verbatim, decode = self._split(records)
-                stored, stored_at = records[verbatim], positions[verbatim]
-                for k in range(0, len(stored), rows_per_buffer):
-                    buffer = free.get()
-                    piece = stored_at[k : k + rows_per_buffer]
-                    here = np.arange(len(piece))
-                    self._read_verbatim(image, stored[k : k + rows_per_buffer], buffer, here)
-                    position, row, count = contiguous_runs(piece, here, 1)
-                    out.put(buffer.reshape(-1).data, position * bs, row * bs, count * bs,
-                            done=functools.partial(free.put, buffer))
-                todo = positions[decode]
-                for start in range(0, len(todo), DECODE_BATCH):
-                    piece = todo[start : start + DECODE_BATCH]
-                    position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
-                    out.put(self.read_at(piece).data.cast("B"), position * bs,
-                            row * bs, count * bs)
-
-    def __repr__(self) -> str:
-        return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "
-                f"{self.n_blocks} blocks × {self.block_size} B)")

@@ -23,7 +23,8 @@ import numpy as np
 from blockforensics.errors import UsageError
 from blockforensics.fileio import fsync
 from blockforensics.formats.placement import write_all
-from blockforensics.image.chain import Chain, PointRef, contiguous_runs
+from blockforensics.image.chain import Chain, PointRef
+from blockforensics.image.layout import contiguous_runs
 from blockforensics.progress import progress_bar
 
 #: bytes of the device compared and written per pass

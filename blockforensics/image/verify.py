@@ -17,7 +17,7 @@ import numpy as np
 
 from blockforensics.crypto import KeySource
 from blockforensics.errors import BlockforensicsError, FormatError
-from blockforensics.image.chain import Chain, contiguous_runs
+from blockforensics.image.chain import Chain
 from blockforensics.image.codec import UNAUTHENTIC, BlockCodec
 from blockforensics.image.format import (
     FLAG_ENCRYPTED,
@@ -27,6 +27,7 @@ from blockforensics.image.format import (
     digest_rows,
 )
 from blockforensics.image.imagefile import STORED_MISMATCH, ImageFile, stored_mismatches
+from blockforensics.image.layout import contiguous_runs
 from blockforensics.progress import Progress, progress_bar
 
 if TYPE_CHECKING:
