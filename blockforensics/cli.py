@@ -360,7 +360,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
               flush=True)
         serve_until_signal(server)
-    return EXIT_OK
+    return EXIT_CHECK_FAILED if server.failed else EXIT_OK
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -591,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     key_option(p)
 
     p = command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
-                "(prints 'ready' once clients can connect)",
+                "(prints 'ready' once clients can connect; a damaged block is answered EIO "
+                "and named, and the exit status is then 1)",
                 chain="chain directory, or a disk image a reader plugin recognises")
     source_point_option(p)
     key_option(p)
