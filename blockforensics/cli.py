@@ -228,7 +228,7 @@ def _went_back(directory: str) -> list[str]:
 def cmd_repair(args: argparse.Namespace) -> int:
     from blockforensics.image.repair import repair
 
-    print(repair(args.chain, apply=args.apply))
+    print(repair(args.chain, apply=args.apply, key=_key(args), reseal=args.reseal))
     return EXIT_OK
 
 
@@ -523,9 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", help="the point --fs checks (default: the newest)")
 
     p = command("repair", cmd_repair,
-                "say which damaged points would be dropped from the chain; --apply drops them")
+                "say which damaged points would be dropped from the chain; --apply drops them; "
+                "--reseal --key-file K seals an encrypted chain anew")
     p.add_argument("--apply", action="store_true",
-                   help="drop them (the files stay in the directory, unlisted)")
+                   help="drop them (the files stay in the directory, unlisted); with "
+                        "--key-file, an encrypted chain is also sealed anew")
+    p.add_argument("--reseal", action="store_true",
+                   help="encrypted chain, needs --key-file: check every point's keyed digest "
+                        "and seal the manifest anew (a chain made before the seal existed)")
+    key_option(p)
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
