@@ -228,7 +228,7 @@ def _went_back(directory: str) -> list[str]:
 def cmd_repair(args: argparse.Namespace) -> int:
     from blockforensics.image.repair import repair
 
-    print(repair(args.chain, apply=args.apply))
+    print(repair(args.chain, apply=args.apply, key=_key(args), reseal=args.reseal))
     return EXIT_OK
 
 
@@ -360,7 +360,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
               flush=True)
         serve_until_signal(server)
-    return EXIT_OK
+    return EXIT_CHECK_FAILED if server.failed else EXIT_OK
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -523,9 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", help="the point --fs checks (default: the newest)")
 
     p = command("repair", cmd_repair,
-                "say which damaged points would be dropped from the chain; --apply drops them")
+                "say which damaged points would be dropped from the chain; --apply drops them; "
+                "--reseal --key-file K seals an encrypted chain anew")
     p.add_argument("--apply", action="store_true",
-                   help="drop them (the files stay in the directory, unlisted)")
+                   help="drop them (the files stay in the directory, unlisted); with "
+                        "--key-file, an encrypted chain is also sealed anew")
+    p.add_argument("--reseal", action="store_true",
+                   help="encrypted chain, needs --key-file: check every point's keyed digest "
+                        "and seal the manifest anew (a chain made before the seal existed)")
+    key_option(p)
 
     p = command("consolidate", cmd_consolidate,
                 "merge images into one, copying stored blocks verbatim (never reads a key)")
@@ -591,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     key_option(p)
 
     p = command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
-                "(prints 'ready' once clients can connect)",
+                "(prints 'ready' once clients can connect; a damaged block is answered EIO "
+                "and named, and the exit status is then 1)",
                 chain="chain directory, or a disk image a reader plugin recognises")
     source_point_option(p)
     key_option(p)

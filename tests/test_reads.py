@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +19,8 @@ from blockforensics.errors import IntegrityError
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import HEADER_SIZE
 from blockforensics.image.imagefile import ImageFile
+from blockforensics.nbd.client import NbdConnection, NbdError
+from blockforensics.nbd.protocol import NBD_EIO
 
 BS = 4096
 FLIPPED = 9  # the block whose stored bytes are damaged
@@ -142,6 +145,58 @@ def test_bit_rot_fails_a_read_of_the_mounted_disk_file(tmp_path):
                 proc.kill()
     assert f"0000-full.bfi: block {FLIPPED}:" in err, err
     assert "Traceback" not in err, err
+
+
+def test_bit_rot_fails_nbd_serve_reads_with_eio_and_exit_1(tmp_path):
+    """``serve`` answers a read of the damaged block with EIO (never its bytes), names it
+    on stderr, keeps serving the intact ones, and exits 1 when stopped."""
+    require_tools("qemu-img")
+    chain, full = make_chain(tmp_path)
+    (tmp_path / "full.raw").write_bytes(full)
+    flip_stored_block(chain, "0000-full.bfi", FLIPPED)
+    sock = tmp_path / "nbd.sock"
+    url = f"nbd+unix:///?socket={sock}"
+    proc = subprocess.Popen([sys.executable, "-m", "blockforensics.cli", "serve", str(chain),
+                             "--point", "0", "--socket", str(sock)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        converted = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url,
+                                    str(tmp_path / "out.raw")], capture_output=True, text=True)
+        assert converted.returncode == 1 and "Input/output error" in converted.stderr
+        compared = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
+                                   str(tmp_path / "full.raw"), url], capture_output=True)
+        assert compared.returncode == 4  # a read error, not "the images differ"
+        with NbdConnection.open(url) as nbd:
+            assert nbd.read(0, FLIPPED * BS) == full[: FLIPPED * BS]
+            with pytest.raises(NbdError, match=f"error {NBD_EIO}"):
+                nbd.read((FLIPPED - 1) * BS, 2 * BS)
+            assert nbd.read((FLIPPED + 1) * BS, BS) == full[(FLIPPED + 1) * BS :][:BS]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and err.strip()
+    assert all(f"0000-full.bfi: block {FLIPPED}:" in line for line in err.strip().splitlines())
+
+
+def test_bit_rot_fails_diff_files_but_not_the_index_only_diff(tmp_path):
+    """``diff`` without ``--files`` compares the content digests of the indexes and reads
+    no payload: the damaged point diffs as before.  ``diff --files`` reads the file
+    systems' metadata through the checked reader: exit 1 naming the block (here the
+    FAT boot sector, block 0, which The Sleuth Kit reads first)."""
+    assert run("sample", "investigation", tmp_path / "case").returncode == 0
+    chain = tmp_path / "case" / "chain"
+    before = run("diff", chain, "0", "1", "--json")
+    flip_stored_block(chain, "0000-full.bfi", 0)
+    after = run("diff", chain, "0", "1", "--json")
+    assert after.returncode == 0 and after.stdout == before.stdout
+    done = run("diff", chain, "0", "1", "--files")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "0000-full.bfi: block 0:" in done.stderr, done.stderr
 
 
 def test_stored_digests_are_checked_without_losing_the_file_to_file_path(tmp_path):

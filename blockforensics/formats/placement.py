@@ -31,6 +31,8 @@ COPY_BUFFER = 1024 * 1024
 COPY_BUFFERS = 4
 #: parts waiting for the writer thread, at most (bounds the memory held)
 QUEUED_PARTS = 8
+#: buffers waiting for the checking thread, at most
+QUEUED_CHECKS = 8
 #: a grain no disk reaches: the identity placement keeps every run whole
 WHOLE = 1 << 62
 
@@ -89,8 +91,11 @@ class PlacedWriter:
     from ``limit`` on (the disk's end) are left out.
 
     Writes run in a thread of their own, so that reading or decoding the next part
-    overlaps writing this one (a quarter faster on two cores).  Use as a context
-    manager: leaving it waits for every write, and raises the first that failed.
+    overlaps writing this one (a quarter faster on two cores).  Parts handed over with
+    a ``check`` go through a checking thread first: a buffer is checked while the one
+    before it is written and the next one read, and nothing of it is written unless its
+    check passed.  Use as a context manager: leaving it waits for every check and write,
+    and raises the first that failed (a failed check stops all further writes).
     ``written(offset, nbytes)`` is called, in the writer thread, after each write.
     """
 
@@ -102,9 +107,15 @@ class PlacedWriter:
         self.written = written
         self._jobs: queue.Queue[tuple[memoryview, int, Callable[[], object]] | None] = \
             queue.Queue(QUEUED_PARTS)
+        self._checks: queue.Queue[tuple[Callable[[], object], list[tuple[memoryview, int]],
+                                        Callable[[], object]] | None] = \
+            queue.Queue(QUEUED_CHECKS)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="placed-writer", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=run, name=name, daemon=True)
+                         for run, name in ((self._check, "placed-checker"),
+                                           (self._run, "placed-writer"))]
+        for thread in self._threads:
+            thread.start()
 
     def __enter__(self) -> PlacedWriter:
         return self
@@ -113,8 +124,10 @@ class PlacedWriter:
                  tb: TracebackType | None) -> None:
         if exc is not None and self._error is None:
             self._error = exc  # stop writing: the caller failed
+        self._checks.put(None)  # every checked part is queued before the writer stops
+        self._threads[0].join()
         self._jobs.put(None)
-        self._thread.join()
+        self._threads[1].join()
         if exc is None and self._error is not None:
             raise self._error
 
@@ -137,16 +150,29 @@ class PlacedWriter:
                 at, target, n = at + got, target + got, n - got
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,
-            lengths: np.ndarray, done: Callable[[], object] = _nothing) -> None:
+            lengths: np.ndarray, done: Callable[[], object] = _nothing,
+            check: Callable[[], object] | None = None) -> None:
         """Runs of disk bytes held at ``buffer_offsets`` of ``buffer`` (bytes, not to be
-        changed by the caller until ``done()`` is called, once all of them are written)."""
+        changed by the caller until ``done()`` is called, once all of them are written).
+        ``check()``, if given, runs in the checking thread before any of them is written;
+        if it raises, they are not written and the error is raised here or on leaving."""
         parts = self._parts(disk_starts, buffer_offsets, lengths)
-        if parts is None:
+        jobs = [] if parts is None else \
+            [(buffer[at : at + n], target) for target, at, n in zip(*(p.tolist() for p in parts))]
+        if self._error is not None:
+            raise self._error
+        if check is not None:
+            self._checks.put((check, jobs, done))
+        else:
+            self._write_later(jobs, done)
+
+    def _write_later(self, jobs: list[tuple[memoryview, int]], done: Callable[[], object]
+                     ) -> None:
+        """Queue ``(data, file offset)`` writes; ``done()`` after the last (or now)."""
+        if not jobs:
             done()
-            return
-        jobs = list(zip(*(part.tolist() for part in parts)))
-        for i, (target, at, n) in enumerate(jobs):
-            self._queue(buffer[at : at + n], target, done if i == len(jobs) - 1 else _nothing)
+        for i, (data, target) in enumerate(jobs):
+            self._jobs.put((data, target, done if i == len(jobs) - 1 else _nothing))
 
     def _parts(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -169,6 +195,21 @@ class PlacedWriter:
         if self._error is not None:
             raise self._error
         self._jobs.put((data, target, done))
+
+    def _check(self) -> None:
+        """The checking thread: run each part's check, then queue its writes; after a
+        failure, only hand buffers back."""
+        while (item := self._checks.get()) is not None:
+            check, jobs, done = item
+            if self._error is None:
+                try:
+                    check()
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+            if self._error is None:
+                self._write_later(jobs, done)
+            else:
+                done()
 
     def _run(self) -> None:
         """The writer thread: write each queued part, unless a write has failed."""
