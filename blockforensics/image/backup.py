@@ -31,7 +31,7 @@ from blockforensics.image.codec import nonzero_rows
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 8 << 20
 
 
 def _chunk_blocks(block_size: int) -> int:
