@@ -35,10 +35,9 @@ import numpy as np
 
 from blockforensics import batch
 from blockforensics.errors import CryptoKeyError, FormatError, UsageError
+from blockforensics.image.format import NONCE_SIZE, TAG_SIZE
 
 KEY_SIZE = 32
-NONCE_SIZE = 12
-TAG_SIZE = 16
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per derivation
 MAX_KEY_FILE = 4096  # bytes read from a key file at most
 #: bounds on scrypt parameters from a header: 16 times the default work, 256 MiB
