@@ -113,7 +113,9 @@ def chain_files(out: Path, points: list[int]) -> list[Path]:
 def export_chain(chain: Chain, point: int | str, out: str | os.PathLike[str], format: str, *,
                  progress: bool = False) -> list[Path]:
     """Write the point's path as a chain of ``format`` (``vhd-chain`` or ``qcow2-chain``)
-    files, root first; returns their paths (the last is ``out``)."""
+    files, root first; returns their paths (the last is ``out``).  If one fails (a
+    damaged block), those already written are removed: nothing is left under the
+    output's names."""
     from blockforensics.formats.qcow2 import CLUSTER, Backing, Qcow2Layout
     from blockforensics.formats.vhd import VhdLayout, VhdParent
 
@@ -122,19 +124,27 @@ def export_chain(chain: Chain, point: int | str, out: str | os.PathLike[str], fo
         raise UsageError(f"{format!r} is not a chain format ({', '.join(CHAIN)})")
     points = chain.path(point)
     files = chain_files(Path(out), points)
-    for i, (p, path) in enumerate(zip(points, files)):
-        disk = chain.disk(p)
-        if i == 0:
-            made: FileLayout = (VhdLayout(disk, "dynamic") if format == "vhd-chain"
-                                else Qcow2Layout(disk))
-        elif format == "vhd-chain":
-            covers = image_blocks(chain, p)
-            made = VhdLayout(Layer(disk, covers), "differencing", covers=covers,
-                             parent=VhdParent.of(files[i - 1]), directory=path.parent)
-        else:
-            covers = widen(image_blocks(chain, p), CLUSTER)  # whole clusters replace the parent's
-            made = Qcow2Layout(Layer(disk, covers), covers=covers,
-                               backing=Backing(files[i - 1].name, "qcow2"))
-        write_layout(made, path, progress=progress)
+    written: list[Path] = []
+    try:
+        for i, (p, path) in enumerate(zip(points, files)):
+            disk = chain.disk(p)
+            if i == 0:
+                made: FileLayout = (VhdLayout(disk, "dynamic") if format == "vhd-chain"
+                                    else Qcow2Layout(disk))
+            elif format == "vhd-chain":
+                covers = image_blocks(chain, p)
+                made = VhdLayout(Layer(disk, covers), "differencing", covers=covers,
+                                 parent=VhdParent.of(files[i - 1]), directory=path.parent)
+            else:
+                # whole clusters replace the parent's
+                covers = widen(image_blocks(chain, p), CLUSTER)
+                made = Qcow2Layout(Layer(disk, covers), covers=covers,
+                                   backing=Backing(files[i - 1].name, "qcow2"))
+            write_layout(made, path, progress=progress)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return files
 
