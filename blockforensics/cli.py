@@ -59,9 +59,11 @@ blockforensics COMMAND --help: the command's options (--json says what it prints
 
 
 def _key(args: argparse.Namespace) -> KeySource | None:
-    from blockforensics.crypto import KeySource
+    if not getattr(args, "key_file", None):
+        return None
+    from blockforensics.crypto import KeySource  # only with a key: it loads numpy
 
-    return KeySource.from_file(args.key_file) if getattr(args, "key_file", None) else None
+    return KeySource.from_file(args.key_file)
 
 
 def _open_chain(args: argparse.Namespace, *, clean: bool = True) -> Chain:
@@ -80,10 +82,11 @@ def _open_source(path: str, *, point: str | None = None, key: KeySource | None =
     as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
     parent file of a differencing image."""
     from blockforensics.formats import open_disk
-    from blockforensics.image.chain import is_chain, remove_leftovers
+    from blockforensics.image.store import ChainStore  # not image.chain: raw sources skip it
 
-    if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
-        remove_leftovers(path)
+    store = ChainStore(path)
+    if store.exists():  # leftovers of a crashed command go first, as for every chain command
+        store.recover()
     return open_disk(path, point=point, key=key, format=reader, parent=parent)
 
 

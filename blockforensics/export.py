@@ -18,15 +18,18 @@ Every format's file is a :class:`~blockforensics.formats.layout.FileLayout`:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import FileLayout, Layer, widen, write_layout
 from blockforensics.formats.placement import Placement
-from blockforensics.image.chain import Chain
+
+if TYPE_CHECKING:
+    from blockforensics.image.chain import Chain
 
 #: flattened formats and the layout class each writes
 FLAT = ("vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw")
@@ -57,24 +60,27 @@ class RawLayout(FileLayout):
 
 def layout(disk: Disk, format: str, name: str = "disk") -> FileLayout:
     """The file layout of ``disk`` in the flattened ``format`` (``name``: the file's name,
-    which a VMDK's descriptor records)."""
-    from blockforensics.formats.qcow2 import Qcow2Layout
-    from blockforensics.formats.vhd import VhdLayout
-    from blockforensics.formats.vhdx import VhdxLayout
-    from blockforensics.formats.vmdk import VmdkLayout
+    which a VMDK's descriptor records); only that format's module is imported."""
+    if format in ("vhd-dynamic", "vhd-fixed"):
+        from blockforensics.formats.vhd import VhdLayout
 
-    makers: dict[str, Callable[[], FileLayout]] = {
-        "vhd-dynamic": lambda: VhdLayout(disk, "dynamic"),
-        "vhd-fixed": lambda: VhdLayout(disk, "fixed"),
-        "vhdx": lambda: VhdxLayout(disk),
-        "vmdk": lambda: VmdkLayout(disk, name),
-        "qcow2": lambda: Qcow2Layout(disk),
-        "raw": lambda: RawLayout(disk),
-    }
-    if format not in makers:
-        known = ", ".join(FLAT + STREAMED + CHAIN)
-        raise UsageError(f"unknown export format {format!r}; known: {known}")
-    return makers[format]()
+        return VhdLayout(disk, "dynamic" if format == "vhd-dynamic" else "fixed")
+    if format == "vhdx":
+        from blockforensics.formats.vhdx import VhdxLayout
+
+        return VhdxLayout(disk)
+    if format == "vmdk":
+        from blockforensics.formats.vmdk import VmdkLayout
+
+        return VmdkLayout(disk, name)
+    if format == "qcow2":
+        from blockforensics.formats.qcow2 import Qcow2Layout
+
+        return Qcow2Layout(disk)
+    if format == "raw":
+        return RawLayout(disk)
+    raise UsageError(f"unknown export format {format!r}; known: "
+                     f"{', '.join(FLAT + STREAMED + CHAIN)}")
 
 
 def export(disk: Disk, out: str | os.PathLike[str], format: str, *,
