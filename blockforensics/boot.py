@@ -51,6 +51,7 @@ VHD_COOKIE = b"conectix"  # VHD footer (last 512 bytes; also first 512 of dynami
 VHD_FOOTER_SIZE = 512  # bytes
 POLL_SECONDS = 0.05  # longest wait for console output between other checks
 STOP_SECONDS = 5.0  # grace period for QEMU to exit after SIGTERM
+LINE_SECONDS = 1.0  # longest wait for the rest of the expected text's line
 MEMORY_MIB = 256  # guest RAM
 #: NBD URL schemes QEMU opens as a backing file
 NBD_SCHEMES = ("nbd://", "nbd+unix://")
@@ -185,6 +186,14 @@ class _Console:
             self.data += chunk
             ready, _, _ = select.select([self._sock], [], [], 0)
 
+    def finish_line(self, at: int, seconds: float = LINE_SECONDS) -> None:
+        """Keep reading until the line holding offset ``at`` has ended (at most ``seconds``
+        seconds): the guest may still be writing the rest of the expected text's line."""
+        deadline = time.monotonic() + seconds
+        while (b"\n" not in self.data[at:] and not self.closed
+               and time.monotonic() < deadline):
+            self.read()
+
     def type(self, text: str) -> None:
         """Send ``text`` to the guest as if typed on the serial line."""
         self._sock.sendall(text.encode())
@@ -310,6 +319,7 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
                 console.read()
                 if wanted is not None and wanted in console.data:
                     seconds_to_marker = time.monotonic() - start
+                    console.finish_line(console.data.index(wanted))
                     break
                 if exited or time.monotonic() - start > timeout:
                     break
