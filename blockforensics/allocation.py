@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["FILESYSTEM_KINDS", "Region", "Survey", "allocation_map", "detect",
-           "filesystem_allocation", "open_filesystem", "partition_table", "partitions", "survey"]
+           "filesystem_allocation", "filesystem_partitions", "open_filesystem",
+           "partition_table", "partitions", "survey"]
 
 DiskLike = Disk | str | os.PathLike[str]
 
@@ -278,6 +279,20 @@ def partition_table(disk: DiskLike) -> tuple[str, list[Partition], list[str]]:
         if looks_like_mbr(d.read(0, SECTOR)):
             return "mbr", read_partitions(d), []
         return "none", [], []
+
+
+def filesystem_partitions(disk: DiskLike) -> list[Partition]:
+    """Where the disk's file systems start, for reading their files: every partition of
+    its GPT or MBR table (logical ones of the EBR chain included, extended ones not)
+    whose first bytes bear a file system's signature — FAT, ext, or one The Sleuth Kit
+    opens (NTFS, exFAT, HFS+ …) — even when its structures then fail their checks; a
+    bare file system, a disk without a table or with an unreadable one: the whole disk
+    (index None, from byte 0)."""
+    with _opened(disk) as d:
+        table, found, _ = _partitions_to_read(d)
+        if table == "none" or found[0].index is None:
+            return found
+        return [p for p in found if p.start_byte < d.size and _reader(d, p.start_byte)]
 
 
 def _partitions_to_read(disk: Disk) -> tuple[str, list[Partition], list[str]]:

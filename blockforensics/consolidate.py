@@ -7,6 +7,13 @@ is decoded, so encrypted chains consolidate like plaintext ones and nothing
 here takes a key: a ciphertext is authenticated against its chain, position
 and flags, never against the image that holds it, so it may move between images.
 
+Stored payloads are moved in runs of up to ``_RUN_BYTES``: each run is read
+into one of two reused buffers, its records' stored digests are checked in one
+batch (a damaged payload is never copied), and the image writer writes it
+from that same buffer on its own thread while the next run is read and hashed.
+The layout is walked a window of blocks at a time, so memory stays bounded
+whatever the volume's size (apart from the new image's index, 56 bytes a block).
+
 Crash safety: the new image is written and committed under a pending
 (temporary) name; then :meth:`ChainStore.switch` names it, switches the
 manifest in one atomic rename and only then deletes the merged files, all under
@@ -19,22 +26,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from blockforensics.errors import ChainError, UsageError
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
-from blockforensics.image.codec import EncodedBlocks
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.image.store import ChainStore, not_a_directory
 from blockforensics.progress import progress_bar
 
-_READ_BYTES = 16 << 20  # most stored bytes read with one call (bytes)
+if TYPE_CHECKING:
+    import pandas as pd
+
+_WINDOW_BLOCKS = 1 << 18  # volume blocks whose records are gathered at once (blocks)
+_RUN_BYTES = 8 << 20  # most stored bytes read, checked and written as one run (bytes)
 _GAP_BYTES = 64 << 10  # unwanted bytes read through rather than starting a new read (bytes)
 _WORDS = {KIND_FULL: "full", KIND_INCREMENTAL: "incr"}  # in image file names
 
@@ -117,20 +127,19 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
                                 hidden_tail=0 if full else target.n_blocks - inherit)
         out = chain.store.pending_path()
         layout = chain.layout(p)
-        depths = range(path.index(segment[0]), len(path))
-        parts = []
-        for depth in depths:
-            _, records = layout.records(depth)
-            if full:
-                records = records[(records["flags"] & FLAG_ZERO) == 0]
-            parts.append(records)
-        total = sum(int(r["length"].sum()) for r in parts)
+        first = path.index(segment[0])  # depth of the segment's root side on the path
+        n_blocks = layout.n_blocks
         with ImageWriter(out, header) as writer, \
-                progress_bar(total, "consolidate", progress) as bar:
-            for depth, records in zip(depths, parts):
-                for encoded in _payload_runs(layout.images[depth], records):
-                    writer.add_encoded(encoded)
-                    bar.update(len(encoded.payload))
+                progress_bar(n_blocks, "consolidate", progress, unit="block") as bar:
+            copier = _Copier(writer)
+            for at in range(0, n_blocks, _WINDOW_BLOCKS):
+                count = min(_WINDOW_BLOCKS, n_blocks - at)
+                for depth, _, records in layout.window(at, count):
+                    if depth >= first:
+                        if full:  # a full image stores no zero-block records
+                            records = records[(records["flags"] & FLAG_ZERO) == 0]
+                        copier.copy(layout.images[depth], records)
+                bar.update(count)
             blocks = writer.blocks_written
             writer.commit()
         names = [img.name for img in chain.images]
@@ -178,31 +187,51 @@ def _segment(chain: Chain, point: PointRef,
     return path, segment, segment[: need + 1]
 
 
-def _payload_runs(image: ImageFile, records: np.ndarray) -> Iterator[EncodedBlocks]:
-    """``records`` and their stored bytes, read in few large reads (gaps skipped in memory)."""
-    records = records[np.argsort(records["offset"], kind="stable")]
-    empty = records["length"] == 0
-    if empty.any():
-        yield EncodedBlocks(_relative(records[empty]), b"")
-    records = records[~empty]
-    start = records["offset"].astype(np.int64)
-    end = start + records["length"]
-    breaks = np.r_[np.flatnonzero(start[1:] - end[:-1] > _GAP_BYTES) + 1, len(records)]
-    i = 0
-    while i < len(records):
-        limit = int(breaks[np.searchsorted(breaks, i, side="right")])
-        j = int(np.searchsorted(end, start[i] + _READ_BYTES, side="right"))
-        j = min(limit, max(i + 1, j))
-        first = int(start[i])
-        buf = np.empty(int(end[j - 1]) - first, dtype=np.uint8)
-        image.read_into(buf, first)
-        check_stored(image.name, buf, start[i:j] - first, records[i:j])  # copy no damage
-        lo, hi = start[i:j] - first, end[i:j] - first
-        cuts = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # gaps: bytes of records not kept
-        payload = buf.data if not len(cuts) else b"".join(
-            buf[lo[a] : hi[b - 1]].data for a, b in zip(np.r_[0, cuts], np.r_[cuts, j - i]))
-        yield EncodedBlocks(_relative(records[i:j]), payload)
-        i = j
+class _Copier:
+    """Copies stored payloads into ``writer`` in runs, through two reused buffers: a run
+    is read and checked into one while the writer writes the other."""
+
+    def __init__(self, writer: ImageWriter):
+        self.writer = writer
+        self.buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+        self.turn = 0  # the buffer the next run goes into
+
+    def copy(self, image: ImageFile, records: np.ndarray) -> None:
+        """Append ``records`` of ``image`` and their stored bytes (IntegrityError, before
+        anything of a run is written, if a payload does not match its stored digest)."""
+        empty = records["length"] == 0
+        if empty.any():
+            self.writer.add_verbatim(_relative(records[empty]), [])
+            records = records[~empty]
+        start = records["offset"].astype(np.int64)
+        if np.any(start[1:] < start[:-1]):
+            order = np.argsort(start, kind="stable")
+            records, start = records[order], start[order]
+        end = start + records["length"]
+        breaks = np.r_[np.flatnonzero(start[1:] - end[:-1] > _GAP_BYTES) + 1, len(records)]
+        i = 0
+        while i < len(records):
+            limit = int(breaks[np.searchsorted(breaks, i, side="right")])
+            j = min(limit, max(i + 1, int(np.searchsorted(end, start[i] + _RUN_BYTES,
+                                                          side="right"))))
+            self._run(image, records[i:j], start[i:j] - start[i], end[i:j] - start[i],
+                      int(start[i]))
+            i = j
+
+    def _run(self, image: ImageFile, records: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+             first: int) -> None:
+        """One run: the records' payloads lie at ``lo .. hi`` (bytes) from byte ``first``
+        of ``image``, in order; read once, checked, handed to the writer."""
+        buf = self.buffers[self.turn]
+        if buf.nbytes < hi[-1]:
+            buf = self.buffers[self.turn] = np.empty(max(int(hi[-1]), _RUN_BYTES), np.uint8)
+        self.turn ^= 1
+        span = buf[: hi[-1]]
+        image.read_into(span, first)
+        check_stored(image.name, span, lo, records)  # copy no damage
+        cuts = np.r_[0, np.flatnonzero(lo[1:] != hi[:-1]) + 1, len(records)].tolist()
+        pieces = [span[lo[a] : hi[b - 1]].data for a, b in pairwise(cuts)]
+        self.writer.add_verbatim(_relative(records), pieces)
 
 
 def _relative(records: np.ndarray) -> np.ndarray:
@@ -230,6 +259,8 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
     """
     if keep_last < 1 or daily < 0 or weekly < 0:
         raise UsageError("retention: --keep must be at least 1, --daily and --weekly at least 0")
+    import pandas as pd  # here: not on the consolidation path (0.2 s of start-up)
+
     n = len(chain)
     table = chain.table()[["point", "file", "kind", "parent", "created"]]
     created = np.array([img.header.created_ns for img in chain.images], dtype=np.int64)

@@ -35,10 +35,9 @@ import numpy as np
 
 from blockforensics import batch
 from blockforensics.errors import CryptoKeyError, FormatError, UsageError
+from blockforensics.image.format import NONCE_SIZE, TAG_SIZE
 
 KEY_SIZE = 32
-NONCE_SIZE = 12
-TAG_SIZE = 16
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per derivation
 MAX_KEY_FILE = 4096  # bytes read from a key file at most
 #: bounds on scrypt parameters from a header: 16 times the default work, 256 MiB
@@ -54,6 +53,10 @@ class KeySource:
 
     raw_key: bytes | None = field(default=None, repr=False)
     passphrase: bytes | None = field(default=None, repr=False)
+    #: master keys stretched from the passphrase, by KDF parameters: scrypt runs once per
+    #: chain and process (a new chain's first backup needs the key twice), ~0.15 s each
+    _stretched: dict[KdfParams, bytes] = field(default_factory=dict, repr=False,
+                                               compare=False)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> KeySource:
@@ -94,10 +97,13 @@ class KeySource:
         if params.kdf != KDF_SCRYPT:
             raise FormatError(f"unknown key derivation {params.kdf} in the image header")
         check_scrypt(params)
-        secret = self.passphrase if self.passphrase is not None else self.raw_key
-        assert secret is not None
-        return hashlib.scrypt(secret, salt=params.salt, n=params.n, r=params.r, p=params.p,
-                              dklen=KEY_SIZE, maxmem=256 * params.n * params.r + (1 << 20))
+        if params not in self._stretched:
+            secret = self.passphrase if self.passphrase is not None else self.raw_key
+            assert secret is not None
+            self._stretched[params] = hashlib.scrypt(
+                secret, salt=params.salt, n=params.n, r=params.r, p=params.p, dklen=KEY_SIZE,
+                maxmem=256 * params.n * params.r + (1 << 20))
+        return self._stretched[params]
 
     @classmethod
     def generate_file(cls, path: str | os.PathLike[str]) -> Path:
@@ -211,7 +217,8 @@ class ChainKeys:
             state.update(image_id + point_mac)
         return state.digest()
 
-    def encrypt(self, position: int, flags: int, plaintext: bytes, nonce: bytes) -> bytes:
+    def encrypt(self, position: int, flags: int, plaintext: bytes | memoryview, nonce: bytes
+                ) -> bytes:
         """``nonce || ciphertext || tag`` bound to (chain, position, flags)."""
         aad = _AAD.pack(self.volume_id, position, flags)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)

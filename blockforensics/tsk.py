@@ -2,9 +2,10 @@
 
 :func:`ChainImgInfo` hands TSK a ``pytsk3.Img_Info`` whose reads are seeks + reads on
 ``disk.open_file()``; :func:`list_entries` walks every file system it finds —
-FAT and ext recognised by the project's own parsers (bare or per MBR partition,
-paths ``p1:/dir/file``), anything else TSK opens (NTFS, exFAT, HFS+, GPT or MBR
-partitions through TSK's volume layer) — into :class:`Entry` rows: MACB times,
+bare, or in each partition of a GPT or MBR table (logical partitions of the
+EBR chain included) as the project's table readers find them, paths
+``p1:/dir/file``: FAT, ext, NTFS, exFAT, HFS+ and whatever else TSK opens —
+into :class:`Entry` rows: MACB times,
 size, inode (the MFT record number on NTFS), owner, data runs as disk byte
 extents, or the bytes themselves when the data is resident (NTFS resident
 ``$DATA``, ext4 ``inline_data``).  :func:`extract` reads one file of a point,
@@ -131,28 +132,15 @@ class Listing:
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def _filesystem_offsets(disk: Disk, image: Any) -> list[tuple[str, int]]:
-    """``(path prefix, byte offset)`` of each file system: the project's own parsers
-    first (bare FAT/ext, MBR partitions ``p1:``), else TSK's volume layer, else offset 0."""
-    from blockforensics.allocation import FILESYSTEM_KINDS, detect, partitions
+def _filesystem_offsets(disk: Disk) -> list[tuple[str, int]]:
+    """``(path prefix, byte offset)`` of each file system: ``""`` for a bare one (or a
+    disk without a readable table), ``pN:`` for partition N of a GPT or MBR table
+    (logical partitions from 5), read by the project's table readers
+    (:func:`blockforensics.allocation.filesystem_partitions`)."""
+    from blockforensics.allocation import filesystem_partitions
 
-    kind = detect(disk)
-    if kind in FILESYSTEM_KINDS:
-        return [("", 0)]
-    if kind == "mbr":
-        table = partitions(disk)
-        found = table[table["filesystem"].isin(FILESYSTEM_KINDS)]
-        if len(found):
-            return [(f"p{index}:", int(start))
-                    for index, start in zip(found["index"], found["start_byte"])]
-    tsk = pytsk3()
-    try:
-        volume = tsk.Volume_Info(image)
-    except OSError:
-        return [("", 0)]
-    sector = volume.info.block_size
-    return [(f"p{part.addr}:", int(part.start) * sector) for part in volume
-            if int(part.flags) & int(tsk.TSK_VS_PART_FLAG_ALLOC) and part.len > 2]
+    return [("" if p.index is None else f"p{p.index}:", p.start_byte)
+            for p in filesystem_partitions(disk)]
 
 
 def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
@@ -231,7 +219,7 @@ def _open_filesystems(disk: Disk) -> Iterator[tuple[str, int, Any, str | None]]:
     """``(prefix, offset, FS_Info or None, problem)`` for each file system of the disk."""
     tsk = pytsk3()
     image = ChainImgInfo(disk)
-    for prefix, offset in _filesystem_offsets(disk, image):
+    for prefix, offset in _filesystem_offsets(disk):
         try:
             yield prefix, offset, tsk.FS_Info(image, offset=offset), None
         except OSError as exc:

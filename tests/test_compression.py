@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from blockforensics.image.codec import MIN_SAVING, compress_rows, decompress
+from blockforensics.image.codec import MIN_SAVING, compress_rows, decompress, random_rows
 from blockforensics.image.format import FLAG_ZLIB, FLAG_ZSTD
 
 
@@ -23,15 +23,32 @@ def _blocks(seed: int = 3) -> np.ndarray:
 
 def test_compressible_rows_become_zstd_frames_and_random_rows_stay_raw():
     blocks = _blocks()
-    flags, pieces = compress_rows(blocks)
-    assert flags[0::2].tolist() == [FLAG_ZSTD] * 32
-    assert flags[1::2].tolist() == [0] * 32
-    for i, piece in enumerate(pieces):
-        assert decompress(int(flags[i]), piece, 4096) == blocks[i].tobytes()
-        if flags[i]:
+    rows = np.arange(1, 64)  # the rows asked for, by index into the batch
+    packed = compress_rows(blocks, rows)
+    assert packed.flags[1::2].tolist() == [FLAG_ZSTD] * 31
+    assert packed.flags[0::2].tolist() == [0] * 32
+    assert packed.lengths.sum() == packed.data.nbytes  # no byte stored twice or left out
+    for i, row in enumerate(rows.tolist()):
+        piece = bytes(packed.piece(i))
+        assert decompress(int(packed.flags[i]), piece, 4096) == blocks[row].tobytes()
+        if packed.flags[i]:
             assert len(piece) <= 4096 * (1 - MIN_SAVING)
         else:
-            assert piece == blocks[i].tobytes()
+            assert piece == blocks[row].tobytes()
+
+
+def test_random_rows_are_recognised_without_compressing_them():
+    """The sample test flags random blocks, and never text or machine code that zstd
+    halves (a real shared library's first blocks)."""
+    import zstandard
+
+    library = np.fromfile(zstandard.backend_c.__file__, np.uint8)  # machine code and tables
+    code = library[: len(library) // 4096 * 4096].reshape(-1, 4096)[:64]
+    blocks = np.concatenate([_blocks(), code])
+    random = random_rows(blocks, np.arange(len(blocks)))
+    assert random[1:64:2].all() and not random[0:64:2].any()
+    sizes = [len(zstandard.ZstdCompressor(level=1).compress(row.tobytes())) for row in code]
+    assert not random[64:][np.array(sizes) < 2048].any()  # code that halves is never skipped
 
 
 def test_images_written_with_zlib_are_still_read():
@@ -75,3 +92,29 @@ def test_a_compressed_chain_restores_exactly_and_a_flipped_payload_bit_is_named(
         fh.write(bytes([byte[0] ^ 0x10]))
     with pytest.raises(IntegrityError, match=f"block {int(record['position'])}"):
         restore(Chain.open(tmp_path / "c"), 0)
+
+
+def test_a_batch_of_frames_decompresses_and_a_bad_frame_is_named():
+    """Frames read back to back (as a restore reads them) come back as blocks; a frame that
+    is damaged, holds a shorter or a longer block fails naming its block position."""
+    import zstandard
+
+    from blockforensics.errors import FormatError
+    from blockforensics.image.codec import decompress_rows
+
+    blocks = _blocks()[0::2]
+    frames = [zstandard.ZstdCompressor(level=1).compress(row.tobytes()) for row in blocks]
+    positions = np.arange(100, 100 + len(frames))
+
+    def batch(frames: list[bytes]) -> np.ndarray:
+        lengths = np.array([len(f) for f in frames])
+        starts = np.cumsum(lengths) - lengths
+        payloads = np.frombuffer(b"".join(frames), np.uint8)
+        return decompress_rows(payloads, starts, lengths, 4096, positions)
+
+    assert batch(frames).tobytes() == blocks.tobytes()
+    short = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(bytes(4000))
+    longer = zstandard.ZstdCompressor().compress(bytes(8192))
+    for bad in (frames[7][:-5] + bytes(5), short, longer):
+        with pytest.raises(FormatError, match="block 107: damaged"):
+            batch([*frames[:7], bad, *frames[8:]])

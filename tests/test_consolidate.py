@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from chains import BS, assert_restores, build_chain
 
+import blockforensics.consolidate as consolidation
 from blockforensics.consolidate import apply_retention, consolidate, retention_plan
-from blockforensics.errors import ChainError, UsageError
+from blockforensics.errors import ChainError, IntegrityError, UsageError
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import FLAG_ZERO
 from blockforensics.image.imagefile import ImageFile
@@ -120,6 +121,54 @@ def test_reads_in_few_large_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert result.blocks > 390 and len(calls) <= 2 * len(result.merged)
     monkeypatch.undo()
     assert_restores(tmp_path, sources)
+
+
+@pytest.mark.parametrize(("window", "run", "gap"), [(7, 3 * BS, 0), (64, 5 * BS + 1, BS),
+                                                    (1 << 18, BS, 0)])
+def test_small_windows_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int,
+                                run: int, gap: int) -> None:
+    # many windows, runs and pieces: the two reused buffers take turns under a writer
+    # that is still writing the previous run
+    monkeypatch.setattr(consolidation, "_WINDOW_BLOCKS", window)
+    monkeypatch.setattr(consolidation, "_RUN_BYTES", run)
+    monkeypatch.setattr(consolidation, "_GAP_BYTES", gap)
+    sources = build_chain(tmp_path, [None, 0, 1, 2, 3, 2], n_blocks=150)
+    consolidate(tmp_path, 4, start=1)
+    consolidate(tmp_path, 2)
+    assert verify(tmp_path).ok
+    assert_restores(tmp_path, sources)
+
+
+def _flip(path: Path, position: int) -> None:
+    """Flip one bit in the middle of the stored payload of block ``position``."""
+    with ImageFile(path) as image:
+        record = image.index[np.searchsorted(image.index["position"], position)]
+        offset = int(record["offset"]) + int(record["length"]) // 2
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x10
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("which", ["kept", "superseded"])
+def test_damaged_payloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
+    # a damaged payload inside a run: refused if it would be copied, dropped if superseded
+    monkeypatch.setattr(consolidation, "_RUN_BYTES", 6 * BS)
+    sources = build_chain(tmp_path, [None, 0, 1], n_blocks=64)
+    with Chain.open(tmp_path) as chain:
+        full = chain.images[0].index["position"]
+        later = np.r_[chain.images[1].index["position"], chain.images[2].index["position"]]
+    kept = np.setdiff1d(full, later)
+    position = int(kept[len(kept) // 2] if which == "kept" else np.intersect1d(full, later)[1])
+    _flip(tmp_path / "0000-full.bfi", position)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if which == "kept":
+        with pytest.raises(IntegrityError, match=f"0000-full.bfi: block {position}: stored"):
+            consolidate(tmp_path, 2)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    else:
+        consolidate(tmp_path, 2)
+        assert verify(tmp_path).ok
+        assert_restores(tmp_path, sources)
 
 
 @pytest.mark.parametrize(("point", "start", "message"), [

@@ -342,3 +342,25 @@ def test_zero_record_in_encrypted_chain_fails_verify(raw_chain: tuple) -> None:
     directory, key, _ = raw_chain
     path = _downgrade(directory, FLAG_ZERO)
     assert problems(directory, key) == [(path.name, 8)]
+
+
+def test_a_new_chains_first_backup_stretches_the_passphrase_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt (N = 2^15, r = 8: ~0.15 s) runs once per chain and process, not once for
+    the header's key check and again for the writer's keys; the chain still opens with
+    the passphrase in a fresh process."""
+    calls = []
+    real = hashlib.scrypt
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs["n"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    source = Volume.from_bytes(os.urandom(BS * 8))
+    key = KeySource(passphrase=PASSPHRASE)
+    backup(Chain.create(tmp_path / "c", key=key), source)
+    assert calls == [1 << 15]
+    restored = restore(Chain.open(tmp_path / "c", key=KeySource(passphrase=PASSPHRASE)), 0)
+    assert restored.tobytes() == source.tobytes()
+    assert len(calls) == 2  # a new KeySource (another process) derives it anew

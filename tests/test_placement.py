@@ -3,6 +3,7 @@ and from buffers, by a writer thread whose failures reach the caller."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -134,3 +135,44 @@ def test_the_callers_own_failure_is_what_it_sees(tmp_path: Path):
             raise KeyError("the reader failed")
     finally:
         os.close(read_only)
+
+
+def test_checked_buffers_are_written_only_after_their_check_and_none_after_a_failure(
+        tmp_path: Path):
+    """Buffers handed over with a check: none is written before its check passed, the one
+    whose check fails is never written (nor, maybe, good ones still queued or checked
+    alongside it), every buffer handed over is handed back once (``done``), and the
+    check's error is what leaving the writer raises."""
+    n, size, bad = 12, 64 * 1024, 7
+    rng = np.random.default_rng(5)
+    buffers = [rng.bytes(size) for _ in range(n)]
+    events: list[tuple[str, int]] = []
+    queued: list[int] = []
+
+    def check(i: int) -> None:
+        events.append(("check", i))
+        if i == bad:
+            raise ValueError(f"buffer {i} is damaged")
+
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, n * size)
+        with pytest.raises(ValueError, match=f"buffer {bad} is damaged"), \
+                PlacedWriter(fd, n * size, written=lambda offset, nbytes:
+                             events.append(("write", offset // size))) as writer:
+            for i, data in enumerate(buffers):
+                with contextlib.suppress(ValueError):  # the failure may reach put first
+                    writer.put(memoryview(data), [i * size], [0], [size],
+                               done=lambda i=i: events.append(("done", i)),
+                               check=lambda i=i: check(i))
+                    queued.append(i)
+    finally:
+        os.close(fd)
+    out = (tmp_path / "out").read_bytes()
+    written = [i for what, i in events if what == "write"]
+    assert bad not in written
+    assert all(events.index(("check", i)) < events.index(("write", i)) for i in written)
+    assert bad in queued and ("check", bad) in events
+    for i in range(n):
+        assert out[i * size : (i + 1) * size] == (buffers[i] if i in written else bytes(size))
+    assert sorted(i for what, i in events if what == "done") == queued

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,9 +16,12 @@ import pytest
 from support import require_tools
 
 from blockforensics.errors import IntegrityError
+from blockforensics.export import CHAIN, FLAT, STREAMED
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import HEADER_SIZE
 from blockforensics.image.imagefile import ImageFile
+from blockforensics.nbd.client import NbdConnection, NbdError
+from blockforensics.nbd.protocol import NBD_EIO
 
 BS = 4096
 FLIPPED = 9  # the block whose stored bytes are damaged
@@ -56,13 +60,15 @@ def flip_stored_block(chain: Path, name: str, position: int) -> None:
     path.write_bytes(raw)
 
 
-def assert_refused(done: subprocess.CompletedProcess[str], out: Path) -> None:
-    """Exit 1, one line naming the image and the block, nothing under ``out`` or beside it."""
+def assert_refused(done: subprocess.CompletedProcess[str], out: Path,
+                   where: str = f"0000-full.bfi: block {FLIPPED}:") -> None:
+    """Exit 1, one line naming the image and the block (``where``), nothing under ``out``
+    or beside it (no temporary file, no sibling of a chain format)."""
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert f"0000-full.bfi: block {FLIPPED}:" in done.stderr, done.stderr
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    assert where in done.stderr, done.stderr
+    assert not [p.name for p in out.parent.iterdir()
+                if p.name.startswith(out.stem) or p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("options", [(), ("--compress",)], ids=["plain", "compressed"])
@@ -84,6 +90,22 @@ def test_bit_rot_fails_restore_and_export_naming_the_block(tmp_path, options):
         assert disk.read_blocks(0, FLIPPED).tobytes() == full[: FLIPPED * BS]  # before: fine
         with pytest.raises(IntegrityError, match=f"block {FLIPPED}:"):
             disk.read_blocks(FLIPPED - 1, 2)
+
+
+@pytest.mark.parametrize("damaged, block", [("0000-full.bfi", FLIPPED), ("0001-incr.bfi", 30)],
+                         ids=["full", "incremental"])
+def test_bit_rot_fails_every_export_format_leaving_nothing(tmp_path, damaged, block):
+    """Point 1 reads both images.  Flat formats are written through the checking writer
+    (or, for vmdk-stream, block reads): nothing under OUT's name.  The chain formats write
+    the full's file first: with a damaged incremental it was complete before the failure,
+    and is removed."""
+    chain, _ = make_chain(tmp_path)
+    flip_stored_block(chain, damaged, block)
+    out = tmp_path / "out"
+    out.mkdir()
+    for fmt in (*FLAT, *STREAMED, *CHAIN):
+        assert_refused(run("export", chain, out / f"e.{fmt}", "--point", "1", "--format", fmt),
+                       out / f"e.{fmt}", f"{damaged}: block {block}:")
 
 
 def test_bit_rot_in_an_encrypted_chain_exits_1(tmp_path):
@@ -142,6 +164,58 @@ def test_bit_rot_fails_a_read_of_the_mounted_disk_file(tmp_path):
                 proc.kill()
     assert f"0000-full.bfi: block {FLIPPED}:" in err, err
     assert "Traceback" not in err, err
+
+
+def test_bit_rot_fails_nbd_serve_reads_with_eio_and_exit_1(tmp_path):
+    """``serve`` answers a read of the damaged block with EIO (never its bytes), names it
+    on stderr, keeps serving the intact ones, and exits 1 when stopped."""
+    require_tools("qemu-img")
+    chain, full = make_chain(tmp_path)
+    (tmp_path / "full.raw").write_bytes(full)
+    flip_stored_block(chain, "0000-full.bfi", FLIPPED)
+    sock = tmp_path / "nbd.sock"
+    url = f"nbd+unix:///?socket={sock}"
+    proc = subprocess.Popen([sys.executable, "-m", "blockforensics.cli", "serve", str(chain),
+                             "--point", "0", "--socket", str(sock)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        converted = subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url,
+                                    str(tmp_path / "out.raw")], capture_output=True, text=True)
+        assert converted.returncode == 1 and "Input/output error" in converted.stderr
+        compared = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
+                                   str(tmp_path / "full.raw"), url], capture_output=True)
+        assert compared.returncode == 4  # a read error, not "the images differ"
+        with NbdConnection.open(url) as nbd:
+            assert nbd.read(0, FLIPPED * BS) == full[: FLIPPED * BS]
+            with pytest.raises(NbdError, match=f"error {NBD_EIO}"):
+                nbd.read((FLIPPED - 1) * BS, 2 * BS)
+            assert nbd.read((FLIPPED + 1) * BS, BS) == full[(FLIPPED + 1) * BS :][:BS]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and err.strip()
+    assert all(f"0000-full.bfi: block {FLIPPED}:" in line for line in err.strip().splitlines())
+
+
+def test_bit_rot_fails_diff_files_but_not_the_index_only_diff(tmp_path):
+    """``diff`` without ``--files`` compares the content digests of the indexes and reads
+    no payload: the damaged point diffs as before.  ``diff --files`` reads the file
+    systems' metadata through the checked reader: exit 1 naming the block (here the
+    FAT boot sector, block 0, which The Sleuth Kit reads first)."""
+    assert run("sample", "investigation", tmp_path / "case").returncode == 0
+    chain = tmp_path / "case" / "chain"
+    before = run("diff", chain, "0", "1", "--json")
+    flip_stored_block(chain, "0000-full.bfi", 0)
+    after = run("diff", chain, "0", "1", "--json")
+    assert after.returncode == 0 and after.stdout == before.stdout
+    done = run("diff", chain, "0", "1", "--files")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "0000-full.bfi: block 0:" in done.stderr, done.stderr
 
 
 def test_stored_digests_are_checked_without_losing_the_file_to_file_path(tmp_path):

@@ -24,6 +24,8 @@ from types import TracebackType
 
 import numpy as np
 
+from blockforensics import batch
+
 #: bytes per read and write of a file-to-file copy: small enough that a buffer is
 #: still in the CPU cache when it is written (4 MiB buffers copy up to 2x slower)
 COPY_BUFFER = 1024 * 1024
@@ -31,6 +33,11 @@ COPY_BUFFER = 1024 * 1024
 COPY_BUFFERS = 4
 #: parts waiting for the writer thread, at most (bounds the memory held)
 QUEUED_PARTS = 8
+#: buffers waiting for a checking thread, at most
+QUEUED_CHECKS = 8
+#: checking threads, at most (one per core below that): past a few, the one writer thread
+#: is what bounds the speed
+MAX_CHECKERS = 4
 #: a grain no disk reaches: the identity placement keeps every run whole
 WHOLE = 1 << 62
 
@@ -89,8 +96,12 @@ class PlacedWriter:
     from ``limit`` on (the disk's end) are left out.
 
     Writes run in a thread of their own, so that reading or decoding the next part
-    overlaps writing this one (a quarter faster on two cores).  Use as a context
-    manager: leaving it waits for every write, and raises the first that failed.
+    overlaps writing this one (a quarter faster on two cores).  Parts handed over with
+    a ``check`` go through a checking thread first (one per core, up to
+    ``MAX_CHECKERS``): buffers are checked while others are written and the next one
+    read, and nothing of a buffer is written unless its check passed.  Use as a context
+    manager: leaving it waits for every check and write, and raises the first that
+    failed (a failed check stops all further writes).
     ``written(offset, nbytes)`` is called, in the writer thread, after each write.
     """
 
@@ -102,9 +113,15 @@ class PlacedWriter:
         self.written = written
         self._jobs: queue.Queue[tuple[memoryview, int, Callable[[], object]] | None] = \
             queue.Queue(QUEUED_PARTS)
+        self._checks: queue.Queue[tuple[Callable[[], object], list[tuple[memoryview, int]],
+                                        Callable[[], object]] | None] = \
+            queue.Queue(QUEUED_CHECKS)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="placed-writer", daemon=True)
-        self._thread.start()
+        self._checkers = [threading.Thread(target=self._check, name="placed-checker", daemon=True)
+                          for _ in range(min(batch.threads(), MAX_CHECKERS))]
+        self._writer = threading.Thread(target=self._run, name="placed-writer", daemon=True)
+        for thread in (*self._checkers, self._writer):
+            thread.start()
 
     def __enter__(self) -> PlacedWriter:
         return self
@@ -113,8 +130,12 @@ class PlacedWriter:
                  tb: TracebackType | None) -> None:
         if exc is not None and self._error is None:
             self._error = exc  # stop writing: the caller failed
+        for _ in self._checkers:
+            self._checks.put(None)
+        for thread in self._checkers:  # every checked part is queued before the writer stops
+            thread.join()
         self._jobs.put(None)
-        self._thread.join()
+        self._writer.join()
         if exc is None and self._error is not None:
             raise self._error
 
@@ -137,16 +158,29 @@ class PlacedWriter:
                 at, target, n = at + got, target + got, n - got
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,
-            lengths: np.ndarray, done: Callable[[], object] = _nothing) -> None:
+            lengths: np.ndarray, done: Callable[[], object] = _nothing,
+            check: Callable[[], object] | None = None) -> None:
         """Runs of disk bytes held at ``buffer_offsets`` of ``buffer`` (bytes, not to be
-        changed by the caller until ``done()`` is called, once all of them are written)."""
+        changed by the caller until ``done()`` is called, once all of them are written).
+        ``check()``, if given, runs in the checking thread before any of them is written;
+        if it raises, they are not written and the error is raised here or on leaving."""
         parts = self._parts(disk_starts, buffer_offsets, lengths)
-        if parts is None:
+        jobs = [] if parts is None else \
+            [(buffer[at : at + n], target) for target, at, n in zip(*(p.tolist() for p in parts))]
+        if self._error is not None:
+            raise self._error
+        if check is not None:
+            self._checks.put((check, jobs, done))
+        else:
+            self._write_later(jobs, done)
+
+    def _write_later(self, jobs: list[tuple[memoryview, int]], done: Callable[[], object]
+                     ) -> None:
+        """Queue ``(data, file offset)`` writes; ``done()`` after the last (or now)."""
+        if not jobs:
             done()
-            return
-        jobs = list(zip(*(part.tolist() for part in parts)))
-        for i, (target, at, n) in enumerate(jobs):
-            self._queue(buffer[at : at + n], target, done if i == len(jobs) - 1 else _nothing)
+        for i, (data, target) in enumerate(jobs):
+            self._jobs.put((data, target, done if i == len(jobs) - 1 else _nothing))
 
     def _parts(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -169,6 +203,21 @@ class PlacedWriter:
         if self._error is not None:
             raise self._error
         self._jobs.put((data, target, done))
+
+    def _check(self) -> None:
+        """A checking thread: run each part's check, then queue its writes; after a
+        failure, only hand buffers back."""
+        while (item := self._checks.get()) is not None:
+            check, jobs, done = item
+            if self._error is None:
+                try:
+                    check()
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+            if self._error is None:
+                self._write_later(jobs, done)
+            else:
+                done()
 
     def _run(self) -> None:
         """The writer thread: write each queued part, unless a write has failed."""

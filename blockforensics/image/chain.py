@@ -320,11 +320,38 @@ class Chain:
             return True
         points = self.check_seal(self.images[:-1])
         points.append((image.header.image_id, image.header.point_mac))
-        generation = self.manifest.generation + 1  # the switch's generation
+        return self._seal_doc(points)
+
+    def _seal_doc(self, points: list[tuple[bytes, bytes]]) -> dict[str, object]:
+        """The manifest seal over ``(image id, point_mac)`` of ``points``, for the next
+        switch's generation."""
+        generation = self.manifest.generation + 1
         keys = self.codec.keys  # type: ignore[attr-defined]
         return {"generation": generation,
                 "points": [f"{i.hex()}:{m.hex()}" for i, m in points],
                 "mac": keys.seal(generation, points).hex()}
+
+    def reseal(self, keep: list[int]) -> Manifest:
+        """List only points ``keep`` (in order) and seal the manifest anew over them, in
+        one switch, after checking each one's keyed point digest: for an encrypted chain
+        made before the seal existed, or whose listing a keyless repair changed.  Needs
+        the key (CryptoKeyError when missing or wrong); FormatError naming the first
+        point that fails its digest."""
+        if not self.encrypted:
+            raise UsageError(f"{self.directory}: a plaintext chain has no seal to make")
+        if self.key is None:
+            raise CryptoKeyError(f"{self.directory}: resealing an encrypted chain needs "
+                                 "its key (--key-file K)")
+        with self.locked():
+            for p in keep:
+                self._check_point_mac(p)
+            seal = self._seal_doc([(self.images[p].header.image_id,
+                                    self.images[p].header.point_mac) for p in keep])
+            self.manifest = self.store.switch(
+                [self.images[p].name for p in keep], seal=seal, expect=self.manifest,
+                ids=[self.images[p].header.image_id for p in keep])
+            self._refresh()
+        return self.manifest
 
     # ---------------------------------------------------------------- reading
     def layout(self, point: PointRef) -> Layout:
@@ -434,6 +461,11 @@ class Chain:
         if not self._sealed:  # whole points dropped, reordered or swapped
             self.check_seal()
             self._sealed = True
+        self._check_point_mac(p)
+
+    def _check_point_mac(self, p: int) -> None:
+        """FormatError unless encrypted point ``p``'s blocks match its keyed point digest."""
+        header = self.images[p].header
         digests = self.layout(p).content_digests(self.codec.zero_digest())
         if not hmac.compare_digest(self._point_mac(header, digests), header.point_mac):
             raise FormatError(f"{self.images[p].name}: the point's blocks do not match its "

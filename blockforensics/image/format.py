@@ -12,6 +12,9 @@
 
 All integers are little-endian.  Every structure is declared once here and
 read by field name; nothing else in the package knows an offset.
+
+numpy is imported on first use of :data:`INDEX_DTYPE` or :func:`digest_rows`:
+``list`` reads headers, footers and indexes without it (see :mod:`.summary`).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import struct
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from blockforensics.errors import FormatError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEADER_MAGIC = b"BFIMAGE\x00"
 FOOTER_MAGIC = b"BFINDEX\x00"
@@ -50,19 +54,39 @@ FLAG_ZLIB = 2  # payload is zlib-compressed (before encryption)
 FLAG_ENCRYPTED = 4  # payload is nonce || AES-256-GCM ciphertext || tag
 FLAG_ZSTD = 8  # payload is one zstd frame (before encryption); what --compress writes
 KNOWN_FLAGS = FLAG_ZERO | FLAG_ZLIB | FLAG_ENCRYPTED | FLAG_ZSTD
+#: bytes an encrypted payload adds to its block: nonce before, GCM tag after
+NONCE_SIZE, TAG_SIZE = 12, 16
 
-INDEX_DTYPE = np.dtype([
+#: one index record per stored block, in file order (little-endian numpy codes)
+INDEX_FIELDS = (
     ("position", "<u8"),  # block position in the volume
     ("offset", "<u8"),  # byte offset of the payload in this file
     ("length", "<u4"),  # payload length in bytes (0 for FLAG_ZERO)
     ("flags", "<u4"),  # FLAG_* bits
     ("stored_digest", f"V{DIGEST_SIZE}"),  # SHA-256/128 of the payload as stored
     ("content_digest", f"V{DIGEST_SIZE}"),  # digest of the plaintext block (see codec)
-])
+)
+INDEX_RECORD_SIZE = 56  # bytes per record (INDEX_DTYPE.itemsize)
+
+if TYPE_CHECKING:
+    INDEX_DTYPE: np.dtype[np.void]
+
+
+def __getattr__(name: str) -> Any:
+    """``INDEX_DTYPE``, made (importing numpy) on first use."""
+    if name == "INDEX_DTYPE":
+        import numpy as np
+
+        globals()[name] = dtype = np.dtype(list(INDEX_FIELDS))
+        assert dtype.itemsize == INDEX_RECORD_SIZE
+        return dtype
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def digest_rows(field: np.ndarray) -> np.ndarray:
     """A digest field of index records (``V16``) as a ``(k, 16)`` uint8 array."""
+    import numpy as np
+
     return np.ascontiguousarray(field).view(np.uint8).reshape(-1, DIGEST_SIZE)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +38,9 @@ from blockforensics.spanhash import sha256_128_spans
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+
+#: most buffers one ``writev`` call takes
+_IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 #: what is wrong with a block whose stored bytes fail their digest
 STORED_MISMATCH = "stored bytes do not match their digest"
@@ -234,6 +237,7 @@ class ImageWriter:
         self._stack = contextlib.ExitStack()
         self._fh = self._stack.enter_context(atomic_writer(self.path))
         self._fh.write(header.pack())
+        self._fh.flush()  # payloads are written to the descriptor itself (writev)
         self._offset = HEADER_SIZE
         self._records: list[np.ndarray] = []
         from concurrent.futures import ThreadPoolExecutor  # here: only writers pay for it
@@ -241,11 +245,18 @@ class ImageWriter:
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
         self._in_flight: Future[None] | None = None
 
-    def _write(self, payload: bytes | memoryview, offset: int) -> None:
-        """(Background thread) append ``payload``, which lands at byte ``offset``."""
-        self._fh.write(payload)
-        self._fh.flush()
-        start_writeback(self._fh.fileno(), offset, memoryview(payload).nbytes)
+    def _write(self, pieces: list[memoryview], offset: int, nbytes: int) -> None:
+        """(Background thread) append ``pieces`` (``nbytes`` in all) back to back, with
+        ``writev`` and no joined copy; the first lands at byte ``offset``."""
+        fd, todo, first = self._fh.fileno(), pieces, 0
+        while first < len(todo):
+            done = os.writev(fd, todo[first : first + _IOV_MAX])
+            while first < len(todo) and done >= todo[first].nbytes:
+                done -= todo[first].nbytes
+                first += 1
+            if done:
+                todo[first] = todo[first][done:]
+        start_writeback(fd, offset, nbytes)
 
     def _drain(self) -> None:
         """Wait for the batch being written (and raise its error, if any)."""
@@ -261,12 +272,23 @@ class ImageWriter:
             self.add_encoded(self.codec.encode(np.asarray(positions, np.uint64), blocks))
 
     def add_encoded(self, encoded: EncodedBlocks) -> None:
-        """Append already-stored payloads verbatim (consolidation copies without a key)."""
-        records = encoded.records.copy()
+        """Append encoded blocks (their records and payload bytes)."""
+        self.add_verbatim(encoded.records, [memoryview(encoded.payload)])
+
+    def add_verbatim(self, records: np.ndarray, pieces: Sequence[memoryview]) -> None:
+        """Append stored payloads verbatim (consolidation copies without a key): the
+        bytes of ``pieces`` back to back, ``records``' offsets counted from the first
+        piece's first byte.  The background thread writes them while the caller goes
+        on; the buffers under ``pieces`` may be reused once the next ``add*`` call
+        (or :meth:`commit`) has returned."""
+        records = records.copy()
         records["offset"] += np.uint64(self._offset)
+        flat = [p.cast("B") if p.ndim != 1 or p.format != "B" else p for p in pieces if p.nbytes]
+        nbytes = sum(p.nbytes for p in flat)
         self._drain()
-        self._in_flight = self._io.submit(self._write, encoded.payload, self._offset)
-        self._offset += memoryview(encoded.payload).nbytes
+        if nbytes:
+            self._in_flight = self._io.submit(self._write, flat, self._offset, nbytes)
+        self._offset += nbytes
         self._records.append(records)
 
     @property

@@ -13,11 +13,26 @@ The work is linear in the number of images: a cycle is found, never followed.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from blockforensics.image.imagefile import DamagedImage, ImageFile
+if TYPE_CHECKING:
+    from blockforensics.image.format import Header
 
 NO_PARENT = bytes(16)
+
+
+class Linkable(Protocol):
+    """What linking needs of an image (an ImageFile, or ``list``'s ImageSummary): its
+    name and header; a damaged one also says why (``damage``) and whether its header
+    was readable (``header_known``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def header(self) -> Header: ...
 
 
 @dataclass
@@ -33,25 +48,24 @@ class Links:
     reference: int | None = None
 
 
-def _identity(image: ImageFile) -> tuple[bytes, int, int]:
+def _identity(image: Linkable) -> tuple[bytes, int, int]:
     h = image.header
     return h.volume_id, h.block_size, h.cipher
 
 
-def link(images: list[ImageFile]) -> Links:
+def link(images: Sequence[Linkable]) -> Links:
     """Parent links and damage of ``images`` (see the module's description)."""
     n = len(images)
     links = Links([None] * n)
-    readable = [i for i, img in enumerate(images)
-                if not isinstance(img, DamagedImage) or img.header_known]
+    readable = [i for i, img in enumerate(images) if getattr(img, "header_known", True)]
 
     def damaged(i: int, why: str) -> None:
         links.damage.setdefault(i, why)
         links.own.add(i)
 
     for i, img in enumerate(images):
-        if isinstance(img, DamagedImage):
-            damaged(i, img.damage)
+        if getattr(img, "damage", None) is not None:
+            damaged(i, img.damage)  # type: ignore[attr-defined]
     if readable:  # the chain's identity: that of most images (of the earliest on a tie)
         votes = Counter(_identity(images[i]) for i in readable)
         most = max(votes.values())
@@ -82,7 +96,7 @@ def link(images: list[ImageFile]) -> Links:
     return links
 
 
-def _break_cycles(images: list[ImageFile], links: Links) -> None:
+def _break_cycles(images: Sequence[Linkable], links: Links) -> None:
     """Mark every image on a cycle of parent links damaged and cut its link (each image
     is visited once: a walk stops at the first image it has seen)."""
     state = [0] * len(images)  # 0 unseen, 1 on the current walk, 2 done
@@ -104,7 +118,7 @@ def _break_cycles(images: list[ImageFile], links: Links) -> None:
             state[i] = 2
 
 
-def _inherit(images: list[ImageFile], links: Links) -> None:
+def _inherit(images: Sequence[Linkable], links: Links) -> None:
     """A point whose path to the root passes a damaged image is damaged too (parents may
     follow their children in the list: each point's path is resolved once, memoised)."""
     culprit: dict[int, str | None] = {}  # point -> its nearest damaged ancestor (or itself)

@@ -11,7 +11,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import FormatError, IntegrityError
-from blockforensics.formats.placement import COPY_BUFFER, COPY_BUFFERS, PlacedWriter
+from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter
 from blockforensics.image.codec import UNAUTHENTIC
 from blockforensics.image.format import FLAG_ZERO
 from blockforensics.image.imagefile import ImageFile, check_stored
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 DECODE_BATCH = 512
 #: blocks of a point handed to a writer per pass: bounds the index rows copied at once
 WRITE_WINDOW = 1 << 18
+#: buffers of stored payloads in flight when writing a point: one being read, the others
+#: waiting for or in their check, or waiting for or in their write
+CHECKED_BUFFERS = 12
 
 
 
@@ -97,13 +100,20 @@ class ChainDisk(InPlaceDisk):
 
     def _read_verbatim(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
                        rows: np.ndarray) -> None:
+        """Read the stored blocks of verbatim ``records`` into ``out[rows]`` and check them
+        against their digests."""
+        self._read_stored(image, records, out, rows)
+        if self.check and len(rows):
+            check_stored(image.name, out.reshape(-1), rows.astype(np.int64) * self.block_size,
+                         records)
+
+    def _read_stored(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
+                     rows: np.ndarray) -> None:
         """Read the stored blocks of verbatim ``records`` into ``out[rows]`` (a read per
-        run of consecutive rows and payloads) and check them against their digests."""
+        run of consecutive rows and payloads), unchecked."""
         bs = self.block_size
         for row, offset, count in zip(*contiguous_runs(rows, records["offset"], bs)):
             image.read_into(out[row : row + count], int(offset))
-        if self.check and len(rows):
-            check_stored(image.name, out.reshape(-1), rows.astype(np.int64) * bs, records)
 
     def _open_batch(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
         """The plaintexts of batchable ``records``: payloads read run by run, decoded at
@@ -129,13 +139,14 @@ class ChainDisk(InPlaceDisk):
 
     def write_to(self, out: PlacedWriter) -> None:
         """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at
-        a time: verbatim payloads are read into a few reused ``COPY_BUFFER``-sized
-        buffers, checked, and written from there while the next is read; the rest is
-        decoded a batch at a time."""
+        a time: verbatim payloads are read into reused ``COPY_BUFFER``-sized buffers and
+        handed over with their check (``out`` checks one buffer while it writes the one
+        before and this thread reads the next); the rest is decoded, and so checked, a
+        batch at a time."""
         bs = self.block_size
         rows_per_buffer = max(1, COPY_BUFFER // bs)
         free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
-        for _ in range(COPY_BUFFERS):
+        for _ in range(CHECKED_BUFFERS):
             free.put(np.empty((rows_per_buffer, bs), dtype=np.uint8))
         for first in range(0, self.n_blocks, WRITE_WINDOW):
             for depth, rows, records in self.layout.window(first, WRITE_WINDOW):
@@ -147,10 +158,13 @@ class ChainDisk(InPlaceDisk):
                     buffer = free.get()
                     piece = stored_at[k : k + rows_per_buffer]
                     here = np.arange(len(piece))
-                    self._read_verbatim(image, stored[k : k + rows_per_buffer], buffer, here)
+                    self._read_stored(image, stored[k : k + rows_per_buffer], buffer, here)
                     position, row, count = contiguous_runs(piece, here, 1)
+                    check = functools.partial(check_stored, image.name, buffer.reshape(-1),
+                                              here * bs, stored[k : k + rows_per_buffer]) \
+                        if self.check else None
                     out.put(buffer.reshape(-1).data, position * bs, row * bs, count * bs,
-                            done=functools.partial(free.put, buffer))
+                            done=functools.partial(free.put, buffer), check=check)
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]

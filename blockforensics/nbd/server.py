@@ -5,7 +5,8 @@ Fixed newstyle negotiation with ``NBD_OPT_GO``, ``NBD_OPT_INFO``,
 ``NBD_OPT_EXPORT_NAME``, ``NBD_OPT_LIST`` and ``NBD_OPT_ABORT`` (other options
 are answered ``NBD_REP_ERR_UNSUP``, so clients fall back to simple replies);
 in transmission ``NBD_CMD_READ`` and ``NBD_CMD_DISC``; every command that would
-change the disk is refused with ``EPERM`` (the export says ``READ_ONLY``).  The
+change the disk is refused with ``EPERM`` (the export says ``READ_ONLY``); a read
+that fails its check (a damaged block) is answered ``EIO`` and named on stderr.  The
 disk is served as the bytes of a :class:`~blockforensics.formats.layout.FileLayout`
 (raw by default: the disk's bytes, its size rounded up to a whole sector), one
 thread per connection, reads serialised by a lock (a Disk need not be
@@ -19,13 +20,14 @@ import os
 import signal
 import socket
 import socketserver
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from blockforensics.errors import UsageError
+from blockforensics.errors import BlockforensicsError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import FileLayout
 from blockforensics.nbd import protocol as p
@@ -139,8 +141,14 @@ class _Connection(socketserver.BaseRequestHandler):
             if len(buffer) < length:
                 buffer = bytearray(length)
             view = memoryview(buffer)[:length]
-            with lock:
-                layout.readinto(offset, view)
+            try:
+                with lock:
+                    layout.readinto(offset, view)
+            except BlockforensicsError as exc:  # a damaged block: the client gets EIO
+                print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
+                self.server.failed = self.server.failed or str(exc)
+                sock.sendall(p.SIMPLE_REPLY.pack(p.NBD_SIMPLE_REPLY_MAGIC, p.NBD_EIO, cookie))
+                continue
             _send_both(sock, header, view)
 
 
@@ -171,6 +179,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     layout: FileLayout
     lock: threading.Lock
     names: frozenset[str]
+    failed: str  # the first read that failed its check ("" if none)
 
 
 class _UnixServer(_Server, socketserver.UnixStreamServer):
@@ -210,7 +219,7 @@ class NbdServer:
         except OSError as exc:
             where = self.socket_path or f"{bind}:{port}"
             raise UsageError(f"{where}: cannot listen ({exc.strerror or exc})") from exc
-        server.layout, server.lock = self.layout, threading.Lock()
+        server.layout, server.lock, server.failed = self.layout, threading.Lock(), ""
         server.names = frozenset({DEFAULT_EXPORT, export})
         self._server = server
         self._thread: threading.Thread | None = None
@@ -223,6 +232,12 @@ class NbdServer:
         address = self._server.server_address
         assert isinstance(address, tuple)
         return f"nbd://{address[0]!s}:{address[1]}"
+
+    @property
+    def failed(self) -> str:
+        """Why the first read that failed its check failed ("" if none did); the client
+        was answered EIO."""
+        return self._server.failed
 
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.2)
