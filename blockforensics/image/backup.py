@@ -31,7 +31,9 @@ from blockforensics.image.codec import nonzero_rows
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size
 
-CHUNK_BYTES = 8 << 20
+#: bytes per batch (up to twice this): four batches are in memory at once (one read ahead,
+#: one encoded, its payloads, one written), ~80 MiB peak RSS for an encrypted full
+CHUNK_BYTES = 4 << 20
 
 
 def _chunk_blocks(block_size: int) -> int:
