@@ -8,19 +8,32 @@ its images, a differencing VHD read with its parents (:func:`boot_file`) — ove
 NBD (:mod:`blockforensics.nbd.server`) and boots that, with no export and no
 FUSE.  The overlay also lets read-only disks boot, which QEMU refuses for IDE
 drives.  QEMU runs with TCG (KVM hangs on the machines this was developed on),
-no display and the first serial port written to a log file, which is polled
-until the expected text appears, QEMU exits (the guest powered off) or the
-timeout passes.
+no display and the first serial port on a Unix socket, which is read until the
+expected text appears, QEMU exits (the guest powered off) or the timeout passes.
+
+After the expected text, check commands can run in the guest through the same
+serial console, as SureBackup and Datto run theirs: an Enter wakes the console,
+then each command is typed as one line that a POSIX shell on the console runs
+between two sentinels carrying a random nonce, the second with the exit status
+(``echo bf-begin-N; sh -c CMD; echo "bf-end-N $?"``); the sentinels are typed
+split by ``""``, so the console's echo of the typed line never matches them, and
+what the guest printed between them is the command's output.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
+import select
+import shlex
+import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +49,9 @@ log = logging.getLogger(__name__)
 DEFAULT_EXPECT = "BLOCKFORENSICS-BOOT-OK"  # printed by the sample disk's /init
 VHD_COOKIE = b"conectix"  # VHD footer (last 512 bytes; also first 512 of dynamic VHDs)
 VHD_FOOTER_SIZE = 512  # bytes
-POLL_SECONDS = 0.05  # interval between reads of the console log
+POLL_SECONDS = 0.05  # longest wait for console output between other checks
 STOP_SECONDS = 5.0  # grace period for QEMU to exit after SIGTERM
+LINE_SECONDS = 1.0  # longest wait for the rest of the expected text's line
 MEMORY_MIB = 256  # guest RAM
 #: NBD URL schemes QEMU opens as a backing file
 NBD_SCHEMES = ("nbd://", "nbd+unix://")
@@ -46,6 +60,21 @@ MAGICS = {b"QFI\xfb": "qcow2", b"vhdxfile": "vhdx", b"KDMV": "vmdk"}
 #: Disk interfaces QEMU can attach the disk on: IDE every guest OS has a driver
 #: for; virtio loads a kernel through the BIOS about 2 s faster under TCG.
 INTERFACES = ("ide", "virtio")
+
+
+@dataclass
+class CommandRun:
+    """One check command run in the guest through the serial console."""
+
+    command: str
+    output: str = ""  # what it printed (stdout and stderr), without the typed line's echo
+    status: int | None = None  # its exit status; None when it did not finish (see error)
+    seconds: float = 0.0  # from typing it to its end sentinel (or to giving up)
+    error: str | None = None  # why there is no status: timed out, guest gone, not run
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
 
 
 @dataclass
@@ -58,14 +87,16 @@ class BootResult:
     seconds_total: float  # from QEMU's start until it was gone
     qemu_exit: int | None  # QEMU's status if it exited by itself; None if we stopped it
     command: list[str] = field(repr=False)  # the QEMU command line
-    screenshot: Path | None = None  # PNG of the display when the check ended, if asked
+    screenshot: Path | None = None  # PNG of the display when the marker appeared, if asked
+    runs: list[CommandRun] = field(default_factory=list)  # check commands, in order
 
     def to_json(self) -> dict[str, Any]:
         """The result as data (``boot --json``)."""
         return {"ok": self.ok, "seconds_to_marker": self.seconds_to_marker,
                 "seconds_total": self.seconds_total, "qemu_exit": self.qemu_exit,
                 "console": self.console, "command": self.command,
-                "screenshot": str(self.screenshot) if self.screenshot else None}
+                "screenshot": str(self.screenshot) if self.screenshot else None,
+                "runs": [asdict(run) for run in self.runs]}
 
     def tail(self, n: int = 20) -> str:
         """The last ``n`` lines of the console."""
@@ -74,8 +105,11 @@ class BootResult:
     def __repr__(self) -> str:
         marker = ("not seen" if self.seconds_to_marker is None
                   else f"after {self.seconds_to_marker:.1f} s")
+        runs = (f", runs {sum(run.ok for run in self.runs)}/{len(self.runs)} ok"
+                if self.runs else "")
         return (f"BootResult(ok={self.ok}, marker {marker}, total {self.seconds_total:.1f} s, "
-                f"qemu_exit={self.qemu_exit}, console {len(self.console.splitlines())} lines)")
+                f"qemu_exit={self.qemu_exit}, console {len(self.console.splitlines())} lines"
+                f"{runs})")
 
 
 def disk_format(path: str | os.PathLike[str]) -> str:
@@ -125,16 +159,104 @@ def _monitor(path: Path, process: subprocess.Popen[bytes]) -> Qmp:
             time.sleep(POLL_SECONDS)
 
 
+class _Console:
+    """The guest's serial console on QEMU's Unix socket: all it printed, and typing."""
+
+    def __init__(self, path: Path, process: subprocess.Popen[bytes]):
+        deadline = time.monotonic() + STOP_SECONDS
+        self.data = bytearray()  # everything the guest wrote, from power-on
+        self.closed = False  # QEMU closed the connection (it exited)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                self._sock.connect(str(path))
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    self._sock.close()
+                    raise UsageError("QEMU's serial console did not come up") from None
+                time.sleep(POLL_SECONDS)
+
+    def read(self, seconds: float = POLL_SECONDS) -> None:
+        """Wait up to ``seconds`` for output and keep all that has arrived."""
+        ready, _, _ = select.select([self._sock], [], [], seconds)
+        while ready and not self.closed:
+            chunk = self._sock.recv(1 << 16)
+            self.closed = not chunk
+            self.data += chunk
+            ready, _, _ = select.select([self._sock], [], [], 0)
+
+    def finish_line(self, at: int, seconds: float = LINE_SECONDS) -> None:
+        """Keep reading until the line holding offset ``at`` has ended (at most ``seconds``
+        seconds): the guest may still be writing the rest of the expected text's line."""
+        deadline = time.monotonic() + seconds
+        while (b"\n" not in self.data[at:] and not self.closed
+               and time.monotonic() < deadline):
+            self.read()
+
+    def type(self, text: str) -> None:
+        """Send ``text`` to the guest as if typed on the serial line."""
+        self._sock.sendall(text.encode())
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _check_commands(commands: Sequence[str]) -> None:
+    """Refuse check commands that could not be typed as one line (UsageError)."""
+    for command in commands:
+        if not command.strip() or not command.isprintable():
+            raise UsageError(f"check command {command!r}: must be one line of printable "
+                             "characters (no newline, tab or control character)")
+
+
+def _run_in_guest(console: _Console, command: str, timeout: float,
+                  process: subprocess.Popen[bytes]) -> CommandRun:
+    """Type ``command`` on the guest's console between nonce sentinels; its output and
+    exit status, or an error after ``timeout`` seconds or when QEMU is gone."""
+    nonce = secrets.token_hex(8)
+    begin, end = f"bf-begin-{nonce}", f"bf-end-{nonce}"
+    console.type(f'echo "bf-begin""-{nonce}"; sh -c {shlex.quote(command)} </dev/null 2>&1; '
+                 f'echo "bf-end""-{nonce} $?"\n')
+    done = re.compile(rb"%s\r?\n(.*?)%s (\d+)\r?\n" % (begin.encode(), end.encode()), re.S)
+    started = re.compile(rb"%s\r?\n(.*)" % begin.encode(), re.S)
+    start = time.monotonic()
+    while True:
+        console.read()
+        finished = done.search(console.data)
+        if finished:
+            return CommandRun(command, _text(finished[1]), int(finished[2]),
+                              time.monotonic() - start)
+        stopped = console.closed or process.poll() is not None
+        if stopped or time.monotonic() - start > timeout:
+            partial = started.search(console.data)
+            return CommandRun(command, _text(partial[1]) if partial else "", None,
+                              time.monotonic() - start,
+                              "the guest stopped" if stopped else f"timed out after {timeout:g} s")
+
+
+def _text(console: bytes | bytearray) -> str:
+    """Console bytes as text with the terminal's CR LF line ends made LF."""
+    return console.decode(errors="replace").replace("\r\n", "\n")
+
+
 def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
          timeout: float = 120, interface: str = "ide",
-         screenshot: str | os.PathLike[str] | None = None) -> BootResult:
+         screenshot: str | os.PathLike[str] | None = None, run: Sequence[str] = (),
+         run_timeout: float | None = None) -> BootResult:
     """Boot ``disk`` (a raw, VHD, VHDX, VMDK or qcow2 file, or an NBD URL) in QEMU for at
     most ``timeout`` seconds; never writes it.
 
-    QEMU is stopped as soon as ``expect`` appears on the serial console. With
-    ``expect=None`` the boot is ok when the guest powers off (QEMU exits with
-    status 0) within the timeout. ``interface`` is one of INTERFACES. A QEMU that
-    fails to start raises UsageError.
+    QEMU is stopped as soon as ``expect`` appears on the serial console (after the
+    ``run`` commands, if any). With ``expect=None`` the boot is ok when the guest
+    powers off (QEMU exits with status 0) within the timeout. ``interface`` is one of
+    INTERFACES. A QEMU that fails to start raises UsageError.
+
+    ``run``: shell commands to run in the guest, in order, once ``expect`` has appeared,
+    through the serial console (see the module's description); each may take
+    ``run_timeout`` seconds (default ``timeout``). The boot is then ok only if every
+    command exited with status 0; after a command that did not finish, the others are
+    not run. Each needs one line of printable text (else UsageError).
 
     ``screenshot``: a PNG of the guest's display when the boot check ends (marker,
     power-off or timeout), by QMP ``screendump``, for guests that show their state on
@@ -143,6 +265,9 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")
+    if run and expect is None:
+        raise UsageError("check commands run once the expected text appears: give one")
+    _check_commands(run)
     nbd = str(disk).startswith(NBD_SCHEMES)
     source = str(disk) if nbd else str(Path(disk).resolve())
     if not nbd and not Path(source).is_file():
@@ -151,8 +276,8 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     wanted = expect.encode() if expect is not None else None
     shot = Path(screenshot).resolve() if screenshot is not None else None
     with tempfile.TemporaryDirectory(prefix="bf-boot-") as work:
-        overlay, console_log, stderr_log = (Path(work, n) for n in ("overlay.qcow2",
-                                                                    "console.log", "qemu.err"))
+        overlay, serial_path, stderr_log = (Path(work, n) for n in ("overlay.qcow2",
+                                                                    "serial.sock", "qemu.err"))
         created = subprocess.run(
             [qemu_img, "create", "-q", "-f", "qcow2", "-b", source,
              "-F", disk_format(source), str(overlay)],
@@ -162,7 +287,9 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
             raise UsageError(f"qemu-img create failed: {lines[-1]}")
         command = [
             qemu, "-nodefaults", "-display", "none", "-accel", "tcg", "-m", str(MEMORY_MIB),
-            "-no-reboot", "-serial", f"file:{console_log}",
+            "-no-reboot",
+            "-chardev", f"socket,id=console,path={serial_path},server=on,wait=on",
+            "-serial", "chardev:console",
             "-drive", f"file={overlay},format=qcow2,if={interface},index=0,media=disk"
                       + (",copy-on-read=on" if nbd else ""),
             "-boot", "c",
@@ -172,14 +299,16 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
             command += ["-vga", "std", "-no-shutdown",
                         "-qmp", f"unix:{monitor_path},server=on,wait=off"]
         log.debug("booting %s: %s", source, " ".join(command))
-        console = b""
         seconds_to_marker = None
+        runs = [CommandRun(c, error="not run: the expected text did not appear") for c in run]
         start = time.monotonic()
         with open(stderr_log, "wb") as stderr:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                        stdout=stderr, stderr=stderr)
+        console: _Console | None = None
         monitor, powered_off = None, False
         try:
+            console = _Console(serial_path, process)  # QEMU waits for it (wait=on)
             if shot is not None:
                 monitor = _monitor(monitor_path, process)
             while True:
@@ -187,30 +316,49 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
                 if monitor is not None and monitor.execute("query-status")["status"] in (
                         "shutdown", "guest-panicked"):
                     exited = powered_off = True  # -no-shutdown: QEMU outlives the guest
-                if console_log.exists():
-                    console = console_log.read_bytes()
-                if wanted is not None and wanted in console:
+                console.read()
+                if wanted is not None and wanted in console.data:
                     seconds_to_marker = time.monotonic() - start
+                    console.finish_line(console.data.index(wanted))
                     break
                 if exited or time.monotonic() - start > timeout:
                     break
-                time.sleep(POLL_SECONDS)
             if monitor is not None and shot is not None:
                 monitor.execute("screendump", filename=str(shot), format="png")
+            if seconds_to_marker is not None and run:
+                runs = _run_all(console, run, timeout if run_timeout is None else run_timeout,
+                                process)
         finally:
             if monitor is not None:
                 monitor.close()
+            if console is not None:
+                console.close()
             qemu_exit = 0 if powered_off else process.poll()
             _stop(process)
         seconds_total = time.monotonic() - start
         if qemu_exit not in (None, 0):
             raise UsageError(f"qemu-system-x86_64 exited with {qemu_exit}: "
                              f"{_last_line(stderr_log)}")
-    ok = seconds_to_marker is not None if wanted is not None else qemu_exit == 0
+    ok = (seconds_to_marker is not None and all(r.ok for r in runs) if wanted is not None
+          else qemu_exit == 0)
     log.debug("boot of %s: ok=%s in %.1f s", source, ok, seconds_total)
-    return BootResult(ok=ok, console=console.decode(errors="replace").replace("\r\n", "\n"),
-                      seconds_to_marker=seconds_to_marker, seconds_total=seconds_total,
-                      qemu_exit=qemu_exit, command=command, screenshot=shot)
+    return BootResult(ok=ok, console=_text(console.data), seconds_to_marker=seconds_to_marker,
+                      seconds_total=seconds_total, qemu_exit=qemu_exit, command=command,
+                      screenshot=shot, runs=runs)
+
+
+def _run_all(console: _Console, commands: Sequence[str], timeout: float,
+             process: subprocess.Popen[bytes]) -> list[CommandRun]:
+    """Wake the console with an Enter, then run ``commands`` in turn until one does not
+    finish; those after it are reported as not run."""
+    console.type("\n")
+    runs: list[CommandRun] = []
+    for command in commands:
+        if runs and runs[-1].status is None:
+            runs.append(CommandRun(command, error="not run: an earlier command did not finish"))
+        else:
+            runs.append(_run_in_guest(console, command, timeout, process))
+    return runs
 
 
 def boot_disk(disk: Disk, **options: Any) -> BootResult:

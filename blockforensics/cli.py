@@ -59,9 +59,11 @@ blockforensics COMMAND --help: the command's options (--json says what it prints
 
 
 def _key(args: argparse.Namespace) -> KeySource | None:
-    from blockforensics.crypto import KeySource
+    if not getattr(args, "key_file", None):
+        return None
+    from blockforensics.crypto import KeySource  # only with a key: it loads numpy
 
-    return KeySource.from_file(args.key_file) if getattr(args, "key_file", None) else None
+    return KeySource.from_file(args.key_file)
 
 
 def _open_chain(args: argparse.Namespace, *, clean: bool = True) -> Chain:
@@ -80,10 +82,11 @@ def _open_source(path: str, *, point: str | None = None, key: KeySource | None =
     as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
     parent file of a differencing image."""
     from blockforensics.formats import open_disk
-    from blockforensics.image.chain import is_chain, remove_leftovers
+    from blockforensics.image.store import ChainStore  # not image.chain: raw sources skip it
 
-    if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
-        remove_leftovers(path)
+    store = ChainStore(path)
+    if store.exists():  # leftovers of a crashed command go first, as for every chain command
+        store.recover()
     return open_disk(path, point=point, key=key, format=reader, parent=parent)
 
 
@@ -369,7 +372,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from blockforensics.boot import boot_disk, boot_file
     from blockforensics.image.chain import is_chain
 
-    options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot}
+    options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot,
+               "run": args.run}
     if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
         with _open_source(args.disk, point=args.point, key=_key(args),
                           reader=args.reader) as disk:
@@ -380,12 +384,17 @@ def cmd_boot(args: argparse.Namespace) -> int:
         result = boot_file(Path(args.disk), parent=args.parent, **options)
     if args.json:
         print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
-    elif result.ok:
+        return EXIT_OK if result.ok else EXIT_CHECK_FAILED
+    if result.seconds_to_marker is not None:
         print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
     else:
         print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
               "console tail:")
         print(result.tail())
+    for run in result.runs:
+        print(f"$ {run.command}")
+        print(run.output, end="" if run.output.endswith("\n") or not run.output else "\n")
+        print(f"[exit status {run.status}]" if run.error is None else f"[{run.error}]")
     return EXIT_OK if result.ok else EXIT_CHECK_FAILED
 
 
@@ -615,8 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     source_point_option(p)
     key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--json", action="store_true", help="the result as JSON")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the text, and for each --run command")
+    p.add_argument("--run", action="append", default=[], metavar="CMD",
+                   help="once the text appeared, run CMD in the guest's shell on the serial "
+                        "console (repeatable); exit 1 unless every CMD exits 0")
+    p.add_argument("--json", action="store_true", help="the result as JSON, with runs: "
+                   '[{"command", "output", "status", "seconds", "error"}]')
     p.add_argument("--screenshot", metavar="PNG",
                    help="save the guest's screen when the check ends (QMP screendump)")
 

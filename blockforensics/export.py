@@ -18,15 +18,18 @@ Every format's file is a :class:`~blockforensics.formats.layout.FileLayout`:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import FileLayout, Layer, widen, write_layout
 from blockforensics.formats.placement import Placement
-from blockforensics.image.chain import Chain
+
+if TYPE_CHECKING:
+    from blockforensics.image.chain import Chain
 
 #: flattened formats and the layout class each writes
 FLAT = ("vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "qcow2", "raw")
@@ -57,24 +60,27 @@ class RawLayout(FileLayout):
 
 def layout(disk: Disk, format: str, name: str = "disk") -> FileLayout:
     """The file layout of ``disk`` in the flattened ``format`` (``name``: the file's name,
-    which a VMDK's descriptor records)."""
-    from blockforensics.formats.qcow2 import Qcow2Layout
-    from blockforensics.formats.vhd import VhdLayout
-    from blockforensics.formats.vhdx import VhdxLayout
-    from blockforensics.formats.vmdk import VmdkLayout
+    which a VMDK's descriptor records); only that format's module is imported."""
+    if format in ("vhd-dynamic", "vhd-fixed"):
+        from blockforensics.formats.vhd import VhdLayout
 
-    makers: dict[str, Callable[[], FileLayout]] = {
-        "vhd-dynamic": lambda: VhdLayout(disk, "dynamic"),
-        "vhd-fixed": lambda: VhdLayout(disk, "fixed"),
-        "vhdx": lambda: VhdxLayout(disk),
-        "vmdk": lambda: VmdkLayout(disk, name),
-        "qcow2": lambda: Qcow2Layout(disk),
-        "raw": lambda: RawLayout(disk),
-    }
-    if format not in makers:
-        known = ", ".join(FLAT + STREAMED + CHAIN)
-        raise UsageError(f"unknown export format {format!r}; known: {known}")
-    return makers[format]()
+        return VhdLayout(disk, "dynamic" if format == "vhd-dynamic" else "fixed")
+    if format == "vhdx":
+        from blockforensics.formats.vhdx import VhdxLayout
+
+        return VhdxLayout(disk)
+    if format == "vmdk":
+        from blockforensics.formats.vmdk import VmdkLayout
+
+        return VmdkLayout(disk, name)
+    if format == "qcow2":
+        from blockforensics.formats.qcow2 import Qcow2Layout
+
+        return Qcow2Layout(disk)
+    if format == "raw":
+        return RawLayout(disk)
+    raise UsageError(f"unknown export format {format!r}; known: "
+                     f"{', '.join(FLAT + STREAMED + CHAIN)}")
 
 
 def export(disk: Disk, out: str | os.PathLike[str], format: str, *,
@@ -107,7 +113,9 @@ def chain_files(out: Path, points: list[int]) -> list[Path]:
 def export_chain(chain: Chain, point: int | str, out: str | os.PathLike[str], format: str, *,
                  progress: bool = False) -> list[Path]:
     """Write the point's path as a chain of ``format`` (``vhd-chain`` or ``qcow2-chain``)
-    files, root first; returns their paths (the last is ``out``)."""
+    files, root first; returns their paths (the last is ``out``).  If one fails (a
+    damaged block), those already written are removed: nothing is left under the
+    output's names."""
     from blockforensics.formats.qcow2 import CLUSTER, Backing, Qcow2Layout
     from blockforensics.formats.vhd import VhdLayout, VhdParent
 
@@ -116,19 +124,27 @@ def export_chain(chain: Chain, point: int | str, out: str | os.PathLike[str], fo
         raise UsageError(f"{format!r} is not a chain format ({', '.join(CHAIN)})")
     points = chain.path(point)
     files = chain_files(Path(out), points)
-    for i, (p, path) in enumerate(zip(points, files)):
-        disk = chain.disk(p)
-        if i == 0:
-            made: FileLayout = (VhdLayout(disk, "dynamic") if format == "vhd-chain"
-                                else Qcow2Layout(disk))
-        elif format == "vhd-chain":
-            covers = image_blocks(chain, p)
-            made = VhdLayout(Layer(disk, covers), "differencing", covers=covers,
-                             parent=VhdParent.of(files[i - 1]), directory=path.parent)
-        else:
-            covers = widen(image_blocks(chain, p), CLUSTER)  # whole clusters replace the parent's
-            made = Qcow2Layout(Layer(disk, covers), covers=covers,
-                               backing=Backing(files[i - 1].name, "qcow2"))
-        write_layout(made, path, progress=progress)
+    written: list[Path] = []
+    try:
+        for i, (p, path) in enumerate(zip(points, files)):
+            disk = chain.disk(p)
+            if i == 0:
+                made: FileLayout = (VhdLayout(disk, "dynamic") if format == "vhd-chain"
+                                    else Qcow2Layout(disk))
+            elif format == "vhd-chain":
+                covers = image_blocks(chain, p)
+                made = VhdLayout(Layer(disk, covers), "differencing", covers=covers,
+                                 parent=VhdParent.of(files[i - 1]), directory=path.parent)
+            else:
+                # whole clusters replace the parent's
+                covers = widen(image_blocks(chain, p), CLUSTER)
+                made = Qcow2Layout(Layer(disk, covers), covers=covers,
+                                   backing=Backing(files[i - 1].name, "qcow2"))
+            write_layout(made, path, progress=progress)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return files
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.mbr import read_partitions
 from blockforensics.tools import require
 
-BUILD_TOOLS = ("sfdisk", "mformat", "mcopy", "syslinux", "busybox")
+BUILD_TOOLS = ("sfdisk", "mformat", "mcopy", "syslinux", "busybox", "fsck.fat")
 BOOT_TOOLS = ("qemu-img", "qemu-system-x86_64")
 BOOT_TIMEOUT = 60.0  # seconds; a boot takes about 5 s under TCG
 
@@ -110,6 +113,7 @@ def test_bad_marker_is_refused(disk_copy: Path) -> None:
         set_boot_marker(disk_copy, "two words")
 
 
+@pytest.mark.slow
 def test_sample_disk_boots_and_is_not_modified(boot_disk: Path) -> None:
     require_tools(*BOOT_TOOLS)
     before = sha256(boot_disk)
@@ -124,6 +128,7 @@ def test_sample_disk_boots_and_is_not_modified(boot_disk: Path) -> None:
     assert sha256(boot_disk) == before
 
 
+@pytest.mark.slow
 def test_new_marker_boots_and_guest_powers_off(disk_copy: Path) -> None:
     require_tools(*BOOT_TOOLS)
     set_boot_marker(disk_copy, "changed-1")
@@ -131,9 +136,14 @@ def test_new_marker_boots_and_guest_powers_off(disk_copy: Path) -> None:
     assert result.ok, result.tail()
     assert result.qemu_exit == 0
     assert result.seconds_to_marker is None
-    assert f"{MARKER_PREFIX} changed-1" in result.console.splitlines()
+    lines = result.console.splitlines()
+    assert f"{MARKER_PREFIX} changed-1" in lines
+    # nobody pressed Enter: /init powered off instead of starting the shell
+    assert "Please press Enter to activate this console." in lines
+    assert "built-in shell" not in result.console
 
 
+@pytest.mark.slow
 def test_zeroed_boot_code_does_not_boot(disk_copy: Path) -> None:
     require_tools(*BOOT_TOOLS)
     with open(disk_copy, "r+b") as f:
@@ -144,6 +154,7 @@ def test_zeroed_boot_code_does_not_boot(disk_copy: Path) -> None:
     assert MARKER_PREFIX not in result.console
 
 
+@pytest.mark.slow
 def test_fixed_vhd_boots(boot_disk: Path, tmp_path: Path) -> None:
     require_tools(*BOOT_TOOLS)
     vhd = tmp_path / "disk.vhd"
@@ -159,3 +170,100 @@ def test_fixed_vhd_boots(boot_disk: Path, tmp_path: Path) -> None:
 def test_missing_disk_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such disk"):
         boot(tmp_path / "absent.img")
+
+
+# ------------------------------------------------- checks run inside the guest
+def bf(*args: object, timeout: float = 3 * BOOT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """The blockforensics command line, in a subprocess: exit code, stdout, stderr."""
+    return subprocess.run([sys.executable, "-m", "blockforensics", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_initramfs_carries_drivers_in_load_order_and_fsck(boot_disk: Path) -> None:
+    require_tools("cpio")
+    names = subprocess.run([require("cpio"), "-t", "--quiet"],
+                           input=gzip.decompress(read_fat_file(boot_disk, "initrd.gz")),
+                           capture_output=True, check=True).stdout.decode().split()
+    modules = [n.split("-", 1)[1] for n in names if n.startswith("lib/modules/bf/")]
+    for before, after in [("scsi_mod.ko", "libata.ko"), ("libata.ko", "ata_piix.ko"),
+                          ("scsi_mod.ko", "sd_mod.ko"), ("virtio.ko", "virtio_blk.ko"),
+                          ("fat.ko", "vfat.ko")]:
+        assert modules.index(before) < modules.index(after)
+    assert {"bin/busybox", "bin/fsck.fat", "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6", "init"} <= set(names)
+    assert b"console=tty0 console=ttyS0" in read_fat_file(boot_disk, "syslinux.cfg")
+
+
+@pytest.mark.parametrize("command", ["two\nlines", "tab\there", ""])
+def test_run_needs_one_printable_line(boot_disk: Path, command: str) -> None:
+    done = bf("boot", boot_disk, "--run", "true", "--run", command)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "check command" in done.stderr
+
+
+def test_run_needs_an_expected_text(boot_disk: Path) -> None:
+    with pytest.raises(UsageError, match="expected text"):
+        boot(boot_disk, expect=None, run=["true"])
+
+
+@pytest.mark.slow
+def test_run_checks_the_disk_from_inside_the_guest(disk_copy: Path) -> None:
+    """The partition table the guest's kernel sees, the digest of a file read through
+    its vfat driver, and fsck.fat: each with its output and exit status 0."""
+    require_tools(*BOOT_TOOLS)
+    data = os.urandom(300_000)
+    write_fat_file(disk_copy, "DATA.BIN", data)
+    before = sha256(disk_copy)
+    checks = ["cat /proc/partitions",
+              "mkdir -p /mnt/fat && mount -t vfat -o ro /dev/sda1 /mnt/fat && "
+              "sha256sum /mnt/fat/DATA.BIN",
+              "fsck.fat -n /dev/sda1"]
+    done = bf("boot", disk_copy, "--expect", f"{MARKER_PREFIX} sample", "--timeout",
+              BOOT_TIMEOUT, "--json", *(arg for check in checks for arg in ("--run", check)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is True
+    assert [run["command"] for run in result["runs"]] == checks
+    assert [run["status"] for run in result["runs"]] == [0, 0, 0]
+    assert all(run["error"] is None and run["seconds"] > 0 for run in result["runs"])
+    partitions, digest, fsck = (run["output"] for run in result["runs"])
+    length = fat_partition(disk_copy)[1]
+    rows = [line.split() for line in partitions.splitlines()[2:]]
+    assert rows == [["8", "0", str(DEFAULT_SIZE // 1024), "sda"],
+                    ["8", "1", str(length // 1024), "sda1"]]
+    assert digest == f"{hashlib.sha256(data).hexdigest()}  /mnt/fat/DATA.BIN\n"
+    assert "/dev/sda1: 7 files" in fsck and "Cannot initialize" not in fsck
+    for run in result["runs"]:  # no sentinel, no echo of the typed line
+        assert "bf-begin" not in run["output"] and "bf-end" not in run["output"]
+        assert run["output"] in result["console"].replace("\r\n", "\n")
+    assert sha256(disk_copy) == before
+
+
+@pytest.mark.slow
+def test_failing_check_fails_the_boot(boot_disk: Path) -> None:
+    """The marker appears, but a check exits non-zero: exit 1, every status reported."""
+    require_tools(*BOOT_TOOLS)
+    done = bf("boot", boot_disk, "--expect", f"{MARKER_PREFIX} sample", "--timeout",
+              BOOT_TIMEOUT, "--run", "ls /no/such/file", "--run", "echo done; exit 7",
+              "--run", "uname -s")
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"booted: '{MARKER_PREFIX} sample' appeared after")
+    assert lines[1:] == ["$ ls /no/such/file",
+                         "ls: /no/such/file: No such file or directory",
+                         "[exit status 1]",
+                         "$ echo done; exit 7", "done", "[exit status 7]",
+                         "$ uname -s", "Linux", "[exit status 0]"]
+
+
+@pytest.mark.slow
+def test_check_that_does_not_finish_times_out(boot_disk: Path) -> None:
+    require_tools(*BOOT_TOOLS)
+    result = boot(boot_disk, expect=f"{MARKER_PREFIX} sample", timeout=BOOT_TIMEOUT,
+                  run=["echo started; sleep 600", "true"], run_timeout=5)
+    assert not result.ok and result.seconds_to_marker is not None
+    stuck, after = result.runs
+    assert stuck.status is None and stuck.error == "timed out after 5 s"
+    assert stuck.output == "started\n" and 5 <= stuck.seconds < 15
+    assert after.status is None and after.error is not None and "not run" in after.error
+    assert "runs 0/2 ok" in repr(result)

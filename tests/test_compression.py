@@ -92,3 +92,29 @@ def test_a_compressed_chain_restores_exactly_and_a_flipped_payload_bit_is_named(
         fh.write(bytes([byte[0] ^ 0x10]))
     with pytest.raises(IntegrityError, match=f"block {int(record['position'])}"):
         restore(Chain.open(tmp_path / "c"), 0)
+
+
+def test_a_batch_of_frames_decompresses_and_a_bad_frame_is_named():
+    """Frames read back to back (as a restore reads them) come back as blocks; a frame that
+    is damaged, holds a shorter or a longer block fails naming its block position."""
+    import zstandard
+
+    from blockforensics.errors import FormatError
+    from blockforensics.image.codec import decompress_rows
+
+    blocks = _blocks()[0::2]
+    frames = [zstandard.ZstdCompressor(level=1).compress(row.tobytes()) for row in blocks]
+    positions = np.arange(100, 100 + len(frames))
+
+    def batch(frames: list[bytes]) -> np.ndarray:
+        lengths = np.array([len(f) for f in frames])
+        starts = np.cumsum(lengths) - lengths
+        payloads = np.frombuffer(b"".join(frames), np.uint8)
+        return decompress_rows(payloads, starts, lengths, 4096, positions)
+
+    assert batch(frames).tobytes() == blocks.tobytes()
+    short = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(bytes(4000))
+    longer = zstandard.ZstdCompressor().compress(bytes(8192))
+    for bad in (frames[7][:-5] + bytes(5), short, longer):
+        with pytest.raises(FormatError, match="block 107: damaged"):
+            batch([*frames[:7], bad, *frames[8:]])

@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support import require_tools
+from test_reads import flip_stored_block
+
+from blockforensics.errors import IntegrityError
+from blockforensics.image import device
+from blockforensics.image.chain import Chain
 
 BS = 4096
 N_BLOCKS = 64
@@ -111,3 +116,24 @@ def test_a_device_too_small_or_mounted_is_refused(loop, chain, tmp_path):
         assert "Traceback" not in done.stderr
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_a_damaged_block_stops_the_restore_and_says_what_was_written(loop, chain,
+                                                                      monkeypatch):
+    """Each chunk is checked before it is written: a damaged block in the first chunk
+    leaves the device untouched (exit 1 naming the block); one in a later chunk leaves
+    the chunks before it written, and the error says which blocks."""
+    directory, expected = chain
+    old = device_bytes(loop, 1 << 20)
+    flip_stored_block(directory, "0000-full.bfi", 40)
+    done = run("restore", directory, loop, "--force")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "0000-full.bfi: block 40:" in done.stderr and "nothing written" in done.stderr
+    assert device_bytes(loop, 1 << 20) == old
+    monkeypatch.setattr(device, "CHUNK_BYTES", 16 * BS)
+    with Chain.open(directory) as opened, \
+            pytest.raises(IntegrityError, match=f"block 40: .*; {loop}: 32 blocks before "
+                                                "block 32 written, the device from block 32 "
+                                                "on as it was"):
+        device.restore_to_device(opened, -1, loop, force=True)
+    assert device_bytes(loop, 1 << 20) == expected[: 32 * BS] + old[32 * BS :]

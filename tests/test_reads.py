@@ -16,6 +16,7 @@ import pytest
 from support import require_tools
 
 from blockforensics.errors import IntegrityError
+from blockforensics.export import CHAIN, FLAT, STREAMED
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import HEADER_SIZE
 from blockforensics.image.imagefile import ImageFile
@@ -59,13 +60,15 @@ def flip_stored_block(chain: Path, name: str, position: int) -> None:
     path.write_bytes(raw)
 
 
-def assert_refused(done: subprocess.CompletedProcess[str], out: Path) -> None:
-    """Exit 1, one line naming the image and the block, nothing under ``out`` or beside it."""
+def assert_refused(done: subprocess.CompletedProcess[str], out: Path,
+                   where: str = f"0000-full.bfi: block {FLIPPED}:") -> None:
+    """Exit 1, one line naming the image and the block (``where``), nothing under ``out``
+    or beside it (no temporary file, no sibling of a chain format)."""
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert f"0000-full.bfi: block {FLIPPED}:" in done.stderr, done.stderr
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    assert where in done.stderr, done.stderr
+    assert not [p.name for p in out.parent.iterdir()
+                if p.name.startswith(out.stem) or p.name.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("options", [(), ("--compress",)], ids=["plain", "compressed"])
@@ -87,6 +90,22 @@ def test_bit_rot_fails_restore_and_export_naming_the_block(tmp_path, options):
         assert disk.read_blocks(0, FLIPPED).tobytes() == full[: FLIPPED * BS]  # before: fine
         with pytest.raises(IntegrityError, match=f"block {FLIPPED}:"):
             disk.read_blocks(FLIPPED - 1, 2)
+
+
+@pytest.mark.parametrize("damaged, block", [("0000-full.bfi", FLIPPED), ("0001-incr.bfi", 30)],
+                         ids=["full", "incremental"])
+def test_bit_rot_fails_every_export_format_leaving_nothing(tmp_path, damaged, block):
+    """Point 1 reads both images.  Flat formats are written through the checking writer
+    (or, for vmdk-stream, block reads): nothing under OUT's name.  The chain formats write
+    the full's file first: with a damaged incremental it was complete before the failure,
+    and is removed."""
+    chain, _ = make_chain(tmp_path)
+    flip_stored_block(chain, damaged, block)
+    out = tmp_path / "out"
+    out.mkdir()
+    for fmt in (*FLAT, *STREAMED, *CHAIN):
+        assert_refused(run("export", chain, out / f"e.{fmt}", "--point", "1", "--format", fmt),
+                       out / f"e.{fmt}", f"{damaged}: block {block}:")
 
 
 def test_bit_rot_in_an_encrypted_chain_exits_1(tmp_path):

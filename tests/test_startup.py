@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from test_structure import (
 from blockforensics import Chain, Volume, backup
 from blockforensics.crypto import KeySource
 from blockforensics.errors import ChainError
+from blockforensics.formats import ENTRY_POINT_GROUP
 from blockforensics.image.format import (
     FLAG_ENCRYPTED,
     FLAG_ZERO,
@@ -46,13 +48,25 @@ HEAVY = ("cryptography", "importlib.metadata", "pandas", "matplotlib", "tqdm",
          "concurrent.futures")
 
 
-def imported(*args: object) -> set[str]:
-    """Top-level-and-below module names a ``blockforensics`` command imports."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "blockforensics",
-                           *map(str, args)], capture_output=True, text=True, check=True,
-                          env={**os.environ, "BLOCKFORENSICS_FSYNC": "0"})
-    return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
-            if line.startswith("import time:")}
+#: runs ``python -m blockforensics ARGS`` and writes the names in sys.modules at exit to the
+#: file named by $BF_MODULES (``-X importtime`` misses modules loaded by importlib.import_module)
+RUN_AND_LIST_MODULES = (
+    "import atexit, os, runpy, sys\n"
+    "atexit.register(lambda: open(os.environ['BF_MODULES'], 'w').write('\\n'.join(sys.modules)))\n"
+    "sys.argv[0] = 'blockforensics'\n"
+    "runpy.run_module('blockforensics', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def imported(*args: object, check: bool = True) -> set[str]:
+    """Names of every module a ``blockforensics`` command has loaded when it exits."""
+    with tempfile.NamedTemporaryFile("r") as listing:
+        proc = subprocess.run([sys.executable, "-c", RUN_AND_LIST_MODULES, *map(str, args)],
+                              capture_output=True, text=True,
+                              env={**os.environ, "BLOCKFORENSICS_FSYNC": "0",
+                                   "BF_MODULES": listing.name})
+        assert proc.returncode == 0 or not check, proc.stderr
+        return set(listing.read().split())
 
 
 def heavy(modules: set[str]) -> set[str]:
@@ -75,6 +89,20 @@ def test_plaintext_commands_skip_the_heavy_modules(chains, command, tmp_path):
     assert heavy(imported(command, plain, tmp_path / "out")) == set()
 
 
+@pytest.mark.parametrize("format", ["vhd-dynamic", "vhd-fixed"])
+def test_a_raw_file_exports_without_the_chain_reader_or_other_formats(tmp_path, format):
+    """Exporting a raw file loads neither the chain's reader and crypto (a chain is
+    recognised by its manifest alone) nor the layouts of the other formats."""
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(1 << 20))
+    modules = imported("export", source, tmp_path / "out.vhd", "--format", format)
+    assert "blockforensics.formats.vhd" in modules
+    assert heavy(modules) == set()  # no third-party plugin is installed: no metadata scan
+    assert not modules & {"blockforensics.image.chain", "blockforensics.image.imagefile",
+                          "blockforensics.crypto", "blockforensics.formats.vhdx",
+                          "blockforensics.formats.vmdk", "blockforensics.formats.qcow2"}
+
+
 def test_the_check_sees_an_encrypted_chain_load_cryptography(chains, tmp_path):
     _, enc, key = chains
     assert "cryptography" in heavy(imported("export", enc, tmp_path / "out.vhd",
@@ -90,11 +118,10 @@ def test_only_the_fleet_command_loads_dask(chains, command):
 
 
 def test_fleet_loads_dask_only_after_checking_its_input(tmp_path):
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "blockforensics.cli",
-                           "fleet", "verify", str(tmp_path)], capture_output=True, text=True)
+    assert "distributed" not in imported("fleet", "verify", tmp_path, check=False)
+    proc = subprocess.run([sys.executable, "-m", "blockforensics", "fleet", "verify",
+                           str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "no chain" in proc.stderr
-    assert "distributed" not in {line.rsplit("|", 1)[-1].strip()
-                                 for line in proc.stderr.splitlines()}
 
 
 # ------------------------------------------------------------------ list without numpy
@@ -235,3 +262,24 @@ def test_the_numpy_free_index_check_says_what_index_problem_says(records, encryp
         check.add(raw[at : at + step])
     payload_end = 1 << 20
     assert check.problem(header, payload_end) == index_problem(index, header, payload_end)
+
+
+def test_the_metadata_scan_runs_when_a_package_declares_another_plugin(tmp_path):
+    """Plugins named like a built-in are ignored, so they alone do not call for the scan;
+    any other name does (and the raw file is still offered to that plugin first)."""
+    site = tmp_path / "site"
+    info = site / "bf_other-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bf-other\nVersion: 1.0\n")
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(1 << 16))
+    env = {"PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    for section, scanned in (("raw = nowhere:Nothing\n", False),
+                             ("# a comment\nother = nowhere:Nothing\n", True)):
+        (info / "entry_points.txt").write_text(f"[console_scripts]\nx = y:z\n"
+                                               f"[{ENTRY_POINT_GROUP}]\n{section}")
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            modules = imported("export", source, tmp_path / f"{scanned}.vhd")
+        assert ("importlib.metadata" in modules) is scanned

@@ -2,12 +2,16 @@
 
 The disk is an MBR-partitioned raw image: syslinux's MBR boot code, one active
 FAT16 partition holding syslinux, a Debian cloud kernel and a busybox initramfs
-whose /init prints ``BLOCKFORENSICS-BOOT-OK <marker>`` on the serial console and
-powers off. The marker travels on the kernel command line written in
-``syslinux.cfg`` on the FAT partition, so whatever a backup stored there is what
-boots. Building needs no mounts, no root and no network: the partition table is
-written by ``sfdisk`` on the image file and the file system by mtools at a byte
-offset (``-i disk.img@@OFFSET``).
+whose /init prints ``BLOCKFORENSICS-BOOT-OK <marker>`` on the serial console (and
+the screen), loads the disk and FAT drivers, and offers a shell on the serial
+console: "Please press Enter to activate this console."  An Enter within
+:data:`SHELL_WAIT_SECONDS` starts a busybox shell (with ``fsck.fat`` copied from
+the host beside it), so that checks can run inside the guest; the guest powers
+off when that shell exits, or at once if no Enter came.  The marker travels on
+the kernel command line written in ``syslinux.cfg`` on the FAT partition, so
+whatever a backup stored there is what boots. Building needs no mounts, no root
+and no network: the partition table is written by ``sfdisk`` on the image file
+and the file system by mtools at a byte offset (``-i disk.img@@OFFSET``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,19 @@ CONFIG_NAME = "syslinux.cfg"
 KERNEL_GLOB = "vmlinuz-*-cloud-amd64"  # in /boot, from linux-image-cloud-amd64
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 #: Bumped whenever the disk layout changes, to invalidate cached disks.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
+#: seconds /init waits for an Enter on the serial console before powering off
+SHELL_WAIT_SECONDS = 5
+#: kernel modules the guest loads after the marker: IDE and virtio disks, FAT
+GUEST_MODULES = ("ata_piix", "sd_mod", "virtio_pci", "virtio_blk", "vfat",
+                 "nls_cp437", "nls_ascii", "nls_utf8")
+#: host programs copied into the initramfs with their libraries, for checks in the guest
+GUEST_PROGRAMS = ("fsck.fat",)
+#: host files copied to the same path: glibc's code page 850, without which fsck.fat
+#: warns "Cannot initialize conversion" on every run
+GUEST_HOST_FILES = ("/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+                    "/usr/lib/x86_64-linux-gnu/gconv/IBM850.so")
+GUEST_MODULE_DIR = "lib/modules/bf"  # in the initramfs; modules named NN-name.ko, load order
 _MARKER = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
 #: Partition types that hold a FAT file system.
 _FAT_TYPES = frozenset({0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E})
@@ -92,7 +108,8 @@ def read_fat_file(path: str | os.PathLike[str], name: str) -> bytes:
 
 
 def _syslinux_config(marker: str) -> bytes:
-    """syslinux.cfg booting the kernel at once, console on the first serial port.
+    """syslinux.cfg booting the kernel at once, console on the screen and the first
+    serial port (the serial port last: /dev/console, where /init talks).
 
     ``no_timer_check``: under TCG on a busy host the kernel's IO-APIC timer check can
     time out and panic ("IO-APIC + timer doesn't work"); a virtual machine needs no such check."""
@@ -106,7 +123,7 @@ def _syslinux_config(marker: str) -> bytes:
         "LABEL linux\n"
         "  KERNEL vmlinuz\n"
         "  INITRD initrd.gz\n"
-        f"  APPEND console=ttyS0 panic=-1 no_timer_check bf.marker={marker}\n"
+        f"  APPEND console=tty0 console=ttyS0 panic=-1 no_timer_check bf.marker={marker}\n"
     ).encode()
 
 
@@ -115,16 +132,30 @@ def set_boot_marker(path: str | os.PathLike[str], text: str) -> None:
     write_fat_file(path, CONFIG_NAME, _syslinux_config(text))
 
 
-#: /init of the initramfs: print the marker from the kernel command line, power off.
+#: /init of the sample disk: print the marker from the kernel command line (serial
+#: console and screen), load the drivers, wait for the disk's first partition, then
+#: offer a shell on the serial console; power off when it exits or nobody asks for it.
 _INIT = f"""#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/bin HOME=/
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
 read -r cmdline < /proc/cmdline
 marker=
 for word in $cmdline; do
   case "$word" in bf.marker=*) marker="${{word#bf.marker=}}" ;; esac
 done
 echo "{MARKER_PREFIX} $marker"
-/bin/busybox poweroff -f
+echo "{MARKER_PREFIX} $marker" 2>/dev/null > /dev/tty0
+dmesg -n 1
+for module in /{GUEST_MODULE_DIR}/*.ko; do insmod "$module"; done
+for i in $(seq 100); do grep -q '[sv]da1$' /proc/partitions && break; sleep 0.1; done
+echo "Please press Enter to activate this console."
+if read -r -t {SHELL_WAIT_SECONDS} _; then
+  setsid cttyhack sh
+fi
+poweroff -f
 """.encode()
 
 #: newc cpio member header: magic "070701", then these fields as 8 hex digits each.
@@ -163,20 +194,79 @@ def _static_busybox() -> Path:
     return path
 
 
-def _initramfs(busybox: Path, init: bytes = _INIT) -> bytes:
-    """gzip-compressed newc initramfs: static busybox and ``init`` as /init (by default
-    the marker-printing one)."""
-    members = [
-        ("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
-        ("dev", stat.S_IFDIR | 0o755, b"", (0, 0)),
+def _initramfs(busybox: Path, init: bytes = _INIT,
+               files: dict[str, Path] | None = None) -> bytes:
+    """gzip-compressed newc initramfs: static busybox, ``init`` as /init (by default the
+    sample disk's) and ``files`` (path in the initramfs -> host file), with their folders."""
+    extra = files or {}
+    folders = {"bin", "dev", "proc", "sys", "mnt", "tmp"}
+    for name in extra:
+        folders.update(str(parent) for parent in Path(name).parents if str(parent) != ".")
+    members = [(name, stat.S_IFDIR | 0o755, b"", (0, 0)) for name in sorted(folders)]
+    members += [
         ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
-        ("proc", stat.S_IFDIR | 0o755, b"", (0, 0)),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), (0, 0)),
         ("init", stat.S_IFREG | 0o755, init, (0, 0)),
     ]
+    members += [(name, stat.S_IFREG | 0o755, source.read_bytes(), (0, 0))
+                for name, source in sorted(extra.items())]
     archive = b"".join(_newc_member(i, *member) for i, member in enumerate(members, start=1))
     archive += _newc_member(0, "TRAILER!!!", 0)
     return gzip.compress(archive, compresslevel=9, mtime=0)
+
+
+def _modules_in_load_order(release: str, names: Sequence[str]) -> list[Path]:
+    """The files of kernel modules ``names`` of kernel ``release`` and of every module
+    they depend on (from modules.dep), each after its dependencies."""
+    base = Path("/lib/modules", release)
+    try:
+        listing = (base / "modules.dep").read_text()
+    except OSError:
+        raise UsageError(f"no {base}/modules.dep (install the kernel's package)") from None
+    depends: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        module, _, needs = line.partition(":")
+        depends[module] = needs.split()
+    by_name = {Path(m).name.removesuffix(".ko").replace("-", "_"): m for m in depends}
+    ordered: list[str] = []
+
+    def add(module: str) -> None:
+        for dependency in depends[module]:
+            if dependency not in ordered:
+                add(dependency)
+        if module not in ordered:
+            ordered.append(module)
+
+    for name in names:
+        if name not in by_name:
+            raise UsageError(f"kernel {release} has no module {name}")
+        add(by_name[name])
+    return [base / module for module in ordered]
+
+
+def _program_with_libraries(name: str) -> dict[str, Path]:
+    """Host program ``name`` as bin/NAME and the shared libraries ``ldd`` names for it,
+    each at the path the dynamic linker looks for it (path in initramfs -> host file)."""
+    program = Path(require(name)).resolve()
+    listed = subprocess.run([require("ldd"), str(program)], capture_output=True, text=True,
+                            check=False)
+    if listed.returncode != 0:
+        raise UsageError(f"ldd {program} failed: {listed.stderr.strip() or listed.stdout.strip()}")
+    libraries = re.findall(r"(/\S+) \(0x[0-9a-f]+\)", listed.stdout)
+    return {f"bin/{name}": program,
+            **{library.lstrip("/"): Path(library).resolve() for library in libraries}}
+
+
+def _sample_files() -> dict[str, Path]:
+    """What the sample disk's initramfs carries beside busybox and /init: the modules of
+    GUEST_MODULES in load order, GUEST_PROGRAMS with their libraries, GUEST_HOST_FILES."""
+    release = _kernel().name.removeprefix("vmlinuz-")
+    files = {f"{GUEST_MODULE_DIR}/{i:02d}-{module.name}": module for i, module in
+             enumerate(_modules_in_load_order(release, GUEST_MODULES))}
+    for program in GUEST_PROGRAMS:
+        files.update(_program_with_libraries(program))
+    files.update({name.lstrip("/"): Path(name) for name in GUEST_HOST_FILES})
+    return files
 
 
 def guest_boot_files(init: bytes) -> tuple[Path, bytes]:
@@ -213,7 +303,7 @@ def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_S
         raise UsageError(f"disk size {size_bytes}: must be a multiple of 512 and at least 24 MiB")
     config = _syslinux_config(marker)
     target = Path(path)
-    kernel, initrd = _kernel(), _initramfs(_static_busybox())
+    kernel, initrd = _kernel(), _initramfs(_static_busybox(), _INIT, _sample_files())
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(name)
     try:
@@ -253,9 +343,12 @@ def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_S
 
 
 def _cache_key(size_bytes: int, marker: str) -> str:
-    """Hash of everything the disk is built from: builder version, inputs' bytes, options."""
-    h = hashlib.sha256(f"{BUILDER_VERSION}:{size_bytes}:{marker}".encode())
-    for source in (_kernel(), _static_busybox(), SYSLINUX_MBR, Path(require("syslinux"))):
+    """Hash of everything the disk is built from: builder version, /init, options, and
+    the bytes of every host file it copies."""
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{size_bytes}:{marker}".encode() + _INIT)
+    sources = [_kernel(), _static_busybox(), SYSLINUX_MBR, Path(require("syslinux")),
+               *_sample_files().values()]
+    for source in sources:
         h.update(source.name.encode() + b"\0")
         h.update(source.read_bytes())
     return h.hexdigest()[:16]

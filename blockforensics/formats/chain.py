@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, ClassVar
 
 from blockforensics.formats.base import Disk, Format
-from blockforensics.image.chain import Chain, is_chain
+from blockforensics.image.store import ChainStore
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -20,9 +20,11 @@ class ChainFormat(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        return is_chain(path)
+        return ChainStore(path).exists()  # probing other files never imports the reader
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
              key: KeySource | None = None) -> Disk:
+        from blockforensics.image.chain import Chain
+
         return Chain.open(path, key).disk(-1 if point is None else point)

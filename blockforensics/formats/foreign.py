@@ -10,36 +10,54 @@ rather than new ones; each is probed by its signature only, and opened as a
 A qcow2 backing file is opened through :func:`blockforensics.formats.open_disk`
 (so it may itself be a qcow2, a VHD, raw …), found as qemu finds it: the name in
 the header, relative to the overlay's directory unless absolute.
+
+``present()`` is read from each format's allocation table, so a backup reads only
+what the image maps: the VHDX BAT (payload blocks fully or partially present; a
+block not present falls through to the parent), the VMDK grain directory and
+tables (grains holding data; an absent grain falls through to the parent; flat
+extents count whole), the qcow2 L1/L2 tables (clusters with data, compressed
+ones included; unallocated clusters fall through to the backing file, whose own
+``present()`` counts; zero clusters count as absent).  A block is present when
+any byte of it lies in a present unit.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import numpy as np
 
+from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk, Format
+from blockforensics.fs.base import covered
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
 
 #: how many backing files deep a qcow2 chain may go before it is taken as a loop
 MAX_BACKING_DEPTH = 64
+SECTOR = 512
+
+#: ``allocated(block_size, n_blocks)``: flags of the disk blocks an image maps
+Allocated = Callable[[int, int], np.ndarray]
 
 
 class StreamDisk(Disk):
-    """A Disk over a seekable, readable stream of ``size`` bytes (a dissect image)."""
+    """A Disk over a seekable, readable stream of ``size`` bytes (a dissect image);
+    ``allocated`` says which blocks its allocation tables map (None: every block)."""
 
     def __init__(self, path: str | os.PathLike[str], stream: Any, size: int,
-                 keep: list[Any], block_size: int = 4096):
+                 keep: list[Any], block_size: int = 4096, allocated: Allocated | None = None):
         self.path = os.fspath(path)
         self.size = int(size)
         self.block_size = block_size
         self._stream = stream
         self._keep = keep  # files and disks the stream reads through, closed with it
+        self._allocated = allocated
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
         out = np.zeros((count, self.block_size), dtype=np.uint8)
@@ -51,10 +69,153 @@ class StreamDisk(Disk):
             out.reshape(-1)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
         return out
 
+    def present(self) -> BlockMap:
+        """Blocks the image's allocation tables map (its own, its parents'); the others
+        read as zeros."""
+        if self._allocated is None:
+            return super().present()
+        return BlockMap.from_bools(self._allocated(self.block_size, self.n_blocks),
+                                   self.block_size)
+
     def close(self) -> None:
         for item in reversed(self._keep):
             item.close()
         self._keep = []
+
+
+# ------------------------------------------------------------ allocation tables
+def _units(flags: np.ndarray, unit: int, block_size: int, n_blocks: int,
+           base: int = 0) -> np.ndarray:
+    """Flags of the ``n_blocks`` disk blocks touched by the set ``flags`` of a run of
+    units of ``unit`` bytes starting at byte ``base``."""
+    starts = base + np.flatnonzero(flags).astype(np.int64) * unit
+    return covered(starts // block_size, -(-(starts + unit) // block_size), n_blocks)
+
+
+def _of_map(bmap: BlockMap, block_size: int, n_blocks: int) -> np.ndarray:
+    """A BlockMap of any block size as flags of ``n_blocks`` blocks of ``block_size``."""
+    starts, lengths = bmap.run_arrays()
+    unit = bmap.block_size
+    return covered(starts * unit // block_size, -(-(starts + lengths) * unit // block_size),
+                   n_blocks)
+
+
+def _table(fh: BinaryIO, offset: int, count: int, dtype: str, what: str) -> np.ndarray:
+    """``count`` entries of ``dtype`` at byte ``offset`` of ``fh``; FormatError if short."""
+    fh.seek(offset)
+    data = fh.read(count * np.dtype(dtype).itemsize)
+    if len(data) != count * np.dtype(dtype).itemsize:
+        raise FormatError(f"{getattr(fh, 'name', 'image')}: {what} at byte {offset} runs past "
+                          "the end of the file")
+    return np.frombuffer(data, dtype)
+
+
+def _vhdx_allocated(vhdx: Any, block_size: int, n_blocks: int) -> np.ndarray:
+    """VHDX (spec 2.5.1): payload BAT entries, one per block, with a sector-bitmap entry
+    after every ``chunk_ratio`` of them; state 6 (fully present) and 7 (partially
+    present, differencing) hold data here; 0 (not present) and 7 read the parent."""
+    from dissect.hypervisor.disk.c_vhdx import c_vhdx
+
+    unit = int(vhdx.block_size)
+    count = -(-int(vhdx.size) // unit)
+    ratio = (1 << 23) * int(vhdx.sector_size) // unit
+    blocks = np.arange(count, dtype=np.int64)
+    index = blocks + blocks // ratio
+    entries = _table(vhdx.fh, int(vhdx.bat.offset), int(index[-1]) + 1 if count else 0,
+                     "<u8", "the BAT")
+    state = entries[index] & 7
+    partial = state == c_vhdx.PAYLOAD_BLOCK_PARTIALLY_PRESENT
+    flags = _units((state == c_vhdx.PAYLOAD_BLOCK_FULLY_PRESENT) | partial, unit,
+                   block_size, n_blocks)
+    if vhdx.parent is not None:
+        below = (state == c_vhdx.PAYLOAD_BLOCK_NOT_PRESENT) | partial
+        flags |= _units(below, unit, block_size, n_blocks) & _vhdx_allocated(
+            vhdx.parent, block_size, n_blocks)
+    return flags
+
+
+def _grain_states(extent: Any) -> np.ndarray:
+    """Per grain of a VMDK sparse extent: 0 absent (the parent's), 1 zero, 2 data —
+    from the grain directory and tables as dissect parses them (sparse, COWD, SESparse)."""
+    from dissect.hypervisor.disk.c_vmdk import c_vmdk
+
+    per_table = int(extent._grain_table_size)
+    n_grains = -(-int(extent.header.capacity) // int(extent.header.grain_size))
+    states = np.zeros(n_grains, dtype=np.int8)
+    for directory in range(min(len(extent._grain_directory), -(-n_grains // per_table))):
+        table = extent._lookup_grain_table(directory)
+        if not table:
+            continue
+        entries = np.array(list(table), dtype=np.uint64)
+        if extent.is_sesparse:
+            kind = entries & np.uint64(c_vmdk.SESPARSE_GRAIN_TYPE_MASK)
+            state = np.where(kind == np.uint64(c_vmdk.SESPARSE_GRAIN_TYPE_ALLOCATED), 2,
+                             np.where(kind == np.uint64(c_vmdk.SESPARSE_GRAIN_TYPE_ZERO), 1, 0))
+        else:
+            state = np.minimum(entries, 2)
+        first = directory * per_table
+        states[first : first + per_table] = state[: n_grains - first]
+    return states
+
+
+def _vmdk_allocated(vmdk: Any, block_size: int, n_blocks: int) -> np.ndarray:
+    """VMDK: the grains holding data of each sparse extent; an absent grain reads the
+    parent at the same sector; a flat extent counts whole."""
+    from dissect.hypervisor.disk.vmdk import SparseDisk
+
+    flags = np.zeros(n_blocks, dtype=bool)
+    parents: dict[int, np.ndarray] = {}
+    for extent in vmdk.disks:
+        base = int(extent.sector_offset) * SECTOR
+        if not isinstance(extent, SparseDisk):
+            flags |= covered(np.array([base // block_size]),
+                             np.array([-(-(base + int(extent.size)) // block_size)]), n_blocks)
+            continue
+        states = _grain_states(extent)
+        grain = int(extent.header.grain_size) * SECTOR
+        flags |= _units(states == 2, grain, block_size, n_blocks, base)
+        parent = extent.parent
+        if parent is not None:
+            if id(parent) not in parents:
+                parents[id(parent)] = (_vmdk_allocated(parent, block_size, n_blocks)
+                                       if hasattr(parent, "disks")
+                                       else np.ones(n_blocks, dtype=bool))
+            flags |= _units(states == 0, grain, block_size, n_blocks, base) & parents[id(parent)]
+    return flags
+
+
+def _qcow2_allocated(image: Any, backing: Disk | None, block_size: int,
+                     n_blocks: int) -> np.ndarray:
+    """qcow2 (docs/interop/qcow2.txt): per cluster, from the L1 table and the L2 tables
+    it points to: data when compressed or mapped (offset non-zero) and not flagged all
+    zeros; clusters unallocated (whole L2 tables too) read the backing file.  An
+    external data file's mapping is not read: every block counts."""
+    from dissect.hypervisor.disk.c_qcow2 import c_qcow2
+
+    if image.needs_data_file:
+        return np.ones(n_blocks, dtype=bool)
+    unit = int(image.cluster_size)
+    n_clusters = -(-int(image.size) // unit)
+    per_table = int(image.l2_size)
+    own = np.zeros(n_clusters, dtype=bool)
+    below = np.ones(n_clusters, dtype=bool)
+    l1 = _table(image.fh, int(image.header.l1_table_offset),
+                min(int(image.header.l1_size), -(-n_clusters // per_table)), ">u8", "the L1 table")
+    offsets = l1 & np.uint64(c_qcow2.L1E_OFFSET_MASK)
+    for i in np.flatnonzero(offsets).tolist():
+        first = i * per_table
+        count = min(per_table, n_clusters - first)
+        entry = _table(image.fh, int(offsets[i]), per_table, ">u8", "an L2 table")[:count]
+        compressed = (entry & np.uint64(c_qcow2.QCOW_OFLAG_COMPRESSED)) != 0
+        mapped = ~compressed & ((entry & np.uint64(c_qcow2.L2E_OFFSET_MASK)) != 0)
+        zero = (entry & np.uint64(c_qcow2.QCOW_OFLAG_ZERO)) != 0
+        own[first : first + count] = compressed | (mapped & ~zero)
+        below[first : first + count] = ~compressed & ~mapped & ~zero
+    flags = _units(own, unit, block_size, n_blocks)
+    if backing is not None:
+        flags |= _units(below, unit, block_size, n_blocks) & _of_map(
+            backing.present(), block_size, n_blocks)
+    return flags
 
 
 def _signature(path: str | os.PathLike[str], length: int) -> bytes:
@@ -75,16 +236,31 @@ def _single_point(path: str | os.PathLike[str], point: str | int | None) -> None
         raise UsageError(f"{path}: a disk image has a single point (0)")
 
 
-def _open_stream(path: str | os.PathLike[str], kind: str, reader: Any) -> Disk:
-    """``reader(file)`` (a dissect image that is a stream itself) as a Disk; the file's
-    name lets dissect find parents and extents beside it."""
+def _open_stream(path: str | os.PathLike[str], kind: str, reader: Any,
+                 allocated: Callable[[Any, int, int], np.ndarray]) -> Disk:
+    """``reader(file)`` (a dissect image that is a stream itself) as a Disk whose
+    ``present()`` is ``allocated(image, block_size, n_blocks)``; the file's name lets
+    dissect find parents and extents beside it."""
     fh = open(path, "rb")  # noqa: SIM115  (closed with the Disk)
     try:
         image = reader(fh)
     except Exception as exc:  # dissect raises its own errors and struct's alike
         fh.close()
         raise _failed(path, kind, exc) from None
-    return StreamDisk(path, image, image.size, [fh])
+    return StreamDisk(path, image, image.size, [fh],
+                      allocated=lambda bs, n: _checked(path, kind, allocated, image, bs, n))
+
+
+def _checked(path: str | os.PathLike[str], kind: str, allocated: Callable[..., np.ndarray],
+             *args: Any) -> np.ndarray:
+    """``allocated(*args)``, its failures (a table past the end of the file, a damaged
+    one dissect refuses) as one-line FormatErrors naming the image."""
+    try:
+        return allocated(*args)
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise _failed(path, kind, exc) from None
 
 
 class VhdxFormat(Format):
@@ -103,7 +279,7 @@ class VhdxFormat(Format):
         _single_point(path, point)
         from dissect.hypervisor.disk.vhdx import VHDX
 
-        return _open_stream(path, "VHDX", VHDX)
+        return _open_stream(path, "VHDX", VHDX, _vhdx_allocated)
 
 
 class VmdkFormat(Format):
@@ -123,7 +299,7 @@ class VmdkFormat(Format):
         _single_point(path, point)
         from dissect.hypervisor.disk.vmdk import VMDK
 
-        return _open_stream(path, "VMDK", VMDK)
+        return _open_stream(path, "VMDK", VMDK, _vmdk_allocated)
 
 
 class Qcow2Format(Format):
@@ -153,8 +329,12 @@ def _open_qcow2(path: Path, depth: int) -> Disk:
     keep: list[Any] = []
     fh: BinaryIO = path.open("rb")
     keep.append(fh)
+    parent: Disk | None = None
     try:
         probe = QCow2(fh, allow_no_backing_file=True, allow_no_data_file=True)
+        if probe.has_subclusters:  # dissect.hypervisor 3.21 loops forever reading these
+            raise FormatError(f"{path}: qcow2 with extended L2 entries (subclusters) is not "
+                              "read here; qemu-img convert -O qcow2 it without them first")
         backing = None
         if probe.auto_backing_file:
             name = Path(probe.auto_backing_file)
@@ -175,4 +355,5 @@ def _open_qcow2(path: Path, depth: int) -> Disk:
         for item in reversed(keep):
             item.close()
         raise _failed(path, "qcow2", exc) from None
-    return StreamDisk(path, stream, image.size, keep)
+    return StreamDisk(path, stream, image.size, keep, allocated=lambda bs, n: _checked(
+        path, "qcow2", _qcow2_allocated, image, parent, bs, n))

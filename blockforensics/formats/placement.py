@@ -24,6 +24,8 @@ from types import TracebackType
 
 import numpy as np
 
+from blockforensics import batch
+
 #: bytes per read and write of a file-to-file copy: small enough that a buffer is
 #: still in the CPU cache when it is written (4 MiB buffers copy up to 2x slower)
 COPY_BUFFER = 1024 * 1024
@@ -31,8 +33,11 @@ COPY_BUFFER = 1024 * 1024
 COPY_BUFFERS = 4
 #: parts waiting for the writer thread, at most (bounds the memory held)
 QUEUED_PARTS = 8
-#: buffers waiting for the checking thread, at most
+#: buffers waiting for a checking thread, at most
 QUEUED_CHECKS = 8
+#: checking threads, at most (one per core below that): past a few, the one writer thread
+#: is what bounds the speed
+MAX_CHECKERS = 4
 #: a grain no disk reaches: the identity placement keeps every run whole
 WHOLE = 1 << 62
 
@@ -92,10 +97,11 @@ class PlacedWriter:
 
     Writes run in a thread of their own, so that reading or decoding the next part
     overlaps writing this one (a quarter faster on two cores).  Parts handed over with
-    a ``check`` go through a checking thread first: a buffer is checked while the one
-    before it is written and the next one read, and nothing of it is written unless its
-    check passed.  Use as a context manager: leaving it waits for every check and write,
-    and raises the first that failed (a failed check stops all further writes).
+    a ``check`` go through a checking thread first (one per core, up to
+    ``MAX_CHECKERS``): buffers are checked while others are written and the next one
+    read, and nothing of a buffer is written unless its check passed.  Use as a context
+    manager: leaving it waits for every check and write, and raises the first that
+    failed (a failed check stops all further writes).
     ``written(offset, nbytes)`` is called, in the writer thread, after each write.
     """
 
@@ -111,10 +117,10 @@ class PlacedWriter:
                                         Callable[[], object]] | None] = \
             queue.Queue(QUEUED_CHECKS)
         self._error: BaseException | None = None
-        self._threads = [threading.Thread(target=run, name=name, daemon=True)
-                         for run, name in ((self._check, "placed-checker"),
-                                           (self._run, "placed-writer"))]
-        for thread in self._threads:
+        self._checkers = [threading.Thread(target=self._check, name="placed-checker", daemon=True)
+                          for _ in range(min(batch.threads(), MAX_CHECKERS))]
+        self._writer = threading.Thread(target=self._run, name="placed-writer", daemon=True)
+        for thread in (*self._checkers, self._writer):
             thread.start()
 
     def __enter__(self) -> PlacedWriter:
@@ -124,10 +130,12 @@ class PlacedWriter:
                  tb: TracebackType | None) -> None:
         if exc is not None and self._error is None:
             self._error = exc  # stop writing: the caller failed
-        self._checks.put(None)  # every checked part is queued before the writer stops
-        self._threads[0].join()
+        for _ in self._checkers:
+            self._checks.put(None)
+        for thread in self._checkers:  # every checked part is queued before the writer stops
+            thread.join()
         self._jobs.put(None)
-        self._threads[1].join()
+        self._writer.join()
         if exc is None and self._error is not None:
             raise self._error
 
@@ -197,7 +205,7 @@ class PlacedWriter:
         self._jobs.put((data, target, done))
 
     def _check(self) -> None:
-        """The checking thread: run each part's check, then queue its writes; after a
+        """A checking thread: run each part's check, then queue its writes; after a
         failure, only hand buffers back."""
         while (item := self._checks.get()) is not None:
             check, jobs, done = item

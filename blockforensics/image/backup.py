@@ -31,7 +31,9 @@ from blockforensics.image.codec import nonzero_rows
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size
 
-CHUNK_BYTES = 8 << 20
+#: bytes per batch (up to twice this): four batches are in memory at once (one read ahead,
+#: one encoded, its payloads, one written), ~80 MiB peak RSS for an encrypted full
+CHUNK_BYTES = 4 << 20
 
 
 def _chunk_blocks(block_size: int) -> int:
@@ -88,6 +90,24 @@ def batches(todo: BlockMap, step: int) -> Iterator[np.ndarray]:
         yield np.arange(total) + np.repeat(starts[a:b] - (before[a:b] - first), lengths[a:b])
 
 
+def read_ahead(source: Disk, todo: BlockMap, step: int
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(positions, blocks)`` of ``todo``, batch by batch (see :func:`batches`); each next
+    batch is read on a thread while the caller works on this one (reads release the GIL,
+    so hashing, compression and encryption never wait for the source)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="blockforensics-read") as pool:
+        pending: tuple[np.ndarray, Future[np.ndarray]] | None = None
+        for positions in batches(todo, step):
+            ahead = (positions, pool.submit(source.read_at, positions))
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = ahead
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
 def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
            full: bool | None = None, changed: BlockMap | None = None,
            only: BlockMap | None = None, block_size: int | None = None,
@@ -132,8 +152,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
         codec = writer.codec
         assert codec is not None  # a writer made from a header has a codec
         zero = codec.zero_digest()
-        for positions in batches(todo, _chunk_blocks(bs)):
-            blocks = reader.read_at(positions)
+        for positions, blocks in read_ahead(reader, todo, _chunk_blocks(bs)):
             if full:
                 take = nonzero_rows(blocks)
             elif parent_layout is not None:

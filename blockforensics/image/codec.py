@@ -133,34 +133,34 @@ def compress_rows(blocks: np.ndarray, rows: np.ndarray) -> Packed:
     return Packed(flags, starts, lengths, data)
 
 
-def decompress_rows(frames: list[memoryview], block_size: int, positions: np.ndarray
-                    ) -> np.ndarray:
-    """``(k, block_size)`` blocks from ``k`` zstd frames, decompressed as one batch on every
-    core without the GIL; FormatError naming the first frame that is damaged or does not
-    hold exactly one block."""
+def decompress_rows(payloads: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                    block_size: int, positions: np.ndarray) -> np.ndarray:
+    """``(k, block_size)`` blocks from the ``k`` zstd frames at ``starts`` (``lengths``
+    bytes) of ``payloads``, decompressed as one batch on every core without the GIL and no
+    object per frame; FormatError naming the first frame that is damaged or does not hold
+    exactly one block (zstd checks each against the size it is given)."""
     import zstandard
 
-    _, decompressor = _zstd()
-    out = np.empty((len(frames), block_size), dtype=np.uint8)
+    k = len(starts)
+    segments = np.empty((k, 2), dtype=np.uint64)
+    segments[:, 0], segments[:, 1] = starts, lengths
+    source = zstandard.BufferWithSegments(payloads.reshape(-1).data, segments.tobytes())
     try:
-        sizes = [zstandard.frame_content_size(f) for f in frames]
-        if any(size != block_size for size in sizes):
-            raise zstandard.ZstdError("a frame of another size than a block")
-        blocks = decompressor.multi_decompress_to_buffer(  # type: ignore[attr-defined]
-            frames, threads=batch.threads())
-        for i in range(len(frames)):
-            out[i] = np.frombuffer(blocks[i], dtype=np.uint8)
-    except zstandard.ZstdError:  # one by one: a frame without a size claim, or a bad one
-        for i, frame in enumerate(frames):
-            try:
-                block = decompress(FLAG_ZSTD, frame, block_size)
-            except ValueError:
-                block = b""
-            if len(block) != block_size:
-                raise FormatError(f"block {int(positions[i])}: damaged compressed payload"
-                                  ) from None
-            out[i] = np.frombuffer(block, np.uint8)
-    return out
+        blocks = _zstd()[1].multi_decompress_to_buffer(  # type: ignore[attr-defined]
+            source, decompressed_sizes=np.full(k, block_size, np.uint64).tobytes(),
+            threads=batch.threads())
+    except zstandard.ZstdError:  # which one: the first that fails on its own
+        bad = next((i for i in range(k) if not _inflates(source[i].tobytes(), block_size)), 0)
+        raise FormatError(f"block {int(positions[bad])}: damaged compressed payload") from None
+    return np.frombuffer(b"".join(blocks), dtype=np.uint8).reshape(k, block_size)
+
+
+def _inflates(frame: bytes, block_size: int) -> bool:
+    """Does this zstd frame hold exactly one block?"""
+    try:
+        return len(decompress(FLAG_ZSTD, frame, block_size)) == block_size
+    except ValueError:
+        return False
 
 
 def decompress(flags: int, data: bytes | memoryview, block_size: int) -> bytes:
@@ -266,9 +266,8 @@ class BlockCodec:
         flags = records["flags"]
         frames = np.flatnonzero(flags == FLAG_ZSTD)  # plain chains only: no other bit
         if len(frames):
-            views = [payloads[a:b].data for a, b in zip(starts[frames].tolist(),
-                                                       ends[frames].tolist())]
-            out[frames] = decompress_rows(views, self.block_size, records["position"][frames])
+            out[frames] = decompress_rows(payloads, starts[frames], ends[frames] - starts[frames],
+                                          self.block_size, records["position"][frames])
         for i in np.flatnonzero(flags != FLAG_ZSTD).tolist():
             block = self.decode(records[i], payloads[starts[i] : ends[i]].tobytes())
             out[i] = np.frombuffer(block, dtype=np.uint8)

@@ -8,7 +8,11 @@ volume's size and that neither it nor any partition of it is mounted or used
 as swap.  Every block of the point is written — absent blocks as zeros, since
 the device holds old data — or, with ``only_changed``, only the blocks whose
 current content digest differs from the point's (read, compare, write what
-differs: the cost follows the difference).
+differs: the cost follows the difference).  Blocks are read from the chain, and so
+checked, a chunk at a time before that chunk is written: a block that fails its check
+stops the restore before anything of its chunk is written, and the error says which
+blocks were written (all those before the chunk, or with ``only_changed`` those of them
+that differed) and that the rest of the device holds what it held.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blockforensics.errors import UsageError
+from blockforensics.errors import IntegrityError, UsageError
 from blockforensics.fileio import fsync
 from blockforensics.formats.placement import write_all
 from blockforensics.image.chain import Chain, PointRef
@@ -117,7 +121,7 @@ def restore_to_device(chain: Chain, point: PointRef, path: str | os.PathLike[str
     codec = chain.codec
     expected = disk.layout.content_digests(codec.zero_digest()) if only_changed else None
     fd = open_device(path, size, force=force)
-    written = 0
+    written = start = 0
     step = max(1, CHUNK_BYTES // bs)
     current = np.empty((step, bs), dtype=np.uint8)
     try:
@@ -132,7 +136,7 @@ def restore_to_device(chain: Chain, point: PointRef, path: str | os.PathLike[str
                     rows = np.flatnonzero((codec.content_digests(have)
                                            != expected[start : start + count]).any(axis=1))
                 if len(rows):
-                    blocks = disk.read_at(start + rows).reshape(-1)
+                    blocks = disk.read_at(start + rows).reshape(-1)  # checked, then written
                     for first, at, length in zip(*contiguous_runs(start + rows,
                                                                   np.arange(len(rows)), 1)):
                         begin = int(first) * bs
@@ -141,6 +145,18 @@ def restore_to_device(chain: Chain, point: PointRef, path: str | os.PathLike[str
                 written += len(rows)
                 bar.update(min(count * bs, size - start * bs))
         fsync(fd)
+    except IntegrityError as exc:
+        fsync(fd)  # what the message says was written is on the device
+        raise IntegrityError(f"{exc}; {path}: {partly_written(written, start)}") from exc
     finally:
         os.close(fd)
     return DeviceRestore(Path(path), size, n, written)
+
+
+def partly_written(written: int, stop: int) -> str:
+    """What a device restore stopped at block ``stop`` left: ``written`` blocks below it
+    written, the device from ``stop`` on as it was."""
+    if not written:
+        return "nothing written, the device is as it was"
+    return (f"{written} blocks before block {stop} written, the device from block {stop} "
+            "on as it was")
