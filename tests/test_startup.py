@@ -30,6 +30,7 @@ from blockforensics import Chain, Volume, backup
 from blockforensics.crypto import KeySource
 from blockforensics.errors import ChainError
 from blockforensics.formats import ENTRY_POINT_GROUP
+from blockforensics.image import summary
 from blockforensics.image.format import (
     FLAG_ENCRYPTED,
     FLAG_ZERO,
@@ -154,10 +155,14 @@ def _copy(three: Path, tmp_path: Path) -> Path:
 
 
 def _agree(chain: Path) -> list[dict[str, object]]:
-    """``list``'s rows of ``chain``, asserted equal to those of the chain opened for reading."""
+    """``list``'s rows of ``chain``, asserted equal to those of the chain opened for
+    reading, with its indexes checked by lists and (past LIST_RECORDS) by the reader."""
     with Chain.open(chain) as opened:
         expected = opened.rows()
     assert chain_rows(chain) == expected
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(summary, "LIST_RECORDS", 40)  # the full's 32 records, then the reader
+        assert chain_rows(chain) == expected
     return expected
 
 
