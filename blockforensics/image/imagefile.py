@@ -34,6 +34,7 @@ from blockforensics.image.format import (
     Header,
     digest_rows,
 )
+from blockforensics.image.index import ImageIndex
 from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
@@ -80,8 +81,10 @@ def check_stored(name: str, data: bytes | memoryview | np.ndarray, starts: np.nd
                              f"{STORED_MISMATCH}")
 
 
-def index_problem(index: np.ndarray, header: Header, payload_end: int) -> str:
-    """What is impossible about ``index`` for an image with ``header`` whose payloads end
+def index_problem(index: np.ndarray, header: Header, payload_end: int,
+                  previous: int = -1) -> str:
+    """What is impossible about ``index`` (a piece of an index following a record at
+    position ``previous``, -1 for none) for an image with ``header`` whose payloads end
     at byte ``payload_end`` ("" if nothing): every position inside the volume, once, in
     order; every payload inside the file (offsets checked so that nothing wraps) and as
     long as its flags allow."""
@@ -95,7 +98,9 @@ def index_problem(index: np.ndarray, header: Header, payload_end: int) -> str:
     shortest = np.where(zero, 0, np.where(packed, 1, bs) + np.where(sealed, overhead, 0))
     inside = (offset >= HEADER_SIZE) & (offset <= payload_end)
     checks = (
-        (np.any(pos[1:] <= pos[:-1]), "positions out of order or repeated"),
+        (np.any(pos[1:] <= pos[:-1]) or (previous >= 0 and bool(pos.size)
+                                         and int(pos[0]) <= previous),
+         "positions out of order or repeated"),
         (bool(pos.size) and int(pos[-1]) >= header.n_blocks, "a position past the volume"),
         (np.any(flags & ~np.uint32(KNOWN_FLAGS)), "unknown flags"),
         (np.any(zero & (flags != FLAG_ZERO)), "a zero block with other flags"),
@@ -131,21 +136,17 @@ class ImageFile:
             self.close()
             raise
 
-    def _read_index(self) -> np.ndarray:
+    def _read_index(self) -> ImageIndex:
+        """The index, checked against the file and the format's limits (streamed)."""
         f = self.footer
         nbytes = f.index_count * INDEX_DTYPE.itemsize
         if not HEADER_SIZE <= f.index_offset <= self.stored_bytes - Footer.SIZE - nbytes:
             raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
         if f.index_offset + nbytes + Footer.SIZE != self.stored_bytes:
             raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
-        raw = os.pread(self._fd, nbytes, f.index_offset)
-        if hashlib.sha256(raw).digest() != f.index_digest:
-            raise FormatError(f"{self.name}: block index damaged (checksum mismatch)")
-        index = np.frombuffer(raw, dtype=INDEX_DTYPE)
-        problem = index_problem(index, self.header, f.index_offset)
-        if problem:
-            raise FormatError(f"{self.name}: block index inconsistent with the file ({problem})")
-        return index
+        return ImageIndex.open(
+            self._fd, f.index_offset, f.index_count, f.index_digest, self.name,
+            lambda piece, previous: index_problem(piece, self.header, f.index_offset, previous))
 
     # ------------------------------------------------------------------ access
     def read_payload(self, record: np.void) -> bytes:
@@ -205,7 +206,7 @@ class DamagedImage(ImageFile):
             self.stored_bytes = self.path.stat().st_size
         except OSError:
             self.stored_bytes = 0
-        self.index = np.zeros(0, dtype=INDEX_DTYPE)
+        self.index = ImageIndex.empty(self.name)
 
     def __repr__(self) -> str:
         return f"DamagedImage({self.name}: {self.damage})"
