@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from blockforensics.consolidate import apply_retention, consolidate
 from blockforensics.crypto import KeySource
 from blockforensics.errors import UsageError
+from blockforensics.image import imagefile as imagefile_module
 from blockforensics.image import index as index_module
 from blockforensics.image import layout as layout_module
 from blockforensics.image import reader as reader_module
@@ -149,12 +150,14 @@ def _check_maps(chain: Chain, volumes: list[bytes]) -> None:
 @pytest.fixture(params=["default windows", "tiny windows"])
 def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run with the real window sizes, and with tiny ones so that every index read,
-    fence lookup and layout window crosses many boundaries even on small chains."""
+    fence lookup, layout window and writer spill crosses many boundaries even on
+    small chains."""
     if request.param == "tiny windows":
         monkeypatch.setattr(index_module, "FENCE", 3)
         monkeypatch.setattr(index_module, "CHUNK", 5)
         monkeypatch.setattr(layout_module, "WINDOW", 8)
         monkeypatch.setattr(reader_module, "WRITE_WINDOW", 5)
+        monkeypatch.setattr(imagefile_module, "SPILL_RECORDS", 4)
     return str(request.param)
 
 

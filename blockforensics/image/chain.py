@@ -37,6 +37,7 @@ from blockforensics.image.format import (
     CIPHER_AES256GCM,
     CIPHER_NONE,
     DIGEST_SIZE,
+    INDEX_DTYPE,
     KIND_FULL,
     KIND_INCREMENTAL,
     KIND_NAMES,
@@ -44,7 +45,13 @@ from blockforensics.image.format import (
     digest_rows,
     new_id,
 )
-from blockforensics.image.imagefile import DamagedImage, ImageFile, ImageWriter, open_listed
+from blockforensics.image.imagefile import (
+    DamagedImage,
+    ImageFile,
+    ImageWriter,
+    RecordPieces,
+    open_listed,
+)
 from blockforensics.image.layout import Layout, spans
 from blockforensics.image.links import NO_PARENT, link
 from blockforensics.image.reader import ChainDisk
@@ -424,23 +431,31 @@ class Chain:
         return ImageWriter(self.store.pending_path(), header, self.codec.compressing(compress),
                            seal=self._seal if self.codec.encrypted else None)
 
-    def _seal(self, header: Header, records: np.ndarray) -> Header:
-        """``header`` with the keyed digest of the point it completes (encrypted chains)."""
+    def _seal(self, header: Header, pieces: RecordPieces) -> Header:
+        """``header`` with the keyed digest of the point it completes (encrypted chains):
+        the parent point's digests, window by window, with the new image's records
+        (``pieces()``, in position order) laid over them."""
         codec = self.codec
         assert isinstance(codec, EncryptedCodec)
         zero = codec.zero_digest()
         parent = self.point_of(header.parent_id)
-        n_blocks = header.n_blocks
-        positions = records["position"].astype(np.int64)
-        own = digest_rows(records["content_digest"])
+        layout = self.layout(parent) if parent is not None else None
 
         def digests() -> Iterator[np.ndarray]:
-            layout = self.layout(parent) if parent is not None else None
-            for start, count in spans(n_blocks):
+            own, pending = pieces(), np.zeros(0, INDEX_DTYPE)
+            for start, count in spans(header.n_blocks):
+                end = start + count
+                while not len(pending) or int(pending["position"][-1]) < end:
+                    piece = next(own, None)
+                    if piece is None:
+                        break
+                    pending = np.concatenate([pending, piece])
+                cut = int(np.searchsorted(pending["position"], end))
+                here, pending = pending[:cut], pending[cut:]
                 out = layout.digests(start, count, zero) if layout is not None \
                     else np.tile(zero, (count, 1))
-                lo, hi = np.searchsorted(positions, [start, start + count])
-                out[positions[lo:hi] - start] = own[lo:hi]
+                out[here["position"].astype(np.int64) - start] = \
+                    digest_rows(here["content_digest"])
                 yield out
 
         return header.replace(point_mac=self._point_mac(header, digests()))
