@@ -1,4 +1,5 @@
-"""Scale: time and peak RSS per command on sparse volumes of 1 GiB, 16 GiB and 1 TiB;
+"""Scale: time and peak RSS per command (backup, incremental with a changed map, list,
+verify, diff, restore, export, consolidate) on sparse volumes of 1 GiB, 16 GiB and 1 TiB;
 backup of a 16 GiB sparse volume holding 1 GiB vs ``cp --sparse=always`` + ``sync``;
 an incremental of 1 % with ``--changed`` vs without; fleet wall time for 1, 2 and 4
 workers; CLI start-up.
@@ -45,13 +46,19 @@ def sparse_volume(path: Path, size: int, data: int, seed: int = 0) -> None:
 def commands(size: int, data: int, work: Path) -> list[Run]:
     src, chain = work / "src.img", work / "chain"
     sparse_volume(src, size, data)
-    runs = [measure("backup", [*BF, "backup", "--all-blocks", str(src), str(chain)]),
-            measure("list", [*BF, "list", str(chain)]),
-            measure("verify", [*BF, "verify", str(chain)]),
-            measure("restore", [*BF, "restore", str(chain), str(work / "out.img")])]
+    runs = [measure("backup", [*BF, "backup", "--all-blocks", str(src), str(chain)])]
+    rewrite_scattered(src, size, 1000, work / "changed.npz")
+    runs += [measure("incremental --changed (1000 blocks)",
+                     [*BF, "backup", "--all-blocks", str(src), str(chain), "--changed",
+                      str(work / "changed.npz")]),
+             measure("list", [*BF, "list", str(chain)]),
+             measure("verify", [*BF, "verify", str(chain)]),
+             measure("diff 0 1", [*BF, "diff", str(chain), "0", "1"]),
+             measure("restore", [*BF, "restore", str(chain), str(work / "out.img")])]
     (work / "out.img").unlink()
     runs.append(measure("export vhd-dynamic", [*BF, "export", str(chain), str(work / "out.vhd"),
                                                 "--format", "vhd-dynamic"]))
+    runs.append(measure("consolidate", [*BF, "consolidate", str(chain)]))
     shutil.rmtree(chain)
     src.unlink()
     (work / "out.vhd").unlink()
@@ -70,23 +77,30 @@ def against_cp(work: Path) -> dict[str, Run]:
     return {"ours": ours, "cp": cp}
 
 
-def incremental(work: Path) -> dict[str, Run]:
-    """1 % of a 16 GiB volume (1 GiB of data) rewritten at random blocks."""
+def rewrite_scattered(src: Path, size: int, count: int, changed: Path) -> None:
+    """Write ``count`` random 4 KiB blocks of ``src`` at random positions; save their
+    map (what change tracking would report) at ``changed``."""
     from blockforensics.blockmap import BlockMap
 
-    src, size = work / "src.img", 16 * GiB
-    sparse_volume(src, size, GiB)
     n_blocks = size // 4096
-    measure("full", [*BF, "backup", "--all-blocks", str(src), str(work / "a")])
-    shutil.copytree(work / "a", work / "b")
     rng = np.random.default_rng(1)
-    positions = np.sort(rng.choice(n_blocks, n_blocks // 100, replace=False))
+    positions = np.sort(rng.choice(n_blocks, count, replace=False))
     fd = os.open(src, os.O_WRONLY)
     block = rng.integers(0, 256, 4096, np.uint8).tobytes()
     for p in positions.tolist():
         os.pwrite(fd, block, p * 4096)
     os.close(fd)
-    BlockMap.from_positions(n_blocks, positions).save(work / "changed.npz")
+    BlockMap.from_positions(n_blocks, positions).save(changed)
+
+
+def incremental(work: Path) -> dict[str, Run]:
+    """1 % of a 16 GiB volume (1 GiB of data) rewritten at random blocks."""
+    src, size = work / "src.img", 16 * GiB
+    sparse_volume(src, size, GiB)
+    n_blocks = size // 4096
+    measure("full", [*BF, "backup", "--all-blocks", str(src), str(work / "a")])
+    shutil.copytree(work / "a", work / "b")
+    rewrite_scattered(src, size, n_blocks // 100, work / "changed.npz")
     runs = {
         "with --changed": measure("incr --changed", [*BF, "backup", "--all-blocks", str(src),
                                                      str(work / "a"), "--changed",
