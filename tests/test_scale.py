@@ -223,6 +223,7 @@ def serving_rss(chain: Path, mountpoint: Path, expected: dict[int, bytes]) -> in
                            capture_output=True)
 
 
+@pytest.mark.slow
 def test_every_command_stays_under_256_mib_at_one_tebibyte(tmp_path: Path) -> None:
     """Peak RSS of backup, incremental (with and without a changed map), restore, verify,
     diff, export, mount and consolidate of a 1 TiB sparse volume (2^28 blocks) stays
