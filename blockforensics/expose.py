@@ -77,9 +77,10 @@ def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
     :func:`~blockforensics.allocation.partition_table` reads it), a ``partN.raw`` for
     each of its partitions (N as the table numbers it: MBR primaries 1-4 and logical
     partitions from 5, GPT entry numbers; never an extended partition, nor a protective
-    MBR's 0xEE entry) and what was noticed: a table that cannot be read (no partition
-    served), a partition starting past the end of the image (not served) or cut off by
-    it (served up to it)."""
+    MBR's 0xEE entry) and what was noticed: a table that cannot be read, or whose
+    blocks fail their checks (no partition served; ``disk.raw`` still is, with EIO for
+    the damaged blocks), a partition starting past the end of the image (not served)
+    or cut off by it (served up to it)."""
     from blockforensics.allocation import partition_table
     from blockforensics.fs.gpt import looks_like_gpt
 
@@ -88,6 +89,8 @@ def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
     except FormatError as exc:
         kind = "GPT" if looks_like_gpt(disk) else "MBR"
         return kind.lower(), [], [f"unreadable {kind} partition table: {exc}"]
+    except (BlockforensicsError, RuntimeError) as exc:  # pytsk3 wraps a damaged block's
+        return "none", [], [f"partition table not read: {exc}"]  # error in RuntimeError
     files = []
     for part in found:
         if part.kind == "extended":
