@@ -369,9 +369,10 @@ class Chain:
     def changed(self, a: PointRef, b: PointRef) -> BlockMap:
         """Blocks whose content differs between points ``a`` and ``b`` (any two, across branches).
 
-        Compared by content digests from the indexes, a window at a time, so nothing is
-        decrypted or read; the map covers the larger of the two volumes (blocks past a
-        smaller one count as zero).
+        Compared by content digests from the indexes, a window at a time and only where
+        either point holds a record, so nothing is decrypted or read and the cost follows
+        the stored blocks, not the volume; the map covers the larger of the two volumes
+        (blocks past a smaller one count as zero).
         """
         layouts = self.layout(a), self.layout(b)
         n_blocks = max(layout.n_blocks for layout in layouts)
@@ -380,9 +381,10 @@ class Chain:
         out = BlockMap.empty(n_blocks, self.block_size)
         for start, count in spans(n_blocks):
             wa, wb = (layout.owners(start, count) for layout in layouts)
-            if not (wa.empty and wb.empty):  # otherwise both read as zeros: no change
-                da, db = wa.digests(count, zero), wb.digests(count, zero)
-                out.assign(start, (da != db).any(axis=1))
+            rows = np.union1d(wa.held(), wb.held())  # elsewhere both read as zeros
+            if len(rows):
+                differ = (wa.digests_of(rows, zero) != wb.digests_of(rows, zero)).any(axis=1)
+                out.add(start + rows[differ])
         return out
 
     def disk(self, point: PointRef = -1, *, check: bool = True) -> ChainDisk:
