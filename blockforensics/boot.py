@@ -261,10 +261,11 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     command exited with status 0; after a command that did not finish, the others are
     not run. Each needs one line of printable text (else UsageError).
 
-    ``screenshot``: a PNG of the guest's display when the wait for ``expect`` ends (marker,
-    power-off or timeout; before any ``run`` command), by QMP ``screendump``, for guests that show their state on
-    screen rather than on the serial port.  The guest then gets a VGA card, and QEMU
-    is kept alive after a power-off (``-no-shutdown``) so the last screen can be taken.
+    ``screenshot``: a PNG of the guest's display when the wait for ``expect`` ends
+    (marker, power-off or timeout; before any ``run`` command), by QMP ``screendump``,
+    for guests that show their state on screen rather than on the serial port.  The
+    guest then gets a VGA card, and QEMU is kept alive after a power-off
+    (``-no-shutdown``) so the last screen can be taken.
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")
