@@ -1,6 +1,7 @@
 """blockforensics against the peers people compare it with, on one realistic ext4 image.
 
     python benchmarks/bench_peers.py --size-mib 1024 [--repeat 3] [--dir /tmp] [--json out.json]
+                                     [--only full incremental restore consolidate list]
 
 The source is an ext4 image built with ``mkfs.ext4 -d`` (no mount): text and
 source code, shared libraries, random "media", an all-zero file, and the
@@ -12,25 +13,35 @@ allocated.  Every contender backs up that same image file:
   (always encrypted), which back the image up as a file.
 
 The table gives, per operation, our time and peak RSS, each peer's, and the
-ratio *peer's time / ours* (above 1: we are faster), plus stored sizes.  The
-steps take turns, each run into a fresh output; the median of ``--repeat``
-runs counts.  Install the peers with ``apt-get install restic borgbackup
+ratio *peer's time / ours* (above 1: we are faster) of the fastest runs and of
+the medians, plus stored sizes.  The steps of a group take turns, each run into
+a fresh output, ``--repeat`` rounds; ``--only`` runs some groups (the repositories
+a group needs are made once, untimed, when their group is left out).  Each
+peer's output is checked once after its runs (partclone, for one, exits 0 on a
+bad option).  Install the peers with ``apt-get install restic borgbackup
 partclone`` (``scripts/setup.sh`` does not: the benchmarks are not run in CI).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from common import Run, Step, cli, measure, options, settle, table
+from common import Run, Step, cli, fastest, options, settle, table
 
 PASSPHRASE = "benchmark passphrase"
+#: partclone restores the used blocks into an existing file of the volume's size, leaving
+#: the rest as it was (here: a hole); our restore of a point writes the blocks it stores
+#: and leaves the others as holes too: the same bytes, like for like
+PARTCLONE_RESTORE = "partclone -r (used blocks)"
 PEER_ENV = {"BORG_PASSPHRASE": PASSPHRASE, "RESTIC_PASSWORD": PASSPHRASE,
             "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
             "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes", "RESTIC_CACHE_DIR": "",
@@ -107,55 +118,110 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def medians(steps: list[Step], repeat: int) -> dict[str, Run]:
-    """Every step ``repeat`` times, taking turns; the run with the median time counts."""
-    runs: dict[str, list[Run]] = {step.label: [] for step in steps}
-    for _ in range(repeat):
-        for step in steps:
-            if step.before is not None:
-                step.before()
-            runs[step.label].append(measure(step.label, step.argv, step.env))
-    return {label: sorted(done, key=lambda r: r.seconds)[len(done) // 2]
-            for label, done in runs.items()}
+def consolidations(work: Path, src: Path, changed: Path, key: Path,
+                   env: dict[str, str]) -> tuple[list[Step], Callable[[], None]]:
+    """Steps that merge two points into one, each from a saved repository holding a
+    backup of the volume file and one of the same file after 1 % of its blocks changed
+    (same path, so restic's forget groups them): ours (plain, encrypted), borg (none)
+    prune + compact, restic forget --prune; and a check that each left one point."""
+    volume = work / "volume.img"
+    saved = {name: work / f"{name}.two" for name in ("plain", "enc", "borg", "restic",
+                                                     "borg-base", "restic-cache")}
+    live = {name: work / f"{name}.run" for name in saved}
+    # borg refuses a repository older than its cache and security records: each run
+    # starts from the state the setup left, repository, cache and records alike
+    setup_env = {**os.environ, **env, "BORG_BASE_DIR": str(saved["borg-base"]),
+                 "RESTIC_CACHE_DIR": str(saved["restic-cache"])}
+    run_env = {**env, "BORG_BASE_DIR": str(live["borg-base"]),
+               "RESTIC_CACHE_DIR": str(live["restic-cache"])}
+    full_env = {**os.environ, **run_env}
+    first = [["borg", "init", "-e", "none", str(saved["borg"])],
+             ["restic", "init", "-q", "--repo", str(saved["restic"])]]
+    for state, tag in ((src, "a"), (changed, "b")):
+        shutil.copyfile(state, volume)
+        for argv in [*first,
+                     cli("backup", volume, saved["plain"]),
+                     cli("backup", volume, saved["enc"], "--key-file", key),
+                     ["borg", "create", "-C", "none", f"{saved['borg']}::{tag}", str(volume)],
+                     ["restic", "-q", "--repo", str(saved["restic"]), "backup", str(volume)]]:
+            subprocess.run(argv, check=True, env=setup_env, capture_output=True)
+        first = []
+    for name in ("borg", "restic"):
+        subprocess.run(["borg", "list", str(saved["borg"])] if name == "borg" else
+                       ["restic", "-q", "--repo", str(saved["restic"]), "snapshots"],
+                       check=True, env=setup_env, capture_output=True)  # caches up to date
 
-
-def consolidations(c: dict[str, Path], changed: Path, key: Path,
-                   env: dict[str, str]) -> list[Step]:
-    """Steps that merge a full and a 1 % incremental into one, from saved two-point
-    repositories: ours (plain, encrypted), borg prune + compact, restic forget --prune."""
-    full_env = {**os.environ, **env}
-    two = {}
-    for name, argv in (("plain", cli("backup", changed, c["plain"])),
-                       ("enc", cli("backup", changed, c["enc"], "--key-file", key)),
-                       ("borg-none", ["borg", "create", f"{c['borg-none']}::b2", str(changed)]),
-                       ("restic", ["restic", "-q", "--repo", str(c["restic"]), "backup",
-                                   str(changed)])):
-        subprocess.run(argv, check=True, env=full_env, capture_output=True)
-        two[name] = c[name].with_name(c[name].name + ".two")
-        shutil.rmtree(two[name], ignore_errors=True)
-        shutil.copytree(c[name], two[name])
-
-    def reset(name: str):
+    def reset(*names: str):
         def run() -> None:
-            shutil.rmtree(c[name], ignore_errors=True)
-            shutil.copytree(two[name], c[name])
+            for name in names:
+                shutil.rmtree(live[name], ignore_errors=True)
+                shutil.copytree(saved[name], live[name], symlinks=True)
         return run
 
-    borg = c["borg-none"]
+    def check() -> None:
+        """One point left in each repository (else the step did not do its job)."""
+        listings = {"plain": cli("list", live["plain"], "--json"),
+                    "enc": cli("list", live["enc"], "--json"),
+                    "borg": ["borg", "list", "--json", str(live["borg"])],
+                    "restic": ["restic", "--repo", str(live["restic"]), "snapshots", "--json"]}
+        for name, argv in listings.items():
+            listed = json.loads(subprocess.run(argv, check=True, env=full_env,
+                                               capture_output=True, text=True).stdout)
+            count = len(listed["archives"] if name == "borg" else listed)
+            if count != 1:
+                raise SystemExit(f"{name}: {count} points left after consolidation, not 1")
+
+    borg = live["borg"]
     return [
-        Step("ours: consolidate, plain", cli("consolidate", c["plain"], "--point", 1),
+        Step("ours: consolidate, plain", cli("consolidate", live["plain"], "--point", 1),
              reset("plain")),
         Step("borg: prune + compact", ["sh", "-c", f"borg prune --keep-last 1 '{borg}' && "
-                                       f"borg compact '{borg}'"], reset("borg-none"), env),
-        Step("ours: consolidate, encrypted", cli("consolidate", c["enc"], "--point", 1),
+                                       f"borg compact '{borg}'"], reset("borg", "borg-base"),
+             run_env),
+        Step("ours: consolidate, encrypted", cli("consolidate", live["enc"], "--point", 1),
              reset("enc")),
-        Step("restic: forget --prune", ["restic", "-q", "--repo", str(c["restic"]), "forget",
-                                        "--keep-last", "1", "--prune"], reset("restic"), env),
-    ]
+        Step("restic: forget --prune", ["restic", "-q", "--repo", str(live["restic"]), "forget",
+                                        "--keep-last", "1", "--prune"],
+             reset("restic", "restic-cache"), run_env),
+    ], check
+
+
+def untimed(steps: list[Step]) -> None:
+    """Run every step once, unmeasured (the state a left-out group leaves behind)."""
+    for step in steps:
+        if step.before is not None:
+            step.before()
+        subprocess.run(step.argv, check=True, capture_output=True,
+                       env={**os.environ, **(step.env or {})})
+
+
+def differing_blocks(restored: Path, reference: Path, size: int) -> int:
+    """4 KiB blocks in which ``restored`` differs from ``reference`` (SystemExit unless
+    it is ``size`` bytes long)."""
+    if restored.stat().st_size != size:
+        raise SystemExit(f"{restored}: {restored.stat().st_size} bytes, not {size}")
+    a, b = (np.memmap(p, np.uint8, mode="r").reshape(-1, 4096) for p in (restored, reference))
+    step = 16384
+    return sum(int((a[i : i + step] != b[i : i + step]).any(axis=1).sum())
+               for i in range(0, len(a), step))
+
+
+GROUPS = ("full", "incremental", "restore", "consolidate", "list")
+
+
+def arguments() -> argparse.Namespace:
+    """The common options, and ``--only GROUP...``."""
+    only = argparse.ArgumentParser(add_help=False)
+    only.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
+    picked, rest = only.parse_known_args()
+    sys.argv[1:] = rest
+    args = options(__doc__, 1024)
+    args.only = picked.only
+    return args
 
 
 def main() -> None:
-    args = options(__doc__, 1024)
+    args = arguments()
     size = args.size_mib << 20
     for tool in ("restic", "borg", "partclone.ext4", "mkfs.ext4", "debugfs"):
         if shutil.which(tool) is None:
@@ -184,7 +250,7 @@ def main() -> None:
 
     c = {name: work / name for name in ("plain", "enc", "zstd", "copy.img", "pc.img",
                                         "borg-none", "borg-lz4", "borg-key", "restic",
-                                        "out.img", "borg-out", "restic-out")}
+                                        "out.img", "pc-out.img", "borg-out", "restic-out")}
     borg_init = {k: ["borg", "init", "-e", e, str(c[k])] for k, e in
                  (("borg-none", "none"), ("borg-lz4", "none"), ("borg-key", "repokey"))}
 
@@ -199,6 +265,10 @@ def main() -> None:
         shutil.rmtree(c["restic"], ignore_errors=True)
         subprocess.run(["restic", "init", "-q", "--repo", str(c["restic"])], check=True,
                        env={**os.environ, **env}, capture_output=True)
+
+    def sparse_target() -> None:  # partclone restores into an existing file of the size
+        c["pc-out.img"].unlink(missing_ok=True)
+        subprocess.run(["truncate", "-s", str(size), str(c["pc-out.img"])], check=True)
 
     full = [
         Step("ours: full, plain", cli("backup", src, c["plain"]), fresh(c["plain"])),
@@ -219,53 +289,69 @@ def main() -> None:
         Step("borg (lz4)", ["borg", "create", "-C", "lz4", f"{c['borg-lz4']}::a", str(src)],
              borg_fresh("borg-lz4"), env),
     ]
-    results = medians(full, args.repeat)
-    stored = {"ours: full, plain": du(c["plain"]), "cp + sync": du(c["copy.img"]),
-              "partclone": du(c["pc.img"]), "borg (none)": du(c["borg-none"]),
-              "ours: full, encrypted": du(c["enc"]), "restic": du(c["restic"]),
-              "borg (repokey)": du(c["borg-key"]), "ours: full, --compress": du(c["zstd"]),
-              "borg (lz4)": du(c["borg-lz4"])}
-    # after the full: an incremental of 1 % (ours without / with the map; borg)
-    snap = {p: work / f"{p.name}.base" for p in (c["plain"], c["borg-none"])}
-    for live, base in snap.items():
-        shutil.copytree(live, base)
+    results: dict[str, Run] = {}
+    stored: dict[str, int] = {}
+    if "full" in args.only:
+        results |= fastest(full, args.repeat)
+        stored = {step.label: du(path) for step, path in zip(full, (
+            c["plain"], c["copy.img"], c["pc.img"], c["borg-none"], c["enc"], c["restic"],
+            c["borg-key"], c["zstd"], c["borg-lz4"]))}
+    elif {"incremental", "restore", "list"} & set(args.only):
+        untimed(full)
+    if "incremental" in args.only:  # an incremental of 1 % (ours without / with the map; borg)
+        snap = {p: work / f"{p.name}.base" for p in (c["plain"], c["borg-none"])}
+        for live, base in snap.items():
+            shutil.copytree(live, base)
 
-    def restore_base(live: Path):
-        def run() -> None:
-            shutil.rmtree(live, ignore_errors=True)
-            shutil.copytree(snap[live], live)
-        return run
+        def restore_base(live: Path):
+            def run() -> None:
+                shutil.rmtree(live, ignore_errors=True)
+                shutil.copytree(snap[live], live)
+            return run
 
-    later = [
-        Step("ours: incremental 1 %", cli("backup", changed, c["plain"]),
-             restore_base(c["plain"])),
-        Step("ours: incremental 1 %, --changed", cli("backup", changed, c["plain"], "--changed",
-                                                     blocks_map), restore_base(c["plain"])),
-        Step("borg: incremental 1 %", ["borg", "create", f"{c['borg-none']}::b", str(changed)],
-             restore_base(c["borg-none"]), env),
-    ]
-    results |= medians(later, args.repeat)
-    restores = [
-        Step("ours: restore, plain", cli("restore", c["plain"], c["out.img"], "--point", 0),
-             fresh(c["out.img"])),
-        Step("partclone: restore", ["partclone.ext4", "-q", "-r", "--overwrite", "-s",
-                                    str(c["pc.img"]),
-                                    "-o", str(c["out.img"])],
-             lambda: subprocess.run(["truncate", "-s", str(size), str(c["out.img"])],
-                                    check=True)),
-        Step("borg: extract", ["sh", "-c", f"mkdir -p '{c['borg-out']}' && cd '{c['borg-out']}'"
-                               f" && borg extract '{c['borg-none']}::a'"],
-             fresh(c["borg-out"]), env),
-        Step("ours: restore, encrypted", cli("restore", c["enc"], c["out.img"], "--key-file",
-                                             key), fresh(c["out.img"])),
-        Step("restic: restore", ["restic", "-q", "--repo", str(c["restic"]), "restore",
-                                 "latest", "--target", str(c["restic-out"])],
-             fresh(c["restic-out"]), env),
-    ]
-    results |= medians(restores, args.repeat)
-    results |= medians(consolidations(c, changed, key, env), args.repeat)
-    results["ours: list"] = measure("ours: list", cli("list", c["plain"]))
-    results["python -c pass"] = measure("python -c pass", ["python3", "-c", "pass"])
+        results |= fastest([
+            Step("ours: incremental 1 %", cli("backup", changed, c["plain"]),
+                 restore_base(c["plain"])),
+            Step("ours: incremental 1 %, --changed", cli("backup", changed, c["plain"],
+                                                         "--changed", blocks_map),
+                 restore_base(c["plain"])),
+            Step("borg: incremental 1 %", ["borg", "create", f"{c['borg-none']}::b",
+                                           str(changed)], restore_base(c["borg-none"]), env),
+        ], args.repeat)
+    if "restore" in args.only:
+        results |= fastest([
+            Step("ours: restore, plain", cli("restore", c["plain"], c["out.img"], "--point", 0),
+                 fresh(c["out.img"])),
+            Step(PARTCLONE_RESTORE, ["partclone.ext4", "-q", "-r", "-s", str(c["pc.img"]),
+                                     "-O", str(c["pc-out.img"])], sparse_target),
+            Step("borg: extract", ["sh", "-c", f"mkdir -p '{c['borg-out']}' && "
+                                   f"cd '{c['borg-out']}' && borg extract '{c['borg-none']}::a'"],
+                 fresh(c["borg-out"]), env),
+            Step("ours: restore, encrypted", cli("restore", c["enc"], c["out.img"], "--point",
+                                                 0, "--key-file", key), fresh(c["out.img"])),
+            Step("restic: restore", ["restic", "-q", "--repo", str(c["restic"]), "restore",
+                                     "latest", "--target", str(c["restic-out"])],
+                 fresh(c["restic-out"]), env),
+        ], args.repeat)
+        # borg and restic back up the file: the source itself; partclone and ours keep
+        # the used blocks, the rest reads as zeros (partclone also zeroes parts of a few
+        # metadata blocks): a silent failure would leave most blocks differing
+        for restored in (next(c["borg-out"].rglob(src.name)),
+                         next(c["restic-out"].rglob(src.name))):
+            if differing_blocks(restored, src, size):
+                raise SystemExit(f"{restored}: not the source volume")
+        apart = differing_blocks(c["pc-out.img"], c["out.img"], size)
+        print(f"partclone's restore differs from ours in {apart} of {size // 4096} blocks",
+              file=sys.stderr)
+        if apart > size // 4096 // 100:
+            raise SystemExit("partclone's restore is not the volume: did it fail?")
+    if "consolidate" in args.only:
+        steps, check = consolidations(work, src, changed, key, env)
+        results |= fastest(steps, args.repeat)
+        check()
+    if "list" in args.only:
+        results |= fastest([Step("ours: list", cli("list", c["plain"])),
+                            Step("python -c pass", ["python3", "-c", "pass"])], args.repeat)
     settle()
 
     versus = {
@@ -274,7 +360,7 @@ def main() -> None:
         "ours: full, --compress": ["borg (lz4)"],
         "ours: incremental 1 %": ["borg: incremental 1 %"],
         "ours: incremental 1 %, --changed": ["borg: incremental 1 %"],
-        "ours: restore, plain": ["partclone: restore", "borg: extract"],
+        "ours: restore, plain": [PARTCLONE_RESTORE, "borg: extract"],
         "ours: restore, encrypted": ["restic: restore"],
         "ours: consolidate, plain": ["borg: prune + compact"],
         "ours: consolidate, encrypted": ["restic: forget --prune"],
@@ -282,22 +368,24 @@ def main() -> None:
     }
     rows = []
     for ours, peers in versus.items():
+        if ours not in results:
+            continue
         mine = results[ours]
         for peer in peers:
             theirs = results[peer]
-            row: dict[str, object] = {
+            rows.append({
                 "operation": ours.removeprefix("ours: "), "vs": peer,
                 "ours s": round(mine.seconds, 2), "peer s": round(theirs.seconds, 2),
                 "ratio": round(theirs.seconds / mine.seconds, 2),
-                "ours RSS MiB": round(mine.peak_rss_mib), "peer RSS MiB":
-                round(theirs.peak_rss_mib)}
-            if ours in stored and peer in stored:
-                row["stored ratio"] = round(stored[peer] / stored[ours], 2)
-            else:
-                row["stored ratio"] = ""
-            rows.append(row)
-    print(f"source: a {args.size_mib} MiB ext4 image; ratio = peer's time / ours (median of "
-          f"{args.repeat}); stored ratio = peer's bytes / ours")
+                "ours s (med)": round(mine.median_seconds, 2),
+                "peer s (med)": round(theirs.median_seconds, 2),
+                "ratio (med)": round(theirs.median_seconds / mine.median_seconds, 2),
+                "ours RSS MiB": round(mine.peak_rss_mib),
+                "peer RSS MiB": round(theirs.peak_rss_mib),
+                "stored ratio": round(stored[peer] / stored[ours], 2)
+                if ours in stored and peer in stored else ""})
+    print(f"source: a {args.size_mib} MiB ext4 image; ratio = peer's time / ours (fastest of "
+          f"{args.repeat}; (med): medians); stored ratio = peer's bytes / ours")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"size_mib": args.size_mib, "rows": rows},

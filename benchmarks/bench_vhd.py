@@ -2,6 +2,7 @@
 disk.vhd, in one run.
 
     python benchmarks/bench_vhd.py [--size-mib 512 2048 4096] [--repeat 5] [--dir /tmp] [--json F]
+                                   [--from chain raw] [--baseline DIR]
 
 The data, per size: that many MiB of random bytes with a sparse hole in every
 16 MiB, backed up with ``blockforensics backup --all-blocks``.  Measured:
@@ -22,6 +23,15 @@ The data, per size: that many MiB of random bytes with a sparse hole in every
   page cache (``posix_fadvise(POSIX_FADV_DONTNEED)``), so that it is read from
   the disk.
 
+- from a raw file (``--from raw``): ``blockforensics export SOURCE.raw`` to a dynamic
+  and to a fixed VHD against ``qemu-img convert -o subformat=dynamic|fixed`` of the
+  same file, matched as above.  ``--baseline DIR`` adds the same exports by another
+  checkout of the package (``DIR`` on ``PYTHONPATH``; e.g. ``git archive`` of an older
+  commit), taking turns with the others: before and after in one run.
+
+Every command runs as an installed package would: bytecode compiled beforehand
+(``PYTHONDONTWRITEBYTECODE`` is dropped and the package compiled), not from source.
+
 Each step runs ``--repeat`` times, taking turns with the others of its group;
 the fastest run and the median are reported (the machine is shared and noisy).
 MB/s are 10^6 bytes per second of the volume (export) or of the .vhd file (reads);
@@ -30,6 +40,7 @@ speed ratios are the reference's time over ours (> 1: ours is faster).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -113,11 +124,66 @@ def ratio(ours: Run, reference: Run) -> dict[str, float]:
             "median": round(reference.median_seconds / ours.median_seconds, 2)}
 
 
-def exports(work: Path, size_mib: int, repeat: int) -> dict[str, object]:
+def figures(runs: dict[str, Run], size: int) -> list[dict[str, object]]:
+    return [{"step": run.label, "fastest s": round(run.seconds, 3),
+             "median s": round(run.median_seconds, 3), "MB/s": round(run.rate(size), 1),
+             "peak RSS MiB": round(run.peak_rss_mib)} for run in runs.values()]
+
+
+def raw_exports(work: Path, source: Path, size: int, repeat: int,
+                baseline: Path | None) -> dict[str, object]:
+    """Race ``export`` of the raw ``source`` to a dynamic and a fixed VHD against
+    ``qemu-img convert`` of it (and against ``baseline``'s export, if given)."""
+    result: dict[str, object] = {}
+    ours, qemu = work / "ours-raw.vhd", work / "qemu-raw.vhd"
+
+    def fresh(vhd: Path) -> Callable[[], None]:
+        return lambda: (vhd.unlink(missing_ok=True), warm(source))
+
+    for kind in ("dynamic", "fixed"):
+        export = cli("export", source, ours, "--format", f"vhd-{kind}")
+        convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={kind}"]
+        contenders = {"": None, "baseline ": baseline} if baseline else {"": None}
+        steps = []
+        for who, path in contenders.items():
+            env = {"PYTHONPATH": str(path)} if path else {}
+            steps += [Step(f"{who}blockforensics export", export, fresh(ours), env),
+                      Step(f"{who}blockforensics export, no fsync", export, fresh(ours),
+                           {**env, "BLOCKFORENSICS_FSYNC": "0"})]
+        steps += [
+            Step("qemu-img convert", [*convert, str(source), str(qemu)], fresh(qemu)),
+            Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu),
+                                             *convert, str(source), str(qemu)], fresh(qemu)),
+            Step("qemu-img convert -t writeback",
+                 [*convert, "-t", "writeback", str(source), str(qemu)], fresh(qemu)),
+        ]
+        runs = fastest(steps, repeat)
+        ratios = {}
+        for who in contenders:
+            mine, cached = runs[f"{who}blockforensics export"], \
+                runs[f"{who}blockforensics export, no fsync"]
+            ratios |= {
+                f"{who}export, no fsync / qemu-img convert": ratio(cached,
+                                                                   runs["qemu-img convert"]),
+                f"{who}export / qemu-img convert + sync": ratio(mine,
+                                                                runs["qemu-img convert + sync"]),
+                f"{who}export / qemu-img convert -t writeback":
+                    ratio(mine, runs["qemu-img convert -t writeback"]),
+            }
+        result[kind] = {"identical": identical(source, ours),
+                        "runs": figures(runs, size), "speed_ratios": ratios}
+    return result
+
+
+def exports(work: Path, size_mib: int, repeat: int, sources: tuple[str, ...] = ("chain",),
+            baseline: Path | None = None) -> dict[str, object]:
     """Back up ``size_mib`` MiB of data, then race the exports; the figures as a dict."""
     size = size_mib * MiB
     source = random_file(work / "source.raw", size)
     holes = punch_holes(source)
+    if "chain" not in sources:
+        return {"size_mib": size_mib, "holes_mib": holes // MiB,
+                "raw": raw_exports(work, source, size, repeat, baseline)}
     chain, restored = work / "chain", work / "restored.raw"
     for argv in (cli("backup", source, chain, "--all-blocks"), cli("restore", chain, restored)):
         subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
@@ -147,15 +213,14 @@ def exports(work: Path, size_mib: int, repeat: int) -> dict[str, object]:
         "size_mib": size_mib, "holes_mib": holes // MiB,
         "identical": identical(restored, ours_vhd),
         "vhd_bytes": {"ours": ours_vhd.stat().st_size, "qemu-img": qemu_vhd.stat().st_size},
-        "runs": [{"step": run.label, "fastest s": round(run.seconds, 3),
-                  "median s": round(run.median_seconds, 3), "MB/s": round(run.rate(size), 1),
-                  "peak RSS MiB": round(run.peak_rss_mib)}
-                 for run in runs.values()],
+        "runs": figures(runs, size),
         "speed_ratios": {
             "export, no fsync / qemu-img convert": ratio(ours_cached, qemu),
             "export / qemu-img convert + sync": ratio(ours, qemu_sync),
             "export / qemu-img convert -t writeback": ratio(ours, qemu_flush),
         },
+        **({"raw": raw_exports(work, source, size, repeat, baseline)}
+           if "raw" in sources else {}),
     }
 
 
@@ -179,19 +244,45 @@ def fuse_reads(work: Path, repeat: int) -> dict[str, object]:
     }
 
 
+def compiled(*packages: Path) -> None:
+    """Run the commands from bytecode, as installed: compile ``packages`` (each the
+    directory of a ``blockforensics`` package) and let Python read it."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    for package in packages:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
-    args = options(__doc__, [512, 2048, 4096])
+    def more(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--from", dest="sources", nargs="+", choices=["chain", "raw"],
+                            default=["chain", "raw"], help="export from a chain, a raw file")
+        parser.add_argument("--baseline", type=Path, metavar="DIR",
+                            help="also run the raw exports with DIR first on PYTHONPATH (a "
+                                 "checkout of another version: DIR/blockforensics)")
+
+    args = options(__doc__, [512, 2048, 4096], more)
     os.environ.pop("BLOCKFORENSICS_FSYNC", None)  # our writer fsyncs, as in production
+    import blockforensics
+
+    compiled(Path(blockforensics.__file__).parent,
+             *([args.baseline / "blockforensics"] if args.baseline else []))
     results: dict[str, object] = {"exports": []}
     for i, size_mib in enumerate(args.size_mib):
         work = Path(tempfile.mkdtemp(prefix="bf-bench-vhd-", dir=args.dir))
         try:
-            figures = exports(work, size_mib, args.repeat)
-            results["exports"].append(figures)  # type: ignore[attr-defined]
-            print(f"\n{size_mib} MiB random, {figures['holes_mib']} MiB of it holes; backed up "
-                  f"--all-blocks; export identical to the restored raw: {figures['identical']}; "
-                  f".vhd bytes {figures['vhd_bytes']}")
-            print(table(figures["runs"]))  # type: ignore[arg-type]
+            done = exports(work, size_mib, args.repeat, tuple(args.sources), args.baseline)
+            results["exports"].append(done)  # type: ignore[attr-defined]
+            for kind, raw in done.get("raw", {}).items():  # type: ignore[attr-defined]
+                print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; raw file "
+                      f"to vhd-{kind}, identical: {raw['identical']}")
+                print(table(raw["runs"]))
+            if "chain" not in args.sources:
+                continue
+            print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; backed up "
+                  f"--all-blocks; export identical to the restored raw: {done['identical']}; "
+                  f".vhd bytes {done['vhd_bytes']}")
+            print(table(done["runs"]))  # type: ignore[arg-type]
             if i == 0:
                 results["fuse"] = reads = fuse_reads(work, args.repeat)
                 print(f"\nreads of the {reads['vhd_bytes']}-byte .vhd; the file was dropped "
@@ -200,8 +291,13 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print("\nspeed ratios, fastest and median (> 1: ours is faster)")
-    rows = [{"size MiB": f["size_mib"], "comparison": name, **value}
-            for f in results["exports"] for name, value in f["speed_ratios"].items()]  # type: ignore[attr-defined]
+    rows = [{"size MiB": f["size_mib"], "comparison": f"from a chain: {name}", **value}
+            for f in results["exports"]  # type: ignore[attr-defined]
+            for name, value in f.get("speed_ratios", {}).items()]
+    rows += [{"size MiB": f["size_mib"], "comparison": f"raw to vhd-{kind}: {name}", **value}
+             for f in results["exports"]  # type: ignore[attr-defined]
+             for kind, raw in f.get("raw", {}).items()
+             for name, value in raw["speed_ratios"].items()]
     if "fuse" in results:
         rows += [{"size MiB": args.size_mib[0], "comparison": name, **value}
                  for name, value in results["fuse"]["speed_ratios"].items()]  # type: ignore[index]

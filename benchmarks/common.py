@@ -80,9 +80,11 @@ def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
             for label, done in runs.items()}
 
 
-def options(doc: str, size_mib: int | list[int]) -> argparse.Namespace:
+def options(doc: str, size_mib: int | list[int],
+            more: Callable[[argparse.ArgumentParser], object] | None = None
+            ) -> argparse.Namespace:
     """The options every benchmark takes: source size (several, for a benchmark whose
-    default is a list), scratch directory, rounds, JSON."""
+    default is a list), scratch directory, rounds, JSON; ``more(parser)`` adds its own."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     if isinstance(size_mib, list):
         parser.add_argument("--size-mib", type=int, nargs="+", default=size_mib,
@@ -93,6 +95,8 @@ def options(doc: str, size_mib: int | list[int]) -> argparse.Namespace:
                         help="scratch directory (default: the temp dir)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per step; the fastest counts")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 

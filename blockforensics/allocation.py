@@ -33,7 +33,7 @@ from blockforensics.fs.base import FileSystem, covered
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
 from blockforensics.fs.gpt import looks_like_gpt, read_gpt
-from blockforensics.fs.mbr import SECTOR, Partition, looks_like_mbr, read_partitions
+from blockforensics.fs.mbr import SECTOR, Partition, looks_like_mbr, read_table
 from blockforensics.fs.sleuthkit import TskFileSystem
 
 if TYPE_CHECKING:
@@ -277,7 +277,8 @@ def partition_table(disk: DiskLike) -> tuple[str, list[Partition], list[str]]:
             table = read_gpt(d)
             return "gpt", table.partitions, table.notes
         if looks_like_mbr(d.read(0, SECTOR)):
-            return "mbr", read_partitions(d), []
+            found, notes = read_table(d)
+            return "mbr", found, notes
         return "none", [], []
 
 

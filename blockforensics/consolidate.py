@@ -7,12 +7,13 @@ is decoded, so encrypted chains consolidate like plaintext ones and nothing
 here takes a key: a ciphertext is authenticated against its chain, position
 and flags, never against the image that holds it, so it may move between images.
 
-Stored payloads are moved in runs of up to ``_RUN_BYTES``: each run is read
-into one of two reused buffers, its records' stored digests are checked in one
-batch (a damaged payload is never copied), and the image writer writes it
-from that same buffer on its own thread while the next run is read and hashed.
-The layout is walked a window of blocks at a time, so memory stays bounded
-whatever the volume's size (apart from the new image's index, 56 bytes a block).
+Stored payloads are moved in runs of up to ``_RUN_BYTES``: each run is mapped
+from the page cache, its records' stored digests are checked there in one batch
+(a damaged payload is never copied), and the image writer copies the run file
+to file (``copy_file_range``; where the file system refuses, it writes the
+checked mapped bytes) on its own thread while the next run is checked.  The
+layout is walked a window of blocks at a time, so memory stays bounded whatever
+the volume's size (apart from the new image's index, 56 bytes a block).
 
 Crash safety: the new image is written and committed under a pending
 (temporary) name; then :meth:`ChainStore.switch` names it, switches the
@@ -24,6 +25,7 @@ from its journal.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 _WINDOW_BLOCKS = 1 << 18  # volume blocks whose records are gathered at once (blocks)
 _RUN_BYTES = 8 << 20  # most stored bytes read, checked and written as one run (bytes)
 _GAP_BYTES = 64 << 10  # unwanted bytes read through rather than starting a new read (bytes)
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map a run's pages at once, not by faults
 _WORDS = {KIND_FULL: "full", KIND_INCREMENTAL: "incr"}  # in image file names
 
 
@@ -188,13 +191,13 @@ def _segment(chain: Chain, point: PointRef,
 
 
 class _Copier:
-    """Copies stored payloads into ``writer`` in runs, through two reused buffers: a run
-    is read and checked into one while the writer writes the other."""
+    """Copies stored payloads into ``writer`` in runs: a run is mapped and checked while
+    the writer copies the one before (each mapping is kept until two runs on)."""
 
     def __init__(self, writer: ImageWriter):
         self.writer = writer
-        self.buffers = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
-        self.turn = 0  # the buffer the next run goes into
+        self.mappings: list[mmap.mmap | None] = [None, None]
+        self.turn = 0  # the slot the next run's mapping takes
 
     def copy(self, image: ImageFile, records: np.ndarray) -> None:
         """Append ``records`` of ``image`` and their stored bytes (IntegrityError, before
@@ -221,17 +224,18 @@ class _Copier:
     def _run(self, image: ImageFile, records: np.ndarray, lo: np.ndarray, hi: np.ndarray,
              first: int) -> None:
         """One run: the records' payloads lie at ``lo .. hi`` (bytes) from byte ``first``
-        of ``image``, in order; read once, checked, handed to the writer."""
-        buf = self.buffers[self.turn]
-        if buf.nbytes < hi[-1]:
-            buf = self.buffers[self.turn] = np.empty(max(int(hi[-1]), _RUN_BYTES), np.uint8)
+        of ``image``, in order; mapped, checked in place, copied file to file."""
+        base = first - first % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(image.fileno(), first - base + int(hi[-1]), prot=mmap.PROT_READ,
+                           flags=mmap.MAP_SHARED | _POPULATE, offset=base)
+        span = np.frombuffer(mapped, np.uint8, int(hi[-1]), first - base)
+        self.mappings[self.turn] = mapped  # dropped (unmapped) two runs on
         self.turn ^= 1
-        span = buf[: hi[-1]]
-        image.read_into(span, first)
         check_stored(image.name, span, lo, records)  # copy no damage
         cuts = np.r_[0, np.flatnonzero(lo[1:] != hi[:-1]) + 1, len(records)].tolist()
         pieces = [span[lo[a] : hi[b - 1]].data for a, b in pairwise(cuts)]
-        self.writer.add_verbatim(_relative(records), pieces)
+        self.writer.add_verbatim(_relative(records), pieces,
+                                 (image.fileno(), (first + lo[cuts[:-1]]).tolist()))
 
 
 def _relative(records: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ byte for byte with a restore; the chain's own verify and listing must be clean.
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 import signal
 import subprocess
@@ -22,7 +24,7 @@ from blockforensics.consolidate import apply_retention, consolidate, retention_p
 from blockforensics.errors import ChainError, IntegrityError, UsageError
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import FLAG_ZERO
-from blockforensics.image.imagefile import ImageFile
+from blockforensics.image.imagefile import ImageFile, ImageWriter
 from blockforensics.image.verify import verify
 
 DAY_NS = 86_400 * 10**9
@@ -107,19 +109,42 @@ def test_branch_off_start_keeps_start(tmp_path: Path) -> None:
     assert_restores(tmp_path, sources)
 
 
-def test_reads_in_few_large_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_copies_in_few_large_runs_file_to_file(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     sources = build_chain(tmp_path, [None, 0, 1, 2], n_blocks=400)
-    calls = []
-    real = ImageFile.read_into
+    runs, copied = [], []
+    real_add, real_copy = ImageWriter.add_verbatim, os.copy_file_range
 
-    def counted(self: ImageFile, out: np.ndarray, offset: int) -> None:
-        calls.append(out.nbytes)
-        real(self, out, offset)
+    def add(self: ImageWriter, records: np.ndarray, pieces: list, source: object = None) -> None:
+        runs.append(len(records))
+        real_add(self, records, pieces, source)
 
-    monkeypatch.setattr(ImageFile, "read_into", counted)
+    def copy(*args: int) -> int:
+        copied.append(args[2])
+        return real_copy(*args)
+
+    monkeypatch.setattr(ImageWriter, "add_verbatim", add)
+    monkeypatch.setattr(os, "copy_file_range", copy)
     result = consolidate(tmp_path, 3)
-    assert result.blocks > 390 and len(calls) <= 2 * len(result.merged)
+    assert result.blocks > 390 and len(runs) <= 2 * len(result.merged)
+    with Chain.open(tmp_path) as chain:  # every stored byte copied inside the kernel
+        assert sum(copied) == int(chain.images[0].index["length"].sum())
     monkeypatch.undo()
+    assert_restores(tmp_path, sources)
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EOPNOTSUPP])
+def test_file_systems_without_copy_file_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              error: int) -> None:
+    # the bytes checked in place are written instead
+    sources = build_chain(tmp_path, [None, 0, 1, 2], n_blocks=100)
+
+    def refuse(*args: int) -> int:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    consolidate(tmp_path, 2)
+    assert verify(tmp_path).ok
     assert_restores(tmp_path, sources)
 
 

@@ -24,6 +24,8 @@ MIB, GIB = 1 << 20, 1 << 30
 WRITES = [(0x61, 1 * MIB, 3 * MIB), (0x62, 1500 * MIB, 100 << 10), (None, 10 * MIB, MIB),
           (0x63, 3 * GIB + 7 * MIB, 64 << 10)]
 SIZE = 4 * GIB + 3 * 512  # odd: a partial last block
+#: images whose block status qemu reports as all data
+WHOLE = ("vhdx", "vmdk-flat")
 #: the overlays' own writes, over a base holding WRITES
 TOP_WRITES = [(0x64, 2 * MIB, 8 << 10), (0x65, 1900 * MIB, 64 << 10)]
 
@@ -65,6 +67,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "vhdx": create(work / "d.vhdx", "vhdx"),
         "vhd": create(work / "d.vhd", "vpc"),
     }
+    out["vmdk-flat"] = create(work / "flat.vmdk", "vmdk", "-o", "subformat=monolithicFlat")
     out["vmdk-stream"] = work / "s.vmdk"
     run("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", out["qcow2"],
         out["vmdk-stream"])
@@ -85,9 +88,9 @@ def _blocks(starts: list[int], stops: list[int], block_size: int, n: int) -> np.
 
 
 def _expected(image: Path, name: str, block_size: int, n: int) -> np.ndarray:
-    """The blocks qemu maps as data; for VHDX (whose block status qemu does not report)
-    the written, non-zero ranges."""
-    if name == "vhdx":
+    """The blocks qemu maps as data; for VHDX and flat VMDK (whose block status qemu
+    does not report) the written, non-zero ranges."""
+    if name in WHOLE:
         ranges = [(at, at + length) for pattern, at, length in WRITES if pattern is not None]
     else:
         mapped = json.loads(run("qemu-img", "map", "--output=json", image))
@@ -96,7 +99,7 @@ def _expected(image: Path, name: str, block_size: int, n: int) -> np.ndarray:
     return _blocks([a for a, _ in ranges], [b for _, b in ranges], block_size, n)
 
 
-NAMES = ["qcow2", "qcow2-over-backing", "vmdk", "vmdk-stream",
+NAMES = ["qcow2", "qcow2-over-backing", "vmdk", "vmdk-flat", "vmdk-stream",
          "vmdk-2gb-extents", "vmdk-over-backing", "vhdx", "vhd"]
 
 
@@ -108,7 +111,7 @@ def test_present_is_what_the_allocation_tables_map(images, name: str) -> None:
         flags = np.zeros(disk.n_blocks, dtype=bool)
         flags[present.positions()] = True
         expected = _expected(image, name, disk.block_size, disk.n_blocks)
-        if name == "vhdx":  # whole VHDX blocks: at least the data, nowhere else
+        if name in WHOLE:  # whole VHDX blocks, file-system blocks: the data, little more
             assert not (expected & ~flags).any()
             assert present.count() * disk.block_size <= 3 * 32 * MIB
         else:

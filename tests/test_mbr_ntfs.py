@@ -121,20 +121,24 @@ def history(request: pytest.FixtureRequest, tmp_path: Path):
     listed = [{kind: disk.fls(kind) for kind in ("ntfs", "fat")}]
     assert cli("backup", disk.path, chain).returncode == 0
 
+    contents = [{"ntfs": disk.src.joinpath("report.doc").read_bytes(),
+                 "fat": disk.src.joinpath("photo.jpg").read_bytes()}]
     disk.ntfs_put("report.doc", rng.bytes(40_000))  # rewritten in place: same size
     disk.ntfs_put("new.txt", b"created on day two\n" * 50)
     disk.fat_put("photo.jpg", rng.bytes(30_000))
+    contents.append({"ntfs": disk.src.joinpath("report.doc").read_bytes(),
+                     "fat": disk.src.joinpath("photo.jpg").read_bytes()})
     run("mdel", "-i", disk.volume["fat"], "::/docs/notes.txt")
     disk.fat_put("added.txt", b"added on day two\n" * 100)  # not in the freed slot
     disk.write()
     listed.append({kind: disk.fls(kind) for kind in ("ntfs", "fat")})
     done = cli("backup", disk.path, chain)
     assert done.returncode == 0, done.stderr
-    return chain, disk, listed
+    return chain, disk, listed, contents
 
 
 def test_listings_equal_fls_in_every_partition(history) -> None:
-    chain_dir, disk, listed = history
+    chain_dir, disk, listed, contents = history
     n = disk.number
     with RawDisk(disk.path) as raw:
         found = [(p.index, p.start_byte // SECTOR) for p in filesystem_partitions(raw)]
@@ -150,13 +154,19 @@ def test_listings_equal_fls_in_every_partition(history) -> None:
                 assert mine == listed[point][kind], (point, kind)
                 assert mine  # not both empty
             assert f"p{n['exfat']}:/" in set(forensics.list_files(chain.disk(point))["path"])
+    for point in (0, 1):  # extract reads each partition's files as they were
+        for kind, name in (("ntfs", "report.doc"), ("fat", "photo.jpg")):
+            out = chain_dir.parent / f"{kind}-{point}.out"
+            done = cli("extract", chain_dir, point, f"p{n[kind]}:/{name}", out)
+            assert done.returncode == 0, done.stderr
+            assert out.read_bytes() == contents[point][kind]
     print(f"listings equal fls: {sum(len(v) for d in listed for v in d.values())} files "
           f"over 2 points, partitions {sorted(n.values())}")
 
 
 @pytest.mark.slow
 def test_diff_timeline_and_triage_name_the_changed_files_of_each_partition(history) -> None:
-    chain_dir, disk, _ = history
+    chain_dir, disk, *_ = history
     ntfs, fat = f"p{disk.number['ntfs']}:", f"p{disk.number['fat']}:"
     expected = {(f"{ntfs}/report.doc", "modified"), (f"{ntfs}/new.txt", "created"),
                 (f"{fat}/photo.jpg", "modified"), (f"{fat}/docs/notes.txt", "deleted"),
@@ -179,3 +189,66 @@ def test_diff_timeline_and_triage_name_the_changed_files_of_each_partition(histo
     done = cli("triage", chain_dir, "--json")
     assert done.returncode == 0, done.stderr
     assert f"{ntfs}/report.doc" in done.stdout and f"{fat}/photo.jpg" in done.stdout
+
+
+# ------------------------------------------------------------ a broken EBR chain
+def _ebr_chain_disk(tmp_path: Path) -> tuple[Path, int, int]:
+    """An MBR disk: FAT12/16 in primary 1 and in logical 5 and 6, a file in each; returns the
+    disk, the byte offset of the second EBR (logical 6's) and logical 6's start."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("sfdisk", "mkfs.fat", "mcopy")
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(40 * MIB))
+    run("sfdisk", "-q", path, input="label: dos\nsize=8MiB, type=6\ntype=5\n"
+        "size=12MiB, type=6\ntype=6\n")
+    parts = _partitions(path)
+    with path.open("r+b") as fh:
+        for n in (1, 5, 6):
+            vol = tmp_path / f"v{n}.img"
+            vol.write_bytes(bytes(parts[n][1] * SECTOR))
+            run("mkfs.fat", vol)
+            (tmp_path / f"f{n}.txt").write_bytes(f"partition {n}\n".encode() * 100)
+            run("mcopy", "-i", vol, tmp_path / f"f{n}.txt", f"::/f{n}.txt")
+            fh.seek(parts[n][0] * SECTOR)
+            fh.write(vol.read_bytes())
+        fh.seek(0x1BE + 16 + 8)  # entry 2: the extended partition's first sector
+        extended = int.from_bytes(fh.read(4), "little")
+        fh.seek(extended * SECTOR + 0x1BE + 16 + 8)  # the first EBR's link
+        second = (extended + int.from_bytes(fh.read(4), "little")) * SECTOR
+    return path, second, parts[6][0] * SECTOR
+
+
+def _files(path: Path) -> set[str]:
+    with RawDisk(path) as raw:
+        listed = forensics.list_files(raw)
+    return set(listed.loc[listed["type"] == "file", "path"])
+
+
+def test_a_broken_ebr_chain_keeps_what_comes_before_it(tmp_path: Path) -> None:
+    from blockforensics.allocation import survey
+
+    path, second_ebr, logical6 = _ebr_chain_disk(tmp_path)
+    assert _files(path) == {"p1:/f1.txt", "p5:/f5.txt", "p6:/f6.txt"}
+    with path.open("r+b") as fh:  # the second EBR loses its signature
+        fh.seek(second_ebr + 510)
+        fh.write(b"\0\0")
+    assert _files(path) == {"p1:/f1.txt", "p5:/f5.txt"}
+    found = survey(path)
+    assert [r.index for r in found.regions] == [1, 5]
+    assert any(f"no EBR at sector {second_ebr // SECTOR}" in note for note in found.notes)
+    first = logical6 // found.map.block_size  # logical 6, unread, is copied whole
+    assert found.map.to_bools()[first : first + 100].all()
+
+
+def test_an_ebr_chain_that_loops_is_followed_once(tmp_path: Path) -> None:
+    from blockforensics.allocation import partition_table
+
+    path, second_ebr, _ = _ebr_chain_disk(tmp_path)
+    with path.open("r+b") as fh:  # logical 6's EBR links back to the first EBR
+        fh.seek(second_ebr + 0x1BE + 16)
+        fh.write(bytes([0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]))
+    table, found, notes = partition_table(path)
+    assert table == "mbr"
+    assert [p.index for p in found] == [1, 2, 5, 6]
+    assert any("loops back" in note for note in notes)
+    assert _files(path) == {"p1:/f1.txt", "p5:/f5.txt", "p6:/f6.txt"}

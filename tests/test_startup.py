@@ -29,6 +29,8 @@ from test_structure import (
 from blockforensics import Chain, Volume, backup
 from blockforensics.crypto import KeySource
 from blockforensics.errors import ChainError
+from blockforensics.formats import ENTRY_POINT_GROUP
+from blockforensics.image import summary
 from blockforensics.image.format import (
     FLAG_ENCRYPTED,
     FLAG_ZERO,
@@ -96,8 +98,7 @@ def test_a_raw_file_exports_without_the_chain_reader_or_other_formats(tmp_path, 
     source.write_bytes(os.urandom(1 << 20))
     modules = imported("export", source, tmp_path / "out.vhd", "--format", format)
     assert "blockforensics.formats.vhd" in modules
-    # the plugins' entry points are read: raw is probed after every third-party plugin
-    assert {m for m in heavy(modules) if not m.startswith("importlib.metadata")} == set()
+    assert heavy(modules) == set()  # no third-party plugin is installed: no metadata scan
     assert not modules & {"blockforensics.image.chain", "blockforensics.image.imagefile",
                           "blockforensics.crypto", "blockforensics.formats.vhdx",
                           "blockforensics.formats.vmdk", "blockforensics.formats.qcow2"}
@@ -154,10 +155,14 @@ def _copy(three: Path, tmp_path: Path) -> Path:
 
 
 def _agree(chain: Path) -> list[dict[str, object]]:
-    """``list``'s rows of ``chain``, asserted equal to those of the chain opened for reading."""
+    """``list``'s rows of ``chain``, asserted equal to those of the chain opened for
+    reading, with its indexes checked by lists and (past LIST_RECORDS) by the reader."""
     with Chain.open(chain) as opened:
         expected = opened.rows()
     assert chain_rows(chain) == expected
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(summary, "LIST_RECORDS", 40)  # the full's 32 records, then the reader
+        assert chain_rows(chain) == expected
     return expected
 
 
@@ -262,3 +267,24 @@ def test_the_numpy_free_index_check_says_what_index_problem_says(records, encryp
         check.add(raw[at : at + step])
     payload_end = 1 << 20
     assert check.problem(header, payload_end) == index_problem(index, header, payload_end)
+
+
+def test_the_metadata_scan_runs_when_a_package_declares_another_plugin(tmp_path):
+    """Plugins named like a built-in are ignored, so they alone do not call for the scan;
+    any other name does (and the raw file is still offered to that plugin first)."""
+    site = tmp_path / "site"
+    info = site / "bf_other-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bf-other\nVersion: 1.0\n")
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(1 << 16))
+    env = {"PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    for section, scanned in (("raw = nowhere:Nothing\n", False),
+                             ("# a comment\nother = nowhere:Nothing\n", True)):
+        (info / "entry_points.txt").write_text(f"[console_scripts]\nx = y:z\n"
+                                               f"[{ENTRY_POINT_GROUP}]\n{section}")
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            modules = imported("export", source, tmp_path / f"{scanned}.vhd")
+        assert ("importlib.metadata" in modules) is scanned

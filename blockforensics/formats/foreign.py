@@ -15,7 +15,7 @@ the header, relative to the overlay's directory unless absolute.
 what the image maps: the VHDX BAT (payload blocks fully or partially present; a
 block not present falls through to the parent), the VMDK grain directory and
 tables (grains holding data; an absent grain falls through to the parent; flat
-extents count whole), the qcow2 L1/L2 tables (clusters with data, compressed
+extents: their files' data extents), the qcow2 L1/L2 tables (clusters with data, compressed
 ones included; unallocated clusters fall through to the backing file, whose own
 ``present()`` counts; zero clusters count as absent).  A block is present when
 any byte of it lies in a present unit.
@@ -92,11 +92,16 @@ def _units(flags: np.ndarray, unit: int, block_size: int, n_blocks: int,
     return covered(starts // block_size, -(-(starts + unit) // block_size), n_blocks)
 
 
-def _of_map(bmap: BlockMap, block_size: int, n_blocks: int) -> np.ndarray:
-    """A BlockMap of any block size as flags of ``n_blocks`` blocks of ``block_size``."""
+def _of_map(bmap: BlockMap, block_size: int, n_blocks: int, base: int = 0,
+            limit: int | None = None) -> np.ndarray:
+    """A BlockMap of any block size, placed at byte ``base`` and cut at ``limit`` bytes
+    of its own, as flags of ``n_blocks`` blocks of ``block_size``."""
     starts, lengths = bmap.run_arrays()
     unit = bmap.block_size
-    return covered(starts * unit // block_size, -(-(starts + lengths) * unit // block_size),
+    stops = (starts + lengths) * unit
+    if limit is not None:
+        stops = np.minimum(stops, limit)
+    return covered((base + starts * unit) // block_size, -(-(base + stops) // block_size),
                    n_blocks)
 
 
@@ -160,16 +165,19 @@ def _grain_states(extent: Any) -> np.ndarray:
 
 def _vmdk_allocated(vmdk: Any, block_size: int, n_blocks: int) -> np.ndarray:
     """VMDK: the grains holding data of each sparse extent; an absent grain reads the
-    parent at the same sector; a flat extent counts whole."""
+    parent at the same sector; a flat extent: its file's data extents (holes of a
+    sparse file read as zeros)."""
     from dissect.hypervisor.disk.vmdk import SparseDisk
+
+    from blockforensics.formats.raw import RawDisk
 
     flags = np.zeros(n_blocks, dtype=bool)
     parents: dict[int, np.ndarray] = {}
     for extent in vmdk.disks:
         base = int(extent.sector_offset) * SECTOR
         if not isinstance(extent, SparseDisk):
-            flags |= covered(np.array([base // block_size]),
-                             np.array([-(-(base + int(extent.size)) // block_size)]), n_blocks)
+            with RawDisk(extent.fh.name) as flat:
+                flags |= _of_map(flat.present(), block_size, n_blocks, base, int(extent.size))
             continue
         states = _grain_states(extent)
         grain = int(extent.header.grain_size) * SECTOR

@@ -75,6 +75,14 @@ def looks_like_mbr(sector: bytes) -> bool:
 
 def read_partitions(disk: Disk) -> list[Partition]:
     """Primary, extended and logical partitions of an MBR disk; FormatError if none."""
+    return read_table(disk)[0]
+
+
+def read_table(disk: Disk) -> tuple[list[Partition], list[str]]:
+    """:func:`read_partitions` and what was noticed: where the EBR chain breaks (no
+    signature, a loop, past the end of the image) the logical partitions after the
+    break are not read — their bytes lie outside every partition found, which a
+    backup copies whole — and a note says so."""
     sector = disk.read(0, SECTOR)
     if not looks_like_mbr(sector):
         raise FormatError("not an MBR partitioned disk (no valid partition table in sector 0)")
@@ -87,9 +95,10 @@ def read_partitions(disk: Disk) -> list[Partition]:
         found.append(_partition(number, entry, 0, kind))
         if kind == "extended" and extended_start is None:
             extended_start = int(entry["lba_first"])
+    notes: list[str] = []
     if extended_start is not None:
-        found += _logical(disk, extended_start)
-    return found
+        found += _logical(disk, extended_start, notes)
+    return found, notes
 
 
 def _partition(index: int, entry: np.void, base_lba: int, kind: str) -> Partition:
@@ -99,18 +108,30 @@ def _partition(index: int, entry: np.void, base_lba: int, kind: str) -> Partitio
                      start, length, kind)
 
 
-def _logical(disk: Disk, extended_lba: int) -> list[Partition]:
-    """Logical partitions: follow the EBR chain (EBR links are relative to the extended start)."""
+def _logical(disk: Disk, extended_lba: int, notes: list[str]) -> list[Partition]:
+    """Logical partitions: follow the EBR chain (each EBR's first entry is relative to
+    the EBR, its link to the next EBR relative to the extended partition's start);
+    a break in the chain ends it with a note in ``notes``."""
     logical: list[Partition] = []
     ebr_lba = extended_lba
+    seen: set[int] = set()
     for index in range(5, 5 + MAX_LOGICAL):
         sector = disk.read(ebr_lba * SECTOR, SECTOR)
         if len(sector) < SECTOR or BOOT_SECTOR.parse(sector).signature != SIGNATURE:
-            raise FormatError(f"broken extended partition: no EBR at sector {ebr_lba}")
+            notes.append(f"extended partition: no EBR at sector {ebr_lba}; the logical "
+                         "partitions from there on are not read (copied whole)")
+            return logical
+        seen.add(ebr_lba)
         this, link = _entries(sector)[:2]
         if this["type"] != 0:
             logical.append(_partition(index, this, ebr_lba, "logical"))
         if link["type"] == 0:
             return logical
         ebr_lba = extended_lba + int(link["lba_first"])
-    raise FormatError(f"extended partition chain longer than {MAX_LOGICAL} EBRs (a loop?)")
+        if ebr_lba in seen:
+            notes.append(f"extended partition: the EBR chain loops back to sector {ebr_lba}; "
+                         "followed once")
+            return logical
+    notes.append(f"extended partition: more than {MAX_LOGICAL} EBRs; the rest are not read "
+                 "(copied whole)")
+    return logical

@@ -9,6 +9,7 @@ index and footer are written and fsynced.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -41,6 +42,21 @@ if TYPE_CHECKING:
 
 #: most buffers one ``writev`` call takes
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
+
+#: errors of ``copy_file_range`` that mean "not between these files": write instead
+_NO_COPY = {errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF}
+
+
+def _copy_ranges(src: int, dst: int, starts: list[int], lengths: list[int]) -> None:
+    """Append ``lengths[i]`` bytes from byte ``starts[i]`` of ``src`` to ``dst`` (at its
+    file position), in order, inside the kernel."""
+    for start, length in zip(starts, lengths):
+        while length:
+            done = os.copy_file_range(src, dst, length, start)
+            if not done:
+                raise OSError(errno.EIO, f"copy_file_range: source ends before byte {start}")
+            start, length = start + done, length - done
+
 
 #: what is wrong with a block whose stored bytes fail their digest
 STORED_MISMATCH = "stored bytes do not match their digest"
@@ -238,6 +254,7 @@ class ImageWriter:
         self._fh = self._stack.enter_context(atomic_writer(self.path))
         self._fh.write(header.pack())
         self._fh.flush()  # payloads are written to the descriptor itself (writev)
+        self._copy_files = True  # copy_file_range works here until it says otherwise
         self._offset = HEADER_SIZE
         self._records: list[np.ndarray] = []
         from concurrent.futures import ThreadPoolExecutor  # here: only writers pay for it
@@ -245,10 +262,23 @@ class ImageWriter:
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
         self._in_flight: Future[None] | None = None
 
-    def _write(self, pieces: list[memoryview], offset: int, nbytes: int) -> None:
-        """(Background thread) append ``pieces`` (``nbytes`` in all) back to back, with
-        ``writev`` and no joined copy; the first lands at byte ``offset``."""
-        fd, todo, first = self._fh.fileno(), pieces, 0
+    def _write(self, pieces: list[memoryview], offset: int, nbytes: int,
+               source: tuple[int, list[int]] | None) -> None:
+        """(Background thread) append ``pieces`` (``nbytes`` in all) back to back, the first
+        at byte ``offset``: copied file to file from ``source`` (descriptor, byte offset
+        of each piece) where the file system can, else written with ``writev``."""
+        fd = self._fh.fileno()
+        if source is not None and self._copy_files:
+            try:
+                _copy_ranges(source[0], fd, source[1], [p.nbytes for p in pieces])
+            except OSError as exc:
+                if exc.errno not in _NO_COPY or os.lseek(fd, 0, os.SEEK_CUR) != offset:
+                    raise
+                self._copy_files = False  # not between these files: write the bytes
+            else:
+                start_writeback(fd, offset, nbytes)
+                return
+        todo, first = pieces, 0
         while first < len(todo):
             done = os.writev(fd, todo[first : first + _IOV_MAX])
             while first < len(todo) and done >= todo[first].nbytes:
@@ -275,19 +305,25 @@ class ImageWriter:
         """Append encoded blocks (their records and payload bytes)."""
         self.add_verbatim(encoded.records, [memoryview(encoded.payload)])
 
-    def add_verbatim(self, records: np.ndarray, pieces: Sequence[memoryview]) -> None:
+    def add_verbatim(self, records: np.ndarray, pieces: Sequence[memoryview],
+                     source: tuple[int, Sequence[int]] | None = None) -> None:
         """Append stored payloads verbatim (consolidation copies without a key): the
         bytes of ``pieces`` back to back, ``records``' offsets counted from the first
-        piece's first byte.  The background thread writes them while the caller goes
-        on; the buffers under ``pieces`` may be reused once the next ``add*`` call
-        (or :meth:`commit`) has returned."""
+        piece's first byte.  With ``source`` = (descriptor, byte offset of each piece in
+        it), the same bytes are copied file to file (``copy_file_range``) where the file
+        system allows.  The background thread writes them while the caller goes on; the
+        buffers under ``pieces`` may be reused once the next ``add*`` call (or
+        :meth:`commit`) has returned."""
         records = records.copy()
         records["offset"] += np.uint64(self._offset)
-        flat = [p.cast("B") if p.ndim != 1 or p.format != "B" else p for p in pieces if p.nbytes]
+        keep = [i for i, p in enumerate(pieces) if p.nbytes]
+        flat = [pieces[i].cast("B") if pieces[i].ndim != 1 or pieces[i].format != "B"
+                else pieces[i] for i in keep]
         nbytes = sum(p.nbytes for p in flat)
+        copy = None if source is None else (source[0], [int(source[1][i]) for i in keep])
         self._drain()
         if nbytes:
-            self._in_flight = self._io.submit(self._write, flat, self._offset, nbytes)
+            self._in_flight = self._io.submit(self._write, flat, self._offset, nbytes, copy)
         self._offset += nbytes
         self._records.append(records)
 

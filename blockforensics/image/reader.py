@@ -140,9 +140,10 @@ class ChainDisk(InPlaceDisk):
     def write_to(self, out: PlacedWriter) -> None:
         """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at
         a time: verbatim payloads are read into reused ``COPY_BUFFER``-sized buffers and
-        handed over with their check (``out`` checks one buffer while it writes the one
-        before and this thread reads the next); the rest is decoded, and so checked, a
-        batch at a time."""
+        handed over with their check (``out``'s checking threads hash buffers while its
+        writer writes those already checked and this thread reads the next; nothing is
+        written before its check passed); the rest is decoded, and so checked, a batch at
+        a time."""
         bs = self.block_size
         rows_per_buffer = max(1, COPY_BUFFER // bs)
         free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
@@ -157,12 +158,11 @@ class ChainDisk(InPlaceDisk):
                 for k in range(0, len(stored), rows_per_buffer):
                     buffer = free.get()
                     piece = stored_at[k : k + rows_per_buffer]
-                    here = np.arange(len(piece))
-                    self._read_stored(image, stored[k : k + rows_per_buffer], buffer, here)
+                    here, held = np.arange(len(piece)), stored[k : k + rows_per_buffer]
+                    self._read_stored(image, held, buffer, here)
                     position, row, count = contiguous_runs(piece, here, 1)
                     check = functools.partial(check_stored, image.name, buffer.reshape(-1),
-                                              here * bs, stored[k : k + rows_per_buffer]) \
-                        if self.check else None
+                                              here * bs, held) if self.check else None
                     out.put(buffer.reshape(-1).data, position * bs, row * bs, count * bs,
                             done=functools.partial(free.put, buffer), check=check)
                 todo = positions[decode]
