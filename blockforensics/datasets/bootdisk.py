@@ -195,10 +195,9 @@ def _static_busybox() -> Path:
     return path
 
 
-def _initramfs(busybox: Path, init: bytes = _INIT,
-               files: dict[str, Path] | None = None) -> bytes:
-    """gzip-compressed newc initramfs: static busybox, ``init`` as /init (by default the
-    sample disk's) and ``files`` (path in the initramfs -> host file), with their folders."""
+def _initramfs(busybox: Path, init: bytes, files: dict[str, Path] | None = None) -> bytes:
+    """gzip-compressed newc initramfs: static busybox, ``init`` as /init and ``files``
+    (path in the initramfs -> host file), with their folders."""
     extra = files or {}
     folders = {"bin", "dev", "proc", "sys", "mnt", "tmp"}
     for name in extra:
