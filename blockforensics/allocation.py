@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import FormatError, UsageError
+from blockforensics.errors import FormatError, IntegrityError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.base import FileSystem, covered
@@ -76,6 +76,8 @@ def _tsk_opens(disk: Disk, offset: int) -> bool:
     pytsk3)."""
     try:
         TskFileSystem(disk, offset)
+    except IntegrityError:
+        raise  # a damaged block, not "no file system"
     except (FormatError, UsageError):
         return False
     return True

@@ -28,6 +28,10 @@ _BIT_ORDER: Final = "little"
 _MAGIC = "blockforensics-blockmap-v1"
 
 
+#: 64-bit words of a map scanned at once for run edges (8 MiB)
+_RUN_WORDS = 1 << 20
+
+
 def _packed_len(n_blocks: int) -> int:
     return (n_blocks + 7) // 8
 
@@ -200,6 +204,15 @@ class BlockMap:
         else:
             self._update(np.arange(start, stop), True)
 
+    def assign(self, start: int, flags: np.ndarray) -> None:
+        """Make positions ``start .. start+len(flags)-1`` hold ``flags`` (bools), in place,
+        packed a byte at a time: ``start`` must be a multiple of 8 and the window must
+        end at a multiple of 8 or at ``n_blocks``."""
+        stop = start + len(flags)
+        if start % 8 or not (stop % 8 == 0 or stop == self.n_blocks) or stop > self.n_blocks:
+            raise ValueError(f"window [{start}, {stop}) is not byte-aligned in the map")
+        self._bits[start // 8 : -(-stop // 8)] = np.packbits(flags, bitorder=_BIT_ORDER)
+
     def clear(self) -> None:
         """Remove every position (in place)."""
         self._bits[:] = 0
@@ -270,10 +283,16 @@ class BlockMap:
         Worked on the packed bytes: bit *i* of ``w ^ (w << 1)`` is set where a run starts
         or stops, so only the bytes holding a run's edge are unpacked."""
         words = _words(self._bits)
-        edges = words << np.uint64(1)
-        edges[1:] |= words[:-1] >> np.uint64(63)
-        edges ^= words
-        found = _bit_positions(edges)
+        pieces, carry = [], np.uint64(0)
+        for first in range(0, len(words), _RUN_WORDS):  # bounded temporaries
+            chunk = words[first : first + _RUN_WORDS]
+            edges = chunk << np.uint64(1)
+            edges[0] |= carry
+            edges[1:] |= chunk[:-1] >> np.uint64(63)
+            edges ^= chunk
+            carry = chunk[-1] >> np.uint64(63)
+            pieces.append(_bit_positions(edges) + (first << 6))
+        found = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
         if len(found) % 2:  # the last run reaches the end of the map
             found = np.r_[found, self.n_blocks]
         return found[0::2], found[1::2] - found[0::2]

@@ -210,10 +210,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         from blockforensics.fsck import check_filesystems
 
         chain = _open_chain(args, clean=False)
-        checks = check_filesystems(chain.disk(args.point or "-1"))
-        for check in checks:
-            print(check)
-        fs_ok = all(check.ok is not False for check in checks)
+        fs_report = check_filesystems(chain.disk(args.point or "-1"))
+        print(fs_report)
+        fs_ok = fs_report.ok
     return EXIT_OK if report.ok and fs_ok and not history else EXIT_CHECK_FAILED
 
 
@@ -343,7 +342,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from blockforensics.expose import check_mountpoint, mount
+    from blockforensics.expose import check_mountpoint, mount, partition_files
 
     mountpoint = Path(args.mountpoint)
     check_mountpoint(mountpoint)  # before anything is opened or printed
@@ -351,6 +350,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
                       reader=args.reader, parent=args.parent) as disk:
         print(f"serving {mountpoint / 'disk.vhd'} from {args.chain}, read-only; "
               "Ctrl-C to unmount", flush=True)
+        _, parts, notes = partition_files(disk)
+        for line in [*(f"  {p.name}: partition {p.partition.index}, {p.length} bytes from "
+                       f"byte {p.partition.start_byte}" for p in parts), *notes]:
+            print(line, flush=True)
         mount(disk, mountpoint, foreground=True)
     return EXIT_OK
 

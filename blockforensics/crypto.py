@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,14 +198,16 @@ class ChainKeys:
         return np.frombuffer(raw + encryptor.finalize(), np.uint8).reshape(-1, 16)
 
     def point_mac(self, image_id: bytes, created_ns: int, volume_size: int, block_size: int,
-                  digests: np.ndarray) -> bytes:
+                  digests: Iterable[np.ndarray]) -> bytes:
         """Keyed digest of a whole point: its identity and the content digest of every
-        block in order (absent blocks: the zero block's).  Consolidation copies it with
-        the image header, so it survives without the key; a block rolled back to an
-        older version, or a record removed, changes it."""
+        block in order (absent blocks: the zero block's), given as consecutive
+        ``(k, 16)`` pieces so that no volume-sized array is needed.  Consolidation copies
+        it with the image header, so it survives without the key; a block rolled back to
+        an older version, or a record removed, changes it."""
         state = hmac.new(self._point, _POINT.pack(self.volume_id, image_id, created_ns,
                                                   volume_size, block_size), hashlib.sha256)
-        state.update(np.ascontiguousarray(digests, dtype=np.uint8).data)
+        for piece in digests:
+            state.update(np.ascontiguousarray(piece, dtype=np.uint8).data)
         return state.digest()
 
     def seal(self, generation: int, points: list[tuple[bytes, bytes]]) -> bytes:

@@ -98,11 +98,11 @@ def image_blocks(chain: Chain, point: int) -> BlockMap:
     included), and every block not wholly inside its parent (which the parent cannot
     answer)."""
     own = chain.layout(point)
-    flags = own.owner == len(own.images) - 1
+    blocks = own.supplied(len(own.images) - 1)
     parent = chain.parent(point)
     if parent is not None:
-        flags[chain.layout(parent).size // own.block_size:] = True
-    return BlockMap.from_bools(flags, own.block_size)
+        blocks.add_range(chain.layout(parent).size // own.block_size, own.n_blocks)
+    return blocks
 
 
 def chain_files(out: Path, points: list[int]) -> list[Path]:

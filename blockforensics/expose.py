@@ -1,5 +1,5 @@
 """Expose a Disk as read-only virtual disk files over FUSE: ``MOUNTPOINT/disk.vhd``,
-``disk.vhdx``, ``disk.vmdk`` and ``disk.raw`` (and, on request, ``partN.raw``).
+``disk.vhdx``, ``disk.vmdk``, ``disk.raw`` and a ``partN.raw`` per partition.
 
 Each file is synthesised on the fly by its format's
 :class:`~blockforensics.formats.layout.FileLayout`: nothing is converted up
@@ -37,6 +37,7 @@ from blockforensics.errors import BlockforensicsError, FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import FileLayout
 from blockforensics.formats.vhd import VhdLayout
+from blockforensics.fs.mbr import Partition
 from blockforensics.tools import require
 
 FILE_NAME = "disk.vhd"
@@ -61,12 +62,58 @@ class Served:
         return self.layout.readinto(self.start + offset, out[:n])
 
 
+@dataclass(frozen=True)
+class PartitionFile:
+    """A partition served as ``name`` (``partN.raw``): ``length`` bytes from its start,
+    the table's length cut at the end of the image."""
+
+    name: str
+    partition: Partition
+    length: int
+
+
+def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
+    """``(table, files, notes)``: the disk's table ("gpt", "mbr" or "none", as
+    :func:`~blockforensics.allocation.partition_table` reads it), a ``partN.raw`` for
+    each of its partitions (N as the table numbers it: MBR primaries 1-4 and logical
+    partitions from 5, GPT entry numbers; never an extended partition, nor a protective
+    MBR's 0xEE entry) and what was noticed: a table that cannot be read, or whose
+    blocks fail their checks (no partition served; ``disk.raw`` still is, with EIO for
+    the damaged blocks), a partition starting past the end of the image (not served)
+    or cut off by it (served up to it)."""
+    from blockforensics.allocation import partition_table
+    from blockforensics.fs.gpt import looks_like_gpt
+
+    try:
+        table, found, notes = partition_table(disk)
+    except FormatError as exc:
+        kind = "GPT" if looks_like_gpt(disk) else "MBR"
+        return kind.lower(), [], [f"unreadable {kind} partition table: {exc}"]
+    except (BlockforensicsError, RuntimeError) as exc:  # pytsk3 wraps a damaged block's
+        return "none", [], [f"partition table not read: {exc}"]  # error in RuntimeError
+    files = []
+    for part in found:
+        if part.kind == "extended":
+            continue
+        end = part.start_byte + part.length_bytes
+        if part.start_byte >= disk.size:
+            notes.append(f"partition {part.index} starts past the end of the image "
+                         f"({disk.size} bytes): not served")
+            continue
+        if end > disk.size:
+            notes.append(f"partition {part.index} runs past the end of the image at byte "
+                         f"{disk.size}: served up to there")
+        files.append(PartitionFile(f"part{part.index}.raw", part,
+                                   min(end, disk.size) - part.start_byte))
+    return table, files, list(notes)
+
+
 def served_files(disk: Disk, *, unique_id: bytes | None = None,
-                 timestamp: datetime | None = None, partitions: bool = False
+                 timestamp: datetime | None = None, partitions: bool = True
                  ) -> dict[str, Served]:
     """The mount's files: the disk as ``disk.vhd`` (pinned by ``unique_id`` and
     ``timestamp``), ``disk.vhdx``, ``disk.vmdk`` and ``disk.raw``; with ``partitions``,
-    each MBR partition's bytes as ``partN.raw`` (N as in the table)."""
+    each partition's bytes as ``partN.raw`` (see :func:`partition_files`)."""
     from blockforensics.export import layout
 
     raw = layout(disk, "raw")
@@ -76,15 +123,8 @@ def served_files(disk: Disk, *, unique_id: bytes | None = None,
              "disk.vmdk": Served(layout(disk, "vmdk", "disk.vmdk")),
              "disk.raw": Served(raw)}
     if partitions:
-        from blockforensics.fs.mbr import read_partitions
-
-        try:
-            found = read_partitions(disk)
-        except FormatError:
-            found = []
-        for part in found:
-            if part.kind != "extended" and part.start_byte + part.length_bytes <= raw.size:
-                files[f"part{part.index}.raw"] = Served(raw, part.start_byte, part.length_bytes)
+        for part in partition_files(disk)[1]:
+            files[part.name] = Served(raw, part.partition.start_byte, part.length)
     return files
 
 
@@ -167,7 +207,7 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
           unique_id: bytes | None = None, timestamp: datetime | None = None,
-          partitions: bool = False) -> None:
+          partitions: bool = True) -> None:
     """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` (and the files of :func:`served_files`)
     until unmounted.
 
@@ -207,7 +247,7 @@ def _mounted(mountpoint: Path) -> bool:
 @contextmanager
 def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 10.0,
             unique_id: bytes | None = None, timestamp: datetime | None = None,
-            partitions: bool = False) -> Iterator[Path]:
+            partitions: bool = True) -> Iterator[Path]:
     """Mount ``disk`` in a child process for the duration of a ``with`` block.
 
     Yields the path of ``disk.vhd``; on exit unmounts (``fusermount3 -u``) and

@@ -141,8 +141,7 @@ class MethodRecord:
     def stored(self, name: str) -> BlockMap:
         """The blocks the image of point ``name`` stores, read from its index."""
         image = self.chain.images[self.points[name]]
-        return BlockMap.from_positions(image.header.n_blocks, image.index["position"],
-                                       image.header.block_size)
+        return image.index.blockmap(image.header.n_blocks, image.header.block_size)
 
     def plot(self, names: list[str] | None = None, ax: Axes | None = None,
              **options: object) -> Axes:
@@ -286,12 +285,12 @@ class _Method:
         from a quiesced view supplies at a position of its snapshot's Q; with
         ``inherited_only``, only those supplied by an ancestor image."""
         layout = self.chain.layout(point)
-        flags = np.zeros(layout.n_blocks, dtype=bool)
+        out = BlockMap.empty(layout.n_blocks, layout.block_size)
         path = self.chain.path(point)
         for depth, index in enumerate(path[:-1] if inherited_only else path):
             if index in self._quiesced_images:
-                flags |= (layout.owner == depth) & self._quiesced_images[index].to_bools()
-        return BlockMap.from_bools(flags, layout.block_size)
+                out |= layout.supplied(depth) & self._quiesced_images[index]
+        return out
 
     def _check(self, what: str, point: int, expected: Disk, on: BlockMap) -> BlockMap:
         wrong = differing_blocks(self.chain.disk(point), expected, on)
@@ -353,9 +352,8 @@ class HeadStartIncremental(_Method):
         self.head = HeadStart(self.chain, self.volume, parent=base, seed=self.seed)
         self.tracker = ChangeTracker(self.volume)  # plain CBT over t1..t2, for comparison
         self.record.note("start", "t1", "full backup at t1; tracking starts", "full",
-                         BlockMap.from_positions(self.volume.n_blocks,
-                                                 self.chain.images[base].index["position"],
-                                                 self.volume.block_size), base)
+                         self.chain.images[base].index.blockmap(self.volume.n_blocks,
+                                                                self.volume.block_size), base)
         self._count("t1")
         return base
 
@@ -418,9 +416,8 @@ class HeadStartIncremental(_Method):
         found by comparing block digests (no tracking); returns the point."""
         point = backup(self.chain, self.snapshots[0].view(), parent=self.record.points["full"],
                        label="plain incremental t2")
-        stored = BlockMap.from_positions(self.volume.n_blocks,
-                                         self.chain.images[point].index["position"],
-                                         self.volume.block_size)
+        stored = self.chain.images[point].index.blockmap(self.volume.n_blocks,
+                                                         self.volume.block_size)
         self.record.note("compare", "t2", "plain incremental of t2 (digest comparison)",
                          "plain", stored, point)
         return point

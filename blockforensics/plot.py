@@ -303,11 +303,12 @@ def plot_layout(layout: Layout, ax: Axes | None = None, *, title: str | None = N
     (full first), light grey where no image holds the block (it reads as zeros)."""
     from matplotlib.colors import ListedColormap
 
-    n = layout.owner.size
+    holder = layout.owners(0, layout.n_blocks).holder  # a picture: the whole point at once
+    n = holder.size
     columns = columns or _columns(n)
     rows = max(1, -(-n // columns))
     cells = np.full(rows * columns, np.nan)
-    cells[:n] = layout.owner + 1
+    cells[:n] = holder
     colours = [EMPTY, *(IMAGE_COLORS[d % len(IMAGE_COLORS)] for d in range(len(layout.images)))]
     ax = _axes(ax, (12.4, min(14.0, 0.9 + 10 * rows / columns)))
     cmap = ListedColormap(colours).with_extremes(bad="white")
@@ -315,7 +316,7 @@ def plot_layout(layout: Layout, ax: Axes | None = None, *, title: str | None = N
               vmax=len(colours) - 1, interpolation="nearest", aspect="equal")
     ax.set_yticks([])
     ax.set_xlabel(f"block position (rows of {columns} blocks; all {n:,} blocks)", fontsize=8)
-    counts = np.bincount(layout.owner + 1, minlength=len(colours))
+    counts = np.bincount(holder, minlength=len(colours))
     _legend(ax, [*((f"{img.name} ({counts[d + 1]})", colours[d + 1])
                    for d, img in enumerate(layout.images)),
                  (f"no image: zeros ({counts[0]})", EMPTY)])

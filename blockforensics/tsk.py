@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from blockforensics.errors import UsageError
+from blockforensics.errors import BlockforensicsError, UsageError
 from blockforensics.formats.base import Disk
 
 #: resident data larger than this is not kept in memory (read on demand)
@@ -43,6 +43,17 @@ def pytsk3() -> Any:
     return module
 
 
+def open_fs(image: Any, offset: int) -> Any:
+    """``pytsk3.FS_Info`` of a :func:`ChainImgInfo` at byte ``offset``.  A block that failed
+    its check while TSK read is raised as itself (pytsk3 reports it as a RuntimeError)."""
+    try:
+        return pytsk3().FS_Info(image, offset=offset)
+    except RuntimeError:
+        if image.failed is not None:
+            raise image.failed from None
+        raise
+
+
 def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional import
     """A ``pytsk3.Img_Info`` reading a Disk (e.g. ``chain.disk(p)``) through its file object."""
     tsk = pytsk3()
@@ -50,12 +61,17 @@ def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional i
     class _ChainImgInfo(tsk.Img_Info):  # type: ignore[name-defined]
         def __init__(self, disk: Disk):
             self.disk = disk
+            self.failed: BlockforensicsError | None = None
             self._file = disk.open_file()
             super().__init__(url="", type=tsk.TSK_IMG_TYPE_EXTERNAL)
 
         def read(self, offset: int, size: int) -> bytes:
             self._file.seek(offset)
-            return self._file.read(size)
+            try:
+                return self._file.read(size)
+            except BlockforensicsError as exc:  # a damaged block: kept for open_fs
+                self.failed = exc
+                raise
 
         def get_size(self) -> int:
             return self.disk.size
@@ -217,11 +233,10 @@ def _walk(tsk: Any, fs: Any, fs_offset: int, directory: Any, dir_path: str,
 
 def _open_filesystems(disk: Disk) -> Iterator[tuple[str, int, Any, str | None]]:
     """``(prefix, offset, FS_Info or None, problem)`` for each file system of the disk."""
-    tsk = pytsk3()
     image = ChainImgInfo(disk)
     for prefix, offset in _filesystem_offsets(disk):
         try:
-            yield prefix, offset, tsk.FS_Info(image, offset=offset), None
+            yield prefix, offset, open_fs(image, offset), None
         except OSError as exc:
             yield prefix, offset, None, (f"The Sleuth Kit cannot open the file system at "
                                          f"byte {offset}: {str(exc).splitlines()[0]}")

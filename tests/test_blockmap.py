@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blockforensics import blockmap as blockmap_module
 from blockforensics.blockmap import BlockMap
 
 sizes = st.integers(min_value=0, max_value=300)
@@ -89,3 +90,19 @@ def test_large_map_algebra_is_vectorised():
     b = BlockMap(n, 4096, rng.integers(0, 256, n // 8, dtype=np.uint8))
     both = a & b
     assert both.count() == int(np.unpackbits(a.packed & b.packed).sum())
+
+
+@pytest.mark.parametrize("run_words", [1, 2, 1 << 20])
+def test_runs_are_found_across_scan_chunks(monkeypatch: pytest.MonkeyPatch,
+                                           run_words: int) -> None:
+    """Runs that cross the words scanned at once are neither split nor lost."""
+    monkeypatch.setattr(blockmap_module, "_RUN_WORDS", run_words)
+    rng = np.random.default_rng(run_words)
+    for n in (1, 63, 64, 65, 129, 1000, 20000):
+        for _ in range(10):
+            flags = rng.random(n) < rng.random()
+            edges = np.diff(np.r_[0, flags.astype(np.int8), 0])
+            starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+            got = BlockMap.from_bools(flags).run_arrays()
+            assert got[0].tolist() == starts.tolist()
+            assert got[1].tolist() == (stops - starts).tolist()

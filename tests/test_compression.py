@@ -84,7 +84,8 @@ def test_a_compressed_chain_restores_exactly_and_a_flipped_payload_bit_is_named(
     backup(chain, vol, compress=True)
     assert restore(chain, 0).tobytes() == blocks.tobytes()
     image = chain.images[0]
-    record = image.index[np.flatnonzero(image.index["flags"] == FLAG_ZSTD)[5]]
+    records = image.index.all()
+    record = records[np.flatnonzero(records["flags"] == FLAG_ZSTD)[5]]
     with open(image.path, "r+b") as fh:
         fh.seek(int(record["offset"]) + int(record["length"]) // 2)
         byte = fh.read(1)

@@ -51,7 +51,7 @@ def test_root_to_point_becomes_one_full(tmp_path: Path) -> None:
         assert new.header.is_full and new.header.image_id == old.image_id
         assert (new.header.created_ns, new.header.label) == (old.created_ns, old.label)
         assert new.header.written_ns > old.written_ns
-        assert not np.any(new.index["flags"] & FLAG_ZERO)
+        assert not np.any(new.index.all()["flags"] & FLAG_ZERO)
         assert new.blocks == result.blocks == chain.layout(0).present().count()
         assert chain.table()["kind"].tolist() == ["full", "incremental", "incremental"]
         assert chain.parent(1) == 0 and chain.parent(2) == 1
@@ -70,7 +70,7 @@ def test_run_of_incrementals_becomes_one_incremental(tmp_path: Path) -> None:
         assert chain.parent(1) == 0 and chain.parent(2) == 1
         merged = chain.images[1]
         # the newest record per position, zero-block records included (they hide the parent's)
-        assert np.any(merged.index["flags"] & FLAG_ZERO)
+        assert np.any(merged.index.all()["flags"] & FLAG_ZERO)
     assert verify(tmp_path).ok
     assert_restores(tmp_path, sources)
 
@@ -79,7 +79,7 @@ def test_shrunk_volume(tmp_path: Path) -> None:
     sources = build_chain(tmp_path, [None, 0, 1], sizes=[40 * BS, 40 * BS, 25 * BS + 7])
     consolidate(tmp_path, 2)
     with Chain.open(tmp_path) as chain:
-        assert chain.images[0].index["position"].max() < 26
+        assert chain.images[0].index.all()["position"].max() < 26
     assert_restores(tmp_path, sources)
 
 
@@ -128,7 +128,7 @@ def test_copies_in_few_large_runs_file_to_file(tmp_path: Path,
     result = consolidate(tmp_path, 3)
     assert result.blocks > 390 and len(runs) <= 2 * len(result.merged)
     with Chain.open(tmp_path) as chain:  # every stored byte copied inside the kernel
-        assert sum(copied) == int(chain.images[0].index["length"].sum())
+        assert sum(copied) == int(chain.images[0].index.payload_bytes)
     monkeypatch.undo()
     assert_restores(tmp_path, sources)
 
@@ -167,7 +167,8 @@ def test_small_windows_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def _flip(path: Path, position: int) -> None:
     """Flip one bit in the middle of the stored payload of block ``position``."""
     with ImageFile(path) as image:
-        record = image.index[np.searchsorted(image.index["position"], position)]
+        records = image.index.all()
+        record = records[np.searchsorted(records["position"], position)]
         offset = int(record["offset"]) + int(record["length"]) // 2
     raw = bytearray(path.read_bytes())
     raw[offset] ^= 0x10
@@ -180,8 +181,9 @@ def test_damaged_payloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which
     monkeypatch.setattr(consolidation, "_RUN_BYTES", 6 * BS)
     sources = build_chain(tmp_path, [None, 0, 1], n_blocks=64)
     with Chain.open(tmp_path) as chain:
-        full = chain.images[0].index["position"]
-        later = np.r_[chain.images[1].index["position"], chain.images[2].index["position"]]
+        full = chain.images[0].index.all()["position"]
+        later = np.r_[chain.images[1].index.all()["position"],
+                      chain.images[2].index.all()["position"]]
     kept = np.setdiff1d(full, later)
     position = int(kept[len(kept) // 2] if which == "kept" else np.intersect1d(full, later)[1])
     _flip(tmp_path / "0000-full.bfi", position)

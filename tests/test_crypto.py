@@ -64,9 +64,9 @@ def stored_blocks(directory: Path) -> dict[bytes, dict[int, tuple]]:
         for i, img in enumerate(chain.images):
             layout = chain.layout(i)
             blocks = {}
-            for depth, image in enumerate(layout.images):
-                positions, records = layout.records(depth)
-                for position, rec in zip(positions, records):
+            for depth, rows, records in layout.window(0, layout.n_blocks):
+                image = layout.images[depth]
+                for position, rec in zip(rows, records):
                     blocks[int(position)] = (int(rec["flags"]), bytes(rec["stored_digest"]),
                                              bytes(rec["content_digest"]),
                                              image.read_payload(rec))
@@ -162,7 +162,7 @@ def test_equal_plaintext_blocks_share_a_content_digest(tmp_path: Path) -> None:
     key = KeySource(raw_key=os.urandom(KEY_SIZE))
     with Chain.create(tmp_path, key) as chain:
         backup(chain, Volume.from_bytes(data.reshape(-1), BS))
-        index = chain.images[0].index
+        index = chain.images[0].index.all()
         payloads = [chain.images[0].read_payload(rec) for rec in index]
     assert index["content_digest"][1] == index["content_digest"][3]
     assert index["content_digest"][0] != index["content_digest"][1]
@@ -178,7 +178,7 @@ def rewrite_image(path: Path, edit: Callable[[np.ndarray, bytearray], np.ndarray
     """
     image = ImageFile(path)
     data = bytearray(path.read_bytes()[: image.footer.index_offset])
-    records = edit(image.index.copy(), data)
+    records = edit(image.index.all(), data)
     image.close()
     for rec in records:
         payload = bytes(data[int(rec["offset"]) : int(rec["offset"]) + int(rec["length"])])
@@ -240,7 +240,8 @@ def test_block_from_another_chain_with_the_same_key_fails(raw_chain: tuple,
     directory, key, _ = raw_chain
     build_chain(tmp_path / "other", [None], key=key, n_blocks=16, seed=1)
     other = ImageFile(image_path(tmp_path / "other", 0))
-    foreign = other.index[row(other.index, 8)]
+    records = other.index.all()
+    foreign = records[row(records, 8)]
     payload = other.read_payload(foreign)
     other.close()
     path = image_path(directory, 0)
@@ -275,7 +276,8 @@ def test_wrong_or_missing_key_is_refused(tmp_path: Path, key_file: Path) -> None
 def _rollback(directory: Path, edit_drop: bool) -> tuple[Path, np.void]:
     """Make point 2 show point 1's (older) block ``REWRITTEN``: copy it, or drop point 2's."""
     older = ImageFile(image_path(directory, 1))
-    old_record = older.index[row(older.index, REWRITTEN)]
+    records = older.index.all()
+    old_record = records[row(records, REWRITTEN)]
     old_payload = older.read_payload(old_record)
     older.close()
 

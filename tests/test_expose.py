@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from support import require_tools
 
-from blockforensics.expose import ImageFileSystem, Served, exposed
+from blockforensics.expose import ImageFileSystem, Served, exposed, partition_files, served_files
 from blockforensics.formats.raw import RawDisk
 from blockforensics.formats.vhd import VhdLayout, write_vhd
+from blockforensics.fsck import check_filesystems
 
 MiB = 1024 * 1024
 PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
@@ -134,3 +135,79 @@ def test_foreground_mount_unmounts_on_signal(source, mountpoint, sig):
     assert proc.returncode == 0, err
     assert out.strip() == "unmounted"
     assert not mounted(mountpoint)
+
+
+# ------------------------------------------------------------------ partitions
+def table_disk(path: Path, size: int, script: str, cut_to: int | None = None) -> Path:
+    """A sparse disk of ``size`` bytes partitioned by ``sfdisk`` from ``script`` (then
+    cut to ``cut_to`` bytes: a truncated copy)."""
+    require_tools("sfdisk")
+    with path.open("wb") as fh:
+        fh.truncate(size)
+    subprocess.run(["sfdisk", "-q", str(path)], input=script, text=True, check=True,
+                   capture_output=True)
+    if cut_to is not None:
+        os.truncate(path, cut_to)
+    return path
+
+
+def test_partitions_cut_off_or_past_the_end_of_the_image(tmp_path):
+    disk = table_disk(tmp_path / "cut.img", 8 * MiB, "label: dos\nstart=2048, size=2048\n"
+                      "start=4096, size=8192\nstart=14336, size=2048\n", cut_to=5 * MiB)
+    with RawDisk(disk) as raw:
+        table, files, notes = partition_files(raw)
+        served = served_files(raw)
+    assert table == "mbr"
+    assert [(f.name, f.partition.start_byte, f.length) for f in files] == [
+        ("part1.raw", MiB, MiB), ("part2.raw", 2 * MiB, 3 * MiB)]  # part2 cut at 5 MiB
+    assert notes == ["partition 2 runs past the end of the image at byte 5242880: served "
+                     "up to there", "partition 3 starts past the end of the image (5242880 "
+                     "bytes): not served"]
+    assert served["part2.raw"].length == 3 * MiB and "part3.raw" not in served
+
+
+def test_ebr_loop_serves_each_logical_partition_once(tmp_path):
+    disk = table_disk(tmp_path / "loop.img", 8 * MiB, "label: dos\nstart=2048, type=5\n"
+                      "size=2048\nsize=2048\n")
+    with RawDisk(disk) as raw:
+        _, files, notes = partition_files(raw)
+    assert [f.name for f in files] == ["part5.raw", "part6.raw"] and notes == []
+
+    def lba(fh, at: int) -> int:
+        fh.seek(at)
+        return int.from_bytes(fh.read(4), "little")
+
+    with disk.open("r+b") as fh:  # the last EBR links back to the first (its LBA 0 is
+        extended = lba(fh, 0x1BE + 8)  # relative to the extended partition's start)
+        second = extended + lba(fh, extended * 512 + 0x1BE + 16 + 8)
+        fh.seek(second * 512 + 0x1BE + 16)
+        fh.write(bytes(4) + b"\x05" + bytes(7) + (2048).to_bytes(4, "little"))
+    with RawDisk(disk) as raw:
+        _, looped, notes = partition_files(raw)
+    assert looped == files
+    assert notes == [f"extended partition: the EBR chain loops back to sector {extended}; "
+                     "followed once"]
+
+
+def test_protective_mbr_with_unreadable_gpt_serves_no_partition_and_says_why(
+        tmp_path, mountpoint):
+    require_tools("sgdisk")
+    disk = tmp_path / "gpt.img"
+    with disk.open("wb") as fh:
+        fh.truncate(4 * MiB)
+    subprocess.run(["sgdisk", "-n1:2048:4095", "-t1:8300", str(disk)], check=True,
+                   capture_output=True)
+    with disk.open("r+b") as fh:  # both headers gone; the 0xEE entry stays in sector 0
+        for lba in (1, 4 * MiB // 512 - 1):
+            fh.seek(lba * 512)
+            fh.write(bytes(512))
+    with RawDisk(disk) as raw:
+        assert raw.read(0x1BE + 4, 1) == b"\xee"
+        table, files, notes = partition_files(raw)
+        assert (table, files) == ("gpt", [])
+        assert notes[0].startswith("unreadable GPT partition table: no valid GPT header")
+        assert not any(name.startswith("part") for name in served_files(raw))
+        report = check_filesystems(raw)
+    assert report.ok and report.notes == notes
+    assert [str(c) for c in report.checks] == [
+        "disk.raw at byte 0: unknown: not checked: no file system recognised"]

@@ -71,8 +71,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_each_partition_is_checked_by_its_checker(chain: Path) -> None:
     with Chain.open(chain) as opened:
-        clean = check_filesystems(opened.disk(0))
-        leaky = check_filesystems(opened.disk(1))
+        clean = check_filesystems(opened.disk(0)).checks
+        leaky = check_filesystems(opened.disk(1)).checks
     assert [(c.file, c.start_byte, c.filesystem, c.ok) for c in clean] == [
         ("part1.raw", FAT_START, "fat12", True), ("part2.raw", EXT_START, "ext4", True)]
     assert [c.ok for c in leaky] == [False, True]

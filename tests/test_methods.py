@@ -44,7 +44,7 @@ def setup(seed: int) -> Iterator[tuple[Chain, Workload]]:
 
 def stored(chain: Chain, point: int) -> np.ndarray:
     """Positions the image of ``point`` itself holds."""
-    return chain.images[point].index["position"].astype(np.int64)
+    return chain.images[point].index.all()["position"].astype(np.int64)
 
 
 def on(bmap: BlockMap) -> np.ndarray:

@@ -31,12 +31,19 @@ def test_split_at_cuts_runs_exactly_at_grain_multiples():
     assert list(zip(parts.tolist(), part_lengths.tolist(), run.tolist())) == expected
 
 
+def test_placement_maps_placed_pieces_and_refuses_the_rest():
+    placement = Placement(GRAIN, np.array([1, 4]), np.array([0, 7 * GRAIN]))
+    offsets = np.array([0, GRAIN, GRAIN + 5, 2 * GRAIN, 4 * GRAIN + 9, 5 * GRAIN])
+    assert placement(offsets).tolist() == [-1, 0, 5, -1, 7 * GRAIN + 9, -1]
+    assert Placement.identity()(np.array([0, 1 << 40])).tolist() == [0, 1 << 40]
+
+
 def scattered(n_pieces: int, seed: int) -> Placement:
     """Pieces of the disk shuffled over a file, with gaps between them; some unplaced."""
     rng = np.random.default_rng(seed)
     bases = rng.permutation(n_pieces).astype(np.int64) * (GRAIN + 512) + 512
-    bases[rng.random(n_pieces) < 0.2] = -(1 << 62)
-    return Placement(GRAIN, bases)
+    pieces = np.flatnonzero(rng.random(n_pieces) >= 0.2)
+    return Placement(GRAIN, pieces, bases[pieces])
 
 
 def expected_file(disk: bytes, placement: Placement, runs: list[tuple[int, int]], limit: int,
@@ -44,7 +51,7 @@ def expected_file(disk: bytes, placement: Placement, runs: list[tuple[int, int]]
     out = bytearray(size)
     for start, length in runs:
         for d in range(start, min(start + length, limit)):
-            at = int(placement.bases[d // GRAIN]) + d % GRAIN
+            at = int(placement(np.array([d]))[0])
             out[at] = disk[d]
     return bytes(out)
 
@@ -55,10 +62,10 @@ def test_write_puts_every_byte_at_its_place_and_stops_at_the_limit(from_file, tm
     placement = scattered(n_pieces, seed=1)
     disk = np.random.default_rng(2).bytes(n_pieces * GRAIN)
     limit = len(disk) - 1000  # the disk ends inside its last piece
-    placed = np.flatnonzero(placement.bases >= 0)
+    placed = placement.pieces
     # runs inside placed pieces, some spanning several consecutive placed pieces
     runs = [(int(p) * GRAIN + 100, 3 * GRAIN) for p in placed[:-1]
-            if p + 3 < n_pieces and (placement.bases[p:p + 4] >= 0).all()]
+            if p + 3 < n_pieces and np.isin(np.arange(p, p + 4), placed).all()]
     runs.append((int(placed[-1]) * GRAIN, GRAIN))  # reaches past the limit when last
     runs = sorted(set(runs))
     size = n_pieces * (GRAIN + 512) + 512
@@ -86,7 +93,7 @@ def test_write_puts_every_byte_at_its_place_and_stops_at_the_limit(from_file, tm
 
 
 def test_bytes_without_a_place_are_refused(tmp_path: Path):
-    placement = Placement(GRAIN, np.array([0, -(1 << 62)], dtype=np.int64))
+    placement = Placement(GRAIN, np.array([0]), np.array([0]))  # piece 1 has no place
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         with pytest.raises(ValueError, match="outside"), \

@@ -1,4 +1,4 @@
-"""One reading rule (docs/FORMAT.md, "Reading a point"), implemented once (``Chain.layout``)
+"""One reading rule (docs/FORMAT.md, "Reading a point"), implemented once (``Layout.owners``)
 and kept by consolidation and retention (issue 11, item 3).
 
 The example of the issue first, then hypothesis properties: random sequences of
@@ -20,6 +20,10 @@ from hypothesis import strategies as st
 from blockforensics.consolidate import apply_retention, consolidate
 from blockforensics.crypto import KeySource
 from blockforensics.errors import UsageError
+from blockforensics.image import imagefile as imagefile_module
+from blockforensics.image import index as index_module
+from blockforensics.image import layout as layout_module
+from blockforensics.image import reader as reader_module
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
 from blockforensics.image.verify import verify
@@ -112,12 +116,53 @@ def _run(ops: list[tuple], encrypted: bool) -> int:
                 for i, img in enumerate(chain.images):
                     assert restore(chain, i).tobytes() == saved[img.header.image_id], (ops, i)
                     checks += 1
+                _check_maps(chain, [saved[img.header.image_id] for img in chain.images])
         assert verify(directory, key).ok
     return checks
 
 
+def _blocks(data: bytes, n_blocks: int) -> np.ndarray:
+    """``data`` as ``(n_blocks, SMALL)`` blocks, zero-padded."""
+    out = np.zeros(n_blocks * SMALL, dtype=np.uint8)
+    out[: len(data)] = np.frombuffer(data, np.uint8)
+    return out.reshape(n_blocks, SMALL)
+
+
+def _check_maps(chain: Chain, volumes: list[bytes]) -> None:
+    """What the layouts say without reading a payload agrees with the volumes: each
+    point's present blocks hold its non-zero ones, ``changed`` between every two points
+    is exactly where their bytes differ, and digests looked up by position equal the
+    windowed ones."""
+    zero = chain.codec.zero_digest()
+    for i, data in enumerate(volumes):
+        layout = chain.layout(i)
+        nonzero = _blocks(data, layout.n_blocks).any(axis=1)
+        assert not (nonzero & ~layout.present().to_bools()).any(), i
+        positions = np.flatnonzero(np.arange(layout.n_blocks + 3) % 3 != 1)
+        expected = np.concatenate([*layout.digest_windows(zero, layout.n_blocks + 3)])
+        assert np.array_equal(layout.digests_at(positions, zero), expected[positions]), i
+        for j in range(i):
+            n_blocks = -(-max(len(data), len(volumes[j])) // SMALL)
+            differ = (_blocks(data, n_blocks) != _blocks(volumes[j], n_blocks)).any(axis=1)
+            assert np.array_equal(chain.changed(j, i).to_bools(), differ), (j, i)
+
+
+@pytest.fixture(params=["default windows", "tiny windows"])
+def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run with the real window sizes, and with tiny ones so that every index read,
+    fence lookup, layout window and writer spill crosses many boundaries even on
+    small chains."""
+    if request.param == "tiny windows":
+        monkeypatch.setattr(index_module, "FENCE", 3)
+        monkeypatch.setattr(index_module, "CHUNK", 5)
+        monkeypatch.setattr(layout_module, "WINDOW", 8)
+        monkeypatch.setattr(reader_module, "WRITE_WINDOW", 5)
+        monkeypatch.setattr(imagefile_module, "SPILL_RECORDS", 4)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-def test_every_point_survives_random_histories(encrypted: bool) -> None:
+def test_every_point_survives_random_histories(encrypted: bool, windows: str) -> None:
     counts = {"examples": 0, "checks": 0}
 
     @settings(max_examples=40, deadline=None, database=None,
@@ -128,6 +173,7 @@ def test_every_point_survives_random_histories(encrypted: bool) -> None:
         counts["examples"] += 1
 
     histories()
-    print(f"reading rule ({'encrypted' if encrypted else 'plain'}): {counts['examples']} "
+    print(f"reading rule ({'encrypted' if encrypted else 'plain'}, {windows}): "
+          f"{counts['examples']} "
           f"histories, {counts['checks']} points checked after consolidation/retention")
     assert counts["checks"] > 20

@@ -53,7 +53,8 @@ def flip_stored_block(chain: Path, name: str, position: int) -> None:
     """Flip one bit in the middle of the stored payload of block ``position``."""
     path = chain / name
     with ImageFile(path) as image:
-        record = image.index[np.searchsorted(image.index["position"], position)]
+        records = image.index.all()
+        record = records[np.searchsorted(records["position"], position)]
         offset = int(record["offset"]) + int(record["length"]) // 2
     raw = bytearray(path.read_bytes())
     raw[offset] ^= 0x10

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import require_tools
 
 from blockforensics import BlockMap, Chain
 from blockforensics.formats.raw import RawDisk
@@ -164,3 +167,108 @@ def test_block_maps_of_a_terabyte_combine_in_tens_of_milliseconds() -> None:
     assert BlockMap.from_run_arrays(n, starts_a, lengths_a) == a
     assert (a & b).count() == len(np.intersect1d(a.positions(), b.positions(),
                                                           assume_unique=True))
+
+
+# ------------------------------------------------------- memory at one tebibyte
+TiB = 1 << 40
+#: the bound issue 16 sets on every command's peak RSS, whatever the volume's size
+RSS_BOUND = 256 * MiB
+
+
+#: runs the command line and, at exit, writes its own VmHWM (the peak resident set of
+#: the process's memory since its exec: ru_maxrss would count the forking parent's)
+_MEASURED = ("import atexit, pathlib, runpy, sys\n"
+             "out, sys.argv = pathlib.Path(sys.argv[1]), ['blockforensics', *sys.argv[2:]]\n"
+             "status = lambda: pathlib.Path('/proc/self/status').read_text().splitlines()\n"
+             "atexit.register(lambda: out.write_text(next(\n"
+             "    l for l in status() if l.startswith('VmHWM:')).split()[1]))\n"
+             "runpy.run_module('blockforensics', run_name='__main__')\n")
+
+
+def peak_rss(*args: str | Path) -> int:
+    """Run ``blockforensics ARGS`` to its end; its peak resident set, in bytes."""
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as out:
+        done = subprocess.run([sys.executable, "-c", _MEASURED, out.name, *map(str, args)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, (args, done.stderr)
+        return int(Path(out.name).read_text()) * 1024
+
+
+def serving_rss(chain: Path, mountpoint: Path, expected: dict[int, bytes]) -> int:
+    """Mount ``chain``, read ``expected`` (byte offset -> bytes) back from disk.raw, and
+    return the serving process's peak resident set (bytes)."""
+    proc = subprocess.Popen([sys.executable, "-m", "blockforensics", "mount", str(chain),
+                             str(mountpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (mountpoint / "disk.raw").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "mount did not come up"
+            time.sleep(0.05)
+        with (mountpoint / "disk.raw").open("rb") as fh:
+            for offset, data in expected.items():
+                fh.seek(offset)
+                assert fh.read(len(data)) == data
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                    if line.startswith("VmHWM:"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                           capture_output=True)
+
+
+def test_every_command_stays_under_256_mib_at_one_tebibyte(tmp_path: Path) -> None:
+    """Peak RSS of backup, incremental (with and without a changed map), restore, verify,
+    diff, export, mount and consolidate of a 1 TiB sparse volume (2^28 blocks) stays
+    under the bound: nothing is held per block of the volume."""
+    require_tools("fusermount3")
+    source = tmp_path / "tera.img"
+    rng = np.random.default_rng(40)
+    extents = {0: rng.bytes(MiB), 300 * GiB + 4096: rng.bytes(MiB), TiB - MiB: rng.bytes(MiB)}
+    with source.open("wb") as fh:
+        fh.truncate(TiB)
+        for offset, data in extents.items():
+            fh.seek(offset)
+            fh.write(data)
+    if len(data_extents(source)) < 2:
+        pytest.skip("this file system does not report holes (SEEK_DATA/SEEK_HOLE)")
+    chain, changes = tmp_path / "chain", tmp_path / "changed.npz"
+    rss = {"backup": peak_rss("backup", source, chain, "--all-blocks")}
+    positions = np.sort(rng.choice(TiB // 4096, 200, replace=False))
+    with source.open("r+b") as fh:
+        for position in positions.tolist():
+            fh.seek(position * 4096)
+            fh.write(rng.bytes(4096))
+    BlockMap.from_positions(TiB // 4096, positions).save(changes)
+    rss["incremental --changed"] = peak_rss("backup", source, chain, "--all-blocks",
+                                            "--changed", changes)
+    rss["incremental"] = peak_rss("backup", source, chain, "--all-blocks")
+    restored = tmp_path / "restored.img"
+    rss["restore"] = peak_rss("restore", chain, restored)
+    for offset, length in [(0, MiB), (300 * GiB, 2 * MiB), (TiB - MiB, MiB),
+                           *((int(p) * 4096, 4096) for p in positions[:20])]:
+        assert sha256_at(restored, offset, length) == sha256_at(source, offset, length)
+    restored.unlink()
+    rss["verify"] = peak_rss("verify", chain)
+    rss["diff"] = peak_rss("diff", chain, "0", "1")
+    rss["export vhd-dynamic"] = peak_rss("export", chain, tmp_path / "tera.vhd",
+                                         "--format", "vhd-dynamic")
+    (tmp_path / "tera.vhd").unlink()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with source.open("rb") as fh:
+        expected = {}
+        for offset in (300 * GiB, int(positions[7]) * 4096):
+            fh.seek(offset)
+            expected[offset] = fh.read(8192)
+    rss["mount"] = serving_rss(chain, mountpoint, expected)
+    rss["consolidate"] = peak_rss("consolidate", chain)
+    report = ", ".join(f"{name} {value / MiB:.0f} MiB" for name, value in rss.items())
+    print(f"peak RSS at 1 TiB: {report}")
+    assert all(value < RSS_BOUND for value in rss.values()), report

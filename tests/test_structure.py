@@ -78,7 +78,7 @@ def rewrite_header(path: Path, **changes: object) -> None:
 def rewrite_index(path: Path, change: Callable[[np.ndarray], np.ndarray]) -> None:
     """Replace the image's index by ``change(index)``, with a valid digest and footer."""
     with ImageFile(path) as image:
-        index, at = change(image.index.copy()), image.footer.index_offset
+        index, at = change(image.index.all()), image.footer.index_offset
     raw = path.read_bytes()[:at] + index.tobytes()
     footer = Footer(at, len(index), hashlib.sha256(index.tobytes()).digest())
     path.write_bytes(raw + footer.pack())

@@ -69,7 +69,7 @@ def test_read_and_copy_blocks_by_positions(tmp_path: Path) -> None:
     writer = chain.writer(chain.new_header(parent=None, volume_size=vol.size, block_size=BS))
     assert copy_blocks(vol, BlockMap.from_positions(N_BLOCKS, pos, BS), writer) == pos.size
     point = chain.append(writer.commit())
-    assert chain.images[point].index["position"].tolist() == pos.tolist()
+    assert chain.images[point].index.all()["position"].tolist() == pos.tolist()
 
 
 def test_head_start_rejects_unknown_policy_and_reuse(tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_head_start_equals_plain_incremental(before: list[tuple], after: list[li
         assert head.copied_early | head.copied_late == written
         assert restore(chain, point).tobytes() == at_t2
         assert restore(chain, plain).tobytes() == at_t2
-        assert set(chain.images[point].index["position"]) == set(written.positions())
+        assert set(chain.images[point].index.all()["position"]) == set(written.positions())
         assert len(head.log()) == sum(a[0] == "copy" for a in before) + 1
         chain.close()
 
@@ -142,14 +142,14 @@ def test_consecutive_head_starts_lose_no_write_made_between_snapshot_and_finish(
     random_write(vol, [7, 8], rng)  # after t2, before finish: belongs to the next point
     first = head.finish()
     snap.release()
-    assert chain.images[first].index["position"].tolist() == [1, 2, 3]  # not 7, 8
+    assert chain.images[first].index.all()["position"].tolist() == [1, 2, 3]  # not 7, 8
     assert restore(chain, first).tobytes() == at_t2
     second_head = head.next(label="second")
     random_write(vol, [9], rng)
     snap2 = second_head.snapshot()
     second = second_head.finish()
     assert chain.parent(second) == first
-    assert chain.images[second].index["position"].tolist() == [7, 8, 9]
+    assert chain.images[second].index.all()["position"].tolist() == [7, 8, 9]
     assert restore(chain, second).tobytes() == vol.tobytes() == snap2.view().read(0, vol.size)
 
 

@@ -34,33 +34,29 @@ from blockforensics.formats.placement import PlacedWriter, Placement
 from blockforensics.progress import progress_bar
 
 SECTOR = 512
-#: placement base of a piece that has no place in the file
-UNPLACED = -(1 << 62)
 
 
 def round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
-def touched(present: BlockMap, grain: int, n_pieces: int) -> np.ndarray:
-    """Bools, one per ``grain``-byte piece: does any block of ``present`` overlap it?"""
+def touched(present: BlockMap, grain: int, n_pieces: int) -> BlockMap:
+    """The ``grain``-byte pieces (of ``n_pieces``) that any block of ``present``
+    overlaps, as a map of pieces (packed: one bit per piece)."""
     starts, lengths = present.run_arrays()
     first = starts * present.block_size // grain
     stop = np.minimum(-(-(starts + lengths) * present.block_size // grain), n_pieces)
-    flags = np.zeros(n_pieces + 1, dtype=np.int64)
-    np.add.at(flags, first, 1)
-    np.add.at(flags, stop, -1)
-    return np.cumsum(flags[:-1]) > 0
+    return BlockMap.from_run_arrays(n_pieces, first, np.maximum(stop - first, 0))
 
 
-def packed(size: int, grain: int, allocated: np.ndarray, first: int,
+def packed(grain: int, allocated: np.ndarray, first: int,
            stride: int | None = None) -> Placement:
     """The placement of sparse formats: the ``grain``-byte pieces ``allocated`` (sorted)
     one after another in the file, the first at byte ``first``, ``stride`` bytes apart
-    (default ``grain``); every other piece of a ``size``-byte disk has no place."""
-    bases = np.full(-(-size // grain), UNPLACED, dtype=np.int64)
-    bases[allocated] = first + np.arange(allocated.size, dtype=np.int64) * (stride or grain)
-    return Placement(grain, bases)
+    (default ``grain``); every other piece has no place."""
+    allocated = np.asarray(allocated, dtype=np.int64)
+    return Placement(grain, allocated,
+                     first + np.arange(allocated.size, dtype=np.int64) * (stride or grain))
 
 
 def disk_into(disk: Disk, offset: int, dst: np.ndarray) -> None:
@@ -99,7 +95,7 @@ class FileLayout(ABC):
         self.present = disk.present()
 
     @abstractmethod
-    def metadata(self) -> Iterator[tuple[int, bytes]]:
+    def metadata(self) -> Iterator[tuple[int, bytes | bytearray]]:
         """``(file offset, bytes)`` of everything but the disk's data, not overlapping."""
 
     @abstractmethod
@@ -108,14 +104,13 @@ class FileLayout(ABC):
 
     # ---------------------------------------------------------------- reading
     @cached_property
-    def _extents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]:
+    def _extents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes | bytearray]]:
         """Sorted ``(file starts, lengths, source, metadata)``: ``source[i] >= 0`` is the
         disk offset of a data extent, ``-1 - j`` names ``metadata[j]``."""
         meta = list(self.metadata())
         placement = self.placement()
-        pieces = np.flatnonzero(placement.bases >= 0)
-        disk_starts = pieces * placement.grain
-        starts = np.concatenate([placement.bases[pieces],
+        disk_starts = placement.pieces * placement.grain
+        starts = np.concatenate([placement.bases,
                                  np.array([o for o, _ in meta], dtype=np.int64)])
         lengths = np.concatenate([np.minimum(placement.grain, self.size - disk_starts),
                                   np.array([len(b) for _, b in meta], dtype=np.int64)])
@@ -186,14 +181,12 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
 
 def widen(covers: BlockMap, grain: int) -> BlockMap:
     """The blocks sharing a ``grain``-byte piece with any block of ``covers`` (what a
-    format that allocates whole pieces must write to hold ``covers``)."""
+    format that allocates whole pieces must write to hold ``covers``), run by run."""
     bs, n = covers.block_size, covers.n_blocks
-    pieces = touched(covers, grain, -(-n * bs // grain))
-    first = np.arange(n, dtype=np.int64) * bs // grain
-    last = (np.arange(1, n + 1, dtype=np.int64) * bs - 1) // grain
-    counts = np.concatenate([[0], np.cumsum(pieces)])
-    return BlockMap.from_bools(counts[np.minimum(last, pieces.size - 1) + 1] - counts[first] > 0,
-                               bs)
+    starts, lengths = touched(covers, grain, -(-n * bs // grain)).run_arrays()
+    first = starts * grain // bs
+    stop = np.minimum(-(-(starts + lengths) * grain // bs), n)
+    return BlockMap.from_run_arrays(n, first, stop - first, bs)
 
 
 class Layer(Disk):

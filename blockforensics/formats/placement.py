@@ -66,19 +66,27 @@ def split_at(starts: np.ndarray, lengths: np.ndarray, grain: int
 
 @dataclass(frozen=True)
 class Placement:
-    """Disk byte ``d`` goes to file byte ``bases[d // grain] + d % grain``."""
+    """Disk byte ``d`` of piece ``pieces[i] == d // grain`` goes to file byte
+    ``bases[i] + d % grain``; pieces not listed have no place.  Only placed pieces are
+    held, so a sparse file of a huge disk costs memory for its data, not its size."""
 
     grain: int  # bytes per piece of the disk that stays unbroken in the file
-    bases: np.ndarray  # int64 file offset of each piece; negative: the piece has no place
+    pieces: np.ndarray  # int64, ascending: the pieces that have a place
+    bases: np.ndarray  # int64: the file offset of each of those pieces
 
     @classmethod
     def identity(cls) -> Placement:
         """Every disk byte at its own offset (a raw restore, a fixed VHD)."""
-        return cls(WHOLE, np.zeros(1, dtype=np.int64))
+        return cls(WHOLE, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
 
     def __call__(self, disk_offsets: np.ndarray) -> np.ndarray:
-        """File offsets of disk byte offsets (int64 arrays)."""
-        return self.bases[disk_offsets // self.grain] + disk_offsets % self.grain
+        """File offsets of disk byte offsets (int64 arrays); -1 where there is no place."""
+        piece = disk_offsets // self.grain
+        at = np.minimum(np.searchsorted(self.pieces, piece), max(len(self.pieces) - 1, 0))
+        if not len(self.pieces):
+            return np.full(len(piece), -1, dtype=np.int64)
+        placed = self.pieces[at] == piece
+        return np.where(placed, self.bases[at] + disk_offsets % self.grain, -1)
 
 
 def _nothing() -> None:

@@ -107,16 +107,16 @@ class Qcow2Layout(FileLayout):
                  covers: BlockMap | None = None):
         super().__init__(disk)
         n_clusters = -(-self.size // CLUSTER)
-        wanted = touched(self.present, CLUSTER, n_clusters)
-        zero = np.zeros(n_clusters, dtype=bool)
+        wanted = touched(self.present, CLUSTER, n_clusters)  # maps of clusters
+        zero = BlockMap.empty(n_clusters)
         if covers is not None:
             cover = touched(covers, CLUSTER, n_clusters)
-            zero = cover & ~wanted
+            zero = cover - wanted
             wanted &= cover
-        self.clusters = np.flatnonzero(wanted)  # guest clusters with data, in file order
+        self.clusters = wanted.positions()  # guest clusters with data, in file order
         l1_size = -(-n_clusters // L2_ENTRIES)
         tables = np.zeros(l1_size, dtype=bool)
-        tables[np.flatnonzero(wanted | zero) // L2_ENTRIES] = True
+        tables[(wanted | zero).positions() // L2_ENTRIES] = True
         l2_tables = np.flatnonzero(tables)  # L1 indexes that have an L2 table
         l1_clusters = -(-l1_size * 8 // CLUSTER)
         fixed = 1 + l1_clusters + l2_tables.size + self.clusters.size
@@ -141,11 +141,14 @@ class Qcow2Layout(FileLayout):
         refcounts[:total] = 1
         l1 = np.zeros(l1_clusters * CLUSTER // 8, dtype=">u8")
         l1[l2_tables] = _copied(l2_at + np.arange(l2_tables.size, dtype=np.uint64) * CLUSTER)
-        l2 = np.zeros(l1_size * L2_ENTRIES, dtype=">u8")
-        l2[: zero.size][zero] = ZERO
-        l2[self.clusters] = _copied(self.data_start + np.arange(self.clusters.size,
-                                                                dtype=np.uint64) * CLUSTER)
-        l2 = l2.reshape(l1_size, L2_ENTRIES)[l2_tables]
+        l2 = np.zeros((l2_tables.size, L2_ENTRIES), dtype=">u8")  # only the tables there are
+
+        def entries(clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return np.searchsorted(l2_tables, clusters // L2_ENTRIES), clusters % L2_ENTRIES
+
+        l2[entries(zero.positions())] = ZERO
+        l2[entries(self.clusters)] = _copied(
+            self.data_start + np.arange(self.clusters.size, dtype=np.uint64) * CLUSTER)
         self._tables = [(rt_at, refcount_table.tobytes()), (rb_at, refcounts.tobytes()),
                         (l1_at, l1.tobytes()), (l2_at, l2.tobytes())]
         extensions = b""
@@ -171,7 +174,7 @@ class Qcow2Layout(FileLayout):
                 f"{self.file_size} B file)")
 
     def placement(self) -> Placement:
-        return packed(self.size, CLUSTER, self.clusters, self.data_start)
+        return packed(CLUSTER, self.clusters, self.data_start)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         yield 0, self._head

@@ -275,8 +275,8 @@ class VhdLayout(FileLayout):
         #: bytes per allocated block in the file (bitmap + data)
         self.slot_size = self.bitmap_size + VHD_BLOCK
         #: VHD block numbers of the allocated blocks, in file order
-        self.allocated = np.flatnonzero(touched(self.present if covers is None else covers,
-                                                VHD_BLOCK, n_entries))
+        self.allocated = touched(self.present if covers is None else covers,
+                                 VHD_BLOCK, n_entries).positions()
         self.bat = np.full(bat_bytes // 4, UNUSED, dtype=">u4")
         self.bat[self.allocated] = (
             self.data_start + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size
@@ -311,7 +311,7 @@ class VhdLayout(FileLayout):
         their allocated 2 MiB blocks (dynamic, differencing)."""
         if self.kind == "fixed":
             return Placement.identity()
-        return packed(self.size, VHD_BLOCK, self.allocated, self.data_start + self.bitmap_size,
+        return packed(VHD_BLOCK, self.allocated, self.data_start + self.bitmap_size,
                       self.slot_size)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:

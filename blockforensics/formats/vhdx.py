@@ -164,7 +164,7 @@ class VhdxLayout(FileLayout):
     def __init__(self, disk: Disk, *, disk_id: bytes | None = None):
         super().__init__(disk, MAX_SIZE, "VHDX")
         n_blocks = -(-self.size // BLOCK)
-        self.allocated = np.flatnonzero(touched(self.present, BLOCK, n_blocks))
+        self.allocated = touched(self.present, BLOCK, n_blocks).positions()
         n_entries = n_blocks + (n_blocks - 1) // CHUNK_RATIO
         bat_length = round_up(n_entries * 8, MiB)
         metadata_offset = BAT_OFFSET + bat_length
@@ -213,7 +213,7 @@ class VhdxLayout(FileLayout):
                 f"{self.file_size} B file)")
 
     def placement(self) -> Placement:
-        return packed(self.size, BLOCK, self.allocated, self.data_start)
+        return packed(BLOCK, self.allocated, self.data_start)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         yield from self._parts

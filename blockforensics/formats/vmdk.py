@@ -107,30 +107,30 @@ class VmdkLayout(FileLayout):
         rgd = 1 + DESCRIPTOR_SECTORS
         gd = rgd + gd_sectors + n_tables * gt_sectors
         over_head = round_up(gd + gd_sectors + n_tables * gt_sectors, GRAIN_SECTORS)
-        self.grains = np.flatnonzero(touched(self.present, GRAIN, n_grains))
+        self.grains = touched(self.present, GRAIN, n_grains).positions()
         self.data_start = over_head * SECTOR
         self.file_size = self.data_start + self.grains.size * GRAIN
-        tables = np.zeros(n_tables * GT_ENTRIES, dtype="<u4")
-        tables[self.grains] = over_head + np.arange(self.grains.size, dtype=np.int64) \
-            * GRAIN_SECTORS
+        raw_tables = bytearray(n_tables * GT_ENTRIES * 4)  # both copies of the tables
+        np.frombuffer(raw_tables, dtype="<u4")[self.grains] = over_head + np.arange(
+            self.grains.size, dtype=np.int64) * GRAIN_SECTORS
         header = SparseExtentHeader(
             MAGIC, 1, FLAG_NEWLINE_TEST | FLAG_REDUNDANT_GT, capacity, GRAIN_SECTORS, 1,
             DESCRIPTOR_SECTORS, GT_ENTRIES, rgd, gd, over_head, 0, b"\n", b" ", b"\r", b"\n", 0)
-        self._parts = [(0, header.pack()), (SECTOR, text)]
+        self._parts: list[tuple[int, bytes | bytearray]] = [(0, header.pack()), (SECTOR, text)]
         for directory in (rgd, gd):  # each directory is followed by its own grain tables
             first_table = directory + gd_sectors
             entries = first_table + np.arange(n_tables, dtype=np.int64) * gt_sectors
             self._parts += [(directory * SECTOR, entries.astype("<u4").tobytes()),
-                            (first_table * SECTOR, tables.tobytes())]
+                            (first_table * SECTOR, raw_tables)]
 
     def __repr__(self) -> str:
         return (f"VmdkLayout({self.size} B disk, {self.grains.size} grains of {GRAIN} B, "
                 f"{self.file_size} B file)")
 
     def placement(self) -> Placement:
-        return packed(self.size, GRAIN, self.grains, self.data_start)
+        return packed(GRAIN, self.grains, self.data_start)
 
-    def metadata(self) -> Iterator[tuple[int, bytes]]:
+    def metadata(self) -> Iterator[tuple[int, bytes | bytearray]]:
         yield from self._parts
 
 
@@ -194,7 +194,7 @@ def write_vmdk_stream(disk: Disk, path: str | os.PathLike[str], *,
             GRAIN_SECTORS, 1, DESCRIPTOR_SECTORS, GT_ENTRIES, 0, gd_offset, over_head, 0,
             b"\n", b" ", b"\r", b"\n", COMPRESS_DEFLATE).pack()
 
-    grains = np.flatnonzero(touched(disk.present(), GRAIN, n_grains))
+    grains = touched(disk.present(), GRAIN, n_grains).positions()
     tables = np.zeros(n_tables * GT_ENTRIES, dtype="<u4")
     with atomic_writer(path) as fh, progress_bar(grains.size * GRAIN, path.name,
                                                  progress) as bar:

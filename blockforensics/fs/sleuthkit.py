@@ -65,12 +65,11 @@ class TskFileSystem(FileSystem):
 
     def __init__(self, disk: Disk, offset: int = 0):
         super().__init__(disk, offset)
-        from blockforensics.tsk import ChainImgInfo
+        from blockforensics.tsk import ChainImgInfo, open_fs
 
-        tsk = _pytsk3()
         self.kind = "unknown"
         try:
-            self.fs = tsk.FS_Info(ChainImgInfo(disk), offset=offset)
+            self.fs = open_fs(ChainImgInfo(disk), offset)
         except OSError as exc:
             raise FormatError(f"no file system The Sleuth Kit opens at byte {offset}: "
                               f"{str(exc).splitlines()[0]}") from None

@@ -37,6 +37,7 @@ from blockforensics.image.format import (
     CIPHER_AES256GCM,
     CIPHER_NONE,
     DIGEST_SIZE,
+    INDEX_DTYPE,
     KIND_FULL,
     KIND_INCREMENTAL,
     KIND_NAMES,
@@ -44,8 +45,14 @@ from blockforensics.image.format import (
     digest_rows,
     new_id,
 )
-from blockforensics.image.imagefile import DamagedImage, ImageFile, ImageWriter, open_listed
-from blockforensics.image.layout import Layout
+from blockforensics.image.imagefile import (
+    DamagedImage,
+    ImageFile,
+    ImageWriter,
+    RecordPieces,
+    open_listed,
+)
+from blockforensics.image.layout import Layout, spans
 from blockforensics.image.links import NO_PARENT, link
 from blockforensics.image.reader import ChainDisk
 from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
@@ -355,32 +362,28 @@ class Chain:
 
     # ---------------------------------------------------------------- reading
     def layout(self, point: PointRef) -> Layout:
-        """Where each block of ``point`` comes from (vectorised over the path's indexes)."""
+        """Where each block of ``point`` comes from (resolved window by window)."""
         path = [self.images[i] for i in self.path(point)]
-        size = path[-1].header.volume_size
-        n_blocks = path[-1].header.n_blocks
-        owner = np.full(n_blocks, -1, dtype=np.int16)
-        entry = np.zeros(n_blocks, dtype=np.int64)
-        for depth, img in enumerate(path):  # the reading rule of docs/FORMAT.md
-            owner[img.header.inherit_blocks:] = -1  # what lay past a shrink is gone
-            positions = img.index["position"].astype(np.int64)
-            keep = positions < n_blocks
-            owner[positions[keep]] = depth
-            entry[positions[keep]] = np.flatnonzero(keep)
-        return Layout(path, owner, entry, size, self.block_size)
+        return Layout(path, path[-1].header.volume_size, self.block_size)
 
     def changed(self, a: PointRef, b: PointRef) -> BlockMap:
         """Blocks whose content differs between points ``a`` and ``b`` (any two, across branches).
 
-        Compared by content digests from the indexes, so nothing is decrypted or read;
-        the map covers the larger of the two volumes (blocks past a smaller one count as zero).
+        Compared by content digests from the indexes, a window at a time, so nothing is
+        decrypted or read; the map covers the larger of the two volumes (blocks past a
+        smaller one count as zero).
         """
         layouts = self.layout(a), self.layout(b)
         n_blocks = max(layout.n_blocks for layout in layouts)
         keyless = self.encrypted and self.key is None  # absent blocks: a digest no block has
         zero = np.zeros(DIGEST_SIZE, np.uint8) if keyless else self.codec.zero_digest()
-        da, db = (layout.content_digests(zero, n_blocks) for layout in layouts)
-        return BlockMap.from_bools((da != db).any(axis=1), self.block_size)
+        out = BlockMap.empty(n_blocks, self.block_size)
+        for start, count in spans(n_blocks):
+            wa, wb = (layout.owners(start, count) for layout in layouts)
+            if not (wa.empty and wb.empty):  # otherwise both read as zeros: no change
+                da, db = wa.digests(count, zero), wb.digests(count, zero)
+                out.assign(start, (da != db).any(axis=1))
+        return out
 
     def disk(self, point: PointRef = -1, *, check: bool = True) -> ChainDisk:
         """A point as a read-only Disk (restore, export, expose, forensics read this);
@@ -428,18 +431,36 @@ class Chain:
         return ImageWriter(self.store.pending_path(), header, self.codec.compressing(compress),
                            seal=self._seal if self.codec.encrypted else None)
 
-    def _seal(self, header: Header, records: np.ndarray) -> Header:
-        """``header`` with the keyed digest of the point it completes (encrypted chains)."""
+    def _seal(self, header: Header, pieces: RecordPieces) -> Header:
+        """``header`` with the keyed digest of the point it completes (encrypted chains):
+        the parent point's digests, window by window, with the new image's records
+        (``pieces()``, in position order) laid over them."""
         codec = self.codec
         assert isinstance(codec, EncryptedCodec)
         zero = codec.zero_digest()
         parent = self.point_of(header.parent_id)
-        digests = self.layout(parent).content_digests(zero, header.n_blocks) \
-            if parent is not None else np.tile(zero, (header.n_blocks, 1))
-        digests[records["position"].astype(np.int64)] = digest_rows(records["content_digest"])
-        return header.replace(point_mac=self._point_mac(header, digests))
+        layout = self.layout(parent) if parent is not None else None
 
-    def _point_mac(self, header: Header, digests: np.ndarray) -> bytes:
+        def digests() -> Iterator[np.ndarray]:
+            own, pending = pieces(), np.zeros(0, INDEX_DTYPE)
+            for start, count in spans(header.n_blocks):
+                end = start + count
+                while not len(pending) or int(pending["position"][-1]) < end:
+                    piece = next(own, None)
+                    if piece is None:
+                        break
+                    pending = np.concatenate([pending, piece])
+                cut = int(np.searchsorted(pending["position"], end))
+                here, pending = pending[:cut], pending[cut:]
+                out = layout.digests(start, count, zero) if layout is not None \
+                    else np.tile(zero, (count, 1))
+                out[here["position"].astype(np.int64) - start] = \
+                    digest_rows(here["content_digest"])
+                yield out
+
+        return header.replace(point_mac=self._point_mac(header, digests()))
+
+    def _point_mac(self, header: Header, digests: Iterator[np.ndarray]) -> bytes:
         keys = self.codec.keys  # type: ignore[attr-defined]
         return keys.point_mac(header.image_id, header.created_ns, header.volume_size,
                               header.block_size, digests)
@@ -466,7 +487,7 @@ class Chain:
     def _check_point_mac(self, p: int) -> None:
         """FormatError unless encrypted point ``p``'s blocks match its keyed point digest."""
         header = self.images[p].header
-        digests = self.layout(p).content_digests(self.codec.zero_digest())
+        digests = self.layout(p).digest_windows(self.codec.zero_digest())
         if not hmac.compare_digest(self._point_mac(header, digests), header.point_mac):
             raise FormatError(f"{self.images[p].name}: the point's blocks do not match its "
                               "keyed digest (a block rolled back or removed)")

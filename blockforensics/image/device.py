@@ -119,7 +119,7 @@ def restore_to_device(chain: Chain, point: PointRef, path: str | os.PathLike[str
     disk = chain.disk(point)
     bs, n, size = disk.block_size, disk.n_blocks, disk.size
     codec = chain.codec
-    expected = disk.layout.content_digests(codec.zero_digest()) if only_changed else None
+    zero = codec.zero_digest()
     fd = open_device(path, size, force=force)
     written = start = 0
     step = max(1, CHUNK_BYTES // bs)
@@ -129,12 +129,13 @@ def restore_to_device(chain: Chain, point: PointRef, path: str | os.PathLike[str
             for start in range(0, n, step):
                 count = min(step, n - start)
                 rows = np.arange(count)
-                if expected is not None:
+                if only_changed:
                     have = current[:count]
                     got = os.preadv(fd, [have.reshape(-1).data], start * bs)
                     have.reshape(-1)[max(0, min(got, size - start * bs)):] = 0
+                    expected = disk.layout.digests(start, count, zero)
                     rows = np.flatnonzero((codec.content_digests(have)
-                                           != expected[start : start + count]).any(axis=1))
+                                           != expected).any(axis=1))
                 if len(rows):
                     blocks = disk.read_at(start + rows).reshape(-1)  # checked, then written
                     for first, at, length in zip(*contiguous_runs(start + rows,

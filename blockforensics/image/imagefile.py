@@ -12,9 +12,10 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from blockforensics.image.format import (
     Header,
     digest_rows,
 )
+from blockforensics.image.index import ImageIndex
 from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
@@ -80,8 +82,10 @@ def check_stored(name: str, data: bytes | memoryview | np.ndarray, starts: np.nd
                              f"{STORED_MISMATCH}")
 
 
-def index_problem(index: np.ndarray, header: Header, payload_end: int) -> str:
-    """What is impossible about ``index`` for an image with ``header`` whose payloads end
+def index_problem(index: np.ndarray, header: Header, payload_end: int,
+                  previous: int = -1) -> str:
+    """What is impossible about ``index`` (a piece of an index following a record at
+    position ``previous``, -1 for none) for an image with ``header`` whose payloads end
     at byte ``payload_end`` ("" if nothing): every position inside the volume, once, in
     order; every payload inside the file (offsets checked so that nothing wraps) and as
     long as its flags allow."""
@@ -95,7 +99,9 @@ def index_problem(index: np.ndarray, header: Header, payload_end: int) -> str:
     shortest = np.where(zero, 0, np.where(packed, 1, bs) + np.where(sealed, overhead, 0))
     inside = (offset >= HEADER_SIZE) & (offset <= payload_end)
     checks = (
-        (np.any(pos[1:] <= pos[:-1]), "positions out of order or repeated"),
+        (np.any(pos[1:] <= pos[:-1]) or (previous >= 0 and bool(pos.size)
+                                         and int(pos[0]) <= previous),
+         "positions out of order or repeated"),
         (bool(pos.size) and int(pos[-1]) >= header.n_blocks, "a position past the volume"),
         (np.any(flags & ~np.uint32(KNOWN_FLAGS)), "unknown flags"),
         (np.any(zero & (flags != FLAG_ZERO)), "a zero block with other flags"),
@@ -131,21 +137,17 @@ class ImageFile:
             self.close()
             raise
 
-    def _read_index(self) -> np.ndarray:
+    def _read_index(self) -> ImageIndex:
+        """The index, checked against the file and the format's limits (streamed)."""
         f = self.footer
         nbytes = f.index_count * INDEX_DTYPE.itemsize
         if not HEADER_SIZE <= f.index_offset <= self.stored_bytes - Footer.SIZE - nbytes:
             raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
         if f.index_offset + nbytes + Footer.SIZE != self.stored_bytes:
             raise FormatError(f"{self.name}: incomplete image (index does not fit the file)")
-        raw = os.pread(self._fd, nbytes, f.index_offset)
-        if hashlib.sha256(raw).digest() != f.index_digest:
-            raise FormatError(f"{self.name}: block index damaged (checksum mismatch)")
-        index = np.frombuffer(raw, dtype=INDEX_DTYPE)
-        problem = index_problem(index, self.header, f.index_offset)
-        if problem:
-            raise FormatError(f"{self.name}: block index inconsistent with the file ({problem})")
-        return index
+        return ImageIndex.open(
+            self._fd, f.index_offset, f.index_count, f.index_digest, self.name,
+            lambda piece, previous: index_problem(piece, self.header, f.index_offset, previous))
 
     # ------------------------------------------------------------------ access
     def read_payload(self, record: np.void) -> bytes:
@@ -205,7 +207,7 @@ class DamagedImage(ImageFile):
             self.stored_bytes = self.path.stat().st_size
         except OSError:
             self.stored_bytes = 0
-        self.index = np.zeros(0, dtype=INDEX_DTYPE)
+        self.index = ImageIndex.empty(self.name)
 
     def __repr__(self) -> str:
         return f"DamagedImage({self.name}: {self.damage})"
@@ -231,6 +233,12 @@ def open_listed(path: str | os.PathLike[str]) -> ImageFile:
         return DamagedImage(path, str(exc).removeprefix(f"{name}: "), header)
 
 
+#: records an image writer keeps in memory before moving them to its spill file (3.5 MiB)
+SPILL_RECORDS = 1 << 16
+#: an image's index records in position order, a piece at a time, on each call
+RecordPieces = Callable[[], Iterator[np.ndarray]]
+
+
 class ImageWriter:
     """Streams blocks into a new image; nothing appears under ``path`` until :meth:`commit`.
 
@@ -242,10 +250,11 @@ class ImageWriter:
 
     def __init__(self, path: str | os.PathLike[str], header: Header,
                  codec: BlockCodec | None = None,
-                 seal: Callable[[Header, np.ndarray], Header] | None = None):
+                 seal: Callable[[Header, RecordPieces], Header] | None = None):
         """``codec`` encodes plaintext for :meth:`add`; writers that only copy stored
-        payloads verbatim (:meth:`add_encoded`) need none.  ``seal(header, records)``
-        gives the final header once every record is known (the point digest)."""
+        payloads verbatim (:meth:`add_encoded`) need none.  ``seal(header, pieces)``
+        gives the final header once every record is known (the point digest);
+        ``pieces()`` yields the image's records in position order, a piece at a time."""
         self._seal = seal
         self.path = Path(path)
         self.header = header
@@ -256,7 +265,12 @@ class ImageWriter:
         self._fh.flush()  # payloads are written to the descriptor itself (writev)
         self._copy_files = True  # copy_file_range works here until it says otherwise
         self._offset = HEADER_SIZE
-        self._records: list[np.ndarray] = []
+        self._records: list[np.ndarray] = []  # not yet spilled
+        self._held = 0  # records in self._records
+        self._count = 0  # records added in all
+        self._last = -1  # the highest position added so far
+        self._ordered = True  # every record added after the previous ones' positions
+        self._spill: BinaryIO | None = None  # records moved out of memory, in order
         from concurrent.futures import ThreadPoolExecutor  # here: only writers pay for it
 
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
@@ -325,30 +339,79 @@ class ImageWriter:
         if nbytes:
             self._in_flight = self._io.submit(self._write, flat, self._offset, nbytes, copy)
         self._offset += nbytes
+        self._keep(records)
+
+    def _keep(self, records: np.ndarray) -> None:
+        """Hold ``records`` for the index; while they come in position order, move them
+        to a spill file every ``SPILL_RECORDS``, so memory does not grow with the image
+        (writers that add out of order, such as head start, keep theirs to sort them)."""
+        if len(records):
+            positions = records["position"]
+            if int(positions[0]) <= self._last or np.any(positions[1:] <= positions[:-1]):
+                self._ordered = False
+            self._last = max(self._last, int(positions.max()))
         self._records.append(records)
+        self._held += len(records)
+        self._count += len(records)
+        if self._ordered and self._held >= SPILL_RECORDS:
+            if self._spill is None:
+                self._spill = self._stack.enter_context(  # closed with the writer
+                    tempfile.TemporaryFile(dir=self.path.parent, prefix=".index-"))  # noqa: SIM115
+            self._spill.write(np.concatenate(self._records).data)
+            self._records, self._held = [], 0
 
     @property
     def blocks_written(self) -> int:
-        return sum(len(r) for r in self._records)
+        return self._count
+
+    def _index_pieces(self) -> Iterator[np.ndarray]:
+        """The index records in position order, a piece at a time: spilled ones read
+        back, then those in memory; out-of-order ones sorted (the last write of a
+        position wins)."""
+        spilled: list[np.ndarray] = []
+        if self._spill is not None:
+            self._spill.seek(0)
+            while raw := self._spill.read(SPILL_RECORDS * INDEX_DTYPE.itemsize):
+                piece = np.frombuffer(raw, dtype=INDEX_DTYPE)
+                if self._ordered:
+                    yield piece
+                else:
+                    spilled.append(piece)
+        records = np.concatenate(spilled + self._records) if spilled or self._records \
+            else np.zeros(0, INDEX_DTYPE)
+        if not self._ordered:  # sort, keep the last write of each position
+            records = records[np.argsort(records["position"], kind="stable")]
+            pos = records["position"]
+            records = records[np.r_[pos[1:] != pos[:-1], True]]
+        yield records
+
+    def _written_index(self, at: int, count: int) -> RecordPieces:
+        """The index as written at byte ``at`` of the new file, read back a piece at a time."""
+        fd = self._fh.fileno()
+
+        def pieces() -> Iterator[np.ndarray]:
+            for lo in range(0, count, SPILL_RECORDS):
+                n = min(SPILL_RECORDS, count - lo)
+                raw = os.pread(fd, n * INDEX_DTYPE.itemsize, at + lo * INDEX_DTYPE.itemsize)
+                yield np.frombuffer(raw, dtype=INDEX_DTYPE)
+
+        return pieces
 
     def commit(self) -> Path:
         """Write index and footer, fsync, rename into place; returns the final path."""
-        records = np.concatenate(self._records) if self._records \
-            else np.zeros(0, INDEX_DTYPE)
-        self._records.clear()  # 64 bytes a block: keep one copy, not two
-        pos = records["position"]
-        if np.any(pos[1:] <= pos[:-1]):  # out of order or repeated: sort, keep the last write
-            records = records[np.argsort(pos, kind="stable")]
-            pos = records["position"]
-            records = records[np.r_[pos[1:] != pos[:-1], True]]
-        raw = records.view(np.uint8).data
         self._drain()
+        digest, count = hashlib.sha256(), 0
+        for piece in self._index_pieces():
+            raw = piece.view(np.uint8).data
+            self._fh.write(raw)
+            digest.update(raw)
+            count += len(piece)
+        self._records.clear()
+        self._fh.flush()
         if self._seal is not None:
-            self._fh.flush()
-            self.header = self._seal(self.header, records)
+            self.header = self._seal(self.header, self._written_index(self._offset, count))
             os.pwrite(self._fh.fileno(), self.header.pack(), 0)
-        self._fh.write(raw)
-        self._fh.write(Footer(self._offset, len(records), hashlib.sha256(raw).digest()).pack())
+        self._fh.write(Footer(self._offset, count, digest.digest()).pack())
         self._stack.close()
         return self.path
 

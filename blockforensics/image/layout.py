@@ -3,6 +3,7 @@ applied to the images on the point's path (root first)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,78 +28,170 @@ def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, step: int
     return rows[starts], offsets[starts], np.diff(np.r_[starts, len(rows)])
 
 
-def _depths(owner: np.ndarray) -> list[int]:
-    """The image depths found in a slice of ``Layout.owner`` (-1: none), ascending.
-    (``np.unique`` of int16 costs milliseconds even for a few elements in numpy 2.)"""
-    return np.flatnonzero(np.bincount(owner[owner >= 0])).tolist()
+#: blocks resolved per window by the whole-point passes (present, digests, changed):
+#: 1 Mi blocks = 3 MiB of owners and rows, whatever the volume's size
+WINDOW = 1 << 20
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(count: int, dtype: str) -> np.ndarray:
+    out = np.zeros(count, dtype=dtype)
+    out.flags.writeable = False
+    return out
+
+
+def _nobody(count: int, dtype: str) -> np.ndarray:
+    """``count`` read-only zeros, shared: the holders and rows of an empty window
+    (allocating and clearing megabytes per window would cost more than the window)."""
+    return _zeros(max(WINDOW, count), dtype)[:count]
+
+
+def spans(n_blocks: int) -> Iterator[tuple[int, int]]:
+    """``(start, count)`` of the windows of ``WINDOW`` blocks covering ``n_blocks``."""
+    for start in range(0, n_blocks, WINDOW):
+        yield start, min(WINDOW, n_blocks - start)
+
+
+@dataclass
+class Owners:
+    """Which image holds each block of one window of a point.
+
+    ``holder[i]`` is 1 + the depth (0 = root) of the image holding block ``start + i``,
+    or 0 where none does (the block reads as zeros); ``row[i]`` is the row of its
+    record in ``records[holder[i] - 1]``, the records each image on the path holds in
+    the window.  (Zero for "none" lets an empty window cost no memory writes.)
+    """
+
+    start: int  # blocks
+    holder: np.ndarray  # int16, one per block of the window
+    row: np.ndarray  # int64, one per block of the window
+    records: list[np.ndarray]  # per depth: INDEX_DTYPE records inside the window
+
+    @property
+    def empty(self) -> bool:
+        """No image holds a block of the window."""
+        return not any(len(records) for records in self.records)
+
+    def digests(self, count: int, zero_digest: np.ndarray) -> np.ndarray:
+        """``(count, 16)`` content digests of the window's blocks (``count`` may reach
+        past the point's end); blocks no image holds get ``zero_digest``."""
+        out = np.empty((count, DIGEST_SIZE), dtype=np.uint8)
+        out[:] = zero_digest
+        for _, rows, records in self.by_image():
+            out[rows] = digest_rows(records["content_digest"])
+        return out
+
+    def by_image(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(depth, rows, records)``: for each image holding some blocks of the window,
+        their rows (counted from ``start``) and their records."""
+        if self.empty:
+            return
+        # np.bincount, not np.unique: unique of int16 costs milliseconds even when small
+        for depth in np.flatnonzero(np.bincount(self.holder)[1:]).tolist():
+            rows = np.flatnonzero(self.holder == depth + 1)
+            yield depth, rows, self.records[depth][self.row[rows]]
 
 
 @dataclass
 class Layout:
-    """Where every block of one point comes from.
-
-    ``owner[p]`` is the depth (0 = root) on ``images`` of the image holding
-    block ``p``, or -1 (zeros); ``entry[p]`` is the row of its index record.
-    """
+    """Where every block of one point comes from: the images on its path (root first),
+    resolved window by window from their on-disk indexes, so memory does not grow with
+    the volume."""
 
     images: list[ImageFile]  # the path, root first
-    owner: np.ndarray  # int16, one per block
-    entry: np.ndarray  # int64, one per block
     size: int  # bytes of the volume at this point
-    block_size: int
+    block_size: int  # bytes
 
     @property
     def n_blocks(self) -> int:
-        return len(self.owner)
+        return -(-self.size // self.block_size)
 
-    def records(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(positions, index records)`` that image ``depth`` contributes to this point."""
-        positions = np.flatnonzero(self.owner == depth)
-        return positions, self.images[depth].index[self.entry[positions]]
+    def owners(self, start: int, count: int) -> Owners:
+        """The reading rule of docs/FORMAT.md for blocks ``start .. start+count-1``
+        (clipped to the point): each image of the path, root first, takes over the blocks
+        it holds; blocks past an image's ``inherit_blocks`` are no longer inherited."""
+        start = max(0, start)
+        count = max(0, min(count, self.n_blocks - start))
+        end = start + count
+        pieces = [img.index.read(*img.index.rows_between(start, end)) for img in self.images]
+        if not any(len(records) for records in pieces):  # most windows of a sparse volume
+            return Owners(start, _nobody(count, "int16"), _nobody(count, "int64"), pieces)
+        holder = np.zeros(count, dtype=np.int16)
+        row = np.zeros(count, dtype=np.int64)
+        for depth, (img, records) in enumerate(zip(self.images, pieces)):
+            cut = img.header.inherit_blocks
+            if cut < end:
+                holder[max(cut - start, 0):] = 0  # what lay past a shrink is gone
+            if len(records):
+                at = records["position"].astype(np.int64) - start
+                holder[at] = depth + 1
+                row[at] = np.arange(len(records))
+        return Owners(start, holder, row, pieces)
+
+    def windows(self) -> Iterator[Owners]:
+        """:meth:`owners` of the whole point, a window of :data:`WINDOW` blocks at a time."""
+        for start, count in spans(self.n_blocks):
+            yield self.owners(start, count)
 
     def window(self, start: int, count: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(depth, rows, index records)`` of blocks ``start .. start+count-1``: for each
         image holding some of them, their rows (counted from ``start``) and records."""
-        owner = self.owner[start : start + count]
-        entry = self.entry[start : start + count]
-        for depth in _depths(owner):
-            rows = np.flatnonzero(owner == depth)
-            yield depth, rows, self.images[depth].index[entry[rows]]
+        return self.owners(start, count).by_image()
 
     def present(self) -> BlockMap:
         """Blocks that hold stored, non-zero data at this point."""
-        flags = self.owner >= 0
-        for depth, image in enumerate(self.images):  # records, not blocks, are scanned
-            rows = np.flatnonzero(image.index["flags"] & FLAG_ZERO)
-            positions = image.index["position"][rows].astype(np.int64)
-            inside = positions < len(flags)
-            rows, positions = rows[inside], positions[inside]
-            used = (self.owner[positions] == depth) & (self.entry[positions] == rows)
-            flags[positions[used]] = False
-        return BlockMap.from_bools(flags, self.block_size)
-
-    def content_digests(self, zero_digest: np.ndarray, n_blocks: int | None = None
-                        ) -> np.ndarray:
-        """``(n_blocks, 16)`` content digests of the point; absent blocks, and blocks past
-        the point's end when ``n_blocks`` is larger, get ``zero_digest``."""
-        n_blocks = self.n_blocks if n_blocks is None else n_blocks
-        out = np.empty((n_blocks, DIGEST_SIZE), dtype=np.uint8)
-        out[:] = zero_digest
-        for depth in range(len(self.images)):
-            positions, records = self.records(depth)
-            keep = positions < n_blocks
-            out[positions[keep]] = digest_rows(records["content_digest"])[keep]
+        out = BlockMap.empty(self.n_blocks, self.block_size)
+        for window in self.windows():
+            if window.empty:
+                continue
+            flags = np.zeros(len(window.holder), dtype=bool)
+            for _, rows, records in window.by_image():
+                flags[rows] = (records["flags"] & FLAG_ZERO) == 0
+            out.assign(window.start, flags)
         return out
 
+    def supplied(self, depth: int) -> BlockMap:
+        """Blocks whose record, at this point, comes from image ``depth`` of the path
+        (zero blocks included)."""
+        out = BlockMap.empty(self.n_blocks, self.block_size)
+        for window in self.windows():
+            if len(window.records[depth]):
+                out.assign(window.start, window.holder == depth + 1)
+        return out
+
+    def digests(self, start: int, count: int, zero_digest: np.ndarray) -> np.ndarray:
+        """``(count, 16)`` content digests of blocks ``start .. start+count-1``; absent
+        blocks, and blocks past the point's end, get ``zero_digest``."""
+        return self.owners(start, count).digests(max(count, 0), zero_digest)
+
+    def digest_windows(self, zero_digest: np.ndarray, n_blocks: int | None = None
+                       ) -> Iterator[np.ndarray]:
+        """:meth:`digests` of blocks ``0 .. n_blocks-1`` (default: the point's), window by
+        window (:func:`spans`; past the point's end: ``zero_digest``).  Windows that no
+        image touches share one read-only array."""
+        n_blocks = self.n_blocks if n_blocks is None else n_blocks
+        blank: np.ndarray | None = None
+        for start, count in spans(n_blocks):
+            window = self.owners(start, count)
+            if not window.empty:
+                yield window.digests(count, zero_digest)
+                continue
+            if blank is None or len(blank) != count:
+                blank = np.empty((count, DIGEST_SIZE), dtype=np.uint8)
+                blank[:] = zero_digest
+                blank.flags.writeable = False
+            yield blank
+
     def digests_at(self, positions: np.ndarray, zero_digest: np.ndarray) -> np.ndarray:
-        """``(len(positions), 16)`` content digests of the blocks at ``positions``; absent
-        ones, and positions past the point's end, get ``zero_digest``."""
+        """``(len(positions), 16)`` content digests of the blocks at the ascending
+        ``positions``; absent ones, and positions past the point's end, get
+        ``zero_digest``.  Only the index rows around those positions are read."""
+        positions = np.asarray(positions, np.int64)
         out = np.empty((len(positions), DIGEST_SIZE), dtype=np.uint8)
         out[:] = zero_digest
         inside = np.flatnonzero(positions < self.n_blocks)
-        owner = self.owner[positions[inside]]
-        for depth in _depths(owner):
-            rows = inside[owner == depth]
-            records = self.images[depth].index[self.entry[positions[rows]]]
-            out[rows] = digest_rows(records["content_digest"])
+        for img in self.images:  # the reading rule, as in owners()
+            out[inside[positions[inside] >= img.header.inherit_blocks]] = zero_digest
+            held, records = img.index.find(positions[inside])
+            out[inside[held]] = digest_rows(records["content_digest"])
         return out

@@ -91,7 +91,7 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
         images = [img for img in chain.images if img.name not in broken]
         report.images = len(images)
         codec = chain.codec if images and (key is not None or not chain.encrypted) else None
-        total = sum(int(img.index["length"].sum()) for img in images)
+        total = sum(img.index.payload_bytes for img in images)
         with progress_bar(total, "verify", progress) as bar:
             for img in images:
                 report.blocks += img.blocks
@@ -107,9 +107,20 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
 
 def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: Progress) -> list[Problem]:
     """Stored digests of every block; given a codec, the decoding of every block that
-    needs one (all of them when encrypted, compressed ones when plain) and its content."""
+    needs one (all of them when encrypted, compressed ones when plain) and its content.
+    The index is read a piece at a time (memory does not grow with the image)."""
     problems = []
-    records = image.index[np.argsort(image.index["offset"], kind="stable")]
+    for _, piece in image.index.chunks():
+        problems += _check_piece(image, codec, piece, bar)
+    return sorted(problems, key=lambda p: p.position or 0)
+
+
+def _check_piece(image: ImageFile, codec: BlockCodec | None, records: np.ndarray,
+                 bar: Progress) -> list[Problem]:
+    """:func:`_check_blocks` of one piece of the index, its payloads read in file order
+    up to ``_READ_BYTES`` at a time."""
+    problems = []
+    records = records[np.argsort(records["offset"], kind="stable")]
     content = digest_rows(records["content_digest"])
     ends = (records["offset"] + records["length"]).astype(np.int64)
     i = 0
@@ -140,7 +151,7 @@ def _check_blocks(image: ImageFile, codec: BlockCodec | None, bar: Progress) -> 
                          for k in np.flatnonzero(differ).tolist()]
         bar.update(int(ends[j - 1]) - first)
         i = j
-    return sorted(problems, key=lambda p: p.position or 0)
+    return problems
 
 
 def _check_content(name: str, codec: BlockCodec, records: np.ndarray, buf: memoryview,
