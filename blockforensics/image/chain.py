@@ -40,7 +40,6 @@ from blockforensics.image.format import (
     INDEX_DTYPE,
     KIND_FULL,
     KIND_INCREMENTAL,
-    KIND_NAMES,
     Header,
     digest_rows,
     new_id,
@@ -56,6 +55,7 @@ from blockforensics.image.layout import Layout, spans
 from blockforensics.image.links import NO_PARENT, link
 from blockforensics.image.reader import ChainDisk
 from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
+from blockforensics.image.summary import point_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -233,20 +233,8 @@ class Chain:
 
     def rows(self) -> list[dict[str, object]]:
         """One dict per point: what ``list`` prints (and ``list --json`` serialises)."""
-        rows = []
-        for i, img in enumerate(self.images):
-            h = img.header if getattr(img, "header_known", True) else None
-            rows.append({
-                "point": i, "file": img.name,
-                "kind": KIND_NAMES[h.kind] if h else None,
-                "parent": self._parents[i], "blocks": img.blocks,
-                "stored_bytes": img.stored_bytes, "encrypted": h.encrypted if h else None,
-                "created": h.created.isoformat(timespec="milliseconds") if h else None,
-                "volume_size": h.volume_size if h else None,
-                "block_size": h.block_size if h else None, "label": h.label if h else "",
-                "damaged": i in self.damage, "error": self.damage.get(i),
-            })
-        return rows
+        return [point_row(i, img, self._parents[i], self.damage.get(i))
+                for i, img in enumerate(self.images)]
 
     def table(self) -> pd.DataFrame:
         """:meth:`rows` as a DataFrame, one row per point."""
