@@ -16,10 +16,12 @@ The table gives, per operation, our time and peak RSS, each peer's, and the
 ratio *peer's time / ours* (above 1: we are faster) of the fastest runs and of
 the medians, plus stored sizes.  The steps of a group take turns, each run into
 a fresh output, ``--repeat`` rounds; ``--only`` runs some groups (the repositories
-a group needs are made once, untimed, when their group is left out).  Each
-peer's output is checked once after its runs (partclone, for one, exits 0 on a
-bad option).  Install the peers with ``apt-get install restic borgbackup
-partclone`` (``scripts/setup.sh`` does not: the benchmarks are not run in CI).
+a group needs are made once, untimed, when their group is left out).  After the
+runs, every restored volume is compared with the source (or, for partclone, with
+ours) and every consolidated repository must hold one point: partclone, for one,
+exits 0 on a bad option having restored nothing.  Install the peers with
+``apt-get install restic borgbackup partclone`` (``scripts/setup.sh`` does not:
+the benchmarks are not run in CI).
 """
 
 from __future__ import annotations

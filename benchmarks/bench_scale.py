@@ -1,4 +1,5 @@
-"""Scale: time and peak RSS per command on sparse volumes of 1 GiB, 16 GiB and 1 TiB;
+"""Scale: time and peak RSS per command (backup, incremental with a changed map, list,
+verify, diff, restore, export, consolidate) on sparse volumes of 1 GiB, 16 GiB and 1 TiB;
 backup of a 16 GiB sparse volume holding 1 GiB vs ``cp --sparse=always`` + ``sync``;
 an incremental of 1 % with ``--changed`` vs without; fleet wall time for 1, 2 and 4
 workers; CLI start-up.
@@ -45,13 +46,19 @@ def sparse_volume(path: Path, size: int, data: int, seed: int = 0) -> None:
 def commands(size: int, data: int, work: Path) -> list[Run]:
     src, chain = work / "src.img", work / "chain"
     sparse_volume(src, size, data)
-    runs = [measure("backup", [*BF, "backup", "--all-blocks", str(src), str(chain)]),
-            measure("list", [*BF, "list", str(chain)]),
-            measure("verify", [*BF, "verify", str(chain)]),
-            measure("restore", [*BF, "restore", str(chain), str(work / "out.img")])]
+    runs = [measure("backup", [*BF, "backup", "--all-blocks", str(src), str(chain)])]
+    rewrite_scattered(src, size, 1000, work / "changed.npz")
+    runs += [measure("incremental --changed (1000 blocks)",
+                     [*BF, "backup", "--all-blocks", str(src), str(chain), "--changed",
+                      str(work / "changed.npz")]),
+             measure("list", [*BF, "list", str(chain)]),
+             measure("verify", [*BF, "verify", str(chain)]),
+             measure("diff 0 1", [*BF, "diff", str(chain), "0", "1"]),
+             measure("restore", [*BF, "restore", str(chain), str(work / "out.img")])]
     (work / "out.img").unlink()
     runs.append(measure("export vhd-dynamic", [*BF, "export", str(chain), str(work / "out.vhd"),
                                                 "--format", "vhd-dynamic"]))
+    runs.append(measure("consolidate", [*BF, "consolidate", str(chain)]))
     shutil.rmtree(chain)
     src.unlink()
     (work / "out.vhd").unlink()
@@ -70,23 +77,30 @@ def against_cp(work: Path) -> dict[str, Run]:
     return {"ours": ours, "cp": cp}
 
 
-def incremental(work: Path) -> dict[str, Run]:
-    """1 % of a 16 GiB volume (1 GiB of data) rewritten at random blocks."""
+def rewrite_scattered(src: Path, size: int, count: int, changed: Path) -> None:
+    """Write ``count`` random 4 KiB blocks of ``src`` at random positions; save their
+    map (what change tracking would report) at ``changed``."""
     from blockforensics.blockmap import BlockMap
 
-    src, size = work / "src.img", 16 * GiB
-    sparse_volume(src, size, GiB)
     n_blocks = size // 4096
-    measure("full", [*BF, "backup", "--all-blocks", str(src), str(work / "a")])
-    shutil.copytree(work / "a", work / "b")
     rng = np.random.default_rng(1)
-    positions = np.sort(rng.choice(n_blocks, n_blocks // 100, replace=False))
+    positions = np.sort(rng.choice(n_blocks, count, replace=False))
     fd = os.open(src, os.O_WRONLY)
     block = rng.integers(0, 256, 4096, np.uint8).tobytes()
     for p in positions.tolist():
         os.pwrite(fd, block, p * 4096)
     os.close(fd)
-    BlockMap.from_positions(n_blocks, positions).save(work / "changed.npz")
+    BlockMap.from_positions(n_blocks, positions).save(changed)
+
+
+def incremental(work: Path) -> dict[str, Run]:
+    """1 % of a 16 GiB volume (1 GiB of data) rewritten at random blocks."""
+    src, size = work / "src.img", 16 * GiB
+    sparse_volume(src, size, GiB)
+    n_blocks = size // 4096
+    measure("full", [*BF, "backup", "--all-blocks", str(src), str(work / "a")])
+    shutil.copytree(work / "a", work / "b")
+    rewrite_scattered(src, size, n_blocks // 100, work / "changed.npz")
     runs = {
         "with --changed": measure("incr --changed", [*BF, "backup", "--all-blocks", str(src),
                                                      str(work / "a"), "--changed",
@@ -113,6 +127,28 @@ def fleet(work: Path, n_chains: int) -> dict[int, float]:
     assert n_chains == N_CHAINS
     shutil.rmtree(work / "fleet")
     return times
+
+
+def blockmaps() -> dict[str, float]:
+    """Fastest of 5 seconds for set algebra, a count and the runs of two maps of a 1 TiB
+    volume (2^28 blocks of 4 KiB, 20 000 runs each)."""
+    from blockforensics.blockmap import BlockMap
+
+    n = 1 << 28
+    rng = np.random.default_rng(5)
+    starts = np.sort(rng.choice(n - 1000, 20000, replace=False))
+    a = BlockMap.from_run_arrays(n, starts, rng.integers(1, 100, len(starts)))
+    b = BlockMap.from_run_arrays(n, starts + 50, np.full(len(starts), 70))
+    out = {}
+    for label, step in (("(a | b) & ~(a - b)", lambda: (a | b) & ~(a - b)),
+                        ("a.count()", a.count), ("a.run_arrays()", a.run_arrays)):
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        out[label] = min(times)
+    return out
 
 
 def startup(work: Path) -> dict[str, Run]:
@@ -157,12 +193,15 @@ def main() -> None:
     lines += ["", "| fleet triage, 21 chains | 1 worker | 2 workers | 4 workers |",
               "|---|---|---|---|",
               "| wall seconds | " + " | ".join(f"{fl[w]:.1f}" for w in (1, 2, 4)) + " |"]
+    maps = blockmaps()
+    lines += ["", "| block maps of 1 TiB (2^28 blocks) | seconds (fastest of 5) |", "|---|---|"]
+    lines += [f"| `{k}` | {v:.3f} |" for k, v in maps.items()]
     st = startup(work)
     lines += ["", "| start-up (fastest of 5) | seconds | peak RSS MiB |", "|---|---|---|"]
     lines += [f"| {r.label} | {r.seconds:.3f} | {r.peak_rss_mib:.0f} |" for r in st.values()]
     out.update({"vs_cp": {k: vars(r) for k, r in vs.items()},
                 "incremental": {k: vars(r) for k, r in inc.items()},
-                "fleet": fl, "startup": {k: vars(r) for k, r in st.items()}})
+                "fleet": fl, "blockmaps": maps, "startup": {k: vars(r) for k, r in st.items()}})
     shutil.rmtree(work, ignore_errors=True)
     print("\n".join(lines))
     if args.json:

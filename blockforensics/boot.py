@@ -87,7 +87,7 @@ class BootResult:
     seconds_total: float  # from QEMU's start until it was gone
     qemu_exit: int | None  # QEMU's status if it exited by itself; None if we stopped it
     command: list[str] = field(repr=False)  # the QEMU command line
-    screenshot: Path | None = None  # PNG of the display when the marker appeared, if asked
+    screenshot: Path | None = None  # PNG of the display when the wait for the marker ended
     runs: list[CommandRun] = field(default_factory=list)  # check commands, in order
 
     def to_json(self) -> dict[str, Any]:
@@ -179,6 +179,9 @@ class _Console:
 
     def read(self, seconds: float = POLL_SECONDS) -> None:
         """Wait up to ``seconds`` for output and keep all that has arrived."""
+        if self.closed:
+            time.sleep(seconds)
+            return
         ready, _, _ = select.select([self._sock], [], [], seconds)
         while ready and not self.closed:
             chunk = self._sock.recv(1 << 16)
@@ -258,10 +261,11 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     command exited with status 0; after a command that did not finish, the others are
     not run. Each needs one line of printable text (else UsageError).
 
-    ``screenshot``: a PNG of the guest's display when the boot check ends (marker,
-    power-off or timeout), by QMP ``screendump``, for guests that show their state on
-    screen rather than on the serial port.  The guest then gets a VGA card, and QEMU
-    is kept alive after a power-off (``-no-shutdown``) so the last screen can be taken.
+    ``screenshot``: a PNG of the guest's display when the wait for ``expect`` ends
+    (marker, power-off or timeout; before any ``run`` command), by QMP ``screendump``,
+    for guests that show their state on screen rather than on the serial port.  The
+    guest then gets a VGA card, and QEMU is kept alive after a power-off
+    (``-no-shutdown``) so the last screen can be taken.
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")

@@ -635,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the result as JSON, with runs: "
                    '[{"command", "output", "status", "seconds", "error"}]')
     p.add_argument("--screenshot", metavar="PNG",
-                   help="save the guest's screen when the check ends (QMP screendump)")
+                   help="save the guest's screen when the text appears, or when the wait "
+                        "for it ends (QMP screendump)")
 
     p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
                 chain=None)

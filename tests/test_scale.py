@@ -145,28 +145,20 @@ def test_batches_cover_a_map_in_order_without_whole_volume_arrays() -> None:
     assert list(batches(BlockMap.empty(n), 1024)) == []
 
 
-def test_block_maps_of_a_terabyte_combine_in_tens_of_milliseconds() -> None:
+def test_block_maps_of_a_terabyte_combine_exactly() -> None:
+    """Set algebra, counts and runs on maps of 2^28 blocks (their speed is measured by
+    benchmarks/bench_scale.py, not asserted here)."""
     n = 1 << 28  # 1 TiB of 4 KiB blocks
     rng = np.random.default_rng(5)
     starts = np.sort(rng.choice(n - 1000, 20000, replace=False))
     a = BlockMap.from_run_arrays(n, starts, rng.integers(1, 100, len(starts)))
     b = BlockMap.from_run_arrays(n, starts + 50, np.full(len(starts), 70))
-
-    def best(f: object) -> float:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            f()  # type: ignore[operator]
-            times.append(time.perf_counter() - started)
-        return min(times)
-
-    assert best(lambda: (a | b) & ~(a - b)) < 0.3
-    assert best(a.count) < 0.1
-    assert best(a.run_arrays) < 0.5
+    pa, pb = a.positions(), b.positions()
+    assert ((a | b) & ~(a - b)).positions().tolist() == pb.tolist()
+    assert a.count() == len(pa)
     starts_a, lengths_a = a.run_arrays()
     assert BlockMap.from_run_arrays(n, starts_a, lengths_a) == a
-    assert (a & b).count() == len(np.intersect1d(a.positions(), b.positions(),
-                                                          assume_unique=True))
+    assert (a & b).count() == len(np.intersect1d(pa, pb, assume_unique=True))
 
 
 # ------------------------------------------------------- memory at one tebibyte
@@ -223,6 +215,7 @@ def serving_rss(chain: Path, mountpoint: Path, expected: dict[int, bytes]) -> in
                            capture_output=True)
 
 
+@pytest.mark.slow
 def test_every_command_stays_under_256_mib_at_one_tebibyte(tmp_path: Path) -> None:
     """Peak RSS of backup, incremental (with and without a changed map), restore, verify,
     diff, export, mount and consolidate of a 1 TiB sparse volume (2^28 blocks) stays

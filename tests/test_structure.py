@@ -224,6 +224,27 @@ def test_hostile_structure_is_refused_before_allocation_and_stays_local(tmp_path
     assert max(peaks) < PEAK_RSS_LIMIT_MIB, peaks
 
 
+def test_a_legal_tebibyte_volume_size_is_read_in_bounded_memory(tmp_path):
+    """A header may say 2^40 bytes (a grow to 1 TiB is legal): the point restores as a
+    sparse 1 TiB file and exports, each in bounded memory, since nothing is held per
+    block of the volume; the blocks the chain holds come back exactly."""
+    chain, states = make_chain(tmp_path, 2)
+    rewrite_header(image_path(chain, 1), volume_size=1 << 40)
+    for command in (["verify", chain],
+                    ["restore", chain, tmp_path / "o.raw"],
+                    ["export", chain, tmp_path / "o.vhd", "--format", "vhd-dynamic"]):
+        done, peak = run(*command, timeout=120)
+        assert_one_line(done, 0)
+        assert peak < PEAK_RSS_LIMIT_MIB, (command[0], peak)
+    restored = tmp_path / "o.raw"
+    assert restored.stat().st_size == 1 << 40
+    with restored.open("rb") as fh:
+        assert fh.read(len(states[1])) == states[1]
+        fh.seek((1 << 40) - BS)
+        assert fh.read() == bytes(BS)
+    assert restored.stat().st_blocks * 512 < 16 << 20  # holes, not a written terabyte
+
+
 # ------------------------------------------------------------------ VHD bounds
 def _vhd(tmp_path: Path) -> Path:
     source = tmp_path / "d.raw"

@@ -132,8 +132,9 @@ def set_boot_marker(path: str | os.PathLike[str], text: str) -> None:
     write_fat_file(path, CONFIG_NAME, _syslinux_config(text))
 
 
-#: /init of the sample disk: print the marker from the kernel command line (serial
-#: console and screen), load the drivers, wait for the disk's first partition, then
+#: /init of the sample disk: print the marker from the kernel command line (on the
+#: screen first, so that a screenshot taken when the serial console shows it has it
+#: too), load the drivers, wait for the disk's first partition, then
 #: offer a shell on the serial console; power off when it exits or nobody asks for it.
 _INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -146,8 +147,8 @@ marker=
 for word in $cmdline; do
   case "$word" in bf.marker=*) marker="${{word#bf.marker=}}" ;; esac
 done
-echo "{MARKER_PREFIX} $marker"
 echo "{MARKER_PREFIX} $marker" 2>/dev/null > /dev/tty0
+echo "{MARKER_PREFIX} $marker"
 dmesg -n 1
 for module in /{GUEST_MODULE_DIR}/*.ko; do insmod "$module"; done
 for i in $(seq 100); do grep -q '[sv]da1$' /proc/partitions && break; sleep 0.1; done
@@ -194,10 +195,9 @@ def _static_busybox() -> Path:
     return path
 
 
-def _initramfs(busybox: Path, init: bytes = _INIT,
-               files: dict[str, Path] | None = None) -> bytes:
-    """gzip-compressed newc initramfs: static busybox, ``init`` as /init (by default the
-    sample disk's) and ``files`` (path in the initramfs -> host file), with their folders."""
+def _initramfs(busybox: Path, init: bytes, files: dict[str, Path] | None = None) -> bytes:
+    """gzip-compressed newc initramfs: static busybox, ``init`` as /init and ``files``
+    (path in the initramfs -> host file), with their folders."""
     extra = files or {}
     folders = {"bin", "dev", "proc", "sys", "mnt", "tmp"}
     for name in extra:

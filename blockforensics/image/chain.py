@@ -40,7 +40,6 @@ from blockforensics.image.format import (
     INDEX_DTYPE,
     KIND_FULL,
     KIND_INCREMENTAL,
-    KIND_NAMES,
     Header,
     digest_rows,
     new_id,
@@ -56,6 +55,7 @@ from blockforensics.image.layout import Layout, spans
 from blockforensics.image.links import NO_PARENT, link
 from blockforensics.image.reader import ChainDisk
 from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
+from blockforensics.image.summary import point_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -233,20 +233,8 @@ class Chain:
 
     def rows(self) -> list[dict[str, object]]:
         """One dict per point: what ``list`` prints (and ``list --json`` serialises)."""
-        rows = []
-        for i, img in enumerate(self.images):
-            h = img.header if getattr(img, "header_known", True) else None
-            rows.append({
-                "point": i, "file": img.name,
-                "kind": KIND_NAMES[h.kind] if h else None,
-                "parent": self._parents[i], "blocks": img.blocks,
-                "stored_bytes": img.stored_bytes, "encrypted": h.encrypted if h else None,
-                "created": h.created.isoformat(timespec="milliseconds") if h else None,
-                "volume_size": h.volume_size if h else None,
-                "block_size": h.block_size if h else None, "label": h.label if h else "",
-                "damaged": i in self.damage, "error": self.damage.get(i),
-            })
-        return rows
+        return [point_row(i, img, self._parents[i], self.damage.get(i))
+                for i, img in enumerate(self.images)]
 
     def table(self) -> pd.DataFrame:
         """:meth:`rows` as a DataFrame, one row per point."""
@@ -369,9 +357,10 @@ class Chain:
     def changed(self, a: PointRef, b: PointRef) -> BlockMap:
         """Blocks whose content differs between points ``a`` and ``b`` (any two, across branches).
 
-        Compared by content digests from the indexes, a window at a time, so nothing is
-        decrypted or read; the map covers the larger of the two volumes (blocks past a
-        smaller one count as zero).
+        Compared by content digests from the indexes, a window at a time and only where
+        either point holds a record, so nothing is decrypted or read and the cost follows
+        the stored blocks, not the volume; the map covers the larger of the two volumes
+        (blocks past a smaller one count as zero).
         """
         layouts = self.layout(a), self.layout(b)
         n_blocks = max(layout.n_blocks for layout in layouts)
@@ -380,9 +369,10 @@ class Chain:
         out = BlockMap.empty(n_blocks, self.block_size)
         for start, count in spans(n_blocks):
             wa, wb = (layout.owners(start, count) for layout in layouts)
-            if not (wa.empty and wb.empty):  # otherwise both read as zeros: no change
-                da, db = wa.digests(count, zero), wb.digests(count, zero)
-                out.assign(start, (da != db).any(axis=1))
+            rows = np.union1d(wa.held(), wb.held())  # elsewhere both read as zeros
+            if len(rows):
+                differ = (wa.digests_of(rows, zero) != wb.digests_of(rows, zero)).any(axis=1)
+                out.add(start + rows[differ])
         return out
 
     def disk(self, point: PointRef = -1, *, check: bool = True) -> ChainDisk:

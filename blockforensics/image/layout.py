@@ -81,6 +81,25 @@ class Owners:
             out[rows] = digest_rows(records["content_digest"])
         return out
 
+    def held(self) -> np.ndarray:
+        """Rows (counted from ``start``) of the blocks some image holds, ascending."""
+        return np.zeros(0, np.int64) if self.empty else np.flatnonzero(self.holder)
+
+    def digests_of(self, rows: np.ndarray, zero_digest: np.ndarray) -> np.ndarray:
+        """``(len(rows), 16)`` content digests of the window's blocks at ``rows``
+        (ascending; rows past the point's end read as zeros); blocks no image holds get
+        ``zero_digest``."""
+        out = np.empty((len(rows), DIGEST_SIZE), dtype=np.uint8)
+        out[:] = zero_digest
+        if not self.empty:
+            rows = rows[rows < len(self.holder)]
+            holder = self.holder[rows]
+            for depth in np.flatnonzero(np.bincount(holder)[1:]).tolist():
+                at = np.flatnonzero(holder == depth + 1)
+                records = self.records[depth][self.row[rows[at]]]
+                out[at] = digest_rows(records["content_digest"])
+        return out
+
     def by_image(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(depth, rows, records)``: for each image holding some blocks of the window,
         their rows (counted from ``start``) and their records."""
