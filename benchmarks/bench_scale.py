@@ -195,7 +195,7 @@ def main() -> None:
               "| wall seconds | " + " | ".join(f"{fl[w]:.1f}" for w in (1, 2, 4)) + " |"]
     maps = blockmaps()
     lines += ["", "| block maps of 1 TiB (2^28 blocks) | seconds (fastest of 5) |", "|---|---|"]
-    lines += [f"| `{k}` | {v:.3f} |" for k, v in maps.items()]
+    lines += [f"| `{k}` | {v:.3f} |".replace(" | b)", " \\| b)") for k, v in maps.items()]
     st = startup(work)
     lines += ["", "| start-up (fastest of 5) | seconds | peak RSS MiB |", "|---|---|---|"]
     lines += [f"| {r.label} | {r.seconds:.3f} | {r.peak_rss_mib:.0f} |" for r in st.values()]
