@@ -85,13 +85,13 @@ def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
     from blockforensics.fs.gpt import looks_like_gpt
 
     try:
-        table, found, notes = partition_table(disk)
+        table, found, table_notes = partition_table(disk)
     except FormatError as exc:
         kind = "GPT" if looks_like_gpt(disk) else "MBR"
         return kind.lower(), [], [f"unreadable {kind} partition table: {exc}"]
     except (BlockforensicsError, RuntimeError) as exc:  # pytsk3 wraps a damaged block's
         return "none", [], [f"partition table not read: {exc}"]  # error in RuntimeError
-    files = []
+    files, notes = [], list(table_notes)
     for part in found:
         if part.kind == "extended":
             continue
@@ -105,7 +105,7 @@ def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
                          f"{disk.size}: served up to there")
         files.append(PartitionFile(f"part{part.index}.raw", part,
                                    min(end, disk.size) - part.start_byte))
-    return table, files, list(notes)
+    return table, files, notes
 
 
 def served_files(disk: Disk, *, unique_id: bytes | None = None,
