@@ -6,9 +6,17 @@ tool) and skips, with the reason printed, on a developer machine.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from blockforensics.tools import PACKAGES, which
@@ -52,3 +60,63 @@ def assert_independent_readers_read(vhd_path, data: bytes) -> None:
         disk = vhd.VHD(fh)
         assert disk.size == len(data)
         assert disk.read(len(data)) == data
+
+
+def mounted(mountpoint: str | os.PathLike[str]) -> bool:
+    """True while a file system is mounted on ``mountpoint``."""
+    target = os.path.realpath(mountpoint)
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == target for line in fh)
+
+
+@dataclass
+class Serving:
+    """A mounting command while it serves: its process; once stopped, its output."""
+
+    proc: subprocess.Popen[str]
+    out: str = ""
+    err: str = ""
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], mountpoint: Path, timeout: float = 30) -> Iterator[Serving]:
+    """Run ``argv`` (a FUSE mount in the foreground) until ``mountpoint`` is mounted and
+    yield it; on leaving, stop it with SIGTERM unless it already ended (kill it if it
+    hangs), keep its output, and lazily unmount whatever it left behind."""
+    require_tools("fusermount3")
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    run = Serving(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True))
+    try:
+        deadline = time.monotonic() + timeout
+        while not mounted(mountpoint):
+            assert run.proc.poll() is None, run.proc.communicate()
+            assert time.monotonic() < deadline, f"{mountpoint} was not mounted"
+            time.sleep(0.05)
+        yield run
+    finally:
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGTERM)
+        try:
+            run.out, run.err = run.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+            run.out, run.err = run.proc.communicate()
+        if mounted(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                           capture_output=True)
+
+
+def flip_stored_bit(image: Path, position: int) -> None:
+    """Flip one bit in the middle of the stored payload of block ``position`` of the image
+    file ``image`` (its checksums left as they were: bit rot)."""
+    from blockforensics.image.imagefile import ImageFile
+
+    with ImageFile(image) as opened:
+        records = opened.index.all()
+        record = records[np.searchsorted(records["position"], position)]
+        offset = int(record["offset"]) + int(record["length"]) // 2
+    raw = bytearray(image.read_bytes())
+    raw[offset] ^= 0x10
+    image.write_bytes(raw)

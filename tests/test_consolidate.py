@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chains import BS, assert_restores, build_chain
+from support import flip_stored_bit
 
 import blockforensics.consolidate as consolidation
 from blockforensics.consolidate import apply_retention, consolidate, retention_plan
 from blockforensics.errors import ChainError, IntegrityError, UsageError
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import FLAG_ZERO
-from blockforensics.image.imagefile import ImageFile, ImageWriter
+from blockforensics.image.imagefile import ImageWriter
 from blockforensics.image.verify import verify
 
 DAY_NS = 86_400 * 10**9
@@ -164,17 +165,6 @@ def test_small_windows_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert_restores(tmp_path, sources)
 
 
-def _flip(path: Path, position: int) -> None:
-    """Flip one bit in the middle of the stored payload of block ``position``."""
-    with ImageFile(path) as image:
-        records = image.index.all()
-        record = records[np.searchsorted(records["position"], position)]
-        offset = int(record["offset"]) + int(record["length"]) // 2
-    raw = bytearray(path.read_bytes())
-    raw[offset] ^= 0x10
-    path.write_bytes(raw)
-
-
 @pytest.mark.parametrize("which", ["kept", "superseded"])
 def test_damaged_payloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
     # a damaged payload inside a run: refused if it would be copied, dropped if superseded
@@ -186,7 +176,7 @@ def test_damaged_payloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which
                       chain.images[2].index.all()["position"]]
     kept = np.setdiff1d(full, later)
     position = int(kept[len(kept) // 2] if which == "kept" else np.intersect1d(full, later)[1])
-    _flip(tmp_path / "0000-full.bfi", position)
+    flip_stored_bit(tmp_path / "0000-full.bfi", position)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     if which == "kept":
         with pytest.raises(IntegrityError, match=f"0000-full.bfi: block {position}: stored"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import assert_independent_readers_read, require_tools
+from support import assert_independent_readers_read, mounted, require_tools, serving
 
 from blockforensics.datasets.bootdisk import (
     DEFAULT_SIZE,
@@ -91,12 +91,6 @@ def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
 
 def qemu_img(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
-
-
-def mounted(mountpoint: Path) -> bool:
-    target = os.path.realpath(mountpoint)
-    with open("/proc/mounts") as fh:
-        return any(line.split()[1] == target for line in fh)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
@@ -259,30 +253,14 @@ def test_mounted_disk_vhd_is_the_point_and_boots(chains: Chains, case: Case,
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     disk_vhd = mountpoint / "disk.vhd"
-    proc = subprocess.Popen(bf_argv("mount", chains.chain(case), mountpoint, "--point",
-                                    case.point, *chains.key_args(case)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not disk_vhd.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "disk.vhd did not appear"
-            time.sleep(0.05)
-        assert mounted(mountpoint)
+    with serving(bf_argv("mount", chains.chain(case), mountpoint, "--point", case.point,
+                         *chains.key_args(case)), mountpoint) as mount:
         compared = qemu_img("compare", "-f", "raw", "-F", "vpc", chains.restored(case), disk_vhd)
         assert compared.returncode == 0, compared.stdout + compared.stderr
         assert_booted(bf(*boot_args(disk_vhd, case.marker), timeout=BOOT_TIMEOUT + 30),
                       case.marker)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if mounted(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-    assert proc.returncode == 0, err
-    assert "disk.vhd" in out and "Traceback" not in err
+    assert mount.proc.returncode == 0, mount.err
+    assert "disk.vhd" in mount.out and "Traceback" not in mount.err
     assert not mounted(mountpoint)
 
 

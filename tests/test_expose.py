@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import mounted, require_tools, serving
 
 from blockforensics.expose import ImageFileSystem, Served, exposed, partition_files, served_files
 from blockforensics.formats.raw import RawDisk
@@ -23,12 +22,6 @@ from blockforensics.fsck import check_filesystems
 
 MiB = 1024 * 1024
 PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
-
-
-def mounted(mountpoint: Path) -> bool:
-    target = os.path.realpath(mountpoint)
-    with open("/proc/mounts") as fh:
-        return any(line.split()[1] == target for line in fh)
 
 
 @pytest.fixture
@@ -116,24 +109,13 @@ def test_foreground_mount_unmounts_on_signal(source, mountpoint, sig):
     code = ("import sys; from blockforensics.expose import mount;"
             "from blockforensics.formats.raw import RawDisk;"
             "mount(RawDisk(sys.argv[1]), sys.argv[2]); print('unmounted')")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(source), str(mountpoint)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        while not mounted(mountpoint):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "mount did not come up"
-            time.sleep(0.02)
+    with serving([sys.executable, "-c", code, str(source), str(mountpoint)],
+                 mountpoint) as mount:
         assert (mountpoint / "disk.vhd").stat().st_size > 0
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if mounted(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-    assert proc.returncode == 0, err
-    assert out.strip() == "unmounted"
+        mount.proc.send_signal(sig)
+        mount.proc.wait(timeout=10)
+    assert mount.proc.returncode == 0, mount.err
+    assert mount.out.strip() == "unmounted"
     assert not mounted(mountpoint)
 
 

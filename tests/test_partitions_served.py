@@ -9,16 +9,12 @@ file system wrecked in a later point fails alone.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from sample_disks import MIB, file_tree, make_ext4, make_fat, make_ntfs, place, run, sparse_file
-from support import require_tools
-from test_expose import mounted
+from support import require_tools, serving
 from test_fsck import bf
 
 from blockforensics.expose import partition_files
@@ -115,15 +111,8 @@ def test_mount_serves_each_partition_with_the_source_bytes(backed_up, tmp_path: 
     table, chain, clean, _ = backed_up
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "blockforensics.cli", "mount", str(chain),
-                             str(mountpoint), "--point", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not mounted(mountpoint):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "mount did not come up"
-            time.sleep(0.05)
+    with serving([sys.executable, "-m", "blockforensics.cli", "mount", str(chain),
+                  str(mountpoint), "--point", "0"], mountpoint) as mount:
         names = sorted(p.name for p in mountpoint.iterdir())
         assert names == sorted(["disk.raw", "disk.vhd", "disk.vhdx", "disk.vmdk",
                                 *(f"part{n}.raw" for n in EXPECTED[table])])
@@ -131,16 +120,9 @@ def test_mount_serves_each_partition_with_the_source_bytes(backed_up, tmp_path: 
         for n, (start, length) in sfdisk_partitions(clean).items():
             served = (mountpoint / f"part{n}.raw").read_bytes()
             assert served == source[start : start + length], n
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if mounted(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-    assert proc.returncode == 0, err
+    assert mount.proc.returncode == 0, mount.err
     for n, (start, length) in sfdisk_partitions(clean).items():
-        assert f"part{n}.raw: partition {n}, {length} bytes from byte {start}" in out
+        assert f"part{n}.raw: partition {n}, {length} bytes from byte {start}" in mount.out
 
 
 def test_verify_fs_checks_each_partition_with_its_checker(backed_up) -> None:

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import flip_stored_bit, require_tools, serving
 
 from blockforensics.errors import IntegrityError
 from blockforensics.export import CHAIN, FLAT, STREAMED
 from blockforensics.image.chain import Chain
 from blockforensics.image.format import HEADER_SIZE
-from blockforensics.image.imagefile import ImageFile
 from blockforensics.nbd.client import NbdConnection, NbdError
 from blockforensics.nbd.protocol import NBD_EIO
 
@@ -50,15 +49,9 @@ def make_chain(tmp_path: Path, *options: str) -> tuple[Path, bytes]:
 
 
 def flip_stored_block(chain: Path, name: str, position: int) -> None:
-    """Flip one bit in the middle of the stored payload of block ``position``."""
-    path = chain / name
-    with ImageFile(path) as image:
-        records = image.index.all()
-        record = records[np.searchsorted(records["position"], position)]
-        offset = int(record["offset"]) + int(record["length"]) // 2
-    raw = bytearray(path.read_bytes())
-    raw[offset] ^= 0x10
-    path.write_bytes(raw)
+    """Flip one bit in the middle of the stored payload of block ``position`` of image
+    ``name``."""
+    flip_stored_bit(chain / name, position)
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], out: Path,
@@ -130,24 +123,13 @@ def test_consolidate_copies_no_damaged_block(tmp_path):
 
 
 def test_bit_rot_fails_a_read_of_the_mounted_disk_file(tmp_path):
-    require_tools("fusermount3")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse")
     chain, full = make_chain(tmp_path)
     flip_stored_block(chain, "0000-full.bfi", FLIPPED)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "blockforensics.cli", "mount", str(chain),
-                             str(mountpoint), "--point", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    vhd = mountpoint / "disk.vhd"
-    try:
-        deadline = time.monotonic() + 20
-        while not vhd.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "mount did not come up"
-            time.sleep(0.05)
-        with vhd.open("rb", buffering=0) as fh:
+    with serving([sys.executable, "-m", "blockforensics.cli", "mount", str(chain),
+                  str(mountpoint), "--point", "0"], mountpoint) as mount:
+        with (mountpoint / "disk.vhd").open("rb", buffering=0) as fh:
             # a dynamic VHD of 48 blocks: footer copy, header, BAT, then one 2 MiB block
             fh.seek(512 + 1024 + 512 + 512)  # + the block's sector bitmap
             got = b""
@@ -156,15 +138,8 @@ def test_bit_rot_fails_a_read_of_the_mounted_disk_file(tmp_path):
                     got += fh.read(BS)
             assert failed.value.errno == errno.EIO
         assert got == full[: len(got)] and len(got) <= (FLIPPED + 1) * BS  # nothing wrong
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
-        try:
-            _, err = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert f"0000-full.bfi: block {FLIPPED}:" in err, err
-    assert "Traceback" not in err, err
+    assert f"0000-full.bfi: block {FLIPPED}:" in mount.err, mount.err
+    assert "Traceback" not in mount.err, mount.err
 
 
 def test_bit_rot_fails_nbd_serve_reads_with_eio_and_exit_1(tmp_path):

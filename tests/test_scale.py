@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import serving
 
 from blockforensics import BlockMap, Chain
 from blockforensics.formats.raw import RawDisk
@@ -189,30 +188,15 @@ def peak_rss(*args: str | Path) -> int:
 def serving_rss(chain: Path, mountpoint: Path, expected: dict[int, bytes]) -> int:
     """Mount ``chain``, read ``expected`` (byte offset -> bytes) back from disk.raw, and
     return the serving process's peak resident set (bytes)."""
-    proc = subprocess.Popen([sys.executable, "-m", "blockforensics", "mount", str(chain),
-                             str(mountpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not (mountpoint / "disk.raw").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "mount did not come up"
-            time.sleep(0.05)
+    with serving([sys.executable, "-m", "blockforensics", "mount", str(chain),
+                  str(mountpoint)], mountpoint, timeout=60) as mount:
         with (mountpoint / "disk.raw").open("rb") as fh:
             for offset, data in expected.items():
                 fh.seek(offset)
                 assert fh.read(len(data)) == data
-        status = Path(f"/proc/{proc.pid}/status").read_text()
+        status = Path(f"/proc/{mount.proc.pid}/status").read_text()
         return next(int(line.split()[1]) * 1024 for line in status.splitlines()
                     if line.startswith("VmHWM:"))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
-                           capture_output=True)
 
 
 @pytest.mark.slow
@@ -220,7 +204,6 @@ def test_every_command_stays_under_256_mib_at_one_tebibyte(tmp_path: Path) -> No
     """Peak RSS of backup, incremental (with and without a changed map), restore, verify,
     diff, export, mount and consolidate of a 1 TiB sparse volume (2^28 blocks) stays
     under the bound: nothing is held per block of the volume."""
-    require_tools("fusermount3")
     source = tmp_path / "tera.img"
     rng = np.random.default_rng(40)
     extents = {0: rng.bytes(MiB), 300 * GiB + 4096: rng.bytes(MiB), TiB - MiB: rng.bytes(MiB)}
