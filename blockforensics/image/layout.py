@@ -29,7 +29,7 @@ def contiguous_runs(rows: np.ndarray, offsets: np.ndarray, step: int
 
 
 #: blocks resolved per window by the whole-point passes (present, digests, changed):
-#: 1 Mi blocks = 3 MiB of owners and rows, whatever the volume's size
+#: 1 Mi blocks = 10 MiB of holders (int16) and rows (int64), whatever the volume's size
 WINDOW = 1 << 20
 
 
