@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chains import BS, assert_restores, build_chain
+from killpoints import RUNNER_ENV
 from support import flip_stored_bit
 
 import blockforensics.consolidate as consolidation
@@ -258,26 +259,17 @@ _CRASH_RUNNER = """
 import os, shutil, signal, sys, time
 from blockforensics.consolidate import consolidate
 from blockforensics.image.imagefile import ImageWriter
+from killpoints import KillAtCall
 
 template, workdir, point, mode = sys.argv[1:5]
 
 def child(kill_at):
-    calls = 0
-    def hook(owner, name):
-        real = getattr(owner, name)
-        def wrapped(*args, **kwargs):
-            nonlocal calls
-            calls += 1
-            if calls == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-        setattr(owner, name, wrapped)
-    for name in ("open", "pread", "preadv", "fsync", "replace", "unlink", "close"):
-        hook(os, name)
-    hook(ImageWriter, "add_encoded")
+    killer = KillAtCall(kill_at)
+    killer.hook(os, "open", "pread", "preadv", "fsync", "replace", "unlink", "close")
+    killer.hook(ImageWriter, "add_encoded")
     started = time.perf_counter()
     consolidate(directory, point)
-    print(calls, time.perf_counter() - started, flush=True)
+    print(killer.calls, time.perf_counter() - started, flush=True)
 
 for trial, value in enumerate(sys.argv[5:]):
     directory = os.path.join(workdir, f"t{trial}")
@@ -300,7 +292,7 @@ def _crash_runs(template: Path, workdir: Path, mode: str,
     workdir.mkdir()
     run = subprocess.run([sys.executable, "-c", _CRASH_RUNNER, str(template), str(workdir),
                           "3", mode, *map(str, values)], capture_output=True, text=True,
-                         timeout=120, check=True)
+                         timeout=120, check=True, env=RUNNER_ENV)
     out, trials, lines = [], [], run.stdout.splitlines()
     for line in lines:
         # a child killed while printing leaves half a line: the trial's line may follow it

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chains import BS, build_chain
+from killpoints import RUNNER_ENV
 
 from blockforensics.consolidate import apply_retention, consolidate
 from blockforensics.crypto import KeySource
@@ -38,24 +39,15 @@ from blockforensics.crypto import KeySource
 from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 from blockforensics.volume import Volume
+from killpoints import KillAtCall
 
 template, workdir, op, key_path, source = sys.argv[1:6]
 key = KeySource.from_file(key_path) if key_path else None
 
 def child(kill_at):
-    calls = 0
-    def hook(owner, name):
-        real = getattr(owner, name)
-        def wrapped(*args, **kwargs):
-            nonlocal calls
-            calls += 1
-            if calls == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*args, **kwargs)
-        setattr(owner, name, wrapped)
-    for name in ("open", "pread", "preadv", "write", "fsync", "replace", "link", "unlink",
-                 "close", "rename", "ftruncate"):
-        hook(os, name)
+    killer = KillAtCall(kill_at)
+    killer.hook(os, "open", "pread", "preadv", "write", "fsync", "replace", "link", "unlink",
+                "close", "rename", "ftruncate")
     if op == "backup":
         with Chain.open(directory, key) as chain:
             backup(chain, Volume.from_bytes(open(source, "rb").read(), 4096))
@@ -63,7 +55,7 @@ def child(kill_at):
         consolidate(directory)
     else:
         apply_retention(directory, keep_last=2)
-    print(calls, flush=True)
+    print(killer.calls, flush=True)
 
 for trial, value in enumerate(sys.argv[6:]):
     directory = os.path.join(workdir, f"t{trial}")
@@ -82,7 +74,7 @@ def _runs(template: Path, workdir: Path, op: str, key: Path | None, source: Path
     workdir.mkdir()
     done = subprocess.run([sys.executable, "-c", _RUNNER, str(template), str(workdir), op,
                            str(key or ""), str(source), *map(str, values)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=RUNNER_ENV)
     assert done.returncode == 0, done.stderr
     trials, out = [], []
     for line in done.stdout.splitlines():
