@@ -13,11 +13,17 @@ import os
 import stat
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from blockforensics.errors import UsageError
+
+try:
+    from blockforensics import _native
+except ImportError:  # built without a C compiler: posix_fadvise instead
+    _native = None  # type: ignore[assignment]
 
 #: ``BLOCKFORENSICS_FSYNC=0`` skips fsync (test suites: a killed process loses nothing
 #: the page cache holds; only power loss needs the fsyncs, and tests cannot cut power).
@@ -30,20 +36,55 @@ def fsync(fd: int) -> None:
         os.fsync(fd)
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a just-written range to disk now (and drop it from the page cache),
-    so the final fsync has little left to wait for: disk writes overlap the work."""
-    if SYNC:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+#: bytes of a file written after a range before that range is waited for and dropped
+#: from the page cache (what a writer keeps dirty or in flight at most, about)
+WRITEBACK_WINDOW = 32 << 20
+
+
+class Writeback:
+    """Sends a file's new bytes to disk while it is being written, so the final fsync
+    has little left to wait for and disk writes overlap the work: ``writeback(offset,
+    nbytes)`` after each write queues that range for writeback at once
+    (``sync_file_range``, no waiting); a range followed by ``WRITEBACK_WINDOW`` more
+    bytes is then waited for and dropped from the page cache (a backup does not push
+    other files out of it).  Without the C extension, ``posix_fadvise`` starts the
+    writeback and drops what it can.  One thread calls it."""
+
+    def __init__(self, fd: int, window: int = WRITEBACK_WINDOW):
+        self.fd, self.window = fd, window
+        self._pending: deque[tuple[int, int]] = deque()  # (offset, nbytes) not yet waited for
+        self._held = 0  # bytes in self._pending
+
+    def __call__(self, offset: int, nbytes: int) -> None:
+        if not SYNC or not nbytes:
+            return
+        if _native is None:
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+            return
+        _native.sync_file_range(self.fd, offset, nbytes, _native.SYNC_FILE_RANGE_WRITE)
+        self._pending.append((offset, nbytes))
+        self._held += nbytes
+        while self._held - self._pending[0][1] >= self.window:
+            first, length = self._pending.popleft()
+            self._held -= length
+            _native.sync_file_range(self.fd, first, length, _WAIT_WRITE_WAIT)
+            os.posix_fadvise(self.fd, first, length, os.POSIX_FADV_DONTNEED)
+
+
+#: wait for a range's writeback in flight, write what is still dirty, wait for that
+_WAIT_WRITE_WAIT = 0 if _native is None else (_native.SYNC_FILE_RANGE_WAIT_BEFORE
+                                              | _native.SYNC_FILE_RANGE_WRITE
+                                              | _native.SYNC_FILE_RANGE_WAIT_AFTER)
 
 
 def writeback_progress(fd: int, progress: Callable[[int], object]
                        ) -> Callable[[int, int], None]:
     """The ``written(offset, nbytes)`` callback of ``Disk.write_to`` for a file that must
-    reach the disk: start each written range's writeback, advance ``progress``."""
+    reach the disk: its :class:`Writeback`, then ``progress``."""
+    writeback = Writeback(fd)
 
     def written(offset: int, nbytes: int) -> None:
-        start_writeback(fd, offset, nbytes)
+        writeback(offset, nbytes)
         progress(nbytes)
 
     return written

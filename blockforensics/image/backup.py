@@ -14,6 +14,7 @@ output stays sparse.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,17 +91,32 @@ def batches(todo: BlockMap, step: int) -> Iterator[np.ndarray]:
         yield np.arange(total) + np.repeat(starts[a:b] - (before[a:b] - first), lengths[a:b])
 
 
+#: read buffers :func:`read_ahead` cycles through: one being read, one being encoded,
+#: one being written
+READ_BUFFERS = 3
+
+
 def read_ahead(source: Disk, todo: BlockMap, step: int
                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(positions, blocks)`` of ``todo``, batch by batch (see :func:`batches`); each next
     batch is read on a thread while the caller works on this one (reads release the GIL,
-    so hashing, compression and encryption never wait for the source)."""
+    so hashing, compression and encryption never wait for the source).
+
+    The blocks are read into ``READ_BUFFERS`` page-aligned buffers in turn (no fresh
+    memory per batch; aligned for direct I/O), so a batch's array is overwritten by
+    the batch three later: the caller must be done with it — and its image writer too
+    (``ImageWriter.add`` of the next batch returns once the previous one is written) —
+    when it asks for the batch after the next."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    block_size = source.block_size
+    ring = [np.frombuffer(mmap.mmap(-1, 2 * step * block_size), np.uint8)
+            for _ in range(READ_BUFFERS)]  # a batch holds at most 2 * step blocks
     with ThreadPoolExecutor(1, thread_name_prefix="blockforensics-read") as pool:
         pending: tuple[np.ndarray, Future[np.ndarray]] | None = None
-        for positions in batches(todo, step):
-            ahead = (positions, pool.submit(source.read_at, positions))
+        for i, positions in enumerate(batches(todo, step)):
+            out = ring[i % READ_BUFFERS][: len(positions) * block_size].reshape(-1, block_size)
+            ahead = (positions, pool.submit(source.read_at, positions, out))
             if pending is not None:
                 yield pending[0], pending[1].result()
             pending = ahead
