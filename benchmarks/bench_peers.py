@@ -191,7 +191,7 @@ def consolidations(work: Path, src: Path, changed: Path, key: Path,
                        ["restic", "-q", "--repo", str(saved["restic"]), "snapshots"],
                        check=True, env=setup_env, capture_output=True)  # caches up to date
 
-    def reset(*names: str):
+    def reset(*names: str) -> Callable[[], None]:
         def run() -> None:
             for name in names:
                 shutil.rmtree(live[name], ignore_errors=True)
@@ -355,7 +355,7 @@ def main() -> None:
     positions = np.load(cbt)["positions"]
     BlockMap.from_positions(size // 4096, positions, 4096).save(blocks_map)
 
-    def fresh(*paths: Path):
+    def fresh(*paths: Path) -> Callable[[], None]:
         def clear() -> None:
             for p in paths:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -367,7 +367,7 @@ def main() -> None:
     borg_init = {k: ["borg", "init", "-e", e, str(c[k])] for k, e in
                  (("borg-none", "none"), ("borg-lz4", "none"), ("borg-key", "repokey"))}
 
-    def borg_fresh(name: str):
+    def borg_fresh(name: str) -> Callable[[], None]:
         def run() -> None:
             shutil.rmtree(c[name], ignore_errors=True)
             subprocess.run(borg_init[name], check=True, env={**os.environ, **env},
@@ -419,7 +419,7 @@ def main() -> None:
         for live, base in snap.items():
             shutil.copytree(live, base, symlinks=True)
 
-        def restore_base(*lives: Path):
+        def restore_base(*lives: Path) -> Callable[[], None]:
             def run() -> None:
                 for live in lives:
                     shutil.rmtree(live, ignore_errors=True)

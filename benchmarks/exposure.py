@@ -76,7 +76,10 @@ def warm(*paths: Path) -> None:
 
 def fresh(output: Path, *sources: Path) -> Callable[[], None]:
     """Before a run: remove the last output, read the sources into the page cache."""
-    return lambda: (output.unlink(missing_ok=True), warm(*sources))
+    def run() -> None:
+        output.unlink(missing_ok=True)
+        warm(*sources)
+    return run
 
 
 def export_steps(label: str, argv: list[str], before: Callable[[], object],
