@@ -21,7 +21,8 @@ The data, per size: that many MiB of random bytes with a sparse hole in every
   mount``) in 4 MiB chunks, with the chain images in the page cache and dropped
   from it, against reading the exported .vhd file after dropping it from the
   page cache (``posix_fadvise(POSIX_FADV_DONTNEED)``), so that it is read from
-  the disk.
+  the disk.  The reader times itself, from opening the file to its last byte
+  (``exposure.READER``, shared with ``bench_peers.py``).
 
 - from a raw file (``--from raw``): ``blockforensics export SOURCE.raw`` to a dynamic
   and to a fixed VHD against ``qemu-img convert -o subformat=dynamic|fixed`` of the
@@ -44,23 +45,26 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from common import Run, Step, cli, fastest, options, random_file, table
+from common import Run, cli, compiled, fastest, options, random_file, table
+from exposure import (
+    LIKE_FOR_LIKE,
+    convert_steps,
+    drop_cache,
+    export_steps,
+    fresh,
+    identical,
+    mounted,
+    read_step,
+    warm,
+)
 
 MiB = 1 << 20
 HOLE_EVERY = 16 * MiB  # bytes: one hole per this much data
 HOLE_SIZE = 4 * MiB  # bytes, aligned to 2 MiB VHD blocks
-READ_CHUNK = 4 * MiB
-#: reads a file in READ_CHUNK pieces and throws them away
-READER = ("import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n"
-          f"    while f.read({READ_CHUNK}):\n        pass\n")
 
 
 def punch_holes(path: Path) -> int:
@@ -71,51 +75,6 @@ def punch_holes(path: Path) -> int:
         subprocess.run(["fallocate", "--punch-hole", "--offset", str(offset),
                         "--length", str(HOLE_SIZE), str(path)], check=True)
     return len(offsets) * HOLE_SIZE
-
-
-def drop_cache(*paths: Path) -> None:
-    """Write back, then evict the files' pages from the page cache."""
-    os.sync()
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def warm(*paths: Path) -> None:
-    for path in paths:
-        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-
-
-def identical(raw: Path, vhd: Path) -> bool:
-    return subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "vpc", str(raw),
-                           str(vhd)], check=False).returncode == 0
-
-
-def read_fuse(chain: Path, mountpoint: Path, images: list[Path], repeat: int
-              ) -> tuple[Run, Run, int]:
-    """Read MOUNTPOINT/disk.vhd with the chain warm, then cold; and the file's size."""
-    disk_vhd = mountpoint / "disk.vhd"
-    proc = subprocess.Popen(cli("mount", chain, mountpoint), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not disk_vhd.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mount failed: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
-        reader = [sys.executable, "-c", READER, str(disk_vhd)]
-        hot, cold = fastest([
-            Step("read FUSE disk.vhd (chain cached)", reader, lambda: warm(*images)),
-            Step("read FUSE disk.vhd (chain dropped)", reader, lambda: drop_cache(*images)),
-        ], repeat).values()
-        size = disk_vhd.stat().st_size
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-    return hot, cold, size
 
 
 def ratio(ours: Run, reference: Run) -> dict[str, float]:
@@ -130,46 +89,29 @@ def figures(runs: dict[str, Run], size: int) -> list[dict[str, object]]:
              "peak RSS MiB": round(run.peak_rss_mib)} for run in runs.values()]
 
 
+def like_for_like(runs: dict[str, Run], ours: str, who: str = "") -> dict[str, object]:
+    """Speed ratios of our export (label ``ours``) to the qemu-img steps it matches."""
+    return {f"{who}export{suffix} / {qemu}": ratio(runs[f"{ours}{suffix}"], runs[qemu])
+            for suffix, qemu in LIKE_FOR_LIKE}
+
+
 def raw_exports(work: Path, source: Path, size: int, repeat: int,
                 baseline: Path | None) -> dict[str, object]:
     """Race ``export`` of the raw ``source`` to a dynamic and a fixed VHD against
     ``qemu-img convert`` of it (and against ``baseline``'s export, if given)."""
     result: dict[str, object] = {}
     ours, qemu = work / "ours-raw.vhd", work / "qemu-raw.vhd"
-
-    def fresh(vhd: Path) -> Callable[[], None]:
-        return lambda: (vhd.unlink(missing_ok=True), warm(source))
-
     for kind in ("dynamic", "fixed"):
         export = cli("export", source, ours, "--format", f"vhd-{kind}")
-        convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={kind}"]
         contenders = {"": None, "baseline ": baseline} if baseline else {"": None}
         steps = []
         for who, path in contenders.items():
-            env = {"PYTHONPATH": str(path)} if path else {}
-            steps += [Step(f"{who}blockforensics export", export, fresh(ours), env),
-                      Step(f"{who}blockforensics export, no fsync", export, fresh(ours),
-                           {**env, "BLOCKFORENSICS_FSYNC": "0"})]
-        steps += [
-            Step("qemu-img convert", [*convert, str(source), str(qemu)], fresh(qemu)),
-            Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu),
-                                             *convert, str(source), str(qemu)], fresh(qemu)),
-            Step("qemu-img convert -t writeback",
-                 [*convert, "-t", "writeback", str(source), str(qemu)], fresh(qemu)),
-        ]
-        runs = fastest(steps, repeat)
-        ratios = {}
+            steps += export_steps(f"{who}blockforensics export", export, fresh(ours, source),
+                                  {"PYTHONPATH": str(path)} if path else None)
+        runs = fastest(steps + convert_steps(source, qemu, kind, fresh(qemu, source)), repeat)
+        ratios: dict[str, object] = {}
         for who in contenders:
-            mine, cached = runs[f"{who}blockforensics export"], \
-                runs[f"{who}blockforensics export, no fsync"]
-            ratios |= {
-                f"{who}export, no fsync / qemu-img convert": ratio(cached,
-                                                                   runs["qemu-img convert"]),
-                f"{who}export / qemu-img convert + sync": ratio(mine,
-                                                                runs["qemu-img convert + sync"]),
-                f"{who}export / qemu-img convert -t writeback":
-                    ratio(mine, runs["qemu-img convert -t writeback"]),
-            }
+            ratios |= like_for_like(runs, f"{who}blockforensics export", who)
         result[kind] = {"identical": identical(source, ours),
                         "runs": figures(runs, size), "speed_ratios": ratios}
     return result
@@ -188,52 +130,35 @@ def exports(work: Path, size_mib: int, repeat: int, sources: tuple[str, ...] = (
     for argv in (cli("backup", source, chain, "--all-blocks"), cli("restore", chain, restored)):
         subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
     ours_vhd, qemu_vhd = work / "ours.vhd", work / "qemu.vhd"
-    sources = {ours_vhd: sorted(chain.glob("*.bfi")), qemu_vhd: [restored]}
-
-    def fresh(vhd: Path) -> Callable[[], None]:
-        """Before a run: remove the last output, read the source into the page cache
-        (this machine pages out what has not been read for a while)."""
-        return lambda: (vhd.unlink(missing_ok=True), warm(*sources[vhd]))
-
-    export = cli("export", chain, ours_vhd)
-    convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic"]
     runs = fastest([
-        Step("blockforensics export", export, fresh(ours_vhd)),
-        Step("blockforensics export, no fsync", export, fresh(ours_vhd),
-             {"BLOCKFORENSICS_FSYNC": "0"}),
-        Step("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], fresh(qemu_vhd)),
-        Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu_vhd),
-                                         *convert, str(restored), str(qemu_vhd)],
-             fresh(qemu_vhd)),
-        Step("qemu-img convert -t writeback",
-             [*convert, "-t", "writeback", str(restored), str(qemu_vhd)], fresh(qemu_vhd)),
+        *export_steps("blockforensics export", cli("export", chain, ours_vhd),
+                      fresh(ours_vhd, *sorted(chain.glob("*.bfi")))),
+        *convert_steps(restored, qemu_vhd, "dynamic", fresh(qemu_vhd, restored)),
     ], repeat)
-    ours, ours_cached, qemu, qemu_sync, qemu_flush = runs.values()
     return {
         "size_mib": size_mib, "holes_mib": holes // MiB,
         "identical": identical(restored, ours_vhd),
         "vhd_bytes": {"ours": ours_vhd.stat().st_size, "qemu-img": qemu_vhd.stat().st_size},
         "runs": figures(runs, size),
-        "speed_ratios": {
-            "export, no fsync / qemu-img convert": ratio(ours_cached, qemu),
-            "export / qemu-img convert + sync": ratio(ours, qemu_sync),
-            "export / qemu-img convert -t writeback": ratio(ours, qemu_flush),
-        },
+        "speed_ratios": like_for_like(runs, "blockforensics export"),
         **({"raw": raw_exports(work, source, size, repeat, baseline)}
            if "raw" in sources else {}),
     }
 
 
 def fuse_reads(work: Path, repeat: int) -> dict[str, object]:
-    """Read the FUSE disk.vhd of the chain in ``work`` against the exported file."""
+    """Read the FUSE disk.vhd of the chain in ``work`` with the chain images in the page
+    cache and dropped from it, against the exported file dropped from the page cache."""
     chain, ours_vhd = work / "chain", work / "ours.vhd"
-    mountpoint = work / "mnt"
-    mountpoint.mkdir()
     images = sorted(chain.glob("*.bfi"))
-    fuse_hot, fuse_cold, vhd_size = read_fuse(chain, mountpoint, images, repeat)
-    (file_read,) = fastest([Step("read .vhd file (dropped)",
-                                 [sys.executable, "-c", READER, str(ours_vhd)],
-                                 lambda: drop_cache(ours_vhd))], repeat).values()
+    with mounted(chain, work / "mnt") as (disk_vhd, _):
+        file_read, fuse_hot, fuse_cold = fastest([
+            read_step("read .vhd file (dropped)", ours_vhd, lambda: drop_cache(ours_vhd)),
+            read_step("read FUSE disk.vhd (chain cached)", disk_vhd, lambda: warm(*images)),
+            read_step("read FUSE disk.vhd (chain dropped)", disk_vhd,
+                      lambda: drop_cache(*images)),
+        ], repeat).values()
+        vhd_size = disk_vhd.stat().st_size
     return {
         "vhd_bytes": vhd_size,
         "runs": [{"step": run.label, "fastest s": round(run.seconds, 3),
@@ -242,15 +167,6 @@ def fuse_reads(work: Path, repeat: int) -> dict[str, object]:
         "speed_ratios": {f"{run.label} / {file_read.label}": ratio(run, file_read)
                          for run in (fuse_hot, fuse_cold)},
     }
-
-
-def compiled(*packages: Path) -> None:
-    """Run the commands from bytecode, as installed: compile ``packages`` (each the
-    directory of a ``blockforensics`` package) and let Python read it."""
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    for package in packages:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True,
-                       stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
