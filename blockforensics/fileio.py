@@ -50,8 +50,9 @@ class Writeback:
     other files out of it).  Without the C extension, ``posix_fadvise`` starts the
     writeback and drops what it can.  One thread calls it."""
 
-    def __init__(self, fd: int, window: int = WRITEBACK_WINDOW):
-        self.fd, self.window = fd, window
+    def __init__(self, fd: int, window: int | None = None):
+        self.fd = fd
+        self.window = WRITEBACK_WINDOW if window is None else window  # bytes
         self._pending: deque[tuple[int, int]] = deque()  # (offset, nbytes) not yet waited for
         self._held = 0  # bytes in self._pending
 
@@ -64,7 +65,7 @@ class Writeback:
         _native.sync_file_range(self.fd, offset, nbytes, _native.SYNC_FILE_RANGE_WRITE)
         self._pending.append((offset, nbytes))
         self._held += nbytes
-        while self._held - self._pending[0][1] >= self.window:
+        while self._pending and self._held - self._pending[0][1] >= self.window:
             first, length = self._pending.popleft()
             self._held -= length
             _native.sync_file_range(self.fd, first, length, _WAIT_WRITE_WAIT)

@@ -110,8 +110,9 @@ def read_ahead(source: Disk, todo: BlockMap, step: int
     from concurrent.futures import Future, ThreadPoolExecutor
 
     block_size = source.block_size
-    ring = [np.frombuffer(mmap.mmap(-1, 2 * step * block_size), np.uint8)
-            for _ in range(READ_BUFFERS)]  # a batch holds at most 2 * step blocks
+    ring = [np.frombuffer(mmap.mmap(-1, 2 * step * block_size,  # a batch: <= 2 * step blocks
+                                    flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
+            for _ in range(READ_BUFFERS)]
     with ThreadPoolExecutor(1, thread_name_prefix="blockforensics-read") as pool:
         pending: tuple[np.ndarray, Future[np.ndarray]] | None = None
         for i, positions in enumerate(batches(todo, step)):
@@ -122,6 +123,21 @@ def read_ahead(source: Disk, todo: BlockMap, step: int
             pending = ahead
         if pending is not None:
             yield pending[0], pending[1].result()
+
+
+def _to_front(blocks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``blocks[rows]`` (sorted row indices) moved to the front of ``blocks`` itself, run
+    by run: no new memory, and a read buffer stays page-aligned (for direct I/O)."""
+    if len(rows) in (0, len(blocks)):
+        return blocks[: len(rows)]
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    firsts, lasts = rows[np.r_[0, breaks]], rows[np.r_[breaks, len(rows)] - 1]
+    to = 0
+    for first, last in zip(firsts.tolist(), lasts.tolist()):
+        if first != to:  # moves towards the front: numpy copies overlapping rows right
+            blocks[to : to + last + 1 - first] = blocks[first : last + 1]
+        to += last + 1 - first
+    return blocks[:to]
 
 
 def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
@@ -177,7 +193,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
             else:
                 take = np.ones(len(positions), dtype=bool)
             rows = np.flatnonzero(take)
-            writer.add(positions[rows], blocks if len(rows) == len(positions) else blocks[rows])
+            writer.add(positions[rows], _to_front(blocks, rows))
             bar.update(len(positions) * bs)
         path = writer.commit()
         return chain.append(path)
