@@ -49,7 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from common import Run, Step, cli, fastest, options, random_file, table
@@ -58,9 +59,6 @@ MiB = 1 << 20
 HOLE_EVERY = 16 * MiB  # bytes: one hole per this much data
 HOLE_SIZE = 4 * MiB  # bytes, aligned to 2 MiB VHD blocks
 READ_CHUNK = 4 * MiB
-#: reads a file in READ_CHUNK pieces and throws them away
-READER = ("import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n"
-          f"    while f.read({READ_CHUNK}):\n        pass\n")
 
 
 def punch_holes(path: Path) -> int:
@@ -94,28 +92,44 @@ def identical(raw: Path, vhd: Path) -> bool:
                            str(vhd)], check=False).returncode == 0
 
 
-def read_fuse(chain: Path, mountpoint: Path, images: list[Path], repeat: int
-              ) -> tuple[Run, Run, int]:
-    """Read MOUNTPOINT/disk.vhd with the chain warm, then cold; and the file's size."""
-    disk_vhd = mountpoint / "disk.vhd"
+def reader(path: Path) -> list[str]:
+    """Read ``path`` in READ_CHUNK pieces and throw them away (dd: no interpreter start-up
+    in the figure, which would flatter the slower reader)."""
+    return ["dd", f"if={path}", "of=/dev/null", f"bs={READ_CHUNK}", "status=none"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def mounted_chain(chain: Path, mountpoint: Path, env: dict[str, str]) -> Iterator[int]:
+    """``blockforensics mount CHAIN MOUNTPOINT`` (with ``env``) while in the block; its pid.
+    It runs in MOUNTPOINT's parent: ``python -m`` puts its working directory first on
+    the path, which would hide a ``PYTHONPATH`` in ``env`` when run from a checkout."""
+    mountpoint.mkdir()
     proc = subprocess.Popen(cli("mount", chain, mountpoint), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                            cwd=mountpoint.parent)
     try:
         deadline = time.monotonic() + 30
-        while not disk_vhd.exists():
+        while not (mountpoint / "disk.vhd").exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"mount failed: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.05)
-        reader = [sys.executable, "-c", READER, str(disk_vhd)]
-        hot, cold = fastest([
-            Step("read FUSE disk.vhd (chain cached)", reader, lambda: warm(*images)),
-            Step("read FUSE disk.vhd (chain dropped)", reader, lambda: drop_cache(*images)),
-        ], repeat).values()
-        size = disk_vhd.stat().st_size
+        yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-    return hot, cold, size
+
+
+def read_ahead_kb(mountpoint: Path) -> int:
+    """The kernel's read-ahead (KiB) of the file system mounted at ``mountpoint``."""
+    device = os.stat(mountpoint).st_dev
+    return int(Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+               .read_text())
 
 
 def ratio(ours: Run, reference: Run) -> dict[str, float]:
@@ -181,6 +195,12 @@ def exports(work: Path, size_mib: int, repeat: int, sources: tuple[str, ...] = (
     size = size_mib * MiB
     source = random_file(work / "source.raw", size)
     holes = punch_holes(source)
+    if "fuse" in sources:  # just the chain and its export, for the reads
+        subprocess.run(cli("backup", source, work / "chain", "--all-blocks"),
+                       stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cli("export", work / "chain", work / "ours.vhd"),
+                       stdout=subprocess.DEVNULL, check=True)
+        return {"size_mib": size_mib, "holes_mib": holes // MiB}
     if "chain" not in sources:
         return {"size_mib": size_mib, "holes_mib": holes // MiB,
                 "raw": raw_exports(work, source, size, repeat, baseline)}
@@ -224,23 +244,66 @@ def exports(work: Path, size_mib: int, repeat: int, sources: tuple[str, ...] = (
     }
 
 
-def fuse_reads(work: Path, repeat: int) -> dict[str, object]:
-    """Read the FUSE disk.vhd of the chain in ``work`` against the exported file."""
+def fuse_reads(work: Path, repeat: int, baseline: Path | None = None) -> dict[str, object]:
+    """Read the FUSE disk.vhd and disk.raw of the chain in ``work`` (and of ``baseline``'s
+    mount, in the same rounds) against the exported .vhd file, dropped from the page
+    cache and in it."""
     chain, ours_vhd = work / "chain", work / "ours.vhd"
-    mountpoint = work / "mnt"
-    mountpoint.mkdir()
     images = sorted(chain.glob("*.bfi"))
-    fuse_hot, fuse_cold, vhd_size = read_fuse(chain, mountpoint, images, repeat)
-    (file_read,) = fastest([Step("read .vhd file (dropped)",
-                                 [sys.executable, "-c", READER, str(ours_vhd)],
-                                 lambda: drop_cache(ours_vhd))], repeat).values()
+    contenders = {"": {}, "baseline ": {"PYTHONPATH": str(baseline)}} if baseline else {"": {}}
+    with ExitStack() as stack:
+        mounts = {who: (work / f"mnt{i}", stack.enter_context(
+            mounted_chain(chain, work / f"mnt{i}", env)))
+            for i, (who, env) in enumerate(contenders.items())}
+        steps = []
+        for who, (mountpoint, _) in mounts.items():
+            vhd, raw = mountpoint / "disk.vhd", mountpoint / "disk.raw"
+            steps += [
+                Step(f"{who}FUSE disk.vhd", reader(vhd),
+                     lambda vhd=vhd: (warm(*images), drop_cache(vhd))),
+                *([Step("FUSE disk.vhd again (kernel cache)", reader(vhd))] if not who else []),
+                Step(f"{who}FUSE disk.raw", reader(raw),
+                     lambda raw=raw: (warm(*images), drop_cache(raw))),
+                Step(f"{who}FUSE disk.vhd, chain dropped", reader(vhd),
+                     lambda vhd=vhd: drop_cache(*images, vhd)),
+            ]
+        steps += [Step("read .vhd file (dropped)", reader(ours_vhd), lambda: drop_cache(ours_vhd)),
+                  Step("read .vhd file (page cache)", reader(ours_vhd), lambda: warm(ours_vhd))]
+        cpu = {who: cpu_seconds(pid) for who, (_, pid) in mounts.items()}
+        runs = fastest(steps, repeat)
+        cpu = {who: cpu_seconds(pid) - cpu[who] for who, (_, pid) in mounts.items()}
+        read_ahead = {who: read_ahead_kb(mountpoint) for who, (mountpoint, _) in mounts.items()}
+    sizes = {label: (work / "source.raw" if "disk.raw" in label else ours_vhd).stat().st_size
+             for label in runs}
+    size = sizes["read .vhd file (dropped)"]
+    fuse_steps = [label for label in runs if "FUSE" in label]
+
+    def speed(label: str, reference: str, median: bool = False) -> float:
+        """Rate over rate (MB/s), fastest runs or medians."""
+        ours, ref = runs[label], runs[reference]
+        if median:
+            return (sizes[label] / ours.median_seconds) / (sizes[reference] / ref.median_seconds)
+        return (sizes[label] / ours.seconds) / (sizes[reference] / ref.seconds)
+
+    ratios = {f"{label} / {reference}": {"fastest": round(speed(label, reference), 2),
+                                         "median": round(speed(label, reference, True), 2)}
+              for label in fuse_steps
+              for reference in ("read .vhd file (dropped)", "read .vhd file (page cache)")}
+    if baseline:
+        ratios |= {f"{label} / baseline {label}": {
+            "fastest": round(speed(label, f"baseline {label}"), 2),
+            "median": round(speed(label, f"baseline {label}", True), 2)}
+            for label in fuse_steps if f"baseline {label}" in runs}
+    reads = 3 * repeat  # per mount: disk.vhd, disk.raw, disk.vhd with the chain dropped
     return {
-        "vhd_bytes": vhd_size,
+        "vhd_bytes": size,
+        "read_ahead_kb": {who.strip() or "ours": kb for who, kb in read_ahead.items()},
+        "mount CPU s per read": {who.strip() or "ours": round(seconds / reads, 2)
+                                 for who, seconds in cpu.items()},
         "runs": [{"step": run.label, "fastest s": round(run.seconds, 3),
-                  "median s": round(run.median_seconds, 3), "MB/s": round(run.rate(vhd_size), 1)}
-                 for run in (file_read, fuse_hot, fuse_cold)],
-        "speed_ratios": {f"{run.label} / {file_read.label}": ratio(run, file_read)
-                         for run in (fuse_hot, fuse_cold)},
+                  "median s": round(run.median_seconds, 3),
+                  "MB/s": round(run.rate(sizes[run.label]), 1)} for run in runs.values()],
+        "speed_ratios": ratios,
     }
 
 
@@ -258,8 +321,12 @@ def main() -> None:
         parser.add_argument("--from", dest="sources", nargs="+", choices=["chain", "raw"],
                             default=["chain", "raw"], help="export from a chain, a raw file")
         parser.add_argument("--baseline", type=Path, metavar="DIR",
-                            help="also run the raw exports with DIR first on PYTHONPATH (a "
-                                 "checkout of another version: DIR/blockforensics)")
+                            help="also run the raw exports and the FUSE reads with DIR first "
+                                 "on PYTHONPATH (a checkout of another version: "
+                                 "DIR/blockforensics)")
+        parser.add_argument("--fuse-only", action="store_true",
+                            help="only the FUSE reads, at the first size (the chain is "
+                                 "exported once, for the file read they are compared with)")
 
     args = options(__doc__, [512, 2048, 4096], more)
     os.environ.pop("BLOCKFORENSICS_FSYNC", None)  # our writer fsyncs, as in production
@@ -268,6 +335,8 @@ def main() -> None:
     compiled(Path(blockforensics.__file__).parent,
              *([args.baseline / "blockforensics"] if args.baseline else []))
     results: dict[str, object] = {"exports": []}
+    if args.fuse_only:
+        args.size_mib, args.sources = args.size_mib[:1], ["fuse"]
     for i, size_mib in enumerate(args.size_mib):
         work = Path(tempfile.mkdtemp(prefix="bf-bench-vhd-", dir=args.dir))
         try:
@@ -277,16 +346,18 @@ def main() -> None:
                 print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; raw file "
                       f"to vhd-{kind}, identical: {raw['identical']}")
                 print(table(raw["runs"]))
-            if "chain" not in args.sources:
-                continue
-            print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; backed up "
-                  f"--all-blocks; export identical to the restored raw: {done['identical']}; "
-                  f".vhd bytes {done['vhd_bytes']}")
-            print(table(done["runs"]))  # type: ignore[arg-type]
-            if i == 0:
-                results["fuse"] = reads = fuse_reads(work, args.repeat)
-                print(f"\nreads of the {reads['vhd_bytes']}-byte .vhd; the file was dropped "
-                      "from the page cache (POSIX_FADV_DONTNEED) before each read")
+            if "chain" in args.sources:
+                print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; backed "
+                      f"up --all-blocks; export identical to the restored raw: "
+                      f"{done['identical']}; .vhd bytes {done['vhd_bytes']}")
+                print(table(done["runs"]))  # type: ignore[arg-type]
+            if i == 0 and {"chain", "fuse"} & set(args.sources):
+                results["fuse"] = reads = fuse_reads(work, args.repeat, args.baseline)
+                print(f"\nreads of the {reads['vhd_bytes']}-byte .vhd in {READ_CHUNK // MiB} MiB "
+                      "pieces (dd); the file read was dropped from the page cache "
+                      "(POSIX_FADV_DONTNEED) before each read, except where it says page cache; "
+                      f"mounts' read-ahead KiB {reads['read_ahead_kb']}, their CPU seconds per "
+                      f"read {reads['mount CPU s per read']}")
                 print(table(reads["runs"]))  # type: ignore[arg-type]
         finally:
             shutil.rmtree(work, ignore_errors=True)
