@@ -78,6 +78,7 @@ FILE_NAME = "disk.vhd"
 READ_AHEAD = 4 << 20  # bytes read at once for a sequential reader
 READ_AHEAD_KB = 4096  # the kernel's read-ahead for a mount, raised to this (KiB)
 LOOP_ENDED = "8"  # fuse_main's status when its loop returned an error
+UNMOUNT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # libfuse's handlers unmount
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,9 @@ class ReadAhead:
             return bytes(out)
         _, start, length, number = window
         if self._pending is None and start + length < served.length:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="blockforensics-ahead")
+            if self._pool is None:  # signals stay with the FUSE loop, which unmounts
+                self._pool = ThreadPoolExecutor(1, "blockforensics-ahead", signal.pthread_sigmask,
+                                                (signal.SIG_BLOCK, UNMOUNT_SIGNALS))
             self._pending = (name, start + length, self._pool.submit(
                 served.readinto, start + length, memoryview(self._buffers[1 - number])))
         if offset + size <= start + length:
