@@ -131,12 +131,14 @@ def peak_rss_mib(pid: int) -> float:
 
 @contextmanager
 def running(argv: list[str], ready: Callable[[], bool], name: str,
-            cleanup: Callable[[], object] | None = None,
-            timeout: float = 60.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server ``argv`` until the ``with`` block ends (however it ends): wait for
-    ``ready()``, yield the process; then SIGTERM (SIGKILL after 30 s) and ``cleanup()``."""
+            cleanup: Callable[[], object] | None = None, timeout: float = 60.0,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server ``argv`` (with ``env`` added to the environment) until the ``with``
+    block ends (however it ends): wait for ``ready()``, yield the process; then SIGTERM
+    (SIGKILL after 30 s) and ``cleanup()``."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, **(env or {})})
         try:
             deadline = time.monotonic() + timeout
             while not ready():
@@ -165,10 +167,11 @@ def mounted_at(mountpoint: Path) -> bool:
 
 
 @contextmanager
-def mounted(chain: Path, mountpoint: Path, *more: object
+def mounted(chain: Path, mountpoint: Path, *more: object, env: dict[str, str] | None = None
             ) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """``blockforensics mount CHAIN MOUNTPOINT [more...]`` for a ``with`` block: yields
-    ``disk.vhd`` and the mount's process; unmounted (lazily if busy) however it ends."""
+    """``blockforensics mount CHAIN MOUNTPOINT [more...]`` (``env`` added to its
+    environment) for a ``with`` block: yields ``disk.vhd`` and the mount's process;
+    unmounted (lazily if busy) however it ends."""
     mountpoint.mkdir(exist_ok=True)
     disk_vhd = mountpoint / "disk.vhd"
 
@@ -178,7 +181,7 @@ def mounted(chain: Path, mountpoint: Path, *more: object
 
     with running(cli("mount", chain, mountpoint, *more),
                  lambda: mounted_at(mountpoint) and disk_vhd.exists(),
-                 f"mount {chain}", unmount) as proc:
+                 f"mount {chain}", unmount, env=env) as proc:
         yield disk_vhd, proc
 
 
