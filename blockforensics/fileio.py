@@ -21,9 +21,14 @@ from typing import BinaryIO
 from blockforensics.errors import UsageError
 
 try:
-    from blockforensics import _native
-except ImportError:  # built without a C compiler: posix_fadvise instead
-    _native = None  # type: ignore[assignment]
+    from blockforensics._native import (
+        SYNC_FILE_RANGE_WAIT_AFTER,
+        SYNC_FILE_RANGE_WAIT_BEFORE,
+        SYNC_FILE_RANGE_WRITE,
+        sync_file_range,
+    )
+except ImportError:  # no C extension (no C compiler), or one built before it had these
+    sync_file_range = None  # type: ignore[assignment]  # Writeback uses posix_fadvise
 
 #: ``BLOCKFORENSICS_FSYNC=0`` skips fsync (test suites: a killed process loses nothing
 #: the page cache holds; only power loss needs the fsyncs, and tests cannot cut power).
@@ -59,23 +64,19 @@ class Writeback:
     def __call__(self, offset: int, nbytes: int) -> None:
         if not SYNC or not nbytes:
             return
-        if _native is None:
+        if sync_file_range is None:
             os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
             return
-        _native.sync_file_range(self.fd, offset, nbytes, _native.SYNC_FILE_RANGE_WRITE)
+        sync_file_range(self.fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
         self._pending.append((offset, nbytes))
         self._held += nbytes
         while self._pending and self._held - self._pending[0][1] >= self.window:
             first, length = self._pending.popleft()
             self._held -= length
-            _native.sync_file_range(self.fd, first, length, _WAIT_WRITE_WAIT)
+            # wait for its writeback in flight, write what is still dirty, wait for that
+            sync_file_range(self.fd, first, length, SYNC_FILE_RANGE_WAIT_BEFORE
+                            | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
             os.posix_fadvise(self.fd, first, length, os.POSIX_FADV_DONTNEED)
-
-
-#: wait for a range's writeback in flight, write what is still dirty, wait for that
-_WAIT_WRITE_WAIT = 0 if _native is None else (_native.SYNC_FILE_RANGE_WAIT_BEFORE
-                                              | _native.SYNC_FILE_RANGE_WRITE
-                                              | _native.SYNC_FILE_RANGE_WAIT_AFTER)
 
 
 def writeback_progress(fd: int, progress: Callable[[int], object]

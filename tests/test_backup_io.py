@@ -119,7 +119,7 @@ def test_writeback_drops_what_lies_a_window_behind(
     file reads back whole.  Without the C extension ``posix_fadvise`` drops them."""
     monkeypatch.setattr(fileio, "SYNC", True)
     if not native:
-        monkeypatch.setattr(fileio, "_native", None)
+        monkeypatch.setattr(fileio, "sync_file_range", None)
     path = tmp_path / "file"
     data = np.random.default_rng(1).integers(0, 256, 16 << 20, dtype=np.uint8)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)

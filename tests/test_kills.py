@@ -46,7 +46,6 @@ template, workdir, op, key_path, source = sys.argv[1:6]
 key = KeySource.from_file(key_path) if key_path else None
 
 import blockforensics.fileio, blockforensics.image.backup
-from blockforensics import _native
 blockforensics.fileio.WRITEBACK_WINDOW = 8192  # written ranges waited for and dropped early
 blockforensics.image.backup.CHUNK_BYTES = 4 * 4096  # several batches: the read buffers cycle
 
@@ -54,7 +53,7 @@ def child(kill_at):
     killer = KillAtCall(kill_at)
     killer.hook(os, "open", "pread", "preadv", "write", "writev", "fsync", "replace", "link",
                 "unlink", "close", "rename", "ftruncate")
-    killer.hook(_native, "sync_file_range")  # early writeback
+    killer.hook(blockforensics.fileio, "sync_file_range")  # early writeback
     if op == "backup":
         with Chain.open(directory, key) as chain:
             backup(chain, Volume.from_bytes(open(source, "rb").read(), 4096))
