@@ -241,10 +241,11 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
     if args.keep is not None:
         result: object = consolidate.apply_retention(args.chain, keep_last=args.keep,
-                                             daily=args.daily, weekly=args.weekly)
+                                             daily=args.daily, weekly=args.weekly,
+                                             rewrite=args.rewrite)
     else:  # without --point: up to the newest
         result = consolidate.consolidate(args.chain, args.point or -1, start=args.start,
-                                         progress=sys.stderr.isatty())
+                                         rewrite=args.rewrite, progress=sys.stderr.isatty())
     print(f"consolidate: {_text(result)}")
     return EXIT_OK
 
@@ -548,13 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     key_option(p)
 
     p = command("consolidate", cmd_consolidate,
-                "merge images into one, copying stored blocks verbatim (never reads a key)")
+                "merge images into one, stored blocks verbatim (never reads a key)")
     p.add_argument("--point", help="consolidate up to this point (default: the newest)")
     p.add_argument("--start", help="first point of the merged segment (default: the full)")
     p.add_argument("--keep", type=_positive_int, help="retention: keep the newest N points")
     p.add_argument("--daily", type=int, default=0, help="retention: one point per day for D days")
     p.add_argument("--weekly", type=int, default=0,
                    help="retention: one point per week for W weeks")
+    p.add_argument("--rewrite", action="store_true",
+                   help="copy every kept block into a new file (default: grow the merged "
+                        "image holding the most in place, punching out what it replaced)")
 
     p = command("diff", cmd_diff, "what changed between two points")
     p.add_argument("a", help="older point")
