@@ -119,7 +119,8 @@ def open_image(path: Path) -> OpenedImage:
     except OSError as exc:
         raise FormatError(f"{path.name}: cannot open ({exc.strerror})") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        with contextlib.suppress(OSError):  # a file system without locks: no merge in place
+            fcntl.flock(fd, fcntl.LOCK_SH)
         journal = MergeJournal.read(path.parent)
         if journal is not None and journal.names(fd, path.name):
             return OpenedImage(fd, journal.size, bytes.fromhex(journal.header))
@@ -143,5 +144,7 @@ def take_exclusively(fd: int) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fcntl.flock(fd, fcntl.LOCK_SH)  # a failed conversion drops the lock held
+        return False
+    except OSError:  # no locks on this file system: never grow a file readers may hold
         return False
     return True
