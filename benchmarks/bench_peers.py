@@ -1,7 +1,8 @@
 """blockforensics against the peers people compare it with, on one realistic ext4 image.
 
     python benchmarks/bench_peers.py --size-mib 1024 [--repeat 3] [--dir /tmp] [--json out.json]
-                                     [--only full incremental restore consolidate list]
+                                     [--only full incremental restore consolidate list
+                                             export reads]
 
 The source is an ext4 image built with ``mkfs.ext4 -d`` (no mount): text and
 source code, shared libraries, random "media", an all-zero file, and the
@@ -12,6 +13,26 @@ allocated.  Every contender backs up that same image file:
 - borg (``--compression none`` / ``lz4``, ``repokey`` encryption) and restic
   (always encrypted), which back the image up as a file.
 
+Then the point (point 0 of our plain chain) is exposed and converted:
+
+- ``export`` to a dynamic and a fixed VHD, from the image file and from the chain,
+  against ``qemu-img convert -O vpc`` of the image (of the point restored, for the
+  chain), like for like (see ``exposure.py``): our export without fsync against the
+  plain convert, ours as it runs against the convert + ``sync FILE`` and against
+  ``-t writeback``.  Each source is read into the page cache before every run.
+  Afterwards every VHD is compared with its source by ``qemu-img compare``; stored
+  ratio: allocated bytes of qemu-img's VHD / ours.
+- reads (``reads``): ``MOUNTPOINT/disk.vhd`` (``blockforensics mount``) against reading
+  the same point exported to a dynamic VHD file (the same size, in the page cache) and
+  against ``qemu-nbd -f raw`` serving that file's bytes; ``blockforensics serve``
+  against ``qemu-nbd`` serving the same volume from that VHD (``-f vpc``) and from the
+  point restored to a raw file.  One reader for all (``exposure.READER``: 4 MiB
+  requests, the project's NBD client for NBD), timed from opening to the last byte;
+  the chain or the file is read into the page cache before every run (and ``disk.vhd``
+  dropped from it: a first read, not the kernel's cache of it).  RSS of a read:
+  the serving process's peak (VmHWM), the reader's for the plain file.  Afterwards
+  every served export is compared with the point by ``qemu-img compare``.
+
 The table gives, per operation, our time and peak RSS, each peer's, and the
 ratio *peer's time / ours* (above 1: we are faster) of the fastest runs and of
 the medians, plus stored sizes.  The steps of a group take turns, each run into
@@ -21,23 +42,42 @@ runs, every restored volume is compared with the source (or, for partclone, with
 ours) and every consolidated repository must hold one point: partclone, for one,
 exits 0 on a bad option having restored nothing.  Install the peers with
 ``apt-get install restic borgbackup partclone`` (``scripts/setup.sh`` does not:
-the benchmarks are not run in CI).
+the benchmarks are not run in CI); ``qemu-img`` and ``qemu-nbd`` come with
+``qemu-utils``.  Our commands run from compiled bytecode, as installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from common import Run, Step, cli, fastest, options, settle, table
+from common import Run, Step, cli, compiled, fastest, options, settle, table
+from exposure import (
+    LIKE_FOR_LIKE,
+    allocated,
+    convert_steps,
+    drop_cache,
+    export_steps,
+    fresh,
+    identical,
+    mounted,
+    peak_rss_mib,
+    qemu_nbd,
+    read_step,
+    serve,
+    warm,
+)
 
 PASSPHRASE = "benchmark passphrase"
 #: partclone restores the used blocks into an existing file of the volume's size, leaving
@@ -153,7 +193,7 @@ def consolidations(work: Path, src: Path, changed: Path, key: Path,
                        ["restic", "-q", "--repo", str(saved["restic"]), "snapshots"],
                        check=True, env=setup_env, capture_output=True)  # caches up to date
 
-    def reset(*names: str):
+    def reset(*names: str) -> Callable[[], None]:
         def run() -> None:
             for name in names:
                 shutil.rmtree(live[name], ignore_errors=True)
@@ -209,7 +249,76 @@ def differing_blocks(restored: Path, reference: Path, size: int) -> int:
                for i in range(0, len(a), step))
 
 
-GROUPS = ("full", "incremental", "restore", "consolidate", "list")
+def exports(work: Path, src: Path, chain: Path, point0: Path, repeat: int
+            ) -> tuple[dict[str, Run], dict[str, int], list[tuple[str, str]]]:
+    """Race ``export`` of the image file and of point 0 of ``chain`` to a dynamic and a
+    fixed VHD against ``qemu-img convert`` of the image (of ``point0``, the point restored);
+    check every VHD against its source.  The runs, the stored bytes (allocated) by label,
+    and the (ours, peer) pairs to report."""
+    runs: dict[str, Run] = {}
+    sizes: dict[str, int] = {}
+    pairs: list[tuple[str, str]] = []
+    images = sorted(chain.glob("*.bfi"))
+    for origin, source, raw, reads in (("raw", src, src, [src]),
+                                       ("chain", chain, point0, images)):
+        for kind in ("dynamic", "fixed"):
+            ours, qemu = work / f"ours-{origin}-{kind}.vhd", work / f"qemu-{origin}-{kind}.vhd"
+            label, tag = f"ours: export from {origin}, vhd-{kind}", f" [{origin}, {kind}]"
+            argv = cli("export", source, ours, "--format", f"vhd-{kind}",
+                       *(["--point", 0] if origin == "chain" else []))
+            done = fastest([*export_steps(label, argv, fresh(ours, *reads)),
+                            *convert_steps(raw, qemu, kind, fresh(qemu, raw), tag)], repeat)
+            for vhd in (ours, qemu):
+                if not identical(raw, vhd):
+                    raise SystemExit(f"{vhd}: not the same volume as {raw}")
+            runs |= done
+            sizes |= {name: allocated(qemu if name.startswith("qemu") else ours) for name in done}
+            pairs += [(f"{label}{suffix}", f"{peer}{tag}") for suffix, peer in LIKE_FOR_LIKE]
+            for vhd in (ours, qemu):
+                vhd.unlink()
+    return runs, sizes, pairs
+
+
+def reads(work: Path, chain: Path, point0: Path, repeat: int
+          ) -> tuple[dict[str, Run], list[tuple[str, str]]]:
+    """Race reads of point 0 of ``chain`` exposed by FUSE and by ``serve`` against a file
+    read and ``qemu-nbd`` (see the module's docstring); check every export read."""
+    vhd = work / "point0.vhd"
+    subprocess.run(cli("export", chain, vhd, "--point", 0, "--format", "vhd-dynamic"),
+                   check=True, stdout=subprocess.DEVNULL)
+    images = sorted(chain.glob("*.bfi"))
+    fuse, file, qemu_file = "ours: FUSE disk.vhd read", "the .vhd file (cached)", \
+        "qemu-nbd -f raw .vhd"
+    nbd, qemu_vpc, qemu_raw = "ours: serve (NBD) read", "qemu-nbd -f vpc .vhd", \
+        "qemu-nbd -f raw point.img"
+    with ExitStack() as stack:
+        disk_vhd, mount = stack.enter_context(mounted(chain, work / "mnt", "--point", 0))
+        servers = {nbd: stack.enter_context(serve(chain, work / "serve.sock", "--point", 0)),
+                   qemu_file: stack.enter_context(qemu_nbd(vhd, "raw", work / "q-file.sock")),
+                   qemu_vpc: stack.enter_context(qemu_nbd(vhd, "vpc", work / "q-vpc.sock")),
+                   qemu_raw: stack.enter_context(qemu_nbd(point0, "raw", work / "q-raw.sock"))}
+        if disk_vhd.stat().st_size != vhd.stat().st_size:
+            raise SystemExit(f"{disk_vhd} and {vhd} differ in size")
+        runs = fastest([
+            # a first read: the mount lets the kernel keep what it read
+            read_step(fuse, disk_vhd, lambda: (warm(*images), drop_cache(disk_vhd))),
+            read_step(file, vhd, lambda: warm(vhd)),
+            read_step(qemu_file, servers[qemu_file][0], lambda: warm(vhd)),
+            read_step(nbd, servers[nbd][0], lambda: warm(*images)),
+            read_step(qemu_vpc, servers[qemu_vpc][0], lambda: warm(vhd)),
+            read_step(qemu_raw, servers[qemu_raw][0], lambda: warm(point0)),
+        ], repeat)
+        for label, proc in [(fuse, mount), *((k, v[1]) for k, v in servers.items())]:
+            runs[label] = dataclasses.replace(runs[label], peak_rss_mib=peak_rss_mib(proc.pid))
+        checks = [identical(point0, disk_vhd), identical(vhd, servers[qemu_file][0], "raw"),
+                  *(identical(point0, servers[k][0], "raw") for k in (nbd, qemu_vpc, qemu_raw))]
+        if not all(checks):
+            raise SystemExit(f"a read export is not the point: {checks}")
+    vhd.unlink()
+    return runs, [(fuse, file), (fuse, qemu_file), (nbd, qemu_vpc), (nbd, qemu_raw)]
+
+
+GROUPS = ("full", "incremental", "restore", "consolidate", "list", "export", "reads")
 
 
 def arguments() -> argparse.Namespace:
@@ -226,10 +335,15 @@ def arguments() -> argparse.Namespace:
 def main() -> None:
     args = arguments()
     size = args.size_mib << 20
-    for tool in ("restic", "borg", "partclone.ext4", "mkfs.ext4", "debugfs"):
+    for tool in ("restic", "borg", "partclone.ext4", "mkfs.ext4", "debugfs", "qemu-img",
+                 "qemu-nbd", "fusermount3"):
         if shutil.which(tool) is None:
             raise SystemExit(f"missing {tool}: apt-get install restic borgbackup partclone "
-                             "e2fsprogs")
+                             "e2fsprogs qemu-utils fuse3")
+    os.environ.pop("BLOCKFORENSICS_FSYNC", None)  # our writers fsync, as in production
+    import blockforensics
+
+    compiled(Path(blockforensics.__file__).parent)
     work = Path(tempfile.mkdtemp(prefix="bf-peers-", dir=args.dir))
     env = {**PEER_ENV, "RESTIC_CACHE_DIR": str(work / "restic-cache"),
            "BORG_BASE_DIR": str(work / "borg-base")}
@@ -245,7 +359,7 @@ def main() -> None:
     positions = np.load(cbt)["positions"]
     BlockMap.from_positions(size // 4096, positions, 4096).save(blocks_map)
 
-    def fresh(*paths: Path):
+    def fresh(*paths: Path) -> Callable[[], None]:
         def clear() -> None:
             for p in paths:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -257,7 +371,7 @@ def main() -> None:
     borg_init = {k: ["borg", "init", "-e", e, str(c[k])] for k, e in
                  (("borg-none", "none"), ("borg-lz4", "none"), ("borg-key", "repokey"))}
 
-    def borg_fresh(name: str):
+    def borg_fresh(name: str) -> Callable[[], None]:
         def run() -> None:
             shutil.rmtree(c[name], ignore_errors=True)
             subprocess.run(borg_init[name], check=True, env={**os.environ, **env},
@@ -299,7 +413,7 @@ def main() -> None:
         stored = {step.label: du(path) for step, path in zip(full, (
             c["plain"], c["copy.img"], c["pc.img"], c["borg-none"], c["enc"], c["restic"],
             c["borg-key"], c["zstd"], c["borg-lz4"]))}
-    elif {"incremental", "restore", "list"} & set(args.only):
+    elif {"incremental", "restore", "list", "export", "reads"} & set(args.only):
         untimed(full)
     if "incremental" in args.only:  # an incremental of 1 % (ours without / with the map; borg)
         # borg refuses a repository older than its cache and security records: its runs
@@ -309,7 +423,7 @@ def main() -> None:
         for live, base in snap.items():
             shutil.copytree(live, base, symlinks=True)
 
-        def restore_base(*lives: Path):
+        def restore_base(*lives: Path) -> Callable[[], None]:
             def run() -> None:
                 for live in lives:
                     shutil.rmtree(live, ignore_errors=True)
@@ -360,6 +474,20 @@ def main() -> None:
     if "list" in args.only:
         results |= fastest([Step("ours: list", cli("list", c["plain"])),
                             Step("python -c pass", ["python3", "-c", "pass"])], args.repeat)
+    pairs: list[tuple[str, str]] = []
+    point0 = work / "point0.img"
+    if {"export", "reads"} & set(args.only):
+        subprocess.run(cli("restore", c["plain"], point0, "--point", 0), check=True,
+                       stdout=subprocess.DEVNULL)
+    if "export" in args.only:
+        runs, sizes, more = exports(work, src, c["plain"], point0, args.repeat)
+        results |= runs
+        stored |= sizes
+        pairs += more
+    if "reads" in args.only:
+        runs, more = reads(work, c["plain"], point0, args.repeat)
+        results |= runs
+        pairs += more
     settle()
 
     versus = {
@@ -374,24 +502,23 @@ def main() -> None:
         "ours: consolidate, encrypted": ["restic: forget --prune"],
         "ours: list": ["python -c pass"],
     }
+    pairs = [(ours, peer) for ours, peers in versus.items() for peer in peers] + pairs
     rows = []
-    for ours, peers in versus.items():
+    for ours, peer in pairs:
         if ours not in results:
             continue
-        mine = results[ours]
-        for peer in peers:
-            theirs = results[peer]
-            rows.append({
-                "operation": ours.removeprefix("ours: "), "vs": peer,
-                "ours s": round(mine.seconds, 2), "peer s": round(theirs.seconds, 2),
-                "ratio": round(theirs.seconds / mine.seconds, 2),
-                "ours s (med)": round(mine.median_seconds, 2),
-                "peer s (med)": round(theirs.median_seconds, 2),
-                "ratio (med)": round(theirs.median_seconds / mine.median_seconds, 2),
-                "ours RSS MiB": round(mine.peak_rss_mib),
-                "peer RSS MiB": round(theirs.peak_rss_mib),
-                "stored ratio": round(stored[peer] / stored[ours], 2)
-                if ours in stored and peer in stored else ""})
+        mine, theirs = results[ours], results[peer]
+        rows.append({
+            "operation": ours.removeprefix("ours: "), "vs": re.sub(r" \[.*\]$", "", peer),
+            "ours s": round(mine.seconds, 2), "peer s": round(theirs.seconds, 2),
+            "ratio": round(theirs.seconds / mine.seconds, 2),
+            "ours s (med)": round(mine.median_seconds, 2),
+            "peer s (med)": round(theirs.median_seconds, 2),
+            "ratio (med)": round(theirs.median_seconds / mine.median_seconds, 2),
+            "ours RSS MiB": round(mine.peak_rss_mib),
+            "peer RSS MiB": round(theirs.peak_rss_mib),
+            "stored ratio": round(stored[peer] / stored[ours], 2)
+            if ours in stored and peer in stored else ""})
     print(f"source: a {args.size_mib} MiB ext4 image; ratio = peer's time / ours (fastest of "
           f"{args.repeat}; (med): medians); stored ratio = peer's bytes / ours")
     print(table(rows))

@@ -2,7 +2,7 @@
 disk.vhd, in one run.
 
     python benchmarks/bench_vhd.py [--size-mib 512 2048 4096] [--repeat 5] [--dir /tmp] [--json F]
-                                   [--from chain raw] [--baseline DIR]
+                                   [--from chain raw] [--baseline DIR] [--fuse-only]
 
 The data, per size: that many MiB of random bytes with a sparse hole in every
 16 MiB, backed up with ``blockforensics backup --all-blocks``.  Measured:
@@ -17,11 +17,16 @@ The data, per size: that many MiB of random bytes with a sparse hole in every
   and the last output removed: every run reads from memory and writes a new file.
   Both are whole commands: our interpreter and numpy start-up (0.1-0.4 s here,
   depending on the machine's load) is in every figure.
-- at the first size only: reading ``MOUNTPOINT/disk.vhd`` (``blockforensics
-  mount``) in 4 MiB chunks, with the chain images in the page cache and dropped
-  from it, against reading the exported .vhd file after dropping it from the
-  page cache (``posix_fadvise(POSIX_FADV_DONTNEED)``), so that it is read from
-  the disk.
+- at the first size only: reading ``MOUNTPOINT/disk.vhd`` and ``disk.raw``
+  (``blockforensics mount``), each dropped from the page cache first (the mount lets
+  the kernel keep what it read), with the chain images in the page cache and dropped
+  from it, and ``disk.vhd`` once more without dropping it (from the kernel's cache);
+  against reading the exported .vhd file dropped from the page cache (read from the
+  disk) and in it.  The reader times itself, from opening the file to its last byte
+  (``exposure.READER``, shared with ``bench_peers.py``).  Also printed: each mount's
+  read-ahead (KiB) and its CPU seconds per read.  ``--baseline DIR`` mounts the chain
+  with that checkout too, its reads taking turns with ours; ``--fuse-only`` measures
+  just these reads.
 
 - from a raw file (``--from raw``): ``blockforensics export SOURCE.raw`` to a dynamic
   and to a fixed VHD against ``qemu-img convert -o subformat=dynamic|fixed`` of the
@@ -44,23 +49,27 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
-from common import Run, Step, cli, fastest, options, random_file, table
+from common import Run, cli, compiled, fastest, options, random_file, table
+from exposure import (
+    LIKE_FOR_LIKE,
+    convert_steps,
+    drop_cache,
+    export_steps,
+    fresh,
+    identical,
+    mounted,
+    read_step,
+    warm,
+)
 
 MiB = 1 << 20
 HOLE_EVERY = 16 * MiB  # bytes: one hole per this much data
 HOLE_SIZE = 4 * MiB  # bytes, aligned to 2 MiB VHD blocks
-READ_CHUNK = 4 * MiB
-#: reads a file in READ_CHUNK pieces and throws them away
-READER = ("import sys\nwith open(sys.argv[1], 'rb', buffering=0) as f:\n"
-          f"    while f.read({READ_CHUNK}):\n        pass\n")
 
 
 def punch_holes(path: Path) -> int:
@@ -71,51 +80,6 @@ def punch_holes(path: Path) -> int:
         subprocess.run(["fallocate", "--punch-hole", "--offset", str(offset),
                         "--length", str(HOLE_SIZE), str(path)], check=True)
     return len(offsets) * HOLE_SIZE
-
-
-def drop_cache(*paths: Path) -> None:
-    """Write back, then evict the files' pages from the page cache."""
-    os.sync()
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def warm(*paths: Path) -> None:
-    for path in paths:
-        subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
-
-
-def identical(raw: Path, vhd: Path) -> bool:
-    return subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "vpc", str(raw),
-                           str(vhd)], check=False).returncode == 0
-
-
-def read_fuse(chain: Path, mountpoint: Path, images: list[Path], repeat: int
-              ) -> tuple[Run, Run, int]:
-    """Read MOUNTPOINT/disk.vhd with the chain warm, then cold; and the file's size."""
-    disk_vhd = mountpoint / "disk.vhd"
-    proc = subprocess.Popen(cli("mount", chain, mountpoint), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not disk_vhd.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mount failed: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
-        reader = [sys.executable, "-c", READER, str(disk_vhd)]
-        hot, cold = fastest([
-            Step("read FUSE disk.vhd (chain cached)", reader, lambda: warm(*images)),
-            Step("read FUSE disk.vhd (chain dropped)", reader, lambda: drop_cache(*images)),
-        ], repeat).values()
-        size = disk_vhd.stat().st_size
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-    return hot, cold, size
 
 
 def ratio(ours: Run, reference: Run) -> dict[str, float]:
@@ -130,46 +94,29 @@ def figures(runs: dict[str, Run], size: int) -> list[dict[str, object]]:
              "peak RSS MiB": round(run.peak_rss_mib)} for run in runs.values()]
 
 
+def like_for_like(runs: dict[str, Run], ours: str, who: str = "") -> dict[str, object]:
+    """Speed ratios of our export (label ``ours``) to the qemu-img steps it matches."""
+    return {f"{who}export{suffix} / {qemu}": ratio(runs[f"{ours}{suffix}"], runs[qemu])
+            for suffix, qemu in LIKE_FOR_LIKE}
+
+
 def raw_exports(work: Path, source: Path, size: int, repeat: int,
                 baseline: Path | None) -> dict[str, object]:
     """Race ``export`` of the raw ``source`` to a dynamic and a fixed VHD against
     ``qemu-img convert`` of it (and against ``baseline``'s export, if given)."""
     result: dict[str, object] = {}
     ours, qemu = work / "ours-raw.vhd", work / "qemu-raw.vhd"
-
-    def fresh(vhd: Path) -> Callable[[], None]:
-        return lambda: (vhd.unlink(missing_ok=True), warm(source))
-
     for kind in ("dynamic", "fixed"):
         export = cli("export", source, ours, "--format", f"vhd-{kind}")
-        convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={kind}"]
         contenders = {"": None, "baseline ": baseline} if baseline else {"": None}
         steps = []
         for who, path in contenders.items():
-            env = {"PYTHONPATH": str(path)} if path else {}
-            steps += [Step(f"{who}blockforensics export", export, fresh(ours), env),
-                      Step(f"{who}blockforensics export, no fsync", export, fresh(ours),
-                           {**env, "BLOCKFORENSICS_FSYNC": "0"})]
-        steps += [
-            Step("qemu-img convert", [*convert, str(source), str(qemu)], fresh(qemu)),
-            Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu),
-                                             *convert, str(source), str(qemu)], fresh(qemu)),
-            Step("qemu-img convert -t writeback",
-                 [*convert, "-t", "writeback", str(source), str(qemu)], fresh(qemu)),
-        ]
-        runs = fastest(steps, repeat)
-        ratios = {}
+            steps += export_steps(f"{who}blockforensics export", export, fresh(ours, source),
+                                  baseline_env(path) if path else None)
+        runs = fastest(steps + convert_steps(source, qemu, kind, fresh(qemu, source)), repeat)
+        ratios: dict[str, object] = {}
         for who in contenders:
-            mine, cached = runs[f"{who}blockforensics export"], \
-                runs[f"{who}blockforensics export, no fsync"]
-            ratios |= {
-                f"{who}export, no fsync / qemu-img convert": ratio(cached,
-                                                                   runs["qemu-img convert"]),
-                f"{who}export / qemu-img convert + sync": ratio(mine,
-                                                                runs["qemu-img convert + sync"]),
-                f"{who}export / qemu-img convert -t writeback":
-                    ratio(mine, runs["qemu-img convert -t writeback"]),
-            }
+            ratios |= like_for_like(runs, f"{who}blockforensics export", who)
         result[kind] = {"identical": identical(source, ours),
                         "runs": figures(runs, size), "speed_ratios": ratios}
     return result
@@ -181,6 +128,12 @@ def exports(work: Path, size_mib: int, repeat: int, sources: tuple[str, ...] = (
     size = size_mib * MiB
     source = random_file(work / "source.raw", size)
     holes = punch_holes(source)
+    if "fuse" in sources:  # just the chain and its export, for the reads
+        subprocess.run(cli("backup", source, work / "chain", "--all-blocks"),
+                       stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(cli("export", work / "chain", work / "ours.vhd"),
+                       stdout=subprocess.DEVNULL, check=True)
+        return {"size_mib": size_mib, "holes_mib": holes // MiB}
     if "chain" not in sources:
         return {"size_mib": size_mib, "holes_mib": holes // MiB,
                 "raw": raw_exports(work, source, size, repeat, baseline)}
@@ -188,69 +141,96 @@ def exports(work: Path, size_mib: int, repeat: int, sources: tuple[str, ...] = (
     for argv in (cli("backup", source, chain, "--all-blocks"), cli("restore", chain, restored)):
         subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
     ours_vhd, qemu_vhd = work / "ours.vhd", work / "qemu.vhd"
-    sources = {ours_vhd: sorted(chain.glob("*.bfi")), qemu_vhd: [restored]}
-
-    def fresh(vhd: Path) -> Callable[[], None]:
-        """Before a run: remove the last output, read the source into the page cache
-        (this machine pages out what has not been read for a while)."""
-        return lambda: (vhd.unlink(missing_ok=True), warm(*sources[vhd]))
-
-    export = cli("export", chain, ours_vhd)
-    convert = ["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic"]
     runs = fastest([
-        Step("blockforensics export", export, fresh(ours_vhd)),
-        Step("blockforensics export, no fsync", export, fresh(ours_vhd),
-             {"BLOCKFORENSICS_FSYNC": "0"}),
-        Step("qemu-img convert", [*convert, str(restored), str(qemu_vhd)], fresh(qemu_vhd)),
-        Step("qemu-img convert + sync", ["sh", "-c", '"$@" && sync "$0"', str(qemu_vhd),
-                                         *convert, str(restored), str(qemu_vhd)],
-             fresh(qemu_vhd)),
-        Step("qemu-img convert -t writeback",
-             [*convert, "-t", "writeback", str(restored), str(qemu_vhd)], fresh(qemu_vhd)),
+        *export_steps("blockforensics export", cli("export", chain, ours_vhd),
+                      fresh(ours_vhd, *sorted(chain.glob("*.bfi")))),
+        *convert_steps(restored, qemu_vhd, "dynamic", fresh(qemu_vhd, restored)),
     ], repeat)
-    ours, ours_cached, qemu, qemu_sync, qemu_flush = runs.values()
     return {
         "size_mib": size_mib, "holes_mib": holes // MiB,
         "identical": identical(restored, ours_vhd),
         "vhd_bytes": {"ours": ours_vhd.stat().st_size, "qemu-img": qemu_vhd.stat().st_size},
         "runs": figures(runs, size),
-        "speed_ratios": {
-            "export, no fsync / qemu-img convert": ratio(ours_cached, qemu),
-            "export / qemu-img convert + sync": ratio(ours, qemu_sync),
-            "export / qemu-img convert -t writeback": ratio(ours, qemu_flush),
-        },
+        "speed_ratios": like_for_like(runs, "blockforensics export"),
         **({"raw": raw_exports(work, source, size, repeat, baseline)}
            if "raw" in sources else {}),
     }
 
 
-def fuse_reads(work: Path, repeat: int) -> dict[str, object]:
-    """Read the FUSE disk.vhd of the chain in ``work`` against the exported file."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_ahead_kb(mountpoint: Path) -> int:
+    """The kernel's read-ahead (KiB) of the file system mounted at ``mountpoint``."""
+    device = os.stat(mountpoint).st_dev
+    return int(Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+               .read_text())
+
+
+def fuse_reads(work: Path, repeat: int, baseline: Path | None = None) -> dict[str, object]:
+    """Read the FUSE disk.vhd and disk.raw of the chain in ``work`` (and of ``baseline``'s
+    mount, in the same rounds), each dropped from the page cache first, against the
+    exported .vhd file dropped from the page cache and in it."""
     chain, ours_vhd = work / "chain", work / "ours.vhd"
-    mountpoint = work / "mnt"
-    mountpoint.mkdir()
     images = sorted(chain.glob("*.bfi"))
-    fuse_hot, fuse_cold, vhd_size = read_fuse(chain, mountpoint, images, repeat)
-    (file_read,) = fastest([Step("read .vhd file (dropped)",
-                                 [sys.executable, "-c", READER, str(ours_vhd)],
-                                 lambda: drop_cache(ours_vhd))], repeat).values()
+    contenders = {"": {}, "baseline ": baseline_env(baseline)} if baseline else {"": {}}
+    with ExitStack() as stack:
+        mounts = {who: stack.enter_context(mounted(chain, work / f"mnt{i}", env=env))
+                  for i, (who, env) in enumerate(contenders.items())}
+        steps = []
+        for who, (vhd, _) in mounts.items():
+            raw = vhd.with_name("disk.raw")
+            steps += [
+                read_step(f"{who}FUSE disk.vhd", vhd,
+                          lambda vhd=vhd: (warm(*images), drop_cache(vhd))),
+                *([read_step("FUSE disk.vhd again (kernel cache)", vhd)] if not who else []),
+                read_step(f"{who}FUSE disk.raw", raw,
+                          lambda raw=raw: (warm(*images), drop_cache(raw))),
+                read_step(f"{who}FUSE disk.vhd, chain dropped", vhd,
+                          lambda vhd=vhd: drop_cache(*images, vhd)),
+            ]
+        steps += [read_step("read .vhd file (dropped)", ours_vhd, lambda: drop_cache(ours_vhd)),
+                  read_step("read .vhd file (page cache)", ours_vhd, lambda: warm(ours_vhd))]
+        cpu = {who: cpu_seconds(proc.pid) for who, (_, proc) in mounts.items()}
+        runs = fastest(steps, repeat)
+        cpu = {who: cpu_seconds(proc.pid) - cpu[who] for who, (_, proc) in mounts.items()}
+        read_ahead = {who: read_ahead_kb(vhd.parent) for who, (vhd, _) in mounts.items()}
+    sizes = {label: (work / "source.raw" if "disk.raw" in label else ours_vhd).stat().st_size
+             for label in runs}
+    fuse_steps = [label for label in runs if "FUSE" in label]
+
+    def speed(label: str, reference: str) -> dict[str, float]:
+        """MB/s over MB/s, of the fastest runs and of the medians."""
+        ours, ref = runs[label], runs[reference]
+        scale = sizes[label] / sizes[reference]
+        return {"fastest": round(scale * ref.seconds / ours.seconds, 2),
+                "median": round(scale * ref.median_seconds / ours.median_seconds, 2)}
+
+    ratios = {f"{label} / {reference}": speed(label, reference) for label in fuse_steps
+              for reference in ("read .vhd file (dropped)", "read .vhd file (page cache)")}
+    ratios |= {f"{label} / baseline {label}": speed(label, f"baseline {label}")
+               for label in fuse_steps if f"baseline {label}" in runs}
+    reads = 3 * repeat  # by each mount: disk.vhd, disk.raw, disk.vhd with the chain dropped
     return {
-        "vhd_bytes": vhd_size,
+        "vhd_bytes": sizes["read .vhd file (dropped)"],
+        "read_ahead_kb": {who.strip() or "ours": kb for who, kb in read_ahead.items()},
+        "mount_cpu_seconds_per_read": {who.strip() or "ours": round(seconds / reads, 2)
+                                       for who, seconds in cpu.items()},
         "runs": [{"step": run.label, "fastest s": round(run.seconds, 3),
-                  "median s": round(run.median_seconds, 3), "MB/s": round(run.rate(vhd_size), 1)}
-                 for run in (file_read, fuse_hot, fuse_cold)],
-        "speed_ratios": {f"{run.label} / {file_read.label}": ratio(run, file_read)
-                         for run in (fuse_hot, fuse_cold)},
+                  "median s": round(run.median_seconds, 3),
+                  "MB/s": round(run.rate(sizes[run.label]), 1)} for run in runs.values()],
+        "speed_ratios": ratios,
     }
 
 
-def compiled(*packages: Path) -> None:
-    """Run the commands from bytecode, as installed: compile ``packages`` (each the
-    directory of a ``blockforensics`` package) and let Python read it."""
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    for package in packages:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True,
-                       stdout=subprocess.DEVNULL)
+def baseline_env(baseline: Path) -> dict[str, str]:
+    """The environment that runs ``baseline``'s package: first on the path, and the
+    working directory not (``python -m`` puts it first: a checkout's own package would
+    win when run from one)."""
+    return {"PYTHONPATH": str(baseline), "PYTHONSAFEPATH": "1"}
 
 
 def main() -> None:
@@ -258,8 +238,12 @@ def main() -> None:
         parser.add_argument("--from", dest="sources", nargs="+", choices=["chain", "raw"],
                             default=["chain", "raw"], help="export from a chain, a raw file")
         parser.add_argument("--baseline", type=Path, metavar="DIR",
-                            help="also run the raw exports with DIR first on PYTHONPATH (a "
-                                 "checkout of another version: DIR/blockforensics)")
+                            help="also run the raw exports and the FUSE reads with DIR first "
+                                 "on PYTHONPATH (a checkout of another version: "
+                                 "DIR/blockforensics)")
+        parser.add_argument("--fuse-only", action="store_true",
+                            help="only the FUSE reads, at the first size (the chain is "
+                                 "exported once, for the file read they are compared with)")
 
     args = options(__doc__, [512, 2048, 4096], more)
     os.environ.pop("BLOCKFORENSICS_FSYNC", None)  # our writer fsyncs, as in production
@@ -268,6 +252,8 @@ def main() -> None:
     compiled(Path(blockforensics.__file__).parent,
              *([args.baseline / "blockforensics"] if args.baseline else []))
     results: dict[str, object] = {"exports": []}
+    if args.fuse_only:
+        args.size_mib, args.sources = args.size_mib[:1], ["fuse"]
     for i, size_mib in enumerate(args.size_mib):
         work = Path(tempfile.mkdtemp(prefix="bf-bench-vhd-", dir=args.dir))
         try:
@@ -277,16 +263,17 @@ def main() -> None:
                 print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; raw file "
                       f"to vhd-{kind}, identical: {raw['identical']}")
                 print(table(raw["runs"]))
-            if "chain" not in args.sources:
-                continue
-            print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; backed up "
-                  f"--all-blocks; export identical to the restored raw: {done['identical']}; "
-                  f".vhd bytes {done['vhd_bytes']}")
-            print(table(done["runs"]))  # type: ignore[arg-type]
-            if i == 0:
-                results["fuse"] = reads = fuse_reads(work, args.repeat)
-                print(f"\nreads of the {reads['vhd_bytes']}-byte .vhd; the file was dropped "
-                      "from the page cache (POSIX_FADV_DONTNEED) before each read")
+            if "chain" in args.sources:
+                print(f"\n{size_mib} MiB random, {done['holes_mib']} MiB of it holes; backed "
+                      f"up --all-blocks; export identical to the restored raw: "
+                      f"{done['identical']}; .vhd bytes {done['vhd_bytes']}")
+                print(table(done["runs"]))  # type: ignore[arg-type]
+            if i == 0 and {"chain", "fuse"} & set(args.sources):
+                results["fuse"] = reads = fuse_reads(work, args.repeat, args.baseline)
+                print(f"\nreads of the {reads['vhd_bytes']}-byte .vhd (disk.raw: the volume), "
+                      "each dropped from the page cache (POSIX_FADV_DONTNEED) first unless it "
+                      f"says otherwise; the mounts' read-ahead (KiB): {reads['read_ahead_kb']}; "
+                      f"their CPU seconds per read: {reads['mount_cpu_seconds_per_read']}")
                 print(table(reads["runs"]))  # type: ignore[arg-type]
         finally:
             shutil.rmtree(work, ignore_errors=True)

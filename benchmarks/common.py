@@ -37,8 +37,10 @@ def settle() -> None:
     subprocess.run(["sync"], check=True)
 
 
-def measure(label: str, argv: list[str], env: dict[str, str] | None = None) -> Run:
-    """Run ``argv`` to completion under GNU time: wall seconds and the process's peak RSS."""
+def measure(label: str, argv: list[str], env: dict[str, str] | None = None,
+            timed: bool = False) -> Run:
+    """Run ``argv`` to completion under GNU time: wall seconds and the process's peak RSS.
+    With ``timed``, the seconds the command prints itself (first word of its last line)."""
     settle()
     start = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], capture_output=True,
@@ -46,18 +48,22 @@ def measure(label: str, argv: list[str], env: dict[str, str] | None = None) -> R
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed: {proc.stderr.strip()}")
+    if timed:
+        seconds = float(proc.stdout.strip().splitlines()[-1].split()[0])
     return Run(label, seconds, int(proc.stderr.strip().splitlines()[-1]) / 1024)
 
 
 @dataclass
 class Step:
     """One contender: a command, and what to do before each of its runs (e.g. remove
-    the previous run's output)."""
+    the previous run's output); ``timed``: the command prints its own seconds (see
+    :func:`measure`), e.g. a reader whose start-up is not what is measured."""
 
     label: str
     argv: list[str]
     before: Callable[[], object] | None = None
     env: dict[str, str] | None = None
+    timed: bool = False
 
 
 def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
@@ -72,7 +78,7 @@ def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
         for step in steps:
             if step.before is not None:
                 step.before()
-            run = measure(step.label, step.argv, step.env)
+            run = measure(step.label, step.argv, step.env, step.timed)
             print(f"  {run.label}: {run.seconds:.2f} s", file=sys.stderr, flush=True)
             runs[step.label].append(run)
     return {label: dataclasses.replace(min(done, key=lambda run: run.seconds),
@@ -103,6 +109,15 @@ def options(doc: str, size_mib: int | list[int],
 def cli(*args: object) -> list[str]:
     """argv for the blockforensics command in this interpreter."""
     return [sys.executable, "-m", "blockforensics.cli", *map(str, args)]
+
+
+def compiled(*packages: Path) -> None:
+    """Run the commands from bytecode, as installed: compile ``packages`` (each the
+    directory of a ``blockforensics`` package) and let Python read it."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    for package in packages:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 def random_file(path: Path, size: int, seed: int = 0, chunk: int = 64 << 20) -> Path:

@@ -1,6 +1,7 @@
 """Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256 and
-AES-256-GCM over contiguous buffers, run without the GIL. Every argument is a buffer
-(bytes, memoryview or a C-contiguous numpy array); ``out`` and ``ok`` are written."""
+AES-256-GCM over contiguous buffers, and Linux's sync_file_range, run without the GIL.
+Every buffer argument is bytes, memoryview or a C-contiguous numpy array; ``out`` and
+``ok`` are written."""
 
 from typing import TypeAlias
 
@@ -14,3 +15,9 @@ def aes256gcm_seal_rows(key: _Bytes, nonces: _Bytes, aads: _Bytes, rows: _Bytes,
                         out: _Bytes, /) -> None: ...
 def aes256gcm_open_rows(key: _Bytes, aads: _Bytes, sealed: _Bytes, out: _Bytes,
                         ok: _Bytes, /) -> None: ...
+
+SYNC_FILE_RANGE_WAIT_BEFORE: int
+SYNC_FILE_RANGE_WRITE: int
+SYNC_FILE_RANGE_WAIT_AFTER: int
+
+def sync_file_range(fd: int, offset: int, nbytes: int, flags: int, /) -> None: ...

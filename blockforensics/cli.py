@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+# numpy's OpenBLAS starts a thread per core that spins for ~0.1 s of CPU after import,
+# taking a core from hashing on a small machine; no command does linear algebra
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -40,11 +40,13 @@ class Disk(ABC):
         Bytes past ``size`` (in the last, partial block) read as zeros.
         """
 
-    def read_at(self, positions: np.ndarray) -> np.ndarray:
-        """The blocks at sorted, unique ``positions`` as ``(len(positions), block_size)``;
-        one ``read_blocks`` per run of consecutive positions."""
+    def read_at(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The blocks at sorted, unique ``positions`` as ``(len(positions), block_size)``
+        (in ``out`` when given: a buffer reused from batch to batch); one ``read_blocks``
+        per run of consecutive positions."""
         positions = np.asarray(positions, dtype=np.int64)
-        out = np.empty((positions.size, self.block_size), dtype=np.uint8)
+        if out is None:
+            out = np.empty((positions.size, self.block_size), dtype=np.uint8)
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, positions.size]):
             if b > a:
@@ -139,6 +141,9 @@ class InPlaceDisk(Disk):
         out = np.empty((count, self.block_size), dtype=np.uint8)
         self.read_blocks_into(start, out)
         return out
+
+    def _read_run_into(self, start: int, out: np.ndarray) -> None:
+        self.read_blocks_into(start, out)  # straight into the rows: no temporary
 
 
 class DiskFile(io.RawIOBase):

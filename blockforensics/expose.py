@@ -9,29 +9,41 @@ a qcow2 overlay, since the files are read-only).  The bytes of ``disk.vhd`` are
 exactly those :func:`~blockforensics.formats.vhd.write_vhd` would write for the
 same ``unique_id`` and ``timestamp``.
 
-FUSE runs single-threaded, so a Disk need not be thread-safe.
+FUSE runs single-threaded and the read-ahead thread uses the Disk only while the
+FUSE thread waits for it, so a Disk need not be thread-safe.
+
+Sequential reads are what limits copying or hashing a served file; three things make
+them fast: libfuse 3 (mfusepy loads libfuse 2 when both are installed, whose requests
+stay at 128 KiB; libfuse 3 negotiates up to 1 MiB per request), a larger read-ahead
+of the mount's backing device (the kernel's is 128 KiB, which caps each request at
+that; raised when the process may write ``/sys/class/bdi``, i.e. as root), and a
+window of the file read by a background thread while the kernel copies out the last
+one.  The kernel keeps what it read (``kernel_cache``): the files never change while
+mounted, so a second read comes from the page cache.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import errno
 import multiprocessing
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import mfusepy
+from typing import TYPE_CHECKING, Any
 
 from blockforensics.errors import BlockforensicsError, FormatError, UsageError
 from blockforensics.formats.base import Disk
@@ -40,9 +52,33 @@ from blockforensics.formats.vhd import VhdLayout
 from blockforensics.fs.mbr import Partition
 from blockforensics.tools import require
 
+
+def _import_mfusepy() -> types.ModuleType:
+    """mfusepy, over libfuse 3 when it is installed and the environment names no other
+    (``FUSE_LIBRARY_PATH``, ``FUSE_LIBRARY_NAME``)."""
+    chosen = {"FUSE_LIBRARY_PATH", "FUSE_LIBRARY_NAME"} & os.environ.keys()
+    if chosen or not ctypes.util.find_library("fuse3"):
+        import mfusepy
+        return mfusepy
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+    try:
+        import mfusepy
+    finally:
+        del os.environ["FUSE_LIBRARY_NAME"]
+    return mfusepy
+
+
+if TYPE_CHECKING:
+    import mfusepy
+else:
+    mfusepy = _import_mfusepy()
+
+
 FILE_NAME = "disk.vhd"
 READ_AHEAD = 4 << 20  # bytes read at once for a sequential reader
+READ_AHEAD_KB = 4096  # the kernel's read-ahead for a mount, raised to this (KiB)
 LOOP_ENDED = "8"  # fuse_main's status when its loop returned an error
+UNMOUNT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # libfuse's handlers unmount
 
 
 @dataclass(frozen=True)
@@ -128,23 +164,124 @@ def served_files(disk: Disk, *, unique_id: bytes | None = None,
     return files
 
 
+class ReadAhead:
+    """Reads of served files, sequential ones from ``READ_AHEAD``-byte windows.
+
+    A read that continues the last one is served from the current window; once a
+    window is in use, the next one is read by a background thread, so that reading
+    the source (its index, its digests) overlaps the kernel copying out this one.
+    Scattered reads (a booting guest) read just what they ask.  Only one thread uses
+    the sources at a time: a read of the caller's own first waits for the background
+    one.  A window is handed over without a copy (a ctypes view that mfusepy moves
+    straight into the kernel's buffer); the background thread fills the other buffer.
+    A window that cannot be read (a damaged block in it) is not kept: the read then
+    asks for just its own bytes, and fails only if the damage is in them.
+    """
+
+    def __init__(self) -> None:
+        self._buffers = (bytearray(READ_AHEAD), bytearray(READ_AHEAD))
+        self._window = ("", 0, 0, 0)  # file, start, length (bytes), buffer number
+        self._pending: tuple[str, int, Future[int]] | None = None  # the next window's
+        self._pool: ThreadPoolExecutor | None = None  # started with the first window
+        self._next = -1  # where a sequential reader's next read starts
+
+    def read(self, name: str, served: Served, offset: int, size: int
+             ) -> bytes | ctypes.Array:
+        """Bytes ``offset .. offset+size`` of ``served`` (file ``name``), fewer at its end."""
+        size = max(0, min(size, served.length - offset))
+        if size == 0:
+            return b""
+        sequential, self._next = offset == self._next, offset + size
+        window = self._window_for(name, offset)
+        if window is None and sequential and size < READ_AHEAD:
+            window = self._fill(name, served, offset)
+        if window is None:
+            self._settle()
+            out = bytearray(size)
+            served.readinto(offset, memoryview(out))
+            return bytes(out)
+        _, start, length, number = window
+        if self._pending is None and start + length < served.length:
+            if self._pool is None:  # signals stay with the FUSE loop, which unmounts
+                self._pool = ThreadPoolExecutor(1, "blockforensics-ahead", signal.pthread_sigmask,
+                                                (signal.SIG_BLOCK, UNMOUNT_SIGNALS))
+            self._pending = (name, start + length, self._pool.submit(
+                served.readinto, start + length, memoryview(self._buffers[1 - number])))
+        if offset + size <= start + length:
+            return (ctypes.c_char * size).from_buffer(self._buffers[number], offset - start)
+        # the read runs into the next window: its head from this one, the rest from that
+        head = bytes(memoryview(self._buffers[number])[offset - start : length])
+        self._next = start + length
+        return head + bytes(self.read(name, served, start + length, offset + size - start
+                                      - length))
+
+    def _window_for(self, name: str, offset: int) -> tuple[str, int, int, int] | None:
+        """The window of file ``name`` holding byte ``offset``: the current one, or the
+        one read in the background (which then becomes current), if any."""
+        file, start, length, number = self._window
+        if file == name and start <= offset < start + length:
+            return self._window
+        if self._pending is None or self._pending[0] != name or offset < self._pending[1]:
+            return None
+        _, start, future = self._pending
+        self._pending = None
+        try:
+            length = future.result()
+        except Exception:  # a read of its own reports it, if the damage is in its bytes
+            return None
+        self._window = (name, start, length, 1 - number)
+        return self._window if offset < start + length else None
+
+    def _fill(self, name: str, served: Served, offset: int
+              ) -> tuple[str, int, int, int] | None:
+        """Read the window starting at ``offset`` into the free buffer, now; None if a
+        damaged block in it stops that."""
+        self._settle()
+        number = 1 - self._window[3]
+        try:
+            length = served.readinto(offset, memoryview(self._buffers[number]))
+        except BlockforensicsError:
+            return None
+        self._window = (name, offset, length, number)
+        return self._window
+
+    def _settle(self) -> None:
+        """Wait for the background read, if any, and forget it."""
+        if self._pending is not None:
+            self._pending[2].exception()
+            self._pending = None
+
+    def close(self) -> None:
+        self._settle()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
 class ImageFileSystem(mfusepy.Operations):
-    """A read-only directory of virtual disk files, each read through a FileLayout."""
+    """A read-only directory of virtual disk files, each read through a FileLayout.
+
+    ``mountpoint``: where it is mounted (a resolved path), to raise its read-ahead
+    (:func:`raise_read_ahead`) when a file is first opened.
+    """
 
     use_ns = True
 
-    def __init__(self, files: dict[str, Served]):
+    def __init__(self, files: dict[str, Served], mountpoint: str | None = None):
         self.files = files
         self._mtime_ns = time.time_ns()
-        self._ahead = bytearray(READ_AHEAD)  # bytes read ahead, of file _ahead_name
-        self._ahead_name, self._ahead_at, self._ahead_len = "", 0, 0
-        self._next = -1  # where a sequential reader's next read starts
+        self._mountpoint = mountpoint
+        self._ahead = ReadAhead()
 
     def _file(self, path: str) -> Served:
         served = self.files.get(path.lstrip("/"))
         if served is None or "/" in path.lstrip("/"):
             raise mfusepy.FuseOSError(errno.ENOENT)
         return served
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Let the kernel keep what it read across opens (the files never change)."""
+        if config is not None:
+            config.kernel_cache = 1
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         times = {"st_atime": self._mtime_ns, "st_mtime": self._mtime_ns,
@@ -162,36 +299,56 @@ class ImageFileSystem(mfusepy.Operations):
         self._file(path)
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise mfusepy.FuseOSError(errno.EROFS)
+        if self._mountpoint is not None:  # the kernel set its read-ahead at INIT: now
+            raise_read_ahead(self._mountpoint)  # it stays
+            self._mountpoint = None
         return 0
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
-        """The kernel asks for 128 KiB at a time; a sequential reader (qemu-img, a copy)
-        is served from ``READ_AHEAD`` bytes read at once, which costs one trip through
-        the chain's index instead of 32, and handed over without a copy (a ctypes view
-        that mfusepy moves straight into the kernel's buffer).  Scattered reads (a
-        booting guest) read just what they ask."""
-        served = self._file(path)
-        sequential, self._next = offset == self._next, offset + size
-        start = offset - self._ahead_at
-        if path != self._ahead_name or start < 0 or start + size > self._ahead_len:
-            try:
-                if not sequential or size >= READ_AHEAD:
-                    out = bytearray(max(0, min(size, served.length - offset)))
-                    served.readinto(offset, memoryview(out))
-                    return bytes(out)
-                self._ahead_name, self._ahead_at, self._ahead_len, start = path, offset, 0, 0
-                self._ahead_len = served.readinto(offset, memoryview(self._ahead))
-            except BlockforensicsError as exc:  # a damaged block: the reader gets EIO
-                print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
-                raise mfusepy.FuseOSError(errno.EIO) from exc
-        return (ctypes.c_char * max(0, min(size, self._ahead_len - start))).from_buffer(
-            self._ahead, start)
+        """``size`` bytes at ``offset`` (fewer at the end of the file), through the
+        read-ahead; a damaged block in them is EIO for the reader."""
+        try:
+            return self._ahead.read(path, self._file(path), offset, size)
+        except BlockforensicsError as exc:
+            print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
+            raise mfusepy.FuseOSError(errno.EIO) from exc
+
+    def destroy(self, path: str) -> None:
+        self._ahead.close()
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         raise mfusepy.FuseOSError(errno.EROFS)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         raise mfusepy.FuseOSError(errno.EROFS)
+
+
+def backing_device(mountpoint: str) -> str | None:
+    """``MAJOR:MINOR`` of the file system last mounted at ``mountpoint`` (a resolved
+    path), as /proc/self/mountinfo says, without touching the mount; None if none."""
+    device = None
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]) == mountpoint:
+                device = fields[2]
+    return device
+
+
+def raise_read_ahead(mountpoint: str) -> None:
+    """Raise the read-ahead of the file system mounted at ``mountpoint`` (a resolved
+    path) to ``READ_AHEAD_KB``, never lower it; nothing when not permitted (not root).
+    The kernel gives a FUSE mount 128 KiB, which is also the most it then asks for
+    in one request; libfuse 3 allows up to 1 MiB."""
+    device = backing_device(mountpoint)
+    if device is None:
+        return
+    setting = Path("/sys/class/bdi", device, "read_ahead_kb")
+    try:
+        if int(setting.read_text()) < READ_AHEAD_KB:
+            setting.write_text(f"{READ_AHEAD_KB}\n")
+    except (OSError, ValueError):
+        pass
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -225,7 +382,8 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
         for sig in (signal.SIGTERM, signal.SIGHUP):
             restore[sig] = signal.signal(sig, signal.SIG_DFL)
     try:
-        mfusepy.FUSE(ImageFileSystem(files), str(mountpoint), foreground=foreground,
+        fs = ImageFileSystem(files, os.path.realpath(mountpoint))  # resolved before the mount:
+        mfusepy.FUSE(fs, str(mountpoint), foreground=foreground,  # not from inside it
                      nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
     except RuntimeError as exc:
         # libfuse's fuse_main returns 8 when its loop ended with an error, which newer

@@ -14,11 +14,22 @@ import os
 import stat
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from blockforensics.errors import UsageError
+
+try:
+    from blockforensics._native import (
+        SYNC_FILE_RANGE_WAIT_AFTER,
+        SYNC_FILE_RANGE_WAIT_BEFORE,
+        SYNC_FILE_RANGE_WRITE,
+        sync_file_range,
+    )
+except ImportError:  # no C extension (no C compiler), or one built before it had these
+    sync_file_range = None  # type: ignore[assignment]  # Writeback uses posix_fadvise
 
 #: ``BLOCKFORENSICS_FSYNC=0`` skips fsync (test suites: a killed process loses nothing
 #: the page cache holds; only power loss needs the fsyncs, and tests cannot cut power).
@@ -31,20 +42,52 @@ def fsync(fd: int) -> None:
         os.fsync(fd)
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a just-written range to disk now (and drop it from the page cache),
-    so the final fsync has little left to wait for: disk writes overlap the work."""
-    if SYNC:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+#: bytes of a file written after a range before that range is waited for and dropped
+#: from the page cache (what a writer keeps dirty or in flight at most, about)
+WRITEBACK_WINDOW = 32 << 20
+
+
+class Writeback:
+    """Sends a file's new bytes to disk while it is being written, so the final fsync
+    has little left to wait for and disk writes overlap the work: ``writeback(offset,
+    nbytes)`` after each write queues that range for writeback at once
+    (``sync_file_range``, no waiting); a range followed by ``WRITEBACK_WINDOW`` more
+    bytes is then waited for and dropped from the page cache (a backup does not push
+    other files out of it).  Without the C extension, ``posix_fadvise`` starts the
+    writeback and drops what it can.  One thread calls it."""
+
+    def __init__(self, fd: int, window: int | None = None):
+        self.fd = fd
+        self.window = WRITEBACK_WINDOW if window is None else window  # bytes
+        self._pending: deque[tuple[int, int]] = deque()  # (offset, nbytes) not yet waited for
+        self._held = 0  # bytes in self._pending
+
+    def __call__(self, offset: int, nbytes: int) -> None:
+        if not SYNC or not nbytes:
+            return
+        if sync_file_range is None:
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+            return
+        sync_file_range(self.fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+        self._pending.append((offset, nbytes))
+        self._held += nbytes
+        while self._pending and self._held - self._pending[0][1] >= self.window:
+            first, length = self._pending.popleft()
+            self._held -= length
+            # wait for its writeback in flight, write what is still dirty, wait for that
+            sync_file_range(self.fd, first, length, SYNC_FILE_RANGE_WAIT_BEFORE
+                            | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+            os.posix_fadvise(self.fd, first, length, os.POSIX_FADV_DONTNEED)
 
 
 def writeback_progress(fd: int, progress: Callable[[int], object]
                        ) -> Callable[[int, int], None]:
     """The ``written(offset, nbytes)`` callback of ``Disk.write_to`` for a file that must
-    reach the disk: start each written range's writeback, advance ``progress``."""
+    reach the disk: its :class:`Writeback`, then ``progress``."""
+    writeback = Writeback(fd)
 
     def written(offset: int, nbytes: int) -> None:
-        start_writeback(fd, offset, nbytes)
+        writeback(offset, nbytes)
         progress(nbytes)
 
     return written

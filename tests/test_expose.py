@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import filecmp
 import os
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import mounted, require_tools, serving
+from support import flip_stored_bit, mounted, require_tools, serving
 
+from blockforensics import expose
 from blockforensics.expose import ImageFileSystem, Served, exposed, partition_files, served_files
 from blockforensics.formats.raw import RawDisk
 from blockforensics.formats.vhd import VhdLayout, write_vhd
 from blockforensics.fsck import check_filesystems
+from blockforensics.image.chain import Chain
 
 MiB = 1024 * 1024
 PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
@@ -74,11 +77,108 @@ def test_reads_ahead_for_sequential_readers_and_serves_any_read_exactly(source, 
     export = write_vhd(disk, tmp_path / "export.vhd", **PINNED).read_bytes()
     fs = ImageFileSystem({"disk.vhd": Served(VhdLayout(disk, **PINNED))})
     piece = 128 * 1024
-    sequential = [(offset, piece) for offset in range(0, len(export) + piece, piece)]
+    sequential = [(offset, size) for size in (piece, MiB, MiB + 4096, 3 * MiB)  # some run
+                  for offset in range(0, len(export) + size, size)]  # across windows
     scattered = [(5 * MiB + 3, 1000), (100, 4 * MiB + 17), (0, 512), (len(export) - 10, 100),
                  (7 * MiB, piece), (7 * MiB + piece, piece), (7 * MiB - 512, 2048)]
     for offset, size in sequential + scattered:
         assert bytes(fs.read("/disk.vhd", size, offset, 0)) == export[offset : offset + size]
+    fs.destroy("/")
+
+
+@pytest.fixture(scope="module")
+def chain_point(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """A chain (``backup --all-blocks``) of 12 MiB + 5 blocks of random bytes with a
+    3 MiB hole, and those bytes."""
+    work = tmp_path_factory.mktemp("chain")
+    data = bytearray(np.random.default_rng(8).bytes(12 * MiB + 5 * 4096))
+    data[5 * MiB : 8 * MiB] = bytes(3 * MiB)
+    source = work / "src.raw"
+    source.write_bytes(data)
+    done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "backup", str(source),
+                           str(work / "chain"), "--all-blocks"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return work / "chain", bytes(data)
+
+
+def test_large_and_odd_reads_over_the_mount_are_the_chains_bytes(chain_point, mountpoint):
+    """Reads larger than a request, a read-ahead window or both, at odd offsets and
+    sizes, sequential and not, read twice (the second time from the kernel's cache),
+    give the point's bytes; the mount's read-ahead is raised when we may (root)."""
+    chain, data = chain_point
+    with serving([sys.executable, "-m", "blockforensics.cli", "mount", str(chain),
+                  str(mountpoint)], mountpoint) as mount:
+        raw = mountpoint / "disk.raw"
+        for _ in range(2):
+            with raw.open("rb", buffering=0) as fh:
+                chunks = iter(lambda: fh.read(MiB + 4097), b"")
+                assert b"".join(chunks) == data
+        fd = os.open(raw, os.O_RDONLY)
+        try:
+            for offset, size in [(MiB - 3, 3 * MiB + 7), (4 * MiB - 1, 2), (len(data) - 100, 1000),
+                                 (5 * MiB - 511, 6 * MiB + 1023), (0, 9 * MiB + 5), (12345, 1)]:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # ask the file system
+                assert os.pread(fd, size, offset) == data[offset : offset + size], (offset, size)
+        finally:
+            os.close(fd)
+        result = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "vpc",
+                                 str(chain.parent / "src.raw"), str(mountpoint / "disk.vhd")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        if os.geteuid() == 0:
+            device = os.stat(mountpoint).st_dev
+            setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+            assert int(setting.read_text()) == expose.READ_AHEAD_KB
+    assert mount.proc.returncode == 0, mount.err
+
+
+def test_a_sequential_reader_gets_requests_of_1_mib(source, mountpoint, tmp_path, monkeypatch):
+    """Over libfuse 3, with the mount's read-ahead raised, the kernel asks for 1 MiB at a
+    time (libfuse 2, or the kernel's default read-ahead, keep requests at 128 KiB); and
+    keeps what it read: a second read asks nothing."""
+    if ctypes.util.find_library("fuse3") is None or os.geteuid() != 0:
+        pytest.skip("needs libfuse 3, and root to raise a mount's read-ahead")
+    assert expose.mfusepy.fuse_version_major == 3
+    sizes = tmp_path / "sizes"
+    read = ImageFileSystem.read
+
+    def recorded(self, path, size, offset, fh):  # runs in the mount's process
+        with sizes.open("a") as log:
+            log.write(f"{size}\n")
+        return read(self, path, size, offset, fh)
+
+    monkeypatch.setattr(ImageFileSystem, "read", recorded)
+    with exposed(RawDisk(source), mountpoint) as vhd:
+        assert vhd.read_bytes()[-512:-504] == b"conectix"  # its footer
+        asked = sizes.read_text()
+        assert vhd.read_bytes()[-512:-504] == b"conectix"  # from the kernel's cache:
+        assert sizes.read_text() == asked  # not asked again
+    assert max(map(int, asked.split())) == MiB
+
+
+def test_a_damaged_block_fails_only_the_reads_of_its_bytes(chain_point, tmp_path):
+    """A damaged block in the read-ahead window (ahead of the reader) fails only the read
+    that asks for its bytes: the reads before it and after it get the right bytes."""
+    chain, data = chain_point
+    damaged = tmp_path / "chain"
+    damaged.mkdir()
+    for image in chain.iterdir():
+        (damaged / image.name).write_bytes(image.read_bytes())
+    position = (11 * MiB + 5000) // 4096  # inside the window read from 9 MiB on
+    flip_stored_bit(damaged / "0000-full.bfi", position)
+    with Chain.open(damaged) as opened:
+        fs = ImageFileSystem(served_files(opened.disk(0), partitions=False))
+        failed = []
+        for offset in range(0, len(data), MiB):
+            try:
+                got = bytes(fs.read("/disk.raw", MiB, offset, 0))
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+                failed.append(offset)
+            else:
+                assert got == data[offset : offset + MiB], offset
+        fs.destroy("/")
+    assert failed == [position * 4096 // MiB * MiB]
 
 
 def test_exposed_file_is_read_only(source, mountpoint):
@@ -111,8 +211,8 @@ def test_foreground_mount_unmounts_on_signal(source, mountpoint, sig):
             "mount(RawDisk(sys.argv[1]), sys.argv[2]); print('unmounted')")
     with serving([sys.executable, "-c", code, str(source), str(mountpoint)],
                  mountpoint) as mount:
-        assert (mountpoint / "disk.vhd").stat().st_size > 0
-        mount.proc.send_signal(sig)
+        assert (mountpoint / "disk.vhd").read_bytes()[-512:-504] == b"conectix"  # read ahead
+        mount.proc.send_signal(sig)  # with its thread running
         mount.proc.wait(timeout=10)
     assert mount.proc.returncode == 0, mount.err
     assert mount.out.strip() == "unmounted"

@@ -2,10 +2,11 @@
 
 A backup, an encrypted backup, a consolidation and a retention run are each
 killed at evenly spread file-system calls (open, read, write, link, rename,
-unlink, close …) of a complete run: the chain is then the one before or the one
-after, every listed point restores byte-identical to the volume saved for it and
-verifies, and the next command (cleanup, then the same operation again) succeeds
-and leaves no temporary file.  The kill counts are printed (``-s``).
+unlink, close, sync_file_range …) of a complete run, fsync on but for retention (so
+direct I/O and early writeback are on the path, over several read batches): the chain
+is then the one before or the one after, every listed point restores byte-identical
+to the volume saved for it and verifies, and the next command (cleanup, then the same
+operation again) succeeds and leaves no temporary file.  The kill counts are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ from killpoints import KillAtCall
 template, workdir, op, key_path, source = sys.argv[1:6]
 key = KeySource.from_file(key_path) if key_path else None
 
+import blockforensics.fileio, blockforensics.image.backup
+blockforensics.fileio.WRITEBACK_WINDOW = 8192  # written ranges waited for and dropped early
+blockforensics.image.backup.CHUNK_BYTES = 4 * 4096  # several batches: the read buffers cycle
+
 def child(kill_at):
     killer = KillAtCall(kill_at)
-    killer.hook(os, "open", "pread", "preadv", "write", "fsync", "replace", "link", "unlink",
-                "close", "rename", "ftruncate")
+    killer.hook(os, "open", "pread", "preadv", "write", "writev", "fsync", "replace", "link",
+                "unlink", "close", "rename", "ftruncate")
+    killer.hook(blockforensics.fileio, "sync_file_range")  # early writeback
     if op == "backup":
         with Chain.open(directory, key) as chain:
             backup(chain, Volume.from_bytes(open(source, "rb").read(), 4096))
@@ -74,7 +80,9 @@ def _runs(template: Path, workdir: Path, op: str, key: Path | None, source: Path
     workdir.mkdir()
     done = subprocess.run([sys.executable, "-c", _RUNNER, str(template), str(workdir), op,
                            str(key or ""), str(source), *map(str, values)],
-                          capture_output=True, text=True, timeout=300, env=RUNNER_ENV)
+                          capture_output=True, text=True, timeout=300,
+                          env={**RUNNER_ENV, "BLOCKFORENSICS_FSYNC": "0" if op == "retention"
+                               else "1"})  # the durable path (retention: many switches, slow)
     assert done.returncode == 0, done.stderr
     trials, out = [], []
     for line in done.stdout.splitlines():

@@ -14,6 +14,7 @@ output stays sparse.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,22 +91,53 @@ def batches(todo: BlockMap, step: int) -> Iterator[np.ndarray]:
         yield np.arange(total) + np.repeat(starts[a:b] - (before[a:b] - first), lengths[a:b])
 
 
+#: read buffers :func:`read_ahead` cycles through: one being read, one being encoded,
+#: one being written
+READ_BUFFERS = 3
+
+
 def read_ahead(source: Disk, todo: BlockMap, step: int
                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(positions, blocks)`` of ``todo``, batch by batch (see :func:`batches`); each next
     batch is read on a thread while the caller works on this one (reads release the GIL,
-    so hashing, compression and encryption never wait for the source)."""
+    so hashing, compression and encryption never wait for the source).
+
+    The blocks are read into ``READ_BUFFERS`` page-aligned buffers in turn (no fresh
+    memory per batch; aligned for direct I/O), so a batch's array is overwritten by
+    the batch three later: the caller must be done with it — and its image writer too
+    (``ImageWriter.add`` of the next batch returns once the previous one is written) —
+    when it asks for the batch after the next."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    block_size = source.block_size
+    ring = [np.frombuffer(mmap.mmap(-1, 2 * step * block_size,  # a batch: <= 2 * step blocks
+                                    flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
+            for _ in range(READ_BUFFERS)]
     with ThreadPoolExecutor(1, thread_name_prefix="blockforensics-read") as pool:
         pending: tuple[np.ndarray, Future[np.ndarray]] | None = None
-        for positions in batches(todo, step):
-            ahead = (positions, pool.submit(source.read_at, positions))
+        for i, positions in enumerate(batches(todo, step)):
+            out = ring[i % READ_BUFFERS][: len(positions) * block_size].reshape(-1, block_size)
+            ahead = (positions, pool.submit(source.read_at, positions, out))
             if pending is not None:
                 yield pending[0], pending[1].result()
             pending = ahead
         if pending is not None:
             yield pending[0], pending[1].result()
+
+
+def _to_front(blocks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``blocks[rows]`` (sorted row indices) moved to the front of ``blocks`` itself, run
+    by run: no new memory, and a read buffer stays page-aligned (for direct I/O)."""
+    if len(rows) in (0, len(blocks)):
+        return blocks[: len(rows)]
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    firsts, lasts = rows[np.r_[0, breaks]], rows[np.r_[breaks, len(rows)] - 1]
+    to = 0
+    for first, last in zip(firsts.tolist(), lasts.tolist()):
+        if first != to:  # moves towards the front: numpy copies overlapping rows right
+            blocks[to : to + last + 1 - first] = blocks[first : last + 1]
+        to += last + 1 - first
+    return blocks[:to]
 
 
 def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
@@ -161,7 +193,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
             else:
                 take = np.ones(len(positions), dtype=bool)
             rows = np.flatnonzero(take)
-            writer.add(positions[rows], blocks if len(rows) == len(positions) else blocks[rows])
+            writer.add(positions[rows], _to_front(blocks, rows))
             bar.update(len(positions) * bs)
         path = writer.commit()
         return chain.append(path)

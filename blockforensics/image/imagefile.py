@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 
 from blockforensics.crypto import NONCE_SIZE, TAG_SIZE
 from blockforensics.errors import FormatError, IntegrityError
-from blockforensics.fileio import atomic_writer, fsync, start_writeback
+from blockforensics.fileio import Writeback, atomic_writer, fsync
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
 from blockforensics.image.format import (
     FLAG_ENCRYPTED,
@@ -48,6 +49,31 @@ _IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 #: errors of ``copy_file_range`` that mean "not between these files": write instead
 _NO_COPY = {errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF}
+
+#: what direct I/O (``O_DIRECT``) needs aligned to it, in bytes: buffer addresses, file
+#: offsets and lengths (a page: more than any common disk's logical block asks)
+DIRECT_ALIGN = os.sysconf("SC_PAGESIZE")
+
+
+def _writev_all(fd: int, pieces: list[memoryview]) -> None:
+    """Write ``pieces`` back to back at the file position of ``fd`` (short writes resumed)."""
+    todo, first = list(pieces), 0
+    while first < len(todo):
+        done = os.writev(fd, todo[first : first + _IOV_MAX])
+        while first < len(todo) and done >= todo[first].nbytes:
+            done -= todo[first].nbytes
+            first += 1
+        if done:
+            todo[first] = todo[first][done:]
+
+
+def _aligned(pieces: list[memoryview], offset: int) -> bool:
+    """Can ``pieces`` be written at byte ``offset`` with direct I/O (every address,
+    length and the offset a multiple of ``DIRECT_ALIGN``)?"""
+    return offset % DIRECT_ALIGN == 0 and all(
+        p.nbytes % DIRECT_ALIGN == 0
+        and np.frombuffer(p, np.uint8).__array_interface__["data"][0] % DIRECT_ALIGN == 0
+        for p in pieces)
 
 
 def _copy_ranges(src: int, dst: int, starts: list[int], lengths: list[int]) -> None:
@@ -278,7 +304,9 @@ class ImageWriter:
             self._fh.write(header.pack())
             self._offset = HEADER_SIZE
         self._fh.flush()  # payloads are written to the descriptor itself (writev)
+        self._writeback = Writeback(self._fh.fileno())  # on disk while the rest is encoded
         self._copy_files = True  # copy_file_range works here until it says otherwise
+        self._direct = True  # so does direct I/O
         self._records: list[np.ndarray] = []  # not yet spilled
         self._held = 0  # records in self._records
         self._count = 0  # records added in all
@@ -294,7 +322,10 @@ class ImageWriter:
                source: tuple[int, list[int]] | None) -> None:
         """(Background thread) append ``pieces`` (``nbytes`` in all) back to back, the first
         at byte ``offset``: copied file to file from ``source`` (descriptor, byte offset
-        of each piece) where the file system can, else written with ``writev``."""
+        of each piece) where the file system can; else, when they are aligned, written
+        with direct I/O, straight from the buffers to the disk (a plain backup's blocks:
+        no copy into the page cache, no writeback left for the final fsync); else
+        written with ``writev`` and their writeback started."""
         fd = self._fh.fileno()
         if source is not None and self._copy_files:
             try:
@@ -304,17 +335,35 @@ class ImageWriter:
                     raise
                 self._copy_files = False  # not between these files: write the bytes
             else:
-                start_writeback(fd, offset, nbytes)
+                self._writeback(offset, nbytes)
                 return
-        todo, first = pieces, 0
-        while first < len(todo):
-            done = os.writev(fd, todo[first : first + _IOV_MAX])
-            while first < len(todo) and done >= todo[first].nbytes:
-                done -= todo[first].nbytes
-                first += 1
-            if done:
-                todo[first] = todo[first][done:]
-        start_writeback(fd, offset, nbytes)
+        if self._direct and _aligned(pieces, offset) and self._write_direct(fd, pieces, offset):
+            return
+        _writev_all(fd, pieces)
+        self._writeback(offset, nbytes)
+
+    def _write_direct(self, fd: int, pieces: list[memoryview], offset: int) -> bool:
+        """Write aligned ``pieces`` at ``offset`` (the file position) with ``O_DIRECT``,
+        set for this write only; False, with nothing written and direct I/O given up for
+        this writer, where the file system refuses it."""
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._direct = False  # the file system has no direct I/O
+            return False
+        try:
+            _writev_all(fd, pieces)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or os.lseek(fd, 0, os.SEEK_CUR) != offset:
+                raise
+            self._direct = False  # a coarser alignment than DIRECT_ALIGN: write the bytes
+            return False
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        return True
 
     def _drain(self) -> None:
         """Wait for the batch being written (and raise its error, if any)."""
@@ -328,6 +377,8 @@ class ImageWriter:
             raise ValueError("this writer copies stored payloads only; it has no codec")
         if len(positions):
             self.add_encoded(self.codec.encode(np.asarray(positions, np.uint64), blocks))
+        else:
+            self._drain()  # as every add: the buffers of the previous call are free again
 
     def add_encoded(self, encoded: EncodedBlocks) -> None:
         """Append encoded blocks (their records and payload bytes)."""
