@@ -200,6 +200,7 @@ def consolidations(work: Path, src: Path, changed: Path, key: Path,
             for name in names:
                 shutil.rmtree(live[name], ignore_errors=True)
                 shutil.copytree(saved[name], live[name], symlinks=True)
+            os.sync()  # the copies' writeback is not the timed step's: ours fsyncs its file
         return run
 
     def check() -> None:

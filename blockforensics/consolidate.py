@@ -7,20 +7,32 @@ is decoded, so encrypted chains consolidate like plaintext ones and nothing
 here takes a key: a ciphertext is authenticated against its chain, position
 and flags, never against the image that holds it, so it may move between images.
 
-Stored payloads are moved in runs of up to ``_RUN_BYTES``: each run is mapped
-from the page cache, its records' stored digests are checked there in one batch
-(a damaged payload is never copied), and the image writer copies the run file
-to file (``copy_file_range``; where the file system refuses, it writes the
-checked mapped bytes) on its own thread while the next run is checked.  The
-layout is walked a window of blocks at a time, so memory stays bounded whatever
-the volume's size (apart from the new image's index, 56 bytes a block).
+**In place** (the default): the merged image holding the most stored bytes,
+if nothing else has it open and it has one name, *grows* into the new image.
+Its payloads that still count stay where they are; the other images' payloads
+are appended after its end, then the new index, footer and header.  After the
+switch, what it held that the merge replaced (superseded payloads, blocks past
+a shrunk volume's end, its old index) is punched out of the file
+(``fallocate``), so the disk space comes back without rewriting the rest: the
+work follows the blocks that changed, not the volume.  A journal
+(:mod:`blockforensics.image.inplace`) keeps the old image readable, and
+restorable byte for byte, until the switch.  Payloads left in place are not
+read (``verify`` reads them); ``rewrite`` copies everything into a new file.
 
-Crash safety: the new image is written and committed under a pending
-(temporary) name; then :meth:`ChainStore.switch` names it, switches the
-manifest in one atomic rename and only then deletes the merged files, all under
-the chain's lock.  A process killed at any moment leaves the old chain or the
-new one, each whole; the next command's cleanup finishes or undoes the switch
-from its journal.
+Copied payloads move in runs of up to ``_RUN_BYTES``: each run is mapped from
+the page cache, its records' stored digests are checked there in one batch (a
+damaged payload is never copied), and the image writer copies the run file to
+file (``copy_file_range``; where the file system refuses, it writes the checked
+mapped bytes) on its own thread while the next run is checked.  The layout is
+walked a window of blocks at a time, and the new index is streamed in position
+order, so memory stays bounded whatever the volume's size.
+
+Crash safety: a rewritten image is written and committed under a pending
+(temporary) name, a grown one behind its journal; then :meth:`ChainStore.switch`
+names it, switches the manifest in one atomic rename and only then deletes the
+merged files, all under the chain's lock.  A process killed at any moment
+leaves the old chain or the new one, each whole; the next command's cleanup
+finishes or undoes the switch (and rolls a grown image back) from the journals.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -36,9 +49,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blockforensics.errors import ChainError, UsageError
+from blockforensics.fileio import punch_holes
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
+from blockforensics.image.inplace import MergeJournal, take_exclusively
+from blockforensics.image.layout import Layout
 from blockforensics.image.store import ChainStore, not_a_directory
 from blockforensics.progress import progress_bar
 
@@ -58,23 +74,25 @@ def _mib(n: int) -> str:
 
 @dataclass
 class ConsolidationResult:
-    """What :func:`consolidate` did; byte counts are stored bytes of the chain's image files."""
+    """What :func:`consolidate` did; byte counts are the disk space of the chain's image files."""
 
     directory: Path
     merged: list[str]  # image files of the segment, root side first
     image: str  # file name of the new image (it takes the place of the segment's last point)
     kind: str  # "full" or "incremental"
     blocks: int  # index records in the new image
-    bytes_before: int  # stored bytes of all listed images before (bytes)
-    bytes_after: int  # stored bytes of all listed images after (bytes)
+    bytes_before: int  # disk space of all listed images before (bytes; holes excluded)
+    bytes_after: int  # disk space of all listed images after (bytes; holes excluded)
     removed: list[str] = field(default_factory=list)  # image files deleted
     kept_for_branches: list[str] = field(default_factory=list)  # merged but still parents
+    in_place: bool = False  # a merged image was grown into the new one (else all copied)
 
     def __repr__(self) -> str:
         kept = ", ".join(self.kept_for_branches) or "none"
+        how = "grown in place" if self.in_place else "rewritten"
         return (f"ConsolidationResult({' + '.join(self.merged)} -> {self.image}: {self.kind}, "
-                f"{self.blocks} blocks; chain {_mib(self.bytes_before)} -> "
-                f"{_mib(self.bytes_after)}; removed {len(self.removed)} files; "
+                f"{self.blocks} blocks, {how}; chain {_mib(self.bytes_before)} -> "
+                f"{_mib(self.bytes_after)} on disk; removed {len(self.removed)} files; "
                 f"kept for branches: {kept})")
 
 
@@ -95,7 +113,8 @@ class RetentionResult:
 
 # ------------------------------------------------------------------ consolidation
 def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
-                start: PointRef | None = None, progress: bool = False) -> ConsolidationResult:
+                start: PointRef | None = None, rewrite: bool = False,
+                progress: bool = False) -> ConsolidationResult:
     """Merge the images on the path from ``start`` (default: the root) to ``point``
     (default: the newest) into one.
 
@@ -107,15 +126,20 @@ def consolidate(directory: str | os.PathLike[str], point: PointRef = -1, *,
     children of ``point`` stay linked and every point restores as before.  Merged
     images that are still parents of branches off the segment stay in the chain
     (listed in ``kept_for_branches``).
+
+    The merged image holding the most stored bytes is grown into the new one in
+    place (see the module's description) when nothing else has it open; with
+    ``rewrite``, or when it is busy, every kept payload is copied into a new file.
     """
     store = ChainStore(directory)
     if not store.directory.is_dir():
         raise not_a_directory(store.directory)
     with store.lock():  # no backup, retention or cleanup runs meanwhile
-        return _consolidate(store.directory, point, start, progress)
+        store.recover(blocking=True)  # a merge that died is undone before another starts
+        return _consolidate(store.directory, point, start, rewrite, progress)
 
 
-def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
+def _consolidate(directory: Path, point: PointRef, start: PointRef | None, rewrite: bool,
                  progress: bool) -> ConsolidationResult:
     with Chain.open(directory) as chain:
         path, segment, kept = _segment(chain, point, start)
@@ -128,38 +152,126 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None,
                                 else chain.images[segment[0]].header.parent_id,
                                 written_ns=time.time_ns(),
                                 hidden_tail=0 if full else target.n_blocks - inherit)
-        out = chain.store.pending_path()
         layout = chain.layout(p)
         first = path.index(segment[0])  # depth of the segment's root side on the path
-        n_blocks = layout.n_blocks
-        with ImageWriter(out, header) as writer, \
-                progress_bar(n_blocks, "consolidate", progress, unit="block") as bar:
-            copier = _Copier(writer)
-            for at in range(0, n_blocks, _WINDOW_BLOCKS):
-                count = min(_WINDOW_BLOCKS, n_blocks - at)
-                for depth, _, records in layout.window(at, count):
-                    if depth >= first:
-                        if full:  # a full image stores no zero-block records
-                            records = records[(records["flags"] & FLAG_ZERO) == 0]
-                        copier.copy(layout.images[depth], records)
-                bar.update(count)
-            blocks = writer.blocks_written
-            writer.commit()
+        grown = None if rewrite else _grow_in_place(chain, path, segment, kept, first)
         names = [img.name for img in chain.images]
-        sizes = {img.name: img.stored_bytes for img in chain.images}
+        sizes = {img.name: _on_disk(img.fileno()) for img in chain.images}
         merged = [names[i] for i in segment]
         removed = [names[i] for i in segment if i not in kept]
         name = chain.store.new_name(_WORDS[header.kind], like=merged[-1])
         new_names = [name if n == merged[-1] else n
                      for n in names if n == merged[-1] or n not in removed]
         ids = {img.name: img.header.image_id for img in chain.images} | {name: header.image_id}
-        chain.store.switch(new_names, add={name: out}, remove=removed, expect=chain.manifest,
-                           ids=[ids[n] for n in new_names])
-    before = sum(sizes.values())
+        if grown is None:
+            out = chain.store.pending_path()
+        else:
+            out = layout.images[grown].path
+            journal = MergeJournal.of(layout.images[grown].fileno(), out.name,
+                                      chain.manifest.generation)
+            journal.write(directory)
+        try:
+            with ImageWriter(out, header, grow=grown is not None) as writer:
+                _merge(layout, first, grown, full, writer, progress)
+                blocks = writer.blocks_written
+                writer.commit()
+            new = chain.store.switch(new_names, add={name: out}, remove=removed,
+                                     expect=chain.manifest, ids=[ids[n] for n in new_names])
+        finally:
+            if grown is not None:  # undone unless switched
+                journal.settle(directory, chain.store.read().generation)
+        if grown is not None and new.images == tuple(new_names):
+            _punch_dead(layout, grown, directory / name)
+        after = sum(sizes[n] for n in names if n not in removed) + _on_disk_path(directory / name)
     return ConsolidationResult(
-        directory, merged, name, KIND_NAMES[header.kind], blocks, before,
-        before - sum(sizes[n] for n in removed) + (directory / name).stat().st_size, removed,
-        [names[i] for i in kept])
+        directory, merged, name, KIND_NAMES[header.kind], blocks, sum(sizes.values()), after,
+        removed, [names[i] for i in kept], grown is not None)
+
+
+def _grow_in_place(chain: Chain, path: list[int], segment: list[int], kept: list[int],
+                   first: int) -> int | None:
+    """The depth on ``path`` of the merged image to grow into the new one (locked
+    exclusively), or None: the merged images that go away, most stored bytes first,
+    that have one name and that no other reader has open."""
+    gone = [d for d in range(first, len(path)) if path[d] not in kept]
+    for depth in sorted(gone, key=lambda d: -chain.images[path[d]].index.payload_bytes):
+        image = chain.images[path[depth]]
+        if os.fstat(image.fileno()).st_nlink == 1 and take_exclusively(image.fileno()):
+            return depth
+    return None
+
+
+def _merge(layout: Layout, first: int, grown: int | None, full: bool, writer: ImageWriter,
+           progress: bool) -> None:
+    """Give ``writer`` the newest record of every block of the segment (images ``first``
+    on of ``layout``'s path), a window at a time and in position order: those of image
+    ``grown`` where they lie, the others' payloads copied."""
+    n_blocks = layout.n_blocks
+    with progress_bar(n_blocks, "consolidate", progress, unit="block") as bar:
+        copier = _Copier(writer)
+        for at in range(0, n_blocks, _WINDOW_BLOCKS):
+            count = min(_WINDOW_BLOCKS, n_blocks - at)
+            placed = []
+            for depth, _, records in layout.window(at, count):
+                if depth >= first:
+                    if full:  # a full image stores no zero-block records
+                        records = records[(records["flags"] & FLAG_ZERO) == 0]
+                    placed.append(records if depth == grown
+                                  else copier.copy(layout.images[depth], records))
+            if placed:
+                records = np.concatenate(placed)
+                writer.add_records(records[np.argsort(records["position"], kind="stable")])
+            bar.update(count)
+
+
+def _punch_dead(layout: Layout, grown: int, path: Path) -> None:
+    """Free what the image grown in place (depth ``grown`` of ``layout``, now at ``path``)
+    no longer uses: the payloads of its records the merge replaced or cut off, and its
+    old index and footer (whole file-system blocks; best effort)."""
+    image = layout.images[grown]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if not os.path.samestat(os.fstat(fd), os.fstat(image.fileno())):
+            return
+        n_blocks = layout.n_blocks
+        for at in range(0, n_blocks, _WINDOW_BLOCKS):
+            owners = layout.owners(at, min(_WINDOW_BLOCKS, n_blocks - at))
+            records = owners.records[grown]
+            if len(records):
+                rows = records["position"].astype(np.int64) - at
+                _punch_records(fd, records[owners.holder[rows] != grown + 1])
+        for _, records in _rows_from(image, n_blocks):  # past the point's end
+            _punch_records(fd, records)
+        punch_holes(fd, [image.footer.index_offset], [image.stored_bytes])
+    finally:
+        os.close(fd)
+
+
+def _rows_from(image: ImageFile, position: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, records)`` of ``image``'s records at ``position`` or later, in pieces."""
+    for lo in range(image.index.row_of(position), len(image.index), _WINDOW_BLOCKS):
+        yield lo, image.index.read(lo, lo + _WINDOW_BLOCKS)
+
+
+def _punch_records(fd: int, records: np.ndarray) -> None:
+    """Punch out the payloads of ``records`` (adjacent ones as one range)."""
+    records = records[records["length"] > 0]
+    if not len(records):
+        return
+    records = records[np.argsort(records["offset"], kind="stable")]
+    start = records["offset"].astype(np.int64)
+    end = start + records["length"].astype(np.int64)
+    cut = np.r_[0, np.flatnonzero(start[1:] != end[:-1]) + 1]
+    punch_holes(fd, start[cut].tolist(), np.r_[end[cut[1:] - 1], end[-1]].tolist())
+
+
+def _on_disk(fd: int) -> int:
+    """Bytes the file ``fd`` occupies on disk (holes excluded)."""
+    return os.fstat(fd).st_blocks * 512
+
+
+def _on_disk_path(path: Path) -> int:
+    return path.stat().st_blocks * 512
 
 
 def _segment(chain: Chain, point: PointRef,
@@ -199,13 +311,13 @@ class _Copier:
         self.mappings: list[mmap.mmap | None] = [None, None]
         self.turn = 0  # the slot the next run's mapping takes
 
-    def copy(self, image: ImageFile, records: np.ndarray) -> None:
-        """Append ``records`` of ``image`` and their stored bytes (IntegrityError, before
-        anything of a run is written, if a payload does not match its stored digest)."""
+    def copy(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
+        """Append the stored bytes of ``records`` of ``image`` (IntegrityError, before
+        anything of a run is written, if a payload does not match its stored digest);
+        the records, offsets now in the new image (in the order copied)."""
         empty = records["length"] == 0
-        if empty.any():
-            self.writer.add_verbatim(_relative(records[empty]), [])
-            records = records[~empty]
+        placed = [self.writer.place_verbatim(_relative(records[empty]), [])]
+        records = records[~empty]
         start = records["offset"].astype(np.int64)
         if np.any(start[1:] < start[:-1]):
             order = np.argsort(start, kind="stable")
@@ -217,12 +329,13 @@ class _Copier:
             limit = int(breaks[np.searchsorted(breaks, i, side="right")])
             j = min(limit, max(i + 1, int(np.searchsorted(end, start[i] + _RUN_BYTES,
                                                           side="right"))))
-            self._run(image, records[i:j], start[i:j] - start[i], end[i:j] - start[i],
-                      int(start[i]))
+            placed.append(self._run(image, records[i:j], start[i:j] - start[i],
+                                    end[i:j] - start[i], int(start[i])))
             i = j
+        return np.concatenate(placed)
 
     def _run(self, image: ImageFile, records: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-             first: int) -> None:
+             first: int) -> np.ndarray:
         """One run: the records' payloads lie at ``lo .. hi`` (bytes) from byte ``first``
         of ``image``, in order; mapped, checked in place, copied file to file."""
         base = first - first % mmap.ALLOCATIONGRANULARITY
@@ -234,8 +347,8 @@ class _Copier:
         check_stored(image.name, span, lo, records)  # copy no damage
         cuts = np.r_[0, np.flatnonzero(lo[1:] != hi[:-1]) + 1, len(records)].tolist()
         pieces = [span[lo[a] : hi[b - 1]].data for a, b in pairwise(cuts)]
-        self.writer.add_verbatim(_relative(records), pieces,
-                                 (image.fileno(), (first + lo[cuts[:-1]]).tolist()))
+        return self.writer.place_verbatim(_relative(records), pieces,
+                                          (image.fileno(), (first + lo[cuts[:-1]]).tolist()))
 
 
 def _relative(records: np.ndarray) -> np.ndarray:
@@ -303,12 +416,13 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
 
 
 def apply_retention(directory: str | os.PathLike[str], *, keep_last: int, daily: int = 0,
-                    weekly: int = 0, progress: bool = False) -> RetentionResult:
+                    weekly: int = 0, rewrite: bool = False,
+                    progress: bool = False) -> RetentionResult:
     """Apply :func:`retention_plan` to the chain in ``directory`` (deletes, then consolidations).
 
     The whole run holds the chain's lock (no backup lands in between); each step is
     crash-safe on its own (one manifest switch each), so an interrupted run leaves a
-    valid chain that a new run finishes.
+    valid chain that a new run finishes.  ``rewrite``: as for :func:`consolidate`.
     """
     store = ChainStore(directory)
     with store.lock():
@@ -326,5 +440,5 @@ def apply_retention(directory: str | os.PathLike[str], *, keep_last: int, daily:
         for target, group in merges.groupby("into", sort=True):
             results.append(consolidate(store.directory, files[int(target)],
                                        start=files[int(group["point"].min())],
-                                       progress=progress))
+                                       rewrite=rewrite, progress=progress))
     return RetentionResult(plan, deleted, results)

@@ -7,6 +7,7 @@ file (or none) or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -237,3 +238,28 @@ def check_output(path: str | os.PathLike[str], *, force: bool,
     if not force:
         raise UsageError(f"{out}: exists; give --force to replace it")
     return real
+
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02  # linux/falloc.h
+
+
+def punch_holes(fd: int, starts: Iterable[int], ends: Iterable[int], *,
+                unit: int = 4096) -> int:
+    """Give back to the file system the ``unit``-aligned blocks lying wholly inside each
+    byte range ``[starts[i], ends[i])`` of the file ``fd`` (they read as zeros after);
+    the file keeps its size.  Bytes freed; 0 where the file system cannot punch holes."""
+    import ctypes  # here: only consolidation pays for it
+
+    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    freed = 0
+    for start, end in zip(starts, ends):
+        first, last = -(-start // unit) * unit, end // unit * unit
+        if last <= first:
+            continue
+        if fallocate(fd, _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE, first, last - first):
+            if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):
+                return freed
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        freed += last - first
+    return freed

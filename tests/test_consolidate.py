@@ -57,7 +57,9 @@ def test_root_to_point_becomes_one_full(tmp_path: Path) -> None:
         assert new.blocks == result.blocks == chain.layout(0).present().count()
         assert chain.table()["kind"].tolist() == ["full", "incremental", "incremental"]
         assert chain.parent(1) == 0 and chain.parent(2) == 1
-    assert result.bytes_after == sum(p.stat().st_size for p in tmp_path.glob("*.bfi"))
+    # disk space (holes excluded), up to the file system's own extent blocks written later
+    on_disk = sum(p.stat().st_blocks * 512 for p in tmp_path.glob("*.bfi"))
+    assert abs(result.bytes_after - on_disk) <= 4 * 4096 and on_disk < result.bytes_before
     assert verify(tmp_path).ok
     assert_restores(tmp_path, sources)
 
@@ -115,29 +117,31 @@ def test_copies_in_few_large_runs_file_to_file(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     sources = build_chain(tmp_path, [None, 0, 1, 2], n_blocks=400)
     runs, copied = [], []
-    real_add, real_copy = ImageWriter.add_verbatim, os.copy_file_range
+    real_add, real_copy = ImageWriter.place_verbatim, os.copy_file_range
 
-    def add(self: ImageWriter, records: np.ndarray, pieces: list, source: object = None) -> None:
+    def add(self: ImageWriter, records: np.ndarray, pieces: list,
+            source: object = None) -> np.ndarray:
         runs.append(len(records))
-        real_add(self, records, pieces, source)
+        return real_add(self, records, pieces, source)
 
     def copy(*args: int) -> int:
         copied.append(args[2])
         return real_copy(*args)
 
-    monkeypatch.setattr(ImageWriter, "add_verbatim", add)
+    monkeypatch.setattr(ImageWriter, "place_verbatim", add)
     monkeypatch.setattr(os, "copy_file_range", copy)
-    result = consolidate(tmp_path, 3)
-    assert result.blocks > 390 and len(runs) <= 2 * len(result.merged)
+    result = consolidate(tmp_path, 3, rewrite=True)
+    assert not result.in_place and result.blocks > 390 and len(runs) <= 2 * len(result.merged)
     with Chain.open(tmp_path) as chain:  # every stored byte copied inside the kernel
         assert sum(copied) == int(chain.images[0].index.payload_bytes)
     monkeypatch.undo()
     assert_restores(tmp_path, sources)
 
 
+@pytest.mark.parametrize("rewrite", [False, True])
 @pytest.mark.parametrize("error", [errno.EXDEV, errno.EOPNOTSUPP])
 def test_file_systems_without_copy_file_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              error: int) -> None:
+                                              error: int, rewrite: bool) -> None:
     # the bytes checked in place are written instead
     sources = build_chain(tmp_path, [None, 0, 1, 2], n_blocks=100)
 
@@ -145,7 +149,7 @@ def test_file_systems_without_copy_file_range(tmp_path: Path, monkeypatch: pytes
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
-    consolidate(tmp_path, 2)
+    assert consolidate(tmp_path, 2, rewrite=rewrite).in_place is not rewrite
     assert verify(tmp_path).ok
     assert_restores(tmp_path, sources)
 
@@ -166,27 +170,50 @@ def test_small_windows_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert_restores(tmp_path, sources)
 
 
+@pytest.mark.parametrize("source", ["full", "incremental"])
 @pytest.mark.parametrize("which", ["kept", "superseded"])
-def test_damaged_payloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str) -> None:
-    # a damaged payload inside a run: refused if it would be copied, dropped if superseded
+def test_damaged_payloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str,
+                          source: str) -> None:
+    # a damaged payload that would be copied is refused, before anything changes; one
+    # superseded is dropped; one left where it is (the image grown in place: the full)
+    # stays as damaged as it was, and verify names it in the new image
     monkeypatch.setattr(consolidation, "_RUN_BYTES", 6 * BS)
     sources = build_chain(tmp_path, [None, 0, 1], n_blocks=64)
     with Chain.open(tmp_path) as chain:
         full = chain.images[0].index.all()["position"]
         later = np.r_[chain.images[1].index.all()["position"],
                       chain.images[2].index.all()["position"]]
+        last = chain.images[2].index.all()["position"]
     kept = np.setdiff1d(full, later)
-    position = int(kept[len(kept) // 2] if which == "kept" else np.intersect1d(full, later)[1])
-    flip_stored_bit(tmp_path / "0000-full.bfi", position)
+    if source == "full":
+        name = "0000-full.bfi"
+        position = int(kept[len(kept) // 2] if which == "kept"
+                       else np.intersect1d(full, later)[1])
+    else:  # the middle point: kept where the newest does not hold the block
+        name = "0001-incr.bfi"
+        with Chain.open(tmp_path) as chain:
+            middle = chain.images[1].index.all()
+        stored = middle["position"][middle["length"] > 0]
+        pick = np.setdiff1d(stored, last) if which == "kept" else np.intersect1d(stored, last)
+        position = int(pick[0])
+    flip_stored_bit(tmp_path / name, position)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    if which == "kept":
-        with pytest.raises(IntegrityError, match=f"0000-full.bfi: block {position}: stored"):
-            consolidate(tmp_path, 2)
-        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    else:
+    if which == "superseded":
         consolidate(tmp_path, 2)
         assert verify(tmp_path).ok
         assert_restores(tmp_path, sources)
+    elif source == "incremental":  # copied into the grown full: refused
+        with pytest.raises(IntegrityError, match=f"{name}: block {position}: stored"):
+            consolidate(tmp_path, 2)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    else:
+        with pytest.raises(IntegrityError, match=f"{name}: block {position}: stored"):
+            consolidate(tmp_path, 2, rewrite=True)
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+        result = consolidate(tmp_path, 2)
+        assert result.in_place
+        report = verify(tmp_path)
+        assert [(pr.image, pr.position) for pr in report.problems] == [(result.image, position)]
 
 
 @pytest.mark.parametrize(("point", "start", "message"), [
@@ -265,11 +292,12 @@ template, workdir, point, mode = sys.argv[1:5]
 
 def child(kill_at):
     killer = KillAtCall(kill_at)
-    killer.hook(os, "open", "pread", "preadv", "fsync", "replace", "unlink", "close")
+    killer.hook(os, "open", "pread", "preadv", "pwrite", "fsync", "ftruncate", "link",
+                "replace", "unlink", "close")
     killer.hook(ImageWriter, "add_encoded")
     started = time.perf_counter()
-    consolidate(directory, point)
-    print(killer.calls, time.perf_counter() - started, flush=True)
+    result = consolidate(directory, point)
+    print(killer.calls, time.perf_counter() - started, int(result.in_place), flush=True)
 
 for trial, value in enumerate(sys.argv[5:]):
     directory = os.path.join(workdir, f"t{trial}")
@@ -322,19 +350,27 @@ def _check_after_crash(directory: Path, sources: dict[bytes, bytes],
     return ids == states[1]
 
 
-def _crash_template(directory: Path, n_blocks: int) -> tuple[dict, list, int, float]:
-    """A chain with a branch off 1 and a point after 3; sources, states before/after
-    consolidating point 3, the number of hooked calls and the seconds it took."""
-    sources = build_chain(directory / "template", [None, 0, 1, 2, 3, 1], n_blocks=n_blocks)
+#: chains for the kill tests: a branch off 1 keeps 0 and 1, so an incremental is grown
+#: in place; without it, the full is
+FAMILIES = {"branch": [None, 0, 1, 2, 3, 1], "straight": [None, 0, 1, 2, 3, 3]}
+
+
+def _crash_template(directory: Path, n_blocks: int,
+                    family: str = "branch") -> tuple[dict, list, int, float]:
+    """A chain of ``FAMILIES[family]``; sources, states before/after consolidating point
+    3 (in place), the number of hooked calls and the seconds it took."""
+    sources = build_chain(directory / "template", FAMILIES[family], n_blocks=n_blocks)
     before = image_ids(directory / "template")
     [(done, status, out)] = _crash_runs(directory / "template", directory / "done", "call", [0])
     assert status == 0
-    calls, seconds = out.split()
+    calls, seconds, in_place = out.split()
+    assert in_place == "1"
     return sources, [before, image_ids(done)], int(calls), float(seconds)
 
 
-def test_sigkill_at_every_step(tmp_path: Path) -> None:
-    sources, states, total, _ = _crash_template(tmp_path, 24)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sigkill_at_every_step(tmp_path: Path, family: str) -> None:
+    sources, states, total, _ = _crash_template(tmp_path, 24, family)
     assert total >= 20
     trials = _crash_runs(tmp_path / "template", tmp_path / "runs", "call",
                          list(range(1, total + 1)))

@@ -114,12 +114,19 @@ def test_bit_rot_in_an_encrypted_chain_exits_1(tmp_path):
 
 
 def test_consolidate_copies_no_damaged_block(tmp_path):
+    # a rewrite copies the full's blocks: refused; in place the full's blocks stay where
+    # they are, unread, and the damage stays where it was, named by verify
     chain, _ = make_chain(tmp_path)
     flip_stored_block(chain, "0000-full.bfi", FLIPPED)
-    before = sorted(os.listdir(chain))
-    done = run("consolidate", chain, "--point", "1")
+    before = {name: (chain / name).read_bytes() for name in os.listdir(chain)}
+    done = run("consolidate", chain, "--point", "1", "--rewrite")
     assert done.returncode == 1 and f"0000-full.bfi: block {FLIPPED}:" in done.stderr
-    assert sorted(os.listdir(chain)) == before
+    assert {name: (chain / name).read_bytes() for name in os.listdir(chain)} == before
+    done = run("consolidate", chain, "--point", "1")
+    assert done.returncode == 0 and "grown in place" in done.stdout, done.stderr
+    checked = run("verify", chain)
+    assert checked.returncode == 1
+    assert f"0001-full-c1.bfi block {FLIPPED}: stored bytes do not match" in checked.stdout
 
 
 def test_bit_rot_fails_a_read_of_the_mounted_disk_file(tmp_path):

@@ -64,6 +64,8 @@ __all__ = ["IMAGE_NAME", "IMAGE_SUFFIX", "MANIFEST", "Chain", "ChainStore", "is_
            "read_manifest", "remove_leftovers"]
 
 PointRef = int | str
+#: times :meth:`Chain.open` reads the manifest again when it switched during the opening
+_OPEN_TRIES = 5
 
 
 def is_chain(directory: str | os.PathLike[str]) -> bool:
@@ -142,14 +144,22 @@ class Chain:
         directory = Path(directory)
         store = ChainStore(directory)
         manifest = store.read()
-        images: list[ImageFile] = []
-        try:
-            images += _open_images(store, manifest.images)
-            return cls(directory, images, key, manifest)
-        except BaseException:
+        for _ in range(_OPEN_TRIES):  # a consolidation may switch the chain meanwhile
+            images: list[ImageFile] = []
+            try:
+                images += _open_images(store, manifest.images)
+                now = store.read()
+                if now == manifest:
+                    return cls(directory, images, key, manifest)
+            except BaseException:
+                for img in images:
+                    img.close()
+                raise
             for img in images:
                 img.close()
-            raise
+            manifest = now
+        raise ChainError(f"{directory}: the chain kept changing while it was opened; "
+                         "run the command again")
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str], key: KeySource | None = None) -> Chain:

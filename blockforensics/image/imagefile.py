@@ -23,7 +23,7 @@ import numpy as np
 
 from blockforensics.crypto import NONCE_SIZE, TAG_SIZE
 from blockforensics.errors import FormatError, IntegrityError
-from blockforensics.fileio import Writeback, atomic_writer
+from blockforensics.fileio import Writeback, atomic_writer, fsync
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
 from blockforensics.image.format import (
     FLAG_ENCRYPTED,
@@ -38,6 +38,7 @@ from blockforensics.image.format import (
     digest_rows,
 )
 from blockforensics.image.index import ImageIndex
+from blockforensics.image.inplace import open_image
 from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
@@ -148,13 +149,11 @@ class ImageFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.name = self.path.name
+        opened = open_image(self.path)  # a shared lock: no merge grows it while open
+        self._fd = opened.fd
         try:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except OSError as exc:
-            raise FormatError(f"{self.name}: cannot open ({exc.strerror})") from exc
-        try:
-            self.stored_bytes = os.fstat(self._fd).st_size
-            self.header = Header.unpack(os.pread(self._fd, HEADER_SIZE, 0), self.name)
+            self.stored_bytes = opened.size
+            self.header = Header.unpack(opened.header, self.name)
             if self.stored_bytes < HEADER_SIZE + Footer.SIZE:
                 raise FormatError(f"{self.name}: incomplete image (truncated after the header)")
             self.footer = Footer.unpack(
@@ -278,23 +277,38 @@ class ImageWriter:
 
     def __init__(self, path: str | os.PathLike[str], header: Header,
                  codec: BlockCodec | None = None,
-                 seal: Callable[[Header, RecordPieces], Header] | None = None):
+                 seal: Callable[[Header, RecordPieces], Header] | None = None, *,
+                 grow: bool = False):
         """``codec`` encodes plaintext for :meth:`add`; writers that only copy stored
         payloads verbatim (:meth:`add_encoded`) need none.  ``seal(header, pieces)``
         gives the final header once every record is known (the point digest);
-        ``pieces()`` yields the image's records in position order, a piece at a time."""
+        ``pieces()`` yields the image's records in position order, a piece at a time.
+
+        ``grow``: turn the existing image file at ``path`` into the new image in place
+        (consolidation, behind its merge journal: :mod:`.inplace`).  Its payloads stay
+        where they are (:meth:`add_records` names those kept); new ones are appended
+        from the next page after its end; the index, the footer and, last, ``header``
+        are written at :meth:`commit`, each fsynced, and nothing is renamed."""
         self._seal = seal
         self.path = Path(path)
         self.header = header
         self.codec = codec
+        self._grow = grow
         self._stack = contextlib.ExitStack()
-        self._fh = self._stack.enter_context(atomic_writer(self.path))
-        self._fh.write(header.pack())
+        self._fh: BinaryIO
+        if grow:
+            self._fh = self._stack.enter_context(open(self.path, "r+b"))  # noqa: SIM115
+            end = os.fstat(self._fh.fileno()).st_size
+            self._offset = -(-end // HEADER_SIZE) * HEADER_SIZE  # payloads page-aligned
+            self._fh.seek(self._offset)
+        else:
+            self._fh = self._stack.enter_context(atomic_writer(self.path))
+            self._fh.write(header.pack())
+            self._offset = HEADER_SIZE
         self._fh.flush()  # payloads are written to the descriptor itself (writev)
         self._writeback = Writeback(self._fh.fileno())  # on disk while the rest is encoded
         self._copy_files = True  # copy_file_range works here until it says otherwise
         self._direct = True  # so does direct I/O
-        self._offset = HEADER_SIZE
         self._records: list[np.ndarray] = []  # not yet spilled
         self._held = 0  # records in self._records
         self._count = 0  # records added in all
@@ -393,6 +407,13 @@ class ImageWriter:
         system allows.  The background thread writes them while the caller goes on; the
         buffers under ``pieces`` may be reused once the next ``add*`` call (or
         :meth:`commit`) has returned (see :meth:`write_behind`)."""
+        self.add_records(self.place_verbatim(records, pieces, source))
+
+    def place_verbatim(self, records: np.ndarray, pieces: Sequence[memoryview],
+                       source: tuple[int, Sequence[int]] | None = None) -> np.ndarray:
+        """:meth:`add_verbatim`'s payloads written, their records not yet added: the
+        records returned, offsets now in this file, go to :meth:`add_records` (in
+        position order, with others, for the index to stream)."""
         records = records.copy()
         records["offset"] += np.uint64(self._offset)
         keep = [i for i, p in enumerate(pieces) if p.nbytes]
@@ -404,11 +425,13 @@ class ImageWriter:
         self._in_flight.append(self._io.submit(self._write, flat, self._offset, nbytes, copy)
                                if nbytes else None)
         self._offset += nbytes
-        self._keep(records)
+        return records
 
-    def _keep(self, records: np.ndarray) -> None:
-        """Hold ``records`` for the index; while they come in position order, move them
-        to a spill file every ``SPILL_RECORDS``, so memory does not grow with the image
+    def add_records(self, records: np.ndarray) -> None:
+        """Add index records whose payloads are already in this file (offsets in it).
+
+        They are held for the index; while they come in position order they move to a
+        spill file every ``SPILL_RECORDS``, so memory does not grow with the image
         (writers that add out of order, such as head start, keep theirs to sort them)."""
         if len(records):
             positions = records["position"]
@@ -463,7 +486,8 @@ class ImageWriter:
         return pieces
 
     def commit(self) -> Path:
-        """Write index and footer, fsync, rename into place; returns the final path."""
+        """Write index and footer, fsync, rename into place (a growing writer: write the
+        header last, no rename); returns the final path."""
         self._drain()
         digest, count = hashlib.sha256(), 0
         for piece in self._index_pieces():
@@ -473,15 +497,23 @@ class ImageWriter:
             count += len(piece)
         self._records.clear()
         self._fh.flush()
+        fd = self._fh.fileno()
         if self._seal is not None:
             self.header = self._seal(self.header, self._written_index(self._offset, count))
-            os.pwrite(self._fh.fileno(), self.header.pack(), 0)
+            if not self._grow:
+                os.pwrite(fd, self.header.pack(), 0)
         self._fh.write(Footer(self._offset, count, digest.digest()).pack())
+        if self._grow:  # the body is durable before the header that makes it this image
+            self._fh.flush()
+            fsync(fd)
+            os.pwrite(fd, self.header.pack(), 0)
+            fsync(fd)
         self._stack.close()
         return self.path
 
     def abort(self) -> None:
-        """Drop the temporary file; ``path`` is untouched."""
+        """Drop the temporary file; ``path`` is untouched (a growing writer leaves what it
+        appended for its journal to cut off)."""
         with contextlib.suppress(_Abort):
             self._stack.__exit__(_Abort, _Abort(), None)
 

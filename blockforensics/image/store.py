@@ -42,6 +42,7 @@ from typing import Any
 
 from blockforensics.errors import ChainError, UsageError
 from blockforensics.fileio import atomic_writer, directory_lock, fsync_directory
+from blockforensics.image.inplace import MERGE_JOURNAL, MergeJournal
 
 MANIFEST = "chain.json"
 MANIFEST_FORMAT = "blockforensics-chain"
@@ -272,12 +273,17 @@ class ChainStore:
                 fh.write(json.dumps(journal).encode())
             for name, pending in add.items():
                 os.link(pending, self.directory / name)  # never replaces a file
-                os.unlink(pending)
+                if not self._listed(pending, current):  # a listed image grown in place
+                    os.unlink(pending)  # keeps its name until the switch removes it
             self._write_manifest(new)
             self._finish(journal, switched=True)
             if ids:
                 History(self.directory).record(new, ids)
             return new
+
+    def _listed(self, path: Path, manifest: Manifest) -> bool:
+        """True when ``path`` is an image listed by ``manifest``."""
+        return path.parent == self.directory and path.name in manifest.images
 
     def _write_manifest(self, manifest: Manifest) -> None:
         with atomic_writer(self.manifest_path) as fh:
@@ -308,6 +314,13 @@ class ChainStore:
             if not held:
                 return []
             removed = []
+            if os.path.lexists(self.directory / MERGE_JOURNAL):  # a merge in place died
+                merge = MergeJournal.read(self.directory)
+                if merge is None:  # not written whole: the file was never touched
+                    (self.directory / MERGE_JOURNAL).unlink()
+                else:
+                    merge.settle(self.directory, self.read().generation)
+                removed.append(MERGE_JOURNAL)
             journal_path = self.directory / JOURNAL
             if journal_path.is_file() and not journal_path.is_symlink():
                 try:

@@ -44,6 +44,7 @@ from blockforensics.image.format import (
     Footer,
     Header,
 )
+from blockforensics.image.inplace import OpenedImage, open_image
 from blockforensics.image.links import link
 from blockforensics.image.store import ChainStore
 
@@ -163,12 +164,12 @@ class IndexCheck:
         return next((what for bad, what in checks if bad), "")
 
 
-def _check(path: Path, fd: int, stored_bytes: int, lists: int) -> tuple[Header, int]:
-    """The header and the number of index records of the image file at ``path``, open
-    as ``fd``; FormatError, in the words of ImageFile, if reading it would be refused.
+def _check(path: Path, opened: OpenedImage, lists: int) -> tuple[Header, int]:
+    """The header and the number of index records of the image file at ``path``, as
+    ``opened``; FormatError, in the words of ImageFile, if reading it would be refused.
     An index of more than ``lists`` records is checked by ImageFile itself."""
-    name = path.name
-    header = Header.unpack(os.pread(fd, HEADER_SIZE, 0), name)
+    name, fd, stored_bytes = path.name, opened.fd, opened.size
+    header = Header.unpack(opened.header, name)
     if stored_bytes < HEADER_SIZE + Footer.SIZE:
         raise FormatError(f"{name}: incomplete image (truncated after the header)")
     footer = Footer.unpack(os.pread(fd, Footer.SIZE, stored_bytes - Footer.SIZE), name)
@@ -202,15 +203,12 @@ def summarise(path: Path, lists: int = LIST_RECORDS) -> ImageSummary:
         return ImageSummary(path, None, _size(path), damage="listed but missing")
     name = path.name
     try:
+        opened = open_image(path)  # as the reader opens it (a merge in place waited for)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise FormatError(f"{name}: cannot open ({exc.strerror})") from exc
-        try:
-            stored_bytes = os.fstat(fd).st_size
-            header, blocks = _check(path, fd, stored_bytes, lists)
+            stored_bytes = opened.size
+            header, blocks = _check(path, opened, lists)
         finally:
-            os.close(fd)
+            os.close(opened.fd)
         return ImageSummary(path, header, stored_bytes, blocks)
     except FormatError as exc:
         known = None
