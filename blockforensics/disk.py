@@ -160,7 +160,10 @@ class InPlaceDisk(Disk):
         return out
 
     def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        self.read_blocks_into(start, out)  # straight into the rows: no temporary
+        if type(self).read_blocks is InPlaceDisk.read_blocks:  # straight into the rows
+            self.read_blocks_into(start, out)
+        else:  # a subclass that reads its own way (a plugin's RawDisk with a header)
+            super()._read_run_into(start, out)
 
 
 class DiskFile(io.RawIOBase):
