@@ -22,6 +22,8 @@ try:
     from blockforensics import _native as native
 except ImportError:  # built without a C compiler or libcrypto headers
     native = None  # type: ignore[assignment]  # callers check for None
+if native is not None and not hasattr(native, "aes256gcm_open_spans"):
+    native = None  # type: ignore[assignment]  # built from an older _native.c: rebuild it
 
 #: below this many bytes per part a thread hand-off costs more than it saves
 MIN_PART_BYTES = 1 << 20

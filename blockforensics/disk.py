@@ -143,7 +143,10 @@ class InPlaceDisk(Disk):
         return out
 
     def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        self.read_blocks_into(start, out)  # straight into the rows: no temporary
+        if type(self).read_blocks is InPlaceDisk.read_blocks:
+            self.read_blocks_into(start, out)  # straight into the rows: no temporary
+        else:  # a subclass (a plugin) that reads its own way through read_blocks
+            super()._read_run_into(start, out)
 
 
 class DiskFile(io.RawIOBase):
