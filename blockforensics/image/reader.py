@@ -40,6 +40,8 @@ class ChainDisk(InPlaceDisk):
     and the block.  ``check=False`` skips the digests (only to measure their cost).
     """
 
+    in_order = False  # write_to hands a window's blocks over image by image
+
     def __init__(self, chain: Chain, point: int, *, check: bool = True):
         self.chain = chain
         self.point = point
