@@ -23,12 +23,11 @@ from typing import overload
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.disk import Disk
+from blockforensics.disk import Disk, nonzero_rows
 from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.chain import Chain, PointRef
-from blockforensics.image.codec import nonzero_rows
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size
 
