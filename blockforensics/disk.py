@@ -27,6 +27,8 @@ class Disk(ABC):
 
     size: int
     block_size: int
+    #: reads may run in several threads at once (else the NBD server takes turns)
+    thread_safe = False
 
     @property
     def n_blocks(self) -> int:
