@@ -2,7 +2,7 @@
 
     python benchmarks/bench_peers.py --size-mib 1024 [--repeat 3] [--dir /tmp] [--json out.json]
                                      [--only full incremental restore consolidate list
-                                             export reads]
+                                             export reads] [--baseline DIR]
 
 The source is an ext4 image built with ``mkfs.ext4 -d`` (no mount): text and
 source code, shared libraries, random "media", an all-zero file, and the
@@ -40,7 +40,9 @@ a fresh output, ``--repeat`` rounds; ``--only`` runs some groups (the repositori
 a group needs are made once, untimed, when their group is left out).  After the
 runs, every restored volume is compared with the source (or, for partclone, with
 ours) and every consolidated repository must hold one point: partclone, for one,
-exits 0 on a bad option having restored nothing.  Install the peers with
+exits 0 on a bad option having restored nothing.  ``--baseline DIR`` also runs the full
+backups of another checkout (``DIR`` on ``PYTHONPATH``, its extension built) in the same
+rounds, right after ours ("before: full, ...").  Install the peers with
 ``apt-get install restic borgbackup partclone`` (``scripts/setup.sh`` does not:
 the benchmarks are not run in CI); ``qemu-img`` and ``qemu-nbd`` come with
 ``qemu-utils``.  Our commands run from compiled bytecode, as installed.
@@ -325,10 +327,11 @@ def arguments() -> argparse.Namespace:
     """The common options, and ``--only GROUP...``."""
     only = argparse.ArgumentParser(add_help=False)
     only.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
+    only.add_argument("--baseline", type=Path, help="another checkout's full backups too")
     picked, rest = only.parse_known_args()
     sys.argv[1:] = rest
     args = options(__doc__, 1024)
-    args.only = picked.only
+    args.only, args.baseline = picked.only, picked.baseline
     return args
 
 
@@ -343,7 +346,8 @@ def main() -> None:
     os.environ.pop("BLOCKFORENSICS_FSYNC", None)  # our writers fsync, as in production
     import blockforensics
 
-    compiled(Path(blockforensics.__file__).parent)
+    compiled(Path(blockforensics.__file__).parent,
+             *([args.baseline / "blockforensics"] if args.baseline else []))
     work = Path(tempfile.mkdtemp(prefix="bf-peers-", dir=args.dir))
     env = {**PEER_ENV, "RESTIC_CACHE_DIR": str(work / "restic-cache"),
            "BORG_BASE_DIR": str(work / "borg-base")}
@@ -406,13 +410,25 @@ def main() -> None:
         Step("borg (lz4)", ["borg", "create", "-C", "lz4", f"{c['borg-lz4']}::a", str(src)],
              borg_fresh("borg-lz4"), env),
     ]
+    outputs = dict(zip([step.label for step in full], (
+        c["plain"], c["copy.img"], c["pc.img"], c["borg-none"], c["enc"], c["restic"],
+        c["borg-key"], c["zstd"], c["borg-lz4"])))
+    timed_full = full
+    if args.baseline:  # the same backups by the other checkout, each right after ours
+        timed_full = []
+        for step in full:
+            timed_full.append(step)
+            if step.label.startswith("ours: "):
+                out = outputs[step.label].with_name(f"before-{outputs[step.label].name}")
+                label = step.label.replace("ours: ", "before: ")
+                outputs[label] = out
+                timed_full.append(Step(label, [*step.argv[:5], str(out), *step.argv[6:]],
+                                       fresh(out), {"PYTHONPATH": str(args.baseline)}))
     results: dict[str, Run] = {}
     stored: dict[str, int] = {}
     if "full" in args.only:
-        results |= fastest(full, args.repeat)
-        stored = {step.label: du(path) for step, path in zip(full, (
-            c["plain"], c["copy.img"], c["pc.img"], c["borg-none"], c["enc"], c["restic"],
-            c["borg-key"], c["zstd"], c["borg-lz4"]))}
+        results |= fastest(timed_full, args.repeat)
+        stored = {label: du(path) for label, path in outputs.items()}
     elif {"incremental", "restore", "list", "export", "reads"} & set(args.only):
         untimed(full)
     if "incremental" in args.only:  # an incremental of 1 % (ours without / with the map; borg)
@@ -502,6 +518,8 @@ def main() -> None:
         "ours: consolidate, encrypted": ["restic: forget --prune"],
         "ours: list": ["python -c pass"],
     }
+    versus = {mine: peers for ours, peers in versus.items()  # --baseline: "before: ..." too
+              for mine in (ours, ours.replace("ours: ", "before: "))}
     pairs = [(ours, peer) for ours, peers in versus.items() for peer in peers] + pairs
     rows = []
     for ours, peer in pairs:

@@ -3,7 +3,7 @@
  * Hashing or encrypting a volume block by block through Python costs a call,
  * objects and a GIL round trip per 4 KiB block, which halves the throughput of
  * SHA-256 and AES-GCM and keeps them on one core.  These functions take a
- * batch (byte spans or equal-sized rows of one buffer), run libcrypto over it
+ * batch (byte spans of one buffer), run libcrypto over it
  * with the GIL released, and so let Python threads work on disjoint parts of a
  * batch on every core.  Their only callers are blockforensics/spanhash.py and
  * blockforensics/crypto.py, which also hold the pure-Python equivalents.
@@ -15,18 +15,20 @@
  *     out       writable, n * keep bytes (1 <= keep <= 32): the first `keep` bytes
  *               of the SHA-256 of each span, back to back
  *
- *   aes256gcm_seal_rows(key, nonces, aads, rows, out) -> None
+ *   aes256gcm_seal_spans(key, nonces, aads, data, offsets, lengths, out, out_offsets)
  *     key       32 bytes
- *     nonces    n * 12 bytes, one nonce per row (never reused under one key)
- *     aads      n * a bytes: each row's associated data (a = len(aads) / n)
- *     rows      n * w bytes: the plaintext rows (w = len(rows) / n)
- *     out       writable, n * (12 + w + 16) bytes: nonce || ciphertext || tag per row
+ *     nonces    n * 12 bytes, one nonce per span (never reused under one key)
+ *     aads      n * a bytes: each span's associated data (a = len(aads) / n)
+ *     data      the plaintexts: span i is lengths[i] bytes from offsets[i] (int64 buffers)
+ *     out       writable: nonce || ciphertext || tag of span i (lengths[i] + 28 bytes)
+ *               from out_offsets[i] (int64 buffer)
  *
- *   aes256gcm_open_rows(key, aads, sealed, out, ok) -> None
- *     sealed    n * (12 + w + 16) bytes: nonce || ciphertext || tag per row
- *     aads      n * a bytes: each row's associated data
- *     out       writable, n * w bytes: the plaintext rows (zeros where a row fails)
- *     ok        writable, n bytes: 1 where the row authenticated, 0 where it did not
+ *   aes256gcm_open_spans(key, aads, sealed, offsets, lengths, out, out_offsets, ok)
+ *     sealed    span i, nonce || ciphertext || tag, is lengths[i] bytes from offsets[i]
+ *     aads      n * a bytes: each span's associated data
+ *     out       writable: the plaintext of span i (lengths[i] - 28 bytes) from
+ *               out_offsets[i]; zeros where it fails
+ *     ok        writable, n bytes: 1 where the span authenticated, 0 where it did not
  *
  *   sync_file_range(fd, offset, nbytes, flags) -> None
  *     Linux's sync_file_range(2) (os has no binding), without the GIL: with
@@ -99,42 +101,69 @@ done:
     return result;
 }
 
-static PyObject *aes256gcm_seal_rows(PyObject *self, PyObject *args)
+/* True when every span (int64 offsets[i], lengths[i] >= least) lies inside a buffer of
+ * `size` bytes; else a ValueError naming `what` is set. */
+static int spans_inside(const int64_t *offsets, const int64_t *lengths, Py_ssize_t n,
+                        Py_ssize_t size, int64_t least, const char *what)
 {
-    Py_buffer key, nonces, aads, rows, out;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*w*", &key, &nonces, &aads, &rows, &out))
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (offsets[i] < 0 || lengths[i] < least || lengths[i] > INT_MAX
+            || offsets[i] > size - lengths[i]) {
+            PyErr_Format(PyExc_ValueError, "span %zd lies outside %s", i, what);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *aes256gcm_seal_spans(PyObject *self, PyObject *args)
+{
+    Py_buffer key, nonces, aads, data, offsets, lengths, out, out_offsets;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*y*", &key, &nonces, &aads, &data, &offsets,
+                          &lengths, &out, &out_offsets))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = nonces.len / NONCE_SIZE;
-    Py_ssize_t aad_len = n ? aads.len / n : 0, width = n ? rows.len / n : 0;
+    Py_ssize_t aad_len = n ? aads.len / n : 0;
+    const int64_t *start = offsets.buf, *length = lengths.buf, *to = out_offsets.buf;
     if (key.len != KEY_SIZE) {
         PyErr_SetString(PyExc_ValueError, "the key must be 32 bytes");
         goto done;
     }
-    if (nonces.len % NONCE_SIZE || aads.len != n * aad_len || rows.len != n * width
-        || out.len != n * (NONCE_SIZE + width + TAG_SIZE) || width > INT_MAX || aad_len > INT_MAX) {
+    if (nonces.len % NONCE_SIZE || aads.len != n * aad_len || aad_len > INT_MAX
+        || offsets.len != n * (Py_ssize_t)sizeof(int64_t) || lengths.len != offsets.len
+        || out_offsets.len != offsets.len) {
         PyErr_SetString(PyExc_ValueError,
-                        "nonces, aads, rows and out must describe the same number of rows");
+                        "nonces, aads, offsets, lengths and out_offsets must describe the same "
+                        "number of spans");
         goto done;
+    }
+    if (!spans_inside(start, length, n, data.len, 0, "the data"))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (to[i] < 0 || to[i] > out.len - (length[i] + NONCE_SIZE + TAG_SIZE)) {
+            PyErr_Format(PyExc_ValueError, "sealed span %zd lies outside out", i);
+            goto done;
+        }
     }
     int failed;
     Py_BEGIN_ALLOW_THREADS
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    const unsigned char *nonce = nonces.buf, *aad = aads.buf, *row = rows.buf;
+    const unsigned char *nonce = nonces.buf, *aad = aads.buf, *src = data.buf;
     unsigned char *dst = out.buf;
     int len;
-    /* the key schedule is set up once; each row then only sets its nonce */
+    /* the key schedule is set up once; each span then only sets its nonce */
     failed = ctx == NULL || !EVP_EncryptInit_ex2(ctx, aes256gcm, key.buf, NULL, NULL);
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
-        unsigned char *sealed = dst + i * (NONCE_SIZE + width + TAG_SIZE);
+        unsigned char *sealed = dst + to[i];
         unsigned char *ciphertext = sealed + NONCE_SIZE;
         memcpy(sealed, nonce + i * NONCE_SIZE, NONCE_SIZE);
         failed = !EVP_EncryptInit_ex2(ctx, NULL, NULL, sealed, NULL)
                  || !EVP_EncryptUpdate(ctx, NULL, &len, aad + i * aad_len, (int)aad_len)
-                 || !EVP_EncryptUpdate(ctx, ciphertext, &len, row + i * width, (int)width)
+                 || !EVP_EncryptUpdate(ctx, ciphertext, &len, src + start[i], (int)length[i])
                  || !EVP_EncryptFinal_ex(ctx, ciphertext + len, &len)
                  || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE,
-                                        ciphertext + width) <= 0;
+                                        ciphertext + length[i]) <= 0;
     }
     EVP_CIPHER_CTX_free(ctx);
     Py_END_ALLOW_THREADS
@@ -147,29 +176,43 @@ done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&nonces);
     PyBuffer_Release(&aads);
-    PyBuffer_Release(&rows);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&lengths);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&out_offsets);
     return result;
 }
 
-static PyObject *aes256gcm_open_rows(PyObject *self, PyObject *args)
+static PyObject *aes256gcm_open_spans(PyObject *self, PyObject *args)
 {
-    Py_buffer key, aads, sealed, out, ok;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &key, &aads, &sealed, &out, &ok))
+    Py_buffer key, aads, sealed, offsets, lengths, out, out_offsets, ok;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*", &key, &aads, &sealed, &offsets, &lengths,
+                          &out, &out_offsets, &ok))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = ok.len;
-    Py_ssize_t aad_len = n ? aads.len / n : 0, width = n ? out.len / n : 0;
+    Py_ssize_t aad_len = n ? aads.len / n : 0;
+    const int64_t *start = offsets.buf, *length = lengths.buf, *to = out_offsets.buf;
     if (key.len != KEY_SIZE) {
         PyErr_SetString(PyExc_ValueError, "the key must be 32 bytes");
         goto done;
     }
-    if (aads.len != n * aad_len || out.len != n * width
-        || sealed.len != n * (NONCE_SIZE + width + TAG_SIZE) || width > INT_MAX
-        || aad_len > INT_MAX) {
+    if (aads.len != n * aad_len || aad_len > INT_MAX
+        || offsets.len != n * (Py_ssize_t)sizeof(int64_t) || lengths.len != offsets.len
+        || out_offsets.len != offsets.len) {
         PyErr_SetString(PyExc_ValueError,
-                        "aads, sealed, out and ok must describe the same number of rows");
+                        "aads, offsets, lengths, out_offsets and ok must describe the same "
+                        "number of spans");
         goto done;
+    }
+    if (!spans_inside(start, length, n, sealed.len, NONCE_SIZE + TAG_SIZE, "the sealed data"))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (to[i] < 0 || to[i] > out.len - (length[i] - NONCE_SIZE - TAG_SIZE)) {
+            PyErr_Format(PyExc_ValueError, "opened span %zd lies outside out", i);
+            goto done;
+        }
     }
     int failed;
     Py_BEGIN_ALLOW_THREADS
@@ -179,13 +222,14 @@ static PyObject *aes256gcm_open_rows(PyObject *self, PyObject *args)
     int len;
     failed = ctx == NULL || !EVP_DecryptInit_ex2(ctx, aes256gcm, key.buf, NULL, NULL);
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
-        const unsigned char *row = src + i * (NONCE_SIZE + width + TAG_SIZE);
-        unsigned char *dst = plain + i * width;
-        failed = !EVP_DecryptInit_ex2(ctx, NULL, NULL, row, NULL)
+        const unsigned char *span = src + start[i];
+        int width = (int)(length[i] - NONCE_SIZE - TAG_SIZE);
+        unsigned char *dst = plain + to[i];
+        failed = !EVP_DecryptInit_ex2(ctx, NULL, NULL, span, NULL)
                  || !EVP_DecryptUpdate(ctx, NULL, &len, aad + i * aad_len, (int)aad_len)
-                 || !EVP_DecryptUpdate(ctx, dst, &len, row + NONCE_SIZE, (int)width)
+                 || !EVP_DecryptUpdate(ctx, dst, &len, span + NONCE_SIZE, width)
                  || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE,
-                                        (void *)(row + NONCE_SIZE + width)) <= 0;
+                                        (void *)(span + NONCE_SIZE + width)) <= 0;
         if (failed)
             break;
         good[i] = EVP_DecryptFinal_ex(ctx, dst + len, &len) > 0;
@@ -203,7 +247,10 @@ done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&aads);
     PyBuffer_Release(&sealed);
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&lengths);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&out_offsets);
     PyBuffer_Release(&ok);
     return result;
 }
@@ -227,12 +274,14 @@ static PyMethodDef methods[] = {
     {"sha256_spans", sha256_spans, METH_VARARGS,
      "sha256_spans(data, offsets, lengths, out): the first len(out)/n bytes of the SHA-256 "
      "of each of n spans (int64 byte offsets and lengths into data), written to out."},
-    {"aes256gcm_seal_rows", aes256gcm_seal_rows, METH_VARARGS,
-     "aes256gcm_seal_rows(key, nonces, aads, rows, out): nonce || AES-256-GCM ciphertext || "
-     "tag of each of n equal-sized rows, with its 12-byte nonce and associated data."},
-    {"aes256gcm_open_rows", aes256gcm_open_rows, METH_VARARGS,
-     "aes256gcm_open_rows(key, aads, sealed, out, ok): the plaintext of each of n sealed rows "
-     "into out, and 1 in ok where its tag verified (else 0 and a zeroed row)."},
+    {"aes256gcm_seal_spans", aes256gcm_seal_spans, METH_VARARGS,
+     "aes256gcm_seal_spans(key, nonces, aads, data, offsets, lengths, out, out_offsets): "
+     "nonce || AES-256-GCM ciphertext || tag of each of n spans of data, with its 12-byte "
+     "nonce and associated data, written to out from out_offsets[i]."},
+    {"aes256gcm_open_spans", aes256gcm_open_spans, METH_VARARGS,
+     "aes256gcm_open_spans(key, aads, sealed, offsets, lengths, out, out_offsets, ok): the "
+     "plaintext of each of n sealed spans into out from out_offsets[i], and 1 in ok where its "
+     "tag verified (else 0 and zeros)."},
     {"sync_file_range", sync_range, METH_VARARGS,
      "sync_file_range(fd, offset, nbytes, flags): Linux's sync_file_range(2) without the GIL "
      "(flags: the SYNC_FILE_RANGE_* constants of this module); OSError on failure."},

@@ -11,10 +11,12 @@ from typing_extensions import Buffer
 _Bytes: TypeAlias = Buffer | np.ndarray
 
 def sha256_spans(data: _Bytes, offsets: _Bytes, lengths: _Bytes, out: _Bytes, /) -> None: ...
-def aes256gcm_seal_rows(key: _Bytes, nonces: _Bytes, aads: _Bytes, rows: _Bytes,
-                        out: _Bytes, /) -> None: ...
-def aes256gcm_open_rows(key: _Bytes, aads: _Bytes, sealed: _Bytes, out: _Bytes,
-                        ok: _Bytes, /) -> None: ...
+def aes256gcm_seal_spans(key: _Bytes, nonces: _Bytes, aads: _Bytes, data: _Bytes,
+                         offsets: _Bytes, lengths: _Bytes, out: _Bytes,
+                         out_offsets: _Bytes, /) -> None: ...
+def aes256gcm_open_spans(key: _Bytes, aads: _Bytes, sealed: _Bytes, offsets: _Bytes,
+                         lengths: _Bytes, out: _Bytes, out_offsets: _Bytes,
+                         ok: _Bytes, /) -> None: ...
 
 SYNC_FILE_RANGE_WAIT_BEFORE: int
 SYNC_FILE_RANGE_WRITE: int

@@ -22,6 +22,13 @@ try:
     from blockforensics import _native as native
 except ImportError:  # built without a C compiler or libcrypto headers
     native = None  # type: ignore[assignment]  # callers check for None
+if native is not None and not hasattr(native, "aes256gcm_open_spans"):
+    import sys
+
+    print("blockforensics: warning: the C extension was built from an older _native.c "
+          "(rebuild it: python3 setup.py build_ext --inplace); running without it",
+          file=sys.stderr)
+    native = None  # type: ignore[assignment]
 
 #: below this many bytes per part a thread hand-off costs more than it saves
 MIN_PART_BYTES = 1 << 20

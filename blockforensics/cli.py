@@ -204,21 +204,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if is_chain(args.chain):  # leftovers go first, as for every command opening a chain
         remove_leftovers(args.chain)
     report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
-    for problem in report.problems:
-        print(problem)
     history = _went_back(args.chain)
-    for went_back in history:
-        print(went_back)
-    print(f"verify: {_text(report)}")
-    fs_ok = True
+    if not args.json:
+        for line in [*report.problems, *history, f"verify: {_text(report)}"]:
+            print(line)
+    fs_report = None
     if args.fs and report.ok:  # the point's file systems, checked read-only where served
         from blockforensics.fsck import check_filesystems
 
         chain = _open_chain(args, clean=False)
         fs_report = check_filesystems(chain.disk(args.point or "-1"))
-        print(fs_report)
-        fs_ok = fs_report.ok
-    return EXIT_OK if report.ok and fs_ok and not history else EXIT_CHECK_FAILED
+        if not args.json:
+            print(fs_report)
+    ok = report.ok and not history and (fs_report is None or fs_report.ok)
+    if args.json:
+        print(json.dumps({"ok": ok, "chain": report.to_json(), "went_back": history,
+                          "filesystems": fs_report.to_json() if fs_report else None}))
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
 
 
 def _went_back(directory: str) -> list[str]:
@@ -541,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fs", action="store_true",
                    help="also check the point's file systems read-only (fsck -n per partition)")
     p.add_argument("--point", help="the point --fs checks (default: the newest)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"ok", "chain": {ok, images, blocks, authenticated, problems: '
+                        '[{image, position, message}]}, "went_back": [...], "filesystems": '
+                        '{table, ok, notes, checks: [...]} or null}')
 
     p = command("repair", cmd_repair,
                 "say which damaged points would be dropped from the chain; --apply drops them; "

@@ -228,25 +228,43 @@ class ChainKeys:
 
     def encrypt_rows(self, positions: np.ndarray, flags: int, blocks: np.ndarray) -> np.ndarray:
         """Encrypt equal-sized blocks at once: a ``(k, NONCE_SIZE + block + TAG_SIZE)``
-        array of ``nonce || ciphertext || tag`` rows, as :meth:`encrypt` makes them.
-
-        With the C extension the batch is sealed by libcrypto on a thread per core;
-        without it, one ``cryptography`` call per block, written in place (no joins)."""
+        array of ``nonce || ciphertext || tag`` rows, as :meth:`encrypt` makes them."""
         blocks = np.ascontiguousarray(blocks, dtype=np.uint8)
         k, size = blocks.shape
-        out = np.empty((k, NONCE_SIZE + size + TAG_SIZE), dtype=np.uint8)
+        starts = np.arange(k, dtype=np.int64) * size
+        sealed, _ = self.encrypt_spans(positions, flags, blocks.reshape(-1), starts,
+                                       np.full(k, size, np.int64))
+        return sealed.reshape(k, NONCE_SIZE + size + TAG_SIZE)
+
+    def encrypt_spans(self, positions: np.ndarray, flags: np.ndarray | int, data: np.ndarray,
+                      starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Encrypt the plaintexts ``data[starts[i] : starts[i] + lengths[i]]`` (bytes) at
+        once, each as :meth:`encrypt` would: ``(sealed, sealed_starts)``, the
+        ``nonce || ciphertext || tag`` payloads back to back in order.
+
+        With the C extension the batch is sealed by libcrypto on a thread per core;
+        without it, one ``cryptography`` call per span, written in place (no joins)."""
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        k = len(starts)
+        sealed_lengths = lengths + NONCE_SIZE + TAG_SIZE
+        to = np.zeros(k, np.int64)
+        np.cumsum(sealed_lengths[:-1], out=to[1:])
+        out = np.empty(int(sealed_lengths.sum()), dtype=np.uint8)
         nonces = np.frombuffer(os.urandom(NONCE_SIZE * k), np.uint8).reshape(k, NONCE_SIZE)
         aads = self._aad_rows(positions, flags)
         if batch.native is not None:
-            batch.run(lambda part: batch.native.aes256gcm_seal_rows(
-                self._enc_key, nonces[part], aads[part], blocks[part], out[part]),
-                batch.parts(np.full(k, size)))
-            return out
-        out[:, :NONCE_SIZE] = nonces
+            batch.run(lambda part: batch.native.aes256gcm_seal_spans(
+                self._enc_key, nonces[part], aads[part], data, starts[part], lengths[part],
+                out, to[part]), batch.parts(lengths))
+            return out, to
         encrypt_into = self._aead.encrypt_into
-        for nonce, block, associated, sealed in zip(nonces, blocks, aads, out[:, NONCE_SIZE:]):
-            encrypt_into(nonce.tobytes(), block, associated.tobytes(), sealed)
-        return out
+        for i in range(k):
+            at, n = int(to[i]), int(lengths[i])
+            out[at : at + NONCE_SIZE] = nonces[i]
+            encrypt_into(nonces[i].tobytes(), data[int(starts[i]) : int(starts[i]) + n],
+                         aads[i].tobytes(), out[at + NONCE_SIZE : at + NONCE_SIZE + n + TAG_SIZE])
+        return out, to
 
     def decrypt_rows(self, positions: np.ndarray, flags: np.ndarray | int, sealed: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -255,20 +273,39 @@ class ChainKeys:
         moved or foreign; its plaintext row is zeros)."""
         sealed = np.ascontiguousarray(sealed, dtype=np.uint8)
         k, length = sealed.shape
-        size = length - NONCE_SIZE - TAG_SIZE
-        out = np.zeros((k, size), dtype=np.uint8)
+        out, _, ok = self.decrypt_spans(positions, flags, sealed.reshape(-1),
+                                        np.arange(k, dtype=np.int64) * length,
+                                        np.full(k, length, np.int64))
+        return out.reshape(k, length - NONCE_SIZE - TAG_SIZE), ok
+
+    def decrypt_spans(self, positions: np.ndarray, flags: np.ndarray | int, sealed: np.ndarray,
+                      starts: np.ndarray, lengths: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Open the payloads ``sealed[starts[i] : starts[i] + lengths[i]]`` (each
+        ``nonce || ciphertext || tag``, at least 28 bytes) at once: ``(plain,
+        plain_starts, ok)``, the plaintexts back to back in order and a bool per span,
+        False where it fails authentication (altered, moved or foreign: zeros)."""
+        sealed = np.ascontiguousarray(sealed, dtype=np.uint8).reshape(-1)
+        starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        k = len(starts)
+        plain_lengths = lengths - NONCE_SIZE - TAG_SIZE
+        to = np.zeros(k, np.int64)
+        np.cumsum(plain_lengths[:-1], out=to[1:])
+        out = np.zeros(int(plain_lengths.sum()), dtype=np.uint8)
         ok = np.zeros(k, dtype=bool)
         aads = self._aad_rows(positions, flags)
         if batch.native is not None:
-            batch.run(lambda part: batch.native.aes256gcm_open_rows(
-                self._enc_key, aads[part], sealed[part], out[part], ok.view(np.uint8)[part]),
-                batch.parts(np.full(k, size)))
-            return out, ok
-        for i, (row, associated) in enumerate(zip(sealed, aads)):
-            plain = self._open(row.tobytes(), associated.tobytes())
+            batch.run(lambda part: batch.native.aes256gcm_open_spans(
+                self._enc_key, aads[part], sealed, starts[part], lengths[part], out, to[part],
+                ok.view(np.uint8)[part]), batch.parts(lengths))
+            return out, to, ok
+        for i in range(k):
+            at, begin = int(to[i]), int(starts[i])
+            plain = self._open(sealed[begin : begin + int(lengths[i])].tobytes(),
+                               aads[i].tobytes())
             if plain is not None:
-                out[i], ok[i] = np.frombuffer(plain, np.uint8), True
-        return out, ok
+                out[at : at + len(plain)], ok[i] = np.frombuffer(plain, np.uint8), True
+        return out, to, ok
 
     def _aad_rows(self, positions: np.ndarray, flags: np.ndarray | int) -> np.ndarray:
         """The associated data of every block, ``_AAD``-packed, as a ``(k, 28)`` array."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -22,13 +22,30 @@ if TYPE_CHECKING:
     from blockforensics.formats.placement import PlacedWriter
 
 
+def nonzero_rows(blocks: np.ndarray) -> np.ndarray:
+    """A bool per block: does it hold any non-zero byte?
+
+    Most data blocks are non-zero in their first 64 bytes, so those are looked at
+    first and only the rest are scanned whole (3-4x faster than one full scan).
+    """
+    words = blocks.view(np.uint64) if blocks.shape[1] % 8 == 0 else blocks
+    head = min(words.shape[1], 64 // words.itemsize)
+    nonzero = np.asarray(words[:, :head].any(axis=1))
+    rest = np.flatnonzero(~nonzero)
+    if len(rest):
+        nonzero[rest] = words[rest, head:].any(axis=1)
+    return nonzero
+
+
 class Disk(ABC):
     """A read-only disk: ``size`` bytes, read in blocks of ``block_size`` bytes."""
 
     size: int
     block_size: int
+    #: whether :meth:`write_to` hands its bytes over in ascending disk order
+    in_order: ClassVar[bool] = True
     #: reads may run in several threads at once (else the NBD server takes turns)
-    thread_safe = False
+    thread_safe: ClassVar[bool] = False
 
     @property
     def n_blocks(self) -> int:
@@ -145,7 +162,10 @@ class InPlaceDisk(Disk):
         return out
 
     def _read_run_into(self, start: int, out: np.ndarray) -> None:
-        self.read_blocks_into(start, out)  # straight into the rows: no temporary
+        if type(self).read_blocks is InPlaceDisk.read_blocks:  # straight into the rows
+            self.read_blocks_into(start, out)
+        else:  # a subclass that reads its own way (a plugin's RawDisk with a header)
+            super()._read_run_into(start, out)
 
 
 class DiskFile(io.RawIOBase):

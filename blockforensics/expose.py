@@ -9,8 +9,8 @@ a qcow2 overlay, since the files are read-only).  The bytes of ``disk.vhd`` are
 exactly those :func:`~blockforensics.formats.vhd.write_vhd` would write for the
 same ``unique_id`` and ``timestamp``.
 
-FUSE runs single-threaded and the read-ahead thread uses the Disk only while the
-FUSE thread waits for it, so a Disk need not be thread-safe.
+FUSE runs single-threaded, and it waits for the read-ahead thread's read before it
+reads the Disk itself: one thread at a time uses it, so a Disk need not be thread-safe.
 
 Sequential reads are what limits copying or hashing a served file; three things make
 them fast: libfuse 3 (mfusepy loads libfuse 2 when both are installed, whose requests

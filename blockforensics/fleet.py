@@ -39,9 +39,7 @@ def _triage(path: str, rules: str | None) -> Any:
 def _verify(path: str, rules: str | None) -> Any:
     from blockforensics.image.verify import verify
 
-    report = verify(path)
-    return {"ok": report.ok, "images": report.images, "blocks": report.blocks,
-            "problems": [vars(problem) for problem in report.problems]}
+    return verify(path).to_json()
 
 
 def _timeline(path: str, rules: str | None) -> Any:

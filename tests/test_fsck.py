@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -90,3 +91,17 @@ def test_verify_fs_exit_codes(chain: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "fat12: ERRORS" in done.stdout
     assert {p.name: p.read_bytes() for p in chain.iterdir()} == before  # never written
+
+
+def test_verify_fs_json(chain: Path) -> None:
+    done = bf("verify", chain, "--fs", "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is False and doc["chain"]["ok"] is True and doc["went_back"] == []
+    fs = doc["filesystems"]
+    assert fs["table"] == "mbr" and fs["ok"] is False
+    assert [(c["file"], c["start_byte"], c["filesystem"], c["ok"]) for c in fs["checks"]] == [
+        ("part1.raw", FAT_START, "fat12", False), ("part2.raw", EXT_START, "ext4", True)]
+    assert fs["checks"][0]["command"][:2] == ["fsck.fat", "-n"]
+    clean = json.loads(bf("verify", chain, "--fs", "--json", "--point", "0").stdout)
+    assert clean["ok"] is True and clean["filesystems"]["ok"] is True

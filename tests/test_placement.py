@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter, Placement, split_at
+from blockforensics.formats.placement import (
+    COPY_BUFFER,
+    Packing,
+    PlacedWriter,
+    Placement,
+    split_at,
+)
 
 GRAIN = 8192
 
@@ -100,6 +106,51 @@ def test_bytes_without_a_place_are_refused(tmp_path: Path):
                 PlacedWriter(fd, 2 * GRAIN, placement) as writer:
             writer.put(memoryview(bytes(2 * GRAIN)), [GRAIN - 10], [0], [20])
         assert os.fstat(fd).st_size == 0  # nothing was written
+    finally:
+        os.close(fd)
+
+
+def test_copies_leave_zero_blocks_out_and_packing_places_only_written_pieces(tmp_path: Path):
+    """Copied with ``holes``: all-zero 4 KiB blocks are not written (holes read as zeros),
+    and a Packing gives slots, in order, only to the pieces something was written to."""
+    grain = COPY_BUFFER  # pieces 0..4: 0 random, 1 zero, 2 random with a zero block, 3 zero
+    data = bytearray(np.random.default_rng(4).bytes(4 * grain + 100))
+    data[grain : 2 * grain] = bytes(grain)
+    data[2 * grain + 4096 : 2 * grain + 8192] = bytes(4096)
+    data[3 * grain : 4 * grain] = bytes(grain)
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    packing = Packing(grain, 4096, grain + 4096)  # file blocks stay aligned
+    try:
+        with PlacedWriter(fd, len(data), packing, holes=4096) as writer:
+            writer.copy(src, [0], [0], [len(data)])
+    finally:
+        os.close(src)
+        os.close(fd)
+    placed = packing.placed()
+    assert placed.pieces.tolist() == [0, 2, 4]  # the last: 100 bytes, a partial block
+    assert placed.bases.tolist() == [4096, grain + 8192, 2 * grain + 12288]
+    out = (tmp_path / "out").read_bytes()
+    for piece, base in zip(placed.pieces.tolist(), placed.bases.tolist()):
+        assert out[base : base + grain] == bytes(data[piece * grain : (piece + 1) * grain])
+    assert out[:4096] == bytes(4096)
+    # the zero block inside piece 2 is a hole, not written
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
+        hole = grain + 8192 + 4096
+        assert os.lseek(fd, hole, os.SEEK_HOLE) == hole
+    finally:
+        os.close(fd)
+
+
+def test_packing_refuses_a_piece_written_after_a_later_one(tmp_path: Path):
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(ValueError, match="outside"), \
+                PlacedWriter(fd, 4 * GRAIN, Packing(GRAIN, 0, GRAIN)) as writer:
+            writer.put(memoryview(bytes(GRAIN)), [2 * GRAIN], [0], [GRAIN])
+            writer.put(memoryview(bytes(GRAIN)), [0], [0], [GRAIN])
     finally:
         os.close(fd)
 

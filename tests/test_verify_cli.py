@@ -122,6 +122,22 @@ def test_truncated_image_is_exit_2(chain_dir, tmp_path):
     assert code == 1 and "0001-incr.bfi" in out
 
 
+def test_verify_json_names_each_damaged_block(chain_dir):
+    code, out, err = _run("verify", chain_dir, "--json")
+    assert code == 0 and json.loads(out) == {
+        "ok": True, "went_back": [], "filesystems": None,
+        "chain": verify(chain_dir).to_json()}, out + err
+    assert json.loads(out)["chain"]["images"] == 2 and json.loads(out)["chain"]["blocks"] > 40
+    with ImageFile(chain_dir / "0001-incr.bfi") as image:
+        record = image.index.all()[1]
+    _flip(chain_dir / "0001-incr.bfi", int(record["offset"]) + 5)
+    code, out, _ = _run("verify", chain_dir, "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["ok"] is False and doc["chain"]["problems"] == [
+        {"image": "0001-incr.bfi", "position": int(record["position"]),
+         "message": "stored bytes do not match their digest"}]
+
+
 def test_missing_parent_is_listed_as_damage_and_refused_on_read(chain_dir, tmp_path):
     (chain_dir / "0000-full.bfi").unlink()
     code, out, err = _run("list", chain_dir, "--json")

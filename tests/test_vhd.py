@@ -126,6 +126,43 @@ def test_fixed_vhd_of_sparse_source_is_sparse(tmp_path):
     assert out.stat().st_blocks * 512 < 8 * MiB
 
 
+def test_written_zeros_are_left_out_as_qemu_img_leaves_them(tmp_path):
+    """A raw source that stores zeros (written, not holes): the dynamic VHD leaves its
+    all-zero 2 MiB blocks unallocated and the fixed one has holes there; both occupy no
+    more than qemu-img's VHDs of the same file, and read the same."""
+    require_tools("qemu-img")
+    src = tmp_path / "src.raw"
+    data = bytearray(np.random.default_rng(5).integers(1, 256, 8 * MiB, dtype=np.uint8))
+    data[2 * MiB : 6 * MiB] = bytes(4 * MiB)  # VHD blocks 1 and 2
+    data[7 * MiB : 7 * MiB + 4096] = bytes(4096)  # one 4 KiB block of VHD block 3
+    src.write_bytes(data)
+    assert src.stat().st_blocks * 512 >= 8 * MiB  # the zeros are stored
+    for kind in KINDS:
+        ours, qemu = tmp_path / f"{kind}.vhd", tmp_path / f"qemu-{kind}.vhd"
+        write_vhd(RawDisk(src), ours, kind=kind)
+        qemu_img("convert", "-f", "raw", "-O", "vpc", "-o", f"subformat={kind}", str(src),
+                 str(qemu))
+        result = qemu_img("compare", "-f", "raw", "-F", "vpc", str(src), str(ours), check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ours.stat().st_blocks <= qemu.stat().st_blocks
+        with VhdDisk(ours) as disk:
+            assert disk.read(0, disk.size) == bytes(data)
+        if kind == "dynamic":
+            info = vhd_info(ours)
+            assert info.allocated.tolist() == [0, 3]
+            assert info.bat[[1, 2]].tolist() == [UNUSED, UNUSED]
+            assert ours.stat().st_size < 5 * MiB  # two blocks, packed
+        else:
+            assert ours.stat().st_blocks * 512 < 4 * MiB + 64 * 1024  # 4 MiB of data, footer
+            fd = os.open(ours, os.O_RDONLY)
+            try:
+                assert os.lseek(fd, 0, os.SEEK_HOLE) == 2 * MiB
+                assert os.lseek(fd, 2 * MiB, os.SEEK_DATA) == 6 * MiB
+                assert os.lseek(fd, 6 * MiB, os.SEEK_HOLE) == 7 * MiB
+            finally:
+                os.close(fd)
+
+
 def test_layout_reads_any_range_like_the_file(tmp_path):
     src, _ = make_source(tmp_path / "src.raw", 10 * MiB + 7 * 512, seed=3)
     rng = np.random.default_rng(7)

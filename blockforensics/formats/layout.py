@@ -30,7 +30,7 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.base import Disk, InPlaceDisk
-from blockforensics.formats.placement import PlacedWriter, Placement
+from blockforensics.formats.placement import Packing, PlacedWriter, Placement
 from blockforensics.progress import progress_bar
 
 SECTOR = 512
@@ -101,6 +101,17 @@ class FileLayout(ABC):
     @abstractmethod
     def placement(self) -> Placement:
         """Where the disk's bytes go in the file."""
+
+    def packing(self) -> Packing | None:
+        """For a format whose pieces follow one another in disk order: a :class:`Packing`
+        that places each piece as its first bytes are written, so that a writer leaving
+        out all-zero data leaves out all-zero pieces too (then :meth:`allocate` the
+        pieces placed).  None (the default): the placement is fixed."""
+        return None
+
+    def allocate(self, pieces: np.ndarray) -> None:
+        """Hold only ``pieces`` (sorted), the pieces a :meth:`packing` placed."""
+        raise NotImplementedError(f"{type(self).__name__} places its pieces up front")
 
     # ---------------------------------------------------------------- reading
     @cached_property
@@ -193,21 +204,27 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
                  progress: bool = False) -> Path:
     """Write ``layout``'s file at ``path`` (atomically: temp file, fsync, rename).
 
-    The metadata is written from the layout, the data by ``disk.write_to`` into its
-    placement: only present blocks are read, file to file where the reader can,
-    and the rest of the file is left as holes (zeros).
+    The data is written by ``disk.write_to`` into the layout's placement: only present
+    blocks are read, file to file where the reader can, and all-zero blocks copied
+    from a file are left out, as is the rest of the file: holes (zeros).  A disk that
+    writes in disk order has a packed format's pieces placed as they are written
+    (:meth:`FileLayout.packing`: all-zero pieces are not allocated).  Then the
+    metadata is written from the layout.
     """
     disk = layout.disk
     path = Path(path)
     data_bytes = min(layout.present.count() * disk.block_size, disk.size)
+    packing = layout.packing() if disk.in_order else None
     with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
         fd = fh.fileno()
+        with PlacedWriter(fd, disk.size, packing or layout.placement(),
+                          writeback_progress(fd, bar.update), holes=disk.block_size) as out:
+            disk.write_to(out)
+        if packing is not None:
+            layout.allocate(packing.placed().pieces)
         os.ftruncate(fd, layout.file_size)
         for offset, data in layout.metadata():
             os.pwrite(fd, data, offset)
-        with PlacedWriter(fd, disk.size, layout.placement(),
-                          writeback_progress(fd, bar.update)) as out:
-            disk.write_to(out)
         os.fchmod(fd, 0o644)
     return path
 

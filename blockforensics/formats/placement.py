@@ -7,7 +7,10 @@ byte ``bases[i]``.  A :class:`PlacedWriter` fills a file through a placement:
 it takes runs of disk bytes, cuts them at piece boundaries (vectorised) and
 writes every part from its source — another file (a raw image, a chain image's
 verbatim payloads) or a buffer of decoded blocks.  ``Disk.write_to`` feeds it
-for every reader, so restores and exports share one writer.
+for every reader, so restores and exports share one writer.  Into a new file it
+can leave out the all-zero blocks of what it copies (they read as zeros: holes),
+and a :class:`Packing` gives a sparse format's pieces their places as they are
+written, so that all-zero pieces take no room at all.
 
 Units: every offset and length here is bytes.
 """
@@ -25,6 +28,7 @@ from types import TracebackType
 import numpy as np
 
 from blockforensics import batch
+from blockforensics.disk import nonzero_rows
 
 #: bytes per read and write of a file-to-file copy: small enough that a buffer is
 #: still in the CPU cache when it is written (4 MiB buffers copy up to 2x slower)
@@ -89,6 +93,43 @@ class Placement:
         return np.where(placed, self.bases[at] + disk_offsets % self.grain, -1)
 
 
+class Packing:
+    """A placement made while writing: pieces get the file offsets ``first``, ``first +
+    stride``, ... in the order their first bytes are placed, which must be ascending
+    (a disk written front to back); a piece never written (all zero, left out) gets
+    none.  :meth:`placed` is the placement made so far."""
+
+    def __init__(self, grain: int, first: int, stride: int):
+        self.grain = grain  # bytes per piece
+        self.first, self.stride = first, stride  # bytes
+        self._pieces = np.zeros(64, dtype=np.int64)  # grown by doubling
+        self._count = 0
+
+    def __call__(self, disk_offsets: np.ndarray) -> np.ndarray:
+        """File offsets of disk byte offsets; pieces past the last placed one are placed
+        now; -1 for an earlier piece that has no place (written out of order)."""
+        piece = disk_offsets // self.grain
+        last = self._pieces[self._count - 1] if self._count else -1
+        new = np.unique(piece[piece > last])
+        if new.size:
+            if self._count + new.size > self._pieces.size:
+                grown = np.zeros(max(2 * self._pieces.size, self._count + new.size), np.int64)
+                grown[: self._count] = self._pieces[: self._count]
+                self._pieces = grown
+            self._pieces[self._count : self._count + new.size] = new
+            self._count += new.size
+        pieces = self._pieces[: self._count]
+        at = np.minimum(np.searchsorted(pieces, piece), max(self._count - 1, 0))
+        placed = (pieces[at] == piece) if self._count else np.zeros(piece.size, dtype=bool)
+        return np.where(placed, self.first + at * self.stride + disk_offsets % self.grain, -1)
+
+    def placed(self) -> Placement:
+        """The pieces placed so far and their file offsets."""
+        pieces = self._pieces[: self._count].copy()
+        return Placement(self.grain, pieces,
+                         self.first + np.arange(pieces.size, dtype=np.int64) * self.stride)
+
+
 def _nothing() -> None:
     """The ``done`` callback of every part but a buffer's last."""
 
@@ -101,7 +142,10 @@ def write_all(fd: int, data: memoryview, offset: int) -> None:
 
 class PlacedWriter:
     """Fills the file ``fd`` with a disk's bytes where ``placement`` puts them; bytes
-    from ``limit`` on (the disk's end) are left out.
+    from ``limit`` on (the disk's end) are left out.  With ``holes`` (bytes, a block
+    size; only for a new file, whose unwritten bytes read as zeros), the all-zero
+    ``holes``-byte blocks of what :meth:`copy` reads are left out too, as qemu-img
+    leaves them.
 
     Writes run in a thread of their own, so that reading or decoding the next part
     overlaps writing this one (a quarter faster on two cores).  Parts handed over with
@@ -113,11 +157,12 @@ class PlacedWriter:
     ``written(offset, nbytes)`` is called, in the writer thread, after each write.
     """
 
-    def __init__(self, fd: int, limit: int, placement: Placement | None = None,
-                 written: Written = ignore_written):
+    def __init__(self, fd: int, limit: int, placement: Placement | Packing | None = None,
+                 written: Written = ignore_written, holes: int = 0):
         self.fd = fd
         self.limit = limit
         self.placement = placement or Placement.identity()
+        self.holes = holes
         self.written = written
         self._jobs: queue.Queue[tuple[memoryview, int, Callable[[], object]] | None] = \
             queue.Queue(QUEUED_PARTS)
@@ -149,21 +194,44 @@ class PlacedWriter:
 
     def copy(self, source_fd: int, disk_starts: np.ndarray, source_offsets: np.ndarray,
              lengths: np.ndarray) -> None:
-        """Runs of disk bytes that lie, as they are, at ``source_offsets`` of a file."""
-        parts = self._parts(disk_starts, source_offsets, lengths)
-        if parts is None:
+        """Runs of disk bytes (in ascending order) that lie, as they are, at
+        ``source_offsets`` of a file: read ``COPY_BUFFER`` bytes at a time, placed buffer
+        by buffer (a :class:`Packing` places only the pieces written), without their
+        all-zero blocks when ``holes`` is set."""
+        disk_starts = np.asarray(disk_starts, dtype=np.int64)
+        lengths = np.minimum(np.asarray(lengths, dtype=np.int64), self.limit - disk_starts)
+        keep = lengths > 0
+        if not keep.any():
             return
         free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(COPY_BUFFERS):
-            free.put(memoryview(bytearray(min(COPY_BUFFER, int(parts[2].max())))))
-        for target, at, n in zip(*(part.tolist() for part in parts)):
+            free.put(memoryview(bytearray(min(COPY_BUFFER, int(lengths[keep].max())))))
+        for disk, at, n in zip(disk_starts[keep].tolist(),
+                               np.asarray(source_offsets, dtype=np.int64)[keep].tolist(),
+                               lengths[keep].tolist()):
             while n > 0:
                 buffer = free.get()
                 got = os.preadv(source_fd, [buffer[: min(n, len(buffer))]], at)
                 if got <= 0:
                     raise OSError(f"unexpected end of the source file at byte {at}")
-                self._queue(buffer[:got], target, functools.partial(free.put, buffer))
-                at, target, n = at + got, target + got, n - got
+                offsets, sizes = self._data(buffer[:got])
+                self.put(buffer, disk + offsets, offsets, sizes,
+                         done=functools.partial(free.put, buffer))
+                at, disk, n = at + got, disk + got, n - got
+
+    def _data(self, data: memoryview) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, lengths)`` of the runs of ``data`` to write: all of it, or without
+        its all-zero ``holes``-byte blocks (a partial last block is kept)."""
+        rows = len(data) // self.holes if self.holes else 0
+        if rows:
+            nonzero = nonzero_rows(np.frombuffer(data, np.uint8, rows * self.holes)
+                                   .reshape(rows, self.holes))
+            if not nonzero.all():
+                edges = np.flatnonzero(np.diff(np.r_[False, nonzero, len(data) > rows * self.holes,
+                                                     False].astype(np.int8)))
+                offsets = edges[::2] * self.holes
+                return offsets, np.minimum(edges[1::2] * self.holes, len(data)) - offsets
+        return np.zeros(1, dtype=np.int64), np.full(1, len(data), dtype=np.int64)
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,
             lengths: np.ndarray, done: Callable[[], object] = _nothing,
@@ -206,11 +274,6 @@ class PlacedWriter:
         if targets.min() < 0:
             raise ValueError("disk bytes outside the placement's pieces")
         return targets, sources, part_lengths
-
-    def _queue(self, data: memoryview, target: int, done: Callable[[], object]) -> None:
-        if self._error is not None:
-            raise self._error
-        self._jobs.put((data, target, done))
 
     def _check(self) -> None:
         """A checking thread: run each part's check, then queue its writes; after a

@@ -45,7 +45,7 @@ from blockforensics.formats.layout import (
     touched,
     write_layout,
 )
-from blockforensics.formats.placement import Placement
+from blockforensics.formats.placement import Packing, Placement
 from blockforensics.formats.record import Record, f
 
 if TYPE_CHECKING:
@@ -274,24 +274,31 @@ class VhdLayout(FileLayout):
         self.bitmap_size = _bitmap_size(VHD_BLOCK)
         #: bytes per allocated block in the file (bitmap + data)
         self.slot_size = self.bitmap_size + VHD_BLOCK
-        #: VHD block numbers of the allocated blocks, in file order
-        self.allocated = touched(self.present if covers is None else covers,
-                                 VHD_BLOCK, n_entries).positions()
-        self.bat = np.full(bat_bytes // 4, UNUSED, dtype=">u4")
-        self.bat[self.allocated] = (
-            self.data_start + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size
-        ) // SECTOR
-        if parent is not None and covers is not None:
-            self._bitmaps = _sector_bitmaps(covers, self.allocated)
         name = parent.path.name.encode("utf-16-be") if parent else b""
-        header = DynamicHeader(
+        self._header = DynamicHeader(
             cookie=HEADER_COOKIE, data_offset=NO_OFFSET, table_offset=table_offset,
             header_version=0x00010000, max_table_entries=n_entries, block_size=VHD_BLOCK,
             checksum=0, parent_unique_id=parent.unique_id if parent else bytes(16),
             parent_timestamp=parent.timestamp if parent else 0, reserved=0,
             parent_unicode_name=name, parent_locator_entries=b"".join(entries),
-        ).sealed()
-        self._head = self._footer + header.pack() + self.bat.tobytes()
+        ).sealed().pack()
+        self._bat_entries = bat_bytes // 4
+        self._covers = covers
+        self.allocate(touched(self.present if covers is None else covers,
+                              VHD_BLOCK, n_entries).positions())
+
+    def allocate(self, allocated: np.ndarray) -> None:
+        """Allocate the VHD blocks ``allocated`` (sorted block numbers), in that order in
+        the file, and no others: the BAT, the blocks' places and the file's size."""
+        #: VHD block numbers of the allocated blocks, in file order
+        self.allocated = np.asarray(allocated, dtype=np.int64)
+        self.bat = np.full(self._bat_entries, UNUSED, dtype=">u4")
+        self.bat[self.allocated] = (
+            self.data_start + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size
+        ) // SECTOR
+        if self.kind == "differencing" and self._covers is not None:
+            self._bitmaps = _sector_bitmaps(self._covers, self.allocated)
+        self._head = self._footer + self._header + self.bat.tobytes()
         self.data_end = self.data_start + self.allocated.size * self.slot_size
         #: bytes of the whole VHD file
         self.file_size = self.data_end + Footer.SIZE
@@ -313,6 +320,13 @@ class VhdLayout(FileLayout):
             return Placement.identity()
         return packed(VHD_BLOCK, self.allocated, self.data_start + self.bitmap_size,
                       self.slot_size)
+
+    def packing(self) -> Packing | None:
+        """A dynamic VHD's blocks placed as they are written (see
+        :meth:`FileLayout.packing`): all-zero 2 MiB blocks stay unallocated."""
+        if self.kind != "dynamic":
+            return None
+        return Packing(VHD_BLOCK, self.data_start + self.bitmap_size, self.slot_size)
 
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         """The head (footer copy, dynamic header, BAT), parent locators, each allocated

@@ -23,12 +23,11 @@ from typing import overload
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.disk import Disk
+from blockforensics.disk import Disk, nonzero_rows
 from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.chain import Chain, PointRef
-from blockforensics.image.codec import nonzero_rows
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size
 
@@ -91,9 +90,12 @@ def batches(todo: BlockMap, step: int) -> Iterator[np.ndarray]:
         yield np.arange(total) + np.repeat(starts[a:b] - (before[a:b] - first), lengths[a:b])
 
 
+#: batches the image writer may hold in flight (ImageWriter.write_behind): the disk
+#: always has the next one waiting
+WRITE_BEHIND = 2
 #: read buffers :func:`read_ahead` cycles through: one being read, one being encoded,
-#: one being written
-READ_BUFFERS = 3
+#: those the writer holds
+READ_BUFFERS = WRITE_BEHIND + 2
 
 
 def read_ahead(source: Disk, todo: BlockMap, step: int
@@ -104,9 +106,10 @@ def read_ahead(source: Disk, todo: BlockMap, step: int
 
     The blocks are read into ``READ_BUFFERS`` page-aligned buffers in turn (no fresh
     memory per batch; aligned for direct I/O), so a batch's array is overwritten by
-    the batch three later: the caller must be done with it — and its image writer too
-    (``ImageWriter.add`` of the next batch returns once the previous one is written) —
-    when it asks for the batch after the next."""
+    the batch ``READ_BUFFERS`` later, read while the caller asks for the one before:
+    the caller must be done with it by then, and so must its image writer (with
+    ``write_behind(WRITE_BEHIND)``, ``ImageWriter.add`` returns once the batch
+    ``WRITE_BEHIND`` calls back is written)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     block_size = source.block_size
@@ -183,6 +186,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
             progress_bar(todo.count() * bs, "backup", progress) as bar:
         codec = writer.codec
         assert codec is not None  # a writer made from a header has a codec
+        writer.write_behind(WRITE_BEHIND)  # read_ahead's buffers outlive that many adds
         zero = codec.zero_digest()
         for positions, blocks in read_ahead(reader, todo, _chunk_blocks(bs)):
             if full:

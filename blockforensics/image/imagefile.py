@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -270,7 +271,8 @@ class ImageWriter:
     A position written twice keeps its last write (the head-start method copies
     a block early and again after it was re-modified).  Payloads are written by a
     background thread while the caller encodes the next batch (the write releases
-    the GIL), so hashing and I/O overlap; at most one batch is in flight.
+    the GIL), so hashing and I/O overlap; at most one batch is in flight (more with
+    :meth:`write_behind`).
     """
 
     def __init__(self, path: str | os.PathLike[str], header: Header,
@@ -316,7 +318,9 @@ class ImageWriter:
         from concurrent.futures import ThreadPoolExecutor  # here: only writers pay for it
 
         self._io = self._stack.enter_context(ThreadPoolExecutor(1))
-        self._in_flight: Future[None] | None = None
+        #: the writes of the latest add* calls, in order (None: a call with nothing to write)
+        self._in_flight: deque[Future[None] | None] = deque()
+        self._depth = 1  # batches that may be in flight
 
     def _write(self, pieces: list[memoryview], offset: int, nbytes: int,
                source: tuple[int, list[int]] | None) -> None:
@@ -365,11 +369,20 @@ class ImageWriter:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
         return True
 
-    def _drain(self) -> None:
-        """Wait for the batch being written (and raise its error, if any)."""
-        if self._in_flight is not None:
-            self._in_flight.result()
-            self._in_flight = None
+    def write_behind(self, batches: int) -> None:
+        """Let up to ``batches`` batches be in flight (default 1), so the disk always has
+        the next one waiting: the buffers under an ``add*`` call's blocks or pieces may
+        then be reused only once ``batches`` more ``add*`` calls (or :meth:`commit`) have
+        returned."""
+        self._depth = max(1, batches)
+
+    def _drain(self, keep: int = 0) -> None:
+        """Wait until only the writes of the latest ``keep`` add* calls may be running
+        (and raise the error of one that failed, if any)."""
+        while len(self._in_flight) > keep:
+            write = self._in_flight.popleft()
+            if write is not None:
+                write.result()
 
     def add(self, positions: np.ndarray, blocks: np.ndarray) -> None:
         """Encode and append plaintext ``blocks[i]`` for block ``positions[i]``."""
@@ -378,7 +391,8 @@ class ImageWriter:
         if len(positions):
             self.add_encoded(self.codec.encode(np.asarray(positions, np.uint64), blocks))
         else:
-            self._drain()  # as every add: the buffers of the previous call are free again
+            self._drain(self._depth - 1)  # as every add: the oldest buffers are free again
+            self._in_flight.append(None)
 
     def add_encoded(self, encoded: EncodedBlocks) -> None:
         """Append encoded blocks (their records and payload bytes)."""
@@ -392,7 +406,7 @@ class ImageWriter:
         it), the same bytes are copied file to file (``copy_file_range``) where the file
         system allows.  The background thread writes them while the caller goes on; the
         buffers under ``pieces`` may be reused once the next ``add*`` call (or
-        :meth:`commit`) has returned."""
+        :meth:`commit`) has returned (see :meth:`write_behind`)."""
         self.add_records(self.place_verbatim(records, pieces, source))
 
     def place_verbatim(self, records: np.ndarray, pieces: Sequence[memoryview],
@@ -407,9 +421,9 @@ class ImageWriter:
                 else pieces[i] for i in keep]
         nbytes = sum(p.nbytes for p in flat)
         copy = None if source is None else (source[0], [int(source[1][i]) for i in keep])
-        self._drain()
-        if nbytes:
-            self._in_flight = self._io.submit(self._write, flat, self._offset, nbytes, copy)
+        self._drain(self._depth - 1)
+        self._in_flight.append(self._io.submit(self._write, flat, self._offset, nbytes, copy)
+                               if nbytes else None)
         self._offset += nbytes
         return records
 

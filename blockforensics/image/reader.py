@@ -42,6 +42,7 @@ class ChainDisk(InPlaceDisk):
     """
 
     thread_safe = True
+    in_order = False  # write_to hands a window's blocks over image by image
 
     def __init__(self, chain: Chain, point: int, *, check: bool = True):
         self.chain = chain

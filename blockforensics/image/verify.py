@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +61,12 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready values (``verify --json``, ``fleet verify``)."""
+        return {"ok": self.ok, "images": self.images, "blocks": self.blocks,
+                "authenticated": self.authenticated,
+                "problems": [vars(problem) for problem in self.problems]}
 
     def frame(self) -> pd.DataFrame:
         """The problems as a DataFrame: image, position, message."""
