@@ -238,8 +238,9 @@ class PlacedWriter:
             check: Callable[[], object] | None = None) -> None:
         """Runs of disk bytes held at ``buffer_offsets`` of ``buffer`` (bytes, not to be
         changed by the caller until ``done()`` is called, once all of them are written).
-        ``check()``, if given, runs in the checking thread before any of them is written;
-        if it raises, they are not written and the error is raised here or on leaving."""
+        ``check()``, if given, runs in a checking thread before any of them is written (it
+        may fill ``buffer`` first: reads then run on every core too); if it raises, they
+        are not written and the error is raised here or on leaving."""
         parts = self._parts(disk_starts, buffer_offsets, lengths)
         jobs = [] if parts is None else \
             [(buffer[at : at + n], target) for target, at, n in zip(*(p.tolist() for p in parts))]

@@ -143,11 +143,11 @@ class ChainDisk(InPlaceDisk):
 
     def write_to(self, out: PlacedWriter) -> None:
         """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at
-        a time: verbatim payloads are read into reused ``COPY_BUFFER``-sized buffers and
-        handed over with their check (``out``'s checking threads hash buffers while its
-        writer writes those already checked and this thread reads the next; nothing is
-        written before its check passed); the rest is decoded, and so checked, a batch at
-        a time."""
+        a time: reused ``COPY_BUFFER``-sized buffers are handed over with, as their check,
+        the reading of their verbatim payloads and the check of those (``out``'s checking
+        threads, one per core, read and hash buffers while its writer writes those already
+        checked; nothing is written before its check passed); the rest is decoded, and so
+        checked, a batch at a time."""
         bs = self.block_size
         rows_per_buffer = max(1, COPY_BUFFER // bs)
         free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
@@ -163,12 +163,11 @@ class ChainDisk(InPlaceDisk):
                     buffer = free.get()
                     piece = stored_at[k : k + rows_per_buffer]
                     here, held = np.arange(len(piece)), stored[k : k + rows_per_buffer]
-                    self._read_stored(image, held, buffer, here)
                     position, row, count = contiguous_runs(piece, here, 1)
-                    check = functools.partial(check_stored, image.name, buffer.reshape(-1),
-                                              here * bs, held) if self.check else None
                     out.put(buffer.reshape(-1).data, position * bs, row * bs, count * bs,
-                            done=functools.partial(free.put, buffer), check=check)
+                            done=functools.partial(free.put, buffer),
+                            check=functools.partial(self._read_verbatim, image, held, buffer,
+                                                    here))
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]
