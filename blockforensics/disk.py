@@ -44,6 +44,8 @@ class Disk(ABC):
     block_size: int
     #: whether :meth:`write_to` hands its bytes over in ascending disk order
     in_order: ClassVar[bool] = True
+    #: reads may run in several threads at once (else the NBD server takes turns)
+    thread_safe: ClassVar[bool] = False
 
     @property
     def n_blocks(self) -> int:

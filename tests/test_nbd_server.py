@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import flip_stored_bit, require_tools
 
 from blockforensics.errors import UsageError
+from blockforensics.export import FLAT
+from blockforensics.export import layout as export_layout
 from blockforensics.formats.raw import RawDisk
+from blockforensics.image.backup import backup
+from blockforensics.image.chain import Chain
 from blockforensics.nbd import protocol as p
+from blockforensics.nbd.client import NbdConnection, NbdError
 from blockforensics.nbd.server import NbdServer, served
+from blockforensics.volume import Volume
 
 MiB = 1 << 20
 
@@ -70,8 +77,6 @@ def test_go_info_list_read_and_refused_writes(source: Path):
         sock.sendall(p.pack_option(p.NBD_OPT_LIST))
         assert option_reply(sock)[1:] == (p.NBD_REP_SERVER, p.pack_string("disk"))
         assert option_reply(sock)[1] == p.NBD_REP_ACK
-        sock.sendall(p.pack_option(p.NBD_OPT_STRUCTURED_REPLY))
-        assert option_reply(sock)[1] == p.NBD_REP_ERR_UNSUP
         sock.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("nope", [])))
         assert option_reply(sock)[1] == p.NBD_REP_ERR_UNKNOWN
         sock.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("disk", [p.NBD_INFO_BLOCK_SIZE])))
@@ -135,3 +140,163 @@ def test_needs_one_place_to_listen(source: Path, tmp_path: Path):
         NbdServer(RawDisk(source))
     with pytest.raises(UsageError, match="exactly one"):
         NbdServer(RawDisk(source), socket_path=tmp_path / "s", port=1)
+
+
+# ------------------------------------------------- a chain point: pieces, holes, checks
+BS = 4096
+N_BLOCKS = 2700  # ~10.5 MiB: reads cross the server's 4 MiB pieces and read-ahead windows
+
+
+def chain_point(tmp_path: Path, compress: bool = False) -> tuple[Chain, bytes]:
+    """A chain of a full and an incremental of a volume with random, zero (not stored:
+    holes) and compressible runs; point 1's bytes."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, (N_BLOCKS, BS), dtype=np.uint8)
+    data[50:52] = 0
+    data[300:900] = 0
+    data[900:1500] = rng.integers(0, 4, (600, BS), dtype=np.uint8) * 64  # compressible
+    data[1500:2100] = 0  # across the 8 MiB mark
+    chain = Chain.create(tmp_path / "chain")
+    backup(chain, Volume.from_bytes(data.reshape(-1), BS), compress=compress)
+    data[1000:1010] = rng.integers(0, 256, (10, BS), dtype=np.uint8)
+    data[1600] = 7
+    backup(chain, Volume.from_bytes(data.reshape(-1), BS), compress=compress)
+    return Chain.open(tmp_path / "chain"), data.tobytes()
+
+
+def structured(server: NbdServer) -> socket.socket:
+    """A raw connection in transmission with structured replies."""
+    sock = connect(server)
+    sock.sendall(p.pack_option(p.NBD_OPT_STRUCTURED_REPLY))
+    assert option_reply(sock)[1] == p.NBD_REP_ACK
+    sock.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("disk", [])))
+    while option_reply(sock)[1] != p.NBD_REP_ACK:
+        pass
+    return sock
+
+
+def chunks(sock: socket.socket, cookie: int) -> list[tuple[int, int, bytes]]:
+    """``(flags, type, payload)`` of a structured reply's chunks, up to the DONE one."""
+    out = []
+    while not out or not out[-1][0] & p.NBD_REPLY_FLAG_DONE:
+        magic, flags, kind, got, length = p.STRUCTURED_REPLY.unpack(
+            recv(sock, p.STRUCTURED_REPLY.size))
+        assert (magic, got) == (p.NBD_STRUCTURED_REPLY_MAGIC, cookie)
+        out.append((flags, kind, recv(sock, length)))
+    return out
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compressed"])
+def test_reads_across_pieces_and_read_ahead_equal_the_point(tmp_path: Path, compress: bool):
+    """Sequential reads of odd sizes (pieces taken in parts, read ahead), jumps back and
+    forth (read-ahead dropped), single bytes and the whole disk at once, through the
+    project's client (structured replies, holes) and qemu-img; every block checked."""
+    chain, data = chain_point(tmp_path, compress)
+    with NbdServer(chain.disk(1), socket_path=tmp_path / "s.sock").start() as server, \
+            NbdConnection.open(server.url) as nbd:
+        assert nbd.structured and nbd.size == len(data)
+        step = 3 * MiB + 12345
+        assert b"".join(nbd.read(at, min(step, len(data) - at))
+                        for at in range(0, len(data), step)) == data
+        rng = np.random.default_rng(9)
+        for at, length in [(0, len(data)), (len(data) - 1, 1), (4 * MiB - 1, 2),
+                           *zip(rng.integers(0, len(data) - 2 * MiB, 20).tolist(),
+                                rng.integers(1, 2 * MiB, 20).tolist())]:
+            assert nbd.read(at, length) == data[at : at + length], (at, length)
+        assert not server.failed
+        if shutil.which("qemu-img"):
+            (tmp_path / "point.raw").write_bytes(data)
+            done = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
+                                   tmp_path / "point.raw", server.url],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_absent_blocks_go_out_as_holes_and_df_as_one_chunk(tmp_path: Path):
+    chain, data = chain_point(tmp_path)
+    with NbdServer(chain.disk(1), socket_path=tmp_path / "s.sock").start() as server:
+        sock = structured(server)
+
+        def read(offset: int, length: int, flags: int = 0) -> list[tuple[int, int, bytes]]:
+            sock.sendall(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, flags, p.NBD_CMD_READ, 3,
+                                        offset, length))
+            return chunks(sock, 3)
+
+        hole = read(400 * BS, 400 * BS)  # all of it absent: one hole, nothing else
+        assert hole == [(p.NBD_REPLY_FLAG_DONE, p.NBD_REPLY_TYPE_OFFSET_HOLE,
+                         p.OFFSET_HOLE.pack(400 * BS, 400 * BS))]
+        mixed = read(250 * BS + 100, 100 * BS)  # data, then a hole from block 300
+        assert [(f, k) for f, k, _ in mixed] == [(0, p.NBD_REPLY_TYPE_OFFSET_DATA),
+                                                 (p.NBD_REPLY_FLAG_DONE,
+                                                  p.NBD_REPLY_TYPE_OFFSET_HOLE)]
+        assert mixed[0][2] == p.OFFSET_DATA.pack(250 * BS + 100) + data[250 * BS + 100 : 300 * BS]
+        assert mixed[1][2] == p.OFFSET_HOLE.pack(300 * BS, 50 * BS + 100)
+        whole = read(250 * BS + 100, 100 * BS, p.NBD_CMD_FLAG_DF)  # "don't fragment"
+        assert whole == [(p.NBD_REPLY_FLAG_DONE, p.NBD_REPLY_TYPE_OFFSET_DATA,
+                          p.OFFSET_DATA.pack(250 * BS + 100)
+                          + data[250 * BS + 100 : 350 * BS + 100])]
+        (error,) = read(len(data), 1)  # past the end: an error chunk, never a simple reply
+        assert error[:2] == (p.NBD_REPLY_FLAG_DONE, p.NBD_REPLY_TYPE_ERROR)
+        assert p.ERROR_CHUNK.unpack_from(error[2])[0] == p.NBD_EINVAL
+        sock.close()
+
+
+def test_simple_replies_read_across_pieces(tmp_path: Path):
+    """A client without structured replies gets every byte, zeros included, after all
+    of them passed their check."""
+    chain, data = chain_point(tmp_path)
+    with NbdServer(chain.disk(1), socket_path=tmp_path / "s.sock").start() as server:
+        sock = connect(server)
+        sock.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("disk", [])))
+        while option_reply(sock)[1] != p.NBD_REP_ACK:
+            pass
+        for at, length in [(0, 5 * MiB), (5 * MiB, 5 * MiB + 7), (100, 9 * MiB)]:
+            sock.sendall(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, 0, p.NBD_CMD_READ, 4, at, length))
+            assert p.SIMPLE_REPLY.unpack(recv(sock, p.SIMPLE_REPLY.size)) == \
+                (p.NBD_SIMPLE_REPLY_MAGIC, 0, 4)
+            assert recv(sock, length) == data[at : at + length]
+        sock.close()
+
+
+def test_damaged_block_read_ahead_fails_only_the_read_that_asks_for_it(tmp_path: Path):
+    """Bit rot in a block the server read ahead: the reads before it succeed and nothing
+    is reported; the read of it gets EIO (named once on stderr); the reads around it
+    still succeed."""
+    _, data = chain_point(tmp_path)
+    flip_stored_bit(tmp_path / "chain" / "0000-full.bfi", 2200)
+    with NbdServer(Chain.open(tmp_path / "chain").disk(1),
+                   socket_path=tmp_path / "s.sock").start() as server, \
+            NbdConnection.open(server.url) as nbd:
+        for at in range(0, 2200 * BS - MiB, MiB):  # read ahead past block 2200
+            assert nbd.read(at, MiB) == data[at : at + MiB]
+        assert not server.failed
+        with pytest.raises(NbdError, match=f"error {p.NBD_EIO}: .*block 2200"):
+            nbd.read(2199 * BS, 2 * BS)
+        assert "0000-full.bfi: block 2200:" in server.failed
+        assert nbd.read(2201 * BS, MiB) == data[2201 * BS : 2201 * BS + MiB]
+        assert nbd.read(2100 * BS, 100 * BS) == data[2100 * BS : 2200 * BS]
+
+
+@pytest.mark.parametrize("fmt", FLAT)
+def test_zero_runs_read_as_zeros_in_every_layout(tmp_path: Path, fmt: str):
+    """What the server sends as holes reads as zeros in the layout's file, covers the
+    volume's absent blocks, and is the same asked piece by piece."""
+    chain, _ = chain_point(tmp_path)
+    layout = export_layout(chain.disk(1), fmt)
+    file = np.frombuffer(layout.read(0, layout.file_size), dtype=np.uint8)
+    starts, lengths = layout.zero_runs(0, layout.file_size)
+    zero = np.zeros(layout.file_size, dtype=bool)
+    for start, length in zip(starts.tolist(), lengths.tolist()):
+        zero[start : start + length] = True
+    assert not file[zero].any()
+    if fmt in ("raw", "vhd-fixed"):  # the disk's bytes in place: its absent runs are holes
+        assert zero.sum() >= (2 + 600 + 600 - 1) * BS  # (block 1600 came back)
+    else:  # sparse formats leave most absent bytes out of the file
+        assert zero.any()
+    step = 3 * MiB + 1000
+    pieces = [layout.zero_runs(at, step) for at in range(0, layout.file_size, step)]
+    cut = np.zeros(layout.file_size, dtype=bool)
+    for piece_starts, piece_lengths in pieces:
+        for start, length in zip(piece_starts.tolist(), piece_lengths.tolist()):
+            cut[start : start + length] = True
+    assert np.array_equal(cut, zero)

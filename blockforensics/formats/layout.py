@@ -166,6 +166,39 @@ class FileLayout(ABC):
             i += 1
         return n
 
+    def zero_runs(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(file offsets, lengths)`` in bytes, ascending, of the runs of bytes
+        ``offset .. offset+length`` (clipped to the file) that read as zeros whatever
+        the disk holds: outside every extent, and in data extents where the disk's
+        blocks are not ``present`` or past its end.  What an NBD server sends as holes."""
+        end = min(offset + length, self.file_size)
+        starts, lengths, source, _ = self._extents
+        bs = self.disk.block_size
+        data: list[tuple[np.ndarray, np.ndarray]] = []
+        i = max(0, int(np.searchsorted(starts, offset, side="right")) - 1)
+        while i < starts.size and starts[i] < end:
+            s, e = max(offset, int(starts[i])), min(end, int(starts[i] + lengths[i]))
+            src = int(source[i])
+            if s < e and src < 0:  # metadata
+                data.append((np.array([s]), np.array([e])))
+            elif s < e:
+                first, stop = src + s - int(starts[i]), min(src + e - int(starts[i]),
+                                                            self.disk.size)
+                if first < stop:
+                    b0 = first // bs
+                    flags = self.present.contains(np.arange(b0, -(-stop // bs)))
+                    edges = np.flatnonzero(np.diff(np.r_[False, flags, False]))
+                    shift = s - first  # file byte = disk byte + shift
+                    data.append((np.maximum((b0 + edges[0::2]) * bs, first) + shift,
+                                 np.minimum((b0 + edges[1::2]) * bs, stop) + shift))
+            i += 1
+        data_starts = np.concatenate([np.zeros(0, np.int64), *(a for a, _ in data)])
+        data_ends = np.concatenate([np.zeros(0, np.int64), *(b for _, b in data)])
+        hole_starts = np.r_[offset, data_ends].astype(np.int64)
+        hole_ends = np.r_[data_starts, max(end, offset)].astype(np.int64)
+        keep = hole_ends > hole_starts
+        return hole_starts[keep], (hole_ends - hole_starts)[keep]
+
 
 def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
                  progress: bool = False) -> Path:

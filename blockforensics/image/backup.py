@@ -90,36 +90,35 @@ def batches(todo: BlockMap, step: int) -> Iterator[np.ndarray]:
         yield np.arange(total) + np.repeat(starts[a:b] - (before[a:b] - first), lengths[a:b])
 
 
-#: batches the image writer may hold in flight (ImageWriter.write_behind): the disk
-#: always has the next one waiting
+#: batches the image writer may hold in flight (ImageWriter.write_behind) when it writes
+#: plain blocks straight from the read buffers (direct I/O): the disk always has the
+#: next one waiting.  Encoded payloads (encrypted, compressed) are new buffers: one.
 WRITE_BEHIND = 2
-#: read buffers :func:`read_ahead` cycles through: one being read, one being encoded,
-#: those the writer holds
-READ_BUFFERS = WRITE_BEHIND + 2
 
 
-def read_ahead(source: Disk, todo: BlockMap, step: int
+def read_ahead(source: Disk, todo: BlockMap, step: int, write_behind: int = 1
                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(positions, blocks)`` of ``todo``, batch by batch (see :func:`batches`); each next
     batch is read on a thread while the caller works on this one (reads release the GIL,
     so hashing, compression and encryption never wait for the source).
 
-    The blocks are read into ``READ_BUFFERS`` page-aligned buffers in turn (no fresh
-    memory per batch; aligned for direct I/O), so a batch's array is overwritten by
-    the batch ``READ_BUFFERS`` later, read while the caller asks for the one before:
-    the caller must be done with it by then, and so must its image writer (with
-    ``write_behind(WRITE_BEHIND)``, ``ImageWriter.add`` returns once the batch
-    ``WRITE_BEHIND`` calls back is written)."""
+    The blocks are read into ``write_behind + 2`` page-aligned buffers in turn (no fresh
+    memory per batch; aligned for direct I/O): one being read, one the caller works on,
+    ``write_behind`` its image writer may still hold.  A batch's array is overwritten
+    by the one ``write_behind + 2`` later, read while the caller asks for the one before:
+    the caller must be done with it by then, and so must its writer (after
+    ``write_behind(N)``, ``ImageWriter.add`` returns once the batch N calls back is
+    written)."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     block_size = source.block_size
     ring = [np.frombuffer(mmap.mmap(-1, 2 * step * block_size,  # a batch: <= 2 * step blocks
                                     flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
-            for _ in range(READ_BUFFERS)]
+            for _ in range(write_behind + 2)]
     with ThreadPoolExecutor(1, thread_name_prefix="blockforensics-read") as pool:
         pending: tuple[np.ndarray, Future[np.ndarray]] | None = None
         for i, positions in enumerate(batches(todo, step)):
-            out = ring[i % READ_BUFFERS][: len(positions) * block_size].reshape(-1, block_size)
+            out = ring[i % len(ring)][: len(positions) * block_size].reshape(-1, block_size)
             ahead = (positions, pool.submit(source.read_at, positions, out))
             if pending is not None:
                 yield pending[0], pending[1].result()
@@ -186,9 +185,10 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
             progress_bar(todo.count() * bs, "backup", progress) as bar:
         codec = writer.codec
         assert codec is not None  # a writer made from a header has a codec
-        writer.write_behind(WRITE_BEHIND)  # read_ahead's buffers outlive that many adds
+        behind = 1 if codec.encrypted or compress else WRITE_BEHIND
+        writer.write_behind(behind)  # read_ahead's buffers outlive that many adds
         zero = codec.zero_digest()
-        for positions, blocks in read_ahead(reader, todo, _chunk_blocks(bs)):
+        for positions, blocks in read_ahead(reader, todo, _chunk_blocks(bs), behind):
             if full:
                 take = nonzero_rows(blocks)
             elif parent_layout is not None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 import zlib
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
@@ -42,13 +42,20 @@ ZSTD_LEVEL = 1  # ~400 MB/s per core on 4 KiB blocks; level -1 is ~30 % faster b
 SAMPLE_BYTES, RANDOM_DISTINCT = 128, 92
 
 
-@cache
-def _zstd() -> tuple[object, object]:
-    """One zstd compressor and decompressor per process (imported on first use only)."""
-    import zstandard
+_per_thread = threading.local()
 
-    return (zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False),
+
+def _zstd() -> tuple[object, object]:
+    """One zstd compressor and decompressor per thread (their methods must not run in two
+    threads at once; imported on first use only)."""
+    pair = getattr(_per_thread, "zstd", None)
+    if pair is None:
+        import zstandard
+
+        pair = _per_thread.zstd = (
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False),
             zstandard.ZstdDecompressor())
+    return pair
 
 
 def random_rows(blocks: np.ndarray, rows: np.ndarray) -> np.ndarray:

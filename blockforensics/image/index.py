@@ -106,10 +106,13 @@ class ImageIndex:
 
     def _between_posts(self, post: int) -> np.ndarray:
         """Records of the rows between fence posts ``post`` and ``post + 1`` (the last
-        ones read are kept: consecutive lookups mostly fall between the same posts)."""
-        if self._cached[0] != post:
-            self._cached = (post, self.read(post * FENCE, (post + 1) * FENCE))
-        return self._cached[1]
+        ones read are kept: consecutive lookups mostly fall between the same posts; one
+        tuple swapped at once, so threads reading at the same time never mix two)."""
+        cached = self._cached
+        if cached[0] != post:
+            cached = (post, self.read(post * FENCE, (post + 1) * FENCE))
+            self._cached = cached
+        return cached[1]
 
     def row_of(self, position: int) -> int:
         """The first row whose position is ``position`` or more (``count`` if none)."""

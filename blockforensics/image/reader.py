@@ -38,8 +38,10 @@ class ChainDisk(InPlaceDisk):
     stored digest (hashed a read window at a time), encrypted blocks by their
     authentication tag.  A block that fails raises IntegrityError naming the image
     and the block.  ``check=False`` skips the digests (only to measure their cost).
+    Reads may run in several threads at once (each into its own buffer, by ``pread``).
     """
 
+    thread_safe = True
     in_order = False  # write_to hands a window's blocks over image by image
 
     def __init__(self, chain: Chain, point: int, *, check: bool = True):
