@@ -1,7 +1,7 @@
 """Build the one C extension (everything else lives in pyproject.toml).
 
 ``blockforensics._native`` hashes and encrypts a whole batch of blocks per call
-with libcrypto, without the GIL.  It is optional: without a C compiler or the
+with libcrypto (CRC-32 with zlib), without the GIL.  It is optional: without a C compiler or the
 libcrypto headers the build goes on, and ``blockforensics.spanhash`` and
 ``blockforensics.crypto`` use hashlib and ``cryptography`` instead (slower, same bytes).
 """
@@ -9,4 +9,4 @@ libcrypto headers the build goes on, and ``blockforensics.spanhash`` and
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("blockforensics._native", ["blockforensics/_native.c"],
-                             libraries=["crypto"], optional=True)])
+                             libraries=["crypto", "z"], optional=True)])

@@ -41,12 +41,13 @@ a group needs are made once, untimed, when their group is left out).  After the
 runs, every restored volume is compared with the source (or, for partclone, with
 ours) and every consolidated repository must hold one point: partclone, for one,
 exits 0 on a bad option having restored nothing.  The full backups each start with the
-source in the page cache (borg drops what it reads from it).  ``--baseline DIR`` also runs the full
-backups of another checkout (``DIR`` on ``PYTHONPATH``, its extension built) in the same
-rounds, right after ours ("before: full, ...").  Install the peers with
-``apt-get install restic borgbackup partclone`` (``scripts/setup.sh`` does not:
-the benchmarks are not run in CI); ``qemu-img`` and ``qemu-nbd`` come with
-``qemu-utils``.  Our commands run from compiled bytecode, as installed.
+source in the page cache (borg drops what it reads from it).  ``--baseline DIR`` also runs
+the full backups and the exports of another checkout (``DIR`` on ``PYTHONPATH``, its
+extension built) in the same rounds, right after ours ("before: full, ...", "before:
+export ...").  Install the peers with ``apt-get install restic borgbackup partclone``
+(``scripts/setup.sh`` does not: the benchmarks are not run in CI); ``qemu-img`` and
+``qemu-nbd`` come with ``qemu-utils``.  Our commands run from compiled bytecode, as
+installed.
 """
 
 from __future__ import annotations
@@ -252,32 +253,42 @@ def differing_blocks(restored: Path, reference: Path, size: int) -> int:
                for i in range(0, len(a), step))
 
 
-def exports(work: Path, src: Path, chain: Path, point0: Path, repeat: int
+def exports(work: Path, src: Path, chain: Path, point0: Path, repeat: int,
+            baseline: Path | None = None
             ) -> tuple[dict[str, Run], dict[str, int], list[tuple[str, str]]]:
     """Race ``export`` of the image file and of point 0 of ``chain`` to a dynamic and a
-    fixed VHD against ``qemu-img convert`` of the image (of ``point0``, the point restored);
-    check every VHD against its source.  The runs, the stored bytes (allocated) by label,
-    and the (ours, peer) pairs to report."""
+    fixed VHD against ``qemu-img convert`` of the image (of ``point0``, the point restored),
+    and ``baseline``'s exports if given; check every VHD against its source.  The runs, the
+    stored bytes (allocated) by label, and the (ours, peer) pairs to report."""
     runs: dict[str, Run] = {}
     sizes: dict[str, int] = {}
     pairs: list[tuple[str, str]] = []
     images = sorted(chain.glob("*.bfi"))
+    mine: dict[str, dict[str, str]] = {"ours": {}}
+    if baseline:
+        mine["before"] = {"PYTHONPATH": str(baseline), "PYTHONSAFEPATH": "1"}  # not the cwd's
     for origin, source, raw, reads in (("raw", src, src, [src]),
                                        ("chain", chain, point0, images)):
         for kind in ("dynamic", "fixed"):
-            ours, qemu = work / f"ours-{origin}-{kind}.vhd", work / f"qemu-{origin}-{kind}.vhd"
-            label, tag = f"ours: export from {origin}, vhd-{kind}", f" [{origin}, {kind}]"
-            argv = cli("export", source, ours, "--format", f"vhd-{kind}",
-                       *(["--point", 0] if origin == "chain" else []))
-            done = fastest([*export_steps(label, argv, fresh(ours, *reads)),
-                            *convert_steps(raw, qemu, kind, fresh(qemu, raw), tag)], repeat)
-            for vhd in (ours, qemu):
+            qemu, tag = work / f"qemu-{origin}-{kind}.vhd", f" [{origin}, {kind}]"
+            outputs: dict[str, Path] = {}
+            steps: list[Step] = []
+            for who, env in mine.items():
+                out = work / f"{who}-{origin}-{kind}.vhd"
+                label = f"{who}: export from {origin}, vhd-{kind}"
+                argv = cli("export", source, out, "--format", f"vhd-{kind}",
+                           *(["--point", 0] if origin == "chain" else []))
+                steps += export_steps(label, argv, fresh(out, *reads), env)
+                outputs |= {step.label: out for step in steps[-2:]}
+                pairs += [(f"{label}{suffix}", f"{peer}{tag}") for suffix, peer in LIKE_FOR_LIKE]
+            done = fastest([*steps, *convert_steps(raw, qemu, kind, fresh(qemu, raw), tag)],
+                           repeat)
+            for vhd in {*outputs.values(), qemu}:
                 if not identical(raw, vhd):
                     raise SystemExit(f"{vhd}: not the same volume as {raw}")
             runs |= done
-            sizes |= {name: allocated(qemu if name.startswith("qemu") else ours) for name in done}
-            pairs += [(f"{label}{suffix}", f"{peer}{tag}") for suffix, peer in LIKE_FOR_LIKE]
-            for vhd in (ours, qemu):
+            sizes |= {name: allocated(outputs.get(name, qemu)) for name in done}
+            for vhd in {*outputs.values(), qemu}:
                 vhd.unlink()
     return runs, sizes, pairs
 
@@ -328,7 +339,8 @@ def arguments() -> argparse.Namespace:
     """The common options, and ``--only GROUP...``."""
     only = argparse.ArgumentParser(add_help=False)
     only.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS))
-    only.add_argument("--baseline", type=Path, help="another checkout's full backups too")
+    only.add_argument("--baseline", type=Path,
+                      help="another checkout's full backups and exports too")
     picked, rest = only.parse_known_args()
     sys.argv[1:] = rest
     args = options(__doc__, 1024)
@@ -424,7 +436,8 @@ def main() -> None:
                 label = step.label.replace("ours: ", "before: ")
                 outputs[label] = out
                 timed_full.append(Step(label, [*step.argv[:5], str(out), *step.argv[6:]],
-                                       fresh(out), {"PYTHONPATH": str(args.baseline)}))
+                                       fresh(out), {"PYTHONPATH": str(args.baseline),
+                                                   "PYTHONSAFEPATH": "1"}))
 
     def warmed(before: Callable[[], object] | None) -> Callable[[], None]:
         def run() -> None:
@@ -508,7 +521,7 @@ def main() -> None:
         subprocess.run(cli("restore", c["plain"], point0, "--point", 0), check=True,
                        stdout=subprocess.DEVNULL)
     if "export" in args.only:
-        runs, sizes, more = exports(work, src, c["plain"], point0, args.repeat)
+        runs, sizes, more = exports(work, src, c["plain"], point0, args.repeat, args.baseline)
         results |= runs
         stored |= sizes
         pairs += more

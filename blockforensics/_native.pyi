@@ -1,4 +1,4 @@
-"""Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256 and
+"""Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256, CRC-32 and
 AES-256-GCM over contiguous buffers, and Linux's sync_file_range, run without the GIL.
 Every buffer argument is bytes, memoryview or a C-contiguous numpy array; ``out`` and
 ``ok`` are written."""
@@ -11,6 +11,7 @@ from typing_extensions import Buffer
 _Bytes: TypeAlias = Buffer | np.ndarray
 
 def sha256_spans(data: _Bytes, offsets: _Bytes, lengths: _Bytes, out: _Bytes, /) -> None: ...
+def crc32_spans(data: _Bytes, offsets: _Bytes, lengths: _Bytes, out: _Bytes, /) -> None: ...
 def aes256gcm_seal_spans(key: _Bytes, nonces: _Bytes, aads: _Bytes, data: _Bytes,
                          offsets: _Bytes, lengths: _Bytes, out: _Bytes,
                          out_offsets: _Bytes, /) -> None: ...

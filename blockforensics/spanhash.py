@@ -1,4 +1,4 @@
-"""SHA-256/128 of many blocks at once: the per-block digest every image record carries.
+"""SHA-256/128 and CRC-32 of many blocks at once: the per-block digests image records carry.
 
 A backup hashes every block it reads, so this is the hottest loop of the
 toolkit.  With the C extension a whole batch of spans is hashed per call by
@@ -10,6 +10,7 @@ without it the same digests come from hashlib, one Python call per block (about
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 import numpy as np
 
@@ -44,4 +45,28 @@ def sha256_128_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
     else:
         batch.run(lambda part: batch.native.sha256_spans(
             data, offsets[part], lengths[part], out[part]), batch.parts(lengths))
+    return out
+
+
+def crc32_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
+                lengths: np.ndarray) -> np.ndarray:
+    """CRC-32 (zlib's) of the spans ``data[offset : offset + length]`` (bytes), as uint32."""
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    out = np.empty(len(offsets), dtype="<u4")
+    if batch.native is None:
+        view = memoryview(data).cast("B")
+        out[:] = [zlib.crc32(view[s : s + n]) for s, n in zip(offsets.tolist(), lengths.tolist())]
+    else:
+        batch.run(lambda part: batch.native.crc32_spans(
+            data, offsets[part], lengths[part], out[part]), batch.parts(lengths))
+    return out
+
+
+def stored_checks(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
+                  lengths: np.ndarray) -> np.ndarray:
+    """The stored digests of payloads written with ``FLAG_CRC32``: each span's CRC-32,
+    little-endian, in the first 4 of 16 bytes (the rest zero), as ``(k, 16)`` uint8."""
+    out = np.zeros((len(offsets), DIGEST_SIZE), dtype=np.uint8)
+    out[:, :4] = crc32_spans(data, offsets, lengths).view(np.uint8).reshape(-1, 4)
     return out

@@ -12,7 +12,7 @@ DEBIAN_PACKAGES=(
   sleuthkit                         # independent file-system reader for cross-checks (mactime too)
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)
-  gcc libc6-dev libssl-dev          # build the C batch hasher/encrypter (blockforensics._native)
+  gcc libc6-dev libssl-dev zlib1g-dev  # build the C batch hasher/encrypter (blockforensics._native)
 )
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

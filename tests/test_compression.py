@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blockforensics.image.codec import MIN_SAVING, compress_rows, decompress, random_rows
-from blockforensics.image.format import FLAG_ZLIB, FLAG_ZSTD
+from blockforensics.image.format import ENCODING_FLAGS, FLAG_ZLIB, FLAG_ZSTD
 
 
 def _blocks(seed: int = 3) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_a_compressed_chain_restores_exactly_and_a_flipped_payload_bit_is_named(
     assert restore(chain, 0).tobytes() == blocks.tobytes()
     image = chain.images[0]
     records = image.index.all()
-    record = records[np.flatnonzero(records["flags"] == FLAG_ZSTD)[5]]
+    record = records[np.flatnonzero((records["flags"] & ENCODING_FLAGS) == FLAG_ZSTD)[5]]
     with open(image.path, "r+b") as fh:
         fh.seek(int(record["offset"]) + int(record["length"]) // 2)
         byte = fh.read(1)

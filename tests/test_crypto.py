@@ -27,10 +27,9 @@ from blockforensics.crypto import KEY_SIZE, ChainKeys, KeySource
 from blockforensics.errors import CryptoKeyError, FormatError
 from blockforensics.image.backup import backup, restore
 from blockforensics.image.chain import Chain
-from blockforensics.image.format import FLAG_ENCRYPTED, FLAG_ZERO, Footer
-from blockforensics.image.imagefile import ImageFile
+from blockforensics.image.format import DIGEST_SIZE, FLAG_CRC32, FLAG_ENCRYPTED, FLAG_ZERO, Footer
+from blockforensics.image.imagefile import ImageFile, stored_digests
 from blockforensics.image.verify import verify
-from blockforensics.spanhash import sha256_128
 from blockforensics.volume import Volume
 
 PASSPHRASE = b"correct horse battery staple"
@@ -148,7 +147,7 @@ def test_encrypted_chain_consolidates_without_the_key(tmp_path: Path, key_file: 
     assert len(after) == len(PARENTS) - 1 and after.keys() <= before.keys()
     for image_id, blocks in after.items():  # ciphertexts, flags and digests verbatim
         assert blocks == before[image_id]
-    assert all(flags == FLAG_ENCRYPTED for blocks in after.values()
+    assert all(flags == FLAG_ENCRYPTED | FLAG_CRC32 for blocks in after.values()
                for flags, *_ in blocks.values())
     assert_restores(directory, sources, key)
     assert verify(directory, key).ok
@@ -180,9 +179,9 @@ def rewrite_image(path: Path, edit: Callable[[np.ndarray, bytearray], np.ndarray
     data = bytearray(path.read_bytes()[: image.footer.index_offset])
     records = edit(image.index.all(), data)
     image.close()
-    for rec in records:
-        payload = bytes(data[int(rec["offset"]) : int(rec["offset"]) + int(rec["length"])])
-        rec["stored_digest"] = sha256_128(payload)
+    area = np.frombuffer(bytes(data), np.uint8)
+    digests = stored_digests(area, records["offset"].astype(np.int64), records)
+    records["stored_digest"] = digests.view(f"V{DIGEST_SIZE}").ravel()
     raw = records.tobytes()
     path.write_bytes(bytes(data) + raw
                      + Footer(len(data), len(records), hashlib.sha256(raw).digest()).pack())

@@ -195,31 +195,35 @@ class PlacedWriter:
     def copy(self, source_fd: int, disk_starts: np.ndarray, source_offsets: np.ndarray,
              lengths: np.ndarray) -> None:
         """Runs of disk bytes (in ascending order) that lie, as they are, at
-        ``source_offsets`` of a file: read ``COPY_BUFFER`` bytes at a time, placed buffer
-        by buffer (a :class:`Packing` places only the pieces written), without their
-        all-zero blocks when ``holes`` is set."""
-        disk_starts = np.asarray(disk_starts, dtype=np.int64)
-        lengths = np.minimum(np.asarray(lengths, dtype=np.int64), self.limit - disk_starts)
-        keep = lengths > 0
-        if not keep.any():
+        ``source_offsets`` of a file, read ``COPY_BUFFER`` bytes at a time; with ``holes``,
+        their all-zero blocks are left out (a :class:`Packing` then places only the
+        pieces something is written to)."""
+        cut = self._cut(disk_starts, source_offsets, lengths)
+        if cut is None:
             return
+        starts, sources, sizes = cut
+        packing = isinstance(self.placement, Packing)
+        targets = starts if packing else self._targets(starts)  # packing: placed as written
         free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(COPY_BUFFERS):
-            free.put(memoryview(bytearray(min(COPY_BUFFER, int(lengths[keep].max())))))
-        for disk, at, n in zip(disk_starts[keep].tolist(),
-                               np.asarray(source_offsets, dtype=np.int64)[keep].tolist(),
-                               lengths[keep].tolist()):
+            free.put(memoryview(bytearray(min(COPY_BUFFER, int(sizes.max())))))
+        for disk, target, at, n in zip(*(a.tolist() for a in (starts, targets, sources, sizes))):
             while n > 0:
                 buffer = free.get()
                 got = os.preadv(source_fd, [buffer[: min(n, len(buffer))]], at)
                 if got <= 0:
                     raise OSError(f"unexpected end of the source file at byte {at}")
-                offsets, sizes = self._data(buffer[:got])
-                self.put(buffer, disk + offsets, offsets, sizes,
-                         done=functools.partial(free.put, buffer))
-                at, disk, n = at + got, disk + got, n - got
+                offsets, counts = self._data(buffer[:got])
+                if packing and offsets:  # a part lies in one piece: one place for the buffer
+                    target = int(self._targets(np.array([disk + offsets[0]]))[0]) - offsets[0]
+                if self._error is not None:
+                    raise self._error
+                self._write_later([(buffer[o : o + k], target + o)
+                                   for o, k in zip(offsets, counts)],
+                                  functools.partial(free.put, buffer))
+                at, disk, target, n = at + got, disk + got, target + got, n - got
 
-    def _data(self, data: memoryview) -> tuple[np.ndarray, np.ndarray]:
+    def _data(self, data: memoryview) -> tuple[list[int], list[int]]:
         """``(offsets, lengths)`` of the runs of ``data`` to write: all of it, or without
         its all-zero ``holes``-byte blocks (a partial last block is kept)."""
         rows = len(data) // self.holes if self.holes else 0
@@ -230,8 +234,9 @@ class PlacedWriter:
                 edges = np.flatnonzero(np.diff(np.r_[False, nonzero, len(data) > rows * self.holes,
                                                      False].astype(np.int8)))
                 offsets = edges[::2] * self.holes
-                return offsets, np.minimum(edges[1::2] * self.holes, len(data)) - offsets
-        return np.zeros(1, dtype=np.int64), np.full(1, len(data), dtype=np.int64)
+                stops = np.minimum(edges[1::2] * self.holes, len(data))
+                return offsets.tolist(), (stops - offsets).tolist()
+        return [0], [len(data)]
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,
             lengths: np.ndarray, done: Callable[[], object] = _nothing,
@@ -263,6 +268,13 @@ class PlacedWriter:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(file targets, source offsets, lengths)`` of the runs cut at piece
         boundaries and at the limit; None when nothing is left."""
+        cut = self._cut(disk_starts, source_offsets, lengths)
+        return None if cut is None else (self._targets(cut[0]), cut[1], cut[2])
+
+    def _cut(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """``(disk starts, source offsets, lengths)`` of the runs cut at piece boundaries
+        and at the limit; None when nothing is left."""
         disk_starts = np.asarray(disk_starts, dtype=np.int64)
         lengths = np.minimum(np.asarray(lengths, dtype=np.int64), self.limit - disk_starts)
         keep = lengths > 0
@@ -271,10 +283,14 @@ class PlacedWriter:
         disk_starts, lengths = disk_starts[keep], lengths[keep]
         starts, part_lengths, run = split_at(disk_starts, lengths, self.placement.grain)
         sources = np.asarray(source_offsets, dtype=np.int64)[keep][run] + starts - disk_starts[run]
-        targets = self.placement(starts)
+        return starts, sources, part_lengths
+
+    def _targets(self, disk_starts: np.ndarray) -> np.ndarray:
+        """File offsets of disk byte offsets; ValueError if any has no place."""
+        targets = self.placement(disk_starts)
         if targets.min() < 0:
             raise ValueError("disk bytes outside the placement's pieces")
-        return targets, sources, part_lengths
+        return targets
 
     def _check(self) -> None:
         """A checking thread: run each part's check, then queue its writes; after a

@@ -23,13 +23,15 @@ from blockforensics.disk import nonzero_rows
 from blockforensics.errors import CryptoKeyError, FormatError
 from blockforensics.image.format import (
     DIGEST_SIZE,
+    ENCODING_FLAGS,
+    FLAG_CRC32,
     FLAG_ENCRYPTED,
     FLAG_ZERO,
     FLAG_ZLIB,
     FLAG_ZSTD,
     INDEX_DTYPE,
 )
-from blockforensics.spanhash import sha256_128, sha256_128_rows, sha256_128_spans
+from blockforensics.spanhash import sha256_128, sha256_128_rows, stored_checks
 
 #: a compressed payload is kept only when it saves at least this share of the block
 MIN_SAVING = 1 / 16
@@ -254,12 +256,12 @@ class BlockCodec:
         batch on every core, anything else block by block; FormatError on a bad block."""
         out = np.empty((len(records), self.block_size), dtype=np.uint8)
         ends = starts + records["length"].astype(np.int64)
-        flags = records["flags"]
-        frames = np.flatnonzero(flags == FLAG_ZSTD)  # plain chains only: no other bit
+        encoding = records["flags"] & ENCODING_FLAGS
+        frames = np.flatnonzero(encoding == FLAG_ZSTD)  # plain chains only: no other bit
         if len(frames):
             out[frames] = decompress_rows(payloads, starts[frames], ends[frames] - starts[frames],
                                           self.block_size, records["position"][frames])
-        for i in np.flatnonzero(flags != FLAG_ZSTD).tolist():
+        for i in np.flatnonzero(encoding != FLAG_ZSTD).tolist():
             block = self.decode(records[i], payloads[starts[i] : ends[i]].tobytes())
             out[i] = np.frombuffer(block, dtype=np.uint8)
         return out
@@ -272,13 +274,6 @@ class BlockCodec:
         if flags & FLAG_ENCRYPTED:
             raise CryptoKeyError("this chain is encrypted: give its key (--key-file)")
         return self._inflate(flags, payload, position)
-
-    def _bundle(self, positions: np.ndarray, flags: np.ndarray, pieces: list[bytes],
-                content: np.ndarray) -> EncodedBlocks:
-        lengths = np.fromiter((len(p) for p in pieces), dtype=np.uint32, count=len(pieces))
-        payload = b"".join(pieces)
-        stored = sha256_128_spans(payload, _starts(lengths), lengths)
-        return EncodedBlocks(_records(positions, flags, lengths, stored, content), payload)
 
     def _inflate(self, flags: int, data: bytes, position: int) -> bytes:
         try:
@@ -298,22 +293,23 @@ class PlainCodec(BlockCodec):
 
     def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
         zero = ~nonzero_rows(blocks)
+        data = ~zero
         content = sha256_128_rows(blocks)
-        flags = np.where(zero, FLAG_ZERO, 0).astype(np.uint32)
+        flags = np.where(zero, FLAG_ZERO, FLAG_CRC32).astype(np.uint32)
         lengths = np.where(zero, 0, self.block_size).astype(np.uint32)
-        stored = content.copy()  # a block stored raw: its stored digest is its content digest
+        stored = np.empty_like(content)
         stored[zero] = np.frombuffer(sha256_128(b""), np.uint8)
         if not self.compress:
-            kept = blocks[~zero] if zero.any() else np.ascontiguousarray(blocks)
+            kept = blocks[data] if zero.any() else np.ascontiguousarray(blocks)
+            width = np.full(len(kept), self.block_size, np.int64)
+            stored[data] = stored_checks(kept.reshape(-1), _starts(width), width)
             return EncodedBlocks(_records(positions, flags, lengths, stored, content),
                                  kept.reshape(-1).data)
-        data = ~zero
         packed = compress_rows(blocks, np.flatnonzero(data))
-        flags[data], lengths[data] = packed.flags, packed.lengths
+        flags[data], lengths[data] = packed.flags | FLAG_CRC32, packed.lengths
         starts = np.zeros(len(positions), dtype=np.int64)
         starts[data] = packed.starts
-        framed = np.flatnonzero(flags == FLAG_ZSTD)
-        stored[framed] = sha256_128_spans(packed.data, starts[framed], lengths[framed])
+        stored[data] = stored_checks(packed.data, packed.starts, packed.lengths)
         return EncodedBlocks(_records(positions, flags, lengths, stored, content, starts),
                              packed.data.data)
 
@@ -334,18 +330,20 @@ class EncryptedCodec(BlockCodec):
         k = len(positions)
         content = self.content_digests(blocks)
         if not self.compress:  # every payload has the same size: one array, no joins
-            out = self.keys.encrypt_rows(positions, FLAG_ENCRYPTED, blocks)
-            flags: np.ndarray = np.full(k, FLAG_ENCRYPTED, dtype=np.uint32)
-            lengths = np.full(k, out.shape[1], dtype=np.uint32)
-            return EncodedBlocks(_records(positions, flags, lengths, sha256_128_rows(out),
+            sealed_flags = FLAG_ENCRYPTED | FLAG_CRC32
+            out = self.keys.encrypt_rows(positions, sealed_flags, blocks)
+            flags: np.ndarray = np.full(k, sealed_flags, dtype=np.uint32)
+            width = np.full(k, out.shape[1], dtype=np.int64)
+            return EncodedBlocks(_records(positions, flags, width.astype(np.uint32),
+                                          stored_checks(out.reshape(-1), _starts(width), width),
                                           content), out.reshape(-1).data)
         packed = compress_rows(blocks, np.arange(k))
-        flags = packed.flags | FLAG_ENCRYPTED
+        flags = packed.flags | FLAG_ENCRYPTED | FLAG_CRC32
         sealed, starts = self.keys.encrypt_spans(positions, flags, packed.data, packed.starts,
                                                  packed.lengths)
         lengths = packed.lengths + np.uint32(NONCE_SIZE + TAG_SIZE)
         return EncodedBlocks(_records(positions, flags, lengths,
-                                      sha256_128_spans(sealed, starts, lengths), content),
+                                      stored_checks(sealed, starts, lengths), content),
                              sealed.data)
 
     def decode_many(self, records: np.ndarray, payloads: np.ndarray, starts: np.ndarray
@@ -401,7 +399,8 @@ class EncryptedCodec(BlockCodec):
         return NONCE_SIZE + self.block_size + TAG_SIZE
 
     def batchable(self, records: np.ndarray) -> np.ndarray:
-        return (records["flags"] == FLAG_ENCRYPTED) & (records["length"] == self.sealed_length)
+        return (((records["flags"] & ENCODING_FLAGS) == FLAG_ENCRYPTED)
+                & (records["length"] == self.sealed_length))
 
     def decode_rows(self, records: np.ndarray, payloads: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:

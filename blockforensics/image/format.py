@@ -53,7 +53,10 @@ FLAG_ZERO = 1  # the block is all zeros; no payload stored
 FLAG_ZLIB = 2  # payload is zlib-compressed (before encryption)
 FLAG_ENCRYPTED = 4  # payload is nonce || AES-256-GCM ciphertext || tag
 FLAG_ZSTD = 8  # payload is one zstd frame (before encryption); what --compress writes
-KNOWN_FLAGS = FLAG_ZERO | FLAG_ZLIB | FLAG_ENCRYPTED | FLAG_ZSTD
+FLAG_CRC32 = 16  # stored_digest is the payload's CRC-32 (bytes 0-3, little-endian; 4-15 zero)
+KNOWN_FLAGS = FLAG_ZERO | FLAG_ZLIB | FLAG_ENCRYPTED | FLAG_ZSTD | FLAG_CRC32
+#: the flags that say how a payload encodes its block (FLAG_CRC32 says how it is checked)
+ENCODING_FLAGS = FLAG_ZERO | FLAG_ZLIB | FLAG_ENCRYPTED | FLAG_ZSTD
 #: bytes an encrypted payload adds to its block: nonce before, GCM tag after
 NONCE_SIZE, TAG_SIZE = 12, 16
 
@@ -63,7 +66,7 @@ INDEX_FIELDS = (
     ("offset", "<u8"),  # byte offset of the payload in this file
     ("length", "<u4"),  # payload length in bytes (0 for FLAG_ZERO)
     ("flags", "<u4"),  # FLAG_* bits
-    ("stored_digest", f"V{DIGEST_SIZE}"),  # SHA-256/128 of the payload as stored
+    ("stored_digest", f"V{DIGEST_SIZE}"),  # SHA-256/128 (or CRC-32) of the payload as stored
     ("content_digest", f"V{DIGEST_SIZE}"),  # digest of the plaintext block (see codec)
 )
 INDEX_RECORD_SIZE = 56  # bytes per record (INDEX_DTYPE.itemsize)

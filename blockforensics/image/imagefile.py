@@ -27,6 +27,8 @@ from blockforensics.errors import FormatError, IntegrityError
 from blockforensics.fileio import Writeback, atomic_writer, fsync
 from blockforensics.image.codec import BlockCodec, EncodedBlocks
 from blockforensics.image.format import (
+    DIGEST_SIZE,
+    FLAG_CRC32,
     FLAG_ENCRYPTED,
     FLAG_ZERO,
     FLAG_ZLIB,
@@ -40,7 +42,7 @@ from blockforensics.image.format import (
 )
 from blockforensics.image.index import ImageIndex
 from blockforensics.image.inplace import open_image
-from blockforensics.spanhash import sha256_128_spans
+from blockforensics.spanhash import sha256_128_spans, stored_checks
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -93,11 +95,28 @@ def _copy_ranges(src: int, dst: int, starts: list[int], lengths: list[int]) -> N
 STORED_MISMATCH = "stored bytes do not match their digest"
 
 
+def stored_digests(data: bytes | memoryview | np.ndarray, starts: np.ndarray,
+                   records: np.ndarray) -> np.ndarray:
+    """The ``(k, 16)`` stored digests ``records`` must carry for their stored bytes
+    ``data[start : start + length]``, computed in one batch: the CRC-32 form for records
+    with ``FLAG_CRC32``, SHA-256/128 for the others."""
+    lengths = records["length"]
+    crc = (records["flags"] & FLAG_CRC32) != 0
+    if crc.all():
+        return stored_checks(data, starts, lengths)
+    if not crc.any():
+        return sha256_128_spans(data, starts, lengths)
+    digests = np.empty((len(records), DIGEST_SIZE), dtype=np.uint8)
+    digests[crc] = stored_checks(data, starts[crc], lengths[crc])
+    digests[~crc] = sha256_128_spans(data, starts[~crc], lengths[~crc])
+    return digests
+
+
 def stored_mismatches(data: bytes | memoryview | np.ndarray, starts: np.ndarray,
                       records: np.ndarray) -> np.ndarray:
     """Rows of ``records`` whose stored bytes, ``data[start : start + length]``, do not
-    match their stored digest (hashed in one batch)."""
-    digests = sha256_128_spans(data, starts, records["length"])
+    match their stored digest."""
+    digests = stored_digests(data, starts, records)
     return np.flatnonzero((digests != digest_rows(records["stored_digest"])).any(axis=1))
 
 

@@ -13,7 +13,7 @@ from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import FormatError, IntegrityError
 from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter
 from blockforensics.image.codec import UNAUTHENTIC
-from blockforensics.image.format import FLAG_ZERO
+from blockforensics.image.format import ENCODING_FLAGS, FLAG_ZERO
 from blockforensics.image.imagefile import ImageFile, check_stored
 from blockforensics.image.layout import contiguous_runs
 
@@ -136,10 +136,10 @@ class ChainDisk(InPlaceDisk):
     def _split(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks of records whose payload *is* the block, and of those to decode (the rest
         are zero blocks).  In an encrypted chain every record is decoded (and must be)."""
-        flags = records["flags"]
+        encoding = records["flags"] & ENCODING_FLAGS
         if self._codec.encrypted:
             return np.zeros(len(records), dtype=bool), np.ones(len(records), dtype=bool)
-        return flags == 0, ((flags & FLAG_ZERO) == 0) & (flags != 0)
+        return encoding == 0, ((encoding & FLAG_ZERO) == 0) & (encoding != 0)
 
     def write_to(self, out: PlacedWriter) -> None:
         """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at

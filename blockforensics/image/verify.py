@@ -20,6 +20,8 @@ from blockforensics.errors import BlockforensicsError, FormatError
 from blockforensics.image.chain import Chain
 from blockforensics.image.codec import UNAUTHENTIC, BlockCodec
 from blockforensics.image.format import (
+    ENCODING_FLAGS,
+    FLAG_CRC32,
     FLAG_ENCRYPTED,
     FLAG_ZERO,
     FLAG_ZLIB,
@@ -29,6 +31,7 @@ from blockforensics.image.format import (
 from blockforensics.image.imagefile import STORED_MISMATCH, ImageFile, stored_mismatches
 from blockforensics.image.layout import contiguous_runs
 from blockforensics.progress import Progress, progress_bar
+from blockforensics.spanhash import sha256_128_spans
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,8 +153,11 @@ def _check_piece(image: ImageFile, codec: BlockCodec | None, records: np.ndarray
             sound = intact & ~unsealed & (flags & FLAG_ZERO == 0)
             problems += _check_content(image.name, codec, window, buf, starts, content[i:j],
                                        sound & (packed | codec.encrypted))
-            verbatim = sound & (flags == 0)
-            differ = verbatim & (content[i:j] != digest_rows(window["stored_digest"])).any(1)
+            verbatim = sound & ((flags & ENCODING_FLAGS) == 0)  # the payload is the block
+            digests = digest_rows(window["stored_digest"]).copy()  # SHA-256/128 of it …
+            checked = np.flatnonzero(verbatim & ((flags & FLAG_CRC32) != 0))  # … or made so
+            digests[checked] = sha256_128_spans(buf, starts[checked], window["length"][checked])
+            differ = verbatim & (content[i:j] != digests).any(1)
             problems += [Problem(image.name, int(window["position"][k]),
                                  "content digest differs from the stored bytes' digest")
                          for k in np.flatnonzero(differ).tolist()]
