@@ -54,6 +54,12 @@ def _source(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _durable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers as they run outside tests: fsync on, hence direct I/O."""
+    monkeypatch.setattr(fileio, "SYNC", True)
+
+
 def _backed_up(directory: Path, source: Path, key: KeySource | None = None) -> int:
     """Back ``source`` up (a full) into a new chain in ``directory``: the bytes of its
     image in the page cache right after the backup.  Checked: the point restores to the
@@ -112,12 +118,19 @@ def test_without_direct_io_the_blocks_are_written_buffered(
 
 
 @needs_fincore
+def test_without_fsync_a_plain_full_stays_in_the_page_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BLOCKFORENSICS_FSYNC=0`` asks page-cache speed: no direct I/O."""
+    monkeypatch.setattr(fileio, "SYNC", False)
+    assert _backed_up(tmp_path / "chain", _source(tmp_path)) > (N_BLOCKS - 41) * BS // 2
+
+
+@needs_fincore
 @pytest.mark.parametrize("native", [True, False])
 def test_writeback_drops_what_lies_a_window_behind(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
     """Ranges a window behind the last write are on disk and out of the page cache; the
     file reads back whole.  Without the C extension ``posix_fadvise`` drops them."""
-    monkeypatch.setattr(fileio, "SYNC", True)
     if not native:
         monkeypatch.setattr(fileio, "sync_file_range", None)
     path = tmp_path / "file"

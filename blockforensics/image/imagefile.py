@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from blockforensics import fileio
 from blockforensics.crypto import NONCE_SIZE, TAG_SIZE
 from blockforensics.errors import FormatError, IntegrityError
 from blockforensics.fileio import Writeback, atomic_writer, fsync
@@ -327,7 +328,9 @@ class ImageWriter:
         self._fh.flush()  # payloads are written to the descriptor itself (writev)
         self._writeback = Writeback(self._fh.fileno())  # on disk while the rest is encoded
         self._copy_files = True  # copy_file_range works here until it says otherwise
-        self._direct = True  # so does direct I/O
+        # direct I/O where it works, for a file that must reach the disk anyway (with
+        # BLOCKFORENSICS_FSYNC=0 the page cache is the goal: buffered writes)
+        self._direct = fileio.SYNC
         self._records: list[np.ndarray] = []  # not yet spilled
         self._held = 0  # records in self._records
         self._count = 0  # records added in all
