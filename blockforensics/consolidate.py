@@ -56,6 +56,7 @@ from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.image.inplace import MergeJournal, take_exclusively
 from blockforensics.image.layout import Layout
 from blockforensics.image.store import ChainStore, not_a_directory
+from blockforensics.image.summary import disk_bytes
 from blockforensics.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None, rewri
         first = path.index(segment[0])  # depth of the segment's root side on the path
         grown = None if rewrite else _grow_in_place(chain, path, segment, kept, first)
         names = [img.name for img in chain.images]
-        sizes = {img.name: _on_disk(img.fileno()) for img in chain.images}
+        sizes = {img.name: disk_bytes(img.path) for img in chain.images}
         merged = [names[i] for i in segment]
         removed = [names[i] for i in segment if i not in kept]
         name = chain.store.new_name(_WORDS[header.kind], like=merged[-1])
@@ -182,7 +183,7 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None, rewri
                 journal.settle(directory, chain.store.read().generation)
         if grown is not None and new.images == tuple(new_names):
             _punch_dead(layout, grown, directory / name)
-        after = sum(sizes[n] for n in names if n not in removed) + _on_disk_path(directory / name)
+        after = sum(sizes[n] for n in names if n not in removed) + disk_bytes(directory / name)
     return ConsolidationResult(
         directory, merged, name, KIND_NAMES[header.kind], blocks, sum(sizes.values()), after,
         removed, [names[i] for i in kept], grown is not None)
@@ -263,15 +264,6 @@ def _punch_records(fd: int, records: np.ndarray) -> None:
     end = start + records["length"].astype(np.int64)
     cut = np.r_[0, np.flatnonzero(start[1:] != end[:-1]) + 1]
     punch_holes(fd, start[cut].tolist(), np.r_[end[cut[1:] - 1], end[-1]].tolist())
-
-
-def _on_disk(fd: int) -> int:
-    """Bytes the file ``fd`` occupies on disk (holes excluded)."""
-    return os.fstat(fd).st_blocks * 512
-
-
-def _on_disk_path(path: Path) -> int:
-    return path.stat().st_blocks * 512
 
 
 def _segment(chain: Chain, point: PointRef,

@@ -62,6 +62,9 @@ def test_the_full_grows_and_frees_what_the_merge_replaced(tmp_path: Path) -> Non
             fh.seek(int(record["offset"]))
             assert fh.read(int(record["length"])) == bytes(int(record["length"]))
     assert grown.stat().st_blocks * 512 < grown.stat().st_size - len(replaced) * 4096
+    [row] = chain_rows(tmp_path)  # list shows both: the file's size and its disk space
+    assert (row["stored_bytes"], row["disk_bytes"]) == (grown.stat().st_size,
+                                                        grown.stat().st_blocks * 512)
     assert verify(tmp_path).ok
     assert_restores(tmp_path, sources)
     # and again: the grown image grows once more

@@ -89,7 +89,7 @@ def test_backup_edit_backup_list_restore(chain_dir, tmp_path, capsys):
     assert [p["kind"] for p in listing] == ["full", "incremental"]
     assert listing[1]["blocks"] == 3 and listing[1]["parent"] == 0
     assert listing[0]["parent"] is None and listing[0]["encrypted"] is False
-    assert {"point", "file", "blocks", "stored_bytes", "created"} <= set(listing[0])
+    assert {"point", "file", "blocks", "stored_bytes", "disk_bytes", "created"} <= set(listing[0])
     source = (tmp_path / "disk.raw").read_bytes()
     assert main(["restore", str(chain_dir), str(tmp_path / "r1.raw")]) == 0
     assert (tmp_path / "r1.raw").read_bytes() == source

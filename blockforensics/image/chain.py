@@ -250,7 +250,8 @@ class Chain:
         """:meth:`rows` as a DataFrame, one row per point."""
         import pandas as pd  # lazily: the command line starts faster without it
 
-        columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "encrypted",
+        columns = ["point", "file", "kind", "parent", "blocks", "stored_bytes", "disk_bytes",
+                   "encrypted",
                    "created", "volume_size", "block_size", "label", "damaged", "error"]
         frame = pd.DataFrame(self.rows(), columns=columns)
         frame["parent"] = frame["parent"].astype("Int64")

@@ -225,6 +225,15 @@ def _size(path: Path) -> int:
         return 0
 
 
+def disk_bytes(path: Path) -> int:
+    """Bytes the file at ``path`` occupies on disk (0 if it cannot be seen): less than its
+    size where it has holes, as an image grown in place by a consolidation has."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
+
+
 def chain_rows(directory: str | os.PathLike[str]) -> list[dict[str, object]]:
     """One dict per point of the chain in ``directory``: what ``list`` prints (and
     ``list --json`` serialises), as :meth:`Chain.rows` gives it."""
@@ -252,7 +261,8 @@ def point_row(point: int, image: ImageSummary | ImageFile, parent: int | None,
         "point": point, "file": image.name,
         "kind": KIND_NAMES[h.kind] if h else None,
         "parent": parent, "blocks": image.blocks,
-        "stored_bytes": image.stored_bytes, "encrypted": h.encrypted if h else None,
+        "stored_bytes": image.stored_bytes, "disk_bytes": disk_bytes(image.path),
+        "encrypted": h.encrypted if h else None,
         "created": h.created.isoformat(timespec="milliseconds") if h else None,
         "volume_size": h.volume_size if h else None,
         "block_size": h.block_size if h else None, "label": h.label if h else "",
