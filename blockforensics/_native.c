@@ -56,6 +56,21 @@
 static EVP_MD *sha256_md;
 static EVP_CIPHER *aes256gcm;
 
+/* True when every span (int64 offsets[i], lengths[i] >= least) lies inside a buffer of
+ * `size` bytes; else a ValueError naming `what` is set. */
+static int spans_inside(const int64_t *offsets, const int64_t *lengths, Py_ssize_t n,
+                        Py_ssize_t size, int64_t least, const char *what)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (offsets[i] < 0 || lengths[i] < least || lengths[i] > INT_MAX
+            || offsets[i] > size - lengths[i]) {
+            PyErr_Format(PyExc_ValueError, "span %zd lies outside %s", i, what);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static PyObject *sha256_spans(PyObject *self, PyObject *args)
 {
     Py_buffer data, offsets, lengths, out;
@@ -73,12 +88,8 @@ static PyObject *sha256_spans(PyObject *self, PyObject *args)
         goto done;
     }
     const int64_t *start = offsets.buf, *length = lengths.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (start[i] < 0 || length[i] < 0 || start[i] > data.len - length[i]) {
-            PyErr_Format(PyExc_ValueError, "span %zd lies outside the data", i);
-            goto done;
-        }
-    }
+    if (!spans_inside(start, length, n, data.len, 0, "the data"))
+        goto done;
     int failed;
     Py_BEGIN_ALLOW_THREADS
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -121,12 +132,8 @@ static PyObject *crc32_spans(PyObject *self, PyObject *args)
         goto done;
     }
     const int64_t *start = offsets.buf, *length = lengths.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (start[i] < 0 || length[i] < 0 || start[i] > data.len - length[i]) {
-            PyErr_Format(PyExc_ValueError, "span %zd lies outside the data", i);
-            goto done;
-        }
-    }
+    if (!spans_inside(start, length, n, data.len, 0, "the data"))
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     const unsigned char *base = data.buf;
     unsigned char *dst = out.buf;
@@ -143,21 +150,6 @@ done:
     PyBuffer_Release(&lengths);
     PyBuffer_Release(&out);
     return result;
-}
-
-/* True when every span (int64 offsets[i], lengths[i] >= least) lies inside a buffer of
- * `size` bytes; else a ValueError naming `what` is set. */
-static int spans_inside(const int64_t *offsets, const int64_t *lengths, Py_ssize_t n,
-                        Py_ssize_t size, int64_t least, const char *what)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (offsets[i] < 0 || lengths[i] < least || lengths[i] > INT_MAX
-            || offsets[i] > size - lengths[i]) {
-            PyErr_Format(PyExc_ValueError, "span %zd lies outside %s", i, what);
-            return 0;
-        }
-    }
-    return 1;
 }
 
 static PyObject *aes256gcm_seal_spans(PyObject *self, PyObject *args)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,33 +35,37 @@ def sha256_128_rows(rows: np.ndarray) -> np.ndarray:
 def sha256_128_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
                      lengths: np.ndarray) -> np.ndarray:
     """SHA-256/128 of the spans ``data[offset : offset + length]`` (bytes), as ``(k, 16)``."""
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     out = np.empty((len(offsets), DIGEST_SIZE), dtype=np.uint8)
-    if batch.native is None:
-        view = memoryview(data).cast("B")
-        out.reshape(-1)[:] = np.frombuffer(b"".join(
-            sha256_128(view[s : s + n]) for s, n in zip(offsets.tolist(), lengths.tolist())),
-            np.uint8)
-    else:
-        batch.run(lambda part: batch.native.sha256_spans(
-            data, offsets[part], lengths[part], out[part]), batch.parts(lengths))
+    _over_spans("sha256_spans", sha256_128, data, offsets, lengths, out)
     return out
 
 
 def crc32_spans(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
                 lengths: np.ndarray) -> np.ndarray:
     """CRC-32 (zlib's) of the spans ``data[offset : offset + length]`` (bytes), as uint32."""
+    out = np.empty(len(offsets), dtype="<u4")
+    _over_spans("crc32_spans", lambda span: zlib.crc32(span).to_bytes(4, "little"),
+                data, offsets, lengths, out.view(np.uint8).reshape(-1, 4))
+    return out
+
+
+def _over_spans(native: str, one: Callable[[memoryview], bytes],
+                data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
+                lengths: np.ndarray, out: np.ndarray) -> None:
+    """Fill row ``i`` of ``out`` with the digest of span ``i`` of ``data``: by the C
+    extension's function ``native`` over the batch on a thread per core, or without
+    it by ``one`` per span."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    out = np.empty(len(offsets), dtype="<u4")
     if batch.native is None:
         view = memoryview(data).cast("B")
-        out[:] = [zlib.crc32(view[s : s + n]) for s, n in zip(offsets.tolist(), lengths.tolist())]
-    else:
-        batch.run(lambda part: batch.native.crc32_spans(
-            data, offsets[part], lengths[part], out[part]), batch.parts(lengths))
-    return out
+        out.reshape(-1)[:] = np.frombuffer(b"".join(
+            one(view[s : s + n]) for s, n in zip(offsets.tolist(), lengths.tolist())),
+            np.uint8)
+        return
+    function = getattr(batch.native, native)
+    batch.run(lambda part: function(data, offsets[part], lengths[part], out[part]),
+              batch.parts(lengths))
 
 
 def stored_checks(data: bytes | memoryview | np.ndarray, offsets: np.ndarray,
