@@ -87,11 +87,12 @@ def _open_source(path: str, *, point: str | None = None, key: KeySource | None =
     as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
     parent file of a differencing image."""
     from blockforensics.formats import open_disk
-    from blockforensics.image.store import ChainStore  # not image.chain: raw sources skip it
+    from blockforensics.image import is_chain
 
-    store = ChainStore(path)
-    if store.exists():  # leftovers of a crashed command go first, as for every chain command
-        store.recover()
+    if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
+        from blockforensics.image.store import ChainStore  # only for a chain: 5-10 ms
+
+        ChainStore(path).recover()
     return open_disk(path, point=point, key=key, format=reader, parent=parent)
 
 
