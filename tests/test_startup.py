@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -26,7 +27,8 @@ from test_structure import (
     rewrite_index,
 )
 
-from blockforensics import Chain, Volume, backup
+from blockforensics import Chain, Volume, backup, cli
+from blockforensics.cli import build_parser
 from blockforensics.crypto import KeySource
 from blockforensics.errors import ChainError
 from blockforensics.formats import ENTRY_POINT_GROUP
@@ -329,3 +331,30 @@ def test_the_metadata_scan_runs_when_a_package_declares_another_plugin(tmp_path)
                 patch.setenv(name, value)
             modules = imported("export", source, tmp_path / f"{scanned}.vhd")
         assert ("importlib.metadata" in modules) is scanned
+
+
+# ------------------------------------------------------------------ the parser
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(action.choices for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction))
+
+
+def test_a_command_builds_its_own_parser_alone_with_the_same_help():
+    """Parsing a command builds its subparser only (building all costs milliseconds of
+    every start); its help is the one the full parser (``--help``) has."""
+    full = _subparsers(build_parser())
+    assert list(full) == list(cli._COMMANDS) and len(full) > 10
+    for name in cli._COMMANDS:
+        alone = _subparsers(build_parser(name))
+        assert list(alone) == [name] and alone[name].format_help() == full[name].format_help()
+
+
+def test_main_builds_the_parser_of_the_command_it_runs(chains, monkeypatch, capsys):
+    plain, _, _ = chains
+    built: list[str] = []
+    for name, add in cli._COMMANDS.items():
+        monkeypatch.setitem(cli._COMMANDS, name,
+                            lambda sub, name=name, add=add: (built.append(name), add(sub))[1])
+    assert cli.main(["list", str(plain)]) == 0 and built == ["list"]
+    assert cli.main(["nosuch"]) == 2 and "invalid choice" in capsys.readouterr().err
+    assert built == ["list", *cli._COMMANDS]  # an unknown command: every name, to list them
