@@ -33,7 +33,6 @@ import json
 import os
 import re
 import stat
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -43,6 +42,7 @@ from typing import Any
 from blockforensics.errors import ChainError, UsageError
 from blockforensics.fileio import atomic_writer, directory_lock, fsync_directory
 from blockforensics.image import MANIFEST, is_chain
+from blockforensics.image.format import new_id
 from blockforensics.image.inplace import MERGE_JOURNAL, MergeJournal
 
 MANIFEST_FORMAT = "blockforensics-chain"
@@ -219,7 +219,7 @@ class ChainStore:
     def pending_path(self) -> Path:
         """Where a new image is written and committed before :meth:`switch` names it
         (a temporary name: recovered space if the writer dies)."""
-        return self.directory / f".pending-{uuid.uuid4().hex}{IMAGE_SUFFIX}.tmp"
+        return self.directory / f".pending-{new_id().hex()}{IMAGE_SUFFIX}.tmp"
 
     def new_name(self, kind: str, like: str | None = None, taken: Sequence[str] = ()) -> str:
         """An unused image file name: ``NNNN-KIND.bfi`` with the next number, or — for
