@@ -7,7 +7,6 @@ usage, with a one-line message on stderr and never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -101,6 +100,14 @@ def _print_table(frame: pd.DataFrame) -> None:
     print(shown.to_string(index=False) if len(frame) else "(empty)")
 
 
+def _dumps(value: object, indent: int | None = None) -> str:
+    """``value`` as JSON text; json is imported by the commands that print it (1-2 ms of
+    start-up that a raw export, which reads no manifest, does not pay)."""
+    import json
+
+    return json.dumps(value, indent=indent)
+
+
 def _text(result: object) -> str:
     """A result for people: its repr without the ``ClassName(...)`` wrapper."""
     text = str(result)
@@ -131,7 +138,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
                            block_size=args.block_size)
-        print(json.dumps(done.to_json()) if args.json else
+        print(_dumps(done.to_json()) if args.json else
               f"point {done.point}: {done.tracked} blocks tracked, {done.ahead} copied ahead, "
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "
               f"tracking goes on in bitmap {done.next_bitmap}")
@@ -152,7 +159,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
-        print(json.dumps({**row, **(found.to_json() if found else {"table": None,
+        print(_dumps({**row, **(found.to_json() if found else {"table": None,
                                                                   "partitions": []})}, indent=1))
         return EXIT_OK
     print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
@@ -166,7 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = chain_rows(args.chain)  # Chain.rows without numpy (0.1 s of start-up) or pandas
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(_dumps(rows, indent=1))
     elif not rows:
         print("(empty)")
     else:
@@ -219,7 +226,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(fs_report)
     ok = report.ok and not history and (fs_report is None or fs_report.ok)
     if args.json:
-        print(json.dumps({"ok": ok, "chain": report.to_json(), "went_back": history,
+        print(_dumps({"ok": ok, "chain": report.to_json(), "went_back": history,
                           "filesystems": fs_report.to_json() if fs_report else None}))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
@@ -265,7 +272,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     result = forensics.diff(chain, args.a, args.b, files=args.files,
                             progress=sys.stderr.isatty())
     if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+        print(_dumps(result.to_json(), indent=1))
     else:
         print(result)
     return EXIT_OK
@@ -321,7 +328,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
         print(triage.explain(chain, args.explain, point=args.point))
         return EXIT_OK
     result = triage.triage(chain, args.rules)
-    print(json.dumps(result.to_json(), indent=1) if args.json else result)
+    print(_dumps(result.to_json(), indent=1) if args.json else result)
     return EXIT_OK
 
 
@@ -395,7 +402,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.disk}: no such disk file")
         result = boot_file(Path(args.disk), parent=args.parent, **options)
     if args.json:
-        print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
+        print(_dumps({"expect": args.expect, **result.to_json()}, indent=1))
         return EXIT_OK if result.ok else EXIT_CHECK_FAILED
     if result.seconds_to_marker is not None:
         print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
@@ -435,7 +442,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     result = run_fleet(args.fleet_command, args.dirs, scheduler=args.scheduler,
                        workers=args.workers, rules=args.rules, progress=sys.stderr.isatty())
-    print(json.dumps(result.records, indent=1) if args.json else result.report())
+    print(_dumps(result.records, indent=1) if args.json else result.report())
     failed = result.errors() or (args.fleet_command == "verify" and not all(
         r["result"]["ok"] for r in result.records))
     return EXIT_CHECK_FAILED if failed else EXIT_OK

@@ -67,7 +67,6 @@ def check_name(name: object, where: str) -> str:
     """``name`` if it is a plain image file name inside the directory; ChainError if not."""
     if not isinstance(name, str):
         raise ChainError(f"{where}: image entry {name!r} is not a file name")
-    shown = name.encode("unicode_escape").decode()[:80]
     problem = None
     if not name.endswith(IMAGE_SUFFIX) or name == IMAGE_SUFFIX:
         problem = f"is not an image file name (NAME{IMAGE_SUFFIX})"
@@ -82,6 +81,7 @@ def check_name(name: object, where: str) -> str:
         except UnicodeEncodeError:
             problem = "is not valid UTF-8"
     if problem:
+        shown = name.encode("unicode_escape").decode()[:80]
         raise ChainError(f"{where}: image entry '{shown}' {problem}")
     return name
 
