@@ -7,7 +7,6 @@ usage, with a one-line message on stderr and never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -87,17 +86,26 @@ def _open_source(path: str, *, point: str | None = None, key: KeySource | None =
     as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
     parent file of a differencing image."""
     from blockforensics.formats import open_disk
-    from blockforensics.image.store import ChainStore  # not image.chain: raw sources skip it
+    from blockforensics.image import is_chain
 
-    store = ChainStore(path)
-    if store.exists():  # leftovers of a crashed command go first, as for every chain command
-        store.recover()
+    if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
+        from blockforensics.image.store import ChainStore  # only for a chain: 5-10 ms
+
+        ChainStore(path).recover()
     return open_disk(path, point=point, key=key, format=reader, parent=parent)
 
 
 def _print_table(frame: pd.DataFrame) -> None:
     shown = frame.astype(object).where(frame.notna(), "-")  # no <NA> for people
     print(shown.to_string(index=False) if len(frame) else "(empty)")
+
+
+def _dumps(value: object, indent: int | None = None) -> str:
+    """``value`` as JSON text; json is imported by the commands that print it (1-2 ms of
+    start-up that a raw export, which reads no manifest, does not pay)."""
+    import json
+
+    return json.dumps(value, indent=indent)
 
 
 def _text(result: object) -> str:
@@ -130,7 +138,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
                            block_size=args.block_size)
-        print(json.dumps(done.to_json()) if args.json else
+        print(_dumps(done.to_json()) if args.json else
               f"point {done.point}: {done.tracked} blocks tracked, {done.ahead} copied ahead, "
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "
               f"tracking goes on in bitmap {done.next_bitmap}")
@@ -151,7 +159,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
-        print(json.dumps({**row, **(found.to_json() if found else {"table": None,
+        print(_dumps({**row, **(found.to_json() if found else {"table": None,
                                                                   "partitions": []})}, indent=1))
         return EXIT_OK
     print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
@@ -165,7 +173,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = chain_rows(args.chain)  # Chain.rows without numpy (0.1 s of start-up) or pandas
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(_dumps(rows, indent=1))
     elif not rows:
         print("(empty)")
     else:
@@ -218,7 +226,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(fs_report)
     ok = report.ok and not history and (fs_report is None or fs_report.ok)
     if args.json:
-        print(json.dumps({"ok": ok, "chain": report.to_json(), "went_back": history,
+        print(_dumps({"ok": ok, "chain": report.to_json(), "went_back": history,
                           "filesystems": fs_report.to_json() if fs_report else None}))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
 
@@ -264,7 +272,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     result = forensics.diff(chain, args.a, args.b, files=args.files,
                             progress=sys.stderr.isatty())
     if args.json:
-        print(json.dumps(result.to_json(), indent=1))
+        print(_dumps(result.to_json(), indent=1))
     else:
         print(result)
     return EXIT_OK
@@ -320,7 +328,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
         print(triage.explain(chain, args.explain, point=args.point))
         return EXIT_OK
     result = triage.triage(chain, args.rules)
-    print(json.dumps(result.to_json(), indent=1) if args.json else result)
+    print(_dumps(result.to_json(), indent=1) if args.json else result)
     return EXIT_OK
 
 
@@ -394,7 +402,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.disk}: no such disk file")
         result = boot_file(Path(args.disk), parent=args.parent, **options)
     if args.json:
-        print(json.dumps({"expect": args.expect, **result.to_json()}, indent=1))
+        print(_dumps({"expect": args.expect, **result.to_json()}, indent=1))
         return EXIT_OK if result.ok else EXIT_CHECK_FAILED
     if result.seconds_to_marker is not None:
         print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
@@ -434,7 +442,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     result = run_fleet(args.fleet_command, args.dirs, scheduler=args.scheduler,
                        workers=args.workers, rules=args.rules, progress=sys.stderr.isatty())
-    print(json.dumps(result.records, indent=1) if args.json else result.report())
+    print(_dumps(result.records, indent=1) if args.json else result.report())
     failed = result.errors() or (args.fleet_command == "verify" and not all(
         r["result"]["ok"] for r in result.records))
     return EXIT_CHECK_FAILED if failed else EXIT_OK
@@ -457,56 +465,72 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from blockforensics import __version__
+def _key_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
-    parser = _Parser(prog="blockforensics", description=DESCRIPTION, epilog=EXAMPLES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"blockforensics {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                title="commands", metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
-                chain: str | None = "chain directory") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(func=func)
-        if chain:
-            p.add_argument("chain", help=chain)
-        return p
+def _force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it exists (never an input, never inside a chain)")
 
-    def key_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
-    def force_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--force", action="store_true",
-                       help="replace OUT if it exists (never an input, never inside a chain)")
+def _reader_option(p: argparse.ArgumentParser) -> None:
+    # checked when the source is opened: listing the plugins here would scan every
+    # installed distribution's entry points on each start of the command
+    p.add_argument("--reader", metavar="NAME",
+                   help="reader plugin for the source, e.g. raw, vhd, blockforensics "
+                        "(default: probe its signature)")
 
-    def reader_option(p: argparse.ArgumentParser) -> None:
-        # checked when the source is opened: listing the plugins here would scan every
-        # installed distribution's entry points on each start of the command
-        p.add_argument("--reader", metavar="NAME",
-                       help="reader plugin for the source, e.g. raw, vhd, blockforensics "
-                            "(default: probe its signature)")
 
-    def source_point_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--point", help="point of a chain source (default: the newest)")
-        reader_option(p)
-        p.add_argument("--parent", metavar="FILE",
-                       help="parent of a differencing image (default: found by its locators)")
+def _source_point_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--point", help="point of a chain source (default: the newest)")
+    _reader_option(p)
+    p.add_argument("--parent", metavar="FILE",
+                   help="parent of a differencing image (default: found by its locators)")
 
-    def point_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--point", default="-1",
-                       help="point index (0 = first full, -1 = newest) or image file name")
 
-    p: argparse.ArgumentParser = sub.add_parser(
-        "backup", help="back a raw disk image up into a chain")
-    p.set_defaults(func=cmd_backup)
+def _point_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--point", default="-1",
+                   help="point index (0 = first full, -1 = newest) or image file name")
+
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[_Parser]
+#: adds a command's arguments to its parser
+Arguments = Callable[[argparse.ArgumentParser], None]
+#: every command in the order ``--help`` lists them: name -> what adds its subparser
+_COMMANDS: dict[str, Callable[[Subparsers], None]] = {}
+
+
+def _command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+             chain: str | None = "chain directory", described: bool = True
+             ) -> Callable[[Arguments], Arguments]:
+    """Declares the command ``name`` (run by ``func``; ``chain``: the help of its first
+    positional argument, the chain, if it takes one first); the decorated function adds
+    its other arguments, when the parser of that command is built."""
+    def declare(arguments: Arguments) -> Arguments:
+        def add(sub: Subparsers) -> None:
+            p = sub.add_parser(name, help=help, description=help if described else None)
+            p.set_defaults(func=func)
+            if chain:
+                p.add_argument("chain", help=chain)
+            arguments(p)
+
+        _COMMANDS[name] = add
+        return arguments
+
+    return declare
+
+
+@_command("backup", cmd_backup, "back a raw disk image up into a chain", chain=None,
+          described=False)
+def _backup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="disk image: raw, VHD, a chain (its newest point), …")
     p.add_argument("chain", help="chain directory (created if missing)")
-    reader_option(p)
+    _reader_option(p)
     p.add_argument("--source-parent", metavar="FILE",
                    help="parent of a differencing source image (default: its locators)")
-    key_option(p)
+    _key_option(p)
     p.add_argument("--block-size", type=_positive_int, help="bytes per block (first backup)")
     p.add_argument("--parent", help="parent point of the incremental (default: newest)")
     p.add_argument("--full", action="store_true", help="a new full image even if a chain exists")
@@ -524,22 +548,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the point and what was recognised per partition as JSON "
                         "(with --head-start: blocks and times)")
 
-    p = command("list", cmd_list, "list the points of a chain")
+
+@_command("list", cmd_list, "list the points of a chain")
+def _list_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="print an array in creation order of {point, file, kind, parent, "
                         "blocks, stored_bytes, encrypted, created, ...}")
 
-    p = command("restore", cmd_restore, "restore a point to a raw file or a block device")
+
+@_command("restore", cmd_restore, "restore a point to a raw file or a block device")
+def _restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="raw file to write (exact size), or a block device (written "
                                "in place; needs --force)")
-    force_option(p)
+    _force_option(p)
     p.add_argument("--only-changed", action="store_true",
                    help="block device: write only the blocks whose content differs")
-    point_option(p)
-    key_option(p)
+    _point_option(p)
+    _key_option(p)
 
-    p = command("verify", cmd_verify, "check every image (and with the key, every block)")
-    key_option(p)
+
+@_command("verify", cmd_verify, "check every image (and with the key, every block)")
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    _key_option(p)
     p.add_argument("--fs", action="store_true",
                    help="also check the point's file systems read-only (fsck -n per partition)")
     p.add_argument("--point", help="the point --fs checks (default: the newest)")
@@ -548,19 +578,23 @@ def build_parser() -> argparse.ArgumentParser:
                         '[{image, position, message}]}, "went_back": [...], "filesystems": '
                         '{table, ok, notes, checks: [...]} or null}')
 
-    p = command("repair", cmd_repair,
-                "say which damaged points would be dropped from the chain; --apply drops them; "
-                "--reseal --key-file K seals an encrypted chain anew")
+
+@_command("repair", cmd_repair,
+          "say which damaged points would be dropped from the chain; --apply drops them; "
+          "--reseal --key-file K seals an encrypted chain anew")
+def _repair_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apply", action="store_true",
                    help="drop them (the files stay in the directory, unlisted); with "
                         "--key-file, an encrypted chain is also sealed anew")
     p.add_argument("--reseal", action="store_true",
                    help="encrypted chain, needs --key-file: check every point's keyed digest "
                         "and seal the manifest anew (a chain made before the seal existed)")
-    key_option(p)
+    _key_option(p)
 
-    p = command("consolidate", cmd_consolidate,
-                "merge images into one, stored blocks verbatim (never reads a key)")
+
+@_command("consolidate", cmd_consolidate,
+          "merge images into one, stored blocks verbatim (never reads a key)")
+def _consolidate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--point", help="consolidate up to this point (default: the newest)")
     p.add_argument("--start", help="first point of the merged segment (default: the full)")
     p.add_argument("--keep", type=_positive_int, help="retention: keep the newest N points")
@@ -571,76 +605,92 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy every kept block into a new file (default: grow the merged "
                         "image holding the most in place, punching out what it replaced)")
 
-    p = command("diff", cmd_diff, "what changed between two points")
+
+@_command("diff", cmd_diff, "what changed between two points")
+def _diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", help="older point")
     p.add_argument("b", help="newer point")
     p.add_argument("--files", action="store_true", help="name the files behind the changes")
     p.add_argument("--json", action="store_true",
                    help='print {"runs": [{start, length}], "files": [{path, type, change, '
                         'entropy_before, entropy_after}]}')
-    key_option(p)
+    _key_option(p)
 
-    p = command("timeline", cmd_timeline, "per point: blocks and files changed; with "
-                "--format, every file version (MACB times, inode, hashes)")
+
+@_command("timeline", cmd_timeline, "per point: blocks and files changed; with "
+          "--format, every file version (MACB times, inode, hashes)")
+def _timeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="table",
                    choices=["table", "bodyfile", "l2tcsv", "jsonl", "dfxml"])
     p.add_argument("-o", "--out", help="write to this file (default: standard output)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true",
                    help="print the table as an array of objects, one per point")
-    key_option(p)
+    _key_option(p)
 
-    p = command("extract", cmd_extract, "write one file as it was at a point (deleted "
-                "files too, while The Sleuth Kit reaches them)")
+
+@_command("extract", cmd_extract, "write one file as it was at a point (deleted "
+          "files too, while The Sleuth Kit reaches them)")
+def _extract_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("point", help="point index or image file name")
     p.add_argument("path", help="the file's path at that point, e.g. /docs/report.txt")
     p.add_argument("out", help="file to write")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    key_option(p)
+    _key_option(p)
 
-    p = command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
+
+@_command("triage", cmd_triage, "per point: clean, suspicious or encrypted, and why")
+def _triage_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help='print {"points": [{point, verdict, reasons, files}], '
                         '"last_clean_point"}')
     p.add_argument("--rules", metavar="DIR", help="extra YARA rules (*.yar, *.yara)")
     p.add_argument("--explain", metavar="FILE", help="the evidence for one file's changes")
     p.add_argument("--point", help="with --explain: only this point")
-    key_option(p)
+    _key_option(p)
 
-    p = command("export", cmd_export,
-                "export a chain point (or any readable disk image) to a virtual disk file",
-                chain="chain directory, or a disk image a reader plugin recognises")
+
+@_command("export", cmd_export,
+          "export a chain point (or any readable disk image) to a virtual disk file",
+          chain="chain directory, or a disk image a reader plugin recognises")
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the file to write (for chain formats: the point's file; its "
                               "parents are written beside it)")
-    force_option(p)
-    source_point_option(p)
+    _force_option(p)
+    _source_point_option(p)
     p.add_argument("--format", default="vhd-dynamic",
                    choices=["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "vmdk-stream", "qcow2",
                             "raw", "vhd-chain", "vhd-differencing", "qcow2-chain"])
-    key_option(p)
+    _key_option(p)
 
-    p = command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",
-                chain="chain directory, or a disk image a reader plugin recognises")
+
+@_command("mount", cmd_mount, "serve a point as MOUNTPOINT/disk.vhd (read-only, FUSE)",
+          chain="chain directory, or a disk image a reader plugin recognises")
+def _mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint")
-    source_point_option(p)
-    key_option(p)
+    _source_point_option(p)
+    _key_option(p)
 
-    p = command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
-                "(prints 'ready' once clients can connect; a damaged block is answered EIO "
-                "and named, and the exit status is then 1)",
-                chain="chain directory, or a disk image a reader plugin recognises")
-    source_point_option(p)
-    key_option(p)
+
+@_command("serve", cmd_serve, "serve a point read-only over NBD until SIGTERM/SIGINT "
+          "(prints 'ready' once clients can connect; a damaged block is answered EIO "
+          "and named, and the exit status is then 1)",
+          chain="chain directory, or a disk image a reader plugin recognises")
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    _source_point_option(p)
+    _key_option(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="a Unix socket to listen on")
     where.add_argument("--port", type=_positive_int, help="a TCP port to listen on")
     p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
 
-    p = command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
-                "QEMU and wait for a text (the disk or chain is never written)", chain=None)
+
+@_command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
+          "QEMU and wait for a text (the disk or chain is never written)", chain=None)
+def _boot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("disk", help="a disk file (raw, VHD, VHDX, VMDK, qcow2) or a chain")
-    source_point_option(p)
-    key_option(p)
+    _source_point_option(p)
+    _key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for the text, and for each --run command")
@@ -653,15 +703,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the guest's screen when the text appears, or when the wait "
                         "for it ends (QMP screendump)")
 
-    p = command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
-                chain=None)
+
+@_command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
+          chain=None)
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["investigation", "ransomware", "bootdisk"])
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)
 
-    p = command("fleet", cmd_fleet, "triage, verify or timeline many chains on Dask, one task "
-                "per chain", chain=None)
+
+@_command("fleet", cmd_fleet, "triage, verify or timeline many chains on Dask, one task "
+          "per chain", chain=None)
+def _fleet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("fleet_command", choices=["triage", "verify", "timeline"])
     p.add_argument("dirs", nargs="+", metavar="DIR", help="a chain, or a folder of chains")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -673,8 +727,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='one object per chain: {"path", "status", "error", "result"}')
 
-    p = command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=None)
+
+@_command("demo", cmd_demo, "the whole story on the built-in sample disk", chain=None)
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="blockforensics-demo", help="directory for results")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser.  With ``command`` (a name in ``_COMMANDS``), only that
+    command's subparser, which is all its arguments need (building every command's costs
+    3-6 ms of each start); without, all of them (``--help`` lists them, an unknown
+    command is answered with their names)."""
+    from blockforensics import __version__
+
+    parser = _Parser(prog="blockforensics", description=DESCRIPTION, epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"blockforensics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                title="commands", metavar="COMMAND")
+    for name, add in _COMMANDS.items():
+        if command in (None, name):
+            add(sub)
     return parser
 
 
@@ -687,7 +760,9 @@ def _one_line(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (also used by tests in-process)."""
     try:
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(words[0] if words and words[0] in _COMMANDS else None
+                            ).parse_args(words)
         return args.func(args)
     except BlockforensicsError as exc:  # control characters from hostile input: escaped
         print(f"blockforensics: error: {_one_line(str(exc))}", file=sys.stderr)

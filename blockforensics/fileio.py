@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from blockforensics.errors import UsageError
+from blockforensics.image import chain_containing
 
 try:
     from blockforensics._native import (
@@ -224,8 +225,6 @@ def check_output(path: str | os.PathLike[str], *, force: bool,
     file unless ``force``.  Returns the resolved path (a symlink's target is replaced,
     not the link).  Existing outputs that are not regular files are refused here;
     writers that can fill a block device in place extend this check."""
-    from blockforensics.image.store import chain_containing  # the store imports this module
-
     out = Path(path)
     real = Path(os.path.realpath(out))
     chain = chain_containing(real)

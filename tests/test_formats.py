@@ -83,6 +83,32 @@ def test_builtins_are_probed_in_order(tmp_path):
         open_disk(tmp_path / "d.raw", format="nope")
 
 
+def test_the_builtins_table_is_in_priority_order_with_each_probe_its_signature(tmp_path):
+    """The table probed before any reader is imported lists the built-ins in their
+    classes' priority order, and each class's probe says what its table entry says."""
+    from blockforensics.formats import _BUILTINS, _CATCH_ALL
+
+    plugins = formats()
+    assert list(_BUILTINS) == [name for name in plugins if name in _BUILTINS]
+    assert [name for name, (_, signed) in _BUILTINS.items() if signed is None] == [_CATCH_ALL]
+    chain = Chain.create(tmp_path / "chain")
+    backup(chain, Volume.from_bytes(os.urandom(4096)))
+    samples = [tmp_path / "chain", "nbd+unix:///x?socket=/s", "nbd://host/x"]
+    for name, head in [("vhd", b"conectix"), ("vhdx", b"vhdxfile"), ("vmdk", b"KDMV"),
+                       ("vmdk-descriptor", b"# Disk DescriptorFile\n"), ("qcow2", b"QFI\xfb"),
+                       ("raw", b"\0" * 8)]:
+        (tmp_path / name).write_bytes(head + bytes(1000))
+        samples.append(tmp_path / name)
+    (tmp_path / "tail.vhd").write_bytes(bytes(4096) + b"conectix" + bytes(503))  # 511 bytes
+    samples.append(tmp_path / "tail.vhd")
+    for name, (_, signed) in _BUILTINS.items():
+        if signed is not None:
+            claimed = [sample for sample in samples if signed(sample)]
+            assert claimed and claimed == [s for s in samples if plugins[name].probe(s)], name
+    assert [probe(sample).name for sample in samples] == [
+        "blockforensics", "nbd", "nbd", "vhd", "vhdx", "vmdk", "vmdk", "qcow2", "raw", "vhd"]
+
+
 def test_a_third_party_plugin_is_found_through_its_entry_point(toy_plugin, tmp_path):
     data = os.urandom(3 * 4096 + 100)
     (tmp_path / "disk.toy").write_bytes(b"TOYDISK1" + data)

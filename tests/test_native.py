@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -63,6 +64,38 @@ def test_row_digests_of_a_batch_split_over_threads_equal_hashlib(native, monkeyp
     assert spanhash.sha256_128_rows(strided)[3].tobytes() == \
         hashlib.sha256(strided[3].tobytes()).digest()[:16]
     assert spanhash.sha256_128_rows(np.zeros((0, 4096), np.uint8)).shape == (0, 16)
+
+
+@PATHS
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=0, max_size=5000),
+       cuts=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)), max_size=20))
+def test_span_crcs_equal_zlib(native, data, cuts):
+    """Every length (below the 64 bytes the folding needs, and odd tails past it) and
+    every alignment gives zlib's CRC-32."""
+    offsets = [min(s, len(data)) for s, _ in cuts]
+    lengths = [min(n, len(data) - s) for s, (_, n) in zip(offsets, cuts)]
+    with pytest.MonkeyPatch.context() as patch:
+        use(native, patch)
+        got = spanhash.crc32_spans(data, np.array(offsets), np.array(lengths))
+    assert got.tolist() == [zlib.crc32(data[s : s + n]) for s, n in zip(offsets, lengths)]
+
+
+@PATHS
+def test_span_crcs_of_every_length_and_alignment_equal_zlib(native, monkeypatch):
+    """Lengths 0-600 at offsets 0-16 of random bytes, a block of zeros and one of ones:
+    each span's folded lanes and tail meet zlib's CRC-32."""
+    use(native, monkeypatch)
+    rng = np.random.default_rng(5)
+    data = np.concatenate([rng.integers(0, 256, 4096, dtype=np.uint8),
+                           np.zeros(4096, np.uint8), np.full(4096, 255, np.uint8)])
+    offsets = np.array([base + skew for base in (0, 4096, 8192) for skew in range(17)
+                        for _ in range(601)], dtype=np.int64)
+    lengths = np.tile(np.arange(601, dtype=np.int64), 3 * 17)
+    got = spanhash.crc32_spans(data, offsets, lengths)
+    raw = data.tobytes()
+    assert got.tolist() == [zlib.crc32(raw[s : s + n])
+                            for s, n in zip(offsets.tolist(), lengths.tolist())]
 
 
 def test_a_span_outside_the_data_is_refused():

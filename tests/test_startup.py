@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -26,7 +27,8 @@ from test_structure import (
     rewrite_index,
 )
 
-from blockforensics import Chain, Volume, backup
+from blockforensics import Chain, Volume, backup, cli
+from blockforensics.cli import build_parser
 from blockforensics.crypto import KeySource
 from blockforensics.errors import ChainError
 from blockforensics.formats import ENTRY_POINT_GROUP
@@ -90,18 +92,60 @@ def test_plaintext_commands_skip_the_heavy_modules(chains, command, tmp_path):
     assert heavy(imported(command, plain, tmp_path / "out")) == set()
 
 
+#: the modules of the built-in readers (formats.vhd also writes VHDs) and what they import
+READERS = {"blockforensics.formats.chain", "blockforensics.formats.foreign",
+           "blockforensics.formats.nbd", "blockforensics.formats.vhd",
+           "blockforensics.nbd.client", "blockforensics.fs"}
+
+
 @pytest.mark.parametrize("format", ["vhd-dynamic", "vhd-fixed"])
 def test_a_raw_file_exports_without_the_chain_reader_or_other_formats(tmp_path, format):
-    """Exporting a raw file loads neither the chain's reader and crypto (a chain is
-    recognised by its manifest alone) nor the layouts of the other formats."""
+    """Exporting a raw file loads neither the chain's reader, store and crypto (a chain
+    is recognised by its manifest alone), nor the other readers (probed by signature
+    before their modules are imported), nor the layouts of the other formats."""
     source = tmp_path / "disk.raw"
     source.write_bytes(os.urandom(1 << 20))
     modules = imported("export", source, tmp_path / "out.vhd", "--format", format)
-    assert "blockforensics.formats.vhd" in modules
+    assert {"blockforensics.formats.vhd", "blockforensics.formats.raw"} <= modules
     assert heavy(modules) == set()  # no third-party plugin is installed: no metadata scan
     assert not modules & {"blockforensics.image.chain", "blockforensics.image.imagefile",
-                          "blockforensics.crypto", "blockforensics.formats.vhdx",
-                          "blockforensics.formats.vmdk", "blockforensics.formats.qcow2"}
+                          "blockforensics.image.store", "blockforensics.crypto",
+                          "blockforensics.formats.vhdx", "blockforensics.formats.vmdk",
+                          "blockforensics.formats.qcow2", *READERS - {"blockforensics.formats.vhd"},
+                          "json"}  # no manifest read, no JSON printed
+
+
+def test_a_raw_file_backs_up_without_the_other_readers(tmp_path):
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(1 << 20))
+    modules = imported("backup", source, tmp_path / "chain")
+    assert "blockforensics.formats.raw" in modules
+    assert not modules & (READERS - {"blockforensics.fs"})  # fs: the allocation survey's
+
+
+@pytest.mark.parametrize(("signature", "reader"), [
+    (b"vhdxfile", "blockforensics.formats.foreign"),
+    (b"KDMV", "blockforensics.formats.foreign"),
+    (b"QFI\xfb", "blockforensics.formats.foreign"),
+])
+def test_a_signature_imports_only_its_reader(tmp_path, signature, reader):
+    """A file bearing a foreign signature (here nothing more, so that opening it fails)
+    imports its reader and no other; a VHD and a chain likewise (in the export to raw)."""
+    source = tmp_path / "disk.img"
+    source.write_bytes(signature + bytes(4096))
+    modules = imported("export", source, tmp_path / "out.raw", "--format", "raw", check=False)
+    assert reader in modules
+    assert not modules & (READERS - {reader, "blockforensics.fs"})
+
+
+def test_a_vhd_and_a_chain_import_only_their_readers(chains, tmp_path):
+    plain, _, _ = chains
+    modules = imported("export", plain, tmp_path / "a.vhd", "--format", "vhd-fixed")
+    assert "blockforensics.formats.chain" in modules
+    assert not modules & (READERS - {"blockforensics.formats.chain", "blockforensics.formats.vhd",
+                                     "blockforensics.fs"})
+    modules = imported("export", tmp_path / "a.vhd", tmp_path / "b.raw", "--format", "raw")
+    assert not modules & (READERS - {"blockforensics.formats.vhd", "blockforensics.fs"})
 
 
 def test_the_check_sees_an_encrypted_chain_load_cryptography(chains, tmp_path):
@@ -134,7 +178,8 @@ def test_list_imports_neither_numpy_nor_the_readers(chains):
         modules = imported("list", chain)
         assert not {m for m in modules if m.split(".")[0] in ("numpy", "pandas", "matplotlib")
                     or m in ("blockforensics.image.imagefile", "blockforensics.image.chain",
-                             "blockforensics.crypto", "importlib.metadata")}
+                             "blockforensics.crypto", "importlib.metadata",
+                             "uuid", "platform")}  # ids are made by writers only
 
 
 def test_python_m_blockforensics_runs_the_command(chains):
@@ -288,3 +333,30 @@ def test_the_metadata_scan_runs_when_a_package_declares_another_plugin(tmp_path)
                 patch.setenv(name, value)
             modules = imported("export", source, tmp_path / f"{scanned}.vhd")
         assert ("importlib.metadata" in modules) is scanned
+
+
+# ------------------------------------------------------------------ the parser
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(action.choices for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction))
+
+
+def test_a_command_builds_its_own_parser_alone_with_the_same_help():
+    """Parsing a command builds its subparser only (building all costs milliseconds of
+    every start); its help is the one the full parser (``--help``) has."""
+    full = _subparsers(build_parser())
+    assert list(full) == list(cli._COMMANDS) and len(full) > 10
+    for name in cli._COMMANDS:
+        alone = _subparsers(build_parser(name))
+        assert list(alone) == [name] and alone[name].format_help() == full[name].format_help()
+
+
+def test_main_builds_the_parser_of_the_command_it_runs(chains, monkeypatch, capsys):
+    plain, _, _ = chains
+    built: list[str] = []
+    for name, add in cli._COMMANDS.items():
+        monkeypatch.setitem(cli._COMMANDS, name,
+                            lambda sub, name=name, add=add: (built.append(name), add(sub))[1])
+    assert cli.main(["list", str(plain)]) == 0 and built == ["list"]
+    assert cli.main(["nosuch"]) == 2 and "invalid choice" in capsys.readouterr().err
+    assert built == ["list", *cli._COMMANDS]  # an unknown command: every name, to list them

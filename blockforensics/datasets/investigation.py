@@ -47,8 +47,8 @@ from blockforensics.image.chain import Chain
 from blockforensics.tools import require
 
 BLOCK_SIZE = 4096  # bytes per chain block
-FAT32_SIZE = 34 << 20  # bytes: 512-byte clusters, just above FAT32's 65525-cluster minimum
-EXT4_SIZE = 8 << 20  # bytes
+#: bytes of the raw volume: FAT32 with 512-byte clusters just above its 65525-cluster minimum
+SIZES = {"fat32": 34 << 20, "ext4": 8 << 20}
 DAY0 = 1_709_280_000  # 2024-03-01 08:00 UTC, seconds since the epoch
 DAY = 86_400  # seconds
 BACKUP_HOUR = 14 * 3600  # each day's backup runs 14 h after the day's first edit
@@ -79,9 +79,12 @@ class _Volume(ABC):
 
     root_entries: tuple[str, ...] = ("/",)
 
-    def __init__(self, image: Path, scratch: Path):
+    def __init__(self, image: Path, scratch: Path, size: int):
+        """An empty ``image`` of ``size`` bytes (sparse), for the subclass to format."""
         self.image = image
         self.scratch = scratch
+        with image.open("wb") as fh:
+            fh.truncate(size)
 
     def host_file(self, data: bytes, mtime: int) -> Path:
         path = self.scratch / "payload"
@@ -104,10 +107,8 @@ class _Volume(ABC):
 
 
 class _FatVolume(_Volume):
-    def __init__(self, image: Path, scratch: Path, size: int = FAT32_SIZE):
-        super().__init__(image, scratch)
-        with image.open("wb") as fh:
-            fh.truncate(size)
+    def __init__(self, image: Path, scratch: Path, size: int):
+        super().__init__(image, scratch, size)
         self.run(require("mkfs.vfat"), "-F", "32", "-s", "1", "--invariant", "-n", "EVIDENCE",
                  str(image))
 
@@ -133,10 +134,8 @@ class _FatVolume(_Volume):
 class _ExtVolume(_Volume):
     root_entries = ("/", "/lost+found")
 
-    def __init__(self, image: Path, scratch: Path, size: int = EXT4_SIZE):
-        super().__init__(image, scratch)
-        with image.open("wb") as fh:
-            fh.truncate(size)
+    def __init__(self, image: Path, scratch: Path, size: int):
+        super().__init__(image, scratch, size)
         self.run(require("mkfs.ext4"), "-q", "-F", "-b", "4096", "-N", "128", "-O", "^has_journal",
                  "-U", "42464f52-0000-4000-8000-000000000001",
                  "-E", "hash_seed=42464f52-0000-4000-8000-000000000002", "-L", "evidence",
@@ -187,6 +186,40 @@ class _ExtVolume(_Volume):
         self.debugfs(f"ln {path} {new_path}", f"unlink {path}", f"sif {new_path} ctime @{mtime}")
 
 
+VOLUMES: dict[str, type[_Volume]] = {"fat32": _FatVolume, "ext4": _ExtVolume}
+
+
+@dataclass
+class _Site:
+    """Where a sample is built: its volume's kind, the raw file ``directory/volume.img``
+    and the chain ``directory/chain`` (created), which the samples back the volume up
+    into, one point a simulated day."""
+
+    volume: type[_Volume]
+    image: Path
+    chain: Chain
+
+    @classmethod
+    def make(cls, directory: str | os.PathLike[str], fs: str) -> _Site:
+        if fs not in VOLUMES:
+            raise UsageError(f"fs must be one of {sorted(VOLUMES)}, not {fs!r}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(VOLUMES[fs], directory / "volume.img", Chain.create(directory / "chain"))
+
+    def back_up(self, day: int) -> int:
+        """Back up the volume's allocated blocks as the point of ``day`` (1-based), dated
+        ``BACKUP_HOUR`` after the day began; the point's index."""
+        with RawDisk(self.image, BLOCK_SIZE) as disk:
+            return backup(self.chain, disk, only=allocation_map(disk),
+                          created_ns=(day_start(day) + BACKUP_HOUR) * 10**9, label=f"day {day}")
+
+
+def day_start(day: int) -> int:
+    """Seconds since the epoch at which simulated ``day`` (1-based) begins."""
+    return DAY0 + (day - 1) * DAY
+
+
 def _history(rng: np.random.Generator) -> list[list[tuple]]:
     """The four days as lists of ``(operation, path, data)``; sizes in bytes."""
     report, budget = _text(rng, 9000), _text(rng, 4500)
@@ -228,21 +261,15 @@ def build_investigation(directory: str | os.PathLike[str], fs: str = "fat32", se
                         ) -> Investigation:
     """Build the sample in ``directory`` (created; must be new or empty): ``chain/`` and
     ``volume.img``.  Needs mtools + dosfstools (fat32) or e2fsprogs (ext4)."""
-    kinds = {"fat32": _FatVolume, "ext4": _ExtVolume}
-    if fs not in kinds:
-        raise UsageError(f"fs must be one of {sorted(kinds)}, not {fs!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    image = directory / "volume.img"
-    chain = Chain.create(directory / "chain")
+    site = _Site.make(directory, fs)
     rng = np.random.default_rng(seed)
     truth = []
     with tempfile.TemporaryDirectory() as scratch:
-        volume = kinds[fs](image, Path(scratch))
+        volume = site.volume(site.image, Path(scratch), SIZES[fs])
         before: dict[str, str] = {}  # the tree at the previous point: at first, no volume
         tree = dict.fromkeys(volume.root_entries, "dir")
         for day, operations in enumerate(_history(rng), start=1):
-            start = DAY0 + (day - 1) * DAY
+            start = day_start(day)
             modified = set()
             overwritten = {path for operation, path, _ in operations if operation == "overwrite"}
             for minute, (operation, path, data) in enumerate(operations):
@@ -258,12 +285,10 @@ def build_investigation(directory: str | os.PathLike[str], fs: str = "fat32", se
                     if path in tree:
                         modified.add(path)
                     tree[path] = "file"
-            with RawDisk(image, BLOCK_SIZE) as disk:
-                point = backup(chain, disk, only=allocation_map(disk),
-                               created_ns=(start + BACKUP_HOUR) * 10**9, label=f"day {day}")
+            point = site.back_up(day)
             truth += [(point, day, path, kind, change, path in overwritten)
                       for path, kind, change in _expected(before, tree, modified)]
             before = dict(tree)
-    chain.close()
-    return Investigation(directory / "chain", image, fs,
+    site.chain.close()
+    return Investigation(site.chain.directory, site.image, fs,
                          pd.DataFrame(truth, columns=TRUTH_COLUMNS))

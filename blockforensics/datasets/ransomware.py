@@ -41,20 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blockforensics.allocation import allocation_map
-from blockforensics.datasets.investigation import (
-    BACKUP_HOUR,
-    BLOCK_SIZE,
-    DAY,
-    DAY0,
-    _ExtVolume,
-    _FatVolume,
-    _text,
-)
-from blockforensics.errors import UsageError
-from blockforensics.formats.raw import RawDisk
-from blockforensics.image.backup import backup
-from blockforensics.image.chain import Chain
+from blockforensics.datasets.investigation import _Site, _text, day_start
 
 SIZES = {"ext4": 24 << 20, "fat32": 40 << 20}  # bytes of the raw volume
 NOTE = (b"!!! ALL YOUR FILES HAVE BEEN ENCRYPTED !!!\r\n\r\n"
@@ -203,27 +190,19 @@ def build_ransomware(directory: str | os.PathLike[str], fs: str = "ext4", seed: 
     """Build the sample in ``directory``: ``chain/`` and ``volume.img``.  Needs e2fsprogs
     (ext4: in-place overwrites through ``debugfs blocks``) or mtools + dosfstools (fat32:
     mtools writes new content to fresh clusters)."""
-    kinds = {"fat32": _FatVolume, "ext4": _ExtVolume}
-    if fs not in kinds:
-        raise UsageError(f"fs must be one of {sorted(kinds)}, not {fs!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    image = directory / "volume.img"
-    chain = Chain.create(directory / "chain")
+    site = _Site.make(directory, fs)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as scratch:
-        volume = kinds[fs](image, Path(scratch), SIZES[fs])
+        volume = site.volume(site.image, Path(scratch), SIZES[fs])
         for day, operations in enumerate(_history(rng), start=1):
-            start = DAY0 + (day - 1) * DAY
+            start = day_start(day)
             for minute, (operation, path, data) in enumerate(operations):
                 mtime = start + 60 * minute
                 if operation in ("mkdir", "delete", "rmdir"):
                     getattr(volume, operation)(path, mtime)
                 else:
                     getattr(volume, operation)(path, data, mtime)
-            with RawDisk(image, BLOCK_SIZE) as disk:
-                backup(chain, disk, only=allocation_map(disk),
-                       created_ns=(start + BACKUP_HOUR) * 10**9, label=f"day {day}")
-    chain.close()
+            site.back_up(day)
+    site.chain.close()
     expected, encrypted = _expected()
-    return Ransomware(directory / "chain", image, fs, expected, encrypted)
+    return Ransomware(site.chain.directory, site.image, fs, expected, encrypted)

@@ -3,12 +3,15 @@
 Third-party plugins are found through the entry-point group
 ``blockforensics.formats`` (each entry names a :class:`Format` subclass); the
 built-ins are listed here, and their names are reserved.  A file is offered
-first to the built-ins that look for a signature (chain, VHD); only when none
-claims it are the entry points read and every plugin probed in priority order, the
-raw catch-all last.  Reading them with ``importlib.metadata`` costs 30-60 ms (its
-import and a scan of every installed package), so the packages' ``entry_points.txt``
-files are first looked through for a plugin that is not a built-in: with none, as
-on most machines, a raw file is opened without that scan.
+first to the built-ins that look for a signature (chain, NBD, VHD, VHDX, VMDK,
+qcow2), in priority order, each tested by :mod:`.signature` before its module is
+imported: only the reader of the format found is imported (importing them all cost
+20-30 ms of every command's start).  Only when none claims the file are the entry
+points read and the other plugins probed in priority order, the raw catch-all last.
+Reading them with ``importlib.metadata`` costs 30-60 ms (its import and a scan of
+every installed package), so the packages' ``entry_points.txt`` files are first
+looked through for a plugin that is not a built-in: with none, as on most machines,
+a raw file is opened without that scan.
 
 A third-party plugin that fails — it does not import, is not a Format, or its
 probe raises — is set aside and named (one warning line on stderr, and in the
@@ -21,10 +24,11 @@ import importlib
 import inspect
 import os
 import sys
-from functools import cache
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from blockforensics.errors import UsageError
+from blockforensics.formats import signature
 from blockforensics.formats.base import Disk, DiskFile, Format
 
 if TYPE_CHECKING:
@@ -32,29 +36,27 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "blockforensics.formats"
 
-_BUILTINS = {
-    "blockforensics": "blockforensics.formats.chain:ChainFormat",
-    "vhd": "blockforensics.formats.vhd:VhdFormat",
-    "vhdx": "blockforensics.formats.foreign:VhdxFormat",
-    "vmdk": "blockforensics.formats.foreign:VmdkFormat",
-    "qcow2": "blockforensics.formats.foreign:Qcow2Format",
-    "nbd": "blockforensics.formats.nbd:NbdFormat",
-    "raw": "blockforensics.formats.raw:RawFormat",
+#: the built-ins in priority order (a test holds them to their classes' ``priority``):
+#: name -> (``module:class``, the test of its signature, which imports no reader)
+_BUILTINS: dict[str, tuple[str, Callable[[str | os.PathLike[str]], bool] | None]] = {
+    "blockforensics": ("blockforensics.formats.chain:ChainFormat", signature.is_chain),
+    "nbd": ("blockforensics.formats.nbd:NbdFormat", signature.is_nbd_uri),
+    "vhd": ("blockforensics.formats.vhd:VhdFormat", signature.is_vhd),
+    "vhdx": ("blockforensics.formats.foreign:VhdxFormat", signature.is_vhdx),
+    "vmdk": ("blockforensics.formats.foreign:VmdkFormat", signature.is_vmdk),
+    "qcow2": ("blockforensics.formats.foreign:Qcow2Format", signature.is_qcow2),
+    "raw": ("blockforensics.formats.raw:RawFormat", None),
 }
-#: the built-in that accepts any file, so it is probed after every other plugin
+#: the built-in that accepts any file (no signature), so it is probed after every other plugin
 _CATCH_ALL = "raw"
 
 __all__ = ["Disk", "DiskFile", "Format", "formats", "open_disk", "probe"]
 
 
-def _load(target: str) -> type[Format]:
-    module, _, attr = target.partition(":")
+def _builtin(name: str) -> type[Format]:
+    """The built-in plugin ``name``, its module imported on first use."""
+    module, _, attr = _BUILTINS[name][0].partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-@cache
-def _builtins() -> dict[str, type[Format]]:
-    return {name: _load(target) for name, target in _BUILTINS.items()}
 
 
 #: third-party plugins set aside: name -> why (one line)
@@ -114,25 +116,36 @@ def _third_party_declared() -> bool:
     return False
 
 
+def _third_party() -> dict[str, type[Format]]:
+    """The working third-party plugins by name (broken ones: BROKEN); without a scan of
+    the installed packages' metadata when none of them may declare one."""
+    found: dict[str, type[Format]] = {}
+    if not _third_party_declared():
+        return found
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _BUILTINS or ep.name in found or ep.name in BROKEN:
+            continue
+        try:
+            plugin = ep.load()
+            if not (isinstance(plugin, type) and issubclass(plugin, Format)):
+                raise TypeError("not a blockforensics.formats.Format subclass")
+            int(plugin.priority)
+        except Exception as exc:  # a third party's failure must not stop the others
+            _set_aside(ep.name, ep.value, exc)
+            continue
+        found[ep.name] = plugin
+    return found
+
+
+def _by_priority(plugins: dict[str, type[Format]]) -> dict[str, type[Format]]:
+    return dict(sorted(plugins.items(), key=lambda item: item[1].priority))
+
+
 def formats() -> dict[str, type[Format]]:
     """Every known working plugin by name, in probing order (broken ones: BROKEN)."""
-    found = dict(_builtins())
-    if _third_party_declared():
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in found or ep.name in BROKEN:
-                continue
-            try:
-                plugin = ep.load()
-                if not (isinstance(plugin, type) and issubclass(plugin, Format)):
-                    raise TypeError("not a blockforensics.formats.Format subclass")
-                int(plugin.priority)
-            except Exception as exc:  # a third party's failure must not stop the others
-                _set_aside(ep.name, ep.value, exc)
-                continue
-            found[ep.name] = plugin
-    return dict(sorted(found.items(), key=lambda item: item[1].priority))
+    return _by_priority({**{name: _builtin(name) for name in _BUILTINS}, **_third_party()})
 
 
 def _claims(name: str, plugin: type[Format], path: str | os.PathLike[str]) -> bool:
@@ -151,19 +164,19 @@ def probe(path: str | os.PathLike[str]) -> type[Format]:
     first plugin in probing order whose probe accepts it; UsageError if none does.
     A URI (``SCHEME://...``) goes to the plugin that lists its scheme."""
     scheme, sep, _ = os.fspath(path).partition("://")
+    if not sep and not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    for name, (_, signed) in _BUILTINS.items():
+        if signed is not None and signed(path):
+            return _builtin(name)
     if sep:
-        for plugin in (*_builtins().values(), *formats().values()):
+        for plugin in _third_party().values():
             if scheme in plugin.schemes:
                 return plugin
         raise UsageError(f"{path}: no reader plugin opens {scheme}:// sources")
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file or directory")
-    signed = [plugin for name, plugin in _builtins().items() if name != _CATCH_ALL]
-    for plugin in sorted(signed, key=lambda plugin: plugin.priority):
-        if plugin.probe(path):
-            return plugin
-    for name, plugin in formats().items():
-        if plugin not in signed and name not in BROKEN and _claims(name, plugin, path):
+    unsigned = _by_priority({_CATCH_ALL: _builtin(_CATCH_ALL), **_third_party()})
+    for name, plugin in unsigned.items():
+        if name not in BROKEN and _claims(name, plugin, path):
             return plugin
     skipped = f" (broken plugins skipped: {'; '.join(BROKEN.values())})" if BROKEN else ""
     raise UsageError(f"{path}: no reader plugin recognises this format{skipped}")
@@ -175,15 +188,17 @@ def open_disk(
 ) -> Disk:
     """Open any supported image (a chain directory, a VHD, a raw file …) as a Disk;
     ``parent`` names the parent of a differencing image, for plugins that take one."""
-    if format is not None:
-        known = _builtins() if format in _BUILTINS else formats()
+    if format is None:
+        plugin = probe(path)
+    elif format in _BUILTINS:
+        plugin = _builtin(format)
+    else:
+        known = formats()
         if format in BROKEN:
             raise UsageError(f"reader plugin {BROKEN[format]}")
         if format not in known:
             raise UsageError(f"unknown format {format!r}; known: {', '.join(known)}")
         plugin = known[format]
-    else:
-        plugin = probe(path)
     if parent is None:
         return plugin.open(path, point=point, key=key)
     if "parent" not in inspect.signature(plugin.open).parameters:

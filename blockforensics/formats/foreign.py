@@ -33,6 +33,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk, Format
+from blockforensics.formats.signature import is_qcow2, is_vhdx, is_vmdk
 from blockforensics.fs.base import covered
 
 if TYPE_CHECKING:
@@ -226,14 +227,6 @@ def _qcow2_allocated(image: Any, backing: Disk | None, block_size: int,
     return flags
 
 
-def _signature(path: str | os.PathLike[str], length: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(length)
-    except OSError:
-        return b""
-
-
 def _failed(path: str | os.PathLike[str], kind: str, exc: Exception) -> FormatError:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return FormatError(f"{path}: not a readable {kind} image ({message})")
@@ -279,7 +272,7 @@ class VhdxFormat(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        return _signature(path, 8) == b"vhdxfile"
+        return is_vhdx(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
@@ -298,8 +291,7 @@ class VmdkFormat(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        head = _signature(path, 64)
-        return head.startswith((b"KDMV", b"COWD")) or b"# Disk DescriptorFile" in head
+        return is_vmdk(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
@@ -318,7 +310,7 @@ class Qcow2Format(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        return _signature(path, 4) == b"QFI\xfb"
+        return is_qcow2(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,

@@ -17,6 +17,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk, Format, InPlaceDisk
+from blockforensics.formats.signature import is_nbd_uri
 from blockforensics.nbd import protocol as p
 from blockforensics.nbd.client import SCHEMES, NbdAddress, NbdConnection
 
@@ -63,10 +64,6 @@ class NbdDisk(InPlaceDisk):
 
     def close(self) -> None:
         self._conn.close()
-
-
-def is_nbd_uri(path: str | os.PathLike[str]) -> bool:
-    return os.fspath(path).partition("://")[0] in SCHEMES
 
 
 class NbdFormat(Format):

@@ -47,6 +47,7 @@ from blockforensics.formats.layout import (
 )
 from blockforensics.formats.placement import Packing, Placement
 from blockforensics.formats.record import Record, f
+from blockforensics.formats.signature import VHD_COOKIE, VHD_FOOTER_SIZE, is_vhd
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -60,7 +61,6 @@ MAX_SIZE = 0xFF000000 * SECTOR
 #: VHD timestamps count seconds from here
 VHD_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
-FOOTER_COOKIE = b"conectix"
 HEADER_COOKIE = b"cxsparse"
 NO_OFFSET = 0xFFFFFFFFFFFFFFFF
 DISK_FIXED, DISK_DYNAMIC, DISK_DIFFERENCING = 2, 3, 4
@@ -153,7 +153,7 @@ class ParentLocator(Record):
 
 
 Footer.SIZE, DynamicHeader.SIZE = Footer.packed_size(), DynamicHeader.packed_size()
-assert (Footer.SIZE, DynamicHeader.SIZE, ParentLocator.packed_size()) == (512, 1024, 24)
+assert (Footer.SIZE, DynamicHeader.SIZE, ParentLocator.packed_size()) == (VHD_FOOTER_SIZE, 1024, 24)
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
@@ -240,7 +240,7 @@ class VhdLayout(FileLayout):
         cylinders, heads, spt = chs_geometry(self.size // SECTOR)
         sparse = kind != "fixed"
         self.footer: Footer = Footer(
-            cookie=FOOTER_COOKIE, features=0x2, file_format_version=0x00010000,
+            cookie=VHD_COOKIE, features=0x2, file_format_version=0x00010000,
             data_offset=Footer.SIZE if sparse else NO_OFFSET, timestamp=_timestamp(timestamp),
             creator_application=CREATOR_APPLICATION, creator_version=CREATOR_VERSION,
             creator_host_os=CREATOR_HOST_OS, original_size=self.size, current_size=self.size,
@@ -469,11 +469,11 @@ def _parse(path: Path, fd: int) -> VhdInfo:
     name = path.name
     data_end = file_size - Footer.SIZE
     raw = _read_at(fd, data_end, Footer.SIZE)
-    if raw[:8] != FOOTER_COOKIE:  # older writers leave a 511-byte footer
+    if raw[:8] != VHD_COOKIE:  # older writers leave a 511-byte footer
         data_end += 1
         raw = _read_at(fd, data_end, Footer.SIZE - 1) + b"\0"
-    if len(raw) != Footer.SIZE or raw[:8] != FOOTER_COOKIE:
-        hint = " (truncated?)" if _read_at(fd, 0, 8) == FOOTER_COOKIE else ""
+    if len(raw) != Footer.SIZE or raw[:8] != VHD_COOKIE:
+        hint = " (truncated?)" if _read_at(fd, 0, 8) == VHD_COOKIE else ""
         raise FormatError(f"{name}: no VHD footer ('conectix') at the end of the file{hint}")
     footer = Footer.unpack(raw)
     if footer.checksum != footer.expected_checksum():
@@ -670,18 +670,7 @@ class VhdFormat(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(8)
-                size = fh.seek(0, os.SEEK_END)
-                tails = []
-                for back in (Footer.SIZE, Footer.SIZE - 1):
-                    if size >= back:
-                        fh.seek(size - back)
-                        tails.append(fh.read(8))
-        except OSError:
-            return False
-        return FOOTER_COOKIE in (head, *tails)
+        return is_vhd(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,

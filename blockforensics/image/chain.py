@@ -32,6 +32,7 @@ from blockforensics.errors import (
     FormatError,
     UsageError,
 )
+from blockforensics.image import is_chain
 from blockforensics.image.codec import BlockCodec, EncryptedCodec, PlainCodec
 from blockforensics.image.format import (
     CIPHER_AES256GCM,
@@ -66,11 +67,6 @@ __all__ = ["IMAGE_NAME", "IMAGE_SUFFIX", "MANIFEST", "Chain", "ChainStore", "is_
 PointRef = int | str
 #: times :meth:`Chain.open` reads the manifest again when it switched during the opening
 _OPEN_TRIES = 5
-
-
-def is_chain(directory: str | os.PathLike[str]) -> bool:
-    """True when ``directory`` holds a chain manifest."""
-    return ChainStore(directory).exists()
 
 
 def remove_leftovers(directory: str | os.PathLike[str]) -> list[str]:

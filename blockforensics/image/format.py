@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -205,6 +204,8 @@ class Header:
 
 def new_id() -> bytes:
     """A fresh random 16-byte identifier (image id, volume id)."""
+    import uuid  # here: reading images (``list``) makes none, and uuid imports platform (2-3 ms)
+
     return uuid.uuid4().bytes
 
 

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import stat
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -42,9 +41,10 @@ from typing import Any
 
 from blockforensics.errors import ChainError, UsageError
 from blockforensics.fileio import atomic_writer, directory_lock, fsync_directory
+from blockforensics.image import MANIFEST, is_chain
+from blockforensics.image.format import new_id
 from blockforensics.image.inplace import MERGE_JOURNAL, MergeJournal
 
-MANIFEST = "chain.json"
 MANIFEST_FORMAT = "blockforensics-chain"
 MANIFEST_VERSION = 1
 IMAGE_SUFFIX = ".bfi"
@@ -67,7 +67,6 @@ def check_name(name: object, where: str) -> str:
     """``name`` if it is a plain image file name inside the directory; ChainError if not."""
     if not isinstance(name, str):
         raise ChainError(f"{where}: image entry {name!r} is not a file name")
-    shown = name.encode("unicode_escape").decode()[:80]
     problem = None
     if not name.endswith(IMAGE_SUFFIX) or name == IMAGE_SUFFIX:
         problem = f"is not an image file name (NAME{IMAGE_SUFFIX})"
@@ -82,16 +81,9 @@ def check_name(name: object, where: str) -> str:
         except UnicodeEncodeError:
             problem = "is not valid UTF-8"
     if problem:
+        shown = name.encode("unicode_escape").decode()[:80]
         raise ChainError(f"{where}: image entry '{shown}' {problem}")
     return name
-
-
-def chain_containing(path: str | os.PathLike[str]) -> Path | None:
-    """The chain directory that ``path`` (resolved) is inside of, or None."""
-    for directory in Path(os.path.realpath(path)).parents:
-        if (directory / MANIFEST).exists():
-            return directory
-    return None
 
 
 @dataclass(frozen=True)
@@ -162,7 +154,7 @@ class ChainStore:
 
     def exists(self) -> bool:
         """True when the directory holds a manifest."""
-        return self.manifest_path.is_file()
+        return is_chain(self.directory)
 
     # ----------------------------------------------------------------- reading
     def read(self) -> Manifest:
@@ -227,7 +219,7 @@ class ChainStore:
     def pending_path(self) -> Path:
         """Where a new image is written and committed before :meth:`switch` names it
         (a temporary name: recovered space if the writer dies)."""
-        return self.directory / f".pending-{uuid.uuid4().hex}{IMAGE_SUFFIX}.tmp"
+        return self.directory / f".pending-{new_id().hex()}{IMAGE_SUFFIX}.tmp"
 
     def new_name(self, kind: str, like: str | None = None, taken: Sequence[str] = ()) -> str:
         """An unused image file name: ``NNNN-KIND.bfi`` with the next number, or — for

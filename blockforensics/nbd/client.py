@@ -20,10 +20,10 @@ import numpy as np
 
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
+from blockforensics.nbd import SCHEMES
 from blockforensics.nbd import protocol as p
 
 DEFAULT_PORT = 10809
-SCHEMES = ("nbd", "nbd+unix")
 #: bytes asked per NBD_CMD_READ (servers must accept 32 MiB; QEMU's maximum too)
 MAX_READ = 32 << 20
 #: bytes asked per NBD_CMD_BLOCK_STATUS (the reply may cover less)
