@@ -1,5 +1,6 @@
 """Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256, CRC-32 and
-AES-256-GCM over contiguous buffers, and Linux's sync_file_range, run without the GIL.
+AES-256-GCM over contiguous buffers, the data runs of a copy buffer (all-zero blocks left
+out), and Linux's sync_file_range, run without the GIL.
 Every buffer argument is bytes, memoryview or a C-contiguous numpy array; ``out`` and
 ``ok`` are written."""
 
@@ -24,3 +25,5 @@ SYNC_FILE_RANGE_WRITE: int
 SYNC_FILE_RANGE_WAIT_AFTER: int
 
 def sync_file_range(fd: int, offset: int, nbytes: int, flags: int, /) -> None: ...
+
+def nonzero_runs(data: _Bytes, block: int, out: _Bytes, /) -> int: ...

@@ -46,16 +46,19 @@ def fsync(fd: int) -> None:
 #: bytes of a file written after a range before that range is waited for and dropped
 #: from the page cache (what a writer keeps dirty or in flight at most, about)
 WRITEBACK_WINDOW = 32 << 20
+#: bytes per page of the page cache
+PAGE = os.sysconf("SC_PAGESIZE")
 
 
 class Writeback:
     """Sends a file's new bytes to disk while it is being written, so the final fsync
     has little left to wait for and disk writes overlap the work: ``writeback(offset,
-    nbytes)`` after each write queues that range for writeback at once
-    (``sync_file_range``, no waiting); a range followed by ``WRITEBACK_WINDOW`` more
-    bytes is then waited for and dropped from the page cache (a backup does not push
-    other files out of it).  Without the C extension, ``posix_fadvise`` starts the
-    writeback and drops what it can.  One thread calls it."""
+    nbytes)`` after each write queues that range's whole pages for writeback at once
+    (``sync_file_range``, no waiting; a page it fills only in part is sent with the write
+    that completes it, so a page is not written back twice); a range followed by
+    ``WRITEBACK_WINDOW`` more bytes is then waited for and dropped from the page cache (a
+    backup does not push other files out of it).  Without the C extension,
+    ``posix_fadvise`` starts the writeback and drops what it can.  One thread calls it."""
 
     def __init__(self, fd: int, window: int | None = None):
         self.fd = fd
@@ -69,6 +72,11 @@ class Writeback:
         if sync_file_range is None:
             os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
             return
+        # whole pages only: a page the next write completes is sent once, complete
+        first, end = offset // PAGE * PAGE, (offset + nbytes) // PAGE * PAGE
+        if end <= first:
+            return
+        offset, nbytes = first, end - first
         sync_file_range(self.fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
         self._pending.append((offset, nbytes))
         self._held += nbytes

@@ -152,6 +152,38 @@ def test_writeback_drops_what_lies_a_window_behind(
     assert path.read_bytes() == data.tobytes()
 
 
+def test_writeback_sends_whole_pages_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """Writes that start and end inside pages (a dynamic VHD's data lies 512 bytes past
+    a page) have only their whole pages sent, each once: a page the next write completes
+    is not written back half-filled first and again after."""
+    if fileio.sync_file_range is None:
+        pytest.skip("the C extension is not built")
+    started: list[tuple[int, int]] = []
+    real = fileio.sync_file_range
+
+    def record(fd: int, offset: int, nbytes: int, flags: int) -> None:
+        if flags == fileio.SYNC_FILE_RANGE_WRITE:
+            started.append((offset, nbytes))
+        real(fd, offset, nbytes, flags)
+
+    monkeypatch.setattr(fileio, "sync_file_range", record)
+    monkeypatch.setattr(fileio, "SYNC", True)
+    fd = os.open(tmp_path / "file", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        writeback = fileio.Writeback(fd)
+        for offset in range(512, 8 << 20, 1 << 20):
+            os.pwrite(fd, bytes(1 << 20), offset)
+            writeback(offset, 1 << 20)
+        writeback(100, 200)  # inside one page: nothing whole to send
+    finally:
+        os.close(fd)
+    page = fileio.PAGE
+    assert all(offset % page == 0 and nbytes % page == 0 for offset, nbytes in started)
+    assert [o for o, _ in started[1:]] == [o + n for o, n in started[:-1]]  # once, in order
+    assert started[0][0] == 0 and sum(n for _, n in started) == (8 << 20) // page * page
+
+
 def test_read_buffers_are_reused_only_once_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of 4 blocks cycle through the three read buffers while a slow writer holds

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from blockforensics import batch
 from blockforensics.formats.placement import (
     COPY_BUFFER,
     Packing,
     PlacedWriter,
     Placement,
+    data_runs,
     split_at,
 )
 
@@ -108,6 +110,46 @@ def test_bytes_without_a_place_are_refused(tmp_path: Path):
         assert os.fstat(fd).st_size == 0  # nothing was written
     finally:
         os.close(fd)
+
+
+def reference_runs(data: bytes, block: int) -> list[tuple[int, int]]:
+    """(offset, length) of the runs of data not made of all-zero blocks, block by block."""
+    keep = [any(data[i : i + block]) or len(data) - i < block for i in range(0, len(data), block)]
+    runs: list[tuple[int, int]] = []
+    for i, k in enumerate(keep):
+        if k and runs and runs[-1][0] + runs[-1][1] == i * block:
+            runs[-1] = (runs[-1][0], runs[-1][1] + min(block, len(data) - i * block))
+        elif k:
+            runs.append((i * block, min(block, len(data) - i * block)))
+    return runs
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
+@pytest.mark.parametrize("block", [512, 4096, 24])
+def test_data_runs_leave_out_exactly_the_all_zero_blocks(native: bool, block: int,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """Random buffers of odd lengths with zero blocks at the edges and inside, blocks
+    zero but for their last byte or their first: the C scan and the numpy one agree with
+    a block-by-block reference."""
+    if native and getattr(batch.native, "nonzero_runs", None) is None:
+        pytest.skip("the C extension is not built")
+    if not native:
+        monkeypatch.setattr(batch, "native", None)
+    rng = np.random.default_rng(block)
+    for n_blocks, tail in [(1, 0), (0, 7), (1, 5), (9, 0), (16, block - 1), (33, 3)]:
+        for _ in range(8):
+            data = bytearray(rng.integers(1, 256, n_blocks * block + tail, dtype=np.uint8))
+            for i in range(n_blocks):
+                kind = rng.integers(4)
+                if kind == 0 or (i in (0, n_blocks - 1) and rng.integers(2)):
+                    data[i * block : (i + 1) * block] = bytes(block)  # zero, edges often
+                elif kind == 1:  # zero but for one byte at an end
+                    data[i * block : (i + 1) * block] = bytes(block)
+                    data[i * block + (block - 1 if rng.integers(2) else 0)] = 1
+            if tail and rng.integers(2):
+                data[n_blocks * block :] = bytes(tail)  # a zero partial block is kept
+            offsets, lengths = data_runs(memoryview(data), block)
+            assert list(zip(offsets, lengths)) == reference_runs(bytes(data), block)
 
 
 def test_copies_leave_zero_blocks_out_and_packing_places_only_written_pieces(tmp_path: Path):
@@ -234,3 +276,13 @@ def test_checked_buffers_are_written_only_after_their_check_and_none_after_a_fai
     for i in range(n):
         assert out[i * size : (i + 1) * size] == (buffers[i] if i in written else bytes(size))
     assert sorted(i for what, i in events if what == "done") == queued
+
+
+def test_the_c_scan_refuses_a_short_out_and_a_bad_block():
+    native = getattr(batch.native, "nonzero_runs", None)
+    if native is None:
+        pytest.skip("the C extension is not built")
+    with pytest.raises(ValueError, match="out holds"):
+        native(bytes(8192), 4096, np.empty(5, np.int64))
+    with pytest.raises(ValueError, match="positive"):
+        native(bytes(8192), 0, np.empty(6, np.int64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -124,6 +125,31 @@ def test_fixed_vhd_of_sparse_source_is_sparse(tmp_path):
     out = write_vhd(RawDisk(src), tmp_path / "out.vhd", kind="fixed")
     assert out.stat().st_size == 64 * MiB + 512
     assert out.stat().st_blocks * 512 < 8 * MiB
+
+
+def test_a_raw_file_of_holes_has_no_data_to_read(tmp_path):
+    """A file with no data extent at all (SEEK_DATA finds none) has no present block, so
+    its export reads nothing; one with data has just that data's blocks present."""
+    src = tmp_path / "holes.raw"
+    with open(src, "wb") as fh:
+        fh.truncate(64 * MiB)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            pytest.skip("this file system cannot seek to data")
+    finally:
+        os.close(fd)
+    disk = RawDisk(src)
+    try:
+        assert disk.present().count() == 0
+    finally:
+        disk.close()
+    for kind in KINDS:
+        out = write_vhd(RawDisk(src), tmp_path / f"{kind}.vhd", kind=kind)
+        with VhdDisk(out) as vhd:
+            assert not vhd.read_blocks(0, vhd.n_blocks).any()
 
 
 def test_written_zeros_are_left_out_as_qemu_img_leaves_them(tmp_path):

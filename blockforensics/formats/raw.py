@@ -7,6 +7,7 @@ supports them, so exporting a sparse raw image to a dynamic VHD stays small.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING, ClassVar
 
@@ -55,8 +56,8 @@ class RawDisk(InPlaceDisk):
                 first = data // self.block_size
                 runs.append((first, -(-hole // self.block_size) - first))
                 offset = hole
-        except OSError:  # ENXIO past the last data extent, or no SEEK_DATA support
-            if not runs and offset == 0:
+        except OSError as exc:  # ENXIO: no data past offset (none at all: a file of holes)
+            if exc.errno != errno.ENXIO and not runs:  # no SEEK_DATA support
                 return super().present()
         return BlockMap.from_runs(self.n_blocks, runs, self.block_size)
 
