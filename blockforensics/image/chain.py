@@ -56,7 +56,6 @@ from blockforensics.image.layout import Layout, spans
 from blockforensics.image.links import NO_PARENT, link
 from blockforensics.image.reader import ChainDisk
 from blockforensics.image.store import IMAGE_NAME, IMAGE_SUFFIX, MANIFEST, ChainStore, Manifest
-from blockforensics.image.summary import point_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -239,6 +238,8 @@ class Chain:
 
     def rows(self) -> list[dict[str, object]]:
         """One dict per point: what ``list`` prints (and ``list --json`` serialises)."""
+        from blockforensics.image.summary import point_row  # here: restores print no rows
+
         return [point_row(i, img, self._parents[i], self.damage.get(i))
                 for i, img in enumerate(self.images)]
 
