@@ -35,8 +35,8 @@ from blockforensics.disk import nonzero_rows
 COPY_BUFFER = 1024 * 1024
 #: buffers of a file-to-file copy: one being read, the others queued or being written
 COPY_BUFFERS = 4
-#: parts waiting for the writer thread, at most (bounds the memory held)
-QUEUED_PARTS = 8
+#: buffers waiting for the writer thread, at most (bounds the memory held)
+QUEUED_WRITES = 8
 #: buffers waiting for a checking thread, at most
 QUEUED_CHECKS = 8
 #: checking threads, at most (one per core below that): past a few, the one writer thread
@@ -47,6 +47,9 @@ WHOLE = 1 << 62
 
 #: called after each write with ``(file offset, nbytes)``: progress, writeback
 Written = Callable[[int, int], object]
+#: the writes of one buffer: ``(buffer, file targets, buffer offsets, lengths, done)``, the
+#: three lists in bytes; ``done()`` once all are written (or given up)
+Writes = tuple[memoryview, list[int], list[int], list[int], Callable[[], object]]
 
 
 def ignore_written(offset: int, nbytes: int) -> None:
@@ -183,10 +186,8 @@ class PlacedWriter:
         self.placement = placement or Placement.identity()
         self.holes = holes
         self.written = written
-        self._jobs: queue.Queue[tuple[memoryview, int, Callable[[], object]] | None] = \
-            queue.Queue(QUEUED_PARTS)
-        self._checks: queue.Queue[tuple[Callable[[], object], list[tuple[memoryview, int]],
-                                        Callable[[], object]] | None] = \
+        self._jobs: queue.Queue[Writes | None] = queue.Queue(QUEUED_WRITES)
+        self._checks: queue.Queue[tuple[Callable[[], object], Writes] | None] = \
             queue.Queue(QUEUED_CHECKS)
         self._error: BaseException | None = None
         self._checkers = [threading.Thread(target=self._check, name="placed-checker", daemon=True)
@@ -237,9 +238,8 @@ class PlacedWriter:
                     target = int(self._targets(np.array([disk + offsets[0]]))[0]) - offsets[0]
                 if self._error is not None:
                     raise self._error
-                self._write_later([(buffer[o : o + k], target + o)
-                                   for o, k in zip(offsets, counts)],
-                                  functools.partial(free.put, buffer))
+                self._jobs.put((buffer, [target + o for o in offsets], offsets, counts,
+                                functools.partial(free.put, buffer)))
                 at, disk, target, n = at + got, disk + got, target + got, n - got
 
     def _data(self, data: memoryview) -> tuple[list[int], list[int]]:
@@ -257,30 +257,32 @@ class PlacedWriter:
         ``check()``, if given, runs in a checking thread before any of them is written (it
         may fill ``buffer`` first: reads then run on every core too); if it raises, they
         are not written and the error is raised here or on leaving."""
-        parts = self._parts(disk_starts, buffer_offsets, lengths)
-        jobs = [] if parts is None else \
-            [(buffer[at : at + n], target) for target, at, n in zip(*(p.tolist() for p in parts))]
+        targets, offsets, sizes = self.parts(disk_starts, buffer_offsets, lengths)
+        self.put_parts(buffer, targets.tolist(), offsets.tolist(), sizes.tolist(), done, check)
+
+    def put_parts(self, buffer: memoryview, targets: list[int], offsets: list[int],
+                  lengths: list[int], done: Callable[[], object] = _nothing,
+                  check: Callable[[], object] | None = None) -> None:
+        """:meth:`put` of parts already placed by :meth:`parts`: ``lengths[i]`` bytes at
+        ``offsets[i]`` of ``buffer`` go to file byte ``targets[i]``.  Lets a caller place
+        the parts of many buffers at once."""
         if self._error is not None:
             raise self._error
         if check is not None:
-            self._checks.put((check, jobs, done))
+            self._checks.put((check, (buffer, targets, offsets, lengths, done)))
         else:
-            self._write_later(jobs, done)
+            self._jobs.put((buffer, targets, offsets, lengths, done))
 
-    def _write_later(self, jobs: list[tuple[memoryview, int]], done: Callable[[], object]
-                     ) -> None:
-        """Queue ``(data, file offset)`` writes; ``done()`` after the last (or now)."""
-        if not jobs:
-            done()
-        for i, (data, target) in enumerate(jobs):
-            self._jobs.put((data, target, done if i == len(jobs) - 1 else _nothing))
-
-    def _parts(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """``(file targets, source offsets, lengths)`` of the runs cut at piece
-        boundaries and at the limit; None when nothing is left."""
+    def parts(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(file targets, source offsets, lengths)`` of runs of disk bytes (at
+        ``source_offsets`` of their source) cut at piece boundaries and at the limit, in
+        the order of the runs; a :class:`Packing` places the pieces they reach."""
         cut = self._cut(disk_starts, source_offsets, lengths)
-        return None if cut is None else (self._targets(cut[0]), cut[1], cut[2])
+        if cut is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        return self._targets(cut[0]), cut[1], cut[2]
 
     def _cut(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -307,25 +309,27 @@ class PlacedWriter:
         """A checking thread: run each part's check, then queue its writes; after a
         failure, only hand buffers back."""
         while (item := self._checks.get()) is not None:
-            check, jobs, done = item
+            check, writes = item
             if self._error is None:
                 try:
                     check()
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc
             if self._error is None:
-                self._write_later(jobs, done)
+                self._jobs.put(writes)
             else:
-                done()
+                writes[-1]()
 
     def _run(self) -> None:
-        """The writer thread: write each queued part, unless a write has failed."""
+        """The writer thread: write each queued buffer's parts, unless a check or a write
+        has failed."""
         while (job := self._jobs.get()) is not None:
-            data, target, done = job
+            data, targets, offsets, lengths, done = job
             if self._error is None:
                 try:
-                    write_all(self.fd, data, target)
-                    self.written(target, len(data))
+                    for target, at, n in zip(targets, offsets, lengths):
+                        write_all(self.fd, data[at : at + n], target)
+                        self.written(target, n)
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc
             done()

@@ -30,6 +30,14 @@ WRITE_WINDOW = 1 << 18
 CHECKED_BUFFERS = 12
 
 
+class _Buffer:
+    """A reused buffer of stored blocks of :meth:`ChainDisk.write_to`."""
+
+    def __init__(self, blocks: np.ndarray, free: queue.SimpleQueue[_Buffer]):
+        self.blocks = blocks  # (rows, block size) uint8
+        self.view = blocks.reshape(-1).data  # the same bytes, as handed to the writer
+        self.release = functools.partial(free.put, self)  # hands it back to ``free``
+
 
 class ChainDisk(InPlaceDisk):
     """One point of a chain read as a Disk, straight from the images (no restore).
@@ -104,20 +112,22 @@ class ChainDisk(InPlaceDisk):
 
     def _read_verbatim(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
                        rows: np.ndarray) -> None:
-        """Read the stored blocks of verbatim ``records`` into ``out[rows]`` and check them
-        against their digests."""
-        self._read_stored(image, records, out, rows)
-        if self.check and len(rows):
-            check_stored(image.name, out.reshape(-1), rows.astype(np.int64) * self.block_size,
-                         records)
+        """Read the stored blocks of verbatim ``records`` into ``out[rows]`` (a read per run
+        of consecutive rows and payloads) and check them against their digests."""
+        runs = contiguous_runs(rows, records["offset"], self.block_size)
+        self._read_checked(image, records, out, rows.astype(np.int64) * self.block_size,
+                           *(run.tolist() for run in runs))
 
-    def _read_stored(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
-                     rows: np.ndarray) -> None:
-        """Read the stored blocks of verbatim ``records`` into ``out[rows]`` (a read per
-        run of consecutive rows and payloads), unchecked."""
-        bs = self.block_size
-        for row, offset, count in zip(*contiguous_runs(rows, records["offset"], bs)):
-            image.read_into(out[row : row + count], int(offset))
+    def _read_checked(self, image: ImageFile, records: np.ndarray, out: np.ndarray,
+                      starts: np.ndarray, rows: list[int], offsets: list[int],
+                      counts: list[int]) -> None:
+        """Read ``counts[i]`` stored blocks from byte ``offsets[i]`` of ``image`` into
+        ``out[rows[i]:]``, then check the payloads of ``records`` (at byte ``starts`` of
+        ``out``) against their digests."""
+        for row, offset, count in zip(rows, offsets, counts):
+            image.read_into(out[row : row + count], offset)
+        if self.check and len(records):
+            check_stored(image.name, out.reshape(-1), starts, records)
 
     def _open_batch(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
         """The plaintexts of batchable ``records``: payloads read run by run, decoded at
@@ -150,30 +160,57 @@ class ChainDisk(InPlaceDisk):
         checked, a batch at a time."""
         bs = self.block_size
         rows_per_buffer = max(1, COPY_BUFFER // bs)
-        free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        free: queue.SimpleQueue[_Buffer] = queue.SimpleQueue()
         for _ in range(CHECKED_BUFFERS):
-            free.put(np.empty((rows_per_buffer, bs), dtype=np.uint8))
+            free.put(_Buffer(np.empty((rows_per_buffer, bs), dtype=np.uint8), free))
+        starts = np.arange(rows_per_buffer, dtype=np.int64) * bs
         for first in range(0, self.n_blocks, WRITE_WINDOW):
             for depth, rows, records in self.layout.window(first, WRITE_WINDOW):
                 image = self.layout.images[depth]
                 positions = first + rows
                 verbatim, decode = self._split(records)
-                stored, stored_at = records[verbatim], positions[verbatim]
-                for k in range(0, len(stored), rows_per_buffer):
-                    buffer = free.get()
-                    piece = stored_at[k : k + rows_per_buffer]
-                    here, held = np.arange(len(piece)), stored[k : k + rows_per_buffer]
-                    position, row, count = contiguous_runs(piece, here, 1)
-                    out.put(buffer.reshape(-1).data, position * bs, row * bs, count * bs,
-                            done=functools.partial(free.put, buffer),
-                            check=functools.partial(self._read_verbatim, image, held, buffer,
-                                                    here))
+                if verbatim.any():
+                    self._hand_stored(out, image, records[verbatim], positions[verbatim], free,
+                                      starts)
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]
                     position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
                     out.put(self.read_at(piece).data.cast("B"), position * bs,
                             row * bs, count * bs)
+
+    def _hand_stored(self, out: PlacedWriter, image: ImageFile, records: np.ndarray,
+                     positions: np.ndarray, free: queue.SimpleQueue[_Buffer],
+                     starts: np.ndarray) -> None:
+        """Hand ``out`` the verbatim blocks ``records`` of ``image`` (at the ascending block
+        ``positions``), a buffer of ``free`` at a time, each with the reading and check of
+        its payloads as its check (``starts``: the byte offsets of a buffer's rows).  The
+        runs to read, and the parts to write and their places, are found for all the
+        buffers at once."""
+        bs, per = self.block_size, len(starts)
+        # stored block k sits at row k % per of buffer k // per; counted with one unused row
+        # after each buffer ("gapped"), no run found below reaches into the next buffer
+        gapped = np.arange(len(records), dtype=np.int64)
+        gapped += gapped // per
+        span = (per + 1) * bs  # bytes of a buffer and its unused row
+        row, position, count = contiguous_runs(gapped, positions, 1)
+        targets, sources, lengths = out.parts(position * bs, row * bs, count * bs)
+        read_row, read_offset, read_count = contiguous_runs(gapped, records["offset"], bs)
+        n_buffers = -(-len(records) // per)
+        each = np.arange(n_buffers + 1)
+        writes = np.searchsorted(sources // span, each).tolist()  # parts of buffer k: from
+        reads = np.searchsorted(read_row // (per + 1), each).tolist()  # [k] to [k + 1]
+        to, at, size = targets.tolist(), (sources % span).tolist(), lengths.tolist()
+        rows = (read_row % (per + 1)).tolist()
+        offsets, counts = read_offset.tolist(), read_count.tolist()
+        for k in range(n_buffers):
+            buffer = free.get()
+            held = records[k * per : (k + 1) * per]
+            w, r = slice(writes[k], writes[k + 1]), slice(reads[k], reads[k + 1])
+            out.put_parts(buffer.view, to[w], at[w], size[w], done=buffer.release,
+                          check=functools.partial(self._read_checked, image, held,
+                                                  buffer.blocks, starts[: len(held)],
+                                                  rows[r], offsets[r], counts[r]))
 
     def __repr__(self) -> str:
         return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "
