@@ -219,6 +219,46 @@ def test_stored_digests_are_checked_without_losing_the_file_to_file_path(tmp_pat
     assert HEADER_SIZE % BS == 0
 
 
+def test_a_point_lands_at_its_places_across_windows_and_buffers(tmp_path, monkeypatch):
+    """ChainDisk.write_to finds the runs and places of a whole window's buffers at once:
+    with windows and buffers much smaller than the point, runs crossing buffer ends, two
+    images, and a placement whose pieces cut blocks and lie backwards, every byte lands
+    at its place; a damaged block in a late buffer of a late window is named."""
+    from blockforensics.formats.placement import PlacedWriter, Placement
+    from blockforensics.image import reader
+    from blockforensics.image.backup import backup
+    from blockforensics.volume import Volume
+
+    monkeypatch.setattr(reader, "WRITE_WINDOW", 600)
+    rng = np.random.default_rng(12)
+    data = rng.integers(0, 256, (1500, BS), dtype=np.uint8)
+    data[::11] = 0
+    data[700:720] = 0
+    grain = 3 * BS + 1024  # bytes: pieces end inside blocks
+    pieces = -(-data.size // grain)
+    placement = Placement(grain, np.arange(pieces, dtype=np.int64),
+                          (pieces - 1 - np.arange(pieces, dtype=np.int64)) * grain)
+    with Chain.create(tmp_path / "c") as chain:
+        backup(chain, Volume.from_bytes(data.tobytes(), BS))
+        data[100:1400:5] = rng.integers(0, 256, (260, BS), dtype=np.uint8)
+        backup(chain, Volume.from_bytes(data.tobytes(), BS))
+
+        def write(name: str) -> bytes:
+            with open(tmp_path / name, "wb+") as fh:
+                os.ftruncate(fh.fileno(), pieces * grain)
+                with PlacedWriter(fh.fileno(), data.size, placement) as out:
+                    chain.disk(1).write_to(out)
+                return (tmp_path / name).read_bytes()
+
+        written = write("out.bin")
+        flat = data.tobytes().ljust(pieces * grain, b"\0")
+        assert written == b"".join(flat[i * grain : (i + 1) * grain]
+                                   for i in reversed(range(pieces)))
+        flip_stored_block(tmp_path / "c", "0000-full.bfi", 1301)
+        with pytest.raises(IntegrityError, match="0000-full.bfi: block 1301:"):
+            write("bad.bin")
+
+
 # ------------------------------------------------------ options and paths (item 7, 8)
 @pytest.mark.parametrize("kind", ["missing", "garbage", "directory"])
 def test_a_bad_changed_map_is_exit_2_before_any_work(tmp_path, kind):
