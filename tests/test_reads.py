@@ -255,7 +255,7 @@ def test_a_point_lands_at_its_places_across_windows_and_buffers(tmp_path, monkey
         assert written == b"".join(flat[i * grain : (i + 1) * grain]
                                    for i in reversed(range(pieces)))
         flip_stored_block(tmp_path / "c", "0000-full.bfi", 1301)
-        with pytest.raises(IntegrityError, match="0000-full.bfi: block 1301:"):
+        with pytest.raises(IntegrityError, match=r"0000-full\.bfi: block 1301:"):
             write("bad.bin")
 
 

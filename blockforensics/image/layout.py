@@ -96,7 +96,7 @@ class Owners:
             holder = self.holder[rows]
             for depth in np.flatnonzero(np.bincount(holder)[1:]).tolist():
                 at = np.flatnonzero(holder == depth + 1)
-                records = self.records[depth][self.row[rows[at]]]
+                records = self.records[depth].take(self.row[rows[at]])
                 out[at] = digest_rows(records["content_digest"])
         return out
 
@@ -105,10 +105,11 @@ class Owners:
         their rows (counted from ``start``) and their records."""
         if self.empty:
             return
-        # np.bincount, not np.unique: unique of int16 costs milliseconds even when small
+        # np.bincount, not np.unique: unique of int16 costs milliseconds even when small;
+        # take, not fancy indexing: that copies records field by field, ten times slower
         for depth in np.flatnonzero(np.bincount(self.holder)[1:]).tolist():
             rows = np.flatnonzero(self.holder == depth + 1)
-            yield depth, rows, self.records[depth][self.row[rows]]
+            yield depth, rows, self.records[depth].take(self.row[rows])
 
 
 @dataclass

@@ -80,13 +80,13 @@ class ChainDisk(InPlaceDisk):
         each, checked in one batch); returns the rows written (the others hold zero
         blocks)."""
         verbatim, decode = self._split(records)
-        self._read_verbatim(image, records[verbatim], out, rows[verbatim])
+        self._read_verbatim(image, records.compress(verbatim), out, rows[verbatim])
         batch = decode & self._codec.batchable(records)
         if batch.any():
-            out[rows[batch]] = self._open_batch(image, records[batch])
+            out[rows[batch]] = self._open_batch(image, records.compress(batch))
         rest = np.flatnonzero(decode & ~batch)
         if len(rest):
-            out[rows[rest]] = self._decode_many(image, records[rest])
+            out[rows[rest]] = self._decode_many(image, records.take(rest))
         return rows[verbatim | decode]
 
     def _decode_many(self, image: ImageFile, records: np.ndarray) -> np.ndarray:
@@ -169,9 +169,9 @@ class ChainDisk(InPlaceDisk):
                 image = self.layout.images[depth]
                 positions = first + rows
                 verbatim, decode = self._split(records)
-                if verbatim.any():
-                    self._hand_stored(out, image, records[verbatim], positions[verbatim], free,
-                                      starts)
+                if verbatim.any():  # compress: a mask copies records field by field, slowly
+                    self._hand_stored(out, image, records.compress(verbatim),
+                                      positions[verbatim], free, starts)
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]
