@@ -506,8 +506,9 @@ def _command(name: str, func: Callable[[argparse.Namespace], int], help: str,
              chain: str | None = "chain directory", described: bool = True
              ) -> Callable[[Arguments], Arguments]:
     """Declares the command ``name`` (run by ``func``; ``chain``: the help of its first
-    positional argument, the chain, if it takes one first); the decorated function adds
-    its other arguments, when the parser of that command is built."""
+    positional argument, the chain, if it takes one first; ``described``: whether its own
+    ``--help`` repeats ``help``); the decorated function adds its other arguments, when
+    the parser of that command is built."""
     def declare(arguments: Arguments) -> Arguments:
         def add(sub: Subparsers) -> None:
             p = sub.add_parser(name, help=help, description=help if described else None)
