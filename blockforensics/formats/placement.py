@@ -306,7 +306,7 @@ class PlacedWriter:
         return targets
 
     def _check(self) -> None:
-        """A checking thread: run each part's check, then queue its writes; after a
+        """A checking thread: run each buffer's check, then queue its writes; after a
         failure, only hand buffers back."""
         while (item := self._checks.get()) is not None:
             check, writes = item
@@ -318,7 +318,7 @@ class PlacedWriter:
             if self._error is None:
                 self._jobs.put(writes)
             else:
-                writes[-1]()
+                writes[-1]()  # its done(): the buffer goes back unwritten
 
     def _run(self) -> None:
         """The writer thread: write each queued buffer's parts, unless a check or a write
