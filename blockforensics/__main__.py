@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from blockforensics.cli import run
 
-from blockforensics.cli import main
-
-sys.exit(main())
+run()

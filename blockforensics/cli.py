@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from blockforensics.errors import BlockforensicsError, UsageError
 
@@ -780,5 +780,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def run() -> NoReturn:
+    """The command as a process (the ``blockforensics`` script, ``python -m blockforensics``):
+    :func:`main`, then what Python's own exit does that has effects — threads joined (idle
+    worker pools woken first), ``atexit`` handlers run, output flushed — and ``os._exit``,
+    which leaves out the interpreter's teardown of every module and object: it changes
+    nothing outside the process and costs 40-50 ms after a backup or an export (numpy and
+    our modules), a tenth of a 512 MiB backup.  Every file was closed, fsynced where it
+    must be, and renamed before :func:`main` returned.  An exit argparse raises itself
+    (``--help``, a usage error) goes the usual way."""
+    import atexit
+    import contextlib
+    import threading
+
+    code = main()
+    threading._shutdown()  # type: ignore[attr-defined]  # what Python's exit runs first
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):  # a reader gone; closed
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
