@@ -62,7 +62,9 @@ from blockforensics.progress import progress_bar
 if TYPE_CHECKING:
     import pandas as pd
 
-_WINDOW_BLOCKS = 1 << 18  # volume blocks whose records are gathered at once (blocks)
+#: volume blocks whose records a merge gathers at once: their records (56 bytes each) and
+#: the copies sorting them hold 4-15 MiB, so a merge stays under 100 MiB at any volume size
+_WINDOW_BLOCKS = 1 << 16
 _RUN_BYTES = 8 << 20  # most stored bytes read, checked and written as one run (bytes)
 _GAP_BYTES = 64 << 10  # unwanted bytes read through rather than starting a new read (bytes)
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map a run's pages at once, not by faults
