@@ -147,10 +147,9 @@ def data_runs(data: memoryview, block: int) -> tuple[list[int], list[int]]:
     """``(offsets, lengths)`` in bytes of the runs of ``data`` that are not all-zero
     ``block``-byte blocks (a partial last block is kept): in C without the GIL where the
     extension is built, else with numpy."""
-    native = batch.native
-    if native is not None and hasattr(native, "nonzero_runs"):
+    if batch.native is not None:
         runs = np.empty(2 * (len(data) // block + 1), dtype=np.int64)
-        bounds = runs[: 2 * native.nonzero_runs(data, block, runs)]
+        bounds = runs[: 2 * batch.native.nonzero_runs(data, block, runs)]
         starts = bounds[0::2]
         return starts.tolist(), (bounds[1::2] - starts).tolist()
     rows = len(data) // block
