@@ -32,9 +32,23 @@ class Run:
         return nbytes / self.seconds / 1e6
 
 
+#: bytes of memory touched and freed before every run (see :func:`settle`)
+PRIME_BYTES = 1 << 30
+
+
 def settle() -> None:
-    """Flush dirty pages first, so one step's writeback does not slow the next one down."""
+    """Flush dirty pages first, so one step's writeback does not slow the next one down;
+    then touch and free ``PRIME_BYTES`` of memory.
+
+    This machine is a virtual machine whose host takes back guest memory that stays
+    free for a while (virtio-balloon free page reporting): the first write to such a
+    page costs a fault in the host.  A step that fills fresh page-cache pages (an export
+    without fsync) ran up to 3 times slower after a step that had dropped its pages as
+    it went (an export with fsync) than after one that had just freed them.  Every run
+    now starts with the same supply of recently used free pages.
+    """
     subprocess.run(["sync"], check=True)
+    bytearray(PRIME_BYTES)  # zero-filled, so every page is written, then freed at once
 
 
 def measure(label: str, argv: list[str], env: dict[str, str] | None = None,
@@ -69,13 +83,14 @@ class Step:
 def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
     """The fastest of ``repeat`` runs of every step, by label, with their median.
 
-    The steps take turns (round after round, not one step's runs in a row), so a
-    slow spell of this shared machine's noisy disk hits every contender alike;
-    the fastest run is the one least disturbed.  Dirty pages are flushed first.
+    The steps take turns (round after round, not one step's runs in a row), each
+    round starting one step later, so a slow spell of this shared machine's noisy disk
+    hits every contender alike and none always follows the same one; the fastest run is
+    the one least disturbed.  Every run starts from :func:`settle`.
     """
     runs: dict[str, list[Run]] = {step.label: [] for step in steps}
-    for _ in range(repeat):
-        for step in steps:
+    for turn in range(repeat):
+        for step in steps[turn % len(steps):] + steps[:turn % len(steps)]:
             if step.before is not None:
                 step.before()
             run = measure(step.label, step.argv, step.env, step.timed)
