@@ -26,8 +26,10 @@ from blockforensics.image.format import INDEX_DTYPE
 
 #: records between two fence posts: a lookup reads at most this many records (56 KiB)
 FENCE = 1024
-#: records per piece when the whole index is streamed (3.5 MiB)
-CHUNK = 1 << 16
+#: records per piece when the whole index is streamed (896 KiB: a piece and the check's
+#: temporaries stay in the CPU's caches; opening a 1 GiB image's index of 166 000 records
+#: took 15.6 ms with pieces of 2^16 records, 9.6 ms with these)
+CHUNK = 1 << 14
 RECORD = INDEX_DTYPE.itemsize
 
 #: checks one piece of the index: ``(records, position of the record before them or
