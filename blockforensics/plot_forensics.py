@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.patches import Patch
 
 from blockforensics.plot import plot_blockmap
 
@@ -52,8 +53,11 @@ def plot_diff_files(result: DiffResult, ax: Axes | None = None, *, max_files: in
         if (lo, hi) != (0, result.n_blocks):
             ax.set_title(f"{ax.get_title()} — zoomed to blocks {lo}–{hi} of "
                          f"{result.n_blocks}", fontsize=9)
-    if len(ranked):
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    if len(result.runs):
+        handles = ax.get_legend_handles_labels()[0]
+        handles.append(Patch(color=UNOWNED, label="no changed file owns it (metadata)"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
+                  frameon=False)
     return ax
 
 
@@ -93,14 +97,18 @@ VERDICT_COLORS = {"clean": "#2ca02c", "suspicious": "#ff7f0e", "encrypted": "#d6
 def plot_triage(result: TriageResult, ax: Axes | None = None, *, title: str | None = None
                 ) -> Axes:
     """The triage of a chain: per point, the share of changed blocks with unexplained
-    high entropy (bars coloured by verdict), the baseline threshold it was held to
-    (black steps), the count of files suspected of encryption (above the bars), and
-    the last clean point (dashed line)."""
+    high entropy (bars coloured by verdict, and a square of that colour on the axis, so
+    a point with nothing unexplained shows its verdict too), the baseline threshold it
+    was held to (black steps), the count of files suspected of encryption (above the
+    bars), and the last clean point (dashed line)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 2.8))
     points = [p.point for p in result.points]
     shares = [p.metrics["unexplained_high_entropy"] for p in result.points]
-    ax.bar(points, shares, color=[VERDICT_COLORS[p.verdict] for p in result.points])
+    colors = [VERDICT_COLORS[p.verdict] for p in result.points]
+    ax.bar(points, shares, color=colors)
+    ax.scatter(points, [0.0] * len(points), marker="s", s=36, c=colors, zorder=3,
+               clip_on=False)
     thresholds = [p.baseline["unexplained_high_entropy"]["threshold"] for p in result.points]
     ax.step(points, thresholds, where="mid", color="black", linewidth=1,
             label="baseline threshold")
@@ -111,12 +119,13 @@ def plot_triage(result: TriageResult, ax: Axes | None = None, *, title: str | No
     if result.last_clean_point is not None:
         ax.axvline(result.last_clean_point + 0.5, color="gray", linestyle="--",
                    label=f"after last clean point ({result.last_clean_point})")
-    for verdict, color in VERDICT_COLORS.items():
-        ax.bar([], [], color=color, label=verdict)
     ax.set_xticks(points)
     ax.set_xlabel("point")
     ax.set_ylabel("unexplained high-entropy share")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    handles = ax.get_legend_handles_labels()[0]
+    handles += [Patch(color=color, label=verdict) for verdict, color in VERDICT_COLORS.items()]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
+              frameon=False)
     ax.set_title(title or "triage: verdict per point", fontsize=9)
     return ax

@@ -225,3 +225,21 @@ def test_an_inode_reused_within_a_second_by_a_copy_named_after_another_file_is_n
     new = {"/c.txt": entry("/c.txt", 12, 4608)}  # named after nothing gone: a.txt renamed
     assert [(old.path, now.path) for old, now in comparison.renames(dict(gone), new)] == \
         [("/a.txt", "/c.txt")]
+
+
+def test_diff_picture_names_each_changed_file_and_the_grey_metadata(chain):
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    matplotlib.use("Agg")
+    from blockforensics.plot_forensics import UNOWNED, plot_diff_files
+
+    result = forensics.diff(chain, "2", "-1", files=True)
+    ax = plot_diff_files(result)
+    legend = ax.get_legend()
+    labels = [text.get_text() for text in legend.get_texts()]
+    suspected = set(result.suspected()["path"])
+    assert labels[:-1] and {label.removesuffix(" (suspected encryption)")
+                            for label in labels[:-1]} == suspected  # the burst: all encrypted
+    assert labels[-1].startswith("no changed file") and to_hex(
+        legend.legend_handles[-1].get_facecolor()) == UNOWNED

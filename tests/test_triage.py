@@ -136,3 +136,23 @@ def test_each_attack_is_explained_by_its_own_evidence(ransomware):
     photos = doc["points"][2]
     assert photos["metrics"]["high_entropy_blocks"] > 100
     assert photos["metrics"]["unexplained_high_entropy"] == 0
+
+
+def test_triage_picture_shows_every_points_verdict_in_its_legend_colour(case):
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    matplotlib.use("Agg")
+    from blockforensics.plot_forensics import VERDICT_COLORS, plot_triage
+
+    result = triage.triage(Chain.open(case.chain_dir))
+    ax = plot_triage(result)
+    legend = ax.get_legend()
+    colours = {text.get_text(): to_hex(handle.get_facecolor())
+               for text, handle in zip(legend.get_texts(), legend.legend_handles)
+               if text.get_text() in VERDICT_COLORS}
+    assert colours == VERDICT_COLORS
+    squares = ax.collections[0]  # one square per point, on the axis, even at a zero share
+    assert [to_hex(c) for c in squares.get_facecolors()] == [VERDICT_COLORS[p.verdict]
+                                                            for p in result.points]
+    assert [round(x) for x, _ in squares.get_offsets()] == [p.point for p in result.points]
