@@ -122,9 +122,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.image.backup import backup
     from blockforensics.image.chain import Chain
 
-    source_path = Path(args.source)
-    if "://" not in args.source and not source_path.exists():
-        raise UsageError(f"{source_path}: not a file or block device")
+    if "://" not in args.source:
+        from blockforensics.formats import check_local_source
+
+        check_local_source(args.source)
     if args.head_start and not args.bitmap:
         raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
     try:  # options are checked before anything is created
@@ -465,6 +466,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """A TCP port number, 1-65535."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text}")
+    return value
+
+
 def _key_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-file", help="key file: 32 raw bytes, or a passphrase")
 
@@ -682,7 +691,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     _key_option(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="PATH", help="a Unix socket to listen on")
-    where.add_argument("--port", type=_positive_int, help="a TCP port to listen on")
+    where.add_argument("--port", type=_port, help="a TCP port to listen on (1-65535)")
     p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
 
 

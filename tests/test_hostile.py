@@ -99,6 +99,45 @@ def test_unusable_key_files_are_refused_quickly(raw_key_chain, tmp_path, case) -
     assert_exit_2(cli("verify", chain, "--key-file", path), words)
 
 
+# -------------------------------------------------------------- sources
+@contextlib.contextmanager
+def _not_a_disk(kind: str, directory: Path) -> Iterator[Path]:
+    """A FIFO (no writer: opening it for reading would wait for ever), a listening Unix
+    socket, or a character device."""
+    if kind == "character device":
+        yield Path("/dev/zero")
+        return
+    path = directory / kind.replace(" ", "-")
+    if kind == "FIFO":
+        os.mkfifo(path)
+        yield path
+        return
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen()
+        yield path
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "socket", "character device"])
+@pytest.mark.parametrize("command", [("backup", "{src}", "{out}/chain"),
+                                     ("export", "{src}", "{out}/disk.vhd"),
+                                     ("export", "{src}", "{out}/disk.vhd", "--reader", "raw"),
+                                     ("triage", "{src}")])
+def test_a_source_that_is_no_disk_is_refused_at_once(tmp_path, kind, command) -> None:
+    with _not_a_disk(kind, tmp_path) as source:
+        done = cli(*(arg.format(src=source, out=tmp_path) for arg in command))
+    assert_exit_2(done, str(source))
+    assert not (tmp_path / "chain").exists() and not (tmp_path / "disk.vhd").exists()
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "-1", "http"])
+def test_a_port_outside_tcp_is_a_usage_error(raw_key_chain, port) -> None:
+    chain, _, _ = raw_key_chain
+    assert_exit_2(cli("serve", chain, "--port", port), "--port")
+
+
 def _rewrite_header(image: Path, **changes: object) -> None:
     with open(image, "r+b") as fh:
         header = Header.unpack(fh.read(HEADER_SIZE))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import stat
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -159,13 +160,34 @@ def _claims(name: str, plugin: type[Format], path: str | os.PathLike[str]) -> bo
         return False
 
 
+#: what ``stat`` calls the kinds of file that are no disk image
+_NOT_A_DISK = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"))
+
+
+def check_local_source(path: str | os.PathLike[str]) -> None:
+    """UsageError unless ``path`` exists and can hold a disk: a regular file, a block
+    device or a directory (a chain).  A FIFO or a character device would block the
+    first read or have no size, a socket cannot be read at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open ({exc.strerror})") from exc
+    for test, kind in _NOT_A_DISK:
+        if test(mode):
+            raise UsageError(f"{path}: {kind}, not a disk image (a regular file, a block "
+                             f"device or a chain directory)")
+
+
 def probe(path: str | os.PathLike[str]) -> type[Format]:
     """The plugin that claims ``path``: a built-in whose signature it bears, else the
     first plugin in probing order whose probe accepts it; UsageError if none does.
     A URI (``SCHEME://...``) goes to the plugin that lists its scheme."""
     scheme, sep, _ = os.fspath(path).partition("://")
-    if not sep and not os.path.exists(path):
-        raise UsageError(f"{path}: no such file or directory")
+    if not sep:
+        check_local_source(path)
     for name, (_, signed) in _BUILTINS.items():
         if signed is not None and signed(path):
             return _builtin(name)
@@ -188,6 +210,8 @@ def open_disk(
 ) -> Disk:
     """Open any supported image (a chain directory, a VHD, a raw file …) as a Disk;
     ``parent`` names the parent of a differencing image, for plugins that take one."""
+    if format is not None and "://" not in os.fspath(path):
+        check_local_source(path)  # probe checks it too
     if format is None:
         plugin = probe(path)
     elif format in _BUILTINS:
