@@ -337,6 +337,8 @@ class BlockMap:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BlockMap:
         """Read a map written by :meth:`save`; ValueError if the file is not one."""
+        if not Path(path).is_file():  # np.load opens a FIFO, and waits for a writer
+            raise ValueError(f"{path}: not a saved BlockMap (not a regular file)")
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 if str(data["magic"]) != _MAGIC:

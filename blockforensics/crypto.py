@@ -4,8 +4,9 @@ A chain's *master key* is 32 bytes: read from a key file that holds exactly 32
 bytes, or derived with scrypt from a passphrase (any other key-file content;
 salt and cost parameters live in every image header).  Key files are read up to
 ``MAX_KEY_FILE`` bytes (``/dev/zero`` is refused, not read until memory runs
-out); scrypt parameters read from a header are bounded (``check_scrypt``).  HKDF-SHA-256 turns it
-into four independent subkeys:
+out; a pipe such as ``<(pass show backup)`` is read, a FIFO nothing writes to is
+refused after ``KEY_PIPE_WAIT`` seconds); scrypt parameters read from a header are
+bounded (``check_scrypt``).  HKDF-SHA-256 turns it into four independent subkeys:
 
 - ``enc``: AES-256-GCM, a fresh random 96-bit nonce per block; the associated
   data binds a ciphertext to its chain (volume id), its block position and its
@@ -27,7 +28,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import select
+import stat
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +45,40 @@ from blockforensics.image.format import NONCE_SIZE, TAG_SIZE
 KEY_SIZE = 32
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per derivation
 MAX_KEY_FILE = 4096  # bytes read from a key file at most
+#: seconds a key file that is a pipe or FIFO (``--key-file <(pass show backup)``) may take
+#: to deliver its first bytes; a FIFO nobody writes to would block for ever
+KEY_PIPE_WAIT = 10.0
 #: bounds on scrypt parameters from a header: 16 times the default work, 256 MiB
 SCRYPT_MAX_WORK = 16 * SCRYPT_N * SCRYPT_R * SCRYPT_P  # N * r * p
 SCRYPT_MAX_MEMORY = 256 << 20  # 128 * N * r bytes
 _AAD = struct.Struct("<16sQI")  # volume id, block position, storage flags
 _POINT = struct.Struct("<16s16sqQI")  # volume id, image id, created_ns, volume size, block size
+
+
+def _read_key_file(path: str | os.PathLike[str], limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path``.  A pipe or FIFO is read until its writer closes
+    it; TimeoutError if ``KEY_PIPE_WAIT`` seconds pass without a byte or its end (Linux
+    reports neither for a FIFO no writer has opened)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, writer or not
+    try:
+        pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        os.set_blocking(fd, not pipe)
+        waiting = select.poll()
+        waiting.register(fd, select.POLLIN)
+        deadline = time.monotonic() + KEY_PIPE_WAIT
+        chunks: list[bytes] = []
+        got = 0
+        while got < limit:
+            if pipe and not waiting.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                raise TimeoutError(path)
+            chunk = os.read(fd, limit - got)
+            if not chunk:  # the end of the file, or the writer closed the pipe
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -64,8 +97,10 @@ class KeySource:
         """Read a key file: exactly 32 bytes is a raw key, anything else a passphrase
         (trailing newlines dropped); at most ``MAX_KEY_FILE`` bytes."""
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_KEY_FILE + 1)
+            data = _read_key_file(path, MAX_KEY_FILE + 1)
+        except TimeoutError:
+            raise UsageError(f"{path}: cannot read key file (a FIFO nothing wrote to within "
+                             f"{KEY_PIPE_WAIT:g} s)") from None
         except OSError as exc:
             raise UsageError(f"{path}: cannot read key file ({exc.strerror or exc})") from exc
         if len(data) > MAX_KEY_FILE:

@@ -177,6 +177,9 @@ class Fleet:
                 self.client = Client(scheduler, timeout="10s")
             except OSError as exc:
                 raise UsageError(f"{scheduler}: no Dask scheduler answers ({exc})") from exc
+            except (ValueError, TypeError) as exc:  # distributed parses the address itself
+                raise UsageError(f"{scheduler}: not a scheduler address, e.g. "
+                                 f"tcp://host:8786 ({exc})") from exc
 
     @property
     def dashboard_link(self) -> str:

@@ -157,3 +157,9 @@ def test_fleet_cli_on_a_separate_scheduler_and_workers(fleet_dir: Path, tmp_path
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.mark.parametrize("address", ["nonsense:xx", "tcp://:", "foo://bar", ""])
+def test_a_scheduler_address_that_is_no_address_is_a_usage_error(address: str) -> None:
+    with pytest.raises(UsageError, match="not a scheduler address"):
+        Fleet(address)

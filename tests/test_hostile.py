@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from blockforensics.cli import main
 from blockforensics.crypto import MAX_KEY_FILE, KeySource
+from blockforensics.errors import UsageError
 from blockforensics.formats import ENTRY_POINT_GROUP
 from blockforensics.image.chain import MANIFEST
 from blockforensics.image.format import HEADER_SIZE, INDEX_DTYPE, Footer, Header
@@ -136,6 +138,48 @@ def test_a_source_that_is_no_disk_is_refused_at_once(tmp_path, kind, command) ->
 def test_a_port_outside_tcp_is_a_usage_error(raw_key_chain, port) -> None:
     chain, _, _ = raw_key_chain
     assert_exit_2(cli("serve", chain, "--port", port), "--port")
+
+
+def test_a_key_fifo_nobody_writes_is_refused_after_a_wait(monkeypatch, tmp_path) -> None:
+    from blockforensics import crypto
+
+    monkeypatch.setattr(crypto, "KEY_PIPE_WAIT", 0.3)
+    os.mkfifo(tmp_path / "fifo")
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            KeySource.from_file(tmp_path / "fifo")
+        except BaseException as exc:
+            raised.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)  # a hang fails, not blocks, the test
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "reading a FIFO nobody writes to hangs"
+    assert isinstance(raised[0], UsageError), raised
+    assert "a FIFO nothing wrote to within 0.3 s" in str(raised[0])
+
+
+def test_a_key_through_a_pipe_is_read_to_its_end(raw_key_chain, tmp_path) -> None:
+    """``--key-file <(...)``: the writer may be slow, and may write in pieces."""
+    chain, key, newest = raw_key_chain
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", 'exec > "$1"; sleep 0.5; head -c 5 "$0"; '
+                               'sleep 0.3; tail -c +6 "$0"', str(key), str(fifo)])
+    done = cli("restore", chain, tmp_path / "out", "--key-file", fifo)
+    assert writer.wait(10) == 0
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == newest
+
+
+def test_a_changed_map_that_is_a_fifo_is_refused(raw_key_chain, tmp_path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "disk").write_bytes(bytes(8192))
+    assert_exit_2(cli("backup", tmp_path / "disk", tmp_path / "c", "--changed",
+                      tmp_path / "fifo"), "not a regular file")
+    assert not (tmp_path / "c").exists()
 
 
 def _rewrite_header(image: Path, **changes: object) -> None:
