@@ -86,11 +86,13 @@ class StreamDisk(Disk):
 
 # ------------------------------------------------------------ allocation tables
 def _units(flags: np.ndarray, unit: int, block_size: int, n_blocks: int,
-           base: int = 0) -> np.ndarray:
+           base: int = 0, end: int | None = None) -> np.ndarray:
     """Flags of the ``n_blocks`` disk blocks touched by the set ``flags`` of a run of
-    units of ``unit`` bytes starting at byte ``base``."""
+    units of ``unit`` bytes starting at byte ``base``, cut at byte ``end`` (the end of
+    the disk the units belong to: a last unit past it holds nothing)."""
     starts = base + np.flatnonzero(flags).astype(np.int64) * unit
-    return covered(starts // block_size, -(-(starts + unit) // block_size), n_blocks)
+    stops = starts + unit if end is None else np.minimum(starts + unit, end)
+    return covered(starts // block_size, -(-stops // block_size), n_blocks)
 
 
 def _of_map(bmap: BlockMap, block_size: int, n_blocks: int, base: int = 0,
@@ -182,7 +184,8 @@ def _vmdk_allocated(vmdk: Any, block_size: int, n_blocks: int) -> np.ndarray:
             continue
         states = _grain_states(extent)
         grain = int(extent.header.grain_size) * SECTOR
-        flags |= _units(states == 2, grain, block_size, n_blocks, base)
+        flags |= _units(states == 2, grain, block_size, n_blocks, base,
+                        base + int(extent.size))
         parent = extent.parent
         if parent is not None:
             if id(parent) not in parents:
@@ -283,6 +286,36 @@ class VhdxFormat(Format):
         return _open_stream(path, "VHDX", VHDX, _vhdx_allocated)
 
 
+def _vmdk(fh: BinaryIO) -> Any:
+    """A dissect VMDK over ``fh``, its parents' reads kept within their sectors."""
+    from dissect.hypervisor.disk.vmdk import VMDK
+
+    vmdk = VMDK(fh)
+    _within_sectors(vmdk)
+    return vmdk
+
+
+def _within_sectors(vmdk: Any) -> None:
+    """Have ``vmdk`` (and each parent below it) read zeros past its last sector.
+
+    dissect.hypervisor 3.21 reads whole 8 KiB alignment units, and a child's absent
+    grains from its parent, without stopping at the disk's end: a VMDK whose size is
+    not a multiple of 8 KiB, or a child larger than its parent, raised IndexError
+    (an extent past the last) instead of reading."""
+    whole = vmdk.read_sectors
+    sectors = int(vmdk.sector_count)
+
+    def read_sectors(sector: int, count: int) -> bytes:
+        inside = max(0, min(count, sectors - sector))
+        return (whole(sector, inside) if inside else b"").ljust(count * SECTOR, b"\0")
+
+    vmdk.read_sectors = read_sectors
+    parents = {id(e.parent): e.parent for e in getattr(vmdk, "disks", ())
+               if getattr(e, "parent", None) is not None}
+    for parent in parents.values():
+        _within_sectors(parent)
+
+
 class VmdkFormat(Format):
     """VMware VMDK: a text descriptor (with its extent files) or a sparse extent."""
 
@@ -297,9 +330,7 @@ class VmdkFormat(Format):
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
              key: KeySource | None = None) -> Disk:
         _single_point(path, point)
-        from dissect.hypervisor.disk.vmdk import VMDK
-
-        return _open_stream(path, "VMDK", VMDK, _vmdk_allocated)
+        return _open_stream(path, "VMDK", _vmdk, _vmdk_allocated)
 
 
 class Qcow2Format(Format):
