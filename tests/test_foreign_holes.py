@@ -1,5 +1,5 @@
 """Foreign images report only what their allocation tables map (formats/foreign.py):
-qcow2 L1/L2 (plain, extended L2, over a backing file), VMDK grain tables (sparse,
+qcow2 L1/L2 (over a backing file; more variants in test_foreign_qemu.py), VMDK grain tables (sparse,
 streamOptimized, split in 2 GB extents, over a parent), VHDX BAT, and the project's
 own dynamic VHD reader.  ``present()`` is checked against ``qemu-img map`` (VHDX: the
 written ranges, qemu maps every VHDX block as data), and a backup that reads only those
@@ -140,15 +140,6 @@ def test_backup_reads_the_mapped_blocks_and_restores_what_qemu_reads(images, tmp
     run("qemu-img", "compare", "-f", "raw", "-F", "raw", restored, reference)
     print(f"{name}: backup of a {SIZE / GIB:.0f} GiB image in {took:.1f} s, "
           f"chain {stored / MIB:.1f} MiB")
-
-
-def test_extended_l2_is_refused_in_one_line(tmp_path: Path) -> None:
-    require_tools("qemu-img", "qemu-io")
-    image = create(tmp_path / "x.qcow2", "qcow2", "-o", "extended_l2=on", size=64 * MIB,
-                   writes=[(0x61, MIB, 100 << 10)])
-    done = cli("backup", image, tmp_path / "chain")
-    assert done.returncode == 2 and "extended L2" in done.stderr
-    assert done.stderr.count("\n") == 1
 
 
 def test_an_l2_table_past_the_end_of_the_file_is_one_line(images, tmp_path: Path) -> None:

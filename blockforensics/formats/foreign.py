@@ -1,31 +1,26 @@
-"""Reader plugins for other hypervisors' disk images, through dissect.hypervisor.
+"""Reader plugins for other hypervisors' disk images.
 
-VHDX (Hyper-V, differencing ones by their parent locator), VMDK (VMware: a
-descriptor or a monolithic sparse file, with its extents and parent) and qcow2
-(QEMU, over a chain of backing files) are read with Fox-IT's well-kept parsers
-rather than new ones; each is probed by its signature only, and opened as a
+VHDX (Hyper-V, differencing ones by their parent locator) and VMDK (VMware: a
+descriptor or a monolithic sparse file, with its extents and parent) are read with
+Fox-IT's dissect.hypervisor parsers rather than new ones; qcow2 (QEMU, over a chain
+of backing files) with :class:`~blockforensics.formats.qcow2.Qcow2Disk`, the
+project's own reader (dissect 3.21's misreads several of what qemu-img makes).
+Each is probed by its signature only, and opened as a
 :class:`~blockforensics.formats.base.Disk` like every other source, so
 ``backup``, ``export`` and the forensic commands take them as they are.
-
-A qcow2 backing file is opened through :func:`blockforensics.formats.open_disk`
-(so it may itself be a qcow2, a VHD, raw …), found as qemu finds it: the name in
-the header, relative to the overlay's directory unless absolute.
 
 ``present()`` is read from each format's allocation table, so a backup reads only
 what the image maps: the VHDX BAT (payload blocks fully or partially present; a
 block not present falls through to the parent), the VMDK grain directory and
 tables (grains holding data; an absent grain falls through to the parent; flat
-extents: their files' data extents), the qcow2 L1/L2 tables (clusters with data, compressed
-ones included; unallocated clusters fall through to the backing file, whose own
-``present()`` counts; zero clusters count as absent).  A block is present when
-any byte of it lies in a present unit.
+extents: their files' data extents), the qcow2 L1/L2 tables (see its reader).  A
+block is present when any byte of it lies in a present unit.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import numpy as np
@@ -39,8 +34,6 @@ from blockforensics.fs.base import covered
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
 
-#: how many backing files deep a qcow2 chain may go before it is taken as a loop
-MAX_BACKING_DEPTH = 64
 SECTOR = 512
 
 #: ``allocated(block_size, n_blocks)``: flags of the disk blocks an image maps
@@ -196,40 +189,6 @@ def _vmdk_allocated(vmdk: Any, block_size: int, n_blocks: int) -> np.ndarray:
     return flags
 
 
-def _qcow2_allocated(image: Any, backing: Disk | None, block_size: int,
-                     n_blocks: int) -> np.ndarray:
-    """qcow2 (docs/interop/qcow2.txt): per cluster, from the L1 table and the L2 tables
-    it points to: data when compressed or mapped (offset non-zero) and not flagged all
-    zeros; clusters unallocated (whole L2 tables too) read the backing file.  An
-    external data file's mapping is not read: every block counts."""
-    from dissect.hypervisor.disk.c_qcow2 import c_qcow2
-
-    if image.needs_data_file:
-        return np.ones(n_blocks, dtype=bool)
-    unit = int(image.cluster_size)
-    n_clusters = -(-int(image.size) // unit)
-    per_table = int(image.l2_size)
-    own = np.zeros(n_clusters, dtype=bool)
-    below = np.ones(n_clusters, dtype=bool)
-    l1 = _table(image.fh, int(image.header.l1_table_offset),
-                min(int(image.header.l1_size), -(-n_clusters // per_table)), ">u8", "the L1 table")
-    offsets = l1 & np.uint64(c_qcow2.L1E_OFFSET_MASK)
-    for i in np.flatnonzero(offsets).tolist():
-        first = i * per_table
-        count = min(per_table, n_clusters - first)
-        entry = _table(image.fh, int(offsets[i]), per_table, ">u8", "an L2 table")[:count]
-        compressed = (entry & np.uint64(c_qcow2.QCOW_OFLAG_COMPRESSED)) != 0
-        mapped = ~compressed & ((entry & np.uint64(c_qcow2.L2E_OFFSET_MASK)) != 0)
-        zero = (entry & np.uint64(c_qcow2.QCOW_OFLAG_ZERO)) != 0
-        own[first : first + count] = compressed | (mapped & ~zero)
-        below[first : first + count] = ~compressed & ~mapped & ~zero
-    flags = _units(own, unit, block_size, n_blocks)
-    if backing is not None:
-        flags |= _units(below, unit, block_size, n_blocks) & _of_map(
-            backing.present(), block_size, n_blocks)
-    return flags
-
-
 def _failed(path: str | os.PathLike[str], kind: str, exc: Exception) -> FormatError:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return FormatError(f"{path}: not a readable {kind} image ({message})")
@@ -347,44 +306,6 @@ class Qcow2Format(Format):
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
              key: KeySource | None = None) -> Disk:
         _single_point(path, point)
-        return _open_qcow2(Path(path), 0)
+        from blockforensics.formats.qcow2 import Qcow2Disk
 
-
-def _open_qcow2(path: Path, depth: int) -> Disk:
-    from dissect.hypervisor.disk.qcow2 import QCow2
-
-    from blockforensics.formats import open_disk
-
-    if depth > MAX_BACKING_DEPTH:
-        raise FormatError(f"{path}: more than {MAX_BACKING_DEPTH} backing files (a loop?)")
-    keep: list[Any] = []
-    fh: BinaryIO = path.open("rb")
-    keep.append(fh)
-    parent: Disk | None = None
-    try:
-        probe = QCow2(fh, allow_no_backing_file=True, allow_no_data_file=True)
-        if probe.has_subclusters:  # dissect.hypervisor 3.21 loops forever reading these
-            raise FormatError(f"{path}: qcow2 with extended L2 entries (subclusters) is not "
-                              "read here; qemu-img convert -O qcow2 it without them first")
-        backing = None
-        if probe.auto_backing_file:
-            name = Path(probe.auto_backing_file)
-            below = name if name.is_absolute() else path.parent / name
-            if not below.exists():
-                raise FormatError(f"{path}: backing file {below} not found")
-            parent = (_open_qcow2(below, depth + 1) if Qcow2Format.probe(below)
-                      else open_disk(below))
-            keep.append(parent)
-            backing = parent.open_file()
-        image = QCow2(fh, backing_file=backing, allow_no_data_file=True)
-        stream = image.open()
-    except FormatError:
-        for item in reversed(keep):
-            item.close()
-        raise
-    except Exception as exc:
-        for item in reversed(keep):
-            item.close()
-        raise _failed(path, "qcow2", exc) from None
-    return StreamDisk(path, stream, image.size, keep, allocated=lambda bs, n: _checked(
-        path, "qcow2", _qcow2_allocated, image, parent, bs, n))
+        return Qcow2Disk(path)
