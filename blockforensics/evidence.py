@@ -9,9 +9,14 @@
   reaches :data:`RANDOM_SEGMENT_ENTROPY` bits per byte counts as random.  Encrypting
   only the first KiB of a file, or every other 64 KiB, leaves the whole file's
   entropy ordinary, but not its segments.
-- :func:`uniform_p` is a chi-square test of a byte histogram against the uniform
-  distribution: ciphertext passes it, text and executables do not.  Compressed
-  formats often pass it too — which is why they are recognised by signature first.
+- A segment of base64 or hex text whose symbols are as uniform as their alphabet
+  allows (:data:`ENCODINGS`, within :data:`ENCODED_DEFICIT` bits of log2 of its
+  size) is ciphertext written as text: it counts as random too.  Its bytes stay
+  below 6 (base64) or 4 (hex) bits per byte, so the raw entropy would not see it.
+- :func:`uniform_p` is a chi-square test of a histogram against the uniform
+  distribution over its symbols: ciphertext passes it (raw over 256 byte values,
+  encoded over its alphabet), text and executables do not.  Compressed formats
+  often pass it too — which is why they are recognised by signature first.
 
 Thresholds, in bits per byte: 1 KiB of uniform random bytes has an entropy of about
 7.82 (a finite sample never reaches 8), deflate output about 7.8, English text
@@ -25,6 +30,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,6 +42,19 @@ MIN_SEGMENT_BYTES = 256
 RANDOM_SEGMENT_ENTROPY = 7.5
 #: chi-square p-value (bytes vs uniform) at or above which bytes look random
 UNIFORM_P = 1e-3
+#: text encodings of binary data: name -> (alphabet, bytes that may stand between
+#: symbols: line breaks, padding)
+ENCODINGS: dict[str, tuple[bytes, bytes]] = {
+    "hex": (b"0123456789abcdef", b"\r\n"), "HEX": (b"0123456789ABCDEF", b"\r\n"),
+    "base64": (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+               b"\r\n="),
+    "base64url": (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+                  b"\r\n="),
+}
+#: an encoded segment is random when its symbols' entropy is within this many bits
+#: per symbol of log2(alphabet size): 1 KiB of random base64 falls ~0.05 short of 6,
+#: random hex ~0.01 short of 4; English text ~1.5 short over the letters it uses
+ENCODED_DEFICIT = 0.15
 #: bytes of the start of the content kept for signatures and rule scans
 HEAD_BYTES = 64 << 10
 
@@ -50,9 +69,17 @@ SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
     ("ogg", 0, b"OggS"), ("flac", 0, b"fLaC"), ("deb", 0, b"!<arch>\n"),
     ("elf", 0, b"\x7fELF"), ("pe", 0, b"MZ"), ("sqlite", 0, b"SQLite format 3\x00"),
     ("ole2", 0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"), ("rtf", 0, b"{\\rtf"),
+    ("git-pack", 0, b"PACK\x00\x00\x00"), ("git-index", 0, b"\xfftOc\x00\x00\x00"),
+    ("qcow", 0, b"QFI\xfb"), ("vmdk", 0, b"KDMV"), ("vhdx", 0, b"vhdxfile"),
+    ("squashfs", 0, b"hsqs"), ("luks", 0, b"LUKS\xba\xbe"), ("lz4", 0, b"\x04\x22\x4d\x18"),
+    ("woff2", 0, b"wOF2"), ("tiff", 0, b"II*\x00"), ("tiff", 0, b"MM\x00*"),
 )
+#: formats whose content is high-entropy by nature: compressed, media, packed object
+#: stores (git packs), disk images and encrypted containers made by their own tools
 COMPRESSED = frozenset({"zip", "gzip", "bzip2", "xz", "zstd", "7z", "rar", "jpeg", "png",
-                        "gif", "pdf", "mp4", "mp3", "ogg", "flac", "deb", "riff"})
+                        "gif", "pdf", "mp4", "mp3", "ogg", "flac", "deb", "riff", "git-pack",
+                        "git-index", "qcow", "vmdk", "vhdx", "squashfs", "luks", "lz4",
+                        "woff2", "tiff"})
 #: extension (lower case, no dot) -> the format its content must have
 EXTENSIONS: dict[str, str] = {
     **dict.fromkeys(["zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar", "apk",
@@ -65,6 +92,9 @@ EXTENSIONS: dict[str, str] = {
     "flac": "flac", "deb": "deb", **dict.fromkeys(["exe", "dll", "sys"], "pe"),
     **dict.fromkeys(["sqlite", "sqlite3"], "sqlite"),
     **dict.fromkeys(["doc", "xls", "ppt", "msi"], "ole2"), "rtf": "rtf",
+    "pack": "git-pack", **dict.fromkeys(["qcow", "qcow2"], "qcow"), "vmdk": "vmdk",
+    "vhdx": "vhdx", **dict.fromkeys(["squashfs", "snap"], "squashfs"), "lz4": "lz4",
+    "woff2": "woff2", **dict.fromkeys(["tif", "tiff", "cr2", "nef", "dng", "arw"], "tiff"),
     **dict.fromkeys(["txt", "csv", "md", "log", "json", "xml", "html", "htm", "ini", "cfg",
                      "conf", "yaml", "yml", "py", "c", "h", "sh", "js", "css", "tex"], "text"),
 }
@@ -145,15 +175,47 @@ def entropy(counts: np.ndarray) -> np.ndarray:
     return _entropy_rows(counts)
 
 
+@functools.lru_cache(maxsize=1)
+def _encoding_tables() -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per encoding of :data:`ENCODINGS`: a (256, n) 0/1 matrix of the bytes outside
+    it (alphabet and separators), and each alphabet's byte values."""
+    outside = np.ones((256, len(ENCODINGS)), np.float64)
+    alphabets = []
+    for i, (alphabet, separators) in enumerate(ENCODINGS.values()):
+        outside[list(alphabet + separators), i] = 0
+        alphabets.append(np.frombuffer(alphabet, np.uint8).astype(np.intp))
+    return outside, alphabets
+
+
+def encoded_random(counts: np.ndarray) -> np.ndarray:
+    """Which rows of byte histograms ``(k, 256)`` are random data in a text encoding:
+    the index of their :data:`ENCODINGS` entry (-1: none) — every byte in the
+    encoding's alphabet or separators, the symbols' entropy within
+    :data:`ENCODED_DEFICIT` bits of log2 of the alphabet's size."""
+    out = np.full(counts.shape[0], -1, np.int64)
+    outside, alphabets = _encoding_tables()
+    # every alphabet lies within b"\n"..b"z" and has no space: a cheap first cut
+    candidates = np.flatnonzero(~(counts[:, :0x0A].any(axis=1) | counts[:, 0x7B:].any(axis=1)
+                                  | (counts[:, 0x20] > 0)))
+    inside = (counts[candidates].astype(np.float64) @ outside) == 0
+    for i, alphabet in enumerate(alphabets):
+        rows = candidates[inside[:, i] & (out[candidates] < 0)]
+        if rows.size:
+            symbols = counts[np.ix_(rows, alphabet)]
+            uniform = _entropy_rows(symbols) >= np.log2(alphabet.size) - ENCODED_DEFICIT
+            out[rows[uniform]] = i
+    return out
+
+
 def uniform_p(counts: np.ndarray) -> float:
-    """p-value of a chi-square test of one byte histogram against uniform (255 degrees of
-    freedom, Wilson–Hilferty approximation); 0 for no bytes."""
+    """p-value of a chi-square test of a histogram against uniform over its ``len(counts)``
+    symbols (256 for bytes; Wilson–Hilferty approximation); 0 for no symbols."""
     n = counts.sum()
     if n == 0:
         return 0.0
-    expected = n / 256
+    expected = n / len(counts)
     chi2 = float(((counts - expected) ** 2).sum() / expected)
-    k = 255
+    k = len(counts) - 1
     z = ((chi2 / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
     return 0.5 * math.erfc(z / math.sqrt(2))
 
@@ -163,14 +225,18 @@ class ByteStats:
     """Statistics of bytes fed with :meth:`update` (in order); :meth:`finish` judges the tail.
 
     ``counts``: byte histogram; ``segments`` / ``random_segments``: segments judged and
-    those at or above :data:`RANDOM_SEGMENT_ENTROPY`; ``random_counts``: the histogram of
-    the random segments alone (for the chi-square test); ``head``: the first
+    those at or above :data:`RANDOM_SEGMENT_ENTROPY` or random in a text encoding
+    (:func:`encoded_random`); ``random_counts``: the histogram of the raw random
+    segments alone, ``encoded_counts`` of the encoded ones, a row per encoding (for the
+    chi-square test); ``head``: the first
     :data:`HEAD_BYTES` bytes; ``random_at``: byte offset (in the fed bytes) of the first
     random segment, or -1.
     """
 
     counts: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
     random_counts: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+    encoded_counts: np.ndarray = field(
+        default_factory=lambda: np.zeros((len(ENCODINGS), 256), np.int64))
     segments: int = 0
     random_segments: int = 0
     random_at: int = -1
@@ -207,8 +273,12 @@ class ByteStats:
         self.counts += total
         if random.all():
             self.random_counts += total
-        elif random.any():
-            self.random_counts += counts[random].sum(axis=0)
+        else:
+            if random.any():
+                self.random_counts += counts[random].sum(axis=0)
+            encoding = encoded_random(counts)
+            np.add.at(self.encoded_counts, encoding[encoding >= 0], counts[encoding >= 0])
+            random |= encoding >= 0
         if random.any() and self.random_at < 0:
             self.random_at = self.size + int(np.argmax(random)) * rows.shape[1]
         self.segments += rows.shape[0]
@@ -225,8 +295,17 @@ class ByteStats:
 
     @property
     def random_p(self) -> float:
-        """Chi-square p-value of the random segments' bytes against uniform."""
-        return uniform_p(self.random_counts)
+        """Chi-square p-value of the random segments against uniform: the raw ones' bytes
+        over 256 values, each encoding's symbols over its alphabet; the smallest."""
+        _, alphabets = _encoding_tables()
+        groups = [self.random_counts] + [row[alphabet] for row, alphabet
+                                         in zip(self.encoded_counts, alphabets)]
+        return min((uniform_p(g) for g in groups if g.any()), default=0.0)
+
+    @property
+    def encodings(self) -> list[str]:
+        """The :data:`ENCODINGS` some random segments are written in."""
+        return [name for name, row in zip(ENCODINGS, self.encoded_counts) if row.any()]
 
     @property
     def sha256(self) -> str:
@@ -248,9 +327,19 @@ def stats_of(data: bytes) -> ByteStats:
 RANDOM_SHARE_RISE = 0.25
 
 
+class Judgement(NamedTuple):
+    """What :func:`judge` found: ``suspected`` of encryption; ``explained``: its random
+    segments are accounted for (a compressed format its extension allows, or as many
+    random segments before); ``evidence``: why, with numbers."""
+
+    suspected: bool
+    explained: bool
+    evidence: list[str]
+
+
 def judge(path: str, before_path: str | None, before: ByteStats | None, after: ByteStats,
           type_before: str | None, type_after: str | None, *, replaced: bool = False
-          ) -> tuple[bool, list[str]]:
+          ) -> Judgement:
     """Is a file's new content suspected of encryption, and why (evidence with numbers).
 
     ``before``: the bytes it is compared with (the same file's old bytes; for a created
@@ -262,21 +351,28 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     the old bytes had none (or their share rose by :data:`RANDOM_SHARE_RISE`), and the
     random segments pass the chi-square test (p >= :data:`UNIFORM_P`) — unless the new
     content is a compressed format its extension allows (a zip updated, a photo added).
-    A compressed file (by signature) whose signature is gone, with random bytes in its
-    place, is suspected too: its old bytes were random already, so only the lost
-    format tells.  A new file with no predecessor is suspected only when it also lies
-    about its type
-    (its extension promises a format its bytes do not have) or carries an extension
-    ransomware appends.
+    Random segments include ciphertext written as base64 or hex (see
+    :func:`encoded_random`).  A compressed file (by signature) whose signature is gone,
+    with random bytes in its place, is suspected too: its old bytes were random
+    already, so only the lost format tells; any other signature lost (a database
+    XORed with a short key) is named in the evidence, not suspected.  A new file with
+    no predecessor is suspected only when it also lies about its type (its extension
+    promises a format its bytes do not have) or carries an extension ransomware appends.
     """
     evidence = []
     ext = extension(path)
     promised = EXTENSIONS.get(ext)
     if before_path is not None and extension(before_path) != ext:
         evidence.append(f"extension .{extension(before_path) or '(none)'} -> .{ext or '(none)'}")
+    lost = (type_before in COMPRESSED and type_after in (None, "text")
+            and after.random_segments > 0 and after.random_p >= UNIFORM_P)
     mismatch = bool(after.size and promised and promised != type_after)
     if mismatch:
         evidence.append(f"extension .{ext} promises {promised}, content is "
+                        f"{type_after or 'of no known format'}")
+    elif type_before not in (None, "text") and type_after in (None, "text") and after.size \
+            and not lost:
+        evidence.append(f"{type_before} signature gone, content is "
                         f"{type_after or 'of no known format'}")
     elif type_before and type_after and type_before != type_after:
         evidence.append(f"content type {type_before} -> {type_after}")
@@ -284,8 +380,6 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     if ransom_ext:
         evidence.append(f"extension .{ext} is one ransomware appends")
     explained = type_after in COMPRESSED and promised in (None, type_after)
-    lost = (type_before in COMPRESSED and type_after is None and after.random_segments > 0
-            and after.random_p >= UNIFORM_P)
     if lost:
         evidence.append(f"{type_before} signature gone, random bytes in its place")
     share_before = before.random_share if before is not None else 0.0
@@ -297,7 +391,9 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
                if before is not None else "")
         evidence.append(
             f"{after.random_segments} of {after.segments} {SEGMENT_BYTES}-byte segments random "
-            f"(entropy >= {RANDOM_SEGMENT_ENTROPY} bits/byte{was}), first at byte "
+            f"(entropy >= {RANDOM_SEGMENT_ENTROPY} bits/byte"
+            + "".join(f", or {e} text uniform over its alphabet" for e in after.encodings)
+            + f"{was}), first at byte "
             f"{after.random_at}; chi-square p {after.random_p:.3g} "
             f"({'>=' if after.random_p >= UNIFORM_P else '<'} {UNIFORM_P})")
     if before is not None and before.size and after.size:
@@ -307,4 +403,8 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
         evidence.append(f"{type_after} by signature: a compressed format, high entropy expected")
     suspected = lost or (appeared and not explained and (
         before is not None or replaced or mismatch or ransom_ext))
-    return suspected, evidence
+    random_already = (before is not None and before.random_segments > 0 and not appeared
+                      and not suspected)
+    if random_already and after.random_segments:
+        evidence.append("as random before: no new randomness")
+    return Judgement(suspected, not suspected and (explained or random_already), evidence)

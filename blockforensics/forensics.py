@@ -26,12 +26,15 @@ How a change is named (paths compared, ``p1:/x`` for partition 1):
 
 A created file that takes the place of a deleted one — same directory and the new
 name extends the old one (``report.txt`` → ``report.txt.locked``), or the same
-stem, or the only deleted file there of nearly the same size — is judged against
+stem, or the deleted file there it outgrows the least (by at most 1 KiB, no other
+as close: random new names) — is judged against
 the deleted file's content: that is the copy-encrypt-delete pattern.
 
 Each changed file is judged by :func:`blockforensics.evidence.judge` (entropy,
 per-segment randomness, signature vs extension); its ``evidence`` says why, with
-numbers and thresholds.  Entropy columns: bits per byte over the file's bytes
+numbers and thresholds; ``explained`` says its random segments are accounted for (a
+compressed format by signature, or as random before).  Entropy columns: bits per
+byte over the file's bytes
 inside the changed blocks (same runs) or its whole content (elsewhere, created,
 deleted, replaced); 0 where there are no such bytes.
 """
@@ -67,7 +70,8 @@ REPLACEMENT_SLACK = 1024
 
 FILE_COLUMNS = ["path", "type", "change", "entropy_before", "entropy_after", "size_before",
                 "size_after", "suspected_encryption", "old_path", "inode", "content_before",
-                "content_after", "random_segments", "segments", "evidence", "replaces"]
+                "content_after", "random_segments", "segments", "evidence", "replaces",
+                "explained"]
 SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "old_path"]  # what printing a diff shows
 OWNER_COLUMNS = ["start", "length", "path", "side"]
 
@@ -235,14 +239,18 @@ class _Comparison:
 
     @staticmethod
     def counterpart(now: Entry, gone: dict[str, Entry]) -> Entry | None:
-        """The deleted file a created one took the place of, if any (see :func:`_replaces`)."""
+        """The deleted file a created one took the place of, if any (see :func:`_replaces`;
+        by size: the one it exceeds the least, when no other is as close)."""
         named = [old for old in gone.values() if _replaces(now, old)]
         if len(named) == 1:
             return named[0]
-        near = [old for old in gone.values() if old.type == "file" and now.type == "file"
-                and os.path.dirname(old.path) == os.path.dirname(now.path)
-                and old.size <= now.size <= old.size + REPLACEMENT_SLACK]
-        return near[0] if len(near) == 1 and not named else None
+        near = sorted((now.size - old.size, old.path) for old in gone.values()
+                      if old.type == "file" and now.type == "file"
+                      and os.path.dirname(old.path) == os.path.dirname(now.path)
+                      and old.size <= now.size <= old.size + REPLACEMENT_SLACK)
+        if named or not near or (len(near) > 1 and near[0][0] == near[1][0]):
+            return None
+        return gone[near[0][1]]
 
     def compare_files(self, change: str, old: Entry, new: Entry) -> None:
         touched = self.touched(old), self.touched(new)
@@ -272,9 +280,10 @@ class _Comparison:
         reference = old if old is not None else counterpart
         kind_before = _head_type(self.disks[0], reference)
         kind_after = _head_type(self.disks[1], new)
-        suspected, evidence = (False, []) if entry.type != "file" or new is None else judge(
-            new.path, reference.path if reference is not None else None,
-            before, after, kind_before, kind_after, replaced=counterpart is not None)
+        suspected, explained, evidence = (False, False, []) \
+            if entry.type != "file" or new is None else judge(
+                new.path, reference.path if reference is not None else None,
+                before, after, kind_before, kind_after, replaced=counterpart is not None)
         if counterpart is not None:
             evidence.insert(0, f"took the place of deleted {counterpart.path} "
                                f"({counterpart.size} -> {new.size if new else 0} bytes)")
@@ -293,7 +302,8 @@ class _Comparison:
             "inode": entry.inode, "content_before": kind_before or "",
             "content_after": kind_after or "", "random_segments": after.random_segments,
             "segments": after.segments, "evidence": evidence,
-            "replaces": counterpart.path if counterpart is not None else ""})
+            "replaces": counterpart.path if counterpart is not None else "",
+            "explained": explained})
         for side, item in (("a", old), ("b", new)):
             if item is not None:
                 for start, stop in self.touched(item).tolist():
@@ -412,7 +422,7 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         runs["files"] = [_owners_in(owners, s, n) for s, n in zip(runs["start"], runs["length"])]
     return DiffResult(a, b, changed.n_blocks, changed.block_size, runs, frame.astype({
         "entropy_before": float, "entropy_after": float, "size_before": "int64",
-        "size_after": "int64", "suspected_encryption": bool}),
+        "size_after": "int64", "suspected_encryption": bool, "explained": bool}),
         owners.astype({"start": "int64", "length": "int64"}), files, notes)
 
 

@@ -6,9 +6,15 @@ files) and measured:
 - ``change_rate``: changed blocks / blocks holding data at the point;
 - ``created`` / ``deleted`` / ``renamed`` / ``modified``: files (not directories);
 - ``unexplained_high_entropy``: share of the changed blocks whose entropy is at least
-  :data:`HIGH_BLOCK_ENTROPY` bits per byte and that no file of a compressed format
-  (zip, jpeg, png, gzip … recognised by signature, not suspected) owns (not measured
-  at a full: it has nothing to be compared with, and its files are read already);
+  :data:`HIGH_BLOCK_ENTROPY` bits per byte and that no explained file owns: one of a
+  compressed format (zip, jpeg, git pack, qcow2 … recognised by signature) or random
+  before as much (``explained`` of the diff), or new data that destroyed none (a
+  created file that took no deleted file's place, in a directory where nothing was
+  deleted, not lying about its type) — not measured at a full: it has nothing to be
+  compared with, and its files are read already;
+- ``destroyed``: files whose content is gone with nothing in its place — emptied
+  (truncated to 0 bytes, or their changed bytes all one value where they were not:
+  a wiper's zeros) plus the files deleted beyond those created;
 - ``suspected_files``: files :func:`blockforensics.evidence.judge` suspects of
   encryption; ``rule_hits``: files a YARA rule matched (ransom notes).
 
@@ -23,7 +29,7 @@ Verdicts:
 - **encrypted**: at least one file suspected of encryption;
 - **suspicious**: a YARA rule matched, a file's content contradicts its extension or
   it carries an extension ransomware appends, or the unexplained high-entropy share
-  is anomalous;
+  or the files destroyed are anomalous (the emptied files are then flagged);
 - **clean** otherwise.  A volume of change alone (a package upgrade, a big copy) never
   makes a point suspicious; it is reported as an anomaly among the reasons.
 
@@ -45,7 +51,7 @@ import pandas as pd
 
 from blockforensics import forensics
 from blockforensics.errors import UsageError
-from blockforensics.evidence import COMPRESSED, HEAD_BYTES
+from blockforensics.evidence import HEAD_BYTES
 from blockforensics.tsk import Listing
 
 if TYPE_CHECKING:
@@ -59,7 +65,9 @@ BASELINE_MIN = 2
 #: a metric is anomalous above median + max(BASELINE_K * spread, floor)
 BASELINE_K = 4.0
 FLOORS = {"change_rate": 0.05, "created": 10, "deleted": 10, "renamed": 5,
-          "unexplained_high_entropy": 0.10}
+          "unexplained_high_entropy": 0.10, "destroyed": 10}
+#: metrics whose anomaly makes a point suspicious (the others are volumes of change)
+ALARMS = ("unexplained_high_entropy", "destroyed")
 #: files listed per point (the most suspicious first)
 TOP_FILES = 20
 
@@ -138,8 +146,7 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules
         positions = positions[:0]
     entropy = forensics.block_entropy(disk, positions)
     high = entropy >= HIGH_BLOCK_ENTROPY
-    explained = files[files["content_after"].isin(COMPRESSED)
-                      & ~files["suspected_encryption"]]
+    explained = files[files["explained"] | _new_data(files)]
     if len(explained) and high.any():
         owned = np.concatenate([_owned_blocks(result, p) for p in explained["path"]]
                                + [np.empty(0, np.int64)])
@@ -159,9 +166,30 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules
         **{c: int(counts.get(c, 0)) for c in ("created", "deleted", "renamed", "modified")},
         "high_entropy_blocks": int((entropy >= HIGH_BLOCK_ENTROPY).sum()),
         "unexplained_high_entropy": float(high.mean()) if high.size else 0.0,
+        "destroyed": int(_emptied(files).sum())
+        + max(0, int(counts.get("deleted", 0)) - int(counts.get("created", 0))),
         "suspected_files": int(files["suspected_encryption"].sum()),
         "rule_hits": len(hits),
     }, hits
+
+
+def _emptied(files: pd.DataFrame) -> pd.Series:
+    """Which rows are files whose content was wiped: truncated to nothing, or the bytes
+    compared all one value (entropy 0 bits per byte) where they were not."""
+    kept = files["change"].isin(["modified", "renamed"]) & (files["size_before"] > 0)
+    return kept & ((files["size_after"] == 0) | ((files["entropy_after"] == 0)
+                                                  & (files["entropy_before"] > 0)))
+
+
+def _new_data(files: pd.DataFrame) -> pd.Series:
+    """Which rows are new data that destroyed none: created files that took no deleted
+    file's place, in a directory where nothing was deleted, not suspected and not lying
+    about their type."""
+    directory = files["path"].map(os.path.dirname)
+    emptied = set(directory[files["change"] == "deleted"])
+    return ((files["change"] == "created") & (files["replaces"] == "")
+            & ~directory.isin(emptied) & ~files["suspected_encryption"]
+            & ~files["evidence"].map(_lies))
 
 
 def _baseline(history: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -188,10 +216,15 @@ def _describe(metric: str, value: float) -> str:
 def _file_rows(result: forensics.DiffResult, hits: dict[str, list[str]]
                ) -> list[dict[str, Any]]:
     files = result.files[result.files["type"] == "file"]
+    emptied = _emptied(files)
     rows = []
-    for row in files.itertuples():
+    for row, wiped in zip(files.itertuples(), emptied):
         rules = hits.get(row.path, [])
         evidence = list(row.evidence) + [f"YARA rule {r} matched" for r in rules]
+        if wiped:
+            evidence.append(f"emptied: {row.size_before} -> {row.size_after} bytes"
+                            + ("" if row.size_after == 0 else ", the bytes compared all "
+                               "one value (entropy 0 bits/byte)"))
         blocks = _owned_blocks(result, row.path, "a" if row.change == "deleted" else "b")
         if blocks.size:
             evidence.append(f"{blocks.size} changed block(s), first {int(blocks.min())}")
@@ -203,16 +236,18 @@ def _file_rows(result: forensics.DiffResult, hits: dict[str, list[str]]
                      "entropy_before": round(float(row.entropy_before), 4),
                      "entropy_after": round(float(row.entropy_after), 4),
                      "content": row.content_after or None, "rules": rules,
-                     "flagged": flagged, "_score": (bool(row.suspected_encryption), bool(rules),
-                                                    flagged, int(row.random_segments))})
+                     "flagged": flagged, "emptied": bool(wiped),
+                     "_score": (bool(row.suspected_encryption), bool(rules), flagged,
+                                bool(wiped), int(row.random_segments))})
     rows.sort(key=lambda r: r.pop("_score"), reverse=True)
     return rows
 
 
 def _lies(evidence: list[str]) -> bool:
-    """Does a file's evidence say its content contradicts its extension, or name an
-    extension ransomware appends?"""
-    return any(" promises " in e or "ransomware appends" in e for e in evidence)
+    """Does a file's evidence say its content contradicts its extension, that it lost
+    its format's signature, or name an extension ransomware appends?"""
+    return any(" promises " in e or "signature gone" in e or "ransomware appends" in e
+               for e in evidence)
 
 
 def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
@@ -228,7 +263,8 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
     liars = [f for f in t.files if _lies(f["evidence"]) and not f["suspected_encryption"]]
     if liars:
         reasons.append(f"{len(liars)} file(s) whose content contradicts the extension, or "
-                       f"with an extension ransomware appends: "
+                       f"lost its format's signature, or with an extension ransomware "
+                       f"appends: "
                        + ", ".join(f["path"] for f in liars[:5]))
     anomalies = []
     for metric, base in ([] if full else t.baseline.items()):
@@ -239,9 +275,12 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
                 f"baseline (median {_describe(metric, base['median'])}, spread "
                 f"{_describe(metric, base['spread'])} over {base['points']} point(s)): "
                 f"threshold {_describe(metric, base['threshold'])}"
-                + ("" if metric == "unexplained_high_entropy"
+                + ("" if metric in ALARMS
                    else " — a volume of change, not by itself suspicious"))
-    if t.verdict != "encrypted" and (hits or liars or "unexplained_high_entropy" in anomalies):
+    if "destroyed" in anomalies:
+        for f in t.files:
+            f["flagged"] = f["flagged"] or f["emptied"]
+    if t.verdict != "encrypted" and (hits or liars or set(anomalies) & set(ALARMS)):
         t.verdict = "suspicious"
     if t.verdict == "clean" and full:
         reasons.insert(0, f"no content evidence in {m['created']} files; a full backup: "

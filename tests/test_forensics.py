@@ -243,3 +243,23 @@ def test_diff_picture_names_each_changed_file_and_the_grey_metadata(chain):
                             for label in labels[:-1]} == suspected  # the burst: all encrypted
     assert labels[-1].startswith("no changed file") and to_hex(
         legend.legend_handles[-1].get_facecolor()) == UNOWNED
+
+
+def test_ciphertext_written_as_base64_or_hex_counts_as_random_and_text_does_not():
+    import base64
+
+    from blockforensics.datasets.investigation import _text
+    from blockforensics.evidence import UNIFORM_P, stats_of
+
+    rng = np.random.default_rng(3)
+    text = _text(rng, 8192)
+    for data, name in ((base64.encodebytes(rng.bytes(6000)), "base64"),
+                       (rng.bytes(4096).hex().encode(), "hex"),
+                       (rng.bytes(4096).hex().upper().encode(), "HEX"),
+                       (base64.urlsafe_b64encode(rng.bytes(6000)), "base64url")):
+        stats = stats_of(data)
+        assert stats.random_segments == stats.segments and stats.encodings == [name]
+        assert stats.random_p >= UNIFORM_P and stats.entropy < 6.1
+    for data in (text, text.replace(b" ", b""), base64.b64encode(text),  # encoded, not random
+                 text.hex().encode(), "".join(map(str, rng.integers(0, 10, 8192))).encode()):
+        assert stats_of(data).random_segments == 0

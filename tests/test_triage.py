@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from support import require_module, require_tools
 
@@ -156,3 +158,161 @@ def test_triage_picture_shows_every_points_verdict_in_its_legend_colour(case):
     assert [to_hex(c) for c in squares.get_facecolors()] == [VERDICT_COLORS[p.verdict]
                                                             for p in result.points]
     assert [round(x) for x, _ in squares.get_offsets()] == [p.point for p in result.points]
+
+
+# --------------------------------------------- red-team histories (real tools, known truth)
+NOTES = {  # ransom notes in the wordings and languages of real ones, under unusual names
+    "/docs/LEEME.hta": "<html><hta:application/><body><h1>¡Todos sus archivos han sido "
+                       "cifrados!</h1>Para recuperarlos debe pagar 0.3 bitcoin. "
+                       "Escríbanos: descifrar@tutanota.com</body></html>",
+    "/photos/LIESMICH.txt": "Alle Ihre Dateien wurden verschlüsselt! Um sie wiederherzustellen, "
+                            "zahlen Sie 0.3 Bitcoin. Kontakt: hilfe@onionmail.org",
+    "/data/ПРОЧТИ.txt": "Все ваши файлы зашифрованы! Для расшифровки заплатите 0.3 биткоина. "
+                       "Пишите: decrypt@tutanota.com",
+    "/Restore-My-Files.html": "<p>~~~ the world's fastest ransomware ~~~</p><p>Your data are "
+                              "stolen and encrypted. The data will be published on the TOR "
+                              "website if you do not pay the ransom.</p>",
+}
+MEMOS = [f"/docs/memo{i:02d}.txt" for i in range(12)]
+
+
+def _red_team_days(rng):
+    """Seven days: two ordinary, two loud but benign, then encoded ciphertext, notes with
+    copy-encrypt-delete under random names, and a wiper.  Returns (days, truth): truth
+    per point is (verdict, flagged paths, suspected paths)."""
+    import base64
+    import gzip
+    import zipfile
+
+    from blockforensics.datasets.investigation import _text
+    from blockforensics.datasets.ransomware import _docx, _elf, _jpeg, _sqlite
+
+    report, budget, letter = _text(rng, 9000), _text(rng, 4500), _text(rng, 3000)
+    docx, photo, ledger = _docx(rng, 8), _jpeg(rng, 60_000), _sqlite(rng, 24_000)
+    records, app_log = _text(rng, 300_000), _text(rng, 40_000)
+    memos = [_text(rng, 600 + 200 * i) for i in range(len(MEMOS))]
+    key = np.frombuffer(rng.bytes(4) * (len(ledger) // 4), np.uint8)
+    user_zip = io.BytesIO()  # the user's own encrypted archive: a zip by signature
+    with zipfile.ZipFile(user_zip, "w") as zf:
+        zf.writestr("budget.csv", rng.bytes(4500))  # stands for ZipCrypto output
+    pack = b"PACK\x00\x00\x00\x02"
+    random_names = {"/docs/" + rng.bytes(6).hex(): ("/docs/letter.txt", len(letter) + 16),
+                    "/docs/" + rng.bytes(6).hex(): ("/docs/plan.docx", len(docx) + 16),
+                    "/photos/" + rng.bytes(6).hex(): ("/photos/img001.jpg", len(photo) + 16),
+                    "/data/" + rng.bytes(6).hex(): ("/data/records.csv", len(records) + 16)}
+    days = [
+        [*[("mkdir", d, None) for d in ("/docs", "/photos", "/data", "/logs", "/src",
+                                        "/src/.git", "/vm", "/opt")],
+         ("write", "/docs/report.txt", report), ("write", "/docs/budget.csv", budget),
+         ("write", "/docs/letter.txt", letter), ("write", "/docs/plan.docx", docx),
+         ("write", "/photos/img001.jpg", photo), ("write", "/data/ledger.db", ledger),
+         ("write", "/data/records.csv", records), ("write", "/logs/app.log", app_log),
+         *[("write", path, data) for path, data in zip(MEMOS, memos)]],
+        [("write", "/docs/report.txt", report + _text(rng, 1500)),
+         ("write", "/docs/todo.txt", _text(rng, 800))],
+        # loud, benign: a git pack, a VM image, a tool with random data files (firmware)
+        [("write", "/src/.git/pack-1.pack", pack + rng.bytes(200_000)),
+         ("write", "/src/.git/pack-1.idx", b"\xfftOc\x00\x00\x00\x02" + rng.bytes(9000)),
+         ("write", "/vm/disk.qcow2", b"QFI\xfb\x00\x00\x00\x03" + rng.bytes(300_000)),
+         ("mkdir", "/opt/tool", None), ("write", "/opt/tool/tool", _elf(rng, 48_000)),
+         *[("write", f"/opt/tool/fw{i}.bin", rng.bytes(30_000)) for i in range(3)]],
+        # loud, benign: git gc, the VM image and the tool's data rewritten, logs gzipped
+        # with the originals deleted, the user's password-protected zip
+        [("write", "/src/.git/pack-2.pack", pack + rng.bytes(260_000)),
+         ("delete", "/src/.git/pack-1.pack", None),
+         ("write", "/vm/disk.qcow2", b"QFI\xfb\x00\x00\x00\x03" + rng.bytes(300_000)),
+         *[("write", f"/opt/tool/fw{i}.bin", rng.bytes(30_000)) for i in range(3)],
+         ("write", "/logs/app.log.gz", gzip.compress(app_log, mtime=0)),
+         ("delete", "/logs/app.log", None),
+         ("write", "/docs/private.zip", user_zip.getvalue())],
+        # attack 1: ciphertext written as base64 and hex; a database XORed with a short key
+        [("write", "/docs/report.txt", base64.encodebytes(rng.bytes(7000))),
+         ("write", "/docs/budget.csv", rng.bytes(4500).hex().encode()),
+         ("overwrite", "/data/ledger.db",
+          (np.frombuffer(ledger, np.uint8) ^ key).tobytes())],
+        # attack 2: notes everywhere; copy-encrypt-delete under random names
+        [*[("write", path, text.encode()) for path, text in NOTES.items()],
+         *[op for new, (old, size) in random_names.items()
+           for op in (("write", new, rng.bytes(size)), ("delete", old, None))]],
+        # attack 3: a wiper truncates every memo
+        [("write", path, b"") for path in MEMOS],
+    ]
+    truth = [("clean", set(), set())] * 4 + [
+        ("encrypted", {"/docs/report.txt", "/docs/budget.csv", "/data/ledger.db"},
+         {"/docs/report.txt", "/docs/budget.csv"}),
+        ("encrypted", set(NOTES) | set(random_names), set(random_names)),
+        ("suspicious", set(MEMOS), set())]
+    return days, truth
+
+
+@pytest.fixture(scope="module", params=["ext4", "fat32"])
+def red_team(request, tmp_path_factory):
+    from blockforensics.datasets.ransomware import play
+
+    require_module("pytsk3", "pytsk3")
+    require_module("yara", "yara-python")
+    require_tools(*{"ext4": ("mkfs.ext4", "debugfs"),
+                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd")}[request.param])
+    days, truth = _red_team_days(np.random.default_rng(7))
+    chain_dir, _ = play(tmp_path_factory.mktemp(request.param), request.param, days,
+                        48 << 20)
+    return triage.triage_chain(chain_dir), truth
+
+
+def _flagged(point: dict) -> set[str]:
+    return {f["path"] for f in point["files"] if f["flagged"]}
+
+
+@pytest.mark.slow
+def test_red_team_verdicts_and_last_clean_point(red_team):
+    doc, truth = red_team
+    assert [p["verdict"] for p in doc["points"]] == [t[0] for t in truth]
+    assert doc["last_clean_point"] == 3
+
+
+@pytest.mark.slow
+def test_git_packs_vm_images_and_random_data_rewritten_stay_clean(red_team):
+    doc, _ = red_team
+    for point in doc["points"][2:4]:
+        assert point["verdict"] == "clean", point["reasons"]
+        assert point["metrics"]["high_entropy_blocks"] > 100
+        assert point["metrics"]["unexplained_high_entropy"] == 0
+        assert not _flagged(point)
+    rewritten = {f["path"]: f for f in doc["points"][3]["files"]}["/opt/tool/fw0.bin"]
+    assert "as random before: no new randomness" in rewritten["evidence"]
+
+
+@pytest.mark.slow
+def test_ciphertext_in_base64_or_hex_is_encryption(red_team):
+    doc, truth = red_team
+    point = doc["points"][4]
+    assert {f["path"] for f in point["files"] if f["suspected_encryption"]} == truth[4][2]
+    assert _flagged(point) == truth[4][1]
+    files = {f["path"]: f for f in point["files"]}
+    assert any("base64 text uniform over its alphabet" in e
+               for e in files["/docs/report.txt"]["evidence"])
+    assert any("hex text uniform" in e for e in files["/docs/budget.csv"]["evidence"])
+    assert any(e.startswith("sqlite signature gone, content is")
+               for e in files["/data/ledger.db"]["evidence"])
+
+
+@pytest.mark.slow
+def test_notes_in_other_languages_and_random_names_are_flagged(red_team):
+    doc, truth = red_team
+    point = doc["points"][5]
+    assert _flagged(point) == truth[5][1]
+    assert {f["path"] for f in point["files"] if f["suspected_encryption"]} == truth[5][2]
+    replaced = {f["path"]: f for f in point["files"]}
+    assert all(any(e.startswith("took the place of deleted") for e in replaced[p]["evidence"])
+               for p in truth[5][2])
+
+
+@pytest.mark.slow
+def test_a_wiper_emptying_files_is_suspicious(red_team):
+    doc, truth = red_team
+    point = doc["points"][6]
+    assert point["metrics"]["destroyed"] == len(MEMOS)
+    assert _flagged(point) == truth[6][1]
+    assert any(r.startswith("destroyed 12 above the baseline") for r in point["reasons"])
+    memo = {f["path"]: f for f in point["files"]}[MEMOS[3]]
+    assert memo["emptied"] and "emptied: 1200 -> 0 bytes" in memo["evidence"]

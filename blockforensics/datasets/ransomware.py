@@ -190,11 +190,21 @@ def build_ransomware(directory: str | os.PathLike[str], fs: str = "ext4", seed: 
     """Build the sample in ``directory``: ``chain/`` and ``volume.img``.  Needs e2fsprogs
     (ext4: in-place overwrites through ``debugfs blocks``) or mtools + dosfstools (fat32:
     mtools writes new content to fresh clusters)."""
+    chain_dir, image = play(directory, fs, _history(np.random.default_rng(seed)))
+    expected, encrypted = _expected()
+    return Ransomware(chain_dir, image, fs, expected, encrypted)
+
+
+def play(directory: str | os.PathLike[str], fs: str, days: list[list[tuple]],
+         size: int | None = None) -> tuple[Path, Path]:
+    """Make an ``fs`` volume (``size`` bytes; default :data:`SIZES`) in ``directory``,
+    apply each day's ``(operation, path, data or new path)`` with the real tools — mkdir,
+    write, overwrite (in place on ext4), rename, delete, rmdir — and back it up after
+    each day; the chain directory and the volume's raw file."""
     site = _Site.make(directory, fs)
-    rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as scratch:
-        volume = site.volume(site.image, Path(scratch), SIZES[fs])
-        for day, operations in enumerate(_history(rng), start=1):
+        volume = site.volume(site.image, Path(scratch), size or SIZES[fs])
+        for day, operations in enumerate(days, start=1):
             start = day_start(day)
             for minute, (operation, path, data) in enumerate(operations):
                 mtime = start + 60 * minute
@@ -204,5 +214,4 @@ def build_ransomware(directory: str | os.PathLike[str], fs: str = "ext4", seed: 
                     getattr(volume, operation)(path, data, mtime)
             site.back_up(day)
     site.chain.close()
-    expected, encrypted = _expected()
-    return Ransomware(site.chain.directory, site.image, fs, expected, encrypted)
+    return site.chain.directory, site.image

@@ -31,6 +31,35 @@ rule ransom_note_generic
         (any of ($contact*) or 2 of ($pay*, $key*))
 }
 
+rule ransom_note_any_language
+{
+    meta:
+        description = "A note saying files or data were encrypted and naming a way to pay or to get them back, in English or another common language (UTF-8)"
+        severity = "high"
+    strings:
+        // English wordings the generic rule misses
+        $en1 = /(files|data|documents)( have| has| were| are)?( been)? (stolen and |all |currently )?(encrypted|crypted)/ nocase ascii wide
+        $en2 = "are encrypted with" nocase ascii wide
+        $es = "han sido cifrados" nocase
+        $es2 = "han sido encriptados" nocase
+        $pt = "foram criptografados" nocase
+        $de = "verschlüsselt" nocase
+        $fr1 = "ont été chiffrés" nocase
+        $fr2 = "ont été cryptés" nocase
+        $it = "sono stati crittografati" nocase
+        $ru = "зашифрован"
+        $zh = "已被加密"
+        $pay1 = /\b(bitcoins?|BTC|monero|XMR|ransom)\b/ nocase ascii wide
+        $pay2 = /decrypt(or|ion tool| tool|ion key|ion software)/ nocase ascii wide
+        $pay3 = /(purchase|buy|pay for) (the |a )?(decrypt|key|tool)/ nocase ascii wide
+        $pay4 = /\b(pagar|zahlen|payez|pagare|заплатит|оплатит)/ nocase
+        $pay5 = /(descifr|entschlüssel|déchiffr|decifr|расшифр|解密)/ nocase
+        $contact = /(\.onion\b|tor (browser|website|network)|protonmail|tutanota|onionmail|cock\.li|tox id|session id|@[a-z0-9-]+\.[a-z]{2,})/ nocase ascii wide
+    condition:
+        filesize < 1MB and any of ($en*, $es*, $pt, $de, $fr*, $it, $ru, $zh) and
+        any of ($pay*) and ($contact or 2 of ($pay*))
+}
+
 rule ransom_note_filename_hint
 {
     meta:
