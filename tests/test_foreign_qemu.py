@@ -131,6 +131,8 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
     "qcow2-2m-clusters-lazy-refcounts": (qcow2("cluster_size=2M,lazy_refcounts=on"),
                                          "qcow2", True),
     "qcow2-extended-l2": (qcow2("extended_l2=on"), "qcow2", True),
+    "qcow2-preallocation-falloc-4k-clusters": (qcow2("preallocation=falloc,cluster_size=4k"),
+                                               "qcow2", True),
     "qcow2-extended-l2-compressed": (qcow2_compressed("extended_l2=on,cluster_size=128k"),
                                      "qcow2", True),
     "qcow2-external-data-file": (qcow2("data_file=d.data"), "qcow2", True),
@@ -193,3 +195,35 @@ def test_backup_restores_what_qemu_reads(name: str, tmp_path: Path) -> None:
     done = cli("restore", tmp_path / "chain", tmp_path / "restored.raw")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "restored.raw").read_bytes() == reference.read_bytes()
+
+
+def test_preallocated_clusters_holding_no_data_are_absent(tmp_path: Path) -> None:
+    """``preallocation=metadata`` maps every cluster to a hole of the file: they read
+    as zeros, so only the written ones count (qemu-img map: the others are zeros)."""
+    require_tools("qemu-img", "qemu-io")
+    image = qcow2("preallocation=metadata")(tmp_path)
+    with open_disk(image) as disk:
+        present = disk.present()
+        written = flags_of(disk, [(0, 64 << 10), (MIB, MIB + (128 << 10)),
+                                  (5 * MIB, 5 * MIB + (64 << 10)), (8 * MIB, SIZE)])
+        flags = flags_of(disk, [])
+        flags[present.positions()] = True
+        assert not (flags & ~written).any(), np.flatnonzero(flags & ~written)[:10]
+        assert flags[flags_of(disk, [(0, 4096), (MIB, MIB + (100 << 10)), (SIZE - 512, SIZE)])
+                     ].all()
+
+
+@pytest.mark.parametrize("name, cut", [("vmdk-odd-size", 0.75), ("vmdk-stream-odd-size", 0.3),
+                                       ("vhdx-1m-blocks", 0.75), ("qcow2-zlib", 0.4),
+                                       ("qcow2-chain", 0.5)])
+def test_a_cut_image_is_one_line_and_exit_2(name: str, cut: float, tmp_path: Path) -> None:
+    """An image cut short: its tables or data past the end of the file are a one-line
+    error (dissect's own errors included), never a traceback or bytes read short."""
+    require_tools("qemu-img", "qemu-io")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    image = CASES[name][0](tmp_path)
+    data = image.read_bytes()
+    image.write_bytes(data[: int(len(data) * cut)])
+    done = cli("backup", image, tmp_path / "chain", "--all-blocks")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr

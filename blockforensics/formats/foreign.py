@@ -41,12 +41,15 @@ Allocated = Callable[[int, int], np.ndarray]
 
 
 class StreamDisk(Disk):
-    """A Disk over a seekable, readable stream of ``size`` bytes (a dissect image);
-    ``allocated`` says which blocks its allocation tables map (None: every block)."""
+    """A Disk over a seekable, readable stream of ``size`` bytes (a dissect image of
+    format ``kind``); ``allocated`` says which blocks its allocation tables map (None:
+    every block).  What the stream fails to read (a damaged image: dissect raises its
+    own errors and struct's alike, or reads short) is a one-line FormatError."""
 
-    def __init__(self, path: str | os.PathLike[str], stream: Any, size: int,
+    def __init__(self, path: str | os.PathLike[str], kind: str, stream: Any, size: int,
                  keep: list[Any], block_size: int = 4096, allocated: Allocated | None = None):
         self.path = os.fspath(path)
+        self.kind = kind
         self.size = int(size)
         self.block_size = block_size
         self._stream = stream
@@ -58,9 +61,19 @@ class StreamDisk(Disk):
         offset = start * self.block_size
         length = max(0, min(count * self.block_size, self.size - offset))
         if length:
-            self._stream.seek(offset)
-            data = self._stream.read(length)
-            out.reshape(-1)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+            try:
+                self._stream.seek(offset)
+                data = self._stream.read(length)
+            except OSError:
+                raise
+            except FormatError as exc:  # a VMDK extent's (see _within_sectors)
+                raise FormatError(f"{self.path}: {exc}") from None
+            except Exception as exc:
+                raise _failed(self.path, self.kind, exc) from None
+            if len(data) != length:
+                raise FormatError(f"{self.path}: {length} bytes at byte {offset} read as "
+                                  f"{len(data)}: a truncated or damaged {self.kind} image")
+            out.reshape(-1)[:length] = np.frombuffer(data, dtype=np.uint8)
         return out
 
     def present(self) -> BlockMap:
@@ -210,7 +223,7 @@ def _open_stream(path: str | os.PathLike[str], kind: str, reader: Any,
     except Exception as exc:  # dissect raises its own errors and struct's alike
         fh.close()
         raise _failed(path, kind, exc) from None
-    return StreamDisk(path, image, image.size, [fh],
+    return StreamDisk(path, kind, image, image.size, [fh],
                       allocated=lambda bs, n: _checked(path, kind, allocated, image, bs, n))
 
 
@@ -260,13 +273,18 @@ def _within_sectors(vmdk: Any) -> None:
     dissect.hypervisor 3.21 reads whole 8 KiB alignment units, and a child's absent
     grains from its parent, without stopping at the disk's end: a VMDK whose size is
     not a multiple of 8 KiB, or a child larger than its parent, raised IndexError
-    (an extent past the last) instead of reading."""
+    (an extent past the last) instead of reading.  What it reads short inside the
+    disk (an extent file cut off) is a FormatError, not zeros."""
     whole = vmdk.read_sectors
     sectors = int(vmdk.sector_count)
 
     def read_sectors(sector: int, count: int) -> bytes:
         inside = max(0, min(count, sectors - sector))
-        return (whole(sector, inside) if inside else b"").ljust(count * SECTOR, b"\0")
+        data = whole(sector, inside) if inside else b""
+        if len(data) != inside * SECTOR:
+            raise FormatError(f"sectors {sector}-{sector + inside - 1} read short: a "
+                              "truncated or damaged VMDK extent")
+        return data.ljust(count * SECTOR, b"\0")
 
     vmdk.read_sectors = read_sectors
     parents = {id(e.parent): e.parent for e in getattr(vmdk, "disks", ())

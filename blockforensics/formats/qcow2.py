@@ -244,6 +244,7 @@ class Qcow2Disk(Disk):
         self.block_size = block_size
         self.backing: Disk | None = None
         self._fd = self._data_fd = -1
+        self._data_path = self.path
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._unpacked: tuple[int, bytes] = (-1, b"")
         try:
@@ -314,8 +315,9 @@ class Qcow2Disk(Disk):
         if header.incompatible_features & INCOMPAT_DATA_FILE:
             if EXT_DATA_FILE not in extensions:
                 raise FormatError(f"{name}: needs an external data file but names none")
-            self._data_fd = self._open(self._beside(
-                extensions[EXT_DATA_FILE].decode(errors="replace"), "data file"))
+            self._data_path = self._beside(extensions[EXT_DATA_FILE].decode(errors="replace"),
+                                           "data file")
+            self._data_fd = self._open(self._data_path)
         if header.backing_file_offset and header.backing_file_size:
             if header.backing_file_size > min(MAX_NAME, self.cluster_size -
                                               header.backing_file_offset):
@@ -461,18 +463,24 @@ class Qcow2Disk(Disk):
             dst[: len(below)] = np.frombuffer(below, np.uint8)
 
     def present(self) -> BlockMap:
-        """Blocks touching units with data (mapped or compressed), and, where no L2
-        entry maps anything, the backing file's present blocks."""
+        """Blocks touching units with data (compressed, or mapped to bytes of the host
+        file that are not a hole: ``preallocation=metadata`` maps clusters that read as
+        zeros), and, where no L2 entry maps anything, the backing file's present blocks."""
         bs, n = self.block_size, self.n_blocks
         n_units = -(-self.size // self.unit)
         kinds = np.full(n_units, BELOW, dtype=np.int8)
+        hosts = np.zeros(n_units, dtype=np.uint64)
         per_table = self._table_bytes // self.unit
         for index in np.flatnonzero(self._l1).tolist():
             first = index * per_table
-            kinds[first : first + per_table] = self._table(index)[0][: n_units - first]
+            kind, where = self._table(index)
+            kinds[first : first + per_table] = kind[: n_units - first]
+            hosts[first : first + per_table] = where[: n_units - first]
         starts = np.arange(n_units, dtype=np.int64) * self.unit
         stops = np.minimum(starts + self.unit, self.size)
-        own = kinds >= DATA
+        own = kinds == PACKED
+        mapped = np.flatnonzero(kinds == DATA)
+        own[mapped] = self._holding(hosts[mapped].astype(np.int64))
         flags = covered(starts[own] // bs, -(-stops[own] // bs), n)
         if self.backing is not None:
             below = np.zeros(n, dtype=bool)
@@ -484,6 +492,21 @@ class Qcow2Disk(Disk):
             flags |= covered(starts[kinds == BELOW] // bs, -(-stops[kinds == BELOW] // bs),
                              n) & below
         return BlockMap.from_bools(flags, bs)
+
+    def _holding(self, hosts: np.ndarray) -> np.ndarray:
+        """Whether a unit at each host offset (bytes) overlaps the data extents of the
+        file holding the data (a hole, or past its end, reads as zeros)."""
+        from blockforensics.formats.raw import RawDisk
+
+        if not hosts.size:
+            return np.zeros(0, dtype=bool)
+        with RawDisk(self._data_path) as host:
+            bs, flags = host.block_size, np.zeros(host.n_blocks, dtype=bool)
+            flags[host.present().positions()] = True
+        counts = np.concatenate([[0], np.cumsum(flags)])
+        first = np.minimum(hosts // bs, flags.size)
+        last = np.minimum(-(-(hosts + self.unit) // bs), flags.size)
+        return counts[last] > counts[first]
 
     def close(self) -> None:
         if self.backing is not None:
