@@ -47,7 +47,8 @@ def made(work: Path, name: str, fmt: str, *options: str, size: int = SIZE,
     """``work/name`` made by ``qemu-img create`` with ``options`` and written by qemu-io."""
     image = work / name
     run("qemu-img", "create", "-q", "-f", fmt, *options, image, size, cwd=work)
-    qemu_io(image, fmt, *writes)
+    if writes:
+        qemu_io(image, fmt, *writes)
     return image
 
 
@@ -113,9 +114,39 @@ def qcow2_over_shorter_backing(work: Path) -> Path:
                 writes=["write -P 0x45 2M 2M", "write -P 0x46 8M 4k"])
 
 
+def qcow2_snapshot_resized(work: Path) -> Path:
+    """Written, an internal snapshot taken, written over, grown, shrunk (the L1 table
+    larger than the disk needs): the active layer is read."""
+    image = made(work, "snap.qcow2", "qcow2")
+    run("qemu-img", "snapshot", "-c", "s1", image)
+    qemu_io(image, "qcow2", "write -P 0x66 1M 64k", "discard 4M 2M")
+    run("qemu-img", "resize", "-q", image, 40 * MIB)
+    qemu_io(image, "qcow2", f"write -P 0x67 {39 * MIB} 4k")
+    run("qemu-img", "resize", "-q", "--shrink", image, 6 * MIB + 512)
+    return image
+
+
+def qcow2_dirty(work: Path) -> Path:
+    """lazy_refcounts and a crash (qemu-io's abort): the dirty bit stays set."""
+    image = work / "dirty.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", image, SIZE)
+    subprocess.run(["qemu-io", "-c", "write -P 0x55 1M 64k", "-c", "abort", str(image)],
+                   capture_output=True, timeout=60)
+    return image
+
+
 def vpc(subformat: str, force_size: str) -> Callable[[Path], Path]:
     return lambda work: made(work, "d.vhd", "vpc", "-o",
                              f"subformat={subformat},force_size={force_size}")
+
+
+def vmdk_zero_grains_over_parent(work: Path) -> Path:
+    """Zero grains (zeroed_grain=on) in a child over a parent full of data: they read
+    zeros, never the parent's data."""
+    made(work, "full.vmdk", "vmdk", writes=[f"write -P 0x11 0 {SIZE}"])
+    return made(work, "zeroed.vmdk", "vmdk", "-o", "zeroed_grain=on", "-b", "full.vmdk", "-F",
+                "vmdk", writes=["write -z 1M 64k", "write -z -u 2M 128k", "discard 3M 64k",
+                                "write -P 0x12 4M 512"])
 
 
 #: name -> (the builder of the image in a directory, returning the file to open;
@@ -139,6 +170,11 @@ CASES: dict[str, tuple[Callable[[Path], Path], str, bool]] = {
     "qcow2-zlib": (qcow2_compressed("cluster_size=4096"), "qcow2", True),
     "qcow2-zstd": (qcow2_compressed("compression_type=zstd"), "qcow2", True),
     "qcow2-chain": (qcow2_chain, "qcow2", True),
+    "qcow2-snapshot-resized": (qcow2_snapshot_resized, "qcow2", True),
+    "qcow2-dirty": (qcow2_dirty, "qcow2", True),
+    "qcow2-empty": (lambda work: made(work, "e.qcow2", "qcow2", writes=[]), "qcow2", True),
+    "vmdk-zero-grains-over-parent": (vmdk_zero_grains_over_parent, "vmdk", True),
+    "vmdk-empty": (lambda work: made(work, "e.vmdk", "vmdk", writes=[]), "vmdk", True),
     "qcow2-over-shorter-raw": (qcow2_over_shorter_backing, "qcow2", True),
     "vhd-dynamic": (vpc("dynamic", "off"), "vpc", True),
     "vhd-fixed-force-size": (vpc("fixed", "on"), "vpc", False),
