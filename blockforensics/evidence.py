@@ -329,8 +329,9 @@ RANDOM_SHARE_RISE = 0.25
 
 class Judgement(NamedTuple):
     """What :func:`judge` found: ``suspected`` of encryption; ``explained``: its random
-    segments are accounted for (a compressed format its extension allows, or as many
-    random segments before); ``evidence``: why, with numbers."""
+    segments are accounted for (a compressed format its extension allows, as many
+    random segments before, or appended after the old bytes kept whole); ``evidence``:
+    why, with numbers."""
 
     suspected: bool
     explained: bool
@@ -338,8 +339,8 @@ class Judgement(NamedTuple):
 
 
 def judge(path: str, before_path: str | None, before: ByteStats | None, after: ByteStats,
-          type_before: str | None, type_after: str | None, *, replaced: bool = False
-          ) -> Judgement:
+          type_before: str | None, type_after: str | None, *, replaced: bool = False,
+          appended: bool = False) -> Judgement:
     """Is a file's new content suspected of encryption, and why (evidence with numbers).
 
     ``before``: the bytes it is compared with (the same file's old bytes; for a created
@@ -358,6 +359,8 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     XORed with a short key) is named in the evidence, not suspected.  A new file with
     no predecessor is suspected only when it also lies about its type (its extension
     promises a format its bytes do not have) or carries an extension ransomware appends.
+    ``appended``: the new bytes begin with the old ones, whole — data was added (a mail
+    with an attachment, a log of compressed records), none destroyed: not suspected.
     """
     evidence = []
     ext = extension(path)
@@ -385,7 +388,10 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     share_before = before.random_share if before is not None else 0.0
     appeared = after.random_segments > 0 and after.random_p >= UNIFORM_P and (
         before is None or before.random_segments == 0
-        or after.random_share - share_before >= RANDOM_SHARE_RISE)
+        or after.random_share - share_before >= RANDOM_SHARE_RISE) and not appended
+    if appended and before is not None:
+        evidence.append(f"its old {before.size} bytes kept whole at its start: "
+                        f"{after.size - before.size} bytes appended")
     if after.random_segments:
         was = (f"; before {before.random_segments} of {before.segments}"
                if before is not None else "")
@@ -407,4 +413,5 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
                       and not suspected)
     if random_already and after.random_segments:
         evidence.append("as random before: no new randomness")
-    return Judgement(suspected, not suspected and (explained or random_already), evidence)
+    return Judgement(suspected, not suspected and (explained or random_already or appended),
+                     evidence)

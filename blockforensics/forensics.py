@@ -42,6 +42,7 @@ deleted, replaced); 0 where there are no such bytes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -147,6 +148,19 @@ def _head_type(disk: Disk | None, entry: Entry | None) -> str | None:
     if entry is None or entry.type != "file" or entry.size == 0:
         return None
     return content_type(entry.read(disk, 4096))
+
+
+def _starts_with(disk: Disk | None, entry: Entry, intervals: np.ndarray | None,
+                 before: ByteStats) -> bool:
+    """Do an entry's bytes (or those disk byte ranges of it) begin with exactly the
+    bytes ``before`` measured (same length and SHA-256)?"""
+    digest, left = hashlib.sha256(), before.size
+    for chunk in entry.chunks(disk, intervals):
+        digest.update(chunk[:left])
+        left -= min(left, len(chunk))
+        if not left:
+            break
+    return not left and digest.hexdigest() == before.sha256
 
 
 def _replaces(new: Entry, old: Entry) -> bool:
@@ -266,11 +280,14 @@ class _Comparison:
             before = _stats(self.disks[0], old, touched[0])
             after = _stats(self.disks[1], new, touched[1])
         if change == "renamed" or meta or before.sha256 != after.sha256:
-            self.add(change, old, new, before, after)
+            appended = 0 < before.size < after.size and after.random_segments > 0 and \
+                _starts_with(self.disks[1], new, None if moved or resident else touched[1],
+                             before)
+            self.add(change, old, new, before, after, appended=appended)
 
     def add(self, change: str, old: Entry | None, new: Entry | None,
             before: ByteStats | None = None, after: ByteStats | None = None,
-            counterpart: Entry | None = None) -> None:
+            counterpart: Entry | None = None, appended: bool = False) -> None:
         if before is None:
             before = self.stats(0, old)
         if after is None:
@@ -283,7 +300,8 @@ class _Comparison:
         suspected, explained, evidence = (False, False, []) \
             if entry.type != "file" or new is None else judge(
                 new.path, reference.path if reference is not None else None,
-                before, after, kind_before, kind_after, replaced=counterpart is not None)
+                before, after, kind_before, kind_after, replaced=counterpart is not None,
+                appended=appended)
         if counterpart is not None:
             evidence.insert(0, f"took the place of deleted {counterpart.path} "
                                f"({counterpart.size} -> {new.size if new else 0} bytes)")

@@ -189,7 +189,9 @@ def _red_team_days(rng):
 
     report, budget, letter = _text(rng, 9000), _text(rng, 4500), _text(rng, 3000)
     docx, photo, ledger = _docx(rng, 8), _jpeg(rng, 60_000), _sqlite(rng, 24_000)
-    records, app_log = _text(rng, 300_000), _text(rng, 40_000)
+    records, app_log, inbox = _text(rng, 300_000), _text(rng, 40_000), _text(rng, 30_000)
+    mail = b"\nFrom: c@example.org\nContent-Transfer-Encoding: base64\n\n" \
+        + base64.encodebytes(_jpeg(rng, 40_000))
     memos = [_text(rng, 600 + 200 * i) for i in range(len(MEMOS))]
     key = np.frombuffer(rng.bytes(4) * (len(ledger) // 4), np.uint8)
     user_zip = io.BytesIO()  # the user's own encrypted archive: a zip by signature
@@ -207,6 +209,7 @@ def _red_team_days(rng):
          ("write", "/docs/letter.txt", letter), ("write", "/docs/plan.docx", docx),
          ("write", "/photos/img001.jpg", photo), ("write", "/data/ledger.db", ledger),
          ("write", "/data/records.csv", records), ("write", "/logs/app.log", app_log),
+         ("write", "/data/Inbox", inbox),
          *[("write", path, data) for path, data in zip(MEMOS, memos)]],
         [("write", "/docs/report.txt", report + _text(rng, 1500)),
          ("write", "/docs/todo.txt", _text(rng, 800))],
@@ -217,14 +220,15 @@ def _red_team_days(rng):
          ("mkdir", "/opt/tool", None), ("write", "/opt/tool/tool", _elf(rng, 48_000)),
          *[("write", f"/opt/tool/fw{i}.bin", rng.bytes(30_000)) for i in range(3)]],
         # loud, benign: git gc, the VM image and the tool's data rewritten, logs gzipped
-        # with the originals deleted, the user's password-protected zip
+        # with the originals deleted, the user's password-protected zip, a mailbox grown
         [("write", "/src/.git/pack-2.pack", pack + rng.bytes(260_000)),
          ("delete", "/src/.git/pack-1.pack", None),
          ("write", "/vm/disk.qcow2", b"QFI\xfb\x00\x00\x00\x03" + rng.bytes(300_000)),
          *[("write", f"/opt/tool/fw{i}.bin", rng.bytes(30_000)) for i in range(3)],
          ("write", "/logs/app.log.gz", gzip.compress(app_log, mtime=0)),
          ("delete", "/logs/app.log", None),
-         ("write", "/docs/private.zip", user_zip.getvalue())],
+         ("write", "/docs/private.zip", user_zip.getvalue()),
+         ("write", "/data/Inbox", inbox + mail)],  # a mail with a photo attached
         # attack 1: ciphertext written as base64 and hex; a database XORed with a short key
         [("write", "/docs/report.txt", base64.encodebytes(rng.bytes(7000))),
          ("write", "/docs/budget.csv", rng.bytes(4500).hex().encode()),
@@ -271,15 +275,18 @@ def test_red_team_verdicts_and_last_clean_point(red_team):
 
 
 @pytest.mark.slow
-def test_git_packs_vm_images_and_random_data_rewritten_stay_clean(red_team):
+def test_git_packs_vm_images_random_data_rewritten_and_mail_appended_stay_clean(red_team):
     doc, _ = red_team
     for point in doc["points"][2:4]:
         assert point["verdict"] == "clean", point["reasons"]
         assert point["metrics"]["high_entropy_blocks"] > 100
-        assert point["metrics"]["unexplained_high_entropy"] == 0
+        # FAT32: a 4 KiB block can keep a freed 512-byte cluster's old (random) bytes
+        assert point["metrics"]["unexplained_high_entropy"] < 0.01
         assert not _flagged(point)
-    rewritten = {f["path"]: f for f in doc["points"][3]["files"]}["/opt/tool/fw0.bin"]
-    assert "as random before: no new randomness" in rewritten["evidence"]
+    files = {f["path"]: f for f in doc["points"][3]["files"]}
+    assert "as random before: no new randomness" in files["/opt/tool/fw0.bin"]["evidence"]
+    assert any(e.startswith("its old 30000 bytes kept whole at its start")
+               for e in files["/data/Inbox"]["evidence"])
 
 
 @pytest.mark.slow

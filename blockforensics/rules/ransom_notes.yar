@@ -80,7 +80,8 @@ rule bitcoin_address_with_deadline
         description = "A Bitcoin address next to a payment deadline"
         severity = "medium"
     strings:
-        $addr = /\b(bc1|[13])[a-km-zA-HJ-NP-Z1-9]{25,39}\b/ ascii
+        // an address standing alone: not a run inside base64 (an attachment, a key)
+        $addr = /(^|[\s:>"'(])(bc1[02-9ac-hj-np-z]{25,59}|[13][a-km-zA-HJ-NP-Z1-9]{25,33})([\s<"',.)]|$)/ ascii
         $t1 = "hours" nocase ascii wide
         $t2 = "deadline" nocase ascii wide
         $t3 = "price will double" nocase ascii wide
