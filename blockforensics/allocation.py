@@ -29,7 +29,7 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, IntegrityError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.raw import RawDisk
-from blockforensics.fs.base import FileSystem, covered
+from blockforensics.fs.base import FileSystem, units_map
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
 from blockforensics.fs.gpt import looks_like_gpt, read_gpt
@@ -352,6 +352,5 @@ def _outside(extents: list[tuple[int, int]], size: int) -> tuple[np.ndarray, np.
 def _from_byte_runs(starts: np.ndarray, stops: np.ndarray, total: int,
                     block_size: int) -> BlockMap:
     """Blocks of ``block_size`` bytes touched by any byte range ``[start, stop)``."""
-    n_blocks = -(-total // block_size)
-    return BlockMap.from_bools(
-        covered(starts // block_size, -(-stops // block_size), n_blocks), block_size)
+    return units_map(starts // block_size, -(-stops // block_size), -(-total // block_size),
+                     block_size)

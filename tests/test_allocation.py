@@ -36,7 +36,7 @@ from blockforensics.allocation import (
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.raw import RawDisk
-from blockforensics.fs.base import covered
+from blockforensics.fs.base import covered, units_map
 from blockforensics.fs.fat import FatFileSystem
 
 MIB = 1 << 20
@@ -134,6 +134,10 @@ FAT_CASES = {
     "fat16": (32 * MIB, ["-F", "16"], "fat16"),
     "fat32": (64 * MIB, ["-F", "32"], "fat32"),
     "fat32-1fat": (40 * MIB, ["-F", "32", "-s", "1", "-f", "1"], "fat32"),
+    "fat12-S4096": (8 * MIB, ["-F", "12", "-S", "4096"], "fat12"),
+    "fat16-S1024-R17-f3": (64 * MIB, ["-F", "16", "-S", "1024", "-R", "17", "-f", "3"], "fat16"),
+    "fat16-S2048-r1000": (64 * MIB, ["-F", "16", "-S", "2048", "-r", "1000"], "fat16"),
+    "fat32-R63-s2": (128 * MIB, ["-F", "32", "-R", "63", "-s", "2"], "fat32"),
 }
 EXT_CASES = {
     # name: (size, mkfs program, options, expected kind, TSK can read it)
@@ -152,6 +156,14 @@ EXT_CASES = {
                            "ext4", True),
     "ext4-bigalloc": (128 * MIB, "mkfs.ext4", ["-b", "1024", "-O", "bigalloc", "-C", "16384"],
                       "ext4", False),
+    "ext4-2k-noflex-partial": (40 * MIB, "mkfs.ext4",
+                               ["-b", "2048", "-O", "^flex_bg", "-I", "128"], "ext4", True),
+    "ext4-4k-meta_bg": (160 * MIB, "mkfs.ext4",
+                        ["-b", "4096", "-g", "4096", "-O", "meta_bg,^resize_inode"], "ext4", True),
+    "ext4-4k-bigalloc": (128 * MIB, "mkfs.ext4", ["-b", "4096", "-O", "bigalloc", "-C", "65536"],
+                         "ext4", False),
+    "ext4-nojournal-Ntiny": (32 * MIB, "mkfs.ext4", ["-O", "^has_journal", "-N", "16"],
+                             "ext4", True),
 }
 FILES = {"a.bin": 300_000, "c.bin": 1_500_000, "b.bin": 5_000, "d.bin": 70_000}
 DELETED = ["a.bin", "d.bin"]
@@ -164,7 +176,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", params=list(FAT_CASES))
 def fat_image(request: pytest.FixtureRequest, work: Path) -> tuple[Path, str]:
-    require_tools("mkfs.vfat", "mcopy", "blkls")
+    require_tools("mkfs.vfat", "mcopy", "blkls", "fsstat")
     size, options, kind = FAT_CASES[request.param]
     return make_fat(work / f"{request.param}.img", size, options, FILES, DELETED, work), kind
 
@@ -178,12 +190,17 @@ def ext_image(request: pytest.FixtureRequest, work: Path) -> tuple[Path, str, bo
 
 
 # ------------------------------------------------------------------ FAT
+def sector_size(img: Path) -> int:
+    """The FAT volume's logical sector (``mkfs.fat -S``), in bytes."""
+    return int(re.search(r"^Sector Size: (\d+)", run("fsstat", str(img)), re.M).group(1))
+
+
 def test_fat_matches_sleuthkit(fat_image: tuple[Path, str]) -> None:
     img, kind = fat_image
     assert detect(img) == kind
     mine = filesystem_allocation(img)
-    assert mine.block_size == SECTOR
-    assert mine.n_blocks * SECTOR == img.stat().st_size
+    assert mine.block_size == sector_size(img)
+    assert mine.n_blocks * mine.block_size == img.stat().st_size
     assert_same(mine, tsk_allocated(img, mine.n_blocks, "Sector"), f"{img.name} vs blkls -a")
     assert_same(mine, ~tsk_allocated(img, mine.n_blocks, "Sector", flag="-A"),
                 f"{img.name} vs blkls -A")
@@ -191,8 +208,9 @@ def test_fat_matches_sleuthkit(fat_image: tuple[Path, str]) -> None:
 
 def test_fat_at_volume_blocks(fat_image: tuple[Path, str]) -> None:
     img, _ = fat_image
+    sector = sector_size(img)
     expected = BlockMap.from_bools(
-        tsk_allocated(img, img.stat().st_size // SECTOR, "Sector"), SECTOR).rescale(4096)
+        tsk_allocated(img, img.stat().st_size // sector, "Sector"), sector).rescale(4096)
     assert allocation_map(img, 4096) == expected
     with RawDisk(img, block_size=4096) as disk:
         assert allocation_map(disk) == expected
@@ -372,6 +390,45 @@ def test_covered_matches_a_plain_loop(n: int, ranges: list[tuple[int, int]]) -> 
     starts = np.array([s for s, _ in ranges], dtype=np.int64)
     stops = np.array([s + length for s, length in ranges], dtype=np.int64)
     assert np.array_equal(covered(starts, stops, n), expected)
+    assert np.array_equal(units_map(starts, stops, n, 512).to_bools(), expected)
+
+
+#: name: (sparse image size, mkfs command); the old per-unit flag arrays needed 2
+#: (FAT) to 5 (ext) bytes per unit and 5 to 17 per 4 KiB block of the survey
+HUGE = {"fat32-128G": (128 << 30, ["mkfs.fat", "-F", "32", "-s", "64", "-f", "1"]),
+        "ext4-1T": (1 << 40, ["mkfs.ext4", "-q", "-F", "-O", "^has_journal"])}
+
+
+@pytest.mark.parametrize("case", list(HUGE))
+def test_huge_volumes_need_under_a_byte_per_unit(work: Path, case: str) -> None:
+    """A 2 TiB FAT32 has 2**32 sectors, a 16 TiB ext4 2**32 blocks: the maps are
+    built run by run in packed bits (peak numpy memory, seen by tracemalloc)."""
+    import tracemalloc
+
+    size, mkfs = HUGE[case]
+    require_tools(mkfs[0], "dumpe2fs")
+    img = work / f"{case}.img"
+    img.unlink(missing_ok=True)
+    with img.open("wb") as fh:
+        fh.truncate(size)
+    run(*mkfs, str(img))
+    tracemalloc.start()
+    try:
+        mine = filesystem_allocation(img)
+        fs_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        disk = allocation_map(img, 4096)
+        survey_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert fs_peak < mine.n_blocks and survey_peak < 4 * disk.n_blocks
+    if case.startswith("ext"):
+        header = run("dumpe2fs", "-h", str(img))
+        count, free = (int(re.search(rf"^{k}:\s+(\d+)", header, re.M).group(1))
+                       for k in ("Block count", "Free blocks"))
+        assert mine.count() == count - free
+    inside = mine.rescale(4096)  # the image's tail past the file system is copied whole
+    assert disk.count() == inside.count() + disk.n_blocks - inside.n_blocks
 
 
 # ------------------------------------------------------------------ bad input

@@ -60,6 +60,18 @@ class FileSystem(ABC):
         """Allocated units: a map of ``n_units`` blocks of ``unit`` bytes."""
 
 
+def units_map(starts: np.ndarray, stops: np.ndarray, n: int, unit: int) -> BlockMap:
+    """A map of ``n`` units of ``unit`` bytes: those in any range ``[start, stop)``.
+
+    Ranges (in units) are clipped to the map and may overlap or come in any
+    order.  The map is set run by run in its packed bits, never one flag per
+    unit: a 16 TiB volume has 2**32 blocks.
+    """
+    starts = np.clip(np.asarray(starts, dtype=np.int64), 0, n)
+    stops = np.clip(np.asarray(stops, dtype=np.int64), starts, n)
+    return BlockMap.from_run_arrays(n, starts, stops - starts, unit)
+
+
 def covered(starts: np.ndarray, stops: np.ndarray, n: int) -> np.ndarray:
     """Flags for positions ``0 .. n-1`` that lie in any range ``[start, stop)``.
 

@@ -20,7 +20,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
-from blockforensics.fs.base import FileSystem, covered
+from blockforensics.fs.base import FileSystem, units_map
 from blockforensics.fs.structure import Structure
 
 SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
@@ -178,8 +178,8 @@ class ExtFileSystem(FileSystem):
         return value
 
     # -------------------------------------------------------------- allocation
-    def metadata_units(self, desc: np.ndarray) -> np.ndarray:
-        """Flags, one per unit, for the units every group's metadata occupies.
+    def metadata_units(self, desc: np.ndarray) -> BlockMap:
+        """The units every group's metadata occupies.
 
         Superblock/descriptor backups and reserved descriptor blocks where a
         group has a backup, and every group's block bitmap, inode bitmap and
@@ -207,7 +207,7 @@ class ExtFileSystem(FileSystem):
                                   np.full(self.n_groups, self.inode_table_blocks)])
         starts, lengths = starts[lengths > 0], lengths[lengths > 0]
         ratio = 1 << self.cluster_shift  # a unit is in use when any of its blocks is
-        return covered(starts // ratio, -(-(starts + lengths) // ratio), self.n_units)
+        return units_map(starts // ratio, -(-(starts + lengths) // ratio), self.n_units, self.unit)
 
     def _bitmaps(self, locations: np.ndarray) -> np.ndarray:
         """The blocks at ``locations`` as a (len, block_size) array, read run by run."""
@@ -225,26 +225,32 @@ class ExtFileSystem(FileSystem):
         return out
 
     def allocation(self) -> BlockMap:
-        """Allocated units (blocks, or clusters with bigalloc) of the whole volume."""
+        """Allocated units (blocks, or clusters with bigalloc) of the whole volume.
+
+        The groups' bitmaps laid end to end are the packed map of the units from
+        group 0 on; units before it (block 0 of a 1 KiB volume) are allocated, the
+        last group's bits past the end of the volume dropped.  Never one flag per
+        unit: a 16 TiB volume has 2**32 blocks.
+        """
         desc = self.group_descriptors()
         uninit = np.zeros(self.n_groups, dtype=bool)
         if self.sb.s_feature_ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM):
             uninit = (desc["bg_flags"] & BG_BLOCK_UNINIT) != 0
         per_group = self.units_per_group
-        grouped = np.zeros((self.n_groups, per_group), dtype=bool)
-        bitmaps = self._bitmaps(self._field(desc, "bg_block_bitmap")[~uninit])
-        grouped[~uninit] = np.unpackbits(bitmaps[:, : -(-per_group // 8)], axis=1,
-                                         count=per_group, bitorder="little").view(bool)
+        if per_group % 8:  # mke2fs refuses such a geometry
+            raise FormatError(f"{self.name}: {per_group} units per group, not a multiple of 8")
+        grouped = np.zeros((self.n_groups, per_group // 8), dtype=np.uint8)
+        grouped[~uninit] = self._bitmaps(
+            self._field(desc, "bg_block_bitmap")[~uninit])[:, : per_group // 8]
+        starts, lengths = BlockMap(grouped.size * 8, self.unit, grouped.reshape(-1)).run_arrays()
         first_unit = self.sb.s_first_data_block >> self.cluster_shift
-        flags = np.ones(first_unit + grouped.size, dtype=bool)  # before group 0: allocated
-        flags[first_unit:] = grouped.reshape(-1)
+        starts = np.r_[0, starts + first_unit]
+        flags = units_map(starts, starts + np.r_[first_unit, lengths], self.n_units, self.unit)
         if uninit.any():  # implicit bitmaps: the metadata inside those groups
-            implicit = np.zeros_like(flags)
-            implicit[: self.n_units] = self.metadata_units(desc)
-            in_uninit = np.zeros_like(flags)
-            in_uninit[first_unit:] = np.repeat(uninit, per_group)
-            flags[in_uninit] = implicit[in_uninit]
-        return BlockMap.from_bools(flags[: self.n_units], self.unit)
+            groups = np.flatnonzero(uninit) * per_group + first_unit
+            flags |= self.metadata_units(desc) & units_map(groups, groups + per_group,
+                                                           self.n_units, self.unit)
+        return flags
 
 
 def _kind(sb: Any) -> str:

@@ -154,13 +154,14 @@ class FatFileSystem(FileSystem):
         """Allocated sectors: reserved region, FATs, root directory, allocated clusters.
 
         Sectors after the last whole cluster belong to no cluster: unallocated.
+        Built from runs of clusters, never one flag per sector: a 2 TiB volume has
+        2**32 sectors.
         """
-        flags = np.zeros(self.total_sectors, dtype=bool)
-        flags[: self.first_data_sector] = True
-        data_end = self.first_data_sector + self.n_clusters * self.sectors_per_cluster
-        flags[self.first_data_sector : data_end] = np.repeat(
-            self.fat_entries() != 0, self.sectors_per_cluster)
-        return BlockMap.from_bools(flags, self.unit)
+        starts, lengths = self.cluster_allocation().run_arrays()  # in clusters
+        spc = self.sectors_per_cluster
+        return BlockMap.from_run_arrays(
+            self.total_sectors, np.r_[0, self.first_data_sector + starts * spc],
+            np.r_[self.first_data_sector, lengths * spc], self.unit)
 
 
 def bpb_problem(bpb: Any) -> str | None:
