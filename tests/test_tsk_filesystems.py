@@ -128,3 +128,41 @@ def test_ext4_inline_data_and_bigalloc(tmp_path: Path, options: tuple[str, ...])
     finally:
         run("umount", mountpoint)
     assert survey(img, 4096).regions[0].note == ""
+
+
+#: cluster sizes the other tests do not use, on images of a size that is not a
+#: whole number of clusters
+CLUSTER_SIZES = {
+    "ntfs-c1024": ["mkntfs", "-F", "-Q", "-q", "-c", "1024"],
+    "ntfs-c65536": ["mkntfs", "-F", "-Q", "-q", "-c", "65536"],
+    "exfat-c128K": ["mkfs.exfat", "-c", "128K"],
+    "exfat-pack-bitmap": ["mkfs.exfat", "--pack-bitmap"],
+}
+
+
+@pytest.mark.parametrize("case", list(CLUSTER_SIZES))
+def test_cluster_sizes_match_blkls_and_survive_a_backup(tmp_path: Path, case: str) -> None:
+    """Our map is TSK's (``blkls -a``), and the restored image has every allocated
+    unit's bytes and (NTFS, written by ntfscp) every file's (``icat``)."""
+    mkfs = CLUSTER_SIZES[case]
+    require_tools(mkfs[0], "ntfscp", "blkls", "fls", "icat")
+    img = sparse_file(tmp_path / "vol.img", 64 * MIB + 7 * 512)
+    run(*mkfs, img)
+    rng = np.random.default_rng(3)
+    for i, size in enumerate((1, 700, 70_000, 1_500_000) if case.startswith("ntfs") else ()):
+        src = tmp_path / f"f{i}.bin"
+        src.write_bytes(rng.bytes(size))
+        run("ntfscp", "-f", img, src, src.name)
+    mine = filesystem_allocation(img)
+    assert np.array_equal(mine.to_bools(), blkls(img, mine.n_blocks))
+    _, restored = backup_and_restore(img, tmp_path)
+    used = mine.n_blocks * mine.block_size
+    before, after = (np.frombuffer(p.read_bytes()[:used], np.uint8).reshape(mine.n_blocks, -1)
+                     for p in (img, restored))
+    assert np.array_equal(before[mine.to_bools()], after[mine.to_bools()])
+    files = re.findall(r"^r/r ([\d-]+):\t(f\d\.bin)$", run("fls", "-r", img), re.M)
+    assert len(files) == (4 if case.startswith("ntfs") else 0)
+    for inode, name in files:
+        expected = (tmp_path / name).read_bytes()
+        assert subprocess.run(["icat", str(restored), inode], capture_output=True,
+                              check=True).stdout == expected, name
