@@ -9,10 +9,17 @@ flagged ``BLOCK_UNINIT`` (only honoured with group-descriptor checksums) has no
 bitmap on disk: its allocated blocks are exactly its metadata — superblock and
 descriptor copies where the group carries a backup, and any group's bitmaps
 and inode table lying inside it (flex_bg packs them together).
+
+A volume that needs journal recovery (``needs_recovery``: mounted, snapshotted
+live, or crashed) may have block bitmaps and descriptors newer in its journal
+than in place; a block is then allocated when either copy of its bitmap says so
+(``fs/jbd2.py``).  Without that, a file written in the last transactions before
+the snapshot was copied as free space and lost after recovery.
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +28,7 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.base import FileSystem, units_map
+from blockforensics.fs.jbd2 import logged_blocks
 from blockforensics.fs.structure import Structure
 
 SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
@@ -39,6 +47,7 @@ SUPERBLOCK = Structure("ExtSuperblock", 1024, [
     (0x060, "I", "s_feature_incompat"),
     (0x064, "I", "s_feature_ro_compat"),
     (0x0CE, "H", "s_reserved_gdt_blocks"),
+    (0x0E0, "I", "s_journal_inum"),
     (0x0FE, "H", "s_desc_size"),
     (0x104, "I", "s_first_meta_bg"),
     (0x150, "I", "s_blocks_count_hi"),
@@ -64,6 +73,34 @@ GROUP_DESC_64 = Structure("ExtGroupDesc64", 64, [
     (0x28, "I", "bg_inode_table_hi"),
 ])
 BG_BLOCK_UNINIT = 0x2
+INODE = Structure("ExtInode", GOOD_OLD_INODE_SIZE, [
+    (0x04, "I", "i_size_lo"),
+    (0x20, "I", "i_flags"),
+    (0x28, "60s", "i_block"),
+    (0x6C, "I", "i_size_high"),
+])
+EXTENTS_FL = 0x80000
+N_DIRECT = 12  # i_block without extents: 12 direct pointers, then 1-, 2-, 3-level indirect
+EXTENT_HEADER = Structure("ExtentHeader", 12, [
+    (0x0, "H", "eh_magic"),
+    (0x2, "H", "eh_entries"),
+    (0x6, "H", "eh_depth"),
+])
+EXTENT = Structure("Extent", 12, [  # a leaf's entry (eh_depth 0)
+    (0x0, "I", "ee_block"),
+    (0x4, "H", "ee_len"),
+    (0x6, "H", "ee_start_hi"),
+    (0x8, "I", "ee_start_lo"),
+])
+EXTENT_INDEX = Structure("ExtentIndex", 12, [  # an inner node's entry
+    (0x4, "I", "ei_leaf_lo"),
+    (0x8, "H", "ei_leaf_hi"),
+])
+EXTENT_MAGIC = 0xF30A
+MAX_EXTENT_DEPTH = 5
+INIT_EXTENT_MAX_LEN = 32768  # longer ee_len: an unwritten extent of ee_len - 32768 blocks
+#: a journal of more blocks than this (64 GiB of 4 KiB blocks) is not one mke2fs makes
+MAX_JOURNAL_BLOCKS = 1 << 24
 
 COMPAT_HAS_JOURNAL = 0x4
 COMPAT_SPARSE_SUPER2 = 0x200
@@ -123,6 +160,7 @@ class ExtFileSystem(FileSystem):
         self.desc_size = max(sb.s_desc_size, GROUP_DESC_64.size) if is64 else GROUP_DESC_32.size
         self._desc_struct = GROUP_DESC_64 if is64 else GROUP_DESC_32
         inode_size = GOOD_OLD_INODE_SIZE if sb.s_rev_level == GOOD_OLD_REV else sb.s_inode_size
+        self.inode_size = inode_size
         self.inode_table_blocks = -(-sb.s_inodes_per_group * inode_size // self.block_size)
 
     # ---------------------------------------------------------------- geometry
@@ -154,11 +192,13 @@ class ExtFileSystem(FileSystem):
         return np.isin(groups, powers)
 
     # ------------------------------------------------------------- descriptors
-    def group_descriptors(self) -> np.ndarray:
-        """Every group descriptor as a structured array (fields named as in the spec)."""
+    def group_descriptors(self, recovered: bool = True) -> np.ndarray:
+        """Every group descriptor as a structured array (fields named as in the spec),
+        as journal recovery leaves them (``recovered``) or as they are on the volume."""
         gdt_block = SUPERBLOCK_OFFSET // self.block_size + 1  # the block after the superblock
         if not self.sb.s_feature_incompat & INCOMPAT_META_BG:
-            data = self.read(gdt_block * self.block_size, self.n_groups * self.desc_size)
+            count = -(-self.n_groups * self.desc_size // self.block_size)
+            data = self._blocks(gdt_block, count, recovered)
             return self._desc_struct.parse_array(data, self.n_groups, self.desc_size)
         # meta_bg: the first s_first_meta_bg descriptor blocks follow the superblock,
         # later ones sit in the first group of each meta group (after its backup).
@@ -168,8 +208,100 @@ class ExtFileSystem(FileSystem):
         locations = np.concatenate([
             gdt_block + np.arange(min(self.sb.s_first_meta_bg, n_blocks)),
             self.group_first_block(meta_groups) + self.has_super(meta_groups)])
-        data = b"".join(self.read(int(b) * self.block_size, self.block_size) for b in locations)
+        data = b"".join(self._blocks(int(b), 1, recovered) for b in locations)
         return self._desc_struct.parse_array(data, self.n_groups, self.desc_size)
+
+    def _blocks(self, first: int, count: int, recovered: bool) -> bytes:
+        """``count`` blocks from block ``first``; ``recovered``: as journal recovery
+        would leave them."""
+        data = bytearray(self.read(first * self.block_size, count * self.block_size))
+        for block, copy in self.logged.items() if recovered else ():
+            if first <= block < first + count:
+                at = (block - first) * self.block_size
+                data[at : at + self.block_size] = copy
+        return bytes(data)
+
+    # ----------------------------------------------------------------- journal
+    @cached_property
+    def logged(self) -> dict[int, bytes]:
+        """Blocks journal recovery would write, by block number: the newest committed
+        copy of each block the internal journal logs, when the volume needs recovery."""
+        sb = self.sb
+        if not (sb.s_feature_incompat & INCOMPAT_RECOVER
+                and sb.s_feature_compat & COMPAT_HAS_JOURNAL and sb.s_journal_inum):
+            return {}
+        where = self.file_blocks(sb.s_journal_inum, MAX_JOURNAL_BLOCKS)
+
+        def read(block: int) -> bytes:
+            if not 0 <= block < where.size or where[block] == 0:
+                raise FormatError(f"{self.name}: journal block {block} is not mapped")
+            return self.read(int(where[block]) * self.block_size, self.block_size)
+
+        try:
+            return logged_blocks(read)
+        except FormatError as exc:
+            raise FormatError(f"{self.name}: needs recovery, but its journal is "
+                              f"unreadable: {exc}") from None
+
+    def file_blocks(self, ino: int, max_blocks: int) -> np.ndarray:
+        """The volume block of each block of inode ``ino``'s file, in file order (0: a
+        hole), from its extent tree or its direct and indirect block pointers;
+        FormatError for a file of more than ``max_blocks`` blocks."""
+        group, index = divmod(ino - 1, self.sb.s_inodes_per_group)
+        if not 0 <= group < self.n_groups:
+            raise FormatError(f"{self.name}: no inode {ino}")
+        table = int(self._field(self.group_descriptors(recovered=False)[group : group + 1],
+                                "bg_inode_table")[0])
+        inode = INODE.parse(self.read(table * self.block_size + index * self.inode_size,
+                                      INODE.size))
+        n_blocks = -(-(inode.i_size_lo | inode.i_size_high << 32) // self.block_size)
+        if n_blocks > max_blocks:
+            raise FormatError(f"{self.name}: inode {ino} of {n_blocks} blocks")
+        out = np.zeros(n_blocks, dtype=np.int64)
+        if inode.i_flags & EXTENTS_FL:
+            self._extent_node(inode.i_block, out, MAX_EXTENT_DEPTH)
+        else:
+            pointers = np.frombuffer(inode.i_block, "<u4").astype(np.int64)
+            out[:N_DIRECT] = pointers[: min(N_DIRECT, out.size)]
+            logical = N_DIRECT
+            for level, pointer in enumerate(pointers[N_DIRECT:], start=1):
+                logical = self._indirect(int(pointer), level, logical, out)
+        return out
+
+    def _extent_node(self, node: bytes, out: np.ndarray, depth_left: int) -> None:
+        """Fill ``out`` (volume block per file block) from one node of an extent tree."""
+        head = EXTENT_HEADER.parse(node)
+        if head.eh_magic != EXTENT_MAGIC or head.eh_depth > depth_left:
+            raise FormatError(f"{self.name}: bad extent tree node")
+        if head.eh_depth:
+            for entry in EXTENT_INDEX.parse_array(node[EXTENT_HEADER.size :], head.eh_entries):
+                leaf = int(entry["ei_leaf_lo"]) | int(entry["ei_leaf_hi"]) << 32
+                self._extent_node(self.read(leaf * self.block_size, self.block_size), out,
+                                  head.eh_depth - 1)
+            return
+        for entry in EXTENT.parse_array(node[EXTENT_HEADER.size :], head.eh_entries):
+            length = int(entry["ee_len"])
+            length -= INIT_EXTENT_MAX_LEN if length > INIT_EXTENT_MAX_LEN else 0
+            first = int(entry["ee_block"])
+            start = int(entry["ee_start_lo"]) | int(entry["ee_start_hi"]) << 32
+            stop = min(first + length, out.size)
+            out[first:stop] = start + np.arange(max(stop - first, 0))
+
+    def _indirect(self, pointer: int, level: int, logical: int, out: np.ndarray) -> int:
+        """Fill ``out`` from a ``level``-deep indirect block mapping file blocks from
+        ``logical`` on; returns the file block after the ones it maps."""
+        per_block = self.block_size // 4
+        if logical >= out.size or pointer == 0:
+            return logical + per_block**level
+        children = np.frombuffer(self.read(pointer * self.block_size, self.block_size),
+                                 "<u4").astype(np.int64)
+        if level == 1:
+            stop = min(logical + per_block, out.size)
+            out[logical:stop] = children[: stop - logical]
+            return logical + per_block
+        for child in children.tolist():
+            logical = self._indirect(child, level - 1, logical, out)
+        return logical
 
     def _field(self, desc: np.ndarray, name: str) -> np.ndarray:
         value = desc[f"{name}_lo"].astype(np.int64)
@@ -210,7 +342,8 @@ class ExtFileSystem(FileSystem):
         return units_map(starts // ratio, -(-(starts + lengths) // ratio), self.n_units, self.unit)
 
     def _bitmaps(self, locations: np.ndarray) -> np.ndarray:
-        """The blocks at ``locations`` as a (len, block_size) array, read run by run."""
+        """The block bitmaps at ``locations`` as a (len, block_size) array, read run by
+        run, each ORed with the journal's copy of it."""
         if ((locations < 0) | (locations >= self.blocks_count)).any():
             raise FormatError(f"{self.name}: a block bitmap lies outside the volume")
         out = np.empty((locations.size, self.block_size), dtype=np.uint8)
@@ -222,6 +355,10 @@ class ExtFileSystem(FileSystem):
                 first, count = int(ordered[run[0]]), int(ordered[run[-1]] - ordered[run[0]] + 1)
                 data = self.read(first * self.block_size, count * self.block_size)
                 out[order[run]] = np.frombuffer(data, np.uint8).reshape(count, -1)
+        if self.logged:  # a block is in use when the volume's or the journal's bitmap says so
+            logged = np.fromiter(self.logged, dtype=np.int64, count=len(self.logged))
+            for row in np.flatnonzero(np.isin(locations, logged)).tolist():
+                out[row] |= np.frombuffer(self.logged[int(locations[row])], np.uint8)
         return out
 
     def allocation(self) -> BlockMap:
@@ -236,6 +373,9 @@ class ExtFileSystem(FileSystem):
         uninit = np.zeros(self.n_groups, dtype=bool)
         if self.sb.s_feature_ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM):
             uninit = (desc["bg_flags"] & BG_BLOCK_UNINIT) != 0
+            if self.logged:  # uninitialised only when also so on the volume
+                uninit &= (self.group_descriptors(recovered=False)["bg_flags"]
+                           & BG_BLOCK_UNINIT) != 0
         per_group = self.units_per_group
         if per_group % 8:  # mke2fs refuses such a geometry
             raise FormatError(f"{self.name}: {per_group} units per group, not a multiple of 8")

@@ -7,7 +7,8 @@ skipped, so only the fields a reader needs are declared, each at its documented
 offset.  One declaration serves both a single record (``parse`` -> a named
 tuple read by field name) and an array of records (``parse_array`` -> a numpy
 structured array, one column per field), which keeps per-group or per-entry
-tables vectorised.  Every structure is little-endian, as FAT, MBR and ext are.
+tables vectorised.  Structures are little-endian, as FAT, MBR and ext are, unless
+declared big-endian (``byteorder=">"``: the ext3/4 journal, jbd2).
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ import numpy as np
 
 from blockforensics.errors import FormatError
 
-_NUMPY_CODES = {"B": "u1", "H": "<u2", "I": "<u4", "Q": "<u8"}
+_NUMPY_CODES = {"B": "u1", "H": "u2", "I": "u4", "Q": "u8"}
 
 
 class Structure:
-    """A little-endian record of ``size`` bytes with named fields at fixed offsets."""
+    """A record of ``size`` bytes with named fields at fixed offsets, little-endian
+    unless ``byteorder`` is ``">"``."""
 
-    def __init__(self, name: str, size: int, rows: list[tuple[int, str, str]]):
+    def __init__(self, name: str, size: int, rows: list[tuple[int, str, str]],
+                 byteorder: str = "<"):
         self.name = name
         self.size = size
-        fmt, end = "<", 0
+        fmt, end = byteorder, 0
         for offset, code, field in rows:
             if offset < end:
                 raise ValueError(f"{name}.{field}: offset {offset:#x} overlaps the previous field")
@@ -41,7 +44,8 @@ class Structure:
         self._record: type[Any] = namedtuple(name, [field for _, _, field in rows])  # type: ignore[misc]
         self._columns: dict[str, Any] = {
             "names": [field for _, _, field in rows],
-            "formats": [_NUMPY_CODES.get(code, f"S{code[:-1]}") for _, code, _ in rows],
+            "formats": [byteorder + _NUMPY_CODES[code] if code in _NUMPY_CODES
+                        else f"S{code[:-1]}" for _, code, _ in rows],
             "offsets": [offset for offset, _, _ in rows],
         }
 
