@@ -23,7 +23,8 @@ import pytest
 from sample_disks import MIB, run, sparse_file
 from support import require_tools
 
-from blockforensics.allocation import filesystem_allocation
+from blockforensics.allocation import filesystem_allocation, survey
+from blockforensics.blockmap import BlockMap
 
 CLI = [sys.executable, "-m", "blockforensics.cli"]
 
@@ -74,3 +75,19 @@ def test_blocks_allocated_in_the_journal_only_are_backed_up(tmp_path: Path, mkfs
     assert fsck.returncode in (0, 1), fsck.stdout  # 1: recovered (the journal replayed)
     run("debugfs", "-R", f"dump /big.bin {tmp_path / 'out.bin'}", restored)
     assert (tmp_path / "out.bin").read_bytes() == content
+
+
+def test_recovery_from_an_external_journal_copies_every_block(tmp_path: Path) -> None:
+    """Its bitmaps may be stale and the journal is on another device: every block is
+    copied, and the note says why (mke2fs -J device= needs a block device; debugfs sets
+    the same superblock fields)."""
+    require_tools("mkfs.ext4", "debugfs", "dumpe2fs")
+    volume = sparse_file(tmp_path / "volume.img", 16 * MIB)
+    run("mkfs.ext4", "-q", "-F", volume)
+    run("debugfs", "-w", "-f", "-", volume,
+        input="ssv journal_inum 0\nssv journal_dev 0x700\nfeature needs_recovery\n")
+    assert "needs_recovery" in run("dumpe2fs", "-h", volume)
+    found = survey(volume, 4096)
+    assert found.map == BlockMap.full(16 * MIB // 4096, 4096)
+    [region] = found.regions
+    assert "needs recovery from an external journal (device 0x700)" in region.note

@@ -48,6 +48,7 @@ SUPERBLOCK = Structure("ExtSuperblock", 1024, [
     (0x064, "I", "s_feature_ro_compat"),
     (0x0CE, "H", "s_reserved_gdt_blocks"),
     (0x0E0, "I", "s_journal_inum"),
+    (0x0E4, "I", "s_journal_dev"),
     (0x0FE, "H", "s_desc_size"),
     (0x104, "I", "s_first_meta_bg"),
     (0x150, "I", "s_blocks_count_hi"),
@@ -225,11 +226,15 @@ class ExtFileSystem(FileSystem):
     @cached_property
     def logged(self) -> dict[int, bytes]:
         """Blocks journal recovery would write, by block number: the newest committed
-        copy of each block the internal journal logs, when the volume needs recovery."""
+        copy of each block the internal journal logs, when the volume needs recovery;
+        FormatError when it needs recovery from a journal not in the volume."""
         sb = self.sb
         if not (sb.s_feature_incompat & INCOMPAT_RECOVER
-                and sb.s_feature_compat & COMPAT_HAS_JOURNAL and sb.s_journal_inum):
+                and sb.s_feature_compat & COMPAT_HAS_JOURNAL):
             return {}
+        if not sb.s_journal_inum:
+            raise FormatError(f"{self.name}: needs recovery from an external journal (device "
+                              f"{sb.s_journal_dev:#x}), which is not in this image")
         where = self.file_blocks(sb.s_journal_inum, MAX_JOURNAL_BLOCKS)
 
         def read(block: int) -> bytes:
