@@ -497,6 +497,8 @@ def patched(src: Path, dst: Path, offset: int, value: bytes) -> Path:
     (0x16, None, "FAT32 count"),  # BPB_FATSz16 = BPB_FATSz32: a FAT16 BPB, 130k clusters
     (0x2C, (0x0FFFFFF).to_bytes(4, "little"), "root directory cluster"),  # BPB_RootClus
     (0x24, (8).to_bytes(4, "little"), "cannot hold"),  # BPB_FATSz32: a FAT of 8 sectors
+    # BPB_ExtFlags: mirroring off, FAT 5 of 2 active (read, it was part of the data region)
+    (0x28, (0x80 | 5).to_bytes(2, "little"), "active FAT 5 of 2"),
 ])
 def test_fat_type_rules_that_disagree_copy_all_blocks(work: Path, field: int,
                                                       value: bytes | None, why: str) -> None:

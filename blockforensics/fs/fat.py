@@ -12,8 +12,9 @@ decide it, never by the ``BS_FilSysType`` label: a boot sector with
 cluster count (``mkfs.fat -F 32`` makes FAT32 volumes of fewer than 65,525
 clusters, the count the specification names); otherwise the count of clusters
 chooses FAT12 or FAT16.  The count cross-checks the BPB: a FAT12/16 BPB with
-65,525 clusters or more, a FAT32 BPB with a fixed root directory or a root
-cluster outside the volume, or a FAT too small for the clusters, is not a
+65,525 clusters or more, a FAT32 BPB with a fixed root directory, a root
+cluster outside the volume or an active FAT (``BPB_ExtFlags``, mirroring off)
+beyond ``BPB_NumFATs``, or a FAT too small for the clusters, is not a
 volume this reader can be sure of (FormatError; the backup then copies every
 block and says why).
 """
@@ -112,6 +113,10 @@ class FatFileSystem(FileSystem):
                 (n <= MAX_FAT32_CLUSTERS, f"{n} clusters, more than FAT32 can number"),
                 (FIRST_CLUSTER <= bpb.BPB_RootClus < FIRST_CLUSTER + n,
                  f"root directory cluster {bpb.BPB_RootClus} outside clusters 2..{n + 1}"),
+                (not bpb.BPB_ExtFlags & EXT_FLAGS_NO_MIRRORING
+                 or bpb.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT < bpb.BPB_NumFATs,
+                 f"active FAT {bpb.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT} of "
+                 f"{bpb.BPB_NumFATs} FATs"),
             ]
         else:
             checks = [(n < MAX_FAT16_CLUSTERS,
