@@ -469,28 +469,34 @@ class Qcow2Disk(Disk):
         bs, n = self.block_size, self.n_blocks
         n_units = -(-self.size // self.unit)
         kinds = np.full(n_units, BELOW, dtype=np.int8)
-        hosts = np.zeros(n_units, dtype=np.uint64)
+        mapped: list[np.ndarray] = []  # DATA units, and their host offsets
+        hosts: list[np.ndarray] = []
         per_table = self._table_bytes // self.unit
         for index in np.flatnonzero(self._l1).tolist():
             first = index * per_table
             kind, where = self._table(index)
-            kinds[first : first + per_table] = kind[: n_units - first]
-            hosts[first : first + per_table] = where[: n_units - first]
-        starts = np.arange(n_units, dtype=np.int64) * self.unit
-        stops = np.minimum(starts + self.unit, self.size)
+            kind = kind[: n_units - first]
+            kinds[first : first + kind.size] = kind
+            units = np.flatnonzero(kind == DATA)
+            mapped.append(first + units)
+            hosts.append(where[units].astype(np.int64))
         own = kinds == PACKED
-        mapped = np.flatnonzero(kinds == DATA)
-        own[mapped] = self._holding(hosts[mapped].astype(np.int64))
-        flags = covered(starts[own] // bs, -(-stops[own] // bs), n)
+        if mapped:
+            own[np.concatenate(mapped)] = self._holding(np.concatenate(hosts))
+
+        def blocks(units: np.ndarray) -> np.ndarray:
+            """Flags of the blocks touching these units (numbers)."""
+            starts = units.astype(np.int64) * self.unit
+            return covered(starts // bs, -(-np.minimum(starts + self.unit, self.size) // bs), n)
+
+        flags = blocks(np.flatnonzero(own))
         if self.backing is not None:
-            below = np.zeros(n, dtype=bool)
             theirs = self.backing.present()
-            if theirs.block_size != bs:
-                raise ValueError("a backing file read in blocks of another size")
-            positions = theirs.positions()
-            below[positions[positions < n]] = True
-            flags |= covered(starts[kinds == BELOW] // bs, -(-stops[kinds == BELOW] // bs),
-                             n) & below
+            first, count = theirs.run_arrays()
+            unit = theirs.block_size
+            below = covered(first * unit // bs,
+                            -(-np.minimum((first + count) * unit, self.backing.size) // bs), n)
+            flags |= blocks(np.flatnonzero(kinds == BELOW)) & below
         return BlockMap.from_bools(flags, bs)
 
     def _holding(self, hosts: np.ndarray) -> np.ndarray:
