@@ -164,4 +164,4 @@ def test_block_size_not_a_power_of_two_is_exit_2(tmp_path):
     _assert_clean_error(*_run("backup", source, tmp_path / "c", "--reader", "qcow9")[::2],
                         "unknown format 'qcow9'")
     _assert_clean_error(*_run("backup", tmp_path / "nope.raw", tmp_path / "c")[::2],
-                        "not a file")
+                        "no such file or directory")
