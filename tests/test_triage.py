@@ -89,14 +89,19 @@ def test_aligned_hex_marks_changed_bytes():
 
 
 # ------------------------------------------------------------ the ransomware sample
+def _require_history_tools(fs: str) -> None:
+    """What building a ransomware history on ``fs`` (ext4, fat32) and triaging it needs."""
+    require_module("pytsk3", "pytsk3")
+    require_module("yara", "yara-python")
+    require_tools(*{"ext4": ("mkfs.ext4", "debugfs"),
+                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd")}[fs])
+
+
 @pytest.fixture(scope="module", params=["ext4", "fat32"])
 def ransomware(request, tmp_path_factory):
     from blockforensics.datasets.ransomware import build_ransomware
 
-    require_module("pytsk3", "pytsk3")
-    require_module("yara", "yara-python")
-    require_tools(*{"ext4": ("mkfs.ext4", "debugfs"),
-                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd")}[request.param])
+    _require_history_tools(request.param)
     sample = build_ransomware(tmp_path_factory.mktemp(request.param), request.param)
     return sample, triage.triage_chain(sample.chain_dir)
 
@@ -253,10 +258,7 @@ def _red_team_days(rng):
 def red_team(request, tmp_path_factory):
     from blockforensics.datasets.ransomware import play
 
-    require_module("pytsk3", "pytsk3")
-    require_module("yara", "yara-python")
-    require_tools(*{"ext4": ("mkfs.ext4", "debugfs"),
-                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd")}[request.param])
+    _require_history_tools(request.param)
     days, truth = _red_team_days(np.random.default_rng(7))
     chain_dir, _ = play(tmp_path_factory.mktemp(request.param), request.param, days,
                         48 << 20)
