@@ -159,7 +159,12 @@ def test_fleet_cli_on_a_separate_scheduler_and_workers(fleet_dir: Path, tmp_path
                 proc.wait()
 
 
-@pytest.mark.parametrize("address", ["nonsense:xx", "tcp://:", ""])
-def test_a_scheduler_address_that_is_no_address_is_a_usage_error(address: str) -> None:
-    with pytest.raises(UsageError, match="not a scheduler address"):
-        Fleet(address)
+@pytest.mark.parametrize("address", ["nonsense:xx", "tcp://:", "foo://bar", ""])
+def test_a_scheduler_address_that_is_no_address_is_a_usage_error(address: str,
+                                                                  fleet_dir: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "fleet", "verify",
+                           str(fleet_dir), "--scheduler", address],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "not a scheduler address" in done.stderr and "Traceback" not in done.stderr
