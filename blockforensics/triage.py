@@ -167,6 +167,7 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules
         "high_entropy_blocks": int((entropy >= HIGH_BLOCK_ENTROPY).sum()),
         "unexplained_high_entropy": float(high.mean()) if high.size else 0.0,
         "destroyed": int(_emptied(files).sum())
+        + int(((files["change"] == "renamed") & (files["replaces"] != "")).sum())  # renamed over
         + max(0, int(counts.get("deleted", 0)) - int(counts.get("created", 0))),
         "suspected_files": int(files["suspected_encryption"].sum()),
         "rule_hits": len(hits),
