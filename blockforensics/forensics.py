@@ -13,15 +13,25 @@ from a restore:
 How a change is named (paths compared, ``p1:/x`` for partition 1):
 
 - *renamed*: a path gone and a path new that are the same file — the same inode
-  (MFT record on NTFS) with the same birth time and first data run — or, failing
-  that, the same content (same size and SHA-256, e.g. FAT moves, copy + delete);
-- *created* / *deleted*: the path exists at one point only (and is no rename);
+  (MFT record and sequence on NTFS) born at the same time (to the nanosecond where
+  recorded, else also the same first data run), on FAT/exFAT (whose "inode" is the
+  directory entry's place) the same first cluster and birth time — or, failing that,
+  the same content (same size and SHA-256, e.g. FAT moves, copy + delete).  A path
+  present at both points that names another file now (renamed over, names swapped)
+  takes part too: ``mv a b`` over an existing ``b`` is ``b`` renamed from ``a``,
+  ``replaces`` = ``b``; a swap is two renames; a directory renamed is a renamed
+  directory and each file below it renamed;
+- *created* / *deleted*: the path exists at one point only (and is no rename); a
+  file replaced by a directory of that name is a deletion and a creation;
 - a file is *modified* when its size or mtime differs or its bytes differ.  Bytes
   are compared whenever anything changed (size, mtime, ctime, data runs, or a
   changed block holds its data): with the same data runs, only its bytes inside
   changed blocks (a changed block can hold other files' clusters, so touching one
   proves nothing); with other runs, the whole content; resident data (NTFS
-  resident ``$DATA``, ext4 ``inline_data``) is always compared;
+  resident ``$DATA``, ext4 ``inline_data``, a symlink's target) is always compared.
+  Metadata alone is a modification too: ``what_changed`` says what — content (or
+  target), size, mtime, mode, owner, links (the hard-link count), streams (NTFS
+  named streams), else ctime (an xattr or ACL: something in the inode no listing shows);
 - a directory is *modified* when the names it lists differ.
 
 A created file that takes the place of a deleted one — same directory and the new
@@ -75,7 +85,7 @@ FILE_COLUMNS = ["path", "type", "change", "entropy_before", "entropy_after", "si
                 "size_after", "suspected_encryption", "old_path", "inode", "content_before",
                 "content_after", "random_segments", "segments", "evidence", "replaces",
                 "explained", "what_changed"]
-SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "old_path"]  # what printing a diff shows
+SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "what_changed", "old_path"]  # what printing shows
 OWNER_COLUMNS = ["start", "length", "path", "side"]
 
 

@@ -17,7 +17,9 @@ the caller reports it rather than stopping.
 
 from __future__ import annotations
 
+import calendar
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,8 +224,11 @@ def _entry(tsk: Any, fs: Any, fs_offset: int, path: str, fs_file: Any,
         extents, resident = np.empty((0, 2), np.int64), target
     times = {name: int(getattr(meta, name)) for name in ("mtime", "atime", "ctime", "crtime")}
     nanos = {name: int(getattr(meta, f"{name}_nano", 0) or 0) for name in times}
-    if int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_NTFS_DETECT):
+    fs_name = _fs_name(tsk, fs)
+    if fs_name == "ntfs":
         times, nanos = _ntfs_times(tsk, fs_file, times, nanos)
+    elif fs_name in ("fat", "exfat"):
+        times = _fat_times(times)
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
         times = _ext_times(fs, fs_offset, int(meta.addr), times)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
@@ -235,7 +240,7 @@ def _entry(tsk: Any, fs: Any, fs_offset: int, path: str, fs_file: Any,
                  crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"], ctime_ns=nanos["ctime"],
                  seq=int(meta.seq),
                  nlink=int(meta.nlink), streams=_streams(tsk, fs_file),
-                 fs=_fs_name(tsk, fs))
+                 fs=fs_name)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -255,6 +260,16 @@ def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((attr.info.name.decode("utf-8", "replace"), int(attr.info.size))
                         for attr in fs_file
                         if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA and attr.info.name))
+
+
+def _fat_times(times: dict[str, int]) -> dict[str, int]:
+    """FAT times as written, read as UTC whatever this machine's time zone: a FAT time
+    is the writer's wall clock with no zone, and TSK converts it with ``mktime`` (the
+    analyst's zone), so a timeline would move with the machine that made it."""
+    if time.timezone == 0 and not time.daylight:
+        return times
+    return {name: calendar.timegm((*time.localtime(value)[:6], 0, 0, 0)) if value else 0
+            for name, value in times.items()}
 
 
 #: 100 ns intervals from 1601-01-01 to 1970-01-01

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import xml.dom.minidom
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ AWKWARD = ("with space.txt", "new\nline.txt", "pct%20.txt", 'quo"te.txt', "apos'
            "L" * 200 + ".txt")
 PRE_1970 = -300_000_000  # 1960-06-29
 POST_2038 = 4_102_444_800  # 2100-01-01
+FAT_STAMP = 981_173_106  # 2001-02-03 04:05:06 UTC (even: FAT keeps 2-second steps)
 
 
 def _root() -> None:
@@ -275,7 +277,7 @@ def fat32(tmp_path_factory) -> Chain:
     image.write_bytes(bytes(40 << 20))
     subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
                    capture_output=True)
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}  # wall clock = UTC
 
     def m(*args: str) -> None:
         subprocess.run([args[0], "-i", str(image), *args[1:]], check=True, env=env,
@@ -298,6 +300,9 @@ def fat32(tmp_path_factory) -> Chain:
     put("d2f/inner.txt", b"inner " * 100)
     put("A long file name of many parts.txt", b"lfn " * 100)
     put("attr.txt", b"attr " * 100)
+    (tmp / "stamped").write_bytes(b"stamped")
+    os.utime(tmp / "stamped", (FAT_STAMP, FAT_STAMP))
+    m("mcopy", "-m", str(tmp / "stamped"), "::stamped.txt")  # -m: keeps the mtime
     chain = Chain.create(tmp / "chain")
     _backup(chain, image)
     m("mmove", "::d1/mv.txt", "::d2/mv.txt")
@@ -373,3 +378,16 @@ def test_ntfs_case_rename_links_streams_and_times(ntfs):
     assert entries["/ads.txt"].streams == (("hidden", len(b"a named stream")),)
     assert entries["/old.txt"].mtime == PRE_1970  # TSK itself gives 0
     assert (entries["/ns.txt"].mtime, entries["/ns.txt"].mtime_ns) == (1_700_000_000, 100)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_fat_times_do_not_move_with_the_analysts_time_zone(fat32, zone, monkeypatch):
+    """A FAT time is a wall clock with no zone: read as UTC on any machine."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        entry = tsk.list_entries(fat32.disk(1)).entries["/stamped.txt"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert entry.mtime == FAT_STAMP
