@@ -74,6 +74,11 @@ SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
     ("qcow", 0, b"QFI\xfb"), ("vmdk", 0, b"KDMV"), ("vhdx", 0, b"vhdxfile"),
     ("squashfs", 0, b"hsqs"), ("luks", 0, b"LUKS\xba\xbe"), ("lz4", 0, b"\x04\x22\x4d\x18"),
     ("woff2", 0, b"wOF2"), ("tiff", 0, b"II*\x00"), ("tiff", 0, b"MM\x00*"),
+    ("cab", 0, b"MSCF\x00\x00\x00\x00"), ("wim", 0, b"MSWIM\x00\x00\x00"),
+    ("xpress", 0, b"MAM\x04"),  # Windows' Xpress Huffman files (Prefetch, since Windows 10)
+    ("pst", 0, b"!BDN"),  # Outlook PST/OST: a store of mails and their attachments
+    ("rpm", 0, b"\xed\xab\xee\xdb"), ("matroska", 0, b"\x1a\x45\xdf\xa3"),
+    ("mozlz4", 0, b"mozLz40\x00"), ("iso9660", 0x8001, b"CD001"),
     # Linux swap (mkswap): the signature ends the first 4 KiB page
     ("swap", 4086, b"SWAPSPACE2"), ("swap", 4086, b"SWAP-SPACE"),
 )
@@ -82,7 +87,8 @@ SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
 COMPRESSED = frozenset({"zip", "gzip", "bzip2", "xz", "zstd", "7z", "rar", "jpeg", "png",
                         "gif", "pdf", "mp4", "mp3", "ogg", "flac", "deb", "riff", "git-pack",
                         "git-index", "qcow", "vmdk", "vhdx", "squashfs", "luks", "lz4",
-                        "woff2", "tiff", "swap"})
+                        "woff2", "tiff", "swap", "cab", "wim", "xpress", "pst", "rpm",
+                        "matroska", "mozlz4", "iso9660"})
 #: operating-system files whose bytes are memory or copies of old blocks — Windows'
 #: paging, swap and hibernation files, crash dumps, Volume Shadow Copy stores (named
 #: ``{GUID}{3808876b-c176-4e48-b7ae-04046e6cc752}``), Linux swap files, macOS's — random
@@ -109,6 +115,9 @@ EXTENSIONS: dict[str, str] = {
     "pack": "git-pack", **dict.fromkeys(["qcow", "qcow2"], "qcow"), "vmdk": "vmdk",
     "vhdx": "vhdx", **dict.fromkeys(["squashfs", "snap"], "squashfs"), "lz4": "lz4",
     "woff2": "woff2", **dict.fromkeys(["tif", "tiff", "cr2", "nef", "dng", "arw"], "tiff"),
+    **dict.fromkeys(["cab", "msu"], "cab"), **dict.fromkeys(["wim", "esd"], "wim"),
+    **dict.fromkeys(["pst", "ost"], "pst"), "rpm": "rpm",
+    **dict.fromkeys(["mkv", "webm", "mka"], "matroska"), "jsonlz4": "mozlz4",
     **dict.fromkeys(["txt", "csv", "md", "log", "json", "xml", "html", "htm", "ini", "cfg",
                      "conf", "yaml", "yml", "py", "c", "h", "sh", "js", "css", "tex"], "text"),
 }
