@@ -404,3 +404,54 @@ def test_archived_zeroed_or_mass_deleted_files_are_destroyed(destruction):
     assert wiped["metrics"]["destroyed"] == wiped["metrics"]["deleted"] == 40
     for point in (archived, zeroed, wiped):
         assert any(r.startswith("destroyed ") for r in point["reasons"])
+
+
+VSS_STORE = ("/System Volume Information/{5a3b0c2e-7d41-4f2a-9b8e-1c6d2e4f8a90}"
+             "{3808876b-c176-4e48-b7ae-04046e6cc752}")
+SYSTEM_FILES = ["/pagefile.sys", "/hiberfil.sys", VSS_STORE, "/swap.img"]
+
+
+def _system_file_days(rng, swap: bytes):
+    """Five days: paging, hibernation, shadow-copy and swap files written, two ordinary
+    days, all of them rewritten with random bytes (the system ran, hibernated, took a
+    shadow copy), then the same and one document encrypted."""
+    from blockforensics.datasets.investigation import _text
+
+    def system_files(fill):
+        return [("write", "/pagefile.sys", fill(256 << 10)),
+                ("write", "/hiberfil.sys", b"HIBR" + fill((128 << 10) - 4)),
+                ("write", VSS_STORE, fill(128 << 10)),
+                ("write", "/swap.img", swap[:4096] + fill(len(swap) - 4096))]
+
+    docs = {f"/docs/d{i}.txt": _text(rng, 8000) for i in range(4)}
+    return [
+        [("mkdir", "/System Volume Information", None), ("mkdir", "/docs", None),
+         *system_files(bytes), *[("write", p, d) for p, d in docs.items()]],
+        [("write", "/docs/d0.txt", docs["/docs/d0.txt"] + b"more\n")],
+        [("write", "/docs/d1.txt", docs["/docs/d1.txt"] + b"more\n")],
+        system_files(rng.bytes),
+        [*system_files(rng.bytes), ("overwrite", "/docs/d2.txt", rng.bytes(8000))],
+    ]
+
+
+@pytest.mark.parametrize("fs", ["ext4", pytest.param("fat32", marks=pytest.mark.slow)])
+def test_paging_hibernation_shadow_copy_and_swap_files_are_not_encryption(fs, tmp_path):
+    from blockforensics.datasets.ransomware import play
+
+    _require_history_tools(fs)
+    require_tools("mkswap")
+    swap = tmp_path / "swap"
+    swap.write_bytes(bytes(256 << 10))
+    subprocess.run(["mkswap", str(swap)], check=True, capture_output=True)
+    days = _system_file_days(np.random.default_rng(5), swap.read_bytes())
+    chain_dir, _ = play(tmp_path / fs, fs, days, 48 << 20)
+    doc = triage.triage_chain(chain_dir)
+    assert [p["verdict"] for p in doc["points"]] == ["clean"] * 4 + ["encrypted"]
+    for point in doc["points"][3:]:
+        files = {f["path"]: f for f in point["files"]}
+        assert set(SYSTEM_FILES) <= set(files)
+        for path in SYSTEM_FILES:
+            assert not files[path]["flagged"], (path, files[path]["evidence"])
+    assert doc["points"][3]["metrics"]["high_entropy_blocks"] > 100
+    assert doc["points"][3]["metrics"]["unexplained_high_entropy"] == 0
+    assert _flagged(doc["points"][4]) == {"/docs/d2.txt"}
