@@ -43,6 +43,11 @@ PACKAGES = {
     "ntfsfix": "ntfs-3g",
     "mkfs.exfat": "exfatprogs",
     "fsck.exfat": "exfatprogs",
+    "ewfacquire": "ewf-tools",
+    "ewfverify": "ewf-tools",
+    "ewfexport": "ewf-tools",
+    "img_stat": "sleuthkit",
+    "mmls": "sleuthkit",
 }
 
 

@@ -10,6 +10,7 @@ DEBIAN_PACKAGES=(
                                     # build the sample bootable disk, make FAT file systems
   e2fsprogs                         # make and check ext2/3/4 file systems
   sleuthkit                         # independent file-system reader for cross-checks (mactime too)
+  ewf-tools                         # ewfacquire/ewfverify: make and check E01 images in the tests
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)
   gcc libc6-dev libssl-dev zlib1g-dev  # build the C batch hasher/encrypter (blockforensics._native)
