@@ -168,6 +168,29 @@ def test_a_missing_segment_is_one_line_and_exit_2(e01_split: Path, tmp_path: Pat
     assert "the EWF segment file after split.E02 is missing" in done.stderr
 
 
+@pytest.mark.parametrize("fmt", ["ewf", "smart", "ftk", "encase2", "encase5", "linen6", "ewfx"])
+def test_every_ewf1_flavour_ewfacquire_writes_reads_the_raw_disk(fmt: str, raw_disk: Path,
+                                                                 tmp_path: Path) -> None:
+    require_module("pyewf", "libewf-python")
+    require_tools("ewfacquire")
+    run("ewfacquire", "-u", "-q", "-t", tmp_path / fmt, "-f", fmt, "-c", "deflate:fast",
+        raw_disk)
+    (first,) = tmp_path.glob(f"{fmt}.*01")  # .E01, .e01 (ewf, ewfx) or .s01 (SMART)
+    assert probe(first).name == "ewf"
+    with open_disk(first) as disk:
+        assert disk.read(0, disk.size) == raw_disk.read_bytes()
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.999])
+def test_a_truncated_ewf_is_one_line_and_exit_2(cut: float, e01: Path, tmp_path: Path) -> None:
+    data = e01.read_bytes()
+    (tmp_path / "cut.E01").write_bytes(data[: int(len(data) * cut)])
+    done = cli("export", tmp_path / "cut.E01", tmp_path / "out.raw", "--format", "raw")
+    assert done.returncode == 2, done.stderr
+    assert "truncated EWF" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.raw").exists()
+
+
 def test_an_l01_logical_evidence_file_is_refused_by_name(tmp_path: Path) -> None:
     l01 = tmp_path / "files.L01"
     l01.write_bytes(b"LVF\x09\x0d\x0a\xff\x00" + bytes(4096))
@@ -201,6 +224,24 @@ def test_vdi_backup_restores_what_qemu_reads(static: bool, raw_disk: Path,
     assert (tmp_path / "restored.raw").read_bytes() == (tmp_path / "qemu.raw").read_bytes()
     ok("export", vdi, tmp_path / "copy.raw", "--format", "raw")
     assert (tmp_path / "copy.raw").read_bytes() == (tmp_path / "qemu.raw").read_bytes()
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "fixed"])
+def test_a_vdi_of_no_whole_number_of_blocks_reads_its_last_sector(static: bool,
+                                                                  tmp_path: Path) -> None:
+    raw = tmp_path / "odd.raw"
+    rng = np.random.default_rng(5)
+    data = bytearray(8 * MIB + 3 * 512)
+    data[:4096] = rng.bytes(4096)
+    data[-1536:] = rng.bytes(1536)
+    raw.write_bytes(bytes(data))
+    vdi = qemu_vdi(raw, tmp_path / "odd.vdi", static)
+    with open_disk(vdi) as disk:
+        assert disk.size == len(data)
+        assert disk.read(0, disk.size) == bytes(data)
+        assert disk.present().to_bools()[-1]
+    ok("export", vdi, tmp_path / "copy.raw", "--format", "raw")
+    assert (tmp_path / "copy.raw").read_bytes() == bytes(data)
 
 
 def test_only_allocated_vdi_blocks_are_read(tmp_path: Path,

@@ -43,9 +43,15 @@ HASH_NAMES = ("MD5", "SHA1", "SHA256")
 
 
 def _one_line(exc: BaseException) -> str:
-    """libewf's error (a stack of lines, innermost last) as one line: its last one."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    """libewf's error, a chain of ``function: what failed.`` from the binding's own down
+    to the outermost of libewf's, as one short line: the cause just under libewf's
+    outermost (``unable to read segment files``, ``unable to retrieve chunk data for
+    offset: 0``), without the function names."""
+    parts = [part.strip().rstrip(".") for part in str(exc).replace("\n", " ").split(". ")]
+    causes = [part.partition(": ")[2] or part for part in parts if part]
+    if not causes:
+        return type(exc).__name__
+    return causes[-2] if len(causes) > 2 else causes[-1]
 
 
 def _pyewf() -> Any:
@@ -90,8 +96,9 @@ class EwfDisk(InPlaceDisk):
                 self.hashes[name] = str(value).lower()
 
     def _check_last_segment(self) -> None:
-        """FormatError when the last EWF1 segment found is not the last one written: its
-        closing section is ``next`` (a following segment expected), not ``done``."""
+        """FormatError when the last EWF1 segment found is not the last one written (its
+        closing section is ``next``: a following segment expected, not ``done``) or is cut
+        off (neither: every writer closes its segments with one of them)."""
         last = self.segments[-1] if self.segments else self.path
         try:
             with open(last, "rb") as fh:
@@ -105,6 +112,9 @@ class EwfDisk(InPlaceDisk):
             names = ", ".join(map(os.path.basename, self.segments))
             raise FormatError(f"{self.path}: the EWF segment file after {os.path.basename(last)} "
                               f"is missing (segments found: {names})")
+        if closing != b"done":
+            raise FormatError(f"{last}: ends without its closing section (done or next): a "
+                              "truncated or damaged EWF segment file (ewfverify tells more)")
 
     def read_blocks_into(self, start: int, out: np.ndarray) -> None:
         flat = out.reshape(-1)
