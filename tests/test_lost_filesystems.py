@@ -114,6 +114,7 @@ def test_a_partition_turned_into_a_luks_volume_is_named(attacked) -> None:
     assert point["verdict"] == "encrypted", point["reasons"]
     [lost] = point["lost_filesystems"]
     assert (lost["prefix"], lost["kind"], lost["now"]) == ("p1:", "ext4", "LUKS")
+    assert lost["start_byte"] == start[1]
     assert any("now a LUKS volume" in r for r in point["reasons"])
     assert doc["last_clean_point"] == 0
 
