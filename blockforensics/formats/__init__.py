@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from blockforensics.errors import UsageError
 from blockforensics.formats import signature
 from blockforensics.formats.base import Disk, DiskFile, Format
+from blockforensics.image import chain_containing
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -174,7 +175,9 @@ _NOT_A_DISK = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
 def check_local_source(path: str | os.PathLike[str]) -> None:
     """UsageError unless ``path`` exists and can hold a disk: a regular file, a block
     device or a directory (a chain).  A FIFO or a character device would block the
-    first read or have no size, a socket cannot be read at all."""
+    first read or have no size, a socket cannot be read at all; a file inside a chain
+    directory (an image, the manifest) is a piece of a chain, not a disk — read as raw,
+    its container bytes would pass for one."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -185,6 +188,10 @@ def check_local_source(path: str | os.PathLike[str]) -> None:
         if test(mode):
             raise UsageError(f"{path}: {kind}, not a disk image (a regular file, a block "
                              f"device or a chain directory)")
+    chain = None if stat.S_ISDIR(mode) else chain_containing(path)
+    if chain is not None:
+        raise UsageError(f"{path}: a file of the chain {chain}, not a disk; to read a "
+                         f"point, give the chain directory (and its --point)")
 
 
 def _refuse_container(path: str | os.PathLike[str]) -> None:
