@@ -187,7 +187,7 @@ def test_a_truncated_ewf_is_one_line_and_exit_2(cut: float, e01: Path, tmp_path:
     (tmp_path / "cut.E01").write_bytes(data[: int(len(data) * cut)])
     done = cli("export", tmp_path / "cut.E01", tmp_path / "out.raw", "--format", "raw")
     assert done.returncode == 2, done.stderr
-    assert "truncated EWF" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "truncated or damaged EWF" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.raw").exists()
 
 
