@@ -1,0 +1,112 @@
+"""Methods 1-3 on a booted guest whose disk is partitioned as real VMs' are (MBR or
+GPT: an EFI system partition, the ext4 root, swap): the journal replay runs on the
+ext4 partition alone, so Q lies inside it, and every point restored is the view it
+was taken from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blockforensics.allocation import survey
+from blockforensics.blockmap import BlockMap
+from blockforensics.image.backup import restore
+from blockforensics.image.chain import Chain
+from blockforensics.live.guest import SETTLED, make_partitioned_disk
+from blockforensics.live.headstart import live_full, live_incremental
+from blockforensics.live.methods import branching_chain, quiesced_full_image
+from tests.live_support import (
+    BOOT_TIMEOUT,
+    BS,
+    blocks,
+    booted,
+    fsck_clean,
+    needs_recovery,
+    same_image,
+)
+from tests.support import require_tools
+from tests.test_live_nbd import bf
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["mbr", "gpt"])
+def guest(tmp_path: Path, request: pytest.FixtureRequest):
+    require_tools("sfdisk", "mkfs.fat", "mkswap")
+    disk = make_partitioned_disk(tmp_path / "disk.img", request.param)
+    with booted(disk.path, tmp_path / "vm", "settle", disk.root) as (vm, live):
+        yield disk, vm, live
+
+
+def inside(blockmap: BlockMap, start: int, length: int) -> bool:
+    """Whether every block of ``blockmap`` lies in bytes ``[start, start + length)``."""
+    positions = blockmap.positions()
+    return bool(((positions * BS >= start) & ((positions + 1) * BS <= start + length)).all())
+
+
+def same_where_allocated(restored: Path, view: Path) -> bool:
+    """Whether ``restored`` equals ``view`` byte for byte in every block the view's
+    survey marks (methods 2 and 3 store A | Q: a free block may hold deleted data)."""
+    wanted = survey(view, BS).map.to_bools()
+    return bool((blocks(restored)[wanted] == blocks(view)[wanted]).all())
+
+
+def test_live_methods_on_a_partitioned_guest(guest, tmp_path):
+    disk, vm, live = guest
+    root = disk.partitions["root"]
+    export = live.export("disk")
+    cli = [export.uri(), tmp_path / "cli", "--bitmap", "cli", "--head-start",
+           vm.spare_qmp_socket]
+    first = bf("backup", *cli)  # method 1 by the command line: the full, surveyed
+    assert first.returncode == 0, first.stderr
+    assert f"partition table: {disk.table}, 3 partitions" in first.stdout
+    assert "partition 1 (fat32): " in first.stdout and "partition 2 (ext4): " in first.stdout
+    assert "partition 3: not recognised: copying all 2048 blocks" in first.stdout
+    chain1 = Chain.open_or_create(tmp_path / "m1")
+    full = live_full(chain1, live, tmp_path, "cbt-1", keep_snapshot=tmp_path / "s0.raw")
+    assert full.found is not None and full.found.table == disk.table
+
+    vm.wait_console(f"{SETTLED} 1", BOOT_TIMEOUT)
+    chain2 = Chain.open_or_create(tmp_path / "m2")
+    m2 = quiesced_full_image(chain2, live, tmp_path, keep=tmp_path / "m2")
+    chain3 = Chain.open_or_create(tmp_path / "m3")
+    m3 = branching_chain(chain3, live, tmp_path,
+                         lambda: vm.wait_console(f"{SETTLED} 2", BOOT_TIMEOUT),
+                         keep=tmp_path / "m3-")
+    head = live_incremental(chain1, live, tmp_path, "cbt-1", "cbt-2",  # round 3: after
+                            keep_snapshot=tmp_path / "s1.raw",
+                            before_snapshot=lambda: vm.wait_console(f"{SETTLED} 3",
+                                                                    BOOT_TIMEOUT))
+    second = bf("backup", *cli)
+    assert second.returncode == 0 and "point 1: " in second.stdout, second.stderr
+    vm.kill()
+    print("method 2", {k: v for k, v in m2.items() if k != "quiescence_map"}, "\nmethod 3",
+          {name: {k: v for k, v in info.items() if k != "map"} for name, info in m3.items()},
+          "\nhead start", head)
+
+    for notes in (m2["notes"], m3["leaf1"]["notes"], m3["leaf2"]["notes"]):
+        assert notes[0] == "partition 1 (fat32): no journal replay for fat32, nothing written"
+        assert notes[1].startswith("partition 2 (ext4): e2fsck -fy exited with ")
+        assert notes[2] == ("partition 3 (not recognised): swap or unknown content, "
+                            "nothing to replay")
+    for q in (m2["quiescence_map"], m3["leaf1"]["map"], m3["leaf2"]["map"]):
+        assert q.count() > 0 and inside(q, *root)   # never in the FAT or swap partition
+
+    for point, view in ((full.point, "s0.raw"), (head.point, "s1.raw")):  # method 1
+        out = restore(chain1, point, tmp_path / f"m1-{point}.restored")
+        assert same_image(out, tmp_path / view), view   # byte for byte: the snapshot
+    methods = {(chain2, m2["point"]): "m2.quiesced.raw",
+               (chain3, m3["full"]["point"]): "m3-1.crash.raw",
+               (chain3, m3["leaf1"]["point"]): "m3-1.quiesced.raw",
+               (chain3, m3["trunk2"]["point"]): "m3-2.crash.raw",
+               (chain3, m3["leaf2"]["point"]): "m3-2.quiesced.raw"}
+    for (chain, point), view in methods.items():
+        out = restore(chain, point, tmp_path / f"{chain.directory.name}-{point}.restored")
+        assert same_where_allocated(out, tmp_path / view), view
+        if "quiesced" in view:   # application-consistent: replayed, clean
+            assert not needs_recovery(out, root[0]) and fsck_clean(out, root[0]), view
+        else:                    # the crash-consistent trunk
+            assert needs_recovery(out, root[0]), view
+    assert head.ahead > 0 and head.after > 0
+    assert chain1.rows()[head.point]["blocks"] == head.tracked
