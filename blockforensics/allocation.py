@@ -39,7 +39,7 @@ from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, 
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
 from blockforensics.fs.gpt import looks_like_gpt, read_gpt
 from blockforensics.fs.lvm import find_label, read_layout
-from blockforensics.fs.mbr import SECTOR, Partition, looks_like_mbr, read_table
+from blockforensics.fs.mbr import SECTOR, SECTOR_SIZES, Partition, looks_like_mbr, read_table
 from blockforensics.fs.sleuthkit import TskFileSystem
 
 if TYPE_CHECKING:
@@ -318,9 +318,39 @@ def partition_table(disk: DiskLike) -> tuple[str, list[Partition], list[str]]:
             table = read_gpt(d)
             return "gpt", table.partitions, table.notes
         if looks_like_mbr(d.read(0, SECTOR)):
-            found, notes = read_table(d)
+            found, notes = _read_mbr(d)
             return "mbr", found, notes
         return "none", [], []
+
+
+def _read_mbr(disk: Disk) -> tuple[list[Partition], list[str]]:
+    """The MBR's partitions in the logical sector size that places file systems at
+    their starts. An MBR does not record its sector size: 512 bytes is the rule, but a
+    "4K native" disk counts its LBAs in 4096-byte sectors. When no partition read in
+    512-byte sectors bears a file system and some read in 4096-byte ones do, the
+    table is a 4K-native one (a note says so)."""
+    found, notes = read_table(disk, SECTOR)
+    if disk.size % SECTOR_SIZES[-1] or any(_bears_content(disk, p) for p in found):
+        return found, notes
+    wide, wide_notes = read_table(disk, SECTOR_SIZES[-1])
+    if not any(_bears_content(disk, p) for p in wide):
+        return found, notes
+    return wide, [f"MBR read in {SECTOR_SIZES[-1]}-byte logical sectors (a 4K-native "
+                  "disk): only there do its partitions start with file systems (or LVM2 labels)",
+                  *wide_notes]
+
+
+def _bears_filesystem(disk: Disk, part: Partition) -> bool:
+    """Whether a non-extended partition's first bytes bear a file system's signature."""
+    return (part.kind != "extended" and part.start_byte < disk.size
+            and _reader(disk, part.start_byte) is not None)
+
+
+def _bears_content(disk: Disk, part: Partition) -> bool:
+    """A file system's signature, or an LVM2 physical volume's label, at its start."""
+    return _bears_filesystem(disk, part) or (
+        part.kind != "extended" and part.start_byte < disk.size
+        and find_label(disk, part.start_byte) is not None)
 
 
 def filesystem_partitions(disk: DiskLike) -> list[Partition]:
@@ -339,8 +369,7 @@ def filesystem_partitions(disk: DiskLike) -> list[Partition]:
             if p in problems:  # an LVM2 physical volume, or one of its logical volumes
                 if p.kind == "lv" and not problems[p] and _reader(*p.view(d)):
                     chosen.append(p)
-            elif table == "none" or p.index is None or (
-                    p.start_byte < d.size and _reader(d, p.start_byte)):
+            elif table == "none" or p.index is None or _bears_filesystem(d, p):
                 chosen.append(p)
         return chosen
 

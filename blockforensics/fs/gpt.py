@@ -23,7 +23,7 @@ import numpy as np
 
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
-from blockforensics.fs.mbr import BOOT_SECTOR, SIGNATURE, Partition, _entries
+from blockforensics.fs.mbr import BOOT_SECTOR, SECTOR_SIZES, SIGNATURE, Partition, _entries
 from blockforensics.fs.structure import Structure
 
 #: the GPT header (UEFI 2.10, table 5.21); HeaderSize bytes of it are covered by its CRC
@@ -54,7 +54,6 @@ ENTRY = Structure("GptPartitionEntry", 128, [
 GPT_SIGNATURE = b"EFI PART"
 HEADER_CRC_OFFSET = 0x10
 PROTECTIVE_TYPE = 0xEE
-SECTOR_SIZES = (512, 4096)
 #: more entries than this is not a table a tool wrote (the usual count is 128)
 MAX_ENTRIES = 1 << 16
 

@@ -1,7 +1,9 @@
 """MBR partition tables: the four primary entries and the chain of EBRs.
 
-Addresses in the table are in 512-byte sectors (LBA); the :class:`Partition`
-records this module returns are in bytes.
+Addresses in the table are in logical sectors (LBA): 512 bytes on most disks, 4096
+on "4K native" ones — the table itself does not say which (the caller decides, see
+:func:`blockforensics.allocation.partition_table`); the :class:`Partition` records this
+module returns are in bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.structure import Structure
 
-SECTOR = 512
+SECTOR = 512  # bytes: the boot sector's size, and the usual logical sector
+#: logical sector sizes of real disks, in bytes (512e and 4K native)
+SECTOR_SIZES = (512, 4096)
 
 #: the classic boot sector: 446 bytes of code, 4 partition entries, signature
 BOOT_SECTOR = Structure("MbrBootSector", SECTOR, [
@@ -97,42 +101,43 @@ def looks_like_mbr(sector: bytes) -> bool:
                 and (entries["sector_count"][used] > 0).all())
 
 
-def read_partitions(disk: Disk) -> list[Partition]:
-    """Primary, extended and logical partitions of an MBR disk; FormatError if none."""
-    return read_table(disk)[0]
+def read_partitions(disk: Disk, sector: int = SECTOR) -> list[Partition]:
+    """Primary, extended and logical partitions of an MBR disk whose LBAs count
+    ``sector``-byte logical sectors; FormatError if none."""
+    return read_table(disk, sector)[0]
 
 
-def read_table(disk: Disk) -> tuple[list[Partition], list[str]]:
+def read_table(disk: Disk, sector: int = SECTOR) -> tuple[list[Partition], list[str]]:
     """:func:`read_partitions` and what was noticed: where the EBR chain breaks (no
     signature, a loop, past the end of the image) the logical partitions after the
     break are not read — their bytes lie outside every partition found, which a
     backup copies whole — and a note says so."""
-    sector = disk.read(0, SECTOR)
-    if not looks_like_mbr(sector):
+    boot = disk.read(0, SECTOR)
+    if not looks_like_mbr(boot):
         raise FormatError("not an MBR partitioned disk (no valid partition table in sector 0)")
     found: list[Partition] = []
     extended_start = None
-    for number, entry in enumerate(_entries(sector), start=1):
+    for number, entry in enumerate(_entries(boot), start=1):
         if entry["type"] == 0:
             continue
         kind = "extended" if entry["type"] in EXTENDED_TYPES else "primary"
-        found.append(_partition(number, entry, 0, kind))
+        found.append(_partition(number, entry, 0, kind, sector))
         if kind == "extended" and extended_start is None:
             extended_start = int(entry["lba_first"])
     notes: list[str] = []
     if extended_start is not None:
-        found += _logical(disk, extended_start, notes)
+        found += _logical(disk, extended_start, sector, notes)
     return found, notes
 
 
-def _partition(index: int, entry: np.void, base_lba: int, kind: str) -> Partition:
-    start = (base_lba + int(entry["lba_first"])) * SECTOR
-    length = int(entry["sector_count"]) * SECTOR
+def _partition(index: int, entry: np.void, base_lba: int, kind: str, sector: int) -> Partition:
+    start = (base_lba + int(entry["lba_first"])) * sector
+    length = int(entry["sector_count"]) * sector
     return Partition(index, int(entry["type"]), bool(entry["status"] & BOOTABLE),
                      start, length, kind)
 
 
-def _logical(disk: Disk, extended_lba: int, notes: list[str]) -> list[Partition]:
+def _logical(disk: Disk, extended_lba: int, sector: int, notes: list[str]) -> list[Partition]:
     """Logical partitions: follow the EBR chain (each EBR's first entry is relative to
     the EBR, its link to the next EBR relative to the extended partition's start);
     a break in the chain ends it with a note in ``notes``."""
@@ -140,15 +145,15 @@ def _logical(disk: Disk, extended_lba: int, notes: list[str]) -> list[Partition]
     ebr_lba = extended_lba
     seen: set[int] = set()
     for index in range(5, 5 + MAX_LOGICAL):
-        sector = disk.read(ebr_lba * SECTOR, SECTOR)
-        if len(sector) < SECTOR or BOOT_SECTOR.parse(sector).signature != SIGNATURE:
+        ebr = disk.read(ebr_lba * sector, SECTOR)
+        if len(ebr) < SECTOR or BOOT_SECTOR.parse(ebr).signature != SIGNATURE:
             notes.append(f"extended partition: no EBR at sector {ebr_lba}; the logical "
                          "partitions from there on are not read (copied whole)")
             return logical
         seen.add(ebr_lba)
-        this, link = _entries(sector)[:2]
+        this, link = _entries(ebr)[:2]
         if this["type"] != 0:
-            logical.append(_partition(index, this, ebr_lba, "logical"))
+            logical.append(_partition(index, this, ebr_lba, "logical", sector))
         if link["type"] == 0:
             return logical
         ebr_lba = extended_lba + int(link["lba_first"])
