@@ -24,6 +24,8 @@ PACKAGES = {
     "lvextend": "lvm2",
     "lvs": "lvm2",
     "pvs": "lvm2",
+    "vgcfgbackup": "lvm2",
+    "vgcfgrestore": "lvm2",
     "losetup": "mount",
     "mformat": "mtools",
     "mdir": "mtools",

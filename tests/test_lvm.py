@@ -41,7 +41,8 @@ from blockforensics.image.chain import Chain
 MIB = 1 << 20
 EXTENT = 4 * MIB
 PART_START = MIB  # the PV's partition starts at 1 MiB of the disk
-LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvextend", "lvs", "pvs", "losetup",
+LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvextend", "lvs", "pvs", "vgcfgbackup",
+             "vgcfgrestore", "losetup",
              "sfdisk", "mkfs.ext4", "debugfs", "e2fsck", "mkfs.fat", "mcopy", "blkls", "icat")
 
 
@@ -248,6 +249,9 @@ def test_linear_volumes_are_read_backed_up_and_restored(lvm: Lvm, tmp_path: Path
     assert "logical volume vgbf/lv1 (ext4):" in out and "logical volume vgbf/lv2 (fat" in out
     with Chain.open(tmp_path / "chain") as chain:
         stored = chain.layout(0).supplied(0).to_bools()
+    with RawDisk(made.disk) as disk:
+        nonzero = disk.read_blocks(0, disk.n_blocks).any(axis=1)
+    assert np.array_equal(stored, amap & nonzero)  # all-zero blocks need no storing
     assert stored.sum() < stored.size
     restored = tmp_path / "restored.img"
     cli("restore", tmp_path / "chain", restored)
@@ -433,6 +437,60 @@ def test_striped_volume_on_two_disks_is_copied_whole(lvm: Lvm, tmp_path: Path) -
     assert "vgst/striped" in out and "striped over 2 stripes" in out
     listing = cli("timeline", tmp_path / "chain", "--format", "jsonl")
     assert "vgst/linear:/f.txt" in listing
+    # the other disk: the VG's metadata is there too, but linear's extents are not
+    other = {r.where: r for r in survey(disks[1], 4096).regions}
+    assert "on pv0, a PV not on this disk" in other["logical volume vgst/linear"].note
+    assert other["whole disk"].blocks == other["whole disk"].total
+
+
+def test_snapshot_written_by_vgcfgrestore_is_copied_whole(lvm: Lvm, tmp_path: Path) -> None:
+    """lvcreate --snapshot needs device-mapper, so the snapshot is added to the VG's
+    description (from vgcfgbackup) the way LVM lays one out — a visible
+    copy-on-write LV and a hidden "snapshot" segment naming origin and store — and
+    written by vgcfgrestore, which checks it and writes real metadata."""
+    made = make_disk(lvm, tmp_path)
+    backup_file = tmp_path / "vgbf.txt"
+    lvm("vgcfgbackup", "-f", backup_file, "vgbf")
+    text = backup_file.read_text()
+    at = text.index("\t\tlv2 {")
+    added = f"""\t\tsnap {{
+\t\t\tid = "Snap00-aaaa-bbbb-cccc-dddd-eeee-ffffff"
+\t\t\tstatus = ["READ", "WRITE", "VISIBLE"]
+\t\t\tflags = []
+\t\t\tsegment_count = 1
+\t\t\tsegment1 {{
+\t\t\t\tstart_extent = 0
+\t\t\t\textent_count = 1
+\t\t\t\ttype = "striped"
+\t\t\t\tstripe_count = 1
+\t\t\t\tstripes = ["pv0", {made.free_pe}]
+\t\t\t}}
+\t\t}}
+\t\tsnapshot0 {{
+\t\t\tid = "Snap01-aaaa-bbbb-cccc-dddd-eeee-ffffff"
+\t\t\tstatus = ["READ"]
+\t\t\tflags = []
+\t\t\tsegment_count = 1
+\t\t\tsegment1 {{
+\t\t\t\tstart_extent = 0
+\t\t\t\textent_count = 2
+\t\t\t\ttype = "snapshot"
+\t\t\t\tchunk_size = 8
+\t\t\t\torigin = "lv2"
+\t\t\t\tcow_store = "snap"
+\t\t\t}}
+\t\t}}
+"""
+    backup_file.write_text(text[:at] + added + text[at:])
+    lvm("vgcfgrestore", "-f", backup_file, "vgbf")
+    assert "lv2" in lvm("lvs", "--noheadings", "-o", "origin", "vgbf/snap")
+    found = {r.where: r for r in survey(made.disk, 4096).regions}
+    assert found["logical volume vgbf/lv1"].filesystem == "ext4"
+    origin = found["logical volume vgbf/lv2"]
+    assert origin.note.startswith("origin of snapshot") and origin.blocks == origin.total
+    assert "copy-on-write store" in found["logical volume vgbf/snap"].note
+    out = cli("backup", made.disk, tmp_path / "chain")
+    assert "logical volume vgbf/lv2: origin of snapshot snapshot0: copying all" in out
 
 
 def test_parse_metadata_grammar_and_hostile_text() -> None:
