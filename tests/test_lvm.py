@@ -502,3 +502,24 @@ def test_parse_metadata_grammar_and_hostile_text() -> None:
                 "x" + " { " * 50 + " } " * 50, 'a = "unterminated', "= 3", "a = [[1]]"]:
         with pytest.raises(FormatError):
             parse_metadata(bad)
+
+
+def test_pv_whose_metadata_is_on_another_disk_is_copied_whole(lvm: Lvm, tmp_path: Path) -> None:
+    """A PV made with no metadata area: its layout is known only from the VG's other
+    PV, on another disk; backing up its disk alone copies it whole, with a note."""
+    disks = [tmp_path / "a.img", tmp_path / "b.img"]
+    for disk in disks:
+        with disk.open("wb") as fh:
+            fh.truncate(32 * MIB)
+    devices = [lvm.attach(d) for d in disks]
+    lvm("pvcreate", "-y", "--pvmetadatacopies", "0", devices[0])
+    lvm("pvcreate", "-y", devices[1])
+    lvm("vgcreate", "-s", "4m", "vgmd", *devices)
+    lvm("lvcreate", "-an", "-Zn", "-y", "-n", "data", "-L", "8m", "vgmd", devices[0])
+    [region] = survey(disks[0], 4096).regions
+    assert "no metadata names this PV" in region.note
+    assert region.blocks == region.total
+    out = cli("backup", disks[0], tmp_path / "chain")
+    assert "no metadata names this PV" in out and "copying all" in out
+    other = {r.where: r for r in survey(disks[1], 4096).regions}
+    assert "a PV not on this disk" in other["logical volume vgmd/data"].note
