@@ -442,7 +442,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     from blockforensics.fleet import run_fleet
 
     result = run_fleet(args.fleet_command, args.dirs, scheduler=args.scheduler,
-                       workers=args.workers, rules=args.rules, progress=sys.stderr.isatty())
+                       workers=args.workers, rules=args.rules, key_file=args.key_file,
+                       key_dir=args.key_dir, progress=sys.stderr.isatty())
     print(_dumps(result.records, indent=1) if args.json else result.report())
     failed = result.errors() or (args.fleet_command == "verify" and not all(
         r["result"]["ok"] for r in result.records))
@@ -734,6 +735,12 @@ def _fleet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, help="local worker processes (default: "
                    "one per core)")
     p.add_argument("--rules", metavar="DIR", help="triage: extra YARA rules")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--key-file", metavar="FILE",
+                      help="the key of every encrypted chain (plain chains need none)")
+    keys.add_argument("--key-dir", metavar="DIR",
+                      help="a key file per encrypted chain: DIR/NAME.key for the chain in "
+                           "a directory NAME")
     p.add_argument("--json", action="store_true",
                    help='one object per chain: {"path", "status", "error", "result"}')
 

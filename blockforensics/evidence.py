@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -73,13 +74,32 @@ SIGNATURES: tuple[tuple[str, int, bytes], ...] = (
     ("qcow", 0, b"QFI\xfb"), ("vmdk", 0, b"KDMV"), ("vhdx", 0, b"vhdxfile"),
     ("squashfs", 0, b"hsqs"), ("luks", 0, b"LUKS\xba\xbe"), ("lz4", 0, b"\x04\x22\x4d\x18"),
     ("woff2", 0, b"wOF2"), ("tiff", 0, b"II*\x00"), ("tiff", 0, b"MM\x00*"),
+    ("cab", 0, b"MSCF\x00\x00\x00\x00"), ("wim", 0, b"MSWIM\x00\x00\x00"),
+    ("xpress", 0, b"MAM\x04"),  # Windows' Xpress Huffman files (Prefetch, since Windows 10)
+    ("pst", 0, b"!BDN"),  # Outlook PST/OST: a store of mails and their attachments
+    ("rpm", 0, b"\xed\xab\xee\xdb"), ("matroska", 0, b"\x1a\x45\xdf\xa3"),
+    ("mozlz4", 0, b"mozLz40\x00"), ("iso9660", 0x8001, b"CD001"),
+    # Linux swap (mkswap): the signature ends the first 4 KiB page
+    ("swap", 4086, b"SWAPSPACE2"), ("swap", 4086, b"SWAP-SPACE"),
 )
 #: formats whose content is high-entropy by nature: compressed, media, packed object
 #: stores (git packs), disk images and encrypted containers made by their own tools
 COMPRESSED = frozenset({"zip", "gzip", "bzip2", "xz", "zstd", "7z", "rar", "jpeg", "png",
                         "gif", "pdf", "mp4", "mp3", "ogg", "flac", "deb", "riff", "git-pack",
                         "git-index", "qcow", "vmdk", "vhdx", "squashfs", "luks", "lz4",
-                        "woff2", "tiff"})
+                        "woff2", "tiff", "swap", "cab", "wim", "xpress", "pst", "rpm",
+                        "matroska", "mozlz4", "iso9660"})
+#: operating-system files whose bytes are memory or copies of old blocks — Windows'
+#: paging, swap and hibernation files, crash dumps, Volume Shadow Copy stores (named
+#: ``{GUID}{3808876b-c176-4e48-b7ae-04046e6cc752}``), Linux swap files, macOS's — random
+#: in places by nature and rewritten as the system runs: paths within their volume,
+#: lower case (see :func:`system_memory_file`)
+SYSTEM_MEMORY_PATHS = re.compile(
+    r"/(pagefile|swapfile|hiberfil)\.sys|/windows/memory\.dmp|/windows/minidump/[^/]+\.dmp"
+    r"|/system volume information/\{[0-9a-f-]{36}\}\{3808876b-c176-4e48-b7ae-04046e6cc752\}"
+    r"|/swapfile|/swap\.img|/private/var/vm/(sleepimage|swapfile\d+)")
+#: the partition a path of a partitioned disk starts with (``p5:``)
+PARTITION_PREFIX = re.compile(r"^p\d+:(?=/)")
 #: extension (lower case, no dot) -> the format its content must have
 EXTENSIONS: dict[str, str] = {
     **dict.fromkeys(["zip", "docx", "xlsx", "pptx", "odt", "ods", "odp", "jar", "apk",
@@ -95,6 +115,9 @@ EXTENSIONS: dict[str, str] = {
     "pack": "git-pack", **dict.fromkeys(["qcow", "qcow2"], "qcow"), "vmdk": "vmdk",
     "vhdx": "vhdx", **dict.fromkeys(["squashfs", "snap"], "squashfs"), "lz4": "lz4",
     "woff2": "woff2", **dict.fromkeys(["tif", "tiff", "cr2", "nef", "dng", "arw"], "tiff"),
+    **dict.fromkeys(["cab", "msu"], "cab"), **dict.fromkeys(["wim", "esd"], "wim"),
+    **dict.fromkeys(["pst", "ost"], "pst"), "rpm": "rpm",
+    **dict.fromkeys(["mkv", "webm", "mka"], "matroska"), "jsonlz4": "mozlz4",
     **dict.fromkeys(["txt", "csv", "md", "log", "json", "xml", "html", "htm", "ini", "cfg",
                      "conf", "yaml", "yml", "py", "c", "h", "sh", "js", "css", "tex"], "text"),
 }
@@ -107,6 +130,13 @@ RANSOM_EXTENSIONS = frozenset({"locked", "lock", "encrypted", "enc", "crypt", "c
 def extension(path: str) -> str:
     """The last extension of a path, lower case, without the dot ("" when none)."""
     return PurePosixPath(path).suffix.lower().removeprefix(".")
+
+
+def system_memory_file(path: str) -> bool:
+    """Whether ``path`` (``/dir/name`` or ``pN:/dir/name``) is one of
+    :data:`SYSTEM_MEMORY_PATHS`: its content is judged by none of the encryption rules."""
+    inside = PARTITION_PREFIX.sub("", path, count=1)
+    return SYSTEM_MEMORY_PATHS.fullmatch(inside.lower()) is not None
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -362,6 +392,10 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     ``appended``: the new bytes begin with the old ones, whole — data was added (a mail
     with an attachment, a log of compressed records), none destroyed: not suspected.
     """
+    if system_memory_file(path):
+        return Judgement(False, True, ["an operating system's paging, hibernation, swap, "
+                                       "crash-dump or shadow-copy file: its bytes are memory "
+                                       "or copies of old blocks, random in places by nature"])
     evidence = []
     ext = extension(path)
     promised = EXTENSIONS.get(ext)

@@ -5,8 +5,11 @@ An incident has hundreds of machines' backups.  :func:`run_fleet` (and
 given directories by their manifests and runs the command on each as a separate
 task: on a ``LocalCluster`` of worker processes on this machine when no scheduler
 is given, or on a running Dask scheduler and its workers elsewhere (the chains must
-be on storage every worker sees, at the same path).  A chain that fails is reported
-with its error and never stops the others.  The results come back as one
+be on storage every worker sees, at the same path).  Encrypted chains are read with a
+key file (one for all, ``--key-file``) or with their own (``--key-dir DIR``:
+``DIR/NAME.key`` for the chain in a directory ``NAME``); a plain chain ignores it, and
+key files travel as paths, never as keys.  A chain that fails is reported with its
+error and never stops the others.  The results come back as one
 :class:`FleetResult`: one record per chain (the command's own JSON), a pandas
 DataFrame of one row per chain, and a text report.
 """
@@ -26,43 +29,61 @@ if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client, LocalCluster
 
+    from blockforensics.crypto import KeySource
+
 COMMANDS = ("triage", "verify", "timeline")
 
 
 # ------------------------------------------------------------------ one chain (on a worker)
-def _triage(path: str, rules: str | None) -> Any:
+def _triage(path: str, rules: str | None, key: KeySource | None) -> Any:
     from blockforensics.triage import triage_chain
 
-    return triage_chain(path, rules=rules)
+    return triage_chain(path, rules=rules, key=key)
 
 
-def _verify(path: str, rules: str | None) -> Any:
+def _verify(path: str, rules: str | None, key: KeySource | None) -> Any:
     from blockforensics.image.verify import verify
 
-    return verify(path).to_json()
+    return verify(path, key).to_json()
 
 
-def _timeline(path: str, rules: str | None) -> Any:
+def _timeline(path: str, rules: str | None, key: KeySource | None) -> Any:
     import json
 
     from blockforensics.forensics import timeline
     from blockforensics.image.chain import Chain
 
-    with Chain.open(path) as chain:
+    with Chain.open(path, key) as chain:
         return json.loads(timeline(chain).to_json(orient="records"))
 
 
-_RUN: dict[str, Callable[[str, str | None], Any]] = {
+_RUN: dict[str, Callable[[str, str | None, KeySource | None], Any]] = {
     "triage": _triage, "verify": _verify, "timeline": _timeline}
 
 
-def run_chain(command: str, path: str, rules: str | None = None) -> dict[str, Any]:
-    """Run ``command`` on the chain at ``path``: ``{"path", "status": "ok", "result"}``, or
-    ``{"path", "status": "error", "error"}`` whatever went wrong (a task never raises)."""
+def run_chain(command: str, path: str, rules: str | None = None,
+              key_file: str | None = None) -> dict[str, Any]:
+    """Run ``command`` on the chain at ``path`` (with the key in ``key_file`` if the chain
+    is encrypted): ``{"path", "status": "ok", "result"}``, or ``{"path", "status":
+    "error", "error"}`` whatever went wrong (a task never raises)."""
     try:
-        return {"path": path, "status": "ok", "result": _RUN[command](path, rules)}
+        return {"path": path, "status": "ok",
+                "result": _RUN[command](path, rules, _key(path, key_file))}
     except Exception as exc:  # a broken chain is a finding, not the end of the fleet
         return {"path": path, "status": "error", "error": _message(exc)}
+
+
+def _key(path: str, key_file: str | None) -> KeySource | None:
+    """The key for the chain at ``path``: read from ``key_file`` when the chain is
+    encrypted, else None (a plain chain refuses a key)."""
+    if key_file is None:
+        return None
+    from blockforensics.crypto import KeySource
+    from blockforensics.image.chain import Chain
+
+    with Chain.open(path) as chain:
+        encrypted = chain.encrypted
+    return KeySource.from_file(key_file) if encrypted else None
 
 
 def _message(exc: BaseException) -> str:
@@ -87,6 +108,26 @@ def find_chains(directories: Iterable[str | os.PathLike[str]]) -> list[Path]:
     if not found:
         raise UsageError("fleet: no chain (no chain.json) in the directories given")
     return list(found)
+
+
+def key_files(chains: Iterable[Path], key_file: str | os.PathLike[str] | None = None,
+              key_dir: str | os.PathLike[str] | None = None) -> list[str | None]:
+    """The key file of each chain: ``key_file`` for all, or ``key_dir/NAME.key`` for the
+    chain in a directory NAME (None where there is none: an encrypted chain then fails
+    on its own, asking for its key); UsageError when the file or directory is missing
+    or both are given."""
+    if key_file is not None and key_dir is not None:
+        raise UsageError("fleet: give --key-file (one key for all) or --key-dir, not both")
+    if key_file is not None:
+        if not Path(key_file).is_file():
+            raise UsageError(f"{key_file}: no such key file")
+        return [os.fspath(key_file) for _ in chains]
+    if key_dir is None:
+        return [None for _ in chains]
+    if not Path(key_dir).is_dir():
+        raise UsageError(f"{key_dir}: not a directory of key files")
+    return [os.fspath(k) if (k := Path(key_dir) / f"{c.name}.key").is_file() else None
+            for c in chains]
 
 
 # ------------------------------------------------------------------ results
@@ -116,11 +157,20 @@ class FleetResult:
 
         return pd.DataFrame(self.rows())
 
+    def findings(self) -> dict[str, int]:
+        """How many chains came to each finding — triage: their worst verdict
+        ("clean", "suspicious", "encrypted"); verify: "sound" or "damaged"; timeline:
+        "read" — and "failed" (the command could not run on them)."""
+        found = [_FINDING[self.command](r["result"]) if r["status"] == "ok" else "failed"
+                 for r in self.records]
+        return {name: found.count(name) for name in (*_FINDINGS[self.command], "failed")}
+
     def report(self) -> str:
-        """A text report: totals, then one line per chain (its summary or its error)."""
+        """A text report: how many chains came to each finding, then one line per chain
+        (its summary or its error)."""
         rows = self.rows()
-        lines = [f"fleet {self.command}: {len(rows)} chains, "
-                 f"{len(rows) - len(self.errors())} ok, {len(self.errors())} failed"]
+        lines = [f"fleet {self.command}: {len(rows)} chains: "
+                 + ", ".join(f"{n} {name}" for name, n in self.findings().items())]
         for row in rows:
             summary = ", ".join(f"{k}={v}" for k, v in row.items()
                                 if k not in ("path", "status", "error"))
@@ -132,10 +182,14 @@ class FleetResult:
         return self.report()
 
 
+def _worst_verdict(result: dict[str, Any]) -> str:
+    verdicts = [p["verdict"] for p in result["points"]]
+    return next((v for v in ("encrypted", "suspicious") if v in verdicts), "clean")
+
+
 def _triage_summary(result: dict[str, Any]) -> dict[str, Any]:
     verdicts = [p["verdict"] for p in result["points"]]
-    worst = next((v for v in ("encrypted", "suspicious") if v in verdicts), "clean")
-    return {"points": len(verdicts), "verdict": worst,
+    return {"points": len(verdicts), "verdict": _worst_verdict(result),
             "flagged_points": sum(v != "clean" for v in verdicts),
             "last_clean_point": result.get("last_clean_point")}
 
@@ -153,6 +207,12 @@ def _timeline_summary(result: list[dict[str, Any]]) -> dict[str, Any]:
 
 _SUMMARY: dict[str, Callable[[Any], dict[str, Any]]] = {
     "triage": _triage_summary, "verify": _verify_summary, "timeline": _timeline_summary}
+#: what each command finds of a chain it ran on, and the findings it can come to
+_FINDING: dict[str, Callable[[Any], str]] = {
+    "triage": _worst_verdict, "verify": lambda r: "sound" if r["ok"] else "damaged",
+    "timeline": lambda r: "read"}
+_FINDINGS = {"triage": ("clean", "suspicious", "encrypted"), "verify": ("sound", "damaged"),
+             "timeline": ("read",)}
 
 
 # ------------------------------------------------------------------ the cluster
@@ -186,16 +246,20 @@ class Fleet:
         return str(self.client.dashboard_link)
 
     def run(self, command: str, directories: Iterable[str | os.PathLike[str]], *,
-            rules: str | os.PathLike[str] | None = None, progress: bool = False
+            rules: str | os.PathLike[str] | None = None,
+            key_file: str | os.PathLike[str] | None = None,
+            key_dir: str | os.PathLike[str] | None = None, progress: bool = False
             ) -> FleetResult:
         """``command`` (triage, verify or timeline) on every chain found in
-        ``directories``, one task each."""
+        ``directories``, one task each (keys: see :func:`key_files`)."""
         if command not in COMMANDS:
             raise UsageError(f"fleet: the command must be one of {', '.join(COMMANDS)}")
-        chains = [str(path) for path in find_chains(directories)]
+        found = find_chains(directories)
+        keys = key_files(found, key_file, key_dir)
+        chains = [str(path) for path in found]
         rule_dir = None if rules is None else os.fspath(rules)
-        futures = [self.client.submit(run_chain, command, path, rule_dir, pure=False)
-                   for path in chains]
+        futures = [self.client.submit(run_chain, command, path, rule_dir, key, pure=False)
+                   for path, key in zip(chains, keys)]
         order = {future.key: i for i, future in enumerate(futures)}
         records: list[dict[str, Any]] = [{} for _ in chains]
         for i, record in self._gather(futures, order, chains, progress):
@@ -245,9 +309,13 @@ def _chain_bar(total: int, enabled: bool) -> Any:
 
 def run_fleet(command: str, directories: Iterable[str | os.PathLike[str]], *,
               scheduler: str | None = None, workers: int | None = None,
-              rules: str | os.PathLike[str] | None = None, progress: bool = False
+              rules: str | os.PathLike[str] | None = None,
+              key_file: str | os.PathLike[str] | None = None,
+              key_dir: str | os.PathLike[str] | None = None, progress: bool = False
               ) -> FleetResult:
     """Run ``command`` over the chains in ``directories`` on a fresh :class:`Fleet`."""
     chains = find_chains(directories)  # bad input fails before a cluster starts
+    key_files(chains, key_file, key_dir)
     with Fleet(scheduler, workers=workers, dashboard=False) as fleet:
-        return fleet.run(command, chains, rules=rules, progress=progress)
+        return fleet.run(command, chains, rules=rules, key_file=key_file, key_dir=key_dir,
+                         progress=progress)

@@ -13,15 +13,25 @@ from a restore:
 How a change is named (paths compared, ``p1:/x`` for partition 1):
 
 - *renamed*: a path gone and a path new that are the same file — the same inode
-  (MFT record on NTFS) with the same birth time and first data run — or, failing
-  that, the same content (same size and SHA-256, e.g. FAT moves, copy + delete);
-- *created* / *deleted*: the path exists at one point only (and is no rename);
+  (MFT record and sequence on NTFS) born at the same time (to the nanosecond where
+  recorded, else also the same first data run), on FAT/exFAT (whose "inode" is the
+  directory entry's place) the same first cluster and birth time — or, failing that,
+  the same content (same size and SHA-256, e.g. FAT moves, copy + delete).  A path
+  present at both points that names another file now (renamed over, names swapped)
+  takes part too: ``mv a b`` over an existing ``b`` is ``b`` renamed from ``a``,
+  ``replaces`` = ``b``; a swap is two renames; a directory renamed is a renamed
+  directory and each file below it renamed;
+- *created* / *deleted*: the path exists at one point only (and is no rename); a
+  file replaced by a directory of that name is a deletion and a creation;
 - a file is *modified* when its size or mtime differs or its bytes differ.  Bytes
   are compared whenever anything changed (size, mtime, ctime, data runs, or a
   changed block holds its data): with the same data runs, only its bytes inside
   changed blocks (a changed block can hold other files' clusters, so touching one
   proves nothing); with other runs, the whole content; resident data (NTFS
-  resident ``$DATA``, ext4 ``inline_data``) is always compared;
+  resident ``$DATA``, ext4 ``inline_data``, a symlink's target) is always compared.
+  Metadata alone is a modification too: ``what_changed`` says what — content (or
+  target), size, mtime, mode, owner, links (the hard-link count), streams (NTFS
+  named streams), else ctime (an xattr or ACL: something in the inode no listing shows);
 - a directory is *modified* when the names it lists differ.
 
 A created file that takes the place of a deleted one — same directory and the new
@@ -66,14 +76,16 @@ __all__ = ["ChainImgInfo", "DiffResult", "block_entropy", "changes", "diff", "li
 
 #: bytes read at a time when histogramming blocks
 CHUNK_BYTES = 8 << 20
+#: file systems whose "inode" is where the name is stored (a rename moves it)
+NAME_ADDRESSED = ("fat", "exfat")
 #: a created file replaces a deleted one of nearly the same size: at most this much more
 REPLACEMENT_SLACK = 1024
 
 FILE_COLUMNS = ["path", "type", "change", "entropy_before", "entropy_after", "size_before",
                 "size_after", "suspected_encryption", "old_path", "inode", "content_before",
                 "content_after", "random_segments", "segments", "evidence", "replaces",
-                "explained"]
-SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "old_path"]  # what printing a diff shows
+                "explained", "what_changed"]
+SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "what_changed", "old_path"]  # what printing shows
 OWNER_COLUMNS = ["start", "length", "path", "side"]
 
 
@@ -173,6 +185,26 @@ def _replaces(new: Entry, old: Entry) -> bool:
             or new_name.split(".")[0] == old_name.split(".")[0])
 
 
+def _metadata_changes(old: Entry, new: Entry) -> list[str]:
+    """What differs beyond size, mtime and content: mode, owner, links (hard-link
+    count), streams (NTFS named data streams), else ctime alone (an xattr, an ACL:
+    something in the inode the listing does not show)."""
+    what = [name for name, differs in (
+        ("mode", old.mode != new.mode), ("owner", (old.uid, old.gid) != (new.uid, new.gid)),
+        ("links", old.nlink != new.nlink), ("streams", old.streams != new.streams))
+        if differs]
+    return what or (["ctime"] if (old.ctime, old.ctime_ns) != (new.ctime, new.ctime_ns) else [])
+
+
+def _birth_and_start(entry: Entry) -> tuple | None:
+    """(type, birth time, first data byte) of an entry with both on a file system whose
+    metadata address is the directory entry's place (FAT, exFAT: it moves with the
+    name); no two live files share a first data run, and birth time tells a reused one."""
+    if entry.fs not in NAME_ADDRESSED or not entry.crtime or not len(entry.extents):
+        return None
+    return entry.type, entry.crtime, entry.crtime_ns, int(entry.extents[0, 0])
+
+
 class _Comparison:
     """Compares the listings of two points given the blocks that differ between them."""
 
@@ -191,20 +223,38 @@ class _Comparison:
     def compare(self, a: dict[str, Entry], b: dict[str, Entry]) -> None:
         gone = {p: e for p, e in a.items() if p not in b or b[p].type != e.type}
         new = {p: e for p, e in b.items() if p not in a or a[p].type != e.type}
-        for path in sorted(a.keys() & b.keys() - gone.keys()):
+        kept = sorted(a.keys() & b.keys() - gone.keys())
+        # a path now naming another file (renamed over, names swapped): its old and new
+        # files are matched like deleted and created ones
+        other = {p for p in kept if a[p].type == "file" and not a[p].same_identity(b[p])}
+        for path in kept:
             old, now = a[path], b[path]
             if old.type == "dir":
                 if old.children != now.children:
-                    self.add("modified", old, now)
-            else:
+                    self.add("modified", old, now, what=["names"])
+            elif path not in other:
                 self.compare_files("modified", old, now)
-        for old, now in self.renames(gone, new):
-            self.compare_files("renamed", old, now)
-        for _, now in sorted(new.items()):
-            counterpart = self.counterpart(now, gone)
+        sources = {**gone, **{p: a[p] for p in other}}
+        targets = {**new, **{p: b[p] for p in other}}
+        pairs = self.renames(sources, targets)  # takes the pairs out of both
+        moved_away = {old.path for old, now in pairs if old.path != now.path}
+        for old, now in pairs:
+            if old.path == now.path:  # the same content under its own name again
+                self.compare_files("modified", old, now)
+            else:  # replacing the file at its new name unless that one moved on too
+                replaced = sources.pop(now.path, None) if now.path in other else None
+                self.compare_files("renamed", old, now, replaced=replaced)
+        for path in sorted(other & targets.keys()):
+            now = targets.pop(path)
+            if path in moved_away:  # its file went elsewhere: this one is new
+                self.add("created", None, now)
+            else:  # rewritten as another file (an editor's save): a modification
+                self.compare_files("modified", sources.pop(path), now)
+        for _, now in sorted(targets.items()):
+            counterpart = self.counterpart(now, sources)
             self.add("created", None, now, self.stats(0, counterpart), self.stats(1, now),
                      counterpart=counterpart)
-        for _, old in sorted(gone.items()):
+        for _, old in sorted(sources.items()):
             self.add("deleted", old, None, self.stats(0, old))
 
     @overload
@@ -222,13 +272,22 @@ class _Comparison:
 
     def renames(self, gone: dict[str, Entry], new: dict[str, Entry]
                 ) -> list[tuple[Entry, Entry]]:
-        """Pairs (old, new) that are one file under two names: by inode, then by content;
-        the pairs are taken out of ``gone`` and ``new``."""
+        """Pairs (old, new) that are one file under two names: by inode, by first data
+        run and birth time (FAT: a directory entry moves with its name, its clusters do
+        not), then by content; the pairs are taken out of ``gone`` and ``new``."""
         pairs = []
         by_inode = {e.inode: e for e in gone.values()}
         for path, now in sorted(new.items()):
             old = by_inode.get(now.inode)
             if old is not None and old.path in gone and old.same_identity(now) \
+                    and not self.named_after_another(now, old, gone):
+                pairs.append((gone.pop(old.path), new.pop(path)))
+        starts = pd.Series([_birth_and_start(e) for e in gone.values()], dtype=object)
+        unique = ~starts.duplicated(keep=False) & starts.notna()
+        by_start = dict(zip(starts[unique], np.array(list(gone.values()), dtype=object)[unique]))
+        for path, now in sorted(new.items()):
+            old = by_start.get(_birth_and_start(now))
+            if old is not None and old.path in gone and old.path != path \
                     and not self.named_after_another(now, old, gone):
                 pairs.append((gone.pop(old.path), new.pop(path)))
         digests: dict[tuple[int, str], Entry] = {}
@@ -266,28 +325,39 @@ class _Comparison:
             return None
         return gone[near[0][1]]
 
-    def compare_files(self, change: str, old: Entry, new: Entry) -> None:
+    def compare_files(self, change: str, old: Entry, new: Entry,
+                      replaced: Entry | None = None) -> None:
         touched = self.touched(old), self.touched(new)
         meta = (old.size, old.mtime) != (new.size, new.mtime)
         moved = not old.same_extents(new)
         resident = old.resident is not None or new.resident is not None
+        aspects = _metadata_changes(old, new)
         if change == "modified" and not (meta or moved or resident or touched[0].size
-                                         or touched[1].size or old.ctime != new.ctime):
+                                         or touched[1].size or aspects):
             return
         if moved or resident:  # written elsewhere (or in the metadata): whole contents
             before, after = self.stats(0, old), self.stats(1, new)
         else:  # same runs: only bytes inside changed blocks can differ
             before = _stats(self.disks[0], old, touched[0])
             after = _stats(self.disks[1], new, touched[1])
-        if change == "renamed" or meta or before.sha256 != after.sha256:
+        content = before.sha256 != after.sha256 or old.size != new.size
+        what = [name for name, differs in (
+            ("target" if new.kind == "symlink" else "content", content),
+            ("size", old.size != new.size), ("mtime", old.mtime != new.mtime)) if differs]
+        what += [a for a in aspects if a != "ctime" or not (what or change == "renamed")]
+        if change == "renamed":
+            what.insert(0, "name")
+        if change == "renamed" or content or meta or what:
             appended = 0 < before.size < after.size and after.random_segments > 0 and \
                 _starts_with(self.disks[1], new, None if moved or resident else touched[1],
                              before)
-            self.add(change, old, new, before, after, appended=appended)
+            self.add(change, old, new, before, after, appended=appended, what=what,
+                     replaced=replaced)
 
     def add(self, change: str, old: Entry | None, new: Entry | None,
             before: ByteStats | None = None, after: ByteStats | None = None,
-            counterpart: Entry | None = None, appended: bool = False) -> None:
+            counterpart: Entry | None = None, appended: bool = False,
+            what: list[str] | None = None, replaced: Entry | None = None) -> None:
         if before is None:
             before = self.stats(0, old)
         if after is None:
@@ -308,7 +378,15 @@ class _Comparison:
         if change == "renamed" and old is not None and new is not None:
             evidence.insert(0, f"renamed from {old.path} (inode {old.inode})"
                             + ("" if before is None or before.sha256 == after.sha256
-                               else "; content changed"))
+                               else "; content changed")
+                            + ("" if replaced is None else
+                               f"; replaced the file of that name (inode {replaced.inode}, "
+                               f"{replaced.size} bytes)"))
+        elif change == "modified" and old is not None and new is not None \
+                and not old.same_file(new):
+            evidence.insert(0, "another file under the same name now (inode "
+                            + (f"{old.inode} reused)" if old.inode == new.inode
+                               else f"{old.inode} -> {new.inode})"))
         self.rows.append({
             "path": entry.path, "type": entry.type, "change": change,
             "entropy_before": before.entropy if before is not None else 0.0,
@@ -320,8 +398,9 @@ class _Comparison:
             "inode": entry.inode, "content_before": kind_before or "",
             "content_after": kind_after or "", "random_segments": after.random_segments,
             "segments": after.segments, "evidence": evidence,
-            "replaces": counterpart.path if counterpart is not None else "",
-            "explained": explained})
+            "replaces": counterpart.path if counterpart is not None
+            else replaced.path if replaced is not None else "",
+            "explained": explained, "what_changed": ",".join(what or [])})
         for side, item in (("a", old), ("b", new)):
             if item is not None:
                 for start, stop in self.touched(item).tolist():

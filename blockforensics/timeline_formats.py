@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
                    "uid", "gid", "atime", "mtime", "ctime", "crtime", "sha256", "md5",
-                   "suspected_encryption", "runs"]
+                   "suspected_encryption", "runs", "kind"]
 #: MACB letter, column, Timesketch/plaso description
 TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
          ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
@@ -88,13 +89,14 @@ def file_versions(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
                 "sha256": sha if entry.type == "file" else "",
                 "md5": md5 if entry.type == "file" else "",
                 "suspected_encryption": bool(row.suspected_encryption),
-                "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()]})
+                "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
+                "kind": entry.kind or entry.type})
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
 def _mode_string(kind: str, mode: int) -> str:
-    """TSK's body-file mode, e.g. ``r/rrw-r--r--``."""
-    t = "d" if kind == "dir" else "r"
+    """TSK's body-file mode, e.g. ``r/rrw-r--r--`` (``kind``: file, dir, symlink)."""
+    t = {"dir": "d", "symlink": "l"}.get(kind, "r")
     return f"{t}/{t}{stat.filemode(mode & 0o7777)[1:]}"
 
 
@@ -106,10 +108,27 @@ def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
 
+#: control characters (TSK's ``fls -m`` prints each as "^": one record a line)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: what XML 1.0 cannot hold, even escaped
+_NOT_XML = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _body_name(v: Any) -> str:
+    """A version's name for a body file: "|" (the separator) as "_", control characters
+    as "^", as TSK's ``fls -m`` writes them."""
+    return _CONTROL.sub("^", _name(v).replace("|", "_"))
+
+
+def _xml_text(text: str) -> str:
+    """Text XML 1.0 can hold: other characters (control bytes, CR) as ``\\xNN``."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def write_bodyfile(versions: pd.DataFrame, out: io.TextIOBase) -> None:
     for v in versions.itertuples():
-        name = _name(v).replace("|", "_")
-        out.write(f"{v.md5 or 0}|{name}|{v.inode}|{_mode_string(v.type, v.mode)}|{v.uid}|"
+        name = _body_name(v)
+        out.write(f"{v.md5 or 0}|{name}|{v.inode}|{_mode_string(v.kind, v.mode)}|{v.uid}|"
                   f"{v.gid}|{v.size}|{v.atime}|{v.mtime}|{v.ctime}|{v.crtime}\n")
 
 
@@ -179,7 +198,7 @@ def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") ->
     sub(sub(root, "source"), "image_filename", source)
     for v in versions.itertuples():
         obj = sub(root, "fileobject")
-        sub(obj, "filename", v.path)
+        sub(obj, "filename", _xml_text(v.path))
         sub(obj, "filesize", v.size)
         sub(obj, "alloc", 0 if v.change == "deleted" else 1)
         sub(obj, "inode", v.inode)
@@ -201,7 +220,7 @@ def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") ->
             sub(obj, "hashdigest", v.md5, type="md5")
             sub(obj, "hashdigest", v.sha256, type="sha256")
         for tag, value in (("point", v.point), ("change", v.change),
-                           ("old_path", v.old_path or None),
+                           ("old_path", _xml_text(v.old_path) if v.old_path else None),
                            ("suspected_encryption", str(v.suspected_encryption).lower())):
             if value is not None:
                 ET.SubElement(obj, f"{{{BF_NS}}}{tag}").text = str(value)

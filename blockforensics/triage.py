@@ -14,7 +14,14 @@ files) and measured:
   compared with, and its files are read already;
 - ``destroyed``: files whose content is gone with nothing in its place — emptied
   (truncated to 0 bytes, or their changed bytes all one value where they were not:
-  a wiper's zeros) plus the files deleted beyond those created;
+  a wiper's zeros), unless a new file named after it took its content beside it (a
+  log rotated with ``copytruncate``: ``app.log`` emptied, ``app.log.1.gz`` new) —
+  plus the files deleted beyond those created, when packed data (compressed or
+  random) of at least :data:`PACKED_SHARE` of their bytes appeared with them (an
+  archive that took them in: the archive-and-delete attack) or when they are at
+  least :data:`DELETED_SHARE` of the files there were. A deletion alone (a cache
+  emptied, old packages or logs removed) leaves the blocks as they were and is
+  counted among the ``deleted``, a volume of change;
 - ``suspected_files``: files :func:`blockforensics.evidence.judge` suspects of
   encryption; ``rule_hits``: files a YARA rule matched (ransom notes).
 
@@ -39,6 +46,7 @@ up to the full) is clean — the point to restore from; None when there is none.
 
 from __future__ import annotations
 
+import bisect
 import importlib.resources
 import os
 import time
@@ -51,7 +59,7 @@ import pandas as pd
 
 from blockforensics import forensics
 from blockforensics.errors import UsageError
-from blockforensics.evidence import HEAD_BYTES
+from blockforensics.evidence import COMPRESSED, HEAD_BYTES
 from blockforensics.tsk import Listing
 
 if TYPE_CHECKING:
@@ -66,6 +74,13 @@ BASELINE_MIN = 2
 BASELINE_K = 4.0
 FLOORS = {"change_rate": 0.05, "created": 10, "deleted": 10, "renamed": 5,
           "unexplained_high_entropy": 0.10, "destroyed": 10}
+#: deletions count as destroyed when packed data of at least this share of their bytes
+#: appeared in the same interval (an archive that took them in) …
+PACKED_SHARE = 0.05
+#: … or when they are at least this share of the files at the parent point
+DELETED_SHARE = 0.5
+#: what separates a rotated copy's name from its original's (``app.log.1``, ``app.log-2026``)
+ROTATION_SEPARATORS = (".", "-", "_")
 #: metrics whose anomaly makes a point suspicious (the others are volumes of change)
 ALARMS = ("unexplained_high_entropy", "destroyed")
 #: files listed per point (the most suspicious first)
@@ -134,9 +149,10 @@ def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> n
                                                                owners["length"])])
 
 
-def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules: Any
-             ) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """The point's metrics and, per file path, the YARA rules it matched."""
+def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
+             before: Listing | None, rules: Any) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """The point's metrics and, per file path, the YARA rules it matched (``listing``:
+    the point's files, ``before``: its parent's, None for a full)."""
     files = result.files[result.files["type"] == "file"]
     counts = files["change"].value_counts()
     disk = chain.disk(result.b)
@@ -146,9 +162,13 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules
         positions = positions[:0]
     entropy = forensics.block_entropy(disk, positions)
     high = entropy >= HIGH_BLOCK_ENTROPY
-    explained = files[files["explained"] | _new_data(files)]
-    if len(explained) and high.any():
-        owned = np.concatenate([_owned_blocks(result, p) for p in explained["path"]]
+    explained = files.loc[files["explained"] | _new_data(files), "path"]
+    # a block that changed for its metadata can keep a deleted packed file's old bytes
+    # (a 4 KiB block over 512-byte FAT clusters): their randomness is not new
+    left = files.loc[(files["change"] == "deleted") & _packed(files, "before"), "path"]
+    if (len(explained) or len(left)) and high.any():
+        owned = np.concatenate([_owned_blocks(result, p) for p in explained]
+                               + [_owned_blocks(result, p, "a") for p in left]
                                + [np.empty(0, np.int64)])
         high &= ~np.isin(positions, owned)
     present = int(chain.layout(result.b).present().count())
@@ -166,19 +186,63 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing, rules
         **{c: int(counts.get(c, 0)) for c in ("created", "deleted", "renamed", "modified")},
         "high_entropy_blocks": int((entropy >= HIGH_BLOCK_ENTROPY).sum()),
         "unexplained_high_entropy": float(high.mean()) if high.size else 0.0,
-        "destroyed": int(_emptied(files).sum())
-        + max(0, int(counts.get("deleted", 0)) - int(counts.get("created", 0))),
+        "destroyed": int(_emptied(files).sum()) + _destroyed_by_deletion(files, before),
         "suspected_files": int(files["suspected_encryption"].sum()),
         "rule_hits": len(hits),
     }, hits
 
 
 def _emptied(files: pd.DataFrame) -> pd.Series:
-    """Which rows are files whose content was wiped: truncated to nothing, or the bytes
-    compared all one value (entropy 0 bits per byte) where they were not."""
+    """Which rows are files whose content was wiped: truncated to nothing — unless a
+    rotated copy took it (:func:`_rotated`) — or the bytes compared all one value
+    (entropy 0 bits per byte) where they were not."""
     kept = files["change"].isin(["modified", "renamed"]) & (files["size_before"] > 0)
-    return kept & ((files["size_after"] == 0) | ((files["entropy_after"] == 0)
-                                                  & (files["entropy_before"] > 0)))
+    empty = files["size_after"] == 0
+    zeroed = ~empty & (files["entropy_after"] == 0) & (files["entropy_before"] > 0)
+    return kept & ((empty & ~_rotated(files)) | zeroed)
+
+
+def _rotated(files: pd.DataFrame) -> pd.Series:
+    """Which rows have a new or changed file beside them named after them and a
+    separator (``app.log`` -> ``app.log.1``, ``app.log-20261203.gz``): where a rotation
+    copied their content before truncating them."""
+    written = sorted(files.loc[files["change"] != "deleted", "path"])
+
+    def has_copy(path: str) -> bool:
+        for separator in ROTATION_SEPARATORS:
+            prefix = path + separator
+            at = bisect.bisect_left(written, prefix)
+            if at < len(written) and written[at].startswith(prefix):
+                return True
+        return False
+
+    return files["path"].map(has_copy).astype(bool)
+
+
+def _packed(files: pd.DataFrame, side: str) -> pd.Series:
+    """Which rows' content was packed at ``side`` ("before" or "after"): of a compressed
+    format by signature, or random (entropy at least :data:`HIGH_BLOCK_ENTROPY`)."""
+    return (files[f"content_{side}"].isin(COMPRESSED)
+            | (files[f"entropy_{side}"] >= HIGH_BLOCK_ENTROPY))
+
+
+def _destroyed_by_deletion(files: pd.DataFrame, before: Listing | None) -> int:
+    """The files deleted beyond those created, when they count as destroyed: packed data
+    of at least :data:`PACKED_SHARE` of their bytes appeared with them, or they are at
+    least :data:`DELETED_SHARE` of the parent's files; else 0 (see the module's
+    documentation)."""
+    change = files["change"]
+    gone = (change == "deleted") | ((change == "renamed") & (files["replaces"] != ""))
+    surplus = int(gone.sum()) - int((change == "created").sum())  # renamed over: gone too
+    if surplus <= 0:
+        return 0
+    deleted_bytes = int(files.loc[gone, "size_before"].sum())
+    packed_bytes = int(files.loc[(change != "deleted") & _packed(files, "after"),
+                                 "size_after"].sum())
+    present = 0 if before is None else sum(e.type == "file" for e in before.entries.values())
+    if packed_bytes >= PACKED_SHARE * deleted_bytes or surplus >= DELETED_SHARE * present:
+        return surplus
+    return 0
 
 
 def _new_data(files: pd.DataFrame) -> pd.Series:
@@ -338,7 +402,7 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
     for p in range(len(chain)):
         parent = chain.parent(p)
         result = forensics.point_diff(chain, p, listings)
-        metrics, hits = _measure(chain, result, listings[p], compiled)
+        metrics, hits = _measure(chain, result, listings[p], listings.get(parent), compiled)
         t = PointTriage(p, parent, str(rows[p]["label"]), str(rows[p]["created"]), metrics,
                         diff=result)
         history = [q.metrics for q in points if q.parent is not None and q.verdict == "clean"]

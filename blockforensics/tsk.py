@@ -18,7 +18,9 @@ the caller reports it rather than stopping.
 
 from __future__ import annotations
 
+import calendar
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,8 +51,16 @@ def pytsk3() -> Any:
 def open_fs(image: Any, offset: int) -> Any:
     """``pytsk3.FS_Info`` of a :func:`ChainImgInfo` at byte ``offset``.  A block that failed
     its check while TSK read is raised as itself (pytsk3 reports it as a RuntimeError)."""
+    tsk = pytsk3()
+
+    class _FSInfo(tsk.FS_Info):  # type: ignore[name-defined]
+        """Keeps its image and its byte offset there: raw metadata TSK reads wrong is read
+        again (:func:`_ext_times`)."""
+
     try:
-        return pytsk3().FS_Info(image, offset=offset)
+        fs = _FSInfo(image, offset=offset)
+        fs.image, fs.offset = image, offset
+        return fs
     except RuntimeError:
         if image.failed is not None:
             raise image.failed from None
@@ -104,17 +114,34 @@ class Entry:
     resident: bytes | None = None  # the content itself, when stored in the metadata
     children: frozenset[str] = frozenset()
     deleted: bool = False
+    kind: str = ""  # "file", "dir" or "symlink" ("" as ``type``); a symlink's content: its target
+    crtime_ns: int = 0  # nanoseconds within ``crtime`` (when recorded)
+    mtime_ns: int = 0  # nanoseconds within ``mtime``
+    ctime_ns: int = 0  # nanoseconds within ``ctime``
+    seq: int = 0  # NTFS MFT record sequence number (bumped on reuse); 0 elsewhere
+    nlink: int = 0  # names the inode has (hard links)
+    streams: tuple[tuple[str, int], ...] = ()  # named data streams (NTFS ADS): name, size
+    fs: str = ""  # the file system: "fat", "exfat", "ext", "ntfs", "hfs", ... ("": unknown)
+
+    def same_file(self, other: Entry) -> bool:
+        """The same inode (MFT record: same sequence) born at the same time, when
+        recorded: one file, whatever it holds now."""
+        if self.type != other.type or self.inode != other.inode or self.seq != other.seq:
+            return False
+        return not (self.crtime and other.crtime
+                    and (self.crtime, self.crtime_ns) != (other.crtime, other.crtime_ns))
 
     def same_extents(self, other: Entry) -> bool:
         return np.array_equal(self.extents, other.extents)
 
     def same_identity(self, other: Entry) -> bool:
-        """The same file under another name: same type, same birth time (when recorded)
-        and the same first data run (or, with no runs, the same size)."""
-        if self.type != other.type or self.inode != other.inode:
+        """The same file under another name: :meth:`same_file`, and unless the birth time
+        is recorded to below the second (ext4, NTFS), the same first data run (or,
+        with no runs, the same size): an inode or FAT slot reused within a second."""
+        if not self.same_file(other):
             return False
-        if self.crtime and other.crtime and self.crtime != other.crtime:
-            return False
+        if self.crtime_ns or other.crtime_ns:  # birth to the nanosecond: that says it all
+            return True
         if len(self.extents) and len(other.extents):
             return bool(self.extents[0, 0] == other.extents[0, 0])
         return self.size == other.size
@@ -217,12 +244,125 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
            deleted: bool = False) -> Entry:
     meta = fs_file.info.meta
     is_dir = meta.type == tsk.TSK_FS_META_TYPE_DIR
+    is_link = meta.type == tsk.TSK_FS_META_TYPE_LNK
     extents, resident = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size))
+    if is_link and meta.link:  # the target, kept in the inode or read by TSK
+        target = meta.link if isinstance(meta.link, bytes) else str(meta.link).encode()
+        extents, resident = np.empty((0, 2), np.int64), target
+    times = {name: int(getattr(meta, name)) for name in ("mtime", "atime", "ctime", "crtime")}
+    nanos = {name: int(getattr(meta, f"{name}_nano", 0) or 0) for name in times}
+    fs_name = _fs_name(tsk, fs)
+    if fs_name == "ntfs":
+        times, nanos = _ntfs_times(tsk, fs_file, times, nanos)
+    elif fs_name in ("fat", "exfat"):
+        times = _fat_times(times)
+    elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
+        times = _ext_times(fs, fs.offset, int(meta.addr), times)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
-                 size=int(meta.size), mtime=int(meta.mtime), atime=int(meta.atime),
-                 ctime=int(meta.ctime), crtime=int(meta.crtime), mode=int(meta.mode),
+                 size=int(meta.size), mtime=times["mtime"], atime=times["atime"],
+                 ctime=times["ctime"], crtime=times["crtime"], mode=int(meta.mode),
                  uid=int(meta.uid), gid=int(meta.gid), extents=extents,
-                 resident=None if is_dir else resident, deleted=deleted)
+                 resident=None if is_dir else resident, deleted=deleted,
+                 kind="dir" if is_dir else "symlink" if is_link else "file",
+                 crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"], ctime_ns=nanos["ctime"],
+                 seq=int(meta.seq),
+                 nlink=int(meta.nlink), streams=_streams(tsk, fs_file),
+                 fs=fs_name)
+
+
+def _fs_name(tsk: Any, fs: Any) -> str:
+    """A short name of the file system's type (TSK's detect masks)."""
+    ftype = int(fs.info.ftype)
+    if ftype == int(getattr(tsk, "TSK_FS_TYPE_EXFAT", -1)):  # a value inside FAT's mask
+        return "exfat"
+    for name in ("fat", "ext", "ntfs", "hfs", "iso9660", "ufs", "yaffs2", "apfs"):
+        mask = getattr(tsk, f"TSK_FS_TYPE_{name.upper()}_DETECT", None)
+        if mask is not None and ftype & int(mask):
+            return name
+    return "other"
+
+
+def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int], ...]:
+    """Named data streams (NTFS alternate data streams): name and size."""
+    return tuple(sorted((attr.info.name.decode("utf-8", "replace"), int(attr.info.size))
+                        for attr in fs_file
+                        if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA and attr.info.name))
+
+
+def _fat_times(times: dict[str, int]) -> dict[str, int]:
+    """FAT times as written, read as UTC whatever this machine's time zone: a FAT time
+    is the writer's wall clock with no zone, and TSK converts it with ``mktime`` (the
+    analyst's zone), so a timeline would move with the machine that made it."""
+    if time.timezone == 0 and not time.daylight:
+        return times
+    return {name: calendar.timegm((*time.localtime(value)[:6], 0, 0, 0)) if value else 0
+            for name, value in times.items()}
+
+
+#: 100 ns intervals from 1601-01-01 to 1970-01-01
+_FILETIME_EPOCH = 116444736000000000
+#: $STANDARD_INFORMATION: byte offsets of crtime, mtime, MFT change (ctime), atime
+_SI_TIMES = {"crtime": 0, "mtime": 8, "ctime": 16, "atime": 24}
+
+
+def _ntfs_times(tsk: Any, fs_file: Any, times: dict[str, int], nanos: dict[str, int]
+                ) -> tuple[dict[str, int], dict[str, int]]:
+    """MACB times from ``$STANDARD_INFORMATION`` itself: TSK gives 0 for a time before
+    1970 and drops nothing else, but its 100 ns are read here too."""
+    for attr in fs_file:
+        if attr.info.type != tsk.TSK_FS_ATTR_TYPE_NTFS_SI:
+            continue
+        raw = fs_file.read_random(0, 32, tsk.TSK_FS_ATTR_TYPE_NTFS_SI, attr.info.id)
+        if len(raw) < 32:
+            break
+        for name, offset in _SI_TIMES.items():
+            ticks = int.from_bytes(raw[offset : offset + 8], "little") - _FILETIME_EPOCH
+            seconds, rest = divmod(ticks, 10_000_000)
+            times[name], nanos[name] = seconds, rest * 100
+        break
+    return times, nanos
+
+
+#: ext inode: byte offsets of (seconds, extra) for each time; extra's low 2 bits: epoch
+_EXT_TIMES = {"atime": (0x08, 0x8C), "ctime": (0x0C, 0x84), "mtime": (0x10, 0x88),
+              "crtime": (0x90, 0x94)}
+
+
+def _ext_times(fs: Any, fs_offset: int, inode: int, times: dict[str, int]) -> dict[str, int]:
+    """ext times read from the inode itself when TSK's may be wrong: TSK reads the 32-bit
+    seconds unsigned and ignores the epoch bits, so 1901-1969 come out as 2038-2106.
+    The kernel's rule: signed seconds + (epoch bits << 32)."""
+    raw = _ext_inode(fs, fs_offset, inode)
+    if raw is None:
+        return times
+    extra = 128 + int.from_bytes(raw[128:130], "little") if len(raw) > 128 else 128
+    out = dict(times)
+    for name, (lo, hi) in _EXT_TIMES.items():
+        if lo + 4 > (extra if name == "crtime" else 128) or name not in times:
+            continue
+        seconds = int.from_bytes(raw[lo : lo + 4], "little", signed=True)
+        epoch = int.from_bytes(raw[hi : hi + 4], "little") & 3 if hi + 4 <= extra else 0
+        out[name] = seconds + (epoch << 32)
+    return out
+
+
+def _ext_inode(fs: Any, fs_offset: int, inode: int) -> bytes | None:
+    """The raw inode record, read through TSK's image (superblock and group descriptor)."""
+    reader = getattr(fs, "image", None)
+    if reader is None:
+        return None
+    sb = reader.read(fs_offset + 1024, 1024)
+    per_group, inode_size = (int.from_bytes(sb[40:44], "little"),
+                             int.from_bytes(sb[88:90], "little") or 128)
+    block_size = 1024 << int.from_bytes(sb[24:28], "little")
+    is64 = bool(int.from_bytes(sb[96:100], "little") & 0x80)
+    desc_size = max(int.from_bytes(sb[254:256], "little"), 64) if is64 else 32
+    group, index = divmod(inode - 1, per_group)
+    table_block = (int.from_bytes(sb[20:24], "little") + 1) * block_size
+    desc = reader.read(fs_offset + table_block + group * desc_size, desc_size)
+    table = int.from_bytes(desc[8:12], "little") | (
+        int.from_bytes(desc[40:44], "little") << 32 if is64 else 0)
+    return reader.read(fs_offset + table * block_size + index * inode_size, inode_size)
 
 
 def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
@@ -231,7 +371,8 @@ def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
     is_ntfs = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_NTFS_DETECT))
     flag = tsk.TSK_FS_NAME_FLAG_ALLOC if allocated else tsk.TSK_FS_NAME_FLAG_UNALLOC
     return (text in (".", "..") or meta is None or not int(name.flags) & int(flag)
-            or meta.type not in (tsk.TSK_FS_META_TYPE_REG, tsk.TSK_FS_META_TYPE_DIR)
+            or meta.type not in (tsk.TSK_FS_META_TYPE_REG, tsk.TSK_FS_META_TYPE_DIR,
+                                 tsk.TSK_FS_META_TYPE_LNK)
             or (is_fat and text.endswith("(Volume Label Entry)"))
             or (is_ntfs and text.startswith("$") and int(meta.addr) < 27))
 
@@ -340,7 +481,12 @@ def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | No
             continue  # TSK's path lookup also finds deleted names
         entry = _entry(tsk, fs, to_disk, path, fs_file)
 
-        def chunks(fs_file: Any = fs_file, size: int = entry.size) -> Iterator[bytes]:
+        def chunks(fs_file: Any = fs_file, size: int = entry.size,
+                   target: bytes | None = entry.resident if entry.kind == "symlink" else None
+                   ) -> Iterator[bytes]:
+            if target is not None:
+                yield target  # the target (TSK reads a fast symlink as zeros)
+                return
             for lo in range(0, size, CHUNK_BYTES):
                 yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
 

@@ -97,7 +97,7 @@ def test_local_cluster_of_two_processes_triages_verifies_and_times_a_fleet(
     assert frame.set_index(frame["path"].map(lambda p: Path(p).name)).loc[BROKEN, "status"] \
         == "error"
     report = triaged.report()
-    assert f"{N_CHAINS} chains, {N_CHAINS - 1} ok, 1 failed" in report
+    assert f"{N_CHAINS} chains: {N_CHAINS - 3} clean, 2 suspicious, 0 encrypted, 1 failed" in report
     assert f"{BROKEN}: ERROR" in report
 
     assert [r["status"] for r in verified.records].count("error") == 1
@@ -168,3 +168,51 @@ def test_a_scheduler_address_that_is_no_address_is_a_usage_error(address: str,
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "not a scheduler address" in done.stderr and "Traceback" not in done.stderr
+
+
+def _keyed_fleet(root: Path) -> tuple[Path, Path]:
+    """Three chains — plain, and two encrypted with keys of their own — and a directory
+    holding the two keys as NAME.key."""
+    from blockforensics.crypto import KeySource
+
+    keys = root / "keys"
+    keys.mkdir()
+    for name in ("plain", "finance", "hr"):
+        key = None
+        if name != "plain":
+            (keys / f"{name}.key").write_bytes(os.urandom(32))
+            key = KeySource.from_file(keys / f"{name}.key")
+        chain = Chain.create(root / "chains" / name, key)
+        backup(chain, Volume.from_bytes(TEXT[: 64 * 4096]))
+        chain.close()
+    return root / "chains", keys
+
+
+def test_encrypted_chains_are_read_with_their_own_keys(tmp_path: Path) -> None:
+    chains, keys = _keyed_fleet(tmp_path)
+    with Fleet(workers=1, dashboard=False) as fleet:
+        each = fleet.run("verify", [chains], key_dir=keys)
+        (keys / "hr.key").rename(tmp_path / "hr.key")
+        one_missing = fleet.run("triage", [chains], key_dir=keys)
+        one_for_all = fleet.run("timeline", [chains], key_file=keys / "finance.key")
+    assert each.ok and each.findings() == {"sound": 3, "damaged": 0, "failed": 0}
+    assert all(r["result"]["authenticated"] for r in each.records
+               if Path(r["path"]).name != "plain")
+    assert each.report().startswith("fleet verify: 3 chains: 3 sound, 0 damaged, 0 failed")
+    errors = {Path(r["path"]).name: r["error"] for r in one_missing.errors()}
+    assert list(errors) == ["hr"] and "give its key" in errors["hr"]
+    assert one_missing.findings() == {"clean": 2, "suspicious": 0, "encrypted": 0, "failed": 1}
+    assert [Path(r["path"]).name for r in one_for_all.errors()] == ["hr"]  # not its key
+
+
+@pytest.mark.parametrize("option", [["--key-dir", "missing"], ["--key-file", "missing"],
+                                    ["--key-file", "keys/hr.key", "--key-dir", "keys"]])
+def test_a_missing_key_file_or_directory_is_a_usage_error(option: list[str],
+                                                          tmp_path: Path) -> None:
+    chains, _ = _keyed_fleet(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "fleet", "verify",
+                           str(chains), *(o if o.startswith("--") else str(tmp_path / o)
+                                          for o in option)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

@@ -325,3 +325,133 @@ def test_a_wiper_emptying_files_is_suspicious(red_team):
     assert any(r.startswith("destroyed 12 above the baseline") for r in point["reasons"])
     memo = {f["path"]: f for f in point["files"]}[MEMOS[3]]
     assert memo["emptied"] and "emptied: 1200 -> 0 bytes" in memo["evidence"]
+
+
+DOCS = [f"/home/u/doc{i:02d}.txt" for i in range(40)]
+LOGS = [f"/var/log/svc{i:02d}.log" for i in range(14)]
+DEBS = [f"/var/cache/apt/archives/pkg{i:02d}.deb" for i in range(40)]
+
+
+def _destruction_days(rng):
+    """Nine days: three ordinary; then a log rotation by copytruncate, the package cache
+    emptied, a user's tidy-up (benign, loud); then documents archived into a zip and
+    deleted, documents zeroed in place, and most files deleted (destructive).  Returns
+    (days, verdicts)."""
+    import gzip
+    import zipfile
+
+    from blockforensics.datasets.investigation import _text
+
+    logs = {path: _text(rng, 20_000) for path in LOGS}
+    deb = b"!<arch>\ndebian-binary   "  # an ar archive, as a .deb is; its members packed
+    archive = io.BytesIO()  # the attacker's archive of 14 documents: encrypted members
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("loot.bin", rng.bytes(16_000))
+    days = [
+        [*[("mkdir", d, None) for d in ("/var", "/var/log", "/var/cache", "/var/cache/apt",
+                                        "/var/cache/apt/archives", "/home", "/home/u")],
+         *[("write", path, data) for path, data in logs.items()],
+         *[("write", path, deb + rng.bytes(20_000)) for path in DEBS],
+         *[("write", path, _text(rng, 3000)) for path in DOCS]],
+        [("write", DOCS[0], _text(rng, 3100))],
+        [("write", DOCS[1], _text(rng, 3200))],
+        # benign: every log copied to a compressed rotated file, then truncated
+        [op for path, data in logs.items()
+         for op in (("write", f"{path}.1.gz", gzip.compress(data, mtime=0)),
+                    ("write", path, b""))],
+        [("delete", path, None) for path in DEBS],  # benign: apt-get clean
+        [("delete", path, None) for path in DOCS[2:14]],  # benign: a user tidies up
+        # destructive: 14 documents taken into an archive, then deleted
+        [("write", "/home/u/backup.zip", archive.getvalue()),
+         *[("delete", path, None) for path in DOCS[14:28]]],
+        [("overwrite", path, bytes(3000)) for path in DOCS[28:40]],  # a wiper's zeros
+        # destructive: nearly every file deleted (none overwritten)
+        [("delete", path, None) for path in
+         [*LOGS, *(f"{p}.1.gz" for p in LOGS), *DOCS[28:40]]],
+    ]
+    return days, ["clean"] * 6 + ["suspicious"] * 3
+
+
+@pytest.fixture(scope="module", params=["ext4", pytest.param("fat32", marks=pytest.mark.slow)])
+def destruction(request, tmp_path_factory):
+    from blockforensics.datasets.ransomware import play
+
+    _require_history_tools(request.param)
+    days, verdicts = _destruction_days(np.random.default_rng(11))
+    chain_dir, _ = play(tmp_path_factory.mktemp(request.param), request.param, days,
+                        48 << 20)
+    return triage.triage_chain(chain_dir), verdicts
+
+
+def test_rotation_cache_cleaning_and_tidying_up_stay_clean(destruction):
+    doc, verdicts = destruction
+    assert [p["verdict"] for p in doc["points"]] == verdicts
+    assert doc["last_clean_point"] == 5
+    rotation, cleaning, tidying = doc["points"][3:6]
+    assert rotation["metrics"]["destroyed"] == 0 and not _flagged(rotation)
+    for point, deleted in ((cleaning, len(DEBS)), (tidying, 12)):
+        assert point["metrics"]["deleted"] == deleted and point["metrics"]["destroyed"] == 0
+        assert any(r.startswith(f"deleted {deleted} above the baseline") and
+                   "a volume of change" in r for r in point["reasons"])
+
+
+def test_archived_zeroed_or_mass_deleted_files_are_destroyed(destruction):
+    doc, _ = destruction
+    archived, zeroed, wiped = doc["points"][6:9]
+    assert archived["metrics"]["destroyed"] == 14 - 1  # deleted beyond the archive created
+    assert zeroed["metrics"]["destroyed"] == 12
+    assert {f["path"] for f in zeroed["files"] if f["emptied"]} == set(DOCS[28:40])
+    assert wiped["metrics"]["destroyed"] == wiped["metrics"]["deleted"] == 40
+    for point in (archived, zeroed, wiped):
+        assert any(r.startswith("destroyed ") for r in point["reasons"])
+
+
+VSS_STORE = ("/System Volume Information/{5a3b0c2e-7d41-4f2a-9b8e-1c6d2e4f8a90}"
+             "{3808876b-c176-4e48-b7ae-04046e6cc752}")
+SYSTEM_FILES = ["/pagefile.sys", "/hiberfil.sys", VSS_STORE, "/swap.img"]
+
+
+def _system_file_days(rng, swap: bytes):
+    """Five days: paging, hibernation, shadow-copy and swap files written, two ordinary
+    days, all of them rewritten with random bytes (the system ran, hibernated, took a
+    shadow copy), then the same and one document encrypted."""
+    from blockforensics.datasets.investigation import _text
+
+    def system_files(fill):
+        return [("write", "/pagefile.sys", fill(256 << 10)),
+                ("write", "/hiberfil.sys", b"HIBR" + fill((128 << 10) - 4)),
+                ("write", VSS_STORE, fill(128 << 10)),
+                ("write", "/swap.img", swap[:4096] + fill(len(swap) - 4096))]
+
+    docs = {f"/docs/d{i}.txt": _text(rng, 8000) for i in range(4)}
+    return [
+        [("mkdir", "/System Volume Information", None), ("mkdir", "/docs", None),
+         *system_files(bytes), *[("write", p, d) for p, d in docs.items()]],
+        [("write", "/docs/d0.txt", docs["/docs/d0.txt"] + b"more\n")],
+        [("write", "/docs/d1.txt", docs["/docs/d1.txt"] + b"more\n")],
+        system_files(rng.bytes),
+        [*system_files(rng.bytes), ("overwrite", "/docs/d2.txt", rng.bytes(8000))],
+    ]
+
+
+@pytest.mark.parametrize("fs", ["ext4", pytest.param("fat32", marks=pytest.mark.slow)])
+def test_paging_hibernation_shadow_copy_and_swap_files_are_not_encryption(fs, tmp_path):
+    from blockforensics.datasets.ransomware import play
+
+    _require_history_tools(fs)
+    require_tools("mkswap")
+    swap = tmp_path / "swap"
+    swap.write_bytes(bytes(256 << 10))
+    subprocess.run(["mkswap", str(swap)], check=True, capture_output=True)
+    days = _system_file_days(np.random.default_rng(5), swap.read_bytes())
+    chain_dir, _ = play(tmp_path / fs, fs, days, 48 << 20)
+    doc = triage.triage_chain(chain_dir)
+    assert [p["verdict"] for p in doc["points"]] == ["clean"] * 4 + ["encrypted"]
+    for point in doc["points"][3:]:
+        files = {f["path"]: f for f in point["files"]}
+        assert set(SYSTEM_FILES) <= set(files)
+        for path in SYSTEM_FILES:
+            assert not files[path]["flagged"], (path, files[path]["evidence"])
+    assert doc["points"][3]["metrics"]["high_entropy_blocks"] > 100
+    assert doc["points"][3]["metrics"]["unexplained_high_entropy"] == 0
+    assert _flagged(doc["points"][4]) == {"/docs/d2.txt"}

@@ -131,6 +131,13 @@ class _FatVolume(_Volume):
         self.run(require("mren"), "-i", str(self.image), f"::{path}", f"::{new_path}")
 
 
+def _quoted(path: str) -> str:
+    """``path`` as one argument of a debugfs request (which splits on blanks)."""
+    if '"' in path:
+        raise ValueError(f"debugfs cannot name a path holding a double quote: {path!r}")
+    return f'"{path}"'
+
+
 class _ExtVolume(_Volume):
     root_entries = ("/", "/lost+found")
 
@@ -147,11 +154,12 @@ class _ExtVolume(_Volume):
                        for command in commands)
 
     def mkdir(self, path: str, mtime: int) -> None:
-        self.debugfs(f"mkdir {path}", *self.born(path, mtime))
+        self.debugfs(f"mkdir {_quoted(path)}", *self.born(path, mtime))
 
     def write(self, path: str, data: bytes, mtime: int) -> None:
         host = self.host_file(data, mtime)
-        self.debugfs(*([f"rm {path}"] if self.exists(path) else []), f"write {host} {path}",
+        name = _quoted(path)
+        self.debugfs(*([f"rm {name}"] if self.exists(path) else []), f"write {host} {name}",
                      *self.born(path, mtime))
 
     @staticmethod
@@ -159,31 +167,33 @@ class _ExtVolume(_Volume):
         """debugfs commands dating a new inode at the history's time ``when``: debugfs
         stamps birth and change times with the wall clock of the build, so that an inode
         freed and reused by the next file in the same second would look like a rename."""
-        return tuple(f"sif {path} {field} @{when}" for field in ("mtime", "ctime", "crtime"))
+        return tuple(f"sif {_quoted(path)} {field} @{when}"
+                     for field in ("mtime", "ctime", "crtime"))
 
     def exists(self, path: str) -> bool:
         return "File not found" not in subprocess.run(
-            [require("debugfs"), "-R", f"stat {path}", str(self.image)],
+            [require("debugfs"), "-R", f"stat {_quoted(path)}", str(self.image)],
             capture_output=True, text=True).stderr
 
     def overwrite(self, path: str, data: bytes, mtime: int) -> None:
         """Rewrite the file's own blocks in place (its size unchanged), then its mtime."""
-        blocks = [int(b) for b in self.debugfs(f"blocks {path}").split()]
+        blocks = [int(b) for b in self.debugfs(f"blocks {_quoted(path)}").split()]
         with self.image.open("r+b") as fh:
             for i, block in enumerate(blocks):
                 fh.seek(block * 4096)
                 fh.write(data[i * 4096 : (i + 1) * 4096])
-        self.debugfs(f"sif {path} mtime @{mtime}")
+        self.debugfs(f"sif {_quoted(path)} mtime @{mtime}")
 
     def delete(self, path: str, mtime: int) -> None:
-        self.debugfs(f"rm {path}")
+        self.debugfs(f"rm {_quoted(path)}")
 
     def rmdir(self, path: str, mtime: int) -> None:
-        self.debugfs(f"rmdir {path}")
+        self.debugfs(f"rmdir {_quoted(path)}")
 
     def rename(self, path: str, new_path: str, mtime: int) -> None:
         """A new name for the same inode (link, then unlink the old name), as rename(2)."""
-        self.debugfs(f"ln {path} {new_path}", f"unlink {path}", f"sif {new_path} ctime @{mtime}")
+        old, new = _quoted(path), _quoted(new_path)
+        self.debugfs(f"ln {old} {new}", f"unlink {old}", f"sif {new} ctime @{mtime}")
 
 
 VOLUMES: dict[str, type[_Volume]] = {"fat32": _FatVolume, "ext4": _ExtVolume}

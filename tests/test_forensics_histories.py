@@ -1,0 +1,393 @@
+"""File diffs on histories made with the real tools (a loop-mounted ext4, mtools on FAT32,
+ntfs-3g on NTFS), each change known: moves, renames over a file, swapped names, a
+directory renamed, a file replaced by a directory, hard and symbolic links, sparse and
+truncated files, metadata-only changes, reused inodes, awkward names and old or far
+times; and the timeline formats' escaping of those names."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+import xml.dom.minidom
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from support import require_module, require_tools
+
+from blockforensics import forensics, timeline_formats, tsk
+from blockforensics.formats.raw import RawDisk
+from blockforensics.image.backup import backup
+from blockforensics.image.chain import Chain
+
+#: names the outputs must carry intact (or escaped) — a newline, a control byte, quotes
+AWKWARD = ("with space.txt", "new\nline.txt", "pct%20.txt", 'quo"te.txt', "apos'.txt",
+           "ünïcødé€.txt", "tab\tx,comma.txt", "pipe|x.txt", "ctl\x01name.txt",
+           "L" * 200 + ".txt")
+PRE_1970 = -300_000_000  # 1960-06-29
+POST_2038 = 4_102_444_800  # 2100-01-01
+FAT_STAMP = 981_173_106  # 2001-02-03 04:05:06 UTC (even: FAT keeps 2-second steps)
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+
+
+@contextlib.contextmanager
+def _mounted(argv: list[str], mountpoint: Path) -> Iterator[Path]:
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run([*argv, str(mountpoint)], check=True, capture_output=True, timeout=60)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
+
+
+def _backup(chain: Chain, image: Path) -> None:
+    with RawDisk(image) as disk:
+        backup(chain, disk)
+
+
+def _rows(result: forensics.DiffResult) -> pd.DataFrame:
+    return result.files.set_index("path")
+
+
+def _swap(a: Path, b: Path) -> None:
+    tmp = a.with_name("swap.tmp")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+
+
+def _common_start(m: Path) -> None:
+    """The files of the cases every file system shares."""
+    for d in ("d1", "d2", "dir_r", "d2f"):
+        (m / d).mkdir()
+    (m / "d1/mv.txt").write_bytes(b"move me " * 600)
+    (m / "rn.txt").write_bytes(b"rename and modify " * 300)
+    (m / "over_src.txt").write_bytes(b"source " * 700)
+    (m / "over_dst.txt").write_bytes(b"dest " * 900)
+    (m / "swap_a.txt").write_bytes(b"AAAA " * 1000)
+    (m / "swap_b.txt").write_bytes(b"BBBB " * 1100)
+    for i in range(12):
+        (m / f"dir_r/f{i}.txt").write_bytes(f"file {i} ".encode() * 200)
+    (m / "f2d").write_bytes(b"was a file " * 100)
+    (m / "d2f/inner.txt").write_bytes(b"inner " * 100)
+
+
+def _common_change(m: Path) -> None:
+    (m / "d1/mv.txt").rename(m / "d2/mv.txt")
+    (m / "rn.txt").rename(m / "rn2.txt")
+    with (m / "rn2.txt").open("ab") as fh:
+        fh.write(b"appended")
+    (m / "over_src.txt").rename(m / "over_dst.txt")
+    _swap(m / "swap_a.txt", m / "swap_b.txt")
+    (m / "dir_r").rename(m / "dir_renamed")
+    (m / "f2d").unlink()
+    (m / "f2d").mkdir()
+    (m / "f2d/x.txt").write_bytes(b"x" * 100)
+    shutil.rmtree(m / "d2f")
+    (m / "d2f").write_bytes(b"now a file " * 100)
+
+
+def _assert_common(result: forensics.DiffResult, *, inner_files_renamed: bool = True) -> None:
+    rows = _rows(result)
+    assert rows.loc["/d2/mv.txt", "change"] == "renamed"
+    assert rows.loc["/d2/mv.txt", "old_path"] == "/d1/mv.txt"
+    assert "/d1/mv.txt" not in rows.index
+    # renamed over an existing file: the source moved, the old target is gone
+    assert rows.loc["/over_dst.txt", "change"] == "renamed"
+    assert rows.loc["/over_dst.txt", "old_path"] == "/over_src.txt"
+    assert rows.loc["/over_dst.txt", "replaces"] == "/over_dst.txt"
+    assert "/over_src.txt" not in rows.index
+    # swapped names: each a rename from the other
+    assert rows.loc["/swap_a.txt", "change"] == rows.loc["/swap_b.txt", "change"] == "renamed"
+    assert rows.loc["/swap_a.txt", "old_path"] == "/swap_b.txt"
+    assert rows.loc["/swap_b.txt", "old_path"] == "/swap_a.txt"
+    assert rows.loc["/swap_a.txt", "replaces"] == rows.loc["/swap_b.txt", "replaces"] == ""
+    # a directory renamed: the directory and each file in it renamed, nothing deleted
+    assert rows.loc["/dir_renamed", "change"] == "renamed"
+    assert rows.loc["/dir_renamed", "old_path"] == "/dir_r"
+    inner = rows[rows.index.str.startswith("/dir_renamed/")]
+    assert len(inner) == 12 and set(inner["change"]) == {"renamed"}
+    assert not rows.index.str.startswith("/dir_r/").any()
+    # a file replaced by a directory and back: deleted + created at one path
+    changes = {(r.path, r.type, r.change) for r in result.files.itertuples()}
+    assert {("/f2d", "file", "deleted"), ("/f2d", "dir", "created"),
+            ("/f2d/x.txt", "file", "created"), ("/d2f", "dir", "deleted"),
+            ("/d2f/inner.txt", "file", "deleted"), ("/d2f", "file", "created")} <= changes
+    assert not result.files["suspected_encryption"].any()
+
+
+# ---------------------------------------------------------------- ext4
+@pytest.fixture(scope="module")
+def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "mount", "umount")
+    _root()
+    tmp = tmp_path_factory.mktemp("ext4")
+    image = tmp / "v.img"
+    image.write_bytes(bytes(32 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-I", "256", str(image)],
+                   check=True)
+    chain = Chain.create(tmp / "chain")
+    mount = ["mount", "-o", "loop", str(image)]
+    with _mounted(mount, tmp / "m") as m:
+        _common_start(m)
+        (m / "hl_a").write_bytes(b"hard link " * 500)
+        os.link(m / "hl_a", m / "hl_b")
+        (m / "t1").write_bytes(b"one")
+        (m / "t2").write_bytes(b"two")
+        os.symlink("t1", m / "sym")
+        with (m / "sparse").open("wb") as fh:
+            fh.truncate(1 << 20)
+            fh.write(b"head" * 1024)
+        (m / "trunc.txt").write_bytes(b"truncate me " * 1000)
+        for name in ("chmod.txt", "chown.txt", "xattr.txt"):
+            (m / name).write_bytes(name.encode() * 500)
+        (m / "reuse_old.txt").write_bytes(b"old content " * 400)
+        (m / "dup.txt").write_bytes(b"duplicate content " * 300)
+        (m / "old.txt").write_bytes(b"old")
+        os.utime(m / "old.txt", (PRE_1970, PRE_1970))
+        (m / "future.txt").write_bytes(b"future")
+        os.utime(m / "future.txt", (POST_2038, POST_2038))
+    _backup(chain, image)
+    with _mounted(mount, tmp / "m") as m:
+        _common_change(m)
+        (m / "hl_a").unlink()
+        (m / "sym").unlink()
+        os.symlink("t2", m / "sym")
+        with (m / "sparse").open("r+b") as fh:
+            fh.seek(512 << 10)
+            fh.write(b"fill" * 1024)
+        before = (m / "trunc.txt").stat()
+        data = (m / "trunc.txt").read_bytes()
+        with (m / "trunc.txt").open("r+b") as fh:
+            fh.truncate(0)
+            os.fsync(fh.fileno())
+            fh.write(data[:6000] + b"Z" * 6000)  # regrown to the same size
+        os.utime(m / "trunc.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.chmod(m / "chmod.txt", 0o600)
+        os.chown(m / "chown.txt", 1234, 5678)
+        os.setxattr(m / "xattr.txt", "user.note", b"hello")
+        (m / "reuse_old.txt").unlink()  # its inode goes to the next file made
+        (m / "reuse_new.txt").write_bytes(b"brand new thing " * 300)
+        data = (m / "dup.txt").read_bytes()
+        (m / "dup.txt").unlink()
+        (m / "elsewhere").mkdir()
+        (m / "elsewhere/dup_copy.txt").write_bytes(data)
+        for name in AWKWARD:
+            (m / name).write_bytes(b"awkward " * 10)
+    _backup(chain, image)
+    with Chain.open(tmp / "chain") as opened:
+        yield opened, image
+
+
+def test_ext4_moves_renames_over_swaps_and_directories(ext4):
+    _assert_common(forensics.diff(ext4[0], 0, 1, files=True))
+
+
+def test_ext4_links_sparse_truncated_and_metadata_only(ext4):
+    rows = _rows(forensics.diff(ext4[0], 0, 1, files=True))
+    assert rows.loc["/hl_a", "change"] == "deleted"
+    assert rows.loc["/hl_b", "what_changed"] == "links"  # the inode lost a name, not content
+    assert rows.loc["/sym", "change"] == "modified"
+    assert "target" in rows.loc["/sym", "what_changed"].split(",")
+    assert rows.loc["/sparse", "change"] == "modified"
+    assert rows.loc["/trunc.txt", "change"] == "modified"
+    assert rows.loc["/trunc.txt", "size_before"] == rows.loc["/trunc.txt", "size_after"]
+    for name, what in (("chmod.txt", "mode"), ("chown.txt", "owner"), ("xattr.txt", "ctime")):
+        assert rows.loc[f"/{name}", "change"] == "modified"
+        assert rows.loc[f"/{name}", "what_changed"] == what  # metadata, not content
+    assert rows.loc["/sym", "inode"] != 0
+
+
+def test_ext4_reused_inode_is_delete_and_create_and_a_copy_elsewhere_a_rename(ext4):
+    chain, _ = ext4
+    listed = {p: forensics.list_files(chain.disk(p)).set_index("path") for p in (0, 1)}
+    rows = _rows(forensics.diff(chain, 0, 1, files=True))
+    assert rows.loc["/reuse_old.txt", "change"] == "deleted"
+    assert rows.loc["/reuse_new.txt", "change"] == "created"
+    if listed[0].loc["/reuse_old.txt", "inode"] == listed[1].loc["/reuse_new.txt", "inode"]:
+        assert rows.loc["/reuse_new.txt", "old_path"] == ""  # reused, yet no rename
+    assert rows.loc["/elsewhere/dup_copy.txt", "change"] == "renamed"  # same content
+    assert rows.loc["/elsewhere/dup_copy.txt", "old_path"] == "/dup.txt"
+
+
+def test_ext4_times_before_1970_and_after_2038_as_the_kernel_reads_them(ext4):
+    chain, _ = ext4
+    files = forensics.list_files(chain.disk(1)).set_index("path")
+    assert files.loc["/old.txt", "mtime"] == PRE_1970
+    assert files.loc["/future.txt", "mtime"] == POST_2038
+
+
+def test_awkward_names_are_listed_and_every_output_stays_well_formed(ext4):
+    chain, _ = ext4
+    rows = _rows(forensics.diff(chain, 0, 1, files=True))
+    for name in AWKWARD:
+        assert rows.loc[f"/{name}", "change"] == "created"
+    document = json.loads(json.dumps(forensics.diff(chain, 0, 1, files=True).to_json()))
+    assert {f"/{n}" for n in AWKWARD} <= {f["path"] for f in document["files"]}
+    versions = timeline_formats.file_versions(chain)
+    out = io.StringIO()
+    timeline_formats.write_bodyfile(versions, out)
+    lines = out.getvalue().split("\n")[:-1]
+    assert len(lines) == len(versions)  # one record a line, 11 fields each
+    assert {len(line.split("|")) for line in lines} == {11}
+    assert any("/new^line.txt (point 1, created)" in line for line in lines)
+    out = io.StringIO()
+    timeline_formats.write_l2tcsv(versions, out)
+    records = list(csv.reader(io.StringIO(out.getvalue())))
+    assert {len(r) for r in records} == {17}
+    assert {f"/{n}" for n in AWKWARD} <= {r[12] for r in records}
+    out = io.StringIO()
+    timeline_formats.write_jsonl(versions, out)
+    paths = {json.loads(line)["path"] for line in out.getvalue().splitlines()}
+    assert {f"/{n}" for n in AWKWARD} <= paths
+    out = io.StringIO()
+    timeline_formats.write_dfxml(versions, out)
+    parsed = xml.dom.minidom.parseString(out.getvalue().encode())
+    names = {n.firstChild.data for n in parsed.getElementsByTagName("filename")}
+    assert "/new\nline.txt" in names and "/ctl\\x01name.txt" in names
+
+
+def test_a_symlink_is_extracted_as_its_target(ext4, tmp_path):
+    chain, _ = ext4
+    out, size, _ = tsk.extract(chain, 1, "/sym", tmp_path / "sym")
+    assert Path(out).read_bytes() == b"t2" and size == 2
+
+
+# ---------------------------------------------------------------- FAT32
+@pytest.fixture(scope="module")
+def fat32(tmp_path_factory) -> Chain:
+    """The common cases made with mtools (no vfat driver here): renames write a new
+    directory entry, so FAT's "inode" (the entry's place) moves with the name."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.vfat", "mcopy", "mmd", "mren", "mmove", "mdel", "mdeltree", "mattrib")
+    tmp = tmp_path_factory.mktemp("fat32")
+    image = tmp / "v.img"
+    image.write_bytes(bytes(40 << 20))
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
+                   capture_output=True)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}  # wall clock = UTC
+
+    def m(*args: str) -> None:
+        subprocess.run([args[0], "-i", str(image), *args[1:]], check=True, env=env,
+                       capture_output=True)
+
+    def put(name: str, data: bytes) -> None:
+        (tmp / "src").write_bytes(data)
+        m("mcopy", "-o", str(tmp / "src"), f"::{name}")
+
+    for d in ("d1", "d2", "dir_r", "d2f"):
+        m("mmd", f"::{d}")
+    put("d1/mv.txt", b"move me " * 600)
+    put("over_src.txt", b"source " * 700)
+    put("over_dst.txt", b"dest " * 900)
+    put("swap_a.txt", b"AAAA " * 1000)
+    put("swap_b.txt", b"BBBB " * 1100)
+    for i in range(12):
+        put(f"dir_r/f{i}.txt", f"file {i} ".encode() * 200)
+    put("f2d", b"was a file " * 100)
+    put("d2f/inner.txt", b"inner " * 100)
+    put("A long file name of many parts.txt", b"lfn " * 100)
+    put("attr.txt", b"attr " * 100)
+    (tmp / "stamped").write_bytes(b"stamped")
+    os.utime(tmp / "stamped", (FAT_STAMP, FAT_STAMP))
+    m("mcopy", "-m", str(tmp / "stamped"), "::stamped.txt")  # -m: keeps the mtime
+    chain = Chain.create(tmp / "chain")
+    _backup(chain, image)
+    m("mmove", "::d1/mv.txt", "::d2/mv.txt")
+    m("mdel", "::over_dst.txt")
+    m("mren", "::over_src.txt", "::over_dst.txt")
+    m("mren", "::swap_a.txt", "::swap.tmp")
+    m("mren", "::swap_b.txt", "::swap_a.txt")
+    m("mren", "::swap.tmp", "::swap_b.txt")
+    m("mren", "::dir_r", "::dir_renamed")
+    m("mdel", "::f2d")
+    m("mmd", "::f2d")
+    put("f2d/x.txt", b"x" * 100)
+    m("mdeltree", "::d2f")
+    put("d2f", b"now a file " * 100)
+    m("mren", "::A long file name of many parts.txt", "::Another long name, ünïcødé.txt")
+    m("mattrib", "+r", "::attr.txt")
+    _backup(chain, image)
+    return chain
+
+
+def test_fat32_moves_renames_over_swaps_and_directories(fat32):
+    _assert_common(fat32_diff := forensics.diff(fat32, 0, 1, files=True))
+    rows = _rows(fat32_diff)
+    assert rows.loc["/Another long name, ünïcødé.txt", "old_path"] == \
+        "/A long file name of many parts.txt"  # long names over 13 characters
+    assert rows.loc["/attr.txt", "what_changed"] == "mode"  # read-only attribute
+
+
+# ---------------------------------------------------------------- NTFS
+@pytest.fixture(scope="module")
+def ntfs(tmp_path_factory) -> Chain:
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkntfs", "ntfs-3g", "umount")
+    tmp = tmp_path_factory.mktemp("ntfs")
+    image = tmp / "v.img"
+    image.write_bytes(bytes(24 << 20))
+    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
+                   capture_output=True)
+    mount = ["ntfs-3g", str(image)]
+    chain = Chain.create(tmp / "chain")
+    with _mounted(mount, tmp / "m") as m:
+        _common_start(m)
+        (m / "case.txt").write_bytes(b"case only " * 100)
+        (m / "hl_a").write_bytes(b"hard link " * 500)
+        os.link(m / "hl_a", m / "hl_b")
+        (m / "ads.txt").write_bytes(b"ads " * 100)
+        (m / "old.txt").write_bytes(b"old")
+        os.utime(m / "old.txt", (PRE_1970, PRE_1970))
+        (m / "ns.txt").write_bytes(b"ns")
+        os.utime(m / "ns.txt", ns=(1_700_000_000_000_000_100,) * 2)
+    _backup(chain, image)
+    with _mounted(mount, tmp / "m") as m:
+        _common_change(m)
+        (m / "case.txt").rename(m / "CASE.txt")
+        (m / "hl_a").unlink()
+        os.setxattr(m / "ads.txt", "user.hidden", b"a named stream")  # ntfs-3g: an ADS
+    _backup(chain, image)
+    return chain
+
+
+def test_ntfs_moves_renames_over_swaps_and_directories(ntfs):
+    _assert_common(forensics.diff(ntfs, 0, 1, files=True))
+
+
+def test_ntfs_case_rename_links_streams_and_times(ntfs):
+    rows = _rows(forensics.diff(ntfs, 0, 1, files=True))
+    assert rows.loc["/CASE.txt", "change"] == "renamed"
+    assert rows.loc["/CASE.txt", "old_path"] == "/case.txt"
+    assert rows.loc["/hl_a", "change"] == "deleted"
+    assert rows.loc["/ads.txt", "change"] == "modified"
+    assert rows.loc["/ads.txt", "what_changed"] == "streams"
+    entries = tsk.list_entries(ntfs.disk(1)).entries
+    assert entries["/ads.txt"].streams == (("hidden", len(b"a named stream")),)
+    assert entries["/old.txt"].mtime == PRE_1970  # TSK itself gives 0
+    assert (entries["/ns.txt"].mtime, entries["/ns.txt"].mtime_ns) == (1_700_000_000, 100)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_fat_times_do_not_move_with_the_analysts_time_zone(fat32, zone, monkeypatch):
+    """A FAT time is a wall clock with no zone: read as UTC on any machine."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        entry = tsk.list_entries(fat32.disk(1)).entries["/stamped.txt"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert entry.mtime == FAT_STAMP
