@@ -51,6 +51,8 @@ PACKAGES = {
     "ntfscluster": "ntfs-3g",
     "ntfsfix": "ntfs-3g",
     "mkfs.exfat": "exfatprogs",
+    "cryptsetup": "cryptsetup-bin",
+    "mkswap": "util-linux",
     "fsck.exfat": "exfatprogs",
 }
 

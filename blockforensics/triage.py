@@ -23,7 +23,11 @@ files) and measured:
   emptied, old packages or logs removed) leaves the blocks as they were and is
   counted among the ``deleted``, a volume of change;
 - ``suspected_files``: files :func:`blockforensics.evidence.judge` suspects of
-  encryption; ``rule_hits``: files a YARA rule matched (ransom notes).
+  encryption; ``rule_hits``: files a YARA rule matched (ransom notes);
+- ``lost_filesystems``: file systems read at the parent that no longer are (see
+  :class:`LostFileSystem`): a volume encrypted whole (BitLocker or LUKS turned on by
+  an attacker, a master file table or superblock encrypted) or wiped, where no file
+  is left to judge.
 
 The **baseline** of a point is the same metrics over the earlier incremental points
 judged clean (a rolling history): median and spread (1.4826 × median absolute
@@ -33,10 +37,12 @@ floor alone.
 
 Verdicts:
 
-- **encrypted**: at least one file suspected of encryption;
-- **suspicious**: a YARA rule matched, a file's content contradicts its extension or
-  it carries an extension ransomware appends, or the unexplained high-entropy share
-  or the files destroyed are anomalous (the emptied files are then flagged);
+- **encrypted**: at least one file suspected of encryption, or a file system lost
+  with at least :data:`LOST_RANDOM_SHARE` of its changed blocks random;
+- **suspicious**: a file system lost otherwise, a YARA rule matched, a file's
+  content contradicts its extension or it carries an extension ransomware appends,
+  or the unexplained high-entropy share or the files destroyed are anomalous (the
+  emptied files are then flagged);
 - **clean** otherwise.  A volume of change alone (a package upgrade, a big copy) never
   makes a point suspicious; it is reported as an anomaly among the reasons.
 
@@ -47,6 +53,7 @@ up to the full) is clean — the point to restore from; None when there is none.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import importlib.resources
 import os
 import time
@@ -81,6 +88,10 @@ PACKED_SHARE = 0.05
 DELETED_SHARE = 0.5
 #: what separates a rotated copy's name from its original's (``app.log.1``, ``app.log-2026``)
 ROTATION_SEPARATORS = (".", "-", "_")
+#: a file system lost with at least this share of its changed blocks random was encrypted
+LOST_RANDOM_SHARE = 0.5
+#: what a volume encrypted whole carries at its start: (name, byte offset, signature)
+VOLUME_ENCRYPTION = (("BitLocker", 3, b"-FVE-FS-"), ("LUKS", 0, b"LUKS\xba\xbe"))
 #: metrics whose anomaly makes a point suspicious (the others are volumes of change)
 ALARMS = ("unexplained_high_entropy", "destroyed")
 #: files listed per point (the most suspicious first)
@@ -121,6 +132,42 @@ def compile_rules(directory: str | os.PathLike[str] | None = None) -> Any:
 
 # --------------------------------------------------------------- metrics
 @dataclass
+class LostFileSystem:
+    """A file system read at the parent point that is not at this one: where it lay
+    (bytes), what it was, its changed blocks, and the share of them random (entropy
+    of at least :data:`HIGH_BLOCK_ENTROPY` bits per byte) or of one byte value."""
+
+    prefix: str  # "" for a bare file system, "pN:" for partition N
+    kind: str  # what it was at the parent ("ntfs", "ext4" …)
+    start_byte: int
+    length_bytes: int
+    changed_blocks: int
+    random_share: float
+    constant_share: float
+    now: str | None  # a volume encryption's signature found at its start now
+
+    @property
+    def encrypted(self) -> bool:
+        return self.now is not None or self.random_share >= LOST_RANDOM_SHARE
+
+    def describe(self) -> str:
+        where = f"partition {self.prefix[1:-1]}" if self.prefix else "the volume"
+        what = (f"{self.kind} file system of {where} (read at the parent) is gone: "
+                f"{self.random_share:.0%} of its {self.changed_blocks} changed blocks "
+                f"random, {self.constant_share:.0%} of one byte value")
+        if self.now is not None:
+            return f"{what}; it is now a {self.now} volume — encrypted whole"
+        if self.encrypted:
+            return f"{what} — encrypted whole (its metadata or all of it)"
+        if self.constant_share >= LOST_RANDOM_SHARE:
+            return f"{what} — wiped"
+        return f"{what} — its structures destroyed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "encrypted": self.encrypted}
+
+
+@dataclass
 class PointTriage:
     """The triage of one point: its metrics, baseline, verdict, reasons and files."""
 
@@ -134,11 +181,13 @@ class PointTriage:
     baseline: dict[str, dict[str, float]] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
     diff: forensics.DiffResult | None = None
+    lost_filesystems: list[LostFileSystem] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"point": self.point, "parent": self.parent, "label": self.label,
                 "created": self.created, "verdict": self.verdict, "reasons": self.reasons,
-                "metrics": self.metrics, "baseline": self.baseline, "files": self.files}
+                "metrics": self.metrics, "baseline": self.baseline, "files": self.files,
+                "lost_filesystems": [lost.to_json() for lost in self.lost_filesystems]}
 
 
 def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> np.ndarray:
@@ -150,9 +199,11 @@ def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> n
 
 
 def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
-             before: Listing | None, rules: Any) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """The point's metrics and, per file path, the YARA rules it matched (``listing``:
-    the point's files, ``before``: its parent's, None for a full)."""
+             before: Listing | None, rules: Any
+             ) -> tuple[dict[str, float], dict[str, list[str]], list[LostFileSystem]]:
+    """The point's metrics, per file path the YARA rules it matched, and the file
+    systems lost since the parent (``listing``: the point's files, ``before``: its
+    parent's, None for a full)."""
     files = result.files[result.files["type"] == "file"]
     counts = files["change"].value_counts()
     disk = chain.disk(result.b)
@@ -171,6 +222,8 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
                                + [_owned_blocks(result, p, "a") for p in left]
                                + [np.empty(0, np.int64)])
         high &= ~np.isin(positions, owned)
+    lost = [] if before is None or result.a is None else _lost_filesystems(
+        chain, result, before, listing, positions, entropy)
     present = int(chain.layout(result.b).present().count())
     hits: dict[str, list[str]] = {}
     if rules is not None:
@@ -189,7 +242,43 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
         "destroyed": int(_emptied(files).sum()) + _destroyed_by_deletion(files, before),
         "suspected_files": int(files["suspected_encryption"].sum()),
         "rule_hits": len(hits),
-    }, hits
+        "lost_filesystems": len(lost),
+    }, hits, lost
+
+
+def _roots(listing: Listing) -> set[str]:
+    """The path prefixes of the file systems a listing read ("" or "pN:")."""
+    return {path[:-1] for path in listing.entries if path == "/" or path.endswith(":/")}
+
+
+def _lost_filesystems(chain: Chain, result: forensics.DiffResult, before: Listing,
+                      after: Listing, positions: np.ndarray, entropy: np.ndarray
+                      ) -> list[LostFileSystem]:
+    """The file systems ``before`` read that ``after`` does not, each measured over the
+    changed blocks (``positions``, with their ``entropy`` at the point) it spanned."""
+    gone = _roots(before) - _roots(after)
+    if not gone or result.a is None:
+        return []
+    from blockforensics.allocation import detect, filesystem_partitions
+
+    parent, disk = chain.disk(result.a), chain.disk(result.b)
+    bs = disk.block_size
+    lost = []
+    for part in filesystem_partitions(parent):
+        prefix = "" if part.index is None else f"p{part.index}:"
+        if prefix not in gone:
+            continue
+        first, stop = part.start_byte // bs, -(-(part.start_byte + part.length_bytes) // bs)
+        inside = (positions >= first) & (positions < stop)
+        head = disk.read(part.start_byte, 16) if part.start_byte < disk.size else b""
+        now = next((name for name, at, magic in VOLUME_ENCRYPTION
+                    if head[at : at + len(magic)] == magic), None)
+        lost.append(LostFileSystem(
+            prefix, detect(parent, part.start_byte) or "unknown", part.start_byte,
+            part.length_bytes, int(inside.sum()),
+            float((entropy[inside] >= HIGH_BLOCK_ENTROPY).mean()) if inside.any() else 0.0,
+            float((entropy[inside] == 0).mean()) if inside.any() else 0.0, now))
+    return lost
 
 
 def _emptied(files: pd.DataFrame) -> pd.Series:
@@ -321,6 +410,10 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
         reasons.append(f"{m['suspected_files']} file(s) suspected of encryption (random "
                        f"segments appeared, chi-square p >= 0.001, no compressed format "
                        f"explains them)")
+    for lost in t.lost_filesystems:
+        reasons.append(lost.describe())
+        t.verdict = "encrypted" if lost.encrypted else max(t.verdict, "suspicious",
+                                                           key=VERDICTS.index)
     if hits:
         reasons.append(f"YARA: {len(hits)} file(s) matched: " + "; ".join(
             f"{p} ({', '.join(r)})" for p, r in sorted(hits.items())))
@@ -402,9 +495,10 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
     for p in range(len(chain)):
         parent = chain.parent(p)
         result = forensics.point_diff(chain, p, listings)
-        metrics, hits = _measure(chain, result, listings[p], listings.get(parent), compiled)
+        metrics, hits, lost = _measure(chain, result, listings[p], listings.get(parent),
+                                       compiled)
         t = PointTriage(p, parent, str(rows[p]["label"]), str(rows[p]["created"]), metrics,
-                        diff=result)
+                        diff=result, lost_filesystems=lost)
         history = [q.metrics for q in points if q.parent is not None and q.verdict == "clean"]
         t.baseline = _baseline(history)
         t.files = _file_rows(result, hits)

@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   lvm2                              # make LVM2 physical volumes for the tests (no activation)
   sleuthkit                         # independent file-system reader for cross-checks (mactime too)
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
+  cryptsetup-bin                    # LUKS headers: a volume encrypted whole, for the triage tests
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)
   gcc libc6-dev libssl-dev zlib1g-dev  # build the C batch hasher/encrypter (blockforensics._native)
 )

@@ -391,3 +391,54 @@ def test_fat_times_do_not_move_with_the_analysts_time_zone(fat32, zone, monkeypa
         monkeypatch.undo()
         time.tzset()
     assert entry.mtime == FAT_STAMP
+
+
+# ------------------------------------------------- many files, no disk needed
+def _entry(path: str, inode: int, size: int) -> tsk.Entry:
+    import numpy as np
+
+    return tsk.Entry(path, "file", inode, size, 100, 100, 100, 100, 0o644, 0, 0,
+                     np.array([[inode << 16, (inode << 16) + size]], dtype=np.int64))
+
+
+def test_replacement_index_finds_what_the_name_rule_finds():
+    """The index of deleted files answers as :func:`forensics._replaces` over all."""
+    import random
+
+    rng = random.Random(7)
+    stems = ["report", "a", "a.b", "budget", "x"]
+    names = [rng.choice(stems) + rng.choice(["", ".txt", ".txt.locked", ".b", ".b.c"])
+             for _ in range(60)]
+    gone = {f"/{d}/{n}": _entry(f"/{d}/{n}", i, 100 + i)
+            for i, (d, n) in enumerate((rng.choice("pq"), n) for n in names)}
+    places = forensics._Places(gone)
+    for i, name in enumerate(names):
+        now = _entry(f"/p/{name}.new" if i % 3 else f"/q/{name}", 1000 + i, 50)
+        expected = {e.path for e in gone.values() if forensics._replaces(now, e)}
+        assert {e.path for e in places.named(now)} == expected
+
+
+def test_thousands_of_deletes_and_creates_in_one_directory_take_no_pairwise_work(monkeypatch):
+    """5000 files deleted and 5000 made in one directory (a wiper, a package upgrade):
+    each created file is matched through the index, not against every deleted one."""
+    from blockforensics.blockmap import BlockMap
+
+    calls = 0
+    rule = forensics._replaces
+
+    def counted(new: tsk.Entry, old: tsk.Entry) -> bool:
+        nonlocal calls
+        calls += 1
+        return rule(new, old)
+
+    monkeypatch.setattr(forensics, "_replaces", counted)
+    n = 5000
+    a = {"/": _entry("/", 1, 0), **{f"/d/old{i}.txt": _entry(f"/d/old{i}.txt", 10 + i, 4096)
+                                   for i in range(n)}}
+    b = {"/": a["/"], **{f"/d/new{i}.txt": _entry(f"/d/new{i}.txt", 10 + n + i, 8192 + i)
+                         for i in range(n)}}
+    comparison = forensics._Comparison(None, None, BlockMap(8))
+    comparison.compare(a, b)
+    changes = pd.Series([r["change"] for r in comparison.rows]).value_counts()
+    assert changes["created"] == changes["deleted"] == n
+    assert calls <= 4 * n

@@ -134,6 +134,26 @@ def test_a_source_that_is_no_disk_is_refused_at_once(tmp_path, kind, command) ->
     assert not (tmp_path / "chain").exists() and not (tmp_path / "disk.vhd").exists()
 
 
+@pytest.mark.parametrize("piece", ["0000-full.bfi", "0001-incr.bfi", "chain.json"])
+@pytest.mark.parametrize("command", [("backup", "{src}", "{chain}"),
+                                     ("backup", "{src}", "{out}/other"),
+                                     ("export", "{src}", "{out}/disk.vhd"),
+                                     ("export", "{src}", "{out}/disk.vhd", "--reader", "raw")])
+def test_a_file_of_a_chain_is_no_disk(tmp_path, piece, command) -> None:
+    """An image file (or the manifest) read as a raw disk would pass its container bytes
+    off as one: backed up into its own chain, a point of nonsense."""
+    chain = tmp_path / "chain"
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(64 << 10))
+    for _ in range(2):
+        assert cli("backup", image, chain).returncode == 0
+    before = {p.name: p.read_bytes() for p in chain.iterdir()}
+    done = cli(*(arg.format(src=chain / piece, chain=chain, out=tmp_path) for arg in command))
+    assert_exit_2(done, "a file of the chain")
+    assert {p.name: p.read_bytes() for p in chain.iterdir()} == before
+    assert not (tmp_path / "other").exists() and not (tmp_path / "disk.vhd").exists()
+
+
 @pytest.mark.parametrize("port", ["0", "65536", "99999", "-1", "http"])
 def test_a_port_outside_tcp_is_a_usage_error(raw_key_chain, port) -> None:
     chain, _, _ = raw_key_chain

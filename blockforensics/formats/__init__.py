@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from blockforensics.errors import UsageError
 from blockforensics.formats import signature
 from blockforensics.formats.base import Disk, DiskFile, Format
+from blockforensics.image import chain_containing
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -168,7 +169,9 @@ _NOT_A_DISK = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
 def check_local_source(path: str | os.PathLike[str]) -> None:
     """UsageError unless ``path`` exists and can hold a disk: a regular file, a block
     device or a directory (a chain).  A FIFO or a character device would block the
-    first read or have no size, a socket cannot be read at all."""
+    first read or have no size, a socket cannot be read at all; a file inside a chain
+    directory (an image, the manifest) is a piece of a chain, not a disk — read as raw,
+    its container bytes would pass for one."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -179,6 +182,10 @@ def check_local_source(path: str | os.PathLike[str]) -> None:
         if test(mode):
             raise UsageError(f"{path}: {kind}, not a disk image (a regular file, a block "
                              f"device or a chain directory)")
+    chain = None if stat.S_ISDIR(mode) else chain_containing(path)
+    if chain is not None:
+        raise UsageError(f"{path}: a file of the chain {chain}, not a disk; to read a "
+                         f"point, give the chain directory (and its --point)")
 
 
 def probe(path: str | os.PathLike[str]) -> type[Format]:
