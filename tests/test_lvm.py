@@ -523,3 +523,21 @@ def test_pv_whose_metadata_is_on_another_disk_is_copied_whole(lvm: Lvm, tmp_path
     assert "no metadata names this PV" in out and "copying all" in out
     other = {r.where: r for r in survey(disks[1], 4096).regions}
     assert "a PV not on this disk" in other["logical volume vgmd/data"].note
+
+
+def test_triage_names_a_logical_volume_encrypted_whole(lvm: Lvm, tmp_path: Path) -> None:
+    """lv1 overwritten with random bytes (a volume encrypted whole): triage says the
+    ext4 of logical volume vgbf/lv1 is gone, its changed blocks random."""
+    made = make_disk(lvm, tmp_path)
+    cli("backup", made.disk, tmp_path / "chain")
+    noise = tmp_path / "noise.img"
+    noise.write_bytes(np.random.default_rng(3).bytes(24 * MIB))
+    place(made.disk, PART_START, made.pe_start, made.segments["lv1"], noise)
+    cli("backup", made.disk, tmp_path / "chain")
+    done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "triage",
+                           tmp_path / "chain", "--json"], capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr
+    report = json.loads(done.stdout)
+    reasons = " ".join(r for p in report["points"] for r in p["reasons"])
+    assert "ext4 file system of logical volume vgbf/lv1 (read at the parent) is gone" in reasons
+    assert report["points"][-1]["verdict"] == "encrypted"
