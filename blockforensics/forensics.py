@@ -66,7 +66,7 @@ from blockforensics.evidence import ByteStats, histograms, judge
 from blockforensics.evidence import entropy as _entropy
 from blockforensics.formats.base import Disk
 from blockforensics.progress import progress_bar
-from blockforensics.tsk import ChainImgInfo, Entry, Listing, list_entries
+from blockforensics.tsk import NAME_ADDRESSED, ChainImgInfo, Entry, Listing, list_entries
 
 if TYPE_CHECKING:
     from blockforensics.image.chain import Chain, PointRef
@@ -76,8 +76,6 @@ __all__ = ["ChainImgInfo", "DiffResult", "block_entropy", "changes", "diff", "li
 
 #: bytes read at a time when histogramming blocks
 CHUNK_BYTES = 8 << 20
-#: file systems whose "inode" is where the name is stored (a rename moves it)
-NAME_ADDRESSED = ("fat", "exfat")
 #: a created file replaces a deleted one of nearly the same size: at most this much more
 REPLACEMENT_SLACK = 1024
 
@@ -417,7 +415,8 @@ class _Comparison:
                                f"; replaced the file of that name (inode {replaced.inode}, "
                                f"{replaced.size} bytes)"))
         elif change == "modified" and old is not None and new is not None \
-                and not old.same_file(new):
+                and not old.same_file(new) \
+                and (old.inode != new.inode or old.fs not in NAME_ADDRESSED):
             evidence.insert(0, "another file under the same name now (inode "
                             + (f"{old.inode} reused)" if old.inode == new.inode
                                else f"{old.inode} -> {new.inode})"))

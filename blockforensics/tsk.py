@@ -33,6 +33,8 @@ from blockforensics.disk import MappedDisk
 from blockforensics.errors import BlockforensicsError, UsageError
 from blockforensics.formats.base import Disk
 
+#: file systems whose metadata address is where the name is stored (a rename moves it)
+NAME_ADDRESSED = ("fat", "exfat")
 #: resident data larger than this is not kept in memory (read on demand)
 RESIDENT_MAX = 1 << 20
 #: bytes read at a time from a disk
@@ -124,12 +126,24 @@ class Entry:
     fs: str = ""  # the file system: "fat", "exfat", "ext", "ntfs", "hfs", ... ("": unknown)
 
     def same_file(self, other: Entry) -> bool:
-        """The same inode (MFT record: same sequence) born at the same time, when
-        recorded: one file, whatever it holds now."""
-        if self.type != other.type or self.inode != other.inode or self.seq != other.seq:
+        """One file, whatever it holds now: the same inode (MFT record and sequence)
+        born at the same time, when recorded.  On FAT and exFAT, whose metadata address
+        is the directory entry's place (it moves with the name, and a swap of names
+        keeps both places), the same birth time and first cluster instead."""
+        if self.type != other.type:
+            return False
+        if self.fs in NAME_ADDRESSED:
+            return (self.crtime, self.crtime_ns, self.first_byte) == \
+                (other.crtime, other.crtime_ns, other.first_byte)
+        if self.inode != other.inode or self.seq != other.seq:
             return False
         return not (self.crtime and other.crtime
                     and (self.crtime, self.crtime_ns) != (other.crtime, other.crtime_ns))
+
+    @property
+    def first_byte(self) -> int | None:
+        """Where its data starts on the disk (None: no data runs)."""
+        return int(self.extents[0, 0]) if len(self.extents) else None
 
     def same_extents(self, other: Entry) -> bool:
         return np.array_equal(self.extents, other.extents)
@@ -137,11 +151,11 @@ class Entry:
     def same_identity(self, other: Entry) -> bool:
         """The same file under another name: :meth:`same_file`, and unless the birth time
         is recorded to below the second (ext4, NTFS), the same first data run (or,
-        with no runs, the same size): an inode or FAT slot reused within a second."""
+        with no runs, the same size): an inode reused within a second."""
         if not self.same_file(other):
             return False
-        if self.crtime_ns or other.crtime_ns:  # birth to the nanosecond: that says it all
-            return True
+        if (self.crtime_ns or other.crtime_ns) and self.fs not in NAME_ADDRESSED:
+            return True  # birth to the nanosecond: that says it all
         if len(self.extents) and len(other.extents):
             return bool(self.extents[0, 0] == other.extents[0, 0])
         return self.size == other.size
@@ -374,6 +388,8 @@ def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
             or meta.type not in (tsk.TSK_FS_META_TYPE_REG, tsk.TSK_FS_META_TYPE_DIR,
                                  tsk.TSK_FS_META_TYPE_LNK)
             or (is_fat and text.endswith("(Volume Label Entry)"))
+            # exFAT's allocation bitmap and up-case table, listed as files with no times
+            or (is_fat and text.startswith("$") and not (meta.mtime or meta.crtime or meta.atime))
             or (is_ntfs and text.startswith("$") and int(meta.addr) < 27))
 
 

@@ -123,13 +123,15 @@ GUEST_MODULES = ("virtio_pci", "virtio_blk", "vfat", "exfat", "nls_cp437", "nls_
 @dataclass(frozen=True)
 class GuestFill:
     """Copy ``tree`` onto the ``fstype`` volume of ``image`` (partition ``partition``, or
-    the whole disk), then remove the ``delete`` paths (their clusters keep stale data)."""
+    the whole disk), then remove the ``delete`` paths (their clusters keep stale data),
+    then run ``script`` (busybox sh, in the mounted volume's root)."""
 
     image: Path
     fstype: str  # "vfat" or "exfat"
     tree: Path
     delete: tuple[str, ...] = ()
     partition: int | None = None
+    script: str = ""
 
 
 def _cloud_kernel() -> tuple[Path, Path]:
@@ -179,8 +181,12 @@ def fill_in_guest(jobs: list[GuestFill], work: Path, timeout: float = 600) -> No
         shutil.copytree(job.tree, root / "trees" / str(i))
         device = f"/dev/vd{chr(ord('a') + i)}{job.partition or ''}"
         removals = " && ".join(f"rm -r '/mnt/{p}'" for p in job.delete) or "true"
+        script = "true"
+        if job.script:
+            (root / f"script-{i}.sh").write_text(f"set -e\ncd /mnt\n{job.script}\n")
+            script = f"sh /script-{i}.sh"
         steps.append(f"wait_for {device}; mount -t {job.fstype} {device} /mnt && "
-                     f"cp -r /trees/{i}/. /mnt/ && {removals} && umount /mnt && "
+                     f"cp -r /trees/{i}/. /mnt/ && {removals} && {script} && umount /mnt && "
                      f"echo FILLED-{i}")
     init = root / "init"
     init.write_text("\n".join([

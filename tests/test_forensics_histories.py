@@ -442,3 +442,47 @@ def test_thousands_of_deletes_and_creates_in_one_directory_take_no_pairwise_work
     changes = pd.Series([r["change"] for r in comparison.rows]).value_counts()
     assert changes["created"] == changes["deleted"] == n
     assert calls <= 4 * n
+
+
+# ------------------------------------------- FAT32 and exFAT by Linux's drivers
+#: :func:`_common_change` in busybox sh, run in a guest on the mounted volume
+GUEST_CHANGE = """
+mv d1/mv.txt d2/mv.txt
+mv rn.txt rn2.txt; echo appended >> rn2.txt
+mv over_src.txt over_dst.txt
+mv swap_a.txt swap.tmp; mv swap_b.txt swap_a.txt; mv swap.tmp swap_b.txt
+mv dir_r dir_renamed
+rm f2d; mkdir f2d; head -c 100 /init > f2d/x.txt
+rm -r d2f; echo now a file > d2f
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fstype", ["vfat", "exfat"])
+def test_linux_fat_drivers_moves_renames_over_swaps_and_directories(fstype, tmp_path):
+    """The kernel's vfat and exfat drivers (booted in QEMU: none on the host) keep a
+    renamed file's directory entry where it can — a swap leaves both entries in place
+    with the other's clusters — so FAT identity is birth time and first cluster."""
+    from sample_disks import GuestFill, fill_in_guest
+
+    require_module("pytsk3", "pytsk3")
+    require_tools("qemu-system-x86_64", "busybox", "cpio", "mkfs.vfat", "mkfs.exfat")
+    tree, empty = tmp_path / "tree", tmp_path / "empty"
+    tree.mkdir()
+    empty.mkdir()
+    _common_start(tree)
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(64 << 20))
+    mkfs = ["mkfs.vfat", "-F", "32", "-s", "1"] if fstype == "vfat" else ["mkfs.exfat"]
+    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+    chain = Chain.create(tmp_path / "chain")
+    fill_in_guest([GuestFill(image, fstype, tree)], tmp_path)
+    _backup(chain, image)
+    fill_in_guest([GuestFill(image, fstype, empty, script=GUEST_CHANGE)], tmp_path)
+    _backup(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    _assert_common(result)
+    rows = _rows(result)
+    assert rows.loc["/rn2.txt", "change"] == "renamed"  # renamed and appended to
+    assert rows.loc["/rn2.txt", "old_path"] == "/rn.txt"
+    assert not result.files["path"].str.contains("$", regex=False).any()  # exFAT metadata
