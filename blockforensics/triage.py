@@ -325,7 +325,8 @@ def _destroyed_by_deletion(files: pd.DataFrame, before: Listing | None) -> int:
     least :data:`DELETED_SHARE` of the parent's files; else 0 (see the module's
     documentation)."""
     change = files["change"]
-    gone = (change == "deleted") | ((change == "renamed") & (files["replaces"] != ""))
+    gone = (change == "deleted") | ((change == "renamed") & (files["replaces"] != "")
+                                    & (files["type"] == "file"))
     surplus = int(gone.sum()) - int((change == "created").sum())  # renamed over: gone too
     if surplus <= 0:
         return 0
