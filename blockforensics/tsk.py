@@ -19,6 +19,7 @@ the caller reports it rather than stopping.
 from __future__ import annotations
 
 import calendar
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -122,7 +123,7 @@ class Entry:
     ctime_ns: int = 0  # nanoseconds within ``ctime``
     seq: int = 0  # NTFS MFT record sequence number (bumped on reuse); 0 elsewhere
     nlink: int = 0  # names the inode has (hard links)
-    streams: tuple[tuple[str, int], ...] = ()  # named data streams (NTFS ADS): name, size
+    streams: tuple[tuple[str, int, str], ...] = ()  # NTFS named streams: name, size, SHA-256
     fs: str = ""  # the file system: "fat", "exfat", "ext", "ntfs", "hfs", ... ("": unknown)
 
     def same_file(self, other: Entry) -> bool:
@@ -296,11 +297,19 @@ def _fs_name(tsk: Any, fs: Any) -> str:
     return "other"
 
 
-def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int], ...]:
-    """Named data streams (NTFS alternate data streams): name and size."""
-    return tuple(sorted((attr.info.name.decode("utf-8", "replace"), int(attr.info.size))
-                        for attr in fs_file
-                        if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA and attr.info.name))
+def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int, str], ...]:
+    """Named data streams (NTFS alternate data streams): name, size and SHA-256 of the
+    content (so a same-size rewrite of a stream shows)."""
+    out = []
+    for attr in fs_file:
+        if attr.info.type != tsk.TSK_FS_ATTR_TYPE_NTFS_DATA or not attr.info.name:
+            continue
+        size, digest = int(attr.info.size), hashlib.sha256()
+        for lo in range(0, size, CHUNK_BYTES):
+            digest.update(fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), attr.info.type,
+                                              attr.info.id))
+        out.append((attr.info.name.decode("utf-8", "replace"), size, digest.hexdigest()))
+    return tuple(sorted(out))
 
 
 def _fat_times(times: dict[str, int]) -> dict[str, int]:
