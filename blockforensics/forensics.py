@@ -261,23 +261,19 @@ class _Comparison:
         gone = {p: e for p, e in a.items() if p not in b or b[p].type != e.type}
         new = {p: e for p, e in b.items() if p not in a or a[p].type != e.type}
         kept = sorted(a.keys() & b.keys() - gone.keys())
-        # a path now naming another file (renamed over, names swapped): its old and new
-        # files are matched like deleted and created ones
-        other = {p for p in kept if a[p].type == "file" and not a[p].same_identity(b[p])}
+        # a path now naming another file or directory (renamed over, names swapped): its
+        # old and new ones are matched like deleted and created ones
+        other = {p for p in kept if not a[p].same_identity(b[p])}
         for path in kept:
-            old, now = a[path], b[path]
-            if old.type == "dir":
-                if old.children != now.children:
-                    self.add("modified", old, now, what=["names"])
-            elif path not in other:
-                self.compare_files("modified", old, now)
+            if path not in other:
+                self.modified(a[path], b[path])
         sources = {**gone, **{p: a[p] for p in other}}
         targets = {**new, **{p: b[p] for p in other}}
         pairs = self.renames(sources, targets)  # takes the pairs out of both
         moved_away = {old.path for old, now in pairs if old.path != now.path}
         for old, now in pairs:
             if old.path == now.path:  # the same content under its own name again
-                self.compare_files("modified", old, now)
+                self.modified(old, now)
             else:  # replacing the file at its new name unless that one moved on too
                 replaced = sources.pop(now.path, None) if now.path in other else None
                 self.compare_files("renamed", old, now, replaced=replaced)
@@ -286,7 +282,7 @@ class _Comparison:
             if path in moved_away:  # its file went elsewhere: this one is new
                 self.add("created", None, now)
             else:  # rewritten as another file (an editor's save): a modification
-                self.compare_files("modified", sources.pop(path), now)
+                self.modified(sources.pop(path), now)
         places = _Places(sources)
         for _, now in sorted(targets.items()):
             counterpart = self.counterpart(now, places)
@@ -294,6 +290,15 @@ class _Comparison:
                      counterpart=counterpart)
         for _, old in sorted(sources.items()):
             self.add("deleted", old, None, self.stats(0, old))
+
+    def modified(self, old: Entry, now: Entry) -> None:
+        """One path at both points: a directory is modified when the names it lists
+        differ, a file as :meth:`compare_files` finds."""
+        if old.type == "dir":
+            if old.children != now.children:
+                self.add("modified", old, now, what=["names"])
+        else:
+            self.compare_files("modified", old, now)
 
     @overload
     def stats(self, side: int, entry: Entry) -> ByteStats: ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -159,6 +160,11 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
         os.utime(m / "old.txt", (PRE_1970, PRE_1970))
         (m / "future.txt").write_bytes(b"future")
         os.utime(m / "future.txt", (POST_2038, POST_2038))
+        for d in ("A", "B", "P", "Q"):
+            (m / d).mkdir()
+            if d != "B":
+                (m / d / f"{d.lower()}.txt").write_bytes(d.encode() * 3000)
+        (m / "chain_a.txt").write_bytes(b"chain a " * 500)
     _backup(chain, image)
     with _mounted(mount, tmp / "m") as m:
         _common_change(m)
@@ -186,6 +192,11 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
         (m / "elsewhere/dup_copy.txt").write_bytes(data)
         for name in AWKWARD:
             (m / name).write_bytes(b"awkward " * 10)
+        (m / "B").rmdir()
+        (m / "A").rename(m / "B")  # a directory renamed over an empty one
+        _swap(m / "P", m / "Q")  # two directories' names swapped
+        (m / "chain_a.txt").rename(m / "chain_b.txt")
+        (m / "chain_a.txt").write_bytes(b"a new one " * 300)  # a new file, the old name
     _backup(chain, image)
     with Chain.open(tmp / "chain") as opened:
         yield opened, image
@@ -193,6 +204,20 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
 
 def test_ext4_moves_renames_over_swaps_and_directories(ext4):
     _assert_common(forensics.diff(ext4[0], 0, 1, files=True))
+
+
+def test_ext4_directories_renamed_over_and_swapped_and_a_name_reused(ext4):
+    rows = _rows(forensics.diff(ext4[0], 0, 1, files=True))
+    assert (rows.loc["/B", "change"], rows.loc["/B", "old_path"], rows.loc["/B", "replaces"]) \
+        == ("renamed", "/A", "/B")
+    assert rows.loc["/B/a.txt", "old_path"] == "/A/a.txt"
+    assert (rows.loc["/P", "old_path"], rows.loc["/Q", "old_path"]) == ("/Q", "/P")
+    assert (rows.loc["/P/q.txt", "old_path"], rows.loc["/Q/p.txt", "old_path"]) == \
+        ("/Q/q.txt", "/P/p.txt")
+    assert (rows.loc["/chain_b.txt", "change"], rows.loc["/chain_b.txt", "old_path"]) == \
+        ("renamed", "/chain_a.txt")
+    assert rows.loc["/chain_a.txt", "change"] == "created"
+    assert not {"/A", "/A/a.txt"} & set(rows.index)
 
 
 def test_ext4_links_sparse_truncated_and_metadata_only(ext4):
@@ -360,6 +385,9 @@ def ntfs(tmp_path_factory) -> Chain:
         (m / "hl_a").unlink()
         os.setxattr(m / "ads.txt", "user.hidden", b"a named stream")  # ntfs-3g: an ADS
     _backup(chain, image)
+    with _mounted(mount, tmp / "m") as m:
+        os.setxattr(m / "ads.txt", "user.hidden", b"a named STREAM")  # the same size
+    _backup(chain, image)
     return chain
 
 
@@ -375,9 +403,13 @@ def test_ntfs_case_rename_links_streams_and_times(ntfs):
     assert rows.loc["/ads.txt", "change"] == "modified"
     assert rows.loc["/ads.txt", "what_changed"] == "streams"
     entries = tsk.list_entries(ntfs.disk(1)).entries
-    assert entries["/ads.txt"].streams == (("hidden", len(b"a named stream")),)
+    assert entries["/ads.txt"].streams == (
+        ("hidden", len(b"a named stream"), hashlib.sha256(b"a named stream").hexdigest()),)
     assert entries["/old.txt"].mtime == PRE_1970  # TSK itself gives 0
     assert (entries["/ns.txt"].mtime, entries["/ns.txt"].mtime_ns) == (1_700_000_000, 100)
+    rows = _rows(forensics.diff(ntfs, 1, 2, files=True))
+    assert (rows.loc["/ads.txt", "change"], rows.loc["/ads.txt", "what_changed"]) == \
+        ("modified", "streams")
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
