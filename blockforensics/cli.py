@@ -141,6 +141,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
                            block_size=args.block_size)
+        if done.found and not args.json:  # a full: what was stored, per partition
+            print("\n".join(done.found.report()))
         print(_dumps(done.to_json()) if args.json else
               f"point {done.point}: {done.tracked} blocks tracked, {done.ahead} copied ahead, "
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -384,6 +385,9 @@ def ntfs(tmp_path_factory) -> Chain:
         (m / "hl_a").unlink()
         os.setxattr(m / "ads.txt", "user.hidden", b"a named stream")  # ntfs-3g: an ADS
     _backup(chain, image)
+    with _mounted(mount, tmp / "m") as m:
+        os.setxattr(m / "ads.txt", "user.hidden", b"a named STREAM")  # the same size
+    _backup(chain, image)
     return chain
 
 
@@ -399,9 +403,13 @@ def test_ntfs_case_rename_links_streams_and_times(ntfs):
     assert rows.loc["/ads.txt", "change"] == "modified"
     assert rows.loc["/ads.txt", "what_changed"] == "streams"
     entries = tsk.list_entries(ntfs.disk(1)).entries
-    assert entries["/ads.txt"].streams == (("hidden", len(b"a named stream")),)
+    assert entries["/ads.txt"].streams == (
+        ("hidden", len(b"a named stream"), hashlib.sha256(b"a named stream").hexdigest()),)
     assert entries["/old.txt"].mtime == PRE_1970  # TSK itself gives 0
     assert (entries["/ns.txt"].mtime, entries["/ns.txt"].mtime_ns) == (1_700_000_000, 100)
+    rows = _rows(forensics.diff(ntfs, 1, 2, files=True))
+    assert (rows.loc["/ads.txt", "change"], rows.loc["/ads.txt", "what_changed"]) == \
+        ("modified", "streams")
 
 
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
