@@ -154,6 +154,21 @@ def test_a_file_of_a_chain_is_no_disk(tmp_path, piece, command) -> None:
     assert not (tmp_path / "other").exists() and not (tmp_path / "disk.vhd").exists()
 
 
+def test_an_image_file_out_of_its_chain_is_no_disk(tmp_path) -> None:
+    from blockforensics.formats.signature import container
+    from blockforensics.image.format import HEADER_MAGIC
+
+    chain, image = tmp_path / "chain", tmp_path / "disk.img"
+    image.write_bytes(os.urandom(64 << 10))
+    assert cli("backup", image, chain).returncode == 0
+    stray = tmp_path / "copied.bfi"
+    stray.write_bytes((chain / "0000-full.bfi").read_bytes())
+    assert stray.read_bytes().startswith(HEADER_MAGIC)  # the signature the probe knows
+    assert container(stray)[0] == "an image file of a blockforensics chain"
+    assert_exit_2(cli("backup", stray, tmp_path / "other"), "image file of a blockforensics")
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("port", ["0", "65536", "99999", "-1", "http"])
 def test_a_port_outside_tcp_is_a_usage_error(raw_key_chain, port) -> None:
     chain, _, _ = raw_key_chain
