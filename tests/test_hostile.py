@@ -28,6 +28,7 @@ import pytest
 from chains import build_chain
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import require_tools
 
 from blockforensics.cli import main
 from blockforensics.crypto import MAX_KEY_FILE, KeySource
@@ -152,6 +153,17 @@ def test_a_file_of_a_chain_is_no_disk(tmp_path, piece, command) -> None:
     assert_exit_2(done, "a file of the chain")
     assert {p.name: p.read_bytes() for p in chain.iterdir()} == before
     assert not (tmp_path / "other").exists() and not (tmp_path / "disk.vhd").exists()
+
+
+def test_a_source_that_is_recognised_but_does_not_open_leaves_no_chain(tmp_path) -> None:
+    require_tools("qemu-img")
+    vhd = tmp_path / "damaged.vhd"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vpc", str(vhd), "16M"], check=True)
+    with vhd.open("r+b") as fh:  # the dynamic disk header's cookie
+        fh.seek(512)
+        fh.write(b"XXXXXXXX")
+    assert_exit_2(cli("backup", vhd, tmp_path / "chain"), "cxsparse")
+    assert not (tmp_path / "chain").exists()
 
 
 def test_an_image_file_out_of_its_chain_is_no_disk(tmp_path) -> None:
