@@ -6,7 +6,12 @@ of (FAT12/16/32 from the FAT, ext2/3/4 from the block bitmaps), and *everything*
 else (table sectors, gaps, unknown partitions, unknown content, file systems
 whose structures fail their own checks, partitions cut off by the end of the
 image) — the safe side for a backup, with a note per partition saying which
-was which, so nothing is ever left out silently.  ``allocation_map(disk)`` is
+was which, so nothing is ever left out silently.  An LVM2 physical volume (a
+partition or a whole disk) is read through its metadata
+(:mod:`blockforensics.fs.lvm`): each linear logical volume is a region of its
+own, its file system read through a view that maps the volume's bytes to the
+disk's, its allocation mapped back to disk blocks; the label, metadata areas,
+free extents and every volume not read are copied whole.  ``allocation_map(disk)`` is
 its map alone.  Maps of different granularity are combined byte by byte: a
 volume block is allocated when any byte of it is.
 
@@ -33,6 +38,7 @@ from blockforensics.fs.base import FileSystem, units_map
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
 from blockforensics.fs.gpt import looks_like_gpt, read_gpt
+from blockforensics.fs.lvm import find_label, read_layout
 from blockforensics.fs.mbr import SECTOR, SECTOR_SIZES, Partition, looks_like_mbr, read_table
 from blockforensics.fs.sleuthkit import TskFileSystem
 
@@ -99,9 +105,11 @@ def open_filesystem(disk: Disk, offset: int = 0) -> FileSystem:
 
 
 def detect(disk: DiskLike, offset: int = 0) -> str | None:
-    """What starts at byte ``offset``: "fat12".."fat32", "ext2".."ext4", "gpt" (at 0),
-    "mbr" or None."""
+    """What starts at byte ``offset``: "lvm2" (a physical volume's label), "fat12"..
+    "fat32", "ext2".."ext4", "gpt" (at 0), "mbr" or None."""
     with _opened(disk) as d:
+        if find_label(d, offset) is not None:
+            return "lvm2"
         try:
             fs = _open(d, offset)
         except FormatError:  # a signature, but structures that do not hold together
@@ -115,22 +123,33 @@ def detect(disk: DiskLike, offset: int = 0) -> str | None:
 
 def partitions(disk: DiskLike) -> pd.DataFrame:
     """GPT or MBR partitions, one row each (MBR: primary 1-4, logical from 5; GPT:
-    the entry's number).
+    the entry's number), each LVM2 physical volume's logical volumes after it.
 
-    Columns: index, type (MBR partition type byte, or GPT partition type GUID),
-    bootable, start_byte, length_bytes, kind ("primary"/"extended"/"logical"/
-    "gpt"), name (GPT), filesystem (what :func:`detect` finds at the partition's
-    start; None for extended ones).  FormatError when the disk has no partition
-    table.
+    Columns: index, type (MBR partition type byte, or GPT partition type GUID;
+    "lvm2" for a logical volume), bootable, start_byte, length_bytes, kind
+    ("primary"/"extended"/"logical"/"gpt"; "lv" for a logical volume, whose
+    index is its physical volume's partition, whose start_byte is where its first
+    extent lies on the disk and length_bytes its size), name (GPT; "vg/lv"),
+    filesystem (what :func:`detect` finds at the partition's start, "lvm2" for a
+    physical volume; None for extended ones and volumes that are not read).
+    FormatError when the disk has no partition table and is not a physical volume.
     """
     import pandas as pd  # here, not at the top: the command line does not need it
 
     with _opened(disk) as d:
         table, found, _ = partition_table(d)
-        if table == "none":
+        _, to_read, _, problems = _partitions_to_read(d)
+        volumes = [p for p in to_read if p.kind == "lv"]
+        if table == "none" and not volumes:
             raise FormatError("not a partitioned disk (no GPT or MBR partition table)")
-        kinds = [None if p.kind == "extended" else detect(d, p.start_byte) for p in found]
-    frame = pd.DataFrame([vars(p) for p in found], columns=[
+        rows = [] if table == "none" else [p for p in found]
+        for part in found if table != "none" else [None]:
+            at = rows.index(part) + 1 if part is not None else 0
+            index = None if part is None else part.index
+            rows[at:at] = [v for v in volumes if v.index == index]
+        kinds = [None if p.kind == "extended" or (p.kind == "lv" and problems.get(p)) else
+                 detect(*p.view(d)) for p in rows]
+    frame = pd.DataFrame([vars(p) for p in rows], columns=[
         "index", "type", "bootable", "start_byte", "length_bytes", "kind", "name"])
     frame["filesystem"] = pd.Series(kinds, dtype=object)
     return frame
@@ -160,7 +179,9 @@ def allocation_map(disk: DiskLike, block_size: int | None = None) -> BlockMap:
 
 @dataclass(frozen=True)
 class Region:
-    """What :func:`survey` found in one partition (or on a disk without a table).
+    """What :func:`survey` found in one partition (or on a disk without a table, or in
+    an LVM2 logical volume: ``kind`` "lv", ``name`` "vg/lv", ``start_byte`` where its
+    first extent lies and ``length_bytes`` its size).
 
     ``blocks`` of the ``total`` disk blocks the region touches are in the map;
     ``note`` says why all of them are, when the region could not be read.
@@ -174,15 +195,22 @@ class Region:
     blocks: int
     total: int
     note: str = ""
+    kind: str = ""  # the partition's kind ("primary", "gpt", "whole", "lv" …)
+    name: str = ""  # a logical volume's "vg/lv"
 
     @property
     def where(self) -> str:
+        if self.kind == "lv":
+            return f"logical volume {self.name}"
         return "whole disk" if self.index is None else f"partition {self.index}"
 
     def describe(self) -> str:
         """One line: the file system and the blocks stored, or why all are copied."""
         if self.note:
             what = f" ({self.filesystem})" if self.filesystem else ""
+            if self.kind == "lv" and self.total == 0:
+                return f"{self.where}: {self.note}: not read (it has no extents of its own " \
+                       "here; the extents it uses are copied whole)"
             return f"{self.where}{what}: {self.note}: copying all {self.total} blocks"
         return f"{self.where} ({self.filesystem}): {self.blocks} of {self.total} blocks allocated"
 
@@ -190,7 +218,8 @@ class Region:
         return {"index": self.index, "type": self.type, "start_byte": self.start_byte,
                 "length_bytes": self.length_bytes, "filesystem": self.filesystem,
                 "blocks": self.blocks, "total_blocks": self.total,
-                "all_blocks": bool(self.note), "note": self.note}
+                "all_blocks": bool(self.note), "note": self.note, "kind": self.kind,
+                "name": self.name}
 
 
 @dataclass(frozen=True)
@@ -204,11 +233,11 @@ class Survey:
 
     def report(self) -> list[str]:
         """Lines for the backup's output: the table, then one per region."""
+        lines = [f"{'    ' if r.kind == 'lv' else '  '}{r.describe()}" for r in self.regions]
         if self.table == "none":
-            return ["no partition table", *self.notes,
-                    *(f"  {r.describe()}" for r in self.regions)]
-        return [f"partition table: {self.table}, {len(self.regions)} partitions", *self.notes,
-                *(f"  {r.describe()}" for r in self.regions),
+            return ["no partition table", *self.notes, *lines]
+        count = sum(r.kind != "lv" for r in self.regions)
+        return [f"partition table: {self.table}, {count} partitions", *self.notes, *lines,
                 f"  outside the partitions (tables, gaps): all {self.outside_blocks} blocks"]
 
     @property
@@ -216,7 +245,8 @@ class Survey:
         """Blocks outside every partition (always copied)."""
         bs = self.map.block_size
         extents = sorted((r.start_byte // bs, min(-(-(r.start_byte + r.length_bytes) // bs),
-                                                  self.map.n_blocks)) for r in self.regions)
+                                                  self.map.n_blocks))
+                         for r in self.regions if r.kind != "lv")
         inside, reached = 0, 0
         for start, stop in extents:
             inside += max(0, stop - max(start, reached))
@@ -242,13 +272,17 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
     """
     with _opened(disk) as d:
         block_size = d.block_size if block_size is None else block_size
-        table, found, notes = _partitions_to_read(d)
+        table, found, notes, problems = _partitions_to_read(d)
         starts: list[np.ndarray] = []
         stops: list[np.ndarray] = []
         read: list[tuple[int, int]] = []  # extents of the file systems whose maps are used
         pending = []
         for part in found:
-            kind, note = _read_area(d, part, starts, stops, read)
+            problem = problems.get(part)
+            if problem is None or (part.kind == "lv" and not problem):
+                kind, note = _read_area(d, part, starts, stops, read)
+            else:  # a physical volume (its volumes are regions of their own), or a
+                kind, note = ("lvm2" if part.kind != "lv" else None), problem  # volume not read
             pending.append((part, kind, note))
         outside_starts, outside_stops = _outside(read, d.size)
         starts.append(outside_starts)
@@ -259,11 +293,16 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
         run_stops = run_starts + run_lengths
         regions = []
         for part, kind, note in pending:
-            first = part.start_byte // block_size
-            stop = min(-(-(part.start_byte + part.length_bytes) // block_size), amap.n_blocks)
-            inside = np.clip(run_stops, first, stop) - np.clip(run_starts, first, stop)
+            blocks = total = 0
+            for start, end in part.extents():
+                first = start // block_size
+                stop = min(-(-end // block_size), amap.n_blocks)
+                inside = np.clip(run_stops, first, stop) - np.clip(run_starts, first, stop)
+                blocks += int(inside.sum())
+                total += max(stop - first, 0)
             regions.append(Region(part.index, part.type_name, part.start_byte, part.length_bytes,
-                                  kind, int(inside.sum()), max(stop - first, 0), note))
+                                  kind, blocks, total, note, part.kind,
+                                  part.name if part.kind == "lv" else ""))
         return Survey(table, amap, regions, notes)
 
 
@@ -291,13 +330,13 @@ def _read_mbr(disk: Disk) -> tuple[list[Partition], list[str]]:
     512-byte sectors bears a file system and some read in 4096-byte ones do, the
     table is a 4K-native one (a note says so)."""
     found, notes = read_table(disk, SECTOR)
-    if disk.size % SECTOR_SIZES[-1] or any(_bears_filesystem(disk, p) for p in found):
+    if disk.size % SECTOR_SIZES[-1] or any(_bears_content(disk, p) for p in found):
         return found, notes
     wide, wide_notes = read_table(disk, SECTOR_SIZES[-1])
-    if not any(_bears_filesystem(disk, p) for p in wide):
+    if not any(_bears_content(disk, p) for p in wide):
         return found, notes
     return wide, [f"MBR read in {SECTOR_SIZES[-1]}-byte logical sectors (a 4K-native "
-                  "disk): only there do its partitions start with file systems",
+                  "disk): only there do its partitions start with file systems (or LVM2 labels)",
                   *wide_notes]
 
 
@@ -307,49 +346,104 @@ def _bears_filesystem(disk: Disk, part: Partition) -> bool:
             and _reader(disk, part.start_byte) is not None)
 
 
+def _bears_content(disk: Disk, part: Partition) -> bool:
+    """A file system's signature, or an LVM2 physical volume's label, at its start."""
+    return _bears_filesystem(disk, part) or (
+        part.kind != "extended" and part.start_byte < disk.size
+        and find_label(disk, part.start_byte) is not None)
+
+
 def filesystem_partitions(disk: DiskLike) -> list[Partition]:
     """Where the disk's file systems start, for reading their files: every partition of
     its GPT or MBR table (logical ones of the EBR chain included, extended ones not)
     whose first bytes bear a file system's signature — FAT, ext, or one The Sleuth Kit
-    opens (NTFS, exFAT, HFS+ …) — even when its structures then fail their checks; a
-    bare file system, a disk without a table or with an unreadable one: the whole disk
-    (index None, from byte 0)."""
+    opens (NTFS, exFAT, HFS+ …) — even when its structures then fail their checks —
+    and every linear LVM2 logical volume (kind "lv", read through
+    :meth:`Partition.view`) whose first bytes bear one; a bare file system, a disk
+    without a table or with an unreadable one: the whole disk (index None, from byte
+    0), unless it is an LVM2 physical volume."""
     with _opened(disk) as d:
-        table, found, _ = _partitions_to_read(d)
-        if table == "none" or found[0].index is None:
-            return found
-        return [p for p in found if _bears_filesystem(d, p)]
+        table, found, _, problems = _partitions_to_read(d)
+        chosen = []
+        for p in found:
+            if p in problems:  # an LVM2 physical volume, or one of its logical volumes
+                if p.kind == "lv" and not problems[p] and _reader(*p.view(d)):
+                    chosen.append(p)
+            elif table == "none" or p.index is None or _bears_filesystem(d, p):
+                chosen.append(p)
+        return chosen
 
 
-def _partitions_to_read(disk: Disk) -> tuple[str, list[Partition], list[str]]:
+def _partitions_to_read(disk: Disk) -> tuple[str, list[Partition], list[str],
+                                             dict[Partition, str]]:
     """:func:`partition_table` without extended partitions; a disk without a table, or
-    whose table is unreadable, is one partition (index None) covering it."""
+    whose table is unreadable, is one partition (index None) covering it.  Each LVM2
+    physical volume is followed by its logical volumes (kind "lv"); the last item
+    maps each of those PVs and LVs to why it is not read ("" when it is)."""
     whole = [Partition(None, 0, False, 0, disk.size, "whole")]
     try:
         table, found, notes = partition_table(disk)
     except FormatError as exc:
         kind = "gpt" if looks_like_gpt(disk) else "mbr"
-        return kind, whole, [f"unreadable {kind.upper()} partition table: {exc}"]
-    if table == "none":
-        return table, whole, notes
-    return table, [p for p in found if p.kind != "extended"], notes
+        found, notes = whole, [f"unreadable {kind.upper()} partition table: {exc}"]
+        table = kind
+    else:
+        found = whole if table == "none" else [p for p in found if p.kind != "extended"]
+    return (table, *_with_volumes(disk, found, notes))
+
+
+def _with_volumes(disk: Disk, found: list[Partition], notes: list[str]
+                  ) -> tuple[list[Partition], list[str], dict[Partition, str]]:
+    """``found`` with the logical volumes of its LVM2 physical volumes after them, the
+    notes, and why each PV or LV is not read ("" when it is)."""
+    pvs = [p for p in found if p.start_byte < disk.size
+           and find_label(disk, p.start_byte) is not None]
+    if not pvs:
+        return found, notes, {}
+    layout = read_layout(disk, [(p.start_byte, p.length_bytes) for p in pvs])
+    problems: dict[Partition, str] = {}
+    listed: set[str] = set()  # VGs whose volumes follow a PV already
+    out: list[Partition] = []
+    for part in found:
+        out.append(part)
+        if part not in pvs:
+            continue
+        problem = layout.pv_problems.get(part.start_byte, "")
+        problems[part] = f"LVM2 physical volume not read: {problem}" if problem else ""
+        vg = layout.vg_of.get(part.start_byte)
+        if vg is None or vg in listed:
+            continue
+        listed.add(vg)
+        for lv in layout.volumes:
+            if lv.vg != vg:
+                continue
+            pieces = tuple(lv.pieces)
+            volume = Partition(part.index, "lvm2", False,
+                               pieces[0][1] if pieces else part.start_byte, lv.size, "lv",
+                               lv.full_name, pieces)
+            problems[volume] = lv.problem
+            out.append(volume)
+    return out, notes, problems
 
 
 def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: list[np.ndarray],
                read: list[tuple[int, int]]) -> tuple[str | None, str]:
     """Add the allocated byte runs of the file system in ``part`` (when one is read with
-    certainty) to ``starts``/``stops``; returns its kind and a note when it was not."""
-    end = part.start_byte + part.length_bytes
+    certainty) to ``starts``/``stops``, as disk bytes; returns its kind and a note when
+    it was not.  A logical volume is read through its view (volume bytes), its runs
+    mapped back to the disk extent by extent."""
+    end = max(stop for _, stop in part.extents())
     if part.start_byte >= disk.size:
         return None, f"starts past the end of the image ({disk.size} bytes)"
+    view, offset = part.view(disk)
     try:
-        fs = _open(disk, part.start_byte)
+        fs = _open(view, offset)
     except FormatError as exc:
         return None, str(exc)
     if fs is None:
         return None, "not recognised"
     try:
-        available = min(part.length_bytes, disk.size - part.start_byte)
+        available = min(part.length_bytes, view.size - offset)
         if end > disk.size:
             raise FormatError(f"runs past the end of the image at byte {disk.size} (a "
                               f"truncated copy? --all-blocks copies it without looking)")
@@ -357,9 +451,21 @@ def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: lis
         run_starts, run_lengths = fs.allocation().run_arrays()
     except FormatError as exc:
         return fs.kind, str(exc).removeprefix(f"{fs.name}: ")
-    starts.append(part.start_byte + run_starts * fs.unit)
-    stops.append(part.start_byte + (run_starts + run_lengths) * fs.unit)
-    read.append((part.start_byte, part.start_byte + fs.size))
+    pieces = part.pieces or ((0, part.start_byte, part.length_bytes),)
+    fs_starts, fs_stops = run_starts * fs.unit, (run_starts + run_lengths) * fs.unit
+    for volume_byte, disk_byte, length in pieces:  # a partition is one piece
+        if part.pieces:
+            lo, hi = volume_byte, min(volume_byte + length, fs.size)
+        else:
+            lo, hi = 0, fs.size
+        if hi <= lo:
+            continue
+        clipped_starts = np.clip(fs_starts, lo, hi)
+        clipped_stops = np.clip(fs_stops, lo, hi)
+        keep = clipped_stops > clipped_starts
+        starts.append(clipped_starts[keep] - lo + disk_byte)
+        stops.append(clipped_stops[keep] - lo + disk_byte)
+        read.append((disk_byte, disk_byte + hi - lo))
     return fs.kind, ""
 
 

@@ -132,19 +132,28 @@ def cmd_backup(args: argparse.Namespace) -> int:
         changed = BlockMap.load(args.changed) if args.changed else None
     except ValueError as exc:
         raise UsageError(f"--changed {exc}") from None
-    chain = Chain.open_or_create(args.chain, _key(args))
-    chain.cleanup()
+
+    def open_chain() -> Chain:
+        chain = Chain.open_or_create(args.chain, _key(args))
+        chain.cleanup()
+        return chain
+
     if args.head_start:
         from blockforensics.live.headstart import backup_live
 
+        chain = open_chain()
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
                            block_size=args.block_size)
+        if done.found and not args.json:  # a full: what was stored, per partition
+            print("\n".join(done.found.report()))
         print(_dumps(done.to_json()) if args.json else
               f"point {done.point}: {done.tracked} blocks tracked, {done.ahead} copied ahead, "
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "
               f"tracking goes on in bitmap {done.next_bitmap}")
         return EXIT_OK
+    # the source opens first: one that is refused or damaged leaves no chain behind
     with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
+        chain = open_chain()
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         if args.bitmap:
             from blockforensics.formats.nbd import NbdDisk
@@ -153,6 +162,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
             changed = source.dirty_map(args.bitmap, block_size)
         found = None if args.all_blocks else survey(source, block_size)
+        stored_hashes = dict(getattr(source, "hashes", {}))  # an acquisition's (EWF): shown
         point = backup(chain, source, parent=args.parent, full=args.full or None,
                        changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
@@ -160,9 +170,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
+        extra = {"source_hashes": stored_hashes} if stored_hashes else {}
         print(_dumps({**row, **(found.to_json() if found else {"table": None,
-                                                                  "partitions": []})}, indent=1))
+                                                                  "partitions": []}),
+                      **extra}, indent=1))
         return EXIT_OK
+    if stored_hashes:
+        print("source: hashes stored at acquisition (ewfverify checks them; a backup "
+              "reads only what matters): "
+              + ", ".join(f"{name} {value}" for name, value in stored_hashes.items()))
     print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
     print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
           f"{row['stored_bytes']} bytes")

@@ -208,3 +208,56 @@ class DiskFile(io.RawIOBase):
         data = self.disk.read(self._pos, size)
         self._pos += len(data)
         return data
+
+
+class MappedDisk(Disk):
+    """A volume laid out piece by piece on another disk (an LVM2 logical volume).
+
+    ``pieces`` are ``(volume byte, base byte, bytes)``, in volume order and tiling
+    the volume from byte 0; ``size`` is their total.  Reads go to ``base``;
+    :meth:`to_base` turns the volume's byte ranges into the base disk's.
+    """
+
+    def __init__(self, base: Disk, pieces: tuple[tuple[int, int, int], ...] | list[
+            tuple[int, int, int]]):
+        self.base = base
+        self.pieces = tuple((int(v), int(b), int(n)) for v, b, n in pieces)
+        reached = 0
+        for volume_byte, base_byte, length in self.pieces:
+            if volume_byte != reached or length <= 0 or base_byte < 0:
+                raise ValueError(f"pieces must tile the volume from byte 0: {self.pieces}")
+            reached += length
+        self.size = reached
+        self._starts = np.array([p[0] for p in self.pieces], dtype=np.int64)
+        self._bases = np.array([p[1] for p in self.pieces], dtype=np.int64)
+        aligned = all(v % 4096 == 0 and b % 4096 == 0 and n % 4096 == 0
+                      for v, b, n in self.pieces)
+        self.block_size = 4096 if aligned else 512
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        bs = self.block_size
+        out = np.zeros((count, bs), dtype=np.uint8)
+        flat = out.reshape(-1)
+        lo, hi = start * bs, min((start + count) * bs, self.size)
+        for a, b in self.to_base(np.array([lo]), np.array([hi])).tolist():
+            data = self.base.read(a, b - a)
+            flat[lo - start * bs : lo - start * bs + len(data)] = np.frombuffer(data, np.uint8)
+            lo += b - a
+        return out
+
+    def to_base(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        """Volume byte ranges ``[start, stop)`` (clipped to the volume) as ``(k, 2)``
+        base-disk byte ranges, in the same order, split where a piece ends."""
+        rows: list[tuple[int, int]] = []
+        for start, stop in zip(np.asarray(starts).tolist(), np.asarray(stops).tolist()):
+            start, stop = max(start, 0), min(stop, self.size)
+            at = int(np.searchsorted(self._starts, start, side="right")) - 1
+            while start < stop:
+                volume_byte, base_byte, length = self.pieces[at]
+                end = min(stop, volume_byte + length)
+                rows.append((base_byte + start - volume_byte, base_byte + end - volume_byte))
+                start, at = end, at + 1
+        return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+    def close(self) -> None:
+        """The base disk belongs to the caller."""

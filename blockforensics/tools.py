@@ -18,6 +18,15 @@ PACKAGES = {
     "qemu-io": "qemu-utils",
     "fusermount3": "fuse3",
     "mcopy": "mtools",
+    "pvcreate": "lvm2",
+    "vgcreate": "lvm2",
+    "lvcreate": "lvm2",
+    "lvextend": "lvm2",
+    "lvs": "lvm2",
+    "pvs": "lvm2",
+    "vgcfgbackup": "lvm2",
+    "vgcfgrestore": "lvm2",
+    "losetup": "mount",
     "mformat": "mtools",
     "mdir": "mtools",
     "syslinux": "syslinux",
@@ -45,6 +54,11 @@ PACKAGES = {
     "cryptsetup": "cryptsetup-bin",
     "mkswap": "util-linux",
     "fsck.exfat": "exfatprogs",
+    "ewfacquire": "ewf-tools",
+    "ewfverify": "ewf-tools",
+    "ewfexport": "ewf-tools",
+    "img_stat": "sleuthkit",
+    "mmls": "sleuthkit",
 }
 
 

@@ -137,7 +137,7 @@ class LostFileSystem:
     (bytes), what it was, its changed blocks, and the share of them random (entropy
     of at least :data:`HIGH_BLOCK_ENTROPY` bits per byte) or of one byte value."""
 
-    prefix: str  # "" for a bare file system, "pN:" for partition N
+    prefix: str  # "" for a bare file system, "pN:" for partition N, "vg/lv:" for an LV
     kind: str  # what it was at the parent ("ntfs", "ext4" …)
     start_byte: int
     length_bytes: int
@@ -151,7 +151,8 @@ class LostFileSystem:
         return self.now is not None or self.random_share >= LOST_RANDOM_SHARE
 
     def describe(self) -> str:
-        where = f"partition {self.prefix[1:-1]}" if self.prefix else "the volume"
+        where = ("the volume" if not self.prefix else f"partition {self.prefix[1:-1]}"
+                 if self.prefix[1:-1].isdigit() else f"logical volume {self.prefix[:-1]}")
         what = (f"{self.kind} file system of {where} (read at the parent) is gone: "
                 f"{self.random_share:.0%} of its {self.changed_blocks} changed blocks "
                 f"random, {self.constant_share:.0%} of one byte value")
@@ -265,16 +266,19 @@ def _lost_filesystems(chain: Chain, result: forensics.DiffResult, before: Listin
     bs = disk.block_size
     lost = []
     for part in filesystem_partitions(parent):
-        prefix = "" if part.index is None else f"p{part.index}:"
+        prefix = (f"{part.name}:" if part.kind == "lv"  # an LVM2 logical volume
+                  else "" if part.index is None else f"p{part.index}:")
         if prefix not in gone:
             continue
-        first, stop = part.start_byte // bs, -(-(part.start_byte + part.length_bytes) // bs)
-        inside = (positions >= first) & (positions < stop)
-        head = disk.read(part.start_byte, 16) if part.start_byte < disk.size else b""
+        inside = np.zeros(positions.shape, dtype=bool)
+        for start, end in part.extents():  # an LV's extents lie apart on the disk
+            inside |= (positions >= start // bs) & (positions < -(-end // bs))
+        view, offset = part.view(disk)
+        head = view.read(offset, 16) if offset < view.size else b""
         now = next((name for name, at, magic in VOLUME_ENCRYPTION
                     if head[at : at + len(magic)] == magic), None)
         lost.append(LostFileSystem(
-            prefix, detect(parent, part.start_byte) or "unknown", part.start_byte,
+            prefix, detect(*part.view(parent)) or "unknown", part.start_byte,
             part.length_bytes, int(inside.sum()),
             float((entropy[inside] >= HIGH_BLOCK_ENTROPY).mean()) if inside.any() else 0.0,
             float((entropy[inside] == 0).mean()) if inside.any() else 0.0, now))

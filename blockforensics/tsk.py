@@ -4,8 +4,9 @@
 ``disk.open_file()``; :func:`list_entries` walks every file system it finds —
 bare, or in each partition of a GPT or MBR table (logical partitions of the
 EBR chain included) as the project's table readers find them, paths
-``p1:/dir/file``: FAT, ext, NTFS, exFAT, HFS+ and whatever else TSK opens —
-into :class:`Entry` rows: MACB times,
+``p1:/dir/file``, or in each linear LVM2 logical volume, paths ``vg/lv:/dir/file``:
+FAT, ext, NTFS, exFAT, HFS+ and whatever else TSK opens — into :class:`Entry`
+rows: MACB times,
 size, inode (the MFT record number on NTFS), owner, data runs as disk byte
 extents, or the bytes themselves when the data is resident (NTFS resident
 ``$DATA``, ext4 ``inline_data``).  :func:`extract` reads one file of a point,
@@ -21,13 +22,15 @@ import calendar
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from blockforensics.disk import MappedDisk
 from blockforensics.errors import BlockforensicsError, UsageError
 from blockforensics.formats.base import Disk
 
@@ -54,11 +57,12 @@ def open_fs(image: Any, offset: int) -> Any:
     tsk = pytsk3()
 
     class _FSInfo(tsk.FS_Info):  # type: ignore[name-defined]
-        """Keeps its image: raw metadata TSK reads wrong is read again (:func:`_ext_times`)."""
+        """Keeps its image and its byte offset there: raw metadata TSK reads wrong is read
+        again (:func:`_ext_times`)."""
 
     try:
         fs = _FSInfo(image, offset=offset)
-        fs.image = image
+        fs.image, fs.offset = image, offset
         return fs
     except RuntimeError:
         if image.failed is not None:
@@ -189,15 +193,37 @@ class Listing:
     unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def _filesystem_offsets(disk: Disk) -> list[tuple[str, int]]:
-    """``(path prefix, byte offset)`` of each file system: ``""`` for a bare one (or a
-    disk without a readable table), ``pN:`` for partition N of a GPT or MBR table
-    (logical partitions from 5), read by the project's table readers
-    (:func:`blockforensics.allocation.filesystem_partitions`)."""
+ToDisk = Callable[[np.ndarray], np.ndarray]
+
+
+def _filesystem_places(disk: Disk) -> list[tuple[str, Disk, int, ToDisk]]:
+    """``(path prefix, view, byte offset in the view, to_disk)`` of each file system:
+    ``""`` for a bare one (or a disk without a readable table), ``pN:`` for partition
+    N of a GPT or MBR table (logical partitions from 5), ``vg/lv:`` for an LVM2
+    logical volume (read through a view of its extents), as the project's table
+    readers find them (:func:`blockforensics.allocation.filesystem_partitions`).
+    ``to_disk`` turns ``(k, 2)`` byte ranges of the file system into the disk's."""
     from blockforensics.allocation import filesystem_partitions
 
-    return [("" if p.index is None else f"p{p.index}:", p.start_byte)
-            for p in filesystem_partitions(disk)]
+    places: list[tuple[str, Disk, int, ToDisk]] = []
+    for p in filesystem_partitions(disk):
+        view, offset = p.view(disk)
+        if isinstance(view, MappedDisk):
+            places.append((f"{p.name}:", view, offset, partial(_through, view)))
+        else:
+            places.append(("" if p.index is None else f"p{p.index}:", view, offset,
+                           partial(_shifted, offset)))
+    return places
+
+
+def _through(view: MappedDisk, ranges: np.ndarray) -> np.ndarray:
+    """A logical volume's byte ranges as the disk's (split where an extent ends)."""
+    return view.to_base(ranges[:, 0], ranges[:, 1])
+
+
+def _shifted(offset: int, ranges: np.ndarray) -> np.ndarray:
+    """A partition's byte ranges as the disk's."""
+    return ranges + offset
 
 
 def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
@@ -208,10 +234,11 @@ def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
             yield attr
 
 
-def _content(tsk: Any, fs_file: Any, fs_offset: int, block_size: int, size: int
+def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
              ) -> tuple[np.ndarray, bytes | None]:
     """Data runs as ``(k, 2)`` disk byte [start, stop) in file order, cut at ``size``
-    (sparse runs left out) — or, for resident data, the bytes themselves."""
+    (sparse runs left out; a run that crosses a logical volume's extents split
+    there) — or, for resident data, the bytes themselves."""
     rows = []
     skip = int(tsk.TSK_FS_ATTR_RUN_FLAG_SPARSE) | int(tsk.TSK_FS_ATTR_RUN_FLAG_FILLER)
     for attr in _data_attributes(tsk, fs_file):
@@ -222,18 +249,18 @@ def _content(tsk: Any, fs_file: Any, fs_offset: int, block_size: int, size: int
         for run in attr:
             length = min(run.len * block_size, size - run.offset * block_size)
             if length > 0 and not int(run.flags) & skip:
-                start = fs_offset + run.addr * block_size
+                start = run.addr * block_size
                 rows.append((run.offset, start, start + length))
     rows.sort()
-    return np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 2), None
+    return to_disk(np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 2)), None
 
 
-def _entry(tsk: Any, fs: Any, fs_offset: int, path: str, fs_file: Any,
+def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
            deleted: bool = False) -> Entry:
     meta = fs_file.info.meta
     is_dir = meta.type == tsk.TSK_FS_META_TYPE_DIR
     is_link = meta.type == tsk.TSK_FS_META_TYPE_LNK
-    extents, resident = _content(tsk, fs_file, fs_offset, fs.info.block_size, int(meta.size))
+    extents, resident = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size))
     if is_link and meta.link:  # the target, kept in the inode or read by TSK
         target = meta.link if isinstance(meta.link, bytes) else str(meta.link).encode()
         extents, resident = np.empty((0, 2), np.int64), target
@@ -245,7 +272,7 @@ def _entry(tsk: Any, fs: Any, fs_offset: int, path: str, fs_file: Any,
     elif fs_name in ("fat", "exfat"):
         times = _fat_times(times)
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
-        times = _ext_times(fs, fs_offset, int(meta.addr), times)
+        times = _ext_times(fs, fs.offset, int(meta.addr), times)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
                  size=int(meta.size), mtime=times["mtime"], atime=times["atime"],
                  ctime=times["ctime"], crtime=times["crtime"], mode=int(meta.mode),
@@ -375,7 +402,7 @@ def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
             or (is_ntfs and text.startswith("$") and int(meta.addr) < 27))
 
 
-def _walk(tsk: Any, fs: Any, fs_offset: int, directory: Any, dir_path: str,
+def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
           entries: dict[str, Entry], seen: set[int]) -> frozenset[str]:
     """Add the allocated, non-virtual entries below ``directory`` (path ``dir_path``,
     ending in "/"); returns the names it lists."""
@@ -388,23 +415,26 @@ def _walk(tsk: Any, fs: Any, fs_offset: int, directory: Any, dir_path: str,
         if path in entries:  # NTFS lists a name twice (long and DOS 8.3 index entries)
             continue
         names.append(text)
-        entry = entries[path] = _entry(tsk, fs, fs_offset, path, item)
+        entry = entries[path] = _entry(tsk, fs, to_disk, path, item)
         if entry.type == "dir" and entry.inode not in seen:
             seen.add(entry.inode)
-            entry.children = _walk(tsk, fs, fs_offset, item.as_directory(), path + "/",
+            entry.children = _walk(tsk, fs, to_disk, item.as_directory(), path + "/",
                                    entries, seen)
     return frozenset(names)
 
 
-def _open_filesystems(disk: Disk) -> Iterator[tuple[str, int, Any, str | None]]:
-    """``(prefix, offset, FS_Info or None, problem)`` for each file system of the disk."""
-    image = ChainImgInfo(disk)
-    for prefix, offset in _filesystem_offsets(disk):
+def _open_filesystems(disk: Disk) -> Iterator[tuple[str, ToDisk, Any, str | None]]:
+    """``(prefix, to_disk, FS_Info or None, problem)`` for each file system of the disk
+    (``to_disk``: the file system's byte ranges as the disk's)."""
+    images = {id(disk): ChainImgInfo(disk)}
+    for prefix, view, offset, to_disk in _filesystem_places(disk):
+        image = images.setdefault(id(view), ChainImgInfo(view))
+        where = f"byte {offset}" if view is disk else f"logical volume {prefix[:-1]}"
         try:
-            yield prefix, offset, open_fs(image, offset), None
+            yield prefix, to_disk, open_fs(image, offset), None
         except OSError as exc:
-            yield prefix, offset, None, (f"The Sleuth Kit cannot open the file system at "
-                                         f"byte {offset}: {str(exc).splitlines()[0]}")
+            yield prefix, to_disk, None, (f"The Sleuth Kit cannot open the file system at "
+                                          f"{where}: {str(exc).splitlines()[0]}")
 
 
 def list_entries(disk: Disk | None) -> Listing:
@@ -414,14 +444,14 @@ def list_entries(disk: Disk | None) -> Listing:
     if disk is None:
         return listing
     tsk = pytsk3()
-    for prefix, offset, fs, problem in _open_filesystems(disk):
+    for prefix, to_disk, fs, problem in _open_filesystems(disk):
         if fs is None:
             listing.unreadable[prefix] = problem or ""
             continue
         root_path = f"{prefix}/"
-        root = listing.entries[root_path] = _entry(tsk, fs, offset, root_path,
+        root = listing.entries[root_path] = _entry(tsk, fs, to_disk, root_path,
                                                    fs.open_meta(inode=fs.info.root_inum))
-        root.children = _walk(tsk, fs, offset, fs.open_dir(inode=fs.info.root_inum),
+        root.children = _walk(tsk, fs, to_disk, fs.open_dir(inode=fs.info.root_inum),
                               root_path, listing.entries, {fs.info.root_inum})
     return listing
 
@@ -440,7 +470,7 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
     (from the parent directory's unallocated names); None if none."""
     tsk = pytsk3()
     parent, _, name = path.rpartition("/")
-    for prefix, offset, fs, _ in _open_filesystems(disk):
+    for prefix, to_disk, fs, _ in _open_filesystems(disk):
         if fs is None or not path.startswith(prefix + "/"):
             continue
         try:
@@ -454,7 +484,7 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
                     or _skipped(tsk, fs, text, item, allocated=False)
                     or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):
                 continue
-            entry = _entry(tsk, fs, offset, path, item, deleted=True)
+            entry = _entry(tsk, fs, to_disk, path, item, deleted=True)
             if entry.type == "file":
                 return entry, item.read_random(0, entry.size) if entry.size else b""
     return None
@@ -463,7 +493,7 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
 def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:
     """An allocated file by path and its content as TSK reads it (holes as zeros)."""
     tsk = pytsk3()
-    for prefix, offset, fs, _ in _open_filesystems(disk):
+    for prefix, to_disk, fs, _ in _open_filesystems(disk):
         if fs is None or not path.startswith(prefix + "/"):
             continue
         try:
@@ -474,7 +504,7 @@ def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | No
         if fs_file.info.meta is None or (
                 name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
             continue  # TSK's path lookup also finds deleted names
-        entry = _entry(tsk, fs, offset, path, fs_file)
+        entry = _entry(tsk, fs, to_disk, path, fs_file)
 
         def chunks(fs_file: Any = fs_file, size: int = entry.size,
                    target: bytes | None = entry.resident if entry.kind == "symlink" else None

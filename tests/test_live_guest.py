@@ -3,7 +3,6 @@ snapshots, head start and quiescence writes (e2fsck's journal replay)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,52 +10,25 @@ import pytest
 
 from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
-from blockforensics.live.guest import MOUNTED, SETTLED, WROTE, make_ext4, workload_guest
+from blockforensics.live.guest import SETTLED, WROTE, make_ext4
 from blockforensics.live.headstart import live_full, live_incremental, next_bitmap_name
 from blockforensics.live.methods import branching_chain, quiesced_full_image
-from blockforensics.live.ops import LiveDisk
-from blockforensics.live.qemu import NODE
-from tests.support import require_tools
+from tests.live_support import (
+    BOOT_TIMEOUT,
+    blocks,
+    booted,
+    fsck_clean,
+    needs_recovery,
+    same_image,
+)
 
 pytestmark = pytest.mark.slow
-BS = 4096
-BOOT_TIMEOUT = 180
-
-
-def same_image(a: Path, b: Path) -> bool:
-    """qemu-img compare of two raw files (exit 0: identical contents)."""
-    done = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(a), str(b)],
-                          capture_output=True, text=True, timeout=60)
-    return done.returncode == 0
-
-
-def blocks(path: Path) -> np.ndarray:
-    return np.fromfile(path, dtype=np.uint8).reshape(-1, BS)
-
-
-def needs_recovery(path: Path) -> bool:
-    header = subprocess.run(["dumpe2fs", "-h", str(path)], capture_output=True, text=True,
-                            timeout=60).stdout
-    return "needs_recovery" in header
-
-
-def fsck_clean(path: Path) -> bool:
-    return subprocess.run(["e2fsck", "-fn", str(path)], capture_output=True,
-                          timeout=120).returncode == 0
 
 
 @pytest.fixture
 def guest(tmp_path: Path, request: pytest.FixtureRequest):
-    require_tools("qemu-system-x86_64", "qemu-img", "mkfs.ext4", "e2fsck", "dumpe2fs")
-    image = make_ext4(tmp_path / "disk.img")
-    vm = workload_guest(image, tmp_path / "vm", request.param)
-    vm.start()
-    try:
-        vm.wait_console(MOUNTED, BOOT_TIMEOUT)
-        assert vm.qmp is not None
-        yield vm, LiveDisk(vm.qmp, NODE, vm.nbd_socket)
-    finally:
-        vm.kill()
+    with booted(make_ext4(tmp_path / "disk.img"), tmp_path / "vm", request.param) as running:
+        yield running
 
 
 @pytest.mark.parametrize("guest", ["writer"], indirect=True)

@@ -1,4 +1,5 @@
-"""Readers for the on-disk structures of real volumes: MBR, FAT12/16/32, ext2/3/4.
+"""Readers for the on-disk structures of real volumes: MBR, GPT, LVM2, FAT12/16/32,
+ext2/3/4.
 
 One small module per format, each declaring its structures once
 (:mod:`blockforensics.fs.structure`) and decoding tables with numpy.

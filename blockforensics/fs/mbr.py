@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blockforensics.disk import MappedDisk
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.structure import Structure
@@ -52,7 +53,30 @@ class Partition:
     start_byte: int
     length_bytes: int
     kind: str  # "primary", "extended", "logical", "gpt" or "whole"
-    name: str = ""  # GPT partition name
+    name: str = ""  # GPT partition name; "vg/lv" for an LVM2 logical volume
+    #: a volume laid out piece by piece (an LVM2 logical volume, kind "lv"): its
+    #: ``(volume byte, disk byte, bytes)`` pieces; empty: contiguous from ``start_byte``
+    pieces: tuple[tuple[int, int, int], ...] = ()
+
+    def extents(self) -> list[tuple[int, int]]:
+        """Disk byte ranges ``[start, stop)`` the partition (or volume) occupies."""
+        if not self.pieces and self.kind != "lv":
+            return [(self.start_byte, self.start_byte + self.length_bytes)]
+        return [(disk_byte, disk_byte + length) for _, disk_byte, length in self.pieces]
+
+    def view(self, disk: Disk) -> tuple[Disk, int]:
+        """Where its contents are read: ``(disk, start_byte)``, or for a volume in
+        pieces ``(MappedDisk, 0)``, a view whose byte 0 is the volume's first."""
+        if not self.pieces:
+            return disk, self.start_byte
+        return MappedDisk(disk, self.pieces), 0
+
+    @property
+    def label(self) -> str:
+        """How reports name it: "partition 2", "logical volume vg/root", "whole disk"."""
+        if self.kind == "lv":
+            return f"logical volume {self.name}"
+        return "whole disk" if self.index is None else f"partition {self.index}"
 
     @property
     def type_name(self) -> str:

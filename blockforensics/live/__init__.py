@@ -5,7 +5,15 @@ A notebook reaches these as ``bf.live.<name>`` (``import blockforensics as bf``)
 the simulated methods of the same names stay ``bf.<name>``.
 """
 
-from blockforensics.live.guest import MOUNTED, SETTLED, WROTE, make_ext4, workload_guest
+from blockforensics.live.guest import (
+    MOUNTED,
+    SETTLED,
+    WROTE,
+    GuestDisk,
+    make_ext4,
+    make_partitioned_disk,
+    workload_guest,
+)
 from blockforensics.live.headstart import (
     LivePoint,
     backup_live,
@@ -24,6 +32,7 @@ __all__ = [
     "WROTE",
     "Fleece",
     "Guest",
+    "GuestDisk",
     "LiveDisk",
     "LivePoint",
     "StorageDaemon",
@@ -32,6 +41,7 @@ __all__ = [
     "live_full",
     "live_incremental",
     "make_ext4",
+    "make_partitioned_disk",
     "next_bitmap_name",
     "quiesced_full_image",
     "snapshot_pair",

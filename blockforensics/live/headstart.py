@@ -3,6 +3,11 @@
 Every point is read from an image-fleecing snapshot, so it holds the disk as it was
 at one moment while the guest writes on; tracking for the next point starts in the
 same QMP transaction that takes the snapshot, so no write is lost between points.
+The full stores what any backup of the disk stores: the blocks its file systems
+allocate and everything outside them (:func:`~blockforensics.allocation.survey` of
+the snapshot, per partition on a partitioned disk); an incremental stores every
+block tracked, so a restored point equals its snapshot wherever the full's free
+space held zeros.
 
 Head start (method 1, US 2016/0371150 A1) on the live disk: before the snapshot,
 the blocks the current bitmap marks are copied from the *live* disk into the
@@ -20,10 +25,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from blockforensics.allocation import Survey, survey
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
@@ -50,9 +56,13 @@ class LivePoint:
     snapshot_ns: int             # when the snapshot was taken (time.time_ns)
     ahead_map: BlockMap | None = field(default=None, repr=False)  # for plots
     after_map: BlockMap | None = field(default=None, repr=False)
+    found: Survey | None = field(default=None, repr=False)  # a full's survey of the snapshot
 
     def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if not k.endswith("_map")}
+        """The counts and times (a full: and what its survey found per partition)."""
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)
+                                  if f.name != "found" and not f.name.endswith("_map")}
+        return {**out, **(self.found.to_json() if self.found else {})}
 
 
 class HeadStartSource(Disk):
@@ -75,17 +85,21 @@ class HeadStartSource(Disk):
 def live_full(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str], next_bitmap: str,
               *, block_size: int = 4096,
               keep_snapshot: str | os.PathLike[str] | None = None) -> LivePoint:
-    """A full point from a snapshot; ``next_bitmap`` starts tracking at that moment."""
+    """A full point of the blocks the snapshot's survey marks (allocated, or outside
+    any known file system); ``next_bitmap`` starts tracking at that moment."""
     start = time.monotonic()
     with live.fleece(workdir, live.add_bitmap_action(next_bitmap)) as snap:
         with snap.exported() as address, NbdDisk(address, block_size) as disk:
-            point = backup(chain, disk, full=True, block_size=block_size, label="live full")
+            found = survey(disk, block_size)
+            point = backup(chain, disk, full=True, only=found.map, block_size=block_size,
+                           label="live full")
         seconds = time.monotonic() - start
         if keep_snapshot is not None:
             snap.copy_to(keep_snapshot)
     stored = chain.rows()[point]["blocks"]
     assert isinstance(stored, int)
-    return LivePoint(point, stored, 0, stored, 0.0, seconds, next_bitmap, snap.taken_ns)
+    return LivePoint(point, stored, 0, stored, 0.0, seconds, next_bitmap, snap.taken_ns,
+                     found=found)
 
 
 def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],

@@ -2,10 +2,18 @@
 
 A quiesced view of a :class:`~blockforensics.live.ops.Fleece` snapshot is a second
 qcow2 overlay on top of it with a dirty bitmap: whatever the quiescence step writes
-(here ``e2fsck -fy`` replaying the ext4 journal, through a FUSE export of the
-overlay) lands in the overlay and is marked in the bitmap, so Q is exactly the
-blocks written, even those rewritten with the same bytes.  The snapshot below stays
+lands in the overlay and is marked in the bitmap, so Q is exactly the blocks
+written, even those rewritten with the same bytes.  The snapshot below stays
 crash-consistent, so both views are readable at once — what methods 2 and 3 need.
+
+The quiescence step runs per file system (:meth:`Quiesced.replay`): the view's
+partitions are read (:func:`~blockforensics.allocation.survey`, a bare file system
+being one "partition" at byte 0), and each ext2/3/4 one gets ``e2fsck -fy`` —
+journal replay and repair — on that partition alone: a QEMU ``raw`` node with
+``offset`` and ``size`` over the overlay, FUSE-exported writable, so its writes
+land in the overlay at their disk offsets and the one bitmap collects them all
+(Q is the union of every replay's writes).  FAT, NTFS, swap and unknown
+partitions have no journal replay here; a note per partition says so.
 """
 
 from __future__ import annotations
@@ -16,13 +24,19 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from blockforensics.allocation import Survey, survey
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
+from blockforensics.formats.nbd import NbdDisk
+from blockforensics.fs.ext import ExtFileSystem
 from blockforensics.live.ops import Fleece
 from blockforensics.nbd.client import NbdAddress
 from blockforensics.tools import require
 
 BITMAP = "quiescence"
+#: journal replay and repair of an ext2/3/4 file system (exit 1: errors corrected)
+E2FSCK_REPLAY = ("e2fsck", "-fy")
+E2FSCK_OK = (0, 1)
 
 
 class Quiesced:
@@ -43,26 +57,59 @@ class Quiesced:
                          backing=snapshot.node)
         live.add_bitmap(BITMAP, self.node)
 
-    def run(self, argv: Sequence[str], ok: Sequence[int] = (0,),
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run ``argv + [FILE]``, FILE being the quiesced view as a writable file (a FUSE
-        export); its exit status must be in ``ok``."""
-        mountpoint = self.overlay.with_suffix(".img")
+    def run(self, argv: Sequence[str], ok: Sequence[int] = (0,), timeout: float = 300, *,
+            offset: int = 0, size: int | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv + [FILE]``, FILE being ``size`` bytes (default: to the end) of the
+        quiesced view from byte ``offset`` as a writable file (a ``raw`` node with
+        offset and size over the overlay, FUSE-exported); its exit status must be in
+        ``ok``."""
+        size = self.live.size() - offset if size is None else size
+        window = self.live.fresh("bf-window")
+        self.live.qmp.execute("blockdev-add", driver="raw", **{"node-name": window},
+                              file=self.node, offset=offset, size=size)
+        mountpoint = self.overlay.with_name(f"{window}.img")
         mountpoint.touch()
         name = self.live.fresh("bf-fuse")
-        self.live.qmp.execute("block-export-add", type="fuse", id=name,
-                              **{"node-name": self.node}, mountpoint=str(mountpoint),
-                              writable=True)
         try:
-            done = subprocess.run([*argv, str(mountpoint)], capture_output=True, text=True,
-                                  timeout=timeout, check=False)
+            self.live.qmp.execute("block-export-add", type="fuse", id=name,
+                                  **{"node-name": window}, mountpoint=str(mountpoint),
+                                  writable=True)
+            try:
+                done = subprocess.run([*argv, str(mountpoint)], capture_output=True,
+                                      text=True, timeout=timeout, check=False)
+            finally:
+                self.live.unexport(name)
         finally:
-            self.live.unexport(name)
             mountpoint.unlink(missing_ok=True)
+            self.live.qmp.execute("blockdev-del", **{"node-name": window})
         if done.returncode not in ok:
             raise UsageError(f"quiescence step {argv[0]} exited with {done.returncode}: "
                              f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
         return done
+
+    def replay(self, found: Survey | None = None, argv: Sequence[str] = E2FSCK_REPLAY,
+               ok: Sequence[int] = E2FSCK_OK) -> list[str]:
+        """The quiescence step per file system: ``argv`` (journal replay) on every
+        ext2/3/4 partition alone, of the view's own survey or of ``found`` (the
+        crash view's, the same bytes); one note per partition saying what was done
+        or why nothing was (FAT, NTFS, swap, unknown: no journal replay here)."""
+        if found is None:
+            with self.exported() as address, NbdDisk(address) as disk:
+                found = survey(disk)
+        notes = []
+        for region in found.regions:
+            what = f"{region.where} ({region.filesystem or 'not recognised'})"
+            if region.filesystem in ExtFileSystem.kinds:
+                done = self.run(argv, ok, offset=region.start_byte,
+                                size=min(region.length_bytes,
+                                         self.live.size() - region.start_byte))
+                notes.append(f"{what}: {' '.join(argv)} exited with {done.returncode}")
+            elif region.filesystem is None:
+                notes.append(f"{what}: swap or unknown content, nothing to replay")
+            else:
+                notes.append(f"{what}: no journal replay for {region.filesystem}, "
+                             "nothing written")
+        return notes
 
     def written(self, block_size: int = 4096) -> BlockMap:
         """Q: the blocks the quiescence step wrote (tracking stops here)."""
@@ -86,7 +133,3 @@ class Quiesced:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-
-#: journal replay and repair of an ext2/3/4 file system (exit 1: errors corrected)
-E2FSCK_REPLAY = ("e2fsck", "-fy")
-E2FSCK_OK = (0, 1)

@@ -1,0 +1,66 @@
+"""Helpers of the live-guest tests: a booted guest, and checks of raw copies (whole
+disks, or the file system at a byte offset of one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from blockforensics.live.guest import MOUNTED, workload_guest
+from blockforensics.live.ops import LiveDisk
+from blockforensics.live.qemu import NODE, Guest
+from tests.support import require_tools
+
+BS = 4096
+BOOT_TIMEOUT = 180  # seconds (TCG)
+
+
+@contextmanager
+def booted(image: str | os.PathLike[str], workdir: Path, workload: str,
+           root: str = "/dev/nvme0n1") -> Iterator[tuple[Guest, LiveDisk]]:
+    """A guest running ``workload`` on ``image`` (root device ``root``), once it has
+    mounted its ext4, with the LiveDisk of its NVMe disk; killed afterwards."""
+    require_tools("qemu-system-x86_64", "qemu-img", "mkfs.ext4", "e2fsck", "dumpe2fs")
+    vm = workload_guest(image, workdir, workload, root)
+    vm.start()
+    try:
+        vm.wait_console(MOUNTED, BOOT_TIMEOUT)
+        assert vm.qmp is not None
+        yield vm, LiveDisk(vm.qmp, NODE, vm.nbd_socket)
+    finally:
+        vm.kill()
+
+
+def same_image(a: Path, b: Path) -> bool:
+    """qemu-img compare of two raw files (exit 0: identical contents)."""
+    done = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(a), str(b)],
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode == 0
+
+
+def blocks(path: Path) -> np.ndarray:
+    """A raw file as rows of BS bytes."""
+    return np.fromfile(path, dtype=np.uint8).reshape(-1, BS)
+
+
+def _ext(path: Path, offset: int) -> str:
+    """The e2fsprogs name of the ext file system at byte ``offset`` of ``path``."""
+    return f"{path}?offset={offset}" if offset else str(path)
+
+
+def needs_recovery(path: Path, offset: int = 0) -> bool:
+    """Whether the ext file system at byte ``offset`` needs its journal replayed."""
+    header = subprocess.run(["dumpe2fs", "-h", _ext(path, offset)], capture_output=True,
+                            text=True, timeout=60).stdout
+    return "needs_recovery" in header
+
+
+def fsck_clean(path: Path, offset: int = 0) -> bool:
+    """Whether ``e2fsck -fn`` finds the ext file system at byte ``offset`` clean."""
+    return subprocess.run(["e2fsck", "-fn", _ext(path, offset)], capture_output=True,
+                          timeout=120).returncode == 0
