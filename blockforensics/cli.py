@@ -123,9 +123,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.image.chain import Chain
 
     if "://" not in args.source:
-        from blockforensics.formats import check_local_source
+        from blockforensics.formats import check_local_source, probe
 
         check_local_source(args.source)
+        if args.reader is None:  # a container no reader opens is refused before the chain is made
+            probe(args.source)
     if args.head_start and not args.bitmap:
         raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
     try:  # options are checked before anything is created
@@ -155,6 +157,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
             changed = source.dirty_map(args.bitmap, block_size)
         found = None if args.all_blocks else survey(source, block_size)
+        stored_hashes = dict(getattr(source, "hashes", {}))  # an acquisition's (EWF): shown
         point = backup(chain, source, parent=args.parent, full=args.full or None,
                        changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
@@ -162,9 +165,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
+        extra = {"source_hashes": stored_hashes} if stored_hashes else {}
         print(_dumps({**row, **(found.to_json() if found else {"table": None,
-                                                                  "partitions": []})}, indent=1))
+                                                                  "partitions": []}),
+                      **extra}, indent=1))
         return EXIT_OK
+    if stored_hashes:
+        print("source: hashes stored at acquisition (ewfverify checks them; a backup "
+              "reads only what matters): "
+              + ", ".join(f"{name} {value}" for name, value in stored_hashes.items()))
     print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
     print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
           f"{row['stored_bytes']} bytes")

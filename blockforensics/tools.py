@@ -54,6 +54,11 @@ PACKAGES = {
     "cryptsetup": "cryptsetup-bin",
     "mkswap": "util-linux",
     "fsck.exfat": "exfatprogs",
+    "ewfacquire": "ewf-tools",
+    "ewfverify": "ewf-tools",
+    "ewfexport": "ewf-tools",
+    "img_stat": "sleuthkit",
+    "mmls": "sleuthkit",
 }
 
 

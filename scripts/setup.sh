@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   e2fsprogs                         # make and check ext2/3/4 file systems
   lvm2                              # make LVM2 physical volumes for the tests (no activation)
   sleuthkit                         # independent file-system reader for cross-checks (mactime too)
+  ewf-tools                         # ewfacquire/ewfverify: make and check E01 images in the tests
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
   cryptsetup-bin                    # LUKS headers: a volume encrypted whole, for the triage tests
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)

@@ -96,6 +96,9 @@ def test_the_builtins_table_is_in_priority_order_with_each_probe_its_signature(t
     samples = [tmp_path / "chain", "nbd+unix:///x?socket=/s", "nbd://host/x"]
     for name, head in [("vhd", b"conectix"), ("vhdx", b"vhdxfile"), ("vmdk", b"KDMV"),
                        ("vmdk-descriptor", b"# Disk DescriptorFile\n"), ("qcow2", b"QFI\xfb"),
+                       ("ewf", b"EVF\x09\x0d\x0a\xff\x00"), ("ex01", b"EVF2\x0d\x0a\x81\x00"),
+                       ("vdi", b"<<< Oracle VM VirtualBox Disk Image >>>\n".ljust(64, b"\0")
+                        + b"\x7f\x10\xda\xbe"),
                        ("raw", b"\0" * 8)]:
         (tmp_path / name).write_bytes(head + bytes(1000))
         samples.append(tmp_path / name)
@@ -106,7 +109,8 @@ def test_the_builtins_table_is_in_priority_order_with_each_probe_its_signature(t
             claimed = [sample for sample in samples if signed(sample)]
             assert claimed and claimed == [s for s in samples if plugins[name].probe(s)], name
     assert [probe(sample).name for sample in samples] == [
-        "blockforensics", "nbd", "nbd", "vhd", "vhdx", "vmdk", "vmdk", "qcow2", "raw", "vhd"]
+        "blockforensics", "nbd", "nbd", "vhd", "vhdx", "vmdk", "vmdk", "qcow2", "ewf", "ewf",
+        "vdi", "raw", "vhd"]
 
 
 def test_a_third_party_plugin_is_found_through_its_entry_point(toy_plugin, tmp_path):

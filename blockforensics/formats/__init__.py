@@ -4,10 +4,14 @@ Third-party plugins are found through the entry-point group
 ``blockforensics.formats`` (each entry names a :class:`Format` subclass); the
 built-ins are listed here, and their names are reserved.  A file is offered
 first to the built-ins that look for a signature (chain, NBD, VHD, VHDX, VMDK,
-qcow2), in priority order, each tested by :mod:`.signature` before its module is
+qcow2, EWF, VDI), in priority order, each tested by :mod:`.signature` before its module is
 imported: only the reader of the format found is imported (importing them all cost
 20-30 ms of every command's start).  Only when none claims the file are the entry
 points read and the other plugins probed in priority order, the raw catch-all last.
+The catch-all refuses a file bearing the signature of a container that no reader
+opens (AFF, AFF4, DMG, Parallels, QED, a compressed file, an archive: see
+:func:`.signature.container`): its bytes are not a disk, and backing them up would
+"succeed" with nothing found in them.  ``--reader raw`` still reads it byte for byte.
 Reading them with ``importlib.metadata`` costs 30-60 ms (its import and a scan of
 every installed package), so the packages' ``entry_points.txt`` files are first
 looked through for a plugin that is not a built-in: with none, as on most machines,
@@ -47,6 +51,8 @@ _BUILTINS: dict[str, tuple[str, Callable[[str | os.PathLike[str]], bool] | None]
     "vhdx": ("blockforensics.formats.foreign:VhdxFormat", signature.is_vhdx),
     "vmdk": ("blockforensics.formats.foreign:VmdkFormat", signature.is_vmdk),
     "qcow2": ("blockforensics.formats.foreign:Qcow2Format", signature.is_qcow2),
+    "ewf": ("blockforensics.formats.ewf:EwfFormat", signature.is_ewf),
+    "vdi": ("blockforensics.formats.vdi:VdiFormat", signature.is_vdi),
     "raw": ("blockforensics.formats.raw:RawFormat", None),
 }
 #: the built-in that accepts any file (no signature), so it is probed after every other plugin
@@ -188,6 +194,16 @@ def check_local_source(path: str | os.PathLike[str]) -> None:
                          f"point, give the chain directory (and its --point)")
 
 
+def _refuse_container(path: str | os.PathLike[str]) -> None:
+    """UsageError (one line: the format and what to do) if ``path`` is a container no
+    reader opens, which the raw catch-all would misread as a disk."""
+    found = signature.container(path)
+    if found is not None:
+        kind, todo = found
+        raise UsageError(f"{path}: {kind}, not a disk image: {todo} "
+                         f"(--reader raw reads its bytes as the disk)")
+
+
 def probe(path: str | os.PathLike[str]) -> type[Format]:
     """The plugin that claims ``path``: a built-in whose signature it bears, else the
     first plugin in probing order whose probe accepts it; UsageError if none does.
@@ -206,6 +222,8 @@ def probe(path: str | os.PathLike[str]) -> type[Format]:
     unsigned = _by_priority({_CATCH_ALL: _builtin(_CATCH_ALL), **_third_party()})
     for name, plugin in unsigned.items():
         if name not in BROKEN and _claims(name, plugin, path):
+            if name == _CATCH_ALL:
+                _refuse_container(path)
             return plugin
     skipped = f" (broken plugins skipped: {'; '.join(BROKEN.values())})" if BROKEN else ""
     raise UsageError(f"{path}: no reader plugin recognises this format{skipped}")
