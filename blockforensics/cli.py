@@ -123,22 +123,25 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.image.chain import Chain
 
     if "://" not in args.source:
-        from blockforensics.formats import check_local_source, probe
+        from blockforensics.formats import check_local_source
 
         check_local_source(args.source)
-        if args.reader is None:  # a container no reader opens is refused before the chain is made
-            probe(args.source)
     if args.head_start and not args.bitmap:
         raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
     try:  # options are checked before anything is created
         changed = BlockMap.load(args.changed) if args.changed else None
     except ValueError as exc:
         raise UsageError(f"--changed {exc}") from None
-    chain = Chain.open_or_create(args.chain, _key(args))
-    chain.cleanup()
+
+    def open_chain() -> Chain:
+        chain = Chain.open_or_create(args.chain, _key(args))
+        chain.cleanup()
+        return chain
+
     if args.head_start:
         from blockforensics.live.headstart import backup_live
 
+        chain = open_chain()
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
                            block_size=args.block_size)
         if done.found and not args.json:  # a full: what was stored, per partition
@@ -148,7 +151,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "
               f"tracking goes on in bitmap {done.next_bitmap}")
         return EXIT_OK
+    # the source opens first: one that is refused or damaged leaves no chain behind
     with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
+        chain = open_chain()
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         if args.bitmap:
             from blockforensics.formats.nbd import NbdDisk

@@ -28,6 +28,7 @@ import pytest
 from chains import build_chain
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import require_tools
 
 from blockforensics.cli import main
 from blockforensics.crypto import MAX_KEY_FILE, KeySource
@@ -152,6 +153,32 @@ def test_a_file_of_a_chain_is_no_disk(tmp_path, piece, command) -> None:
     assert_exit_2(done, "a file of the chain")
     assert {p.name: p.read_bytes() for p in chain.iterdir()} == before
     assert not (tmp_path / "other").exists() and not (tmp_path / "disk.vhd").exists()
+
+
+def test_a_source_that_is_recognised_but_does_not_open_leaves_no_chain(tmp_path) -> None:
+    require_tools("qemu-img")
+    vhd = tmp_path / "damaged.vhd"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vpc", str(vhd), "16M"], check=True)
+    with vhd.open("r+b") as fh:  # the dynamic disk header's cookie
+        fh.seek(512)
+        fh.write(b"XXXXXXXX")
+    assert_exit_2(cli("backup", vhd, tmp_path / "chain"), "cxsparse")
+    assert not (tmp_path / "chain").exists()
+
+
+def test_an_image_file_out_of_its_chain_is_no_disk(tmp_path) -> None:
+    from blockforensics.formats.signature import container
+    from blockforensics.image.format import HEADER_MAGIC
+
+    chain, image = tmp_path / "chain", tmp_path / "disk.img"
+    image.write_bytes(os.urandom(64 << 10))
+    assert cli("backup", image, chain).returncode == 0
+    stray = tmp_path / "copied.bfi"
+    stray.write_bytes((chain / "0000-full.bfi").read_bytes())
+    assert stray.read_bytes().startswith(HEADER_MAGIC)  # the signature the probe knows
+    assert container(stray)[0] == "an image file of a blockforensics chain"
+    assert_exit_2(cli("backup", stray, tmp_path / "other"), "image file of a blockforensics")
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999", "-1", "http"])

@@ -104,6 +104,9 @@ _HEADS: tuple[tuple[bytes, str, str], ...] = (
     (b"\xfd7zXZ\0", "an xz-compressed file", "decompress it first (unxz -k)"),
     (b"\x28\xb5\x2f\xfd", "a zstd-compressed file", "decompress it first (zstd -d)"),
     (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "extract the disk image from it first (7z x)"),
+    # image.format.HEADER_MAGIC, spelled here: importing the image format costs start-up
+    (b"BFIMAGE\0", "an image file of a blockforensics chain",
+     "give its chain directory (and --point); an image alone is part of a chain"),
 )
 #: what an L01/Lx01 is and what to do with it (the EWF reader says it too, when forced)
 LOGICAL_EVIDENCE = ("an EWF logical evidence file (L01/Lx01) holding files",
