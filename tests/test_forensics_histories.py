@@ -576,3 +576,30 @@ def test_debugfs_history_a_freed_inode_handed_on_in_the_same_second(tmp_path):
     assert (rows.loc["/a.txt", "change"], rows.loc["/b.txt", "change"]) == ("deleted", "created")
     assert (rows.loc["/moved.txt", "change"], rows.loc["/moved.txt", "old_path"]) == \
         ("renamed", "/m.txt")
+
+
+def test_fat_case_only_rename_is_a_rename(tmp_path):
+    """Linux's vfat takes ``mv case.txt CASE.txt`` for a rename onto itself and mtools
+    refuses it; Windows writes the case into the entry's NT flags (byte 12: 0x08 base
+    lower case, 0x10 extension lower case), as done here by hand."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.vfat", "mcopy")
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(40 << 20))
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
+                   capture_output=True)
+    (tmp_path / "src").write_bytes(b"case " * 300)
+    subprocess.run(["mcopy", "-i", str(image), str(tmp_path / "src"), "::case.txt"],
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    chain = Chain.create(tmp_path / "chain")
+    _backup(chain, image)
+    data = bytearray(image.read_bytes())
+    entry = data.find(b"CASE    TXT")
+    assert data[entry + 12] == 0x18  # "case.txt"
+    data[entry + 12] = 0x10  # "CASE.txt"
+    image.write_bytes(bytes(data))
+    _backup(chain, image)
+    rows = _rows(forensics.diff(chain, 0, 1, files=True))
+    assert (rows.loc["/CASE.txt", "change"], rows.loc["/CASE.txt", "old_path"]) == \
+        ("renamed", "/case.txt")
+    assert "/case.txt" not in rows.index
