@@ -12,14 +12,15 @@ from a restore:
 
 How a change is named (paths compared, ``p1:/x`` for partition 1):
 
-- *renamed*: a path gone and a path new that are the same file — the same inode
-  (MFT record and sequence on NTFS) born at the same time (to the nanosecond where
-  recorded, else also the same first data run), on FAT/exFAT (whose "inode" is the
-  directory entry's place) the same first cluster and birth time — or, failing that,
-  the same content (same size and SHA-256, e.g. FAT moves, copy + delete).  A path
-  present at both points that names another file now (renamed over, names swapped)
-  takes part too: ``mv a b`` over an existing ``b`` is ``b`` renamed from ``a``,
-  ``replaces`` = ``b``; a swap is two renames; a directory renamed is a renamed
+- *renamed*: a path gone and a path new that are the same file — the same inode (MFT
+  record and sequence on NTFS) born at the same time (to the nanosecond where
+  recorded, else also the same first data run and, unless named after the old name,
+  the same first 4 KiB), on FAT/exFAT (whose "inode" is the directory entry's place)
+  the same first cluster and birth time (and the same test) — or, failing that, the
+  same content (same size and SHA-256, e.g. FAT moves, copy + delete).  A path present
+  at both points that names another file or directory now (renamed over, names
+  swapped) takes part too: ``mv a b`` over an existing ``b`` is ``b`` renamed from
+  ``a``, ``replaces`` = ``b``; a swap is two renames; a directory renamed is a renamed
   directory and each file below it renamed;
 - *created* / *deleted*: the path exists at one point only (and is no rename); a
   file replaced by a directory of that name is a deletion and a creation;
@@ -76,6 +77,8 @@ __all__ = ["ChainImgInfo", "DiffResult", "block_entropy", "changes", "diff", "li
 
 #: bytes read at a time when histogramming blocks
 CHUNK_BYTES = 8 << 20
+#: bytes compared to tell a rename from an inode reused within a coarse birth time
+HEAD_BYTES = 4096
 #: a created file replaces a deleted one of nearly the same size: at most this much more
 REPLACEMENT_SLACK = 1024
 
@@ -194,6 +197,12 @@ def _metadata_changes(old: Entry, new: Entry) -> list[str]:
     return what or (["ctime"] if (old.ctime, old.ctime_ns) != (new.ctime, new.ctime_ns) else [])
 
 
+def _born_to_the_ns(old: Entry, now: Entry) -> bool:
+    """Is the birth time recorded below the second (ext4, NTFS), the inode a real
+    identity (not FAT's directory-entry place)?  Then inode and birth say "same file"."""
+    return bool(old.crtime_ns or now.crtime_ns) and old.fs not in NAME_ADDRESSED
+
+
 def _birth_and_start(entry: Entry) -> tuple | None:
     """(type, birth time, first data byte) of an entry with both on a file system whose
     metadata address is the directory entry's place (FAT, exFAT: it moves with the
@@ -291,6 +300,16 @@ class _Comparison:
         for _, old in sorted(sources.items()):
             self.add("deleted", old, None, self.stats(0, old))
 
+    def kin(self, old: Entry, now: Entry) -> bool:
+        """Where birth times are whole seconds, is ``now`` the renamed ``old`` rather than
+        a new file given its freed inode (FAT: first cluster) within that second?  Yes
+        when ``now`` is named after it (:func:`_replaces`: ``a.docx`` -> ``a.docx.crypt``)
+        or both begin with the same bytes (their first :data:`HEAD_BYTES`, as far as
+        both go: renamed and appended to)."""
+        n = min(old.size, now.size, HEAD_BYTES)
+        return _replaces(now, old) or n == 0 \
+            or old.read(self.disks[0], n) == now.read(self.disks[1], n)
+
     def modified(self, old: Entry, now: Entry) -> None:
         """One path at both points: a directory is modified when the names it lists
         differ, a file as :meth:`compare_files` finds."""
@@ -324,6 +343,7 @@ class _Comparison:
         for path, now in sorted(new.items()):
             old = by_inode.get(now.inode)
             if old is not None and old.path in gone and old.same_identity(now) \
+                    and (_born_to_the_ns(old, now) or self.kin(old, now)) \
                     and not self.named_after_another(now, old, places):
                 pairs.append((gone.pop(old.path), new.pop(path)))
         starts = pd.Series([_birth_and_start(e) for e in gone.values()], dtype=object)
@@ -332,6 +352,7 @@ class _Comparison:
         for path, now in sorted(new.items()):
             old = by_start.get(_birth_and_start(now))
             if old is not None and old.path in gone and old.path != path \
+                    and self.kin(old, now) \
                     and not self.named_after_another(now, old, places):
                 pairs.append((gone.pop(old.path), new.pop(path)))
         digests: dict[tuple[int, str], Entry] = {}

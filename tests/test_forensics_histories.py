@@ -518,3 +518,88 @@ def test_linux_fat_drivers_moves_renames_over_swaps_and_directories(fstype, tmp_
     assert rows.loc["/rn2.txt", "change"] == "renamed"  # renamed and appended to
     assert rows.loc["/rn2.txt", "old_path"] == "/rn.txt"
     assert not result.files["path"].str.contains("$", regex=False).any()  # exFAT metadata
+
+
+@pytest.mark.parametrize("fs", ["ext", "fat"])
+def test_a_freed_inode_or_cluster_reused_within_the_second_is_a_rename_only_by_content(fs):
+    """Birth times in whole seconds (ext3, ext4 with 128-byte inodes; FAT by mtools):
+    a file deleted and a new one given its inode or first cluster in the same second
+    share every identity mark; their first bytes tell them apart.  Renamed and
+    appended to, a file keeps them; renamed after itself (``a.txt.crypt``) and
+    rewritten, its name tells."""
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
+
+    def entry(path: str, inode: int, content: bytes) -> tsk.Entry:
+        return tsk.Entry(path, "file", inode, len(content), 100, 100, 100, 100, 0o644, 0, 0,
+                         np.array([[8192, 8192 + len(content)]], dtype=np.int64),
+                         resident=content, fs=fs)
+
+    old = entry("/a.txt", 12, b"alpha " * 1000)
+    inode = 12 if fs == "ext" else 40  # FAT: the new name is in another directory slot
+    for name, content, renamed in (("/z.txt", b"zulu! " * 1000, False),
+                                   ("/z.txt", b"alpha " * 1000 + b"more", True),
+                                   ("/a.txt.crypt", b"\x8f\x1e" * 3000, True)):
+        comparison = forensics._Comparison(None, None, BlockMap(8))
+        comparison.compare({"/a.txt": old}, {name: entry(name, inode, content)})
+        changes = {(r["path"], r["change"]) for r in comparison.rows}
+        assert changes == ({(name, "renamed")} if renamed
+                           else {(name, "created"), ("/a.txt", "deleted")})
+
+
+def test_debugfs_history_a_freed_inode_handed_on_in_the_same_second(tmp_path):
+    """debugfs writes whole-second times and hands a freed inode and its blocks to the
+    next file: ``rm a.txt; write b.txt`` is a deletion and a creation, ``ln`` +
+    ``unlink`` a rename."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "debugfs")
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(8 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
+
+    def debugfs(*commands: str) -> None:
+        subprocess.run(["debugfs", "-w", "-f", "-", str(image)], input="\n".join(commands),
+                       text=True, check=True, capture_output=True)
+
+    for name, content in (("a", b"alpha " * 700), ("b", b"bravo " * 700),
+                          ("m", b"moved " * 700)):
+        (tmp_path / name).write_bytes(content)
+    debugfs(f"write {tmp_path / 'a'} a.txt", f"write {tmp_path / 'm'} m.txt")
+    chain = Chain.create(tmp_path / "chain")
+    _backup(chain, image)
+    debugfs("rm a.txt", f"write {tmp_path / 'b'} b.txt", "ln m.txt moved.txt", "unlink m.txt")
+    _backup(chain, image)
+    listed = {p: forensics.list_files(chain.disk(p)).set_index("path") for p in (0, 1)}
+    assert listed[0].loc["/a.txt", "inode"] == listed[1].loc["/b.txt", "inode"]  # handed on
+    rows = _rows(forensics.diff(chain, 0, 1, files=True))
+    assert (rows.loc["/a.txt", "change"], rows.loc["/b.txt", "change"]) == ("deleted", "created")
+    assert (rows.loc["/moved.txt", "change"], rows.loc["/moved.txt", "old_path"]) == \
+        ("renamed", "/m.txt")
+
+
+def test_fat_case_only_rename_is_a_rename(tmp_path):
+    """Linux's vfat takes ``mv case.txt CASE.txt`` for a rename onto itself and mtools
+    refuses it; Windows writes the case into the entry's NT flags (byte 12: 0x08 base
+    lower case, 0x10 extension lower case), as done here by hand."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.vfat", "mcopy")
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(40 << 20))
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
+                   capture_output=True)
+    (tmp_path / "src").write_bytes(b"case " * 300)
+    subprocess.run(["mcopy", "-i", str(image), str(tmp_path / "src"), "::case.txt"],
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    chain = Chain.create(tmp_path / "chain")
+    _backup(chain, image)
+    data = bytearray(image.read_bytes())
+    entry = data.find(b"CASE    TXT")
+    assert data[entry + 12] == 0x18  # "case.txt"
+    data[entry + 12] = 0x10  # "CASE.txt"
+    image.write_bytes(bytes(data))
+    _backup(chain, image)
+    rows = _rows(forensics.diff(chain, 0, 1, files=True))
+    assert (rows.loc["/CASE.txt", "change"], rows.loc["/CASE.txt", "old_path"]) == \
+        ("renamed", "/case.txt")
+    assert "/case.txt" not in rows.index

@@ -31,6 +31,7 @@ from tests.live_support import (
 )
 from tests.support import require_tools
 from tests.test_live_nbd import bf
+from tests.test_lvm import EXTENT, LVM_TOOLS, PART_START, Lvm, make_disk, place
 
 FAT_NOTE = "partition 1 (fat32): no journal replay for fat32, nothing written"
 SWAP_NOTE = "partition 3 (not recognised): swap or unknown content, nothing to replay"
@@ -58,6 +59,33 @@ def test_replay_writes_only_inside_the_ext_partitions(tmp_path: Path, table: str
         assert notes == ["whole disk (ext4): e2fsck -fy exited with 0"]
     else:
         assert notes == [FAT_NOTE, "partition 2 (ext4): e2fsck -fy exited with 0", SWAP_NOTE]
+
+
+def test_replay_of_lvm_logical_volumes_in_one_piece_only(tmp_path: Path):
+    require_tools("qemu-storage-daemon", "qemu-img", "e2fsck", *LVM_TOOLS)
+    tools = Lvm(tmp_path)
+    try:  # lv1: ext4 in two pieces around lv2 (FAT); lv3: ext4 in one piece
+        made = make_disk(tools, tmp_path)
+        tools("lvcreate", "-an", "-Zn", "-y", "-n", "lv3", "-L", "8m", "vgbf")
+        lv3 = tools.segments("vgbf")["lv3"]
+    finally:
+        tools.close()
+    assert len(lv3) == 1
+    place(made.disk, PART_START, made.pe_start, lv3, make_ext4(tmp_path / "lv3.img", 8 << 20))
+    with StorageDaemon(made.disk, tmp_path / "qsd") as daemon:
+        assert daemon.qmp is not None
+        live = LiveDisk(daemon.qmp, NODE, daemon.nbd_socket)
+        with live.fleece(tmp_path) as snap, Quiesced(snap, tmp_path) as quiet:
+            notes = quiet.replay()
+            q = quiet.written()
+    assert notes == [
+        "partition 1 (lvm2): an LVM2 physical volume: its logical volumes follow",
+        "logical volume vgbf/lv1 (ext4): in 2 pieces on the disk, not replayed "
+        "(a QEMU raw window is one byte range)",
+        "logical volume vgbf/lv2 (fat12): no journal replay for fat12, nothing written",
+        "logical volume vgbf/lv3 (ext4): e2fsck -fy exited with 0"]
+    start = PART_START + made.pe_start + lv3[0][1] * EXTENT
+    assert q.count() > 0 and inside(q, start, 8 << 20)
 
 
 def test_head_start_full_of_a_partitioned_disk_prints_its_survey(tmp_path: Path):

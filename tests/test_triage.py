@@ -254,15 +254,19 @@ def _red_team_days(rng):
     return days, truth
 
 
-@pytest.fixture(scope="module", params=["ext4", "fat32"])
-def red_team(request, tmp_path_factory):
+def _triaged(fs: str, days: list, tmp_path_factory) -> dict:
+    """The triage of a history of ``days`` played on a 48 MiB ``fs`` volume."""
     from blockforensics.datasets.ransomware import play
 
-    _require_history_tools(request.param)
+    _require_history_tools(fs)
+    chain_dir, _ = play(tmp_path_factory.mktemp(fs), fs, days, 48 << 20)
+    return triage.triage_chain(chain_dir)
+
+
+@pytest.fixture(scope="module", params=["ext4", "fat32"])
+def red_team(request, tmp_path_factory):
     days, truth = _red_team_days(np.random.default_rng(7))
-    chain_dir, _ = play(tmp_path_factory.mktemp(request.param), request.param, days,
-                        48 << 20)
-    return triage.triage_chain(chain_dir), truth
+    return _triaged(request.param, days, tmp_path_factory), truth
 
 
 def _flagged(point: dict) -> set[str]:
@@ -374,13 +378,8 @@ def _destruction_days(rng):
 
 @pytest.fixture(scope="module", params=["ext4", pytest.param("fat32", marks=pytest.mark.slow)])
 def destruction(request, tmp_path_factory):
-    from blockforensics.datasets.ransomware import play
-
-    _require_history_tools(request.param)
     days, verdicts = _destruction_days(np.random.default_rng(11))
-    chain_dir, _ = play(tmp_path_factory.mktemp(request.param), request.param, days,
-                        48 << 20)
-    return triage.triage_chain(chain_dir), verdicts
+    return _triaged(request.param, days, tmp_path_factory), verdicts
 
 
 def test_rotation_cache_cleaning_and_tidying_up_stay_clean(destruction):
@@ -435,17 +434,14 @@ def _system_file_days(rng, swap: bytes):
 
 
 @pytest.mark.parametrize("fs", ["ext4", pytest.param("fat32", marks=pytest.mark.slow)])
-def test_paging_hibernation_shadow_copy_and_swap_files_are_not_encryption(fs, tmp_path):
-    from blockforensics.datasets.ransomware import play
-
-    _require_history_tools(fs)
+def test_paging_hibernation_shadow_copy_and_swap_files_are_not_encryption(
+        fs, tmp_path, tmp_path_factory):
     require_tools("mkswap")
     swap = tmp_path / "swap"
     swap.write_bytes(bytes(256 << 10))
     subprocess.run(["mkswap", str(swap)], check=True, capture_output=True)
     days = _system_file_days(np.random.default_rng(5), swap.read_bytes())
-    chain_dir, _ = play(tmp_path / fs, fs, days, 48 << 20)
-    doc = triage.triage_chain(chain_dir)
+    doc = _triaged(fs, days, tmp_path_factory)
     assert [p["verdict"] for p in doc["points"]] == ["clean"] * 4 + ["encrypted"]
     for point in doc["points"][3:]:
         files = {f["path"]: f for f in point["files"]}

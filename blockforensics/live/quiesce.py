@@ -12,8 +12,10 @@ being one "partition" at byte 0), and each ext2/3/4 one gets ``e2fsck -fy`` —
 journal replay and repair — on that partition alone: a QEMU ``raw`` node with
 ``offset`` and ``size`` over the overlay, FUSE-exported writable, so its writes
 land in the overlay at their disk offsets and the one bitmap collects them all
-(Q is the union of every replay's writes).  FAT, NTFS, swap and unknown
-partitions have no journal replay here; a note per partition says so.
+(Q is the union of every replay's writes).  A linear LVM2 logical volume is
+replayed the same way when its extents lie in one piece; one in several pieces is
+not (a raw window is one byte range).  FAT, NTFS, swap and unknown partitions have
+no journal replay here; a note per partition says so.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from blockforensics.allocation import Survey, survey
+from blockforensics.allocation import Survey, filesystem_partitions, survey
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.nbd import NbdDisk
@@ -90,25 +92,31 @@ class Quiesced:
     def replay(self, found: Survey | None = None, argv: Sequence[str] = E2FSCK_REPLAY,
                ok: Sequence[int] = E2FSCK_OK) -> list[str]:
         """The quiescence step per file system: ``argv`` (journal replay) on every
-        ext2/3/4 partition alone, of the view's own survey or of ``found`` (the
-        crash view's, the same bytes); one note per partition saying what was done
-        or why nothing was (FAT, NTFS, swap, unknown: no journal replay here)."""
-        if found is None:
+        ext2/3/4 partition — or linear LVM2 logical volume lying in one piece — alone,
+        of the view's own survey or of ``found`` (the crash view's, the same bytes);
+        one note per region saying what was done or why nothing was (FAT, NTFS, swap,
+        unknown: no journal replay here; a logical volume in several pieces: a raw
+        window is one byte range)."""
+        pieces: dict[str, list[tuple[int, int]]] = {}  # logical volume -> disk extents
+        if found is None or any(r.kind == "lv" for r in found.regions):
             with self.exported() as address, NbdDisk(address) as disk:
-                found = survey(disk)
+                found = survey(disk) if found is None else found
+                pieces = {p.name: p.extents() for p in filesystem_partitions(disk)
+                          if p.kind == "lv"}
         notes = []
         for region in found.regions:
             what = f"{region.where} ({region.filesystem or 'not recognised'})"
-            if region.filesystem in ExtFileSystem.kinds:
-                done = self.run(argv, ok, offset=region.start_byte,
-                                size=min(region.length_bytes,
-                                         self.live.size() - region.start_byte))
-                notes.append(f"{what}: {' '.join(argv)} exited with {done.returncode}")
-            elif region.filesystem is None:
-                notes.append(f"{what}: swap or unknown content, nothing to replay")
+            extents = (pieces.get(region.name, []) if region.kind == "lv" else
+                       [(region.start_byte, region.start_byte + region.length_bytes)])
+            if region.filesystem not in ExtFileSystem.kinds:
+                notes.append(f"{what}: {_nothing_to_replay(region.filesystem)}")
+            elif len(extents) != 1:
+                notes.append(f"{what}: in {len(extents)} pieces on the disk, not replayed "
+                             "(a QEMU raw window is one byte range)")
             else:
-                notes.append(f"{what}: no journal replay for {region.filesystem}, "
-                             "nothing written")
+                start, stop = extents[0]
+                done = self.run(argv, ok, offset=start, size=min(stop, self.live.size()) - start)
+                notes.append(f"{what}: {' '.join(argv)} exited with {done.returncode}")
         return notes
 
     def written(self, block_size: int = 4096) -> BlockMap:
@@ -132,4 +140,13 @@ class Quiesced:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _nothing_to_replay(filesystem: str | None) -> str:
+    """Why a region without an ext file system gets no quiescence write."""
+    if filesystem is None:
+        return "swap or unknown content, nothing to replay"
+    if filesystem == "lvm2":
+        return "an LVM2 physical volume: its logical volumes follow"
+    return f"no journal replay for {filesystem}, nothing written"
 
