@@ -405,22 +405,30 @@ def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
 def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
           entries: dict[str, Entry], seen: set[int]) -> frozenset[str]:
     """Add the allocated, non-virtual entries below ``directory`` (path ``dir_path``,
-    ending in "/"); returns the names it lists."""
-    names = []
-    for item in directory:
-        text = item.info.name.name.decode("utf-8", "replace")
-        if _skipped(tsk, fs, text, item, allocated=True):
-            continue
-        path = dir_path + text
-        if path in entries:  # NTFS lists a name twice (long and DOS 8.3 index entries)
-            continue
-        names.append(text)
-        entry = entries[path] = _entry(tsk, fs, to_disk, path, item)
-        if entry.type == "dir" and entry.inode not in seen:
-            seen.add(entry.inode)
-            entry.children = _walk(tsk, fs, to_disk, item.as_directory(), path + "/",
-                                   entries, seen)
-    return frozenset(names)
+    ending in "/"); returns the names it lists.  Directories wait on a stack, not in
+    recursion: a tree a thousand levels deep is a few kilobytes of path."""
+    top: frozenset[str] = frozenset()
+    stack: list[tuple[str, Entry | None]] = [(dir_path, None)]
+    while stack:
+        dir_path, owner = stack.pop()
+        names = []
+        for item in directory if owner is None else fs.open_dir(inode=owner.inode):
+            text = item.info.name.name.decode("utf-8", "replace")
+            if _skipped(tsk, fs, text, item, allocated=True):
+                continue
+            path = dir_path + text
+            if path in entries:  # NTFS lists a name twice (long and DOS 8.3 index entries)
+                continue
+            names.append(text)
+            entry = entries[path] = _entry(tsk, fs, to_disk, path, item)
+            if entry.type == "dir" and entry.inode not in seen:
+                seen.add(entry.inode)
+                stack.append((path + "/", entry))
+        if owner is None:
+            top = frozenset(names)
+        else:
+            owner.children = frozenset(names)
+    return top
 
 
 def _open_filesystems(disk: Disk) -> Iterator[tuple[str, ToDisk, Any, str | None]]:

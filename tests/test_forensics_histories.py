@@ -603,3 +603,30 @@ def test_fat_case_only_rename_is_a_rename(tmp_path):
     assert (rows.loc["/CASE.txt", "change"], rows.loc["/CASE.txt", "old_path"]) == \
         ("renamed", "/case.txt")
     assert "/case.txt" not in rows.index
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_is_listed(tmp_path):
+    """1 500 nested directories (a path of 3 000 characters, within PATH_MAX): the walk
+    used to recurse once per level and stopped with a RecursionError."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "mount", "umount")
+    _root()
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(16 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
+    depth = 1500
+    with _mounted(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        fd = os.open(m, os.O_RDONLY)
+        for _ in range(depth):  # by descriptor: the path soon outgrows what one call takes
+            os.mkdir("d", dir_fd=fd)
+            fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+        with open(os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "wb") as fh:
+            fh.write(b"deep")
+        os.close(fd)
+    chain = Chain.create(tmp_path / "chain")
+    _backup(chain, image)
+    rows = _rows(forensics.diff(chain, None, 0, files=True))
+    bottom = "/d" * depth + "/bottom.txt"
+    assert rows.loc[bottom, "change"] == "created"
+    assert rows.loc["/d" * depth, "type"] == "dir"
