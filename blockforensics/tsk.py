@@ -297,6 +297,12 @@ def _fs_name(tsk: Any, fs: Any) -> str:
     return "other"
 
 
+def _name_text(raw: bytes) -> str:
+    """A name as text: UTF-8, a byte that is none as ``\\xNN`` (ext names are any
+    bytes: two names that differ only there stay two paths)."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int, str], ...]:
     """Named data streams (NTFS alternate data streams): name, size and SHA-256 of the
     content (so a same-size rewrite of a stream shows)."""
@@ -308,7 +314,7 @@ def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int, str], ...]:
         for lo in range(0, size, CHUNK_BYTES):
             digest.update(fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), attr.info.type,
                                               attr.info.id))
-        out.append((attr.info.name.decode("utf-8", "replace"), size, digest.hexdigest()))
+        out.append((_name_text(attr.info.name), size, digest.hexdigest()))
     return tuple(sorted(out))
 
 
@@ -413,7 +419,7 @@ def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
         dir_path, owner = stack.pop()
         names = []
         for item in directory if owner is None else fs.open_dir(inode=owner.inode):
-            text = item.info.name.name.decode("utf-8", "replace")
+            text = _name_text(item.info.name.name)
             if _skipped(tsk, fs, text, item, allocated=True):
                 continue
             path = dir_path + text
@@ -487,7 +493,7 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
             continue
         is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
         for item in directory:
-            text = item.info.name.name.decode("utf-8", "replace")
+            text = _name_text(item.info.name.name)
             if (not _deleted_name_matches(is_fat, text, name)
                     or _skipped(tsk, fs, text, item, allocated=False)
                     or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):

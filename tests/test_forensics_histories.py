@@ -32,6 +32,8 @@ from blockforensics.image.chain import Chain
 AWKWARD = ("with space.txt", "new\nline.txt", "pct%20.txt", 'quo"te.txt', "apos'.txt",
            "ünïcødé€.txt", "tab\tx,comma.txt", "pipe|x.txt", "ctl\x01name.txt",
            "L" * 200 + ".txt")
+#: ext names are bytes: two that are no UTF-8 and differ only there
+NOT_UTF8 = (b"r\xe9sum\xe9.txt", b"r\xe8sum\xe8.txt")
 PRE_1970 = -300_000_000  # 1960-06-29
 POST_2038 = 4_102_444_800  # 2100-01-01
 FAT_STAMP = 981_173_106  # 2001-02-03 04:05:06 UTC (even: FAT keeps 2-second steps)
@@ -165,6 +167,8 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
             if d != "B":
                 (m / d / f"{d.lower()}.txt").write_bytes(d.encode() * 3000)
         (m / "chain_a.txt").write_bytes(b"chain a " * 500)
+        for raw in NOT_UTF8:
+            Path(os.fsdecode(bytes(m) + b"/" + raw)).write_bytes(b"latin-1 " * 100)
     _backup(chain, image)
     with _mounted(mount, tmp / "m") as m:
         _common_change(m)
@@ -197,6 +201,8 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
         _swap(m / "P", m / "Q")  # two directories' names swapped
         (m / "chain_a.txt").rename(m / "chain_b.txt")
         (m / "chain_a.txt").write_bytes(b"a new one " * 300)  # a new file, the old name
+        with Path(os.fsdecode(bytes(m) + b"/" + NOT_UTF8[1])).open("ab") as fh:
+            fh.write(b"more")
     _backup(chain, image)
     with Chain.open(tmp / "chain") as opened:
         yield opened, image
@@ -245,6 +251,15 @@ def test_ext4_reused_inode_is_delete_and_create_and_a_copy_elsewhere_a_rename(ex
         assert rows.loc["/reuse_new.txt", "old_path"] == ""  # reused, yet no rename
     assert rows.loc["/elsewhere/dup_copy.txt", "change"] == "renamed"  # same content
     assert rows.loc["/elsewhere/dup_copy.txt", "old_path"] == "/dup.txt"
+
+
+def test_ext4_names_that_are_no_utf8_stay_apart(ext4):
+    chain, _ = ext4
+    listed = forensics.list_files(chain.disk(0))
+    assert {"/r\\xe9sum\\xe9.txt", "/r\\xe8sum\\xe8.txt"} <= set(listed["path"])
+    rows = _rows(forensics.diff(chain, 0, 1, files=True))
+    assert rows.loc["/r\\xe8sum\\xe8.txt", "change"] == "modified"
+    assert "/r\\xe9sum\\xe9.txt" not in rows.index
 
 
 def test_ext4_times_before_1970_and_after_2038_as_the_kernel_reads_them(ext4):
