@@ -63,6 +63,7 @@ PACKAGES = {
     "xfs_db": "xfsprogs",
     "xfs_repair": "xfsprogs",
     "xfs_logprint": "xfsprogs",
+    "xfs_io": "xfsprogs",
     "mount": "mount",
     "umount": "mount",
 }

@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from blockforensics.disk import MappedDisk
-from blockforensics.errors import BlockforensicsError, UsageError
+from blockforensics.errors import BlockforensicsError, FormatError, UsageError
 from blockforensics.formats.base import Disk
 
 #: file systems whose metadata address is where the name is stored (a rename moves it)
@@ -437,18 +437,104 @@ def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
     return top
 
 
-def _open_filesystems(disk: Disk) -> Iterator[tuple[str, ToDisk, Any, str | None]]:
-    """``(prefix, to_disk, FS_Info or None, problem)`` for each file system of the disk
-    (``to_disk``: the file system's byte ranges as the disk's)."""
-    images = {id(disk): ChainImgInfo(disk)}
-    for prefix, view, offset, to_disk in _filesystem_places(disk):
-        image = images.setdefault(id(view), ChainImgInfo(view))
-        where = f"byte {offset}" if view is disk else f"logical volume {prefix[:-1]}"
+class Lister(Protocol):
+    """How the files of one file system are listed and read: through The Sleuth Kit
+    (:class:`TskLister`) or, for XFS, which TSK 4.11 does not read, through
+    dissect.xfs (:class:`blockforensics.xfsfiles.XfsLister`).  Paths handed in are the
+    listing's (``p1:/dir/file``) and, as ``inner``, the same inside the file system."""
+
+    def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
+        """Add the root (``root_path``, ending in "/") and every allocated entry below it;
+        returns why any part could not be read ([]: all was)."""
+
+    def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
+        """An allocated file (or directory) and its content (holes as zeros), or None."""
+
+    def find_deleted(self, path: str, inner_parent: str, name: str
+                     ) -> tuple[Entry, bytes] | None:
+        """A deleted file ``name`` of directory ``inner_parent`` and its content, or None."""
+
+
+class TskLister:
+    """:class:`Lister` of a file system The Sleuth Kit opens (``fs``: its ``FS_Info``)."""
+
+    def __init__(self, fs: Any, to_disk: ToDisk):
+        self.tsk, self.fs, self.to_disk = pytsk3(), fs, to_disk
+
+    def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
+        tsk, fs = self.tsk, self.fs
+        root = entries[root_path] = _entry(tsk, fs, self.to_disk, root_path,
+                                           fs.open_meta(inode=fs.info.root_inum))
+        root.children = _walk(tsk, fs, self.to_disk, fs.open_dir(inode=fs.info.root_inum),
+                              root_path, entries, {fs.info.root_inum})
+        return []
+
+    def find_deleted(self, path: str, inner_parent: str, name: str
+                     ) -> tuple[Entry, bytes] | None:
+        tsk, fs = self.tsk, self.fs
         try:
-            yield prefix, to_disk, open_fs(image, offset), None
+            directory = fs.open_dir(path=inner_parent or "/")
+        except OSError:
+            return None
+        is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
+        for item in directory:
+            text = _name_text(item.info.name.name)
+            if (not _deleted_name_matches(is_fat, text, name)
+                    or _skipped(tsk, fs, text, item, allocated=False)
+                    or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):
+                continue
+            entry = _entry(tsk, fs, self.to_disk, path, item, deleted=True)
+            if entry.type == "file":
+                return entry, item.read_random(0, entry.size) if entry.size else b""
+        return None
+
+    def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
+        tsk = self.tsk
+        try:
+            fs_file = self.fs.open(inner)
+        except OSError:
+            return None
+        name = fs_file.info.name
+        if fs_file.info.meta is None or (
+                name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
+            return None  # TSK's path lookup also finds deleted names
+        entry = _entry(tsk, self.fs, self.to_disk, path, fs_file)
+
+        def chunks(fs_file: Any = fs_file, size: int = entry.size,
+                   target: bytes | None = entry.resident if entry.kind == "symlink" else None
+                   ) -> Iterator[bytes]:
+            if target is not None:
+                yield target  # the target (TSK reads a fast symlink as zeros)
+                return
+            for lo in range(0, size, CHUNK_BYTES):
+                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
+
+        return entry, chunks()
+
+
+def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | None]]:
+    """``(prefix, lister or None, problem)`` for each file system of the disk: XFS read
+    by dissect.xfs, everything else by The Sleuth Kit."""
+    from blockforensics.fs.xfs import has_xfs_magic
+
+    images: dict[int, Any] = {}
+    for prefix, view, offset, to_disk in _filesystem_places(disk):
+        where = f"byte {offset}" if view is disk else f"logical volume {prefix[:-1]}"
+        if has_xfs_magic(view.read(offset, 4)):
+            from blockforensics.xfsfiles import XfsLister
+
+            try:
+                yield prefix, XfsLister(view, offset, to_disk), None
+            except FormatError as exc:
+                yield prefix, None, f"the XFS file system at {where}: {exc}"
+            continue
+        if id(view) not in images:
+            images[id(view)] = ChainImgInfo(view)
+        try:
+            yield prefix, TskLister(open_fs(images[id(view)], offset), to_disk), None
         except OSError as exc:
-            yield prefix, to_disk, None, (f"The Sleuth Kit cannot open the file system at "
-                                          f"{where}: {str(exc).splitlines()[0]}")
+            yield prefix, None, (f"The Sleuth Kit cannot open the file system at "
+                                 f"{where}: {str(exc).splitlines()[0]}")
 
 
 def list_entries(disk: Disk | None) -> Listing:
@@ -457,16 +543,13 @@ def list_entries(disk: Disk | None) -> Listing:
     listing = Listing()
     if disk is None:
         return listing
-    tsk = pytsk3()
-    for prefix, to_disk, fs, problem in _open_filesystems(disk):
-        if fs is None:
+    for prefix, lister, problem in _open_filesystems(disk):
+        if lister is None:
             listing.unreadable[prefix] = problem or ""
             continue
-        root_path = f"{prefix}/"
-        root = listing.entries[root_path] = _entry(tsk, fs, to_disk, root_path,
-                                                   fs.open_meta(inode=fs.info.root_inum))
-        root.children = _walk(tsk, fs, to_disk, fs.open_dir(inode=fs.info.root_inum),
-                              root_path, listing.entries, {fs.info.root_inum})
+        problems = lister.walk(f"{prefix}/", listing.entries)
+        if problems:
+            listing.unreadable[prefix] = "; ".join(problems)
     return listing
 
 
@@ -481,55 +564,26 @@ def _deleted_name_matches(fs_is_fat: bool, listed: str, wanted: str) -> bool:
 def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
     """A deleted file named ``path`` whose metadata TSK still reaches and no other file
     took over (a reallocated inode is refused), with its content as TSK recovers it
-    (from the parent directory's unallocated names); None if none."""
-    tsk = pytsk3()
+    (from the parent directory's unallocated names); None if none (always on XFS,
+    which clears a deleted file's extents)."""
     parent, _, name = path.rpartition("/")
-    for prefix, to_disk, fs, _ in _open_filesystems(disk):
-        if fs is None or not path.startswith(prefix + "/"):
+    for prefix, lister, _ in _open_filesystems(disk):
+        if lister is None or not path.startswith(prefix + "/"):
             continue
-        try:
-            directory = fs.open_dir(path=parent[len(prefix):] or "/")
-        except OSError:
-            continue
-        is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
-        for item in directory:
-            text = _name_text(item.info.name.name)
-            if (not _deleted_name_matches(is_fat, text, name)
-                    or _skipped(tsk, fs, text, item, allocated=False)
-                    or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):
-                continue
-            entry = _entry(tsk, fs, to_disk, path, item, deleted=True)
-            if entry.type == "file":
-                return entry, item.read_random(0, entry.size) if entry.size else b""
+        found = lister.find_deleted(path, parent[len(prefix):], name)
+        if found is not None:
+            return found
     return None
 
 
 def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:
-    """An allocated file by path and its content as TSK reads it (holes as zeros)."""
-    tsk = pytsk3()
-    for prefix, to_disk, fs, _ in _open_filesystems(disk):
-        if fs is None or not path.startswith(prefix + "/"):
+    """An allocated file by path and its content as its lister reads it (holes as zeros)."""
+    for prefix, lister, _ in _open_filesystems(disk):
+        if lister is None or not path.startswith(prefix + "/"):
             continue
-        try:
-            fs_file = fs.open(path[len(prefix):])
-        except OSError:
-            continue
-        name = fs_file.info.name
-        if fs_file.info.meta is None or (
-                name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
-            continue  # TSK's path lookup also finds deleted names
-        entry = _entry(tsk, fs, to_disk, path, fs_file)
-
-        def chunks(fs_file: Any = fs_file, size: int = entry.size,
-                   target: bytes | None = entry.resident if entry.kind == "symlink" else None
-                   ) -> Iterator[bytes]:
-            if target is not None:
-                yield target  # the target (TSK reads a fast symlink as zeros)
-                return
-            for lo in range(0, size, CHUNK_BYTES):
-                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
-
-        return entry, chunks()
+        found = lister.read_allocated(path, path[len(prefix):])
+        if found is not None:
+            return found
     return None
 
 

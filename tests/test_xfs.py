@@ -9,6 +9,7 @@ fstests variables), files written through a loop mount.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,17 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+import sample_disks
+import test_lvm
+from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_allocation, survey
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.xfs import XfsFileSystem
 from blockforensics.image.chain import Chain
+from blockforensics.tsk import _read_allocated, list_entries
 
 MIB = 1 << 20
 #: mkfs.xfs refuses volumes under 300 MB unless run by fstests
 SMALL_OK = {**os.environ, "TEST_DIR": "/tmp", "TEST_DEV": "bf", "QA_CHECK_FS": "1"}
-XFS_TOOLS = ("mkfs.xfs", "xfs_db", "xfs_repair", "xfs_logprint", "mount", "umount")
+XFS_TOOLS = ("mkfs.xfs", "xfs_db", "xfs_io", "xfs_repair", "xfs_logprint", "mount", "umount")
 
 
 def run(*args: object, env: dict[str, str] | None = None) -> str:
@@ -71,22 +75,32 @@ def mkfs(img: Path, size: int, *options: str) -> Path:
     return img
 
 
-def fill(root: Path, seed: int = 1) -> dict[str, bytes]:
-    """Small files (local/inline), a big file of many extents (free space fragmented
-    first), a directory of many entries (a node/btree directory), deleted files."""
+def fill(root: Path, seed: int = 1, until_full: bool = True) -> dict[str, bytes]:
+    """Small files (short, in the inode's extent list), a deleted file, free space
+    fragmented (filled with 64 KiB files, ``until_full``: up to ENOSPC, every other
+    one deleted) before big files are written (many extents each), a directory of
+    many entries (a node directory), holes enough for a two-level bnobt, a symlink.
+    Returns what should be read back, by path."""
     rng = np.random.default_rng(seed)
     files: dict[str, bytes] = {"small.txt": b"hello from xfs\n", "empty": b""}
-    # fragment the free space: many small files, every other one deleted once on disk
-    (root / "frag").mkdir()
-    for i in range(400):
-        (root / "frag" / f"f{i:04d}").write_bytes(rng.bytes(8192))
     (root / "gone.bin").write_bytes(rng.bytes(MIB))
+    (root / "frag").mkdir()
+    piece = rng.bytes(65536)
+    count = 0
+    while count < (100_000 if until_full else 200):
+        name = root / "frag" / f"f{count:04d}"
+        try:
+            name.write_bytes(piece[count % 97 :] + piece[: count % 97])
+        except OSError:  # full: that one is not kept
+            name.unlink(missing_ok=True)
+            break
+        count += 1
     os.sync()  # delayed allocation: written to disk, so deleting leaves stale data
-    for i in range(0, 400, 2):
+    for i in range(0, count, 2):
         (root / "frag" / f"f{i:04d}").unlink()
     (root / "gone.bin").unlink()
-    files.update({f"frag/f{i:04d}": (root / "frag" / f"f{i:04d}").read_bytes()
-                  for i in range(1, 400, 2)})
+    files.update({f"frag/f{i:04d}": piece[i % 97 :] + piece[: i % 97]
+                  for i in range(1, count, 2)})
     files["big.bin"] = rng.bytes(3 * MIB)
     (root / "many").mkdir()
     for i in range(600):
@@ -95,6 +109,17 @@ def fill(root: Path, seed: int = 1) -> dict[str, bytes]:
     for name, data in files.items():
         (root / name).write_bytes(data)
     os.symlink("small.txt", root / "link")
+    if until_full:  # on XFS itself: holes punched in big.bin, an unwritten tail
+        os.sync()
+        run("xfs_io", "-c", "fpunch 1m 256k", "-c", "fpunch 2m 64k", root / "big.bin")
+        big = bytearray(files["big.bin"])
+        big[MIB : MIB + 262144] = bytes(262144)
+        big[2 * MIB : 2 * MIB + 65536] = bytes(65536)
+        files["big.bin"] = bytes(big)
+        files["prealloc.bin"] = rng.bytes(65536) + bytes(MIB - 65536)
+        (root / "prealloc.bin").write_bytes(files["prealloc.bin"][:65536])
+        os.sync()
+        run("xfs_io", "-c", f"falloc 64k {MIB - 65536}", root / "prealloc.bin")
     # holes left at the end: enough free extents for a bnobt of two levels
     (root / "holes").mkdir()
     for i in range(1200):
@@ -162,11 +187,11 @@ def make_filled(tmp_path: Path, *mkfs_options: str, size: int = 64 * MIB
     if "crc=0" in mkfs_options:
         tree = tmp_path / "tree"
         tree.mkdir()
-        files = fill(tree)
+        files = fill(tree, until_full=False)
         proto = protofile(tree, tmp_path / "proto")
         return mkfs(tmp_path / "xfs.img", size, *mkfs_options, "-p", str(proto)), files
     img = mkfs(tmp_path / "xfs.img", size, *mkfs_options)
-    with mounted(img, tmp_path / "mnt") as root:
+    with mounted(img, tmp_path / "mnt", "allocsize=4k") as root:  # no large preallocation
         files = fill(root)
     return img, files
 
@@ -269,3 +294,153 @@ def test_corrupt_superblock_crc_is_a_note(tmp_path: Path) -> None:
     assert "superblock CRC mismatch" in region.note
 
 
+
+
+# ------------------------------------------------------------------ files
+def assert_lists(listing_entries: dict, prefix: str, files: dict[str, bytes], disk,
+                 punched: bool = True) -> None:
+    """Every file written is listed under ``prefix`` with its bytes (read back from the
+    entry's disk extents), the symlink with its target, the deleted ones not at all."""
+    for name, data in files.items():
+        entry = listing_entries[f"{prefix}/{name}"]
+        assert entry.fs == "xfs" and entry.kind == "file" and entry.size == len(data), name
+        if int(np.diff(entry.extents).sum()) == entry.size:  # no holes: the extents hold it
+            assert entry.read(disk) == data, name
+        found = _read_allocated(disk, f"{prefix}/{name}")  # as extract reads it
+        assert found is not None and b"".join(found[1]) == data, name
+    link = listing_entries[f"{prefix}/link"]
+    assert link.kind == "symlink" and link.resident == b"small.txt"
+    assert f"{prefix}/gone.bin" not in listing_entries
+    assert f"{prefix}/frag/f0000" not in listing_entries
+    assert f"{prefix}/frag/f0001" in listing_entries
+    many = listing_entries[f"{prefix}/many"]
+    assert many.type == "dir" and len(many.children) == 600
+    if punched:  # holes punched: three extents, the holes left out
+        big = listing_entries[f"{prefix}/big.bin"]
+        assert len(big.extents) == 3
+        assert int((big.extents[:, 1] - big.extents[:, 0]).sum()) == 3 * MIB - 262144 - 65536
+        prealloc = listing_entries[f"{prefix}/prealloc.bin"]  # its unwritten extent left out
+        assert prealloc.size == MIB and int(np.diff(prealloc.extents).sum()) == 65536
+
+
+@pytest.mark.parametrize("options", [(), ("-m", "crc=0"), ("-b", "size=1024", "-d", "agcount=3")],
+                         ids=["v5", "v4", "1k-3ag"])
+def test_files_are_listed_with_their_inodes_and_extents(tmp_path: Path,
+                                                        options: tuple[str, ...]) -> None:
+    need_mount(tmp_path)
+    require_module("dissect.xfs", "dissect.xfs")
+    img, files = make_filled(tmp_path, *options)
+    with RawDisk(img) as disk:
+        listing = list_entries(disk)
+        assert not listing.unreadable
+        assert_lists(listing.entries, "", files, disk, punched="crc=0" not in options)
+    if "crc=0" in options:
+        return  # this kernel does not mount v4 volumes: the metadata is checked on v5
+    with mounted(img, tmp_path / "ro", "ro") as root:
+        for path in ("small.txt", "big.bin", "many", "link", "frag/f0001", "empty"):
+            entry, st = listing.entries[f"/{path}"], os.lstat(root / path)
+            assert (entry.inode, entry.size, entry.mode, entry.uid, entry.gid, entry.nlink) \
+                == (st.st_ino, st.st_size, st.st_mode & 0o7777, st.st_uid, st.st_gid,
+                    st.st_nlink), path
+            assert entry.mtime * 10**9 + entry.mtime_ns == st.st_mtime_ns, path
+            assert entry.ctime * 10**9 + entry.ctime_ns == st.st_ctime_ns, path
+            assert entry.crtime > 0 and entry.seq != 0
+
+
+def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path) -> None:
+    need_mount(tmp_path)
+    require_module("dissect.xfs", "dissect.xfs")
+    img, files = make_filled(tmp_path)
+    cli("backup", img, tmp_path / "chain")
+    with mounted(img, tmp_path / "mnt") as root:
+        (root / "new.txt").write_bytes(b"created at point 1\n")
+        with (root / "small.txt").open("ab") as fh:
+            fh.write(b"appended\n")
+        (root / "frag" / "f0001").unlink()
+        (root / "big.bin").rename(root / "big-renamed.bin")
+        (root / "many" / "entry-with-a-long-name-00007.txt").write_bytes(b"rewritten\n")
+    out = cli("backup", img, tmp_path / "chain")
+    assert "whole disk (xfs):" in out and "copying all" not in out
+    diff = json.loads(cli("diff", tmp_path / "chain", "0", "1", "--files", "--json"))
+    changed = {f["path"]: f["change"] for f in diff["files"]}
+    assert changed.get("/new.txt") == "created", changed
+    assert changed.get("/small.txt") == "modified", changed
+    assert changed.get("/many/entry-with-a-long-name-00007.txt") == "modified", changed
+    assert changed.get("/frag/f0001") == "deleted", changed
+    assert changed.get("/big-renamed.bin") == "renamed", changed
+    old = {f["path"]: f.get("old_path") for f in diff["files"]}
+    assert old["/big-renamed.bin"] == "/big.bin"
+    assert not any(p.startswith(("/holes/", "/frag/f0003")) for p in changed)
+    timeline = cli("timeline", tmp_path / "chain", "--format", "jsonl")
+    assert "/new.txt" in timeline and "/many/entry-with-a-long-name-00599.txt" in timeline
+    extracted = tmp_path / "extracted.bin"
+    cli("extract", tmp_path / "chain", "1", "/big-renamed.bin", extracted)
+    assert extracted.read_bytes() == files["big.bin"]
+    cli("extract", tmp_path / "chain", "0", "/prealloc.bin", extracted, "--force")
+    assert extracted.read_bytes() == files["prealloc.bin"]  # the unwritten tail: zeros
+
+
+def test_xfs_in_a_gpt_partition(tmp_path: Path) -> None:
+    need_mount(tmp_path)
+    require_tools("sgdisk")
+    require_module("dissect.xfs", "dissect.xfs")
+    volume, files = make_filled(tmp_path)
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as fh:
+        fh.truncate(66 * MIB + MIB)
+    run("sgdisk", "-n", "1:2048:+64M", "-t", "1:8300", disk)
+    sample_disks.place(disk, volume, MIB)
+    found = survey(disk, 4096)
+    part = next(r for r in found.regions if r.index == 1)
+    assert part.filesystem == "xfs" and not part.note and part.blocks < part.total
+    cli("backup", disk, tmp_path / "chain")
+    restored = tmp_path / "restored.img"
+    cli("restore", tmp_path / "chain", restored)
+    run("xfs_repair", "-n", sample_disks.extract(restored, MIB, 64 * MIB, tmp_path / "p1.img"))
+    with RawDisk(disk) as d:
+        listing = list_entries(d)
+        assert_lists(listing.entries, "p1:", files, d)
+
+
+@pytest.fixture
+def lvm(tmp_path: Path) -> Iterator[test_lvm.Lvm]:
+    """The LVM tools of tests/test_lvm.py (root: loop devices)."""
+    require_tools(*test_lvm.LVM_TOOLS)
+    need_mount(tmp_path)
+    tools = test_lvm.Lvm(tmp_path)
+    try:
+        yield tools
+    finally:
+        tools.close()
+
+
+def test_xfs_in_an_lvm_logical_volume(lvm: test_lvm.Lvm, tmp_path: Path) -> None:
+    require_module("dissect.xfs", "dissect.xfs")
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as fh:
+        fh.truncate(100 * MIB)
+    subprocess.run(["sfdisk", "-q", str(disk)], input="start=2048, type=8e\n", text=True,
+                   check=True, capture_output=True)
+    device = lvm.attach(disk, test_lvm.PART_START, 99 * MIB)
+    lvm("pvcreate", "-y", device)
+    lvm("vgcreate", "-s", "4m", "vgx", device)
+    lvm("lvcreate", "-an", "-Zn", "-y", "-n", "pad", "-L", "8m", "vgx")
+    lvm("lvcreate", "-an", "-Zn", "-y", "-n", "root", "-L", "32m", "vgx")
+    lvm("lvextend", "-L", "+32m", "vgx/root")
+    segments = lvm.segments("vgx")["root"]
+    pe_start = lvm.pe_start(device)
+    volume, files = make_filled(tmp_path)
+    test_lvm.place(disk, test_lvm.PART_START, pe_start, segments, volume)
+    found = survey(disk, 4096)
+    region = next(r for r in found.regions if r.name == "vgx/root")
+    assert region.filesystem == "xfs" and not region.note and region.blocks < region.total
+    out = cli("backup", disk, tmp_path / "chain")
+    assert "logical volume vgx/root (xfs):" in out
+    restored = tmp_path / "restored.img"
+    cli("restore", tmp_path / "chain", restored)
+    run("xfs_repair", "-n", test_lvm.extract_lv(restored, test_lvm.PART_START, pe_start,
+                                               segments, tmp_path / "root.img"))
+    with RawDisk(disk) as d:
+        listing = list_entries(d)
+        assert not listing.unreadable
+        assert_lists(listing.entries, "vgx/root:", files, d)

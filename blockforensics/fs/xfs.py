@@ -61,6 +61,7 @@ SUPERBLOCK = Structure("XfsSuperblock", 0x108, [
     (0x79, "B", "sb_sectlog"),
     (0x7C, "B", "sb_agblklog"),
     (0x7E, "B", "sb_inprogress"),
+    (0xC0, "B", "sb_dirblklog"),
     (0xC8, "I", "sb_features2"),
     (0xD0, "I", "sb_features_compat"),
     (0xD4, "I", "sb_features_ro_compat"),
@@ -104,6 +105,8 @@ AB3B_MAGIC = 0x41423342  # "AB3B" (v5)
 MAX_BTREE_LEVELS = 9
 VERSION_NUMBITS = 0x000F
 VERSION_5 = 5
+INCOMPAT_FTYPE = 0x1  # sb_features_incompat (v5)
+VERSION2_FTYPE = 0x200  # sb_features2 (v4)
 BASIC_BLOCK = 512  # the unit of daddrs and of log positions
 #: log record header (xlog_rec_header): big-endian, at a basic block's start
 LOG_RECORD = Structure("XlogRecHeader", 0x144, [
@@ -164,6 +167,11 @@ class XfsFileSystem(FileSystem):
             raise FormatError(f"{self.name}: superblock CRC mismatch")
         self.block_size = self.unit = sb.sb_blocksize
         self.size = sb.sb_dblocks * sb.sb_blocksize
+        #: log2 of file-system blocks per directory block
+        self.sb_dirblklog = sb.sb_dirblklog
+        #: 1 when directory entries carry a file type byte (v5 always; v4 with ftype)
+        self.ftype = int(self.crc and bool(sb.sb_features_incompat & INCOMPAT_FTYPE)
+                         or bool(sb.sb_features2 & VERSION2_FTYPE))
 
     # ---------------------------------------------------------------- geometry
     def ag_length(self, ag: int) -> int:
