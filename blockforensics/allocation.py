@@ -2,7 +2,8 @@
 
 ``survey(disk)`` answers "which blocks of this disk hold something a backup
 must copy, and why?": the allocated units of every file system a reader is sure
-of (FAT12/16/32 from the FAT, ext2/3/4 from the block bitmaps), and *everything*
+of (FAT12/16/32 from the FAT, ext2/3/4 from the block bitmaps, XFS from its
+free-space B+trees), and *everything*
 else (table sectors, gaps, unknown partitions, unknown content, file systems
 whose structures fail their own checks, partitions cut off by the end of the
 image) — the safe side for a backup, with a note per partition saying which
@@ -41,6 +42,7 @@ from blockforensics.fs.gpt import looks_like_gpt, read_gpt
 from blockforensics.fs.lvm import find_label, read_layout
 from blockforensics.fs.mbr import SECTOR, SECTOR_SIZES, Partition, looks_like_mbr, read_table
 from blockforensics.fs.sleuthkit import TskFileSystem
+from blockforensics.fs.xfs import XfsFileSystem, has_xfs_magic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +54,7 @@ __all__ = ["FILESYSTEM_KINDS", "Region", "Survey", "allocation_map", "detect",
 DiskLike = Disk | str | os.PathLike[str]
 
 #: names :func:`detect` returns for file systems this module reads
-FILESYSTEM_KINDS = (*FatFileSystem.kinds, *ExtFileSystem.kinds)
+FILESYSTEM_KINDS = (*FatFileSystem.kinds, *ExtFileSystem.kinds, *XfsFileSystem.kinds)
 
 
 @contextmanager
@@ -70,6 +72,8 @@ def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
     if has_ext_magic(disk.read(offset + SUPERBLOCK_OFFSET, SUPERBLOCK.size)):
         return ExtFileSystem
     boot = disk.read(offset, BOOT_SECTOR.size)
+    if has_xfs_magic(boot):
+        return XfsFileSystem
     if len(boot) == BOOT_SECTOR.size and bpb_problem(BOOT_SECTOR.parse(boot)) is None:
         return FatFileSystem
     if offset == 0 and looks_like_gpt(disk):
@@ -97,16 +101,17 @@ def _open(disk: Disk, offset: int) -> FileSystem | None:
 
 
 def open_filesystem(disk: Disk, offset: int = 0) -> FileSystem:
-    """The FAT or ext file system at byte ``offset``; FormatError if there is none."""
+    """The FAT, ext or XFS file system (or one TSK opens) at byte ``offset``;
+    FormatError if there is none."""
     fs = _open(disk, offset)
     if fs is None:
-        raise FormatError(f"no FAT or ext file system at byte {offset}")
+        raise FormatError(f"no FAT, ext or XFS file system at byte {offset}")
     return fs
 
 
 def detect(disk: DiskLike, offset: int = 0) -> str | None:
     """What starts at byte ``offset``: "lvm2" (a physical volume's label), "fat12"..
-    "fat32", "ext2".."ext4", "gpt" (at 0), "mbr" or None."""
+    "fat32", "ext2".."ext4", "xfs", "gpt" (at 0), "mbr" or None."""
     with _opened(disk) as d:
         if find_label(d, offset) is not None:
             return "lvm2"

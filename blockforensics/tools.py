@@ -59,6 +59,12 @@ PACKAGES = {
     "ewfexport": "ewf-tools",
     "img_stat": "sleuthkit",
     "mmls": "sleuthkit",
+    "mkfs.xfs": "xfsprogs",
+    "xfs_db": "xfsprogs",
+    "xfs_repair": "xfsprogs",
+    "xfs_logprint": "xfsprogs",
+    "mount": "mount",
+    "umount": "mount",
 }
 
 

@@ -1,0 +1,315 @@
+"""XFS (the XFS Algorithms & Data Structures book): allocation from the free-space B+trees.
+
+The data device is an array of ``sb_dblocks`` blocks of ``sb_blocksize`` bytes,
+cut into ``sb_agcount`` allocation groups (AGs) of ``sb_agblocks`` blocks (the
+last one may be shorter).  Each AG opens with four sectors: a superblock copy,
+the AGF (free space), the AGI (inodes) and the AGFL (the free list).  The AGF
+roots the free-space B+tree by block number (the *bnobt*): short-form btree
+blocks (magic ``ABTB``, ``AB3B`` with CRCs on v5) whose leaves hold the AG's
+free extents as ``(startblock, blockcount)`` in AG blocks.  Everything of an AG
+that is not a free extent is in use: the AG headers, inode chunks, the internal
+log, every metadata btree (and the AGFL's reserve), file data — so the
+allocated units are the AG's blocks minus its bnobt records.
+
+Checks: v5 superblock, AGF and btree blocks carry a CRC-32C (stored
+little-endian, computed with the field zeroed); every btree block is checked
+(magic, level, record count, owner AG and, on v5, its own address and CRC),
+records must be sorted, inside the AG and not overlap, and their total must
+equal ``agf_freeblks``.  Anything that does not hold is a FormatError: the volume
+is then copied whole.
+
+The log: a file system not cleanly unmounted (mounted when snapshotted, or
+crashed) may hold allocations only in its log, which recovery replays.  The
+internal log is read (the first word of every 512-byte log block: its cycle
+number) to find the head; the volume is clean when the last record before the
+head is an unmount record ending at the head.  Anything else — or a log on an
+external device, which is not in the image — is a FormatError (copied whole),
+like an ext journal this reader cannot replay.
+
+Units: ``unit`` is the file-system block (``sb_blocksize`` bytes); "AG blocks"
+count from the start of an AG; log positions are 512-byte basic blocks.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from blockforensics.blockmap import BlockMap
+from blockforensics.errors import FormatError
+from blockforensics.formats.base import Disk
+from blockforensics.formats.vhdx import crc32c
+from blockforensics.fs.base import FileSystem, units_map
+from blockforensics.fs.structure import Structure
+
+SUPERBLOCK = Structure("XfsSuperblock", 0x108, [
+    (0x00, "I", "sb_magicnum"),
+    (0x04, "I", "sb_blocksize"),
+    (0x08, "Q", "sb_dblocks"),
+    (0x10, "Q", "sb_rblocks"),
+    (0x30, "Q", "sb_logstart"),
+    (0x38, "Q", "sb_rootino"),
+    (0x54, "I", "sb_agblocks"),
+    (0x58, "I", "sb_agcount"),
+    (0x60, "I", "sb_logblocks"),
+    (0x64, "H", "sb_versionnum"),
+    (0x66, "H", "sb_sectsize"),
+    (0x68, "H", "sb_inodesize"),
+    (0x78, "B", "sb_blocklog"),
+    (0x79, "B", "sb_sectlog"),
+    (0x7C, "B", "sb_agblklog"),
+    (0x7E, "B", "sb_inprogress"),
+    (0xC8, "I", "sb_features2"),
+    (0xD0, "I", "sb_features_compat"),
+    (0xD4, "I", "sb_features_ro_compat"),
+    (0xD8, "I", "sb_features_incompat"),
+    (0xDC, "I", "sb_features_log_incompat"),
+], byteorder=">")
+SB_MAGIC = 0x58465342  # "XFSB"
+SB_CRC_OFFSET = 0xE0
+AGF = Structure("XfsAgf", 0xE0, [
+    (0x00, "I", "agf_magicnum"),
+    (0x04, "I", "agf_versionnum"),
+    (0x08, "I", "agf_seqno"),
+    (0x0C, "I", "agf_length"),
+    (0x10, "I", "agf_bno_root"),  # agf_roots[0]
+    (0x1C, "I", "agf_bno_level"),  # agf_levels[0]
+    (0x34, "I", "agf_freeblks"),
+], byteorder=">")
+AGF_MAGIC = 0x58414746  # "XAGF"
+AGF_CRC_OFFSET = 0xD8
+#: short-form btree block header (AG-relative pointers); v5 adds blkno, lsn, uuid,
+#: owner and crc
+SBLOCK = Structure("XfsBtreeSblock", 16, [
+    (0x00, "I", "bb_magic"),
+    (0x04, "H", "bb_level"),
+    (0x06, "H", "bb_numrecs"),
+], byteorder=">")
+SBLOCK_CRC = Structure("XfsBtreeSblockCrc", 56, [
+    (0x00, "I", "bb_magic"),
+    (0x04, "H", "bb_level"),
+    (0x06, "H", "bb_numrecs"),
+    (0x10, "Q", "bb_blkno"),  # this block's address in 512-byte sectors
+    (0x30, "I", "bb_owner"),  # the AG number
+], byteorder=">")
+SBLOCK_CRC_OFFSET = 0x34
+ALLOC_REC = Structure("XfsAllocRec", 8, [  # a leaf record, and a node's key
+    (0x0, "I", "ar_startblock"),
+    (0x4, "I", "ar_blockcount"),
+], byteorder=">")
+ABTB_MAGIC = 0x41425442  # "ABTB" (v4)
+AB3B_MAGIC = 0x41423342  # "AB3B" (v5)
+MAX_BTREE_LEVELS = 9
+VERSION_NUMBITS = 0x000F
+VERSION_5 = 5
+BASIC_BLOCK = 512  # the unit of daddrs and of log positions
+#: log record header (xlog_rec_header): big-endian, at a basic block's start
+LOG_RECORD = Structure("XlogRecHeader", 0x144, [
+    (0x00, "I", "h_magicno"),
+    (0x04, "I", "h_cycle"),
+    (0x08, "I", "h_version"),
+    (0x0C, "I", "h_len"),  # bytes of data after the header blocks
+    (0x28, "I", "h_num_logops"),
+    (0x140, "I", "h_size"),  # the in-core log buffer size (v2 logs)
+], byteorder=">")
+LOG_MAGIC = 0xFEEDBABE
+LOG_VERSION_2 = 0x2
+LOG_HEADER_CYCLE_SIZE = 32 * 1024
+LOG_OP_FLAGS = 9  # byte of xlog_op_header.oh_flags
+LOG_UNMOUNT_TRANS = 0x20
+#: the log is read this many bytes at a time
+LOG_CHUNK = 16 << 20
+
+
+def has_xfs_magic(superblock: bytes) -> bool:
+    """True when the first bytes of a volume carry the XFS superblock magic."""
+    return len(superblock) >= 4 and int.from_bytes(superblock[:4], "big") == SB_MAGIC
+
+
+def _crc_ok(data: bytes, offset: int) -> bool:
+    """Whether the CRC-32C stored little-endian at ``offset`` of ``data`` is the one
+    of ``data`` with that field zeroed (XFS's rule for self-describing metadata)."""
+    stored = int.from_bytes(data[offset : offset + 4], "little")
+    return crc32c(data[:offset] + bytes(4) + data[offset + 4 :]) == stored
+
+
+class XfsFileSystem(FileSystem):
+    """An XFS data device; allocation unit: the file-system block."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("xfs",)
+
+    def __init__(self, disk: Disk, offset: int = 0):
+        super().__init__(disk, offset)
+        self.kind = "xfs"
+        head = self.read(0, SUPERBLOCK.size)
+        sb = SUPERBLOCK.parse(head)
+        if sb.sb_magicnum != SB_MAGIC:
+            raise FormatError(f"no XFS file system at byte {offset} (bad superblock magic)")
+        self.sb = sb
+        self.version = sb.sb_versionnum & VERSION_NUMBITS
+        if not (9 <= sb.sb_blocklog <= 16 and sb.sb_blocksize == 1 << sb.sb_blocklog
+                and 9 <= sb.sb_sectlog <= 15 and sb.sb_sectsize == 1 << sb.sb_sectlog
+                and sb.sb_sectsize <= sb.sb_blocksize
+                and sb.sb_agcount > 0 and sb.sb_agblocks > 0
+                and (sb.sb_agblocks - 1).bit_length() <= sb.sb_agblklog <= 31
+                and (sb.sb_agcount - 1) * sb.sb_agblocks < sb.sb_dblocks
+                <= sb.sb_agcount * sb.sb_agblocks):
+            raise FormatError(f"{self.name}: inconsistent superblock geometry")
+        if sb.sb_inprogress:
+            raise FormatError(f"{self.name}: mkfs.xfs did not finish (sb_inprogress)")
+        self.crc = self.version == VERSION_5
+        if self.crc and not _crc_ok(self.read(0, sb.sb_sectsize), SB_CRC_OFFSET):
+            raise FormatError(f"{self.name}: superblock CRC mismatch")
+        self.block_size = self.unit = sb.sb_blocksize
+        self.size = sb.sb_dblocks * sb.sb_blocksize
+
+    # ---------------------------------------------------------------- geometry
+    def ag_length(self, ag: int) -> int:
+        """Blocks in AG ``ag`` (the last one may be shorter)."""
+        sb = self.sb
+        return min(sb.sb_agblocks, sb.sb_dblocks - ag * sb.sb_agblocks)
+
+    def linear(self, fsblock: int) -> int:
+        """An XFS file-system block number (AG number << agblklog | AG block) as the
+        block's position from the volume's start."""
+        sb = self.sb
+        return (fsblock >> sb.sb_agblklog) * sb.sb_agblocks + (
+            fsblock & ((1 << sb.sb_agblklog) - 1))
+
+    def _ag_block(self, ag: int, block: int) -> bytes:
+        return self.read((ag * self.sb.sb_agblocks + block) * self.block_size, self.block_size)
+
+    # -------------------------------------------------------------- free space
+    def agf(self, ag: int) -> Any:
+        """AG ``ag``'s AGF, checked (magic, sequence number, length, CRC)."""
+        sector = self.sb.sb_sectsize
+        raw = self.read(ag * self.sb.sb_agblocks * self.block_size + sector, sector)
+        agf = AGF.parse(raw)
+        if agf.agf_magicnum != AGF_MAGIC or agf.agf_seqno != ag:
+            raise FormatError(f"{self.name}: AG {ag}: bad AGF (magic or sequence number)")
+        if agf.agf_length != self.ag_length(ag):
+            raise FormatError(f"{self.name}: AG {ag}: AGF length {agf.agf_length} blocks, "
+                              f"the superblock says {self.ag_length(ag)}")
+        if self.crc and not _crc_ok(raw, AGF_CRC_OFFSET):
+            raise FormatError(f"{self.name}: AG {ag}: AGF CRC mismatch")
+        return agf
+
+    def free_extents(self, ag: int) -> np.ndarray:
+        """AG ``ag``'s free extents from its bnobt: a (k, 2) int64 array of
+        ``(startblock, blockcount)`` in AG blocks, sorted; FormatError when the tree
+        or its records do not hold together."""
+        agf = self.agf(ag)
+        length = agf.agf_length
+        if not 0 < agf.agf_bno_level <= MAX_BTREE_LEVELS:
+            raise FormatError(f"{self.name}: AG {ag}: bad bnobt height {agf.agf_bno_level}")
+        leaves: list[np.ndarray] = []
+        self._walk(ag, agf.agf_bno_root, agf.agf_bno_level - 1, leaves, set())
+        recs = np.concatenate(leaves) if leaves else np.empty((0, 2), np.int64)
+        starts, counts = recs[:, 0], recs[:, 1]
+        if recs.size and (
+                (counts == 0).any() or (starts + counts > length).any()
+                or (starts[1:] < starts[:-1] + counts[:-1]).any()):
+            raise FormatError(f"{self.name}: AG {ag}: free extents not sorted, outside the "
+                              f"AG or overlapping")
+        if int(counts.sum()) != agf.agf_freeblks:
+            raise FormatError(f"{self.name}: AG {ag}: bnobt holds {int(counts.sum())} free "
+                              f"blocks, the AGF says {agf.agf_freeblks}")
+        return recs
+
+    def _walk(self, ag: int, block: int, level: int, leaves: list[np.ndarray],
+              seen: set[int]) -> None:
+        """Add the records of the bnobt subtree at AG block ``block`` (expected at
+        ``level``) to ``leaves``, left to right."""
+        if not 0 < block < self.ag_length(ag) or block in seen:
+            raise FormatError(f"{self.name}: AG {ag}: bnobt pointer {block} outside the "
+                              f"AG or seen twice")
+        seen.add(block)
+        data = self._ag_block(ag, block)
+        header = SBLOCK_CRC if self.crc else SBLOCK
+        node = header.parse(data)
+        if node.bb_magic != (AB3B_MAGIC if self.crc else ABTB_MAGIC) or node.bb_level != level:
+            raise FormatError(f"{self.name}: AG {ag}: block {block} is not a bnobt block "
+                              f"of level {level}")
+        if self.crc:
+            daddr = (ag * self.sb.sb_agblocks + block) * (self.block_size // BASIC_BLOCK)
+            if node.bb_blkno != daddr or node.bb_owner != ag:
+                raise FormatError(f"{self.name}: AG {ag}: bnobt block {block} says it is "
+                                  f"elsewhere (blkno {node.bb_blkno}, owner {node.bb_owner})")
+            if not _crc_ok(data, SBLOCK_CRC_OFFSET):
+                raise FormatError(f"{self.name}: AG {ag}: bnobt block {block} CRC mismatch")
+        space = self.block_size - header.size
+        if level == 0:
+            if node.bb_numrecs > space // ALLOC_REC.size:
+                raise FormatError(f"{self.name}: AG {ag}: bnobt leaf {block} has "
+                                  f"{node.bb_numrecs} records, more than fit")
+            recs = ALLOC_REC.parse_array(data[header.size :], node.bb_numrecs)
+            leaves.append(np.stack([recs["ar_startblock"].astype(np.int64),
+                                    recs["ar_blockcount"].astype(np.int64)], axis=1))
+            return
+        maxrecs = space // (ALLOC_REC.size + 4)  # a key and a 32-bit pointer per child
+        if not 0 < node.bb_numrecs <= maxrecs:
+            raise FormatError(f"{self.name}: AG {ag}: bnobt node {block} has "
+                              f"{node.bb_numrecs} children")
+        at = header.size + maxrecs * ALLOC_REC.size
+        pointers = np.frombuffer(data, ">u4", node.bb_numrecs, at)
+        for child in pointers.tolist():  # one call per child block, not per free extent
+            self._walk(ag, int(child), level - 1, leaves, seen)
+
+    # --------------------------------------------------------------------- log
+    @cached_property
+    def log_problem(self) -> str:
+        """Why the log is not known to be clean ("" when it is)."""
+        sb = self.sb
+        if sb.sb_logstart == 0:
+            return "its log is on an external device, not in this image: cannot tell " \
+                   "whether it is clean"
+        start = self.linear(sb.sb_logstart) * self.block_size
+        length = sb.sb_logblocks * self.block_size
+        if not (length > 0 and start + length <= self.size):
+            return "its internal log lies outside the volume"
+        words = np.concatenate([
+            np.frombuffer(self.read(start + lo, min(LOG_CHUNK, length - lo)), ">u4")
+            .reshape(-1, BASIC_BLOCK // 4)[:, :2]
+            for lo in range(0, length, LOG_CHUNK)])
+        headers = np.flatnonzero(words[:, 0] == LOG_MAGIC)
+        cycles = words[:, 0].astype(np.int64)
+        cycles[headers] = words[headers, 1]  # a header block keeps its cycle in h_cycle
+        n = cycles.size
+        # a log at rest: every block of the current cycle up to the head, the previous
+        # cycle after it (or all one cycle: the head is at the end)
+        head = int(np.argmax(cycles != cycles[0])) if (cycles != cycles[0]).any() else n
+        if head < n and not (cycles[head:] == cycles[0] - 1).all():
+            return "its log is not at rest (log writes in flight or torn)"
+        before = headers[headers < head]
+        if not before.size:
+            return "its log has no record before its head"
+        at = int(before[-1])
+        record = LOG_RECORD.parse(self.read(start + at * BASIC_BLOCK, BASIC_BLOCK))
+        hblks = 1
+        if record.h_version & LOG_VERSION_2 and record.h_size > LOG_HEADER_CYCLE_SIZE:
+            hblks = -(-record.h_size // LOG_HEADER_CYCLE_SIZE)
+        end = at + hblks + -(-record.h_len // BASIC_BLOCK)
+        if end % n != head % n or record.h_num_logops != 1:
+            return "its log is dirty (not cleanly unmounted: recovery would replay it)"
+        op = self.read(start + ((at + hblks) % n) * BASIC_BLOCK, BASIC_BLOCK)
+        if not op[LOG_OP_FLAGS] & LOG_UNMOUNT_TRANS:
+            return "its log is dirty (not cleanly unmounted: recovery would replay it)"
+        return ""
+
+    # -------------------------------------------------------------- allocation
+    def allocation(self) -> BlockMap:
+        """Allocated blocks of the data device: every AG's blocks but its bnobt's free
+        extents; FormatError when the log is not clean or a structure fails its checks."""
+        if self.log_problem:
+            raise FormatError(f"{self.name}: {self.log_problem}")
+        free_starts, free_stops = [], []
+        for ag in range(self.sb.sb_agcount):
+            recs = self.free_extents(ag)
+            first = ag * self.sb.sb_agblocks
+            free_starts.append(recs[:, 0] + first)
+            free_stops.append(recs[:, 0] + recs[:, 1] + first)
+        free = units_map(np.concatenate(free_starts), np.concatenate(free_stops),
+                         self.n_units, self.unit)
+        return ~free
