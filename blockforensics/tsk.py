@@ -269,7 +269,10 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     fs_name = _fs_name(tsk, fs)
     if fs_name == "ntfs":
         times, nanos = _ntfs_times(tsk, fs_file, times, nanos)
-    elif fs_name in ("fat", "exfat"):
+    elif fs_name == "fat":
+        times, nanos = _fat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
+            or (_fat_times(times), nanos)
+    elif fs_name == "exfat":
         times = _fat_times(times)
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
         times = _ext_times(fs, fs.offset, int(meta.addr), times)
@@ -326,6 +329,46 @@ def _fat_times(times: dict[str, int]) -> dict[str, int]:
         return times
     return {name: calendar.timegm((*time.localtime(value)[:6], 0, 0, 0)) if value else 0
             for name, value in times.items()}
+
+
+def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
+                     ) -> tuple[dict[str, int], dict[str, int]] | None:
+    """MAC-B times decoded from the FAT directory entry itself, its wall clock read as
+    UTC: TSK gives 0 for a date after 2037 (FAT goes to 2107).  TSK's metadata address
+    of a FAT entry is its 32-byte slot counted from the first sector after the FATs
+    (from 3); None when that slot is not this entry (its size or kind differs)."""
+    reader = getattr(fs, "image", None)
+    if reader is None or inode < 3:
+        return None
+    boot = reader.read(fs.offset, 64)
+    sector = int.from_bytes(boot[11:13], "little")
+    fat_size = int.from_bytes(boot[22:24], "little") or int.from_bytes(boot[36:40], "little")
+    if sector < 32 or sector % 32:
+        return None
+    first = int.from_bytes(boot[14:16], "little") + boot[16] * fat_size
+    index, slot = divmod(inode - 3, sector // 32)
+    raw = reader.read(fs.offset + (first + index) * sector + slot * 32, 32)
+    if len(raw) < 32 or raw[0] in (0, 0xE5) or raw[11] & 0x3F == 0x0F \
+            or bool(raw[11] & 0x10) != is_dir \
+            or (not is_dir and int.from_bytes(raw[28:32], "little") != size):
+        return None
+
+    def stamp(date: int, clock: int = 0) -> int:
+        year, month, day = 1980 + (date >> 9), (date >> 5) & 15, date & 31
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            return 0  # unset
+        return calendar.timegm((year, month, day, clock >> 11, (clock >> 5) & 63,
+                                (clock & 31) * 2, 0, 0, 0))
+
+    def field(lo: int) -> int:
+        return int.from_bytes(raw[lo : lo + 2], "little")
+
+    created = stamp(field(16), field(14))
+    hundredths = raw[13] if created else 0
+    times = {"mtime": stamp(field(24), field(22)), "atime": stamp(field(18)), "ctime": 0,
+             "crtime": created + hundredths // 100}
+    nanos = {"mtime": 0, "atime": 0, "ctime": 0, "crtime": hundredths % 100 * 10_000_000}
+    return times, nanos
 
 
 #: 100 ns intervals from 1601-01-01 to 1970-01-01

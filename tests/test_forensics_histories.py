@@ -36,6 +36,7 @@ AWKWARD = ("with space.txt", "new\nline.txt", "pct%20.txt", 'quo"te.txt', "apos'
 NOT_UTF8 = (b"r\xe9sum\xe9.txt", b"r\xe8sum\xe8.txt")
 PRE_1970 = -300_000_000  # 1960-06-29
 POST_2038 = 4_102_444_800  # 2100-01-01
+FAT_FAR = 4_115_534_402  # 2100-06-01 12:00:02 UTC: FAT dates go to 2107
 FAT_STAMP = 981_173_106  # 2001-02-03 04:05:06 UTC (even: FAT keeps 2-second steps)
 
 
@@ -343,6 +344,8 @@ def fat32(tmp_path_factory) -> Chain:
     (tmp / "stamped").write_bytes(b"stamped")
     os.utime(tmp / "stamped", (FAT_STAMP, FAT_STAMP))
     m("mcopy", "-m", str(tmp / "stamped"), "::stamped.txt")  # -m: keeps the mtime
+    os.utime(tmp / "stamped", (FAT_FAR, FAT_FAR))
+    m("mcopy", "-m", str(tmp / "stamped"), "::far.txt")
     chain = Chain.create(tmp / "chain")
     _backup(chain, image)
     m("mmove", "::d1/mv.txt", "::d2/mv.txt")
@@ -433,11 +436,12 @@ def test_fat_times_do_not_move_with_the_analysts_time_zone(fat32, zone, monkeypa
     monkeypatch.setenv("TZ", zone)
     time.tzset()
     try:
-        entry = tsk.list_entries(fat32.disk(1)).entries["/stamped.txt"]
+        entries = tsk.list_entries(fat32.disk(1)).entries
     finally:
         monkeypatch.undo()
         time.tzset()
-    assert entry.mtime == FAT_STAMP
+    assert entries["/stamped.txt"].mtime == FAT_STAMP
+    assert entries["/far.txt"].mtime == FAT_FAR  # TSK itself gives 0 after 2037
 
 
 # ------------------------------------------------- many files, no disk needed
