@@ -170,7 +170,7 @@ class XfsFileSystem(FileSystem):
         #: log2 of file-system blocks per directory block
         self.sb_dirblklog = sb.sb_dirblklog
         #: 1 when directory entries carry a file type byte (v5 always; v4 with ftype)
-        self.ftype = int(self.crc and bool(sb.sb_features_incompat & INCOMPAT_FTYPE)
+        self.ftype = int((self.crc and bool(sb.sb_features_incompat & INCOMPAT_FTYPE))
                          or bool(sb.sb_features2 & VERSION2_FTYPE))
 
     # ---------------------------------------------------------------- geometry
