@@ -547,15 +547,37 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
     return None
 
 
+def _open_listed(tsk: Any, fs: Any, inner: str) -> Any:
+    """A file by its path as :func:`list_entries` names it (None: no such path): TSK's own
+    lookup, else component by component through the allocated names, where a name's
+    bytes that are no UTF-8 read ``\\xNN`` (:func:`_name_text`)."""
+    try:
+        return fs.open(inner)
+    except OSError:
+        pass
+    found = None
+    directory = fs.open_dir(inode=fs.info.root_inum)
+    parts = [part for part in inner.split("/") if part]
+    for depth, part in enumerate(parts):
+        found = next((item for item in directory if _name_text(item.info.name.name) == part
+                      and not _skipped(tsk, fs, part, item, allocated=True)), None)
+        if found is None:
+            return None
+        if depth + 1 < len(parts):
+            if found.info.meta is None or found.info.meta.type != tsk.TSK_FS_META_TYPE_DIR:
+                return None
+            directory = found.as_directory()
+    return found
+
+
 def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:
     """An allocated file by path and its content as TSK reads it (holes as zeros)."""
     tsk = pytsk3()
     for prefix, to_disk, fs, _ in _open_filesystems(disk):
         if fs is None or not path.startswith(prefix + "/"):
             continue
-        try:
-            fs_file = fs.open(path[len(prefix):])
-        except OSError:
+        fs_file = _open_listed(tsk, fs, path[len(prefix):])
+        if fs_file is None:
             continue
         name = fs_file.info.name
         if fs_file.info.meta is None or (
