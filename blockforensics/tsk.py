@@ -533,9 +533,8 @@ class TskLister:
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         tsk = self.tsk
-        try:
-            fs_file = self.fs.open(inner)
-        except OSError:
+        fs_file = _open_listed(tsk, self.fs, inner)
+        if fs_file is None:
             return None
         name = fs_file.info.name
         if fs_file.info.meta is None or (
@@ -617,6 +616,29 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
         if found is not None:
             return found
     return None
+
+
+def _open_listed(tsk: Any, fs: Any, inner: str) -> Any:
+    """A file by its path as :func:`list_entries` names it (None: no such path): TSK's own
+    lookup, else component by component through the allocated names, where a name's
+    bytes that are no UTF-8 read ``\\xNN`` (:func:`_name_text`)."""
+    try:
+        return fs.open(inner)
+    except OSError:
+        pass
+    found = None
+    directory = fs.open_dir(inode=fs.info.root_inum)
+    parts = [part for part in inner.split("/") if part]
+    for depth, part in enumerate(parts):
+        found = next((item for item in directory if _name_text(item.info.name.name) == part
+                      and not _skipped(tsk, fs, part, item, allocated=True)), None)
+        if found is None:
+            return None
+        if depth + 1 < len(parts):
+            if found.info.meta is None or found.info.meta.type != tsk.TSK_FS_META_TYPE_DIR:
+                return None
+            directory = found.as_directory()
+    return found
 
 
 def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:

@@ -263,6 +263,12 @@ def test_ext4_names_that_are_no_utf8_stay_apart(ext4):
     assert "/r\\xe9sum\\xe9.txt" not in rows.index
 
 
+def test_a_file_named_in_no_utf8_is_extracted_by_its_listed_name(ext4, tmp_path):
+    chain, _ = ext4
+    out, _, deleted = tsk.extract(chain, 1, "/r\\xe8sum\\xe8.txt", tmp_path / "out")
+    assert Path(out).read_bytes() == b"latin-1 " * 100 + b"more" and not deleted
+
+
 def test_ext4_times_before_1970_and_after_2038_as_the_kernel_reads_them(ext4):
     chain, _ = ext4
     files = forensics.list_files(chain.disk(1)).set_index("path")
