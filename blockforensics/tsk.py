@@ -273,7 +273,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
         times, nanos = _fat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
             or (_fat_times(times), nanos)
     elif fs_name == "exfat":
-        times = _fat_times(times)
+        times, nanos = _exfat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
+            or (_fat_times(times), nanos)
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
         times = _ext_times(fs, fs.offset, int(meta.addr), times)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
@@ -354,11 +355,7 @@ def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
         return None
 
     def stamp(date: int, clock: int = 0) -> int:
-        year, month, day = 1980 + (date >> 9), (date >> 5) & 15, date & 31
-        if not (1 <= month <= 12 and 1 <= day <= 31):
-            return 0  # unset
-        return calendar.timegm((year, month, day, clock >> 11, (clock >> 5) & 63,
-                                (clock & 31) * 2, 0, 0, 0))
+        return _dos_time(date << 16 | clock)
 
     def field(lo: int) -> int:
         return int.from_bytes(raw[lo : lo + 2], "little")
@@ -369,6 +366,50 @@ def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
              "crtime": created + hundredths // 100}
     nanos = {"mtime": 0, "atime": 0, "ctime": 0, "crtime": hundredths % 100 * 10_000_000}
     return times, nanos
+
+
+def _dos_time(stamp: int) -> int:
+    """A DOS date (high 16 bits) and time (low 16) as if UTC; 0 when unset or invalid."""
+    date, clock = stamp >> 16, stamp & 0xFFFF
+    year, month, day = 1980 + (date >> 9), (date >> 5) & 15, date & 31
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return 0
+    return calendar.timegm((year, month, day, clock >> 11, (clock >> 5) & 63,
+                            (clock & 31) * 2, 0, 0, 0))
+
+
+def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
+                       ) -> tuple[dict[str, int], dict[str, int]] | None:
+    """MAC-B times from the exFAT file entry itself, with its 10 ms steps and UTC offsets
+    (a valid offset turns the writer's wall clock into UTC; without one it is read as
+    UTC).  TSK's metadata address counts 32-byte slots from the cluster heap (from 3).
+    None when that slot is not this file's entry set (type, kind or length differ)."""
+    reader = getattr(fs, "image", None)
+    if reader is None or inode < 3:
+        return None
+    boot = reader.read(fs.offset, 512)
+    sector, heap = 1 << boot[108], int.from_bytes(boot[88:92], "little")
+    index, slot = divmod(inode - 3, sector // 32)
+    raw = reader.read(fs.offset + (heap + index) * sector + slot * 32, 64)
+    if len(raw) < 64 or raw[0] != 0x85 or raw[32] != 0xC0 \
+            or bool(raw[4] & 0x10) != is_dir \
+            or (not is_dir and int.from_bytes(raw[56:64], "little") != size):
+        return None
+
+    def when(at: int, offset_at: int, tens_at: int | None = None) -> tuple[int, int]:
+        seconds = _dos_time(int.from_bytes(raw[at : at + 4], "little"))
+        if not seconds:
+            return 0, 0
+        tens = raw[tens_at] if tens_at is not None else 0
+        zone = raw[offset_at]
+        if zone & 0x80:  # valid: signed 7 bits of 15 minutes east of UTC
+            seconds -= ((zone & 0x7F) - (0x80 if zone & 0x40 else 0)) * 900
+        return seconds + tens // 100, tens % 100 * 10_000_000
+
+    (crtime, crtime_ns), (mtime, mtime_ns), (atime, _) = \
+        when(8, 22, 20), when(12, 23, 21), when(16, 24)
+    return ({"mtime": mtime, "atime": atime, "ctime": 0, "crtime": crtime},
+            {"mtime": mtime_ns, "atime": 0, "ctime": 0, "crtime": crtime_ns})
 
 
 #: 100 ns intervals from 1601-01-01 to 1970-01-01

@@ -511,6 +511,7 @@ mv swap_a.txt swap.tmp; mv swap_b.txt swap_a.txt; mv swap.tmp swap_b.txt
 mv dir_r dir_renamed
 rm f2d; mkdir f2d; head -c 100 /init > f2d/x.txt
 rm -r d2f; echo now a file > d2f
+echo far > far.txt; touch -d '2100-06-01 12:00:02' far.txt
 """
 
 
@@ -543,6 +544,16 @@ def test_linux_fat_drivers_moves_renames_over_swaps_and_directories(fstype, tmp_
     assert rows.loc["/rn2.txt", "change"] == "renamed"  # renamed and appended to
     assert rows.loc["/rn2.txt", "old_path"] == "/rn.txt"
     assert not result.files["path"].str.contains("$", regex=False).any()  # exFAT metadata
+    far = tsk.list_entries(chain.disk(1)).entries["/far.txt"]
+    assert far.mtime == FAT_FAR  # from the entry: TSK gives 0 after 2037
+    if fstype == "exfat":  # a writer two hours east of UTC says so in the entry
+        data = bytearray(image.read_bytes())
+        entry = data.rfind(b"f\x00a\x00r\x00.\x00t\x00x\x00t\x00") - 2 - 64  # name, stream
+        assert data[entry] == 0x85 and data[entry + 23] == 0x80  # valid, UTC+0 (the guest)
+        data[entry + 23] = 0x80 | 8  # + 8 x 15 minutes
+        image.write_bytes(bytes(data))
+        _backup(chain, image)
+        assert tsk.list_entries(chain.disk(2)).entries["/far.txt"].mtime == FAT_FAR - 7200
 
 
 @pytest.mark.parametrize("fs", ["ext", "fat"])
