@@ -12,8 +12,11 @@ extents, or the bytes themselves when the data is resident (NTFS resident
 ``$DATA``, ext4 ``inline_data``).  :func:`extract` reads one file of a point,
 deleted ones included while TSK can still reach their metadata.
 
-A file system TSK cannot open is skipped and named in :attr:`Listing.unreadable`:
-the caller reports it rather than stopping.
+XFS, which TSK 4.11 does not read, is listed by dissect.xfs
+(:mod:`blockforensics.xfsfiles`) behind the same :class:`Lister` interface,
+chosen per file system by its superblock magic.  A file system that cannot be
+opened is skipped and named in :attr:`Listing.unreadable`: the caller reports it
+rather than stopping.
 """
 
 from __future__ import annotations
