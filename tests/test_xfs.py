@@ -27,6 +27,7 @@ from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_allocation, survey
 from blockforensics.formats.raw import RawDisk
+from blockforensics.fs import xfs as xfs_module
 from blockforensics.fs.xfs import XfsFileSystem
 from blockforensics.image.chain import Chain
 from blockforensics.tsk import _read_allocated, list_entries
@@ -270,8 +271,12 @@ def test_corrupt_bnobt_copies_the_volume_whole(tmp_path: Path, options: tuple[st
     assert "copying all" in out
 
 
-def test_dirty_log_copies_the_volume_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("window", [None, 64], ids=["whole-log", "around-the-head"])
+def test_dirty_log_copies_the_volume_whole(tmp_path: Path, window: int | None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     need_mount(tmp_path)
+    if window:  # a log larger than twice the window: bisection, then the blocks around
+        monkeypatch.setattr(xfs_module, "LOG_WINDOW", window)
     img = mkfs(tmp_path / "xfs.img", 64 * MIB)
     snap = tmp_path / "snap.img"
     with mounted(img, tmp_path / "mnt") as root:
@@ -282,6 +287,16 @@ def test_dirty_log_copies_the_volume_whole(tmp_path: Path) -> None:
     region = survey(snap).regions[0]
     assert region.filesystem == "xfs" and "log" in region.note
     assert survey(img).regions[0].note == ""  # unmounted since: clean
+    with mounted(img, tmp_path / "mnt") as root:  # mounted again, written, unmounted
+        (root / "second.bin").write_bytes(os.urandom(200_000))
+    logprint = run("xfs_logprint", "-t", img)
+    assert "<CLEAN>" in logprint
+    head = int(re.search(r"head: (\d+)", logprint).group(1))
+    with RawDisk(img) as disk:
+        fs = XfsFileSystem(disk)
+        start = fs.linear(fs.sb.sb_logstart) * fs.block_size
+        assert fs._log_head(start, fs.sb.sb_logblocks * fs.block_size // 512)[0] == head
+        assert fs.log_problem == ""
 
 
 def test_corrupt_superblock_crc_is_a_note(tmp_path: Path) -> None:

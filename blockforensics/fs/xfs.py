@@ -20,9 +20,10 @@ is then copied whole.
 
 The log: a file system not cleanly unmounted (mounted when snapshotted, or
 crashed) may hold allocations only in its log, which recovery replays.  The
-internal log is read (the first word of every 512-byte log block: its cycle
-number) to find the head; the volume is clean when the last record before the
-head is an unmount record ending at the head.  Anything else — or a log on an
+internal log's head is found as the kernel finds it (bisection on the cycle
+number each 512-byte log block starts with); the blocks around it (the whole log
+when small) must be those of a log at rest, and the last record before the head
+an unmount record ending at the head.  Anything else — or a log on an
 external device, which is not in the image — is a FormatError (copied whole),
 like an ext journal this reader cannot replay.
 
@@ -124,6 +125,9 @@ LOG_OP_FLAGS = 9  # byte of xlog_op_header.oh_flags
 LOG_UNMOUNT_TRANS = 0x20
 #: the log is read this many bytes at a time
 LOG_CHUNK = 16 << 20
+#: log blocks checked on each side of the head (4 MiB: more than the 8 log buffers of
+#: 256 KiB a kernel may have in flight); a log of twice this or less is read whole
+LOG_WINDOW = 8192
 
 
 def has_xfs_magic(superblock: bytes) -> bool:
@@ -277,23 +281,26 @@ class XfsFileSystem(FileSystem):
         length = sb.sb_logblocks * self.block_size
         if not (length > 0 and start + length <= self.size):
             return "its internal log lies outside the volume"
-        words = np.concatenate([
-            np.frombuffer(self.read(start + lo, min(LOG_CHUNK, length - lo)), ">u4")
-            .reshape(-1, BASIC_BLOCK // 4)[:, :2]
-            for lo in range(0, length, LOG_CHUNK)])
-        headers = np.flatnonzero(words[:, 0] == LOG_MAGIC)
-        cycles = words[:, 0].astype(np.int64)
-        cycles[headers] = words[headers, 1]  # a header block keeps its cycle in h_cycle
-        n = cycles.size
-        # a log at rest: every block of the current cycle up to the head, the previous
-        # cycle after it (or all one cycle: the head is at the end)
-        head = int(np.argmax(cycles != cycles[0])) if (cycles != cycles[0]).any() else n
-        if head < n and not (cycles[head:] == cycles[0] - 1).all():
+        n = length // BASIC_BLOCK
+        head, cycle = self._log_head(start, n)
+        if head < 0:
             return "its log is not at rest (log writes in flight or torn)"
-        before = headers[headers < head]
-        if not before.size:
+        # the blocks around the head, as a log at rest has them: the current cycle up to
+        # the head, the previous one after it (and before block 0, wrapped)
+        before = min(LOG_WINDOW, n)
+        after = min(LOG_WINDOW, n - before)
+        positions = np.arange(head - before, head + after)
+        words = self._log_words(start, positions % n)
+        is_header = words[:, 0] == LOG_MAGIC
+        cycles = np.where(is_header, words[:, 1], words[:, 0]).astype(np.int64)
+        expected = np.where((positions < 0) | ((positions >= head) & (positions < n)),
+                            cycle - 1, cycle)
+        if not np.array_equal(cycles, expected):
+            return "its log is not at rest (log writes in flight or torn)"
+        headers = positions[is_header & (positions < head)]
+        if not headers.size:
             return "its log has no record before its head"
-        at = int(before[-1])
+        at = int(headers[-1]) % n
         record = LOG_RECORD.parse(self.read(start + at * BASIC_BLOCK, BASIC_BLOCK))
         hblks = 1
         if record.h_version & LOG_VERSION_2 and record.h_size > LOG_HEADER_CYCLE_SIZE:
@@ -305,6 +312,41 @@ class XfsFileSystem(FileSystem):
         if not op[LOG_OP_FLAGS] & LOG_UNMOUNT_TRANS:
             return "its log is dirty (not cleanly unmounted: recovery would replay it)"
         return ""
+
+    def _log_words(self, start: int, blocks: np.ndarray) -> np.ndarray:
+        """The first two big-endian words of each log block in ``blocks`` (basic blocks
+        from the log's start at byte ``start``), as a (len, 2) array; read run by run."""
+        out = np.empty((blocks.size, 2), dtype=np.uint32)
+        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+        for run in np.split(np.arange(blocks.size), breaks):
+            for lo in range(0, run.size, LOG_CHUNK // BASIC_BLOCK):
+                part = run[lo : lo + LOG_CHUNK // BASIC_BLOCK]
+                data = self.read(start + int(blocks[part[0]]) * BASIC_BLOCK,
+                                 part.size * BASIC_BLOCK)
+                out[part] = np.frombuffer(data, ">u4").reshape(part.size, -1)[:, :2]
+        return out
+
+    def _log_head(self, start: int, n: int) -> tuple[int, int]:
+        """``(head, cycle)``: the first log block (of ``n``) not written in the current
+        cycle (``n``: all are), found as the kernel does, by bisection on the cycle
+        number every block starts with (a record header keeps it in ``h_cycle``)."""
+        def cycle_of(block: int) -> int:
+            first, second = self._log_words(start, np.array([block]))[0].tolist()
+            return second if first == LOG_MAGIC else first
+
+        cycle, last = cycle_of(0), cycle_of(n - 1)
+        if cycle == last:
+            return n, cycle
+        if last != cycle - 1:
+            return -1, cycle
+        low, high = 0, n - 1  # cycle_of(low) == cycle != cycle_of(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if cycle_of(middle) == cycle:
+                low = middle
+            else:
+                high = middle
+        return high, cycle
 
     # -------------------------------------------------------------- allocation
     def allocation(self) -> BlockMap:
