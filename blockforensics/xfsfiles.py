@@ -30,6 +30,8 @@ from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
 
 #: di_format of an inode whose data lives in the inode itself
 FMT_LOCAL = 1
+#: di_flags: the file's data is on the realtime device (another device, not this image)
+DIFLAG_REALTIME = 0x1
 #: directory data blocks: block format (data, leaf and tail in one block), data format
 DIR_BLOCK_MAGICS = (0x58444233, 0x58443242)  # "XDB3" (v5), "XD2B"
 DIR_DATA_MAGICS = (0x58444433, 0x58443244)  # "XDD3" (v5), "XD2D"
@@ -87,13 +89,15 @@ class XfsLister:
         except Exception as exc:  # dissect raises its own errors and struct's EOFError
             raise FormatError(f"dissect.xfs cannot open the XFS file system: {exc}") from None
         self.block_size = self.geometry.block_size
+        #: paths of files whose data is on the realtime device, met by :meth:`_entry`
+        self.realtime: list[str] = []
 
     # ------------------------------------------------------------------ extents
     def _runs(self, node: Any) -> list[tuple[int, int, int]]:
         """``(file byte, volume byte, length)`` of each written extent, file order, cut
         at the file's size (holes and unwritten extents left out)."""
-        if node.inode.di_format == FMT_LOCAL:
-            return []
+        if node.inode.di_format == FMT_LOCAL or node.inode.di_flags & DIFLAG_REALTIME:
+            return []  # in the inode, or on the realtime device: no extents here
         size, bs, runs = int(node.size), self.block_size, []
         for offset, fsblock, count, unwritten in node._iter_blocks():
             start = int(offset) * bs
@@ -107,6 +111,8 @@ class XfsLister:
         mode = int(inode.di_mode)
         kind = ("dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode)
                 else "file")
+        if inode.di_flags & DIFLAG_REALTIME and kind == "file":
+            self.realtime.append(path)
         runs = self._runs(node)
         extents = self.to_disk(np.array([(v, v + n) for _, v, n in runs], dtype=np.int64)
                                .reshape(-1, 2))
@@ -193,6 +199,10 @@ class XfsLister:
             except Exception as exc:  # a damaged directory or inode: named, not hidden
                 problems.append(f"{dir_path}: dissect.xfs could not read it ({exc})")
             owner.children = frozenset(names)
+        if self.realtime:
+            problems.append(f"{len(self.realtime)} files keep their data on the realtime "
+                            f"device, not in this image (listed without content), e.g. "
+                            f"{self.realtime[0]}")
         return problems
 
     def _node(self, inner: str) -> Any:
@@ -211,6 +221,9 @@ class XfsLister:
         except Exception:  # not there (dissect's FileNotFoundError), or unreadable
             return None
         entry = self._entry(path, node)
+        if node.inode.di_flags & DIFLAG_REALTIME and entry.size:
+            raise UsageError(f"{path}: its data is on the XFS realtime device, which is "
+                             "not in this image")
         return entry, self._chunks(entry, node)
 
     def _chunks(self, entry: Entry, node: Any) -> Iterator[bytes]:

@@ -386,6 +386,9 @@ def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path
     old = {f["path"]: f.get("old_path") for f in diff["files"]}
     assert old["/big-renamed.bin"] == "/big.bin"
     assert not any(p.startswith(("/holes/", "/frag/f0003")) for p in changed)
+    triage = json.loads(cli("triage", tmp_path / "chain", "--json"))["points"][1]["metrics"]
+    assert (triage["created"], triage["deleted"], triage["renamed"]) >= (1, 1, 1), triage
+    assert triage["lost_filesystems"] == 0
     timeline = cli("timeline", tmp_path / "chain", "--format", "jsonl")
     assert "/new.txt" in timeline and "/many/entry-with-a-long-name-00599.txt" in timeline
     extracted = tmp_path / "extracted.bin"
@@ -459,3 +462,27 @@ def test_xfs_in_an_lvm_logical_volume(lvm: test_lvm.Lvm, tmp_path: Path) -> None
         listing = list_entries(d)
         assert not listing.unreadable
         assert_lists(listing.entries, "vgx/root:", files, d)
+
+
+def test_a_realtime_file_is_listed_without_content_and_named(tmp_path: Path) -> None:
+    """This kernel mounts no realtime section and mkfs.xfs -p makes no realtime files:
+    the flag is set on a file's inode with xfs_db (which reseals its CRC)."""
+    need_mount(tmp_path)
+    require_module("dissect.xfs", "dissect.xfs")
+    img = mkfs(tmp_path / "xfs.img", 64 * MIB)
+    with mounted(img, tmp_path / "mnt") as root:
+        (root / "rt.bin").write_bytes(os.urandom(100_000))
+        (root / "plain.txt").write_bytes(b"plain\n")
+        inode = os.stat(root / "rt.bin").st_ino
+    run("xfs_db", "-x", "-c", f"inode {inode}", "-c", "write core.realtime 1", img)
+    with RawDisk(img) as disk:
+        listing = list_entries(disk)
+        entry = listing.entries["/rt.bin"]
+        assert entry.size == 100_000 and not len(entry.extents)
+        assert "realtime device" in listing.unreadable[""] and "/rt.bin" in listing.unreadable[""]
+        assert listing.entries["/plain.txt"].read(disk) == b"plain\n"
+    cli("backup", img, tmp_path / "chain")
+    done = subprocess.run([sys.executable, "-m", "blockforensics.cli", "extract",
+                           tmp_path / "chain", "0", "/rt.bin", tmp_path / "out"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "realtime device" in done.stderr
