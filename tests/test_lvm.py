@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_disks import run
+from support import bf_ok as cli
 from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_partitions, partitions, survey
@@ -44,16 +46,6 @@ PART_START = MIB  # the PV's partition starts at 1 MiB of the disk
 LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvextend", "lvs", "pvs", "vgcfgbackup",
              "vgcfgrestore", "losetup",
              "sfdisk", "mkfs.ext4", "debugfs", "e2fsck", "mkfs.fat", "mcopy", "blkls", "icat")
-
-
-def run(*args: object, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done.stdout
-
-
-def cli(*args: object) -> str:
-    return run(sys.executable, "-m", "blockforensics.cli", *args)
 
 
 @dataclass
