@@ -95,7 +95,7 @@ def _kind(disk: Disk, part: Partition | None) -> tuple[str | None, str]:
     magic bytes alone or by the partition type; None when nothing says."""
     from blockforensics.allocation import detect
 
-    offset = 0 if part is None else part.start_byte
+    disk, offset = (disk, 0) if part is None else part.view(disk)  # a volume: its own bytes
     found = detect(disk, offset)
     if found not in (None, "mbr", "gpt"):
         return found, ""
