@@ -384,6 +384,14 @@ def filesystem_partitions(disk: DiskLike) -> list[Partition]:
         return chosen
 
 
+def logical_volumes(disk: DiskLike) -> list[Partition]:
+    """The LVM2 logical volumes of the disk's physical volumes that are read (kind "lv",
+    linear, every piece on this disk), in the order their metadata lists them."""
+    with _opened(disk) as d:
+        _, found, _, problems = _partitions_to_read(d)
+        return [p for p in found if p.kind == "lv" and not problems.get(p)]
+
+
 def _partitions_to_read(disk: Disk) -> tuple[str, list[Partition], list[str],
                                              dict[Partition, str]]:
     """:func:`partition_table` without extended partitions; a disk without a table, or

@@ -407,6 +407,9 @@ def test_xfs_in_a_gpt_partition(tmp_path: Path) -> None:
     restored = tmp_path / "restored.img"
     cli("restore", tmp_path / "chain", restored)
     run("xfs_repair", "-n", sample_disks.extract(restored, MIB, 64 * MIB, tmp_path / "p1.img"))
+    checked = json.loads(cli("verify", tmp_path / "chain", "--fs", "--json"))["filesystems"]
+    [part1] = [c for c in checked["checks"] if c["file"] == "part1.raw"]
+    assert part1["filesystem"] == "xfs" and part1["ok"], part1  # xfs_repair -n over FUSE
     with RawDisk(disk) as d:
         listing = list_entries(d)
         assert_lists(listing.entries, "p1:", files, d)
