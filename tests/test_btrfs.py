@@ -6,11 +6,13 @@ with every file identical, and damage or a RAID volume copies the volume whole
 
 Volumes are made by the real tools: ``mkfs.btrfs --rootdir`` (no mount needed),
 and, where the kernel has Btrfs and loop mounts work, files written, deleted and
-rewritten through a loop mount.
+rewritten through a loop mount.  Files are listed through dissect.btrfs with their
+extents as physical disk bytes, and a second point's diff names what changed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_allocation, survey
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.btrfs import BtrfsFileSystem
 from blockforensics.image.chain import Chain
+from blockforensics.tsk import _read_allocated, list_entries
 
 MIB = 1 << 20
 SECTOR = 4096
@@ -233,3 +236,101 @@ def test_raid1_over_two_devices_copies_the_volume_whole(tmp_path: Path) -> None:
     assert found.map.count() == found.map.n_blocks
     assert "copying all" in cli("backup", devices[0], tmp_path / "chain")
 
+
+
+def need_mount() -> None:
+    """Skip (fail in CI) unless Btrfs loop mounts work here."""
+    require_tools(*TOOLS, "mount", "umount")
+    require_module("dissect.btrfs", "dissect.btrfs")
+    if not can_mount():
+        reason = "Btrfs loop mounts need root and a kernel with Btrfs"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def make_mixed(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A DUP-metadata volume written through a mount: plain files, inline ones, files
+    compressed by zstd and zlib, a sparse file, a symlink, a deleted file."""
+    img, files = make(tmp_path, "dup", mount=True)
+    with mounted(img, tmp_path / "mnt") as root:
+        for algo in ("zstd", "zlib", "lzo"):
+            run("btrfs", "property", "set", root / "mid", "compression", algo)
+            data = (f"{algo} compressible line\n" * 40000).encode()
+            (root / "mid" / f"{algo}.txt").write_bytes(data)
+            files[f"mid/{algo}.txt"] = data
+        with (root / "sparse.bin").open("wb") as fh:
+            fh.seek(MIB)
+            fh.write(b"after a hole" * 1000)
+        files["sparse.bin"] = bytes(MIB) + b"after a hole" * 1000
+        os.symlink("small.txt", root / "link")
+    return img, files
+
+
+def test_files_are_listed_with_physical_extents(tmp_path: Path) -> None:
+    need_mount()
+    img, files = make_mixed(tmp_path)
+    with RawDisk(img) as disk:
+        listing = list_entries(disk)
+        assert not listing.unreadable
+        entries = listing.entries
+        allocated = filesystem_allocation(img).to_bools()
+        for name, data in files.items():
+            entry = entries[f"/{name}"]
+            assert entry.fs == "btrfs" and entry.size == len(data), name
+            found = _read_allocated(disk, f"/{name}")
+            assert found is not None and b"".join(found[1]) == data, name
+            for start, stop in entry.extents.tolist():  # physical runs, all allocated
+                assert allocated[start // SECTOR : -(-stop // SECTOR)].all(), name
+        small = entries["/small.txt"]
+        assert small.resident == files["small.txt"] and not len(small.extents)  # inline
+        big = entries["/big.bin"]  # uncompressed: the disk bytes at its extents are its data
+        assert b"".join(disk.read(a, b - a) for a, b in big.extents.tolist()) == files["big.bin"]
+        sparse = entries["/sparse.bin"]  # the hole left out
+        assert int(np.diff(sparse.extents).sum()) < len(files["sparse.bin"]) - MIB + SECTOR
+        for algo in ("zstd", "zlib", "lzo"):  # compressed: fewer disk bytes than the file's
+            entry = entries[f"/mid/{algo}.txt"]
+            assert 0 < int(np.diff(entry.extents).sum()) < entry.size // 4
+        link = entries["/link"]
+        assert link.kind == "symlink" and link.resident == b"small.txt"
+        assert "/gone.bin" not in entries and "/mid/m00.bin" not in entries
+        assert len(entries["/many"].children) == 300
+    with mounted(img, tmp_path / "ro") as root:
+        for path in ("small.txt", "big.bin", "many", "link", "mid/zstd.txt", "empty"):
+            entry, st = entries[f"/{path}"], os.lstat(root / path)
+            assert (entry.inode, entry.size, entry.mode, entry.uid, entry.gid, entry.nlink) \
+                == (st.st_ino, st.st_size, st.st_mode & 0o7777, st.st_uid, st.st_gid,
+                    st.st_nlink), path
+            assert entry.mtime * 10**9 + entry.mtime_ns == st.st_mtime_ns, path
+            assert entry.ctime * 10**9 + entry.ctime_ns == st.st_ctime_ns, path
+            assert entry.crtime > 0 and entry.seq > 0
+
+
+def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path) -> None:
+    need_mount()
+    img, files = make_mixed(tmp_path)
+    cli("backup", img, tmp_path / "chain")
+    with mounted(img, tmp_path / "mnt") as root:
+        (root / "new.txt").write_bytes(b"created at point 1\n")
+        with (root / "small.txt").open("ab") as fh:
+            fh.write(b"appended\n")
+        (root / "mid" / "m01.bin").unlink()
+        (root / "big.bin").rename(root / "big-renamed.bin")
+        (root / "many" / "entry-0007.txt").write_bytes(b"rewritten\n" * 1000)
+    out = cli("backup", img, tmp_path / "chain")
+    assert "whole disk (btrfs):" in out and "copying all" not in out
+    diff = json.loads(cli("diff", tmp_path / "chain", "0", "1", "--files", "--json"))
+    changed = {f["path"]: f["change"] for f in diff["files"]}
+    assert changed.get("/new.txt") == "created", changed
+    assert changed.get("/small.txt") == "modified", changed
+    assert changed.get("/many/entry-0007.txt") == "modified", changed
+    assert changed.get("/mid/m01.bin") == "deleted", changed
+    assert changed.get("/big-renamed.bin") == "renamed", changed
+    old = {f["path"]: f.get("old_path") for f in diff["files"]}
+    assert old["/big-renamed.bin"] == "/big.bin"
+    assert not any(p.startswith("/mid/m03") for p in changed)
+    extracted = tmp_path / "extracted.bin"
+    cli("extract", tmp_path / "chain", "1", "/big-renamed.bin", extracted)
+    assert extracted.read_bytes() == files["big.bin"]
+    cli("extract", tmp_path / "chain", "0", "/mid/zstd.txt", extracted, "--force")
+    assert extracted.read_bytes() == files["mid/zstd.txt"]
