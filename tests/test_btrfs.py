@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sample_disks
 from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_allocation, survey
@@ -52,9 +53,10 @@ def can_mount() -> bool:
 
 
 @contextmanager
-def mounted(img: Path, where: Path) -> Iterator[Path]:
+def mounted(img: Path, where: Path, *options: str) -> Iterator[Path]:
+    """``img`` loop-mounted on ``where`` (unmounted afterwards, whatever happens)."""
     where.mkdir(exist_ok=True)
-    run("mount", "-o", "loop", img, where)
+    run("mount", "-o", ",".join(("loop", *options)), img, where)
     try:
         yield where
     finally:
@@ -334,3 +336,57 @@ def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path
     assert extracted.read_bytes() == files["big.bin"]
     cli("extract", tmp_path / "chain", "0", "/mid/zstd.txt", extracted, "--force")
     assert extracted.read_bytes() == files["mid/zstd.txt"]
+
+
+def test_btrfs_in_a_gpt_partition(tmp_path: Path) -> None:
+    require_tools(*TOOLS, "sgdisk")
+    require_module("dissect.btrfs", "dissect.btrfs")
+    volume, files = make(tmp_path, "dup", 128 * MIB)
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as fh:
+        fh.truncate(130 * MIB)
+    run("sgdisk", "-n", "1:2048:+128M", "-t", "1:8300", disk)
+    sample_disks.place(disk, volume, MIB)
+    found = survey(disk, SECTOR)
+    part = next(r for r in found.regions if r.index == 1)
+    assert part.filesystem == "btrfs" and not part.note and part.blocks < part.total
+    expected = expected_allocation(volume)
+    assert np.array_equal(found.map.to_bools()[MIB // SECTOR : MIB // SECTOR + expected.size],
+                          expected)
+    cli("backup", disk, tmp_path / "chain")
+    restored = tmp_path / "restored.img"
+    cli("restore", tmp_path / "chain", restored)
+    run("btrfs", "check", "--readonly",
+        sample_disks.extract(restored, MIB, 128 * MIB, tmp_path / "p1.img"))
+    checked = json.loads(cli("verify", tmp_path / "chain", "--fs", "--json"))["filesystems"]
+    [part1] = [c for c in checked["checks"] if c["file"] == "part1.raw"]
+    assert part1["filesystem"] == "btrfs" and part1["ok"], part1  # btrfs check over FUSE
+    with RawDisk(disk) as d:
+        listing = list_entries(d)
+        assert not listing.unreadable
+        for name, data in files.items():
+            found_file = _read_allocated(d, f"p1:/{name}")
+            assert found_file is not None and b"".join(found_file[1]) == data, name
+
+
+def test_a_log_tree_copies_the_volume_whole(tmp_path: Path) -> None:
+    """A crash-consistent copy taken after an fsync but before the transaction commit:
+    the fsync'd file is only in the log tree, which the extent tree does not cover."""
+    need_mount()
+    img = tmp_path / "live.img"
+    with img.open("wb") as fh:
+        fh.truncate(128 * MIB)
+    run("mkfs.btrfs", "-q", "-f", img)
+    snap = tmp_path / "snap.img"
+    with mounted(img, tmp_path / "mnt", "commit=300") as root:
+        os.sync()  # everything so far committed
+        with (root / "fsynced.bin").open("wb") as fh:
+            fh.write(os.urandom(300_000))
+            fh.flush()
+            os.fsync(fh.fileno())  # into the log tree, no commit
+        snap.write_bytes(img.read_bytes())
+    log_root = re.compile(r"^log_root\s+(\d+)", re.M)
+    assert int(log_root.search(run("btrfs", "inspect-internal", "dump-super", snap))[1]) > 0
+    region = survey(snap).regions[0]
+    assert region.filesystem == "btrfs" and "log tree" in region.note, region
+    assert survey(img).regions[0].note == ""  # unmounted since: committed, no log
