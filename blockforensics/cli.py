@@ -384,8 +384,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print(f"serving {mountpoint / 'disk.vhd'} from {args.chain}, read-only; "
               "Ctrl-C to unmount", flush=True)
         _, parts, notes = partition_files(disk)
-        for line in [*(f"  {p.name}: partition {p.partition.index}, {p.length} bytes from "
-                       f"byte {p.partition.start_byte}" for p in parts), *notes]:
+        for line in [*(f"  {p.name}: {p.describe()}" for p in parts), *notes]:
             print(line, flush=True)
         mount(disk, mountpoint, foreground=True)
     return EXIT_OK

@@ -101,11 +101,28 @@ class Served:
 @dataclass(frozen=True)
 class PartitionFile:
     """A partition served as ``name`` (``partN.raw``): ``length`` bytes from its start,
-    the table's length cut at the end of the image."""
+    the table's length cut at the end of the image; or a logical volume (``VG-LV.raw``),
+    its pieces put together."""
 
     name: str
     partition: Partition
     length: int
+
+    def describe(self) -> str:
+        """Where its bytes come from, in a line: "partition 2, N bytes from byte B",
+        "logical volume vg/lv, N bytes in K pieces"."""
+        part = self.partition
+        where = (f"in {len(part.pieces)} piece{'s' * (len(part.pieces) > 1)}" if part.pieces
+                 else f"from byte {part.start_byte}")
+        return f"{part.label}, {self.length} bytes {where}"
+
+    def served(self, disk: Disk, raw: FileLayout) -> Served:
+        """The file: a range of the disk's ``raw`` layout, or a volume's own."""
+        if not self.partition.pieces:
+            return Served(raw, self.partition.start_byte, self.length)
+        from blockforensics.export import layout
+
+        return Served(layout(self.partition.view(disk)[0], "raw"), 0, self.length)
 
 
 def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
@@ -113,11 +130,12 @@ def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
     :func:`~blockforensics.allocation.partition_table` reads it), a ``partN.raw`` for
     each of its partitions (N as the table numbers it: MBR primaries 1-4 and logical
     partitions from 5, GPT entry numbers; never an extended partition, nor a protective
-    MBR's 0xEE entry) and what was noticed: a table that cannot be read, or whose
-    blocks fail their checks (no partition served; ``disk.raw`` still is, with EIO for
-    the damaged blocks), a partition starting past the end of the image (not served)
-    or cut off by it (served up to it)."""
-    from blockforensics.allocation import partition_table
+    MBR's 0xEE entry), a ``VG-LV.raw`` for each LVM2 logical volume read (see
+    :func:`~blockforensics.allocation.logical_volumes`) and what was noticed: a table
+    that cannot be read, or whose blocks fail their checks (no partition served;
+    ``disk.raw`` still is, with EIO for the damaged blocks), a partition starting past
+    the end of the image (not served) or cut off by it (served up to it)."""
+    from blockforensics.allocation import logical_volumes, partition_table
     from blockforensics.fs.gpt import looks_like_gpt
 
     try:
@@ -141,6 +159,8 @@ def partition_files(disk: Disk) -> tuple[str, list[PartitionFile], list[str]]:
                          f"{disk.size}: served up to there")
         files.append(PartitionFile(f"part{part.index}.raw", part,
                                    min(end, disk.size) - part.start_byte))
+    files += [PartitionFile(f"{lv.name.replace('/', '-')}.raw", lv, lv.length_bytes)
+              for lv in logical_volumes(disk)]
     return table, files, notes
 
 
@@ -160,7 +180,7 @@ def served_files(disk: Disk, *, unique_id: bytes | None = None,
              "disk.raw": Served(raw)}
     if partitions:
         for part in partition_files(disk)[1]:
-            files[part.name] = Served(raw, part.partition.start_byte, part.length)
+            files[part.name] = part.served(disk, raw)
     return files
 
 

@@ -1,8 +1,9 @@
 """Check a point's file systems without restoring it: each partition is served read-only
 (FUSE, ``partN.raw`` beside ``disk.raw``, for every partition of an MBR — logical ones
-included — or GPT table) and handed to its file-system checker in no-change mode —
-``fsck.fat -n``, ``e2fsck -f -n``, ``fsck.exfat -n``, ``ntfsfix -n`` — one result per
-partition (or for the whole disk when it has no partition table).
+included — or GPT table, ``VG-LV.raw`` for every LVM2 logical volume) and handed to its
+file-system checker in no-change mode — ``fsck.fat -n``, ``e2fsck -f -n``,
+``fsck.exfat -n``, ``ntfsfix -n``, ``xfs_repair -n`` — one result per partition (or for
+the whole disk when it has no partition table).
 
 What a partition holds is decided by its signature; when its structures no longer hold
 together, by the magic bytes alone; when even those are gone (a wiped superblock or boot
@@ -25,7 +26,8 @@ from blockforensics.tools import PACKAGES, which
 
 #: the checker of each file-system family, in read-only (no change) mode
 CHECKERS = {"fat": ["fsck.fat", "-n"], "ext": ["e2fsck", "-f", "-n"],
-            "exfat": ["fsck.exfat", "-n"], "ntfs": ["ntfsfix", "-n"]}
+            "exfat": ["fsck.exfat", "-n"], "ntfs": ["ntfsfix", "-n"],
+            "xfs": ["xfs_repair", "-n", "-f"]}  # -f: an image file, not a device
 #: seconds a checker may take
 CHECK_TIMEOUT = 600
 #: (family, byte offset, magic): what a file system's first bytes still say when its
@@ -95,7 +97,7 @@ def _kind(disk: Disk, part: Partition | None) -> tuple[str | None, str]:
     magic bytes alone or by the partition type; None when nothing says."""
     from blockforensics.allocation import detect
 
-    offset = 0 if part is None else part.start_byte
+    disk, offset = (disk, 0) if part is None else part.view(disk)  # a volume: its own bytes
     found = detect(disk, offset)
     if found not in (None, "mbr", "gpt"):
         return found, ""

@@ -120,3 +120,34 @@ def flip_stored_bit(image: Path, position: int) -> None:
     raw = bytearray(image.read_bytes())
     raw[offset] ^= 0x10
     image.write_bytes(raw)
+
+
+@contextlib.contextmanager
+def mounted_with(argv: list[str], mountpoint: Path) -> Iterator[Path]:
+    """``argv + [mountpoint]`` mounts something there (a loop mount, a FUSE daemon that
+    returns once mounted); unmounted on leaving."""
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run([*argv, str(mountpoint)], check=True, capture_output=True, timeout=60)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
+
+
+def backup_image(chain, image: Path) -> int:
+    """Back the raw file ``image`` up into the open ``chain``; the point made."""
+    from blockforensics.formats.raw import RawDisk
+    from blockforensics.image.backup import backup
+
+    with RawDisk(image) as disk:
+        return backup(chain, disk)
+
+
+def bf_ok(*args: object, **kwargs: object) -> str:
+    """The blockforensics command in a process of its own; its stdout (it must succeed)."""
+    import sys
+
+    from sample_disks import run
+
+    return run(sys.executable, "-m", "blockforensics.cli", *args, **kwargs)
+

@@ -3,37 +3,19 @@ resident data, renames and moves), and file systems The Sleuth Kit cannot open."
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import require_module, require_tools
+from support import backup_image, mounted_with, require_module, require_tools
 
 from blockforensics import forensics
-from blockforensics.formats.raw import RawDisk
-from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 
 
 def _changes(result: forensics.DiffResult) -> set[tuple[str, str]]:
     return {(r.path, r.change) for r in result.files.itertuples() if r.type == "file"}
-
-
-@contextlib.contextmanager
-def _mounted(argv: list[str], mountpoint: Path):
-    mountpoint.mkdir(exist_ok=True)
-    subprocess.run([*argv, str(mountpoint)], check=True, capture_output=True, timeout=60)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
-
-
-def _backup(chain: Chain, image: Path) -> None:
-    with RawDisk(image) as disk:
-        backup(chain, disk)
 
 
 def _edit_keeping_mtime(path: Path, offset: int, data: bytes) -> None:
@@ -54,13 +36,13 @@ def test_inline_data_edit_with_mtime_put_back_is_a_modification(tmp_path):
     image.write_bytes(bytes(8 << 20))
     subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "inline_data,^has_journal", "-I", "256",
                     str(image)], check=True)
-    with _mounted(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
         (m / "small.txt").write_bytes(b"quarterly figures v1\n")  # 21 bytes: in the inode
     chain = Chain.create(tmp_path / "chain")
-    _backup(chain, image)
-    with _mounted(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+    backup_image(chain, image)
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
         _edit_keeping_mtime(m / "small.txt", 19, b"2")
-    _backup(chain, image)
+    backup_image(chain, image)
     result = forensics.diff(chain, 0, 1, files=True)
     assert _changes(result) == {("/small.txt", "modified")}
     row = result.files.iloc[0]
@@ -79,24 +61,24 @@ def ntfs(tmp_path_factory):
                    capture_output=True)
     mount = ["ntfs-3g", str(image)]
     chain = Chain.create(tmp / "chain")
-    with _mounted(mount, tmp / "m") as m:
+    with mounted_with(mount, tmp / "m") as m:
         for d in ("docs", "archive"):
             (m / d).mkdir()
         (m / "docs" / "report.txt").write_bytes(b"quarterly report " * 600)  # non-resident
         (m / "docs" / "moved.txt").write_bytes(b"to be moved " * 500)
         (m / "docs" / "small.txt").write_bytes(b"resident v1\n")  # in the MFT record
         (m / "docs" / "old.txt").write_bytes(b"obsolete " * 300)
-    _backup(chain, image)
-    with _mounted(mount, tmp / "m") as m:
+    backup_image(chain, image)
+    with mounted_with(mount, tmp / "m") as m:
         (m / "docs" / "report.txt").rename(m / "docs" / "report-final.txt")
         (m / "docs" / "moved.txt").rename(m / "archive" / "moved.txt")
         _edit_keeping_mtime(m / "docs" / "small.txt", 10, b"2")
         (m / "docs" / "old.txt").unlink()
         (m / "docs" / "new.txt").write_bytes(b"fresh " * 700)
-    _backup(chain, image)
-    with _mounted(mount, tmp / "m") as m:
+    backup_image(chain, image)
+    with mounted_with(mount, tmp / "m") as m:
         _edit_keeping_mtime(m / "docs" / "report-final.txt", 4096, b"REVISED")
-    _backup(chain, image)
+    backup_image(chain, image)
     with Chain.open(tmp / "chain") as opened:
         yield opened
 
@@ -131,13 +113,13 @@ def test_a_file_system_tsk_cannot_open_is_reported_not_fatal(tmp_path):
     subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
                    capture_output=True)
     chain = Chain.create(tmp_path / "chain")
-    _backup(chain, image)
+    backup_image(chain, image)
     with image.open("r+b") as fh:
         fh.seek(16)
         fh.write(b"\x00")  # BPB_NumFATs = 0
         fh.seek(20 << 20)
         fh.write(b"changed")
-    _backup(chain, image)
+    backup_image(chain, image)
     result = forensics.diff(chain, 0, 1, files=True)
     assert result.changed_blocks >= 1
     assert result.notes and "cannot open" in result.notes[0]

@@ -6,7 +6,6 @@ times; and the timeline formats' escaping of those names."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -21,11 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import require_module, require_tools
+from support import backup_image, mounted_with, require_module, require_tools
 
 from blockforensics import forensics, timeline_formats, tsk
-from blockforensics.formats.raw import RawDisk
-from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 
 #: names the outputs must carry intact (or escaped) — a newline, a control byte, quotes
@@ -43,21 +40,6 @@ FAT_STAMP = 981_173_106  # 2001-02-03 04:05:06 UTC (even: FAT keeps 2-second ste
 def _root() -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
-
-
-@contextlib.contextmanager
-def _mounted(argv: list[str], mountpoint: Path) -> Iterator[Path]:
-    mountpoint.mkdir(exist_ok=True)
-    subprocess.run([*argv, str(mountpoint)], check=True, capture_output=True, timeout=60)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
-
-
-def _backup(chain: Chain, image: Path) -> None:
-    with RawDisk(image) as disk:
-        backup(chain, disk)
 
 
 def _rows(result: forensics.DiffResult) -> pd.DataFrame:
@@ -144,7 +126,7 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
                    check=True)
     chain = Chain.create(tmp / "chain")
     mount = ["mount", "-o", "loop", str(image)]
-    with _mounted(mount, tmp / "m") as m:
+    with mounted_with(mount, tmp / "m") as m:
         _common_start(m)
         (m / "hl_a").write_bytes(b"hard link " * 500)
         os.link(m / "hl_a", m / "hl_b")
@@ -170,8 +152,8 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
         (m / "chain_a.txt").write_bytes(b"chain a " * 500)
         for raw in NOT_UTF8:
             Path(os.fsdecode(bytes(m) + b"/" + raw)).write_bytes(b"latin-1 " * 100)
-    _backup(chain, image)
-    with _mounted(mount, tmp / "m") as m:
+    backup_image(chain, image)
+    with mounted_with(mount, tmp / "m") as m:
         _common_change(m)
         (m / "hl_a").unlink()
         (m / "sym").unlink()
@@ -204,7 +186,7 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
         (m / "chain_a.txt").write_bytes(b"a new one " * 300)  # a new file, the old name
         with Path(os.fsdecode(bytes(m) + b"/" + NOT_UTF8[1])).open("ab") as fh:
             fh.write(b"more")
-    _backup(chain, image)
+    backup_image(chain, image)
     with Chain.open(tmp / "chain") as opened:
         yield opened, image
 
@@ -353,7 +335,7 @@ def fat32(tmp_path_factory) -> Chain:
     os.utime(tmp / "stamped", (FAT_FAR, FAT_FAR))
     m("mcopy", "-m", str(tmp / "stamped"), "::far.txt")
     chain = Chain.create(tmp / "chain")
-    _backup(chain, image)
+    backup_image(chain, image)
     m("mmove", "::d1/mv.txt", "::d2/mv.txt")
     m("mdel", "::over_dst.txt")
     m("mren", "::over_src.txt", "::over_dst.txt")
@@ -368,7 +350,7 @@ def fat32(tmp_path_factory) -> Chain:
     put("d2f", b"now a file " * 100)
     m("mren", "::A long file name of many parts.txt", "::Another long name, ünïcødé.txt")
     m("mattrib", "+r", "::attr.txt")
-    _backup(chain, image)
+    backup_image(chain, image)
     return chain
 
 
@@ -392,7 +374,7 @@ def ntfs(tmp_path_factory) -> Chain:
                    capture_output=True)
     mount = ["ntfs-3g", str(image)]
     chain = Chain.create(tmp / "chain")
-    with _mounted(mount, tmp / "m") as m:
+    with mounted_with(mount, tmp / "m") as m:
         _common_start(m)
         (m / "case.txt").write_bytes(b"case only " * 100)
         (m / "hl_a").write_bytes(b"hard link " * 500)
@@ -402,16 +384,16 @@ def ntfs(tmp_path_factory) -> Chain:
         os.utime(m / "old.txt", (PRE_1970, PRE_1970))
         (m / "ns.txt").write_bytes(b"ns")
         os.utime(m / "ns.txt", ns=(1_700_000_000_000_000_100,) * 2)
-    _backup(chain, image)
-    with _mounted(mount, tmp / "m") as m:
+    backup_image(chain, image)
+    with mounted_with(mount, tmp / "m") as m:
         _common_change(m)
         (m / "case.txt").rename(m / "CASE.txt")
         (m / "hl_a").unlink()
         os.setxattr(m / "ads.txt", "user.hidden", b"a named stream")  # ntfs-3g: an ADS
-    _backup(chain, image)
-    with _mounted(mount, tmp / "m") as m:
+    backup_image(chain, image)
+    with mounted_with(mount, tmp / "m") as m:
         os.setxattr(m / "ads.txt", "user.hidden", b"a named STREAM")  # the same size
-    _backup(chain, image)
+    backup_image(chain, image)
     return chain
 
 
@@ -535,9 +517,9 @@ def test_linux_fat_drivers_moves_renames_over_swaps_and_directories(fstype, tmp_
     subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
     chain = Chain.create(tmp_path / "chain")
     fill_in_guest([GuestFill(image, fstype, tree)], tmp_path)
-    _backup(chain, image)
+    backup_image(chain, image)
     fill_in_guest([GuestFill(image, fstype, empty, script=GUEST_CHANGE)], tmp_path)
-    _backup(chain, image)
+    backup_image(chain, image)
     result = forensics.diff(chain, 0, 1, files=True)
     _assert_common(result)
     rows = _rows(result)
@@ -552,7 +534,7 @@ def test_linux_fat_drivers_moves_renames_over_swaps_and_directories(fstype, tmp_
         assert data[entry] == 0x85 and data[entry + 23] == 0x80  # valid, UTC+0 (the guest)
         data[entry + 23] = 0x80 | 8  # + 8 x 15 minutes
         image.write_bytes(bytes(data))
-        _backup(chain, image)
+        backup_image(chain, image)
         assert tsk.list_entries(chain.disk(2)).entries["/far.txt"].mtime == FAT_FAR - 7200
 
 
@@ -603,9 +585,9 @@ def test_debugfs_history_a_freed_inode_handed_on_in_the_same_second(tmp_path):
         (tmp_path / name).write_bytes(content)
     debugfs(f"write {tmp_path / 'a'} a.txt", f"write {tmp_path / 'm'} m.txt")
     chain = Chain.create(tmp_path / "chain")
-    _backup(chain, image)
+    backup_image(chain, image)
     debugfs("rm a.txt", f"write {tmp_path / 'b'} b.txt", "ln m.txt moved.txt", "unlink m.txt")
-    _backup(chain, image)
+    backup_image(chain, image)
     listed = {p: forensics.list_files(chain.disk(p)).set_index("path") for p in (0, 1)}
     assert listed[0].loc["/a.txt", "inode"] == listed[1].loc["/b.txt", "inode"]  # handed on
     rows = _rows(forensics.diff(chain, 0, 1, files=True))
@@ -628,13 +610,13 @@ def test_fat_case_only_rename_is_a_rename(tmp_path):
     subprocess.run(["mcopy", "-i", str(image), str(tmp_path / "src"), "::case.txt"],
                    check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
     chain = Chain.create(tmp_path / "chain")
-    _backup(chain, image)
+    backup_image(chain, image)
     data = bytearray(image.read_bytes())
     entry = data.find(b"CASE    TXT")
     assert data[entry + 12] == 0x18  # "case.txt"
     data[entry + 12] = 0x10  # "CASE.txt"
     image.write_bytes(bytes(data))
-    _backup(chain, image)
+    backup_image(chain, image)
     rows = _rows(forensics.diff(chain, 0, 1, files=True))
     assert (rows.loc["/CASE.txt", "change"], rows.loc["/CASE.txt", "old_path"]) == \
         ("renamed", "/case.txt")
@@ -651,7 +633,7 @@ def test_a_tree_deeper_than_pythons_recursion_limit_is_listed(tmp_path):
     image.write_bytes(bytes(16 << 20))
     subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
     depth = 1500
-    with _mounted(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
         fd = os.open(m, os.O_RDONLY)
         for _ in range(depth):  # by descriptor: the path soon outgrows what one call takes
             os.mkdir("d", dir_fd=fd)
@@ -661,7 +643,7 @@ def test_a_tree_deeper_than_pythons_recursion_limit_is_listed(tmp_path):
             fh.write(b"deep")
         os.close(fd)
     chain = Chain.create(tmp_path / "chain")
-    _backup(chain, image)
+    backup_image(chain, image)
     rows = _rows(forensics.diff(chain, None, 0, files=True))
     bottom = "/d" * depth + "/bottom.txt"
     assert rows.loc[bottom, "change"] == "created"

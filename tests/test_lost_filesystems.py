@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sample_disks import run
 from support import require_module, require_tools
 
 from blockforensics.fs.structure import Structure
@@ -26,11 +27,6 @@ NTFS_BOOT = Structure("NtfsBootSector", 512, [
     (0x0D, "B", "sectors_per_cluster"),
     (0x30, "Q", "mft_cluster"),
 ])
-
-
-def run(*args: object, **kwargs: object) -> str:
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
-                          timeout=120, **kwargs).stdout  # type: ignore[call-overload]
 
 
 def triage_json(chain: Path) -> dict:

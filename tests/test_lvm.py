@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_disks import run
+from support import bf_ok as cli
 from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_partitions, partitions, survey
@@ -44,16 +46,6 @@ PART_START = MIB  # the PV's partition starts at 1 MiB of the disk
 LVM_TOOLS = ("pvcreate", "vgcreate", "lvcreate", "lvextend", "lvs", "pvs", "vgcfgbackup",
              "vgcfgrestore", "losetup",
              "sfdisk", "mkfs.ext4", "debugfs", "e2fsck", "mkfs.fat", "mcopy", "blkls", "icat")
-
-
-def run(*args: object, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done.stdout
-
-
-def cli(*args: object) -> str:
-    return run(sys.executable, "-m", "blockforensics.cli", *args)
 
 
 @dataclass
@@ -541,3 +533,29 @@ def test_triage_names_a_logical_volume_encrypted_whole(lvm: Lvm, tmp_path: Path)
     reasons = " ".join(r for p in report["points"] for r in p["reasons"])
     assert "ext4 file system of logical volume vgbf/lv1 (read at the parent) is gone" in reasons
     assert report["points"][-1]["verdict"] == "encrypted"
+
+
+def test_logical_volumes_are_served_and_checked_as_files_of_their_own(
+        lvm: Lvm, tmp_path: Path) -> None:
+    """A point's logical volumes are served beside its partitions (``vgbf-lv1.raw``, its
+    two segments put together) and ``verify --fs`` checks their file systems."""
+    from blockforensics.expose import exposed
+    from blockforensics.image.chain import Chain
+
+    require_tools("e2fsck", "fsck.fat", "fusermount3")
+    made = make_disk(lvm, tmp_path)
+    cli("backup", made.disk, tmp_path / "chain")
+    report = json.loads(cli("verify", tmp_path / "chain", "--fs", "--json"))
+    checks = {c["file"]: c for c in report["filesystems"]["checks"]}
+    assert checks["vgbf-lv1.raw"]["filesystem"] == "ext4" and checks["vgbf-lv1.raw"]["ok"]
+    assert checks["vgbf-lv2.raw"]["filesystem"].startswith("fat") and checks["vgbf-lv2.raw"]["ok"]
+    cli("restore", tmp_path / "chain", tmp_path / "restored.img")
+    disk = (tmp_path / "restored.img").read_bytes()  # the point's bytes, extent by extent
+    lv1 = b"".join(disk[lv_block_on_disk(made, "lv1", at) : lv_block_on_disk(made, "lv1", at)
+                        + EXTENT] for at in range(0, 6 * EXTENT, EXTENT))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    with Chain.open(tmp_path / "chain") as chain, exposed(chain.disk(0), mountpoint,
+                                                          partitions=True):
+        served = (mountpoint / "vgbf-lv1.raw").read_bytes()
+    assert len(served) == len(lv1) and served == lv1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_disks import run
 from support import require_module, require_tools
 
 from blockforensics import forensics
@@ -34,18 +35,13 @@ TABLES = {
 }
 
 
-def run(*args: object, **kwargs: object) -> str:
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True,
-                          timeout=120, **kwargs).stdout  # type: ignore[call-overload]
-
-
 def _table_on_4k_loop(path: Path, script: str) -> dict[int, tuple[int, int]]:
     """Write the table with sfdisk through a loop device of 4096-byte sectors; partition
     number -> (start, size) in 4096-byte sectors, as sfdisk reads them back."""
     try:
         loop = run("losetup", "-b", SECTOR, "-f", "--show", path).strip()
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"losetup -b 4096 failed (root and loop devices needed): {exc.stderr}")
+    except AssertionError as exc:
+        pytest.fail(f"losetup -b 4096 failed (root and loop devices needed): {exc}")
     try:
         run("sfdisk", "-q", loop, input=script)
         table = json.loads(run("sfdisk", "--json", loop))["partitiontable"]

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import sample_disks
 import test_lvm
+from sample_disks import run
+from support import bf_ok as cli
 from support import require_module, require_tools
 
 from blockforensics.allocation import filesystem_allocation, survey
@@ -36,16 +38,6 @@ MIB = 1 << 20
 #: mkfs.xfs refuses volumes under 300 MB unless run by fstests
 SMALL_OK = {**os.environ, "TEST_DIR": "/tmp", "TEST_DEV": "bf", "QA_CHECK_FS": "1"}
 XFS_TOOLS = ("mkfs.xfs", "xfs_db", "xfs_io", "xfs_repair", "xfs_logprint", "mount", "umount")
-
-
-def run(*args: object, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, f"{args}: {done.stderr}"
-    return done.stdout
-
-
-def cli(*args: object) -> str:
-    return run(sys.executable, "-m", "blockforensics.cli", *args)
 
 
 def need_mount(tmp_path: Path) -> None:
@@ -415,6 +407,9 @@ def test_xfs_in_a_gpt_partition(tmp_path: Path) -> None:
     restored = tmp_path / "restored.img"
     cli("restore", tmp_path / "chain", restored)
     run("xfs_repair", "-n", sample_disks.extract(restored, MIB, 64 * MIB, tmp_path / "p1.img"))
+    checked = json.loads(cli("verify", tmp_path / "chain", "--fs", "--json"))["filesystems"]
+    [part1] = [c for c in checked["checks"] if c["file"] == "part1.raw"]
+    assert part1["filesystem"] == "xfs" and part1["ok"], part1  # xfs_repair -n over FUSE
     with RawDisk(disk) as d:
         listing = list_entries(d)
         assert_lists(listing.entries, "p1:", files, d)
