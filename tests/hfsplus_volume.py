@@ -30,9 +30,10 @@ class HfsPlusLayout:
 
     block_size: int
     total_blocks: int
-    allocation_extent: tuple[int, int]  # (start, count)
+    allocation_extent: tuple[int, int]  # (start, count): the first
     used: np.ndarray  # one flag per block, as the allocation file says
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (start, count)
+    allocation_pieces: list[tuple[int, int]] = field(default_factory=list)  # all extents
 
 
 def _unistr(name: str) -> bytes:
@@ -47,12 +48,18 @@ def _key(parent: int, name: str) -> bytes:
     return struct.pack(">H", len(body)) + body
 
 
-def _fork(logical: int, extents: list[tuple[int, int]], clump: int = 0) -> bytes:
-    """HFSPlusForkData (80 bytes): size in bytes, clump, blocks, 8 extent descriptors."""
-    blocks = sum(count for _, count in extents)
+def _extents(extents: list[tuple[int, int]]) -> bytes:
+    """HFSPlusExtentRecord: 8 descriptors (start block, block count), unused ones zero."""
     pairs = [*extents, *[(0, 0)] * (8 - len(extents))]
-    return struct.pack(">QII", logical, clump, blocks) + b"".join(
-        struct.pack(">II", s, c) for s, c in pairs)
+    return b"".join(struct.pack(">II", s, c) for s, c in pairs)
+
+
+def _fork(logical: int, extents: list[tuple[int, int]], clump: int = 0,
+          blocks: int | None = None) -> bytes:
+    """HFSPlusForkData (80 bytes): size in bytes, clump, blocks (default: those of the
+    extents given), the first 8 extent descriptors."""
+    blocks = sum(count for _, count in extents) if blocks is None else blocks
+    return struct.pack(">QII", logical, clump, blocks) + _extents(extents[:8])
 
 
 def _bsd(mode: int) -> bytes:
@@ -104,10 +111,12 @@ def _header_node(depth: int, root: int, leaf_records: int, leaf: int, max_key: i
 
 
 def make_hfsplus(path: Path, size: int, files: dict[str, bytes], block_size: int = 4096,
-                 hfsx: bool = False, stale: bytes = b"") -> HfsPlusLayout:
+                 hfsx: bool = False, stale: bytes = b"", pieces: int = 1) -> HfsPlusLayout:
     """Write an HFS+ (HFSX: case-sensitive) volume of ``size`` bytes to ``path``: the
     root folder holding ``files`` (name -> bytes, names in catalog order are sorted
-    here, ASCII lower case); free blocks filled with ``stale`` repeated."""
+    here, ASCII lower case); free blocks filled with ``stale`` repeated; the allocation file in
+    ``pieces`` extents, a free block between each two (past 8: in the extents
+    overflow file)."""
     assert size % block_size == 0 and block_size >= 512
     total = size // block_size
     used = np.zeros(total, dtype=bool)
@@ -122,11 +131,22 @@ def make_hfsplus(path: Path, size: int, files: dict[str, bytes], block_size: int
         used[start:next_block] = True
         return start, count
 
-    allocation = take(-(-total // 8))
-    extents_file = take(NODE)
+    bitmap_bytes = -(-total // 8)
+    bitmap_blocks = -(-bitmap_bytes // block_size)
+    per_piece = -(-bitmap_blocks // pieces)
+    pieces_at = []
+    for first in range(0, bitmap_blocks, per_piece):
+        pieces_at.append(take(min(per_piece, bitmap_blocks - first) * block_size))
+        next_block += 1  # a free block between the pieces
+    assert len(pieces_at) <= 16
+    allocation = pieces_at[0]
+    overflow = len(pieces_at) > 8
+    extents_nodes = 2 if overflow else 1
+    extents_file = take(extents_nodes * NODE)
     catalog_nodes = 4
     catalog = take(catalog_nodes * NODE)
     layout = HfsPlusLayout(block_size, total, allocation, used)
+    layout.allocation_pieces = pieces_at
     names = sorted(files)
     for name in names:
         layout.files[name] = take(len(files[name])) if files[name] else (0, 0)
@@ -141,8 +161,18 @@ def make_hfsplus(path: Path, size: int, files: dict[str, bytes], block_size: int
     def put(start: int, data: bytes) -> None:
         image[start * block_size : start * block_size + len(data)] = data
 
-    put(allocation[0], np.packbits(used, bitorder="big").tobytes())
-    put(extents_file[0], _header_node(0, 0, 0, 0, 10, 1, 1, 2, 0))
+    bitmap = np.packbits(used, bitorder="big").tobytes()
+    done = 0
+    for start, count in pieces_at:
+        put(start, bitmap[done : done + count * block_size])
+        done += count * block_size
+    if overflow:  # one leaf: HFSPlusExtentKey (data fork of file 6 from block n) + record
+        covered = sum(count for _, count in pieces_at[:8])
+        key = struct.pack(">HBBII", 10, 0, 0, 6, covered)
+        put(extents_file[0], _header_node(1, 1, 1, 1, 10, 2, 2, 2, 0) + _node(
+            -1, 1, [key + _extents(pieces_at[8:])]))
+    else:
+        put(extents_file[0], _header_node(0, 0, 0, 0, 10, 1, 1, 2, 0))
     records = [_key(ROOT_PARENT_ID, "vol") + _folder(ROOT_ID, len(names)),
                _key(ROOT_ID, "") + _thread(3, ROOT_PARENT_ID, "vol")]
     threads = []
@@ -164,8 +194,8 @@ def make_hfsplus(path: Path, size: int, files: dict[str, bytes], block_size: int
                           int(total - used.sum()), next_block, 65536, 65536,
                           FIRST_USER_ID + len(names), 1, 1)
     header += bytes(32)  # finderInfo
-    header += _fork(-(-total // 8), [allocation], allocation[1] * block_size)
-    header += _fork(NODE, [extents_file], NODE)
+    header += _fork(bitmap_bytes, pieces_at, bitmap_blocks * block_size, bitmap_blocks)
+    header += _fork(extents_nodes * NODE, [extents_file], NODE)
     header += _fork(catalog_nodes * NODE, [catalog], catalog_nodes * NODE)
     header += _fork(0, []) + _fork(0, [])  # attributes, startup
     assert len(header) == 512

@@ -102,6 +102,21 @@ def test_hfsplus_matches_blkls_and_survives_a_backup(tmp_path: Path, case: str) 
     assert tsk_listing(restored)["$CatalogFile"]  # TSK reads the restored catalog
 
 
+def test_allocation_file_in_overflow_extents(tmp_path: Path) -> None:
+    """An allocation file in 16 extents: 8 in the volume header, 8 in the extents
+    overflow file (TSK follows them); the bitmap as the writer laid it, and blkls's."""
+    require_tools("blkls", "icat")
+    img = tmp_path / "fragmented.img"
+    layout = make_hfsplus(img, 64 * MIB, sample_files(), block_size=512, pieces=16)
+    assert len(layout.allocation_pieces) == 16
+    mine = filesystem_allocation(img)
+    assert np.array_equal(mine.to_bools(), layout.used)
+    assert np.array_equal(mine.to_bools(), tsk_blocks(img, "-a", mine.n_blocks))
+    for start, count in layout.allocation_pieces:
+        assert mine.to_bools()[start : start + count].all()
+    assert not mine.to_bools()[layout.allocation_pieces[8][0] - 1]  # a free block between
+
+
 def test_empty_hfsplus_volume(tmp_path: Path) -> None:
     """A fresh volume: only its metadata (header, bitmap, B-trees, alternate header)."""
     require_tools("blkls")
