@@ -3,7 +3,7 @@
 ``survey(disk)`` answers "which blocks of this disk hold something a backup
 must copy, and why?": the allocated units of every file system a reader is sure
 of (FAT12/16/32 from the FAT, ext2/3/4 from the block bitmaps, XFS from its
-free-space B+trees), and *everything*
+free-space B+trees, single-device Btrfs from its extent tree), and *everything*
 else (table sectors, gaps, unknown partitions, unknown content, file systems
 whose structures fail their own checks, partitions cut off by the end of the
 image) — the safe side for a backup, with a note per partition saying which
@@ -36,6 +36,9 @@ from blockforensics.errors import FormatError, IntegrityError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.base import FileSystem, units_map
+from blockforensics.fs.btrfs import SUPER_OFFSET as BTRFS_SUPER_OFFSET
+from blockforensics.fs.btrfs import SUPER_SIZE as BTRFS_SUPER_SIZE
+from blockforensics.fs.btrfs import BtrfsFileSystem, has_btrfs_magic
 from blockforensics.fs.ext import SUPERBLOCK, SUPERBLOCK_OFFSET, ExtFileSystem, has_ext_magic
 from blockforensics.fs.fat import BOOT_SECTOR, FatFileSystem, bpb_problem
 from blockforensics.fs.gpt import looks_like_gpt, read_gpt
@@ -74,6 +77,8 @@ def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
     boot = disk.read(offset, BOOT_SECTOR.size)
     if has_xfs_magic(boot):
         return XfsFileSystem
+    if has_btrfs_magic(disk.read(offset + BTRFS_SUPER_OFFSET, BTRFS_SUPER_SIZE)):
+        return BtrfsFileSystem
     if len(boot) == BOOT_SECTOR.size and bpb_problem(BOOT_SECTOR.parse(boot)) is None:
         return FatFileSystem
     if offset == 0 and looks_like_gpt(disk):
@@ -105,7 +110,7 @@ def open_filesystem(disk: Disk, offset: int = 0) -> FileSystem:
     FormatError if there is none."""
     fs = _open(disk, offset)
     if fs is None:
-        raise FormatError(f"no FAT, ext or XFS file system at byte {offset}")
+        raise FormatError(f"no FAT, ext, XFS or Btrfs file system at byte {offset}")
     return fs
 
 

@@ -66,6 +66,8 @@ PACKAGES = {
     "xfs_repair": "xfsprogs",
     "xfs_logprint": "xfsprogs",
     "xfs_io": "xfsprogs",
+    "mkfs.btrfs": "btrfs-progs",
+    "btrfs": "btrfs-progs",
     "mount": "mount",
     "umount": "mount",
     "mmd": "mtools",

@@ -13,7 +13,8 @@ extents, or the bytes themselves when the data is resident (NTFS resident
 deleted ones included while TSK can still reach their metadata.
 
 XFS, which TSK 4.11 does not read, is listed by dissect.xfs
-(:mod:`blockforensics.xfsfiles`) behind the same :class:`Lister` interface,
+(:mod:`blockforensics.xfsfiles`), Btrfs by dissect.btrfs
+(:mod:`blockforensics.btrfsfiles`), behind the same :class:`Lister` interface,
 chosen per file system by its superblock magic.  A file system that cannot be
 opened is skipped and named in :attr:`Listing.unreadable`: the caller reports it
 rather than stopping.
@@ -527,7 +528,8 @@ def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
 class Lister(Protocol):
     """How the files of one file system are listed and read: through The Sleuth Kit
     (:class:`TskLister`) or, for XFS, which TSK 4.11 does not read, through
-    dissect.xfs (:class:`blockforensics.xfsfiles.XfsLister`).  Paths handed in are the
+    dissect.xfs (:class:`blockforensics.xfsfiles.XfsLister`), for Btrfs through
+    dissect.btrfs (:class:`blockforensics.btrfsfiles.BtrfsLister`).  Paths handed in are the
     listing's (``p1:/dir/file``) and, as ``inner``, the same inside the file system."""
 
     def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
@@ -600,7 +602,10 @@ class TskLister:
 
 def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | None]]:
     """``(prefix, lister or None, problem)`` for each file system of the disk: XFS read
-    by dissect.xfs, everything else by The Sleuth Kit."""
+    by dissect.xfs, Btrfs by dissect.btrfs, everything else by The Sleuth Kit."""
+    from blockforensics.fs.btrfs import SUPER_OFFSET as BTRFS_SUPER_OFFSET
+    from blockforensics.fs.btrfs import SUPER_SIZE as BTRFS_SUPER_SIZE
+    from blockforensics.fs.btrfs import has_btrfs_magic
     from blockforensics.fs.xfs import has_xfs_magic
 
     images: dict[int, Any] = {}
@@ -613,6 +618,14 @@ def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | No
                 yield prefix, XfsLister(view, offset, to_disk), None
             except FormatError as exc:
                 yield prefix, None, f"the XFS file system at {where}: {exc}"
+            continue
+        if has_btrfs_magic(view.read(offset + BTRFS_SUPER_OFFSET, BTRFS_SUPER_SIZE)):
+            from blockforensics.btrfsfiles import BtrfsLister
+
+            try:
+                yield prefix, BtrfsLister(view, offset, to_disk), None
+            except FormatError as exc:
+                yield prefix, None, f"the Btrfs volume at {where}: {exc}"
             continue
         if id(view) not in images:
             images[id(view)] = ChainImgInfo(view)

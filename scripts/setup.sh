@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
                                     # build the sample bootable disk, make FAT file systems
   e2fsprogs                         # make and check ext2/3/4 file systems
   xfsprogs                          # make and check XFS file systems (xfs_db cross-checks)
+  btrfs-progs                       # make and check Btrfs volumes (dump-tree cross-checks)
   lvm2                              # make LVM2 physical volumes for the tests (no activation)
   sleuthkit                         # independent file-system reader for cross-checks (mactime too)
   ewf-tools                         # ewfacquire/ewfverify: make and check E01 images in the tests

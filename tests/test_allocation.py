@@ -436,7 +436,7 @@ def test_unknown_content_is_all_allocated(work: Path) -> None:
     img = payload("noise.img", 3 * MIB + 100, 99, work)
     assert detect(img) is None
     assert allocation_map(img, 4096) == BlockMap.full(-(-(3 * MIB + 100) // 4096), 4096)
-    with pytest.raises(FormatError, match="no FAT, ext or XFS file system"):
+    with pytest.raises(FormatError, match="no FAT, ext, XFS or Btrfs file system"):
         filesystem_allocation(img)
 
 

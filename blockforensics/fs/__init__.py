@@ -1,5 +1,5 @@
 """Readers for the on-disk structures of real volumes: MBR, GPT, LVM2, FAT12/16/32,
-ext2/3/4, XFS.
+ext2/3/4, XFS, Btrfs.
 
 One small module per format, each declaring its structures once
 (:mod:`blockforensics.fs.structure`) and decoding tables with numpy.
@@ -9,10 +9,11 @@ One small module per format, each declaring its structures once
 from __future__ import annotations
 
 from blockforensics.fs.base import FileSystem
+from blockforensics.fs.btrfs import BtrfsFileSystem
 from blockforensics.fs.ext import ExtFileSystem
 from blockforensics.fs.fat import FatFileSystem
 from blockforensics.fs.mbr import Partition, read_partitions
 from blockforensics.fs.xfs import XfsFileSystem
 
-__all__ = ["ExtFileSystem", "FatFileSystem", "FileSystem", "Partition", "XfsFileSystem",
-           "read_partitions"]
+__all__ = ["BtrfsFileSystem", "ExtFileSystem", "FatFileSystem", "FileSystem", "Partition",
+           "XfsFileSystem", "read_partitions"]

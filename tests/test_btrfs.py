@@ -1,0 +1,336 @@
+"""Btrfs: the allocation map read from the extent tree equals the one built from
+``btrfs inspect-internal dump-tree`` (extent items mapped through the chunks), a
+backup stores only those blocks and restores a volume ``btrfs check`` finds clean
+with every file identical, and damage or a RAID volume copies the volume whole
+(with a note).
+
+Volumes are made by the real tools: ``mkfs.btrfs --rootdir`` (no mount needed),
+and, where the kernel has Btrfs and loop mounts work, files written, deleted and
+rewritten through a loop mount.  Files are listed through dissect.btrfs with their
+extents as physical disk bytes, and a second point's diff names what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_module, require_tools
+
+from blockforensics.allocation import filesystem_allocation, survey
+from blockforensics.formats.raw import RawDisk
+from blockforensics.fs.btrfs import BtrfsFileSystem
+from blockforensics.image.chain import Chain
+from blockforensics.tsk import _read_allocated, list_entries
+
+MIB = 1 << 20
+SECTOR = 4096
+TOOLS = ("mkfs.btrfs", "btrfs")
+
+
+def run(*args: object, check: bool = True) -> str:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert not check or done.returncode == 0, f"{args}: {done.stderr}"
+    return done.stdout + done.stderr
+
+
+def cli(*args: object) -> str:
+    return run(sys.executable, "-m", "blockforensics.cli", *args)
+
+
+def can_mount() -> bool:
+    """Whether Btrfs loop mounts work here (root, a kernel with Btrfs)."""
+    return os.geteuid() == 0 and "btrfs" in Path("/proc/filesystems").read_text()
+
+
+@contextmanager
+def mounted(img: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(exist_ok=True)
+    run("mount", "-o", "loop", img, where)
+    try:
+        yield where
+    finally:
+        run("umount", where)
+
+
+def content(seed: int = 1) -> dict[str, bytes]:
+    """Files by path: inline (small), empty, one of many extents' worth, a directory
+    of many entries, compressible text."""
+    rng = np.random.default_rng(seed)
+    files = {"small.txt": b"hello from btrfs\n", "empty": b"",
+             "big.bin": rng.bytes(3 * MIB + 1234), "text.txt": b"words and words\n" * 20000}
+    for i in range(300):
+        files[f"many/entry-{i:04d}.txt"] = f"entry {i}\n".encode() * (i % 7 + 1)
+    for i in range(40):
+        files[f"mid/m{i:02d}.bin"] = rng.bytes(20000 + 4096 * i)
+    return files
+
+
+def write(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+def make(tmp_path: Path, metadata: str, size: int = 256 * MIB, *,
+         mount: bool = False) -> tuple[Path, dict[str, bytes]]:
+    """A volume of ``size`` bytes with files (through ``--rootdir``, or written through a
+    loop mount with some deleted — their stale data left in free space)."""
+    require_tools(*TOOLS)
+    img = tmp_path / f"btrfs-{metadata}.img"
+    with img.open("wb") as fh:
+        fh.truncate(size)
+    files = content()
+    if not mount:
+        tree = tmp_path / "tree"
+        write(tree, files)
+        run("mkfs.btrfs", "-q", "-f", "-m", metadata, "-d", "single", "--rootdir", tree, img)
+        return img, files
+    run("mkfs.btrfs", "-q", "-f", "-m", metadata, "-d", "single", img)
+    with mounted(img, tmp_path / "mnt") as root:
+        write(root, files)
+        (root / "gone.bin").write_bytes(os.urandom(2 * MIB))
+        os.sync()
+        (root / "gone.bin").unlink()
+        for i in range(0, 40, 2):
+            (root / f"mid/m{i:02d}.bin").unlink()
+            del files[f"mid/m{i:02d}.bin"]
+        os.sync()
+    return img, files
+
+
+def expected_allocation(img: Path) -> np.ndarray:
+    """A flag per 4 KiB sector of ``img``: what ``dump-tree`` says is allocated — every
+    EXTENT_ITEM and METADATA_ITEM mapped through the chunk tree's chunks (every stripe),
+    the SYSTEM chunks whole and the superblock copies inside the device."""
+    chunks = []  # (logical, length, type, [physical offsets])
+    text = run("btrfs", "inspect-internal", "dump-tree", "-t", "chunk", img)
+    for m in re.finditer(r"CHUNK_ITEM (\d+)\) .*?\n\s+length (\d+) owner \d+ stripe_len \d+ "
+                         r"type (\S+)\n(.*?)(?=\n\titem|\Z)", text, re.S):
+        stripes = [int(s) for s in re.findall(r"stripe \d+ devid \d+ offset (\d+)", m.group(4))]
+        chunks.append((int(m.group(1)), int(m.group(2)), m.group(3), stripes))
+    assert chunks
+    nodesize = int(re.search(r"nodesize\s+(\d+)", run(
+        "btrfs", "inspect-internal", "dump-super", img)).group(1))
+    size = img.stat().st_size
+    flags = np.zeros(size // SECTOR, dtype=bool)
+
+    def mark(start: int, length: int) -> None:
+        flags[start // SECTOR : -(-(start + length) // SECTOR)] = True
+
+    extents = run("btrfs", "inspect-internal", "dump-tree", "-t", "extent", img)
+    items = re.findall(r"key \((\d+) (EXTENT_ITEM|METADATA_ITEM) (\d+)\)", extents)
+    assert items
+    for start, kind, offset in items:
+        logical, length = int(start), int(offset) if kind == "EXTENT_ITEM" else nodesize
+        chunk = next(c for c in chunks if c[0] <= logical < c[0] + c[1])
+        for stripe in chunk[3]:
+            mark(stripe + logical - chunk[0], length)
+    for _, length, kind, stripes in chunks:
+        if kind.startswith("SYSTEM"):
+            for stripe in stripes:
+                mark(stripe, length)
+    for mirror in (64 << 10, 64 << 20, 256 << 30):
+        if mirror + 4096 <= size:
+            mark(mirror, 4096)
+    return flags
+
+
+@pytest.mark.parametrize("metadata,mount", [("dup", False), ("single", False),
+                                            ("dup", True), ("single", True)],
+                         ids=["dup-rootdir", "single-rootdir", "dup-mounted", "single-mounted"])
+def test_allocation_equals_dump_tree(tmp_path: Path, metadata: str, mount: bool) -> None:
+    if mount and not can_mount():
+        require_tools("mount")
+        pytest.skip("Btrfs loop mounts need root and a kernel with Btrfs")
+    img, _ = make(tmp_path, metadata, mount=mount)
+    allocated = filesystem_allocation(img)
+    assert allocated.block_size == SECTOR
+    assert np.array_equal(allocated.to_bools(), expected_allocation(img))
+    assert 0 < allocated.count() < allocated.n_blocks // 2
+    found = survey(img)
+    assert [r.filesystem for r in found.regions] == ["btrfs"] and not found.regions[0].note
+    with RawDisk(img) as disk:
+        fs = BtrfsFileSystem(disk)
+        fs.read_chunk_tree()
+        profiles = {c.flags & 0x7: len(c.stripes) for c in fs._chunks}
+        assert profiles[0x4] == (2 if metadata == "dup" else 1)  # METADATA chunks
+        assert profiles[0x1] == 1  # DATA single
+
+
+def test_backup_restores_a_clean_btrfs_with_identical_files(tmp_path: Path) -> None:
+    mount = can_mount()
+    img, files = make(tmp_path, "dup", mount=mount)
+    with RawDisk(img) as disk:
+        nonzero = disk.read_blocks(0, disk.n_blocks).any(axis=1)
+    allocated = survey(img, SECTOR).map.to_bools()
+    out = cli("backup", img, tmp_path / "chain")
+    assert "whole disk (btrfs):" in out and "copying all" not in out
+    with Chain.open(tmp_path / "chain") as chain:
+        stored = chain.layout(0).supplied(0).to_bools()
+    assert np.array_equal(stored, allocated & nonzero)
+    assert stored.sum() < stored.size // 2
+    if mount:
+        assert (~allocated & nonzero).any()  # stale data of the deleted files: not copied
+    restored = tmp_path / "restored.img"
+    cli("restore", tmp_path / "chain", restored)
+    run("btrfs", "check", "--readonly", restored)
+    back = tmp_path / "back"
+    back.mkdir()
+    run("btrfs", "restore", restored, back)
+    found = {str(p.relative_to(back)) for p in back.rglob("*") if p.is_file()}
+    assert found == set(files)
+    for name, data in files.items():
+        assert (back / name).read_bytes() == data, name
+
+
+def _extent_root(img: Path) -> int:
+    """The physical byte where the extent tree's root node (first copy) lies."""
+    roots = run("btrfs", "inspect-internal", "dump-tree", "-t", "root", img)
+    logical = int(re.search(r"\(EXTENT_TREE ROOT_ITEM 0\).*?\n.*?bytenr (\d+)", roots,
+                            re.S).group(1))
+    text = run("btrfs", "inspect-internal", "dump-tree", "-t", "chunk", img)
+    for m in re.finditer(r"CHUNK_ITEM (\d+)\) .*?\n\s+length (\d+).*?stripe 0 devid \d+ "
+                         r"offset (\d+)", text, re.S):
+        start, length, physical = (int(g) for g in m.groups())
+        if start <= logical < start + length:
+            return physical + logical - start
+    raise AssertionError("extent tree root in no chunk")
+
+
+@pytest.mark.parametrize("metadata", ["dup", "single"])
+def test_corrupt_extent_tree_copies_the_volume_whole(tmp_path: Path, metadata: str) -> None:
+    img, _ = make(tmp_path, metadata, 128 * MIB)
+    at = _extent_root(img)
+    with img.open("r+b") as fh:  # a byte inside the node's items, flipped
+        fh.seek(at + 0x200)
+        byte = fh.read(1)[0]
+        fh.seek(at + 0x200)
+        fh.write(bytes([byte ^ 0x5A]))
+    found = survey(img)
+    region = found.regions[0]
+    assert region.filesystem == "btrfs" and "checksum mismatch" in region.note
+    assert found.map.count() == found.map.n_blocks
+    out = cli("backup", img, tmp_path / "chain")
+    assert "copying all" in out
+
+
+def test_raid1_over_two_devices_copies_the_volume_whole(tmp_path: Path) -> None:
+    require_tools(*TOOLS)
+    devices = [tmp_path / "a.img", tmp_path / "b.img"]
+    for dev in devices:
+        with dev.open("wb") as fh:
+            fh.truncate(160 * MIB)
+    run("mkfs.btrfs", "-q", "-f", "-d", "raid1", "-m", "raid1", *devices)
+    found = survey(devices[0])
+    region = found.regions[0]
+    assert region.filesystem == "btrfs" and "2 devices" in region.note
+    assert found.map.count() == found.map.n_blocks
+    assert "copying all" in cli("backup", devices[0], tmp_path / "chain")
+
+
+
+def need_mount() -> None:
+    """Skip (fail in CI) unless Btrfs loop mounts work here."""
+    require_tools(*TOOLS, "mount", "umount")
+    require_module("dissect.btrfs", "dissect.btrfs")
+    if not can_mount():
+        reason = "Btrfs loop mounts need root and a kernel with Btrfs"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def make_mixed(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A DUP-metadata volume written through a mount: plain files, inline ones, files
+    compressed by zstd and zlib, a sparse file, a symlink, a deleted file."""
+    img, files = make(tmp_path, "dup", mount=True)
+    with mounted(img, tmp_path / "mnt") as root:
+        for algo in ("zstd", "zlib", "lzo"):
+            run("btrfs", "property", "set", root / "mid", "compression", algo)
+            data = (f"{algo} compressible line\n" * 40000).encode()
+            (root / "mid" / f"{algo}.txt").write_bytes(data)
+            files[f"mid/{algo}.txt"] = data
+        with (root / "sparse.bin").open("wb") as fh:
+            fh.seek(MIB)
+            fh.write(b"after a hole" * 1000)
+        files["sparse.bin"] = bytes(MIB) + b"after a hole" * 1000
+        os.symlink("small.txt", root / "link")
+    return img, files
+
+
+def test_files_are_listed_with_physical_extents(tmp_path: Path) -> None:
+    need_mount()
+    img, files = make_mixed(tmp_path)
+    with RawDisk(img) as disk:
+        listing = list_entries(disk)
+        assert not listing.unreadable
+        entries = listing.entries
+        allocated = filesystem_allocation(img).to_bools()
+        for name, data in files.items():
+            entry = entries[f"/{name}"]
+            assert entry.fs == "btrfs" and entry.size == len(data), name
+            found = _read_allocated(disk, f"/{name}")
+            assert found is not None and b"".join(found[1]) == data, name
+            for start, stop in entry.extents.tolist():  # physical runs, all allocated
+                assert allocated[start // SECTOR : -(-stop // SECTOR)].all(), name
+        small = entries["/small.txt"]
+        assert small.resident == files["small.txt"] and not len(small.extents)  # inline
+        big = entries["/big.bin"]  # uncompressed: the disk bytes at its extents are its data
+        assert b"".join(disk.read(a, b - a) for a, b in big.extents.tolist()) == files["big.bin"]
+        sparse = entries["/sparse.bin"]  # the hole left out
+        assert int(np.diff(sparse.extents).sum()) < len(files["sparse.bin"]) - MIB + SECTOR
+        for algo in ("zstd", "zlib", "lzo"):  # compressed: fewer disk bytes than the file's
+            entry = entries[f"/mid/{algo}.txt"]
+            assert 0 < int(np.diff(entry.extents).sum()) < entry.size // 4
+        link = entries["/link"]
+        assert link.kind == "symlink" and link.resident == b"small.txt"
+        assert "/gone.bin" not in entries and "/mid/m00.bin" not in entries
+        assert len(entries["/many"].children) == 300
+    with mounted(img, tmp_path / "ro") as root:
+        for path in ("small.txt", "big.bin", "many", "link", "mid/zstd.txt", "empty"):
+            entry, st = entries[f"/{path}"], os.lstat(root / path)
+            assert (entry.inode, entry.size, entry.mode, entry.uid, entry.gid, entry.nlink) \
+                == (st.st_ino, st.st_size, st.st_mode & 0o7777, st.st_uid, st.st_gid,
+                    st.st_nlink), path
+            assert entry.mtime * 10**9 + entry.mtime_ns == st.st_mtime_ns, path
+            assert entry.ctime * 10**9 + entry.ctime_ns == st.st_ctime_ns, path
+            assert entry.crtime > 0 and entry.seq > 0
+
+
+def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path) -> None:
+    need_mount()
+    img, files = make_mixed(tmp_path)
+    cli("backup", img, tmp_path / "chain")
+    with mounted(img, tmp_path / "mnt") as root:
+        (root / "new.txt").write_bytes(b"created at point 1\n")
+        with (root / "small.txt").open("ab") as fh:
+            fh.write(b"appended\n")
+        (root / "mid" / "m01.bin").unlink()
+        (root / "big.bin").rename(root / "big-renamed.bin")
+        (root / "many" / "entry-0007.txt").write_bytes(b"rewritten\n" * 1000)
+    out = cli("backup", img, tmp_path / "chain")
+    assert "whole disk (btrfs):" in out and "copying all" not in out
+    diff = json.loads(cli("diff", tmp_path / "chain", "0", "1", "--files", "--json"))
+    changed = {f["path"]: f["change"] for f in diff["files"]}
+    assert changed.get("/new.txt") == "created", changed
+    assert changed.get("/small.txt") == "modified", changed
+    assert changed.get("/many/entry-0007.txt") == "modified", changed
+    assert changed.get("/mid/m01.bin") == "deleted", changed
+    assert changed.get("/big-renamed.bin") == "renamed", changed
+    old = {f["path"]: f.get("old_path") for f in diff["files"]}
+    assert old["/big-renamed.bin"] == "/big.bin"
+    assert not any(p.startswith("/mid/m03") for p in changed)
+    extracted = tmp_path / "extracted.bin"
+    cli("extract", tmp_path / "chain", "1", "/big-renamed.bin", extracted)
+    assert extracted.read_bytes() == files["big.bin"]
+    cli("extract", tmp_path / "chain", "0", "/mid/zstd.txt", extracted, "--force")
+    assert extracted.read_bytes() == files["mid/zstd.txt"]
