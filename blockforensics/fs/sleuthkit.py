@@ -10,10 +10,16 @@ read as a file through TSK:
   one bit per cluster of the cluster heap; everything before the heap (boot
   region, FAT) is metadata.  TSK's block is the sector, the heap's geometry
   comes from the boot sector (exFAT specification, section 3.1).
+- HFS+ and HFSX: the allocation file (catalog node ID 6), one bit per
+  allocation block from block 0, most significant bit first (Apple TN1150);
+  its extents come from the volume header at byte 1024, checked against TSK's
+  block size and count.  TSK's block is the allocation block.  The blocks
+  holding the boot blocks and volume header (first 1536 bytes) and the
+  alternate volume header (last 1024 bytes) are always kept.
 
 Any other file system TSK opens is named, and copied whole (FormatError saying
 so: the backup lists it as recognised but not read).  The readers are
-cross-checked against ``ntfscluster`` and ``blkls`` in the tests.
+cross-checked against ``ntfscluster``, ``blkls`` and ``hpfsck`` in the tests.
 """
 
 from __future__ import annotations
@@ -38,6 +44,20 @@ EXFAT_BOOT_SECTOR = Structure("ExfatBootSector", 512, [
     (0x6D, "B", "SectorsPerClusterShift"),
 ])
 EXFAT_NAME = b"EXFAT   "
+#: the HFS+ volume header (TN1150), at byte 1024; the allocation file's fork data
+#: at 112: logical size, clump size, block count, 8 extents (start, count) as 64 bytes
+HFSPLUS_VOLUME_HEADER = Structure("HFSPlusVolumeHeader", 512, [
+    (0, "2s", "signature"),
+    (2, "H", "version"),
+    (40, "I", "blockSize"),
+    (44, "I", "totalBlocks"),
+    (112, "Q", "allocationLogicalSize"),
+    (124, "I", "allocationTotalBlocks"),
+    (128, "64s", "allocationExtents"),
+], byteorder=">")
+HFSPLUS_HEADER_AT = 1024  # bytes from the volume's start
+HFSPLUS_SIGNATURES = {b"H+": 4, b"HX": 5}  # signature -> version
+HFSPLUS_ALLOCATION_FILE_ID = 6  # kHFSAllocationFileID
 NTFS_BITMAP_RECORD = 6  # MFT record number of $Bitmap
 EXFAT_BITMAP_NAME = b"$ALLOC_BITMAP"
 
@@ -61,7 +81,7 @@ def tsk_kind(ftype: int) -> str:
 class TskFileSystem(FileSystem):
     """A file system The Sleuth Kit opens; allocation unit: TSK's block."""
 
-    kinds: ClassVar[tuple[str, ...]] = ("ntfs", "exfat")  # read; any other is only named
+    kinds: ClassVar[tuple[str, ...]] = ("ntfs", "exfat", "hfs")  # read; any other is only named
 
     def __init__(self, disk: Disk, offset: int = 0):
         super().__init__(disk, offset)
@@ -83,6 +103,8 @@ class TskFileSystem(FileSystem):
             flags = self._bitmap(self.fs.open_meta(inode=NTFS_BITMAP_RECORD), self.n_units)
         elif self.kind == "exfat":
             flags = self._exfat()
+        elif self.kind == "hfs":
+            flags = self._hfsplus()
         else:
             raise FormatError(f"{self.name}: The Sleuth Kit opens it, but its allocation is "
                               "not read here")
@@ -113,4 +135,45 @@ class TskFileSystem(FileSystem):
         flags[: boot.ClusterHeapOffset] = True  # boot region, FATs
         flags[boot.ClusterHeapOffset : heap_end] = np.repeat(
             self._bitmap(bitmap, boot.ClusterCount), per_cluster)
+        return flags
+
+    def _hfsplus(self) -> np.ndarray:
+        """HFS+/HFSX: the allocation file's bits, most significant bit first, one per
+        allocation block; the blocks of the first 1536 and last 1024 bytes always set."""
+        head = HFSPLUS_VOLUME_HEADER.parse(self.read(HFSPLUS_HEADER_AT,
+                                                     HFSPLUS_VOLUME_HEADER.size))
+        if HFSPLUS_SIGNATURES.get(head.signature) != head.version:
+            raise FormatError(f"{self.name}: no HFS+ volume header (signature "
+                              f"{head.signature!r}, version {head.version}): HFS wrapper?")
+        if head.blockSize != self.unit or head.totalBlocks != self.n_units:
+            raise FormatError(f"{self.name}: volume header ({head.totalBlocks} blocks of "
+                              f"{head.blockSize} bytes) disagrees with The Sleuth Kit")
+        extents = np.frombuffer(head.allocationExtents, ">u4").reshape(8, 2).astype(np.int64)
+        starts, counts = extents[:, 0], extents[:, 1]
+        need = -(-self.n_units // 8)  # bytes of bitmap
+        in_header = int(counts.sum())
+        if (np.any(starts + counts > self.n_units) or in_header > head.allocationTotalBlocks
+                or head.allocationLogicalSize < need
+                or head.allocationLogicalSize > head.allocationTotalBlocks * self.unit):
+            raise FormatError(f"{self.name}: allocation file ({head.allocationLogicalSize} "
+                              f"bytes, extents {extents[counts > 0].tolist()}) does not fit "
+                              f"{self.n_units} blocks")
+        if in_header * self.unit >= need:  # no overflow extents needed: read them here
+            data = b"".join(self.read(int(s) * self.unit, int(c) * self.unit)
+                            for s, c in zip(starts, counts) if c)[:need]
+        else:  # the rest is in the extents overflow file: TSK follows it
+            data = self.fs.open_meta(inode=HFSPLUS_ALLOCATION_FILE_ID).read_random(0, need)
+        if len(data) != need:
+            raise FormatError(f"{self.name}: allocation file of {len(data)} bytes, "
+                              f"{need} needed")
+        flags = np.unpackbits(np.frombuffer(data, np.uint8), count=self.n_units,
+                              bitorder="big").view(bool).copy()
+        mine = np.zeros(self.n_units, dtype=bool)
+        for start, count in zip(starts, counts):
+            mine[start : start + count] = True
+        if not flags[mine].all():
+            raise FormatError(f"{self.name}: the allocation file does not mark its own "
+                              "blocks as used")
+        flags[: -(-(HFSPLUS_HEADER_AT + HFSPLUS_VOLUME_HEADER.size) // self.unit)] = True
+        flags[(self.size - HFSPLUS_HEADER_AT) // self.unit :] = True  # alternate header
         return flags
