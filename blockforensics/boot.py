@@ -11,6 +11,13 @@ drives.  QEMU runs with TCG (KVM hangs on the machines this was developed on),
 no display and the first serial port on a Unix socket, which is read until the
 expected text appears, QEMU exits (the guest powered off) or the timeout passes.
 
+Firmware: SeaBIOS (QEMU's default, "bios") or OVMF ("uefi": its code read-only
+and a private writable copy of its variable store, both as pflash).  "auto"
+reads the disk's first sectors through this project's MBR and GPT readers: a GPT
+with an EFI system partition and no BIOS boot code in the MBR (its first 440
+bytes zero, as in a bare protective MBR) boots with OVMF, anything else with
+SeaBIOS (:func:`choose_firmware`).
+
 After the expected text, check commands can run in the guest through the same
 serial console, as SureBackup and Datto run theirs: an Enter wakes the console,
 then each command is typed as one line that a POSIX shell on the console runs
@@ -37,9 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blockforensics.errors import UsageError
+from blockforensics.errors import FormatError, UsageError
 from blockforensics.live.qmp import Qmp
-from blockforensics.tools import require
+from blockforensics.tools import require, require_file
 
 if TYPE_CHECKING:
     from blockforensics.formats.base import Disk
@@ -60,6 +67,66 @@ MAGICS = {b"QFI\xfb": "qcow2", b"vhdxfile": "vhdx", b"KDMV": "vmdk"}
 #: Disk interfaces QEMU can attach the disk on: IDE every guest OS has a driver
 #: for; virtio loads a kernel through the BIOS about 2 s faster under TCG.
 INTERFACES = ("ide", "virtio")
+#: firmware choices: SeaBIOS, OVMF, or decided from the disk's first sectors
+FIRMWARES = ("bios", "uefi", "auto")
+#: OVMF (Debian package ovmf): the code, mapped read-only, and the variable store
+#: template, copied for each boot since the firmware writes its variables there
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: GPT partition type of an EFI system partition (UEFI 2.10, table 5.23)
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """The firmware a boot uses ("bios" or "uefi") and why."""
+
+    name: str
+    reason: str
+
+
+def choose_firmware(disk: Disk) -> Firmware:
+    """The firmware ``disk`` boots with, from its first sectors: "uefi" for a GPT holding
+    an EFI system partition with no BIOS boot code in the MBR (the first 440 bytes
+    all zero), else "bios"."""
+    from blockforensics.fs.gpt import looks_like_gpt, read_gpt
+    from blockforensics.fs.mbr import BOOT_CODE_SIZE, looks_like_mbr
+
+    boot_code = disk.read(0, BOOT_CODE_SIZE)
+    if not looks_like_gpt(disk):
+        found = ("an MBR partition table" if looks_like_mbr(disk.read(0, 512))
+                 else "no partition table")
+        return Firmware("bios", f"{found}, no GPT")
+    try:
+        table = read_gpt(disk)
+    except FormatError as exc:
+        return Firmware("bios", f"a GPT that does not read ({exc})")
+    esp = next((p for p in table.partitions if str(p.type).lower() == ESP_TYPE), None)
+    if esp is None:
+        return Firmware("bios", "a GPT without an EFI system partition")
+    if any(boot_code):
+        return Firmware("bios", f"BIOS boot code in the MBR beside a GPT with an EFI system "
+                        f"partition (partition {esp.index})")
+    return Firmware("uefi", f"a GPT with an EFI system partition (partition {esp.index}) "
+                    "and no BIOS boot code in the MBR")
+
+
+def _resolve_firmware(firmware: str | Firmware, source: str) -> Firmware:
+    """``firmware`` as a Firmware: "bios" and "uefi" as asked, "auto" decided from the
+    disk at ``source`` (a file any reader plugin opens, or an NBD URL)."""
+    if isinstance(firmware, Firmware):
+        return firmware
+    if firmware not in FIRMWARES:
+        raise UsageError(f"firmware {firmware!r}: use one of {', '.join(FIRMWARES)}")
+    if firmware != "auto":
+        return Firmware(firmware, "asked for")
+    from blockforensics.formats import open_disk
+
+    try:
+        with open_disk(source) as disk:
+            return choose_firmware(disk)
+    except (FormatError, UsageError, OSError) as exc:
+        return Firmware("bios", f"the disk's first sectors do not read ({exc})")
 
 
 @dataclass
@@ -89,6 +156,8 @@ class BootResult:
     command: list[str] = field(repr=False)  # the QEMU command line
     screenshot: Path | None = None  # PNG of the display when the wait for the marker ended
     runs: list[CommandRun] = field(default_factory=list)  # check commands, in order
+    firmware: str = "bios"  # "bios" (SeaBIOS) or "uefi" (OVMF)
+    firmware_reason: str = ""  # why: "asked for", or what the disk's first sectors showed
 
     def to_json(self) -> dict[str, Any]:
         """The result as data (``boot --json``)."""
@@ -96,7 +165,8 @@ class BootResult:
                 "seconds_total": self.seconds_total, "qemu_exit": self.qemu_exit,
                 "console": self.console, "command": self.command,
                 "screenshot": str(self.screenshot) if self.screenshot else None,
-                "runs": [asdict(run) for run in self.runs]}
+                "runs": [asdict(run) for run in self.runs], "firmware": self.firmware,
+                "firmware_reason": self.firmware_reason}
 
     def tail(self, n: int = 20) -> str:
         """The last ``n`` lines of the console."""
@@ -107,7 +177,8 @@ class BootResult:
                   else f"after {self.seconds_to_marker:.1f} s")
         runs = (f", runs {sum(run.ok for run in self.runs)}/{len(self.runs)} ok"
                 if self.runs else "")
-        return (f"BootResult(ok={self.ok}, marker {marker}, total {self.seconds_total:.1f} s, "
+        return (f"BootResult(ok={self.ok}, {self.firmware}, marker {marker}, "
+                f"total {self.seconds_total:.1f} s, "
                 f"qemu_exit={self.qemu_exit}, console {len(self.console.splitlines())} lines"
                 f"{runs})")
 
@@ -246,7 +317,7 @@ def _text(console: bytes | bytearray) -> str:
 def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
          timeout: float = 120, interface: str = "ide",
          screenshot: str | os.PathLike[str] | None = None, run: Sequence[str] = (),
-         run_timeout: float | None = None) -> BootResult:
+         run_timeout: float | None = None, firmware: str | Firmware = "auto") -> BootResult:
     """Boot ``disk`` (a raw, VHD, VHDX, VMDK or qcow2 file, or an NBD URL) in QEMU for at
     most ``timeout`` seconds; never writes it.
 
@@ -266,6 +337,9 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     for guests that show their state on screen rather than on the serial port.  The
     guest then gets a VGA card, and QEMU is kept alive after a power-off
     (``-no-shutdown``) so the last screen can be taken.
+
+    ``firmware``: "bios" (SeaBIOS), "uefi" (OVMF) or "auto" (from the disk's first
+    sectors, :func:`choose_firmware`); the result says which and why.
     """
     if interface not in INTERFACES:
         raise UsageError(f"disk interface {interface!r}: use one of {', '.join(INTERFACES)}")
@@ -277,6 +351,7 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     if not nbd and not Path(source).is_file():
         raise UsageError(f"{disk}: no such disk file")
     qemu_img, qemu = require("qemu-img"), require("qemu-system-x86_64")
+    chosen = _resolve_firmware(firmware, source)
     wanted = expect.encode() if expect is not None else None
     shot = Path(screenshot).resolve() if screenshot is not None else None
     with tempfile.TemporaryDirectory(prefix="bf-boot-") as work:
@@ -298,6 +373,8 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
                       + (",copy-on-read=on" if nbd else ""),
             "-boot", "c",
         ]
+        if chosen.name == "uefi":
+            command += _ovmf_drives(Path(work))
         monitor_path = Path(work, "qmp.sock")
         if shot is not None:
             command += ["-vga", "std", "-no-shutdown",
@@ -348,7 +425,18 @@ def boot(disk: str | os.PathLike[str], *, expect: str | None = DEFAULT_EXPECT,
     log.debug("boot of %s: ok=%s in %.1f s", source, ok, seconds_total)
     return BootResult(ok=ok, console=_text(console.data), seconds_to_marker=seconds_to_marker,
                       seconds_total=seconds_total, qemu_exit=qemu_exit, command=command,
-                      screenshot=shot, runs=runs)
+                      screenshot=shot, runs=runs, firmware=chosen.name,
+                      firmware_reason=chosen.reason)
+
+
+def _ovmf_drives(work: Path) -> list[str]:
+    """QEMU options mapping OVMF's code read-only and a copy of its variable store
+    (made in ``work``) writable, as the two pflash chips of the machine."""
+    code = require_file(OVMF_CODE)
+    variables = Path(work, "OVMF_VARS.fd")
+    variables.write_bytes(Path(require_file(OVMF_VARS)).read_bytes())
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
 
 
 def _run_all(console: _Console, commands: Sequence[str], timeout: float,
@@ -370,8 +458,10 @@ def boot_disk(disk: Disk, **options: Any) -> BootResult:
     private socket for the boot's duration; ``options`` as for :func:`boot`."""
     from blockforensics.nbd.server import served
 
+    firmware = options.pop("firmware", "auto")
+    chosen = choose_firmware(disk) if firmware == "auto" else firmware
     with served(disk) as server:
-        return boot(server.url, **options)
+        return boot(server.url, firmware=chosen, **options)
 
 
 def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | None = None,

@@ -408,7 +408,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from blockforensics.image.chain import is_chain
 
     options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot,
-               "run": args.run}
+               "run": args.run, "firmware": args.firmware}
     if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
         with _open_source(args.disk, point=args.point, key=_key(args),
                           reader=args.reader) as disk:
@@ -420,11 +420,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
     if args.json:
         print(_dumps({"expect": args.expect, **result.to_json()}, indent=1))
         return EXIT_OK if result.ok else EXIT_CHECK_FAILED
+    firmware = f"firmware {result.firmware}: {result.firmware_reason}"
     if result.seconds_to_marker is not None:
-        print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s")
+        print(f"booted: {args.expect!r} appeared after {result.seconds_to_marker:.1f} s "
+              f"({firmware})")
     else:
-        print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s; "
-              "console tail:")
+        print(f"boot check failed: {args.expect!r} not seen in {result.seconds_total:.1f} s "
+              f"({firmware}); console tail:")
         print(result.tail())
     for run in result.runs:
         print(f"$ {run.command}")
@@ -446,6 +448,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sample = build_ransomware(args.out, fs=args.fs, seed=args.seed)
         print(f"chain {sample.chain_dir} ({sample.fs}, 8 days: benign, then three attacks; "
               f"last clean point {sample.last_clean_point})")
+    elif args.uefi:
+        from blockforensics.datasets.bootdisk import build_uefi_boot_disk
+
+        print(f"bootable UEFI disk {build_uefi_boot_disk(args.out)}")
     else:
         from blockforensics.datasets.bootdisk import build_boot_disk
 
@@ -728,6 +734,9 @@ def _boot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--screenshot", metavar="PNG",
                    help="save the guest's screen when the text appears, or when the wait "
                         "for it ends (QMP screendump)")
+    p.add_argument("--firmware", choices=["bios", "uefi", "auto"], default="auto",
+                   help="SeaBIOS, OVMF, or auto (default): uefi for a GPT with an EFI "
+                        "system partition and no BIOS boot code in the MBR")
 
 
 @_command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",
@@ -737,6 +746,9 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="directory (investigation) or disk file (bootdisk) to create")
     p.add_argument("--fs", choices=["fat32", "ext4"], default="fat32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--uefi", action="store_true",
+                   help="bootdisk: the UEFI-only disk (GPT, EFI system partition, "
+                        "systemd-boot) instead of the BIOS one")
 
 
 @_command("fleet", cmd_fleet, "triage, verify or timeline many chains on Dask, one task "

@@ -1,11 +1,13 @@
 """External programs the toolkit drives (qemu, mtools, The Sleuth Kit …).
 
 ``require`` finds a program or raises a one-line UsageError naming the Debian
-package that provides it, so a missing tool never surfaces as a traceback.
+package that provides it, so a missing tool never surfaces as a traceback;
+``require_file`` does the same for a data file (firmware, a boot loader).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from blockforensics.errors import UsageError
@@ -68,6 +70,13 @@ PACKAGES = {
     "btrfs": "btrfs-progs",
     "mount": "mount",
     "umount": "mount",
+    "mmd": "mtools",
+}
+#: data file -> Debian package that installs it
+FILE_PACKAGES = {
+    "/usr/share/OVMF/OVMF_CODE_4M.fd": "ovmf",
+    "/usr/share/OVMF/OVMF_VARS_4M.fd": "ovmf",
+    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi": "systemd-boot-efi",
 }
 
 
@@ -85,3 +94,13 @@ def require(program: str) -> str:
         hint = f" (install the Debian package {package})" if package else ""
         raise UsageError(f"{program} not found{hint}")
     return path
+
+
+def require_file(path: str | os.PathLike[str]) -> str:
+    """``path`` if that file exists; UsageError naming its package when it is missing."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        package = FILE_PACKAGES.get(name)
+        hint = f" (install the Debian package {package})" if package else ""
+        raise UsageError(f"{name} not found{hint}")
+    return name

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils        # boot and cross-check disks
+  ovmf systemd-boot-efi             # boot UEFI disks (OVMF); the UEFI sample disk's loader
   fuse3                             # expose a backup as a virtual disk file
   mtools dosfstools syslinux syslinux-common fdisk cpio busybox-static linux-image-cloud-amd64
                                     # build the sample bootable disk, make FAT file systems

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blockforensics.tools import PACKAGES, which
+from blockforensics.tools import FILE_PACKAGES, PACKAGES, which
 
 
 def require_tools(*programs: str) -> None:
@@ -28,6 +28,19 @@ def require_tools(*programs: str) -> None:
     if not missing:
         return
     packages = sorted({PACKAGES.get(p, p) for p in missing})
+    reason = f"missing {', '.join(missing)} (Debian: {' '.join(packages)})"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must install these: {reason}")
+    pytest.skip(reason)
+
+
+def require_files(*paths: str | os.PathLike[str]) -> None:
+    """Fail (in CI) or skip (elsewhere) unless every data file (firmware, a boot loader)
+    is installed."""
+    missing = [os.fspath(p) for p in paths if not os.path.isfile(p)]
+    if not missing:
+        return
+    packages = sorted({FILE_PACKAGES.get(p, p) for p in missing})
     reason = f"missing {', '.join(missing)} (Debian: {' '.join(packages)})"
     if os.environ.get("CI"):
         pytest.fail(f"CI must install these: {reason}")

@@ -12,6 +12,13 @@ the kernel command line written in ``syslinux.cfg`` on the FAT partition, so
 whatever a backup stored there is what boots. Building needs no mounts, no root
 and no network: the partition table is written by ``sfdisk`` on the image file
 and the file system by mtools at a byte offset (``-i disk.img@@OFFSET``).
+
+The UEFI sample disk (:func:`build_uefi_boot_disk`) boots the same kernel and
+initramfs through OVMF: a GPT (``sgdisk``) with one EFI system partition, FAT32
+(``mkfs.fat --offset``, filled by mtools), holding systemd-boot as
+``EFI/BOOT/BOOTX64.EFI``, ``loader/loader.conf`` (no menu) and one entry
+``loader/entries/bf.conf`` carrying the marker; its MBR is a bare protective one,
+with no BIOS boot code, so SeaBIOS cannot boot it.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ import stat
 import struct
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.raw import RawDisk
+from blockforensics.fs.gpt import looks_like_gpt, read_gpt
 from blockforensics.fs.mbr import BOOT_CODE_SIZE, read_partitions
-from blockforensics.tools import require
+from blockforensics.tools import require, require_file
 
 SECTOR = 512  # bytes
 MIB = 1 << 20  # bytes
@@ -62,16 +70,34 @@ GUEST_HOST_FILES = ("/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
                     "/usr/lib/x86_64-linux-gnu/gconv/IBM850.so")
 GUEST_MODULE_DIR = "lib/modules/bf"  # in the initramfs; modules named NN-name.ko, load order
 _MARKER = re.compile(r"[A-Za-z0-9._:+-]{1,64}")
-#: Partition types that hold a FAT file system.
-_FAT_TYPES = frozenset({0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E})
+#: Partition types that hold a FAT file system (MBR type bytes; GPT: EFI system
+#: partition, Microsoft basic data).
+_FAT_TYPES = frozenset({0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E,
+                        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+                        "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7"})
+#: UEFI sample disk: systemd-boot (Debian package systemd-boot-efi), the path UEFI
+#: firmware boots from a removable disk, and the loader's files on the ESP
+SYSTEMD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+EFI_BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"
+LOADER_CONF = "loader/loader.conf"
+LOADER_ENTRY = "loader/entries/bf.conf"
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # GPT type of an EFI system partition
+#: fixed GUIDs (disk, ESP) for reproducible tables
+UEFI_DISK_GUID = "42465244-0000-4000-8000-000000000001"
+UEFI_ESP_GUID = "42465244-0000-4000-8000-000000000002"
 
 def fat_partition(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(byte offset, byte length) of the first FAT partition of the disk at ``path``."""
+    """(byte offset, byte length) of the first FAT partition of the disk at ``path``
+    (MBR or GPT)."""
     with RawDisk(path) as disk:
-        for partition in read_partitions(disk):
-            if partition.type in _FAT_TYPES:
+        gpt = looks_like_gpt(disk)
+        partitions = read_gpt(disk).partitions if gpt else read_partitions(disk)
+        for partition in partitions:
+            kind = partition.type.lower() if isinstance(partition.type, str) else partition.type
+            if kind in _FAT_TYPES:
                 return partition.start_byte, partition.length_bytes
-    raise FormatError(f"{path}: no FAT partition in the MBR partition table")
+    raise FormatError(f"{path}: no FAT partition in the {'GPT' if gpt else 'MBR'} "
+                      "partition table")
 
 
 def _run(command: Sequence[str], stdin: bytes | None = None) -> None:
@@ -107,14 +133,20 @@ def read_fat_file(path: str | os.PathLike[str], name: str) -> bytes:
         return target.read_bytes()
 
 
-def _syslinux_config(marker: str) -> bytes:
-    """syslinux.cfg booting the kernel at once, console on the screen and the first
-    serial port (the serial port last: /dev/console, where /init talks).
+def _kernel_options(marker: str) -> str:
+    """The kernel command line: console on the screen and the first serial port (the
+    serial port last: /dev/console, where /init talks), and the marker.
 
     ``no_timer_check``: under TCG on a busy host the kernel's IO-APIC timer check can
     time out and panic ("IO-APIC + timer doesn't work"); a virtual machine needs no such check."""
     if not _MARKER.fullmatch(marker):
         raise UsageError(f"boot marker {marker!r}: use 1-64 of A-Z a-z 0-9 . _ : + -")
+    return f"console=tty0 console=ttyS0 panic=-1 no_timer_check bf.marker={marker}"
+
+
+def _syslinux_config(marker: str) -> bytes:
+    """syslinux.cfg booting the kernel at once with :func:`_kernel_options`."""
+    options = _kernel_options(marker)
     return (
         "SERIAL 0 115200\n"
         "PROMPT 0\n"
@@ -123,13 +155,31 @@ def _syslinux_config(marker: str) -> bytes:
         "LABEL linux\n"
         "  KERNEL vmlinuz\n"
         "  INITRD initrd.gz\n"
-        f"  APPEND console=tty0 console=ttyS0 panic=-1 no_timer_check bf.marker={marker}\n"
+        f"  APPEND {options}\n"
     ).encode()
 
 
+def _loader_entry(marker: str) -> bytes:
+    """systemd-boot's entry for the kernel and initramfs, with :func:`_kernel_options`."""
+    return ("title blockforensics sample\n"
+            "linux /vmlinuz\n"
+            "initrd /initrd.gz\n"
+            f"options {_kernel_options(marker)}\n").encode()
+
+
+#: systemd-boot's loader.conf: boot the entry at once, no menu
+_LOADER_CONF = b"timeout 0\ndefault bf.conf\nconsole-mode keep\neditor no\n"
+
+
 def set_boot_marker(path: str | os.PathLike[str], text: str) -> None:
-    """Rewrite syslinux.cfg on the disk so that the guest prints ``text`` when booted."""
-    write_fat_file(path, CONFIG_NAME, _syslinux_config(text))
+    """Rewrite the boot configuration on the disk (syslinux.cfg, or on a GPT disk
+    systemd-boot's entry) so that the guest prints ``text`` when booted."""
+    with RawDisk(path) as disk:
+        gpt = looks_like_gpt(disk)
+    if gpt:
+        write_fat_file(path, LOADER_ENTRY, _loader_entry(text))
+    else:
+        write_fat_file(path, CONFIG_NAME, _syslinux_config(text))
 
 
 #: /init of the sample disk: print the marker from the kernel command line (on the
@@ -292,18 +342,14 @@ def _kernel() -> Path:
     return kernels[-1]
 
 
-def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_SIZE,
-                    marker: str = "sample") -> Path:
-    """Build the bootable disk at ``path`` (``size_bytes`` bytes, a multiple of 512).
-
-    The image is written under a temporary name, fsynced and renamed, so ``path``
-    is either absent or complete. Takes about a second.
-    """
+def _build_atomically(path: str | os.PathLike[str], size_bytes: int,
+                      fill: Callable[[Path], None]) -> Path:
+    """Create a ``size_bytes`` sparse file under a temporary name beside ``path``, let
+    ``fill`` write the disk into it, fsync and rename it: ``path`` is either absent or
+    complete."""
     if size_bytes % SECTOR or size_bytes < 24 * MIB:
         raise UsageError(f"disk size {size_bytes}: must be a multiple of 512 and at least 24 MiB")
-    config = _syslinux_config(marker)
     target = Path(path)
-    kernel, initrd = _kernel(), _initramfs(_static_busybox(), _INIT, _sample_files())
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(name)
     try:
@@ -311,21 +357,7 @@ def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_S
         os.ftruncate(fd, size_bytes)
         os.close(fd)
         fd = -1
-        table = (f"label: dos\nlabel-id: 0x{DISK_ID:08x}\n"
-                 f"start={PARTITION_START_SECTOR}, type={FAT16_LBA:x}, bootable\n")
-        _run([require("sfdisk"), "--quiet", str(tmp)], stdin=table.encode())
-        _install_boot_code(tmp, SYSLINUX_MBR.read_bytes())
-        offset, length = fat_partition(tmp)
-        spec = f"{tmp}@@{offset}"
-        _run([require("mformat"), "-i", spec, "-T", str(length // SECTOR), "-h", "64", "-s", "32",
-              "-H", str(offset // SECTOR), "-N", VOLUME_SERIAL, "-v", "BFBOOT", "::"])
-        _run([require("syslinux"), "--install", "--offset", str(offset), str(tmp)])
-        with tempfile.TemporaryDirectory(prefix="bf-bootdisk-") as work:
-            Path(work, "initrd.gz").write_bytes(initrd)
-            Path(work, CONFIG_NAME).write_bytes(config)
-            _run([require("mcopy"), "-i", spec, str(kernel), "::vmlinuz"])
-            _run([require("mcopy"), "-i", spec, str(Path(work, "initrd.gz")),
-                  str(Path(work, CONFIG_NAME)), "::"])
+        fill(tmp)
         with open(tmp, "r+b") as f:
             os.fsync(f.fileno())
         tmp.replace(target)
@@ -342,12 +374,77 @@ def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_S
     return target
 
 
-def _cache_key(size_bytes: int, marker: str) -> str:
+def build_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_SIZE,
+                    marker: str = "sample") -> Path:
+    """Build the bootable (BIOS) disk at ``path`` (``size_bytes`` bytes, a multiple of 512).
+
+    The image is written under a temporary name, fsynced and renamed, so ``path``
+    is either absent or complete. Takes about a second.
+    """
+    config = _syslinux_config(marker)
+    kernel, initrd = _kernel(), _initramfs(_static_busybox(), _INIT, _sample_files())
+
+    def fill(tmp: Path) -> None:
+        table = (f"label: dos\nlabel-id: 0x{DISK_ID:08x}\n"
+                 f"start={PARTITION_START_SECTOR}, type={FAT16_LBA:x}, bootable\n")
+        _run([require("sfdisk"), "--quiet", str(tmp)], stdin=table.encode())
+        _install_boot_code(tmp, SYSLINUX_MBR.read_bytes())
+        offset, length = fat_partition(tmp)
+        spec = f"{tmp}@@{offset}"
+        _run([require("mformat"), "-i", spec, "-T", str(length // SECTOR), "-h", "64", "-s", "32",
+              "-H", str(offset // SECTOR), "-N", VOLUME_SERIAL, "-v", "BFBOOT", "::"])
+        _run([require("syslinux"), "--install", "--offset", str(offset), str(tmp)])
+        with tempfile.TemporaryDirectory(prefix="bf-bootdisk-") as work:
+            Path(work, "initrd.gz").write_bytes(initrd)
+            Path(work, CONFIG_NAME).write_bytes(config)
+            _run([require("mcopy"), "-i", spec, str(kernel), "::vmlinuz"])
+            _run([require("mcopy"), "-i", spec, str(Path(work, "initrd.gz")),
+                  str(Path(work, CONFIG_NAME)), "::"])
+
+    return _build_atomically(path, size_bytes, fill)
+
+
+def build_uefi_boot_disk(path: str | os.PathLike[str], *, size_bytes: int = DEFAULT_SIZE,
+                         marker: str = "sample") -> Path:
+    """Build the UEFI-only sample disk at ``path``: GPT, one FAT32 EFI system partition
+    with systemd-boot, the same kernel and initramfs (and marker) as the BIOS disk, and
+    no BIOS boot code. Written as :func:`build_boot_disk` writes."""
+    entry = _loader_entry(marker)
+    loader = Path(require_file(SYSTEMD_BOOT))
+    kernel, initrd = _kernel(), _initramfs(_static_busybox(), _INIT, _sample_files())
+
+    def fill(tmp: Path) -> None:
+        _run([require("sgdisk"), "--clear", f"--disk-guid={UEFI_DISK_GUID}",
+              f"--new=1:{PARTITION_START_SECTOR}:0", f"--typecode=1:{ESP_GUID}",
+              f"--partition-guid=1:{UEFI_ESP_GUID}", "--change-name=1:EFI system partition",
+              str(tmp)])
+        offset, length = fat_partition(tmp)
+        _run([require("mkfs.fat"), "-F", "32", "-s", "1", "-S", str(SECTOR),
+              "--offset", str(offset // SECTOR), "-i", VOLUME_SERIAL, "-n", "BFEFI",
+              str(tmp), str(length // 1024)])
+        spec = f"{tmp}@@{offset}"
+        _run([require("mmd"), "-i", spec, "::EFI", "::EFI/BOOT", "::loader",
+              "::loader/entries"])
+        with tempfile.TemporaryDirectory(prefix="bf-bootdisk-") as work:
+            files = {"initrd.gz": initrd, "loader.conf": _LOADER_CONF, "bf.conf": entry}
+            for name, data in files.items():
+                Path(work, name).write_bytes(data)
+            for source, target in [(loader, EFI_BOOT_PATH), (kernel, "vmlinuz"),
+                                   (Path(work, "initrd.gz"), "initrd.gz"),
+                                   (Path(work, "loader.conf"), LOADER_CONF),
+                                   (Path(work, "bf.conf"), LOADER_ENTRY)]:
+                _run([require("mcopy"), "-i", spec, str(source), f"::{target}"])
+
+    return _build_atomically(path, size_bytes, fill)
+
+
+def _cache_key(size_bytes: int, marker: str, uefi: bool = False) -> str:
     """Hash of everything the disk is built from: builder version, /init, options, and
     the bytes of every host file it copies."""
-    h = hashlib.sha256(f"{BUILDER_VERSION}:{size_bytes}:{marker}".encode() + _INIT)
-    sources = [_kernel(), _static_busybox(), SYSLINUX_MBR, Path(require("syslinux")),
-               *_sample_files().values()]
+    h = hashlib.sha256(f"{BUILDER_VERSION}:{size_bytes}:{marker}:{uefi}".encode() + _INIT)
+    loaders = ([Path(require_file(SYSTEMD_BOOT))] if uefi
+               else [SYSLINUX_MBR, Path(require("syslinux"))])
+    sources = [_kernel(), _static_busybox(), *loaders, *_sample_files().values()]
     for source in sources:
         h.update(source.name.encode() + b"\0")
         h.update(source.read_bytes())
@@ -355,8 +452,10 @@ def _cache_key(size_bytes: int, marker: str) -> str:
 
 
 def cached_boot_disk(cache_dir: str | os.PathLike[str] | None = None, *,
-                     size_bytes: int = DEFAULT_SIZE, marker: str = "sample") -> Path:
-    """Path of the bootable disk, built once per set of inputs into ``cache_dir``.
+                     size_bytes: int = DEFAULT_SIZE, marker: str = "sample",
+                     uefi: bool = False) -> Path:
+    """Path of the bootable disk (``uefi``: the UEFI-only one), built once per set of
+    inputs into ``cache_dir``.
 
     ``cache_dir`` defaults to ``$BLOCKFORENSICS_CACHE`` or ``~/.cache/blockforensics``.
     The cached file is shared: copy it before modifying it.
@@ -366,7 +465,9 @@ def cached_boot_disk(cache_dir: str | os.PathLike[str] | None = None, *,
     directory = Path(cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
     release = _kernel().name.removeprefix("vmlinuz-")
-    path = directory / f"bootdisk-{release}-{_cache_key(size_bytes, marker)}.img"
+    kind = "uefidisk" if uefi else "bootdisk"
+    path = directory / f"{kind}-{release}-{_cache_key(size_bytes, marker, uefi)}.img"
     if not path.exists():
-        build_boot_disk(path, size_bytes=size_bytes, marker=marker)
+        build = build_uefi_boot_disk if uefi else build_boot_disk
+        build(path, size_bytes=size_bytes, marker=marker)
     return path
