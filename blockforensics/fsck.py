@@ -2,8 +2,8 @@
 (FUSE, ``partN.raw`` beside ``disk.raw``, for every partition of an MBR — logical ones
 included — or GPT table, ``VG-LV.raw`` for every LVM2 logical volume) and handed to its
 file-system checker in no-change mode — ``fsck.fat -n``, ``e2fsck -f -n``,
-``fsck.exfat -n``, ``ntfsfix -n``, ``xfs_repair -n`` — one result per partition (or for
-the whole disk when it has no partition table).
+``fsck.exfat -n``, ``ntfsfix -n``, ``xfs_repair -n``, ``btrfs check --readonly`` — one
+result per partition (or for the whole disk when it has no partition table).
 
 What a partition holds is decided by its signature; when its structures no longer hold
 together, by the magic bytes alone; when even those are gone (a wiped superblock or boot
@@ -27,7 +27,8 @@ from blockforensics.tools import PACKAGES, which
 #: the checker of each file-system family, in read-only (no change) mode
 CHECKERS = {"fat": ["fsck.fat", "-n"], "ext": ["e2fsck", "-f", "-n"],
             "exfat": ["fsck.exfat", "-n"], "ntfs": ["ntfsfix", "-n"],
-            "xfs": ["xfs_repair", "-n", "-f"]}  # -f: an image file, not a device
+            "xfs": ["xfs_repair", "-n", "-f"],  # -f: an image file, not a device
+            "btrfs": ["btrfs", "check", "--readonly"]}
 #: seconds a checker may take
 CHECK_TIMEOUT = 600
 #: (family, byte offset, magic): what a file system's first bytes still say when its
