@@ -3,8 +3,7 @@
 included — or GPT table, ``VG-LV.raw`` for every LVM2 logical volume) and handed to its
 file-system checker in no-change mode — ``fsck.fat -n``, ``e2fsck -f -n``,
 ``fsck.exfat -n``, ``ntfsfix -n``, ``xfs_repair -n``, ``btrfs check --readonly`` — one
-result per partition (or for
-the whole disk when it has no partition table).
+result per partition (or for the whole disk when it has no partition table).
 
 What a partition holds is decided by its signature; when its structures no longer hold
 together, by the magic bytes alone; when even those are gone (a wiped superblock or boot

@@ -105,3 +105,25 @@ def test_verify_fs_json(chain: Path) -> None:
     assert fs["checks"][0]["command"][:2] == ["fsck.fat", "-n"]
     clean = json.loads(bf("verify", chain, "--fs", "--json", "--point", "0").stdout)
     assert clean["ok"] is True and clean["filesystems"]["ok"] is True
+
+
+def test_btrfs_is_checked_and_its_damage_found(tmp_path: Path) -> None:
+    """A Btrfs made by mkfs.btrfs is checked clean by ``btrfs check --readonly``; one whose
+    superblock was damaged before its backup (copied whole) is checked and fails."""
+    require_tools("mkfs.btrfs", "btrfs")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "notes.txt").write_bytes(b"kept on btrfs\n" * 500)
+    volume = tmp_path / "volume.img"
+    volume.write_bytes(bytes(128 * MiB))
+    run("mkfs.btrfs", "-q", "--rootdir", tmp_path / "src", volume)
+    clean = bf("backup", volume, tmp_path / "clean")
+    with volume.open("r+b") as fh:  # the primary superblock's root tree address
+        fh.seek(0x10000 + 0x50)
+        fh.write(b"\xff" * 8)
+    damaged = bf("backup", volume, tmp_path / "damaged")
+    assert clean.returncode == damaged.returncode == 0, clean.stderr + damaged.stderr
+    for name, ok in (("clean", True), ("damaged", False)):
+        done = bf("verify", tmp_path / name, "--fs", "--json")
+        [check] = json.loads(done.stdout)["filesystems"]["checks"]
+        assert check["filesystem"].startswith("btrfs") and check["ok"] is ok, check
+        assert done.returncode == (0 if ok else 1)
