@@ -168,6 +168,26 @@ def test_allocation_equals_dump_tree(tmp_path: Path, metadata: str, mount: bool)
         assert profiles[0x1] == 1  # DATA single
 
 
+@pytest.mark.parametrize("options", [("--csum", "xxhash"), ("--csum", "sha256"),
+                                     ("--csum", "blake2"), ("--mixed",), ("-n", "4096"),
+                                     ("-n", "65536"), ("-d", "dup")],
+                         ids=["xxhash", "sha256", "blake2", "mixed", "node4k", "node64k",
+                              "data-dup"])
+def test_checksums_node_sizes_and_profiles(tmp_path: Path, options: tuple[str, ...]) -> None:
+    """Every checksum type, mixed block groups, node sizes, DUP data: the map equals
+    dump-tree's."""
+    require_tools(*TOOLS)
+    img = tmp_path / "btrfs.img"
+    with img.open("wb") as fh:
+        fh.truncate(200 * MIB)
+    tree = tmp_path / "tree"
+    write(tree, content())
+    run("mkfs.btrfs", "-q", "-f", *options, "--rootdir", tree, img)
+    region = survey(img).regions[0]
+    assert region.filesystem == "btrfs" and not region.note, region
+    assert np.array_equal(filesystem_allocation(img).to_bools(), expected_allocation(img))
+
+
 def test_backup_restores_a_clean_btrfs_with_identical_files(tmp_path: Path) -> None:
     mount = can_mount()
     img, files = make(tmp_path, "dup", mount=mount)
