@@ -20,12 +20,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from blockforensics.checksum import crc32c
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import (
     SECTOR,
@@ -130,25 +130,6 @@ class MetadataTableEntry(Record):
     length: int = f("I")
     flags: int = f("I")  # IS_VIRTUAL_DISK, IS_REQUIRED
     reserved: int = f("I")
-
-
-@cache
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum of VHDX headers and region tables."""
-    table, crc = _crc32c_table(), 0xFFFFFFFF
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 def _sealed(raw: bytes) -> bytes:

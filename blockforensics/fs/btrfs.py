@@ -35,9 +35,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
+from blockforensics.checksum import crc32c
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
-from blockforensics.formats.vhdx import crc32c
 from blockforensics.fs.base import FileSystem, units_map
 from blockforensics.fs.structure import Structure
 
