@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from blockforensics.dissectfiles import DissectLister, Window
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.btrfs import BtrfsFileSystem
 from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
-from blockforensics.xfsfiles import _Window
 
 
 def _dissect_btrfs() -> Any:
@@ -40,13 +40,14 @@ def _dissect_btrfs() -> Any:
     return module
 
 
-class BtrfsLister:
+class BtrfsLister(DissectLister):
     """Lists and reads the files of the default subvolume of the Btrfs volume at byte
     ``offset`` of ``disk`` (``to_disk`` turns its byte ranges into the disk's);
     FormatError when the volume is not one this project maps (several devices, RAID)
     or dissect.btrfs cannot open it."""
 
     fs_name = "btrfs"
+    library = "dissect.btrfs"
 
     def __init__(self, disk: Disk, offset: int, to_disk: ToDisk):
         self.geometry = BtrfsFileSystem(disk, offset)
@@ -54,7 +55,7 @@ class BtrfsLister:
         self.to_disk = to_disk
         module = _dissect_btrfs()
         try:
-            self.btrfs = module.Btrfs(_Window(disk, offset, self.geometry.size))
+            self.btrfs = module.Btrfs(Window(disk, offset, self.geometry.size))
             self.subvolume = self.btrfs.default_subvolume
         except Exception as exc:  # dissect raises its own errors and struct's EOFError
             raise FormatError(f"dissect.btrfs cannot open the Btrfs volume: {exc}") from None
@@ -108,43 +109,21 @@ class BtrfsLister:
                  child) for name, child in node.iterdir() if name not in (".", "..")]
 
     # ------------------------------------------------------------------ lister
-    def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
-        """Add the root (``root_path``, ending in "/") and every file and directory of the
-        default subvolume below it to ``entries``; returns why any part could not be
-        read (none: [])."""
-        problems: list[str] = []
-        top = self.subvolume.root
-        root = entries[root_path] = self._entry(root_path, top)
-        seen = {int(top.inum)}
-        stack: list[tuple[str, Any, Entry]] = [(root_path, top, root)]
-        while stack:  # a stack, not recursion: trees may be thousands of levels deep
-            dir_path, node, owner = stack.pop()
-            names = []
-            try:
-                for name, child in self._children(node):
-                    path = dir_path + name
-                    entry = entries[path] = self._entry(path, child)
-                    names.append(name)
-                    if child.subvolume.objectid != self.subvolume.objectid:
-                        self.nested.append(path)
-                    elif entry.type == "dir" and entry.inode not in seen:
-                        seen.add(entry.inode)
-                        stack.append((path + "/", child, entry))
-            except Exception as exc:  # a damaged directory or inode: named, not hidden
-                problems.append(f"{dir_path}: dissect.btrfs could not read it ({exc})")
-            owner.children = frozenset(names)
-        if self.nested:
-            problems.append(f"{len(self.nested)} subvolumes inside the default one are "
-                            f"named but not listed, e.g. {self.nested[0]}")
-        return problems
+    def _root(self) -> Any:
+        return self.subvolume.root
 
-    def _node(self, inner: str) -> Any:
-        """The inode at path ``inner`` of the default subvolume."""
-        node = self.subvolume.root
-        for part in inner.split("/"):
-            if part:
-                node = dict(self._children(node))[part]
-        return node
+    def _descend(self, path: str, node: Any) -> bool:
+        """Not into a subvolume nested in the default one (named in the notes)."""
+        if node.subvolume.objectid != self.subvolume.objectid:
+            self.nested.append(path)
+            return False
+        return True
+
+    def _notes(self) -> list[str]:
+        if not self.nested:
+            return []
+        return [f"{len(self.nested)} subvolumes inside the default one are named but not "
+                f"listed, e.g. {self.nested[0]}"]
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         """The file at ``inner`` (its path inside the file system) as an Entry named
@@ -164,7 +143,3 @@ class BtrfsLister:
             for lo in range(0, entry.size, CHUNK_BYTES):
                 data = fh.read(min(CHUNK_BYTES, entry.size - lo))
                 yield data + bytes(min(CHUNK_BYTES, entry.size - lo) - len(data))
-
-    def find_deleted(self, path: str, inner_parent: str, name: str) -> tuple[Entry, bytes] | None:
-        """None: nothing of a deleted file is kept for recovery here."""
-        return None

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from blockforensics.dissectfiles import DissectLister, Window
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.xfs import XfsFileSystem
@@ -50,34 +51,13 @@ def _dissect_xfs() -> Any:
     return module
 
 
-class _Window:
-    """A read-only file object over ``length`` bytes of a Disk from byte ``offset``."""
-
-    def __init__(self, disk: Disk, offset: int, length: int):
-        self.disk, self.offset, self.length, self.pos = disk, offset, length, 0
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else self.length + pos
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        stop = self.length if n is None or n < 0 else min(self.pos + n, self.length)
-        if stop <= self.pos:
-            return b""
-        data = self.disk.read(self.offset + self.pos, stop - self.pos)
-        self.pos += len(data)
-        return data
-
-
-class XfsLister:
+class XfsLister(DissectLister):
     """Lists and reads the files of the XFS file system at byte ``offset`` of ``disk``
     (``to_disk`` turns its byte ranges into the disk's); FormatError when dissect.xfs
     cannot open it."""
 
     fs_name = "xfs"
+    library = "dissect.xfs"
 
     def __init__(self, disk: Disk, offset: int, to_disk: ToDisk):
         self.geometry = XfsFileSystem(disk, offset)
@@ -85,7 +65,7 @@ class XfsLister:
         self.disk, self.offset = disk, offset
         module = _dissect_xfs()
         try:
-            self.xfs = module.XFS(_Window(disk, offset, self.geometry.size))
+            self.xfs = module.XFS(Window(disk, offset, self.geometry.size))
         except Exception as exc:  # dissect raises its own errors and struct's EOFError
             raise FormatError(f"dissect.xfs cannot open the XFS file system: {exc}") from None
         self.block_size = self.geometry.block_size
@@ -178,40 +158,14 @@ class XfsLister:
         return out
 
     # ------------------------------------------------------------------ lister
-    def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
-        """Add the root (``root_path``, ending in "/") and every file and directory below
-        it to ``entries``; returns why any directory could not be read (none: [])."""
-        problems: list[str] = []
-        root = entries[root_path] = self._entry(root_path, self.xfs.root)
-        seen = {int(self.xfs.root.inum)}
-        stack: list[tuple[str, Any, Entry]] = [(root_path, self.xfs.root, root)]
-        while stack:  # a stack, not recursion: trees may be thousands of levels deep
-            dir_path, node, owner = stack.pop()
-            names = []
-            try:
-                for name, child in self._children(node):
-                    path = dir_path + name
-                    entry = entries[path] = self._entry(path, child)
-                    names.append(name)
-                    if entry.type == "dir" and entry.inode not in seen:
-                        seen.add(entry.inode)
-                        stack.append((path + "/", child, entry))
-            except Exception as exc:  # a damaged directory or inode: named, not hidden
-                problems.append(f"{dir_path}: dissect.xfs could not read it ({exc})")
-            owner.children = frozenset(names)
-        if self.realtime:
-            problems.append(f"{len(self.realtime)} files keep their data on the realtime "
-                            f"device, not in this image (listed without content), e.g. "
-                            f"{self.realtime[0]}")
-        return problems
+    def _root(self) -> Any:
+        return self.xfs.root
 
-    def _node(self, inner: str) -> Any:
-        """The inode at path ``inner`` (FileNotFoundError when there is none)."""
-        node = self.xfs.root
-        for part in inner.split("/"):
-            if part:
-                node = dict(self._children(node))[part]
-        return node
+    def _notes(self) -> list[str]:
+        if not self.realtime:
+            return []
+        return [f"{len(self.realtime)} files keep their data on the realtime device, not "
+                f"in this image (listed without content), e.g. {self.realtime[0]}"]
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         """The file at ``inner`` (its path inside the file system) as an Entry named
@@ -244,7 +198,3 @@ class XfsLister:
             step = min(CHUNK_BYTES, entry.size - at)
             yield bytes(step)
             at += step
-
-    def find_deleted(self, path: str, inner_parent: str, name: str) -> tuple[Entry, bytes] | None:
-        """None: XFS frees a deleted file's extents in its inode, nothing to recover."""
-        return None

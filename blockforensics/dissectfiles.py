@@ -1,0 +1,105 @@
+"""What the listers of file systems read through Fox-IT's dissect (XFS, Btrfs) share:
+the walk of the directory tree into :class:`~blockforensics.tsk.Entry` rows, the
+lookup of a path, and a byte window of the disk for dissect to read.  Each file
+system's lister says how a directory's children, an entry and the root are read
+(:mod:`blockforensics.xfsfiles`, :mod:`blockforensics.btrfsfiles`).
+
+Units: bytes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from blockforensics.formats.base import Disk
+from blockforensics.tsk import Entry
+
+
+class Window:
+    """Bytes ``offset .. offset + length`` of ``disk`` as a read-only file object (what
+    dissect's readers open)."""
+
+    def __init__(self, disk: Disk, offset: int, length: int):
+        self.disk, self.offset, self.length, self.pos = disk, offset, length, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else self.length + pos
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        stop = self.length if n is None or n < 0 else min(self.pos + n, self.length)
+        if stop <= self.pos:
+            return b""
+        data = self.disk.read(self.offset + self.pos, stop - self.pos)
+        self.pos += len(data)
+        return data
+
+
+class DissectLister(ABC):
+    """The walk and path lookup of a :class:`~blockforensics.tsk.Lister` over a dissect
+    file system; subclasses give its root, children and entries."""
+
+    #: the library named when a directory cannot be read ("dissect.xfs" …)
+    library: str
+
+    @abstractmethod
+    def _root(self) -> Any:
+        """The root directory's node."""
+
+    @abstractmethod
+    def _children(self, node: Any) -> list[tuple[str, Any]]:
+        """``(name, node)`` of a directory's entries but "." and ".."."""
+
+    @abstractmethod
+    def _entry(self, path: str, node: Any) -> Entry:
+        """The Entry named ``path`` of ``node``."""
+
+    def _descend(self, path: str, node: Any) -> bool:
+        """Whether the directory ``node`` at ``path`` is walked into (default: yes)."""
+        return True
+
+    def _notes(self) -> list[str]:
+        """What the walk met that it does not list (said after it)."""
+        return []
+
+    def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
+        """Add the root (``root_path``, ending in "/") and every file and directory below
+        it to ``entries``; returns why any part could not be read (none: [])."""
+        problems: list[str] = []
+        top = self._root()
+        root = entries[root_path] = self._entry(root_path, top)
+        seen = {root.inode}
+        stack: list[tuple[str, Any, Entry]] = [(root_path, top, root)]
+        while stack:  # a stack, not recursion: trees may be thousands of levels deep
+            dir_path, node, owner = stack.pop()
+            names = []
+            try:
+                for name, child in self._children(node):
+                    path = dir_path + name
+                    entry = entries[path] = self._entry(path, child)
+                    names.append(name)
+                    if (entry.type == "dir" and self._descend(path, child)
+                            and entry.inode not in seen):
+                        seen.add(entry.inode)
+                        stack.append((path + "/", child, entry))
+            except Exception as exc:  # a damaged directory or inode: named, not hidden
+                problems.append(f"{dir_path}: {self.library} could not read it ({exc})")
+            owner.children = frozenset(names)
+        return problems + self._notes()
+
+    def _node(self, inner: str) -> Any:
+        """The node at path ``inner`` inside the file system (KeyError, or dissect's
+        own error, when there is none)."""
+        node = self._root()
+        for part in inner.split("/"):
+            if part:
+                node = dict(self._children(node))[part]
+        return node
+
+    def find_deleted(self, path: str, inner_parent: str, name: str) -> tuple[Entry, bytes] | None:
+        """None: neither XFS nor Btrfs keeps a deleted file's extents to recover."""
+        return None
