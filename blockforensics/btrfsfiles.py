@@ -24,20 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from blockforensics.dissectfiles import DissectLister, Window
-from blockforensics.errors import FormatError, UsageError
+from blockforensics.dissectfiles import DissectLister, Window, dissect_module
+from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.btrfs import BtrfsFileSystem
 from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
-
-
-def _dissect_btrfs() -> Any:
-    try:
-        from dissect.btrfs import btrfs as module
-    except ImportError as exc:
-        raise UsageError("Btrfs file listings need dissect.btrfs (pip install dissect.btrfs)") \
-            from exc
-    return module
 
 
 class BtrfsLister(DissectLister):
@@ -53,7 +44,7 @@ class BtrfsLister(DissectLister):
         self.geometry = BtrfsFileSystem(disk, offset)
         self.geometry.read_chunk_tree()
         self.to_disk = to_disk
-        module = _dissect_btrfs()
+        module = dissect_module("btrfs")
         try:
             self.btrfs = module.Btrfs(Window(disk, offset, self.geometry.size))
             self.subvolume = self.btrfs.default_subvolume

@@ -9,11 +9,23 @@ Units: bytes.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import Any
 
+from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.tsk import Entry
+
+
+def dissect_module(name: str) -> Any:
+    """dissect's module of file system ``name`` ("xfs", "btrfs"): ``dissect.NAME.NAME``;
+    UsageError naming the pip package when it is not installed."""
+    try:
+        return importlib.import_module(f"dissect.{name}.{name}")
+    except ImportError as exc:
+        raise UsageError(f"{name} file listings need dissect.{name} "
+                         f"(pip install dissect.{name})") from exc
 
 
 class Window:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from blockforensics.dissectfiles import DissectLister, Window
+from blockforensics.dissectfiles import DissectLister, Window, dissect_module
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.xfs import XfsFileSystem
@@ -42,15 +42,6 @@ DIR_BLOCK_TAIL = 8  # count, stale: the last bytes of a block-format directory b
 DIR_LEAF_ENTRY = 8  # hashval, address: the leaf entries before the tail
 
 
-def _dissect_xfs() -> Any:
-    try:
-        from dissect.xfs import xfs as module
-    except ImportError as exc:
-        raise UsageError("XFS file listings need dissect.xfs (pip install dissect.xfs)") \
-            from exc
-    return module
-
-
 class XfsLister(DissectLister):
     """Lists and reads the files of the XFS file system at byte ``offset`` of ``disk``
     (``to_disk`` turns its byte ranges into the disk's); FormatError when dissect.xfs
@@ -63,7 +54,7 @@ class XfsLister(DissectLister):
         self.geometry = XfsFileSystem(disk, offset)
         self.to_disk = to_disk
         self.disk, self.offset = disk, offset
-        module = _dissect_xfs()
+        module = dissect_module("xfs")
         try:
             self.xfs = module.XFS(Window(disk, offset, self.geometry.size))
         except Exception as exc:  # dissect raises its own errors and struct's EOFError

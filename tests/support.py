@@ -164,3 +164,21 @@ def bf_ok(*args: object, **kwargs: object) -> str:
 
     return run(sys.executable, "-m", "blockforensics.cli", *args, **kwargs)
 
+
+def assert_diff(chain: Path, expected: dict[str, str], renamed: dict[str, str],
+                untouched: tuple[str, ...] = ()) -> dict[str, str]:
+    """``diff CHAIN 0 1 --files`` reports each path of ``expected`` with its change, each
+    new name of ``renamed`` with its old path, and nothing under ``untouched``; the
+    changes by path."""
+    import json
+
+    diff = json.loads(bf_ok("diff", chain, "0", "1", "--files", "--json"))
+    changed = {f["path"]: f["change"] for f in diff["files"]}
+    for path, change in expected.items():
+        assert changed.get(path) == change, (path, changed)
+    old = {f["path"]: f.get("old_path") for f in diff["files"]}
+    for path, was in renamed.items():
+        assert changed.get(path) == "renamed" and old[path] == was, (path, changed)
+    assert not any(p.startswith(untouched) for p in changed), changed
+    return changed
+
