@@ -13,10 +13,10 @@ expected text appears, QEMU exits (the guest powered off) or the timeout passes.
 
 Firmware: SeaBIOS (QEMU's default, "bios") or OVMF ("uefi": its code read-only
 and a private writable copy of its variable store, both as pflash).  "auto"
-reads the disk's first sectors through this project's MBR and GPT readers: a GPT
-with an EFI system partition and no BIOS boot code in the MBR (its first 440
-bytes zero, as in a bare protective MBR) boots with OVMF, anything else with
-SeaBIOS (:func:`choose_firmware`).
+reads the disk's first sectors through this project's MBR and GPT readers: an EFI
+system partition (in a GPT, or of type 0xEF in an MBR) and no BIOS boot code in the
+MBR (its first 440 bytes zero, as in a bare protective MBR) boots with OVMF,
+anything else with SeaBIOS (:func:`choose_firmware`).
 
 After the expected text, check commands can run in the guest through the same
 serial console, as SureBackup and Datto run theirs: an Enter wakes the console,
@@ -75,6 +75,8 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: GPT partition type of an EFI system partition (UEFI 2.10, table 5.23)
 ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+#: MBR partition type byte of an EFI system partition (UEFI 2.10, §5.2.2)
+ESP_MBR_TYPE = 0xEF
 
 
 @dataclass(frozen=True)
@@ -86,29 +88,40 @@ class Firmware:
 
 
 def choose_firmware(disk: Disk) -> Firmware:
-    """The firmware ``disk`` boots with, from its first sectors: "uefi" for a GPT holding
-    an EFI system partition with no BIOS boot code in the MBR (the first 440 bytes
-    all zero), else "bios"."""
+    """The firmware ``disk`` boots with, from its first sectors: "uefi" for an EFI
+    system partition (a GPT's partition of type ESP, or an MBR's of type 0xEF — UEFI
+    2.10 §5.2.1 allows both) with no BIOS boot code in the MBR (its first 440 bytes all
+    zero), else "bios"."""
     from blockforensics.fs.gpt import looks_like_gpt, read_gpt
-    from blockforensics.fs.mbr import BOOT_CODE_SIZE, looks_like_mbr
+    from blockforensics.fs.mbr import BOOT_CODE_SIZE, SECTOR, looks_like_mbr, read_partitions
 
     boot_code = disk.read(0, BOOT_CODE_SIZE)
-    if not looks_like_gpt(disk):
-        found = ("an MBR partition table" if looks_like_mbr(disk.read(0, 512))
-                 else "no partition table")
-        return Firmware("bios", f"{found}, no GPT")
-    try:
-        table = read_gpt(disk)
-    except FormatError as exc:
-        return Firmware("bios", f"a GPT that does not read ({exc})")
-    esp = next((p for p in table.partitions if str(p.type).lower() == ESP_TYPE), None)
+    if looks_like_gpt(disk):
+        table = "a GPT"
+        try:
+            partitions = read_gpt(disk).partitions
+        except FormatError as exc:
+            return Firmware("bios", f"a GPT that does not read ({exc})")
+    elif looks_like_mbr(disk.read(0, SECTOR)):
+        table = "an MBR partition table"
+        partitions = read_partitions(disk)
+    else:
+        return Firmware("bios", "no partition table")
+    esp = next((p for p in partitions if _is_esp(p.type)), None)
     if esp is None:
-        return Firmware("bios", "a GPT without an EFI system partition")
+        return Firmware("bios", f"{table} without an EFI system partition")
     if any(boot_code):
-        return Firmware("bios", f"BIOS boot code in the MBR beside a GPT with an EFI system "
-                        f"partition (partition {esp.index})")
-    return Firmware("uefi", f"a GPT with an EFI system partition (partition {esp.index}) "
+        return Firmware("bios", f"BIOS boot code in the MBR beside {table} with an EFI "
+                        f"system partition (partition {esp.index})")
+    return Firmware("uefi", f"{table} with an EFI system partition (partition {esp.index}) "
                     "and no BIOS boot code in the MBR")
+
+
+def _is_esp(partition_type: int | str) -> bool:
+    """True for an EFI system partition's type: the GPT GUID or the MBR byte 0xEF."""
+    if isinstance(partition_type, int):
+        return partition_type == ESP_MBR_TYPE
+    return str(partition_type).lower() == ESP_TYPE
 
 
 def _resolve_firmware(firmware: str | Firmware, source: str) -> Firmware:

@@ -735,8 +735,8 @@ def _boot_arguments(p: argparse.ArgumentParser) -> None:
                    help="save the guest's screen when the text appears, or when the wait "
                         "for it ends (QMP screendump)")
     p.add_argument("--firmware", choices=["bios", "uefi", "auto"], default="auto",
-                   help="SeaBIOS, OVMF, or auto (default): uefi for a GPT with an EFI "
-                        "system partition and no BIOS boot code in the MBR")
+                   help="SeaBIOS, OVMF, or auto (default): uefi for an EFI system "
+                        "partition (GPT, or MBR type 0xEF) and no BIOS boot code in the MBR")
 
 
 @_command("sample", cmd_sample, "build a sample: the investigation case or a boot disk",

@@ -69,10 +69,24 @@ def test_gpt_without_esp_is_bios(tmp_path: Path) -> None:
 def test_mbr_disk_and_blank_disk_are_bios(tmp_path: Path) -> None:
     require_tools("sfdisk")
     disk = sparse_file(tmp_path / "mbr.img", 4 * MIB)
-    run("sfdisk", "--quiet", disk, input="start=2048, type=ef\n")
-    assert firmware_of(disk) == ("bios", "an MBR partition table, no GPT")
+    run("sfdisk", "--quiet", disk, input="start=2048, type=83\n")
+    assert firmware_of(disk) == ("bios", "an MBR partition table without an EFI system partition")
     blank = sparse_file(tmp_path / "blank.img", 4 * MIB)
-    assert firmware_of(blank) == ("bios", "no partition table, no GPT")
+    assert firmware_of(blank) == ("bios", "no partition table")
+
+
+def test_mbr_esp_is_uefi_unless_boot_code(tmp_path: Path) -> None:
+    """UEFI also takes an MBR partition of type 0xEF as an EFI system partition."""
+    require_tools("sfdisk")
+    disk = sparse_file(tmp_path / "mbr-esp.img", 4 * MIB)
+    run("sfdisk", "--quiet", disk, input="start=2048, size=2048, type=83\nstart=4096, type=ef\n")
+    name, reason = firmware_of(disk)
+    assert name == "uefi"
+    assert reason.startswith("an MBR partition table with an EFI system partition (partition 2)")
+    with open(disk, "r+b") as f:
+        f.write(b"\xfa\x31\xc0\x8e\xd8")
+    assert firmware_of(disk) == ("bios", "BIOS boot code in the MBR beside an MBR partition "
+                                         "table with an EFI system partition (partition 2)")
 
 
 def test_bad_firmware_is_a_usage_error(esp_only: Path) -> None:
@@ -137,6 +151,23 @@ def test_uefi_disk_boots_with_auto(uefi_disk: Path) -> None:
 
 
 @pytest.mark.slow
+def test_mbr_esp_disk_boots_with_auto(uefi_disk: Path, tmp_path: Path) -> None:
+    """The UEFI sample with its GPT turned into an MBR (the ESP becomes type 0xEF,
+    ``sgdisk --gpttombr``): auto still picks OVMF, and the disk boots."""
+    require_boot()
+    disk = tmp_path / "mbr-esp.img"
+    shutil.copyfile(uefi_disk, disk)
+    run("sgdisk", "--gpttombr=1", disk)
+    name, reason = firmware_of(disk)
+    assert (name, reason.split(" (")[0]) == ("uefi", "an MBR partition table with an EFI "
+                                                     "system partition")
+    result = bf_json("boot", disk, "--expect", f"{MARKER_PREFIX} sample",
+                     "--timeout", BOOT_TIMEOUT, "--firmware", "auto")
+    assert result["ok"] is True, result["console"][-2000:]
+    assert result["firmware"] == "uefi"
+
+
+@pytest.mark.slow
 def test_uefi_disk_does_not_boot_with_bios(uefi_disk: Path) -> None:
     require_boot()
     result = boot(uefi_disk, expect=MARKER_PREFIX, timeout=NO_BOOT_TIMEOUT, firmware="bios")
@@ -150,7 +181,7 @@ def test_uefi_disk_does_not_boot_with_bios(uefi_disk: Path) -> None:
 def test_bios_sample_still_picks_bios(tmp_path: Path) -> None:
     require_tools(*BOOT_TOOLS, "sfdisk", "mformat", "mcopy", "syslinux", "busybox")
     disk = cached_boot_disk(tmp_path)
-    assert firmware_of(disk) == ("bios", "an MBR partition table, no GPT")
+    assert firmware_of(disk) == ("bios", "an MBR partition table without an EFI system partition")
     result = boot(disk, expect=f"{MARKER_PREFIX} sample", timeout=BOOT_TIMEOUT)
     assert result.ok, result.tail()
     assert result.firmware == "bios" and result.to_json()["firmware"] == "bios"
