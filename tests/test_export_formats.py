@@ -1,5 +1,6 @@
 """Every export format (VHD, VHDX, VMDK, qcow2, raw; flattened and as chains) checked by
-qemu-img, by an independent reader (dissect.hypervisor, libvhdi) and by our own reader,
+qemu-img, by independent readers (dissect.hypervisor; libyal's libvhdi, libvmdk, libqcow) and by our
+own reader,
 at odd sizes; the FUSE-servable layout reads exactly like the written file."""
 
 from __future__ import annotations
@@ -89,6 +90,31 @@ def test_dissect_reads_identical_bytes(source: Path, fmt: str, tmp_path: Path):
             # alike): compare what it reads up to there
             whole = len(data) // (64 * 1024) * (64 * 1024) if name == "vmdk" else len(data)
             assert image.read(whole) == data[:whole]
+
+
+#: libyal's readers (Joachim Metz's, written from the specifications): pip package, module
+LIBYAL = {"vhd-dynamic": ("libvhdi-python", "pyvhdi"), "vhd-fixed": ("libvhdi-python", "pyvhdi"),
+          "vhdx": ("libvhdi-python", "pyvhdi"), "vmdk": ("libvmdk-python", "pyvmdk"),
+          "vmdk-stream": ("libvmdk-python", "pyvmdk"), "qcow2": ("libqcow-python", "pyqcow")}
+
+
+@pytest.mark.parametrize("fmt", list(LIBYAL))
+def test_libyal_reads_identical_bytes(source: Path, fmt: str, tmp_path: Path):
+    """A third reader, neither QEMU nor dissect: libvhdi, libvmdk and libqcow read every
+    byte and the exact size."""
+    package, name = LIBYAL[fmt]
+    module = require_module(name, package)
+    out = export(RawDisk(source), tmp_path / f"out{SUFFIX[fmt]}", fmt)
+    data = source.read_bytes()
+    handle = module.handle() if name == "pyvmdk" else module.file()
+    handle.open(str(out))
+    try:
+        if name == "pyvmdk":
+            handle.open_extent_data_files()
+        assert handle.get_media_size() == len(data)
+        assert handle.read_buffer_at_offset(len(data), 0) == data
+    finally:
+        handle.close()
 
 
 @pytest.mark.parametrize("fmt", FLAT)
