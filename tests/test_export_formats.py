@@ -1,7 +1,7 @@
 """Every export format (VHD, VHDX, VMDK, qcow2, raw; flattened and as chains) checked by
-qemu-img, by independent readers (dissect.hypervisor; libyal's libvhdi, libvmdk, libqcow) and by our
-own reader,
-at odd sizes; the FUSE-servable layout reads exactly like the written file."""
+qemu-img, by independent readers (dissect.hypervisor; libyal's libvhdi, libvmdk, libqcow)
+and by our own reader, at odd sizes; the FUSE-servable layout reads exactly like the
+written file."""
 
 from __future__ import annotations
 
