@@ -7,9 +7,10 @@ usage, with a one-line message on stderr and never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -115,6 +116,24 @@ def _text(result: object) -> str:
     return rest[:-1] if paren and name.isidentifier() and text.endswith(")") else text
 
 
+@contextlib.contextmanager
+def _new_chain_discarded_on_failure(directory: str) -> Iterator[None]:
+    """Remove the chain a first backup into ``directory`` created when it fails (a source
+    unreadable half-way, an interruption): no chain without a point is left behind, nor
+    the directory when it did not exist before."""
+    from blockforensics.image import is_chain
+
+    fresh, made = not is_chain(directory), not os.path.lexists(directory)
+    try:
+        yield
+    except BaseException:
+        if fresh and is_chain(directory):
+            from blockforensics.image.store import ChainStore
+
+            ChainStore(directory).discard_if_empty(remove_directory=made)
+        raise
+
+
 # ------------------------------------------------------------------ commands
 def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.allocation import survey
@@ -152,7 +171,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
               f"tracking goes on in bitmap {done.next_bitmap}")
         return EXIT_OK
     # the source opens first: one that is refused or damaged leaves no chain behind
-    with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source:
+    with _open_source(args.source, reader=args.reader, parent=args.source_parent) as source, \
+            _new_chain_discarded_on_failure(args.chain):
         chain = open_chain()
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         if args.bitmap:
@@ -833,7 +853,6 @@ def run() -> NoReturn:
     must be, and renamed before :func:`main` returned.  An exit argparse raises itself
     (``--help``, a usage error) goes the usual way."""
     import atexit
-    import contextlib
     import threading
 
     code = main()

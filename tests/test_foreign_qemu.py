@@ -254,7 +254,8 @@ def test_preallocated_clusters_holding_no_data_are_absent(tmp_path: Path) -> Non
                                        ("qcow2-chain", 0.5)])
 def test_a_cut_image_is_one_line_and_exit_2(name: str, cut: float, tmp_path: Path) -> None:
     """An image cut short: its tables or data past the end of the file are a one-line
-    error (dissect's own errors included), never a traceback or bytes read short."""
+    error (dissect's own errors included), never a traceback or bytes read short, and
+    the chain the backup began (the data is read after it is made) is removed."""
     require_tools("qemu-img", "qemu-io")
     require_module("dissect.hypervisor", "dissect.hypervisor")
     image = CASES[name][0](tmp_path)
@@ -263,3 +264,22 @@ def test_a_cut_image_is_one_line_and_exit_2(name: str, cut: float, tmp_path: Pat
     done = cli("backup", image, tmp_path / "chain", "--all-blocks")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "chain").exists()
+
+
+def test_a_qcow2_cut_before_its_last_data_cluster_is_refused(tmp_path: Path) -> None:
+    """The last data cluster cut off: QEMU reads it as zeros (``qemu-img check``
+    reports it); a backup refuses it rather than store zeros for lost data, and an
+    existing empty directory given as the chain stays, empty."""
+    require_tools("qemu-img", "qemu-io")
+    image = qcow2("cluster_size=64k")(tmp_path)
+    with open_disk(image) as disk:
+        assert disk.read(SIZE - 512, 512) == b"\x64" * 512
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) - 65536])
+    (tmp_path / "chain").mkdir()
+    done = cli("backup", image, tmp_path / "chain")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "lie past the end of the file" in done.stderr, \
+        done.stderr
+    assert not any((tmp_path / "chain").iterdir())

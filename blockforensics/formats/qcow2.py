@@ -249,6 +249,7 @@ class Qcow2Disk(Disk):
         self._unpacked: tuple[int, bytes] = (-1, b"")
         try:
             self._fd = self._open(self.path)
+            self._file_size = os.fstat(self._fd).st_size
             self._data_fd = self._fd
             self._parse(depth)
         except BaseException:
@@ -377,6 +378,8 @@ class Qcow2Disk(Disk):
         host = entry & np.uint64(OFFSET_MASK)
         external = self._data_fd != self._fd  # there, host offset 0 is a cluster too
         allocated = ~packed & ((host != 0) | (external & ((entry & np.uint64(COPIED)) != 0)))
+        if not external:
+            self._check_within_file(host[allocated], index)
         if per == 1:
             zero = ~packed & ((entry & np.uint64(ZERO)) != 0)
             kind = np.select([packed, zero, allocated], [PACKED, ZEROS, DATA], BELOW)
@@ -389,6 +392,22 @@ class Qcow2Disk(Disk):
         where = np.where(packed[:, None], entry[:, None],
                          host[:, None] + sub * np.uint64(self.unit))
         return kind.astype(np.int8).reshape(-1), where.reshape(-1)
+
+    def _check_within_file(self, hosts: np.ndarray, index: int) -> None:
+        """FormatError when a data cluster of L2 table ``index`` (host offsets, bytes)
+        starts at or past the end of the image file: the file was cut short (or the table
+        is damaged), and its data is lost.  QEMU reads such clusters as zeros and
+        ``qemu-img check`` reports them; a backup must not store zeros in their place.
+        The last cluster may end past the end of the file (QEMU leaves its tail
+        unwritten): that tail reads as zeros."""
+        beyond = hosts[hosts >= np.uint64(self._file_size)]
+        if beyond.size:
+            first = index * self._table_bytes
+            raise FormatError(f"{self.path.name}: {beyond.size} data clusters mapped from guest "
+                              f"byte {first} on lie past the end of the file ({self._file_size} "
+                              f"bytes; the first at byte {int(beyond.min())}): a truncated "
+                              "qcow2 image (qemu-img check tells more; qemu-img convert "
+                              "reads them as zeros)")
 
     def _cached_table(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index not in self._tables:

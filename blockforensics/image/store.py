@@ -329,6 +329,24 @@ class ChainStore:
                 fsync_directory(self.directory)
             return removed
 
+    def discard_if_empty(self, *, remove_directory: bool) -> bool:
+        """Remove a chain that holds no image (one a failed first backup created): its
+        temporary files and manifest, and the directory itself when ``remove_directory``
+        (it was made for it).  False, touching nothing, when it holds an image."""
+        with self.lock():
+            if self.read().images:
+                return False
+            for entry in self._temporary():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / MANIFEST)
+            fsync_directory(self.directory)
+        if remove_directory:
+            with contextlib.suppress(OSError):  # not empty: something else is in it
+                self.directory.rmdir()
+        return True
+
     def _temporary(self) -> Iterator[Path]:
         with os.scandir(self.directory) as entries:
             for entry in entries:
