@@ -29,6 +29,7 @@ import functools
 import hashlib
 import math
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -125,6 +126,20 @@ EXTENSIONS: dict[str, str] = {
 RANSOM_EXTENSIONS = frozenset({"locked", "lock", "encrypted", "enc", "crypt", "crypted",
                                "crypto", "cry", "locky", "cerber", "wncry", "wcry", "ryk",
                                "ransom", "pay", "akira", "lockbit", "royal", "babyk"})
+
+#: a zip local file header's start (APPNOTE 4.3.7): signature, version needed, general
+#: purpose flags (bit 0: the member is encrypted — ZipCrypto or, with method 99, AES)
+ZIP_LOCAL_HEADER = struct.Struct("<4sHH")
+ZIP_ENCRYPTED_FLAG = 0x0001
+
+
+def encrypted_archive(head: bytes) -> bool:
+    """Does a content's start show an archive whose members are encrypted (a zip whose
+    first member has the encryption flag)?  Its members cannot be read without a key."""
+    if len(head) < ZIP_LOCAL_HEADER.size:
+        return False
+    magic, _, flags = ZIP_LOCAL_HEADER.unpack_from(head)
+    return magic == b"PK\x03\x04" and bool(flags & ZIP_ENCRYPTED_FLAG)
 
 
 def extension(path: str) -> str:

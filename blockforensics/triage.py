@@ -10,18 +10,24 @@ files) and measured:
   compressed format (zip, jpeg, git pack, qcow2 … recognised by signature) or random
   before as much (``explained`` of the diff), or new data that destroyed none (a
   created file that took no deleted file's place, in a directory where nothing was
-  deleted, not lying about its type) — not measured at a full: it has nothing to be
+  deleted — a packed one, a cache entry evicted, does not count — not lying about its
+  type) — not measured at a full: it has nothing to be
   compared with, and its files are read already;
 - ``destroyed``: files whose content is gone with nothing in its place — emptied
   (truncated to 0 bytes, or their changed bytes all one value where they were not:
   a wiper's zeros), unless a new file named after it took its content beside it (a
   log rotated with ``copytruncate``: ``app.log`` emptied, ``app.log.1.gz`` new) —
-  plus the files deleted beyond those created, when packed data (compressed or
-  random) of at least :data:`PACKED_SHARE` of their bytes appeared with them (an
-  archive that took them in: the archive-and-delete attack) or when they are at
-  least :data:`DELETED_SHARE` of the files there were. A deletion alone (a cache
-  emptied, old packages or logs removed) leaves the blocks as they were and is
-  counted among the ``deleted``, a volume of change;
+  plus the readable (not packed) files deleted beyond the created files that hide
+  nothing, when data that hides what it holds (ciphertext of no known format, or an
+  archive of encrypted members) of at least :data:`PACKED_SHARE` of their bytes
+  appeared with them (copy-encrypt-delete anywhere on the volume, archive-and-delete),
+  or all the files deleted beyond those created when they are at least
+  :data:`DELETED_SHARE` of the files there were.  A deletion alone (a cache emptied,
+  old packages or logs removed), or a folder zipped and deleted (its content readable
+  in the zip), is counted among the ``deleted``, a volume of change;
+- ``extension_appended``: files renamed in the interval to append one same extension
+  (``a.docx`` -> ``a.docx.x7k2q``; a rotation's number left out): how ransomware marks
+  the files it took, even when it left their content alone;
 - ``suspected_files``: files :func:`blockforensics.evidence.judge` suspects of
   encryption; ``rule_hits``: files a YARA rule matched (ransom notes);
 - ``lost_filesystems``: file systems read at the parent that no longer are (see
@@ -41,8 +47,8 @@ Verdicts:
   with at least :data:`LOST_RANDOM_SHARE` of its changed blocks random;
 - **suspicious**: a file system lost otherwise, a YARA rule matched, a file's
   content contradicts its extension or it carries an extension ransomware appends,
-  or the unexplained high-entropy share or the files destroyed are anomalous (the
-  emptied files are then flagged);
+  or the unexplained high-entropy share, the files destroyed or the files given one
+  appended extension are anomalous (the emptied or renamed files are then flagged);
 - **clean** otherwise.  A volume of change alone (a package upgrade, a big copy) never
   makes a point suspicious; it is reported as an anomaly among the reasons.
 
@@ -66,7 +72,7 @@ import pandas as pd
 
 from blockforensics import forensics
 from blockforensics.errors import UsageError
-from blockforensics.evidence import COMPRESSED, HEAD_BYTES
+from blockforensics.evidence import COMPRESSED, HEAD_BYTES, ZIP_LOCAL_HEADER, encrypted_archive
 from blockforensics.tsk import Listing
 
 if TYPE_CHECKING:
@@ -80,9 +86,9 @@ BASELINE_MIN = 2
 #: a metric is anomalous above median + max(BASELINE_K * spread, floor)
 BASELINE_K = 4.0
 FLOORS = {"change_rate": 0.05, "created": 10, "deleted": 10, "renamed": 5,
-          "unexplained_high_entropy": 0.10, "destroyed": 10}
-#: deletions count as destroyed when packed data of at least this share of their bytes
-#: appeared in the same interval (an archive that took them in) …
+          "unexplained_high_entropy": 0.10, "destroyed": 10, "extension_appended": 5}
+#: deletions count as destroyed when data hiding what it holds (ciphertext, an archive of
+#: encrypted members) of at least this share of their bytes appeared in the interval …
 PACKED_SHARE = 0.05
 #: … or when they are at least this share of the files at the parent point
 DELETED_SHARE = 0.5
@@ -93,7 +99,7 @@ LOST_RANDOM_SHARE = 0.5
 #: what a volume encrypted whole carries at its start: (name, byte offset, signature)
 VOLUME_ENCRYPTION = (("BitLocker", 3, b"-FVE-FS-"), ("LUKS", 0, b"LUKS\xba\xbe"))
 #: metrics whose anomaly makes a point suspicious (the others are volumes of change)
-ALARMS = ("unexplained_high_entropy", "destroyed")
+ALARMS = ("unexplained_high_entropy", "destroyed", "extension_appended")
 #: files listed per point (the most suspicious first)
 TOP_FILES = 20
 
@@ -240,7 +246,9 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
         **{c: int(counts.get(c, 0)) for c in ("created", "deleted", "renamed", "modified")},
         "high_entropy_blocks": int((entropy >= HIGH_BLOCK_ENTROPY).sum()),
         "unexplained_high_entropy": float(high.mean()) if high.size else 0.0,
-        "destroyed": int(_emptied(files).sum()) + _destroyed_by_deletion(files, before),
+        "destroyed": int(_emptied(files).sum()) + _destroyed_by_deletion(
+            files, before, _hiding(files, listing, disk)),
+        "extension_appended": _appended_extension(files)[1],
         "suspected_files": int(files["suspected_encryption"].sum()),
         "rule_hits": len(hits),
         "lost_filesystems": len(lost),
@@ -319,32 +327,61 @@ def _packed(files: pd.DataFrame, side: str) -> pd.Series:
             | (files[f"entropy_{side}"] >= HIGH_BLOCK_ENTROPY))
 
 
-def _destroyed_by_deletion(files: pd.DataFrame, before: Listing | None) -> int:
-    """The files deleted beyond those created, when they count as destroyed: packed data
-    of at least :data:`PACKED_SHARE` of their bytes appeared with them, or they are at
-    least :data:`DELETED_SHARE` of the parent's files; else 0 (see the module's
-    documentation)."""
+def _hiding(files: pd.DataFrame, listing: Listing, disk: Any) -> pd.Series:
+    """Which rows are written files whose bytes now hide what they hold, not packed
+    before: at least half their segments random (raw, or as base64/hex) and no compressed
+    format by signature — ciphertext — or an archive of encrypted members
+    (:func:`evidence.encrypted_archive`)."""
+    written = (files["change"] != "deleted") & ~_packed(files, "before")
+    random = (~files["content_after"].isin(COMPRESSED) & (files["segments"] > 0)
+              & (2 * files["random_segments"] >= files["segments"]))
+    archives = files.loc[written & (files["content_after"] == "zip"), "path"]
+    locked = {p for p in archives if (e := listing.entries.get(p)) is not None
+              and encrypted_archive(e.read(disk, ZIP_LOCAL_HEADER.size))}
+    return written & (random | files["path"].isin(locked))
+
+
+def _destroyed_by_deletion(files: pd.DataFrame, before: Listing | None,
+                           hiding: pd.Series) -> int:
+    """The files deleted (or renamed over) that count as destroyed (see the module's
+    documentation): those that were readable (not packed) beyond the created files that
+    hide nothing, when data that hides what it holds (``hiding``, :func:`_hiding`) of at
+    least :data:`PACKED_SHARE` of their bytes appeared with them; or all deleted beyond
+    those created, when they are at least :data:`DELETED_SHARE` of the parent's files;
+    else 0."""
     change = files["change"]
     gone = (change == "deleted") | ((change == "renamed") & (files["replaces"] != "")
                                     & (files["type"] == "file"))
-    surplus = int(gone.sum()) - int((change == "created").sum())  # renamed over: gone too
-    if surplus <= 0:
-        return 0
-    deleted_bytes = int(files.loc[gone, "size_before"].sum())
-    packed_bytes = int(files.loc[(change != "deleted") & _packed(files, "after"),
-                                 "size_after"].sum())
+    readable = gone & ~_packed(files, "before")
+    created = change == "created"
+    taken = int(readable.sum()) - int((created & ~hiding).sum())
+    if taken > 0 and int(files.loc[hiding, "size_after"].sum()) \
+            >= PACKED_SHARE * int(files.loc[readable, "size_before"].sum()):
+        return taken
+    surplus = int(gone.sum()) - int(created.sum())  # renamed over: gone too
     present = 0 if before is None else sum(e.type == "file" for e in before.entries.values())
-    if packed_bytes >= PACKED_SHARE * deleted_bytes or surplus >= DELETED_SHARE * present:
-        return surplus
-    return 0
+    return surplus if surplus > 0 and surplus >= DELETED_SHARE * present else 0
+
+
+def _appended_extension(files: pd.DataFrame) -> tuple[str, int]:
+    """The extension most renamed files gained in the interval (``a.docx`` ->
+    ``a.docx.x7k2q``, in its own directory) and how many gained it; numbers, a
+    rotation's ``.1``, are left out."""
+    renamed = files[(files["change"] == "renamed") & (files["old_path"] != "")]
+    gained = [new[len(old) + 1:].lower() for old, new in zip(renamed["old_path"],
+                                                              renamed["path"])
+              if new.startswith(old + ".") and "/" not in new[len(old):]]
+    counts = pd.Series([g for g in gained if not g.isdigit()], dtype=object).value_counts()
+    return (str(counts.index[0]), int(counts.iloc[0])) if len(counts) else ("", 0)
 
 
 def _new_data(files: pd.DataFrame) -> pd.Series:
     """Which rows are new data that destroyed none: created files that took no deleted
-    file's place, in a directory where nothing was deleted, not suspected and not lying
+    file's place, in a directory where no readable (not packed) file was deleted — a
+    cache's old entries evicted for new ones are packed — not suspected and not lying
     about their type."""
     directory = files["path"].map(os.path.dirname)
-    emptied = set(directory[files["change"] == "deleted"])
+    emptied = set(directory[(files["change"] == "deleted") & ~_packed(files, "before")])
     return ((files["change"] == "created") & (files["replaces"] == "")
             & ~directory.isin(emptied) & ~files["suspected_encryption"]
             & ~files["evidence"].map(_lies))
@@ -439,6 +476,14 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
                 f"threshold {_describe(metric, base['threshold'])}"
                 + ("" if metric in ALARMS
                    else " — a volume of change, not by itself suspicious"))
+    if "extension_appended" in anomalies and t.diff is not None:
+        gained, count = _appended_extension(t.diff.files)
+        reasons.append(f"{count} file(s) renamed to append the extension .{gained} "
+                       f"(ransomware marks the files it took so; the content is judged "
+                       f"on its own)")
+        for f in t.files:
+            marked = f"{f['old_path']}.{gained}".lower() == f["path"].lower()
+            f["flagged"] = f["flagged"] or (f["change"] == "renamed" and marked)
     if "destroyed" in anomalies:
         for f in t.files:
             f["flagged"] = f["flagged"] or f["emptied"]

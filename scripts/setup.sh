@@ -17,6 +17,7 @@ DEBIAN_PACKAGES=(
   ewf-tools                         # ewfacquire/ewfverify: make and check E01 images in the tests
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
   cryptsetup-bin                    # LUKS headers: a volume encrypted whole, for the triage tests
+  zip                               # a password-protected zip: the archive-and-delete attack
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)
   gcc libc6-dev libssl-dev zlib1g-dev  # build the C batch hasher/encrypter (blockforensics._native)
 )

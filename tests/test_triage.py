@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,27 +338,38 @@ LOGS = [f"/var/log/svc{i:02d}.log" for i in range(14)]
 DEBS = [f"/var/cache/apt/archives/pkg{i:02d}.deb" for i in range(40)]
 
 
+def encrypted_zip(files: dict[str, bytes], password: str) -> bytes:
+    """A zip of ``files`` (path -> bytes) whose members zip(1) encrypted with ``password``."""
+    require_tools("zip")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, data in files.items():
+            (Path(tmp) / Path(path).name).write_bytes(data)
+        subprocess.run(["zip", "-q", "-P", password, "out.zip",
+                        *(Path(p).name for p in files)], cwd=tmp, check=True)
+        return (Path(tmp) / "out.zip").read_bytes()
+
+
 def _destruction_days(rng):
     """Nine days: three ordinary; then a log rotation by copytruncate, the package cache
     emptied, a user's tidy-up (benign, loud); then documents archived into a zip and
     deleted, documents zeroed in place, and most files deleted (destructive).  Returns
     (days, verdicts)."""
     import gzip
-    import zipfile
 
     from blockforensics.datasets.investigation import _text
 
     logs = {path: _text(rng, 20_000) for path in LOGS}
     deb = b"!<arch>\ndebian-binary   "  # an ar archive, as a .deb is; its members packed
-    archive = io.BytesIO()  # the attacker's archive of 14 documents: encrypted members
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("loot.bin", rng.bytes(16_000))
+    debs = [deb + rng.bytes(20_000) for _ in DEBS]
+    docs = {path: _text(rng, 3000) for path in DOCS}
+    # the attacker's archive of 14 documents, password-protected by zip(1)
+    archive = encrypted_zip({p: docs[p] for p in DOCS[14:28]}, "attacker")
     days = [
         [*[("mkdir", d, None) for d in ("/var", "/var/log", "/var/cache", "/var/cache/apt",
                                         "/var/cache/apt/archives", "/home", "/home/u")],
          *[("write", path, data) for path, data in logs.items()],
-         *[("write", path, deb + rng.bytes(20_000)) for path in DEBS],
-         *[("write", path, _text(rng, 3000)) for path in DOCS]],
+         *[("write", path, data) for path, data in zip(DEBS, debs)],
+         *[("write", path, data) for path, data in docs.items()]],
         [("write", DOCS[0], _text(rng, 3100))],
         [("write", DOCS[1], _text(rng, 3200))],
         # benign: every log copied to a compressed rotated file, then truncated
@@ -366,7 +379,7 @@ def _destruction_days(rng):
         [("delete", path, None) for path in DEBS],  # benign: apt-get clean
         [("delete", path, None) for path in DOCS[2:14]],  # benign: a user tidies up
         # destructive: 14 documents taken into an archive, then deleted
-        [("write", "/home/u/backup.zip", archive.getvalue()),
+        [("write", "/home/u/backup.zip", archive),
          *[("delete", path, None) for path in DOCS[14:28]]],
         [("overwrite", path, bytes(3000)) for path in DOCS[28:40]],  # a wiper's zeros
         # destructive: nearly every file deleted (none overwritten)
@@ -397,7 +410,8 @@ def test_rotation_cache_cleaning_and_tidying_up_stay_clean(destruction):
 def test_archived_zeroed_or_mass_deleted_files_are_destroyed(destruction):
     doc, _ = destruction
     archived, zeroed, wiped = doc["points"][6:9]
-    assert archived["metrics"]["destroyed"] == 14 - 1  # deleted beyond the archive created
+    # all 14: an archive of encrypted members makes up for none of them
+    assert archived["metrics"]["destroyed"] == 14
     assert zeroed["metrics"]["destroyed"] == 12
     assert {f["path"] for f in zeroed["files"] if f["emptied"]} == set(DOCS[28:40])
     assert wiped["metrics"]["destroyed"] == wiped["metrics"]["deleted"] == 40
@@ -451,3 +465,74 @@ def test_paging_hibernation_shadow_copy_and_swap_files_are_not_encryption(
     assert doc["points"][3]["metrics"]["high_entropy_blocks"] > 100
     assert doc["points"][3]["metrics"]["unexplained_high_entropy"] == 0
     assert _flagged(doc["points"][4]) == {"/docs/d2.txt"}
+
+
+WORK = [f"/home/work/sheet{i:02d}.csv" for i in range(12)]
+CACHE = "/home/.cache/browser"
+
+
+def _red_team_2_days(rng):
+    """Seven days: three ordinary; a folder zipped (plain deflate) and deleted, a
+    browser cache's random entries evicted for new ones (benign); every document renamed
+    to one random extension, content intact; then those copied, encrypted, into another
+    directory and deleted.  Returns (days, verdicts)."""
+    import zipfile
+
+    from blockforensics.datasets.investigation import _text
+
+    docs = {f"/home/docs/note{i:02d}.txt": _text(rng, 2000 + 300 * i) for i in range(12)}
+    work = {path: _text(rng, 6000) for path in WORK}
+    folder = io.BytesIO()
+    with zipfile.ZipFile(folder, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path, data in work.items():
+            zf.writestr(path.rsplit("/", 1)[1], data)
+    locked = {path: f"{path}.x7k2q" for path in docs}
+    return [
+        [*[("mkdir", d, None) for d in ("/home", "/home/docs", "/home/work", "/home/.cache",
+                                        CACHE, "/home/.x")],
+         *[("write", p, d) for p, d in {**docs, **work}.items()],
+         *[("write", f"{CACHE}/f_{i:06x}", rng.bytes(12_000)) for i in range(8)]],
+        [("write", "/home/docs/todo.txt", _text(rng, 900))],
+        [("write", "/home/docs/todo.txt", _text(rng, 1200))],
+        [("write", "/home/work.zip", folder.getvalue()),
+         *[("delete", path, None) for path in WORK]],
+        [*[("delete", f"{CACHE}/f_{i:06x}", None) for i in range(8)],
+         *[("write", f"{CACHE}/f_{i:06x}", rng.bytes(12_000)) for i in range(8, 20)]],
+        [("rename", old, new) for old, new in locked.items()],
+        [op for i, (old, new) in enumerate(locked.items())
+         for op in (("write", f"/home/.x/{i:05d}.bin", rng.bytes(len(docs[old]) + 32)),
+                    ("delete", new, None))],
+    ], ["clean"] * 5 + ["suspicious"] * 2
+
+
+@pytest.fixture(scope="module")
+def red_team_2(tmp_path_factory):
+    days, verdicts = _red_team_2_days(np.random.default_rng(3))
+    return _triaged("ext4", days, tmp_path_factory), verdicts
+
+
+def test_a_zipped_folder_deleted_and_a_cache_churned_stay_clean(red_team_2):
+    doc, verdicts = red_team_2
+    assert [p["verdict"] for p in doc["points"]] == verdicts
+    zipped, churned = doc["points"][3:5]
+    assert zipped["metrics"]["deleted"] == len(WORK) and zipped["metrics"]["destroyed"] == 0
+    assert churned["metrics"]["high_entropy_blocks"] >= 12 * 2
+    assert churned["metrics"]["unexplained_high_entropy"] == 0
+    assert not _flagged(zipped) and not _flagged(churned)
+
+
+def test_one_extension_appended_to_many_files_is_suspicious(red_team_2):
+    doc, _ = red_team_2
+    point = doc["points"][5]
+    assert point["metrics"]["extension_appended"] == 12
+    assert _flagged(point) == {f"/home/docs/note{i:02d}.txt.x7k2q" for i in range(12)}
+    assert any(r.startswith("12 file(s) renamed to append the extension .x7k2q")
+               for r in point["reasons"])
+    assert doc["last_clean_point"] == 4
+
+
+def test_ciphertext_written_elsewhere_for_deleted_files_destroys_them(red_team_2):
+    point = red_team_2[0]["points"][6]
+    assert point["metrics"]["deleted"] == point["metrics"]["created"] == 12
+    assert point["metrics"]["destroyed"] == 12
+    assert any(r.startswith("destroyed 12 above the baseline") for r in point["reasons"])
