@@ -140,6 +140,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.blockmap import BlockMap
     from blockforensics.image.backup import backup
     from blockforensics.image.chain import Chain
+    from blockforensics.volume import check_disk_size
 
     if "://" not in args.source:
         from blockforensics.formats import check_local_source
@@ -175,6 +176,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             _new_chain_discarded_on_failure(args.chain):
         chain = open_chain()
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
+        check_disk_size(source.size, block_size)
         if args.bitmap:
             from blockforensics.formats.nbd import NbdDisk
 

@@ -33,6 +33,35 @@ def check_block_size(block_size: int) -> int:
     return block_size
 
 
+#: bytes of memory per disk block that a backup's maps take while they are built, at most:
+#: per-block flags (numpy bools, a byte each) of the source's allocation, the survey's,
+#: those combined, and the packed maps made of them
+MAP_BYTES_PER_BLOCK = 4
+
+
+def check_disk_size(size: int, block_size: int) -> None:
+    """UsageError when a disk of ``size`` bytes cannot be backed up in blocks of
+    ``block_size`` bytes: empty, larger than a chain holds (``MAX_VOLUME_SIZE``), or
+    of so many blocks that their maps would not fit in this machine's memory (the
+    error names the smallest block size whose maps do)."""
+    from blockforensics.image.format import MAX_VOLUME_SIZE
+
+    if size <= 0:
+        raise UsageError("the source is empty (0 bytes): no disk to back up")
+    if size > MAX_VOLUME_SIZE:
+        raise UsageError(f"the source's {size} bytes exceed the {MAX_VOLUME_SIZE} bytes "
+                         "(1 PiB) a chain holds")
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if -(-size // block_size) * MAP_BYTES_PER_BLOCK > memory:
+        fits = block_size
+        while fits < 1 << 24 and -(-size // fits) * MAP_BYTES_PER_BLOCK > memory:
+            fits *= 2
+        raise UsageError(f"the source's {size} bytes are {-(-size // block_size)} blocks of "
+                         f"{block_size} bytes, whose maps need more than this machine's "
+                         f"{memory >> 20} MiB of memory: back it up with --block-size {fits} "
+                         "or larger")
+
+
 class Volume(Disk):
     """``size`` bytes addressed in blocks of ``block_size`` bytes; writable, observable."""
 

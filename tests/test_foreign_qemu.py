@@ -283,3 +283,15 @@ def test_a_qcow2_cut_before_its_last_data_cluster_is_refused(tmp_path: Path) -> 
     assert done.stderr.count("\n") == 1 and "lie past the end of the file" in done.stderr, \
         done.stderr
     assert not any((tmp_path / "chain").iterdir())
+
+
+def test_a_petabyte_qcow2_of_a_few_clusters_is_refused_in_one_line(tmp_path: Path) -> None:
+    """1 PiB of 64 KiB clusters (a 200 KiB file): the per-cluster and per-block maps
+    would not fit in memory; refused in one line (no MemoryError), no chain made."""
+    require_tools("qemu-img")
+    image = tmp_path / "huge.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", image, "1P")
+    done = cli("backup", image, tmp_path / "chain")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "memory" in done.stderr, done.stderr
+    assert not (tmp_path / "chain").exists()

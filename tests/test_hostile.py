@@ -166,6 +166,32 @@ def test_a_source_that_is_recognised_but_does_not_open_leaves_no_chain(tmp_path)
     assert not (tmp_path / "chain").exists()
 
 
+@pytest.mark.parametrize("name", ["empty.raw", "empty.vhdx"])
+def test_an_empty_source_is_refused_and_leaves_no_chain(tmp_path, name) -> None:
+    """0 bytes (whatever the file's name): no disk, not a chain of one empty point."""
+    (tmp_path / name).write_bytes(b"")
+    assert_exit_2(cli("backup", tmp_path / name, tmp_path / "chain"), "empty (0 bytes)")
+    assert not (tmp_path / "chain").exists()
+
+
+def test_a_directory_that_is_no_chain_is_named_so(tmp_path) -> None:
+    (tmp_path / "photos").mkdir()
+    assert_exit_2(cli("backup", tmp_path / "photos", tmp_path / "chain"), "no chain.json")
+    assert not (tmp_path / "chain").exists()
+
+
+def test_a_disk_whose_block_maps_outgrow_memory_is_refused_with_a_block_size(tmp_path) -> None:
+    """A sparse file of three times as many 512-byte blocks as 4 bytes each of this machine's
+    memory: refused at once (no chain), naming a --block-size whose maps fit."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    source = tmp_path / "huge.raw"
+    with source.open("wb") as fh:
+        fh.truncate(memory // 4 * 512 * 3)
+    done = cli("backup", source, tmp_path / "chain", "--block-size", "512")
+    assert_exit_2(done, "--block-size 2048 or larger")
+    assert not (tmp_path / "chain").exists()
+
+
 def test_an_image_file_out_of_its_chain_is_no_disk(tmp_path) -> None:
     from blockforensics.formats.signature import container
     from blockforensics.image.format import HEADER_MAGIC

@@ -226,7 +226,9 @@ def probe(path: str | os.PathLike[str]) -> type[Format]:
                 _refuse_container(path)
             return plugin
     skipped = f" (broken plugins skipped: {'; '.join(BROKEN.values())})" if BROKEN else ""
-    raise UsageError(f"{path}: no reader plugin recognises this format{skipped}")
+    what = ("a directory that is no chain (it has no chain.json) and that no reader plugin "
+            "opens" if os.path.isdir(path) else "no reader plugin recognises this format")
+    raise UsageError(f"{path}: {what}{skipped}")
 
 
 def open_disk(

@@ -69,6 +69,9 @@ ZLIB, ZSTD = 0, 1
 #: subclusters per cluster with extended L2 entries (an entry and a 64-bit bitmap:
 #: bit i allocated, bit 32+i reads as zeros)
 SUBCLUSTERS = 32
+#: bytes of memory per unit (cluster or subcluster) of the disk that ``present()`` holds:
+#: what each reads (an int8) and whether it holds data (a bool)
+UNIT_MAP_BYTES = 2
 #: backing files deep before a chain is taken as a loop
 MAX_BACKING_DEPTH = 64
 #: bytes of a backing file's name, at most (QEMU's limit)
@@ -306,6 +309,12 @@ class Qcow2Disk(Disk):
                 else -1
             if self._compression not in (ZLIB, ZSTD):
                 raise FormatError(f"{name}: unknown qcow2 compression type {self._compression}")
+        units = -(-self.size // self.unit)
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if units * UNIT_MAP_BYTES > memory:
+            raise FormatError(f"{name}: {self.size} bytes in {units} clusters of {self.unit} "
+                              f"bytes: their maps need more than this machine's {memory >> 20} "
+                              "MiB of memory")
         n_tables = -(-self.size // self._table_bytes)
         if header.l1_size < n_tables:
             raise FormatError(f"{name}: L1 table of {header.l1_size} entries cannot map "

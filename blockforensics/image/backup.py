@@ -29,7 +29,7 @@ from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.progress import progress_bar
-from blockforensics.volume import Volume, check_block_size
+from blockforensics.volume import Volume, check_block_size, check_disk_size
 
 #: bytes per batch (up to twice this): four batches are in memory at once (one read ahead,
 #: one encoded, its payloads, one written), ~80 MiB peak RSS for an encrypted full
@@ -161,6 +161,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     if not full and len(chain) == 0:
         raise UsageError(f"{chain.directory}: an incremental needs a parent; the chain is empty")
     bs = check_block_size(block_size or (chain.block_size if len(chain) else source.block_size))
+    check_disk_size(source.size, bs)
     parent_index = None if full else chain.point(-1 if parent is None else parent)
     header = chain.new_header(parent=parent_index, volume_size=source.size, block_size=bs,
                               created_ns=created_ns, label=label)
