@@ -1,25 +1,35 @@
 """The files of a Btrfs volume as :class:`~blockforensics.tsk.Entry` rows, through
 dissect.btrfs (Fox-IT's Btrfs implementation).
 
-dissect.btrfs walks the default subvolume's directories (DIR_INDEX items) and reads
-inodes and file extents, decompressing zlib, LZO and zstd extents.  Each file's
+Every subvolume and snapshot is listed, from the top-level subvolume (id 5) down:
+paths read as when id 5 is mounted (``/@home/user/file``,
+``/@/.snapshots/1/snapshot/etc/fstab``), whichever subvolume is the default one.
+dissect.btrfs reads the directories (DIR_INDEX items), inodes and file extents,
+decompressing zlib, LZO and zstd extents.  A directory entry naming a subvolume is
+followed only when the root tree's ROOT_REF item (parent subvolume, child, the
+directory and the name) confirms it, as the kernel does: a snapshot of a subvolume
+keeps the entries of subvolumes nested in it, which the kernel shows as empty
+directories (inode 2), and so are they listed here.  Inode numbers count per
+subvolume (a snapshot's files keep their source's): :attr:`Entry.volume` holds
+the subvolume's id.  Each file's
 EXTENT_DATA items give logical byte ranges; they are mapped here through the chunk
 tree (:class:`~blockforensics.fs.btrfs.BtrfsFileSystem`) so that
 :attr:`Entry.extents` are *physical* disk byte runs in file order: for a plain
 extent the part of the on-disk extent the file references (cut at the file's
 size), for a compressed one the whole compressed extent on disk; holes and
 preallocated (reads-as-zeros) extents left out.  Inline data (in the tree) is
-the entry's resident content; a symbolic link's target too.  Subvolumes nested in
-the default one are named, not descended.  Btrfs keeps no deleted file's extents:
-:meth:`BtrfsLister.find_deleted` finds none.
+the entry's resident content; a symbolic link's target too.  Btrfs keeps no deleted
+file's extents: :meth:`BtrfsLister.find_deleted` finds none.
 
 Units: extents in bytes of the disk; "logical" bytes are Btrfs addresses.
 """
 
 from __future__ import annotations
 
+import importlib
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,9 +40,23 @@ from blockforensics.formats.base import Disk
 from blockforensics.fs.btrfs import BtrfsFileSystem
 from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
 
+#: the inode number the kernel gives the empty directory standing for a subvolume a
+#: snapshot does not hold (BTRFS_EMPTY_SUBVOL_DIR_OBJECTID)
+EMPTY_SUBVOL_DIR = 2
+#: the top-level subvolume (BTRFS_FS_TREE_OBJECTID)
+TOP_LEVEL = 5
+
+
+@dataclass(frozen=True)
+class EmptySubvolumeDir:
+    """The empty directory in subvolume ``volume`` where a snapshot kept the entry of a
+    subvolume nested in its source (no ROOT_REF backs it)."""
+
+    volume: int
+
 
 class BtrfsLister(DissectLister):
-    """Lists and reads the files of the default subvolume of the Btrfs volume at byte
+    """Lists and reads the files of every subvolume of the Btrfs volume at byte
     ``offset`` of ``disk`` (``to_disk`` turns its byte ranges into the disk's);
     FormatError when the volume is not one this project maps (several devices, RAID)
     or dissect.btrfs cannot open it."""
@@ -47,11 +71,10 @@ class BtrfsLister(DissectLister):
         module = dissect_module("btrfs")
         try:
             self.btrfs = module.Btrfs(Window(disk, offset, self.geometry.size))
-            self.subvolume = self.btrfs.default_subvolume
+            self.top = self.btrfs.open_subvolume(TOP_LEVEL).root
         except Exception as exc:  # dissect raises its own errors and struct's EOFError
             raise FormatError(f"dissect.btrfs cannot open the Btrfs volume: {exc}") from None
-        #: paths of subvolumes met below the default one (not descended)
-        self.nested: list[str] = []
+        self.c_btrfs = importlib.import_module("dissect.btrfs.c_btrfs").c_btrfs
 
     # ------------------------------------------------------------------ extents
     def _runs(self, node: Any) -> list[tuple[int, int, int]]:
@@ -72,6 +95,11 @@ class BtrfsLister(DissectLister):
         return runs
 
     def _entry(self, path: str, node: Any) -> Entry:
+        if isinstance(node, EmptySubvolumeDir):
+            return Entry(path=path, type="dir", inode=EMPTY_SUBVOL_DIR, size=0, mtime=0,
+                         atime=0, ctime=0, crtime=0, mode=0o755, uid=0, gid=0,
+                         extents=np.empty((0, 2), dtype=np.int64), kind="dir", nlink=1,
+                         fs=self.fs_name, volume=node.volume)
         inode = node.inode
         mode = int(inode.mode)
         kind = ("dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode)
@@ -92,29 +120,40 @@ class BtrfsLister(DissectLister):
                      uid=int(inode.uid), gid=int(inode.gid), extents=extents,
                      resident=resident, kind=kind, crtime_ns=times["otime"][1],
                      mtime_ns=times["mtime"][1], ctime_ns=times["ctime"][1],
-                     seq=int(inode.generation), nlink=int(inode.nlink), fs=self.fs_name)
+                     seq=int(inode.generation), nlink=int(inode.nlink), fs=self.fs_name,
+                     volume=int(node.subvolume.objectid))
 
     def _children(self, node: Any) -> list[tuple[str, Any]]:
-        """``(name, inode)`` of a directory's entries but "." and ".."."""
-        return [(name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
-                 child) for name, child in node.iterdir() if name not in (".", "..")]
+        """``(name, inode)`` of a directory's entries but "." and ".." (a subvolume's
+        root, or an :class:`EmptySubvolumeDir` where no ROOT_REF backs the entry)."""
+        if isinstance(node, EmptySubvolumeDir):
+            return []
+        here = node.subvolume.objectid
+        out = []
+        for name, child in node.iterdir():
+            if name in (".", ".."):
+                continue
+            if child.subvolume.objectid != here and not self._linked(here, child, node, name):
+                child = EmptySubvolumeDir(here)
+            out.append((name.encode("utf-8", "surrogateescape")
+                        .decode("utf-8", "backslashreplace"), child))
+        return out
+
+    def _linked(self, parent: int, child: Any, directory: Any, name: str) -> bool:
+        """Whether the root tree links subvolume ``child`` (its root) into ``parent`` at
+        ``directory``/``name`` (a ROOT_REF item saying so)."""
+        try:
+            _, data = self.btrfs._root_tree.find(parent, self.c_btrfs.BTRFS_ROOT_REF_KEY,
+                                                 child.subvolume.objectid)
+        except KeyError:
+            return False
+        ref = self.c_btrfs.btrfs_root_ref(data)
+        return bool(ref.dirid == directory.inum
+                    and ref.name == name.encode("utf-8", "surrogateescape"))
 
     # ------------------------------------------------------------------ lister
     def _root(self) -> Any:
-        return self.subvolume.root
-
-    def _descend(self, path: str, node: Any) -> bool:
-        """Not into a subvolume nested in the default one (named in the notes)."""
-        if node.subvolume.objectid != self.subvolume.objectid:
-            self.nested.append(path)
-            return False
-        return True
-
-    def _notes(self) -> list[str]:
-        if not self.nested:
-            return []
-        return [f"{len(self.nested)} subvolumes inside the default one are named but not "
-                f"listed, e.g. {self.nested[0]}"]
+        return self.top
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         """The file at ``inner`` (its path inside the file system) as an Entry named

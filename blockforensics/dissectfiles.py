@@ -70,10 +70,6 @@ class DissectLister(ABC):
     def _entry(self, path: str, node: Any) -> Entry:
         """The Entry named ``path`` of ``node``."""
 
-    def _descend(self, path: str, node: Any) -> bool:
-        """Whether the directory ``node`` at ``path`` is walked into (default: yes)."""
-        return True
-
     def _notes(self) -> list[str]:
         """What the walk met that it does not list (said after it)."""
         return []
@@ -84,7 +80,7 @@ class DissectLister(ABC):
         problems: list[str] = []
         top = self._root()
         root = entries[root_path] = self._entry(root_path, top)
-        seen = {root.inode}
+        seen = {(root.volume, root.inode)}
         stack: list[tuple[str, Any, Entry]] = [(root_path, top, root)]
         while stack:  # a stack, not recursion: trees may be thousands of levels deep
             dir_path, node, owner = stack.pop()
@@ -94,9 +90,8 @@ class DissectLister(ABC):
                     path = dir_path + name
                     entry = entries[path] = self._entry(path, child)
                     names.append(name)
-                    if (entry.type == "dir" and self._descend(path, child)
-                            and entry.inode not in seen):
-                        seen.add(entry.inode)
+                    if entry.type == "dir" and (entry.volume, entry.inode) not in seen:
+                        seen.add((entry.volume, entry.inode))
                         stack.append((path + "/", child, entry))
             except Exception as exc:  # a damaged directory or inode: named, not hidden
                 problems.append(f"{dir_path}: {self.library} could not read it ({exc})")

@@ -33,7 +33,12 @@ How a change is named (paths compared, ``p1:/x`` for partition 1):
   Metadata alone is a modification too: ``what_changed`` says what — content (or
   target), size, mtime, mode, owner, links (the hard-link count), streams (NTFS
   named streams), else ctime (an xattr or ACL: something in the inode no listing shows);
-- a directory is *modified* when the names it lists differ.
+- a directory is *modified* when the names it lists differ;
+- a Btrfs snapshot made or deleted: an entry created (deleted) that is the same inode
+  of another subvolume (number, generation, birth time) with the same data (disk
+  extents, resident bytes) as one present at both points (created: or at the first)
+  is a snapshot's copy; one row stands for the top copied directory (or file), its
+  evidence naming the source and how many copies lie below it.
 
 A created file that takes the place of a deleted one — same directory and the new
 name extends the old one (``report.txt`` → ``report.txt.locked``), or the same
@@ -270,6 +275,13 @@ class _Comparison:
         gone = {p: e for p, e in a.items() if p not in b or b[p].type != e.type}
         new = {p: e for p, e in b.items() if p not in a or a[p].type != e.type}
         kept = sorted(a.keys() & b.keys() - gone.keys())
+        # snapshots made or deleted: copies of files present at both points (or, made,
+        # at the first), in one row per top copied directory (or file)
+        copied = _copies(new, [*a.values(), *(b[p] for p in kept)])
+        dropped = _copies(gone, [*(a[p] for p in kept), *(b[p] for p in kept)])
+        for copies, side in ((copied, new), (dropped, gone)):
+            for path in copies:
+                del side[path]
         # a path now naming another file or directory (renamed over, names swapped): its
         # old and new ones are matched like deleted and created ones
         other = {p for p in kept if not a[p].same_identity(b[p])}
@@ -299,6 +311,11 @@ class _Comparison:
                      counterpart=counterpart)
         for _, old in sorted(sources.items()):
             self.add("deleted", old, None, self.stats(0, old))
+        for change, copies, listing in (("created", copied, b), ("deleted", dropped, a)):
+            for path, (source, below) in _top_copies(copies).items():
+                entry = listing[path]
+                self.add(change, None if change == "created" else entry,
+                         entry if change == "created" else None, copy_of=(source, below))
 
     def kin(self, old: Entry, now: Entry) -> bool:
         """Where birth times are whole seconds, is ``now`` the renamed ``old`` rather than
@@ -339,9 +356,9 @@ class _Comparison:
         not), then by content; the pairs are taken out of ``gone`` and ``new``."""
         pairs = []
         places = _Places(gone)
-        by_inode = {e.inode: e for e in gone.values()}
+        by_inode = {(e.volume, e.inode): e for e in gone.values()}
         for path, now in sorted(new.items()):
-            old = by_inode.get(now.inode)
+            old = by_inode.get((now.volume, now.inode))
             if old is not None and old.path in gone and old.same_identity(now) \
                     and (_born_to_the_ns(old, now) or self.kin(old, now)) \
                     and not self.named_after_another(now, old, places):
@@ -415,7 +432,10 @@ class _Comparison:
     def add(self, change: str, old: Entry | None, new: Entry | None,
             before: ByteStats | None = None, after: ByteStats | None = None,
             counterpart: Entry | None = None, appended: bool = False,
-            what: list[str] | None = None, replaced: Entry | None = None) -> None:
+            what: list[str] | None = None, replaced: Entry | None = None,
+            copy_of: tuple[Entry, int] | None = None) -> None:
+        """One row; ``copy_of``: the entry a snapshot's copy ``new`` (or ``old``) shares
+        its inode and data with, and how many copies below it the row stands for."""
         if before is None:
             before = self.stats(0, old)
         if after is None:
@@ -426,10 +446,17 @@ class _Comparison:
         kind_before = _head_type(self.disks[0], reference)
         kind_after = _head_type(self.disks[1], new)
         suspected, explained, evidence = (False, False, []) \
-            if entry.type != "file" or new is None else judge(
+            if entry.type != "file" or new is None or copy_of is not None else judge(
                 new.path, reference.path if reference is not None else None,
                 before, after, kind_before, kind_after, replaced=counterpart is not None,
                 appended=appended)
+        if copy_of is not None:
+            source, below = copy_of
+            evidence.insert(0, f"a snapshot's copy of {source.path} (subvolume "
+                               f"{source.volume}, inode {source.inode}): no data of its own"
+                            + (f"; {below} entries below it are copies too (not listed)"
+                               if below else ""))
+            explained = True
         if counterpart is not None:
             evidence.insert(0, f"took the place of deleted {counterpart.path} "
                                f"({counterpart.size} -> {new.size if new else 0} bytes)")
@@ -466,6 +493,38 @@ class _Comparison:
                     first = start // self.block_size
                     self.owners.append((first, -(-stop // self.block_size) - first,
                                         item.path, side))
+
+
+def _copies(entries: dict[str, Entry], others: list[Entry]) -> dict[str, Entry]:
+    """Those of ``entries`` that are a snapshot's copy of one of ``others``: on Btrfs, the
+    same inode of another subvolume (number, generation, birth time), type, size and
+    data (the same disk extents, the same resident bytes).  Path -> the entry copied."""
+    def identity(e: Entry) -> tuple:
+        return e.type, e.inode, e.seq, e.crtime, e.crtime_ns, e.size, e.resident
+
+    by_identity: dict[tuple, list[Entry]] = {}
+    for other in others:
+        if other.volume and other.seq:  # generation 0: the kernel's stand-in directory
+            by_identity.setdefault(identity(other), []).append(other)
+    found = {}
+    for path, entry in entries.items():
+        for other in by_identity.get(identity(entry), []):
+            if other.volume != entry.volume and other.same_extents(entry):
+                found[path] = other
+                break
+    return found
+
+
+def _top_copies(copies: dict[str, Entry]) -> dict[str, tuple[Entry, int]]:
+    """The copies whose directory is no copy -> (the entry copied, how many copies lie
+    below it)."""
+    top = {p: (e, 0) for p, e in copies.items() if os.path.dirname(p) not in copies}
+    for path in copies.keys() - top.keys():
+        up = os.path.dirname(path)
+        while up not in top:
+            up = os.path.dirname(up)
+        top[up] = top[up][0], top[up][1] + 1
+    return top
 
 
 # ------------------------------------------------------------------ results

@@ -129,18 +129,20 @@ class Entry:
     nlink: int = 0  # names the inode has (hard links)
     streams: tuple[tuple[str, int, str], ...] = ()  # NTFS named streams: name, size, SHA-256
     fs: str = ""  # the file system: "fat", "exfat", "ext", "ntfs", "hfs", ... ("": unknown)
+    volume: int = 0  # Btrfs: the subvolume whose inode numbers ``inode`` counts in; 0 elsewhere
 
     def same_file(self, other: Entry) -> bool:
-        """One file, whatever it holds now: the same inode (MFT record and sequence)
-        born at the same time, when recorded.  On FAT and exFAT, whose metadata address
-        is the directory entry's place (it moves with the name, and a swap of names
-        keeps both places), the same birth time and first cluster instead."""
+        """One file, whatever it holds now: the same inode (MFT record and sequence; Btrfs:
+        of the same subvolume) born at the same time, when recorded.  On FAT and exFAT,
+        whose metadata address is the directory entry's place (it moves with the name,
+        and a swap of names keeps both places), the same birth time and first cluster
+        instead."""
         if self.type != other.type:
             return False
         if self.fs in NAME_ADDRESSED:
             return (self.crtime, self.crtime_ns, self.first_byte) == \
                 (other.crtime, other.crtime_ns, other.first_byte)
-        if self.inode != other.inode or self.seq != other.seq:
+        if (self.inode, self.seq, self.volume) != (other.inode, other.seq, other.volume):
             return False
         return not (self.crtime and other.crtime
                     and (self.crtime, self.crtime_ns) != (other.crtime, other.crtime_ns))

@@ -8,6 +8,9 @@ Volumes are made by the real tools: ``mkfs.btrfs --rootdir`` (no mount needed),
 and, where the kernel has Btrfs and loop mounts work, files written, deleted and
 rewritten through a loop mount.  Files are listed through dissect.btrfs with their
 extents as physical disk bytes, and a second point's diff names what changed.
+Subvolumes and snapshots (openSUSE's and Ubuntu's layouts) are listed as the kernel
+shows the top level mounted (``subvolid=5``), and snapshots made or deleted between
+points are one row each.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 import sample_disks
 from support import assert_diff, require_module, require_tools
 
+from blockforensics import forensics
 from blockforensics.allocation import filesystem_allocation, survey
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs.btrfs import BtrfsFileSystem
@@ -404,3 +408,141 @@ def test_a_log_tree_copies_the_volume_whole(tmp_path: Path) -> None:
     region = survey(snap).regions[0]
     assert region.filesystem == "btrfs" and "log tree" in region.note, region
     assert survey(img).regions[0].note == ""  # unmounted since: committed, no log
+
+
+def _mounted_tree(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Path (from the mount point, "/" first) -> (type, inode, size) of every file and
+    directory below ``root``, as the kernel shows them."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        st = os.lstat(path)
+        kind = "dir" if path.is_dir() and not path.is_symlink() else "file"
+        found["/" + str(path.relative_to(root)).removeprefix(".")] = (
+            kind, st.st_ino, st.st_size if kind == "file" else 0)
+    return found
+
+
+def set_default(root: Path, subvolume: str) -> None:
+    """Make ``subvolume`` (its path from the top level) the default of the volume mounted
+    on ``root``."""
+    found = re.search(rf"ID (\d+) .* path {re.escape(subvolume)}$",
+                      run("btrfs", "subvolume", "list", root), re.M)
+    run("btrfs", "subvolume", "set-default", found[1], root)
+
+
+def make_subvolumes(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A volume laid out as openSUSE and Ubuntu do: subvolumes ``@`` (the default),
+    ``@home`` and ``@var_log`` at the top level, ``@/.snapshots`` nested in ``@`` and a
+    read-only snapshot of ``@`` in it (keeping ``.snapshots`` as an empty directory),
+    a writable snapshot of ``@home``; files in each (paths as when id 5 is mounted)."""
+    need_mount()
+    img = tmp_path / "subvolumes.img"
+    with img.open("wb") as fh:
+        fh.truncate(256 * MIB)
+    run("mkfs.btrfs", "-q", "-f", img)
+    rng = np.random.default_rng(7)
+    files = {"@/etc/hostname": b"forensics\n", "@/etc/big.bin": rng.bytes(600_000),
+             "@home/user/notes.txt": b"notes\n" * 3000,
+             "@home/user/photo.bin": rng.bytes(1_500_000),
+             "@var_log/syslog": b"log line\n" * 5000}
+    with mounted(img, tmp_path / "mnt") as root:
+        for name in ("@", "@home", "@var_log", "@/.snapshots"):
+            run("btrfs", "subvolume", "create", root / name)
+        write(root, files)
+        (root / "@/.snapshots/1").mkdir()
+        run("btrfs", "subvolume", "snapshot", "-r", root / "@", root / "@/.snapshots/1/snapshot")
+        run("btrfs", "subvolume", "snapshot", root / "@home", root / "@home-rw")
+        (root / "@home-rw/user/only-here.txt").write_bytes(b"in the writable snapshot\n")
+        set_default(root, "@")
+    for name in ("etc/hostname", "etc/big.bin"):
+        files[f"@/.snapshots/1/snapshot/{name}"] = files[f"@/{name}"]
+    for name in ("notes.txt", "photo.bin"):
+        files[f"@home-rw/user/{name}"] = files[f"@home/user/{name}"]
+    files["@home-rw/user/only-here.txt"] = b"in the writable snapshot\n"
+    return img, files
+
+
+def test_every_subvolume_and_snapshot_is_listed_as_mounted_at_the_top(tmp_path: Path) -> None:
+    """The listing equals the kernel's view of the top-level subvolume (subvolid=5):
+    every path, type, inode number and size, the empty directory a snapshot keeps for a
+    nested subvolume included; every file reads back; the default subvolume (``@``,
+    or one nested deeper) changes nothing."""
+    img, files = make_subvolumes(tmp_path)
+    with mounted(img, tmp_path / "top", "ro", "subvolid=5") as root:
+        kernel = _mounted_tree(root)
+    assert kernel["/@/.snapshots/1/snapshot/.snapshots"] == ("dir", 2, 0)
+    for default in ("@", "@/.snapshots"):
+        with mounted(img, tmp_path / "top", "subvolid=5") as root:
+            set_default(root, default)
+        with RawDisk(img) as disk:
+            listing = list_entries(disk)
+            assert not listing.unreadable
+            listed = {p: (e.type, e.inode, e.size if e.type == "file" else 0)
+                      for p, e in listing.entries.items()}
+            assert listed == kernel
+            for name, data in files.items():
+                got = _read_allocated(disk, f"/{name}")
+                assert got is not None and b"".join(got[1]) == data, name
+        entries = listing.entries
+        assert entries["/"].volume == 5 and entries["/@/etc/big.bin"].volume \
+            != entries["/@/.snapshots/1/snapshot/etc/big.bin"].volume
+        assert entries["/@/etc/big.bin"].same_extents(
+            entries["/@/.snapshots/1/snapshot/etc/big.bin"])  # shared, not copied
+
+
+@pytest.mark.slow
+def test_snapshots_made_and_deleted_are_one_row_each_and_restore_keeps_them(
+        tmp_path: Path) -> None:
+    """Between two points a snapshot of ``@`` is taken and an older one deleted, files
+    change in ``@home`` and the writable snapshot: the diff names those files by
+    their subvolume paths and each snapshot in one row (its files share their data:
+    no rows, no changed blocks of theirs); the restored volume shows the kernel the
+    same subvolumes and files."""
+    img, files = make_subvolumes(tmp_path)
+    chain = tmp_path / "chain"
+    cli("backup", img, chain)
+    with mounted(img, tmp_path / "mnt", "subvolid=5") as root:
+        (root / "@/.snapshots/2").mkdir()
+        run("btrfs", "subvolume", "snapshot", "-r", root / "@", root / "@/.snapshots/2/snapshot")
+        run("btrfs", "subvolume", "delete", root / "@/.snapshots/1/snapshot")
+        with (root / "@home/user/notes.txt").open("ab") as fh:
+            fh.write(b"one more\n")
+        (root / "@home/user/new.txt").write_bytes(b"new at point 1\n")
+        (root / "@home-rw/user/only-here.txt").unlink()  # the deleted snapshot: maybe
+        # still an orphan the cleaner has not dropped (its extents still allocated)
+    out = cli("backup", img, chain)
+    assert "copying all" not in out
+    changed = assert_diff(chain, {
+        "/@/.snapshots/2": "created", "/@/.snapshots/2/snapshot": "created",
+        "/@/.snapshots/1/snapshot": "deleted", "/@home/user/notes.txt": "modified",
+        "/@home/user/new.txt": "created", "/@home-rw/user/only-here.txt": "deleted"},
+        {}, ("/@/etc", "/@/.snapshots/2/snapshot/etc", "/@/.snapshots/1/snapshot/etc",
+             "/@var_log", "/@home-rw/user/notes.txt", "/@home-rw/user/photo.bin"))
+    assert set(changed) <= {"/@/.snapshots", "/@/.snapshots/2", "/@/.snapshots/2/snapshot",
+                            "/@/.snapshots/2/snapshot/.snapshots",
+                            "/@/.snapshots/1/snapshot",
+                            "/@/.snapshots/1", "/@/.snapshots/1/snapshot/.snapshots", "/@home/user",
+                            "/@home/user/notes.txt", "/@home/user/new.txt",
+                            "/@home-rw/user", "/@home-rw/user/only-here.txt"}, changed
+    with Chain.open(chain) as opened:
+        result = forensics.diff(opened, 0, 1, files=True)
+    rows = result.files.set_index("path")
+    for path, source in (("/@/.snapshots/2/snapshot", "/@"),
+                         ("/@/.snapshots/1/snapshot", "/@")):
+        evidence = rows.loc[path, "evidence"][0]
+        assert evidence.startswith(f"a snapshot's copy of {source} (") \
+            and "3 entries below it" in evidence, evidence
+    assert not rows["suspected_encryption"].any()
+    assert not set(result.owners["path"]) & {"/@/.snapshots/2/snapshot/etc/big.bin",
+                                              "/@/.snapshots/1/snapshot/etc/big.bin"}
+    restored = tmp_path / "restored.img"
+    cli("restore", chain, restored)
+    run("btrfs", "check", "--readonly", restored)
+    trees = []
+    for image in (img, restored):
+        with mounted(image, tmp_path / "top", "ro", "subvolid=5") as root:
+            trees.append((_mounted_tree(root), {
+                p: (root / p.lstrip("/")).read_bytes() for p, (kind, _, _)
+                in _mounted_tree(root).items() if kind == "file"}))
+    assert trees[0] == trees[1]
+    assert trees[1][1]["/@home/user/notes.txt"] == files["@home/user/notes.txt"] + b"one more\n"
