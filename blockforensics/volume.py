@@ -41,13 +41,11 @@ MAP_BYTES_PER_BLOCK = 4
 
 def check_disk_size(size: int, block_size: int) -> None:
     """UsageError when a disk of ``size`` bytes cannot be backed up in blocks of
-    ``block_size`` bytes: empty, larger than a chain holds (``MAX_VOLUME_SIZE``), or
-    of so many blocks that their maps would not fit in this machine's memory (the
-    error names the smallest block size whose maps do)."""
+    ``block_size`` bytes: larger than a chain holds (``MAX_VOLUME_SIZE``), or of so
+    many blocks that their maps would not fit in this machine's memory (the error
+    names the smallest block size whose maps do)."""
     from blockforensics.image.format import MAX_VOLUME_SIZE
 
-    if size <= 0:
-        raise UsageError("the source is empty (0 bytes): no disk to back up")
     if size > MAX_VOLUME_SIZE:
         raise UsageError(f"the source's {size} bytes exceed the {MAX_VOLUME_SIZE} bytes "
                          "(1 PiB) a chain holds")
