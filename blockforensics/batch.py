@@ -13,10 +13,10 @@ from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
 
 try:
     from blockforensics import _native as native
@@ -37,6 +37,8 @@ MIN_PART_BYTES = 1 << 20
 def parts(nbytes: np.ndarray) -> list[slice]:
     """Contiguous slices of items (``nbytes[i]`` bytes each) of about equal byte counts,
     one per core, none under ``MIN_PART_BYTES`` (so small batches are one part)."""
+    import numpy as np
+
     total = int(nbytes.sum()) if len(nbytes) else 0
     n = min(threads(), total // MIN_PART_BYTES)
     if n <= 1:

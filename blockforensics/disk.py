@@ -5,7 +5,9 @@ map of the blocks that hold data (``present``) so that writers of sparse formats
 can skip the rest.  Volumes, snapshots, chain points and every reader plugin
 (``blockforensics.formats``) implement it; everything downstream — backup, VHD
 export, the FUSE-exposed disk file, forensic file access — reads through it.
-The plugins import this module; it imports no plugin.
+The plugins import this module; it imports no plugin.  numpy is imported by the
+methods that use it, not here: a raw file is exported without it (see
+:meth:`Disk.present_runs` and :class:`~blockforensics.formats.placement.PlacedWriter`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ import io
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
-from blockforensics.blockmap import BlockMap
-
 if TYPE_CHECKING:
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
     from blockforensics.formats.placement import PlacedWriter
 
 
@@ -28,6 +29,8 @@ def nonzero_rows(blocks: np.ndarray) -> np.ndarray:
     Most data blocks are non-zero in their first 64 bytes, so those are looked at
     first and only the rest are scanned whole (3-4x faster than one full scan).
     """
+    import numpy as np
+
     words = blocks.view(np.uint64) if blocks.shape[1] % 8 == 0 else blocks
     head = min(words.shape[1], 64 // words.itemsize)
     nonzero = np.asarray(words[:, :head].any(axis=1))
@@ -63,6 +66,8 @@ class Disk(ABC):
         """The blocks at sorted, unique ``positions`` as ``(len(positions), block_size)``
         (in ``out`` when given: a buffer reused from batch to batch); one ``read_blocks``
         per run of consecutive positions."""
+        import numpy as np
+
         positions = np.asarray(positions, dtype=np.int64)
         if out is None:
             out = np.empty((positions.size, self.block_size), dtype=np.uint8)
@@ -81,7 +86,16 @@ class Disk(ABC):
 
         The default says every block; sparse formats narrow it.
         """
+        from blockforensics.blockmap import BlockMap
+
         return BlockMap.full(self.n_blocks, self.block_size)
+
+    def present_runs(self) -> list[tuple[int, int]]:
+        """``(first block, blocks)`` of the runs of :meth:`present`, ascending: what
+        writers walk.  A reader that finds its runs without a map (a raw file's data
+        extents) overrides this and makes :meth:`present` from it."""
+        starts, lengths = self.present().run_arrays()
+        return list(zip(starts.tolist(), lengths.tolist()))
 
     def write_to(self, out: PlacedWriter) -> None:
         """Hand the disk's present blocks to ``out``, which writes them where its
@@ -90,12 +104,13 @@ class Disk(ABC):
         This default reads chunks of ``COPY_BUFFER`` bytes; readers that know where
         their bytes lie in files override it to have them copied file to file.
         """
+        import numpy as np
+
         from blockforensics.formats.placement import COPY_BUFFER  # the shared copy size
 
         bs = self.block_size
         step = max(1, COPY_BUFFER // bs)
-        starts, lengths = self.present().run_arrays()
-        for start, length in zip(starts.tolist(), lengths.tolist()):
+        for start, length in self.present_runs():
             for first in range(start, start + length, step):
                 count = min(step, start + length - first)
                 blocks = self.read_blocks(first, count).data.cast("B")
@@ -118,6 +133,8 @@ class Disk(ABC):
     def patched(self, offset: int, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """The blocks a byte-level write of ``data`` at ``offset`` would leave:
         ``(positions, blocks)``, for read-modify-write by writable disks."""
+        import numpy as np
+
         if offset < 0 or offset + len(data) > self.size:
             raise IndexError(f"bytes [{offset}, {offset + len(data)}) outside the disk")
         if not data:
@@ -157,6 +174,8 @@ class InPlaceDisk(Disk):
         ``start .. start+count-1``; bytes past ``size`` read as zeros."""
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
+        import numpy as np
+
         out = np.empty((count, self.block_size), dtype=np.uint8)
         self.read_blocks_into(start, out)
         return out
@@ -220,6 +239,8 @@ class MappedDisk(Disk):
 
     def __init__(self, base: Disk, pieces: tuple[tuple[int, int, int], ...] | list[
             tuple[int, int, int]]):
+        import numpy as np
+
         self.base = base
         self.pieces = tuple((int(v), int(b), int(n)) for v, b, n in pieces)
         reached = 0
@@ -235,6 +256,8 @@ class MappedDisk(Disk):
         self.block_size = 4096 if aligned else 512
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
+        import numpy as np
+
         bs = self.block_size
         out = np.zeros((count, bs), dtype=np.uint8)
         flat = out.reshape(-1)
@@ -248,6 +271,8 @@ class MappedDisk(Disk):
     def to_base(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
         """Volume byte ranges ``[start, stop)`` (clipped to the volume) as ``(k, 2)``
         base-disk byte ranges, in the same order, split where a piece ends."""
+        import numpy as np
+
         rows: list[tuple[int, int]] = []
         for start, stop in zip(np.asarray(starts).tolist(), np.asarray(stops).tolist()):
             start, stop = max(start, 0), min(stop, self.size)

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import FileLayout, Layer, widen, write_layout
 from blockforensics.formats.placement import Placement
 
 if TYPE_CHECKING:
+    from blockforensics.blockmap import BlockMap
     from blockforensics.image.chain import Chain
 
 #: flattened formats and the layout class each writes

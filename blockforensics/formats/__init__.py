@@ -25,7 +25,6 @@ error when no plugin claims a file); the others keep working.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import stat
 import sys
@@ -252,6 +251,8 @@ def open_disk(
         plugin = known[format]
     if parent is None:
         return plugin.open(path, point=point, key=key)
+    import inspect  # only with a parent file: 2-7 ms of start-up
+
     if "parent" not in inspect.signature(plugin.open).parameters:
         raise UsageError(f"{path}: the {plugin.name} reader takes no parent file")
     return plugin.open(path, point=point, key=key, parent=parent)  # type: ignore[call-arg]

@@ -23,15 +23,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer, writeback_progress
 from blockforensics.formats.base import Disk, InPlaceDisk
 from blockforensics.formats.placement import Packing, PlacedWriter, Placement
 from blockforensics.progress import progress_bar
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
 
 SECTOR = 512
 
@@ -43,17 +48,23 @@ def round_up(value: int, unit: int) -> int:
 def touched(present: BlockMap, grain: int, n_pieces: int) -> BlockMap:
     """The ``grain``-byte pieces (of ``n_pieces``) that any block of ``present``
     overlaps, as a map of pieces (packed: one bit per piece)."""
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
+
     starts, lengths = present.run_arrays()
     first = starts * present.block_size // grain
     stop = np.minimum(-(-(starts + lengths) * present.block_size // grain), n_pieces)
     return BlockMap.from_run_arrays(n_pieces, first, np.maximum(stop - first, 0))
 
 
-def packed(grain: int, allocated: np.ndarray, first: int,
+def packed(grain: int, allocated: Sequence[int] | np.ndarray, first: int,
            stride: int | None = None) -> Placement:
     """The placement of sparse formats: the ``grain``-byte pieces ``allocated`` (sorted)
     one after another in the file, the first at byte ``first``, ``stride`` bytes apart
     (default ``grain``); every other piece has no place."""
+    import numpy as np
+
     allocated = np.asarray(allocated, dtype=np.int64)
     return Placement(grain, allocated,
                      first + np.arange(allocated.size, dtype=np.int64) * (stride or grain))
@@ -78,13 +89,13 @@ class FileLayout(ABC):
 
     ``size`` is the disk's size rounded up to a whole sector (the formats count
     sectors); bytes past the disk's end read as zeros.  ``present`` is the disk's
-    map of blocks that may hold data (the others are left as holes).
+    map of blocks that may hold data (the others are left as holes), made when first
+    used (a dynamic VHD written in disk order does without it).
     """
 
     disk: Disk
     size: int
     file_size: int
-    present: BlockMap
 
     def __init__(self, disk: Disk, max_size: int | None = None, name: str = "image"):
         self.disk = disk
@@ -92,7 +103,10 @@ class FileLayout(ABC):
         if max_size is not None and self.size > max_size:
             raise UsageError(f"disk of {disk.size} bytes exceeds the {name} maximum of "
                              f"{max_size} bytes")
-        self.present = disk.present()
+
+    @cached_property
+    def present(self) -> BlockMap:
+        return self.disk.present()
 
     @abstractmethod
     def metadata(self) -> Iterator[tuple[int, bytes | bytearray]]:
@@ -109,7 +123,7 @@ class FileLayout(ABC):
         pieces placed).  None (the default): the placement is fixed."""
         return None
 
-    def allocate(self, pieces: np.ndarray) -> None:
+    def allocate(self, pieces: Sequence[int] | np.ndarray) -> None:
         """Hold only ``pieces`` (sorted), the pieces a :meth:`packing` placed."""
         raise NotImplementedError(f"{type(self).__name__} places its pieces up front")
 
@@ -118,10 +132,12 @@ class FileLayout(ABC):
     def _extents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes | bytearray]]:
         """Sorted ``(file starts, lengths, source, metadata)``: ``source[i] >= 0`` is the
         disk offset of a data extent, ``-1 - j`` names ``metadata[j]``."""
+        import numpy as np
+
         meta = list(self.metadata())
         placement = self.placement()
-        disk_starts = placement.pieces * placement.grain
-        starts = np.concatenate([placement.bases,
+        disk_starts = np.asarray(placement.pieces, dtype=np.int64) * placement.grain
+        starts = np.concatenate([np.asarray(placement.bases, dtype=np.int64),
                                  np.array([o for o, _ in meta], dtype=np.int64)])
         lengths = np.concatenate([np.minimum(placement.grain, self.size - disk_starts),
                                   np.array([len(b) for _, b in meta], dtype=np.int64)])
@@ -139,6 +155,8 @@ class FileLayout(ABC):
 
     def readinto(self, offset: int, out: memoryview) -> int:
         """Fill ``out`` with the file's bytes from ``offset``; returns bytes filled."""
+        import numpy as np
+
         n = max(0, min(len(out), self.file_size - offset))
         dst = np.frombuffer(out, dtype=np.uint8, count=n)
         starts, lengths, source, meta = self._extents
@@ -171,6 +189,8 @@ class FileLayout(ABC):
         ``offset .. offset+length`` (clipped to the file) that read as zeros whatever
         the disk holds: outside every extent, and in data extents where the disk's
         blocks are not ``present`` or past its end.  What an NBD server sends as holes."""
+        import numpy as np
+
         end = min(offset + length, self.file_size)
         starts, lengths, source, _ = self._extents
         bs = self.disk.block_size
@@ -213,7 +233,7 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
     """
     disk = layout.disk
     path = Path(path)
-    data_bytes = min(layout.present.count() * disk.block_size, disk.size)
+    data_bytes = min(layout.present.count() * disk.block_size, disk.size) if progress else 0
     packing = layout.packing() if disk.in_order else None
     with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
         fd = fh.fileno()
@@ -235,6 +255,10 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
 def widen(covers: BlockMap, grain: int) -> BlockMap:
     """The blocks sharing a ``grain``-byte piece with any block of ``covers`` (what a
     format that allocates whole pieces must write to hold ``covers``), run by run."""
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
+
     bs, n = covers.block_size, covers.n_blocks
     starts, lengths = touched(covers, grain, -(-n * bs // grain)).run_arrays()
     first = starts * grain // bs
@@ -253,6 +277,8 @@ class Layer(Disk):
         self.size, self.block_size = disk.size, disk.block_size
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
+        import numpy as np
+
         blocks = self.disk.read_blocks(start, count)
         blocks[~self.covers.contains(np.arange(start, start + count))] = 0
         return blocks

@@ -12,6 +12,11 @@ can leave out the all-zero blocks of what it copies (they read as zeros: holes),
 and a :class:`Packing` gives a sparse format's pieces their places as they are
 written, so that all-zero pieces take no room at all.
 
+Copying runs from a file (:meth:`PlacedWriter.copy`: a raw image to a VHD) needs no
+numpy: its runs are few and long, walked a buffer at a time with scalar placements
+(:meth:`Placement.place`); numpy is imported by the vectorised paths (:meth:`PlacedWriter.put`,
+:meth:`Placement.__call__`), for the many short runs of decoded blocks.
+
 Units: every offset and length here is bytes.
 """
 
@@ -21,14 +26,18 @@ import functools
 import os
 import queue
 import threading
-from collections.abc import Callable
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from blockforensics import batch
 from blockforensics.disk import nonzero_rows
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: bytes per read and write of a file-to-file copy: small enough that a buffer is
 #: still in the CPU cache when it is written (4 MiB buffers copy up to 2x slower)
@@ -60,6 +69,8 @@ def split_at(starts: np.ndarray, lengths: np.ndarray, grain: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut byte runs at multiples of ``grain``: ``(starts, lengths, run)`` of the parts,
     ``run`` being the index of the run each part came from (runs must be non-empty)."""
+    import numpy as np
+
     starts = np.asarray(starts, dtype=np.int64)
     stops = starts + np.asarray(lengths, dtype=np.int64)
     first, last = starts // grain, (stops - 1) // grain
@@ -78,22 +89,33 @@ class Placement:
     held, so a sparse file of a huge disk costs memory for its data, not its size."""
 
     grain: int  # bytes per piece of the disk that stays unbroken in the file
-    pieces: np.ndarray  # int64, ascending: the pieces that have a place
-    bases: np.ndarray  # int64: the file offset of each of those pieces
+    pieces: np.ndarray | array[int]  # int64, ascending: the pieces that have a place
+    bases: np.ndarray | array[int]  # int64: the file offset of each of those pieces
 
     @classmethod
     def identity(cls) -> Placement:
         """Every disk byte at its own offset (a raw restore, a fixed VHD)."""
-        return cls(WHOLE, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+        return cls(WHOLE, array("q", [0]), array("q", [0]))
 
     def __call__(self, disk_offsets: np.ndarray) -> np.ndarray:
         """File offsets of disk byte offsets (int64 arrays); -1 where there is no place."""
+        import numpy as np
+
+        pieces, bases = np.asarray(self.pieces), np.asarray(self.bases)
         piece = disk_offsets // self.grain
-        at = np.minimum(np.searchsorted(self.pieces, piece), max(len(self.pieces) - 1, 0))
-        if not len(self.pieces):
+        at = np.minimum(np.searchsorted(pieces, piece), max(len(pieces) - 1, 0))
+        if not len(pieces):
             return np.full(len(piece), -1, dtype=np.int64)
-        placed = self.pieces[at] == piece
-        return np.where(placed, self.bases[at] + disk_offsets % self.grain, -1)
+        placed = pieces[at] == piece
+        return np.where(placed, bases[at] + disk_offsets % self.grain, -1)
+
+    def place(self, disk_offset: int) -> int:
+        """The file offset of one disk byte offset; -1 if it has no place."""
+        piece = disk_offset // self.grain
+        at = bisect_right(self.pieces, piece) - 1
+        if at < 0 or self.pieces[at] != piece:
+            return -1
+        return int(self.bases[at]) + disk_offset % self.grain
 
 
 class Packing:
@@ -105,36 +127,51 @@ class Packing:
     def __init__(self, grain: int, first: int, stride: int):
         self.grain = grain  # bytes per piece
         self.first, self.stride = first, stride  # bytes
-        self._pieces = np.zeros(64, dtype=np.int64)  # grown by doubling
-        self._count = 0
+        self._pieces = array("q")  # the pieces placed, ascending
 
     def __call__(self, disk_offsets: np.ndarray) -> np.ndarray:
         """File offsets of disk byte offsets; pieces past the last placed one are placed
         now; -1 for an earlier piece that has no place (written out of order)."""
+        import numpy as np
+
         piece = disk_offsets // self.grain
-        last = self._pieces[self._count - 1] if self._count else -1
-        new = np.unique(piece[piece > last])
-        if new.size:
-            if self._count + new.size > self._pieces.size:
-                grown = np.zeros(max(2 * self._pieces.size, self._count + new.size), np.int64)
-                grown[: self._count] = self._pieces[: self._count]
-                self._pieces = grown
-            self._pieces[self._count : self._count + new.size] = new
-            self._count += new.size
-        pieces = self._pieces[: self._count]
-        at = np.minimum(np.searchsorted(pieces, piece), max(self._count - 1, 0))
-        placed = (pieces[at] == piece) if self._count else np.zeros(piece.size, dtype=bool)
+        last = self._pieces[-1] if self._pieces else -1
+        later = piece[piece > last]
+        if later.size:  # sorted, so that unique needs no np.unique (which imports numpy.ma)
+            later = np.sort(later)
+            self._pieces.extend(later[np.r_[True, later[1:] != later[:-1]]].tolist())
+        if not self._pieces:
+            return np.full(piece.size, -1, dtype=np.int64)
+        pieces = np.frombuffer(self._pieces, dtype=np.int64)  # a view: no copy
+        at = np.minimum(np.searchsorted(pieces, piece), pieces.size - 1)
+        placed = pieces[at] == piece
         return np.where(placed, self.first + at * self.stride + disk_offsets % self.grain, -1)
+
+    def place(self, disk_offset: int) -> int:
+        """The file offset of one disk byte offset, its piece placed now if it lies past
+        the last placed one; -1 for an earlier piece that has no place."""
+        piece = disk_offset // self.grain
+        if not self._pieces or piece > self._pieces[-1]:
+            self._pieces.append(piece)
+        at = bisect_right(self._pieces, piece) - 1
+        if self._pieces[at] != piece:
+            return -1
+        return self.first + at * self.stride + disk_offset % self.grain
 
     def placed(self) -> Placement:
         """The pieces placed so far and their file offsets."""
-        pieces = self._pieces[: self._count].copy()
-        return Placement(self.grain, pieces,
-                         self.first + np.arange(pieces.size, dtype=np.int64) * self.stride)
+        n = len(self._pieces)
+        return Placement(self.grain, array("q", self._pieces),
+                         array("q", range(self.first, self.first + n * self.stride, self.stride)))
 
 
 def _nothing() -> None:
     """The ``done`` callback of every part but a buffer's last."""
+
+
+def _ints(values: Sequence[int] | np.ndarray) -> list[int]:
+    """Python ints of a list or an int array."""
+    return list(values) if isinstance(values, Sequence) else values.tolist()
 
 
 def write_all(fd: int, data: memoryview, offset: int) -> None:
@@ -148,10 +185,12 @@ def data_runs(data: memoryview, block: int) -> tuple[list[int], list[int]]:
     ``block``-byte blocks (a partial last block is kept): in C without the GIL where the
     extension is built, else with numpy."""
     if batch.native is not None:
-        runs = np.empty(2 * (len(data) // block + 1), dtype=np.int64)
-        bounds = runs[: 2 * batch.native.nonzero_runs(data, block, runs)]
-        starts = bounds[0::2]
-        return starts.tolist(), (bounds[1::2] - starts).tolist()
+        bounds = array("q", bytes(16 * (len(data) // block + 1)))
+        found = batch.native.nonzero_runs(data, block, bounds)
+        starts, stops = bounds[0 : 2 * found : 2], bounds[1 : 2 * found : 2]
+        return starts.tolist(), [b - a for a, b in zip(starts, stops)]
+    import numpy as np
+
     rows = len(data) // block
     nonzero = nonzero_rows(np.frombuffer(data, np.uint8, rows * block).reshape(rows, block))
     edges = np.flatnonzero(np.diff(np.r_[False, nonzero, len(data) > rows * block, False]
@@ -211,35 +250,43 @@ class PlacedWriter:
         if exc is None and self._error is not None:
             raise self._error
 
-    def copy(self, source_fd: int, disk_starts: np.ndarray, source_offsets: np.ndarray,
-             lengths: np.ndarray) -> None:
+    def copy(self, source_fd: int, disk_starts: Sequence[int] | np.ndarray,
+             source_offsets: Sequence[int] | np.ndarray,
+             lengths: Sequence[int] | np.ndarray) -> None:
         """Runs of disk bytes (in ascending order) that lie, as they are, at
-        ``source_offsets`` of a file, read ``COPY_BUFFER`` bytes at a time; with ``holes``,
+        ``source_offsets`` of a file, read ``COPY_BUFFER`` bytes at a time, never across a
+        piece boundary, and each buffer placed by its first byte written; with ``holes``,
         their all-zero blocks are left out (a :class:`Packing` then places only the
         pieces something is written to)."""
-        cut = self._cut(disk_starts, source_offsets, lengths)
-        if cut is None:
+        runs = [(disk, at, min(n, self.limit - disk)) for disk, at, n in
+                zip(_ints(disk_starts), _ints(source_offsets), _ints(lengths))]
+        runs = [run for run in runs if run[2] > 0]
+        if not runs:
             return
-        starts, sources, sizes = cut
-        packing = isinstance(self.placement, Packing)
-        targets = starts if packing else self._targets(starts)  # packing: placed as written
         free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(COPY_BUFFERS):
-            free.put(memoryview(bytearray(min(COPY_BUFFER, int(sizes.max())))))
-        for disk, target, at, n in zip(*(a.tolist() for a in (starts, targets, sources, sizes))):
+            free.put(memoryview(bytearray(min(COPY_BUFFER, max(n for *_, n in runs)))))
+        grain = self.placement.grain
+        for disk, at, n in runs:
             while n > 0:
                 buffer = free.get()
-                got = os.preadv(source_fd, [buffer[: min(n, len(buffer))]], at)
+                want = min(n, len(buffer), grain - disk % grain)
+                got = os.preadv(source_fd, [buffer[:want]], at)
                 if got <= 0:
                     raise OSError(f"unexpected end of the source file at byte {at}")
                 offsets, counts = self._data(buffer[:got])
-                if packing and offsets:  # a part lies in one piece: one place for the buffer
-                    target = int(self._targets(np.array([disk + offsets[0]]))[0]) - offsets[0]
                 if self._error is not None:
                     raise self._error
-                self._jobs.put((buffer, [target + o for o in offsets], offsets, counts,
-                                functools.partial(free.put, buffer)))
-                at, disk, target, n = at + got, disk + got, target + got, n - got
+                if offsets:
+                    place = self.placement.place(disk + offsets[0])
+                    if place < 0:
+                        raise ValueError("disk bytes outside the placement's pieces")
+                    target = place - offsets[0]
+                    self._jobs.put((buffer, [target + o for o in offsets], offsets, counts,
+                                    functools.partial(free.put, buffer)))
+                else:
+                    free.put(buffer)
+                at, disk, n = at + got, disk + got, n - got
 
     def _data(self, data: memoryview) -> tuple[list[int], list[int]]:
         """``(offsets, lengths)`` of the runs of ``data`` to write: all of it, or without
@@ -277,6 +324,8 @@ class PlacedWriter:
         """``(file targets, source offsets, lengths)`` of runs of disk bytes (at
         ``source_offsets`` of their source) cut at piece boundaries and at the limit, in
         the order of the runs; a :class:`Packing` places the pieces they reach."""
+        import numpy as np
+
         cut = self._cut(disk_starts, source_offsets, lengths)
         if cut is None:
             empty = np.zeros(0, dtype=np.int64)
@@ -287,6 +336,8 @@ class PlacedWriter:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """``(disk starts, source offsets, lengths)`` of the runs cut at piece boundaries
         and at the limit; None when nothing is left."""
+        import numpy as np
+
         disk_starts = np.asarray(disk_starts, dtype=np.int64)
         lengths = np.minimum(np.asarray(lengths, dtype=np.int64), self.limit - disk_starts)
         keep = lengths > 0

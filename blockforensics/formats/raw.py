@@ -2,7 +2,9 @@
 
 The catch-all plugin (probed last).  Holes of sparse files are reported as
 absent blocks, found with ``SEEK_DATA``/``SEEK_HOLE`` where the file system
-supports them, so exporting a sparse raw image to a dynamic VHD stays small.
+supports them, so exporting a sparse raw image to a dynamic VHD stays small.  Found
+and copied without numpy (:meth:`RawDisk.present_runs`, :meth:`RawDisk.write_to`): an
+export of a raw file does not pay for its import.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import errno
 import os
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
-from blockforensics.blockmap import BlockMap
 from blockforensics.errors import UsageError
 from blockforensics.formats.base import Disk, Format, InPlaceDisk
-from blockforensics.formats.placement import PlacedWriter
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
     from blockforensics.crypto import KeySource
+    from blockforensics.formats.placement import PlacedWriter
 
 
 class RawDisk(InPlaceDisk):
@@ -41,12 +43,13 @@ class RawDisk(InPlaceDisk):
 
     def write_to(self, out: PlacedWriter) -> None:
         """Have the data extents copied file to file (see :meth:`Disk.write_to`)."""
-        starts, lengths = self.present().run_arrays()
         bs = self.block_size
-        out.copy(self._fd, starts * bs, starts * bs, lengths * bs)
+        runs = self.present_runs()
+        starts = [first * bs for first, _ in runs]
+        out.copy(self._fd, starts, starts, [count * bs for _, count in runs])
 
-    def present(self) -> BlockMap:
-        """Blocks overlapping data extents of the file (holes excluded)."""
+    def present_runs(self) -> list[tuple[int, int]]:
+        """Runs of blocks overlapping data extents of the file (holes excluded)."""
         runs: list[tuple[int, int]] = []
         offset = 0
         try:
@@ -58,8 +61,14 @@ class RawDisk(InPlaceDisk):
                 offset = hole
         except OSError as exc:  # ENXIO: no data past offset (none at all: a file of holes)
             if exc.errno != errno.ENXIO and not runs:  # no SEEK_DATA support
-                return super().present()
-        return BlockMap.from_runs(self.n_blocks, runs, self.block_size)
+                return [(0, self.n_blocks)] if self.n_blocks else []
+        return runs
+
+    def present(self) -> BlockMap:
+        """Blocks overlapping data extents of the file (holes excluded)."""
+        from blockforensics.blockmap import BlockMap
+
+        return BlockMap.from_runs(self.n_blocks, self.present_runs(), self.block_size)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -24,17 +24,17 @@ sectors, VHD blocks are 2 MiB (``VHD_BLOCK``), Disk blocks are ``disk.block_size
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
 from urllib.parse import unquote, urlparse
 
-import numpy as np
-
-from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk, Format
 from blockforensics.formats.layout import (
@@ -50,6 +50,9 @@ from blockforensics.formats.record import Record, f
 from blockforensics.formats.signature import VHD_COOKIE, VHD_FOOTER_SIZE, is_vhd
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from blockforensics.blockmap import BlockMap
     from blockforensics.crypto import KeySource
 
 #: bytes of data per dynamic-VHD block (the spec's default, used by every writer)
@@ -224,6 +227,10 @@ class VhdLayout(FileLayout):
 
     ``unique_id`` (16 bytes) and ``timestamp`` default to random and now; pin
     them to get byte-identical files from the same disk.
+
+    The blocks allocated are found when first needed, unless :meth:`allocate` names
+    them first (as :func:`write_layout` does for a dynamic VHD, after writing it): a
+    raw file is then exported without numpy.
     """
 
     def __init__(self, disk: Disk, kind: Literal["dynamic", "fixed", "differencing"] = "dynamic",
@@ -251,13 +258,12 @@ class VhdLayout(FileLayout):
             saved_state=0,
         ).sealed()
         self._footer = self.footer.pack()
-        self._bitmaps: list[bytes] = []
+        self._covers = covers
         if not sparse:
-            self.data_start, self._head = 0, b""
-            self.allocated = np.zeros(0, dtype=np.int64)
-            self.bat = np.zeros(0, dtype=">u4")
-            self.bitmap_size, self.slot_size, self.data_end = 0, self.size, self.size
-            self.file_size = self.data_end + Footer.SIZE
+            self.data_start, self._header = 0, b""
+            self.bitmap_size, self.slot_size = 0, self.size
+            self._locators: list[tuple[int, bytes]] = []
+            self.allocate(())
             return
         n_entries = -(-self.size // VHD_BLOCK)
         table_offset = Footer.SIZE + DynamicHeader.SIZE
@@ -283,30 +289,46 @@ class VhdLayout(FileLayout):
             parent_unicode_name=name, parent_locator_entries=b"".join(entries),
         ).sealed().pack()
         self._bat_entries = bat_bytes // 4
-        self._covers = covers
-        self.allocate(touched(self.present if covers is None else covers,
-                              VHD_BLOCK, n_entries).positions())
 
-    def allocate(self, allocated: np.ndarray) -> None:
+    @cached_property
+    def allocated(self) -> array[int]:
+        """VHD block numbers of the allocated blocks, in file order: those given to
+        :meth:`allocate`, else every block that a block of the disk's present map (of
+        ``covers``, for a differencing VHD) overlaps."""
+        wanted = self.present if self._covers is None else self._covers
+        return array("q", touched(wanted, VHD_BLOCK, self.bat_entries).positions().tolist())
+
+    def allocate(self, allocated: Sequence[int] | np.ndarray) -> None:
         """Allocate the VHD blocks ``allocated`` (sorted block numbers), in that order in
         the file, and no others: the BAT, the blocks' places and the file's size."""
-        #: VHD block numbers of the allocated blocks, in file order
-        self.allocated = np.asarray(allocated, dtype=np.int64)
-        self.bat = np.full(self._bat_entries, UNUSED, dtype=">u4")
-        self.bat[self.allocated] = (
-            self.data_start + np.arange(self.allocated.size, dtype=np.int64) * self.slot_size
-        ) // SECTOR
-        if self.kind == "differencing" and self._covers is not None:
-            self._bitmaps = _sector_bitmaps(self._covers, self.allocated)
-        self._head = self._footer + self._header + self.bat.tobytes()
-        self.data_end = self.data_start + self.allocated.size * self.slot_size
-        #: bytes of the whole VHD file
-        self.file_size = self.data_end + Footer.SIZE
+        self.allocated = array("q", allocated)
+
+    @property
+    def data_end(self) -> int:
+        """Bytes up to the end of the last block's data (of the disk's data, if fixed)."""
+        if self.kind == "fixed":
+            return self.size
+        return self.data_start + len(self.allocated) * self.slot_size
+
+    @property
+    def file_size(self) -> int:  # type: ignore[override]  # follows the allocation
+        """Bytes of the whole VHD file."""
+        return self.data_end + Footer.SIZE
+
+    def _bat(self) -> bytes:
+        """The BAT: a big-endian uint32 per VHD block, its data's first sector or UNUSED."""
+        bat = array("I", [UNUSED]) * self._bat_entries
+        first, step = self.data_start // SECTOR, self.slot_size // SECTOR
+        for slot, block in enumerate(self.allocated):
+            bat[block] = first + slot * step
+        if sys.byteorder == "little":
+            bat.byteswap()
+        return bat.tobytes()
 
     def __repr__(self) -> str:
         blocks = ""
         if self.kind != "fixed":
-            blocks = f", {self.allocated.size} of {self.bat_entries} blocks allocated"
+            blocks = f", {len(self.allocated)} of {self.bat_entries} blocks allocated"
         return f"VhdLayout({self.kind}, {self.size} B disk, {self.file_size} B file{blocks})"
 
     @property
@@ -331,28 +353,30 @@ class VhdLayout(FileLayout):
     def metadata(self) -> Iterator[tuple[int, bytes]]:
         """The head (footer copy, dynamic header, BAT), parent locators, each allocated
         block's sector bitmap, the footer."""
-        if self._head:
-            yield 0, self._head
         if self.kind != "fixed":
+            yield 0, self._footer + self._header + self._bat()
             yield from self._locators
+        bitmaps = (_sector_bitmaps(self._covers, self.allocated)
+                   if self.kind == "differencing" and self._covers is not None else None)
         ones = b"\xff" * self.bitmap_size
-        for slot in range(self.allocated.size):
-            bitmap = self._bitmaps[slot] if self._bitmaps else ones
-            yield self.data_start + slot * self.slot_size, bitmap
+        for slot in range(len(self.allocated)):
+            yield self.data_start + slot * self.slot_size, bitmaps[slot] if bitmaps else ones
         yield self.data_end, self._footer
 
 
-def _sector_bitmaps(covers: BlockMap, allocated: np.ndarray) -> list[bytes]:
+def _sector_bitmaps(covers: BlockMap, allocated: Sequence[int]) -> list[bytes]:
     """The sector bitmap of each allocated VHD block: the sectors of ``covers``'s blocks
     (most significant bit first, as the spec orders them)."""
+    import numpy as np
+
     bs = covers.block_size
     if bs % SECTOR:
         raise UsageError(f"blocks of {bs} bytes are not whole sectors: no differencing VHD")
     per = bs // SECTOR
     sectors = (covers.positions()[:, None] * per + np.arange(per)).reshape(-1)
     per_block = VHD_BLOCK // SECTOR
-    bits = np.zeros((allocated.size, per_block), dtype=bool)
-    bits[np.searchsorted(allocated, sectors // per_block), sectors % per_block] = True
+    bits = np.zeros((len(allocated), per_block), dtype=bool)
+    bits[np.searchsorted(np.asarray(allocated), sectors // per_block), sectors % per_block] = True
     packed = np.packbits(bits, axis=1)
     return [row.tobytes().ljust(_bitmap_size(VHD_BLOCK), b"\0") for row in packed]
 
@@ -401,6 +425,8 @@ class VhdInfo:
     @property
     def allocated(self) -> np.ndarray:
         """Numbers of the allocated VHD blocks (int64)."""
+        import numpy as np
+
         return np.flatnonzero(self.bat != UNUSED)
 
     def __repr__(self) -> str:
@@ -465,6 +491,8 @@ def _read_at(fd: int, offset: int, length: int) -> bytes:
 
 def _parse(path: Path, fd: int) -> VhdInfo:
     """Read and validate the footer, header and BAT; FormatError on anything wrong."""
+    import numpy as np
+
     file_size = os.fstat(fd).st_size
     name = path.name
     data_end = file_size - Footer.SIZE
@@ -589,6 +617,8 @@ class VhdDisk(Disk):
                           f"(give it with --parent FILE)")
 
     def read_blocks(self, start: int, count: int) -> np.ndarray:
+        import numpy as np
+
         out = np.zeros((count, self.block_size), dtype=np.uint8)
         flat = out.reshape(-1)
         offset = start * self.block_size
@@ -617,6 +647,8 @@ class VhdDisk(Disk):
 
     def _merge(self, entry: int, within: int, dst: np.ndarray, at: int) -> None:
         """Overwrite ``dst`` (bytes ``within`` .. of a block) with the block's own sectors."""
+        import numpy as np
+
         bitmap = np.frombuffer(os.pread(self._fd, self._bitmap, entry * SECTOR), np.uint8)
         first, last = within // SECTOR, (within + dst.size - 1) // SECTOR
         own = np.unpackbits(bitmap)[first:last + 1].astype(bool)
@@ -632,6 +664,10 @@ class VhdDisk(Disk):
     def present(self) -> BlockMap:
         """Disk blocks overlapping allocated VHD blocks (all of them for a fixed VHD),
         and those present in the parent of a differencing VHD."""
+        import numpy as np
+
+        from blockforensics.blockmap import BlockMap
+
         if self.info.header is None:
             return super().present()
         allocated = self.info.bat != UNUSED
