@@ -14,11 +14,15 @@ A volume that needs journal recovery (``needs_recovery``: mounted, snapshotted
 live, or crashed) may have block bitmaps and descriptors newer in its journal
 than in place; a block is then allocated when either copy of its bitmap says so
 (``fs/jbd2.py``).  Without that, a file written in the last transactions before
-the snapshot was copied as free space and lost after recovery.
+the snapshot was copied as free space and lost after recovery.  With
+``fast_commit``, a file fsync'd since the last full commit has its blocks in no
+bitmap at all, only in the fast commits recovery replays (``fs/ext4fc.py``):
+every block they name is allocated too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -28,7 +32,8 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.base import FileSystem, units_map
-from blockforensics.fs.jbd2 import logged_blocks
+from blockforensics.fs.ext4fc import fast_commits
+from blockforensics.fs.jbd2 import fast_commit_blocks, logged_blocks
 from blockforensics.fs.structure import Structure
 
 SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
@@ -224,14 +229,14 @@ class ExtFileSystem(FileSystem):
 
     # ----------------------------------------------------------------- journal
     @cached_property
-    def logged(self) -> dict[int, bytes]:
-        """Blocks journal recovery would write, by block number: the newest committed
-        copy of each block the internal journal logs, when the volume needs recovery;
-        FormatError when it needs recovery from a journal not in the volume."""
+    def _journal(self) -> Callable[[int], bytes] | None:
+        """Reads block *i* of the internal journal, when the volume needs recovery
+        (None when it does not); FormatError when it needs recovery from a journal not
+        in the volume."""
         sb = self.sb
         if not (sb.s_feature_incompat & INCOMPAT_RECOVER
                 and sb.s_feature_compat & COMPAT_HAS_JOURNAL):
-            return {}
+            return None
         if not sb.s_journal_inum:
             raise FormatError(f"{self.name}: needs recovery from an external journal (device "
                               f"{sb.s_journal_dev:#x}), which is not in this image")
@@ -242,11 +247,53 @@ class ExtFileSystem(FileSystem):
                 raise FormatError(f"{self.name}: journal block {block} is not mapped")
             return self.read(int(where[block]) * self.block_size, self.block_size)
 
+        return read
+
+    @cached_property
+    def logged(self) -> dict[int, bytes]:
+        """Blocks journal recovery would write, by block number: the newest committed
+        copy of each block the internal journal logs, when the volume needs recovery;
+        FormatError when it needs recovery from a journal not in the volume."""
+        if self._journal is None:
+            return {}
         try:
-            return logged_blocks(read)
+            return logged_blocks(self._journal)
         except FormatError as exc:
             raise FormatError(f"{self.name}: needs recovery, but its journal is "
                               f"unreadable: {exc}") from None
+
+    def fast_commit_units(self) -> BlockMap:
+        """Units the replay of the journal's fast commits marks in use (none unless the
+        volume needs recovery): every extent they add, and every block — extent-tree
+        nodes included — of each inode they log.  FormatError when a logged inode's
+        extent tree cannot be followed."""
+        none = units_map(np.zeros(0), np.zeros(0), self.n_units, self.unit)
+        if self._journal is None:
+            return none
+        try:
+            found = fast_commits(self._journal, fast_commit_blocks(self._journal))
+        except FormatError as exc:
+            raise FormatError(f"{self.name}: needs recovery, but its journal is "
+                              f"unreadable: {exc}") from None
+        extents = [EXTENT.parse_array(bytes(found.extents), len(found.extents) // EXTENT.size)]
+        nodes: list[int] = []
+        for raw in found.inodes:
+            if len(raw) < INODE.size or not INODE.parse(raw).i_flags & EXTENTS_FL:
+                continue  # no extent tree (inline data; a block-mapped file's are ranges)
+            try:
+                extents.extend(self._extent_leaves(INODE.parse(raw).i_block, MAX_EXTENT_DEPTH,
+                                                   nodes))
+            except FormatError as exc:
+                raise FormatError(f"{self.name}: needs recovery, but an inode its fast "
+                                  f"commits log has an unreadable extent tree: {exc}") from None
+        leaves = np.concatenate(extents)
+        starts = np.r_[leaves["ee_start_lo"].astype(np.int64)
+                       | leaves["ee_start_hi"].astype(np.int64) << 32, nodes]
+        lengths = leaves["ee_len"].astype(np.int64)
+        lengths = np.r_[np.where(lengths > INIT_EXTENT_MAX_LEN, lengths - INIT_EXTENT_MAX_LEN,
+                                 lengths), np.ones(len(nodes), dtype=np.int64)]
+        ratio = 1 << self.cluster_shift
+        return units_map(starts // ratio, -(-(starts + lengths) // ratio), self.n_units, self.unit)
 
     def file_blocks(self, ino: int, max_blocks: int) -> np.ndarray:
         """The volume block of each block of inode ``ino``'s file, in file order (0: a
@@ -273,24 +320,33 @@ class ExtFileSystem(FileSystem):
                 logical = self._indirect(int(pointer), level, logical, out)
         return out
 
-    def _extent_node(self, node: bytes, out: np.ndarray, depth_left: int) -> None:
-        """Fill ``out`` (volume block per file block) from one node of an extent tree."""
+    def _extent_leaves(self, node: bytes, depth_left: int,
+                       inner: list[int] | None = None) -> Iterator[np.ndarray]:
+        """The leaf entries (EXTENT arrays) of the extent tree below ``node``, the block
+        of each node under it appended to ``inner``."""
         head = EXTENT_HEADER.parse(node)
         if head.eh_magic != EXTENT_MAGIC or head.eh_depth > depth_left:
             raise FormatError(f"{self.name}: bad extent tree node")
-        if head.eh_depth:
-            for entry in EXTENT_INDEX.parse_array(node[EXTENT_HEADER.size :], head.eh_entries):
-                leaf = int(entry["ei_leaf_lo"]) | int(entry["ei_leaf_hi"]) << 32
-                self._extent_node(self.read(leaf * self.block_size, self.block_size), out,
-                                  head.eh_depth - 1)
+        if not head.eh_depth:
+            yield EXTENT.parse_array(node[EXTENT_HEADER.size :], head.eh_entries)
             return
-        for entry in EXTENT.parse_array(node[EXTENT_HEADER.size :], head.eh_entries):
-            length = int(entry["ee_len"])
-            length -= INIT_EXTENT_MAX_LEN if length > INIT_EXTENT_MAX_LEN else 0
-            first = int(entry["ee_block"])
-            start = int(entry["ee_start_lo"]) | int(entry["ee_start_hi"]) << 32
-            stop = min(first + length, out.size)
-            out[first:stop] = start + np.arange(max(stop - first, 0))
+        for entry in EXTENT_INDEX.parse_array(node[EXTENT_HEADER.size :], head.eh_entries):
+            leaf = int(entry["ei_leaf_lo"]) | int(entry["ei_leaf_hi"]) << 32
+            if inner is not None:
+                inner.append(leaf)
+            yield from self._extent_leaves(self.read(leaf * self.block_size, self.block_size),
+                                           head.eh_depth - 1, inner)
+
+    def _extent_node(self, node: bytes, out: np.ndarray, depth_left: int) -> None:
+        """Fill ``out`` (volume block per file block) from one node of an extent tree."""
+        for leaf in self._extent_leaves(node, depth_left):
+            for entry in leaf:
+                length = int(entry["ee_len"])
+                length -= INIT_EXTENT_MAX_LEN if length > INIT_EXTENT_MAX_LEN else 0
+                first = int(entry["ee_block"])
+                start = int(entry["ee_start_lo"]) | int(entry["ee_start_hi"]) << 32
+                stop = min(first + length, out.size)
+                out[first:stop] = start + np.arange(max(stop - first, 0))
 
     def _indirect(self, pointer: int, level: int, logical: int, out: np.ndarray) -> int:
         """Fill ``out`` from a ``level``-deep indirect block mapping file blocks from
@@ -395,7 +451,7 @@ class ExtFileSystem(FileSystem):
             groups = np.flatnonzero(uninit) * per_group + first_unit
             flags |= self.metadata_units(desc) & units_map(groups, groups + per_group,
                                                            self.n_units, self.unit)
-        return flags
+        return flags | self.fast_commit_units()
 
 
 def _kind(sb: Any) -> str:

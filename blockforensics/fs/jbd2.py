@@ -10,11 +10,19 @@ once its commit block is found.  Revoke records are not applied and checksums
 not checked: a reader that ORs these copies into the volume's only ever copies
 more.  The journal is big-endian, its blocks addressed from 0 within the
 journal (the caller maps them to the volume's blocks).
+
+A journal with fast commits (``INCOMPAT_FAST_COMMIT``) ends its log
+``s_num_fc_blks`` blocks (256 when 0) before ``s_maxlen``: the log wraps there,
+and the fast-commit area is the blocks after it (Linux ``journal_load_superblock``:
+``j_last = s_maxlen - num_fc``, fast commits from ``j_last + 1``), unless that
+would leave the log fewer than ``MIN_LOG_BLOCKS``.  What the fast commits hold is
+ext4's (``fs/ext4fc.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from blockforensics.errors import FormatError
 from blockforensics.fs.structure import Structure
@@ -25,13 +33,14 @@ HEADER = Structure("JournalHeader", 12, [
     (0x4, "I", "h_blocktype"),
     (0x8, "I", "h_sequence"),
 ], byteorder=">")
-SUPERBLOCK = Structure("JournalSuperblock", 0x30, [
+SUPERBLOCK = Structure("JournalSuperblock", 0x58, [
     (0x0C, "I", "s_blocksize"),
     (0x10, "I", "s_maxlen"),
     (0x14, "I", "s_first"),
     (0x18, "I", "s_sequence"),
     (0x1C, "I", "s_start"),
     (0x28, "I", "s_feature_incompat"),
+    (0x54, "I", "s_num_fc_blks"),
 ], byteorder=">")
 #: a descriptor block's tag: journal_block_tag3_t with CSUM_V3, else journal_block_tag_t;
 #: both continue with ``t_blocknr_high`` at 0x8 on 64-bit journals
@@ -49,26 +58,50 @@ DESCRIPTOR_BLOCK, COMMIT_BLOCK, SUPERBLOCK_V1, SUPERBLOCK_V2, REVOKE_BLOCK = 1, 
 INCOMPAT_64BIT = 0x2
 INCOMPAT_CSUM_V2 = 0x8
 INCOMPAT_CSUM_V3 = 0x10
+INCOMPAT_FAST_COMMIT = 0x20
+DEFAULT_FAST_COMMIT_BLOCKS = 256  # when s_num_fc_blks is 0
+MIN_LOG_BLOCKS = 1024  # JBD2_MIN_JOURNAL_BLOCKS: no fast-commit area below this
 FLAG_ESCAPE = 0x1  # the block's first 4 bytes were the magic, written as zeros
 FLAG_SAME_UUID = 0x2  # else a 16-byte UUID follows the tag
 FLAG_LAST_TAG = 0x8
 TAIL_SIZE = 4  # jbd2_journal_block_tail, at the end of a descriptor block with checksums
 
 
-def logged_blocks(read: Callable[[int], bytes]) -> dict[int, bytes]:
-    """The newest committed copy of each volume block the journal logs, by volume block
-    number; ``read(i)`` returns the journal's block *i*.  Empty when the journal is
-    (``s_start == 0``); FormatError when its superblock is not one."""
+def _superblock(read: Callable[[int], bytes]) -> tuple[Any, int]:
+    """The journal superblock and its incompatible features (0 for a v1 superblock);
+    FormatError when block 0 is not one."""
     sb_block = read(0)
     header = HEADER.parse(sb_block)
     if header.h_magic != MAGIC or header.h_blocktype not in (SUPERBLOCK_V1, SUPERBLOCK_V2):
         raise FormatError("no journal superblock")
     sb = SUPERBLOCK.parse(sb_block)
+    return sb, sb.s_feature_incompat if header.h_blocktype == SUPERBLOCK_V2 else 0
+
+
+def log_end(sb: Any, incompat: int) -> int:
+    """The journal block after the log's last one (where it wraps to ``s_first``)."""
+    if not incompat & INCOMPAT_FAST_COMMIT:
+        return int(sb.s_maxlen)
+    fast = sb.s_num_fc_blks or DEFAULT_FAST_COMMIT_BLOCKS
+    return int(sb.s_maxlen) - fast if sb.s_maxlen - fast >= MIN_LOG_BLOCKS else int(sb.s_maxlen)
+
+
+def fast_commit_blocks(read: Callable[[int], bytes]) -> range:
+    """Journal blocks of the fast-commit area (empty without fast commits)."""
+    sb, incompat = _superblock(read)
+    return range(log_end(sb, incompat) + 1, sb.s_maxlen)
+
+
+def logged_blocks(read: Callable[[int], bytes]) -> dict[int, bytes]:
+    """The newest committed copy of each volume block the journal logs, by volume block
+    number; ``read(i)`` returns the journal's block *i*.  Empty when the journal is
+    (``s_start == 0``); FormatError when its superblock is not one."""
+    sb, incompat = _superblock(read)
     if sb.s_start == 0:
         return {}
-    if not 0 < sb.s_first <= sb.s_start < sb.s_maxlen:
-        raise FormatError(f"journal start {sb.s_start} outside blocks {sb.s_first}..{sb.s_maxlen}")
-    incompat = sb.s_feature_incompat if header.h_blocktype == SUPERBLOCK_V2 else 0
+    end = log_end(sb, incompat)
+    if not 0 < sb.s_first <= sb.s_start < end:
+        raise FormatError(f"journal start {sb.s_start} outside blocks {sb.s_first}..{end - 1}")
     csum3 = bool(incompat & INCOMPAT_CSUM_V3)
     tag = TAG3 if csum3 else TAG
     tag_bytes = 16 if csum3 else (8 + 2 * bool(incompat & INCOMPAT_CSUM_V2)
@@ -76,13 +109,13 @@ def logged_blocks(read: Callable[[int], bytes]) -> dict[int, bytes]:
     tail = TAIL_SIZE if incompat & (INCOMPAT_CSUM_V2 | INCOMPAT_CSUM_V3) else 0
     high = bool(incompat & INCOMPAT_64BIT)
 
-    def after(block: int) -> int:  # the log wraps from s_maxlen - 1 to s_first
-        return sb.s_first if block + 1 >= sb.s_maxlen else block + 1
+    def after(block: int) -> int:  # the log wraps from its last block to s_first
+        return sb.s_first if block + 1 >= end else block + 1
 
     logged: dict[int, bytes] = {}
     pending: dict[int, bytes] = {}
     block, sequence = sb.s_start, sb.s_sequence
-    for _ in range(sb.s_maxlen):  # each journal block is read once at most
+    for _ in range(end):  # each journal block is read once at most
         data = read(block)
         found = HEADER.parse(data)
         if found.h_magic != MAGIC or found.h_sequence != sequence:
