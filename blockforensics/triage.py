@@ -168,6 +168,8 @@ class LostFileSystem:
             return f"{what} — encrypted whole (its metadata or all of it)"
         if self.constant_share >= LOST_RANDOM_SHARE:
             return f"{what} — wiped"
+        if not self.changed_blocks:
+            return f"{what} — its blocks unchanged: no table declares it where it was"
         return f"{what} — its structures destroyed"
 
     def to_json(self) -> dict[str, Any]:
@@ -189,12 +191,14 @@ class PointTriage:
     files: list[dict[str, Any]] = field(default_factory=list)
     diff: forensics.DiffResult | None = None
     lost_filesystems: list[LostFileSystem] = field(default_factory=list)
+    table_changes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"point": self.point, "parent": self.parent, "label": self.label,
                 "created": self.created, "verdict": self.verdict, "reasons": self.reasons,
                 "metrics": self.metrics, "baseline": self.baseline, "files": self.files,
-                "lost_filesystems": [lost.to_json() for lost in self.lost_filesystems]}
+                "lost_filesystems": [lost.to_json() for lost in self.lost_filesystems],
+                "table_changes": self.table_changes}
 
 
 def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> np.ndarray:
@@ -291,6 +295,35 @@ def _lost_filesystems(chain: Chain, result: forensics.DiffResult, before: Listin
             float((entropy[inside] >= HIGH_BLOCK_ENTROPY).mean()) if inside.any() else 0.0,
             float((entropy[inside] == 0).mean()) if inside.any() else 0.0, now))
     return lost
+
+
+def _table_changes(parent: Any, disk: Any) -> list[str]:
+    """How the disk's partition table differs from the parent's (a disk with one): its
+    kind, the partitions it declares (bytes), or what reading it newly noticed (a
+    protective MBR gone, the primary GPT header unusable) — a wiper's first strike."""
+    from blockforensics.allocation import partition_table
+    from blockforensics.errors import FormatError
+
+    def read(d: Any) -> tuple[str, set[tuple[int, int]], list[str]]:
+        try:
+            kind, found, notes = partition_table(d)
+        except FormatError as exc:
+            return "unreadable", set(), [str(exc)]
+        return kind, {(q.start_byte, q.length_bytes) for q in found}, notes
+
+    (kind_a, parts_a, notes_a), (kind_b, parts_b, notes_b) = read(parent), read(disk)
+    if kind_a == "none":
+        return []
+    if kind_b != kind_a:
+        return [f"the partition table was {kind_a.upper()}, now "
+                + ("none is found" if kind_b == "none" else kind_b.upper())]
+    changes = []
+    if parts_b != parts_a:
+        changes.append(f"the {kind_a.upper()} partition table declares other partitions: "
+                       f"{len(parts_a - parts_b)} gone, {len(parts_b - parts_a)} new")
+    changes += [f"the {kind_a.upper()} partition table: {note}"
+                for note in notes_b if note not in notes_a]
+    return changes
 
 
 def _emptied(files: pd.DataFrame) -> pd.Series:
@@ -452,6 +485,9 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
         reasons.append(f"{m['suspected_files']} file(s) suspected of encryption (random "
                        f"segments appeared, chi-square p >= 0.001, no compressed format "
                        f"explains them)")
+    for change in t.table_changes:
+        reasons.append(change)
+        t.verdict = max(t.verdict, "suspicious", key=VERDICTS.index)
     for lost in t.lost_filesystems:
         reasons.append(lost.describe())
         t.verdict = "encrypted" if lost.encrypted else max(t.verdict, "suspicious",
@@ -548,7 +584,9 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
         metrics, hits, lost = _measure(chain, result, listings[p], listings.get(parent),
                                        compiled)
         t = PointTriage(p, parent, str(rows[p]["label"]), str(rows[p]["created"]), metrics,
-                        diff=result, lost_filesystems=lost)
+                        diff=result, lost_filesystems=lost,
+                        table_changes=[] if parent is None else _table_changes(
+                            chain.disk(parent), chain.disk(p)))
         history = [q.metrics for q in points if q.parent is not None and q.verdict == "clean"]
         t.baseline = _baseline(history)
         t.files = _file_rows(result, hits)

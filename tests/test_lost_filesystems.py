@@ -131,3 +131,34 @@ def test_a_volume_wiped_with_zeros_is_suspicious_not_encrypted(tmp_path: Path) -
     assert point["verdict"] == "suspicious" and not lost["encrypted"]
     assert lost["prefix"] == "" and lost["constant_share"] >= 0.5
     assert any(r.endswith("— wiped") for r in point["reasons"])
+
+
+def test_a_partition_table_wiped_is_suspicious(tmp_path: Path) -> None:
+    """A GPT disk (sgdisk) whose protective MBR, then whole table, a wiper zeroes: the
+    volumes' blocks stay as they were, the table's loss is named."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("sgdisk", "mkfs.ext4")
+    disk, chain = tmp_path / "disk.img", tmp_path / "chain"
+    disk.write_bytes(bytes(32 * MIB))
+    run("sgdisk", "-n", "1:2048:+12M", "-n", "2:0:+12M", disk)
+    volume = tmp_path / "p1.vol"
+    volume.write_bytes(bytes(12 * MIB))
+    run("mkfs.ext4", "-q", "-F", volume)
+    _overwrite(disk, 2048 * SECTOR, volume.read_bytes())
+    backup(disk, chain)
+    _overwrite(disk, 30 * MIB, b"the other partition's data\n" * 100)  # ordinary
+    backup(disk, chain)
+    _overwrite(disk, 0, bytes(SECTOR))  # the protective MBR
+    backup(disk, chain)
+    _overwrite(disk, 0, bytes(34 * SECTOR))  # the primary header and entries
+    backup(disk, chain)
+    doc = triage_json(chain)
+    assert [p["verdict"] for p in doc["points"]] == ["clean", "clean", "suspicious",
+                                                       "suspicious"]
+    assert doc["points"][1]["table_changes"] == []
+    assert doc["points"][2]["table_changes"] == [
+        "the GPT partition table: no protective MBR (no 0xEE entry in sector 0)"]
+    assert doc["points"][3]["table_changes"] == [
+        "the partition table was GPT, now none is found"]
+    assert any(r.endswith("no table declares it where it was")
+               for r in doc["points"][3]["reasons"])
