@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
     from blockforensics.crypto import KeySource
     from blockforensics.formats.base import Disk
+    from blockforensics.formats.ewf import EwfDisk
     from blockforensics.image.chain import Chain
+    from blockforensics.image.sources import SourceCheck
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -186,27 +188,48 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
             changed = source.dirty_map(args.bitmap, block_size)
         found = None if args.all_blocks else survey(source, block_size)
-        stored_hashes = dict(getattr(source, "hashes", {}))  # an acquisition's (EWF): shown
+        hashed = _acquisition(source)
+        if hashed is not None:  # read whole, in order, during the backup
+            hashed.start_hashing()
         point = backup(chain, source, parent=args.parent, full=args.full or None,
                        changed=changed, only=found.map if found else None, block_size=block_size,
                        label=args.label, compress=args.compress, progress=sys.stderr.isatty())
+        check = None if hashed is None else _check_acquisition(chain, point, hashed)
     row = chain.rows()[point]
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
-        extra = {"source_hashes": stored_hashes} if stored_hashes else {}
+        extra = check.to_json() if check else {}
         print(_dumps({**row, **(found.to_json() if found else {"table": None,
                                                                   "partitions": []}),
                       **extra}, indent=1))
-        return EXIT_OK
-    if stored_hashes:
-        print("source: hashes stored at acquisition (ewfverify checks them; a backup "
-              "reads only what matters): "
-              + ", ".join(f"{name} {value}" for name, value in stored_hashes.items()))
-    print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
-    print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
-          f"{row['stored_bytes']} bytes")
+    else:
+        if check is not None and check.ok:
+            print(f"source: {check.report()}")
+        print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))
+        print(f"point {point}: {row['kind']} {row['file']}, {row['blocks']} blocks stored, "
+              f"{row['stored_bytes']} bytes")
+    if check is not None and not check.ok:  # loud: the point holds what was read, not
+        print(f"blockforensics: source: {check.report()}", file=sys.stderr)  # what was acquired
+        return EXIT_CHECK_FAILED
     return EXIT_OK
+
+
+def _acquisition(source: Disk) -> EwfDisk | None:
+    """``source`` if it is an acquisition image that stores hashes of its medium."""
+    from blockforensics.formats.ewf import EwfDisk
+
+    return source if isinstance(source, EwfDisk) and source.hashes else None
+
+
+def _check_acquisition(chain: Chain, point: int, source: EwfDisk) -> SourceCheck:
+    """The stored hashes of ``source`` against the medium as read, recorded beside the
+    chain's image of ``point``."""
+    from blockforensics.image.sources import SourceCheck
+
+    check = SourceCheck(os.path.abspath(source.path), source.hashes, source.finish_hashing())
+    check.record(chain.directory, chain.images[point].name)
+    return check
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -16,9 +16,11 @@ import json
 import lzma
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +168,93 @@ def test_a_missing_segment_is_one_line_and_exit_2(e01_split: Path, tmp_path: Pat
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert "the EWF segment file after split.E02 is missing" in done.stderr
+
+
+#: EWF1 (EWF specification, Joachim Metz): the file header's bytes, a section
+#: descriptor (type, next section's offset, size, padding, Adler-32 of what precedes);
+#: the ``digest`` section's data (MD5, SHA-1, padding, Adler-32) and the ``hash``
+#: section's (MD5, unknown, Adler-32)
+EWF1_FILE_HEADER = 13
+SECTION = struct.Struct("<16sQQ40sI")
+DIGEST = struct.Struct("<16s20s40sI")
+HASH = struct.Struct("<16s16sI")
+
+
+def ewf1_sections(data: bytes) -> dict[bytes, int]:
+    """Where each section's data begins, by type (the last of a type)."""
+    found, at = {}, EWF1_FILE_HEADER
+    while True:
+        kind, following, _, _, _ = SECTION.unpack_from(data, at)
+        kind = kind.rstrip(b"\0")
+        found[kind] = at + SECTION.size
+        if kind in (b"done", b"next") or following == at:
+            return found
+        at = following
+
+
+def with_stored_md5(e01: Path, out: Path, md5: bytes) -> Path:
+    """A copy of ``e01`` whose digest and hash sections store ``md5`` (their checksums
+    made anew, so libewf takes it)."""
+    data = bytearray(e01.read_bytes())
+    sections = ewf1_sections(data)
+    _, sha1, padding, _ = DIGEST.unpack_from(data, sections[b"digest"])
+    DIGEST.pack_into(data, sections[b"digest"], md5, sha1, padding,
+                     zlib.adler32(DIGEST.pack(md5, sha1, padding, 0)[:-4]))
+    _, unknown, _ = HASH.unpack_from(data, sections[b"hash"])
+    HASH.pack_into(data, sections[b"hash"], md5, unknown,
+                   zlib.adler32(HASH.pack(md5, unknown, 0)[:-4]))
+    out.write_bytes(data)
+    return out
+
+
+def test_a_backup_checks_the_stored_hashes_over_the_whole_medium(
+        e01: Path, raw_disk: Path, tmp_path: Path) -> None:
+    """Only the allocated blocks are stored, but the whole medium is read and hashed:
+    it matches, and verify finds nothing to say."""
+    data = raw_disk.read_bytes()
+    said = json.loads(ok("backup", e01, tmp_path / "chain", "--json"))
+    assert said["blocks"] < DISK_SIZE // 4096 // 2  # a survey's backup, not every block
+    assert said["source_hashes_read"] == said["source_hashes"] == {
+        "MD5": hashlib.md5(data).hexdigest(), "SHA1": hashlib.sha1(data).hexdigest()}
+    assert said["source_hashes_match"] is True
+    assert "verify: OK" in ok("verify", tmp_path / "chain")
+
+
+def test_a_wrong_stored_hash_is_said_loudly_and_by_verify(e01: Path, raw_disk: Path,
+                                                         tmp_path: Path) -> None:
+    """A stored MD5 that is not the medium's (checksums right: libewf takes it): the
+    backup stores the point, says so on stderr and exits 1; verify says it too."""
+    require_tools("ewfverify")
+    wrong = with_stored_md5(e01, tmp_path / "wrong.E01", b"\x11" * 16)
+    libewf = subprocess.run(["ewfverify", "-d", "sha1", wrong], capture_output=True, text=True,
+                            timeout=120)
+    assert "MD5 hash stored in file:\t\t" + "1" * 32 in libewf.stdout, libewf.stdout
+    done = cli("backup", wrong, tmp_path / "chain")
+    assert done.returncode == 1, done.stderr
+    assert "ACQUISITION HASH MISMATCH" in done.stderr and "MD5 stored 1111" in done.stderr
+    assert "SHA1" not in done.stderr  # the stored SHA-1 is right
+    ok("restore", tmp_path / "chain", tmp_path / "restored.raw")
+    assert (tmp_path / "restored.raw").read_bytes() == raw_disk.read_bytes()
+    checked = cli("verify", tmp_path / "chain")
+    assert checked.returncode == 1 and "ACQUISITION HASH MISMATCH" in checked.stdout
+
+
+def test_a_damaged_chunk_is_a_hash_mismatch(e01: Path, tmp_path: Path) -> None:
+    """Bytes of the first compressed chunk overwritten: libewf's own checksum fails
+    (ewfverify names the sectors) and pyewf reads the chunk as zeros without a word;
+    the whole-medium hashes catch it."""
+    require_tools("ewfverify")
+    data = bytearray(e01.read_bytes())
+    first_chunk = ewf1_sections(data)[b"sectors"]
+    data[first_chunk + 8 : first_chunk + 16] = b"\xff" * 8
+    (tmp_path / "damaged.E01").write_bytes(data)
+    libewf = subprocess.run(["ewfverify", "-q", tmp_path / "damaged.E01"], capture_output=True,
+                            text=True, timeout=120)
+    assert "FAILURE" in libewf.stdout and "at sector(s): 0 - " in libewf.stdout, libewf.stdout
+    done = cli("backup", tmp_path / "damaged.E01", tmp_path / "chain", "--json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["source_hashes_match"] is False
+    assert "MD5 stored" in done.stderr and "SHA1 stored" in done.stderr
 
 
 @pytest.mark.parametrize("fmt", ["ewf", "smart", "ftk", "encase2", "encase5", "linen6", "ewfx"])

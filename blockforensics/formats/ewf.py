@@ -9,7 +9,12 @@ reading them, so every block is present (a backup's survey and its zero-block te
 still leave out what holds nothing).
 
 The acquisition's stored hashes (MD5, SHA-1 when written) are kept in
-:attr:`EwfDisk.hashes`, and shown in the disk's ``repr``.  L01/Lx01 (logical
+:attr:`EwfDisk.hashes`, and shown in the disk's ``repr``.  Between
+:meth:`EwfDisk.start_hashing` and :meth:`EwfDisk.finish_hashing` the medium is
+hashed in order as it is read, what reads skip read for the hashes alone: a backup
+checks the stored hashes against the whole medium while reading it once (see
+:mod:`blockforensics.image.sources`).  pyewf reads a chunk whose checksum fails as
+zeros, without an error: only that check finds it.  L01/Lx01 (logical
 evidence: files, not a disk) are refused by name, by the raw catch-all (see
 :func:`~blockforensics.formats.signature.container`) and here when forced.
 
@@ -18,6 +23,7 @@ Units: sizes and offsets are bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +46,12 @@ if TYPE_CHECKING:
 SECTION_DESCRIPTOR = 76
 #: the hashes an acquisition may store, by libewf's names
 HASH_NAMES = ("MD5", "SHA1", "SHA256")
+
+
+#: libewf's hash names -> hashlib's
+HASHLIB_NAMES = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256"}
+#: bytes read at a time to hash what a backup leaves unread
+HASH_STEP = 4 << 20
 
 
 def _one_line(exc: BaseException) -> str:
@@ -84,6 +96,8 @@ class EwfDisk(InPlaceDisk):
                               f"segments: {', '.join(map(os.path.basename, self.segments))})"
                               ) from None
         self._handle: Any = handle
+        self._hashers: dict[str, Any] | None = None  # see start_hashing
+        self._hashed_to = 0  # bytes of the medium hashed, from its start
         self.size = int(handle.get_media_size())
         #: hashes stored by the acquisition, e.g. ``{"MD5": "1a2b…"}`` (lower-case hex)
         self.hashes: dict[str, str] = {}
@@ -116,20 +130,56 @@ class EwfDisk(InPlaceDisk):
             raise FormatError(f"{last}: ends without its closing section (done or next): a "
                               "truncated or damaged EWF segment file (ewfverify tells more)")
 
+    def _read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the medium at byte ``offset`` (inside it), hashed when they
+        extend what :meth:`start_hashing` has hashed (a gap before them read first)."""
+        if self._hashers is not None and offset > self._hashed_to:
+            self._hash_to(offset)
+        try:
+            data = self._handle.read_buffer_at_offset(length, offset)
+        except (OSError, ValueError) as exc:
+            raise FormatError(f"{self.path}: {length} bytes at byte {offset} do not "
+                              f"read ({_one_line(exc)})") from None
+        if len(data) != length:
+            raise FormatError(f"{self.path}: {length} bytes at byte {offset} read as "
+                              f"{len(data)}: a truncated or damaged EWF image")
+        if self._hashers is not None and offset + length > self._hashed_to:
+            new = memoryview(data)[self._hashed_to - offset :]
+            for hasher in self._hashers.values():
+                hasher.update(new)
+            self._hashed_to = offset + length
+        return data
+
+    def _hash_to(self, end: int) -> None:
+        """Hash the medium from where hashing stands up to byte ``end``."""
+        while self._hashed_to < end:
+            self._read(self._hashed_to, min(HASH_STEP, end - self._hashed_to))
+
+    def start_hashing(self) -> None:
+        """Hash the medium with each stored hash's algorithm as it is read from now on,
+        from byte 0: what reads skip is read for the hashes when a later read passes it
+        (and by :meth:`finish_hashing`), so a backup reads it in order once."""
+        self._hashers = {name: hashlib.new(HASHLIB_NAMES[name]) for name in self.hashes}
+        self._hashed_to = 0
+
+    def finish_hashing(self) -> dict[str, str]:
+        """The hashes of the whole medium as read (lower-case hex, by the names of
+        :attr:`hashes`), reading what was not read since :meth:`start_hashing`.  A
+        chunk libewf finds damaged (its checksum wrong) reads as zeros and so shows as
+        a mismatch with the stored hash."""
+        if self._hashers is None:
+            raise RuntimeError("start_hashing was not called")
+        self._hash_to(self.size)
+        found = {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+        self._hashers = None
+        return found
+
     def read_blocks_into(self, start: int, out: np.ndarray) -> None:
         flat = out.reshape(-1)
         offset = start * self.block_size
         length = max(0, min(len(flat), self.size - offset))
         if length:
-            try:
-                data = self._handle.read_buffer_at_offset(length, offset)
-            except (OSError, ValueError) as exc:
-                raise FormatError(f"{self.path}: {length} bytes at byte {offset} do not "
-                                  f"read ({_one_line(exc)})") from None
-            if len(data) != length:
-                raise FormatError(f"{self.path}: {length} bytes at byte {offset} read as "
-                                  f"{len(data)}: a truncated or damaged EWF image")
-            flat[:length] = np.frombuffer(data, dtype=np.uint8)
+            flat[:length] = np.frombuffer(self._read(offset, length), dtype=np.uint8)
         flat[length:] = 0
 
     def __repr__(self) -> str:

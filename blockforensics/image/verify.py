@@ -30,6 +30,7 @@ from blockforensics.image.format import (
 )
 from blockforensics.image.imagefile import STORED_MISMATCH, ImageFile, stored_mismatches
 from blockforensics.image.layout import contiguous_runs
+from blockforensics.image.sources import recorded
 from blockforensics.progress import Progress, progress_bar
 from blockforensics.spanhash import sha256_128_spans
 
@@ -111,6 +112,10 @@ def verify(directory: str | os.PathLike[str], key: KeySource | None = None, *,
                     chain.check_point(point)
                 except FormatError as exc:
                     report.problems.append(Problem(img.name, None, str(exc).split(": ", 1)[-1]))
+        listed = {img.name for img in chain.images}
+        report.problems += [Problem(name, None, f"its source: {check.report()}")
+                            for name, check in recorded(directory).items()
+                            if name in listed and not check.ok]
     return report
 
 
