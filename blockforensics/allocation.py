@@ -419,6 +419,7 @@ def _with_volumes(disk: Disk, found: list[Partition], notes: list[str]
     if not pvs:
         return found, notes, {}
     layout = read_layout(disk, [(p.start_byte, p.length_bytes) for p in pvs])
+    notes = [*notes, *layout.notes]
     problems: dict[Partition, str] = {}
     listed: set[str] = set()  # VGs whose volumes follow a PV already
     out: list[Partition] = []

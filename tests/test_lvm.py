@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -152,9 +153,10 @@ class Made:
     free_pe: int  # an extent no LV uses, holding stale bytes
 
 
-def make_disk(lvm: Lvm, work: Path) -> Made:
-    """An MBR disk whose partition 1 (type 0x8e) is a PV of VG vgbf: lv1 (ext4, two
-    non-adjacent segments), lv2 (FAT), free extents holding stale data."""
+def make_disk(lvm: Lvm, work: Path, metadata_copies: int = 1) -> Made:
+    """An MBR disk whose partition 1 (type 0x8e) is a PV of VG vgbf (with
+    ``metadata_copies`` metadata areas): lv1 (ext4, two non-adjacent segments), lv2
+    (FAT), free extents holding stale data."""
     disk = work / "disk.img"
     size = 80 * MIB
     with disk.open("wb") as fh:
@@ -163,7 +165,7 @@ def make_disk(lvm: Lvm, work: Path) -> Made:
                    check=True, capture_output=True)
     part_size = size - PART_START
     device = lvm.attach(disk, PART_START, part_size)
-    lvm("pvcreate", "-y", device)
+    lvm("pvcreate", "-y", "--pvmetadatacopies", metadata_copies, device)
     lvm("vgcreate", "-s", "4m", "vgbf", device)
     lvm("lvcreate", "-an", "-Zn", "-y", "-n", "lv1", "-L", "12m", "vgbf")
     lvm("lvcreate", "-an", "-Zn", "-y", "-n", "lv2", "-L", "8m", "vgbf")
@@ -337,18 +339,44 @@ def _metadata(disk: Path, pv_offset: int) -> tuple[int, int, int]:
     return mda, mda + locn.offset, locn.size
 
 
+def _flip(disk: Path, at: int) -> None:
+    """Damage the byte at ``at`` (one bit flipped)."""
+    with disk.open("r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0x20]))
+
+
+def _lv_names(lvm: Lvm) -> list[str]:
+    """The LVs LVM itself reads on our devices (its warnings left out)."""
+    return re.findall(r"^ +(lv\d) *$", lvm("lvs", "--noheadings", "-o", "lv_name"), re.M)
+
+
+def _descriptions(lvm: Lvm, note: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(PV byte, seqno) of the VG descriptions ``pvck --dump metadata_search`` finds on
+    the PV, and of those ``note`` names."""
+    theirs = re.findall(r"metadata at (\d+) length \d+ crc \w+ vg vgbf seqno (\d+)",
+                        lvm("pvck", "--dump", "metadata_search", lvm.devices[0]))
+    ours = re.findall(r"vgbf seqno (\d+) at byte (\d+)", note)
+    return ([(int(at), int(seqno)) for at, seqno in theirs],
+            [(int(at), int(seqno)) for seqno, at in ours])
+
+
 def test_corrupt_metadata_checksum_copies_the_whole_pv(lvm: Lvm, tmp_path: Path) -> None:
+    """The only metadata area's newest text damaged: LVM finds no VG (it never reads an
+    older copy by itself), and the PV is copied whole; the note lists the older
+    descriptions where ``pvck --dump metadata_search`` finds them."""
     made = make_disk(lvm, tmp_path)
     _, text_at, _ = _metadata(made.disk, PART_START)
-    with made.disk.open("r+b") as fh:
-        fh.seek(text_at + 10)
-        byte = fh.read(1)
-        fh.seek(text_at + 10)
-        fh.write(bytes([byte[0] ^ 0x20]))
+    _flip(made.disk, text_at + 100)
+    assert _lv_names(lvm) == []
     found = survey(made.disk, 4096)
     [region] = found.regions
     assert "metadata checksum mismatch" in region.note
     assert region.blocks == region.total
+    theirs, ours = _descriptions(lvm, region.note)
+    assert len(ours) == 4 and ours == theirs, (ours, theirs)  # vgcreate, 2 lvcreate, lvextend
     out = cli("backup", made.disk, tmp_path / "chain")
     assert "metadata checksum mismatch" in out and "copying all" in out
     with Chain.open(tmp_path / "chain") as chain:
@@ -356,6 +384,55 @@ def test_corrupt_metadata_checksum_copies_the_whole_pv(lvm: Lvm, tmp_path: Path)
     with RawDisk(made.disk) as disk:
         nonzero = disk.read_blocks(0, disk.n_blocks).any(axis=1)
     assert np.array_equal(stored, nonzero)  # every non-zero block of the disk
+
+
+@pytest.mark.parametrize("damage", ["text", "header"])
+def test_a_damaged_metadata_area_is_read_around_through_the_other(
+        lvm: Lvm, tmp_path: Path, damage: str) -> None:
+    """A PV with two metadata areas (``pvcreate --pvmetadatacopies 2``), the first's
+    newest text or its header damaged: LVM reads the second, and so does the survey —
+    the same map as before the damage, with a note."""
+    made = make_disk(lvm, tmp_path, metadata_copies=2)
+    before = survey(made.disk, 4096)
+    mda, text_at, _ = _metadata(made.disk, PART_START)
+    _flip(made.disk, text_at + 100 if damage == "text" else mda + 0x100)
+    assert _lv_names(lvm) == ["lv1", "lv2"]
+    found = survey(made.disk, 4096)
+    assert np.array_equal(found.map.to_bools(), before.map.to_bools())
+    by_where = {r.where: r for r in found.regions}
+    assert by_where["logical volume vgbf/lv1"].filesystem == "ext4"
+    assert not any(r.note for r in found.regions)
+    [note] = found.notes
+    problem = "metadata checksum mismatch" if damage == "text" else "mda header checksum"
+    assert f"metadata area at byte {mda - PART_START}: {problem}" in note, note
+    assert "read from its intact copy (seqno 4) in the metadata area at byte" in note, note
+    out = cli("backup", made.disk, tmp_path / "chain")
+    assert note in out and "copying all" not in out
+
+
+def test_a_newer_description_in_the_damaged_area_copies_the_pv_whole(
+        lvm: Lvm, tmp_path: Path) -> None:
+    """LVM wrote a new description to the first area, then stopped before the second (a
+    crash); the first's text is then damaged.  LVM would read the second, older one,
+    without lv3; the survey sees the newer seqno in the damaged area and copies the PV
+    whole."""
+    made = make_disk(lvm, tmp_path, metadata_copies=2)
+    with RawDisk(made.disk) as disk:
+        second, size = read_pv(disk, PART_START, disk.size - PART_START).metadata_areas[1]
+    with made.disk.open("rb") as fh:
+        fh.seek(PART_START + second)
+        stale = fh.read(size)
+    lvm("lvcreate", "-an", "-Zn", "-y", "-n", "lv3", "-L", "4m", "vgbf")
+    with made.disk.open("r+b") as fh:
+        fh.seek(PART_START + second)
+        fh.write(stale)
+    _, text_at, _ = _metadata(made.disk, PART_START)
+    _flip(made.disk, text_at + 200)
+    assert _lv_names(lvm) == ["lv1", "lv2"]
+    [region] = survey(made.disk, 4096).regions
+    assert "metadata checksum mismatch, and a description there (seqno 5) is newer than " \
+           "the intact one (seqno 4)" in region.note, region.note
+    assert region.blocks == region.total
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -21,6 +21,18 @@ PV found on the same disk (a *linear* LV, the installers' default); anything
 else — several stripes, mirrors and RAID, thin pools and thin LVs, snapshots and
 their origins, caches, LVs on a PV that is not on this disk — is reported with
 the reason, and its extents are copied whole by the caller.
+
+Damaged metadata is read as LVM reads it: an area whose header or newest text
+fails its checks is passed over, and the VG is read from the newest intact copy
+(a second area on the PV, or another PV of the VG on this disk), with a note —
+unless the damaged area's ring buffer still shows a description with a higher
+seqno (a write that reached only that area: the intact copy is out of date).
+LVM never falls back to an older description in a ring buffer by itself (only
+``pvck --repair`` with one a person chose), and neither does this module: used to
+map a disk, one that predates a volume made, moved or resized could hand a live
+volume's extents to an old one's file system, whose free blocks would be left out.
+With no intact copy the PV is copied whole; the note lists what the ring buffer
+holds, as ``pvck --dump metadata_search`` does.
 """
 
 from __future__ import annotations
@@ -184,6 +196,18 @@ class MetadataCopy:
     vg_id: str
     seqno: int
     vg: dict[str, Any]
+    where: str = ""  # the metadata area, for notes
+
+
+@dataclass
+class AreaProblem:
+    """A metadata area whose header or newest text failed a check: why, and the
+    descriptions its ring buffer still holds (``(PV byte, VG name, seqno)``, found as
+    ``pvck --dump metadata_search`` finds them)."""
+
+    where: str  # the PV
+    problem: str  # naming the area
+    found: list[tuple[int, str, int]]
 
 
 @dataclass
@@ -198,6 +222,7 @@ class PhysicalVolume:
     data_areas: list[tuple[int, int]]
     metadata_areas: list[tuple[int, int]]
     metadata: list[MetadataCopy] = field(default_factory=list)
+    damaged: list[AreaProblem] = field(default_factory=list)
 
 
 def find_label(disk: Disk, offset: int = 0) -> int | None:
@@ -212,9 +237,10 @@ def find_label(disk: Disk, offset: int = 0) -> int | None:
 
 
 def read_pv(disk: Disk, offset: int, length: int) -> PhysicalVolume:
-    """The PV at byte ``offset`` (``length`` bytes long): label and pv_header checked,
-    every metadata area's newest text read and checked.  FormatError naming the
-    first thing that fails (a checksum, a bound, the text)."""
+    """The PV at byte ``offset`` (``length`` bytes long): label and pv_header checked
+    (FormatError naming the first thing that fails), every metadata area's newest
+    text read and checked (an area that fails: in ``damaged``, LVM too reads the
+    others)."""
     sector = find_label(disk, offset)
     if sector is None:
         raise FormatError("no LVM2 label in the first 4 sectors")
@@ -241,10 +267,31 @@ def read_pv(disk: Disk, offset: int, length: int) -> PhysicalVolume:
     pv = PhysicalVolume(offset, length, header.pv_uuid.decode("ascii", "replace"),
                         header.device_size_xl, lists[0], lists[1])
     for mda_offset, mda_size in pv.metadata_areas:
-        copy = read_metadata_area(disk, pv, mda_offset, mda_size)
+        try:
+            copy = read_metadata_area(disk, pv, mda_offset, mda_size)
+        except FormatError as exc:
+            pv.damaged.append(AreaProblem(f"PV at byte {offset}", str(exc),
+                                          search_area(disk, pv, mda_offset, mda_size)))
+            continue
         if copy is not None:
+            copy.where = f"metadata area at byte {mda_offset} of the PV at byte {offset}"
             pv.metadata.append(copy)
     return pv
+
+
+#: the start of a VG description as LVM writes it: ``name {`` then its id and seqno
+_DESCRIPTION = re.compile(rb'([A-Za-z0-9_.+-]+) \{\nid = "[^"\n]*"\nseqno = (\d+)\n')
+
+
+def search_area(disk: Disk, pv: PhysicalVolume, mda_offset: int, mda_size: int
+                ) -> list[tuple[int, str, int]]:
+    """``(PV byte, VG name, seqno)`` of each description in the ring buffer of the
+    metadata area at byte ``mda_offset`` of the PV, at the 512-byte boundaries LVM
+    writes them at (not checked: only the newest one's checksum is kept)."""
+    size = max(0, min(mda_size, pv.length - mda_offset, MAX_METADATA) - MDA_HEADER_SIZE)
+    ring = disk.read(pv.offset + mda_offset + MDA_HEADER_SIZE, size)
+    return [(mda_offset + MDA_HEADER_SIZE + m.start(), m[1].decode("ascii"), int(m[2]))
+            for m in _DESCRIPTION.finditer(ring) if m.start() % SECTOR == 0]
 
 
 def read_metadata_area(disk: Disk, pv: PhysicalVolume, mda_offset: int,
@@ -317,6 +364,7 @@ class LvmLayout:
     volumes: list[LogicalVolume] = field(default_factory=list)
     pv_problems: dict[int, str] = field(default_factory=dict)
     vg_of: dict[int, str] = field(default_factory=dict)  # PV offset -> VG name
+    notes: list[str] = field(default_factory=list)  # damaged metadata read around
 
 
 def read_layout(disk: Disk, areas: list[tuple[int, int]]) -> LvmLayout:
@@ -338,6 +386,7 @@ def read_layout(disk: Disk, areas: list[tuple[int, int]]) -> LvmLayout:
     by_uuid = {pv.uuid: pv for pv in pvs}
     for copy in newest.values():
         try:
+            _check_damaged(copy, by_uuid, layout)
             _volumes(copy, by_uuid, layout)
         except FormatError as exc:
             for pv in _pvs_named(copy.vg, by_uuid).values():
@@ -345,10 +394,44 @@ def read_layout(disk: Disk, areas: list[tuple[int, int]]) -> LvmLayout:
                 layout.vg_of[pv.offset] = copy.vg_name
             layout.volumes = [v for v in layout.volumes if v.vg != copy.vg_name]
     for pv in pvs:
-        if pv.offset not in layout.vg_of and pv.offset not in layout.pv_problems:
+        if pv.offset in layout.vg_of or pv.offset in layout.pv_problems:
+            continue
+        if pv.damaged:
+            layout.pv_problems[pv.offset] = "; ".join(
+                f"{d.problem}{_older(d)}" for d in pv.damaged)
+        else:
             layout.pv_problems[pv.offset] = "no metadata names this PV (an unused PV, or " \
                                             "its VG's metadata is on a PV not on this disk)"
     return layout
+
+
+def _older(damaged: AreaProblem) -> str:
+    """What a damaged area's ring buffer still holds, said after its problem."""
+    if not damaged.found:
+        return ""
+    listed = ", ".join(f"{name} seqno {seqno} at byte {at}" for at, name, seqno in damaged.found)
+    return (f"; its ring buffer holds descriptions unchecked ({listed}; pvck --dump "
+            f"metadata_search lists them), not used, as LVM does not use them: volumes "
+            f"made, moved or resized since would be read wrong")
+
+
+def _check_damaged(copy: MetadataCopy, by_uuid: dict[str, PhysicalVolume],
+                   layout: LvmLayout) -> None:
+    """Note each damaged metadata area of the VG's PVs read around through ``copy`` (an
+    intact one, as LVM reads it); FormatError when a damaged area still shows a newer
+    description than ``copy`` (LVM's newest is then unreadable)."""
+    damaged_areas = [d for pv in _pvs_named(copy.vg, by_uuid).values() for d in pv.damaged]
+    for damaged in damaged_areas:
+        newer = [seqno for _, name, seqno in damaged.found
+                 if name == copy.vg_name and seqno > copy.seqno]
+        if newer:
+            raise FormatError(f"{damaged.problem}, and a description there (seqno "
+                              f"{max(newer)}) is newer than the intact one (seqno "
+                              f"{copy.seqno}) in the {copy.where}")
+    for damaged in damaged_areas:
+        layout.notes.append(f"LVM2 {damaged.where}: {damaged.problem}; VG "
+                            f"{copy.vg_name} read from its intact copy (seqno {copy.seqno}) "
+                            f"in the {copy.where}, as LVM does")
 
 
 def _pvs_named(vg: dict[str, Any], by_uuid: dict[str, PhysicalVolume]
