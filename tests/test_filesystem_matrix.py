@@ -1,0 +1,83 @@
+"""A few layouts of the red-team matrix (docs/FILESYSTEMS.md), end to end with the
+kernel's own drivers: made by mkfs with options off the common path, filled through
+a loop mount (sparse file, hard link, symlink, xattr, files deleted after writing),
+every unit the allocation map calls free zeroed in a copy — what a restore of a full
+backup holds — then both mounted read-only: every file must read the same, and the
+file system's own checker must find the copy clean."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sample_disks import MIB, file_tree, run, same_trees, sparse_file
+from support import mounted_with, require_tools
+
+from blockforensics.allocation import survey
+
+UNIT = 512  # map granularity: the strictest a backup can use
+
+LAYOUTS = {
+    "ext4-meta_bg-1k": (["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "meta_bg,^resize_inode"],
+                        ["e2fsck", "-fn"], 128),
+    "ext4-bigalloc-64k": (["mkfs.ext4", "-q", "-F", "-O", "bigalloc", "-C", "65536"],
+                          ["e2fsck", "-fn"], 256),
+    "xfs-1k-rmapbt": (["mkfs.xfs", "-q", "-f", "-b", "size=1024", "-m", "reflink=1,rmapbt=1"],
+                      ["xfs_repair", "-n"], 512),
+    "btrfs-dup-4k-nodes": (["mkfs.btrfs", "-q", "-f", "-m", "dup", "-d", "dup", "--nodesize",
+                            "4096"], ["btrfs", "check", "--readonly"], 512),
+}
+
+
+def _fill(root: Path) -> None:
+    file_tree(root / "tree", seed=4, n_files=120, total=6 * MIB)
+    rng = np.random.default_rng(4)
+    with (root / "sparse.bin").open("wb") as fh:
+        fh.seek(3 * MIB)
+        fh.write(rng.bytes(10_000))
+    os.link(root / "tree" / "F0005.BIN", root / "hardlink")
+    os.symlink("x" * 200, root / "long-symlink")
+    os.setxattr(root / "tree" / "F0010.BIN", "user.note", rng.bytes(500))
+    for i in range(10):
+        (root / f"gone{i}").write_bytes(rng.bytes(50_000))
+    for i in range(0, 10, 2):
+        (root / f"gone{i}").unlink()
+
+
+def _zero_free(image: Path, out: Path) -> None:
+    """``out``: ``image`` with every unit the allocation map calls free zeroed."""
+    shutil.copyfile(image, out)
+    starts, lengths = survey(image, UNIT).map.run_arrays()
+    free_starts = np.r_[0, starts + lengths] * UNIT
+    free_stops = np.minimum(np.r_[starts * UNIT, image.stat().st_size], image.stat().st_size)
+    with out.open("r+b") as fh:
+        for lo, hi in zip(free_starts.tolist(), free_stops.tolist()):
+            if hi > lo:
+                fh.seek(lo)
+                fh.write(bytes(hi - lo))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_file_survives_the_allocation_map(tmp_path: Path, layout: str) -> None:
+    mkfs, fsck, mib = LAYOUTS[layout]
+    require_tools(mkfs[0], fsck[0], "mount", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    image = sparse_file(tmp_path / "volume.img", mib * MIB)
+    run(*mkfs, image)
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        _fill(m)
+    copy = tmp_path / "restored.img"
+    _zero_free(image, copy)
+    with mounted_with(["mount", "-o", "loop,ro", str(image)], tmp_path / "a") as a, \
+            mounted_with(["mount", "-o", "loop,ro" + (",nouuid" if "xfs" in layout else ""),
+                          str(copy)], tmp_path / "b") as b:  # XFS: the same UUID twice
+        assert same_trees(a, b) == []
+        assert os.getxattr(a / "tree" / "F0010.BIN", "user.note") == \
+            os.getxattr(b / "tree" / "F0010.BIN", "user.note")
+        assert os.readlink(b / "long-symlink") == "x" * 200
+    run(*fsck, copy)
