@@ -477,16 +477,31 @@ def boot_disk(disk: Disk, **options: Any) -> BootResult:
         return boot(server.url, firmware=chosen, **options)
 
 
-def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | None = None,
-              **options: Any) -> BootResult:
-    """Boot a disk file: QEMU opens it itself, except a differencing VHD, whose parents
-    QEMU's vpc driver ignores: that one is read by this project's VHD reader (parents by
-    their locators, or ``parent``) and served over NBD.  ``options`` as for :func:`boot`."""
-    from blockforensics.formats.vhd import VhdDisk, VhdFormat, vhd_info
+#: reader plugins whose files QEMU opens itself and reads as this project's readers do
+QEMU_OPENS = frozenset({"raw", "vhd", "vhdx", "vmdk", "qcow2", "vdi"})
+SECTOR = 512  # bytes: the smallest disk a firmware can read a boot sector from
 
-    if VhdFormat.probe(path) and vhd_info(path).kind == "differencing":
-        with VhdDisk(path, parent=parent) as disk:
-            return boot_disk(disk, **options)
-    if parent is not None:
+
+def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | None = None,
+              reader: str | None = None, **options: Any) -> BootResult:
+    """Boot a disk file, first opened by this project's readers (probed by signature,
+    or ``reader``), so that what is not a disk is refused with the reason: an archive,
+    a piece of a chain, a file of less than one sector.  QEMU then opens the formats it
+    reads alike (:data:`QEMU_OPENS`) itself; the others are served over NBD from this
+    project's reader: a differencing VHD (QEMU's vpc driver ignores its parents, found
+    here by their locators or ``parent``), an EnCase E01, a third party's format.
+    ``options`` as for :func:`boot`."""
+    from blockforensics.formats import open_disk, probe
+    from blockforensics.formats.vhd import VhdFormat, vhd_info
+
+    name = reader if reader is not None else probe(path).name
+    differencing = name == "vhd" and VhdFormat.probe(path) and vhd_info(path).kind == "differencing"
+    if parent is not None and not differencing:
         raise UsageError(f"{path}: --parent is for a differencing VHD")
+    with open_disk(path, format=name, parent=parent) as disk:
+        if disk.size < SECTOR:
+            raise UsageError(f"{path}: {disk.size} bytes, less than one {SECTOR}-byte "
+                             "sector: not a disk a firmware can boot")
+        if name not in QEMU_OPENS or differencing:
+            return boot_disk(disk, **options)
     return boot(path, **options)

@@ -463,7 +463,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     else:
         if not Path(args.disk).is_file():
             raise UsageError(f"{args.disk}: no such disk file")
-        result = boot_file(Path(args.disk), parent=args.parent, **options)
+        result = boot_file(Path(args.disk), parent=args.parent, reader=args.reader, **options)
     if args.json:
         print(_dumps({"expect": args.expect, **result.to_json()}, indent=1))
         return EXIT_OK if result.ok else EXIT_CHECK_FAILED
@@ -767,7 +767,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
 @_command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
           "QEMU and wait for a text (the disk or chain is never written)", chain=None)
 def _boot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("disk", help="a disk file (raw, VHD, VHDX, VMDK, qcow2) or a chain")
+    p.add_argument("disk", help="a disk file (raw, VHD, VHDX, VMDK, qcow2, VDI, E01) or a chain")
     _source_point_option(p)
     _key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")

@@ -172,6 +172,38 @@ def test_missing_disk_is_a_usage_error(tmp_path: Path) -> None:
         boot(tmp_path / "absent.img")
 
 
+def test_what_is_not_a_disk_is_refused_before_qemu(boot_disk: Path, tmp_path: Path) -> None:
+    """Files QEMU would boot as raw garbage until the timeout: one line, exit 2, at once."""
+    tiny = tmp_path / "tiny.img"
+    tiny.write_bytes(b"garbage")
+    packed = tmp_path / "disk.img.gz"
+    packed.write_bytes(gzip.compress(boot_disk.read_bytes()[:1 << 20]))
+    chain = tmp_path / "chain"
+    assert bf("backup", boot_disk, chain).returncode == 0
+    piece = next(chain.glob("*.bfi"))
+    for disk, reason in [(tiny, "less than one 512-byte sector"), (packed, "gzip"),
+                         (piece, "a file of the chain"),
+                         (boot_disk, "--parent is for a differencing VHD")]:
+        extra = ["--parent", tiny] if disk == boot_disk else []
+        done = bf("boot", disk, "--timeout", 60, *extra, timeout=30)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert reason in done.stderr
+
+
+@pytest.mark.slow
+def test_an_encase_image_boots_served_by_our_reader(boot_disk: Path, tmp_path: Path) -> None:
+    """QEMU has no EWF driver: an E01 of the sample disk is read by libewf and served
+    over NBD, and boots."""
+    require_tools(*BOOT_TOOLS, "ewfacquire")
+    target = tmp_path / "evidence"
+    subprocess.run(["ewfacquire", "-u", "-q", "-t", str(target), "-f", "encase6",
+                    "-c", "deflate:fast", str(boot_disk)], check=True, capture_output=True)
+    done = bf("boot", target.with_name("evidence.E01"), "--expect",
+              "BLOCKFORENSICS-BOOT-OK sample", "--timeout", BOOT_TIMEOUT, "--json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+
+
 # ------------------------------------------------- checks run inside the guest
 def bf(*args: object, timeout: float = 3 * BOOT_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """The blockforensics command line, in a subprocess: exit code, stdout, stderr."""
