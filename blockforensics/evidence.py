@@ -406,6 +406,9 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     promises a format its bytes do not have) or carries an extension ransomware appends.
     ``appended``: the new bytes begin with the old ones, whole — data was added (a mail
     with an attachment, a log of compressed records), none destroyed: not suspected.
+    An archive of encrypted members (:func:`encrypted_archive`) where the bytes compared
+    were none — ``report.txt`` deleted for a password-protected ``report.txt.zip`` — is
+    suspected: its format explains its randomness, not what became of the content.
     """
     if system_memory_file(path):
         return Judgement(False, True, ["an operating system's paging, hibernation, swap, "
@@ -456,7 +459,12 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
                         f"over {before.size} -> {after.size} bytes compared")
     if explained and after.random_segments:
         evidence.append(f"{type_after} by signature: a compressed format, high entropy expected")
-    suspected = lost or (appeared and not explained and (
+    locked = (before is not None and encrypted_archive(after.head)
+              and not encrypted_archive(before.head))
+    if locked:
+        evidence.append("an archive of encrypted members where the bytes compared were "
+                        "none: nothing in it reads without a key")
+    suspected = lost or locked or (appeared and not explained and (
         before is not None or replaced or mismatch or ransom_ext))
     random_already = (before is not None and before.random_segments > 0 and not appeared
                       and not suspected)

@@ -361,11 +361,12 @@ def _packed(files: pd.DataFrame, side: str) -> pd.Series:
 
 
 def _hiding(files: pd.DataFrame, listing: Listing, disk: Any) -> pd.Series:
-    """Which rows are written files whose bytes now hide what they hold, not packed
-    before: at least half their segments random (raw, or as base64/hex) and no compressed
+    """Which rows are written files whose bytes now hide what they hold (created, or not
+    packed before): at least half their segments random (raw, or as base64/hex) and no compressed
     format by signature — ciphertext — or an archive of encrypted members
     (:func:`evidence.encrypted_archive`)."""
-    written = (files["change"] != "deleted") & ~_packed(files, "before")
+    written = (files["change"] == "created") | ((files["change"] != "deleted")
+                                                 & ~_packed(files, "before"))
     random = (~files["content_after"].isin(COMPRESSED) & (files["segments"] > 0)
               & (2 * files["random_segments"] >= files["segments"]))
     archives = files.loc[written & (files["content_after"] == "zip"), "path"]
@@ -484,7 +485,8 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
         t.verdict = "encrypted"
         reasons.append(f"{m['suspected_files']} file(s) suspected of encryption (random "
                        f"segments appeared, chi-square p >= 0.001, no compressed format "
-                       f"explains them)")
+                       f"explains them; or an archive of encrypted members took their "
+                       f"content's place)")
     for change in t.table_changes:
         reasons.append(change)
         t.verdict = max(t.verdict, "suspicious", key=VERDICTS.index)

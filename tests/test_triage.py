@@ -468,14 +468,16 @@ def test_paging_hibernation_shadow_copy_and_swap_files_are_not_encryption(
 
 
 WORK = [f"/home/work/sheet{i:02d}.csv" for i in range(12)]
+RECORDS = [f"/home/docs/rec{i}.csv" for i in range(4)]
 CACHE = "/home/.cache/browser"
 
 
 def _red_team_2_days(rng):
-    """Seven days: three ordinary; a folder zipped (plain deflate) and deleted, a
+    """Eight days: three ordinary; a folder zipped (plain deflate) and deleted, a
     browser cache's random entries evicted for new ones (benign); every document renamed
     to one random extension, content intact; then those copied, encrypted, into another
-    directory and deleted.  Returns (days, verdicts)."""
+    directory and deleted; four files each zipped with a password (zip -P) and deleted,
+    as Qlocker did.  Returns (days, verdicts)."""
     import zipfile
 
     from blockforensics.datasets.investigation import _text
@@ -487,10 +489,11 @@ def _red_team_2_days(rng):
         for path, data in work.items():
             zf.writestr(path.rsplit("/", 1)[1], data)
     locked = {path: f"{path}.x7k2q" for path in docs}
+    records = {path: _text(rng, 5000) for path in RECORDS}
     return [
         [*[("mkdir", d, None) for d in ("/home", "/home/docs", "/home/work", "/home/.cache",
                                         CACHE, "/home/.x")],
-         *[("write", p, d) for p, d in {**docs, **work}.items()],
+         *[("write", p, d) for p, d in {**docs, **work, **records}.items()],
          *[("write", f"{CACHE}/f_{i:06x}", rng.bytes(12_000)) for i in range(8)]],
         [("write", "/home/docs/todo.txt", _text(rng, 900))],
         [("write", "/home/docs/todo.txt", _text(rng, 1200))],
@@ -502,7 +505,10 @@ def _red_team_2_days(rng):
         [op for i, (old, new) in enumerate(locked.items())
          for op in (("write", f"/home/.x/{i:05d}.bin", rng.bytes(len(docs[old]) + 32)),
                     ("delete", new, None))],
-    ], ["clean"] * 5 + ["suspicious"] * 2
+        [op for path, data in records.items()  # each file zipped with a password, deleted
+         for op in (("write", f"{path}.zip", encrypted_zip({path: data}, "k3y")),
+                    ("delete", path, None))],
+    ], ["clean"] * 5 + ["suspicious"] * 2 + ["encrypted"]
 
 
 @pytest.fixture(scope="module")
@@ -536,3 +542,12 @@ def test_ciphertext_written_elsewhere_for_deleted_files_destroys_them(red_team_2
     assert point["metrics"]["deleted"] == point["metrics"]["created"] == 12
     assert point["metrics"]["destroyed"] == 12
     assert any(r.startswith("destroyed 12 above the baseline") for r in point["reasons"])
+
+
+def test_files_zipped_with_a_password_in_their_place_are_encrypted(red_team_2):
+    point = red_team_2[0]["points"][7]
+    suspected = {f["path"]: f for f in point["files"] if f["suspected_encryption"]}
+    assert set(suspected) == {f"{path}.zip" for path in RECORDS}
+    assert all("an archive of encrypted members where the bytes compared were none: "
+               "nothing in it reads without a key" in f["evidence"]
+               for f in suspected.values())
