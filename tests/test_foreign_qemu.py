@@ -295,3 +295,33 @@ def test_a_petabyte_qcow2_of_a_few_clusters_is_refused_in_one_line(tmp_path: Pat
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and "memory" in done.stderr, done.stderr
     assert not (tmp_path / "chain").exists()
+
+
+def _qcow2_first_l2_entry(data: bytes) -> int:
+    """Byte offset of the first L2 entry of a qcow2 (header: l1_table_offset at 40)."""
+    l1 = int.from_bytes(data[40:48], "big")
+    return int.from_bytes(data[l1 : l1 + 8], "big") & 0x00FFFFFFFFFFFE00
+
+
+@pytest.mark.parametrize("damage", ["unaligned data cluster", "header length past a cluster"])
+def test_a_corrupt_qcow2_that_qemu_refuses_is_refused_in_one_line(damage: str,
+                                                                  tmp_path: Path) -> None:
+    """A data cluster's offset off a cluster boundary, a header longer than its cluster
+    (qemu-img convert refuses both): one line, exit 2, never bytes read from the wrong
+    place."""
+    require_tools("qemu-img", "qemu-io")
+    image = qcow2("cluster_size=64k")(tmp_path)
+    data = bytearray(image.read_bytes())
+    if damage == "unaligned data cluster":
+        at = _qcow2_first_l2_entry(data)
+        data[at : at + 8] = (int.from_bytes(data[at : at + 8], "big") + 512).to_bytes(8, "big")
+    else:
+        data[100:104] = (1 << 20).to_bytes(4, "big")  # header_length
+    image.write_bytes(data)
+    qemu = subprocess.run(["qemu-img", "convert", "-O", "raw", image, tmp_path / "q.raw"],
+                          capture_output=True, timeout=60)
+    assert qemu.returncode != 0
+    done = cli("backup", image, tmp_path / "chain")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "chain").exists()

@@ -290,7 +290,13 @@ class Qcow2Disk(Disk):
         if not 9 <= header.cluster_bits <= 21:
             raise FormatError(f"{name}: bad qcow2 cluster size 2**{header.cluster_bits}")
         if header.crypt_method:
-            raise FormatError(f"{name}: encrypted qcow2 images are not read")
+            raise FormatError(f"{name}: encrypted qcow2 images (AES or LUKS) are not read: "
+                              "decrypt one with qemu-img convert --object secret,... "
+                              "--image-opts ... -O raw, and back that up")
+        if not Header.packed_size() <= header.header_length <= 1 << header.cluster_bits \
+                and version == 3:
+            raise FormatError(f"{name}: bad qcow2 header length {header.header_length} (from "
+                              f"{Header.packed_size()} to a cluster's bytes)")
         unknown = header.incompatible_features & ~INCOMPAT_KNOWN
         if unknown:
             raise FormatError(f"{name}: unknown qcow2 incompatible features {unknown:#x}")
@@ -387,6 +393,11 @@ class Qcow2Disk(Disk):
         host = entry & np.uint64(OFFSET_MASK)
         external = self._data_fd != self._fd  # there, host offset 0 is a cluster too
         allocated = ~packed & ((host != 0) | (external & ((entry & np.uint64(COPIED)) != 0)))
+        misplaced = allocated & ((host & np.uint64(self.cluster_size - 1)) != 0)
+        if misplaced.any():
+            raise FormatError(f"{self.path.name}: L2 table {index} maps a data cluster at byte "
+                              f"{int(host[misplaced][0])}, which is no cluster boundary: a "
+                              "corrupt qcow2 image (qemu-img check tells more)")
         if not external:
             self._check_within_file(host[allocated], index)
         if per == 1:
