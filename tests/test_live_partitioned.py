@@ -6,8 +6,12 @@ alone, so Q lies inside it, and every point restored is the view it was taken fr
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from blockforensics.allocation import survey
@@ -30,7 +34,7 @@ from tests.live_support import (
 )
 from tests.support import require_tools
 from tests.test_live_nbd import bf
-from tests.test_lvm import EXTENT, LVM_TOOLS, PART_START, Lvm, make_disk, place
+from tests.test_lvm import EXTENT, LVM_TOOLS, PART_START, Lvm, extract_lv, make_disk, place
 
 FAT_NOTE = "partition 1 (fat32): no journal replay for fat32, nothing written"
 SWAP_NOTE = "partition 3 (not recognised): swap or unknown content, nothing to replay"
@@ -60,10 +64,33 @@ def test_replay_writes_only_inside_the_ext_partitions(tmp_path: Path, table: str
         assert notes == [FAT_NOTE, "partition 2 (ext4): e2fsck -fy exited with 0", SWAP_NOTE]
 
 
-def test_replay_of_lvm_logical_volumes_in_one_piece_only(tmp_path: Path):
-    require_tools("qemu-storage-daemon", "qemu-img", "e2fsck", *LVM_TOOLS)
+def _crashed_ext4(volume: Path, work: Path, data: bytes) -> None:
+    """Make the ext4 in the file ``volume`` need its journal replayed: ``new.bin``
+    written and fsync'd through a loop mount (in the journal, not yet in place) and the
+    volume's bytes taken then, as a crash or a live snapshot leaves them."""
+    mountpoint = work / "mnt"
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(volume), str(mountpoint)], check=True)
+    try:
+        with (mountpoint / "new.bin").open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        crashed = volume.read_bytes()
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+    volume.write_bytes(crashed)
+
+
+def test_replay_of_lvm_logical_volumes_in_one_piece_and_in_several(tmp_path: Path):
+    """lv1 (ext4 in two pieces around lv2) needs its journal replayed: it is put
+    together, replayed, and exactly the blocks that changed are written back into its
+    pieces (Q); the replayed volume is clean and holds the file only its journal had.
+    lv3 (ext4 in one piece) is replayed through one window."""
+    require_tools("qemu-storage-daemon", "qemu-img", "e2fsck", "dumpe2fs", "debugfs", "mount",
+                  *LVM_TOOLS)
     tools = Lvm(tmp_path)
-    try:  # lv1: ext4 in two pieces around lv2 (FAT); lv3: ext4 in one piece
+    try:
         made = make_disk(tools, tmp_path)
         tools("lvcreate", "-an", "-Zn", "-y", "-n", "lv3", "-L", "8m", "vgbf")
         lv3 = tools.segments("vgbf")["lv3"]
@@ -71,20 +98,42 @@ def test_replay_of_lvm_logical_volumes_in_one_piece_only(tmp_path: Path):
         tools.close()
     assert len(lv3) == 1
     place(made.disk, PART_START, made.pe_start, lv3, make_ext4(tmp_path / "lv3.img", 8 << 20))
+    lv1 = extract_lv(made.disk, PART_START, made.pe_start, made.segments["lv1"],
+                     tmp_path / "lv1.img")
+    data = os.urandom(300_000)
+    _crashed_ext4(lv1, tmp_path, data)
+    place(made.disk, PART_START, made.pe_start, made.segments["lv1"], lv1)
+    assert needs_recovery(lv1)
     with StorageDaemon(made.disk, tmp_path / "qsd") as daemon:
         assert daemon.qmp is not None
         live = LiveDisk(daemon.qmp, NODE, daemon.nbd_socket)
         with live.fleece(tmp_path) as snap, Quiesced(snap, tmp_path) as quiet:
             notes = quiet.replay()
             q = quiet.written()
-    assert notes == [
-        "partition 1 (lvm2): an LVM2 physical volume: its logical volumes follow",
-        "logical volume vgbf/lv1 (ext4): in 2 pieces on the disk, not replayed "
-        "(a QEMU raw window is one byte range)",
+            view = quiet.copy_to(tmp_path / "quiesced.img")
+    assert notes[0] == "partition 1 (lvm2): an LVM2 physical volume: its logical volumes follow"
+    assert re.fullmatch(r"logical volume vgbf/lv1 \(ext4\): e2fsck -fy exited with [01] \(its "
+                        r"2 pieces put together; the blocks it changed written back\)",
+                        notes[1]), notes[1]
+    assert notes[2:] == [
         "logical volume vgbf/lv2 (fat12): no journal replay for fat12, nothing written",
         "logical volume vgbf/lv3 (ext4): e2fsck -fy exited with 0"]
+    replayed = extract_lv(view, PART_START, made.pe_start, made.segments["lv1"],
+                          tmp_path / "lv1-replayed.img")
+    assert not needs_recovery(replayed) and fsck_clean(replayed)
+    subprocess.run(["debugfs", "-R", f"dump /new.bin {tmp_path / 'new.out'}", str(replayed)],
+                   check=True, capture_output=True)
+    assert (tmp_path / "new.out").read_bytes() == data
+    in_lv1 = np.zeros(q.n_blocks, dtype=bool)
+    for _, pe, count in made.segments["lv1"]:
+        start = (PART_START + made.pe_start + pe * EXTENT) // BS
+        in_lv1[start : start + count * EXTENT // BS] = True
+    changed = (blocks(made.disk) != blocks(view)).any(axis=1)
+    assert changed[in_lv1].any() and np.array_equal(q.to_bools()[in_lv1], changed[in_lv1])
     start = PART_START + made.pe_start + lv3[0][1] * EXTENT
-    assert q.count() > 0 and inside(q, start, 8 << 20)
+    lv3_q = q.to_bools().copy()
+    lv3_q[in_lv1] = False
+    assert lv3_q.any() and inside(BlockMap.from_bools(lv3_q, BS), start, 8 << 20)
 
 
 def test_head_start_full_of_a_partitioned_disk_prints_its_survey(tmp_path: Path):
