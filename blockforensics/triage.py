@@ -44,7 +44,8 @@ floor alone.
 Verdicts:
 
 - **encrypted**: at least one file suspected of encryption, or a file system lost
-  with at least :data:`LOST_RANDOM_SHARE` of its changed blocks random;
+  with at least :data:`LOST_RANDOM_SHARE` of its changed blocks random (and at least
+  :data:`LOST_RANDOM_MIN_BYTES` of them);
 - **suspicious**: a file system lost otherwise, a YARA rule matched, a file's
   content contradicts its extension or it carries an extension ransomware appends,
   or the unexplained high-entropy share, the files destroyed or the files given one
@@ -96,6 +97,9 @@ DELETED_SHARE = 0.5
 ROTATION_SEPARATORS = (".", "-", "_")
 #: a file system lost with at least this share of its changed blocks random was encrypted
 LOST_RANDOM_SHARE = 0.5
+#: … when they hold at least this many random bytes: random bytes over a superblock
+#: alone are a wiper's as likely as a cipher's (a master file table encrypted spans more)
+LOST_RANDOM_MIN_BYTES = 64 << 10
 #: what a volume encrypted whole carries at its start: (name, byte offset, signature)
 VOLUME_ENCRYPTION = (("BitLocker", 3, b"-FVE-FS-"), ("LUKS", 0, b"LUKS\xba\xbe"))
 #: metrics whose anomaly makes a point suspicious (the others are volumes of change)
@@ -141,7 +145,10 @@ def compile_rules(directory: str | os.PathLike[str] | None = None) -> Any:
 class LostFileSystem:
     """A file system read at the parent point that is not at this one: where it lay
     (bytes), what it was, its changed blocks, and the share of them random (entropy
-    of at least :data:`HIGH_BLOCK_ENTROPY` bits per byte) or of one byte value."""
+    of at least :data:`HIGH_BLOCK_ENTROPY` bits per byte) or of one byte value.
+    Encrypted: a volume encryption's signature at its start now, or at least
+    :data:`LOST_RANDOM_SHARE` of its changed blocks random, and at least
+    :data:`LOST_RANDOM_MIN_BYTES` of them."""
 
     prefix: str  # "" for a bare file system, "pN:" for partition N, "vg/lv:" for an LV
     kind: str  # what it was at the parent ("ntfs", "ext4" …)
@@ -151,10 +158,13 @@ class LostFileSystem:
     random_share: float
     constant_share: float
     now: str | None  # a volume encryption's signature found at its start now
+    block_size: int  # bytes per changed block
 
     @property
     def encrypted(self) -> bool:
-        return self.now is not None or self.random_share >= LOST_RANDOM_SHARE
+        random_bytes = self.random_share * self.changed_blocks * self.block_size
+        return self.now is not None or (self.random_share >= LOST_RANDOM_SHARE
+                                        and random_bytes >= LOST_RANDOM_MIN_BYTES)
 
     def describe(self) -> str:
         where = ("the volume" if not self.prefix else f"partition {self.prefix[1:-1]}"
@@ -168,6 +178,8 @@ class LostFileSystem:
             return f"{what} — encrypted whole (its metadata or all of it)"
         if self.constant_share >= LOST_RANDOM_SHARE:
             return f"{what} — wiped"
+        if self.random_share >= LOST_RANDOM_SHARE:
+            return f"{what} — overwritten with random bytes, too few to tell a cipher's"
         if not self.changed_blocks:
             return f"{what} — its blocks unchanged: no table declares it where it was"
         return f"{what} — its structures destroyed"
@@ -293,7 +305,7 @@ def _lost_filesystems(chain: Chain, result: forensics.DiffResult, before: Listin
             prefix, detect(*part.view(parent)) or "unknown", part.start_byte,
             part.length_bytes, int(inside.sum()),
             float((entropy[inside] >= HIGH_BLOCK_ENTROPY).mean()) if inside.any() else 0.0,
-            float((entropy[inside] == 0).mean()) if inside.any() else 0.0, now))
+            float((entropy[inside] == 0).mean()) if inside.any() else 0.0, now, bs))
     return lost
 
 

@@ -162,3 +162,22 @@ def test_a_partition_table_wiped_is_suspicious(tmp_path: Path) -> None:
         "the partition table was GPT, now none is found"]
     assert any(r.endswith("no table declares it where it was")
                for r in doc["points"][3]["reasons"])
+
+
+def test_a_superblock_overwritten_with_random_bytes_is_not_called_encryption(
+        tmp_path: Path) -> None:
+    """4 KiB of random bytes over an ext4's start (its superblock): the volume is lost,
+    but so few random bytes are a wiper's as likely as a cipher's."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4")
+    volume, chain = tmp_path / "volume.img", tmp_path / "chain"
+    volume.write_bytes(bytes(16 * MIB))
+    run("mkfs.ext4", "-q", "-F", volume)
+    backup(volume, chain)
+    _overwrite(volume, 0, os.urandom(4096))
+    backup(volume, chain)
+    point = triage_json(chain)["points"][1]
+    [lost] = point["lost_filesystems"]
+    assert point["verdict"] == "suspicious" and not lost["encrypted"]
+    assert lost["random_share"] == 1.0 and lost["changed_blocks"] == 1
+    assert any(r.endswith("too few to tell a cipher's") for r in point["reasons"])
