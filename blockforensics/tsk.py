@@ -17,7 +17,8 @@ XFS, which TSK 4.11 does not read, is listed by dissect.xfs
 (:mod:`blockforensics.btrfsfiles`), behind the same :class:`Lister` interface,
 chosen per file system by its superblock magic.  A file system that cannot be
 opened is skipped and named in :attr:`Listing.unreadable`: the caller reports it
-rather than stopping.
+rather than stopping.  So is an ext volume TSK 4.11 opens but reads wrongly
+(:func:`_tsk_misreads_ext`), rather than listed with files missing.
 """
 
 from __future__ import annotations
@@ -230,6 +231,30 @@ def _through(view: MappedDisk, ranges: np.ndarray) -> np.ndarray:
 def _shifted(offset: int, ranges: np.ndarray) -> np.ndarray:
     """A partition's byte ranges as the disk's."""
     return ranges + offset
+
+
+def _tsk_misreads_ext(view: Disk, offset: int) -> str | None:
+    """Why The Sleuth Kit 4.11 cannot list the ext volume at ``offset`` right, or None
+    (also when there is none).  ``bigalloc``: TSK does not open it.  ``meta_bg`` with
+    groups past the first meta group: TSK looks for every group descriptor after the
+    superblock, so it reads those groups' inodes from the wrong inode tables (types
+    unknown, directories unreadable, files silently left out)."""
+    from blockforensics.fs.ext import ExtFileSystem, has_ext_magic
+
+    if not has_ext_magic(view.read(offset + 1024, 1024)):
+        return None
+    try:
+        ext = ExtFileSystem(view, offset)
+    except FormatError:
+        return None  # TSK then says what it makes of it
+    if ext.cluster_shift:
+        return (f"The Sleuth Kit does not read ext4 with bigalloc ({ext.unit}-byte clusters) "
+                f"at {{where}}")
+    if ext.meta_bg_groups:
+        return (f"The Sleuth Kit misreads ext4 meta_bg group descriptors: the inodes of "
+                f"{ext.meta_bg_groups} of {ext.n_groups} groups of the file system at "
+                f"{{where}} would be read from the wrong place")
+    return None
 
 
 def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
@@ -628,6 +653,10 @@ def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | No
                 yield prefix, BtrfsLister(view, offset, to_disk), None
             except FormatError as exc:
                 yield prefix, None, f"the Btrfs volume at {where}: {exc}"
+            continue
+        misread = _tsk_misreads_ext(view, offset)
+        if misread:
+            yield prefix, None, misread.format(where=where)
             continue
         if id(view) not in images:
             images[id(view)] = ChainImgInfo(view)

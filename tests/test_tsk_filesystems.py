@@ -6,6 +6,7 @@ file-system checker clean."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -26,10 +27,12 @@ from sample_disks import (
     tsk_files,
     without,
 )
-from support import require_tools
+from support import mounted_with, require_tools
 
 from blockforensics.allocation import detect, filesystem_allocation, survey
 from blockforensics.blockmap import BlockMap
+from blockforensics.formats.raw import RawDisk
+from blockforensics.tsk import list_entries
 
 DELETED = ("PICS", "F0005.BIN")
 CLI = [sys.executable, "-m", "blockforensics.cli"]
@@ -166,3 +169,32 @@ def test_cluster_sizes_match_blkls_and_survive_a_backup(tmp_path: Path, case: st
         expected = (tmp_path / name).read_bytes()
         assert subprocess.run(["icat", str(restored), inode], capture_output=True,
                               check=True).stdout == expected, name
+
+
+def test_ext4_meta_bg_past_the_first_meta_group_is_named_not_half_listed(
+        tmp_path: Path) -> None:
+    """TSK 4.11 looks for every ext group descriptor after the superblock; with
+    ``meta_bg`` those of the second meta group on are elsewhere, so the inodes of those
+    groups are read from the wrong tables: directories the kernel put there came out
+    with no type and their files were silently missing from listings and diffs.  The
+    file system is now named as not read, with the reason; one meta group is listed."""
+    require_tools("mkfs.ext4", "fls", "mount", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    listed = {}
+    for name, size in (("two-meta-groups", 512 * MIB), ("one-meta-group", 16 * MIB)):
+        volume = sparse_file(tmp_path / f"{name}.img", size)
+        run("mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "meta_bg,^resize_inode", volume)
+        with mounted_with(["mount", "-o", "loop", str(volume)], tmp_path / "m") as m:
+            for i in range(6):  # the kernel spreads top-level directories over the groups
+                (m / f"d{i}").mkdir()
+                (m / f"d{i}" / "f.bin").write_bytes(bytes([i]) * 3000)
+        with RawDisk(volume) as disk:
+            listed[name] = list_entries(disk)
+        if name == "two-meta-groups":  # the case TSK misreads, as fls shows
+            assert "d/-" in run("fls", volume)
+    assert {f"/d{i}/f.bin" for i in range(6)} <= listed["one-meta-group"].entries.keys()
+    assert not listed["one-meta-group"].unreadable
+    misread = listed["two-meta-groups"]
+    assert not misread.entries
+    assert "meta_bg" in misread.unreadable[""] and "48 of 64 groups" in misread.unreadable[""]

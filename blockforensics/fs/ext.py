@@ -197,6 +197,15 @@ class ExtFileSystem(FileSystem):
                 power *= base
         return np.isin(groups, powers)
 
+    @property
+    def meta_bg_groups(self) -> int:
+        """Groups whose descriptors lie in meta groups after the first (``meta_bg``: in
+        the first group of their meta group, not after the superblock); 0 without it."""
+        if not self.sb.s_feature_incompat & INCOMPAT_META_BG:
+            return 0
+        classic = max(self.sb.s_first_meta_bg, 1) * self.descs_per_block
+        return max(self.n_groups - classic, 0)
+
     # ------------------------------------------------------------- descriptors
     def group_descriptors(self, recovered: bool = True) -> np.ndarray:
         """Every group descriptor as a structured array (fields named as in the spec),
