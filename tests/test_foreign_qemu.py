@@ -325,3 +325,62 @@ def test_a_corrupt_qcow2_that_qemu_refuses_is_refused_in_one_line(damage: str,
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "chain").exists()
+
+
+def _sealed_at(data: bytearray, at: int, length: int) -> None:
+    """Fill in the CRC-32C at bytes 4-7 of the VHDX structure of ``length`` bytes at ``at``."""
+    from blockforensics.checksum import crc32c
+
+    data[at + 4 : at + 8] = bytes(4)
+    data[at + 4 : at + 8] = crc32c(bytes(data[at : at + length])).to_bytes(4, "little")
+
+
+def _vhdx_damaged(data: bytearray, damage: str) -> None:
+    """Damage a qemu-made VHDX (headers at 64 and 128 KiB, region tables at 192 and
+    256 KiB, the log at 1 MiB): as ``damage`` says."""
+    current = max((64 << 10, 128 << 10), key=lambda at: int.from_bytes(data[at + 8 : at + 16],
+                                                                       "little"))
+    if damage == "both headers' CRC-32C":
+        for at in (64 << 10, 128 << 10):
+            data[at + 4] ^= 0xFF
+    elif damage == "region table CRC-32C":
+        data[(192 << 10) + 4] ^= 0xFF
+    else:  # a log GUID in the current header; with "log entry", an entry of it in the log
+        guid = bytes(range(1, 17))
+        data[current + 48 : current + 64] = guid
+        _sealed_at(data, current, 4096)
+        if damage == "log entry":
+            log = int.from_bytes(data[current + 72 : current + 80], "little")
+            data[log : log + 4] = b"loge"
+            data[log + 8 : log + 12] = (4096).to_bytes(4, "little")
+            data[log + 32 : log + 48] = guid
+            _sealed_at(data, log, 4096)
+
+
+@pytest.mark.parametrize("damage, refused", [("both headers' CRC-32C", True),
+                                             ("region table CRC-32C", True),
+                                             ("log entry", True),
+                                             ("log GUID, no entry", False)])
+def test_a_vhdx_qemu_refuses_is_refused_and_one_it_reads_is_read(damage: str, refused: bool,
+                                                                 tmp_path: Path) -> None:
+    """Headers and region tables are checked (CRC-32C) as QEMU checks them (dissect
+    checks none), and a log with an entry to replay is refused (dissect does not replay
+    it: it would read the disk as it was before the writes the log holds)."""
+    require_tools("qemu-img", "qemu-io")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    image = made(tmp_path, "d.vhdx", "vhdx")
+    data = bytearray(image.read_bytes())
+    _vhdx_damaged(data, damage)
+    image.write_bytes(data)
+    qemu = subprocess.run(["qemu-img", "convert", "-O", "raw", image, tmp_path / "q.raw"],
+                          capture_output=True, timeout=60)
+    assert (qemu.returncode != 0) == refused, qemu.stderr
+    done = cli("backup", image, tmp_path / "chain")
+    if refused:
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "chain").exists()
+    else:
+        assert done.returncode == 0, done.stderr
+        with open_disk(image) as disk:
+            assert disk.read(0, disk.size) == (tmp_path / "q.raw").read_bytes()

@@ -255,6 +255,9 @@ class VhdxFormat(Format):
         _single_point(path, point)
         from dissect.hypervisor.disk.vhdx import VHDX
 
+        from blockforensics.formats.vhdx import check_headers
+
+        check_headers(path)
         return _open_stream(path, "VHDX", VHDX, _vhdx_allocated)
 
 

@@ -26,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from blockforensics.checksum import crc32c
+from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import (
     SECTOR,
@@ -130,6 +131,68 @@ class MetadataTableEntry(Record):
     length: int = f("I")
     flags: int = f("I")  # IS_VIRTUAL_DISK, IS_REQUIRED
     reserved: int = f("I")
+
+
+#: bytes of a header and of a region table; region table entries at most (spec 2.2.3)
+HEADER_SIZE, REGION_TABLE_SIZE, MAX_REGION_ENTRIES = 4 * KiB, 64 * KiB, 2047
+#: log entries start on sectors of 4 KiB; bytes of the log read at most (QEMU writes 1 MiB,
+#: Hyper-V a few)
+LOG_SECTOR, MAX_LOG = 4 * KiB, 64 * MiB
+
+
+def _sealed_right(raw: bytes) -> bool:
+    """Whether the CRC-32C at bytes 4-7 of ``raw`` is that of ``raw`` with it zero."""
+    return crc32c(raw[:4] + bytes(4) + raw[8:]) == int.from_bytes(raw[4:8], "little")
+
+
+def _log_entries(log: bytes, guid: bytes) -> int:
+    """Valid log entries of the log region ``log`` that belong to the log ``guid`` (spec
+    2.3.1: each begins a 4 KiB sector with the signature ``loge``, its CRC-32C at byte 4
+    over its length at byte 8, its log GUID at byte 32)."""
+    sectors = np.frombuffer(log[: len(log) // LOG_SECTOR * LOG_SECTOR], np.uint8).reshape(
+        -1, LOG_SECTOR)
+    signed = (sectors[:, :4] == np.frombuffer(b"loge", np.uint8)).all(axis=1)
+    ours = (sectors[:, 32:48] == np.frombuffer(guid, np.uint8)).all(axis=1)
+    found = 0
+    for start in (np.flatnonzero(signed & ours) * LOG_SECTOR).tolist():
+        length = int.from_bytes(log[start + 8 : start + 12], "little")
+        found += LOG_SECTOR <= length <= len(log) - start and _sealed_right(
+            log[start : start + length])
+    return found
+
+
+def check_headers(path: str | os.PathLike[str]) -> None:
+    """FormatError (one line) unless the VHDX at ``path`` has a valid current header
+    without a log to replay and a valid first region table (signatures and CRC-32C,
+    spec 2.2.2-2.2.3): what a reader uses.  The current header is the one of the higher
+    sequence number; one that is damaged while the other is valid (a header update cut
+    off) is refused too, as QEMU refuses it, rather than read through the damaged one."""
+    with open(path, "rb") as fh:
+        def raw_at(offset: int, length: int) -> bytes:
+            fh.seek(offset)
+            return fh.read(length).ljust(length, b"\0")
+
+        raws = [raw_at(at, HEADER_SIZE) for at in HEADER_OFFSETS]
+        tables = [raw_at(at, REGION_TABLE_SIZE) for at in REGION_TABLE_OFFSETS]
+        valid = [raw[:4] == b"head" and _sealed_right(raw) for raw in raws]
+        headers = [Header.unpack(raw) for raw in raws]
+        if not any(valid):
+            raise FormatError(f"{path}: neither VHDX header is valid (signature 'head' and "
+                              "CRC-32C): a damaged VHDX image")
+        current = headers[0 if headers[0].sequence_number > headers[1].sequence_number else 1]
+        if not valid[headers.index(current)]:
+            raise FormatError(f"{path}: the newer VHDX header is damaged (signature or "
+                              "CRC-32C): a header update cut off, or a damaged VHDX image")
+        log = raw_at(current.log_offset, min(current.log_length, MAX_LOG))
+    if current.log_guid != bytes(16) and _log_entries(log, current.log_guid):
+        raise FormatError(f"{path}: the VHDX log holds writes not yet applied (the image was "
+                          "not closed cleanly, or is in use): replay it on a copy (qemu-img "
+                          "check -r all COPY) and back the copy up")
+    table = RegionTableHeader.unpack(tables[0][: RegionTableHeader.packed_size()])
+    if table.signature != b"regi" or not _sealed_right(tables[0]) or \
+            table.entry_count > MAX_REGION_ENTRIES:
+        raise FormatError(f"{path}: the VHDX region table is damaged (signature 'regi', "
+                          "CRC-32C or entry count): a damaged VHDX image")
 
 
 def _sealed(raw: bytes) -> bytes:
