@@ -558,12 +558,14 @@ def main() -> None:
             "ours s (med)": round(mine.median_seconds, 2),
             "peer s (med)": round(theirs.median_seconds, 2),
             "ratio (med)": round(theirs.median_seconds / mine.median_seconds, 2),
+            "ours CPU s": round(mine.cpu_seconds, 2), "peer CPU s": round(theirs.cpu_seconds, 2),
             "ours RSS MiB": round(mine.peak_rss_mib),
             "peer RSS MiB": round(theirs.peak_rss_mib),
             "stored ratio": round(stored[peer] / stored[ours], 2)
             if ours in stored and peer in stored else ""})
     print(f"source: a {args.size_mib} MiB ext4 image; ratio = peer's time / ours (fastest of "
-          f"{args.repeat}; (med): medians); stored ratio = peer's bytes / ours")
+          f"{args.repeat}; (med): medians); CPU s: least user + system seconds of any run; "
+          "stored ratio = peer's bytes / ours")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"size_mib": args.size_mib, "rows": rows},

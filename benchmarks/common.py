@@ -19,13 +19,16 @@ import numpy as np
 
 @dataclass
 class Run:
-    """One measured command: wall seconds and peak resident memory (MiB) of the process;
-    for the best of several runs, also the median of their seconds."""
+    """One measured command: wall seconds, CPU seconds (user + system, its children's
+    included) and peak resident memory (MiB) of the process; for the best of several runs,
+    also the median of their seconds and the least CPU seconds of any (the machine's
+    other tenants lengthen wall times far more than CPU times)."""
 
     label: str
     seconds: float
     peak_rss_mib: float
     median_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def rate(self, nbytes: int) -> float:
         """Throughput in MB/s (10^6 bytes per second)."""
@@ -53,18 +56,20 @@ def settle() -> None:
 
 def measure(label: str, argv: list[str], env: dict[str, str] | None = None,
             timed: bool = False) -> Run:
-    """Run ``argv`` to completion under GNU time: wall seconds and the process's peak RSS.
-    With ``timed``, the seconds the command prints itself (first word of its last line)."""
+    """Run ``argv`` to completion under GNU time: wall seconds, CPU seconds and the
+    process's peak RSS.  With ``timed``, the seconds the command prints itself (first word
+    of its last line)."""
     settle()
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], capture_output=True,
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", *argv], capture_output=True,
                           text=True, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed: {proc.stderr.strip()}")
     if timed:
         seconds = float(proc.stdout.strip().splitlines()[-1].split()[0])
-    return Run(label, seconds, int(proc.stderr.strip().splitlines()[-1]) / 1024)
+    rss, user, system = proc.stderr.strip().splitlines()[-1].split()
+    return Run(label, seconds, int(rss) / 1024, cpu_seconds=float(user) + float(system))
 
 
 @dataclass
@@ -97,7 +102,8 @@ def fastest(steps: list[Step], repeat: int) -> dict[str, Run]:
             print(f"  {run.label}: {run.seconds:.2f} s", file=sys.stderr, flush=True)
             runs[step.label].append(run)
     return {label: dataclasses.replace(min(done, key=lambda run: run.seconds),
-                                       median_seconds=statistics.median(r.seconds for r in done))
+                                       median_seconds=statistics.median(r.seconds for r in done),
+                                       cpu_seconds=min(r.cpu_seconds for r in done))
             for label, done in runs.items()}
 
 
