@@ -233,6 +233,57 @@ def test_backup_restores_what_qemu_reads(name: str, tmp_path: Path) -> None:
     assert (tmp_path / "restored.raw").read_bytes() == reference.read_bytes()
 
 
+#: qemu-img options the cases above leave out: name -> (format, ``-o`` options of
+#: ``qemu-img create``, or of ``qemu-img convert`` from a written qcow2 when the third
+#: item gives convert's own flags)
+MATRIX: dict[str, tuple[str, str, tuple[str, ...] | None]] = {
+    "qcow2-refcount-bits-1": ("qcow2", "refcount_bits=1", None),
+    "qcow2-refcount-bits-64": ("qcow2", "refcount_bits=64,lazy_refcounts=on", None),
+    "qcow2-preallocation-full": ("qcow2", "preallocation=full", None),
+    "qcow2-raw-external-data-file": ("qcow2", "data_file=d.data,data_file_raw=on", None),
+    "qcow2-version-2-2m-clusters": ("qcow2", "compat=0.10,cluster_size=2M", None),
+    "qcow2-zlib-512-byte-clusters": ("qcow2", "cluster_size=512", ("-c",)),
+    "qcow2-zstd-2m-clusters": ("qcow2", "cluster_size=2M,compression_type=zstd", ("-c",)),
+    "vhd-fixed": ("vpc", "subformat=fixed", None),
+    "vhd-dynamic-force-size": ("vpc", "subformat=dynamic,force_size=on", None),
+    "vhd-dynamic-converted": ("vpc", "subformat=dynamic", ()),
+    "vhdx-fixed": ("vhdx", "subformat=fixed", None),
+    "vhdx-256m-blocks": ("vhdx", "block_size=256M", None),
+    "vhdx-4m-log-no-zero-state": ("vhdx", "log_size=4M,block_state_zero=off", None),
+    "vhdx-converted": ("vhdx", "subformat=dynamic", ()),
+    "vmdk-monolithic-flat": ("vmdk", "subformat=monolithicFlat", None),
+    "vmdk-2gb-flat-extents": ("vmdk", "subformat=twoGbMaxExtentFlat", None),
+    "vmdk-lsilogic-hwversion-6": ("vmdk", "adapter_type=lsilogic,hwversion=6", None),
+    "vmdk-ide-compat6": ("vmdk", "adapter_type=ide,compat6=on", None),
+    "vmdk-stream-converted": ("vmdk", "subformat=streamOptimized", ()),
+    "vdi-static-converted": ("vdi", "static=on", ()),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_every_qemu_img_option_backs_up_and_restores_what_qemu_reads(name: str,
+                                                                     tmp_path: Path) -> None:
+    """Each image backed up (as the command line does: its survey, then its blocks)
+    and restored is byte for byte what ``qemu-img convert -O raw`` reads of it."""
+    require_tools("qemu-img", "qemu-io")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    fmt, options, convert = MATRIX[name]
+    if convert is None:
+        image = made(tmp_path, f"d.{fmt}", fmt, "-o", options)
+    else:
+        image = tmp_path / f"c.{fmt}"
+        run("qemu-img", "convert", *convert, "-O", fmt, "-o", options,
+            made(tmp_path, "written.qcow2", "qcow2"), image, cwd=tmp_path)
+    run("qemu-img", "convert", "-f", fmt, "-O", "raw", image, tmp_path / "reference.raw",
+        cwd=tmp_path)
+    done = cli("backup", image, tmp_path / "chain")
+    assert done.returncode == 0, done.stderr
+    done = cli("restore", tmp_path / "chain", tmp_path / "restored.raw")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "restored.raw").read_bytes() == (tmp_path / "reference.raw").read_bytes()
+
+
 def test_preallocated_clusters_holding_no_data_are_absent(tmp_path: Path) -> None:
     """``preallocation=metadata`` maps every cluster to a hole of the file: they read
     as zeros, so only the written ones count (qemu-img map: the others are zeros)."""
