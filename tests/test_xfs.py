@@ -1,7 +1,8 @@
 """XFS: the allocation map read from the free-space B+trees equals what ``xfs_db`` lists,
 a backup stores only those blocks and restores a clean file system with every file
-identical, damage and a dirty log copy the volume whole (with a note), and the files
-are listed (through dissect.xfs) for diff, timeline and extract.
+identical, damage copies the volume whole (with a note), a dirty log keeps whole the
+AGs its recovery writes to, and the files are listed (through dissect.xfs) for diff,
+timeline and extract.
 
 Volumes are made by the real tools: ``mkfs.xfs`` (small volumes allowed by the
 fstests variables), files written through a loop mount.
@@ -263,9 +264,18 @@ def test_corrupt_bnobt_copies_the_volume_whole(tmp_path: Path, options: tuple[st
     assert "copying all" in out
 
 
+def logprint_ags(img: Path) -> set[int]:
+    """The AGs of the buffers ``xfs_logprint -t`` finds logged in the active log."""
+    with RawDisk(img) as disk:
+        fs = XfsFileSystem(disk)
+        ag_bytes = fs.sb.sb_agblocks * fs.block_size
+    text = run("xfs_logprint", "-t", img)
+    return {int(b, 16) * 512 // ag_bytes for b in re.findall(r"start blkno:0x([0-9a-f]+)", text)}
+
+
 @pytest.mark.parametrize("window", [None, 64], ids=["whole-log", "around-the-head"])
-def test_dirty_log_copies_the_volume_whole(tmp_path: Path, window: int | None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dirty_log_is_found_and_its_buffers_named(tmp_path: Path, window: int | None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     need_mount(tmp_path)
     if window:  # a log larger than twice the window: bisection, then the blocks around
         monkeypatch.setattr(xfs_module, "LOG_WINDOW", window)
@@ -276,8 +286,11 @@ def test_dirty_log_copies_the_volume_whole(tmp_path: Path, window: int | None,
         os.sync()
         shutil.copyfile(img, snap)  # a crash-consistent copy: the log holds the transactions
     assert "<CLEAN>" not in run("xfs_logprint", "-t", snap)
-    region = survey(snap).regions[0]
-    assert region.filesystem == "xfs" and "log" in region.note
+    with RawDisk(snap) as disk:
+        fs = XfsFileSystem(disk)
+        assert fs.log_problem == xfs_module.LOG_DIRTY
+        assert fs.logged_ags() == logprint_ags(snap) != set()
+    assert survey(snap).regions[0].note == ""
     assert survey(img).regions[0].note == ""  # unmounted since: clean
     with mounted(img, tmp_path / "mnt") as root:  # mounted again, written, unmounted
         (root / "second.bin").write_bytes(os.urandom(200_000))
@@ -289,6 +302,68 @@ def test_dirty_log_copies_the_volume_whole(tmp_path: Path, window: int | None,
         start = fs.linear(fs.sb.sb_logstart) * fs.block_size
         assert fs._log_head(start, fs.sb.sb_logblocks * fs.block_size // 512)[0] == head
         assert fs.log_problem == ""
+
+
+@pytest.mark.slow
+def test_a_dirty_log_keeps_every_ag_its_recovery_writes(tmp_path: Path) -> None:
+    """A copy taken while mounted, after files were written, one deleted and both
+    fsync'd since the log was last written back: the on-disk free-space trees alone
+    would call free blocks recovery puts in use (the new file's); the map keeps every
+    AG a logged buffer lies in whole (the AGs ``xfs_logprint`` names), the others from
+    their trees, and holds every block the kernel's recovery leaves allocated.  The
+    restored volume recovers to the same files."""
+    need_mount(tmp_path)
+    img = mkfs(tmp_path / "xfs.img", 128 * MIB, "-d", "agcount=8")
+    snap = tmp_path / "snap.img"
+    rng = np.random.default_rng(5)
+    files = {f"{d}/base.bin": rng.bytes(3 * MIB) for d in "abcd"}
+    with mounted(img, tmp_path / "mnt") as root:
+        for name, data in files.items():
+            (root / name).parent.mkdir()
+            (root / name).write_bytes(data)
+        os.sync()
+        run("xfs_freeze", "-f", root)  # the log written back and covered
+        run("xfs_freeze", "-u", root)
+        files["c/new.bin"] = rng.bytes(5 * MIB)
+        with (root / "c/new.bin").open("wb") as fh:
+            fh.write(files["c/new.bin"])
+            fh.flush()
+            os.fsync(fh.fileno())
+        (root / "a/base.bin").unlink()
+        del files["a/base.bin"]
+        fd = os.open(root / "a", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        shutil.copyfile(img, snap)
+    with RawDisk(snap) as disk:
+        fs = XfsFileSystem(disk)
+        logged = fs.logged_ags()
+        assert logged == logprint_ags(snap) and 0 < len(logged) < 8
+        on_disk = np.ones(fs.n_units, dtype=bool)  # what the trees on disk alone say
+        for ag in range(fs.sb.sb_agcount):
+            for first, count in fs.free_extents(ag).tolist():
+                at = ag * fs.sb.sb_agblocks + first
+                on_disk[at : at + count] = False
+    kept = filesystem_allocation(snap).to_bools()
+    recovered = tmp_path / "recovered.img"
+    shutil.copyfile(snap, recovered)
+    with mounted(recovered, tmp_path / "mnt"):  # the kernel replays the log
+        pass
+    in_use = filesystem_allocation(recovered).to_bools()
+    assert (in_use & ~on_disk).any()  # the trees on disk alone would lose these
+    assert not (in_use & ~kept).any() and not (on_disk & ~kept).any()
+    assert kept.sum() < kept.size
+    region = survey(snap).regions[0]
+    assert region.filesystem == "xfs" and not region.note and region.blocks < region.total
+    cli("backup", snap, tmp_path / "chain")
+    restored = tmp_path / "restored.img"
+    cli("restore", tmp_path / "chain", restored)
+    with mounted(restored, tmp_path / "mnt") as root:
+        found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        assert found == set(files)
+        for name, data in files.items():
+            assert (root / name).read_bytes() == data, name
+    run("xfs_repair", "-n", restored)
 
 
 def test_corrupt_superblock_crc_is_a_note(tmp_path: Path) -> None:

@@ -22,10 +22,19 @@ The log: a file system not cleanly unmounted (mounted when snapshotted, or
 crashed) may hold allocations only in its log, which recovery replays.  The
 internal log's head is found as the kernel finds it (bisection on the cycle
 number each 512-byte log block starts with); the blocks around it (the whole log
-when small) must be those of a log at rest, and the last record before the head
-an unmount record ending at the head.  Anything else — or a log on an
-external device, which is not in the image — is a FormatError (copied whole),
-like an ext journal this reader cannot replay.
+when small) must be those of a log at rest.  Clean: the last record before the
+head is an unmount record ending at the head.  Dirty: its records from the tail
+(the last record's ``h_tail_lsn``) to the head are read (the first word of each
+block restored from the headers' cycle data, regions split over records put
+together) and every AG a logged buffer (``xfs_buf_log_format``) lies in is kept
+whole; the others are read from their bnobt.  Why that keeps every block in use
+after recovery: every change to an AG's free space logs that AG's AGF and btree
+blocks in the same transaction, and a transaction not yet written back in place
+lies between the tail and the head; so an AG with no logged buffer has on disk
+the free space recovery leaves it (unfinished intents recovery carries out only
+free blocks, or write new blocks).  A log in flight or torn, a record that does
+not parse, or a log on an external device (not in the image) is a FormatError
+(copied whole).
 
 Units: ``unit`` is the file-system block (``sb_blocksize`` bytes); "AG blocks"
 count from the start of an AG; log positions are 512-byte basic blocks.
@@ -33,6 +42,7 @@ count from the start of an AG; log positions are 512-byte basic blocks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -115,9 +125,31 @@ LOG_RECORD = Structure("XlogRecHeader", 0x144, [
     (0x04, "I", "h_cycle"),
     (0x08, "I", "h_version"),
     (0x0C, "I", "h_len"),  # bytes of data after the header blocks
+    (0x18, "Q", "h_tail_lsn"),  # cycle << 32 | block of the oldest record still needed
     (0x28, "I", "h_num_logops"),
     (0x140, "I", "h_size"),  # the in-core log buffer size (v2 logs)
 ], byteorder=">")
+#: where h_cycle_data[] starts in a record header and in each extended header
+#: (xlog_rec_ext_header) after it: the first word of each of the record's data blocks,
+#: which the cycle number replaced on disk, 64 blocks per header
+LOG_CYCLE_DATA = 0x2C
+LOG_EXT_CYCLE_DATA = 0x4
+LOG_CYCLE_WORDS = 64
+#: xlog_op_header, before each region of a record's data
+LOG_OP = Structure("XlogOpHeader", 12, [
+    (0x0, "I", "oh_tid"),
+    (0x4, "I", "oh_len"),
+    (0x9, "B", "oh_flags"),
+], byteorder=">")
+LOG_CONTINUE_TRANS = 0x4  # the region goes on in the next record
+LOG_WAS_CONT_TRANS = 0x8  # the region began in the previous record
+#: xfs_buf_log_format, the first region of a logged buffer, in the byte order of the
+#: host that wrote it: its type (XFS_LI_BUF) and the buffer's address (512-byte daddr)
+BUF_LOG_FORMATS = [Structure("XfsBufLogFormat", 16, [
+    (0x0, "H", "blf_type"),
+    (0x8, "q", "blf_blkno"),
+], byteorder=order) for order in ("<", ">")]
+LI_BUF = 0x123C
 LOG_MAGIC = 0xFEEDBABE
 LOG_VERSION_2 = 0x2
 LOG_HEADER_CYCLE_SIZE = 32 * 1024
@@ -128,6 +160,23 @@ LOG_CHUNK = 16 << 20
 #: log blocks checked on each side of the head (4 MiB: more than the 8 log buffers of
 #: 256 KiB a kernel may have in flight); a log of twice this or less is read whole
 LOG_WINDOW = 8192
+
+
+LOG_DIRTY = "its log is dirty (not cleanly unmounted: recovery would replay it)"
+LOG_IN_FLIGHT = "its log is not at rest (log writes in flight or torn)"
+
+
+@dataclass(frozen=True)
+class LogState:
+    """The internal log: why it is not known to be clean ("" when it is) and, when it is
+    dirty but at rest, its place (bytes), length and head (basic blocks) and the basic
+    block of its last record."""
+
+    problem: str
+    start: int = 0
+    blocks: int = 0
+    head: int = 0
+    last: int = -1
 
 
 def has_xfs_magic(superblock: bytes) -> bool:
@@ -270,21 +319,27 @@ class XfsFileSystem(FileSystem):
             self._walk(ag, int(child), level - 1, leaves, seen)
 
     # --------------------------------------------------------------------- log
-    @cached_property
+    @property
     def log_problem(self) -> str:
         """Why the log is not known to be clean ("" when it is)."""
+        return self._log.problem
+
+    @cached_property
+    def _log(self) -> LogState:
+        """Where the internal log is, its head and, when at rest, its last record; why it
+        is not known to be clean."""
         sb = self.sb
         if sb.sb_logstart == 0:
-            return "its log is on an external device, not in this image: cannot tell " \
-                   "whether it is clean"
+            return LogState("its log is on an external device, not in this image: cannot "
+                            "tell whether it is clean")
         start = self.linear(sb.sb_logstart) * self.block_size
         length = sb.sb_logblocks * self.block_size
         if not (length > 0 and start + length <= self.size):
-            return "its internal log lies outside the volume"
+            return LogState("its internal log lies outside the volume")
         n = length // BASIC_BLOCK
         head, cycle = self._log_head(start, n)
         if head < 0:
-            return "its log is not at rest (log writes in flight or torn)"
+            return LogState(LOG_IN_FLIGHT)
         # the blocks around the head, as a log at rest has them: the current cycle up to
         # the head, the previous one after it (and before block 0, wrapped)
         before = min(LOG_WINDOW, n)
@@ -296,22 +351,103 @@ class XfsFileSystem(FileSystem):
         expected = np.where((positions < 0) | ((positions >= head) & (positions < n)),
                             cycle - 1, cycle)
         if not np.array_equal(cycles, expected):
-            return "its log is not at rest (log writes in flight or torn)"
+            return LogState(LOG_IN_FLIGHT)
         headers = positions[is_header & (positions < head)]
         if not headers.size:
-            return "its log has no record before its head"
+            return LogState("its log has no record before its head")
         at = int(headers[-1]) % n
         record = LOG_RECORD.parse(self.read(start + at * BASIC_BLOCK, BASIC_BLOCK))
-        hblks = 1
-        if record.h_version & LOG_VERSION_2 and record.h_size > LOG_HEADER_CYCLE_SIZE:
-            hblks = -(-record.h_size // LOG_HEADER_CYCLE_SIZE)
+        hblks = self._header_blocks(record)
         end = at + hblks + -(-record.h_len // BASIC_BLOCK)
+        state = LogState(LOG_DIRTY, start, n, head % n, at)
         if end % n != head % n or record.h_num_logops != 1:
-            return "its log is dirty (not cleanly unmounted: recovery would replay it)"
+            return state
         op = self.read(start + ((at + hblks) % n) * BASIC_BLOCK, BASIC_BLOCK)
         if not op[LOG_OP_FLAGS] & LOG_UNMOUNT_TRANS:
-            return "its log is dirty (not cleanly unmounted: recovery would replay it)"
-        return ""
+            return state
+        return LogState("")
+
+    @staticmethod
+    def _header_blocks(record: Any) -> int:
+        """Basic blocks of a log record's header (v2 logs with large in-core buffers add
+        extended headers)."""
+        if record.h_version & LOG_VERSION_2 and record.h_size > LOG_HEADER_CYCLE_SIZE:
+            return -(-record.h_size // LOG_HEADER_CYCLE_SIZE)
+        return 1
+
+    def logged_ags(self) -> set[int]:
+        """The AGs a buffer logged in the active part of a dirty log (its records from
+        the tail, which the last record names, to the head) lies in: what recovery would
+        write there.  Every change to an AG's free space — an allocation, a free —
+        logs that AG's AGF and free-space btree blocks, so an AG not named here has on
+        disk the free space recovery leaves it.  FormatError when a record or its
+        operations do not hold together."""
+        state = self._log
+        n = state.blocks
+        last = LOG_RECORD.parse(self._log_blocks(state.last, 1))
+        position = last.h_tail_lsn & 0xFFFFFFFF
+        if position >= n:
+            raise FormatError(f"{self.name}: log tail at block {position} of {n}")
+        ags: set[int] = set()
+        pending: dict[int, bytes] = {}  # tid -> the start of a region split over records
+        walked = 0
+        while position != state.head:
+            head_block = self._log_blocks(position, 1)
+            record = LOG_RECORD.parse(head_block)
+            hblks = self._header_blocks(record)
+            blocks = -(-record.h_len // BASIC_BLOCK)
+            walked += hblks + blocks
+            if record.h_magicno != LOG_MAGIC or walked > n \
+                    or hblks > LOG_CYCLE_WORDS or blocks > hblks * LOG_CYCLE_WORDS:
+                raise FormatError(f"{self.name}: its dirty log has no record it can read at "
+                                  f"block {position}")
+            headers = self._log_blocks(position, hblks)
+            data = bytearray(self._log_blocks((position + hblks) % n, blocks))
+            for i in range(blocks):  # the first word of each block, from the headers
+                j, k = divmod(i, LOG_CYCLE_WORDS)
+                at = j * BASIC_BLOCK + (LOG_EXT_CYCLE_DATA if j else LOG_CYCLE_DATA) + 4 * k
+                data[i * BASIC_BLOCK : i * BASIC_BLOCK + 4] = headers[at : at + 4]
+            self._logged_buffers(bytes(data[: record.h_len]), record.h_num_logops, pending,
+                                 ags, position)
+            position = (position + hblks + blocks) % n
+        return ags
+
+    def _logged_buffers(self, data: bytes, count: int, pending: dict[int, bytes],
+                        ags: set[int], position: int) -> None:
+        """Add the AG of each buffer logged in a record's ``count`` operations to
+        ``ags`` (regions split over records put together through ``pending``)."""
+        at = 0
+        ag_bytes = self.sb.sb_agblocks * self.block_size
+        for _ in range(count):
+            op = LOG_OP.parse(data, at) if at + LOG_OP.size <= len(data) else None
+            if op is None or at + LOG_OP.size + op.oh_len > len(data):
+                raise FormatError(f"{self.name}: its dirty log's record at block {position} "
+                                  f"holds operations past its end")
+            region = data[at + LOG_OP.size : at + LOG_OP.size + op.oh_len]
+            at += LOG_OP.size + op.oh_len
+            if op.oh_flags & LOG_WAS_CONT_TRANS:
+                if op.oh_tid not in pending:
+                    continue  # the rest of a region begun before the tail: written back
+                region = pending.pop(op.oh_tid) + region
+            if op.oh_flags & LOG_CONTINUE_TRANS:
+                pending[op.oh_tid] = region
+                continue
+            for layout in BUF_LOG_FORMATS:
+                if len(region) >= layout.size:
+                    item = layout.parse(region)
+                    if item.blf_type == LI_BUF and 0 <= item.blf_blkno * BASIC_BLOCK < self.size:
+                        ags.add(item.blf_blkno * BASIC_BLOCK // ag_bytes)
+
+    def _log_blocks(self, first: int, count: int) -> bytes:
+        """``count`` basic blocks of the log from block ``first`` on (wrapping past its
+        end to its start)."""
+        state = self._log
+        out = b""
+        while count:
+            take = min(count, state.blocks - first)
+            out += self.read(state.start + first * BASIC_BLOCK, take * BASIC_BLOCK)
+            first, count = 0, count - take
+        return out
 
     def _log_words(self, start: int, blocks: np.ndarray) -> np.ndarray:
         """The first two big-endian words of each log block in ``blocks`` (basic blocks
@@ -351,12 +487,16 @@ class XfsFileSystem(FileSystem):
     # -------------------------------------------------------------- allocation
     def allocation(self) -> BlockMap:
         """Allocated blocks of the data device: every AG's blocks but its bnobt's free
-        extents; FormatError when the log is not clean or a structure fails its checks."""
-        if self.log_problem:
+        extents, all of an AG a dirty log writes to (:meth:`logged_ags`); FormatError
+        when the log cannot be read so or a structure fails its checks."""
+        whole = set()  # AGs a dirty log's recovery would write to: every block kept
+        if self.log_problem == LOG_DIRTY:
+            whole = self.logged_ags()
+        elif self.log_problem:
             raise FormatError(f"{self.name}: {self.log_problem}")
         free_starts, free_stops = [], []
         for ag in range(self.sb.sb_agcount):
-            recs = self.free_extents(ag)
+            recs = self.free_extents(ag) if ag not in whole else np.empty((0, 2), np.int64)
             first = ag * self.sb.sb_agblocks
             free_starts.append(recs[:, 0] + first)
             free_stops.append(recs[:, 0] + recs[:, 1] + first)
