@@ -435,6 +435,42 @@ def test_a_newer_description_in_the_damaged_area_copies_the_pv_whole(
     assert region.blocks == region.total
 
 
+def test_a_pv_whose_only_metadata_area_is_damaged_is_read_from_another_pv(
+        lvm: Lvm, tmp_path: Path) -> None:
+    """Two PVs of one VG on one disk (two partitions), an ext4 LV on the first, whose
+    only metadata area's newest text is damaged: LVM reads the VG from the second PV,
+    and so does the survey — the LV's file system read, with a note."""
+    disk = tmp_path / "disk.img"
+    with disk.open("wb") as fh:
+        fh.truncate(66 * MIB)
+    subprocess.run(["sfdisk", "-q", str(disk)], text=True, check=True, capture_output=True,
+                   input="start=2048, size=32M, type=8e\nstart=67584, type=8e\n")
+    devices = [lvm.attach(disk, PART_START, 32 * MIB), lvm.attach(disk, 33 * MIB, 33 * MIB)]
+    for device in devices:
+        lvm("pvcreate", "-y", device)
+    lvm("vgcreate", "-s", "4m", "vgtwo", *devices)
+    lvm("lvcreate", "-an", "-Zn", "-y", "-n", "lv1", "-L", "16m", "vgtwo", devices[0])
+    volume = tmp_path / "lv1.img"
+    with volume.open("wb") as fh:
+        fh.truncate(16 * MIB)
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", volume)
+    pe_start = lvm.pe_start(devices[0])
+    place(disk, PART_START, pe_start, lvm.segments("vgtwo")["lv1"], volume)
+    before = survey(disk, 4096)
+    _, text_at, _ = _metadata(disk, PART_START)
+    _flip(disk, text_at + 100)
+    assert _lv_names(lvm) == ["lv1"]
+    found = survey(disk, 4096)
+    assert np.array_equal(found.map.to_bools(), before.map.to_bools())
+    by_where = {r.where: r for r in found.regions}
+    lv1 = by_where["logical volume vgtwo/lv1"]
+    assert lv1.filesystem == "ext4" and not lv1.note and lv1.blocks < lv1.total
+    [note] = found.notes
+    assert note.startswith(f"LVM2 PV at byte {PART_START}: metadata area at byte 4096: "
+                           "metadata checksum mismatch; VG vgtwo read from its intact copy")
+    assert f"of the PV at byte {33 * MIB}, as LVM does" in note, note
+
+
 @pytest.mark.parametrize("text, problem", [
     ('extent_count = 99999999999999999999', "extents"),
     ('extent_count = 0\nstart_extent = 5', "follow"),
