@@ -17,8 +17,9 @@ XFS, which TSK 4.11 does not read, is listed by dissect.xfs
 (:mod:`blockforensics.btrfsfiles`), behind the same :class:`Lister` interface,
 chosen per file system by its superblock magic.  A file system that cannot be
 opened is skipped and named in :attr:`Listing.unreadable`: the caller reports it
-rather than stopping.  So is an ext volume TSK 4.11 opens but reads wrongly
-(:func:`_tsk_misreads_ext`), rather than listed with files missing.
+rather than stopping.  An ext volume TSK 4.11 does not open or reads wrongly
+(:func:`_tsk_misreads_ext`: ``bigalloc``, ``meta_bg`` past the first meta group) is
+listed by the project's own ext reader (:mod:`blockforensics.extfiles`).
 """
 
 from __future__ import annotations
@@ -234,11 +235,12 @@ def _shifted(offset: int, ranges: np.ndarray) -> np.ndarray:
 
 
 def _tsk_misreads_ext(view: Disk, offset: int) -> str | None:
-    """Why The Sleuth Kit 4.11 cannot list the ext volume at ``offset`` right, or None
-    (also when there is none).  ``bigalloc``: TSK does not open it.  ``meta_bg`` with
-    groups past the first meta group: TSK looks for every group descriptor after the
-    superblock, so it reads those groups' inodes from the wrong inode tables (types
-    unknown, directories unreadable, files silently left out)."""
+    """Why The Sleuth Kit 4.11 cannot list the ext volume at ``offset`` right (its own
+    reader lists it then), or None (also when there is none).  ``bigalloc``: TSK does
+    not open it.  ``meta_bg`` with groups past the first meta group: TSK looks for every
+    group descriptor after the superblock, so it reads those groups' inodes from the
+    wrong inode tables (types unknown, directories unreadable, files silently left
+    out)."""
     from blockforensics.fs.ext import ExtFileSystem, has_ext_magic
 
     if not has_ext_magic(view.read(offset + 1024, 1024)):
@@ -248,12 +250,10 @@ def _tsk_misreads_ext(view: Disk, offset: int) -> str | None:
     except FormatError:
         return None  # TSK then says what it makes of it
     if ext.cluster_shift:
-        return (f"The Sleuth Kit does not read ext4 with bigalloc ({ext.unit}-byte clusters) "
-                f"at {{where}}")
+        return f"The Sleuth Kit does not read ext4 with bigalloc ({ext.unit}-byte clusters)"
     if ext.meta_bg_groups:
-        return (f"The Sleuth Kit misreads ext4 meta_bg group descriptors: the inodes of "
-                f"{ext.meta_bg_groups} of {ext.n_groups} groups of the file system at "
-                f"{{where}} would be read from the wrong place")
+        return (f"The Sleuth Kit misreads ext4 meta_bg group descriptors (the inodes of "
+                f"{ext.meta_bg_groups} of {ext.n_groups} groups)")
     return None
 
 
@@ -629,7 +629,8 @@ class TskLister:
 
 def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | None]]:
     """``(prefix, lister or None, problem)`` for each file system of the disk: XFS read
-    by dissect.xfs, Btrfs by dissect.btrfs, everything else by The Sleuth Kit."""
+    by dissect.xfs, Btrfs by dissect.btrfs, ext volumes TSK misreads by the project's
+    ext reader, everything else by The Sleuth Kit."""
     from blockforensics.fs.btrfs import SUPER_OFFSET as BTRFS_SUPER_OFFSET
     from blockforensics.fs.btrfs import SUPER_SIZE as BTRFS_SUPER_SIZE
     from blockforensics.fs.btrfs import has_btrfs_magic
@@ -654,9 +655,13 @@ def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | No
             except FormatError as exc:
                 yield prefix, None, f"the Btrfs volume at {where}: {exc}"
             continue
-        misread = _tsk_misreads_ext(view, offset)
-        if misread:
-            yield prefix, None, misread.format(where=where)
+        if _tsk_misreads_ext(view, offset):
+            from blockforensics.extfiles import ExtLister
+
+            try:
+                yield prefix, ExtLister(view, offset, to_disk), None
+            except FormatError as exc:
+                yield prefix, None, f"the ext file system at {where}: {exc}"
             continue
         if id(view) not in images:
             images[id(view)] = ChainImgInfo(view)

@@ -80,10 +80,29 @@ GROUP_DESC_64 = Structure("ExtGroupDesc64", 64, [
 ])
 BG_BLOCK_UNINIT = 0x2
 INODE = Structure("ExtInode", GOOD_OLD_INODE_SIZE, [
+    (0x00, "H", "i_mode"),
+    (0x02, "H", "i_uid"),
     (0x04, "I", "i_size_lo"),
+    (0x08, "I", "i_atime"),
+    (0x0C, "I", "i_ctime"),
+    (0x10, "I", "i_mtime"),
+    (0x18, "H", "i_gid"),
+    (0x1A, "H", "i_links_count"),
     (0x20, "I", "i_flags"),
     (0x28, "60s", "i_block"),
+    (0x64, "I", "i_generation"),
     (0x6C, "I", "i_size_high"),
+    (0x78, "H", "l_i_uid_high"),
+    (0x7A, "H", "l_i_gid_high"),
+])
+#: the fields after the 128-byte inode, present up to ``128 + i_extra_isize``
+INODE_EXTRA = Structure("ExtInodeExtra", 0x98 - GOOD_OLD_INODE_SIZE, [
+    (0x00, "H", "i_extra_isize"),
+    (0x04, "I", "i_ctime_extra"),
+    (0x08, "I", "i_mtime_extra"),
+    (0x0C, "I", "i_atime_extra"),
+    (0x10, "I", "i_crtime"),
+    (0x14, "I", "i_crtime_extra"),
 ])
 EXTENTS_FL = 0x80000
 N_DIRECT = 12  # i_block without extents: 12 direct pointers, then 1-, 2-, 3-level indirect
@@ -304,20 +323,35 @@ class ExtFileSystem(FileSystem):
         ratio = 1 << self.cluster_shift
         return units_map(starts // ratio, -(-(starts + lengths) // ratio), self.n_units, self.unit)
 
+    def raw_inode(self, ino: int, tables: np.ndarray | None = None) -> bytes:
+        """Inode ``ino``'s record (``inode_size`` bytes) as it is on the volume;
+        ``tables``: every group's inode table block, when the caller has them."""
+        group, index = divmod(ino - 1, self.sb.s_inodes_per_group)
+        if not 0 <= group < self.n_groups or ino < 1:
+            raise FormatError(f"{self.name}: no inode {ino}")
+        if tables is None:
+            tables = self._field(self.group_descriptors(recovered=False)[group : group + 1],
+                                 "bg_inode_table")
+            group = 0
+        return self.read(int(tables[group]) * self.block_size + index * self.inode_size,
+                         self.inode_size)
+
+    def inode_tables(self) -> np.ndarray:
+        """Every group's inode table block, as on the volume."""
+        return self._field(self.group_descriptors(recovered=False), "bg_inode_table")
+
     def file_blocks(self, ino: int, max_blocks: int) -> np.ndarray:
         """The volume block of each block of inode ``ino``'s file, in file order (0: a
         hole), from its extent tree or its direct and indirect block pointers;
         FormatError for a file of more than ``max_blocks`` blocks."""
-        group, index = divmod(ino - 1, self.sb.s_inodes_per_group)
-        if not 0 <= group < self.n_groups:
-            raise FormatError(f"{self.name}: no inode {ino}")
-        table = int(self._field(self.group_descriptors(recovered=False)[group : group + 1],
-                                "bg_inode_table")[0])
-        inode = INODE.parse(self.read(table * self.block_size + index * self.inode_size,
-                                      INODE.size))
+        return self.inode_blocks(self.raw_inode(ino), max_blocks)
+
+    def inode_blocks(self, raw: bytes, max_blocks: int) -> np.ndarray:
+        """:meth:`file_blocks` of an inode record."""
+        inode = INODE.parse(raw)
         n_blocks = -(-(inode.i_size_lo | inode.i_size_high << 32) // self.block_size)
         if n_blocks > max_blocks:
-            raise FormatError(f"{self.name}: inode {ino} of {n_blocks} blocks")
+            raise FormatError(f"{self.name}: an inode of {n_blocks} blocks")
         out = np.zeros(n_blocks, dtype=np.int64)
         if inode.i_flags & EXTENTS_FL:
             self._extent_node(inode.i_block, out, MAX_EXTENT_DEPTH)
