@@ -304,6 +304,31 @@ def test_a_dirty_log_is_found_and_its_buffers_named(tmp_path: Path, window: int 
         assert fs.log_problem == ""
 
 
+def keeps_what_recovery_uses(snap: Path, tmp_path: Path) -> tuple[set[int], bool]:
+    """Check the map of the dirty copy ``snap``: its logged AGs are those
+    ``xfs_logprint`` names, it holds every block allocated on disk and every block in
+    use after the kernel's recovery (a mount of a copy), and not all.  Returns the
+    logged AGs and whether the free-space trees on disk alone would have lost blocks."""
+    with RawDisk(snap) as disk:
+        fs = XfsFileSystem(disk)
+        logged = fs.logged_ags()
+        assert logged == logprint_ags(snap)
+        on_disk = np.ones(fs.n_units, dtype=bool)  # what the trees on disk alone say
+        for ag in range(fs.sb.sb_agcount):
+            for first, count in fs.free_extents(ag).tolist():
+                at = ag * fs.sb.sb_agblocks + first
+                on_disk[at : at + count] = False
+    kept = filesystem_allocation(snap).to_bools()
+    recovered = tmp_path / "recovered.img"
+    shutil.copyfile(snap, recovered)
+    with mounted(recovered, tmp_path / "recovery"):  # the kernel replays the log
+        pass
+    in_use = filesystem_allocation(recovered).to_bools()
+    assert not (in_use & ~kept).any() and not (on_disk & ~kept).any()
+    assert kept.sum() < kept.size
+    return logged, bool((in_use & ~on_disk).any())
+
+
 @pytest.mark.slow
 def test_a_dirty_log_keeps_every_ag_its_recovery_writes(tmp_path: Path) -> None:
     """A copy taken while mounted, after files were written, one deleted and both
@@ -335,24 +360,8 @@ def test_a_dirty_log_keeps_every_ag_its_recovery_writes(tmp_path: Path) -> None:
         os.fsync(fd)
         os.close(fd)
         shutil.copyfile(img, snap)
-    with RawDisk(snap) as disk:
-        fs = XfsFileSystem(disk)
-        logged = fs.logged_ags()
-        assert logged == logprint_ags(snap) and 0 < len(logged) < 8
-        on_disk = np.ones(fs.n_units, dtype=bool)  # what the trees on disk alone say
-        for ag in range(fs.sb.sb_agcount):
-            for first, count in fs.free_extents(ag).tolist():
-                at = ag * fs.sb.sb_agblocks + first
-                on_disk[at : at + count] = False
-    kept = filesystem_allocation(snap).to_bools()
-    recovered = tmp_path / "recovered.img"
-    shutil.copyfile(snap, recovered)
-    with mounted(recovered, tmp_path / "mnt"):  # the kernel replays the log
-        pass
-    in_use = filesystem_allocation(recovered).to_bools()
-    assert (in_use & ~on_disk).any()  # the trees on disk alone would lose these
-    assert not (in_use & ~kept).any() and not (on_disk & ~kept).any()
-    assert kept.sum() < kept.size
+    logged, lost = keeps_what_recovery_uses(snap, tmp_path)
+    assert 0 < len(logged) < 8 and lost  # the trees on disk alone would lose blocks
     region = survey(snap).regions[0]
     assert region.filesystem == "xfs" and not region.note and region.blocks < region.total
     cli("backup", snap, tmp_path / "chain")
@@ -364,6 +373,40 @@ def test_a_dirty_log_keeps_every_ag_its_recovery_writes(tmp_path: Path) -> None:
         for name, data in files.items():
             assert (root / name).read_bytes() == data, name
     run("xfs_repair", "-n", restored)
+
+
+@pytest.mark.slow
+def test_a_wrapped_dirty_log_is_read_from_its_tail(tmp_path: Path) -> None:
+    """A small log (1368 blocks of 4 KiB) written up to near its end, then written back
+    (a freeze: its tail moves to the head) and written on past its end: a copy whose
+    active part wraps (tail after head) keeps every block in use after recovery."""
+    need_mount(tmp_path)
+    img = mkfs(tmp_path / "xfs.img", 96 * MIB, "-d", "agcount=6", "-l", "size=1368b")
+    snap = tmp_path / "snap.img"
+    blocks = 1368 * 4096 // 512
+    frozen = False
+    with mounted(img, tmp_path / "mnt") as root:
+        for d in range(6):
+            (root / f"d{d}").mkdir()
+        for step in range(200):
+            for i in range(20):  # each fsync a log record or more
+                with (root / f"d{step % 2 if frozen else step % 6}" / f"f{step}-{i}"
+                      ).open("wb") as fh:
+                    fh.write(os.urandom(3000 + i % 5 * 9000))
+                    os.fsync(fh.fileno())
+            tail, head = (int(v) for v in re.search(
+                r"log tail: (\d+) head: (\d+)", run("xfs_logprint", "-t", img)).groups())
+            if tail > head:
+                shutil.copyfile(img, snap)
+                break
+            if not frozen and head > blocks - 1500:
+                run("xfs_freeze", "-f", root)  # written back: the tail moves to the head
+                run("xfs_freeze", "-u", root)
+                frozen = True
+        else:
+            raise AssertionError("the log never wrapped")
+    logged, _ = keeps_what_recovery_uses(snap, tmp_path)
+    assert 0 < len(logged) < 6
 
 
 def test_corrupt_superblock_crc_is_a_note(tmp_path: Path) -> None:
