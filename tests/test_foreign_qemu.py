@@ -435,3 +435,22 @@ def test_a_vhdx_qemu_refuses_is_refused_and_one_it_reads_is_read(damage: str, re
         assert done.returncode == 0, done.stderr
         with open_disk(image) as disk:
             assert disk.read(0, disk.size) == (tmp_path / "q.raw").read_bytes()
+
+
+@pytest.mark.parametrize("where", ["sub/", "{work}/sub/"])
+def test_vmdk_extents_named_in_another_directory_are_read(where: str, tmp_path: Path) -> None:
+    """A descriptor naming its extents in a subdirectory, relatively or absolutely (and
+    a space in the names): read where QEMU reads them (dissect refused such names)."""
+    require_tools("qemu-img", "qemu-io")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    image = made(tmp_path, "my disk.vmdk", "vmdk", "-o", "subformat=twoGbMaxExtentSparse")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "my disk-s001.vmdk").rename(tmp_path / "sub" / "my disk-s001.vmdk")
+    text = image.read_text()
+    assert '"my disk-s001.vmdk"' in text
+    image.write_text(text.replace('"my disk-s001.vmdk"',
+                                  f'"{where.format(work=tmp_path)}my disk-s001.vmdk"'))
+    reference = tmp_path / "reference.raw"
+    run("qemu-img", "convert", "-f", "vmdk", "-O", "raw", image, reference)
+    with open_disk(image) as disk:
+        assert disk.read(0, disk.size) == reference.read_bytes()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import numpy as np
@@ -261,11 +262,22 @@ class VhdxFormat(Format):
         return _open_stream(path, "VHDX", VHDX, _vhdx_allocated)
 
 
+class _ExtentPath(type(Path())):  # type: ignore[misc]  # PosixPath or WindowsPath
+    """A descriptor's path whose ``with_name`` — how dissect 3.21 finds each extent file
+    named in it — takes the name as QEMU does: relative to the descriptor's directory
+    (``sub/disk-s001.vmdk`` too: dissect refused a name with a directory in it), or
+    absolute; Windows separators read as ``/``."""
+
+    def with_name(self, name: str) -> Path:
+        return _ExtentPath(self.parent / name.replace("\\", "/"))
+
+
 def _vmdk(fh: BinaryIO) -> Any:
-    """A dissect VMDK over ``fh``, its parents' reads kept within their sectors."""
+    """A dissect VMDK of the file ``fh`` is open on, its extents found as QEMU finds
+    them and its parents' reads kept within their sectors."""
     from dissect.hypervisor.disk.vmdk import VMDK
 
-    vmdk = VMDK(fh)
+    vmdk = VMDK(_ExtentPath(fh.name))
     _within_sectors(vmdk)
     return vmdk
 
