@@ -290,7 +290,17 @@ def test_a_dirty_log_is_found_and_its_buffers_named(tmp_path: Path, window: int 
         fs = XfsFileSystem(disk)
         assert fs.log_problem == xfs_module.LOG_DIRTY
         assert fs.logged_ags() == logprint_ags(snap) != set()
+        log_start = fs.linear(fs.sb.sb_logstart) * fs.block_size
     assert survey(snap).regions[0].note == ""
+    tail = int(re.search(r"log tail: (\d+)", run("xfs_logprint", "-t", snap)).group(1))
+    torn = tmp_path / "torn.img"  # the first record to replay damaged: copied whole
+    shutil.copyfile(snap, torn)
+    with torn.open("r+b") as fh:
+        fh.seek(log_start + tail * 512 + 0x10)  # its h_lsn
+        fh.write(bytes(8))
+    region = survey(torn).regions[0]
+    assert "its dirty log has no record it can read" in region.note, region.note
+    assert region.blocks == region.total
     assert survey(img).regions[0].note == ""  # unmounted since: clean
     with mounted(img, tmp_path / "mnt") as root:  # mounted again, written, unmounted
         (root / "second.bin").write_bytes(os.urandom(200_000))

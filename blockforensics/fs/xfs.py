@@ -125,6 +125,7 @@ LOG_RECORD = Structure("XlogRecHeader", 0x144, [
     (0x04, "I", "h_cycle"),
     (0x08, "I", "h_version"),
     (0x0C, "I", "h_len"),  # bytes of data after the header blocks
+    (0x10, "Q", "h_lsn"),  # cycle << 32 | block: this record's own place
     (0x18, "Q", "h_tail_lsn"),  # cycle << 32 | block of the oldest record still needed
     (0x28, "I", "h_num_logops"),
     (0x140, "I", "h_size"),  # the in-core log buffer size (v2 logs)
@@ -397,7 +398,8 @@ class XfsFileSystem(FileSystem):
             hblks = self._header_blocks(record)
             blocks = -(-record.h_len // BASIC_BLOCK)
             walked += hblks + blocks
-            if record.h_magicno != LOG_MAGIC or walked > n \
+            if record.h_magicno != LOG_MAGIC or record.h_lsn & 0xFFFFFFFF != position \
+                    or walked > n \
                     or hblks > LOG_CYCLE_WORDS or blocks > hblks * LOG_CYCLE_WORDS:
                 raise FormatError(f"{self.name}: its dirty log has no record it can read at "
                                   f"block {position}")
