@@ -79,6 +79,16 @@ def test_blocks_allocated_in_the_journal_only_are_backed_up(tmp_path: Path, mkfs
     assert (tmp_path / "out.bin").read_bytes() == content
 
 
+def dumpe2fs_free(volume: Path, n_blocks: int) -> np.ndarray:
+    """Flags of the blocks ``dumpe2fs`` lists as free."""
+    free = np.zeros(n_blocks, dtype=bool)
+    for ranges in re.findall(r"^  Free blocks: (.*)$", run("dumpe2fs", volume), re.M):
+        for part in filter(None, (p.strip() for p in ranges.split(","))):
+            first, _, last = part.partition("-")
+            free[int(first) : int(last or first) + 1] = True
+    return free
+
+
 def test_recovery_from_an_external_journal_copies_every_block(tmp_path: Path) -> None:
     """Its bitmaps may be stale and the journal is on another device: every block is
     copied, and the note says why (mke2fs -J device= needs a block device; debugfs sets
@@ -122,3 +132,56 @@ def test_files_fsynced_as_fast_commits_are_backed_up(tmp_path: Path) -> None:
         subprocess.run([*CLI, *map(str, command)], check=True, capture_output=True)
     with mounted_with(["mount", "-o", "loop", str(restored)], tmp_path / "r") as r:
         assert {name: (r / name).read_bytes() for name in contents} == contents
+
+
+def test_a_transaction_wrapping_before_the_fast_commit_area_is_read(tmp_path: Path) -> None:
+    """With fast commits the log ends ``s_num_fc_blks`` blocks before ``s_maxlen`` and
+    wraps there to ``s_first`` (Linux ``journal_load_superblock``): a committed
+    transaction whose descriptor is the log's last block has its copies and commit at
+    the journal's start.  Before, the log was read on into the fast-commit area and the
+    transaction lost: blocks its bitmap copy marks were copied as free.  The journal is
+    written here as a mounted fast_commit volume has it (feature 0x20 set, 8-byte tags
+    without checksums); the kernel's own recovery (a mount) is the oracle."""
+    require_tools("mkfs.ext4", "debugfs", "dumpe2fs", "mount", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    volume = sparse_file(tmp_path / "volume.img", 64 * MIB)
+    run("mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "fast_commit,^metadata_csum", volume)
+    header = run("dumpe2fs", "-h", volume)
+    maxlen = int(re.search(r"^Total journal blocks:\s+(\d+)", header, re.M)[1])
+    fast = int(re.search(r"^Fast commit length:\s+(\d+)", header, re.M)[1])
+    journal = np.array(run("debugfs", "-R", "blocks <8>", volume).split(), dtype=np.int64)
+    groups = run("dumpe2fs", volume)
+    first_block = int(re.search(r"^Group 3: \(Blocks (\d+)-", groups, re.M)[1])
+    bitmap_block = int(re.search(r"^Group 3:.*?Block bitmap at (\d+)", groups, re.M | re.S)[1])
+    bs, last = 1024, maxlen - fast  # the log: journal blocks 1 .. last - 1
+    image = np.memmap(volume, np.uint8, "r+").reshape(-1, bs)
+    bitmap = image[bitmap_block].copy()
+    assert not bitmap[200:300].any()  # group 3's blocks 1600..2399 are free
+    bitmap[200:300] = 0xFF  # what the transaction allocates
+
+    def block(kind: int, sequence: int, body: bytes = b"") -> np.ndarray:
+        data = (0xC03B3998).to_bytes(4, "big") + kind.to_bytes(4, "big") \
+            + sequence.to_bytes(4, "big") + body
+        return np.frombuffer(data.ljust(bs, b"\0"), np.uint8)
+
+    sb = bytearray(image[journal[0]].tobytes())
+    sb[0x18:0x20] = (7).to_bytes(4, "big") + (last - 1).to_bytes(4, "big")  # sequence, start
+    sb[0x28:0x2C] = (0x20).to_bytes(4, "big")  # INCOMPAT_FAST_COMMIT, as while mounted
+    image[journal[0]] = np.frombuffer(bytes(sb), np.uint8)
+    tag = bitmap_block.to_bytes(4, "big") + b"\0\0" + (0x2 | 0x8).to_bytes(2, "big")
+    image[journal[last - 1]] = block(1, 7, tag)  # descriptor: one tag, same UUID, last
+    image[journal[1]] = bitmap  # its copy, after the wrap
+    image[journal[2]] = block(2, 7)  # commit
+    image.flush()
+    del image
+    run("debugfs", "-w", "-R", "feature needs_recovery", volume)
+    freed = np.arange(first_block + 1600, first_block + 2400)
+    found = filesystem_allocation(volume).to_bools()
+    recovered = tmp_path / "recovered.img"
+    shutil.copy(volume, recovered)
+    with mounted_with(["mount", "-o", "loop", str(recovered)], tmp_path / "m"):
+        pass  # the kernel replays the journal
+    used = ~dumpe2fs_free(recovered, found.size)
+    assert used[freed].all()  # the kernel applied the wrapped transaction
+    assert found[freed].all()
