@@ -199,11 +199,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
     if args.json:  # what was recognised per partition, beside the point's own row
-        extra = check.to_json() if check else {}
+        extra = {**(check.to_json() if check else {}),
+                 **({"source_notes": list(source.notes)} if source.notes else {})}
         print(_dumps({**row, **(found.to_json() if found else {"table": None,
                                                                   "partitions": []}),
                       **extra}, indent=1))
     else:
+        for note in source.notes:
+            print(f"source: {note}")
         if check is not None and check.ok:
             print(f"source: {check.report()}")
         print("\n".join(found.report() if found else ["--all-blocks: every block copied"]))

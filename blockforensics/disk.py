@@ -49,6 +49,9 @@ class Disk(ABC):
     in_order: ClassVar[bool] = True
     #: reads may run in several threads at once (else the NBD server takes turns)
     thread_safe: ClassVar[bool] = False
+    #: what the reader has to say of the source that its bytes do not show (e.g. states
+    #: of it that are not read); ``backup`` prints them
+    notes: tuple[str, ...] = ()
 
     @property
     def n_blocks(self) -> int:

@@ -454,3 +454,24 @@ def test_vmdk_extents_named_in_another_directory_are_read(where: str, tmp_path: 
     run("qemu-img", "convert", "-f", "vmdk", "-O", "raw", image, reference)
     with open_disk(image) as disk:
         assert disk.read(0, disk.size) == reference.read_bytes()
+
+
+def test_a_qcow2_with_internal_snapshots_is_backed_up_in_its_active_state(
+        tmp_path: Path) -> None:
+    """Written, snapshot taken, written over: the backup holds the active state (what
+    ``qemu-img convert`` reads), not the snapshot's (``convert -l``), and says so."""
+    require_tools("qemu-img", "qemu-io")
+    image = made(tmp_path, "snap.qcow2", "qcow2", writes=["write -P 0x07 0 64k"])
+    run("qemu-img", "snapshot", "-c", "before", image)
+    qemu_io(image, "qcow2", "write -P 0x08 0 64k")
+    run("qemu-img", "convert", "-O", "raw", image, tmp_path / "active.raw")
+    run("qemu-img", "convert", "-l", "snapshot.name=before", "-O", "raw", image,
+        tmp_path / "before.raw")
+    done = cli("backup", image, tmp_path / "chain", "--json")
+    assert done.returncode == 0, done.stderr
+    (note,) = json.loads(done.stdout)["source_notes"]
+    assert "1 internal snapshots; its active state is read" in note
+    assert cli("restore", tmp_path / "chain", tmp_path / "restored.raw").returncode == 0
+    restored = (tmp_path / "restored.raw").read_bytes()
+    assert restored == (tmp_path / "active.raw").read_bytes()
+    assert restored != (tmp_path / "before.raw").read_bytes()

@@ -302,6 +302,10 @@ class Qcow2Disk(Disk):
             raise FormatError(f"{name}: unknown qcow2 incompatible features {unknown:#x}")
         self.header = header
         self.size = header.size
+        if header.nb_snapshots:
+            self.notes = (f"{name} holds {header.nb_snapshots} internal snapshots; its active "
+                          "state is read (qemu-img snapshot -l lists them; qemu-img convert -l "
+                          "snapshot.name=NAME -O raw extracts one)",)
         self.cluster_size = 1 << header.cluster_bits
         extended = bool(header.incompatible_features & INCOMPAT_EXTL2)
         self._per_cluster = SUBCLUSTERS if extended else 1
