@@ -70,8 +70,10 @@ def _opened(disk: DiskLike) -> Iterator[Disk]:
         yield raw
 
 
-def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
-    """The reader whose signature the bytes at ``offset`` bear, or None."""
+def signed_reader(disk: Disk, offset: int) -> type[FileSystem] | None:
+    """The project's own reader whose signature the primary boot sector or superblock
+    at ``offset`` bears (ext, XFS, Btrfs, FAT), or None — TSK, which may read a FAT
+    from its backup boot sector, not tried."""
     if has_ext_magic(disk.read(offset + SUPERBLOCK_OFFSET, SUPERBLOCK.size)):
         return ExtFileSystem
     boot = disk.read(offset, BOOT_SECTOR.size)
@@ -81,6 +83,14 @@ def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
         return BtrfsFileSystem
     if len(boot) == BOOT_SECTOR.size and bpb_problem(BOOT_SECTOR.parse(boot)) is None:
         return FatFileSystem
+    return None
+
+
+def _reader(disk: Disk, offset: int) -> type[FileSystem] | None:
+    """The reader whose signature the bytes at ``offset`` bear, or None."""
+    signed = signed_reader(disk, offset)
+    if signed is not None:
+        return signed
     if offset == 0 and looks_like_gpt(disk):
         return None  # TSK would open a GPT disk's first partition through its volume layer
     return TskFileSystem if _tsk_opens(disk, offset) else None

@@ -203,14 +203,14 @@ class PointTriage:
     files: list[dict[str, Any]] = field(default_factory=list)
     diff: forensics.DiffResult | None = None
     lost_filesystems: list[LostFileSystem] = field(default_factory=list)
-    table_changes: list[str] = field(default_factory=list)
+    structure_changes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"point": self.point, "parent": self.parent, "label": self.label,
                 "created": self.created, "verdict": self.verdict, "reasons": self.reasons,
                 "metrics": self.metrics, "baseline": self.baseline, "files": self.files,
                 "lost_filesystems": [lost.to_json() for lost in self.lost_filesystems],
-                "table_changes": self.table_changes}
+                "structure_changes": self.structure_changes}
 
 
 def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> np.ndarray:
@@ -307,6 +307,23 @@ def _lost_filesystems(chain: Chain, result: forensics.DiffResult, before: Listin
             float((entropy[inside] >= HIGH_BLOCK_ENTROPY).mean()) if inside.any() else 0.0,
             float((entropy[inside] == 0).mean()) if inside.any() else 0.0, now, bs))
     return lost
+
+
+def _structure_changes(parent: Any, disk: Any) -> list[str]:
+    """How the disk's structures differ from the parent's: its partition table
+    (:func:`_table_changes`), and each file system whose primary boot sector or
+    superblock bore its signature and no longer does — read now, if at all, from a
+    backup copy (TSK reads a FAT32 from sector 6): a wiper's first strike."""
+    from blockforensics.allocation import filesystem_partitions, signed_reader
+
+    changes = _table_changes(parent, disk)
+    for part in filesystem_partitions(parent):
+        was = signed_reader(*part.view(parent))
+        if was is not None and signed_reader(*part.view(disk)) is None:
+            kind = was.__name__.removesuffix("FileSystem").lower()
+            changes.append(f"the {kind} file system of the {part.label}: its primary boot "
+                           f"sector or superblock no longer bears its signature")
+    return changes
 
 
 def _table_changes(parent: Any, disk: Any) -> list[str]:
@@ -499,7 +516,7 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
                        f"segments appeared, chi-square p >= 0.001, no compressed format "
                        f"explains them; or an archive of encrypted members took their "
                        f"content's place)")
-    for change in t.table_changes:
+    for change in t.structure_changes:
         reasons.append(change)
         t.verdict = max(t.verdict, "suspicious", key=VERDICTS.index)
     for lost in t.lost_filesystems:
@@ -599,7 +616,7 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
                                        compiled)
         t = PointTriage(p, parent, str(rows[p]["label"]), str(rows[p]["created"]), metrics,
                         diff=result, lost_filesystems=lost,
-                        table_changes=[] if parent is None else _table_changes(
+                        structure_changes=[] if parent is None else _structure_changes(
                             chain.disk(parent), chain.disk(p)))
         history = [q.metrics for q in points if q.parent is not None and q.verdict == "clean"]
         t.baseline = _baseline(history)

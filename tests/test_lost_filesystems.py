@@ -155,10 +155,10 @@ def test_a_partition_table_wiped_is_suspicious(tmp_path: Path) -> None:
     doc = triage_json(chain)
     assert [p["verdict"] for p in doc["points"]] == ["clean", "clean", "suspicious",
                                                        "suspicious"]
-    assert doc["points"][1]["table_changes"] == []
-    assert doc["points"][2]["table_changes"] == [
+    assert doc["points"][1]["structure_changes"] == []
+    assert doc["points"][2]["structure_changes"] == [
         "the GPT partition table: no protective MBR (no 0xEE entry in sector 0)"]
-    assert doc["points"][3]["table_changes"] == [
+    assert doc["points"][3]["structure_changes"] == [
         "the partition table was GPT, now none is found"]
     assert any(r.endswith("no table declares it where it was")
                for r in doc["points"][3]["reasons"])
@@ -181,3 +181,22 @@ def test_a_superblock_overwritten_with_random_bytes_is_not_called_encryption(
     assert point["verdict"] == "suspicious" and not lost["encrypted"]
     assert lost["random_share"] == 1.0 and lost["changed_blocks"] == 1
     assert any(r.endswith("too few to tell a cipher's") for r in point["reasons"])
+
+
+def test_a_fat32_boot_sector_zeroed_is_suspicious_though_its_backup_reads(
+        tmp_path: Path) -> None:
+    """mkfs.vfat's FAT32 with its boot sector zeroed: TSK reads it from the backup boot
+    sector (sector 6), no file system is lost, yet the wiper's strike is named."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.vfat")
+    volume, chain = tmp_path / "volume.img", tmp_path / "chain"
+    volume.write_bytes(bytes(40 * MIB))
+    run("mkfs.vfat", "-F", "32", volume)
+    backup(volume, chain)
+    _overwrite(volume, 0, bytes(SECTOR))
+    backup(volume, chain)
+    point = triage_json(chain)["points"][1]
+    assert point["verdict"] == "suspicious" and point["lost_filesystems"] == []
+    assert point["structure_changes"] == [
+        "the fat file system of the whole disk: its primary boot sector or superblock no "
+        "longer bears its signature"]

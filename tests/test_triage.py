@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -92,11 +93,17 @@ def test_aligned_hex_marks_changed_bytes():
 
 # ------------------------------------------------------------ the ransomware sample
 def _require_history_tools(fs: str) -> None:
-    """What building a ransomware history on ``fs`` (ext4, fat32) and triaging it needs."""
+    """What building a ransomware history on ``fs`` and triaging it needs (root, to
+    mount NTFS, XFS and Btrfs)."""
     require_module("pytsk3", "pytsk3")
     require_module("yara", "yara-python")
     require_tools(*{"ext4": ("mkfs.ext4", "debugfs"),
-                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd")}[fs])
+                    "fat32": ("mkfs.vfat", "mcopy", "mren", "mrd"),
+                    "ntfs": ("mkntfs", "ntfs-3g", "umount"),
+                    "xfs": ("mkfs.xfs", "mount", "umount"),
+                    "btrfs": ("mkfs.btrfs", "mount", "umount")}[fs])
+    if fs in ("ntfs", "xfs", "btrfs") and os.geteuid() != 0:
+        pytest.skip("mounting needs root")
 
 
 @pytest.fixture(scope="module", params=["ext4", "fat32"])
@@ -515,6 +522,20 @@ def _red_team_2_days(rng):
 def red_team_2(tmp_path_factory):
     days, verdicts = _red_team_2_days(np.random.default_rng(3))
     return _triaged("ext4", days, tmp_path_factory), verdicts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fs", ["ntfs", "xfs", "btrfs", "fat32"])
+def test_the_second_red_team_history_on_every_file_system(fs, tmp_path_factory):
+    """The same eight days played through a kernel (XFS, Btrfs) or ntfs-3g mount, or
+    mtools: the same verdicts, the same files flagged."""
+    days, verdicts = _red_team_2_days(np.random.default_rng(3))
+    doc = _triaged(fs, days, tmp_path_factory)
+    assert [p["verdict"] for p in doc["points"]] == verdicts
+    assert doc["points"][5]["metrics"]["extension_appended"] == 12
+    assert doc["points"][6]["metrics"]["destroyed"] == 12
+    assert {f["path"] for f in doc["points"][7]["files"] if f["suspected_encryption"]} \
+        == {f"{path}.zip" for path in RECORDS}
 
 
 def test_a_zipped_folder_deleted_and_a_cache_churned_stay_clean(red_team_2):

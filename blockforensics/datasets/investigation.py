@@ -105,6 +105,9 @@ class _Volume(ABC):
     @abstractmethod
     def delete(self, path: str, mtime: int) -> None: ...
 
+    def settle(self) -> None:  # noqa: B027 - a hook: tools that edit the image need none
+        """Make every edit reach the image before it is backed up (a mount: unmount)."""
+
 
 class _FatVolume(_Volume):
     def __init__(self, image: Path, scratch: Path, size: int):
@@ -196,7 +199,81 @@ class _ExtVolume(_Volume):
         self.debugfs(f"ln {old} {new}", f"unlink {old}", f"sif {new} ctime @{mtime}")
 
 
-VOLUMES: dict[str, type[_Volume]] = {"fat32": _FatVolume, "ext4": _ExtVolume}
+class _MountedVolume(_Volume):
+    """A volume the kernel (or ntfs-3g) mounts, edited through the mount as programs
+    do; mounted at the first operation, unmounted by :meth:`settle` (needs root)."""
+
+    root_entries = ("/",)
+    mkfs: tuple[str, ...]
+    mount: tuple[str, ...]
+    #: the smallest volume the mkfs accepts, bytes
+    min_size = 0
+
+    def __init__(self, image: Path, scratch: Path, size: int):
+        super().__init__(image, scratch, max(size, self.min_size))
+        self.run(require(self.mkfs[0]), *self.mkfs[1:], str(image))
+        self.mountpoint = scratch / "mnt"
+        self.mountpoint.mkdir()
+        self.mounted = False
+
+    def at(self, path: str, mtime: int | None = None) -> Path:
+        """``path`` under the mount point (mounted first if need be)."""
+        if not self.mounted:
+            self.run(require(self.mount[0]), *self.mount[1:], str(self.image),
+                     str(self.mountpoint))
+            self.mounted = True
+        return self.mountpoint / path.lstrip("/")
+
+    def settle(self) -> None:
+        if self.mounted:
+            self.run(require("umount"), str(self.mountpoint))
+            self.mounted = False
+
+    def mkdir(self, path: str, mtime: int) -> None:
+        self.at(path).mkdir()
+
+    def write(self, path: str, data: bytes, mtime: int) -> None:
+        target = self.at(path)
+        target.write_bytes(data)
+        os.utime(target, (mtime, mtime))
+
+    def overwrite(self, path: str, data: bytes, mtime: int) -> None:
+        """Rewrite the file's bytes through its open inode, its size unchanged."""
+        target = self.at(path)
+        with target.open("r+b") as fh:
+            fh.write(data)
+        os.utime(target, (mtime, mtime))
+
+    def delete(self, path: str, mtime: int) -> None:
+        self.at(path).unlink()
+
+    def rmdir(self, path: str, mtime: int) -> None:
+        self.at(path).rmdir()
+
+    def rename(self, path: str, new_path: str, mtime: int) -> None:
+        self.at(path).rename(self.at(new_path))
+
+
+class _NtfsVolume(_MountedVolume):
+    mkfs = ("mkntfs", "-F", "-Q", "-q")
+    mount = ("ntfs-3g",)
+
+
+class _XfsVolume(_MountedVolume):
+    mkfs = ("mkfs.xfs", "-q", "-f")
+    mount = ("mount", "-t", "xfs", "-o", "loop")
+    min_size = 300 << 20
+
+
+class _BtrfsVolume(_MountedVolume):
+    mkfs = ("mkfs.btrfs", "-q", "-f")
+    mount = ("mount", "-t", "btrfs", "-o", "loop")
+    min_size = 128 << 20
+
+
+VOLUMES: dict[str, type[_Volume]] = {"fat32": _FatVolume, "ext4": _ExtVolume,
+                                     "ntfs": _NtfsVolume, "xfs": _XfsVolume,
+                                     "btrfs": _BtrfsVolume}
 
 
 @dataclass
@@ -271,6 +348,8 @@ def build_investigation(directory: str | os.PathLike[str], fs: str = "fat32", se
                         ) -> Investigation:
     """Build the sample in ``directory`` (created; must be new or empty): ``chain/`` and
     ``volume.img``.  Needs mtools + dosfstools (fat32) or e2fsprogs (ext4)."""
+    if fs not in SIZES:
+        raise UsageError(f"fs must be one of {sorted(SIZES)}, not {fs!r}")
     site = _Site.make(directory, fs)
     rng = np.random.default_rng(seed)
     truth = []

@@ -199,11 +199,12 @@ def play(directory: str | os.PathLike[str], fs: str, days: list[list[tuple]],
          size: int | None = None) -> tuple[Path, Path]:
     """Make an ``fs`` volume (``size`` bytes; default :data:`SIZES`) in ``directory``,
     apply each day's ``(operation, path, data or new path)`` with the real tools — mkdir,
-    write, overwrite (in place on ext4), rename, delete, rmdir — and back it up after
-    each day; the chain directory and the volume's raw file."""
+    write, overwrite (in place on ext4 and mounted volumes), rename, delete, rmdir — and
+    back it up after each day; the chain directory and the volume's raw file.  ``fs``:
+    "ext4" (debugfs), "fat32" (mtools), or "ntfs", "xfs", "btrfs" (mounted: root)."""
     site = _Site.make(directory, fs)
     with tempfile.TemporaryDirectory() as scratch:
-        volume = site.volume(site.image, Path(scratch), size or SIZES[fs])
+        volume = site.volume(site.image, Path(scratch), size or SIZES.get(fs, SIZES["fat32"]))
         for day, operations in enumerate(days, start=1):
             start = day_start(day)
             for minute, (operation, path, data) in enumerate(operations):
@@ -212,6 +213,7 @@ def play(directory: str | os.PathLike[str], fs: str, days: list[list[tuple]],
                     getattr(volume, operation)(path, mtime)
                 else:
                     getattr(volume, operation)(path, data, mtime)
+            volume.settle()
             site.back_up(day)
     site.chain.close()
     return site.chain.directory, site.image
