@@ -28,7 +28,7 @@ import pytest
 from chains import build_chain
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import require_tools
+from support import require_module, require_tools
 
 from blockforensics.cli import main
 from blockforensics.crypto import MAX_KEY_FILE, KeySource
@@ -171,6 +171,17 @@ def test_an_empty_source_is_refused_and_leaves_no_chain(tmp_path, name) -> None:
     """0 bytes (whatever the file's name): no disk, not a chain of one empty point."""
     (tmp_path / name).write_bytes(b"")
     assert_exit_2(cli("backup", tmp_path / name, tmp_path / "chain"), "empty (0 bytes)")
+    assert not (tmp_path / "chain").exists()
+
+
+@pytest.mark.parametrize("reader", ["vhd", "vhdx", "vmdk", "qcow2", "vdi", "ewf"])
+def test_a_reader_forced_on_a_file_not_of_its_format_refuses_it(tmp_path, reader) -> None:
+    """``--reader vmdk`` on random bytes was backed up as a flat VMDK extent (dissect's
+    fallback); every reader now refuses what does not bear its format's signature."""
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    (tmp_path / "noise.img").write_bytes(np.random.default_rng(7).bytes(1 << 20))
+    assert_exit_2(cli("backup", tmp_path / "noise.img", tmp_path / "chain", "--reader", reader),
+                  "noise.img")
     assert not (tmp_path / "chain").exists()
 
 

@@ -322,6 +322,9 @@ class VmdkFormat(Format):
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
              key: KeySource | None = None) -> Disk:
         _single_point(path, point)
+        if not is_vmdk(path):  # dissect reads a file of no VMDK kind as a flat extent
+            raise FormatError(f"{path}: no VMDK sparse extent header (KDMV, COWD) or disk "
+                              "descriptor: not a VMDK image")
         return _open_stream(path, "VMDK", _vmdk, _vmdk_allocated)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk, Format, InPlaceDisk
-from blockforensics.formats.signature import VDI_SIGNATURE_OFFSET, is_vdi
+from blockforensics.formats.signature import VDI_SIGNATURE, VDI_SIGNATURE_OFFSET, is_vdi
 from blockforensics.fs.base import covered
 
 if TYPE_CHECKING:
@@ -70,8 +70,10 @@ class VdiDisk(InPlaceDisk):
         raw = os.pread(self._fd, _HEADER.size, VDI_SIGNATURE_OFFSET)
         if len(raw) < _HEADER.size:
             raise self._bad("its header is cut off")
-        (_, version, _, kind, _, _, off_blocks, off_data, _, _, size, unit, extra, count,
-         _) = _HEADER.unpack(raw)
+        (signature, version, _, kind, _, _, off_blocks, off_data, _, _, size, unit, extra,
+         count, _) = _HEADER.unpack(raw)
+        if signature.to_bytes(4, "little") != VDI_SIGNATURE:
+            raise self._bad(f"no VDI signature at byte {VDI_SIGNATURE_OFFSET}")
         if version >> 16 != 1:
             raise self._bad(f"header version {version >> 16}.{version & 0xFFFF}; only 1.x "
                             "is read")
