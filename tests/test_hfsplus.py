@@ -188,3 +188,38 @@ def test_boot_blocks_and_alternate_header_are_kept(volume) -> None:
     theirs = tsk_blocks(img, "-a", mine.size)
     assert not theirs[0] and not theirs[last]
     assert np.flatnonzero(mine != theirs).tolist() == [0, last]
+
+
+def _journaled(img: Path, layout: HfsPlusLayout, start: int, end: int, order: str) -> None:
+    """Make the volume journaled and mounted (unmounted bit clear): a journal info block
+    in a free block, the journal header (``start``, ``end``, byte order ``order``) in
+    the next one (TN1150 "Journal")."""
+    info, journal = (int(b) for b in np.flatnonzero(~layout.used)[:2])
+    _patch(img, HEADER + 4, struct.pack(">I", 1 << 13))  # journaled, not unmounted
+    _patch(img, HEADER + 12, struct.pack(">I", info))
+    _patch(img, info * 4096, struct.pack(">I32xQQ", 0x1, journal * 4096, 4096))
+    _patch(img, journal * 4096, struct.pack(f"{order}IIQQQIII", 0x4A4E4C78, 0x12345678,
+                                            start, end, 4096, 512, 0, 512))
+
+
+@pytest.mark.parametrize("order", [">", "<"])
+def test_journal_not_yet_replayed_is_copied_whole(volume, order: str) -> None:
+    """A live (or crashed) journaled volume whose journal holds transactions: replay
+    may allocate blocks the allocation file marks free — copied whole (before, read
+    from the allocation file alone)."""
+    img, layout = volume
+    _journaled(img, layout, 512, 1536, order)
+    _copied_whole(img, "journal holds transactions not yet replayed")
+
+
+def test_empty_journal_of_a_mounted_volume_is_read(volume) -> None:
+    img, layout = volume
+    _journaled(img, layout, 512, 512, "<")
+    [region] = survey(img, 4096).regions
+    assert region.note == "" and region.blocks == layout.used.sum()
+
+
+def test_not_cleanly_unmounted_without_journal_is_copied_whole(volume) -> None:
+    img, _ = volume
+    _patch(img, HEADER + 4, struct.pack(">I", 0))
+    _copied_whole(img, "not cleanly unmounted and not journaled")

@@ -15,7 +15,11 @@ read as a file through TSK:
   its extents come from the volume header at byte 1024, checked against TSK's
   block size and count.  TSK's block is the allocation block.  The blocks
   holding the boot blocks and volume header (first 1536 bytes) and the
-  alternate volume header (last 1024 bytes) are always kept.
+  alternate volume header (last 1024 bytes) are always kept.  A volume not cleanly
+  unmounted (``kHFSVolumeUnmountedBit`` clear: mounted, or crashed) is read only
+  when it is journaled and its journal is empty (header ``start == end``): else
+  the allocation file may lag what replay or ``fsck_hfs`` would make of it, and
+  the volume is copied whole.
 
 Any other file system TSK opens is named, and copied whole (FormatError saying
 so: the backup lists it as recognised but not read).  The readers are
@@ -49,6 +53,8 @@ EXFAT_NAME = b"EXFAT   "
 HFSPLUS_VOLUME_HEADER = Structure("HFSPlusVolumeHeader", 512, [
     (0, "2s", "signature"),
     (2, "H", "version"),
+    (4, "I", "attributes"),
+    (12, "I", "journalInfoBlock"),
     (40, "I", "blockSize"),
     (44, "I", "totalBlocks"),
     (112, "Q", "allocationLogicalSize"),
@@ -58,6 +64,23 @@ HFSPLUS_VOLUME_HEADER = Structure("HFSPlusVolumeHeader", 512, [
 HFSPLUS_HEADER_AT = 1024  # bytes from the volume's start
 HFSPLUS_SIGNATURES = {b"H+": 4, b"HX": 5}  # signature -> version
 HFSPLUS_ALLOCATION_FILE_ID = 6  # kHFSAllocationFileID
+HFS_VOLUME_UNMOUNTED = 1 << 8  # kHFSVolumeUnmountedBit: cleared while mounted
+HFS_VOLUME_JOURNALED = 1 << 13  # kHFSVolumeJournaledBit
+#: the journal info block (TN1150 "Journal"), big-endian, at journalInfoBlock
+JOURNAL_INFO_BLOCK = Structure("JournalInfoBlock", 52, [
+    (0, "I", "flags"),
+    (36, "Q", "offset"),  # bytes from the volume's start to the journal header
+    (44, "Q", "size"),
+], byteorder=">")
+JOURNAL_IN_FS, JOURNAL_ON_OTHER_DEVICE = 0x1, 0x2  # kJIJournalInFSMask, ...OnOtherDeviceMask
+#: the journal header: its byte order is the writer's, told by ``endian``
+JOURNAL_HEADER = {order: Structure("JournalHeader", 28, [
+    (0, "I", "magic"),
+    (4, "I", "endian"),
+    (8, "Q", "start"),  # bytes from the header: the oldest transaction not yet replayed
+    (16, "Q", "end"),  # where the next transaction goes; start == end: empty
+], byteorder=order) for order in (">", "<")}
+JOURNAL_MAGIC, JOURNAL_ENDIAN = 0x4A4E4C78, 0x12345678  # "JNLx"
 NTFS_BITMAP_RECORD = 6  # MFT record number of $Bitmap
 EXFAT_BITMAP_NAME = b"$ALLOC_BITMAP"
 
@@ -137,6 +160,34 @@ class TskFileSystem(FileSystem):
             self._bitmap(bitmap, boot.ClusterCount), per_cluster)
         return flags
 
+    def _hfsplus_settled(self, head: Any) -> None:
+        """FormatError unless the allocation file is the volume's last word: a journaled
+        volume whose journal holds transactions not yet replayed (a live or crashed
+        Mac: replay may allocate blocks the file marks free), or one without a journal
+        that was not cleanly unmounted (its allocation file may lag its catalog)."""
+        if not head.attributes & HFS_VOLUME_JOURNALED or not head.journalInfoBlock:
+            if not head.attributes & HFS_VOLUME_UNMOUNTED:
+                raise FormatError(f"{self.name}: not cleanly unmounted and not journaled "
+                                  "(its allocation file may lag its catalog)")
+            return
+        if head.attributes & HFS_VOLUME_UNMOUNTED:
+            return  # unmounted cleanly: the journal was replayed and emptied
+        info = JOURNAL_INFO_BLOCK.parse(self.read(head.journalInfoBlock * self.unit,
+                                                  JOURNAL_INFO_BLOCK.size))
+        if info.flags & JOURNAL_ON_OTHER_DEVICE or not info.flags & JOURNAL_IN_FS:
+            raise FormatError(f"{self.name}: mounted (or not cleanly unmounted) with its "
+                              "journal on another device, which is not in this image")
+        raw = self.read(info.offset, JOURNAL_HEADER[">"].size)
+        journal = next((j for j in (h.parse(raw) for h in JOURNAL_HEADER.values())
+                        if j.magic == JOURNAL_MAGIC and j.endian == JOURNAL_ENDIAN), None)
+        if journal is None:
+            raise FormatError(f"{self.name}: mounted (or not cleanly unmounted) and no "
+                              f"journal header at byte {info.offset}")
+        if journal.start != journal.end:
+            raise FormatError(f"{self.name}: its journal holds transactions not yet "
+                              "replayed (mounted, or not cleanly unmounted: replay may "
+                              "allocate blocks the allocation file marks free)")
+
     def _hfsplus(self) -> np.ndarray:
         """HFS+/HFSX: the allocation file's bits, most significant bit first, one per
         allocation block; the blocks of the first 1536 and last 1024 bytes always set."""
@@ -148,6 +199,7 @@ class TskFileSystem(FileSystem):
         if head.blockSize != self.unit or head.totalBlocks != self.n_units:
             raise FormatError(f"{self.name}: volume header ({head.totalBlocks} blocks of "
                               f"{head.blockSize} bytes) disagrees with The Sleuth Kit")
+        self._hfsplus_settled(head)
         extents = np.frombuffer(head.allocationExtents, ">u4").reshape(8, 2).astype(np.int64)
         starts, counts = extents[:, 0], extents[:, 1]
         need = -(-self.n_units // 8)  # bytes of bitmap
