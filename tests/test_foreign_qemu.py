@@ -475,3 +475,20 @@ def test_a_qcow2_with_internal_snapshots_is_backed_up_in_its_active_state(
     restored = (tmp_path / "restored.raw").read_bytes()
     assert restored == (tmp_path / "active.raw").read_bytes()
     assert restored != (tmp_path / "before.raw").read_bytes()
+
+
+def test_a_loop_of_vmdk_parents_is_one_short_line(tmp_path: Path) -> None:
+    """A child copied over its parent's name: its parent is itself.  dissect opens
+    parent after parent until Python's recursion limit (its message nested a thousand
+    times); the error is one short line naming the loop."""
+    require_tools("qemu-img")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    run("qemu-img", "create", "-q", "-f", "vmdk", tmp_path / "p.vmdk", "8M")
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "p.vmdk", "-F", "vmdk",
+        tmp_path / "c.vmdk", cwd=tmp_path)
+    (tmp_path / "p.vmdk").write_bytes((tmp_path / "c.vmdk").read_bytes())
+    done = cli("backup", tmp_path / "c.vmdk", tmp_path / "chain")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and len(done.stderr) < 400, done.stderr[:500]
+    assert "loop" in done.stderr
+    assert not (tmp_path / "chain").exists()

@@ -203,8 +203,17 @@ def _vmdk_allocated(vmdk: Any, block_size: int, n_blocks: int) -> np.ndarray:
     return flags
 
 
+#: characters of a parser's message kept in an error (dissect nests its messages, one per
+#: parent opened)
+MAX_MESSAGE = 300
+
+
 def _failed(path: str | os.PathLike[str], kind: str, exc: Exception) -> FormatError:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "maximum recursion depth exceeded" in message:  # dissect opening parent after parent
+        message = "its parent disks form a loop: one names itself or a child as its parent"
+    elif len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
     return FormatError(f"{path}: not a readable {kind} image ({message})")
 
 
