@@ -7,6 +7,7 @@ covers every block holding a non-zero byte and agrees with ``qemu-img map``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -491,4 +492,31 @@ def test_a_loop_of_vmdk_parents_is_one_short_line(tmp_path: Path) -> None:
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and len(done.stderr) < 400, done.stderr[:500]
     assert "loop" in done.stderr
+    assert not (tmp_path / "chain").exists()
+
+
+@pytest.mark.parametrize("kind", ["qcow2 backing file", "vmdk parent", "vmdk flat extent"])
+def test_a_fifo_named_by_an_image_is_refused_not_waited_on(kind: str, tmp_path: Path) -> None:
+    """A backing file, parent or extent that is a FIFO: opening it blocked the backup for
+    ever (a hostile image can name one); now a one-line error naming it."""
+    require_tools("qemu-img")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    if kind == "qcow2 backing file":
+        os.mkfifo(tmp_path / "below")
+        run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "below", "-F", "qcow2",
+            tmp_path / "top.qcow2", "8M", cwd=tmp_path)
+        image = tmp_path / "top.qcow2"
+    elif kind == "vmdk parent":
+        run("qemu-img", "create", "-q", "-f", "vmdk", tmp_path / "p.vmdk", "8M")
+        image = made(tmp_path, "c.vmdk", "vmdk", "-b", "p.vmdk", "-F", "vmdk", writes=[])
+        (tmp_path / "p.vmdk").unlink()
+        os.mkfifo(tmp_path / "p.vmdk")
+    else:
+        image = made(tmp_path, "f.vmdk", "vmdk", "-o", "subformat=monolithicFlat", writes=[])
+        (tmp_path / "f-flat.vmdk").unlink()
+        os.mkfifo(tmp_path / "f-flat.vmdk")
+    done = subprocess.run([sys.executable, "-m", "blockforensics", "backup", str(image),
+                           str(tmp_path / "chain")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "a FIFO" in done.stderr, done.stderr
     assert not (tmp_path / "chain").exists()

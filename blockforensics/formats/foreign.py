@@ -280,6 +280,13 @@ class _ExtentPath(type(Path())):  # type: ignore[misc]  # PosixPath or WindowsPa
     def with_name(self, name: str) -> Path:
         return _ExtentPath(self.parent / name.replace("\\", "/"))
 
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        """The file opened, unless it is no disk (a FIFO would block the opening)."""
+        from blockforensics.formats import check_local_source
+
+        check_local_source(self)
+        return super().open(*args, **kwargs)
+
 
 def _vmdk(fh: BinaryIO) -> Any:
     """A dissect VMDK of the file ``fh`` is open on, its extents found as QEMU finds

@@ -369,9 +369,15 @@ class Qcow2Disk(Disk):
 
     def _beside(self, name: str, what: str) -> Path:
         """The file ``name`` (relative to this image's directory unless absolute)."""
+        from blockforensics.formats import check_local_source
+
         path = Path(name) if Path(name).is_absolute() else self.path.parent / name
         if not name or "\0" in name or not path.exists() or path.is_dir():
             raise FormatError(f"{self.path}: {what} {path} not found")
+        try:  # a FIFO would block its opening, a character device its reads
+            check_local_source(path)
+        except UsageError as exc:
+            raise FormatError(f"{self.path}: {what} {exc}") from None
         return path
 
     def _open_backing(self, path: Path, fmt: str | None, depth: int) -> Disk:
