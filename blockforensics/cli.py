@@ -871,6 +871,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"blockforensics: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RecursionError:  # a hostile input's nesting a reader follows (parents of parents)
+        print("blockforensics: error: the input nests too deep (a loop of parent or backing "
+              "images?)", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:  # what a damaged size asks for; a refusal, not a traceback
+        print("blockforensics: error: out of memory (an image claiming a huge size or table?)",
+              file=sys.stderr)
+        return EXIT_USAGE
 
 
 def run() -> NoReturn:
