@@ -132,6 +132,28 @@ def test_backup_header_is_used_when_the_primary_fails(gpt_disk, tmp_path: Path,
     assert [r.filesystem for r in found.regions] == ["ext4", "fat32", "ntfs"]
 
 
+def test_sector_0_and_the_primary_table_wiped_read_through_the_backup(gpt_disk,
+                                                                      tmp_path: Path) -> None:
+    """A wiper zeroing the disk's first 34 sectors (protective MBR, primary header and
+    entries): the backup header at the last LBA still names the partitions, as
+    ``sgdisk`` finds them; an MBR written later beside that stale backup wins."""
+    disk, _ = gpt_disk
+    wiped = tmp_path / "wiped.img"
+    wiped.write_bytes(bytes(34 * SECTOR) + disk.read_bytes()[34 * SECTOR:])
+    table, parts, notes = partition_table(wiped)
+    assert table == "gpt" and [p.start_byte // SECTOR for p in parts] == [
+        first for _, first, *_ in LAYOUT]
+    assert notes == ["no protective MBR (no 0xEE entry in sector 0)",
+                     "primary GPT header unusable (no EFI PART signature); "
+                     f"the backup header at LBA {SIZE // SECTOR - 1} was used"]
+    found = survey(wiped, 4096)
+    assert found.map == survey(disk, 4096).map
+    assert [r.filesystem for r in found.regions] == ["ext4", "fat32", "ntfs"]
+    run("sfdisk", "--quiet", "--no-reread", "--wipe", "never", wiped,
+        input="start=2048, size=65536, type=83\n")
+    assert partition_table(wiped)[0] == "mbr"
+
+
 def test_both_headers_damaged_copy_everything(gpt_disk, tmp_path: Path) -> None:
     disk, _ = gpt_disk
     bad = damaged(disk, tmp_path / "bad.img", SECTOR + 0x30, SIZE - SECTOR + 0x30)

@@ -8,8 +8,10 @@ is authoritative).  The primary header sits at LBA 1 and names its partition
 entry array; a backup header at the disk's last LBA names a backup array.  A
 header is used only when its signature, its own CRC32, ``MyLBA`` and its entry
 array's CRC32 all check; when the primary fails, the backup is used, and the
-table's ``notes`` say so.  LBAs are in logical blocks of 512 or 4096 bytes (the
-sector size is whichever places a header at LBA 1).
+table's ``notes`` say so — also when sector 0 and LBA 1 were both wiped, as a
+wiper or a careless tool leaves a disk (the backup header alone then marks it as a
+GPT disk).  LBAs are in logical blocks of 512 or 4096 bytes (the sector size is
+whichever places a header at LBA 1, or at the last LBA).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import numpy as np
 
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
-from blockforensics.fs.mbr import BOOT_SECTOR, SECTOR_SIZES, SIGNATURE, Partition, _entries
+from blockforensics.fs.mbr import (
+    BOOT_SECTOR,
+    SECTOR_SIZES,
+    SIGNATURE,
+    Partition,
+    _entries,
+    looks_like_mbr,
+)
 from blockforensics.fs.structure import Structure
 
 #: the GPT header (UEFI 2.10, table 5.21); HeaderSize bytes of it are covered by its CRC
@@ -76,9 +85,25 @@ def has_protective_entry(sector: bytes) -> bool:
 
 
 def looks_like_gpt(disk: Disk) -> bool:
-    """A 0xEE entry in the MBR, or a GPT header signature at LBA 1."""
-    return has_protective_entry(disk.read(0, 512)) or any(
-        disk.read(size, len(GPT_SIGNATURE)) == GPT_SIGNATURE for size in SECTOR_SIZES)
+    """A 0xEE entry in the MBR, a GPT header signature at LBA 1, or — when sector 0
+    holds no MBR at all (zeroed, overwritten) — a backup header's at the last LBA."""
+    return (has_protective_entry(disk.read(0, 512)) or _sector_size(disk) is not None)
+
+
+def _sector_size(disk: Disk) -> int | None:
+    """The logical sector size that puts a header signature at LBA 1, else (sector 0
+    holding no valid MBR: a stale backup GPT beside a newer MBR is not a table) the
+    one that puts a backup header's at the disk's last LBA; None if neither does."""
+    for size in SECTOR_SIZES:
+        if disk.read(size, len(GPT_SIGNATURE)) == GPT_SIGNATURE:
+            return size
+    if looks_like_mbr(disk.read(0, 512)):
+        return None
+    for size in SECTOR_SIZES:
+        last = disk.size // size - 1
+        if last > 1 and disk.read(last * size, len(GPT_SIGNATURE)) == GPT_SIGNATURE:
+            return size
+    return None
 
 
 def read_gpt(disk: Disk) -> GptTable:
@@ -86,7 +111,7 @@ def read_gpt(disk: Disk) -> GptTable:
     FormatError when neither header checks."""
     notes = [] if has_protective_entry(disk.read(0, 512)) else [
         "no protective MBR (no 0xEE entry in sector 0)"]
-    sector = next((s for s in SECTOR_SIZES if disk.read(s, 8) == GPT_SIGNATURE), 512)
+    sector = _sector_size(disk) or 512
     last_lba = disk.size // sector - 1
     try:
         header, entries = _read_header(disk, sector, 1)
