@@ -1,6 +1,6 @@
 """A few layouts of the red-team matrix (docs/FILESYSTEMS.md), end to end with the
-kernel's own drivers: made by mkfs with options off the common path, filled through
-a loop mount (sparse file, hard link, symlink, xattr, files deleted after writing),
+kernel's own drivers (ntfs-3g for NTFS): made by mkfs with options off the common
+path, filled through a mount (sparse file, hard link, symlink, xattr, files deleted after writing),
 every unit the allocation map calls free zeroed in a copy — what a restore of a full
 backup holds — then both mounted read-only: every file must read the same, and the
 file system's own checker must find the copy clean."""
@@ -29,7 +29,16 @@ LAYOUTS = {
                       ["xfs_repair", "-n"], 512),
     "btrfs-dup-4k-nodes": (["mkfs.btrfs", "-q", "-f", "-m", "dup", "-d", "dup", "--nodesize",
                             "4096"], ["btrfs", "check", "--readonly"], 512),
+    # through The Sleuth Kit: $Bitmap at 64 KiB clusters (ntfs-3g, FUSE)
+    "ntfs-64k-clusters": (["mkntfs", "-q", "-F", "-Q", "-c", "65536"], ["ntfsfix", "-n"], 256),
 }
+
+
+def _mount(layout: str, image: Path, *options: str) -> list[str]:
+    """The command mounting ``image`` (the mount point follows)."""
+    if layout.startswith("ntfs"):
+        return ["ntfs-3g", *(["-o", ",".join(options)] if options else []), str(image)]
+    return ["mount", "-o", ",".join(("loop", *options)), str(image)]
 
 
 def _fill(root: Path) -> None:
@@ -64,18 +73,18 @@ def _zero_free(image: Path, out: Path) -> None:
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_every_file_survives_the_allocation_map(tmp_path: Path, layout: str) -> None:
     mkfs, fsck, mib = LAYOUTS[layout]
-    require_tools(mkfs[0], fsck[0], "mount", "umount")
+    require_tools(mkfs[0], fsck[0], "mount", "umount", "ntfs-3g")
     if os.geteuid() != 0:
         pytest.skip("mounting a loop device needs root")
     image = sparse_file(tmp_path / "volume.img", mib * MIB)
     run(*mkfs, image)
-    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+    with mounted_with(_mount(layout, image), tmp_path / "m") as m:
         _fill(m)
     copy = tmp_path / "restored.img"
     _zero_free(image, copy)
-    with mounted_with(["mount", "-o", "loop,ro", str(image)], tmp_path / "a") as a, \
-            mounted_with(["mount", "-o", "loop,ro" + (",nouuid" if "xfs" in layout else ""),
-                          str(copy)], tmp_path / "b") as b:  # XFS: the same UUID twice
+    same_uuid = ("nouuid",) if "xfs" in layout else ()  # XFS refuses one UUID twice
+    with mounted_with(_mount(layout, image, "ro"), tmp_path / "a") as a, \
+            mounted_with(_mount(layout, copy, "ro", *same_uuid), tmp_path / "b") as b:
         assert same_trees(a, b) == []
         assert os.getxattr(a / "tree" / "F0010.BIN", "user.note") == \
             os.getxattr(b / "tree" / "F0010.BIN", "user.note")
