@@ -257,6 +257,29 @@ def test_a_damaged_chunk_is_a_hash_mismatch(e01: Path, tmp_path: Path) -> None:
     assert "MD5 stored" in done.stderr and "SHA1 stored" in done.stderr
 
 
+def test_an_e01_of_a_source_of_no_whole_sectors_fails_its_check_as_ewfverify_does(
+        tmp_path: Path) -> None:
+    """``ewfacquire`` of 5000001 bytes stores 9765 whole sectors but the MD5 of every
+    byte: the E01 does not hold what it says it hashed.  ``ewfverify`` fails it; so does
+    the backup, which restores exactly the sectors stored."""
+    require_module("pyewf", "libewf-python")
+    require_tools("ewfacquire", "ewfverify")
+    raw = tmp_path / "odd.raw"
+    raw.write_bytes(np.random.default_rng(5).bytes(5_000_001))
+    e01 = acquire(raw, tmp_path / "odd")
+    libewf = subprocess.run(["ewfverify", "-q", e01], capture_output=True, text=True,
+                            timeout=120)
+    assert "FAILURE" in libewf.stdout, libewf.stdout
+    done = cli("backup", e01, tmp_path / "chain", "--json")
+    assert done.returncode == 1 and "ACQUISITION HASH MISMATCH" in done.stderr, done.stderr
+    said = json.loads(done.stdout)
+    assert said["source_hashes"]["MD5"] == hashlib.md5(raw.read_bytes()).hexdigest()
+    assert said["source_hashes_read"]["MD5"] == hashlib.md5(raw.read_bytes()[:9765 * 512]
+                                                            ).hexdigest()
+    ok("restore", tmp_path / "chain", tmp_path / "restored.raw")
+    assert (tmp_path / "restored.raw").read_bytes() == raw.read_bytes()[: 9765 * 512]
+
+
 @pytest.mark.parametrize("fmt", ["ewf", "smart", "ftk", "encase2", "encase5", "linen6", "ewfx"])
 def test_every_ewf1_flavour_ewfacquire_writes_reads_the_raw_disk(fmt: str, raw_disk: Path,
                                                                  tmp_path: Path) -> None:
