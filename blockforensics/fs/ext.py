@@ -292,9 +292,11 @@ class ExtFileSystem(FileSystem):
 
     def fast_commit_units(self) -> BlockMap:
         """Units the replay of the journal's fast commits marks in use (none unless the
-        volume needs recovery): every extent they add, and every block — extent-tree
-        nodes included — of each inode they log.  FormatError when a logged inode's
-        extent tree cannot be followed."""
+        volume needs recovery): every extent they add, and the root of each logged
+        inode's extent tree (its extents, or its index blocks).  The rest of such an
+        inode's blocks predate the fast commits (in the bitmaps) or are extents they
+        add; the tree below the root is not followed — stale tags from earlier commits
+        may point at blocks reused since."""
         none = units_map(np.zeros(0), np.zeros(0), self.n_units, self.unit)
         if self._journal is None:
             return none
@@ -304,22 +306,27 @@ class ExtFileSystem(FileSystem):
             raise FormatError(f"{self.name}: needs recovery, but its journal is "
                               f"unreadable: {exc}") from None
         extents = [EXTENT.parse_array(bytes(found.extents), len(found.extents) // EXTENT.size)]
-        nodes: list[int] = []
+        nodes = [np.zeros(0, np.int64)]
         for raw in found.inodes:
-            if len(raw) < INODE.size or not INODE.parse(raw).i_flags & EXTENTS_FL:
+            inode = INODE.parse(raw) if len(raw) >= INODE.size else None
+            if inode is None or not inode.i_flags & EXTENTS_FL:
                 continue  # no extent tree (inline data; a block-mapped file's are ranges)
-            try:
-                extents.extend(self._extent_leaves(INODE.parse(raw).i_block, MAX_EXTENT_DEPTH,
-                                                   nodes))
-            except FormatError as exc:
-                raise FormatError(f"{self.name}: needs recovery, but an inode its fast "
-                                  f"commits log has an unreadable extent tree: {exc}") from None
-        leaves = np.concatenate(extents)
+            head = EXTENT_HEADER.parse(inode.i_block)
+            entries = inode.i_block[EXTENT_HEADER.size :]
+            if head.eh_magic != EXTENT_MAGIC or head.eh_entries * EXTENT.size > len(entries):
+                continue  # not an extent tree root: nothing replay could follow either
+            if head.eh_depth:
+                index = EXTENT_INDEX.parse_array(entries, head.eh_entries)
+                nodes.append(index["ei_leaf_lo"].astype(np.int64)
+                             | index["ei_leaf_hi"].astype(np.int64) << 32)
+            else:
+                extents.append(EXTENT.parse_array(entries, head.eh_entries))
+        leaves, inner = np.concatenate(extents), np.concatenate(nodes)
         starts = np.r_[leaves["ee_start_lo"].astype(np.int64)
-                       | leaves["ee_start_hi"].astype(np.int64) << 32, nodes]
+                       | leaves["ee_start_hi"].astype(np.int64) << 32, inner]
         lengths = leaves["ee_len"].astype(np.int64)
         lengths = np.r_[np.where(lengths > INIT_EXTENT_MAX_LEN, lengths - INIT_EXTENT_MAX_LEN,
-                                 lengths), np.ones(len(nodes), dtype=np.int64)]
+                                 lengths), np.ones(inner.size, dtype=np.int64)]
         ratio = 1 << self.cluster_shift
         return units_map(starts // ratio, -(-(starts + lengths) // ratio), self.n_units, self.unit)
 
@@ -363,10 +370,8 @@ class ExtFileSystem(FileSystem):
                 logical = self._indirect(int(pointer), level, logical, out)
         return out
 
-    def _extent_leaves(self, node: bytes, depth_left: int,
-                       inner: list[int] | None = None) -> Iterator[np.ndarray]:
-        """The leaf entries (EXTENT arrays) of the extent tree below ``node``, the block
-        of each node under it appended to ``inner``."""
+    def _extent_leaves(self, node: bytes, depth_left: int) -> Iterator[np.ndarray]:
+        """The leaf entries (EXTENT arrays) of the extent tree below ``node``."""
         head = EXTENT_HEADER.parse(node)
         if head.eh_magic != EXTENT_MAGIC or head.eh_depth > depth_left:
             raise FormatError(f"{self.name}: bad extent tree node")
@@ -375,10 +380,8 @@ class ExtFileSystem(FileSystem):
             return
         for entry in EXTENT_INDEX.parse_array(node[EXTENT_HEADER.size :], head.eh_entries):
             leaf = int(entry["ei_leaf_lo"]) | int(entry["ei_leaf_hi"]) << 32
-            if inner is not None:
-                inner.append(leaf)
             yield from self._extent_leaves(self.read(leaf * self.block_size, self.block_size),
-                                           head.eh_depth - 1, inner)
+                                           head.eh_depth - 1)
 
     def _extent_node(self, node: bytes, out: np.ndarray, depth_left: int) -> None:
         """Fill ``out`` (volume block per file block) from one node of an extent tree."""
