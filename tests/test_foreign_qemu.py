@@ -520,3 +520,11 @@ def test_a_fifo_named_by_an_image_is_refused_not_waited_on(kind: str, tmp_path: 
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and "a FIFO" in done.stderr, done.stderr
     assert not (tmp_path / "chain").exists()
+
+
+def test_a_qcow_version_1_image_is_refused_by_name(tmp_path: Path) -> None:
+    require_tools("qemu-img")
+    run("qemu-img", "create", "-q", "-f", "qcow", tmp_path / "old.qcow", "8M")
+    done = cli("backup", tmp_path / "old.qcow", tmp_path / "chain")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "qcow (version 1)" in done.stderr, done.stderr

@@ -285,6 +285,9 @@ class Qcow2Disk(Disk):
                 refcount_order=REFCOUNT_ORDER, header_length=V2_HEADER)
         elif version == 3 and len(head) >= Header.packed_size():
             header = Header.unpack(head)
+        elif version == 1:
+            raise FormatError(f"{name}: a qcow (version 1) image, which is not read: convert "
+                              "it with qemu-img convert -O raw (or -O qcow2)")
         else:
             raise FormatError(f"{name}: qcow2 version {version} is not read (2 and 3 are)")
         if not 9 <= header.cluster_bits <= 21:
