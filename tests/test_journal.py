@@ -124,6 +124,15 @@ def test_files_fsynced_as_fast_commits_are_backed_up(tmp_path: Path) -> None:
             with (m / name).open("wb") as fh:
                 fh.write(data)
                 os.fsync(fh.fileno())
+        pieces = {"a.log": [rng.bytes(5000) for _ in range(40)],
+                  "b.log": [rng.bytes(3000) for _ in range(40)]}
+        with (m / "a.log").open("wb") as a, (m / "b.log").open("wb") as b:
+            for piece_a, piece_b in zip(*pieces.values()):  # interleaved: fragmented files
+                for fh, piece in ((a, piece_a), (b, piece_b)):  # with extent index blocks
+                    fh.write(piece)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        contents.update({name: b"".join(p) for name, p in pieces.items()})
         shutil.copy(volume, live)  # what a crash-consistent snapshot holds
     assert "needs_recovery" in run("dumpe2fs", "-h", live)
     assert "ADD_RANGE" in run("debugfs", "-R", "logdump", live)
@@ -132,6 +141,7 @@ def test_files_fsynced_as_fast_commits_are_backed_up(tmp_path: Path) -> None:
         subprocess.run([*CLI, *map(str, command)], check=True, capture_output=True)
     with mounted_with(["mount", "-o", "loop", str(restored)], tmp_path / "r") as r:
         assert {name: (r / name).read_bytes() for name in contents} == contents
+    assert "(ETB0)" in run("debugfs", "-R", "stat /a.log", restored)  # a tree of depth 1
 
 
 def test_a_transaction_wrapping_before_the_fast_commit_area_is_read(tmp_path: Path) -> None:
