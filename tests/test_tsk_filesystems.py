@@ -256,3 +256,21 @@ def test_ext4_bigalloc_diff_names_the_changed_files(tmp_path: Path) -> None:
     assert_diff(chain, {"/new.bin": "created", "/F0000.BIN": "deleted",
                         "/DOCS/F0001.BIN": "modified"}, {"/PICS/moved.bin": "/PICS/F0003.BIN"},
                 untouched=("/DATA",))
+
+
+def test_exfat_with_two_fats_is_copied_whole(tmp_path: Path) -> None:
+    """TexFAT (``NumberOfFats`` 2) keeps a second FAT and allocation bitmap, the active
+    one named by ``VolumeFlags``: the first bitmap TSK lists may be the stale one, so
+    the volume is copied whole (mkfs.exfat makes one FAT: the count patched in, with
+    the boot region's checksum sector left as it was)."""
+    require_tools("mkfs.exfat")
+    img = sparse_file(tmp_path / "exfat.img", 32 * MIB)
+    run("mkfs.exfat", img)
+    assert survey(img, 4096).regions[0].note == ""
+    with img.open("r+b") as fh:
+        fh.seek(0x6E)
+        fh.write(b"\x02")
+    found = survey(img, 4096)
+    [region] = found.regions
+    assert "2 FATs and allocation bitmaps (TexFAT)" in region.note, region.note
+    assert found.map.count() == found.map.n_blocks

@@ -9,7 +9,9 @@ read as a file through TSK:
 - exFAT: the allocation bitmap (TSK's ``$ALLOC_BITMAP`` in the root directory),
   one bit per cluster of the cluster heap; everything before the heap (boot
   region, FAT) is metadata.  TSK's block is the sector, the heap's geometry
-  comes from the boot sector (exFAT specification, section 3.1).
+  comes from the boot sector (exFAT specification, section 3.1).  A volume with
+  two FATs and two bitmaps (TexFAT, ``NumberOfFats`` 2: ``VolumeFlags`` say which
+  is active) is copied whole.
 - HFS+ and HFSX: the allocation file (catalog node ID 6), one bit per
   allocation block from block 0, most significant bit first (Apple TN1150);
   its extents come from the volume header at byte 1024, checked against TSK's
@@ -46,6 +48,7 @@ EXFAT_BOOT_SECTOR = Structure("ExfatBootSector", 512, [
     (0x5C, "I", "ClusterCount"),
     (0x6C, "B", "BytesPerSectorShift"),
     (0x6D, "B", "SectorsPerClusterShift"),
+    (0x6E, "B", "NumberOfFats"),
 ])
 EXFAT_NAME = b"EXFAT   "
 #: the HFS+ volume header (TN1150), at byte 1024; the allocation file's fork data
@@ -150,6 +153,9 @@ class TskFileSystem(FileSystem):
         if (boot.FileSystemName != EXFAT_NAME or 1 << boot.BytesPerSectorShift != self.unit
                 or heap_end > self.n_units):
             raise FormatError(f"{self.name}: boot sector disagrees with The Sleuth Kit")
+        if boot.NumberOfFats != 1:  # TexFAT: a second FAT and allocation bitmap
+            raise FormatError(f"{self.name}: {boot.NumberOfFats} FATs and allocation bitmaps "
+                              "(TexFAT): which one is current is not read here")
         root = self.fs.open_dir(inode=self.fs.info.root_inum)
         bitmap = next((f for f in root if f.info.name.name == EXFAT_BITMAP_NAME), None)
         if bitmap is None:
