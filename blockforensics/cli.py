@@ -180,7 +180,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
         if not source.size:  # a file left empty (a failed copy): a chain of nothing
             raise UsageError(f"{args.source}: the source is empty (0 bytes): no disk to back up")
-        check_disk_size(source.size, block_size)
+        check_disk_size(source, block_size)
         if args.bitmap:
             from blockforensics.formats.nbd import NbdDisk
 

@@ -39,25 +39,36 @@ def check_block_size(block_size: int) -> int:
 MAP_BYTES_PER_BLOCK = 4
 
 
-def check_disk_size(size: int, block_size: int) -> None:
-    """UsageError when a disk of ``size`` bytes cannot be backed up in blocks of
-    ``block_size`` bytes: larger than a chain holds (``MAX_VOLUME_SIZE``), or of so
-    many blocks that their maps would not fit in this machine's memory (the error
-    names the smallest block size whose maps do)."""
+def check_disk_size(source: Disk, block_size: int) -> None:
+    """UsageError when ``source`` cannot be backed up in blocks of ``block_size`` bytes:
+    larger than a chain holds (``MAX_VOLUME_SIZE``), or of so many blocks that their
+    maps would not fit in this machine's memory — the backup's blocks, and the source's
+    own (its reader maps what it holds in its ``block_size``).  When a larger
+    ``--block-size`` would do, the error names the smallest that does."""
     from blockforensics.image.format import MAX_VOLUME_SIZE
 
+    size = source.size
     if size > MAX_VOLUME_SIZE:
         raise UsageError(f"the source's {size} bytes exceed the {MAX_VOLUME_SIZE} bytes "
                          "(1 PiB) a chain holds")
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if -(-size // block_size) * MAP_BYTES_PER_BLOCK > memory:
-        fits = block_size
-        while fits < 1 << 24 and -(-size // fits) * MAP_BYTES_PER_BLOCK > memory:
-            fits *= 2
-        raise UsageError(f"the source's {size} bytes are {-(-size // block_size)} blocks of "
-                         f"{block_size} bytes, whose maps need more than this machine's "
-                         f"{memory >> 20} MiB of memory: back it up with --block-size {fits} "
-                         "or larger")
+
+    def fits(unit: int) -> bool:
+        return -(-size // min(unit, source.block_size)) * MAP_BYTES_PER_BLOCK <= memory
+
+    if fits(block_size):
+        return
+    larger = block_size
+    while larger < min(source.block_size, 1 << 24) and not fits(larger):
+        larger *= 2
+    if fits(larger):
+        raise UsageError(f"the source's {size} bytes in blocks of {block_size} bytes need "
+                         f"maps larger than this machine's {memory >> 20} MiB of memory: back "
+                         f"it up with --block-size {larger} or larger")
+    raise UsageError(f"the source's {size} bytes are too many for this machine's "
+                     f"{memory >> 20} MiB of memory: its reader maps them in "
+                     f"{-(-size // source.block_size)} blocks of {source.block_size} bytes, "
+                     f"{MAP_BYTES_PER_BLOCK} bytes of maps each")
 
 
 class Volume(Disk):

@@ -69,9 +69,6 @@ ZLIB, ZSTD = 0, 1
 #: subclusters per cluster with extended L2 entries (an entry and a 64-bit bitmap:
 #: bit i allocated, bit 32+i reads as zeros)
 SUBCLUSTERS = 32
-#: bytes of memory per unit (cluster or subcluster) of the disk that ``present()`` holds:
-#: what each reads (an int8) and whether it holds data (a bool)
-UNIT_MAP_BYTES = 2
 #: backing files deep before a chain is taken as a loop
 MAX_BACKING_DEPTH = 64
 #: bytes of a backing file's name, at most (QEMU's limit)
@@ -322,12 +319,6 @@ class Qcow2Disk(Disk):
                 else -1
             if self._compression not in (ZLIB, ZSTD):
                 raise FormatError(f"{name}: unknown qcow2 compression type {self._compression}")
-        units = -(-self.size // self.unit)
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        if units * UNIT_MAP_BYTES > memory:
-            raise FormatError(f"{name}: {self.size} bytes in {units} clusters of {self.unit} "
-                              f"bytes: their maps need more than this machine's {memory >> 20} "
-                              "MiB of memory")
         n_tables = -(-self.size // self._table_bytes)
         if header.l1_size < n_tables:
             raise FormatError(f"{name}: L1 table of {header.l1_size} entries cannot map "
@@ -517,38 +508,46 @@ class Qcow2Disk(Disk):
     def present(self) -> BlockMap:
         """Blocks touching units with data (compressed, or mapped to bytes of the host
         file that are not a hole: ``preallocation=metadata`` maps clusters that read as
-        zeros), and, where no L2 entry maps anything, the backing file's present blocks."""
+        zeros), and, where no L2 entry maps anything, the backing file's present blocks.
+        Only the units of the L2 tables there are are listed: memory follows what the
+        image maps, not its virtual size (a 1 PiB image of 64 KiB clusters has 2**34)."""
         bs, n = self.block_size, self.n_blocks
         n_units = -(-self.size // self.unit)
-        kinds = np.full(n_units, BELOW, dtype=np.int8)
-        mapped: list[np.ndarray] = []  # DATA units, and their host offsets
-        hosts: list[np.ndarray] = []
         per_table = self._table_bytes // self.unit
+        packed: list[np.ndarray] = []  # unit numbers: compressed; DATA, and their hosts;
+        data: list[np.ndarray] = []  # BELOW within the tables there are
+        hosts: list[np.ndarray] = []
+        below: list[np.ndarray] = []
         for index in np.flatnonzero(self._l1).tolist():
             first = index * per_table
             kind, where = self._table(index)
             kind = kind[: n_units - first]
-            kinds[first : first + kind.size] = kind
             units = np.flatnonzero(kind == DATA)
-            mapped.append(first + units)
+            data.append(first + units)
             hosts.append(where[units].astype(np.int64))
-        own = kinds == PACKED
-        if mapped:
-            own[np.concatenate(mapped)] = self._holding(np.concatenate(hosts))
+            packed.append(first + np.flatnonzero(kind == PACKED))
+            if self.backing is not None:
+                below.append(first + np.flatnonzero(kind == BELOW))
+        none = np.zeros(0, dtype=np.int64)
+        mapped = np.concatenate([none, *data])
+        own = np.concatenate([none, *packed,
+                              mapped[self._holding(np.concatenate([none, *hosts]))]])
 
-        def blocks(units: np.ndarray) -> np.ndarray:
-            """Flags of the blocks touching these units (numbers)."""
-            starts = units.astype(np.int64) * self.unit
-            return covered(starts // bs, -(-np.minimum(starts + self.unit, self.size) // bs), n)
+        def blocks(starts: np.ndarray, length: int) -> np.ndarray:
+            """Flags of the blocks touching ``length`` bytes from each of ``starts``."""
+            return covered(starts // bs, -(-np.minimum(starts + length, self.size) // bs), n)
 
-        flags = blocks(np.flatnonzero(own))
+        flags = blocks(own * self.unit, self.unit)
         if self.backing is not None:
             theirs = self.backing.present()
             first, count = theirs.run_arrays()
             unit = theirs.block_size
-            below = covered(first * unit // bs,
-                            -(-np.minimum((first + count) * unit, self.backing.size) // bs), n)
-            flags |= blocks(np.flatnonzero(kinds == BELOW)) & below
+            present_below = covered(first * unit // bs, -(-np.minimum(
+                (first + count) * unit, self.backing.size) // bs), n)
+            unmapped = np.flatnonzero(self._l1 == 0).astype(np.int64)
+            flags |= (blocks(unmapped * self._table_bytes, self._table_bytes)
+                      | blocks(np.concatenate([none, *below]) * self.unit, self.unit)
+                      ) & present_below
         return BlockMap.from_bools(flags, bs)
 
     def _holding(self, hosts: np.ndarray) -> np.ndarray:

@@ -161,7 +161,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     if not full and len(chain) == 0:
         raise UsageError(f"{chain.directory}: an incremental needs a parent; the chain is empty")
     bs = check_block_size(block_size or (chain.block_size if len(chain) else source.block_size))
-    check_disk_size(source.size, bs)
+    check_disk_size(source, bs)
     parent_index = None if full else chain.point(-1 if parent is None else parent)
     header = chain.new_header(parent=parent_index, volume_size=source.size, block_size=bs,
                               created_ns=created_ns, label=label)
