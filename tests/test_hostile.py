@@ -185,6 +185,14 @@ def test_a_reader_forced_on_a_file_not_of_its_format_refuses_it(tmp_path, reader
     assert not (tmp_path / "chain").exists()
 
 
+@pytest.mark.parametrize("uri", ["nbd://[::1/x", "nbd://host:99999/x", "nbd://host:abc/x"])
+def test_a_malformed_nbd_uri_is_one_line(tmp_path, uri) -> None:
+    """urllib's ValueError (a bracket left open, a port out of range or not a number)
+    was a traceback."""
+    assert_exit_2(cli("backup", uri, tmp_path / "chain"), "not a valid NBD URI")
+    assert not (tmp_path / "chain").exists()
+
+
 def test_a_directory_that_is_no_chain_is_named_so(tmp_path) -> None:
     (tmp_path / "photos").mkdir()
     assert_exit_2(cli("backup", tmp_path / "photos", tmp_path / "chain"), "no chain.json")

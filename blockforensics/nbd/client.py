@@ -46,7 +46,11 @@ class NbdAddress:
     @classmethod
     def parse(cls, uri: str) -> NbdAddress:
         """``nbd+unix:///EXPORT?socket=PATH`` or ``nbd://HOST[:PORT]/EXPORT``."""
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+            port = parts.port  # ValueError for a port out of range or not a number
+        except ValueError as exc:
+            raise UsageError(f"{uri}: not a valid NBD URI ({exc})") from None
         export = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
         if parts.scheme == "nbd+unix":
             sockets = parse_qs(parts.query).get("socket")
@@ -56,7 +60,7 @@ class NbdAddress:
         if parts.scheme == "nbd":
             if not parts.hostname:
                 raise UsageError(f"{uri}: an nbd URI needs a host")
-            return cls(export=export, host=parts.hostname, port=parts.port or DEFAULT_PORT)
+            return cls(export=export, host=parts.hostname, port=port or DEFAULT_PORT)
         raise UsageError(f"{uri}: not an NBD URI (schemes: {', '.join(SCHEMES)})")
 
     def uri(self) -> str:
