@@ -32,9 +32,12 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from blockforensics.bodies import Break
 
 #: bytes per segment of the per-segment randomness test
 SEGMENT_BYTES = 1024
@@ -385,7 +388,7 @@ class Judgement(NamedTuple):
 
 def judge(path: str, before_path: str | None, before: ByteStats | None, after: ByteStats,
           type_before: str | None, type_after: str | None, *, replaced: bool = False,
-          appended: bool = False) -> Judgement:
+          appended: bool = False, body: Break | None = None) -> Judgement:
     """Is a file's new content suspected of encryption, and why (evidence with numbers).
 
     ``before``: the bytes it is compared with (the same file's old bytes; for a created
@@ -409,6 +412,9 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     An archive of encrypted members (:func:`encrypted_archive`) where the bytes compared
     were none — ``report.txt`` deleted for a password-protected ``report.txt.zip`` — is
     suspected: its format explains its randomness, not what became of the content.
+    ``body``: where the new content breaks the structure its format promises, with random
+    bytes from there (:func:`blockforensics.bodies.body_break`): its format explains
+    nothing, and the break is named like a content contradicting its extension.
     """
     if system_memory_file(path):
         return Judgement(False, True, ["an operating system's paging, hibernation, swap, "
@@ -434,7 +440,9 @@ def judge(path: str, before_path: str | None, before: ByteStats | None, after: B
     ransom_ext = ext in RANSOM_EXTENSIONS
     if ransom_ext:
         evidence.append(f"extension .{ext} is one ransomware appends")
-    explained = type_after in COMPRESSED and promised in (None, type_after)
+    explained = type_after in COMPRESSED and promised in (None, type_after) and body is None
+    if body is not None:
+        evidence.append(body.describe())
     if lost:
         evidence.append(f"{type_before} signature gone, random bytes in its place")
     share_before = before.random_share if before is not None else 0.0

@@ -68,6 +68,7 @@ import numpy as np
 import pandas as pd
 
 from blockforensics.blockmap import BlockMap
+from blockforensics.bodies import BODY_BYTES, CHECKS, body_break
 from blockforensics.evidence import ByteStats, histograms, judge
 from blockforensics.evidence import entropy as _entropy
 from blockforensics.formats.base import Disk
@@ -445,11 +446,13 @@ class _Comparison:
         reference = old if old is not None else counterpart
         kind_before = _head_type(self.disks[0], reference)
         kind_after = _head_type(self.disks[1], new)
-        suspected, explained, evidence = (False, False, []) \
-            if entry.type != "file" or new is None or copy_of is not None else judge(
-                new.path, reference.path if reference is not None else None,
-                before, after, kind_before, kind_after, replaced=counterpart is not None,
-                appended=appended)
+        judged = new if entry.type == "file" and copy_of is None else None
+        body = body_break(kind_after, judged.read(self.disks[1], BODY_BYTES)) \
+            if judged is not None and kind_after in CHECKS else None
+        suspected, explained, evidence = (False, False, []) if judged is None else judge(
+            judged.path, reference.path if reference is not None else None,
+            before, after, kind_before, kind_after, replaced=counterpart is not None,
+            appended=appended, body=body)
         if copy_of is not None:
             source, below = copy_of
             evidence.insert(0, f"a snapshot's copy of {source.path} (subvolume "

@@ -45,9 +45,12 @@ Verdicts:
 
 - **encrypted**: at least one file suspected of encryption, or a file system lost
   with at least :data:`LOST_RANDOM_SHARE` of its changed blocks random (and at least
-  :data:`LOST_RANDOM_MIN_BYTES` of them);
+  :data:`LOST_RANDOM_MIN_BYTES` of them), or most files written (at least
+  :data:`BROKEN_MIN`, :data:`BROKEN_SHARE` of them) have bodies that break the
+  structure their format promises (``broken_bodies``, see :mod:`blockforensics.bodies`);
 - **suspicious**: a file system lost otherwise, a YARA rule matched, a file's
-  content contradicts its extension or it carries an extension ransomware appends,
+  content contradicts its extension, its body breaks its format's structure (random
+  bytes behind an intact header), or it carries an extension ransomware appends,
   or the unexplained high-entropy share, the files destroyed or the files given one
   appended extension are anomalous (the emptied or renamed files are then flagged);
 - **clean** otherwise.  A volume of change alone (a package upgrade, a big copy) never
@@ -102,6 +105,12 @@ LOST_RANDOM_SHARE = 0.5
 LOST_RANDOM_MIN_BYTES = 64 << 10
 #: what a volume encrypted whole carries at its start: (name, byte offset, signature)
 VOLUME_ENCRYPTION = (("BitLocker", 3, b"-FVE-FS-"), ("LUKS", 0, b"LUKS\xba\xbe"))
+#: what the evidence of a file whose body breaks its format's structure says
+#: (:meth:`blockforensics.bodies.Break.describe`)
+BROKEN_BODY = "body breaks its own structure"
+#: a point is encrypted when at least BROKEN_MIN files written (created, modified,
+#: renamed), and at least BROKEN_SHARE of them, have such bodies
+BROKEN_MIN, BROKEN_SHARE = 3, 0.5
 #: metrics whose anomaly makes a point suspicious (the others are volumes of change)
 ALARMS = ("unexplained_high_entropy", "destroyed", "extension_appended")
 #: files listed per point (the most suspicious first)
@@ -266,6 +275,8 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
             files, before, _hiding(files, listing, disk)),
         "extension_appended": _appended_extension(files)[1],
         "suspected_files": int(files["suspected_encryption"].sum()),
+        "broken_bodies": int(_broken(files).sum()),
+        "written_files": int((files["change"] != "deleted").sum()),
         "rule_hits": len(hits),
         "lost_filesystems": len(lost),
     }, hits, lost
@@ -503,9 +514,15 @@ def _file_rows(result: forensics.DiffResult, hits: dict[str, list[str]]
 
 def _lies(evidence: list[str]) -> bool:
     """Does a file's evidence say its content contradicts its extension, that it lost
-    its format's signature, or name an extension ransomware appends?"""
+    its format's signature, that its body breaks its format's structure, or name an
+    extension ransomware appends?"""
     return any(" promises " in e or "signature gone" in e or "ransomware appends" in e
-               for e in evidence)
+               or BROKEN_BODY in e for e in evidence)
+
+
+def _broken(files: pd.DataFrame) -> pd.Series:
+    """Which rows' bodies break the structure their format promises (random bytes)."""
+    return files["evidence"].map(lambda ev: any(BROKEN_BODY in e for e in ev)).astype(bool)
 
 
 def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
@@ -516,6 +533,12 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
                        f"segments appeared, chi-square p >= 0.001, no compressed format "
                        f"explains them; or an archive of encrypted members took their "
                        f"content's place)")
+    broken = m["broken_bodies"]
+    if broken >= BROKEN_MIN and broken >= BROKEN_SHARE * m["written_files"]:
+        t.verdict = "encrypted"
+        reasons.append(f"{broken} of {m['written_files']} files written break the structure "
+                       f"their format promises, with random bytes from the break (a body "
+                       f"encrypted behind its intact header)")
     for change in t.structure_changes:
         reasons.append(change)
         t.verdict = max(t.verdict, "suspicious", key=VERDICTS.index)
@@ -529,8 +552,8 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
     liars = [f for f in t.files if _lies(f["evidence"]) and not f["suspected_encryption"]]
     if liars:
         reasons.append(f"{len(liars)} file(s) whose content contradicts the extension, or "
-                       f"lost its format's signature, or with an extension ransomware "
-                       f"appends: "
+                       f"lost its format's signature, or whose body breaks its format's "
+                       f"structure, or with an extension ransomware appends: "
                        + ", ".join(f["path"] for f in liars[:5]))
     anomalies = []
     for metric, base in ([] if full else t.baseline.items()):

@@ -69,14 +69,27 @@ class Ransomware:
 
 
 # ------------------------------------------------------------------ content
+#: a baseline JPEG's segments before its entropy-coded data (ITU T.81): SOI, JFIF APP0,
+#: a quantisation table (DQT), a 64x64 one-component frame (SOF0), one scan (SOS)
+JPEG_HEADER = (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+               b"\xff\xdb\x00\x43\x00" + bytes(range(1, 65))
+               + b"\xff\xc0\x00\x0b\x08\x00\x40\x00\x40\x01\x01\x11\x00"
+               + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00")
+
+
 def _jpeg(rng: np.random.Generator, n: int) -> bytes:
-    header = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    return header + rng.bytes(n - len(header) - 2) + b"\xff\xd9"
+    """``n`` bytes with a JPEG's structure: :data:`JPEG_HEADER`, random entropy-coded data
+    with every 0xFF stuffed (followed by 0x00), EOI — a photo's entropy, not a picture."""
+    scan = rng.bytes(n).replace(b"\xff", b"\xff\x00")[: n - len(JPEG_HEADER) - 2]
+    if scan.endswith(b"\xff"):  # its stuffing cut off
+        scan = scan[:-1] + b"\x00"
+    return JPEG_HEADER + scan + b"\xff\xd9"
 
 
 def _mp4(rng: np.random.Generator, n: int) -> bytes:
+    """``n`` bytes of ISO BMFF boxes: ``ftyp``, then ``mdat`` holding random (coded) data."""
     header = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
-    return header + rng.bytes(n - len(header))
+    return header + (n - len(header)).to_bytes(4, "big") + b"mdat" + rng.bytes(n - len(header) - 8)
 
 
 def _docx(rng: np.random.Generator, paragraphs: int) -> bytes:

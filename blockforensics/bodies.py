@@ -1,0 +1,351 @@
+"""Does a file's body keep the structure its header promises?
+
+Ransomware that keeps a file's first bytes and encrypts the rest (from an offset, or in
+stripes) leaves a JPEG's, zip's or PDF's signature in place; their bodies are random
+already, so entropy alone cannot tell.  Each format here has a cheap structural test
+its own specification makes, which random bytes fail within a few hundred bytes:
+
+- JPEG (ITU T.81): segments chain from SOI by their lengths; in the entropy-coded data
+  after SOS every 0xFF is followed by 0x00 (stuffing), RST0-7 or the next segment's
+  marker — random bytes give an 0xFF followed by something else about every 256 bytes;
+- PNG: chunks (length, 4-letter type, data, CRC-32) chain to IEND, each CRC checks;
+- zip (APPNOTE): local headers chain through the members (a deflated member inflates,
+  a stored one checks its CRC-32), then central directory entries pointing at local
+  headers, then the end records (zip64 included);
+- gzip (RFC 1952): the members inflate, one after another;
+- PDF: the classic cross-reference table points at ``N G obj``; Flate streams inflate;
+- ISO BMFF (MP4/MOV/HEIC): top-level boxes (size, type of 4 printable bytes) chain.
+
+A file cut short (a download in progress) is not broken: the body that exists is valid,
+it just ends.  A break counts (:func:`body_break`) only where the bytes from it are
+random (:data:`~blockforensics.evidence.RANDOM_SEGMENT_ENTROPY` bits per byte and the
+chi-square test) — a bit flip in a photo is not ciphertext.  At most
+:data:`BODY_BYTES` of a file are read; beyond, a body is not checked.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from blockforensics.evidence import (
+    RANDOM_SEGMENT_ENTROPY,
+    SEGMENT_BYTES,
+    UNIFORM_P,
+    entropy,
+    uniform_p,
+)
+
+#: bytes of a file read for its body check (the first ones)
+BODY_BYTES = 64 << 20
+#: bytes from a break whose randomness is judged (at least SEGMENT_BYTES of them)
+WINDOW_BYTES = 4 * SEGMENT_BYTES
+#: compressed bytes fed to the inflater at once; a piece that fails is fed again in
+#: steps, which locate the break
+INFLATE_PIECE, INFLATE_STEP = 64 << 10, 64
+#: bytes of inflated output produced at once (a zip bomb is not expanded in memory)
+INFLATE_OUTPUT = 1 << 20
+
+#: JPEG markers standing alone (TEM, RST0-7) and those a length follows
+JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+JPEG_SEGMENTS = frozenset({*range(0xC0, 0xC8), *range(0xC9, 0xD0), *range(0xDA, 0xE0),
+                           *range(0xE0, 0xF0), 0xF7, 0xF8, 0xFE})
+JPEG_SOS, JPEG_EOI = 0xDA, 0xD9
+#: a JPEG marker segment's start: 0xFF, marker, length (counting itself, bytes)
+JPEG_SEGMENT = struct.Struct(">BBH")
+#: a PNG chunk's start (length of its data in bytes, type) and its CRC-32 after the data
+PNG_CHUNK = struct.Struct(">I4s")
+PNG_CRC = struct.Struct(">I")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: zip records (APPNOTE 4.3.7, 4.3.12): local file header, central directory header
+ZIP_LOCAL = struct.Struct("<4sHHHHHIIIHH")
+ZIP_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
+ZIP_LOCAL_SIG, ZIP_CENTRAL_SIG = b"PK\x03\x04", b"PK\x01\x02"
+ZIP_END_SIG, ZIP64_END_SIG, ZIP64_LOCATOR_SIG = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
+ZIP_DESCRIPTOR_SIG = b"PK\x07\x08"
+ZIP_END_BYTES, ZIP64_LOCATOR_BYTES = 22, 20
+#: zip64 end record: signature, size of the rest (bytes)
+ZIP64_END = struct.Struct("<4sQ")
+#: an extra field's header (id, size) and the zip64 one's id
+ZIP_EXTRA = struct.Struct("<HH")
+ZIP64_EXTRA_ID = 0x0001
+ZIP_DEFLATED, ZIP_STORED = 8, 0
+ZIP_FLAG_ENCRYPTED, ZIP_FLAG_DESCRIPTOR = 0x0001, 0x0008
+ZIP_MAX32 = 0xFFFFFFFF
+#: an ISO BMFF box's start: size (bytes, 1: a 64-bit size follows, 0: to the end), type
+BOX = struct.Struct(">I4s")
+BOX_LARGE = struct.Struct(">Q")
+#: bytes of a PDF's end searched for ``startxref``
+PDF_TAIL = 2048
+PDF_STARTXREF = re.compile(rb"startxref\s+(\d+)")
+PDF_SUBSECTION = re.compile(rb"\s*(\d+)\s+(\d+)\s*\r?\n?")
+PDF_ENTRY_BYTES = 20  # "oooooooooo ggggg n\r\n"
+PDF_OBJECT = re.compile(rb"\s*(\d+)\s+(\d+)\s+obj")
+PDF_STREAM = re.compile(rb"(?<!end)stream\r?\n")
+#: bytes before a stream keyword searched for its dictionary's /FlateDecode
+PDF_DICT_BYTES = 512
+
+
+@dataclass(frozen=True)
+class Break:
+    """Where a body stops keeping its format's structure: byte ``offset`` in the file,
+    ``rule``: what the format requires there."""
+
+    format: str
+    offset: int
+    rule: str
+
+    def describe(self) -> str:
+        return (f"the {self.format} body breaks its own structure from byte {self.offset}: "
+                f"random bytes where {self.rule}")
+
+
+def body_break(fmt: str | None, data: bytes) -> Break | None:
+    """The break in ``data`` (a file's first bytes) of the structure format ``fmt``
+    promises, where the bytes from it are random; None when the body keeps it, ends
+    early, the format has no test here, or the bytes there are not random."""
+    check = CHECKS.get(fmt or "")
+    found = check(data) if check is not None else None
+    if found is None:
+        return None
+    offset, rule = found
+    window = np.frombuffer(data, np.uint8)[offset : offset + WINDOW_BYTES]
+    if window.size < SEGMENT_BYTES:
+        return None
+    counts = np.bincount(window, minlength=256)
+    if entropy(counts)[0] < RANDOM_SEGMENT_ENTROPY or uniform_p(counts) < UNIFORM_P:
+        return None
+    assert fmt is not None
+    return Break(fmt, offset, rule)
+
+
+Found = tuple[int, str] | None
+
+
+def _inflate(data: bytes, start: int, wbits: int) -> tuple[int | None, int | None]:
+    """Inflate the stream at byte ``start``: (its end, None) when it ends, (None, where
+    it fails to within :data:`INFLATE_PIECE`) when it fails, (None, None) when the data
+    ends first."""
+    inflater = zlib.decompressobj(wbits)
+    view = memoryview(data)
+    for pos in range(start, len(data), INFLATE_PIECE):
+        piece = view[pos : pos + INFLATE_PIECE]
+        saved = inflater.copy()
+        if not _feed(inflater, piece):  # again from before it, a little at a time
+            for at in range(pos, pos + len(piece), INFLATE_STEP):
+                if not _feed(saved, view[at : at + INFLATE_STEP]):
+                    return None, at
+            return None, pos
+        if inflater.eof:
+            return pos + len(piece) - len(inflater.unused_data), None
+    return None, None
+
+
+def _feed(inflater: zlib._Decompress, piece: memoryview) -> bool:
+    """Feed ``piece`` to ``inflater`` (output dropped); False if it fails."""
+    try:
+        inflater.decompress(piece, INFLATE_OUTPUT)
+        while inflater.unconsumed_tail and not inflater.eof:
+            inflater.decompress(inflater.unconsumed_tail, INFLATE_OUTPUT)
+    except zlib.error:
+        return False
+    return True
+
+
+def _jpeg(data: bytes) -> Found:
+    a = np.frombuffer(data, np.uint8)
+    ff = np.flatnonzero(a[:-1] == 0xFF)
+    after = a[ff + 1]
+    # in entropy-coded data: 0xFF 0x00 is a stuffed byte, 0xFF RSTn a restart marker
+    ends = ff[(after != 0) & ((after < 0xD0) | (after > 0xD7))]
+    pos = 2
+    while pos + JPEG_SEGMENT.size <= len(data):
+        if a[pos] != 0xFF:
+            return pos, "a marker (0xFF) must begin the next segment"
+        while pos + 1 < len(data) and a[pos + 1] == 0xFF:  # fill bytes
+            pos += 1
+        if pos + JPEG_SEGMENT.size > len(data):
+            return None
+        _, marker, length = JPEG_SEGMENT.unpack_from(data, pos)
+        if marker == JPEG_EOI:
+            return None
+        if marker in JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker not in JPEG_SEGMENTS or length < 2:
+            return pos, f"a JPEG marker must follow 0xFF (0x{marker:02X} is none)"
+        end = pos + 2 + length
+        if marker != JPEG_SOS and end < len(data) and a[end] != 0xFF:
+            return pos, f"a segment (marker 0x{marker:02X}) must end where a marker begins"
+        pos = end
+        if marker == JPEG_SOS:  # entropy-coded data to the next marker
+            i = int(np.searchsorted(ends, pos))
+            if i == len(ends):
+                return None
+            pos = int(ends[i])
+    return None
+
+
+def _png(data: bytes) -> Found:
+    view, pos = memoryview(data), len(PNG_SIGNATURE)
+    while pos + PNG_CHUNK.size + PNG_CRC.size <= len(data):
+        length, kind = PNG_CHUNK.unpack_from(data, pos)
+        if not kind.isalpha():
+            return pos, "a PNG chunk must begin (a type of 4 ASCII letters)"
+        end = pos + PNG_CHUNK.size + length + PNG_CRC.size
+        if end > len(data):
+            return None
+        (crc,) = PNG_CRC.unpack_from(data, end - PNG_CRC.size)
+        if zlib.crc32(view[pos + 4 : end - PNG_CRC.size]) != crc:
+            return pos, "a PNG chunk's CRC-32 must match its type and data"
+        if kind == b"IEND":
+            return None
+        pos = end
+    return None
+
+
+def _zip64(extra: bytes, values: list[int]) -> list[int]:
+    """``values`` of a zip header with those at 0xFFFFFFFF taken, in order, from the
+    zip64 extra field (8 bytes each)."""
+    pos = 0
+    while pos + ZIP_EXTRA.size <= len(extra):
+        kind, size = ZIP_EXTRA.unpack_from(extra, pos)
+        if kind == ZIP64_EXTRA_ID:
+            wide = iter(struct.unpack_from(f"<{size // 8}Q", extra, pos + ZIP_EXTRA.size))
+            return [next(wide, v) if v == ZIP_MAX32 else v for v in values]
+        pos += ZIP_EXTRA.size + size
+    return values
+
+
+def _zip_member(data: bytes, pos: int) -> tuple[int | None, Found]:
+    """The end of the member whose local header is at ``pos`` (None: the data ends
+    first, or it cannot be found) and where it breaks, if it does."""
+    (_, _, flags, method, _, _, crc, csize, usize, nlen,
+     xlen) = ZIP_LOCAL.unpack_from(data, pos)
+    start = pos + ZIP_LOCAL.size + nlen + xlen
+    usize, csize = _zip64(data[start - xlen : start], [usize, csize])
+    if method == ZIP_DEFLATED and not flags & ZIP_FLAG_ENCRYPTED:
+        end, broken = _inflate(data, start, -15)
+        if broken is not None:
+            return None, (broken, "a zip member's deflate stream must inflate")
+    elif flags & ZIP_FLAG_DESCRIPTOR:
+        return None, None  # no size to skip by
+    else:
+        end = start + csize
+        if end > len(data):
+            return None, None
+        if method == ZIP_STORED and not flags & ZIP_FLAG_ENCRYPTED \
+                and zlib.crc32(memoryview(data)[start:end]) != crc:
+            return None, (start, "a stored zip member must match its CRC-32")
+    if end is not None and flags & ZIP_FLAG_DESCRIPTOR:
+        end += 4 if data[end : end + 4] == ZIP_DESCRIPTOR_SIG else 0
+        # crc and sizes: 4 + 4 + 4 bytes, or 4 + 8 + 8 (zip64): the one a record follows
+        end += 12 if data[end + 12 : end + 14] == b"PK" or data[end + 20 : end + 22] != b"PK" \
+            else 20
+    return end, None
+
+
+def _zip(data: bytes) -> Found:
+    pos, locals_ = 0, set()
+    while data[pos : pos + 4] == ZIP_LOCAL_SIG:
+        if pos + ZIP_LOCAL.size > len(data):
+            return None
+        locals_.add(pos)
+        end, broken = _zip_member(data, pos)
+        if broken is not None or end is None:
+            return broken
+        pos = end
+    while pos + 4 <= len(data):
+        sig = data[pos : pos + 4]
+        if sig == ZIP_CENTRAL_SIG and pos + ZIP_CENTRAL.size <= len(data):
+            fields = ZIP_CENTRAL.unpack_from(data, pos)
+            nlen, xlen, clen, offset = fields[10], fields[11], fields[12], fields[16]
+            extra = pos + ZIP_CENTRAL.size + nlen
+            _, _, offset = _zip64(data[extra : extra + xlen], [fields[9], fields[8], offset])
+            if offset not in locals_ and data[offset : offset + 4] != ZIP_LOCAL_SIG \
+                    and offset < len(data):
+                return offset, "a central directory entry must point at a local header"
+            pos = extra + xlen + clen
+        elif sig == ZIP64_END_SIG and pos + ZIP64_END.size <= len(data):
+            pos += ZIP64_END.size + ZIP64_END.unpack_from(data, pos)[1]
+        elif sig == ZIP64_LOCATOR_SIG:
+            pos += ZIP64_LOCATOR_BYTES
+        elif sig == ZIP_END_SIG:
+            return None
+        else:
+            return pos, "a zip record (local header, central directory, end) must begin"
+    return None
+
+
+def _gzip(data: bytes) -> Found:
+    pos = 0
+    while pos < len(data):
+        if data[pos : pos + 2] != b"\x1f\x8b":
+            return pos, "a gzip member must follow the one before"
+        end, broken = _inflate(data, pos, 31)
+        if broken is not None:
+            return broken, "a gzip member's deflate stream must inflate"
+        if end is None:
+            return None
+        pos = end
+    return None
+
+
+def _pdf(data: bytes) -> Found:
+    tail_at = max(0, len(data) - PDF_TAIL)
+    found = [m for m in PDF_STARTXREF.finditer(data, tail_at)]
+    if found:
+        xref = int(found[-1].group(1))
+        if data[xref : xref + 4] == b"xref":
+            pos = xref + 4
+            while (sub := PDF_SUBSECTION.match(data, pos)) is not None:
+                first, count = int(sub.group(1)), int(sub.group(2))
+                pos = sub.end()
+                table = data[pos : pos + count * PDF_ENTRY_BYTES]
+                for i in range(count):
+                    entry = table[i * PDF_ENTRY_BYTES : (i + 1) * PDF_ENTRY_BYTES].split()
+                    if len(entry) == 3 and entry[2] == b"n" and int(entry[0]):
+                        offset = int(entry[0])
+                        obj = PDF_OBJECT.match(data, offset)
+                        if obj is None or int(obj.group(1)) != first + i:
+                            return offset, (f"the cross-reference table says object "
+                                            f"{first + i} begins")
+                pos += count * PDF_ENTRY_BYTES
+        elif xref < len(data) and PDF_OBJECT.match(data, xref) is None:
+            return xref, "startxref says a cross-reference stream object begins"
+    for stream in PDF_STREAM.finditer(data):
+        head = data[max(0, stream.start() - PDF_DICT_BYTES) : stream.start()]
+        if b"/FlateDecode" in head[head.rfind(b"obj"):]:
+            _, broken = _inflate(data, stream.end(), 15)
+            if broken is not None:
+                return broken, "a Flate stream must inflate"
+    return None
+
+
+def _boxes(data: bytes) -> Found:
+    pos = 0
+    while pos + BOX.size <= len(data):
+        size, kind = BOX.unpack_from(data, pos)
+        if not all(0x20 <= c < 0x7F for c in kind):
+            return pos, "a top-level box must begin (a type of 4 printable bytes)"
+        if size == 0:
+            return None
+        if size == 1:
+            if pos + BOX.size + BOX_LARGE.size > len(data):
+                return None
+            (size,) = BOX_LARGE.unpack_from(data, pos + BOX.size)
+        if size < BOX.size:
+            return pos, "a top-level box must begin (a size of at least 8 bytes)"
+        pos += size
+    return None
+
+
+#: format (an :data:`~blockforensics.evidence.SIGNATURES` name) -> its structural test:
+#: (byte offset, what the format requires there) of the first break, or None
+CHECKS: dict[str, Callable[[bytes], Found]] = {
+    "jpeg": _jpeg, "png": _png, "zip": _zip, "gzip": _gzip, "pdf": _pdf, "mp4": _boxes}

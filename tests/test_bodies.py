@@ -1,0 +1,287 @@
+"""Bodies encrypted behind intact headers: real files (Pillow, zip, gzip, PDFs and MP4
+written by their specifications) judged valid, the same files encrypted from an offset
+(AES-CTR) broken near it, files cut short not broken; and a triaged ext4 history."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import subprocess
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_module, require_tools
+
+from blockforensics import triage
+from blockforensics.bodies import CHECKS, body_break
+from blockforensics.datasets.investigation import _text
+
+#: how far past the encryption's start a break may be found (bytes): random bytes inside
+#: a deflate block of Huffman codes inflate until they decode an end of block
+LATE = 32 << 10
+
+
+def _aes_ctr(data: bytes, start: int, stop: int | None = None, key: bytes = bytes(32)) -> bytes:
+    """``data`` with ``[start, stop)`` encrypted with AES-256-CTR, the rest kept."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    stop = len(data) if stop is None else stop
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    return data[:start] + encryptor.update(data[start:stop]) + data[stop:]
+
+
+def _photo(rng: np.random.Generator, fmt: str, width: int = 480, **options) -> bytes:
+    """A photo-like picture (a gradient with sensor noise) saved by Pillow."""
+    image = require_module("PIL.Image", "pillow")
+    height = width * 3 // 4
+    ramp = np.linspace(0, 200, width)[None, :, None] + np.linspace(0, 50, height)[:, None, None]
+    pixels = np.clip(ramp + rng.normal(0, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    image.fromarray(pixels).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _zip_tool(tmp: Path, rng: np.random.Generator, *options: str) -> bytes:
+    """A zip made by Info-ZIP ``zip`` of a text file and a random (stored-like) one."""
+    require_tools("zip")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "notes.txt").write_bytes(_text(rng, 120_000))
+    (tmp / "photo.raw").write_bytes(rng.integers(0, 60, 90_000, dtype=np.uint8).tobytes())
+    subprocess.run(["zip", "-q", *options, "out.zip", "notes.txt", "photo.raw"], cwd=tmp,
+                   check=True)
+    return (tmp / "out.zip").read_bytes()
+
+
+def _docx(rng: np.random.Generator, paragraphs: int = 200, zip64: bool = False) -> bytes:
+    """A docx-like zip (deflated XML parts) by Python's zipfile; ``zip64``: every local
+    header with zip64 sizes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in (("[Content_Types].xml", b"<Types/>"),
+                           ("word/document.xml", b"".join(b"<w:p>" + _text(rng, 400)
+                                                          + b"</w:p>" for _ in range(paragraphs))),
+                           ("word/media/image1.bin",
+                            rng.integers(0, 50, 60_000, dtype=np.uint8).tobytes())):
+            with zf.open(name, "w", force_zip64=zip64) as member:
+                member.write(body)
+    return out.getvalue()
+
+
+def _pdf(rng: np.random.Generator, pages: int = 3) -> bytes:
+    """A PDF 1.4 written by ISO 32000-1 (7.5): catalog, page tree, pages whose contents
+    and images are Flate streams, a classic cross-reference table and trailer."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (3 + 3 * i)
+                                                       for i in range(pages))
+               + b"] /Count %d >>" % pages]
+    for i in range(pages):
+        page = 3 + 3 * i
+        content = zlib.compress(b"BT /F1 12 Tf 72 720 Td (" + _text(rng, 3000) + b") Tj ET")
+        pixels = zlib.compress(rng.integers(0, 40, 64 * 1024, dtype=np.uint8).tobytes())
+        objects += [b"<< /Type /Page /Parent 2 0 R /Contents %d 0 R /Resources << /XObject "
+                    b"<< /Im1 %d 0 R >> >> >>" % (page + 1, page + 2),
+                    b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream"
+                    % (len(content), content),
+                    b"<< /Type /XObject /Subtype /Image /Width 256 /Height 256 "
+                    b"/ColorSpace /DeviceGray /BitsPerComponent 8 /Length %d "
+                    b"/Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(pixels), pixels)]
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    return bytes(out + _xref(len(out), [(0, [None, *offsets])], len(objects) + 1))
+
+
+def _xref(at: int, sections: list[tuple[int, list[int | None]]], size: int,
+          prev: int | None = None) -> bytes:
+    """A cross-reference section at byte ``at`` (subsections: first object number, their
+    offsets; None: free), its trailer, startxref and %%EOF."""
+    out = b"xref\n"
+    for first, offsets in sections:
+        out += b"%d %d\n" % (first, len(offsets)) + b"".join(
+            b"0000000000 65535 f\r\n" if o is None else b"%010d 00000 n\r\n" % o
+            for o in offsets)
+    return out + (b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n"
+                  % (size, b"" if prev is None else b" /Prev %d" % prev, at))
+
+
+def _edited(pdf: bytes, rng: np.random.Generator) -> bytes:
+    """``pdf`` saved again with an incremental update: page 1's contents replaced."""
+    prev = int(pdf.rsplit(b"startxref", 1)[1].split()[0])
+    content = zlib.compress(b"BT (" + _text(rng, 2000) + b") Tj ET")
+    update = b"4 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream\nendobj\n" \
+        % (len(content), content)
+    size = int(pdf.rsplit(b"/Size", 1)[1].split()[0])
+    return pdf + update + _xref(len(pdf) + len(update), [(0, [None]), (4, [len(pdf)])], size,
+                                prev)
+
+
+def _mp4(rng: np.random.Generator) -> bytes:
+    """ISO BMFF boxes as a camera writes them: ``ftyp``, ``mdat`` (coded frames), ``moov``
+    (a movie header box and a track box holding a track header)."""
+    def box(kind: bytes, body: bytes) -> bytes:
+        return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+    mvhd = box(b"mvhd", bytes(4) + bytes(8) + (1000).to_bytes(4, "big") + (5000).to_bytes(4, "big")
+               + bytes(80))
+    trak = box(b"trak", box(b"tkhd", bytes(84)) + box(b"mdia", box(b"mdhd", bytes(24))))
+    return (box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2avc1mp41")
+            + box(b"mdat", rng.bytes(150_000)) + box(b"moov", mvhd + trak + box(b"udta",
+                                                                                   bytes(4000))))
+
+
+def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
+    rng = np.random.default_rng(7)
+    return {
+        "jpeg": ("jpeg", _photo(rng, "JPEG", quality=90)),
+        "jpeg-progressive": ("jpeg", _photo(rng, "JPEG", quality=85, progressive=True)),
+        "jpeg-restarts": ("jpeg", _photo(rng, "JPEG", quality=80, restart_marker_blocks=4)),
+        "png": ("png", _photo(rng, "PNG")),
+        "zip": ("zip", _zip_tool(tmp_path / "zip", rng)),
+        "zip64": ("zip", _zip_tool(tmp_path / "zip64", rng, "-fz")),
+        "docx": ("zip", _docx(rng)),
+        "docx-zip64": ("zip", _docx(rng, zip64=True)),
+        "gzip": ("gzip", gzip.compress(_text(rng, 400_000))),
+        "pdf": ("pdf", _pdf(rng)),
+        "pdf-edited": ("pdf", _edited(_pdf(rng), rng)),
+        "mp4": ("mp4", _mp4(rng)),
+    }
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
+    return _formats(tmp_path_factory.mktemp("bodies"))
+
+
+NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
+         "docx-zip64", "gzip", "pdf", "pdf-edited", "mp4"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_valid_file_keeps_its_structure(formats, name):
+    fmt, data = formats[name]
+    assert body_break(fmt, data) is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_file_cut_short_is_not_broken(formats, name):
+    """A download in progress: the body that exists is valid, it just ends."""
+    fmt, data = formats[name]
+    for share in (0.3, 0.6, 0.95):
+        assert body_break(fmt, data[: int(len(data) * share)]) is None, share
+
+
+#: where the structure says a break must be found, relative to the encryption's start:
+#: a PNG chunk's CRC covers the whole chunk; a box of ISO BMFF is skipped by its size
+#: (``mdat``): the break is the next box's header
+EARLY = {"png": 1 << 16}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("share", [0.25, 0.6])
+def test_a_body_encrypted_from_an_offset_is_broken_near_it(formats, name, share):
+    fmt, data = formats[name]
+    start = int(len(data) * share)
+    if fmt == "mp4":  # inside mdat, running into moov: found at moov's header
+        start = data.index(b"moov") - 4 - 2000
+    found = body_break(fmt, _aes_ctr(data, start))
+    assert found is not None and found.format == fmt
+    assert start - EARLY.get(fmt, 64) <= found.offset <= start + LATE, (found, start)
+    assert "breaks its own structure from byte" in found.describe()
+
+
+def test_a_bit_flip_is_not_ciphertext(formats):
+    """A break where the bytes are no random ones is not evidence of encryption: a PDF
+    whose cross-reference table points at its header (text there) is not flagged."""
+    _, data = formats["pdf"]
+    entry = data.index(b" 00000 n\r\n", data.rindex(b"\nxref\n")) - 10
+    shifted = data[:entry] + b"%010d" % 12 + data[entry + 10:]
+    assert CHECKS["pdf"](shifted) == (12, "the cross-reference table says object 1 begins")
+    assert body_break("pdf", shifted) is None
+
+
+def test_striped_encryption_is_broken_in_the_first_stripe(formats):
+    """Every other 64 KiB encrypted, the first 4 KiB kept (BlackCat-like stripes)."""
+    _, data = formats["jpeg"]
+    striped = data
+    for start in range(4096, len(data), 128 << 10):
+        striped = _aes_ctr(striped, start, min(start + (64 << 10), len(data)))
+    found = body_break("jpeg", striped)
+    assert found is not None and 4096 <= found.offset <= 4096 + LATE
+
+
+# ------------------------------------------------------------------ triage
+PHOTOS = [f"/home/photos/p{i}.jpg" for i in range(4)] + ["/home/photos/scan.png"]
+DOCS = ["/home/docs/plan.docx", "/home/docs/sheet.xlsx", "/home/docs/archive.zip",
+        "/home/docs/report.pdf", "/home/docs/manual.pdf"]
+
+
+def _header_kept_days(tmp: Path) -> list:
+    """Three days on ext4: photos, documents and notes; a benign day (new photos, a new
+    zip, a PDF edited, a photo half downloaded); then every photo and document encrypted
+    in place from byte 4096 (JPEG, PNG, PDF to the end; zips up to their central
+    directory, kept)."""
+    rng = np.random.default_rng(11)
+    files = {**{p: _photo(rng, "PNG" if p.endswith(".png") else "JPEG", width=400,
+                          quality=88) for p in PHOTOS},
+             DOCS[0]: _docx(rng, 120), DOCS[1]: _docx(rng, 150),
+             DOCS[2]: _zip_tool(tmp / "z1", rng), DOCS[3]: _pdf(rng, 2), DOCS[4]: _pdf(rng, 2)}
+    notes = {f"/home/docs/note{i}.txt": _text(rng, 3000) for i in range(4)}
+    download = _photo(rng, "JPEG", width=640, quality=92)
+    edited = _edited(files[DOCS[3]], rng)
+
+    def encrypted(data: bytes) -> bytes:
+        """From byte 4096 on; a zip's central directory kept."""
+        stop = zipfile.ZipFile(io.BytesIO(data)).start_dir if data[:2] == b"PK" else None
+        return _aes_ctr(data, 4096, stop, key=rng.bytes(32))
+
+    return [
+        [*[("mkdir", d, None) for d in ("/home", "/home/photos", "/home/docs",
+                                        "/home/downloads")],
+         *[("write", p, d) for p, d in {**files, **notes}.items()]],
+        [*[("write", f"/home/photos/new{i}.jpg", _photo(rng, "JPEG", width=400, quality=80,
+                                                        progressive=bool(i % 2)))
+           for i in range(3)],
+         ("write", "/home/docs/new.zip", _zip_tool(tmp / "z2", rng, "-fz")),
+         ("write", DOCS[3], edited),
+         ("write", "/home/downloads/holiday.jpg", download[: len(download) // 2]),
+         ("write", "/home/docs/note0.txt", notes["/home/docs/note0.txt"] + _text(rng, 500))],
+        [("overwrite", p, encrypted(files[p])) for p in PHOTOS + DOCS if p != DOCS[3]]
+        + [("overwrite", DOCS[3], encrypted(edited))],
+    ]
+
+
+@pytest.fixture(scope="module")
+def header_kept(tmp_path_factory):
+    from blockforensics.datasets.ransomware import play
+
+    require_tools("mkfs.ext4", "debugfs", "zip")
+    require_module("pytsk3", "pytsk3")
+    tmp = tmp_path_factory.mktemp("header_kept")
+    chain_dir, _ = play(tmp, "ext4", _header_kept_days(tmp), 24 << 20)
+    return triage.triage_chain(chain_dir)
+
+
+def test_bodies_encrypted_behind_kept_headers_make_the_point_encrypted(header_kept):
+    verdicts = [p["verdict"] for p in header_kept["points"]]
+    assert verdicts == ["clean", "clean", "encrypted"], header_kept["points"][2]["reasons"]
+    attack = header_kept["points"][2]
+    flagged = {f["path"] for f in attack["files"] if f["flagged"]}
+    assert flagged == set(PHOTOS + DOCS)
+    assert attack["metrics"]["broken_bodies"] == len(PHOTOS + DOCS)
+    assert any("break the structure their format promises" in r for r in attack["reasons"])
+    for f in attack["files"]:
+        assert any("breaks its own structure from byte" in e for e in f["evidence"]), f
+    assert header_kept["last_clean_point"] == 1
+
+
+def test_new_photos_a_new_zip_an_edited_pdf_and_a_partial_download_stay_clean(header_kept):
+    benign = header_kept["points"][1]
+    assert benign["verdict"] == "clean", benign["reasons"]
+    assert not [f["path"] for f in benign["files"] if f["flagged"]]
+    assert benign["metrics"]["broken_bodies"] == 0
+    assert benign["metrics"]["unexplained_high_entropy"] == 0
