@@ -193,6 +193,28 @@ def test_a_malformed_nbd_uri_is_one_line(tmp_path, uri) -> None:
     assert not (tmp_path / "chain").exists()
 
 
+def test_a_loop_of_vhd_parents_is_one_line(tmp_path) -> None:
+    """A chain exported as differencing VHDs (base <- mid <- top), the top copied over
+    the base's name with the base's unique id: mid's parent is top, whose parent is mid.
+    Following them ended in a RecursionError traceback."""
+    from blockforensics.formats.vhd import Footer
+
+    source = tmp_path / "disk.raw"
+    source.write_bytes(np.random.default_rng(3).bytes(1 << 20))
+    for _ in range(3):
+        assert cli("backup", source, tmp_path / "chain").returncode == 0
+    assert cli("export", tmp_path / "chain", tmp_path / "p.vhd", "--format",
+               "vhd-chain").returncode == 0
+    base, top = tmp_path / "p.point0.vhd", bytearray((tmp_path / "p.vhd").read_bytes())
+    base_id = Footer.unpack(base.read_bytes()[-Footer.SIZE:]).unique_id
+    for at in (0, len(top) - Footer.SIZE):  # the footer and its copy
+        footer = Footer.unpack(bytes(top[at : at + Footer.SIZE]))
+        top[at : at + Footer.SIZE] = footer.replace(unique_id=base_id).sealed().pack()
+    base.write_bytes(top)
+    assert_exit_2(cli("backup", tmp_path / "p.point1.vhd", tmp_path / "other"), "loop")
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_directory_that_is_no_chain_is_named_so(tmp_path) -> None:
     (tmp_path / "photos").mkdir()
     assert_exit_2(cli("backup", tmp_path / "photos", tmp_path / "chain"), "no chain.json")
