@@ -68,6 +68,12 @@ ZIP_CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 ZIP_LOCAL_SIG, ZIP_CENTRAL_SIG = b"PK\x03\x04", b"PK\x01\x02"
 ZIP_END_SIG, ZIP64_END_SIG, ZIP64_LOCATOR_SIG = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07"
 ZIP_DESCRIPTOR_SIG = b"PK\x07\x08"
+#: records that may stand before the central directory (archive extra data: signature,
+#: 4-byte length) or after it (digital signature: signature, 2-byte length)
+ZIP_EXTRA_DATA_SIG, ZIP_SIGNATURE_SIG = b"PK\x06\x08", b"PK\x05\x05"
+#: an APK Signing Block: its size (bytes after this field) at both ends, then the magic
+APK_BLOCK = struct.Struct("<Q")
+APK_MAGIC = b"APK Sig Block 42"
 ZIP_END_BYTES, ZIP64_LOCATOR_BYTES = 22, 20
 #: zip64 end record: signature, size of the rest (bytes)
 ZIP64_END = struct.Struct("<4sQ")
@@ -89,6 +95,13 @@ PDF_OBJECT = re.compile(rb"\s*(\d+)\s+(\d+)\s+obj")
 PDF_STREAM = re.compile(rb"(?<!end)stream\r?\n")
 #: bytes before a stream keyword searched for its dictionary's /FlateDecode
 PDF_DICT_BYTES = 512
+#: a stream dictionary's direct length (bytes of data); ``endstream`` after the data,
+#: an end of line before it allowed (and counted in the slack)
+PDF_LENGTH = re.compile(rb"/Length\s+(\d+)(?!\d)(?!\s+\d+\s+R)")
+PDF_ENDSTREAM = re.compile(rb"\s{0,2}endstream")
+PDF_ENDSTREAM_SLACK = 11
+#: a trailer naming an encryption dictionary: the streams are encrypted by the PDF itself
+PDF_ENCRYPT = b"/Encrypt"
 
 
 @dataclass(frozen=True)
@@ -275,11 +288,30 @@ def _zip(data: bytes) -> Found:
             pos += ZIP64_END.size + ZIP64_END.unpack_from(data, pos)[1]
         elif sig == ZIP64_LOCATOR_SIG:
             pos += ZIP64_LOCATOR_BYTES
+        elif sig in (ZIP_EXTRA_DATA_SIG, ZIP_SIGNATURE_SIG) and pos + 8 <= len(data):
+            size = struct.unpack_from("<I" if sig == ZIP_EXTRA_DATA_SIG else "<H", data, pos + 4)[0]
+            pos += (8 if sig == ZIP_EXTRA_DATA_SIG else 6) + size
+        elif (block := _apk_signing_block(data, pos)) is not None:
+            pos = block
         elif sig == ZIP_END_SIG:
             return None
         else:
             return pos, "a zip record (local header, central directory, end) must begin"
     return None
+
+
+def _apk_signing_block(data: bytes, pos: int) -> int | None:
+    """The end of an APK Signing Block at ``pos`` (Android's v2+ signatures, between the
+    last member and the central directory: its size, pairs, its size again, the magic),
+    or None when there is none."""
+    if pos + APK_BLOCK.size > len(data):
+        return None
+    (size,) = APK_BLOCK.unpack_from(data, pos)
+    end = pos + APK_BLOCK.size + size
+    if size < len(APK_MAGIC) + APK_BLOCK.size or end > len(data) \
+            or data[end - len(APK_MAGIC) : end] != APK_MAGIC:
+        return None
+    return end
 
 
 def _gzip(data: bytes) -> Found:
@@ -297,31 +329,62 @@ def _gzip(data: bytes) -> Found:
 
 
 def _pdf(data: bytes) -> Found:
-    tail_at = max(0, len(data) - PDF_TAIL)
-    found = [m for m in PDF_STARTXREF.finditer(data, tail_at)]
-    if found:
-        xref = int(found[-1].group(1))
-        if data[xref : xref + 4] == b"xref":
-            pos = xref + 4
-            while (sub := PDF_SUBSECTION.match(data, pos)) is not None:
-                first, count = int(sub.group(1)), int(sub.group(2))
-                pos = sub.end()
-                table = data[pos : pos + count * PDF_ENTRY_BYTES]
-                for i in range(count):
-                    entry = table[i * PDF_ENTRY_BYTES : (i + 1) * PDF_ENTRY_BYTES].split()
-                    if len(entry) == 3 and entry[2] == b"n" and int(entry[0]):
-                        offset = int(entry[0])
-                        obj = PDF_OBJECT.match(data, offset)
-                        if obj is None or int(obj.group(1)) != first + i:
-                            return offset, (f"the cross-reference table says object "
-                                            f"{first + i} begins")
-                pos += count * PDF_ENTRY_BYTES
-        elif xref < len(data) and PDF_OBJECT.match(data, xref) is None:
+    breaks = [found for found in (_pdf_xref(data), _pdf_streams(data)) if found is not None]
+    return min(breaks, default=None)
+
+
+def _pdf_xref(data: bytes) -> Found:
+    """The last cross-reference section's first entry in use not pointing at its object."""
+    found = list(PDF_STARTXREF.finditer(data, max(0, len(data) - PDF_TAIL)))
+    if not found:
+        return None
+    xref = int(found[-1].group(1))
+    if data[xref : xref + 4] != b"xref":
+        if xref < len(data) and PDF_OBJECT.match(data, xref) is None:
             return xref, "startxref says a cross-reference stream object begins"
+        return None
+    pos = xref + 4
+    while (sub := PDF_SUBSECTION.match(data, pos)) is not None:
+        first, count = int(sub.group(1)), int(sub.group(2))
+        pos = sub.end()
+        table = data[pos : pos + count * PDF_ENTRY_BYTES]
+        for i in range(count):
+            entry = table[i * PDF_ENTRY_BYTES : (i + 1) * PDF_ENTRY_BYTES].split()
+            if len(entry) == 3 and entry[2] == b"n" and int(entry[0]):
+                offset = int(entry[0])
+                obj = PDF_OBJECT.match(data, offset)
+                if obj is None or int(obj.group(1)) != first + i:
+                    return offset, f"the cross-reference table says object {first + i} begins"
+        pos += count * PDF_ENTRY_BYTES
+    return None
+
+
+def _zlib_header(data: bytes, pos: int) -> bool:
+    """Is there a zlib header (RFC 1950: deflate, no preset dictionary, check bits) at
+    ``pos``?"""
+    cmf, flg = data[pos : pos + 2].ljust(2, b"\xff")
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and not flg & 0x20 and (cmf << 8 | flg) % 31 == 0
+
+
+def _pdf_streams(data: bytes) -> Found:
+    """The first stream whose direct /Length does not end at ``endstream``, or whose
+    Flate data does not inflate — unless the PDF encrypts its streams itself (its
+    trailer names /Encrypt; once that is gone, a stream encrypted whole by it has no
+    zlib header: not judged)."""
+    encrypted = PDF_ENCRYPT in data  # the standard security handler's streams: ciphertext
     for stream in PDF_STREAM.finditer(data):
         head = data[max(0, stream.start() - PDF_DICT_BYTES) : stream.start()]
-        if b"/FlateDecode" in head[head.rfind(b"obj"):]:
-            _, broken = _inflate(data, stream.end(), 15)
+        head = head[head.rfind(b"obj"):]
+        length = PDF_LENGTH.search(head)
+        if length is not None:
+            end = stream.end() + int(length.group(1))
+            if end + PDF_ENDSTREAM_SLACK > len(data):
+                return None  # cut short
+            if PDF_ENDSTREAM.match(data, end) is None:
+                return end, "the stream's /Length says endstream follows"
+        if b"/FlateDecode" in head and not encrypted and _zlib_header(data, stream.end()):
+            # raw deflate after the 2-byte zlib header: readers ignore a bad Adler-32
+            _, broken = _inflate(data, stream.end() + 2, -15)
             if broken is not None:
                 return broken, "a Flate stream must inflate"
     return None

@@ -70,17 +70,32 @@ def _docx(rng: np.random.Generator, paragraphs: int = 200, zip64: bool = False) 
     return out.getvalue()
 
 
-def _pdf(rng: np.random.Generator, pages: int = 3) -> bytes:
+def _aes_cbc(data: bytes, rng: np.random.Generator) -> bytes:
+    """A stream encrypted as the standard security handler's AESV2 does: a 16-byte IV,
+    then AES-128-CBC of the data padded by PKCS#7 (ISO 32000-1, 7.6.2)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    iv, pad = rng.bytes(16), 16 - len(data) % 16
+    encryptor = Cipher(algorithms.AES(rng.bytes(16)), modes.CBC(iv)).encryptor()
+    return iv + encryptor.update(data + bytes([pad]) * pad) + encryptor.finalize()
+
+
+def _pdf(rng: np.random.Generator, pages: int = 3, password: bool = False) -> bytes:
     """A PDF 1.4 written by ISO 32000-1 (7.5): catalog, page tree, pages whose contents
-    and images are Flate streams, a classic cross-reference table and trailer."""
+    and images are Flate streams, a classic cross-reference table and trailer;
+    ``password``: its streams encrypted by the standard security handler (AESV2)."""
+    def stream(data: bytes) -> bytes:
+        packed = zlib.compress(data)
+        return _aes_cbc(packed, rng) if password else packed
+
     objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
                b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (3 + 3 * i)
                                                        for i in range(pages))
                + b"] /Count %d >>" % pages]
     for i in range(pages):
         page = 3 + 3 * i
-        content = zlib.compress(b"BT /F1 12 Tf 72 720 Td (" + _text(rng, 3000) + b") Tj ET")
-        pixels = zlib.compress(rng.integers(0, 40, 64 * 1024, dtype=np.uint8).tobytes())
+        content = stream(b"BT /F1 12 Tf 72 720 Td (" + _text(rng, 3000) + b") Tj ET")
+        pixels = stream(rng.integers(0, 40, 64 * 1024, dtype=np.uint8).tobytes())
         objects += [b"<< /Type /Page /Parent 2 0 R /Contents %d 0 R /Resources << /XObject "
                     b"<< /Im1 %d 0 R >> >> >>" % (page + 1, page + 2),
                     b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream"
@@ -88,16 +103,22 @@ def _pdf(rng: np.random.Generator, pages: int = 3) -> bytes:
                     b"<< /Type /XObject /Subtype /Image /Width 256 /Height 256 "
                     b"/ColorSpace /DeviceGray /BitsPerComponent 8 /Length %d "
                     b"/Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(pixels), pixels)]
+    if password:
+        objects.append(b"<< /Filter /Standard /V 4 /R 4 /Length 128 /CF << /StdCF << /CFM "
+                       b"/AESV2 /AuthEvent /DocOpen /Length 16 >> >> /StmF /StdCF /StrF "
+                       b"/StdCF /O <" + rng.bytes(32).hex().encode() + b"> /U <"
+                       + rng.bytes(32).hex().encode() + b"> /P -1028 >>")
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
         out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    return bytes(out + _xref(len(out), [(0, [None, *offsets])], len(objects) + 1))
+    return bytes(out + _xref(len(out), [(0, [None, *offsets])], len(objects) + 1,
+                             encrypt=len(objects) if password else None))
 
 
 def _xref(at: int, sections: list[tuple[int, list[int | None]]], size: int,
-          prev: int | None = None) -> bytes:
+          prev: int | None = None, encrypt: int | None = None) -> bytes:
     """A cross-reference section at byte ``at`` (subsections: first object number, their
     offsets; None: free), its trailer, startxref and %%EOF."""
     out = b"xref\n"
@@ -105,8 +126,9 @@ def _xref(at: int, sections: list[tuple[int, list[int | None]]], size: int,
         out += b"%d %d\n" % (first, len(offsets)) + b"".join(
             b"0000000000 65535 f\r\n" if o is None else b"%010d 00000 n\r\n" % o
             for o in offsets)
-    return out + (b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n"
-                  % (size, b"" if prev is None else b" /Prev %d" % prev, at))
+    return out + (b"trailer\n<< /Size %d /Root 1 0 R%s%s >>\nstartxref\n%d\n%%%%EOF\n"
+                  % (size, b"" if prev is None else b" /Prev %d" % prev,
+                     b"" if encrypt is None else b" /Encrypt %d 0 R" % encrypt, at))
 
 
 def _edited(pdf: bytes, rng: np.random.Generator) -> bytes:
@@ -118,6 +140,22 @@ def _edited(pdf: bytes, rng: np.random.Generator) -> bytes:
     size = int(pdf.rsplit(b"/Size", 1)[1].split()[0])
     return pdf + update + _xref(len(pdf) + len(update), [(0, [None]), (4, [len(pdf)])], size,
                                 prev)
+
+
+def _apk(zipped: bytes, rng: np.random.Generator) -> bytes:
+    """``zipped`` signed as Android's apksigner does (v2): an APK Signing Block — its
+    size, an ID-value pair (0x7109871a), its size again, ``APK Sig Block 42`` —
+    between the last member and the central directory, whose offset the end record
+    then gives."""
+    start = zipfile.ZipFile(io.BytesIO(zipped)).start_dir
+    value = rng.bytes(1800)  # signed data, signatures, public key
+    pairs = (len(value) + 4).to_bytes(8, "little") + (0x7109871A).to_bytes(4, "little") + value
+    size = (len(pairs) + 8 + 16).to_bytes(8, "little")
+    block = size + pairs + size + b"APK Sig Block 42"
+    end = zipped.rindex(b"PK\x05\x06")
+    tail = bytearray(zipped[start:])
+    tail[end - start + 16 : end - start + 20] = (start + len(block)).to_bytes(4, "little")
+    return zipped[:start] + block + bytes(tail)
 
 
 def _mp4(rng: np.random.Generator) -> bytes:
@@ -148,6 +186,8 @@ def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "gzip": ("gzip", gzip.compress(_text(rng, 400_000))),
         "pdf": ("pdf", _pdf(rng)),
         "pdf-edited": ("pdf", _edited(_pdf(rng), rng)),
+        "pdf-password": ("pdf", _pdf(rng, password=True)),
+        "apk": ("zip", _apk(_docx(rng), rng)),
         "mp4": ("mp4", _mp4(rng)),
     }
 
@@ -158,7 +198,7 @@ def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
 
 
 NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
-         "docx-zip64", "gzip", "pdf", "pdf-edited", "mp4"]
+         "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -179,6 +219,9 @@ def test_a_file_cut_short_is_not_broken(formats, name):
 #: a PNG chunk's CRC covers the whole chunk; a box of ISO BMFF is skipped by its size
 #: (``mdat``): the break is the next box's header
 EARLY = {"png": 1 << 16}
+#: … a PDF that encrypts its streams itself (AESV2): the break is where the stream the
+#: encryption starts in ends (its /Length says ``endstream`` follows)
+LATE_BY = {"pdf-password": 1 << 17}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -190,7 +233,8 @@ def test_a_body_encrypted_from_an_offset_is_broken_near_it(formats, name, share)
         start = data.index(b"moov") - 4 - 2000
     found = body_break(fmt, _aes_ctr(data, start))
     assert found is not None and found.format == fmt
-    assert start - EARLY.get(fmt, 64) <= found.offset <= start + LATE, (found, start)
+    assert start - EARLY.get(fmt, 64) <= found.offset <= start + LATE_BY.get(name, LATE), \
+        (found, start)
     assert "breaks its own structure from byte" in found.describe()
 
 
