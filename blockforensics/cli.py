@@ -239,8 +239,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from blockforensics.image.summary import chain_rows
 
     rows = chain_rows(args.chain)  # Chain.rows without numpy (0.1 s of start-up) or pandas
-    if args.json:
-        print(_dumps(rows, indent=1))
+    if args.json:  # with the check of each point's source (E01 hashes), where recorded
+        from blockforensics.image.sources import recorded
+
+        checks = recorded(args.chain)
+        print(_dumps([{**row, "source_hashes_match": checks[row["file"]].ok
+                       if row["file"] in checks else None} for row in rows], indent=1))
     elif not rows:
         print("(empty)")
     else:

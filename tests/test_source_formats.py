@@ -218,6 +218,12 @@ def test_a_backup_checks_the_stored_hashes_over_the_whole_medium(
         "MD5": hashlib.md5(data).hexdigest(), "SHA1": hashlib.sha1(data).hexdigest()}
     assert said["source_hashes_match"] is True
     assert "verify: OK" in ok("verify", tmp_path / "chain")
+    raw_chain = tmp_path / "raw_chain"
+    ok("backup", raw_disk, raw_chain)
+    assert [row["source_hashes_match"] for row in json.loads(ok("list", tmp_path / "chain",
+                                                                "--json"))] == [True]
+    assert [row["source_hashes_match"] for row in json.loads(ok("list", raw_chain,
+                                                                "--json"))] == [None]
 
 
 def test_a_wrong_stored_hash_is_said_loudly_and_by_verify(e01: Path, raw_disk: Path,
@@ -237,6 +243,8 @@ def test_a_wrong_stored_hash_is_said_loudly_and_by_verify(e01: Path, raw_disk: P
     assert (tmp_path / "restored.raw").read_bytes() == raw_disk.read_bytes()
     checked = cli("verify", tmp_path / "chain")
     assert checked.returncode == 1 and "ACQUISITION HASH MISMATCH" in checked.stdout
+    listed = json.loads(ok("list", tmp_path / "chain", "--json"))
+    assert [row["source_hashes_match"] for row in listed] == [False]
 
 
 def test_a_damaged_chunk_is_a_hash_mismatch(e01: Path, tmp_path: Path) -> None:
