@@ -3,7 +3,7 @@ volume (default 1 GiB) with two backups — a full of a populated volume, then a
 incremental in which some documents were encrypted in place and photos added.
 
 The volume is filled by ``mkfs.ext4 -d`` from a directory of seeded files (text,
-JPEG-signed random payloads, gzip), so no mount is needed for the full; the second
+JPEGs of random stuffed scan data, gzip), so no mount is needed for the full; the second
 day's edits rewrite files' own blocks found with ``debugfs blocks``.
 
     python benchmarks/bench_triage.py --size-mib 1024 [--dir DIR] [--json]
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from blockforensics.datasets.ransomware import build_ransomware
+from blockforensics.datasets.ransomware import _jpeg, build_ransomware
 
 
 def _populate(root: Path, nbytes: int, rng: np.random.Generator) -> list[Path]:
-    """Seeded files totalling about ``nbytes``: 60 % text, 30 % JPEG-like, 10 % gzip."""
+    """Seeded files totalling about ``nbytes``: 60 % text, 30 % JPEG, 10 % gzip."""
     words = np.array([b"invoice", b"quarter", b"budget", b"meeting", b"report", b"audit"])
     written, files, i = 0, [], 0
     while written < nbytes:
@@ -39,7 +39,7 @@ def _populate(root: Path, nbytes: int, rng: np.random.Generator) -> list[Path]:
         if kind == "txt":
             data = b" ".join(rng.choice(words, size // 7 + 1))[:size]
         elif kind == "jpg":
-            data = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + rng.bytes(size - 13) + b"\xff\xd9"
+            data = _jpeg(rng, size)
         else:
             data = gzip.compress(b" ".join(rng.choice(words, size // 7 + 1))[:size], 1)
         path.write_bytes(data)

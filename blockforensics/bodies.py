@@ -55,7 +55,7 @@ INFLATE_OUTPUT = 1 << 20
 JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 JPEG_SEGMENTS = frozenset({*range(0xC0, 0xC8), *range(0xC9, 0xD0), *range(0xDA, 0xE0),
                            *range(0xE0, 0xF0), 0xF7, 0xF8, 0xFE})
-JPEG_SOS, JPEG_EOI = 0xDA, 0xD9
+JPEG_SOS, JPEG_EOI, JPEG_LS_FRAME = 0xDA, 0xD9, 0xF7
 #: a JPEG marker segment's start: 0xFF, marker, length (counting itself, bytes)
 JPEG_SEGMENT = struct.Struct(">BBH")
 #: a PNG chunk's start (length of its data in bytes, type) and its CRC-32 after the data
@@ -185,7 +185,7 @@ def _jpeg(data: bytes) -> Found:
         if pos + JPEG_SEGMENT.size > len(data):
             return None
         _, marker, length = JPEG_SEGMENT.unpack_from(data, pos)
-        if marker == JPEG_EOI:
+        if marker in (JPEG_EOI, JPEG_LS_FRAME):  # JPEG-LS stuffs a 0 bit, not a 0 byte
             return None
         if marker in JPEG_STANDALONE:
             pos += 2

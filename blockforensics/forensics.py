@@ -447,8 +447,9 @@ class _Comparison:
         kind_before = _head_type(self.disks[0], reference)
         kind_after = _head_type(self.disks[1], new)
         judged = new if entry.type == "file" and copy_of is None else None
+        rewritten = before is None or before.sha256 != after.sha256  # bytes compared
         body = body_break(kind_after, judged.read(self.disks[1], BODY_BYTES)) \
-            if judged is not None and kind_after in CHECKS else None
+            if judged is not None and rewritten and kind_after in CHECKS else None
         suspected, explained, evidence = (False, False, []) if judged is None else judge(
             judged.path, reference.path if reference is not None else None,
             before, after, kind_before, kind_after, replaced=counterpart is not None,
