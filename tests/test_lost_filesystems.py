@@ -48,6 +48,21 @@ def _overwrite(image: Path, offset: int, data: bytes) -> None:
         fh.write(data)
 
 
+def struck(tmp_path: Path, size: int, mkfs: list[str], offset: int, data: bytes) -> dict:
+    """The triage of a point after a volume made by ``mkfs`` (its last argument is the
+    volume file, added here; ``tmp_path / "src"`` its tree if ``-d`` asks for one) had
+    ``data`` written at byte ``offset``: the second point's JSON."""
+    require_module("pytsk3", "pytsk3")
+    require_tools(mkfs[0])
+    volume, chain = tmp_path / "volume.img", tmp_path / "chain"
+    volume.write_bytes(bytes(size))
+    run(*mkfs, volume)
+    backup(volume, chain)
+    _overwrite(volume, offset, data)
+    backup(volume, chain)
+    return triage_json(chain)["points"][1]
+
+
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict[int, int]]:
     """The triage of three points — the disk, its NTFS's MFT encrypted, its ext4 turned
@@ -116,17 +131,11 @@ def test_a_partition_turned_into_a_luks_volume_is_named(attacked) -> None:
 
 
 def test_a_volume_wiped_with_zeros_is_suspicious_not_encrypted(tmp_path: Path) -> None:
-    require_module("pytsk3", "pytsk3")
-    require_tools("mkfs.ext4")
-    volume, chain = tmp_path / "volume.img", tmp_path / "chain"
-    volume.write_bytes(bytes(16 * MIB))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.txt").write_bytes(b"ordinary text\n" * 1000)
-    run("mkfs.ext4", "-q", "-F", "-d", tmp_path / "src", volume)
-    backup(volume, chain)
-    _overwrite(volume, 0, bytes(4 * MIB))  # superblock, group descriptors, tables, data
-    backup(volume, chain)
-    point = triage_json(chain)["points"][1]
+    # superblock, group descriptors, tables, data
+    point = struck(tmp_path, 16 * MIB, ["mkfs.ext4", "-q", "-F", "-d", tmp_path / "src"], 0,
+                   bytes(4 * MIB))
     [lost] = point["lost_filesystems"]
     assert point["verdict"] == "suspicious" and not lost["encrypted"]
     assert lost["prefix"] == "" and lost["constant_share"] >= 0.5
@@ -171,15 +180,7 @@ def test_a_superblock_overwritten_with_random_bytes_is_not_called_encryption(
         tmp_path: Path) -> None:
     """4 KiB of random bytes over an ext4's start (its superblock): the volume is lost,
     but so few random bytes are a wiper's as likely as a cipher's."""
-    require_module("pytsk3", "pytsk3")
-    require_tools("mkfs.ext4")
-    volume, chain = tmp_path / "volume.img", tmp_path / "chain"
-    volume.write_bytes(bytes(16 * MIB))
-    run("mkfs.ext4", "-q", "-F", volume)
-    backup(volume, chain)
-    _overwrite(volume, 0, os.urandom(4096))
-    backup(volume, chain)
-    point = triage_json(chain)["points"][1]
+    point = struck(tmp_path, 16 * MIB, ["mkfs.ext4", "-q", "-F"], 0, os.urandom(4096))
     [lost] = point["lost_filesystems"]
     assert point["verdict"] == "suspicious" and not lost["encrypted"]
     assert lost["random_share"] == 1.0 and lost["changed_blocks"] == 1
@@ -190,15 +191,7 @@ def test_a_fat32_boot_sector_zeroed_is_suspicious_though_its_backup_reads(
         tmp_path: Path) -> None:
     """mkfs.vfat's FAT32 with its boot sector zeroed: TSK reads it from the backup boot
     sector (sector 6), no file system is lost, yet the wiper's strike is named."""
-    require_module("pytsk3", "pytsk3")
-    require_tools("mkfs.vfat")
-    volume, chain = tmp_path / "volume.img", tmp_path / "chain"
-    volume.write_bytes(bytes(40 * MIB))
-    run("mkfs.vfat", "-F", "32", volume)
-    backup(volume, chain)
-    _overwrite(volume, 0, bytes(SECTOR))
-    backup(volume, chain)
-    point = triage_json(chain)["points"][1]
+    point = struck(tmp_path, 40 * MIB, ["mkfs.vfat", "-F", "32"], 0, bytes(SECTOR))
     assert point["verdict"] == "suspicious" and point["lost_filesystems"] == []
     assert point["structure_changes"] == [
         "the fat file system of the whole disk: its primary boot sector or superblock no "
