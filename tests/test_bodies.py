@@ -329,3 +329,17 @@ def test_new_photos_a_new_zip_an_edited_pdf_and_a_partial_download_stay_clean(he
     assert not [f["path"] for f in benign["files"] if f["flagged"]]
     assert benign["metrics"]["broken_bodies"] == 0
     assert benign["metrics"]["unexplained_high_entropy"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fs", ["fat32", "xfs", "ntfs"])
+def test_header_kept_encryption_on_other_file_systems(fs, tmp_path_factory):
+    """The same three days through mtools (FAT32), the kernel (XFS) or ntfs-3g."""
+    from test_triage import _triaged
+
+    tmp = tmp_path_factory.mktemp(f"header_kept_{fs}")
+    doc = _triaged(fs, _header_kept_days(tmp), tmp_path_factory)
+    assert [p["verdict"] for p in doc["points"]] == ["clean", "clean", "encrypted"], \
+        [p["reasons"] for p in doc["points"]]
+    assert {f["path"] for f in doc["points"][2]["files"] if f["flagged"]} == set(PHOTOS + DOCS)
+    assert not [f["path"] for f in doc["points"][1]["files"] if f["flagged"]]
