@@ -229,7 +229,8 @@ def _zip64(extra: bytes, values: list[int]) -> list[int]:
     while pos + ZIP_EXTRA.size <= len(extra):
         kind, size = ZIP_EXTRA.unpack_from(extra, pos)
         if kind == ZIP64_EXTRA_ID:
-            wide = iter(struct.unpack_from(f"<{size // 8}Q", extra, pos + ZIP_EXTRA.size))
+            count = min(size, len(extra) - pos - ZIP_EXTRA.size) // 8
+            wide = iter(struct.unpack_from(f"<{count}Q", extra, pos + ZIP_EXTRA.size))
             return [next(wide, v) if v == ZIP_MAX32 else v for v in values]
         pos += ZIP_EXTRA.size + size
     return values
@@ -350,7 +351,7 @@ def _pdf_xref(data: bytes) -> Found:
         table = data[pos : pos + count * PDF_ENTRY_BYTES]
         for i in range(count):
             entry = table[i * PDF_ENTRY_BYTES : (i + 1) * PDF_ENTRY_BYTES].split()
-            if len(entry) == 3 and entry[2] == b"n" and int(entry[0]):
+            if len(entry) == 3 and entry[2] == b"n" and entry[0].isdigit() and int(entry[0]):
                 offset = int(entry[0])
                 obj = PDF_OBJECT.match(data, offset)
                 if obj is None or int(obj.group(1)) != first + i:

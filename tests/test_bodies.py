@@ -343,3 +343,19 @@ def test_header_kept_encryption_on_other_file_systems(fs, tmp_path_factory):
         [p["reasons"] for p in doc["points"]]
     assert {f["path"] for f in doc["points"][2]["files"] if f["flagged"]} == set(PHOTOS + DOCS)
     assert not [f["path"] for f in doc["points"][1]["files"] if f["flagged"]]
+
+
+def test_damaged_and_hostile_bodies_never_raise(formats):
+    """Random bytes over random places, cuts, and a lying length field in every real
+    file: a Break or None, never an exception."""
+    rng = np.random.default_rng(5)
+    for fmt, data in formats.values():
+        for _ in range(60):
+            damaged = bytearray(data[: int(rng.integers(1, len(data) + 1))])
+            for _ in range(int(rng.integers(1, 4))):
+                at, n = int(rng.integers(0, len(damaged))), int(rng.integers(1, 64))
+                damaged[at : at + n] = rng.bytes(min(n, len(damaged) - at))
+            found = body_break(fmt, bytes(damaged))
+            assert found is None or 0 <= found.offset < len(damaged)
+        for at in range(0, min(len(data), 600), 7):  # every header field, all ones
+            body_break(fmt, data[:at] + b"\xff" * 8 + data[at + 8 :])
