@@ -265,10 +265,10 @@ DOCS = ["/home/docs/plan.docx", "/home/docs/sheet.xlsx", "/home/docs/archive.zip
 
 
 def _header_kept_days(tmp: Path) -> list:
-    """Three days on ext4: photos, documents and notes; a benign day (new photos, a new
-    zip, a PDF edited, a photo half downloaded); then every photo and document encrypted
-    in place from byte 4096 (JPEG, PNG, PDF to the end; zips up to their central
-    directory, kept)."""
+    """Four days: photos, documents and notes; a benign day (new photos, a new zip, a PDF
+    edited, a photo half downloaded); one new photo encrypted in place from byte 4096
+    and a note edited; then every photo and document encrypted so (JPEG, PNG, PDF to
+    the end; zips up to their central directory, kept)."""
     rng = np.random.default_rng(11)
     files = {**{p: _photo(rng, "PNG" if p.endswith(".png") else "JPEG", width=400,
                           quality=88) for p in PHOTOS},
@@ -277,6 +277,7 @@ def _header_kept_days(tmp: Path) -> list:
     notes = {f"/home/docs/note{i}.txt": _text(rng, 3000) for i in range(4)}
     download = _photo(rng, "JPEG", width=640, quality=92)
     edited = _edited(files[DOCS[3]], rng)
+    new = [_photo(rng, "JPEG", width=400, quality=80, progressive=bool(i % 2)) for i in range(3)]
 
     def encrypted(data: bytes) -> bytes:
         """From byte 4096 on; a zip's central directory kept."""
@@ -287,16 +288,20 @@ def _header_kept_days(tmp: Path) -> list:
         [*[("mkdir", d, None) for d in ("/home", "/home/photos", "/home/docs",
                                         "/home/downloads")],
          *[("write", p, d) for p, d in {**files, **notes}.items()]],
-        [*[("write", f"/home/photos/new{i}.jpg", _photo(rng, "JPEG", width=400, quality=80,
-                                                        progressive=bool(i % 2)))
-           for i in range(3)],
+        [*[("write", f"/home/photos/new{i}.jpg", photo) for i, photo in enumerate(new)],
          ("write", "/home/docs/new.zip", _zip_tool(tmp / "z2", rng, "-fz")),
          ("write", DOCS[3], edited),
          ("write", "/home/downloads/holiday.jpg", download[: len(download) // 2]),
          ("write", "/home/docs/note0.txt", notes["/home/docs/note0.txt"] + _text(rng, 500))],
+        [("overwrite", "/home/photos/new0.jpg", encrypted(new[0])),
+         ("write", "/home/docs/note1.txt", notes["/home/docs/note1.txt"] + _text(rng, 400))],
         [("overwrite", p, encrypted(files[p])) for p in PHOTOS + DOCS if p != DOCS[3]]
         + [("overwrite", DOCS[3], encrypted(edited))],
     ]
+
+
+#: the verdicts of the four days' points
+VERDICTS = ["clean", "clean", "suspicious", "encrypted"]
 
 
 @pytest.fixture(scope="module")
@@ -312,8 +317,8 @@ def header_kept(tmp_path_factory):
 
 def test_bodies_encrypted_behind_kept_headers_make_the_point_encrypted(header_kept):
     verdicts = [p["verdict"] for p in header_kept["points"]]
-    assert verdicts == ["clean", "clean", "encrypted"], header_kept["points"][2]["reasons"]
-    attack = header_kept["points"][2]
+    assert verdicts == VERDICTS, [p["reasons"] for p in header_kept["points"]]
+    attack = header_kept["points"][3]
     flagged = {f["path"] for f in attack["files"] if f["flagged"]}
     assert flagged == set(PHOTOS + DOCS)
     assert attack["metrics"]["broken_bodies"] == len(PHOTOS + DOCS)
@@ -321,6 +326,17 @@ def test_bodies_encrypted_behind_kept_headers_make_the_point_encrypted(header_ke
     for f in attack["files"]:
         assert any("breaks its own structure from byte" in e for e in f["evidence"]), f
     assert header_kept["last_clean_point"] == 1
+
+
+def test_one_photo_broken_alone_is_suspicious(header_kept):
+    """One body broken among two files written: named like a content contradicting its
+    extension (suspicious), too few for the point to be called encrypted."""
+    point = header_kept["points"][2]
+    assert point["verdict"] == "suspicious"
+    assert point["metrics"]["broken_bodies"] == 1 and point["metrics"]["suspected_files"] == 0
+    assert {f["path"] for f in point["files"] if f["flagged"]} == {"/home/photos/new0.jpg"}
+    assert any("whose body breaks its format's structure" in r and "new0.jpg" in r
+               for r in point["reasons"])
 
 
 def test_new_photos_a_new_zip_an_edited_pdf_and_a_partial_download_stay_clean(header_kept):
@@ -339,9 +355,9 @@ def test_header_kept_encryption_on_other_file_systems(fs, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp(f"header_kept_{fs}")
     doc = _triaged(fs, _header_kept_days(tmp), tmp_path_factory)
-    assert [p["verdict"] for p in doc["points"]] == ["clean", "clean", "encrypted"], \
+    assert [p["verdict"] for p in doc["points"]] == VERDICTS, \
         [p["reasons"] for p in doc["points"]]
-    assert {f["path"] for f in doc["points"][2]["files"] if f["flagged"]} == set(PHOTOS + DOCS)
+    assert {f["path"] for f in doc["points"][3]["files"] if f["flagged"]} == set(PHOTOS + DOCS)
     assert not [f["path"] for f in doc["points"][1]["files"] if f["flagged"]]
 
 
