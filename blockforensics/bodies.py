@@ -8,7 +8,8 @@ its own specification makes, which random bytes fail within a few hundred bytes:
 - JPEG (ITU T.81): segments chain from SOI by their lengths; in the entropy-coded data
   after SOS every 0xFF is followed by 0x00 (stuffing), RST0-7 or the next segment's
   marker — random bytes give an 0xFF followed by something else about every 256 bytes;
-- PNG: chunks (length, 4-letter type, data, CRC-32) chain to IEND, each CRC checks;
+- PNG: chunks (length, 4-letter type, data, CRC-32) chain to IEND, each CRC checks
+  (in image data, the break is where the zlib stream over the IDAT chunks fails);
 - zip (APPNOTE): local headers chain through the members (a deflated member inflates,
   a stored one checks its CRC-32), then central directory entries pointing at local
   headers, then the end records (zip64 included);
@@ -206,6 +207,7 @@ def _jpeg(data: bytes) -> Found:
 
 def _png(data: bytes) -> Found:
     view, pos = memoryview(data), len(PNG_SIGNATURE)
+    idats: list[tuple[int, int]] = []  # byte ranges of the image data chunks' data
     while pos + PNG_CHUNK.size + PNG_CRC.size <= len(data):
         length, kind = PNG_CHUNK.unpack_from(data, pos)
         if not kind.isalpha():
@@ -214,11 +216,32 @@ def _png(data: bytes) -> Found:
         if end > len(data):
             return None
         (crc,) = PNG_CRC.unpack_from(data, end - PNG_CRC.size)
+        if kind == b"IDAT":
+            idats.append((pos + PNG_CHUNK.size, end - PNG_CRC.size))
         if zlib.crc32(view[pos + 4 : end - PNG_CRC.size]) != crc:
+            if kind == b"IDAT" and (inside := _png_idat_break(view, idats)) is not None:
+                return inside, "the PNG's image data (a zlib stream over its IDAT chunks, " \
+                               "whose CRC-32 fails) must inflate"
             return pos, "a PNG chunk's CRC-32 must match its type and data"
         if kind == b"IEND":
             return None
         pos = end
+    return None
+
+
+def _png_idat_break(view: memoryview, idats: list[tuple[int, int]]) -> int | None:
+    """Where the zlib stream the IDAT chunks' data make fails to inflate, from the last
+    of them (whose CRC-32 failed) on, the bytes after it fed on as its continuation
+    (located to :data:`INFLATE_STEP` bytes); None if it does not within
+    :data:`INFLATE_PIECE` bytes."""
+    inflater = zlib.decompressobj(15)
+    for start, stop in idats[:-1]:
+        if not _feed(inflater, view[start:stop]):
+            return None
+    start = idats[-1][0]
+    for at in range(start, min(len(view), idats[-1][1] + INFLATE_PIECE), INFLATE_STEP):
+        if inflater.eof or not _feed(inflater, view[at : at + INFLATE_STEP]):
+            return at
     return None
 
 

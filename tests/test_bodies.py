@@ -16,7 +16,7 @@ import pytest
 from support import require_module, require_tools
 
 from blockforensics import triage
-from blockforensics.bodies import CHECKS, body_break
+from blockforensics.bodies import CHECKS, INFLATE_STEP, body_break
 from blockforensics.datasets.investigation import _text
 
 #: how far past the encryption's start a break may be found (bytes): random bytes inside
@@ -216,10 +216,7 @@ def test_a_file_cut_short_is_not_broken(formats, name):
 
 
 #: where the structure says a break must be found, relative to the encryption's start:
-#: a PNG chunk's CRC covers the whole chunk; a box of ISO BMFF is skipped by its size
-#: (``mdat``): the break is the next box's header
-EARLY = {"png": 1 << 16}
-#: … a PDF that encrypts its streams itself (AESV2): the break is where the stream the
+#: a PDF that encrypts its streams itself (AESV2): the break is where the stream the
 #: encryption starts in ends (its /Length says ``endstream`` follows)
 LATE_BY = {"pdf-password": 1 << 17}
 
@@ -233,7 +230,7 @@ def test_a_body_encrypted_from_an_offset_is_broken_near_it(formats, name, share)
         start = data.index(b"moov") - 4 - 2000
     found = body_break(fmt, _aes_ctr(data, start))
     assert found is not None and found.format == fmt
-    assert start - EARLY.get(fmt, 64) <= found.offset <= start + LATE_BY.get(name, LATE), \
+    assert start - INFLATE_STEP <= found.offset <= start + LATE_BY.get(name, LATE), \
         (found, start)
     assert "breaks its own structure from byte" in found.describe()
 
