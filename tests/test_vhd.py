@@ -290,15 +290,35 @@ def corrupt(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["truncated-end", "truncated-half", "footer-checksum",
-                                 "header-checksum", "bat-past-end"])
-def test_bad_files_raise_format_error(how, tmp_path):
+@pytest.mark.parametrize(("how", "kind"), [
+    ("truncated-half", "dynamic"), ("truncated-half", "fixed"), ("header-checksum", "dynamic"),
+    ("bat-past-end", "dynamic")])
+def test_bad_files_raise_format_error(how, kind, tmp_path):
     src, _ = make_source(tmp_path / "src.raw", 10 * MiB + 7 * 512)
-    out = write_vhd(RawDisk(src), tmp_path / "out.vhd")
+    out = write_vhd(RawDisk(src), tmp_path / "out.vhd", kind=kind)
     corrupt(out, how)
     with pytest.raises(FormatError) as err:
         VhdDisk(out)
     assert "\n" not in str(err.value) and "out.vhd" in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["truncated-end", "footer-checksum"])
+def test_a_damaged_footer_is_read_from_its_copy_or_refused(how, tmp_path):
+    """The footer at the end cut off or failing its checksum: a dynamic VHD's copy at
+    byte 0 is read (as QEMU reads it), with a note, every byte as before; a fixed VHD
+    has no copy and is refused."""
+    src, _ = make_source(tmp_path / "src.raw", 10 * MiB + 7 * 512)
+    dynamic = write_vhd(RawDisk(src), tmp_path / "dynamic.vhd")
+    corrupt(dynamic, how)
+    with VhdDisk(dynamic) as disk:
+        assert disk.read(0, disk.size) == src.read_bytes()
+        problem = "is missing" if how == "truncated-end" else "fails its checksum"
+        assert disk.notes == (f"dynamic.vhd: the footer at the end of the file {problem}; "
+                              "its copy at byte 0 was read",)
+    fixed = write_vhd(RawDisk(src), tmp_path / "fixed.vhd", kind="fixed")
+    corrupt(fixed, how)
+    with pytest.raises(FormatError, match=r"fixed\.vhd: (no VHD footer|VHD footer checksum)"):
+        VhdDisk(fixed)
 
 
 def test_garbage_is_not_a_vhd(tmp_path):

@@ -402,6 +402,7 @@ class VhdInfo:
     footer: Footer
     header: DynamicHeader | None
     bat: np.ndarray  # uint32 file sectors per VHD block, UNUSED if absent; empty when fixed
+    notes: tuple[str, ...] = ()  # what was read around (a damaged footer's copy)
 
     @property
     def kind(self) -> str:
@@ -495,23 +496,13 @@ def _parse(path: Path, fd: int) -> VhdInfo:
 
     file_size = os.fstat(fd).st_size
     name = path.name
-    data_end = file_size - Footer.SIZE
-    raw = _read_at(fd, data_end, Footer.SIZE)
-    if raw[:8] != VHD_COOKIE:  # older writers leave a 511-byte footer
-        data_end += 1
-        raw = _read_at(fd, data_end, Footer.SIZE - 1) + b"\0"
-    if len(raw) != Footer.SIZE or raw[:8] != VHD_COOKIE:
-        hint = " (truncated?)" if _read_at(fd, 0, 8) == VHD_COOKIE else ""
-        raise FormatError(f"{name}: no VHD footer ('conectix') at the end of the file{hint}")
-    footer = Footer.unpack(raw)
-    if footer.checksum != footer.expected_checksum():
-        raise FormatError(f"{name}: VHD footer checksum mismatch")
+    data_end, footer, notes = _footer(fd, file_size, name)
     if footer.file_format_version >> 16 != 1:
         raise FormatError(f"{name}: unsupported VHD version {footer.file_format_version:#x}")
     if footer.disk_type == DISK_FIXED:
         if footer.current_size > data_end:
             raise FormatError(f"{name}: fixed VHD of {footer.current_size} bytes is truncated")
-        return VhdInfo(path, file_size, footer, None, np.zeros(0, dtype=np.uint32))
+        return VhdInfo(path, file_size, footer, None, np.zeros(0, dtype=np.uint32), notes)
     if footer.disk_type not in (DISK_DYNAMIC, DISK_DIFFERENCING):
         raise FormatError(f"{name}: {KINDS.get(footer.disk_type, 'unknown')} VHDs"
                           f" (disk type {footer.disk_type}) are not supported")
@@ -545,7 +536,36 @@ def _parse(path: Path, fd: int) -> VhdInfo:
     used = bat[bat != UNUSED].astype(np.int64) * SECTOR
     if used.size and used.max() + _bitmap_size(bs) + bs > data_end:
         raise FormatError(f"{name}: a VHD block lies past the end of the file (truncated?)")
-    return VhdInfo(path, file_size, footer, header, bat)
+    return VhdInfo(path, file_size, footer, header, bat, notes)
+
+
+def _footer(fd: int, file_size: int, name: str) -> tuple[int, Footer, tuple[str, ...]]:
+    """``(data_end, footer, notes)``: the footer at the file's end (512 bytes, or 511 as
+    older writers left it), where the data ends; when it is missing or fails its
+    checksum, the copy a dynamic or differencing VHD keeps at byte 0 (VHD specification
+    2006, "Hard Disk Footer Format": "a copy of the hard disk footer … for
+    redundancy"), with a note.  FormatError when neither is a valid footer."""
+    data_end = file_size - Footer.SIZE
+    raw = _read_at(fd, data_end, Footer.SIZE)
+    if raw[:8] != VHD_COOKIE:  # older writers leave a 511-byte footer
+        raw = _read_at(fd, data_end + 1, Footer.SIZE - 1) + b"\0"
+        data_end += raw[:8] == VHD_COOKIE
+    end_ok = len(raw) == Footer.SIZE and raw[:8] == VHD_COOKIE
+    if end_ok and (footer := Footer.unpack(raw)).checksum == footer.expected_checksum():
+        return data_end, footer, ()
+    problem = "fails its checksum" if end_ok else "is missing"
+    copy = _read_at(fd, 0, Footer.SIZE)
+    if len(copy) == Footer.SIZE and copy[:8] == VHD_COOKIE and file_size >= 2 * Footer.SIZE:
+        spare = Footer.unpack(copy)
+        if (spare.checksum == spare.expected_checksum()
+                and spare.disk_type in (DISK_DYNAMIC, DISK_DIFFERENCING)):
+            end = data_end if end_ok else file_size  # a damaged footer still takes its place
+            return end, spare, (f"{name}: the footer at the end of the file {problem}; its "
+                                "copy at byte 0 was read",)
+    if not end_ok:
+        hint = " (truncated?)" if copy[:8] == VHD_COOKIE else ""
+        raise FormatError(f"{name}: no VHD footer ('conectix') at the end of the file{hint}")
+    raise FormatError(f"{name}: VHD footer checksum mismatch")
 
 
 def vhd_info(path: str | os.PathLike[str]) -> VhdInfo:
@@ -591,6 +611,7 @@ class VhdDisk(Disk):
             self.close()
             raise
         self.size = self.info.size
+        self.notes = self.info.notes + (self.parent.notes if self.parent else ())
         self.block_size = block_size
         header = self.info.header
         self._vblock = header.block_size if header else 0
