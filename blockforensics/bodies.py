@@ -13,9 +13,12 @@ its own specification makes, which random bytes fail within a few hundred bytes:
 - zip (APPNOTE): local headers chain through the members (a deflated member inflates,
   a stored one checks its CRC-32), then central directory entries pointing at local
   headers, then the end records (zip64 included);
-- gzip (RFC 1952): the members inflate, one after another;
+- gzip (RFC 1952), xz, bzip2, zstd: the streams decompress, one after another;
 - PDF: the classic cross-reference table points at ``N G obj``; Flate streams inflate;
-- ISO BMFF (MP4/MOV/HEIC): top-level boxes (size, type of 4 printable bytes) chain.
+- ISO BMFF (MP4/MOV/HEIC): top-level boxes (size, type of 4 printable bytes) chain;
+- Ogg (RFC 3533: Vorbis, Opus, FLAC in Ogg): pages chain, each page's CRC-32 checks;
+- RIFF (WebP, WAV, AVI): chunks (id of 4 printable bytes, size, padded to even) chain
+  to the RIFF size.
 
 A file cut short (a download in progress) is not broken: the body that exists is valid,
 it just ends.  A break counts (:func:`body_break`) only where the bytes from it are
@@ -26,13 +29,22 @@ chi-square test) — a bit flip in a photo is not ciphertext.  At most
 
 from __future__ import annotations
 
+import bz2
+import functools
+import lzma
 import re
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+
+try:
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:  # Python < 3.14
+    from backports import zstd
 
 from blockforensics.evidence import (
     RANDOM_SEGMENT_ENTROPY,
@@ -87,6 +99,17 @@ ZIP_MAX32 = 0xFFFFFFFF
 #: an ISO BMFF box's start: size (bytes, 1: a 64-bit size follows, 0: to the end), type
 BOX = struct.Struct(">I4s")
 BOX_LARGE = struct.Struct(">Q")
+#: an Ogg page's header (RFC 3533 6): capture pattern, version, header type, granule
+#: position, serial number, page sequence number, CRC-32, number of segments (then the
+#: segment table: each segment's length in bytes)
+OGG_PAGE = struct.Struct("<4sBBqIIIB")
+OGG_CAPTURE, OGG_CRC_OFFSET = b"OggS", 22
+#: byte -> the byte with its bits in reverse order
+BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+#: RIFF: the file's header (RIFF, size of the rest in bytes, form type: WEBP, WAVE,
+#: AVI ), then chunks (id, size of the data in bytes; the data padded to even)
+RIFF_HEADER = struct.Struct("<4sI4s")
+RIFF_CHUNK = struct.Struct("<4sI")
 #: bytes of a PDF's end searched for ``startxref``
 PDF_TAIL = 2048
 PDF_STARTXREF = re.compile(rb"startxref\s+(\d+)")
@@ -141,32 +164,55 @@ def body_break(fmt: str | None, data: bytes) -> Break | None:
 Found = tuple[int, str] | None
 
 
+if TYPE_CHECKING:  # a decompressor of any of the streams here (bounded pieces of output)
+    Decompressor: TypeAlias = zlib._Decompress | lzma.LZMADecompressor | bz2.BZ2Decompressor \
+        | zstd.ZstdDecompressor
+ZLIB_DECOMPRESSOR = type(zlib.decompressobj())
+#: what they raise on data that is not their format
+DECOMPRESS_ERRORS = (zlib.error, lzma.LZMAError, OSError, EOFError, zstd.ZstdError)
+
+
 def _inflate(data: bytes, start: int, wbits: int) -> tuple[int | None, int | None]:
-    """Inflate the stream at byte ``start``: (its end, None) when it ends, (None, where
-    it fails to within :data:`INFLATE_PIECE`) when it fails, (None, None) when the data
-    ends first."""
-    inflater = zlib.decompressobj(wbits)
+    """:func:`_decompress` of the zlib (``wbits``: deflate, gzip) stream at ``start``."""
+    return _decompress(data, start, lambda: zlib.decompressobj(wbits))
+
+
+def _decompress(data: bytes, start: int,
+                make: Callable[[], Decompressor]) -> tuple[int | None, int | None]:
+    """Decompress the stream at byte ``start`` (``make``: a new decompressor for it):
+    (its end, None) when it ends, (None, where it fails to within :data:`INFLATE_STEP`)
+    when it fails, (None, None) when the data ends first."""
+    decompressor = make()
     view = memoryview(data)
     for pos in range(start, len(data), INFLATE_PIECE):
         piece = view[pos : pos + INFLATE_PIECE]
-        saved = inflater.copy()
-        if not _feed(inflater, piece):  # again from before it, a little at a time
+        if not _feed(decompressor, piece):  # again, the failing piece a little at a time
+            again = make()
+            _feed(again, view[start:pos])
             for at in range(pos, pos + len(piece), INFLATE_STEP):
-                if not _feed(saved, view[at : at + INFLATE_STEP]):
+                if again.eof or not _feed(again, view[at : at + INFLATE_STEP]):
                     return None, at
             return None, pos
-        if inflater.eof:
-            return pos + len(piece) - len(inflater.unused_data), None
+        if decompressor.eof:
+            return pos + len(piece) - len(decompressor.unused_data), None
     return None, None
 
 
-def _feed(inflater: zlib._Decompress, piece: memoryview) -> bool:
-    """Feed ``piece`` to ``inflater`` (output dropped); False if it fails."""
+def _feed(decompressor: Decompressor, piece: memoryview) -> bool:
+    """Feed ``piece`` to ``decompressor``, :data:`INFLATE_OUTPUT` bytes of output at a
+    time (dropped); False if it fails."""
     try:
-        inflater.decompress(piece, INFLATE_OUTPUT)
-        while inflater.unconsumed_tail and not inflater.eof:
-            inflater.decompress(inflater.unconsumed_tail, INFLATE_OUTPUT)
-    except zlib.error:
+        decompressor.decompress(piece, INFLATE_OUTPUT)
+        while not decompressor.eof:
+            if isinstance(decompressor, ZLIB_DECOMPRESSOR):
+                if not decompressor.unconsumed_tail:
+                    break
+                decompressor.decompress(decompressor.unconsumed_tail, INFLATE_OUTPUT)
+            elif decompressor.needs_input:
+                break
+            else:
+                decompressor.decompress(b"", INFLATE_OUTPUT)
+    except DECOMPRESS_ERRORS:
         return False
     return True
 
@@ -338,14 +384,42 @@ def _apk_signing_block(data: bytes, pos: int) -> int | None:
     return end
 
 
-def _gzip(data: bytes) -> Found:
+#: zstd's windows up to 2 GiB (``zstd --long=31``), not only the 128 MiB it decodes
+#: unasked: a frame needing more is valid, not broken
+ZSTD_OPTIONS = {zstd.DecompressionParameter.window_log_max: 31}
+#: compressed stream formats: their magic, a new decompressor, what a stream is called
+STREAMS: dict[str, tuple[bytes, Callable[[], Decompressor], str]] = {
+    "gzip": (b"\x1f\x8b", lambda: zlib.decompressobj(31), "a gzip member's deflate stream"),
+    "xz": (b"\xfd7zXZ\x00", lzma.LZMADecompressor, "an xz stream"),
+    "bzip2": (b"BZh", bz2.BZ2Decompressor, "a bzip2 stream"),
+    "zstd": (b"\x28\xb5\x2f\xfd", lambda: zstd.ZstdDecompressor(options=ZSTD_OPTIONS),
+             "a zstd frame"),
+}
+#: between streams: xz's stream padding (null bytes, 4 at a time) and zstd's skippable
+#: frames (magic 0x184D2A50-5F, little-endian size of the data in bytes, the data)
+XZ_PADDING = bytes(4)
+ZSTD_SKIPPABLE = struct.Struct("<II")
+ZSTD_SKIPPABLE_MAGIC = 0x184D2A50
+
+
+def _streams(fmt: str, data: bytes) -> Found:
+    """The ``fmt`` streams (:data:`STREAMS`) decompress, one after another."""
+    magic, make, what = STREAMS[fmt]
     pos = 0
     while pos < len(data):
-        if data[pos : pos + 2] != b"\x1f\x8b":
-            return pos, "a gzip member must follow the one before"
-        end, broken = _inflate(data, pos, 31)
+        while data[pos : pos + 4] == XZ_PADDING and fmt == "xz":
+            pos += 4
+        while fmt == "zstd" and pos + ZSTD_SKIPPABLE.size <= len(data) \
+                and ZSTD_SKIPPABLE.unpack_from(data, pos)[0] & ~0xF == ZSTD_SKIPPABLE_MAGIC:
+            pos += ZSTD_SKIPPABLE.size + ZSTD_SKIPPABLE.unpack_from(data, pos)[1]
+        if pos >= len(data) or data[pos : pos + len(magic)] == magic[: len(data) - pos]:
+            if pos + len(magic) > len(data):
+                return None
+        else:
+            return pos, f"{what} must follow the one before"
+        end, broken = _decompress(data, pos, make)
         if broken is not None:
-            return broken, "a gzip member's deflate stream must inflate"
+            return broken, f"{what} must decompress"
         if end is None:
             return None
         pos = end
@@ -432,7 +506,57 @@ def _boxes(data: bytes) -> Found:
     return None
 
 
+def _ogg_crc(reversed_: memoryview, start: int, stop: int) -> int:
+    """The CRC-32 of the Ogg page at bytes ``[start, stop)`` (RFC 3533 6: polynomial
+    0x04C11DB7, not reflected, initial value and final XOR 0), its CRC field taken as
+    zeros, from ``reversed_``: the data with each byte's bits reversed.  This CRC is
+    the bit reversal of the reflected one (zlib's, polynomial 0xEDB88320) of their bit
+    reversals, from initial value 0 — zlib's from 0xFFFFFFFF, XORed with its CRC of as
+    many zeros."""
+    crc_at = start + OGG_CRC_OFFSET
+    crc = zlib.crc32(reversed_[start:crc_at])
+    crc = zlib.crc32(reversed_[crc_at + 4 : stop], zlib.crc32(XZ_PADDING, crc))
+    crc ^= zlib.crc32(bytes(stop - start))
+    return int(f"{crc:032b}"[::-1], 2)
+
+
+def _ogg(data: bytes) -> Found:
+    pos, reversed_ = 0, memoryview(data.translate(BIT_REVERSED))
+    while pos + OGG_PAGE.size <= len(data):
+        capture, version, *_, crc, segments = OGG_PAGE.unpack_from(data, pos)
+        if capture != OGG_CAPTURE or version != 0:
+            return pos, "an Ogg page must begin (capture pattern OggS, version 0)"
+        table = pos + OGG_PAGE.size
+        if table + segments > len(data):
+            return None
+        end = table + segments + sum(data[table : table + segments])
+        if end > len(data):
+            return None
+        if _ogg_crc(reversed_, pos, end) != crc:  # the next page gone too: located there
+            if end + 4 <= len(data) and data[end : end + 4] != OGG_CAPTURE:
+                return end, "an Ogg page must begin (capture pattern OggS)"
+            return pos, "an Ogg page's CRC-32 must match its bytes"
+        pos = end
+    return None
+
+
+def _riff(data: bytes) -> Found:
+    if len(data) < RIFF_HEADER.size:
+        return None
+    _, size, _ = RIFF_HEADER.unpack_from(data)
+    end, pos = RIFF_CHUNK.size + size, RIFF_HEADER.size
+    while pos + RIFF_CHUNK.size <= min(end, len(data)):
+        chunk, size = RIFF_CHUNK.unpack_from(data, pos)
+        if not all(0x20 <= c < 0x7F for c in chunk):
+            return pos, "a RIFF chunk must begin (an id of 4 printable bytes)"
+        if pos + RIFF_CHUNK.size + size > end:
+            return pos, "a RIFF chunk must end within the RIFF size"
+        pos += RIFF_CHUNK.size + size + size % 2
+    return None
+
+
 #: format (an :data:`~blockforensics.evidence.SIGNATURES` name) -> its structural test:
 #: (byte offset, what the format requires there) of the first break, or None
 CHECKS: dict[str, Callable[[bytes], Found]] = {
-    "jpeg": _jpeg, "png": _png, "zip": _zip, "gzip": _gzip, "pdf": _pdf, "mp4": _boxes}
+    "jpeg": _jpeg, "png": _png, "zip": _zip, "pdf": _pdf, "mp4": _boxes, "ogg": _ogg,
+    "riff": _riff, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}

@@ -14,6 +14,8 @@ from blockforensics.errors import UsageError
 
 #: program -> Debian package that provides it
 PACKAGES = {
+    "oggenc": "vorbis-tools",
+    "xz": "xz-utils",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-storage-daemon": "qemu-system-common",

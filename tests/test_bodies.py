@@ -1,12 +1,14 @@
-"""Bodies encrypted behind intact headers: real files (Pillow, zip, gzip, PDFs and MP4
-written by their specifications) judged valid, the same files encrypted from an offset
-(AES-CTR) broken near it, files cut short not broken; and a triaged ext4 history."""
+"""Bodies encrypted behind intact headers: real files (Pillow, zip, gzip, oggenc, xz,
+bzip2, zstd, Python's wave; PDFs and MP4 written by their specifications) judged valid,
+the same files encrypted from an offset (AES-CTR) broken near it, files cut short not
+broken; and a triaged ext4 history."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import subprocess
+import wave
 import zipfile
 import zlib
 from pathlib import Path
@@ -172,6 +174,40 @@ def _mp4(rng: np.random.Generator) -> bytes:
                                                                                    bytes(4000))))
 
 
+def _wav(rng: np.random.Generator, seconds: float = 6.0) -> bytes:
+    """A stereo 16-bit 44.1 kHz recording (two tones, one gliding, and noise) written by
+    Python's ``wave``: RIFF WAVE, a ``fmt `` chunk, then the ``data`` chunk."""
+    t = np.arange(int(44100 * seconds)) / 44100
+    tone = np.sin(2 * np.pi * 440 * t) * 8000 + np.sin(2 * np.pi * 660 * t * (1 + t / 20)) * 5000
+    left = (tone + rng.normal(0, 800, t.size)).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(np.stack([left, np.roll(left, 100)], 1).tobytes())
+    return out.getvalue()
+
+
+def _tool(tmp: Path, data: bytes, *command: str) -> bytes:
+    """``data`` through ``command`` (a real encoder or compressor: stdin to stdout)."""
+    require_tools(command[0])
+    return subprocess.run(command, input=data, stdout=subprocess.PIPE, check=True,
+                          cwd=tmp).stdout
+
+
+def _webp(rng: np.random.Generator) -> bytes:
+    """A lossy WebP by Pillow with an ICC profile and Exif: RIFF WEBP, ``VP8X``,
+    ``ICCP``, ``VP8 `` (the picture), ``EXIF``."""
+    image = require_module("PIL.Image", "pillow")
+    photo = image.open(io.BytesIO(_photo(rng, "PNG", width=640)))
+    exif = image.Exif()
+    exif[0x010F], exif[0x0110] = "Camera maker", "Model " + rng.bytes(1500).hex()
+    out = io.BytesIO()
+    photo.save(out, "WEBP", quality=90, icc_profile=rng.bytes(3000), exif=exif.tobytes())
+    return out.getvalue()
+
+
 def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     rng = np.random.default_rng(7)
     return {
@@ -189,6 +225,13 @@ def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "pdf-password": ("pdf", _pdf(rng, password=True)),
         "apk": ("zip", _apk(_docx(rng), rng)),
         "mp4": ("mp4", _mp4(rng)),
+        "ogg": ("ogg", _tool(tmp_path, _wav(rng), "oggenc", "-Q", "-q", "3", "-", "-o", "-")),
+        "xz": ("xz", _tool(tmp_path, _text(rng, 400_000), "xz", "-c")),
+        "bzip2": ("bzip2", _tool(tmp_path, _text(rng, 400_000) + _wav(rng, 2), "bzip2", "-c")),
+        "zstd": ("zstd", _tool(tmp_path, _text(rng, 400_000) + _wav(rng, 2), "zstd", "-c")),
+        "zstd-long": ("zstd", _tool(tmp_path, _wav(rng, 3), "zstd", "-c", "--long=31")),
+        "wav": ("riff", _wav(rng, 2)),
+        "webp": ("riff", _webp(rng)),
     }
 
 
@@ -198,7 +241,10 @@ def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
 
 
 NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
-         "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4"]
+         "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4", "ogg", "xz",
+         "bzip2", "zstd", "zstd-long", "wav", "webp"]
+#: a WAV's samples are its last chunk, whose bytes have no structure to break
+ENCRYPTED = [name for name in NAMES if name != "wav"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -218,16 +264,22 @@ def test_a_file_cut_short_is_not_broken(formats, name):
 #: where the structure says a break must be found, relative to the encryption's start:
 #: a PDF that encrypts its streams itself (AESV2): the break is where the stream the
 #: encryption starts in ends (its /Length says ``endstream`` follows)
-LATE_BY = {"pdf-password": 1 << 17}
+#: a zstd block (up to 128 KiB) is found broken where it ends, a bzip2 block mostly
+#: before its end (up to 900 kB of input)
+LATE_BY = {"pdf-password": 1 << 17, "zstd": 128 << 10, "zstd-long": 128 << 10,
+           "bzip2": 128 << 10}
+#: boxes or chunks whose data has no structure to break: the encryption runs from
+#: inside one into the next's header, where it is found
+NEXT_HEADER = {"mp4": b"moov", "webp": b"EXIF"}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ENCRYPTED)
 @pytest.mark.parametrize("share", [0.25, 0.6])
 def test_a_body_encrypted_from_an_offset_is_broken_near_it(formats, name, share):
     fmt, data = formats[name]
     start = int(len(data) * share)
-    if fmt == "mp4":  # inside mdat, running into moov: found at moov's header
-        start = data.index(b"moov") - 4 - 2000
+    if name in NEXT_HEADER:
+        start = data.rindex(NEXT_HEADER[name]) - 2000
     found = body_break(fmt, _aes_ctr(data, start))
     assert found is not None and found.format == fmt
     assert start - INFLATE_STEP <= found.offset <= start + LATE_BY.get(name, LATE), \
@@ -243,6 +295,23 @@ def test_a_bit_flip_is_not_ciphertext(formats):
     shifted = data[:entry] + b"%010d" % 12 + data[entry + 10:]
     assert CHECKS["pdf"](shifted) == (12, "the cross-reference table says object 1 begins")
     assert body_break("pdf", shifted) is None
+
+
+def test_an_ogg_page_whose_crc_fails_is_named(formats):
+    """oggenc's pages carry RFC 3533's CRC (bit by bit here: polynomial 0x04C11DB7, not
+    reflected, from 0); one bit flipped in a page's body fails it, and that page is
+    named."""
+    _, data = formats["ogg"]
+    second = data.index(b"OggS", 1)
+    third = data.index(b"OggS", second + 1)
+    crc = 0
+    for byte in data[second : second + 22] + bytes(4) + data[second + 26 : third]:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = (crc << 1 ^ (0x04C11DB7 if crc >> 31 else 0)) & 0xFFFFFFFF
+    assert crc == int.from_bytes(data[second + 22 : second + 26], "little")
+    flipped = data[: third - 100] + bytes([data[third - 100] ^ 1]) + data[third - 99 :]
+    assert CHECKS["ogg"](flipped) == (second, "an Ogg page's CRC-32 must match its bytes")
 
 
 def test_striped_encryption_is_broken_in_the_first_stripe(formats):
