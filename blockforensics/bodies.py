@@ -18,7 +18,10 @@ its own specification makes, which random bytes fail within a few hundred bytes:
 - ISO BMFF (MP4/MOV/HEIC): top-level boxes (size, type of 4 printable bytes) chain;
 - Ogg (RFC 3533: Vorbis, Opus, FLAC in Ogg): pages chain, each page's CRC-32 checks;
 - RIFF (WebP, WAV, AVI): chunks (id of 4 printable bytes, size, padded to even) chain
-  to the RIFF size.
+  to the RIFF size;
+- FLAC: metadata blocks chain from STREAMINFO, then a frame header (sync code, its
+  CRC-8 checking) begins where they end and within the largest frame size of the one
+  before, to the end.
 
 A file cut short (a download in progress) is not broken: the body that exists is valid,
 it just ends.  A break counts (:func:`body_break`) only where the bytes from it are
@@ -110,6 +113,22 @@ BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 #: AVI ), then chunks (id, size of the data in bytes; the data padded to even)
 RIFF_HEADER = struct.Struct("<4sI4s")
 RIFF_CHUNK = struct.Struct("<4sI")
+#: FLAC: a metadata block's header (bit 7: the last one; bits 0-6: type; 24-bit length
+#: in bytes), STREAMINFO's fields up to the frame sizes and those after (sample rate,
+#: channels - 1, bits per sample - 1 in the top 28 bits) — all big-endian
+FLAC_BLOCK = struct.Struct(">I")
+FLAC_STREAMINFO = struct.Struct(">HH3s3sQ")
+FLAC_INVALID_BLOCK = 127
+#: a frame header's first 4 bytes: sync code (0xFFF8 fixed, 0xFFF9 variable block
+#: size), block size and sample rate codes, channels and sample size codes
+FLAC_FRAME = struct.Struct(">HBB")
+FLAC_SYNC_MASK, FLAC_SYNC = 0xFFFE, 0xFFF8
+#: block size / sample rate codes with 8 or 16 more bits at the header's end
+FLAC_BLOCK_SIZE_EXTRA = {6: 1, 7: 2}
+FLAC_RATE_EXTRA = {12: 1, 13: 2, 14: 2}
+#: the CRC-8 of a frame header (polynomial 0x07, from 0), byte by byte
+FLAC_CRC8 = [functools.reduce(lambda c, _: (c << 1 ^ (0x07 if c & 0x80 else 0)) & 0xFF,
+                              range(8), b) for b in range(256)]
 #: bytes of a PDF's end searched for ``startxref``
 PDF_TAIL = 2048
 PDF_STARTXREF = re.compile(rb"startxref\s+(\d+)")
@@ -555,8 +574,64 @@ def _riff(data: bytes) -> Found:
     return None
 
 
+def _flac(data: bytes) -> Found:
+    pos, limit = 4, 0
+    while True:  # metadata blocks
+        if pos + FLAC_BLOCK.size > len(data):
+            return None
+        (header,) = FLAC_BLOCK.unpack_from(data, pos)
+        kind, length = header >> 24 & 0x7F, header & 0xFFFFFF
+        if kind == FLAC_INVALID_BLOCK or (pos == 4 and (kind != 0 or length < 34)):
+            return pos, "a FLAC metadata block must begin (STREAMINFO first)"
+        if pos == 4 and pos + FLAC_BLOCK.size + FLAC_STREAMINFO.size <= len(data):
+            _, largest, _, frame, rest = FLAC_STREAMINFO.unpack_from(data, pos + 4)
+            channels, bits = (rest >> 41 & 7) + 1, (rest >> 36 & 31) + 1
+            # the largest frame: as STREAMINFO says, or (0: unknown) verbatim samples
+            limit = int.from_bytes(frame, "big") or largest * channels * bits // 8 + 64
+        pos += FLAC_BLOCK.size + length
+        if header >> 31:
+            break
+    starts = _flac_frames(data, pos)
+    if pos + FLAC_FRAME.size < len(data) and (starts.size == 0 or starts[0] != pos):
+        return pos, "a FLAC frame (sync code, header CRC-8) must begin after the metadata"
+    # where the next frame must have begun: each frame within the largest frame size
+    due = starts + limit
+    late = np.flatnonzero(np.append(starts[1:], len(data)) > due)
+    if late.size and due[late[0]] < len(data):
+        return int(due[late[0]]), "a FLAC frame (sync code, header CRC-8) must begin " \
+                                  "within the largest frame size of the one before"
+    return None
+
+
+def _flac_frames(data: bytes, start: int) -> np.ndarray:
+    """Where frame headers (sync code, header CRC-8 checking) begin from ``start``."""
+    a = np.frombuffer(data, np.uint8)
+    sync = np.flatnonzero((a[start:-1] == 0xFF) & (a[start + 1 :] & 0xFE == 0xF8)) + start
+    return np.array([p for p in sync.tolist() if _flac_header(data, p)], np.int64)
+
+
+def _flac_header(data: bytes, pos: int) -> bool:
+    """Is there a frame header at ``pos`` whose CRC-8 checks?"""
+    if pos + FLAC_FRAME.size + 1 > len(data):
+        return False
+    _, codes, _ = FLAC_FRAME.unpack_from(data, pos)
+    size, rate = codes >> 4, codes & 0xF
+    first = data[pos + FLAC_FRAME.size]  # the frame or sample number, UTF-8 coded
+    ones = 8 - (~first & 0xFF).bit_length()  # leading 1 bits: the bytes, 0: one byte
+    if size == 0 or rate == 15 or ones == 1 or ones > 7:
+        return False
+    end = pos + FLAC_FRAME.size + max(ones, 1) + FLAC_BLOCK_SIZE_EXTRA.get(size, 0) \
+        + FLAC_RATE_EXTRA.get(rate, 0)
+    if end >= len(data):
+        return False
+    crc = 0
+    for byte in data[pos:end]:
+        crc = FLAC_CRC8[crc ^ byte]
+    return crc == data[end]
+
+
 #: format (an :data:`~blockforensics.evidence.SIGNATURES` name) -> its structural test:
 #: (byte offset, what the format requires there) of the first break, or None
 CHECKS: dict[str, Callable[[bytes], Found]] = {
     "jpeg": _jpeg, "png": _png, "zip": _zip, "pdf": _pdf, "mp4": _boxes, "ogg": _ogg,
-    "riff": _riff, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}
+    "riff": _riff, "flac": _flac, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}

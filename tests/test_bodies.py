@@ -1,5 +1,5 @@
 """Bodies encrypted behind intact headers: real files (Pillow, zip, gzip, oggenc, xz,
-bzip2, zstd, Python's wave; PDFs and MP4 written by their specifications) judged valid,
+bzip2, zstd, flac, Python's wave; PDFs and MP4 written by their specifications) judged valid,
 the same files encrypted from an offset (AES-CTR) broken near it, files cut short not
 broken; and a triaged ext4 history."""
 
@@ -196,6 +196,15 @@ def _tool(tmp: Path, data: bytes, *command: str) -> bytes:
                           cwd=tmp).stdout
 
 
+def _flac(tmp: Path, rng: np.random.Generator) -> bytes:
+    """A FLAC made by ``flac`` from a WAV file (so that it writes STREAMINFO's frame
+    sizes): STREAMINFO, SEEKTABLE, VORBIS_COMMENT, PADDING, then the frames."""
+    require_tools("flac")
+    (tmp / "take.wav").write_bytes(_wav(rng, 4))
+    subprocess.run(["flac", "-s", "-f", "take.wav", "-o", "take.flac"], cwd=tmp, check=True)
+    return (tmp / "take.flac").read_bytes()
+
+
 def _webp(rng: np.random.Generator) -> bytes:
     """A lossy WebP by Pillow with an ICC profile and Exif: RIFF WEBP, ``VP8X``,
     ``ICCP``, ``VP8 `` (the picture), ``EXIF``."""
@@ -230,6 +239,9 @@ def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "bzip2": ("bzip2", _tool(tmp_path, _text(rng, 400_000) + _wav(rng, 2), "bzip2", "-c")),
         "zstd": ("zstd", _tool(tmp_path, _text(rng, 400_000) + _wav(rng, 2), "zstd", "-c")),
         "zstd-long": ("zstd", _tool(tmp_path, _wav(rng, 3), "zstd", "-c", "--long=31")),
+        "flac": ("flac", _flac(tmp_path, rng)),
+        # through a pipe: STREAMINFO's frame sizes unknown (0)
+        "flac-piped": ("flac", _tool(tmp_path, _wav(rng, 4), "flac", "-s", "-c", "-")),
         "wav": ("riff", _wav(rng, 2)),
         "webp": ("riff", _webp(rng)),
     }
@@ -242,7 +254,7 @@ def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
 
 NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
          "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4", "ogg", "xz",
-         "bzip2", "zstd", "zstd-long", "wav", "webp"]
+         "bzip2", "zstd", "zstd-long", "flac", "flac-piped", "wav", "webp"]
 #: a WAV's samples are its last chunk, whose bytes have no structure to break
 ENCRYPTED = [name for name in NAMES if name != "wav"]
 
