@@ -236,6 +236,9 @@ def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "mp4": ("mp4", _mp4(rng)),
         "ogg": ("ogg", _tool(tmp_path, _wav(rng), "oggenc", "-Q", "-q", "3", "-", "-o", "-")),
         "xz": ("xz", _tool(tmp_path, _text(rng, 400_000), "xz", "-c")),
+        # two streams, stream padding between (xz file format 2.2): as xz -dc reads them
+        "xz-streams": ("xz", _tool(tmp_path, _text(rng, 200_000), "xz", "-c") + bytes(8)
+                       + _tool(tmp_path, _wav(rng, 1), "xz", "-c")),
         "bzip2": ("bzip2", _tool(tmp_path, _text(rng, 400_000) + _wav(rng, 2), "bzip2", "-c")),
         "zstd": ("zstd", _tool(tmp_path, _text(rng, 400_000) + _wav(rng, 2), "zstd", "-c")),
         "zstd-long": ("zstd", _tool(tmp_path, _wav(rng, 3), "zstd", "-c", "--long=31")),
@@ -254,7 +257,7 @@ def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
 
 NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
          "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4", "ogg", "xz",
-         "bzip2", "zstd", "zstd-long", "flac", "flac-piped", "wav", "webp"]
+         "xz-streams", "bzip2", "zstd", "zstd-long", "flac", "flac-piped", "wav", "webp"]
 #: a WAV's samples are its last chunk, whose bytes have no structure to break
 ENCRYPTED = [name for name in NAMES if name != "wav"]
 
