@@ -123,12 +123,16 @@ FLAC_INVALID_BLOCK = 127
 #: size), block size and sample rate codes, channels and sample size codes
 FLAC_FRAME = struct.Struct(">HBB")
 FLAC_SYNC_MASK, FLAC_SYNC = 0xFFFE, 0xFFF8
-#: block size / sample rate codes with 8 or 16 more bits at the header's end
-FLAC_BLOCK_SIZE_EXTRA = {6: 1, 7: 2}
-FLAC_RATE_EXTRA = {12: 1, 13: 2, 14: 2}
+#: bytes more at the header's end (8 or 16 bits) by block size / sample rate code; a
+#: header's most bytes before its CRC-8 (4, a 7-byte number, 2 and 2)
+FLAC_BLOCK_SIZE_EXTRA = np.array([0] * 6 + [1, 2] + [0] * 8)
+FLAC_RATE_EXTRA = np.array([0] * 12 + [1, 2, 2, 0])
+FLAC_HEADER_BYTES = 15
+#: a byte's leading 1 bits: a UTF-8 coded number's bytes (0: one byte, 1: invalid)
+FLAC_LEADING_ONES = np.array([8 - (~b & 0xFF).bit_length() for b in range(256)])
 #: the CRC-8 of a frame header (polynomial 0x07, from 0), byte by byte
-FLAC_CRC8 = [functools.reduce(lambda c, _: (c << 1 ^ (0x07 if c & 0x80 else 0)) & 0xFF,
-                              range(8), b) for b in range(256)]
+FLAC_CRC8 = np.array([functools.reduce(lambda c, _: (c << 1 ^ (0x07 if c & 0x80 else 0))
+                                       & 0xFF, range(8), b) for b in range(256)], np.uint8)
 #: bytes of a PDF's end searched for ``startxref``
 PDF_TAIL = 2048
 PDF_STARTXREF = re.compile(rb"startxref\s+(\d+)")
@@ -604,30 +608,20 @@ def _flac(data: bytes) -> Found:
 
 
 def _flac_frames(data: bytes, start: int) -> np.ndarray:
-    """Where frame headers (sync code, header CRC-8 checking) begin from ``start``."""
-    a = np.frombuffer(data, np.uint8)
-    sync = np.flatnonzero((a[start:-1] == 0xFF) & (a[start + 1 :] & 0xFE == 0xF8)) + start
-    return np.array([p for p in sync.tolist() if _flac_header(data, p)], np.int64)
-
-
-def _flac_header(data: bytes, pos: int) -> bool:
-    """Is there a frame header at ``pos`` whose CRC-8 checks?"""
-    if pos + FLAC_FRAME.size + 1 > len(data):
-        return False
-    _, codes, _ = FLAC_FRAME.unpack_from(data, pos)
-    size, rate = codes >> 4, codes & 0xF
-    first = data[pos + FLAC_FRAME.size]  # the frame or sample number, UTF-8 coded
-    ones = 8 - (~first & 0xFF).bit_length()  # leading 1 bits: the bytes, 0: one byte
-    if size == 0 or rate == 15 or ones == 1 or ones > 7:
-        return False
-    end = pos + FLAC_FRAME.size + max(ones, 1) + FLAC_BLOCK_SIZE_EXTRA.get(size, 0) \
-        + FLAC_RATE_EXTRA.get(rate, 0)
-    if end >= len(data):
-        return False
-    crc = 0
-    for byte in data[pos:end]:
-        crc = FLAC_CRC8[crc ^ byte]
-    return crc == data[end]
+    """Where frame headers (sync code, header CRC-8 checking) begin from ``start``: every
+    candidate checked at once, one header byte at a time."""
+    a = np.frombuffer(data + bytes(FLAC_HEADER_BYTES), np.uint8)
+    at = np.flatnonzero((a[start : len(data) - 1] == 0xFF)
+                        & (a[start + 1 : len(data)] & 0xFE == 0xF8)) + start
+    size, rate = a[at + 2] >> 4, a[at + 2] & 0xF
+    ones = FLAC_LEADING_ONES[a[at + 4]]  # the frame or sample number, UTF-8 coded
+    length = 4 + np.maximum(ones, 1) + FLAC_BLOCK_SIZE_EXTRA[size] + FLAC_RATE_EXTRA[rate]
+    crc = np.zeros(at.size, np.uint8)
+    for k in range(FLAC_HEADER_BYTES):
+        crc = np.where(k < length, FLAC_CRC8[crc ^ a[at + k]], crc)
+    ok = (size != 0) & (rate != 15) & (ones != 1) & (ones <= 7) \
+        & (at + length < len(data)) & (crc == a[at + length])
+    return at[ok]
 
 
 #: format (an :data:`~blockforensics.evidence.SIGNATURES` name) -> its structural test:
