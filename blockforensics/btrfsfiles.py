@@ -112,16 +112,11 @@ class BtrfsLister(DissectLister):
             resident = node.link.encode("utf-8", "surrogateescape")
         elif kind == "file" and node.size and node.extents() is None:  # inline
             resident = node.open().read()
-        times = {name: divmod(int(getattr(node, f"{name}_ns")), 10**9)
-                 for name in ("mtime", "atime", "ctime", "otime")}
-        return Entry(path=path, type="dir" if kind == "dir" else "file", inode=int(node.inum),
-                     size=int(node.size), mtime=times["mtime"][0], atime=times["atime"][0],
-                     ctime=times["ctime"][0], crtime=times["otime"][0], mode=mode & 0o7777,
-                     uid=int(inode.uid), gid=int(inode.gid), extents=extents,
-                     resident=resident, kind=kind, crtime_ns=times["otime"][1],
-                     mtime_ns=times["mtime"][1], ctime_ns=times["ctime"][1],
-                     seq=int(inode.generation), nlink=int(inode.nlink), fs=self.fs_name,
-                     volume=int(node.subvolume.objectid))
+        return self._node_entry(
+            path, node, kind=kind, mode=mode, crtime_ns=int(node.otime_ns),
+            uid=int(inode.uid), gid=int(inode.gid), extents=extents, resident=resident,
+            seq=int(inode.generation), nlink=int(inode.nlink),
+            volume=int(node.subvolume.objectid))
 
     def _children(self, node: Any) -> list[tuple[str, Any]]:
         """``(name, inode)`` of a directory's entries but "." and ".." (a subvolume's

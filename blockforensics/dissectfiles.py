@@ -57,6 +57,8 @@ class DissectLister(ABC):
 
     #: the library named when a directory cannot be read ("dissect.xfs" …)
     library: str
+    #: the file system's name in the rows (``Entry.fs``)
+    fs_name: str
 
     @abstractmethod
     def _root(self) -> Any:
@@ -73,6 +75,21 @@ class DissectLister(ABC):
     def _notes(self) -> list[str]:
         """What the walk met that it does not list (said after it)."""
         return []
+
+    def _node_entry(self, path: str, node: Any, *, kind: str, mode: int, crtime_ns: int,
+                    **fields: Any) -> Entry:
+        """The Entry of a dissect inode ``node`` of ``kind``: its number, size and
+        modification, access and change times (``*_ns``, nanoseconds) read by name;
+        the creation time given, as each file system keeps it elsewhere; ``fields``:
+        the rest (uid, gid, extents, resident, seq, nlink …)."""
+        seconds = {name: divmod(int(getattr(node, f"{name}_ns")), 10**9)
+                   for name in ("mtime", "atime", "ctime")}
+        crtime, crtime_frac = divmod(crtime_ns, 10**9)
+        return Entry(path=path, type="dir" if kind == "dir" else "file", inode=int(node.inum),
+                     size=int(node.size), mtime=seconds["mtime"][0], atime=seconds["atime"][0],
+                     ctime=seconds["ctime"][0], crtime=crtime, mode=mode & 0o7777, kind=kind,
+                     crtime_ns=crtime_frac, mtime_ns=seconds["mtime"][1],
+                     ctime_ns=seconds["ctime"][1], fs=self.fs_name, **fields)
 
     def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
         """Add the root (``root_path``, ending in "/") and every file and directory below

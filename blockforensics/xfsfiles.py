@@ -93,19 +93,12 @@ class XfsLister(DissectLister):
             extents = np.empty((0, 2), np.int64)
         elif kind == "file" and inode.di_format == FMT_LOCAL and node.size:
             resident = node.open().read()
-        times = {name: divmod(int(getattr(node, f"{name}_ns")), 10**9)
-                 for name in ("mtime", "atime", "ctime")}
-        times["crtime"] = divmod(int(node.crtime_ns), 10**9) if inode.di_version >= 3 \
-            else (0, 0)
-        return Entry(path=path, type="dir" if kind == "dir" else "file", inode=int(node.inum),
-                     size=int(node.size), mtime=times["mtime"][0], atime=times["atime"][0],
-                     ctime=times["ctime"][0], crtime=times["crtime"][0], mode=mode & 0o7777,
-                     uid=int(inode.di_uid), gid=int(inode.di_gid), extents=extents,
-                     resident=resident, kind=kind, crtime_ns=times["crtime"][1],
-                     mtime_ns=times["mtime"][1], ctime_ns=times["ctime"][1],
-                     seq=int(inode.di_gen),
-                     nlink=int(inode.di_nlink if inode.di_version >= 2 else inode.di_onlink),
-                     fs=self.fs_name)
+        return self._node_entry(
+            path, node, kind=kind, mode=mode,
+            crtime_ns=int(node.crtime_ns) if inode.di_version >= 3 else 0,
+            uid=int(inode.di_uid), gid=int(inode.di_gid), extents=extents, resident=resident,
+            seq=int(inode.di_gen),
+            nlink=int(inode.di_nlink if inode.di_version >= 2 else inode.di_onlink))
 
     # -------------------------------------------------------------- directories
     def _children(self, node: Any) -> list[tuple[str, Any]]:

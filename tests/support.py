@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,24 +24,22 @@ from blockforensics.tools import FILE_PACKAGES, PACKAGES, which
 
 def require_tools(*programs: str) -> None:
     """Fail (in CI) or skip (elsewhere) unless every program is installed."""
-    missing = [p for p in programs if which(p) is None]
-    if not missing:
-        return
-    packages = sorted({PACKAGES.get(p, p) for p in missing})
-    reason = f"missing {', '.join(missing)} (Debian: {' '.join(packages)})"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must install these: {reason}")
-    pytest.skip(reason)
+    _require([p for p in programs if which(p) is None], PACKAGES)
 
 
 def require_files(*paths: str | os.PathLike[str]) -> None:
     """Fail (in CI) or skip (elsewhere) unless every data file (firmware, a boot loader)
     is installed."""
-    missing = [os.fspath(p) for p in paths if not os.path.isfile(p)]
+    _require([os.fspath(p) for p in paths if not os.path.isfile(p)], FILE_PACKAGES)
+
+
+def _require(missing: list[str], packages: Mapping[str, str]) -> None:
+    """Fail (in CI) or skip (elsewhere) naming what is ``missing`` and the Debian
+    packages holding it."""
     if not missing:
         return
-    packages = sorted({FILE_PACKAGES.get(p, p) for p in missing})
-    reason = f"missing {', '.join(missing)} (Debian: {' '.join(packages)})"
+    debian = sorted({packages.get(name, name) for name in missing})
+    reason = f"missing {', '.join(missing)} (Debian: {' '.join(debian)})"
     if os.environ.get("CI"):
         pytest.fail(f"CI must install these: {reason}")
     pytest.skip(reason)
