@@ -91,7 +91,7 @@ REPLACEMENT_SLACK = 1024
 FILE_COLUMNS = ["path", "type", "change", "entropy_before", "entropy_after", "size_before",
                 "size_after", "suspected_encryption", "old_path", "inode", "content_before",
                 "content_after", "random_segments", "segments", "evidence", "replaces",
-                "explained", "what_changed"]
+                "explained", "what_changed", "other_paths"]
 SHOWN_COLUMNS = [*FILE_COLUMNS[:8], "what_changed", "old_path"]  # what printing shows
 OWNER_COLUMNS = ["start", "length", "path", "side"]
 
@@ -268,6 +268,28 @@ class _Comparison:
         self.rows: list[dict] = []
         self.owners: list[tuple[int, int, str, str]] = []
         self._stats: dict[tuple[int, str], ByteStats] = {}
+        self._records: dict[tuple, int] = {}  # a hard-linked file's row, by change
+
+    @staticmethod
+    def record(change: str, entry: Entry) -> tuple | None:
+        """What makes the names of one hard-linked file one (with the change), or None."""
+        if entry.type != "file" or entry.nlink < 2 or entry.fs in NAME_ADDRESSED:
+            return None
+        prefix = "" if entry.path.startswith("/") else entry.path[:entry.path.index(":/") + 1]
+        return change, prefix, entry.volume, entry.inode, entry.seq
+
+    def merged(self, change: str, entry: Entry) -> bool:
+        """Is ``entry`` another name (hard link) of a file already reported with this
+        change?  Then its path is added to that row (one row per file, not per name)."""
+        key = self.record(change, entry)
+        if key is None or key not in self._records:
+            return False
+        row = self.rows[self._records[key]]
+        row["other_paths"].append(entry.path)
+        row["evidence"][:] = [e for e in row["evidence"] if not e.startswith("also named ")]
+        row["evidence"].append("also named " + ", ".join(row["other_paths"])
+                               + " (hard links: one file)")
+        return True
 
     def touched(self, entry: Entry) -> np.ndarray:
         return _clip(entry.extents, self.starts, self.stops)
@@ -407,11 +429,14 @@ class _Comparison:
         meta = (old.size, old.mtime) != (new.size, new.mtime)
         moved = not old.same_extents(new)
         resident = old.resident is not None or new.resident is not None
+        compressed = not (old.stored and new.stored)  # stored bytes are no content
         aspects = _metadata_changes(old, new)
         if change == "modified" and not (meta or moved or resident or touched[0].size
                                          or touched[1].size or aspects):
             return
-        if moved or resident:  # written elsewhere (or in the metadata): whole contents
+        if change == "modified" and self.merged(change, new):
+            return
+        if moved or resident or compressed:  # written elsewhere (or in the metadata)
             before, after = self.stats(0, old), self.stats(1, new)
         else:  # same runs: only bytes inside changed blocks can differ
             before = _stats(self.disks[0], old, touched[0])
@@ -425,7 +450,8 @@ class _Comparison:
             what.insert(0, "name")
         if change == "renamed" or content or meta or what:
             appended = 0 < before.size < after.size and after.random_segments > 0 and \
-                _starts_with(self.disks[1], new, None if moved or resident else touched[1],
+                _starts_with(self.disks[1], new,
+                             None if moved or resident or compressed else touched[1],
                              before)
             self.add(change, old, new, before, after, appended=appended, what=what,
                      replaced=replaced)
@@ -437,12 +463,14 @@ class _Comparison:
             copy_of: tuple[Entry, int] | None = None) -> None:
         """One row; ``copy_of``: the entry a snapshot's copy ``new`` (or ``old``) shares
         its inode and data with, and how many copies below it the row stands for."""
+        entry = new if new is not None else old
+        assert entry is not None
+        if change in ("created", "deleted") and copy_of is None and self.merged(change, entry):
+            return
         if before is None:
             before = self.stats(0, old)
         if after is None:
             after = self.stats(1, new) or ByteStats()
-        entry = new if new is not None else old
-        assert entry is not None
         reference = old if old is not None else counterpart
         kind_before = _head_type(self.disks[0], reference)
         kind_after = _head_type(self.disks[1], new)
@@ -477,6 +505,9 @@ class _Comparison:
             evidence.insert(0, "another file under the same name now (inode "
                             + (f"{old.inode} reused)" if old.inode == new.inode
                                else f"{old.inode} -> {new.inode})"))
+        key = self.record(change, entry)
+        if key is not None:
+            self._records[key] = len(self.rows)
         self.rows.append({
             "path": entry.path, "type": entry.type, "change": change,
             "entropy_before": before.entropy if before is not None else 0.0,
@@ -490,10 +521,10 @@ class _Comparison:
             "segments": after.segments, "evidence": evidence,
             "replaces": counterpart.path if counterpart is not None
             else replaced.path if replaced is not None else "",
-            "explained": explained, "what_changed": ",".join(what or [])})
+            "explained": explained, "what_changed": ",".join(what or []), "other_paths": []})
         for side, item in (("a", old), ("b", new)):
             if item is not None:
-                for start, stop in self.touched(item).tolist():
+                for start, stop in _clip(item.owned, self.starts, self.stops).tolist():
                     first = start // self.block_size
                     self.owners.append((first, -(-stop // self.block_size) - first,
                                         item.path, side))

@@ -132,6 +132,13 @@ class Entry:
     streams: tuple[tuple[str, int, str], ...] = ()  # NTFS named streams: name, size, SHA-256
     fs: str = ""  # the file system: "fat", "exfat", "ext", "ntfs", "hfs", ... ("": unknown)
     volume: int = 0  # Btrfs: the subvolume whose inode numbers ``inode`` counts in; 0 elsewhere
+    #: NTFS compressed data: the compression unit (bytes; 0: the extents hold the content
+    #: as is) and each extent's byte offset in the file (:mod:`blockforensics.fs.ntfs`)
+    unit: int = 0
+    offsets: np.ndarray | None = None
+    #: disk byte ranges ``(k, 2)`` of its other data on disk: NTFS named streams, a
+    #: directory's index, an attribute list — blocks it owns beyond its content
+    other_extents: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
 
     def same_file(self, other: Entry) -> bool:
         """One file, whatever it holds now: the same inode (MFT record and sequence; Btrfs:
@@ -157,6 +164,18 @@ class Entry:
     def same_extents(self, other: Entry) -> bool:
         return np.array_equal(self.extents, other.extents)
 
+    @property
+    def stored(self) -> bool:
+        """Is its content the bytes of its extents as they are (not compressed)?"""
+        return not self.unit
+
+    @property
+    def owned(self) -> np.ndarray:
+        """Every disk byte range ``(k, 2)`` it owns: content and other data, sorted."""
+        both = np.concatenate([self.extents, self.other_extents]) if len(self.other_extents) \
+            else self.extents
+        return both[np.argsort(both[:, 0], kind="stable")]
+
     def same_identity(self, other: Entry) -> bool:
         """The same file under another name: :meth:`same_file`, and unless the birth time
         is recorded to below the second (ext4, NTFS), the same first data run (or,
@@ -171,12 +190,19 @@ class Entry:
 
     def chunks(self, disk: Disk | None, intervals: np.ndarray | None = None
                ) -> Iterator[bytes]:
-        """The content (or, given ``intervals``, those disk byte ranges of it) in chunks."""
+        """The content (or, given ``intervals``, those disk byte ranges of it, as stored:
+        compressed if it is) in chunks."""
         if self.resident is not None:
             if intervals is None or len(intervals):
                 yield self.resident
             return
         if disk is None:
+            return
+        if intervals is None and self.unit and self.offsets is not None:
+            from blockforensics.fs.ntfs import compressed_content
+
+            yield from compressed_content(disk, self.extents, self.offsets, self.unit,
+                                          self.size)
             return
         for start, stop in (self.extents if intervals is None else intervals).tolist():
             for lo in range(start, stop, CHUNK_BYTES):
@@ -265,25 +291,72 @@ def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
             yield attr
 
 
+@dataclass
+class _Content:
+    """Where a file's content is: disk byte ranges ``(k, 2)`` in file order, or the bytes
+    themselves (resident); compressed (NTFS): each range's byte offset in the file and
+    the compression unit (bytes)."""
+
+    extents: np.ndarray
+    resident: bytes | None = None
+    offsets: np.ndarray | None = None
+    unit: int = 0
+
+
+def _runs(tsk: Any, attr: Any, block_size: int) -> list[tuple[int, int, int]]:
+    """``(file byte, disk byte, bytes)`` of each run of an attribute with data on disk
+    (sparse and not yet loaded runs left out)."""
+    skip = int(tsk.TSK_FS_ATTR_RUN_FLAG_SPARSE) | int(tsk.TSK_FS_ATTR_RUN_FLAG_FILLER)
+    return [(run.offset * block_size, run.addr * block_size, run.len * block_size)
+            for run in attr if run.len and not int(run.flags) & skip]
+
+
 def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
-             ) -> tuple[np.ndarray, bytes | None]:
+             ) -> _Content:
     """Data runs as ``(k, 2)`` disk byte [start, stop) in file order, cut at ``size``
     (sparse runs left out; a run that crosses a logical volume's extents split
-    there) — or, for resident data, the bytes themselves."""
-    rows = []
-    skip = int(tsk.TSK_FS_ATTR_RUN_FLAG_SPARSE) | int(tsk.TSK_FS_ATTR_RUN_FLAG_FILLER)
+    there) — or, for resident data, the bytes themselves.  A compressed attribute's
+    runs are kept whole (their compression units), with their offsets in the file."""
+    rows: list[tuple[int, int, int]] = []
+    compressed = False
     for attr in _data_attributes(tsk, fs_file):
         if int(attr.info.flags) & int(tsk.TSK_FS_ATTR_RES):
             if 0 < size <= RESIDENT_MAX:
-                return np.empty((0, 2), np.int64), fs_file.read_random(0, size)
+                return _Content(np.empty((0, 2), np.int64), fs_file.read_random(0, size))
             continue
-        for run in attr:
-            length = min(run.len * block_size, size - run.offset * block_size)
-            if length > 0 and not int(run.flags) & skip:
-                start = run.addr * block_size
-                rows.append((run.offset, start, start + length))
+        compressed |= bool(int(attr.info.flags) & int(tsk.TSK_FS_ATTR_COMP))
+        rows += _runs(tsk, attr, block_size)
     rows.sort()
-    return to_disk(np.array([r[1:] for r in rows], dtype=np.int64).reshape(-1, 2)), None
+    if compressed:
+        from blockforensics.fs.ntfs import UNIT_CLUSTERS
+
+        pieces = [(at + done, piece) for at, start, length in rows
+                  for done, piece in _pieces(to_disk, start, length)]
+        return _Content(np.array([p for _, p in pieces], np.int64).reshape(-1, 2),
+                        offsets=np.array([at for at, _ in pieces], np.int64),
+                        unit=UNIT_CLUSTERS * block_size)
+    cut = [(start, start + min(length, size - at)) for at, start, length in rows if at < size]
+    return _Content(to_disk(np.array(cut, dtype=np.int64).reshape(-1, 2)))
+
+
+def _pieces(to_disk: ToDisk, start: int, length: int) -> Iterator[tuple[int, list[int]]]:
+    """A run's disk byte ranges (split where a logical volume's extents are) with each
+    one's offset in the run."""
+    done = 0
+    for lo, hi in to_disk(np.array([[start, start + length]], np.int64)).tolist():
+        yield done, [lo, hi]
+        done += hi - lo
+
+
+def _other_extents(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int) -> np.ndarray:
+    """Disk byte ranges ``(k, 2)`` of a file's non-resident attributes other than its
+    content: NTFS named streams, a directory's index ($I30), an attribute list ..."""
+    rows = [(start, start + length) for attr in fs_file
+            if not int(attr.info.flags) & int(tsk.TSK_FS_ATTR_RES)
+            and attr.info.type != tsk.TSK_FS_ATTR_TYPE_DEFAULT
+            and not (attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA and not attr.info.name)
+            for _, start, length in _runs(tsk, attr, block_size)]
+    return to_disk(np.array(sorted(rows), dtype=np.int64).reshape(-1, 2))
 
 
 def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
@@ -291,15 +364,23 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     meta = fs_file.info.meta
     is_dir = meta.type == tsk.TSK_FS_META_TYPE_DIR
     is_link = meta.type == tsk.TSK_FS_META_TYPE_LNK
-    extents, resident = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size))
+    content = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size))
     if is_link and meta.link:  # the target, kept in the inode or read by TSK
         target = meta.link if isinstance(meta.link, bytes) else str(meta.link).encode()
-        extents, resident = np.empty((0, 2), np.int64), target
+        content = _Content(np.empty((0, 2), np.int64), target)
     times = {name: int(getattr(meta, name)) for name in ("mtime", "atime", "ctime", "crtime")}
     nanos = {name: int(getattr(meta, f"{name}_nano", 0) or 0) for name in times}
     fs_name = _fs_name(tsk, fs)
+    other = np.empty((0, 2), np.int64)
+    size = int(meta.size)
     if fs_name == "ntfs":
-        times, nanos = _ntfs_times(tsk, fs_file, times, nanos)
+        info = _ntfs_info(tsk, fs_file)
+        times, nanos = _ntfs_times(info, times, nanos)
+        other = _other_extents(tsk, fs_file, to_disk, fs.info.block_size)
+        link = _ntfs_link_target(tsk, fs_file, info, content, size)
+        if link is not None:  # a junction too: a link, not a directory
+            is_dir, is_link, size = False, True, len(link)
+            content = _Content(np.empty((0, 2), np.int64), link)
     elif fs_name == "fat":
         times, nanos = _fat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
             or (_fat_times(times), nanos)
@@ -309,15 +390,15 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
         times = _ext_times(fs, fs.offset, int(meta.addr), times)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
-                 size=int(meta.size), mtime=times["mtime"], atime=times["atime"],
+                 size=size, mtime=times["mtime"], atime=times["atime"],
                  ctime=times["ctime"], crtime=times["crtime"], mode=int(meta.mode),
-                 uid=int(meta.uid), gid=int(meta.gid), extents=extents,
-                 resident=None if is_dir else resident, deleted=deleted,
+                 uid=int(meta.uid), gid=int(meta.gid), extents=content.extents,
+                 resident=None if is_dir else content.resident, deleted=deleted,
                  kind="dir" if is_dir else "symlink" if is_link else "file",
                  crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"], ctime_ns=nanos["ctime"],
                  seq=int(meta.seq),
                  nlink=int(meta.nlink), streams=_streams(tsk, fs_file),
-                 fs=fs_name)
+                 fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -449,22 +530,49 @@ _FILETIME_EPOCH = 116444736000000000
 _SI_TIMES = {"crtime": 0, "mtime": 8, "ctime": 16, "atime": 24}
 
 
-def _ntfs_times(tsk: Any, fs_file: Any, times: dict[str, int], nanos: dict[str, int]
-                ) -> tuple[dict[str, int], dict[str, int]]:
-    """MACB times from ``$STANDARD_INFORMATION`` itself: TSK gives 0 for a time before
-    1970 and drops nothing else, but its 100 ns are read here too."""
+def _ntfs_info(tsk: Any, fs_file: Any) -> bytes:
+    """The first 36 bytes of ``$STANDARD_INFORMATION`` (four times, file attributes) or
+    fewer when it has none."""
     for attr in fs_file:
-        if attr.info.type != tsk.TSK_FS_ATTR_TYPE_NTFS_SI:
-            continue
-        raw = fs_file.read_random(0, 32, tsk.TSK_FS_ATTR_TYPE_NTFS_SI, attr.info.id)
-        if len(raw) < 32:
-            break
-        for name, offset in _SI_TIMES.items():
-            ticks = int.from_bytes(raw[offset : offset + 8], "little") - _FILETIME_EPOCH
-            seconds, rest = divmod(ticks, 10_000_000)
-            times[name], nanos[name] = seconds, rest * 100
-        break
+        if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_SI:
+            return bytes(fs_file.read_random(0, 36, tsk.TSK_FS_ATTR_TYPE_NTFS_SI, attr.info.id))
+    return b""
+
+
+def _ntfs_times(info: bytes, times: dict[str, int], nanos: dict[str, int]
+                ) -> tuple[dict[str, int], dict[str, int]]:
+    """MACB times from ``$STANDARD_INFORMATION`` itself (``info``: its first bytes): TSK
+    gives 0 for a time before 1970 and drops nothing else, but its 100 ns are read here
+    too."""
+    if len(info) < 32:
+        return times, nanos
+    times, nanos = dict(times), dict(nanos)
+    for name, offset in _SI_TIMES.items():
+        ticks = int.from_bytes(info[offset : offset + 8], "little") - _FILETIME_EPOCH
+        seconds, rest = divmod(ticks, 10_000_000)
+        times[name], nanos[name] = seconds, rest * 100
     return times, nanos
+
+
+def _ntfs_link_target(tsk: Any, fs_file: Any, info: bytes, content: _Content, size: int
+                      ) -> bytes | None:
+    """The target of an NTFS symbolic link: a junction's or a Windows symbolic link's
+    reparse point, or an Interix link as ntfs-3g writes them (a system file whose
+    content is ``IntxLNK\x01`` and the target); None for anything else."""
+    from blockforensics.fs import ntfs
+
+    flags = int.from_bytes(info[32:36], "little") if len(info) >= 36 else 0
+    if flags & ntfs.FILE_ATTRIBUTE_REPARSE_POINT:
+        for attr in fs_file:
+            if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_REPARSE:
+                return ntfs.reparse_target(bytes(fs_file.read_random(
+                    0, int(attr.info.size), tsk.TSK_FS_ATTR_TYPE_NTFS_REPARSE, attr.info.id)))
+    if flags & ntfs.FILE_ATTRIBUTE_SYSTEM and len(ntfs.INTERIX_SYMLINK) < size <= 1 << 16 \
+            and content.unit == 0:
+        head = content.resident if content.resident is not None \
+            else bytes(fs_file.read_random(0, size))
+        return ntfs.interix_target(head)
+    return None
 
 
 #: ext inode: byte offsets of (seconds, extra) for each time; extra's low 2 bits: epoch

@@ -1,0 +1,149 @@
+"""NTFS features as investigators meet them, made by mkntfs and ntfs-3g and checked
+against The Sleuth Kit (``icat``, ``istat``) and the bytes written: compressed files
+(LZNT1) read as their content, a named stream's blocks owned by its file, hard links
+one row per MFT record, Interix symbolic links and junctions listed with their
+targets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import backup_image, mounted_with, require_module, require_tools
+
+from blockforensics import forensics, timeline_formats, tsk
+from blockforensics.evidence import ByteStats
+from blockforensics.image.chain import Chain
+
+TEXT = b"".join(b"line %d of a compressible report\n" % i for i in range(9000))
+RANDOM = np.random.default_rng(7).bytes(200_000)  # its last compression unit compressed
+STREAM = b"stream data " * 5000  # a named stream of 60,000 bytes: non-resident
+#: ntfs-3g's attribute flags (big-endian) and reparse data extended attributes
+ATTRIB = "system.ntfs_attrib_be"
+REPARSE = "system.ntfs_reparse_data"
+FILE_ATTRIBUTE_COMPRESSED = 0x800
+
+
+def _junction(target: str) -> bytes:
+    """A junction's reparse data ([MS-FSCC] 2.1.2.5): substitute and print names."""
+    sub, shown = f"\\??\\{target}".encode("utf-16-le"), target.encode("utf-16-le")
+    names = struct.pack("<HHHH", 0, len(sub), len(sub) + 2, len(shown)) \
+        + sub + b"\0\0" + shown + b"\0\0"
+    return struct.pack("<IHH", 0xA0000003, len(names), 0) + names
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> tuple[Chain, Path, dict[str, str]]:
+    """Two points of a 4 KiB-cluster volume; and the image (as at point 1) and the
+    symbolic link targets ntfs-3g reads at point 0."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkntfs", "ntfs-3g", "umount", "icat", "istat")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    tmp = tmp_path_factory.mktemp("ntfs")
+    image = tmp / "v.img"
+    image.write_bytes(bytes(24 << 20))
+    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
+                   capture_output=True)
+    mount = ["ntfs-3g", "-o", "compression", str(image)]
+    chain = Chain.create(tmp / "chain")
+    with mounted_with(mount, tmp / "m") as m:
+        (m / "comp").mkdir()
+        os.setxattr(m / "comp", ATTRIB, FILE_ATTRIBUTE_COMPRESSED.to_bytes(4, "big"))
+        (m / "comp/text.txt").write_bytes(TEXT)
+        (m / "comp/rand.bin").write_bytes(RANDOM)
+        (m / "ads.txt").write_bytes(b"main stream")
+        os.setxattr(m / "ads.txt", "user.big", STREAM)
+        (m / "hl1").write_bytes(b"linked " * 2000)
+        os.link(m / "hl1", m / "hl2")
+        os.link(m / "hl1", m / "hl3")
+        os.symlink("comp/text.txt", m / "ilink")
+        (m / "junc").mkdir()
+        os.setxattr(m / "junc", REPARSE, _junction("C:\\Users\\Public"))
+        links = {"/ilink": os.readlink(m / "ilink")}
+    backup_image(chain, image)
+    with mounted_with(mount, tmp / "m") as m:
+        with (m / "comp/text.txt").open("r+b") as fh:
+            fh.seek(100_000)
+            fh.write(b"EDITED IN PLACE")
+        os.setxattr(m / "ads.txt", "user.big", STREAM.upper())  # the same size
+        with (m / "hl2").open("r+b") as fh:
+            fh.write(b"LINKED")
+    backup_image(chain, image)
+    return chain, image, links
+
+
+def _edited(data: bytes) -> bytes:
+    return data[:100_000] + b"EDITED IN PLACE" + data[100_015:]
+
+
+def test_compressed_files_are_read_as_their_content(zoo):
+    """Their data runs hold LZNT1 units; the listing, the timeline's hashes and the
+    entropy are of the content (as ``icat`` and ntfs-3g read it), not of those."""
+    chain, image, _ = zoo
+    for point, text in ((0, TEXT), (1, _edited(TEXT))):
+        entries = tsk.list_entries(chain.disk(point)).entries
+        for path, data in (("/comp/text.txt", text), ("/comp/rand.bin", RANDOM)):
+            assert entries[path].unit and entries[path].read(chain.disk(point)) == data, path
+    entries = tsk.list_entries(chain.disk(1)).entries
+    icat = subprocess.run(["icat", str(image), str(entries["/comp/text.txt"].inode)],
+                          capture_output=True, check=True).stdout
+    assert icat == _edited(TEXT)
+    versions = timeline_formats.file_versions(chain).set_index(["point", "path"])
+    assert versions.loc[(0, "/comp/text.txt"), "sha256"] == hashlib.sha256(TEXT).hexdigest()
+    assert versions.loc[(1, "/comp/text.txt"), "sha256"] == hashlib.sha256(icat).hexdigest()
+    row = forensics.diff(chain, 0, 1, files=True).files.set_index("path").loc["/comp/text.txt"]
+    assert row["change"] == "modified" and "content" in row["what_changed"]
+    stats = ByteStats()
+    stats.update(icat)
+    assert row["entropy_after"] == pytest.approx(stats.finish().entropy)
+
+
+def _stream_clusters(image: Path, inode: int, name: str) -> list[int]:
+    """The clusters ``istat`` lists for a file's named, non-resident ``$DATA``."""
+    text = subprocess.run(["istat", str(image), str(inode)], capture_output=True, text=True,
+                          check=True).stdout
+    block = re.search(rf"Type: \$DATA \(128-\d+\)\s+Name: {name}\s+Non-Resident[^\n]*\n"
+                      r"((?:[\d ]+\n)+)", text)
+    assert block is not None, text
+    return [int(n) for n in block.group(1).split()]
+
+
+def test_a_named_streams_changed_blocks_are_its_files(zoo):
+    chain, image, _ = zoo
+    result = forensics.diff(chain, 0, 1, files=True)
+    rows = result.files.set_index("path")
+    assert (rows.loc["/ads.txt", "change"], rows.loc["/ads.txt", "what_changed"]) == \
+        ("modified", "streams")
+    inode = int(rows.loc["/ads.txt", "inode"])
+    clusters = _stream_clusters(image, inode, "big")
+    assert len(clusters) == -(-len(STREAM) // 4096)
+    assert result.block_size == 4096  # one cluster per block
+    assert all(result.owner_of(c) == ["/ads.txt"] for c in clusters)  # rewritten: changed
+
+
+def test_hard_links_are_one_row_per_mft_record(zoo):
+    chain, _, _ = zoo
+    files = forensics.diff(chain, 0, 1, files=True).files
+    linked = files[files["path"].isin(["/hl1", "/hl2", "/hl3"])]
+    assert len(linked) == 1, linked
+    row = linked.iloc[0]
+    assert row["change"] == "modified" and "content" in row["what_changed"]
+    assert sorted([row["path"], *row["other_paths"]]) == ["/hl1", "/hl2", "/hl3"]
+    assert any("hard links" in e for e in row["evidence"])
+
+
+def test_interix_links_and_junctions_are_links_to_their_targets(zoo):
+    chain, _, links = zoo
+    entries = tsk.list_entries(chain.disk(0)).entries
+    link, junction = entries["/ilink"], entries["/junc"]
+    assert (link.kind, link.resident, link.size) == \
+        ("symlink", links["/ilink"].encode(), len(links["/ilink"]))
+    assert (junction.kind, junction.type, junction.resident) == \
+        ("symlink", "file", b"C:\\Users\\Public")
