@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blockforensics.errors import ChainError, UsageError
-from blockforensics.fileio import punch_holes
+from blockforensics.fileio import has_hard_links, punch_holes
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
 from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
 from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
@@ -196,6 +196,8 @@ def _grow_in_place(chain: Chain, path: list[int], segment: list[int], kept: list
     """The depth on ``path`` of the merged image to grow into the new one (locked
     exclusively), or None: the merged images that go away, most stored bytes first,
     that have one name and that no other reader has open."""
+    if not has_hard_links(chain.directory):  # the switch links the new name (not on FAT)
+        return None
     gone = [d for d in range(first, len(path)) if path[d] not in kept]
     for depth in sorted(gone, key=lambda d: -chain.images[path[d]].index.payload_bytes):
         image = chain.images[path[depth]]

@@ -24,6 +24,7 @@ mounted, so a second read comes from the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -78,6 +79,18 @@ FILE_NAME = "disk.vhd"
 READ_AHEAD = 4 << 20  # bytes read at once for a sequential reader
 READ_AHEAD_KB = 4096  # the kernel's read-ahead for a mount, raised to this (KiB)
 LOOP_ENDED = "8"  # fuse_main's status when its loop returned an error
+#: fuse_main's other statuses (libfuse 3, lib/helper.c), for one-line messages
+FUSE_FAILURES = {1: "bad options", 2: "no mount point", 3: "libfuse setup failed",
+                 4: "mounting failed: it needs root, or a fusermount3 this user may run",
+                 5: "could not run in the background", 6: "could not set signal handlers",
+                 7: "its loop failed"}
+
+
+def fuse_failure(mountpoint: Path, status: object) -> UsageError:
+    """The one-line error for libfuse's ``fuse_main`` status ``status``."""
+    with contextlib.suppress(TypeError, ValueError):
+        status = FUSE_FAILURES.get(int(str(status)), f"status {status}")
+    return UsageError(f"{mountpoint}: FUSE mount failed ({status})")
 UNMOUNT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # libfuse's handlers unmount
 
 
@@ -409,10 +422,20 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
         # libfuse's fuse_main returns 8 when its loop ended with an error, which newer
         # libfuse reports for a loop ended by SIGINT/SIGTERM: a clean unmount all the same
         if str(exc) != LOOP_ENDED or _mounted(mountpoint):
-            raise
+            raise fuse_failure(mountpoint, exc) from exc
     finally:
         for signum, handler in restore.items():
             signal.signal(signum, handler)
+
+
+def _mount_child(disk: Disk, mountpoint: Path, **kwargs: Any) -> None:
+    """:func:`mount` in :func:`exposed`'s child: a mount that fails exits with libfuse's
+    status, for the parent to explain (no traceback from the child)."""
+    try:
+        mount(disk, mountpoint, **kwargs)
+    except UsageError as exc:
+        status = str(exc.__cause__) if isinstance(exc.__cause__, RuntimeError) else ""
+        sys.exit(int(status) if status.isdigit() else 1)
 
 
 def _mounted(mountpoint: Path) -> bool:
@@ -435,7 +458,7 @@ def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 
     mountpoint = Path(mountpoint)
     # fork: the child inherits the disk as is (open files included), no pickling
     child = multiprocessing.get_context("fork").Process(
-        target=mount, args=(disk, mountpoint),
+        target=_mount_child, args=(disk, mountpoint),
         kwargs={"unique_id": unique_id, "timestamp": timestamp, "partitions": partitions},
         daemon=True)
     child.start()
@@ -443,7 +466,7 @@ def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 
         deadline = time.monotonic() + timeout
         while not _mounted(mountpoint):
             if not child.is_alive():
-                raise UsageError(f"{mountpoint}: FUSE mount failed (exit code {child.exitcode})")
+                raise fuse_failure(mountpoint, child.exitcode)
             if time.monotonic() > deadline:
                 raise UsageError(f"{mountpoint}: FUSE mount not up after {timeout} s")
             time.sleep(0.02)

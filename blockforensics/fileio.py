@@ -202,7 +202,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while this writer lives: not stale
         remove_stale_temporaries(path, keep=tmp)
         with contextlib.suppress(FileNotFoundError):
-            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+            keep_mode(fd, os.stat(path).st_mode)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -215,6 +215,89 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)
         raise
+
+
+#: errnos of a file system that has no hard links (FAT, exFAT: EPERM) or no POSIX modes
+_UNSUPPORTED = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+
+def keep_mode(fd: int, mode: int) -> None:
+    """Give file ``fd`` the permission bits of ``mode``; nothing on a file system that
+    keeps none (FAT, exFAT: its files have the mount's mode)."""
+    try:
+        os.fchmod(fd, stat.S_IMODE(mode))
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+
+
+def set_size(fd: int, size: int) -> None:
+    """Make file ``fd`` ``size`` bytes long (a hole where it grows, where the file system
+    has holes); where ``ftruncate`` cannot grow a file (some FUSE file systems: fusefat)
+    the last byte is written instead."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED or size <= os.fstat(fd).st_size:
+            raise
+        os.pwrite(fd, b"\0", size - 1)
+
+
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename ``src`` to ``dst``, never replacing a file there (FileExistsError):
+    ``renameat2(RENAME_NOREPLACE)``, or, where the file system does not take that flag
+    (FUSE file systems often), a check just before a plain rename — callers hold the
+    directory's writer lock, so only a process outside the project could race it."""
+    import ctypes  # here: only file systems without hard links pay for it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                     _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in _UNSUPPORTED:
+            raise OSError(code, os.strerror(code), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def name_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Give file ``src`` the new name ``dst`` (never replacing a file there) and drop its
+    old name: a hard link then an unlink, or a rename where the file system has no hard
+    links (FAT, exFAT)."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        rename_noreplace(src, dst)
+        return
+    os.unlink(src)
+
+
+def has_hard_links(directory: str | os.PathLike[str]) -> bool:
+    """True when the file system holding ``directory`` makes hard links (tried with two
+    temporary names, removed)."""
+    fd, tmp = tempfile.mkstemp(prefix=".links-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    other = f"{tmp}.link.tmp"
+    try:
+        os.link(tmp, other)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        return False
+    finally:
+        os.unlink(tmp)
+    os.unlink(other)
+    return True
 
 
 def check_output(path: str | os.PathLike[str], *, force: bool,

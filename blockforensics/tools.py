@@ -55,6 +55,7 @@ PACKAGES = {
     "ntfscluster": "ntfs-3g",
     "ntfsfix": "ntfs-3g",
     "mkfs.exfat": "exfatprogs",
+    "mount.exfat-fuse": "exfat-fuse",
     "cryptsetup": "cryptsetup-bin",
     "mkswap": "util-linux",
     "fsck.exfat": "exfatprogs",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockforensics.errors import UsageError
-from blockforensics.fileio import atomic_writer, writeback_progress
+from blockforensics.fileio import atomic_writer, keep_mode, set_size, writeback_progress
 from blockforensics.formats.base import Disk, InPlaceDisk
 from blockforensics.formats.placement import Packing, PlacedWriter, Placement
 from blockforensics.progress import progress_bar
@@ -242,13 +242,13 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
             disk.write_to(out)
         if packing is not None:
             layout.allocate(packing.placed().pieces)
-        os.ftruncate(fd, layout.file_size)
+        set_size(fd, layout.file_size)
         metadata = list(layout.metadata())
         for offset, data in metadata:  # pages written back and dropped: read in parallel,
             os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_WILLNEED)  # not 1 by 1
         for offset, data in metadata:
             os.pwrite(fd, data, offset)
-        os.fchmod(fd, 0o644)
+        keep_mode(fd, 0o644)
     return path
 
 

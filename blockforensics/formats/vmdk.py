@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from blockforensics.fileio import keep_mode
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import (
     SECTOR,
@@ -229,5 +230,5 @@ def write_vmdk_stream(disk: Disk, path: str | os.PathLike[str], *,
         fh.write(MetadataMarker(1, 0, MARKER_FOOTER).pack())
         fh.write(header(gd_at // SECTOR).ljust(SECTOR, b"\0"))
         fh.write(MetadataMarker(0, 0, MARKER_EOS).pack())
-        os.fchmod(fh.fileno(), 0o644)
+        keep_mode(fh.fileno(), 0o644)
     return path

@@ -25,7 +25,7 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.disk import Disk, nonzero_rows
 from blockforensics.errors import UsageError
-from blockforensics.fileio import atomic_writer, writeback_progress
+from blockforensics.fileio import atomic_writer, set_size, writeback_progress
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.progress import progress_bar
@@ -227,7 +227,7 @@ def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = 
     if out.is_dir():
         raise UsageError(f"{out}: is a directory")
     with atomic_writer(out) as fh, progress_bar(disk.size, "restore", progress) as bar:
-        os.ftruncate(fh.fileno(), disk.size)  # sparse: absent blocks stay holes
+        set_size(fh.fileno(), disk.size)  # sparse: absent blocks stay holes
         with PlacedWriter(fh.fileno(), disk.size,
                           written=writeback_progress(fh.fileno(), bar.update)) as placed:
             disk.write_to(placed)

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from blockforensics.errors import ChainError, UsageError
-from blockforensics.fileio import atomic_writer, directory_lock, fsync_directory
+from blockforensics.fileio import (
+    atomic_writer,
+    directory_lock,
+    fsync_directory,
+    name_noreplace,
+)
 from blockforensics.image import MANIFEST, is_chain
 from blockforensics.image.format import new_id
 from blockforensics.image.inplace import MERGE_JOURNAL, MergeJournal
@@ -213,8 +218,25 @@ class ChainStore:
 
     def lock(self, *, blocking: bool = True,
              exclusive_here: bool = False) -> contextlib.AbstractContextManager[bool]:
-        """The chain's writer lock (see :func:`~blockforensics.fileio.directory_lock`)."""
+        """The chain's writer lock (see :func:`~blockforensics.fileio.directory_lock`);
+        ``blocking``: for a writer, so UsageError first when the directory cannot be
+        written (a write-blocked copy of evidence: read-only, immutable, not ours)."""
+        if blocking and not self.writable():
+            raise UsageError(f"{self.directory}: {self._why_not_writable()}; this command "
+                             "writes into the chain: run it on a writable copy")
         return directory_lock(self.directory, blocking=blocking, exclusive_here=exclusive_here)
+
+    def writable(self) -> bool:
+        """True when files can be created and removed in the directory."""
+        return os.access(self.directory, os.W_OK | os.X_OK)
+
+    def _why_not_writable(self) -> str:
+        try:
+            if os.statvfs(self.directory).f_flag & os.ST_RDONLY:
+                return "on a read-only file system"
+        except OSError:
+            pass
+        return "not writable (no permission, or immutable)"
 
     def pending_path(self) -> Path:
         """Where a new image is written and committed before :meth:`switch` names it
@@ -264,9 +286,10 @@ class ChainStore:
             with atomic_writer(self.directory / JOURNAL) as fh:
                 fh.write(json.dumps(journal).encode())
             for name, pending in add.items():
-                os.link(pending, self.directory / name)  # never replaces a file
-                if not self._listed(pending, current):  # a listed image grown in place
-                    os.unlink(pending)  # keeps its name until the switch removes it
+                if self._listed(pending, current):  # a listed image grown in place keeps
+                    os.link(pending, self.directory / name)  # its name until removed
+                else:
+                    name_noreplace(pending, self.directory / name)
             self._write_manifest(new)
             self._finish(journal, switched=True)
             if ids:
@@ -301,7 +324,9 @@ class ChainStore:
     def recover(self, *, blocking: bool = False) -> list[str]:
         """Finish or undo an interrupted switch and delete the store's temporary files;
         the names removed.  Without ``blocking`` it does nothing while a writer (in this
-        process or another) holds the lock."""
+        process or another) holds the lock, nor in a directory it cannot write."""
+        if not blocking and not self.writable():  # evidence write-blocked: nothing to
+            return []  # do; readers read a merge in place as journaled, the manifest as is
         with self.lock(blocking=blocking, exclusive_here=not blocking) as held:
             if not held:
                 return []

@@ -1,0 +1,157 @@
+"""Chains where investigators keep them: an exFAT stick (no hard links, no sparse files,
+no POSIX modes), a write-blocked copy (read-only mount), a user without root.  Real
+mounts (exfat-fuse on a loop device, a read-only bind mount), the real command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_tools
+
+MiB = 1 << 20
+
+
+def bf(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, **kwargs)  # type: ignore[call-overload]
+
+
+def ok(*args: object) -> str:
+    done = bf(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("these tests mount file systems: CI runs as root")
+        pytest.skip("mounts need root")
+
+
+def volume(path: Path, seed: int, zero_every: int = 3) -> bytes:
+    """A 4 MiB raw volume of random 4 KiB blocks, every ``zero_every``-th one zeros."""
+    blocks = np.random.default_rng(seed).integers(0, 256, (1024, 4096), dtype=np.uint8)
+    blocks[::zero_every] = 0
+    path.write_bytes(blocks.tobytes())
+    return blocks.tobytes()
+
+
+@pytest.fixture
+def exfat(tmp_path: Path) -> Iterator[Path]:
+    """An exFAT volume on a loop device, mounted by exfat-fuse (the kernel here has no
+    exfat or vfat driver); unmounted after."""
+    need_root()
+    require_tools("mkfs.exfat", "mount.exfat-fuse", "losetup")
+    backing = tmp_path / "stick.img"
+    with open(backing, "wb") as fh:
+        fh.truncate(96 * MiB)
+    subprocess.run(["mkfs.exfat", backing], check=True, capture_output=True)
+    device = subprocess.run(["losetup", "-f", "--show", backing], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    try:
+        subprocess.run(["mount.exfat-fuse", device, stick], check=True, capture_output=True)
+        try:
+            yield stick
+        finally:
+            subprocess.run(["umount", stick], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+
+
+def test_a_chain_on_an_exfat_stick_works_end_to_end(exfat: Path, tmp_path: Path) -> None:
+    """exFAT has no hard links (a new image is named by a rename that never replaces a
+    file: it used to fail with 'Operation not permitted'), no holes and no modes."""
+    source = tmp_path / "disk.raw"
+    chain = exfat / "case chain"
+    points = []
+    for seed in (1, 2, 3):
+        points.append(volume(source, seed, zero_every=2 + seed))
+        ok("backup", source, chain)
+    assert "rewritten" in ok("consolidate", chain, "--point", 1)  # not grown in place: no links
+    assert sorted(os.listdir(chain)) == ["0001-full-c1.bfi", "0002-incr.bfi", "chain.json"]
+    first, second = points[1:]
+    ok("verify", chain)
+    for point, expected in ((0, first), (1, second)):
+        out = exfat / f"point {point}.img"
+        ok("restore", chain, out, "--point", point)
+        assert out.read_bytes() == expected
+    ok("restore", chain, exfat / "point 1.img", "--point", 0, "--force")  # over a file
+    assert (exfat / "point 1.img").read_bytes() == first
+    ok("export", chain, exfat / "p1.vhd", "--format", "vhd-dynamic")
+    compare = subprocess.run(["qemu-img", "compare", "-f", "vpc", "-F", "raw",
+                              exfat / "p1.vhd", source], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert not [n for n in os.listdir(chain) if n.startswith(".")]
+
+
+@pytest.fixture
+def write_blocked(tmp_path: Path) -> Iterator[tuple[Path, bytes]]:
+    """A two-point chain with a leftover temporary (a crashed writer on the original
+    machine), seen through a read-only bind mount; the newest point's bytes."""
+    need_root()
+    source = tmp_path / "disk.raw"
+    volume(source, 1)
+    chain = tmp_path / "chain"
+    ok("backup", source, chain)
+    newest = volume(source, 2)
+    ok("backup", source, chain)
+    leftover = chain / ".pending-0123.bfi.tmp"
+    leftover.write_bytes(b"half an image")
+    os.utime(leftover, (0, 0))
+    view = tmp_path / "evidence"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", chain, view], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", view], check=True)
+        yield view, newest
+    finally:
+        subprocess.run(["umount", view], check=True)
+
+
+def test_a_write_blocked_chain_is_read_and_writers_say_why_not(write_blocked: tuple[Path, bytes],
+                                                                tmp_path: Path) -> None:
+    """Readers used to clean the leftover up first and died on EROFS ('…tmp: Read-only
+    file system'); a writer named a temporary file instead of the reason."""
+    view, newest = write_blocked
+    ok("list", view)
+    ok("verify", view)
+    ok("diff", view, 0, 1)
+    ok("restore", view, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == newest
+    ok("export", view, tmp_path / "out.vhd")
+    for args in (["backup", tmp_path / "disk.raw", view], ["consolidate", view]):
+        done = bf(*args)
+        assert done.returncode == 2
+        assert done.stderr == (f"blockforensics: error: {view}: on a read-only file system; "
+                               "this command writes into the chain: run it on a writable copy\n")
+    assert ".pending-0123.bfi.tmp" in os.listdir(view)
+
+
+def test_mount_without_the_right_to_mount_is_one_line(tmp_path: Path) -> None:
+    """Without CAP_SYS_ADMIN (a user who is not root) FUSE cannot mount: a traceback
+    (RuntimeError: 4) before; now one line saying so, exit 2."""
+    need_root()
+    require_tools("setpriv", "fusermount3")
+    source = tmp_path / "disk.raw"
+    volume(source, 1)
+    ok("backup", source, tmp_path / "chain")
+    (tmp_path / "mnt").mkdir()
+    drop = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+    for args in (["mount", tmp_path / "chain", tmp_path / "mnt"],
+                 ["verify", tmp_path / "chain", "--fs"]):
+        done = subprocess.run([*drop, sys.executable, "-m", "blockforensics.cli",
+                               *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "RuntimeError" not in done.stderr
+        assert done.stderr.splitlines()[-1].endswith(
+            "FUSE mount failed (mounting failed: it needs root, or a fusermount3 this user "
+            "may run)")
