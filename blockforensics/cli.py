@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -21,9 +22,7 @@ if TYPE_CHECKING:
 
     from blockforensics.crypto import KeySource
     from blockforensics.formats.base import Disk
-    from blockforensics.formats.ewf import EwfDisk
     from blockforensics.image.chain import Chain
-    from blockforensics.image.sources import SourceCheck
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -142,6 +141,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from blockforensics.blockmap import BlockMap
     from blockforensics.image.backup import backup
     from blockforensics.image.chain import Chain
+    from blockforensics.image.sources import AcquisitionHashMismatch, acquisition, recorded
     from blockforensics.volume import check_disk_size
 
     if "://" not in args.source:
@@ -188,13 +188,14 @@ def cmd_backup(args: argparse.Namespace) -> int:
                 raise UsageError("--bitmap needs an NBD source (nbd+unix:///EXPORT?socket=PATH)")
             changed = source.dirty_map(args.bitmap, block_size)
         found = None if args.all_blocks else survey(source, block_size)
-        hashed = _acquisition(source)
-        if hashed is not None:  # read whole, in order, during the backup
-            hashed.start_hashing()
-        point = backup(chain, source, parent=args.parent, full=args.full or None,
-                       changed=changed, only=found.map if found else None, block_size=block_size,
-                       label=args.label, compress=args.compress, progress=sys.stderr.isatty())
-        check = None if hashed is None else _check_acquisition(chain, point, hashed)
+        with warnings.catch_warnings():  # a mismatch is reported below, and exits 1
+            warnings.simplefilter("ignore", AcquisitionHashMismatch)
+            point = backup(chain, source, parent=args.parent, full=args.full or None,
+                           changed=changed, only=found.map if found else None,
+                           block_size=block_size, label=args.label, compress=args.compress,
+                           progress=sys.stderr.isatty())
+        check = recorded(chain.directory).get(chain.images[point].name) \
+            if acquisition(source) else None
     row = chain.rows()[point]
     if chain.commit_warning:  # the point exists: say so, so that no retry duplicates it
         print(f"blockforensics: warning: {chain.commit_warning}", file=sys.stderr)
@@ -216,23 +217,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(f"blockforensics: source: {check.report()}", file=sys.stderr)  # what was acquired
         return EXIT_CHECK_FAILED
     return EXIT_OK
-
-
-def _acquisition(source: Disk) -> EwfDisk | None:
-    """``source`` if it is an acquisition image that stores hashes of its medium."""
-    from blockforensics.formats.ewf import EwfDisk
-
-    return source if isinstance(source, EwfDisk) and source.hashes else None
-
-
-def _check_acquisition(chain: Chain, point: int, source: EwfDisk) -> SourceCheck:
-    """The stored hashes of ``source`` against the medium as read, recorded beside the
-    chain's image of ``point``."""
-    from blockforensics.image.sources import SourceCheck
-
-    check = SourceCheck(os.path.abspath(source.path), source.hashes, source.finish_hashing())
-    check.record(chain.directory, chain.images[point].name)
-    return check
 
 
 def cmd_list(args: argparse.Namespace) -> int:

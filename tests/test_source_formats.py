@@ -247,6 +247,39 @@ def test_a_wrong_stored_hash_is_said_loudly_and_by_verify(e01: Path, raw_disk: P
     assert [row["source_hashes_match"] for row in listed] == [False]
 
 
+def test_the_library_backup_checks_and_records_the_stored_hashes(
+        e01: Path, raw_disk: Path, tmp_path: Path) -> None:
+    """``backup()`` itself (a notebook's call, not only the command's) hashes the medium,
+    records the outcome for ``verify`` and warns on a mismatch; a point whose source
+    stores no hashes carries no check, even one left under its name."""
+    from blockforensics.image.backup import backup
+    from blockforensics.image.chain import Chain
+    from blockforensics.image.sources import AcquisitionHashMismatch, SourceCheck, recorded
+    from blockforensics.image.verify import verify
+
+    wrong = with_stored_md5(e01, tmp_path / "wrong.E01", b"\x11" * 16)
+    chain = Chain.create(tmp_path / "chain")
+    with open_disk(str(e01)) as good:
+        first = backup(chain, good)
+    with open_disk(str(wrong)) as bad, pytest.warns(AcquisitionHashMismatch, match="MD5 stored"):
+        second = backup(chain, bad)
+    checks = recorded(chain.directory)
+    assert checks[chain.images[first].name].ok
+    assert not checks[chain.images[second].name].ok
+    assert checks[chain.images[second].name].read["MD5"] == \
+        hashlib.md5(raw_disk.read_bytes()).hexdigest()
+    problems = verify(chain.directory).problems
+    assert [problem.image for problem in problems] == [chain.images[second].name]
+    assert "ACQUISITION HASH MISMATCH" in problems[0].message
+    stale = chain.store.new_name("incr")  # the name the next point takes
+    SourceCheck("old.E01", {"MD5": "1" * 32}, {"MD5": "2" * 32}).record(chain.directory, stale)
+    with open_disk(str(raw_disk)) as plain:
+        third = backup(chain, plain)
+    assert chain.images[third].name == stale
+    assert stale not in recorded(chain.directory)
+    assert chain.images[first].name in recorded(chain.directory)
+
+
 def test_a_damaged_chunk_is_a_hash_mismatch(e01: Path, tmp_path: Path) -> None:
     """Bytes of the first compressed chunk overwritten: libewf's own checksum fails
     (ewfverify names the sectors) and pyewf reads the chunk as zeros without a word;

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import overload
@@ -27,6 +28,7 @@ from blockforensics.disk import Disk, nonzero_rows
 from blockforensics.errors import UsageError
 from blockforensics.fileio import atomic_writer, set_size, writeback_progress
 from blockforensics.formats.placement import PlacedWriter
+from blockforensics.image import sources
 from blockforensics.image.chain import Chain, PointRef
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size, check_disk_size
@@ -155,6 +157,11 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     - ``changed``: trust this map of changed blocks instead of comparing digests.
     - ``only``: store nothing outside this map (e.g. the allocated blocks).
     - ``compress``: zstd-compress blocks (before encryption) where that saves space.
+
+    An acquisition image (E01) that stores hashes of its medium is hashed as it is read,
+    the rest of it after, and the outcome recorded in the chain (``sources.json``, which
+    ``verify`` reports); a mismatch warns :class:`AcquisitionHashMismatch` (the point is
+    kept: it holds what was read).
     """
     if full is None:
         full = len(chain) == 0
@@ -181,7 +188,9 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     if only is not None:
         todo &= only
     reader = source if source.block_size == bs else _Reblocked(source, bs)
-
+    hashed = sources.acquisition(source)
+    if hashed is not None:  # hashed in order as it is read, what is not read after
+        hashed.start_hashing()
     with chain.locked(), chain.writer(header, compress=compress) as writer, \
             progress_bar(todo.count() * bs, "backup", progress) as bar:
         codec = writer.codec
@@ -200,8 +209,16 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
             rows = np.flatnonzero(take)
             writer.add(positions[rows], _to_front(blocks, rows))
             bar.update(len(positions) * bs)
-        path = writer.commit()
-        return chain.append(path)
+        point = chain.append(writer.commit())
+    if hashed is None:
+        sources.forget(chain.directory, chain.images[point].name)
+        return point
+    check = sources.SourceCheck(os.path.abspath(hashed.path), hashed.hashes,
+                                hashed.finish_hashing())
+    check.record(chain.directory, chain.images[point].name)
+    if not check.ok:
+        warnings.warn(check.report(), sources.AcquisitionHashMismatch, stacklevel=2)
+    return point
 
 
 @overload

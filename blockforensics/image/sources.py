@@ -16,14 +16,23 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockforensics.fileio import atomic_writer, directory_lock
+
+if TYPE_CHECKING:
+    from blockforensics.disk import Disk
+    from blockforensics.formats.ewf import EwfDisk
 
 #: the records' file in a chain directory
 SOURCES = "sources.json"
 #: larger than any record file the backups write: anything longer is not one
 MAX_SOURCES_BYTES = 1 << 20
+
+
+class AcquisitionHashMismatch(UserWarning):
+    """Warned by ``backup()`` when its source's stored hashes do not match the medium as
+    read: the point holds what was read, not what was acquired."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,35 @@ class SourceCheck:
 
     def record(self, directory: str | os.PathLike[str], image: str) -> None:
         """Record this check as ``image``'s in the chain ``directory`` (atomically)."""
-        with directory_lock(directory):
-            records = recorded(directory)
-            records[image] = self
-            with atomic_writer(Path(directory) / SOURCES) as fh:
-                fh.write(json.dumps({name: check.to_json() for name, check in records.items()},
-                                    indent=1).encode())
+        _rewrite(directory, image, self)
+
+
+def acquisition(source: Disk) -> EwfDisk | None:
+    """``source`` if it is an acquisition image that stores hashes of its medium."""
+    from blockforensics.formats.ewf import EwfDisk
+
+    return source if isinstance(source, EwfDisk) and source.hashes else None
+
+
+def forget(directory: str | os.PathLike[str], image: str) -> None:
+    """Drop the record of ``image`` in the chain ``directory``, if there is one: an image
+    name can come back after a consolidation removed the newest point, and the new image
+    must not carry the old one's check."""
+    if image in recorded(directory):
+        _rewrite(directory, image, None)
+
+
+def _rewrite(directory: str | os.PathLike[str], image: str, check: SourceCheck | None
+             ) -> None:
+    """Set (or, with None, drop) ``image``'s record in ``directory``'s file, atomically."""
+    with directory_lock(directory):
+        records = recorded(directory)
+        records.pop(image, None)
+        if check is not None:
+            records[image] = check
+        with atomic_writer(Path(directory) / SOURCES) as fh:
+            fh.write(json.dumps({name: item.to_json() for name, item in records.items()},
+                                indent=1).encode())
 
 
 def recorded(directory: str | os.PathLike[str]) -> dict[str, SourceCheck]:
