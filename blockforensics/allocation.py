@@ -217,6 +217,8 @@ class Region:
     note: str = ""
     kind: str = ""  # the partition's kind ("primary", "gpt", "whole", "lv" …)
     name: str = ""  # a logical volume's "vg/lv"
+    #: a file system read with changes still in its journal or log: what listings show
+    recovery: str = ""
 
     @property
     def where(self) -> str:
@@ -232,14 +234,16 @@ class Region:
                 return f"{self.where}: {self.note}: not read (it has no extents of its own " \
                        "here; the extents it uses are copied whole)"
             return f"{self.where}{what}: {self.note}: copying all {self.total} blocks"
-        return f"{self.where} ({self.filesystem}): {self.blocks} of {self.total} blocks allocated"
+        recovery = f"; {self.recovery}" if self.recovery else ""
+        return (f"{self.where} ({self.filesystem}): {self.blocks} of {self.total} blocks "
+                f"allocated{recovery}")
 
     def to_json(self) -> dict[str, object]:
         return {"index": self.index, "type": self.type, "start_byte": self.start_byte,
                 "length_bytes": self.length_bytes, "filesystem": self.filesystem,
                 "blocks": self.blocks, "total_blocks": self.total,
                 "all_blocks": bool(self.note), "note": self.note, "kind": self.kind,
-                "name": self.name}
+                "name": self.name, "recovery": self.recovery}
 
 
 @dataclass(frozen=True)
@@ -299,11 +303,12 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
         pending = []
         for part in found:
             problem = problems.get(part)
+            recovery = ""
             if problem is None or (part.kind == "lv" and not problem):
-                kind, note = _read_area(d, part, starts, stops, read)
+                kind, note, recovery = _read_area(d, part, starts, stops, read)
             else:  # a physical volume (its volumes are regions of their own), or a
                 kind, note = ("lvm2" if part.kind != "lv" else None), problem  # volume not read
-            pending.append((part, kind, note))
+            pending.append((part, kind, note, recovery))
         outside_starts, outside_stops = _outside(read, d.size)
         starts.append(outside_starts)
         stops.append(outside_stops)
@@ -312,7 +317,7 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
         run_starts, run_lengths = amap.run_arrays()
         run_stops = run_starts + run_lengths
         regions = []
-        for part, kind, note in pending:
+        for part, kind, note, recovery in pending:
             blocks = total = 0
             for start, end in part.extents():
                 first = start // block_size
@@ -322,7 +327,7 @@ def survey(disk: DiskLike, block_size: int | None = None) -> Survey:
                 total += max(stop - first, 0)
             regions.append(Region(part.index, part.type_name, part.start_byte, part.length_bytes,
                                   kind, blocks, total, note, part.kind,
-                                  part.name if part.kind == "lv" else ""))
+                                  part.name if part.kind == "lv" else "", recovery))
         return Survey(table, amap, regions, notes)
 
 
@@ -456,21 +461,23 @@ def _with_volumes(disk: Disk, found: list[Partition], notes: list[str]
 
 
 def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: list[np.ndarray],
-               read: list[tuple[int, int]]) -> tuple[str | None, str]:
+               read: list[tuple[int, int]]) -> tuple[str | None, str, str]:
     """Add the allocated byte runs of the file system in ``part`` (when one is read with
-    certainty) to ``starts``/``stops``, as disk bytes; returns its kind and a note when
-    it was not.  A logical volume is read through its view (volume bytes), its runs
-    mapped back to the disk extent by extent."""
+    certainty) to ``starts``/``stops``, as disk bytes; returns its kind, a note when it
+    was not, and what its listings show of changes waiting in its journal or log
+    (:meth:`~blockforensics.fs.base.FileSystem.recovery_note`).  A logical volume is
+    read through its view (volume bytes), its runs mapped back to the disk extent by
+    extent."""
     end = max(stop for _, stop in part.extents())
     if part.start_byte >= disk.size:
-        return None, f"starts past the end of the image ({disk.size} bytes)"
+        return None, f"starts past the end of the image ({disk.size} bytes)", ""
     view, offset = part.view(disk)
     try:
         fs = _open(view, offset)
     except FormatError as exc:
-        return None, str(exc)
+        return None, str(exc), ""
     if fs is None:
-        return None, "not recognised"
+        return None, "not recognised", ""
     try:
         available = min(part.length_bytes, view.size - offset)
         if end > disk.size:
@@ -479,7 +486,7 @@ def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: lis
         fs.check_fits(available)
         run_starts, run_lengths = fs.allocation().run_arrays()
     except FormatError as exc:
-        return fs.kind, str(exc).removeprefix(f"{fs.name}: ")
+        return fs.kind, str(exc).removeprefix(f"{fs.name}: "), ""
     pieces = part.pieces or ((0, part.start_byte, part.length_bytes),)
     fs_starts, fs_stops = run_starts * fs.unit, (run_starts + run_lengths) * fs.unit
     for volume_byte, disk_byte, length in pieces:  # a partition is one piece
@@ -495,7 +502,7 @@ def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: lis
         starts.append(clipped_starts[keep] - lo + disk_byte)
         stops.append(clipped_stops[keep] - lo + disk_byte)
         read.append((disk_byte, disk_byte + hi - lo))
-    return fs.kind, ""
+    return fs.kind, "", fs.recovery_note()
 
 
 def _outside(extents: list[tuple[int, int]], size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,8 @@ class DissectLister(ABC):
     library: str
     #: the file system's name in the rows (``Entry.fs``)
     fs_name: str
+    #: what the listing shows of changes waiting in a log (see ``tsk.Lister``)
+    recovery = ""
 
     @abstractmethod
     def _root(self) -> Any:

@@ -584,6 +584,8 @@ class DiffResult:
     owners: pd.DataFrame
     files_checked: bool
     notes: list[str] = dataclasses.field(default_factory=list)  # file systems not read
+    #: file systems read with changes waiting in their journal or log: replayed or not
+    recovery: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def changed_blocks(self) -> int:
@@ -614,7 +616,8 @@ class DiffResult:
                 "changed_blocks": self.changed_blocks,
                 "runs": json.loads(runs.to_json(orient="records")),
                 "files": json.loads(self.files.to_json(orient="records", double_precision=6)),
-                "files_checked": self.files_checked, "notes": self.notes}
+                "files_checked": self.files_checked, "notes": self.notes,
+                "recovery": self.recovery}
 
     def __str__(self) -> str:
         origin = "empty volume" if self.a is None else f"point {self.a}"
@@ -635,6 +638,7 @@ class DiffResult:
                 lines += [f"  {row.path}: " + "; ".join(row.evidence)
                           for row in flagged.itertuples()]
         lines += [f"not read: {note}" for note in self.notes]
+        lines += [f"log: {note}" for note in self.recovery]
         return "\n".join(lines)
 
 
@@ -650,6 +654,7 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
     frame = pd.DataFrame(columns=FILE_COLUMNS)
     owners = pd.DataFrame(columns=OWNER_COLUMNS)
     notes: list[str] = []
+    recovery: list[str] = []
     if files:
         for p in (a, b):
             if p not in listings:
@@ -657,6 +662,8 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         skipped = listings[a].unreadable.keys() | listings[b].unreadable.keys()
         notes = sorted(f"point {p}: {prefix or '/'}: {why}" for p in (a, b)
                        for prefix, why in listings[p].unreadable.items())
+        recovery = sorted(f"point {p}: {prefix or '/'}: {how}" for p in dict.fromkeys((a, b))
+                          for prefix, how in listings[p].recovery.items())
         # a file system one side cannot read is compared on neither (not "all deleted")
         sides = [{path: e for path, e in listings[p].entries.items()
                   if not any(path.startswith(prefix + "/") for prefix in skipped)}
@@ -673,7 +680,7 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
     return DiffResult(a, b, changed.n_blocks, changed.block_size, runs, frame.astype({
         "entropy_before": float, "entropy_after": float, "size_before": "int64",
         "size_after": "int64", "suspected_encryption": bool, "explained": bool}),
-        owners.astype({"start": "int64", "length": "int64"}), files, notes)
+        owners.astype({"start": "int64", "length": "int64"}), files, notes, recovery)
 
 
 def _owners_in(owners: pd.DataFrame, start: int, length: int) -> tuple[str, ...]:

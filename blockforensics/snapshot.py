@@ -87,6 +87,29 @@ class BlockStore:
         out[kept] = self._blocks[rows[kept]]
 
 
+class OverlayDisk(Disk):
+    """``base`` with some of its bytes replaced (a journal or log replayed for reading):
+    reads come from ``base``, the blocks :meth:`write` changed from a
+    :class:`BlockStore`; ``base`` is never written."""
+
+    def __init__(self, base: Disk):
+        self.base = base
+        self.size, self.block_size = base.size, base.block_size
+        self.store = BlockStore(base.block_size)
+
+    def read_blocks(self, start: int, count: int) -> np.ndarray:
+        out = self.base.read_blocks(start, count)
+        self.store.overlay(out, start)
+        return out
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Replace bytes ``offset .. offset + len(data)`` (read-modify-write of blocks)."""
+        self.store.put(*self.patched(offset, data))
+
+    def close(self) -> None:
+        """The base disk belongs to the caller."""
+
+
 class Snapshot:
     """A point-in-time, copy-on-write view of ``volume``, with quiescence writes."""
 

@@ -220,11 +220,13 @@ class Entry:
 
 @dataclass
 class Listing:
-    """Every allocated entry of a disk by path, and the file systems TSK could not open
-    (path prefix, e.g. "" or "p2:", -> why)."""
+    """Every allocated entry of a disk by path, the file systems TSK could not open
+    (path prefix, e.g. "" or "p2:", -> why), and those read with changes waiting in
+    their journal or log (prefix -> whether the listing shows them replayed)."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
+    recovery: dict[str, str] = field(default_factory=dict)
 
 
 ToDisk = Callable[[np.ndarray], np.ndarray]
@@ -665,7 +667,11 @@ class Lister(Protocol):
     (:class:`TskLister`) or, for XFS, which TSK 4.11 does not read, through
     dissect.xfs (:class:`blockforensics.xfsfiles.XfsLister`), for Btrfs through
     dissect.btrfs (:class:`blockforensics.btrfsfiles.BtrfsLister`).  Paths handed in are the
-    listing's (``p1:/dir/file``) and, as ``inner``, the same inside the file system."""
+    listing's (``p1:/dir/file``) and, as ``inner``, the same inside the file system.
+    ``recovery``: what the listing shows of changes waiting in the file system's
+    journal or log (replayed, or why not; "": none wait)."""
+
+    recovery: str
 
     def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
         """Add the root (``root_path``, ending in "/") and every allocated entry below it;
@@ -681,6 +687,8 @@ class Lister(Protocol):
 
 class TskLister:
     """:class:`Lister` of a file system The Sleuth Kit opens (``fs``: its ``FS_Info``)."""
+
+    recovery = ""
 
     def __init__(self, fs: Any, to_disk: ToDisk):
         self.tsk, self.fs, self.to_disk = pytsk3(), fs, to_disk
@@ -791,6 +799,8 @@ def list_entries(disk: Disk | None) -> Listing:
             listing.unreadable[prefix] = problem or ""
             continue
         problems = lister.walk(f"{prefix}/", listing.entries)
+        if lister.recovery:
+            listing.recovery[prefix] = lister.recovery
         if problems:
             listing.unreadable[prefix] = "; ".join(problems)
     return listing

@@ -27,6 +27,7 @@ from blockforensics.dissectfiles import DissectLister, Window, dissect_module
 from blockforensics.errors import FormatError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.xfs import XfsFileSystem
+from blockforensics.fs.xfslog import replayed
 from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
 
 #: di_format of an inode whose data lives in the inode itself
@@ -52,6 +53,11 @@ class XfsLister(DissectLister):
 
     def __init__(self, disk: Disk, offset: int, to_disk: ToDisk):
         self.geometry = XfsFileSystem(disk, offset)
+        #: what a dirty log made of the listing: replayed, or why not ("": clean)
+        self.recovery = ""
+        if self.geometry.log_problem:
+            disk, self.recovery = replayed(self.geometry)
+            self.geometry = XfsFileSystem(disk, offset)
         self.to_disk = to_disk
         self.disk, self.offset = disk, offset
         module = dissect_module("xfs")

@@ -55,6 +55,12 @@ class FileSystem(ABC):
             raise FormatError(f"{self.name}: truncated, declares {self.size} bytes "
                               f"but only {available} are there")
 
+    def recovery_note(self) -> str:
+        """What file listings of it show when its journal or log holds changes not yet
+        in place: the state after recovery (replayed for reading) or before; "" when
+        nothing waits for recovery (or the reader does not say)."""
+        return ""
+
     @abstractmethod
     def allocation(self) -> BlockMap:
         """Allocated units: a map of ``n_units`` blocks of ``unit`` bytes."""

@@ -42,6 +42,7 @@ count from the start of an AG; log positions are 512-byte basic blocks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
@@ -127,6 +128,7 @@ LOG_RECORD = Structure("XlogRecHeader", 0x144, [
     (0x0C, "I", "h_len"),  # bytes of data after the header blocks
     (0x10, "Q", "h_lsn"),  # cycle << 32 | block: this record's own place
     (0x18, "Q", "h_tail_lsn"),  # cycle << 32 | block of the oldest record still needed
+    (0x20, "I", "h_crc"),  # v5: CRC-32C of header, extended headers and data (little-endian)
     (0x28, "I", "h_num_logops"),
     (0x140, "I", "h_size"),  # the in-core log buffer size (v2 logs)
 ], byteorder=">")
@@ -136,12 +138,19 @@ LOG_RECORD = Structure("XlogRecHeader", 0x144, [
 LOG_CYCLE_DATA = 0x2C
 LOG_EXT_CYCLE_DATA = 0x4
 LOG_CYCLE_WORDS = 64
+#: bytes of a record header and of an extended header (``sizeof``) its CRC covers, and
+#: where the CRC is
+LOG_RECORD_HEADER_BYTES = 0x148
+LOG_EXT_HEADER_BYTES = 4 + 4 * LOG_CYCLE_WORDS
+LOG_CRC_OFFSET = 0x20
 #: xlog_op_header, before each region of a record's data
 LOG_OP = Structure("XlogOpHeader", 12, [
     (0x0, "I", "oh_tid"),
     (0x4, "I", "oh_len"),
     (0x9, "B", "oh_flags"),
 ], byteorder=">")
+LOG_START_TRANS = 0x1  # a transaction's first operation (no region)
+LOG_COMMIT_TRANS = 0x2  # its last: the transaction is whole in the log
 LOG_CONTINUE_TRANS = 0x4  # the region goes on in the next record
 LOG_WAS_CONT_TRANS = 0x8  # the region began in the previous record
 #: xfs_buf_log_format, the first region of a logged buffer, in the byte order of the
@@ -165,6 +174,17 @@ LOG_WINDOW = 8192
 
 LOG_DIRTY = "its log is dirty (not cleanly unmounted: recovery would replay it)"
 LOG_IN_FLIGHT = "its log is not at rest (log writes in flight or torn)"
+
+
+@dataclass(frozen=True)
+class LogOp:
+    """One operation of a log record: its transaction (``tid``), ``oh_flags`` and region
+    (whole), with the ``h_lsn`` of the record it ends in."""
+
+    lsn: int
+    tid: int
+    flags: int
+    region: bytes
 
 
 @dataclass(frozen=True)
@@ -383,13 +403,28 @@ class XfsFileSystem(FileSystem):
         logs that AG's AGF and free-space btree blocks, so an AG not named here has on
         disk the free space recovery leaves it.  FormatError when a record or its
         operations do not hold together."""
+        ag_bytes = self.sb.sb_agblocks * self.block_size
+        ags: set[int] = set()
+        for op in self.log_ops():
+            for layout in BUF_LOG_FORMATS:
+                if len(op.region) >= layout.size:
+                    item = layout.parse(op.region)
+                    if item.blf_type == LI_BUF and 0 <= item.blf_blkno * BASIC_BLOCK < self.size:
+                        ags.add(item.blf_blkno * BASIC_BLOCK // ag_bytes)
+        return ags
+
+    def log_ops(self) -> Iterator[LogOp]:
+        """The operations of a dirty log's records from the tail (which the last record
+        names) to the head, in log order, each region whole (one split over records
+        put together, given where it ends; the rest of one begun before the tail is
+        left out).  FormatError when a record does not name its own place, fails its
+        CRC (v5) or holds operations past its end."""
         state = self._log
         n = state.blocks
         last = LOG_RECORD.parse(self._log_blocks(state.last, 1))
         position = last.h_tail_lsn & 0xFFFFFFFF
         if position >= n:
             raise FormatError(f"{self.name}: log tail at block {position} of {n}")
-        ags: set[int] = set()
         pending: dict[int, bytes] = {}  # tid -> the start of a region split over records
         walked = 0
         while position != state.head:
@@ -405,22 +440,33 @@ class XfsFileSystem(FileSystem):
                                   f"block {position}")
             headers = self._log_blocks(position, hblks)
             data = bytearray(self._log_blocks((position + hblks) % n, blocks))
+            if self.crc and not self._record_crc_ok(headers, hblks, data[: record.h_len]):
+                raise FormatError(f"{self.name}: its dirty log's record at block {position} "
+                                  f"fails its CRC (torn or damaged)")
             for i in range(blocks):  # the first word of each block, from the headers
                 j, k = divmod(i, LOG_CYCLE_WORDS)
                 at = j * BASIC_BLOCK + (LOG_EXT_CYCLE_DATA if j else LOG_CYCLE_DATA) + 4 * k
                 data[i * BASIC_BLOCK : i * BASIC_BLOCK + 4] = headers[at : at + 4]
-            self._logged_buffers(bytes(data[: record.h_len]), record.h_num_logops, pending,
-                                 ags, position)
+            yield from self._record_ops(bytes(data[: record.h_len]), record, pending, position)
             position = (position + hblks + blocks) % n
-        return ags
 
-    def _logged_buffers(self, data: bytes, count: int, pending: dict[int, bytes],
-                        ags: set[int], position: int) -> None:
-        """Add the AG of each buffer logged in a record's ``count`` operations to
-        ``ags`` (regions split over records put together through ``pending``)."""
+    @staticmethod
+    def _record_crc_ok(headers: bytes, hblks: int, data: bytes | bytearray) -> bool:
+        """Whether a v5 log record's ``h_crc`` (CRC-32C, stored little-endian) is that of
+        its header (the field zeroed), its extended headers and its data as on disk."""
+        parts = [headers[:LOG_CRC_OFFSET], bytes(4),
+                 headers[LOG_CRC_OFFSET + 4 : LOG_RECORD_HEADER_BYTES]]
+        parts += [headers[j * BASIC_BLOCK : j * BASIC_BLOCK + LOG_EXT_HEADER_BYTES]
+                  for j in range(1, hblks)]
+        stored = int.from_bytes(headers[LOG_CRC_OFFSET : LOG_CRC_OFFSET + 4], "little")
+        return crc32c(b"".join(parts) + bytes(data)) == stored
+
+    def _record_ops(self, data: bytes, record: Any, pending: dict[int, bytes],
+                    position: int) -> Iterator[LogOp]:
+        """The ``h_num_logops`` operations of one record's data (regions split over
+        records put together through ``pending``)."""
         at = 0
-        ag_bytes = self.sb.sb_agblocks * self.block_size
-        for _ in range(count):
+        for _ in range(record.h_num_logops):
             op = LOG_OP.parse(data, at) if at + LOG_OP.size <= len(data) else None
             if op is None or at + LOG_OP.size + op.oh_len > len(data):
                 raise FormatError(f"{self.name}: its dirty log's record at block {position} "
@@ -434,11 +480,7 @@ class XfsFileSystem(FileSystem):
             if op.oh_flags & LOG_CONTINUE_TRANS:
                 pending[op.oh_tid] = region
                 continue
-            for layout in BUF_LOG_FORMATS:
-                if len(region) >= layout.size:
-                    item = layout.parse(region)
-                    if item.blf_type == LI_BUF and 0 <= item.blf_blkno * BASIC_BLOCK < self.size:
-                        ags.add(item.blf_blkno * BASIC_BLOCK // ag_bytes)
+            yield LogOp(record.h_lsn, op.oh_tid, op.oh_flags, region)
 
     def _log_blocks(self, first: int, count: int) -> bytes:
         """``count`` basic blocks of the log from block ``first`` on (wrapping past its
@@ -485,6 +527,15 @@ class XfsFileSystem(FileSystem):
             else:
                 high = middle
         return high, cycle
+
+    def recovery_note(self) -> str:
+        """A dirty log: how many transactions its recovery replays for the listings
+        (:mod:`blockforensics.fs.xfslog`), or why they show the state before it."""
+        if not self.log_problem:
+            return ""
+        from blockforensics.fs.xfslog import replayed  # it reads logs with this module
+
+        return replayed(self)[1]
 
     # -------------------------------------------------------------- allocation
     def allocation(self) -> BlockMap:
