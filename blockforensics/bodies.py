@@ -21,7 +21,17 @@ its own specification makes, which random bytes fail within a few hundred bytes:
   to the RIFF size;
 - FLAC: metadata blocks chain from STREAMINFO, then a frame header (sync code, its
   CRC-8 checking) begins where they end and within the largest frame size of the one
-  before, to the end.
+  before, to the end;
+- MP3 (MPEG audio): after the ID3v2 tag, frames chain by the lengths their headers give
+  (:mod:`blockforensics.mpegaudio`), to the end or a closing tag (ID3v1, APE, Lyrics3);
+- GIF (89a): after the screen descriptor and colour table, blocks chain — an extension
+  (0x21) or an image (0x2C) whose data sub-blocks run to a zero-length one — to the
+  trailer (0x3B);
+- Matroska/WebM (EBML, RFC 8794 and 9559): the segment's elements, and the elements of
+  each cluster (where the coded frames are), chain by their sizes, each with an ID the
+  format defines at that level;
+- 7z: the start header's CRC-32 checks, and the end header it points at checks its own
+  (the packed streams between have no structure of their own).
 
 A file cut short (a download in progress) is not broken: the body that exists is valid,
 it just ends.  A break counts (:func:`body_break`) only where the bytes from it are
@@ -43,6 +53,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+
+from blockforensics import mpegaudio
 
 try:
     from compression import zstd  # type: ignore[import-not-found]
@@ -149,6 +161,38 @@ PDF_ENDSTREAM = re.compile(rb"\s{0,2}endstream")
 PDF_ENDSTREAM_SLACK = 11
 #: a trailer naming an encryption dictionary: the streams are encrypted by the PDF itself
 PDF_ENCRYPT = b"/Encrypt"
+#: ID3v2 (id3.org, v2.3/2.4): "ID3", version (2 bytes), flags, size of what follows the
+#: 10-byte header (and the footer, flag 0x10, 10 bytes more), 4 bytes of 7 bits each
+ID3V2 = struct.Struct(">3sHB4s")
+ID3V2_FOOTER_FLAG, ID3V2_FOOTER_BYTES = 0x10, 10
+#: what may follow an MP3's last frame: ID3v1 ("TAG"), APEv2, Lyrics3, an appended ID3v2
+MP3_TRAILERS = (b"TAG", b"APETAGEX", b"LYRICS", b"ID3")
+NOT_ZERO = re.compile(rb"[^\x00]")
+#: GIF: signature and version, logical screen width and height, packed fields (bit 7: a
+#: global colour table of 3 * 2 ** (bits 0-2 + 1) bytes follows), background, aspect
+GIF_SCREEN = struct.Struct("<6sHHBBB")
+#: an image descriptor after its 0x2C: left, top, width, height, packed fields (as above,
+#: for a local colour table)
+GIF_IMAGE = struct.Struct("<HHHHB")
+GIF_EXTENSION, GIF_IMAGE_SEPARATOR, GIF_TRAILER = 0x21, 0x2C, 0x3B
+GIF_COLOUR_TABLE = 0x80
+#: the LZW minimum code size an image's data starts with (bits; GIF allows 2-8, some
+#: writers write 1 for two-colour pictures)
+GIF_LZW_BITS = range(1, 9)
+#: EBML (RFC 8794) and Matroska (RFC 9559) element IDs: the EBML header, the segment,
+#: those a segment holds (level 1) and those a cluster holds, with the two allowed anywhere
+EBML_HEADER, EBML_VOID, EBML_CRC32 = 0x1A45DFA3, 0xEC, 0xBF
+MKV_SEGMENT, MKV_CLUSTER = 0x18538067, 0x1F43B675
+MKV_SEGMENT_CHILDREN = frozenset({0x114D9B74, 0x1549A966, 0x1654AE6B, MKV_CLUSTER, 0x1C53BB6B,
+                                  0x1941A469, 0x1043A770, 0x1254C367, EBML_VOID, EBML_CRC32})
+MKV_CLUSTER_CHILDREN = frozenset({0xE7, 0x5854, 0xA7, 0xAB, 0xA3, 0xA0, 0xAF, EBML_VOID,
+                                  EBML_CRC32})
+#: 7z's signature header: signature, version (major, minor), CRC-32 of the start header
+#: (the 20 bytes after it): the end header's offset from byte 32, its size, its CRC-32
+SEVENZIP = struct.Struct("<6sBBIQQI")
+SEVENZIP_START_HEADER = slice(12, 32)
+#: the end header's first byte: kHeader, or kEncodedHeader (the header packed as a stream)
+SEVENZIP_HEADER_IDS = (0x01, 0x17)
 
 
 @dataclass(frozen=True)
@@ -174,7 +218,10 @@ def body_break(fmt: str | None, data: bytes) -> Break | None:
     if found is None:
         return None
     offset, rule = found
-    window = np.frombuffer(data, np.uint8)[offset : offset + WINDOW_BYTES]
+    a = np.frombuffer(data, np.uint8)
+    window = a[offset : offset + WINDOW_BYTES]
+    if window.size < SEGMENT_BYTES and len(data) < BODY_BYTES:  # a break near the end:
+        window = a[max(0, len(data) - SEGMENT_BYTES):]  # judged with the bytes before it
     if window.size < SEGMENT_BYTES:
         return None
     counts = np.bincount(window, minlength=256)
@@ -649,8 +696,175 @@ def _flac_frames(data: bytes, start: int) -> np.ndarray:
     return at[ok]
 
 
+def _mp3(data: bytes) -> Found:
+    pos = 0
+    if data[:3] == b"ID3" and len(data) >= ID3V2.size:
+        _, _, flags, size = ID3V2.unpack_from(data)
+        pos = ID3V2.size + int.from_bytes(bytes(b & 0x7F for b in size), "big") \
+            + (ID3V2_FOOTER_BYTES if flags & ID3V2_FOOTER_FLAG else 0)
+        padded = NOT_ZERO.search(data, pos)  # the tag's padding, if uncounted
+        pos = padded.start() if padded else len(data)
+    if pos + mpegaudio.HEADER.size > len(data):
+        return None
+    if mpegaudio.frame_at(data, pos) is None:
+        if data[pos] == 0xFF and data[pos + 1] & 0xE0 == 0xE0 and data[pos + 2] >> 4 == 0:
+            return None  # a free-format stream: its headers give no lengths to chain
+        return pos, "an MPEG audio frame must begin after the ID3v2 tag"
+    pos = mpegaudio.stream_end(data, pos)
+    if pos + mpegaudio.HEADER.size > len(data) or data.startswith(MP3_TRAILERS, pos):
+        return None
+    return pos, "an MPEG audio frame (of the stream's version, layer and rate) must begin " \
+                "where the one before ends"
+
+
+def _gif(data: bytes) -> Found:
+    if len(data) < GIF_SCREEN.size:
+        return None
+    packed = GIF_SCREEN.unpack_from(data)[3]
+    pos = GIF_SCREEN.size + _colour_table(packed)
+    while pos < len(data):
+        kind = data[pos]
+        if kind == GIF_TRAILER:
+            return None
+        if kind == GIF_EXTENSION:
+            ended = _sub_blocks(data, pos + 2)  # after the introducer and the label
+        elif kind == GIF_IMAGE_SEPARATOR:
+            if pos + 1 + GIF_IMAGE.size >= len(data):
+                return None
+            pos += 1 + GIF_IMAGE.size + _colour_table(GIF_IMAGE.unpack_from(data, pos + 1)[4])
+            if pos < len(data) and data[pos] not in GIF_LZW_BITS:
+                return pos, "an image's data must begin (an LZW code size of 1 to 8 bits)"
+            ended = _sub_blocks(data, pos + 1, uniform=True)
+        else:
+            return pos, "a GIF block must begin (an extension 0x21, an image 0x2C or the " \
+                        "trailer 0x3B)"
+        if ended is None or isinstance(ended, tuple):
+            return ended
+        pos = ended
+    return None
+
+
+def _colour_table(packed: int) -> int:
+    """Bytes of the colour table a GIF descriptor's packed fields announce."""
+    return 3 << ((packed & 7) + 1) if packed & GIF_COLOUR_TABLE else 0
+
+
+def _sub_blocks(data: bytes, pos: int, uniform: bool = False) -> int | Found:
+    """Where a chain of GIF data sub-blocks (a length byte, that many bytes) from ``pos``
+    ends, after its zero-length terminator; None if the data ends first.  ``uniform``
+    (an image's LZW data): every sub-block but the last has the first one's length —
+    encoders cut the code stream into full sub-blocks (255 bytes) — so random bytes
+    break the chain within one sub-block, not where a random length byte is zero."""
+    full = data[pos] if pos < len(data) else 0
+    while pos < len(data):
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        after = pos + 1 + length
+        if uniform and length != full and after < len(data) and data[after] != 0:
+            return pos, "an image's data sub-blocks must all be as long as the first " \
+                        "but the last"
+        pos = after
+    return None
+
+
+def _ebml_number(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int] | None:
+    """The EBML variable-length number at ``pos`` (its first byte's leading zeros give
+    its length): ``(value, length in bytes)``, the marker bit kept for an ID; a size of
+    all ones is -1 (unknown); None if invalid or past the data."""
+    if pos >= len(data) or data[pos] == 0:
+        return None
+    length = 9 - data[pos].bit_length()
+    if pos + length > len(data):
+        return None
+    value = int.from_bytes(data[pos : pos + length], "big")
+    if keep_marker:
+        return value, length
+    value &= (1 << 7 * length) - 1
+    return (-1 if value == (1 << 7 * length) - 1 else value), length
+
+
+def _ebml_element(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """``(ID, where its data begins, its size or -1)`` of the element at ``pos``; None if
+    its header is not EBML (or the data ends inside it)."""
+    found = _ebml_number(data, pos, keep_marker=True)
+    if found is None or found[1] > 4:  # IDs are 1 to 4 bytes long
+        return None
+    ident, id_length = found
+    size = _ebml_number(data, pos + id_length, keep_marker=False)
+    if size is None:
+        return None
+    return ident, pos + id_length + size[1], size[0]
+
+
+def _matroska(data: bytes) -> Found:
+    head = _ebml_element(data, 0)
+    if head is None or head[0] != EBML_HEADER or head[2] < 0:
+        return None
+    pos = head[1] + head[2]
+    segment = _ebml_element(data, pos)
+    if segment is None or segment[0] != MKV_SEGMENT:
+        return None if pos + 12 > len(data) else (pos, "the Matroska segment must begin")
+    end = len(data) if segment[2] < 0 else min(len(data), segment[1] + segment[2])
+    return _ebml_children(data, segment[1], end, MKV_SEGMENT_CHILDREN, "segment")[0]
+
+
+#: the IDs that end a cluster of unknown size: the next element of the segment's level
+MKV_CLUSTER_END = MKV_SEGMENT_CHILDREN - {EBML_VOID, EBML_CRC32}
+
+
+def _ebml_children(data: bytes, pos: int, end: int, allowed: frozenset[int],
+                   parent: str, stop: frozenset[int] = frozenset()) -> tuple[Found, int]:
+    """Check that the elements from ``pos`` to ``end`` chain, each one of ``allowed`` (a
+    cluster's own elements checked too): the first break (or None), and where the walk
+    stopped — at ``end``, or at an element of ``stop`` (which ends a parent of unknown
+    size)."""
+    while pos < end:
+        element = _ebml_element(data, pos)
+        if element is None:
+            if pos + 12 > len(data):  # a header cut off where the data ends
+                return None, len(data)
+            return (pos, f"an element of the Matroska {parent} must begin (an EBML ID "
+                         "and size)"), pos
+        ident, start, size = element
+        if ident in stop:
+            return None, pos
+        if ident not in allowed:
+            return (pos, f"an element of the Matroska {parent} must begin (an ID it may "
+                         "hold)"), pos
+        if size < 0 and ident != MKV_CLUSTER:
+            return (pos, f"an element of the Matroska {parent} must have a size"), pos
+        stop_at = end if size < 0 else start + size
+        if stop_at > end and end < len(data):
+            return (pos, f"an element of the Matroska {parent} must end within it"), pos
+        if ident == MKV_CLUSTER:
+            found, stop_at = _ebml_children(data, start, min(stop_at, len(data)),
+                                            MKV_CLUSTER_CHILDREN, "cluster",
+                                            MKV_CLUSTER_END if size < 0 else frozenset())
+            if found is not None:
+                return found, pos
+        pos = stop_at
+    return None, pos
+
+
+def _sevenzip(data: bytes) -> Found:
+    if len(data) < SEVENZIP.size:
+        return None
+    *_, start_crc, offset, size, end_crc = SEVENZIP.unpack_from(data)
+    if zlib.crc32(data[SEVENZIP_START_HEADER]) != start_crc:
+        return SEVENZIP_START_HEADER.start, "the 7z start header must match its CRC-32"
+    at = SEVENZIP.size + offset
+    if at + size > len(data) or not size:
+        return None
+    if zlib.crc32(data[at : at + size]) != end_crc and data[at] not in SEVENZIP_HEADER_IDS:
+        return at, "the 7z end header must begin (a header ID) and match the CRC-32 the " \
+                   "start header gives"
+    return None
+
+
 #: format (an :data:`~blockforensics.evidence.SIGNATURES` name) -> its structural test:
 #: (byte offset, what the format requires there) of the first break, or None
 CHECKS: dict[str, Callable[[bytes], Found]] = {
     "jpeg": _jpeg, "png": _png, "zip": _zip, "pdf": _pdf, "mp4": _boxes, "ogg": _ogg,
-    "riff": _riff, "flac": _flac, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}
+    "riff": _riff, "flac": _flac, "mp3": _mp3, "gif": _gif, "matroska": _matroska,
+    "7z": _sevenzip, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from blockforensics import mpegaudio
+
 if TYPE_CHECKING:
     from blockforensics.bodies import Break
 
@@ -169,11 +171,14 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 def content_type(head: bytes) -> str | None:
-    """The format the first bytes of a content show: a :data:`SIGNATURES` name, "text"
-    (UTF-8 without NUL), or None (unknown — random bytes are unknown)."""
+    """The format the first bytes of a content show: a :data:`SIGNATURES` name, "mp3"
+    (MPEG audio frames chaining from byte 0), "text" (UTF-8 without NUL), or None
+    (unknown — random bytes are unknown)."""
     for name, offset, magic in SIGNATURES:
         if head[offset : offset + len(magic)] == magic:
             return name
+    if mpegaudio.starts_stream(head):  # an MP3 without an ID3 tag: frames from byte 0
+        return "mp3"
     return "text" if _looks_like_text(head[:4096]) else None
 
 
