@@ -31,7 +31,9 @@ its own specification makes, which random bytes fail within a few hundred bytes:
   each cluster (where the coded frames are), chain by their sizes, each with an ID the
   format defines at that level;
 - 7z: the start header's CRC-32 checks, and the end header it points at checks its own
-  (the packed streams between have no structure of their own).
+  (the packed streams between have no structure of their own);
+- RAR (4 and 5, rarlab's technical notes): blocks chain by their header and data sizes,
+  each header's CRC-32 (RAR 4: its low 16 bits) checking, to the end-of-archive block.
 
 A file cut short (a download in progress) is not broken: the body that exists is valid,
 it just ends.  A break counts (:func:`body_break`) only where the bytes from it are
@@ -193,6 +195,28 @@ SEVENZIP = struct.Struct("<6sBBIQQI")
 SEVENZIP_START_HEADER = slice(12, 32)
 #: the end header's first byte: kHeader, or kEncodedHeader (the header packed as a stream)
 SEVENZIP_HEADER_IDS = (0x01, 0x17)
+#: RAR 5: signature; a block is the header's CRC-32, the header's size (a vint, bytes
+#: from the type on), type, flags (vints), the extra area's and the data's sizes (vints,
+#: by flag), ...; the data follows the header.  Types: main, file, service, encryption
+#: (every header after it encrypted), end of archive; a header is at most 2 MiB
+RAR5_SIGNATURE = b"Rar!\x1a\x07\x01\x00"
+RAR5_CRC = struct.Struct("<I")
+RAR5_TYPES = range(1, 6)
+RAR5_ENCRYPTION, RAR5_END = 4, 5
+RAR5_EXTRA_AREA, RAR5_DATA_AREA = 0x0001, 0x0002
+RAR5_FLAGS = 0x007F  # the header flags defined (extra area ... preserve child)
+RAR5_MAX_HEADER = 2 << 20
+#: RAR 4: signature (itself the marker block); a block's header: CRC-16 (the low 16
+#: bits of the CRC-32 of the header from its type on), type, flags, size of the header in
+#: bytes; ADD_SIZE (data bytes after the header) when flag 0x8000 — a file's or a
+#: service block's packed size, with its high 32 bits at HIGH_OFFSET when flag 0x100
+RAR4_SIGNATURE = b"Rar!\x1a\x07\x00"
+RAR4_BLOCK = struct.Struct("<HBHH")
+RAR4_ADD_SIZE = struct.Struct("<I")
+RAR4_TYPES = range(0x72, 0x7C)
+RAR4_MAIN, RAR4_FILE, RAR4_SERVICE, RAR4_END = 0x73, 0x74, 0x7A, 0x7B
+RAR4_HAS_DATA, RAR4_LARGE, RAR4_HEADERS_ENCRYPTED = 0x8000, 0x0100, 0x0080
+RAR4_HIGH_OFFSET = 32
 
 
 @dataclass(frozen=True)
@@ -862,9 +886,90 @@ def _sevenzip(data: bytes) -> Found:
     return None
 
 
+def _rar(data: bytes) -> Found:
+    if data.startswith(RAR5_SIGNATURE):
+        return _rar5(data, len(RAR5_SIGNATURE))
+    return _rar4(data, len(RAR4_SIGNATURE))
+
+
+def _vint(data: bytes, pos: int) -> tuple[int, int] | None:
+    """RAR 5's variable-length integer at ``pos`` (7 bits a byte, low first, the top bit
+    set on all but the last): ``(value, where it ends)``; None past the data."""
+    value, shift = 0, 0
+    while pos < len(data) and shift < 70:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+    return None
+
+
+def _rar5(data: bytes, pos: int) -> Found:
+    rule = "a RAR block must begin (a header of a known type, its size and CRC-32 right)"
+    while pos + RAR5_CRC.size < len(data):
+        (crc,) = RAR5_CRC.unpack_from(data, pos)
+        size = _vint(data, pos + RAR5_CRC.size)
+        if size is None:
+            return None
+        length, body = size
+        if length > RAR5_MAX_HEADER:
+            return pos, rule
+        fields = _vints(data, body, 2)
+        if fields is None:
+            return None
+        (kind, flags), at = fields
+        header = kind in RAR5_TYPES and not flags & ~RAR5_FLAGS
+        if body + length > len(data):  # cut short, unless no header begins here
+            return None if header else (pos, rule)
+        if zlib.crc32(data[pos + RAR5_CRC.size : body + length]) != crc:
+            return None if header else (pos, rule)  # a header damaged, or random bytes
+        if kind in (RAR5_ENCRYPTION, RAR5_END):
+            return None
+        sizes = _vints(data, at, bin(flags & (RAR5_EXTRA_AREA | RAR5_DATA_AREA)).count("1"))
+        if sizes is None:
+            return None
+        pos = body + length + (sizes[0][-1] if flags & RAR5_DATA_AREA else 0)
+    return None
+
+
+def _vints(data: bytes, pos: int, count: int) -> tuple[list[int], int] | None:
+    """``count`` RAR 5 vints from ``pos`` and where they end; None past the data."""
+    values = []
+    for _ in range(count):
+        found = _vint(data, pos)
+        if found is None:
+            return None
+        values.append(found[0])
+        pos = found[1]
+    return values, pos
+
+
+def _rar4(data: bytes, pos: int) -> Found:
+    while pos + RAR4_BLOCK.size <= len(data):
+        crc, kind, flags, size = RAR4_BLOCK.unpack_from(data, pos)
+        if size < RAR4_BLOCK.size or pos + size > len(data):
+            return None if pos + size > len(data) and kind in RAR4_TYPES else \
+                (pos, "a RAR block must begin (a header of a known type and size)")
+        if zlib.crc32(data[pos + 2 : pos + size]) & 0xFFFF != crc:
+            if kind in RAR4_TYPES:
+                return None  # a header damaged, not random: not evidence either way
+            return pos, "a RAR block must begin (a header of a known type matching its CRC)"
+        if kind == RAR4_END or (kind == RAR4_MAIN and flags & RAR4_HEADERS_ENCRYPTED):
+            return None
+        added = 0
+        if flags & RAR4_HAS_DATA and size >= RAR4_BLOCK.size + RAR4_ADD_SIZE.size:
+            (added,) = RAR4_ADD_SIZE.unpack_from(data, pos + RAR4_BLOCK.size)
+            if kind in (RAR4_FILE, RAR4_SERVICE) and flags & RAR4_LARGE \
+                    and size >= RAR4_HIGH_OFFSET + RAR4_ADD_SIZE.size:
+                added |= RAR4_ADD_SIZE.unpack_from(data, pos + RAR4_HIGH_OFFSET)[0] << 32
+        pos += size + added
+    return None
+
+
 #: format (an :data:`~blockforensics.evidence.SIGNATURES` name) -> its structural test:
 #: (byte offset, what the format requires there) of the first break, or None
 CHECKS: dict[str, Callable[[bytes], Found]] = {
     "jpeg": _jpeg, "png": _png, "zip": _zip, "pdf": _pdf, "mp4": _boxes, "ogg": _ogg,
     "riff": _riff, "flac": _flac, "mp3": _mp3, "gif": _gif, "matroska": _matroska,
-    "7z": _sevenzip, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}
+    "7z": _sevenzip, "rar": _rar, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}

@@ -21,6 +21,7 @@ DEBIAN_PACKAGES=(
   zip                               # a password-protected zip: the archive-and-delete attack
   vorbis-tools flac xz-utils bzip2 zstd  # real Ogg, FLAC, xz, bzip2, zstd files: body checks
   lame mkvtoolnix 7zip              # real MP3, Matroska and 7z files: body checks
+  libarchive-tools                  # bsdtar reads the RAR archives the body tests write
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)
   gcc libc6-dev libssl-dev zlib1g-dev  # build the C batch hasher/encrypter (blockforensics._native)
 )

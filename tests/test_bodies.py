@@ -248,6 +248,67 @@ def _tool_file(tmp: Path, data: bytes, suffix: str, *command: str) -> bytes:
     return out.read_bytes()
 
 
+def _rar_vint(n: int) -> bytes:
+    """RAR 5's variable-length integer: 7 bits a byte, low first, the top bit on all but
+    the last."""
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _rar5(members: dict[str, bytes]) -> bytes:
+    """A RAR 5 archive of stored members, written by rarlab's RAR 5.0 format notes: the
+    signature, a main archive block, a file block per member (its data after it), an
+    end-of-archive block; each header after its CRC-32 and size.  (No RAR writer is
+    free software: libarchive, which checks every header's CRC, reads it in the tests.)"""
+    def block(kind: int, fields: bytes, data: bytes = b"") -> bytes:
+        flags = 0x0002 if data else 0  # a data area follows
+        body = _rar_vint(kind) + _rar_vint(flags) + (_rar_vint(len(data)) if data else b"") \
+            + fields
+        header = _rar_vint(len(body)) + body
+        return zlib.crc32(header).to_bytes(4, "little") + header + data
+
+    out = b"Rar!\x1a\x07\x01\x00" + block(1, _rar_vint(0))
+    for name, data in members.items():
+        encoded = name.encode()
+        # file flags (CRC-32 present), unpacked size, attributes, CRC-32, compression
+        # (version 0, stored), host OS (Windows), name
+        out += block(2, _rar_vint(0x0004) + _rar_vint(len(data)) + _rar_vint(0x20)
+                     + zlib.crc32(data).to_bytes(4, "little") + _rar_vint(0) + _rar_vint(0)
+                     + _rar_vint(len(encoded)) + encoded, data)
+    return out + block(5, _rar_vint(0))
+
+
+def _rar4(members: dict[str, bytes]) -> bytes:
+    """The same in RAR 1.5-4 format (rarlab's technote): the marker block, a main header,
+    a file header per member (packed size, unpacked size, host OS, CRC-32, DOS time,
+    version 2.0, method "store", name size, attributes, name; its data after it), an end
+    block; each header's CRC-16 the low half of its CRC-32 from the type on."""
+    def block(kind: int, flags: int, fields: bytes, data: bytes = b"") -> bytes:
+        header = bytes([kind]) + (flags | (0x8000 if data else 0)).to_bytes(2, "little") \
+            + (7 + len(fields)).to_bytes(2, "little") + fields
+        return (zlib.crc32(header) & 0xFFFF).to_bytes(2, "little") + header + data
+
+    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, bytes(6))
+    for name, data in members.items():
+        encoded = name.encode()
+        out += block(0x74, 0, len(data).to_bytes(4, "little") * 2 + bytes([3])
+                     + zlib.crc32(data).to_bytes(4, "little") + (0x5A000000).to_bytes(4, "little")
+                     + bytes([20, 0x30]) + len(encoded).to_bytes(2, "little")
+                     + (0x20).to_bytes(4, "little") + encoded, data)
+    return out + block(0x7B, 0x4000, b"")
+
+
+def _rar_members() -> dict[str, bytes]:
+    """The members of the RAR archives here (the same every call)."""
+    rng = np.random.default_rng(19)
+    return {"notes.txt": _text(rng, 20_000), "take.flac.bin": rng.bytes(60_000),
+            "docs/plan.txt": _text(rng, 30_000), "docs/photo.raw": rng.bytes(40_000)}
+
+
 def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
     rng = np.random.default_rng(7)
     return {
@@ -292,6 +353,8 @@ def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "mka-pcm": ("matroska", _tool_file(tmp_path, _wav(rng, 2), ".mka", "mkvmerge", "-q",
                                            "--cluster-length", "100ms", "-o", "{out}",
                                            "{in}")),
+        "rar5": ("rar", _rar5(_rar_members())),
+        "rar4": ("rar", _rar4(_rar_members())),
         "7z": ("7z", _tool_file(tmp_path, _text(rng, 300_000) + _wav(rng, 1), ".7z", "7zz", "a",
                                 "-bd", "{out}", "{in}")),
     }
@@ -305,7 +368,7 @@ def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
 NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
          "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4", "ogg", "xz",
          "xz-streams", "bzip2", "zstd", "zstd-long", "flac", "flac-piped", "wav", "webp",
-         "mp3", "mp3-tagged", "mp3-mpeg2", "gif", "mka", "mka-pcm", "7z"]
+         "mp3", "mp3-tagged", "mp3-mpeg2", "gif", "mka", "mka-pcm", "7z", "rar5", "rar4"]
 #: a WAV's samples are its last chunk, whose bytes have no structure to break; a zstd
 #: frame of a 2 GiB window is not checked (bodies.ZSTD_WINDOW_MAX)
 ENCRYPTED = [name for name in NAMES if name not in ("wav", "zstd-long")]
@@ -334,8 +397,10 @@ LATE_BY = {"pdf-password": 1 << 17, "zstd": 128 << 10, "bzip2": 128 << 10}
 #: boxes or chunks whose data has no structure to break: the encryption runs from
 #: inside one into the next's header, where it is found
 NEXT_HEADER = {"mp4": b"moov", "webp": b"EXIF"}
-#: a 7z's packed streams have no structure of their own: the break is its end header
+#: a 7z's packed streams have no structure of their own: the break is its end header;
+#: a RAR's stored data neither: the break is the next block's header
 AT_END_HEADER = {"7z"}
+AT_NEXT_BLOCK = {"rar5", "rar4"}
 #: a GIF's image data: the break is at the sub-block the encryption begins in
 EARLY_BY = {"gif": 256}
 
@@ -351,6 +416,9 @@ def test_a_body_encrypted_from_an_offset_is_broken_near_it(formats, name, share)
     assert found is not None and found.format == fmt
     if name in AT_END_HEADER:
         start = 32 + int.from_bytes(data[12:20], "little")  # where the start header says
+    if name in AT_NEXT_BLOCK:  # where the member the encryption begins in ends
+        start = next(data.find(member) + len(member) for member in _rar_members().values()
+                     if data.find(member) <= start < data.find(member) + len(member))
     assert start - EARLY_BY.get(name, INFLATE_STEP) <= found.offset \
         <= start + LATE_BY.get(name, LATE), (found, start)
     assert "breaks its own structure from byte" in found.describe()
@@ -533,3 +601,15 @@ def test_an_mp3_without_a_tag_is_told_by_its_frames(formats):
     assert not any("promises" in line for line in said.evidence), said.evidence
     noise = np.random.default_rng(3).bytes(HEAD_BYTES)
     assert content_type(data[:4] + noise) is None
+
+
+@pytest.mark.parametrize("name", ["rar5", "rar4"])
+def test_the_rar_archives_written_here_are_read_by_libarchive(formats, name, tmp_path):
+    """libarchive checks every RAR header's CRC: it lists and extracts the archives the
+    body tests use, member for member."""
+    require_tools("bsdtar")
+    _, data = formats[name]
+    (tmp_path / "a.rar").write_bytes(data)
+    subprocess.run(["bsdtar", "-xf", tmp_path / "a.rar", "-C", tmp_path], check=True)
+    members = _rar_members()
+    assert {name: (tmp_path / name).read_bytes() for name in members} == members
