@@ -227,14 +227,16 @@ class Region:
         return "whole disk" if self.index is None else f"partition {self.index}"
 
     def describe(self) -> str:
-        """One line: the file system and the blocks stored, or why all are copied."""
+        """One line: the file system and the blocks stored, or why all are copied; what
+        its listings show of changes waiting in its journal or log."""
+        recovery = f"; {self.recovery}" if self.recovery else ""
         if self.note:
             what = f" ({self.filesystem})" if self.filesystem else ""
             if self.kind == "lv" and self.total == 0:
                 return f"{self.where}: {self.note}: not read (it has no extents of its own " \
                        "here; the extents it uses are copied whole)"
-            return f"{self.where}{what}: {self.note}: copying all {self.total} blocks"
-        recovery = f"; {self.recovery}" if self.recovery else ""
+            return (f"{self.where}{what}: {self.note}: copying all {self.total} blocks"
+                    f"{recovery}")
         return (f"{self.where} ({self.filesystem}): {self.blocks} of {self.total} blocks "
                 f"allocated{recovery}")
 
@@ -486,7 +488,7 @@ def _read_area(disk: Disk, part: Partition, starts: list[np.ndarray], stops: lis
         fs.check_fits(available)
         run_starts, run_lengths = fs.allocation().run_arrays()
     except FormatError as exc:
-        return fs.kind, str(exc).removeprefix(f"{fs.name}: "), ""
+        return fs.kind, str(exc).removeprefix(f"{fs.name}: "), fs.recovery_note()
     pieces = part.pieces or ((0, part.start_byte, part.length_bytes),)
     fs_starts, fs_stops = run_starts * fs.unit, (run_starts + run_lengths) * fs.unit
     for volume_byte, disk_byte, length in pieces:  # a partition is one piece

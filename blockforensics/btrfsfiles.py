@@ -38,6 +38,7 @@ from blockforensics.dissectfiles import DissectLister, Window, dissect_module
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.btrfs import BtrfsFileSystem
+from blockforensics.fs.btrfslog import replayed
 from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
 
 #: the inode number the kernel gives the empty directory standing for a subvolume a
@@ -66,6 +67,11 @@ class BtrfsLister(DissectLister):
 
     def __init__(self, disk: Disk, offset: int, to_disk: ToDisk):
         self.geometry = BtrfsFileSystem(disk, offset)
+        #: what a log tree made of the listing: replayed, or why not ("": none)
+        self.recovery = ""
+        if self.geometry.sb.log_root:
+            disk, self.recovery = replayed(self.geometry)
+            self.geometry = BtrfsFileSystem(disk, offset)
         self.geometry.read_chunk_tree()
         self.to_disk = to_disk
         module = dissect_module("btrfs")

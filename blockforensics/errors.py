@@ -8,6 +8,8 @@ reported by return value, not raised.
 
 from __future__ import annotations
 
+import struct
+
 
 class BlockforensicsError(Exception):
     """Base class: a problem with the user's input, reported in one line (exit 2)."""
@@ -36,3 +38,9 @@ class IntegrityError(FormatError):
     depends on a damaged image: the read stops, naming the image and block (exit 1)."""
 
     exit_code = 1
+
+
+#: what reading hostile on-disk structures (a log to replay) may raise besides a
+#: FormatError: a field read past its record, an index or a key that is not there
+UNPARSABLE: tuple[type[Exception], ...] = (FormatError, ValueError, IndexError, KeyError,
+                                           struct.error)

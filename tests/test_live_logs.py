@@ -1,10 +1,12 @@
-"""Live copies whose newest changes are only in the file system's log: the listings
+"""Live copies whose newest changes are only in the file system's log (XFS) or log
+tree (Btrfs): the listings
 (``diff --files``, ``timeline``, ``triage``, ``extract``) show what the kernel's log
 recovery makes of them, and the survey says so.
 
 Volumes are made by the real kernel on loop devices: written, the log written back
-(``xfs_freeze``), then files created, appended, renamed and deleted and fsync'd, and
-the device copied while mounted.  The oracle is the kernel itself: a copy of the
+(``xfs_freeze``; Btrfs: a sync commits the transaction), then files created,
+appended, overwritten, renamed, linked and deleted and fsync'd, and the device
+copied while mounted.  The oracle is the kernel itself: a copy of the
 copied image mounted (the kernel replays the log) and walked.
 """
 
@@ -19,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from sample_disks import run
 from support import bf_ok as cli
-from support import require_module
+from support import require_module, require_tools
 from test_xfs import mkfs, mounted, need_mount
 
 from blockforensics.allocation import survey
 from blockforensics.formats.raw import RawDisk
+from blockforensics.fs.btrfs import BtrfsFileSystem
 from blockforensics.fs.xfs import XfsFileSystem
 from blockforensics.image.chain import Chain
 from blockforensics.tsk import Listing, list_entries
@@ -40,9 +43,11 @@ def fsync(path: Path) -> None:
 
 
 def copy_device(img: Path, out: Path) -> Path:
-    """The loop device backing ``img`` read whole while it is mounted (a live copy)."""
+    """The loop device backing ``img`` read whole while it is mounted (a live copy),
+    around the device's page cache (which the file system's own writes do not update:
+    a second copy would read pages cached by the first)."""
     device = run("losetup", "-j", img).split(":")[0]
-    run("dd", f"if={device}", f"of={out}", "bs=1M", "status=none")
+    run("dd", f"if={device}", f"of={out}", "bs=1M", "iflag=direct", "status=none")
     return out
 
 
@@ -163,3 +168,104 @@ def test_xfs_torn_log_lists_the_state_before_recovery(tmp_path: Path) -> None:
     note = listing.recovery[""]
     assert note.startswith("XFS log needs recovery but cannot be replayed (") and \
         "fails its CRC" in note and note.endswith("listings show the pre-recovery state")
+
+
+def btrfs_live(tmp_path: Path) -> tuple[Path, Path]:
+    """``(clean, live)``: a Btrfs written and committed (then a clean copy), then files
+    fsync'd in the next transaction (no commit: ``commit=300``) and the device copied
+    while mounted: a part of a file overwritten, a directory of new files (inline and
+    not), a hard link, two files deleted, a file truncated."""
+    require_tools("mkfs.btrfs", "btrfs", "losetup")
+    img = tmp_path / "btrfs.img"
+    with img.open("wb") as fh:
+        fh.truncate(128 * MIB)
+    run("mkfs.btrfs", "-q", "-f", img)
+    rng = np.random.default_rng(11)
+    with mounted(img, tmp_path / "mnt", "commit=300") as root:
+        for d in "de":
+            (root / d).mkdir()
+        (root / "d/base.bin").write_bytes(rng.bytes(MIB))
+        (root / "e/mid.bin").write_bytes(rng.bytes(200_000))
+        for i in range(300):
+            (root / f"d/old{i}").write_bytes(b"old %d\n" % i)
+        os.sync()
+        clean = copy_device(img, tmp_path / "clean.img")
+        with (root / "e/mid.bin").open("r+b") as fh:
+            fh.seek(40960)
+            fh.write(rng.bytes(12288))
+            os.fsync(fh.fileno())
+        (root / "d/sub").mkdir()
+        (root / "d/sub/a.txt").write_bytes(b"inline\n")
+        (root / "d/sub/b.bin").write_bytes(rng.bytes(70_000))
+        fsync(root / "d/sub/b.bin")
+        fsync(root / "d/sub")
+        os.link(root / "d/old7", root / "e/hard7")
+        fsync(root / "e/hard7")
+        (root / "d/old100").unlink()
+        (root / "d/old200").unlink()
+        fsync(root / "d")
+        os.truncate(root / "d/base.bin", 500_000)
+        fsync(root / "d/base.bin")
+        live = copy_device(img, tmp_path / "live.img")
+    assert int(run("btrfs", "inspect-internal", "dump-super", live)
+               .split("\nlog_root\t")[1].split()[0]) != 0  # a log tree
+    return clean, live
+
+
+def test_btrfs_live_copy_lists_the_recovered_state(tmp_path: Path) -> None:
+    """Files fsync'd after the last commit (only in the log tree) are listed with the
+    sizes, contents and link counts the kernel's log replay gives them; the survey and
+    ``diff`` say the log tree was replayed, and ``diff`` names the changes."""
+    require_module("dissect.btrfs", "dissect.btrfs")
+    need_mount(tmp_path)
+    clean, live = btrfs_live(tmp_path)
+    recovered = kernel_files(live, tmp_path / "kernel")
+    before = kernel_files(live, tmp_path / "norecovery", "ro", "rescue=nologreplay")
+    assert "/d/sub/b.bin" not in before and "/d/old100" in before  # only in the log
+    assert recovered["/d/base.bin"][0] == 500_000 and "/d/old100" not in recovered
+    region = survey(live).regions[0]
+    assert region.recovery.startswith("Btrfs log tree (") and \
+        region.recovery.endswith("listings show the recovered state"), region.recovery
+    chain = tmp_path / "chain"
+    cli("backup", clean, chain)
+    out = cli("backup", live, chain)
+    assert "listings show the recovered state" in out, out
+    with Chain.open(chain) as opened:
+        disk = opened.disk(1)
+        listing = list_entries(disk)
+        assert listed_files(listing, disk) == recovered
+        assert listing.entries["/e/hard7"].nlink == listing.entries["/d/old7"].nlink == 2
+    diff = json.loads(cli("diff", chain, "0", "1", "--files", "--json"))
+    changes = {f["path"]: f["change"] for f in diff["files"]}
+    for path in ("/d/sub/a.txt", "/d/sub/b.bin", "/e/hard7"):
+        assert changes[path] == "created", (path, changes)
+    assert changes["/d/old100"] == changes["/d/old200"] == "deleted"
+    assert changes["/e/mid.bin"] == changes["/d/base.bin"] == "modified"
+    assert diff["recovery"] == [f"point 1: /: {region.recovery}"] and not diff["notes"]
+
+
+def test_btrfs_damaged_log_tree_lists_the_state_before_replay(tmp_path: Path) -> None:
+    """A log tree node that fails its checksum: no replay, the listing is the one before
+    it (the kernel's ``rescue=nologreplay`` mount) and says so."""
+    require_module("dissect.btrfs", "dissect.btrfs")
+    need_mount(tmp_path)
+    _, live = btrfs_live(tmp_path)
+    with RawDisk(live) as disk:
+        fs = BtrfsFileSystem(disk)
+        fs.read_chunk_tree()
+        places = fs.physical(fs.sb.log_root, fs.nodesize)
+    with live.open("r+b") as fh:
+        for place in places:  # every copy of the log root tree's node
+            fh.seek(place + 200)
+            byte = fh.read(1)
+            fh.seek(place + 200)
+            fh.write(bytes([byte[0] ^ 0xFF]))
+    before = kernel_files(live, tmp_path / "norecovery", "ro", "rescue=nologreplay")
+    with RawDisk(live) as disk:
+        listing = list_entries(disk)
+        assert listed_files(listing, disk) == before
+    note = listing.recovery[""]
+    assert note.startswith("Btrfs log tree (files fsync'd since the last commit) cannot be "
+                           "replayed (") and "checksum mismatch" in note
+    assert note.endswith("listings show the pre-recovery state")
+    assert note in survey(live).report()[1]

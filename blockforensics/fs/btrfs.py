@@ -66,6 +66,7 @@ SUPERBLOCK = Structure("BtrfsSuperBlock", SUPER_SIZE, [
     (0xC4, "H", "csum_type"),
     (0xC6, "B", "root_level"),
     (0xC7, "B", "chunk_root_level"),
+    (0xC8, "B", "log_root_level"),
     (0xC9, "Q", "dev_item_devid"),  # dev_item (98 bytes) starts here
     (0xD1, "Q", "dev_item_total_bytes"),
     (0x23B, "16s", "metadata_uuid"),
@@ -337,11 +338,13 @@ class BtrfsFileSystem(FileSystem):
                               f"{head.nritems} items, more than fit")
         return head, data
 
-    def items(self, root: int, level: int) -> list[tuple[int, int, int, bytes]]:
+    def items(self, root: int, level: int, nodes: set[int] | None = None
+              ) -> list[tuple[int, int, int, bytes]]:
         """Every leaf item of the tree rooted at logical byte ``root`` (of height
-        ``level``), in key order: ``(objectid, type, offset, data)``."""
+        ``level``), in key order: ``(objectid, type, offset, data)``; the logical
+        address of each of its nodes added to ``nodes`` when given."""
         out: list[tuple[int, int, int, bytes]] = []
-        self._walk(root, level, None, out, set())
+        self._walk(root, level, None, out, set() if nodes is None else nodes)
         keys = [(o, t, f) for o, t, f, _ in out]
         if any(a >= b for a, b in pairwise(keys)):
             raise FormatError(f"{self.name}: tree at logical byte {root}: keys not sorted")
@@ -412,11 +415,9 @@ class BtrfsFileSystem(FileSystem):
     def extents(self) -> tuple[np.ndarray, np.ndarray]:
         """Allocated logical ranges from the extent tree: ``(starts, lengths)`` in
         logical bytes, sorted; FormatError when they do not add up to each block
-        group's ``used`` bytes."""
+        group's ``used`` bytes.  A log tree's blocks, and the data its fsync'd files
+        wrote, are not among them."""
         sb = self.sb
-        if sb.log_root:
-            raise FormatError(f"{self.name}: it has a log tree (fsync'd writes not yet "
-                              f"in the extent tree: log replay would add them)")
         self.read_chunk_tree()
         self.root_items = self.items(sb.root, sb.root_level)
         extent_items = self.items(*self.tree_root(EXTENT_TREE_OBJECTID))
@@ -458,9 +459,22 @@ class BtrfsFileSystem(FileSystem):
                               f"{len(self._chunks)} chunks")
         return start, length
 
+    def recovery_note(self) -> str:
+        """A log tree: what its replay for the listings did
+        (:mod:`blockforensics.fs.btrfslog`), or why they show the state before it."""
+        if not self.sb.log_root:
+            return ""
+        from blockforensics.fs.btrfslog import replayed  # it reads trees with this module
+
+        return replayed(self)[1]
+
     def allocation(self) -> BlockMap:
         """Allocated sectors of the device: the extents' physical bytes (every copy),
-        the superblock copies and the SYSTEM chunks whole."""
+        the superblock copies and the SYSTEM chunks whole; FormatError when it has a
+        log tree."""
+        if self.sb.log_root:
+            raise FormatError(f"{self.name}: it has a log tree (fsync'd writes not yet "
+                              f"in the extent tree: log replay would add them)")
         start, length = self.extents()
         chunks = self._chunks
         logical = np.array([c.logical for c in chunks], np.int64)

@@ -55,6 +55,11 @@ class Structure:
             raise FormatError(f"truncated {self.name}: {len(data) - offset} of {self.size} bytes")
         return self._record._make(self._struct.unpack_from(data, offset))
 
+    def pack(self, *values: int | bytes) -> bytes:
+        """One record of the fields' ``values`` in declaration order (gaps zero)."""
+        data = self._struct.pack(*values)
+        return data + bytes(self.size - len(data))
+
     def parse_array(self, data: bytes, count: int, stride: int | None = None) -> np.ndarray:
         """``count`` records, one every ``stride`` bytes (default ``size``), as a numpy array."""
         stride = self.size if stride is None else stride

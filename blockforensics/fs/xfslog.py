@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from blockforensics.checksum import crc32c
-from blockforensics.errors import FormatError
+from blockforensics.errors import UNPARSABLE, FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.structure import Structure
 from blockforensics.fs.xfs import (
@@ -492,7 +492,7 @@ def replayed(fs: XfsFileSystem) -> tuple[Disk, str]:
         return fs.disk, f"XFS {fs.log_problem}: listings show the pre-recovery state"
     try:
         recovery = recover(fs)
-    except FormatError as exc:
+    except UNPARSABLE as exc:
         why = str(exc).removeprefix(f"{fs.name}: ")
         return fs.disk, (f"XFS log needs recovery but cannot be replayed ({why}): "
                          f"listings show the pre-recovery state")
