@@ -374,8 +374,9 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     nanos = {name: int(getattr(meta, f"{name}_nano", 0) or 0) for name in times}
     fs_name = _fs_name(tsk, fs)
     other = np.empty((0, 2), np.int64)
-    size = int(meta.size)
+    size, nlink = int(meta.size), int(meta.nlink)
     if fs_name == "ntfs":
+        nlink = _ntfs_names(tsk, fs_file) or nlink
         info = _ntfs_info(tsk, fs_file)
         times, nanos = _ntfs_times(info, times, nanos)
         other = _other_extents(tsk, fs_file, to_disk, fs.info.block_size)
@@ -399,7 +400,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  kind="dir" if is_dir else "symlink" if is_link else "file",
                  crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"], ctime_ns=nanos["ctime"],
                  seq=int(meta.seq),
-                 nlink=int(meta.nlink), streams=_streams(tsk, fs_file),
+                 nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other)
 
 
@@ -539,6 +540,21 @@ def _ntfs_info(tsk: Any, fs_file: Any) -> bytes:
         if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_SI:
             return bytes(fs_file.read_random(0, 36, tsk.TSK_FS_ATTR_TYPE_NTFS_SI, attr.info.id))
     return b""
+
+
+def _ntfs_names(tsk: Any, fs_file: Any) -> int:
+    """The names (hard links) of an NTFS file: its ``$FILE_NAME`` attributes but 8.3 short
+    names (namespace 2, DOS: the second name of a long one).  The record header's count,
+    which TSK gives, counts those too: every file Windows gave a short name had two."""
+    from blockforensics.fs.ntfs import FILE_NAME_NAMESPACE, NAMESPACE_DOS
+
+    names = 0
+    for attr in fs_file:
+        if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME:
+            raw = fs_file.read_random(0, FILE_NAME_NAMESPACE + 1,
+                                      tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME, attr.info.id)
+            names += len(raw) > FILE_NAME_NAMESPACE and raw[FILE_NAME_NAMESPACE] != NAMESPACE_DOS
+    return names
 
 
 def _ntfs_times(info: bytes, times: dict[str, int], nanos: dict[str, int]

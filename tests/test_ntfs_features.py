@@ -1,8 +1,8 @@
 """NTFS features as investigators meet them, made by mkntfs and ntfs-3g and checked
 against The Sleuth Kit (``icat``, ``istat``) and the bytes written: compressed files
 (LZNT1) read as their content, a named stream's blocks owned by its file, hard links
-one row per MFT record, Interix symbolic links and junctions listed with their
-targets."""
+one row per MFT record, an 8.3 short name no second link, Interix symbolic links and
+junctions listed with their targets."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def _junction(target: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> tuple[Chain, Path, dict[str, str]]:
-    """Two points of a 4 KiB-cluster volume; and the image (as at point 1) and the
-    symbolic link targets ntfs-3g reads at point 0."""
+def zoo(tmp_path_factory) -> tuple[Chain, Path, dict]:
+    """Two points of a 4 KiB-cluster volume; and the image (as at point 1) and what
+    ntfs-3g reads at point 0: a symbolic link's target, a short-named file's links."""
     require_module("pytsk3", "pytsk3")
     require_tools("mkntfs", "ntfs-3g", "umount", "icat", "istat")
     if os.geteuid() != 0:
@@ -51,7 +51,8 @@ def zoo(tmp_path_factory) -> tuple[Chain, Path, dict[str, str]]:
     image.write_bytes(bytes(24 << 20))
     subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
                    capture_output=True)
-    mount = ["ntfs-3g", "-o", "compression", str(image)]
+    # posix_nlink: links counted as POSIX does (else ntfs-3g counts a short name too)
+    mount = ["ntfs-3g", "-o", "compression,posix_nlink", str(image)]
     chain = Chain.create(tmp / "chain")
     with mounted_with(mount, tmp / "m") as m:
         (m / "comp").mkdir()
@@ -66,7 +67,10 @@ def zoo(tmp_path_factory) -> tuple[Chain, Path, dict[str, str]]:
         os.symlink("comp/text.txt", m / "ilink")
         (m / "junc").mkdir()
         os.setxattr(m / "junc", REPARSE, _junction("C:\\Users\\Public"))
-        links = {"/ilink": os.readlink(m / "ilink")}
+        (m / "Long file name.txt").write_bytes(b"a long name and a short one")
+        os.setxattr(m / "Long file name.txt", "system.ntfs_dos_name", b"LONGFI~1.TXT")
+        links = {"/ilink": os.readlink(m / "ilink"),
+                 "nlink": (m / "Long file name.txt").stat().st_nlink}
     backup_image(chain, image)
     with mounted_with(mount, tmp / "m") as m:
         with (m / "comp/text.txt").open("r+b") as fh:
@@ -137,6 +141,21 @@ def test_hard_links_are_one_row_per_mft_record(zoo):
     assert row["change"] == "modified" and "content" in row["what_changed"]
     assert sorted([row["path"], *row["other_paths"]]) == ["/hl1", "/hl2", "/hl3"]
     assert any("hard links" in e for e in row["evidence"])
+
+
+def test_a_short_name_is_no_hard_link(zoo):
+    """A long name with its 8.3 short name (two ``$FILE_NAME`` attributes; the record
+    header counts both, and TSK gives that) is one name, as ntfs-3g's ``posix_nlink``
+    counts."""
+    chain, image, mounted = zoo
+    entries = tsk.list_entries(chain.disk(0)).entries
+    named = [p for p, e in entries.items() if e.inode == entries["/Long file name.txt"].inode]
+    assert named == ["/Long file name.txt"]
+    assert entries["/Long file name.txt"].nlink == mounted["nlink"] == 1
+    assert entries["/hl1"].nlink == 3
+    istat = subprocess.run(["istat", str(image), str(entries["/Long file name.txt"].inode)],
+                           capture_output=True, text=True, check=True).stdout
+    assert "Links: 2" in istat  # what TSK's own count says
 
 
 def test_interix_links_and_junctions_are_links_to_their_targets(zoo):

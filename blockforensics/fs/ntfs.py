@@ -33,6 +33,9 @@ UNIT_CLUSTERS = 16
 #: $STANDARD_INFORMATION's file attribute flags (at byte 32): system; reparse point
 FILE_ATTRIBUTE_SYSTEM = 0x4
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+#: $FILE_NAME: the byte holding the name's namespace; the 8.3 short name's (DOS)
+FILE_NAME_NAMESPACE = 0x41
+NAMESPACE_DOS = 2
 #: the content of an Interix symbolic link begins with this
 INTERIX_SYMLINK = b"IntxLNK\x01"
 #: reparse tags whose data names a target: junction (mount point), symbolic link
