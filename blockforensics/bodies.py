@@ -32,6 +32,10 @@ its own specification makes, which random bytes fail within a few hundred bytes:
   format defines at that level;
 - 7z: the start header's CRC-32 checks, and the end header it points at checks its own
   (the packed streams between have no structure of their own);
+- TIFF (6.0) and the raw photos built on it (DNG, CR2, NEF, ARW...): every image file
+  directory (IFD0's chain, SubIFDs, Exif) parses — an entry count, entries of the
+  types TIFF defines — and each strip or tile of a JPEG- or Deflate-compressed image
+  keeps its own structure (as above);
 - RAR (4 and 5, rarlab's technical notes): blocks chain by their header and data sizes,
   each header's CRC-32 (RAR 4: its low 16 bits) checking, to the end-of-archive block.
 
@@ -195,6 +199,19 @@ SEVENZIP = struct.Struct("<6sBBIQQI")
 SEVENZIP_START_HEADER = slice(12, 32)
 #: the end header's first byte: kHeader, or kEncodedHeader (the header packed as a stream)
 SEVENZIP_HEADER_IDS = (0x01, 0x17)
+#: TIFF: byte order ("II" little-endian, "MM" big), 42, the first IFD's offset; an IFD is
+#: an entry count, 12-byte entries (tag, type, count, value or offset of the values),
+#: the next IFD's offset.  Types 1-12 (TIFF 6.0) and 13 (IFD); 16-18 are BigTIFF's
+TIFF_MAGIC, TIFF_ORDERS = 42, {b"II": "<", b"MM": ">"}
+TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                   13: 4}
+TIFF_MAX_ENTRIES = 4096  # far more than any writer's
+TIFF_COMPRESSION, TIFF_SUB_IFDS, TIFF_EXIF_IFD = 259, 330, 34665
+#: (offsets tag, byte counts tag) of strips and of tiles
+TIFF_PIECES = ((273, 279), (324, 325))
+#: compressions whose data has a structure of its own: JPEG (old-style 6, 7, DNG's lossy
+#: 34892) and Deflate (Adobe's 8, 32946)
+TIFF_JPEG, TIFF_DEFLATE = frozenset({6, 7, 34892}), frozenset({8, 32946})
 #: RAR 5: signature; a block is the header's CRC-32, the header's size (a vint, bytes
 #: from the type on), type, flags (vints), the extra area's and the data's sizes (vints,
 #: by flag), ...; the data follows the header.  Types: main, file, service, encryption
@@ -886,6 +903,79 @@ def _sevenzip(data: bytes) -> Found:
     return None
 
 
+def _tiff(data: bytes) -> Found:
+    order = TIFF_ORDERS.get(data[:2])
+    if order is None or len(data) < 8 or struct.unpack_from(order + "H", data, 2)[0] != TIFF_MAGIC:
+        return None  # BigTIFF (43) and what is not TIFF are not checked
+    todo, seen, breaks = [struct.unpack_from(order + "I", data, 4)[0]], set(), []
+    while todo:
+        at = todo.pop()
+        if not at or at in seen or at + 2 > len(data):
+            continue  # none, a loop, or past what was read
+        seen.add(at)
+        read = _tiff_directory(data, at, order)
+        if not isinstance(read, _TiffDirectory):
+            breaks += [read] if read is not None else []
+            continue
+        tags = read.tags
+        todo += [read.following, *tags.get(TIFF_SUB_IFDS, ()), *tags.get(TIFF_EXIF_IFD, ())]
+        compression = tags.get(TIFF_COMPRESSION, (1,))[0]
+        for offsets_tag, counts_tag in TIFF_PIECES:
+            for offset, count in zip(tags.get(offsets_tag, ()), tags.get(counts_tag, ())):
+                found = _tiff_piece(data, offset, count, compression)
+                if found is not None:
+                    breaks.append(found)
+                    break
+    return min(breaks, default=None)
+
+
+@dataclass(frozen=True)
+class _TiffDirectory:
+    """What an IFD says: its integer values by tag (SHORT, LONG and IFD entries), the
+    next IFD's offset."""
+
+    tags: dict[int, tuple[int, ...]]
+    following: int
+
+
+def _tiff_directory(data: bytes, at: int, order: str) -> _TiffDirectory | Found:
+    """The IFD at byte ``at``; a break if it is none; None if it runs past the data."""
+    (count,) = struct.unpack_from(order + "H", data, at)
+    rule = "a TIFF image file directory must begin (an entry count, entries of TIFF's types)"
+    if not 0 < count <= TIFF_MAX_ENTRIES:
+        return at, rule
+    end = at + 2 + 12 * count
+    if end + 4 > len(data):
+        return None
+    tags: dict[int, tuple[int, ...]] = {}
+    for entry in range(at + 2, end, 12):
+        tag, kind, n, value = struct.unpack_from(order + "HHII", data, entry)
+        size = TIFF_TYPE_BYTES.get(kind)
+        if size is None:
+            return at, rule
+        if kind not in (3, 4, 13) or n > len(data):  # only SHORT, LONG and IFD values
+            continue
+        where = entry + 8 if n * size <= 4 else value  # in the entry, or where it says
+        if where + n * size <= len(data):
+            tags[tag] = struct.unpack_from(f"{order}{n}{'H' if kind == 3 else 'I'}", data,
+                                           where)
+    return _TiffDirectory(tags, struct.unpack_from(order + "I", data, end)[0])
+
+
+def _tiff_piece(data: bytes, offset: int, count: int, compression: int) -> Found:
+    """The break in one strip or tile of ``count`` bytes at ``offset``, by its
+    compression's own structure; None where it keeps it, has none, or lies past the data."""
+    piece = data[offset : offset + count]
+    if compression in TIFF_JPEG and piece[:2] == b"\xff\xd8":
+        found = _jpeg(piece)
+    elif compression in TIFF_DEFLATE:
+        _, failed = _inflate(piece, 0, 15)
+        found = None if failed is None else (failed, "a strip's Deflate stream must inflate")
+    else:
+        return None
+    return None if found is None else (offset + found[0], found[1])
+
+
 def _rar(data: bytes) -> Found:
     if data.startswith(RAR5_SIGNATURE):
         return _rar5(data, len(RAR5_SIGNATURE))
@@ -972,4 +1062,5 @@ def _rar4(data: bytes, pos: int) -> Found:
 CHECKS: dict[str, Callable[[bytes], Found]] = {
     "jpeg": _jpeg, "png": _png, "zip": _zip, "pdf": _pdf, "mp4": _boxes, "ogg": _ogg,
     "riff": _riff, "flac": _flac, "mp3": _mp3, "gif": _gif, "matroska": _matroska,
-    "7z": _sevenzip, "rar": _rar, **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}
+    "7z": _sevenzip, "rar": _rar, "tiff": _tiff,
+    **{fmt: functools.partial(_streams, fmt) for fmt in STREAMS}}

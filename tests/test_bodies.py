@@ -353,6 +353,8 @@ def _formats(tmp_path: Path) -> dict[str, tuple[str, bytes]]:
         "mka-pcm": ("matroska", _tool_file(tmp_path, _wav(rng, 2), ".mka", "mkvmerge", "-q",
                                            "--cluster-length", "100ms", "-o", "{out}",
                                            "{in}")),
+        "tiff-jpeg": ("tiff", _photo(rng, "TIFF", width=640, compression="jpeg")),
+        "tiff-deflate": ("tiff", _photo(rng, "TIFF", width=400, compression="tiff_deflate")),
         "rar5": ("rar", _rar5(_rar_members())),
         "rar4": ("rar", _rar4(_rar_members())),
         "7z": ("7z", _tool_file(tmp_path, _text(rng, 300_000) + _wav(rng, 1), ".7z", "7zz", "a",
@@ -368,7 +370,8 @@ def formats(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
 NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "docx",
          "docx-zip64", "apk", "gzip", "pdf", "pdf-edited", "pdf-password", "mp4", "ogg", "xz",
          "xz-streams", "bzip2", "zstd", "zstd-long", "flac", "flac-piped", "wav", "webp",
-         "mp3", "mp3-tagged", "mp3-mpeg2", "gif", "mka", "mka-pcm", "7z", "rar5", "rar4"]
+         "mp3", "mp3-tagged", "mp3-mpeg2", "gif", "mka", "mka-pcm", "7z", "rar5", "rar4",
+         "tiff-jpeg", "tiff-deflate"]
 #: a WAV's samples are its last chunk, whose bytes have no structure to break; a zstd
 #: frame of a 2 GiB window is not checked (bodies.ZSTD_WINDOW_MAX)
 ENCRYPTED = [name for name in NAMES if name not in ("wav", "zstd-long")]
@@ -400,6 +403,9 @@ NEXT_HEADER = {"mp4": b"moov", "webp": b"EXIF"}
 #: a 7z's packed streams have no structure of their own: the break is its end header;
 #: a RAR's stored data neither: the break is the next block's header
 AT_END_HEADER = {"7z"}
+#: Pillow writes a compressed TIFF's directory after its strips: encrypted to the end,
+#: the break is the directory (its strips are checked while it is intact: below)
+AT_DIRECTORY = {"tiff-jpeg", "tiff-deflate"}
 AT_NEXT_BLOCK = {"rar5", "rar4"}
 #: a GIF's image data: the break is at the sub-block the encryption begins in
 EARLY_BY = {"gif": 256}
@@ -416,6 +422,8 @@ def test_a_body_encrypted_from_an_offset_is_broken_near_it(formats, name, share)
     assert found is not None and found.format == fmt
     if name in AT_END_HEADER:
         start = 32 + int.from_bytes(data[12:20], "little")  # where the start header says
+    if name in AT_DIRECTORY:
+        start = int.from_bytes(data[4:8], "little")  # IFD0, where the header says
     if name in AT_NEXT_BLOCK:  # where the member the encryption begins in ends
         start = next(data.find(member) + len(member) for member in _rar_members().values()
                      if data.find(member) <= start < data.find(member) + len(member))
@@ -613,3 +621,17 @@ def test_the_rar_archives_written_here_are_read_by_libarchive(formats, name, tmp
     subprocess.run(["bsdtar", "-xf", tmp_path / "a.rar", "-C", tmp_path], check=True)
     members = _rar_members()
     assert {name: (tmp_path / name).read_bytes() for name in members} == members
+
+
+@pytest.mark.parametrize("name", ["tiff-jpeg", "tiff-deflate"])
+def test_a_tiff_strip_encrypted_behind_its_directory_is_broken_near_it(formats, name):
+    """The directory kept (encrypted up to it): each strip keeps its compression's own
+    structure (JPEG markers, a Deflate stream), so the break is found where the
+    encryption begins, in the strip it begins in."""
+    fmt, data = formats[name]
+    directory = int.from_bytes(data[4:8], "little")
+    for share in (0.25, 0.6):
+        start = int(directory * share)
+        found = body_break(fmt, _aes_ctr(data, start, directory))
+        assert found is not None and start - INFLATE_STEP <= found.offset <= start + LATE, \
+            (found, start)
