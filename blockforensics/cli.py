@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from blockforensics.errors import BlockforensicsError, UsageError
+from blockforensics.terminal import harden_streams, show_progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -193,7 +195,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             point = backup(chain, source, parent=args.parent, full=args.full or None,
                            changed=changed, only=found.map if found else None,
                            block_size=block_size, label=args.label, compress=args.compress,
-                           progress=sys.stderr.isatty())
+                           progress=show_progress())
         check = recorded(chain.directory).get(chain.images[point].name) \
             if acquisition(source) else None
     row = chain.rows()[point]
@@ -249,13 +251,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     point = chain.point(args.point)
     if is_block_device(args.out):  # written in place, never replaced
         done = restore_to_device(chain, point, args.out, force=args.force,
-                                 only_changed=args.only_changed, progress=sys.stderr.isatty())
+                                 only_changed=args.only_changed, progress=show_progress())
         print(f"restored point {point} to {done}")
         return EXIT_OK
     if args.only_changed:
         raise UsageError(f"{args.out}: --only-changed applies to block devices")
     target = check_output(args.out, force=args.force, inputs=[i.path for i in chain.images])
-    out = restore(chain, point, target, progress=sys.stderr.isatty())
+    out = restore(chain, point, target, progress=show_progress())
     print(f"restored point {point} to {out} ({chain.disk(point).size} bytes)")
     return EXIT_OK
 
@@ -266,7 +268,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if is_chain(args.chain):  # leftovers go first, as for every command opening a chain
         remove_leftovers(args.chain)
-    report = verify(args.chain, _key(args), progress=sys.stderr.isatty())
+    report = verify(args.chain, _key(args), progress=show_progress())
     history = _went_back(args.chain)
     if not args.json:
         for line in [*report.problems, *history, f"verify: {_text(report)}"]:
@@ -315,7 +317,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
                                              rewrite=args.rewrite)
     else:  # without --point: up to the newest
         result = consolidate.consolidate(args.chain, args.point or -1, start=args.start,
-                                         rewrite=args.rewrite, progress=sys.stderr.isatty())
+                                         rewrite=args.rewrite, progress=show_progress())
     print(f"consolidate: {_text(result)}")
     return EXIT_OK
 
@@ -325,7 +327,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     chain = _open_chain(args, clean=False)
     result = forensics.diff(chain, args.a, args.b, files=args.files,
-                            progress=sys.stderr.isatty())
+                            progress=show_progress())
     if args.json:
         print(_dumps(result.to_json(), indent=1))
     else:
@@ -344,15 +346,15 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
         if args.out:
             timeline_formats.write(chain, args.format, args.out,
-                                   progress=sys.stderr.isatty())
+                                   progress=show_progress())
             print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
         else:
             sys.stdout.write(timeline_formats.render(chain, args.format,
-                                                     progress=sys.stderr.isatty()))
+                                                     progress=show_progress()))
         return EXIT_OK
     from blockforensics import forensics
 
-    frame = forensics.timeline(chain, progress=sys.stderr.isatty())
+    frame = forensics.timeline(chain, progress=show_progress())
     text = frame.to_json(orient="records", indent=1) if args.json else (
         frame.to_string(index=False) if len(frame) else "(empty)")
     if args.out:
@@ -401,13 +403,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                              "the source is not a chain directory")
         chain = _open_chain(args)
         files = export_chain(chain, args.point or "-1", target, fmt,
-                             progress=sys.stderr.isatty())
+                             progress=show_progress())
         print(f"exported point {chain.point(args.point or '-1')} of {args.chain} to {files[-1]} "
               f"({fmt}: {len(files)} files, parents {', '.join(f.name for f in files[:-1])})")
         return EXIT_OK
     with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
                       parent=args.parent) as disk:
-        out = export(disk, target, fmt, progress=sys.stderr.isatty())
+        out = export(disk, target, fmt, progress=show_progress())
     print(f"exported {args.chain} to {out} ({fmt})")
     return EXIT_OK
 
@@ -502,7 +504,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     result = run_fleet(args.fleet_command, args.dirs, scheduler=args.scheduler,
                        workers=args.workers, rules=args.rules, key_file=args.key_file,
-                       key_dir=args.key_dir, progress=sys.stderr.isatty())
+                       key_dir=args.key_dir, progress=show_progress())
     print(_dumps(result.records, indent=1) if args.json else result.report())
     failed = result.errors() or (args.fleet_command == "verify" and not all(
         r["result"]["ok"] for r in result.records))
@@ -839,8 +841,20 @@ def _one_line(message: str) -> str:
                    for c in message)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that outputs and chains are cleaned up as
+    after Ctrl-C (temporaries removed, nothing half-written under a final name)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (also used by tests in-process)."""
+    harden_streams()
+    with contextlib.suppress(ValueError):  # not the main thread (tests): as it was
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         words = sys.argv[1:] if argv is None else list(argv)
         args = build_parser(words[0] if words and words[0] in _COMMANDS else None
@@ -855,6 +869,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blockforensics: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("blockforensics: terminated", file=sys.stderr)
+        return 143
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"blockforensics: error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -77,7 +77,7 @@ import pandas as pd
 from blockforensics import forensics
 from blockforensics.errors import UsageError
 from blockforensics.evidence import COMPRESSED, HEAD_BYTES, ZIP_LOCAL_HEADER, encrypted_archive
-from blockforensics.tsk import Listing
+from blockforensics.tsk import Listing, listed_path
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -678,6 +678,7 @@ def explain(chain: Chain, path: str, point: str | int | None = None) -> str:
     blocks, and before/after hex aligned at the first changed byte."""
     from blockforensics.hexview import aligned, first_difference
 
+    path = listed_path(path)
     points = range(len(chain)) if point is None else [chain.point(point)]
     listings: dict[int | None, Listing] = {}
     out = []

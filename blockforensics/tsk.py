@@ -422,6 +422,12 @@ def _name_text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def listed_path(path: str) -> str:
+    """A path given on a command line as the listings spell it: bytes that are no UTF-8
+    (a shell passes them through, Python holds them as surrogates) as ``\\xNN``."""
+    return _name_text(os.fsencode(path))
+
+
 def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int, str], ...]:
     """Named data streams (NTFS alternate data streams): name, size and SHA-256 of the
     content (so a same-size rewrite of a stream shows)."""
@@ -889,6 +895,7 @@ def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str]
 
     p = chain.point(point)
     out = check_output(out, force=force)
+    path = listed_path(path)
     disk = chain.disk(p)
     found = _read_allocated(disk, path)
     deleted = False

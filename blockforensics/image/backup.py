@@ -162,7 +162,19 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     the rest of it after, and the outcome recorded in the chain (``sources.json``, which
     ``verify`` reports); a mismatch warns :class:`AcquisitionHashMismatch` (the point is
     kept: it holds what was read).
+
+    The chain's writer lock is held throughout: a second backup waits, then takes the
+    point this one made as its parent (it used to branch off the same parent).
     """
+    with chain.locked():
+        return _backup(chain, source, parent=parent, full=full, changed=changed, only=only,
+                       block_size=block_size, created_ns=created_ns, label=label,
+                       compress=compress, progress=progress)
+
+
+def _backup(chain: Chain, source: Disk, *, parent: PointRef | None, full: bool | None,
+            changed: BlockMap | None, only: BlockMap | None, block_size: int | None,
+            created_ns: int | None, label: str, compress: bool, progress: bool) -> int:
     if full is None:
         full = len(chain) == 0
     if not full and len(chain) == 0:
@@ -191,7 +203,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
     hashed = sources.acquisition(source)
     if hashed is not None:  # hashed in order as it is read, what is not read after
         hashed.start_hashing()
-    with chain.locked(), chain.writer(header, compress=compress) as writer, \
+    with chain.writer(header, compress=compress) as writer, \
             progress_bar(todo.count() * bs, "backup", progress) as bar:
         codec = writer.codec
         assert codec is not None  # a writer made from a header has a codec
@@ -217,7 +229,7 @@ def backup(chain: Chain, source: Disk, *, parent: PointRef | None = None,
                                 hashed.finish_hashing())
     check.record(chain.directory, chain.images[point].name)
     if not check.ok:
-        warnings.warn(check.report(), sources.AcquisitionHashMismatch, stacklevel=2)
+        warnings.warn(check.report(), sources.AcquisitionHashMismatch, stacklevel=3)
     return point
 
 

@@ -177,10 +177,15 @@ class Chain:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def locked(self) -> contextlib.AbstractContextManager[bool]:
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[bool]:
         """Hold the chain's writer lock: backups and consolidations take it, so a
-        concurrent command never mistakes their files in progress for leftovers."""
-        return self.store.lock()
+        concurrent command never mistakes their files in progress for leftovers.  The
+        view then follows the manifest as it is (another writer may have switched it
+        while this one waited)."""
+        with self.store.lock() as held:
+            self._refresh()
+            yield held
 
     def cleanup(self) -> list[str]:
         """Finish or undo an interrupted switch, delete the store's temporary files."""

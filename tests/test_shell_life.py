@@ -1,0 +1,205 @@
+"""The command in a shell's life: Ctrl-C and SIGTERM in the middle of a write, two
+writers at once, names that are no text in the locale, a terminal that must not obey a
+file name, TERM=dumb.  Real processes, real signals, a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import require_tools
+
+MiB = 1 << 20
+CLI = [sys.executable, "-m", "blockforensics.cli"]
+
+
+def ok(*args: object, **kwargs: object) -> str:
+    done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, **kwargs)  # type: ignore[call-overload]
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def random_volume(path: Path, seed: int, size: int) -> None:
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as fh:
+        for _ in range(size // (16 * MiB)):
+            fh.write(rng.bytes(16 * MiB))
+
+
+def contents(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A chain of two 192 MiB points of random data, and a third version of the source."""
+    work = tmp_path_factory.mktemp("big")
+    source, chain = work / "disk.raw", work / "chain"
+    for seed in (1, 2):
+        random_volume(source, seed, 192 * MiB)
+        ok("backup", source, chain)
+    random_volume(source, 3, 192 * MiB)
+    return source, chain
+
+
+COMMANDS = {
+    "backup": lambda s, c, out: ["backup", s, c],
+    "consolidate": lambda s, c, out: ["consolidate", c],
+    "restore": lambda s, c, out: ["restore", c, out, "--force"],
+    "export": lambda s, c, out: ["export", c, out, "--format", "vhd-dynamic", "--force"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_signal_mid_write_keeps_the_old_chain_and_output(big: tuple[Path, Path], command: str,
+                                                           signum: int, tmp_path: Path) -> None:
+    """Sent once the command's temporary file (or merge journal) exists and grows: exit
+    130 (SIGINT) or 143 (SIGTERM; it used to kill the process where it stood, leaving its
+    temporary behind), one line, no temporary left, the chain and the old output as they
+    were."""
+    source, chain = big
+    out = tmp_path / "out.img"
+    out.write_bytes(b"the previous output")
+    before = contents(chain)
+    proc = subprocess.Popen([*CLI, *map(str, COMMANDS[command](source, chain, out))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        temporaries = [p for d in (chain, tmp_path) for p in d.iterdir()
+                       if p.name.startswith(".") and p.name.endswith(".tmp")]
+        if any(p.stat().st_size > MiB for p in temporaries if p.exists()) or \
+                (command == "consolidate" and temporaries):
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signum)
+    stderr = proc.communicate(timeout=60)[1]
+    expected = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    assert (proc.returncode, stderr) == (expected[signum][0],
+                                         f"blockforensics: {expected[signum][1]}\n")
+    assert contents(chain) == before
+    assert out.read_bytes() == b"the previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.img"]
+
+
+def test_two_backups_at_once_make_a_line_not_a_branch(tmp_path: Path) -> None:
+    """The second waits for the first and takes its point as parent (it used to pick the
+    parent before waiting: both branched off point 0, the second storing every change
+    again)."""
+    source, chain = tmp_path / "disk.raw", tmp_path / "chain"
+    random_volume(source, 1, 32 * MiB)
+    ok("backup", source, chain)
+    random_volume(source, 2, 32 * MiB)
+    procs = [subprocess.Popen([*CLI, "backup", str(source), str(chain), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    import json
+
+    points = json.loads(ok("list", chain, "--json"))
+    assert [p["parent"] for p in points] == [None, 0, 1]
+    assert points[2]["blocks"] == 0  # nothing changed since point 1
+    ok("verify", chain)
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A chain of an ext4 volume (mkfs.ext4 -d) before and after files whose names hold a
+    byte that is no UTF-8, an ESC sequence and a leading '-'."""
+    require_tools("mkfs.ext4")
+    work = tmp_path_factory.mktemp("names")
+    tree = work / "tree"
+    tree.mkdir()
+    (tree / "plain.txt").write_text("plain\n")
+    image, chain = work / "vol.ext4", work / "chain"
+    for step in (0, 1):
+        if step:
+            (tree / "-dash").mkdir()
+            Path(os.fsdecode(bytes(tree / "bad") + b"\xff.txt")).write_text("latin\n")
+            (tree / "-dash" / "red\x1b[31mtext").write_text("escape\n")
+        image.unlink(missing_ok=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-d", tree, image,
+                        "8M"], check=True, capture_output=True)
+        ok("backup", image, chain)
+    return chain
+
+
+def test_names_print_in_any_locale_and_extract_by_their_bytes(odd_names: Path,
+                                                              tmp_path: Path) -> None:
+    """An ASCII-only output (LANG=C without Python's UTF-8 mode, PYTHONIOENCODING=ascii)
+    used to end in a UnicodeEncodeError traceback; a name given as its raw bytes (a
+    surrogate in Python) raised one in extract."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    shown = ok("diff", odd_names, 0, 1, "--files", env=env)
+    assert "/bad\\xff.txt" in shown
+    out = tmp_path / "latin.txt"
+    raw = os.fsdecode(b"/bad\xff.txt")
+    ok("extract", odd_names, 1, raw, out, env={**os.environ, "LC_ALL": "C"})
+    assert out.read_text() == "latin\n"
+
+
+def _on_a_terminal(args: list[object], env: dict[str, str]) -> tuple[bytes, bytes]:
+    """stdout and stderr of the command, each a pseudo-terminal of its own (read while
+    it runs: a terminal's buffer is small)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    from concurrent.futures import ThreadPoolExecutor
+
+    def drain(leader: int) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        return b"".join(chunks)
+
+    streams = [pty.openpty() for _ in range(2)]
+    for _, follower in streams:  # 24 x 100: tqdm draws nothing on a terminal 0 wide
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with ThreadPoolExecutor(2) as pool:
+        read = [pool.submit(drain, leader) for leader, _ in streams]
+        proc = subprocess.Popen([*CLI, *map(str, args)], stdout=streams[0][1],
+                                stderr=streams[1][1], env=env)
+        for _, follower in streams:
+            os.close(follower)
+        assert proc.wait(timeout=60) == 0
+        return read[0].result(timeout=60), read[1].result(timeout=60)
+
+
+def test_a_terminal_shows_control_characters_of_names_but_never_obeys_them(
+        odd_names: Path) -> None:
+    """On a terminal an ESC in a file name is printed as \\x1b (it used to reach the
+    terminal and recolour it); piped, the name is kept byte for byte."""
+    stdout, _ = _on_a_terminal(["diff", odd_names, 0, 1, "--files"], dict(os.environ))
+    assert b"\x1b" not in stdout and b"red\\x1b[31mtext" in stdout
+    assert "red\x1b[31mtext" in ok("diff", odd_names, 0, 1, "--files")
+
+
+def test_no_progress_bar_on_a_dumb_terminal(tmp_path: Path) -> None:
+    """TERM=dumb (an editor's shell, a serial console) cannot redraw a line: each redraw
+    would be a line of its own, so no bar is drawn; a capable terminal gets one."""
+    source = tmp_path / "disk.raw"
+    random_volume(source, 1, 64 * MiB)
+    for term, drawn in (("dumb", False), ("xterm", True)):
+        chain = tmp_path / f"chain-{term}"
+        _, stderr = _on_a_terminal(["backup", source, chain],
+                                   {**os.environ, "TERM": term})
+        assert (b"backup:" in stderr) == drawn, stderr  # tqdm's "backup: 40%|…"
