@@ -7,6 +7,9 @@ version: MACB times (seconds since the epoch, 0 = not recorded), size, inode (MF
 record number on NTFS), mode, owner, SHA-256 and MD5 of the whole content at that
 point, and whether the triage rules suspect encryption.
 
+Each name of a hard-linked file is a version (the diff has one row per file), and
+so is each named stream of an NTFS file (``path:name``, as ``fls`` lists them).
+
 Writers (:data:`FORMATS`):
 
 - ``bodyfile`` — The Sleuth Kit's body format 3 (``MD5|name|inode|mode|UID|GID|size|
@@ -77,21 +80,34 @@ def file_versions(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
         parent = chain.parent(p)
         for row in result.files.itertuples():
             side = parent if row.change == "deleted" else p
-            entry = listings[side].entries.get(row.path)
-            if entry is None or side is None:
+            if side is None:
                 continue
-            sha, md5 = _hashes(entry, chain.disk(side))
-            rows.append({
-                "point": p, "change": row.change, "path": row.path, "old_path": row.old_path,
-                "type": entry.type, "inode": entry.inode, "size": entry.size,
-                "mode": entry.mode, "uid": entry.uid, "gid": entry.gid, "atime": entry.atime,
-                "mtime": entry.mtime, "ctime": entry.ctime, "crtime": entry.crtime,
-                "sha256": sha if entry.type == "file" else "",
-                "md5": md5 if entry.type == "file" else "",
-                "suspected_encryption": bool(row.suspected_encryption),
-                "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
-                "kind": entry.kind or entry.type})
+            for path in (row.path, *row.other_paths):  # every name of a hard-linked file
+                entry = listings[side].entries.get(path)
+                if entry is not None:
+                    rows += _versions(chain, side, p, row, entry)
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
+
+
+def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[dict]:
+    """The rows of one file version (``entry``, read at point ``side``) of diff row ``row``
+    of point ``p``: the file, then each of its named streams (NTFS, ``path:name`` as
+    ``fls`` writes them: their size and SHA-256, no runs, the file's times)."""
+    sha, md5 = _hashes(entry, chain.disk(side))
+    file = {
+        "point": p, "change": row.change, "path": entry.path, "old_path": row.old_path,
+        "type": entry.type, "inode": entry.inode, "size": entry.size,
+        "mode": entry.mode, "uid": entry.uid, "gid": entry.gid, "atime": entry.atime,
+        "mtime": entry.mtime, "ctime": entry.ctime, "crtime": entry.crtime,
+        "sha256": sha if entry.type == "file" else "",
+        "md5": md5 if entry.type == "file" else "",
+        "suspected_encryption": bool(row.suspected_encryption),
+        "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
+        "kind": entry.kind or entry.type}
+    return [file, *({**file, "path": f"{entry.path}:{name}", "size": size, "sha256": digest,
+                     "md5": "", "runs": [], "kind": "stream",
+                     "old_path": f"{row.old_path}:{name}" if row.old_path else ""}
+                    for name, size, digest in entry.streams)]
 
 
 def _mode_string(kind: str, mode: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import backup_image, mounted_with, require_module, require_tools
+from support import backup_image, bf_ok, mounted_with, require_module, require_tools
 
 from blockforensics import forensics, timeline_formats, tsk
 from blockforensics.evidence import ByteStats
@@ -166,3 +166,25 @@ def test_interix_links_and_junctions_are_links_to_their_targets(zoo):
         ("symlink", links["/ilink"].encode(), len(links["/ilink"]))
     assert (junction.kind, junction.type, junction.resident) == \
         ("symlink", "file", b"C:\\Users\\Public")
+
+
+def test_the_full_points_timeline_names_what_fls_names(zoo):
+    """Every name (each hard link) and every named stream (``path:name``) of point 0 is
+    a version, as ``fls -r -m`` (TSK's body file) lists them; a stream's size and hash
+    are its own."""
+    chain, _, _ = zoo
+    restored = Path(chain.directory).parent / "p0.img"
+    bf_ok("restore", chain.directory, restored, "--point", "0")
+    body = subprocess.run(["fls", "-r", "-m", "", str(restored)], capture_output=True,
+                          text=True, check=True).stdout
+    theirs = {line.split("|")[1] for line in body.splitlines()
+              if "($FILE_NAME)" not in line and "$" not in line.split("|")[1]}
+    versions = timeline_formats.file_versions(chain)
+    ours = versions[versions["point"] == 0]
+    assert set(ours["path"]) - {"/"} == theirs
+    stream = ours.set_index("path").loc["/ads.txt:big"]
+    assert (stream["size"], stream["sha256"], stream["kind"]) == \
+        (len(STREAM), hashlib.sha256(STREAM).hexdigest(), "stream")
+    later = versions[versions["point"] == 1].set_index("path")
+    assert later.loc["/ads.txt:big", "sha256"] == hashlib.sha256(STREAM.upper()).hexdigest()
+    assert {"/hl1", "/hl2", "/hl3"} <= set(later.index)  # one diff row, three names
