@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from support import backup_image, bf_ok, mounted_with, require_module, require_tools
 
-from blockforensics import forensics, timeline_formats, tsk
+from blockforensics import forensics, timeline_formats, triage, tsk
 from blockforensics.evidence import ByteStats
 from blockforensics.image.chain import Chain
 
@@ -188,3 +188,11 @@ def test_the_full_points_timeline_names_what_fls_names(zoo):
     later = versions[versions["point"] == 1].set_index("path")
     assert later.loc["/ads.txt:big", "sha256"] == hashlib.sha256(STREAM.upper()).hexdigest()
     assert {"/hl1", "/hl2", "/hl3"} <= set(later.index)  # one diff row, three names
+
+
+def test_compressed_text_is_no_evidence(zoo):
+    """Compressed text was judged by its LZNT1 bytes ("content of no known format"), so
+    every point that wrote one was suspicious; the zoo's changes are all benign."""
+    result = triage.triage(zoo[0])
+    assert [p.verdict for p in result.points] == ["clean", "clean"], \
+        [p.reasons for p in result.points]
