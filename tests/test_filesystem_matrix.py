@@ -7,8 +7,11 @@ file system's own checker must find the copy clean."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +93,43 @@ def test_every_file_survives_the_allocation_map(tmp_path: Path, layout: str) -> 
             os.getxattr(b / "tree" / "F0010.BIN", "user.note")
         assert os.readlink(b / "long-symlink") == "x" * 200
     run(*fsck, copy)
+
+
+@contextlib.contextmanager
+def _loop_4k(image: Path, *options: str) -> Iterator[str]:
+    """``image`` as a loop device of 4096-byte logical sectors (a 4Kn drive)."""
+    device = run("losetup", "--find", "--show", "--sector-size", "4096", *options,
+                 image).strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_exfat_on_4k_sectors_survives_the_allocation_map(tmp_path: Path) -> None:
+    """exFAT made on a 4Kn device (BytesPerSectorShift 12: clusters, FAT and bitmap
+    counted in 4 KiB sectors), filled through exfat-fuse, files deleted: every file of
+    the copy with the free units zeroed reads the same, and fsck.exfat finds it clean."""
+    require_tools("losetup", "mkfs.exfat", "mount.exfat-fuse", "fsck.exfat", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    image = sparse_file(tmp_path / "volume.img", 64 * MIB)
+    with _loop_4k(image) as device:
+        run("mkfs.exfat", device)
+        with mounted_with(["mount.exfat-fuse", device], tmp_path / "m") as m:
+            file_tree(m / "tree", seed=4, n_files=60, total=5 * MIB)
+            rng = np.random.default_rng(4)
+            for i in range(8):
+                (m / f"gone{i}").write_bytes(rng.bytes(60_000))
+            for i in range(0, 8, 2):
+                (m / f"gone{i}").unlink()
+    assert image.read_bytes()[108] == 12  # BytesPerSectorShift: 4096-byte sectors
+    copy = tmp_path / "restored.img"
+    _zero_free(image, copy)
+    with _loop_4k(image, "-r") as a_dev, _loop_4k(copy, "-r") as b_dev, \
+            mounted_with(["mount.exfat-fuse", "-o", "ro", a_dev], tmp_path / "a") as a, \
+            mounted_with(["mount.exfat-fuse", "-o", "ro", b_dev], tmp_path / "b") as b:
+        assert same_trees(a, b) == []
+        assert len(list(a.rglob("*"))) > 60
+    run("fsck.exfat", "-n", copy)
