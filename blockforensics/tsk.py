@@ -25,6 +25,7 @@ listed by the project's own ext reader (:mod:`blockforensics.extfiles`).
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import hashlib
 import os
 import time
@@ -752,6 +753,16 @@ class TskLister:
                 name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
             return None  # TSK's path lookup also finds deleted names
         entry = _entry(tsk, self.fs, self.to_disk, path, fs_file)
+        where: tuple[Any, ...] = ()  # the attribute read: the default one
+        stream = _stream_named(inner, name)
+        if stream is not None:  # "file:stream", which TSK's lookup opens as the file
+            attr = next((a for a in fs_file if a.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA
+                         and _name_text(a.info.name or b"") == stream), None)
+            if attr is None:
+                return None
+            where = attr.info.type, attr.info.id
+            entry = dataclasses.replace(entry, size=int(attr.info.size), kind="file",
+                                        resident=None, streams=())
 
         def chunks(fs_file: Any = fs_file, size: int = entry.size,
                    target: bytes | None = entry.resident if entry.kind == "symlink" else None
@@ -760,9 +771,19 @@ class TskLister:
                 yield target  # the target (TSK reads a fast symlink as zeros)
                 return
             for lo in range(0, size, CHUNK_BYTES):
-                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
+                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), *where)
 
         return entry, chunks()
+
+
+def _stream_named(inner: str, name: Any) -> str | None:
+    """The stream a path ``dir/file:stream`` names (as the timeline lists NTFS named
+    streams) when TSK's lookup opened ``file`` (``name``: its name), else None."""
+    last = inner.rsplit("/", 1)[-1]
+    opened = _name_text(name.name) if name is not None else last
+    if len(last) > len(opened) and last[: len(opened) + 1].lower() == opened.lower() + ":":
+        return last[len(opened) + 1:]
+    return None
 
 
 def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | None]]:

@@ -196,3 +196,14 @@ def test_compressed_text_is_no_evidence(zoo):
     result = triage.triage(zoo[0])
     assert [p.verdict for p in result.points] == ["clean", "clean"], \
         [p.reasons for p in result.points]
+
+
+def test_extract_writes_a_named_stream(zoo, tmp_path):
+    """``extract`` of ``file:stream`` (as the timeline names it) writes the stream (TSK's
+    lookup of that path opens the file, whose default stream was written)."""
+    chain = zoo[0]
+    for point, data in (("0", STREAM), ("1", STREAM.upper())):
+        bf_ok("extract", chain.directory, point, "/ads.txt:big", tmp_path / point)
+        assert (tmp_path / point).read_bytes() == data
+    bf_ok("extract", chain.directory, "0", "/ads.txt", tmp_path / "main")
+    assert (tmp_path / "main").read_bytes() == b"main stream"
