@@ -206,12 +206,18 @@ TIFF_MAGIC, TIFF_ORDERS = 42, {b"II": "<", b"MM": ">"}
 TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
                    13: 4}
 TIFF_MAX_ENTRIES = 4096  # far more than any writer's
+#: at most this many directories are read, and this many values of a tag (strips of an
+#: image): a hostile file cannot make the check run long
+TIFF_MAX_DIRECTORIES, TIFF_MAX_VALUES = 256, 1 << 16
 TIFF_COMPRESSION, TIFF_SUB_IFDS, TIFF_EXIF_IFD = 259, 330, 34665
 #: (offsets tag, byte counts tag) of strips and of tiles
 TIFF_PIECES = ((273, 279), (324, 325))
 #: compressions whose data has a structure of its own: JPEG (old-style 6, 7, DNG's lossy
 #: 34892) and Deflate (Adobe's 8, 32946)
 TIFF_JPEG, TIFF_DEFLATE = frozenset({6, 7, 34892}), frozenset({8, 32946})
+#: the tags whose values the check reads
+TIFF_READ = frozenset({TIFF_COMPRESSION, TIFF_SUB_IFDS, TIFF_EXIF_IFD,
+                       *(tag for pair in TIFF_PIECES for tag in pair)})
 #: RAR 5: signature; a block is the header's CRC-32, the header's size (a vint, bytes
 #: from the type on), type, flags (vints), the extra area's and the data's sizes (vints,
 #: by flag), ...; the data follows the header.  Types: main, file, service, encryption
@@ -907,8 +913,9 @@ def _tiff(data: bytes) -> Found:
     order = TIFF_ORDERS.get(data[:2])
     if order is None or len(data) < 8 or struct.unpack_from(order + "H", data, 2)[0] != TIFF_MAGIC:
         return None  # BigTIFF (43) and what is not TIFF are not checked
-    todo, seen, breaks = [struct.unpack_from(order + "I", data, 4)[0]], set(), []
-    while todo:
+    todo, breaks = [struct.unpack_from(order + "I", data, 4)[0]], []
+    seen: set[int] = set()
+    while todo and len(seen) < TIFF_MAX_DIRECTORIES:
         at = todo.pop()
         if not at or at in seen or at + 2 > len(data):
             continue  # none, a loop, or past what was read
@@ -953,7 +960,8 @@ def _tiff_directory(data: bytes, at: int, order: str) -> _TiffDirectory | Found:
         size = TIFF_TYPE_BYTES.get(kind)
         if size is None:
             return at, rule
-        if kind not in (3, 4, 13) or n > len(data):  # only SHORT, LONG and IFD values
+        if tag not in TIFF_READ or tag in tags or kind not in (3, 4, 13) \
+                or n > TIFF_MAX_VALUES:  # the values read: SHORT, LONG and IFD ones
             continue
         where = entry + 8 if n * size <= 4 else value  # in the entry, or where it says
         if where + n * size <= len(data):
