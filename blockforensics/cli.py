@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -835,6 +836,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _why(exc: OSError) -> str:
+    """What a failed write's error means where it is not plain: a file too large on FAT."""
+    if exc.errno == errno.EFBIG and exc.filename:
+        from blockforensics.fileio import FAT_TYPES, file_system_type
+
+        kind = file_system_type(os.path.dirname(os.path.abspath(exc.filename)))
+        if kind in FAT_TYPES:
+            return f" ({kind} holds at most 4 GiB - 1 byte per file; nothing was changed)"
+    return ""
+
+
 def _one_line(message: str) -> str:
     """``message`` with control characters (newlines, terminal escapes) escaped."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
@@ -874,7 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"blockforensics: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"blockforensics: error: {where}{exc.strerror or exc}{_why(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except RecursionError:  # a hostile input's nesting a reader follows (parents of parents)
         print("blockforensics: error: the input nests too deep (a loop of parent or backing "

@@ -243,6 +243,22 @@ def set_size(fd: int, size: int) -> None:
         os.pwrite(fd, b"\0", size - 1)
 
 
+def umask() -> int:
+    """The process's umask (read from /proc, not set and reset: other threads may create
+    files meanwhile)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def readable_by_all(fd: int) -> None:
+    """Give file ``fd`` mode 0644 less the umask: a disk image other users' tools (a
+    hypervisor's) may read, unless the user's umask keeps files private."""
+    keep_mode(fd, 0o644 & ~umask())
+
+
 _RENAME_NOREPLACE = 1  # linux/fs.h
 _AT_FDCWD = -100
 
@@ -298,6 +314,47 @@ def has_hard_links(directory: str | os.PathLike[str]) -> bool:
         os.unlink(tmp)
     os.unlink(other)
     return True
+
+
+#: file systems whose files hold at most 4 GiB - 1 byte (FAT's 32-bit size field)
+FAT_TYPES = frozenset({"vfat", "msdos", "umsdos", "fuse.fusefat"})
+FAT_MAX_BYTES = (1 << 32) - 1
+
+
+def file_system_type(path: str | os.PathLike[str]) -> str:
+    """The type of the file system holding ``path`` (an existing file or directory), as
+    ``/proc/self/mountinfo`` names it (``ext4``, ``vfat``, ``fuse.fusefat`` …); "" when
+    unknown."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as fh:
+        for line in fh:
+            fields = line.split()
+            if b"-" not in fields:
+                continue
+            mount = fields[4].decode("unicode_escape", "replace")  # \040 for a space
+            mount = os.fsdecode(mount.encode("latin-1", "replace"))
+            inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, kind = mount, os.fsdecode(fields[fields.index(b"-") + 1])
+    return kind
+
+
+def file_size_limit(directory: str | os.PathLike[str]) -> int | None:
+    """The largest file the file system holding ``directory`` can hold, in bytes, where
+    it is smaller than any disk (FAT: 4 GiB - 1 byte); None otherwise."""
+    return FAT_MAX_BYTES if file_system_type(directory) in FAT_TYPES else None
+
+
+def check_fits(what: str | os.PathLike[str], directory: str | os.PathLike[str],
+               size: int) -> None:
+    """UsageError, before anything is written, when a file of ``size`` bytes cannot be
+    made in ``directory`` (FAT's 4 GiB limit); ``what`` names the output."""
+    limit = file_size_limit(directory)
+    if limit is not None and size > limit:
+        raise UsageError(f"{what}: {size} bytes in one file, but {file_system_type(directory)} "
+                         "holds at most 4 GiB - 1 byte per file; write it to exFAT, NTFS, "
+                         "ext4 or XFS")
 
 
 def check_output(path: str | os.PathLike[str], *, force: bool,

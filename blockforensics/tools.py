@@ -56,6 +56,7 @@ PACKAGES = {
     "ntfsfix": "ntfs-3g",
     "mkfs.exfat": "exfatprogs",
     "mount.exfat-fuse": "exfat-fuse",
+    "fusefat": "fusefat",
     "cryptsetup": "cryptsetup-bin",
     "mkswap": "util-linux",
     "fsck.exfat": "exfatprogs",

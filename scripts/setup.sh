@@ -17,6 +17,7 @@ DEBIAN_PACKAGES=(
   ewf-tools                         # ewfacquire/ewfverify: make and check E01 images in the tests
   gdisk ntfs-3g exfatprogs          # make GPT disks, NTFS and exFAT volumes for the tests
   exfat-fuse                        # a chain on an exFAT stick (no hard links, no sparse files)
+  fusefat                           # a FAT32 stick mounted (no vfat driver in some kernels)
   cryptsetup-bin                    # LUKS headers: a volume encrypted whole, for the triage tests
   zip                               # a password-protected zip: the archive-and-delete attack
   vorbis-tools flac xz-utils bzip2 zstd  # real Ogg, FLAC, xz, bzip2, zstd files: body checks

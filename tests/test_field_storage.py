@@ -155,3 +155,40 @@ def test_mount_without_the_right_to_mount_is_one_line(tmp_path: Path) -> None:
         assert done.stderr.splitlines()[-1].endswith(
             "FUSE mount failed (mounting failed: it needs root, or a fusermount3 this user "
             "may run)")
+
+
+@pytest.fixture
+def fat32(tmp_path: Path) -> Iterator[Path]:
+    """A FAT32 volume mounted by fusefat (no vfat driver in this kernel); unmounted after."""
+    need_root()
+    require_tools("mkfs.vfat", "fusefat")
+    backing = tmp_path / "fat32.img"
+    subprocess.run(["mkfs.vfat", "-F", "32", "-C", backing, str(64 * 1024)], check=True,
+                   capture_output=True)
+    stick = tmp_path / "fat32"
+    stick.mkdir()
+    subprocess.run(["fusefat", "-o", "rw+", backing, stick], check=True, capture_output=True)
+    try:
+        yield stick
+    finally:
+        subprocess.run(["umount", stick], check=True)
+
+
+def test_an_output_over_4_gib_is_refused_up_front_on_fat32(fat32: Path, tmp_path: Path) -> None:
+    """A 5 GiB volume restored or exported raw/fixed onto FAT32 is refused before a byte
+    is written, naming the limit (before: 'File too large' once 4 GiB had been written,
+    or fusefat's 'Operation not permitted')."""
+    source = tmp_path / "sparse.raw"
+    with open(source, "wb") as fh:
+        fh.truncate(5 << 30)
+        fh.write(np.random.default_rng(5).bytes(MiB))
+    chain = tmp_path / "chain"
+    ok("backup", source, chain)
+    for args in (["restore", chain, fat32 / "big.img"],
+                 ["export", chain, fat32 / "big.vhd", "--format", "vhd-fixed"]):
+        done = bf(*args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"blockforensics: error: {args[2]}: ")
+        assert done.stderr.endswith(" bytes in one file, but fuse.fusefat holds at most 4 GiB - "
+                                    "1 byte per file; write it to exFAT, NTFS, ext4 or XFS\n")
+    assert os.listdir(fat32) == []

@@ -203,3 +203,15 @@ def test_no_progress_bar_on_a_dumb_terminal(tmp_path: Path) -> None:
         _, stderr = _on_a_terminal(["backup", source, chain],
                                    {**os.environ, "TERM": term})
         assert (b"backup:" in stderr) == drawn, stderr  # tqdm's "backup: 40%|…"
+
+
+def test_an_export_keeps_to_the_umask(tmp_path: Path) -> None:
+    """Exported disk images are readable by all (a hypervisor running as another user)
+    unless the umask says otherwise: under umask 077 one used to come out 0644."""
+    source, chain = tmp_path / "disk.raw", tmp_path / "chain"
+    random_volume(source, 1, 16 * MiB)
+    ok("backup", source, chain)
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        out = tmp_path / f"umask{mask:03o}.vhd"
+        ok("export", chain, out, preexec_fn=lambda mask=mask: os.umask(mask))
+        assert out.stat().st_mode & 0o777 == mode

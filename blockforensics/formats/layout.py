@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from blockforensics.errors import UsageError
-from blockforensics.fileio import atomic_writer, keep_mode, set_size, writeback_progress
+from blockforensics.fileio import (
+    atomic_writer,
+    check_fits,
+    readable_by_all,
+    set_size,
+    writeback_progress,
+)
 from blockforensics.formats.base import Disk, InPlaceDisk
 from blockforensics.formats.placement import Packing, PlacedWriter, Placement
 from blockforensics.progress import progress_bar
@@ -235,6 +241,8 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
     path = Path(path)
     data_bytes = min(layout.present.count() * disk.block_size, disk.size) if progress else 0
     packing = layout.packing() if disk.in_order else None
+    if packing is None:  # the size is known before writing (raw, fixed VHD …)
+        check_fits(path, path.parent, layout.file_size)
     with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
         fd = fh.fileno()
         with PlacedWriter(fd, disk.size, packing or layout.placement(),
@@ -248,7 +256,7 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
             os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_WILLNEED)  # not 1 by 1
         for offset, data in metadata:
             os.pwrite(fd, data, offset)
-        keep_mode(fd, 0o644)
+        readable_by_all(fd)
     return path
 
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from blockforensics.fileio import keep_mode
+from blockforensics.fileio import readable_by_all
 from blockforensics.formats.base import Disk
 from blockforensics.formats.layout import (
     SECTOR,
@@ -230,5 +230,5 @@ def write_vmdk_stream(disk: Disk, path: str | os.PathLike[str], *,
         fh.write(MetadataMarker(1, 0, MARKER_FOOTER).pack())
         fh.write(header(gd_at // SECTOR).ljust(SECTOR, b"\0"))
         fh.write(MetadataMarker(0, 0, MARKER_EOS).pack())
-        keep_mode(fh.fileno(), 0o644)
+        readable_by_all(fh.fileno())
     return path

@@ -26,10 +26,11 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.disk import Disk, nonzero_rows
 from blockforensics.errors import UsageError
-from blockforensics.fileio import atomic_writer, set_size, writeback_progress
+from blockforensics.fileio import atomic_writer, check_fits, set_size, writeback_progress
 from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image import sources
 from blockforensics.image.chain import Chain, PointRef
+from blockforensics.image.format import INDEX_RECORD_SIZE
 from blockforensics.progress import progress_bar
 from blockforensics.volume import Volume, check_block_size, check_disk_size
 
@@ -199,6 +200,8 @@ def _backup(chain: Chain, source: Disk, *, parent: PointRef | None, full: bool |
             todo |= _fit(parent_layout.present(), n_blocks, bs)
     if only is not None:
         todo &= only
+    if (full or changed is not None) and not compress:  # at most every block read, stored
+        check_fits(chain.directory, chain.directory, todo.count() * (bs + INDEX_RECORD_SIZE))
     reader = source if source.block_size == bs else _Reblocked(source, bs)
     hashed = sources.acquisition(source)
     if hashed is not None:  # hashed in order as it is read, what is not read after
@@ -255,6 +258,7 @@ def restore(chain: Chain, point: PointRef, out: str | os.PathLike[str] | None = 
     out = Path(out)
     if out.is_dir():
         raise UsageError(f"{out}: is a directory")
+    check_fits(out, out.parent, disk.size)
     with atomic_writer(out) as fh, progress_bar(disk.size, "restore", progress) as bar:
         set_size(fh.fileno(), disk.size)  # sparse: absent blocks stay holes
         with PlacedWriter(fh.fileno(), disk.size,
