@@ -230,6 +230,9 @@ def _open_stream(path: str | os.PathLike[str], kind: str, reader: Any,
     fh = open(path, "rb")  # noqa: SIM115  (closed with the Disk)
     try:
         image = reader(fh)
+    except FormatError:  # ours, already one line naming the image
+        fh.close()
+        raise
     except Exception as exc:  # dissect raises its own errors and struct's alike
         fh.close()
         raise _failed(path, kind, exc) from None
@@ -263,12 +266,37 @@ class VhdxFormat(Format):
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,
              key: KeySource | None = None) -> Disk:
         _single_point(path, point)
-        from dissect.hypervisor.disk.vhdx import VHDX
 
         from blockforensics.formats.vhdx import check_headers
 
         check_headers(path)
-        return _open_stream(path, "VHDX", VHDX, _vhdx_allocated)
+        return _open_stream(path, "VHDX", _vhdx_chain, _vhdx_allocated)
+
+
+def _vhdx_chain(fh: BinaryIO) -> Any:
+    """A dissect VHDX of the file ``fh`` is open on, its parents (a differencing disk's:
+    Hyper-V's checkpoints) checked as Hyper-V checks them: each parent's headers sound,
+    and its DataWriteGuid the one the child names (``parent_linkage``, or
+    ``parent_linkage2``, spec 2.6.2.6.2) — a parent written since the child was made no
+    longer holds what the child's blocks were made on."""
+    from dissect.hypervisor.disk.vhdx import VHDX
+
+    from blockforensics.formats.vhdx import check_headers, parent_linkage
+
+    top = child = VHDX(fh)
+    while child.parent is not None:
+        parent = child.parent
+        check_headers(parent.path)
+        wanted = {child.parent_locator.entries.get(key, "").strip("{}").lower()
+                  for key in ("parent_linkage", "parent_linkage2")} - {""}
+        found = parent_linkage(parent.header.data_write_guid)
+        if found not in wanted:
+            raise FormatError(f"{child.path}: its parent {parent.path} was written after it "
+                              f"was made (DataWriteGuid {{{found}}}, the child names "
+                              f"{' or '.join(sorted(f'{{{w}}}' for w in wanted)) or 'none'}): "
+                              "the pair does not hold the disk (Hyper-V refuses it too)")
+        child = parent
+    return top
 
 
 class _ExtentPath(type(Path())):  # type: ignore[misc]  # PosixPath or WindowsPath

@@ -195,6 +195,13 @@ def check_headers(path: str | os.PathLike[str]) -> None:
                           "CRC-32C or entry count): a damaged VHDX image")
 
 
+def parent_linkage(data_write_guid: bytes) -> str:
+    """A header's DataWriteGuid (bytes as stored: the first three fields little-endian) as
+    a differencing child's parent locator names it (``parent_linkage``), lower case and
+    without braces."""
+    return str(uuid.UUID(bytes_le=bytes(data_write_guid)))
+
+
 def _sealed(raw: bytes) -> bytes:
     """``raw`` (checksum field at bytes 4-7 zero) with its CRC-32C filled in."""
     return raw[:4] + crc32c(raw).to_bytes(4, "little") + raw[8:]
