@@ -94,3 +94,32 @@ def test_missing_backing_file_is_named(images, tmp_path: Path) -> None:
         "64M")
     done = cli("backup", top, tmp_path / "chain")
     assert done.returncode == 2 and "gone.qcow2 not found" in done.stderr
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "twoGbMaxExtentSparse"])
+def test_a_vmdk_whose_parent_was_written_since_is_refused_as_qemu_refuses_it(
+        tmp_path: Path, subformat: str) -> None:
+    """A snapshot VMDK names its parent's content ID (``parentCID``); writing the parent
+    afterwards gives it a new CID.  qemu-img then refuses to read the child; the backup
+    refuses it too, in one line naming the parent, where it read the changed parent's
+    blocks without a word.  The child on its unchanged parent still reads as QEMU reads
+    it."""
+    require_tools("qemu-img", "qemu-io")
+    parent, child = tmp_path / "base.vmdk", tmp_path / "base-000001.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", f"subformat={subformat}", parent, "8M")
+    run("qemu-io", "-c", "write -P 0x41 0 1M", parent)
+    run("qemu-img", "create", "-q", "-f", "vmdk", "-o", f"subformat={subformat}", "-b",
+        parent.name, "-F", "vmdk", child)
+    run("qemu-io", "-c", "write -P 0x42 512k 64k", child)
+    reference = tmp_path / "reference.raw"
+    run("qemu-img", "convert", "-O", "raw", child, reference)
+    with open_disk(child) as disk:
+        assert disk.read(0, disk.size) == reference.read_bytes()
+    run("qemu-io", "-c", "write -P 0x43 2M 64k", parent)  # the parent's CID changes
+    assert subprocess.run(["qemu-img", "convert", "-O", "raw", str(child),
+                           str(tmp_path / "refused.raw")], capture_output=True).returncode != 0
+    done = cli("backup", child, tmp_path / "chain")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "'base.vmdk' was written after it was made" in \
+        done.stderr, done.stderr
+    assert not (tmp_path / "chain").exists()

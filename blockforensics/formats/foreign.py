@@ -322,8 +322,37 @@ def _vmdk(fh: BinaryIO) -> Any:
     from dissect.hypervisor.disk.vmdk import VMDK
 
     vmdk = VMDK(_ExtentPath(fh.name))
+    _check_parent_cids(vmdk, fh.name)
     _within_sectors(vmdk)
     return vmdk
+
+
+#: a descriptor's parentCID when the disk has no parent
+NO_PARENT_CID = 0xFFFFFFFF
+
+
+def _check_parent_cids(vmdk: Any, name: str) -> None:
+    """FormatError unless each parent below ``vmdk`` still has the content ID its child
+    names (``parentCID``; VMware's spec): a parent written since the child was made has
+    a new CID, and no longer holds what the child's absent grains read — QEMU refuses
+    to read such a child, and so does this."""
+    def descriptor(disk: Any) -> Any:
+        return disk.descriptor or next((d.descriptor for d in getattr(disk, "disks", ())
+                                        if getattr(d, "descriptor", None)), None)
+
+    pairs = [(vmdk.descriptor, vmdk.parent)] if vmdk.parent is not None else []
+    pairs += [(extent.descriptor, extent.parent) for extent in getattr(vmdk, "disks", ())
+              if getattr(extent, "parent", None) is not None and extent.descriptor]
+    for child, parent in pairs:
+        wanted = int(child.attr.get("parentCID", "ffffffff"), 16)
+        below = descriptor(parent)
+        found = int(below.attr.get("CID", "ffffffff"), 16) if below is not None else wanted
+        if wanted != NO_PARENT_CID and found != wanted:
+            raise FormatError(f"{name}: its parent {child.attr.get('parentFileNameHint')!r} "
+                              f"was written after it was made (CID {found:08x}, the child "
+                              f"names parentCID {wanted:08x}): the pair does not hold the "
+                              "disk (QEMU and VMware refuse it too)")
+        _check_parent_cids(parent, str(child.attr.get("parentFileNameHint")))
 
 
 def _within_sectors(vmdk: Any) -> None:
