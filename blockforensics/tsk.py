@@ -24,6 +24,7 @@ listed by the project's own ext reader (:mod:`blockforensics.extfiles`).
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import dataclasses
 import hashlib
@@ -138,7 +139,8 @@ class Entry:
     unit: int = 0
     offsets: np.ndarray | None = None
     #: disk byte ranges ``(k, 2)`` of its other data on disk: NTFS named streams, a
-    #: directory's index, an attribute list — blocks it owns beyond its content
+    #: directory's index, an attribute list, its MFT record — blocks it owns beyond its
+    #: content
     other_extents: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
 
     def same_file(self, other: Entry) -> bool:
@@ -380,7 +382,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
         nlink = _ntfs_names(tsk, fs_file) or nlink
         info = _ntfs_info(tsk, fs_file)
         times, nanos = _ntfs_times(info, times, nanos)
-        other = _other_extents(tsk, fs_file, to_disk, fs.info.block_size)
+        other = np.concatenate([_other_extents(tsk, fs_file, to_disk, fs.info.block_size),
+                                _mft_record(tsk, fs, to_disk, int(meta.addr))])
         link = _ntfs_link_target(tsk, fs_file, info, content, size)
         if link is not None:  # a junction too: a link, not a directory
             is_dir, is_link, size = False, True, len(link)
@@ -547,6 +550,29 @@ def _ntfs_info(tsk: Any, fs_file: Any) -> bytes:
         if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_SI:
             return bytes(fs_file.read_random(0, 36, tsk.TSK_FS_ATTR_TYPE_NTFS_SI, attr.info.id))
     return b""
+
+
+def _mft_record(tsk: Any, fs: Any, to_disk: ToDisk, inode: int) -> np.ndarray:
+    """Disk byte ranges ``(k, 2)`` of an NTFS file's MFT record (its base record: its
+    names, times, resident data), through ``$MFT``'s data runs; none when unknown."""
+    if not hasattr(fs, "mft_runs"):
+        boot = fs.image.read(fs.offset, 512) if hasattr(fs, "image") else b""
+        per = int.from_bytes(boot[0x40:0x41], "little", signed=True) if len(boot) > 0x40 else 0
+        fs.record_size = per * fs.info.block_size if per > 0 else 1 << -per if per else 0
+        fs.mft_runs = sorted(run for attr in _data_attributes(tsk, fs.open_meta(inode=0))
+                             for run in _runs(tsk, attr, fs.info.block_size))
+        fs.mft_starts = [run[0] for run in fs.mft_runs]
+    lo, hi = inode * fs.record_size, (inode + 1) * fs.record_size
+    pieces = []
+    i = max(bisect.bisect_right(fs.mft_starts, lo) - 1, 0)
+    while lo < hi and i < len(fs.mft_runs):  # a record over two runs: clusters < a record
+        at, disk, length = fs.mft_runs[i]
+        if at <= lo < at + length:
+            stop = min(hi, at + length)
+            pieces.append((disk + lo - at, disk + stop - at))
+            lo = stop
+        i += 1
+    return to_disk(np.array(pieces, np.int64).reshape(-1, 2))
 
 
 def _ntfs_names(tsk: Any, fs_file: Any) -> int:

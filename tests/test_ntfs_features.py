@@ -43,7 +43,7 @@ def zoo(tmp_path_factory) -> tuple[Chain, Path, dict]:
     """Two points of a 4 KiB-cluster volume; and the image (as at point 1) and what
     ntfs-3g reads at point 0: a symbolic link's target, a short-named file's links."""
     require_module("pytsk3", "pytsk3")
-    require_tools("mkntfs", "ntfs-3g", "umount", "icat", "istat")
+    require_tools("mkntfs", "ntfs-3g", "umount", "icat", "istat", "fsstat", "fls")
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
     tmp = tmp_path_factory.mktemp("ntfs")
@@ -67,6 +67,7 @@ def zoo(tmp_path_factory) -> tuple[Chain, Path, dict]:
         os.symlink("comp/text.txt", m / "ilink")
         (m / "junc").mkdir()
         os.setxattr(m / "junc", REPARSE, _junction("C:\\Users\\Public"))
+        (m / "small.txt").write_bytes(b"resident v1")  # in its MFT record
         (m / "Long file name.txt").write_bytes(b"a long name and a short one")
         os.setxattr(m / "Long file name.txt", "system.ntfs_dos_name", b"LONGFI~1.TXT")
         links = {"/ilink": os.readlink(m / "ilink"),
@@ -79,6 +80,7 @@ def zoo(tmp_path_factory) -> tuple[Chain, Path, dict]:
         os.setxattr(m / "ads.txt", "user.big", STREAM.upper())  # the same size
         with (m / "hl2").open("r+b") as fh:
             fh.write(b"LINKED")
+        (m / "small.txt").write_bytes(b"resident v2")
     backup_image(chain, image)
     return chain, image, links
 
@@ -113,7 +115,8 @@ def _stream_clusters(image: Path, inode: int, name: str) -> list[int]:
     """The clusters ``istat`` lists for a file's named, non-resident ``$DATA``."""
     text = subprocess.run(["istat", str(image), str(inode)], capture_output=True, text=True,
                           check=True).stdout
-    block = re.search(rf"Type: \$DATA \(128-\d+\)\s+Name: {name}\s+Non-Resident[^\n]*\n"
+    block = re.search(rf"Type: \$DATA \(128-\d+\)\s+Name: {re.escape(name)}\s+"
+                      r"Non-Resident[^\n]*\n"
                       r"((?:[\d ]+\n)+)", text)
     assert block is not None, text
     return [int(n) for n in block.group(1).split()]
@@ -130,6 +133,27 @@ def test_a_named_streams_changed_blocks_are_its_files(zoo):
     assert len(clusters) == -(-len(STREAM) // 4096)
     assert result.block_size == 4096  # one cluster per block
     assert all(result.owner_of(c) == ["/ads.txt"] for c in clusters)  # rewritten: changed
+
+
+def _mft_clusters(image: Path) -> tuple[list[int], int]:
+    """``$MFT``'s clusters in file order (``istat``) and its record size (``fsstat``)."""
+    size = re.search(r"Size of MFT Entries: (\d+) bytes", subprocess.run(
+        ["fsstat", str(image)], capture_output=True, text=True, check=True).stdout)
+    assert size is not None
+    return _stream_clusters(image, 0, "N/A"), int(size.group(1))
+
+
+def test_a_resident_files_changed_block_is_its_mft_records(zoo):
+    """Its data lives in its MFT record: the changed block holding the record is its."""
+    chain, image, _ = zoo
+    result = forensics.diff(chain, 0, 1, files=True)
+    rows = result.files.set_index("path")
+    assert rows.loc["/small.txt", "change"] == "modified"
+    clusters, record = _mft_clusters(image)
+    at = int(rows.loc["/small.txt", "inode"]) * record
+    block = clusters[at // 4096]  # 4 KiB clusters, one block each
+    assert block in set(result.changed_map().positions().tolist())
+    assert "/small.txt" in result.owner_of(block)
 
 
 def test_hard_links_are_one_row_per_mft_record(zoo):
