@@ -49,9 +49,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from blockforensics.errors import ChainError, UsageError
-from blockforensics.fileio import has_hard_links, punch_holes
+from blockforensics.fileio import check_fits, file_size_limit, has_hard_links, punch_holes
 from blockforensics.image.chain import NO_PARENT, Chain, PointRef
-from blockforensics.image.format import FLAG_ZERO, KIND_FULL, KIND_INCREMENTAL, KIND_NAMES
+from blockforensics.image.format import (
+    FLAG_ZERO,
+    INDEX_RECORD_SIZE,
+    KIND_FULL,
+    KIND_INCREMENTAL,
+    KIND_NAMES,
+)
 from blockforensics.image.imagefile import ImageFile, ImageWriter, check_stored
 from blockforensics.image.inplace import MergeJournal, take_exclusively
 from blockforensics.image.layout import Layout
@@ -157,6 +163,8 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None, rewri
                                 hidden_tail=0 if full else target.n_blocks - inherit)
         layout = chain.layout(p)
         first = path.index(segment[0])  # depth of the segment's root side on the path
+        if file_size_limit(directory) is not None:  # FAT: refused before writing 4 GiB
+            check_fits(directory, directory, _merged_bytes(layout, first))
         grown = None if rewrite else _grow_in_place(chain, path, segment, kept, first)
         names = [img.name for img in chain.images]
         sizes = {img.name: disk_bytes(img.path) for img in chain.images}
@@ -204,6 +212,18 @@ def _grow_in_place(chain: Chain, path: list[int], segment: list[int], kept: list
         if os.fstat(image.fileno()).st_nlink == 1 and take_exclusively(image.fileno()):
             return depth
     return None
+
+
+def _merged_bytes(layout: Layout, first: int) -> int:
+    """Bytes of payload and index the merge of images ``first`` on of ``layout``'s path
+    stores at most: the newest record of every block they hold."""
+    total = 0
+    for window in layout.windows():
+        for depth, _, records in window.by_image():
+            if depth >= first:
+                total += int(records["length"].sum(dtype=np.int64)) + \
+                    len(records) * INDEX_RECORD_SIZE
+    return total
 
 
 def _merge(layout: Layout, first: int, grown: int | None, full: bool, writer: ImageWriter,

@@ -353,8 +353,7 @@ def check_fits(what: str | os.PathLike[str], directory: str | os.PathLike[str],
     limit = file_size_limit(directory)
     if limit is not None and size > limit:
         raise UsageError(f"{what}: {size} bytes in one file, but {file_system_type(directory)} "
-                         "holds at most 4 GiB - 1 byte per file; write it to exFAT, NTFS, "
-                         "ext4 or XFS")
+                         "holds at most 4 GiB - 1 byte per file: use exFAT, NTFS, ext4 or XFS")
 
 
 def check_output(path: str | os.PathLike[str], *, force: bool,

@@ -190,5 +190,25 @@ def test_an_output_over_4_gib_is_refused_up_front_on_fat32(fat32: Path, tmp_path
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith(f"blockforensics: error: {args[2]}: ")
         assert done.stderr.endswith(" bytes in one file, but fuse.fusefat holds at most 4 GiB - "
-                                    "1 byte per file; write it to exFAT, NTFS, ext4 or XFS\n")
+                                    "1 byte per file: use exFAT, NTFS, ext4 or XFS\n")
     assert os.listdir(fat32) == []
+
+
+def test_the_size_a_consolidation_checks_on_fat_is_the_merged_image_s(tmp_path: Path) -> None:
+    """On FAT a consolidation whose merged image would pass 4 GiB is refused before it
+    writes; the size it checks is what the merge stores (payloads exactly, index records
+    at most)."""
+    from blockforensics import Chain
+    from blockforensics.consolidate import _merged_bytes, consolidate
+
+    source, directory = tmp_path / "disk.raw", tmp_path / "chain"
+    for seed in (1, 2, 3):
+        volume(source, seed, zero_every=2 + seed)
+        ok("backup", source, directory)
+    with Chain.open(directory) as chain:
+        expected = _merged_bytes(chain.layout(1), 0)
+    consolidate(directory, 1, rewrite=True)
+    with Chain.open(directory) as chain:
+        merged = chain.images[0].index
+    index_bytes = expected - merged.payload_bytes  # payloads exactly: the rest is records
+    assert index_bytes % 56 == 0 and len(merged) <= index_bytes // 56 <= 1024
