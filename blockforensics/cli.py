@@ -914,8 +914,8 @@ def run() -> NoReturn:
     threading._shutdown()  # type: ignore[attr-defined]  # what Python's exit runs first
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BrokenPipeError, ValueError):  # a reader gone; closed
-            stream.flush()
+        with contextlib.suppress(BrokenPipeError, ValueError, AttributeError):  # a reader
+            stream.flush()  # gone; closed; None: started with the descriptor closed (>&-)
     os._exit(code)
 
 

@@ -215,3 +215,14 @@ def test_an_export_keeps_to_the_umask(tmp_path: Path) -> None:
         out = tmp_path / f"umask{mask:03o}.vhd"
         ok("export", chain, out, preexec_fn=lambda mask=mask: os.umask(mask))
         assert out.stat().st_mode & 0o777 == mode
+
+
+def test_started_with_stdout_closed(tmp_path: Path) -> None:
+    """``blockforensics list CHAIN >&-`` (a daemon, a cron job closing its output): the
+    command runs; it used to end in an AttributeError traceback flushing no stdout."""
+    source, chain = tmp_path / "disk.raw", tmp_path / "chain"
+    random_volume(source, 1, 16 * MiB)
+    ok("backup", source, chain)
+    done = subprocess.run([*CLI, "list", str(chain)], stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: os.close(1), timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
