@@ -489,9 +489,11 @@ def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | 
     a piece of a chain, a file of less than one sector.  QEMU then opens the formats it
     reads alike (:data:`QEMU_OPENS`) itself; the others are served over NBD from this
     project's reader: a differencing VHD (QEMU's vpc driver ignores its parents, found
-    here by their locators or ``parent``), an EnCase E01, a third party's format.
+    here by their locators or ``parent``), a differencing VHDX (a Hyper-V checkpoint,
+    which QEMU does not open), an EnCase E01, a third party's format.
     ``options`` as for :func:`boot`."""
     from blockforensics.formats import open_disk, probe
+    from blockforensics.formats.foreign import StreamDisk
     from blockforensics.formats.vhd import VhdFormat, vhd_info
 
     name = reader if reader is not None else probe(path).name
@@ -502,6 +504,7 @@ def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | 
         if disk.size < SECTOR:
             raise UsageError(f"{path}: {disk.size} bytes, less than one {SECTOR}-byte "
                              "sector: not a disk a firmware can boot")
-        if name not in QEMU_OPENS or differencing:
+        checkpoint = isinstance(disk, StreamDisk) and name == "vhdx" and disk.has_parent
+        if name not in QEMU_OPENS or differencing or checkpoint:
             return boot_disk(disk, **options)
     return boot(path, **options)

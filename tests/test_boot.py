@@ -204,6 +204,35 @@ def test_an_encase_image_boots_served_by_our_reader(boot_disk: Path, tmp_path: P
     assert json.loads(done.stdout)["ok"] is True
 
 
+@pytest.mark.slow
+def test_a_hyper_v_checkpoint_boots_served_by_our_reader(boot_disk: Path, tmp_path: Path) -> None:
+    """QEMU does not open a differencing VHDX: a checkpoint of the sample disk is read
+    through its parent here and served over NBD.  Its parent alone cannot boot (its boot
+    code zeroed); the child holds sector 0 (a partially present block): only the pair
+    boots."""
+    import numpy as np
+    from vhdx_child import BLOCK, PARTIALLY_PRESENT, SECTOR, write_child
+
+    require_tools(*BOOT_TOOLS)
+    broken = tmp_path / "parent.raw"
+    data = bytearray(boot_disk.read_bytes())
+    first = bytes(data[:BLOCK])
+    data[:440] = bytes(440)
+    broken.write_bytes(data)
+    parent = tmp_path / "Disk.vhdx"
+    subprocess.run([require("qemu-img"), "convert", "-f", "raw", "-O", "vhdx", "-o",
+                    "subformat=dynamic,block_size=1M", str(broken), str(parent)], check=True)
+    sectors = np.zeros(BLOCK // SECTOR, dtype=bool)
+    sectors[0] = True
+    child = tmp_path / "Disk_checkpoint.avhdx"
+    write_child(child, parent, {0: (PARTIALLY_PRESENT, first, sectors)}, len(data))
+    done = bf("boot", child, "--expect", "BLOCKFORENSICS-BOOT-OK sample", "--timeout",
+              BOOT_TIMEOUT, "--json")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+    assert not boot(parent, timeout=15).ok  # the parent alone does not boot
+
+
 # ------------------------------------------------- checks run inside the guest
 def bf(*args: object, timeout: float = 3 * BOOT_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """The blockforensics command line, in a subprocess: exit code, stdout, stderr."""

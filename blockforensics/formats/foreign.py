@@ -57,6 +57,14 @@ class StreamDisk(Disk):
         self._keep = keep  # files and disks the stream reads through, closed with it
         self._allocated = allocated
 
+    @property
+    def has_parent(self) -> bool:
+        """Whether the image reads blocks from a parent image (a differencing VHDX, a
+        VMDK snapshot)."""
+        return getattr(self._stream, "parent", None) is not None or any(
+            getattr(disk, "parent", None) is not None for disk in getattr(self._stream,
+                                                                           "disks", ()))
+
     def read_blocks(self, start: int, count: int) -> np.ndarray:
         out = np.zeros((count, self.block_size), dtype=np.uint8)
         offset = start * self.block_size
