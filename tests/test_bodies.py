@@ -650,3 +650,33 @@ def test_damaged_files_never_fail_the_check(formats, name):
             if at < len(damaged):
                 damaged[at : at + 8] = rng.bytes(len(damaged[at : at + 8]))
         body_break(fmt, bytes(damaged))
+
+
+#: the media and archive files of the second triaged history, by the formats fixture's name
+MEDIA = {"/home/music/take.mp3": "mp3-tagged", "/home/music/live.mka": "mka",
+         "/home/pics/anim.gif": "gif", "/home/pics/scan.tif": "tiff-jpeg",
+         "/home/docs/old.rar": "rar5", "/home/docs/src.7z": "7z"}
+
+
+@pytest.mark.slow
+def test_media_and_archives_encrypted_behind_kept_headers_make_the_point_encrypted(
+        formats, tmp_path):
+    """The formats checked beyond the first history's, end to end on ext4: a day adding
+    them is clean; a day encrypting each from byte 4096 (header kept) is encrypted, and
+    every one of them is named for the structure it breaks."""
+    from blockforensics.datasets.ransomware import play
+
+    require_tools("mkfs.ext4", "debugfs")
+    require_module("pytsk3", "pytsk3")
+    rng = np.random.default_rng(13)
+    days = [[*[("mkdir", d, None) for d in ("/home", "/home/music", "/home/pics",
+                                            "/home/docs")],
+             *[("write", path, formats[name][1]) for path, name in MEDIA.items()]],
+            [("overwrite", path, _aes_ctr(formats[name][1], 4096, key=rng.bytes(32)))
+             for path, name in MEDIA.items()]]
+    chain_dir, _ = play(tmp_path, "ext4", days, 24 << 20)
+    points = triage.triage_chain(chain_dir)["points"]
+    assert [p["verdict"] for p in points] == ["clean", "encrypted"], \
+        [p["reasons"] for p in points]
+    assert {f["path"] for f in points[1]["files"] if f["flagged"]} == set(MEDIA)
+    assert points[1]["metrics"]["broken_bodies"] == len(MEDIA)
