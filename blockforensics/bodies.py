@@ -182,6 +182,8 @@ GIF_SCREEN = struct.Struct("<6sHHBBB")
 GIF_IMAGE = struct.Struct("<HHHHB")
 GIF_EXTENSION, GIF_IMAGE_SEPARATOR, GIF_TRAILER = 0x21, 0x2C, 0x3B
 GIF_COLOUR_TABLE = 0x80
+#: the sub-block lengths encoders fill an image's data with (giflib, Pillow; ImageMagick)
+GIF_FULL_SUB_BLOCKS = (255, 254)
 #: the LZW minimum code size an image's data starts with (bits; GIF allows 2-8, some
 #: writers write 1 for two-colour pictures)
 GIF_LZW_BITS = range(1, 9)
@@ -799,10 +801,12 @@ def _colour_table(packed: int) -> int:
 def _sub_blocks(data: bytes, pos: int, uniform: bool = False) -> int | Found:
     """Where a chain of GIF data sub-blocks (a length byte, that many bytes) from ``pos``
     ends, after its zero-length terminator; None if the data ends first.  ``uniform``
-    (an image's LZW data): every sub-block but the last has the first one's length —
-    encoders cut the code stream into full sub-blocks (255 bytes) — so random bytes
-    break the chain within one sub-block, not where a random length byte is zero."""
+    (an image's LZW data): when the first sub-block is full (255 bytes: giflib, Pillow;
+    254: ImageMagick), every one but the last must be as long — encoders cut the code
+    stream into full sub-blocks — so random bytes break the chain within one sub-block,
+    not only where a random length byte is zero (the spec's rule, for other writers)."""
     full = data[pos] if pos < len(data) else 0
+    uniform = uniform and full in GIF_FULL_SUB_BLOCKS
     while pos < len(data):
         length = data[pos]
         if length == 0:

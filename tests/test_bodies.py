@@ -680,3 +680,53 @@ def test_media_and_archives_encrypted_behind_kept_headers_make_the_point_encrypt
         [p["reasons"] for p in points]
     assert {f["path"] for f in points[1]["files"] if f["flagged"]} == set(MEDIA)
     assert points[1]["metrics"]["broken_bodies"] == len(MEDIA)
+
+
+def _rechunked_gif(data: bytes, rng: np.random.Generator) -> bytes:
+    """``data`` (a GIF) with every image's LZW data cut into sub-blocks of random lengths
+    (1-200 bytes): as valid by the spec, the habit of a writer other than giflib's."""
+    screen_flags = data[10]
+    pos = 13 + (3 << ((screen_flags & 7) + 1) if screen_flags & 0x80 else 0)
+    out = bytearray(data[:pos])
+    while data[pos] != 0x3B:
+        start = pos
+        if data[pos] == 0x21:
+            pos += 2
+        else:
+            flags = data[pos + 9]
+            pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1  # + code size
+        blocks_at = pos
+        payload = bytearray()
+        while data[pos]:
+            payload += data[pos + 1 : pos + 1 + data[pos]]
+            pos += 1 + data[pos]
+        pos += 1
+        if data[start] != 0x2C:  # an extension's sub-blocks mean something: kept
+            out += data[start:pos]
+            continue
+        out += data[start:blocks_at]
+        cut = 0
+        while cut < len(payload):
+            n = int(rng.integers(1, 201))
+            out += bytes([len(payload[cut : cut + n])]) + payload[cut : cut + n]
+            cut += n
+        out += b"\0"
+    return bytes(out + data[pos:])
+
+
+def test_a_gif_of_other_sub_block_lengths_keeps_its_structure(formats):
+    """Sub-blocks of any length are valid (only giflib's and Pillow's are all full):
+    such a GIF is read by Pillow, frame for frame, and is not broken; encrypted, it is."""
+    image = require_module("PIL.Image", "pillow")
+    _, data = formats["gif"]
+    rechunked = _rechunked_gif(data, np.random.default_rng(2))
+    assert rechunked != data
+    a, b = image.open(io.BytesIO(data)), image.open(io.BytesIO(rechunked))
+    assert a.n_frames == b.n_frames > 1
+    for frame in range(a.n_frames):
+        a.seek(frame)
+        b.seek(frame)
+        assert a.tobytes() == b.tobytes()
+    assert body_break("gif", rechunked) is None
+    found = body_break("gif", _aes_ctr(rechunked, len(rechunked) // 2))
+    assert found is not None and found.offset >= len(rechunked) // 2 - 256
