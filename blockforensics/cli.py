@@ -405,8 +405,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         chain = _open_chain(args)
         files = export_chain(chain, args.point or "-1", target, fmt,
                              progress=show_progress())
+        parents = ", ".join(f.name for f in files[:-1]) or "none: the point is a full"
         print(f"exported point {chain.point(args.point or '-1')} of {args.chain} to {files[-1]} "
-              f"({fmt}: {len(files)} files, parents {', '.join(f.name for f in files[:-1])})")
+              f"({fmt}: {len(files)} file{'s' * (len(files) > 1)}, parents {parents})")
         return EXIT_OK
     with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
                       parent=args.parent) as disk:

@@ -115,7 +115,7 @@ EXTENSIONS: dict[str, str] = {
     "png": "png", "gif": "gif", "pdf": "pdf",
     **dict.fromkeys(["mp4", "m4a", "m4v", "mov", "heic"], "mp4"),
     **dict.fromkeys(["wav", "avi", "webp"], "riff"), "mp3": "mp3", "ogg": "ogg",
-    "flac": "flac", "deb": "deb", **dict.fromkeys(["exe", "dll", "sys"], "pe"),
+    "flac": "flac", "deb": "deb", **dict.fromkeys(["exe", "dll"], "pe"),  # .sys: not only PE
     **dict.fromkeys(["sqlite", "sqlite3"], "sqlite"),
     **dict.fromkeys(["doc", "xls", "ppt", "msi"], "ole2"), "rtf": "rtf",
     "pack": "git-pack", **dict.fromkeys(["qcow", "qcow2"], "qcow"), "vmdk": "vmdk",

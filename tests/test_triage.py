@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_module, require_tools
+from support import backup_image, require_module, require_tools
 
 from blockforensics import triage
 from blockforensics.datasets.investigation import build_investigation
@@ -572,3 +572,21 @@ def test_files_zipped_with_a_password_in_their_place_are_encrypted(red_team_2):
     assert all("an archive of encrypted members where the bytes compared were none: "
                "nothing in it reads without a key" in f["evidence"]
                for f in suspected.values())
+
+
+def test_dos_and_syslinux_sys_files_are_not_held_to_pe(tmp_path: Path) -> None:
+    """``.sys`` is a Windows driver (PE) but also DOS's CONFIG.SYS (text) and syslinux's
+    ldlinux.sys (a raw loader): a FAT volume made bootable by ``syslinux --install`` with
+    a CONFIG.SYS beside it triages clean (the project's own sample boot disk was
+    suspicious: 'extension .sys promises pe')."""
+    require_tools("mkfs.vfat", "mcopy", "syslinux")
+    image = tmp_path / "boot.img"
+    subprocess.run(["mkfs.vfat", "-C", image, "32768"], check=True, capture_output=True)
+    config = tmp_path / "CONFIG.SYS"
+    config.write_text("FILES=30\r\nBUFFERS=20\r\nDEVICE=C:\\DOS\\HIMEM.SYS\r\n")
+    subprocess.run(["mcopy", "-i", image, config, "::CONFIG.SYS"], check=True)
+    subprocess.run(["syslinux", "--install", image], check=True, capture_output=True)
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, image)
+    [point] = triage.triage(chain).points
+    assert point.verdict == "clean", point.reasons
