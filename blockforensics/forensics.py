@@ -218,6 +218,21 @@ def _birth_and_start(entry: Entry) -> tuple | None:
     return entry.type, entry.crtime, entry.crtime_ns, int(entry.extents[0, 0])
 
 
+def _likeliest(now: Entry, names: list[Entry]) -> Entry | None:
+    """Which of the gone names of ``now``'s inode it is the renamed one of: several when
+    a hard-linked file lost several names — the one in its directory whose name it
+    shares the most of (``b`` -> ``b_new``, ``c`` -> ``c_new``)."""
+    folder, name = os.path.split(now.path)
+
+    def likeness(old: Entry) -> tuple[bool, int]:
+        old_folder, old_name = os.path.split(old.path)
+        shared = next((i for i, (x, y) in enumerate(zip(old_name, name)) if x != y),
+                      min(len(old_name), len(name)))
+        return old_folder == folder, shared
+
+    return max(names, key=likeness, default=None)
+
+
 class _Places:
     """Deleted files indexed for :func:`_replaces` (by name, by stem, by each name a dot
     ends) and, per directory, by size: a created file's lookup takes the same time
@@ -272,8 +287,10 @@ class _Comparison:
 
     @staticmethod
     def record(change: str, entry: Entry) -> tuple | None:
-        """What makes the names of one hard-linked file one (with the change), or None."""
-        if entry.type != "file" or entry.nlink < 2 or entry.fs in NAME_ADDRESSED:
+        """What makes the names of one hard-linked file one (with the change), or None.
+        Renames stay one row per name: each has its own old name."""
+        if entry.type != "file" or entry.nlink < 2 or entry.fs in NAME_ADDRESSED \
+                or change == "renamed":
             return None
         prefix = "" if entry.path.startswith("/") else entry.path[:entry.path.index(":/") + 1]
         return change, prefix, entry.volume, entry.inode, entry.seq
@@ -379,9 +396,12 @@ class _Comparison:
         not), then by content; the pairs are taken out of ``gone`` and ``new``."""
         pairs = []
         places = _Places(gone)
-        by_inode = {(e.volume, e.inode): e for e in gone.values()}
+        by_inode: dict[tuple[int, int], list[Entry]] = {}
+        for e in gone.values():
+            by_inode.setdefault((e.volume, e.inode), []).append(e)
         for path, now in sorted(new.items()):
-            old = by_inode.get((now.volume, now.inode))
+            old = _likeliest(now, [e for e in by_inode.get((now.volume, now.inode), ())
+                                   if e.path in gone])
             if old is not None and old.path in gone and old.same_identity(now) \
                     and (_born_to_the_ns(old, now) or self.kin(old, now)) \
                     and not self.named_after_another(now, old, places):

@@ -231,3 +231,37 @@ def test_extract_writes_a_named_stream(zoo, tmp_path):
         assert (tmp_path / point).read_bytes() == data
     bf_ok("extract", chain.directory, "0", "/ads.txt", tmp_path / "main")
     assert (tmp_path / "main").read_bytes() == b"main stream"
+
+
+def test_names_of_one_file_renamed_deleted_or_added(tmp_path):
+    """Two names of one file renamed in one interval pair by name (they paired crosswise,
+    ``b_new`` from ``c``); a file deleted with both its names is one row; a name added
+    is the name created and the file's links modified (one row for its two names)."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkntfs", "ntfs-3g", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    image = tmp_path / "v.img"
+    image.write_bytes(bytes(8 << 20))
+    subprocess.run(["mkntfs", "-q", "-F", "-Q", str(image)], check=True, capture_output=True)
+    chain = Chain.create(tmp_path / "chain")
+    with mounted_with(["ntfs-3g", str(image)], tmp_path / "m") as m:
+        for first, *others in (("a", "b", "c"), ("x", "y"), ("z", "z2")):
+            (m / first).write_bytes(first.encode() * 5000)
+            for other in others:
+                os.link(m / first, m / other)
+    backup_image(chain, image)
+    with mounted_with(["ntfs-3g", str(image)], tmp_path / "m") as m:
+        (m / "b").rename(m / "b_new")
+        (m / "c").rename(m / "c_new")
+        os.link(m / "x", m / "x_third")
+        (m / "z").unlink()
+        (m / "z2").unlink()
+    backup_image(chain, image)
+    rows = forensics.diff(chain, 0, 1, files=True).files.set_index("path")
+    assert {p: rows.loc[p, "old_path"] for p in ("/b_new", "/c_new")} == \
+        {"/b_new": "/b", "/c_new": "/c"}
+    assert (rows.loc["/z", "change"], rows.loc["/z", "other_paths"]) == ("deleted", ["/z2"])
+    assert "/z2" not in rows.index
+    assert (rows.loc["/x", "what_changed"], rows.loc["/x", "other_paths"]) == ("links", ["/y"])
+    assert rows.loc["/x_third", "change"] == "created"
