@@ -235,10 +235,13 @@ def set_size(fd: int, size: int) -> None:
     """Make file ``fd`` ``size`` bytes long (a hole where it grows, where the file system
     has holes); where ``ftruncate`` cannot grow a file (some FUSE file systems: fusefat)
     the last byte is written instead."""
+    current = os.fstat(fd).st_size
+    if size == current:  # fusefat refuses even this
+        return
     try:
         os.ftruncate(fd, size)
     except OSError as exc:
-        if exc.errno not in _UNSUPPORTED or size <= os.fstat(fd).st_size:
+        if exc.errno not in _UNSUPPORTED or size < current:
             raise
         os.pwrite(fd, b"\0", size - 1)
 

@@ -245,6 +245,8 @@ def write_layout(layout: FileLayout, path: str | os.PathLike[str], *,
         check_fits(path, path.parent, layout.file_size)
     with atomic_writer(path) as fh, progress_bar(data_bytes, path.name, progress) as bar:
         fd = fh.fileno()
+        if packing is None:  # sized first: no write starts past the end (fusefat misplaces
+            set_size(fd, layout.file_size)  # such writes); holes stay holes
         with PlacedWriter(fd, disk.size, packing or layout.placement(),
                           writeback_progress(fd, bar.update), holes=disk.block_size) as out:
             disk.write_to(out)
