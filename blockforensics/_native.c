@@ -433,6 +433,71 @@ done:
     return result;
 }
 
+/* LZNT1 ([MS-XCA] 2.5): chunks of at most 4096 bytes, each with a 2-byte header (size of
+ * the chunk minus 3 in bits 0-11, signature 3 in bits 12-14, compressed in bit 15; 0 ends
+ * the data).  A compressed chunk is groups of a flag byte and 8 tokens, a clear bit a
+ * literal byte, a set bit a 2-byte copy token whose split between offset and length
+ * depends on how far into the chunk it is.  Returns the bytes written to out; stops at
+ * the first thing that makes no sense (a damaged unit yields what came before). */
+static Py_ssize_t lznt1(const unsigned char *src, Py_ssize_t n, unsigned char *dst,
+                        Py_ssize_t cap)
+{
+    Py_ssize_t in = 0, out = 0;
+    while (in + 2 <= n && out < cap) {
+        unsigned header = src[in] | (unsigned)src[in + 1] << 8;
+        if (header == 0 || (header >> 12 & 7) != 3)
+            break;
+        Py_ssize_t end = in + 3 + (Py_ssize_t)(header & 0xFFF), chunk = out;
+        if (end > n)
+            end = n;
+        in += 2;
+        if (!(header & 0x8000)) {  /* stored */
+            Py_ssize_t len = end - in < cap - out ? end - in : cap - out;
+            memcpy(dst + out, src + in, (size_t)len);
+            out += len;
+            in = end;
+            continue;
+        }
+        while (in < end && out < cap) {
+            unsigned flags = src[in++];
+            for (int bit = 0; bit < 8 && in < end && out < cap; bit++, flags >>= 1) {
+                if (!(flags & 1)) {
+                    dst[out++] = src[in++];
+                    continue;
+                }
+                if (in + 2 > end)
+                    return out;
+                unsigned token = src[in] | (unsigned)src[in + 1] << 8, shift = 12;
+                in += 2;
+                for (Py_ssize_t at = out - chunk - 1; at >= 0x10; at >>= 1)
+                    shift--;
+                Py_ssize_t offset = (Py_ssize_t)(token >> shift) + 1;
+                Py_ssize_t length = (Py_ssize_t)(token & ((1u << shift) - 1)) + 3;
+                if (offset > out - chunk)
+                    return out;
+                for (; length > 0 && out < cap; length--, out++)
+                    dst[out] = dst[out - offset];
+            }
+        }
+        in = end;
+    }
+    return out;
+}
+
+static PyObject *lznt1_decompress(PyObject *self, PyObject *args)
+{
+    Py_buffer data, out;
+    if (!PyArg_ParseTuple(args, "y*w*", &data, &out))
+        return NULL;
+    Py_ssize_t written;
+    Py_BEGIN_ALLOW_THREADS
+    written = lznt1(data.buf, data.len, out.buf, out.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return PyLong_FromSsize_t(written);
+}
+
 static PyMethodDef methods[] = {
     {"sha256_spans", sha256_spans, METH_VARARGS,
      "sha256_spans(data, offsets, lengths, out): the first len(out)/n bytes of the SHA-256 "
@@ -455,6 +520,9 @@ static PyMethodDef methods[] = {
      "nonzero_runs(data, block, out): (start, stop) byte offsets of the runs of data that "
      "are not all-zero block-byte blocks (a partial last block is kept), written to out as "
      "int64 pairs; returns how many runs."},
+    {"lznt1_decompress", lznt1_decompress, METH_VARARGS,
+     "lznt1_decompress(data, out): LZNT1 data (an NTFS compression unit) decompressed into "
+     "out, up to its length or the first malformed chunk; returns the bytes written."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,6 @@
 """Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256, CRC-32 and
 AES-256-GCM over contiguous buffers, the data runs of a copy buffer (all-zero blocks left
-out), and Linux's sync_file_range, run without the GIL.
+out), LZNT1 decompression, and Linux's sync_file_range, run without the GIL.
 Every buffer argument is bytes, memoryview or a C-contiguous numpy array; ``out`` and
 ``ok`` are written."""
 
@@ -27,3 +27,5 @@ SYNC_FILE_RANGE_WAIT_AFTER: int
 def sync_file_range(fd: int, offset: int, nbytes: int, flags: int, /) -> None: ...
 
 def nonzero_runs(data: _Bytes, block: int, out: _Bytes, /) -> int: ...
+
+def lznt1_decompress(data: _Bytes, out: _Bytes, /) -> int: ...

@@ -265,3 +265,31 @@ def test_names_of_one_file_renamed_deleted_or_added(tmp_path):
     assert "/z2" not in rows.index
     assert (rows.loc["/x", "what_changed"], rows.loc["/x", "other_paths"]) == ("links", ["/y"])
     assert rows.loc["/x_third", "change"] == "created"
+
+
+def test_lznt1_units_decode_as_dissect_decodes_them(zoo):
+    """The C decoder against an independent one (dissect.util's), on every compressed
+    unit of the volume; a unit cut short or damaged yields the bytes before the damage,
+    never more than the unit, and no error."""
+    lznt1 = require_module("dissect.util.compression.lznt1", "dissect.util")
+    from blockforensics.fs.ntfs import _lznt1, _split
+
+    chain = zoo[0]
+    disk = chain.disk(1)
+    units = []
+    for entry in tsk.list_entries(disk).entries.values():
+        if entry.unit:
+            extents, offsets = _split(entry.extents, entry.offsets, entry.unit)
+            which = offsets // entry.unit
+            units += [b"".join(disk.read(int(a), int(b - a)) for a, b in extents[which == k])
+                      for k in np.unique(which)]
+    compressed = [u for u in units if len(u) < 65536]
+    assert len(compressed) >= 5
+    for unit in compressed:
+        assert _lznt1(unit, 65536) == lznt1.decompress(unit)[:65536]
+    whole = _lznt1(compressed[0], 65536)
+    assert whole.startswith(_lznt1(compressed[0][:1000], 65536))
+    damaged = bytearray(compressed[0])
+    damaged[600] ^= 0xFF
+    assert len(_lznt1(bytes(damaged), 65536)) <= 65536
+    assert len(_lznt1(compressed[0], 100)) == 100

@@ -6,8 +6,9 @@
   its LZNT1-compressed bytes in them; one with none is a hole.  The unit is
   ``2 ** compression_unit`` clusters from the attribute header; Windows and ntfs-3g
   write 4 (and compress only with clusters up to 4 KiB), and pytsk3 does not expose
-  the field, so 16 clusters is taken ([MS-FSCC] 2.4 compressed files, [MS-XCA] 2.5
-  LZNT1).  :func:`compressed_content` yields a file's content unit by unit.
+  the field, so 16 clusters is taken ([MS-FSCC] 2.4 compressed files; [MS-XCA] 2.5
+  LZNT1, decoded in ``_native.c``).  :func:`compressed_content` yields a file's content
+  unit by unit.
 - **Interix symbolic links**, as ntfs-3g writes them: a file with the system attribute
   whose content is ``IntxLNK\\x01`` followed by the target in UTF-16LE
   (:func:`interix_target`).
@@ -49,15 +50,13 @@ REPARSE_NAMES = struct.Struct("<HHHH")
 SYMLINK_FLAGS_BYTES = 4
 
 
-def _lznt1(raw: bytes) -> bytes:
-    """One compression unit's LZNT1 bytes decompressed (dissect.util's decoder); what a
-    damaged unit yields up to where it stops making sense."""
-    from dissect.util.compression import lznt1
+def _lznt1(raw: bytes, unit: int) -> bytes:
+    """One compression unit's LZNT1 bytes decompressed (at most ``unit`` bytes); a damaged
+    unit yields what comes before its first malformed chunk or token."""
+    from blockforensics import _native
 
-    try:
-        return lznt1.decompress(raw)
-    except (struct.error, IndexError, ValueError, TypeError):
-        return b""
+    out = bytearray(unit)
+    return bytes(out[: _native.lznt1_decompress(raw, out)])
 
 
 def compressed_content(disk: Disk, extents: np.ndarray, offsets: np.ndarray, unit: int,
@@ -75,7 +74,7 @@ def compressed_content(disk: Disk, extents: np.ndarray, offsets: np.ndarray, uni
             break
         raw = b"".join(disk.read(int(a), int(b - a)) for a, b in extents[lo:hi].tolist())
         want = min(unit, size - first)
-        data = (raw if len(raw) >= unit else _lznt1(raw))[:want]
+        data = (raw if len(raw) >= unit else _lznt1(raw, unit))[:want]
         yield data + bytes(want - len(data))  # a unit's last chunks may be left out: zeros
 
 
