@@ -30,6 +30,7 @@ import importlib
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,8 @@ class BtrfsLister(DissectLister):
         kind = ("dir" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode)
                 else "file")
         runs = self._runs(node) if kind == "file" else []
+        compressed = kind == "file" and any(extent.compression
+                                            for extent in node.extents() or ())
         extents = self.to_disk(np.array([(v, v + n) for _, v, n in runs], dtype=np.int64)
                                .reshape(-1, 2))
         resident = None
@@ -122,6 +125,7 @@ class BtrfsLister(DissectLister):
             path, node, kind=kind, mode=mode, crtime_ns=int(node.otime_ns),
             uid=int(inode.uid), gid=int(inode.gid), extents=extents, resident=resident,
             seq=int(inode.generation), nlink=int(inode.nlink),
+            reader=partial(self._decoded, node, int(node.size)) if compressed else None,
             volume=int(node.subvolume.objectid))
 
     def _children(self, node: Any) -> list[tuple[str, Any]]:
@@ -170,7 +174,13 @@ class BtrfsLister(DissectLister):
         if entry.resident is not None or entry.type == "dir":
             yield entry.resident or b""
             return
+        yield from self._decoded(node, entry.size)
+
+    @staticmethod
+    def _decoded(node: Any, size: int) -> Iterator[bytes]:
+        """A file's content as dissect reads it: compressed extents decompressed, holes
+        as zeros (bytes)."""
         with node.open() as fh:
-            for lo in range(0, entry.size, CHUNK_BYTES):
-                data = fh.read(min(CHUNK_BYTES, entry.size - lo))
-                yield data + bytes(min(CHUNK_BYTES, entry.size - lo) - len(data))
+            for lo in range(0, size, CHUNK_BYTES):
+                data = fh.read(min(CHUNK_BYTES, size - lo))
+                yield data + bytes(min(CHUNK_BYTES, size - lo) - len(data))

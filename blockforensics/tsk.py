@@ -138,6 +138,9 @@ class Entry:
     #: as is) and each extent's byte offset in the file (:mod:`blockforensics.fs.ntfs`)
     unit: int = 0
     offsets: np.ndarray | None = None
+    #: the content as the file system's own reader decodes it, when the extents hold it
+    #: compressed otherwise than NTFS does (Btrfs: zlib, LZO, zstd extents; holes as zeros)
+    reader: Callable[[], Iterator[bytes]] | None = None
     #: disk byte ranges ``(k, 2)`` of its other data on disk: NTFS named streams, a
     #: directory's index, an attribute list, its MFT record — blocks it owns beyond its
     #: content
@@ -170,7 +173,7 @@ class Entry:
     @property
     def stored(self) -> bool:
         """Is its content the bytes of its extents as they are (not compressed)?"""
-        return not self.unit
+        return not self.unit and self.reader is None
 
     @property
     def owned(self) -> np.ndarray:
@@ -200,6 +203,9 @@ class Entry:
                 yield self.resident
             return
         if disk is None:
+            return
+        if intervals is None and self.reader is not None:
+            yield from self.reader()
             return
         if intervals is None and self.unit and self.offsets is not None:
             from blockforensics.fs.ntfs import compressed_content

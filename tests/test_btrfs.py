@@ -317,6 +317,8 @@ def test_files_are_listed_with_physical_extents(tmp_path: Path) -> None:
         for algo in ("zstd", "zlib", "lzo"):  # compressed: fewer disk bytes than the file's
             entry = entries[f"/mid/{algo}.txt"]
             assert 0 < int(np.diff(entry.extents).sum()) < entry.size // 4
+            # its content (hashes, entropy, triage) decompressed: was the extents' bytes
+            assert entry.read(disk) == files[f"mid/{algo}.txt"] and not entry.stored
         link = entries["/link"]
         assert link.kind == "symlink" and link.resident == b"small.txt"
         assert "/gone.bin" not in entries and "/mid/m00.bin" not in entries
