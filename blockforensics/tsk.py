@@ -312,6 +312,7 @@ class _Content:
     resident: bytes | None = None
     offsets: np.ndarray | None = None
     unit: int = 0
+    reader: Callable[[], Iterator[bytes]] | None = None
 
 
 def _runs(tsk: Any, attr: Any, block_size: int) -> list[tuple[int, int, int]]:
@@ -322,12 +323,13 @@ def _runs(tsk: Any, attr: Any, block_size: int) -> list[tuple[int, int, int]]:
             for run in attr if run.len and not int(run.flags) & skip]
 
 
-def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
-             ) -> _Content:
+def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int,
+             ntfs: bool) -> _Content:
     """Data runs as ``(k, 2)`` disk byte [start, stop) in file order, cut at ``size``
     (sparse runs left out; a run that crosses a logical volume's extents split
-    there) — or, for resident data, the bytes themselves.  A compressed attribute's
-    runs are kept whole (their compression units), with their offsets in the file."""
+    there) — or, for resident data, the bytes themselves.  A compressed NTFS
+    attribute's runs are kept whole (their compression units), with their offsets in
+    the file; another compressed one (HFS+) is read through TSK, which decodes it."""
     rows: list[tuple[int, int, int]] = []
     compressed = False
     for attr in _data_attributes(tsk, fs_file):
@@ -338,7 +340,7 @@ def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
         compressed |= bool(int(attr.info.flags) & int(tsk.TSK_FS_ATTR_COMP))
         rows += _runs(tsk, attr, block_size)
     rows.sort()
-    if compressed:
+    if compressed and ntfs:
         from blockforensics.fs.ntfs import UNIT_CLUSTERS
 
         pieces = [(at + done, piece) for at, start, length in rows
@@ -347,7 +349,14 @@ def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
                         offsets=np.array([at for at, _ in pieces], np.int64),
                         unit=UNIT_CLUSTERS * block_size)
     cut = [(start, start + min(length, size - at)) for at, start, length in rows if at < size]
-    return _Content(to_disk(np.array(cut, dtype=np.int64).reshape(-1, 2)))
+    return _Content(to_disk(np.array(cut, dtype=np.int64).reshape(-1, 2)),
+                    reader=partial(_read_through, fs_file, size) if compressed else None)
+
+
+def _read_through(fs_file: Any, size: int) -> Iterator[bytes]:
+    """A file's content (``size`` bytes) as The Sleuth Kit reads it."""
+    for lo in range(0, size, CHUNK_BYTES):
+        yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo))
 
 
 def _pieces(to_disk: ToDisk, start: int, length: int) -> Iterator[tuple[int, list[int]]]:
@@ -375,13 +384,14 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     meta = fs_file.info.meta
     is_dir = meta.type == tsk.TSK_FS_META_TYPE_DIR
     is_link = meta.type == tsk.TSK_FS_META_TYPE_LNK
-    content = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size))
+    fs_name = _fs_name(tsk, fs)
+    content = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size),
+                       fs_name == "ntfs")
     if is_link and meta.link:  # the target, kept in the inode or read by TSK
         target = meta.link if isinstance(meta.link, bytes) else str(meta.link).encode()
         content = _Content(np.empty((0, 2), np.int64), target)
     times = {name: int(getattr(meta, name)) for name in ("mtime", "atime", "ctime", "crtime")}
     nanos = {name: int(getattr(meta, f"{name}_nano", 0) or 0) for name in times}
-    fs_name = _fs_name(tsk, fs)
     other = np.empty((0, 2), np.int64)
     size, nlink = int(meta.size), int(meta.nlink)
     if fs_name == "ntfs":
@@ -411,7 +421,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"], ctime_ns=nanos["ctime"],
                  seq=int(meta.seq),
                  nlink=nlink, streams=_streams(tsk, fs_file),
-                 fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other)
+                 fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
+                 reader=content.reader)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
