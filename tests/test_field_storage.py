@@ -231,3 +231,42 @@ def test_restores_and_raw_or_fixed_exports_onto_fusefat_come_out_right(fat32: Pa
             out.unlink(missing_ok=True)
             ok(args[0], chain, out, *args[1:])
             assert out.read_bytes()[: len(data)] == data, (attempt, name)
+
+
+_KILLED_MERGE = """
+import os, signal, sys
+from blockforensics.image.imagefile import ImageWriter
+ImageWriter.commit = lambda self, *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+from blockforensics.consolidate import consolidate
+consolidate(sys.argv[1], 1)
+"""
+
+
+@pytest.mark.slow
+def test_a_write_blocked_copy_of_a_half_merged_chain_reads_as_before(tmp_path: Path) -> None:
+    """A chain seized after an in-place consolidation died (SIGKILL once every payload was
+    appended to the grown image, the merge journal beside it), then write-blocked: no
+    cleanup can run, yet every point lists, verifies and restores byte for byte as
+    before the merge (the grown image is read as journaled)."""
+    need_root()
+    source, chain = tmp_path / "disk.raw", tmp_path / "chain"
+    points = []
+    for seed in (1, 2, 3):
+        points.append(volume(source, seed, zero_every=2 + seed))
+        ok("backup", source, chain)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MERGE, chain], timeout=120)
+    assert killed.returncode == -9
+    assert ".chain-merge.tmp" in os.listdir(chain)
+    view = tmp_path / "evidence"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", chain, view], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", view], check=True)
+        ok("verify", view)
+        assert len(ok("list", view).splitlines()) == 4  # a header, three points
+        for point, expected in enumerate(points):
+            out = tmp_path / f"p{point}.img"
+            ok("restore", view, out, "--point", point)
+            assert out.read_bytes() == expected
+    finally:
+        subprocess.run(["umount", view], check=True)
