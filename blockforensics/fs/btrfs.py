@@ -338,20 +338,23 @@ class BtrfsFileSystem(FileSystem):
                               f"{head.nritems} items, more than fit")
         return head, data
 
-    def items(self, root: int, level: int, nodes: set[int] | None = None
+    def items(self, root: int, level: int, nodes: set[int] | None = None,
+              leaves: list[tuple[int, int, int]] | None = None
               ) -> list[tuple[int, int, int, bytes]]:
         """Every leaf item of the tree rooted at logical byte ``root`` (of height
         ``level``), in key order: ``(objectid, type, offset, data)``; the logical
-        address of each of its nodes added to ``nodes`` when given."""
+        address of each of its nodes added to ``nodes``, and ``(logical address,
+        items, generation)`` of each leaf in key order to ``leaves``, when given."""
         out: list[tuple[int, int, int, bytes]] = []
-        self._walk(root, level, None, out, set() if nodes is None else nodes)
+        self._walk(root, level, None, out, set() if nodes is None else nodes, leaves)
         keys = [(o, t, f) for o, t, f, _ in out]
         if any(a >= b for a, b in pairwise(keys)):
             raise FormatError(f"{self.name}: tree at logical byte {root}: keys not sorted")
         return out
 
     def _walk(self, logical: int, level: int, first: tuple[int, int, int] | None,
-              out: list[tuple[int, int, int, bytes]], seen: set[int]) -> None:
+              out: list[tuple[int, int, int, bytes]], seen: set[int],
+              leaves: list[tuple[int, int, int]] | None = None) -> None:
         if logical in seen:
             raise FormatError(f"{self.name}: tree node at logical byte {logical} seen twice")
         seen.add(logical)
@@ -371,8 +374,10 @@ class BtrfsFileSystem(FileSystem):
                               f"not sorted or not those its parent points with")
         if level:
             for key, child in zip(keys, ptrs["blockptr"].tolist()):
-                self._walk(int(child), level - 1, key, out, seen)
+                self._walk(int(child), level - 1, key, out, seen, leaves)
             return
+        if leaves is not None:
+            leaves.append((logical, n, head.generation))
         space = self.nodesize - HEADER.size
         for key, start, size in zip(keys, items["data_offset"].tolist(),
                                     items["data_size"].tolist()):

@@ -20,10 +20,12 @@ the subvolume's items as the kernel's three walks of each log do (``tree-log.c``
    split) and the logged extent inserted; XATTR_ITEMs copied;
 
 then each touched inode's link count is the number of names it has.  The result
-is written as a new B-tree (leaves packed in key order, nodes above) at logical
-addresses free in the metadata chunks (neither in the extent tree nor the logs'
-own blocks), every copy of a DUP chunk, with checksums; the root tree leaf
-holding the subvolume's ROOT_ITEM is rewritten to point at it.  Nothing is written
+is written as a B-tree that keeps every old leaf whose key range holds no changed
+item where it is; the others' items are packed into new leaves, and every node
+above is new, at logical addresses free in the metadata chunks (neither in the
+extent tree, the logs' own blocks nor the logged data), every copy of a DUP chunk,
+with checksums; the root tree leaf holding the subvolume's ROOT_ITEM is rewritten
+to point at it.  Nothing is written
 to the source: the bytes go to an :class:`~blockforensics.snapshot.OverlayDisk`
 that dissect.btrfs reads.
 
@@ -36,6 +38,7 @@ Units: bytes; "logical" bytes are Btrfs addresses.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +62,16 @@ from blockforensics.snapshot import OverlayDisk
 
 Key = tuple[int, int, int]
 Items = dict[Key, bytes]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A leaf of a tree as read: its logical address, keys and generation."""
+
+    logical: int
+    keys: list[Key]
+    generation: int
+
 
 TREE_LOG_OBJECTID = (1 << 64) - 6
 INODE_ITEM, INODE_REF, INODE_EXTREF, XATTR_ITEM = 1, 12, 13, 24
@@ -343,6 +356,8 @@ class _TreeWriter:
         self.starts = edges[:, 0]
         self.stops = np.maximum.accumulate(edges[:, 1]) if len(edges) else edges[:, 1]
         self.free = self._free_slots()
+        #: the generation of the nodes written here (that of the tree root they copy)
+        self.generation = int.from_bytes(template[0x50:0x58], "little")
 
     def _free_slots(self) -> list[int]:
         n = self.fs.nodesize
@@ -372,32 +387,34 @@ class _TreeWriter:
             data[at : at + size] = value.to_bytes(size, "little")
         return data
 
-    def tree(self, items: Items, owner: int) -> tuple[int, int]:
-        """The tree of ``items`` written; ``(root logical, level)``."""
-        room = self.fs.nodesize - HEADER.size
-        leaves: list[list[Key]] = [[]]
-        used = 0
-        for key in sorted(items):
-            need = ITEM.size + len(items[key])
-            if used + need > room and leaves[-1]:
-                leaves.append([])
-                used = 0
-            leaves[-1].append(key)
-            used += need
-        level, pointers = 0, []
-        for keys in leaves:
-            logical = self._take()
-            node = self._node(logical, owner, 0, len(keys))
-            end = room
-            for i, key in enumerate(keys):
-                data = items[key]
-                end -= len(data)
-                node[HEADER.size + end : HEADER.size + end + len(data)] = data
-                node[HEADER.size + i * ITEM.size : HEADER.size + (i + 1) * ITEM.size] = \
-                    ITEM.pack(*key, end, len(data))
-            self.write_node(node, logical)
-            pointers.append((keys[0] if keys else (0, 0, 0), logical))
-        fanout = room // KEY_PTR.size
+    def tree(self, items: Items, owner: int, leaves: list[Leaf], changed: set[Key]
+             ) -> tuple[int, int]:
+        """The tree of ``items`` written: the old ``leaves`` whose key range holds no
+        ``changed`` key kept where they are, the others' items packed into new leaves,
+        every node above new; ``(root logical, level)``."""
+        firsts = [leaf.keys[0] if leaf.keys else (0, 0, 0) for leaf in leaves]
+        dirty = [False] * len(leaves)
+        for key in changed:
+            dirty[max(bisect.bisect_right(firsts, key) - 1, 0)] = True
+        ordered = sorted(items)
+        pointers: list[tuple[Key, int, int]] = []  # first key, logical, generation
+        i = 0
+        while i < len(leaves):
+            if not dirty[i]:
+                pointers.append((firsts[i], leaves[i].logical, leaves[i].generation))
+                i += 1
+                continue
+            j = i
+            while j < len(leaves) and dirty[j]:
+                j += 1
+            lo = bisect.bisect_left(ordered, firsts[i]) if i else 0
+            hi = bisect.bisect_left(ordered, firsts[j]) if j < len(leaves) else len(ordered)
+            pointers += self._leaves(ordered[lo:hi], items, owner)
+            i = j
+        if not pointers:
+            pointers = self._leaves([], items, owner)  # an empty tree: one empty leaf
+        level = 0
+        fanout = (self.fs.nodesize - HEADER.size) // KEY_PTR.size
         while len(pointers) > 1:
             level += 1
             upper = []
@@ -405,14 +422,43 @@ class _TreeWriter:
                 group = pointers[lo : lo + fanout]
                 logical = self._take()
                 node = self._node(logical, owner, level, len(group))
-                generation = int.from_bytes(self.template[0x50:0x58], "little")
-                for i, (key, child) in enumerate(group):
-                    at = HEADER.size + i * KEY_PTR.size
+                for k, (key, child, generation) in enumerate(group):
+                    at = HEADER.size + k * KEY_PTR.size
                     node[at : at + KEY_PTR.size] = KEY_PTR.pack(*key, child, generation)
                 self.write_node(node, logical)
-                upper.append((group[0][0], logical))
+                upper.append((group[0][0], logical, self.generation))
             pointers = upper
         return pointers[0][1], level
+
+    def _leaves(self, keys: list[Key], items: Items, owner: int
+                ) -> list[tuple[Key, int, int]]:
+        """``keys`` (sorted) packed into new leaves, written; their pointers."""
+        room = self.fs.nodesize - HEADER.size
+        groups: list[list[Key]] = [[]]
+        used = 0
+        for key in keys:
+            need = ITEM.size + len(items[key])
+            if used + need > room and groups[-1]:
+                groups.append([])
+                used = 0
+            groups[-1].append(key)
+            used += need
+        out = []
+        for group in groups:
+            if not group and keys:
+                continue
+            logical = self._take()
+            node = self._node(logical, owner, 0, len(group))
+            end = room
+            for k, key in enumerate(group):
+                data = items[key]
+                end -= len(data)
+                node[HEADER.size + end : HEADER.size + end + len(data)] = data
+                node[HEADER.size + k * ITEM.size : HEADER.size + (k + 1) * ITEM.size] = \
+                    ITEM.pack(*key, end, len(data))
+            self.write_node(node, logical)
+            out.append((group[0] if group else (0, 0, 0), logical, self.generation))
+        return out
 
     def _take(self) -> int:
         if not self.free:
@@ -480,10 +526,18 @@ def _replay(fs: BtrfsFileSystem) -> tuple[OverlayDisk, BtrfsRecovery]:
     current.read_chunk_tree()
     for subvolume, log in sorted(logs.items()):
         root, level = fs.tree_root(subvolume)
-        tree = _Subvolume({(o, t, f): d for o, t, f, d in fs.items(root, level)},
-                          sb.sectorsize)
+        read: list[tuple[int, int, int]] = []
+        items = fs.items(root, level, leaves=read)
+        before = {(o, t, f): d for o, t, f, d in items}
+        leaves, at = [], 0
+        for logical, count, generation in read:
+            leaves.append(Leaf(logical, [k[:3] for k in items[at : at + count]], generation))
+            at += count
+        tree = _Subvolume(dict(before), sb.sectorsize)
         tree.replay(log)
-        new_root, new_level = writer.tree(tree.items, subvolume)
+        changed = {k for k in before.keys() | tree.items.keys()
+                   if before.get(k) != tree.items.get(k)}
+        new_root, new_level = writer.tree(tree.items, subvolume, leaves, changed)
         leaf, leaf_data, i = _leaf_of(current, (subvolume, ROOT_ITEM_KEY, 0))
         item = ITEM.parse(bytes(leaf_data), HEADER.size + i * ITEM.size)
         at = HEADER.size + item.data_offset
