@@ -151,6 +151,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
         from blockforensics.formats import check_local_source
 
         check_local_source(args.source)
+        with contextlib.suppress(OSError):  # a chain read while points are added to it
+            if os.path.samefile(args.source, args.chain):
+                raise UsageError(f"{args.chain}: is the source {args.source} itself; back "
+                                 "a point up into another chain")
     if args.head_start and not args.bitmap:
         raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
     try:  # options are checked before anything is created

@@ -226,3 +226,20 @@ def test_started_with_stdout_closed(tmp_path: Path) -> None:
     done = subprocess.run([*CLI, "list", str(chain)], stderr=subprocess.PIPE, text=True,
                           preexec_fn=lambda: os.close(1), timeout=60)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_a_chain_is_not_backed_up_into_itself(tmp_path: Path) -> None:
+    """``backup CHAIN CHAIN`` (or through a symlink) used to add a point read from the
+    chain's own newest one while writing it; now one line, exit 2, nothing added."""
+    source, chain = tmp_path / "disk.raw", tmp_path / "chain"
+    random_volume(source, 1, 16 * MiB)
+    ok("backup", source, chain)
+    (tmp_path / "link").symlink_to(chain)
+    before = contents(chain)
+    for target in (chain, tmp_path / "link"):
+        done = subprocess.run([*CLI, "backup", str(chain), str(target)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr == (f"blockforensics: error: {target}: is the source {chain} "
+                               "itself; back a point up into another chain\n")
+    assert contents(chain) == before
