@@ -294,6 +294,20 @@ def _tsk_misreads_ext(view: Disk, offset: int) -> str | None:
     return None
 
 
+def _ext_recovered(view: Disk, offset: int) -> tuple[Disk, str]:
+    """``view`` with the journal of the ext volume at ``offset`` replayed when it needs
+    recovery (an overlay) and what the listing then shows; ``view`` and "" otherwise."""
+    from blockforensics.fs.ext import ExtFileSystem, has_ext_magic, replayed
+
+    if not has_ext_magic(view.read(offset + 1024, 1024)):
+        return view, ""
+    try:
+        ext = ExtFileSystem(view, offset)
+    except FormatError:
+        return view, ""  # TSK then says what it makes of it
+    return replayed(ext)
+
+
 def _data_attributes(tsk: Any, fs_file: Any) -> Iterator[Any]:
     """The default (unnamed) data attribute(s) of a file: ``$DATA`` on NTFS."""
     for attr in fs_file:
@@ -857,18 +871,26 @@ def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | No
             except FormatError as exc:
                 yield prefix, None, f"the Btrfs volume at {where}: {exc}"
             continue
+        recovered, recovery = _ext_recovered(view, offset)
+        lister: Lister
         if _tsk_misreads_ext(view, offset):
             from blockforensics.extfiles import ExtLister
 
             try:
-                yield prefix, ExtLister(view, offset, to_disk), None
+                lister = ExtLister(recovered, offset, to_disk)
             except FormatError as exc:
                 yield prefix, None, f"the ext file system at {where}: {exc}"
+                continue
+            lister.recovery = recovery
+            yield prefix, lister, None
             continue
-        if id(view) not in images:
-            images[id(view)] = ChainImgInfo(view)
+        key = id(recovered)  # a replayed journal: an image of its own
+        if key not in images:
+            images[key] = ChainImgInfo(recovered)
         try:
-            yield prefix, TskLister(open_fs(images[id(view)], offset), to_disk), None
+            lister = TskLister(open_fs(images[key], offset), to_disk)
+            lister.recovery = recovery
+            yield prefix, lister, None
         except OSError as exc:
             yield prefix, None, (f"The Sleuth Kit cannot open the file system at "
                                  f"{where}: {str(exc).splitlines()[0]}")

@@ -29,12 +29,18 @@ from typing import Any, ClassVar
 import numpy as np
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import FormatError
+from blockforensics.errors import UNPARSABLE, FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.base import FileSystem, units_map
 from blockforensics.fs.ext4fc import fast_commits
-from blockforensics.fs.jbd2 import fast_commit_blocks, logged_blocks
+from blockforensics.fs.jbd2 import (
+    INCOMPAT_FAST_COMMIT,
+    fast_commit_blocks,
+    journal_features,
+    logged_blocks,
+)
 from blockforensics.fs.structure import Structure
+from blockforensics.snapshot import OverlayDisk
 
 SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
 SUPERBLOCK = Structure("ExtSuperblock", 1024, [
@@ -290,6 +296,12 @@ class ExtFileSystem(FileSystem):
             raise FormatError(f"{self.name}: needs recovery, but its journal is "
                               f"unreadable: {exc}") from None
 
+    def recovery_note(self) -> str:
+        """Needing recovery: what the listings show (:func:`replayed`)."""
+        if not self.sb.s_feature_incompat & INCOMPAT_RECOVER:
+            return ""
+        return replayed(self)[1]
+
     def fast_commit_units(self) -> BlockMap:
         """Units the replay of the journal's fast commits marks in use (none unless the
         volume needs recovery): every extent they add, and the root of each logged
@@ -498,6 +510,30 @@ class ExtFileSystem(FileSystem):
             flags |= self.metadata_units(desc) & units_map(groups, groups + per_group,
                                                            self.n_units, self.unit)
         return flags | self.fast_commit_units()
+
+
+def replayed(ext: ExtFileSystem) -> tuple[Disk, str]:
+    """The disk ``ext`` lies on with its journal's committed transactions replayed as
+    recovery does (an overlay of the newest unrevoked copy of each logged block) and a
+    note saying so; the disk itself and why not, when the journal cannot be read or is
+    not in the image.  Fast commits are not replayed (the note says so)."""
+    try:
+        journal = ext._journal
+        if journal is None:
+            return ext.disk, ""
+        blocks = logged_blocks(journal, revoke=True)
+        fast = journal_features(journal) & INCOMPAT_FAST_COMMIT
+    except UNPARSABLE as exc:
+        why = str(exc).removeprefix(f"{ext.name}: ")
+        return ext.disk, (f"ext journal needs recovery but cannot be replayed ({why}): "
+                          f"listings show the pre-recovery state")
+    overlay = OverlayDisk(ext.disk)
+    for block, copy in sorted(blocks.items()):
+        if (block + 1) * ext.block_size <= ext.size:
+            overlay.write(ext.offset + block * ext.block_size, copy)
+    unreplayed = "; its fast commits are not replayed" if fast else ""
+    return overlay, (f"ext journal needs recovery ({len(blocks)} blocks replayed"
+                     f"{unreplayed}): listings show the recovered state")
 
 
 def _kind(sb: Any) -> str:

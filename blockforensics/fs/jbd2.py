@@ -6,10 +6,11 @@ metadata — block bitmaps, group descriptors — is only in the journal: the
 volume's own blocks show it once recovery (the kernel at mount, e2fsck) has
 copied it in place.  :func:`logged_blocks` scans the journal as recovery does:
 from ``s_start``, blocks of the expected sequence number, a transaction counted
-once its commit block is found.  Revoke records are not applied and checksums
-not checked: a reader that ORs these copies into the volume's only ever copies
-more.  The journal is big-endian, its blocks addressed from 0 within the
-journal (the caller maps them to the volume's blocks).
+once its commit block is found.  Checksums are not checked; revoke records are
+applied only for replaying (the listings' view of a live copy): a reader that ORs
+the copies into the volume's bitmaps only ever copies more.  The journal is
+big-endian, its blocks addressed from 0 within the journal (the caller maps them to
+the volume's blocks).
 
 A journal with fast commits (``INCOMPAT_FAST_COMMIT``) ends its log
 ``s_num_fc_blks`` blocks (256 when 0) before ``s_maxlen``: the log wraps there,
@@ -52,6 +53,7 @@ TAG = Structure("JournalBlockTag", 8, [
     (0x0, "I", "t_blocknr"),
     (0x6, "H", "t_flags"),
 ], byteorder=">")
+REVOKE = Structure("JournalRevokeHeader", 16, [(0xC, "I", "r_count")], byteorder=">")
 TAG_HIGH = Structure("JournalBlockTagHigh", 4, [(0x0, "I", "t_blocknr_high")], byteorder=">")
 MAGIC = 0xC03B3998
 DESCRIPTOR_BLOCK, COMMIT_BLOCK, SUPERBLOCK_V1, SUPERBLOCK_V2, REVOKE_BLOCK = 1, 2, 3, 4, 5
@@ -78,6 +80,11 @@ def _superblock(read: Callable[[int], bytes]) -> tuple[Any, int]:
     return sb, sb.s_feature_incompat if header.h_blocktype == SUPERBLOCK_V2 else 0
 
 
+def journal_features(read: Callable[[int], bytes]) -> int:
+    """The journal's incompatible features (``INCOMPAT_*``; 0 for a v1 superblock)."""
+    return _superblock(read)[1]
+
+
 def log_end(sb: Any, incompat: int) -> int:
     """The journal block after the log's last one (where it wraps to ``s_first``)."""
     if not incompat & INCOMPAT_FAST_COMMIT:
@@ -92,10 +99,12 @@ def fast_commit_blocks(read: Callable[[int], bytes]) -> range:
     return range(log_end(sb, incompat) + 1, sb.s_maxlen)
 
 
-def logged_blocks(read: Callable[[int], bytes]) -> dict[int, bytes]:
+def logged_blocks(read: Callable[[int], bytes], revoke: bool = False) -> dict[int, bytes]:
     """The newest committed copy of each volume block the journal logs, by volume block
-    number; ``read(i)`` returns the journal's block *i*.  Empty when the journal is
-    (``s_start == 0``); FormatError when its superblock is not one."""
+    number; ``read(i)`` returns the journal's block *i*.  With ``revoke``, what recovery
+    writes: a copy is left out when a committed revoke record of its transaction or a
+    later one names its block (a metadata block freed, maybe data since).  Empty when
+    the journal is (``s_start == 0``); FormatError when its superblock is not one."""
     sb, incompat = _superblock(read)
     if sb.s_start == 0:
         return {}
@@ -112,8 +121,10 @@ def logged_blocks(read: Callable[[int], bytes]) -> dict[int, bytes]:
     def after(block: int) -> int:  # the log wraps from its last block to s_first
         return sb.s_first if block + 1 >= end else block + 1
 
-    logged: dict[int, bytes] = {}
-    pending: dict[int, bytes] = {}
+    logged: dict[int, tuple[int, bytes]] = {}  # block -> (transaction, copy)
+    pending: dict[int, tuple[int, bytes]] = {}
+    revoked: dict[int, int] = {}  # block -> the newest transaction revoking it
+    pending_revokes: list[int] = []
     block, sequence = sb.s_start, sb.s_sequence
     for _ in range(end):  # each journal block is read once at most
         data = read(block)
@@ -131,14 +142,26 @@ def logged_blocks(read: Callable[[int], bytes]) -> dict[int, bytes]:
                 copy = read(block)
                 if entry.t_flags & FLAG_ESCAPE:
                     copy = MAGIC.to_bytes(4, "big") + copy[4:]
-                pending[target] = copy
+                pending[target] = (sequence, copy)
                 if entry.t_flags & FLAG_LAST_TAG:
                     break
         elif found.h_blocktype == COMMIT_BLOCK:
             logged.update(pending)
-            pending = {}
+            revoked.update(dict.fromkeys(pending_revokes, sequence))
+            pending, pending_revokes = {}, []
             sequence = (sequence + 1) & 0xFFFFFFFF
-        elif found.h_blocktype != REVOKE_BLOCK:
+        elif found.h_blocktype == REVOKE_BLOCK:
+            pending_revokes += _revoked(data, 8 if high else 4, tail)
+        else:
             break
         block = after(block)
-    return logged
+    return {target: copy for target, (tid, copy) in logged.items()
+            if not (revoke and revoked.get(target, -1) >= tid)}
+
+
+def _revoked(data: bytes, width: int, tail: int) -> list[int]:
+    """The block numbers a revoke block names (``r_count``: bytes used, header
+    included)."""
+    used = min(REVOKE.parse(data).r_count, len(data) - tail)
+    return [int.from_bytes(data[at : at + width], "big")
+            for at in range(REVOKE.size, used - width + 1, width)]
