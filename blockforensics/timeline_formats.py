@@ -8,7 +8,9 @@ record number on NTFS), mode, owner, SHA-256 and MD5 of the whole content at tha
 point, and whether the triage rules suspect encryption.
 
 Each name of a hard-linked file is a version (the diff has one row per file), and
-so is each named stream of an NTFS file (``path:name``, as ``fls`` lists them).
+so is each named stream of an NTFS file (``path:name``) and its name's ``$FILE_NAME``
+times (``path ($FILE_NAME)``: set by the file system alone, so a ``$STANDARD_INFORMATION``
+time put back by a tool stands out), as ``fls -m`` lists them.
 
 Writers (:data:`FORMATS`):
 
@@ -92,7 +94,8 @@ def file_versions(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
 def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[dict]:
     """The rows of one file version (``entry``, read at point ``side``) of diff row ``row``
     of point ``p``: the file, then each of its named streams (NTFS, ``path:name`` as
-    ``fls`` writes them: their size and SHA-256, no runs, the file's times)."""
+    ``fls`` writes them: their size and SHA-256, no runs, the file's times) and its
+    ``$FILE_NAME`` times (``path ($FILE_NAME)``, the attribute's size)."""
     sha, md5 = _hashes(entry, chain.disk(side))
     file = {
         "point": p, "change": row.change, "path": entry.path, "old_path": row.old_path,
@@ -104,10 +107,17 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[d
         "suspected_encryption": bool(row.suspected_encryption),
         "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
         "kind": entry.kind or entry.type}
-    return [file, *({**file, "path": f"{entry.path}:{name}", "size": size, "sha256": digest,
+    rows = [file, *({**file, "path": f"{entry.path}:{name}", "size": size, "sha256": digest,
                      "md5": "", "runs": [], "kind": "stream",
                      "old_path": f"{row.old_path}:{name}" if row.old_path else ""}
                     for name, size, digest in entry.streams)]
+    if entry.file_name:
+        size, atime, mtime, ctime, crtime = entry.file_name
+        rows.append({**file, "path": f"{entry.path} ($FILE_NAME)", "size": size, "sha256": "",
+                     "md5": "", "runs": [], "atime": atime, "mtime": mtime, "ctime": ctime,
+                     "crtime": crtime,
+                     "old_path": f"{row.old_path} ($FILE_NAME)" if row.old_path else ""})
+    return rows
 
 
 def _mode_string(kind: str, mode: int) -> str:

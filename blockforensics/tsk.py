@@ -145,6 +145,10 @@ class Entry:
     #: directory's index, an attribute list, its MFT record — blocks it owns beyond its
     #: content
     other_extents: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    #: NTFS: its (first long) name's ``$FILE_NAME`` attribute: size (bytes) and times
+    #: (atime, mtime, ctime, crtime; seconds), which tools that set ``$STANDARD_INFORMATION``
+    #: times (timestomping) leave; () elsewhere
+    file_name: tuple[int, int, int, int, int] | tuple[()] = ()
 
     def same_file(self, other: Entry) -> bool:
         """One file, whatever it holds now: the same inode (MFT record and sequence; Btrfs:
@@ -408,8 +412,10 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     nanos = {name: int(getattr(meta, f"{name}_nano", 0) or 0) for name in times}
     other = np.empty((0, 2), np.int64)
     size, nlink = int(meta.size), int(meta.nlink)
+    file_name: tuple[int, int, int, int, int] | tuple[()] = ()
     if fs_name == "ntfs":
-        nlink = _ntfs_names(tsk, fs_file) or nlink
+        names, file_name = _ntfs_names(tsk, fs_file)
+        nlink = names or nlink
         info = _ntfs_info(tsk, fs_file)
         times, nanos = _ntfs_times(info, times, nanos)
         other = np.concatenate([_other_extents(tsk, fs_file, to_disk, fs.info.block_size),
@@ -436,7 +442,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  seq=int(meta.seq),
                  nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
-                 reader=content.reader)
+                 reader=content.reader, file_name=file_name)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -606,19 +612,28 @@ def _mft_record(tsk: Any, fs: Any, to_disk: ToDisk, inode: int) -> np.ndarray:
     return to_disk(np.array(pieces, np.int64).reshape(-1, 2))
 
 
-def _ntfs_names(tsk: Any, fs_file: Any) -> int:
-    """The names (hard links) of an NTFS file: its ``$FILE_NAME`` attributes but 8.3 short
-    names (namespace 2, DOS: the second name of a long one).  The record header's count,
-    which TSK gives, counts those too: every file Windows gave a short name had two."""
-    from blockforensics.fs.ntfs import FILE_NAME_NAMESPACE, NAMESPACE_DOS
+def _ntfs_names(tsk: Any, fs_file: Any
+                ) -> tuple[int, tuple[int, int, int, int, int] | tuple[()]]:
+    """The names (hard links) of an NTFS file — its ``$FILE_NAME`` attributes but 8.3 short
+    names (namespace 2, DOS: the second name of a long one; the record header's count,
+    which TSK gives, counts those too: every file Windows gave a short name had two) —
+    and the first long one's size and times (atime, mtime, ctime, crtime; seconds)."""
+    from blockforensics.fs.ntfs import FILE_NAME_NAMESPACE, FILE_NAME_TIMES, NAMESPACE_DOS
 
-    names = 0
+    names, first = 0, None
     for attr in fs_file:
         if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME:
             raw = fs_file.read_random(0, FILE_NAME_NAMESPACE + 1,
                                       tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME, attr.info.id)
-            names += len(raw) > FILE_NAME_NAMESPACE and raw[FILE_NAME_NAMESPACE] != NAMESPACE_DOS
-    return names
+            if len(raw) <= FILE_NAME_NAMESPACE or raw[FILE_NAME_NAMESPACE] == NAMESPACE_DOS:
+                continue
+            names += 1
+            if first is None:
+                times = {name: (int.from_bytes(raw[at : at + 8], "little") - _FILETIME_EPOCH)
+                         // 10_000_000 for name, at in FILE_NAME_TIMES.items()}
+                first = (int(attr.info.size), times["atime"], times["mtime"], times["ctime"],
+                         times["crtime"])
+    return names, first or ()
 
 
 def _ntfs_times(info: bytes, times: dict[str, int], nanos: dict[str, int]

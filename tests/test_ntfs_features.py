@@ -193,20 +193,30 @@ def test_interix_links_and_junctions_are_links_to_their_targets(zoo):
 
 
 def test_the_full_points_timeline_names_what_fls_names(zoo):
-    """Every name (each hard link) and every named stream (``path:name``) of point 0 is
-    a version, as ``fls -r -m`` (TSK's body file) lists them; a stream's size and hash
-    are its own."""
+    """Every name (each hard link), every named stream (``path:name``) and every
+    ``$FILE_NAME`` (``path ($FILE_NAME)``) of point 0 is a version with the size and MACB
+    times ``fls -r -m`` (TSK's body file) gives it (a link's size: its target's length);
+    a stream's hash is its own."""
     chain, _, _ = zoo
     restored = Path(chain.directory).parent / "p0.img"
     bf_ok("restore", chain.directory, restored, "--point", "0")
     body = subprocess.run(["fls", "-r", "-m", "", str(restored)], capture_output=True,
                           text=True, check=True).stdout
-    theirs = {line.split("|")[1] for line in body.splitlines()
-              if "($FILE_NAME)" not in line and "$" not in line.split("|")[1]}
+    theirs = {}
+    for line in body.splitlines():
+        _, name, _, _, _, _, size, *times = line.split("|")
+        parts = name.removesuffix(" ($FILE_NAME)").split("/")
+        if not any(part.startswith("$") for part in parts):  # NTFS's own files
+            theirs[name] = (int(size), *map(int, times))
     versions = timeline_formats.file_versions(chain)
-    ours = versions[versions["point"] == 0]
-    assert set(ours["path"]) - {"/"} == theirs
-    stream = ours.set_index("path").loc["/ads.txt:big"]
+    ours = versions[(versions["point"] == 0) & ~versions["path"].str.startswith("/ ")]
+    ours = ours[ours["path"] != "/"].set_index("path")
+    assert set(ours.index) == set(theirs)
+    for path, (size, *times) in theirs.items():
+        row = ours.loc[path]
+        assert [row["atime"], row["mtime"], row["ctime"], row["crtime"]] == times, path
+        assert row["size"] == size or row["kind"] == "symlink", path
+    stream = ours.loc["/ads.txt:big"]
     assert (stream["size"], stream["sha256"], stream["kind"]) == \
         (len(STREAM), hashlib.sha256(STREAM).hexdigest(), "stream")
     later = versions[versions["point"] == 1].set_index("path")

@@ -36,6 +36,8 @@ FILE_ATTRIBUTE_SYSTEM = 0x4
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
 #: $FILE_NAME: the byte holding the name's namespace; the 8.3 short name's (DOS)
 FILE_NAME_NAMESPACE = 0x41
+#: $FILE_NAME: byte offsets of its times (FILETIME), as in $STANDARD_INFORMATION
+FILE_NAME_TIMES = {"crtime": 0x08, "mtime": 0x10, "ctime": 0x18, "atime": 0x20}
 NAMESPACE_DOS = 2
 #: the content of an Interix symbolic link begins with this
 INTERIX_SYMLINK = b"IntxLNK\x01"
