@@ -488,7 +488,10 @@ def _leaf_of(fs: BtrfsFileSystem, key: Key) -> tuple[int, bytearray, int]:
 
 def replayed(fs: BtrfsFileSystem) -> tuple[Disk, str]:
     """The disk ``fs`` lies on with its log trees replayed (an overlay) and a note
-    saying so; the disk itself and why not, when they cannot be (FormatError met)."""
+    saying so; the disk itself and why not, when they cannot be (FormatError met); the
+    disk itself and "" without a log tree."""
+    if not fs.sb.log_root:
+        return fs.disk, ""
     try:
         overlay, recovery = _replay(fs)
     except UNPARSABLE as exc:

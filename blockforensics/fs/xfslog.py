@@ -56,6 +56,7 @@ from blockforensics.fs.xfs import (
     BASIC_BLOCK,
     LOG_COMMIT_TRANS,
     LOG_DIRTY,
+    LOG_RECORD,
     LOG_START_TRANS,
     LogOp,
     XfsFileSystem,
@@ -131,8 +132,7 @@ BMDR_HEADER = 4
 #: v5 metadata blocks whose CRC-32C (stored little-endian, over the whole buffer) is
 #: computed again after replay: ``(offset of the magic, magic, offset of the CRC)``
 CRC_PLACES = tuple(
-    [(0, m.to_bytes(4, "big"), 0xE0) for m in (0x58465342,)]  # XFSB
-    + [(0, b"XAGF", 0xD8), (0, b"XAGI", 0x138), (0, b"XAFL", 0x20)]
+    [(0, b"XFSB", 0xE0), (0, b"XAGF", 0xD8), (0, b"XAGI", 0x138), (0, b"XAFL", 0x20)]
     + [(0, m, 0x34) for m in (b"AB3B", b"AB3C", b"IAB3", b"FIB3", b"RMB3", b"R3FC")]
     + [(0, b"BMA3", 0x40)]
     + [(0, m, 0x4) for m in (b"XDB3", b"XDD3", b"XDF3")]
@@ -476,8 +476,8 @@ def recover(fs: XfsFileSystem) -> XfsRecovery:
     cannot be read or replayed so (torn, damaged, an item that does not parse)."""
     state = fs._log
     ops = list(fs.log_ops())
-    last = fs._log_blocks(state.last, 1)
-    recovery = XfsRecovery(head=state.head, tail=int.from_bytes(last[0x1C:0x20], "big"))
+    last = LOG_RECORD.parse(fs._log_blocks(state.last, 1))
+    recovery = XfsRecovery(head=state.head, tail=last.h_tail_lsn & 0xFFFFFFFF)
     done = transactions(ops)
     recovery.transactions = len(done)
     _Replay(fs, recovery).run(done)
@@ -489,7 +489,7 @@ def replayed(fs: XfsFileSystem) -> tuple[Disk, str]:
     replayed blocks) and a note saying so; the disk itself and why not, when its log
     cannot be replayed (torn, damaged, external)."""
     if fs.log_problem != LOG_DIRTY:
-        return fs.disk, f"XFS {fs.log_problem}: listings show the pre-recovery state"
+        return fs.disk, f"XFS: {fs.log_problem}: listings show the pre-recovery state"
     try:
         recovery = recover(fs)
     except UNPARSABLE as exc:
