@@ -367,6 +367,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
         with atomic_writer(args.out) as fh:
             fh.write((text + "\n").encode())
+        print(f"wrote {'json' if args.json else 'table'} timeline to {args.out}", file=sys.stderr)
     else:
         print(text)
     return EXIT_OK
