@@ -860,19 +860,26 @@ def _one_line(message: str) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that outputs and chains are cleaned up as
-    after Ctrl-C (temporaries removed, nothing half-written under a final name)."""
+    """SIGTERM or SIGHUP (the terminal or ssh session gone), raised in the main thread so
+    that outputs and chains are cleaned up as after Ctrl-C (temporaries removed, nothing
+    half-written under a final name); ``args[0]``: the signal."""
+
+
+#: what each signal that ends a command is called in its one line
+_ENDING = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
+    raise Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (also used by tests in-process)."""
     harden_streams()
     with contextlib.suppress(ValueError):  # not the main thread (tests): as it was
-        signal.signal(signal.SIGTERM, _terminate)
+        for signum in _ENDING:  # an ignored one stays ignored (nohup)
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _terminate)
     try:
         words = sys.argv[1:] if argv is None else list(argv)
         args = build_parser(words[0] if words and words[0] in _COMMANDS else None
@@ -887,9 +894,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blockforensics: interrupted", file=sys.stderr)
         return 130
-    except Terminated:
-        print("blockforensics: terminated", file=sys.stderr)
-        return 143
+    except Terminated as exc:
+        signum = exc.args[0]
+        print(f"blockforensics: {_ENDING[signum]}", file=sys.stderr)
+        return 128 + signum
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"blockforensics: error: {where}{exc.strerror or exc}{_why(exc)}", file=sys.stderr)

@@ -59,14 +59,15 @@ COMMANDS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_signal_mid_write_keeps_the_old_chain_and_output(big: tuple[Path, Path], command: str,
                                                            signum: int, tmp_path: Path) -> None:
     """Sent once the command's temporary file (or merge journal) exists and grows: exit
-    130 (SIGINT) or 143 (SIGTERM; it used to kill the process where it stood, leaving its
-    temporary behind), one line, no temporary left, the chain and the old output as they
-    were."""
+    130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP: the terminal or ssh session gone; both
+    used to kill the process where it stood, leaving its temporary behind), one line, no
+    temporary left, the chain and the old output as they were."""
     source, chain = big
     out = tmp_path / "out.img"
     out.write_bytes(b"the previous output")
@@ -84,7 +85,8 @@ def test_a_signal_mid_write_keeps_the_old_chain_and_output(big: tuple[Path, Path
     assert proc.poll() is None, "finished before it could be interrupted"
     proc.send_signal(signum)
     stderr = proc.communicate(timeout=60)[1]
-    expected = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
+    expected = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated"),
+                signal.SIGHUP: (129, "hung up")}
     assert (proc.returncode, stderr) == (expected[signum][0],
                                          f"blockforensics: {expected[signum][1]}\n")
     assert contents(chain) == before
@@ -243,3 +245,18 @@ def test_a_chain_is_not_backed_up_into_itself(tmp_path: Path) -> None:
         assert done.stderr == (f"blockforensics: error: {target}: is the source {chain} "
                                "itself; back a point up into another chain\n")
     assert contents(chain) == before
+
+
+def test_nohup_keeps_a_backup_running_through_a_hangup(tmp_path: Path) -> None:
+    """Under ``nohup`` (SIGHUP ignored) a hang-up changes nothing: the backup finishes."""
+    source, chain = tmp_path / "disk.raw", tmp_path / "chain"
+    random_volume(source, 1, 128 * MiB)
+    proc = subprocess.Popen([*CLI, "backup", str(source), str(chain)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    while proc.poll() is None and not any(p.name.endswith(".tmp") for p in chain.glob(".*")):
+        time.sleep(0.002)
+    assert proc.poll() is None, "finished before the hang-up"
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    ok("verify", chain)
