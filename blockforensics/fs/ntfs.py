@@ -53,12 +53,20 @@ SYMLINK_FLAGS_BYTES = 4
 
 
 def _lznt1(raw: bytes, unit: int) -> bytes:
-    """One compression unit's LZNT1 bytes decompressed (at most ``unit`` bytes); a damaged
-    unit yields what comes before its first malformed chunk or token."""
-    from blockforensics import _native
+    """One compression unit's LZNT1 bytes decompressed (at most ``unit`` bytes): by the C
+    extension, where a damaged unit yields what comes before its first malformed chunk
+    or token; without it by dissect.util, where a damaged unit yields nothing."""
+    from blockforensics import batch
 
-    out = bytearray(unit)
-    return bytes(out[: _native.lznt1_decompress(raw, out)])
+    if batch.native is not None:
+        out = bytearray(unit)
+        return bytes(out[: batch.native.lznt1_decompress(raw, out)])
+    from dissect.util.compression import lznt1
+
+    try:
+        return bytes(lznt1.decompress(raw)[:unit])
+    except Exception:  # dissect raises struct's errors, TypeError and its own
+        return b""
 
 
 def compressed_content(disk: Disk, extents: np.ndarray, offsets: np.ndarray, unit: int,
