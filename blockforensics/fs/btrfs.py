@@ -465,13 +465,14 @@ class BtrfsFileSystem(FileSystem):
         return start, length
 
     def recovery_note(self) -> str:
-        """A log tree: what its replay for the listings did
-        (:mod:`blockforensics.fs.btrfslog`), or why they show the state before it."""
+        """A log tree: the volume is copied whole, and listings replay it
+        (:mod:`blockforensics.fs.btrfslog`, which says what it replayed).  The replay is
+        not run here: it reads each logged subvolume's whole tree, which a backup's
+        survey (its memory bounded whatever the volume) must not."""
         if not self.sb.log_root:
             return ""
-        from blockforensics.fs.btrfslog import replayed  # it reads trees with this module
-
-        return replayed(self)[1]
+        return ("Btrfs log tree (files fsync'd since the last commit): copied whole; "
+                "listings replay it")
 
     def allocation(self) -> BlockMap:
         """Allocated sectors of the device: the extents' physical bytes (every copy),
