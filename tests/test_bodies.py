@@ -19,13 +19,9 @@ import pytest
 from support import require_module, require_tools
 
 from blockforensics import triage
-from blockforensics.bodies import (
-    CHECKS,
-    INFLATE_STEP,
-    ZSTD_WINDOW_MAX,
-    _zstd_window,
-    body_break,
-)
+from blockforensics.bodies import CHECKS, body_break
+from blockforensics.bodies.base import INFLATE_STEP
+from blockforensics.bodies.streams import ZSTD_WINDOW_MAX, _zstd_window
 from blockforensics.datasets.investigation import _text
 
 #: how far past the encryption's start a break may be found (bytes): random bytes inside
@@ -373,7 +369,7 @@ NAMES = ["jpeg", "jpeg-progressive", "jpeg-restarts", "png", "zip", "zip64", "do
          "mp3", "mp3-tagged", "mp3-mpeg2", "gif", "mka", "mka-pcm", "7z", "rar5", "rar4",
          "tiff-jpeg", "tiff-deflate"]
 #: a WAV's samples are its last chunk, whose bytes have no structure to break; a zstd
-#: frame of a 2 GiB window is not checked (bodies.ZSTD_WINDOW_MAX)
+#: frame of a 2 GiB window is not checked (bodies.streams.ZSTD_WINDOW_MAX)
 ENCRYPTED = [name for name in NAMES if name not in ("wav", "zstd-long")]
 
 
