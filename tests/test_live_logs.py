@@ -111,6 +111,18 @@ def xfs_live(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     return clean, live, fsynced
 
 
+def backed_up(tmp_path: Path, clean: Path, live: Path) -> tuple[Path, str, Listing, dict]:
+    """A chain of ``clean`` then ``live`` backed up by the command: the chain, what the
+    second backup printed, point 1's listing and its files (size and SHA-256 by path)."""
+    chain = tmp_path / "chain"
+    cli("backup", clean, chain)
+    out = cli("backup", live, chain)
+    with Chain.open(chain) as opened:
+        disk = opened.disk(1)
+        listing = list_entries(disk)
+        return chain, out, listing, listed_files(listing, disk)
+
+
 def test_xfs_live_copy_lists_the_recovered_state(tmp_path: Path) -> None:
     """A file fsync'd after the log was written back is listed with the size and
     content the kernel's recovery gives it (it is not in the volume's metadata in
@@ -130,15 +142,10 @@ def test_xfs_live_copy_lists_the_recovered_state(tmp_path: Path) -> None:
     assert region.recovery.startswith("XFS log needs recovery (") and \
         region.recovery.endswith("listings show the recovered state"), region.recovery
     assert not region.note
-    chain = tmp_path / "chain"
-    cli("backup", clean, chain)
-    out = cli("backup", live, chain)
+    chain, out, listing, files = backed_up(tmp_path, clean, live)
     assert "listings show the recovered state" in out, out
-    with Chain.open(chain) as opened:
-        disk = opened.disk(1)
-        listing = list_entries(disk)
-        assert listed_files(listing, disk) == recovered
-        assert listing.recovery[""] == region.recovery
+    assert files == recovered
+    assert listing.recovery[""] == region.recovery
     diff = json.loads(cli("diff", chain, "0", "1", "--files", "--json"))
     changes = {f["path"]: (f["change"], f.get("old_path")) for f in diff["files"]}
     assert changes["/d/new.bin"][0] == changes["/tiny.txt"][0] == "created", changes
@@ -233,15 +240,10 @@ def test_btrfs_live_copy_lists_the_recovered_state(tmp_path: Path) -> None:
     region = survey(live).regions[0]  # the backup's survey does not replay (memory)
     assert region.recovery == ("Btrfs log tree (files fsync'd since the last commit): "
                                "copied whole; listings replay it"), region.recovery
-    chain = tmp_path / "chain"
-    cli("backup", clean, chain)
-    out = cli("backup", live, chain)
+    chain, out, listing, files = backed_up(tmp_path, clean, live)
     assert "listings replay it" in out, out
-    with Chain.open(chain) as opened:
-        disk = opened.disk(1)
-        listing = list_entries(disk)
-        assert listed_files(listing, disk) == recovered
-        assert listing.entries["/e/hard7"].nlink == listing.entries["/d/old7"].nlink == 2
+    assert files == recovered
+    assert listing.entries["/e/hard7"].nlink == listing.entries["/d/old7"].nlink == 2
     diff = json.loads(cli("diff", chain, "0", "1", "--files", "--json"))
     changes = {f["path"]: f["change"] for f in diff["files"]}
     for path in ("/d/sub/a.txt", "/d/sub/b.bin", "/e/hard7"):
