@@ -122,11 +122,19 @@ class BtrfsLister(DissectLister):
         elif kind == "file" and node.size and node.extents() is None:  # inline
             resident = node.open().read()
         return self._node_entry(
-            path, node, kind=kind, mode=mode, crtime_ns=int(node.otime_ns),
+            path, node, kind=kind, mode=mode, crtime_ns=self._time_ns(node, "otime"),
             uid=int(inode.uid), gid=int(inode.gid), extents=extents, resident=resident,
             seq=int(inode.generation), nlink=int(inode.nlink),
             reader=partial(self._decoded, node, int(node.size)) if compressed else None,
             volume=int(node.subvolume.objectid))
+
+    def _time_ns(self, node: Any, name: str) -> int:
+        """Time ``name`` (mtime, atime, ctime, otime) of the inode: ``btrfs_timespec``'s
+        seconds are signed (the kernel's ``s64``: before 1970 negative; dissect reads
+        them unsigned) and its nanoseconds below."""
+        spec = getattr(node.inode, name)
+        seconds = int(np.int64(np.uint64(spec.sec)))
+        return seconds * 10**9 + int(spec.nsec)
 
     def _children(self, node: Any) -> list[tuple[str, Any]]:
         """``(name, inode)`` of a directory's entries but "." and ".." (a subvolume's

@@ -84,14 +84,19 @@ class DissectLister(ABC):
         modification, access and change times (``*_ns``, nanoseconds) read by name;
         the creation time given, as each file system keeps it elsewhere; ``fields``:
         the rest (uid, gid, extents, resident, seq, nlink …)."""
-        seconds = {name: divmod(int(getattr(node, f"{name}_ns")), 10**9)
+        seconds = {name: divmod(self._time_ns(node, name), 10**9)
                    for name in ("mtime", "atime", "ctime")}
         crtime, crtime_frac = divmod(crtime_ns, 10**9)
         return Entry(path=path, type="dir" if kind == "dir" else "file", inode=int(node.inum),
                      size=int(node.size), mtime=seconds["mtime"][0], atime=seconds["atime"][0],
                      ctime=seconds["ctime"][0], crtime=crtime, mode=mode & 0o7777, kind=kind,
                      crtime_ns=crtime_frac, mtime_ns=seconds["mtime"][1],
-                     ctime_ns=seconds["ctime"][1], fs=self.fs_name, **fields)
+                     ctime_ns=seconds["ctime"][1], atime_ns=seconds["atime"][1],
+                     fs=self.fs_name, **fields)
+
+    def _time_ns(self, node: Any, name: str) -> int:
+        """Time ``name`` (mtime, atime, ctime …) of ``node``: nanoseconds since the epoch."""
+        return int(getattr(node, f"{name}_ns"))
 
     def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
         """Add the root (``root_path``, ending in "/") and every file and directory below

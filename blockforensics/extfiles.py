@@ -38,6 +38,7 @@ from blockforensics.fs.ext import (
     INODE,
     INODE_EXTRA,
     ExtFileSystem,
+    inode_times,
 )
 from blockforensics.fs.structure import Structure
 from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
@@ -59,8 +60,6 @@ XATTR_ENTRY = Structure("Ext4XattrEntry", 16, [
     (0x8, "I", "e_value_size"),
 ])
 SYSTEM_DATA = (7, b"data")  # name index 7 ("system."), name "data": inline data's rest
-#: the 2 low bits of a *_extra time: seconds above 32 bits; the rest: nanoseconds << 2
-EPOCH_BITS = 2
 MAX_REC_LEN = 1 << 16  # a record spanning a whole 64 KiB block (stored as 0 or 65535)
 MAX_FILE_BLOCKS = 1 << 32
 
@@ -141,7 +140,7 @@ class ExtLister(DissectLister):
             extents = self.to_disk(np.stack([runs[:, 1], runs[:, 1] + runs[:, 2]], axis=1))
             if kind == "symlink":
                 resident, extents = self._read(raw, size), np.empty((0, 2), np.int64)
-        times, nanos = self._times(inode, raw)
+        times, nanos = inode_times(raw)
         return Entry(path=path, type="dir" if kind == "dir" else "file", inode=ino, size=size,
                      mtime=times["mtime"], atime=times["atime"], ctime=times["ctime"],
                      crtime=times["crtime"], mode=mode & 0o7777,
@@ -149,27 +148,8 @@ class ExtLister(DissectLister):
                      gid=int(inode.i_gid) | int(inode.l_i_gid_high) << 16, extents=extents,
                      resident=None if kind == "dir" else resident, kind=kind,
                      crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"],
-                     ctime_ns=nanos["ctime"], nlink=int(inode.i_links_count), fs="ext")
-
-    def _times(self, inode: Any, raw: bytes) -> tuple[dict[str, int], dict[str, int]]:
-        """Seconds (signed, plus the epoch bits) and nanoseconds of each time; creation
-        only where the inode's extra fields hold it (0 otherwise)."""
-        times = {"atime": inode.i_atime, "ctime": inode.i_ctime, "mtime": inode.i_mtime,
-                 "crtime": 0}
-        times = {k: int(np.int32(np.uint32(v))) for k, v in times.items()}
-        nanos = dict.fromkeys(times, 0)
-        if len(raw) > GOOD_OLD_INODE_SIZE:
-            extra = INODE_EXTRA.parse(raw[GOOD_OLD_INODE_SIZE:].ljust(INODE_EXTRA.size, b"\0"))
-            for name, offset in (("ctime", 0x8), ("mtime", 0xC), ("atime", 0x10),
-                                 ("crtime", 0x18)):
-                if extra.i_extra_isize < offset:
-                    continue
-                if name == "crtime":
-                    times[name] = int(np.int32(np.uint32(extra.i_crtime)))
-                value = int(getattr(extra, f"i_{name}_extra"))
-                times[name] += (value & ((1 << EPOCH_BITS) - 1)) << 32
-                nanos[name] = value >> EPOCH_BITS
-        return times, nanos
+                     ctime_ns=nanos["ctime"], atime_ns=nanos["atime"],
+                     nlink=int(inode.i_links_count), fs="ext")
 
     # -------------------------------------------------------------- directories
     def _read(self, raw: bytes, size: int) -> bytes:

@@ -3,7 +3,8 @@
 :func:`file_versions` lists every file version a chain records: at the full, every
 file; at each later point, the files it created, modified, renamed or deleted
 against its parent (a deleted file with its last metadata, from the parent).  Per
-version: MACB times (seconds since the epoch, 0 = not recorded), size, inode (MFT
+version: MACB times (seconds since the epoch, 0 = not recorded; ``*_ns``: the
+nanoseconds within the second, where the file system records them), size, inode (MFT
 record number on NTFS), mode, owner, SHA-256 and MD5 of the whole content at that
 point, and whether the triage rules suspect encryption.
 
@@ -39,10 +40,10 @@ import re
 import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from blockforensics import forensics
@@ -53,8 +54,9 @@ if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
 
 VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
-                   "uid", "gid", "atime", "mtime", "ctime", "crtime", "sha256", "md5",
-                   "suspected_encryption", "runs", "kind"]
+                   "uid", "gid", "atime", "mtime", "ctime", "crtime", "atime_ns", "mtime_ns",
+                   "ctime_ns", "crtime_ns", "sha256", "md5", "suspected_encryption", "runs",
+                   "kind"]
 #: MACB letter, column, Timesketch/plaso description
 TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
          ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
@@ -102,6 +104,8 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[d
         "type": entry.type, "inode": entry.inode, "size": entry.size,
         "mode": entry.mode, "uid": entry.uid, "gid": entry.gid, "atime": entry.atime,
         "mtime": entry.mtime, "ctime": entry.ctime, "crtime": entry.crtime,
+        "atime_ns": entry.atime_ns, "mtime_ns": entry.mtime_ns, "ctime_ns": entry.ctime_ns,
+        "crtime_ns": entry.crtime_ns,
         "sha256": sha if entry.type == "file" else "",
         "md5": md5 if entry.type == "file" else "",
         "suspected_encryption": bool(row.suspected_encryption),
@@ -112,10 +116,12 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[d
                      "old_path": f"{row.old_path}:{name}" if row.old_path else ""}
                     for name, size, digest in entry.streams)]
     if entry.file_name:
-        size, atime, mtime, ctime, crtime = entry.file_name
+        size, *times = entry.file_name
+        split = {}
+        for column, ns in zip(("atime", "mtime", "ctime", "crtime"), times, strict=True):
+            split[column], split[f"{column}_ns"] = divmod(ns, 10**9)
         rows.append({**file, "path": f"{entry.path} ($FILE_NAME)", "size": size, "sha256": "",
-                     "md5": "", "runs": [], "atime": atime, "mtime": mtime, "ctime": ctime,
-                     "crtime": crtime,
+                     "md5": "", "runs": [], **split,
                      "old_path": f"{row.old_path} ($FILE_NAME)" if row.old_path else ""})
     return rows
 
@@ -130,8 +136,12 @@ def _name(v: Any) -> str:
     return f"{v.path} (point {v.point}, {v.change})"
 
 
-def _iso(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+def _iso(seconds: int, ns: int = 0, digits: int = 6) -> str:
+    """ISO 8601 in UTC of ``seconds`` since the epoch and ``ns`` within it, its fraction
+    to ``digits`` places without trailing zeros, any year (NTFS goes to 30828, past
+    Python's datetime)."""
+    fraction = f"{ns:09d}"[:digits].rstrip("0")
+    return str(np.datetime64(seconds, "s")) + (f".{fraction}" if fraction else "") + "+00:00"
 
 
 #: control characters (TSK's ``fls -m`` prints each as "^": one record a line)
@@ -158,17 +168,18 @@ def write_bodyfile(versions: pd.DataFrame, out: io.TextIOBase) -> None:
                   f"{v.gid}|{v.size}|{v.atime}|{v.mtime}|{v.ctime}|{v.crtime}\n")
 
 
-def _grouped_times(v: Any) -> Iterator[tuple[int, str, list[str]]]:
-    """(time, MACB letters, descriptions) for each distinct recorded time of a version."""
-    by_time: dict[int, list[tuple[str, str]]] = {}
+def _grouped_times(v: Any) -> Iterator[tuple[tuple[int, int], str, list[str]]]:
+    """((seconds, nanoseconds), MACB letters, descriptions) for each distinct recorded
+    time of a version."""
+    by_time: dict[tuple[int, int], list[tuple[str, str]]] = {}
     for letter, column, desc in TIMES:
         t = int(getattr(v, column))
         if t:
-            by_time.setdefault(t, []).append((letter, desc))
-    for t, kinds in sorted(by_time.items()):
+            by_time.setdefault((t, int(getattr(v, f"{column}_ns"))), []).append((letter, desc))
+    for when, kinds in sorted(by_time.items()):
         letters = "".join(letter if letter in {k[0] for k in kinds} else "."
                           for letter in "MACB")
-        yield t, letters, [k[1] for k in kinds]
+        yield when, letters, [k[1] for k in kinds]
 
 
 L2T_HEADER = ["date", "time", "timezone", "MACB", "source", "sourcetype", "type", "user",
@@ -180,10 +191,11 @@ def write_l2tcsv(versions: pd.DataFrame, out: io.TextIOBase, host: str = "-") ->
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(L2T_HEADER)
     for v in versions.itertuples():
-        for t, letters, descs in _grouped_times(v):
-            when = datetime.fromtimestamp(t, timezone.utc)
+        for (t, _), letters, descs in _grouped_times(v):
+            day, clock = str(np.datetime64(t, "s")).split("T")
+            year, month, mday = day.rsplit("-", 2)
             writer.writerow([
-                when.strftime("%m/%d/%Y"), when.strftime("%H:%M:%S"), "UTC", letters, "FILE",
+                f"{month}/{mday}/{year}", clock, "UTC", letters, "FILE",
                 f"blockforensics point {v.point}", "; ".join(descs), str(v.uid), host,
                 _name(v), f"{v.path} {v.change} at point {v.point}, size {v.size}",
                 "2", v.path, str(v.inode),
@@ -195,12 +207,13 @@ def write_l2tcsv(versions: pd.DataFrame, out: io.TextIOBase, host: str = "-") ->
 def write_jsonl(versions: pd.DataFrame, out: io.TextIOBase) -> None:
     for v in versions.itertuples():
         for _, column, desc in TIMES:
-            t = int(getattr(v, column))
+            t, ns = int(getattr(v, column)), int(getattr(v, f"{column}_ns"))
             if not t:
                 continue
             event = {
                 "message": f"{v.path} ({v.change} at point {v.point}, {v.size} bytes)",
-                "datetime": _iso(t), "timestamp": t * 1_000_000, "timestamp_desc": desc,
+                "datetime": _iso(t, ns), "timestamp": t * 1_000_000 + ns // 1000,
+                "timestamp_desc": desc,
                 "data_type": "fs:stat", "path": v.path, "old_path": v.old_path or None,
                 "point": v.point, "change": v.change, "file_type": v.type,
                 "inode": v.inode, "size": v.size, "sha256": v.sha256 or None,
@@ -234,7 +247,8 @@ def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") ->
         sub(obj, "gid", v.gid)
         for _, column, _ in TIMES:
             if getattr(v, column):
-                sub(obj, column, _iso(int(getattr(v, column))))
+                sub(obj, column, _iso(int(getattr(v, column)), int(getattr(v, f"{column}_ns")),
+                                      digits=9))
         if v.runs:
             runs = sub(obj, "byte_runs")
             file_offset = 0

@@ -129,6 +129,7 @@ class Entry:
     crtime_ns: int = 0  # nanoseconds within ``crtime`` (when recorded)
     mtime_ns: int = 0  # nanoseconds within ``mtime``
     ctime_ns: int = 0  # nanoseconds within ``ctime``
+    atime_ns: int = 0  # nanoseconds within ``atime``
     seq: int = 0  # NTFS MFT record sequence number (bumped on reuse); 0 elsewhere
     nlink: int = 0  # names the inode has (hard links)
     streams: tuple[tuple[str, int, str], ...] = ()  # NTFS named streams: name, size, SHA-256
@@ -146,8 +147,8 @@ class Entry:
     #: content
     other_extents: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     #: NTFS: its (first long) name's ``$FILE_NAME`` attribute: size (bytes) and times
-    #: (atime, mtime, ctime, crtime; seconds), which tools that set ``$STANDARD_INFORMATION``
-    #: times (timestomping) leave; () elsewhere
+    #: (atime, mtime, ctime, crtime; nanoseconds since the epoch), which tools that set
+    #: ``$STANDARD_INFORMATION`` times (timestomping) leave; () elsewhere
     file_name: tuple[int, int, int, int, int] | tuple[()] = ()
 
     def same_file(self, other: Entry) -> bool:
@@ -430,8 +431,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     elif fs_name == "exfat":
         times, nanos = _exfat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
             or (_fat_times(times), nanos)
-    elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT) and max(times.values()) >= 1 << 31:
-        times = _ext_times(fs, fs.offset, int(meta.addr), times)
+    elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT):
+        times, nanos = _ext_times(fs, int(meta.addr), times, nanos)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
                  size=size, mtime=times["mtime"], atime=times["atime"],
                  ctime=times["ctime"], crtime=times["crtime"], mode=int(meta.mode),
@@ -439,7 +440,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  resident=None if is_dir else content.resident, deleted=deleted,
                  kind="dir" if is_dir else "symlink" if is_link else "file",
                  crtime_ns=nanos["crtime"], mtime_ns=nanos["mtime"], ctime_ns=nanos["ctime"],
-                 seq=int(meta.seq),
+                 atime_ns=nanos["atime"], seq=int(meta.seq),
                  nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
                  reader=content.reader, file_name=file_name)
@@ -617,7 +618,8 @@ def _ntfs_names(tsk: Any, fs_file: Any
     """The names (hard links) of an NTFS file — its ``$FILE_NAME`` attributes but 8.3 short
     names (namespace 2, DOS: the second name of a long one; the record header's count,
     which TSK gives, counts those too: every file Windows gave a short name had two) —
-    and the first long one's size and times (atime, mtime, ctime, crtime; seconds)."""
+    and the first long one's size and times (atime, mtime, ctime, crtime; nanoseconds
+    since the epoch)."""
     from blockforensics.fs.ntfs import FILE_NAME_NAMESPACE, FILE_NAME_TIMES, NAMESPACE_DOS
 
     names, first = 0, None
@@ -629,8 +631,8 @@ def _ntfs_names(tsk: Any, fs_file: Any
                 continue
             names += 1
             if first is None:
-                times = {name: (int.from_bytes(raw[at : at + 8], "little") - _FILETIME_EPOCH)
-                         // 10_000_000 for name, at in FILE_NAME_TIMES.items()}
+                times = {name: _filetime_ns(raw[at : at + 8])
+                         for name, at in FILE_NAME_TIMES.items()}
                 first = (int(attr.info.size), times["atime"], times["mtime"], times["ctime"],
                          times["crtime"])
     return names, first or ()
@@ -645,10 +647,16 @@ def _ntfs_times(info: bytes, times: dict[str, int], nanos: dict[str, int]
         return times, nanos
     times, nanos = dict(times), dict(nanos)
     for name, offset in _SI_TIMES.items():
-        ticks = int.from_bytes(info[offset : offset + 8], "little") - _FILETIME_EPOCH
-        seconds, rest = divmod(ticks, 10_000_000)
-        times[name], nanos[name] = seconds, rest * 100
+        times[name], nanos[name] = divmod(_filetime_ns(info[offset : offset + 8]), 10**9)
     return times, nanos
+
+
+def _filetime_ns(raw: bytes) -> int:
+    """An NTFS time (``FILETIME``: 100 ns intervals since 1601-01-01 UTC, 8 bytes) in
+    nanoseconds since the epoch; 0 (not recorded) for the zero ``FILETIME``, which
+    Windows writes for "no time", not for 1601."""
+    ticks = int.from_bytes(raw, "little")
+    return (ticks - _FILETIME_EPOCH) * 100 if ticks else 0
 
 
 def _ntfs_link_target(tsk: Any, fs_file: Any, info: bytes, content: _Content, size: int
@@ -672,46 +680,24 @@ def _ntfs_link_target(tsk: Any, fs_file: Any, info: bytes, content: _Content, si
     return None
 
 
-#: ext inode: byte offsets of (seconds, extra) for each time; extra's low 2 bits: epoch
-_EXT_TIMES = {"atime": (0x08, 0x8C), "ctime": (0x0C, 0x84), "mtime": (0x10, 0x88),
-              "crtime": (0x90, 0x94)}
+def _ext_times(fs: Any, inode: int, times: dict[str, int], nanos: dict[str, int]
+               ) -> tuple[dict[str, int], dict[str, int]]:
+    """ext times read from the inode itself where TSK's may be wrong: TSK reads the 32-bit
+    seconds unsigned and ignores the epoch bits, so 1901-1969 come out as 2038-2106 and
+    2106-2446 as 1970-2310 (:func:`blockforensics.fs.ext.inode_times`: the kernel's rule).
+    The inode is read only when that can differ: a time past 2^31 (the sign) or inodes
+    with extra fields (the epoch bits)."""
+    from blockforensics.fs.ext import GOOD_OLD_INODE_SIZE, ExtFileSystem, inode_times
 
-
-def _ext_times(fs: Any, fs_offset: int, inode: int, times: dict[str, int]) -> dict[str, int]:
-    """ext times read from the inode itself when TSK's may be wrong: TSK reads the 32-bit
-    seconds unsigned and ignores the epoch bits, so 1901-1969 come out as 2038-2106.
-    The kernel's rule: signed seconds + (epoch bits << 32)."""
-    raw = _ext_inode(fs, fs_offset, inode)
-    if raw is None:
-        return times
-    extra = 128 + int.from_bytes(raw[128:130], "little") if len(raw) > 128 else 128
-    out = dict(times)
-    for name, (lo, hi) in _EXT_TIMES.items():
-        if lo + 4 > (extra if name == "crtime" else 128) or name not in times:
-            continue
-        seconds = int.from_bytes(raw[lo : lo + 4], "little", signed=True)
-        epoch = int.from_bytes(raw[hi : hi + 4], "little") & 3 if hi + 4 <= extra else 0
-        out[name] = seconds + (epoch << 32)
-    return out
-
-
-def _ext_inode(fs: Any, fs_offset: int, inode: int) -> bytes | None:
-    """The raw inode record, read through TSK's image (superblock and group descriptor)."""
-    reader = getattr(fs, "image", None)
-    if reader is None:
-        return None
-    sb = reader.read(fs_offset + 1024, 1024)
-    per_group, inode_size = (int.from_bytes(sb[40:44], "little"),
-                             int.from_bytes(sb[88:90], "little") or 128)
-    block_size = 1024 << int.from_bytes(sb[24:28], "little")
-    is64 = bool(int.from_bytes(sb[96:100], "little") & 0x80)
-    desc_size = max(int.from_bytes(sb[254:256], "little"), 64) if is64 else 32
-    group, index = divmod(inode - 1, per_group)
-    table_block = (int.from_bytes(sb[20:24], "little") + 1) * block_size
-    desc = reader.read(fs_offset + table_block + group * desc_size, desc_size)
-    table = int.from_bytes(desc[8:12], "little") | (
-        int.from_bytes(desc[40:44], "little") << 32 if is64 else 0)
-    return reader.read(fs_offset + table * block_size + index * inode_size, inode_size)
+    image = getattr(fs, "image", None)
+    if image is None:
+        return times, nanos
+    if not hasattr(fs, "ext"):
+        fs.ext = ExtFileSystem(image.disk, fs.offset)
+        fs.ext_tables = fs.ext.inode_tables()
+    if fs.ext.inode_size <= GOOD_OLD_INODE_SIZE and max(times.values()) < 1 << 31:
+        return times, nanos
+    return inode_times(fs.ext.raw_inode(inode, fs.ext_tables))
 
 
 def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:

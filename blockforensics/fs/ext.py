@@ -110,6 +110,36 @@ INODE_EXTRA = Structure("ExtInodeExtra", 0x98 - GOOD_OLD_INODE_SIZE, [
     (0x10, "I", "i_crtime"),
     (0x14, "I", "i_crtime_extra"),
 ])
+#: the 2 low bits of a *_extra time: seconds above 32 bits; the rest: nanoseconds << 2
+EPOCH_BITS = 2
+#: each time's ``*_extra`` field: where it ends in the extra fields (present when
+#: ``i_extra_isize`` reaches it)
+TIME_EXTRA_ENDS = {"ctime": 0x8, "mtime": 0xC, "atime": 0x10, "crtime": 0x18}
+
+
+def inode_times(raw: bytes) -> tuple[dict[str, int], dict[str, int]]:
+    """The times of inode record ``raw`` as the kernel reads them: seconds since the
+    epoch (the 32-bit field signed, plus the epoch bits << 32: 1901 to 2446) and the
+    nanoseconds, where the inode's extra fields hold them (a 128-byte inode: none, and
+    no creation time: 0)."""
+    inode = INODE.parse(raw)
+    times = {name: int(np.int32(np.uint32(getattr(inode, f"i_{name}"))))
+             for name in ("atime", "ctime", "mtime")}
+    times["crtime"] = 0
+    nanos = dict.fromkeys(times, 0)
+    if len(raw) > GOOD_OLD_INODE_SIZE:
+        extra = INODE_EXTRA.parse(raw[GOOD_OLD_INODE_SIZE:].ljust(INODE_EXTRA.size, b"\0"))
+        for name, end in TIME_EXTRA_ENDS.items():
+            if extra.i_extra_isize < end:
+                continue
+            if name == "crtime":
+                times[name] = int(np.int32(np.uint32(extra.i_crtime)))
+            value = int(getattr(extra, f"i_{name}_extra"))
+            times[name] += (value & ((1 << EPOCH_BITS) - 1)) << 32
+            nanos[name] = value >> EPOCH_BITS
+    return times, nanos
+
+
 EXTENTS_FL = 0x80000
 N_DIRECT = 12  # i_block without extents: 12 direct pointers, then 1-, 2-, 3-level indirect
 EXTENT_HEADER = Structure("ExtentHeader", 12, [
