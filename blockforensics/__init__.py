@@ -66,7 +66,12 @@ if TYPE_CHECKING:
         plot_layout,
         plot_to_copy,
     )
-    from blockforensics.plot_forensics import plot_diff_files, plot_entropy, plot_triage
+    from blockforensics.plot_forensics import (
+        plot_diff_files,
+        plot_entropy,
+        plot_fleet,
+        plot_triage,
+    )
     from blockforensics.snapshot import Snapshot
     from blockforensics.timeline_formats import file_versions
     from blockforensics.timeline_formats import render as render_timeline
@@ -110,7 +115,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "blockforensics.widgets": ("ChainExplorer",),
     "blockforensics.plot": ("plot_blockmap", "plot_blockmaps", "plot_chain", "plot_layout",
                             "plot_bytes", "plot_to_copy", "PALETTE", "MEANING", "kind_of"),
-    "blockforensics.plot_forensics": ("plot_diff_files", "plot_entropy", "plot_triage"),
+    "blockforensics.plot_forensics": ("plot_diff_files", "plot_entropy", "plot_fleet",
+                                      "plot_triage"),
     "blockforensics.errors": ("BlockforensicsError", "UsageError"),
 }
 #: public name -> (the module defining it, its name there); "alias=name" where a
@@ -174,6 +180,7 @@ __all__ = [
     "plot_chain",
     "plot_diff_files",
     "plot_entropy",
+    "plot_fleet",
     "plot_layout",
     "plot_to_copy",
     "plot_triage",

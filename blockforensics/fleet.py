@@ -165,6 +165,19 @@ class FleetResult:
                  for r in self.records]
         return {name: found.count(name) for name in (*_FINDINGS[self.command], "failed")}
 
+    def cells(self) -> list[tuple[str, list[str], str]]:
+        """Per chain, in order: its path relative to the folder all the chains share, the
+        finding of each of its points (triage: the verdicts; timeline: "suspected
+        encryption" or "no suspected file") or of the chain as a whole (verify: "sound"
+        or "damaged"), or ``["failed"]``; and its error ("" if none; files in the chain
+        named from it).  What :func:`blockforensics.plot_forensics.plot_fleet` draws."""
+        paths = [r["path"] for r in self.records]
+        common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+        return [(os.path.relpath(r["path"], common) if common else r["path"],
+                 _CELLS[self.command](r["result"]) if r["status"] == "ok" else ["failed"],
+                 r.get("error", "").replace(os.path.join(r["path"], ""), ""))
+                for r in self.records]
+
     def report(self) -> str:
         """A text report: how many chains came to each finding, then one line per chain
         (its summary or its error)."""
@@ -213,6 +226,12 @@ _FINDING: dict[str, Callable[[Any], str]] = {
     "timeline": lambda r: "read"}
 _FINDINGS = {"triage": ("clean", "suspicious", "encrypted"), "verify": ("sound", "damaged"),
              "timeline": ("read",)}
+#: the finding of each point (or of the whole chain) a command came to, as FleetResult.cells
+_CELLS: dict[str, Callable[[Any], list[str]]] = {
+    "triage": lambda r: [p["verdict"] for p in r["points"]],
+    "verify": lambda r: ["sound" if r["ok"] else "damaged"],
+    "timeline": lambda r: ["suspected encryption" if int(p["suspected_encryption"])
+                           else "no suspected file" for p in r]}
 
 
 # ------------------------------------------------------------------ the cluster

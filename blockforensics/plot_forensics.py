@@ -13,6 +13,7 @@ from blockforensics.plot import plot_blockmap
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from blockforensics.fleet import FleetResult
     from blockforensics.forensics import DiffResult
     from blockforensics.triage import TriageResult
 
@@ -128,4 +129,54 @@ def plot_triage(result: TriageResult, ax: Axes | None = None, *, title: str | No
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
               frameon=False)
     ax.set_title(title or "triage: verdict per point", fontsize=9)
+    return ax
+
+
+#: the colour of each finding a fleet's cells can show (FleetResult.cells): the verdicts'
+#: own, and the same green / red for a sound / damaged chain and for a point of a timeline
+#: without / with files suspected of encryption
+FINDING_COLORS = {**VERDICT_COLORS, "sound": VERDICT_COLORS["clean"],
+                  "damaged": VERDICT_COLORS["encrypted"],
+                  "no suspected file": VERDICT_COLORS["clean"],
+                  "suspected encryption": VERDICT_COLORS["encrypted"], "failed": "#bbbbbb"}
+
+
+def plot_fleet(result: FleetResult, ax: Axes | None = None, *, title: str | None = None
+               ) -> Axes:
+    """A fleet at a glance: one row per chain (named by its path below the folder they
+    share), one square per point coloured by its finding (triage: its verdict; timeline:
+    whether files are suspected of encryption), or one square for the chain (verify:
+    sound or damaged); a chain the command could not read is a grey square with its
+    error beside it."""
+    from matplotlib.patches import Rectangle
+
+    cells = result.cells()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.9 + 0.24 * len(cells)))
+    widest = max(len(findings) for _, findings, _ in cells)
+    for y, (_, findings, error) in enumerate(cells):
+        for x, finding in enumerate(findings):
+            ax.add_patch(Rectangle((x - 0.4, y - 0.4), 0.8, 0.8,
+                                   facecolor=FINDING_COLORS[finding], edgecolor="white"))
+        if error:
+            ax.text(0.6, y, error if len(error) <= 70 else error[:69] + "…",
+                    va="center", fontsize=7, color="#555555")
+    ax.set_ylim(len(cells) - 0.5, -0.5)  # the first chain on top
+    box = ax.get_window_extent()  # in display units: squares as wide as they are high
+    ax.set_xlim(-0.6, -0.5 + max(widest + 0.1, len(cells) * box.width / max(box.height, 1)))
+    ax.set_yticks(range(len(cells)), [name for name, _, _ in cells], fontsize=7)
+    if result.command == "verify":
+        ax.set_xticks([])
+        ax.set_xlabel("chain")
+    else:
+        ax.set_xticks(range(widest))
+        ax.set_xlabel("point")
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    shown = dict.fromkeys(f for _, findings, _ in cells for f in findings)
+    ax.legend(handles=[Patch(color=FINDING_COLORS[f], label=f) for f in shown],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    counts = ", ".join(f"{n} {name}" for name, n in result.findings().items() if n)
+    ax.set_title(title or f"fleet {result.command}: {len(cells)} chains: {counts}", fontsize=9)
     return ax

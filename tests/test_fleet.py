@@ -216,3 +216,39 @@ def test_a_missing_key_file_or_directory_is_a_usage_error(option: list[str],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_the_fleet_picture_shows_each_points_verdict_and_each_failure(fleet_dir: Path) -> None:
+    """One row per chain, named below the fleet's folder; each point's square in its
+    verdict's colour; the broken chain a grey square with its error beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+    from matplotlib.patches import Rectangle
+
+    from blockforensics.fleet import FleetResult, run_chain
+    from blockforensics.plot_forensics import FINDING_COLORS, plot_fleet
+
+    chains = find_chains([fleet_dir])
+    result = FleetResult("triage", [run_chain("triage", str(path)) for path in chains])
+    ax = plot_fleet(result)
+    names = [label.get_text() for label in ax.get_yticklabels()]
+    assert names == [str(path.relative_to(fleet_dir)) for path in chains]
+    squares: dict[tuple[int, int], str] = {
+        (round(p.get_y() + 0.4), round(p.get_x() + 0.4)): to_hex(p.get_facecolor())
+        for p in ax.patches if isinstance(p, Rectangle)}
+    expected: dict[tuple[int, int], str] = {}
+    for row, record in enumerate(result.records):
+        if record["status"] == "error":
+            expected[(row, 0)] = FINDING_COLORS["failed"]
+            (text,) = [t.get_text() for t in ax.texts]  # the error, the chain's path left out
+            assert text.startswith("ChainError: chain.json") and record["path"] not in text
+            continue
+        for point in record["result"]["points"]:
+            expected[(row, point["point"])] = FINDING_COLORS[point["verdict"]]
+    assert squares == expected
+    attacked_rows = {names.index(n) for n in names if Path(n).name in ATTACKED}
+    assert {row for (row, col), colour in squares.items()
+            if col == 1 and colour == FINDING_COLORS["suspicious"]} == attacked_rows
+    assert "2 suspicious" in ax.get_title() and "1 failed" in ax.get_title()
