@@ -349,13 +349,17 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     if args.format != "table":
         from blockforensics import timeline_formats
 
+        versions = timeline_formats.file_versions(chain, zone=args.timezone,
+                                                  progress=show_progress())
+        text = timeline_formats.formatted(versions, args.format, str(chain.directory))
+        note = timeline_formats.zone_note(versions)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         if args.out:
-            timeline_formats.write(chain, args.format, args.out,
-                                   progress=show_progress())
+            timeline_formats.save(text, args.out)
             print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
         else:
-            sys.stdout.write(timeline_formats.render(chain, args.format,
-                                                     progress=show_progress()))
+            sys.stdout.write(text)
         return EXIT_OK
     from blockforensics import forensics
 
@@ -705,6 +709,9 @@ def _timeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true",
                    help="print the table as an array of objects, one per point")
+    p.add_argument("--timezone", default="UTC", metavar="ZONE",
+                   help="with --format: the zone (IANA name) of the clock that wrote FAT "
+                        "and exFAT times, which carry none (default UTC; as fls -z)")
     _key_option(p)
 
 

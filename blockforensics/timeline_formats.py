@@ -40,8 +40,11 @@ import re
 import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
 VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
                    "uid", "gid", "atime", "mtime", "ctime", "crtime", "atime_ns", "mtime_ns",
                    "ctime_ns", "crtime_ns", "sha256", "md5", "suspected_encryption", "runs",
-                   "kind"]
+                   "kind", "wall_clock", "zone"]
 #: MACB letter, column, Timesketch/plaso description
 TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
          ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
@@ -73,10 +76,16 @@ def _hashes(entry: Entry, disk: Any) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def file_versions(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
+def file_versions(chain: Chain, *, zone: str = "UTC", progress: bool = False
+                  ) -> pd.DataFrame:
     """Every file version the chain records (see the module documentation), one row
     each, in point order: columns :data:`VERSION_COLUMNS` (``runs``: the content's disk
-    byte extents ``[(offset, length), ...]`` at that point); ``progress``: a bar of points."""
+    byte extents ``[(offset, length), ...]`` at that point; ``wall_clock``: the times
+    kept with no zone, ``zone``: the zone they were read in, "" when none); ``zone``: the
+    IANA zone the
+    clock that wrote FAT (and exFAT without a UTC offset) times was set to — they carry
+    none — as ``fls -z``; ``progress``: a bar of points."""
+    tz = _zone(zone)
     listings: dict[int | None, Listing] = {}
     rows = []
     for result in forensics.point_diffs(chain, listings, progress=progress):
@@ -89,11 +98,33 @@ def file_versions(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
             for path in (row.path, *row.other_paths):  # every name of a hard-linked file
                 entry = listings[side].entries.get(path)
                 if entry is not None:
-                    rows += _versions(chain, side, p, row, entry)
+                    rows += _versions(chain, side, p, row, _in_zone(entry, tz), tz.key)
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
-def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[dict]:
+def _zone(name: str) -> ZoneInfo:
+    """The IANA zone ``name`` (e.g. ``Europe/Berlin``, ``UTC``); a usage error if unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"unknown time zone {name!r} (an IANA name, e.g. UTC, "
+                         "Europe/Berlin, America/New_York)") from None
+
+
+def _in_zone(entry: Entry, zone: ZoneInfo) -> Entry:
+    """``entry`` with its wall-clock times (:attr:`Entry.wall_clock`, read as UTC) read
+    as the clock of ``zone`` (the earlier of a repeated hour, as ``mktime`` and ``fls``)."""
+    if not entry.wall_clock or zone.key == "UTC":
+        return entry
+    epoch = datetime(1970, 1, 1)
+    times: dict[str, Any] = {
+        name: int((epoch + timedelta(seconds=getattr(entry, name)))
+                  .replace(tzinfo=zone).timestamp()) for name in entry.wall_clock}
+    return replace(entry, **times)
+
+
+def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
+              ) -> list[dict]:
     """The rows of one file version (``entry``, read at point ``side``) of diff row ``row``
     of point ``p``: the file, then each of its named streams (NTFS, ``path:name`` as
     ``fls`` writes them: their size and SHA-256, no runs, the file's times) and its
@@ -110,7 +141,8 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry) -> list[d
         "md5": md5 if entry.type == "file" else "",
         "suspected_encryption": bool(row.suspected_encryption),
         "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
-        "kind": entry.kind or entry.type}
+        "kind": entry.kind or entry.type, "wall_clock": entry.wall_clock,
+        "zone": zone if entry.wall_clock else ""}
     rows = [file, *({**file, "path": f"{entry.path}:{name}", "size": size, "sha256": digest,
                      "md5": "", "runs": [], "kind": "stream",
                      "old_path": f"{row.old_path}:{name}" if row.old_path else ""}
@@ -199,9 +231,16 @@ def write_l2tcsv(versions: pd.DataFrame, out: io.TextIOBase, host: str = "-") ->
                 f"blockforensics point {v.point}", "; ".join(descs), str(v.uid), host,
                 _name(v), f"{v.path} {v.change} at point {v.point}, size {v.size}",
                 "2", v.path, str(v.inode),
-                "suspected encryption" if v.suspected_encryption else "-", "blockforensics",
+                "; ".join(_notes(v)) or "-", "blockforensics",
                 f"sha256: {v.sha256 or '-'} md5: {v.md5 or '-'} point: {v.point} "
                 f"change: {v.change}"])
+
+
+def _notes(v: Any) -> list[str]:
+    """What an analyst must know of a version beyond its fields."""
+    return ((["suspected encryption"] if v.suspected_encryption else [])
+            + ([f"{', '.join(v.wall_clock)}: the writer's clock, no zone; read as {v.zone}"]
+               if v.zone else []))
 
 
 def write_jsonl(versions: pd.DataFrame, out: io.TextIOBase) -> None:
@@ -218,6 +257,8 @@ def write_jsonl(versions: pd.DataFrame, out: io.TextIOBase) -> None:
                 "point": v.point, "change": v.change, "file_type": v.type,
                 "inode": v.inode, "size": v.size, "sha256": v.sha256 or None,
                 "md5": v.md5 or None, "suspected_encryption": v.suspected_encryption}
+            if column in v.wall_clock:  # kept with no zone: the zone it was read in
+                event["wall_clock_zone"] = v.zone
             out.write(json.dumps(event) + "\n")
 
 
@@ -261,7 +302,8 @@ def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") ->
             sub(obj, "hashdigest", v.sha256, type="sha256")
         for tag, value in (("point", v.point), ("change", v.change),
                            ("old_path", _xml_text(v.old_path) if v.old_path else None),
-                           ("suspected_encryption", str(v.suspected_encryption).lower())):
+                           ("suspected_encryption", str(v.suspected_encryption).lower()),
+                           ("wall_clock_zone", v.zone or None)):
             if value is not None:
                 ET.SubElement(obj, f"{{{BF_NS}}}{tag}").text = str(value)
     ET.indent(root)
@@ -275,25 +317,50 @@ FORMATS: dict[str, Callable[..., None]] = {
     "dfxml": write_dfxml}
 
 
-def render(chain: Chain, fmt: str, *, progress: bool = False) -> str:
-    """The chain's file versions in format ``fmt`` (one of :data:`FORMATS`), as text."""
+def formatted(versions: pd.DataFrame, fmt: str, source: str = "") -> str:
+    """:func:`file_versions` rows in format ``fmt`` (one of :data:`FORMATS`), as text;
+    ``source``: the chain (DFXML's ``image_filename``)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown timeline format {fmt!r} (one of {', '.join(FORMATS)})")
-    versions = file_versions(chain, progress=progress)
     out = io.StringIO()
     if fmt == "dfxml":
-        write_dfxml(versions, out, source=str(chain.directory))
+        write_dfxml(versions, out, source=source)
     else:
         FORMATS[fmt](versions, out)
     return out.getvalue()
 
 
-def write(chain: Chain, fmt: str, path: str | os.PathLike[str], *, progress: bool = False
-          ) -> Path:
+def zone_note(versions: pd.DataFrame) -> str | None:
+    """The zone the versions' wall-clock times (FAT, exFAT without an offset) were read
+    in, as a line for the analyst; None when no time was kept without a zone."""
+    zones = sorted(set(versions["zone"]) - {""})
+    if not zones:
+        return None
+    count = int((versions["zone"] != "").sum())
+    return (f"{count} of the file versions {'keeps' if count == 1 else 'keep'} times as "
+            f"the writer's clock with no zone (FAT, exFAT without a UTC offset): read as "
+            f"{zones[0]} (--timezone to choose)")
+
+
+def render(chain: Chain, fmt: str, *, zone: str = "UTC", progress: bool = False) -> str:
+    """The chain's file versions in format ``fmt`` (one of :data:`FORMATS`), as text;
+    ``zone``: as :func:`file_versions`."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown timeline format {fmt!r} (one of {', '.join(FORMATS)})")
+    return formatted(file_versions(chain, zone=zone, progress=progress), fmt,
+                     str(chain.directory))
+
+
+def write(chain: Chain, fmt: str, path: str | os.PathLike[str], *, zone: str = "UTC",
+          progress: bool = False) -> Path:
     """Write :func:`render` to ``path`` atomically (temporary name, fsync, rename)."""
+    return save(render(chain, fmt, zone=zone, progress=progress), path)
+
+
+def save(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary name, fsync, rename)."""
     from blockforensics.fileio import atomic_writer
 
-    text = render(chain, fmt, progress=progress)
     with atomic_writer(path) as fh:
         fh.write(text.encode())
     return Path(path)

@@ -130,6 +130,9 @@ class Entry:
     mtime_ns: int = 0  # nanoseconds within ``mtime``
     ctime_ns: int = 0  # nanoseconds within ``ctime``
     atime_ns: int = 0  # nanoseconds within ``atime``
+    #: the times (names: "mtime", "atime", "crtime") the file system keeps as the writer's
+    #: wall clock with no zone — FAT's, exFAT's without a valid UTC offset — read as UTC
+    wall_clock: tuple[str, ...] = ()
     seq: int = 0  # NTFS MFT record sequence number (bumped on reuse); 0 elsewhere
     nlink: int = 0  # names the inode has (hard links)
     streams: tuple[tuple[str, int, str], ...] = ()  # NTFS named streams: name, size, SHA-256
@@ -414,6 +417,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     other = np.empty((0, 2), np.int64)
     size, nlink = int(meta.size), int(meta.nlink)
     file_name: tuple[int, int, int, int, int] | tuple[()] = ()
+    wall_clock: tuple[str, ...] = ()
     if fs_name == "ntfs":
         names, file_name = _ntfs_names(tsk, fs_file)
         nlink = names or nlink
@@ -425,12 +429,11 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
         if link is not None:  # a junction too: a link, not a directory
             is_dir, is_link, size = False, True, len(link)
             content = _Content(np.empty((0, 2), np.int64), link)
-    elif fs_name == "fat":
-        times, nanos = _fat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
-            or (_fat_times(times), nanos)
-    elif fs_name == "exfat":
-        times, nanos = _exfat_entry_times(fs, int(meta.addr), int(meta.size), is_dir) \
-            or (_fat_times(times), nanos)
+    elif fs_name in ("fat", "exfat"):
+        read = _fat_entry_times if fs_name == "fat" else _exfat_entry_times
+        times, nanos, wall_clock = read(fs, int(meta.addr), int(meta.size), is_dir, deleted) \
+            or (_fat_times(times), nanos, WALL_CLOCK)
+        wall_clock = tuple(name for name in wall_clock if times[name])
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT):
         times, nanos = _ext_times(fs, int(meta.addr), times, nanos)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
@@ -443,7 +446,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  atime_ns=nanos["atime"], seq=int(meta.seq),
                  nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
-                 reader=content.reader, file_name=file_name)
+                 reader=content.reader, file_name=file_name, wall_clock=wall_clock)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -495,12 +498,19 @@ def _fat_times(times: dict[str, int]) -> dict[str, int]:
             for name, value in times.items()}
 
 
-def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
-                     ) -> tuple[dict[str, int], dict[str, int]] | None:
+#: the times FAT keeps (as a wall clock with no zone)
+WALL_CLOCK = ("mtime", "atime", "crtime")
+#: times (seconds, nanoseconds) and the names of those that are a zone-less wall clock
+_Times = tuple[dict[str, int], dict[str, int], tuple[str, ...]]
+
+
+def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool, deleted: bool
+                     ) -> _Times | None:
     """MAC-B times decoded from the FAT directory entry itself, its wall clock read as
     UTC: TSK gives 0 for a date after 2037 (FAT goes to 2107).  TSK's metadata address
     of a FAT entry is its 32-byte slot counted from the first sector after the FATs
-    (from 3); None when that slot is not this entry (its size or kind differs)."""
+    (from 3); None when that slot is not this entry (its size or kind differs, or it
+    is free: a deleted entry's first byte is 0xE5, its times are intact)."""
     reader = getattr(fs, "image", None)
     if reader is None or inode < 3:
         return None
@@ -512,7 +522,7 @@ def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
     first = int.from_bytes(boot[14:16], "little") + boot[16] * fat_size
     index, slot = divmod(inode - 3, sector // 32)
     raw = reader.read(fs.offset + (first + index) * sector + slot * 32, 32)
-    if len(raw) < 32 or raw[0] in (0, 0xE5) or raw[11] & 0x3F == 0x0F \
+    if len(raw) < 32 or raw[0] == 0 or (raw[0] == 0xE5) != deleted or raw[11] & 0x3F == 0x0F \
             or bool(raw[11] & 0x10) != is_dir \
             or (not is_dir and int.from_bytes(raw[28:32], "little") != size):
         return None
@@ -528,7 +538,7 @@ def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
     times = {"mtime": stamp(field(24), field(22)), "atime": stamp(field(18)), "ctime": 0,
              "crtime": created + hundredths // 100}
     nanos = {"mtime": 0, "atime": 0, "ctime": 0, "crtime": hundredths % 100 * 10_000_000}
-    return times, nanos
+    return times, nanos, WALL_CLOCK
 
 
 def _dos_time(stamp: int) -> int:
@@ -541,8 +551,8 @@ def _dos_time(stamp: int) -> int:
                             (clock & 31) * 2, 0, 0, 0))
 
 
-def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
-                       ) -> tuple[dict[str, int], dict[str, int]] | None:
+def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool, deleted: bool
+                       ) -> _Times | None:
     """MAC-B times from the exFAT file entry itself, with its 10 ms steps and UTC offsets
     (a valid offset turns the writer's wall clock into UTC; without one it is read as
     UTC).  TSK's metadata address counts 32-byte slots from the cluster heap (from 3).
@@ -554,7 +564,8 @@ def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
     sector, heap = 1 << boot[108], int.from_bytes(boot[88:92], "little")
     index, slot = divmod(inode - 3, sector // 32)
     raw = reader.read(fs.offset + (heap + index) * sector + slot * 32, 64)
-    if len(raw) < 64 or raw[0] != 0x85 or raw[32] != 0xC0 \
+    if len(raw) < 64 or raw[0] != (0x05 if deleted else 0x85) \
+            or raw[32] != (0x40 if deleted else 0xC0) \
             or bool(raw[4] & 0x10) != is_dir \
             or (not is_dir and int.from_bytes(raw[56:64], "little") != size):
         return None
@@ -571,8 +582,10 @@ def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool
 
     (crtime, crtime_ns), (mtime, mtime_ns), (atime, _) = \
         when(8, 22, 20), when(12, 23, 21), when(16, 24)
+    wall_clock = tuple(name for name, zone in zip(("crtime", "mtime", "atime"), raw[22:25],
+                                                  strict=True) if not zone & 0x80)
     return ({"mtime": mtime, "atime": atime, "ctime": 0, "crtime": crtime},
-            {"mtime": mtime_ns, "atime": 0, "ctime": 0, "crtime": crtime_ns})
+            {"mtime": mtime_ns, "atime": 0, "ctime": 0, "crtime": crtime_ns}, wall_clock)
 
 
 #: 100 ns intervals from 1601-01-01 to 1970-01-01

@@ -145,6 +145,18 @@ def mounted_with(argv: list[str], mountpoint: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
 
 
+@contextlib.contextmanager
+def loop_device(image: Path) -> Iterator[str]:
+    """A loop device backed by ``image`` (for FUSE drivers that want a block device,
+    e.g. exfat-fuse); detached on leaving."""
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+
+
 def backup_image(chain, image: Path) -> int:
     """Back the raw file ``image`` up into the open ``chain``; the point made."""
     from blockforensics.formats.raw import RawDisk

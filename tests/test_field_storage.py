@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import require_tools
+from support import loop_device, mounted_with, require_tools
 
 MiB = 1 << 20
 
@@ -53,18 +53,9 @@ def exfat(tmp_path: Path) -> Iterator[Path]:
     with open(backing, "wb") as fh:
         fh.truncate(96 * MiB)
     subprocess.run(["mkfs.exfat", backing], check=True, capture_output=True)
-    device = subprocess.run(["losetup", "-f", "--show", backing], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    stick = tmp_path / "stick"
-    stick.mkdir()
-    try:
-        subprocess.run(["mount.exfat-fuse", device, stick], check=True, capture_output=True)
-        try:
-            yield stick
-        finally:
-            subprocess.run(["umount", stick], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=True)
+    with loop_device(backing) as device, \
+            mounted_with(["mount.exfat-fuse", device], tmp_path / "stick") as stick:
+        yield stick
 
 
 def test_a_chain_on_an_exfat_stick_works_end_to_end(exfat: Path, tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import backup_image, mounted_with, require_module, require_tools
+from support import backup_image, loop_device, mounted_with, require_module, require_tools
 
 from blockforensics import timeline_formats, tsk
 from blockforensics.image.chain import Chain
@@ -161,3 +162,125 @@ def test_ntfs_times_zero_far_and_before_1970(tmp_path: Path) -> None:
     assert old[0]["datetime"] == "1960-06-29T12:00:00+00:00"  # 100 ns: under a microsecond
     assert '<mtime>1960-06-29T12:00:00.0000001+00:00</mtime>' in outputs["dfxml"]
     assert "01/01/30000" in outputs["l2tcsv"]
+
+
+# ------------------------------------------------------------- FAT and exFAT
+WRITER_ZONE = "Asia/Kolkata"  # +05:30: no whole-hour offset hides a mistake
+#: name: UTC time (seconds) of its modification, as written by a clock in WRITER_ZONE
+FAT_TIMES = {
+    "kolkata.txt": 1_577_853_000,  # 2020-01-01 04:30 UTC, 10:00 on the writer's clock
+    "A long file name, past 8.3.txt": 1_594_105_626,
+    "y2040.txt": 2_208_988_800,  # TSK gives 0 past 2037
+    "y2107.txt": 4_354_799_398,  # 2107-12-31 23:59:58 on the writer's clock: FAT's last
+}
+
+
+def _body(text: str) -> dict[str, list[str]]:
+    """A body file's records by name (ours without their "(point N, CHANGE)"): inode,
+    mode, uid, gid, size, atime, mtime, ctime, crtime."""
+    records = (line.split("|") for line in text.splitlines())
+    return {r[1].split(" (point ")[0]: r[2:] for r in records}
+
+
+def _fls_body(image: Path, zone: str) -> dict[str, list[str]]:
+    return _body(subprocess.run(["fls", "-r", "-m", "/", "-z", zone, str(image)],
+                                check=True, capture_output=True, text=True).stdout)
+
+
+def _cli_body(chain: Path, *options: str) -> tuple[dict[str, list[str]], str]:
+    """Our body file of ``chain`` through the command line; and its stderr."""
+    done = subprocess.run([sys.executable, "-m", "blockforensics", "timeline", str(chain),
+                           "--format", "bodyfile", *options],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return _body(done.stdout), done.stderr
+
+
+@pytest.mark.parametrize("bits", [12, 32])  # a fixed root directory, one in clusters
+def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, bits: int
+                                                                 ) -> None:
+    """mtools under TZ=Asia/Kolkata writes its wall clock; ``--timezone`` reads it as
+    ``fls -z`` does (the body records equal TSK's), the default (UTC) says so; past
+    2037 (TSK: 0) to 2107; the creation time's 10 ms field (up to 1.99 s); a zero
+    creation date is no time."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.fat", "mcopy", "fls")
+    image = tmp_path / "fat.img"
+    with image.open("wb") as fh:
+        fh.truncate({12: 4, 16: 40, 32: 64}[bits] << 20)
+    subprocess.run(["mkfs.fat", "-F", str(bits), str(image)], check=True, capture_output=True)
+    env = {**os.environ, "TZ": WRITER_ZONE, "MTOOLS_SKIP_CHECK": "1"}
+    for name, when in FAT_TIMES.items():
+        source = tmp_path / name
+        source.write_bytes(name.encode())
+        os.utime(source, (when, when))
+        subprocess.run(["mcopy", "-m", "-i", str(image), str(source), "::/"], check=True,
+                       env=env, capture_output=True)
+    raw = bytearray(image.read_bytes())
+    at = raw.index(b"KOLKATA TXT")
+    raw[at + 13] = 199  # CrtTimeTenth: 1.99 s past the even second
+    at = raw.index(b"Y2040   TXT")
+    raw[at + 14 : at + 18] = bytes(4)  # no creation time and date
+    image.write_bytes(raw)
+
+    _chain(tmp_path, image).close()
+    ours, note = _cli_body(tmp_path / "chain", "--timezone", WRITER_ZONE)
+    theirs = _fls_body(image, WRITER_ZONE)
+    for name, when in FAT_TIMES.items():
+        assert int(ours[f"/{name}"][6]) == when, name
+        if when < 2_145_916_800:  # TSK reads to 2037
+            assert ours[f"/{name}"] == theirs[f"/{name}"], name
+        else:
+            assert theirs[f"/{name}"][6] == "0"
+    assert int(ours["/kolkata.txt"][8]) == FAT_TIMES["kolkata.txt"] + 1
+    assert ours["/y2040.txt"][8] == "0"
+    assert f"read as {WRITER_ZONE}" in note
+    with Chain.open(tmp_path / "chain") as chain:
+        entry = tsk.list_entries(chain.disk(0)).entries["/kolkata.txt"]
+        utc = timeline_formats.file_versions(chain).set_index("path")
+    assert entry.crtime_ns == 990_000_000 and entry.wall_clock == ("mtime", "atime", "crtime")
+    assert utc.loc["/kolkata.txt", "mtime"] == FAT_TIMES["kolkata.txt"] + 19_800  # +05:30
+    assert "read as UTC (--timezone to choose)" in str(timeline_formats.zone_note(utc))
+
+
+def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
+    """exfat-fuse under TZ=Asia/Kolkata writes its wall clock and the +05:30 offset
+    (valid): the times are exfat-fuse's own ``stat`` whatever ``--timezone`` says, and
+    TSK's when told the writer's zone (it ignores the offset); an entry whose offsets
+    are not valid (cameras, old drivers) is read in the zone given, as ``fls -z``."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.exfat", "mount.exfat-fuse", "losetup", "fls")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    image = tmp_path / "exfat.img"
+    with image.open("wb") as fh:
+        fh.truncate(8 << 20)
+    subprocess.run(["mkfs.exfat", str(image)], check=True, capture_output=True)
+    names = ("kolkata.txt", "no offset.txt")
+    with loop_device(image) as device:
+        with mounted_with(["env", f"TZ={WRITER_ZONE}", "mount.exfat-fuse", device],
+                          tmp_path / "m") as m:
+            for name in names:
+                (m / name).write_bytes(b"x")
+                os.utime(m / name, (FAT_TIMES["kolkata.txt"],) * 2)
+        with mounted_with(["env", "TZ=America/New_York", "mount.exfat-fuse", "-o", "ro",
+                           device], tmp_path / "m") as m:
+            stats = {name: os.stat(m / name) for name in names}
+    raw = bytearray(image.read_bytes())
+    name_entry = raw.index("no offset".encode("utf-16-le")) - 2  # in the file name entry
+    raw[name_entry - 64 + 22 : name_entry - 64 + 25] = bytes(3)  # the file entry's offsets
+    image.write_bytes(raw)
+
+    with _chain(tmp_path, image) as chain:
+        for zone in ("UTC", "Europe/Berlin"):
+            versions = timeline_formats.file_versions(chain, zone=zone).set_index("path")
+            for column in ("mtime", "atime"):
+                assert versions.loc["/kolkata.txt", column] == \
+                    getattr(stats["kolkata.txt"], f"st_{column}")
+    ours, note = _cli_body(tmp_path / "chain", "--timezone", WRITER_ZONE)
+    theirs = _fls_body(image, WRITER_ZONE)
+    for name in names:
+        assert ours[f"/{name}"][5:7] == theirs[f"/{name}"][5:7], name
+        # TSK drops the 10 ms field (0 to 1.99 s) of the creation time
+        assert 0 <= int(ours[f"/{name}"][8]) - int(theirs[f"/{name}"][8]) <= 1
+    assert "note: 1 of the file versions keeps" in note
