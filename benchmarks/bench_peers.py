@@ -29,7 +29,9 @@ Then the point (point 0 of our plain chain) is exposed and converted:
   point restored to a raw file.  One reader for all (``exposure.READER``: 4 MiB
   requests, the project's NBD client for NBD), timed from opening to the last byte;
   the chain or the file is read into the page cache before every run (and ``disk.vhd``
-  dropped from it: a first read, not the kernel's cache of it).  RSS of a read:
+  dropped from it: a first read, not the kernel's cache of it); and like for like from
+  the disk: ``disk.vhd`` with the chain's images dropped from the page cache against the
+  VHD file dropped from it.  RSS of a read:
   the serving process's peak (VmHWM), the reader's for the plain file.  Afterwards
   every served export is compared with the point by ``qemu-img compare``.
 
@@ -303,6 +305,8 @@ def reads(work: Path, chain: Path, point0: Path, repeat: int
     images = sorted(chain.glob("*.bfi"))
     fuse, file, qemu_file = "ours: FUSE disk.vhd read", "the .vhd file (cached)", \
         "qemu-nbd -f raw .vhd"
+    # like for like from the disk: the chain's images, and the .vhd file, not in the cache
+    cold_fuse, cold_file = "ours: FUSE disk.vhd read, chain on disk", "the .vhd file (on disk)"
     nbd, qemu_vpc, qemu_raw = "ours: serve (NBD) read", "qemu-nbd -f vpc .vhd", \
         "qemu-nbd -f raw point.img"
     with ExitStack() as stack:
@@ -317,19 +321,23 @@ def reads(work: Path, chain: Path, point0: Path, repeat: int
             # a first read: the mount lets the kernel keep what it read
             read_step(fuse, disk_vhd, lambda: (warm(*images), drop_cache(disk_vhd))),
             read_step(file, vhd, lambda: warm(vhd)),
+            read_step(cold_fuse, disk_vhd, lambda: drop_cache(*images, disk_vhd)),
+            read_step(cold_file, vhd, lambda: drop_cache(vhd)),
             read_step(qemu_file, servers[qemu_file][0], lambda: warm(vhd)),
             read_step(nbd, servers[nbd][0], lambda: warm(*images)),
             read_step(qemu_vpc, servers[qemu_vpc][0], lambda: warm(vhd)),
             read_step(qemu_raw, servers[qemu_raw][0], lambda: warm(point0)),
         ], repeat)
-        for label, proc in [(fuse, mount), *((k, v[1]) for k, v in servers.items())]:
+        for label, proc in [(fuse, mount), (cold_fuse, mount),
+                            *((k, v[1]) for k, v in servers.items())]:
             runs[label] = dataclasses.replace(runs[label], peak_rss_mib=peak_rss_mib(proc.pid))
         checks = [identical(point0, disk_vhd), identical(vhd, servers[qemu_file][0], "raw"),
                   *(identical(point0, servers[k][0], "raw") for k in (nbd, qemu_vpc, qemu_raw))]
         if not all(checks):
             raise SystemExit(f"a read export is not the point: {checks}")
     vhd.unlink()
-    return runs, [(fuse, file), (fuse, qemu_file), (nbd, qemu_vpc), (nbd, qemu_raw)]
+    return runs, [(fuse, file), (cold_fuse, cold_file), (fuse, qemu_file), (nbd, qemu_vpc),
+                  (nbd, qemu_raw)]
 
 
 GROUPS = ("full", "incremental", "restore", "consolidate", "list", "export", "reads")
