@@ -175,6 +175,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
                            block_size=args.block_size)
         if done.found and not args.json:  # a full: what was stored, per partition
             print("\n".join(done.found.report()))
+        for note in [] if args.json else done.notes:  # recovered, or why re-read
+            print(f"note: {note}")
         print(_dumps(done.to_json()) if args.json else
               f"point {done.point}: {done.tracked} blocks tracked, {done.ahead} copied ahead, "
               f"{done.after} after the snapshot ({done.seconds_after_snapshot:.2f} s); "

@@ -1,10 +1,12 @@
-"""Helpers of the live-guest tests: a booted guest, and checks of raw copies (whole
-disks, or the file system at a byte offset of one)."""
+"""Helpers of the live-guest tests: a booted guest, a served disk with writes made
+through NBD, and checks of raw copies (whole disks, or the file system at a byte offset
+of one)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +15,8 @@ import numpy as np
 
 from blockforensics.live.guest import MOUNTED, workload_guest
 from blockforensics.live.ops import LiveDisk
-from blockforensics.live.qemu import NODE, Guest
+from blockforensics.live.qemu import NODE, Guest, StorageDaemon
+from blockforensics.nbd.client import NbdAddress
 from tests.support import require_tools
 
 BS = 4096
@@ -34,6 +37,36 @@ def booted(image: str | os.PathLike[str], workdir: Path, workload: str,
         yield vm, LiveDisk(vm.qmp, NODE, vm.nbd_socket)
     finally:
         vm.kill()
+
+
+@contextmanager
+def served(image: Path, workdir: Path, fmt: str = "raw"
+           ) -> Iterator[tuple[StorageDaemon, LiveDisk, NbdAddress]]:
+    """A qemu-storage-daemon serving ``image``, its LiveDisk and a writable export ``rw``
+    (the guest's writes, from outside); stopped afterwards (``daemon.kill()`` to crash)."""
+    require_tools("qemu-storage-daemon", "qemu-io", "qemu-img")
+    daemon = StorageDaemon(image, workdir, fmt=fmt)
+    daemon.start()
+    try:
+        assert daemon.qmp is not None
+        live = LiveDisk(daemon.qmp, NODE, daemon.nbd_socket)
+        yield daemon, live, live.export("rw", writable=True)
+    finally:
+        daemon.stop()
+
+
+def qemu_io(address: NbdAddress, *commands: str) -> None:
+    """Run qemu-io ``commands`` (``write -P 7 1M 64k`` …) on the export at ``address``."""
+    argv = ["qemu-io", "-f", "raw", address.uri()]
+    for command in commands:
+        argv += ["-c", command]
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def bf(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The blockforensics command in a process of its own (any exit status)."""
+    return subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def same_image(a: Path, b: Path) -> bool:

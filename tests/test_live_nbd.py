@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,46 +18,28 @@ from blockforensics.formats.nbd import NbdDisk
 from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
 from blockforensics.live.headstart import live_full, live_incremental, next_bitmap_name
-from blockforensics.live.ops import LiveDisk
-from blockforensics.live.qemu import NODE, StorageDaemon
+from blockforensics.live.qemu import NODE
 from blockforensics.nbd.client import NbdAddress, NbdConnection
+from tests import live_support
+from tests.live_support import bf, qemu_io
 from tests.support import require_tools
 
 SIZE = 8 << 20
 BS = 4096
 
 
-def qemu_io(address: NbdAddress, *commands: str) -> None:
-    argv = ["qemu-io", "-f", "raw", address.uri()]
-    for command in commands:
-        argv += ["-c", command]
-    subprocess.run(argv, check=True, capture_output=True, timeout=30)
-
-
-def bf(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture
 def served(tmp_path: Path):
     """A daemon serving an 8 MiB image with data in its first and last MiB; the
     LiveDisk and a writable export ``rw``."""
-    require_tools("qemu-storage-daemon", "qemu-io", "qemu-img")
     image = tmp_path / "disk.img"
     rng = np.random.default_rng(7)
     data = np.zeros(SIZE, dtype=np.uint8)
     data[: 1 << 20] = rng.integers(0, 256, 1 << 20, dtype=np.uint8)
     data[-(1 << 20):] = rng.integers(0, 256, 1 << 20, dtype=np.uint8)
     image.write_bytes(data.tobytes())
-    daemon = StorageDaemon(image, tmp_path / "qsd")
-    daemon.start()
-    try:
-        assert daemon.qmp is not None
-        live = LiveDisk(daemon.qmp, NODE, daemon.nbd_socket)
-        yield live, live.export("rw", writable=True), image, daemon.spare_qmp_socket
-    finally:
-        daemon.stop()
+    with live_support.served(image, tmp_path / "qsd") as (daemon, live, rw):
+        yield live, rw, image, daemon.spare_qmp_socket
 
 
 def test_nbd_disk_reads_the_export_byte_for_byte(served):
@@ -168,6 +149,8 @@ def test_cli_head_start_makes_the_full_then_rotates_bitmaps(served, tmp_path):
         assert out.read_bytes() == disk.read(0, SIZE)
     missing = bf("backup", rw.uri(), chain, "--bitmap", "nope", "--head-start", qmp)
     assert missing.returncode == 2 and "no dirty bitmap 'nope'" in missing.stderr
+    assert "(--bitmap cli-1)" in missing.stderr
+    assert "--bitmap cli-1" in missing.stderr
 
 
 def test_qemu_nbd_export_reads_and_reports_its_holes(tmp_path):

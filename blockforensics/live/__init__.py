@@ -19,6 +19,7 @@ from blockforensics.live.headstart import (
     backup_live,
     live_full,
     live_incremental,
+    live_reread,
     next_bitmap_name,
 )
 from blockforensics.live.methods import branching_chain, quiesced_full_image, snapshot_pair
@@ -40,6 +41,7 @@ __all__ = [
     "branching_chain",
     "live_full",
     "live_incremental",
+    "live_reread",
     "make_ext4",
     "make_partitioned_disk",
     "next_bitmap_name",

@@ -21,21 +21,24 @@ the snapshot's.  The point therefore equals a plain incremental of the snapshot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from blockforensics.allocation import Survey, survey
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import UsageError
+from blockforensics.errors import BlockforensicsError, UsageError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.nbd import NbdDisk
 from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
+from blockforensics.live import handover
+from blockforensics.live.handover import Handover
 from blockforensics.live.ops import LiveDisk
 from blockforensics.live.qmp import Qmp
 from blockforensics.nbd.client import NbdAddress
@@ -57,6 +60,7 @@ class LivePoint:
     ahead_map: BlockMap | None = field(default=None, repr=False)  # for plots
     after_map: BlockMap | None = field(default=None, repr=False)
     found: Survey | None = field(default=None, repr=False)  # a full's survey of the snapshot
+    notes: list[str] = field(default_factory=list)  # what was recovered, and why re-read
 
     def to_json(self) -> dict[str, object]:
         """The counts and times (a full: and what its survey found per partition)."""
@@ -84,64 +88,131 @@ class HeadStartSource(Disk):
 
 def live_full(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str], next_bitmap: str,
               *, block_size: int = 4096,
-              keep_snapshot: str | os.PathLike[str] | None = None) -> LivePoint:
+              keep_snapshot: str | os.PathLike[str] | None = None,
+              committed: Callable[[int], object] | None = None) -> LivePoint:
     """A full point of the blocks the snapshot's survey marks (allocated, or outside
-    any known file system); ``next_bitmap`` starts tracking at that moment."""
+    any known file system); ``next_bitmap`` starts tracking at that moment (and is
+    removed again if the point is not committed).  ``committed(point)`` runs as soon
+    as the point is in the chain."""
+    return _snapshot_point(chain, live, workdir, next_bitmap, full=True, block_size=block_size,
+                           keep_snapshot=keep_snapshot, committed=committed)
+
+
+def live_reread(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],
+                next_bitmap: str, *, block_size: int | None = None,
+                keep_snapshot: str | os.PathLike[str] | None = None,
+                committed: Callable[[int], object] | None = None) -> LivePoint:
+    """An incremental without a trusted bitmap: the whole snapshot is read and the blocks
+    whose contents differ from the newest point's are stored; ``next_bitmap`` starts
+    tracking at the snapshot (removed again if the point is not committed)."""
+    return _snapshot_point(chain, live, workdir, next_bitmap, full=False,
+                           block_size=block_size or chain.block_size,
+                           keep_snapshot=keep_snapshot, committed=committed)
+
+
+def _snapshot_point(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],
+                    next_bitmap: str, *, full: bool, block_size: int,
+                    keep_snapshot: str | os.PathLike[str] | None,
+                    committed: Callable[[int], object] | None) -> LivePoint:
+    """A point read from a snapshot alone: a full (the survey's blocks), or an
+    incremental of every block that differs from the newest point."""
     start = time.monotonic()
-    with live.fleece(workdir, live.add_bitmap_action(next_bitmap)) as snap:
-        with snap.exported() as address, NbdDisk(address, block_size) as disk:
-            found = survey(disk, block_size)
-            point = backup(chain, disk, full=True, only=found.map, block_size=block_size,
-                           label="live full")
-        seconds = time.monotonic() - start
-        if keep_snapshot is not None:
-            snap.copy_to(keep_snapshot)
+    point, found = None, None
+    made = [] if next_bitmap in live.bitmaps() else [next_bitmap]  # removed on a failure
+    try:
+        with live.fleece(workdir, live.add_bitmap_action(next_bitmap)) as snap:
+            with snap.exported() as address, NbdDisk(address, block_size) as disk:
+                found = survey(disk, block_size) if full else None
+                point = backup(chain, disk, full=full, only=found.map if found else None,
+                               block_size=block_size,
+                               label="live full" if full else "live re-read")
+                read = -(-disk.size // block_size)
+            if committed is not None:
+                committed(point)
+            seconds = time.monotonic() - start
+            if keep_snapshot is not None:
+                snap.copy_to(keep_snapshot)
+    except BaseException:
+        if point is None:  # tracking must start again with the next attempt's snapshot
+            _roll_back(live, None, made)
+        raise
     stored = chain.rows()[point]["blocks"]
     assert isinstance(stored, int)
-    return LivePoint(point, stored, 0, stored, 0.0, seconds, next_bitmap, snap.taken_ns,
-                     found=found)
+    return LivePoint(point, stored, 0, stored if full else read, 0.0, seconds, next_bitmap,
+                     snap.taken_ns, found=found)
 
 
 def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],
                      bitmap: str, next_bitmap: str, *, head_start: bool = True,
                      block_size: int | None = None,
                      keep_snapshot: str | os.PathLike[str] | None = None,
-                     before_snapshot: Callable[[], object] | None = None) -> LivePoint:
+                     before_snapshot: Callable[[], object] | None = None,
+                     committed: Callable[[int], object] | None = None) -> LivePoint:
     """An incremental of the blocks ``bitmap`` (enabled, not exported) marks, read from
     a snapshot, with or without the head start; ``next_bitmap`` tracks from the
     snapshot on.  ``before_snapshot()`` runs between the head start and the snapshot
-    (writes made there are the ones read from the snapshot).  The bitmaps of this
-    point are removed afterwards."""
+    (writes made there are the ones read from the snapshot); ``committed(point)`` as
+    soon as the point is in the chain.  The bitmaps of this point are removed after
+    that; a run that fails before it merges the bitmaps it made back into ``bitmap``
+    (enabled again), which then marks every write since the newest point."""
     bs = block_size or chain.block_size
     store = BlockStore(bs)
     ahead = BlockMap.empty(-(-live.size() // bs), bs)
-    after_bitmap = bitmap
+    after_bitmap = f"{bitmap}-after" if head_start else bitmap
+    existing = live.bitmaps()
+    made = [name for name in {after_bitmap, next_bitmap} - {bitmap}  # merged back on a failure
+            if name not in existing]
+    point = None
     begin = time.monotonic()
-    if head_start:
-        after_bitmap = f"{bitmap}-after"
-        live.qmp.transaction(live.add_bitmap_action(after_bitmap),
-                             live.disable_bitmap_action(bitmap))
-        ahead = live.dirty_map(bitmap, bs)
-        positions = ahead.positions()
-        with live.exported(live.node) as address, NbdDisk(address, bs) as disk:
-            store = BlockStore.adopt(positions, disk.read_at(positions))
-    if before_snapshot is not None:
-        before_snapshot()
-    snapped = time.monotonic()
-    with live.fleece(workdir, live.add_bitmap_action(next_bitmap),
-                     live.disable_bitmap_action(after_bitmap)) as snap:
-        after = live.dirty_map(after_bitmap, bs)
-        with snap.exported() as address, NbdDisk(address, bs) as disk:
-            source = HeadStartSource(disk, store, after)
-            point = backup(chain, source, full=False, changed=ahead | after, block_size=bs,
-                           label="live head start" if head_start else "live incremental")
-        done = time.monotonic()
-        if keep_snapshot is not None:
-            snap.copy_to(keep_snapshot)
+    try:
+        if head_start:
+            live.qmp.transaction(live.add_bitmap_action(after_bitmap),
+                                 live.disable_bitmap_action(bitmap))
+            ahead = live.dirty_map(bitmap, bs)
+            positions = ahead.positions()
+            with live.exported(live.node) as address, NbdDisk(address, bs) as disk:
+                store = BlockStore.adopt(positions, disk.read_at(positions))
+        if before_snapshot is not None:
+            before_snapshot()
+        snapped = time.monotonic()
+        with live.fleece(workdir, live.add_bitmap_action(next_bitmap),
+                         live.disable_bitmap_action(after_bitmap)) as snap:
+            after = live.dirty_map(after_bitmap, bs)
+            with snap.exported() as address, NbdDisk(address, bs) as disk:
+                source = HeadStartSource(disk, store, after)
+                point = backup(chain, source, full=False, changed=ahead | after, block_size=bs,
+                               label="live head start" if head_start else "live incremental")
+            if committed is not None:
+                committed(point)
+            done = time.monotonic()
+            if keep_snapshot is not None:
+                snap.copy_to(keep_snapshot)
+    except BaseException:
+        if point is None:
+            _roll_back(live, bitmap, made)
+        raise
     for name in {bitmap, after_bitmap}:
         live.remove_bitmap(name)
     return LivePoint(point, (ahead | after).count(), ahead.count(), after.count(),
                      snapped - begin, done - snapped, next_bitmap, snap.taken_ns, ahead, after)
+
+
+def _roll_back(live: LiveDisk, bitmap: str | None, made: list[str]) -> None:
+    """Undo a failed run's hand-over: those of the bitmaps it meant to add (``made``,
+    none of which existed before) that QEMU has merged back into ``bitmap`` (enabled
+    again), or with no ``bitmap`` (a failed full) removed; this process's exports,
+    jobs and nodes removed first.  Best effort: when
+    QEMU cannot be reached, the next run does it from the chain's record
+    (:func:`blockforensics.live.handover.recover`)."""
+    with contextlib.suppress(BlockforensicsError, OSError):
+        live.remove_leftovers(mine=True)  # an export interrupted would keep a bitmap busy
+        present = live.bitmap_states()
+        made = [name for name in made if name in present]
+        if bitmap is not None and bitmap in present:
+            live.qmp.transaction(*live.merge_back_actions(bitmap, made))
+        else:
+            for name in made:
+                live.remove_bitmap(name)
 
 
 def next_bitmap_name(bitmap: str) -> str:
@@ -154,13 +225,97 @@ def backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
                 block_size: int | None = None, head_start: bool = True) -> LivePoint:
     """``backup SOURCE CHAIN --bitmap NAME --head-start QMP``: the full from a snapshot
     (tracking starts in ``bitmap``) when the chain is empty, else a head-start
-    incremental of what ``bitmap`` tracked (tracking goes on in the next bitmap)."""
+    incremental of what ``bitmap`` tracked (tracking goes on in the next bitmap).
+    One run per disk at a time; what a stopped run left is cleaned up or recovered
+    first, and a bitmap the chain's record does not vouch for is never trusted: the
+    point then reads the whole snapshot (:mod:`blockforensics.live.handover`)."""
     with Qmp(qmp_socket) as qmp, tempfile.TemporaryDirectory(prefix="bf-fleece-") as work:
-        live = LiveDisk.of_export(qmp, NbdAddress.parse(source))
-        if not len(chain):
-            return live_full(chain, live, work, bitmap, block_size=block_size or 4096)
-        if bitmap not in live.bitmaps():
-            raise UsageError(f"{live.node}: no dirty bitmap {bitmap!r} "
-                             f"(bitmaps: {', '.join(live.bitmaps()) or 'none'})")
-        return live_incremental(chain, live, work, bitmap, next_bitmap_name(bitmap),
-                                head_start=head_start, block_size=block_size)
+        address = NbdAddress.parse(source)
+        first = LiveDisk.of_export(qmp, address, filtered=True)
+        with first.locked():
+            orphans = first.remove_leftovers()
+            live = LiveDisk.of_export(qmp, address)  # a stopped run's filter is gone now
+            record, notes = handover.recover(chain, live, handover.load(chain.directory))
+            if orphans:
+                notes.insert(0, f"removed what a stopped backup left in QEMU: "
+                                f"{', '.join(orphans)}")
+            if not len(chain):
+                done = _live_full(chain, live, work, bitmap, block_size or 4096)
+            else:
+                done = _live_next(chain, live, work, bitmap, record, block_size, head_start)
+    done.notes = notes + done.notes
+    return done
+
+
+def _live_full(chain: Chain, live: LiveDisk, work: str, bitmap: str,
+               block_size: int) -> LivePoint:
+    """The first point; tracking starts in ``bitmap``."""
+    directory = chain.directory
+    _check_new(live.node, [bitmap], live.bitmap_states())
+    handover.save(directory, Handover(live.node, pending=[bitmap]))
+    return live_full(chain, live, work, bitmap, block_size=block_size, committed=lambda _: (
+        handover.save(directory, Handover(live.node, bitmap, handover.newest_id(chain)))))
+
+
+def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
+               record: Handover | None, block_size: int | None,
+               head_start: bool) -> LivePoint:
+    """The next point from ``bitmap`` when the record vouches for it and QEMU kept it
+    recording; else from the whole snapshot, with a note saying why."""
+    newest, node = chain.point(-1), live.node
+    trusted = record.trusted(chain, node) if record is not None else None
+    states = live.bitmap_states()
+    state = states.get(bitmap)
+    if trusted is not None and bitmap != trusted:
+        missing = f"no dirty bitmap {bitmap!r}" if state is None else \
+            f"bitmap {bitmap!r} started after point {newest} and cannot vouch for the " \
+            "writes before it"
+        raise UsageError(f"{node}: {missing}; the bitmap tracking this disk since point "
+                         f"{newest} is {trusted!r} (--bitmap {trusted})")
+    if state is not None and state["busy"]:
+        raise UsageError(f"{node}: dirty bitmap {bitmap!r} is busy (exported, or used by "
+                         "another job); try again when it is free")
+    ours = [bitmap] if record is not None and record.node == node and \
+        record.bitmap == bitmap and state is not None else []
+    why = (f"no record that bitmap {bitmap!r} has tracked {node} since point {newest}'s "
+           "snapshot" if trusted is None else
+           f"bitmap {bitmap!r} is gone (QEMU restarted, or it was removed)" if state is None
+           else f"bitmap {bitmap!r} is inconsistent (QEMU stopped without saving it)"
+           if state.get("inconsistent") else
+           f"bitmap {bitmap!r} is disabled: writes made while it was off are unknown"
+           if not state["recording"] else None)
+    directory = chain.directory
+    if why is None:
+        bs = block_size or chain.block_size
+        following = next_bitmap_name(bitmap)
+        made = [f"{bitmap}-after", following] if head_start else [following]
+        _check_new(node, made, states)
+        handover.save(directory, Handover(node, bitmap, record.since if record else None,
+                                          pending=made))
+        return live_incremental(chain, live, work, bitmap, following, head_start=head_start,
+                                block_size=bs, committed=lambda _: handover.save(
+                                    directory, Handover(node, following,
+                                                        handover.newest_id(chain),
+                                                        retired=[bitmap, *made[:-1]])))
+    following = bitmap if bitmap not in states else next_bitmap_name(bitmap)
+    _check_new(node, [following], states)
+    handover.save(directory, Handover(node, record.bitmap if record else None,
+                                      record.since if record else None, pending=[following]))
+    done = live_reread(chain, live, work, following, block_size=block_size,
+                       committed=lambda _: handover.save(directory, Handover(
+                           node, following, handover.newest_id(chain), retired=ours)))
+    for name in ours:
+        live.remove_bitmap(name)
+    done.notes.append(f"{why}: the whole snapshot was read and the blocks that differ from "
+                      f"point {newest} stored; tracking goes on in bitmap {following!r}")
+    return done
+
+
+def _check_new(node: str, names: list[str], states: Collection[str]) -> None:
+    """Refuse to run when a bitmap this run would add exists (it may be another chain's
+    tracking: only bitmaps a run added are ever merged or removed after it)."""
+    clash = [name for name in names if name in states]
+    if clash:
+        raise UsageError(f"{node}: dirty bitmap {clash[0]!r} already exists and this run "
+                         "would start it (another chain's tracking?); give each chain its "
+                         "own --bitmap name, or remove it (QMP block-dirty-bitmap-remove)")

@@ -2,10 +2,11 @@
 image-fleecing snapshots.
 
 - **Tracking**: ``block-dirty-bitmap-add`` (granularity 4096) records every write to
-  the node from then on.  A bitmap is read over NBD through an export that carries
-  it (``qemu:dirty-bitmap:NAME``); an exported bitmap is busy (it cannot be cleared,
-  disabled or removed), so each tracking period uses a new bitmap, and the exports
-  made here to read one are removed right after.
+  the node from then on (persistent on a qcow2 node: it survives a clean QEMU
+  restart, and is marked inconsistent after a crash).  A bitmap is read over NBD
+  through an export that carries it (``qemu:dirty-bitmap:NAME``); an exported bitmap
+  is busy (it cannot be cleared, disabled or removed), so each tracking period uses a
+  new bitmap, and the exports made here to read one are removed right after.
 - **Snapshot** (image fleecing): a qcow2 overlay whose backing is the live node and a
   ``blockdev-backup`` job with ``sync=none`` from the node into it: before the guest
   overwrites a block, the old contents are copied into the overlay, so the overlay
@@ -15,8 +16,14 @@ image-fleecing snapshots.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import os
+import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -24,13 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from blockforensics.blockmap import BlockMap
-from blockforensics.errors import UsageError
-from blockforensics.live.qmp import Qmp, action
+from blockforensics.errors import BlockforensicsError, UsageError
+from blockforensics.live.qmp import Qmp, QmpError, action
 from blockforensics.nbd.client import NbdAddress, NbdConnection
 from blockforensics.nbd.protocol import QEMU_DIRTY_BITMAP
 from blockforensics.tools import require
 
 GRANULARITY = 4096  # bytes per dirty-bitmap bit
+#: names :meth:`LiveDisk.fresh` gives: ``bf-<kind>-<pid>-<serial>``
+FRESH_NAME = re.compile(r"bf-[a-z]+-(\d+)-\d+")
 POLL = 0.02  # seconds between polls of query-* commands
 
 
@@ -43,13 +52,20 @@ class LiveDisk:
         self._serial = 0
 
     @classmethod
-    def of_export(cls, qmp: Qmp, address: NbdAddress) -> LiveDisk:
-        """The node behind the NBD export at ``address`` (a Unix-socket URI)."""
+    def of_export(cls, qmp: Qmp, address: NbdAddress, *, filtered: bool = False) -> LiveDisk:
+        """The node behind the NBD export at ``address`` (a Unix-socket URI).  While a
+        snapshot job runs, QEMU puts its copy-before-write filter between the export and
+        the disk: refused unless ``filtered`` (e.g. to find and end a stopped run's)."""
         if address.socket_path is None:
             raise UsageError(f"{address.uri()}: live operations need an nbd+unix:// export")
         for export in qmp.execute("query-block-exports"):
             if export["id"] == address.export or export.get("name") == address.export:
-                return cls(qmp, export["node-name"], address.socket_path)
+                live = cls(qmp, export["node-name"], address.socket_path)
+                if not filtered and live.info()["drv"] == "copy-before-write":
+                    raise UsageError(f"{address.uri()}: another snapshot job runs on this "
+                                     "disk (its copy-before-write filter is in the way); "
+                                     "try again when it is done")
+                return live
         names = [e["id"] for e in qmp.execute("query-block-exports")]
         raise UsageError(f"QMP {qmp.path}: no export {address.export!r} (exports: {names})")
 
@@ -58,20 +74,105 @@ class LiveDisk:
         self._serial += 1
         return f"{prefix}-{os.getpid()}-{self._serial}"
 
+    def info(self, node: str | None = None) -> dict[str, Any]:
+        """QEMU's description of ``node`` (default: this disk's) from
+        ``query-named-block-nodes``."""
+        node = node or self.node
+        for dev in self.qmp.execute("query-named-block-nodes", flat=True):
+            if dev["node-name"] == node:
+                return dict(dev)
+        raise UsageError(f"QMP {self.qmp.path}: no block node {node!r}")
+
+    def remove_leftovers(self, *, mine: bool = False) -> list[str]:
+        """Remove the exports, jobs and nodes (and overlay files) a process that died left
+        (named by :meth:`fresh` with a process id no longer running; call with
+        :meth:`locked` held) — with ``mine``, this process's too (a run unwinding after
+        an interruption); their names."""
+        def orphan(name: object) -> bool:
+            found = FRESH_NAME.fullmatch(str(name))
+            if found is None:
+                return False
+            pid = int(found.group(1))
+            return (mine and pid == os.getpid()) or not _running(pid)
+
+        gone = []
+        for export in self.qmp.execute("query-block-exports"):
+            if orphan(export["id"]):
+                self.unexport(export["id"])
+                gone.append(export["id"])
+        for job in self.qmp.execute("query-block-jobs"):
+            if orphan(job["device"]):
+                self.qmp.execute("block-job-cancel", device=job["device"], force=True)
+                while any(j["device"] == job["device"]
+                          for j in self.qmp.execute("query-block-jobs")):
+                    time.sleep(POLL)
+                gone.append(job["device"])
+        nodes = {n["node-name"]: n.get("file") for n in
+                 self.qmp.execute("query-named-block-nodes", flat=True) if orphan(n["node-name"])}
+        while nodes:  # overlays on overlays: the top ones first
+            removed = []
+            for node, filename in nodes.items():
+                try:
+                    self.qmp.execute("blockdev-del", **{"node-name": node})
+                except QmpError:
+                    continue
+                removed.append(node)
+                if filename and os.path.isfile(filename):  # in a temporary directory
+                    os.unlink(filename)
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.dirname(filename))
+            if not removed:
+                raise UsageError(f"QMP {self.qmp.path}: cannot remove the nodes {sorted(nodes)} "
+                                 "a stopped backup left")
+            gone += removed
+            nodes = {n: f for n, f in nodes.items() if n not in removed}
+        return gone
+
     def size(self) -> int:
         """The node's size in bytes."""
-        for dev in self.qmp.execute("query-named-block-nodes", flat=True):
-            if dev["node-name"] == self.node:
-                return int(dev["image"]["virtual-size"])
-        raise UsageError(f"QMP: no block node {self.node}")
+        return int(self.info()["image"]["virtual-size"])
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """This disk to one backup at a time: an ``flock`` on a lock file named after the
+        node's image file (two QMP sockets of one QEMU, or a filter over the node, share
+        it), released when the process ends however it ends.  UsageError when another
+        process holds it."""
+        where = str(self.info().get("file"))
+        name = f"blockforensics-live-{hashlib.sha256(where.encode()).hexdigest()[:16]}.lock"
+        fd = os.open(Path(tempfile.gettempdir()) / name, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                raise UsageError(f"{self.node} ({self.info().get('file')}): another backup "
+                                 "of this disk is running; try again when it is done") from None
+            yield
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ bitmaps
     def add_bitmap_action(self, name: str, node: str | None = None) -> dict[str, Any]:
-        return action("block-dirty-bitmap-add", node=node or self.node, name=name,
-                      granularity=GRANULARITY)
+        """Add bitmap ``name``: persistent where the node can store it (qcow2), so that a
+        clean QEMU restart keeps the tracking."""
+        node = node or self.node
+        persistent = node == self.node and self.info(node)["drv"] == "qcow2"
+        return action("block-dirty-bitmap-add", node=node, name=name,
+                      granularity=GRANULARITY, persistent=persistent)
 
     def disable_bitmap_action(self, name: str) -> dict[str, Any]:
         return action("block-dirty-bitmap-disable", node=self.node, name=name)
+
+    def merge_back_actions(self, target: str, sources: list[str]) -> list[dict[str, Any]]:
+        """Actions folding bitmaps ``sources`` into ``target`` (enabled again) and removing
+        them: ``target`` then marks every write any of them marked, and goes on."""
+        return [action("block-dirty-bitmap-enable", node=self.node, name=target),
+                *([action("block-dirty-bitmap-merge", node=self.node, target=target,
+                          bitmaps=sources)] if sources else []),
+                *(action("block-dirty-bitmap-remove", node=self.node, name=name)
+                  for name in sources)]
 
     def add_bitmap(self, name: str, node: str | None = None) -> None:
         self.qmp.transaction(self.add_bitmap_action(name, node))
@@ -79,12 +180,15 @@ class LiveDisk:
     def remove_bitmap(self, name: str, node: str | None = None) -> None:
         self.qmp.execute("block-dirty-bitmap-remove", node=node or self.node, name=name)
 
+    def bitmap_states(self) -> dict[str, dict[str, Any]]:
+        """The node's dirty bitmaps by name, as QEMU describes them (``recording``,
+        ``busy``, ``persistent``, ``inconsistent``, ``granularity`` in bytes, ``count``
+        in bytes)."""
+        return {b["name"]: b for b in self.info().get("dirty-bitmaps", []) if "name" in b}
+
     def bitmaps(self) -> list[str]:
         """Names of the dirty bitmaps on the node."""
-        for dev in self.qmp.execute("query-named-block-nodes", flat=True):
-            if dev["node-name"] == self.node:
-                return [b["name"] for b in dev.get("dirty-bitmaps", []) if "name" in b]
-        return []
+        return list(self.bitmap_states())
 
     def dirty_map(self, bitmap: str, block_size: int = GRANULARITY,
                   node: str | None = None) -> BlockMap:
@@ -138,6 +242,17 @@ class LiveDisk:
         return Fleece(self, Path(workdir), actions)
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Fleece:
     """An image-fleecing snapshot: ``node`` reads as the disk at the moment it was
     taken (see the module docstring).  Writable: writes land in its overlay only,
@@ -162,9 +277,9 @@ class Fleece:
             live.qmp.transaction(
                 action("blockdev-backup", device=live.node, target=self.node, sync="none",
                        **{"job-id": self.job}), *actions)
-        except BaseException:
-            live.qmp.execute("blockdev-del", **{"node-name": self.node})
-            self.overlay.unlink()
+        except BaseException:  # a signal may come after QEMU took the snapshot
+            with contextlib.suppress(BlockforensicsError, OSError):
+                self.release()
             raise
         self.taken_ns = time.time_ns()
 

@@ -28,8 +28,10 @@ GUEST_MEMORY_MIB = 256
 class QemuProcess:
     """A QEMU program started with a QMP socket; ``qmp`` is connected once it listens."""
 
-    def __init__(self, image: str | os.PathLike[str], workdir: str | os.PathLike[str]):
+    def __init__(self, image: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
+                 fmt: str = "raw"):
         self.image = Path(image).resolve()
+        self.fmt = fmt  # the image's format driver: raw, qcow2 (its backing file opened too)
         self.workdir = Path(workdir)
         self.qmp_socket = self.workdir / "qmp.sock"
         #: a second monitor for other clients (a QMP socket serves one at a time),
@@ -42,7 +44,7 @@ class QemuProcess:
 
     def _blockdev(self, dash: str = "-") -> list[str]:
         return [f"{dash}blockdev", f"driver=file,node-name=file0,filename={self.image}",
-                f"{dash}blockdev", f"driver=raw,node-name={NODE},file=file0"]
+                f"{dash}blockdev", f"driver={self.fmt},node-name={NODE},file=file0"]
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -99,7 +101,7 @@ class QemuProcess:
 
 
 class StorageDaemon(QemuProcess):
-    """qemu-storage-daemon serving ``image`` (raw) as node :data:`NODE`."""
+    """qemu-storage-daemon serving ``image`` (format ``fmt``) as node :data:`NODE`."""
 
     def command(self) -> list[str]:
         return [require("qemu-storage-daemon"), *self._blockdev("--"),
@@ -113,8 +115,8 @@ class Guest(QemuProcess):
 
     def __init__(self, image: str | os.PathLike[str], workdir: str | os.PathLike[str], *,
                  kernel: str | os.PathLike[str], initrd: str | os.PathLike[str],
-                 append: str = "console=ttyS0 panic=-1 quiet"):
-        super().__init__(image, workdir)
+                 append: str = "console=ttyS0 panic=-1 quiet", fmt: str = "raw"):
+        super().__init__(image, workdir, fmt=fmt)
         self.kernel, self.initrd, self.append = Path(kernel), Path(initrd), append
         self.console = self.workdir / "console.log"
 

@@ -12,6 +12,11 @@ from typing import Any
 
 from blockforensics.errors import UsageError
 
+#: the longest line read as one QMP message (query-named-block-nodes of many nodes)
+MAX_MESSAGE_BYTES = 64 << 20
+#: bytes of a greeting looked at before it is read as QMP's (``{"QMP": …``)
+GREETING_START = 40
+
 
 class QmpError(UsageError):
     """QEMU refused a command (its class and description in the message)."""
@@ -23,6 +28,7 @@ class Qmp:
     def __init__(self, path: str, timeout: float = 60.0):
         self.path = path
         self.events: list[dict[str, Any]] = []
+        self._serial = 0  # the id of the last command sent
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -32,24 +38,42 @@ class Qmp:
             raise UsageError(f"{path}: cannot connect to QMP ({exc.strerror or exc})") from exc
         self._file = self._sock.makefile("rb")
         try:
+            # another server's greeting is refused at once, not when its line ends
+            head = self._sock.recv(GREETING_START, socket.MSG_PEEK)
+            if not head.startswith(b"{"):
+                raise UsageError(f"{path}: not a QMP monitor (it sent {head!r})")
             greeting = self._message()
         except TimeoutError as exc:
             self.close()
             raise UsageError(f"{path}: no QMP greeting within {timeout} s "
                              "(a QMP socket serves one client at a time)") from exc
+        except UsageError:
+            self.close()
+            raise
         if "QMP" not in greeting:
+            self.close()
             raise UsageError(f"{path}: not a QMP monitor")
         self.execute("qmp_capabilities")
 
     def _message(self) -> dict[str, Any]:
-        line = self._file.readline()
+        line = self._file.readline(MAX_MESSAGE_BYTES)
         if not line:
             raise UsageError(f"{self.path}: QMP connection closed")
-        return json.loads(line)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            raise UsageError(f"{self.path}: not a QMP monitor (it sent {line[:40]!r})")
+        return message
 
     def execute(self, command: str, **arguments: Any) -> Any:
-        """Run ``command``; its ``return`` value, or QmpError."""
-        request: dict[str, Any] = {"execute": command}
+        """Run ``command``; its ``return`` value, or QmpError.  Each command carries an
+        id and only the reply with that id is taken: a command interrupted before its
+        reply was read (a signal) leaves a reply that no later command mistakes for
+        its own."""
+        self._serial += 1
+        request: dict[str, Any] = {"execute": command, "id": self._serial}
         if arguments:
             request["arguments"] = arguments
         self._sock.sendall(json.dumps(request).encode() + b"\n")
@@ -57,6 +81,8 @@ class Qmp:
             reply = self._message()
             if "event" in reply:
                 self.events.append(reply)
+                continue
+            if reply.get("id") != self._serial:
                 continue
             if "error" in reply:
                 error = reply["error"]

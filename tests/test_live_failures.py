@@ -1,0 +1,266 @@
+"""Live backups that fail half-way, race, or meet a bitmap they cannot trust, against a
+real qemu-storage-daemon (writes through NBD): every point restored equals the disk's
+bytes at that point, and a failure never makes a later incremental miss a block."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockforensics.formats.nbd import NbdDisk
+from blockforensics.image.backup import restore
+from blockforensics.image.chain import Chain
+from blockforensics.live import handover
+from blockforensics.live.ops import LiveDisk
+from blockforensics.nbd.client import NbdAddress
+from tests.live_support import bf, qemu_io, served
+from tests.support import mounted_with, require_tools
+
+MIB = 1 << 20
+
+
+def disk_image(path: Path, size: int = 8 * MIB) -> Path:
+    """A raw disk of ``size`` bytes with random data in its first MiB."""
+    data = np.zeros(size, dtype=np.uint8)
+    data[:MIB] = np.random.default_rng(3).integers(0, 256, MIB, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def head_start(rw: NbdAddress, chain: Path, qmp: Path, bitmap: str, *more: object
+               ) -> subprocess.CompletedProcess[str]:
+    return bf("backup", rw.uri(), chain, "--bitmap", bitmap, "--head-start", qmp, *more)
+
+
+def assert_point_is_disk(chain: Path, point: int, rw: NbdAddress, out: Path) -> None:
+    """The restored ``point`` holds the served disk's bytes now (no write since)."""
+    with NbdDisk(rw) as disk:
+        now = disk.read(0, disk.size)
+    with Chain.open(chain) as opened:
+        assert restore(opened, point, out).read_bytes() == now, f"point {point}"
+
+
+def rows(chain: Path) -> list[dict[str, object]]:
+    """The chain's rows (``list --json``'s)."""
+    with Chain.open(chain) as opened:
+        return opened.rows()
+
+
+def test_disk_full_in_the_chain_directory_loses_no_write(tmp_path):
+    """The incremental does not fit: the hand-over is rolled back (the old bitmap marks
+    everything again, the new ones are gone), and the next run stores every write made
+    before and after the failure."""
+    require_tools("mount", "umount")
+    small = mounted_with(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs"], tmp_path / "small")
+    with small as room, served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (
+            daemon, live, rw):
+        chain, qmp = room / "chain", daemon.spare_qmp_socket
+        assert head_start(rw, chain, qmp, "c").returncode == 0
+        qemu_io(rw, "write -P 1 2M 3M")  # 3 MiB: more than the room left
+        failed = head_start(rw, chain, qmp, "c")
+        assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+        assert len(rows(chain)) == 1
+        states = live.bitmap_states()
+        assert list(states) == ["c"] and states["c"]["recording"]
+        assert states["c"]["count"] == 3 * MIB
+        wrong = head_start(rw, chain, qmp, "c-1")
+        assert wrong.returncode == 2 and "(--bitmap c)" in wrong.stderr, wrong.stderr
+        subprocess.run(["mount", "-o", "remount,size=64m", str(room)], check=True)
+        qemu_io(rw, "write -P 2 6M 64k")
+        done = head_start(rw, chain, qmp, "c", "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["tracked"] == 3 * 256 + 16
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+        qemu_io(rw, "write -P 3 7M 4k")
+        assert head_start(rw, chain, qmp, "c-1").returncode == 0
+        assert_point_is_disk(chain, 2, rw, tmp_path / "r2.raw")
+        assert live.bitmaps() == ["c-2"]
+
+
+def _signal_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str,
+                           signum: int) -> int:
+    """Run ``argv``; once ``bitmap`` appears (the snapshot was taken, the point not yet
+    committed) send it ``signum``; its exit status."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while process.poll() is None and bitmap not in live.bitmaps():
+            time.sleep(0.002)
+        assert process.poll() is None, "the backup ended before the signal"
+        process.send_signal(signum)
+        process.communicate(timeout=60)
+        return process.returncode
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
+    """SIGTERM: the run rolls its hand-over back itself.  SIGKILL: it leaves its
+    bitmaps, snapshot job, overlay and exports in QEMU; the next run removes them and
+    merges the bitmaps back.  Either way the next point holds every write."""
+    image = disk_image(tmp_path / "disk.img", 80 * MIB)
+    with served(image, tmp_path / "qsd") as (daemon, live, rw):
+        chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
+        assert head_start(rw, chain, qmp, "c").returncode == 0
+        qemu_io(rw, "write -P 1 8M 64M")  # a head start and a point long enough to stop
+        argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
+                "--bitmap", "c", "--head-start", str(qmp)]
+        status = _signal_after_snapshot(argv, live, "c-1", signum)
+        assert status == (143 if signum == signal.SIGTERM else -9)
+        assert len(rows(chain)) == 1
+        if signum == signal.SIGTERM:
+            assert list(live.bitmap_states()) == ["c"]
+        else:
+            assert {"c", "c-after", "c-1"} <= set(live.bitmaps())
+            assert handover.load(chain).pending == ["c-after", "c-1"]  # type: ignore[union-attr]
+        qemu_io(rw, "write -P 2 76M 64k")
+        done = head_start(rw, chain, qmp, "c")
+        assert done.returncode == 0, done.stderr
+        if signum == signal.SIGKILL:
+            assert "removed what a stopped backup left in QEMU" in done.stdout
+            assert "merged back into c" in done.stdout
+            assert daemon.qmp is not None
+            assert not daemon.qmp.execute("query-block-jobs")
+            assert [e["id"] for e in daemon.qmp.execute("query-block-exports")] == ["rw"]
+        assert rows(chain)[1]["blocks"] == 64 * 256 + 16
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+        assert live.bitmaps() == ["c-1"]
+
+
+def test_a_bitmap_the_chain_cannot_vouch_for_is_not_trusted(tmp_path):
+    """A chain whose newest point no live run made, a bitmap made after writes: the
+    point reads the whole snapshot (a note says why); a bitmap other than the one that
+    tracks since the newest point is refused, naming the right one."""
+    image = disk_image(tmp_path / "disk.img")
+    chain = tmp_path / "chain"
+    assert bf("backup", image, chain).returncode == 0  # a full of the file, not live
+    with served(image, tmp_path / "qsd") as (daemon, live, rw):
+        qmp = daemon.spare_qmp_socket
+        qemu_io(rw, "write -P 1 3M 64k")  # before any bitmap: no bitmap knows it
+        live.add_bitmap("late")
+        qemu_io(rw, "write -P 2 5M 4k")
+        done = head_start(rw, chain, qmp, "late")
+        assert done.returncode == 0, done.stderr
+        assert "no record that bitmap 'late' has tracked" in done.stdout
+        assert "tracking goes on in bitmap 'late-1'" in done.stdout
+        assert rows(chain)[1]["blocks"] == 17
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+        live.add_bitmap("mine")
+        refused = head_start(rw, chain, qmp, "mine")
+        assert refused.returncode == 2 and "'mine' started after point 1" in refused.stderr
+        assert "(--bitmap late-1)" in refused.stderr
+        qemu_io(rw, "write -P 3 6M 4k")
+        done = head_start(rw, chain, qmp, "late-1", "--json")
+        assert done.returncode == 0 and json.loads(done.stdout)["tracked"] == 1
+        assert_point_is_disk(chain, 2, rw, tmp_path / "r2.raw")
+
+
+def test_a_disabled_removed_or_busy_bitmap(tmp_path):
+    """Disabled (writes went unmarked) or gone (QEMU restarted): the point reads the
+    whole snapshot and says why; busy (exported by someone): refused."""
+    with served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (daemon, live, rw):
+        chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
+        assert head_start(rw, chain, qmp, "c").returncode == 0
+        live.qmp.transaction(live.disable_bitmap_action("c"))
+        qemu_io(rw, "write -P 1 2M 8k")
+        done = head_start(rw, chain, qmp, "c")
+        assert done.returncode == 0 and "bitmap 'c' is disabled" in done.stdout, done.stderr
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+        assert live.bitmaps() == ["c-1"]
+        live.remove_bitmap("c-1")
+        qemu_io(rw, "write -P 2 4M 8k")
+        done = head_start(rw, chain, qmp, "c-1")
+        assert done.returncode == 0 and "bitmap 'c-1' is gone" in done.stdout, done.stderr
+        assert_point_is_disk(chain, 2, rw, tmp_path / "r2.raw")
+        with live.exported(live.node, bitmaps=("c-1",), writable=True):
+            busy = head_start(rw, chain, qmp, "c-1")
+        assert busy.returncode == 2 and "'c-1' is busy" in busy.stderr, busy.stderr
+
+
+@pytest.mark.slow
+def test_persistent_bitmap_of_a_qcow2_with_a_backing_file_across_restarts(tmp_path):
+    """A qcow2 over a raw backing file: the tracking bitmap is persistent, so a clean
+    restart keeps it (the next point is a plain head start of both sessions' writes);
+    after a crash QEMU marks the bitmap it loaded inconsistent, and the point reads the
+    whole snapshot."""
+    base = disk_image(tmp_path / "base.img")
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(top)], check=True)
+    chain = tmp_path / "chain"
+    with served(top, tmp_path / "qsd1", fmt="qcow2") as (daemon, live, rw):
+        assert head_start(rw, chain, daemon.spare_qmp_socket, "c").returncode == 0
+        assert live.bitmap_states()["c"]["persistent"]
+        qemu_io(rw, "write -P 1 1M 64k")
+    with served(top, tmp_path / "qsd2", fmt="qcow2") as (daemon, live, rw):
+        qemu_io(rw, "write -P 2 5M 4k")
+        done = head_start(rw, chain, daemon.spare_qmp_socket, "c", "--json")
+        assert done.returncode == 0 and json.loads(done.stdout)["tracked"] == 17, done.stderr
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+    with served(top, tmp_path / "qsd3", fmt="qcow2") as (daemon, live, rw):
+        qemu_io(rw, "write -P 3 6M 4k")
+        daemon.kill()
+    with served(top, tmp_path / "qsd4", fmt="qcow2") as (daemon, live, rw):
+        assert live.bitmap_states()["c-1"].get("inconsistent")
+        done = head_start(rw, chain, daemon.spare_qmp_socket, "c-1")
+        assert done.returncode == 0 and "'c-1' is inconsistent" in done.stdout, done.stderr
+        assert_point_is_disk(chain, 2, rw, tmp_path / "r2.raw")
+        assert live.bitmaps() == ["c-2"]
+
+
+def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):
+    """A second backup of a disk while one runs is refused, and so is a second chain
+    starting its tracking in a bitmap another chain owns."""
+    with served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (daemon, live, rw):
+        qmp = daemon.spare_qmp_socket
+        with live.locked():
+            busy = head_start(rw, tmp_path / "a", qmp, "c")
+        assert busy.returncode == 2 and "another backup of this disk" in busy.stderr
+        assert head_start(rw, tmp_path / "a", qmp, "c").returncode == 0
+        other = head_start(rw, tmp_path / "b", qmp, "c")
+        assert other.returncode == 2 and "'c' already exists" in other.stderr, other.stderr
+        assert live.bitmaps() == ["c"]
+
+
+def test_wrong_sockets_and_exports_are_one_line_errors(tmp_path):
+    with served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (daemon, _, rw):
+        chain = tmp_path / "chain"
+        for qmp, expected in ((tmp_path / "none.sock", "cannot connect to QMP"),
+                              (daemon.nbd_socket, "not a QMP monitor")):
+            done = head_start(rw, chain, qmp, "c")
+            assert done.returncode == 2 and expected in done.stderr, done.stderr
+            assert len(done.stderr.splitlines()) == 1
+        nope = NbdAddress(export="nope", socket_path=str(daemon.nbd_socket))
+        done = head_start(nope, chain, daemon.spare_qmp_socket, "c")
+        assert done.returncode == 2 and "no export 'nope'" in done.stderr
+
+
+@pytest.mark.parametrize("block_size", [512, 2 * MIB])
+def test_block_sizes_odd_disk_sizes_and_resizes(tmp_path, block_size):
+    """Chain blocks smaller and larger than the bitmap's 4 KiB granularity, a disk whose
+    size is no multiple of 4 KiB, grown and shrunk (block_resize) between points."""
+    image = disk_image(tmp_path / "disk.img", 8 * MIB + 1536)
+    with served(image, tmp_path / "qsd") as (daemon, live, rw):
+        chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
+        assert head_start(rw, chain, qmp, "c", "--block-size", block_size).returncode == 0
+        bitmap, size = "c", live.size()
+        for point, new_size in enumerate((size, 12 * MIB + 512, 6 * MIB), start=1):
+            if new_size != size:  # the writable export does not share resizing
+                live.unexport("rw")
+                live.qmp.execute("block_resize", **{"node-name": live.node}, size=new_size)
+                rw, size = live.export("rw", writable=True), new_size
+            qemu_io(rw, f"write -P {point} 4096 1000", f"write -P 9 {size - 700} 700")
+            done = head_start(rw, chain, qmp, bitmap, "--json")
+            assert done.returncode == 0, done.stderr
+            bitmap = json.loads(done.stdout)["next_bitmap"]
+            assert_point_is_disk(chain, point, rw, tmp_path / f"r{point}.raw")
