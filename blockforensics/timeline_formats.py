@@ -51,7 +51,7 @@ import pandas as pd
 
 from blockforensics import forensics
 from blockforensics.errors import UsageError
-from blockforensics.tsk import Entry, Listing
+from blockforensics.tsk import Entry, Listing, name_text
 
 if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
                    "uid", "gid", "atime", "mtime", "ctime", "crtime", "atime_ns", "mtime_ns",
                    "ctime_ns", "crtime_ns", "sha256", "md5", "suspected_encryption", "runs",
-                   "kind", "wall_clock", "zone"]
+                   "kind", "target", "wall_clock", "zone", "attribute"]
 #: MACB letter, column, Timesketch/plaso description
 TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
          ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
@@ -130,6 +130,7 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
     ``fls`` writes them: their size and SHA-256, no runs, the file's times) and its
     ``$FILE_NAME`` times (``path ($FILE_NAME)``, the attribute's size)."""
     sha, md5 = _hashes(entry, chain.disk(side))
+    attributes = dict(entry.attributes)
     file = {
         "point": p, "change": row.change, "path": entry.path, "old_path": row.old_path,
         "type": entry.type, "inode": entry.inode, "size": entry.size,
@@ -141,10 +142,13 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
         "md5": md5 if entry.type == "file" else "",
         "suspected_encryption": bool(row.suspected_encryption),
         "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
-        "kind": entry.kind or entry.type, "wall_clock": entry.wall_clock,
-        "zone": zone if entry.wall_clock else ""}
+        "kind": entry.kind or entry.type,
+        "target": name_text(entry.resident or b"") if entry.kind == "symlink" else "",
+        "wall_clock": entry.wall_clock,
+        "zone": zone if entry.wall_clock else "", "attribute": attributes.get("", "")}
     rows = [file, *({**file, "path": f"{entry.path}:{name}", "size": size, "sha256": digest,
-                     "md5": "", "runs": [], "kind": "stream",
+                     "md5": "", "runs": [], "kind": "stream", "target": "",
+                     "attribute": attributes.get(name, ""),
                      "old_path": f"{row.old_path}:{name}" if row.old_path else ""}
                     for name, size, digest in entry.streams)]
     if entry.file_name:
@@ -154,6 +158,7 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
             split[column], split[f"{column}_ns"] = divmod(ns, 10**9)
         rows.append({**file, "path": f"{entry.path} ($FILE_NAME)", "size": size, "sha256": "",
                      "md5": "", "runs": [], **split,
+                     "attribute": attributes.get("$FILE_NAME", ""),
                      "old_path": f"{row.old_path} ($FILE_NAME)" if row.old_path else ""})
     return rows
 
@@ -165,7 +170,10 @@ def _mode_string(kind: str, mode: int) -> str:
 
 
 def _name(v: Any) -> str:
-    return f"{v.path} (point {v.point}, {v.change})"
+    """A version's name in the body file and L2T CSV: a symbolic link's with its target
+    (``name -> target``, as ``fls -m``), then its point and change."""
+    link = f" -> {v.target}" if v.target else ""
+    return f"{v.path}{link} (point {v.point}, {v.change})"
 
 
 def _iso(seconds: int, ns: int = 0, digits: int = 6) -> str:
@@ -196,7 +204,8 @@ def _xml_text(text: str) -> str:
 def write_bodyfile(versions: pd.DataFrame, out: io.TextIOBase) -> None:
     for v in versions.itertuples():
         name = _body_name(v)
-        out.write(f"{v.md5 or 0}|{name}|{v.inode}|{_mode_string(v.kind, v.mode)}|{v.uid}|"
+        inode = f"{v.inode}-{v.attribute}" if v.attribute else v.inode
+        out.write(f"{v.md5 or 0}|{name}|{inode}|{_mode_string(v.kind, v.mode)}|{v.uid}|"
                   f"{v.gid}|{v.size}|{v.atime}|{v.mtime}|{v.ctime}|{v.crtime}\n")
 
 

@@ -133,6 +133,10 @@ class Entry:
     #: the times (names: "mtime", "atime", "crtime") the file system keeps as the writer's
     #: wall clock with no zone — FAT's, exFAT's without a valid UTC offset — read as UTC
     wall_clock: tuple[str, ...] = ()
+    #: NTFS: the attributes ``fls -m`` writes a record for, as it addresses them after the
+    #: MFT number (``TYPE-ID``): "" (the unnamed ``$DATA``; a directory's ``$I30`` index
+    #: root), each named stream by name, and "$FILE_NAME" (that of :attr:`file_name`)
+    attributes: tuple[tuple[str, str], ...] = ()
     seq: int = 0  # NTFS MFT record sequence number (bumped on reuse); 0 elsewhere
     nlink: int = 0  # names the inode has (hard links)
     streams: tuple[tuple[str, int, str], ...] = ()  # NTFS named streams: name, size, SHA-256
@@ -418,8 +422,10 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     size, nlink = int(meta.size), int(meta.nlink)
     file_name: tuple[int, int, int, int, int] | tuple[()] = ()
     wall_clock: tuple[str, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
     if fs_name == "ntfs":
-        names, file_name = _ntfs_names(tsk, fs_file)
+        names, file_name, fname = _ntfs_names(tsk, fs_file, path.rsplit("/", 1)[-1])
+        attributes = _ntfs_attributes(tsk, fs_file) + ((("$FILE_NAME", fname),) if fname else ())
         nlink = names or nlink
         info = _ntfs_info(tsk, fs_file)
         times, nanos = _ntfs_times(info, times, nanos)
@@ -446,7 +452,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  atime_ns=nanos["atime"], seq=int(meta.seq),
                  nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
-                 reader=content.reader, file_name=file_name, wall_clock=wall_clock)
+                 reader=content.reader, file_name=file_name, wall_clock=wall_clock,
+                 attributes=attributes)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -461,7 +468,7 @@ def _fs_name(tsk: Any, fs: Any) -> str:
     return "other"
 
 
-def _name_text(raw: bytes) -> str:
+def name_text(raw: bytes) -> str:
     """A name as text: UTF-8, a byte that is none as ``\\xNN`` (ext names are any
     bytes: two names that differ only there stay two paths)."""
     return raw.decode("utf-8", "backslashreplace")
@@ -470,7 +477,7 @@ def _name_text(raw: bytes) -> str:
 def listed_path(path: str) -> str:
     """A path given on a command line as the listings spell it: bytes that are no UTF-8
     (a shell passes them through, Python holds them as surrogates) as ``\\xNN``."""
-    return _name_text(os.fsencode(path))
+    return name_text(os.fsencode(path))
 
 
 def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int, str], ...]:
@@ -484,7 +491,7 @@ def _streams(tsk: Any, fs_file: Any) -> tuple[tuple[str, int, str], ...]:
         for lo in range(0, size, CHUNK_BYTES):
             digest.update(fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), attr.info.type,
                                               attr.info.id))
-        out.append((_name_text(attr.info.name), size, digest.hexdigest()))
+        out.append((name_text(attr.info.name), size, digest.hexdigest()))
     return tuple(sorted(out))
 
 
@@ -626,29 +633,50 @@ def _mft_record(tsk: Any, fs: Any, to_disk: ToDisk, inode: int) -> np.ndarray:
     return to_disk(np.array(pieces, np.int64).reshape(-1, 2))
 
 
-def _ntfs_names(tsk: Any, fs_file: Any
-                ) -> tuple[int, tuple[int, int, int, int, int] | tuple[()]]:
+def _ntfs_names(tsk: Any, fs_file: Any, name: str
+                ) -> tuple[int, tuple[int, int, int, int, int] | tuple[()], str]:
     """The names (hard links) of an NTFS file — its ``$FILE_NAME`` attributes but 8.3 short
     names (namespace 2, DOS: the second name of a long one; the record header's count,
     which TSK gives, counts those too: every file Windows gave a short name had two) —
-    and the first long one's size and times (atime, mtime, ctime, crtime; nanoseconds
-    since the epoch)."""
-    from blockforensics.fs.ntfs import FILE_NAME_NAMESPACE, FILE_NAME_TIMES, NAMESPACE_DOS
+    and the size and times (atime, mtime, ctime, crtime; nanoseconds since the epoch) and
+    TSK's address (``TYPE-ID``) of the one called ``name`` (the first long one if none
+    is: TSK's body file gives every name the last one's)."""
+    from blockforensics.fs.ntfs import (
+        FILE_NAME_LENGTH,
+        FILE_NAME_NAME,
+        FILE_NAME_NAMESPACE,
+        FILE_NAME_TIMES,
+        NAMESPACE_DOS,
+    )
 
-    names, first = 0, None
+    names, chosen, named = 0, None, False
     for attr in fs_file:
-        if attr.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME:
-            raw = fs_file.read_random(0, FILE_NAME_NAMESPACE + 1,
-                                      tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME, attr.info.id)
-            if len(raw) <= FILE_NAME_NAMESPACE or raw[FILE_NAME_NAMESPACE] == NAMESPACE_DOS:
-                continue
-            names += 1
-            if first is None:
-                times = {name: _filetime_ns(raw[at : at + 8])
-                         for name, at in FILE_NAME_TIMES.items()}
-                first = (int(attr.info.size), times["atime"], times["mtime"], times["ctime"],
-                         times["crtime"])
-    return names, first or ()
+        if attr.info.type != tsk.TSK_FS_ATTR_TYPE_NTFS_FNAME:
+            continue
+        raw = bytes(fs_file.read_random(0, int(attr.info.size), attr.info.type, attr.info.id))
+        if len(raw) <= FILE_NAME_NAMESPACE or raw[FILE_NAME_NAMESPACE] == NAMESPACE_DOS:
+            continue
+        names += 1
+        own = raw[FILE_NAME_NAME : FILE_NAME_NAME + 2 * raw[FILE_NAME_LENGTH]] \
+            .decode("utf-16-le", "replace") == name
+        if chosen is None or (own and not named):
+            times = {key: _filetime_ns(raw[at : at + 8]) for key, at in FILE_NAME_TIMES.items()}
+            chosen = ((int(attr.info.size), times["atime"], times["mtime"], times["ctime"],
+                       times["crtime"]), f"{int(attr.info.type)}-{int(attr.info.id)}")
+            named = own
+    return (names, *chosen) if chosen else (names, (), "")
+
+
+def _ntfs_attributes(tsk: Any, fs_file: Any) -> tuple[tuple[str, str], ...]:
+    """:attr:`Entry.attributes` of an NTFS file but its ``$FILE_NAME``: each ``$DATA`` and
+    ``$INDEX_ROOT`` by name ("" for the unnamed one and ``$I30``)."""
+    out: dict[str, str] = {}
+    for attr in fs_file:
+        if attr.info.type in (tsk.TSK_FS_ATTR_TYPE_NTFS_DATA, tsk.TSK_FS_ATTR_TYPE_NTFS_IDXROOT):
+            name = name_text(attr.info.name) if attr.info.name else ""
+            out.setdefault("" if name == "$I30" else name,
+                           f"{int(attr.info.type)}-{int(attr.info.id)}")
+    return tuple(out.items())
 
 
 def _ntfs_times(info: bytes, times: dict[str, int], nanos: dict[str, int]
@@ -738,7 +766,7 @@ def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
         dir_path, owner = stack.pop()
         names = []
         for item in directory if owner is None else fs.open_dir(inode=owner.inode):
-            text = _name_text(item.info.name.name)
+            text = name_text(item.info.name.name)
             if _skipped(tsk, fs, text, item, allocated=True):
                 continue
             path = dir_path + text
@@ -804,7 +832,7 @@ class TskLister:
             return None
         is_fat = bool(int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_FAT_DETECT))
         for item in directory:
-            text = _name_text(item.info.name.name)
+            text = name_text(item.info.name.name)
             if (not _deleted_name_matches(is_fat, text, name)
                     or _skipped(tsk, fs, text, item, allocated=False)
                     or int(item.info.meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC)):
@@ -828,7 +856,7 @@ class TskLister:
         stream = _stream_named(inner, name)
         if stream is not None:  # "file:stream", which TSK's lookup opens as the file
             attr = next((a for a in fs_file if a.info.type == tsk.TSK_FS_ATTR_TYPE_NTFS_DATA
-                         and _name_text(a.info.name or b"") == stream), None)
+                         and name_text(a.info.name or b"") == stream), None)
             if attr is None:
                 return None
             where = attr.info.type, attr.info.id
@@ -851,7 +879,7 @@ def _stream_named(inner: str, name: Any) -> str | None:
     """The stream a path ``dir/file:stream`` names (as the timeline lists NTFS named
     streams) when TSK's lookup opened ``file`` (``name``: its name), else None."""
     last = inner.rsplit("/", 1)[-1]
-    opened = _name_text(name.name) if name is not None else last
+    opened = name_text(name.name) if name is not None else last
     if len(last) > len(opened) and last[: len(opened) + 1].lower() == opened.lower() + ":":
         return last[len(opened) + 1:]
     return None
@@ -954,7 +982,7 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
 def _open_listed(tsk: Any, fs: Any, inner: str) -> Any:
     """A file by its path as :func:`list_entries` names it (None: no such path): TSK's own
     lookup, else component by component through the allocated names, where a name's
-    bytes that are no UTF-8 read ``\\xNN`` (:func:`_name_text`)."""
+    bytes that are no UTF-8 read ``\\xNN`` (:func:`name_text`)."""
     try:
         return fs.open(inner)
     except OSError:
@@ -963,7 +991,7 @@ def _open_listed(tsk: Any, fs: Any, inner: str) -> Any:
     directory = fs.open_dir(inode=fs.info.root_inum)
     parts = [part for part in inner.split("/") if part]
     for depth, part in enumerate(parts):
-        found = next((item for item in directory if _name_text(item.info.name.name) == part
+        found = next((item for item in directory if name_text(item.info.name.name) == part
                       and not _skipped(tsk, fs, part, item, allocated=True)), None)
         if found is None:
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -284,3 +285,54 @@ def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
         # TSK drops the 10 ms field (0 to 1.99 s) of the creation time
         assert 0 <= int(ours[f"/{name}"][8]) - int(theirs[f"/{name}"][8]) <= 1
     assert "note: 1 of the file versions keeps" in note
+
+
+# ------------------------------------------------------------------ mactime
+def _links_and_streams(m: Path) -> None:
+    """A directory, a file with a fraction of a second, a symbolic link (ext), a hard
+    link (ext) and a named stream (NTFS, through ntfs-3g's user.* xattrs)."""
+    (m / "dir").mkdir()
+    (m / "dir/f.txt").write_bytes(b"content")
+    os.utime(m / "dir/f.txt", ns=(1_600_000_000_250_000_000, 1_500_000_000_750_000_000))
+    if not (m / "lost+found").exists():  # NTFS
+        os.setxattr(m / "dir/f.txt", "user.stream", b"hidden")
+        return
+    (m / "link").symlink_to("dir/f.txt")
+    os.link(m / "dir/f.txt", m / "hard.txt")
+
+
+@pytest.mark.parametrize("kind", ["ext4", "ntfs"])
+def test_mactime_reads_our_body_file_as_it_reads_tsks(tmp_path: Path, kind: str) -> None:
+    """``mactime -b -d -z UTC`` gives the same lines (date, size, MACB, mode, owner,
+    inode or NTFS ``MFT-TYPE-ID``, name) for our body file as for ``fls -r -m /``'s,
+    once our names lose their "(point N, CHANGE)"."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mactime", "fls")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    image, _ = _volume(tmp_path, kind, _links_and_streams)
+    with _chain(tmp_path, image) as chain:
+        out = io.StringIO()
+        timeline_formats.write_bodyfile(timeline_formats.file_versions(chain), out)
+    ours_body = tmp_path / "ours.body"
+    ours_body.write_text(out.getvalue())
+    theirs_body = tmp_path / "tsk.body"
+    theirs_body.write_text(subprocess.run(["fls", "-r", "-m", "/", str(image)], check=True,
+                                          capture_output=True, text=True).stdout)
+
+    def lines(body: Path) -> dict[str, set[str]]:
+        text = subprocess.run(["mactime", "-b", str(body), "-d", "-z", "UTC"], check=True,
+                              capture_output=True, text=True).stdout
+        by_name: dict[str, set[str]] = {}
+        for line in text.splitlines()[1:]:
+            line = re.sub(r' \(point \d+, \w+\)"$', '"', line)
+            by_name.setdefault(line.rsplit(",", 1)[1].strip('"'), set()).add(line)
+        return by_name
+
+    ours, theirs = lines(ours_body), lines(theirs_body)
+    expected = {"/dir", "/dir/f.txt", "/dir ($FILE_NAME)", "/dir/f.txt ($FILE_NAME)",
+                "/dir/f.txt:stream"} if kind == "ntfs" else \
+        {"/dir", "/dir/f.txt", "/link -> dir/f.txt", "/hard.txt"}
+    assert expected <= set(ours)
+    for name in expected:
+        assert ours[name] == theirs[name], name

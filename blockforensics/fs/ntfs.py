@@ -34,8 +34,11 @@ UNIT_CLUSTERS = 16
 #: $STANDARD_INFORMATION's file attribute flags (at byte 32): system; reparse point
 FILE_ATTRIBUTE_SYSTEM = 0x4
 FILE_ATTRIBUTE_REPARSE_POINT = 0x400
-#: $FILE_NAME: the byte holding the name's namespace; the 8.3 short name's (DOS)
+#: $FILE_NAME: the name's length (UTF-16 units), its namespace, the name (UTF-16LE);
+#: the 8.3 short name's namespace (DOS)
+FILE_NAME_LENGTH = 0x40
 FILE_NAME_NAMESPACE = 0x41
+FILE_NAME_NAME = 0x42
 #: $FILE_NAME: byte offsets of its times (FILETIME), as in $STANDARD_INFORMATION
 FILE_NAME_TIMES = {"crtime": 0x08, "mtime": 0x10, "ctime": 0x18, "atime": 0x20}
 NAMESPACE_DOS = 2
