@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
 from blockforensics.live.ops import LiveDisk
+from blockforensics.live.qmp import action
 from blockforensics.nbd.client import NbdAddress
 from tests.live_support import bf, qemu_io, served
 from tests.support import mounted_with, require_tools
@@ -102,6 +104,13 @@ def _signal_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str,
             process.wait()
 
 
+def _write_until(rw: NbdAddress, stop: threading.Event) -> None:
+    """4 KiB writes at random places of the disk's last 8 MiB until ``stop``."""
+    rng = np.random.default_rng(5)
+    while not stop.is_set():
+        qemu_io(rw, f"write -P 7 {int(rng.integers(72 * 256, 80 * 256)) * 4096} 4k")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
@@ -115,7 +124,14 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
         qemu_io(rw, "write -P 1 8M 64M")  # a head start and a point long enough to stop
         argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
                 "--bitmap", "c", "--head-start", str(qmp)]
-        status = _signal_after_snapshot(argv, live, "c-1", signum)
+        stop = threading.Event()
+        writer = threading.Thread(target=_write_until, args=(rw, stop))
+        writer.start()  # writes before, during and after the snapshot of the stopped run
+        try:
+            status = _signal_after_snapshot(argv, live, "c-1", signum)
+        finally:
+            stop.set()
+            writer.join(30)
         assert status == (143 if signum == signal.SIGTERM else -9)
         assert len(rows(chain)) == 1
         if signum == signal.SIGTERM:
@@ -123,7 +139,7 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
         else:
             assert {"c", "c-after", "c-1"} <= set(live.bitmaps())
             assert handover.load(chain).pending == ["c-after", "c-1"]  # type: ignore[union-attr]
-        qemu_io(rw, "write -P 2 76M 64k")
+        qemu_io(rw, "write -P 2 4M 64k")
         done = head_start(rw, chain, qmp, "c")
         assert done.returncode == 0, done.stderr
         if signum == signal.SIGKILL:
@@ -132,7 +148,7 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
             assert daemon.qmp is not None
             assert not daemon.qmp.execute("query-block-jobs")
             assert [e["id"] for e in daemon.qmp.execute("query-block-exports")] == ["rw"]
-        assert rows(chain)[1]["blocks"] == 64 * 256 + 16
+        assert rows(chain)[1]["blocks"] >= 64 * 256 + 16
         assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
         assert live.bitmaps() == ["c-1"]
 
@@ -243,6 +259,10 @@ def test_wrong_sockets_and_exports_are_one_line_errors(tmp_path):
         nope = NbdAddress(export="nope", socket_path=str(daemon.nbd_socket))
         done = head_start(nope, chain, daemon.spare_qmp_socket, "c")
         assert done.returncode == 2 and "no export 'nope'" in done.stderr
+        refused = head_start(rw, chain, daemon.spare_qmp_socket, "x" * 1100)  # QEMU's limit
+        assert refused.returncode == 2 and "Bitmap name too long" in refused.stderr
+        assert len(refused.stderr.splitlines()) == 1
+        assert head_start(rw, chain, daemon.spare_qmp_socket, "c").returncode == 0
 
 
 @pytest.mark.parametrize("block_size", [512, 2 * MIB])
@@ -264,3 +284,44 @@ def test_block_sizes_odd_disk_sizes_and_resizes(tmp_path, block_size):
             assert done.returncode == 0, done.stderr
             bitmap = json.loads(done.stdout)["next_bitmap"]
             assert_point_is_disk(chain, point, rw, tmp_path / f"r{point}.raw")
+
+
+def test_two_disks_of_one_qemu_keep_their_own_tracking(tmp_path):
+    """Two nodes, a chain each, the same bitmap name on both: each point holds its own
+    disk; a chain pointed at the other disk trusts no bitmap there."""
+    with served(disk_image(tmp_path / "a.img"), tmp_path / "qsd") as (daemon, live, rw):
+        second = disk_image(tmp_path / "b.img", 4 * MIB)
+        live.qmp.execute("blockdev-add", driver="raw", **{"node-name": "disk1"},
+                         file={"driver": "file", "filename": str(second)})
+        rw1 = live.export("rw1", "disk1", writable=True)
+        qmp = daemon.spare_qmp_socket
+        for address, chain in ((rw, tmp_path / "a"), (rw1, tmp_path / "b")):
+            assert head_start(address, chain, qmp, "c").returncode == 0
+        qemu_io(rw, "write -P 1 2M 64k")
+        qemu_io(rw1, "write -P 2 3M 4k")
+        for address, chain, tracked in ((rw, tmp_path / "a", 16), (rw1, tmp_path / "b", 1)):
+            done = head_start(address, chain, qmp, "c", "--json")
+            assert done.returncode == 0 and json.loads(done.stdout)["tracked"] == tracked
+            assert_point_is_disk(chain, 1, address, tmp_path / f"{chain.name}1.raw")
+        crossed = head_start(rw1, tmp_path / "a", qmp, "c-1")
+        assert crossed.returncode == 0 and "no record that bitmap 'c-1' has tracked disk1" \
+            in crossed.stdout, crossed.stderr
+        assert_point_is_disk(tmp_path / "a", 2, rw1, tmp_path / "a2.raw")
+
+
+@pytest.mark.parametrize("granularity", [512, 2 * MIB])
+def test_your_own_bitmap_of_any_granularity(tmp_path, granularity):
+    """``--bitmap NAME`` on an export carrying a bitmap of 512 B or 2 MiB granularity:
+    every block it marks is copied, and the point holds the disk."""
+    with served(disk_image(tmp_path / "disk.img", 8 * MIB + 1536), tmp_path / "qsd") as (
+            _, live, rw):
+        chain = tmp_path / "chain"
+        assert bf("backup", rw.uri(), chain, "--all-blocks").returncode == 0
+        live.qmp.transaction(action("block-dirty-bitmap-add", node=live.node, name="g",
+                                    granularity=granularity))
+        qemu_io(rw, "write -P 1 4000 200", f"write -P 2 {live.size() - 100} 100")
+        live.qmp.transaction(live.disable_bitmap_action("g"))
+        with live.exported(live.node, bitmaps=("g",)) as address:
+            done = bf("backup", address.uri(), chain, "--bitmap", "g", "--all-blocks")
+            assert done.returncode == 0, done.stderr
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
