@@ -59,12 +59,13 @@ if TYPE_CHECKING:
 VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
                    "uid", "gid", "atime", "mtime", "ctime", "crtime", "atime_ns", "mtime_ns",
                    "ctime_ns", "crtime_ns", "sha256", "md5", "suspected_encryption", "runs",
-                   "kind", "target", "wall_clock", "zone", "attribute"]
+                   "kind", "target", "fs", "wall_clock", "zone", "attribute"]
 #: MACB letter, column, Timesketch/plaso description
 TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
          ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
 DFXML_NS = "http://www.forensicswiki.org/wiki/Category:Digital_Forensics_XML"
 BF_NS = "https://github.com/blockforensics/dfxml"
+DC_NS = "http://purl.org/dc/elements/1.1/"
 
 
 def _hashes(entry: Entry, disk: Any) -> tuple[str, str]:
@@ -144,6 +145,7 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
         "runs": [(int(a), int(b - a)) for a, b in entry.extents.tolist()],
         "kind": entry.kind or entry.type,
         "target": name_text(entry.resident or b"") if entry.kind == "symlink" else "",
+        "fs": entry.fs,
         "wall_clock": entry.wall_clock,
         "zone": zone if entry.wall_clock else "", "attribute": attributes.get("", "")}
     rows = [file, *({**file, "path": f"{entry.path}:{name}", "size": size, "sha256": digest,
@@ -271,9 +273,19 @@ def write_jsonl(versions: pd.DataFrame, out: io.TextIOBase) -> None:
             out.write(json.dumps(event) + "\n")
 
 
+#: DFXML's name_type and TSK's meta_type numbers of each kind of version
+DFXML_KINDS = {"file": ("r", 1), "stream": ("r", 1), "dir": ("d", 2), "symlink": ("l", 6)}
+#: precision (``prec``, whole seconds) of the times a file system keeps coarser than 1 s
+DFXML_PRECISION = {("fat", "mtime"): 2, ("fat", "atime"): 86400, ("exfat", "atime"): 2}
+
+
 def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") -> None:
+    """DFXML (schema 1.x/2.0 order: metadata, creator, source, then per version its
+    filename … times (mtime, ctime, atime, crtime, with ``prec`` where coarser than a
+    second) … link_target, byte_runs, hashdigest; ours last, in the ``bf:`` namespace)."""
     ET.register_namespace("", DFXML_NS)
     ET.register_namespace("bf", BF_NS)
+    ET.register_namespace("dc", DC_NS)
 
     def sub(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.Element:
         element = ET.SubElement(parent, f"{{{DFXML_NS}}}{tag}", attrs)
@@ -282,23 +294,29 @@ def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") ->
         return element
 
     root = ET.Element(f"{{{DFXML_NS}}}dfxml", {"version": "1.0"})
+    ET.SubElement(sub(root, "metadata"), f"{{{DC_NS}}}type").text = "File versions"
     creator = sub(root, "creator")
     sub(creator, "program", "blockforensics")
     sub(sub(root, "source"), "image_filename", source)
     for v in versions.itertuples():
+        name_type, meta_type = DFXML_KINDS.get(v.kind, ("r", 1))
         obj = sub(root, "fileobject")
         sub(obj, "filename", _xml_text(v.path))
+        sub(obj, "name_type", name_type)
         sub(obj, "filesize", v.size)
         sub(obj, "alloc", 0 if v.change == "deleted" else 1)
         sub(obj, "inode", v.inode)
-        sub(obj, "meta_type", 2 if v.type == "dir" else 1)
-        sub(obj, "mode", format(v.mode & 0o7777, "o"))
+        sub(obj, "meta_type", meta_type)
+        sub(obj, "mode", v.mode & 0o7777)
         sub(obj, "uid", v.uid)
         sub(obj, "gid", v.gid)
-        for _, column, _ in TIMES:
+        for column in ("mtime", "ctime", "atime", "crtime"):
             if getattr(v, column):
+                prec = DFXML_PRECISION.get((v.fs, column))
                 sub(obj, column, _iso(int(getattr(v, column)), int(getattr(v, f"{column}_ns")),
-                                      digits=9))
+                                      digits=9), **({"prec": str(prec)} if prec else {}))
+        if v.target:
+            sub(obj, "link_target", _xml_text(v.target))
         if v.runs:
             runs = sub(obj, "byte_runs")
             file_offset = 0

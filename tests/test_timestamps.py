@@ -12,6 +12,7 @@ import re
 import struct
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -242,6 +243,14 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
     assert entry.crtime_ns == 990_000_000 and entry.wall_clock == ("mtime", "atime", "crtime")
     assert utc.loc["/kolkata.txt", "mtime"] == FAT_TIMES["kolkata.txt"] + 19_800  # +05:30
     assert "read as UTC (--timezone to choose)" in str(timeline_formats.zone_note(utc))
+    out = io.StringIO()
+    timeline_formats.write_dfxml(utc.reset_index(), out)
+    ns = f"{{{timeline_formats.DFXML_NS}}}"
+    kolkata = next(obj for obj in ET.fromstring(out.getvalue()).iter(f"{ns}fileobject")
+                   if obj.findtext(f"{ns}filename") == "/kolkata.txt")
+    assert kolkata.find(f"{ns}mtime").get("prec") == "2"  # 2-second steps
+    assert kolkata.find(f"{ns}atime").get("prec") == "86400"  # a date alone
+    assert kolkata.find(f"{ns}crtime").text == "2020-01-01T10:00:01.99+00:00"
 
 
 def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
@@ -312,8 +321,9 @@ def test_mactime_reads_our_body_file_as_it_reads_tsks(tmp_path: Path, kind: str)
         pytest.skip("mounting needs root")
     image, _ = _volume(tmp_path, kind, _links_and_streams)
     with _chain(tmp_path, image) as chain:
-        out = io.StringIO()
-        timeline_formats.write_bodyfile(timeline_formats.file_versions(chain), out)
+        versions = timeline_formats.file_versions(chain)
+    out = io.StringIO()
+    timeline_formats.write_bodyfile(versions, out)
     ours_body = tmp_path / "ours.body"
     ours_body.write_text(out.getvalue())
     theirs_body = tmp_path / "tsk.body"
@@ -329,6 +339,7 @@ def test_mactime_reads_our_body_file_as_it_reads_tsks(tmp_path: Path, kind: str)
             by_name.setdefault(line.rsplit(",", 1)[1].strip('"'), set()).add(line)
         return by_name
 
+    _assert_dfxml_in_schema_order(versions)
     ours, theirs = lines(ours_body), lines(theirs_body)
     expected = {"/dir", "/dir/f.txt", "/dir ($FILE_NAME)", "/dir/f.txt ($FILE_NAME)",
                 "/dir/f.txt:stream"} if kind == "ntfs" else \
@@ -336,3 +347,31 @@ def test_mactime_reads_our_body_file_as_it_reads_tsks(tmp_path: Path, kind: str)
     assert expected <= set(ours)
     for name in expected:
         assert ours[name] == theirs[name], name
+
+
+#: DFXML's fileobject children, in the order its schema's sequence gives them
+DFXML_ORDER = ["parent_object", "filename", "error", "partition", "id", "name_type",
+               "filesize", "unalloc", "alloc", "alloc_inode", "alloc_name", "used", "unused",
+               "orphan", "compressed", "inode", "meta_type", "mode", "nlink", "uid", "gid",
+               "mtime", "ctime", "atime", "crtime", "seq", "dtime", "bkup_time",
+               "link_target", "libmagic", "byte_runs", "hashdigest"]
+
+
+def _assert_dfxml_in_schema_order(versions) -> None:
+    """The DFXML of ``versions`` as the schema orders it: metadata first; in each
+    fileobject DFXML's elements in sequence, ours (another namespace) after them; the
+    mode a number (decimal), a symbolic link's target."""
+    out = io.StringIO()
+    timeline_formats.write_dfxml(versions, out)
+    root = ET.fromstring(out.getvalue())
+    ns = f"{{{timeline_formats.DFXML_NS}}}"
+    assert [c.tag for c in root][:3] == [f"{ns}metadata", f"{ns}creator", f"{ns}source"]
+    for obj, v in zip(root.iter(f"{ns}fileobject"), versions.itertuples(), strict=True):
+        tags = [c.tag for c in obj]
+        ours = [t[len(ns):] for t in tags if t.startswith(ns)]
+        assert ours == sorted(ours, key=DFXML_ORDER.index)
+        assert tags[: len(ours)] == [ns + t for t in ours]  # extensions only after
+        assert int(obj.findtext(f"{ns}mode")) == v.mode & 0o7777
+        if v.kind == "symlink":
+            assert obj.findtext(f"{ns}link_target") == v.target
+            assert obj.findtext(f"{ns}name_type") == "l"
