@@ -4,6 +4,7 @@ bytes at that point, and a failure never makes a later incremental miss a block.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
 from blockforensics.live.ops import LiveDisk
-from blockforensics.live.qmp import action
+from blockforensics.live.qmp import QmpError, action
 from blockforensics.nbd.client import NbdAddress
 from tests.live_support import bf, qemu_io, served
 from tests.support import mounted_with, require_tools
@@ -86,16 +87,25 @@ def test_disk_full_in_the_chain_directory_loses_no_write(tmp_path):
         assert live.bitmaps() == ["c-2"]
 
 
-def _signal_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str,
-                           signum: int) -> int:
+def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str) -> int:
     """Run ``argv``; once ``bitmap`` appears (the snapshot was taken, the point not yet
-    committed) send it ``signum``; its exit status."""
+    committed) stop it ``how``: a signal's name, or ``"nbd-dropped"`` (QEMU drops the
+    exports it reads through); its exit status."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while process.poll() is None and bitmap not in live.bitmaps():
             time.sleep(0.002)
-        assert process.poll() is None, "the backup ended before the signal"
-        process.send_signal(signum)
+        assert process.poll() is None, "the backup ended before it was stopped"
+        if how == "nbd-dropped":
+            dropped = False
+            while process.poll() is None and not dropped:
+                for export in live.qmp.execute("query-block-exports"):
+                    if export["id"] != "rw":
+                        with contextlib.suppress(QmpError):  # unless the run removed it
+                            live.qmp.execute("block-export-del", id=export["id"], mode="hard")
+                            dropped = True
+        else:
+            process.send_signal(getattr(signal, how))
         process.communicate(timeout=60)
         return process.returncode
     finally:
@@ -112,11 +122,13 @@ def _write_until(rw: NbdAddress, stop: threading.Event) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
-    """SIGTERM: the run rolls its hand-over back itself.  SIGKILL: it leaves its
-    bitmaps, snapshot job, overlay and exports in QEMU; the next run removes them and
-    merges the bitmaps back.  Either way the next point holds every write."""
+@pytest.mark.parametrize("how, status", [("SIGTERM", 143), ("nbd-dropped", 2),
+                                         ("SIGKILL", -9)])
+def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, status):
+    """SIGTERM, or the NBD connection dropped: the run rolls its hand-over back itself.
+    SIGKILL: it leaves its bitmaps, snapshot job, overlay and exports in QEMU; the next
+    run removes them and merges the bitmaps back.  Either way the next point holds
+    every write, those made while the stopped run ran too."""
     image = disk_image(tmp_path / "disk.img", 80 * MIB)
     with served(image, tmp_path / "qsd") as (daemon, live, rw):
         chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
@@ -128,13 +140,12 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
         writer = threading.Thread(target=_write_until, args=(rw, stop))
         writer.start()  # writes before, during and after the snapshot of the stopped run
         try:
-            status = _signal_after_snapshot(argv, live, "c-1", signum)
+            assert _stop_after_snapshot(argv, live, "c-1", how) == status
         finally:
             stop.set()
             writer.join(30)
-        assert status == (143 if signum == signal.SIGTERM else -9)
         assert len(rows(chain)) == 1
-        if signum == signal.SIGTERM:
+        if how != "SIGKILL":
             assert list(live.bitmap_states()) == ["c"]
         else:
             assert {"c", "c-after", "c-1"} <= set(live.bitmaps())
@@ -142,7 +153,7 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, signum):
         qemu_io(rw, "write -P 2 4M 64k")
         done = head_start(rw, chain, qmp, "c")
         assert done.returncode == 0, done.stderr
-        if signum == signal.SIGKILL:
+        if how == "SIGKILL":
             assert "removed what a stopped backup left in QEMU" in done.stdout
             assert "merged back into c" in done.stdout
             assert daemon.qmp is not None
