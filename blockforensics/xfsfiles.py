@@ -34,6 +34,8 @@ from blockforensics.tsk import CHUNK_BYTES, Entry, ToDisk
 FMT_LOCAL = 1
 #: di_flags: the file's data is on the realtime device (another device, not this image)
 DIFLAG_REALTIME = 0x1
+#: di_flags2: the inode's times are ``bigtime`` (nanoseconds from 1901, to 2486)
+DIFLAG2_BIGTIME = 0x8
 #: directory data blocks: block format (data, leaf and tail in one block), data format
 DIR_BLOCK_MAGICS = (0x58444233, 0x58443242)  # "XDB3" (v5), "XD2B"
 DIR_DATA_MAGICS = (0x58444433, 0x58443244)  # "XDD3" (v5), "XD2D"
@@ -101,10 +103,21 @@ class XfsLister(DissectLister):
             resident = node.open().read()
         return self._node_entry(
             path, node, kind=kind, mode=mode,
-            crtime_ns=int(node.crtime_ns) if inode.di_version >= 3 else 0,
+            crtime_ns=self._time_ns(node, "crtime") if inode.di_version >= 3 else 0,
             uid=int(inode.di_uid), gid=int(inode.di_gid), extents=extents, resident=resident,
             seq=int(inode.di_gen),
             nlink=int(inode.di_nlink if inode.di_version >= 2 else inode.di_onlink))
+
+    def _time_ns(self, node: Any, name: str) -> int:
+        """Time ``name`` (mtime, atime, ctime, crtime) of the inode: with ``bigtime``,
+        nanoseconds from 1901-12-13 (dissect's reading); without, the legacy
+        ``xfs_timestamp`` whose 32-bit seconds are signed (the kernel's: before 1970
+        negative; dissect reads them unsigned, 1960 as 2096) and nanoseconds after."""
+        inode = node.inode
+        if inode.di_version >= 3 and inode.di_flags2 & DIFLAG2_BIGTIME:
+            return int(getattr(node, f"{name}_ns"))
+        raw = int(getattr(inode, f"di_{name}"))
+        return int(np.int32(np.uint32(raw >> 32))) * 10**9 + (raw & 0xFFFFFFFF)
 
     # -------------------------------------------------------------- directories
     def _children(self, node: Any) -> list[tuple[str, Any]]:
