@@ -172,7 +172,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
         chain = open_chain()
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
-                           block_size=args.block_size)
+                           block_size=args.block_size, all_blocks=args.all_blocks,
+                           compress=args.compress)
         if done.found and not args.json:  # a full: what was stored, per partition
             print("\n".join(done.found.report()))
         for note in [] if args.json else done.notes:  # recovered, or why re-read

@@ -20,10 +20,11 @@ from blockforensics.formats.nbd import NbdDisk
 from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
+from blockforensics.live.guest import make_ext4
 from blockforensics.live.ops import LiveDisk
 from blockforensics.live.qmp import QmpError, action
 from blockforensics.nbd.client import NbdAddress
-from tests.live_support import bf, qemu_io, served
+from tests.live_support import bf, blocks, qemu_io, served
 from tests.support import mounted_with, require_tools
 
 MIB = 1 << 20
@@ -336,3 +337,26 @@ def test_your_own_bitmap_of_any_granularity(tmp_path, granularity):
             done = bf("backup", address.uri(), chain, "--bitmap", "g", "--all-blocks")
             assert done.returncode == 0, done.stderr
         assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+
+
+def test_all_blocks_full_holds_the_free_space_too(tmp_path):
+    """Bytes left in blocks the ext4 does not allocate (a deleted file's): the default
+    full stores what the file system allocates, ``--all-blocks`` every block, so that
+    the point restores to the disk's bytes everywhere."""
+    require_tools("mkfs.ext4")
+    image = make_ext4(tmp_path / "disk.img", 16 * MIB)
+    with served(image, tmp_path / "qsd") as (daemon, _, rw):
+        qemu_io(rw, "write -P 0x5a 12M 64k")  # free space of the ext4
+        qmp = daemon.spare_qmp_socket
+        assert head_start(rw, tmp_path / "a", qmp, "a").returncode == 0
+        assert head_start(rw, tmp_path / "b", qmp, "b", "--all-blocks").returncode == 0
+        with NbdDisk(rw) as disk:
+            now = np.frombuffer(disk.read(0, disk.size), np.uint8).reshape(-1, 4096)
+        with Chain.open(tmp_path / "a") as chain:
+            surveyed = blocks(restore(chain, 0, tmp_path / "a0.raw"))
+        differs = np.flatnonzero((surveyed != now).any(axis=1))
+        assert differs.tolist() == list(range(12 * 256, 12 * 256 + 16))
+        assert_point_is_disk(tmp_path / "b", 0, rw, tmp_path / "b0.raw")
+        qemu_io(rw, "write -P 1 13M 8k")
+        assert head_start(rw, tmp_path / "b", qmp, "b").returncode == 0
+        assert_point_is_disk(tmp_path / "b", 1, rw, tmp_path / "b1.raw")

@@ -87,44 +87,47 @@ class HeadStartSource(Disk):
 
 
 def live_full(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str], next_bitmap: str,
-              *, block_size: int = 4096,
+              *, block_size: int = 4096, all_blocks: bool = False, compress: bool = False,
               keep_snapshot: str | os.PathLike[str] | None = None,
               committed: Callable[[int], object] | None = None) -> LivePoint:
     """A full point of the blocks the snapshot's survey marks (allocated, or outside
-    any known file system); ``next_bitmap`` starts tracking at that moment (and is
-    removed again if the point is not committed).  ``committed(point)`` runs as soon
-    as the point is in the chain."""
+    any known file system; with ``all_blocks`` every block that is not all zeros, so
+    that it restores to the disk's bytes, free space too); ``next_bitmap`` starts
+    tracking at that moment (and is removed again if the point is not committed).
+    ``committed(point)`` runs as soon as the point is in the chain."""
     return _snapshot_point(chain, live, workdir, next_bitmap, full=True, block_size=block_size,
+                           surveyed=not all_blocks, compress=compress,
                            keep_snapshot=keep_snapshot, committed=committed)
 
 
 def live_reread(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],
-                next_bitmap: str, *, block_size: int | None = None,
+                next_bitmap: str, *, block_size: int | None = None, compress: bool = False,
                 keep_snapshot: str | os.PathLike[str] | None = None,
                 committed: Callable[[int], object] | None = None) -> LivePoint:
     """An incremental without a trusted bitmap: the whole snapshot is read and the blocks
     whose contents differ from the newest point's are stored; ``next_bitmap`` starts
     tracking at the snapshot (removed again if the point is not committed)."""
     return _snapshot_point(chain, live, workdir, next_bitmap, full=False,
-                           block_size=block_size or chain.block_size,
-                           keep_snapshot=keep_snapshot, committed=committed)
+                           block_size=block_size or chain.block_size, surveyed=False,
+                           compress=compress, keep_snapshot=keep_snapshot, committed=committed)
 
 
 def _snapshot_point(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str],
-                    next_bitmap: str, *, full: bool, block_size: int,
-                    keep_snapshot: str | os.PathLike[str] | None,
+                    next_bitmap: str, *, full: bool, block_size: int, surveyed: bool,
+                    compress: bool, keep_snapshot: str | os.PathLike[str] | None,
                     committed: Callable[[int], object] | None) -> LivePoint:
-    """A point read from a snapshot alone: a full (the survey's blocks), or an
-    incremental of every block that differs from the newest point."""
+    """A point read from a snapshot alone: a full (of the survey's blocks if
+    ``surveyed``), or an incremental of every block that differs from the newest
+    point."""
     start = time.monotonic()
     point, found = None, None
     made = [] if next_bitmap in live.bitmaps() else [next_bitmap]  # removed on a failure
     try:
         with live.fleece(workdir, live.add_bitmap_action(next_bitmap)) as snap:
             with snap.exported() as address, NbdDisk(address, block_size) as disk:
-                found = survey(disk, block_size) if full else None
+                found = survey(disk, block_size) if surveyed else None
                 point = backup(chain, disk, full=full, only=found.map if found else None,
-                               block_size=block_size,
+                               block_size=block_size, compress=compress,
                                label="live full" if full else "live re-read")
                 read = -(-disk.size // block_size)
             if committed is not None:
@@ -147,7 +150,8 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
                      block_size: int | None = None,
                      keep_snapshot: str | os.PathLike[str] | None = None,
                      before_snapshot: Callable[[], object] | None = None,
-                     committed: Callable[[int], object] | None = None) -> LivePoint:
+                     committed: Callable[[int], object] | None = None,
+                     compress: bool = False) -> LivePoint:
     """An incremental of the blocks ``bitmap`` (enabled, not exported) marks, read from
     a snapshot, with or without the head start; ``next_bitmap`` tracks from the
     snapshot on.  ``before_snapshot()`` runs between the head start and the snapshot
@@ -181,6 +185,7 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
             with snap.exported() as address, NbdDisk(address, bs) as disk:
                 source = HeadStartSource(disk, store, after)
                 point = backup(chain, source, full=False, changed=ahead | after, block_size=bs,
+                               compress=compress,
                                label="live head start" if head_start else "live incremental")
             if committed is not None:
                 committed(point)
@@ -222,7 +227,8 @@ def next_bitmap_name(bitmap: str) -> str:
 
 
 def backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
-                block_size: int | None = None, head_start: bool = True) -> LivePoint:
+                block_size: int | None = None, head_start: bool = True,
+                all_blocks: bool = False, compress: bool = False) -> LivePoint:
     """``backup SOURCE CHAIN --bitmap NAME --head-start QMP``: the full from a snapshot
     (tracking starts in ``bitmap``) when the chain is empty, else a head-start
     incremental of what ``bitmap`` tracked (tracking goes on in the next bitmap).
@@ -239,27 +245,30 @@ def backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
             if orphans:
                 notes.insert(0, f"removed what a stopped backup left in QEMU: "
                                 f"{', '.join(orphans)}")
-            if not len(chain):
-                done = _live_full(chain, live, work, bitmap, block_size or 4096)
+            if not len(chain):  # tracking starts in a new bitmap (removed if this fails)
+                _check_new(live.node, [bitmap], live.bitmap_states())
+                handover.save(chain.directory, Handover(live.node, pending=[bitmap]))
+                done = live_full(chain, live, work, bitmap, block_size=block_size or 4096,
+                                 all_blocks=all_blocks, compress=compress,
+                                 committed=_tracking_from(chain, live.node, bitmap))
             else:
-                done = _live_next(chain, live, work, bitmap, record, block_size, head_start)
+                done = _live_next(chain, live, work, bitmap, record, block_size, head_start,
+                                  compress)
     done.notes = notes + done.notes
     return done
 
 
-def _live_full(chain: Chain, live: LiveDisk, work: str, bitmap: str,
-               block_size: int) -> LivePoint:
-    """The first point; tracking starts in ``bitmap``."""
-    directory = chain.directory
-    _check_new(live.node, [bitmap], live.bitmap_states())
-    handover.save(directory, Handover(live.node, pending=[bitmap]))
-    return live_full(chain, live, work, bitmap, block_size=block_size, committed=lambda _: (
-        handover.save(directory, Handover(live.node, bitmap, handover.newest_id(chain)))))
+def _tracking_from(chain: Chain, node: str, bitmap: str,
+                   retired: list[str] | None = None) -> Callable[[int], object]:
+    """What a run does once its point is committed: record that ``bitmap`` tracks
+    ``node`` since that point (and which bitmaps it retires)."""
+    return lambda _: handover.save(chain.directory, Handover(
+        node, bitmap, handover.newest_id(chain), retired=retired or []))
 
 
 def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
                record: Handover | None, block_size: int | None,
-               head_start: bool) -> LivePoint:
+               head_start: bool, compress: bool) -> LivePoint:
     """The next point from ``bitmap`` when the record vouches for it and QEMU kept it
     recording; else from the whole snapshot, with a note saying why."""
     newest, node = chain.point(-1), live.node
@@ -293,17 +302,14 @@ def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
         handover.save(directory, Handover(node, bitmap, record.since if record else None,
                                           pending=made))
         return live_incremental(chain, live, work, bitmap, following, head_start=head_start,
-                                block_size=bs, committed=lambda _: handover.save(
-                                    directory, Handover(node, following,
-                                                        handover.newest_id(chain),
-                                                        retired=[bitmap, *made[:-1]])))
+                                block_size=bs, compress=compress, committed=_tracking_from(
+                                    chain, node, following, [bitmap, *made[:-1]]))
     following = bitmap if bitmap not in states else next_bitmap_name(bitmap)
     _check_new(node, [following], states)
     handover.save(directory, Handover(node, record.bitmap if record else None,
                                       record.since if record else None, pending=[following]))
-    done = live_reread(chain, live, work, following, block_size=block_size,
-                       committed=lambda _: handover.save(directory, Handover(
-                           node, following, handover.newest_id(chain), retired=ours)))
+    done = live_reread(chain, live, work, following, block_size=block_size, compress=compress,
+                       committed=_tracking_from(chain, node, following, ours))
     for name in ours:
         live.remove_bitmap(name)
     done.notes.append(f"{why}: the whole snapshot was read and the blocks that differ from "
