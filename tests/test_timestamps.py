@@ -45,10 +45,11 @@ SIZES = {"xfs": 300 << 20, "xfs-legacy": 300 << 20, "btrfs": 120 << 20}
 
 
 def _volume(tmp: Path, kind: str, fill: Callable[[Path], None]
-            ) -> tuple[Path, dict[str, os.stat_result]]:
-    """A volume of ``kind`` filled by ``fill`` (mounted), then each file's ``stat`` read
-    from the volume mounted again (the kernel's in-memory inode can hold what the disk
-    cannot, e.g. 2110 in a 128-byte ext inode)."""
+            ) -> tuple[Path, dict[str, os.stat_result], dict[str, int]]:
+    """A volume of ``kind`` filled by ``fill`` (mounted), then each file's ``stat`` and
+    birth time (statx; whole seconds, 0: none) read from the volume mounted again (the
+    kernel's in-memory inode can hold what the disk cannot, e.g. 2110 in a 128-byte ext
+    inode)."""
     mkfs, options = VOLUMES[kind]
     require_tools(mkfs[0], options[0] if options else "mount")
     image = tmp / f"{kind}.img"
@@ -61,7 +62,10 @@ def _volume(tmp: Path, kind: str, fill: Callable[[Path], None]
     with mounted_with([*mount, "-o", "ro", str(image)], tmp / "m") as m:
         stats = {p.name: os.stat(p, follow_symlinks=False) for p in m.iterdir()
                  if p.suffix == ".txt"}
-    return image, stats
+        births = subprocess.run(["stat", "-c", "%W %n", *sorted(stats)], cwd=m, check=True,
+                                capture_output=True, text=True).stdout if stats else ""
+    return image, stats, {name: int(when) for when, name in
+                          (line.split(" ", 1) for line in births.splitlines())}
 
 
 def _touch_all(m: Path) -> None:
@@ -91,13 +95,14 @@ def test_times_are_those_the_kernel_reads(tmp_path: Path, kind: str) -> None:
     require_module("pytsk3", "pytsk3")
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
-    image, stats = _volume(tmp_path, kind, _touch_all)
+    image, stats, births = _volume(tmp_path, kind, _touch_all)
     with _chain(tmp_path, image) as chain:
         entries = tsk.list_entries(chain.disk(0)).entries
         for name, st in stats.items():
             entry = entries[f"/{name}"]
             for column in ("atime", "mtime", "ctime"):
                 assert _ours(entry, column) == getattr(st, f"st_{column}_ns"), (name, column)
+            assert entry.crtime == births[name], name  # ext2: none, 0
         out = io.StringIO()
         timeline_formats.write_jsonl(timeline_formats.file_versions(chain), out)
     events = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -134,7 +139,7 @@ def test_ntfs_times_zero_far_and_before_1970(tmp_path: Path) -> None:
     require_module("pytsk3", "pytsk3")
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
-    image, stats = _volume(tmp_path, "ntfs", _ntfs_times)
+    image, stats, _ = _volume(tmp_path, "ntfs", _ntfs_times)
     with _chain(tmp_path, image) as chain:
         entries = tsk.list_entries(chain.disk(0)).entries
         versions = timeline_formats.file_versions(chain)
@@ -206,7 +211,7 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
     2037 (TSK: 0) to 2107; the creation time's 10 ms field (up to 1.99 s); a zero
     creation date is no time."""
     require_module("pytsk3", "pytsk3")
-    require_tools("mkfs.fat", "mcopy", "fls")
+    require_tools("mkfs.fat", "mcopy", "mdel", "fls")
     image = tmp_path / "fat.img"
     with image.open("wb") as fh:
         fh.truncate({12: 4, 16: 40, 32: 64}[bits] << 20)
@@ -218,6 +223,12 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
         os.utime(source, (when, when))
         subprocess.run(["mcopy", "-m", "-i", str(image), str(source), "::/"], check=True,
                        env=env, capture_output=True)
+    gone = tmp_path / "gone for good.txt"  # deleted: its entry's first byte 0xE5
+    gone.write_bytes(b"gone")
+    os.utime(gone, (FAT_TIMES["y2107.txt"],) * 2)
+    for command in (["mcopy", "-m", "-i", str(image), str(gone), "::/"],
+                    ["mdel", "-i", str(image), f"::/{gone.name}"]):
+        subprocess.run(command, check=True, env=env, capture_output=True)
     raw = bytearray(image.read_bytes())
     at = raw.index(b"KOLKATA TXT")
     raw[at + 13] = 199  # CrtTimeTenth: 1.99 s past the even second
@@ -239,6 +250,9 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
     assert f"read as {WRITER_ZONE}" in note
     with Chain.open(tmp_path / "chain") as chain:
         entry = tsk.list_entries(chain.disk(0)).entries["/kolkata.txt"]
+        found = tsk.find_deleted(chain.disk(0), "/gone for good.txt")
+        assert found is not None and found[1] == b"gone"
+        assert found[0].mtime == FAT_TIMES["y2107.txt"] + 19_800  # read as UTC; TSK: 0
         utc = timeline_formats.file_versions(chain).set_index("path")
     assert entry.crtime_ns == 990_000_000 and entry.wall_clock == ("mtime", "atime", "crtime")
     assert utc.loc["/kolkata.txt", "mtime"] == FAT_TIMES["kolkata.txt"] + 19_800  # +05:30
@@ -319,7 +333,7 @@ def test_mactime_reads_our_body_file_as_it_reads_tsks(tmp_path: Path, kind: str)
     require_tools("mactime", "fls")
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
-    image, _ = _volume(tmp_path, kind, _links_and_streams)
+    image, _, _ = _volume(tmp_path, kind, _links_and_streams)
     with _chain(tmp_path, image) as chain:
         versions = timeline_formats.file_versions(chain)
     out = io.StringIO()
