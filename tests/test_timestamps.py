@@ -14,6 +14,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -389,3 +390,42 @@ def _assert_dfxml_in_schema_order(versions) -> None:
         if v.kind == "symlink":
             assert obj.findtext(f"{ns}link_target") == v.target
             assert obj.findtext(f"{ns}name_type") == "l"
+
+
+def test_ext4_extra_time_fields_at_their_limits(tmp_path: Path) -> None:
+    """``debugfs set_inode_field``: all 32 bits of an ``*_extra`` field set (epoch 3, and
+    2^30-1 "nanoseconds", 1.07 s, which the kernel adds as they are) and a birth time
+    of -2^31 with epoch 3 (2310): the kernel's ``stat`` and ``statx``, and the JSON
+    line's datetime carries the second over."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "debugfs")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    image = tmp_path / "ext4.img"
+    with image.open("wb") as fh:
+        fh.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-I", "256", str(image)], check=True)
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        (m / "a.txt").write_bytes(b"a")
+        (m / "b.txt").write_bytes(b"b")
+    for request in ("/a.txt mtime_extra 0xffffffff", "/b.txt crtime 0x80000000",
+                    "/b.txt crtime_extra 3"):
+        subprocess.run(["debugfs", "-w", "-R", f"set_inode_field {request}", str(image)],
+                       check=True, capture_output=True)
+    with mounted_with(["mount", "-o", "loop,ro", str(image)], tmp_path / "m") as m:
+        mtime_ns = os.stat(m / "a.txt").st_mtime_ns
+        birth = int(subprocess.run(["stat", "-c", "%W", str(m / "b.txt")], check=True,
+                                   capture_output=True, text=True).stdout)
+    with _chain(tmp_path, image) as chain:
+        entries = tsk.list_entries(chain.disk(0)).entries
+        out = io.StringIO()
+        timeline_formats.write_jsonl(timeline_formats.file_versions(chain), out)
+    assert _ours(entries["/a.txt"], "mtime") == mtime_ns
+    assert entries["/a.txt"].mtime_ns < 10**9
+    assert entries["/b.txt"].crtime == birth == -(1 << 31) + (3 << 32)
+    event = next(e for e in map(json.loads, out.getvalue().splitlines())
+                 if e["path"] == "/a.txt" and e["timestamp_desc"] == "Content Modification Time")
+    assert event["timestamp"] == mtime_ns // 1000
+    seconds, rest = divmod(mtime_ns, 10**9)
+    when = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest // 1000)
+    assert event["datetime"] == when.isoformat()

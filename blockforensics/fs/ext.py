@@ -120,8 +120,8 @@ TIME_EXTRA_ENDS = {"ctime": 0x8, "mtime": 0xC, "atime": 0x10, "crtime": 0x18}
 def inode_times(raw: bytes) -> tuple[dict[str, int], dict[str, int]]:
     """The times of inode record ``raw`` as the kernel reads them: seconds since the
     epoch (the 32-bit field signed, plus the epoch bits << 32: 1901 to 2446) and the
-    nanoseconds, where the inode's extra fields hold them (a 128-byte inode: none, and
-    no creation time: 0)."""
+    nanoseconds (below 10^9), where the inode's extra fields hold them (a 128-byte
+    inode: none, and no creation time: 0)."""
     inode = INODE.parse(raw)
     times = {name: int(np.int32(np.uint32(getattr(inode, f"i_{name}"))))
              for name in ("atime", "ctime", "mtime")}
@@ -136,7 +136,9 @@ def inode_times(raw: bytes) -> tuple[dict[str, int], dict[str, int]]:
                 times[name] = int(np.int32(np.uint32(extra.i_crtime)))
             value = int(getattr(extra, f"i_{name}_extra"))
             times[name] += (value & ((1 << EPOCH_BITS) - 1)) << 32
-            nanos[name] = value >> EPOCH_BITS
+            # 30 bits hold up to 1.07 s: the kernel adds them as they are
+            carry, nanos[name] = divmod(value >> EPOCH_BITS, 10**9)
+            times[name] += carry
     return times, nanos
 
 
