@@ -165,6 +165,31 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
         assert live.bitmaps() == ["c-1"]
 
 
+@pytest.mark.slow
+def test_qemu_killed_during_a_backup(tmp_path):
+    """QEMU dies in the head start: a one-line error; once it runs again (its bitmaps
+    gone with it) the next point reads the whole snapshot and holds the disk."""
+    image = disk_image(tmp_path / "disk.img", 80 * MIB)
+    chain = tmp_path / "chain"
+    with served(image, tmp_path / "qsd1") as (daemon, live, rw):
+        assert head_start(rw, chain, daemon.spare_qmp_socket, "c").returncode == 0
+        qemu_io(rw, "write -P 1 8M 64M")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
+             "--bitmap", "c", "--head-start", str(daemon.spare_qmp_socket)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while process.poll() is None and "c-after" not in live.bitmaps():
+            time.sleep(0.002)
+        daemon.kill()
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "connection to QEMU was lost" in err, err
+    assert len(err.splitlines()) == 1
+    with served(image, tmp_path / "qsd2") as (daemon, live, rw):
+        done = head_start(rw, chain, daemon.spare_qmp_socket, "c")
+        assert done.returncode == 0 and "bitmap 'c' is gone" in done.stdout, done.stderr
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+
+
 def test_a_bitmap_the_chain_cannot_vouch_for_is_not_trusted(tmp_path):
     """A chain whose newest point no live run made, a bitmap made after writes: the
     point reads the whole snapshot (a note says why); a bitmap other than the one that

@@ -235,6 +235,17 @@ def backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
     One run per disk at a time; what a stopped run left is cleaned up or recovered
     first, and a bitmap the chain's record does not vouch for is never trusted: the
     point then reads the whole snapshot (:mod:`blockforensics.live.handover`)."""
+    try:
+        return _backup_live(chain, source, qmp_socket, bitmap, block_size=block_size,
+                            head_start=head_start, all_blocks=all_blocks, compress=compress)
+    except ConnectionError as exc:  # QEMU gone, or it dropped an NBD export under us
+        raise UsageError(f"{source}: the connection to QEMU was lost ({exc.strerror or exc}); "
+                         "the next run recovers the tracking") from None
+
+
+def _backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
+                 block_size: int | None, head_start: bool, all_blocks: bool,
+                 compress: bool) -> LivePoint:
     with Qmp(qmp_socket) as qmp, tempfile.TemporaryDirectory(prefix="bf-fleece-") as work:
         address = NbdAddress.parse(source)
         first = LiveDisk.of_export(qmp, address, filtered=True)

@@ -6,6 +6,7 @@ exports are waited for by polling their ``query-*`` commands.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from typing import Any
@@ -47,7 +48,7 @@ class Qmp:
             self.close()
             raise UsageError(f"{path}: no QMP greeting within {timeout} s "
                              "(a QMP socket serves one client at a time)") from exc
-        except UsageError:
+        except (UsageError, OSError):
             self.close()
             raise
         if "QMP" not in greeting:
@@ -58,7 +59,7 @@ class Qmp:
     def _message(self) -> dict[str, Any]:
         line = self._file.readline(MAX_MESSAGE_BYTES)
         if not line:
-            raise UsageError(f"{self.path}: QMP connection closed")
+            raise ConnectionResetError(errno.ECONNRESET, "QMP connection closed", self.path)
         try:
             message = json.loads(line)
         except ValueError:
