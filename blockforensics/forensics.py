@@ -58,6 +58,7 @@ deleted, replaced); 0 where there are no such bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -161,11 +162,16 @@ def _stats(disk: Disk | None, entry: Entry | None, intervals: np.ndarray | None 
     return stats.finish()
 
 
-def _head_type(disk: Disk | None, entry: Entry | None) -> str | None:
+def _head_type(disk: Disk | None, entry: Entry | None, stats: ByteStats | None = None
+               ) -> str | None:
+    """The content type its first 4 KiB show; from ``stats`` when they measured its
+    whole content (their head: no second read), else read."""
     from blockforensics.evidence import content_type
 
     if entry is None or entry.type != "file" or entry.size == 0:
         return None
+    if stats is not None and stats.size == entry.size:
+        return content_type(stats.head[:4096])
     return content_type(entry.read(disk, 4096))
 
 
@@ -347,15 +353,16 @@ class _Comparison:
         places = _Places(sources)
         for _, now in sorted(targets.items()):
             counterpart = self.counterpart(now, places)
-            self.add("created", None, now, self.stats(0, counterpart), self.stats(1, now),
+            self.add("created", None, now, self.stats(0, counterpart), self.take(1, now),
                      counterpart=counterpart)
         for _, old in sorted(sources.items()):
-            self.add("deleted", old, None, self.stats(0, old))
+            self.add("deleted", old, None, self.take(0, old))
         for change, copies, listing in (("created", copied, b), ("deleted", dropped, a)):
             for path, (source, below) in _top_copies(copies).items():
                 entry = listing[path]
                 self.add(change, None if change == "created" else entry,
                          entry if change == "created" else None, copy_of=(source, below))
+        self._stats.clear()  # what the rows did not take (a rename compared in place)
 
     def kin(self, old: Entry, now: Entry) -> bool:
         """Where birth times are whole seconds, is ``now`` the renamed ``old`` rather than
@@ -389,6 +396,18 @@ class _Comparison:
             self._stats[key] = _stats(self.disks[side], entry)
         return self._stats[key]
 
+    @overload
+    def take(self, side: int, entry: Entry) -> ByteStats: ...
+    @overload
+    def take(self, side: int, entry: None) -> None: ...
+    def take(self, side: int, entry: Entry | None) -> ByteStats | None:
+        """:meth:`stats` for the entry's last use: no longer kept (a listing of 100 000
+        created files must not keep 100 000 histograms)."""
+        if entry is None:
+            return None
+        found = self._stats.pop((side, entry.path), None)
+        return found if found is not None else _stats(self.disks[side], entry)
+
     def renames(self, gone: dict[str, Entry], new: dict[str, Entry]
                 ) -> list[tuple[Entry, Entry]]:
         """Pairs (old, new) that are one file under two names: by inode, by first data
@@ -415,12 +434,15 @@ class _Comparison:
                     and self.kin(old, now) \
                     and not self.named_after_another(now, old, places):
                 pairs.append((gone.pop(old.path), new.pop(path)))
+        # by content: only files of a size found on the other side are read for it
+        sizes = [{e.size for e in side.values() if e.type == "file" and e.size}
+                 for side in (gone, new)]
         digests: dict[tuple[int, str], Entry] = {}
         for old in gone.values():
-            if old.type == "file" and old.size:
+            if old.type == "file" and old.size in sizes[1]:
                 digests.setdefault((old.size, self.stats(0, old).sha256), old)
         for path, now in sorted(new.items()):
-            if now.type == "file" and now.size:
+            if now.type == "file" and now.size in sizes[0]:
                 old = digests.get((now.size, self.stats(1, now).sha256))
                 if old is not None and old.path in gone:
                     pairs.append((gone.pop(old.path), new.pop(path)))
@@ -457,7 +479,7 @@ class _Comparison:
         if change == "modified" and self.merged(change, new):
             return
         if moved or resident or compressed:  # written elsewhere (or in the metadata)
-            before, after = self.stats(0, old), self.stats(1, new)
+            before, after = self.take(0, old), self.take(1, new)
         else:  # same runs: only bytes inside changed blocks can differ
             before = _stats(self.disks[0], old, touched[0])
             after = _stats(self.disks[1], new, touched[1])
@@ -488,12 +510,12 @@ class _Comparison:
         if change in ("created", "deleted") and copy_of is None and self.merged(change, entry):
             return
         if before is None:
-            before = self.stats(0, old)
+            before = self.take(0, old)
         if after is None:
-            after = self.stats(1, new) or ByteStats()
+            after = self.take(1, new) or ByteStats()
         reference = old if old is not None else counterpart
-        kind_before = _head_type(self.disks[0], reference)
-        kind_after = _head_type(self.disks[1], new)
+        kind_before = _head_type(self.disks[0], reference, before)
+        kind_after = _head_type(self.disks[1], new, after)
         judged = new if entry.type == "file" and copy_of is None else None
         rewritten = before is None or before.sha256 != after.sha256  # bytes compared
         body = body_break(kind_after, judged.read(self.disks[1], BODY_BYTES)) \
@@ -611,6 +633,21 @@ class DiffResult:
     def changed_blocks(self) -> int:
         return int(self.runs["length"].sum())
 
+    @functools.cached_property
+    def _owner_rows(self) -> dict[tuple[str, str], np.ndarray]:
+        """Rows of ``owners`` by (path, side), found once."""
+        return dict(self.owners.groupby(["path", "side"], sort=False).indices)
+
+    def owned_blocks(self, path: str, side: str = "b") -> np.ndarray:
+        """The changed blocks file ``path`` owns at point a or b (``side``), run by run."""
+        rows = self._owner_rows.get((path, side))
+        if rows is None:
+            return np.empty(0, np.int64)
+        starts = self.owners["start"].to_numpy(np.int64)[rows]
+        lengths = self.owners["length"].to_numpy(np.int64)[rows]
+        return np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths),
+                                                    lengths)
+
     def owner_of(self, block: int) -> list[str]:
         """Paths of the changed files owning ``block`` (at either point), sorted."""
         o = self.owners
@@ -696,16 +733,22 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
             frame = pd.DataFrame(comparison.rows, columns=FILE_COLUMNS)
         if comparison.owners:
             owners = pd.DataFrame(comparison.owners, columns=OWNER_COLUMNS)
-        runs["files"] = [_owners_in(owners, s, n) for s, n in zip(runs["start"], runs["length"])]
+        runs["files"] = _owners_by_run(owners, runs["start"].to_numpy())
     return DiffResult(a, b, changed.n_blocks, changed.block_size, runs, frame.astype({
         "entropy_before": float, "entropy_after": float, "size_before": "int64",
         "size_after": "int64", "suspected_encryption": bool, "explained": bool}),
         owners.astype({"start": "int64", "length": "int64"}), files, notes, recovery)
 
 
-def _owners_in(owners: pd.DataFrame, start: int, length: int) -> tuple[str, ...]:
-    hit = (owners["start"] < start + length) & (start < owners["start"] + owners["length"])
-    return tuple(sorted(set(owners.loc[hit, "path"])))
+def _owners_by_run(owners: pd.DataFrame, run_starts: np.ndarray) -> list[tuple[str, ...]]:
+    """Per changed run (first blocks ``run_starts``, sorted), the paths owning blocks of
+    it, sorted.  Each owner row lies inside one run (it was clipped to the runs), so
+    it is found by its start: one pass, however many files and runs."""
+    which = np.searchsorted(run_starts, owners["start"].to_numpy(np.int64), side="right") - 1
+    paths: list[set[str]] = [set() for _ in range(len(run_starts))]
+    for run, path in zip(which.tolist(), owners["path"].tolist()):
+        paths[run].add(path)
+    return [tuple(sorted(found)) for found in paths]
 
 
 def diff(chain: Chain, a: PointRef | None, b: PointRef, *, files: bool = False,
@@ -744,7 +787,17 @@ def point_diffs(chain: Chain, listings: dict[int | None, Listing] | None = None,
     with progress_bar(len(chain), "points", progress, unit="point") as bar:
         for p in range(len(chain)):
             yield point_diff(chain, p, listings)
+            forget_listings(chain, listings, p)
             bar.update(1)
+
+
+def forget_listings(chain: Chain, listings: dict[int | None, Listing], done: int) -> None:
+    """Drop from ``listings`` those no point after ``done`` compares with (as its
+    parent), once ``done`` was compared: a walk of the points in creation order holds
+    the listings of the parents still to come, not one per point of the chain."""
+    needed = {chain.parent(p) for p in range(done + 1, len(chain))}
+    for p in [p for p in listings if p not in needed]:
+        del listings[p]
 
 
 def _changes(diffs: list[DiffResult]) -> pd.DataFrame:
@@ -768,19 +821,21 @@ def timeline(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
     files_modified, files_deleted, suspected_encryption (count of files), and
     changed_entropy (mean entropy of the changed blocks at the point, bits per byte).
     """
-    diffs = list(point_diffs(chain, progress=progress))
-    frame = chain.table()[["point", "file", "kind", "parent", "created", "label"]]
-    per_change = _changes(diffs).groupby(["point", "change"]).size().unstack(fill_value=0)
+    counts: dict[str, list[int]] = {"blocks_changed": [], "files_created": [],
+                                    "files_modified": [], "files_deleted": [],
+                                    "suspected_encryption": []}
     entropies = []
-    for d in diffs:
+    for d in point_diffs(chain, progress=progress):  # one point's rows at a time
+        per_change = d.files["change"].value_counts()
+        counts["blocks_changed"].append(d.changed_blocks)
+        for change in ("created", "modified", "deleted"):
+            counts[f"files_{change}"].append(int(per_change.get(change, 0)))
+        counts["suspected_encryption"].append(int(d.files["suspected_encryption"].sum()))
         disk = chain.disk(d.b)
         positions = _changed(chain, d.a, d.b).positions()
         values = block_entropy(disk, positions[positions < disk.n_blocks])
         entropies.append(float(values.mean()) if values.size else 0.0)
-    frame = frame.assign(blocks_changed=[d.changed_blocks for d in diffs])
-    for change in ("created", "modified", "deleted"):
-        column = per_change[change] if change in per_change else pd.Series(dtype="int64")
-        frame[f"files_{change}"] = frame["point"].map(column).fillna(0).astype("int64")
-    frame["suspected_encryption"] = [int(d.files["suspected_encryption"].sum()) for d in diffs]
+    frame = chain.table()[["point", "file", "kind", "parent", "created", "label"]]
+    frame = frame.assign(**{name: np.array(values, np.int64) for name, values in counts.items()})
     frame["changed_entropy"] = entropies
     return frame

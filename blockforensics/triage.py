@@ -222,14 +222,6 @@ class PointTriage:
                 "structure_changes": self.structure_changes}
 
 
-def _owned_blocks(result: forensics.DiffResult, path: str, side: str = "b") -> np.ndarray:
-    owners = result.owners[(result.owners["path"] == path) & (result.owners["side"] == side)]
-    if not len(owners):
-        return np.empty(0, np.int64)
-    return np.concatenate([np.arange(s, s + n) for s, n in zip(owners["start"],
-                                                               owners["length"])])
-
-
 def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
              before: Listing | None, rules: Any
              ) -> tuple[dict[str, float], dict[str, list[str]], list[LostFileSystem]]:
@@ -250,8 +242,8 @@ def _measure(chain: Chain, result: forensics.DiffResult, listing: Listing,
     # (a 4 KiB block over 512-byte FAT clusters): their randomness is not new
     left = files.loc[(files["change"] == "deleted") & _packed(files, "before"), "path"]
     if (len(explained) or len(left)) and high.any():
-        owned = np.concatenate([_owned_blocks(result, p) for p in explained]
-                               + [_owned_blocks(result, p, "a") for p in left]
+        owned = np.concatenate([result.owned_blocks(p) for p in explained]
+                               + [result.owned_blocks(p, "a") for p in left]
                                + [np.empty(0, np.int64)])
         high &= ~np.isin(positions, owned)
     lost = [] if before is None or result.a is None else _lost_filesystems(
@@ -494,7 +486,7 @@ def _file_rows(result: forensics.DiffResult, hits: dict[str, list[str]]
             evidence.append(f"emptied: {row.size_before} -> {row.size_after} bytes"
                             + ("" if row.size_after == 0 else ", the bytes compared all "
                                "one value (entropy 0 bits/byte)"))
-        blocks = _owned_blocks(result, row.path, "a" if row.change == "deleted" else "b")
+        blocks = result.owned_blocks(row.path, "a" if row.change == "deleted" else "b")
         if blocks.size:
             evidence.append(f"{blocks.size} changed block(s), first {int(blocks.min())}")
         flagged = bool(row.suspected_encryption) or bool(rules) or _lies(row.evidence)
@@ -647,6 +639,7 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
         _judge(t, hits, full=parent is None)
         t.files = t.files[:TOP_FILES]
         points.append(t)
+        forensics.forget_listings(chain, listings, p)
     clean = {t.point for t in points if t.verdict == "clean"}
     lineage_clean = [p.point for p in points if all(q in clean for q in chain.path(p.point))]
     return TriageResult(str(chain.directory), points,
@@ -693,7 +686,7 @@ def explain(chain: Chain, path: str, point: str | int | None = None) -> str:
                        + (" — SUSPECTED ENCRYPTION" if row.suspected_encryption else ""))
             out += [f"  {e}" for e in row.evidence]
             side = "a" if row.change == "deleted" else "b"
-            blocks = _owned_blocks(result, row.path, side)
+            blocks = result.owned_blocks(row.path, side)
             if blocks.size:
                 out.append(f"  changed blocks ({blocks.size}): "
                            + ", ".join(map(str, blocks[:16].tolist()))
