@@ -37,20 +37,21 @@ MAX_RECORD_BYTES = 1 << 16
 
 @dataclass(frozen=True)
 class Handover:
-    """The tracking of ``node`` for a chain: ``bitmap`` marks every write since the
-    snapshot of the point whose image id is ``since`` (hex); ``pending``: bitmaps a
-    run created and had not handed over; ``retired``: bitmaps handed over, to remove."""
+    """The tracking of ``disk`` (:meth:`LiveDisk.identity`: node and image file) for a
+    chain: ``bitmap`` marks every write since the snapshot of the point whose image id
+    is ``since`` (hex); ``pending``: bitmaps a run created and had not handed over;
+    ``retired``: bitmaps handed over, to remove."""
 
-    node: str
+    disk: str
     bitmap: str | None = None
     since: str | None = None
     pending: list[str] = field(default_factory=list)
     retired: list[str] = field(default_factory=list)
 
-    def trusted(self, chain: Chain, node: str) -> str | None:
-        """The bitmap that holds every write to ``node`` since ``chain``'s newest point,
+    def trusted(self, chain: Chain, disk: str) -> str | None:
+        """The bitmap that holds every write to ``disk`` since ``chain``'s newest point,
         if this record vouches for one."""
-        if self.node != node or self.bitmap is None or not len(chain):
+        if self.disk != disk or self.bitmap is None or not len(chain):
             return None
         return self.bitmap if newest_id(chain) == self.since else None
 
@@ -65,7 +66,7 @@ def load(directory: str | os.PathLike[str]) -> Handover | None:
     try:
         with open(Path(directory) / RECORD, "rb") as fh:
             doc = json.loads(fh.read(MAX_RECORD_BYTES))
-        return Handover(str(doc["node"]), doc["bitmap"], doc["since"],
+        return Handover(str(doc["disk"]), doc["bitmap"], doc["since"],
                         [str(n) for n in doc["pending"]], [str(n) for n in doc["retired"]])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -82,12 +83,12 @@ def recover(chain: Chain, live: LiveDisk, record: Handover | None) -> tuple[Hand
                                                                          list[str]]:
     """Finish what a stopped run left (see the module docstring): the record to go on
     with and notes on what was done."""
-    if record is None or record.node != live.node:
+    if record is None or record.disk != live.identity():
         return record, []
     present = live.bitmap_states()
     pending = [n for n in record.pending if n in present]
     retired = [n for n in record.retired if n in present and not present[n]["busy"]]
-    trusted = record.trusted(chain, live.node)
+    trusted = record.trusted(chain, live.identity())
     notes = []
     if pending and trusted is not None and trusted in present:
         live.qmp.transaction(*live.merge_back_actions(trusted, pending))

@@ -39,7 +39,7 @@ from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
 from blockforensics.live.handover import Handover
-from blockforensics.live.ops import LiveDisk
+from blockforensics.live.ops import GRANULARITY, LiveDisk
 from blockforensics.live.qmp import Qmp
 from blockforensics.nbd.client import NbdAddress
 from blockforensics.snapshot import BlockStore
@@ -258,10 +258,10 @@ def _backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
                                 f"{', '.join(orphans)}")
             if not len(chain):  # tracking starts in a new bitmap (removed if this fails)
                 _check_new(live.node, [bitmap], live.bitmap_states())
-                handover.save(chain.directory, Handover(live.node, pending=[bitmap]))
+                handover.save(chain.directory, Handover(live.identity(), pending=[bitmap]))
                 done = live_full(chain, live, work, bitmap, block_size=block_size or 4096,
                                  all_blocks=all_blocks, compress=compress,
-                                 committed=_tracking_from(chain, live.node, bitmap))
+                                 committed=_tracking_from(chain, live.identity(), bitmap))
             else:
                 done = _live_next(chain, live, work, bitmap, record, block_size, head_start,
                                   compress)
@@ -269,12 +269,12 @@ def _backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
     return done
 
 
-def _tracking_from(chain: Chain, node: str, bitmap: str,
+def _tracking_from(chain: Chain, disk: str, bitmap: str,
                    retired: list[str] | None = None) -> Callable[[int], object]:
     """What a run does once its point is committed: record that ``bitmap`` tracks
-    ``node`` since that point (and which bitmaps it retires)."""
+    ``disk`` since that point (and which bitmaps it retires)."""
     return lambda _: handover.save(chain.directory, Handover(
-        node, bitmap, handover.newest_id(chain), retired=retired or []))
+        disk, bitmap, handover.newest_id(chain), retired=retired or []))
 
 
 def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
@@ -282,8 +282,8 @@ def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
                head_start: bool, compress: bool) -> LivePoint:
     """The next point from ``bitmap`` when the record vouches for it and QEMU kept it
     recording; else from the whole snapshot, with a note saying why."""
-    newest, node = chain.point(-1), live.node
-    trusted = record.trusted(chain, node) if record is not None else None
+    newest, node, disk = chain.point(-1), live.node, live.identity()
+    trusted = record.trusted(chain, disk) if record is not None else None
     states = live.bitmap_states()
     state = states.get(bitmap)
     if trusted is not None and bitmap != trusted:
@@ -295,7 +295,7 @@ def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
     if state is not None and state["busy"]:
         raise UsageError(f"{node}: dirty bitmap {bitmap!r} is busy (exported, or used by "
                          "another job); try again when it is free")
-    ours = [bitmap] if record is not None and record.node == node and \
+    ours = [bitmap] if record is not None and record.disk == disk and \
         record.bitmap == bitmap and state is not None else []
     why = (f"no record that bitmap {bitmap!r} has tracked {node} since point {newest}'s "
            "snapshot" if trusted is None else
@@ -303,24 +303,27 @@ def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
            else f"bitmap {bitmap!r} is inconsistent (QEMU stopped without saving it)"
            if state.get("inconsistent") else
            f"bitmap {bitmap!r} is disabled: writes made while it was off are unknown"
-           if not state["recording"] else None)
+           if not state["recording"] else
+           f"bitmap {bitmap!r} has a granularity of {state['granularity']} bytes, not the "
+           f"{GRANULARITY} of the bitmaps this tool adds: someone else made it (after a "
+           "restart?)" if state["granularity"] != GRANULARITY else None)
     directory = chain.directory
     if why is None:
         bs = block_size or chain.block_size
         following = next_bitmap_name(bitmap)
         made = [f"{bitmap}-after", following] if head_start else [following]
         _check_new(node, made, states)
-        handover.save(directory, Handover(node, bitmap, record.since if record else None,
+        handover.save(directory, Handover(disk, bitmap, record.since if record else None,
                                           pending=made))
         return live_incremental(chain, live, work, bitmap, following, head_start=head_start,
                                 block_size=bs, compress=compress, committed=_tracking_from(
-                                    chain, node, following, [bitmap, *made[:-1]]))
+                                    chain, disk, following, [bitmap, *made[:-1]]))
     following = bitmap if bitmap not in states else next_bitmap_name(bitmap)
     _check_new(node, [following], states)
-    handover.save(directory, Handover(node, record.bitmap if record else None,
+    handover.save(directory, Handover(disk, record.bitmap if record else None,
                                       record.since if record else None, pending=[following]))
     done = live_reread(chain, live, work, following, block_size=block_size, compress=compress,
-                       committed=_tracking_from(chain, node, following, ours))
+                       committed=_tracking_from(chain, disk, following, ours))
     for name in ours:
         live.remove_bitmap(name)
     done.notes.append(f"{why}: the whole snapshot was read and the blocks that differ from "

@@ -128,6 +128,11 @@ class LiveDisk:
             nodes = {n: f for n, f in nodes.items() if n not in removed}
         return gone
 
+    def identity(self) -> str:
+        """The node and its image file: a chain's record of which bitmap tracks this disk
+        holds for this disk only (the same node name on another VM is another disk)."""
+        return f"{self.node} on {self.info().get('file')}"
+
     def size(self) -> int:
         """The node's size in bytes."""
         return int(self.info()["image"]["virtual-size"])
