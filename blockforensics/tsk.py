@@ -549,13 +549,18 @@ def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool, deleted: bool
 
 
 def _dos_time(stamp: int) -> int:
-    """A DOS date (high 16 bits) and time (low 16) as if UTC; 0 when unset or invalid."""
+    """A DOS date (high 16 bits) and time (low 16) as if UTC; 0 when the date is unset
+    or invalid (month 0 or 13-15, day 0).  An hour past 23, a minute past 59 or a second
+    past 60 reads as 0, as TSK reads them (a day past the month's end runs into the
+    next, as ``mktime``'s)."""
     date, clock = stamp >> 16, stamp & 0xFFFF
     year, month, day = 1980 + (date >> 9), (date >> 5) & 15, date & 31
     if not (1 <= month <= 12 and 1 <= day <= 31):
         return 0
-    return calendar.timegm((year, month, day, clock >> 11, (clock >> 5) & 63,
-                            (clock & 31) * 2, 0, 0, 0))
+    hour, minute, second = clock >> 11, (clock >> 5) & 63, (clock & 31) * 2
+    return calendar.timegm((year, month, day, hour if hour <= 23 else 0,
+                            minute if minute <= 59 else 0, second if second <= 60 else 0,
+                            0, 0, 0))
 
 
 def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool, deleted: bool

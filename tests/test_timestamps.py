@@ -235,12 +235,21 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
     raw[at + 13] = 199  # CrtTimeTenth: 1.99 s past the even second
     at = raw.index(b"Y2040   TXT")
     raw[at + 14 : at + 18] = bytes(4)  # no creation time and date
+    at = raw.index(b"ALONGF~1TXT")  # the long name's short entry: its write time
+    raw[at + 22 : at + 24] = (25 << 11 | 61 << 5 | 31).to_bytes(2, "little")  # 25:61:62
     image.write_bytes(raw)
 
     _chain(tmp_path, image).close()
     ours, note = _cli_body(tmp_path / "chain", "--timezone", WRITER_ZONE)
     theirs = _fls_body(image, WRITER_ZONE)
+    long_name = "/A long file name, past 8.3.txt"
+    assert ours[long_name] == theirs[long_name]  # hour 25, minute 61, second 62: 0, as TSK
+    kolkata = 19_800  # +05:30, in seconds
+    midnight = (FAT_TIMES[long_name[1:]] + kolkata) // 86400 * 86400 - kolkata
+    assert int(ours[long_name][6]) == midnight  # its date, at 00:00:00 there
     for name, when in FAT_TIMES.items():
+        if f"/{name}" == long_name:
+            continue
         assert int(ours[f"/{name}"][6]) == when, name
         if when < 2_145_916_800:  # TSK reads to 2037
             assert ours[f"/{name}"] == theirs[f"/{name}"], name
@@ -253,10 +262,10 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
         entry = tsk.list_entries(chain.disk(0)).entries["/kolkata.txt"]
         found = tsk.find_deleted(chain.disk(0), "/gone for good.txt")
         assert found is not None and found[1] == b"gone"
-        assert found[0].mtime == FAT_TIMES["y2107.txt"] + 19_800  # read as UTC; TSK: 0
+        assert found[0].mtime == FAT_TIMES["y2107.txt"] + kolkata  # read as UTC; TSK: 0
         utc = timeline_formats.file_versions(chain).set_index("path")
     assert entry.crtime_ns == 990_000_000 and entry.wall_clock == ("mtime", "atime", "crtime")
-    assert utc.loc["/kolkata.txt", "mtime"] == FAT_TIMES["kolkata.txt"] + 19_800  # +05:30
+    assert utc.loc["/kolkata.txt", "mtime"] == FAT_TIMES["kolkata.txt"] + kolkata
     assert "read as UTC (--timezone to choose)" in str(timeline_formats.zone_note(utc))
     out = io.StringIO()
     timeline_formats.write_dfxml(utc.reset_index(), out)
