@@ -22,6 +22,7 @@ copied too).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from typing import Any
 
 from blockforensics.allocation import Survey, allocation_map, survey
 from blockforensics.blockmap import BlockMap
+from blockforensics.errors import BlockforensicsError
 from blockforensics.formats.base import Disk
 from blockforensics.formats.nbd import NbdDisk
 from blockforensics.image.backup import backup
@@ -96,27 +98,31 @@ def branching_chain(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str
     ``notes`` of their quiescence step, per partition)."""
     tracking = live.fresh("bf-t")
     out: dict[str, dict[str, Any]] = {}
-    with snapshot_pair(live, workdir, live.add_bitmap_action(tracking),
-                       block_size=block_size, keep=keep and f"{keep}1") as one:
-        full = backup(chain, one.crash, full=True, only=one.allocated, block_size=block_size,
-                      label="method 3 trunk: A1, crash-consistent")
-        leaf1 = backup(chain, one.quiesced, parent=full, changed=one.quiescence,
-                       label="method 3 leaf: Q1, quiesced")
-        out["full"] = {"point": full, "blocks": one.allocated.count(), "map": one.allocated}
-        out["leaf1"] = {"point": leaf1, "parent": full, "blocks": one.quiescence.count(),
-                        "map": one.quiescence, "notes": one.notes}
-    between()
-    with snapshot_pair(live, workdir, live.disable_bitmap_action(tracking),
-                       block_size=block_size, keep=keep and f"{keep}2") as two:
-        changed = live.dirty_map(tracking, block_size)
-        live.remove_bitmap(tracking)
-        trunk = backup(chain, two.crash, parent=full, changed=changed & two.allocated,
-                       label="method 3 trunk: T & A2, crash-consistent")
-        leaf2 = backup(chain, two.quiesced, parent=trunk, changed=two.quiescence,
-                       label="method 3 leaf: Q2, quiesced")
-        out["trunk2"] = {"point": trunk, "parent": full, "tracked": changed.count(),
-                         "blocks": (changed & two.allocated).count(),
-                         "map": changed & two.allocated}
-        out["leaf2"] = {"point": leaf2, "parent": trunk, "blocks": two.quiescence.count(),
-                        "map": two.quiescence, "notes": two.notes}
+    try:
+        with snapshot_pair(live, workdir, live.add_bitmap_action(tracking),
+                           block_size=block_size, keep=keep and f"{keep}1") as one:
+            full = backup(chain, one.crash, full=True, only=one.allocated, block_size=block_size,
+                          label="method 3 trunk: A1, crash-consistent")
+            leaf1 = backup(chain, one.quiesced, parent=full, changed=one.quiescence,
+                           label="method 3 leaf: Q1, quiesced")
+            out["full"] = {"point": full, "blocks": one.allocated.count(), "map": one.allocated}
+            out["leaf1"] = {"point": leaf1, "parent": full, "blocks": one.quiescence.count(),
+                            "map": one.quiescence, "notes": one.notes}
+        between()
+        with snapshot_pair(live, workdir, live.disable_bitmap_action(tracking),
+                           block_size=block_size, keep=keep and f"{keep}2") as two:
+            changed = live.dirty_map(tracking, block_size)
+            trunk = backup(chain, two.crash, parent=full, changed=changed & two.allocated,
+                           label="method 3 trunk: T & A2, crash-consistent")
+            leaf2 = backup(chain, two.quiesced, parent=trunk, changed=two.quiescence,
+                           label="method 3 leaf: Q2, quiesced")
+            out["trunk2"] = {"point": trunk, "parent": full, "tracked": changed.count(),
+                             "blocks": (changed & two.allocated).count(),
+                             "map": changed & two.allocated}
+            out["leaf2"] = {"point": leaf2, "parent": trunk, "blocks": two.quiescence.count(),
+                            "map": two.quiescence, "notes": two.notes}
+    finally:  # T serves this call alone: never left tracking after it, however it ends
+        with contextlib.suppress(BlockforensicsError, OSError):  # QEMU gone: so is T
+            if tracking in live.bitmaps():
+                live.remove_bitmap(tracking)
     return out
