@@ -377,6 +377,11 @@ class ExtFileSystem(FileSystem):
     def raw_inode(self, ino: int, tables: np.ndarray | None = None) -> bytes:
         """Inode ``ino``'s record (``inode_size`` bytes) as it is on the volume;
         ``tables``: every group's inode table block, when the caller has them."""
+        return self.read(self.inode_offset(ino, tables), self.inode_size)
+
+    def inode_offset(self, ino: int, tables: np.ndarray | None = None) -> int:
+        """Where inode ``ino``'s record is: a byte offset in the volume (``tables``: as
+        :meth:`raw_inode`)."""
         group, index = divmod(ino - 1, self.sb.s_inodes_per_group)
         if not 0 <= group < self.n_groups or ino < 1:
             raise FormatError(f"{self.name}: no inode {ino}")
@@ -384,8 +389,7 @@ class ExtFileSystem(FileSystem):
             tables = self._field(self.group_descriptors(recovered=False)[group : group + 1],
                                  "bg_inode_table")
             group = 0
-        return self.read(int(tables[group]) * self.block_size + index * self.inode_size,
-                         self.inode_size)
+        return int(tables[group]) * self.block_size + index * self.inode_size
 
     def inode_tables(self) -> np.ndarray:
         """Every group's inode table block, as on the volume."""
