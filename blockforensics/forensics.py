@@ -74,7 +74,14 @@ from blockforensics.evidence import ByteStats, histograms, judge
 from blockforensics.evidence import entropy as _entropy
 from blockforensics.formats.base import Disk
 from blockforensics.progress import progress_bar
-from blockforensics.tsk import NAME_ADDRESSED, ChainImgInfo, Entry, Listing, list_entries
+from blockforensics.tsk import (
+    NAME_ADDRESSED,
+    ChainImgInfo,
+    Entry,
+    Listing,
+    list_entries,
+    shown_name,
+)
 
 if TYPE_CHECKING:
     from blockforensics.image.chain import Chain, PointRef
@@ -686,13 +693,15 @@ class DiffResult:
             lines.append("")
             shown = self.files[SHOWN_COLUMNS if (self.files["old_path"] != "").any()
                                else SHOWN_COLUMNS[:-1]]
+            shown = shown.assign(**{c: shown[c].map(shown_name) for c in ("path", "old_path")
+                                    if c in shown})
             lines.append(shown.to_string(index=False, float_format="{:.2f}".format)
                          if len(self.files) else "(no file changed)")
             flagged = self.suspected()
             if len(flagged):
                 lines.append(f"suspected encryption: {len(flagged)} file(s): "
-                             + ", ".join(flagged["path"]))
-                lines += [f"  {row.path}: " + "; ".join(row.evidence)
+                             + ", ".join(map(shown_name, flagged["path"])))
+                lines += [shown_name(f"  {row.path}: " + "; ".join(row.evidence))
                           for row in flagged.itertuples()]
         lines += [f"not read: {note}" for note in self.notes]
         lines += [f"log: {note}" for note in self.recovery]

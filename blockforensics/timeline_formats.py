@@ -186,16 +186,25 @@ def _iso(seconds: int, ns: int = 0, digits: int = 6) -> str:
     return str(np.datetime64(seconds, "s")) + (f".{fraction}" if fraction else "") + "+00:00"
 
 
-#: control characters (TSK's ``fls -m`` prints each as "^": one record a line)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: what a body file's name field escapes: the separator "|" and the escape "\\" as
+#: ``\|`` and ``\\``, control characters (C0, DEL, C1) as ``\xNN``: the escapes the
+#: forensics wiki's body file page describes and plaso's bodyfile parser decodes.  TSK
+#: 4.11's ``fls -m`` writes "|" as it is (its mactime then splits the name) and a
+#: control character as "^": either would lose the name.
+_BODY_SPECIAL = re.compile(r"[\\|\x00-\x1f\x7f-\x9f]")
 #: what XML 1.0 cannot hold, even escaped
 _NOT_XML = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
+def _body_escape(special: re.Match[str]) -> str:
+    c = special.group()
+    return "\\" + c if c in "\\|" else f"\\x{ord(c):02x}"
+
+
 def _body_name(v: Any) -> str:
-    """A version's name for a body file: "|" (the separator) as "_", control characters
-    as "^", as TSK's ``fls -m`` writes them."""
-    return _CONTROL.sub("^", _name(v).replace("|", "_"))
+    """A version's name for a body file, escaped (:data:`_BODY_SPECIAL`): one record a
+    line, eleven fields, the name read back as it was."""
+    return _BODY_SPECIAL.sub(_body_escape, _name(v))
 
 
 def _xml_text(text: str) -> str:
@@ -231,7 +240,8 @@ L2T_HEADER = ["date", "time", "timezone", "MACB", "source", "sourcetype", "type"
 
 
 def write_l2tcsv(versions: pd.DataFrame, out: io.TextIOBase, host: str = "-") -> None:
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180 lines (CRLF): the writer quotes a field holding CR only when CR ends lines
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(L2T_HEADER)
     for v in versions.itertuples():
         for (t, _), letters, descs in _grouped_times(v):

@@ -77,7 +77,7 @@ import pandas as pd
 from blockforensics import forensics
 from blockforensics.errors import UsageError
 from blockforensics.evidence import COMPRESSED, HEAD_BYTES, ZIP_LOCAL_HEADER, encrypted_archive
-from blockforensics.tsk import Listing, listed_path
+from blockforensics.tsk import Listing, listed_path, shown_name
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -609,9 +609,9 @@ class TriageResult:
             lines += [f"  - {r}" for r in p.reasons]
             shown = [f for f in p.files if f["flagged"]][:5]
             for f in shown:
-                lines.append(f"    {f['change']:8} {f['path']}"
+                lines.append(f"    {f['change']:8} {shown_name(f['path'])}"
                              + (" [suspected encryption]" if f["suspected_encryption"] else ""))
-                lines += [f"        {e}" for e in f["evidence"]]
+                lines += [f"        {shown_name(e)}" for e in f["evidence"]]
         lines.append(f"last clean point: {self.last_clean_point}"
                      + ("" if self.last_clean_point is not None else " (none)"))
         return "\n".join(lines)

@@ -29,6 +29,7 @@ import calendar
 import dataclasses
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -472,6 +473,17 @@ def name_text(raw: bytes) -> str:
     """A name as text: UTF-8, a byte that is none as ``\\xNN`` (ext names are any
     bytes: two names that differ only there stay two paths)."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+#: control characters: C0 (newline, tab, escape), DEL and C1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown_name(text: str) -> str:
+    """A name (or a line naming one) for a table or a terminal: its control characters
+    as ``\\xNN`` (as :func:`name_text` writes a byte that is no UTF-8), so a newline
+    cannot split a row nor an escape sequence drive the terminal."""
+    return _CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", text)
 
 
 def listed_path(path: str) -> str:

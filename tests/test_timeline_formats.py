@@ -7,19 +7,21 @@ import csv
 import hashlib
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime
 
 import pytest
-from support import require_module, require_tools
+from support import backup_image, require_module, require_tools
 
-from blockforensics import timeline_formats
+from blockforensics import forensics, timeline_formats
 from blockforensics.datasets.investigation import build_investigation
 from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
-from blockforensics.tsk import extract
+from blockforensics.tsk import extract, name_text, shown_name
 
 TOOLS = {"fat32": ("mkfs.vfat", "mcopy", "mmd", "mdel"), "ext4": ("mkfs.ext4", "debugfs")}
 
@@ -152,3 +154,86 @@ def test_deleted_file_is_recovered_where_tsk_reaches_it(case, tmp_path):
     before, _, _ = extract(chain, 1, "/docs/letter.txt", tmp_path / "before")
     after, size, deleted = extract(chain, 2, "/docs/letter.txt", tmp_path / "after")
     assert deleted and size == 3000 and after.read_bytes() == before.read_bytes()
+
+
+#: names no output may break or lose: the separators of body files (|) and CSV (, ")
+#: with the escape characters (\ and %), white space that ends a line or a field, an
+#: escape sequence, bytes that are no UTF-8 (ext names are any bytes), other scripts
+ODD_NAMES = [b"a|b", b"new\nline", b"cr\rx", b"tab\tx", b"c,d", b'q"uo\'te', b"back\\slash",
+             b"pct%7C", b"\xff\xfeinv", b"esc\x1b[31mred", "übersicht ядро 文件.txt".encode()]
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """A chain of two ext4 points (``mkfs.ext4 -d``) of files with :data:`ODD_NAMES` in a
+    directory named ``d|ir``, each appended to at the second: the paths as listed."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4")
+    from sample_disks import make_ext4
+
+    work = tmp_path_factory.mktemp("odd")
+    folder = work / "tree" / "d|ir"
+    folder.mkdir(parents=True)
+    chain = Chain.create(work / "chain")
+    for point in range(2):
+        for i, name in enumerate(ODD_NAMES):
+            with open(os.fsencode(folder) + b"/" + name, "ab") as fh:
+                fh.write(b"%d " % i * (i + 1))
+        backup_image(chain, make_ext4(work / f"{point}.img", 8 << 20, work / "tree"))
+    chain.close()
+    paths = {"/d|ir/" + name_text(name) for name in ODD_NAMES}
+    with Chain.open(work / "chain") as chain:
+        yield chain, paths
+
+
+def _unescape_body(field: str) -> str:
+    """A body file's name field as plaso's bodyfile parser decodes it (``\\xNN``, ``\\|``,
+    ``\\\\``), in one pass."""
+    return re.sub(r"\\x([0-9a-f]{2})|\\([\\|])",
+                  lambda m: chr(int(m.group(1), 16)) if m.group(1) else m.group(2), field)
+
+
+def _odd_versions(names: set[str], point: int) -> set[str]:
+    return {f"{n} (point {point}, {'created' if point == 0 else 'modified'})" for n in names}
+
+
+def test_odd_names_round_trip_through_every_format(odd):
+    chain, paths = odd
+    lines = timeline_formats.render(chain, "bodyfile").splitlines()
+    assert len(lines) == len(timeline_formats.file_versions(chain))  # a line each
+    # the name between the first field and the last nine (as plaso reads it), with no
+    # "|" nor "\\" unescaped: one field
+    names = [line.split("|", 1)[1].rsplit("|", 9)[0] for line in lines]
+    assert all(re.fullmatch(r"(?:\\[\\|]|\\x[0-9a-f]{2}|[^|\\\x00-\x1f])*", n) for n in names)
+    named = {_unescape_body(n) for n in names}
+    assert _odd_versions(paths, 0) | _odd_versions(paths, 1) <= named
+
+    rows = list(csv.reader(io.StringIO(timeline_formats.render(chain, "l2tcsv"), newline="")))
+    assert all(len(r) == 17 for r in rows) and paths <= {r[12] for r in rows[1:]}
+    assert _odd_versions(paths, 1) <= {r[9] for r in rows[1:]}
+
+    events = [json.loads(line) for line in timeline_formats.render(chain, "jsonl").splitlines()]
+    assert paths <= {e["path"] for e in events if e["point"] == 1}
+
+    ns = {"d": timeline_formats.DFXML_NS, "bf": timeline_formats.BF_NS}
+    root = ET.fromstring(timeline_formats.render(chain, "dfxml"))
+    # what XML 1.0 cannot hold (CR, control characters) is written as \xNN
+    control = re.compile(r"\\x(0[0-8bcdef]|1[0-9a-f])")
+    written = {control.sub(lambda m: chr(int(m.group(1), 16)),
+                           o.findtext("d:filename", namespaces=ns))
+               for o in root.findall("d:fileobject", ns)}
+    assert paths <= written
+
+
+def test_odd_names_keep_a_table_row_each(odd):
+    chain, paths = odd
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert paths <= set(result.files["path"])
+    table = str(result).split("\n\n", 1)[1].splitlines()
+    assert len(table) == 1 + len(result.files)  # the header, then one line per file
+    for path in paths:  # each named on its own line, control characters as \xNN
+        assert sum(shown_name(path) in line for line in table) == 1
+    assert not any(c in "".join(table) for c in "\x1b\r\t")
+    data = json.loads(_cli("diff", chain.directory, "0", "1", "--files", "--json").stdout)
+    assert paths <= {f["path"] for f in data["files"]}
+
