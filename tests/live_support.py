@@ -25,11 +25,11 @@ BOOT_TIMEOUT = 180  # seconds (TCG)
 
 @contextmanager
 def booted(image: str | os.PathLike[str], workdir: Path, workload: str,
-           root: str = "/dev/nvme0n1") -> Iterator[tuple[Guest, LiveDisk]]:
-    """A guest running ``workload`` on ``image`` (root device ``root``), once it has
-    mounted its ext4, with the LiveDisk of its NVMe disk; killed afterwards."""
+           root: str = "/dev/nvme0n1", fmt: str = "raw") -> Iterator[tuple[Guest, LiveDisk]]:
+    """A guest running ``workload`` on ``image`` (format ``fmt``, root device ``root``),
+    once it has mounted its ext4, with the LiveDisk of its NVMe disk; killed afterwards."""
     require_tools("qemu-system-x86_64", "qemu-img", "mkfs.ext4", "e2fsck", "dumpe2fs")
-    vm = workload_guest(image, workdir, workload, root)
+    vm = workload_guest(image, workdir, workload, root, fmt)
     vm.start()
     try:
         vm.wait_console(MOUNTED, BOOT_TIMEOUT)

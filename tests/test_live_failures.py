@@ -20,11 +20,11 @@ from blockforensics.formats.nbd import NbdDisk
 from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
-from blockforensics.live.guest import make_ext4
+from blockforensics.live.guest import WROTE, make_ext4
 from blockforensics.live.ops import LiveDisk
 from blockforensics.live.qmp import QmpError, action
 from blockforensics.nbd.client import NbdAddress
-from tests.live_support import bf, blocks, qemu_io, served
+from tests.live_support import bf, blocks, booted, qemu_io, same_image, served
 from tests.support import mounted_with, require_tools
 
 MIB = 1 << 20
@@ -392,3 +392,44 @@ def test_all_blocks_full_holds_the_free_space_too(tmp_path):
         qemu_io(rw, "write -P 1 13M 8k")
         assert head_start(rw, tmp_path / "b", qmp, "b").returncode == 0
         assert_point_is_disk(tmp_path / "b", 1, rw, tmp_path / "b1.raw")
+
+
+@pytest.mark.slow
+def test_a_writing_guest_on_qcow2_whose_backup_is_killed(tmp_path):
+    """A TCG guest rewriting files on a qcow2 disk; a head-start backup SIGKILLed in
+    its head start while the guest writes; the next points, taken with the guest paused,
+    equal QEMU's own copy of the paused disk."""
+    raw = make_ext4(tmp_path / "disk.raw", 64 * MIB)
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)],
+                   check=True)
+    chain = tmp_path / "chain"
+    with booted(image, tmp_path / "vm", "writer", fmt="qcow2") as (vm, live):
+        address = live.export("disk")
+        qmp = vm.spare_qmp_socket
+        assert head_start(address, chain, qmp, "c").returncode == 0
+        vm.wait_console(f"{WROTE} 20", 60)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "blockforensics.cli", "backup", address.uri(), str(chain),
+             "--bitmap", "c", "--head-start", str(qmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and "c-after" not in live.bitmaps():
+            time.sleep(0.002)
+        process.kill()
+        assert process.wait() == -9
+        vm.wait_console(f"{WROTE} 40", 60)
+        outputs = []
+        for point, bitmap in ((1, "c"), (2, "c-1")):
+            live.qmp.execute("stop")
+            try:
+                done = head_start(address, chain, qmp, bitmap)
+                assert done.returncode == 0, done.stderr
+                outputs.append(done.stdout)
+                paused = live.copy_node(live.node, tmp_path / f"paused{point}.raw")
+                with Chain.open(chain) as opened:
+                    restored = restore(opened, point, tmp_path / f"r{point}.raw")
+                assert same_image(restored, paused), done.stdout
+            finally:
+                live.qmp.execute("cont")
+            vm.wait_console(f"{WROTE} {40 + 20 * point}", 60)
+        assert "merged back into c" in outputs[0] and "note" not in outputs[1]

@@ -138,9 +138,9 @@ def make_partitioned_disk(path: str | os.PathLike[str], table: str = "gpt") -> G
 
 
 def workload_guest(image: str | os.PathLike[str], workdir: str | os.PathLike[str],
-                   workload: str, root: str = "/dev/nvme0n1") -> Guest:
+                   workload: str, root: str = "/dev/nvme0n1", fmt: str = "raw") -> Guest:
     """A (not yet started) guest running ``workload`` on the ext4 on device ``root``
-    of ``image`` (the whole disk, or a partition: :attr:`GuestDisk.root`)."""
+    of ``image`` (format ``fmt``; the whole disk, or a partition: :attr:`GuestDisk.root`)."""
     if workload not in WORKLOADS:
         raise UsageError(f"workload {workload!r}: one of {', '.join(WORKLOADS)}")
     workdir = Path(workdir)
@@ -149,4 +149,4 @@ def workload_guest(image: str | os.PathLike[str], workdir: str | os.PathLike[str
     kernel, initramfs = guest_boot_files(init.encode())
     initrd = workdir / "initrd.gz"
     initrd.write_bytes(initramfs)
-    return Guest(image, workdir, kernel=kernel, initrd=initrd)
+    return Guest(image, workdir, kernel=kernel, initrd=initrd, fmt=fmt)
