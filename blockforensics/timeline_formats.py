@@ -4,7 +4,8 @@
 file; at each later point, the files it created, modified, renamed or deleted
 against its parent (a deleted file with its last metadata, from the parent).  Per
 version: MACB times (seconds since the epoch, 0 = not recorded; ``*_ns``: the
-nanoseconds within the second, where the file system records them), size, inode (MFT
+nanoseconds within the second, where the file system records them; a deleted ext
+file's ``dtime``, from the point that deleted it), size, inode (MFT
 record number on NTFS), mode, owner, SHA-256 and MD5 of the whole content at that
 point, and whether the triage rules suspect encryption.
 
@@ -49,7 +50,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from blockforensics import forensics
+from blockforensics import forensics, tsk
 from blockforensics.errors import UsageError
 from blockforensics.tsk import Entry, Listing, name_text
 
@@ -57,12 +58,15 @@ if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
 
 VERSION_COLUMNS = ["point", "change", "path", "old_path", "type", "inode", "size", "mode",
-                   "uid", "gid", "atime", "mtime", "ctime", "crtime", "atime_ns", "mtime_ns",
-                   "ctime_ns", "crtime_ns", "sha256", "md5", "suspected_encryption", "runs",
-                   "kind", "target", "fs", "wall_clock", "zone", "attribute"]
+                   "uid", "gid", "atime", "mtime", "ctime", "crtime", "dtime", "atime_ns",
+                   "mtime_ns", "ctime_ns", "crtime_ns", "dtime_ns", "sha256", "md5",
+                   "suspected_encryption", "runs", "kind", "target", "fs", "wall_clock",
+                   "zone", "attribute"]
 #: MACB letter, column, Timesketch/plaso description
 TIMES = (("M", "mtime", "Content Modification Time"), ("A", "atime", "Last Access Time"),
          ("C", "ctime", "Metadata Modification Time"), ("B", "crtime", "Creation Time"))
+#: and a deleted ext file's deletion time (no MACB letter; not in a body file, as TSK's)
+EVENTS = (*TIMES, ("", "dtime", "Deletion Time"))
 DFXML_NS = "http://www.forensicswiki.org/wiki/Category:Digital_Forensics_XML"
 BF_NS = "https://github.com/blockforensics/dfxml"
 DC_NS = "http://purl.org/dc/elements/1.1/"
@@ -92,6 +96,7 @@ def file_versions(chain: Chain, *, zone: str = "UTC", progress: bool = False
     for result in forensics.point_diffs(chain, listings, progress=progress):
         p = result.b
         parent = chain.parent(p)
+        dtime = tsk.ext_deletion_times(chain.disk(p))
         for row in result.files.itertuples():
             side = parent if row.change == "deleted" else p
             if side is None:
@@ -99,7 +104,9 @@ def file_versions(chain: Chain, *, zone: str = "UTC", progress: bool = False
             for path in (row.path, *row.other_paths):  # every name of a hard-linked file
                 entry = listings[side].entries.get(path)
                 if entry is not None:
-                    rows += _versions(chain, side, p, row, _in_zone(entry, tz), tz.key)
+                    deleted = dtime(entry) if row.change == "deleted" else 0
+                    rows += _versions(chain, side, p, row, _in_zone(entry, tz), tz.key,
+                                      deleted)
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
@@ -124,12 +131,13 @@ def _in_zone(entry: Entry, zone: ZoneInfo) -> Entry:
     return replace(entry, **times)
 
 
-def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
-              ) -> list[dict]:
+def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str,
+              dtime: int) -> list[dict]:
     """The rows of one file version (``entry``, read at point ``side``) of diff row ``row``
     of point ``p``: the file, then each of its named streams (NTFS, ``path:name`` as
     ``fls`` writes them: their size and SHA-256, no runs, the file's times) and its
-    ``$FILE_NAME`` times (``path ($FILE_NAME)``, the attribute's size)."""
+    ``$FILE_NAME`` times (``path ($FILE_NAME)``, the attribute's size); ``zone``: as
+    :func:`file_versions`; ``dtime``: when a deleted ext file's inode was deleted."""
     sha, md5 = _hashes(entry, chain.disk(side))
     attributes = dict(entry.attributes)
     file = {
@@ -137,8 +145,8 @@ def _versions(chain: Chain, side: int, p: int, row: Any, entry: Entry, zone: str
         "type": entry.type, "inode": entry.inode, "size": entry.size,
         "mode": entry.mode, "uid": entry.uid, "gid": entry.gid, "atime": entry.atime,
         "mtime": entry.mtime, "ctime": entry.ctime, "crtime": entry.crtime,
-        "atime_ns": entry.atime_ns, "mtime_ns": entry.mtime_ns, "ctime_ns": entry.ctime_ns,
-        "crtime_ns": entry.crtime_ns,
+        "dtime": dtime, "atime_ns": entry.atime_ns, "mtime_ns": entry.mtime_ns,
+        "ctime_ns": entry.ctime_ns, "crtime_ns": entry.crtime_ns, "dtime_ns": 0,
         "sha256": sha if entry.type == "file" else "",
         "md5": md5 if entry.type == "file" else "",
         "suspected_encryption": bool(row.suspected_encryption),
@@ -224,7 +232,7 @@ def _grouped_times(v: Any) -> Iterator[tuple[tuple[int, int], str, list[str]]]:
     """((seconds, nanoseconds), MACB letters, descriptions) for each distinct recorded
     time of a version."""
     by_time: dict[tuple[int, int], list[tuple[str, str]]] = {}
-    for letter, column, desc in TIMES:
+    for letter, column, desc in EVENTS:
         t = int(getattr(v, column))
         if t:
             by_time.setdefault((t, int(getattr(v, f"{column}_ns"))), []).append((letter, desc))
@@ -266,7 +274,7 @@ def _notes(v: Any) -> list[str]:
 
 def write_jsonl(versions: pd.DataFrame, out: io.TextIOBase) -> None:
     for v in versions.itertuples():
-        for _, column, desc in TIMES:
+        for _, column, desc in EVENTS:
             t, ns = int(getattr(v, column)), int(getattr(v, f"{column}_ns"))
             if not t:
                 continue
@@ -320,7 +328,7 @@ def write_dfxml(versions: pd.DataFrame, out: io.TextIOBase, source: str = "") ->
         sub(obj, "mode", v.mode & 0o7777)
         sub(obj, "uid", v.uid)
         sub(obj, "gid", v.gid)
-        for column in ("mtime", "ctime", "atime", "crtime"):
+        for column in ("mtime", "ctime", "atime", "crtime", "dtime"):
             if getattr(v, column):
                 prec = DFXML_PRECISION.get((v.fs, column))
                 sub(obj, column, _iso(int(getattr(v, column)), int(getattr(v, f"{column}_ns")),

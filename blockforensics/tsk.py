@@ -254,6 +254,31 @@ class Listing:
 ToDisk = Callable[[np.ndarray], np.ndarray]
 
 
+def ext_deletion_times(disk: Disk) -> Callable[[Entry], int]:
+    """A function giving, for an ext file listed at an earlier point, when ``disk`` (a
+    later point) says its inode was deleted (:func:`blockforensics.fs.ext.deletion_time`;
+    0 when not, or not ext).  Each ext volume of the disk is opened once."""
+    from blockforensics.fs.ext import ExtFileSystem, deletion_time, has_ext_magic
+
+    volumes: dict[str, ExtFileSystem | None] = {}
+
+    def dtime(entry: Entry) -> int:
+        if entry.fs != "ext":
+            return 0
+        prefix = entry.path[: entry.path.index("/")]
+        try:
+            if not volumes:
+                for name, view, offset, _ in _filesystem_places(disk):
+                    volumes[name] = ExtFileSystem(_ext_recovered(view, offset)[0], offset) \
+                        if has_ext_magic(view.read(offset + 1024, 1024)) else None
+            ext = volumes.get(prefix)
+            return deletion_time(ext, entry.inode) if ext is not None else 0
+        except FormatError:  # a damaged volume or inode: no deletion time to give
+            return 0
+
+    return dtime
+
+
 def _filesystem_places(disk: Disk) -> list[tuple[str, Disk, int, ToDisk]]:
     """``(path prefix, view, byte offset in the view, to_disk)`` of each file system:
     ``""`` for a bare one (or a disk without a readable table), ``pN:`` for partition

@@ -438,3 +438,43 @@ def test_ext4_extra_time_fields_at_their_limits(tmp_path: Path) -> None:
     seconds, rest = divmod(mtime_ns, 10**9)
     when = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=rest // 1000)
     assert event["datetime"] == when.isoformat()
+
+
+def test_a_deleted_ext_files_deletion_time_is_its_inodes_dtime(tmp_path: Path) -> None:
+    """A file deleted between two points: its version carries the inode's ``dtime`` at
+    the later point (``debugfs``'s), as a "Deletion Time" event and DFXML ``dtime``; the
+    body file has no field for it (TSK's neither)."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "debugfs")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    image = tmp_path / "ext4.img"
+    with image.open("wb") as fh:
+        fh.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        (m / "gone.txt").write_bytes(b"soon gone")
+        inode = os.stat(m / "gone.txt").st_ino
+    chain = _chain(tmp_path, image)
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        (m / "gone.txt").unlink()
+    backup_image(chain, image)
+    shown = subprocess.run(["debugfs", "-R", f"stat <{inode}>", str(image)], check=True,
+                           capture_output=True, text=True).stdout
+    dtime = int(re.search(r"dtime: 0x([0-9a-f]+)", shown).group(1), 16)
+    with chain:
+        versions = timeline_formats.file_versions(chain)
+    gone = versions[(versions.path == "/gone.txt") & (versions.change == "deleted")]
+    assert gone.dtime.tolist() == [dtime] and dtime > 1_600_000_000
+    assert (versions[versions.change != "deleted"].dtime == 0).all()
+    outputs = {}
+    for fmt, writer in timeline_formats.FORMATS.items():
+        out = io.StringIO()
+        writer(versions, out)
+        outputs[fmt] = out.getvalue()
+    events = [json.loads(line) for line in outputs["jsonl"].splitlines()]
+    assert [e["timestamp"] for e in events if e["timestamp_desc"] == "Deletion Time"] == \
+        [dtime * 10**6]
+    assert f"<dtime>{datetime.fromtimestamp(dtime, timezone.utc).isoformat()}</dtime>" \
+        in outputs["dfxml"]
+    assert {len(line.split("|")) for line in outputs["bodyfile"].splitlines()} == {11}

@@ -44,6 +44,7 @@ from blockforensics.snapshot import OverlayDisk
 
 SUPERBLOCK_OFFSET = 1024  # bytes from the start of the volume, whatever the block size
 SUPERBLOCK = Structure("ExtSuperblock", 1024, [
+    (0x000, "I", "s_inodes_count"),
     (0x004, "I", "s_blocks_count_lo"),
     (0x014, "I", "s_first_data_block"),
     (0x018, "I", "s_log_block_size"),
@@ -92,6 +93,7 @@ INODE = Structure("ExtInode", GOOD_OLD_INODE_SIZE, [
     (0x08, "I", "i_atime"),
     (0x0C, "I", "i_ctime"),
     (0x10, "I", "i_mtime"),
+    (0x14, "I", "i_dtime"),
     (0x18, "H", "i_gid"),
     (0x1A, "H", "i_links_count"),
     (0x20, "I", "i_flags"),
@@ -112,6 +114,17 @@ INODE_EXTRA = Structure("ExtInodeExtra", 0x98 - GOOD_OLD_INODE_SIZE, [
 ])
 #: the 2 low bits of a *_extra time: seconds above 32 bits; the rest: nanoseconds << 2
 EPOCH_BITS = 2
+def deletion_time(ext: ExtFileSystem, ino: int) -> int:
+    """When inode ``ino`` was deleted (``i_dtime``, seconds since the epoch; unsigned
+    32 bits, no epoch bits); 0 while it has links, or when the field is the next inode
+    of the orphan list (an inode number: unlinked but still open when the volume was
+    copied)."""
+    inode = INODE.parse(ext.raw_inode(ino))
+    if inode.i_links_count or inode.i_dtime <= ext.sb.s_inodes_count:
+        return 0
+    return int(inode.i_dtime)
+
+
 #: each time's ``*_extra`` field: where it ends in the extra fields (present when
 #: ``i_extra_isize`` reaches it)
 TIME_EXTRA_ENDS = {"ctime": 0x8, "mtime": 0xC, "atime": 0x10, "crtime": 0x18}
