@@ -151,11 +151,16 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
         else:
             assert {"c", "c-after", "c-1"} <= set(live.bitmaps())
             assert handover.load(chain).pending == ["c-after", "c-1"]  # type: ignore[union-attr]
+            gone = subprocess.Popen(["true"])  # a pid no longer running: a killed method-3
+
+            gone.wait()
+            live.add_bitmap(f"bf-t-{gone.pid}-1")
         qemu_io(rw, "write -P 2 4M 64k")
         done = head_start(rw, chain, qmp, "c")
         assert done.returncode == 0, done.stderr
         if how == "SIGKILL":
             assert "removed what a stopped backup left in QEMU" in done.stdout
+            assert f"bf-t-{gone.pid}-1" in done.stdout
             assert "merged back into c" in done.stdout
             assert daemon.qmp is not None
             assert not daemon.qmp.execute("query-block-jobs")

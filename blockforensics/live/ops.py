@@ -84,8 +84,8 @@ class LiveDisk:
         raise UsageError(f"QMP {self.qmp.path}: no block node {node!r}")
 
     def remove_leftovers(self, *, mine: bool = False) -> list[str]:
-        """Remove the exports, jobs and nodes (and overlay files) a process that died left
-        (named by :meth:`fresh` with a process id no longer running; call with
+        """Remove the exports, jobs, nodes (and overlay files) and bitmaps a process that
+        died left (named by :meth:`fresh` with a process id no longer running; call with
         :meth:`locked` held) — with ``mine``, this process's too (a run unwinding after
         an interruption); their names."""
         def orphan(name: object) -> bool:
@@ -126,6 +126,11 @@ class LiveDisk:
                                  "a stopped backup left")
             gone += removed
             nodes = {n: f for n, f in nodes.items() if n not in removed}
+        for node in self.qmp.execute("query-named-block-nodes", flat=True):
+            for bitmap in node.get("dirty-bitmaps", []):  # e.g. method 3's tracking
+                if orphan(bitmap.get("name")) and not bitmap["busy"]:
+                    self.remove_bitmap(bitmap["name"], node["node-name"])
+                    gone.append(bitmap["name"])
         return gone
 
     def identity(self) -> str:
