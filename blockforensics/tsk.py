@@ -778,6 +778,7 @@ def _ext_times(fs: Any, inode: int, times: dict[str, int], nanos: dict[str, int]
     if not hasattr(fs, "ext"):
         fs.ext = ExtFileSystem(image.disk, fs.offset)
         fs.ext_tables = fs.ext.inode_tables()
+        fs.ext_chunks = {}  # :func:`_ext_inode`'s pieces of the inode tables
     if fs.ext.inode_size <= GOOD_OLD_INODE_SIZE and max(times.values()) < 1 << 31:
         return times, nanos
     return inode_times(_ext_inode(fs, inode))
@@ -794,7 +795,7 @@ def _ext_inode(fs: Any, inode: int) -> bytes:
     """The raw record of inode ``inode`` of ``fs.ext``, read :data:`INODE_CHUNK` bytes of
     its table at a time (a read per inode made a listing 3.5 times slower)."""
     chunk, at = divmod(fs.ext.inode_offset(inode, fs.ext_tables), INODE_CHUNK)
-    cache: dict[int, bytes] = fs.__dict__.setdefault("ext_chunks", {})
+    cache: dict[int, bytes] = fs.ext_chunks
     if chunk not in cache:
         if len(cache) >= INODE_CHUNKS_KEPT:
             del cache[next(iter(cache))]
