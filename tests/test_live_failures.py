@@ -151,9 +151,8 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
         else:
             assert {"c", "c-after", "c-1"} <= set(live.bitmaps())
             assert handover.load(chain).pending == ["c-after", "c-1"]  # type: ignore[union-attr]
-            gone = subprocess.Popen(["true"])  # a pid no longer running: a killed method-3
-
-            gone.wait()
+            gone = subprocess.Popen(["true"])  # a pid no longer running, and the tracking
+            gone.wait()  # bitmap a method-3 run killed with that pid would leave
             live.add_bitmap(f"bf-t-{gone.pid}-1")
         qemu_io(rw, "write -P 2 4M 64k")
         done = head_start(rw, chain, qmp, "c")
