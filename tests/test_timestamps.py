@@ -6,6 +6,7 @@ and the timeline formats carrying them whole."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -297,9 +298,13 @@ def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
             for name in names:
                 (m / name).write_bytes(b"x")
                 os.utime(m / name, (FAT_TIMES["kolkata.txt"],) * 2)
+        with mounted_with(["env", "TZ=America/St_Johns", "mount.exfat-fuse", device],
+                          tmp_path / "m") as m:  # -03:30: a negative offset
+            (m / "st johns.txt").write_bytes(b"x")
+            os.utime(m / "st johns.txt", (FAT_TIMES["kolkata.txt"],) * 2)
         with mounted_with(["env", "TZ=America/New_York", "mount.exfat-fuse", "-o", "ro",
                            device], tmp_path / "m") as m:
-            stats = {name: os.stat(m / name) for name in names}
+            stats = {name: os.stat(m / name) for name in (*names, "st johns.txt")}
     raw = bytearray(image.read_bytes())
     name_entry = raw.index("no offset".encode("utf-16-le")) - 2  # in the file name entry
     raw[name_entry - 64 + 22 : name_entry - 64 + 25] = bytes(3)  # the file entry's offsets
@@ -308,9 +313,10 @@ def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
     with _chain(tmp_path, image) as chain:
         for zone in ("UTC", "Europe/Berlin"):
             versions = timeline_formats.file_versions(chain, zone=zone).set_index("path")
-            for column in ("mtime", "atime"):
-                assert versions.loc["/kolkata.txt", column] == \
-                    getattr(stats["kolkata.txt"], f"st_{column}")
+            for name, column in itertools.product(("kolkata.txt", "st johns.txt"),
+                                                  ("mtime", "atime")):
+                assert versions.loc[f"/{name}", column] == \
+                    getattr(stats[name], f"st_{column}") == FAT_TIMES["kolkata.txt"]
     ours, note = _cli_body(tmp_path / "chain", "--timezone", WRITER_ZONE)
     theirs = _fls_body(image, WRITER_ZONE)
     for name in names:
