@@ -21,6 +21,7 @@ from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
 from blockforensics.live.guest import WROTE, make_ext4
+from blockforensics.live.headstart import live_full, live_incremental, live_reread
 from blockforensics.live.ops import LiveDisk
 from blockforensics.live.qmp import QmpError, action
 from blockforensics.nbd.client import NbdAddress
@@ -115,11 +116,13 @@ def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str)
             process.wait()
 
 
-def _write_until(rw: NbdAddress, stop: threading.Event) -> None:
-    """4 KiB writes at random places of the disk's last 8 MiB until ``stop``."""
+def _write_until(rw: NbdAddress, stop: threading.Event, first: int = 72 * MIB,
+                 last: int = 80 * MIB) -> None:
+    """4 KiB writes at random places between bytes ``first`` and ``last`` until ``stop``."""
     rng = np.random.default_rng(5)
     while not stop.is_set():
-        qemu_io(rw, f"write -P 7 {int(rng.integers(72 * 256, 80 * 256)) * 4096} 4k")
+        at = int(rng.integers(first // 4096, last // 4096)) * 4096
+        qemu_io(rw, f"write -P {int(rng.integers(1, 255))} {at} 4k")
 
 
 @pytest.mark.slow
@@ -280,6 +283,34 @@ def test_persistent_bitmap_of_a_qcow2_with_a_backing_file_across_restarts(tmp_pa
         assert done.returncode == 0 and "'c-1' is inconsistent" in done.stdout, done.stderr
         assert_point_is_disk(chain, 2, rw, tmp_path / "r2.raw")
         assert live.bitmaps() == ["c-2"]
+
+
+def test_points_of_a_qcow2_with_a_backing_file_are_their_snapshots_while_writes_go_on(
+        tmp_path):
+    """Writes all the time, on a qcow2 over a raw backing file: each point (full, head
+    start, re-read) equals QEMU's fleecing snapshot it was read from, not a mix."""
+    base = disk_image(tmp_path / "base.img")
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(top)], check=True)
+    with served(top, tmp_path / "qsd", fmt="qcow2") as (_, live, rw):
+        chain = Chain.open_or_create(tmp_path / "chain")
+        stop = threading.Event()
+        writer = threading.Thread(target=_write_until, args=(rw, stop, 0, 8 * MIB))
+        writer.start()
+        try:
+            live_full(chain, live, tmp_path, "c", keep_snapshot=tmp_path / "s0.raw")
+            qemu_io(rw, "write -P 1 3M 1M")
+            live_incremental(chain, live, tmp_path, "c", "c-1",
+                             keep_snapshot=tmp_path / "s1.raw")
+            live_reread(chain, live, tmp_path, "c-2", keep_snapshot=tmp_path / "s2.raw")
+        finally:
+            stop.set()
+            writer.join(30)
+        for point in range(3):
+            restored = restore(chain, point, tmp_path / f"r{point}.raw")
+            assert same_image(restored, tmp_path / f"s{point}.raw"), point
+        chain.close()
 
 
 def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):
