@@ -86,10 +86,9 @@ def file_versions(chain: Chain, *, zone: str = "UTC", progress: bool = False
     """Every file version the chain records (see the module documentation), one row
     each, in point order: columns :data:`VERSION_COLUMNS` (``runs``: the content's disk
     byte extents ``[(offset, length), ...]`` at that point; ``wall_clock``: the times
-    kept with no zone, ``zone``: the zone they were read in, "" when none); ``zone``: the
-    IANA zone the
-    clock that wrote FAT (and exFAT without a UTC offset) times was set to — they carry
-    none — as ``fls -z``; ``progress``: a bar of points."""
+    kept with no zone, ``zone``: the zone they were read in, "" when none).  ``zone``:
+    the IANA zone of the clock that wrote FAT times (and exFAT ones without a UTC
+    offset), which carry none, as ``fls -z``; ``progress``: a bar of points."""
     tz = _zone(zone)
     listings: dict[int | None, Listing] = {}
     rows = []

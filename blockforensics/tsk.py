@@ -776,12 +776,19 @@ def _ext_times(fs: Any, inode: int, times: dict[str, int], nanos: dict[str, int]
     if image is None:
         return times, nanos
     if not hasattr(fs, "ext"):
-        fs.ext = ExtFileSystem(image.disk, fs.offset)
-        fs.ext_tables = fs.ext.inode_tables()
         fs.ext_chunks = {}  # :func:`_ext_inode`'s pieces of the inode tables
-    if fs.ext.inode_size <= GOOD_OLD_INODE_SIZE and max(times.values()) < 1 << 31:
+        try:
+            fs.ext = ExtFileSystem(image.disk, fs.offset)
+            fs.ext_tables = fs.ext.inode_tables()
+        except FormatError:  # a superblock the reader refuses: TSK's times
+            fs.ext = None
+    if fs.ext is None or (fs.ext.inode_size <= GOOD_OLD_INODE_SIZE
+                          and max(times.values()) < 1 << 31):
         return times, nanos
-    return inode_times(_ext_inode(fs, inode))
+    try:
+        return inode_times(_ext_inode(fs, inode))
+    except FormatError:  # no such inode (TSK's virtual ones): TSK's times
+        return times, nanos
 
 
 #: bytes of an ext inode table read at a time (a power of two: no inode crosses one)
