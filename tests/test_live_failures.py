@@ -288,7 +288,8 @@ def test_persistent_bitmap_of_a_qcow2_with_a_backing_file_across_restarts(tmp_pa
 def test_points_of_a_qcow2_with_a_backing_file_are_their_snapshots_while_writes_go_on(
         tmp_path):
     """Writes all the time, on a qcow2 over a raw backing file: each point (full, head
-    start, re-read) equals QEMU's fleecing snapshot it was read from, not a mix."""
+    start with a budget smaller than what it tracked, re-read) equals QEMU's fleecing
+    snapshot it was read from, not a mix."""
     base = disk_image(tmp_path / "base.img")
     top = tmp_path / "top.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
@@ -301,8 +302,9 @@ def test_points_of_a_qcow2_with_a_backing_file_are_their_snapshots_while_writes_
         try:
             live_full(chain, live, tmp_path, "c", keep_snapshot=tmp_path / "s0.raw")
             qemu_io(rw, "write -P 1 3M 1M")
-            live_incremental(chain, live, tmp_path, "c", "c-1",
-                             keep_snapshot=tmp_path / "s1.raw")
+            budget = live_incremental(chain, live, tmp_path, "c", "c-1",
+                                      keep_snapshot=tmp_path / "s1.raw",
+                                      head_start_bytes=64 << 10)
             live_reread(chain, live, tmp_path, "c-2", keep_snapshot=tmp_path / "s2.raw")
         finally:
             stop.set()
@@ -311,6 +313,8 @@ def test_points_of_a_qcow2_with_a_backing_file_are_their_snapshots_while_writes_
             restored = restore(chain, point, tmp_path / f"r{point}.raw")
             assert same_image(restored, tmp_path / f"s{point}.raw"), point
         chain.close()
+        # the head start holds 64 KiB at most; the rest of the 1 MiB comes from the snapshot
+        assert budget.ahead == 16 and budget.after >= 256 - 16
 
 
 def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):

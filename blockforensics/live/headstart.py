@@ -44,6 +44,9 @@ from blockforensics.live.qmp import Qmp
 from blockforensics.nbd.client import NbdAddress
 from blockforensics.snapshot import BlockStore
 
+#: the most a head start copies ahead (held in memory until the snapshot), bytes
+HEAD_START_BYTES = 256 << 20
+
 
 @dataclass
 class LivePoint:
@@ -151,17 +154,20 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
                      keep_snapshot: str | os.PathLike[str] | None = None,
                      before_snapshot: Callable[[], object] | None = None,
                      committed: Callable[[int], object] | None = None,
-                     compress: bool = False) -> LivePoint:
+                     compress: bool = False,
+                     head_start_bytes: int = HEAD_START_BYTES) -> LivePoint:
     """An incremental of the blocks ``bitmap`` (enabled, not exported) marks, read from
-    a snapshot, with or without the head start; ``next_bitmap`` tracks from the
-    snapshot on.  ``before_snapshot()`` runs between the head start and the snapshot
-    (writes made there are the ones read from the snapshot); ``committed(point)`` as
-    soon as the point is in the chain.  The bitmaps of this point are removed after
-    that; a run that fails before it merges the bitmaps it made back into ``bitmap``
-    (enabled again), which then marks every write since the newest point."""
+    a snapshot, with or without the head start (at most ``head_start_bytes`` copied
+    ahead, held in memory: the lowest marked blocks; the others are read from the
+    snapshot); ``next_bitmap`` tracks from the snapshot on.  ``before_snapshot()`` runs
+    between the head start and the snapshot (writes made there are the ones read from
+    the snapshot); ``committed(point)`` as soon as the point is in the chain.  The
+    bitmaps of this point are removed after that; a run that fails before it merges
+    the bitmaps it made back into ``bitmap`` (enabled again), which then marks every
+    write since the newest point."""
     bs = block_size or chain.block_size
     store = BlockStore(bs)
-    ahead = BlockMap.empty(-(-live.size() // bs), bs)
+    ahead = left = BlockMap.empty(-(-live.size() // bs), bs)
     after_bitmap = f"{bitmap}-after" if head_start else bitmap
     existing = live.bitmaps()
     made = [name for name in {after_bitmap, next_bitmap} - {bitmap}  # merged back on a failure
@@ -172,8 +178,10 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
         if head_start:
             live.qmp.transaction(live.add_bitmap_action(after_bitmap),
                                  live.disable_bitmap_action(bitmap))
-            ahead = live.dirty_map(bitmap, bs)
-            positions = ahead.positions()
+            marked = live.dirty_map(bitmap, bs)
+            positions = marked.positions()[: max(head_start_bytes // bs, 0)]
+            ahead = BlockMap.from_positions(marked.n_blocks, positions, bs)
+            left = marked - ahead  # beyond the budget: read from the snapshot
             with live.exported(live.node) as address, NbdDisk(address, bs) as disk:
                 store = BlockStore.adopt(positions, disk.read_at(positions))
         if before_snapshot is not None:
@@ -181,7 +189,7 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
         snapped = time.monotonic()
         with live.fleece(workdir, live.add_bitmap_action(next_bitmap),
                          live.disable_bitmap_action(after_bitmap)) as snap:
-            after = live.dirty_map(after_bitmap, bs)
+            after = live.dirty_map(after_bitmap, bs) | left
             with snap.exported() as address, NbdDisk(address, bs) as disk:
                 source = HeadStartSource(disk, store, after)
                 point = backup(chain, source, full=False, changed=ahead | after, block_size=bs,
