@@ -10,11 +10,12 @@ block tracked, so a restored point equals its snapshot wherever the full's free
 space held zeros.
 
 Head start (method 1, US 2016/0371150 A1) on the live disk: before the snapshot,
-the blocks the current bitmap marks are copied from the *live* disk into the
-pending image while a new bitmap takes over the tracking (one transaction: add the
-new one, disable the old).  A block the guest writes after that switch is marked
-in the new bitmap, so at the snapshot only the blocks marked there are read from
-it; every other head-start block was not written since it was copied and equals
+the blocks the current bitmap marks (up to :data:`HEAD_START_BYTES`) are copied
+from the *live* disk into the pending image while a new bitmap takes over the
+tracking (one transaction: add the new one, disable the old).  A block the guest
+writes after that switch is marked in the new bitmap, so at the snapshot only the
+blocks marked there (and those beyond the budget) are read from it; every other
+head-start block was not written since it was copied and equals
 the snapshot's.  The point therefore equals a plain incremental of the snapshot
 (copying ``ahead | after`` from it), with fewer blocks read after the snapshot.
 """
