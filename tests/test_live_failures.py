@@ -317,6 +317,22 @@ def test_points_of_a_qcow2_with_a_backing_file_are_their_snapshots_while_writes_
         assert budget.ahead == 16 and budget.after >= 256 - 16
 
 
+def test_a_qcow2_version_2_disk(tmp_path):
+    """A qcow2 of version 2 cannot store bitmaps: the tracking is not persistent there
+    (adding it persistent failed the full), and the points hold the disk."""
+    image = tmp_path / "v2.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=0.10",
+                    str(disk_image(tmp_path / "disk.img")), str(image)], check=True)
+    with served(image, tmp_path / "qsd", fmt="qcow2") as (daemon, live, rw):
+        chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
+        done = head_start(rw, chain, qmp, "c")
+        assert done.returncode == 0, done.stderr
+        assert not live.bitmap_states()["c"]["persistent"]
+        qemu_io(rw, "write -P 1 3M 8k")
+        assert head_start(rw, chain, qmp, "c").returncode == 0
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
+
+
 def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):
     """A second backup of a disk while one runs is refused, and so is a second chain
     starting its tracking in a bitmap another chain owns."""

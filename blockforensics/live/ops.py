@@ -165,10 +165,14 @@ class LiveDisk:
 
     # ------------------------------------------------------------------ bitmaps
     def add_bitmap_action(self, name: str, node: str | None = None) -> dict[str, Any]:
-        """Add bitmap ``name``: persistent where the node can store it (qcow2), so that a
-        clean QEMU restart keeps the tracking."""
+        """Add bitmap ``name``: persistent where the node can store it (a writable qcow2
+        of version 3; version 2 cannot), so that a clean QEMU restart keeps the
+        tracking."""
         node = node or self.node
-        persistent = node == self.node and self.info(node)["drv"] == "qcow2"
+        info = self.info(node)
+        qcow2 = info["image"].get("format-specific", {})
+        persistent = (node == self.node and info["drv"] == "qcow2" and not info["ro"]
+                      and qcow2.get("data", {}).get("compat") != "0.10")
         return action("block-dirty-bitmap-add", node=node, name=name,
                       granularity=GRANULARITY, persistent=persistent)
 
