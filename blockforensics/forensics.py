@@ -24,9 +24,10 @@ How a change is named (paths compared, ``p1:/x`` for partition 1):
   directory and each file below it renamed;
 - *created* / *deleted*: the path exists at one point only (and is no rename); a
   file replaced by a directory of that name is a deletion and a creation;
-- a file is *modified* when its size or mtime differs or its bytes differ.  Bytes
-  are compared whenever anything changed (size, mtime, ctime, data runs, or a
-  changed block holds its data): with the same data runs, only its bytes inside
+- a file is *modified* when its size or mtime (to the nanosecond) differs or its
+  bytes differ.  Bytes are compared whenever anything changed (size, mtime, ctime,
+  data runs, or a changed block holds its data): with the same data runs, only its
+  bytes inside
   changed blocks (a changed block can hold other files' clusters, so touching one
   proves nothing); with other runs, the whole content; resident data (NTFS
   resident ``$DATA``, ext4 ``inline_data``, a symlink's target) is always compared.
@@ -475,7 +476,8 @@ class _Comparison:
     def compare_files(self, change: str, old: Entry, new: Entry,
                       replaced: Entry | None = None) -> None:
         touched = self.touched(old), self.touched(new)
-        meta = (old.size, old.mtime) != (new.size, new.mtime)
+        mtime = (old.mtime, old.mtime_ns) != (new.mtime, new.mtime_ns)  # to the ns
+        meta = old.size != new.size or mtime
         moved = not old.same_extents(new)
         resident = old.resident is not None or new.resident is not None
         compressed = not (old.stored and new.stored)  # stored bytes are no content
@@ -493,7 +495,7 @@ class _Comparison:
         content = before.sha256 != after.sha256 or old.size != new.size
         what = [name for name, differs in (
             ("target" if new.kind == "symlink" else "content", content),
-            ("size", old.size != new.size), ("mtime", old.mtime != new.mtime)) if differs]
+            ("size", old.size != new.size), ("mtime", mtime)) if differs]
         what += [a for a in aspects if a != "ctime" or not (what or change == "renamed")]
         if change == "renamed":
             what.insert(0, "name")

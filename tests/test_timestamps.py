@@ -484,3 +484,26 @@ def test_a_deleted_ext_files_deletion_time_is_its_inodes_dtime(tmp_path: Path) -
     assert f"<dtime>{datetime.fromtimestamp(dtime, timezone.utc).isoformat()}</dtime>" \
         in outputs["dfxml"]
     assert {len(line.split("|")) for line in outputs["bodyfile"].splitlines()} == {11}
+
+
+def test_an_mtime_put_back_to_its_second_without_the_fraction_is_a_change(tmp_path: Path
+                                                                          ) -> None:
+    """``touch -d`` to the same second with the nanoseconds gone (times copied from a
+    coarser file system, or put back by hand): the diff says the mtime changed, not
+    only the ctime."""
+    require_module("pytsk3", "pytsk3")
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    from blockforensics import forensics
+
+    image, stats, _ = _volume(tmp_path, "ext4", _touch_all)
+    chain = _chain(tmp_path, image)
+    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        os.utime(m / "ns.txt", ns=(stats["ns.txt"].st_atime_ns,
+                                   stats["ns.txt"].st_mtime_ns // 10**9 * 10**9))
+    backup_image(chain, image)
+    with chain:
+        rows = forensics.diff(chain, 0, 1, files=True).files.set_index("path")
+    assert (rows.loc["/ns.txt", "change"], rows.loc["/ns.txt", "what_changed"]) == \
+        ("modified", "mtime")
+    assert list(rows.index) == ["/ns.txt"]
