@@ -265,12 +265,14 @@ def ext_deletion_times(disk: Disk) -> Callable[[Entry], int]:
     def dtime(entry: Entry) -> int:
         if entry.fs != "ext":
             return 0
-        prefix = entry.path[: entry.path.index("/")]
         try:
             if not volumes:
                 for name, view, offset, _ in _filesystem_places(disk):
                     volumes[name] = ExtFileSystem(_ext_recovered(view, offset)[0], offset) \
                         if has_ext_magic(view.read(offset + 1024, 1024)) else None
+            # "p2:", "vg/lv:" (an LVM volume's name holds a "/"), or "" for a bare volume
+            prefix = next((name for name in volumes
+                           if name and entry.path.startswith(name + "/")), "")
             ext = volumes.get(prefix)
             return deletion_time(ext, entry.inode) if ext is not None else 0
         except FormatError:  # a damaged volume or inode: no deletion time to give

@@ -446,31 +446,39 @@ def test_ext4_extra_time_fields_at_their_limits(tmp_path: Path) -> None:
     assert event["datetime"] == when.isoformat()
 
 
-def test_a_deleted_ext_files_deletion_time_is_its_inodes_dtime(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", [0, 1 << 20])  # a bare volume; partition 1 of an MBR
+def test_a_deleted_ext_files_deletion_time_is_its_inodes_dtime(tmp_path: Path, start: int
+                                                               ) -> None:
     """A file deleted between two points: its version carries the inode's ``dtime`` at
     the later point (``debugfs``'s), as a "Deletion Time" event and DFXML ``dtime``; the
     body file has no field for it (TSK's neither)."""
     require_module("pytsk3", "pytsk3")
-    require_tools("mkfs.ext4", "debugfs")
+    require_tools("mkfs.ext4", "debugfs", "sfdisk")
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
     image = tmp_path / "ext4.img"
     with image.open("wb") as fh:
-        fh.truncate(16 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+        fh.truncate(start + (16 << 20))
+    if start:
+        subprocess.run(["sfdisk", "-q", str(image)], input=f"{start // 512},,83\n",
+                       text=True, check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", f"offset={start}", str(image), "16M"],
+                   check=True)
+    mount = ["mount", "-o", f"loop,offset={start}", str(image)]
+    with mounted_with(mount, tmp_path / "m") as m:
         (m / "gone.txt").write_bytes(b"soon gone")
         inode = os.stat(m / "gone.txt").st_ino
     chain = _chain(tmp_path, image)
-    with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
+    with mounted_with(mount, tmp_path / "m") as m:
         (m / "gone.txt").unlink()
     backup_image(chain, image)
-    shown = subprocess.run(["debugfs", "-R", f"stat <{inode}>", str(image)], check=True,
-                           capture_output=True, text=True).stdout
+    shown = subprocess.run(["debugfs", "-R", f"stat <{inode}>", f"{image}?offset={start}"],
+                           check=True, capture_output=True, text=True).stdout
     dtime = int(re.search(r"dtime: 0x([0-9a-f]+)", shown).group(1), 16)
     with chain:
         versions = timeline_formats.file_versions(chain)
-    gone = versions[(versions.path == "/gone.txt") & (versions.change == "deleted")]
+    path = "p1:/gone.txt" if start else "/gone.txt"
+    gone = versions[(versions.path == path) & (versions.change == "deleted")]
     assert gone.dtime.tolist() == [dtime] and dtime > 1_600_000_000
     assert (versions[versions.change != "deleted"].dtime == 0).all()
     outputs = {}
