@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -87,6 +88,29 @@ def test_disk_full_in_the_chain_directory_loses_no_write(tmp_path):
         assert head_start(rw, chain, qmp, "c-1").returncode == 0
         assert_point_is_disk(chain, 2, rw, tmp_path / "r2.raw")
         assert live.bitmaps() == ["c-2"]
+
+
+def test_no_snapshot_where_the_guest_writes_could_fill_the_file_system(tmp_path):
+    """QEMU fails a guest's write whose old block cannot be copied into the snapshot: a
+    snapshot whose overlay's file system cannot hold the whole disk is refused before
+    it is taken, and the tracking is untouched."""
+    require_tools("mount", "umount")
+    with mounted_with(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs"],
+                      tmp_path / "tiny") as tiny, \
+            served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (daemon, live, rw):
+        chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
+        assert head_start(rw, chain, qmp, "c").returncode == 0
+        qemu_io(rw, "write -P 1 2M 64k")
+        argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
+                "--bitmap", "c", "--head-start", str(qmp)]
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                                 env={**os.environ, "TMPDIR": str(tiny)})
+        assert refused.returncode == 2 and "set TMPDIR" in refused.stderr, refused.stderr
+        states = live.bitmap_states()
+        assert list(states) == ["c"] and states["c"]["recording"]
+        qemu_io(rw, "write -P 2 4M 64k")
+        assert head_start(rw, chain, qmp, "c").returncode == 0
+        assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
 
 
 def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str) -> int:

@@ -11,6 +11,8 @@ image-fleecing snapshots.
   ``blockdev-backup`` job with ``sync=none`` from the node into it: before the guest
   overwrites a block, the old contents are copied into the overlay, so the overlay
   reads as the disk at the moment of the transaction, while the guest writes on.
+  QEMU fails the guest's write when that copy fails, so the overlay's file system
+  must hold the whole disk before a snapshot is taken.
   Bitmap actions in the same transaction happen at exactly that moment.
 """
 
@@ -22,6 +24,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -279,6 +282,13 @@ class Fleece:
         self.job = live.fresh("bf-cbw")
         self.overlay = workdir / f"{self.node}.qcow2"
         size = live.size()
+        free = shutil.disk_usage(workdir).free
+        if free < size:  # QEMU fails the guest's write when its old block finds no room
+            raise UsageError(
+                f"{workdir}: {free} bytes free, but the snapshot of {live.node} may need up "
+                f"to {size} (each block the guest writes during the backup is first copied "
+                "there, and a full file system would fail the guest's write): make room, or "
+                "set TMPDIR to a larger file system")
         done = subprocess.run([require("qemu-img"), "create", "-q", "-f", "qcow2",
                                str(self.overlay), str(size)], capture_output=True, text=True,
                               check=False)

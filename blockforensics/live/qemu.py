@@ -55,14 +55,16 @@ class QemuProcess:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
-        while not self.qmp_socket.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                lines = self.log.read_text(errors="replace").strip().splitlines()
-                raise UsageError(f"{self.command()[0]} did not start: "
-                                 f"{lines[-1] if lines else '(no message)'}")
-            time.sleep(0.05)
-        self.qmp = Qmp(str(self.qmp_socket))
+        while self.qmp is None:  # the socket file exists a moment before QEMU listens on it
+            try:
+                self.qmp = Qmp(str(self.qmp_socket))
+            except UsageError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    lines = self.log.read_text(errors="replace").strip().splitlines()
+                    raise UsageError(f"{self.command()[0]} did not start: "
+                                     f"{lines[-1] if lines else '(no message)'}") from None
+                time.sleep(0.05)
         self.qmp.execute("nbd-server-start",
                          addr={"type": "unix", "data": {"path": str(self.nbd_socket)}})
         return self.qmp
