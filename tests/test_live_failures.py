@@ -359,7 +359,8 @@ def test_a_qcow2_version_2_disk(tmp_path):
 
 def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):
     """A second backup of a disk while one runs is refused, and so is a second chain
-    starting its tracking in a bitmap another chain owns."""
+    starting its tracking in a bitmap another chain owns; with a name of its own, both
+    chains track the disk side by side."""
     with served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (daemon, live, rw):
         qmp = daemon.spare_qmp_socket
         with live.locked():
@@ -369,6 +370,13 @@ def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):
         other = head_start(rw, tmp_path / "b", qmp, "c")
         assert other.returncode == 2 and "'c' already exists" in other.stderr, other.stderr
         assert live.bitmaps() == ["c"]
+        assert head_start(rw, tmp_path / "b", qmp, "w").returncode == 0  # a name of its own
+        qemu_io(rw, "write -P 1 2M 64k")
+        for chain, bitmap in (("a", "c"), ("b", "w")):  # each tracks on, unhindered
+            done = head_start(rw, tmp_path / chain, qmp, bitmap, "--json")
+            assert done.returncode == 0 and json.loads(done.stdout)["tracked"] == 16
+            assert_point_is_disk(tmp_path / chain, 1, rw, tmp_path / f"{chain}1.raw")
+        assert sorted(live.bitmaps()) == ["c-1", "w-1"]
 
 
 def test_wrong_sockets_and_exports_are_one_line_errors(tmp_path):
