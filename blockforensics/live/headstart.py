@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -215,9 +216,8 @@ def _roll_back(live: LiveDisk, bitmap: str | None, made: list[str]) -> None:
     """Undo a failed run's hand-over: those of the bitmaps it meant to add (``made``,
     none of which existed before) that QEMU has merged back into ``bitmap`` (enabled
     again), or with no ``bitmap`` (a failed full) removed; this process's exports,
-    jobs and nodes removed first.  Best effort: when
-    QEMU cannot be reached, the next run does it from the chain's record
-    (:func:`blockforensics.live.handover.recover`)."""
+    jobs and nodes removed first.  Best effort: when QEMU cannot be reached, the next
+    run does it from the chain's record (:func:`blockforensics.live.handover.recover`)."""
     with contextlib.suppress(BlockforensicsError, OSError):
         live.remove_leftovers(mine=True)  # an export interrupted would keep a bitmap busy
         present = live.bitmap_states()
@@ -306,16 +306,8 @@ def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
                          "another job); try again when it is free")
     ours = [bitmap] if record is not None and record.disk == disk and \
         record.bitmap == bitmap and state is not None else []
-    why = (f"no record that bitmap {bitmap!r} has tracked {node} since point {newest}'s "
-           "snapshot" if trusted is None else
-           f"bitmap {bitmap!r} is gone (QEMU restarted, or it was removed)" if state is None
-           else f"bitmap {bitmap!r} is inconsistent (QEMU stopped without saving it)"
-           if state.get("inconsistent") else
-           f"bitmap {bitmap!r} is disabled: writes made while it was off are unknown"
-           if not state["recording"] else
-           f"bitmap {bitmap!r} has a granularity of {state['granularity']} bytes, not the "
-           f"{GRANULARITY} of the bitmaps this tool adds: someone else made it (after a "
-           "restart?)" if state["granularity"] != GRANULARITY else None)
+    why = _distrust(bitmap, state) if trusted is not None else \
+        f"no record that bitmap {bitmap!r} has tracked {node} since point {newest}'s snapshot"
     directory = chain.directory
     if why is None:
         bs = block_size or chain.block_size
@@ -338,6 +330,22 @@ def _live_next(chain: Chain, live: LiveDisk, work: str, bitmap: str,
     done.notes.append(f"{why}: the whole snapshot was read and the blocks that differ from "
                       f"point {newest} stored; tracking goes on in bitmap {following!r}")
     return done
+
+
+def _distrust(bitmap: str, state: dict[str, Any] | None) -> str | None:
+    """Why the recorded ``bitmap`` (QEMU's ``state`` of it, None if gone) may miss writes
+    made since it started; None when it cannot have."""
+    if state is None:
+        return f"bitmap {bitmap!r} is gone (QEMU restarted, or it was removed)"
+    if state.get("inconsistent"):
+        return f"bitmap {bitmap!r} is inconsistent (QEMU stopped without saving it)"
+    if not state["recording"]:
+        return f"bitmap {bitmap!r} is disabled: writes made while it was off are unknown"
+    if state["granularity"] != GRANULARITY:
+        return (f"bitmap {bitmap!r} has a granularity of {state['granularity']} bytes, not the "
+                f"{GRANULARITY} of the bitmaps this tool adds: someone else made it (after a "
+                "restart?)")
+    return None
 
 
 def _check_new(node: str, names: list[str], states: Collection[str]) -> None:
