@@ -308,6 +308,8 @@ def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
     raw = bytearray(image.read_bytes())
     name_entry = raw.index("no offset".encode("utf-16-le")) - 2  # in the file name entry
     raw[name_entry - 64 + 22 : name_entry - 64 + 25] = bytes(3)  # the file entry's offsets
+    name_entry = raw.index("kolkata".encode("utf-16-le")) - 2
+    raw[name_entry - 64 + 21] = 150  # LastModified10msIncrement: 1.5 s past the even second
     image.write_bytes(raw)
 
     with _chain(tmp_path, image) as chain:
@@ -315,8 +317,10 @@ def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
             versions = timeline_formats.file_versions(chain, zone=zone).set_index("path")
             for name, column in itertools.product(("kolkata.txt", "st johns.txt"),
                                                   ("mtime", "atime")):
-                assert versions.loc[f"/{name}", column] == \
-                    getattr(stats[name], f"st_{column}") == FAT_TIMES["kolkata.txt"]
+                steps = 1 if (name, column) == ("kolkata.txt", "mtime") else 0
+                assert versions.loc[f"/{name}", column] == steps + \
+                    getattr(stats[name], f"st_{column}") == steps + FAT_TIMES["kolkata.txt"]
+            assert versions.loc["/kolkata.txt", "mtime_ns"] == 500_000_000
     ours, note = _cli_body(tmp_path / "chain", "--timezone", WRITER_ZONE)
     theirs = _fls_body(image, WRITER_ZONE)
     for name in names:
