@@ -63,10 +63,12 @@ def qemu_io(address: NbdAddress, *commands: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
 
-def bf(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The blockforensics command in a process of its own (any exit status)."""
+def bf(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """The blockforensics command in a process of its own (any exit status), with
+    ``env`` added to its environment."""
     return subprocess.run([sys.executable, "-m", "blockforensics.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **env})
 
 
 def same_image(a: Path, b: Path) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -101,10 +100,8 @@ def test_no_snapshot_where_the_guest_writes_could_fill_the_file_system(tmp_path)
         chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
         assert head_start(rw, chain, qmp, "c").returncode == 0
         qemu_io(rw, "write -P 1 2M 64k")
-        argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
-                "--bitmap", "c", "--head-start", str(qmp)]
-        refused = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                                 env={**os.environ, "TMPDIR": str(tiny)})
+        refused = bf("backup", rw.uri(), chain, "--bitmap", "c", "--head-start", qmp,
+                     TMPDIR=str(tiny))
         assert refused.returncode == 2 and "set TMPDIR" in refused.stderr, refused.stderr
         states = live.bitmap_states()
         assert list(states) == ["c"] and states["c"]["recording"]
@@ -363,8 +360,9 @@ def test_one_backup_per_disk_and_one_bitmap_per_chain(tmp_path):
     chains track the disk side by side."""
     with served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (daemon, live, rw):
         qmp = daemon.spare_qmp_socket
-        with live.locked():
-            busy = head_start(rw, tmp_path / "a", qmp, "c")
+        with live.locked():  # whatever TMPDIR each says
+            busy = bf("backup", rw.uri(), tmp_path / "a", "--bitmap", "c", "--head-start", qmp,
+                      TMPDIR=str(tmp_path))
         assert busy.returncode == 2 and "another backup of this disk" in busy.stderr
         assert head_start(rw, tmp_path / "a", qmp, "c").returncode == 0
         other = head_start(rw, tmp_path / "b", qmp, "c")

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -41,6 +40,8 @@ from blockforensics.nbd.protocol import QEMU_DIRTY_BITMAP
 from blockforensics.tools import require
 
 GRANULARITY = 4096  # bytes per dirty-bitmap bit
+#: where the per-disk lock files are (world-writable and sticky on Debian and others)
+LOCK_DIR = Path("/run/lock") if os.access("/run/lock", os.W_OK) else Path("/tmp")
 #: names :meth:`LiveDisk.fresh` gives: ``bf-<kind>-<pid>-<serial>``
 FRESH_NAME = re.compile(r"bf-[a-z]+-(\d+)-\d+")
 POLL = 0.02  # seconds between polls of query-* commands
@@ -153,7 +154,8 @@ class LiveDisk:
         process holds it."""
         where = str(self.info().get("file"))
         name = f"blockforensics-live-{hashlib.sha256(where.encode()).hexdigest()[:16]}.lock"
-        fd = os.open(Path(tempfile.gettempdir()) / name, os.O_RDWR | os.O_CREAT, 0o600)
+        # one place whatever TMPDIR says (it may be moved for the snapshot's room)
+        fd = os.open(LOCK_DIR / name, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
