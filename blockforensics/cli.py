@@ -157,6 +157,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
                                  "a point up into another chain")
     if args.head_start and not args.bitmap:
         raise UsageError("--head-start needs --bitmap NAME (tracking since the last point)")
+    clash = [f"--{name}" for name in ("parent", "full", "changed")  # the live run decides
+             if args.head_start and getattr(args, name)]
+    if clash:
+        raise UsageError(f"{clash[0]} does not go with --head-start (a live point's parent "
+                         "is the newest point, its blocks come from the bitmaps)")
     try:  # options are checked before anything is created
         changed = BlockMap.load(args.changed) if args.changed else None
     except ValueError as exc:

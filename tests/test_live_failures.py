@@ -388,6 +388,9 @@ def test_wrong_sockets_and_exports_are_one_line_errors(tmp_path):
         nope = NbdAddress(export="nope", socket_path=str(daemon.nbd_socket))
         done = head_start(nope, chain, daemon.spare_qmp_socket, "c")
         assert done.returncode == 2 and "no export 'nope'" in done.stderr
+        for option in (("--parent", "0"), ("--full",)):
+            done = head_start(rw, chain, daemon.spare_qmp_socket, "c", *option)
+            assert done.returncode == 2 and "does not go with --head-start" in done.stderr
         refused = head_start(rw, chain, daemon.spare_qmp_socket, "x" * 1100)  # QEMU's limit
         assert refused.returncode == 2 and "Bitmap name too long" in refused.stderr
         assert len(refused.stderr.splitlines()) == 1
