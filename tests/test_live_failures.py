@@ -194,6 +194,26 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
 
 
 @pytest.mark.slow
+def test_a_full_killed_after_its_snapshot(tmp_path):
+    """SIGKILL after the full's snapshot started bitmap c: the next run removes c (the
+    record lists it as pending, and no point vouches for it) and makes the full."""
+    image = disk_image(tmp_path / "disk.img", 80 * MIB)
+    with served(image, tmp_path / "qsd") as (daemon, live, rw):
+        qemu_io(rw, "write -P 1 8M 64M")  # a full long enough to stop
+        chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
+        argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
+                "--bitmap", "c", "--head-start", str(qmp)]
+        assert _stop_after_snapshot(argv, live, "c", "SIGKILL") == -9
+        assert handover.load(chain).pending == ["c"]  # type: ignore[union-attr]
+        qemu_io(rw, "write -P 2 4M 64k")
+        done = head_start(rw, chain, qmp, "c")
+        assert done.returncode == 0, done.stderr
+        assert "left bitmaps c; they are not known to start at the newest point" in done.stdout
+        assert_point_is_disk(chain, 0, rw, tmp_path / "r0.raw")
+        assert live.bitmaps() == ["c"]
+
+
+@pytest.mark.slow
 def test_qemu_killed_during_a_backup(tmp_path):
     """QEMU dies in the head start: a one-line error; once it runs again (its bitmaps
     gone with it) the next point reads the whole snapshot and holds the disk."""
