@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from blockforensics.errors import UsageError
 from blockforensics.formats.nbd import NbdDisk
 from blockforensics.image.backup import restore
 from blockforensics.image.chain import Chain
@@ -541,3 +542,27 @@ def test_a_writing_guest_on_qcow2_whose_backup_is_killed(tmp_path):
                 live.qmp.execute("cont")
             vm.wait_console(f"{WROTE} {40 + 20 * point}", 60)
         assert "merged back into c" in outputs[0] and "note" not in outputs[1]
+
+
+def test_a_disk_resized_during_the_head_start(tmp_path):
+    """block_resize between the head start and the snapshot: the run stops with a
+    one-line error and rolls its hand-over back; the next point holds the disk."""
+    with served(disk_image(tmp_path / "disk.img"), tmp_path / "qsd") as (_, live, rw):
+        chain = Chain.open_or_create(tmp_path / "chain")
+        live_full(chain, live, tmp_path, "c")
+        qemu_io(rw, "write -P 1 2M 64k")
+
+        def grow() -> None:
+            live.unexport("rw")  # the writable export does not share resizing
+            live.qmp.execute("block_resize", **{"node-name": live.node}, size=12 * MIB)
+            qemu_io(live.export("rw", writable=True), "write -P 2 10M 4k")
+
+        with pytest.raises(UsageError, match="resized during the backup"):
+            live_incremental(chain, live, tmp_path, "c", "c-1", before_snapshot=grow)
+        states = live.bitmap_states()
+        assert list(states) == ["c"] and states["c"]["recording"]
+        done = live_incremental(chain, live, tmp_path, "c", "c-1",
+                                keep_snapshot=tmp_path / "s1.raw")
+        assert done.tracked == 17
+        assert same_image(restore(chain, 1, tmp_path / "r1.raw"), tmp_path / "s1.raw")
+        chain.close()

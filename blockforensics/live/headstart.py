@@ -169,7 +169,8 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
     write since the newest point."""
     bs = block_size or chain.block_size
     store = BlockStore(bs)
-    ahead = left = BlockMap.empty(-(-live.size() // bs), bs)
+    size = live.size()
+    ahead = left = BlockMap.empty(-(-size // bs), bs)
     after_bitmap = f"{bitmap}-after" if head_start else bitmap
     existing = live.bitmaps()
     made = [name for name in {after_bitmap, next_bitmap} - {bitmap}  # merged back on a failure
@@ -191,6 +192,9 @@ def live_incremental(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[st
         snapped = time.monotonic()
         with live.fleece(workdir, live.add_bitmap_action(next_bitmap),
                          live.disable_bitmap_action(after_bitmap)) as snap:
+            if live.size() != size:  # the head start's map no longer fits the disk
+                raise UsageError(f"{live.node}: resized during the backup ({size} bytes, "
+                                 f"now {live.size()}); run it again")
             after = live.dirty_map(after_bitmap, bs) | left
             with snap.exported() as address, NbdDisk(address, bs) as disk:
                 source = HeadStartSource(disk, store, after)
