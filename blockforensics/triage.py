@@ -210,6 +210,8 @@ class PointTriage:
     reasons: list[str] = field(default_factory=list)
     baseline: dict[str, dict[str, float]] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)
+    #: the point's diff while it is judged; None after (a chain's every diff would be
+    #: held to the end: ``forensics.point_diff`` gives it again)
     diff: forensics.DiffResult | None = None
     lost_filesystems: list[LostFileSystem] = field(default_factory=list)
     structure_changes: list[str] = field(default_factory=list)
@@ -637,7 +639,7 @@ def triage(chain: Chain, rules: str | os.PathLike[str] | None = None) -> TriageR
         t.baseline = _baseline(history)
         t.files = _file_rows(result, hits)
         _judge(t, hits, full=parent is None)
-        t.files = t.files[:TOP_FILES]
+        t.files, t.diff = t.files[:TOP_FILES], None
         points.append(t)
         forensics.forget_listings(chain, listings, p)
     clean = {t.point for t in points if t.verdict == "clean"}

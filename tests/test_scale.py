@@ -248,3 +248,49 @@ def test_every_command_stays_under_256_mib_at_one_tebibyte(tmp_path: Path) -> No
     report = ", ".join(f"{name} {value / MiB:.0f} MiB" for name, value in rss.items())
     print(f"peak RSS at 1 TiB: {report}")
     assert all(value < RSS_BOUND for value in rss.values()), report
+
+
+# ------------------------------------------------- investigation of many files
+#: peak RSS a file of the volume may add to an investigation command: its Entry in the
+#: two listings compared (about 2.5 KiB each); a histogram and head kept per file
+#: (10-80 KiB each) break it
+RSS_PER_FILE = 8 << 10
+
+
+def _many_files(tmp_path: Path, n_files: int) -> Path:
+    """A chain of two points of an ext4 volume (``mkfs.ext4 -d``) of ``n_files`` small
+    files in directories of 500: the full, then 20 of them appended to (in their own
+    blocks: nothing else moves)."""
+    from sample_disks import make_ext4
+
+    tree, chain = tmp_path / f"tree{n_files}", tmp_path / f"chain{n_files}"
+    for i in range(n_files):
+        folder = tree / f"d{i // 500:03d}"
+        if i % 500 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"f{i:06d}.txt").write_bytes(b"line %d\n" % i * (1 + i % 40))
+    with Chain.create(chain) as opened:
+        for point in range(2):
+            if point:
+                for i in range(0, n_files, n_files // 20):
+                    with (tree / f"d{i // 500:03d}" / f"f{i:06d}.txt").open("ab") as fh:
+                        fh.write(b"changed\n")
+            image = make_ext4(tmp_path / f"v{n_files}.img", 256 * MiB, tree, (),
+                              ("-b", "4096", "-N", str(n_files + 4096)))
+            with RawDisk(image) as disk:
+                backup(opened, disk)
+    return chain
+
+
+@pytest.mark.slow
+def test_investigation_memory_grows_only_by_the_listings(tmp_path: Path) -> None:
+    """diff --files and triage (every point: the full's 2 000 or 10 000 files created)
+    of volumes of 2 000 and 10 000 files: the peak RSS grows by less than
+    :data:`RSS_PER_FILE` per file (what the listings hold), not by the histograms and
+    head of every file read (timeline: 1.6 GiB at 100 000 files before)."""
+    small, large = 2_000, 10_000
+    chains = {n: _many_files(tmp_path, n) for n in (small, large)}
+    for command in (("diff", "0", "1", "--files", "--json"), ("triage", "--json")):
+        rss = {n: peak_rss(command[0], chain, *command[1:]) for n, chain in chains.items()}
+        per_file = (rss[large] - rss[small]) / (large - small)
+        assert per_file < RSS_PER_FILE, (command, rss)
