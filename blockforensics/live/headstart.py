@@ -3,11 +3,11 @@
 Every point is read from an image-fleecing snapshot, so it holds the disk as it was
 at one moment while the guest writes on; tracking for the next point starts in the
 same QMP transaction that takes the snapshot, so no write is lost between points.
-The full stores what any backup of the disk stores: the blocks its file systems
-allocate and everything outside them (:func:`~blockforensics.allocation.survey` of
-the snapshot, per partition on a partitioned disk); an incremental stores every
-block tracked, so a restored point equals its snapshot wherever the full's free
-space held zeros.
+The full stores every block of the snapshot that is not all zeros — free space too,
+which on a disk in use holds the bytes of deleted files — and reports what the file
+systems allocate (:func:`~blockforensics.allocation.survey` of the snapshot, per
+partition on a partitioned disk); an incremental stores every block tracked; so
+every point restores to its snapshot's bytes.
 
 Head start (method 1, US 2016/0371150 A1) on the live disk: before the snapshot,
 the blocks the current bitmap marks (up to :data:`HEAD_START_BYTES`) are copied
@@ -95,11 +95,11 @@ def live_full(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str], nex
               *, block_size: int = 4096, all_blocks: bool = False, compress: bool = False,
               keep_snapshot: str | os.PathLike[str] | None = None,
               committed: Callable[[int], object] | None = None) -> LivePoint:
-    """A full point of the blocks the snapshot's survey marks (allocated, or outside
-    any known file system; with ``all_blocks`` every block that is not all zeros, so
-    that it restores to the disk's bytes, free space too); ``next_bitmap`` starts
-    tracking at that moment (and is removed again if the point is not committed).
-    ``committed(point)`` runs as soon as the point is in the chain."""
+    """A full point of every block of the snapshot that is not all zeros, with the
+    snapshot's survey (what its file systems allocate; not with ``all_blocks``) in
+    :attr:`LivePoint.found`; ``next_bitmap`` starts tracking at that moment (and is
+    removed again if the point is not committed).  ``committed(point)`` runs as soon
+    as the point is in the chain."""
     return _snapshot_point(chain, live, workdir, next_bitmap, full=True, block_size=block_size,
                            surveyed=not all_blocks, compress=compress,
                            keep_snapshot=keep_snapshot, committed=committed)
@@ -121,7 +121,7 @@ def _snapshot_point(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str
                     next_bitmap: str, *, full: bool, block_size: int, surveyed: bool,
                     compress: bool, keep_snapshot: str | os.PathLike[str] | None,
                     committed: Callable[[int], object] | None) -> LivePoint:
-    """A point read from a snapshot alone: a full (of the survey's blocks if
+    """A point read from a snapshot alone: a full (with the snapshot's survey if
     ``surveyed``), or an incremental of every block that differs from the newest
     point."""
     start = time.monotonic()
@@ -131,8 +131,8 @@ def _snapshot_point(chain: Chain, live: LiveDisk, workdir: str | os.PathLike[str
         with live.fleece(workdir, live.add_bitmap_action(next_bitmap)) as snap:
             with snap.exported() as address, NbdDisk(address, block_size) as disk:
                 found = survey(disk, block_size) if surveyed else None
-                point = backup(chain, disk, full=full, only=found.map if found else None,
-                               block_size=block_size, compress=compress,
+                point = backup(chain, disk, full=full, block_size=block_size,
+                               compress=compress,
                                label="live full" if full else "live re-read")
                 read = -(-disk.size // block_size)
             if committed is not None:
