@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -40,9 +41,9 @@ def disk_image(path: Path, size: int = 8 * MIB) -> Path:
     return path
 
 
-def head_start(rw: NbdAddress, chain: Path, qmp: Path, bitmap: str, *more: object
-               ) -> subprocess.CompletedProcess[str]:
-    return bf("backup", rw.uri(), chain, "--bitmap", bitmap, "--head-start", qmp, *more)
+def head_start(rw: NbdAddress, chain: Path, qmp: Path, bitmap: str, *more: object,
+               **env: str) -> subprocess.CompletedProcess[str]:
+    return bf("backup", rw.uri(), chain, "--bitmap", bitmap, "--head-start", qmp, *more, **env)
 
 
 def assert_point_is_disk(chain: Path, point: int, rw: NbdAddress, out: Path) -> None:
@@ -111,11 +112,13 @@ def test_no_snapshot_where_the_guest_writes_could_fill_the_file_system(tmp_path)
         assert_point_is_disk(chain, 1, rw, tmp_path / "r1.raw")
 
 
-def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str) -> int:
-    """Run ``argv``; once ``bitmap`` appears (the snapshot was taken, the point not yet
-    committed) stop it ``how``: a signal's name, or ``"nbd-dropped"`` (QEMU drops the
-    exports it reads through); its exit status."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str,
+                         **env: str) -> subprocess.Popen[bytes]:
+    """Run ``argv`` (``env`` added to its environment); once ``bitmap`` appears (the
+    snapshot was taken, the point not yet committed) stop it ``how``: a signal's name,
+    or ``"nbd-dropped"`` (QEMU drops the exports it reads through); the process, ended."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, **env})
     try:
         while process.poll() is None and bitmap not in live.bitmaps():
             time.sleep(0.002)
@@ -131,7 +134,7 @@ def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str)
         else:
             process.send_signal(getattr(signal, how))
         process.communicate(timeout=60)
-        return process.returncode
+        return process
     finally:
         if process.poll() is None:
             process.kill()
@@ -165,8 +168,11 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
         stop = threading.Event()
         writer = threading.Thread(target=_write_until, args=(rw, stop))
         writer.start()  # writes before, during and after the snapshot of the stopped run
+        tmp = tmp_path / "tmp"  # the run's TMPDIR: its snapshot overlay
+        tmp.mkdir()
         try:
-            assert _stop_after_snapshot(argv, live, "c-1", how) == status
+            stopped = _stop_after_snapshot(argv, live, "c-1", how, TMPDIR=str(tmp))
+            assert stopped.returncode == status
         finally:
             stop.set()
             writer.join(30)
@@ -179,9 +185,12 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
             gone = subprocess.Popen(["true"])  # a pid no longer running, and the tracking
             gone.wait()  # bitmap a method-3 run killed with that pid would leave
             live.add_bitmap(f"bf-t-{gone.pid}-1")
+        left = [path.name.rpartition("-")[0] for path in tmp.iterdir()]  # bf-fleece-PID-X
+        assert left == ([f"bf-fleece-{stopped.pid}"] if how == "SIGKILL" else [])
         qemu_io(rw, "write -P 2 4M 64k")
-        done = head_start(rw, chain, qmp, "c")
+        done = head_start(rw, chain, qmp, "c", TMPDIR=str(tmp))
         assert done.returncode == 0, done.stderr
+        assert not list(tmp.iterdir())
         if how == "SIGKILL":
             assert "removed what a stopped backup left in QEMU" in done.stdout
             assert f"bf-t-{gone.pid}-1" in done.stdout
@@ -204,7 +213,7 @@ def test_a_full_killed_after_its_snapshot(tmp_path):
         chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
         argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
                 "--bitmap", "c", "--head-start", str(qmp)]
-        assert _stop_after_snapshot(argv, live, "c", "SIGKILL") == -9
+        assert _stop_after_snapshot(argv, live, "c", "SIGKILL").returncode == -9
         assert handover.load(chain).pending == ["c"]  # type: ignore[union-attr]
         qemu_io(rw, "write -P 2 4M 64k")
         done = head_start(rw, chain, qmp, "c")

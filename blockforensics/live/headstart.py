@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,13 +43,15 @@ from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 from blockforensics.live import handover
 from blockforensics.live.handover import Handover
-from blockforensics.live.ops import GRANULARITY, LiveDisk
+from blockforensics.live.ops import GRANULARITY, LiveDisk, running
 from blockforensics.live.qmp import Qmp
 from blockforensics.nbd.client import NbdAddress
 from blockforensics.snapshot import BlockStore
 
 #: the most a head start copies ahead (held in memory until the snapshot), bytes
 HEAD_START_BYTES = 256 << 20
+#: a run's work directory in TMPDIR: ``bf-fleece-<pid>-<random>``
+WORKDIR_PREFIX = "bf-fleece-"
 
 
 @dataclass
@@ -259,11 +263,12 @@ def backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
 def _backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
                  block_size: int | None, head_start: bool, all_blocks: bool,
                  compress: bool) -> LivePoint:
-    with Qmp(qmp_socket) as qmp, tempfile.TemporaryDirectory(prefix="bf-fleece-") as work:
+    with Qmp(qmp_socket) as qmp, tempfile.TemporaryDirectory(
+            prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as work:
         address = NbdAddress.parse(source)
         first = LiveDisk.of_export(qmp, address, filtered=True)
         with first.locked():
-            orphans = first.remove_leftovers()
+            orphans = first.remove_leftovers() + _remove_dead_workdirs()
             live = LiveDisk.of_export(qmp, address)  # a stopped run's filter is gone now
             record, notes = handover.recover(chain, live, handover.load(chain.directory))
             if orphans:
@@ -280,6 +285,18 @@ def _backup_live(chain: Chain, source: str, qmp_socket: str, bitmap: str, *,
                                   compress)
     done.notes = notes + done.notes
     return done
+
+
+def _remove_dead_workdirs() -> list[str]:
+    """Remove the work directories (snapshot overlays, which grow with the guest's
+    writes) that runs whose process is gone left in TMPDIR; their names."""
+    gone = []
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(WORKDIR_PREFIX).partition("-")[0]
+        if pid.isdigit() and not running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(str(path))
+    return gone
 
 
 def _tracking_from(chain: Chain, disk: str, bitmap: str,

@@ -97,7 +97,7 @@ class LiveDisk:
             if found is None:
                 return False
             pid = int(found.group(1))
-            return (mine and pid == os.getpid()) or not _running(pid)
+            return (mine and pid == os.getpid()) or not running(pid)
 
         gone = []
         for export in self.qmp.execute("query-block-exports"):
@@ -261,7 +261,7 @@ class LiveDisk:
         return Fleece(self, Path(workdir), actions)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Whether process ``pid`` exists."""
     try:
         os.kill(pid, 0)
