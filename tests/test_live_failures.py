@@ -113,10 +113,11 @@ def test_no_snapshot_where_the_guest_writes_could_fill_the_file_system(tmp_path)
 
 
 def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str,
-                         **env: str) -> subprocess.Popen[bytes]:
+                         **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """Run ``argv`` (``env`` added to its environment); once ``bitmap`` appears (the
     snapshot was taken, the point not yet committed) stop it ``how``: a signal's name,
-    or ``"nbd-dropped"`` (QEMU drops the exports it reads through); the process, ended."""
+    or ``"nbd-dropped"`` (QEMU drops the exports it reads through); the process, ended,
+    and what it wrote on stderr."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, **env})
     try:
@@ -133,8 +134,7 @@ def _stop_after_snapshot(argv: list[str], live: LiveDisk, bitmap: str, how: str,
                             dropped = True
         else:
             process.send_signal(getattr(signal, how))
-        process.communicate(timeout=60)
-        return process
+        return process, process.communicate(timeout=60)[1].decode(errors="replace")
     finally:
         if process.poll() is None:
             process.kill()
@@ -171,8 +171,8 @@ def test_a_backup_stopped_after_its_snapshot_loses_no_write(tmp_path, how, statu
         tmp = tmp_path / "tmp"  # the run's TMPDIR: its snapshot overlay
         tmp.mkdir()
         try:
-            stopped = _stop_after_snapshot(argv, live, "c-1", how, TMPDIR=str(tmp))
-            assert stopped.returncode == status
+            stopped, stderr = _stop_after_snapshot(argv, live, "c-1", how, TMPDIR=str(tmp))
+            assert stopped.returncode == status, stderr
         finally:
             stop.set()
             writer.join(30)
@@ -213,7 +213,8 @@ def test_a_full_killed_after_its_snapshot(tmp_path):
         chain, qmp = tmp_path / "chain", daemon.spare_qmp_socket
         argv = [sys.executable, "-m", "blockforensics.cli", "backup", rw.uri(), str(chain),
                 "--bitmap", "c", "--head-start", str(qmp)]
-        assert _stop_after_snapshot(argv, live, "c", "SIGKILL").returncode == -9
+        killed, stderr = _stop_after_snapshot(argv, live, "c", "SIGKILL")
+        assert killed.returncode == -9, stderr
         assert handover.load(chain).pending == ["c"]  # type: ignore[union-attr]
         qemu_io(rw, "write -P 2 4M 64k")
         done = head_start(rw, chain, qmp, "c")

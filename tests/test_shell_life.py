@@ -5,6 +5,7 @@ file name, TERM=dumb.  Real processes, real signals, a real pseudo-terminal."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -188,11 +189,15 @@ def _on_a_terminal(args: list[object], env: dict[str, str]) -> tuple[bytes, byte
 
 def test_a_terminal_shows_control_characters_of_names_but_never_obeys_them(
         odd_names: Path) -> None:
-    """On a terminal an ESC in a file name is printed as \\x1b (it used to reach the
-    terminal and recolour it); piped, the name is kept byte for byte."""
+    """An ESC in a file name is printed as \\x1b in the table, on a terminal (it used to
+    reach the terminal and recolour it) and piped (a saved report would, once shown);
+    ``--json`` keeps the name exactly."""
     stdout, _ = _on_a_terminal(["diff", odd_names, 0, 1, "--files"], dict(os.environ))
     assert b"\x1b" not in stdout and b"red\\x1b[31mtext" in stdout
-    assert "red\x1b[31mtext" in ok("diff", odd_names, 0, 1, "--files")
+    piped = ok("diff", odd_names, 0, 1, "--files")
+    assert "\x1b" not in piped and "red\\x1b[31mtext" in piped
+    files = json.loads(ok("diff", odd_names, 0, 1, "--files", "--json"))["files"]
+    assert "/-dash/red\x1b[31mtext" in {f["path"] for f in files}
 
 
 def test_no_progress_bar_on_a_dumb_terminal(tmp_path: Path) -> None:
