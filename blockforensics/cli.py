@@ -828,8 +828,9 @@ def _fleet_arguments(p: argparse.ArgumentParser) -> None:
     keys.add_argument("--key-file", metavar="FILE",
                       help="the key of every encrypted chain (plain chains need none)")
     keys.add_argument("--key-dir", metavar="DIR",
-                      help="a key file per encrypted chain: DIR/NAME.key for the chain in "
-                           "a directory NAME")
+                      help="a key file per encrypted chain: DIR/PATH.key for the chain at "
+                           "PATH below the folder the chains share (e.g. DIR/host-1/chain.key), "
+                           "else DIR/NAME.key for the chain in a directory NAME")
     p.add_argument("--json", action="store_true",
                    help='one object per chain: {"path", "status", "error", "result"}')
 

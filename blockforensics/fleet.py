@@ -17,7 +17,7 @@ DataFrame of one row per chain, and a text report.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,12 +110,22 @@ def find_chains(directories: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return list(found)
 
 
-def key_files(chains: Iterable[Path], key_file: str | os.PathLike[str] | None = None,
+def relative_names(chains: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Each chain's path below the folder all of them share (one chain: its name)."""
+    paths = [os.path.abspath(c) for c in chains]
+    if len(paths) < 2:
+        return [os.path.basename(p) for p in paths]
+    common = os.path.commonpath(paths)
+    return [os.path.relpath(p, common) for p in paths]
+
+
+def key_files(chains: Sequence[Path], key_file: str | os.PathLike[str] | None = None,
               key_dir: str | os.PathLike[str] | None = None) -> list[str | None]:
-    """The key file of each chain: ``key_file`` for all, or ``key_dir/NAME.key`` for the
-    chain in a directory NAME (None where there is none: an encrypted chain then fails
-    on its own, asking for its key); UsageError when the file or directory is missing
-    or both are given."""
+    """The key file of each chain: ``key_file`` for all, or from ``key_dir``: the one at
+    the chain's path below the folder the chains share (``key_dir/site/host/chain.key``),
+    else ``key_dir/NAME.key`` for the chain in a directory NAME (None where there is
+    neither: an encrypted chain then fails on its own, asking for its key); UsageError
+    when the file or directory is missing or both are given."""
     if key_file is not None and key_dir is not None:
         raise UsageError("fleet: give --key-file (one key for all) or --key-dir, not both")
     if key_file is not None:
@@ -126,8 +136,11 @@ def key_files(chains: Iterable[Path], key_file: str | os.PathLike[str] | None = 
         return [None for _ in chains]
     if not Path(key_dir).is_dir():
         raise UsageError(f"{key_dir}: not a directory of key files")
-    return [os.fspath(k) if (k := Path(key_dir) / f"{c.name}.key").is_file() else None
-            for c in chains]
+    found = []
+    for chain, name in zip(chains, relative_names(chains)):
+        keys = [Path(key_dir) / f"{name}.key", Path(key_dir) / f"{chain.name}.key"]
+        found.append(next((os.fspath(k) for k in keys if k.is_file()), None))
+    return found
 
 
 # ------------------------------------------------------------------ results
@@ -171,12 +184,10 @@ class FleetResult:
         encryption" or "no suspected file") or of the chain as a whole (verify: "sound"
         or "damaged"), or ``["failed"]``; and its error ("" if none; files in the chain
         named from it).  What :func:`blockforensics.plot_forensics.plot_fleet` draws."""
-        paths = [r["path"] for r in self.records]
-        common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-        return [(os.path.relpath(r["path"], common) if common else r["path"],
-                 _CELLS[self.command](r["result"]) if r["status"] == "ok" else ["failed"],
+        names = relative_names([r["path"] for r in self.records])
+        return [(name, _CELLS[self.command](r["result"]) if r["status"] == "ok" else ["failed"],
                  r.get("error", "").replace(os.path.join(r["path"], ""), ""))
-                for r in self.records]
+                for name, r in zip(names, self.records)]
 
     def report(self) -> str:
         """A text report: how many chains came to each finding, then one line per chain

@@ -252,3 +252,27 @@ def test_the_fleet_picture_shows_each_points_verdict_and_each_failure(fleet_dir:
     assert {row for (row, col), colour in squares.items()
             if col == 1 and colour == FINDING_COLORS["suspicious"]} == attacked_rows
     assert "2 suspicious" in ax.get_title() and "1 failed" in ax.get_title()
+
+
+def test_chains_of_one_name_take_the_key_at_their_own_path(tmp_path: Path) -> None:
+    """One folder per host, every chain in it named ``chain``: ``--key-dir`` takes
+    ``DIR/HOST/chain.key`` (a lookup by the chain's name alone gave every host one key),
+    and falls back to ``DIR/NAME.key``."""
+    from blockforensics.crypto import KeySource
+    from blockforensics.fleet import key_files, run_chain
+
+    keys = tmp_path / "keys"
+    chains = [tmp_path / "hosts" / "h1" / "chain", tmp_path / "hosts" / "h2" / "chain",
+              tmp_path / "hosts" / "solo"]
+    key_paths = [keys / "h1" / "chain.key", keys / "h2" / "chain.key", keys / "solo.key"]
+    for chain_dir, key_path in zip(chains, key_paths):
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        key_path.write_bytes(os.urandom(32))
+        chain = Chain.create(chain_dir, KeySource.from_file(key_path))
+        backup(chain, Volume.from_bytes(TEXT[: 16 * 4096]))
+        chain.close()
+    found = find_chains([tmp_path / "hosts"])
+    assert key_files(found, key_dir=keys) == [str(k) for k in key_paths]
+    for chain_dir, key in zip(found, key_files(found, key_dir=keys)):
+        record = run_chain("verify", str(chain_dir), key_file=key)
+        assert record["status"] == "ok" and record["result"]["authenticated"], record
