@@ -107,7 +107,7 @@ def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional i
     return _ChainImgInfo(disk)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One file or directory at one point; times in seconds since the epoch (0: unknown)."""
 

@@ -252,8 +252,8 @@ def test_every_command_stays_under_256_mib_at_one_tebibyte(tmp_path: Path) -> No
 
 # ------------------------------------------------- investigation of many files
 #: peak RSS a file of the volume may add to an investigation command: its Entry in the
-#: two listings compared (about 2.5 KiB each); a histogram and head kept per file
-#: (10-80 KiB each) break it
+#: two listings compared (measured 4-5 KiB a file in all); a histogram and head kept per
+#: file (10-80 KiB each) break it
 RSS_PER_FILE = 8 << 10
 
 
