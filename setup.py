@@ -10,4 +10,5 @@ libcrypto headers the build goes on, and ``blockforensics.spanhash`` and
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("blockforensics._native", ["blockforensics/_native.c"],
-                             libraries=["crypto", "z"], optional=True)])
+                             libraries=["crypto", "z"], depends=["blockforensics/_crc32.h"],
+                             optional=True)])
