@@ -133,6 +133,14 @@ def flip_stored_bit(image: Path, position: int) -> None:
     image.write_bytes(raw)
 
 
+def formatted(image: Path, size: int, *mkfs: str) -> Path:
+    """``image``, made a file of ``size`` zero bytes and formatted by ``mkfs + [image]``
+    (its output kept for the error when it fails)."""
+    image.write_bytes(bytes(size))
+    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+    return image
+
+
 @contextlib.contextmanager
 def mounted_with(argv: list[str], mountpoint: Path) -> Iterator[Path]:
     """``argv + [mountpoint]`` mounts something there (a loop mount, a FUSE daemon that
@@ -143,6 +151,13 @@ def mounted_with(argv: list[str], mountpoint: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True, timeout=60)
+
+
+def loop_mounted(image: Path, mountpoint: Path, *options: str
+                 ) -> contextlib.AbstractContextManager[Path]:
+    """``image`` loop-mounted on ``mountpoint`` with mount ``options`` (unmounted on
+    leaving, whatever happens)."""
+    return mounted_with(["mount", "-o", ",".join(("loop", *options)), str(image)], mountpoint)
 
 
 @contextlib.contextmanager

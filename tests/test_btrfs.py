@@ -20,14 +20,12 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sample_disks
-from support import assert_diff, require_module, require_tools
+from support import assert_diff, loop_mounted, require_module, require_tools
 
 from blockforensics import forensics
 from blockforensics.allocation import filesystem_allocation, survey
@@ -54,17 +52,6 @@ def cli(*args: object) -> str:
 def can_mount() -> bool:
     """Whether Btrfs loop mounts work here (root, a kernel with Btrfs)."""
     return os.geteuid() == 0 and "btrfs" in Path("/proc/filesystems").read_text()
-
-
-@contextmanager
-def mounted(img: Path, where: Path, *options: str) -> Iterator[Path]:
-    """``img`` loop-mounted on ``where`` (unmounted afterwards, whatever happens)."""
-    where.mkdir(exist_ok=True)
-    run("mount", "-o", ",".join(("loop", *options)), img, where)
-    try:
-        yield where
-    finally:
-        run("umount", where)
 
 
 def content(seed: int = 1) -> dict[str, bytes]:
@@ -101,7 +88,7 @@ def make(tmp_path: Path, metadata: str, size: int = 256 * MIB, *,
         run("mkfs.btrfs", "-q", "-f", "-m", metadata, "-d", "single", "--rootdir", tree, img)
         return img, files
     run("mkfs.btrfs", "-q", "-f", "-m", metadata, "-d", "single", img)
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         write(root, files)
         (root / "gone.bin").write_bytes(os.urandom(2 * MIB))
         os.sync()
@@ -279,7 +266,7 @@ def make_mixed(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A DUP-metadata volume written through a mount: plain files, inline ones, files
     compressed by zstd and zlib, a sparse file, a symlink, a deleted file."""
     img, files = make(tmp_path, "dup", mount=True)
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         for algo in ("zstd", "zlib", "lzo"):
             run("btrfs", "property", "set", root / "mid", "compression", algo)
             data = (f"{algo} compressible line\n" * 40000).encode()
@@ -323,7 +310,7 @@ def test_files_are_listed_with_physical_extents(tmp_path: Path) -> None:
         assert link.kind == "symlink" and link.resident == b"small.txt"
         assert "/gone.bin" not in entries and "/mid/m00.bin" not in entries
         assert len(entries["/many"].children) == 300
-    with mounted(img, tmp_path / "ro") as root:
+    with loop_mounted(img, tmp_path / "ro") as root:
         for path in ("small.txt", "big.bin", "many", "link", "mid/zstd.txt", "empty"):
             entry, st = entries[f"/{path}"], os.lstat(root / path)
             assert (entry.inode, entry.size, entry.mode, entry.uid, entry.gid, entry.nlink) \
@@ -338,7 +325,7 @@ def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path
     need_mount()
     img, files = make_mixed(tmp_path)
     cli("backup", img, tmp_path / "chain")
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         (root / "new.txt").write_bytes(b"created at point 1\n")
         with (root / "small.txt").open("ab") as fh:
             fh.write(b"appended\n")
@@ -398,7 +385,7 @@ def test_a_log_tree_copies_the_volume_whole(tmp_path: Path) -> None:
         fh.truncate(128 * MIB)
     run("mkfs.btrfs", "-q", "-f", img)
     snap = tmp_path / "snap.img"
-    with mounted(img, tmp_path / "mnt", "commit=300") as root:
+    with loop_mounted(img, tmp_path / "mnt", "commit=300") as root:
         os.sync()  # everything so far committed
         with (root / "fsynced.bin").open("wb") as fh:
             fh.write(os.urandom(300_000))
@@ -447,7 +434,7 @@ def make_subvolumes(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
              "@home/user/notes.txt": b"notes\n" * 3000,
              "@home/user/photo.bin": rng.bytes(1_500_000),
              "@var_log/syslog": b"log line\n" * 5000}
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         for name in ("@", "@home", "@var_log", "@/.snapshots"):
             run("btrfs", "subvolume", "create", root / name)
         write(root, files)
@@ -470,11 +457,11 @@ def test_every_subvolume_and_snapshot_is_listed_as_mounted_at_the_top(tmp_path: 
     nested subvolume included; every file reads back; the default subvolume (``@``,
     or one nested deeper) changes nothing."""
     img, files = make_subvolumes(tmp_path)
-    with mounted(img, tmp_path / "top", "ro", "subvolid=5") as root:
+    with loop_mounted(img, tmp_path / "top", "ro", "subvolid=5") as root:
         kernel = _mounted_tree(root)
     assert kernel["/@/.snapshots/1/snapshot/.snapshots"] == ("dir", 2, 0)
     for default in ("@", "@/.snapshots"):
-        with mounted(img, tmp_path / "top", "subvolid=5") as root:
+        with loop_mounted(img, tmp_path / "top", "subvolid=5") as root:
             set_default(root, default)
         with RawDisk(img) as disk:
             listing = list_entries(disk)
@@ -503,7 +490,7 @@ def test_snapshots_made_and_deleted_are_one_row_each_and_restore_keeps_them(
     img, files = make_subvolumes(tmp_path)
     chain = tmp_path / "chain"
     cli("backup", img, chain)
-    with mounted(img, tmp_path / "mnt", "subvolid=5") as root:
+    with loop_mounted(img, tmp_path / "mnt", "subvolid=5") as root:
         (root / "@/.snapshots/2").mkdir()
         run("btrfs", "subvolume", "snapshot", "-r", root / "@", root / "@/.snapshots/2/snapshot")
         run("btrfs", "subvolume", "delete", root / "@/.snapshots/1/snapshot")
@@ -542,7 +529,7 @@ def test_snapshots_made_and_deleted_are_one_row_each_and_restore_keeps_them(
     run("btrfs", "check", "--readonly", restored)
     trees = []
     for image in (img, restored):
-        with mounted(image, tmp_path / "top", "ro", "subvolid=5") as root:
+        with loop_mounted(image, tmp_path / "top", "ro", "subvolid=5") as root:
             trees.append((_mounted_tree(root), {
                 p: (root / p.lstrip("/")).read_bytes() for p, (kind, _, _)
                 in _mounted_tree(root).items() if kind == "file"}))

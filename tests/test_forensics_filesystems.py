@@ -4,11 +4,10 @@ resident data, renames and moves), and file systems The Sleuth Kit cannot open."
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import backup_image, mounted_with, require_module, require_tools
+from support import backup_image, formatted, mounted_with, require_module, require_tools
 
 from blockforensics import forensics
 from blockforensics.image.chain import Chain
@@ -33,9 +32,8 @@ def test_inline_data_edit_with_mtime_put_back_is_a_modification(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a loop device needs root")
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(8 << 20))
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "inline_data,^has_journal", "-I", "256",
-                    str(image)], check=True)
+    formatted(image, 8 << 20, "mkfs.ext4", "-q", "-F", "-O", "inline_data,^has_journal",
+              "-I", "256")
     with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
         (m / "small.txt").write_bytes(b"quarterly figures v1\n")  # 21 bytes: in the inode
     chain = Chain.create(tmp_path / "chain")
@@ -56,9 +54,7 @@ def ntfs(tmp_path_factory):
     require_tools("mkntfs", "ntfs-3g", "umount")
     tmp = tmp_path_factory.mktemp("ntfs")
     image = tmp / "v.img"
-    image.write_bytes(bytes(16 << 20))
-    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
-                   capture_output=True)
+    formatted(image, 16 << 20, "mkntfs", "-q", "-F", "-Q", "-c", "4096")
     mount = ["ntfs-3g", str(image)]
     chain = Chain.create(tmp / "chain")
     with mounted_with(mount, tmp / "m") as m:
@@ -109,9 +105,7 @@ def test_a_file_system_tsk_cannot_open_is_reported_not_fatal(tmp_path):
     require_module("pytsk3", "pytsk3")
     require_tools("mkfs.vfat")
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(34 << 20))
-    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
-                   capture_output=True)
+    formatted(image, 34 << 20, "mkfs.vfat", "-F", "32", "-s", "1")
     chain = Chain.create(tmp_path / "chain")
     backup_image(chain, image)
     with image.open("r+b") as fh:

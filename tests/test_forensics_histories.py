@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import backup_image, mounted_with, require_module, require_tools
+from support import backup_image, formatted, mounted_with, require_module, require_tools
 
 from blockforensics import forensics, timeline_formats, tsk
 from blockforensics.image.chain import Chain
@@ -122,9 +122,7 @@ def ext4(tmp_path_factory) -> Iterator[tuple[Chain, Path]]:
     _root()
     tmp = tmp_path_factory.mktemp("ext4")
     image = tmp / "v.img"
-    image.write_bytes(bytes(32 << 20))
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-I", "256", str(image)],
-                   check=True)
+    formatted(image, 32 << 20, "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-I", "256")
     chain = Chain.create(tmp / "chain")
     mount = ["mount", "-o", "loop", str(image)]
     with mounted_with(mount, tmp / "m") as m:
@@ -305,9 +303,7 @@ def fat32(tmp_path_factory) -> Chain:
     require_tools("mkfs.vfat", "mcopy", "mmd", "mren", "mmove", "mdel", "mdeltree", "mattrib")
     tmp = tmp_path_factory.mktemp("fat32")
     image = tmp / "v.img"
-    image.write_bytes(bytes(40 << 20))
-    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
-                   capture_output=True)
+    formatted(image, 40 << 20, "mkfs.vfat", "-F", "32", "-s", "1")
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}  # wall clock = UTC
 
     def m(*args: str) -> None:
@@ -371,9 +367,7 @@ def ntfs(tmp_path_factory) -> Chain:
     require_tools("mkntfs", "ntfs-3g", "umount")
     tmp = tmp_path_factory.mktemp("ntfs")
     image = tmp / "v.img"
-    image.write_bytes(bytes(24 << 20))
-    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
-                   capture_output=True)
+    formatted(image, 24 << 20, "mkntfs", "-q", "-F", "-Q", "-c", "4096")
     mount = ["ntfs-3g", str(image)]
     chain = Chain.create(tmp / "chain")
     with mounted_with(mount, tmp / "m") as m:
@@ -514,9 +508,8 @@ def test_linux_fat_drivers_moves_renames_over_swaps_and_directories(fstype, tmp_
     empty.mkdir()
     _common_start(tree)
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(64 << 20))
     mkfs = ["mkfs.vfat", "-F", "32", "-s", "1"] if fstype == "vfat" else ["mkfs.exfat"]
-    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+    formatted(image, 64 << 20, *mkfs)
     chain = Chain.create(tmp_path / "chain")
     fill_in_guest([GuestFill(image, fstype, tree)], tmp_path)
     backup_image(chain, image)
@@ -575,8 +568,7 @@ def test_debugfs_history_a_freed_inode_handed_on_in_the_same_second(tmp_path):
     require_module("pytsk3", "pytsk3")
     require_tools("mkfs.ext4", "debugfs")
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(8 << 20))
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
+    formatted(image, 8 << 20, "mkfs.ext4", "-q", "-F", "-O", "^has_journal")
 
     def debugfs(*commands: str) -> None:
         subprocess.run(["debugfs", "-w", "-f", "-", str(image)], input="\n".join(commands),
@@ -605,9 +597,7 @@ def test_fat_case_only_rename_is_a_rename(tmp_path):
     require_module("pytsk3", "pytsk3")
     require_tools("mkfs.vfat", "mcopy")
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(40 << 20))
-    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", str(image)], check=True,
-                   capture_output=True)
+    formatted(image, 40 << 20, "mkfs.vfat", "-F", "32", "-s", "1")
     (tmp_path / "src").write_bytes(b"case " * 300)
     subprocess.run(["mcopy", "-i", str(image), str(tmp_path / "src"), "::case.txt"],
                    check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
@@ -632,8 +622,7 @@ def test_a_tree_deeper_than_pythons_recursion_limit_is_listed(tmp_path):
     require_tools("mkfs.ext4", "mount", "umount")
     _root()
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(16 << 20))
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
+    formatted(image, 16 << 20, "mkfs.ext4", "-q", "-F", "-O", "^has_journal")
     depth = 1500
     with mounted_with(["mount", "-o", "loop", str(image)], tmp_path / "m") as m:
         fd = os.open(m, os.O_RDONLY)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import backup_image, bf_ok, mounted_with, require_module, require_tools
+from support import backup_image, bf_ok, formatted, mounted_with, require_module, require_tools
 
 from blockforensics import forensics, timeline_formats, triage, tsk
 from blockforensics.evidence import ByteStats
@@ -48,9 +48,7 @@ def zoo(tmp_path_factory) -> tuple[Chain, Path, dict]:
         pytest.skip("mounting needs root")
     tmp = tmp_path_factory.mktemp("ntfs")
     image = tmp / "v.img"
-    image.write_bytes(bytes(24 << 20))
-    subprocess.run(["mkntfs", "-q", "-F", "-Q", "-c", "4096", str(image)], check=True,
-                   capture_output=True)
+    formatted(image, 24 << 20, "mkntfs", "-q", "-F", "-Q", "-c", "4096")
     # posix_nlink: links counted as POSIX does (else ntfs-3g counts a short name too)
     mount = ["ntfs-3g", "-o", "compression,posix_nlink", str(image)]
     chain = Chain.create(tmp / "chain")
@@ -252,8 +250,7 @@ def test_names_of_one_file_renamed_deleted_or_added(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting needs root")
     image = tmp_path / "v.img"
-    image.write_bytes(bytes(8 << 20))
-    subprocess.run(["mkntfs", "-q", "-F", "-Q", str(image)], check=True, capture_output=True)
+    formatted(image, 8 << 20, "mkntfs", "-q", "-F", "-Q")
     chain = Chain.create(tmp_path / "chain")
     with mounted_with(["ntfs-3g", str(image)], tmp_path / "m") as m:
         for first, *others in (("a", "b", "c"), ("x", "y"), ("z", "z2")):

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import pytest
 import sample_disks
 import test_lvm
 from sample_disks import run
-from support import assert_diff, require_module, require_tools
+from support import assert_diff, loop_mounted, require_module, require_tools
 from support import bf_ok as cli
 
 from blockforensics.allocation import filesystem_allocation, survey
@@ -49,17 +48,6 @@ def need_mount(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-
-
-@contextmanager
-def mounted(img: Path, where: Path, *options: str) -> Iterator[Path]:
-    """``img`` loop-mounted on ``where`` (unmounted afterwards, whatever happens)."""
-    where.mkdir(exist_ok=True)
-    run("mount", "-o", ",".join(("loop", *options)), img, where)
-    try:
-        yield where
-    finally:
-        run("umount", where)
 
 
 def mkfs(img: Path, size: int, *options: str) -> Path:
@@ -185,7 +173,7 @@ def make_filled(tmp_path: Path, *mkfs_options: str, size: int = 64 * MIB
         proto = protofile(tree, tmp_path / "proto")
         return mkfs(tmp_path / "xfs.img", size, *mkfs_options, "-p", str(proto)), files
     img = mkfs(tmp_path / "xfs.img", size, *mkfs_options)
-    with mounted(img, tmp_path / "mnt", "allocsize=4k") as root:  # no large preallocation
+    with loop_mounted(img, tmp_path / "mnt", "allocsize=4k") as root:  # no large preallocation
         files = fill(root)
     return img, files
 
@@ -229,7 +217,7 @@ def test_backup_restores_a_clean_xfs_with_identical_files(tmp_path: Path) -> Non
     restored = tmp_path / "restored.img"
     cli("restore", tmp_path / "chain", restored)
     run("xfs_repair", "-n", restored)
-    with mounted(restored, tmp_path / "back", "ro", "norecovery") as root:
+    with loop_mounted(restored, tmp_path / "back", "ro", "norecovery") as root:
         for name, data in files.items():
             assert (root / name).read_bytes() == data, name
         assert os.readlink(root / "link") == "small.txt"
@@ -281,7 +269,7 @@ def test_a_dirty_log_is_found_and_its_buffers_named(tmp_path: Path, window: int 
         monkeypatch.setattr(xfs_module, "LOG_WINDOW", window)
     img = mkfs(tmp_path / "xfs.img", 64 * MIB)
     snap = tmp_path / "snap.img"
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         (root / "written-live.bin").write_bytes(os.urandom(300_000))
         os.sync()
         shutil.copyfile(img, snap)  # a crash-consistent copy: the log holds the transactions
@@ -302,7 +290,7 @@ def test_a_dirty_log_is_found_and_its_buffers_named(tmp_path: Path, window: int 
     assert "its dirty log has no record it can read" in region.note, region.note
     assert region.blocks == region.total
     assert survey(img).regions[0].note == ""  # unmounted since: clean
-    with mounted(img, tmp_path / "mnt") as root:  # mounted again, written, unmounted
+    with loop_mounted(img, tmp_path / "mnt") as root:  # mounted again, written, unmounted
         (root / "second.bin").write_bytes(os.urandom(200_000))
     logprint = run("xfs_logprint", "-t", img)
     assert "<CLEAN>" in logprint
@@ -331,7 +319,7 @@ def keeps_what_recovery_uses(snap: Path, tmp_path: Path) -> tuple[set[int], bool
     kept = filesystem_allocation(snap).to_bools()
     recovered = tmp_path / "recovered.img"
     shutil.copyfile(snap, recovered)
-    with mounted(recovered, tmp_path / "recovery"):  # the kernel replays the log
+    with loop_mounted(recovered, tmp_path / "recovery"):  # the kernel replays the log
         pass
     in_use = filesystem_allocation(recovered).to_bools()
     assert not (in_use & ~kept).any() and not (on_disk & ~kept).any()
@@ -352,7 +340,7 @@ def test_a_dirty_log_keeps_every_ag_its_recovery_writes(tmp_path: Path) -> None:
     snap = tmp_path / "snap.img"
     rng = np.random.default_rng(5)
     files = {f"{d}/base.bin": rng.bytes(3 * MIB) for d in "abcd"}
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         for name, data in files.items():
             (root / name).parent.mkdir()
             (root / name).write_bytes(data)
@@ -377,7 +365,7 @@ def test_a_dirty_log_keeps_every_ag_its_recovery_writes(tmp_path: Path) -> None:
     cli("backup", snap, tmp_path / "chain")
     restored = tmp_path / "restored.img"
     cli("restore", tmp_path / "chain", restored)
-    with mounted(restored, tmp_path / "mnt") as root:
+    with loop_mounted(restored, tmp_path / "mnt") as root:
         found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
         assert found == set(files)
         for name, data in files.items():
@@ -395,7 +383,7 @@ def test_a_wrapped_dirty_log_is_read_from_its_tail(tmp_path: Path) -> None:
     snap = tmp_path / "snap.img"
     blocks = 1368 * 4096 // 512
     frozen = False
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         for d in range(6):
             (root / f"d{d}").mkdir()
         for step in range(200):
@@ -471,7 +459,7 @@ def test_files_are_listed_with_their_inodes_and_extents(tmp_path: Path,
         assert_lists(listing.entries, "", files, disk, punched="crc=0" not in options)
     if "crc=0" in options:
         return  # this kernel does not mount v4 volumes: the metadata is checked on v5
-    with mounted(img, tmp_path / "ro", "ro") as root:
+    with loop_mounted(img, tmp_path / "ro", "ro") as root:
         for path in ("small.txt", "big.bin", "many", "link", "frag/f0001", "empty"):
             entry, st = listing.entries[f"/{path}"], os.lstat(root / path)
             assert (entry.inode, entry.size, entry.mode, entry.uid, entry.gid, entry.nlink) \
@@ -487,7 +475,7 @@ def test_second_point_diff_names_created_modified_deleted_renamed(tmp_path: Path
     require_module("dissect.xfs", "dissect.xfs")
     img, files = make_filled(tmp_path)
     cli("backup", img, tmp_path / "chain")
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         (root / "new.txt").write_bytes(b"created at point 1\n")
         with (root / "small.txt").open("ab") as fh:
             fh.write(b"appended\n")
@@ -587,7 +575,7 @@ def test_a_realtime_file_is_listed_without_content_and_named(tmp_path: Path) -> 
     need_mount(tmp_path)
     require_module("dissect.xfs", "dissect.xfs")
     img = mkfs(tmp_path / "xfs.img", 64 * MIB)
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         (root / "rt.bin").write_bytes(os.urandom(100_000))
         (root / "plain.txt").write_bytes(b"plain\n")
         inode = os.stat(root / "rt.bin").st_ino
