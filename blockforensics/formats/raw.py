@@ -41,6 +41,10 @@ class RawDisk(InPlaceDisk):
         got = os.preadv(self._fd, [flat.data], start * self.block_size) if len(flat) else 0
         flat[got:] = 0  # past the end of the file
 
+    def fileno(self) -> int:
+        """The open file descriptor (what a byte plan reads from)."""
+        return self._fd
+
     def write_to(self, out: PlacedWriter) -> None:
         """Have the data extents copied file to file (see :meth:`Disk.write_to`)."""
         bs = self.block_size
