@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import multiprocessing
 import os
 import re
@@ -395,9 +396,47 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise UsageError(f"{mountpoint}: mount point is not empty")
 
 
+def planned(disk: Disk, files: dict[str, Served]) -> tuple[list[tuple[Any, ...]],
+                                                            list[tuple[Any, ...]]] | None:
+    """``(files, sources)`` as the C server takes them (see ``_fuseserve.c``): each served
+    file's byte plan, and the image files they read with the blocks to check; None when
+    the disk's blocks cannot be read as they are stored (encrypted or compressed, or a
+    kind of disk with no plan) or a file is not a range of one of its layouts (a logical
+    volume's)."""
+    from blockforensics.formats.byteplan import FilePlan, disk_plan, file_plan
+
+    if any(served.layout.disk is not disk for served in files.values()):
+        return None
+    plan = disk_plan(disk)
+    if plan is None:
+        return None
+    whole: dict[int, FilePlan] = {}
+    out = []
+    for name, served in files.items():
+        layout = served.layout
+        if id(layout) not in whole:
+            whole[id(layout)] = file_plan(layout, plan)
+        file = whole[id(layout)]
+        if (served.start, served.length) != (0, layout.file_size):
+            file = file.window(served.start, served.length)
+        out.append((name, file.size, file.starts, file.kinds, file.offsets, file.blob))
+    sources = [(s.fd, s.name, s.block_size, s.offsets, s.positions, s.digests, s.crc)
+               for s in plan.files]
+    return out, sources
+
+
+def _native_server() -> types.ModuleType | None:
+    """The C FUSE server, None where it was not built (no libfuse 3 headers)."""
+    try:
+        from blockforensics import _fuseserve
+    except ImportError:
+        return None
+    return _fuseserve
+
+
 def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
           unique_id: bytes | None = None, timestamp: datetime | None = None,
-          partitions: bool = True) -> None:
+          partitions: bool = True, native: bool = True) -> None:
     """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` (and the files of :func:`served_files`)
     until unmounted.
 
@@ -405,18 +444,31 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     ``fusermount3 -u MOUNTPOINT``, unmounts and returns.  ``foreground=False``
     lets libfuse daemonise (the calling process exits once the mount is up):
     meant for the command line only.
+
+    A disk whose bytes lie as they are in files (see :func:`planned`) is served by the C
+    server when it was built (``native=False``: by the Python one, to compare them): the
+    same files and bytes, every block checked, read by as many threads as libfuse runs.
     """
     mountpoint = Path(mountpoint)
     check_mountpoint(mountpoint)
     files = served_files(disk, unique_id=unique_id, timestamp=timestamp, partitions=partitions)
+    server = _native_server() if native else None
+    plans = planned(disk, files) if server is not None else None
     # libfuse installs its unmount-and-exit handlers only over default dispositions
     restore: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in UNMOUNT_SIGNALS:
             restore[sig] = signal.signal(sig, signal.SIG_DFL)
+    resolved = os.path.realpath(mountpoint)  # before the mount: not from inside it
     try:
-        fs = ImageFileSystem(files, os.path.realpath(mountpoint))  # resolved before the mount:
-        mfusepy.FUSE(fs, str(mountpoint), foreground=foreground,  # not from inside it
+        if server is not None and plans is not None:
+            status = server.serve(str(mountpoint), *plans, foreground=foreground,
+                                  on_open=functools.partial(raise_read_ahead, resolved))
+            if status:
+                raise fuse_failure(mountpoint, status) from RuntimeError(str(status))
+            return
+        fs = ImageFileSystem(files, resolved)
+        mfusepy.FUSE(fs, str(mountpoint), foreground=foreground,
                      nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
     except RuntimeError as exc:
         # libfuse's fuse_main returns 8 when its loop ended with an error, which newer
@@ -448,8 +500,9 @@ def _mounted(mountpoint: Path) -> bool:
 @contextmanager
 def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 10.0,
             unique_id: bytes | None = None, timestamp: datetime | None = None,
-            partitions: bool = True) -> Iterator[Path]:
-    """Mount ``disk`` in a child process for the duration of a ``with`` block.
+            partitions: bool = True, native: bool = True) -> Iterator[Path]:
+    """Mount ``disk`` in a child process for the duration of a ``with`` block
+    (``native``: as :func:`mount` says).
 
     Yields the path of ``disk.vhd``; on exit unmounts (``fusermount3 -u``) and
     reaps the child, leaving no stale mount.  For notebooks and tests.
@@ -459,7 +512,8 @@ def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 
     # fork: the child inherits the disk as is (open files included), no pickling
     child = multiprocessing.get_context("fork").Process(
         target=_mount_child, args=(disk, mountpoint),
-        kwargs={"unique_id": unique_id, "timestamp": timestamp, "partitions": partitions},
+        kwargs={"unique_id": unique_id, "timestamp": timestamp, "partitions": partitions,
+                "native": native},
         daemon=True)
     child.start()
     try:

@@ -25,6 +25,7 @@ DEBIAN_PACKAGES=(
   libarchive-tools                  # bsdtar reads the RAR archives the body tests write
   chromium chromium-driver          # the ChainExplorer tested in a real browser (selenium + Voila)
   gcc libc6-dev libssl-dev zlib1g-dev  # build the C batch hasher/encrypter (blockforensics._native)
+  libfuse3-dev pkg-config           # build the C FUSE server (blockforensics._fuseserve)
 )
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -133,9 +133,10 @@ def test_large_and_odd_reads_over_the_mount_are_the_chains_bytes(chain_point, mo
 
 
 def test_a_sequential_reader_gets_requests_of_1_mib(source, mountpoint, tmp_path, monkeypatch):
-    """Over libfuse 3, with the mount's read-ahead raised, the kernel asks for 1 MiB at a
-    time (libfuse 2, or the kernel's default read-ahead, keep requests at 128 KiB); and
-    keeps what it read: a second read asks nothing."""
+    """Over libfuse 3, with the mount's read-ahead raised, the kernel asks the Python
+    server (here instead of the C one) for 1 MiB at a time (libfuse 2, or the kernel's
+    default read-ahead, keep requests at 128 KiB); and keeps what it read: a second read
+    asks nothing."""
     if ctypes.util.find_library("fuse3") is None or os.geteuid() != 0:
         pytest.skip("needs libfuse 3, and root to raise a mount's read-ahead")
     assert expose.mfusepy.fuse_version_major == 3
@@ -148,7 +149,7 @@ def test_a_sequential_reader_gets_requests_of_1_mib(source, mountpoint, tmp_path
         return read(self, path, size, offset, fh)
 
     monkeypatch.setattr(ImageFileSystem, "read", recorded)
-    with exposed(RawDisk(source), mountpoint) as vhd:
+    with exposed(RawDisk(source), mountpoint, native=False) as vhd:
         assert vhd.read_bytes()[-512:-504] == b"conectix"  # its footer
         asked = sizes.read_text()
         assert vhd.read_bytes()[-512:-504] == b"conectix"  # from the kernel's cache:

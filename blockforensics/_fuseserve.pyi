@@ -1,0 +1,10 @@
+"""Types of the C extension ``_fuseserve`` (blockforensics/_fuseserve.c): a read-only FUSE
+server of byte plans (blockforensics/formats/byteplan.py) on libfuse 3's multi-threaded
+low-level loop, run without the GIL."""
+
+from collections.abc import Callable
+from typing import Any
+
+def serve(mountpoint: str, files: list[tuple[Any, ...]], sources: list[tuple[Any, ...]], /,
+          *, foreground: bool = True, direct_io: bool = False, splice: bool = False,
+          on_open: Callable[[], object] | None = None) -> int: ...
