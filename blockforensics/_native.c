@@ -44,11 +44,13 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "_crc32.h"
@@ -443,6 +445,194 @@ static PyObject *lznt1_decompress(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(written);
 }
 
+/* ---- exports: a chain point's stored blocks copied, checked (blockforensics/image/storedcopy.py) ----
+ *
+ *   copy_checked(src_fd, dst_fd, block, unit, reads, read_bounds, digests, crc, writes,
+ *                write_bounds, state) -> (bad, short)
+ *     Copies units of stored blocks from the file src_fd into the file dst_fd, without the
+ *     GIL: each unit is read into the buffer `unit`, its blocks checked against their
+ *     stored digests, then written.  Several calls on the same units may run at once (on
+ *     threads of their own, each with its own `unit`), sharing `state`: they take the
+ *     units in turn.
+ *     block        bytes per stored block; unit k holds per = len(unit) // block of them,
+ *                  blocks [k * per, (k + 1) * per), block i at byte (i % per) * block of
+ *                  the unit
+ *     reads        int64 triples (unit offset, file offset, nbytes): entries
+ *                  read_bounds[k] to read_bounds[k + 1] (int64) fill unit k from src_fd
+ *     digests      16 bytes per block: the stored digest it must match; empty: no check
+ *     crc          a byte per block: nonzero where its digest is the CRC-32 form (zlib's
+ *                  CRC-32 little-endian in bytes 0-3, then 12 zero bytes), else SHA-256/128
+ *     writes       int64 triples (file offset, unit offset, nbytes): entries
+ *                  write_bounds[k] to write_bounds[k + 1] are unit k's writes to dst_fd
+ *     state        two int64s, zero at first: the next unit to take, and whether a call
+ *                  failed (no unit is begun, and none written, after that)
+ *     Nothing of a unit is written before all its blocks matched.  Returns (bad, short)
+ *     of the units this call took: the index of the block that failed its check, or -1;
+ *     the file offset of a read that met the end of src_fd, or -1.  A failed read or
+ *     write raises OSError.
+ */
+
+/* Read n bytes at byte `at` of fd into p: 0, the errno of a failure, or -1 at the file's
+ * end. */
+static int read_fully(int fd, unsigned char *p, int64_t n, int64_t at)
+{
+    while (n > 0) {
+        ssize_t got = pread(fd, p, (size_t)n, (off_t)at);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return got < 0 ? errno : -1;
+        p += got, at += got, n -= got;
+    }
+    return 0;
+}
+
+/* Write n bytes of p at byte `at` of fd: 0 or the errno of a failure. */
+static int write_fully(int fd, const unsigned char *p, int64_t n, int64_t at)
+{
+    while (n > 0) {
+        ssize_t done = pwrite(fd, p, (size_t)n, (off_t)at);
+        if (done < 0 && errno == EINTR)
+            continue;
+        if (done <= 0)
+            return done < 0 ? errno : EIO;
+        p += done, at += done, n -= done;
+    }
+    return 0;
+}
+
+/* Whether the stored block at p matches its 16-byte digest. */
+static int block_matches(const unsigned char *p, size_t n, const unsigned char *digest,
+                         int crc, EVP_MD_CTX *ctx)
+{
+    unsigned char want[EVP_MAX_MD_SIZE] = {0};
+    if (crc) {
+        uint32_t value = crc32_span(p, n);
+        for (int b = 0; b < 4; b++)
+            want[b] = (unsigned char)(value >> (8 * b));
+    } else if (!EVP_DigestInit_ex2(ctx, sha256_md, NULL) || !EVP_DigestUpdate(ctx, p, n)
+               || !EVP_DigestFinal_ex(ctx, want, NULL)) {
+        return 0;
+    }
+    return memcmp(want, digest, 16) == 0;
+}
+
+/* True when bounds (units + 1 int64s) rise from 0 to n, and each of the n triples of
+ * `items` has its unit offset (field unit_field) and length (field 2) inside a unit of
+ * `unit` bytes and its file offset (the other field) >= 0; else a ValueError. */
+static int units_valid(const int64_t *bounds, Py_ssize_t units, const int64_t *items,
+                       Py_ssize_t n, int unit_field, Py_ssize_t unit, const char *what)
+{
+    if (bounds[0] != 0 || bounds[units] != n) {
+        PyErr_Format(PyExc_ValueError, "%s bounds must run from 0 to their count", what);
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < units; k++) {
+        if (bounds[k + 1] < bounds[k]) {
+            PyErr_Format(PyExc_ValueError, "%s bounds must not fall", what);
+            return 0;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t *item = items + 3 * i;
+        if (item[unit_field] < 0 || item[2] < 0 || item[unit_field] > unit - item[2]
+            || item[1 - unit_field] < 0) {
+            PyErr_Format(PyExc_ValueError, "%s %zd lies outside its unit", what, i);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *copy_checked(PyObject *self, PyObject *args)
+{
+    int src, dst;
+    Py_ssize_t block;
+    Py_buffer unit, reads, read_bounds, digests, crc, writes, write_bounds, state;
+    if (!PyArg_ParseTuple(args, "iinw*y*y*y*y*y*y*w*", &src, &dst, &block, &unit, &reads,
+                          &read_bounds, &digests, &crc, &writes, &write_bounds, &state))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t triple = 3 * (Py_ssize_t)sizeof(int64_t);
+    Py_ssize_t units = read_bounds.len / (Py_ssize_t)sizeof(int64_t) - 1;
+    Py_ssize_t per = block > 0 ? unit.len / block : 0, blocks = crc.len;
+    if (per <= 0 || state.len != 2 * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "the unit must hold a block, state two int64s");
+        goto done;
+    }
+    if (read_bounds.len % (Py_ssize_t)sizeof(int64_t) || units < 0
+        || write_bounds.len != read_bounds.len || reads.len % triple || writes.len % triple
+        || (digests.len && digests.len != 16 * blocks) || (blocks + per - 1) / per != units) {
+        PyErr_SetString(PyExc_ValueError,
+                        "reads and writes must be int64 triples with units + 1 bounds each, "
+                        "digests 16 bytes and crc a byte for each block of the units");
+        goto done;
+    }
+    if (!units_valid(read_bounds.buf, units, reads.buf, reads.len / triple, 0,
+                     per * block, "read")
+        || !units_valid(write_bounds.buf, units, writes.buf, writes.len / triple, 1,
+                        per * block, "write"))
+        goto done;
+    Py_ssize_t bad = -1, short_at = -1;
+    int error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const int64_t *rb = read_bounds.buf, *wb = write_bounds.buf, *rd = reads.buf;
+    const int64_t *wr = writes.buf;
+    const unsigned char *digest = digests.len ? digests.buf : NULL, *is_crc = crc.buf;
+    unsigned char *buffer = unit.buf;
+    int64_t *next = state.buf, *stopped = next + 1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    error = ctx == NULL ? ENOMEM : 0;
+    while (!error && bad < 0 && short_at < 0 && !__atomic_load_n(stopped, __ATOMIC_ACQUIRE)) {
+        int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (k >= units)
+            break;
+        for (int64_t r = rb[k]; r < rb[k + 1] && !error; r++) {
+            const int64_t *read = rd + 3 * r;
+            error = read_fully(src, buffer + read[0], read[2], read[1]);
+            if (error < 0) {  /* the file ends before the payload */
+                short_at = (Py_ssize_t)read[1];
+                error = 0;
+                break;
+            }
+        }
+        Py_ssize_t first = k * per, last = first + per < blocks ? first + per : blocks;
+        for (Py_ssize_t i = first; i < last && digest && !error && short_at < 0; i++) {
+            if (!block_matches(buffer + (i - first) * block, (size_t)block, digest + 16 * i,
+                               is_crc[i], ctx)) {
+                bad = i;
+                break;
+            }
+        }
+        if (error || bad >= 0 || short_at >= 0 || __atomic_load_n(stopped, __ATOMIC_ACQUIRE))
+            break;
+        for (int64_t w = wb[k]; w < wb[k + 1] && !error; w++) {
+            const int64_t *write = wr + 3 * w;
+            error = write_fully(dst, buffer + write[1], write[2], write[0]);
+        }
+    }
+    if (error || bad >= 0 || short_at >= 0)
+        __atomic_store_n(stopped, 1, __ATOMIC_RELEASE);
+    EVP_MD_CTX_free(ctx);
+    Py_END_ALLOW_THREADS
+    if (error) {
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = Py_BuildValue("nn", bad, short_at);
+done:
+    PyBuffer_Release(&unit);
+    PyBuffer_Release(&reads);
+    PyBuffer_Release(&read_bounds);
+    PyBuffer_Release(&digests);
+    PyBuffer_Release(&crc);
+    PyBuffer_Release(&writes);
+    PyBuffer_Release(&write_bounds);
+    PyBuffer_Release(&state);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"sha256_spans", sha256_spans, METH_VARARGS,
      "sha256_spans(data, offsets, lengths, out): the first len(out)/n bytes of the SHA-256 "
@@ -468,6 +658,11 @@ static PyMethodDef methods[] = {
     {"lznt1_decompress", lznt1_decompress, METH_VARARGS,
      "lznt1_decompress(data, out): LZNT1 data (an NTFS compression unit) decompressed into "
      "out, up to its length or the first malformed chunk; returns the bytes written."},
+    {"copy_checked", copy_checked, METH_VARARGS,
+     "copy_checked(src_fd, dst_fd, block, unit, reads, read_bounds, digests, crc, writes, "
+     "write_bounds, stop): units of stored blocks read from src_fd into unit, checked "
+     "against their digests and written to dst_fd, without the GIL; returns (bad block or "
+     "-1, file offset of a short read or -1)."},
     {NULL, NULL, 0, NULL},
 };
 

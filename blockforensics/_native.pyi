@@ -1,6 +1,7 @@
 """Types of the C extension ``_native`` (blockforensics/_native.c): batch SHA-256, CRC-32 and
 AES-256-GCM over contiguous buffers, the data runs of a copy buffer (all-zero blocks left
-out), LZNT1 decompression, and Linux's sync_file_range, run without the GIL.
+out), LZNT1 decompression, Linux's sync_file_range, and the checked copy of a batch of
+stored blocks from one file to another (read, digests checked, written), run without the GIL.
 Every buffer argument is bytes, memoryview or a C-contiguous numpy array; ``out`` and
 ``ok`` are written."""
 
@@ -29,3 +30,7 @@ def sync_file_range(fd: int, offset: int, nbytes: int, flags: int, /) -> None: .
 def nonzero_runs(data: _Bytes, block: int, out: _Bytes, /) -> int: ...
 
 def lznt1_decompress(data: _Bytes, out: _Bytes, /) -> int: ...
+
+def copy_checked(src_fd: int, dst_fd: int, block: int, unit: _Bytes, reads: _Bytes,
+                 read_bounds: _Bytes, digests: _Bytes, crc: _Bytes, writes: _Bytes,
+                 write_bounds: _Bytes, state: _Bytes, /) -> tuple[int, int]: ...

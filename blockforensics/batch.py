@@ -22,7 +22,7 @@ try:
     from blockforensics import _native as native
 except ImportError:  # built without a C compiler or libcrypto headers
     native = None  # type: ignore[assignment]  # callers check for None
-if native is not None and not hasattr(native, "lznt1_decompress"):  # its newest function
+if native is not None and not hasattr(native, "copy_checked"):  # its newest function
     import sys
 
     print("blockforensics: warning: the C extension was built from an older _native.c "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from pathlib import Path
 
@@ -237,45 +238,43 @@ def test_the_callers_own_failure_is_what_it_sees(tmp_path: Path):
         os.close(read_only)
 
 
-def test_checked_buffers_are_written_only_after_their_check_and_none_after_a_failure(
+def test_jobs_run_in_turn_with_the_writes_and_a_failed_one_stops_all_after_it(
         tmp_path: Path):
-    """Buffers handed over with a check: none is written before its check passed, the one
-    whose check fails is never written (nor, maybe, good ones still queued or checked
-    alongside it), every buffer handed over is handed back once (``done``), and the
-    check's error is what leaving the writer raises."""
-    n, size, bad = 12, 64 * 1024, 7
+    """Jobs (which write into the file themselves) run in the writer thread in the order
+    they were handed over, between the buffers' writes; ``written`` hears of each range a
+    job wrote; after a job fails nothing more is written, and leaving raises its error."""
+    n, size, bad = 10, 64 * 1024, 5  # buffers even, jobs odd
     rng = np.random.default_rng(5)
-    buffers = [rng.bytes(size) for _ in range(n)]
+    data = [rng.bytes(size) for _ in range(n)]
     events: list[tuple[str, int]] = []
-    queued: list[int] = []
 
-    def check(i: int) -> None:
-        events.append(("check", i))
+    def job(i: int, fd: int) -> list[tuple[int, int]]:
+        events.append(("job", i))
         if i == bad:
-            raise ValueError(f"buffer {i} is damaged")
+            raise ValueError(f"job {i} failed")
+        os.pwrite(fd, data[i], i * size)
+        return [(i * size, size)]
 
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.ftruncate(fd, n * size)
-        with pytest.raises(ValueError, match=f"buffer {bad} is damaged"), \
+        with pytest.raises(ValueError, match=f"job {bad} failed"), \
                 PlacedWriter(fd, n * size, written=lambda offset, nbytes:
-                             events.append(("write", offset // size))) as writer:
-            for i, data in enumerate(buffers):
-                with contextlib.suppress(ValueError):  # the failure may reach put first
-                    writer.put(memoryview(data), [i * size], [0], [size],
-                               done=lambda i=i: events.append(("done", i)),
-                               check=lambda i=i: check(i))
-                    queued.append(i)
+                             events.append(("written", offset // size))) as writer:
+            for i in range(n):
+                with contextlib.suppress(ValueError):  # the failure may reach the caller first
+                    if i % 2:
+                        writer.run(functools.partial(job, i))
+                    else:
+                        writer.put(memoryview(data[i]), [i * size], [0], [size])
     finally:
         os.close(fd)
     out = (tmp_path / "out").read_bytes()
-    written = [i for what, i in events if what == "write"]
-    assert bad not in written
-    assert all(events.index(("check", i)) < events.index(("write", i)) for i in written)
-    assert bad in queued and ("check", bad) in events
+    written = [i for what, i in events if what == "written"]
+    assert written == list(range(bad))
+    assert ("job", bad) in events and not [i for what, i in events if i > bad]
     for i in range(n):
-        assert out[i * size : (i + 1) * size] == (buffers[i] if i in written else bytes(size))
-    assert sorted(i for what, i in events if what == "done") == queued
+        assert out[i * size : (i + 1) * size] == (data[i] if i < bad else bytes(size))
 
 
 def test_the_c_scan_refuses_a_short_out_and_a_bad_block():

@@ -5,12 +5,13 @@ A :class:`Placement` maps disk byte offsets to file byte offsets piecewise: the
 disk is cut into ``grain``-byte pieces and piece ``i`` goes, unbroken, to file
 byte ``bases[i]``.  A :class:`PlacedWriter` fills a file through a placement:
 it takes runs of disk bytes, cuts them at piece boundaries (vectorised) and
-writes every part from its source — another file (a raw image, a chain image's
-verbatim payloads) or a buffer of decoded blocks.  ``Disk.write_to`` feeds it
-for every reader, so restores and exports share one writer.  Into a new file it
-can leave out the all-zero blocks of what it copies (they read as zeros: holes),
-and a :class:`Packing` gives a sparse format's pieces their places as they are
-written, so that all-zero pieces take no room at all.
+writes every part from its source — another file (a raw image) or a buffer of
+decoded blocks — or runs jobs that write into the file themselves (a chain image's
+verbatim payloads, checked as they are copied: :mod:`blockforensics.image.storedcopy`).
+``Disk.write_to`` feeds it for every reader, so restores and exports share one writer.
+Into a new file it can leave out the all-zero blocks of what it copies (they read as
+zeros: holes), and a :class:`Packing` gives a sparse format's pieces their places as they
+are written, so that all-zero pieces take no room at all.
 
 Copying runs from a file (:meth:`PlacedWriter.copy`: a raw image to a VHD) needs no
 numpy: its runs are few and long, walked a buffer at a time with scalar placements
@@ -28,7 +29,7 @@ import queue
 import threading
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -44,13 +45,8 @@ if TYPE_CHECKING:
 COPY_BUFFER = 1024 * 1024
 #: buffers of a file-to-file copy: one being read, the others queued or being written
 COPY_BUFFERS = 4
-#: buffers waiting for the writer thread, at most (bounds the memory held)
+#: buffers or jobs waiting for the writer thread, at most (bounds the memory held)
 QUEUED_WRITES = 8
-#: buffers waiting for a checking thread, at most
-QUEUED_CHECKS = 8
-#: checking threads, at most (one per core below that): past a few, the one writer thread
-#: is what bounds the speed
-MAX_CHECKERS = 4
 #: a grain no disk reaches: the identity placement keeps every run whole
 WHOLE = 1 << 62
 
@@ -59,6 +55,9 @@ Written = Callable[[int, int], object]
 #: the writes of one buffer: ``(buffer, file targets, buffer offsets, lengths, done)``, the
 #: three lists in bytes; ``done()`` once all are written (or given up)
 Writes = tuple[memoryview, list[int], list[int], list[int], Callable[[], object]]
+#: a job of the writer thread: ``job(fd)`` writes into the file itself and returns the
+#: ``(file offset, nbytes)`` ranges it wrote
+Job = Callable[[int], Iterable[tuple[int, int]]]
 
 
 def ignore_written(offset: int, nbytes: int) -> None:
@@ -207,14 +206,12 @@ class PlacedWriter:
     ``holes``-byte blocks of what :meth:`copy` reads are left out too, as qemu-img
     leaves them.
 
-    Writes run in a thread of their own, so that reading or decoding the next part
-    overlaps writing this one (a quarter faster on two cores).  Parts handed over with
-    a ``check`` go through a checking thread first (one per core, up to
-    ``MAX_CHECKERS``): buffers are checked while others are written and the next one
-    read, and nothing of a buffer is written unless its check passed.  Use as a context
-    manager: leaving it waits for every check and write, and raises the first that
-    failed (a failed check stops all further writes).
-    ``written(offset, nbytes)`` is called, in the writer thread, after each write.
+    Writes, and the jobs of :meth:`run`, run in a thread of their own, so that reading
+    or decoding the next part overlaps writing this one (a quarter faster on two cores).
+    Use as a context manager: leaving it waits for every write and job, and raises the
+    first that failed (a failed job stops all further writes).
+    ``written(offset, nbytes)`` is called, in the writer thread, after each write (after
+    each job, for each range it wrote).
     """
 
     def __init__(self, fd: int, limit: int, placement: Placement | Packing | None = None,
@@ -224,15 +221,10 @@ class PlacedWriter:
         self.placement = placement or Placement.identity()
         self.holes = holes
         self.written = written
-        self._jobs: queue.Queue[Writes | None] = queue.Queue(QUEUED_WRITES)
-        self._checks: queue.Queue[tuple[Callable[[], object], Writes] | None] = \
-            queue.Queue(QUEUED_CHECKS)
+        self._jobs: queue.Queue[Writes | Job | None] = queue.Queue(QUEUED_WRITES)
         self._error: BaseException | None = None
-        self._checkers = [threading.Thread(target=self._check, name="placed-checker", daemon=True)
-                          for _ in range(min(batch.threads(), MAX_CHECKERS))]
         self._writer = threading.Thread(target=self._run, name="placed-writer", daemon=True)
-        for thread in (*self._checkers, self._writer):
-            thread.start()
+        self._writer.start()
 
     def __enter__(self) -> PlacedWriter:
         return self
@@ -241,10 +233,6 @@ class PlacedWriter:
                  tb: TracebackType | None) -> None:
         if exc is not None and self._error is None:
             self._error = exc  # stop writing: the caller failed
-        for _ in self._checkers:
-            self._checks.put(None)
-        for thread in self._checkers:  # every checked part is queued before the writer stops
-            thread.join()
         self._jobs.put(None)
         self._writer.join()
         if exc is None and self._error is not None:
@@ -296,28 +284,21 @@ class PlacedWriter:
         return data_runs(data, self.holes)
 
     def put(self, buffer: memoryview, disk_starts: np.ndarray, buffer_offsets: np.ndarray,
-            lengths: np.ndarray, done: Callable[[], object] = _nothing,
-            check: Callable[[], object] | None = None) -> None:
+            lengths: np.ndarray, done: Callable[[], object] = _nothing) -> None:
         """Runs of disk bytes held at ``buffer_offsets`` of ``buffer`` (bytes, not to be
-        changed by the caller until ``done()`` is called, once all of them are written).
-        ``check()``, if given, runs in a checking thread before any of them is written (it
-        may fill ``buffer`` first: reads then run on every core too); if it raises, they
-        are not written and the error is raised here or on leaving."""
+        changed by the caller until ``done()`` is called, once all of them are written)."""
         targets, offsets, sizes = self.parts(disk_starts, buffer_offsets, lengths)
-        self.put_parts(buffer, targets.tolist(), offsets.tolist(), sizes.tolist(), done, check)
-
-    def put_parts(self, buffer: memoryview, targets: list[int], offsets: list[int],
-                  lengths: list[int], done: Callable[[], object] = _nothing,
-                  check: Callable[[], object] | None = None) -> None:
-        """:meth:`put` of parts already placed by :meth:`parts`: ``lengths[i]`` bytes at
-        ``offsets[i]`` of ``buffer`` go to file byte ``targets[i]``.  Lets a caller place
-        the parts of many buffers at once."""
         if self._error is not None:
             raise self._error
-        if check is not None:
-            self._checks.put((check, (buffer, targets, offsets, lengths, done)))
-        else:
-            self._jobs.put((buffer, targets, offsets, lengths, done))
+        self._jobs.put((buffer, targets.tolist(), offsets.tolist(), sizes.tolist(), done))
+
+    def run(self, job: Job) -> None:
+        """Have the writer thread call ``job(fd)`` after the writes handed over before it
+        (the job writes into the file itself, its parts placed by :meth:`parts`); if it
+        raises, nothing is written after it and the error is raised here or on leaving."""
+        if self._error is not None:
+            raise self._error
+        self._jobs.put(job)
 
     def parts(self, disk_starts: np.ndarray, source_offsets: np.ndarray, lengths: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -355,25 +336,18 @@ class PlacedWriter:
             raise ValueError("disk bytes outside the placement's pieces")
         return targets
 
-    def _check(self) -> None:
-        """A checking thread: run each buffer's check, then queue its writes; after a
-        failure, only hand buffers back."""
-        while (item := self._checks.get()) is not None:
-            check, writes = item
-            if self._error is None:
-                try:
-                    check()
-                except BaseException as exc:  # handed to the caller's thread
-                    self._error = exc
-            if self._error is None:
-                self._jobs.put(writes)
-            else:
-                writes[-1]()  # its done(): the buffer goes back unwritten
-
     def _run(self) -> None:
-        """The writer thread: write each queued buffer's parts, unless a check or a write
-        has failed."""
+        """The writer thread: write each queued buffer's parts and run each job, unless a
+        write or a job has failed."""
         while (job := self._jobs.get()) is not None:
+            if not isinstance(job, tuple):
+                if self._error is None:
+                    try:
+                        for target, n in job(self.fd):
+                            self.written(target, n)
+                    except BaseException as exc:  # handed to the caller's thread
+                        self._error = exc
+                continue
             data, targets, offsets, lengths, done = job
             if self._error is None:
                 try:

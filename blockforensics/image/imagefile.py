@@ -126,8 +126,12 @@ def check_stored(name: str, data: bytes | memoryview | np.ndarray, starts: np.nd
     bytes (at ``starts`` of ``data``) do not match their digest."""
     bad = stored_mismatches(data, starts, records)
     if bad.size:
-        raise IntegrityError(f"{name}: block {int(records['position'][bad[0]])}: "
-                             f"{STORED_MISMATCH}")
+        raise IntegrityError(stored_mismatch(name, int(records["position"][bad[0]])))
+
+
+def stored_mismatch(name: str, position: int) -> str:
+    """The error of block ``position`` of image ``name`` failing its stored digest."""
+    return f"{name}: block {position}: {STORED_MISMATCH}"
 
 
 def index_problem(index: np.ndarray, header: Header, payload_end: int,

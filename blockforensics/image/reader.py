@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import queue
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,11 +9,12 @@ import numpy as np
 from blockforensics.blockmap import BlockMap
 from blockforensics.disk import InPlaceDisk
 from blockforensics.errors import FormatError, IntegrityError
-from blockforensics.formats.placement import COPY_BUFFER, PlacedWriter
+from blockforensics.formats.placement import PlacedWriter
 from blockforensics.image.codec import UNAUTHENTIC
 from blockforensics.image.format import ENCODING_FLAGS, FLAG_ZERO
 from blockforensics.image.imagefile import ImageFile, check_stored
 from blockforensics.image.layout import contiguous_runs
+from blockforensics.image.storedcopy import scratch_buffer, stored_copies
 
 if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
@@ -25,18 +24,6 @@ if TYPE_CHECKING:
 DECODE_BATCH = 512
 #: blocks of a point handed to a writer per pass: bounds the index rows copied at once
 WRITE_WINDOW = 1 << 18
-#: buffers of stored payloads in flight when writing a point: one being read, the others
-#: waiting for or in their check, or waiting for or in their write
-CHECKED_BUFFERS = 12
-
-
-class _Buffer:
-    """A reused buffer of stored blocks of :meth:`ChainDisk.write_to`."""
-
-    def __init__(self, blocks: np.ndarray, free: queue.SimpleQueue[_Buffer]):
-        self.blocks = blocks  # (rows, block size) uint8
-        self.view = blocks.reshape(-1).data  # the same bytes, as handed to the writer
-        self.release = functools.partial(free.put, self)  # hands it back to ``free``
 
 
 class ChainDisk(InPlaceDisk):
@@ -153,64 +140,26 @@ class ChainDisk(InPlaceDisk):
 
     def write_to(self, out: PlacedWriter) -> None:
         """Hand this point to ``out`` (see :meth:`Disk.write_to`), ``WRITE_WINDOW`` blocks at
-        a time: reused ``COPY_BUFFER``-sized buffers are handed over with, as their check,
-        the reading of their verbatim payloads and the check of those (``out``'s checking
-        threads, one per core, read and hash buffers while its writer writes those already
-        checked; nothing is written before its check passed); the rest is decoded, and so
-        checked, a batch at a time."""
+        a time: its verbatim blocks as jobs of ``out``'s writer thread that read, check and
+        write them a batch at a time (:mod:`.storedcopy`: nothing is written before its
+        check passed), the rest decoded, and so checked, a batch at a time."""
         bs = self.block_size
-        rows_per_buffer = max(1, COPY_BUFFER // bs)
-        free: queue.SimpleQueue[_Buffer] = queue.SimpleQueue()
-        for _ in range(CHECKED_BUFFERS):
-            free.put(_Buffer(np.empty((rows_per_buffer, bs), dtype=np.uint8), free))
-        starts = np.arange(rows_per_buffer, dtype=np.int64) * bs
+        scratch = scratch_buffer(bs)
         for first in range(0, self.n_blocks, WRITE_WINDOW):
             for depth, rows, records in self.layout.window(first, WRITE_WINDOW):
                 image = self.layout.images[depth]
                 positions = first + rows
                 verbatim, decode = self._split(records)
                 if verbatim.any():  # compress: a mask copies records field by field, slowly
-                    self._hand_stored(out, image, records.compress(verbatim),
-                                      positions[verbatim], free, starts)
+                    for job in stored_copies(out, image, records.compress(verbatim),
+                                             positions[verbatim], bs, scratch, self.check):
+                        out.run(job)
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):
                     piece = todo[start : start + DECODE_BATCH]
                     position, row, count = contiguous_runs(piece, np.arange(len(piece)), 1)
                     out.put(self.read_at(piece).data.cast("B"), position * bs,
                             row * bs, count * bs)
-
-    def _hand_stored(self, out: PlacedWriter, image: ImageFile, records: np.ndarray,
-                     positions: np.ndarray, free: queue.SimpleQueue[_Buffer],
-                     starts: np.ndarray) -> None:
-        """Hand ``out`` the verbatim blocks ``records`` of ``image`` (at the ascending block
-        ``positions``), a buffer of ``free`` at a time, each with the reading and check of
-        its payloads as its check (``starts``: the byte offsets of a buffer's rows).  The
-        runs to read, and the parts to write and their places, are found for all the
-        buffers at once."""
-        bs, per = self.block_size, len(starts)
-        # stored block k sits at row k % per of buffer k // per; counted with one unused row
-        # after each buffer ("gapped"), no run found below reaches into the next buffer
-        gapped = np.arange(len(records), dtype=np.int64)
-        gapped += gapped // per
-        span = (per + 1) * bs  # bytes of a buffer and its unused row
-        row, position, count = contiguous_runs(gapped, positions, 1)
-        targets, sources, lengths = out.parts(position * bs, row * bs, count * bs)
-        read_row, read_offset, read_count = contiguous_runs(gapped, records["offset"], bs)
-        n_buffers = -(-len(records) // per)
-        each = np.arange(n_buffers + 1)
-        writes = np.searchsorted(sources // span, each).tolist()  # parts of buffer k: from
-        reads = np.searchsorted(read_row // (per + 1), each).tolist()  # [k] to [k + 1]
-        to, at, size = targets.tolist(), (sources % span).tolist(), lengths.tolist()
-        rows = (read_row % (per + 1)).tolist()
-        offsets, counts = read_offset.tolist(), read_count.tolist()
-        for k in range(n_buffers):
-            buffer = free.get()
-            held = records[k * per : (k + 1) * per]
-            w, r = slice(writes[k], writes[k + 1]), slice(reads[k], reads[k + 1])
-            out.put_parts(buffer.view, to[w], at[w], size[w], done=buffer.release,
-                          check=functools.partial(self._read_checked, image, held,
-                                                  buffer.blocks, starts[: len(held)],
-                                                  rows[r], offsets[r], counts[r]))
 
     def __repr__(self) -> str:
         return (f"ChainDisk(point {self.point} of {self.chain.directory}, {self.size} B, "
