@@ -3,17 +3,21 @@
  * The mount is a flat directory of files, each a table of segments in file order:
  * zeros, bytes of a metadata blob, or a run of an image file (fd, byte offset).  A read
  * is served by libfuse 3's multi-threaded low-level loop with no Python: the image
- * bytes are read (preadv) straight into the reply buffer, every stored block they touch
+ * bytes are read (pread) straight into the reply buffer, every stored block they touch
  * is checked against its stored digest (CRC-32 or SHA-256/128) in that buffer, and the
  * buffer goes to the kernel in one write (fuse_reply_buf): one copy in, one copy out.
  * A block is checked once (a bitmap per image file remembers it), so the kernel's
  * read-ahead and re-reads do not hash again.  A block that fails is EIO for the read,
- * with one line on stderr naming the image and the block.  With `splice`, a read whose
- * blocks are all checked already is replied from the image files' descriptors instead
- * (fuse_reply_data, FUSE_BUF_SPLICE_MOVE): no copy through this process.
+ * with one line on stderr naming the image and the block.  The kernel keeps what it
+ * read (keep_cache): the files never change while mounted.
  *
- *   serve(mountpoint, files, sources, *, foreground=True, direct_io=False,
- *         splice=False, on_open=None) -> int
+ * Measured against the alternatives (benchmarks/README.md, session 13): replying from
+ * the image files by splice once their blocks were checked, and checking in a mapping
+ * of the image files and replying from it (no copy here), were no faster; direct_io
+ * (no page cache for the served files) was, but loses the kernel's cache of them and
+ * shared mappings of them.
+ *
+ *   serve(mountpoint, files, sources, *, foreground=True, on_open=None) -> int
  *     files     list of (name, size, starts, kinds, offsets, blob): starts int64 and
  *               offsets int64 (file and source bytes), kinds int32 (>= 0: a source,
  *               -1 zeros, -2 the blob), segments tiling [0, size) from starts[0] == 0
@@ -80,7 +84,6 @@ struct server {
     Py_ssize_t n_files;
     struct source *sources;
     Py_ssize_t n_sources;
-    int direct_io, splice;
     PyObject *on_open;
     atomic_int opened;
     struct timespec mtime;
@@ -88,7 +91,6 @@ struct server {
 
 static EVP_MD *sha256_md;
 static pthread_key_t buffers_key;
-static const char zeros[MAX_READ];
 
 /* A worker thread's reply buffer and its buffer for whole blocks. */
 struct buffers {
@@ -309,7 +311,6 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         return;
     }
     fi->keep_cache = 1;  /* the files never change while mounted */
-    fi->direct_io = srv->direct_io;
     if (srv->on_open != NULL && !atomic_exchange(&srv->opened, 1)) {
         PyGILState_STATE gil = PyGILState_Ensure();
         PyObject *done = PyObject_CallNoArgs(srv->on_open);
@@ -340,57 +341,6 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
     return k + 1 < f->n ? f->starts[k + 1] : f->size;
 }
 
-/* Are all the stored blocks bytes offset .. end of f touch checked already? */
-static int all_checked(struct server *srv, const struct file *f, int64_t offset, int64_t end)
-{
-    for (Py_ssize_t k = segment_at(f, offset); k < f->n && f->starts[k] < end; k++) {
-        if (f->kinds[k] < 0)
-            continue;
-        struct source *s = &srv->sources[f->kinds[k]];
-        int64_t from = offset > f->starts[k] ? offset : f->starts[k];
-        int64_t to = end < segment_end(f, k) ? end : segment_end(f, k);
-        int64_t at = f->offsets[k] + from - f->starts[k];
-        for (Py_ssize_t i = first_block(s, at); i < s->n && s->offsets[i] < at + to - from; i++)
-            if (!is_checked(s, i))
-                return 0;
-    }
-    return 1;
-}
-
-/* Reply bytes offset .. end of f from the image files' descriptors (splice). */
-static void reply_spliced(fuse_req_t req, struct server *srv, const struct file *f,
-                          int64_t offset, int64_t end)
-{
-    Py_ssize_t first = segment_at(f, offset), count = 0;
-    while (first + count < f->n && f->starts[first + count] < end)
-        count++;
-    struct fuse_bufvec *bufv = calloc(1, sizeof *bufv + (size_t)count * sizeof(struct fuse_buf));
-    if (bufv == NULL) {
-        fuse_reply_err(req, ENOMEM);
-        return;
-    }
-    bufv->count = (size_t)count;
-    for (Py_ssize_t j = 0; j < count; j++) {
-        Py_ssize_t k = first + j;
-        int64_t from = offset > f->starts[k] ? offset : f->starts[k];
-        int64_t to = end < segment_end(f, k) ? end : segment_end(f, k);
-        int64_t at = f->offsets[k] + from - f->starts[k];
-        struct fuse_buf *buf = &bufv->buf[j];
-        buf->size = (size_t)(to - from);
-        if (f->kinds[k] == ZEROS) {
-            buf->mem = (void *)zeros;
-        } else if (f->kinds[k] == METADATA) {
-            buf->mem = (void *)(f->blob + at);
-        } else {
-            buf->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK | FUSE_BUF_FD_RETRY;
-            buf->fd = srv->sources[f->kinds[k]].fd;
-            buf->pos = at;
-        }
-    }
-    fuse_reply_data(req, bufv, FUSE_BUF_SPLICE_MOVE);
-    free(bufv);
-}
-
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -405,10 +355,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         end = f->size;
     if (offset >= end) {
         fuse_reply_buf(req, NULL, 0);
-        return;
-    }
-    if (srv->splice && end - offset <= MAX_READ && all_checked(srv, f, offset, end)) {
-        reply_spliced(req, srv, f, offset, end);
         return;
     }
     struct buffers *b = thread_buffers();
@@ -453,12 +399,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-    struct server *srv = userdata;
     conn->max_read = MAX_READ;
-    if (srv->splice)
-        conn->want |= (conn->capable & (FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE));
-    else
-        conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+    /* replies are written from our buffer: a splice of it would cost more (measured) */
+    conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
 }
 
 static const struct fuse_lowlevel_ops operations = {
@@ -631,17 +574,16 @@ done_args:
 
 static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"mountpoint", "files", "sources", "foreground", "direct_io",
-                               "splice", "on_open", NULL};
+    static char *keywords[] = {"mountpoint", "files", "sources", "foreground", "on_open",
+                               NULL};
     const char *mountpoint;
     PyObject *files, *sources, *on_open = Py_None;
-    int foreground = 1, direct_io = 0, splice = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO!O!|$pppO", keywords, &mountpoint,
+    int foreground = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO!O!|$pO", keywords, &mountpoint,
                                      &PyList_Type, &files, &PyList_Type, &sources,
-                                     &foreground, &direct_io, &splice, &on_open))
+                                     &foreground, &on_open))
         return NULL;
-    struct server srv = {.direct_io = direct_io, .splice = splice,
-                         .on_open = on_open == Py_None ? NULL : on_open};
+    struct server srv = {.on_open = on_open == Py_None ? NULL : on_open};
     struct held h = {.cap = 4 * (PyList_GET_SIZE(files) + PyList_GET_SIZE(sources))};
     if ((h.views = calloc((size_t)h.cap + 1, sizeof *h.views)) == NULL)
         return PyErr_NoMemory();
@@ -658,8 +600,7 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef methods[] = {
     {"serve", (PyCFunction)(void (*)(void))serve, METH_VARARGS | METH_KEYWORDS,
-     "serve(mountpoint, files, sources, *, foreground=True, direct_io=False, splice=False, "
-     "on_open=None) -> int: serve byte plans read-only over FUSE until unmounted; 0 then, "
+     "serve(mountpoint, files, sources, *, foreground=True, on_open=None) -> int: serve byte plans read-only over FUSE until unmounted; 0 then, "
      "else fuse_main's status."},
     {NULL, NULL, 0, NULL},
 };

@@ -6,5 +6,4 @@ from collections.abc import Callable
 from typing import Any
 
 def serve(mountpoint: str, files: list[tuple[Any, ...]], sources: list[tuple[Any, ...]], /,
-          *, foreground: bool = True, direct_io: bool = False, splice: bool = False,
-          on_open: Callable[[], object] | None = None) -> int: ...
+          *, foreground: bool = True, on_open: Callable[[], object] | None = None) -> int: ...
