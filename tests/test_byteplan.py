@@ -12,6 +12,7 @@ from chains import build_chain
 
 from blockforensics.crypto import KeySource
 from blockforensics.expose import served_files
+from blockforensics.formats import byteplan
 from blockforensics.formats.byteplan import (
     METADATA,
     ZEROS,
@@ -99,4 +100,12 @@ def test_chains_with_encoded_blocks_are_not_planned(tmp_path: Path, kind: str):
     data = np.tile(np.arange(4096, dtype=np.uint8), 64)  # compressible
     with Chain.create(tmp_path / "chain", key) as chain:
         backup(chain, Volume.from_bytes(data, 4096), compress=kind == "compressed")
+        assert disk_plan(chain.disk(0)) is None
+
+
+def test_a_point_holding_more_blocks_than_a_plan_may_is_not_planned(tmp_path: Path, monkeypatch):
+    build_chain(tmp_path, [None], n_blocks=64)
+    with Chain.open(tmp_path) as chain:
+        assert disk_plan(chain.disk(0)) is not None
+        monkeypatch.setattr(byteplan, "MAX_PLANNED_BLOCKS", 40)
         assert disk_plan(chain.disk(0)) is None

@@ -27,6 +27,9 @@ from blockforensics.formats.layout import FileLayout
 if TYPE_CHECKING:
     from blockforensics.image.reader import ChainDisk
 
+#: stored blocks a plan holds at most (33 bytes each: 528 MiB): a point holding more is
+#: served by the Python reader, which reads the chain's index as it goes
+MAX_PLANNED_BLOCKS = 1 << 24
 ZEROS = -1  # a segment of zeros
 METADATA = -2  # a segment of the plan's metadata blob
 
@@ -130,32 +133,35 @@ def _chain_plan(disk: ChainDisk) -> DiskPlan | None:
     if disk.chain.codec.encrypted:
         return None
     layout, bs = disk.layout, disk.block_size
-    found: list[tuple[int, np.ndarray, np.ndarray]] = []  # depth, positions, records
+    # per image of the path: (positions, offsets, digests, crc) of its verbatim blocks,
+    # window by window (33 bytes a block, not the index records' 56 and more)
+    found: list[list[tuple[np.ndarray, ...]]] = [[] for _ in layout.images]
+    held = 0
     for window in layout.windows():
         for depth, rows, records in window.by_image():
             encoding = records["flags"] & ENCODING_FLAGS
             if np.any((encoding != 0) & (encoding != FLAG_ZERO)):
                 return None  # compressed blocks: decoded by the Python reader
-            verbatim = encoding == 0
-            found.append((depth, window.start + rows[verbatim], records.compress(verbatim)))
+            mine = records.compress(encoding == 0)
+            held += len(mine)
+            if held > MAX_PLANNED_BLOCKS:
+                return None
+            checked = mine if disk.check else mine[:0]
+            found[depth].append((window.start + rows[encoding == 0],
+                                 mine["offset"].astype(np.int64),
+                                 digest_rows(checked["stored_digest"]).copy(),
+                                 ((checked["flags"] & FLAG_CRC32) != 0).astype(np.uint8)))
     files: list[Source] = []
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for depth, image in enumerate(layout.images):
-        mine = [(p, r) for d, p, r in found if d == depth]
-        if not mine:
+    for image, pieces in zip(layout.images, found, strict=True):
+        if not pieces:
             continue
-        positions = np.concatenate([p for p, _ in mine]).astype(np.int64)
-        records = np.concatenate([r for _, r in mine])
-        offsets = records["offset"].astype(np.int64)
+        positions, offsets, digests, crc = (np.concatenate(part) for part in zip(*pieces))
         first, at, count = contiguous_runs(positions, offsets, bs)
         runs.append((first * bs, (first + count) * bs, np.full(len(first), len(files)), at))
-        by_offset = np.argsort(offsets, kind="stable")
-        checked = records.take(by_offset) if disk.check else records[:0]
-        files.append(Source(image.fileno(), image.name, bs,
-                            offsets[by_offset][:len(checked)],
-                            positions[by_offset][:len(checked)],
-                            np.ascontiguousarray(digest_rows(checked["stored_digest"])),
-                            ((checked["flags"] & FLAG_CRC32) != 0).astype(np.uint8)))
+        by_offset = np.argsort(offsets, kind="stable")[: len(crc)]
+        files.append(Source(image.fileno(), image.name, bs, offsets[by_offset],
+                            positions[by_offset], digests[by_offset], crc[by_offset]))
     starts, ends, sources, offsets = (np.concatenate([np.zeros(0, np.int64), *part])
                                       for part in zip(*runs, strict=True)) if runs else (
         [np.zeros(0, np.int64)] * 4)
