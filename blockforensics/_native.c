@@ -448,11 +448,11 @@ static PyObject *lznt1_decompress(PyObject *self, PyObject *args)
 /* ---- exports: a chain point's stored blocks copied, checked (blockforensics/image/storedcopy.py) ----
  *
  *   copy_checked(src_fd, dst_fd, block, unit, reads, read_bounds, digests, crc, writes,
- *                write_bounds, state) -> (bad, short)
+ *                write_bounds, next, stop) -> (bad, short)
  *     Copies units of stored blocks from the file src_fd into the file dst_fd, without the
  *     GIL: each unit is read into the buffer `unit`, its blocks checked against their
  *     stored digests, then written.  Several calls on the same units may run at once (on
- *     threads of their own, each with its own `unit`), sharing `state`: they take the
+ *     threads of their own, each with its own `unit`), sharing `next`: they take the
  *     units in turn.
  *     block        bytes per stored block; unit k holds per = len(unit) // block of them,
  *                  blocks [k * per, (k + 1) * per), block i at byte (i % per) * block of
@@ -464,8 +464,9 @@ static PyObject *lznt1_decompress(PyObject *self, PyObject *args)
  *                  CRC-32 little-endian in bytes 0-3, then 12 zero bytes), else SHA-256/128
  *     writes       int64 triples (file offset, unit offset, nbytes): entries
  *                  write_bounds[k] to write_bounds[k + 1] are unit k's writes to dst_fd
- *     state        two int64s, zero at first: the next unit to take, and whether a call
- *                  failed (no unit is begun, and none written, after that)
+ *     next         one int64, zero at first: the next unit to take
+ *     stop         one int64: set to 1 by a call that fails; while it is set, no unit is
+ *                  begun and none written (calls on other units may share it too)
  *     Nothing of a unit is written before all its blocks matched.  Returns (bad, short)
  *     of the units this call took: the index of the block that failed its check, or -1;
  *     the file offset of a read that met the end of src_fd, or -1.  A failed read or
@@ -548,16 +549,17 @@ static PyObject *copy_checked(PyObject *self, PyObject *args)
 {
     int src, dst;
     Py_ssize_t block;
-    Py_buffer unit, reads, read_bounds, digests, crc, writes, write_bounds, state;
-    if (!PyArg_ParseTuple(args, "iinw*y*y*y*y*y*y*w*", &src, &dst, &block, &unit, &reads,
-                          &read_bounds, &digests, &crc, &writes, &write_bounds, &state))
+    Py_buffer unit, reads, read_bounds, digests, crc, writes, write_bounds, next, stop;
+    if (!PyArg_ParseTuple(args, "iinw*y*y*y*y*y*y*w*w*", &src, &dst, &block, &unit, &reads,
+                          &read_bounds, &digests, &crc, &writes, &write_bounds, &next, &stop))
         return NULL;
     PyObject *result = NULL;
     const Py_ssize_t triple = 3 * (Py_ssize_t)sizeof(int64_t);
     Py_ssize_t units = read_bounds.len / (Py_ssize_t)sizeof(int64_t) - 1;
     Py_ssize_t per = block > 0 ? unit.len / block : 0, blocks = crc.len;
-    if (per <= 0 || state.len != 2 * (Py_ssize_t)sizeof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "the unit must hold a block, state two int64s");
+    if (per <= 0 || next.len != (Py_ssize_t)sizeof(int64_t)
+        || stop.len != (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "the unit must hold a block, next and stop an int64");
         goto done;
     }
     if (read_bounds.len % (Py_ssize_t)sizeof(int64_t) || units < 0
@@ -580,11 +582,11 @@ static PyObject *copy_checked(PyObject *self, PyObject *args)
     const int64_t *wr = writes.buf;
     const unsigned char *digest = digests.len ? digests.buf : NULL, *is_crc = crc.buf;
     unsigned char *buffer = unit.buf;
-    int64_t *next = state.buf, *stopped = next + 1;
+    int64_t *taken = next.buf, *stopped = stop.buf;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     error = ctx == NULL ? ENOMEM : 0;
     while (!error && bad < 0 && short_at < 0 && !__atomic_load_n(stopped, __ATOMIC_ACQUIRE)) {
-        int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        int64_t k = __atomic_fetch_add(taken, 1, __ATOMIC_RELAXED);
         if (k >= units)
             break;
         for (int64_t r = rb[k]; r < rb[k + 1] && !error; r++) {
@@ -629,7 +631,8 @@ done:
     PyBuffer_Release(&crc);
     PyBuffer_Release(&writes);
     PyBuffer_Release(&write_bounds);
-    PyBuffer_Release(&state);
+    PyBuffer_Release(&next);
+    PyBuffer_Release(&stop);
     return result;
 }
 
@@ -660,7 +663,7 @@ static PyMethodDef methods[] = {
      "out, up to its length or the first malformed chunk; returns the bytes written."},
     {"copy_checked", copy_checked, METH_VARARGS,
      "copy_checked(src_fd, dst_fd, block, unit, reads, read_bounds, digests, crc, writes, "
-     "write_bounds, stop): units of stored blocks read from src_fd into unit, checked "
+     "write_bounds, next, stop): units of stored blocks read from src_fd into unit, checked "
      "against their digests and written to dst_fd, without the GIL; returns (bad block or "
      "-1, file offset of a short read or -1)."},
     {NULL, NULL, 0, NULL},

@@ -11,7 +11,7 @@ import itertools
 import os
 from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +29,8 @@ if native is not None and not hasattr(native, "copy_checked"):  # its newest fun
           "(rebuild it: python3 setup.py build_ext --inplace); running without it",
           file=sys.stderr)
     native = None  # type: ignore[assignment]
+
+T = TypeVar("T")
 
 #: below this many bytes per part a thread hand-off costs more than it saves
 MIN_PART_BYTES = 1 << 20
@@ -55,6 +57,21 @@ def run(work: Callable[[slice], object], pieces: list[slice]) -> None:
         return
     for future in [_pool().submit(work, piece) for piece in pieces]:
         future.result()
+
+
+def start(work: Callable[[slice], T], pieces: list[slice]) -> Callable[[], list[T]]:
+    """``work(piece)`` for every piece, started now on the worker threads; the function
+    returned waits for all of them and gives their results in order (or raises the first
+    error, once none is running)."""
+    from concurrent.futures import wait
+
+    futures = [_pool().submit(work, piece) for piece in pieces]
+
+    def results() -> list[T]:
+        wait(futures)
+        return [future.result() for future in futures]
+
+    return results
 
 
 @cache

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -240,20 +241,25 @@ def test_the_callers_own_failure_is_what_it_sees(tmp_path: Path):
 
 def test_jobs_run_in_turn_with_the_writes_and_a_failed_one_stops_all_after_it(
         tmp_path: Path):
-    """Jobs (which write into the file themselves) run in the writer thread in the order
-    they were handed over, between the buffers' writes; ``written`` hears of each range a
-    job wrote; after a job fails nothing more is written, and leaving raises its error."""
+    """Jobs (which write into the file themselves) are started by the writer thread in the
+    order they were handed over, between the buffers' writes, and each finished before
+    the one after the next starts; ``written`` hears of each range a job wrote, in order;
+    after a job fails nothing more is written, and leaving raises its error."""
     n, size, bad = 10, 64 * 1024, 5  # buffers even, jobs odd
     rng = np.random.default_rng(5)
     data = [rng.bytes(size) for _ in range(n)]
     events: list[tuple[str, int]] = []
 
-    def job(i: int, fd: int) -> list[tuple[int, int]]:
+    def job(i: int, fd: int) -> Callable[[], list[tuple[int, int]]]:
         events.append(("job", i))
-        if i == bad:
-            raise ValueError(f"job {i} failed")
         os.pwrite(fd, data[i], i * size)
-        return [(i * size, size)]
+
+        def finish() -> list[tuple[int, int]]:
+            events.append(("finish", i))
+            if i == bad:
+                raise ValueError(f"job {i} failed")
+            return [(i * size, size)]
+        return finish
 
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -272,9 +278,11 @@ def test_jobs_run_in_turn_with_the_writes_and_a_failed_one_stops_all_after_it(
     out = (tmp_path / "out").read_bytes()
     written = [i for what, i in events if what == "written"]
     assert written == list(range(bad))
-    assert ("job", bad) in events and not [i for what, i in events if i > bad]
+    assert [i for what, i in events if what == "job"] == [1, 3, 5]
+    assert [i for what, i in events if what == "finish"] == [1, 3, 5]
+    assert not [i for what, i in events if i > bad]
     for i in range(n):
-        assert out[i * size : (i + 1) * size] == (data[i] if i < bad else bytes(size))
+        assert out[i * size : (i + 1) * size] == (data[i] if i <= bad else bytes(size))
 
 
 def test_the_c_scan_refuses_a_short_out_and_a_bad_block():

@@ -161,9 +161,10 @@ def test_a_payload_cut_short_is_an_error_not_zeros(tmp_path, monkeypatch, native
         cut = int(jobs[3].reads[0, 1]) + 100  # inside the first payload of the 4th batch
         os.truncate(image, cut)
         for job in jobs[:3]:
-            job(fh.fileno())
+            job(fh.fileno())()
+        finish = jobs[3](fh.fileno())
         with pytest.raises(FormatError, match=r"0000-full\.bfi: truncated payload at byte"):
-            jobs[3](fh.fileno())
+            finish()
 
 
 def test_the_c_copy_refuses_bounds_outside_its_buffers():
@@ -172,13 +173,13 @@ def test_the_c_copy_refuses_bounds_outside_its_buffers():
         pytest.skip("the C extension is not built")
     unit, none = bytearray(8192), np.zeros(0, np.int64)
     reads = np.array([[4096, 0, 8192]], np.int64)  # past the unit's end
-    bounds, state = np.array([0, 1], np.int64), np.zeros(2, np.int64)
+    bounds, taken, stop = np.array([0, 1], np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64)
     with pytest.raises(ValueError, match="read 0 lies outside its unit"):
         native(0, 1, 4096, unit, reads, bounds, b"", bytes(2), none, np.zeros(2, np.int64),
-               state)
+               taken, stop)
     with pytest.raises(ValueError, match="crc a byte for each block"):
         native(0, 1, 4096, unit, none, np.zeros(2, np.int64), b"", bytes(3), none,
-               np.zeros(2, np.int64), state)
-    with pytest.raises(ValueError, match="state two int64s"):
+               np.zeros(2, np.int64), taken, stop)
+    with pytest.raises(ValueError, match="next and stop an int64"):
         native(0, 1, 4096, unit, none, np.zeros(1, np.int64), b"", b"", none,
-               np.zeros(1, np.int64), bytearray(1))
+               np.zeros(1, np.int64), taken, bytearray(1))

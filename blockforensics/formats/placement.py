@@ -55,9 +55,11 @@ Written = Callable[[int, int], object]
 #: the writes of one buffer: ``(buffer, file targets, buffer offsets, lengths, done)``, the
 #: three lists in bytes; ``done()`` once all are written (or given up)
 Writes = tuple[memoryview, list[int], list[int], list[int], Callable[[], object]]
-#: a job of the writer thread: ``job(fd)`` writes into the file itself and returns the
-#: ``(file offset, nbytes)`` ranges it wrote
-Job = Callable[[int], Iterable[tuple[int, int]]]
+#: a job of the writer thread: ``job(fd)`` starts writing into the file itself and returns
+#: ``finish``; ``finish()`` waits for it and returns the ``(file offset, nbytes)`` ranges it
+#: wrote.  The writer starts the next job before it finishes one, so that the ``written``
+#: calls of one overlap the writes of the next.
+Job = Callable[[int], Callable[[], Iterable[tuple[int, int]]]]
 
 
 def ignore_written(offset: int, nbytes: int) -> None:
@@ -293,9 +295,10 @@ class PlacedWriter:
         self._jobs.put((buffer, targets.tolist(), offsets.tolist(), sizes.tolist(), done))
 
     def run(self, job: Job) -> None:
-        """Have the writer thread call ``job(fd)`` after the writes handed over before it
-        (the job writes into the file itself, its parts placed by :meth:`parts`); if it
-        raises, nothing is written after it and the error is raised here or on leaving."""
+        """Have the writer thread start ``job(fd)`` (see :data:`Job`) after the writes handed
+        over before it (the job writes into the file itself, its parts placed by
+        :meth:`parts`); if it fails, nothing is written after it but by a job already
+        started, and the error is raised here or on leaving."""
         if self._error is not None:
             raise self._error
         self._jobs.put(job)
@@ -338,16 +341,21 @@ class PlacedWriter:
 
     def _run(self) -> None:
         """The writer thread: write each queued buffer's parts and run each job, unless a
-        write or a job has failed."""
+        write or a job has failed; a job is finished once the next one has started."""
+        started: Callable[[], Iterable[tuple[int, int]]] | None = None
         while (job := self._jobs.get()) is not None:
             if not isinstance(job, tuple):
+                finish = started
+                started = None
                 if self._error is None:
                     try:
-                        for target, n in job(self.fd):
-                            self.written(target, n)
+                        started = job(self.fd)
                     except BaseException as exc:  # handed to the caller's thread
                         self._error = exc
+                self._finish(finish)
                 continue
+            self._finish(started)
+            started = None
             data, targets, offsets, lengths, done = job
             if self._error is None:
                 try:
@@ -357,3 +365,18 @@ class PlacedWriter:
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc
             done()
+        self._finish(started)
+
+    def _finish(self, finish: Callable[[], Iterable[tuple[int, int]]] | None) -> None:
+        """Wait for a started job (None: none) and pass the ranges it wrote to
+        ``written``; its error, if it failed, becomes the writer's (unless one came first)."""
+        if finish is None:
+            return
+        try:
+            ranges = finish()
+            if self._error is None:
+                for target, n in ranges:
+                    self.written(target, n)
+        except BaseException as exc:  # handed to the caller's thread
+            if self._error is None:
+                self._error = exc

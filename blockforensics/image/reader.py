@@ -14,7 +14,7 @@ from blockforensics.image.codec import UNAUTHENTIC
 from blockforensics.image.format import ENCODING_FLAGS, FLAG_ZERO
 from blockforensics.image.imagefile import ImageFile, check_stored
 from blockforensics.image.layout import contiguous_runs
-from blockforensics.image.storedcopy import scratch_buffer, stored_copies
+from blockforensics.image.storedcopy import CopyBuffers, stored_copies
 
 if TYPE_CHECKING:
     from blockforensics.image.chain import Chain
@@ -144,7 +144,7 @@ class ChainDisk(InPlaceDisk):
         write them a batch at a time (:mod:`.storedcopy`: nothing is written before its
         check passed), the rest decoded, and so checked, a batch at a time."""
         bs = self.block_size
-        scratch = scratch_buffer(bs)
+        buffers = CopyBuffers(bs)
         for first in range(0, self.n_blocks, WRITE_WINDOW):
             for depth, rows, records in self.layout.window(first, WRITE_WINDOW):
                 image = self.layout.images[depth]
@@ -152,7 +152,7 @@ class ChainDisk(InPlaceDisk):
                 verbatim, decode = self._split(records)
                 if verbatim.any():  # compress: a mask copies records field by field, slowly
                     for job in stored_copies(out, image, records.compress(verbatim),
-                                             positions[verbatim], bs, scratch, self.check):
+                                             positions[verbatim], bs, buffers, self.check):
                         out.run(job)
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):

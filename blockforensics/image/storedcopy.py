@@ -7,8 +7,10 @@ against its stored digest before any of its bytes is written: the plain path of
 ``COPY_BUFFER`` bytes of stored blocks, the reads that fill each unit and the parts it is
 written as, cut into batches of ``BATCH_BYTES``.  A :class:`StoredCopy` (one batch) is a
 job of the writer's thread: in C (``_native.copy_checked``: each unit read, checked and
-written without the GIL, the batch cut into a call per core on :mod:`.batch`'s threads)
-or, without the extension, a unit at a time in Python.
+written without the GIL, a call per core on :mod:`.batch`'s threads taking the units in
+turn) or, without the extension, a unit at a time in Python.  A batch is copied while the
+writer passes the ranges of the one before it to its ``written`` (writeback, progress):
+:class:`CopyBuffers` gives consecutive batches different units.
 
 Units: ``block`` and every offset and length are bytes; positions and rows are blocks.
 """
@@ -16,7 +18,7 @@ Units: ``block`` and every offset and length are bytes; positions and rows are b
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,10 +37,20 @@ BATCH_BYTES = 16 << 20
 MAX_THREADS = 4
 
 
-def scratch_buffer(block: int) -> bytearray:
-    """The units the copies of one ``write_to`` share (its jobs run one at a time): one
-    per thread, each ``per_unit(block)`` blocks."""
-    return bytearray(threads() * per_unit(block) * block)
+class CopyBuffers:
+    """What the batches of one ``write_to`` share: two sets of units, one per thread, each
+    ``per_unit(block)`` blocks (a batch copies into one while the batch before it may
+    still be finishing with the other), and the flag that stops them all once one fails."""
+
+    def __init__(self, block: int):
+        self.sets = [bytearray(threads() * per_unit(block) * block) for _ in range(2)]
+        self.stop = np.zeros(1, np.int64)  # set by the C copy that fails
+        self._turn = 0
+
+    def take(self) -> bytearray:
+        """The set of units for the next batch (not the last batch's)."""
+        self._turn ^= 1
+        return self.sets[self._turn]
 
 
 def threads() -> int:
@@ -68,23 +80,25 @@ class StoredCopy:
     read_bounds: np.ndarray  # int64, units + 1
     writes: np.ndarray  # (w, 3) int64
     write_bounds: np.ndarray  # int64, units + 1
-    scratch: bytearray  # the units to read into (see scratch_buffer)
+    scratch: bytearray  # the units to read into (one set of CopyBuffers)
+    stop: np.ndarray  # int64: set when a copy fails (CopyBuffers.stop)
 
-    def __call__(self, fd: int) -> list[tuple[int, int]]:
-        """Copy the batch into the file ``fd``; the ``(offset, bytes)`` ranges written, in
-        order.  IntegrityError naming the image and the first block that fails its check,
-        FormatError for a payload past the image's end; no unit is begun after either."""
-        units = len(self.read_bounds) - 1
-        slots = list(range(min(threads(), units)))
-        results = [(-1, -1)] * len(slots)
-        state = np.zeros(2, np.int64)  # the next unit, and whether a copy failed: shared
-
+    def __call__(self, fd: int) -> Callable[[], list[tuple[int, int]]]:
+        """Start copying the batch into the file ``fd``, a thread per unit of ``scratch``;
+        ``finish()`` waits for it and returns the ``(offset, bytes)`` ranges written, in
+        order, or raises IntegrityError naming the image and the first block that failed
+        its check, FormatError for a payload past the image's end (no unit is begun after
+        either)."""
+        units, unit = len(self.read_bounds) - 1, per_unit(self.block) * self.block
+        slots = min(threads(), len(self.scratch) // unit, units)
+        taken = np.zeros(1, np.int64)  # the next unit, shared by the slots
         checks = self._checks()
+        copies = batch.start(lambda slot: self._copy_units(fd, slot.start, taken, checks),
+                             [slice(slot, slot + 1) for slot in range(slots)])
+        return lambda: self._finish(copies())
 
-        def copy(slot: slice) -> None:
-            results[slot.start] = self._copy_units(fd, slot.start, state, checks)
-
-        batch.run(copy, [slice(slot, slot + 1) for slot in slots])
+    def _finish(self, results: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The ranges written, given each slot's ``(bad, short)``; or the error."""
         bad = min((b for b, _ in results if b >= 0), default=-1)
         if bad >= 0:
             position = int(self.records["position"][bad])
@@ -101,17 +115,17 @@ class StoredCopy:
             else np.zeros(0, np.uint8)
         return digests, ((self.records["flags"] & FLAG_CRC32) != 0).view(np.uint8)
 
-    def _copy_units(self, fd: int, slot: int, state: np.ndarray,
+    def _copy_units(self, fd: int, slot: int, taken: np.ndarray,
                     checks: tuple[np.ndarray, np.ndarray]) -> tuple[int, int]:
-        """Copy units through unit ``slot`` of the scratch buffer, taking them in turn with
-        the other slots (``state``, ``checks``: see ``_native.copy_checked``): ``(bad,
-        short)`` as it returns them.  Without the extension, all of them in Python."""
+        """Copy units through unit ``slot`` of ``scratch``, taking them in turn with the
+        other slots (``taken``, ``checks``: see ``_native.copy_checked``): ``(bad, short)``
+        as it returns them.  Without the extension, all of them in Python."""
         per, bs = per_unit(self.block), self.block
         unit = memoryview(self.scratch)[slot * per * bs : (slot + 1) * per * bs]
         if batch.native is not None:
             bad, short = batch.native.copy_checked(
                 self.image.fileno(), fd, bs, unit, self.reads, self.read_bounds, *checks,
-                self.writes, self.write_bounds, state)
+                self.writes, self.write_bounds, taken, self.stop)
             return bad, short
         source, r, w = self.image.fileno(), self.read_bounds, self.write_bounds
         for k in range(len(r) - 1):
@@ -140,7 +154,7 @@ class StoredCopy:
 
 
 def stored_copies(out: PlacedWriter, image: ImageFile, records: np.ndarray,
-                  positions: np.ndarray, block: int, scratch: bytearray, check: bool
+                  positions: np.ndarray, block: int, buffers: CopyBuffers, check: bool
                   ) -> Iterator[StoredCopy]:
     """The batches copying the verbatim blocks ``records`` of ``image`` (at the ascending
     block ``positions``) to where ``out``'s placement puts them.  The runs to read, and
@@ -166,4 +180,4 @@ def stored_copies(out: PlacedWriter, image: ImageFile, records: np.ndarray,
         r, w = read_bounds[first : last + 1], write_bounds[first : last + 1]
         yield StoredCopy(image, block, records[first * per : last * per], check,
                          reads[r[0] : r[-1]], r - r[0], writes[w[0] : w[-1]], w - w[0],
-                         scratch)
+                         buffers.take(), buffers.stop)
