@@ -9,16 +9,22 @@ a qcow2 overlay, since the files are read-only).  The bytes of ``disk.vhd`` are
 exactly those :func:`~blockforensics.formats.vhd.write_vhd` would write for the
 same ``unique_id`` and ``timestamp``.
 
-FUSE runs single-threaded, and it waits for the read-ahead thread's read before it
-reads the Disk itself: one thread at a time uses it, so a Disk need not be thread-safe.
+Two servers serve them.  A disk whose blocks lie as they are in files (a plain chain
+point, a raw image file) is served by the C server ``_fuseserve`` from byte plans
+(:mod:`blockforensics.formats.byteplan`, :func:`planned`): libfuse 3's multi-threaded
+loop reads the image files itself and checks every stored block once, with no Python
+per read.  Any other disk (encrypted or compressed blocks, logical volumes) is served
+by :class:`ImageFileSystem` (mfusepy), single-threaded: it waits for the read-ahead
+thread's read before it reads the Disk itself, so a Disk need not be thread-safe.
 
-Sequential reads are what limits copying or hashing a served file; three things make
-them fast: libfuse 3 (mfusepy loads libfuse 2 when both are installed, whose requests
-stay at 128 KiB; libfuse 3 negotiates up to 1 MiB per request), a larger read-ahead
-of the mount's backing device (the kernel's is 128 KiB, which caps each request at
-that; raised when the process may write ``/sys/class/bdi``, i.e. as root), and a
-window of the file read by a background thread while the kernel copies out the last
-one.  The kernel keeps what it read (``kernel_cache``): the files never change while
+Sequential reads are what limits copying or hashing a served file; for the Python
+server three things make them fast: libfuse 3 (mfusepy loads libfuse 2 when both are
+installed, whose requests stay at 128 KiB; libfuse 3 negotiates up to 1 MiB per
+request), a larger read-ahead of the mount's backing device (the kernel's is 128 KiB,
+which caps each request at that; raised when the process may write
+``/sys/class/bdi``, i.e. as root, for both servers), and a window of the file read by
+a background thread while the kernel copies out the last one.  The kernel keeps what
+it read (``kernel_cache``, ``keep_cache``): the files never change while
 mounted, so a second read comes from the page cache.
 """
 
@@ -400,9 +406,9 @@ def planned(disk: Disk, files: dict[str, Served]) -> tuple[list[tuple[Any, ...]]
                                                             list[tuple[Any, ...]]] | None:
     """``(files, sources)`` as the C server takes them (see ``_fuseserve.c``): each served
     file's byte plan, and the image files they read with the blocks to check; None when
-    the disk's blocks cannot be read as they are stored (encrypted or compressed, or a
-    kind of disk with no plan) or a file is not a range of one of its layouts (a logical
-    volume's)."""
+    the disk's blocks cannot be read as they are stored (encrypted or compressed, more
+    than a plan holds, or a kind of disk with no plan) or a file is not a range of one
+    of its layouts (a logical volume's)."""
     from blockforensics.formats.byteplan import FilePlan, disk_plan, file_plan
 
     if any(served.layout.disk is not disk for served in files.values()):
