@@ -109,3 +109,13 @@ def test_a_point_holding_more_blocks_than_a_plan_may_is_not_planned(tmp_path: Pa
         assert disk_plan(chain.disk(0)) is not None
         monkeypatch.setattr(byteplan, "MAX_PLANNED_BLOCKS", 40)
         assert disk_plan(chain.disk(0)) is None
+
+
+def test_empty_windows_and_files_have_no_segments(tmp_path: Path):
+    path = tmp_path / "src.raw"
+    path.write_bytes(bytes(range(256)) * 64)
+    with RawDisk(path) as disk:
+        plan = disk_plan(disk)
+        whole = file_plan(served_files(disk, partitions=False)["disk.raw"].layout, plan)
+        assert whole.window(100, 0).starts.size == 0 and whole.window(100, 0).size == 0
+        assert plan_bytes(whole.window(100, 50), plan) == path.read_bytes()[100:150]

@@ -79,6 +79,8 @@ class FilePlan:
 
     def window(self, start: int, length: int) -> FilePlan:
         """The plan of bytes ``start .. start+length`` of this file, as a file of its own."""
+        if length <= 0:
+            return FilePlan(0, self.starts[:0], self.kinds[:0], self.offsets[:0], self.blob)
         first = max(0, int(np.searchsorted(self.starts, start, side="right")) - 1)
         stop = max(first + 1, int(np.searchsorted(self.starts, start + length, side="left")))
         starts = self.starts[first:stop].copy()
@@ -104,7 +106,7 @@ def _tiling(size: int, starts: np.ndarray, ends: np.ndarray, sources: np.ndarray
     order = np.argsort(all_starts, kind="stable")
     s, k, o = all_starts[order], all_sources[order], all_offsets[order]
     continues = (k[1:] == k[:-1]) & ((k[1:] == ZEROS) | (o[1:] - o[:-1] == s[1:] - s[:-1]))
-    keep = np.r_[True, ~continues]
+    keep = np.r_[True, ~continues][: len(s)]  # none at all for an empty file
     return s[keep], k[keep], o[keep]
 
 
