@@ -11,10 +11,10 @@ import itertools
 import os
 from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
+    import queue
 
     import numpy as np
 
@@ -50,26 +50,42 @@ def parts(nbytes: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
+#: the reply of a task: ``(index, error or None, result)``
+Reply = tuple[int, "BaseException | None", Any]
+#: a task of the worker threads: ``(work, piece, index, replies)``; its reply goes to
+#: ``replies``
+Task = tuple[Callable[[slice], Any], slice, int, "queue.SimpleQueue[Reply]"]
+
+
 def run(work: Callable[[slice], object], pieces: list[slice]) -> None:
     """``work(piece)`` for every piece: one right here, several on the worker threads."""
     if len(pieces) == 1:
         work(pieces[0])
         return
-    for future in [_pool().submit(work, piece) for piece in pieces]:
-        future.result()
+    start(work, pieces)()
 
 
 def start(work: Callable[[slice], T], pieces: list[slice]) -> Callable[[], list[T]]:
     """``work(piece)`` for every piece, started now on the worker threads; the function
-    returned waits for all of them and gives their results in order (or raises the first
-    error, once none is running)."""
-    from concurrent.futures import wait
+    returned waits for all of them and gives their results in order (or raises the error
+    of the first piece that failed, once none is running)."""
+    import queue
 
-    futures = [_pool().submit(work, piece) for piece in pieces]
+    replies: queue.SimpleQueue[Reply] = queue.SimpleQueue()
+    tasks = _pool()
+    for index, piece in enumerate(pieces):
+        tasks.put((work, piece, index, replies))
 
     def results() -> list[T]:
-        wait(futures)
-        return [future.result() for future in futures]
+        got: list[Any] = [None] * len(pieces)
+        errors: dict[int, BaseException] = {}
+        for _ in pieces:
+            index, error, got[index] = replies.get()
+            if error is not None:
+                errors[index] = error
+        if errors:
+            raise errors[min(errors)]
+        return got
 
     return results
 
@@ -82,10 +98,27 @@ def threads() -> int:
 
 
 @cache
-def _pool() -> ThreadPoolExecutor:
-    from concurrent.futures import ThreadPoolExecutor  # here: ~10 ms off every start-up
+def _pool() -> queue.SimpleQueue[Task]:
+    """The worker threads' tasks: a thread per core, started on first use (plain threads:
+    concurrent.futures would add ~6 ms to every start-up, with the logging it imports)."""
+    import queue
+    import threading
 
-    return ThreadPoolExecutor(threads(), thread_name_prefix="blockforensics-batch")
+    tasks: queue.SimpleQueue[Task] = queue.SimpleQueue()
+    for i in range(threads()):
+        threading.Thread(target=_serve, args=(tasks,), name=f"blockforensics-batch-{i}",
+                         daemon=True).start()
+    return tasks
+
+
+def _serve(tasks: queue.SimpleQueue[Task]) -> None:
+    """A worker thread: run tasks, forever."""
+    while True:
+        work, piece, index, replies = tasks.get()
+        try:
+            replies.put((index, None, work(piece)))
+        except BaseException as exc:  # handed to the waiting caller
+            replies.put((index, exc, None))
 
 
 if hasattr(os, "register_at_fork"):  # a forked child (e.g. a FUSE daemon) gets no threads

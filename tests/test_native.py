@@ -140,3 +140,30 @@ def test_opened_rows_equal_the_blocks_and_a_tampered_row_is_refused(native, monk
     assert not plain[[10, 20]].any()
     good = np.flatnonzero(ok)
     assert np.array_equal(plain[good], blocks[good])
+
+
+def test_batch_work_runs_on_the_worker_threads_and_waits_for_all_before_an_error():
+    """``batch.start`` returns results in the pieces' order; when pieces fail, the first
+    failed piece's error is raised, and only once every piece has finished."""
+    import threading
+    import time
+
+    finished: list[int] = []
+    names: set[str] = set()
+
+    def work(piece: slice) -> int:
+        names.add(threading.current_thread().name)
+        if piece.start == 1:
+            raise ValueError("piece 1")
+        if piece.start == 2:
+            time.sleep(0.2)
+            finished.append(2)
+            raise KeyError("piece 2")
+        return piece.start * 10
+
+    pieces = [slice(i, i + 1) for i in range(3)]
+    with pytest.raises(ValueError, match="piece 1"):
+        batch.start(work, pieces)()
+    assert finished == [2]
+    assert batch.start(lambda piece: piece.start * 10, pieces)() == [0, 10, 20]
+    assert all(name.startswith("blockforensics-batch") for name in names)
