@@ -57,6 +57,23 @@ class EmptySubvolumeDir:
     volume: int
 
 
+def _checked_btrfs(module: Any, geometry: BtrfsFileSystem) -> Any:
+    """dissect.btrfs's volume class reading every tree node through ``geometry``'s checks
+    (checksum, own address, level, item count), and refusing a node without items:
+    dissect checks none of this, and its binary search of a node whose item count reads
+    0 never ends (a damaged volume hung ``diff``).  Each is a FormatError instead."""
+
+    class CheckedBtrfs(module.Btrfs):
+        def _read_node(self, address: int) -> bytes:
+            head, data = geometry.node(address)
+            if not head.nritems:
+                raise FormatError(f"{geometry.name}: tree node at logical byte {address} "
+                                  f"has no items")
+            return data
+
+    return CheckedBtrfs
+
+
 class BtrfsLister(DissectLister):
     """Lists and reads the files of every subvolume of the Btrfs volume at byte
     ``offset`` of ``disk`` (``to_disk`` turns its byte ranges into the disk's);
@@ -77,7 +94,8 @@ class BtrfsLister(DissectLister):
         self.to_disk = to_disk
         module = dissect_module("btrfs")
         try:
-            self.btrfs = module.Btrfs(Window(disk, offset, self.geometry.size))
+            self.btrfs = _checked_btrfs(module, self.geometry)(
+                Window(disk, offset, self.geometry.size))
             self.top = self.btrfs.open_subvolume(TOP_LEVEL).root
         except Exception as exc:  # dissect raises its own errors and struct's EOFError
             raise FormatError(f"dissect.btrfs cannot open the Btrfs volume: {exc}") from None

@@ -360,20 +360,22 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         versions = timeline_formats.file_versions(chain, zone=args.timezone,
                                                   progress=show_progress())
         text = timeline_formats.formatted(versions, args.format, str(chain.directory))
-        note = timeline_formats.zone_note(versions)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
         if args.out:
             timeline_formats.save(text, args.out)
             print(f"wrote {args.format} timeline to {args.out}", file=sys.stderr)
         else:
             sys.stdout.write(text)
+            sys.stdout.flush()
+        note = timeline_formats.zone_note(versions)
+        for line in ([note] if note else []) + [f"not read: {why}"
+                                                 for why in versions.attrs["not_read"]]:
+            print(f"note: {line}", file=sys.stderr)
         return EXIT_OK
     from blockforensics import forensics
 
     frame = forensics.timeline(chain, progress=show_progress())
     text = frame.to_json(orient="records", indent=1) if args.json else (
-        frame.to_string(index=False) if len(frame) else "(empty)")
+        frame.drop(columns="not_read").to_string(index=False) if len(frame) else "(empty)")
     if args.out:
         from blockforensics.fileio import atomic_writer
 
@@ -381,7 +383,10 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             fh.write((text + "\n").encode())
         print(f"wrote {'json' if args.json else 'table'} timeline to {args.out}", file=sys.stderr)
     else:
-        print(text)
+        print(text, flush=True)
+    if not args.json:  # the table has no room for them: a line each, below it
+        for why in frame["not_read"][frame["not_read"] != ""]:
+            print(f"note: not read: {why}", file=sys.stderr)
     return EXIT_OK
 
 

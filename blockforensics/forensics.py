@@ -838,13 +838,18 @@ def timeline(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
     Columns: point, file, kind, parent, created (ISO time), label, blocks_changed
     (blocks differing from the parent; for a full, its non-zero blocks), files_created,
     files_modified, files_deleted, suspected_encryption (count of files), and
-    changed_entropy (mean entropy of the changed blocks at the point, bits per byte).
+    changed_entropy (mean entropy of the changed blocks at the point, bits per byte),
+    and not_read: the file systems of the point or its parent that could not be listed,
+    and why ("" when all were: the counts leave an unlisted file system out, they do
+    not count its files deleted).
     """
     counts: dict[str, list[int]] = {"blocks_changed": [], "files_created": [],
                                     "files_modified": [], "files_deleted": [],
                                     "suspected_encryption": []}
     entropies = []
+    not_read = []
     for d in point_diffs(chain, progress=progress):  # one point's rows at a time
+        not_read.append("; ".join(d.notes))
         per_change = d.files["change"].value_counts()
         counts["blocks_changed"].append(d.changed_blocks)
         for change in ("created", "modified", "deleted"):
@@ -857,4 +862,5 @@ def timeline(chain: Chain, *, progress: bool = False) -> pd.DataFrame:
     frame = chain.table()[["point", "file", "kind", "parent", "created", "label"]]
     frame = frame.assign(**{name: np.array(values, np.int64) for name, values in counts.items()})
     frame["changed_entropy"] = entropies
+    frame["not_read"] = not_read
     return frame

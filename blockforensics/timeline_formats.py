@@ -88,11 +88,15 @@ def file_versions(chain: Chain, *, zone: str = "UTC", progress: bool = False
     byte extents ``[(offset, length), ...]`` at that point; ``wall_clock``: the times
     kept with no zone, ``zone``: the zone they were read in, "" when none).  ``zone``:
     the IANA zone of the clock that wrote FAT times (and exFAT ones without a UTC
-    offset), which carry none, as ``fls -z``; ``progress``: a bar of points."""
+    offset), which carry none, as ``fls -z``; ``progress``: a bar of points.
+    ``attrs["not_read"]``: the file systems of a point that could not be listed, and
+    why (their files have no versions there), a line each."""
     tz = _zone(zone)
     listings: dict[int | None, Listing] = {}
     rows = []
+    not_read: dict[str, None] = {}
     for result in forensics.point_diffs(chain, listings, progress=progress):
+        not_read.update(dict.fromkeys(result.notes))
         p = result.b
         parent = chain.parent(p)
         dtime = tsk.ext_deletion_times(chain.disk(p))
@@ -106,7 +110,9 @@ def file_versions(chain: Chain, *, zone: str = "UTC", progress: bool = False
                     deleted = dtime(entry) if row.change == "deleted" else 0
                     rows += _versions(chain, side, p, row, _in_zone(entry, tz), tz.key,
                                       deleted)
-    return pd.DataFrame(rows, columns=VERSION_COLUMNS)
+    frame = pd.DataFrame(rows, columns=VERSION_COLUMNS)
+    frame.attrs["not_read"] = list(not_read)
+    return frame
 
 
 def _zone(name: str) -> ZoneInfo:

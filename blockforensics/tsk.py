@@ -1020,7 +1020,10 @@ def list_entries(disk: Disk | None) -> Listing:
         if lister is None:
             listing.unreadable[prefix] = problem or ""
             continue
-        problems = lister.walk(f"{prefix}/", listing.entries)
+        try:
+            problems = lister.walk(f"{prefix}/", listing.entries)
+        except Exception as exc:  # its root unreadable (a walk names damage below it):
+            problems = [f"the root directory could not be read ({exc})"]  # noted
         if lister.recovery:
             listing.recovery[prefix] = lister.recovery
         if problems:

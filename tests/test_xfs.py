@@ -27,6 +27,7 @@ from sample_disks import run
 from support import assert_diff, loop_mounted, require_module, require_tools
 from support import bf_ok as cli
 
+from blockforensics import forensics
 from blockforensics.allocation import filesystem_allocation, survey
 from blockforensics.formats.raw import RawDisk
 from blockforensics.fs import xfs as xfs_module
@@ -591,3 +592,33 @@ def test_a_realtime_file_is_listed_without_content_and_named(tmp_path: Path) -> 
                            tmp_path / "chain", "0", "/rt.bin", tmp_path / "out"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "realtime device" in done.stderr
+
+
+def test_an_unreadable_root_inode_is_a_note_not_a_traceback(tmp_path: Path) -> None:
+    """dissect.xfs raises its own error for a root inode with a bad magic; the walk noted
+    damage below the root but not at it, so ``diff`` and ``timeline`` ended in a
+    traceback.  The point is now named unreadable, in a line."""
+    require_tools(*XFS_TOOLS)
+    require_module("dissect.xfs", "dissect.xfs")
+    img = mkfs(tmp_path / "xfs.img", 64 * MIB)
+    chain = tmp_path / "chain"
+    cli("backup", img, chain)
+    root = run("xfs_db", "-r", "-c", "sb 0", "-c", "p rootino", img).split("=")[1].strip()
+    at = int(run("xfs_db", "-r", "-c", f"convert ino {root} byte", img).split()[0], 16)
+    with img.open("r+b") as fh:
+        fh.seek(at)  # di_magic, "IN"
+        fh.write(b"\0\0")
+    cli("backup", img, chain)
+    out = cli("diff", chain, 0, 1, "--files")
+    assert re.search(r"not read: point 1: /: the root directory could not be read \(.*"
+                     r"magic", out)
+    with Chain.open(chain) as opened:
+        timeline = forensics.timeline(opened)
+    assert timeline["not_read"].tolist()[0] == ""
+    assert "the root directory could not be read" in timeline["not_read"].tolist()[1]
+    for fmt in ("table", "bodyfile"):
+        done = subprocess.run([sys.executable, "-m", "blockforensics", "timeline", chain,
+                               "--format", fmt], capture_output=True, text=True)
+        assert done.returncode == 0
+        assert re.search(r"^note: not read: point 1: /: the root directory could not be "
+                         r"read", done.stderr, re.M), done.stderr
