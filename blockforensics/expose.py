@@ -460,6 +460,8 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     files = served_files(disk, unique_id=unique_id, timestamp=timestamp, partitions=partitions)
     server = _native_server() if native else None
     plans = planned(disk, files) if server is not None else None
+    if plans is not None:  # the plans hold what is served: the layouts (their metadata
+        files.clear()  # tables: 128 MiB for a 1 TiB disk's VMDK) can go
     # libfuse installs its unmount-and-exit handlers only over default dispositions
     restore: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

@@ -92,6 +92,23 @@ def test_a_raw_file_plans_to_the_layouts_bytes(tmp_path: Path):
         assert_plans_read_as_layouts(disk)
 
 
+def test_zero_metadata_is_left_out_of_the_blob(tmp_path: Path):
+    """A sparse disk's VMDK grain tables are mostly zeros: they are zero segments, not
+    blob bytes, and still read as the layout's."""
+    path = tmp_path / "sparse.raw"
+    with path.open("wb") as fh:
+        fh.truncate(1 << 30)
+        fh.seek(700 << 20)
+        fh.write(b"x" * 5000)
+    with RawDisk(path) as disk:
+        plan = disk_plan(disk)
+        layout = served_files(disk, partitions=False)["disk.vmdk"].layout
+        tables = sum(len(piece) for piece in layout._extents[3])
+        whole = file_plan(layout, plan)
+        assert len(whole.blob) < tables // 4
+        assert plan_bytes(whole, plan) == layout.read(0, layout.file_size)
+
+
 @pytest.mark.parametrize("kind", ["compressed", "encrypted"])
 def test_chains_with_encoded_blocks_are_not_planned(tmp_path: Path, kind: str):
     key = None

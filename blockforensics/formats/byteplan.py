@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 #: stored blocks a plan holds at most (33 bytes each: 528 MiB): a point holding more is
 #: served by the Python reader, which reads the chain's index as it goes
 MAX_PLANNED_BLOCKS = 1 << 24
+ZERO_CHUNK = 4096  # bytes of metadata tested for all zeros at a time (left out of plans)
 ZEROS = -1  # a segment of zeros
 METADATA = -2  # a segment of the plan's metadata blob
 
@@ -196,15 +197,35 @@ def file_plan(layout: FileLayout, plan: DiskPlan) -> FilePlan:
     piece_source = run_sources[run]
     piece_offset = np.where(piece_source == ZEROS, 0,
                             run_offsets[run] + piece_disk - run_starts[run])
-    # metadata: one blob, the pieces in file order
-    blob_starts = np.cumsum(np.r_[0, [len(b) for b in meta]])[:-1].astype(np.int64)
-    m = ~data
-    meta_start, meta_end = starts[m], starts[m] + lengths[m]
-    meta_offset = blob_starts[-1 - source[m]]
+    meta_start, meta_end, meta_offset, blob = _metadata_runs(starts, source, meta)
     all_starts = np.r_[piece_start, meta_start].astype(np.int64)
     all_ends = np.r_[piece_start + piece_end - piece_disk, meta_end].astype(np.int64)
     order = np.argsort(all_starts, kind="stable")
     s, k, o = _tiling(layout.file_size, all_starts[order], all_ends[order],
-                      np.r_[piece_source, np.full(m.sum(), METADATA)][order],
+                      np.r_[piece_source, np.full(len(meta_start), METADATA)][order],
                       np.r_[piece_offset, meta_offset][order])
-    return FilePlan(layout.file_size, s, k, o, b"".join(bytes(b) for b in meta))
+    return FilePlan(layout.file_size, s, k, o, blob)
+
+
+def _metadata_runs(starts: np.ndarray, source: np.ndarray, meta: list[bytes | bytearray]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+    """The metadata pieces (extents with ``source < 0``) but their all-zero
+    ``ZERO_CHUNK``-byte chunks (the tables of a sparse disk), as runs: ``(file starts,
+    file ends, offsets in the blob, the blob)``; what is left out reads as zeros."""
+    run_starts: list[int] = []
+    run_ends: list[int] = []
+    parts: list[np.ndarray] = []
+    for start, j in zip(starts[source < 0].tolist(), (-1 - source[source < 0]).tolist()):
+        data = np.frombuffer(meta[j], np.uint8)
+        whole = len(data) // ZERO_CHUNK * ZERO_CHUNK
+        flags = np.r_[data[:whole].reshape(-1, ZERO_CHUNK).any(axis=1),
+                      [data[whole:].any()] if len(data) > whole else []].astype(bool)
+        edges = np.flatnonzero(np.diff(np.r_[False, flags, False])) * ZERO_CHUNK
+        for lo, hi in zip(edges[0::2].tolist(), np.minimum(edges[1::2], len(data)).tolist()):
+            run_starts.append(start + lo)
+            run_ends.append(start + hi)
+            parts.append(data[lo:hi])
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    offsets = np.cumsum(np.r_[0, lengths])[:-1].astype(np.int64)
+    return (np.array(run_starts, dtype=np.int64), np.array(run_ends, dtype=np.int64),
+            offsets, b"".join(part.data for part in parts))
