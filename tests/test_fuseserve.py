@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from chains import build_chain
 from support import flip_stored_bit, require_tools
+from test_stored_checks import as_written_before
 
 from blockforensics.crypto import KeySource
 from blockforensics.expose import Served, _native_server, exposed, planned, served_files
+from blockforensics.formats.byteplan import disk_plan
 from blockforensics.formats.vhd import write_vhd
 from blockforensics.image.chain import Chain
 
@@ -110,7 +112,10 @@ def test_reads_at_odd_offsets_and_sizes_across_segments(chain, mountpoint):
                     assert pread_all(mountpoint / name, offset, size) == expected, (name, offset)
 
 
-def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, tmp_path, capfd):
+@pytest.mark.parametrize("digests", ["crc32", "sha256"])
+def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, tmp_path, capfd,
+                                                            digests):
+    """In an image of today (CRC-32 digests) or of before flag 16 (SHA-256/128)."""
     directory, states = chain
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -118,9 +123,13 @@ def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, t
         (damaged / item.name).write_bytes(item.read_bytes())
     data = states[0] + bytes(-len(states[0]) % 512)  # disk.raw: whole sectors
     bad = 700  # a block of the full, which point 0 reads
-    flip_stored_bit(damaged / sorted(p.name for p in damaged.glob("*.bfi"))[0], bad)
+    full = damaged / sorted(p.name for p in damaged.glob("*.bfi"))[0]
+    if digests == "sha256":
+        as_written_before(full)
+    flip_stored_bit(full, bad)
     step, lo, hi = 64 * 1024, bad * 4096, (bad + 1) * 4096
     with Chain.open(damaged) as opened, exposed(opened.disk(0), mountpoint, partitions=False):
+        assert bool(disk_plan(opened.disk(0)).files[0].crc.any()) == (digests == "crc32")
         raw = mountpoint / "disk.raw"
         failed = []
         for offset in [*range(0, len(data), step), lo - 1000, lo + 17, hi - 1, hi, hi + 5]:
