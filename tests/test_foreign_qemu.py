@@ -528,3 +528,46 @@ def test_a_qcow_version_1_image_is_refused_by_name(tmp_path: Path) -> None:
     done = cli("backup", tmp_path / "old.qcow", tmp_path / "chain")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.count("\n") == 1 and "qcow (version 1)" in done.stderr, done.stderr
+
+
+def _zstd_zeros_frame(size: int) -> bytes:
+    """A zstd frame (RFC 8878) of ``size`` zero bytes (a multiple of 128 KiB) as RLE
+    blocks of 128 KiB, 4 bytes each: a few KiB that decompress to ``size`` bytes."""
+    block = 1 << 17
+    header = (0xFD2FB528).to_bytes(4, "little") + bytes([0, 7 << 3])  # window 2**17 B
+    blocks = [((block << 3) | (1 << 1) | (last := i == size // block - 1)).to_bytes(3, "little")
+              + b"\0" for i in range(size // block)]
+    assert last
+    return header + b"".join(blocks)
+
+
+@pytest.mark.parametrize("payload", ["junk", "bomb"])
+def test_a_zstd_cluster_that_is_junk_or_a_bomb_costs_one_cluster_at_most(
+        payload: str, tmp_path: Path) -> None:
+    """A compressed cluster's descriptor re-pointed at bytes no zstd frame starts with
+    (one line, exit 2), or at a frame of 2 GiB of zeros (a decompression bomb within the
+    descriptor's 128 KiB): only the cluster's 64 KiB are decompressed, under a 1.5 GiB
+    address-space limit."""
+    require_tools("qemu-img", "qemu-io")
+    require_module("zstandard", "zstandard")
+    image = qcow2_compressed("compression_type=zstd")(tmp_path)
+    data = bytearray(image.read_bytes())
+    entry_at = _qcow2_first_l2_entry(data)
+    stream = b"junk" * 128 if payload == "junk" else _zstd_zeros_frame(2 << 30)
+    at = -(-len(data) // 512) * 512
+    data[len(data):] = bytes(at - len(data)) + stream + bytes(-len(stream) % 512)
+    sectors = -(-len(stream) // 512)  # a descriptor: 1 << 62, sectors - 1 at bit 54, offset
+    data[entry_at : entry_at + 8] = ((1 << 62) | (sectors - 1) << 54 | at).to_bytes(8, "big")
+    image.write_bytes(data)
+    limit = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({3 << 29}, {3 << 29}))"
+    done = subprocess.run([sys.executable, "-c", f"{limit}; from blockforensics.cli import run; "
+                           "run()", "export", image, tmp_path / "out.raw", "--format", "raw"],
+                          capture_output=True, text=True, timeout=120)
+    if payload == "junk":
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert done.stderr.count("\n") == 1 and "does not decompress" in done.stderr, done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    out = (tmp_path / "out.raw").read_bytes()
+    assert out[: 64 << 10] == bytes(64 << 10)
+    assert out[1 << 20 : (1 << 20) + 4] == b"\x62" * 4  # the other clusters as written

@@ -448,11 +448,15 @@ class Qcow2Disk(Disk):
         host = entry & ((1 << shift) - 1)
         sectors = ((entry >> shift) & ((1 << (self.header.cluster_bits - 8)) - 1)) + 1
         raw = os.pread(self._fd, sectors * 512 - (host & 511), host)
-        try:
+        try:  # at most a cluster's bytes come out, whatever the stream claims
             if self._compression == ZSTD:
                 import zstandard
 
-                data = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+                try:
+                    with zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+                        data = stream.read(self.cluster_size)
+                except zstandard.ZstdError as exc:
+                    raise ValueError(str(exc)) from None
             else:
                 data = zlib.decompressobj(-12).decompress(raw, self.cluster_size)
         except (zlib.error, ValueError) as exc:
