@@ -571,3 +571,29 @@ def test_a_zstd_cluster_that_is_junk_or_a_bomb_costs_one_cluster_at_most(
     out = (tmp_path / "out.raw").read_bytes()
     assert out[: 64 << 10] == bytes(64 << 10)
     assert out[1 << 20 : (1 << 20) + 4] == b"\x62" * 4  # the other clusters as written
+
+
+def test_flat_extents_at_an_offset_of_their_file_read_what_qemu_reads(tmp_path: Path) -> None:
+    """A descriptor whose FLAT extents start inside their (sparse) file — ``RW 4096 FLAT
+    "d-flat.vmdk" 2048`` — reads each from that sector, as QEMU does, and the backup
+    stores the data found there (the file's holes are placed at the same offset)."""
+    require_tools("qemu-img")
+    with open(tmp_path / "d-flat.vmdk", "wb") as flat:
+        flat.truncate(8 * MIB)
+        flat.seek(MIB)
+        flat.write(b"\x55" * 4096)
+        flat.seek(4 * MIB)
+        flat.write(b"\x77" * MIB)
+    (tmp_path / "d.vmdk").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
+        'createType="monolithicFlat"\n\n# Extent description\n'
+        'RW 4096 FLAT "d-flat.vmdk" 2048\nRW 8192 FLAT "d-flat.vmdk" 4096\n')
+    run("qemu-img", "convert", "-O", "raw", tmp_path / "d.vmdk", tmp_path / "qemu.raw")
+    qemu = (tmp_path / "qemu.raw").read_bytes()
+    assert qemu[:4096] == b"\x55" * 4096 and qemu[4 * MIB : 5 * MIB] == b"\x77" * MIB
+    for done in (cli("export", tmp_path / "d.vmdk", tmp_path / "out.raw", "--format", "raw"),
+                 cli("backup", tmp_path / "d.vmdk", tmp_path / "chain"),
+                 cli("restore", tmp_path / "chain", tmp_path / "restored.raw")):
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.raw").read_bytes() == qemu
+    assert (tmp_path / "restored.raw").read_bytes() == qemu
