@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from sample_disks import run
 from support import bf_ok as cli
-from support import require_module, require_tools
+from support import loop_mounted, require_module, require_tools
 from test_journal import needing_recovery
-from test_xfs import mkfs, mounted, need_mount
+from test_xfs import mkfs, need_mount
 
 from blockforensics.allocation import survey
 from blockforensics.formats.raw import RawDisk
@@ -59,7 +59,7 @@ def kernel_files(img: Path, where: Path, *options: str) -> dict[str, tuple[int, 
     copy = where.with_suffix(".img")
     shutil.copyfile(img, copy)
     try:
-        with mounted(copy, where, *options) as root:
+        with loop_mounted(copy, where, *options) as root:
             return {"/" + str(p.relative_to(root)): (p.stat().st_size,
                                                      hashlib.sha256(p.read_bytes()).hexdigest())
                     for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
@@ -84,7 +84,7 @@ def xfs_live(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     back, changed and fsync'd, copied while mounted; and the fsync'd contents."""
     img = mkfs(tmp_path / "xfs.img", 48 * MIB)
     rng = np.random.default_rng(7)
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         (root / "d").mkdir()
         (root / "d/base.bin").write_bytes(rng.bytes(100_000))
         (root / "keep.txt").write_bytes(b"kept, then renamed\n")
@@ -92,7 +92,7 @@ def xfs_live(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
             (root / f"d/old{i}").write_bytes(b"old %d\n" % i)
     clean = shutil.copyfile(img, tmp_path / "clean.img")
     fsynced = {"/d/new.bin": rng.bytes(300_000), "/tiny.txt": b"tiny\n"}
-    with mounted(img, tmp_path / "mnt") as root:
+    with loop_mounted(img, tmp_path / "mnt") as root:
         run("xfs_freeze", "-f", root)  # the log written back and covered
         run("xfs_freeze", "-u", root)
         for path, data in fsynced.items():
@@ -195,7 +195,7 @@ def btrfs_live(tmp_path: Path) -> tuple[Path, Path]:
         fh.truncate(128 * MIB)
     run("mkfs.btrfs", "-q", "-f", img)
     rng = np.random.default_rng(11)
-    with mounted(img, tmp_path / "mnt", "commit=300") as root:
+    with loop_mounted(img, tmp_path / "mnt", "commit=300") as root:
         for d in "de":
             (root / d).mkdir()
         (root / "d/base.bin").write_bytes(rng.bytes(MIB))
