@@ -322,6 +322,8 @@ def has_hard_links(directory: str | os.PathLike[str]) -> bool:
 #: file systems whose files hold at most 4 GiB - 1 byte (FAT's 32-bit size field)
 FAT_TYPES = frozenset({"vfat", "msdos", "umsdos", "fuse.fusefat"})
 FAT_MAX_BYTES = (1 << 32) - 1
+#: the largest size of any file, in bytes (a signed 64-bit file offset, off_t)
+MAX_FILE_BYTES = (1 << 63) - 1
 
 
 def file_system_type(path: str | os.PathLike[str]) -> str:
@@ -352,7 +354,11 @@ def file_size_limit(directory: str | os.PathLike[str]) -> int | None:
 def check_fits(what: str | os.PathLike[str], directory: str | os.PathLike[str],
                size: int) -> None:
     """UsageError, before anything is written, when a file of ``size`` bytes cannot be
-    made in ``directory`` (FAT's 4 GiB limit); ``what`` names the output."""
+    made in ``directory`` (FAT's 4 GiB limit, or past what a file offset holds: a disk
+    whose header claims zettabytes); ``what`` names the output."""
+    if size > MAX_FILE_BYTES:
+        raise UsageError(f"{what}: {size} bytes in one file, more than a file can hold "
+                         f"({MAX_FILE_BYTES} bytes)")
     limit = file_size_limit(directory)
     if limit is not None and size > limit:
         raise UsageError(f"{what}: {size} bytes in one file, but {file_system_type(directory)} "

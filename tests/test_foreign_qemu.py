@@ -597,3 +597,18 @@ def test_flat_extents_at_an_offset_of_their_file_read_what_qemu_reads(tmp_path: 
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "out.raw").read_bytes() == qemu
     assert (tmp_path / "restored.raw").read_bytes() == qemu
+
+
+def test_a_raw_export_larger_than_any_file_is_one_line(tmp_path: Path) -> None:
+    """A descriptor claiming a FLAT extent of 2**60 sectors (512 EiB): the raw export is
+    refused before anything is written, in one line (it was an OverflowError from
+    ftruncate), and no output is left."""
+    (tmp_path / "d-flat.vmdk").write_bytes(b"\x55" * 4096)
+    (tmp_path / "d.vmdk").write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n'
+        f'createType="monolithicFlat"\n\nRW {1 << 60} FLAT "d-flat.vmdk" 0\n')
+    done = cli("export", tmp_path / "d.vmdk", tmp_path / "out.raw", "--format", "raw")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and "more than a file can hold" in done.stderr, \
+        done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d-flat.vmdk", "d.vmdk"]
