@@ -300,3 +300,59 @@ def test_zero_runs_read_as_zeros_in_every_layout(tmp_path: Path, fmt: str):
         for start, length in zip(piece_starts.tolist(), piece_lengths.tolist()):
             cut[start : start + length] = True
     assert np.array_equal(cut, zero)
+
+
+def _rss_mib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) >> 10
+
+
+def test_a_hostile_write_payload_is_read_through_not_held(source: Path):
+    """A write request declaring 4 GiB of payload: the server reads the payload away
+    as it comes (its memory does not grow by what was sent: it held all of it), answers
+    EPERM after it, and the connection and other clients go on reading."""
+    data = source.read_bytes()
+    with served(RawDisk(source)) as server:
+        hostile = connect(server)
+        hostile.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("disk", [])))
+        while option_reply(hostile)[1] != p.NBD_REP_ACK:
+            pass
+        hostile.sendall(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, 0, p.NBD_CMD_WRITE, 1, 0,
+                                       (1 << 32) - 1))
+        before, chunk = _rss_mib(), bytes(MiB)
+        for _ in range(384):
+            hostile.sendall(chunk)
+        grown = _rss_mib() - before
+        hostile.close()
+        small = connect(server)
+        small.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("disk", [])))
+        while option_reply(small)[1] != p.NBD_REP_ACK:
+            pass
+        small.sendall(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, 0, p.NBD_CMD_WRITE, 2, 0, 40 * MiB)
+                      + bytes(40 * MiB)
+                      + p.REQUEST.pack(p.NBD_REQUEST_MAGIC, 0, p.NBD_CMD_READ, 3, 0, 4096))
+        assert p.SIMPLE_REPLY.unpack(recv(small, p.SIMPLE_REPLY.size))[1:] == (p.NBD_EPERM, 2)
+        assert p.SIMPLE_REPLY.unpack(recv(small, p.SIMPLE_REPLY.size))[1:] == (0, 3)
+        assert recv(small, 4096) == data[:4096]
+        small.close()
+    assert grown < 64, f"{grown} MiB held for 384 MiB of payload"
+
+
+def test_a_burst_of_connections_does_not_refuse_the_next_client(source: Path):
+    """200 clients connecting at once (and saying nothing): each connect succeeds (a
+    Unix socket's connect fails at once, EAGAIN, when the listen queue is full — it held
+    5), and a client after them reads."""
+    data = source.read_bytes()
+    with served(RawDisk(source)) as server:
+        burst = []
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(str(server.socket_path))
+            burst.append(sock)
+        reader = structured(server)
+        reader.sendall(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, p.NBD_CMD_FLAG_DF, p.NBD_CMD_READ,
+                                      9, 512, 1024))
+        assert chunks(reader, 9)[0][2][8:] == data[512:1536]
+        for sock in [*burst, reader]:
+            sock.close()

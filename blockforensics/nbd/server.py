@@ -63,6 +63,8 @@ WRITES = {p.NBD_CMD_WRITE, p.NBD_CMD_TRIM, p.NBD_CMD_WRITE_ZEROES}
 PIECE = 4 << 20
 #: bytes read ahead of a sequential reader: twice its last request, at most this
 READ_AHEAD = 8 << 20
+#: bytes asked of the socket per recv
+RECV_CHUNK = 1 << 20
 #: buffers per sendmsg (Linux's IOV_MAX)
 IOV_MAX = 1024
 #: a structured chunk's header followed by an OFFSET_DATA or OFFSET_HOLE payload
@@ -158,7 +160,7 @@ class _Connection(socketserver.BaseRequestHandler):
             if kind == p.NBD_CMD_DISC:
                 return
             if kind == p.NBD_CMD_WRITE:
-                _recv(sock, length)  # the payload, discarded
+                _discard(sock, length)  # the payload (up to 4 GiB), never held whole
             error = 0
             if kind in WRITES:
                 error = p.NBD_EPERM
@@ -368,7 +370,7 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     """Exactly ``n`` bytes, or Closed."""
     chunks, got = [], 0
     while got < n:
-        chunk = sock.recv(min(n - got, 1 << 20))
+        chunk = sock.recv(min(n - got, RECV_CHUNK))
         if not chunk:
             raise Closed
         chunks.append(chunk)
@@ -376,8 +378,21 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _discard(sock: socket.socket, n: int) -> None:
+    """Read and drop ``n`` bytes, a MiB at a time; Closed if the client leaves first."""
+    buffer = bytearray(min(n, RECV_CHUNK))
+    while n:
+        got = sock.recv_into(buffer, min(n, len(buffer)))
+        if not got:
+            raise Closed
+        n -= got
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     daemon_threads = True
+    #: connections waiting to be accepted: a burst of clients must not make the next
+    #: one's connect fail (a Unix socket refuses it at once when the queue is full)
+    request_queue_size = socket.SOMAXCONN
     layout: FileLayout
     lock: contextlib.AbstractContextManager[Any]  # held while reading (a no-op if thread-safe)
     names: frozenset[str]
