@@ -221,6 +221,21 @@ def test_a_directory_that_is_no_chain_is_named_so(tmp_path) -> None:
     assert not (tmp_path / "chain").exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "FIFO"])
+def test_a_manifest_that_is_no_file_is_named_so(raw_key_chain, tmp_path, kind) -> None:
+    """chain.json replaced by a directory (it was "error: 3: Is a directory", the
+    file descriptor for a name) or a FIFO: one line naming the manifest, for each
+    command that opens a chain."""
+    chain = tmp_path / "c"
+    shutil.copytree(raw_key_chain[0], chain)
+    (chain / MANIFEST).unlink()
+    (chain / MANIFEST).mkdir() if kind == "directory" else os.mkfifo(chain / MANIFEST)
+    for command in (["verify", chain], ["list", chain], ["triage", chain],
+                    ["restore", chain, tmp_path / "out.raw"]):
+        assert_exit_2(cli(*command), f"{chain / MANIFEST}: the chain manifest is not a "
+                                     "regular file")
+
+
 def test_a_disk_whose_block_maps_outgrow_memory_is_refused_with_a_block_size(tmp_path) -> None:
     """A sparse file of three times as many 512-byte blocks as 4 bytes each of this machine's
     memory: refused at once (no chain), naming a --block-size whose maps fit."""

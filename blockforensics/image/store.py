@@ -175,9 +175,10 @@ class ChainStore:
         except OSError as exc:
             raise ChainError(f"{path}: cannot open the chain manifest "
                              f"({exc.strerror or exc})") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen: a directory fails it
+            os.close(fd)
+            raise ChainError(f"{path}: the chain manifest is not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ChainError(f"{path}: the chain manifest is not a regular file")
             raw = fh.read(MAX_MANIFEST_BYTES + 1)
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ChainError(f"{path}: chain manifest larger than {MAX_MANIFEST_BYTES} bytes")
