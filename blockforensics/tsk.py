@@ -386,7 +386,10 @@ def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
     the file; another compressed one (HFS+) is read through TSK, which decodes it."""
     rows: list[tuple[int, int, int]] = []
     compressed = False
-    for attr in _data_attributes(tsk, fs_file):
+    attributes = list(_data_attributes(tsk, fs_file))
+    if size and not attributes:
+        _check_readable(tsk, fs_file)
+    for attr in attributes:
         if int(attr.info.flags) & int(tsk.TSK_FS_ATTR_RES):
             if 0 < size <= RESIDENT_MAX:
                 return _Content(np.empty((0, 2), np.int64), fs_file.read_random(0, size))
@@ -405,6 +408,19 @@ def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
     cut = [(start, start + min(length, size - at)) for at, start, length in rows if at < size]
     return _Content(to_disk(np.array(cut, dtype=np.int64).reshape(-1, 2)),
                     reader=partial(_read_through, fs_file, size) if compressed else None)
+
+
+def _check_readable(tsk: Any, fs_file: Any) -> None:
+    """Raise a FormatError naming why when The Sleuth Kit cannot load the content of a
+    regular file or directory it lists with a size but no data attribute (a damaged
+    extent tree or block map: TSK lists such a file, then fails each read)."""
+    if fs_file.info.meta.type not in (tsk.TSK_FS_META_TYPE_REG, tsk.TSK_FS_META_TYPE_DIR):
+        return
+    try:
+        fs_file.read_random(0, 1)
+    except OSError as exc:
+        why = str(exc).splitlines()[0].split("Read error: ")[-1]
+        raise FormatError(f"its content could not be read ({why})") from None
 
 
 def _read_through(fs_file: Any, size: int) -> Iterator[bytes]:
@@ -828,10 +844,11 @@ def _skipped(tsk: Any, fs: Any, text: str, item: Any, allocated: bool) -> bool:
 
 
 def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
-          entries: dict[str, Entry], seen: set[int]) -> frozenset[str]:
+          entries: dict[str, Entry], seen: set[int], problems: list[str]) -> frozenset[str]:
     """Add the allocated, non-virtual entries below ``directory`` (path ``dir_path``,
-    ending in "/"); returns the names it lists.  Directories wait on a stack, not in
-    recursion: a tree a thousand levels deep is a few kilobytes of path."""
+    ending in "/"); returns the names it lists, and adds to ``problems`` the entries
+    whose content cannot be read.  Directories wait on a stack, not in recursion: a
+    tree a thousand levels deep is a few kilobytes of path."""
     top: frozenset[str] = frozenset()
     stack: list[tuple[str, Entry | None]] = [(dir_path, None)]
     while stack:
@@ -844,8 +861,12 @@ def _walk(tsk: Any, fs: Any, to_disk: ToDisk, directory: Any, dir_path: str,
             path = dir_path + text
             if path in entries:  # NTFS lists a name twice (long and DOS 8.3 index entries)
                 continue
+            try:
+                entry = entries[path] = _entry(tsk, fs, to_disk, path, item)
+            except FormatError as exc:  # damaged metadata: named, not listed as gone
+                problems.append(f"{path}: {exc}")
+                continue
             names.append(text)
-            entry = entries[path] = _entry(tsk, fs, to_disk, path, item)
             if entry.type == "dir" and entry.inode not in seen:
                 seen.add(entry.inode)
                 stack.append((path + "/", entry))
@@ -891,9 +912,10 @@ class TskLister:
         tsk, fs = self.tsk, self.fs
         root = entries[root_path] = _entry(tsk, fs, self.to_disk, root_path,
                                            fs.open_meta(inode=fs.info.root_inum))
+        problems: list[str] = []
         root.children = _walk(tsk, fs, self.to_disk, fs.open_dir(inode=fs.info.root_inum),
-                              root_path, entries, {fs.info.root_inum})
-        return []
+                              root_path, entries, {fs.info.root_inum}, problems)
+        return problems
 
     def find_deleted(self, path: str, inner_parent: str, name: str
                      ) -> tuple[Entry, bytes] | None:
@@ -923,7 +945,10 @@ class TskLister:
         if fs_file.info.meta is None or (
                 name is not None and not int(name.flags) & int(tsk.TSK_FS_NAME_FLAG_ALLOC)):
             return None  # TSK's path lookup also finds deleted names
-        entry = _entry(tsk, self.fs, self.to_disk, path, fs_file)
+        try:
+            entry = _entry(tsk, self.fs, self.to_disk, path, fs_file)
+        except FormatError as exc:
+            raise FormatError(f"{path}: {exc}") from None
         where: tuple[Any, ...] = ()  # the attribute read: the default one
         stream = _stream_named(inner, name)
         if stream is not None:  # "file:stream", which TSK's lookup opens as the file

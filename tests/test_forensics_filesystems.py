@@ -4,12 +4,16 @@ resident data, renames and moves), and file systems The Sleuth Kit cannot open."
 from __future__ import annotations
 
 import os
+import re
+import struct
 from pathlib import Path
 
 import pytest
+from sample_disks import run
 from support import backup_image, formatted, mounted_with, require_module, require_tools
 
-from blockforensics import forensics
+from blockforensics import forensics, tsk
+from blockforensics.errors import FormatError
 from blockforensics.image.chain import Chain
 
 
@@ -119,3 +123,39 @@ def test_a_file_system_tsk_cannot_open_is_reported_not_fatal(tmp_path):
     assert result.notes and "cannot open" in result.notes[0]
     assert not result.files_checked and result.files.empty  # not "every file deleted"
     assert "not read:" in str(result)
+
+
+def test_a_file_whose_extent_tree_points_to_itself_is_named_unreadable(tmp_path):
+    """An ext4 extent index naming its own block (TSK stops at its recursion limit and
+    lists the file with no content): the file is named "not read", neither modified to
+    empty content nor deleted, and extracting it is a one-line error."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "debugfs")
+    image = formatted(tmp_path / "v.img", 8 << 20, "mkfs.ext4", "-q", "-F", "-b", "1024",
+                      "-O", "^metadata_csum")
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(9000))
+    run("debugfs", "-w", "-R", f"write {source} data.bin", image)
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, image)
+    where = re.search(r"block (\d+), offset (0x[0-9a-f]+)",
+                      run("debugfs", "-R", "imap /data.bin", image))
+    first = re.search(r"\(0-\d+\):(\d+)",
+                      run("debugfs", "-R", "stat /data.bin", image))
+    assert where and first
+    i_block = int(where[1]) * 1024 + int(where[2], 16) + 40  # the inode's i_block
+    node = int(first[1]) * 1024
+    header = struct.pack("<HHHHI", 0xF30A, 1, 4, 1, 0)  # magic, entries, max, depth 1
+    index = struct.pack("<IIHH", 0, int(first[1]), 0, 0)  # block 0 -> the node itself
+    with image.open("r+b") as fh:
+        for at in (i_block, node):
+            fh.seek(at)
+            fh.write(header + index)
+    backup_image(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert any("/data.bin: its content could not be read" in n for n in result.notes)
+    assert "/data.bin" not in set(result.files["path"])
+    with pytest.raises(FormatError, match=r"/data\.bin: its content could not be read"):
+        tsk.extract(chain, 1, "/data.bin", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert tsk.extract(chain, 0, "/data.bin", tmp_path / "out")[1] == 9000
