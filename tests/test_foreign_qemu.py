@@ -379,6 +379,10 @@ def test_a_corrupt_qcow2_that_qemu_refuses_is_refused_in_one_line(damage: str,
     assert not (tmp_path / "chain").exists()
 
 
+#: the BAT region's GUID (2DC27766-F623-4200-9D64-115E9BFD4A08) as stored, [MS-VHDX] 2.2.3.2
+BAT_REGION = bytes.fromhex("6677c22d23f600429d64115e9bfd4a08")
+
+
 def _sealed_at(data: bytearray, at: int, length: int) -> None:
     """Fill in the CRC-32C at bytes 4-7 of the VHDX structure of ``length`` bytes at ``at``."""
     from blockforensics.checksum import crc32c
@@ -392,9 +396,21 @@ def _vhdx_damaged(data: bytearray, damage: str) -> None:
     256 KiB, the log at 1 MiB): as ``damage`` says."""
     current = max((64 << 10, 128 << 10), key=lambda at: int.from_bytes(data[at + 8 : at + 16],
                                                                        "little"))
+    bat_entry = next(at for at in range((192 << 10) + 16, (192 << 10) + 16 + 32 * 8, 32)
+                     if data[at : at + 16] == BAT_REGION)  # a region table entry
+    bat = int.from_bytes(data[bat_entry + 16 : bat_entry + 24], "little")
     if damage == "both headers' CRC-32C":
         for at in (64 << 10, 128 << 10):
             data[at + 4] ^= 0xFF
+    elif damage.startswith("payload block"):  # BAT entry 0: fully present (6) at a MiB
+        mib = {"payload block at the header": 0, "payload block on the BAT": bat >> 20,
+               "payload block past any file": 1 << 40}[damage]
+        data[bat : bat + 8] = (mib << 20 | 6).to_bytes(8, "little")
+    elif damage == "BAT region of 0 bytes":
+        for table in (192 << 10, 256 << 10):
+            at = table + bat_entry - (192 << 10)
+            data[at + 24 : at + 28] = bytes(4)
+            _sealed_at(data, table, 64 << 10)
     elif damage == "region table CRC-32C":
         data[(192 << 10) + 4] ^= 0xFF
     else:  # a log GUID in the current header; with "log entry", an entry of it in the log
@@ -411,6 +427,10 @@ def _vhdx_damaged(data: bytearray, damage: str) -> None:
 
 @pytest.mark.parametrize("damage, refused", [("both headers' CRC-32C", True),
                                              ("region table CRC-32C", True),
+                                             ("payload block at the header", True),
+                                             ("payload block on the BAT", True),
+                                             ("payload block past any file", True),
+                                             ("BAT region of 0 bytes", True),
                                              ("log entry", True),
                                              ("log GUID, no entry", False)])
 def test_a_vhdx_qemu_refuses_is_refused_and_one_it_reads_is_read(damage: str, refused: bool,
@@ -431,6 +451,7 @@ def test_a_vhdx_qemu_refuses_is_refused_and_one_it_reads_is_read(damage: str, re
     if refused:
         assert done.returncode == 2, (done.stdout, done.stderr)
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        assert str(image) in done.stderr, done.stderr
         assert not (tmp_path / "chain").exists()
     else:
         assert done.returncode == 0, done.stderr

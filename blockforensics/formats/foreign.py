@@ -73,7 +73,9 @@ class StreamDisk(Disk):
             try:
                 self._stream.seek(offset)
                 data = self._stream.read(length)
-            except OSError:
+            except OSError as exc:  # the disk's own (EIO), or a seek a hostile table asks
+                if exc.filename is None:  # for past what a file offset holds (EINVAL)
+                    exc.filename = str(self.path)
                 raise
             except FormatError as exc:  # a VMDK extent's (see _within_sectors)
                 raise FormatError(f"{self.path}: {exc}") from None
@@ -141,6 +143,9 @@ def _vhdx_allocated(vhdx: Any, block_size: int, n_blocks: int) -> np.ndarray:
     after every ``chunk_ratio`` of them; state 6 (fully present) and 7 (partially
     present, differencing) hold data here; 0 (not present) and 7 read the parent."""
     from dissect.hypervisor.disk.c_vhdx import c_vhdx
+    from dissect.hypervisor.disk.vhdx import BAT_REGION_GUID
+
+    from blockforensics.formats.vhdx import check_layout
 
     unit = int(vhdx.block_size)
     count = -(-int(vhdx.size) // unit)
@@ -149,6 +154,13 @@ def _vhdx_allocated(vhdx: Any, block_size: int, n_blocks: int) -> np.ndarray:
     index = blocks + blocks // ratio
     entries = _table(vhdx.fh, int(vhdx.bat.offset), int(index[-1]) + 1 if count else 0,
                      "<u8", "the BAT")
+    bat = vhdx.region_table.get(BAT_REGION_GUID)
+    regions = [(int(bat.file_offset), int(bat.length)),
+               *((int(e.file_offset), int(e.length)) for e in vhdx.region_table.entries
+                 if e is not bat),
+               (int(vhdx.header.log_offset), int(vhdx.header.log_length))]
+    check_layout(vhdx.path or vhdx.fh.name, unit, int(vhdx.sector_size), regions,
+                 entries.nbytes, entries[index])
     state = entries[index] & 7
     partial = state == c_vhdx.PAYLOAD_BLOCK_PARTIALLY_PRESENT
     flags = _units((state == c_vhdx.PAYLOAD_BLOCK_FULLY_PRESENT) | partial, unit,

@@ -195,6 +195,41 @@ def check_headers(path: str | os.PathLike[str]) -> None:
                           "CRC-32C or entry count): a damaged VHDX image")
 
 
+#: payload block sizes the spec allows (2.6.2.1: a power of 2 from 1 to 256 MiB), and
+#: logical sector sizes (2.6.2.4), bytes; the header section before any region (2.1)
+MIN_BLOCK, MAX_BLOCK, SECTOR_SIZES, HEADER_SECTION = MiB, 256 * MiB, (512, 4096), MiB
+#: BAT entry: state in bits 0-2, file offset in MiB from bit 20 (2.5.1)
+STATE_MASK, OFFSET_SHIFT = 7, 20
+#: payload block states whose file offset holds the block's data (2.5.1.1)
+HOLDING_STATES = (6, 7)
+
+
+def check_layout(path: str | os.PathLike[str], block_size: int, sector_size: int,
+                 regions: list[tuple[int, int]], bat_bytes: int, entries: np.ndarray) -> None:
+    """FormatError (one line) unless the block and sector sizes are the spec's, the BAT
+    region holds the ``bat_bytes`` of entries read from it, and no payload block of
+    ``entries`` (BAT entries, payload ones) lies in the header section or any region
+    (``(file offset, length)`` in bytes: BAT, metadata, log) — as QEMU refuses them;
+    such a block would read the image's own structures as the disk's data."""
+    if not (MIN_BLOCK <= block_size <= MAX_BLOCK and block_size & (block_size - 1) == 0) \
+            or sector_size not in SECTOR_SIZES:
+        raise FormatError(f"{path}: VHDX block size {block_size} or logical sector size "
+                          f"{sector_size} is not one the spec allows: a damaged VHDX image")
+    bat = regions[0]
+    if bat_bytes > bat[1]:
+        raise FormatError(f"{path}: the VHDX BAT region holds {bat[1]} bytes, its entries "
+                          f"{bat_bytes}: a damaged VHDX image")
+    holding = np.isin(entries & np.uint64(STATE_MASK), HOLDING_STATES)
+    starts = (entries[holding] >> np.uint64(OFFSET_SHIFT)).astype(np.int64) * MiB
+    clash = starts < HEADER_SECTION
+    for offset, length in regions:
+        clash |= (starts < offset + length) & (starts + block_size > offset)
+    if clash.any():
+        raise FormatError(f"{path}: a VHDX payload block at byte {int(starts[clash][0])} "
+                          "overlaps the image's headers, BAT, metadata or log: a damaged "
+                          "VHDX image")
+
+
 def parent_linkage(data_write_guid: bytes) -> str:
     """A header's DataWriteGuid (bytes as stored: the first three fields little-endian) as
     a differencing child's parent locator names it (``parent_linkage``), lower case and
