@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from support import require_tools
 from blockforensics.allocation import detect, partition_table, partitions, survey
 from blockforensics.blockmap import BlockMap
 from blockforensics.formats.raw import RawDisk
+from blockforensics.fs.gpt import HEADER
 from blockforensics.fs.mbr import read_partitions
 
 SECTOR = 512
@@ -130,6 +132,28 @@ def test_backup_header_is_used_when_the_primary_fails(gpt_disk, tmp_path: Path,
     found = survey(bad, 4096)
     assert found.map == survey(disk, 4096).map
     assert [r.filesystem for r in found.regions] == ["ext4", "fat32", "ntfs"]
+
+
+def test_a_backup_table_listing_other_partitions_is_noted(gpt_disk, tmp_path: Path) -> None:
+    """Primary and backup GPT both sound (CRCs re-sealed) but the backup's entry array
+    names partition 1 otherwise: the primary's partitions are used, and a note says
+    the two disagree (it was silent)."""
+    disk, _ = gpt_disk
+    data = bytearray(disk.read_bytes())
+    at = len(data) - SECTOR  # the backup header, at the last LBA
+    header = HEADER.parse(bytes(data[at : at + HEADER.size]))
+    array = header.PartitionEntryLBA * SECTOR
+    size = header.NumberOfPartitionEntries * header.SizeOfPartitionEntry
+    data[array + 0x38 : array + 0x3A] = "X".encode("utf-16-le")  # partition 1's name
+    data[at + 0x58 : at + 0x5C] = zlib.crc32(data[array : array + size]).to_bytes(4, "little")
+    data[at + 0x10 : at + 0x14] = bytes(4)
+    data[at + 0x10 : at + 0x14] = zlib.crc32(data[at : at + header.HeaderSize]).to_bytes(
+        4, "little")
+    (tmp_path / "bad.img").write_bytes(bytes(data))
+    table, parts, notes = partition_table(tmp_path / "bad.img")
+    assert table == "gpt" and [p.name for p in parts] == ["part1", "part2", "part3"]
+    assert len(notes) == 1 and "lists other partitions than the primary" in notes[0], notes
+    assert partition_table(disk)[2] == []
 
 
 def test_sector_0_and_the_primary_table_wiped_read_through_the_backup(gpt_disk,

@@ -127,6 +127,10 @@ def read_gpt(disk: Disk) -> GptTable:
         if header.AlternateLBA != last_lba:
             notes.append(f"the backup GPT header should be at LBA {header.AlternateLBA}, "
                          f"but the image ends at LBA {last_lba}")
+        elif _disagrees(disk, sector, last_lba, entries):
+            notes.append(f"the backup GPT at LBA {last_lba} lists other partitions than the "
+                         "primary; the primary's were used (a table changed by hand, or "
+                         "tampered with?)")
     used = np.flatnonzero(entries["PartitionTypeGUID"] != bytes(16))
     partitions = [_partition(int(i) + 1, entries[i], sector) for i in used]
     for p, i in zip(partitions, used):
@@ -137,6 +141,15 @@ def read_gpt(disk: Disk) -> GptTable:
                          f"{entry['EndingLBA']}) lies outside the usable LBAs "
                          f"{header.FirstUsableLBA}-{header.LastUsableLBA}")
     return GptTable(sector, partitions, str(uuid.UUID(bytes_le=header.DiskGUID)), notes)
+
+
+def _disagrees(disk: Disk, sector: int, lba: int, entries: np.ndarray) -> bool:
+    """Whether the backup header at ``lba`` checks and its entry array differs from
+    ``entries`` (the primary's); a backup that does not check is no disagreement."""
+    try:
+        return _read_header(disk, sector, lba)[1].tobytes() != entries.tobytes()
+    except FormatError:
+        return False
 
 
 def _read_header(disk: Disk, sector: int, lba: int) -> tuple[Any, np.ndarray]:
