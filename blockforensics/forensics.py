@@ -82,6 +82,7 @@ from blockforensics.tsk import (
     Listing,
     list_entries,
     shown_name,
+    unreached,
 )
 
 if TYPE_CHECKING:
@@ -723,6 +724,24 @@ def _changed(chain: Chain, a: int | None, b: int) -> BlockMap:
     return chain.layout(b).present() if a is None else chain.changed(a, b)
 
 
+def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
+               missing: dict[str, Entry]) -> list[str]:
+    """Notes on the files of ``listed`` whose inode ``missing`` (the other point's
+    listing, at ``disk``) lacks but ``disk`` still holds (:func:`blockforensics.tsk.unreached`): a
+    damaged directory hid them, no deletion or creation.  They leave ``listed``."""
+    inodes = {(e.fs, e.inode) for e in missing.values()}
+    gone = [e for e in listed.values() if (e.fs, e.inode) not in inodes]
+    notes = []
+    for prefix, paths in (unreached(disk, gone) if gone else {}).items():
+        for path in paths:
+            del listed[path]
+        notes.append(f"point {point}: {prefix or '/'}: {len(paths)} file(s) and directories "
+                     f"no directory reaches, their metadata still allocated or unreadable "
+                     f"(damage, not a deletion or creation): {', '.join(paths[:5])}"
+                     + (" …" if len(paths) > 5 else ""))
+    return notes
+
+
 def _diff(chain: Chain, a: int | None, b: int, files: bool,
           listings: dict[int | None, Listing]) -> DiffResult:
     changed = _changed(chain, a, b)
@@ -744,6 +763,9 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         sides = [{path: e for path, e in listings[p].entries.items()
                   if not any(path.startswith(prefix + "/") for prefix in skipped)}
                  for p in (a, b)]
+        for side, p, other in ((0, b, 1), (1, a, 0)):
+            if p is not None:
+                notes += _unreached(chain.disk(p), p, sides[side], sides[other])
         files = bool(sides[0] or sides[1] or not notes)
     if files:
         comparison = _Comparison(None if a is None else chain.disk(a), chain.disk(b), changed)

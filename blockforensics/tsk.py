@@ -936,6 +936,31 @@ class TskLister:
                 return entry, item.read_random(0, entry.size) if entry.size else b""
         return None
 
+    def still_held(self, entry: Entry) -> bool:
+        """Does the file system still hold ``entry`` (listed at another point, missing
+        now)?  Then damage hid it: it was neither deleted nor (the other way) created.
+        Held: its metadata allocated, linked and the same file; where metadata has an
+        address of its own (not FAT's directory entries, which move and are reused by
+        other entries), also metadata TSK cannot read, or allocated yet blank (a zeroed
+        inode).  A deleted file's metadata is unallocated, or another file's, or
+        unlinked (nlink 0: open when copied)."""
+        tsk = self.tsk
+        own_address = entry.fs not in NAME_ADDRESSED
+        try:
+            fs_file = self.fs.open_meta(inode=entry.inode)
+        except OSError:
+            return own_address
+        meta = fs_file.info.meta
+        if meta is None or not int(meta.flags) & int(tsk.TSK_FS_META_FLAG_ALLOC):
+            return False
+        if int(meta.flags) & int(tsk.TSK_FS_META_FLAG_UNUSED):  # allocated, yet blank
+            return own_address
+        try:
+            now = _entry(tsk, self.fs, self.to_disk, entry.path, fs_file)
+        except FormatError:  # held, its content unreadable
+            return True
+        return now.same_file(entry) and bool(int(meta.nlink))
+
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         tsk = self.tsk
         fs_file = _open_listed(tsk, self.fs, inner)
@@ -1054,6 +1079,20 @@ def list_entries(disk: Disk | None) -> Listing:
         if problems:
             listing.unreadable[prefix] = "; ".join(problems)
     return listing
+
+
+def unreached(disk: Disk, entries: list[Entry]) -> dict[str, list[str]]:
+    """Of ``entries`` (listed at another point, missing from ``disk``'s listing), the
+    paths of those a file system read by The Sleuth Kit still holds (see
+    :meth:`TskLister.still_held`), by file system prefix: no directory reaches them."""
+    found: dict[str, list[str]] = {}
+    for prefix, lister, _ in _open_filesystems(disk):
+        if isinstance(lister, TskLister):
+            held = [e.path for e in entries
+                    if e.path.startswith(prefix + "/") and lister.still_held(e)]
+            if held:
+                found[prefix] = held
+    return found
 
 
 def _deleted_name_matches(fs_is_fat: bool, listed: str, wanted: str) -> bool:

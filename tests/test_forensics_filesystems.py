@@ -159,3 +159,35 @@ def test_a_file_whose_extent_tree_points_to_itself_is_named_unreadable(tmp_path)
         tsk.extract(chain, 1, "/data.bin", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert tsk.extract(chain, 0, "/data.bin", tmp_path / "out")[1] == 9000
+
+
+def test_files_a_damaged_directory_hides_are_named_not_deleted(tmp_path):
+    """ext4 with a directory's block zeroed (and one file's inode zeroed, its bitmap bit
+    kept): the files no directory reaches any more, their inodes still allocated, are a
+    "not read" note, not deletions; a file really deleted (debugfs rm) still is one."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "debugfs")
+    image = formatted(tmp_path / "v.img", 8 << 20, "mkfs.ext4", "-q", "-F", "-b", "1024",
+                      "-O", "^metadata_csum")
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(3000))
+    commands = ["mkdir /d"] + [f"write {source} /d/f{i}" for i in range(3)] + \
+        [f"write {source} /gone", f"write {source} /blank"]
+    run("debugfs", "-w", "-f", "-", image, input="\n".join(commands))
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, image)
+    directory = re.search(r"\(0\):(\d+)", run("debugfs", "-R", "stat /d", image))
+    blank = re.search(r"block (\d+), offset (0x[0-9a-f]+)",
+                      run("debugfs", "-R", "imap /blank", image))
+    assert directory and blank
+    run("debugfs", "-w", "-R", "rm /gone", image)
+    with image.open("r+b") as fh:
+        fh.seek(int(directory[1]) * 1024)
+        fh.write(bytes(1024))
+        fh.seek(int(blank[1]) * 1024 + int(blank[2], 16))
+        fh.write(bytes(256))
+    backup_image(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert _changes(result) == {("/gone", "deleted")}
+    note = next(n for n in result.notes if "no directory reaches" in n)
+    assert all(path in note for path in ("/d/f0", "/d/f1", "/d/f2", "/blank"))
