@@ -56,6 +56,9 @@ Verdicts:
 - **clean** otherwise.  A volume of change alone (a package upgrade, a big copy) never
   makes a point suspicious; it is reported as an anomaly among the reasons.
 
+Whatever the verdict, the file systems and files a point's diff could not read are
+named among its reasons ("not read: …"): the verdict speaks for the rest only.
+
 ``last_clean_point``: the newest point whose whole lineage (itself and every parent
 up to the full) is clean — the point to restore from; None when there is none.
 """
@@ -581,6 +584,8 @@ def _judge(t: PointTriage, hits: dict[str, list[str]], full: bool) -> None:
                           f"({_describe('change_rate', m['change_rate'])}), "
                           f"{_describe('unexplained_high_entropy', m['unexplained_high_entropy'])}"
                           f" unexplained high-entropy blocks")
+    if t.diff is not None:  # what could not be read is named, whatever the verdict
+        reasons += [f"not read: {note}" for note in t.diff.notes]
     t.reasons = reasons
 
 

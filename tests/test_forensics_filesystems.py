@@ -15,6 +15,7 @@ from support import backup_image, formatted, mounted_with, require_module, requi
 from blockforensics import forensics, tsk
 from blockforensics.errors import FormatError
 from blockforensics.image.chain import Chain
+from blockforensics.triage import triage
 
 
 def _changes(result: forensics.DiffResult) -> set[tuple[str, str]]:
@@ -191,3 +192,4 @@ def test_files_a_damaged_directory_hides_are_named_not_deleted(tmp_path):
     assert _changes(result) == {("/gone", "deleted")}
     note = next(n for n in result.notes if "no directory reaches" in n)
     assert all(path in note for path in ("/d/f0", "/d/f1", "/d/f2", "/blank"))
+    assert f"not read: {note}" in triage(chain).points[1].reasons
