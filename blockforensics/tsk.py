@@ -378,12 +378,14 @@ def _runs(tsk: Any, attr: Any, block_size: int) -> list[tuple[int, int, int]]:
 
 
 def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int,
-             ntfs: bool) -> _Content:
+             ntfs: bool, volume_bytes: int) -> _Content:
     """Data runs as ``(k, 2)`` disk byte [start, stop) in file order, cut at ``size``
     (sparse runs left out; a run that crosses a logical volume's extents split
     there) — or, for resident data, the bytes themselves.  A compressed NTFS
     attribute's runs are kept whole (their compression units), with their offsets in
-    the file; another compressed one (HFS+) is read through TSK, which decodes it."""
+    the file; another compressed one (HFS+) is read through TSK, which decodes it.
+    Runs past the file system's end (``volume_bytes``; damaged metadata) are a
+    FormatError."""
     rows: list[tuple[int, int, int]] = []
     compressed = False
     attributes = list(_data_attributes(tsk, fs_file))
@@ -397,6 +399,11 @@ def _content(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int, size: int
         compressed |= bool(int(attr.info.flags) & int(tsk.TSK_FS_ATTR_COMP))
         rows += _runs(tsk, attr, block_size)
     rows.sort()
+    past = [start + min(length, size - at) for at, start, length in rows
+            if at < size and start + min(length, size - at) > volume_bytes]
+    if past:
+        raise FormatError(f"its data runs past the end of the file system (to byte "
+                          f"{max(past)} of {volume_bytes})")
     if compressed and ntfs:
         from blockforensics.fs.ntfs import UNIT_CLUSTERS
 
@@ -456,7 +463,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     is_link = meta.type == tsk.TSK_FS_META_TYPE_LNK
     fs_name = _fs_name(tsk, fs)
     content = _content(tsk, fs_file, to_disk, fs.info.block_size, int(meta.size),
-                       fs_name == "ntfs")
+                       fs_name == "ntfs", int(fs.info.block_count) * int(fs.info.block_size))
     if is_link and meta.link:  # the target, kept in the inode or read by TSK
         target = meta.link if isinstance(meta.link, bytes) else str(meta.link).encode()
         content = _Content(np.empty((0, 2), np.int64), target)
@@ -992,7 +999,12 @@ class TskLister:
                 yield target  # the target (TSK reads a fast symlink as zeros)
                 return
             for lo in range(0, size, CHUNK_BYTES):
-                yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), *where)
+                try:
+                    yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), *where)
+                except OSError as exc:  # TSK's read failing on damaged metadata
+                    why = str(exc).splitlines()[0].split("Read error: ")[-1]
+                    raise FormatError(f"{path}: The Sleuth Kit could not read it at byte "
+                                      f"{lo} ({why})") from None
 
         return entry, chunks()
 

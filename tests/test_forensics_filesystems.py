@@ -126,10 +126,24 @@ def test_a_file_system_tsk_cannot_open_is_reported_not_fatal(tmp_path):
     assert "not read:" in str(result)
 
 
-def test_a_file_whose_extent_tree_points_to_itself_is_named_unreadable(tmp_path):
-    """An ext4 extent index naming its own block (TSK stops at its recursion limit and
-    lists the file with no content): the file is named "not read", neither modified to
-    empty content nor deleted, and extracting it is a one-line error."""
+# (what is written at the inode's i_block, then at its first data block; the note)
+_EXTENT_DAMAGE = {
+    # an extent index naming its own block: TSK stops at its recursion limit and lists
+    # the file with no data attribute
+    "index to itself": (lambda first: struct.pack("<HHHHIIIHH", 0xF30A, 1, 4, 1, 0, 0,
+                                                  first, 0, 0), True,
+                        "its content could not be read"),
+    # an extent starting past the volume's last block (s_blocks_count)
+    "extent past the end": (lambda first: struct.pack("<HHHHIIHHI", 0xF30A, 1, 4, 0, 0, 0,
+                                                      9, 0, 1 << 24), False,
+                            "its data runs past the end of the file system"),
+}
+
+
+@pytest.mark.parametrize("damage", list(_EXTENT_DAMAGE))
+def test_a_file_whose_extents_cannot_be_read_is_named_unreadable(damage, tmp_path):
+    """ext4 extents damaged: the file is named "not read", neither modified (to empty
+    content, as it was) nor deleted, and extracting it is a one-line error."""
     require_module("pytsk3", "pytsk3")
     require_tools("mkfs.ext4", "debugfs")
     image = formatted(tmp_path / "v.img", 8 << 20, "mkfs.ext4", "-q", "-F", "-b", "1024",
@@ -141,22 +155,21 @@ def test_a_file_whose_extent_tree_points_to_itself_is_named_unreadable(tmp_path)
     backup_image(chain, image)
     where = re.search(r"block (\d+), offset (0x[0-9a-f]+)",
                       run("debugfs", "-R", "imap /data.bin", image))
-    first = re.search(r"\(0-\d+\):(\d+)",
-                      run("debugfs", "-R", "stat /data.bin", image))
+    first = re.search(r"\(0-\d+\):(\d+)", run("debugfs", "-R", "stat /data.bin", image))
     assert where and first
-    i_block = int(where[1]) * 1024 + int(where[2], 16) + 40  # the inode's i_block
-    node = int(first[1]) * 1024
-    header = struct.pack("<HHHHI", 0xF30A, 1, 4, 1, 0)  # magic, entries, max, depth 1
-    index = struct.pack("<IIHH", 0, int(first[1]), 0, 0)  # block 0 -> the node itself
+    node, in_node, why = _EXTENT_DAMAGE[damage]
+    written = node(int(first[1]))
     with image.open("r+b") as fh:
-        for at in (i_block, node):
-            fh.seek(at)
-            fh.write(header + index)
+        fh.seek(int(where[1]) * 1024 + int(where[2], 16) + 40)  # the inode's i_block
+        fh.write(written)
+        if in_node:
+            fh.seek(int(first[1]) * 1024)
+            fh.write(written)
     backup_image(chain, image)
     result = forensics.diff(chain, 0, 1, files=True)
-    assert any("/data.bin: its content could not be read" in n for n in result.notes)
+    assert any(f"/data.bin: {why}" in n for n in result.notes)
     assert "/data.bin" not in set(result.files["path"])
-    with pytest.raises(FormatError, match=r"/data\.bin: its content could not be read"):
+    with pytest.raises(FormatError, match=f"/data\\.bin: {why}"):
         tsk.extract(chain, 1, "/data.bin", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert tsk.extract(chain, 0, "/data.bin", tmp_path / "out")[1] == 9000
