@@ -728,7 +728,7 @@ def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
                missing: dict[str, Entry]) -> list[str]:
     """Notes on the files of ``listed`` whose inode ``missing`` (the other point's
     listing, at ``disk``) lacks but ``disk`` still holds (:func:`blockforensics.tsk.unreached`): a
-    damaged directory hid them, no deletion or creation.  They leave ``listed``."""
+    damaged directory hid them, no deletion.  They leave ``listed``."""
     inodes = {(e.fs, e.inode) for e in missing.values()}
     gone = [e for e in listed.values() if (e.fs, e.inode) not in inodes]
     notes = []
@@ -737,7 +737,7 @@ def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
             del listed[path]
         notes.append(f"point {point}: {prefix or '/'}: {len(paths)} file(s) and directories "
                      f"no directory reaches, their metadata still allocated or unreadable "
-                     f"(damage, not a deletion or creation): {', '.join(paths[:5])}"
+                     f"(damage, not a deletion): {', '.join(paths[:5])}"
                      + (" …" if len(paths) > 5 else ""))
     return notes
 
@@ -763,9 +763,11 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         sides = [{path: e for path, e in listings[p].entries.items()
                   if not any(path.startswith(prefix + "/") for prefix in skipped)}
                  for p in (a, b)]
-        for side, p, other in ((0, b, 1), (1, a, 0)):
-            if p is not None:
-                notes += _unreached(chain.disk(p), p, sides[side], sides[other])
+        # files of point a that point b's directories no longer reach, their metadata
+        # still there: damage, not deletions.  Not the other way: a file created since a
+        # has metadata at a that was never used (on NTFS an MFT record TSK cannot read),
+        # which would read as damage and hide every creation.
+        notes += _unreached(chain.disk(b), b, sides[0], sides[1])
         files = bool(sides[0] or sides[1] or not notes)
     if files:
         comparison = _Comparison(None if a is None else chain.disk(a), chain.disk(b), changed)
