@@ -492,7 +492,7 @@ def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | 
     here by their locators or ``parent``), a differencing VHDX (a Hyper-V checkpoint,
     which QEMU does not open), an EnCase E01, a third party's format.
     ``options`` as for :func:`boot`."""
-    from blockforensics.formats import open_disk, probe
+    from blockforensics.formats import open_source, probe
     from blockforensics.formats.foreign import StreamDisk
     from blockforensics.formats.vhd import VhdFormat, vhd_info
 
@@ -500,7 +500,7 @@ def boot_file(path: str | os.PathLike[str], *, parent: str | os.PathLike[str] | 
     differencing = name == "vhd" and VhdFormat.probe(path) and vhd_info(path).kind == "differencing"
     if parent is not None and not differencing:
         raise UsageError(f"{path}: --parent is for a differencing VHD")
-    with open_disk(path, format=name, parent=parent) as disk:
+    with open_source(path, format=name, parent=parent) as disk:
         if disk.size < SECTOR:
             raise UsageError(f"{path}: {disk.size} bytes, less than one {SECTOR}-byte "
                              "sector: not a disk a firmware can boot")

@@ -89,15 +89,15 @@ def _open_source(path: str, *, point: str | None = None, key: KeySource | None =
                  reader: str | None = None, parent: str | None = None) -> Disk:
     """Any disk image a reader plugin recognises (a chain directory, a VHD, a raw file …)
     as a Disk, probed by signature unless ``reader`` names the plugin; ``parent``: the
-    parent file of a differencing image."""
-    from blockforensics.formats import open_disk
+    parent file of a differencing image; an empty one is refused."""
+    from blockforensics.formats import open_source
     from blockforensics.image import is_chain
 
     if is_chain(path):  # leftovers of a crashed command go first, as for every chain command
         from blockforensics.image.store import ChainStore  # only for a chain: 5-10 ms
 
         ChainStore(path).recover()
-    return open_disk(path, point=point, key=key, format=reader, parent=parent)
+    return open_source(path, point=point, key=key, format=reader, parent=parent)
 
 
 def _print_table(frame: pd.DataFrame) -> None:
@@ -193,8 +193,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
             _new_chain_discarded_on_failure(args.chain):
         chain = open_chain()
         block_size = args.block_size or (chain.block_size if len(chain) else source.block_size)
-        if not source.size:  # a file left empty (a failed copy): a chain of nothing
-            raise UsageError(f"{args.source}: the source is empty (0 bytes): no disk to back up")
         check_disk_size(source, block_size)
         if args.bitmap:
             from blockforensics.formats.nbd import NbdDisk

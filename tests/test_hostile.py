@@ -174,6 +174,22 @@ def test_an_empty_source_is_refused_and_leaves_no_chain(tmp_path, name) -> None:
     assert not (tmp_path / "chain").exists()
 
 
+@pytest.mark.parametrize("command", [
+    ("export", "{src}", "{out}/disk.vhd"), ("export", "{src}", "{out}/disk.raw"),
+    ("serve", "{src}", "--socket", "{out}/nbd.sock"), ("mount", "{src}", "{out}"),
+    ("boot", "{src}", "--timeout", "5")])
+def test_every_command_reading_a_source_refuses_an_empty_one(tmp_path, command) -> None:
+    """``export`` wrote an empty disk.vhd with exit 0 where ``backup`` refused the same
+    source: each command that reads a source disk refuses it, with backup's words."""
+    source = tmp_path / "empty.raw"
+    source.write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    done = cli(*(arg.format(src=source, out=out) for arg in command))
+    assert_exit_2(done, f"{source}: the source is empty (0 bytes)")
+    assert not any(out.iterdir())
+
+
 @pytest.mark.parametrize("reader", ["vhd", "vhdx", "vmdk", "qcow2", "vdi", "ewf"])
 def test_a_reader_forced_on_a_file_not_of_its_format_refuses_it(tmp_path, reader) -> None:
     """``--reader vmdk`` on random bytes was backed up as a flat VMDK extent (dissect's

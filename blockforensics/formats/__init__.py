@@ -57,7 +57,7 @@ _BUILTINS: dict[str, tuple[str, Callable[[str | os.PathLike[str]], bool] | None]
 #: the built-in that accepts any file (no signature), so it is probed after every other plugin
 _CATCH_ALL = "raw"
 
-__all__ = ["Disk", "DiskFile", "Format", "formats", "open_disk", "probe"]
+__all__ = ["Disk", "DiskFile", "Format", "formats", "open_disk", "open_source", "probe"]
 
 
 def _builtin(name: str) -> type[Format]:
@@ -256,3 +256,17 @@ def open_disk(
     if "parent" not in inspect.signature(plugin.open).parameters:
         raise UsageError(f"{path}: the {plugin.name} reader takes no parent file")
     return plugin.open(path, point=point, key=key, parent=parent)  # type: ignore[call-arg]
+
+
+def open_source(
+    path: str | os.PathLike[str], *, point: str | int | None = None, key: KeySource | None = None,
+    format: str | None = None, parent: str | os.PathLike[str] | None = None,
+) -> Disk:
+    """:func:`open_disk` for a disk a command reads as its source (to back up, export,
+    serve, mount, boot): UsageError when it holds 0 bytes (a file left empty by a failed
+    copy), rather than a chain, an export or a served disk of nothing."""
+    disk = open_disk(path, point=point, key=key, format=format, parent=parent)
+    if not disk.size:
+        disk.close()
+        raise UsageError(f"{path}: the source is empty (0 bytes): no disk to read")
+    return disk
