@@ -467,11 +467,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from blockforensics.boot import boot_disk, boot_file
-    from blockforensics.image.chain import is_chain
+    from blockforensics.formats.signature import holds_manifest
 
     options = {"expect": args.expect, "timeout": args.timeout, "screenshot": args.screenshot,
                "run": args.run, "firmware": args.firmware}
-    if is_chain(args.disk) or args.point is not None:  # served over NBD, never exported
+    if holds_manifest(args.disk) or args.point is not None:  # served over NBD, never exported
         with _open_source(args.disk, point=args.point, key=_key(args),
                           reader=args.reader) as disk:
             result = boot_disk(disk, **options)

@@ -241,15 +241,21 @@ def test_a_directory_that_is_no_chain_is_named_so(tmp_path) -> None:
 def test_a_manifest_that_is_no_file_is_named_so(raw_key_chain, tmp_path, kind) -> None:
     """chain.json replaced by a directory (it was "error: 3: Is a directory", the
     file descriptor for a name) or a FIFO: one line naming the manifest, for each
-    command that opens a chain."""
+    command that opens a chain (those that probe a source said "no chain.json")."""
     chain = tmp_path / "c"
     shutil.copytree(raw_key_chain[0], chain)
     (chain / MANIFEST).unlink()
     (chain / MANIFEST).mkdir() if kind == "directory" else os.mkfifo(chain / MANIFEST)
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "src.raw").write_bytes(bytes(1 << 16))
     for command in (["verify", chain], ["list", chain], ["triage", chain],
-                    ["restore", chain, tmp_path / "out.raw"]):
+                    ["restore", chain, tmp_path / "out.raw"],
+                    ["serve", chain, "--socket", tmp_path / "nbd.sock"],
+                    ["export", chain, tmp_path / "out.vhd"], ["mount", chain, tmp_path / "mnt"],
+                    ["boot", chain], ["backup", tmp_path / "src.raw", chain]):
         assert_exit_2(cli(*command), f"{chain / MANIFEST}: the chain manifest is not a "
                                      "regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "mnt", "src.raw"]
 
 
 def test_a_disk_whose_block_maps_outgrow_memory_is_refused_with_a_block_size(tmp_path) -> None:

@@ -44,7 +44,7 @@ ENTRY_POINT_GROUP = "blockforensics.formats"
 #: the built-ins in priority order (a test holds them to their classes' ``priority``):
 #: name -> (``module:class``, the test of its signature, which imports no reader)
 _BUILTINS: dict[str, tuple[str, Callable[[str | os.PathLike[str]], bool] | None]] = {
-    "blockforensics": ("blockforensics.formats.chain:ChainFormat", signature.is_chain),
+    "blockforensics": ("blockforensics.formats.chain:ChainFormat", signature.holds_manifest),
     "nbd": ("blockforensics.formats.nbd:NbdFormat", signature.is_nbd_uri),
     "vhd": ("blockforensics.formats.vhd:VhdFormat", signature.is_vhd),
     "vhdx": ("blockforensics.formats.foreign:VhdxFormat", signature.is_vhdx),

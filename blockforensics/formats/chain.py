@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, ClassVar
 
 from blockforensics.formats.base import Disk, Format
-from blockforensics.formats.signature import is_chain
+from blockforensics.formats.signature import holds_manifest
 
 if TYPE_CHECKING:
     from blockforensics.crypto import KeySource
@@ -20,7 +20,7 @@ class ChainFormat(Format):
 
     @classmethod
     def probe(cls, path: str | os.PathLike[str]) -> bool:
-        return is_chain(path)
+        return holds_manifest(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, point: str | int | None = None,

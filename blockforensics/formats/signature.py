@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from blockforensics.image import is_chain
+from blockforensics.image import MANIFEST
 from blockforensics.nbd import SCHEMES as NBD_SCHEMES
 
 #: the first bytes of a VHD footer (the last 512 bytes of every VHD; copied at offset 0
@@ -34,7 +34,7 @@ VDI_SIGNATURE_OFFSET = 64
 
 __all__ = ["EWF_LOGICAL_SIGNATURES", "EWF_SIGNATURES", "LOGICAL_EVIDENCE", "NBD_SCHEMES",
            "QCOW2_MAGIC", "VDI_SIGNATURE", "VHDX_SIGNATURE", "VHD_COOKIE", "VHD_FOOTER_SIZE",
-           "VMDK_DESCRIPTOR", "VMDK_MAGICS", "container", "is_chain", "is_ewf", "is_nbd_uri",
+           "VMDK_DESCRIPTOR", "VMDK_MAGICS", "container", "holds_manifest", "is_ewf", "is_nbd_uri",
            "is_qcow2", "is_vdi", "is_vhd", "is_vhdx", "is_vmdk"]
 
 
@@ -46,6 +46,13 @@ def _head(path: str | os.PathLike[str], length: int) -> bytes:
             return fh.read(length)
     except OSError:
         return b""
+
+
+def holds_manifest(path: str | os.PathLike[str]) -> bool:
+    """A directory with a ``chain.json`` entry of any kind: the chain reader claims it,
+    so that one whose manifest is not a regular file (a directory, a symbolic link) is
+    refused by the chain store in its own words, not as "a directory with no chain"."""
+    return os.path.isdir(path) and os.path.lexists(os.path.join(path, MANIFEST))
 
 
 def is_vhd(path: str | os.PathLike[str]) -> bool:

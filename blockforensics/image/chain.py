@@ -165,7 +165,10 @@ class Chain:
     @classmethod
     def open_or_create(cls, directory: str | os.PathLike[str],
                        key: KeySource | None = None) -> Chain:
-        return cls.open(directory, key) if is_chain(directory) else cls.create(directory, key)
+        """The chain in ``directory``, or a new one there; a manifest that is there but no
+        regular file is refused by :meth:`open` in its own words."""
+        there = os.path.lexists(os.path.join(directory, MANIFEST))
+        return cls.open(directory, key) if there else cls.create(directory, key)
 
     def close(self) -> None:
         for img in self.images:
