@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,13 @@ import pytest
 from support import require_module, require_tools
 
 from blockforensics.formats import open_disk
+from blockforensics.formats.vhdx import (
+    FILE_PARAMETERS,
+    LOGICAL_SECTOR_SIZE,
+    METADATA_GUID,
+    PHYSICAL_SECTOR_SIZE,
+    VIRTUAL_DISK_SIZE,
+)
 
 MIB = 1 << 20
 #: 8 MiB and three sectors: no multiple of 4 KiB, 8 KiB, a grain or a cluster
@@ -457,6 +465,47 @@ def test_a_vhdx_qemu_refuses_is_refused_and_one_it_reads_is_read(damage: str, re
         assert done.returncode == 0, done.stderr
         with open_disk(image) as disk:
             assert disk.read(0, disk.size) == (tmp_path / "q.raw").read_bytes()
+
+
+def _vhdx_metadata_item(data: bytes, item: uuid.UUID) -> int:
+    """Byte offset of metadata item ``item`` of a VHDX: the metadata region from the first
+    region table (entries of 32 bytes after its 16-byte header: GUID, file offset u64,
+    length u32, required u32), its table entries (32 bytes after a 32-byte header: GUID,
+    offset u32 from the region's start, ...), [MS-VHDX] 2.2.3 and 2.6.1."""
+    table = 192 << 10
+    for at in range(table + 16, table + 16 + 32 * int.from_bytes(data[table + 8 : table + 12],
+                                                                 "little"), 32):
+        if data[at : at + 16] == METADATA_GUID.bytes_le:
+            region = int.from_bytes(data[at + 16 : at + 24], "little")
+    count = int.from_bytes(data[region + 10 : region + 12], "little")
+    entry = next(at for at in range(region + 32, region + 32 + 32 * count, 32)
+                 if data[at : at + 16] == item.bytes_le)
+    return region + int.from_bytes(data[entry + 16 : entry + 20], "little")
+
+
+@pytest.mark.parametrize("item, value, width, words", [
+    (VIRTUAL_DISK_SIZE, SIZE + 100, 8, "is not a multiple of the 512-byte LogicalSectorSize"),
+    (VIRTUAL_DISK_SIZE, 65 << 40, 8, "exceeds 64 TiB"),
+    (PHYSICAL_SECTOR_SIZE, 1024, 4, "PhysicalSectorSize 1024 is not 512 or 4096"),
+    (LOGICAL_SECTOR_SIZE, 1024, 4, "LogicalSectorSize 1024 is not 512 or 4096"),
+    (FILE_PARAMETERS, 3 << 20, 4, "BlockSize 3145728 is not a power of 2")])
+def test_vhdx_metadata_the_spec_forbids_is_refused(item: uuid.UUID, value: int, width: int,
+                                                   words: str, tmp_path: Path) -> None:
+    """[MS-VHDX] 2.6.2: a VirtualDiskSize off the logical sector (QEMU reads its whole
+    sectors, the rest unread; it was read as a disk 100 bytes longer) or over 64 TiB, sector
+    sizes other than 512 or 4096, a block size no power of 2: one line naming the field."""
+    require_tools("qemu-img")
+    require_module("dissect.hypervisor", "dissect.hypervisor")
+    image = made(tmp_path, "d.vhdx", "vhdx")
+    data = bytearray(image.read_bytes())
+    at = _vhdx_metadata_item(data, item)
+    data[at : at + width] = value.to_bytes(width, "little")
+    image.write_bytes(data)
+    done = cli("export", image, tmp_path / "out.vhd")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1 and f"{image}: " in done.stderr, done.stderr
+    assert words in done.stderr, done.stderr
+    assert not (tmp_path / "out.vhd").exists()
 
 
 @pytest.mark.parametrize("where", ["sub/", "{work}/sub/"])

@@ -159,8 +159,7 @@ def _vhdx_allocated(vhdx: Any, block_size: int, n_blocks: int) -> np.ndarray:
                *((int(e.file_offset), int(e.length)) for e in vhdx.region_table.entries
                  if e is not bat),
                (int(vhdx.header.log_offset), int(vhdx.header.log_length))]
-    check_layout(vhdx.path or vhdx.fh.name, unit, int(vhdx.sector_size), regions,
-                 entries.nbytes, entries[index])
+    check_layout(vhdx.path or vhdx.fh.name, unit, regions, entries.nbytes, entries[index])
     state = entries[index] & 7
     partial = state == c_vhdx.PAYLOAD_BLOCK_PARTIALLY_PRESENT
     flags = _units((state == c_vhdx.PAYLOAD_BLOCK_FULLY_PRESENT) | partial, unit,
@@ -298,19 +297,27 @@ class VhdxFormat(Format):
 
 
 def _vhdx_chain(fh: BinaryIO) -> Any:
-    """A dissect VHDX of the file ``fh`` is open on, its parents (a differencing disk's:
+    """A dissect VHDX of the file ``fh`` is open on, each image's metadata items as the
+    spec requires them, its parents (a differencing disk's:
     Hyper-V's checkpoints) checked as Hyper-V checks them: each parent's headers sound,
     and its DataWriteGuid the one the child names (``parent_linkage``, or
     ``parent_linkage2``, spec 2.6.2.6.2) — a parent written since the child was made no
     longer holds what the child's blocks were made on."""
-    from dissect.hypervisor.disk.vhdx import VHDX
+    from dissect.hypervisor.disk.vhdx import PHYSICAL_SECTOR_SIZE_GUID, VHDX
 
-    from blockforensics.formats.vhdx import check_headers, parent_linkage
+    from blockforensics.formats.vhdx import check_headers, check_metadata, parent_linkage
 
-    top = child = VHDX(fh)
+    def checked(vhdx: Any) -> Any:
+        check_metadata(vhdx.path or vhdx.fh.name, int(vhdx.size), int(vhdx.block_size),
+                       int(vhdx.sector_size),
+                       vhdx.metadata.get(PHYSICAL_SECTOR_SIZE_GUID, required=False))
+        return vhdx
+
+    top = child = checked(VHDX(fh))
     while child.parent is not None:
         parent = child.parent
         check_headers(parent.path)
+        checked(parent)
         wanted = {child.parent_locator.entries.get(key, "").strip("{}").lower()
                   for key in ("parent_linkage", "parent_linkage2")} - {""}
         found = parent_linkage(parent.header.data_write_guid)

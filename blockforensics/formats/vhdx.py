@@ -196,7 +196,8 @@ def check_headers(path: str | os.PathLike[str]) -> None:
 
 
 #: payload block sizes the spec allows (2.6.2.1: a power of 2 from 1 to 256 MiB), and
-#: logical sector sizes (2.6.2.4), bytes; the header section before any region (2.1)
+#: logical and physical sector sizes (2.6.2.4-5), bytes; the header section before any
+#: region (2.1)
 MIN_BLOCK, MAX_BLOCK, SECTOR_SIZES, HEADER_SECTION = MiB, 256 * MiB, (512, 4096), MiB
 #: BAT entry: state in bits 0-2, file offset in MiB from bit 20 (2.5.1)
 STATE_MASK, OFFSET_SHIFT = 7, 20
@@ -204,17 +205,37 @@ STATE_MASK, OFFSET_SHIFT = 7, 20
 HOLDING_STATES = (6, 7)
 
 
-def check_layout(path: str | os.PathLike[str], block_size: int, sector_size: int,
+def check_metadata(path: str | os.PathLike[str], disk_size: int, block_size: int,
+                   logical_sector: int, physical_sector: int | None) -> None:
+    """FormatError (one line) unless the metadata items are as the spec requires (2.6.2):
+    BlockSize a power of 2 from 1 to 256 MiB, LogicalSectorSize and PhysicalSectorSize
+    512 or 4096 (``None``: the required PhysicalSectorSize item is missing), and
+    VirtualDiskSize a multiple of LogicalSectorSize of at most 64 TiB (QEMU reads an
+    odd size as its whole sectors, leaving the rest unread; a reader cannot know which)."""
+    physical = ("the PhysicalSectorSize item is missing" if physical_sector is None else
+                f"PhysicalSectorSize {physical_sector} is not 512 or 4096")
+    wrong = [what for what, bad in [
+        (f"BlockSize {block_size} is not a power of 2 from 1 to 256 MiB",
+         not MIN_BLOCK <= block_size <= MAX_BLOCK or block_size & (block_size - 1)),
+        (f"LogicalSectorSize {logical_sector} is not 512 or 4096",
+         logical_sector not in SECTOR_SIZES),
+        (physical, physical_sector not in SECTOR_SIZES),
+        (f"VirtualDiskSize {disk_size} is not a multiple of the {logical_sector}-byte "
+         "LogicalSectorSize", logical_sector in SECTOR_SIZES and disk_size % logical_sector),
+        (f"VirtualDiskSize {disk_size} exceeds 64 TiB", disk_size > MAX_SIZE),
+    ] if bad]
+    if wrong:
+        raise FormatError(f"{path}: {'; '.join(wrong)} (VHDX metadata, [MS-VHDX] 2.6.2): a "
+                          "damaged VHDX image")
+
+
+def check_layout(path: str | os.PathLike[str], block_size: int,
                  regions: list[tuple[int, int]], bat_bytes: int, entries: np.ndarray) -> None:
-    """FormatError (one line) unless the block and sector sizes are the spec's, the BAT
-    region holds the ``bat_bytes`` of entries read from it, and no payload block of
-    ``entries`` (BAT entries, payload ones) lies in the header section or any region
-    (``(file offset, length)`` in bytes: BAT, metadata, log) — as QEMU refuses them;
-    such a block would read the image's own structures as the disk's data."""
-    if not (MIN_BLOCK <= block_size <= MAX_BLOCK and block_size & (block_size - 1) == 0) \
-            or sector_size not in SECTOR_SIZES:
-        raise FormatError(f"{path}: VHDX block size {block_size} or logical sector size "
-                          f"{sector_size} is not one the spec allows: a damaged VHDX image")
+    """FormatError (one line) unless the BAT region holds the ``bat_bytes`` of entries
+    read from it, and no payload block of ``entries`` (BAT entries, payload ones, of
+    ``block_size`` bytes) lies in the header section or any region (``(file offset,
+    length)`` in bytes: BAT, metadata, log) — as QEMU refuses them; such a block would
+    read the image's own structures as the disk's data."""
     bat = regions[0]
     if bat_bytes > bat[1]:
         raise FormatError(f"{path}: the VHDX BAT region holds {bat[1]} bytes, its entries "
