@@ -80,6 +80,7 @@ from blockforensics.tsk import (
     ChainImgInfo,
     Entry,
     Listing,
+    Unreached,
     list_entries,
     shown_name,
     unreached,
@@ -311,8 +312,7 @@ class _Comparison:
         if entry.type != "file" or entry.nlink < 2 or entry.fs in NAME_ADDRESSED \
                 or change == "renamed":
             return None
-        prefix = "" if entry.path.startswith("/") else entry.path[:entry.path.index(":/") + 1]
-        return change, prefix, entry.volume, entry.inode, entry.seq
+        return change, _prefix(entry.path), entry.volume, entry.inode, entry.seq
 
     def merged(self, change: str, entry: Entry) -> bool:
         """Is ``entry`` another name (hard link) of a file already reported with this
@@ -726,20 +726,64 @@ def _changed(chain: Chain, a: int | None, b: int) -> BlockMap:
 
 def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
                missing: dict[str, Entry]) -> list[str]:
-    """Notes on the files of ``listed`` whose inode ``missing`` (the other point's
-    listing, at ``disk``) lacks but ``disk`` still holds (:func:`blockforensics.tsk.unreached`): a
-    damaged directory hid them, no deletion.  They leave ``listed``."""
+    """Notes on the files of ``listed`` that ``missing`` (the other point's listing, at
+    ``disk``) lacks but ``disk`` still holds: their inode missing from it yet held
+    (:func:`blockforensics.tsk.unreached`), or names of a hard-linked file it lists with
+    fewer names than links (:func:`_unreached_links`).  A damaged directory hid them, no
+    deletion: they leave ``listed``."""
     inodes = {(e.fs, e.inode) for e in missing.values()}
     gone = [e for e in listed.values() if (e.fs, e.inode) not in inodes]
+    hidden = unreached(disk, gone, list(missing.values())) if gone else {}
+    for prefix, paths in _unreached_links(listed, missing).items():
+        hidden.setdefault(prefix, Unreached()).paths.extend(paths)
     notes = []
-    for prefix, paths in (unreached(disk, gone) if gone else {}).items():
-        for path in paths:
+    for prefix, found in sorted(hidden.items()):
+        for path in found.paths:
             del listed[path]
-        notes.append(f"point {point}: {prefix or '/'}: {len(paths)} file(s) and directories "
-                     f"no directory reaches, their metadata still allocated or unreadable "
-                     f"(damage, not a deletion): {', '.join(paths[:5])}"
-                     + (" …" if len(paths) > 5 else ""))
+        untold = found.untold
+        notes.append(f"point {point}: {prefix or '/'}: {len(found.paths)} file(s) and "
+                     f"directories no directory reaches, their metadata, clusters or (a "
+                     f"hard link) inode still allocated, or unreadable (damage, not a "
+                     f"deletion): {_some(found.paths)}"
+                     + (f"; {len(untold)} empty file(s) left as deleted, no cluster to "
+                        f"tell damage from deletion by: {_some(untold)}" if untold else ""))
     return notes
+
+
+def _some(paths: list[str]) -> str:
+    """The first five of ``paths``, "…" after them when there are more."""
+    return ", ".join(paths[:5]) + (" …" if len(paths) > 5 else "")
+
+
+def _prefix(path: str) -> str:
+    """The file system prefix of a listed path ("" for a bare one, "p2:", "vg/lv:")."""
+    return "" if path.startswith("/") else path[:path.index(":/") + 1]
+
+
+def _unreached_links(listed: dict[str, Entry], missing: dict[str, Entry]
+                     ) -> dict[str, list[str]]:
+    """Names of ``listed`` files missing from ``missing`` whose inode ``missing`` lists
+    under other names, with no fewer links than before and more links than names it
+    reaches: the names a damaged directory hid (up to the links unaccounted for), by
+    file system prefix.  A name removed (``rm``, ``mv``) leaves no link unaccounted."""
+    def key(e: Entry) -> tuple:
+        return _prefix(e.path), e.fs, e.volume, e.inode
+
+    now: dict[tuple, Entry] = {}
+    spare: dict[tuple, int] = {}  # links minus names reached
+    for e in missing.values():
+        if e.type == "file" and e.fs not in NAME_ADDRESSED:
+            now.setdefault(key(e), e)
+            spare[key(e)] = spare.get(key(e), e.nlink) - 1
+    found: dict[str, list[str]] = {}
+    for path, e in listed.items():
+        other = now.get(key(e)) if path not in missing else None
+        if other is None or spare[key(e)] <= 0 or other.nlink < e.nlink \
+                or not other.same_file(e):
+            continue
+        spare[key(e)] -= 1
+        found.setdefault(_prefix(path), []).append(path)
+    return found
 
 
 def _diff(chain: Chain, a: int | None, b: int, files: bool,

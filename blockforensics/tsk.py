@@ -33,7 +33,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +42,7 @@ import numpy as np
 from blockforensics.disk import MappedDisk
 from blockforensics.errors import BlockforensicsError, FormatError, UsageError
 from blockforensics.formats.base import Disk
+from blockforensics.fs.fat import ClusterHeap
 
 #: file systems whose metadata address is where the name is stored (a rename moves it)
 NAME_ADDRESSED = ("fat", "exfat")
@@ -908,12 +909,14 @@ class Lister(Protocol):
 
 
 class TskLister:
-    """:class:`Lister` of a file system The Sleuth Kit opens (``fs``: its ``FS_Info``)."""
+    """:class:`Lister` of a file system The Sleuth Kit opens (``fs``: its ``FS_Info``),
+    at byte ``offset`` of ``view``."""
 
     recovery = ""
 
-    def __init__(self, fs: Any, to_disk: ToDisk):
+    def __init__(self, fs: Any, to_disk: ToDisk, view: Disk, offset: int):
         self.tsk, self.fs, self.to_disk = pytsk3(), fs, to_disk
+        self.view, self.offset = view, offset
 
     def walk(self, root_path: str, entries: dict[str, Entry]) -> list[str]:
         tsk, fs = self.tsk, self.fs
@@ -968,6 +971,36 @@ class TskLister:
             return True
         return now.same_file(entry) and bool(int(meta.nlink))
 
+    @cached_property
+    def heap(self) -> ClusterHeap | None:
+        """A FAT or exFAT volume's clusters as this point has them (None: another file
+        system, or one whose FAT or allocation bitmap cannot be read)."""
+        from blockforensics.fs.fat import FatFileSystem
+        from blockforensics.fs.sleuthkit import TskFileSystem
+
+        kind = _fs_name(self.tsk, self.fs)
+        try:
+            if kind == "fat":
+                return FatFileSystem(self.view, self.offset).heap()
+            if kind == "exfat":
+                return TskFileSystem(self.view, self.offset).exfat_heap()
+        except FormatError:
+            pass
+        return None
+
+    def clusters_held(self, entry: Entry, taken: np.ndarray) -> bool:
+        """FAT, exFAT: are the clusters of ``entry`` (listed at another point, with data)
+        still allocated as it had them (:meth:`ClusterHeap.holds`), and none of them in
+        ``taken`` (disk byte ranges ``(k, 2)`` the files listed now own, sorted by start)?
+        A deletion frees them (FAT: zeroes the chain; exFAT: clears their bits), a file
+        written since takes them."""
+        heap = self.heap
+        if heap is None or not len(entry.extents) or _overlaps(taken, entry.extents):
+            return False
+        own = _from_disk(self.to_disk, int(self.fs.info.block_count)
+                         * int(self.fs.info.block_size), entry.extents)
+        return heap.holds(heap.clusters(own))
+
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         tsk = self.tsk
         fs_file = _open_listed(tsk, self.fs, inner)
@@ -1007,6 +1040,25 @@ class TskLister:
                                       f"{lo} ({why})") from None
 
         return entry, chunks()
+
+
+def _from_disk(to_disk: ToDisk, size: int, ranges: np.ndarray) -> np.ndarray:
+    """Disk byte ranges ``(k, 2)`` of a file system of ``size`` bytes (each inside one
+    piece of it, as ``to_disk`` splits them) as the file system's own."""
+    pieces = to_disk(np.array([[0, size]], np.int64))
+    at = np.cumsum(pieces[:, 1] - pieces[:, 0]) - (pieces[:, 1] - pieces[:, 0])
+    order = np.argsort(pieces[:, 0])
+    which = order[np.searchsorted(pieces[order, 0], ranges[:, 0], side="right") - 1]
+    return ranges - (pieces[which, 0] - at[which])[:, None]
+
+
+def _overlaps(taken: np.ndarray, ranges: np.ndarray) -> bool:
+    """Does any of ``ranges`` ``(k, 2)`` overlap one of ``taken`` (sorted by start)?"""
+    if not len(taken):
+        return False
+    before = np.searchsorted(taken[:, 0], ranges[:, 1], side="left") - 1  # starts < stop
+    reach = np.maximum.accumulate(taken[:, 1])
+    return bool(np.any((before >= 0) & (reach[np.maximum(before, 0)] > ranges[:, 0])))
 
 
 def _stream_named(inner: str, name: Any) -> str | None:
@@ -1064,7 +1116,7 @@ def _open_filesystems(disk: Disk) -> Iterator[tuple[str, Lister | None, str | No
         if key not in images:
             images[key] = ChainImgInfo(recovered)
         try:
-            lister = TskLister(open_fs(images[key], offset), to_disk)
+            lister = TskLister(open_fs(images[key], offset), to_disk, view, offset)
             lister.recovery = recovery
             yield prefix, lister, None
         except OSError as exc:
@@ -1093,17 +1145,41 @@ def list_entries(disk: Disk | None) -> Listing:
     return listing
 
 
-def unreached(disk: Disk, entries: list[Entry]) -> dict[str, list[str]]:
-    """Of ``entries`` (listed at another point, missing from ``disk``'s listing), the
-    paths of those a file system read by The Sleuth Kit still holds (see
-    :meth:`TskLister.still_held`), by file system prefix: no directory reaches them."""
-    found: dict[str, list[str]] = {}
+@dataclass
+class Unreached:
+    """Files of one file system, listed at another point and missing now: those it
+    still holds (``paths``: no directory reaches them) and, FAT and exFAT, empty files
+    nothing tells apart (``untold``: no cluster to find allocated; kept as deleted)."""
+
+    paths: list[str] = field(default_factory=list)
+    untold: list[str] = field(default_factory=list)
+
+
+def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
+              ) -> dict[str, Unreached]:
+    """Of ``entries`` (listed at another point, missing from ``disk``'s listing
+    ``listed``), those a file system read by The Sleuth Kit still holds, by file system
+    prefix: :meth:`TskLister.still_held`, or (FAT, exFAT, where the directory entry is
+    the metadata) :meth:`TskLister.clusters_held`."""
+    found: dict[str, Unreached] = {}
+    taken = np.empty((0, 2), np.int64)
+    if any(e.fs in NAME_ADDRESSED for e in entries) and listed:
+        taken = np.concatenate([e.owned for e in listed])
+        taken = taken[np.argsort(taken[:, 0], kind="stable")]
     for prefix, lister, _ in _open_filesystems(disk):
-        if isinstance(lister, TskLister):
-            held = [e.path for e in entries
-                    if e.path.startswith(prefix + "/") and lister.still_held(e)]
-            if held:
-                found[prefix] = held
+        if not isinstance(lister, TskLister):
+            continue
+        mine = Unreached()
+        for e in entries:
+            if not e.path.startswith(prefix + "/"):
+                continue
+            if lister.still_held(e) or (e.fs in NAME_ADDRESSED
+                                        and lister.clusters_held(e, taken)):
+                mine.paths.append(e.path)
+            elif e.fs in NAME_ADDRESSED and e.type == "file" and not len(e.extents):
+                mine.untold.append(e.path)
+        if mine.paths:
+            found[prefix] = mine
     return found
 
 

@@ -21,6 +21,7 @@ block and says why).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,6 +63,47 @@ FAT32_ENTRY_MASK = 0x0FFFFFFF
 EXT_FLAGS_NO_MIRRORING = 0x80
 EXT_FLAGS_ACTIVE_FAT = 0x0F
 FIRST_CLUSTER = 2
+
+
+@dataclass(frozen=True)
+class ClusterHeap:
+    """The clusters of a FAT or exFAT volume as one state of it has them.
+
+    FAT12/16/32: a cluster is allocated when its FAT entry is non-zero, and a file's
+    clusters are a chain, each entry naming the next; deleting a file zeroes every
+    entry of its chain (FAT specification, "FAT" and "Directory Structure").  exFAT
+    (specification, sections 4.1, 7.1, 7.6.2): the allocation bitmap says which
+    clusters are allocated (deleting clears their bits); a file's clusters are a FAT
+    chain, or contiguous with FAT entries that mean nothing (``NoFatChain``).
+    """
+
+    start: int  # bytes from the file system's start to cluster 2
+    cluster_size: int  # bytes
+    next: np.ndarray  # uint32: each cluster's FAT entry (index 0 = cluster 2)
+    allocated: np.ndarray  # bool per cluster (index 0 = cluster 2)
+    always_chained: bool  # FAT: yes; exFAT: contiguous clusters need no chain
+
+    def clusters(self, ranges: np.ndarray) -> np.ndarray:
+        """The cluster numbers (int64, in order, none repeated twice running) that byte
+        ranges ``(k, 2)`` of the file system, [start, stop), touch."""
+        first = (ranges[:, 0] - self.start) // self.cluster_size
+        counts = (ranges[:, 1] - 1 - self.start) // self.cluster_size - first + 1
+        starts = np.cumsum(counts) - counts  # where each range's clusters begin
+        numbers = np.arange(counts.sum()) + np.repeat(first - starts, counts)
+        kept = np.r_[True, np.diff(numbers) != 0] if len(numbers) else np.empty(0, bool)
+        return numbers[kept] + FIRST_CLUSTER
+
+    def holds(self, clusters: np.ndarray) -> bool:
+        """Are ``clusters`` (numbers, file order; at least one) still allocated as a file
+        had them: each one allocated, and each FAT entry naming the next one — on exFAT
+        not needed of contiguous clusters (a ``NoFatChain`` file's entries are void)."""
+        index = clusters - FIRST_CLUSTER
+        if index.min() < 0 or index.max() >= len(self.allocated) \
+                or not self.allocated[index].all():
+            return False
+        if np.array_equal(self.next[index[:-1]], clusters[1:]):
+            return True
+        return not self.always_chained and bool(np.all(np.diff(clusters) == 1))
 
 
 class FatFileSystem(FileSystem):
@@ -150,6 +192,12 @@ class FatFileSystem(FileSystem):
         else:
             entries = raw.view("<u4") & np.uint32(FAT32_ENTRY_MASK)
         return entries[FIRST_CLUSTER:count]
+
+    def heap(self) -> ClusterHeap:
+        """The data region's clusters as the active FAT has them."""
+        entries = self.fat_entries()
+        return ClusterHeap(self.first_data_sector * self.unit, self.cluster_size, entries,
+                           entries != 0, always_chained=True)
 
     def cluster_allocation(self) -> BlockMap:
         """Allocated clusters (non-zero FAT entry); block *i* is cluster *i* + 2."""

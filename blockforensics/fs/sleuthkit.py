@@ -38,12 +38,14 @@ from blockforensics.blockmap import BlockMap
 from blockforensics.errors import FormatError
 from blockforensics.formats.base import Disk
 from blockforensics.fs.base import FileSystem
+from blockforensics.fs.fat import FIRST_CLUSTER, ClusterHeap
 from blockforensics.fs.structure import Structure
 
-#: the exFAT boot sector: only the heap geometry is needed here
+#: the exFAT boot sector: only the FAT's and heap's geometry are needed here
 EXFAT_BOOT_SECTOR = Structure("ExfatBootSector", 512, [
     (0x03, "8s", "FileSystemName"),
     (0x48, "Q", "VolumeLength"),
+    (0x50, "I", "FatOffset"),  # sectors
     (0x58, "I", "ClusterHeapOffset"),
     (0x5C, "I", "ClusterCount"),
     (0x6C, "B", "BytesPerSectorShift"),
@@ -146,25 +148,50 @@ class TskFileSystem(FileSystem):
         return np.unpackbits(np.frombuffer(data, np.uint8), count=bits,
                              bitorder="little").view(bool)
 
-    def _exfat(self) -> np.ndarray:
+    def _exfat_boot(self) -> Any:
+        """The exFAT boot sector, checked against TSK's geometry (one FAT and bitmap)."""
         boot = EXFAT_BOOT_SECTOR.parse(self.read(0, EXFAT_BOOT_SECTOR.size))
-        per_cluster = 1 << boot.SectorsPerClusterShift
-        heap_end = boot.ClusterHeapOffset + boot.ClusterCount * per_cluster
+        heap_end = boot.ClusterHeapOffset + (boot.ClusterCount << boot.SectorsPerClusterShift)
         if (boot.FileSystemName != EXFAT_NAME or 1 << boot.BytesPerSectorShift != self.unit
                 or heap_end > self.n_units):
             raise FormatError(f"{self.name}: boot sector disagrees with The Sleuth Kit")
         if boot.NumberOfFats != 1:  # TexFAT: a second FAT and allocation bitmap
             raise FormatError(f"{self.name}: {boot.NumberOfFats} FATs and allocation bitmaps "
                               "(TexFAT): which one is current is not read here")
+        return boot
+
+    def _exfat_bitmap(self, boot: Any) -> np.ndarray:
+        """The allocation bitmap: one flag per cluster of the heap (index 0 = cluster 2)."""
         root = self.fs.open_dir(inode=self.fs.info.root_inum)
         bitmap = next((f for f in root if f.info.name.name == EXFAT_BITMAP_NAME), None)
         if bitmap is None:
             raise FormatError(f"{self.name}: no allocation bitmap in the root directory")
+        return self._bitmap(bitmap, boot.ClusterCount)
+
+    def _exfat(self) -> np.ndarray:
+        boot = self._exfat_boot()
+        per_cluster = 1 << boot.SectorsPerClusterShift
         flags = np.zeros(self.n_units, dtype=bool)
         flags[: boot.ClusterHeapOffset] = True  # boot region, FATs
-        flags[boot.ClusterHeapOffset : heap_end] = np.repeat(
-            self._bitmap(bitmap, boot.ClusterCount), per_cluster)
+        flags[boot.ClusterHeapOffset : boot.ClusterHeapOffset + boot.ClusterCount
+              * per_cluster] = np.repeat(self._exfat_bitmap(boot), per_cluster)
         return flags
+
+    def exfat_heap(self) -> ClusterHeap:
+        """An exFAT volume's cluster heap: the allocation bitmap and the FAT (32-bit
+        entries from ``FatOffset``)."""
+        if self.kind != "exfat":
+            raise FormatError(f"{self.name}: not exFAT")
+        boot = self._exfat_boot()
+        if boot.FatOffset * self.unit + (boot.ClusterCount + FIRST_CLUSTER) * 4 \
+                > boot.ClusterHeapOffset * self.unit:
+            raise FormatError(f"{self.name}: the FAT at sector {boot.FatOffset} runs into "
+                              f"the cluster heap")
+        entries = np.frombuffer(self.read(boot.FatOffset * self.unit,
+                                          (boot.ClusterCount + FIRST_CLUSTER) * 4), "<u4")
+        return ClusterHeap(boot.ClusterHeapOffset * self.unit,
+                           self.unit << boot.SectorsPerClusterShift, entries[FIRST_CLUSTER:],
+                           self._exfat_bitmap(boot), always_chained=False)
 
     def _hfsplus_settled(self, head: Any) -> None:
         """FormatError unless the allocation file is the volume's last word: a journaled

@@ -1,0 +1,164 @@
+"""A damaged directory is not a deletion where the directory entry is the metadata
+(FAT12/16/32, exFAT: the rule reads the FAT and the allocation bitmap), nor for the
+name of a hard-linked file (ext4: the inode keeps its links), while real deletions
+(mtools ``mdel``/``mdeltree``, ``rm`` through exfat-fuse or the kernel) stay deletions."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from sample_disks import MTOOLS_ENV, run
+from support import (
+    backup_image,
+    formatted,
+    loop_device,
+    loop_mounted,
+    mounted_with,
+    require_module,
+    require_tools,
+)
+
+from blockforensics import forensics
+from blockforensics.image.chain import Chain
+from blockforensics.triage import triage
+
+#: the files each volume starts with (a random 5000 bytes each; "empty" files none)
+HIDDEN = ("/d/a.bin", "/d/b.bin", "/d/sub/c.bin")  # below the directory damaged
+DELETED = ("/gone.bin", "/t/x.bin", "/t/y.bin")  # removed for real, /t with them
+FILES = (*HIDDEN, *DELETED, "/keep.bin")
+EMPTY = "/d/empty.txt"
+
+#: mkfs arguments and volume size (bytes) per variant; FAT32 with 1-sector clusters
+#: for the 65,525 clusters mtools 4.0.32 needs of a FAT32 volume
+VOLUMES = {"fat12": (["mkfs.fat", "-F", "12"], 4 << 20),
+           "fat16": (["mkfs.fat", "-F", "16"], 16 << 20),
+           "fat32": (["mkfs.fat", "-F", "32", "-s", "1"], 40 << 20),
+           "exfat": (["mkfs.exfat"], 16 << 20)}
+
+
+def _changes(result: forensics.DiffResult, change: str) -> set[str]:
+    return {r.path for r in result.files.itertuples() if r.change == change}
+
+
+def _mtools(*argv: str | Path) -> None:
+    run(*argv, env=MTOOLS_ENV)
+
+
+def _fill(image: Path, kind: str, tmp: Path) -> None:
+    """The files of :data:`FILES` and :data:`EMPTY` written on the volume."""
+    data = tmp / "data.bin"
+    data.write_bytes(os.urandom(5000))
+    if kind != "exfat":
+        for directory in ("::/d", "::/d/sub", "::/t"):
+            _mtools("mmd", "-i", image, directory)
+        for path in FILES:
+            _mtools("mcopy", "-i", image, data, f"::{path}")
+        _mtools("mcopy", "-i", image, "/dev/null", f"::{EMPTY}")
+        return
+    with loop_device(image) as device, \
+            mounted_with(["mount.exfat-fuse", device], tmp / "m") as m:
+        for path in (*FILES, EMPTY):
+            (m / path[1:]).parent.mkdir(parents=True, exist_ok=True)
+            (m / path[1:]).write_bytes(b"" if path == EMPTY else data.read_bytes())
+
+
+def _delete(image: Path, kind: str, tmp: Path) -> None:
+    """``/gone.bin`` and the tree ``/t`` deleted the way the file system's tools do."""
+    if kind != "exfat":
+        _mtools("mdel", "-i", image, "::/gone.bin")
+        _mtools("mdeltree", "-i", image, "::/t")
+        return
+    with loop_device(image) as device, \
+            mounted_with(["mount.exfat-fuse", device], tmp / "m") as m:
+        (m / "gone.bin").unlink()
+        for path in m.glob("t/*"):
+            path.unlink()
+        (m / "t").rmdir()
+
+
+def _damage(image: Path, path: str) -> None:
+    """The first cluster of directory ``path`` overwritten with random bytes, found by
+    The Sleuth Kit's own ``ifind`` and ``istat``."""
+    inode = run("ifind", "-n", path, image).strip()
+    sectors = run("istat", image, inode).split("Sectors:")[1].split()
+    with image.open("r+b") as fh:
+        fh.seek(int(sectors[0]) * 512)
+        fh.write(os.urandom(512))
+
+
+@pytest.mark.parametrize("kind", VOLUMES)
+def test_a_damaged_directory_hides_files_it_does_not_delete(kind, tmp_path):
+    """Point 1: files deleted for real (a file, a directory tree); point 2: a directory's
+    cluster overwritten.  The files below it are a "not read" note, not deletions, on
+    their own (1 -> 2) and beside the real deletions (0 -> 2); an empty file, with no
+    cluster to find allocated, stays a deletion and the note says so; triage does not
+    call the damaged point suspicious for the files it hid."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("ifind", "istat", *(["mount.exfat-fuse", "losetup"] if kind == "exfat"
+                                      else ["mmd", "mcopy", "mdel", "mdeltree"]))
+    if kind == "exfat" and os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    mkfs, size = VOLUMES[kind]
+    image = formatted(tmp_path / "v.img", size, *mkfs)
+    _fill(image, kind, tmp_path)
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, image)
+    _delete(image, kind, tmp_path)
+    backup_image(chain, image)
+    _damage(image, "/d")
+    backup_image(chain, image)
+
+    deleted = forensics.diff(chain, 0, 1, files=True)
+    assert _changes(deleted, "deleted") == {*DELETED, "/t"}
+    assert not deleted.notes
+    for a in (0, 1):
+        result = forensics.diff(chain, a, 2, files=True)
+        assert _changes(result, "deleted") == {EMPTY, *((*DELETED, "/t") if a == 0 else ())}
+        assert _changes(result, "modified") >= {"/d"}
+        assert not set(result.files["path"]) & {*HIDDEN, "/d/sub"}
+        note, = (n for n in result.notes if "no directory reaches" in n)
+        assert note.startswith("point 2: /: 4 file(s) and directories no directory reaches")
+        assert all(path in note for path in (*HIDDEN, "/d/sub"))
+        assert f"1 empty file(s) left as deleted, no cluster to tell damage from " \
+               f"deletion by: {EMPTY}" in note
+    damaged = triage(chain).points[2]
+    assert damaged.verdict == "clean", damaged.reasons
+    assert damaged.metrics["deleted"] == 1  # the empty file
+    assert f"not read: {note}" in damaged.reasons
+
+
+def test_a_hard_link_a_damaged_directory_hides_is_no_deletion(tmp_path):
+    """ext4: ``/d/link`` (a second name of ``/f``) in a directory whose block is zeroed
+    is no deletion, the inode keeping both links; ``/h`` (a second name of ``/g``)
+    removed by ``rm`` is one, the inode's link count dropping."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkfs.ext4", "debugfs", "mount", "umount")
+    if os.geteuid() != 0:
+        pytest.skip("mounting a loop device needs root")
+    image = formatted(tmp_path / "v.img", 8 << 20, "mkfs.ext4", "-q", "-F", "-b", "1024",
+                      "-O", "^metadata_csum,^has_journal")
+    with loop_mounted(image, tmp_path / "m") as m:
+        (m / "d").mkdir()
+        for name in ("f", "g"):
+            (m / name).write_bytes(os.urandom(3000))
+        os.link(m / "f", m / "d" / "link")
+        os.link(m / "g", m / "h")
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, image)
+    with loop_mounted(image, tmp_path / "m") as m:
+        (m / "h").unlink()
+    block = re.search(r"\(0\):(\d+)", run("debugfs", "-R", "stat /d", image))
+    assert block
+    with image.open("r+b") as fh:
+        fh.seek(int(block[1]) * 1024)
+        fh.write(bytes(1024))
+    assert "Links: 2" in run("debugfs", "-R", "stat /f", image)
+    backup_image(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert _changes(result, "deleted") == {"/h"}
+    note, = (n for n in result.notes if "no directory reaches" in n)
+    assert note.startswith("point 1: /: 1 file(s) and directories no directory reaches")
+    assert note.endswith(": /d/link")
