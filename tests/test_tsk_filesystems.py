@@ -212,7 +212,7 @@ def test_ext_reader_lists_what_the_sleuth_kit_lists(tmp_path: Path) -> None:
     with RawDisk(img) as disk:
         theirs: dict = {}
         mine: dict = {}
-        TskLister(open_fs(ChainImgInfo(disk), 0), partial(_shifted, 0)).walk("/", theirs)
+        TskLister(open_fs(ChainImgInfo(disk), 0), partial(_shifted, 0), disk, 0).walk("/", theirs)
         assert ExtLister(disk, 0, partial(_shifted, 0)).walk("/", mine) == []
         assert mine.keys() == theirs.keys() and len(mine) > 150
 
