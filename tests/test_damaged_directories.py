@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sample_disks import MTOOLS_ENV, run
 from support import (
@@ -25,11 +27,15 @@ from blockforensics import forensics
 from blockforensics.image.chain import Chain
 from blockforensics.triage import triage
 
-#: the files each volume starts with (a random 5000 bytes each; "empty" files none)
-HIDDEN = ("/d/a.bin", "/d/b.bin", "/d/sub/c.bin")  # below the directory damaged
+#: the files each volume starts with (a random 5000 bytes each), after a fragmented
+#: one (:data:`FRAGMENTED`), and an empty one
+HIDDEN = ("/d/frag.bin", "/d/a.bin", "/d/b.bin", "/d/sub/c.bin")  # below the damage
 DELETED = ("/gone.bin", "/t/x.bin", "/t/y.bin")  # removed for real, /t with them
-FILES = (*HIDDEN, *DELETED, "/keep.bin")
+FILES = (*HIDDEN[1:], *DELETED, "/keep.bin")
+FRAGMENTED = HIDDEN[0]  # 12288 bytes around a one-byte file: more than one cluster run
 EMPTY = "/d/empty.txt"
+NEW = "/n/new.bin"  # written after a deletion, in its clusters (not its entry's place)
+FSI_NXT_FREE = 492  # byte of the FSInfo sector: the next free cluster's hint
 
 #: mkfs arguments and volume size (bytes) per variant; FAT32 with 1-sector clusters
 #: for the 65,525 clusters mtools 4.0.32 needs of a FAT32 volume
@@ -48,52 +54,83 @@ def _mtools(*argv: str | Path) -> None:
 
 
 def _fill(image: Path, kind: str, tmp: Path) -> None:
-    """The files of :data:`FILES` and :data:`EMPTY` written on the volume."""
-    data = tmp / "data.bin"
-    data.write_bytes(os.urandom(5000))
+    """The directories, then ``/hole`` and ``/pad`` (one byte each), ``/hole`` deleted,
+    :data:`FRAGMENTED` written (into the hole and on past ``/pad``), then :data:`FILES`
+    and :data:`EMPTY`."""
+    sizes = {"/hole": 1, "/pad": 1, FRAGMENTED: 12288, **dict.fromkeys(FILES, 5000),
+             EMPTY: 0}
+    for path, size in sizes.items():
+        (tmp / path.replace("/", "_")).write_bytes(os.urandom(size))
     if kind != "exfat":
-        for directory in ("::/d", "::/d/sub", "::/t"):
+        for directory in ("::/d", "::/d/sub", "::/t", "::/n"):
             _mtools("mmd", "-i", image, directory)
-        for path in FILES:
-            _mtools("mcopy", "-i", image, data, f"::{path}")
-        _mtools("mcopy", "-i", image, "/dev/null", f"::{EMPTY}")
+        for path in sizes:
+            _mtools("mcopy", "-i", image, tmp / path.replace("/", "_"), f"::{path}")
+            if path == "/pad":
+                _mtools("mdel", "-i", image, "::/hole")
+                if kind == "fat32":
+                    _forget_next_free(image)
         return
     with loop_device(image) as device, \
             mounted_with(["mount.exfat-fuse", device], tmp / "m") as m:
-        for path in (*FILES, EMPTY):
-            (m / path[1:]).parent.mkdir(parents=True, exist_ok=True)
-            (m / path[1:]).write_bytes(b"" if path == EMPTY else data.read_bytes())
+        for directory in ("d/sub", "t", "n"):
+            (m / directory).mkdir(parents=True)
+        for path in sizes:
+            (m / path[1:]).write_bytes((tmp / path.replace("/", "_")).read_bytes())
+            if path == "/pad":
+                (m / "hole").unlink()
+
+
+def _forget_next_free(image: Path) -> None:
+    """FAT32: the FSInfo sector's ``FSI_Nxt_Free`` hint set to 0xFFFFFFFF (unknown, FAT
+    specification), so that mtools looks for free clusters from cluster 2 again."""
+    with image.open("r+b") as fh:
+        fsinfo = struct.unpack("<H", fh.read(0x32)[0x30:])[0]  # BPB_FSInfo, in sectors
+        fh.seek(fsinfo * 512 + FSI_NXT_FREE)
+        fh.write(b"\xff" * 4)
 
 
 def _delete(image: Path, kind: str, tmp: Path) -> None:
-    """``/gone.bin`` and the tree ``/t`` deleted the way the file system's tools do."""
+    """``/gone.bin`` deleted the way the file system's tools do, :data:`NEW` written as
+    big as it, then the tree ``/t`` deleted."""
+    (tmp / "new").write_bytes(os.urandom(5000))
     if kind != "exfat":
         _mtools("mdel", "-i", image, "::/gone.bin")
+        if kind == "fat32":
+            _forget_next_free(image)
+        _mtools("mcopy", "-i", image, tmp / "new", f"::{NEW}")
         _mtools("mdeltree", "-i", image, "::/t")
         return
     with loop_device(image) as device, \
             mounted_with(["mount.exfat-fuse", device], tmp / "m") as m:
         (m / "gone.bin").unlink()
+        (m / NEW[1:]).write_bytes((tmp / "new").read_bytes())
         for path in m.glob("t/*"):
             path.unlink()
         (m / "t").rmdir()
 
 
+def _sectors(image: Path, path: str) -> list[int]:
+    """The sectors of file or directory ``path``, as The Sleuth Kit's ``ifind`` and
+    ``istat`` find them."""
+    inode = run("ifind", "-n", path, image).strip()
+    return [int(s) for s in run("istat", image, inode).split("Sectors:")[1].split()]
+
+
 def _damage(image: Path, path: str) -> None:
     """The first cluster of directory ``path`` overwritten with random bytes, found by
     The Sleuth Kit's own ``ifind`` and ``istat``."""
-    inode = run("ifind", "-n", path, image).strip()
-    sectors = run("istat", image, inode).split("Sectors:")[1].split()
     with image.open("r+b") as fh:
-        fh.seek(int(sectors[0]) * 512)
+        fh.seek(_sectors(image, path)[0] * 512)
         fh.write(os.urandom(512))
 
 
 @pytest.mark.parametrize("kind", VOLUMES)
 def test_a_damaged_directory_hides_files_it_does_not_delete(kind, tmp_path):
-    """Point 1: files deleted for real (a file, a directory tree); point 2: a directory's
-    cluster overwritten.  The files below it are a "not read" note, not deletions, on
-    their own (1 -> 2) and beside the real deletions (0 -> 2); an empty file, with no
+    """Point 1: files deleted for real (a file, a directory tree), a file written where
+    one of them was; point 2: a directory's cluster overwritten.  The files below it
+    (one fragmented, a subdirectory) are a "not read" note, not deletions, on their own
+    (1 -> 2) and beside the real deletions (0 -> 2); an empty file, with no
     cluster to find allocated, stays a deletion and the note says so; triage does not
     call the damaged point suspicious for the files it hid."""
     require_module("pytsk3", "pytsk3")
@@ -104,15 +141,19 @@ def test_a_damaged_directory_hides_files_it_does_not_delete(kind, tmp_path):
     mkfs, size = VOLUMES[kind]
     image = formatted(tmp_path / "v.img", size, *mkfs)
     _fill(image, kind, tmp_path)
+    assert np.any(np.diff(_sectors(image, FRAGMENTED)) != 1)  # more than one run
     chain = Chain.create(tmp_path / "chain")
     backup_image(chain, image)
+    freed = _sectors(image, "/gone.bin")
     _delete(image, kind, tmp_path)
+    assert _sectors(image, NEW) == freed  # the clusters, in the same order
     backup_image(chain, image)
     _damage(image, "/d")
     backup_image(chain, image)
 
     deleted = forensics.diff(chain, 0, 1, files=True)
     assert _changes(deleted, "deleted") == {*DELETED, "/t"}
+    assert _changes(deleted, "created") == {NEW}
     assert not deleted.notes
     for a in (0, 1):
         result = forensics.diff(chain, a, 2, files=True)
@@ -120,7 +161,8 @@ def test_a_damaged_directory_hides_files_it_does_not_delete(kind, tmp_path):
         assert _changes(result, "modified") >= {"/d"}
         assert not set(result.files["path"]) & {*HIDDEN, "/d/sub"}
         note, = (n for n in result.notes if "no directory reaches" in n)
-        assert note.startswith("point 2: /: 4 file(s) and directories no directory reaches")
+        assert note.startswith(f"point 2: /: {len(HIDDEN) + 1} file(s) and directories no "
+                               "directory reaches")
         assert all(path in note for path in (*HIDDEN, "/d/sub"))
         assert f"1 empty file(s) left as deleted, no cluster to tell damage from " \
                f"deletion by: {EMPTY}" in note
