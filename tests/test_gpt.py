@@ -134,6 +134,49 @@ def test_backup_header_is_used_when_the_primary_fails(gpt_disk, tmp_path: Path,
     assert [r.filesystem for r in found.regions] == ["ext4", "fat32", "ntfs"]
 
 
+def resealed(data: bytearray, at: int, **fields: int) -> None:
+    """The GPT header at byte ``at`` of ``data`` given ``fields`` (header field: value),
+    its CRC32s re-computed: its entry array's (where it now points), then its own."""
+    header = HEADER.parse(bytes(data[at : at + HEADER.size]))._replace(**fields)
+    data[at : at + HEADER.size] = HEADER.pack(*header)
+    array = header.PartitionEntryLBA * SECTOR
+    size = header.NumberOfPartitionEntries * header.SizeOfPartitionEntry
+    data[at + 0x58 : at + 0x5C] = zlib.crc32(data[array : array + size]).to_bytes(4, "little")
+    data[at + 0x10 : at + 0x14] = bytes(4)
+    data[at + 0x10 : at + 0x14] = zlib.crc32(data[at : at + header.HeaderSize]).to_bytes(
+        4, "little")
+
+
+@pytest.mark.parametrize("lba, count, over", [
+    (0, 4, "overlaps sector 0 (the protective MBR)"),
+    (SIZE // SECTOR - 1, 4, "overlaps the other GPT header"),
+    (2048, 128, "overlaps the usable LBAs 34-")])
+def test_an_entry_array_over_the_mbr_a_header_or_the_data_is_noted(
+        gpt_disk, tmp_path: Path, lba: int, count: int, over: str) -> None:
+    """A primary header whose array of ``count`` entries lies over sector 0 or the backup
+    header (its CRC32s re-sealed: entries of the MBR's zeros read as "no partitions",
+    silently), or over partition 1's data: not used, and a note says why; the backup's
+    partitions are read.  With the backup's array over sector 0 too, no GPT header is
+    usable, and a note says so."""
+    disk, _ = gpt_disk
+    data = bytearray(disk.read_bytes())
+    resealed(data, SECTOR, PartitionEntryLBA=lba, NumberOfPartitionEntries=count)
+    (tmp_path / "bad.img").write_bytes(bytes(data))
+    table, parts, notes = partition_table(tmp_path / "bad.img")
+    assert table == "gpt" and [p.name for p in parts] == ["part1", "part2", "part3"]
+    assert [p.start_byte // SECTOR for p in parts] == [first for _, first, *_ in LAYOUT]
+    assert len(notes) == 1 and over in notes[0], notes
+    last = lba + count * 128 // SECTOR - 1
+    assert notes[0].startswith("primary GPT header unusable (its partition entry array (LBA "
+                               f"{lba}-{last}) ") and f"LBA {SIZE // SECTOR - 1} was used" \
+        in notes[0], notes
+    resealed(data, len(data) - SECTOR, PartitionEntryLBA=0, NumberOfPartitionEntries=4)
+    (tmp_path / "bad.img").write_bytes(bytes(data))
+    found = survey(tmp_path / "bad.img", 4096)
+    assert "no valid GPT header" in found.notes[0] and "backup at LBA 409599: its partition " \
+        "entry array (LBA 0-0) overlaps sector 0" in found.notes[0], found.notes
+
+
 def test_a_backup_table_listing_other_partitions_is_noted(gpt_disk, tmp_path: Path) -> None:
     """Primary and backup GPT both sound (CRCs re-sealed) but the backup's entry array
     names partition 1 otherwise: the primary's partitions are used, and a note says
@@ -141,14 +184,9 @@ def test_a_backup_table_listing_other_partitions_is_noted(gpt_disk, tmp_path: Pa
     disk, _ = gpt_disk
     data = bytearray(disk.read_bytes())
     at = len(data) - SECTOR  # the backup header, at the last LBA
-    header = HEADER.parse(bytes(data[at : at + HEADER.size]))
-    array = header.PartitionEntryLBA * SECTOR
-    size = header.NumberOfPartitionEntries * header.SizeOfPartitionEntry
+    array = HEADER.parse(bytes(data[at : at + HEADER.size])).PartitionEntryLBA * SECTOR
     data[array + 0x38 : array + 0x3A] = "X".encode("utf-16-le")  # partition 1's name
-    data[at + 0x58 : at + 0x5C] = zlib.crc32(data[array : array + size]).to_bytes(4, "little")
-    data[at + 0x10 : at + 0x14] = bytes(4)
-    data[at + 0x10 : at + 0x14] = zlib.crc32(data[at : at + header.HeaderSize]).to_bytes(
-        4, "little")
+    resealed(data, at)
     (tmp_path / "bad.img").write_bytes(bytes(data))
     table, parts, notes = partition_table(tmp_path / "bad.img")
     assert table == "gpt" and [p.name for p in parts] == ["part1", "part2", "part3"]
@@ -231,3 +269,15 @@ def test_backup_restore_gives_identical_files_and_clean_file_systems(gpt_disk,
             run("fsck.fat", "-n", volume)
         else:
             assert "processed successfully" in run("ntfsfix", "-n", volume)
+
+
+def test_a_partition_type_guid_ending_in_a_zero_byte_is_read(tmp_path: Path) -> None:
+    """A type GUID whose last stored byte is 0 (numpy's fixed-width bytes drop trailing
+    NULs: it was a ValueError traceback): read as sgdisk wrote it."""
+    require_tools("sgdisk")
+    kind = "01234567-89ab-cdef-0123-456789abcd00"
+    disk = sparse_file(tmp_path / "disk.img", 4 * MIB)
+    run("sgdisk", "-n1:2048:4095", f"-t1:{kind}", disk)
+    table, parts, notes = partition_table(disk)
+    assert (table, [(p.type, p.start_byte) for p in parts], notes) == (
+        "gpt", [(kind, 2048 * SECTOR)], [])

@@ -172,6 +172,7 @@ def _read_header(disk: Disk, sector: int, lba: int) -> tuple[Any, np.ndarray]:
     size, count = header.SizeOfPartitionEntry, header.NumberOfPartitionEntries
     if size < ENTRY.size or size % ENTRY.size or size & (size - 1) or count > MAX_ENTRIES:
         raise FormatError(f"{count} partition entries of {size} bytes")
+    _check_array_placement(header, -(-size * count // sector))
     array = disk.read(header.PartitionEntryLBA * sector, size * count)
     if len(array) != size * count:
         raise FormatError("the partition entry array runs past the end of the image")
@@ -180,10 +181,32 @@ def _read_header(disk: Disk, sector: int, lba: int) -> tuple[Any, np.ndarray]:
     return header, ENTRY.parse_array(array, count, size)
 
 
+def _check_array_placement(header: Any, sectors: int) -> None:
+    """FormatError unless the header's partition entry array (``sectors`` LBAs from
+    PartitionEntryLBA) lies clear of the protective MBR (LBA 0), of both headers (MyLBA,
+    AlternateLBA) and of the usable LBAs, as UEFI 2.10 5.3.2 places it: an array over
+    sector 0 or a header reads that structure's bytes as entries (all empty: "no
+    partitions"), one in the usable area reads a partition's data."""
+    if not sectors:
+        return
+    first, last = header.PartitionEntryLBA, header.PartitionEntryLBA + sectors - 1
+    clashes = [what for what, lo, hi in [
+        ("sector 0 (the protective MBR)", 0, 0),
+        ("the GPT header", header.MyLBA, header.MyLBA),
+        ("the other GPT header", header.AlternateLBA, header.AlternateLBA),
+        (f"the usable LBAs {header.FirstUsableLBA}-{header.LastUsableLBA}",
+         header.FirstUsableLBA, header.LastUsableLBA),
+    ] if first <= hi and lo <= last]
+    if clashes:
+        raise FormatError(f"its partition entry array (LBA {first}-{last}) overlaps "
+                          f"{' and '.join(clashes)}")
+
+
 def _partition(index: int, entry: np.void, sector: int) -> Partition:
     start, end = int(entry["StartingLBA"]), int(entry["EndingLBA"])
     raw = bytes(entry["PartitionName"])  # numpy drops trailing NULs: pad to whole UTF-16
     name = (raw + b"\0" * (len(raw) % 2)).decode("utf-16-le", errors="replace")
-    return Partition(index, str(uuid.UUID(bytes_le=bytes(entry["PartitionTypeGUID"]))),
+    kind = bytes(entry["PartitionTypeGUID"]).ljust(16, b"\0")  # numpy drops trailing NULs
+    return Partition(index, str(uuid.UUID(bytes_le=kind)),
                      False, start * sector, max(end - start + 1, 0) * sector, "gpt",
                      name.split("\0", 1)[0])
