@@ -1,23 +1,27 @@
 /* A read-only FUSE server in C for byte plans (blockforensics/formats/byteplan.py).
  *
  * The mount is a flat directory of files, each a table of segments in file order:
- * zeros, bytes of a metadata blob, or a run of an image file (fd, byte offset).  A read
- * is served by libfuse 3's multi-threaded low-level loop with no Python: the image
- * bytes are read (pread) straight into the reply buffer, every stored block they touch
- * is checked against its stored digest (CRC-32 or SHA-256/128) in that buffer, and the
- * buffer goes to the kernel in one write (fuse_reply_buf): one copy in, one copy out.
- * A block is checked once (a bitmap per image file remembers it), so the kernel's
- * read-ahead and re-reads do not hash again.  A block that fails is EIO for the read,
- * with one line on stderr naming the image and the block.  The kernel keeps what it
- * read (keep_cache): the files never change while mounted.
+ * zeros, bytes of a metadata blob, or a run of an image file (fd, byte offset).  libfuse
+ * 3 mounts and unmounts (fusermount3 for others than root); the kernel's protocol
+ * (<linux/fuse.h>) is spoken here, by a few worker threads reading /dev/fuse, with no
+ * Python: libfuse 3.14 cannot negotiate FUSE_DIRECT_IO_ALLOW_MMAP (protocol 7.39).
  *
- * Measured against the alternatives (benchmarks/README.md, session 13): replying from
- * the image files by splice once their blocks were checked, and checking in a mapping
- * of the image files and replying from it (no copy here), were no faster; direct_io
- * (no page cache for the served files) was, but loses the kernel's cache of them and
- * shared mappings of them.
+ * Where the kernel offers that flag (Linux >= 6.6) the files are opened with
+ * FOPEN_DIRECT_IO: a reader's read() goes to the server as requests of up to 1 MiB, and
+ * the reply lands in the reader's buffer, with no copy in the page cache; mappings
+ * (MAP_SHARED) still work, through the page cache.  Elsewhere (or direct=False) the
+ * kernel caches the files (FOPEN_KEEP_CACHE: they never change while mounted).
  *
- *   serve(mountpoint, files, sources, *, foreground=True, on_open=None) -> int
+ * A read: the image bytes are read (pread) into the worker's reply buffer, every stored
+ * block they touch is checked against its stored digest (CRC-32 or SHA-256/128) in that
+ * buffer, and the buffer goes to the kernel in one writev: one copy in, one copy out.
+ * A block is checked once (a bitmap per image file remembers it), so re-reads do not hash
+ * again.  A block that fails is EIO for the whole request, with one line on stderr
+ * naming the image and the block.
+ *
+ * Measured against the alternatives (benchmarks/README.md, sessions 13 and 14).
+ *
+ *   serve(mountpoint, files, sources, *, foreground=True, on_open=None, direct=True) -> int
  *     files     list of (name, size, starts, kinds, offsets, blob): starts int64 and
  *               offsets int64 (file and source bytes), kinds int32 (>= 0: a source,
  *               -1 zeros, -2 the blob), segments tiling [0, size) from starts[0] == 0
@@ -26,9 +30,11 @@
  *               disk positions (int64, for messages), 16-byte digests, crc (uint8, 1:
  *               CRC-32 form, else SHA-256/128)
  *     on_open   called (with the GIL) at the first open of a file
+ *     direct    serve the files for direct I/O where the kernel maps such files
  *     Returns 0 once unmounted (fusermount3 -u, or SIGINT/SIGTERM/SIGHUP, which unmount);
- *     else fuse_main's statuses: 1 bad options, 3 setup failed, 4 mount failed,
- *     5 daemonising failed, 6 signal handlers failed, 7 the loop failed.
+ *     else fuse_main's statuses: 1 bad options, 3 setup failed (threads, memory),
+ *     4 mount failed, 5 daemonising failed, 6 signal handlers failed, 7 reading
+ *     /dev/fuse failed.
  */
 #define PY_SSIZE_T_CLEAN
 #define FUSE_USE_VERSION 314
@@ -44,7 +50,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <linux/fuse.h>
+#include <stddef.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -86,6 +96,10 @@ struct server {
     Py_ssize_t n_sources;
     PyObject *on_open;
     atomic_int opened;
+    int fd;                     /* /dev/fuse of the mount */
+    int want_direct;            /* serve the files with FOPEN_DIRECT_IO where mappable */
+    atomic_int direct;          /* ... and the kernel agreed (INIT) */
+    atomic_int status;          /* run()'s status once the workers end: 0, 3 or 7 */
     struct timespec mtime;
 };
 
@@ -94,6 +108,8 @@ static pthread_key_t buffers_key;
 
 /* A worker thread's reply buffer and its buffer for whole blocks. */
 struct buffers {
+    char *request;
+    size_t request_cap;
     char *reply;
     size_t reply_cap;
     char *block;
@@ -103,6 +119,7 @@ struct buffers {
 static void free_buffers(void *p)
 {
     struct buffers *b = p;
+    free(b->request);
     free(b->reply);
     free(b->block);
     free(b);
@@ -214,114 +231,6 @@ static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char 
     return -1;
 }
 
-static struct server *server_of(fuse_req_t req)
-{
-    return fuse_req_userdata(req);
-}
-
-static struct file *file_of(struct server *srv, fuse_ino_t ino)
-{
-    return ino >= 2 && ino - 2 < (fuse_ino_t)srv->n_files ? &srv->files[ino - 2] : NULL;
-}
-
-static void fill_stat(struct server *srv, fuse_ino_t ino, struct stat *st)
-{
-    memset(st, 0, sizeof *st);
-    st->st_ino = ino;
-    st->st_atim = st->st_mtim = st->st_ctim = srv->mtime;
-    if (ino == FUSE_ROOT_ID) {
-        st->st_mode = S_IFDIR | 0555;
-        st->st_nlink = 2;
-        return;
-    }
-    struct file *f = file_of(srv, ino);
-    st->st_mode = S_IFREG | 0444;
-    st->st_nlink = 1;
-    st->st_size = f->size;
-    st->st_blocks = (f->size + 511) / 512;
-}
-
-static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-    struct server *srv = server_of(req);
-    if (parent == FUSE_ROOT_ID) {
-        for (Py_ssize_t i = 0; i < srv->n_files; i++) {
-            if (strcmp(srv->files[i].name, name) == 0) {
-                struct fuse_entry_param e = {.ino = (fuse_ino_t)i + 2,
-                                             .attr_timeout = TIMEOUT,
-                                             .entry_timeout = TIMEOUT};
-                fill_stat(srv, e.ino, &e.attr);
-                fuse_reply_entry(req, &e);
-                return;
-            }
-        }
-    }
-    fuse_reply_err(req, ENOENT);
-}
-
-static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    struct server *srv = server_of(req);
-    if (ino != FUSE_ROOT_ID && file_of(srv, ino) == NULL) {
-        fuse_reply_err(req, ENOENT);
-        return;
-    }
-    struct stat st;
-    fill_stat(srv, ino, &st);
-    fuse_reply_attr(req, &st, TIMEOUT);
-}
-
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                       struct fuse_file_info *fi)
-{
-    struct server *srv = server_of(req);
-    if (ino != FUSE_ROOT_ID) {
-        fuse_reply_err(req, ENOTDIR);
-        return;
-    }
-    char *buf = malloc(size ? size : 1);
-    if (buf == NULL) {
-        fuse_reply_err(req, ENOMEM);
-        return;
-    }
-    size_t used = 0;
-    /* entry k: ".", "..", then the files; an entry's offset is the next one's number */
-    for (off_t k = off; k < srv->n_files + 2; k++) {
-        struct stat st = {.st_ino = k < 2 ? FUSE_ROOT_ID : (fuse_ino_t)k,
-                          .st_mode = k < 2 ? S_IFDIR : S_IFREG};
-        const char *name = k == 0 ? "." : k == 1 ? ".." : srv->files[k - 2].name;
-        size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, k + 1);
-        if (need > size - used)
-            break;
-        used += need;
-    }
-    fuse_reply_buf(req, buf, used);
-    free(buf);
-}
-
-static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    struct server *srv = server_of(req);
-    if (file_of(srv, ino) == NULL) {
-        fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
-        return;
-    }
-    if ((fi->flags & O_ACCMODE) != O_RDONLY) {
-        fuse_reply_err(req, EROFS);
-        return;
-    }
-    fi->keep_cache = 1;  /* the files never change while mounted */
-    if (srv->on_open != NULL && !atomic_exchange(&srv->opened, 1)) {
-        PyGILState_STATE gil = PyGILState_Ensure();
-        PyObject *done = PyObject_CallNoArgs(srv->on_open);
-        if (done == NULL)
-            PyErr_WriteUnraisable(srv->on_open);
-        Py_XDECREF(done);
-        PyGILState_Release(gil);
-    }
-    fuse_reply_open(req, fi);
-}
-
 /* The segment of f holding byte `offset`. */
 static Py_ssize_t segment_at(const struct file *f, int64_t offset)
 {
@@ -341,44 +250,214 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
     return k + 1 < f->n ? f->starts[k + 1] : f->size;
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                    struct fuse_file_info *fi)
+/* ------------------------------------------------------------ the FUSE protocol */
+
+/* Later than bookworm's <linux/fuse.h> (protocol 7.38): from the kernel's
+ * include/uapi/linux/fuse.h, 7.39 (Linux 6.6), a flags2 bit of INIT: mappings
+ * (MAP_SHARED) of files opened with FOPEN_DIRECT_IO, through the page cache. */
+#ifndef FUSE_DIRECT_IO_ALLOW_MMAP
+#define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36)
+#endif
+
+#define MAX_WRITE (32 << 10)  /* bytes of a WRITE the kernel may send (none: read-only) */
+/* a request buffer: the kernel wants >= in header + write_in + max_write, >= 8192 */
+#define REQUEST_SIZE (MAX_WRITE + 4096)
+#define MAX_PAGES (MAX_READ / 4096)
+/* INIT flags asked for, when offered: parallel reads (read-ahead, direct I/O) and lookups,
+ * 1 MiB requests, flags2 */
+#define WANTED ((uint64_t)FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS \
+                | FUSE_MAX_PAGES | FUSE_INIT_EXT)
+#define WORKERS 4  /* threads reading requests (read-ahead sends several at once) */
+
+static int wake_fd = -1;  /* write end of the serving server's wake-up pipe */
+
+/* A signal (or a worker that saw the mount end): wake serve()'s thread, which unmounts. */
+static void wake(int sig)
 {
-    struct server *srv = server_of(req);
+    int saved = errno;
+    char byte = (char)sig;
+    ssize_t written = write(wake_fd, &byte, 1);  /* a full pipe is awake already */
+    (void)written;
+    errno = saved;
+}
+
+/* Send the reply to request `unique`: an error (> 0), or size bytes of data. */
+static void reply(const struct server *srv, uint64_t unique, int error, const void *data,
+                  size_t size)
+{
+    if (error)
+        size = 0;
+    struct fuse_out_header out = {.len = (uint32_t)(sizeof out + size), .error = -error,
+                                  .unique = unique};
+    struct iovec iov[2] = {{&out, sizeof out}, {(void *)data, size}};
+    /* ENOENT: the request was interrupted; nothing else is the server's to mend */
+    while (writev(srv->fd, iov, size ? 2 : 1) < 0 && errno == EINTR)
+        ;
+}
+
+static const struct file *file_of(const struct server *srv, uint64_t ino)
+{
+    return ino >= 2 && ino - 2 < (uint64_t)srv->n_files ? &srv->files[ino - 2] : NULL;
+}
+
+/* The attributes of inode ino (1 the root, 2.. the files); 0 if there is none. */
+static int fill_attr(const struct server *srv, uint64_t ino, struct fuse_attr *a)
+{
     const struct file *f = file_of(srv, ino);
-    if (f == NULL || off < 0) {
-        fuse_reply_err(req, f == NULL ? ENOENT : EINVAL);
+    if (ino != FUSE_ROOT_ID && f == NULL)
+        return 0;
+    memset(a, 0, sizeof *a);
+    a->ino = ino;
+    a->atime = a->mtime = a->ctime = (uint64_t)srv->mtime.tv_sec;
+    a->atimensec = a->mtimensec = a->ctimensec = (uint32_t)srv->mtime.tv_nsec;
+    a->mode = f == NULL ? S_IFDIR | 0555 : S_IFREG | 0444;
+    a->nlink = f == NULL ? 2 : 1;
+    if (f != NULL) {
+        a->size = (uint64_t)f->size;
+        a->blocks = (uint64_t)(f->size + 511) / 512;
+    }
+    return 1;
+}
+
+static void do_init(struct server *srv, uint64_t unique, const struct fuse_init_in *in)
+{
+    struct fuse_init_out out = {.major = FUSE_KERNEL_VERSION,
+                                .minor = FUSE_KERNEL_MINOR_VERSION};
+    if (in->major != FUSE_KERNEL_VERSION) {  /* newer: the kernel asks again in ours */
+        reply(srv, unique, in->major < FUSE_KERNEL_VERSION ? EPROTO : 0, &out, sizeof out);
         return;
     }
-    int64_t offset = off, end = offset + (int64_t)size;
-    if (end > f->size)
-        end = f->size;
-    if (offset >= end) {
-        fuse_reply_buf(req, NULL, 0);
+    if (in->minor < out.minor)
+        out.minor = in->minor;
+    uint64_t offered = in->flags;
+    if (offered & FUSE_INIT_EXT)
+        offered |= (uint64_t)in->flags2 << 32;
+    uint64_t want = WANTED | (srv->want_direct ? FUSE_DIRECT_IO_ALLOW_MMAP : 0);
+    uint64_t flags = offered & want;
+    /* direct I/O only where shared mappings of the files still work */
+    atomic_store(&srv->direct, (flags & FUSE_DIRECT_IO_ALLOW_MMAP) != 0);
+    out.flags = (uint32_t)flags;
+    out.flags2 = (uint32_t)(flags >> 32);
+    out.max_readahead = in->max_readahead;
+    out.max_write = MAX_WRITE;
+    out.max_pages = MAX_PAGES;
+    out.time_gran = 1;
+    reply(srv, unique, 0, &out, sizeof out);
+}
+
+static void do_lookup(struct server *srv, const struct fuse_in_header *in, const char *name)
+{
+    for (Py_ssize_t i = 0; in->nodeid == FUSE_ROOT_ID && i < srv->n_files; i++) {
+        if (strcmp(srv->files[i].name, name) == 0) {
+            struct fuse_entry_out out = {.nodeid = (uint64_t)i + 2, .entry_valid = TIMEOUT,
+                                         .attr_valid = TIMEOUT};
+            fill_attr(srv, out.nodeid, &out.attr);
+            reply(srv, in->unique, 0, &out, sizeof out);
+            return;
+        }
+    }
+    reply(srv, in->unique, ENOENT, NULL, 0);
+}
+
+static void do_getattr(struct server *srv, const struct fuse_in_header *in)
+{
+    struct fuse_attr_out out = {.attr_valid = TIMEOUT};
+    int found = fill_attr(srv, in->nodeid, &out.attr);
+    reply(srv, in->unique, found ? 0 : ENOENT, &out, sizeof out);
+}
+
+static void do_open(struct server *srv, const struct fuse_in_header *in,
+                    const struct fuse_open_in *arg)
+{
+    if (file_of(srv, in->nodeid) == NULL) {
+        reply(srv, in->unique, in->nodeid == FUSE_ROOT_ID ? EISDIR : ENOENT, NULL, 0);
         return;
     }
-    struct buffers *b = thread_buffers();
-    if (b == NULL || !reserve(&b->reply, &b->reply_cap, (size_t)(end - offset))) {
-        fuse_reply_err(req, ENOMEM);
+    if ((arg->flags & O_ACCMODE) != O_RDONLY) {
+        reply(srv, in->unique, EROFS, NULL, 0);
         return;
     }
+    if (srv->on_open != NULL && !atomic_exchange(&srv->opened, 1)) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        PyObject *done = PyObject_CallNoArgs(srv->on_open);
+        if (done == NULL)
+            PyErr_WriteUnraisable(srv->on_open);
+        Py_XDECREF(done);
+        PyGILState_Release(gil);
+    }
+    /* the files never change while mounted: what the kernel cached (read, or mapped in
+     * direct mode) stays valid */
+    struct fuse_open_out out = {.open_flags = FOPEN_KEEP_CACHE
+                                              | (atomic_load(&srv->direct) ? FOPEN_DIRECT_IO : 0)};
+    reply(srv, in->unique, 0, &out, sizeof out);
+}
+
+static void do_opendir(struct server *srv, const struct fuse_in_header *in)
+{
+    struct fuse_open_out out = {0};
+    reply(srv, in->unique, in->nodeid == FUSE_ROOT_ID ? 0 : ENOTDIR, &out, sizeof out);
+}
+
+static void do_readdir(struct server *srv, const struct fuse_in_header *in,
+                       const struct fuse_read_in *arg, struct buffers *b)
+{
+    if (in->nodeid != FUSE_ROOT_ID) {
+        reply(srv, in->unique, ENOTDIR, NULL, 0);
+        return;
+    }
+    if (!reserve(&b->reply, &b->reply_cap, arg->size)) {
+        reply(srv, in->unique, ENOMEM, NULL, 0);
+        return;
+    }
+    size_t used = 0;
+    /* entry k: ".", "..", then the files; an entry's offset is the next one's number */
+    for (uint64_t k = arg->offset; k < (uint64_t)srv->n_files + 2; k++) {
+        const char *name = k == 0 ? "." : k == 1 ? ".." : srv->files[k - 2].name;
+        size_t length = strlen(name), need = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + length);
+        if (need > arg->size - used)
+            break;
+        struct fuse_dirent *d = (struct fuse_dirent *)(b->reply + used);
+        memset(d, 0, need);
+        d->ino = k < 2 ? FUSE_ROOT_ID : k;
+        d->off = k + 1;
+        d->namelen = (uint32_t)length;
+        d->type = k < 2 ? DT_DIR : DT_REG;
+        memcpy(d->name, name, length);
+        used += need;
+    }
+    reply(srv, in->unique, 0, b->reply, used);
+}
+
+static void do_statfs(struct server *srv, const struct fuse_in_header *in)
+{
+    struct fuse_statfs_out out = {.st = {.files = (uint64_t)srv->n_files, .bsize = 512,
+                                         .frsize = 512, .namelen = 255}};
+    reply(srv, in->unique, 0, &out, sizeof out);
+}
+
+/* Fill dst with bytes offset .. offset+n of f (all inside it), every stored block among
+ * them checked; 0 after a failure (one stderr line said which). */
+static int read_range(struct server *srv, const struct file *f, int64_t offset, size_t n,
+                      char *dst, struct buffers *b)
+{
+    int64_t end = offset + (int64_t)n;
     for (Py_ssize_t k = segment_at(f, offset); k < f->n && f->starts[k] < end; k++) {
         int64_t from = offset > f->starts[k] ? offset : f->starts[k];
         int64_t to = end < segment_end(f, k) ? end : segment_end(f, k);
         int64_t at = f->offsets[k] + from - f->starts[k];
-        char *dst = b->reply + (from - offset);
-        size_t n = (size_t)(to - from);
+        char *piece = dst + (from - offset);
+        size_t length = (size_t)(to - from);
         if (f->kinds[k] == ZEROS) {
-            memset(dst, 0, n);
+            memset(piece, 0, length);
             continue;
         }
         if (f->kinds[k] == METADATA) {
-            memcpy(dst, f->blob + at, n);
+            memcpy(piece, f->blob + at, length);
             continue;
         }
         struct source *s = &srv->sources[f->kinds[k]];
-        int unreadable = !pread_all(s->fd, dst, n, at);
-        Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, n, dst, b, &unreadable);
+        int unreadable = !pread_all(s->fd, piece, length, at);
+        Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, length, piece, b, &unreadable);
         if (unreadable && bad < 0) {
             fprintf(stderr, "blockforensics: error: %s: truncated payload at byte %lld\n",
                     s->name, (long long)at);
@@ -390,28 +469,201 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         }
         if (unreadable || bad >= 0) {
             fflush(stderr);
-            fuse_reply_err(req, EIO);
-            return;
+            return 0;
         }
     }
-    fuse_reply_buf(req, b->reply, (size_t)(end - offset));
+    return 1;
 }
 
-static void op_init(void *userdata, struct fuse_conn_info *conn)
+static void do_read(struct server *srv, const struct fuse_in_header *in,
+                    const struct fuse_read_in *arg, struct buffers *b)
 {
-    conn->max_read = MAX_READ;
-    /* replies are written from our buffer: a splice of it would cost more (measured) */
-    conn->want &= ~(unsigned)(FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+    const struct file *f = file_of(srv, in->nodeid);
+    if (f == NULL) {
+        reply(srv, in->unique, in->nodeid == FUSE_ROOT_ID ? EISDIR : ENOENT, NULL, 0);
+        return;
+    }
+    int64_t offset = (int64_t)arg->offset, end = offset + (int64_t)arg->size;
+    if (offset < 0 || end > f->size)
+        end = f->size;
+    if (offset < 0 || offset >= end) {
+        reply(srv, in->unique, offset < 0 ? EINVAL : 0, NULL, 0);
+        return;
+    }
+    size_t n = (size_t)(end - offset);
+    if (!reserve(&b->reply, &b->reply_cap, n)) {
+        reply(srv, in->unique, ENOMEM, NULL, 0);
+        return;
+    }
+    int done = read_range(srv, f, offset, n, b->reply, b);
+    reply(srv, in->unique, done ? 0 : EIO, b->reply, n);
 }
 
-static const struct fuse_lowlevel_ops operations = {
-    .init = op_init,
-    .lookup = op_lookup,
-    .getattr = op_getattr,
-    .readdir = op_readdir,
-    .open = op_open,
-    .read = op_read,
-};
+/* Answer one request of `size` bytes (its header says as much). */
+static void dispatch(struct server *srv, struct buffers *b, size_t size)
+{
+    const struct fuse_in_header *in = (const struct fuse_in_header *)b->request;
+    const char *arg = b->request + sizeof *in;
+    size_t arg_size = size - sizeof *in;
+    size_t need = 0;  /* bytes of the opcode's argument */
+    switch (in->opcode) {
+    case FUSE_INIT:
+        need = offsetof(struct fuse_init_in, flags2);
+        break;
+    case FUSE_OPEN:
+        need = sizeof(struct fuse_open_in);
+        break;
+    case FUSE_READ:
+    case FUSE_READDIR:
+        need = sizeof(struct fuse_read_in);
+        break;
+    case FUSE_LOOKUP:
+        need = 1;
+        break;
+    }
+    if (arg_size < need || (in->opcode == FUSE_LOOKUP && arg[arg_size - 1] != '\0')) {
+        reply(srv, in->unique, EINVAL, NULL, 0);
+        return;
+    }
+    switch (in->opcode) {
+    case FUSE_INIT: {
+        struct fuse_init_in init = {0};
+        memcpy(&init, arg, arg_size < sizeof init ? arg_size : sizeof init);
+        do_init(srv, in->unique, &init);
+        break;
+    }
+    case FUSE_LOOKUP:
+        do_lookup(srv, in, arg);
+        break;
+    case FUSE_GETATTR:
+        do_getattr(srv, in);
+        break;
+    case FUSE_OPEN:
+        do_open(srv, in, (const struct fuse_open_in *)arg);
+        break;
+    case FUSE_READ:
+        do_read(srv, in, (const struct fuse_read_in *)arg, b);
+        break;
+    case FUSE_OPENDIR:
+        do_opendir(srv, in);
+        break;
+    case FUSE_READDIR:
+        do_readdir(srv, in, (const struct fuse_read_in *)arg, b);
+        break;
+    case FUSE_STATFS:
+        do_statfs(srv, in);
+        break;
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+    case FUSE_FLUSH:
+    case FUSE_DESTROY:
+        reply(srv, in->unique, 0, NULL, 0);
+        break;
+    case FUSE_FORGET:  /* no reply: nothing is forgotten (the inodes are fixed) */
+    case FUSE_BATCH_FORGET:
+    case FUSE_INTERRUPT:  /* requests are short: let them finish */
+    case FUSE_NOTIFY_REPLY:
+        break;
+    default:
+        reply(srv, in->unique, ENOSYS, NULL, 0);
+    }
+}
+
+/* A worker: read requests from /dev/fuse and answer them until the mount ends (ENODEV),
+ * or until cancelled while it waits for one. */
+static void *work(void *arg)
+{
+    struct server *srv = arg;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+    struct buffers *b = thread_buffers();
+    if (b == NULL || !reserve(&b->request, &b->request_cap, REQUEST_SIZE)) {
+        atomic_store(&srv->status, 3);
+    } else {
+        for (;;) {
+            pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+            ssize_t got = read(srv->fd, b->request, REQUEST_SIZE);
+            pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+            if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == ENOENT))
+                continue;  /* ENOENT: a request interrupted before it was read */
+            if (got < 0) {
+                if (errno != ENODEV)  /* ENODEV: unmounted */
+                    atomic_store(&srv->status, 7);
+                break;
+            }
+            if ((size_t)got >= sizeof(struct fuse_in_header)
+                && ((const struct fuse_in_header *)b->request)->len == (uint32_t)got)
+                dispatch(srv, b, (size_t)got);
+        }
+    }
+    wake(0);
+    return NULL;
+}
+
+static const int unmount_signals[] = {SIGINT, SIGTERM, SIGHUP};
+#define N_SIGNALS (sizeof unmount_signals / sizeof *unmount_signals)
+
+/* Mount, serve until unmounted (fusermount3 -u) or a signal, unmount: libfuse mounts and
+ * unmounts (fusermount3 for others than root), the protocol is spoken here. */
+static int run(struct server *srv, const char *mountpoint, int foreground)
+{
+    static const struct fuse_lowlevel_ops none;  /* libfuse answers no request */
+    struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+    int status = 1;
+    if (fuse_opt_add_arg(&args, "blockforensics") || fuse_opt_add_arg(&args, "-o")
+        || fuse_opt_add_arg(&args, "ro,fsname=blockforensics,subtype=vhd,max_read=1048576"))
+        goto done_args;
+    struct fuse_session *se = fuse_session_new(&args, &none, sizeof none, srv);
+    if (se == NULL)
+        goto done_args;
+    status = 4;
+    if (fuse_session_mount(se, mountpoint) != 0)
+        goto done_session;
+    status = 5;
+    if (fuse_daemonize(foreground) != 0)
+        goto done_mount;
+    status = 3;
+    int pipe_fds[2];
+    if (pipe2(pipe_fds, O_CLOEXEC) != 0)
+        goto done_mount;
+    wake_fd = pipe_fds[1];
+    srv->fd = fuse_session_fd(se);
+    struct sigaction act = {.sa_handler = wake, .sa_flags = SA_RESTART}, old[N_SIGNALS];
+    sigemptyset(&act.sa_mask);
+    size_t n_set = 0;
+    while (n_set < N_SIGNALS && sigaction(unmount_signals[n_set], &act, &old[n_set]) == 0)
+        n_set++;
+    pthread_t workers[WORKERS];
+    int n_workers = 0;
+    while (n_set == N_SIGNALS && n_workers < WORKERS
+           && pthread_create(&workers[n_workers], NULL, work, srv) == 0)
+        n_workers++;
+    if (n_workers) {
+        char byte;
+        while (read(pipe_fds[0], &byte, 1) < 0 && errno == EINTR)
+            ;
+        status = atomic_load(&srv->status);
+    } else {
+        status = n_set == N_SIGNALS ? 3 : 6;
+    }
+    /* end the workers (those waiting for a request), then unmount: that closes the
+     * session's fd, which ends what the kernel still holds of the connection */
+    for (int i = 0; i < n_workers; i++)
+        pthread_cancel(workers[i]);
+    for (int i = 0; i < n_workers; i++)
+        pthread_join(workers[i], NULL);
+    while (n_set--)
+        sigaction(unmount_signals[n_set], &old[n_set], NULL);
+    wake_fd = -1;
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+done_mount:
+    fuse_session_unmount(se);
+done_session:
+    fuse_session_destroy(se);
+done_args:
+    fuse_opt_free_args(&args);
+    return status;
+}
 
 /* ------------------------------------------------------------ from Python */
 
@@ -531,59 +783,19 @@ static void free_server(struct server *srv, struct held *h)
     free(h->views);
 }
 
-/* Mount, serve until unmounted, unmount: fuse_main's statuses. */
-static int run(struct server *srv, const char *mountpoint, int foreground)
-{
-    struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-    int status = 1;
-    if (fuse_opt_add_arg(&args, "blockforensics") || fuse_opt_add_arg(&args, "-o")
-        || fuse_opt_add_arg(&args, "ro,fsname=blockforensics,subtype=vhd,max_read=1048576"))
-        goto done_args;
-    struct fuse_session *se = fuse_session_new(&args, &operations, sizeof operations, srv);
-    if (se == NULL)
-        goto done_args;
-    status = 6;
-    if (fuse_set_signal_handlers(se) != 0)
-        goto done_session;
-    status = 4;
-    if (fuse_session_mount(se, mountpoint) != 0)
-        goto done_signals;
-    status = 5;
-    if (fuse_daemonize(foreground) != 0)
-        goto done_mount;
-    struct fuse_loop_config *config = fuse_loop_cfg_create();
-    status = 3;
-    if (config == NULL)
-        goto done_mount;
-    fuse_loop_cfg_set_clone_fd(config, 0);
-    int ended = fuse_session_loop_mt(se, config);
-    fuse_loop_cfg_destroy(config);
-    /* libfuse 3.14 ends the loop with the signal's number when a signal unmounts */
-    status = ended == 0 || ended == SIGINT || ended == SIGTERM || ended == SIGHUP
-             || ended == -SIGINT || ended == -SIGTERM || ended == -SIGHUP ? 0 : 7;
-done_mount:
-    fuse_session_unmount(se);
-done_signals:
-    fuse_remove_signal_handlers(se);
-done_session:
-    fuse_session_destroy(se);
-done_args:
-    fuse_opt_free_args(&args);
-    return status;
-}
-
 static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"mountpoint", "files", "sources", "foreground", "on_open",
-                               NULL};
+                               "direct", NULL};
     const char *mountpoint;
     PyObject *files, *sources, *on_open = Py_None;
-    int foreground = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO!O!|$pO", keywords, &mountpoint,
+    int foreground = 1, direct = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO!O!|$pOp", keywords, &mountpoint,
                                      &PyList_Type, &files, &PyList_Type, &sources,
-                                     &foreground, &on_open))
+                                     &foreground, &on_open, &direct))
         return NULL;
-    struct server srv = {.on_open = on_open == Py_None ? NULL : on_open};
+    struct server srv = {.on_open = on_open == Py_None ? NULL : on_open,
+                         .want_direct = direct};
     struct held h = {.cap = 4 * (PyList_GET_SIZE(files) + PyList_GET_SIZE(sources))};
     if ((h.views = calloc((size_t)h.cap + 1, sizeof *h.views)) == NULL)
         return PyErr_NoMemory();
@@ -600,8 +812,8 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 
 static PyMethodDef methods[] = {
     {"serve", (PyCFunction)(void (*)(void))serve, METH_VARARGS | METH_KEYWORDS,
-     "serve(mountpoint, files, sources, *, foreground=True, on_open=None) -> int: serve byte plans read-only over FUSE until unmounted; 0 then, "
-     "else fuse_main's status."},
+     "serve(mountpoint, files, sources, *, foreground=True, on_open=None, direct=True) -> int: "
+     "serve byte plans read-only over FUSE until unmounted; 0 then, else fuse_main's status."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -442,7 +442,7 @@ def _native_server() -> types.ModuleType | None:
 
 def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
           unique_id: bytes | None = None, timestamp: datetime | None = None,
-          partitions: bool = True, native: bool = True) -> None:
+          partitions: bool = True, native: bool = True, direct: bool = True) -> None:
     """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` (and the files of :func:`served_files`)
     until unmounted.
 
@@ -453,7 +453,10 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
 
     A disk whose bytes lie as they are in files (see :func:`planned`) is served by the C
     server when it was built (``native=False``: by the Python one, to compare them): the
-    same files and bytes, every block checked, read by as many threads as libfuse runs.
+    same files and bytes, every block checked, read by its worker threads.  Where the
+    kernel maps files opened for direct I/O (Linux >= 6.6), it serves them so (``direct``;
+    ``direct=False``: through the page cache, to compare): each read goes from the server
+    to the reader's buffer, with no copy in the page cache.
     """
     mountpoint = Path(mountpoint)
     check_mountpoint(mountpoint)
@@ -471,7 +474,8 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     try:
         if server is not None and plans is not None:
             status = server.serve(str(mountpoint), *plans, foreground=foreground,
-                                  on_open=functools.partial(raise_read_ahead, resolved))
+                                  on_open=functools.partial(raise_read_ahead, resolved),
+                                  direct=direct)
             if status:
                 raise fuse_failure(mountpoint, status) from RuntimeError(str(status))
             return
@@ -508,9 +512,10 @@ def _mounted(mountpoint: Path) -> bool:
 @contextmanager
 def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 10.0,
             unique_id: bytes | None = None, timestamp: datetime | None = None,
-            partitions: bool = True, native: bool = True) -> Iterator[Path]:
+            partitions: bool = True, native: bool = True,
+            direct: bool = True) -> Iterator[Path]:
     """Mount ``disk`` in a child process for the duration of a ``with`` block
-    (``native``: as :func:`mount` says).
+    (``native``, ``direct``: as :func:`mount` says).
 
     Yields the path of ``disk.vhd``; on exit unmounts (``fusermount3 -u``) and
     reaps the child, leaving no stale mount.  For notebooks and tests.
@@ -521,7 +526,7 @@ def exposed(disk: Disk, mountpoint: str | os.PathLike[str], *, timeout: float = 
     child = multiprocessing.get_context("fork").Process(
         target=_mount_child, args=(disk, mountpoint),
         kwargs={"unique_id": unique_id, "timestamp": timestamp, "partitions": partitions,
-                "native": native},
+                "native": native, "direct": direct},
         daemon=True)
     child.start()
     try:

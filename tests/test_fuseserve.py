@@ -4,15 +4,18 @@ as the Python layouts, every stored block checked, fallback to the Python server
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import signal
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 from chains import build_chain
-from support import flip_stored_bit, require_tools
+from support import flip_stored_bit, mounted, require_tools, serving
 from test_stored_checks import as_written_before
 
 from blockforensics.crypto import KeySource
@@ -22,8 +25,19 @@ from blockforensics.formats.vhd import write_vhd
 from blockforensics.image.chain import Chain
 
 PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
+MiB = 1 << 20
+MAX_REQUEST = MiB  # bytes of the largest request the server takes
 N_BLOCKS = 1300  # 5.1 MiB of 4 KiB blocks: three VHD blocks
 SIZES = [N_BLOCKS * 4096 - 100, N_BLOCKS * 4096 + 3000, (N_BLOCKS - 400) * 4096 + 1536]
+#: the server's two modes: files opened for direct I/O (the default where the kernel maps
+#: them), and through the kernel's page cache
+MODES = pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+
+
+def kernel_maps_direct_io() -> bool:
+    """True on Linux >= 6.6 (FUSE 7.39: FUSE_DIRECT_IO_ALLOW_MMAP)."""
+    major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 6)
 
 
 @pytest.fixture
@@ -72,14 +86,15 @@ def served_bytes(path: Path, served: Served) -> bytes:
     return got
 
 
-def test_every_file_of_a_chain_point_is_the_layouts_bytes(chain, mountpoint, tmp_path):
+@MODES
+def test_every_file_of_a_chain_point_is_the_layouts_bytes(chain, mountpoint, tmp_path, direct):
     directory, states = chain
     with Chain.open(directory) as opened:
         disk = opened.disk(2)  # blocks from all three images
         files = served_files(disk, partitions=False, **PINNED)
         assert planned(disk, files) is not None  # served by the C server
         export = write_vhd(disk, tmp_path / "export.vhd", **PINNED)
-        with exposed(disk, mountpoint, partitions=False, **PINNED) as vhd:
+        with exposed(disk, mountpoint, partitions=False, direct=direct, **PINNED) as vhd:
             assert sorted(os.listdir(mountpoint)) == sorted(files)
             assert vhd.read_bytes() == export.read_bytes()
             for name, served in files.items():
@@ -94,28 +109,47 @@ def test_every_file_of_a_chain_point_is_the_layouts_bytes(chain, mountpoint, tmp
                 assert done.returncode == 0, name + done.stdout + done.stderr
 
 
-def test_reads_at_odd_offsets_and_sizes_across_segments(chain, mountpoint):
+@MODES
+def test_reads_at_odd_offsets_and_sizes_across_segments(chain, mountpoint, direct):
     """Reads starting and ending inside stored blocks, metadata and holes, crossing VHD
-    blocks and images, each asked of the server, are the layout's bytes."""
+    blocks and images, each asked of the server, are the layout's bytes; so are reads
+    with O_DIRECT (whole sectors at odd sector offsets) and shared mappings."""
     directory, _ = chain
-    MiB = 1 << 20
     with Chain.open(directory) as opened:
         disk = opened.disk(1)
         files = served_files(disk, partitions=False, **PINNED)
         reads = [(0, 1), (511, 3 * 4096 + 7), (1536, 513), (2 * MiB - 5, MiB + 9000),
                  (MiB + 4095, 2), (3 * MiB + 100, 2 * MiB), (5, 5 * MiB)]
-        with exposed(disk, mountpoint, partitions=False, **PINNED):
+        sector_reads = [(512, 512), (3 * 512, 7 * 4096), (MiB - 512, MiB + 3 * 512),
+                        (2 * MiB + 4096 * 5 + 512, 2 * MiB), (0, 6 * MiB)]
+        buffer = mmap.mmap(-1, 6 * MiB)  # page-aligned, as O_DIRECT wants
+        with exposed(disk, mountpoint, partitions=False, direct=direct, **PINNED):
             for name, served in files.items():
-                whole = served_bytes(mountpoint / name, served)
+                path = mountpoint / name
+                whole = served_bytes(path, served)
                 for offset, size in [*reads, (served.length - 700, 4096)]:
                     expected = whole[offset : offset + size]
-                    assert pread_all(mountpoint / name, offset, size) == expected, (name, offset)
+                    assert pread_all(path, offset, size) == expected, (name, offset)
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+                try:
+                    for offset, size in sector_reads:
+                        got = os.preadv(fd, [memoryview(buffer)[:size]], offset)
+                        assert buffer[:got] == whole[offset : offset + size], (name, offset)
+                    with mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ) as mapped:
+                        assert mapped[:] == whole, name
+                finally:
+                    os.close(fd)
+                assert np.memmap(path, np.uint8, "r").tobytes() == whole, name
 
 
+@MODES
 @pytest.mark.parametrize("digests", ["crc32", "sha256"])
 def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, tmp_path, capfd,
-                                                            digests):
-    """In an image of today (CRC-32 digests) or of before flag 16 (SHA-256/128)."""
+                                                            digests, direct):
+    """In an image of today (CRC-32 digests) or of before flag 16 (SHA-256/128).  In
+    direct mode every read touching the block is EIO; through the page cache, the pages
+    before it are read, so only reads starting in it fail and reads running into it are
+    short."""
     directory, states = chain
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -128,11 +162,13 @@ def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, t
         as_written_before(full)
     flip_stored_bit(full, bad)
     step, lo, hi = 64 * 1024, bad * 4096, (bad + 1) * 4096
-    with Chain.open(damaged) as opened, exposed(opened.disk(0), mountpoint, partitions=False):
+    offsets = [*range(0, len(data), step), lo - 1000, lo + 17, hi - 1, hi, hi + 5]
+    with Chain.open(damaged) as opened, exposed(opened.disk(0), mountpoint, partitions=False,
+                                                direct=direct):
         assert bool(disk_plan(opened.disk(0)).files[0].crc.any()) == (digests == "crc32")
         raw = mountpoint / "disk.raw"
         failed = []
-        for offset in [*range(0, len(data), step), lo - 1000, lo + 17, hi - 1, hi, hi + 5]:
+        for offset in offsets:
             try:
                 got = pread_all(raw, offset, step)
             except OSError as exc:
@@ -142,10 +178,57 @@ def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, t
             # a read running into the block ends before it (short), or at its own end
             assert got == data[offset : offset + len(got)], offset
             assert len(got) == min(step, len(data) - offset) or offset + len(got) <= lo
-        assert failed == [lo + 17, hi - 1]  # those starting in it
-        assert pread_all(raw, 0, len(data))[:lo] == data[:lo]  # short: up to the block
+        touching = [o for o in offsets if o < hi and o + step > lo] if direct else [lo + 17,
+                                                                                   hi - 1]
+        assert failed == touching
+        got = pread_all(raw, 0, len(data))  # short: up to the block (direct: the request)
+        assert got == data[: len(got)] and lo - MAX_REQUEST < len(got) <= lo
     err = capfd.readouterr().err
     assert f"block {bad}: stored bytes do not match their digest" in err
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_the_files_are_served_direct_where_the_kernel_maps_them(chain, mountpoint, direct):
+    """Direct mode: a whole read leaves none of the file in the page cache (each read is
+    the server's), yet shared mappings work; page-cache mode keeps what was read."""
+    require_tools("fincore")
+    directory, _ = chain
+    direct = direct and kernel_maps_direct_io()
+    with Chain.open(directory) as opened, exposed(opened.disk(1), mountpoint,
+                                                  partitions=False, direct=direct):
+        raw = mountpoint / "disk.raw"
+        size = len(raw.read_bytes())
+
+        def cached() -> int:
+            done = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES",
+                                   str(raw)], capture_output=True, text=True, check=True)
+            return int(done.stdout)
+
+        pages = -(-size // mmap.PAGESIZE)
+        assert cached() == (0 if direct else pages * mmap.PAGESIZE)
+        with raw.open("rb") as fh, mmap.mmap(fh.fileno(), 0, mmap.MAP_SHARED,
+                                             mmap.PROT_READ) as mapped:
+            assert mapped[:4096] == raw.read_bytes()[:4096]
+
+
+@pytest.mark.parametrize("how", ["fusermount3 -u", "SIGHUP", "SIGTERM"])
+def test_the_server_ends_cleanly_when_unmounted_or_signalled(chain, mountpoint, how):
+    directory, states = chain
+    code = ("import sys; from blockforensics.expose import mount;"
+            "from blockforensics.image.chain import Chain;"
+            "mount(Chain.open(sys.argv[1]).disk(0), sys.argv[2], partitions=False);"
+            "print('unmounted')")
+    with serving([sys.executable, "-c", code, str(directory), str(mountpoint)],
+                 mountpoint) as server:
+        assert (mountpoint / "disk.raw").read_bytes()[: len(states[0])] == states[0]
+        if how.startswith("SIG"):
+            server.proc.send_signal(getattr(signal, how))
+        else:
+            subprocess.run([*how.split(), str(mountpoint)], check=True)
+        server.proc.wait(timeout=10)
+    assert server.proc.returncode == 0, server.err
+    assert server.out.strip() == "unmounted"
+    assert not mounted(mountpoint)
 
 
 def test_an_encrypted_chain_is_served_by_the_python_server(mountpoint, tmp_path):
