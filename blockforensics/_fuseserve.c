@@ -53,6 +53,7 @@
 #include <dirent.h>
 #include <linux/fuse.h>
 #include <stddef.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -76,6 +77,8 @@ struct source {
     const unsigned char *digests; /* n * DIGEST_SIZE */
     const unsigned char *crc;
     _Atomic uint64_t *checked;  /* a bit per block: its digest matched */
+    const char *map;            /* a read-only shared mapping of the file (NULL: none) */
+    int64_t map_size;           /* bytes mapped: the file's size when serving began */
 };
 
 struct file {
@@ -194,11 +197,11 @@ static Py_ssize_t first_block(const struct source *s, int64_t offset)
     return lo;
 }
 
-/* Check the stored blocks of s that bytes offset .. offset+n (held at dst) touch; a block
- * only partly in them is read whole into the thread's block buffer, checked there, and
- * its part copied to dst (so what is replied is what was checked).  Returns -1 when all
- * match, else the index of the first that does not (or cannot be read); *unreadable set
- * for that. */
+/* Check the stored blocks of s that bytes offset .. offset+n (held at dst: a buffer, or
+ * s's mapping) touch; a block only partly in them is checked whole in s's mapping (else
+ * read whole into the thread's block buffer), and its part copied to a buffer dst (so what
+ * is replied is what was checked).  Returns -1 when all match, else the index of the
+ * first that does not (or cannot be read); *unreadable set for that. */
 static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char *dst,
                                struct buffers *b, int *unreadable)
 {
@@ -208,9 +211,12 @@ static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char 
         if (is_checked(s, i))
             continue;
         int64_t at = s->offsets[i];
+        int inside = at >= offset && at + bs <= end;
         const unsigned char *p;
-        if (at >= offset && at + bs <= end) {
+        if (inside) {
             p = (const unsigned char *)dst + (at - offset);
+        } else if (s->map != NULL && at + bs <= s->map_size) {
+            p = (const unsigned char *)s->map + at;
         } else {
             if (!reserve(&b->block, &b->block_cap, (size_t)bs)
                 || !pread_all(s->fd, b->block, (size_t)bs, at)) {
@@ -221,9 +227,9 @@ static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char 
         }
         if (!digest_matches(s, i, p))
             return i;
-        if (p == (const unsigned char *)b->block) {
+        if (!inside && dst != s->map + offset) {
             int64_t from = at > offset ? at : offset, to = at + bs < end ? at + bs : end;
-            memcpy(dst + (from - offset), b->block + (from - at), (size_t)(to - from));
+            memcpy(dst + (from - offset), p + (from - at), (size_t)(to - from));
         }
         atomic_fetch_or_explicit(&s->checked[i / 64], (uint64_t)1 << (i % 64),
                                  memory_order_relaxed);
@@ -268,6 +274,12 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
 #define WANTED ((uint64_t)FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS \
                 | FUSE_MAX_PAGES | FUSE_INIT_EXT)
 #define WORKERS 4  /* threads reading requests (read-ahead sends several at once) */
+#define MAX_PIECES 256  /* pieces of a reply sent from the mappings (more: copied) */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  /* Linux 5.14, <linux/mman.h> */
+#endif
+
+static char zeros[MAX_READ];  /* never written */
 
 static int wake_fd = -1;  /* write end of the serving server's wake-up pipe */
 
@@ -435,6 +447,89 @@ static void do_statfs(struct server *srv, const struct fuse_in_header *in)
     reply(srv, in->unique, 0, &out, sizeof out);
 }
 
+/* One stderr line for a read of s at byte `at` that failed: block `bad` does not match its
+ * digest or cannot be read (bad < 0: the read met the file's end). */
+static void report(const struct source *s, int64_t at, Py_ssize_t bad, int unreadable)
+{
+    if (bad < 0)
+        fprintf(stderr, "blockforensics: error: %s: truncated payload at byte %lld\n",
+                s->name, (long long)at);
+    else
+        fprintf(stderr, "blockforensics: error: %s: block %lld: %s\n", s->name,
+                (long long)s->positions[bad],
+                unreadable ? "stored bytes cannot be read"
+                           : "stored bytes do not match their digest");
+    fflush(stderr);
+}
+
+/* Page-aligned span around bytes at .. at+n of a mapping: *start, returned length. */
+static size_t page_span(const char *map, int64_t at, size_t n, char **start)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), from = (uintptr_t)(map + at);
+    uintptr_t first = from & ~(page - 1), last = (from + n + page - 1) & ~(page - 1);
+    *start = (char *)first;
+    return last - first;
+}
+
+/* Reply to a read of bytes offset .. end of f from the image files' mappings, the blob and
+ * a page of zeros, with no copy here; each mapped run is faulted in at once before its
+ * blocks are checked, and dropped from this process's pages after the reply (the page
+ * cache keeps it: the server's RSS does not grow with what it served).  0 when a piece
+ * cannot be so (no mapping, past the mapped size or the file's end, too many pieces):
+ * nothing was sent. */
+static int reply_mapped(struct server *srv, uint64_t unique, const struct file *f,
+                        int64_t offset, int64_t end, struct buffers *b)
+{
+    struct fuse_out_header out = {.len = (uint32_t)(sizeof out + (size_t)(end - offset)),
+                                  .unique = unique};
+    struct iovec iov[MAX_PIECES + 1] = {{&out, sizeof out}};
+    struct source *owner[MAX_PIECES + 1] = {NULL};
+    int n = 1;
+    for (Py_ssize_t k = segment_at(f, offset); k < f->n && f->starts[k] < end; k++, n++) {
+        int64_t from = offset > f->starts[k] ? offset : f->starts[k];
+        int64_t to = end < segment_end(f, k) ? end : segment_end(f, k);
+        int64_t at = f->offsets[k] + from - f->starts[k];
+        struct source *s = f->kinds[k] >= 0 ? &srv->sources[f->kinds[k]] : NULL;
+        if (n > MAX_PIECES || (s != NULL && (s->map == NULL || at + (to - from) > s->map_size)))
+            return 0;
+        iov[n].iov_len = (size_t)(to - from);
+        iov[n].iov_base = f->kinds[k] == ZEROS ? (void *)zeros
+                          : f->kinds[k] == METADATA ? (void *)(f->blob + at)
+                                                    : (void *)(s->map + at);
+        owner[n] = s;
+    }
+    for (int i = 1; i < n; i++) {
+        struct source *s = owner[i];
+        if (s == NULL)
+            continue;
+        int64_t at = (const char *)iov[i].iov_base - s->map;
+        char *start;
+        size_t span = page_span(s->map, at, iov[i].iov_len, &start);
+        /* at once, else a fault per 16 pages; EFAULT: the file is shorter now (a copy
+         * says so) */
+        if (madvise(start, span, MADV_POPULATE_READ) != 0 && errno == EFAULT)
+            return 0;
+        int unreadable;
+        Py_ssize_t bad = check_blocks(s, at, iov[i].iov_len, iov[i].iov_base, b, &unreadable);
+        if (bad >= 0) {
+            report(s, at, bad, unreadable);
+            reply(srv, unique, EIO, NULL, 0);
+            return 1;
+        }
+    }
+    while (writev(srv->fd, iov, n) < 0 && errno == EINTR)
+        ;
+    for (int i = 1; i < n; i++) {
+        if (owner[i] != NULL) {
+            char *start;
+            size_t span = page_span(owner[i]->map, (const char *)iov[i].iov_base - owner[i]->map,
+                                    iov[i].iov_len, &start);
+            madvise(start, span, MADV_DONTNEED);
+        }
+    }
+    return 1;
+}
+
 /* Fill dst with bytes offset .. offset+n of f (all inside it), every stored block among
  * them checked; 0 after a failure (one stderr line said which). */
 static int read_range(struct server *srv, const struct file *f, int64_t offset, size_t n,
@@ -458,17 +553,8 @@ static int read_range(struct server *srv, const struct file *f, int64_t offset, 
         struct source *s = &srv->sources[f->kinds[k]];
         int unreadable = !pread_all(s->fd, piece, length, at);
         Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, length, piece, b, &unreadable);
-        if (unreadable && bad < 0) {
-            fprintf(stderr, "blockforensics: error: %s: truncated payload at byte %lld\n",
-                    s->name, (long long)at);
-        } else if (bad >= 0) {
-            fprintf(stderr, "blockforensics: error: %s: block %lld: %s\n", s->name,
-                    (long long)s->positions[bad],
-                    unreadable ? "stored bytes cannot be read"
-                               : "stored bytes do not match their digest");
-        }
         if (unreadable || bad >= 0) {
-            fflush(stderr);
+            report(s, at, bad, unreadable);
             return 0;
         }
     }
@@ -490,6 +576,8 @@ static void do_read(struct server *srv, const struct fuse_in_header *in,
         reply(srv, in->unique, offset < 0 ? EINVAL : 0, NULL, 0);
         return;
     }
+    if (reply_mapped(srv, in->unique, f, offset, end, b))
+        return;
     size_t n = (size_t)(end - offset);
     if (!reserve(&b->reply, &b->reply_cap, n)) {
         reply(srv, in->unique, ENOMEM, NULL, 0);
@@ -725,6 +813,12 @@ static int parse_sources(PyObject *list, struct server *srv, struct held *h)
             PyErr_NoMemory();
             return 0;
         }
+        struct stat st;
+        if (fstat(s->fd, &st) == 0 && st.st_size > 0) {  /* no mapping: pread */
+            void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, s->fd, 0);
+            s->map = map == MAP_FAILED ? NULL : map;
+            s->map_size = map == MAP_FAILED ? 0 : st.st_size;
+        }
     }
     return 1;
 }
@@ -774,8 +868,11 @@ static int parse_files(PyObject *list, struct server *srv, struct held *h)
 
 static void free_server(struct server *srv, struct held *h)
 {
-    for (Py_ssize_t i = 0; srv->sources && i < srv->n_sources; i++)
+    for (Py_ssize_t i = 0; srv->sources && i < srv->n_sources; i++) {
         free(srv->sources[i].checked);
+        if (srv->sources[i].map != NULL)
+            munmap((void *)srv->sources[i].map, (size_t)srv->sources[i].map_size);
+    }
     free(srv->sources);
     free(srv->files);
     for (Py_ssize_t i = 0; i < h->n; i++)
