@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sample_disks import run
+from support import backup_image, require_module, require_tools
 from support import bf_ok as cli
-from support import require_module, require_tools
 
+from blockforensics import forensics
 from blockforensics.allocation import filesystem_partitions, partitions, survey
 from blockforensics.disk import MappedDisk
 from blockforensics.errors import FormatError
@@ -672,3 +673,35 @@ def test_logical_volumes_are_served_and_checked_as_files_of_their_own(
                                                           partitions=True):
         served = (mountpoint / "vgbf-lv1.raw").read_bytes()
     assert len(served) == len(lv1) and served == lv1
+
+
+def test_a_damaged_fat_directory_in_a_logical_volume_hides_no_deletion(
+        lvm: Lvm, tmp_path: Path) -> None:
+    """lv2's FAT, read through the LV's extents: a directory whose cluster is overwritten
+    hides its file, whose chain the FAT still holds (a note, not a deletion), while
+    ``FAT.TXT``, removed by ``mdel``, is a deletion."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mmd", "mdel", "ifind", "istat")
+    made = make_disk(lvm, tmp_path)
+    lv2 = extract_lv(made.disk, PART_START, made.pe_start, made.segments["lv2"],
+                     tmp_path / "lv2.raw")
+    (tmp_path / "a.bin").write_bytes(os.urandom(5000))
+    run("mmd", "-i", lv2, "::/d")
+    run("mcopy", "-i", lv2, tmp_path / "a.bin", "::/d/a.bin")
+    place(made.disk, PART_START, made.pe_start, made.segments["lv2"], lv2)
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, made.disk)
+    run("mdel", "-i", lv2, "::/FAT.TXT")
+    inode = run("ifind", "-n", "/d", lv2).strip()
+    sector = int(run("istat", lv2, inode).split("Sectors:")[1].split()[0])
+    with lv2.open("r+b") as fh:
+        fh.seek(sector * 512)
+        fh.write(os.urandom(512))
+    place(made.disk, PART_START, made.pe_start, made.segments["lv2"], lv2)
+    backup_image(chain, made.disk)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert {r.path for r in result.files.itertuples() if r.change == "deleted"} \
+        == {"vgbf/lv2:/FAT.TXT"}
+    assert any(n.startswith("point 1: vgbf/lv2:: 1 file(s) and directories no directory "
+                            "reaches") and n.endswith(": vgbf/lv2:/d/a.bin")
+               for n in result.notes), result.notes
