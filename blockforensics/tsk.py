@@ -494,6 +494,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
         wall_clock = tuple(name for name in wall_clock if times[name])
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT):
         times, nanos = _ext_times(fs, int(meta.addr), times, nanos)
+    elif fs_name == "hfs" and 0 in times.values():
+        times = _hfs_times(fs, int(meta.addr), times)
     return Entry(path=path, type="dir" if is_dir else "file", inode=int(meta.addr),
                  size=size, mtime=times["mtime"], atime=times["atime"],
                  ctime=times["ctime"], crtime=times["crtime"], mode=int(meta.mode),
@@ -815,6 +817,25 @@ def _ext_times(fs: Any, inode: int, times: dict[str, int], nanos: dict[str, int]
         return inode_times(_ext_inode(fs, inode))
     except FormatError:  # no such inode (TSK's virtual ones): TSK's times
         return times, nanos
+
+
+#: the HFS+ catalog file's catalog node ID (TN1150: kHFSCatalogFileID), TSK's inode of it
+HFS_CATALOG_FILE = 4
+
+
+def _hfs_times(fs: Any, inode: int, times: dict[str, int]) -> dict[str, int]:
+    """HFS+ times read from the file's catalog record where TSK's may be wrong: TSK gives
+    0 for a date from 1904 to 1969 (:mod:`blockforensics.fs.hfsplus`).  The catalog is
+    read (once per file system) only when a time TSK gives is 0."""
+    from blockforensics.fs.hfsplus import catalog_dates
+
+    if not hasattr(fs, "hfs_dates"):
+        try:
+            catalog = fs.open_meta(inode=HFS_CATALOG_FILE)
+            fs.hfs_dates = catalog_dates(catalog.read_random(0, int(catalog.info.meta.size)))
+        except (OSError, RuntimeError, FormatError):  # a catalog TSK cannot read: TSK's times
+            fs.hfs_dates = {}
+    return fs.hfs_dates.get(inode, times)
 
 
 #: bytes of an ext inode table read at a time (a power of two: no inode crosses one)

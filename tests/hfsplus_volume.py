@@ -73,9 +73,9 @@ def _folder(folder_id: int, valence: int) -> bytes:
             + _bsd(0o40755) + bytes(32) + struct.pack(">II", 0, 0))
 
 
-def _file(file_id: int, data_fork: bytes) -> bytes:
-    """HFSPlusCatalogFile (248 bytes), an empty resource fork."""
-    return (struct.pack(">hHII", 2, 0, 0, file_id) + struct.pack(">5I", *[DATE] * 5)
+def _file(file_id: int, data_fork: bytes, date: int = DATE) -> bytes:
+    """HFSPlusCatalogFile (248 bytes), its five dates ``date``, an empty resource fork."""
+    return (struct.pack(">hHII", 2, 0, 0, file_id) + struct.pack(">5I", *[date] * 5)
             + _bsd(0o100644) + bytes(32) + struct.pack(">II", 0, 0) + data_fork
             + _fork(0, []))
 
@@ -111,10 +111,12 @@ def _header_node(depth: int, root: int, leaf_records: int, leaf: int, max_key: i
 
 
 def make_hfsplus(path: Path, size: int, files: dict[str, bytes], block_size: int = 4096,
-                 hfsx: bool = False, stale: bytes = b"", pieces: int = 1) -> HfsPlusLayout:
+                 hfsx: bool = False, stale: bytes = b"", pieces: int = 1,
+                 dates: dict[str, int] | None = None) -> HfsPlusLayout:
     """Write an HFS+ (HFSX: case-sensitive) volume of ``size`` bytes to ``path``: the
     root folder holding ``files`` (name -> bytes, names in catalog order are sorted
-    here, ASCII lower case); free blocks filled with ``stale`` repeated; the allocation file in
+    here, ASCII lower case), their dates ``dates`` (name -> seconds since 1904; default
+    :data:`DATE`); free blocks filled with ``stale`` repeated; the allocation file in
     ``pieces`` extents, a free block between each two (past 8: in the extents
     overflow file)."""
     assert size % block_size == 0 and block_size >= 512
@@ -180,7 +182,7 @@ def make_hfsplus(path: Path, size: int, files: dict[str, bytes], block_size: int
         file_id = FIRST_USER_ID + i
         start, count = layout.files[name]
         fork = _fork(len(files[name]), [(start, count)] if count else [])
-        records.append(_key(ROOT_ID, name) + _file(file_id, fork))
+        records.append(_key(ROOT_ID, name) + _file(file_id, fork, (dates or {}).get(name, DATE)))
         threads.append(_key(file_id, "") + _thread(4, ROOT_ID, name))
         put(start, files[name])
     leaf = _node(-1, 1, records + threads)

@@ -519,3 +519,45 @@ def test_an_mtime_put_back_to_its_second_without_the_fraction_is_a_change(tmp_pa
     assert (rows.loc["/ns.txt", "change"], rows.loc["/ns.txt", "what_changed"]) == \
         ("modified", "mtime")
     assert list(rows.index) == ["/ns.txt"]
+
+
+# -------------------------------------------------------------------------- HFS+
+def test_hfsplus_dates_before_1970_are_negative_and_zero_is_no_time(tmp_path: Path) -> None:
+    """HFS+ dates count unsigned seconds from 1904 (TN1150); TSK gives 0 for 1904-1969.
+    Those come out negative, in every format; a date of 0 is "not set": no time.  (No
+    ``mkfs.hfsplus`` nor kernel driver here: the volume is written by the tests' writer.)"""
+    require_module("pytsk3", "pytsk3")
+    from hfsplus_volume import DATE, make_hfsplus
+
+    from blockforensics.fs.hfsplus import HFS_EPOCH
+
+    old = -300_024_000  # 1960-06-29 12:00:00 UTC
+    dates = {"old.txt": old + HFS_EPOCH, "first.txt": 1, "unset.txt": 0}
+    image = tmp_path / "hfs.img"
+    make_hfsplus(image, 8 << 20, {name: name.encode() for name in [*dates, "new.txt"]},
+                 dates=dates)
+    with _chain(tmp_path, image) as chain:
+        entries = tsk.list_entries(chain.disk(0)).entries
+        versions = timeline_formats.file_versions(chain)
+    columns = ("atime", "mtime", "ctime", "crtime")
+    assert [getattr(entries["/old.txt"], c) for c in columns] == [old] * 4
+    assert [getattr(entries["/first.txt"], c) for c in columns] == [1 - HFS_EPOCH] * 4
+    assert [getattr(entries["/unset.txt"], c) for c in columns] == [0] * 4
+    assert [getattr(entries["/new.txt"], c) for c in columns] == [DATE - HFS_EPOCH] * 4
+    outputs = {}
+    for fmt, writer in timeline_formats.FORMATS.items():
+        out = io.StringIO()
+        writer(versions, out)
+        outputs[fmt] = out.getvalue()
+    body = {line.split("|")[1].split(" (point")[0]: line.split("|")
+            for line in outputs["bodyfile"].splitlines()}
+    assert body["/old.txt"][7:] == [str(old)] * 4 and body["/unset.txt"][7:] == ["0"] * 4
+    events = [json.loads(line) for line in outputs["jsonl"].splitlines()]
+    assert {e["datetime"] for e in events if e["path"] == "/old.txt"} == {
+        "1960-06-29T12:00:00+00:00"}
+    assert {e["datetime"] for e in events if e["path"] == "/first.txt"} == {
+        "1904-01-01T00:00:01+00:00"}
+    assert not [e for e in events if e["path"] == "/unset.txt"]
+    assert "<mtime>1960-06-29T12:00:00+00:00</mtime>" in outputs["dfxml"]
+    assert "<crtime>1904-01-01T00:00:01+00:00</crtime>" in outputs["dfxml"]
+    assert "06/29/1960,12:00:00,UTC,MACB" in outputs["l2tcsv"]
