@@ -1009,14 +1009,13 @@ class TskLister:
             pass
         return None
 
-    def clusters_held(self, entry: Entry, taken: np.ndarray) -> bool:
+    def clusters_held(self, entry: Entry, taken: Taken) -> bool:
         """FAT, exFAT: are the clusters of ``entry`` (listed at another point, with data)
-        still allocated as it had them (:meth:`ClusterHeap.holds`), and none of them in
-        ``taken`` (disk byte ranges ``(k, 2)`` the files listed now own, sorted by start)?
-        A deletion frees them (FAT: zeroes the chain; exFAT: clears their bits), a file
-        written since takes them."""
+        still allocated as it had them (:meth:`ClusterHeap.holds`), and none of them
+        ``taken`` by the files listed now?  A deletion frees them (FAT: zeroes the
+        chain; exFAT: clears their bits), a file written since takes them."""
         heap = self.heap
-        if heap is None or not len(entry.extents) or _overlaps(taken, entry.extents):
+        if heap is None or not len(entry.extents) or taken.overlaps(entry.extents):
             return False
         own = _from_disk(self.to_disk, int(self.fs.info.block_count)
                          * int(self.fs.info.block_size), entry.extents)
@@ -1073,13 +1072,23 @@ def _from_disk(to_disk: ToDisk, size: int, ranges: np.ndarray) -> np.ndarray:
     return ranges - (pieces[which, 0] - at[which])[:, None]
 
 
-def _overlaps(taken: np.ndarray, ranges: np.ndarray) -> bool:
-    """Does any of ``ranges`` ``(k, 2)`` overlap one of ``taken`` (sorted by start)?"""
-    if not len(taken):
-        return False
-    before = np.searchsorted(taken[:, 0], ranges[:, 1], side="left") - 1  # starts < stop
-    reach = np.maximum.accumulate(taken[:, 1])
-    return bool(np.any((before >= 0) & (reach[np.maximum(before, 0)] > ranges[:, 0])))
+class Taken:
+    """Disk byte ranges files own (``(k, 2)``, any order, overlapping or not), asked
+    whether other ranges overlap them."""
+
+    def __init__(self, ranges: np.ndarray):
+        ranges = ranges[np.argsort(ranges[:, 0], kind="stable")]
+        self.starts = ranges[:, 0]
+        #: the furthest stop of the ranges up to each one
+        self.reach = np.maximum.accumulate(ranges[:, 1])
+
+    def overlaps(self, ranges: np.ndarray) -> bool:
+        """Does any of ``ranges`` ``(k, 2)`` overlap one of these?"""
+        if not len(self.starts):
+            return False
+        before = np.searchsorted(self.starts, ranges[:, 1], side="left") - 1  # start < stop
+        return bool(np.any((before >= 0)
+                           & (self.reach[np.maximum(before, 0)] > ranges[:, 0])))
 
 
 def _stream_named(inner: str, name: Any) -> str | None:
@@ -1183,10 +1192,8 @@ def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
     prefix: :meth:`TskLister.still_held`, or (FAT, exFAT, where the directory entry is
     the metadata) :meth:`TskLister.clusters_held`."""
     found: dict[str, Unreached] = {}
-    taken = np.empty((0, 2), np.int64)
-    if any(e.fs in NAME_ADDRESSED for e in entries) and listed:
-        taken = np.concatenate([e.owned for e in listed])
-        taken = taken[np.argsort(taken[:, 0], kind="stable")]
+    owned = [e.owned for e in listed] if any(e.fs in NAME_ADDRESSED for e in entries) else []
+    taken = Taken(np.concatenate([np.empty((0, 2), np.int64), *owned]))
     for prefix, lister, _ in _open_filesystems(disk):
         if not isinstance(lister, TskLister):
             continue
