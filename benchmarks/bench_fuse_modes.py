@@ -17,6 +17,7 @@ then a second ``dd bs=4M`` right after a first one (page-cache mode: from the ca
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_investigate import volume
 from common import measure, options, table
-from exposure import drop_cache, running, warm
+from exposure import drop_cache, mounted_at, running, warm
 
 MOUNT = ("import sys; from blockforensics.expose import mount;"
          "from blockforensics.image.chain import Chain;"
@@ -39,8 +40,9 @@ MOUNT = ("import sys; from blockforensics.expose import mount;"
 def readers(raw: Path) -> dict[str, list[str]]:
     """The timed readers of ``raw``, by label (``icat``: five files TSK lists)."""
     listing = subprocess.run(["fls", "-r", "-p", "-F", str(raw)], capture_output=True,
-                             text=True, check=True).stdout.splitlines()
-    inodes = [line.split()[1].split("-")[0].rstrip(":") for line in listing[-5:]]
+                             text=True, check=True).stdout
+    inodes = re.findall(r"^r/r (\d+)[-\d]*:\t", listing, re.MULTILINE)  # allocated files
+    inodes = inodes[:: max(1, len(inodes) // 5)][:5]
     icat = " && ".join(f"icat {raw} {inode} > /dev/null" for inode in inodes)
     return {"dd bs=4k": ["dd", f"if={raw}", "of=/dev/null", "bs=4k", "status=none"],
             "dd bs=4M": ["dd", f"if={raw}", "of=/dev/null", "bs=4M", "status=none"],
@@ -59,8 +61,8 @@ def race(chain: Path, work: Path, repeat: int) -> list[dict[str, object]]:
     for mode in ("direct", "page cache"):
         argv = [sys.executable, "-c", MOUNT, str(chain), str(mountpoint), mode.split()[0]]
         with running(argv, raw.exists, f"mount {chain}",
-                     lambda: subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)],
-                                            check=False)):
+                     lambda: mounted_at(mountpoint) and subprocess.run(
+                         ["fusermount3", "-u", "-z", str(mountpoint)], check=False)):
             steps = readers(raw)
             for _ in range(repeat):
                 for label, reader in steps.items():

@@ -181,34 +181,36 @@ def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, t
         touching = [o for o in offsets if o < hi and o + step > lo] if direct else [lo + 17,
                                                                                    hi - 1]
         assert failed == touching
+        assert pread_all(raw, lo - 512, 512) == data[lo - 512 : lo]  # small reads: copied
+        with pytest.raises(OSError) as small:
+            pread_all(raw, hi - 512, 512)
+        assert small.value.errno == errno.EIO
         got = pread_all(raw, 0, len(data))  # short: up to the block (direct: the request)
         assert got == data[: len(got)] and lo - MAX_REQUEST < len(got) <= lo
     err = capfd.readouterr().err
     assert f"block {bad}: stored bytes do not match their digest" in err
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
-def test_the_files_are_served_direct_where_the_kernel_maps_them(chain, mountpoint, direct):
-    """Direct mode: a whole read leaves none of the file in the page cache (each read is
-    the server's), yet shared mappings work; page-cache mode keeps what was read."""
+@pytest.mark.parametrize("flags", [[], ["--page-cache"]], ids=["direct", "page-cache"])
+def test_the_files_are_served_direct_where_the_kernel_maps_them(chain, mountpoint, flags):
+    """``mount``: in direct mode (the default where the kernel maps such files) a whole
+    read leaves none of the file in the page cache (each read is the server's), yet
+    shared mappings work; with ``--page-cache`` the kernel keeps what was read."""
     require_tools("fincore")
-    directory, _ = chain
-    direct = direct and kernel_maps_direct_io()
-    with Chain.open(directory) as opened, exposed(opened.disk(1), mountpoint,
-                                                  partitions=False, direct=direct):
-        raw = mountpoint / "disk.raw"
+    directory, states = chain
+    direct = not flags and kernel_maps_direct_io()
+    raw = mountpoint / "disk.raw"
+    argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(directory),
+            str(mountpoint), "--point", "1", *flags]
+    with serving(argv, mountpoint):
         size = len(raw.read_bytes())
-
-        def cached() -> int:
-            done = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES",
-                                   str(raw)], capture_output=True, text=True, check=True)
-            return int(done.stdout)
-
+        done = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES",
+                               str(raw)], capture_output=True, text=True, check=True)
         pages = -(-size // mmap.PAGESIZE)
-        assert cached() == (0 if direct else pages * mmap.PAGESIZE)
+        assert int(done.stdout) == (0 if direct else pages * mmap.PAGESIZE)
         with raw.open("rb") as fh, mmap.mmap(fh.fileno(), 0, mmap.MAP_SHARED,
                                              mmap.PROT_READ) as mapped:
-            assert mapped[:4096] == raw.read_bytes()[:4096]
+            assert mapped[: len(states[1])] == states[1]
 
 
 @pytest.mark.parametrize("how", ["fusermount3 -u", "SIGHUP", "SIGTERM"])
