@@ -453,11 +453,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from blockforensics.nbd.server import NbdServer, serve_until_signal
+    from blockforensics.nbd.server import MAX_CLIENTS, NbdServer, serve_until_signal
 
     with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
                       parent=args.parent) as disk:
-        server = NbdServer(disk, socket_path=args.socket, port=args.port, bind=args.bind)
+        server = NbdServer(disk, socket_path=args.socket, port=args.port, bind=args.bind,
+                           max_clients=args.max_clients or MAX_CLIENTS)
         print("ready", flush=True)
         print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
               flush=True)
@@ -784,6 +785,8 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--socket", metavar="PATH", help="a Unix socket to listen on")
     where.add_argument("--port", type=_port, help="a TCP port to listen on (1-65535)")
     p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    p.add_argument("--max-clients", type=_positive_int,
+                   help="connections served at once; one more is closed (default 16)")
 
 
 @_command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 from blockforensics.nbd import protocol as p
 from blockforensics.nbd.client import NbdConnection, NbdError
-from blockforensics.nbd.server import NbdServer, served
+from blockforensics.nbd.server import MAX_CLIENTS, NbdServer, served
 from blockforensics.volume import Volume
 
 MiB = 1 << 20
@@ -338,10 +340,18 @@ def test_a_hostile_write_payload_is_read_through_not_held(source: Path):
     assert grown < 64, f"{grown} MiB held for 384 MiB of payload"
 
 
-def test_a_burst_of_connections_does_not_refuse_the_next_client(source: Path):
+def _handshake_or_closed(sock: socket.socket) -> bool:
+    """Whether the server greeted ``sock`` (True) or closed it unanswered (False)."""
+    data = sock.recv(p.HANDSHAKE.size, socket.MSG_WAITALL)
+    assert len(data) in (0, p.HANDSHAKE.size), data
+    return bool(data)
+
+
+def test_a_burst_of_connections_does_not_refuse_the_next_client(source: Path, capfd):
     """200 clients connecting at once (and saying nothing): each connect succeeds (a
     Unix socket's connect fails at once, EAGAIN, when the listen queue is full — it held
-    5), and a client after them reads."""
+    5); MAX_CLIENTS of them are greeted, each other is closed unanswered with a line on
+    stderr; once they leave, a client after them reads."""
     data = source.read_bytes()
     with served(RawDisk(source)) as server:
         burst = []
@@ -350,9 +360,72 @@ def test_a_burst_of_connections_does_not_refuse_the_next_client(source: Path):
             sock.settimeout(10)
             sock.connect(str(server.socket_path))
             burst.append(sock)
-        reader = structured(server)
+        assert sum(_handshake_or_closed(sock) for sock in burst) == MAX_CLIENTS
+        for sock in burst:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:  # the served ones' threads see them leave
+            try:
+                reader = structured(server)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "no client served after the burst left"
+                time.sleep(0.05)
         reader.sendall(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, p.NBD_CMD_FLAG_DF, p.NBD_CMD_READ,
                                       9, 512, 1024))
         assert chunks(reader, 9)[0][2][8:] == data[512:1536]
-        for sock in [*burst, reader]:
+        reader.close()
+    refused = [line for line in capfd.readouterr().err.splitlines() if "refused" in line]
+    assert len(refused) >= 200 - MAX_CLIENTS and refused[0] == (
+        f"blockforensics: refused a client: {MAX_CLIENTS} connections are served "
+        "already (--max-clients)")
+
+
+def _stalled(sock: socket.socket, length: int) -> int:
+    """Send READs of ``length`` bytes on ``sock`` and read no reply, until the socket takes
+    no more (the server blocks on it); returns how many went."""
+    sock.setblocking(False)
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        while sent < 10_000:
+            sock.send(p.REQUEST.pack(p.NBD_REQUEST_MAGIC, 0, p.NBD_CMD_READ, sent, 0, length))
+            sent += 1
+    return sent
+
+
+def test_clients_that_read_no_replies_hold_little_and_others_are_served(tmp_path: Path):
+    """Clients that send 32 MiB READs and read no reply: the server blocks on each
+    one's socket instead of queueing replies.  A structured reader held 41 MiB of the
+    server (the whole request read, and the read-ahead), now a piece and READ_AHEAD past
+    it; a simple one the request it must check whole.  Other clients go on reading, and
+    past ``max_clients`` a connection is closed unanswered."""
+    source = tmp_path / "big.raw"
+    with source.open("wb") as fh:
+        fh.truncate(96 * MiB)
+        fh.write(np.random.default_rng(1).bytes(MiB))
+    data = source.read_bytes()[:MiB]
+    with NbdServer(RawDisk(source), socket_path=tmp_path / "s.sock", max_clients=3
+                   ).start() as server:
+        before = _rss_mib()
+        stalled = structured(server)
+        assert _stalled(stalled, p.NBD_MAX_BUFFER_SIZE) > 100  # all wait in its socket
+        time.sleep(1)
+        grown_structured = _rss_mib() - before
+        simple = connect(server)
+        simple.sendall(p.pack_option(p.NBD_OPT_GO, p.pack_go("disk", [])))
+        while option_reply(simple)[1] != p.NBD_REP_ACK:
+            pass
+        _stalled(simple, p.NBD_MAX_BUFFER_SIZE)
+        time.sleep(1)
+        grown_both = _rss_mib() - before
+        with NbdConnection.open(server.url) as nbd:  # the third: served
+            assert nbd.read(0, MiB) == data
+            fourth = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            fourth.settimeout(10)
+            fourth.connect(str(server.socket_path))
+            assert not _handshake_or_closed(fourth)
+            fourth.close()
+        for sock in (stalled, simple):
             sock.close()
+    assert grown_structured < 20, f"{grown_structured} MiB held by a structured reader"
+    assert grown_both < 20 + 40, f"{grown_both} MiB held by two readers"

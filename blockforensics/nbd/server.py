@@ -67,6 +67,10 @@ READ_AHEAD = 8 << 20
 RECV_CHUNK = 1 << 20
 #: buffers per sendmsg (Linux's IOV_MAX)
 IOV_MAX = 1024
+#: connections served at once by default: each may hold a request's pieces and its
+#: read-ahead (up to NBD_MAX_BUFFER_SIZE + READ_AHEAD bytes, 40 MiB) while its client does
+#: not read the replies; one more is closed before the handshake, with a line on stderr
+MAX_CLIENTS = 16
 #: a structured chunk's header followed by an OFFSET_DATA or OFFSET_HOLE payload
 DATA_CHUNK = struct.Struct(p.STRUCTURED_REPLY.format + p.OFFSET_DATA.format[1:])
 HOLE_CHUNK = struct.Struct(p.STRUCTURED_REPLY.format + p.OFFSET_HOLE.format[1:])
@@ -301,19 +305,23 @@ class _Reads:
         the part ``a .. b`` (file offsets) of each that the request covers, in order;
         the caller hands each back with :meth:`sent`.  Pieces read ahead are used when
         the request starts where they do, dropped otherwise; a request that starts where
-        the last one ended has the next ``2 * length`` (at most READ_AHEAD) read ahead."""
+        the last one ended has the next ``2 * length`` (at most READ_AHEAD) read ahead.
+        Pieces are read at most READ_AHEAD bytes past the one yielded: a client that
+        does not read its replies holds that much of the server (and its socket's
+        buffers) until it does, not all it asked for."""
         end = offset + length
         if self.queue and self.queue[0].start != offset:
             self.drop()
-        self._fill(offset, end)
-        if offset == self.next:
-            self._fill(offset, min(end + min(2 * length, READ_AHEAD),
-                                   self.server.layout.file_size))
+        ahead = min(end + min(2 * length, READ_AHEAD), self.server.layout.file_size) \
+            if offset == self.next else end
         self.next = end
-        for piece in list(self.queue):
-            if piece.start >= end:
-                break
-            yield piece, piece.start, min(piece.end, end)
+        at = offset
+        while at < end:
+            self._fill(at, min(end, at + READ_AHEAD))  # a piece ends where the request does
+            self._fill(at, min(ahead, at + READ_AHEAD))
+            piece = next(piece for piece in self.queue if piece.start <= at < piece.end)
+            yield piece, at, min(piece.end, end)
+            at = min(piece.end, end)
 
     def sent(self, piece: _Piece, upto: int) -> None:
         """The bytes of ``piece`` before ``upto`` were sent: its buffer is free when all
@@ -334,8 +342,8 @@ class _Reads:
             self.free.append(piece.buffer)
 
     def _fill(self, offset: int, end: int) -> None:
-        """Queue pieces from the queue's end (or ``offset``) up to byte ``end``, cut at
-        multiples of PIECE."""
+        """Queue pieces from the queue's end (or ``offset``, when it is empty) up to byte
+        ``end``, cut at multiples of PIECE."""
         at = self.queue[-1].end if self.queue else offset
         while at < end:
             stop = min(end, (at // PIECE + 1) * PIECE)
@@ -397,7 +405,37 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     lock: contextlib.AbstractContextManager[Any]  # held while reading (a no-op if thread-safe)
     names: frozenset[str]
     failed: str  # the first read that failed its check ("" if none)
+    max_clients: int  # connections served at once; one more is closed at once
+    clients = 0  # connections being served
     _workers: ThreadPoolExecutor | None = None
+    _count_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own, unless ``max_clients`` are served
+        already: then close it before the handshake (a line on stderr says so)."""
+        with self._count_lock:
+            full = self.clients >= self.max_clients
+            self.clients += not full
+        if full:
+            print(f"blockforensics: refused a client: {self.max_clients} connections are "
+                  "served already (--max-clients)", file=sys.stderr, flush=True)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the slot is free again
+            self._left()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._left()
+
+    def _left(self) -> None:
+        with self._count_lock:
+            self.clients -= 1
 
     def workers(self) -> ThreadPoolExecutor:
         """The threads that read and check pieces, one per core (started on first use)."""
@@ -420,11 +458,11 @@ class NbdServer:
     constructor, so clients can connect as soon as it returns; :meth:`serve_forever`
     answers them (or :meth:`start` in a thread); :meth:`close` stops and removes the
     socket file.  ``export`` is the export's name; the default export ('') is the
-    same disk."""
+    same disk.  At most ``max_clients`` connections are served at once."""
 
     def __init__(self, disk: Disk, *, socket_path: str | os.PathLike[str] | None = None,
                  port: int | None = None, bind: str = "127.0.0.1", export: str = "disk",
-                 layout: FileLayout | None = None):
+                 layout: FileLayout | None = None, max_clients: int = MAX_CLIENTS):
         from blockforensics.export import RawLayout
 
         if (socket_path is None) == (port is None):
@@ -443,7 +481,8 @@ class NbdServer:
         except OSError as exc:
             where = self.socket_path or f"{bind}:{port}"
             raise UsageError(f"{where}: cannot listen ({exc.strerror or exc})") from exc
-        server.layout, server.failed = self.layout, ""
+        server.layout, server.failed, server.max_clients = self.layout, "", max_clients
+        server._count_lock = threading.Lock()
         server.lock = contextlib.nullcontext() if disk.thread_safe else threading.Lock()
         server.names = frozenset({DEFAULT_EXPORT, export})
         self._server = server
