@@ -417,9 +417,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = ALIASES.get(args.format, args.format)
     target = check_output(args.out, force=args.force, inputs=[args.chain])
     if fmt in CHAIN:
-        from blockforensics.image.chain import is_chain
+        from blockforensics.formats.signature import holds_manifest
 
-        if not is_chain(args.chain):
+        if not holds_manifest(args.chain):  # a damaged manifest: the chain store names it
             raise UsageError(f"{args.chain}: --format {fmt} exports a chain's structure; "
                              "the source is not a chain directory")
         chain = _open_chain(args)

@@ -252,6 +252,7 @@ def test_a_manifest_that_is_no_file_is_named_so(raw_key_chain, tmp_path, kind) -
                     ["restore", chain, tmp_path / "out.raw"],
                     ["serve", chain, "--socket", tmp_path / "nbd.sock"],
                     ["export", chain, tmp_path / "out.vhd"], ["mount", chain, tmp_path / "mnt"],
+                    ["export", chain, tmp_path / "out.vhd", "--format", "vhd-chain"],
                     ["boot", chain], ["backup", tmp_path / "src.raw", chain]):
         assert_exit_2(cli(*command), f"{chain / MANIFEST}: the chain manifest is not a "
                                      "regular file")
