@@ -310,7 +310,7 @@ def _vhdx_chain(fh: BinaryIO) -> Any:
     def checked(vhdx: Any) -> Any:
         check_metadata(vhdx.path or vhdx.fh.name, int(vhdx.size), int(vhdx.block_size),
                        int(vhdx.sector_size),
-                       vhdx.metadata.get(PHYSICAL_SECTOR_SIZE_GUID, required=False))
+                       vhdx.metadata.lookup.get(PHYSICAL_SECTOR_SIZE_GUID))
         return vhdx
 
     top = child = checked(VHDX(fh))
