@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,10 +53,11 @@ def option_reply(sock: socket.socket) -> tuple[int, int, bytes]:
     return option, kind, recv(sock, length)
 
 
-def connect(server: NbdServer) -> socket.socket:
+def connect(server: NbdServer | Path) -> socket.socket:
+    """A raw connection to ``server`` (or the Unix socket at a path), past the greeting."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
-    sock.connect(str(server.socket_path))
+    sock.connect(str(server.socket_path if isinstance(server, NbdServer) else server))
     magic, opt, flags = p.HANDSHAKE.unpack(recv(sock, p.HANDSHAKE.size))
     assert (magic, opt) == (p.NBDMAGIC, p.IHAVEOPT) and flags & p.NBD_FLAG_FIXED_NEWSTYLE
     sock.sendall(p.CLIENT_FLAGS.pack(p.NBD_FLAG_C_FIXED_NEWSTYLE | p.NBD_FLAG_C_NO_ZEROES))
@@ -166,7 +169,7 @@ def chain_point(tmp_path: Path, compress: bool = False) -> tuple[Chain, bytes]:
     return Chain.open(tmp_path / "chain"), data.tobytes()
 
 
-def structured(server: NbdServer) -> socket.socket:
+def structured(server: NbdServer | Path) -> socket.socket:
     """A raw connection in transmission with structured replies."""
     sock = connect(server)
     sock.sendall(p.pack_option(p.NBD_OPT_STRUCTURED_REPLY))
@@ -429,3 +432,47 @@ def test_clients_that_read_no_replies_hold_little_and_others_are_served(tmp_path
             sock.close()
     assert grown_structured < 20, f"{grown_structured} MiB held by a structured reader"
     assert grown_both < 20 + 40, f"{grown_both} MiB held by two readers"
+
+
+def test_serve_max_clients_and_a_stalled_reader_measured_in_proc(tmp_path: Path):
+    """``serve --max-clients 2``: a reader that reads no replies grows the server's RSS
+    (/proc/PID/status) by a few pieces, not the 32 MiB it asked for; a second client
+    reads; a third is closed unanswered, and stderr says why in one line."""
+    source = tmp_path / "big.raw"
+    with source.open("wb") as fh:
+        fh.truncate(96 * MiB)
+        fh.write(np.random.default_rng(2).bytes(MiB))
+    sock = tmp_path / "s.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "blockforensics.cli", "serve", str(source),
+                             "--socket", str(sock), "--max-clients", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def rss_mib() -> int:
+        with open(f"/proc/{proc.pid}/status") as status:
+            return next(int(line.split()[1]) for line in status
+                        if line.startswith("VmRSS")) >> 10
+
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with NbdConnection.open(f"nbd+unix:///?socket={sock}") as nbd:
+            assert nbd.read(0, MiB) == source.read_bytes()[:MiB]  # workers started
+            before = rss_mib()
+            stalled = structured(sock)
+            assert _stalled(stalled, p.NBD_MAX_BUFFER_SIZE) > 100
+            time.sleep(1)
+            grown = rss_mib() - before
+            assert nbd.read(MiB, 4096) == bytes(4096)
+            third = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            third.settimeout(10)
+            third.connect(str(sock))
+            assert not _handshake_or_closed(third)
+            third.close()
+        stalled.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert grown < 20, f"{grown} MiB held for a reader that reads no replies"
+    assert proc.returncode == 0 and err.splitlines() == [
+        "blockforensics: refused a client: 2 connections are served already (--max-clients)"], err
