@@ -453,12 +453,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from blockforensics.nbd.server import MAX_CLIENTS, NbdServer, serve_until_signal
+    from blockforensics.nbd.server import (
+        HANDSHAKE_LIMIT,
+        MAX_CLIENTS,
+        NbdServer,
+        serve_until_signal,
+    )
 
     with _open_source(args.chain, point=args.point, key=_key(args), reader=args.reader,
                       parent=args.parent) as disk:
         server = NbdServer(disk, socket_path=args.socket, port=args.port, bind=args.bind,
-                           max_clients=args.max_clients or MAX_CLIENTS)
+                           max_clients=args.max_clients or MAX_CLIENTS,
+                           handshake_limit=args.handshake_limit or HANDSHAKE_LIMIT)
         print("ready", flush=True)
         print(f"serving {disk!r} read-only at {server.url}; SIGTERM or Ctrl-C to stop",
               flush=True)
@@ -548,6 +554,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
     return value
 
 
@@ -787,6 +803,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
     p.add_argument("--max-clients", type=_positive_int,
                    help="connections served at once; one more is closed (default 16)")
+    p.add_argument("--handshake-limit", type=_positive_float, metavar="SECONDS",
+                   help="a client that has not finished the NBD handshake this long after "
+                        "connecting is closed (default 10, as qemu-nbd)")
 
 
 @_command("boot", cmd_boot, "boot a disk file, or a chain point served over NBD, in "
@@ -796,7 +815,7 @@ def _boot_arguments(p: argparse.ArgumentParser) -> None:
     _source_point_option(p)
     _key_option(p)
     p.add_argument("--expect", default="BLOCKFORENSICS-BOOT-OK")
-    p.add_argument("--timeout", type=float, default=120.0,
+    p.add_argument("--timeout", type=_positive_float, default=120.0,
                    help="seconds to wait for the text, and for each --run command")
     p.add_argument("--run", action="append", default=[], metavar="CMD",
                    help="once the text appeared, run CMD in the guest's shell on the serial "

@@ -476,3 +476,36 @@ def test_serve_max_clients_and_a_stalled_reader_measured_in_proc(tmp_path: Path)
     assert grown < 20, f"{grown} MiB held for a reader that reads no replies"
     assert proc.returncode == 0 and err.splitlines() == [
         "blockforensics: refused a client: 2 connections are served already (--max-clients)"], err
+
+
+def test_a_client_silent_past_the_handshake_limit_is_closed_and_frees_its_slot(tmp_path: Path):
+    """With one slot, a client that connects and says nothing holds it only until the
+    handshake limit: then it is closed, and the next client is greeted and reads; one
+    that finished its handshake in time keeps its connection past the limit."""
+    source = tmp_path / "d.raw"
+    data = np.random.default_rng(2).bytes(MiB)
+    source.write_bytes(data)
+    with NbdServer(RawDisk(source), socket_path=tmp_path / "s.sock", max_clients=1,
+                   handshake_limit=0.5).start() as server:
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.settimeout(10)
+        silent.connect(str(server.socket_path))
+        assert _handshake_or_closed(silent)  # greeted, then says nothing
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server
+        assert 0.4 < time.monotonic() - started < 5
+        silent.close()
+        with NbdConnection.open(server.url) as nbd:
+            time.sleep(1)  # past the limit: transmission is not cut
+            assert nbd.read(0, MiB) == data
+
+
+def test_serve_refuses_a_handshake_limit_that_is_no_positive_number(tmp_path: Path):
+    source = tmp_path / "d.raw"
+    source.write_bytes(bytes(MiB))
+    for bad in ("0", "-1", "nan", "x"):
+        run = subprocess.run([sys.executable, "-m", "blockforensics", "serve", str(source),
+                              "--socket", str(tmp_path / "s.sock"), "--handshake-limit", bad],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, (bad, run.stderr)
+        assert "--handshake-limit" in run.stderr and "Traceback" not in run.stderr

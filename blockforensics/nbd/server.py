@@ -71,6 +71,9 @@ IOV_MAX = 1024
 #: read-ahead (up to NBD_MAX_BUFFER_SIZE + READ_AHEAD bytes, 40 MiB) while its client does
 #: not read the replies; one more is closed before the handshake, with a line on stderr
 MAX_CLIENTS = 16
+#: seconds a client has from connecting to starting transmission (qemu-nbd's
+#: ``--handshake-limit`` defaults to 10 s too): one that says nothing must not hold a slot
+HANDSHAKE_LIMIT = 10.0
 #: a structured chunk's header followed by an OFFSET_DATA or OFFSET_HOLE payload
 DATA_CHUNK = struct.Struct(p.STRUCTURED_REPLY.format + p.OFFSET_DATA.format[1:])
 HOLE_CHUNK = struct.Struct(p.STRUCTURED_REPLY.format + p.OFFSET_HOLE.format[1:])
@@ -89,13 +92,18 @@ class _Connection(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         reads = _Reads(self.server)
+        # past the limit the socket is shut: the negotiation's next recv ends it
+        limit = threading.Timer(self.server.handshake_limit, _shut, (sock,))
+        limit.start()
         try:
             no_zeroes = self._negotiate(sock)
+            limit.cancel()
             if no_zeroes is not None:
                 self._transmit(sock, reads)
         except (Closed, ConnectionError, OSError, CancelledError):  # or the server closed
             pass
         finally:
+            limit.cancel()
             reads.drop()
 
     # ------------------------------------------------------------ negotiation
@@ -360,6 +368,12 @@ class _Reads:
         return layout.zero_runs(start, len(view))
 
 
+def _shut(sock: socket.socket) -> None:
+    """End a connection from another thread: its blocked recv returns nothing."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def _send(sock: socket.socket, parts: list[bytes | memoryview]) -> None:
     """All of ``parts``, in order, with as few system calls as the socket allows
     (sendmsg of up to IOV_MAX buffers; nothing is joined or copied)."""
@@ -406,6 +420,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     names: frozenset[str]
     failed: str  # the first read that failed its check ("" if none)
     max_clients: int  # connections served at once; one more is closed at once
+    handshake_limit = HANDSHAKE_LIMIT  # seconds from connecting to transmission
     clients = 0  # connections being served
     _workers: ThreadPoolExecutor | None = None
     _count_lock = threading.Lock()
@@ -458,11 +473,13 @@ class NbdServer:
     constructor, so clients can connect as soon as it returns; :meth:`serve_forever`
     answers them (or :meth:`start` in a thread); :meth:`close` stops and removes the
     socket file.  ``export`` is the export's name; the default export ('') is the
-    same disk.  At most ``max_clients`` connections are served at once."""
+    same disk.  At most ``max_clients`` connections are served at once; one that has
+    not begun transmission ``handshake_limit`` seconds after connecting is closed."""
 
     def __init__(self, disk: Disk, *, socket_path: str | os.PathLike[str] | None = None,
                  port: int | None = None, bind: str = "127.0.0.1", export: str = "disk",
-                 layout: FileLayout | None = None, max_clients: int = MAX_CLIENTS):
+                 layout: FileLayout | None = None, max_clients: int = MAX_CLIENTS,
+                 handshake_limit: float = HANDSHAKE_LIMIT):
         from blockforensics.export import RawLayout
 
         if (socket_path is None) == (port is None):
@@ -482,6 +499,7 @@ class NbdServer:
             where = self.socket_path or f"{bind}:{port}"
             raise UsageError(f"{where}: cannot listen ({exc.strerror or exc})") from exc
         server.layout, server.failed, server.max_clients = self.layout, "", max_clients
+        server.handshake_limit = handshake_limit
         server._count_lock = threading.Lock()
         server.lock = contextlib.nullcontext() if disk.thread_safe else threading.Lock()
         server.names = frozenset({DEFAULT_EXPORT, export})
