@@ -12,12 +12,14 @@
  * (MAP_SHARED) still work, through the page cache.  Elsewhere (or direct=False) the
  * kernel caches the files (FOPEN_KEEP_CACHE: they never change while mounted).
  *
- * A read: the image bytes are read (pread) into the worker's reply buffer, every stored
- * block they touch is checked against its stored digest (CRC-32 or SHA-256/128) in that
- * buffer, and the buffer goes to the kernel in one writev: one copy in, one copy out.
- * A block is checked once (a bitmap per image file remembers it), so re-reads do not hash
- * again.  A block that fails is EIO for the whole request, with one line on stderr
- * naming the image and the block.
+ * A read of 64 KiB or more: every stored block it touches is checked against its stored
+ * digest (CRC-32 or SHA-256/128) in a read-only mapping of the image file, and the reply
+ * goes to the kernel in one writev from the mapping (no copy here; the mapped pages are
+ * dropped from the server's after it).  A smaller read (or one the mappings cannot
+ * serve) is read (pread) into the worker's buffer and checked there.  A block is checked
+ * once (a bitmap per image file remembers it), so re-reads do not hash again.  A block
+ * that fails is EIO for the whole request, with one line on stderr naming the image and
+ * the block.
  *
  * Measured against the alternatives (benchmarks/README.md, sessions 13 and 14).
  *
