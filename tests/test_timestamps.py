@@ -151,14 +151,9 @@ def test_ntfs_times_zero_far_and_before_1970(tmp_path: Path) -> None:
     # ntfs-3g truncates before 1970 toward zero (-300023999 s); FILETIME counts up from 1601
     assert _ours(entries["/old.txt"], "mtime") == -300_024_000 * 10**9 + 100
     assert (entries["/zero.txt"].crtime, entries["/zero.txt"].crtime_ns) == (0, 0)
-    outputs = {}
-    for fmt, writer in timeline_formats.FORMATS.items():
-        out = io.StringIO()
-        writer(versions, out)
-        outputs[fmt] = out.getvalue()
-    body = {line.split("|")[1].split(" (point")[0]: line.split("|")
-            for line in outputs["bodyfile"].splitlines()}
-    assert body["/zero.txt"][10] == "0" and body["/far.txt"][8] == str(YEAR_30000)
+    outputs = _written(versions)
+    body = _body(outputs["bodyfile"])
+    assert body["/zero.txt"][8] == "0" and body["/far.txt"][6] == str(YEAR_30000)
     events = [json.loads(line) for line in outputs["jsonl"].splitlines()]
     assert not [e for e in events
                 if e["path"] == "/zero.txt" and e["timestamp_desc"] == "Creation Time"]
@@ -189,6 +184,16 @@ def _body(text: str) -> dict[str, list[str]]:
     mode, uid, gid, size, atime, mtime, ctime, crtime."""
     records = (line.split("|") for line in text.splitlines())
     return {r[1].split(" (point ")[0]: r[2:] for r in records}
+
+
+def _written(versions) -> dict[str, str]:
+    """``versions`` written in every timeline format, by format name."""
+    outputs = {}
+    for fmt, writer in timeline_formats.FORMATS.items():
+        out = io.StringIO()
+        writer(versions, out)
+        outputs[fmt] = out.getvalue()
+    return outputs
 
 
 def _fls_body(image: Path, zone: str) -> dict[str, list[str]]:
@@ -485,11 +490,7 @@ def test_a_deleted_ext_files_deletion_time_is_its_inodes_dtime(tmp_path: Path, s
     gone = versions[(versions.path == path) & (versions.change == "deleted")]
     assert gone.dtime.tolist() == [dtime] and dtime > 1_600_000_000
     assert (versions[versions.change != "deleted"].dtime == 0).all()
-    outputs = {}
-    for fmt, writer in timeline_formats.FORMATS.items():
-        out = io.StringIO()
-        writer(versions, out)
-        outputs[fmt] = out.getvalue()
+    outputs = _written(versions)
     events = [json.loads(line) for line in outputs["jsonl"].splitlines()]
     assert [e["timestamp"] for e in events if e["timestamp_desc"] == "Deletion Time"] == \
         [dtime * 10**6]
@@ -544,14 +545,9 @@ def test_hfsplus_dates_before_1970_are_negative_and_zero_is_no_time(tmp_path: Pa
     assert [getattr(entries["/first.txt"], c) for c in columns] == [1 - HFS_EPOCH] * 4
     assert [getattr(entries["/unset.txt"], c) for c in columns] == [0] * 4
     assert [getattr(entries["/new.txt"], c) for c in columns] == [DATE - HFS_EPOCH] * 4
-    outputs = {}
-    for fmt, writer in timeline_formats.FORMATS.items():
-        out = io.StringIO()
-        writer(versions, out)
-        outputs[fmt] = out.getvalue()
-    body = {line.split("|")[1].split(" (point")[0]: line.split("|")
-            for line in outputs["bodyfile"].splitlines()}
-    assert body["/old.txt"][7:] == [str(old)] * 4 and body["/unset.txt"][7:] == ["0"] * 4
+    outputs = _written(versions)
+    body = _body(outputs["bodyfile"])
+    assert body["/old.txt"][5:] == [str(old)] * 4 and body["/unset.txt"][5:] == ["0"] * 4
     events = [json.loads(line) for line in outputs["jsonl"].splitlines()]
     assert {e["datetime"] for e in events if e["path"] == "/old.txt"} == {
         "1960-06-29T12:00:00+00:00"}
