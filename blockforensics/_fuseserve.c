@@ -46,6 +46,7 @@
 #include <fuse_lowlevel.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -289,6 +290,24 @@ static char zeros[MAX_READ];  /* never written */
 
 static int wake_fd = -1;  /* write end of the serving server's wake-up pipe */
 
+/* Where a worker touching an image's mapping goes back to when the touch faults (SIGBUS:
+ * the image file was cut shorter, or its pages cannot be read, since it was mapped);
+ * NULL outside such touches.  Initial-exec: read in the handler without allocating. */
+static __thread sigjmp_buf *volatile fault_jump __attribute__((tls_model("initial-exec")));
+static struct sigaction fault_default;  /* SIGBUS's action before serving */
+
+/* SIGBUS: back to the guarded touch's caller, which falls back to pread; anywhere else,
+ * the action before serving (the fault repeats when this returns, or is raised again). */
+static void fault(int sig, siginfo_t *info, void *context)
+{
+    (void)context;
+    if (fault_jump != NULL)
+        siglongjmp(*fault_jump, 1);
+    sigaction(sig, &fault_default, NULL);
+    if (info->si_code <= 0)  /* sent, not a fault */
+        raise(sig);
+}
+
 /* A signal (or a worker that saw the mount end): wake serve()'s thread, which unmounts. */
 static void wake(int sig)
 {
@@ -504,6 +523,14 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
                                                     : (void *)(s->map + at);
         owner[n] = s;
     }
+    /* a fault in the mappings (the file cut shorter or unreadable since it was mapped):
+     * nothing was sent, the pread path answers (and says what failed) */
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 0)) {
+        fault_jump = NULL;
+        return 0;
+    }
+    fault_jump = &jump;
     for (int i = 1; i < n; i++) {
         struct source *s = owner[i];
         if (s == NULL)
@@ -511,20 +538,33 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
         int64_t at = (const char *)iov[i].iov_base - s->map;
         char *start;
         size_t span = page_span(s->map, at, iov[i].iov_len, &start);
-        /* at once, else a fault per 16 pages; EFAULT: the file is shorter now (a copy
-         * says so) */
-        if (madvise(start, span, MADV_POPULATE_READ) != 0 && errno == EFAULT)
+        /* at once, else a fault per 16 pages; an error but EINVAL (Linux < 5.14): the
+         * file is shorter now (EFAULT) or unreadable (EIO): the pread path says which */
+        if (madvise(start, span, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
+            fault_jump = NULL;
             return 0;
+        }
         int unreadable;
         Py_ssize_t bad = check_blocks(s, at, iov[i].iov_len, iov[i].iov_base, b, &unreadable);
         if (bad >= 0) {
+            fault_jump = NULL;
             report(s, at, bad, unreadable);
             reply(srv, unique, EIO, NULL, 0);
             return 1;
         }
     }
-    while (writev(srv->fd, iov, n) < 0 && errno == EINTR)
+    fault_jump = NULL;
+    /* the kernel copies from the mappings: a page lost since is EFAULT here, and the
+     * kernel ends the request with EIO */
+    int sent;
+    while ((sent = (int)writev(srv->fd, iov, n)) < 0 && errno == EINTR)
         ;
+    for (int i = 1; sent < 0 && errno == EFAULT && i < n; i++) {
+        if (owner[i] != NULL) {
+            report(owner[i], (const char *)iov[i].iov_base - owner[i]->map, -1, 1);
+            break;
+        }
+    }
     for (int i = 1; i < n; i++) {
         if (owner[i] != NULL) {
             char *start;
@@ -557,8 +597,18 @@ static int read_range(struct server *srv, const struct file *f, int64_t offset, 
             continue;
         }
         struct source *s = &srv->sources[f->kinds[k]];
+        /* a block partly read is checked in the mapping: a fault there (the file cut
+         * shorter since) is a read that met its end */
+        sigjmp_buf jump;
+        if (sigsetjmp(jump, 0)) {
+            fault_jump = NULL;
+            report(s, at, -1, 1);
+            return 0;
+        }
         int unreadable = !pread_all(s->fd, piece, length, at);
+        fault_jump = &jump;
         Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, length, piece, b, &unreadable);
+        fault_jump = NULL;
         if (unreadable || bad >= 0) {
             report(s, at, bad, unreadable);
             return 0;
@@ -726,9 +776,13 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
     size_t n_set = 0;
     while (n_set < N_SIGNALS && sigaction(unmount_signals[n_set], &act, &old[n_set]) == 0)
         n_set++;
+    /* SA_NODEFER: SIGBUS stays unblocked after a jump out of the handler */
+    struct sigaction bus = {.sa_sigaction = fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
+    sigemptyset(&bus.sa_mask);
+    int bus_set = sigaction(SIGBUS, &bus, &fault_default) == 0;
     pthread_t workers[WORKERS];
     int n_workers = 0;
-    while (n_set == N_SIGNALS && n_workers < WORKERS
+    while (n_set == N_SIGNALS && bus_set && n_workers < WORKERS
            && pthread_create(&workers[n_workers], NULL, work, srv) == 0)
         n_workers++;
     if (n_workers) {
@@ -737,7 +791,7 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
             ;
         status = atomic_load(&srv->status);
     } else {
-        status = n_set == N_SIGNALS ? 3 : 6;
+        status = n_set == N_SIGNALS && bus_set ? 3 : 6;
     }
     /* end the workers (those waiting for a request), then unmount: that closes the
      * session's fd, which ends what the kernel still holds of the connection */
@@ -747,6 +801,8 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
         pthread_join(workers[i], NULL);
     while (n_set--)
         sigaction(unmount_signals[n_set], &old[n_set], NULL);
+    if (bus_set)
+        sigaction(SIGBUS, &fault_default, NULL);
     wake_fd = -1;
     close(pipe_fds[0]);
     close(pipe_fds[1]);

@@ -1,0 +1,121 @@
+"""The C FUSE server (blockforensics._fuseserve) under hostile conditions over real mounts:
+image files cut shorter while served."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+from chains import build_chain
+from support import mounted, serving
+from test_fuseserve import MODES, mountpoint, pread_all  # noqa: F401 (a fixture)
+from test_stored_checks import as_written_before
+
+KiB = 1024
+MiB = 1 << 20
+N_BLOCKS = 1300  # 5.1 MiB of 4 KiB blocks
+READERS = 8  # threads reading at once: the four workers kept busy
+ROUNDS = 4
+
+
+@MODES
+def test_an_image_cut_shorter_while_served_fails_only_the_reads_of_its_lost_part(
+        mountpoint, tmp_path, direct):  # noqa: F811 (the fixture)
+    """Reads of the part of an image file cut off while it is mapped and served are EIO
+    (page cache: short, or EIO where they start in it), the rest still the point's bytes;
+    no SIGBUS ends the server, which unmounts cleanly."""
+    directory = tmp_path / "chain"
+    data = next(iter(build_chain(directory, [None], n_blocks=N_BLOCKS).values()))
+    data += bytes(-len(data) % 512)  # disk.raw: whole sectors
+    raw = mountpoint / "disk.raw"
+    argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(directory),
+            str(mountpoint), *([] if direct else ["--page-cache"])]
+    # reads of 64 KiB and more (replied from the mappings) ending inside blocks, and small
+    # ones (copied)
+    reads = [(offset, size) for offset in range(0, len(data), 200 * KiB)
+             for size in (64 * KiB + 1000, 300 * KiB + 2049, 4 * KiB, 1000)]
+    with serving(argv, mountpoint) as server:
+        assert raw.read_bytes() == data  # mapped, checked
+        image = next(directory.glob("*.bfi"))
+        os.truncate(image, image.stat().st_size // 2)
+        failed = []
+        for offset, size in reads:
+            try:
+                got = pread_all(raw, offset, size)
+            except OSError as exc:
+                assert exc.errno == errno.EIO, (offset, size)
+                failed.append(offset)
+                continue
+            assert got == data[offset : offset + len(got)], (offset, size)
+            assert len(got) == min(size, len(data) - offset) or not direct, (offset, size)
+        assert server.proc.poll() is None, "the server ended"
+        assert failed and failed[0] > len(data) // 4 and failed[-1] == reads[-1][0]
+        assert pread_all(raw, 0, 256 * KiB) == data[: 256 * KiB]
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+        server.proc.wait(timeout=10)
+    assert server.proc.returncode == 0, server.err
+    assert not mounted(mountpoint)
+    assert "truncated payload" in server.err
+
+
+@pytest.mark.slow
+def test_an_image_cut_shorter_under_concurrent_readers_does_not_end_the_server(
+        mountpoint, tmp_path):  # noqa: F811 (the fixture)
+    """The image cut shorter while eight readers ask for blocks not checked yet: a worker
+    between faulting a run in and checking it meets lost pages (SIGBUS there), falls back
+    and answers; every read is the point's bytes or EIO, the server stays up.  Rounds: the
+    image's lost part written back, read and cut again (a round hits a worker checking
+    about every other time)."""
+    directory = tmp_path / "chain"
+    data = next(iter(build_chain(directory, [None], n_blocks=N_BLOCKS * 8).values()))
+    data += bytes(-len(data) % 512)
+    image = next(directory.glob("*.bfi"))
+    as_written_before(image)  # SHA-256: longer checks
+    stored = image.read_bytes()
+    raw = mountpoint / "disk.raw"
+    argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(directory),
+            str(mountpoint)]
+    part = len(data) // READERS // MiB * MiB
+    with serving(argv, mountpoint) as server:
+        for _ in range(ROUNDS):
+            started = threading.Barrier(READERS + 1)
+            results: list[tuple[int, bytes | int]] = []
+
+            def read(first: int, started: threading.Barrier = started,
+                     results: list[tuple[int, bytes | int]] = results) -> None:
+                fd = os.open(raw, os.O_RDONLY)
+                try:
+                    for i, offset in enumerate(range(first, first + part, MiB)):
+                        if i == 2:
+                            started.wait()
+                        try:
+                            results.append((offset, os.pread(fd, MiB, offset)))
+                        except OSError as exc:
+                            results.append((offset, exc.errno))
+                finally:
+                    os.close(fd)
+
+            threads = [threading.Thread(target=read, args=(k * part,))
+                       for k in range(READERS)]
+            for thread in threads:
+                thread.start()
+            started.wait()
+            os.truncate(image, len(stored) // READERS)
+            for thread in threads:
+                thread.join()
+            assert server.proc.poll() is None, server.proc.communicate()
+            for offset, got in results:
+                # a read of two requests (its buffer not page-aligned) whose second
+                # fails is short
+                assert got == errno.EIO or (got and got == data[offset : offset + len(got)]), offset
+            assert any(got == errno.EIO for _, got in results)
+            with image.open("r+b") as fh:  # the lost part back
+                fh.seek(len(stored) // READERS)
+                fh.write(stored[len(stored) // READERS :])
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+        server.proc.wait(timeout=10)
+    assert server.proc.returncode == 0, server.err
