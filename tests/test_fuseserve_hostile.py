@@ -1,10 +1,13 @@
 """The C FUSE server (blockforensics._fuseserve) under hostile conditions over real mounts:
-image files cut shorter while served."""
+image files cut shorter while served, writes, reads at and past the end, many readers,
+open/close cycles."""
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -119,3 +122,73 @@ def test_an_image_cut_shorter_under_concurrent_readers_does_not_end_the_server(
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
         server.proc.wait(timeout=10)
     assert server.proc.returncode == 0, server.err
+
+
+def server_state(pid: int) -> tuple[int, int]:
+    """The server's open file descriptors and resident KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as fh:
+        rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    return len(os.listdir(f"/proc/{pid}/fd")), rss
+
+
+@MODES
+def test_hostile_use_of_the_mount_fails_cleanly_and_leaks_nothing(
+        mountpoint, tmp_path, direct):  # noqa: F811 (the fixture)
+    """Writes of every kind are EROFS; reads at and past the end and of 0 bytes are empty;
+    a mapping's partial last page and eight threads' random reads are the point's bytes;
+    2000 open/read/close cycles leave the server's descriptors and memory as they were."""
+    directory = tmp_path / "chain"
+    data = next(iter(build_chain(directory, [None], n_blocks=N_BLOCKS,
+                                 sizes=[N_BLOCKS * 4096 - 1000]).values()))
+    data += bytes(-len(data) % 512)
+    assert len(data) % mmap.PAGESIZE  # a partial last page
+    raw = mountpoint / "disk.raw"
+    argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(directory),
+            str(mountpoint), *([] if direct else ["--page-cache"])]
+    with serving(argv, mountpoint) as server:
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC,
+                      os.O_WRONLY | os.O_CREAT):
+            with pytest.raises(OSError) as refused:
+                os.open(raw, flags)
+            assert refused.value.errno == errno.EROFS
+        for argv_ in (["touch", str(raw)], ["truncate", "-s", "0", str(raw)],
+                      ["mkdir", str(mountpoint / "d")], ["rm", str(raw)]):
+            done = subprocess.run(argv_, capture_output=True, text=True)
+            assert done.returncode != 0 and "Read-only file system" in done.stderr, argv_
+        assert os.statvfs(mountpoint).f_files == len(os.listdir(mountpoint))
+        size = raw.stat().st_size
+        assert size == len(data)
+        fd = os.open(raw, os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, size) == os.pread(fd, 4096, size + 12345) == b""
+            assert os.pread(fd, 0, 100) == b""
+            assert os.pread(fd, MiB, size - 700) == data[-700:]
+            with mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ) as mapped:
+                assert mapped[size - 700 :] == data[-700:]
+        finally:
+            os.close(fd)
+        wrong: list[tuple[int, int]] = []
+
+        def read(seed: int) -> None:
+            rng = random.Random(seed)
+            with raw.open("rb", buffering=0) as fh:
+                for _ in range(100):
+                    offset = rng.randrange(size + 100)
+                    n = rng.choice([1, 511, 4096, 64 * KiB, 70000, MiB, 3 * MiB])
+                    if os.pread(fh.fileno(), n, offset) != data[offset : offset + n]:
+                        wrong.append((offset, n))
+
+        threads = [threading.Thread(target=read, args=(seed,)) for seed in range(READERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert wrong == []
+        before = server_state(server.proc.pid)
+        for i in range(2000):
+            fd = os.open(raw, os.O_RDONLY)
+            os.pread(fd, 100, i * 4099)
+            os.close(fd)
+        fds, rss = server_state(server.proc.pid)
+        assert fds == before[0] and rss - before[1] < 1024, (before, fds, rss)
+        assert server.proc.poll() is None
