@@ -301,6 +301,9 @@ static int wake_fd = -1;  /* write end of the serving server's wake-up pipe */
  * NULL outside such touches.  Initial-exec: read in the handler without allocating. */
 static __thread sigjmp_buf *volatile fault_jump __attribute__((tls_model("initial-exec")));
 static struct sigaction fault_default;  /* SIGBUS's action before serving */
+static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
+static int fault_users;  /* serve() calls running: the first sets the handler, the last
+                          * restores fault_default */
 
 /* SIGBUS: back to the guarded touch's caller, which falls back to pread; anywhere else,
  * the action before serving (the fault repeats when this returns, or is raised again). */
@@ -312,6 +315,24 @@ static void fault(int sig, siginfo_t *info, void *context)
     sigaction(sig, &fault_default, NULL);
     if (info->si_code <= 0)  /* sent, not a fault */
         raise(sig);
+}
+
+/* Set the SIGBUS handler for one more serve() call (on: 1), or restore the action before
+ * serving after the last (on: 0); 0 if sigaction failed. */
+static int guard_faults(int on)
+{
+    /* SA_NODEFER: SIGBUS stays unblocked after a jump out of the handler */
+    struct sigaction bus = {.sa_sigaction = fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
+    sigemptyset(&bus.sa_mask);
+    int done = 1;
+    pthread_mutex_lock(&fault_lock);
+    if (on && fault_users == 0)
+        done = sigaction(SIGBUS, &bus, &fault_default) == 0;
+    else if (!on && fault_users == 1)
+        sigaction(SIGBUS, &fault_default, NULL);
+    fault_users += !done ? 0 : on ? 1 : -1;
+    pthread_mutex_unlock(&fault_lock);
+    return done;
 }
 
 /* A signal (or a worker that saw the mount end): wake serve()'s thread, which unmounts. */
@@ -782,10 +803,7 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
     size_t n_set = 0;
     while (n_set < N_SIGNALS && sigaction(unmount_signals[n_set], &act, &old[n_set]) == 0)
         n_set++;
-    /* SA_NODEFER: SIGBUS stays unblocked after a jump out of the handler */
-    struct sigaction bus = {.sa_sigaction = fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
-    sigemptyset(&bus.sa_mask);
-    int bus_set = sigaction(SIGBUS, &bus, &fault_default) == 0;
+    int bus_set = guard_faults(1);
     pthread_t workers[WORKERS];
     int n_workers = 0;
     while (n_set == N_SIGNALS && bus_set && n_workers < WORKERS
@@ -808,7 +826,7 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
     while (n_set--)
         sigaction(unmount_signals[n_set], &old[n_set], NULL);
     if (bus_set)
-        sigaction(SIGBUS, &fault_default, NULL);
+        guard_faults(0);
     wake_fd = -1;
     close(pipe_fds[0]);
     close(pipe_fds[1]);
