@@ -103,6 +103,7 @@ struct server {
     PyObject *on_open;
     atomic_int opened;
     int fd;                     /* /dev/fuse of the mount */
+    int wake_fd;                /* write end of the pipe that wakes run()'s thread */
     int want_direct;            /* serve the files with FOPEN_DIRECT_IO where mappable */
     atomic_int direct;          /* ... and the kernel agreed (INIT) */
     atomic_int status;          /* run()'s status once the workers end: 0, 3 or 7 */
@@ -294,16 +295,21 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
 
 static char zeros[MAX_READ];  /* never written */
 
-static int wake_fd = -1;  /* write end of the serving server's wake-up pipe */
-
 /* Where a worker touching an image's mapping goes back to when the touch faults (SIGBUS:
  * the image file was cut shorter, or its pages cannot be read, since it was mapped);
  * NULL outside such touches.  Initial-exec: read in the handler without allocating. */
 static __thread sigjmp_buf *volatile fault_jump __attribute__((tls_model("initial-exec")));
-static struct sigaction fault_default;  /* SIGBUS's action before serving */
-static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
-static int fault_users;  /* serve() calls running: the first sets the handler, the last
-                          * restores fault_default */
+
+/* The signals caught while serving: those that unmount, then SIGBUS.  The first serve()
+ * call running sets the handlers, the last restores the actions before. */
+static const int caught[] = {SIGINT, SIGTERM, SIGHUP, SIGBUS};
+#define N_CAUGHT (sizeof caught / sizeof *caught)
+#define MAX_SERVING 64  /* serve() calls running at once in a process */
+static struct sigaction before[N_CAUGHT];
+static atomic_int wake_fds[MAX_SERVING];  /* each running serve()'s wake-up pipe: write
+                                           * end + 1 (0: a free slot) */
+static pthread_mutex_t signals_lock = PTHREAD_MUTEX_INITIALIZER;
+static int n_serving;
 
 /* SIGBUS: back to the guarded touch's caller, which falls back to pread; anywhere else,
  * the action before serving (the fault repeats when this returns, or is raised again). */
@@ -312,37 +318,75 @@ static void fault(int sig, siginfo_t *info, void *context)
     (void)context;
     if (fault_jump != NULL)
         siglongjmp(*fault_jump, 1);
-    sigaction(sig, &fault_default, NULL);
+    sigaction(sig, &before[N_CAUGHT - 1], NULL);
     if (info->si_code <= 0)  /* sent, not a fault */
         raise(sig);
 }
 
-/* Set the SIGBUS handler for one more serve() call (on: 1), or restore the action before
- * serving after the last (on: 0); 0 if sigaction failed. */
-static int guard_faults(int on)
-{
-    /* SA_NODEFER: SIGBUS stays unblocked after a jump out of the handler */
-    struct sigaction bus = {.sa_sigaction = fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
-    sigemptyset(&bus.sa_mask);
-    int done = 1;
-    pthread_mutex_lock(&fault_lock);
-    if (on && fault_users == 0)
-        done = sigaction(SIGBUS, &bus, &fault_default) == 0;
-    else if (!on && fault_users == 1)
-        sigaction(SIGBUS, &fault_default, NULL);
-    fault_users += !done ? 0 : on ? 1 : -1;
-    pthread_mutex_unlock(&fault_lock);
-    return done;
-}
-
-/* A signal (or a worker that saw the mount end): wake serve()'s thread, which unmounts. */
-static void wake(int sig)
+/* Wake a serve() call's thread (write end `fd` of its pipe), which unmounts. */
+static void wake(int fd, int sig)
 {
     int saved = errno;
     char byte = (char)sig;
-    ssize_t written = write(wake_fd, &byte, 1);  /* a full pipe is awake already */
+    ssize_t written = write(fd, &byte, 1);  /* a full pipe is awake already */
     (void)written;
     errno = saved;
+}
+
+/* SIGINT, SIGTERM, SIGHUP: every serve() call running unmounts. */
+static void wake_all(int sig)
+{
+    for (int i = 0; i < MAX_SERVING; i++) {
+        int fd = atomic_load(&wake_fds[i]);
+        if (fd)
+            wake(fd - 1, sig);
+    }
+}
+
+/* Register the write end `fd` of a serve() call's wake-up pipe, setting the handlers if
+ * it is the first running; its slot, or -1 (too many, or sigaction failed). */
+static int hold_signals(int fd)
+{
+    struct sigaction act = {.sa_handler = wake_all, .sa_flags = SA_RESTART};
+    /* SA_NODEFER: SIGBUS stays unblocked after a jump out of the handler */
+    struct sigaction bus = {.sa_sigaction = fault, .sa_flags = SA_SIGINFO | SA_NODEFER};
+    sigemptyset(&act.sa_mask);
+    sigemptyset(&bus.sa_mask);
+    pthread_mutex_lock(&signals_lock);
+    int slot = 0;
+    while (slot < MAX_SERVING && atomic_load(&wake_fds[slot]))
+        slot++;
+    if (slot == MAX_SERVING)
+        slot = -1;
+    if (slot >= 0 && n_serving == 0) {
+        size_t n = 0;
+        while (n < N_CAUGHT
+               && sigaction(caught[n], caught[n] == SIGBUS ? &bus : &act, &before[n]) == 0)
+            n++;
+        if (n < N_CAUGHT) {
+            while (n--)
+                sigaction(caught[n], &before[n], NULL);
+            slot = -1;
+        }
+    }
+    if (slot >= 0) {
+        atomic_store(&wake_fds[slot], fd + 1);
+        n_serving++;
+    }
+    pthread_mutex_unlock(&signals_lock);
+    return slot;
+}
+
+/* Free `slot`; the last serve() call running restores the actions before. */
+static void release_signals(int slot)
+{
+    pthread_mutex_lock(&signals_lock);
+    atomic_store(&wake_fds[slot], 0);
+    if (--n_serving == 0) {
+        for (size_t n = 0; n < N_CAUGHT; n++)
+            sigaction(caught[n], &before[n], NULL);
+    }
+    pthread_mutex_unlock(&signals_lock);
 }
 
 /* Send the reply to request `unique`: an error (> 0), or size bytes of data. */
@@ -766,12 +810,9 @@ static void *work(void *arg)
                 dispatch(srv, b, (size_t)got);
         }
     }
-    wake(0);
+    wake(srv->wake_fd, 0);
     return NULL;
 }
-
-static const int unmount_signals[] = {SIGINT, SIGTERM, SIGHUP};
-#define N_SIGNALS (sizeof unmount_signals / sizeof *unmount_signals)
 
 /* Mount, serve until unmounted (fusermount3 -u) or a signal, unmount: libfuse mounts and
  * unmounts (fusermount3 for others than root), the protocol is spoken here. */
@@ -796,17 +837,12 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
     int pipe_fds[2];
     if (pipe2(pipe_fds, O_CLOEXEC) != 0)
         goto done_mount;
-    wake_fd = pipe_fds[1];
+    srv->wake_fd = pipe_fds[1];
     srv->fd = fuse_session_fd(se);
-    struct sigaction act = {.sa_handler = wake, .sa_flags = SA_RESTART}, old[N_SIGNALS];
-    sigemptyset(&act.sa_mask);
-    size_t n_set = 0;
-    while (n_set < N_SIGNALS && sigaction(unmount_signals[n_set], &act, &old[n_set]) == 0)
-        n_set++;
-    int bus_set = guard_faults(1);
+    int slot = hold_signals(srv->wake_fd);
     pthread_t workers[WORKERS];
     int n_workers = 0;
-    while (n_set == N_SIGNALS && bus_set && n_workers < WORKERS
+    while (slot >= 0 && n_workers < WORKERS
            && pthread_create(&workers[n_workers], NULL, work, srv) == 0)
         n_workers++;
     if (n_workers) {
@@ -815,7 +851,7 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
             ;
         status = atomic_load(&srv->status);
     } else {
-        status = n_set == N_SIGNALS && bus_set ? 3 : 6;
+        status = slot >= 0 ? 3 : 6;
     }
     /* end the workers (those waiting for a request), then unmount: that closes the
      * session's fd, which ends what the kernel still holds of the connection */
@@ -823,11 +859,8 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
         pthread_cancel(workers[i]);
     for (int i = 0; i < n_workers; i++)
         pthread_join(workers[i], NULL);
-    while (n_set--)
-        sigaction(unmount_signals[n_set], &old[n_set], NULL);
-    if (bus_set)
-        guard_faults(0);
-    wake_fd = -1;
+    if (slot >= 0)
+        release_signals(slot);
     close(pipe_fds[0]);
     close(pipe_fds[1]);
 done_mount:

@@ -8,9 +8,11 @@ import errno
 import mmap
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from chains import build_chain
@@ -192,3 +194,40 @@ def test_hostile_use_of_the_mount_fails_cleanly_and_leaks_nothing(
         fds, rss = server_state(server.proc.pid)
         assert fds == before[0] and rss - before[1] < 1024, (before, fds, rss)
         assert server.proc.poll() is None
+
+
+def test_two_mounts_in_one_process_end_each_by_its_own_unmount(tmp_path):
+    """Two ``mount`` calls in threads of one process: unmounting one ends that one only;
+    SIGTERM then ends the other; the signals' actions are the process's own again after
+    (SIGTERM's default ends it)."""
+    directory = tmp_path / "chain"
+    data = next(iter(build_chain(directory, [None], n_blocks=100).values()))
+    points = [tmp_path / "a", tmp_path / "b"]
+    for point in points:
+        point.mkdir()
+    code = ("import os, signal, sys, threading, time; from blockforensics.expose import mount;"
+            "from blockforensics.image.chain import Chain;"
+            "ends = []; disk = Chain.open(sys.argv[1]).disk(0);"
+            "threads = [threading.Thread(target=lambda p=p: ends.append((p, mount(disk, p,"
+            " partitions=False)))) for p in sys.argv[2:]];"
+            "[t.start() for t in threads]; [t.join() for t in threads];"
+            "print(ends, flush=True); os.kill(os.getpid(), signal.SIGTERM); time.sleep(5);"
+            "print('SIGTERM ignored')")
+    with serving([sys.executable, "-c", code, str(directory), *map(str, points)],
+                 points[1]) as server:
+        deadline = time.monotonic() + 10
+        while not mounted(points[0]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for point in points:
+            assert (point / "disk.raw").read_bytes()[: len(data)] == data
+        subprocess.run(["fusermount3", "-u", str(points[0])], check=True)
+        time.sleep(0.5)
+        assert not mounted(points[0]) and mounted(points[1])
+        assert (points[1] / "disk.raw").read_bytes()[: len(data)] == data
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=10)
+    assert server.proc.returncode == -signal.SIGTERM, server.err
+    assert "SIGTERM ignored" not in server.out
+    assert server.out.count(", None)") == 2, server.out  # both returned
+    assert not any(mounted(point) for point in points)
