@@ -140,16 +140,24 @@ _EXTENT_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", list(_EXTENT_DAMAGE))
-def test_a_file_whose_extents_cannot_be_read_is_named_unreadable(damage, tmp_path):
-    """ext4 extents damaged: the file is named "not read", neither modified (to empty
-    content, as it was) nor deleted, and extracting it is a one-line error."""
+def _debugfs_ext4(tmp_path: Path, size: int) -> tuple[Path, Path]:
+    """An 8 MiB ext4 of 1 KiB blocks without metadata checksums (so that damage written
+    by hand reads as damage, not as a checksum failure), and a file of ``size`` random
+    bytes beside it for debugfs to write in."""
     require_module("pytsk3", "pytsk3")
     require_tools("mkfs.ext4", "debugfs")
     image = formatted(tmp_path / "v.img", 8 << 20, "mkfs.ext4", "-q", "-F", "-b", "1024",
                       "-O", "^metadata_csum")
     source = tmp_path / "data.bin"
-    source.write_bytes(os.urandom(9000))
+    source.write_bytes(os.urandom(size))
+    return image, source
+
+
+@pytest.mark.parametrize("damage", list(_EXTENT_DAMAGE))
+def test_a_file_whose_extents_cannot_be_read_is_named_unreadable(damage, tmp_path):
+    """ext4 extents damaged: the file is named "not read", neither modified (to empty
+    content, as it was) nor deleted, and extracting it is a one-line error."""
+    image, source = _debugfs_ext4(tmp_path, 9000)
     run("debugfs", "-w", "-R", f"write {source} data.bin", image)
     chain = Chain.create(tmp_path / "chain")
     backup_image(chain, image)
@@ -179,12 +187,7 @@ def test_files_a_damaged_directory_hides_are_named_not_deleted(tmp_path):
     """ext4 with a directory's block zeroed (and one file's inode zeroed, its bitmap bit
     kept): the files no directory reaches any more, their inodes still allocated, are a
     "not read" note, not deletions; a file really deleted (debugfs rm) still is one."""
-    require_module("pytsk3", "pytsk3")
-    require_tools("mkfs.ext4", "debugfs")
-    image = formatted(tmp_path / "v.img", 8 << 20, "mkfs.ext4", "-q", "-F", "-b", "1024",
-                      "-O", "^metadata_csum")
-    source = tmp_path / "data.bin"
-    source.write_bytes(os.urandom(3000))
+    image, source = _debugfs_ext4(tmp_path, 3000)
     commands = ["mkdir /d"] + [f"write {source} /d/f{i}" for i in range(3)] + \
         [f"write {source} /gone", f"write {source} /blank"]
     run("debugfs", "-w", "-f", "-", image, input="\n".join(commands))
