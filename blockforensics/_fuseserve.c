@@ -7,7 +7,8 @@
  * Python: libfuse 3.14 cannot negotiate FUSE_DIRECT_IO_ALLOW_MMAP (protocol 7.39).
  *
  * Where the kernel offers that flag (Linux >= 6.6) the files are opened with
- * FOPEN_DIRECT_IO: a reader's read() goes to the server as requests of up to 1 MiB, and
+ * FOPEN_DIRECT_IO: a reader's read() goes to the server as requests of up to 1 MiB (4 MiB
+ * where fs.fuse.max_pages_limit allows; files say so as their st_blksize), and
  * the reply lands in the reader's buffer, with no copy in the page cache; mappings
  * (MAP_SHARED) still work, through the page cache.  Elsewhere (or direct=False) the
  * kernel caches the files (FOPEN_KEEP_CACHE: they never change while mounted).
@@ -15,7 +16,8 @@
  * A read of 64 KiB or more: every stored block it touches is checked against its stored
  * digest (CRC-32 or SHA-256/128) in a read-only mapping of the image file, and the reply
  * goes to the kernel in one writev from the mapping (no copy here; the mapped pages are
- * dropped from the server's after it).  A smaller read (or one the mappings cannot
+ * dropped from the server's after it, out to huge-page bounds: its RSS stays that of the
+ * requests in flight).  A smaller read (or one the mappings cannot
  * serve) is read (pread) into the worker's buffer and checked there.  A block is checked
  * once (a bitmap per image file remembers it), so re-reads do not hash again.  A block
  * that fails is EIO for the whole request, with one line on stderr naming the image and
@@ -67,7 +69,9 @@
 #define DIGEST_SIZE 16
 #define ZEROS (-1)
 #define METADATA (-2)
-#define MAX_READ (1 << 20)
+/* bytes of the largest READ request: 1 MiB (256 pages, the kernel's default
+ * fs.fuse.max_pages_limit), up to 4 MiB where an operator raised that limit */
+#define MAX_READ (4 << 20)
 #define TIMEOUT 86400.0 /* seconds the kernel may keep names and attributes: nothing changes */
 
 struct source {
@@ -107,6 +111,7 @@ struct server {
     int want_direct;            /* serve the files with FOPEN_DIRECT_IO where mappable */
     atomic_int direct;          /* ... and the kernel agreed (INIT) */
     atomic_int status;          /* run()'s status once the workers end: 0, 3 or 7 */
+    uint16_t max_pages;         /* pages of a READ request: what the kernel allows */
     struct timespec mtime;
 };
 
@@ -208,13 +213,15 @@ static Py_ssize_t first_block(const struct source *s, int64_t offset)
 }
 
 /* Check the stored blocks of s that bytes offset .. offset+n (held at dst: a buffer, or
- * s's mapping) touch; a block only partly in them is checked whole in s's mapping (else
- * read whole into the thread's block buffer), and its part copied to a buffer dst (so what
- * is replied is what was checked).  Returns -1 when all match, else the index of the
- * first that does not (or cannot be read); *unreadable set for that. */
+ * s's mapping) touch; a block only partly in them is checked whole in s's mapping when
+ * dst is that mapping (else read whole into the thread's block buffer: a buffer's reader
+ * leaves the mapping alone), and its part copied to a buffer dst (so what is replied is
+ * what was checked).  Returns -1 when all match, else the index of the first that does not
+ * (or cannot be read); *unreadable set for that. */
 static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char *dst,
                                struct buffers *b, int *unreadable)
 {
+    int in_map = s->map != NULL && dst == s->map + offset;
     int64_t bs = s->block_size, end = offset + (int64_t)n;
     *unreadable = 0;
     for (Py_ssize_t i = first_block(s, offset); i < s->n && s->offsets[i] < end; i++) {
@@ -225,7 +232,7 @@ static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char 
         const unsigned char *p;
         if (inside) {
             p = (const unsigned char *)dst + (at - offset);
-        } else if (s->map != NULL && at + bs <= s->map_size) {
+        } else if (in_map && at + bs <= s->map_size) {
             p = (const unsigned char *)s->map + at;
         } else {
             if (!reserve(&b->block, &b->block_cap, (size_t)bs)
@@ -237,7 +244,7 @@ static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char 
         }
         if (!digest_matches(s, i, p, b))
             return i;
-        if (!inside && dst != s->map + offset) {
+        if (!inside && !in_map) {
             int64_t from = at > offset ? at : offset, to = at + bs < end ? at + bs : end;
             memcpy(dst + (from - offset), p + (from - at), (size_t)(to - from));
         }
@@ -279,6 +286,8 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
 /* a request buffer: the kernel wants >= in header + write_in + max_write, >= 8192 */
 #define REQUEST_SIZE (MAX_WRITE + 4096)
 #define MAX_PAGES (MAX_READ / 4096)
+#define HUGE_PAGE (2 << 20)  /* bytes of a PMD mapping (x86-64, arm64 with 4 KiB pages) */
+#define PAGES_LIMIT "/proc/sys/fs/fuse/max_pages_limit"  /* Linux >= 6.5; else 256 */
 /* INIT flags asked for, when offered: parallel reads (read-ahead, direct I/O) and lookups,
  * 1 MiB requests, flags2 */
 #define WANTED ((uint64_t)FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS \
@@ -423,6 +432,9 @@ static int fill_attr(const struct server *srv, uint64_t ino, struct fuse_attr *a
     if (f != NULL) {
         a->size = (uint64_t)f->size;
         a->blocks = (uint64_t)(f->size + 511) / 512;
+        /* st_blksize: readers sizing their buffers by it (cat, cp: 128 KiB by default)
+         * read a request's worth at a time */
+        a->blksize = (uint32_t)srv->max_pages * 4096;
     }
     return 1;
 }
@@ -448,7 +460,7 @@ static void do_init(struct server *srv, uint64_t unique, const struct fuse_init_
     out.flags2 = (uint32_t)(flags >> 32);
     out.max_readahead = in->max_readahead;
     out.max_write = MAX_WRITE;
-    out.max_pages = MAX_PAGES;
+    out.max_pages = srv->max_pages;
     out.time_gran = 1;
     reply(srv, unique, 0, &out, sizeof out);
 }
@@ -567,6 +579,25 @@ static size_t page_span(const char *map, int64_t at, size_t n, char **start)
     return last - first;
 }
 
+/* Drop from the server's page tables what reading bytes at .. at+n of s's mapping may have
+ * mapped: the stored blocks around them (a block partly read is checked whole), out to
+ * huge-page bounds (a fault maps a 2 MiB folio of the page cache whole, and dropping part
+ * of it would leave the rest mapped).  The page cache keeps them: the server's RSS does
+ * not grow with what it served.  Pages other workers mapped there fault in again. */
+static void drop_mapped(const struct source *s, int64_t at, size_t n)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), huge = HUGE_PAGE;
+    uintptr_t base = (uintptr_t)s->map;  /* page-aligned */
+    uintptr_t last = (base + (uintptr_t)s->map_size + page - 1) & ~(page - 1);
+    uintptr_t from = base + (uintptr_t)(at > s->block_size ? at - s->block_size : 0);
+    uintptr_t to = base + (uintptr_t)at + n + (uintptr_t)s->block_size;
+    from = from & ~(huge - 1);
+    to = (to + huge - 1) & ~(huge - 1);
+    from = from < base ? base : from;
+    to = to > last ? last : to;
+    madvise((void *)from, to - from, MADV_DONTNEED);
+}
+
 /* Reply to a read of bytes offset .. end of f from the image files' mappings, the blob and
  * a page of zeros, with no copy here; each mapped run is faulted in at once before its
  * blocks are checked, and dropped from this process's pages after the reply (the page
@@ -637,12 +668,8 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
         }
     }
     for (int i = 1; i < n; i++) {
-        if (owner[i] != NULL) {
-            char *start;
-            size_t span = page_span(owner[i]->map, (const char *)iov[i].iov_base - owner[i]->map,
-                                    iov[i].iov_len, &start);
-            madvise(start, span, MADV_DONTNEED);
-        }
+        if (owner[i] != NULL)
+            drop_mapped(owner[i], (const char *)iov[i].iov_base - owner[i]->map, iov[i].iov_len);
     }
     return 1;
 }
@@ -668,18 +695,8 @@ static int read_range(struct server *srv, const struct file *f, int64_t offset, 
             continue;
         }
         struct source *s = &srv->sources[f->kinds[k]];
-        /* a block partly read is checked in the mapping: a fault there (the file cut
-         * shorter since) is a read that met its end */
-        sigjmp_buf jump;
-        if (sigsetjmp(jump, 0)) {
-            fault_jump = NULL;
-            report(s, at, -1, 1);
-            return 0;
-        }
         int unreadable = !pread_all(s->fd, piece, length, at);
-        fault_jump = &jump;
         Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, length, piece, b, &unreadable);
-        fault_jump = NULL;
         if (unreadable || bad >= 0) {
             report(s, at, bad, unreadable);
             return 0;
@@ -814,15 +831,33 @@ static void *work(void *arg)
     return NULL;
 }
 
+/* Pages of a READ request to ask for: as many as fs.fuse.max_pages_limit allows, up to
+ * MAX_PAGES (256 where it cannot be read: older kernels' fixed limit). */
+static uint16_t request_pages(void)
+{
+    long limit = 256;
+    FILE *setting = fopen(PAGES_LIMIT, "re");
+    if (setting != NULL) {
+        if (fscanf(setting, "%ld", &limit) != 1)
+            limit = 256;
+        fclose(setting);
+    }
+    return (uint16_t)(limit < 1 ? 1 : limit > MAX_PAGES ? MAX_PAGES : limit);
+}
+
 /* Mount, serve until unmounted (fusermount3 -u) or a signal, unmount: libfuse mounts and
  * unmounts (fusermount3 for others than root), the protocol is spoken here. */
 static int run(struct server *srv, const char *mountpoint, int foreground)
 {
     static const struct fuse_lowlevel_ops none;  /* libfuse answers no request */
     struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+    char options[80];
+    srv->max_pages = request_pages();
+    snprintf(options, sizeof options, "ro,fsname=blockforensics,subtype=vhd,max_read=%d",
+             srv->max_pages * 4096);
     int status = 1;
     if (fuse_opt_add_arg(&args, "blockforensics") || fuse_opt_add_arg(&args, "-o")
-        || fuse_opt_add_arg(&args, "ro,fsname=blockforensics,subtype=vhd,max_read=1048576"))
+        || fuse_opt_add_arg(&args, options))
         goto done_args;
     struct fuse_session *se = fuse_session_new(&args, &none, sizeof none, srv);
     if (se == NULL)

@@ -26,7 +26,6 @@ from blockforensics.image.chain import Chain
 
 PINNED = {"unique_id": bytes(range(16)), "timestamp": datetime(2024, 5, 1, tzinfo=timezone.utc)}
 MiB = 1 << 20
-MAX_REQUEST = MiB  # bytes of the largest request the server takes
 N_BLOCKS = 1300  # 5.1 MiB of 4 KiB blocks: three VHD blocks
 SIZES = [N_BLOCKS * 4096 - 100, N_BLOCKS * 4096 + 3000, (N_BLOCKS - 400) * 4096 + 1536]
 #: the server's two modes: files opened for direct I/O (the default where the kernel maps
@@ -186,7 +185,8 @@ def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, t
             pread_all(raw, hi - 512, 512)
         assert small.value.errno == errno.EIO
         got = pread_all(raw, 0, len(data))  # short: up to the block (direct: the request)
-        assert got == data[: len(got)] and lo - MAX_REQUEST < len(got) <= lo
+        request = raw.stat().st_blksize  # the server's largest request
+        assert got == data[: len(got)] and lo - request < len(got) <= lo
     err = capfd.readouterr().err
     assert f"block {bad}: stored bytes do not match their digest" in err
 
@@ -211,6 +211,38 @@ def test_the_files_are_served_direct_where_the_kernel_maps_them(chain, mountpoin
         with raw.open("rb") as fh, mmap.mmap(fh.fileno(), 0, mmap.MAP_SHARED,
                                              mmap.PROT_READ) as mapped:
             assert mapped[: len(states[1])] == states[1]
+
+
+def rss_file(pid: int) -> int:
+    """Bytes of files mapped in process ``pid``'s memory (RssFile)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) << 10 for line in fh if line.startswith("RssFile:"))
+
+
+def test_served_pages_leave_the_servers_memory_and_requests_are_as_large_as_allowed(
+        mountpoint, tmp_path):
+    """Reads of every size, first (blocks checked) and again, leave none of what was read
+    mapped in the server (its RSS does not grow with what it served), and files say the
+    largest request as their st_blksize: 1 MiB, up to 4 MiB as fs.fuse.max_pages_limit
+    allows (readers sizing buffers by it, as cat and cp do, read that much at a time)."""
+    directory = tmp_path / "big"
+    states = build_chain(directory, [None], n_blocks=8192)  # 32 MiB
+    limit = Path("/proc/sys/fs/fuse/max_pages_limit")
+    pages = min(int(limit.read_text()), 1024) if limit.exists() else 256
+    argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(directory),
+            str(mountpoint)]
+    with serving(argv, mountpoint) as server:
+        vhd = mountpoint / "disk.vhd"
+        assert vhd.stat().st_blksize == pages * mmap.PAGESIZE
+        before = rss_file(server.proc.pid)
+        for size in (4096, 128 << 10, 4 << 20, 4096):
+            with vhd.open("rb", buffering=0) as fh:
+                while fh.read(size):
+                    pass
+        grown = rss_file(server.proc.pid) - before
+        assert (mountpoint / "disk.raw").read_bytes()[: len(states[next(iter(states))])] \
+            == next(iter(states.values()))
+    assert grown < 2 * MiB, grown
 
 
 @pytest.mark.parametrize("how", ["fusermount3 -u", "SIGHUP", "SIGTERM"])
