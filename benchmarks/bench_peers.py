@@ -19,7 +19,8 @@ Then the point (point 0 of our plain chain) is exposed and converted:
   against ``qemu-img convert -O vpc`` of the image (of the point restored, for the
   chain), like for like (see ``exposure.py``): our export without fsync against the
   plain convert, ours as it runs against the convert + ``sync FILE`` and against
-  ``-t writeback``.  Each source is read into the page cache before every run.
+  ``-t writeback``.  Each source is read into the page cache before every run, and the
+  other contenders' VHDs are dropped from it (every run starts with the same cache).
   Afterwards every VHD is compared with its source by ``qemu-img compare``; stored
   ratio: allocated bytes of qemu-img's VHD / ours.
 - reads (``reads``): ``MOUNTPOINT/disk.vhd`` (``blockforensics mount``) against reading
@@ -75,7 +76,6 @@ from exposure import (
     convert_steps,
     drop_cache,
     export_steps,
-    fresh,
     identical,
     mounted,
     peak_rss_mib,
@@ -255,6 +255,19 @@ def differing_blocks(restored: Path, reference: Path, size: int) -> int:
                for i in range(0, len(a), step))
 
 
+def alone(output: Path, outputs: list[Path], sources: list[Path]) -> Callable[[], None]:
+    """Before an export's run: remove its last ``output``, drop the other contenders'
+    ``outputs`` from the page cache and read the ``sources`` into it.  Our durable export
+    drops what it writes as it goes, qemu-img keeps it: without the drop, the page cache
+    held qemu-img's last VHD (the source's size) through each of our runs, but ours through
+    qemu-img's runs only after our page-cache (no fsync) runs."""
+    def run() -> None:
+        output.unlink(missing_ok=True)
+        drop_cache(*(other for other in outputs if other != output and other.exists()))
+        warm(*sources)
+    return run
+
+
 def exports(work: Path, src: Path, chain: Path, point0: Path, repeat: int,
             baseline: Path | None = None
             ) -> tuple[dict[str, Run], dict[str, int], list[tuple[str, str]]]:
@@ -273,6 +286,7 @@ def exports(work: Path, src: Path, chain: Path, point0: Path, repeat: int,
                                        ("chain", chain, point0, images)):
         for kind in ("dynamic", "fixed"):
             qemu, tag = work / f"qemu-{origin}-{kind}.vhd", f" [{origin}, {kind}]"
+            made = [qemu, *(work / f"{who}-{origin}-{kind}.vhd" for who in mine)]
             outputs: dict[str, Path] = {}
             steps: list[Step] = []
             for who, env in mine.items():
@@ -280,11 +294,11 @@ def exports(work: Path, src: Path, chain: Path, point0: Path, repeat: int,
                 label = f"{who}: export from {origin}, vhd-{kind}"
                 argv = cli("export", source, out, "--format", f"vhd-{kind}",
                            *(["--point", 0] if origin == "chain" else []))
-                steps += export_steps(label, argv, fresh(out, *reads), env)
+                steps += export_steps(label, argv, alone(out, made, reads), env)
                 outputs |= {step.label: out for step in steps[-2:]}
                 pairs += [(f"{label}{suffix}", f"{peer}{tag}") for suffix, peer in LIKE_FOR_LIKE]
-            done = fastest([*steps, *convert_steps(raw, qemu, kind, fresh(qemu, raw), tag)],
-                           repeat)
+            done = fastest([*steps, *convert_steps(raw, qemu, kind, alone(qemu, made, [raw]),
+                                                   tag)], repeat)
             for vhd in {*outputs.values(), qemu}:
                 if not identical(raw, vhd):
                     raise SystemExit(f"{vhd}: not the same volume as {raw}")
