@@ -7,8 +7,15 @@ import zlib
 import numpy as np
 import pytest
 
-from blockforensics.image.codec import MIN_SAVING, compress_rows, decompress, random_rows
+from blockforensics.image.codec import (
+    MIN_SAVING,
+    FrameCache,
+    compress_rows,
+    decompress,
+    random_rows,
+)
 from blockforensics.image.format import ENCODING_FLAGS, FLAG_ZLIB, FLAG_ZSTD
+from blockforensics.spanhash import sha256_128_rows
 
 
 def _blocks(seed: int = 3) -> np.ndarray:
@@ -24,7 +31,7 @@ def _blocks(seed: int = 3) -> np.ndarray:
 def test_compressible_rows_become_zstd_frames_and_random_rows_stay_raw():
     blocks = _blocks()
     rows = np.arange(1, 64)  # the rows asked for, by index into the batch
-    packed = compress_rows(blocks, rows)
+    packed = compress_rows(blocks, rows, sha256_128_rows(blocks[rows]), FrameCache())
     assert packed.flags[1::2].tolist() == [FLAG_ZSTD] * 31
     assert packed.flags[0::2].tolist() == [0] * 32
     assert packed.lengths.sum() == packed.data.nbytes  # no byte stored twice or left out
@@ -119,3 +126,81 @@ def test_a_batch_of_frames_decompresses_and_a_bad_frame_is_named():
     for bad in (frames[7][:-5] + bytes(5), short, longer):
         with pytest.raises(FormatError, match="block 107: damaged"):
             batch([*frames[:7], bad, *frames[8:]])
+
+
+def _repeating(seed: int = 5) -> np.ndarray:
+    """64 rows: 8 distinct text-like blocks, each 4 times, 2 zero blocks, random blocks."""
+    rng = np.random.default_rng(seed)
+    words = [b"delta ", b"echo ", b"foxtrot ", b"golf "]
+    texts = [np.frombuffer(b"".join(rng.choice(words, 1000).tolist())[:4096], np.uint8)
+             for _ in range(8)]
+    rows = [*texts * 4, np.zeros(4096, np.uint8), np.zeros(4096, np.uint8),
+            *rng.integers(0, 256, (22, 4096), dtype=np.uint8)]
+    return np.stack([rows[i] for i in rng.permutation(len(rows))])
+
+
+def test_a_block_seen_again_takes_the_cached_frame_and_decodes_to_itself():
+    """A repeat, in the batch or from an earlier one, stores the frame the cache holds for
+    its digest: a cache filled with level-19 frames (other bytes than level 1 makes) is
+    what the payloads hold, and every payload decodes to its own block."""
+    import zstandard
+
+    blocks = _repeating()
+    rows = np.flatnonzero(blocks.any(axis=1))
+    digests = sha256_128_rows(blocks[rows])
+    cache = FrameCache()
+    first = compress_rows(blocks, rows, digests, cache)
+    alone = [compress_rows(blocks, rows[i : i + 1], digests[i : i + 1], FrameCache())
+             for i in range(len(rows))]  # each row in a batch of its own, no cache
+    assert [bytes(first.piece(i)) for i in range(len(rows))] == \
+        [bytes(one.piece(0)) for one in alone]
+    tried = ~random_rows(blocks, rows)  # each distinct block tried once, by its digest
+    assert set(cache.frames) == {digest.tobytes() for digest in digests[tried]}
+    assert sum(len(frame) > 0 for frame in cache.frames.values()) == 8  # the text blocks
+    strong = zstandard.ZstdCompressor(level=19)
+    forced = FrameCache()
+    forced.add({digests[i].tobytes(): strong.compress(blocks[row].tobytes())
+                for i, row in enumerate(rows.tolist()) if (first.flags[i] == FLAG_ZSTD)})
+    second = compress_rows(blocks, rows, digests, forced)
+    for i, row in enumerate(rows.tolist()):
+        piece = bytes(second.piece(i))
+        assert decompress(int(second.flags[i]), piece, 4096) == blocks[row].tobytes()
+        if second.flags[i] == FLAG_ZSTD:
+            assert piece == forced.frames[digests[i].tobytes()] != bytes(first.piece(i))
+    assert second.flags.tolist() == first.flags.tolist()
+
+
+def test_the_frame_cache_forgets_its_oldest_frames_past_its_limit():
+    from blockforensics.image.codec import FRAME_ENTRY_BYTES
+
+    cache = FrameCache(limit=10 * (100 + FRAME_ENTRY_BYTES))
+    for n in range(4):
+        cache.add({bytes([n, i]) * 8: bytes(100) for i in range(6)})
+    assert list(cache.frames) == [bytes([n, i]) * 8 for n in (2, 3) for i in range(6)][2:]
+    assert cache.nbytes == 10 * (100 + FRAME_ENTRY_BYTES)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_compressed_codec_digests_and_decodes_repeated_and_zero_blocks(encrypted):
+    """Both codecs, through the cache: content digests as computed block by block (zero
+    blocks not hashed but given the zero block's digest), every block decoded back."""
+    import os
+
+    from blockforensics.crypto import KEY_SIZE, ChainKeys
+    from blockforensics.image.codec import EncryptedCodec, PlainCodec
+
+    blocks = _repeating(seed=9)
+    codec = (EncryptedCodec(ChainKeys(os.urandom(KEY_SIZE), os.urandom(16)), 4096)
+             if encrypted else PlainCodec(4096)).compressing()
+    positions = np.arange(len(blocks), dtype=np.uint64)
+    for part in (slice(0, 40), slice(40, 64)):  # the second batch repeats the first's blocks
+        encoded = codec.encode(positions[part], blocks[part])
+        records = encoded.records
+        assert (records["content_digest"].tobytes()
+                == codec.content_digests(blocks[part]).tobytes())
+        texts = np.count_nonzero(~random_rows(blocks[part], np.arange(len(records)))
+                                 & (blocks[part].any(axis=1) | encrypted))  # zeros: a flag
+        assert np.count_nonzero(records["flags"] & FLAG_ZSTD) == texts > 0
+        payloads = np.frombuffer(encoded.payload, np.uint8)
+        decoded = codec.decode_many(records, payloads, records["offset"].astype(np.int64))
+        assert decoded.tobytes() == blocks[part].tobytes()

@@ -9,8 +9,8 @@ writer, consolidation and verify never branch on encryption.
 
 from __future__ import annotations
 
+import collections
 import copy
-import itertools
 import threading
 import zlib
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from blockforensics.image.format import (
     FLAG_ZSTD,
     INDEX_DTYPE,
 )
-from blockforensics.spanhash import sha256_128, sha256_128_rows, stored_checks
+from blockforensics.spanhash import sha256_128, sha256_128_rows, sha256_128_spans, stored_checks
 
 #: a compressed payload is kept only when it saves at least this share of the block
 MIN_SAVING = 1 / 16
@@ -86,15 +86,49 @@ class Packed:
         return self.data[start : start + int(self.lengths[i])].data
 
 
-def compress_rows(blocks: np.ndarray, rows: np.ndarray) -> Packed:
+#: bytes of frames a :class:`FrameCache` holds (frames plus ``FRAME_ENTRY_BYTES`` each):
+#: a disk repeats blocks (copies of files, licence texts, versions of a library), often
+#: close together.  On issue 19's 1 GiB image 40 % of the compressible blocks repeat one
+#: 8-16 MiB of frames before (none within 8 MiB): 16 MiB spares zstd all of them, 32 MiB
+#: leaves a margin (peak RSS +26 MiB)
+FRAME_CACHE_BYTES = 32 << 20
+FRAME_ENTRY_BYTES = 128  # a dict slot, a 16-byte key and a bytes object's header
+
+
+class FrameCache:
+    """The zstd frames of recently compressed blocks by their SHA-256/128 content digest,
+    oldest dropped first past ``FRAME_CACHE_BYTES``: a block seen again is not compressed
+    again (same content, same frame).  ``b""`` stands for a block stored raw (its frame
+    saved too little).  One per image writer: not for use by two threads at once."""
+
+    def __init__(self, limit: int = FRAME_CACHE_BYTES):
+        self.frames: dict[bytes, bytes] = {}
+        self.order: collections.deque[bytes] = collections.deque()
+        self.nbytes, self.limit = 0, limit
+
+    def add(self, frames: dict[bytes, bytes]) -> None:
+        """Remember ``frames`` (digest -> frame), then forget the oldest past the limit."""
+        for key, frame in frames.items():
+            if key not in self.frames:
+                self.frames[key] = frame
+                self.order.append(key)
+                self.nbytes += len(frame) + FRAME_ENTRY_BYTES
+        while self.nbytes > self.limit:
+            self.nbytes -= len(self.frames.pop(self.order.popleft())) + FRAME_ENTRY_BYTES
+
+
+def compress_rows(blocks: np.ndarray, rows: np.ndarray, digests: np.ndarray,
+                  cache: FrameCache) -> Packed:
     """zstd-compress ``blocks[rows]`` (``rows``: indices into the ``(k, block_size)`` array)
     as one batch, on every core without the GIL.  A row becomes a frame where that saves
     at least ``MIN_SAVING`` of the block; rows that look random (:func:`random_rows`) are
-    not compressed at all, and they and the frames too large are stored raw.  No object
-    per frame: frames are measured and joined by C loops."""
+    not compressed at all, and they and the frames too large are stored raw.  A row whose
+    SHA-256/128 (``digests``: ``(len(rows), 16)``) is in ``cache``, or earlier in the
+    batch, takes that frame instead of being compressed; the frames made join the cache."""
     import zstandard
 
     block_size = blocks.shape[1]
+    limit = block_size - int(block_size * MIN_SAVING)
     blocks = np.ascontiguousarray(blocks)
     rows = np.asarray(rows, dtype=np.int64)
     flags = np.zeros(len(rows), dtype=np.uint32)
@@ -102,21 +136,35 @@ def compress_rows(blocks: np.ndarray, rows: np.ndarray) -> Packed:
         return Packed(flags, np.zeros(0, np.int64), np.zeros(0, np.uint32),
                       np.zeros(0, np.uint8))
     tried = np.flatnonzero(~random_rows(blocks, rows))
-    segments = np.empty((len(tried), 2), dtype=np.uint64)  # (byte offset, bytes) per frame
-    segments[:, 0], segments[:, 1] = rows[tried] * block_size, block_size
-    compressor, _ = _zstd()
-    source = zstandard.BufferWithSegments(blocks.reshape(-1).data, segments.tobytes())
-    frames = compressor.multi_compress_to_buffer(  # type: ignore[attr-defined]
-        source, threads=batch.threads()) if len(tried) else []
+    joined = np.ascontiguousarray(digests[tried], dtype=np.uint8).tobytes()
+    keys = [joined[i : i + DIGEST_SIZE] for i in range(0, len(joined), DIGEST_SIZE)]
+    known = cache.frames
+    todo: dict[bytes, int] = {}  # digest -> the first row of ``tried`` holding it
+    for i, key in enumerate(keys):
+        if key not in known and key not in todo:
+            todo[key] = i
+    if todo:
+        firsts = tried[np.fromiter(todo.values(), dtype=np.int64, count=len(todo))]
+        segments = np.empty((len(firsts), 2), dtype=np.uint64)  # (byte offset, bytes)
+        segments[:, 0], segments[:, 1] = rows[firsts] * block_size, block_size
+        source = zstandard.BufferWithSegments(blocks.reshape(-1).data, segments.tobytes())
+        made = _zstd()[0].multi_compress_to_buffer(  # type: ignore[attr-defined]
+            source, threads=batch.threads())
+        fresh = {key: made[j].tobytes() if len(made[j]) <= limit else b""
+                 for j, key in enumerate(todo)}
+        del made  # zstd's buffers, before the payload is laid out
+        frames = [fresh.get(key) or known.get(key, b"") for key in keys]
+        cache.add(fresh)
+    else:
+        frames = [known[key] for key in keys]
     sizes = np.fromiter(map(len, frames), dtype=np.uint32, count=len(tried))
-    kept = sizes <= block_size - int(block_size * MIN_SAVING)
+    kept = sizes > 0
     zipped = tried[kept]
     flags[zipped] = FLAG_ZSTD
     raw = np.flatnonzero(flags == 0)
     lengths = np.full(len(rows), block_size, dtype=np.uint32)
     lengths[zipped] = sizes[kept]
-    frame_bytes = b"".join(itertools.compress(frames, kept.tolist()))
-    del frames  # zstd's buffers, before the payload is laid out
+    frame_bytes = b"".join(frames)  # the raw ones are b"": nothing
     data = np.empty(len(raw) * block_size + len(frame_bytes), dtype=np.uint8)
     np.take(blocks, rows[raw], axis=0, out=data[: len(raw) * block_size].reshape(-1, block_size))
     data[len(raw) * block_size :] = np.frombuffer(frame_bytes, dtype=np.uint8)
@@ -217,6 +265,7 @@ class BlockCodec:
     def __init__(self, block_size: int, compress: bool = False):
         self.block_size = block_size
         self.compress = compress
+        self.frames = FrameCache()  # of the blocks this codec compressed lately
 
     def compressing(self, compress: bool = True) -> BlockCodec:
         """The same codec (same keys), storing zstd-compressed payloads where smaller.
@@ -224,6 +273,7 @@ class BlockCodec:
         Compression is a per-image choice: readers follow each record's flags."""
         other = copy.copy(self)
         other.compress = compress
+        other.frames = FrameCache()
         return other
 
     def content_digests(self, blocks: np.ndarray) -> np.ndarray:
@@ -291,10 +341,24 @@ class PlainCodec(BlockCodec):
     def content_digests(self, blocks: np.ndarray) -> np.ndarray:
         return sha256_128_rows(blocks)
 
+    def _zero_content_digests(self, zero: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        """:meth:`content_digests` of ``blocks``; the rows marked in ``zero`` (all-zero
+        blocks) take the one digest of a zero block instead of being hashed."""
+        if not zero.any():
+            return sha256_128_rows(blocks)
+        blocks = np.ascontiguousarray(blocks)
+        width = blocks.shape[1]
+        rows = np.flatnonzero(~zero)
+        content = np.empty((len(blocks), DIGEST_SIZE), dtype=np.uint8)
+        content[zero] = np.frombuffer(sha256_128(bytes(width)), np.uint8)
+        content[rows] = sha256_128_spans(blocks.reshape(-1), rows * width,
+                                         np.full(len(rows), width, np.int64))
+        return content
+
     def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
         zero = ~nonzero_rows(blocks)
         data = ~zero
-        content = sha256_128_rows(blocks)
+        content = self._zero_content_digests(zero, blocks)
         flags = np.where(zero, FLAG_ZERO, FLAG_CRC32).astype(np.uint32)
         lengths = np.where(zero, 0, self.block_size).astype(np.uint32)
         stored = np.empty_like(content)
@@ -305,7 +369,7 @@ class PlainCodec(BlockCodec):
             stored[data] = stored_checks(kept.reshape(-1), _starts(width), width)
             return EncodedBlocks(_records(positions, flags, lengths, stored, content),
                                  kept.reshape(-1).data)
-        packed = compress_rows(blocks, np.flatnonzero(data))
+        packed = compress_rows(blocks, np.flatnonzero(data), content[data], self.frames)
         flags[data], lengths[data] = packed.flags | FLAG_CRC32, packed.lengths
         starts = np.zeros(len(positions), dtype=np.int64)
         starts[data] = packed.starts
@@ -328,7 +392,8 @@ class EncryptedCodec(BlockCodec):
 
     def encode(self, positions: np.ndarray, blocks: np.ndarray) -> EncodedBlocks:
         k = len(positions)
-        content = self.content_digests(blocks)
+        plain = sha256_128_rows(blocks)
+        content = self.keys.content_digests(plain)
         if not self.compress:  # every payload has the same size: one array, no joins
             sealed_flags = FLAG_ENCRYPTED | FLAG_CRC32
             out = self.keys.encrypt_rows(positions, sealed_flags, blocks)
@@ -337,7 +402,7 @@ class EncryptedCodec(BlockCodec):
             return EncodedBlocks(_records(positions, flags, width.astype(np.uint32),
                                           stored_checks(out.reshape(-1), _starts(width), width),
                                           content), out.reshape(-1).data)
-        packed = compress_rows(blocks, np.arange(k))
+        packed = compress_rows(blocks, np.arange(k), plain, self.frames)
         flags = packed.flags | FLAG_ENCRYPTED | FLAG_CRC32
         sealed, starts = self.keys.encrypt_spans(positions, flags, packed.data, packed.starts,
                                                  packed.lengths)
