@@ -78,7 +78,7 @@ class Packed:
     flags: np.ndarray  # uint32 per row: FLAG_ZSTD or 0
     starts: np.ndarray  # int64 per row: where its payload starts in ``data`` (bytes)
     lengths: np.ndarray  # uint32 per row: payload bytes
-    data: np.ndarray  # uint8: the blocks stored raw, in row order, then the frames kept
+    data: np.ndarray  # uint8, read-only: the blocks stored raw, in row order, then the frames
 
     def piece(self, i: int) -> memoryview:
         """Row ``i``'s payload."""
@@ -164,10 +164,9 @@ def compress_rows(blocks: np.ndarray, rows: np.ndarray, digests: np.ndarray,
     raw = np.flatnonzero(flags == 0)
     lengths = np.full(len(rows), block_size, dtype=np.uint32)
     lengths[zipped] = sizes[kept]
-    frame_bytes = b"".join(frames)  # the raw ones are b"": nothing
-    data = np.empty(len(raw) * block_size + len(frame_bytes), dtype=np.uint8)
-    np.take(blocks, rows[raw], axis=0, out=data[: len(raw) * block_size].reshape(-1, block_size))
-    data[len(raw) * block_size :] = np.frombuffer(frame_bytes, dtype=np.uint8)
+    # one copy: the raw rows, then the frames (the raw ones' are b"": nothing)
+    data = np.frombuffer(b"".join([*(blocks[r].data for r in rows[raw].tolist()), *frames]),
+                         dtype=np.uint8)
     starts = np.empty(len(rows), dtype=np.int64)
     starts[raw] = np.arange(len(raw), dtype=np.int64) * block_size
     starts[zipped] = len(raw) * block_size + _starts(sizes[kept])
