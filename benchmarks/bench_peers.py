@@ -45,9 +45,10 @@ runs, every restored volume is compared with the source (or, for partclone, with
 ours) and every consolidated repository must hold one point: partclone, for one,
 exits 0 on a bad option having restored nothing.  The full backups each start with the
 source in the page cache (borg drops what it reads from it).  ``--baseline DIR`` also runs
-the full backups and the exports of another checkout (``DIR`` on ``PYTHONPATH``, its
-extension built) in the same rounds, right after ours ("before: full, ...", "before:
-export ...").  Install the peers with ``apt-get install restic borgbackup partclone``
+the full backups, the consolidations and the exports of another checkout (``DIR`` on
+``PYTHONPATH``, its extension built) in the same rounds, right after ours ("before: full,
+...", "before: consolidate, ...", "before: export ...").  Install the peers with
+``apt-get install restic borgbackup partclone``
 (``scripts/setup.sh`` does not: the benchmarks are not run in CI); ``qemu-img`` and
 ``qemu-nbd`` come with ``qemu-utils``.  Our commands run from compiled bytecode, as
 installed.
@@ -166,12 +167,13 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def consolidations(work: Path, src: Path, changed: Path, key: Path,
-                   env: dict[str, str]) -> tuple[list[Step], Callable[[], None]]:
+def consolidations(work: Path, src: Path, changed: Path, key: Path, env: dict[str, str],
+                   baseline: Path | None = None) -> tuple[list[Step], Callable[[], None]]:
     """Steps that merge two points into one, each from a saved repository holding a
     backup of the volume file and one of the same file after 1 % of its blocks changed
     (same path, so restic's forget groups them): ours (plain, encrypted), borg (none)
-    prune + compact, restic forget --prune; and a check that each left one point."""
+    prune + compact, restic forget --prune, and ``baseline``'s each right after ours if
+    given; and a check that each left one point."""
     volume = work / "volume.img"
     saved = {name: work / f"{name}.two" for name in ("plain", "enc", "borg", "restic",
                                                      "borg-base", "restic-cache")}
@@ -220,15 +222,20 @@ def consolidations(work: Path, src: Path, changed: Path, key: Path,
             if count != 1:
                 raise SystemExit(f"{name}: {count} points left after consolidation, not 1")
 
+    def ours(kind: str, name: str) -> list[Step]:
+        step = Step(f"ours: consolidate, {kind}", cli("consolidate", live[name], "--point", 1),
+                    reset(name))
+        return [step] + ([dataclasses.replace(
+            step, label=step.label.replace("ours: ", "before: "),
+            env={"PYTHONPATH": str(baseline), "PYTHONSAFEPATH": "1"})] if baseline else [])
+
     borg = live["borg"]
     return [
-        Step("ours: consolidate, plain", cli("consolidate", live["plain"], "--point", 1),
-             reset("plain")),
+        *ours("plain", "plain"),
         Step("borg: prune + compact", ["sh", "-c", f"borg prune --keep-last 1 '{borg}' && "
                                        f"borg compact '{borg}'"], reset("borg", "borg-base"),
              run_env),
-        Step("ours: consolidate, encrypted", cli("consolidate", live["enc"], "--point", 1),
-             reset("enc")),
+        *ours("encrypted", "enc"),
         Step("restic: forget --prune", ["restic", "-q", "--repo", str(live["restic"]), "forget",
                                         "--keep-last", "1", "--prune"],
              reset("restic", "restic-cache"), run_env),
@@ -531,7 +538,7 @@ def main() -> None:
         if apart > size // 4096 // 100:
             raise SystemExit("partclone's restore is not the volume: did it fail?")
     if "consolidate" in args.only:
-        steps, check = consolidations(work, src, changed, key, env)
+        steps, check = consolidations(work, src, changed, key, env, args.baseline)
         results |= fastest(steps, args.repeat)
         check()
     if "list" in args.only:

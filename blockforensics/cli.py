@@ -714,7 +714,8 @@ def _consolidate_arguments(p: argparse.ArgumentParser) -> None:
                    help="retention: one point per week for W weeks")
     p.add_argument("--rewrite", action="store_true",
                    help="copy every kept block into a new file (default: grow the merged "
-                        "image holding the most in place, punching out what it replaced)")
+                        "image holding the most in place, punching out the runs of 1 MiB or "
+                        "more it replaced; an image a tenth dead is not grown again)")
 
 
 @_command("diff", cmd_diff, "what changed between two points")

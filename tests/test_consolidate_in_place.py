@@ -2,8 +2,9 @@
 
 Oracles: the source volume at every point (by image id), the bytes of the image
 file before the merge (a merge that died is rolled back to exactly them), the
-old index's payload offsets (what the merge replaced reads as zeros: punched
-out), and the file's identity (the same inode, grown).
+old index's payload offsets (what the merge replaced in runs of 1 MiB or more reads
+as zeros: punched out; single blocks stay), and the file's identity (the same inode,
+grown, or a new file once a tenth of it is dead).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from killpoints import RUNNER_ENV
 from blockforensics.consolidate import apply_retention, consolidate
 from blockforensics.crypto import KEY_SIZE, KeySource
 from blockforensics.errors import FormatError
+from blockforensics.image.backup import backup
 from blockforensics.image.chain import Chain
 from blockforensics.image.inplace import MERGE_JOURNAL, open_image
 from blockforensics.image.store import ChainStore
 from blockforensics.image.summary import chain_rows
 from blockforensics.image.verify import verify
+from blockforensics.volume import Volume
 
 N_BLOCKS = 600
+BS = 4096
+RUN_BLOCKS = 300  # 1.2 MiB: a run of dead payloads a merge in place punches out
 
 
 def _records(path: Path) -> np.ndarray:
@@ -36,32 +41,52 @@ def _records(path: Path) -> np.ndarray:
         return next(img for img in chain.images if img.name == path.name).index.all()
 
 
-def test_the_full_grows_and_frees_what_the_merge_replaced(tmp_path: Path) -> None:
-    sources = build_chain(tmp_path, [None, 0, 1], n_blocks=N_BLOCKS)
+def _history(directory: Path, changes: list[np.ndarray]) -> dict[bytes, bytes]:
+    """A full backup of ``N_BLOCKS`` random blocks, then one incremental per entry of
+    ``changes`` (the block positions it rewrites), each on the one before; the oracle of
+    :func:`chains.build_chain`."""
+    rng = np.random.default_rng(11)
+    data = rng.integers(0, 256, (N_BLOCKS, BS), dtype=np.uint8)
+    sources: dict[bytes, bytes] = {}
+    with Chain.create(directory) as chain:
+        for i, changed in enumerate([None, *changes]):
+            if changed is not None:
+                data = data.copy()
+                data[changed] = rng.integers(0, 256, (len(changed), BS), dtype=np.uint8)
+            index = backup(chain, Volume.from_bytes(data.reshape(-1), BS),
+                           parent=None if i == 0 else i - 1, full=i == 0)
+            sources[chain.images[index].header.image_id] = data.tobytes()
+    return sources
+
+
+def test_the_full_grows_and_frees_the_runs_the_merge_replaced(tmp_path: Path) -> None:
+    run = np.arange(100, 100 + RUN_BLOCKS)  # 1.2 MiB of adjacent payloads: punched
+    scattered = np.array([450, 470, 520])  # single blocks: left dead where they are
+    sources = _history(tmp_path, [np.r_[run, scattered]])
     full = tmp_path / "0000-full.bfi"
     old = _records(full)
     inode, old_size = full.stat().st_ino, full.stat().st_size
-    with Chain.open(tmp_path) as chain:
-        later = np.union1d(chain.images[1].index.all()["position"],
-                           chain.images[2].index.all()["position"])
-    result = consolidate(tmp_path, 2)
-    assert result.in_place and result.removed == ["0000-full.bfi", "0001-incr.bfi",
-                                                  "0002-incr.bfi"]
+    old_bytes = full.read_bytes()
+    result = consolidate(tmp_path, 1)
+    assert result.in_place and result.removed == ["0000-full.bfi", "0001-incr.bfi"]
     grown = tmp_path / result.image
     assert grown.stat().st_ino == inode and grown.stat().st_size > old_size
     new = _records(grown)
-    kept = old[~np.isin(old["position"], later)]
+    kept = old[~np.isin(old["position"], np.r_[run, scattered])]
     # the full's payloads that still count were not moved: the same offsets
     assert np.array_equal(new[np.isin(new["position"], kept["position"])]["offset"],
                           kept["offset"])
-    # the ones the merge replaced were punched out: zeros, and not on the disk any more
-    replaced = old[np.isin(old["position"], later) & (old["length"] > 0)]
-    assert len(replaced) > 5
+    # the run the merge replaced was punched out: zeros, and not on the disk any more;
+    # the scattered blocks are as they were
     with open(grown, "rb") as fh:
-        for record in replaced:
+        for record in old[np.isin(old["position"], run)]:
             fh.seek(int(record["offset"]))
-            assert fh.read(int(record["length"])) == bytes(int(record["length"]))
-    assert grown.stat().st_blocks * 512 < grown.stat().st_size - len(replaced) * 4096
+            assert fh.read(int(record["length"])) == bytes(BS)
+        for record in old[np.isin(old["position"], scattered)]:
+            at = int(record["offset"])
+            fh.seek(at)
+            assert fh.read(BS) == old_bytes[at : at + BS]
+    assert grown.stat().st_blocks * 512 < grown.stat().st_size - RUN_BLOCKS * BS
     [row] = chain_rows(tmp_path)  # list shows both: the file's size and its disk space
     assert (row["stored_bytes"], row["disk_bytes"]) == (grown.stat().st_size,
                                                         grown.stat().st_blocks * 512)
@@ -73,6 +98,26 @@ def test_the_full_grows_and_frees_what_the_merge_replaced(tmp_path: Path) -> Non
     assert consolidate(tmp_path / "b", -1).in_place
     assert verify(tmp_path / "b").ok
     assert_restores(tmp_path / "b", more)
+
+
+def test_an_image_with_a_tenth_dead_is_not_grown_again(tmp_path: Path) -> None:
+    # every fifth block rewritten: a fifth of the full dead after the first merge, in
+    # single blocks (not punched); the second merge grows the incremental instead and
+    # the full's file, its dead payloads with it, goes
+    sources = _history(tmp_path, [np.arange(0, N_BLOCKS, 5), np.array([7, 8, 9])])
+    first = consolidate(tmp_path, 1)
+    grown = tmp_path / first.image
+    inode = grown.stat().st_ino
+    assert first.in_place and grown.stat().st_blocks * 512 > (
+        N_BLOCKS + N_BLOCKS // 5) * BS
+    second = consolidate(tmp_path, -1)
+    assert second.in_place and first.image in second.removed
+    final = tmp_path / second.image
+    assert final.stat().st_ino != inode
+    # on the disk: the payloads of the point, its index, header and footer, no more
+    assert final.stat().st_blocks * 512 <= N_BLOCKS * BS + (N_BLOCKS * 56 + 4 * BS)
+    assert verify(tmp_path).ok
+    assert_restores(tmp_path, sources)
 
 
 def test_an_open_reader_gets_a_rewrite_and_keeps_reading(tmp_path: Path) -> None:
