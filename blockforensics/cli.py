@@ -175,6 +175,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if args.head_start:
         from blockforensics.live.headstart import backup_live
 
+        _open_source(args.source).close()  # refused (empty, no export) before any chain
         chain = open_chain()
         done = backup_live(chain, args.source, args.head_start, args.bitmap,
                            block_size=args.block_size, all_blocks=args.all_blocks,

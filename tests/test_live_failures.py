@@ -418,7 +418,7 @@ def test_wrong_sockets_and_exports_are_one_line_errors(tmp_path):
             assert len(done.stderr.splitlines()) == 1
         nope = NbdAddress(export="nope", socket_path=str(daemon.nbd_socket))
         done = head_start(nope, chain, daemon.spare_qmp_socket, "c")
-        assert done.returncode == 2 and "no export 'nope'" in done.stderr
+        assert done.returncode == 2 and "export 'nope' not present" in done.stderr  # NBD's
         for option in (("--parent", "0"), ("--full",)):
             done = head_start(rw, chain, daemon.spare_qmp_socket, "c", *option)
             assert done.returncode == 2 and "does not go with --head-start" in done.stderr
@@ -574,3 +574,16 @@ def test_a_disk_resized_during_the_head_start(tmp_path):
         assert done.tracked == 17
         assert same_image(restore(chain, 1, tmp_path / "r1.raw"), tmp_path / "s1.raw")
         chain.close()
+
+
+def test_an_empty_live_disk_is_refused_as_every_empty_source_is(tmp_path):
+    """``--head-start`` on a 0-byte disk: the one line (exit 2) every backup of an empty
+    source gives, and no chain left behind."""
+    (tmp_path / "disk.img").write_bytes(b"")
+    with served(tmp_path / "disk.img", tmp_path / "qsd") as (daemon, _, rw):
+        chain = tmp_path / "chain"
+        done = head_start(rw, chain, daemon.spare_qmp_socket, "c")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [f"blockforensics: error: {rw.uri()}: the source "
+                                            "is empty (0 bytes): no disk to read"]
+        assert not chain.exists()
