@@ -13,6 +13,13 @@
  * (MAP_SHARED) still work, through the page cache.  Elsewhere (or direct=False) the
  * kernel caches the files (FOPEN_KEEP_CACHE: they never change while mounted).
  *
+ * A stored block is found by its disk position: each segment of an image file says which
+ * disk byte it starts at, and the image's list of the blocks it supplies (ascending
+ * positions, as the chain's index holds them) is searched for those of the read.  The
+ * plans may be mapped from a file (their spill): the pages of those mappings (`mapped`)
+ * are dropped from the server's every DROP_EVERY reads, so its RSS does not grow with
+ * the number of stored blocks or segments either.
+ *
  * A read of 64 KiB or more: every stored block it touches is checked against its stored
  * digest (CRC-32 or SHA-256/128) in a read-only mapping of the image file, and the reply
  * goes to the kernel in one writev from the mapping (no copy here; the mapped pages are
@@ -25,14 +32,17 @@
  *
  * Measured against the alternatives (benchmarks/README.md, sessions 13 and 14).
  *
- *   serve(mountpoint, files, sources, *, foreground=True, on_open=None, direct=True) -> int
- *     files     list of (name, size, starts, kinds, offsets, blob): starts int64 and
- *               offsets int64 (file and source bytes), kinds int32 (>= 0: a source,
- *               -1 zeros, -2 the blob), segments tiling [0, size) from starts[0] == 0
- *     sources   list of (fd, name, block_size, offsets, positions, digests, crc): the
- *               stored blocks to check in that file, ascending offsets (int64), their
- *               disk positions (int64, for messages), 16-byte digests, crc (uint8, 1:
- *               CRC-32 form, else SHA-256/128)
+ *   serve(mountpoint, files, sources, *, mapped=(), foreground=True, on_open=None,
+ *         direct=True) -> int
+ *     files     list of (name, size, starts, kinds, offsets, disks, blob): starts,
+ *               offsets and disks int64 (file, source and disk bytes: a source segment's
+ *               first byte is that disk byte), kinds int32 (>= 0: a source, -1 zeros, -2
+ *               the blob), segments tiling [0, size) from starts[0] == 0
+ *     sources   list of (fd, name, block_size, positions, digests, crc): the stored
+ *               blocks to check in that file, ascending disk positions (int64), 16-byte
+ *               digests, crc (uint8, 1: CRC-32 form, else SHA-256/128)
+ *     mapped    read-only shared file mappings (the plans' arrays lie in them) whose
+ *               pages may be dropped
  *     on_open   called (with the GIL) at the first open of a file
  *     direct    serve the files for direct I/O where the kernel maps such files
  *     Returns 0 once unmounted (fusermount3 -u, or SIGINT/SIGTERM/SIGHUP, which unmount);
@@ -79,8 +89,7 @@ struct source {
     const char *name;
     int64_t block_size;
     Py_ssize_t n;               /* stored blocks to check */
-    const int64_t *offsets;     /* ascending */
-    const int64_t *positions;
+    const int64_t *positions;   /* ascending */
     const unsigned char *digests; /* n * DIGEST_SIZE */
     const unsigned char *crc;
     _Atomic uint64_t *checked;  /* a bit per block: its digest matched */
@@ -95,6 +104,7 @@ struct file {
     const int64_t *starts;
     const int32_t *kinds;
     const int64_t *offsets;
+    const int64_t *disks;
     const char *blob;
     Py_ssize_t blob_len;
 };
@@ -104,6 +114,9 @@ struct server {
     Py_ssize_t n_files;
     struct source *sources;
     Py_ssize_t n_sources;
+    Py_buffer *mapped;          /* mappings whose pages are dropped every DROP_EVERY reads */
+    Py_ssize_t n_mapped;
+    atomic_uint_fast64_t reads;
     PyObject *on_open;
     atomic_int opened;
     int fd;                     /* /dev/fuse of the mount */
@@ -198,13 +211,13 @@ static int is_checked(const struct source *s, Py_ssize_t i)
     return (atomic_load_explicit(&s->checked[i / 64], memory_order_relaxed) >> (i % 64)) & 1;
 }
 
-/* The first stored block of s whose bytes end after byte `offset`. */
-static Py_ssize_t first_block(const struct source *s, int64_t offset)
+/* The first stored block of s at disk position `position` or after. */
+static Py_ssize_t first_block(const struct source *s, int64_t position)
 {
     Py_ssize_t lo = 0, hi = s->n;
     while (lo < hi) {
         Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (s->offsets[mid] + s->block_size <= offset)
+        if (s->positions[mid] < position)
             lo = mid + 1;
         else
             hi = mid;
@@ -213,26 +226,27 @@ static Py_ssize_t first_block(const struct source *s, int64_t offset)
 }
 
 /* Check the stored blocks of s that bytes offset .. offset+n (held at dst: a buffer, or
- * s's mapping) touch; a block only partly in them is checked whole in s's mapping when
+ * s's mapping; disk bytes disk .. disk+n) touch; a block only partly in them is checked whole in s's mapping when
  * dst is that mapping (else read whole into the thread's block buffer: a buffer's reader
  * leaves the mapping alone), and its part copied to a buffer dst (so what is replied is
  * what was checked).  Returns -1 when all match, else the index of the first that does not
  * (or cannot be read); *unreadable set for that. */
-static Py_ssize_t check_blocks(struct source *s, int64_t offset, size_t n, char *dst,
-                               struct buffers *b, int *unreadable)
+static Py_ssize_t check_blocks(struct source *s, int64_t offset, int64_t disk, size_t n,
+                               char *dst, struct buffers *b, int *unreadable)
 {
     int in_map = s->map != NULL && dst == s->map + offset;
     int64_t bs = s->block_size, end = offset + (int64_t)n;
+    int64_t last = (disk + (int64_t)n + bs - 1) / bs;  /* past the last block touched */
     *unreadable = 0;
-    for (Py_ssize_t i = first_block(s, offset); i < s->n && s->offsets[i] < end; i++) {
+    for (Py_ssize_t i = first_block(s, disk / bs); i < s->n && s->positions[i] < last; i++) {
         if (is_checked(s, i))
             continue;
-        int64_t at = s->offsets[i];
+        int64_t at = offset + s->positions[i] * bs - disk;  /* the block's first byte */
         int inside = at >= offset && at + bs <= end;
         const unsigned char *p;
         if (inside) {
             p = (const unsigned char *)dst + (at - offset);
-        } else if (in_map && at + bs <= s->map_size) {
+        } else if (in_map && at >= 0 && at + bs <= s->map_size) {
             p = (const unsigned char *)s->map + at;
         } else {
             if (!reserve(&b->block, &b->block_cap, (size_t)bs)
@@ -298,6 +312,9 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
  * pages cost more than the copy (4 KiB reads, direct: 15 us a request by pread, 20 us
  * mapped; from 64 KiB on, the same or faster) */
 #define MAPPED_MIN (64 << 10)
+/* READ requests between two drops of the plans' mapped pages: at most some 10 pages each
+ * (the segments' and the blocks' searches), so a few MiB of the plans stay mapped */
+#define DROP_EVERY 256
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22  /* Linux 5.14, <linux/mman.h> */
 #endif
@@ -611,6 +628,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
                                   .unique = unique};
     struct iovec iov[MAX_PIECES + 1] = {{&out, sizeof out}};
     struct source *owner[MAX_PIECES + 1] = {NULL};
+    int64_t disk[MAX_PIECES + 1];
     int n = 1;
     for (Py_ssize_t k = segment_at(f, offset); k < f->n && f->starts[k] < end; k++, n++) {
         int64_t from = offset > f->starts[k] ? offset : f->starts[k];
@@ -624,6 +642,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
                           : f->kinds[k] == METADATA ? (void *)(f->blob + at)
                                                     : (void *)(s->map + at);
         owner[n] = s;
+        disk[n] = f->disks[k] + from - f->starts[k];
     }
     /* a fault in the mappings (the file cut shorter or unreadable since it was mapped):
      * nothing was sent, the pread path answers (and says what failed) */
@@ -647,7 +666,8 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
             return 0;
         }
         int unreadable;
-        Py_ssize_t bad = check_blocks(s, at, iov[i].iov_len, iov[i].iov_base, b, &unreadable);
+        Py_ssize_t bad = check_blocks(s, at, disk[i], iov[i].iov_len, iov[i].iov_base, b,
+                                      &unreadable);
         if (bad >= 0) {
             fault_jump = NULL;
             report(s, at, bad, unreadable);
@@ -696,13 +716,30 @@ static int read_range(struct server *srv, const struct file *f, int64_t offset, 
         }
         struct source *s = &srv->sources[f->kinds[k]];
         int unreadable = !pread_all(s->fd, piece, length, at);
-        Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, length, piece, b, &unreadable);
+        Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, f->disks[k] + from - f->starts[k],
+                                                        length, piece, b, &unreadable);
         if (unreadable || bad >= 0) {
             report(s, at, bad, unreadable);
             return 0;
         }
     }
     return 1;
+}
+
+/* Drop the pages of the plans' mappings from the server's page tables (the page cache
+ * keeps them; a worker using one maps it again at its next touch): every DROP_EVERY reads,
+ * so that what the reads mapped of the plans does not pile up. */
+static void drop_plans(struct server *srv)
+{
+    if (atomic_fetch_add(&srv->reads, 1) % DROP_EVERY != DROP_EVERY - 1)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (Py_ssize_t i = 0; i < srv->n_mapped; i++) {
+        uintptr_t from = (uintptr_t)srv->mapped[i].buf & ~(page - 1);
+        uintptr_t to = ((uintptr_t)srv->mapped[i].buf + (uintptr_t)srv->mapped[i].len + page - 1)
+                       & ~(page - 1);  /* a mapping's last page is whole */
+        madvise((void *)from, to - from, MADV_DONTNEED);
+    }
 }
 
 static void do_read(struct server *srv, const struct fuse_in_header *in,
@@ -721,14 +758,17 @@ static void do_read(struct server *srv, const struct fuse_in_header *in,
         return;
     }
     size_t n = (size_t)(end - offset);
-    if (n >= MAPPED_MIN && reply_mapped(srv, in->unique, f, offset, end, b))
+    if (n >= MAPPED_MIN && reply_mapped(srv, in->unique, f, offset, end, b)) {
+        drop_plans(srv);
         return;
+    }
     if (!reserve(&b->reply, &b->reply_cap, n)) {
         reply(srv, in->unique, ENOMEM, NULL, 0);
         return;
     }
     int done = read_range(srv, f, offset, n, b->reply, b);
     reply(srv, in->unique, done ? 0 : EIO, b->reply, n);
+    drop_plans(srv);
 }
 
 /* Answer one request of `size` bytes (its header says as much). */
@@ -946,16 +986,15 @@ static int parse_sources(PyObject *list, struct server *srv, struct held *h)
     }
     for (Py_ssize_t i = 0; i < srv->n_sources; i++) {
         struct source *s = &srv->sources[i];
-        PyObject *offsets, *positions, *digests, *crc;
+        PyObject *positions, *digests, *crc;
         long long block_size;
-        if (!PyArg_ParseTuple(PyList_GetItem(list, i), "isLOOOO;a source is (fd, name, "
-                              "block_size, offsets, positions, digests, crc)", &s->fd, &s->name,
-                              &block_size, &offsets, &positions, &digests, &crc))
+        if (!PyArg_ParseTuple(PyList_GetItem(list, i), "isLOOO;a source is (fd, name, "
+                              "block_size, positions, digests, crc)", &s->fd, &s->name,
+                              &block_size, &positions, &digests, &crc))
             return 0;
         s->block_size = block_size;
         s->n = -1;
-        if (block_size <= 0 || (s->offsets = hold(h, offsets, 8, &s->n, "offsets")) == NULL
-            || (s->positions = hold(h, positions, 8, &s->n, "positions")) == NULL
+        if (block_size <= 0 || (s->positions = hold(h, positions, 8, &s->n, "positions")) == NULL
             || (s->digests = hold(h, digests, DIGEST_SIZE, &s->n, "digests")) == NULL
             || (s->crc = hold(h, crc, 1, &s->n, "crc")) == NULL) {
             if (!PyErr_Occurred())
@@ -987,17 +1026,18 @@ static int parse_files(PyObject *list, struct server *srv, struct held *h)
     }
     for (Py_ssize_t i = 0; i < srv->n_files; i++) {
         struct file *f = &srv->files[i];
-        PyObject *starts, *kinds, *offsets, *blob;
+        PyObject *starts, *kinds, *offsets, *disks, *blob;
         long long size;
-        if (!PyArg_ParseTuple(PyList_GetItem(list, i), "sLOOOO;a file is (name, size, "
-                              "starts, kinds, offsets, blob)", &f->name, &size, &starts,
-                              &kinds, &offsets, &blob))
+        if (!PyArg_ParseTuple(PyList_GetItem(list, i), "sLOOOOO;a file is (name, size, "
+                              "starts, kinds, offsets, disks, blob)", &f->name, &size, &starts,
+                              &kinds, &offsets, &disks, &blob))
             return 0;
         f->size = size;
         f->n = -1;
         if ((f->starts = hold(h, starts, 8, &f->n, "starts")) == NULL
             || (f->kinds = hold(h, kinds, 4, &f->n, "kinds")) == NULL
-            || (f->offsets = hold(h, offsets, 8, &f->n, "offsets")) == NULL)
+            || (f->offsets = hold(h, offsets, 8, &f->n, "offsets")) == NULL
+            || (f->disks = hold(h, disks, 8, &f->n, "disks")) == NULL)
             return 0;
         f->blob_len = -1;
         if ((f->blob = hold(h, blob, 1, &f->blob_len, "blob")) == NULL && PyErr_Occurred())
@@ -1020,6 +1060,29 @@ static int parse_files(PyObject *list, struct server *srv, struct held *h)
     return 1;
 }
 
+/* Hold the mappings of `list` whose pages may be dropped. */
+static int parse_mapped(PyObject *list, struct server *srv, struct held *h)
+{
+    srv->n_mapped = PySequence_Length(list);
+    if (srv->n_mapped < 0)
+        return 0;
+    srv->mapped = calloc((size_t)srv->n_mapped + 1, sizeof *srv->mapped);
+    if (srv->mapped == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < srv->n_mapped; i++) {
+        PyObject *item = PySequence_GetItem(list, i);
+        Py_ssize_t count = -1;
+        const void *buf = item == NULL ? NULL : hold(h, item, 1, &count, "mapped");
+        Py_XDECREF(item);
+        if (buf == NULL)
+            return 0;
+        srv->mapped[i] = h->views[h->n - 1];
+    }
+    return 1;
+}
+
 static void free_server(struct server *srv, struct held *h)
 {
     for (Py_ssize_t i = 0; srv->sources && i < srv->n_sources; i++) {
@@ -1029,6 +1092,7 @@ static void free_server(struct server *srv, struct held *h)
     }
     free(srv->sources);
     free(srv->files);
+    free(srv->mapped);
     for (Py_ssize_t i = 0; i < h->n; i++)
         PyBuffer_Release(&h->views[i]);
     free(h->views);
@@ -1036,34 +1100,47 @@ static void free_server(struct server *srv, struct held *h)
 
 static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"mountpoint", "files", "sources", "foreground", "on_open",
-                               "direct", NULL};
+    static char *keywords[] = {"mountpoint", "files", "sources", "mapped", "foreground",
+                               "on_open", "direct", NULL};
     const char *mountpoint;
-    PyObject *files, *sources, *on_open = Py_None;
+    PyObject *files, *sources, *mapped = NULL, *on_open = Py_None;
     int foreground = 1, direct = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO!O!|$pOp", keywords, &mountpoint,
-                                     &PyList_Type, &files, &PyList_Type, &sources,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "sO!O!|$OpOp", keywords, &mountpoint,
+                                     &PyList_Type, &files, &PyList_Type, &sources, &mapped,
                                      &foreground, &on_open, &direct))
         return NULL;
+    PyObject *no_mappings = PyTuple_New(0);
+    if (no_mappings == NULL)
+        return NULL;
+    mapped = mapped == NULL ? no_mappings : mapped;
+    Py_ssize_t n_mapped = PySequence_Length(mapped);
+    if (n_mapped < 0) {
+        Py_DECREF(no_mappings);
+        return NULL;
+    }
     struct server srv = {.on_open = on_open == Py_None ? NULL : on_open,
                          .want_direct = direct};
-    struct held h = {.cap = 4 * (PyList_GET_SIZE(files) + PyList_GET_SIZE(sources))};
+    struct held h = {.cap = 5 * PyList_GET_SIZE(files) + 3 * PyList_GET_SIZE(sources)
+                            + n_mapped};
     if ((h.views = calloc((size_t)h.cap + 1, sizeof *h.views)) == NULL)
         return PyErr_NoMemory();
     clock_gettime(CLOCK_REALTIME, &srv.mtime);
     int status = -1;
-    if (parse_sources(sources, &srv, &h) && parse_files(files, &srv, &h)) {
+    if (parse_sources(sources, &srv, &h) && parse_files(files, &srv, &h)
+        && parse_mapped(mapped, &srv, &h)) {
         Py_BEGIN_ALLOW_THREADS
         status = run(&srv, mountpoint, foreground);
         Py_END_ALLOW_THREADS
     }
     free_server(&srv, &h);
+    Py_DECREF(no_mappings);
     return status < 0 ? NULL : PyLong_FromLong(status);
 }
 
 static PyMethodDef methods[] = {
     {"serve", (PyCFunction)(void (*)(void))serve, METH_VARARGS | METH_KEYWORDS,
-     "serve(mountpoint, files, sources, *, foreground=True, on_open=None, direct=True) -> int: "
+     "serve(mountpoint, files, sources, *, mapped=(), foreground=True, on_open=None, "
+     "direct=True) -> int: "
      "serve byte plans read-only over FUSE until unmounted; 0 then, else fuse_main's status."},
     {NULL, NULL, 0, NULL},
 };

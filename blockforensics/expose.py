@@ -403,12 +403,14 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 def planned(disk: Disk, files: dict[str, Served]) -> tuple[list[tuple[Any, ...]],
-                                                            list[tuple[Any, ...]]] | None:
-    """``(files, sources)`` as the C server takes them (see ``_fuseserve.c``): each served
-    file's byte plan, and the image files they read with the blocks to check; None when
-    the disk's blocks cannot be read as they are stored (encrypted or compressed, more
-    than a plan holds, or a kind of disk with no plan) or a file is not a range of one
-    of its layouts (a logical volume's)."""
+                                                            list[tuple[Any, ...]],
+                                                            list[Any]] | None:
+    """``(files, sources, mapped)`` as the C server takes them (see ``_fuseserve.c``):
+    each served file's byte plan, the image files they read with the blocks to check,
+    and the mappings of the plans' spill (whose pages the server drops as it goes);
+    None when the disk's blocks cannot be read as they are stored (encrypted or
+    compressed, or a kind of disk with no plan) or a file is not a range of one of its
+    layouts (a logical volume's)."""
     from blockforensics.formats.byteplan import FilePlan, disk_plan, file_plan
 
     if any(served.layout.disk is not disk for served in files.values()):
@@ -425,10 +427,12 @@ def planned(disk: Disk, files: dict[str, Served]) -> tuple[list[tuple[Any, ...]]
         file = whole[id(layout)]
         if (served.start, served.length) != (0, layout.file_size):
             file = file.window(served.start, served.length)
-        out.append((name, file.size, file.starts, file.kinds, file.offsets, file.blob))
-    sources = [(s.fd, s.name, s.block_size, s.offsets, s.positions, s.digests, s.crc)
+        out.append((name, file.size, file.starts, file.kinds, file.offsets, file.disks,
+                    file.blob))
+    sources = [(s.fd, s.name, s.block_size, s.positions, s.digests, s.crc)
                for s in plan.files]
-    return out, sources
+    plan.spill.drop()
+    return out, sources, plan.spill.maps
 
 
 def _native_server() -> types.ModuleType | None:
@@ -473,7 +477,9 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     resolved = os.path.realpath(mountpoint)  # before the mount: not from inside it
     try:
         if server is not None and plans is not None:
-            status = server.serve(str(mountpoint), *plans, foreground=foreground,
+            served, sources, mapped = plans
+            status = server.serve(str(mountpoint), served, sources, mapped=mapped,
+                                  foreground=foreground,
                                   on_open=functools.partial(raise_read_ahead, resolved),
                                   direct=direct)
             if status:

@@ -11,6 +11,7 @@ import pytest
 from chains import build_chain
 
 from blockforensics.crypto import KeySource
+from blockforensics.errors import UsageError
 from blockforensics.expose import served_files
 from blockforensics.formats import byteplan
 from blockforensics.formats.byteplan import (
@@ -31,30 +32,45 @@ N_BLOCKS = 1300  # 5.1 MiB: three VHD blocks, the last one partial
 
 
 def plan_bytes(plan: FilePlan, disk: DiskPlan) -> bytes:
-    """The file as its plan says, read segment by segment."""
+    """The file as its plan says, read segment by segment; a segment of a file is also
+    where the disk plan says its disk bytes are."""
     out = bytearray()
     ends = np.r_[plan.starts[1:], plan.size]
-    for start, end, kind, offset in zip(plan.starts.tolist(), ends.tolist(),
-                                        plan.kinds.tolist(), plan.offsets.tolist()):
+    for start, end, kind, offset, at in zip(plan.starts.tolist(), ends.tolist(),
+                                            plan.kinds.tolist(), plan.offsets.tolist(),
+                                            plan.disks.tolist()):
         assert end > start
         if kind == ZEROS:
             out += bytes(end - start)
         elif kind == METADATA:
-            out += plan.blob[offset : offset + end - start]
+            out += plan.blob[offset : offset + end - start].tobytes()
         else:
+            run = int(np.searchsorted(disk.starts, at, side="right")) - 1
+            assert disk.sources[run] == kind
+            assert disk.offsets[run] + at - disk.starts[run] == offset
             out += os.pread(disk.files[kind].fd, end - start, offset)
     return bytes(out)
+
+
+def block_offsets(plan: DiskPlan, kind: int, positions: np.ndarray) -> np.ndarray:
+    """Where the disk plan reads the blocks at ``positions`` from, in its file ``kind``."""
+    bs = plan.files[kind].block_size
+    run = np.searchsorted(plan.starts, positions * bs, side="right") - 1
+    assert np.all(plan.sources[run] == kind)
+    return plan.offsets[run] + positions * bs - plan.starts[run]
 
 
 def assert_plans_read_as_layouts(disk) -> None:
     plan = disk_plan(disk)
     assert plan is not None
-    for source in plan.files:  # each block named is where its digest says it is
+    for kind, source in enumerate(plan.files):  # each block named: its digest is its bytes'
         bs = source.block_size
-        data = np.frombuffer(b"".join(os.pread(source.fd, bs, o) for o in source.offsets.tolist()),
+        assert np.all(np.diff(source.positions) > 0)
+        offsets = block_offsets(plan, kind, source.positions)
+        data = np.frombuffer(b"".join(os.pread(source.fd, bs, o) for o in offsets.tolist()),
                              np.uint8)
-        records = np.zeros(len(source.offsets), [("length", "<u4"), ("flags", "<u4"),
-                                                 ("stored_digest", "V16")])
+        records = np.zeros(len(offsets), [("length", "<u4"), ("flags", "<u4"),
+                                          ("stored_digest", "V16")])
         records["length"] = bs
         records["flags"] = np.where(source.crc == 1, 16, 0)
         assert np.array_equal(stored_digests(data, np.arange(len(records)) * bs, records),
@@ -120,12 +136,27 @@ def test_chains_with_encoded_blocks_are_not_planned(tmp_path: Path, kind: str):
         assert disk_plan(chain.disk(0)) is None
 
 
-def test_a_point_holding_more_blocks_than_a_plan_may_is_not_planned(tmp_path: Path, monkeypatch):
-    build_chain(tmp_path, [None], n_blocks=64)
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_plans_built_a_few_rows_at_a_time_read_as_the_layouts(tmp_path: Path, monkeypatch,
+                                                              rows: int):
+    """The same code builds the plan of a point of any size, ``ROWS`` rows at a time (a
+    window of the index, a batch of pieces, of extents): a few at a time here."""
+    from blockforensics.image import layout
+
+    sizes = [N_BLOCKS * 4096 - 100, N_BLOCKS * 4096 + 3000]
+    build_chain(tmp_path, [None, 0], n_blocks=N_BLOCKS + 1, sizes=sizes)
+    monkeypatch.setattr(byteplan, "ROWS", rows)
+    monkeypatch.setattr(layout, "WINDOW", 8 * rows)  # a multiple of 8 (BlockMap.assign)
     with Chain.open(tmp_path) as chain:
-        assert disk_plan(chain.disk(0)) is not None
-        monkeypatch.setattr(byteplan, "MAX_PLANNED_BLOCKS", 40)
-        assert disk_plan(chain.disk(0)) is None
+        assert_plans_read_as_layouts(chain.disk(1))
+
+
+def test_no_room_for_a_plan_is_one_line(tmp_path: Path, monkeypatch):
+    """A temporary directory that cannot hold the plan's spill: a UsageError naming it."""
+    monkeypatch.setattr(byteplan.tempfile, "tempdir", str(tmp_path / "missing"))
+    build_chain(tmp_path / "chain", [None], n_blocks=64)
+    with Chain.open(tmp_path / "chain") as chain, pytest.raises(UsageError, match="missing"):
+        disk_plan(chain.disk(0))
 
 
 def test_empty_windows_and_files_have_no_segments(tmp_path: Path):

@@ -279,3 +279,75 @@ def test_an_encrypted_chain_is_served_by_the_python_server(mountpoint, tmp_path)
         with exposed(disk, mountpoint, partitions=False):
             served = (mountpoint / "disk.raw").read_bytes()
             assert served == last + bytes(len(served) - len(last))
+
+
+
+def few_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans built a few rows at a time (``ROWS``, the index's ``WINDOW``): many windows,
+    batches and segments, by the code that builds the plans of points of any size."""
+    from blockforensics.formats import byteplan
+    from blockforensics.image import layout
+
+    monkeypatch.setattr(byteplan, "ROWS", 5)
+    monkeypatch.setattr(layout, "WINDOW", 64)
+
+
+def test_a_plan_built_a_few_rows_at_a_time_serves_the_point(chain, mountpoint, tmp_path,
+                                                            monkeypatch):
+    """Served from its spill's mappings (which the server drops every few hundred reads),
+    a plan built a few rows at a time reads as the point's restore, whole and 4 KiB at a
+    time, and ``disk.vhd`` as its export."""
+    few_rows(monkeypatch)
+    directory, states = chain
+    data = states[2] + bytes(-len(states[2]) % 512)
+    with Chain.open(directory) as opened:
+        disk = opened.disk(2)
+        export = write_vhd(disk, tmp_path / "export.vhd", **PINNED)
+        with exposed(disk, mountpoint, partitions=False, **PINNED) as vhd:
+            assert vhd.read_bytes() == export.read_bytes()
+            raw = mountpoint / "disk.raw"
+            assert raw.read_bytes() == data
+            fd = os.open(raw, os.O_RDONLY)
+            try:  # > 256 requests: the plans' pages are dropped between them
+                got = b"".join(os.pread(fd, 4096, offset) for offset in range(0, len(data), 4096))
+            finally:
+                os.close(fd)
+            assert got == data
+
+
+@pytest.mark.parametrize("digests", ["crc32", "sha256"])
+def test_a_plan_built_a_few_rows_at_a_time_fails_a_flipped_bit(chain, mountpoint, tmp_path,
+                                                               monkeypatch, capfd, digests):
+    """Read 4 KiB at a time, a point whose plan was built a few rows at a time fails
+    exactly the block holding a flipped bit, naming it."""
+    few_rows(monkeypatch)
+    directory, states = chain
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in directory.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    bad = 700  # a block of the full that point 2 still reads from it
+    full = damaged / sorted(p.name for p in damaged.glob("*.bfi"))[0]
+    if digests == "sha256":
+        as_written_before(full)
+    flip_stored_bit(full, bad)
+    data = states[2] + bytes(-len(states[2]) % 512)
+    with Chain.open(damaged) as opened:
+        disk = opened.disk(2)
+        assert bad in disk_plan(disk).files[0].positions
+        with exposed(disk, mountpoint, partitions=False) as vhd:
+            fd = os.open(vhd.parent / "disk.raw", os.O_RDONLY)
+            failed = []
+            try:
+                for offset in range(0, len(data), 4096):
+                    try:
+                        got = os.pread(fd, 4096, offset)
+                    except OSError as exc:
+                        assert exc.errno == errno.EIO
+                        failed.append(offset // 4096)
+                        continue
+                    assert got == data[offset : offset + 4096], offset
+            finally:
+                os.close(fd)
+            assert failed == [bad]
+    assert f"block {bad}: stored bytes do not match their digest" in capfd.readouterr().err
