@@ -615,6 +615,16 @@ static void drop_mapped(const struct source *s, int64_t at, size_t n)
     madvise((void *)from, to - from, MADV_DONTNEED);
 }
 
+/* drop_mapped() for the pieces 1 .. n-1 of a reply from the mappings (owner: their
+ * sources, NULL for the zeros and the blob). */
+static void drop_pieces(const struct iovec *iov, struct source *const *owner, int n)
+{
+    for (int i = 1; i < n; i++) {
+        if (owner[i] != NULL)
+            drop_mapped(owner[i], (const char *)iov[i].iov_base - owner[i]->map, iov[i].iov_len);
+    }
+}
+
 /* Reply to a read of bytes offset .. end of f from the image files' mappings, the blob and
  * a page of zeros, with no copy here; each mapped run is faulted in at once before its
  * blocks are checked, and dropped from this process's pages after the reply (the page
@@ -645,14 +655,17 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
         disk[n] = f->disks[k] + from - f->starts[k];
     }
     /* a fault in the mappings (the file cut shorter or unreadable since it was mapped):
-     * nothing was sent, the pread path answers (and says what failed) */
+     * nothing was sent, the pread path answers (and says what failed); the pieces
+     * populated up to then are dropped, as after a reply */
     sigjmp_buf jump;
+    volatile int populated = 1;  /* pieces 1 .. populated may be mapped */
     if (sigsetjmp(jump, 0)) {
         fault_jump = NULL;
+        drop_pieces(iov, owner, populated + 1);
         return 0;
     }
     fault_jump = &jump;
-    for (int i = 1; i < n; i++) {
+    for (int i = 1; i < n; i++, populated = i) {
         struct source *s = owner[i];
         if (s == NULL)
             continue;
@@ -663,6 +676,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
          * file is shorter now (EFAULT) or unreadable (EIO): the pread path says which */
         if (madvise(start, span, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
             fault_jump = NULL;
+            drop_pieces(iov, owner, i + 1);
             return 0;
         }
         int unreadable;
@@ -672,6 +686,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
             fault_jump = NULL;
             report(s, at, bad, unreadable);
             reply(srv, unique, EIO, NULL, 0);
+            drop_pieces(iov, owner, i + 1);
             return 1;
         }
     }
@@ -687,10 +702,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
             break;
         }
     }
-    for (int i = 1; i < n; i++) {
-        if (owner[i] != NULL)
-            drop_mapped(owner[i], (const char *)iov[i].iov_base - owner[i]->map, iov[i].iov_len);
-    }
+    drop_pieces(iov, owner, n);
     return 1;
 }
 

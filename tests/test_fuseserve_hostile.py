@@ -231,3 +231,40 @@ def test_two_mounts_in_one_process_end_each_by_its_own_unmount(tmp_path):
     assert "SIGTERM ignored" not in server.out
     assert server.out.count(", None)") == 2, server.out  # both returned
     assert not any(mounted(point) for point in points)
+
+
+def mapped_kib(pid: int, path: os.PathLike[str]) -> int:
+    """KiB of ``path``'s mappings resident in process ``pid`` (its smaps' Rss)."""
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+                inside = len(fields) >= 6 and fields[5] == os.fspath(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+@MODES
+def test_reads_that_fall_back_from_the_mappings_leave_none_of_them_mapped(
+        mountpoint, tmp_path, direct):  # noqa: F811 (the fixture)
+    """Reads replied from an image's mapping, and reads whose mapping faults part-way
+    (the image cut shorter: the pread path answers), leave none of the image mapped in
+    the server (its RSS does not keep what it populated before falling back)."""
+    directory = tmp_path / "chain"
+    data = next(iter(build_chain(directory, [None], n_blocks=N_BLOCKS).values()))
+    image = next(directory.glob("*.bfi"))
+    raw = mountpoint / "disk.raw"
+    argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(directory),
+            str(mountpoint), *([] if direct else ["--page-cache"])]
+    with serving(argv, mountpoint) as server:
+        assert raw.read_bytes()[: len(data)] == data
+        assert mapped_kib(server.proc.pid, image) == 0
+        os.truncate(image, image.stat().st_size // 2)
+        for offset in range(0, len(data), 512 * KiB):  # across the cut: mapped, then faults
+            try:
+                pread_all(raw, offset, MiB)
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+        assert mapped_kib(server.proc.pid, image) == 0
