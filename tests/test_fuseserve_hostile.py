@@ -246,6 +246,15 @@ def mapped_kib(pid: int, path: os.PathLike[str]) -> int:
     return total
 
 
+def settled_mapped_kib(pid: int, path: os.PathLike[str]) -> int:
+    """:func:`mapped_kib`, once the server's requests in flight (the kernel's read-ahead)
+    have had 10 s to end, or at once when none of ``path`` is mapped."""
+    deadline = time.monotonic() + 10
+    while (kib := mapped_kib(pid, path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return kib
+
+
 @MODES
 def test_reads_that_fall_back_from_the_mappings_leave_none_of_them_mapped(
         mountpoint, tmp_path, direct):  # noqa: F811 (the fixture)
@@ -260,11 +269,11 @@ def test_reads_that_fall_back_from_the_mappings_leave_none_of_them_mapped(
             str(mountpoint), *([] if direct else ["--page-cache"])]
     with serving(argv, mountpoint) as server:
         assert raw.read_bytes()[: len(data)] == data
-        assert mapped_kib(server.proc.pid, image) == 0
+        assert settled_mapped_kib(server.proc.pid, image) == 0
         os.truncate(image, image.stat().st_size // 2)
         for offset in range(0, len(data), 512 * KiB):  # across the cut: mapped, then faults
             try:
                 pread_all(raw, offset, MiB)
             except OSError as exc:
                 assert exc.errno == errno.EIO
-        assert mapped_kib(server.proc.pid, image) == 0
+        assert settled_mapped_kib(server.proc.pid, image) == 0
