@@ -2,9 +2,12 @@
 verify, diff, restore, export, consolidate) on sparse volumes of 1 GiB, 16 GiB and 1 TiB;
 backup of a 16 GiB sparse volume holding 1 GiB vs ``cp --sparse=always`` + ``sync``;
 an incremental of 1 % with ``--changed`` vs without; fleet wall time for 1, 2 and 4
-workers; CLI start-up.
+workers; CLI start-up.  And ``mount``'s peak RSS against the point's stored blocks
+(``--mount-mib``, ``--mount-only``: see :func:`mount_reads`).
 
     python3 benchmarks/bench_scale.py [--data-mib 256] [--workdir DIR] [--json OUT]
+                                      [--mount-mib 512 2048 8704] [--mount-only]
+                                      [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Run, measure
+from common import Run, measure, random_file
+from exposure import mounted, peak_rss_mib
 
 GiB, MiB = 1 << 30, 1 << 20
 BF = [sys.executable, "-m", "blockforensics.cli"]
@@ -165,15 +170,77 @@ def startup(work: Path) -> dict[str, Run]:
     return best
 
 
+def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds: int = 3
+                ) -> list[dict[str, object]]:
+    """``mount``'s server against the number of stored blocks: for each size, that many
+    MiB of random bytes backed up at 512-byte blocks (2 Mi stored blocks a GiB: 8.5 GiB
+    is more than 16 Mi blocks, which the plans of session 15 could not hold), mounted
+    (seconds until ``disk.raw`` is there: the plans built), ``disk.raw`` read whole by
+    ``dd bs=4M`` (seconds; the chain in the page cache), and the server's peak RSS
+    (VmHWM) once mounted and after the read; ``rounds`` mounts, each read once, taking
+    turns with ``baseline``'s (``DIR`` on ``PYTHONPATH``) if given: fastest and median
+    seconds, the largest RSS."""
+    rows: list[dict[str, object]] = []
+    checkouts: list[tuple[str, dict[str, str] | None]] = [("ours", None)]
+    if baseline:
+        checkouts.append(("before", {"PYTHONPATH": str(baseline), "PYTHONSAFEPATH": "1"}))
+    for mib in data_mibs:
+        src, chain = work / "mount-src.img", work / "mount-chain"
+        random_file(src, mib * MiB, seed=mib)
+        subprocess.run([*BF, "backup", "--block-size", "512", str(src), str(chain)],
+                       check=True, stdout=subprocess.DEVNULL)
+        src.unlink()
+        subprocess.run(["cat", *map(str, chain.glob("*.bfi"))], check=True,
+                       stdout=subprocess.DEVNULL)  # in the page cache, for every round
+        seen: dict[str, list[tuple[float, float, float, float]]] = {}
+        for _ in range(rounds):
+            for label, env in checkouts:
+                started = time.perf_counter()
+                with mounted(chain, work / "mnt", env=env) as (disk_vhd, proc):
+                    up = time.perf_counter() - started
+                    rss_up = peak_rss_mib(proc.pid)
+                    started = time.perf_counter()
+                    subprocess.run(["dd", f"if={disk_vhd.parent / 'disk.raw'}",
+                                    "of=/dev/null", "bs=4M"], check=True, capture_output=True)
+                    read = time.perf_counter() - started
+                    seen.setdefault(label, []).append((up, read, rss_up,
+                                                       peak_rss_mib(proc.pid)))
+                print(mib, label, seen[label][-1], file=sys.stderr, flush=True)
+        for label, runs in seen.items():
+            ups, reads, rss_ups, peaks = zip(*runs)
+            rows.append({"data MiB": mib, "stored blocks": mib * MiB // 512,
+                         "checkout": label, "mount s (median)": f"{median(ups):.2f}",
+                         "read s (fastest / median)": f"{min(reads):.2f} / {median(reads):.2f}",
+                         "RSS mounted MiB": f"{max(rss_ups):.0f}",
+                         "peak RSS MiB": f"{max(peaks):.0f}"})
+        shutil.rmtree(chain)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-mib", type=int, default=256,
                         help="data in each sparse volume of the per-command table")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--mount-mib", type=int, nargs="+", default=[512, 2048, 8704],
+                        help="data of each point mounted (512-byte blocks: 2 Mi a GiB)")
+    parser.add_argument("--mount-only", action="store_true", help="just the mounts")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout's mounts too (its extensions built)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
     out: dict[str, object] = {}
+    mounts = mount_reads(work, args.mount_mib, args.baseline)
+    out["mount"] = mounts
+    mount_lines = ["| " + " | ".join(mounts[0]) + " |", "|---" * len(mounts[0]) + "|"]
+    mount_lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in mounts]
+    if args.mount_only:
+        shutil.rmtree(work, ignore_errors=True)
+        print("\n".join(mount_lines))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+        return
     lines = ["| volume | command | seconds | peak RSS MiB |", "|---|---|---|---|"]
     for label, size in (("1 GiB", GiB), ("16 GiB", 16 * GiB), ("1 TiB", 1 << 40)):
         print(f"{label} sparse, {args.data_mib} MiB data", file=sys.stderr, flush=True)
@@ -196,6 +263,7 @@ def main() -> None:
     maps = blockmaps()
     lines += ["", "| block maps of 1 TiB (2^28 blocks) | seconds (fastest of 5) |", "|---|---|"]
     lines += [f"| `{k}` | {v:.3f} |".replace(" | b)", " \\| b)") for k, v in maps.items()]
+    lines += ["", *mount_lines]
     st = startup(work)
     lines += ["", "| start-up (fastest of 5) | seconds | peak RSS MiB |", "|---|---|---|"]
     lines += [f"| {r.label} | {r.seconds:.3f} | {r.peak_rss_mib:.0f} |" for r in st.values()]

@@ -141,12 +141,9 @@ def test_plans_built_a_few_rows_at_a_time_read_as_the_layouts(tmp_path: Path, mo
                                                               rows: int):
     """The same code builds the plan of a point of any size, ``ROWS`` rows at a time (a
     window of the index, a batch of pieces, of extents): a few at a time here."""
-    from blockforensics.image import layout
-
     sizes = [N_BLOCKS * 4096 - 100, N_BLOCKS * 4096 + 3000]
     build_chain(tmp_path, [None, 0], n_blocks=N_BLOCKS + 1, sizes=sizes)
     monkeypatch.setattr(byteplan, "ROWS", rows)
-    monkeypatch.setattr(layout, "WINDOW", 8 * rows)  # a multiple of 8 (BlockMap.assign)
     with Chain.open(tmp_path) as chain:
         assert_plans_read_as_layouts(chain.disk(1))
 

@@ -283,13 +283,11 @@ def test_an_encrypted_chain_is_served_by_the_python_server(mountpoint, tmp_path)
 
 
 def few_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plans built a few rows at a time (``ROWS``, the index's ``WINDOW``): many windows,
-    batches and segments, by the code that builds the plans of points of any size."""
+    """Plans built a few rows at a time (``ROWS``): many windows of the index, batches
+    and segments, by the code that builds the plans of points of any size."""
     from blockforensics.formats import byteplan
-    from blockforensics.image import layout
 
     monkeypatch.setattr(byteplan, "ROWS", 5)
-    monkeypatch.setattr(layout, "WINDOW", 64)
 
 
 def test_a_plan_built_a_few_rows_at_a_time_serves_the_point(chain, mountpoint, tmp_path,

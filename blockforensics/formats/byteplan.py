@@ -10,7 +10,7 @@ before handing their bytes out: what the C FUSE server (``blockforensics._fusese
 serves from, with no Python per read.
 
 Memory does not grow with the volume: a plan is built ``ROWS`` rows at a time from the
-chain's index (window by window, in position order: no sort of the whole) into a
+chain's index (in position order: no sort of the whole) into a
 :class:`Spill`, an unlinked temporary file whose arrays are then handed out as read-only
 mappings (25 bytes a stored block, 28 a segment: for 16 Mi blocks, 400 MiB of file, of
 which a reader maps only what it touches, and the C server drops what it mapped as it
@@ -34,9 +34,9 @@ from blockforensics.formats.layout import FileLayout
 if TYPE_CHECKING:
     from blockforensics.image.reader import ChainDisk
 
-#: rows of a plan's arrays built at a time (and read at a time from its spill): 1 Mi
-#: rows, some 60 MiB of numpy temporaries whatever the volume's size
-ROWS = 1 << 20
+#: rows built at a time: blocks of the chain's index (14 MiB of its records, 60 MiB of
+#: numpy temporaries in all), pieces and extents of a file plan; whatever the volume's size
+ROWS = 1 << 18
 ZERO_CHUNK = 4096  # bytes of metadata tested for all zeros at a time (left out of plans)
 ZEROS = -1  # a segment of zeros
 METADATA = -2  # a segment of the plan's metadata blob
@@ -325,7 +325,8 @@ def _chain_plan(disk: ChainDisk) -> DiskPlan | None:
               spill.column(n, np.uint8)) for n in counts]
     tiling = _Tiling(spill, 2 * sum(len(image.index) for image in layout.images) + 2,
                      disk.size, disks=False)
-    for window in layout.windows():
+    for start in range(0, layout.n_blocks, ROWS):
+        window = layout.owners(start, ROWS)
         pieces = []
         for depth, rows, records in window.by_image():
             encoding = records["flags"] & ENCODING_FLAGS
