@@ -119,7 +119,9 @@ struct server {
     atomic_uint_fast64_t reads;
     PyObject *on_open;
     atomic_int opened;
-    int fd;                     /* /dev/fuse of the mount */
+    int fd;                     /* /dev/fuse of the mount (the workers' own descriptor) */
+    atomic_int ending;          /* set once serving ends: a worker left behind stops */
+    int stuck;                  /* workers still in a request when serving ended */
     int wake_fd;                /* write end of the pipe that wakes run()'s thread */
     int want_direct;            /* serve the files with FOPEN_DIRECT_IO where mappable */
     atomic_int direct;          /* ... and the kernel agreed (INIT) */
@@ -307,6 +309,9 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
 #define WANTED ((uint64_t)FUSE_ASYNC_READ | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS \
                 | FUSE_MAX_PAGES | FUSE_INIT_EXT)
 #define WORKERS 4  /* threads reading requests (read-ahead sends several at once) */
+/* seconds the workers have to end their requests once serving ends; a worker still in one
+ * then (a read of a hung image file) is left behind, and the mount unmounted all the same */
+#define ENDING_TIMEOUT 2
 #define MAX_PIECES 256  /* pieces of a reply sent from the mappings (more: copied) */
 /* bytes of the smallest read replied from the mappings: below, mapping and dropping the
  * pages cost more than the copy (4 KiB reads, direct: 15 us a request by pread, 20 us
@@ -863,7 +868,7 @@ static void *work(void *arg)
     if (b == NULL || !reserve(&b->request, &b->request_cap, REQUEST_SIZE)) {
         atomic_store(&srv->status, 3);
     } else {
-        for (;;) {
+        while (!atomic_load(&srv->ending)) {
             pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
             ssize_t got = read(srv->fd, b->request, REQUEST_SIZE);
             pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
@@ -925,7 +930,14 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
     if (pipe2(pipe_fds, O_CLOEXEC) != 0)
         goto done_mount;
     srv->wake_fd = pipe_fds[1];
-    srv->fd = fuse_session_fd(se);
+    /* the workers' own descriptor: unmounting closes the session's, and a worker left
+     * behind must not write to another file given its number */
+    srv->fd = fcntl(fuse_session_fd(se), F_DUPFD_CLOEXEC, 0);
+    if (srv->fd < 0) {
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+        goto done_mount;
+    }
     int slot = hold_signals(srv->wake_fd);
     pthread_t workers[WORKERS];
     int n_workers = 0;
@@ -940,16 +952,35 @@ static int run(struct server *srv, const char *mountpoint, int foreground)
     } else {
         status = slot >= 0 ? 3 : 6;
     }
-    /* end the workers (those waiting for a request), then unmount: that closes the
-     * session's fd, which ends what the kernel still holds of the connection */
+    /* end the workers (those waiting for a request; those in one finish it, for up to
+     * ENDING_TIMEOUT seconds), then unmount: that closes the session's fd, which ends what
+     * the kernel still holds of the connection.  A worker still in a request (a read of a
+     * hung image file) is left behind with its descriptor, pipe and the server's memory
+     * (serve() keeps them): the mount goes all the same, and the worker with the process. */
+    atomic_store(&srv->ending, 1);
     for (int i = 0; i < n_workers; i++)
         pthread_cancel(workers[i]);
-    for (int i = 0; i < n_workers; i++)
-        pthread_join(workers[i], NULL);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += ENDING_TIMEOUT;
+    for (int i = 0; i < n_workers; i++) {
+        if (pthread_timedjoin_np(workers[i], NULL, &deadline) != 0) {
+            pthread_detach(workers[i]);
+            srv->stuck++;
+        }
+    }
     if (slot >= 0)
         release_signals(slot);
-    close(pipe_fds[0]);
-    close(pipe_fds[1]);
+    if (srv->stuck) {
+        fprintf(stderr, "blockforensics: warning: %d worker%s still in a read after %d s "
+                "(a hung image file?): unmounting without %s\n", srv->stuck,
+                srv->stuck > 1 ? "s" : "", ENDING_TIMEOUT, srv->stuck > 1 ? "them" : "it");
+        fflush(stderr);
+    } else {
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+        close(srv->fd);
+    }
 done_mount:
     fuse_session_unmount(se);
 done_session:
@@ -1130,21 +1161,33 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
         Py_DECREF(no_mappings);
         return NULL;
     }
-    struct server srv = {.on_open = on_open == Py_None ? NULL : on_open,
-                         .want_direct = direct};
+    /* on the heap: a worker left behind (see run()) keeps using it */
+    struct server *srv = calloc(1, sizeof *srv);
+    if (srv == NULL) {
+        Py_DECREF(no_mappings);
+        return PyErr_NoMemory();
+    }
+    srv->on_open = on_open == Py_None ? NULL : on_open;
+    srv->want_direct = direct;
     struct held h = {.cap = 5 * PyList_GET_SIZE(files) + 3 * PyList_GET_SIZE(sources)
                             + n_mapped};
-    if ((h.views = calloc((size_t)h.cap + 1, sizeof *h.views)) == NULL)
+    if ((h.views = calloc((size_t)h.cap + 1, sizeof *h.views)) == NULL) {
+        free(srv);
+        Py_DECREF(no_mappings);
         return PyErr_NoMemory();
-    clock_gettime(CLOCK_REALTIME, &srv.mtime);
+    }
+    clock_gettime(CLOCK_REALTIME, &srv->mtime);
     int status = -1;
-    if (parse_sources(sources, &srv, &h) && parse_files(files, &srv, &h)
-        && parse_mapped(mapped, &srv, &h)) {
+    if (parse_sources(sources, srv, &h) && parse_files(files, srv, &h)
+        && parse_mapped(mapped, srv, &h)) {
         Py_BEGIN_ALLOW_THREADS
-        status = run(&srv, mountpoint, foreground);
+        status = run(srv, mountpoint, foreground);
         Py_END_ALLOW_THREADS
     }
-    free_server(&srv, &h);
+    if (!srv->stuck) {  /* else kept for the workers left behind, till the process ends */
+        free_server(srv, &h);
+        free(srv);
+    }
     Py_DECREF(no_mappings);
     return status < 0 ? NULL : PyLong_FromLong(status);
 }

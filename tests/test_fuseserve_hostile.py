@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import multiprocessing
 import os
 import random
 import signal
@@ -13,12 +14,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from chains import build_chain
 from support import mounted, serving
 from test_fuseserve import MODES, mountpoint, pread_all  # noqa: F401 (a fixture)
 from test_stored_checks import as_written_before
+
+from blockforensics.expose import mfusepy
 
 KiB = 1024
 MiB = 1 << 20
@@ -277,3 +281,93 @@ def test_reads_that_fall_back_from_the_mappings_leave_none_of_them_mapped(
             except OSError as exc:
                 assert exc.errno == errno.EIO
         assert settled_mapped_kib(server.proc.pid, image) == 0
+
+
+class HangingFiles(mfusepy.Operations):
+    """The files of ``root``, read-only; a read of one of them hangs while ``switch``
+    exists (a hung disk, a dead network file system) and is read once it is removed."""
+
+    use_ns = True
+
+    def __init__(self, root: Path, switch: Path):
+        self.root, self.switch = root, switch
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+        st = os.lstat(self.root / path.lstrip("/"))
+        return {"st_mode": st.st_mode, "st_nlink": st.st_nlink, "st_size": st.st_size,
+                "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
+                "st_ctime": st.st_ctime_ns}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *os.listdir(self.root / path.lstrip("/"))]
+
+    def open(self, path: str, flags: int) -> int:
+        return os.open(self.root / path.lstrip("/"), os.O_RDONLY)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        while self.switch.exists():
+            time.sleep(0.05)
+        return os.pread(fh, size, offset)
+
+    def release(self, path: str, fh: int) -> int:
+        os.close(fh)
+        return 0
+
+
+def serve_hanging(root: Path, switch: Path, where: Path) -> None:
+    """Mount :class:`HangingFiles` at ``where`` until unmounted (a child process's)."""
+    mfusepy.FUSE(HangingFiles(root, switch), str(where), foreground=True, ro=True)
+
+
+def test_a_worker_stuck_in_a_hung_image_file_does_not_keep_sigterm_from_unmounting(
+        mountpoint, tmp_path):  # noqa: F811 (the fixture)
+    """SIGTERM while a read of the served point waits for an image file that hangs: the
+    mount goes within seconds (the stuck worker left behind, a warning says so) and the
+    server exits 0; the reader gets an error, not a hang."""
+    directory = tmp_path / "chain"
+    data = next(iter(build_chain(directory, [None], n_blocks=N_BLOCKS).values()))
+    hung, switch = tmp_path / "hung", tmp_path / "hang"
+    hung.mkdir()
+    files = multiprocessing.get_context("fork").Process(
+        target=serve_hanging, args=(directory, switch, hung), daemon=True)
+    files.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not mounted(hung):
+            assert files.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(hung),
+                str(mountpoint)]
+        with serving(argv, mountpoint) as server:
+            raw = mountpoint / "disk.raw"
+            assert pread_all(raw, 0, 64 * KiB) == data[: 64 * KiB]
+            switch.touch()
+            for image in hung.glob("*.bfi"):  # what the kernel cached of it is gone too
+                fd = os.open(image, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            outcome: list[object] = []
+
+            def read() -> None:
+                try:
+                    outcome.append(pread_all(raw, 3 * MiB, MiB))
+                except OSError as exc:
+                    outcome.append(exc.errno)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            time.sleep(0.5)  # the read is in the server, waiting for the hung file
+            assert not outcome
+            server.proc.send_signal(signal.SIGTERM)
+            server.proc.wait(timeout=30)
+            reader.join(timeout=30)
+        assert server.proc.returncode == 0, server.err
+        assert not mounted(mountpoint)
+        assert "still in a read" in server.err
+        assert outcome and outcome[0] in (errno.ENOTCONN, errno.EIO, errno.ECONNABORTED)
+    finally:
+        switch.unlink(missing_ok=True)
+        subprocess.run(["fusermount3", "-u", "-z", str(hung)], check=False)
+        files.join(10)
+        if files.is_alive():
+            files.kill()
