@@ -730,7 +730,8 @@ def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
     ``disk``) lacks but ``disk`` still holds: their inode missing from it yet held
     (:func:`blockforensics.tsk.unreached`), or names of a hard-linked file it lists with
     fewer names than links (:func:`_unreached_links`).  A damaged directory hid them, no
-    deletion: they leave ``listed``."""
+    deletion: they leave ``listed``; so do those whose allocation state cannot be read
+    (FAT, exFAT: not decided, a note of their own)."""
     inodes = {(e.fs, e.inode) for e in missing.values()}
     gone = [e for e in listed.values() if (e.fs, e.inode) not in inodes]
     hidden = unreached(disk, gone, list(missing.values())) if gone else {}
@@ -738,15 +739,22 @@ def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
         hidden.setdefault(prefix, Unreached()).paths.extend(paths)
     notes = []
     for prefix, found in sorted(hidden.items()):
-        for path in found.paths:
+        for path in found.paths + found.undecided:
             del listed[path]
         untold = found.untold
-        notes.append(f"point {point}: {prefix or '/'}: {len(found.paths)} file(s) and "
-                     f"directories no directory reaches, their metadata, clusters or (a "
-                     f"hard link) inode still allocated, or unreadable (damage, not a "
-                     f"deletion): {_some(found.paths)}"
-                     + (f"; {len(untold)} empty file(s) left as deleted, no cluster to "
-                        f"tell damage from deletion by: {_some(untold)}" if untold else ""))
+        if found.paths:
+            notes.append(f"point {point}: {prefix or '/'}: {len(found.paths)} file(s) and "
+                         f"directories no directory reaches, their metadata, clusters or "
+                         f"(a hard link) inode still allocated, or unreadable (damage, not "
+                         f"a deletion): {_some(found.paths)}"
+                         + (f"; {len(untold)} empty file(s) left as deleted, no cluster "
+                            f"to tell damage from deletion by: {_some(untold)}"
+                            if untold else ""))
+        if found.undecided:
+            notes.append(f"point {point}: {prefix or '/'}: {len(found.undecided)} file(s) "
+                         f"and directories missing; allocation state unreadable "
+                         f"({found.why}): neither deleted nor kept, no deletion mark "
+                         f"found: {_some(found.undecided)}")
     return notes
 
 

@@ -993,9 +993,9 @@ class TskLister:
         return now.same_file(entry) and bool(int(meta.nlink))
 
     @cached_property
-    def heap(self) -> ClusterHeap | None:
-        """A FAT or exFAT volume's clusters as this point has them (None: another file
-        system, or one whose FAT or allocation bitmap cannot be read)."""
+    def heap(self) -> ClusterHeap | str | None:
+        """A FAT or exFAT volume's clusters as this point has them, or why not (its FATs
+        or allocation bitmap cannot be read); None on another file system."""
         from blockforensics.fs.fat import FatFileSystem
         from blockforensics.fs.sleuthkit import TskFileSystem
 
@@ -1005,21 +1005,76 @@ class TskLister:
                 return FatFileSystem(self.view, self.offset).heap()
             if kind == "exfat":
                 return TskFileSystem(self.view, self.offset).exfat_heap()
+        except FormatError as exc:
+            return str(exc)
+        return None
+
+    def clusters_held(self, entry: Entry, taken: Taken) -> bool | None:
+        """FAT, exFAT: are the clusters of ``entry`` (listed at another point, with data)
+        still allocated as it had them (:meth:`ClusterHeap.holds`), and none of them
+        ``taken`` by the files listed now?  A deletion frees them (FAT: zeroes the
+        chain in every FAT; exFAT: clears their bits), a file written since takes them.
+        None: not decidable (:attr:`heap` unreadable, or FAT copies that disagree)."""
+        heap = self.heap
+        if heap is None or not len(entry.extents) or taken.overlaps(entry.extents):
+            return False
+        if isinstance(heap, str):
+            return None
+        own = _from_disk(self.to_disk, int(self.fs.info.block_count)
+                         * int(self.fs.info.block_size), entry.extents)
+        return heap.holds(heap.clusters(own))
+
+    @cached_property
+    def _slots(self) -> tuple[int, int, int] | None:
+        """FAT, exFAT: where TSK's metadata addresses count 32-byte directory-entry slots
+        from (address 3; bytes from the file system's start), bytes per sector, and the
+        first byte of a deleted entry: FAT, after the FATs (the fixed root directory or
+        cluster 2), 0xE5; exFAT, the cluster heap, a File entry's type with its in-use
+        bit clear (0x05).  None on another file system, or a boot sector unread."""
+        from blockforensics.fs.fat import BOOT_SECTOR, FAT_DELETED, entries_sector
+        from blockforensics.fs.sleuthkit import EXFAT_BOOT_SECTOR, EXFAT_FILE_DELETED
+
+        kind = _fs_name(self.tsk, self.fs)
+        try:
+            if kind == "fat":  # as TSK reads it, whatever the checks of FatFileSystem
+                bpb = BOOT_SECTOR.parse(self.view.read(self.offset, BOOT_SECTOR.size))
+                sector = bpb.BPB_BytsPerSec
+                return entries_sector(bpb) * sector, sector, FAT_DELETED
+            if kind == "exfat":
+                boot = EXFAT_BOOT_SECTOR.parse(self.view.read(self.offset,
+                                                              EXFAT_BOOT_SECTOR.size))
+                sector = 1 << boot.BytesPerSectorShift
+                return boot.ClusterHeapOffset * sector, sector, EXFAT_FILE_DELETED
         except FormatError:
             pass
         return None
 
-    def clusters_held(self, entry: Entry, taken: Taken) -> bool:
-        """FAT, exFAT: are the clusters of ``entry`` (listed at another point, with data)
-        still allocated as it had them (:meth:`ClusterHeap.holds`), and none of them
-        ``taken`` by the files listed now?  A deletion frees them (FAT: zeroes the
-        chain; exFAT: clears their bits), a file written since takes them."""
-        heap = self.heap
-        if heap is None or not len(entry.extents) or taken.overlaps(entry.extents):
-            return False
-        own = _from_disk(self.to_disk, int(self.fs.info.block_count)
-                         * int(self.fs.info.block_size), entry.extents)
-        return heap.holds(heap.clusters(own))
+    def marked_deleted(self, entry: Entry) -> bool | None:
+        """FAT, exFAT: does the place of ``entry``'s directory entry (its metadata
+        address) hold it now (:meth:`Entry.same_file`), marked deleted (:attr:`_slots`)?
+        True: a deletion's own mark, which damage does not write; False: it is there,
+        not deleted, in a cluster one FAT (exFAT: the bitmap) has allocated (TSK calls
+        an entry in a cluster the first FAT has free unallocated too; a directory
+        deleted whole frees its clusters in all); None: something else is there, or
+        its cluster is free or its allocation unreadable."""
+        slots, heap = self._slots, self.heap
+        if slots is None or entry.inode < 3:
+            return None
+        start, sector, mark = slots
+        index, slot = divmod(entry.inode - 3, sector // 32)
+        at = start + index * sector + slot * 32  # bytes from the file system's start
+        try:
+            first = self.view.read(self.offset + at, 1)
+            fs_file = self.fs.open_meta(inode=entry.inode)
+            if fs_file.info.meta is None or not _entry(
+                    self.tsk, self.fs, self.to_disk, entry.path, fs_file,
+                    deleted=True).same_file(entry):
+                return None
+        except (OSError, BlockforensicsError):
+            return None
+        if first == bytes([mark]):
+            return True
+        return False if isinstance(heap, ClusterHeap) and heap.allocated_at(at) else None
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         tsk = self.tsk
@@ -1178,11 +1233,15 @@ def list_entries(disk: Disk | None) -> Listing:
 @dataclass
 class Unreached:
     """Files of one file system, listed at another point and missing now: those it
-    still holds (``paths``: no directory reaches them) and, FAT and exFAT, empty files
-    nothing tells apart (``untold``: no cluster to find allocated; kept as deleted)."""
+    still holds (``paths``: no directory reaches them); FAT and exFAT, empty files
+    nothing tells apart (``untold``: no cluster to find allocated; kept as deleted),
+    and files whose allocation state cannot be told (``undecided``, ``why``: neither
+    deleted nor held)."""
 
     paths: list[str] = field(default_factory=list)
     untold: list[str] = field(default_factory=list)
+    undecided: list[str] = field(default_factory=list)
+    why: str = ""
 
 
 def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
@@ -1190,7 +1249,9 @@ def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
     """Of ``entries`` (listed at another point, missing from ``disk``'s listing
     ``listed``), those a file system read by The Sleuth Kit still holds, by file system
     prefix: :meth:`TskLister.still_held`, or (FAT, exFAT, where the directory entry is
-    the metadata) :meth:`TskLister.clusters_held`."""
+    the metadata) the entry's place holding it unmarked, or :meth:`TskLister.clusters_held`,
+    unless the place holds it marked deleted (:meth:`TskLister.marked_deleted`); where
+    none of these can be told, undecided."""
     found: dict[str, Unreached] = {}
     owned = [e.owned for e in listed] if any(e.fs in NAME_ADDRESSED for e in entries) else []
     taken = Taken(np.concatenate([np.empty((0, 2), np.int64), *owned]))
@@ -1201,12 +1262,25 @@ def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
         for e in entries:
             if not e.path.startswith(prefix + "/"):
                 continue
-            if lister.still_held(e) or (e.fs in NAME_ADDRESSED
-                                        and lister.clusters_held(e, taken)):
+            if lister.still_held(e):
                 mine.paths.append(e.path)
-            elif e.fs in NAME_ADDRESSED and e.type == "file" and not len(e.extents):
+                continue
+            if e.fs not in NAME_ADDRESSED:
+                continue
+            marked = lister.marked_deleted(e)
+            if marked:
+                continue
+            held = marked is False or lister.clusters_held(e, taken)
+            if held:
+                mine.paths.append(e.path)
+            elif e.type == "file" and not len(e.extents):
                 mine.untold.append(e.path)
-        if mine.paths:
+            elif held is None:
+                mine.undecided.append(e.path)
+        if mine.undecided:
+            mine.why = lister.heap if isinstance(lister.heap, str) else \
+                "its FAT copies disagree over their clusters, none holding them"
+        if mine.paths or mine.undecided:
             found[prefix] = mine
     return found
 

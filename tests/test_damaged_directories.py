@@ -1,7 +1,9 @@
 """A damaged directory is not a deletion where the directory entry is the metadata
-(FAT12/16/32, exFAT: the rule reads the FAT and the allocation bitmap), nor for the
-name of a hard-linked file (ext4: the inode keeps its links), while real deletions
-(mtools ``mdel``/``mdeltree``, ``rm`` through exfat-fuse or the kernel) stay deletions."""
+(FAT12/16/32, exFAT: the rule reads the FAT and the allocation bitmap; a FAT sector
+zeroed in one copy of the FAT only), nor for the name of a hard-linked file (ext4: the
+inode keeps its links); where the allocation state cannot be read, it is not decided;
+while real deletions (mtools ``mdel``/``mdeltree``, ``rm`` through exfat-fuse or the
+kernel) stay deletions, by their directory entries' deletion marks."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from support import (
 )
 
 from blockforensics import forensics
+from blockforensics.fs.fat import BOOT_SECTOR
 from blockforensics.image.chain import Chain
 from blockforensics.triage import triage
 
@@ -36,6 +39,7 @@ FRAGMENTED = HIDDEN[0]  # 12288 bytes around a one-byte file: more than one clus
 EMPTY = "/d/empty.txt"
 NEW = "/n/new.bin"  # written after a deletion, in its clusters (not its entry's place)
 FSI_NXT_FREE = 492  # byte of the FSInfo sector: the next free cluster's hint
+MEDIA_BYTE = 0x15  # byte of the boot sector: BPB_Media
 
 #: mkfs arguments and volume size (bytes) per variant; FAT32 with 1-sector clusters
 #: for the 65,525 clusters mtools 4.0.32 needs of a FAT32 volume
@@ -125,6 +129,23 @@ def _damage(image: Path, path: str) -> None:
         fh.write(os.urandom(512))
 
 
+def _history(kind: str, tmp: Path) -> tuple[Chain, Path]:
+    """The volume filled (point 0), after the real deletions (point 1); the image."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("ifind", "istat", *(["mount.exfat-fuse", "losetup"] if kind == "exfat"
+                                      else ["mmd", "mcopy", "mdel", "mdeltree"]))
+    if kind == "exfat" and os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    mkfs, size = VOLUMES[kind]
+    image = formatted(tmp / "v.img", size, *mkfs)
+    _fill(image, kind, tmp)
+    chain = Chain.create(tmp / "chain")
+    backup_image(chain, image)
+    _delete(image, kind, tmp)
+    backup_image(chain, image)
+    return chain, image
+
+
 @pytest.mark.parametrize("kind", VOLUMES)
 def test_a_damaged_directory_hides_files_it_does_not_delete(kind, tmp_path):
     """Point 1: files deleted for real (a file, a directory tree), a file written where
@@ -204,3 +225,75 @@ def test_a_hard_link_a_damaged_directory_hides_is_no_deletion(tmp_path):
     note, = (n for n in result.notes if "no directory reaches" in n)
     assert note.startswith("point 1: /: 1 file(s) and directories no directory reaches")
     assert note.endswith(": /d/link")
+
+
+def _fat_entry_sector(image: Path, kind: str, path: str) -> tuple[int, int]:
+    """The byte where the first FAT starts, each FAT's length (bytes), and the byte
+    (from the first FAT's start) of the sector holding the FAT entry of ``path``'s first
+    cluster, from the boot sector and The Sleuth Kit's sectors of ``path``."""
+    bpb = BOOT_SECTOR.parse(image.read_bytes()[:BOOT_SECTOR.size])
+    sector = bpb.BPB_BytsPerSec
+    fat = (bpb.BPB_FATSz16 or bpb.BPB_FATSz32) * sector
+    data = (bpb.BPB_RsvdSecCnt * sector + bpb.BPB_NumFATs * fat
+            + -(-bpb.BPB_RootEntCnt * 32 // sector) * sector) // 512  # 512-byte sectors
+    cluster = (_sectors(image, path)[0] - data) * 512 // sector // bpb.BPB_SecPerClus + 2
+    bits = {"fat12": 12, "fat16": 16, "fat32": 32}[kind]
+    return bpb.BPB_RsvdSecCnt * sector, fat, cluster * bits // 8 // sector * sector
+
+
+@pytest.mark.parametrize("kind", ["fat12", "fat16", "fat32"])
+def test_a_fat_sector_zeroed_in_one_copy_is_damage_not_deletion(kind, tmp_path):
+    """The sector of the first FAT holding the chain of ``/d/a.bin`` zeroed (the second
+    FAT keeps it; a deletion zeroes both), and ``/d``'s cluster overwritten: the files
+    below ``/d`` are a "not read" note, not deletions (the first FAT alone, which The
+    Sleuth Kit reads, calls their clusters free), and the real deletions stay ones."""
+    chain, image = _history(kind, tmp_path)
+    first, length, at = _fat_entry_sector(image, kind, "/d/a.bin")
+    raw = image.read_bytes()
+    assert raw[first:first + length] == raw[first + length:first + 2 * length]  # mirrored
+    assert any(raw[first + at:first + at + 512])
+    with image.open("r+b") as fh:
+        fh.seek(first + at)
+        fh.write(bytes(512))
+    _damage(image, "/d")
+    backup_image(chain, image)
+    for a in (0, 1):
+        result = forensics.diff(chain, a, 2, files=True)
+        assert _changes(result, "deleted") == {EMPTY, *((*DELETED, "/t") if a == 0 else ())}
+        assert not set(result.files["path"]) & {*HIDDEN, "/d/sub"}
+        note, = (n for n in result.notes if "no directory reaches" in n)
+        assert int(note.split(": ")[2].split()[0]) >= len(HIDDEN) + 1  # /d/sub too
+
+
+@pytest.mark.parametrize("kind", ["fat12", "fat16", "fat32"])
+def test_files_are_not_decided_where_the_allocation_state_cannot_be_read(kind, tmp_path):
+    """A bit flipped in the boot sector's media byte (0xF8 -> 0xE8, no media byte the FAT
+    specification allows: the FATs it locates are not read), which The Sleuth Kit lists
+    through, and ``/d``'s cluster overwritten.  The files the directory hides are then
+    a note ("allocation state unreadable"), neither deletions nor counted, while the
+    real deletions stay deletions by their entries' deletion marks; triage names the
+    note among its reasons."""
+    chain, image = _history(kind, tmp_path)
+    _damage(image, "/d")
+    with image.open("r+b") as fh:
+        fh.seek(MEDIA_BYTE)
+        assert fh.read(1) == b"\xf8"
+        fh.seek(MEDIA_BYTE)
+        fh.write(b"\xe8")
+    backup_image(chain, image)
+    deleted = forensics.diff(chain, 0, 1, files=True)
+    assert _changes(deleted, "deleted") == {*DELETED, "/t"}
+    for a in (0, 1):
+        result = forensics.diff(chain, a, 2, files=True)
+        assert _changes(result, "deleted") == {EMPTY, *((*DELETED, "/t") if a == 0 else ())}
+        assert not set(result.files["path"]) & {*HIDDEN, "/d/sub"}
+        held, note = result.notes  # /d/sub/c.bin: its entry in /d/sub, unharmed
+        assert held.startswith("point 2: /: 1 file(s) and directories no directory reaches")
+        assert ": /d/sub/c.bin; 1 empty file(s) left as deleted" in held
+        assert note.startswith(f"point 2: /: {len(HIDDEN)} file(s) and directories "
+                               "missing; allocation state unreadable (")
+        assert "media byte 0xe8" in note
+        assert all(path in note for path in (*HIDDEN[:-1], "/d/sub"))
+    damaged = triage(chain).points[2]
+    assert damaged.metrics["deleted"] == 1  # the empty file
+    assert f"not read: {note}" in damaged.reasons

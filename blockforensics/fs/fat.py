@@ -53,6 +53,8 @@ JUMP_OPCODES = (0xEB, 0xE9)
 SECTOR_SIZES = (512, 1024, 2048, 4096)
 MEDIA_BYTES = (0xF0, *range(0xF8, 0x100))
 DIR_ENTRY_SIZE = 32
+#: a directory entry's first name byte once the entry is deleted (spec, DIR_Name[0])
+FAT_DELETED = 0xE5
 #: cluster counts below these are FAT12, FAT16 (spec, "FAT Type Determination")
 MAX_FAT12_CLUSTERS = 4085
 MAX_FAT16_CLUSTERS = 65525
@@ -67,20 +69,22 @@ FIRST_CLUSTER = 2
 
 @dataclass(frozen=True)
 class ClusterHeap:
-    """The clusters of a FAT or exFAT volume as one state of it has them.
+    """The clusters of a FAT or exFAT volume as one state of it has them, in each copy of
+    its allocation state kept alike (rows of ``next`` and ``allocated``).
 
     FAT12/16/32: a cluster is allocated when its FAT entry is non-zero, and a file's
     clusters are a chain, each entry naming the next; deleting a file zeroes every
-    entry of its chain (FAT specification, "FAT" and "Directory Structure").  exFAT
-    (specification, sections 4.1, 7.1, 7.6.2): the allocation bitmap says which
-    clusters are allocated (deleting clears their bits); a file's clusters are a FAT
-    chain, or contiguous with FAT entries that mean nothing (``NoFatChain``).
+    entry of its chain in every FAT (``BPB_NumFATs`` copies, mirrored unless a FAT32's
+    ``BPB_ExtFlags`` say only one is active; FAT specification, "FAT" and "Directory
+    Structure").  exFAT (specification, sections 4.1, 7.1, 7.6.2): the allocation bitmap
+    says which clusters are allocated (deleting clears their bits); a file's clusters
+    are a FAT chain, or contiguous with FAT entries that mean nothing (``NoFatChain``).
     """
 
     start: int  # bytes from the file system's start to cluster 2
     cluster_size: int  # bytes
-    next: np.ndarray  # uint32: each cluster's FAT entry (index 0 = cluster 2)
-    allocated: np.ndarray  # bool per cluster (index 0 = cluster 2)
+    next: np.ndarray  # uint32 (copies, clusters): each FAT entry (column 0 = cluster 2)
+    allocated: np.ndarray  # bool (copies, clusters), as ``next``
     always_chained: bool  # FAT: yes; exFAT: contiguous clusters need no chain
 
     def clusters(self, ranges: np.ndarray) -> np.ndarray:
@@ -93,17 +97,32 @@ class ClusterHeap:
         kept = np.r_[True, np.diff(numbers) != 0] if len(numbers) else np.empty(0, bool)
         return numbers[kept] + FIRST_CLUSTER
 
-    def holds(self, clusters: np.ndarray) -> bool:
+    def allocated_at(self, byte: int) -> bool:
+        """Is the cluster holding ``byte`` (from the file system's start) allocated in
+        one of the copies?  Bytes before the heap (FAT12/16's fixed root directory) are
+        always allocated."""
+        cluster = (byte - self.start) // self.cluster_size
+        return byte < self.start or (cluster < self.allocated.shape[1]
+                                     and bool(self.allocated[:, cluster].any()))
+
+    def holds(self, clusters: np.ndarray) -> bool | None:
         """Are ``clusters`` (numbers, file order; at least one) still allocated as a file
-        had them: each one allocated, and each FAT entry naming the next one — on exFAT
-        not needed of contiguous clusters (a ``NoFatChain`` file's entries are void)."""
+        had them: each one allocated, and each FAT entry naming the next one (on exFAT
+        not needed of contiguous clusters: a ``NoFatChain`` file's entries are void)?
+        Asked of every copy: held in one but not another, the copies' entries were
+        damaged, not freed (a deletion frees them in all): True.  Held in none: False
+        where the copies agree over these clusters, None (not decidable) where not."""
         index = clusters - FIRST_CLUSTER
-        if index.min() < 0 or index.max() >= len(self.allocated) \
-                or not self.allocated[index].all():
+        if index.min() < 0 or index.max() >= self.next.shape[1]:
             return False
-        if np.array_equal(self.next[index[:-1]], clusters[1:]):
+        held = self.allocated[:, index].all(axis=1)
+        if self.always_chained or not np.all(np.diff(clusters) == 1):
+            held &= (self.next[:, index[:-1]] == clusters[1:]).all(axis=1)
+        if held.any():
             return True
-        return not self.always_chained and bool(np.all(np.diff(clusters) == 1))
+        agree = (self.next[:, index] == self.next[:1, index]).all() \
+            and (self.allocated[:, index] == self.allocated[:1, index]).all()
+        return False if agree else None
 
 
 class FatFileSystem(FileSystem):
@@ -126,9 +145,10 @@ class FatFileSystem(FileSystem):
         self.fat_sectors = bpb.BPB_FATSz32 if fat32 else bpb.BPB_FATSz16
         self.total_sectors = bpb.BPB_TotSec16 or bpb.BPB_TotSec32
         root_dir_sectors = -(-bpb.BPB_RootEntCnt * DIR_ENTRY_SIZE // self.unit)
+        #: first sector after the FATs: the fixed root directory (FAT12/16) or cluster 2
+        self.entries_sector = entries_sector(bpb)
         #: first sector of cluster 2 (reserved + FATs + fixed root directory before it)
-        self.first_data_sector = (bpb.BPB_RsvdSecCnt + bpb.BPB_NumFATs * self.fat_sectors
-                                  + root_dir_sectors)
+        self.first_data_sector = self.entries_sector + root_dir_sectors
         if self.first_data_sector >= self.total_sectors:
             raise FormatError(f"{self.name}: no data region (metadata fills all "
                               f"{self.total_sectors} sectors)")
@@ -174,12 +194,18 @@ class FatFileSystem(FileSystem):
         """Bytes per cluster."""
         return self.sectors_per_cluster * self.unit
 
-    def fat_entries(self) -> np.ndarray:
-        """The active FAT's entries for clusters 2 .. n_clusters+1 (uint32, index 0 = cluster 2)."""
-        active = 0
+    def mirrored_fats(self) -> list[int]:
+        """The FATs kept alike (0-based): all ``BPB_NumFATs``, or a FAT32's active one
+        alone when its ``BPB_ExtFlags`` turn mirroring off (bits 0-3 name it)."""
         if self.kind == "fat32" and self.bpb.BPB_ExtFlags & EXT_FLAGS_NO_MIRRORING:
-            active = self.bpb.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT
-        start = (self.bpb.BPB_RsvdSecCnt + active * self.fat_sectors) * self.unit
+            return [self.bpb.BPB_ExtFlags & EXT_FLAGS_ACTIVE_FAT]
+        return list(range(self.bpb.BPB_NumFATs))
+
+    def fat_entries(self, copy: int | None = None) -> np.ndarray:
+        """FAT ``copy``'s (0-based; None: the active one) entries for clusters
+        2 .. n_clusters+1 (uint32, index 0 = cluster 2)."""
+        copy = self.mirrored_fats()[0] if copy is None else copy
+        start = (self.bpb.BPB_RsvdSecCnt + copy * self.fat_sectors) * self.unit
         count = self.n_clusters + FIRST_CLUSTER
         raw = np.frombuffer(self.read(start, -(-count * self.entry_bits // 8)), dtype=np.uint8)
         if self.entry_bits == 12:  # two entries packed in three bytes, low nibble first
@@ -194,8 +220,18 @@ class FatFileSystem(FileSystem):
         return entries[FIRST_CLUSTER:count]
 
     def heap(self) -> ClusterHeap:
-        """The data region's clusters as the active FAT has them."""
-        entries = self.fat_entries()
+        """The data region's clusters as the FATs kept alike have them, a copy that
+        cannot be read (a damaged block of a backup) left out; FormatError when none
+        can be read."""
+        copies, problems = [], []
+        for copy in self.mirrored_fats():
+            try:
+                copies.append(self.fat_entries(copy))
+            except FormatError as exc:
+                problems.append(f"FAT {copy + 1}: {exc}")
+        if not copies:
+            raise FormatError("; ".join(problems))
+        entries = np.stack(copies)
         return ClusterHeap(self.first_data_sector * self.unit, self.cluster_size, entries,
                            entries != 0, always_chained=True)
 
@@ -231,3 +267,9 @@ def bpb_problem(bpb: Any) -> str | None:
         (bool(bpb.BPB_FATSz16 or bpb.BPB_FATSz32), "zero-sized FAT"),
     ]
     return next((why for ok, why in checks if not ok), None)
+
+
+def entries_sector(bpb: Any) -> int:
+    """The first sector after the FATs of a parsed boot sector: the fixed root directory
+    (FAT12/16) or cluster 2 (FAT32); read whatever the other fields say."""
+    return bpb.BPB_RsvdSecCnt + bpb.BPB_NumFATs * (bpb.BPB_FATSz16 or bpb.BPB_FATSz32)

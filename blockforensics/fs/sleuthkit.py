@@ -53,6 +53,8 @@ EXFAT_BOOT_SECTOR = Structure("ExfatBootSector", 512, [
     (0x6E, "B", "NumberOfFats"),
 ])
 EXFAT_NAME = b"EXFAT   "
+#: an exFAT File directory entry's type once deleted: 0x85 with the in-use bit clear
+EXFAT_FILE_DELETED = 0x05
 #: the HFS+ volume header (TN1150), at byte 1024; the allocation file's fork data
 #: at 112: logical size, clump size, block count, 8 extents (start, count) as 64 bytes
 HFSPLUS_VOLUME_HEADER = Structure("HFSPlusVolumeHeader", 512, [
@@ -141,7 +143,11 @@ class TskFileSystem(FileSystem):
     def _bitmap(self, fs_file: Any, bits: int) -> np.ndarray:
         """The first ``bits`` bits of a bitmap file (least significant bit first)."""
         need = -(-bits // 8)
-        data = fs_file.read_random(0, need) if need else b""
+        try:
+            data = fs_file.read_random(0, need) if need else b""
+        except OSError as exc:  # TSK's read failing (a damaged block of a backup)
+            raise FormatError(f"{self.name}: allocation bitmap unreadable "
+                              f"({str(exc).splitlines()[0]})") from None
         if len(data) != need:
             raise FormatError(f"{self.name}: allocation bitmap of {len(data)} bytes, "
                               f"{need} needed")
@@ -190,8 +196,9 @@ class TskFileSystem(FileSystem):
         entries = np.frombuffer(self.read(boot.FatOffset * self.unit,
                                           (boot.ClusterCount + FIRST_CLUSTER) * 4), "<u4")
         return ClusterHeap(boot.ClusterHeapOffset * self.unit,
-                           self.unit << boot.SectorsPerClusterShift, entries[FIRST_CLUSTER:],
-                           self._exfat_bitmap(boot), always_chained=False)
+                           self.unit << boot.SectorsPerClusterShift,
+                           entries[None, FIRST_CLUSTER:], self._exfat_bitmap(boot)[None],
+                           always_chained=False)
 
     def _hfsplus_settled(self, head: Any) -> None:
         """FormatError unless the allocation file is the volume's last word: a journaled
