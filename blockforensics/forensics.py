@@ -742,19 +742,39 @@ def _unreached(disk: Disk, point: int, listed: dict[str, Entry],
         for path in found.paths + found.undecided:
             del listed[path]
         untold = found.untold
+        tail = (f"; {len(untold)} empty file(s) left as deleted, no cluster to tell damage "
+                f"from deletion by: {_some(untold)}" if untold else "")
         if found.paths:
             notes.append(f"point {point}: {prefix or '/'}: {len(found.paths)} file(s) and "
                          f"directories no directory reaches, their metadata, clusters or "
                          f"(a hard link) inode still allocated, or unreadable (damage, not "
-                         f"a deletion): {_some(found.paths)}"
-                         + (f"; {len(untold)} empty file(s) left as deleted, no cluster "
-                            f"to tell damage from deletion by: {_some(untold)}"
-                            if untold else ""))
+                         f"a deletion): {_some(found.paths)}" + tail)
+            tail = ""
         if found.undecided:
             notes.append(f"point {point}: {prefix or '/'}: {len(found.undecided)} file(s) "
                          f"and directories missing; allocation state unreadable "
                          f"({found.why}): neither deleted nor kept, no deletion mark "
-                         f"found: {_some(found.undecided)}")
+                         f"found: {_some(found.undecided)}" + tail)
+    return notes
+
+
+def _damaged(points: tuple[int | None, int], sides: list[dict[str, Entry]]) -> list[str]:
+    """Notes on the files whose metadata fails its own check at either point
+    (:attr:`Entry.damaged`): damage, not a change.  They leave both sides (and so does
+    the file at the same metadata address on the other side), neither changed nor
+    deleted."""
+    notes = []
+    for p, side in zip(points, sides):
+        bad = sorted(path for path, e in side.items() if e.damaged)
+        if not bad:
+            continue
+        keys = {(_prefix(path), side[path].fs, side[path].inode) for path in bad}
+        whys = sorted({side[path].damaged for path in bad})
+        for each in sides:
+            for path in [q for q, e in each.items() if (_prefix(q), e.fs, e.inode) in keys]:
+                del each[path]
+        notes.append(f"point {p}: {len(bad)} file(s) whose metadata fails its own check "
+                     f"({'; '.join(whys)}): damaged, not a change: {_some(bad)}")
     return notes
 
 
@@ -820,6 +840,7 @@ def _diff(chain: Chain, a: int | None, b: int, files: bool,
         # has metadata at a that was never used (on NTFS an MFT record TSK cannot read),
         # which would read as damage and hide every creation.
         notes += _unreached(chain.disk(b), b, sides[0], sides[1])
+        notes += _damaged((a, b), sides)
         files = bool(sides[0] or sides[1] or not notes)
     if files:
         comparison = _Comparison(None if a is None else chain.disk(a), chain.disk(b), changed)

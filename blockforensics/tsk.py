@@ -159,6 +159,9 @@ class Entry:
     #: (atime, mtime, ctime, crtime; nanoseconds since the epoch), which tools that set
     #: ``$STANDARD_INFORMATION`` times (timestomping) leave; () elsewhere
     file_name: tuple[int, int, int, int, int] | tuple[()] = ()
+    #: why its metadata fails its own check ("": it passes, or has none): an exFAT entry
+    #: set whose SetChecksum does not hold — damage, not a change
+    damaged: str = ""
 
     def same_file(self, other: Entry) -> bool:
         """One file, whatever it holds now: the same inode (MFT record and sequence; Btrfs:
@@ -475,6 +478,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
     file_name: tuple[int, int, int, int, int] | tuple[()] = ()
     wall_clock: tuple[str, ...] = ()
     attributes: tuple[tuple[str, str], ...] = ()
+    damaged = ""
     if fs_name == "ntfs":
         names, file_name, fname = _ntfs_names(tsk, fs_file, path.rsplit("/", 1)[-1])
         attributes = _ntfs_attributes(tsk, fs_file) + ((("$FILE_NAME", fname),) if fname else ())
@@ -488,10 +492,13 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
             is_dir, is_link, size = False, True, len(link)
             content = _Content(np.empty((0, 2), np.int64), link)
     elif fs_name in ("fat", "exfat"):
-        read = _fat_entry_times if fs_name == "fat" else _exfat_entry_times
-        times, nanos, wall_clock = read(fs, int(meta.addr), int(meta.size), is_dir, deleted) \
+        exfat = fs_name == "exfat"
+        raw = _slot_bytes(fs, int(meta.addr), exfat)
+        read = _exfat_entry_times if exfat else _fat_entry_times
+        times, nanos, wall_clock = read(raw, int(meta.size), is_dir, deleted) \
             or (_fat_times(times), nanos, WALL_CLOCK)
         wall_clock = tuple(name for name in wall_clock if times[name])
+        damaged = _exfat_set_damage(raw) if exfat and not deleted else ""
     elif int(fs.info.ftype) & int(tsk.TSK_FS_TYPE_EXT_DETECT):
         times, nanos = _ext_times(fs, int(meta.addr), times, nanos)
     elif fs_name == "hfs" and 0 in times.values():
@@ -507,7 +514,7 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
                  reader=content.reader, file_name=file_name, wall_clock=wall_clock,
-                 attributes=attributes)
+                 attributes=attributes, damaged=damaged)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -576,24 +583,60 @@ WALL_CLOCK = ("mtime", "atime", "crtime")
 _Times = tuple[dict[str, int], dict[str, int], tuple[str, ...]]
 
 
-def _fat_entry_times(fs: Any, inode: int, size: int, is_dir: bool, deleted: bool
-                     ) -> _Times | None:
-    """MAC-B times decoded from the FAT directory entry itself, its wall clock read as
-    UTC: TSK gives 0 for a date after 2037 (FAT goes to 2107).  TSK's metadata address
-    of a FAT entry is its 32-byte slot counted from the first sector after the FATs
-    (from 3); None when that slot is not this entry (its size or kind differs, or it
-    is free: a deleted entry's first byte is 0xE5, its times are intact)."""
+#: bytes an exFAT File entry set usually spans: the File entry, a Stream Extension and
+#: up to 17 File Name entries (255 characters, 15 per entry), 32 bytes each
+EXFAT_SET_BYTES = 19 * 32
+
+
+def _entry_slot(fs: Any, inode: int, exfat: bool) -> int | None:
+    """FAT, exFAT: the byte of the image where TSK's metadata address ``inode`` lies:
+    32-byte directory-entry slots counted from 3, from the first sector after the FATs
+    (FAT: the fixed root directory or cluster 2; whatever the checks of
+    :class:`~blockforensics.fs.fat.FatFileSystem` say) or the cluster heap (exFAT).
+    None for lower addresses or a sector size no slot fits.  The boot sector is read
+    once per ``fs``."""
+    from blockforensics.fs.fat import BOOT_SECTOR, DIR_ENTRY_SIZE, entries_sector
+    from blockforensics.fs.sleuthkit import EXFAT_BOOT_SECTOR
+
     reader = getattr(fs, "image", None)
     if reader is None or inode < 3:
         return None
-    boot = reader.read(fs.offset, 64)
-    sector = int.from_bytes(boot[11:13], "little")
-    fat_size = int.from_bytes(boot[22:24], "little") or int.from_bytes(boot[36:40], "little")
-    if sector < 32 or sector % 32:
+    origin = getattr(fs, "slot_origin", None)
+    if origin is None:  # (first sector, bytes per sector)
+        raw = reader.read(fs.offset, BOOT_SECTOR.size)
+        if exfat:
+            boot = EXFAT_BOOT_SECTOR.parse(raw)
+            origin = boot.ClusterHeapOffset, 1 << boot.BytesPerSectorShift
+        else:
+            bpb = BOOT_SECTOR.parse(raw)
+            origin = entries_sector(bpb), bpb.BPB_BytsPerSec
+        fs.slot_origin = origin
+    first, sector = origin
+    if sector < DIR_ENTRY_SIZE or sector % DIR_ENTRY_SIZE:
         return None
-    first = int.from_bytes(boot[14:16], "little") + boot[16] * fat_size
-    index, slot = divmod(inode - 3, sector // 32)
-    raw = reader.read(fs.offset + (first + index) * sector + slot * 32, 32)
+    index, slot = divmod(inode - 3, sector // DIR_ENTRY_SIZE)
+    return int(fs.offset + (first + index) * sector + slot * DIR_ENTRY_SIZE)
+
+
+def _slot_bytes(fs: Any, inode: int, exfat: bool) -> bytes:
+    """The directory entry at TSK's metadata address ``inode`` (:func:`_entry_slot`):
+    FAT, its 32 bytes; exFAT, its entry set when it is a File entry's (``SecondaryCount``
+    more entries; at least :data:`EXFAT_SET_BYTES`); b"" where there is no slot."""
+    at = _entry_slot(fs, inode, exfat)
+    if at is None:
+        return b""
+    raw = fs.image.read(at, EXFAT_SET_BYTES if exfat else 32)
+    if exfat and len(raw) > 1 and (raw[1] + 1) * 32 > len(raw):
+        raw = fs.image.read(at, (raw[1] + 1) * 32)
+    return bytes(raw)
+
+
+def _fat_entry_times(raw: bytes, size: int, is_dir: bool, deleted: bool) -> _Times | None:
+    """MAC-B times decoded from the FAT directory entry itself (``raw``, read at its
+    slot: :func:`_slot_bytes`), its wall clock read as UTC: TSK gives 0 for a date after
+    2037 (FAT goes to 2107).  None when that slot is not this entry (its size or kind
+    differs, or it is free: a deleted entry's first byte is 0xE5, its times are
+    intact)."""
     if len(raw) < 32 or raw[0] == 0 or (raw[0] == 0xE5) != deleted or raw[11] & 0x3F == 0x0F \
             or bool(raw[11] & 0x10) != is_dir \
             or (not is_dir and int.from_bytes(raw[28:32], "little") != size):
@@ -628,19 +671,24 @@ def _dos_time(stamp: int) -> int:
                             0, 0, 0))
 
 
-def _exfat_entry_times(fs: Any, inode: int, size: int, is_dir: bool, deleted: bool
+def _exfat_set_damage(raw: bytes) -> str:
+    """Why the exFAT File entry set ``raw`` (:func:`_slot_bytes` of a file listed as
+    allocated) fails its own check, or "" (it holds, or the slot holds no File entry):
+    :func:`~blockforensics.fs.sleuthkit.exfat_set_state`."""
+    from blockforensics.fs.sleuthkit import EXFAT_FILE, EXFAT_IN_USE, exfat_set_state
+
+    if len(raw) < 2 or raw[0] | EXFAT_IN_USE != EXFAT_FILE \
+            or exfat_set_state(raw[: (raw[1] + 1) * 32]) != "damaged":
+        return ""
+    return "its exFAT entry set fails its SetChecksum"
+
+
+def _exfat_entry_times(raw: bytes, size: int, is_dir: bool, deleted: bool
                        ) -> _Times | None:
-    """MAC-B times from the exFAT file entry itself, with its 10 ms steps and UTC offsets
-    (a valid offset turns the writer's wall clock into UTC; without one it is read as
-    UTC).  TSK's metadata address counts 32-byte slots from the cluster heap (from 3).
-    None when that slot is not this file's entry set (type, kind or length differ)."""
-    reader = getattr(fs, "image", None)
-    if reader is None or inode < 3:
-        return None
-    boot = reader.read(fs.offset, 512)
-    sector, heap = 1 << boot[108], int.from_bytes(boot[88:92], "little")
-    index, slot = divmod(inode - 3, sector // 32)
-    raw = reader.read(fs.offset + (heap + index) * sector + slot * 32, 64)
+    """MAC-B times from the exFAT file entry itself (``raw``, its entry set read at its
+    slot: :func:`_slot_bytes`), with its 10 ms steps and UTC offsets (a valid offset
+    turns the writer's wall clock into UTC; without one it is read as UTC).  None when
+    that slot is not this file's entry set (type, kind or length differ)."""
     if len(raw) < 64 or raw[0] != (0x05 if deleted else 0x85) \
             or raw[32] != (0x40 if deleted else 0xC0) \
             or bool(raw[4] & 0x10) != is_dir \
@@ -1024,47 +1072,27 @@ class TskLister:
                          * int(self.fs.info.block_size), entry.extents)
         return heap.holds(heap.clusters(own))
 
-    @cached_property
-    def _slots(self) -> tuple[int, int, int] | None:
-        """FAT, exFAT: where TSK's metadata addresses count 32-byte directory-entry slots
-        from (address 3; bytes from the file system's start), bytes per sector, and the
-        first byte of a deleted entry: FAT, after the FATs (the fixed root directory or
-        cluster 2), 0xE5; exFAT, the cluster heap, a File entry's type with its in-use
-        bit clear (0x05).  None on another file system, or a boot sector unread."""
-        from blockforensics.fs.fat import BOOT_SECTOR, FAT_DELETED, entries_sector
-        from blockforensics.fs.sleuthkit import EXFAT_BOOT_SECTOR, EXFAT_FILE_DELETED
-
-        kind = _fs_name(self.tsk, self.fs)
-        try:
-            if kind == "fat":  # as TSK reads it, whatever the checks of FatFileSystem
-                bpb = BOOT_SECTOR.parse(self.view.read(self.offset, BOOT_SECTOR.size))
-                sector = bpb.BPB_BytsPerSec
-                return entries_sector(bpb) * sector, sector, FAT_DELETED
-            if kind == "exfat":
-                boot = EXFAT_BOOT_SECTOR.parse(self.view.read(self.offset,
-                                                              EXFAT_BOOT_SECTOR.size))
-                sector = 1 << boot.BytesPerSectorShift
-                return boot.ClusterHeapOffset * sector, sector, EXFAT_FILE_DELETED
-        except FormatError:
-            pass
-        return None
-
     def marked_deleted(self, entry: Entry) -> bool | None:
         """FAT, exFAT: does the place of ``entry``'s directory entry (its metadata
-        address) hold it now (:meth:`Entry.same_file`), marked deleted (:attr:`_slots`)?
-        True: a deletion's own mark, which damage does not write; False: it is there,
-        not deleted, in a cluster one FAT (exFAT: the bitmap) has allocated (TSK calls
-        an entry in a cluster the first FAT has free unallocated too; a directory
-        deleted whole frees its clusters in all); None: something else is there, or
-        its cluster is free or its allocation unreadable."""
-        slots, heap = self._slots, self.heap
-        if slots is None or entry.inode < 3:
-            return None
-        start, sector, mark = slots
-        index, slot = divmod(entry.inode - 3, sector // 32)
-        at = start + index * sector + slot * 32  # bytes from the file system's start
+        address) hold it now (:meth:`Entry.same_file`), marked deleted?  True: a
+        deletion's own mark, which damage does not write (FAT: the name's first byte
+        0xE5; exFAT: every entry of its set with the in-use bit clear and the set's
+        checksum holding, :func:`~blockforensics.fs.sleuthkit.exfat_set_state`); False:
+        it is there, not so marked, in a cluster one FAT (exFAT: the bitmap) has
+        allocated (TSK calls an entry in a cluster the first FAT has free unallocated
+        too; a directory deleted whole frees its clusters in all); None: something else
+        is there, or its cluster is free or its allocation unreadable."""
+        from blockforensics.fs.fat import FAT_DELETED
+        from blockforensics.fs.sleuthkit import exfat_set_state
+
+        heap, exfat = self.heap, entry.fs == "exfat"
         try:
-            first = self.view.read(self.offset + at, 1)
+            at = _entry_slot(self.fs, entry.inode, exfat)
+            raw = _slot_bytes(self.fs, entry.inode, exfat)
+            if at is None or len(raw) < 2:
+                return None
+            deleted = exfat_set_state(raw[: (raw[1] + 1) * 32]) == "deleted" if exfat \
+                else raw[0] == FAT_DELETED
             fs_file = self.fs.open_meta(inode=entry.inode)
             if fs_file.info.meta is None or not _entry(
                     self.tsk, self.fs, self.to_disk, entry.path, fs_file,
@@ -1072,9 +1100,10 @@ class TskLister:
                 return None
         except (OSError, BlockforensicsError):
             return None
-        if first == bytes([mark]):
+        if deleted:
             return True
-        return False if isinstance(heap, ClusterHeap) and heap.allocated_at(at) else None
+        return False if isinstance(heap, ClusterHeap) \
+            and heap.allocated_at(at - int(self.fs.offset)) else None
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         tsk = self.tsk

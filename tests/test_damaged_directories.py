@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sample_disks import MTOOLS_ENV, run
+from sample_disks import MTOOLS_ENV, make_ntfs, run
 from support import (
     backup_image,
     formatted,
@@ -27,6 +27,7 @@ from support import (
 
 from blockforensics import forensics
 from blockforensics.fs.fat import BOOT_SECTOR
+from blockforensics.fs.sleuthkit import EXFAT_BOOT_SECTOR
 from blockforensics.image.chain import Chain
 from blockforensics.triage import triage
 
@@ -297,3 +298,79 @@ def test_files_are_not_decided_where_the_allocation_state_cannot_be_read(kind, t
     damaged = triage(chain).points[2]
     assert damaged.metrics["deleted"] == 1  # the empty file
     assert f"not read: {note}" in damaged.reasons
+
+
+def _exfat_entry(image: Path, path: str) -> int:
+    """The byte of ``path``'s File directory entry: The Sleuth Kit's metadata address
+    (``ifind``) counts 32-byte slots from the cluster heap, from 3."""
+    boot = EXFAT_BOOT_SECTOR.parse(image.read_bytes()[:EXFAT_BOOT_SECTOR.size])
+    sector = 1 << boot.BytesPerSectorShift
+    index, slot = divmod(int(run("ifind", "-n", path, image).strip()) - 3, sector // 32)
+    return (boot.ClusterHeapOffset + index) * sector + slot * 32
+
+
+def test_an_exfat_entry_set_failing_its_checksum_is_damage_not_a_change(tmp_path):
+    """exFAT: a bit flipped in a name character of ``/keep.bin`` (its File Name entry:
+    the set's SetChecksum no longer holds) is a "damaged" note, not a rename, and the
+    in-use bit of ``/d/a.bin``'s File entry cleared alone (a deletion clears it in every
+    entry of the set) is no deletion; beside them a rename and a deletion through
+    exfat-fuse, which rewrite the set, stay a rename and a deletion."""
+    chain, image = _history("exfat", tmp_path)
+    with loop_device(image) as device, \
+            mounted_with(["mount.exfat-fuse", device], tmp_path / "m") as m:
+        (m / "d" / "b.bin").rename(m / "d" / "b2.bin")
+    keep, a = _exfat_entry(image, "/keep.bin"), _exfat_entry(image, "/d/a.bin")
+    with image.open("r+b") as fh:
+        fh.seek(keep + 64 + 2)  # the File Name entry's first character: "k" -> "j"
+        assert fh.read(1) == b"k"
+        fh.seek(keep + 64 + 2)
+        fh.write(b"j")
+        fh.seek(a)
+        assert fh.read(1) == b"\x85"
+        fh.seek(a)
+        fh.write(b"\x05")
+    backup_image(chain, image)
+    result = forensics.diff(chain, 1, 2, files=True)
+    assert _changes(result, "deleted") == set()
+    assert {(r.path, r.old_path) for r in result.files.itertuples()
+            if r.change == "renamed"} == {("/d/b2.bin", "/d/b.bin")}
+    assert not set(result.files["path"]) & {"/keep.bin", "/jeep.bin", "/d/a.bin"}
+    assert "point 2: 1 file(s) whose metadata fails its own check (its exFAT entry set " \
+           "fails its SetChecksum): damaged, not a change: /jeep.bin" in result.notes
+    held, = (n for n in result.notes if "no directory reaches" in n)
+    assert held.endswith(": /d/a.bin")
+    assert _changes(forensics.diff(chain, 0, 2, files=True), "deleted") == {*DELETED, "/t"}
+
+
+def test_an_ntfs_record_failing_its_fixups_is_damage_not_deletion(tmp_path):
+    """NTFS: a bit flipped in the update sequence of ``/keep.bin``'s MFT record (the
+    first sector's last byte, which the fixups check) makes The Sleuth Kit refuse the
+    record: the file is a "not read" note (its metadata unreadable), not a deletion,
+    beside ``/gone.bin`` removed through ntfs-3g, which stays one."""
+    require_module("pytsk3", "pytsk3")
+    require_tools("mkntfs", "ntfs-3g", "ifind")
+    if os.geteuid() != 0:
+        pytest.skip("ntfs-3g needs root here")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("keep.bin", "gone.bin"):
+        (tree / name).write_bytes(os.urandom(5000))
+    image = make_ntfs(tmp_path / "v.img", 16 << 20, tree)
+    chain = Chain.create(tmp_path / "chain")
+    backup_image(chain, image)
+    with mounted_with(["ntfs-3g", str(image)], tmp_path / "m") as m:
+        (m / "gone.bin").unlink()
+    record = int(run("ifind", "-n", "/keep.bin", image).strip())
+    raw = image.read_bytes()
+    cluster = struct.unpack_from("<H", raw, 0x0B)[0] * raw[0x0D]  # bytes per cluster
+    at = struct.unpack_from("<Q", raw, 0x30)[0] * cluster + record * 1024 + 510
+    assert raw[at - 510 : at - 506] == b"FILE"
+    with image.open("r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([raw[at] ^ 1]))
+    backup_image(chain, image)
+    result = forensics.diff(chain, 0, 1, files=True)
+    assert _changes(result, "deleted") == {"/gone.bin"}
+    assert "/keep.bin" not in set(result.files["path"])
+    note, = result.notes
+    assert note.endswith("(damage, not a deletion): /keep.bin")

@@ -53,8 +53,17 @@ EXFAT_BOOT_SECTOR = Structure("ExfatBootSector", 512, [
     (0x6E, "B", "NumberOfFats"),
 ])
 EXFAT_NAME = b"EXFAT   "
-#: an exFAT File directory entry's type once deleted: 0x85 with the in-use bit clear
-EXFAT_FILE_DELETED = 0x05
+#: an exFAT File directory entry (section 7.4), the first of its entry set: the count of
+#: entries after it (Stream Extension, File Name …), and the set's checksum
+EXFAT_FILE_ENTRY = Structure("ExfatFileEntry", 32, [
+    (0x00, "B", "EntryType"),
+    (0x01, "B", "SecondaryCount"),
+    (0x02, "H", "SetChecksum"),
+])
+EXFAT_ENTRY_SIZE = 32
+#: an entry type's in-use bit (section 6.2.1.4); a File entry's type in use, deleted
+EXFAT_IN_USE = 0x80
+EXFAT_FILE, EXFAT_FILE_DELETED = 0x85, 0x05
 #: the HFS+ volume header (TN1150), at byte 1024; the allocation file's fork data
 #: at 112: logical size, clump size, block count, 8 extents (start, count) as 64 bytes
 HFSPLUS_VOLUME_HEADER = Structure("HFSPlusVolumeHeader", 512, [
@@ -269,3 +278,32 @@ class TskFileSystem(FileSystem):
         flags[: -(-(HFSPLUS_HEADER_AT + HFSPLUS_VOLUME_HEADER.size) // self.unit)] = True
         flags[(self.size - HFSPLUS_HEADER_AT) // self.unit :] = True  # alternate header
         return flags
+
+
+def exfat_set_checksum(entries: bytes | bytearray) -> int:
+    """The SetChecksum of an exFAT directory entry set (section 6.3.3): every byte but
+    the field itself (bytes 2 and 3), each added to the sum rotated right by one bit."""
+    total = 0
+    for index, byte in enumerate(entries):
+        if index not in (2, 3):
+            total = ((total >> 1) | (total & 1) << 15) + byte & 0xFFFF
+    return total
+
+
+def exfat_set_state(entries: bytes) -> str:
+    """An exFAT File entry set (``(SecondaryCount + 1) * 32`` bytes, File entry first)
+    as it stands: "deleted" (every entry's in-use bit clear, as a deletion leaves it,
+    the set otherwise as written: its SetChecksum holds with the bits set), "in use"
+    (every bit set, the checksum holding), or "damaged" (anything else: a bit cleared
+    in some entries only, or bytes the checksum refuses)."""
+    head = EXFAT_FILE_ENTRY.parse(entries)
+    types = entries[::EXFAT_ENTRY_SIZE]
+    if len(entries) != (head.SecondaryCount + 1) * EXFAT_ENTRY_SIZE \
+            or head.EntryType & ~EXFAT_IN_USE != EXFAT_FILE & ~EXFAT_IN_USE:
+        return "damaged"
+    in_use = {bool(t & EXFAT_IN_USE) for t in types}
+    restored = bytearray(entries)
+    restored[::EXFAT_ENTRY_SIZE] = bytes(t | EXFAT_IN_USE for t in types)
+    if len(in_use) != 1 or exfat_set_checksum(restored) != head.SetChecksum:
+        return "damaged"
+    return "in use" if in_use == {True} else "deleted"
