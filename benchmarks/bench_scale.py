@@ -7,6 +7,7 @@ workers; CLI start-up.  And ``mount``'s peak RSS against the point's stored bloc
 
     python3 benchmarks/bench_scale.py [--data-mib 256] [--workdir DIR] [--json OUT]
                                       [--mount-mib 512 2048 8704] [--mount-only]
+                                      [--mount-fragmented]
                                       [--baseline DIR]
 """
 
@@ -170,8 +171,20 @@ def startup(work: Path) -> dict[str, Run]:
     return best
 
 
-def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds: int = 3
-                ) -> list[dict[str, object]]:
+def rewrite_every_other_block(src: Path, block: int = 512) -> None:
+    """Overwrite every other ``block``-byte block of ``src`` with new random bytes, in
+    pieces (an incremental of it then alternates with the full block by block)."""
+    data = np.memmap(src, dtype=np.uint8, mode="r+").reshape(-1, block)
+    rng = np.random.default_rng(9)
+    for lo in range(0, len(data), 1 << 18):
+        rows = data[lo : lo + (1 << 18) : 2]
+        rows[:] = rng.integers(0, 256, rows.shape, dtype=np.uint8)
+    data.flush()
+    del data
+
+
+def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds: int = 3,
+                fragmented: bool = False) -> list[dict[str, object]]:
     """``mount``'s server against the number of stored blocks: for each size, that many
     MiB of random bytes backed up at 512-byte blocks (2 Mi stored blocks a GiB: 8.5 GiB
     is more than 16 Mi blocks, which the plans of session 15 could not hold), mounted
@@ -179,7 +192,9 @@ def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds:
     ``dd bs=4M`` (seconds; the chain in the page cache), and the server's peak RSS
     (VmHWM) once mounted and after the read; ``rounds`` mounts, each read once, taking
     turns with ``baseline``'s (``DIR`` on ``PYTHONPATH``) if given: fastest and median
-    seconds, the largest RSS."""
+    seconds, the largest RSS.  ``fragmented``: every other block rewritten and backed up
+    as an incremental, whose point is mounted: as many segments as blocks, alternating
+    between the two images."""
     rows: list[dict[str, object]] = []
     checkouts: list[tuple[str, dict[str, str] | None]] = [("ours", None)]
     if baseline:
@@ -189,6 +204,10 @@ def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds:
         random_file(src, mib * MiB, seed=mib)
         subprocess.run([*BF, "backup", "--block-size", "512", str(src), str(chain)],
                        check=True, stdout=subprocess.DEVNULL)
+        if fragmented:
+            rewrite_every_other_block(src)
+            subprocess.run([*BF, "backup", str(src), str(chain)], check=True,
+                           stdout=subprocess.DEVNULL)
         src.unlink()
         subprocess.run(["cat", *map(str, chain.glob("*.bfi"))], check=True,
                        stdout=subprocess.DEVNULL)  # in the page cache, for every round
@@ -196,7 +215,8 @@ def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds:
         for _ in range(rounds):
             for label, env in checkouts:
                 started = time.perf_counter()
-                with mounted(chain, work / "mnt", env=env) as (disk_vhd, proc):
+                with mounted(chain, work / "mnt", "--point", int(fragmented),
+                             env=env) as (disk_vhd, proc):
                     up = time.perf_counter() - started
                     rss_up = peak_rss_mib(proc.pid)
                     started = time.perf_counter()
@@ -209,6 +229,7 @@ def mount_reads(work: Path, data_mibs: list[int], baseline: Path | None, rounds:
         for label, runs in seen.items():
             ups, reads, rss_ups, peaks = zip(*runs)
             rows.append({"data MiB": mib, "stored blocks": mib * MiB // 512,
+                         "segments": "as many as blocks" if fragmented else "few",
                          "checkout": label, "mount s (median)": f"{median(ups):.2f}",
                          "read s (fastest / median)": f"{min(reads):.2f} / {median(reads):.2f}",
                          "RSS mounted MiB": f"{max(rss_ups):.0f}",
@@ -226,12 +247,15 @@ def main() -> None:
     parser.add_argument("--mount-mib", type=int, nargs="+", default=[512, 2048, 8704],
                         help="data of each point mounted (512-byte blocks: 2 Mi a GiB)")
     parser.add_argument("--mount-only", action="store_true", help="just the mounts")
+    parser.add_argument("--mount-fragmented", action="store_true",
+                        help="mount an incremental of every other block (see mount_reads)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout's mounts too (its extensions built)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
     out: dict[str, object] = {}
-    mounts = mount_reads(work, args.mount_mib, args.baseline)
+    mounts = mount_reads(work, args.mount_mib, args.baseline,
+                         fragmented=args.mount_fragmented)
     out["mount"] = mounts
     mount_lines = ["| " + " | ".join(mounts[0]) + " |", "|---" * len(mounts[0]) + "|"]
     mount_lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in mounts]

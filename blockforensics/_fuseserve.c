@@ -17,8 +17,9 @@
  * disk byte it starts at, and the image's list of the blocks it supplies (ascending
  * positions, as the chain's index holds them) is searched for those of the read.  The
  * plans may be mapped from a file (their spill): the pages of those mappings (`mapped`)
- * are dropped from the server's every DROP_EVERY reads, so its RSS does not grow with
- * the number of stored blocks or segments either.
+ * are dropped from the server's every DROP_EVERY reads (and every CHECKED_SEGMENTS segments
+ * while the plans are checked before serving), so its RSS does not grow with the number
+ * of stored blocks or segments either.
  *
  * A read of 64 KiB or more: every stored block it touches is checked against its stored
  * digest (CRC-32 or SHA-256/128) in a read-only mapping of the image file, and the reply
@@ -320,6 +321,8 @@ static int64_t segment_end(const struct file *f, Py_ssize_t k)
 /* READ requests between two drops of the plans' mapped pages: at most some 10 pages each
  * (the segments' and the blocks' searches), so a few MiB of the plans stay mapped */
 #define DROP_EVERY 256
+/* segments checked when serving begins between two such drops (28 bytes each: 7 MiB) */
+#define CHECKED_SEGMENTS (1 << 18)
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22  /* Linux 5.14, <linux/mman.h> */
 #endif
@@ -743,13 +746,20 @@ static int read_range(struct server *srv, const struct file *f, int64_t offset, 
     return 1;
 }
 
+static void drop_all(struct server *srv);
+
 /* Drop the pages of the plans' mappings from the server's page tables (the page cache
  * keeps them; a worker using one maps it again at its next touch): every DROP_EVERY reads,
  * so that what the reads mapped of the plans does not pile up. */
 static void drop_plans(struct server *srv)
 {
-    if (atomic_fetch_add(&srv->reads, 1) % DROP_EVERY != DROP_EVERY - 1)
-        return;
+    if (atomic_fetch_add(&srv->reads, 1) % DROP_EVERY == DROP_EVERY - 1)
+        drop_all(srv);
+}
+
+/* Drop every page of the plans' mappings from the server's page tables. */
+static void drop_all(struct server *srv)
+{
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     for (Py_ssize_t i = 0; i < srv->n_mapped; i++) {
         uintptr_t from = (uintptr_t)srv->mapped[i].buf & ~(page - 1);
@@ -1086,6 +1096,8 @@ static int parse_files(PyObject *list, struct server *srv, struct held *h)
         if ((f->blob = hold(h, blob, 1, &f->blob_len, "blob")) == NULL && PyErr_Occurred())
             return 0;
         for (Py_ssize_t k = 0; k < f->n; k++) {  /* every segment inside what it reads */
+            if (k % CHECKED_SEGMENTS == CHECKED_SEGMENTS - 1)
+                drop_all(srv);  /* what this loop mapped of the plans */
             int64_t length = segment_end(f, k) - f->starts[k];
             int32_t kind = f->kinds[k];
             if (f->starts[0] != 0 || length <= 0 || kind < METADATA || kind >= srv->n_sources
@@ -1178,8 +1190,9 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     clock_gettime(CLOCK_REALTIME, &srv->mtime);
     int status = -1;
-    if (parse_sources(sources, srv, &h) && parse_files(files, srv, &h)
-        && parse_mapped(mapped, srv, &h)) {
+    if (parse_mapped(mapped, srv, &h) && parse_sources(sources, srv, &h)
+        && parse_files(files, srv, &h)) {
+        drop_all(srv);
         Py_BEGIN_ALLOW_THREADS
         status = run(srv, mountpoint, foreground);
         Py_END_ALLOW_THREADS
