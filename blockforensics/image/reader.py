@@ -150,9 +150,12 @@ class ChainDisk(InPlaceDisk):
                 image = self.layout.images[depth]
                 positions = first + rows
                 verbatim, decode = self._split(records)
-                if verbatim.any():  # compress: a mask copies records field by field, slowly
-                    for job in stored_copies(out, image, records.compress(verbatim),
-                                             positions[verbatim], bs, buffers, self.check):
+                if verbatim.all():  # a plain image's window: no copy of the records
+                    stored, at = records, positions
+                elif verbatim.any():  # compress: a mask copies records field by field, slowly
+                    stored, at = records.compress(verbatim), positions[verbatim]
+                if verbatim.any():
+                    for job in stored_copies(out, image, stored, at, bs, buffers, self.check):
                         out.run(job)
                 todo = positions[decode]
                 for start in range(0, len(todo), DECODE_BATCH):
