@@ -9,8 +9,11 @@ so that a point spans many batches, many units and both threads.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +186,113 @@ def test_the_c_copy_refuses_bounds_outside_its_buffers():
     with pytest.raises(ValueError, match="next and stop an int64"):
         native(0, 1, 4096, unit, none, np.zeros(1, np.int64), b"", b"", none,
                np.zeros(1, np.int64), taken, bytearray(1))
+
+
+def unit_plan(units: int, per: int, block: int, base: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(reads, read_bounds, writes, write_bounds)`` of ``copy_checked`` for ``units`` units
+    of ``per`` blocks stored back to back from byte ``base`` of a file: each unit read in two
+    parts and written in three, the output holding the blocks in order from byte 0."""
+    unit = per * block
+    reads, writes = [], []
+    for k in range(units):
+        half = per // 2 * block
+        reads += [[0, base + k * unit, half], [half, base + k * unit + half, unit - half]]
+        third = per // 3 * block + 5  # crossing the reads' border
+        writes += [[k * unit, 0, third], [k * unit + third, third, half + 7 - third],
+                   [k * unit + half + 7, half + 7, unit - half - 7]]
+    bounds = np.arange(units + 1, dtype=np.int64)
+    return (np.array(reads, np.int64), 2 * bounds, np.array(writes, np.int64), 3 * bounds)
+
+
+def copy_file(source: Path, out: Path, per: int, block: int, units: int, base: int,
+              digests: bytes) -> tuple[int, int]:
+    """``copy_checked`` of ``units`` units of stored blocks of ``source`` into ``out``."""
+    reads, read_bounds, writes, write_bounds = unit_plan(units, per, block, base)
+    with open(source, "rb") as src, open(out, "wb") as dst:
+        bad, short = batch.native.copy_checked(
+            src.fileno(), dst.fileno(), block, bytearray(per * block), reads, read_bounds,
+            digests, bytes(units * per), writes, write_bounds, np.zeros(1, np.int64),
+            np.zeros(1, np.int64))
+    return bad, short
+
+
+def sha_digests(data: bytes, block: int) -> bytes:
+    """The SHA-256/128 stored digest of each block of ``data``."""
+    return b"".join(hashlib.sha256(data[i : i + block]).digest()[:16]
+                    for i in range(0, len(data), block))
+
+
+def test_the_c_copy_writes_the_bytes_it_checked_and_stops_at_a_flipped_bit(tmp_path):
+    """Units read from the image in two parts each, checked, and written in parts that
+    cross those reads: the output is the stored blocks; a bit flipped in a block is found
+    at that block, and nothing of its unit or after it is written."""
+    if getattr(batch.native, "copy_checked", None) is None:
+        pytest.skip("the C extension is not built")
+    block, per, units, base = 4096, 8, 5, 12288 + 100  # payloads not page-aligned
+    data = np.random.default_rng(5).integers(0, 256, units * per * block, np.uint8).tobytes()
+    source = tmp_path / "image"
+    source.write_bytes(b"h" * base + data + b"t" * 50)
+    digests = sha_digests(data, block)
+    assert copy_file(source, tmp_path / "out", per, block, units, base, digests) == (-1, -1)
+    assert (tmp_path / "out").read_bytes() == data
+    damaged = bytearray(source.read_bytes())
+    damaged[base + 19 * block + 77] ^= 0x10  # block 19: unit 2
+    source.write_bytes(damaged)
+    assert copy_file(source, tmp_path / "out", per, block, units, base, digests) == (19, -1)
+    assert (tmp_path / "out").read_bytes() == data[: 2 * per * block]
+
+
+def test_an_image_cut_during_the_c_copy_is_an_error_not_a_crash(tmp_path):
+    """The image cut in the middle of a unit while the copy reads and checks it (once the
+    unit before it is written): the copy reports the read that met the end, at that
+    unit's first or second read or a later unit's (the cut came late), every unit written
+    is whole and right, and none after it is.  Big units checked with SHA-256 keep the
+    copy busy with each one a while."""
+    if getattr(batch.native, "copy_checked", None) is None:
+        pytest.skip("the C extension is not built")
+    block, per, units, base = 4096, 1024, 8, 4096
+    unit = per * block
+    data = np.random.default_rng(6).integers(0, 256, units * unit, np.uint8).tobytes()
+    digests = sha_digests(data, block)
+    source, out = tmp_path / "image", tmp_path / "out"
+
+    def cut_after(k: int) -> None:
+        """Cut the image in the middle of unit k + 1 once unit k is written."""
+        while not out.exists() or out.stat().st_size < (k + 1) * unit:
+            time.sleep(0.0001)
+        os.truncate(source, base + (k + 1) * unit + unit // 2)
+
+    for k in range(units - 2):
+        source.write_bytes(b"h" * base + data)
+        out.unlink(missing_ok=True)
+        cutter = threading.Thread(target=cut_after, args=(k,))
+        cutter.start()
+        bad, short = copy_file(source, out, per, block, units, base, digests)
+        cutter.join()
+        written = out.read_bytes()
+        assert bad == -1
+        assert len(written) % unit == 0
+        if short >= 0:  # the unit after the last one written met the end
+            assert short - base in (len(written), len(written) + unit // 2)
+        else:  # the cut came after the copy
+            assert len(written) == len(data)
+        assert written == data[: len(written)]
+
+
+@PATHS
+def test_all_zero_blocks_stay_holes_in_a_fixed_vhd(tmp_path, monkeypatch, native):
+    """The stored blocks are written, the all-zero ones are not: the fixed VHD holds the
+    point's bytes and takes the room of its data blocks, not of its size."""
+    require_tools("qemu-img")
+    use(native, monkeypatch, 4096)
+    data = np.random.default_rng(8).integers(0, 256, (1024, 4096), dtype=np.uint8)
+    data[100:900] = 0  # 3.1 MiB of zeros between the data
+    with Chain.create(tmp_path / "c") as chain:
+        backup(chain, Volume.from_bytes(data.tobytes(), 4096), full=True)
+    with Chain.open(tmp_path / "c") as chain:
+        restored = restore(chain, 0, tmp_path / "point.raw")
+        out = export(chain.disk(0), tmp_path / "out.vhd", "vhd-fixed")
+    qemu_compare(restored, out, "vhd-fixed")
+    assert out.stat().st_size == 1024 * 4096 + 512  # the disk, then the footer
+    assert out.stat().st_blocks * 512 <= 224 * 4096 + 64 * 1024  # data blocks, footer page
