@@ -169,8 +169,10 @@ class Layout:
             if window.empty:
                 continue
             flags = np.zeros(len(window.holder), dtype=bool)
-            for _, rows, records in window.by_image():
-                flags[rows] = (records["flags"] & FLAG_ZERO) == 0
+            for depth, records in enumerate(window.records):  # their flags, not copies of
+                if len(records):  # the whole records (56 MiB a window)
+                    rows = np.flatnonzero(window.holder == depth + 1)
+                    flags[rows] = (records["flags"].take(window.row[rows]) & FLAG_ZERO) == 0
             out.assign(window.start, flags)
         return out
 
