@@ -1012,6 +1012,8 @@ class TskLister:
                 continue
             entry = _entry(tsk, fs, self.to_disk, path, item, deleted=True)
             if entry.type == "file":
+                if entry.fs in NAME_ADDRESSED and self.marked_deleted(entry) is False:
+                    entry.deleted = False  # there, unmarked: damage to its FAT, no deletion
                 return entry, item.read_random(0, entry.size) if entry.size else b""
         return None
 
@@ -1326,7 +1328,9 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
     """A deleted file named ``path`` whose metadata TSK still reaches and no other file
     took over (a reallocated inode is refused), with its content as TSK recovers it
     (from the parent directory's unallocated names); None if none (always on XFS,
-    which clears a deleted file's extents)."""
+    which clears a deleted file's extents).  On FAT and exFAT, an entry TSK calls
+    unallocated that bears no deletion mark (:meth:`TskLister.marked_deleted`) is
+    returned with ``deleted`` False."""
     parent, _, name = path.rpartition("/")
     for prefix, lister, _ in _open_filesystems(disk):
         if lister is None or not path.startswith(prefix + "/"):
@@ -1371,6 +1375,23 @@ def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | No
     return None
 
 
+def _hidden(chain: Any, p: int, path: str, disk: Disk) -> str:
+    """Why ``path``, listed at point ``p``'s parent and missing at ``p``, may still be
+    there (:func:`unreached`: damage hides it), as the end of a sentence; "" if not."""
+    parent = chain.parent(p)
+    earlier = None if parent is None else list_entries(chain.disk(parent)).entries.get(path)
+    if earlier is None:
+        return ""
+    found = unreached(disk, [earlier], list(list_entries(disk).entries.values()))
+    if any(path in f.paths for f in found.values()):
+        return (f", but point {parent} lists it and it is still there: no directory "
+                f"reaches it (damage, not a deletion); extract it from point {parent}")
+    if any(path in f.undecided for f in found.values()):
+        return (f", but point {parent} lists it; its allocation state is unreadable "
+                f"(not decided); extract it from point {parent}")
+    return ""
+
+
 def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str], *,
             force: bool = False) -> tuple[Path, int, bool]:
     """Write file ``path`` as it was at ``point`` of ``chain`` to ``out`` (atomically);
@@ -1389,9 +1410,9 @@ def extract(chain: Any, point: int | str, path: str, out: str | os.PathLike[str]
         recovered = find_deleted(disk, path)
         if recovered is None:
             raise UsageError(f"{path}: no such file at point {p} (not even a deleted one "
-                             "The Sleuth Kit can reach)")
+                             f"The Sleuth Kit can reach){_hidden(chain, p, path, disk)}")
         entry, data = recovered
-        found, deleted = (entry, iter([data])), True
+        found, deleted = (entry, iter([data])), entry.deleted
     entry, chunks = found
     if entry.type != "file":
         raise UsageError(f"{path}: a directory at point {p}, not a file")

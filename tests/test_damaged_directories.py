@@ -26,10 +26,12 @@ from support import (
 )
 
 from blockforensics import forensics
+from blockforensics.errors import UsageError
 from blockforensics.fs.fat import BOOT_SECTOR
 from blockforensics.fs.sleuthkit import EXFAT_BOOT_SECTOR
 from blockforensics.image.chain import Chain
 from blockforensics.triage import triage
+from blockforensics.tsk import extract
 
 #: the files each volume starts with (a random 5000 bytes each), after a fragmented
 #: one (:data:`FRAGMENTED`), and an empty one
@@ -264,6 +266,13 @@ def test_a_fat_sector_zeroed_in_one_copy_is_damage_not_deletion(kind, tmp_path):
         assert not set(result.files["path"]) & {*HIDDEN, "/d/sub"}
         note, = (n for n in result.notes if "no directory reaches" in n)
         assert int(note.split(": ")[2].split()[0]) >= len(HIDDEN) + 1  # /d/sub too
+    with pytest.raises(UsageError, match=r"point 1 lists it and it is still there: no "
+                       r"directory reaches it \(damage, not a deletion\); extract it from "
+                       r"point 1$"):
+        extract(chain, 2, "/d/a.bin", tmp_path / "a.out")
+    # its entry unharmed in /n, its chain zeroed in the first FAT: no deletion either
+    out, size, deleted = extract(chain, 2, NEW, tmp_path / "new.out")
+    assert not deleted and size == 5000 and out.read_bytes() == (tmp_path / "new").read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["fat12", "fat16", "fat32"])

@@ -22,6 +22,7 @@ import pytest
 from support import backup_image, loop_device, mounted_with, require_module, require_tools
 
 from blockforensics import timeline_formats, tsk
+from blockforensics.fs.sleuthkit import exfat_set_checksum
 from blockforensics.image.chain import Chain
 
 #: name: ``touch -d`` date (UTC); atime set apart with ``touch -a``
@@ -283,6 +284,13 @@ def test_fat_times_are_the_writers_clock_read_in_the_zone_given(tmp_path: Path, 
     assert kolkata.find(f"{ns}crtime").text == "2020-01-01T10:00:01.99+00:00"
 
 
+def _checksummed(raw: bytearray, at: int) -> None:
+    """The SetChecksum of the exFAT entry set at byte ``at`` of ``raw`` written again, as
+    the writer of the entries (a camera, an old driver) writes it."""
+    size = (raw[at + 1] + 1) * 32  # SecondaryCount + 1 entries
+    raw[at + 2 : at + 4] = exfat_set_checksum(raw[at : at + size]).to_bytes(2, "little")
+
+
 def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
     """exfat-fuse under TZ=Asia/Kolkata writes its wall clock and the +05:30 offset
     (valid): the times are exfat-fuse's own ``stat`` whatever ``--timezone`` says, and
@@ -313,8 +321,10 @@ def test_exfat_utc_offsets_and_a_clock_without_one(tmp_path: Path) -> None:
     raw = bytearray(image.read_bytes())
     name_entry = raw.index("no offset".encode("utf-16-le")) - 2  # in the file name entry
     raw[name_entry - 64 + 22 : name_entry - 64 + 25] = bytes(3)  # the file entry's offsets
+    _checksummed(raw, name_entry - 64)
     name_entry = raw.index("kolkata".encode("utf-16-le")) - 2
     raw[name_entry - 64 + 21] = 150  # LastModified10msIncrement: 1.5 s past the even second
+    _checksummed(raw, name_entry - 64)
     image.write_bytes(raw)
 
     with _chain(tmp_path, image) as chain:
