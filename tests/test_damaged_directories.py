@@ -132,13 +132,18 @@ def _damage(image: Path, path: str) -> None:
         fh.write(os.urandom(512))
 
 
-def _history(kind: str, tmp: Path) -> tuple[Chain, Path]:
-    """The volume filled (point 0), after the real deletions (point 1); the image."""
+def _require(kind: str) -> None:
+    """The tools that fill and damage a ``kind`` volume (skip or fail as the suite does)."""
     require_module("pytsk3", "pytsk3")
     require_tools("ifind", "istat", *(["mount.exfat-fuse", "losetup"] if kind == "exfat"
                                       else ["mmd", "mcopy", "mdel", "mdeltree"]))
     if kind == "exfat" and os.geteuid() != 0:
         pytest.skip("a loop device needs root")
+
+
+def _history(kind: str, tmp: Path) -> tuple[Chain, Path]:
+    """The volume filled (point 0), after the real deletions (point 1); the image."""
+    _require(kind)
     mkfs, size = VOLUMES[kind]
     image = formatted(tmp / "v.img", size, *mkfs)
     _fill(image, kind, tmp)
@@ -157,11 +162,7 @@ def test_a_damaged_directory_hides_files_it_does_not_delete(kind, tmp_path):
     (1 -> 2) and beside the real deletions (0 -> 2); an empty file, with no
     cluster to find allocated, stays a deletion and the note says so; triage does not
     call the damaged point suspicious for the files it hid."""
-    require_module("pytsk3", "pytsk3")
-    require_tools("ifind", "istat", *(["mount.exfat-fuse", "losetup"] if kind == "exfat"
-                                      else ["mmd", "mcopy", "mdel", "mdeltree"]))
-    if kind == "exfat" and os.geteuid() != 0:
-        pytest.skip("a loop device needs root")
+    _require(kind)
     mkfs, size = VOLUMES[kind]
     image = formatted(tmp_path / "v.img", size, *mkfs)
     _fill(image, kind, tmp_path)
