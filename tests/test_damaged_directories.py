@@ -11,6 +11,7 @@ import os
 import re
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -130,6 +131,14 @@ def _damage(image: Path, path: str) -> None:
     with image.open("r+b") as fh:
         fh.seek(_sectors(image, path)[0] * 512)
         fh.write(os.urandom(512))
+
+
+def _swap_byte(fh: BinaryIO, offset: int, old: bytes, new: bytes) -> None:
+    """Byte ``offset`` of the open image, checked to be ``old``, overwritten with ``new``."""
+    fh.seek(offset)
+    assert fh.read(1) == old
+    fh.seek(offset)
+    fh.write(new)
 
 
 def _require(kind: str) -> None:
@@ -287,10 +296,7 @@ def test_files_are_not_decided_where_the_allocation_state_cannot_be_read(kind, t
     chain, image = _history(kind, tmp_path)
     _damage(image, "/d")
     with image.open("r+b") as fh:
-        fh.seek(MEDIA_BYTE)
-        assert fh.read(1) == b"\xf8"
-        fh.seek(MEDIA_BYTE)
-        fh.write(b"\xe8")
+        _swap_byte(fh, MEDIA_BYTE, b"\xf8", b"\xe8")
     backup_image(chain, image)
     deleted = forensics.diff(chain, 0, 1, files=True)
     assert _changes(deleted, "deleted") == {*DELETED, "/t"}
@@ -331,14 +337,8 @@ def test_an_exfat_entry_set_failing_its_checksum_is_damage_not_a_change(tmp_path
         (m / "d" / "b.bin").rename(m / "d" / "b2.bin")
     keep, a = _exfat_entry(image, "/keep.bin"), _exfat_entry(image, "/d/a.bin")
     with image.open("r+b") as fh:
-        fh.seek(keep + 64 + 2)  # the File Name entry's first character: "k" -> "j"
-        assert fh.read(1) == b"k"
-        fh.seek(keep + 64 + 2)
-        fh.write(b"j")
-        fh.seek(a)
-        assert fh.read(1) == b"\x85"
-        fh.seek(a)
-        fh.write(b"\x05")
+        _swap_byte(fh, keep + 64 + 2, b"k", b"j")  # File Name entry, 1st char
+        _swap_byte(fh, a, b"\x85", b"\x05")
     backup_image(chain, image)
     result = forensics.diff(chain, 1, 2, files=True)
     assert _changes(result, "deleted") == set()
