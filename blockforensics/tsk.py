@@ -1343,15 +1343,18 @@ def find_deleted(disk: Disk, path: str) -> tuple[Entry, bytes] | None:
 
 def _open_listed(tsk: Any, fs: Any, inner: str) -> Any:
     """A file by its path as :func:`list_entries` names it (None: no such path): TSK's own
-    lookup, else component by component through the allocated names, where a name's
-    bytes that are no UTF-8 read ``\\xNN`` (:func:`name_text`)."""
-    try:
-        return fs.open(inner)
-    except OSError:
-        pass
-    found = None
-    directory = fs.open_dir(inode=fs.info.root_inum)
+    lookup where it found each name as written (it ignores case on NTFS, whose POSIX
+    names may differ in case only: ``a`` and ``A`` in one directory), else component by
+    component through the allocated names, where a name's bytes that are no UTF-8 read
+    ``\\xNN`` (:func:`name_text`)."""
     parts = [part for part in inner.split("/") if part]
+    try:
+        found = fs.open(inner)
+    except OSError:
+        found = None
+    if found is not None and (not parts or _found_as_written(tsk, fs, found, parts)):
+        return found
+    directory = fs.open_dir(inode=fs.info.root_inum)
     for depth, part in enumerate(parts):
         found = next((item for item in directory if name_text(item.info.name.name) == part
                       and not _skipped(tsk, fs, part, item, allocated=True)), None)
@@ -1362,6 +1365,23 @@ def _open_listed(tsk: Any, fs: Any, inner: str) -> Any:
                 return None
             directory = found.as_directory()
     return found
+
+
+def _found_as_written(tsk: Any, fs: Any, found: Any, parts: list[str]) -> bool:
+    """Is ``found``, TSK's lookup of the path of ``parts``, named by the last part exactly
+    (a named stream's ``file:stream`` by its file's name), in the directory the other
+    parts name exactly?"""
+    name = found.info.name
+    if name is None:
+        return False
+    text = name_text(name.name)
+    if parts[-1] != text and not parts[-1].startswith(text + ":"):
+        return False
+    if len(parts) == 1:
+        return int(name.par_addr) == int(fs.info.root_inum)
+    parent = _open_listed(tsk, fs, "/".join(parts[:-1]))
+    return parent is not None and parent.info.meta is not None \
+        and int(parent.info.meta.addr) == int(name.par_addr)
 
 
 def _read_allocated(disk: Disk, path: str) -> tuple[Entry, Iterator[bytes]] | None:
