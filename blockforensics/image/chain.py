@@ -521,6 +521,7 @@ class Chain:
                 self.images.pop()
                 image.close()
                 self._relink()
+                self.store.discard(Path(path))
                 raise
             image.path, image.name = self.directory / name, name
         return len(self.images) - 1

@@ -244,6 +244,14 @@ class ChainStore:
         (a temporary name: recovered space if the writer dies)."""
         return self.directory / f".pending-{new_id().hex()}{IMAGE_SUFFIX}.tmp"
 
+    def discard(self, pending: Path) -> None:
+        """Delete ``pending``, a :meth:`pending_path` whose switch was refused or failed
+        (nothing when it was named meanwhile, or is not one of the store's temporary
+        files)."""
+        if pending.parent == self.directory and is_temporary(pending.name):
+            with contextlib.suppress(FileNotFoundError):
+                pending.unlink()
+
     def new_name(self, kind: str, like: str | None = None, taken: Sequence[str] = ()) -> str:
         """An unused image file name: ``NNNN-KIND.bfi`` with the next number, or — for
         the image replacing ``like`` (consolidation) — ``like``'s number with ``-cN``."""
