@@ -201,6 +201,10 @@ def _consolidate(directory: Path, point: PointRef, start: PointRef | None, rewri
                 writer.commit()
             new = chain.store.switch(new_names, add={name: out}, remove=removed,
                                      expect=chain.manifest, ids=[ids[n] for n in new_names])
+        except BaseException:
+            if grown is None:
+                chain.store.discard(out)
+            raise
         finally:
             if grown is not None:  # undone unless switched
                 journal.settle(directory, chain.store.read().generation)
@@ -417,10 +421,16 @@ def retention_plan(chain: Chain, *, keep_last: int, daily: int = 0,
     deleted; a point with exactly one remaining child is merged into it (the
     run of such points down to the next kept point becomes one consolidation,
     recorded in ``into``), so every kept point restores exactly as before; a
-    point that is the parent of several remaining branches is kept.
+    point that is the parent of several remaining branches is kept.  ChainError for a
+    chain with a damaged point: its children are unknown, a point they depend on could
+    be planned as a leaf and deleted (``repair`` first).
     """
     if keep_last < 1 or daily < 0 or weekly < 0:
         raise UsageError("retention: --keep must be at least 1, --daily and --weekly at least 0")
+    if chain.damage:
+        p = min(chain.damage)
+        raise ChainError(f"retention: point {p} ({chain.images[p].name}) is damaged: "
+                         f"{chain.damage[p]}; nothing changed (see 'blockforensics repair')")
     import pandas as pd  # here: not on the consolidation path (0.2 s of start-up)
 
     n = len(chain)
