@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -61,23 +62,32 @@ def pytsk3() -> Any:
     return module
 
 
+@contextlib.contextmanager
+def damage_raised(image: Any) -> Iterator[None]:
+    """Around TSK's reads of a :func:`ChainImgInfo`: a block that failed its check is
+    raised as itself (pytsk3 reports it as a RuntimeError, a traceback on the command
+    line)."""
+    try:
+        yield
+    except RuntimeError:
+        if image.failed is not None:
+            raise image.failed from None
+        raise
+
+
 def open_fs(image: Any, offset: int) -> Any:
-    """``pytsk3.FS_Info`` of a :func:`ChainImgInfo` at byte ``offset``.  A block that failed
-    its check while TSK read is raised as itself (pytsk3 reports it as a RuntimeError)."""
+    """``pytsk3.FS_Info`` of a :func:`ChainImgInfo` at byte ``offset`` (damage raised as
+    itself: :func:`damage_raised`)."""
     tsk = pytsk3()
 
     class _FSInfo(tsk.FS_Info):  # type: ignore[name-defined]
         """Keeps its image and its byte offset there: raw metadata TSK reads wrong is read
         again (:func:`_ext_times`)."""
 
-    try:
+    with damage_raised(image):
         fs = _FSInfo(image, offset=offset)
-        fs.image, fs.offset = image, offset
-        return fs
-    except RuntimeError:
-        if image.failed is not None:
-            raise image.failed from None
-        raise
+    fs.image, fs.offset = image, offset
+    return fs
 
 
 def ChainImgInfo(disk: Disk) -> Any:  # a class factory: pytsk3 is an optional import
@@ -1108,6 +1118,10 @@ class TskLister:
             and heap.allocated_at(at - int(self.fs.offset)) else None
 
     def read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
+        with damage_raised(self.fs.image):
+            return self._read_allocated(path, inner)
+
+    def _read_allocated(self, path: str, inner: str) -> tuple[Entry, Iterator[bytes]] | None:
         tsk = self.tsk
         fs_file = _open_listed(tsk, self.fs, inner)
         if fs_file is None:
@@ -1139,7 +1153,9 @@ class TskLister:
                 return
             for lo in range(0, size, CHUNK_BYTES):
                 try:
-                    yield fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), *where)
+                    with damage_raised(self.fs.image):
+                        chunk = fs_file.read_random(lo, min(CHUNK_BYTES, size - lo), *where)
+                    yield chunk
                 except OSError as exc:  # TSK's read failing on damaged metadata
                     why = str(exc).splitlines()[0].split("Read error: ")[-1]
                     raise FormatError(f"{path}: The Sleuth Kit could not read it at byte "
