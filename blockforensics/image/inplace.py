@@ -34,7 +34,7 @@ from pathlib import Path
 
 from blockforensics.errors import FormatError
 from blockforensics.fileio import atomic_writer, fsync, fsync_directory
-from blockforensics.image.format import HEADER_SIZE
+from blockforensics.image.format import HEADER_SIZE, Footer, Header
 
 MERGE_JOURNAL = ".chain-merge.tmp"
 _MAX_JOURNAL_BYTES = 64 << 10
@@ -65,20 +65,34 @@ class MergeJournal:
 
     @classmethod
     def read(cls, directory: Path) -> MergeJournal | None:
-        """The journal in ``directory``; None when there is none (or it is not whole)."""
+        """The journal in ``directory``; None when there is none, or it is not whole or
+        not what :meth:`of` writes (damaged: as good as none)."""
         try:
             with open(directory / MERGE_JOURNAL, "rb") as fh:
                 doc = json.loads(fh.read(_MAX_JOURNAL_BYTES))
             journal = cls(**doc)
-            bytes.fromhex(journal.header)
-        except (OSError, ValueError, TypeError):
+            Header.unpack(bytes.fromhex(journal.header))  # the header before: intact
+        except (OSError, ValueError, TypeError, FormatError):
+            return None
+        numbers = (journal.device, journal.inode, journal.size, journal.generation)
+        if not isinstance(journal.image, str) or os.path.basename(journal.image) != \
+                journal.image or any(type(n) is not int for n in numbers) \
+                or journal.size < HEADER_SIZE:
             return None
         return journal
 
     def names(self, fd: int, name: str) -> bool:
-        """True when the open file ``fd``, opened as ``name``, is the journaled file."""
+        """True when the open file ``fd``, opened as ``name``, is the journaled file and
+        still ends, at the journaled size, in the footer it had (a merge appends after
+        it): a damaged size would make undoing the merge cut the file."""
         st = os.fstat(fd)
-        return (name, st.st_dev, st.st_ino) == (self.image, self.device, self.inode)
+        if (name, st.st_dev, st.st_ino) != (self.image, self.device, self.inode):
+            return False
+        try:
+            Footer.unpack(os.pread(fd, Footer.SIZE, self.size - Footer.SIZE))
+        except FormatError:
+            return False
+        return True
 
     def settle(self, directory: Path, generation: int) -> bool:
         """Undo the merge unless the manifest (now at ``generation``) switched; delete

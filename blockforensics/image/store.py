@@ -318,6 +318,8 @@ class ChainStore:
         once switched, else the images it created; then the journal."""
         listed = set(self.read().images)
         doomed = journal.get("remove" if switched else "created", [])
+        if not isinstance(doomed, list):  # a damaged journal: nothing of it to delete
+            doomed = []
         removed = []
         for name in doomed:
             if isinstance(name, str) and name not in listed:
