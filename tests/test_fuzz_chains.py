@@ -19,6 +19,7 @@ case, independent of how later versions of the generator draw.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -34,11 +35,13 @@ from pathlib import Path
 
 import pytest
 from support import flip_stored_bit, mounted, require_tools
-from test_hostile import _deadline
+from test_hostile import _deadline, _mutate_index, _rewrite_header
 
 from blockforensics.cli import main
 from blockforensics.crypto import KeySource
 from blockforensics.image.imagefile import ImageFile
+from blockforensics.image.inplace import MERGE_JOURNAL, MergeJournal
+from blockforensics.image.store import JOURNAL, is_temporary
 
 VARIANTS = {  # name -> (backup options, parents of the points after the full)
     "plain": ([], [None, None, "0"]),  # the last: a branch from the full
@@ -51,6 +54,22 @@ EXPORT_FORMATS = ["vhd-dynamic", "vhd-fixed", "vhdx", "vmdk", "vmdk-stream", "qc
 CHANGING = {"consolidate", "backup"}
 #: damage after which a point's name may stand for another point's image
 STRUCTURAL = {"swap", "symlink", "manifest"}
+#: damage with its checksums re-sealed: tampering, which only an encrypted chain's
+#: authentication can tell from data (a plain chain's reads may give other bytes)
+RESEALED = {"header", "index"}
+HEADER_VALUES = {
+    "kind": [0, 1, 2, 255], "block_size": [0, 1, 512, 4095, 8192, 2**32 - 1],
+    "volume_size": [0, 1, 4095, (4 << 20) - 1, (4 << 20) + 4096, 2**40, 2**64 - 1],
+    "cipher": [0, 1, 2, 255], "kdf": [0, 1, 255], "hidden_tail": [0, 1, 4096, 2**64 - 1],
+    "created_ns": [0, 2**63 - 1], "version": [0, 2, 255], "image_id": [], "parent_id": [],
+    "volume_id": [],
+}
+ID_FIELDS = {"image_id", "parent_id", "volume_id"}
+RECORD_VALUES = {
+    "position": [0, 1, 1023, 1024, 2**40, 2**64 - 1],
+    "offset": [0, 100, 4096, 4097, 2**40, 2**64 - 1],
+    "length": [0, 1, 4095, 4096, 4097, 2**32 - 1], "flags": [0, 1, 2, 4, 8, 16, 255, 2**32 - 1],
+}
 FILES = {"/hello.txt": b"hello, chain\n" * 300}
 OLD_OUTPUT = b"an output written before, kept unless replaced\n"
 
@@ -74,6 +93,7 @@ class Template:
     source: Path
     files: dict[str, int]  # file name -> size in bytes (what damage is drawn against)
     payloads: dict[str, list[int]]  # image name -> positions of its stored blocks
+    ids: dict[str, bytes]  # image name -> its image id
 
 
 def _cli(*args: object) -> tuple[int, str, str]:
@@ -115,13 +135,14 @@ def _make(root: Path, variant: str) -> Template:
     files[f"/point{i + 1}.bin"] = b"the next backup\n" * 2000
     source = root / "next.raw"
     _ext4(source, files, root)
-    payloads = {}
+    payloads, ids = {}, {}
     for image in sorted(chain.glob("*.bfi")):
         with ImageFile(image) as opened:
             records = opened.index.all()
             payloads[image.name] = [int(p) for p in records["position"][records["length"] > 0]]
+            ids[image.name] = opened.header.image_id
     return Template(root, chain, key, source,
-                    {p.name: p.stat().st_size for p in sorted(chain.iterdir())}, payloads)
+                    {p.name: p.stat().st_size for p in sorted(chain.iterdir())}, payloads, ids)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +183,30 @@ def _damage(rng: random.Random, t: Template, other: Template) -> tuple:
     name = rng.choice(sorted(t.files))
     size = t.files[name]
     kind = rng.choice(["flip", "flip", "payload", "payload", "truncate", "insert", "delete",
-                       "empty", "directory", "symlink", "swap", "manifest", "manifest"])
+                       "empty", "directory", "symlink", "swap", "manifest", "manifest",
+                       "header", "index", "index", "stray", "stray"])
+    if kind == "stray":  # what a command that died leaves, damaged
+        which = rng.choice(["merge", "merge", "switch", "pending"])
+        what = rng.choice({"merge": ["image", "size", "header", "generation", "inode", ""],
+                           "switch": ["images", "created", "remove", ""],
+                           "pending": [""]}[which])
+        image = rng.choice(images)
+        near = {"size": [4096, t.files[image] - 64, t.files[image] + 4096],
+                "image": [f"../chain/{image}", rng.choice(images)], "header": ["00" * 4096],
+                "generation": [0, 1, 2**63]}.get(what, [])
+        value = rng.choice([None, "x", -1, 1.5, 2**70, [], {}, "zz", [image], images,
+                            *near * 3])
+        return ("stray", image, which, what, value)
+    if kind == "header":  # re-sealed: the change reaches the checks behind the checksum
+        what = rng.choice(sorted(HEADER_VALUES))
+        values = HEADER_VALUES[what] if what not in ID_FIELDS else \
+            [bytes(16), *t.ids.values()]
+        return ("header", rng.choice(images), what, rng.choice(values))
+    if kind == "index":
+        image = rng.choice(images)
+        what = rng.choice(sorted(RECORD_VALUES))
+        values = RECORD_VALUES[what] + (t.payloads[image] if what == "position" else [])
+        return ("index", image, rng.randrange(64), what, rng.choice(values))
     if kind == "flip":
         return ("flip", name, rng.randrange(max(1, size)), rng.randrange(8))
     if kind == "payload":
@@ -252,6 +296,16 @@ def _apply(chain: Path, other: Path, damage: tuple) -> None:
         with contextlib.suppress(Exception):  # its index damaged already
             flip_stored_bit(path, damage[2])
         return
+    if kind == "stray":
+        _stray(chain, *damage[1:])
+        return
+    if kind in ("header", "index"):
+        with contextlib.suppress(Exception):  # an earlier damage broke what it re-seals
+            if kind == "header":
+                _rewrite_header(path, **{damage[2]: damage[3]})
+            else:
+                _mutate_index(path, damage[2], damage[3], damage[4])
+        return
     data = bytearray(path.read_bytes())
     if kind == "flip" and damage[2] < len(data):
         data[damage[2]] ^= 1 << damage[3]
@@ -279,12 +333,40 @@ def _apply(chain: Path, other: Path, damage: tuple) -> None:
     path.write_bytes(bytes(data))
 
 
+def _stray(chain: Path, image: str, which: str, what: str, value: object) -> None:
+    """Leave in ``chain`` what a command that died there leaves, with field ``what`` of
+    it set to ``value`` ("": as written): the journal of a merge in place that grew
+    ``image``, the journal of a switch, or a pending image (random bytes)."""
+    if which == "pending":
+        (chain / ".pending-0123.bfi.tmp").write_bytes(random.Random(image).randbytes(5000))
+        return
+    generation, images = 0, []
+    with contextlib.suppress(Exception):  # as damage left them
+        manifest = json.loads((chain / "chain.json").read_text())
+        generation, images = manifest["generation"], manifest["images"]
+    if which == "switch":
+        doc: dict = {"images": images, "created": [image], "remove": []}
+    else:
+        try:
+            with open(chain / image, "rb") as fh:
+                doc = dataclasses.asdict(MergeJournal.of(fh.fileno(), image, generation))
+        except OSError:
+            return
+    if what:
+        doc[what] = value
+    name = MERGE_JOURNAL if which == "merge" else JOURNAL
+    (chain / name).write_text(json.dumps(doc))
+
+
 def _state(*directories: Path) -> dict[str, object]:
-    """Every entry under ``directories``: a file's SHA-256, a link's target, or 'dir'."""
+    """Every entry under ``directories``: a file's SHA-256, a link's target, or 'dir'
+    (the store's temporary files left out: leftovers every command may clean up)."""
     state: dict[str, object] = {}
     for directory in directories:
         for here, dirs, files in os.walk(directory):
             for name in dirs + files:
+                if is_temporary(name):
+                    continue
                 path = Path(here) / name
                 state[str(path)] = (os.readlink(path) if path.is_symlink() else "dir"
                                     if path.is_dir() else
@@ -368,10 +450,10 @@ def _mount(words: list[str], mountpoint: Path) -> tuple[int, str, str, bytes | N
 
 
 def _check(command: list[str], t: Template, chain: Path, other: Path, work: Path,
-           oracle: set[bytes] | None) -> tuple[int, str, list[str]]:
+           oracle: set[bytes] | None, compare: bool) -> tuple[int, str, list[str]]:
     """Run one command on the damaged chain: (exit code, stdout, what went wrong).
     ``oracle``: what a written disk or file may hold (None: what the undamaged chain's
-    same command writes)."""
+    same command writes); ``compare``: whether to hold it to that."""
     outdir = work / "out"
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir()
@@ -380,6 +462,7 @@ def _check(command: list[str], t: Template, chain: Path, other: Path, work: Path
         out.write_bytes(OLD_OUTPUT)
     command = [word for word in command if word != "EXISTING"]
     before = _state(chain, other)
+    temporary = set(filter(is_temporary, os.listdir(chain))) if chain.is_dir() else set()
     words = _words(command, t, chain, out)
     got = None
     try:
@@ -413,7 +496,9 @@ def _check(command: list[str], t: Template, chain: Path, other: Path, work: Path
     may_change = command[0] in ("consolidate", "backup") or "--apply" in command
     if (code or not may_change) and _state(chain, other) != before:
         problems.append(f"{said}: the chain changed")
-    if got is not None:
+    if chain.is_dir() and set(filter(is_temporary, os.listdir(chain))) - temporary:
+        problems.append(f"{said}: left {sorted(os.listdir(chain))} in the chain")
+    if got is not None and compare:
         like = _as_restore(command)
         expected = oracle or {_pristine(t, like, work)}
         if got not in expected:
@@ -433,6 +518,8 @@ def run_case(case: Case, templates: dict[str, Template], work: Path) -> list[str
     for damage in case.damages:
         _apply(chain, other, damage)
     structural = any(d[0] in STRUCTURAL for d in case.damages)
+    # tampering a plain chain cannot tell from data: its bytes are not compared
+    compare = case.variant == "encrypted" or not any(d[0] in RESEALED for d in case.damages)
     changed = False  # a changing command succeeded: points may be renumbered
     problems: list[str] = []
     for command in case.commands:
@@ -443,14 +530,14 @@ def run_case(case: Case, templates: dict[str, Template], work: Path) -> list[str
                       for c in _point_variants(_as_restore(command), len(t.payloads))}
             oracle.add(t.source.read_bytes())  # a backup's new point
             oracle.discard(None)
-        code, _, found = _check(command, t, chain, other, work, oracle)
+        code, _, found = _check(command, t, chain, other, work, oracle, compare)
         problems += found
         changed |= code == 0 and (command[0] in ("consolidate", "backup")
                                   or "--apply" in command)
     flipped = [d for d in case.damages if d[0] == "payload"]
     if len(case.damages) == 1 and flipped and not changed:  # (consolidation may drop it)
         command = ["verify", "CHAIN", *(["--key-file", "KEY"] * (case.variant == "encrypted"))]
-        code, stdout, found = _check(command, t, chain, other, work, None)
+        code, stdout, found = _check(command, t, chain, other, work, None, compare)
         image, position = flipped[0][1], flipped[0][2]
         if code != 1 or f"{image} block {position}:" not in stdout:
             found.append(f"verify: the flipped block {image} {position} not named "
@@ -488,6 +575,22 @@ PINNED = {
         "plain", [("flip", "0000-full.bfi", 20, 2)], [["consolidate", "CHAIN", "--keep", "2"]]),
     "retention on an emptied full": Case(
         "plain", [("empty", "0000-full.bfi")], [["consolidate", "CHAIN", "--keep", "2"]]),
+    # a merge journal left behind, its recorded size damaged (any chain command undoes
+    # the merge it records): the full image cut to its header, every point lost
+    "a damaged merge journal cuts no image": Case(
+        "plain", [("stray", "0000-full.bfi", "merge", "size", 4096)],
+        [["restore", "CHAIN", "OUT", "--point", "1"]]),
+    # journals with wrong types: tracebacks (a str size compared, a number as a path,
+    # an int iterated) in every command that opened the chain
+    "a merge journal with wrong types": Case(
+        "plain", [("stray", "0001-incr.bfi", "merge", "size", "zz")],
+        [["triage", "CHAIN", "--json"], ["consolidate", "CHAIN"]]),
+    "a merge journal naming no file": Case(
+        "compressed", [("stray", "0000-full.bfi", "merge", "image", [])],
+        [["consolidate", "CHAIN", "--point", "2"]]),
+    "a switch journal with wrong types": Case(
+        "encrypted", [("stray", "0000-full.bfi", "switch", "remove", 0)],
+        [["restore", "CHAIN", "OUT", "--point", "0", "--key-file", "KEY"]]),
 }
 #: cases the fuzzer found that still fail: what is wrong, the case
 KNOWN = {
