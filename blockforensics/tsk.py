@@ -172,6 +172,10 @@ class Entry:
     #: why its metadata fails its own check ("": it passes, or has none): an exFAT entry
     #: set whose SetChecksum does not hold — damage, not a change
     damaged: str = ""
+    #: FAT, exFAT: ``(file system byte, bytes)`` runs of the directory holding its entry,
+    #: in order (an exFAT entry set goes on in that directory's next cluster); () elsewhere
+    #: or unknown
+    directory: tuple[tuple[int, int], ...] = ()
 
     def same_file(self, other: Entry) -> bool:
         """One file, whatever it holds now: the same inode (MFT record and sequence; Btrfs:
@@ -471,7 +475,9 @@ def _other_extents(tsk: Any, fs_file: Any, to_disk: ToDisk, block_size: int) -> 
 
 
 def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
-           deleted: bool = False) -> Entry:
+           deleted: bool = False, directory: tuple[tuple[int, int], ...] = ()) -> Entry:
+    """``fs_file`` as an Entry; ``directory``: the runs of its directory (FAT, exFAT:
+    :attr:`Entry.directory`), when ``fs_file`` was opened by address."""
     meta = fs_file.info.meta
     is_dir = meta.type == tsk.TSK_FS_META_TYPE_DIR
     is_link = meta.type == tsk.TSK_FS_META_TYPE_LNK
@@ -503,7 +509,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
             content = _Content(np.empty((0, 2), np.int64), link)
     elif fs_name in ("fat", "exfat"):
         exfat = fs_name == "exfat"
-        raw = _slot_bytes(fs, int(meta.addr), exfat)
+        directory = directory or _directory_runs(tsk, fs, _parent(fs_file))
+        raw = _slot_bytes(fs, int(meta.addr), exfat, directory)
         read = _exfat_entry_times if exfat else _fat_entry_times
         times, nanos, wall_clock = read(raw, int(meta.size), is_dir, deleted) \
             or (_fat_times(times), nanos, WALL_CLOCK)
@@ -524,7 +531,8 @@ def _entry(tsk: Any, fs: Any, to_disk: ToDisk, path: str, fs_file: Any,
                  nlink=nlink, streams=_streams(tsk, fs_file),
                  fs=fs_name, unit=content.unit, offsets=content.offsets, other_extents=other,
                  reader=content.reader, file_name=file_name, wall_clock=wall_clock,
-                 attributes=attributes, damaged=damaged)
+                 attributes=attributes, damaged=damaged,
+                 directory=directory)
 
 
 def _fs_name(tsk: Any, fs: Any) -> str:
@@ -628,17 +636,66 @@ def _entry_slot(fs: Any, inode: int, exfat: bool) -> int | None:
     return int(fs.offset + (first + index) * sector + slot * DIR_ENTRY_SIZE)
 
 
-def _slot_bytes(fs: Any, inode: int, exfat: bool) -> bytes:
+def _slot_bytes(fs: Any, inode: int, exfat: bool,
+                directory: tuple[tuple[int, int], ...] = ()) -> bytes:
     """The directory entry at TSK's metadata address ``inode`` (:func:`_entry_slot`):
     FAT, its 32 bytes; exFAT, its entry set when it is a File entry's (``SecondaryCount``
-    more entries; at least :data:`EXFAT_SET_BYTES`); b"" where there is no slot."""
+    more entries; at least :data:`EXFAT_SET_BYTES`), continued past the end of a cluster
+    in the next run of its ``directory`` (:func:`_directory_runs`; none known: in the
+    clusters that follow on disk); b"" where there is no slot."""
     at = _entry_slot(fs, inode, exfat)
     if at is None:
         return b""
-    raw = fs.image.read(at, EXFAT_SET_BYTES if exfat else 32)
-    if exfat and len(raw) > 1 and (raw[1] + 1) * 32 > len(raw):
-        raw = fs.image.read(at, (raw[1] + 1) * 32)
-    return bytes(raw)
+    if not exfat:
+        return bytes(fs.image.read(at, 32))
+    head = fs.image.read(at, 2)
+    length = max(EXFAT_SET_BYTES, (head[1] + 1) * 32 if len(head) > 1 else 0)
+    return b"".join(bytes(fs.image.read(fs.offset + start, size))
+                    for start, size in _onward(directory, at - fs.offset, length))
+
+
+def _parent(fs_file: Any) -> int | None:
+    """TSK's address of the directory ``fs_file`` was found in (None: opened by address)."""
+    name = fs_file.info.name
+    return None if name is None else int(name.par_addr)
+
+
+def _directory_runs(tsk: Any, fs: Any, inode: int | None) -> tuple[tuple[int, int], ...]:
+    """``(file system byte, bytes)`` of each run of the directory at TSK's address
+    ``inode``, in directory order (kept per ``fs``); () for None or one TSK cannot
+    open."""
+    if inode is None:
+        return ()
+    known = getattr(fs, "directory_runs", None)
+    if known is None:
+        known = fs.directory_runs = {}
+    if inode not in known:
+        try:
+            attrs = list(_data_attributes(tsk, fs.open_meta(inode=inode)))
+        except OSError:
+            attrs = []
+        known[inode] = tuple((disk, size) for _, disk, size in sorted(
+            run for attr in attrs for run in _runs(tsk, attr, fs.info.block_size)))
+    return known[inode]
+
+
+def _onward(runs: tuple[tuple[int, int], ...], at: int, length: int) -> Iterator[tuple[int, int]]:
+    """``(start, bytes)`` pieces of ``length`` bytes read from byte ``at`` on along
+    ``runs`` (``(start, bytes)``, in order): to the end of the run holding ``at``, then
+    from the start of each next one; straight on where no run holds ``at``."""
+    here = next((i for i, (start, size) in enumerate(runs) if start <= at < start + size),
+                None)
+    if here is None:
+        yield at, length
+        return
+    for start, size in runs[here:]:
+        begin = max(at, start)
+        take = min(length, start + size - begin)
+        yield begin, take
+        length -= take
+        if not length:
+            return
+    yield start + size, length  # past the directory's last run: as it lies on disk
 
 
 def _fat_entry_times(raw: bytes, size: int, is_dir: bool, deleted: bool) -> _Times | None:
@@ -1084,7 +1141,7 @@ class TskLister:
                          * int(self.fs.info.block_size), entry.extents)
         return heap.holds(heap.clusters(own))
 
-    def marked_deleted(self, entry: Entry) -> bool | None:
+    def marked_deleted(self, entry: Entry, data: Taken | None = None) -> bool | None:
         """FAT, exFAT: does the place of ``entry``'s directory entry (its metadata
         address) hold it now (:meth:`Entry.same_file`), marked deleted?  True: a
         deletion's own mark, which damage does not write (FAT: the name's first byte
@@ -1093,22 +1150,30 @@ class TskLister:
         it is there, not so marked, in a cluster one FAT (exFAT: the bitmap) has
         allocated (TSK calls an entry in a cluster the first FAT has free unallocated
         too; a directory deleted whole frees its clusters in all); None: something else
-        is there, or its cluster is free or its allocation unreadable."""
+        is there, or its cluster is free or its allocation unreadable, or (``data``: the
+        content of the files listed now) the place's cluster holds another file's data:
+        a deleted directory's cluster given to a file, stale entries past its bytes."""
         from blockforensics.fs.fat import FAT_DELETED
         from blockforensics.fs.sleuthkit import exfat_set_state
 
         heap, exfat = self.heap, entry.fs == "exfat"
         try:
             at = _entry_slot(self.fs, entry.inode, exfat)
-            raw = _slot_bytes(self.fs, entry.inode, exfat)
+            raw = _slot_bytes(self.fs, entry.inode, exfat, entry.directory)
             if at is None or len(raw) < 2:
                 return None
+            if data is not None and isinstance(heap, ClusterHeap):  # the slot's cluster
+                first = at - int(self.fs.offset) - heap.start
+                first = heap.start + first - first % heap.cluster_size
+                if data.overlaps(self.to_disk(np.array([[first, first + heap.cluster_size]],
+                                                       np.int64))):
+                    return None
             deleted = exfat_set_state(raw[: (raw[1] + 1) * 32]) == "deleted" if exfat \
                 else raw[0] == FAT_DELETED
             fs_file = self.fs.open_meta(inode=entry.inode)
             if fs_file.info.meta is None or not _entry(
                     self.tsk, self.fs, self.to_disk, entry.path, fs_file,
-                    deleted=True).same_file(entry):
+                    deleted=True, directory=entry.directory).same_file(entry):
                 return None
         except (OSError, BlockforensicsError):
             return None
@@ -1300,8 +1365,11 @@ def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
     unless the place holds it marked deleted (:meth:`TskLister.marked_deleted`); where
     none of these can be told, undecided."""
     found: dict[str, Unreached] = {}
-    owned = [e.owned for e in listed] if any(e.fs in NAME_ADDRESSED for e in entries) else []
-    taken = Taken(np.concatenate([np.empty((0, 2), np.int64), *owned]))
+    named = any(e.fs in NAME_ADDRESSED for e in entries)
+    none = np.empty((0, 2), np.int64)
+    taken = Taken(np.concatenate([none, *(e.owned for e in listed if named)]))
+    data = Taken(np.concatenate([none, *(e.extents for e in listed
+                                         if named and e.type == "file")]))
     for prefix, lister, _ in _open_filesystems(disk):
         if not isinstance(lister, TskLister):
             continue
@@ -1314,7 +1382,7 @@ def unreached(disk: Disk, entries: list[Entry], listed: list[Entry]
                 continue
             if e.fs not in NAME_ADDRESSED:
                 continue
-            marked = lister.marked_deleted(e)
+            marked = lister.marked_deleted(e, data)
             if marked:
                 continue
             held = marked is False or lister.clusters_held(e, taken)

@@ -84,6 +84,13 @@ PINNED = [
     # "x y z25" and "X Y Z25" in one directory (ntfs-3g writes POSIX names): extract of
     # the first gave the second's bytes (TSK's lookup ignores case)
     ("ntfs", 10),
+    # exFAT entry sets over the end of a directory's cluster, its next cluster elsewhere:
+    # read on as if contiguous, they failed their SetChecksum (files of crowded
+    # directories missing from the listing, 98 paths); and once that directory was
+    # deleted and its cluster given to a file, the stale entries past that file's bytes
+    # were taken for the set unmarked (damage), not a deletion
+    ("exfat", 1),
+    ("exfat", 2),
 ]
 
 
@@ -141,6 +148,9 @@ class History:
         self.links = links
 
     def name(self) -> str:
+        """A name from :data:`NAMES` and a number; one in 20 long (up to 240 bytes)."""
+        if self.rng.random() < 0.05:
+            return "L" * self.rng.randrange(100, 240) + str(self.rng.randrange(40))
         return f"{self.rng.choice(NAMES)}{self.rng.randrange(40)}"
 
     def data(self) -> bytes:
@@ -153,7 +163,7 @@ class History:
     def round(self, root: Path) -> None:
         ops = [self.create, self.create, self.create, self.append, self.overwrite, self.truncate,
                self.delete, self.rename, self.move, self.rename_over, self.mkdir,
-               self.rmdir, self.move_dir, self.sparse]
+               self.rmdir, self.move_dir, self.sparse, self.retype, self.crowd]
         if self.links:
             ops += [self.hardlink, self.symlink]
         for _ in range(OPERATIONS):
@@ -236,6 +246,29 @@ class History:
         path = self._dir(root)
         if path != root:
             shutil.rmtree(path)
+
+    def retype(self, root: Path) -> None:
+        """A file replaced by a directory of its name (holding a file), or a directory
+        by a file."""
+        files, dirs = self._entries(root)
+        if len(files) + len(dirs) < 2:
+            raise FileNotFoundError
+        path = self.rng.choice(files + dirs[1:])
+        if path.is_dir():
+            shutil.rmtree(path)
+            path.write_bytes(self.data())
+        else:
+            path.unlink()
+            path.mkdir()
+            (path / self.name()).write_bytes(self.data())
+
+    def crowd(self, root: Path) -> None:
+        """A directory of many small files (past one block: hashed, B+tree, index
+        allocation directories)."""
+        path = self._dir(root) / self.name()
+        path.mkdir()
+        for i in range(self.rng.randrange(50, 400)):
+            (path / f"{self.name()}-{i}").write_bytes(self.rng.randbytes(self.rng.randrange(40)))
 
     def move_dir(self, root: Path) -> None:
         dirs = self._entries(root)[1]
