@@ -94,10 +94,23 @@ PINNED = [
 ]
 
 
-def _seeds() -> list[tuple[str, int]]:
+#: (file system, seed): why it fails still
+KNOWN = {
+    ("exfat", 15): "an exFAT entry set over a cluster's end whose next cluster lies "
+                   "elsewhere: The Sleuth Kit reads its Stream Extension on disk as if "
+                   "contiguous (size 0, no clusters), and lists and extracts that",
+}
+
+
+def _seeds() -> list:
+    """Seeds 1..BF_HISTORY_SEEDS (1) on every file system, then :data:`PINNED` and
+    :data:`KNOWN` (an expected failure, strict)."""
     count = int(os.environ.get("BF_HISTORY_SEEDS", "1"))
     cases = [(fs, seed) for fs in FILESYSTEMS for seed in range(1, count + 1)]
-    return cases + [case for case in PINNED if case not in cases]
+    cases += [case for case in PINNED if case not in cases]
+    cases += [case for case in KNOWN if case not in cases]
+    return [pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=KNOWN[case]))
+            if case in KNOWN else case for case in cases]
 
 
 # ------------------------------------------------------------------ the truth
