@@ -77,7 +77,7 @@ class MergeJournal:
         numbers = (journal.device, journal.inode, journal.size, journal.generation)
         if not isinstance(journal.image, str) or os.path.basename(journal.image) != \
                 journal.image or any(type(n) is not int for n in numbers) \
-                or journal.size < HEADER_SIZE:
+                or not HEADER_SIZE <= journal.size < 2**63:
             return None
         return journal
 
