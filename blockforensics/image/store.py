@@ -60,6 +60,8 @@ JOURNAL = ".chain-switch.tmp"
 MAX_IMAGES = 32_000
 MAX_MANIFEST_BYTES = 8 << 20
 MAX_NAME_BYTES = 255
+#: the highest manifest generation: the next switch's, one more, is sealed as a u64
+MAX_GENERATION = 2**64 - 2
 
 
 def is_temporary(name: str) -> bool:
@@ -127,7 +129,7 @@ class Manifest:
             raise ChainError(f"{where}: damaged chain manifest (images is not a list)")
         if len(images) > MAX_IMAGES:
             raise ChainError(f"{where}: {len(images)} images listed; at most {MAX_IMAGES}")
-        if type(generation) is not int or generation < 0:
+        if type(generation) is not int or not 0 <= generation <= MAX_GENERATION:
             raise ChainError(f"{where}: damaged chain manifest (bad generation)")
         if seal is not None and not isinstance(seal, dict):
             raise ChainError(f"{where}: damaged chain manifest (bad seal)")
