@@ -117,6 +117,11 @@ def _ext(rng: random.Random, sector: int, size: int) -> list[str]:
         features += ["meta_bg", "^resize_inode"]
     if rng.random() < 0.2:
         features.append("^dir_index")
+    if rng.random() < 0.15:
+        features += rng.choice([["sparse_super2"], ["^sparse_super", "^resize_inode"],
+                                ["^flex_bg"]])
+    if rng.random() < 0.15:
+        argv += ["-N", str(rng.choice([64, 256, 20000]))]
     if rng.random() < 0.2:
         argv += ["-I", "128"] if "inline_data" not in features else []
     if features:
@@ -135,6 +140,8 @@ def _fat(rng: random.Random, kind: str, size: int) -> list[str]:
         argv += ["-s", str(rng.choice(fits))]
     if rng.random() < 0.3:
         argv += ["-f", "1"]
+    if rng.random() < 0.2:
+        argv.append("-a")
     if rng.random() < 0.3:
         argv += ["-R", str(rng.choice([2, 8, 32]) if bits != 32 else rng.choice([8, 32, 64]))]
     if rng.random() < 0.3 and bits != 32:
@@ -150,17 +157,27 @@ def _kind_argv(rng: random.Random, kind: str, sector: int, size: int) -> tuple[l
     if kind.startswith("fat"):
         return _fat(rng, kind, size), []
     if kind == "exfat":
-        return ["mkfs.exfat", "-c", rng.choice(["4K", "8K", "32K", "128K"])], []
+        return ["mkfs.exfat", "-c", rng.choice(["512", "4K", "8K", "32K", "128K", "1M"])], []
     if kind == "ntfs":
         sec = max(sector, rng.choice([512, 512, 1024, 4096]))
         cluster = max(sec, rng.choice([512, 1024, 4096, 4096, 16384, 65536]))
-        return ["mkntfs", "-F", "-Q", "-q", "-s", str(sec), "-c", str(cluster)], []
+        argv = ["mkntfs", "-F", "-Q", "-q", "-s", str(sec), "-c", str(cluster)]
+        return argv + (["-z", str(rng.randint(1, 4))] if rng.random() < 0.3 else []), []
     if kind == "xfs":
         block = 4096 if sector == 4096 else rng.choice([1024, 2048, 4096])
         # the kernel here mounts no V4 (crc=0) XFS; a small volume's log is made big
         # enough for the kernel to mount it
         argv = ["mkfs.xfs", "-q", "-f", "-b", f"size={block}", "-l", "size=16m",
-                "-m", f"reflink={rng.randint(0, 1)},rmapbt={rng.randint(0, 1)}"]
+                "-m", f"reflink={rng.randint(0, 1)},rmapbt={rng.randint(0, 1)},"
+                f"finobt={rng.randint(0, 1)}"]
+        if rng.random() < 0.3:
+            # an allocation group holds at least 16 MiB, and the 16 MiB log fits in one
+            argv += ["-d", f"agcount={rng.randint(1, max(1, size // (20 * MIB)))}"]
+        if rng.random() < 0.3:
+            inode = rng.choice([s for s in (512, 1024, 2048) if s <= block // 2])
+            argv += ["-i", f"size={inode},sparse={rng.randint(0, 1)}"]
+        if rng.random() < 0.3:
+            argv += ["-n", f"size={max(block, rng.choice([4096, 16384, 65536]))}"]
         if block == 4096 and rng.random() < 0.3:
             argv += ["-s", "size=4096"]
         return argv, []
@@ -171,7 +188,15 @@ def _kind_argv(rng: random.Random, kind: str, sector: int, size: int) -> tuple[l
         else:
             argv += ["--nodesize", str(rng.choice([4096, 16384, 65536])),
                      "-m", rng.choice(["single", "dup"])]
+        if rng.random() < 0.4:
+            argv += ["--csum", rng.choice(["crc32c", "xxhash", "sha256", "blake2"])]
+        if rng.random() < 0.3:
+            argv += ["-O", "^no-holes"]
+        if rng.random() < 0.3:
+            argv += ["-R", "^free-space-tree"]
         mount = [f"compress={rng.choice(['zstd', 'lzo', 'zlib'])}"] if rng.random() < 0.5 else []
+        if rng.random() < 0.3:
+            mount.append(f"max_inline={rng.choice([0, 2048])}")
         return argv, mount
     if kind == "swap":
         return ["mkswap"], []
@@ -304,6 +329,29 @@ class Files:
                 return
             self.budget -= size
             model[path] = hashlib.sha256(bytes(hole) + data).hexdigest()
+            if root is not None:
+                self._extra(model, root, path)
+
+    def _extra(self, model: dict[str, str], root: Path, path: str) -> None:
+        """Sometimes a hard link or a symbolic link to ``path``, an extended attribute,
+        preallocated space past its end (where the file system has them)."""
+        roll, target = self.rng.random(), root / path
+        posix = self.part.kind in ("ext", "xfs", "btrfs")
+        with contextlib.suppress(OSError):
+            if roll < 0.05 and self.part.kind != "exfat":
+                os.link(target, root / f"{path}.lnk")
+                model[f"{path}.lnk"] = model[path]
+            elif roll < 0.1 and self.part.kind != "exfat":
+                os.symlink(target.name, root / f"{path}.sym")
+                model[f"{path}.sym"] = f"symlink:{target.name}"
+            elif roll < 0.15 and posix:
+                os.setxattr(target, "user.x", self.rng.randbytes(self.rng.randint(1, 3000)))
+            elif roll < 0.2 and posix:
+                with target.open("r+b") as fh:
+                    os.posix_fallocate(fh.fileno(), target.stat().st_size,
+                                       self.rng.randint(1, 1 << 20))
+        if roll < 0.2:  # a failed preallocation may leave some of it
+            model[path] = hashlib.sha256(target.read_bytes()).hexdigest()
 
     def _put(self, root: Path | None, path: str, hole: int, data: bytes) -> bool:
         """Write ``data`` after ``hole`` zero bytes (a hole where the fs has them) to
@@ -349,10 +397,14 @@ class Files:
         if root is None:
             return
         for path in sorted(model):
-            if self.rng.random() < 0.15:
+            if self.rng.random() < 0.15 and not model[path].startswith("symlink:"):
                 with contextlib.suppress(OSError), (root / path).open("r+b") as fh:
+                    if self.rng.random() < 0.2:
+                        fh.truncate(self.rng.randint(0, (root / path).stat().st_size))
                     fh.seek(self.rng.randint(0, (root / path).stat().st_size))
                     fh.write(self.rng.randbytes(self.rng.randint(1, 20000)))
+        for path in sorted(model):  # hard links changed with their other names
+            if not model[path].startswith("symlink:"):
                 model[path] = hashlib.sha256((root / path).read_bytes()).hexdigest()
 
 
@@ -376,8 +428,9 @@ def _hashes(root: Path) -> dict[str, str]:
         dirnames[:] = [d for d in dirnames if d != "lost+found"]
         for name in filenames:
             path = Path(dirpath, name)
-            found[path.relative_to(root).as_posix()] = hashlib.sha256(
-                path.read_bytes()).hexdigest()
+            found[path.relative_to(root).as_posix()] = (
+                f"symlink:{os.readlink(path)}" if path.is_symlink()
+                else hashlib.sha256(path.read_bytes()).hexdigest())
     return found
 
 
