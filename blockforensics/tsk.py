@@ -648,10 +648,14 @@ def _slot_bytes(fs: Any, inode: int, exfat: bool,
         return b""
     if not exfat:
         return bytes(fs.image.read(at, 32))
-    head = fs.image.read(at, 2)
-    length = max(EXFAT_SET_BYTES, (head[1] + 1) * 32 if len(head) > 1 else 0)
-    return b"".join(bytes(fs.image.read(fs.offset + start, size))
-                    for start, size in _onward(directory, at - fs.offset, length))
+    def read(length: int) -> bytes:
+        return b"".join(bytes(fs.image.read(fs.offset + start, size))
+                        for start, size in _onward(directory, at - fs.offset, length))
+
+    raw = read(EXFAT_SET_BYTES)
+    if len(raw) > 1 and (raw[1] + 1) * 32 > len(raw):
+        raw = read((raw[1] + 1) * 32)
+    return raw
 
 
 def _parent(fs_file: Any) -> int | None:

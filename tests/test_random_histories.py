@@ -104,13 +104,13 @@ KNOWN = {
 
 def _seeds() -> list:
     """Seeds 1..BF_HISTORY_SEEDS (1) on every file system, then :data:`PINNED` and
-    :data:`KNOWN` (an expected failure, strict)."""
+    :data:`KNOWN` (an expected failure, strict), these marked slow (10-40 s each)."""
     count = int(os.environ.get("BF_HISTORY_SEEDS", "1"))
     cases = [(fs, seed) for fs in FILESYSTEMS for seed in range(1, count + 1)]
-    cases += [case for case in PINNED if case not in cases]
-    cases += [case for case in KNOWN if case not in cases]
-    return [pytest.param(*case, marks=pytest.mark.xfail(strict=True, reason=KNOWN[case]))
-            if case in KNOWN else case for case in cases]
+    return cases + [
+        pytest.param(*case, marks=[pytest.mark.slow] + (
+            [pytest.mark.xfail(strict=True, reason=KNOWN[case])] if case in KNOWN else []))
+        for case in [*PINNED, *KNOWN] if case not in cases]
 
 
 # ------------------------------------------------------------------ the truth
@@ -184,13 +184,21 @@ class History:
                 self.rng.choice(ops)(root)
 
     def _entries(self, root: Path) -> tuple[list[Path], list[Path]]:
-        """(regular files, directories including the root), sorted (deterministic)."""
+        """(regular files, directories including the root and links to directories), in
+        name order, a directory's entries before those below it (deterministic)."""
         files, dirs = [], [root]
-        for top, subdirs, names in os.walk(root):
-            subdirs[:] = [d for d in sorted(subdirs) if d != "lost+found"]
-            dirs += [Path(top) / d for d in subdirs]
-            files += [Path(top) / n for n in sorted(names)
-                      if not (Path(top) / n).is_symlink()]
+
+        def visit(top: Path) -> None:
+            with os.scandir(top) as listed:
+                found = sorted(listed, key=lambda e: e.name)
+            below = [Path(e.path) for e in found if e.is_dir() and e.name != "lost+found"]
+            dirs.extend(below)
+            files.extend(Path(e.path) for e in found if not e.is_dir() and not e.is_symlink())
+            for path in below:
+                if not path.is_symlink():
+                    visit(path)
+
+        visit(root)
         return files, dirs
 
     def _file(self, root: Path) -> Path:
