@@ -478,6 +478,38 @@ def test_serve_max_clients_and_a_stalled_reader_measured_in_proc(tmp_path: Path)
         "blockforensics: refused a client: 2 connections are served already (--max-clients)"], err
 
 
+def test_a_sigterm_while_a_connection_is_taken_in_ends_serve(tmp_path: Path):
+    """SIGTERM ends ``serve`` wherever the main thread is, also while it takes a new
+    connection in (where socketserver catches every Exception): there it was printed as
+    a traceback and the server served on (CI, a stalled-reader test under load)."""
+    source = tmp_path / "d.raw"
+    source.write_bytes(bytes(MiB))
+    sock = tmp_path / "s.sock"
+    script = "\n".join([
+        "import os, signal, sys",
+        "from blockforensics.nbd import server",
+        "take = server._Server.process_request",
+        "def process_request(self, request, address):",
+        "    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, in this thread",
+        "    take(self, request, address)",
+        "server._Server.process_request = process_request",
+        "from blockforensics.cli import run",
+        "sys.argv = ['blockforensics', 'serve', sys.argv[1], '--socket', sys.argv[2]]",
+        "run()"])
+    proc = subprocess.Popen([sys.executable, "-c", script, str(source), str(sock)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        client.connect(str(sock))
+        _, err = proc.communicate(timeout=20)
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
 def test_a_client_silent_past_the_handshake_limit_is_closed_and_frees_its_slot(tmp_path: Path):
     """With one slot, a client that connects and says nothing holds it only until the
     handshake limit: then it is closed, and the next client is greeted and reads; one

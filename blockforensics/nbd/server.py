@@ -559,8 +559,10 @@ def served(disk: Disk) -> Iterator[NbdServer]:
         yield server
 
 
-class _Stop(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT to end :func:`serve_until_signal`."""
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT to end :func:`serve_until_signal`; not
+    an Exception, as KeyboardInterrupt is not: socketserver catches every Exception while
+    it takes a connection in, and would print this one and serve on."""
 
 
 def serve_until_signal(server: NbdServer) -> None:
