@@ -14,8 +14,8 @@ file it left (the model).
 
 The disk is backed up and restored by the command line; the restored copy must hold:
 every file the source holds (read by the same drivers, read-only; its paths must be
-the model's) with the same SHA-256 and nothing else, a clean checker run (``e2fsck -fn``, ``xfs_repair -n``, …)
-wherever the source's was clean, the source's bytes in every unit The Sleuth Kit's
+the model's) with the same SHA-256 and nothing else, a clean checker run
+(``e2fsck -fn``, ``xfs_repair -n``, …) wherever the source's was clean, the source's bytes in every unit The Sleuth Kit's
 ``blkls -a`` calls allocated, and outside the file systems (tables, gaps, swap, unknown
 partitions) every byte.  Then more random writes and an incremental: point 1 must
 restore to exactly the files of the second state, and point 0 to the same bytes as before.
@@ -122,7 +122,7 @@ def _ext(rng: random.Random, sector: int, size: int) -> list[str]:
         features += rng.choice([["sparse_super2"], ["^sparse_super", "^resize_inode"],
                                 ["^flex_bg"]])
     if rng.random() < 0.15:
-        argv += ["-N", str(rng.choice([64, 256, 20000]))]
+        argv += ["-N", str(rng.choice([64, 256, 20000 if size >= 64 * MIB else 1024]))]
     if rng.random() < 0.2:
         argv += ["-I", "128"] if "inline_data" not in features else []
     if features:
@@ -158,7 +158,8 @@ def _kind_argv(rng: random.Random, kind: str, sector: int, size: int) -> tuple[l
     if kind.startswith("fat"):
         return _fat(rng, kind, size), []
     if kind == "exfat":
-        return ["mkfs.exfat", "-c", rng.choice(["512", "4K", "8K", "32K", "128K", "1M"])], []
+        clusters = ["512", "4K", "8K", "32K", "128K", "1M"][sector == 4096:]  # >= a sector
+        return ["mkfs.exfat", "-c", rng.choice(clusters)], []
     if kind == "ntfs":
         sec = max(sector, rng.choice([512, 512, 1024, 4096]))
         cluster = max(sec, rng.choice([512, 1024, 4096, 4096, 16384, 65536]))
