@@ -13,12 +13,13 @@ in deep directories — some deleted, more written; the test keeps the SHA-256 o
 file it left (the model).
 
 The disk is backed up and restored by the command line; the restored copy must hold:
-every file the source holds (read by the same drivers, read-only; its paths must be
-the model's) with the same SHA-256 and nothing else, a clean checker run
-(``e2fsck -fn``, ``xfs_repair -n``, …) wherever the source's was clean, the source's bytes in every unit The Sleuth Kit's
-``blkls -a`` calls allocated, and outside the file systems (tables, gaps, swap, unknown
-partitions) every byte.  Then more random writes and an incremental: point 1 must
-restore to exactly the files of the second state, and point 0 to the same bytes as before.
+every file the source holds (read by the same drivers, read-only; its paths must be the
+model's) with the same SHA-256 and nothing else, a clean checker run (``e2fsck -fn``,
+``xfs_repair -n``, …) wherever the source's was clean, the source's bytes in every unit
+The Sleuth Kit's ``blkls -a`` calls allocated, and outside the file systems (tables,
+gaps, swap, unknown partitions) every byte.  Then more random writes and an
+incremental: point 1 must restore to exactly the files of the second state, and point 0
+to the same bytes as before.
 
 A few seeds run by default; ``BF_DISK_SEEDS=N`` runs seeds 0..N-1 (slow).
 """
