@@ -118,6 +118,7 @@ struct server {
     Py_buffer *mapped;          /* mappings whose pages are dropped every DROP_EVERY reads */
     Py_ssize_t n_mapped;
     atomic_uint_fast64_t reads;
+    atomic_uint_fast64_t failed;  /* reads that failed their check (answered EIO) */
     PyObject *on_open;
     atomic_int opened;
     int fd;                     /* /dev/fuse of the mount (the workers' own descriptor) */
@@ -580,10 +581,13 @@ static void do_statfs(struct server *srv, const struct fuse_in_header *in)
     reply(srv, in->unique, 0, &out, sizeof out);
 }
 
-/* One stderr line for a read of s at byte `at` that failed: block `bad` does not match its
- * digest or cannot be read (bad < 0: the read met the file's end). */
-static void report(const struct source *s, int64_t at, Py_ssize_t bad, int unreadable)
+/* One stderr line for a read of s at byte `at` that failed, counted in srv->failed: block
+ * `bad` does not match its digest or cannot be read (bad < 0: the read met the file's
+ * end). */
+static void report(struct server *srv, const struct source *s, int64_t at, Py_ssize_t bad,
+                   int unreadable)
 {
+    atomic_fetch_add(&srv->failed, 1);
     if (bad < 0)
         fprintf(stderr, "blockforensics: error: %s: truncated payload at byte %lld\n",
                 s->name, (long long)at);
@@ -692,7 +696,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
                                       &unreadable);
         if (bad >= 0) {
             fault_jump = NULL;
-            report(s, at, bad, unreadable);
+            report(srv, s, at, bad, unreadable);
             reply(srv, unique, EIO, NULL, 0);
             drop_pieces(iov, owner, i + 1);
             return 1;
@@ -706,7 +710,7 @@ static int reply_mapped(struct server *srv, uint64_t unique, const struct file *
         ;
     for (int i = 1; sent < 0 && errno == EFAULT && i < n; i++) {
         if (owner[i] != NULL) {
-            report(owner[i], (const char *)iov[i].iov_base - owner[i]->map, -1, 1);
+            report(srv, owner[i], (const char *)iov[i].iov_base - owner[i]->map, -1, 1);
             break;
         }
     }
@@ -739,7 +743,7 @@ static int read_range(struct server *srv, const struct file *f, int64_t offset, 
         Py_ssize_t bad = unreadable ? -1 : check_blocks(s, at, f->disks[k] + from - f->starts[k],
                                                         length, piece, b, &unreadable);
         if (unreadable || bad >= 0) {
-            report(s, at, bad, unreadable);
+            report(srv, s, at, bad, unreadable);
             return 0;
         }
     }
@@ -1190,26 +1194,29 @@ static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     clock_gettime(CLOCK_REALTIME, &srv->mtime);
     int status = -1;
+    unsigned long long failed = 0;
     if (parse_mapped(mapped, srv, &h) && parse_sources(sources, srv, &h)
         && parse_files(files, srv, &h)) {
         drop_all(srv);
         Py_BEGIN_ALLOW_THREADS
         status = run(srv, mountpoint, foreground);
         Py_END_ALLOW_THREADS
+        failed = (unsigned long long)atomic_load(&srv->failed);
     }
     if (!srv->stuck) {  /* else kept for the workers left behind, till the process ends */
         free_server(srv, &h);
         free(srv);
     }
     Py_DECREF(no_mappings);
-    return status < 0 ? NULL : PyLong_FromLong(status);
+    return status < 0 ? NULL : Py_BuildValue("(iK)", status, failed);
 }
 
 static PyMethodDef methods[] = {
     {"serve", (PyCFunction)(void (*)(void))serve, METH_VARARGS | METH_KEYWORDS,
      "serve(mountpoint, files, sources, *, mapped=(), foreground=True, on_open=None, "
      "direct=True) -> int: "
-     "serve byte plans read-only over FUSE until unmounted; 0 then, else fuse_main's status."},
+     "serve byte plans read-only over FUSE until unmounted: (0, or else fuse_main's status, "
+     "reads that failed their check)."},
     {NULL, NULL, 0, NULL},
 };
 

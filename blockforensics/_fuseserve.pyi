@@ -7,4 +7,5 @@ from typing import Any
 
 def serve(mountpoint: str, files: list[tuple[Any, ...]], sources: list[tuple[Any, ...]], /,
           *, mapped: Sequence[Any] = (), foreground: bool = True,
-          on_open: Callable[[], object] | None = None, direct: bool = True) -> int: ...
+          on_open: Callable[[], object] | None = None, direct: bool = True
+          ) -> tuple[int, int]: ...

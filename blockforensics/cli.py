@@ -449,8 +449,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _, parts, notes = partition_files(disk)
         for line in [*(f"  {p.name}: {p.describe()}" for p in parts), *notes]:
             print(line, flush=True)
-        mount(disk, mountpoint, foreground=True, direct=not args.page_cache)
-    return EXIT_OK
+        failed = mount(disk, mountpoint, foreground=True, direct=not args.page_cache)
+    return EXIT_CHECK_FAILED if failed else EXIT_OK  # as serve: each said on stderr
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

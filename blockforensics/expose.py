@@ -311,6 +311,7 @@ class ImageFileSystem(mfusepy.Operations):
         self._mtime_ns = time.time_ns()
         self._mountpoint = mountpoint
         self._ahead = ReadAhead()
+        self.failed = 0  # reads answered EIO: a block that failed its check
 
     def _file(self, path: str) -> Served:
         served = self.files.get(path.lstrip("/"))
@@ -350,6 +351,7 @@ class ImageFileSystem(mfusepy.Operations):
         try:
             return self._ahead.read(path, self._file(path), offset, size)
         except BlockforensicsError as exc:
+            self.failed += 1
             print(f"blockforensics: error: {exc}", file=sys.stderr, flush=True)
             raise mfusepy.FuseOSError(errno.EIO) from exc
 
@@ -446,9 +448,10 @@ def _native_server() -> types.ModuleType | None:
 
 def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = True,
           unique_id: bytes | None = None, timestamp: datetime | None = None,
-          partitions: bool = True, native: bool = True, direct: bool = True) -> None:
+          partitions: bool = True, native: bool = True, direct: bool = True) -> int:
     """Serve ``disk`` as ``MOUNTPOINT/disk.vhd`` (and the files of :func:`served_files`)
-    until unmounted.
+    until unmounted; returns how many reads failed their check (each answered EIO, with
+    a line on stderr).
 
     In the foreground this blocks; Ctrl-C (SIGINT), SIGTERM or SIGHUP, or
     ``fusermount3 -u MOUNTPOINT``, unmounts and returns.  ``foreground=False``
@@ -478,13 +481,14 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     try:
         if server is not None and plans is not None:
             served, sources, mapped = plans
-            status = server.serve(str(mountpoint), served, sources, mapped=mapped,
-                                  foreground=foreground,
-                                  on_open=functools.partial(raise_read_ahead, resolved),
-                                  direct=direct)
+            status, failed = server.serve(str(mountpoint), served, sources, mapped=mapped,
+                                          foreground=foreground,
+                                          on_open=functools.partial(raise_read_ahead,
+                                                                    resolved),
+                                          direct=direct)
             if status:
                 raise fuse_failure(mountpoint, status) from RuntimeError(str(status))
-            return
+            return failed
         fs = ImageFileSystem(files, resolved)
         mfusepy.FUSE(fs, str(mountpoint), foreground=foreground,
                      nothreads=True, ro=True, fsname="blockforensics", subtype="vhd")
@@ -496,6 +500,7 @@ def mount(disk: Disk, mountpoint: str | os.PathLike[str], *, foreground: bool = 
     finally:
         for signum, handler in restore.items():
             signal.signal(signum, handler)
+    return fs.failed
 
 
 def _mount_child(disk: Disk, mountpoint: Path, **kwargs: Any) -> None:

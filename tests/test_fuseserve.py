@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,31 @@ def test_a_flipped_bit_fails_exactly_the_reads_of_its_block(chain, mountpoint, t
             assert got == data[: len(got)] and lo - request < len(got) <= lo
     err = capfd.readouterr().err
     assert f"block {bad}: stored bytes do not match their digest" in err
+
+
+@pytest.mark.parametrize("flags", [[], ["--page-cache"]], ids=["direct", "page-cache"])
+def test_mount_exits_1_after_a_read_failed_its_check_as_serve_does(chain, mountpoint, tmp_path,
+                                                                   flags):
+    """A read answered EIO for a damaged block is a check that failed: once unmounted,
+    ``mount`` exits 1 (it named the block on stderr), as ``serve`` does; 0 when every
+    read was whole."""
+    directory, states = chain
+    damaged = tmp_path / "damaged"
+    shutil.copytree(directory, damaged)
+    bad = 700
+    flip_stored_bit(damaged / sorted(p.name for p in damaged.glob("*.bfi"))[0], bad)
+    for source, reads_bad in ((directory, False), (damaged, True)):
+        argv = [sys.executable, "-m", "blockforensics.cli", "mount", str(source),
+                str(mountpoint), "--point", "0", *flags]
+        with serving(argv, mountpoint) as server:
+            if reads_bad:
+                with pytest.raises(OSError) as failed:
+                    pread_all(mountpoint / "disk.raw", bad * 4096, 4096)
+                assert failed.value.errno == errno.EIO
+            else:
+                assert pread_all(mountpoint / "disk.raw", 0, len(states[0])) == states[0]
+        assert server.proc.returncode == (1 if reads_bad else 0), server.err
+        assert (f"block {bad}: stored bytes do not match their digest" in server.err) == reads_bad
 
 
 @pytest.mark.parametrize("flags", [[], ["--page-cache"]], ids=["direct", "page-cache"])
